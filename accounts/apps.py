@@ -1,0 +1,6 @@
+"""App configuration for accounts."""
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "accounts"

@@ -1,0 +1,1 @@
+"""Uploads, predictions and the pages people use to classify digits."""

@@ -1,0 +1,82 @@
+"""Uploaded images and the predictions made for them."""
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+def upload_image_path(instance: "Upload", filename: str) -> str:
+    # The client's file name never reaches the file system.
+    return f"uploads/{instance.created_at:%Y/%m/%d}/{uuid.uuid4().hex}.png"
+
+
+def prediction_input_path(instance: "Prediction", filename: str) -> str:
+    return f"derived/inputs/{uuid.uuid4().hex}.png"
+
+
+class Upload(models.Model):
+    class Source(models.TextChoices):
+        FILE = "file"
+        CANVAS = "canvas"
+        API = "api"
+        SAMPLE = "sample"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
+    image = models.ImageField(upload_to=upload_image_path, width_field="width", height_field="height")
+    original_name = models.CharField(max_length=255, blank=True)
+    format = models.CharField(max_length=16)
+    size = models.PositiveIntegerField(help_text="Size in bytes of the file as uploaded.")
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.FILE)
+    # The sample set a shipped image belongs to ("mnist", "other"), and its known label.
+    sample_set = models.CharField(max_length=16, blank=True, db_index=True)
+    label = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"Upload {self.pk} ({self.original_name or self.source})"
+
+
+class Prediction(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions")
+    checkpoint = models.ForeignKey(
+        "training.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
+    )
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
+    digit = models.PositiveSmallIntegerField(null=True, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    probabilities = models.JSONField(null=True, blank=True)
+    input_image = models.ImageField(upload_to=prediction_input_path, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    queue_ms = models.FloatField(null=True, blank=True)
+    compute_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    feedback = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(9)]
+    )
+    publish_attempts = models.PositiveIntegerField(default=0)
+    published_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"Prediction {self.pk} ({self.status})"

@@ -1,0 +1,67 @@
+"""Liveness and readiness endpoints for load balancers and orchestrators."""
+from django.contrib.auth.decorators import login_not_required
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from mnistsite.celery import app as celery_app
+from training.selectors import checkpoint_get_active
+
+
+@login_not_required
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is alive and serving requests; checks nothing else."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> dict:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"ok": True}
+    except Exception as exc:  # any failure means "not ready"; the message says why
+        return {"ok": False, "error": str(exc)}
+
+
+def _check_broker() -> dict:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+def _check_workers() -> dict:
+    try:
+        replies = celery_app.control.ping(timeout=1.0) or []
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)}
+    names = sorted(name for reply in replies for name in reply)
+    return {"ok": bool(names), "workers": names}
+
+
+def _check_model() -> dict:
+    checkpoint = checkpoint_get_active()
+    if checkpoint is None:
+        return {"ok": False, "error": "no active checkpoint"}
+    return {
+        "ok": True,
+        "checkpoint": checkpoint.pk,
+        "architecture": checkpoint.architecture,
+        "test_accuracy": checkpoint.test_accuracy,
+    }
+
+
+@login_not_required
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Database, broker, a worker and an active model: 503 when any is missing."""
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    checks["workers"] = _check_workers() if checks["broker"]["ok"] else {"ok": False, "error": "broker down"}
+    checks["model"] = _check_model() if checks["database"]["ok"] else {"ok": False, "error": "database down"}
+    ready = all(check["ok"] for check in checks.values())
+    return JsonResponse({"ready": ready, "checks": checks}, status=200 if ready else 503)

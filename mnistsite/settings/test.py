@@ -1,0 +1,11 @@
+"""Settings for the test suite: the real database and broker from the environment."""
+import os
+
+os.environ.setdefault("DEBUG", "false")
+# Short enough that a killed worker's message comes back within a test.
+os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "10")
+os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
+
+from mnistsite.settings.base import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite: isolated file storage, users and real worker processes."""
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.processes import start_worker
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def isolated_storage(settings, tmp_path_factory):
+    """Every test writes uploads and checkpoints to its own folders, never the repo's."""
+    root = tmp_path_factory.mktemp("storage")
+    settings.MEDIA_ROOT = root / "media"
+    settings.CHECKPOINT_DIR = root / "checkpoints"
+    settings.MEDIA_ROOT.mkdir()
+    settings.CHECKPOINT_DIR.mkdir()
+    return root
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password="correct horse battery")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user(username="bob", password="correct horse battery")
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user(
+        username="staff", password="correct horse battery", is_staff=True, is_superuser=True
+    )
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, isolated_storage, tmp_path):
+    """A real `celery worker` process on the real broker, sharing the test database and files."""
+    from mnistsite.celery import app
+
+    # Messages left by an earlier test must not reach this test's worker.
+    with app.connection_for_write() as conn:
+        for queue in ("inference", "training"):
+            conn.default_channel.queue_purge(queue)
+    worker = start_worker(log_dir=tmp_path / "logs")
+    yield worker
+    worker.stop()
+

@@ -1,0 +1,41 @@
+"""Settings come from the environment and production settings pass Django's deploy checks."""
+import os
+import subprocess
+import sys
+
+from tests.processes import REPO
+
+
+def _run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE"}}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_production_settings_pass_the_deploy_check_at_warning_level():
+    result = _run_manage(
+        "check", "--deploy", "--fail-level", "WARNING",
+        DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
+        SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
+        ALLOWED_HOSTS="digits.example.com",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_production_settings_refuse_to_start_without_a_secret_key():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.production")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_dev_settings_start_without_a_secret_key():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev")
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_torch_device_is_refused():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", TORCH_DEVICE="tpu")
+    assert result.returncode != 0
+    assert "TORCH_DEVICE" in result.stderr

@@ -1,0 +1,1 @@
+"""Training runs and model checkpoints: the Django side of the PyTorch training job."""

@@ -1,0 +1,7 @@
+"""App configuration for training."""
+from django.apps import AppConfig
+
+
+class TrainingConfig(AppConfig):
+    name = "training"
+    verbose_name = "Training"

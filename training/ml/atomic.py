@@ -1,0 +1,75 @@
+"""Crash-safe file writes: temp file in the target directory, fsync, verify, os.replace."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+def sha256_file(path: Path, *, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed so large files do not need to fit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Without a directory fsync the rename itself may be lost on power failure.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(
+    path: Path, *, verify: Callable[[Path], None] | None = None
+) -> Iterator[BinaryIO]:
+    """Yield a binary handle; on clean exit the data replaces ``path`` atomically.
+
+    The temp file lives in the same directory so ``os.replace`` never crosses a
+    filesystem. ``verify`` runs on the fsynced temp file before the rename and may
+    raise to abort. Any exception leaves no partial file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp_path = Path(tmp_name)
+    try:
+        # mkstemp creates 0600; published artefacts must be readable by other service users.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if verify is not None:
+            verify(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, expected_sha256: str | None = None) -> str:
+    """Write ``data`` atomically, refusing it if its sha256 differs from ``expected_sha256``."""
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise ValueError(f"refusing to write {Path(path).name}: sha256 {actual} != expected {expected_sha256}")
+    with atomic_writer(path) as handle:
+        handle.write(data)
+    return actual

@@ -1,0 +1,79 @@
+"""MNIST held in memory as uint8 tensors, normalisation constants, and index batching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .idx import read_idx
+from .mnist_files import raw_dir
+
+# The classic MNIST training-set statistics; every model input goes through these.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass
+class MnistSplit:
+    """Images (N x 28 x 28 uint8) and labels (N int64) kept together on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 3:
+            raise ValueError(f"images must be N x H x W uint8, got {tuple(self.images.shape)} {self.images.dtype}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must be one per image")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> "MnistSplit":
+        """Copy to ``device`` once; later batching indexes in place."""
+        return MnistSplit(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
+
+    def subset(self, count: int) -> "MnistSplit":
+        """The first ``count`` examples (for smoke tests and benchmarks)."""
+        return MnistSplit(self.images[:count], self.labels[:count])
+
+
+def load_split(data_dir: Path, *, split: str) -> MnistSplit:
+    """Read ``"train"`` or ``"test"`` from ``data_dir/MNIST/raw`` (see :func:`fetch_mnist`)."""
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    image_file, label_file = (raw_dir(Path(data_dir)) / name for name in _FILES[split])
+    images = torch.from_numpy(read_idx(image_file))
+    labels = torch.from_numpy(read_idx(label_file)).long()
+    return MnistSplit(images, labels)
+
+
+def load_mnist(data_dir: Path) -> tuple[MnistSplit, MnistSplit]:
+    """(train, test) splits on the CPU."""
+    return load_split(data_dir, split="train"), load_split(data_dir, split="test")
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """Map [0, 1] float pixels to the zero-mean, unit-variance scale the models were trained on."""
+    return (pixels - MNIST_MEAN) / MNIST_STD
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x H x W -> float N x 1 x H x W in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+def batch_indices(
+    count: int, *, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
+) -> Iterator[torch.Tensor]:
+    """Yield CPU index tensors covering ``range(count)``; shuffled with ``generator`` if asked."""
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    yield from order.split(batch_size)
