@@ -83,6 +83,10 @@ PRINT_FONTS: list[tuple[str, str, bool]] = [
     ("gomono", "/usr/share/fonts/fonts-go/Go-Mono.ttf", False),
 ]
 
+# Dotted or slashed zeros are a programmer's convention, not how people write 0; a reader
+# could take them for 8 or an empty-set sign, so these fonts are not used for that digit.
+SKIP_DIGITS: dict[str, set[int]] = {key: {0} for key in ("dejavumono", "libmono", "hackbold", "go", "gomono")}
+
 # One slot per image of a digit; kind + scene. Cycled when --per-digit exceeds its length,
 # so every digit gets the same mix of situations and per-digit accuracy stays comparable.
 SLOTS: list[tuple[str, str]] = [
@@ -178,7 +182,9 @@ def fit_height(*, mask: Image.Image, height: int, max_width: int) -> Image.Image
     return mask.resize(size, Image.Resampling.LANCZOS)
 
 
-def paper(*, rng: np.random.Generator, size: tuple[int, int], colour: tuple[int, int, int], texture: float) -> np.ndarray:
+def paper(
+    *, rng: np.random.Generator, size: tuple[int, int], colour: tuple[int, int, int], texture: float
+) -> np.ndarray:
     """Float RGB paper; low-frequency texture keeps PNGs small while not looking flat."""
     w, h = size
     base = np.ones((h, w, 3), np.float32) * np.array(colour, np.float32)
@@ -199,7 +205,9 @@ def lighting(*, rng: np.random.Generator, size: tuple[int, int], strength: float
     return (1.0 - strength * proj**1.5)[..., None]
 
 
-def composite(*, bg: np.ndarray, mask: Image.Image, pos: tuple[int, int], ink: str, rng: np.random.Generator) -> np.ndarray:
+def composite(
+    *, bg: np.ndarray, mask: Image.Image, pos: tuple[int, int], ink: str, rng: np.random.Generator
+) -> np.ndarray:
     rgb, alpha_mul, grain = INKS[ink]
     alpha = np.zeros(bg.shape[:2], np.float32)
     m = np.asarray(mask, np.float32) / 255.0
@@ -211,7 +219,9 @@ def composite(*, bg: np.ndarray, mask: Image.Image, pos: tuple[int, int], ink: s
     return bg * (1 - alpha) + np.array(rgb, np.float32) * alpha
 
 
-def place(*, rng: np.random.Generator, canvas: tuple[int, int], glyph: tuple[int, int], margin: float) -> tuple[int, int]:
+def place(
+    *, rng: np.random.Generator, canvas: tuple[int, int], glyph: tuple[int, int], margin: float
+) -> tuple[int, int]:
     """Anywhere inside the margins: users rarely centre what they draw or photograph."""
     cw, ch = canvas
     gw, gh = glyph
@@ -229,8 +239,17 @@ def add_noise(*, arr: np.ndarray, rng: np.random.Generator, sigma: float) -> np.
     return arr + rng.normal(0, sigma, arr.shape[:2])[..., None].astype(np.float32)
 
 
-def prepared_glyph(*, font: Font, digit: int, rng: np.random.Generator, height: int, max_width: int,
-                   stroke_range: tuple[float, float], max_rotation: float, max_shear: float) -> tuple[Image.Image, dict]:
+def prepared_glyph(
+    *,
+    font: Font,
+    digit: int,
+    rng: np.random.Generator,
+    height: int,
+    max_width: int,
+    stroke_range: tuple[float, float],
+    max_rotation: float,
+    max_shear: float,
+) -> tuple[Image.Image, dict]:
     mask = render_glyph(font=font, digit=digit)
     ratio = float(rng.uniform(*stroke_range))
     mask = adjust_stroke(mask=mask, target_ratio=ratio, min_px_at_final=1.6, final_height=height)
@@ -243,11 +262,15 @@ def prepared_glyph(*, font: Font, digit: int, rng: np.random.Generator, height: 
         rotation = float(rng.uniform(-max_rotation / 3, max_rotation))
     mask = distort(mask=mask, rotation=rotation, shear=shear)
     mask = fit_height(mask=mask, height=height, max_width=max_width)
-    return mask, {"rotation_deg": round(rotation, 1), "shear": round(shear, 3), "stroke_ratio": round(ratio, 3),
-                  "digit_px": [mask.width, mask.height]}
+    return mask, {
+        "rotation_deg": round(rotation, 1),
+        "shear": round(shear, 3),
+        "stroke_ratio": round(ratio, 3),
+        "digit_px": [mask.width, mask.height],
+    }
 
 
-def pick(rng: np.random.Generator, options: list[str]) -> str:
+def pick(*, rng: np.random.Generator, options: list[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
@@ -258,25 +281,33 @@ def random_canvas(*, rng: np.random.Generator, low: int, high: int) -> tuple[int
     return w, h
 
 
-def scene_paper(*, rng, font, digit, lined: bool) -> tuple[Image.Image, dict]:
+def scene_paper(*, rng: np.random.Generator, font: Font, digit: int, lined: bool) -> tuple[Image.Image, dict]:
     size = random_canvas(rng=rng, low=72, high=240)
     height = int(min(size) * rng.uniform(0.45, 0.8))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=int(size[0] * 0.9),
-                                   stroke_range=(0.05, 0.13), max_rotation=15, max_shear=0.25)
-    paper_name = pick(rng, ["white", "offwhite", "cream", "lightgrey"])
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=int(size[0] * 0.9),
+        stroke_range=(0.05, 0.13),
+        max_rotation=15,
+        max_shear=0.25,
+    )
+    paper_name = pick(rng=rng, options=["white", "offwhite", "cream", "lightgrey"])
     bg = paper(rng=rng, size=size, colour=PAPERS[paper_name], texture=2.0)
     if lined:
         # Ruled lines are faint (as in a real notebook) so the digit stays the dominant ink.
         spacing = int(max(height * rng.uniform(0.55, 0.8), 10))
         start = int(rng.integers(0, spacing))
-        line_rgb = np.array([196, 212, 236], np.float32)
+        line_rgb = np.array([188, 206, 236], np.float32)
         for y in range(start, size[1], spacing):
-            bg[y] = bg[y] * 0.35 + line_rgb * 0.65
+            bg[y] = bg[y] * 0.25 + line_rgb * 0.75
         if rng.random() < 0.4:
             margin_x = int(size[0] * rng.uniform(0.05, 0.12))
             bg[:, margin_x] = bg[:, margin_x] * 0.4 + np.array([236, 190, 190], np.float32) * 0.6
         params["line_spacing_px"] = spacing
-    ink = pick(rng, ["black", "blue", "blue", "darkgrey", "pencil", "red"])
+    ink = pick(rng=rng, options=["black", "blue", "blue", "darkgrey", "pencil", "red"])
     pos = place(rng=rng, canvas=size, glyph=glyph.size, margin=0.06)
     arr = add_noise(arr=composite(bg=bg, mask=glyph, pos=pos, ink=ink, rng=rng), rng=rng, sigma=1.0)
     img = Image.fromarray(to_uint8(arr=arr))
@@ -286,36 +317,62 @@ def scene_paper(*, rng, font, digit, lined: bool) -> tuple[Image.Image, dict]:
     return img, params
 
 
-def scene_photo(*, rng, font, digit) -> tuple[Image.Image, dict]:
+def scene_photo(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
     size = random_canvas(rng=rng, low=96, high=256)
     height = int(min(size) * rng.uniform(0.4, 0.75))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=int(size[0] * 0.9),
-                                   stroke_range=(0.04, 0.11), max_rotation=15, max_shear=0.25)
-    paper_name = pick(rng, ["white", "offwhite", "cream"])
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=int(size[0] * 0.9),
+        stroke_range=(0.04, 0.11),
+        max_rotation=15,
+        max_shear=0.25,
+    )
+    paper_name = pick(rng=rng, options=["white", "offwhite", "cream"])
     colour = np.array(PAPERS[paper_name], np.float32)
-    cast = np.array([1.0, float(rng.uniform(0.94, 1.0)), float(rng.uniform(0.84, 0.98))], np.float32)  # warm indoor light
+    # Indoor light is warm, so phone photos of white paper come out slightly yellow.
+    cast = np.array([1.0, float(rng.uniform(0.94, 1.0)), float(rng.uniform(0.84, 0.98))], np.float32)
     bg = paper(rng=rng, size=size, colour=tuple(colour * cast), texture=3.0)
     light = float(rng.uniform(0.15, 0.4))
-    ink = pick(rng, ["black", "blue", "darkgrey", "pencil", "red"])
+    ink = pick(rng=rng, options=["black", "blue", "darkgrey", "pencil", "red"])
     pos = place(rng=rng, canvas=size, glyph=glyph.size, margin=0.08)
     arr = composite(bg=bg, mask=glyph, pos=pos, ink=ink, rng=rng) * lighting(rng=rng, size=size, strength=light)
     sigma = float(rng.uniform(2.5, 7.0))
     arr = add_noise(arr=arr, rng=rng, sigma=sigma)
     blur = float(rng.uniform(0.4, 1.2))
     img = Image.fromarray(to_uint8(arr=arr)).filter(ImageFilter.GaussianBlur(blur))
-    params.update({"paper": paper_name, "ink": ink, "canvas_px": list(size), "pos": list(pos),
-                   "shadow": round(light, 2), "noise_sigma": round(sigma, 1), "blur": round(blur, 2)})
+    params.update(
+        {
+            "paper": paper_name,
+            "ink": ink,
+            "canvas_px": list(size),
+            "pos": list(pos),
+            "shadow": round(light, 2),
+            "noise_sigma": round(sigma, 1),
+            "blur": round(blur, 2),
+        }
+    )
     return img, params
 
 
-def scene_canvas(*, rng, font, digit) -> tuple[Image.Image, dict]:
+def scene_canvas(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
     """Dark strokes on a fully transparent background, as canvas.toDataURL() exports them."""
     side = int(rng.choice([140, 200, 256, 280]))
     size = (side, side)
     height = int(side * rng.uniform(0.5, 0.85))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=int(side * 0.9),
-                                   stroke_range=(0.08, 0.15), max_rotation=12, max_shear=0.2)
-    ink = pick(rng, ["black", "black", "blue", "darkgrey", "red"])
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=int(side * 0.9),
+        stroke_range=(0.08, 0.15),
+        max_rotation=12,
+        max_shear=0.2,
+    )
+    ink = pick(rng=rng, options=["black", "black", "blue", "darkgrey", "red"])
     rgb, _, _ = INKS[ink]
     pos = place(rng=rng, canvas=size, glyph=glyph.size, margin=0.05)
     # Transparent pixels are (0,0,0,0) like a browser export: naive RGB conversion turns them black.
@@ -329,12 +386,20 @@ def scene_canvas(*, rng, font, digit) -> tuple[Image.Image, dict]:
     return Image.fromarray(out, mode="RGBA"), params
 
 
-def scene_chalk(*, rng, font, digit) -> tuple[Image.Image, dict]:
+def scene_chalk(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
     size = random_canvas(rng=rng, low=96, high=220)
     height = int(min(size) * rng.uniform(0.5, 0.8))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=int(size[0] * 0.9),
-                                   stroke_range=(0.07, 0.13), max_rotation=15, max_shear=0.2)
-    board_name = pick(rng, ["green", "black", "slate"])
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=int(size[0] * 0.9),
+        stroke_range=(0.07, 0.13),
+        max_rotation=15,
+        max_shear=0.2,
+    )
+    board_name = pick(rng=rng, options=["green", "black", "slate"])
     board = {"green": (38, 62, 48), "black": (22, 24, 24), "slate": (48, 54, 60)}[board_name]
     bg = paper(rng=rng, size=size, colour=board, texture=4.0)
     pos = place(rng=rng, canvas=size, glyph=glyph.size, margin=0.06)
@@ -348,18 +413,26 @@ def scene_chalk(*, rng, font, digit) -> tuple[Image.Image, dict]:
     return img, params
 
 
-def scene_lowres(*, rng, font, digit) -> tuple[Image.Image, dict]:
+def scene_lowres(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
     """A tiny crop (16-28 px), either kept tiny or upscaled as thumbnails and screenshots are."""
     side = int(rng.choice([16, 20, 24, 28]))
     height = int(round(side * rng.uniform(0.7, 0.85)))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=int(side * 0.9),
-                                   stroke_range=(0.1, 0.16), max_rotation=8, max_shear=0.15)
-    paper_name = pick(rng, ["white", "offwhite", "lightgrey"])
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=int(side * 0.9),
+        stroke_range=(0.1, 0.16),
+        max_rotation=8,
+        max_shear=0.15,
+    )
+    paper_name = pick(rng=rng, options=["white", "offwhite", "lightgrey"])
     bg = paper(rng=rng, size=(side, side), colour=PAPERS[paper_name], texture=0.0)
-    ink = pick(rng, ["black", "darkgrey", "blue"])
+    ink = pick(rng=rng, options=["black", "darkgrey", "blue"])
     pos = place(rng=rng, canvas=(side, side), glyph=glyph.size, margin=0.05)
     img = Image.fromarray(to_uint8(arr=composite(bg=bg, mask=glyph, pos=pos, ink=ink, rng=rng)))
-    upscale = pick(rng, ["none", "nearest", "bilinear"])
+    upscale = pick(rng=rng, options=["none", "nearest", "bilinear"])
     if upscale != "none":
         factor = int(rng.integers(4, 9))
         resample = Image.Resampling.NEAREST if upscale == "nearest" else Image.Resampling.BILINEAR
@@ -368,15 +441,23 @@ def scene_lowres(*, rng, font, digit) -> tuple[Image.Image, dict]:
     return img, params
 
 
-def scene_smallbig(*, rng, font, digit) -> tuple[Image.Image, dict]:
+def scene_smallbig(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
     """A 30-50 px digit somewhere in a 300 px photo, the case a naive 28x28 resize destroys."""
     size = [(300, 300), (320, 240), (400, 300), (240, 320)][int(rng.integers(4))]
     height = int(rng.integers(30, 51))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=height,
-                                   stroke_range=(0.07, 0.13), max_rotation=10, max_shear=0.15)
-    paper_name = pick(rng, ["white", "offwhite", "cream", "lightgrey"])
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=height,
+        stroke_range=(0.07, 0.13),
+        max_rotation=10,
+        max_shear=0.15,
+    )
+    paper_name = pick(rng=rng, options=["white", "offwhite", "cream", "lightgrey"])
     bg = paper(rng=rng, size=size, colour=PAPERS[paper_name], texture=2.0)
-    ink = pick(rng, ["black", "blue", "darkgrey"])
+    ink = pick(rng=rng, options=["black", "blue", "darkgrey"])
     pos = place(rng=rng, canvas=size, glyph=glyph.size, margin=0.1)
     arr = composite(bg=bg, mask=glyph, pos=pos, ink=ink, rng=rng) * lighting(rng=rng, size=size, strength=0.15)
     img = Image.fromarray(to_uint8(arr=add_noise(arr=arr, rng=rng, sigma=2.0)))
@@ -384,12 +465,20 @@ def scene_smallbig(*, rng, font, digit) -> tuple[Image.Image, dict]:
     return img, params
 
 
-def scene_form(*, rng, font, digit) -> tuple[Image.Image, dict]:
+def scene_form(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
     """A digit in a pre-printed form cell; the cell is in a pale 'dropout' colour, as OCR forms use."""
     size = random_canvas(rng=rng, low=80, high=180)
     height = int(min(size) * rng.uniform(0.45, 0.62))
-    glyph, params = prepared_glyph(font=font, digit=digit, rng=rng, height=height, max_width=int(size[0] * 0.6),
-                                   stroke_range=(0.06, 0.12), max_rotation=6, max_shear=0.1)
+    glyph, params = prepared_glyph(
+        font=font,
+        digit=digit,
+        rng=rng,
+        height=height,
+        max_width=int(size[0] * 0.6),
+        stroke_range=(0.06, 0.12),
+        max_rotation=6,
+        max_shear=0.1,
+    )
     bg = paper(rng=rng, size=size, colour=PAPERS["white"], texture=1.5)
     w, h = size
     box = np.array([int(w * 0.12), int(h * 0.12), int(w * 0.88), int(h * 0.88)])
@@ -397,10 +486,12 @@ def scene_form(*, rng, font, digit) -> tuple[Image.Image, dict]:
     x0, y0, x1, y1 = box
     for xs, ys in ((slice(x0, x1 + 1), y0), (slice(x0, x1 + 1), y1), (x0, slice(y0, y1 + 1)), (x1, slice(y0, y1 + 1))):
         bg[ys, xs] = dropout
-    ink = pick(rng, ["black", "blue", "darkgrey"])
+    ink = pick(rng=rng, options=["black", "blue", "darkgrey"])
     gw, gh = glyph.size
-    pos = (int(np.clip((w - gw) // 2 + rng.integers(-w // 12, w // 12 + 1), x0 + 3, x1 - gw - 3)),
-           int(np.clip((h - gh) // 2 + rng.integers(-h // 12, h // 12 + 1), y0 + 3, y1 - gh - 3)))
+    pos = (
+        int(np.clip((w - gw) // 2 + rng.integers(-w // 12, w // 12 + 1), x0 + 3, x1 - gw - 3)),
+        int(np.clip((h - gh) // 2 + rng.integers(-h // 12, h // 12 + 1), y0 + 3, y1 - gh - 3)),
+    )
     img = Image.fromarray(to_uint8(arr=composite(bg=bg, mask=glyph, pos=pos, ink=ink, rng=rng)))
     params.update({"ink": ink, "canvas_px": list(size), "pos": list(pos), "cell_colour": dropout.astype(int).tolist()})
     return img, params
@@ -445,9 +536,17 @@ def encode(*, img: Image.Image, fmt: str, rng: np.random.Generator) -> tuple[byt
     return buf.getvalue(), info
 
 
+def scene_plain(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
+    return scene_paper(rng=rng, font=font, digit=digit, lined=False)
+
+
+def scene_lined(*, rng: np.random.Generator, font: Font, digit: int) -> tuple[Image.Image, dict]:
+    return scene_paper(rng=rng, font=font, digit=digit, lined=True)
+
+
 SCENES = {
-    "paper": lambda **kw: scene_paper(lined=False, **kw),
-    "lined": lambda **kw: scene_paper(lined=True, **kw),
+    "paper": scene_plain,
+    "lined": scene_lined,
     "photo": scene_photo,
     "canvas": scene_canvas,
     "chalk": scene_chalk,
@@ -483,7 +582,8 @@ def generate(*, out: Path, per_digit: int, seed: int) -> dict:
         for i in range(per_digit):
             kind, scene = SLOTS[(i + digit) % len(SLOTS)] if per_digit < len(SLOTS) else SLOTS[i % len(SLOTS)]
             pool = hand if kind == "hand" else printed
-            font = pool[counters[kind] % len(pool)]
+            usable = [f for f in pool if digit not in SKIP_DIGITS.get(f.key, set())] or pool
+            font = usable[counters[kind] % len(usable)]
             counters[kind] += 1
             # A per-image generator keeps each image stable even if other scenes change.
             rng = np.random.default_rng([seed, digit, i])
@@ -493,8 +593,17 @@ def generate(*, out: Path, per_digit: int, seed: int) -> dict:
             name = f"{digit}_{kind}_{font.key}_{scene}_{serial:03d}.{fmt}"
             serial += 1
             (out / name).write_bytes(data)
-            files[name] = {"label": digit, "kind": kind, "scene": scene, "font": font.key,
-                           "font_path": font.path, "format": fmt, "mode": img.mode, **params, **enc}
+            files[name] = {
+                "label": digit,
+                "kind": kind,
+                "scene": scene,
+                "font": font.key,
+                "font_path": font.path,
+                "format": fmt,
+                "mode": img.mode,
+                **params,
+                **enc,
+            }
 
     manifest = {
         "description": "Non-MNIST digits rendered from fonts by scripts/generate_other_samples.py",
