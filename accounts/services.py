@@ -1,5 +1,6 @@
-"""Counting failed log-ins per account and per address, to stop password guessing."""
+"""Account writes: the demo account, and counting failed log-ins to stop password guessing."""
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
 LOCKOUT_THRESHOLD = getattr(settings, "LOGIN_FAILURE_LIMIT", 5)
@@ -29,3 +30,13 @@ def login_attempt_record_failure(*, username: str, ip: str) -> None:
 
 def login_attempts_reset(*, username: str, ip: str) -> None:
     cache.delete(_keys(username=username, ip=ip)[0])
+
+
+def demo_user_ensure(*, username: str, password: str):
+    """The demo account for a local install: staff, so the admin works; its password is reset each time."""
+    user, created = get_user_model().objects.get_or_create(username=username)
+    user.is_staff = True
+    user.is_superuser = True
+    user.set_password(password)
+    user.save()
+    return user, created

@@ -1,0 +1,27 @@
+# One image for web, inference worker and trainer; the command picks the role.
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    DJANGO_SETTINGS_MODULE=mnistsite.settings.production \
+    MEDIA_ROOT=/srv/media \
+    DATA_DIR=/srv/data \
+    CHECKPOINT_DIR=/srv/checkpoints \
+    STATIC_ROOT=/srv/static
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY . .
+# collectstatic needs a key only to import settings; the real one comes at run time.
+RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \
+    && useradd --system --uid 1000 --home /app mnistsite \
+    && mkdir -p /srv/media /srv/data /srv/checkpoints \
+    && cp -r media/samples /srv/media/samples \
+    && chown -R mnistsite /srv
+USER mnistsite
+
+EXPOSE 8000
+CMD ["gunicorn", "mnistsite.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4"]

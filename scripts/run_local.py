@@ -1,0 +1,112 @@
+"""`make run`: prepare data, database, demo account and model, then serve with a worker until Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "8000"))
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def redis_answers(url: str, *, timeout: float = 1.0) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def choose_broker(env: dict[str, str]) -> None:
+    url = env.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    if not url.startswith("redis"):
+        say(f"Broker: {url}")
+        return
+    if redis_answers(url):
+        say(f"Broker: Redis at {url}")
+        return
+    env["CELERY_BROKER_URL"] = "filesystem://"
+    say(
+        f"No Redis answers at {url}: using the embedded broker (Kombu's filesystem transport in var/broker). "
+        "Start Redis and run again for the real one."
+    )
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([PYTHON, "manage.py", *args], cwd=REPO, env=env, check=True)
+
+
+def start(args: list[str], *, env: dict[str, str]) -> subprocess.Popen:
+    # Own process group, so Ctrl-C reaches each child once, through us.
+    return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
+    env["PYTHONUNBUFFERED"] = "1"
+    (REPO / "var").mkdir(exist_ok=True)
+    choose_broker(env)
+
+    say("MNIST data")
+    manage("fetch_mnist", env=env)
+    say("Database")
+    manage("migrate", "--noinput", env=env)
+    manage("ensure_demo_user", env=env)
+    say("Model")
+    manage("ensure_model", env=env)
+    say("Sample images")
+    manage("load_samples", "--sync", env=env)
+
+    processes = [
+        start(
+            [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "-Q", "inference,training", "-c", "2",
+             "--beat", "--schedule", str(REPO / "var" / "celerybeat-schedule"), "--loglevel", "INFO"],
+            env=env,
+        ),
+        start(
+            [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}",
+             "--workers", "2", "--threads", "4", "--access-logfile", "-"],
+            env=env,
+        ),
+    ]
+    say(f"Serving on http://{HOST}:{PORT}/ (admin at /admin/). Press Ctrl-C to stop.")
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        say("A process stopped; shutting down the others.")
+        return 1
+    except KeyboardInterrupt:
+        say("Stopping")
+        return 0
+    finally:
+        stop_all(processes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The compose file's services name modules, commands, queues and settings that exist."""
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import get_commands
+
+from mnistsite.settings import base
+from tests.processes import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+GPU = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())
+APP_SERVICES = ["web", "worker", "trainer", "beat"]
+
+
+def _words(service: str) -> list[str]:
+    command = COMPOSE["services"][service]["command"]
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    # "sh -c '...'" wraps a chain of commands; check what it runs.
+    if words[:2] == ["sh", "-c"]:
+        words = shlex.split(words[2].replace("&&", " ; "))
+    return words
+
+
+def _commands(service: str) -> list[list[str]]:
+    commands, current = [], []
+    for word in _words(service):
+        if word == ";":
+            commands.append(current)
+            current = []
+        else:
+            current.append(word)
+    return [*commands, current]
+
+
+def test_compose_declares_every_service_with_named_volumes():
+    assert set(COMPOSE["services"]) >= {"web", "worker", "trainer", "redis", "postgres"}
+    assert set(COMPOSE["volumes"]) >= {"media", "data", "checkpoints"}
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_app_services_use_settings_modules_that_exist(service):
+    env = COMPOSE["services"][service]["environment"]
+    importlib.import_module(env["DJANGO_SETTINGS_MODULE"])
+    for variable in ("DATABASE_URL", "CELERY_BROKER_URL", "MEDIA_ROOT", "DATA_DIR", "CHECKPOINT_DIR", "SECRET_KEY"):
+        assert variable in env
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_app_service_commands_name_real_modules_commands_and_queues(service):
+    known_queues = {route["queue"] for route in base.CELERY_TASK_ROUTES.values()}
+    for words in _commands(service):
+        program = words[0]
+        if program == "gunicorn":
+            module, _, attribute = words[1].partition(":")
+            assert hasattr(importlib.import_module(module), attribute)
+        elif program == "celery":
+            assert words[words.index("-A") + 1] == "mnistsite"
+            if "-Q" in words:
+                assert set(words[words.index("-Q") + 1].split(",")) <= known_queues
+        elif program == "python":
+            assert words[1] == "manage.py" and words[2] in get_commands(), words
+        else:
+            pytest.fail(f"{service} runs an unknown program: {words}")
+
+
+def test_trainer_runs_one_training_run_at_a_time():
+    words = _commands("trainer")[-1]
+    assert words[words.index("-Q") + 1] == "training"
+    assert words[words.index("-c") + 1] == "1"
+
+
+def test_redis_keeps_queued_tasks_across_restarts_and_never_evicts_them():
+    command = COMPOSE["services"]["redis"]["command"]
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+
+
+def test_gpu_override_gives_the_worker_and_trainer_a_gpu():
+    for service in ("worker", "trainer"):
+        devices = GPU["services"][service]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_dockerfile_installs_the_pinned_requirements():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "pip install -r requirements.txt" in dockerfile
+    assert Path(REPO / "requirements.txt").read_text().count("torch==2.14.1") == 1

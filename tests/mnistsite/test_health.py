@@ -1,0 +1,32 @@
+"""Liveness and readiness endpoints report the real state of each dependency."""
+import pytest
+
+
+@pytest.mark.django_db
+def test_healthz_answers_without_login(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_without_a_worker_or_an_active_model(client):
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"]["ok"] is True
+    assert checks["broker"]["ok"] is True
+    assert checks["model"]["ok"] is False
+
+
+@pytest.mark.django_db
+def test_readyz_reports_the_broker_down_when_nothing_listens(client, settings):
+    from mnistsite.celery import app
+
+    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.conf.broker_url = settings.CELERY_BROKER_URL
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"]["ok"] is False
