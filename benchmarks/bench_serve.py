@@ -1,0 +1,142 @@
+"""`make bench-serve`: the tutorial's Flask app against our full stack, single and multi-image uploads (JSON)."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks.loadgen import multipart, run_load  # noqa: E402
+from benchmarks.stack import REPO, running_stack, wait_http  # noqa: E402
+from training.ml.data import load_split  # noqa: E402
+from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
+
+DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
+
+
+def mnist_pngs(count: int) -> list[bytes]:
+    test = load_split(DATA_DIR, split="test")
+    images = []
+    for pixels in test.images[:count].numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def tutorial_state_dict(path: Path) -> None:
+    """The tutorial's MLP weights, saved the way it saved them (a plain state dict)."""
+    train, test = load_split(DATA_DIR, split="train"), load_split(DATA_DIR, split="test")
+    config = TrainConfig.default_for("mlp")
+    config.epochs = 1
+    result = fit(config=config, train=train, test=test.subset(1000), device=select_device("cpu"))
+    # Our Mlp wraps the same two Linear layers in a Sequential after a Flatten.
+    names = {"net.1.weight": "l1.weight", "net.1.bias": "l1.bias", "net.3.weight": "l2.weight", "net.3.bias": "l2.bias"}
+    torch.save({names[key]: value for key, value in result.model.state_dict().items()}, path)
+
+
+def all_done(status: int, body: bytes) -> bool:
+    if status != 200:
+        return False
+    predictions = json.loads(body)["predictions"]
+    return all(p["status"] == "done" for p in predictions)
+
+
+def measure(label: str, run, concurrencies: list[int]) -> dict:
+    report = {}
+    for concurrency in concurrencies:
+        summary = run(concurrency).summary()
+        print(f"{label} c={concurrency}: {summary['images_per_second']} img/s p50 {summary['latency_ms']['p50']} ms",
+              file=sys.stderr)
+        report[f"c{concurrency}"] = summary
+    return report
+
+
+def bench_tutorial(images: list[bytes], workdir: Path, concurrencies: list[int]) -> dict:
+    weights = workdir / "tutorial-mlp.ckpt"
+    tutorial_state_dict(weights)
+    port = 8766
+    log = (workdir / "flask.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "tutorial_flask_app.py"), str(weights), str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=60)
+        requests = [multipart([("file", "digit.png", image)]) + (1,) for image in images]
+        return measure(
+            "tutorial",
+            lambda c: run_load(base_url=f"http://127.0.0.1:{port}", path="/", requests=requests, concurrency=c),
+            concurrencies,
+        )
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def bench_stack(images: list[bytes], workdir: Path, concurrencies: list[int], per_request: int) -> tuple[dict, dict]:
+    with running_stack(workdir / "stack") as stack:
+        headers = {"Authorization": f"Token {stack.token}"}
+        path = "/api/v1/predictions/?wait=30"
+
+        def load(batch: int, concurrency: int):
+            field = "image" if batch == 1 else "images"
+            requests = [
+                multipart([(field, f"digit{j}.png", image) for j, image in enumerate(images[i : i + batch])])
+                + (len(images[i : i + batch]),)
+                for i in range(0, len(images), batch)
+            ]
+            return run_load(base_url=stack.base_url, path=path, requests=requests, concurrency=concurrency,
+                            headers=headers, accept=all_done)
+
+        load(1, 2)  # warm-up: model loaded, connections open
+        single = measure("stack single", lambda c: load(1, c), concurrencies)
+        multi = measure(f"stack multi x{per_request}", lambda c: load(per_request, c), concurrencies)
+    return single, multi
+
+
+def ratio(a: dict, b: dict, key: str) -> float | None:
+    x, y = a[key]["images_per_second"], b[key]["images_per_second"]
+    return round(x / y, 2) if x and y else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--per-request", type=int, default=32)
+    args = parser.parse_args()
+    concurrencies = [1, 8]
+    images = mnist_pngs(args.images)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        workdir = Path(tmp)
+        tutorial = bench_tutorial(images, workdir, concurrencies)
+        single, multi = bench_stack(images, workdir, concurrencies, args.per_request)
+    report = {
+        "images": len(images),
+        "tutorial_flask": tutorial,
+        "stack_single": single,
+        f"stack_multi_{args.per_request}": multi,
+        "ratios": {
+            f"single_vs_tutorial_c{c}": ratio(single, tutorial, f"c{c}") for c in concurrencies
+        } | {f"multi_vs_tutorial_c{c}": ratio(multi, tutorial, f"c{c}") for c in concurrencies},
+        "targets": {
+            "single_vs_tutorial_c8_at_least": 1.0,
+            "multi_vs_tutorial_c8_at_least": 5.0,
+            "single_p50_ms_c1_under": 30,
+        },
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

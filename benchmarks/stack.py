@@ -1,0 +1,140 @@
+"""The full stack for benchmarks: gunicorn and Celery workers on real PostgreSQL and Redis, in a scratch database."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BENCH_DB = os.environ.get("BENCH_DB", "mnistsite_bench")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2")
+
+
+@dataclass
+class Stack:
+    base_url: str
+    token: str
+    env: dict[str, str]
+    workdir: Path
+
+
+def _recreate_database() -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+
+
+def _flush_broker() -> None:
+    import redis
+
+    redis.Redis.from_url(BROKER_URL).flushdb()
+
+
+def stack_env(workdir: Path, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
+        SECRET_KEY=secrets.token_urlsafe(48),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECURE_SSL_REDIRECT="false",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}",
+        CELERY_BROKER_URL=BROKER_URL,
+        MEDIA_ROOT=str(workdir / "media"),
+        CHECKPOINT_DIR=str(workdir / "checkpoints"),
+        DATA_DIR=env.get("DATA_DIR", str(REPO / "data")),
+        API_UPLOAD_THROTTLE_RATE="1000000/minute",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=env, check=True, capture_output=True, text=True
+    )
+    return result.stdout
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_http(url: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def _wait_log(path: Path, needle: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{path.name} never printed {needle!r}:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+@contextmanager
+def running_stack(
+    workdir: Path, *, port: int = 8765, web_workers: int = 2, web_threads: int = 4, worker_concurrency: int = 1
+):
+    """Migrate a fresh database, train a small model, then serve it with gunicorn and a Celery worker."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = stack_env(workdir)
+    _recreate_database()
+    _flush_broker()
+    manage(env, "migrate", "--noinput")
+    manage(env, "ensure_demo_user", "--username", "bench", "--password", secrets.token_urlsafe(16))
+    token = manage(env, "drf_create_token", "bench").split()[2]
+    # Serving cost does not depend on how well the weights were trained, so a short run will do.
+    manage(env, "train", "--sync", "--activate", "--subset", "2000", "--epochs", "1")
+    processes = [
+        _start(
+            [sys.executable, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"127.0.0.1:{port}",
+             "--workers", str(web_workers), "--threads", str(web_threads)],
+            env, workdir / "gunicorn.log",
+        ),
+        _start(
+            [sys.executable, "-m", "celery", "-A", "mnistsite", "worker", "-Q", "inference",
+             "-c", str(worker_concurrency), "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+            env, workdir / "worker.log",
+        ),
+    ]
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        _wait_log(workdir / "worker.log", "ready.", 60)
+        yield Stack(base_url=f"http://127.0.0.1:{port}", token=token, env=env, workdir=workdir)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def print_report(report: dict) -> None:
+    print(json.dumps(report, indent=2))
