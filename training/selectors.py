@@ -1,4 +1,10 @@
 """Read-only queries for training runs and checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
 from django.db.models import QuerySet
 
 from training.models import Checkpoint, TrainingRun
@@ -8,9 +14,141 @@ def checkpoint_get_active() -> Checkpoint | None:
     return Checkpoint.objects.filter(is_active=True).first()
 
 
+def checkpoint_get(*, checkpoint_id: int) -> Checkpoint:
+    return Checkpoint.objects.select_related("run").get(pk=checkpoint_id)
+
+
 def checkpoint_list() -> QuerySet[Checkpoint]:
     return Checkpoint.objects.select_related("run")
 
 
+def checkpoint_file_path(*, checkpoint: Checkpoint) -> Path:
+    """The absolute file of a checkpoint; refuses stored paths that escape CHECKPOINT_DIR."""
+    root = Path(settings.CHECKPOINT_DIR).resolve()
+    path = (root / checkpoint.path).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"checkpoint {checkpoint.pk} path {checkpoint.path!r} lies outside CHECKPOINT_DIR")
+    return path
+
+
 def training_run_list() -> QuerySet[TrainingRun]:
     return TrainingRun.objects.select_related("created_by")
+
+
+def training_run_get(*, run_id: int) -> TrainingRun:
+    return TrainingRun.objects.select_related("created_by").get(pk=run_id)
+
+
+def training_run_progress(*, run: TrainingRun) -> dict:
+    """What the admin's live progress poller needs, JSON-serialisable."""
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "finished": run.is_finished,
+        "progress": run.progress,
+        "current_epoch": run.current_epoch,
+        "epochs": run.epochs,
+        "current_step": run.current_step,
+        "total_steps": run.total_steps,
+        "eta_seconds": run.eta_seconds,
+        "device": run.device,
+        "test_accuracy": run.test_accuracy,
+        "cancel_requested": run.cancel_requested,
+        "error": run.error,
+        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+        "duration_seconds": run.duration_seconds,
+        "epochs_done": len(run.metrics or []),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: reads a checkpoint and data, writes nothing.
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Evaluation:
+    """Accuracy of one checkpoint on one labelled set; ``confusion[true][predicted]`` counts."""
+
+    checkpoint_id: int
+    accuracy: float
+    n: int
+    confusion: list[list[int]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def per_class(self) -> dict[int, tuple[int, int]]:
+        """{digit: (correct, total)}."""
+        return {digit: (row[digit], sum(row)) for digit, row in enumerate(self.confusion)}
+
+
+def _label_for(path: Path) -> int | None:
+    if path.name[:1].isdigit():
+        return int(path.name[0])
+    if path.parent.name.isdigit() and len(path.parent.name) == 1:
+        return int(path.parent.name)
+    return None
+
+
+def checkpoint_evaluate_mnist(*, checkpoint: Checkpoint, device: str = "auto") -> Evaluation:
+    """The checkpoint's accuracy on the 10,000 MNIST test images in DATA_DIR."""
+    from training.loading import checkpoint_load_model
+    from training.ml.data import load_split
+    from training.ml.engine import evaluate
+    from training.ml.recipe import select_device
+
+    torch_device = select_device(device)
+    model = checkpoint_load_model(checkpoint=checkpoint, device=torch_device)
+    test = load_split(settings.DATA_DIR, split="test")
+    result = evaluate(model=model, images=test.images, labels=test.labels, device=torch_device)
+    return Evaluation(checkpoint_id=checkpoint.pk, accuracy=result.accuracy, n=result.n, confusion=result.confusion)
+
+
+def checkpoint_evaluate_folder(*, checkpoint: Checkpoint, directory: Path, device: str = "auto") -> Evaluation:
+    """Accuracy on a folder tree of labelled images, each through the same preprocessing as uploads.
+
+    The label is the file name's first character when it is a digit, else the
+    parent folder's name; unlabelled, unreadable and blank images are skipped.
+    """
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from training.loading import checkpoint_load_model
+    from training.ml.preprocess import EmptyImageError, preprocess, to_tensor
+    from training.ml.recipe import select_device
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    torch_device = select_device(device)
+    model = checkpoint_load_model(checkpoint=checkpoint, device=torch_device)
+    digits: list = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        label = _label_for(path)
+        if label is None:
+            skipped.append((str(path), "no digit label in its name or folder"))
+            continue
+        try:
+            with Image.open(path) as image:
+                digits.append(preprocess(image))
+        except (EmptyImageError, UnidentifiedImageError, OSError, ValueError) as exc:
+            skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+            continue
+        labels.append(label)
+    confusion = [[0] * 10 for _ in range(10)]
+    if digits:
+        predicted: list[int] = []
+        with torch.inference_mode():
+            for start in range(0, len(digits), 512):
+                batch = to_tensor(digits[start : start + 512]).to(torch_device)
+                predicted += model(batch).argmax(1).cpu().tolist()
+        for truth, guess in zip(labels, predicted):
+            confusion[truth][guess] += 1
+    n = len(labels)
+    correct = sum(confusion[d][d] for d in range(10))
+    return Evaluation(
+        checkpoint_id=checkpoint.pk, accuracy=correct / n if n else 0.0, n=n, confusion=confusion, skipped=skipped
+    )

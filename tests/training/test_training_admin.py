@@ -1,0 +1,184 @@
+"""The training admin: only staff with permissions start, cancel and activate; pages show progress and charts."""
+from unittest import mock
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from training import services
+from training.models import Checkpoint, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+START = reverse("admin:training_trainingrun_add")
+FORM = {"architecture": "mlp", "epochs": "1", "batch_size": "50", "learning_rate": "0.001", "seed": "0",
+        "device": "auto", "train_subset": "300"}
+
+
+@pytest.fixture
+def queued_run(tiny_recipe):
+    return services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+
+
+@pytest.fixture
+def plain_staff(django_user_model):
+    """Staff, but without any training permissions."""
+    return django_user_model.objects.create_user(username="intern", password="correct horse battery", is_staff=True)
+
+
+def _cancel_url(run):
+    return reverse("admin:training_trainingrun_cancel", args=[run.pk])
+
+
+def _activate_url(checkpoint):
+    return reverse("admin:training_checkpoint_activate", args=[checkpoint.pk])
+
+
+def test_anonymous_visitors_are_sent_to_log_in_for_every_training_action(client, queued_run, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    for url, method in ((START, "get"), (START, "post"), (_cancel_url(queued_run), "post"), (_activate_url(checkpoint), "post")):
+        response = getattr(client, method)(url, FORM if url == START else {})
+        assert response.status_code == 302 and "login" in response["Location"], url
+    assert TrainingRun.objects.count() == 1
+    queued_run.refresh_from_db()
+    checkpoint.refresh_from_db()
+    assert queued_run.status == TrainingRun.Status.QUEUED and not checkpoint.is_active
+
+
+def test_logged_in_users_who_are_not_staff_get_the_admin_login_page(client, user, queued_run, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    client.force_login(user)
+    for url in (START, _cancel_url(queued_run), _activate_url(checkpoint)):
+        response = client.post(url, FORM if url == START else {})
+        assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login")), url
+    queued_run.refresh_from_db()
+    assert queued_run.status == TrainingRun.Status.QUEUED and TrainingRun.objects.count() == 1
+
+
+def test_staff_without_training_permissions_are_forbidden(client, plain_staff, queued_run, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    client.force_login(plain_staff)
+    for url in (START, _cancel_url(queued_run), _activate_url(checkpoint)):
+        assert client.post(url, FORM if url == START else {}).status_code == 403, url
+    checkpoint.refresh_from_db()
+    assert not checkpoint.is_active and TrainingRun.objects.count() == 1
+
+
+def test_staff_with_the_add_permission_can_start_a_run(client, plain_staff, django_capture_on_commit_callbacks):
+    plain_staff.user_permissions.add(Permission.objects.get(codename="add_trainingrun"))
+    client.force_login(plain_staff)
+    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(START, {**FORM, "activate_on_success": "on"})
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("admin:training_trainingrun_change", args=[run.pk])
+    assert run.created_by == plain_staff and run.architecture == "mlp" and run.train_subset == 300
+    assert run.activate_on_success and not run.augment
+    apply_async.assert_called_once_with(kwargs={"run_id": run.pk}, task_id=run.celery_task_id)
+
+
+def test_the_start_page_shows_the_form_and_fills_blank_fields_from_the_recipe(client, staff_user):
+    client.force_login(staff_user)
+    page = client.get(START)
+    assert page.status_code == 200 and b"Start training run" in page.content
+    with mock.patch("training.tasks.training_run_execute.apply_async"):
+        client.post(START, {"architecture": "mlp", "seed": "3", "device": "cpu"})
+    run = TrainingRun.objects.get()
+    assert (run.epochs, run.batch_size, run.learning_rate, run.seed) == (5, 100, 1e-3, 3)
+
+
+def test_the_start_page_reports_invalid_input(client, staff_user):
+    client.force_login(staff_user)
+    response = client.post(START, {**FORM, "epochs": "0"})
+    assert response.status_code == 200 and not TrainingRun.objects.exists()
+    assert response.context["form"].errors["epochs"]
+
+
+def test_staff_can_cancel_a_queued_run(client, staff_user, queued_run):
+    client.force_login(staff_user)
+    response = client.post(_cancel_url(queued_run))
+    assert response.status_code == 302
+    queued_run.refresh_from_db()
+    assert queued_run.status == TrainingRun.Status.CANCELLED
+
+
+def test_cancelling_a_finished_run_from_the_admin_shows_an_error(client, staff_user, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.FAILED)
+    client.force_login(staff_user)
+    response = client.post(_cancel_url(queued_run), follow=True)
+    assert b"cannot be cancelled" in response.content
+
+
+def test_the_cancel_action_on_the_run_list_requests_cancellation(client, staff_user, queued_run):
+    client.force_login(staff_user)
+    client.post(
+        reverse("admin:training_trainingrun_changelist"),
+        {"action": "cancel_runs", "_selected_action": [queued_run.pk]},
+    )
+    queued_run.refresh_from_db()
+    assert queued_run.status == TrainingRun.Status.CANCELLED
+
+
+def test_staff_can_activate_a_checkpoint_and_roll_back(client, staff_user, make_checkpoint):
+    first, _ = make_checkpoint(activate=True)
+    second, _ = make_checkpoint()
+    client.force_login(staff_user)
+    assert client.post(_activate_url(second)).status_code == 302
+    assert Checkpoint.objects.get(is_active=True) == second
+    client.post(
+        reverse("admin:training_checkpoint_changelist"),
+        {"action": "activate_checkpoint", "_selected_action": [first.pk]},
+    )
+    assert Checkpoint.objects.get(is_active=True) == first
+
+
+def test_a_get_request_does_not_activate_a_checkpoint(client, staff_user, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    client.force_login(staff_user)
+    client.get(_activate_url(checkpoint))
+    checkpoint.refresh_from_db()
+    assert not checkpoint.is_active
+
+
+def test_the_run_list_shows_progress_and_accuracy(client, staff_user, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(progress=0.42, test_accuracy=0.9876)
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_changelist"))
+    assert page.status_code == 200
+    assert b"<progress" in page.content and b"42%" in page.content and b"98.76%" in page.content
+
+
+def test_a_finished_run_page_shows_metrics_curves_and_the_confusion_matrix(client, staff_user, queued_run):
+    rows = [
+        {"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + e / 100, "test_loss": 1.1 / e,
+         "test_accuracy": 0.85 + e / 100, "images_per_second": 1000, "seconds": 2.0, "lr": 0.01}
+        for e in (1, 2, 3)
+    ]
+    confusion = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        status=TrainingRun.Status.SUCCEEDED, metrics=rows, confusion_matrix=confusion, progress=1.0, test_accuracy=0.88
+    )
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk]))
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Per-epoch metrics" in html and html.count('class="training-chart"') == 3 and "Confusion matrix" in html
+    assert "Cancel run" not in html and 'name="_save"' not in html
+
+
+def test_a_live_run_page_polls_its_progress_endpoint(client, staff_user, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.RUNNING, progress=0.25, current_epoch=1)
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    progress_url = reverse("admin:training_trainingrun_progress", args=[queued_run.pk])
+    assert progress_url in page and "Cancel run" in page
+    data = client.get(progress_url).json()
+    assert data["status"] == "running" and data["progress"] == 0.25 and data["finished"] is False
+
+
+def test_the_checkpoint_page_offers_activation(client, staff_user, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_checkpoint_change", args=[checkpoint.pk]))
+    assert page.status_code == 200 and _activate_url(checkpoint).encode() in page.content
+    assert client.get(reverse("admin:training_checkpoint_changelist")).status_code == 200

@@ -1,0 +1,46 @@
+"""The server-side SVG charts are well-formed, escape their text and cope with missing data."""
+import xml.etree.ElementTree as ET
+
+from training.charts import confusion_matrix_svg, line_chart_svg, run_curves_svg
+
+
+def _parse(svg: str) -> ET.Element:
+    return ET.fromstring(svg)
+
+
+def test_a_line_chart_draws_one_polyline_per_series_with_several_points():
+    svg = line_chart_svg(series={"train": [1.0, 0.5, 0.25], "test": [1.2, 0.6, 0.4]}, title="Loss")
+    root = _parse(svg)
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 2
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}circle")) == 6
+
+
+def test_a_single_epoch_chart_shows_points_without_lines():
+    root = _parse(line_chart_svg(series={"acc": [0.9]}, title="Accuracy"))
+    assert not root.findall(".//{http://www.w3.org/2000/svg}polyline")
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}circle")) == 1
+
+
+def test_a_chart_without_data_says_so():
+    assert "no data yet" in line_chart_svg(series={"loss": []}, title="Loss")
+
+
+def test_chart_text_is_escaped():
+    svg = line_chart_svg(series={"<script>": [1, 2]}, title="a & <b>")
+    _parse(svg)
+    assert "<script>" not in svg and "a &amp; &lt;b&gt;" in svg
+
+
+def test_the_confusion_matrix_has_a_cell_per_pair_with_counts_in_tooltips():
+    matrix = [[5 if i == j else i for j in range(10)] for i in range(10)]
+    root = _parse(confusion_matrix_svg(matrix=matrix))
+    cells = root.findall(".//{http://www.w3.org/2000/svg}rect")
+    assert len(cells) == 100
+    assert cells[3 * 10 + 4].find("{http://www.w3.org/2000/svg}title").text == "true 3, predicted 4: 3"
+
+
+def test_run_curves_use_the_per_epoch_metrics():
+    curves = run_curves_svg(metrics=[{"train_loss": 1, "test_loss": 2, "train_accuracy": 0.5, "test_accuracy": 0.6}])
+    assert set(curves) == {"loss", "accuracy"}
+    for svg in curves.values():
+        _parse(svg)

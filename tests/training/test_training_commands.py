@@ -1,0 +1,97 @@
+"""The train, evaluate and fetch_mnist management commands, each ending in a machine-readable line."""
+import json
+from io import StringIO
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from PIL import Image
+
+from training.ml.data import load_split
+from training.models import Checkpoint, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+
+def _run(*args) -> tuple[dict, str, str]:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    lines = out.getvalue().strip().splitlines()
+    return json.loads(lines[-1]), out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def trained():
+    result, _, err = _run("train", "--arch", "mlp", "--sync", "--subset", "300", "--epochs", "1", "--activate")
+    return result, err
+
+
+def test_train_sync_trains_in_process_and_prints_a_json_line(trained):
+    result, err = trained
+    run = TrainingRun.objects.get(pk=result["run"])
+    checkpoint = Checkpoint.objects.get(pk=result["checkpoint"])
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.train_subset == 300 and run.epochs == 1
+    assert checkpoint.is_active and checkpoint.run == run
+    assert result["test_accuracy"] == pytest.approx(run.test_accuracy) and result["seconds"] > 0
+    assert f"run {run.pk}" in err  # the tqdm bar and summary go to stderr
+
+
+def test_train_without_sync_queues_the_run(django_capture_on_commit_callbacks):
+    from unittest import mock
+
+    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
+        with django_capture_on_commit_callbacks(execute=True):
+            result, _, _ = _run("train", "--arch", "cnn", "--epochs", "2", "--no-augment")
+    run = TrainingRun.objects.get(pk=result["run"])
+    assert result["checkpoint"] is None and result["test_accuracy"] is None
+    assert run.status == TrainingRun.Status.QUEUED and not run.augment and run.epochs == 2
+    assert run.batch_size == 128  # the CNN recipe's default
+    apply_async.assert_called_once()
+
+
+def test_train_rejects_an_invalid_recipe():
+    with pytest.raises(CommandError, match="epochs"):
+        call_command("train", "--arch", "mlp", "--epochs", "0", "--subset", "300", "--sync", stdout=StringIO(), stderr=StringIO())
+
+
+def test_evaluate_reports_accuracy_on_the_mnist_test_set(trained):
+    result, out, _ = _run("evaluate")
+    assert result["n"] == 10_000 and result["checkpoint"] == trained[0]["checkpoint"]
+    assert result["accuracy"] == pytest.approx(trained[0]["test_accuracy"])
+    assert "confusion matrix" in out
+
+
+def test_evaluate_labels_images_by_file_name_or_folder(trained, tmp_path):
+    test = load_split(settings.DATA_DIR, split="test").subset(20)
+    for index, (image, label) in enumerate(zip(test.images.numpy(), test.labels.tolist())):
+        # Black-on-white, like a scan, to go through the upload preprocessing.
+        picture = Image.fromarray(255 - np.asarray(image, dtype=np.uint8))
+        if index % 2:
+            picture.save(tmp_path / f"{label}_sample_{index}.png")
+        else:
+            (tmp_path / "nested" / str(label)).mkdir(parents=True, exist_ok=True)
+            picture.save(tmp_path / "nested" / str(label) / f"sample_{index}.png")
+    Image.new("L", (28, 28), 255).save(tmp_path / "blank.png")  # unlabelled and blank: skipped
+    result, out, err = _run("evaluate", "--checkpoint", str(trained[0]["checkpoint"]), str(tmp_path))
+    assert result["n"] == 20 and 0 <= result["accuracy"] <= 1
+    assert "skipped" in err and "blank.png" in err
+
+
+def test_evaluate_without_an_active_checkpoint_is_a_clear_error():
+    with pytest.raises(CommandError, match="No checkpoint is active"):
+        call_command("evaluate", stdout=StringIO(), stderr=StringIO())
+
+
+def test_evaluate_refuses_a_corrupted_checkpoint(trained):
+    checkpoint = Checkpoint.objects.get(pk=trained[0]["checkpoint"])
+    path = settings.CHECKPOINT_DIR / checkpoint.path
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CommandError, match="sha256"):
+        call_command("evaluate", stdout=StringIO(), stderr=StringIO())
+
+
+def test_fetch_mnist_finds_the_verified_files_already_present():
+    out = StringIO()
+    call_command("fetch_mnist", stdout=out)
+    assert "already present and verified" in out.getvalue()

@@ -1,0 +1,253 @@
+"""Training services: creating, executing, cancelling and reaping runs; registering and activating checkpoints."""
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from training import services
+from training.ml.atomic import sha256_file
+from training.models import Checkpoint, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+
+def _create(recipe, **overrides):
+    return services.training_run_create(created_by=None, enqueue=False, **{**recipe, **overrides})
+
+
+def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_recipe):
+    with pytest.raises(ValidationError) as caught:
+        services.training_run_create(
+            created_by=None, **{**tiny_recipe, "architecture": "resnet", "epochs": 0, "learning_rate": -1}
+        )
+    assert set(caught.value.message_dict) == {"architecture", "epochs", "learning_rate"}
+    assert not TrainingRun.objects.exists()
+
+
+def test_creating_a_run_publishes_it_only_after_the_transaction_commits(tiny_recipe, django_capture_on_commit_callbacks):
+    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            run = services.training_run_create(created_by=None, **tiny_recipe)
+        apply_async.assert_not_called()
+        for callback in callbacks:
+            callback()
+    run.refresh_from_db()
+    apply_async.assert_called_once_with(kwargs={"run_id": run.pk}, task_id=run.celery_task_id)
+    assert run.status == TrainingRun.Status.QUEUED
+
+
+def test_a_run_whose_message_could_not_be_published_is_republished_by_the_reaper(tiny_recipe):
+    with mock.patch("training.tasks.training_run_execute.apply_async", side_effect=ConnectionError("broker down")):
+        run = _create(tiny_recipe)
+        assert services.training_run_publish(run_id=run.pk) is None
+    run.refresh_from_db()
+    assert run.celery_task_id == ""
+    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
+        outcome = services.training_runs_reap(now=timezone.now() + timedelta(minutes=5))
+    assert outcome["republished"] == [run.pk]
+    apply_async.assert_called_once()
+
+
+def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_recipe):
+    run = _create(tiny_recipe, activate_on_success=True)
+    result = services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert result is not None and run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.progress == 1.0 and run.device == "cpu" and run.attempts == 1
+    assert [row["epoch"] for row in run.metrics] == [1]
+    assert len(run.confusion_matrix) == 10 and sum(map(sum, run.confusion_matrix)) == 10_000
+    final = run.checkpoints.get(is_final=True)
+    assert final.is_active and final.test_accuracy == run.test_accuracy
+    assert final.path == f"runs/{run.pk}/final.pt"
+    assert final.sha256 == sha256_file(settings.CHECKPOINT_DIR / final.path)
+    assert final.size == (settings.CHECKPOINT_DIR / final.path).stat().st_size
+    epoch_checkpoint = run.checkpoints.get(is_final=False)
+    assert epoch_checkpoint.path == f"runs/{run.pk}/epoch-1.pt" and not epoch_checkpoint.is_active
+
+
+def test_a_run_succeeds_without_activation_unless_asked(tiny_recipe, make_checkpoint):
+    active, _ = make_checkpoint(activate=True)
+    run = _create(tiny_recipe)
+    services.training_run_execute(run_id=run.pk)
+    active.refresh_from_db()
+    assert active.is_active
+    assert not run.checkpoints.filter(is_active=True).exists()
+
+
+def test_a_redelivered_run_message_does_not_train_twice(tiny_recipe):
+    run = _create(tiny_recipe)
+    assert services.training_run_execute(run_id=run.pk) is not None
+    with mock.patch("training.ml.recipe.fit", side_effect=AssertionError("trained twice")) as fit:
+        assert services.training_run_execute(run_id=run.pk) is None
+    fit.assert_not_called()
+    run.refresh_from_db()
+    assert run.attempts == 1 and run.status == TrainingRun.Status.SUCCEEDED
+    assert run.checkpoints.filter(is_final=True).count() == 1
+
+
+def test_a_run_that_is_already_running_is_not_executed_again(tiny_recipe):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, attempts=1)
+    with mock.patch("training.ml.recipe.fit") as fit:
+        assert services.training_run_execute(run_id=run.pk) is None
+    fit.assert_not_called()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING and run.attempts == 1
+
+
+def test_a_run_that_raises_is_marked_failed_with_the_error(tiny_recipe):
+    run = _create(tiny_recipe)
+    with mock.patch("training.ml.recipe.fit", side_effect=RuntimeError("out of memory")):
+        services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert run.error == "RuntimeError: out of memory" and run.finished_at is not None
+
+
+def test_cancelling_a_queued_run_cancels_it_at_once(tiny_recipe):
+    run = services.training_run_cancel(run=_create(tiny_recipe))
+    assert run.status == TrainingRun.Status.CANCELLED and run.finished_at is not None
+    assert services.training_run_execute(run_id=run.pk) is None
+
+
+def test_cancelling_a_finished_run_is_refused(tiny_recipe):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.SUCCEEDED)
+    with pytest.raises(services.TrainingRunStateError, match="cannot be cancelled"):
+        services.training_run_cancel(run=run)
+
+
+def test_a_cancel_request_stops_a_running_run_at_its_next_step(tiny_recipe, monkeypatch):
+    monkeypatch.setattr(services, "CANCEL_CHECK_EVERY_S", 0.0)
+    run = _create(tiny_recipe, epochs=3)
+    seen_epochs = set()
+
+    def request_cancel(fraction, epoch, step, eta):
+        seen_epochs.add(epoch)
+        services.training_run_cancel(run=run)
+
+    services.training_run_execute(run_id=run.pk, on_progress=request_cancel)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED
+    assert seen_epochs == {1}
+    assert not run.checkpoints.filter(is_final=True).exists()
+
+
+def test_progress_is_written_to_the_run_while_it_trains(tiny_recipe, monkeypatch):
+    monkeypatch.setattr(services, "PROGRESS_WRITE_EVERY_S", 0.0)
+    run = _create(tiny_recipe, epochs=2)
+    snapshots = []
+
+    def snapshot(fraction, epoch, step, eta):
+        snapshots.append(TrainingRun.objects.values("progress", "current_epoch", "heartbeat_at").get(pk=run.pk))
+
+    services.training_run_execute(run_id=run.pk, on_progress=snapshot)
+    # Each snapshot is taken before that call's write, so it shows the previous report.
+    assert len(snapshots) >= 2
+    assert snapshots[-1]["current_epoch"] >= 1 and 0 < snapshots[-1]["progress"] < 1
+    assert all(s["heartbeat_at"] is not None for s in snapshots)
+
+
+def _make_stale(run, *, attempts):
+    old = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS + 30)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=attempts, started_at=old, heartbeat_at=old
+    )
+
+
+def test_the_reaper_fails_a_stale_run_that_has_used_all_its_attempts(tiny_recipe):
+    run = _create(tiny_recipe)
+    _make_stale(run, attempts=services.MAX_ATTEMPTS)
+    assert services.training_runs_reap()["failed"] == [run.pk]
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "worker stopped responding" in run.error
+
+
+def test_the_reaper_leaves_a_run_with_a_fresh_heartbeat_alone(tiny_recipe):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, started_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    assert services.training_runs_reap() == {"requeued": [], "failed": [], "cancelled": [], "republished": []}
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING
+
+
+def test_the_reaper_cancels_a_stale_run_that_was_asked_to_cancel(tiny_recipe):
+    run = _create(tiny_recipe)
+    _make_stale(run, attempts=1)
+    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    assert services.training_runs_reap()["cancelled"] == [run.pk]
+
+
+def test_a_stale_run_is_requeued_and_resumes_from_its_last_epoch_checkpoint(
+    tiny_recipe, django_capture_on_commit_callbacks
+):
+    run = _create(tiny_recipe, epochs=2)
+
+    class WorkerDied(BaseException):
+        pass
+
+    def die_in_epoch_two(fraction, epoch, step, eta):
+        if epoch == 2:
+            raise WorkerDied
+
+    with pytest.raises(WorkerDied):
+        services.training_run_execute(run_id=run.pk, on_progress=die_in_epoch_two)
+    first_epoch = TrainingRun.objects.get(pk=run.pk).metrics[0]
+    # What a killed worker leaves behind: still "running", heartbeat going stale.
+    _make_stale(run, attempts=1)
+
+    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.training_runs_reap()["requeued"] == [run.pk]
+    apply_async.assert_called_once()
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.QUEUED
+
+    epochs_trained = set()
+    services.training_run_execute(run_id=run.pk, on_progress=lambda f, epoch, s, e: epochs_trained.add(epoch))
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert epochs_trained == {2} and run.attempts == 2
+    assert run.metrics[0] == first_epoch and [row["epoch"] for row in run.metrics] == [1, 2]
+    assert run.error == ""
+
+
+def test_registering_a_file_outside_the_checkpoint_dir_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere.pt"
+    outside.write_bytes(b"not a model")
+    with pytest.raises(services.CheckpointPathError, match="not inside CHECKPOINT_DIR"):
+        services.checkpoint_register(path=outside, run=None, epoch=1, test_accuracy=None, architecture="mlp")
+    sneaky = settings.CHECKPOINT_DIR / ".." / "elsewhere.pt"
+    with pytest.raises(services.CheckpointPathError):
+        services.checkpoint_register(path=sneaky, run=None, epoch=1, test_accuracy=None, architecture="mlp")
+    assert not Checkpoint.objects.exists()
+
+
+def test_activating_a_checkpoint_deactivates_the_previous_one(make_checkpoint):
+    first, _ = make_checkpoint(activate=True)
+    second, _ = make_checkpoint()
+    services.checkpoint_activate(checkpoint=second)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert second.is_active and not first.is_active
+    # Rolling back is the same operation.
+    services.checkpoint_activate(checkpoint=first)
+    assert list(Checkpoint.objects.filter(is_active=True)) == [first]
+
+
+def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(tiny_recipe, monkeypatch):
+    monkeypatch.setattr(services, "CANCEL_CHECK_EVERY_S", 0.0)
+    run = _create(tiny_recipe, epochs=2)
+
+    def taken_over(fraction, epoch, step, eta):
+        # What the reaper plus a second worker's claim look like from the first worker.
+        TrainingRun.objects.filter(pk=run.pk).update(attempts=2, error="resumed elsewhere")
+
+    assert services.training_run_execute(run_id=run.pk, on_progress=taken_over) is None
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
+    assert not run.checkpoints.exists()

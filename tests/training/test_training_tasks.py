@@ -1,0 +1,71 @@
+"""Training tasks through a real Celery worker process, and the task wrappers' idempotence."""
+import time
+from unittest import mock
+
+import pytest
+from django.conf import settings
+
+from training import services, tasks
+from training.ml.atomic import sha256_file
+from training.models import TrainingRun
+
+
+def _wait_for(run_id: int, predicate, *, timeout: float, worker=None) -> TrainingRun:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = TrainingRun.objects.get(pk=run_id)
+        if predicate(run):
+            return run
+        time.sleep(0.3)
+    log = worker.log()[-4000:] if worker is not None else ""
+    raise AssertionError(f"run {run_id} stuck in {run.status} ({run.progress:.0%}, {run.error}):\n{log}")
+
+
+@pytest.mark.worker
+def test_a_tiny_run_trains_end_to_end_in_a_real_worker(celery_worker_process, tiny_recipe):
+    run = services.training_run_create(created_by=None, activate_on_success=True, **tiny_recipe)
+    run = _wait_for(run.pk, lambda r: r.is_finished, timeout=120, worker=celery_worker_process)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.celery_task_id and run.device == "cpu" and run.heartbeat_at is not None
+    final = run.checkpoints.get(is_final=True)
+    assert final.is_active and final.test_accuracy == run.test_accuracy > 0.5
+    assert final.sha256 == sha256_file(settings.CHECKPOINT_DIR / final.path)
+
+
+@pytest.mark.worker
+def test_a_running_run_in_a_real_worker_stops_when_cancelled(celery_worker_process, tiny_recipe):
+    # Enough steps that the run is still training when the cancel request lands.
+    run = services.training_run_create(
+        created_by=None, **{**tiny_recipe, "epochs": 20, "batch_size": 10, "train_subset": 20_000}
+    )
+    _wait_for(run.pk, lambda r: r.status == TrainingRun.Status.RUNNING and r.progress > 0, timeout=90,
+              worker=celery_worker_process)
+    services.training_run_cancel(run=run)
+    run = _wait_for(run.pk, lambda r: r.is_finished, timeout=30, worker=celery_worker_process)
+    assert run.status == TrainingRun.Status.CANCELLED
+    assert run.progress < 1 and not run.checkpoints.filter(is_final=True).exists()
+
+
+@pytest.mark.django_db
+def test_the_execute_task_run_twice_for_one_run_trains_once(tiny_recipe):
+    run = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+    tasks.training_run_execute.apply(kwargs={"run_id": run.pk})
+    with mock.patch("training.ml.recipe.fit") as fit:
+        tasks.training_run_execute.apply(kwargs={"run_id": run.pk})
+    fit.assert_not_called()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.attempts == 1
+
+
+@pytest.mark.django_db
+def test_the_reap_task_calls_the_reaper_service():
+    with mock.patch("training.services.training_runs_reap", return_value={"failed": [1]}) as reap:
+        assert tasks.training_runs_reap.apply().get() == {"failed": [1]}
+    reap.assert_called_once_with()
+
+
+def test_training_tasks_are_routed_to_the_training_queue():
+    from mnistsite.celery import app
+
+    assert app.amqp.router.route({}, "training.tasks.training_run_execute")["queue"].name == "training"
+    assert tasks.training_run_execute.soft_time_limit >= 3600

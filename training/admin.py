@@ -1,0 +1,229 @@
+"""Admin pages for training: start, watch and cancel runs; list, inspect and activate checkpoints."""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from training import charts, selectors, services
+from training.forms import TrainingRunStartForm
+from training.models import Checkpoint, TrainingRun
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "status", "architecture", "progress_bar", "accuracy", "duration", "created_by", "device", "created_at",
+    )
+    list_display_links = ("id", "status")
+    list_filter = ("status", "architecture", "device", "activate_on_success")
+    search_fields = ("id", "created_by__username", "error")
+    date_hierarchy = "created_at"
+    actions = ("cancel_runs",)
+    fieldsets = (
+        ("Recipe", {"fields": (
+            "architecture", "epochs", "batch_size", "learning_rate", "seed", "augment", "train_subset",
+            "requested_device", "activate_on_success",
+        )}),
+        ("State", {"fields": (
+            "status", "device", "progress", "current_epoch", "current_step", "total_steps", "eta_seconds",
+            "test_accuracy", "error", "cancel_requested", "attempts",
+        )}),
+        ("Book-keeping", {"fields": (
+            "created_by", "celery_task_id", "created_at", "started_at", "heartbeat_at", "finished_at",
+        )}),
+    )
+
+    # Runs change only through services, never through a form.
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in TrainingRun._meta.fields]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="progress")
+    def progress_bar(self, run: TrainingRun) -> str:
+        return format_html(
+            '<progress class="training-progress" value="{}" max="1" title="{}"></progress> {}',
+            f"{run.progress:.4f}", f"{run.progress:.0%}", f"{run.progress:.0%}",
+        )
+
+    @admin.display(description="test accuracy", ordering="test_accuracy")
+    def accuracy(self, run: TrainingRun) -> str:
+        return _percent(run.test_accuracy)
+
+    @admin.display(description="duration")
+    def duration(self, run: TrainingRun) -> str:
+        return _duration(run.duration_seconds)
+
+    def get_queryset(self, request):
+        return selectors.training_run_list()
+
+    @admin.action(description="Cancel the selected runs", permissions=["change"])
+    def cancel_runs(self, request: HttpRequest, queryset) -> None:
+        cancelled = 0
+        for run in queryset:
+            try:
+                services.training_run_cancel(run=run)
+                cancelled += 1
+            except services.TrainingRunStateError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        if cancelled:
+            self.message_user(request, f"Cancellation requested for {cancelled} run(s).", messages.SUCCESS)
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:object_id>/cancel/", wrap(self.cancel_view), name="%s_%s_cancel" % info),
+            path("<int:object_id>/progress/", wrap(self.progress_view), name="%s_%s_progress" % info),
+            *super().get_urls(),
+        ]
+
+    def _get_run(self, object_id: int) -> TrainingRun:
+        try:
+            return selectors.training_run_get(run_id=object_id)
+        except TrainingRun.DoesNotExist:
+            raise Http404("No such training run.") from None
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None) -> HttpResponse:
+        """The "Start training run" page: a plain form handed to the create service."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = TrainingRunStartForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                run = services.training_run_create(created_by=request.user, **form.cleaned_data)
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+            else:
+                self.message_user(request, f"Training run {run.pk} queued.", messages.SUCCESS)
+                return redirect(reverse("admin:training_trainingrun_change", args=[run.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Start training run",
+            "form": form,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/training/trainingrun/start.html", context)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        run = self._get_run(int(object_id)) if str(object_id).isdigit() else None
+        context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
+                   "show_delete": False, **(extra_context or {})}
+        if run is not None:
+            context.update(
+                run=run,
+                metrics_rows=run.metrics or [],
+                curves=charts.run_curves_svg(metrics=run.metrics or []),
+                confusion_svg=charts.confusion_matrix_svg(matrix=run.confusion_matrix) if run.confusion_matrix else None,
+                can_cancel=not run.is_finished and self.has_change_permission(request, run),
+                progress_url=reverse("admin:training_trainingrun_progress", args=[run.pk]),
+                cancel_url=reverse("admin:training_trainingrun_cancel", args=[run.pk]),
+                final_checkpoint=run.checkpoints.filter(is_final=True).first(),
+            )
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def cancel_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        run = self._get_run(object_id)
+        if not self.has_change_permission(request, run):
+            raise PermissionDenied
+        if request.method != "POST":
+            return redirect(reverse("admin:training_trainingrun_change", args=[run.pk]))
+        try:
+            run = services.training_run_cancel(run=run)
+        except services.TrainingRunStateError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            note = "cancelled" if run.status == TrainingRun.Status.CANCELLED else "will stop at its next step"
+            self.message_user(request, f"Training run {run.pk} {note}.", messages.SUCCESS)
+        return redirect(reverse("admin:training_trainingrun_change", args=[run.pk]))
+
+    def progress_view(self, request: HttpRequest, object_id: int) -> JsonResponse:
+        run = self._get_run(object_id)
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        return JsonResponse(selectors.training_run_progress(run=run))
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(admin.ModelAdmin):
+    list_display = ("id", "architecture", "accuracy", "run", "epoch", "is_final", "is_active", "size", "created_at")
+    list_filter = ("is_active", "is_final", "architecture")
+    search_fields = ("id", "path", "sha256")
+    actions = ("activate_checkpoint",)
+    list_select_related = ("run",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in Checkpoint._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return selectors.checkpoint_list()
+
+    @admin.display(description="test accuracy", ordering="test_accuracy")
+    def accuracy(self, checkpoint: Checkpoint) -> str:
+        return _percent(checkpoint.test_accuracy)
+
+    @admin.action(description="Activate the selected checkpoint", permissions=["change"])
+    def activate_checkpoint(self, request: HttpRequest, queryset) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one checkpoint to activate.", messages.WARNING)
+            return
+        checkpoint = services.checkpoint_activate(checkpoint=queryset.get())
+        self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "<int:object_id>/activate/",
+                self.admin_site.admin_view(self.activate_view),
+                name="%s_%s_activate" % info,
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
+                   "show_delete": False, **(extra_context or {})}
+        if str(object_id).isdigit():
+            context["activate_url"] = reverse("admin:training_checkpoint_activate", args=[int(object_id)])
+            context["can_activate"] = self.has_change_permission(request)
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def activate_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        try:
+            checkpoint = selectors.checkpoint_get(checkpoint_id=object_id)
+        except Checkpoint.DoesNotExist:
+            raise Http404("No such checkpoint.") from None
+        if not self.has_change_permission(request, checkpoint):
+            raise PermissionDenied
+        if request.method == "POST":
+            checkpoint = services.checkpoint_activate(checkpoint=checkpoint)
+            self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
+        return redirect(reverse("admin:training_checkpoint_change", args=[checkpoint.pk]))

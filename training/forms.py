@@ -1,0 +1,44 @@
+"""The admin form for starting a training run; blank hyper-parameters take the architecture's tuned recipe."""
+from django import forms
+
+from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS
+
+
+class TrainingRunStartForm(forms.Form):
+    architecture = forms.ChoiceField(
+        choices=[(name, name.upper()) for name in ARCHITECTURE_CHOICES],
+        initial="cnn",
+        help_text="CNN: the accurate default. MLP: the tutorial's 784-500-10 network, much faster on a CPU.",
+    )
+    epochs = forms.IntegerField(min_value=1, max_value=MAX_EPOCHS, required=False, help_text="Blank: recipe default.")
+    batch_size = forms.IntegerField(
+        min_value=1, max_value=MAX_BATCH_SIZE, required=False, help_text="Blank: recipe default."
+    )
+    learning_rate = forms.FloatField(
+        min_value=0, max_value=10, required=False, help_text="Blank: recipe default (peak rate for the CNN)."
+    )
+    seed = forms.IntegerField(initial=0, min_value=0)
+    augment = forms.BooleanField(
+        required=False, initial=True, label="Augmentation", help_text="Random affine, elastic and stroke-width changes."
+    )
+    device = forms.ChoiceField(choices=[(name, name) for name in DEVICE_CHOICES], initial="auto")
+    train_subset = forms.IntegerField(
+        min_value=1, max_value=60_000, required=False, help_text="Train on the first N images only (smoke runs)."
+    )
+    activate_on_success = forms.BooleanField(
+        required=False, label="Activate when done", help_text="Serve predictions with this run's model if it succeeds."
+    )
+
+    def clean(self):
+        from training.ml.recipe import TrainConfig
+
+        cleaned = super().clean()
+        architecture = cleaned.get("architecture")
+        if architecture:
+            recipe = TrainConfig.default_for(architecture)
+            for field, default in (("epochs", recipe.epochs), ("batch_size", recipe.batch_size), ("learning_rate", recipe.lr)):
+                if cleaned.get(field) is None and field not in self.errors:
+                    cleaned[field] = default
+        if cleaned.get("learning_rate") == 0:
+            self.add_error("learning_rate", "The learning rate must be greater than 0.")
+        return cleaned

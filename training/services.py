@@ -1,0 +1,513 @@
+"""Business logic that writes: creating, running, cancelling and reaping training runs; registering and activating checkpoints."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from training.ml.atomic import sha256_file
+from training.models import Checkpoint, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURE_CHOICES = ("cnn", "mlp")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+MAX_EPOCHS = 100
+MAX_BATCH_SIZE = 8192
+# A run whose worker died is restarted (from its last epoch checkpoint) at most this many times in all.
+MAX_ATTEMPTS = 3
+PROGRESS_WRITE_EVERY_S = 2.0
+CANCEL_CHECK_EVERY_S = 1.0
+# A queued run whose message never reached the broker is re-published after this long.
+UNPUBLISHED_REPUBLISH_AFTER_S = 60
+STALE_ERROR = "worker stopped responding"
+
+ProgressHook = Callable[[float, int, int, float], None]
+
+
+class TrainingRunStateError(Exception):
+    """The run is not in a state that allows the requested change."""
+
+
+class CheckpointPathError(ValueError):
+    """A checkpoint file lies outside CHECKPOINT_DIR."""
+
+
+# ---------------------------------------------------------------------------
+# Runs: creation and publishing
+
+
+def training_run_create(
+    *,
+    created_by: Any | None,
+    architecture: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+    augment: bool = True,
+    device: str = "auto",
+    activate_on_success: bool = False,
+    train_subset: int | None = None,
+    enqueue: bool = True,
+) -> TrainingRun:
+    """Validate and store a queued run; unless ``enqueue`` is false, publish it once the transaction commits."""
+    errors: dict[str, str] = {}
+    if architecture not in ARCHITECTURE_CHOICES:
+        errors["architecture"] = f"Choose one of {', '.join(ARCHITECTURE_CHOICES)}."
+    if not 1 <= int(epochs) <= MAX_EPOCHS:
+        errors["epochs"] = f"Epochs must be between 1 and {MAX_EPOCHS}."
+    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
+        errors["batch_size"] = f"Batch size must be between 1 and {MAX_BATCH_SIZE}."
+    if not 0 < float(learning_rate) <= 10:
+        errors["learning_rate"] = "Learning rate must be greater than 0 and at most 10."
+    if device not in DEVICE_CHOICES:
+        errors["device"] = f"Choose one of {', '.join(DEVICE_CHOICES)}."
+    if train_subset is not None and int(train_subset) < 1:
+        errors["train_subset"] = "The training subset must hold at least one image."
+    if errors:
+        raise ValidationError(errors)
+
+    with transaction.atomic():
+        run = TrainingRun.objects.create(
+            created_by=created_by,
+            architecture=architecture,
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            learning_rate=float(learning_rate),
+            seed=int(seed),
+            augment=bool(augment),
+            requested_device=device,
+            activate_on_success=bool(activate_on_success),
+            train_subset=int(train_subset) if train_subset is not None else None,
+        )
+        if enqueue:
+            run_id = run.pk
+            transaction.on_commit(lambda: training_run_publish(run_id=run_id))
+    return run
+
+
+def training_run_publish(*, run_id: int) -> str | None:
+    """Send the run's execute message; a broker outage leaves it queued for the reaper to re-publish."""
+    from training.tasks import training_run_execute as execute_task
+
+    task_id = str(uuid.uuid4())
+    TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(celery_task_id=task_id)
+    try:
+        execute_task.apply_async(kwargs={"run_id": run_id}, task_id=task_id)
+    except Exception:  # noqa: BLE001 - any broker failure: the run stays queued and is retried later
+        if settings.CELERY_TASK_ALWAYS_EAGER:
+            raise
+        logger.exception("could not publish training run %s; the reaper will retry", run_id)
+        TrainingRun.objects.filter(pk=run_id, celery_task_id=task_id).update(celery_task_id="")
+        return None
+    return task_id
+
+
+# ---------------------------------------------------------------------------
+# Runs: execution
+
+
+def _train_config_for(run: TrainingRun):
+    from training.ml.recipe import TrainConfig
+
+    config = TrainConfig.default_for(run.architecture)
+    config.epochs = run.epochs
+    config.batch_size = run.batch_size
+    config.lr = run.learning_rate
+    config.seed = run.seed
+    config.augment = run.augment
+    return config
+
+
+def _training_run_claim(*, run_id: int) -> TrainingRun | None:
+    """Move a queued run to running; None when it is anything else (a redelivered or stale message)."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            logger.warning("training run %s does not exist; ignoring its message", run_id)
+            return None
+        if run.status != TrainingRun.Status.QUEUED:
+            logger.info("training run %s is %s, not queued; not executing it again", run_id, run.status)
+            return None
+        now = timezone.now()
+        run.status = TrainingRun.Status.RUNNING
+        run.attempts += 1
+        run.started_at = run.started_at or now
+        run.heartbeat_at = now
+        run.finished_at = None
+        run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "finished_at"])
+    return run
+
+
+def _run_dir(run_id: int) -> Path:
+    return Path(settings.CHECKPOINT_DIR) / "runs" / str(run_id)
+
+
+class _RunReporter:
+    """The callbacks ``fit`` calls: progress, cancellation and per-epoch checkpoints, all tied to one attempt.
+
+    Every write is conditional on the run still being running under this attempt,
+    so a worker that the reaper gave up on stops by itself instead of fighting
+    the attempt that replaced it.
+    """
+
+    def __init__(
+        self, *, run: TrainingRun, train_config, steps_per_epoch: int, on_progress: ProgressHook | None
+    ) -> None:
+        self.run_id = run.pk
+        self.steps_per_epoch = steps_per_epoch
+        self.start_epoch = 0
+        self.attempt = run.attempts
+        self.architecture = run.architecture
+        self.train_config = train_config
+        self.hook = on_progress
+        self.lost = False
+        self._last_write = -float("inf")
+        self._last_check = -float("inf")
+        self._cancel_requested = run.cancel_requested
+
+    def _rows(self):
+        return TrainingRun.objects.filter(pk=self.run_id, status=TrainingRun.Status.RUNNING, attempts=self.attempt)
+
+    def _update(self, **fields: Any) -> None:
+        if not self._rows().update(heartbeat_at=timezone.now(), **fields):
+            self.lost = True
+
+    def started(self, *, device: str) -> None:
+        self._update(device=device, total_steps=self.steps_per_epoch)
+
+    def progress(self, fraction: float, epoch: int, step: int, eta_seconds: float) -> None:
+        if self.hook is not None:
+            self.hook(fraction, epoch, step, eta_seconds)
+        now = time.monotonic()
+        if now - self._last_write < PROGRESS_WRITE_EVERY_S:
+            return
+        self._last_write = now
+        self._update(
+            progress=round(min(max(self.overall(fraction), 0.0), 1.0), 4),
+            current_epoch=epoch,
+            current_step=step,
+            eta_seconds=round(eta_seconds, 1),
+        )
+
+    def overall(self, fraction: float) -> float:
+        # fit reports the share of the remaining epochs; a resumed run has some behind it already.
+        epochs = self.train_config.epochs
+        return (self.start_epoch + fraction * (epochs - self.start_epoch)) / epochs if epochs else 1.0
+
+    def should_stop(self) -> bool:
+        if self.lost or self._cancel_requested:
+            return True
+        now = time.monotonic()
+        if now - self._last_check < CANCEL_CHECK_EVERY_S:
+            return False
+        self._last_check = now
+        row = TrainingRun.objects.filter(pk=self.run_id).values("status", "attempts", "cancel_requested").first()
+        if row is None or row["status"] != TrainingRun.Status.RUNNING or row["attempts"] != self.attempt:
+            self.lost = True
+            return True
+        self._cancel_requested = row["cancel_requested"]
+        return self._cancel_requested
+
+    def epoch_end(self, epoch: int, model, optimizer, metrics: dict[str, Any]) -> None:
+        from training.ml.checkpoints import save_checkpoint
+
+        if self.claim_lost():
+            return
+        history = [dict(row) for row in metrics.get("history", [])]
+        path = _run_dir(self.run_id) / f"epoch-{epoch}.pt"
+        save_checkpoint(
+            path,
+            model=model,
+            config=None,
+            epoch=epoch,
+            metrics=metrics,
+            optimizer=optimizer,
+            extra={"run_id": self.run_id, "train_config": self.train_config.to_dict()},
+        )
+        checkpoint_register(
+            path=path,
+            run=TrainingRun(pk=self.run_id),
+            epoch=epoch,
+            test_accuracy=metrics.get("test_accuracy"),
+            architecture=self.architecture,
+            is_final=False,
+        )
+        self._last_write = time.monotonic()
+        self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
+
+    def claim_lost(self) -> bool:
+        """Whether the reaper or a later attempt took the run over; checked unthrottled before any write."""
+        if not self.lost:
+            self.lost = not self._rows().exists()
+        return self.lost
+
+
+def _latest_epoch_checkpoint(run: TrainingRun) -> tuple[Checkpoint, dict] | None:
+    """The payload of the newest loadable epoch checkpoint of ``run``, for resuming."""
+    from training.ml.checkpoints import CheckpointError, load_checkpoint
+    from training.selectors import checkpoint_file_path
+
+    for checkpoint in run.checkpoints.filter(is_final=False).order_by("-epoch"):
+        try:
+            _model, payload = load_checkpoint(
+                checkpoint_file_path(checkpoint=checkpoint), expected_sha256=checkpoint.sha256, map_location="cpu"
+            )
+        except (CheckpointError, ValueError) as exc:
+            logger.warning("cannot resume run %s from %s: %s", run.pk, checkpoint.path, exc)
+            continue
+        return checkpoint, payload
+    return None
+
+
+def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None) -> TrainingRun | None:
+    """Claim a queued run and train it to completion; a no-op (None) when the run is not queued.
+
+    Outcomes are recorded on the run: succeeded (with a registered final
+    checkpoint), cancelled, or failed with the error text. ``on_progress`` is
+    an extra in-process hook (the ``train --sync`` progress bar).
+    """
+    from training.ml.data import load_mnist
+    from training.ml.engine import TrainingCancelled
+    from training.ml.recipe import TrainConfig, fit, select_device
+
+    run = _training_run_claim(run_id=run_id)
+    if run is None:
+        return None
+    reporter: _RunReporter | None = None
+    try:
+        resume = _latest_epoch_checkpoint(run) if run.attempts > 1 else None
+        train_config = _train_config_for(run)
+        resume_payload = None
+        if resume is not None:
+            checkpoint, resume_payload = resume
+            stored = (resume_payload.get("extra") or {}).get("train_config")
+            if stored:
+                train_config = TrainConfig.from_dict(stored)
+            logger.info("resuming training run %s from epoch %s", run.pk, checkpoint.epoch)
+        device = select_device(run.requested_device if run.requested_device != "auto" else settings.TORCH_DEVICE)
+        train, test = load_mnist(settings.DATA_DIR)
+        if run.train_subset:
+            train = train.subset(run.train_subset)
+        steps_per_epoch = -(-len(train) // train_config.batch_size)
+        reporter = _RunReporter(
+            run=run, train_config=train_config, steps_per_epoch=steps_per_epoch, on_progress=on_progress
+        )
+        if resume_payload is not None:
+            reporter.start_epoch = int(resume_payload["epoch"])
+        reporter.started(device=str(device))
+        result = fit(
+            config=train_config,
+            train=train,
+            test=test,
+            device=device,
+            on_progress=reporter.progress,
+            should_stop=reporter.should_stop,
+            on_epoch_end=reporter.epoch_end,
+            resume_from=resume_payload,
+        )
+        if reporter.claim_lost():
+            raise TrainingCancelled("the run was taken over")
+        return _training_run_succeed(run=run, result=result, train_config=train_config, reporter=reporter)
+    except TrainingCancelled:
+        if reporter is not None and reporter.lost:
+            logger.warning("training run %s attempt %s lost its claim; stopping quietly", run.pk, run.attempts)
+            return None
+        return _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
+    except Exception as exc:
+        logger.exception("training run %s failed", run.pk)
+        return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        # A soft time limit or worker shutdown: record it, then let Celery see it.
+        _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> TrainingRun | None:
+    updated = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, attempts=run.attempts).update(
+        status=status, error=error[:10_000], finished_at=timezone.now(), eta_seconds=None, heartbeat_at=timezone.now()
+    )
+    if not updated:
+        return None
+    run.refresh_from_db()
+    return run
+
+
+def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _RunReporter) -> TrainingRun | None:
+    from training.ml.checkpoints import save_checkpoint
+
+    path = _run_dir(run.pk) / "final.pt"
+    save_checkpoint(
+        path,
+        model=result.model,
+        config=None,
+        epoch=result.epochs_completed,
+        metrics={"test_accuracy": result.final_accuracy, "test_loss": result.test_loss, "history": result.history},
+        extra={"run_id": run.pk, "train_config": train_config.to_dict()},
+    )
+    with transaction.atomic():
+        locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if locked.status != TrainingRun.Status.RUNNING or locked.attempts != run.attempts:
+            return None
+        checkpoint = checkpoint_register(
+            path=path,
+            run=locked,
+            epoch=result.epochs_completed,
+            test_accuracy=result.final_accuracy,
+            architecture=run.architecture,
+            is_final=True,
+            activate=locked.activate_on_success,
+        )
+        locked.status = TrainingRun.Status.SUCCEEDED
+        locked.metrics = result.history
+        locked.confusion_matrix = result.confusion
+        locked.test_accuracy = result.final_accuracy
+        locked.progress = 1.0
+        locked.current_epoch = result.epochs_completed
+        locked.current_step = locked.total_steps
+        locked.eta_seconds = None
+        locked.error = ""
+        locked.finished_at = timezone.now()
+        locked.heartbeat_at = locked.finished_at
+        locked.save()
+    logger.info(
+        "training run %s succeeded: checkpoint %s, test accuracy %.4f", run.pk, checkpoint.pk, result.final_accuracy
+    )
+    return locked
+
+
+# ---------------------------------------------------------------------------
+# Runs: cancelling and reaping
+
+
+def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
+    """Cancel a queued run at once, or ask a running one to stop at its next step."""
+    with transaction.atomic():
+        locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if locked.status == TrainingRun.Status.QUEUED:
+            locked.status = TrainingRun.Status.CANCELLED
+            locked.cancel_requested = True
+            locked.finished_at = timezone.now()
+            locked.save(update_fields=["status", "cancel_requested", "finished_at"])
+        elif locked.status == TrainingRun.Status.RUNNING:
+            locked.cancel_requested = True
+            locked.save(update_fields=["cancel_requested"])
+        else:
+            raise TrainingRunStateError(f"Run {locked.pk} has already {locked.status}; it cannot be cancelled.")
+    return locked
+
+
+def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
+    """Deal with runs whose worker died: resume them from their last epoch checkpoint, or fail them.
+
+    A running run whose heartbeat is older than TRAINING_STALE_AFTER_SECONDS is
+    re-queued while it has attempts left, else marked failed ("worker stopped
+    responding"); one that was asked to cancel becomes cancelled. Queued runs
+    whose message never reached the broker are published again.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
+    stale_filter = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    outcome: dict[str, list[int]] = {"requeued": [], "failed": [], "cancelled": [], "republished": []}
+    stale_ids = list(
+        TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).filter(stale_filter).values_list("pk", flat=True)
+    )
+    for run_id in stale_ids:
+        with transaction.atomic():
+            run = (
+                TrainingRun.objects.select_for_update()
+                .filter(pk=run_id, status=TrainingRun.Status.RUNNING)
+                .filter(stale_filter)
+                .first()
+            )
+            if run is None:
+                continue
+            run.eta_seconds = None
+            if run.cancel_requested:
+                run.status = TrainingRun.Status.CANCELLED
+                run.finished_at = now
+                outcome["cancelled"].append(run.pk)
+            elif run.attempts < MAX_ATTEMPTS:
+                run.status = TrainingRun.Status.QUEUED
+                run.error = f"{STALE_ERROR} (attempt {run.attempts}); resuming from the last epoch checkpoint"
+                outcome["requeued"].append(run.pk)
+                transaction.on_commit(lambda run_id=run.pk: training_run_publish(run_id=run_id))
+            else:
+                run.status = TrainingRun.Status.FAILED
+                run.error = f"{STALE_ERROR} after {run.attempts} attempts"
+                run.finished_at = now
+                outcome["failed"].append(run.pk)
+            run.save(update_fields=["status", "error", "finished_at", "eta_seconds"])
+            logger.warning("stale training run %s: %s", run.pk, run.status)
+
+    unpublished = TrainingRun.objects.filter(
+        status=TrainingRun.Status.QUEUED,
+        celery_task_id="",
+        created_at__lt=now - timedelta(seconds=UNPUBLISHED_REPUBLISH_AFTER_S),
+    ).values_list("pk", flat=True)
+    for run_id in unpublished:
+        if training_run_publish(run_id=run_id):
+            outcome["republished"].append(run_id)
+    return outcome
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_register(
+    *,
+    path: Path,
+    run: TrainingRun | None,
+    epoch: int,
+    test_accuracy: float | None,
+    architecture: str,
+    is_final: bool = True,
+    activate: bool = False,
+) -> Checkpoint:
+    """Record a checkpoint file (which must lie inside CHECKPOINT_DIR) with its sha256 and size."""
+    root = Path(settings.CHECKPOINT_DIR).resolve()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(root) or resolved == root:
+        raise CheckpointPathError(f"{path} is not inside CHECKPOINT_DIR ({root}); refusing to register it")
+    if not resolved.is_file():
+        raise CheckpointPathError(f"{path} is not a file")
+    with transaction.atomic():
+        checkpoint, _created = Checkpoint.objects.update_or_create(
+            path=resolved.relative_to(root).as_posix(),
+            defaults={
+                "run": run,
+                "epoch": int(epoch),
+                "architecture": architecture,
+                "sha256": sha256_file(resolved),
+                "size": resolved.stat().st_size,
+                "test_accuracy": test_accuracy,
+                "is_final": is_final,
+            },
+        )
+        if activate:
+            checkpoint = checkpoint_activate(checkpoint=checkpoint)
+    return checkpoint
+
+
+def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
+    """Make this the one checkpoint inference uses (promotion or roll-back)."""
+    with transaction.atomic():
+        # Locking every active row first serialises concurrent activations.
+        list(Checkpoint.objects.select_for_update().filter(is_active=True))
+        Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
+    checkpoint.refresh_from_db()
+    logger.info("checkpoint %s is now active", checkpoint.pk)
+    return checkpoint
