@@ -34,9 +34,11 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "classifier",
     "training",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -127,6 +129,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 LOW_CONFIDENCE_THRESHOLD = env.float("LOW_CONFIDENCE_THRESHOLD", default=0.7)
 # Pending predictions older than this are re-published by the sweeper.
 PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS", default=60)
+# A prediction "running" for longer than this lost its worker: the sweeper re-publishes it and a
+# redelivered message may claim it again. Keep it above the longest prediction.
+PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER_SECONDS", default=120)
 # Training runs whose heartbeat is older than this are considered dead.
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=120)
 
@@ -189,12 +194,19 @@ REST_FRAMEWORK = {
         "uploads": env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"),
         "login": env.str("LOGIN_THROTTLE_RATE", default="10/minute"),
     },
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "mnistsite API",
     "DESCRIPTION": "Handwritten digit recognition: uploads, predictions and training.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Multipart uploads are described as binary files only when requests and responses get separate components.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI is served from our own static files (drf-spectacular-sidecar), never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Shared by every web process, so throttles and log-in lockouts hold across them.

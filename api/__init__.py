@@ -1,0 +1,1 @@
+"""The versioned REST API: predictions for everyone, training and checkpoints for staff."""

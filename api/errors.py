@@ -1,0 +1,156 @@
+"""One error shape for the whole API: ``{"error": {"code", "message", "field", "details"}}``."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import (
+    PermissionDenied as DjangoPermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+    ValidationError as DjangoValidationError,
+)
+from django.http import Http404
+from django.urls import Resolver404, resolve
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+NON_FIELD = "non_field_errors"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request is too large."
+    default_code = "too_large"
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object is not in a state that allows this."
+    default_code = "conflict"
+
+
+# Django validation codes (from classifier.validation and others) whose HTTP status is not 400.
+STATUS_FOR_CODE = {"too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE}
+
+
+def error_body(*, code: str, message: str, field: str | None = None, details: list[dict] | None = None) -> dict:
+    item = {"code": code, "message": message, "field": field}
+    return {"error": {**item, "details": details if details is not None else [item]}}
+
+
+def _flatten(detail: Any, field: str | None = None) -> list[dict]:
+    """DRF's nested error detail (dicts of lists of ErrorDetail) as a flat list of {code, message, field}."""
+    if isinstance(detail, dict):
+        items: list[dict] = []
+        for key, value in detail.items():
+            name = None if key == NON_FIELD else (f"{field}.{key}" if field else str(key))
+            items += _flatten(value, name)
+        return items
+    if isinstance(detail, list):
+        items = []
+        for index, value in enumerate(detail):
+            # A list of dicts is a nested list serializer: keep the index in the field path.
+            name = f"{field}[{index}]" if isinstance(value, dict) and field else field
+            items += _flatten(value, name)
+        return items
+    return [{"code": getattr(detail, "code", None) or "invalid", "message": str(detail), "field": field}]
+
+
+def _django_validation_items(error: DjangoValidationError, field: str | None) -> list[dict]:
+    if hasattr(error, "error_dict"):
+        items = []
+        for key, errors in error.error_dict.items():
+            for item in errors:
+                items += _django_validation_items(item, None if key == "__all__" else key)
+        return items
+    return [{"code": item.code or "invalid", "message": message, "field": field}
+            for item in error.error_list for message in item.messages]
+
+
+def validation_error_response(error: DjangoValidationError, *, field: str | None = None) -> Response:
+    """A Django ValidationError raised by a service, as a 400 (or 413 when a file is too large)."""
+    items = _django_validation_items(error, field) or [{"code": "invalid", "message": "Invalid input.", "field": field}]
+    codes = {item["code"] for item in items}
+    status_code = next((STATUS_FOR_CODE[code] for code in STATUS_FOR_CODE if code in codes), status.HTTP_400_BAD_REQUEST)
+    first = next((item for item in items if STATUS_FOR_CODE.get(item["code"]) == status_code), items[0])
+    return Response(error_body(code=first["code"], message=first["message"], field=first["field"], details=items),
+                    status=status_code)
+
+
+def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
+    """Django's own request errors, which DRF leaves alone, as API exceptions with the right status."""
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge("The request body is too large.", code="too_large")
+    if isinstance(exc, TooManyFilesSent):
+        return exceptions.ValidationError(
+            {"images": [exceptions.ErrorDetail(
+                f"Too many files: at most {settings.UPLOAD_MAX_FILES} are accepted at once.", code="too_many_files")]}
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        return exceptions.ParseError("Too many form fields were sent.", code="too_many_fields")
+    if isinstance(exc, SuspiciousOperation):
+        return exceptions.ParseError("The request could not be understood.", code="bad_request")
+    return None
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's handler (headers such as WWW-Authenticate and Retry-After included), reshaped into the envelope."""
+    if isinstance(exc, DjangoValidationError):
+        return validation_error_response(exc)
+    exc = _as_api_exception(exc) or exc
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return _unexpected(exc, context)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
+    items = _flatten(detail) or [{"code": "error", "message": "The request failed.", "field": None}]
+    first = items[0]
+    response.data = error_body(code=first["code"], message=first["message"], field=first["field"], details=items)
+    return response
+
+
+def _unexpected(exc: Exception, context: dict) -> Response | None:
+    if settings.DEBUG:
+        # Developers get Django's debug page with the traceback.
+        return None
+    request = context.get("request")
+    # Error reporting and the test client listen for this signal; a handled 500 must still reach them.
+    signals.got_request_exception.send(sender=None, request=getattr(request, "_request", request))
+    logger.error("unhandled error in the API", exc_info=exc)
+    return Response(
+        error_body(code="server_error", message="Something went wrong on our side; it has been logged."),
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+class NoSuchEndpointApi(APIView):
+    """Answers every path under api/ that matches no endpoint, so even those errors keep the envelope."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    schema = None
+
+    def _not_found(self, request, *args, **kwargs):
+        message = f"No API endpoint at {request.path}."
+        if not request.path.endswith("/"):
+            try:
+                resolve(request.path + "/")
+            except Resolver404:
+                pass
+            else:
+                message += f" Did you mean {request.path}/ ?"
+        raise exceptions.NotFound(message)
+
+    get = post = put = patch = delete = head = options = _not_found

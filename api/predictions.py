@@ -1,0 +1,223 @@
+"""Prediction endpoints: upload images (optionally waiting for the digits), list, inspect, correct and delete them."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api import responses, selectors
+from api.errors import PayloadTooLarge, validation_error_response
+from api.serializers import (
+    FeedbackSerializer,
+    PredictionBatchSerializer,
+    PredictionFilterSerializer,
+    PredictionSerializer,
+    PredictionUploadSerializer,
+    WaitQuerySerializer,
+)
+from api.throttling import UPLOAD_FIELDS, UploadRateThrottle
+from classifier import selectors as classifier_selectors
+from classifier import services as classifier_services
+from classifier import views as classifier_views
+from classifier.models import Prediction, Upload
+
+# Multipart framing and form fields on top of the files themselves.
+BODY_SLACK_BYTES = 1024 * 1024
+
+
+def _reject_oversized_body(request: Request) -> None:
+    """Refuse a body that cannot be valid before reading a byte of it."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > settings.UPLOAD_MAX_FILES * settings.UPLOAD_MAX_BYTES + BODY_SLACK_BYTES:
+        raise PayloadTooLarge(
+            f"The request is too large: at most {settings.UPLOAD_MAX_FILES} images of at most "
+            f"{settings.UPLOAD_MAX_BYTES} bytes each are accepted.",
+            code="too_large",
+        )
+
+
+def _uploaded_files(request: Request) -> tuple[list[tuple], str]:
+    """The files of both upload fields, and the field name to blame in errors."""
+    files, used = [], []
+    for name in UPLOAD_FIELDS:
+        found = request.FILES.getlist(name)
+        if not found and name in request.data:
+            raise exceptions.ValidationError({name: [exceptions.ErrorDetail("Send a file, not text.", code="not_a_file")]})
+        files += [(file, file.name) for file in found]
+        used += [name] if found else []
+    return files, used[0] if len(used) == 1 else "images"
+
+
+def _prediction_or_404(request: Request, prediction_id: int) -> Prediction:
+    prediction = classifier_selectors.prediction_get_for_user(user=request.user, prediction_id=prediction_id)
+    if prediction is None:
+        raise exceptions.NotFound("No such prediction.")
+    return prediction
+
+
+def _represent(request: Request, predictions) -> list[dict]:
+    return PredictionSerializer(predictions, many=True, context={"request": request}).data
+
+
+@extend_schema(tags=["predictions"])
+class PredictionListCreateApi(GenericAPIView):
+    parser_classes = [MultiPartParser]
+    # Only OPTIONS uses it, to describe the upload body; POST reads the files itself.
+    serializer_class = PredictionUploadSerializer
+
+    def get_throttles(self):
+        return [UploadRateThrottle()] if self.request.method == "POST" else super().get_throttles()
+
+    def check_throttles(self, request: Request) -> None:
+        # Runs after authentication and before the body is parsed: the last moment to refuse a huge body unread.
+        if request.method == "POST":
+            _reject_oversized_body(request)
+        super().check_throttles(request)
+
+    @extend_schema(
+        operation_id="predictions_list",
+        summary="List your predictions",
+        description="Your own predictions, newest first, paginated. Dates are inclusive days in the site's time zone.",
+        parameters=[PredictionFilterSerializer],
+        responses={200: PredictionSerializer(many=True), 400: responses.INVALID, **responses.COMMON,
+                   404: responses.error("No such page.", code="not_found")},
+    )
+    def get(self, request: Request) -> Response:
+        query = PredictionFilterSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        queryset = selectors.prediction_list_for_user(
+            user=request.user, filters=selectors.PredictionFilters(**query.validated_data)
+        )
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(_represent(request, page))
+
+    @extend_schema(
+        operation_id="predictions_create",
+        summary="Upload images for prediction",
+        description=(
+            "Upload one image (`image`) or several (`images`, repeated). Every file is checked first; when one is "
+            "rejected nothing is stored. Each image gets a pending prediction that a worker computes.\n\n"
+            "Without `wait` the answer comes at once (202). With `wait=SECONDS` the request blocks until every "
+            "prediction is done or failed (200) or the time is up (202 with what is known so far).\n\n"
+            "Throttled per user by the number of images (scope `uploads`)."
+        ),
+        parameters=[WaitQuerySerializer],
+        request={"multipart/form-data": PredictionUploadSerializer},
+        responses={
+            200: OpenApiResponse(PredictionBatchSerializer, description="Every prediction finished (done or failed)."),
+            202: OpenApiResponse(PredictionBatchSerializer, description="Accepted; some predictions still run."),
+            400: responses.error("A file is not an acceptable image (not_image, wrong_extension, truncated, empty, "
+                                 "blank, too_many_pixels, too_many_files, no_files) or `wait` is invalid.",
+                                 code="not_image", field="image"),
+            413: responses.error("A file is larger than the upload limit, or the request as a whole is.",
+                                 code="too_large", field="image"),
+            415: responses.error("The body must be multipart/form-data.", code="unsupported_media_type"),
+            429: responses.THROTTLED,
+            **responses.COMMON,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        query = WaitQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        files, field = _uploaded_files(request)
+        try:
+            uploads = classifier_services.uploads_submit(owner=request.user, files=files, source=Upload.Source.API)
+        except DjangoValidationError as exc:
+            return validation_error_response(exc, field=field)
+        order = {upload.pk: index for index, upload in enumerate(uploads)}
+        ids = [
+            prediction.pk
+            for prediction in sorted(
+                classifier_selectors.predictions_for_uploads(uploads=uploads), key=lambda p: (order[p.upload_id], p.pk)
+            )
+        ]
+        wait = query.validated_data.get("wait") or 0
+        if wait:
+            selectors.predictions_wait_finished(prediction_ids=ids, timeout=wait)
+        predictions = selectors.predictions_for_ids(prediction_ids=ids)
+        finished = all(p.status in selectors.FINISHED for p in predictions)
+        return Response(
+            {"predictions": _represent(request, predictions)},
+            status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
+        )
+
+
+@extend_schema(tags=["predictions"])
+class PredictionDetailApi(APIView):
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @extend_schema(
+        operation_id="predictions_retrieve",
+        summary="One of your predictions",
+        responses={200: PredictionSerializer, 404: responses.NOT_FOUND, **responses.COMMON},
+    )
+    def get(self, request: Request, prediction_id: int) -> Response:
+        prediction = _prediction_or_404(request, prediction_id)
+        return Response(PredictionSerializer(prediction, context={"request": request}).data)
+
+    @extend_schema(
+        operation_id="predictions_feedback",
+        summary="Say which digit the image really shows",
+        request=FeedbackSerializer,
+        responses={200: PredictionSerializer, 400: responses.INVALID, 404: responses.NOT_FOUND, **responses.COMMON},
+    )
+    def patch(self, request: Request, prediction_id: int) -> Response:
+        prediction = _prediction_or_404(request, prediction_id)
+        body = FeedbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            prediction = classifier_services.prediction_feedback_set(
+                prediction=prediction, digit=body.validated_data["feedback"]
+            )
+        except classifier_services.PredictionFeedbackError as exc:
+            raise exceptions.ValidationError({"feedback": [exceptions.ErrorDetail(str(exc), code="invalid")]}) from exc
+        return Response(PredictionSerializer(prediction, context={"request": request}).data)
+
+    @extend_schema(
+        operation_id="predictions_destroy",
+        summary="Delete a prediction with its upload",
+        description="Deletes the uploaded image, every prediction made for it and all their files.",
+        responses={204: None, 404: responses.NOT_FOUND, **responses.COMMON},
+    )
+    def delete(self, request: Request, prediction_id: int) -> Response:
+        prediction = _prediction_or_404(request, prediction_id)
+        classifier_services.upload_delete(upload=prediction.upload)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+_IMAGE_RESPONSES = {
+    (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="A PNG image."),
+    404: responses.NOT_FOUND,
+    **responses.COMMON,
+}
+
+
+@extend_schema(tags=["predictions"])
+class PredictionImageApi(APIView):
+    """The uploaded image, served by the classifier's own media view once the API has authenticated the caller."""
+
+    @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
+    def get(self, request: Request, prediction_id: int):
+        prediction = _prediction_or_404(request, prediction_id)
+        return classifier_views.upload_image(request._request, pk=prediction.upload_id)
+
+
+@extend_schema(tags=["predictions"])
+class PredictionInputImageApi(APIView):
+    """The 28x28 picture the model saw, served by the classifier's media view."""
+
+    @extend_schema(operation_id="predictions_input_image", summary="The 28x28 model input (PNG)",
+                   responses=_IMAGE_RESPONSES)
+    def get(self, request: Request, prediction_id: int):
+        prediction = _prediction_or_404(request, prediction_id)
+        return classifier_views.prediction_input(request._request, pk=prediction.pk)

@@ -1,0 +1,87 @@
+"""Reads the API needs beyond classifier/training selectors: prediction lists, waiting for results, lookups or None."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from django.db import connection
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from classifier.models import Prediction
+from training import selectors as training_selectors
+from training.models import Checkpoint, TrainingRun
+
+FINISHED = (Prediction.Status.DONE, Prediction.Status.FAILED)
+POLL_FIRST_S = 0.02
+POLL_MAX_S = 0.05
+
+
+@dataclass(frozen=True)
+class PredictionFilters:
+    digit: int | None = None
+    status: str | None = None
+    created_after: dt.date | None = None
+    created_before: dt.date | None = None
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())
+
+
+def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) -> QuerySet[Prediction]:
+    """The caller's own predictions, newest first; both dates are inclusive days in the site's time zone."""
+    filters = filters or PredictionFilters()
+    queryset = Prediction.objects.select_related("upload", "checkpoint").filter(upload__owner=user)
+    if filters.digit is not None:
+        queryset = queryset.filter(digit=filters.digit)
+    if filters.status:
+        queryset = queryset.filter(status=filters.status)
+    if filters.created_after:
+        queryset = queryset.filter(created_at__gte=_day_start(filters.created_after))
+    if filters.created_before:
+        queryset = queryset.filter(created_at__lt=_day_start(filters.created_before + dt.timedelta(days=1)))
+    return queryset.order_by("-created_at", "-id")
+
+
+def predictions_for_ids(*, prediction_ids: list[int]) -> list[Prediction]:
+    """The given predictions in the given order (they were just created by the caller)."""
+    by_id = Prediction.objects.select_related("upload", "checkpoint").in_bulk(prediction_ids)
+    return [by_id[pk] for pk in prediction_ids if pk in by_id]
+
+
+def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> bool:
+    """Block until every prediction is done or failed, or ``timeout`` seconds pass; True when all finished.
+
+    One COUNT query per poll. Outside a transaction each query sees what the
+    workers committed meanwhile; inside one it never would, so it does not wait.
+    """
+    deadline = time.monotonic() + timeout
+    pause = POLL_FIRST_S
+    wanted = len(set(prediction_ids))
+    while True:
+        finished = Prediction.objects.filter(pk__in=prediction_ids, status__in=FINISHED).count()
+        if finished >= wanted:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or connection.in_atomic_block:
+            return False
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 1.5, POLL_MAX_S)
+
+
+def training_run_list_with_checkpoints() -> QuerySet[TrainingRun]:
+    return training_selectors.training_run_list().prefetch_related("checkpoints")
+
+
+def training_run_get_or_none(*, run_id: int) -> TrainingRun | None:
+    return training_selectors.training_run_list().prefetch_related("checkpoints").filter(pk=run_id).first()
+
+
+def checkpoint_get_or_none(*, checkpoint_id: int) -> Checkpoint | None:
+    return training_selectors.checkpoint_list().filter(pk=checkpoint_id).first()
+
+
+def checkpoint_list() -> QuerySet[Checkpoint]:
+    return training_selectors.checkpoint_list().order_by("-created_at", "-id")

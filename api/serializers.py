@@ -1,0 +1,258 @@
+"""Request and response shapes of the API; they validate input and format output, nothing more."""
+from __future__ import annotations
+
+import math
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from classifier.models import Prediction
+from training.models import Checkpoint, TrainingRun
+from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS
+
+MAX_WAIT_SECONDS = 30.0
+# training.models.TrainingRun.seed is a 32-bit integer column.
+MAX_SEED = 2**31 - 1
+MNIST_TRAIN_SIZE = 60_000
+
+
+def _absolute(request, url: str) -> str:
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+# --- errors ----------------------------------------------------------------------------------------------------------
+
+
+class ErrorItemSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Machine-readable reason, e.g. not_image, too_large, not_found, throttled.")
+    message = serializers.CharField(help_text="What went wrong, in words a person can act on.")
+    field = serializers.CharField(
+        allow_null=True, help_text="The request field or query parameter at fault; null when it is the request as a whole."
+    )
+
+
+class ErrorSerializer(ErrorItemSerializer):
+    details = ErrorItemSerializer(
+        many=True, help_text="Every problem found (one per rejected file or field); the first is repeated above."
+    )
+
+
+class ErrorEnvelopeSerializer(serializers.Serializer):
+    """The body of every error response of the API."""
+
+    error = ErrorSerializer()
+
+
+# --- predictions -----------------------------------------------------------------------------------------------------
+
+
+class PredictionUploadSerializer(serializers.Serializer):
+    """The multipart body of an upload; the files themselves are checked by classifier.validation."""
+
+    image = serializers.FileField(
+        required=False, help_text="One image (PNG, JPEG, GIF, WEBP or BMP) showing a single handwritten digit."
+    )
+    images = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        max_length=settings.UPLOAD_MAX_FILES,
+        help_text=f"Several images at once, at most {settings.UPLOAD_MAX_FILES} (image and images together); "
+        f"each at most {settings.UPLOAD_MAX_BYTES} bytes. All are rejected when one is.",
+    )
+
+
+class WaitQuerySerializer(serializers.Serializer):
+    wait = serializers.FloatField(
+        required=False,
+        min_value=0,
+        max_value=MAX_WAIT_SECONDS,
+        help_text=f"Seconds (fractions allowed, at most {MAX_WAIT_SECONDS:g}) to wait for the results before answering.",
+    )
+
+    def validate_wait(self, value: float) -> float:
+        if math.isnan(value):
+            raise serializers.ValidationError("A valid number is required.", code="invalid")
+        return value
+
+
+class PredictionFilterSerializer(serializers.Serializer):
+    digit = serializers.IntegerField(required=False, min_value=0, max_value=9, help_text="Only this predicted digit.")
+    status = serializers.ChoiceField(required=False, choices=Prediction.Status.choices, help_text="Only this status.")
+    created_after = serializers.DateField(required=False, help_text="Only predictions made on or after this day.")
+    created_before = serializers.DateField(required=False, help_text="Only predictions made on or before this day.")
+
+
+class LatencySerializer(serializers.Serializer):
+    queue_ms = serializers.FloatField(allow_null=True, help_text="Milliseconds between the upload and a worker starting.")
+    compute_ms = serializers.FloatField(allow_null=True, help_text="Milliseconds the model took for this image.")
+
+
+class PredictionSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    url = serializers.SerializerMethodField(help_text="This prediction in the API.")
+    status = serializers.ChoiceField(choices=Prediction.Status.choices, help_text="pending → running → done or failed.")
+    finished = serializers.SerializerMethodField(help_text="True once the status is done or failed.")
+    digit = serializers.IntegerField(allow_null=True, help_text="The recognised digit; null until done.")
+    confidence = serializers.FloatField(allow_null=True, help_text="Probability of that digit, 0 to 1.")
+    probabilities = serializers.ListField(
+        child=serializers.FloatField(),
+        allow_null=True,
+        min_length=10,
+        max_length=10,
+        help_text="Probability of each digit 0-9, summing to 1; null until done.",
+    )
+    low_confidence = serializers.SerializerMethodField(
+        help_text=f"True when done with a confidence below LOW_CONFIDENCE_THRESHOLD ({settings.LOW_CONFIDENCE_THRESHOLD})."
+    )
+    error = serializers.CharField(help_text="Why the prediction failed; empty otherwise.")
+    feedback = serializers.IntegerField(allow_null=True, help_text="The digit the owner says the image really shows.")
+    checkpoint = serializers.IntegerField(
+        source="checkpoint_id", allow_null=True, help_text="Id of the checkpoint (model) that made the prediction."
+    )
+    device = serializers.CharField(help_text="The device the model ran on (cpu, cuda).")
+    latency = serializers.SerializerMethodField()
+    upload = serializers.IntegerField(source="upload_id", help_text="Id of the uploaded image.")
+    original_name = serializers.CharField(source="upload.original_name", help_text="The uploaded file's name.")
+    image_url = serializers.SerializerMethodField(help_text="The uploaded image (as stored, PNG).")
+    input_image_url = serializers.SerializerMethodField(
+        help_text="The 28x28 picture the model saw (PNG); null until done."
+    )
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, prediction: Prediction) -> str:
+        return _absolute(self.context.get("request"), reverse("api:prediction-detail", args=[prediction.pk]))
+
+    def get_finished(self, prediction: Prediction) -> bool:
+        return prediction.status in (Prediction.Status.DONE, Prediction.Status.FAILED)
+
+    def get_low_confidence(self, prediction: Prediction) -> bool:
+        return bool(
+            prediction.status == Prediction.Status.DONE
+            and prediction.confidence is not None
+            and prediction.confidence < settings.LOW_CONFIDENCE_THRESHOLD
+        )
+
+    @extend_schema_field(LatencySerializer)
+    def get_latency(self, prediction: Prediction) -> dict:
+        return {"queue_ms": prediction.queue_ms, "compute_ms": prediction.compute_ms}
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_image_url(self, prediction: Prediction) -> str:
+        return _absolute(self.context.get("request"), reverse("api:prediction-image", args=[prediction.pk]))
+
+    @extend_schema_field(serializers.URLField(allow_null=True))
+    def get_input_image_url(self, prediction: Prediction) -> str | None:
+        if not prediction.input_image:
+            return None
+        return _absolute(self.context.get("request"), reverse("api:prediction-input-image", args=[prediction.pk]))
+
+
+class PredictionBatchSerializer(serializers.Serializer):
+    predictions = PredictionSerializer(many=True, help_text="One prediction per uploaded image, in upload order.")
+
+
+class FeedbackSerializer(serializers.Serializer):
+    feedback = serializers.IntegerField(
+        min_value=0, max_value=9, allow_null=True, help_text="The digit the image really shows; null clears it."
+    )
+
+
+# --- training --------------------------------------------------------------------------------------------------------
+
+
+class TrainingRunCreateSerializer(serializers.Serializer):
+    architecture = serializers.ChoiceField(choices=ARCHITECTURE_CHOICES, default="cnn", help_text="Model family.")
+    epochs = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_EPOCHS, help_text="Default: the architecture's tuned recipe."
+    )
+    batch_size = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_BATCH_SIZE, help_text="Default: the architecture's tuned recipe."
+    )
+    learning_rate = serializers.FloatField(
+        required=False, min_value=0, max_value=10, help_text="Greater than 0, at most 10. Default: the tuned recipe."
+    )
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_SEED, help_text="Default: the recipe's.")
+    augment = serializers.BooleanField(required=False, help_text="Random shifts/rotations. Default: the recipe's.")
+    train_subset = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MNIST_TRAIN_SIZE,
+        help_text="Train on only this many images (quick smoke runs); null or absent means all 60,000.",
+    )
+    device = serializers.ChoiceField(choices=DEVICE_CHOICES, default="auto", help_text="Where the worker trains.")
+    activate_on_success = serializers.BooleanField(
+        default=False, help_text="Make the final checkpoint the active model when the run succeeds."
+    )
+
+    def validate_learning_rate(self, value: float) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise serializers.ValidationError("Learning rate must be greater than 0 and at most 10.", code="min_value")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        # Imported here: the recipe module pulls in torch, which only this code path needs.
+        from training.ml.recipe import TrainConfig
+
+        recipe = TrainConfig.default_for(attrs["architecture"])
+        attrs.setdefault("epochs", recipe.epochs)
+        attrs.setdefault("batch_size", recipe.batch_size)
+        attrs.setdefault("learning_rate", recipe.lr)
+        attrs.setdefault("seed", recipe.seed)
+        attrs.setdefault("augment", recipe.augment)
+        attrs.setdefault("train_subset", None)
+        return attrs
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField(help_text="This run in the API.")
+    created_by = serializers.CharField(source="created_by.get_username", allow_null=True, default=None)
+    finished = serializers.BooleanField(source="is_finished", help_text="True once succeeded, failed or cancelled.")
+    duration_seconds = serializers.FloatField(allow_null=True, help_text="Seconds since start (until finish).")
+    metrics = serializers.ListField(
+        child=serializers.DictField(), help_text="One object per finished epoch (loss, accuracy, timings, ...)."
+    )
+    confusion_matrix = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        allow_null=True,
+        help_text="confusion_matrix[true][predicted] counts on the test set, once finished.",
+    )
+    checkpoints = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="Checkpoints it saved.")
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "url", "status", "finished", "architecture", "epochs", "batch_size", "learning_rate", "seed",
+            "augment", "train_subset", "requested_device", "device", "activate_on_success", "progress",
+            "current_epoch", "current_step", "total_steps", "eta_seconds", "metrics", "test_accuracy",
+            "confusion_matrix", "duration_seconds", "error", "cancel_requested", "attempts", "checkpoints",
+            "created_by", "created_at", "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {
+            "progress": {"help_text": "Fraction done, 0 to 1."},
+            "eta_seconds": {"help_text": "Estimated seconds left while running."},
+            "test_accuracy": {"help_text": "Accuracy on the 10,000 MNIST test images, once succeeded."},
+            "error": {"help_text": "Why the run failed or was restarted; empty otherwise."},
+        }
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, run: TrainingRun) -> str:
+        return _absolute(self.context.get("request"), reverse("api:training-run-detail", args=[run.pk]))
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    run = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True, help_text="The run that saved it.")
+
+    class Meta:
+        model = Checkpoint
+        fields = ["id", "run", "epoch", "architecture", "sha256", "size", "test_accuracy", "is_final", "is_active",
+                  "created_at"]
+        read_only_fields = fields
+        extra_kwargs = {"is_active": {"help_text": "Whether inference uses this checkpoint now (exactly one is)."}}

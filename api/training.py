@@ -1,0 +1,155 @@
+"""Staff endpoints: start, watch and cancel training runs; list and activate checkpoints."""
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api import responses, selectors
+from api.errors import Conflict
+from api.permissions import IsStaff
+from api.serializers import CheckpointSerializer, TrainingRunCreateSerializer, TrainingRunSerializer
+from training import services as training_services
+from training.models import Checkpoint, TrainingRun
+
+STAFF_ERRORS = {
+    401: responses.UNAUTHENTICATED,
+    403: responses.error("Only staff members may manage training runs and checkpoints.", code="permission_denied"),
+}
+
+
+def _run_or_404(run_id: int) -> TrainingRun:
+    run = selectors.training_run_get_or_none(run_id=run_id)
+    if run is None:
+        raise exceptions.NotFound("No such training run.")
+    return run
+
+
+def _checkpoint_or_404(checkpoint_id: int) -> Checkpoint:
+    checkpoint = selectors.checkpoint_get_or_none(checkpoint_id=checkpoint_id)
+    if checkpoint is None:
+        raise exceptions.NotFound("No such checkpoint.")
+    return checkpoint
+
+
+def _run_data(request: Request, run: TrainingRun) -> dict:
+    return TrainingRunSerializer(run, context={"request": request}).data
+
+
+@extend_schema(tags=["training runs"])
+class TrainingRunListCreateApi(GenericAPIView):
+    permission_classes = [IsStaff]
+    # Only OPTIONS uses it, to describe the body of POST.
+    serializer_class = TrainingRunCreateSerializer
+
+    @extend_schema(
+        operation_id="training_runs_list",
+        summary="List training runs",
+        responses={200: TrainingRunSerializer(many=True), 404: responses.error("No such page.", code="not_found"),
+                   **STAFF_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(selectors.training_run_list_with_checkpoints())
+        return self.get_paginated_response(TrainingRunSerializer(page, many=True, context={"request": request}).data)
+
+    @extend_schema(
+        operation_id="training_runs_create",
+        summary="Start a training run",
+        description="Queues a run for the training worker. Omitted hyper-parameters come from the architecture's "
+        "tuned recipe (training.ml.recipe.TrainConfig.default_for).",
+        request=TrainingRunCreateSerializer,
+        responses={202: TrainingRunSerializer, 400: responses.INVALID, **STAFF_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        body = TrainingRunCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = training_services.training_run_create(created_by=request.user, **body.validated_data)
+        return Response(_run_data(request, _run_or_404(run.pk)), status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(tags=["training runs"])
+class TrainingRunDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        operation_id="training_runs_retrieve",
+        summary="One training run with its progress and metrics",
+        responses={200: TrainingRunSerializer, 404: responses.NOT_FOUND, **STAFF_ERRORS},
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        return Response(_run_data(request, _run_or_404(run_id)))
+
+
+@extend_schema(tags=["training runs"])
+class TrainingRunCancelApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        operation_id="training_runs_cancel",
+        summary="Cancel a training run",
+        description="A queued run is cancelled at once (200); a running one is asked to stop at its next step (202).",
+        request=None,
+        responses={
+            200: OpenApiResponse(TrainingRunSerializer, description="Cancelled."),
+            202: OpenApiResponse(TrainingRunSerializer, description="Cancellation requested; the run stops soon."),
+            404: responses.NOT_FOUND,
+            409: responses.error("The run has already finished.", code="conflict"),
+            **STAFF_ERRORS,
+        },
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        run = _run_or_404(run_id)
+        try:
+            training_services.training_run_cancel(run=run)
+        except training_services.TrainingRunStateError as exc:
+            raise Conflict(str(exc)) from exc
+        run = _run_or_404(run_id)
+        return Response(_run_data(request, run), status=status.HTTP_200_OK if run.is_finished else status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(tags=["checkpoints"])
+class CheckpointListApi(GenericAPIView):
+    permission_classes = [IsStaff]
+    serializer_class = CheckpointSerializer
+
+    @extend_schema(
+        operation_id="checkpoints_list",
+        summary="List checkpoints",
+        responses={200: CheckpointSerializer(many=True), 404: responses.error("No such page.", code="not_found"),
+                   **STAFF_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(selectors.checkpoint_list())
+        return self.get_paginated_response(CheckpointSerializer(page, many=True).data)
+
+
+@extend_schema(tags=["checkpoints"])
+class CheckpointDetailApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        operation_id="checkpoints_retrieve",
+        summary="One checkpoint",
+        responses={200: CheckpointSerializer, 404: responses.NOT_FOUND, **STAFF_ERRORS},
+    )
+    def get(self, request: Request, checkpoint_id: int) -> Response:
+        return Response(CheckpointSerializer(_checkpoint_or_404(checkpoint_id)).data)
+
+
+@extend_schema(tags=["checkpoints"])
+class CheckpointActivateApi(APIView):
+    permission_classes = [IsStaff]
+
+    @extend_schema(
+        operation_id="checkpoints_activate",
+        summary="Make a checkpoint the active model",
+        description="Inference uses it for every prediction from now on (promotion or roll-back).",
+        request=None,
+        responses={200: CheckpointSerializer, 404: responses.NOT_FOUND, **STAFF_ERRORS},
+    )
+    def post(self, request: Request, checkpoint_id: int) -> Response:
+        checkpoint = training_services.checkpoint_activate(checkpoint=_checkpoint_or_404(checkpoint_id))
+        return Response(CheckpointSerializer(checkpoint).data)

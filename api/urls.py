@@ -1,0 +1,44 @@
+"""API routes: version 1 endpoints, the OpenAPI schema and its Swagger UI, all answered by DRF itself."""
+from django.contrib.auth.decorators import login_not_required
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
+
+from api import predictions, training
+from api.errors import NoSuchEndpointApi
+
+app_name = "api"
+
+
+def _api(view_class, **initkwargs):
+    # The site-wide LoginRequiredMiddleware would answer anonymous callers with a redirect to the log-in page;
+    # DRF must answer instead, with 401 and WWW-Authenticate.
+    return login_not_required(view_class.as_view(**initkwargs))
+
+
+v1 = [
+    path("predictions/", _api(predictions.PredictionListCreateApi), name="prediction-list"),
+    path("predictions/<int:prediction_id>/", _api(predictions.PredictionDetailApi), name="prediction-detail"),
+    path("predictions/<int:prediction_id>/image/", _api(predictions.PredictionImageApi), name="prediction-image"),
+    path(
+        "predictions/<int:prediction_id>/input/", _api(predictions.PredictionInputImageApi), name="prediction-input-image"
+    ),
+    path("training-runs/", _api(training.TrainingRunListCreateApi), name="training-run-list"),
+    path("training-runs/<int:run_id>/", _api(training.TrainingRunDetailApi), name="training-run-detail"),
+    path("training-runs/<int:run_id>/cancel/", _api(training.TrainingRunCancelApi), name="training-run-cancel"),
+    path("checkpoints/", _api(training.CheckpointListApi), name="checkpoint-list"),
+    path("checkpoints/<int:checkpoint_id>/", _api(training.CheckpointDetailApi), name="checkpoint-detail"),
+    path(
+        "checkpoints/<int:checkpoint_id>/activate/", _api(training.CheckpointActivateApi), name="checkpoint-activate"
+    ),
+]
+
+urlpatterns = [
+    path("v1/", include(v1)),
+    # The schema and its UI are public: they describe the API, never anyone's data.
+    path("schema/", _api(SpectacularAPIView, permission_classes=[AllowAny]), name="schema"),
+    path(
+        "docs/", _api(SpectacularSwaggerView, url_name="api:schema", permission_classes=[AllowAny]), name="docs"
+    ),
+    re_path(r"^.*$", _api(NoSuchEndpointApi), name="no-such-endpoint"),
+]

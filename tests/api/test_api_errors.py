@@ -1,0 +1,88 @@
+"""The error envelope: one shape for every status, including paths that match no endpoint."""
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from api.errors import validation_error_response
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_envelope(body: dict) -> dict:
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "field", "details"}
+    assert isinstance(error["code"], str) and isinstance(error["message"], str) and error["message"]
+    assert error["details"][0] == {key: error[key] for key in ("code", "message", "field")}
+    return error
+
+
+def test_an_unknown_api_path_is_a_404_envelope_even_anonymously(api_client):
+    response = api_client.get("/api/v1/nothing-here/")
+
+    assert response.status_code == 404
+    assert assert_envelope(response.json())["code"] == "not_found"
+
+
+def test_a_missing_trailing_slash_is_pointed_out(user_client):
+    response = user_client.get("/api/v1/predictions")
+
+    assert response.status_code == 404
+    assert "Did you mean /api/v1/predictions/ ?" in response.json()["error"]["message"]
+
+
+def test_unauthenticated_forbidden_and_method_errors_share_the_shape(api_client, user_client):
+    assert assert_envelope(api_client.get("/api/v1/predictions/").json())["code"] == "not_authenticated"
+    assert assert_envelope(user_client.get("/api/v1/checkpoints/").json())["code"] == "permission_denied"
+    assert assert_envelope(user_client.delete("/api/v1/predictions/").json())["code"] == "method_not_allowed"
+
+
+def test_a_service_validation_error_for_a_field_names_it():
+    error = ValidationError({"epochs": "Epochs must be between 1 and 100."})
+
+    response = validation_error_response(error)
+
+    assert response.status_code == 400
+    assert response.data["error"]["field"] == "epochs"
+
+
+def test_a_too_large_file_among_other_errors_makes_the_whole_response_413():
+    error = ValidationError([ValidationError("bad", code="not_image"), ValidationError("big", code="too_large")])
+
+    response = validation_error_response(error, field="images")
+
+    assert response.status_code == 413
+    error_body = response.data["error"]
+    assert (error_body["code"], error_body["message"], error_body["field"]) == ("too_large", "big", "images")
+    assert [item["code"] for item in error_body["details"]] == ["not_image", "too_large"]
+
+
+def test_an_unexpected_error_is_a_500_envelope_and_still_reported(user_client, monkeypatch):
+    from django.core.signals import got_request_exception
+
+    from api import selectors
+
+    def explode(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(selectors, "prediction_list_for_user", explode)
+    reported = []
+    got_request_exception.connect(lambda **kw: reported.append(kw), weak=False, dispatch_uid="api-test")
+    user_client.raise_request_exception = False
+    try:
+        response = user_client.get("/api/v1/predictions/")
+    finally:
+        got_request_exception.disconnect(dispatch_uid="api-test")
+
+    assert response.status_code == 500
+    assert assert_envelope(response.json())["code"] == "server_error"
+    assert "boom" not in response.content.decode()
+    assert reported
+
+
+def test_options_describes_an_endpoint_instead_of_failing(staff_client, user_client):
+    for client, url in ((staff_client, "/api/v1/training-runs/"), (user_client, "/api/v1/predictions/"),
+                        (staff_client, "/api/v1/checkpoints/")):
+        response = client.options(url)
+        assert response.status_code == 200, (url, response.content)

@@ -1,0 +1,418 @@
+"""Prediction endpoints: upload, list with filters, detail, feedback, delete and their images."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import pytest
+from django.test import TestCase
+from django.utils import timezone
+from PIL import Image
+from rest_framework.test import APIClient
+
+from classifier.models import Prediction, Upload
+from tests.api.conftest import seven_png, stored_files, upload_file
+
+pytestmark = pytest.mark.django_db
+
+LIST = "/api/v1/predictions/"
+
+
+def detail(prediction) -> str:
+    return f"/api/v1/predictions/{prediction.pk}/"
+
+
+# --- upload --------------------------------------------------------------------------------------------------------
+
+
+def test_uploading_one_image_answers_202_with_a_pending_prediction(user_client, user):
+    response = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 202, response.json()
+    (item,) = response.json()["predictions"]
+    prediction = Prediction.objects.get(pk=item["id"])
+    assert item["status"] == "pending"
+    assert item["url"] == f"http://testserver/api/v1/predictions/{prediction.pk}/"
+    assert prediction.upload.owner == user
+    assert prediction.upload.source == Upload.Source.API
+
+
+def test_uploading_several_images_answers_one_prediction_each_in_order(user_client):
+    files = [upload_file(name=f"d{i}.png") for i in range(3)]
+
+    response = user_client.post(LIST, {"images": files}, format="multipart")
+
+    assert response.status_code == 202
+    names = [item["original_name"] for item in response.json()["predictions"]]
+    assert names == ["d0.png", "d1.png", "d2.png"]
+
+
+def test_image_and_images_fields_are_submitted_together(user_client):
+    response = user_client.post(LIST, {"image": upload_file(), "images": [upload_file()]}, format="multipart")
+
+    assert response.status_code == 202
+    assert len(response.json()["predictions"]) == 2
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+BAD_FILES = {
+    "not an image": (b"hello, I am text", "digit.png", 400, "not_image"),
+    "wrong extension": (seven_png(fmt="JPEG"), "digit.png", 400, "wrong_extension"),
+    "truncated": (seven_png(size=256)[:300], "digit.png", 400, "truncated"),
+    "empty file": (b"", "digit.png", 400, "empty"),
+    "blank image": (_png(Image.new("L", (40, 40), 0)), "blank.png", 400, "blank"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
+def test_a_bad_file_is_rejected_and_nothing_is_stored(user_client, case):
+    data, name, status, code = BAD_FILES[case]
+
+    response = user_client.post(LIST, {"image": upload_file(data, name=name)}, format="multipart")
+
+    assert response.status_code == status, response.json()
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["field"] == "image"
+    assert Upload.objects.count() == 0
+    assert stored_files() == []
+
+
+def test_one_bad_file_among_several_rejects_them_all(user_client):
+    files = [upload_file(name="ok.png"), upload_file(b"nope", name="bad.png"), upload_file(name="ok2.png")]
+
+    response = user_client.post(LIST, {"images": files}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "images"
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert stored_files() == []
+
+
+def test_a_file_over_the_size_limit_is_413_and_nothing_is_stored(user_client, settings):
+    settings.UPLOAD_MAX_BYTES = 1000
+    big = seven_png(size=512, fmt="BMP")
+
+    response = user_client.post(LIST, {"image": upload_file(big, name="big.bmp")}, format="multipart")
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert Upload.objects.count() == 0 and stored_files() == []
+
+
+def test_a_body_larger_than_any_valid_upload_is_413_before_it_is_read(user_client, settings):
+    settings.UPLOAD_MAX_BYTES = 1000
+    settings.UPLOAD_MAX_FILES = 1
+
+    response = user_client.generic(
+        "POST", LIST, b"x" * 10, content_type="multipart/form-data; boundary=zzz", CONTENT_LENGTH=str(3 * 1024 * 1024)
+    )
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+
+
+def test_a_decompression_bomb_is_rejected_without_decoding_it(user_client, settings):
+    settings.UPLOAD_MAX_PIXELS = 10_000
+    bomb = _png(Image.new("1", (4000, 4000), 0))
+
+    response = user_client.post(LIST, {"image": upload_file(bomb)}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_pixels"
+    assert Upload.objects.count() == 0 and stored_files() == []
+
+
+def test_too_many_files_is_400_and_nothing_is_stored(user_client, settings):
+    settings.UPLOAD_MAX_FILES = 2
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    files = [upload_file(name=f"d{i}.png") for i in range(3)]
+
+    response = user_client.post(LIST, {"images": files}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_files"
+    assert Upload.objects.count() == 0 and stored_files() == []
+
+
+def test_form_fields_beyond_the_memory_limit_are_413(user_client, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+
+    response = user_client.post(LIST, {"image": upload_file(), "note": "x" * 2000}, format="multipart")
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert Upload.objects.count() == 0
+
+
+def test_too_many_form_fields_are_400(user_client, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 5
+
+    response = user_client.post(LIST, {f"f{i}": "x" for i in range(10)}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_fields"
+
+
+def test_no_file_at_all_is_400(user_client):
+    response = user_client.post(LIST, {}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "no_files"
+
+
+def test_text_in_the_image_field_is_400_naming_the_field(user_client):
+    response = user_client.post(LIST, {"image": "not a file"}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "not_a_file", "message": "Send a file, not text.", "field": "image",
+        "details": [{"code": "not_a_file", "message": "Send a file, not text.", "field": "image"}],
+    }
+
+
+def test_a_json_body_is_415(user_client):
+    response = user_client.post(LIST, {"image": "x"}, format="json")
+
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("wait", ["abc", "-1", "31", "30.5", "nan", "inf", "1e999"])
+def test_an_invalid_wait_is_400_and_nothing_is_stored(user_client, wait):
+    response = user_client.post(f"{LIST}?wait={wait}", {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["field"] == "wait"
+    assert Upload.objects.count() == 0
+
+
+def test_waiting_inside_a_transaction_returns_at_once_with_what_is_known(user_client):
+    # The test database wraps each test in a transaction, where a worker's writes could never be seen.
+    response = user_client.post(f"{LIST}?wait=2.5", {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 202
+    assert response.json()["predictions"][0]["status"] == "pending"
+
+
+def test_uploading_anonymously_is_401_with_www_authenticate(api_client):
+    response = api_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert Upload.objects.count() == 0
+
+
+def test_a_wrong_token_is_401(api_client):
+    api_client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+
+    response = api_client.get(LIST)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_failed"
+
+
+def test_a_session_upload_without_csrf_token_is_403(user):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["error"]["message"]
+
+
+def test_a_session_upload_with_csrf_token_is_accepted(user):
+    client = APIClient(enforce_csrf_checks=True)
+    token = client.get("/accounts/login/").cookies["csrftoken"]
+    client.force_login(user)
+
+    response = client.post(
+        LIST, {"image": upload_file()}, format="multipart", HTTP_X_CSRFTOKEN=token.value
+    )
+
+    assert response.status_code == 202
+
+
+# --- list ------------------------------------------------------------------------------------------------------------
+
+
+def test_the_list_holds_only_the_callers_predictions(user_client, user, other_user, make_prediction):
+    mine = make_prediction(owner=user)
+    make_prediction(owner=other_user)
+
+    response = user_client.get(LIST)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 1
+    assert [item["id"] for item in body["results"]] == [mine.pk]
+
+
+def test_the_list_filters_by_digit_and_status(user_client, user, make_prediction):
+    seven = make_prediction(owner=user, done=True, digit=7)
+    make_prediction(owner=user, done=True, digit=3)
+    pending = make_prediction(owner=user)
+
+    by_digit = user_client.get(LIST, {"digit": 7}).json()["results"]
+    by_status = user_client.get(LIST, {"status": "pending"}).json()["results"]
+
+    assert [item["id"] for item in by_digit] == [seven.pk]
+    assert [item["id"] for item in by_status] == [pending.pk]
+
+
+def test_the_list_filters_by_an_inclusive_date_range(user_client, user, make_prediction):
+    old, new = make_prediction(owner=user), make_prediction(owner=user)
+    Prediction.objects.filter(pk=old.pk).update(created_at=timezone.now() - dt.timedelta(days=10))
+    today = timezone.localdate()
+
+    recent = user_client.get(LIST, {"created_after": str(today - dt.timedelta(days=1))}).json()["results"]
+    older = user_client.get(LIST, {"created_before": str(today - dt.timedelta(days=10))}).json()["results"]
+
+    assert [item["id"] for item in recent] == [new.pk]
+    assert [item["id"] for item in older] == [old.pk]
+
+
+@pytest.mark.parametrize("query", [{"digit": 10}, {"digit": "x"}, {"status": "nope"}, {"created_after": "yesterday"}])
+def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
+    response = user_client.get(LIST, query)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == next(iter(query))
+
+
+def test_a_page_past_the_end_is_404_in_the_envelope(user_client):
+    response = user_client.get(LIST, {"page": 9})
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_listing_anonymously_is_401(api_client):
+    assert api_client.get(LIST).status_code == 401
+
+
+# --- detail ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_done_prediction_shows_everything_about_it(user_client, user, make_prediction, make_checkpoint):
+    checkpoint, _ = make_checkpoint(activate=True)
+    prediction = make_prediction(owner=user, done=True, digit=7, confidence=0.55)
+    Prediction.objects.filter(pk=prediction.pk).update(checkpoint=checkpoint, finished_at=timezone.now())
+
+    body = user_client.get(detail(prediction)).json()
+
+    assert body["status"] == "done" and body["finished"] is True
+    assert body["digit"] == 7
+    assert body["confidence"] == pytest.approx(0.55)
+    assert len(body["probabilities"]) == 10 and sum(body["probabilities"]) == pytest.approx(1)
+    assert body["low_confidence"] is True
+    assert body["checkpoint"] == checkpoint.pk
+    assert body["latency"] == {"queue_ms": 12.5, "compute_ms": 3.0}
+    assert body["finished_at"] is not None
+    assert body["image_url"] == f"http://testserver/api/v1/predictions/{prediction.pk}/image/"
+    assert body["input_image_url"] == f"http://testserver/api/v1/predictions/{prediction.pk}/input/"
+
+
+def test_a_pending_prediction_has_no_digit_and_no_input_image(user_client, user, make_prediction):
+    body = user_client.get(detail(make_prediction(owner=user))).json()
+
+    assert body["digit"] is None and body["probabilities"] is None and body["input_image_url"] is None
+    assert body["low_confidence"] is False
+
+
+def test_another_users_prediction_is_404(other_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+
+    for response in (
+        other_client.get(detail(prediction)),
+        other_client.patch(detail(prediction), {"feedback": 1}, format="json"),
+        other_client.delete(detail(prediction)),
+        other_client.get(f"{detail(prediction)}image/"),
+        other_client.get(f"{detail(prediction)}input/"),
+    ):
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+    assert Prediction.objects.filter(pk=prediction.pk, feedback=None).exists()
+
+
+def test_staff_cannot_see_other_peoples_predictions_through_the_api_either(staff_client, user, make_prediction):
+    assert staff_client.get(detail(make_prediction(owner=user))).status_code == 404
+
+
+def test_a_missing_prediction_is_404(user_client):
+    assert user_client.get("/api/v1/predictions/999999/").status_code == 404
+
+
+def test_a_huge_id_is_404_not_a_database_error(user_client):
+    assert user_client.get(f"/api/v1/predictions/{10**30}/").status_code == 404
+
+
+def test_the_uploaded_and_input_images_are_served_as_png_with_a_token(user_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+
+    for suffix in ("image/", "input/"):
+        response = user_client.get(f"{detail(prediction)}{suffix}")
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/png"
+        assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+
+
+def test_the_input_image_of_a_pending_prediction_is_404(user_client, user, make_prediction):
+    response = user_client.get(f"{detail(make_prediction(owner=user))}input/")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+# --- feedback --------------------------------------------------------------------------------------------------------
+
+
+def test_feedback_is_recorded_and_can_be_cleared(user_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+
+    set_response = user_client.patch(detail(prediction), {"feedback": 1}, format="json")
+    assert set_response.status_code == 200 and set_response.json()["feedback"] == 1
+    clear_response = user_client.patch(detail(prediction), {"feedback": None}, format="json")
+    assert clear_response.status_code == 200 and clear_response.json()["feedback"] is None
+    prediction.refresh_from_db()
+    assert prediction.feedback is None
+
+
+@pytest.mark.parametrize("body", [{"feedback": 10}, {"feedback": -1}, {"feedback": "seven"}, {}])
+def test_invalid_feedback_is_400(user_client, user, make_prediction, body):
+    prediction = make_prediction(owner=user, done=True)
+
+    response = user_client.patch(detail(prediction), body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "feedback"
+
+
+def test_put_is_405_in_the_envelope(user_client, user, make_prediction):
+    response = user_client.put(detail(make_prediction(owner=user)), {"feedback": 1}, format="json")
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+# --- delete ----------------------------------------------------------------------------------------------------------
+
+
+def test_deleting_removes_the_upload_its_predictions_and_files(user_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+    assert len(stored_files()) == 2
+
+    # Files go on commit, which the test transaction only simulates.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = user_client.delete(detail(prediction))
+
+    assert response.status_code == 204
+    assert not Upload.objects.exists() and not Prediction.objects.exists()
+    assert stored_files() == []

@@ -1,0 +1,45 @@
+"""Per-user upload throttling counts images, answers 429 with Retry-After and spares other users."""
+from __future__ import annotations
+
+import pytest
+
+from classifier.models import Upload
+from tests.api.conftest import upload_file
+
+pytestmark = pytest.mark.django_db
+
+LIST = "/api/v1/predictions/"
+
+
+@pytest.fixture
+def three_uploads_a_minute(settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "3/minute"}}
+
+
+def test_uploads_beyond_the_rate_are_429_with_retry_after(user_client, three_uploads_a_minute):
+    statuses = [user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code for _ in range(4)]
+
+    assert statuses == [202, 202, 202, 429]
+    response = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+    assert response.json()["error"]["code"] == "throttled"
+    assert 0 < int(response["Retry-After"]) <= 60
+    assert Upload.objects.count() == 3
+
+
+def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
+    first = user_client.post(LIST, {"images": [upload_file(), upload_file()]}, format="multipart")
+    second = user_client.post(LIST, {"images": [upload_file(), upload_file()]}, format="multipart")
+    third = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert (first.status_code, second.status_code, third.status_code) == (202, 429, 202)
+
+
+def test_one_users_uploads_do_not_throttle_another(user_client, other_client, three_uploads_a_minute):
+    user_client.post(LIST, {"images": [upload_file()] * 3}, format="multipart")
+
+    assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
+    assert other_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 202
+
+
+def test_reading_is_not_throttled(user_client, three_uploads_a_minute):
+    assert all(user_client.get(LIST).status_code == 200 for _ in range(5))

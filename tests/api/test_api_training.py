@@ -1,0 +1,154 @@
+"""Staff endpoints for training runs and checkpoints: permissions, defaults, bounds, cancel and activate."""
+from __future__ import annotations
+
+import pytest
+
+from training.models import Checkpoint, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+RUNS = "/api/v1/training-runs/"
+CHECKPOINTS = "/api/v1/checkpoints/"
+
+
+@pytest.fixture
+def queued_run(staff_user) -> TrainingRun:
+    from training.services import training_run_create
+
+    return training_run_create(
+        created_by=staff_user, architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3, enqueue=False
+    )
+
+
+def test_staff_start_a_run_with_the_recipe_defaults_and_get_202(staff_client, staff_user):
+    from training.ml.recipe import TrainConfig
+
+    response = staff_client.post(RUNS, {"architecture": "mlp"}, format="json")
+
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    recipe = TrainConfig.default_for("mlp")
+    run = TrainingRun.objects.get(pk=body["id"])
+    assert (run.epochs, run.batch_size, run.learning_rate, run.augment) == (
+        recipe.epochs, recipe.batch_size, recipe.lr, recipe.augment
+    )
+    assert run.created_by == staff_user
+    assert body["status"] == "queued" and body["url"].endswith(f"/api/v1/training-runs/{run.pk}/")
+
+
+def test_a_run_takes_every_hyper_parameter_given(staff_client):
+    body = {"architecture": "cnn", "epochs": 2, "batch_size": 64, "learning_rate": 0.05, "seed": 7,
+            "augment": False, "activate_on_success": True, "train_subset": 500}
+
+    response = staff_client.post(RUNS, body, format="json")
+
+    assert response.status_code == 202
+    run = TrainingRun.objects.get(pk=response.json()["id"])
+    assert (run.architecture, run.epochs, run.batch_size, run.learning_rate, run.seed, run.augment,
+            run.activate_on_success, run.train_subset) == ("cnn", 2, 64, 0.05, 7, False, True, 500)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"architecture": "resnet"},
+        {"epochs": 0},
+        {"epochs": 101},
+        {"batch_size": 0},
+        {"batch_size": 10**6},
+        {"learning_rate": 0},
+        {"learning_rate": 11},
+        {"learning_rate": "nan"},
+        {"seed": -1},
+        {"seed": 2**40},
+        {"train_subset": 0},
+        {"device": "tpu"},
+    ],
+)
+def test_out_of_bounds_hyper_parameters_are_400_naming_the_field(staff_client, body):
+    response = staff_client.post(RUNS, body, format="json")
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["field"] == next(iter(body))
+    assert not TrainingRun.objects.exists()
+
+
+def test_non_staff_get_403_on_every_staff_endpoint(user_client, queued_run, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    calls = [
+        ("get", RUNS), ("post", RUNS), ("get", f"{RUNS}{queued_run.pk}/"), ("post", f"{RUNS}{queued_run.pk}/cancel/"),
+        ("get", CHECKPOINTS), ("get", f"{CHECKPOINTS}{checkpoint.pk}/"),
+        ("post", f"{CHECKPOINTS}{checkpoint.pk}/activate/"),
+    ]
+    for method, url in calls:
+        response = getattr(user_client, method)(url, {}, format="json")
+        assert response.status_code == 403, (method, url)
+        assert response.json()["error"]["code"] == "permission_denied"
+    queued_run.refresh_from_db()
+    assert queued_run.status == "queued"
+    assert not Checkpoint.objects.filter(is_active=True).exists()
+
+
+def test_anonymous_callers_get_401_on_staff_endpoints(api_client):
+    for url in (RUNS, CHECKPOINTS):
+        response = api_client.get(url)
+        assert response.status_code == 401
+        assert response["WWW-Authenticate"] == "Token"
+
+
+def test_staff_list_and_inspect_runs(staff_client, queued_run):
+    listing = staff_client.get(RUNS).json()
+    detail = staff_client.get(f"{RUNS}{queued_run.pk}/").json()
+
+    assert [item["id"] for item in listing["results"]] == [queued_run.pk]
+    for key in ("status", "progress", "current_epoch", "current_step", "eta_seconds", "metrics", "test_accuracy",
+                "duration_seconds", "error"):
+        assert key in detail
+    assert detail["created_by"] == "staff"
+
+
+def test_a_missing_run_is_404(staff_client):
+    assert staff_client.get(f"{RUNS}999999/").status_code == 404
+    assert staff_client.post(f"{RUNS}999999/cancel/").status_code == 404
+
+
+def test_cancelling_a_queued_run_cancels_it_at_once(staff_client, queued_run):
+    response = staff_client.post(f"{RUNS}{queued_run.pk}/cancel/")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+
+
+def test_cancelling_a_running_run_asks_it_to_stop(staff_client, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status="running")
+
+    response = staff_client.post(f"{RUNS}{queued_run.pk}/cancel/")
+
+    assert response.status_code == 202
+    assert response.json()["cancel_requested"] is True
+
+
+def test_cancelling_a_finished_run_is_409(staff_client, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status="succeeded")
+
+    response = staff_client.post(f"{RUNS}{queued_run.pk}/cancel/")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "conflict"
+
+
+def test_staff_list_checkpoints_and_activate_one(staff_client, make_checkpoint):
+    first, _ = make_checkpoint(activate=True)
+    second, _ = make_checkpoint()
+
+    listing = staff_client.get(CHECKPOINTS).json()
+    response = staff_client.post(f"{CHECKPOINTS}{second.pk}/activate/")
+
+    assert {item["id"] for item in listing["results"]} == {first.pk, second.pk}
+    assert response.status_code == 200 and response.json()["is_active"] is True
+    assert list(Checkpoint.objects.filter(is_active=True)) == [second]
+    assert staff_client.get(f"{CHECKPOINTS}{first.pk}/").json()["is_active"] is False
+
+
+def test_activating_a_missing_checkpoint_is_404(staff_client):
+    assert staff_client.post(f"{CHECKPOINTS}999999/activate/").status_code == 404
