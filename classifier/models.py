@@ -4,6 +4,7 @@ import uuid
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -40,6 +41,12 @@ class Upload(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["owner", "-created_at"])]
+        constraints = [
+            # Loading the sample sets twice must not register an image twice.
+            models.UniqueConstraint(
+                fields=["sample_set", "sha256"], condition=~Q(sample_set=""), name="unique_sample_image"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Upload {self.pk} ({self.original_name or self.source})"

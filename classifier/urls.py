@@ -1,6 +1,18 @@
 """Routes for the pages people use: upload, result, history and their images."""
 from django.urls import path
 
+from classifier import views
+
 app_name = "classifier"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.upload, name="upload"),
+    path("history/", views.history, name="history"),
+    path("predictions/<int:pk>/", views.prediction_detail, name="prediction_detail"),
+    path("predictions/<int:pk>.json", views.prediction_json, name="prediction_json"),
+    path("predictions/<int:pk>/input.png", views.prediction_input, name="prediction_input"),
+    path("predictions/<int:pk>/feedback", views.prediction_feedback, name="prediction_feedback"),
+    path("uploads/<int:pk>/", views.upload_detail, name="upload_detail"),
+    path("uploads/<int:pk>/image", views.upload_image, name="upload_image"),
+    path("uploads/<int:pk>/delete", views.upload_delete, name="upload_delete"),
+]

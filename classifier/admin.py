@@ -1,0 +1,170 @@
+"""Admin lists for uploads and predictions, sample-set accuracy, and re-running with the active checkpoint."""
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html
+
+from classifier import selectors, services
+from classifier.models import Prediction, Upload
+from training.selectors import checkpoint_get_active
+
+
+def _thumbnail(upload_id: int, size: int = 48) -> str:
+    return format_html(
+        '<img src="{}" alt="" style="width:{}px;height:{}px;object-fit:contain;background:#fff;border:1px solid #ddd;border-radius:4px">',
+        reverse("classifier:upload_image", args=[upload_id]),
+        size,
+        size,
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+class LatestStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "latest_status"
+
+    def lookups(self, request, model_admin):
+        return Prediction.Status.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(latest_status=self.value()) if self.value() else queryset
+
+
+class LatestDigitFilter(admin.SimpleListFilter):
+    title = "predicted digit"
+    parameter_name = "latest_digit"
+
+    def lookups(self, request, model_admin):
+        return [(str(d), str(d)) for d in range(10)]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(latest_digit=int(self.value())) if self.value() else queryset
+
+
+class CheckpointFilter(admin.SimpleListFilter):
+    title = "checkpoint"
+    parameter_name = "checkpoint"
+
+    def lookups(self, request, model_admin):
+        from training.models import Checkpoint
+
+        return [(str(c.pk), str(c)) for c in Checkpoint.objects.order_by("-created_at")[:50]]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        if queryset.model is Upload:
+            return queryset.filter(predictions__checkpoint_id=self.value()).distinct()
+        return queryset.filter(checkpoint_id=self.value())
+
+
+@admin.action(description="Re-run with the active checkpoint")
+def rerun_uploads(modeladmin, request, queryset):
+    uploads = list(queryset.model.objects.filter(pk__in=queryset.values("pk"))) if queryset.model is Upload else list(
+        Upload.objects.filter(pk__in=queryset.values("upload_id"))
+    )
+    if checkpoint_get_active() is None:
+        modeladmin.message_user(request, "No checkpoint is active; activate one first.", messages.ERROR)
+        return
+    created = services.predictions_rerun(uploads=uploads)
+    modeladmin.message_user(request, f"Queued {len(created)} new prediction(s) with the active checkpoint.", messages.SUCCESS)
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "thumbnail", "original_name", "owner", "source", "sample_set", "label",
+        "latest_digit_display", "latest_confidence_display", "latest_status_display", "feedback_display", "created_at",
+    )
+    list_filter = (LatestStatusFilter, LatestDigitFilter, "source", "sample_set", CheckpointFilter, "created_at")
+    search_fields = ("original_name", "owner__username", "sha256")
+    list_select_related = ("owner",)
+    actions = [rerun_uploads]
+    readonly_fields = ("thumbnail_large", "sha256", "format", "size", "width", "height", "image", "created_at")
+    exclude = ()
+    date_hierarchy = "created_at"
+    change_list_template = "admin/classifier/upload/change_list.html"
+
+    def get_queryset(self, request):
+        return selectors.upload_annotate_latest(super().get_queryset(request))
+
+    @admin.display(description="image")
+    def thumbnail(self, obj):
+        return _thumbnail(obj.pk)
+
+    @admin.display(description="image")
+    def thumbnail_large(self, obj):
+        return _thumbnail(obj.pk, size=200) if obj.pk else "–"
+
+    @admin.display(description="digit", ordering="latest_digit")
+    def latest_digit_display(self, obj):
+        return "–" if obj.latest_digit is None else obj.latest_digit
+
+    @admin.display(description="confidence", ordering="latest_confidence")
+    def latest_confidence_display(self, obj):
+        return _percent(obj.latest_confidence)
+
+    @admin.display(description="status", ordering="latest_status")
+    def latest_status_display(self, obj):
+        return obj.latest_status or "–"
+
+    @admin.display(description="feedback")
+    def feedback_display(self, obj):
+        return "–" if obj.latest_feedback is None else obj.latest_feedback
+
+    def changelist_view(self, request, extra_context=None):
+        checkpoint = checkpoint_get_active()
+        extra_context = {
+            **(extra_context or {}),
+            "active_checkpoint": checkpoint,
+            "sample_accuracy": selectors.sample_set_accuracy(checkpoint=checkpoint),
+        }
+        return super().changelist_view(request, extra_context=extra_context)
+
+    def delete_model(self, request, obj):
+        services.upload_delete(upload=obj)
+
+    def delete_queryset(self, request, queryset):
+        for upload in queryset:
+            services.upload_delete(upload=upload)
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "thumbnail", "upload_link", "owner", "status", "digit", "confidence_display", "feedback",
+        "label", "checkpoint", "device", "queue_ms", "compute_ms", "created_at",
+    )
+    list_filter = ("status", "digit", "upload__source", "upload__sample_set", CheckpointFilter, "created_at")
+    search_fields = ("upload__original_name", "upload__owner__username")
+    list_select_related = ("upload", "upload__owner", "checkpoint")
+    actions = [rerun_uploads]
+    readonly_fields = (
+        "upload", "checkpoint", "status", "digit", "confidence", "probabilities", "input_image", "device",
+        "queue_ms", "compute_ms", "error", "publish_attempts", "published_at", "created_at", "started_at", "finished_at",
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="image")
+    def thumbnail(self, obj):
+        return _thumbnail(obj.upload_id)
+
+    @admin.display(description="upload", ordering="upload_id")
+    def upload_link(self, obj):
+        return format_html('<a href="{}">{}</a>', reverse("admin:classifier_upload_change", args=[obj.upload_id]), obj.upload)
+
+    @admin.display(description="owner", ordering="upload__owner__username")
+    def owner(self, obj):
+        return obj.upload.owner
+
+    @admin.display(description="label", ordering="upload__label")
+    def label(self, obj):
+        return "–" if obj.upload.label is None else obj.upload.label
+
+    @admin.display(description="confidence", ordering="confidence")
+    def confidence_display(self, obj):
+        return _percent(obj.confidence)

@@ -1,0 +1,87 @@
+"""Forms for uploading, drawing, giving feedback and filtering the history."""
+import base64
+import binascii
+import io
+
+from django import forms
+from django.conf import settings
+
+from classifier.models import Prediction
+
+CANVAS_PREFIX = "data:image/png;base64,"
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """Many files under one name; content checks are left to classifier.validation."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_empty_file", True)
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        files = data if isinstance(data, (list, tuple)) else ([data] if data else [])
+        return [super(MultipleFileField, self).clean(item, initial) for item in files]
+
+
+class UploadForm(forms.Form):
+    """Either image files or a drawing exported from the canvas as a PNG data URL."""
+
+    files = MultipleFileField(
+        widget=MultipleFileInput(attrs={"multiple": True, "accept": "image/png,image/jpeg,image/gif,image/webp,image/bmp"}),
+        required=False,
+    )
+    canvas = forms.CharField(widget=forms.HiddenInput, required=False)
+
+    def clean_canvas(self):
+        value = self.cleaned_data.get("canvas") or ""
+        if not value:
+            return None
+        if not value.startswith(CANVAS_PREFIX):
+            raise forms.ValidationError("The drawing could not be read; please draw again.")
+        # Base64 is 4/3 of the bytes; refuse before decoding anything larger than an upload may be.
+        if len(value) > settings.UPLOAD_MAX_BYTES * 4 // 3 + len(CANVAS_PREFIX) + 4:
+            raise forms.ValidationError("The drawing is too large.")
+        try:
+            return base64.b64decode(value[len(CANVAS_PREFIX):], validate=True)
+        except (binascii.Error, ValueError):
+            raise forms.ValidationError("The drawing could not be read; please draw again.") from None
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("files") and not cleaned.get("canvas") and not self.errors:
+            raise forms.ValidationError("Choose at least one image, or draw a digit.")
+        return cleaned
+
+    def submissions(self) -> tuple[list[tuple[object, str | None]], str]:
+        """(file, name) pairs for the services, and the upload source."""
+        if self.cleaned_data.get("canvas"):
+            return [(io.BytesIO(self.cleaned_data["canvas"]), "drawing.png")], "canvas"
+        return [(file, file.name) for file in self.cleaned_data["files"]], "file"
+
+
+class FeedbackForm(forms.Form):
+    digit = forms.IntegerField(min_value=0, max_value=9, required=False)
+
+
+class HistoryFilterForm(forms.Form):
+    digit = forms.TypedChoiceField(
+        choices=[("", "Any digit")] + [(str(d), str(d)) for d in range(10)],
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+    status = forms.ChoiceField(choices=[("", "Any status")] + list(Prediction.Status.choices), required=False)
+    date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
+    date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
+    batch = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def clean_batch(self) -> tuple[int, ...]:
+        value = self.cleaned_data.get("batch") or ""
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())[: settings.UPLOAD_MAX_FILES]
+        except ValueError:
+            return ()

@@ -1,0 +1,138 @@
+"""The per-process model cache and batch prediction of PIL images with the active checkpoint."""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from django.conf import settings
+from PIL import Image
+
+from training.loading import checkpoint_load_model
+from training.ml.preprocess import EmptyImageError, preprocess, to_tensor, to_uint8
+from training.models import Checkpoint
+from training.selectors import checkpoint_get_active
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DigitResult",
+    "EmptyImageError",
+    "LoadedModel",
+    "NoActiveCheckpointError",
+    "model_for_active_checkpoint",
+    "model_for_checkpoint",
+    "predict_images",
+    "torch_device",
+]
+
+
+class NoActiveCheckpointError(Exception):
+    """No checkpoint has been activated yet, so there is nothing to predict with."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    checkpoint_id: int
+    model: torch.nn.Module
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class DigitResult:
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    # The 28x28 uint8 picture the model actually saw, as PNG bytes.
+    input_png: bytes
+    compute_ms: float
+
+
+_lock = threading.Lock()
+_cached: LoadedModel | None = None
+_threads_configured = False
+
+
+def _configure_threads() -> None:
+    global _threads_configured
+    if not _threads_configured:
+        torch.set_num_threads(settings.TORCH_NUM_THREADS)
+        _threads_configured = True
+
+
+def torch_device() -> torch.device:
+    """The device from settings; "auto" asks CUDA only here, inside the process that will use it."""
+    choice = settings.TORCH_DEVICE
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def model_for_checkpoint(*, checkpoint: Checkpoint) -> LoadedModel:
+    """The checkpoint's model, loaded at most once per process while it stays the one asked for."""
+    global _cached
+    with _lock:
+        if _cached is not None and _cached.checkpoint_id == checkpoint.pk:
+            return _cached
+        _configure_threads()
+        device = torch_device()
+        started = time.perf_counter()
+        model = checkpoint_load_model(checkpoint=checkpoint, device=device)
+        previous = _cached
+        _cached = LoadedModel(checkpoint_id=checkpoint.pk, model=model, device=device)
+        logger.info(
+            "loaded checkpoint %s on %s in %.0f ms (replacing %s)",
+            checkpoint.pk,
+            device,
+            (time.perf_counter() - started) * 1000,
+            previous.checkpoint_id if previous else None,
+        )
+        return _cached
+
+
+def model_for_active_checkpoint() -> tuple[Checkpoint, LoadedModel]:
+    """One cheap query per call decides whether the cached model is still the active one."""
+    checkpoint = checkpoint_get_active()
+    if checkpoint is None:
+        raise NoActiveCheckpointError("No trained model is active yet; an administrator must activate a checkpoint.")
+    return checkpoint, model_for_checkpoint(checkpoint=checkpoint)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def predict_images(*, loaded: LoadedModel, images: list[Image.Image]) -> list[DigitResult | Exception]:
+    """Predict many images in one forward pass; an image that cannot be preprocessed gets its exception instead."""
+    _configure_threads()
+    started = time.perf_counter()
+    prepared: list[tuple[int, np.ndarray]] = []
+    results: list[DigitResult | Exception | None] = [None] * len(images)
+    for index, image in enumerate(images):
+        try:
+            prepared.append((index, preprocess(image)))
+        except Exception as exc:  # noqa: BLE001 - reported per image; the rest of the batch goes on
+            results[index] = exc
+    if prepared:
+        batch = to_tensor(np.stack([digit for _, digit in prepared])).to(loaded.device)
+        with torch.inference_mode():
+            probabilities = torch.softmax(loaded.model(batch).float(), dim=1).cpu().numpy().astype(np.float64)
+        per_image_ms = (time.perf_counter() - started) * 1000 / len(prepared)
+        for (index, digit_pixels), row in zip(prepared, probabilities, strict=True):
+            # Renormalise in float64 so the stored ten numbers sum to 1 within rounding.
+            row = row / row.sum()
+            digit = int(row.argmax())
+            results[index] = DigitResult(
+                digit=digit,
+                confidence=float(row[digit]),
+                probabilities=[float(p) for p in row],
+                input_png=_png(to_uint8(digit_pixels)),
+                compute_ms=per_image_ms,
+            )
+    return results  # type: ignore[return-value]

@@ -1,0 +1,65 @@
+"""Register the shipped sample images as uploads of a `samples` user and predict them."""
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand
+
+from classifier import services
+from classifier.models import Prediction
+
+SAMPLE_SETS = ("mnist", "other")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+
+
+def label_from_name(name: str) -> int | None:
+    return int(name[0]) if name[:1].isdigit() else None
+
+
+class Command(BaseCommand):
+    help = "Load media/samples/<set>/ images as sample uploads (idempotent) and predict them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--root", type=Path, default=None, help="Folder holding mnist/ and other/.")
+        parser.add_argument("--sync", action="store_true", help="Predict in this process instead of via the workers.")
+
+    def handle(self, *args, root: Path | None, sync: bool, **options):
+        root = root or Path(settings.MEDIA_ROOT) / "samples"
+        owner = services.samples_user_get_or_create()
+        created = skipped = rejected = 0
+        to_predict = []
+        for sample_set in SAMPLE_SETS:
+            folder = root / sample_set
+            if not folder.is_dir():
+                self.stderr.write(f"no folder {folder}; skipping the {sample_set} set")
+                continue
+            for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+                try:
+                    upload, is_new = services.sample_upload_get_or_create(
+                        owner=owner, path=path, sample_set=sample_set, label=label_from_name(path.name)
+                    )
+                except ValidationError as exc:
+                    rejected += 1
+                    self.stderr.write(f"{path}: {' '.join(exc.messages)}")
+                    continue
+                if is_new:
+                    created += 1
+                else:
+                    skipped += 1
+                # New images, and old ones never predicted successfully, get a prediction.
+                if is_new or not upload.predictions.filter(status=Prediction.Status.DONE).exists():
+                    to_predict.append(upload)
+        pending = services.predictions_rerun(uploads=to_predict) if not sync else self._predict_now(to_predict)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{created} new, {skipped} already loaded, {rejected} rejected; "
+                f"{len(pending)} prediction(s) {'made' if sync else 'queued'}"
+            )
+        )
+
+    def _predict_now(self, uploads):
+        # Running here, not on a worker: nothing is published, so no broker is needed.
+        predictions = services.predictions_rerun(uploads=uploads, publish=False)
+        for prediction in predictions:
+            services.prediction_execute(prediction_id=prediction.pk)
+        return predictions

@@ -1,0 +1,133 @@
+"""Read-only queries for uploads and predictions, always scoped to the person asking."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.utils import timezone
+
+from classifier.models import Prediction, Upload
+from training.models import Checkpoint
+
+
+def _latest(field: str) -> Subquery:
+    return Subquery(Prediction.objects.filter(upload=OuterRef("pk")).order_by("-created_at", "-id").values(field)[:1])
+
+
+def upload_annotate_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
+    """Each upload with the status, digit and id of its newest prediction, for lists and filters."""
+    return queryset.annotate(
+        latest_prediction_id=_latest("id"),
+        latest_status=_latest("status"),
+        latest_digit=_latest("digit"),
+        latest_confidence=_latest("confidence"),
+        latest_feedback=_latest("feedback"),
+    )
+
+
+@dataclass(frozen=True)
+class UploadFilters:
+    digit: int | None = None
+    status: str | None = None
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    upload_ids: tuple[int, ...] = ()
+
+
+def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> QuerySet[Upload]:
+    filters = filters or UploadFilters()
+    queryset = upload_annotate_latest(Upload.objects.filter(owner=user))
+    if filters.digit is not None:
+        queryset = queryset.filter(latest_digit=filters.digit)
+    if filters.status:
+        queryset = queryset.filter(latest_status=filters.status)
+    tz = timezone.get_current_timezone()
+    if filters.date_from:
+        queryset = queryset.filter(created_at__gte=dt.datetime.combine(filters.date_from, dt.time.min, tzinfo=tz))
+    if filters.date_to:
+        queryset = queryset.filter(
+            created_at__lt=dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
+        )
+    if filters.upload_ids:
+        queryset = queryset.filter(pk__in=filters.upload_ids)
+    return queryset.order_by("-created_at", "-id")
+
+
+def _visible_uploads(*, user) -> QuerySet[Upload]:
+    return Upload.objects.filter(owner=user)
+
+
+def upload_get_for_user(*, user, upload_id: int) -> Upload | None:
+    return _visible_uploads(user=user).filter(pk=upload_id).first()
+
+
+def upload_get_for_viewer(*, user, upload_id: int) -> Upload | None:
+    """Owners see their own images; staff see every image (for the admin)."""
+    queryset = Upload.objects.all() if user.is_staff else _visible_uploads(user=user)
+    return queryset.filter(pk=upload_id).first()
+
+
+def prediction_get_for_user(*, user, prediction_id: int) -> Prediction | None:
+    return (
+        Prediction.objects.select_related("upload", "checkpoint")
+        .filter(pk=prediction_id, upload__owner=user)
+        .first()
+    )
+
+
+def prediction_get_for_viewer(*, user, prediction_id: int) -> Prediction | None:
+    queryset = Prediction.objects.select_related("upload")
+    if not user.is_staff:
+        queryset = queryset.filter(upload__owner=user)
+    return queryset.filter(pk=prediction_id).first()
+
+
+def prediction_latest_for_upload(*, upload: Upload) -> Prediction | None:
+    return upload.predictions.order_by("-created_at", "-id").first()
+
+
+def predictions_for_uploads(*, uploads: list[Upload]) -> QuerySet[Prediction]:
+    return Prediction.objects.filter(upload__in=uploads)
+
+
+def upload_prefetch_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
+    return queryset.prefetch_related(
+        Prefetch("predictions", queryset=Prediction.objects.select_related("checkpoint").order_by("-created_at", "-id"))
+    )
+
+
+@dataclass(frozen=True)
+class SampleSetAccuracy:
+    sample_set: str
+    total: int
+    predicted: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.predicted if self.predicted else None
+
+
+def sample_set_accuracy(*, checkpoint: Checkpoint | None) -> list[SampleSetAccuracy]:
+    """Per sample set: how many labelled images the checkpoint got right (its newest done prediction for each)."""
+    totals = dict(
+        Upload.objects.exclude(sample_set="").values_list("sample_set").annotate(total=Count("id")).order_by()
+    )
+    answers: dict[int, tuple[str, bool]] = {}
+    if checkpoint is not None:
+        rows = (
+            Prediction.objects.filter(upload__sample_set__gt="", status=Prediction.Status.DONE, checkpoint=checkpoint)
+            .order_by("created_at", "id")
+            .values_list("upload_id", "upload__sample_set", "upload__label", "digit")
+        )
+        # Sample sets hold a few hundred images, so picking the newest answer here stays cheap and portable.
+        for upload_id, sample_set, label, digit in rows:
+            answers[upload_id] = (sample_set, label is not None and digit == label)
+    results = []
+    for sample_set in sorted(totals):
+        mine = [correct for name, correct in answers.values() if name == sample_set]
+        results.append(
+            SampleSetAccuracy(sample_set=sample_set, total=totals[sample_set], predicted=len(mine), correct=sum(mine))
+        )
+    return results

@@ -1,0 +1,346 @@
+"""Writes for uploads and predictions: storing images, publishing, executing, feedback, deletion."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from typing import IO
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from PIL import Image
+
+from classifier.models import Prediction, Upload, upload_image_path
+from classifier.validation import ValidatedImage, validate_image, validate_images
+from training.models import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def _running_stale_after() -> dt.timedelta:
+    """A prediction "running" for longer than this lost its worker; it may be claimed again."""
+    return dt.timedelta(seconds=settings.PREDICTION_RUNNING_STALE_AFTER_SECONDS)
+
+
+class PredictionFeedbackError(ValueError):
+    """Feedback must be a digit from 0 to 9 on a finished prediction."""
+
+
+# --- uploads -----------------------------------------------------------------------------------------------------
+
+
+def _upload_build(
+    *, owner, image: ValidatedImage, source: str, sample_set: str = "", label: int | None = None
+) -> Upload:
+    upload = Upload(
+        owner=owner,
+        original_name=image.original_name,
+        format=image.format,
+        size=image.size,
+        width=image.width,
+        height=image.height,
+        sha256=image.sha256,
+        source=source,
+        sample_set=sample_set,
+        label=label,
+        created_at=timezone.now(),
+    )
+    # Written under a generated name; the client's name is kept only as text.
+    name = default_storage.generate_filename(upload_image_path(upload, "upload.png"))
+    upload.image.name = default_storage.save(name, ContentFile(image.content))
+    return upload
+
+
+def _files_delete(names: list[str]) -> None:
+    for name in names:
+        if name:
+            try:
+                default_storage.delete(name)
+            except OSError:
+                logger.warning("could not delete stored file %s", name, exc_info=True)
+
+
+def upload_create(
+    *,
+    owner,
+    file: IO[bytes],
+    source: str,
+    name: str | None = None,
+    sample_set: str = "",
+    label: int | None = None,
+) -> Upload:
+    """Validate one image and store it (re-encoded as PNG); raises ValidationError without storing anything."""
+    image = validate_image(file, name=name)
+    return _uploads_store(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)[0]
+
+
+def _uploads_store(
+    *,
+    owner,
+    images: list[ValidatedImage],
+    source: str,
+    sample_set: str = "",
+    label: int | None = None,
+    with_predictions: bool = False,
+) -> list[Upload]:
+    uploads: list[Upload] = []
+    try:
+        for image in images:
+            uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
+        with transaction.atomic():
+            # Rows are inserted only once every file is on disk: a half-written batch never shows up.
+            created = Upload.objects.bulk_create(uploads)
+            if with_predictions:
+                predictions_create(uploads=created)
+    except BaseException:
+        _files_delete([upload.image.name for upload in uploads])
+        raise
+    return created
+
+
+def uploads_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Upload]:
+    """Validate every file first, then store all of them and their pending predictions in one transaction.
+
+    Each prediction's task is published after commit. If the broker is down the
+    rows stay (pending, "queued" for the user) and ``predictions_sweep`` publishes
+    them later.
+    """
+    images = validate_images(files)
+    return _uploads_store(owner=owner, images=images, source=source, with_predictions=True)
+
+
+def upload_delete(*, upload: Upload) -> None:
+    """Delete an upload, its predictions and every file they own (the image and the derived 28x28 PNGs)."""
+    names = [upload.image.name] + [
+        name for name in upload.predictions.exclude(input_image="").values_list("input_image", flat=True)
+    ]
+    with transaction.atomic():
+        upload.delete()
+        # Files go only once the rows are gone for good.
+        transaction.on_commit(lambda: _files_delete(names))
+
+
+# --- predictions -------------------------------------------------------------------------------------------------
+
+
+def prediction_create(*, upload: Upload) -> Prediction:
+    """A pending prediction for ``upload``, its task published once the transaction commits."""
+    return predictions_create(uploads=[upload])[0]
+
+
+def predictions_create(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
+    """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process."""
+    with transaction.atomic():
+        predictions = Prediction.objects.bulk_create([Prediction(upload=upload) for upload in uploads])
+        ids = [prediction.pk for prediction in predictions]
+        if publish and ids:
+            transaction.on_commit(lambda: predictions_publish(prediction_ids=ids))
+    return predictions
+
+
+def prediction_rerun(*, upload: Upload) -> Prediction:
+    """A new pending prediction of an existing upload; the worker uses whatever checkpoint is active then."""
+    return prediction_create(upload=upload)
+
+
+def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
+    return predictions_create(uploads=uploads, publish=publish)
+
+
+def prediction_publish(*, prediction_id: int) -> bool:
+    """Send the execution task; a broker failure is logged and left for the sweeper, never raised to the user."""
+    from classifier.tasks import prediction_execute as prediction_execute_task
+
+    Prediction.objects.filter(pk=prediction_id).update(publish_attempts=F("publish_attempts") + 1)
+    try:
+        prediction_execute_task.apply_async(args=[prediction_id])
+    except Exception:  # noqa: BLE001 - any broker error means "not sent yet"; the sweeper retries
+        logger.warning("could not publish prediction %s; the sweeper will retry", prediction_id, exc_info=True)
+        return False
+    Prediction.objects.filter(pk=prediction_id).update(published_at=timezone.now())
+    return True
+
+
+def predictions_publish(*, prediction_ids: list[int]) -> int:
+    sent = 0
+    for prediction_id in prediction_ids:
+        if not prediction_publish(prediction_id=prediction_id):
+            # The broker is down: the rest would fail the same way, each after a connection timeout.
+            break
+        sent += 1
+    return sent
+
+
+def predictions_sweep(*, now: dt.datetime | None = None) -> int:
+    """Re-publish predictions stuck pending (never sent, or lost) or running on a dead worker; returns how many."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.PREDICTION_REPUBLISH_AFTER_SECONDS)
+    stuck = Prediction.objects.filter(
+        Q(status=Prediction.Status.PENDING, created_at__lt=cutoff)
+        & (Q(published_at__isnull=True) | Q(published_at__lt=cutoff))
+        | Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
+    ).order_by("created_at")
+    ids = list(stuck.values_list("pk", flat=True)[:1000])
+    if not ids:
+        return 0
+    sent = predictions_publish(prediction_ids=ids)
+    logger.info("sweeper re-published %s of %s stuck predictions", sent, len(ids))
+    return sent
+
+
+def _prediction_claim(*, prediction_id: int) -> Prediction | None:
+    now = timezone.now()
+    # One conditional UPDATE: of two deliveries of the same message only one gets a row back.
+    claimed = (
+        Prediction.objects.filter(pk=prediction_id)
+        .filter(
+            Q(status=Prediction.Status.PENDING)
+            | Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
+        )
+        .update(status=Prediction.Status.RUNNING, started_at=now)
+    )
+    if not claimed:
+        return None
+    return Prediction.objects.select_related("upload").get(pk=prediction_id)
+
+
+def _prediction_fail(*, prediction: Prediction, error: str, checkpoint: Checkpoint | None = None) -> Prediction:
+    prediction.status = Prediction.Status.FAILED
+    prediction.error = error
+    prediction.checkpoint = checkpoint
+    prediction.finished_at = timezone.now()
+    prediction.save(update_fields=["status", "error", "checkpoint", "finished_at"])
+    return prediction
+
+
+def _open_upload_image(upload: Upload) -> Image.Image:
+    with upload.image.open("rb") as stored:
+        data = stored.read()
+    image = Image.open(io.BytesIO(data), formats=["PNG"])
+    image.load()
+    return image
+
+
+def prediction_execute(*, prediction_id: int) -> Prediction | None:
+    """Run the model on one pending prediction. Returns None when it was already claimed or finished.
+
+    Safe to call twice for the same id: the claim is atomic and a finished
+    prediction is never recomputed.
+    """
+    prediction = _prediction_claim(prediction_id=prediction_id)
+    if prediction is None:
+        logger.info("prediction %s is already running or finished; nothing to do", prediction_id)
+        return None
+    try:
+        return _prediction_run(prediction=prediction)
+    except Exception as exc:
+        if _is_transient(exc):
+            # Handing the claim back lets the task's retry (or a redelivery) claim it again at once.
+            _prediction_release(prediction_id=prediction_id)
+        raise
+
+
+def _prediction_run(*, prediction: Prediction) -> Prediction:
+    from classifier import inference
+
+    prediction_id = prediction.pk
+    try:
+        checkpoint, loaded = inference.model_for_active_checkpoint()
+    except inference.NoActiveCheckpointError as exc:
+        return _prediction_fail(prediction=prediction, error=str(exc))
+    except Exception as exc:
+        if _is_transient(exc):
+            raise
+        logger.exception("could not load the active checkpoint for prediction %s", prediction_id)
+        return _prediction_fail(prediction=prediction, error=f"The model could not be loaded: {exc}")
+    try:
+        image = _open_upload_image(prediction.upload)
+    except Exception:  # noqa: BLE001 - a missing or damaged stored file fails this prediction only
+        logger.exception("stored image of prediction %s could not be read", prediction_id)
+        return _prediction_fail(prediction=prediction, error="The stored image could not be read.", checkpoint=checkpoint)
+    (result,) = inference.predict_images(loaded=loaded, images=[image])
+    if isinstance(result, inference.EmptyImageError):
+        return _prediction_fail(
+            prediction=prediction, error="No digit was found in this image: it looks empty.", checkpoint=checkpoint
+        )
+    if isinstance(result, Exception):
+        logger.error("prediction %s could not be preprocessed: %r", prediction_id, result)
+        return _prediction_fail(prediction=prediction, error=f"The image could not be prepared: {result}", checkpoint=checkpoint)
+
+    finished = timezone.now()
+    prediction.input_image.save("input.png", ContentFile(result.input_png), save=False)
+    prediction.status = Prediction.Status.DONE
+    prediction.checkpoint = checkpoint
+    prediction.digit = result.digit
+    prediction.confidence = result.confidence
+    prediction.probabilities = result.probabilities
+    prediction.device = str(loaded.device)
+    prediction.queue_ms = (prediction.started_at - prediction.created_at).total_seconds() * 1000
+    prediction.compute_ms = result.compute_ms
+    prediction.error = ""
+    prediction.finished_at = finished
+    prediction.save()
+    return prediction
+
+
+def _is_transient(exc: Exception) -> bool:
+    from django.db import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def _prediction_release(*, prediction_id: int) -> None:
+    """Hand a claimed prediction back so that the task's retry can claim it again."""
+    try:
+        Prediction.objects.filter(pk=prediction_id, status=Prediction.Status.RUNNING).update(
+            status=Prediction.Status.PENDING, started_at=None
+        )
+    except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
+        logger.warning("could not release prediction %s", prediction_id, exc_info=True)
+
+
+def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Prediction:
+    """Record the digit the person says the image really shows (None clears it)."""
+    if digit is not None and (not isinstance(digit, int) or not 0 <= digit <= 9):
+        raise PredictionFeedbackError("Feedback must be a digit from 0 to 9.")
+    prediction.feedback = digit
+    prediction.save(update_fields=["feedback"])
+    return prediction
+
+
+# --- sample sets ---------------------------------------------------------------------------------------------------
+
+
+def samples_user_get_or_create():
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    user, created = user_model.objects.get_or_create(username="samples", defaults={"is_active": True})
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def sample_upload_get_or_create(*, owner, path, sample_set: str, label: int | None) -> tuple[Upload, bool]:
+    """Register one shipped sample image once per (sample set, sha256)."""
+    import hashlib
+
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    existing = Upload.objects.filter(sample_set=sample_set, sha256=digest).first()
+    if existing is not None:
+        return existing, False
+    upload = upload_create(
+        owner=owner,
+        file=io.BytesIO(data),
+        name=path.name,
+        source=Upload.Source.SAMPLE,
+        sample_set=sample_set,
+        label=label,
+    )
+    return upload, True

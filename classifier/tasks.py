@@ -1,0 +1,37 @@
+"""Celery tasks for predictions: thin wrappers that take ids and call services."""
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from classifier import services
+
+# Database hiccups are worth retrying; anything else is a bug or a bad image, recorded on the prediction.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    name="classifier.tasks.prediction_execute",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=30,
+    time_limit=60,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=5,
+    ignore_result=True,
+)
+def prediction_execute(prediction_id: int) -> None:
+    services.prediction_execute(prediction_id=int(prediction_id))
+
+
+@shared_task(
+    name="classifier.tasks.predictions_sweep",
+    acks_late=True,
+    soft_time_limit=60,
+    time_limit=120,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=2,
+    ignore_result=True,
+)
+def predictions_sweep() -> int:
+    return services.predictions_sweep()

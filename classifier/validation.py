@@ -1,0 +1,250 @@
+"""Checking uploaded images and re-encoding them to clean PNGs before anything is stored.
+
+Policy for file names: the content decides the format. A file whose extension
+names a *different* image format (a PNG called ``digit.jpg``, a GIF called
+``x.png``, a JPEG called ``scan.tiff``) is rejected, because the mismatch is
+usually a mistake or an attempt to smuggle content past a filter. A file whose
+extension names no image format at all (``digit``, ``digit.txt``,
+``blob.bin``) is accepted when its content is one of the allowed formats.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
+from struct import error as struct_error
+from typing import IO
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+# Only these Pillow decoders ever see uploaded bytes; everything else is "not an image".
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+
+# Extensions that name an image format. Only these are compared with the content.
+EXTENSION_FORMATS = {
+    ".png": "PNG",
+    ".apng": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".pjpeg": "JPEG",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".dib": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".ico": "ICO",
+    ".svg": "SVG",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jp2": "JPEG2000",
+    ".ppm": "PPM",
+    ".pgm": "PPM",
+    ".psd": "PSD",
+}
+
+# Per-band spread (0-255) below which an image carries no drawing at all.
+BLANK_SPREAD = 8
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    """An accepted upload: the re-encoded PNG plus what we record about the original."""
+
+    content: bytes
+    original_name: str
+    format: str
+    size: int
+    width: int
+    height: int
+    sha256: str
+
+
+def sanitize_filename(name: str | None) -> str:
+    """The client's file name, safe to show: no folders, no control characters, at most 255 characters."""
+    name = name or ""
+    # Browsers on Windows have sent full paths with backslashes.
+    name = PureWindowsPath(PurePosixPath(name).name).name
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = re.sub(r"\s+", " ", name).strip(" .")
+    if len(name) > MAX_NAME_LENGTH:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = f"{stem[: MAX_NAME_LENGTH - len(ext) - 1]}.{ext}"
+        else:
+            name = name[:MAX_NAME_LENGTH]
+    return name
+
+
+def validate_file_count(count: int) -> None:
+    if count == 0:
+        raise ValidationError("Choose at least one image, or draw a digit.", code="no_files")
+    if count > settings.UPLOAD_MAX_FILES:
+        raise ValidationError(
+            f"Too many files: {count} were sent, at most {settings.UPLOAD_MAX_FILES} are accepted at once.",
+            code="too_many_files",
+        )
+
+
+def _read_limited(file: IO[bytes], *, label: str) -> bytes:
+    limit = settings.UPLOAD_MAX_BYTES
+    declared = getattr(file, "size", None)
+    if declared is not None and declared > limit:
+        raise ValidationError(f"{label} is too large ({_mb(declared)}); the limit is {_mb(limit)}.", code="too_large")
+    if hasattr(file, "seek"):
+        file.seek(0)
+    data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValidationError(f"{label} is too large; the limit is {_mb(limit)}.", code="too_large")
+    return data
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _check_extension(name: str, detected: str, *, label: str) -> None:
+    suffix = PurePosixPath(name.lower()).suffix
+    named = EXTENSION_FORMATS.get(suffix)
+    if named is not None and named != detected:
+        raise ValidationError(
+            f"{label} is named {suffix} but contains a {detected} image; rename it to match its content.",
+            code="wrong_extension",
+        )
+
+
+def _first_frame(image: Image.Image) -> Image.Image:
+    # Animated GIF/WEBP/PNG: the first frame is the picture people see first.
+    if getattr(image, "is_animated", False):
+        frame = next(iter(ImageSequence.Iterator(image)))
+        return frame.copy()
+    return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a valid picture unreadable
+        return image
+
+
+def _to_storable(image: Image.Image) -> Image.Image:
+    """Any decoded mode -> 8-bit L, LA, RGB or RGBA, which PNG stores losslessly."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow's convert("L") clips 16-bit values instead of scaling them.
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(pixels * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        return image.convert("RGBA" if has_alpha else "RGB")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    if mode in ("La", "RGBa"):
+        return image.convert("RGBA")
+    return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+
+
+def _is_blank(image: Image.Image) -> bool:
+    extrema = image.getextrema()
+    if image.mode == "L":
+        extrema = (extrema,)
+    return all(high - low <= BLANK_SPREAD for low, high in extrema)
+
+
+def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImage:
+    """Accept one uploaded file or raise ValidationError with a message a person can act on.
+
+    Nothing is written anywhere; the caller stores ``content`` (a fresh PNG
+    without the original's metadata) only after every file passed.
+    """
+    original_name = sanitize_filename(name if name is not None else getattr(file, "name", ""))
+    label = f"“{original_name}”" if original_name else "The file"
+    data = _read_limited(file, label=label)
+    if not data:
+        raise ValidationError(f"{label} is empty.", code="empty")
+
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        except (UnidentifiedImageError, ValueError, TypeError, SyntaxError):
+            raise ValidationError(
+                f"{label} is not an image we can read. Upload a PNG, JPEG, GIF, WEBP or BMP file.", code="not_image"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValidationError(f"{label} has far too many pixels to be a digit.", code="too_many_pixels") from None
+        except OSError:
+            raise ValidationError(f"{label} is damaged or truncated.", code="truncated") from None
+
+        detected = image.format or ""
+        _check_extension(original_name, detected, label=label)
+        width, height = image.size
+        # Checked from the header, before a single pixel is decoded.
+        if width <= 0 or height <= 0:
+            raise ValidationError(f"{label} has no pixels.", code="empty")
+        if width * height > settings.UPLOAD_MAX_PIXELS:
+            raise ValidationError(
+                f"{label} is {width}×{height} pixels; at most {settings.UPLOAD_MAX_PIXELS:,} pixels are accepted.",
+                code="too_many_pixels",
+            )
+        try:
+            frame = _first_frame(image)
+            frame.load()
+            # The stored copy drops EXIF, so its orientation is applied to the pixels first.
+            frame = _upright(frame)
+            storable = _to_storable(frame)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValidationError(f"{label} has far too many pixels to be a digit.", code="too_many_pixels") from None
+        except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct_error):
+            raise ValidationError(f"{label} is damaged or truncated.", code="truncated") from None
+
+    if _is_blank(storable):
+        raise ValidationError(f"{label} is blank. Draw or upload a digit.", code="blank")
+
+    out = io.BytesIO()
+    # A fresh encoder writes pixels only: EXIF, text chunks and ICC profiles are left behind.
+    storable.save(out, format="PNG", optimize=False)
+    return ValidatedImage(
+        content=out.getvalue(),
+        original_name=original_name,
+        format=detected,
+        size=len(data),
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def validate_images(files: list[tuple[IO[bytes], str | None]]) -> list[ValidatedImage]:
+    """Validate every file of one request; raise one ValidationError listing each rejected file."""
+    validate_file_count(len(files))
+    accepted: list[ValidatedImage] = []
+    errors: list[ValidationError] = []
+    for file, name in files:
+        try:
+            accepted.append(validate_image(file, name=name))
+        except ValidationError as exc:
+            errors.append(exc)
+    if errors:
+        raise ValidationError(errors)
+    return accepted
+

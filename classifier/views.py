@@ -1,0 +1,223 @@
+"""Pages and small JSON/image endpoints for uploading, watching results and browsing history."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from classifier import selectors, services
+from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
+from classifier.models import Prediction
+
+HISTORY_PAGE_SIZE = 20
+
+
+def _validation_messages(error: ValidationError) -> list[str]:
+    return list(error.messages)
+
+
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None, request.FILES or None)
+    errors: list[str] = []
+    if request.method == "POST":
+        if form.is_valid():
+            files, source = form.submissions()
+            try:
+                uploads = services.uploads_submit(owner=request.user, files=files, source=source)
+            except ValidationError as exc:
+                errors = _validation_messages(exc)
+            else:
+                if len(uploads) == 1:
+                    prediction = selectors.prediction_latest_for_upload(upload=uploads[0])
+                    return redirect("classifier:prediction_detail", pk=prediction.pk)
+                messages.success(request, f"{len(uploads)} images uploaded; their predictions appear below.")
+                batch = ",".join(str(item.pk) for item in uploads)
+                return redirect(f"{reverse('classifier:history')}?batch={batch}")
+        else:
+            errors = [message for field_errors in form.errors.values() for message in field_errors]
+    return render(
+        request,
+        "classifier/upload.html",
+        {
+            "form": form,
+            "errors": errors,
+            "max_files": settings.UPLOAD_MAX_FILES,
+            "max_bytes": settings.UPLOAD_MAX_BYTES,
+            "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+        },
+        status=400 if errors else 200,
+    )
+
+
+def _prediction_or_404(request: HttpRequest, pk: int) -> Prediction:
+    prediction = selectors.prediction_get_for_user(user=request.user, prediction_id=pk)
+    if prediction is None:
+        raise Http404("No such prediction.")
+    return prediction
+
+
+def prediction_payload(prediction: Prediction) -> dict:
+    threshold = settings.LOW_CONFIDENCE_THRESHOLD
+    done = prediction.status == Prediction.Status.DONE
+    return {
+        "id": prediction.pk,
+        "upload_id": prediction.upload_id,
+        "status": prediction.status,
+        "finished": prediction.status in (Prediction.Status.DONE, Prediction.Status.FAILED),
+        "digit": prediction.digit,
+        "confidence": prediction.confidence,
+        "low_confidence": bool(done and prediction.confidence is not None and prediction.confidence < threshold),
+        "probabilities": prediction.probabilities,
+        "error": prediction.error,
+        "feedback": prediction.feedback,
+        "checkpoint_id": prediction.checkpoint_id,
+        "device": prediction.device,
+        "queue_ms": prediction.queue_ms,
+        "compute_ms": prediction.compute_ms,
+        "input_image_url": (
+            reverse("classifier:prediction_input", args=[prediction.pk]) if prediction.input_image else None
+        ),
+    }
+
+
+@require_GET
+def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    prediction = _prediction_or_404(request, pk)
+    probabilities = prediction.probabilities or [None] * 10
+    bars = [
+        {"digit": digit, "probability": p, "percent": round(p * 100, 1) if p is not None else 0}
+        for digit, p in enumerate(probabilities)
+    ]
+    return render(
+        request,
+        "classifier/result.html",
+        {
+            "prediction": prediction,
+            "upload": prediction.upload,
+            "bars": bars,
+            "payload": prediction_payload(prediction),
+            "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
+            "digits": range(10),
+        },
+    )
+
+
+@never_cache
+@require_GET
+def prediction_json(request: HttpRequest, pk: int) -> JsonResponse:
+    return JsonResponse(prediction_payload(_prediction_or_404(request, pk)))
+
+
+@require_POST
+def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
+    prediction = _prediction_or_404(request, pk)
+    form = FeedbackForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Feedback must be a digit from 0 to 9.")
+        return redirect("classifier:prediction_detail", pk=pk)
+    services.prediction_feedback_set(prediction=prediction, digit=form.cleaned_data["digit"])
+    if form.cleaned_data["digit"] is None:
+        messages.info(request, "Feedback cleared.")
+    else:
+        messages.success(request, f"Thanks! Recorded that this is a {form.cleaned_data['digit']}.")
+    return redirect("classifier:prediction_detail", pk=pk)
+
+
+def _image_response(file, *, filename: str) -> FileResponse:
+    try:
+        handle = file.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("The image file is gone.") from None
+    response = FileResponse(handle, content_type="image/png", filename=filename)
+    response["Content-Disposition"] = f'inline; filename="{filename}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    # Private pictures: browsers may keep them, shared caches must not.
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+def upload_image(request: HttpRequest, pk: int) -> FileResponse:
+    item = selectors.upload_get_for_viewer(user=request.user, upload_id=pk)
+    if item is None or not item.image:
+        raise Http404("No such image.")
+    return _image_response(item.image, filename=f"upload-{item.pk}.png")
+
+
+@require_GET
+def prediction_input(request: HttpRequest, pk: int) -> FileResponse:
+    prediction = selectors.prediction_get_for_viewer(user=request.user, prediction_id=pk)
+    if prediction is None or not prediction.input_image:
+        raise Http404("No such image.")
+    return _image_response(prediction.input_image, filename=f"prediction-{prediction.pk}-input.png")
+
+
+@require_GET
+def upload_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    item = selectors.upload_get_for_user(user=request.user, upload_id=pk)
+    prediction = selectors.prediction_latest_for_upload(upload=item) if item else None
+    if prediction is None:
+        raise Http404("No such upload.")
+    return redirect("classifier:prediction_detail", pk=prediction.pk)
+
+
+@require_http_methods(["GET", "POST"])
+def upload_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    item = selectors.upload_get_for_user(user=request.user, upload_id=pk)
+    if item is None:
+        raise Http404("No such upload.")
+    if request.method == "POST":
+        name = item.original_name or f"upload {item.pk}"
+        services.upload_delete(upload=item)
+        messages.success(request, f"Deleted “{name}” and its images.")
+        return redirect(_safe_next(request) or reverse("classifier:history"))
+    return render(request, "classifier/upload_confirm_delete.html", {"upload": item})
+
+
+def _safe_next(request: HttpRequest) -> str | None:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=False):
+        return target
+    return None
+
+
+@require_GET
+def history(request: HttpRequest) -> HttpResponse:
+    form = HistoryFilterForm(request.GET or None)
+    filters = selectors.UploadFilters()
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        filters = selectors.UploadFilters(
+            digit=data["digit"],
+            status=data["status"] or None,
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            upload_ids=data["batch"],
+        )
+    queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
+    page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "classifier/history.html",
+        {
+            "form": form,
+            "page": page,
+            "uploads": page.object_list,
+            "query": query.urlencode(),
+            "filtered": any([filters.digit is not None, filters.status, filters.date_from, filters.date_to]),
+            "batch": filters.upload_ids,
+            "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
+        },
+    )
+

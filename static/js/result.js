@@ -1,0 +1,71 @@
+// Result page: poll the prediction's JSON while it is queued or running, then show the answer in place.
+(function () {
+  "use strict";
+  const root = document.getElementById("result");
+  if (!root) return;
+  const url = root.dataset.jsonUrl;
+  const POLL_MS = 300;
+  const MAX_POLL_MS = 5000;
+  let delay = POLL_MS;
+
+  function byId(id) { return document.getElementById(id); }
+
+  function render(data) {
+    root.dataset.status = data.status;
+    const badge = byId("status-badge");
+    badge.className = "badge badge-" + data.status;
+    badge.textContent = data.status === "pending" ? "queued" : data.status;
+    byId("status-note").textContent =
+      data.status === "pending" ? "Waiting for a worker…" : data.status === "running" ? "Recognising…" : "";
+    byId("spinner").hidden = data.finished;
+    byId("error-box").hidden = data.status !== "failed";
+    byId("error-text").textContent = data.error || "";
+    if (data.status !== "done") return;
+
+    byId("verdict").hidden = false;
+    byId("digit").textContent = data.digit;
+    byId("confidence").textContent = Math.round(data.confidence * 100) + "% confident";
+    byId("not-sure").hidden = !data.low_confidence;
+    document.querySelectorAll("#bars .bar-row").forEach(function (row) {
+      const digit = parseInt(row.dataset.digit, 10);
+      const percent = (data.probabilities[digit] * 100).toFixed(1);
+      row.querySelector(".bar-fill").style.width = percent + "%";
+      row.querySelector(".bar-value").textContent = percent + "%";
+      row.classList.toggle("top", digit === data.digit);
+    });
+    if (data.input_image_url) {
+      const img = byId("model-input");
+      img.src = data.input_image_url;
+      img.hidden = false;
+      byId("model-input-placeholder").hidden = true;
+    }
+    byId("fact-checkpoint").textContent = data.checkpoint_id ? "checkpoint " + data.checkpoint_id : "–";
+    if (data.compute_ms !== null) {
+      byId("fact-timing").textContent =
+        "queued " + Math.round(data.queue_ms) + " ms · computed " + data.compute_ms.toFixed(1) + " ms on " + data.device;
+    }
+    byId("feedback").hidden = false;
+  }
+
+  function poll() {
+    fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (data) {
+        render(data);
+        delay = POLL_MS;
+        if (!data.finished) setTimeout(poll, POLL_MS);
+      })
+      .catch(function () {
+        // Back off while the server is unreachable, but keep trying.
+        delay = Math.min(delay * 2, MAX_POLL_MS);
+        setTimeout(poll, delay);
+      });
+  }
+
+  if (root.dataset.status === "pending" || root.dataset.status === "running") {
+    setTimeout(poll, POLL_MS);
+  }
+})();

@@ -1,0 +1,149 @@
+// Upload page: file picking with drag and drop, and a drawing canvas exported as PNG.
+(function () {
+  "use strict";
+
+  // --- files ---------------------------------------------------------------
+  const fileForm = document.getElementById("file-form");
+  const input = document.getElementById("id_files");
+  const dropzone = document.getElementById("dropzone");
+  const list = document.getElementById("file-list");
+  const fileError = document.getElementById("file-error");
+  const fileSubmit = document.getElementById("file-submit");
+  const maxFiles = parseInt(fileForm.dataset.maxFiles, 10);
+  const maxBytes = parseInt(fileForm.dataset.maxBytes, 10);
+
+  function describe(size) {
+    return size > 1048576 ? (size / 1048576).toFixed(1) + " MB" : Math.max(1, Math.round(size / 1024)) + " KB";
+  }
+
+  function refresh() {
+    const files = Array.from(input.files || []);
+    list.replaceChildren();
+    const problems = [];
+    files.forEach(function (file) {
+      const item = document.createElement("li");
+      item.textContent = file.name + " · " + describe(file.size);
+      if (file.size > maxBytes) {
+        item.className = "too-big";
+        problems.push("“" + file.name + "” is larger than " + describe(maxBytes) + ".");
+      }
+      list.appendChild(item);
+    });
+    if (files.length > maxFiles) {
+      problems.unshift("Too many files: choose at most " + maxFiles + " at once.");
+    }
+    fileError.hidden = problems.length === 0;
+    fileError.textContent = problems.join(" ");
+    fileSubmit.disabled = files.length === 0 || problems.length > 0;
+    fileSubmit.textContent = files.length > 1 ? "Upload " + files.length + " images and predict" : "Upload and predict";
+  }
+
+  input.addEventListener("change", refresh);
+  ["dragenter", "dragover"].forEach(function (name) {
+    dropzone.addEventListener(name, function (event) {
+      event.preventDefault();
+      dropzone.classList.add("dragging");
+    });
+  });
+  ["dragleave", "drop"].forEach(function (name) {
+    dropzone.addEventListener(name, function (event) {
+      event.preventDefault();
+      dropzone.classList.remove("dragging");
+    });
+  });
+  dropzone.addEventListener("drop", function (event) {
+    if (event.dataTransfer && event.dataTransfer.files.length) {
+      input.files = event.dataTransfer.files;
+      refresh();
+    }
+  });
+  fileForm.addEventListener("submit", function () {
+    fileSubmit.disabled = true;
+    fileSubmit.textContent = "Uploading…";
+  });
+  refresh();
+
+  // --- canvas --------------------------------------------------------------
+  const canvas = document.getElementById("draw-canvas");
+  const ctx = canvas.getContext("2d");
+  const canvasForm = document.getElementById("canvas-form");
+  const canvasField = document.getElementById("id_canvas");
+  const canvasSubmit = document.getElementById("canvas-submit");
+  const hint = document.getElementById("canvas-hint");
+  let drawing = false;
+  let dirty = false;
+  let last = null;
+
+  function setup() {
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    // A brush about a tenth of the canvas, like a pen stroke in a 28x28 MNIST digit.
+    ctx.lineWidth = canvas.width / 12;
+    ctx.strokeStyle = "#111";
+    ctx.fillStyle = "#111";
+  }
+
+  function point(event) {
+    const rect = canvas.getBoundingClientRect();
+    return {
+      x: (event.clientX - rect.left) * (canvas.width / rect.width),
+      y: (event.clientY - rect.top) * (canvas.height / rect.height),
+    };
+  }
+
+  function dot(p) {
+    ctx.beginPath();
+    ctx.arc(p.x, p.y, ctx.lineWidth / 2, 0, Math.PI * 2);
+    ctx.fill();
+  }
+
+  canvas.addEventListener("pointerdown", function (event) {
+    event.preventDefault();
+    canvas.setPointerCapture(event.pointerId);
+    drawing = true;
+    last = point(event);
+    dot(last);
+    dirty = true;
+    hint.hidden = true;
+    canvasSubmit.disabled = false;
+  });
+  canvas.addEventListener("pointermove", function (event) {
+    if (!drawing) return;
+    event.preventDefault();
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+    (events.length ? events : [event]).forEach(function (e) {
+      const p = point(e);
+      ctx.beginPath();
+      ctx.moveTo(last.x, last.y);
+      ctx.lineTo(p.x, p.y);
+      ctx.stroke();
+      last = p;
+    });
+  });
+  function stop() {
+    drawing = false;
+    last = null;
+  }
+  canvas.addEventListener("pointerup", stop);
+  canvas.addEventListener("pointercancel", stop);
+
+  document.getElementById("canvas-clear").addEventListener("click", function () {
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    dirty = false;
+    hint.hidden = false;
+    canvasSubmit.disabled = true;
+  });
+
+  canvasForm.addEventListener("submit", function (event) {
+    if (!dirty) {
+      event.preventDefault();
+      return;
+    }
+    // Dark strokes on transparency; the server's preprocessing handles either polarity.
+    canvasField.value = canvas.toDataURL("image/png");
+    canvasSubmit.disabled = true;
+    canvasSubmit.textContent = "Sending…";
+  });
+
+  setup();
+})();

@@ -1,0 +1,51 @@
+"""Log-in, log-out and sign-up pages, and that everything else needs a logged-in user."""
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_login_page_is_public_and_renders_a_form(client):
+    response = client.get("/accounts/login/")
+    assert response.status_code == 200
+    assert 'name="username"' in response.content.decode() and 'name="password"' in response.content.decode()
+
+
+def test_logging_in_leads_to_the_upload_page(client, user):
+    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+
+def test_a_wrong_password_shows_an_error(client, user):
+    response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    assert response.status_code == 200
+    assert "correct username and password" in response.content.decode()
+
+
+def test_signing_up_creates_an_account_and_logs_in(client, django_user_model):
+    response = client.post(
+        "/accounts/signup/",
+        {"username": "carol", "password1": "a much longer passphrase", "password2": "a much longer passphrase"},
+    )
+    assert response.status_code == 302
+    assert django_user_model.objects.filter(username="carol").exists()
+    assert client.get("/").status_code == 200
+
+
+def test_the_signup_page_shows_field_errors(client):
+    response = client.post("/accounts/signup/", {"username": "dave", "password1": "x", "password2": "y"})
+    assert response.status_code == 400
+    assert "didn" in response.content.decode()  # "The two password fields didn’t match."
+
+
+def test_logging_out_takes_a_post(client, user):
+    client.force_login(user)
+    assert "Log out" in client.get("/").content.decode()
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(client):
+    response = client.get("/history/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/?next=/history/"

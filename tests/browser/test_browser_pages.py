@@ -1,0 +1,139 @@
+"""The pages in a real headless Chromium: log in, upload, watch the result go live, draw, browse history."""
+import pytest
+from playwright.sync_api import expect
+
+from classifier.models import Prediction
+from mnistsite.celery import app
+from tests.processes import start_worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _purge_queues() -> None:
+    with app.connection_for_write() as conn:
+        for queue in ("inference", "training"):
+            conn.default_channel.queue_purge(queue)
+
+
+def _expect_done(page, worker) -> None:
+    """Wait for the page to show "done"; on failure say what the worker and the database saw."""
+    try:
+        expect(page.locator("#status-badge")).to_have_text("done", timeout=60_000)
+    except AssertionError as exc:
+        rows = list(Prediction.objects.values("pk", "status", "publish_attempts", "published_at", "error"))
+        raise AssertionError(f"{exc}\npredictions: {rows}\nworker log:\n{worker.log()[-3000:]}") from None
+
+
+def test_login_page_looks_right_and_logs_in(page, user, artifacts_dir):
+    page.goto("/accounts/login/")
+    expect(page.locator("h1")).to_have_text("Log in")
+    page.screenshot(path=str(artifacts_dir / "login.png"), full_page=True)
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator(".errors")).to_be_visible()
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "correct horse battery")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Recognise a handwritten digit")
+
+
+def test_an_uploaded_file_goes_from_queued_to_done_without_a_reload(
+    logged_in_page, digit_png, active_checkpoint, artifacts_dir, tmp_path
+):
+    page = logged_in_page
+    page.screenshot(path=str(artifacts_dir / "upload-page.png"), full_page=True)
+    _purge_queues()
+    path = tmp_path / "seven.png"
+    path.write_bytes(digit_png(0))
+    page.set_input_files("#id_files", str(path))
+    expect(page.locator("#file-list li")).to_have_count(1)
+    page.click("#file-submit")
+    page.wait_for_url("**/predictions/*/")
+    # No worker is running yet, so the message waits in the broker and the page says so.
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    page.screenshot(path=str(artifacts_dir / "result-queued.png"), full_page=True)
+    navigations = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    worker = start_worker(log_dir=tmp_path / "logs")
+    try:
+        _expect_done(page, worker)
+    finally:
+        worker.stop()
+    assert navigations == []  # updated in place by polling, not by reloading
+    expect(page.locator("#digit")).to_have_text("7")
+    expect(page.locator("#bars .bar-row.top")).to_have_attribute("data-digit", "7")
+    expect(page.locator("#model-input")).to_be_visible()
+    assert page.evaluate("getComputedStyle(document.getElementById('model-input')).imageRendering") == "pixelated"
+    page.screenshot(path=str(artifacts_dir / "result-done.png"), full_page=True)
+
+    page.click(".digit-button >> text=1")
+    expect(page.locator(".message-success")).to_contain_text("Recorded")
+    assert Prediction.objects.get().feedback == 1
+
+
+def test_a_digit_drawn_on_the_canvas_is_predicted(logged_in_page, celery_worker_process, active_checkpoint, artifacts_dir):
+    page = logged_in_page
+    box = page.locator("#draw-canvas").bounding_box()
+    x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+    # A "7": a bar across the top, then a stroke down to the bottom left.
+    page.mouse.move(x + w * 0.25, y + h * 0.2)
+    page.mouse.down()
+    page.mouse.move(x + w * 0.75, y + h * 0.2, steps=12)
+    page.mouse.move(x + w * 0.4, y + h * 0.85, steps=16)
+    page.mouse.up()
+    expect(page.locator("#canvas-submit")).to_be_enabled()
+    page.screenshot(path=str(artifacts_dir / "canvas-drawn.png"), full_page=True)
+    page.click("#canvas-submit")
+    page.wait_for_url("**/predictions/*/")
+    _expect_done(page, celery_worker_process)
+    prediction = Prediction.objects.get()
+    assert prediction.upload.source == "canvas"
+    assert prediction.status == "done"
+    expect(page.locator("#digit")).to_have_text(str(prediction.digit))
+    page.screenshot(path=str(artifacts_dir / "canvas-result.png"), full_page=True)
+
+
+def test_the_clear_button_empties_the_canvas(logged_in_page):
+    page = logged_in_page
+    box = page.locator("#draw-canvas").bounding_box()
+    page.mouse.move(box["x"] + 50, box["y"] + 50)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 150, box["y"] + 150, steps=5)
+    page.mouse.up()
+    expect(page.locator("#canvas-submit")).to_be_enabled()
+    page.click("#canvas-clear")
+    expect(page.locator("#canvas-submit")).to_be_disabled()
+    blank = page.evaluate(
+        "(() => { const c = document.getElementById('draw-canvas');"
+        " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.every(v => v === 0); })()"
+    )
+    assert blank
+
+
+def test_history_shows_uploads_and_deletes_after_confirming(
+    logged_in_page, celery_worker_process, active_checkpoint, digit_png, artifacts_dir, tmp_path
+):
+    page = logged_in_page
+    paths = []
+    for index in range(4):
+        path = tmp_path / f"digit-{index}.png"
+        path.write_bytes(digit_png(index))
+        paths.append(str(path))
+    page.set_input_files("#id_files", paths)
+    page.click("#file-submit")
+    page.wait_for_url("**/history/?batch=*")
+    expect(page.locator(".history-item")).to_have_count(4)
+    expect(page.locator(".history-item .js-status").filter(has_text="done")).to_have_count(4, timeout=60_000)
+    page.goto("/history/")
+    expect(page.locator(".history-item")).to_have_count(4)
+    page.screenshot(path=str(artifacts_dir / "history.png"), full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(".history-item").first.locator("button", has_text="Delete").click()
+    expect(page.locator(".message-success")).to_contain_text("Deleted")
+    expect(page.locator(".history-item")).to_have_count(3)
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(artifacts_dir / "history-mobile.png"), full_page=True)

@@ -1,0 +1,114 @@
+"""Shared classifier fixtures: a small real model trained once per session, and real digit images."""
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.conf import settings
+from PIL import Image
+
+from training.ml.architectures import build_model
+from training.ml.checkpoints import save_checkpoint
+from training.ml.data import load_split
+from training.ml.engine import evaluate, train_one_epoch
+
+DATA_DIR = Path(settings.DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def mnist_test_split():
+    return load_split(DATA_DIR, split="test")
+
+
+@pytest.fixture(scope="session")
+def trained_model_file(tmp_path_factory) -> Path:
+    """An MLP trained for one epoch on 6,000 real MNIST images (about a second on two cores)."""
+    torch.manual_seed(0)
+    train = load_split(DATA_DIR, split="train").subset(6000)
+    test = load_split(DATA_DIR, split="test").subset(1000)
+    model = build_model("mlp", {"hidden": 128})
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(2):
+        train_one_epoch(
+            model=model, optimizer=optimizer, scheduler=None, images=train.images, labels=train.labels,
+            batch_size=64, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), augment=False,
+        )
+    accuracy = evaluate(model=model, images=test.images, labels=test.labels, device=torch.device("cpu")).accuracy
+    assert accuracy > 0.85, f"the fixture model is too weak ({accuracy:.2%})"
+    path = tmp_path_factory.mktemp("models") / "trained.pt"
+    save_checkpoint(path, model=model, config=None, epoch=2, metrics={"test_accuracy": accuracy})
+    return path
+
+
+@pytest.fixture(scope="session")
+def always_seven_model_file(tmp_path_factory) -> Path:
+    """A model that answers 7 for every input: proof of which checkpoint a worker really used."""
+    model = build_model("mlp", {"hidden": 8})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.net[-1].bias[7] = 10.0
+    path = tmp_path_factory.mktemp("models") / "seven.pt"
+    save_checkpoint(path, model=model, config=None, epoch=1, metrics={})
+    return path
+
+
+@pytest.fixture
+def register_checkpoint(db, isolated_storage):
+    from training.services import checkpoint_activate, checkpoint_register
+
+    def register(source: Path, *, name: str, activate: bool = True, accuracy: float | None = 0.9):
+        target = Path(settings.CHECKPOINT_DIR) / f"{name}.pt"
+        shutil.copyfile(source, target)
+        checkpoint = checkpoint_register(
+            path=target, run=None, epoch=1, test_accuracy=accuracy, architecture="mlp", activate=False
+        )
+        return checkpoint_activate(checkpoint=checkpoint) if activate else checkpoint
+
+    return register
+
+
+@pytest.fixture
+def active_checkpoint(register_checkpoint, trained_model_file):
+    return register_checkpoint(trained_model_file, name="trained")
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_cache():
+    """Each test starts with an empty per-process model cache, as a new worker would."""
+    from classifier import inference
+
+    inference._cached = None
+    yield
+    inference._cached = None
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+@pytest.fixture
+def mnist_image(mnist_test_split):
+    """A real MNIST test digit, scaled up like a photo, with its label."""
+
+    def make(index: int = 0, *, size: int = 112, invert: bool = True) -> tuple[Image.Image, int]:
+        pixels = mnist_test_split.images[index].numpy()
+        if invert:
+            pixels = 255 - pixels  # dark ink on white paper, like most photos and scans
+        image = Image.fromarray(pixels.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
+        return image, int(mnist_test_split.labels[index])
+
+    return make
+
+
+@pytest.fixture
+def digit_png(mnist_image):
+    def make(index: int = 0, **kwargs) -> bytes:
+        image, _label = mnist_image(index, **kwargs)
+        return png_bytes(image)
+
+    return make

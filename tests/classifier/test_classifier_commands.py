@@ -1,0 +1,72 @@
+"""Management commands: predict from the command line, extract MNIST samples, load the sample sets."""
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+
+from classifier.models import Prediction, Upload
+
+pytestmark = pytest.mark.django_db
+
+
+def test_predict_prints_one_json_line_per_file_and_fails_on_unreadable_ones(tmp_path, digit_png, active_checkpoint):
+    folder = tmp_path / "imgs" / "nested"
+    folder.mkdir(parents=True)
+    (folder / "seven.png").write_bytes(digit_png(0))
+    (tmp_path / "imgs" / "two.png").write_bytes(digit_png(1))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("predict", "--json", str(tmp_path / "imgs"), str(bad), str(tmp_path / "missing.png"), stdout=out, stderr=io.StringIO())
+    assert exit_info.value.code == 1
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    by_name = {row["path"].rsplit("/", 1)[-1]: row for row in rows}
+    assert by_name["seven.png"]["digit"] == 7 and by_name["two.png"]["digit"] == 2
+    assert set(by_name["seven.png"]) == {"path", "digit", "confidence", "probabilities"}
+    assert sum(by_name["seven.png"]["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert "error" in by_name["broken.png"] and "error" in by_name["missing.png"]
+    assert not Upload.objects.exists()  # the command writes nothing to the database
+
+
+def test_predict_prints_a_table_and_accepts_a_checkpoint_id(tmp_path, digit_png, register_checkpoint, trained_model_file):
+    checkpoint = register_checkpoint(trained_model_file, name="not-active", activate=False)
+    (tmp_path / "seven.png").write_bytes(digit_png(0))
+    out = io.StringIO()
+    call_command("predict", "--checkpoint", str(checkpoint.pk), str(tmp_path / "seven.png"), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["digit", "confidence", "path"]
+    assert lines[1].split()[0] == "7"
+
+
+def test_extract_mnist_samples_writes_five_labelled_pngs_per_digit(tmp_path):
+    call_command("extract_mnist_samples", "--output", str(tmp_path), stdout=io.StringIO())
+    files = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(files) == 50
+    assert all(sum(name.startswith(f"{d}_mnist_") for name in files) == 5 for d in range(10))
+
+
+def test_load_samples_registers_each_image_once_and_predicts_them(tmp_path, digit_png, active_checkpoint):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "mnist" / "7_mnist_0.png").write_bytes(digit_png(0))
+    (tmp_path / "other" / "2_hand.png").write_bytes(digit_png(1))
+    call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
+    call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
+    uploads = Upload.objects.order_by("sample_set")
+    assert [(u.sample_set, u.label, u.source, u.owner.username) for u in uploads] == [
+        ("mnist", 7, "sample", "samples"),
+        ("other", 2, "sample", "samples"),
+    ]
+    assert Prediction.objects.count() == 2
+    assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_the_shipped_mnist_samples_exist():
+    from django.conf import settings as django_settings
+    from pathlib import Path
+
+    folder = Path(django_settings.BASE_DIR) / "media" / "samples" / "mnist"
+    names = [p.name for p in folder.glob("*_mnist_*.png")]
+    assert all(sum(n.startswith(f"{d}_") for n in names) >= 5 for d in range(10))

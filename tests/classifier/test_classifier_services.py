@@ -1,0 +1,215 @@
+"""Services for uploads and predictions, run in-process against the real database."""
+import datetime as dt
+import io
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from classifier import services
+from classifier.models import Prediction, Upload
+
+pytestmark = pytest.mark.django_db
+
+
+def _stored_files() -> list[Path]:
+    root = Path(settings.MEDIA_ROOT)
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """Records task publications instead of sending them."""
+    sent: list[int] = []
+
+    def fake_apply_async(args, **kwargs):
+        sent.append(args[0])
+
+    from classifier import tasks
+
+    monkeypatch.setattr(tasks.prediction_execute, "apply_async", fake_apply_async)
+    return sent
+
+
+@pytest.fixture
+def broker_down(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    from classifier import tasks
+
+    monkeypatch.setattr(tasks.prediction_execute, "apply_async", refuse)
+
+
+def test_upload_create_stores_a_reencoded_png_under_a_generated_name(user, digit_png):
+    data = digit_png(0)
+    upload = services.upload_create(owner=user, file=io.BytesIO(data), name="../my digit.png", source="file")
+    assert upload.original_name == "my digit.png"
+    assert upload.image.name.startswith("uploads/") and upload.image.name.endswith(".png")
+    assert "my digit" not in upload.image.name
+    assert upload.format == "PNG" and upload.size == len(data) and upload.width == 112
+    assert Path(upload.image.path).is_file()
+
+
+def test_a_rejected_batch_stores_nothing(user, digit_png, django_capture_on_commit_callbacks, published):
+    files = [(io.BytesIO(digit_png(0)), "good.png"), (io.BytesIO(b"garbage"), "bad.png")]
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(ValidationError) as info:
+        services.uploads_submit(owner=user, files=files, source="file")
+    assert "bad.png" in " ".join(info.value.messages)
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert _stored_files() == []
+    assert published == []
+
+
+def test_a_batch_is_stored_with_pending_predictions_published_after_commit(
+    user, digit_png, django_capture_on_commit_callbacks, published
+):
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        uploads = services.uploads_submit(owner=user, files=files, source="file")
+        assert published == []  # nothing leaves before the commit
+    assert len(uploads) == 3
+    predictions = list(Prediction.objects.filter(upload__in=uploads))
+    assert {p.status for p in predictions} == {"pending"}
+    assert sorted(published) == sorted(p.pk for p in predictions)
+    assert all(p.published_at is not None and p.publish_attempts == 1 for p in Prediction.objects.all())
+
+
+def test_a_broker_outage_keeps_the_upload_and_its_pending_prediction(
+    user, digit_png, django_capture_on_commit_callbacks, broker_down
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        (upload,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "a.png")], source="file")
+    prediction = upload.predictions.get()
+    assert prediction.status == "pending"
+    assert prediction.published_at is None and prediction.publish_attempts == 1
+
+
+def test_the_sweeper_republishes_old_pending_predictions_only(user, digit_png, published, settings):
+    settings.PREDICTION_REPUBLISH_AFTER_SECONDS = 60
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    old = services.predictions_create(uploads=[upload], publish=False)[0]
+    fresh = services.predictions_create(uploads=[upload], publish=False)[0]
+    done = services.predictions_create(uploads=[upload], publish=False)[0]
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    Prediction.objects.filter(pk__in=[old.pk, done.pk]).update(created_at=long_ago)
+    Prediction.objects.filter(pk=done.pk).update(status="done")
+    assert services.predictions_sweep() == 1
+    assert published == [old.pk]
+    assert fresh.pk not in published
+
+
+def test_the_sweeper_republishes_predictions_stuck_running_on_a_dead_worker(user, digit_png, published):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (stuck,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=stuck.pk).update(status="running", started_at=timezone.now() - dt.timedelta(hours=1))
+    assert services.predictions_sweep() == 1
+    assert published == [stuck.pk]
+
+
+def test_prediction_execute_stores_digit_probabilities_and_the_model_input(user, digit_png, active_checkpoint, mnist_image):
+    _image, label = mnist_image(0)
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    result = services.prediction_execute(prediction_id=prediction.pk)
+    assert result.status == "done"
+    assert result.digit == label
+    assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-6)
+    assert len(result.probabilities) == 10
+    assert result.confidence == pytest.approx(max(result.probabilities))
+    assert result.checkpoint_id == active_checkpoint.pk
+    assert result.device == "cpu"
+    assert result.queue_ms >= 0 and result.compute_ms > 0
+    from PIL import Image
+
+    assert Image.open(result.input_image.path).size == (28, 28)
+
+
+def test_executing_twice_keeps_one_result_and_does_not_recompute(user, digit_png, active_checkpoint, monkeypatch):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    first = services.prediction_execute(prediction_id=prediction.pk)
+    from classifier import inference
+
+    def must_not_run(**kwargs):
+        raise AssertionError("a finished prediction was recomputed")
+
+    monkeypatch.setattr(inference, "predict_images", must_not_run)
+    assert services.prediction_execute(prediction_id=prediction.pk) is None
+    again = Prediction.objects.get(pk=prediction.pk)
+    assert (again.digit, again.finished_at, again.input_image.name) == (first.digit, first.finished_at, first.input_image.name)
+
+
+def test_a_prediction_running_elsewhere_is_not_claimed_twice(user, digit_png, active_checkpoint):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(status="running", started_at=timezone.now())
+    assert services.prediction_execute(prediction_id=prediction.pk) is None
+    assert Prediction.objects.get(pk=prediction.pk).status == "running"
+
+
+def test_an_image_without_ink_fails_with_a_clear_error(user, active_checkpoint):
+    from classifier.validation import ValidatedImage
+    from tests.classifier.fixtures import png_bytes
+    from PIL import Image
+
+    # Validation refuses blank images, so store one directly as an older upload might have been.
+    content = png_bytes(Image.new("L", (28, 28), 0))
+    image = ValidatedImage(content=content, original_name="x.png", format="PNG", size=1, width=28, height=28, sha256="0" * 64)
+    (upload,) = services._uploads_store(owner=user, images=[image], source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    result = services.prediction_execute(prediction_id=prediction.pk)
+    assert result.status == "failed"
+    assert "empty" in result.error
+
+
+def test_without_an_active_checkpoint_the_prediction_fails_with_a_clear_error(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    result = services.prediction_execute(prediction_id=prediction.pk)
+    assert result.status == "failed" and "No trained model" in result.error
+
+
+def test_feedback_is_recorded_and_validated(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    services.prediction_feedback_set(prediction=prediction, digit=4)
+    assert Prediction.objects.get(pk=prediction.pk).feedback == 4
+    with pytest.raises(services.PredictionFeedbackError):
+        services.prediction_feedback_set(prediction=prediction, digit=10)
+    services.prediction_feedback_set(prediction=prediction, digit=None)
+    assert Prediction.objects.get(pk=prediction.pk).feedback is None
+
+
+def test_upload_delete_removes_the_rows_and_both_files(user, digit_png, active_checkpoint, django_capture_on_commit_callbacks):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    prediction = services.prediction_execute(prediction_id=prediction.pk)
+    files = [Path(upload.image.path), Path(prediction.input_image.path)]
+    assert all(f.is_file() for f in files)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.upload_delete(upload=upload)
+    assert not Upload.objects.exists() and not Prediction.objects.exists()
+    assert not any(f.exists() for f in files)
+
+
+def test_rerun_creates_a_new_pending_prediction(user, digit_png, published, django_capture_on_commit_callbacks):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    with django_capture_on_commit_callbacks(execute=True):
+        first = services.prediction_rerun(upload=upload)
+        second = services.prediction_rerun(upload=upload)
+    assert first.pk != second.pk and published == [first.pk, second.pk]
+
+
+def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):
+    path = tmp_path / "3_sample.png"
+    path.write_bytes(digit_png(0))
+    owner = services.samples_user_get_or_create()
+    assert not owner.has_usable_password()
+    first, created = services.sample_upload_get_or_create(owner=owner, path=path, sample_set="other", label=3)
+    again, created_again = services.sample_upload_get_or_create(owner=owner, path=path, sample_set="other", label=3)
+    assert created and not created_again and first.pk == again.pk
+    assert first.source == "sample" and first.label == 3

@@ -1,0 +1,78 @@
+"""Predictions executed by a REAL Celery worker process on the real broker."""
+import io
+import time
+
+import pytest
+
+from classifier import services
+from classifier.models import Prediction
+from mnistsite.celery import app
+
+pytestmark = pytest.mark.worker
+
+
+def wait_for(prediction_id: int, *, timeout: float = 60) -> Prediction:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        prediction = Prediction.objects.get(pk=prediction_id)
+        if prediction.status in ("done", "failed"):
+            return prediction
+        time.sleep(0.1)
+    raise AssertionError(f"prediction {prediction_id} still {prediction.status} after {timeout}s")
+
+
+def test_the_task_is_routed_to_the_inference_queue_with_json_and_late_acks():
+    from classifier.tasks import prediction_execute
+
+    assert app.amqp.router.route({}, prediction_execute.name)["queue"].name == "inference"
+    assert prediction_execute.acks_late and prediction_execute.time_limit
+    assert prediction_execute.autoretry_for
+
+
+def test_an_upload_is_predicted_by_a_real_worker(celery_worker_process, user, digit_png, active_checkpoint):
+    (upload,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "seven.png")], source="file")
+    prediction = wait_for(upload.predictions.get().pk)
+    assert prediction.status == "done", prediction.error
+    assert prediction.digit == 7
+    assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-6)
+    assert prediction.checkpoint_id == active_checkpoint.pk
+    assert prediction.input_image and prediction.queue_ms is not None and prediction.compute_ms > 0
+
+
+def test_a_redelivered_message_keeps_one_result_and_is_not_recomputed(celery_worker_process, user, digit_png, active_checkpoint):
+    from classifier.tasks import prediction_execute
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    prediction_execute.apply_async(args=[prediction.pk])
+    first = wait_for(prediction.pk)
+    # The same message again, as after a lost acknowledgement.
+    prediction_execute.apply_async(args=[prediction.pk])
+    celery_worker_process.wait_for_output("already running or finished", timeout=30)
+    again = Prediction.objects.get(pk=prediction.pk)
+    assert (again.finished_at, again.input_image.name, again.digit) == (first.finished_at, first.input_image.name, first.digit)
+    assert Prediction.objects.filter(upload=upload).count() == 1
+
+
+def test_a_newly_activated_checkpoint_is_used_without_restarting_the_worker(
+    celery_worker_process, user, digit_png, active_checkpoint, register_checkpoint, always_seven_model_file
+):
+    (first,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    before = wait_for(first.predictions.get().pk)
+    assert before.digit == 2 and before.checkpoint_id == active_checkpoint.pk
+
+    seven = register_checkpoint(always_seven_model_file, name="seven")
+    (second,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    after = wait_for(second.predictions.get().pk)
+    assert after.checkpoint_id == seven.pk
+    assert after.digit == 7  # the always-seven model really answered
+    assert celery_worker_process.log().count("loaded checkpoint") == 2
+
+
+def test_the_sweeper_task_publishes_what_the_broker_missed(celery_worker_process, user, digit_png, active_checkpoint, settings):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(2)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # as if the broker had been down
+    settings.PREDICTION_REPUBLISH_AFTER_SECONDS = 0
+    time.sleep(0.05)
+    assert services.predictions_sweep() == 1
+    assert wait_for(prediction.pk).status == "done"

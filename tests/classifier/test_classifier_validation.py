@@ -1,0 +1,197 @@
+"""Validation of uploaded images: every bad input is refused with a clear message, odd-but-valid ones pass."""
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from django.core.exceptions import ValidationError
+from PIL import Image
+
+from classifier.validation import sanitize_filename, validate_file_count, validate_image, validate_images
+from tests.classifier.fixtures import png_bytes
+
+
+def _digit(mode: str = "L", size: int = 64) -> Image.Image:
+    image = Image.new("L", (size, size), 255)
+    for y in range(size // 5, size - size // 5):
+        for x in range(size // 2 - 4, size // 2 + 4):
+            image.putpixel((x, y), 0)
+    return image.convert(mode) if mode != "L" else image
+
+
+def _reject(data: bytes, name: str, code: str) -> str:
+    with pytest.raises(ValidationError) as info:
+        validate_image(io.BytesIO(data), name=name)
+    assert info.value.code == code, info.value.messages
+    return " ".join(info.value.messages)
+
+
+def test_a_plain_png_is_accepted_and_reencoded_as_png():
+    data = png_bytes(_digit())
+    accepted = validate_image(io.BytesIO(data), name="seven.png")
+    assert accepted.format == "PNG"
+    assert (accepted.width, accepted.height) == (64, 64)
+    assert accepted.size == len(data)
+    assert Image.open(io.BytesIO(accepted.content)).format == "PNG"
+
+
+def test_a_text_file_is_not_an_image():
+    message = _reject(b"hello, I am not an image at all", "digit.png", "not_image")
+    assert "not an image" in message
+
+
+def test_an_image_format_outside_the_allow_list_is_not_an_image():
+    _reject(png_bytes(_digit(), "TIFF"), "digit", "not_image")
+
+
+def test_a_png_named_jpg_is_rejected_because_the_extension_names_another_format():
+    message = _reject(png_bytes(_digit()), "digit.jpg", "wrong_extension")
+    assert ".jpg" in message and "PNG" in message
+
+
+def test_a_png_without_an_image_extension_is_accepted_by_content():
+    assert validate_image(io.BytesIO(png_bytes(_digit())), name="digit.upload").format == "PNG"
+
+
+def test_a_truncated_png_is_rejected():
+    data = png_bytes(_digit("RGB", 256).effect_spread(30))
+    _reject(data[: len(data) // 2], "digit.png", "truncated")
+
+
+def test_a_truncated_jpeg_is_rejected():
+    data = png_bytes(_digit("RGB", 256).effect_spread(30), "JPEG", quality=95)
+    _reject(data[: len(data) // 3], "digit.jpg", "truncated")
+
+
+def test_an_empty_file_is_rejected():
+    assert "empty" in _reject(b"", "digit.png", "empty")
+
+
+def test_a_file_over_the_size_limit_is_rejected_before_decoding(settings):
+    settings.UPLOAD_MAX_BYTES = 1000
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 100), dtype=np.uint8))
+    assert "too large" in _reject(png_bytes(noisy), "noise.png", "too_large")
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header promises width x height pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    body = zlib.compress(row * 64, 9)  # only a few rows; the header is what matters
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_upload_is_rejected_from_its_header():
+    data = _bomb_png(30000, 30000)
+    assert len(data) < 100_000
+    assert "pixels" in _reject(data, "bomb.png", "too_many_pixels")
+
+
+def test_an_image_over_the_pixel_limit_is_rejected(settings):
+    settings.UPLOAD_MAX_PIXELS = 100 * 100
+    _reject(png_bytes(_digit(size=200)), "big.png", "too_many_pixels")
+
+
+def test_too_many_files_in_one_request_are_rejected(settings):
+    settings.UPLOAD_MAX_FILES = 3
+    with pytest.raises(ValidationError) as info:
+        validate_file_count(4)
+    assert info.value.code == "too_many_files"
+    with pytest.raises(ValidationError):
+        validate_images([(io.BytesIO(png_bytes(_digit())), f"{i}.png") for i in range(4)])
+
+
+def test_an_empty_canvas_is_rejected():
+    blank = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+    assert "blank" in _reject(png_bytes(blank), "drawing.png", "blank")
+
+
+def test_a_uniform_white_image_is_rejected_as_blank():
+    _reject(png_bytes(Image.new("RGB", (50, 50), "white")), "white.png", "blank")
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "name"),
+    [
+        ("CMYK", "JPEG", "cmyk.jpg"),
+        ("P", "PNG", "palette.png"),
+        ("P", "GIF", "palette.gif"),
+        ("RGB", "WEBP", "digit.webp"),
+        ("RGB", "BMP", "digit.bmp"),
+        ("LA", "PNG", "grey-alpha.png"),
+        ("1", "PNG", "bilevel.png"),
+    ],
+)
+def test_odd_but_valid_images_are_accepted(mode, fmt, name):
+    accepted = validate_image(io.BytesIO(png_bytes(_digit(mode), fmt)), name=name)
+    stored = Image.open(io.BytesIO(accepted.content))
+    assert stored.mode in {"L", "LA", "RGB", "RGBA"}
+
+
+def test_a_sixteen_bit_png_is_scaled_not_clipped():
+    pixels = np.full((32, 32), 65535, dtype=np.uint16)
+    pixels[8:24, 14:18] = 0
+    data = png_bytes(Image.fromarray(pixels))
+    stored = Image.open(io.BytesIO(validate_image(io.BytesIO(data), name="deep.png").content))
+    assert stored.mode == "L"
+    assert stored.getextrema() == (0, 255)
+
+
+def test_a_transparent_drawing_keeps_its_alpha():
+    image = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    for y in range(20, 80):
+        for x in range(45, 55):
+            image.putpixel((x, y), (0, 0, 0, 255))
+    stored = Image.open(io.BytesIO(validate_image(io.BytesIO(png_bytes(image)), name="drawing.png").content))
+    assert stored.mode == "RGBA"
+
+
+def test_an_animated_gif_uses_its_first_frame():
+    first = _digit("P")
+    second = Image.new("P", (64, 64), 0)
+    data = png_bytes(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    stored = Image.open(io.BytesIO(validate_image(io.BytesIO(data), name="anim.gif").content))
+    assert getattr(stored, "n_frames", 1) == 1
+    assert stored.convert("L").getextrema() == (0, 255)
+
+
+def test_metadata_is_stripped_and_the_sha256_is_of_the_original_bytes():
+    import hashlib
+
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "secret person")
+    data = png_bytes(_digit(), pnginfo=info)
+    accepted = validate_image(io.BytesIO(data), name="meta.png")
+    assert accepted.sha256 == hashlib.sha256(data).hexdigest()
+    assert b"secret person" not in accepted.content
+
+
+def test_a_jpeg_with_an_exif_rotation_is_stored_upright():
+    image = Image.new("L", (40, 20), 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    image.paste(0, (0, 0, 10, 20))
+    data = png_bytes(image, "JPEG", exif=exif.tobytes())
+    accepted = validate_image(io.BytesIO(data), name="photo.jpg")
+    assert (Image.open(io.BytesIO(accepted.content)).size) == (20, 40)
+    assert (accepted.width, accepted.height) == (40, 20)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\digit.png", "digit.png"),
+        ("a\x00b\nc.png", "abc.png"),
+        ("x" * 300 + ".png", "x" * 251 + ".png"),
+    ],
+)
+def test_original_names_are_sanitised(raw, expected):
+    assert sanitize_filename(raw) == expected

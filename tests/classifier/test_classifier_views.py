@@ -1,0 +1,200 @@
+"""The pages and endpoints: uploads through the form, results, history, images, and isolation between users."""
+import base64
+import io
+
+import pytest
+from django.urls import reverse
+
+from classifier import services
+from classifier.models import Prediction, Upload
+from tests.classifier.fixtures import png_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def no_broker(monkeypatch):
+    from classifier import tasks
+
+    monkeypatch.setattr(tasks.prediction_execute, "apply_async", lambda *a, **k: None)
+
+
+@pytest.fixture
+def alice(client, user):
+    client.force_login(user)
+    return client
+
+
+def _file(data: bytes, name: str):
+    f = io.BytesIO(data)
+    f.name = name
+    return f
+
+
+def _done_prediction(owner, digit_png, index=0):
+    upload = services.upload_create(owner=owner, file=io.BytesIO(digit_png(index)), name=f"{index}.png", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    return services.prediction_execute(prediction_id=prediction.pk)
+
+
+def test_pages_require_login(client):
+    for url in ["/", "/history/", "/predictions/1/", "/predictions/1.json", "/uploads/1/image"]:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
+
+
+def test_there_is_no_public_media_route(alice, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    assert alice.get(f"/media/{upload.image.name}").status_code == 404
+    assert alice.get(f"/media-not-served/{upload.image.name}").status_code == 404
+
+
+def test_the_upload_page_renders_the_form_and_canvas(alice):
+    html = alice.get("/").content.decode()
+    assert 'type="file"' in html and "<canvas" in html and 'name="canvas"' in html
+
+
+def test_uploading_one_file_redirects_to_its_result(alice, digit_png, no_broker, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice.post("/", {"files": [_file(digit_png(0), "seven.png")]})
+    prediction = Prediction.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("classifier:prediction_detail", args=[prediction.pk])
+    page = alice.get(response["Location"]).content.decode()
+    assert "queued" in page
+
+
+def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png, no_broker):
+    response = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(3)]})
+    assert response.status_code == 302 and response["Location"].startswith("/history/?batch=")
+    page = alice.get(response["Location"]).content.decode()
+    assert page.count('class="history-item"') == 3
+
+
+def test_a_drawing_from_the_canvas_is_uploaded(alice, mnist_image, no_broker):
+    image, _ = mnist_image(0, invert=False)
+    rgba = image.convert("L").point(lambda v: 255 - v).convert("RGBA")
+    rgba.putalpha(image.convert("L"))
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes(rgba)).decode()
+    response = alice.post("/", {"canvas": data_url})
+    assert response.status_code == 302
+    assert Upload.objects.get().source == "canvas"
+
+
+def test_an_empty_canvas_shows_a_clear_message_and_stores_nothing(alice):
+    from PIL import Image
+
+    data_url = "data:image/png;base64," + base64.b64encode(png_bytes(Image.new("RGBA", (280, 280)))).decode()
+    response = alice.post("/", {"canvas": data_url})
+    assert response.status_code == 400
+    assert "blank" in response.content.decode()
+    assert not Upload.objects.exists()
+
+
+def test_a_bad_file_shows_its_error_and_stores_nothing(alice, digit_png):
+    response = alice.post("/", {"files": [_file(digit_png(0), "ok.png"), _file(b"nope", "bad.png")]})
+    assert response.status_code == 400
+    assert "bad.png" in response.content.decode() and "not an image" in response.content.decode()
+    assert not Upload.objects.exists()
+
+
+def test_too_many_files_in_one_request_are_refused(alice, digit_png, settings):
+    files = [_file(digit_png(0), f"{i}.png") for i in range(settings.UPLOAD_MAX_FILES + 1)]
+    response = alice.post("/", {"files": files})
+    assert response.status_code == 400
+    assert not Upload.objects.exists()
+
+
+def test_the_result_page_and_json_show_a_finished_prediction(alice, user, digit_png, active_checkpoint):
+    prediction = _done_prediction(user, digit_png)
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert 'id="digit">7<' in page  # the first MNIST test image is a 7
+    assert page.count('class="bar-row') == 10
+    assert "Wrong? It is a" in page
+    data = alice.get(f"/predictions/{prediction.pk}.json").json()
+    assert data["status"] == "done" and data["digit"] == 7 and data["finished"]
+    assert data["input_image_url"] == f"/predictions/{prediction.pk}/input.png"
+
+
+def test_low_confidence_is_shown_as_not_sure(alice, user, digit_png, active_checkpoint, settings):
+    settings.LOW_CONFIDENCE_THRESHOLD = 1.01
+    prediction = _done_prediction(user, digit_png)
+    assert alice.get(f"/predictions/{prediction.pk}.json").json()["low_confidence"] is True
+    assert "Not sure" in alice.get(f"/predictions/{prediction.pk}/").content.decode()
+
+
+def test_images_are_served_to_their_owner_as_png_with_nosniff(alice, user, digit_png, active_checkpoint):
+    prediction = _done_prediction(user, digit_png)
+    for url in [f"/uploads/{prediction.upload_id}/image", f"/predictions/{prediction.pk}/input.png"]:
+        response = alice.get(url)
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/png"
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+
+
+def test_feedback_from_the_page_is_recorded(alice, user, digit_png, active_checkpoint):
+    prediction = _done_prediction(user, digit_png)
+    response = alice.post(f"/predictions/{prediction.pk}/feedback", {"digit": "1"})
+    assert response.status_code == 302
+    assert Prediction.objects.get(pk=prediction.pk).feedback == 1
+
+
+def test_another_user_gets_404_for_everything_of_mine(client, user, other_user, digit_png, active_checkpoint):
+    prediction = _done_prediction(user, digit_png)
+    client.force_login(other_user)
+    for url in [
+        f"/predictions/{prediction.pk}/",
+        f"/predictions/{prediction.pk}.json",
+        f"/predictions/{prediction.pk}/input.png",
+        f"/uploads/{prediction.upload_id}/image",
+        f"/uploads/{prediction.upload_id}/",
+        f"/uploads/{prediction.upload_id}/delete",
+    ]:
+        assert client.get(url).status_code == 404, url
+    assert client.post(f"/uploads/{prediction.upload_id}/delete").status_code == 404
+    assert client.post(f"/predictions/{prediction.pk}/feedback", {"digit": "3"}).status_code == 404
+    assert Upload.objects.filter(pk=prediction.upload_id).exists()
+    assert Prediction.objects.get(pk=prediction.pk).feedback is None
+    assert 'class="history-item"' not in client.get("/history/").content.decode()
+
+
+def test_staff_may_see_images_of_anyone(client, user, staff_user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    client.force_login(staff_user)
+    assert client.get(f"/uploads/{upload.pk}/image").status_code == 200
+
+
+def test_history_lists_only_my_uploads_and_filters_them(alice, user, other_user, digit_png, active_checkpoint):
+    mine = [_done_prediction(user, digit_png, i) for i in range(3)]  # MNIST test digits 7, 2, 1
+    _done_prediction(other_user, digit_png, 4)
+    page = alice.get("/history/").content.decode()
+    assert page.count('class="history-item"') == 3
+    sevens = alice.get("/history/", {"digit": "7"}).content.decode()
+    assert sevens.count('class="history-item"') == 1
+    assert alice.get("/history/", {"status": "failed"}).content.decode().count('class="history-item"') == 0
+    assert alice.get("/history/", {"date_from": "2000-01-01", "date_to": "2000-01-02"}).content.decode().count(
+        'class="history-item"'
+    ) == 0
+    assert mine[0].digit == 7
+
+
+def test_history_is_paginated(alice, user, digit_png, no_broker):
+    for i in range(23):
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file")
+    first = alice.get("/history/").content.decode()
+    assert first.count('class="history-item"') == 20 and "Page 1 of 2" in first
+    assert alice.get("/history/", {"page": 2}).content.decode().count('class="history-item"') == 3
+
+
+def test_deleting_an_upload_removes_it_and_its_files(alice, user, digit_png, active_checkpoint, django_capture_on_commit_callbacks):
+    from pathlib import Path
+
+    prediction = _done_prediction(user, digit_png)
+    files = [Path(prediction.upload.image.path), Path(prediction.input_image.path)]
+    assert alice.get(f"/uploads/{prediction.upload_id}/delete").status_code == 200  # the confirmation page
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice.post(f"/uploads/{prediction.upload_id}/delete")
+    assert response.status_code == 302
+    assert not Upload.objects.exists()
+    assert not any(f.exists() for f in files)
