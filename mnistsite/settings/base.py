@@ -106,6 +106,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Without collectstatic (a laptop, DEBUG on), whitenoise serves straight from the app folders.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 # Uploaded images are served only through an authenticated view, never at a
@@ -152,8 +155,16 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     for _folder in ("queue", "processed", "control"):
         (CELERY_BROKER_FILESYSTEM_DIR / _folder).mkdir(parents=True, exist_ok=True)
 else:
-    # A message whose worker died is delivered again after this many seconds.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+    # A message whose worker died is delivered again after this many seconds. Kombu looks for such
+    # messages only every interval x throttle seconds (100 s by default); scanning every few seconds
+    # keeps the redelivery close to the visibility timeout, at the cost of one small Redis query.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": env.int(
+            "CELERY_UNACKED_RESTORE_INTERVAL", default=max(1, min(10, CELERY_VISIBILITY_TIMEOUT // 5))
+        ),
+        "unacked_restore_throttle": 1,
+    }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # An upload must not hang while the broker is down: the sweeper re-publishes
 # whatever could not be sent.
