@@ -1,9 +1,11 @@
 """Liveness and readiness endpoints for load balancers and orchestrators."""
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from kombu import Connection
 
 from mnistsite.celery import app as celery_app
 from training.selectors import checkpoint_get_active
@@ -26,8 +28,13 @@ def _check_database() -> dict:
 
 
 def _check_broker() -> dict:
+    # A fresh connection from the current settings, so a broken pooled one cannot hide an outage.
     try:
-        with celery_app.connection_for_write() as conn:
+        with Connection(
+            settings.CELERY_BROKER_URL,
+            transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+            connect_timeout=2,
+        ) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         return {"ok": True}
     except Exception as exc:

@@ -1,6 +1,8 @@
 """Liveness and readiness endpoints report the real state of each dependency."""
 import pytest
 
+from tests.classifier.fixtures import active_checkpoint, register_checkpoint, trained_model_file  # noqa: F401
+
 
 @pytest.mark.django_db
 def test_healthz_answers_without_login(client):
@@ -21,12 +23,16 @@ def test_readyz_is_503_without_a_worker_or_an_active_model(client):
 
 @pytest.mark.django_db
 def test_readyz_reports_the_broker_down_when_nothing_listens(client, settings):
-    from mnistsite.celery import app
-
-    app.conf.broker_url = "redis://127.0.0.1:1/0"
-    try:
-        response = client.get("/readyz")
-    finally:
-        app.conf.broker_url = settings.CELERY_BROKER_URL
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["broker"]["ok"] is False
+
+
+@pytest.mark.worker
+def test_readyz_is_200_with_database_broker_worker_and_active_model(client, celery_worker_process, active_checkpoint):
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["checks"]["model"]["checkpoint"] == active_checkpoint.pk
+    assert body["checks"]["workers"]["workers"]
