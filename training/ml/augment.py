@@ -13,14 +13,14 @@ import torch.nn.functional as F
 class AugmentConfig:
     """Ranges for the random transforms; each sample draws its own values."""
 
-    rotation_deg: float = 12.0
+    rotation_deg: float = 10.0
     scale_min: float = 0.85
     scale_max: float = 1.1
     # In affine_grid units, where 1.0 is half the image (14 px).
-    shift: float = 0.15
-    shear_deg: float = 12.0
+    shift: float = 0.12
+    shear_deg: float = 8.0
     # Low-resolution random displacement field, smoothly upsampled: imitates handwriting wobble.
-    elastic_strength: float = 0.06
+    elastic_strength: float = 0.04
     elastic_grid: int = 4
     thickness_prob: float = 0.5
     # Fraction of the way towards a 3x3 dilation (thicker pen) or erosion (thinner pen).

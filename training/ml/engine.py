@@ -69,6 +69,7 @@ def train_one_epoch(
     augment: bool,
     augment_config: AugmentConfig | None = None,
     label_smoothing: float = 0.0,
+    memory_format: torch.memory_format = torch.contiguous_format,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
@@ -94,6 +95,7 @@ def train_one_epoch(
             raise TrainingCancelled(f"cancelled at step {step} of {total_steps}")
         index = index.to(device, non_blocking=True)
         x = prepare_batch(images[index], augment=augment, generator=generator, augment_config=augment_config)
+        x = x.contiguous(memory_format=memory_format)
         y = labels[index]
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)

@@ -59,6 +59,9 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
     ("numpy._core.multiarray", "_reconstruct"): lambda: np._core.multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): lambda: np._core.multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): lambda: np._core.multiarray.scalar,
+    # Protocol-5 pickles rebuild arrays from a raw buffer instead.
+    ("numpy.core.numeric", "_frombuffer"): lambda: np._core.numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): lambda: np._core.numeric._frombuffer,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
 }

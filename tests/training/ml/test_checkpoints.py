@@ -1,0 +1,114 @@
+"""Tests that checkpoints round-trip and that anything suspicious is refused before use."""
+
+import hashlib
+import pickle
+
+import pytest
+import torch
+
+from training.ml import __version__
+from training.ml.architectures import build_model, model_config
+from training.ml.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _small_model():
+    torch.manual_seed(0)
+    return build_model("cnn", {"blocks": [[4], [8]], "hidden": 16})
+
+
+def _save(tmp_path, **kwargs):
+    model = _small_model()
+    path = tmp_path / "model.pt"
+    digest, size = save_checkpoint(
+        path, model=model, config=model_config(model), epoch=3, metrics={"test_accuracy": 0.9}, **kwargs
+    )
+    return model, path, digest, size
+
+
+def test_saved_checkpoint_loads_into_an_identical_model(tmp_path):
+    model, path, digest, size = _save(tmp_path, optimizer=torch.optim.SGD(_small_model().parameters(), lr=0.1))
+    assert size == path.stat().st_size
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded, payload = load_checkpoint(path, expected_sha256=digest)
+    assert not loaded.training
+    assert payload["epoch"] == 3 and payload["metrics"] == {"test_accuracy": 0.9}
+    assert payload["project_version"] == __version__ and payload["torch_version"] == torch.__version__
+    assert payload["optimizer"] is not None
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_saving_leaves_no_temporary_files(tmp_path):
+    _save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_missing_checkpoint_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.pt", expected_sha256="0" * 64)
+
+
+def test_checkpoint_with_wrong_hash_is_refused(tmp_path):
+    _, path, digest, _ = _save(tmp_path)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(path, expected_sha256="f" * 64)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    _, path, _, size = _save(tmp_path)
+    truncated = path.read_bytes()[: size // 2]
+    path.write_bytes(truncated)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path, expected_sha256=hashlib.sha256(truncated).hexdigest())
+
+
+def test_malicious_pickle_is_refused_without_running_its_payload(tmp_path):
+    marker = tmp_path / "payload-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="corrupt or contains disallowed"):
+        load_checkpoint(path, expected_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    assert not marker.exists()
+
+
+def test_raw_pickle_with_payload_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "payload-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(Exploit(), protocol=2))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path, expected_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    assert not marker.exists()
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
+    model = _small_model()
+    path = tmp_path / "mismatch.pt"
+    wrong_config = {**model_config(model), "hidden": 32}
+    digest, _ = save_checkpoint(path, model=model, config=wrong_config, epoch=1, metrics={})
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path, expected_sha256=digest)
+
+
+def test_checkpoint_with_unknown_architecture_is_refused(tmp_path):
+    model = _small_model()
+    path = tmp_path / "unknown.pt"
+    digest, _ = save_checkpoint(path, model=model, config={"arch": "resnet"}, epoch=1, metrics={})
+    with pytest.raises(CheckpointError, match="invalid model config"):
+        load_checkpoint(path, expected_sha256=digest)
+
+
+def test_plain_state_dict_file_is_refused_as_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(_small_model().state_dict(), path)
+    with pytest.raises(CheckpointError, match="lacks the keys"):
+        load_checkpoint(path, expected_sha256=hashlib.sha256(path.read_bytes()).hexdigest())

@@ -1,0 +1,129 @@
+"""Tests for the epoch loop, evaluation, augmentation determinism and the fit recipe."""
+
+import math
+
+import pytest
+import torch
+
+from training.ml.architectures import build_model
+from training.ml.augment import augment_batch
+from training.ml.engine import TrainingCancelled, evaluate, train_one_epoch
+from training.ml.recipe import TrainConfig, fit, select_device
+
+CPU = torch.device("cpu")
+SMALL_CNN = {"blocks": [[4], [8]], "hidden": 16}
+
+
+def _one_epoch(split, seed):
+    torch.manual_seed(seed)
+    model = build_model("cnn", SMALL_CNN)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    stats = train_one_epoch(
+        model=model, optimizer=optimizer, scheduler=None, images=split.images, labels=split.labels,
+        batch_size=64, device=CPU, generator=torch.Generator().manual_seed(seed), augment=True,
+        on_step=None, should_stop=None,
+    )
+    return model, stats
+
+
+def test_same_seed_gives_identical_weights(tiny_train):
+    first, stats = _one_epoch(tiny_train, seed=7)
+    second, _ = _one_epoch(tiny_train, seed=7)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    assert stats.n == 512 and stats.steps == 8 and stats.images_per_second > 0
+
+
+def test_different_seeds_give_different_weights(tiny_train):
+    first, _ = _one_epoch(tiny_train, seed=1)
+    second, _ = _one_epoch(tiny_train, seed=2)
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_augmentation_is_deterministic_given_a_generator(tiny_train):
+    x = tiny_train.images[:16].unsqueeze(1).float() / 255
+    a = augment_batch(x, generator=torch.Generator().manual_seed(3))
+    b = augment_batch(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_evaluate_reports_accuracy_and_a_confusion_matrix(tiny_test):
+    model = build_model("mlp")
+    result = evaluate(model=model, images=tiny_test.images, labels=tiny_test.labels, device=CPU, batch_size=32)
+    assert result.n == 100
+    assert len(result.confusion) == 10 and all(len(row) == 10 for row in result.confusion)
+    assert sum(map(sum, result.confusion)) == 100
+    assert result.accuracy == pytest.approx(sum(result.confusion[k][k] for k in range(10)) / 100)
+    assert math.isfinite(result.loss)
+
+
+def test_should_stop_cancels_training(tiny_train):
+    model = build_model("mlp")
+    calls = []
+    with pytest.raises(TrainingCancelled):
+        train_one_epoch(
+            model=model, optimizer=torch.optim.Adam(model.parameters()), scheduler=None,
+            images=tiny_train.images, labels=tiny_train.labels, batch_size=64, device=CPU,
+            generator=torch.Generator().manual_seed(0), augment=False, on_step=None,
+            should_stop=lambda: calls.append(1) or len(calls) > 2,
+        )
+    assert len(calls) == 3
+
+
+def _tiny_config(**overrides):
+    return TrainConfig.from_dict({**TrainConfig().to_dict(), "model": SMALL_CNN, "epochs": 2, "batch_size": 64, **overrides})
+
+
+def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_test):
+    progress, epochs_seen = [], []
+    result = fit(
+        config=_tiny_config(augment=False), train=tiny_train, test=tiny_test, device=CPU,
+        on_progress=lambda *args: progress.append(args),
+        on_epoch_end=lambda epoch, model, optimizer, metrics: epochs_seen.append((epoch, len(metrics["history"]))),
+    )
+    assert result.final_accuracy > 0.9
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert set(result.history[0]) >= {"epoch", "train_loss", "test_loss", "test_accuracy", "images_per_second", "seconds"}
+    assert epochs_seen == [(1, 1), (2, 2)]
+    assert progress[-1][0] == pytest.approx(1.0) and progress[-1][1:3] == (2, 8)
+
+
+def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tiny_train, tiny_test):
+    config = _tiny_config()
+    saved = {}
+
+    def keep_first(epoch, model, optimizer, metrics):
+        if epoch == 1:
+            saved.update(
+                state_dict={k: v.clone() for k, v in model.state_dict().items()},
+                optimizer=__import__("copy").deepcopy(optimizer.state_dict()),
+                epoch=epoch, metrics=metrics,
+            )
+
+    full = fit(config=config, train=tiny_train, test=tiny_test, device=CPU, on_epoch_end=keep_first)
+    resumed = fit(config=config, train=tiny_train, test=tiny_test, device=CPU, resume_from=saved)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_fit_raises_training_cancelled_when_asked_to_stop(tiny_train, tiny_test):
+    with pytest.raises(TrainingCancelled):
+        fit(config=_tiny_config(), train=tiny_train, test=tiny_test, device=CPU, should_stop=lambda: True)
+
+
+def test_train_config_round_trips_and_has_the_tutorial_mlp_recipe():
+    mlp = TrainConfig.default_for("mlp")
+    assert (mlp.arch, mlp.batch_size, mlp.optimizer, mlp.lr, mlp.epochs, mlp.augment) == ("mlp", 100, "adam", 1e-3, 5, False)
+    assert TrainConfig.from_dict(mlp.to_dict()) == mlp
+    assert TrainConfig.default_for("cnn").arch == "cnn"
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+def test_select_device_understands_auto_and_cpu():
+    assert select_device("cpu") == CPU
+    assert select_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(ValueError):
+        select_device("tpu")

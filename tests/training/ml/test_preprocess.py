@@ -1,0 +1,130 @@
+"""Tests that every kind of upload becomes the same centred MNIST-style 28x28 digit."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from training.ml.data import MNIST_MEAN, MNIST_STD
+from training.ml.preprocess import EmptyImageError, preprocess, preprocess_many, to_tensor, to_uint8
+
+
+def _digit(size=(200, 200), *, ink=0, paper=255, mode="L", box=(60, 30, 140, 170), width=12):
+    image = Image.new(mode, size, paper)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = box
+    draw.line([(left, top), (right, top), ((left + right) // 2, bottom)], fill=ink, width=width)
+    return image
+
+
+def _same(a, b, atol=0.02):
+    np.testing.assert_allclose(a, b, atol=atol)
+
+
+def test_black_on_white_and_white_on_black_give_the_same_digit():
+    _same(preprocess(_digit(ink=0, paper=255)), preprocess(_digit(ink=255, paper=0)))
+
+
+def test_result_is_float_28x28_with_bright_ink_on_black():
+    out = preprocess(_digit())
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert out.max() == pytest.approx(1.0) and out.min() >= 0
+    assert out[0].sum() == 0 and out[:, 0].sum() == 0
+
+
+def test_dark_strokes_on_transparency_match_the_same_strokes_on_white():
+    rgba = _digit(mode="RGBA", ink=(20, 20, 20, 255), paper=(0, 0, 0, 0))
+    _same(preprocess(rgba), preprocess(_digit(ink=20, paper=255)))
+
+
+def test_light_strokes_on_transparency_match_the_same_strokes_on_black():
+    rgba = _digit(mode="RGBA", ink=(255, 255, 255, 255), paper=(255, 255, 255, 0))
+    _same(preprocess(rgba), preprocess(_digit(ink=255, paper=0)))
+
+
+def test_off_centre_small_digit_is_centred_by_mass_inside_20x20():
+    out = preprocess(_digit(size=(300, 300), box=(5, 200, 40, 290), width=4))
+    rows, cols = np.nonzero(out > 0.05)
+    assert rows.max() - rows.min() + 1 <= 20 and cols.max() - cols.min() + 1 <= 20
+    total = out.sum()
+    cy = (out.sum(1) * np.arange(28)).sum() / total
+    cx = (out.sum(0) * np.arange(28)).sum() / total
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+@pytest.mark.parametrize(
+    "blank",
+    [
+        Image.new("L", (100, 100), 255),
+        Image.new("RGB", (64, 48), (90, 120, 30)),
+        Image.new("RGBA", (280, 280), (0, 0, 0, 0)),
+    ],
+    ids=["white", "uniform-colour", "transparent-canvas"],
+)
+def test_image_without_ink_raises_empty_image_error(blank):
+    with pytest.raises(EmptyImageError):
+        preprocess(blank)
+    assert issubclass(EmptyImageError, ValueError)
+
+
+def test_faint_noise_without_a_digit_is_empty():
+    noise = np.random.default_rng(0).normal(240, 3, (120, 120)).clip(0, 255).astype(np.uint8)
+    with pytest.raises(EmptyImageError):
+        preprocess(Image.fromarray(noise))
+
+
+def _as_mode(mode):
+    base = _digit()
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(base).astype(np.uint16) * 257)
+    if mode == "P+transparency":
+        palette = _digit(mode="RGBA", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0)).convert("P")
+        buffer = io.BytesIO()
+        palette.save(buffer, format="PNG")
+        return Image.open(buffer)
+    if mode == "LA":
+        return _digit(mode="LA", ink=(0, 255), paper=(0, 0))
+    return base.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["1", "RGB", "CMYK", "I;16", "I", "F", "P", "P+transparency", "LA", "YCbCr"])
+def test_every_image_mode_gives_the_same_digit(mode):
+    image = _as_mode(mode)
+    _same(preprocess(image), preprocess(_digit()), atol=0.1 if mode == "1" else 0.02)
+
+
+def test_exif_orientation_is_applied():
+    upright = _digit(mode="RGB", ink=(0, 0, 0), paper=(255, 255, 255))
+    # Orientation 6 means "rotate 90 degrees clockwise to display", so store it rotated the other way.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)
+    _same(preprocess(Image.open(buffer)), preprocess(upright))
+
+
+def test_animated_image_uses_its_first_frame():
+    frames = [_digit().convert("P"), Image.new("L", (200, 200), 255).convert("P")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    animated = Image.open(buffer)
+    animated.seek(1)
+    _same(preprocess(animated), preprocess(_digit()))
+
+
+def test_preprocess_many_and_to_tensor_make_a_normalised_batch():
+    batch = preprocess_many([_digit(), _digit(ink=255, paper=0)])
+    tensor = to_tensor(batch)
+    assert tensor.shape == (2, 1, 28, 28) and tensor.dtype == torch.float32
+    assert tensor.min().item() == pytest.approx((0 - MNIST_MEAN) / MNIST_STD)
+    assert to_tensor(batch[0]).shape == (1, 1, 28, 28)
+
+
+def test_to_uint8_is_the_model_view_as_an_image():
+    digit = preprocess(_digit())
+    view = to_uint8(digit)
+    assert view.dtype == np.uint8 and view.shape == (28, 28) and view.max() == 255
+    Image.fromarray(view).save(io.BytesIO(), format="PNG")
