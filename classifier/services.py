@@ -192,20 +192,31 @@ def predictions_sweep(*, now: dt.datetime | None = None) -> int:
     return sent
 
 
-def _prediction_claim(*, prediction_id: int) -> Prediction | None:
+def _predictions_claim(*, prediction_id: int, limit: int) -> list[Prediction]:
+    """Claim this prediction and up to ``limit - 1`` other waiting ones (oldest first) for one forward pass.
+
+    The rows are locked with SKIP LOCKED, so two workers never claim the same
+    prediction; when this one is already running (and not stale) or finished,
+    nothing is claimed: a redelivered message is a no-op.
+    """
     now = timezone.now()
-    # One conditional UPDATE: of two deliveries of the same message only one gets a row back.
-    claimed = (
-        Prediction.objects.filter(pk=prediction_id)
-        .filter(
-            Q(status=Prediction.Status.PENDING)
-            | Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
-        )
-        .update(status=Prediction.Status.RUNNING, started_at=now)
+    claimable = Q(status=Prediction.Status.PENDING) | Q(
+        status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after()
     )
-    if not claimed:
-        return None
-    return Prediction.objects.select_related("upload").get(pk=prediction_id)
+    locked = Prediction.objects.select_for_update(skip_locked=True)
+    with transaction.atomic():
+        if not locked.filter(claimable, pk=prediction_id).values_list("pk", flat=True):
+            return []
+        # Waiting predictions ride along; their own messages then find them done and do nothing.
+        others = list(
+            locked.filter(status=Prediction.Status.PENDING)
+            .exclude(pk=prediction_id)
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)[: max(0, limit - 1)]
+        )
+        ids = [prediction_id, *others]
+        Prediction.objects.filter(pk__in=ids).update(status=Prediction.Status.RUNNING, started_at=now)
+    return list(Prediction.objects.select_related("upload").filter(pk__in=ids).order_by("created_at", "pk"))
 
 
 def _prediction_fail(*, prediction: Prediction, error: str, checkpoint: Checkpoint | None = None) -> Prediction:
@@ -213,7 +224,6 @@ def _prediction_fail(*, prediction: Prediction, error: str, checkpoint: Checkpoi
     prediction.error = error
     prediction.checkpoint = checkpoint
     prediction.finished_at = timezone.now()
-    prediction.save(update_fields=["status", "error", "checkpoint", "finished_at"])
     return prediction
 
 
@@ -226,65 +236,84 @@ def _open_upload_image(upload: Upload) -> Image.Image:
 
 
 def prediction_execute(*, prediction_id: int) -> Prediction | None:
-    """Run the model on one pending prediction. Returns None when it was already claimed or finished.
+    """Run the model on a pending prediction, together with other waiting ones as one batch.
 
-    Safe to call twice for the same id: the claim is atomic and a finished
-    prediction is never recomputed.
+    Returns None when the prediction was already claimed or finished. Safe to
+    call twice for the same id: the claim is atomic and a finished prediction
+    is never recomputed.
     """
-    prediction = _prediction_claim(prediction_id=prediction_id)
-    if prediction is None:
+    batch = _predictions_claim(prediction_id=prediction_id, limit=settings.INFERENCE_BATCH_SIZE)
+    if not batch:
         logger.info("prediction %s is already running or finished; nothing to do", prediction_id)
         return None
     try:
-        return _prediction_run(prediction=prediction)
+        finished = _predictions_run(predictions=batch)
     except Exception as exc:
         if _is_transient(exc):
-            # Handing the claim back lets the task's retry (or a redelivery) claim it again at once.
-            _prediction_release(prediction_id=prediction_id)
+            # Handing the claims back lets the task's retry (or a redelivery) claim them again at once.
+            _predictions_release(prediction_ids=[prediction.pk for prediction in batch])
         raise
+    return next(prediction for prediction in finished if prediction.pk == prediction_id)
 
 
-def _prediction_run(*, prediction: Prediction) -> Prediction:
+_RESULT_FIELDS = [
+    "status", "checkpoint", "digit", "confidence", "probabilities", "input_image", "device",
+    "queue_ms", "compute_ms", "error", "finished_at",
+]
+
+
+def _predictions_run(*, predictions: list[Prediction]) -> list[Prediction]:
     from classifier import inference
 
-    prediction_id = prediction.pk
     try:
         checkpoint, loaded = inference.model_for_active_checkpoint()
     except inference.NoActiveCheckpointError as exc:
-        return _prediction_fail(prediction=prediction, error=str(exc))
+        return _predictions_save([_prediction_fail(prediction=p, error=str(exc)) for p in predictions])
     except Exception as exc:
         if _is_transient(exc):
             raise
-        logger.exception("could not load the active checkpoint for prediction %s", prediction_id)
-        return _prediction_fail(prediction=prediction, error=f"The model could not be loaded: {exc}")
-    try:
-        image = _open_upload_image(prediction.upload)
-    except Exception:  # noqa: BLE001 - a missing or damaged stored file fails this prediction only
-        logger.exception("stored image of prediction %s could not be read", prediction_id)
-        return _prediction_fail(prediction=prediction, error="The stored image could not be read.", checkpoint=checkpoint)
-    (result,) = inference.predict_images(loaded=loaded, images=[image])
-    if isinstance(result, inference.EmptyImageError):
-        return _prediction_fail(
-            prediction=prediction, error="No digit was found in this image: it looks empty.", checkpoint=checkpoint
-        )
-    if isinstance(result, Exception):
-        logger.error("prediction %s could not be preprocessed: %r", prediction_id, result)
-        return _prediction_fail(prediction=prediction, error=f"The image could not be prepared: {result}", checkpoint=checkpoint)
+        logger.exception("could not load the active checkpoint")
+        error = f"The model could not be loaded: {exc}"
+        return _predictions_save([_prediction_fail(prediction=p, error=error) for p in predictions])
 
+    readable: list[tuple[Prediction, Image.Image]] = []
+    for prediction in predictions:
+        try:
+            readable.append((prediction, _open_upload_image(prediction.upload)))
+        except Exception:  # noqa: BLE001 - a missing or damaged stored file fails this prediction only
+            logger.exception("stored image of prediction %s could not be read", prediction.pk)
+            _prediction_fail(prediction=prediction, error="The stored image could not be read.", checkpoint=checkpoint)
+    results = inference.predict_images(loaded=loaded, images=[image for _, image in readable])
     finished = timezone.now()
-    prediction.input_image.save("input.png", ContentFile(result.input_png), save=False)
-    prediction.status = Prediction.Status.DONE
-    prediction.checkpoint = checkpoint
-    prediction.digit = result.digit
-    prediction.confidence = result.confidence
-    prediction.probabilities = result.probabilities
-    prediction.device = str(loaded.device)
-    prediction.queue_ms = (prediction.started_at - prediction.created_at).total_seconds() * 1000
-    prediction.compute_ms = result.compute_ms
-    prediction.error = ""
-    prediction.finished_at = finished
-    prediction.save()
-    return prediction
+    for (prediction, _), result in zip(readable, results, strict=True):
+        if isinstance(result, inference.EmptyImageError):
+            _prediction_fail(
+                prediction=prediction, error="No digit was found in this image: it looks empty.", checkpoint=checkpoint
+            )
+        elif isinstance(result, Exception):
+            logger.error("prediction %s could not be preprocessed: %r", prediction.pk, result)
+            _prediction_fail(
+                prediction=prediction, error=f"The image could not be prepared: {result}", checkpoint=checkpoint
+            )
+        else:
+            prediction.input_image.save("input.png", ContentFile(result.input_png), save=False)
+            prediction.status = Prediction.Status.DONE
+            prediction.checkpoint = checkpoint
+            prediction.digit = result.digit
+            prediction.confidence = result.confidence
+            prediction.probabilities = result.probabilities
+            prediction.device = str(loaded.device)
+            prediction.queue_ms = (prediction.started_at - prediction.created_at).total_seconds() * 1000
+            prediction.compute_ms = result.compute_ms
+            prediction.error = ""
+            prediction.finished_at = finished
+    return _predictions_save(predictions)
+
+
+def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
+    """Store a batch's results in one statement."""
+    Prediction.objects.bulk_update(predictions, _RESULT_FIELDS)
+    return predictions
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -293,14 +322,14 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
-def _prediction_release(*, prediction_id: int) -> None:
-    """Hand a claimed prediction back so that the task's retry can claim it again."""
+def _predictions_release(*, prediction_ids: list[int]) -> None:
+    """Hand claimed predictions back so that the task's retry can claim them again."""
     try:
-        Prediction.objects.filter(pk=prediction_id, status=Prediction.Status.RUNNING).update(
+        Prediction.objects.filter(pk__in=prediction_ids, status=Prediction.Status.RUNNING).update(
             status=Prediction.Status.PENDING, started_at=None
         )
     except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
-        logger.warning("could not release prediction %s", prediction_id, exc_info=True)
+        logger.warning("could not release predictions %s", prediction_ids, exc_info=True)
 
 
 def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Prediction:

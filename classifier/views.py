@@ -1,10 +1,13 @@
 """Pages and small JSON/image endpoints for uploading, watching results and browsing history."""
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.db import DatabaseError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -14,6 +17,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from classifier import selectors, services
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
 from classifier.models import Prediction
+
+logger = logging.getLogger(__name__)
 
 HISTORY_PAGE_SIZE = 20
 
@@ -33,6 +38,10 @@ def upload(request: HttpRequest) -> HttpResponse:
                 uploads = services.uploads_submit(owner=request.user, files=files, source=source)
             except ValidationError as exc:
                 errors = _validation_messages(exc)
+            except DatabaseError:
+                # The services removed any file they had written; say so instead of a bare 500 page.
+                logger.exception("upload failed: the database is unavailable")
+                return _service_unavailable(request, form)
             else:
                 if len(uploads) == 1:
                     prediction = selectors.prediction_latest_for_upload(upload=uploads[0])
@@ -54,6 +63,23 @@ def upload(request: HttpRequest) -> HttpResponse:
         },
         status=400 if errors else 200,
     )
+
+
+def _service_unavailable(request: HttpRequest, form: UploadForm) -> HttpResponse:
+    response = render(
+        request,
+        "classifier/upload.html",
+        {
+            "form": form,
+            "errors": ["The service is temporarily unavailable and nothing was stored. Please try again in a minute."],
+            "max_files": settings.UPLOAD_MAX_FILES,
+            "max_bytes": settings.UPLOAD_MAX_BYTES,
+            "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+        },
+        status=503,
+    )
+    response["Retry-After"] = "30"
+    return response
 
 
 def _prediction_or_404(request: HttpRequest, pk: int) -> Prediction:

@@ -129,6 +129,8 @@ DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES
 # Room for the largest multi-file request; each file is still checked on its own.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Most predictions one worker process runs through the model in one forward pass.
+INFERENCE_BATCH_SIZE = env.int("INFERENCE_BATCH_SIZE", default=32)
 LOW_CONFIDENCE_THRESHOLD = env.float("LOW_CONFIDENCE_THRESHOLD", default=0.7)
 # Pending predictions older than this are re-published by the sweeper.
 PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS", default=60)

@@ -1,0 +1,54 @@
+"""The database dying in the middle of an upload: a clear 503, and nothing half-stored."""
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+
+from classifier.models import Prediction, Upload
+
+# Inserting an upload kills the very connection that does it, as a crashed or restarted server would.
+KILL_ON_INSERT = """
+CREATE OR REPLACE FUNCTION reliability_kill_backend() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_terminate_backend(pg_backend_pid());
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER reliability_kill_backend BEFORE INSERT ON classifier_upload
+    FOR EACH ROW EXECUTE FUNCTION reliability_kill_backend();
+"""
+DROP = """
+DROP TRIGGER IF EXISTS reliability_kill_backend ON classifier_upload;
+DROP FUNCTION IF EXISTS reliability_kill_backend();
+"""
+
+
+@pytest.fixture
+def database_dies_on_upload_insert(transactional_db):
+    with connection.cursor() as cursor:
+        cursor.execute(KILL_ON_INSERT)
+    yield
+    connection.close()  # the killed connection; Django opens a fresh one
+    with connection.cursor() as cursor:
+        cursor.execute(DROP)
+
+
+def stored_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_an_upload_during_a_database_failure_answers_503_and_stores_neither_file_nor_row(
+    client, user, digit_png, settings, database_dies_on_upload_insert
+):
+    client.force_login(user)
+    files = [SimpleUploadedFile(f"digit{i}.png", digit_png(i), content_type="image/png") for i in range(3)]
+
+    response = client.post("/", {"files": files})
+
+    assert response.status_code == 503
+    assert b"nothing was stored" in response.content
+    assert response["Retry-After"]
+    connection.close()
+    assert stored_files(settings.MEDIA_ROOT) == []
+    # Read through a fresh connection once the trigger is gone: the batch left no rows either.
+    with connection.cursor() as cursor:
+        cursor.execute(DROP)
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0

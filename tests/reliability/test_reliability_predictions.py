@@ -1,0 +1,122 @@
+"""Nothing lost, nothing doubled: predictions through killed workers, a dead broker and repeated messages."""
+import io
+import re
+
+import numpy as np
+import pytest
+from django.conf import settings
+from PIL import Image
+
+from classifier import services
+from classifier.models import Prediction, Upload
+from tests.reliability.conftest import succeeded_count, wait_for_prediction, wait_until
+
+pytestmark = pytest.mark.worker
+
+# Short enough for a test, yet longer than the moment between claim and kill.
+STALE_AFTER = "3"
+
+
+def large_digit_png(mnist_image) -> bytes:
+    """A legal 6000x6000 photo-like upload (mostly white paper, a big digit): slow to decode and preprocess."""
+    digit, _label = mnist_image(0, size=2400)
+    page = Image.new("L", (6000, 6000), 255)
+    page.paste(digit, (1800, 1800))
+    out = io.BytesIO()
+    page.save(out, format="PNG")
+    data = out.getvalue()
+    assert len(data) < settings.UPLOAD_MAX_BYTES and 6000 * 6000 <= settings.UPLOAD_MAX_PIXELS
+    return data
+
+
+def test_a_prediction_whose_worker_is_killed_mid_run_completes_exactly_once_on_a_new_worker(
+    running_private_redis, workers, user, active_checkpoint, mnist_image
+):
+    first = workers(PREDICTION_RUNNING_STALE_AFTER_SECONDS=STALE_AFTER)
+    (upload,) = services.uploads_submit(owner=user, files=[(io.BytesIO(large_digit_png(mnist_image)), "big.png")], source="file")
+    prediction_id = upload.predictions.get().pk
+
+    wait_until(lambda: Prediction.objects.filter(pk=prediction_id, status="running").exists(), timeout=60,
+               interval=0.01, what=lambda: f"the worker to claim the prediction: {Prediction.objects.filter(pk=prediction_id).values()} {first.log()[-3000:]}")
+    first.kill()  # SIGKILL to the whole process group: the pool child dies mid-computation
+    first.popen.wait(timeout=10)
+    killed = Prediction.objects.get(pk=prediction_id)
+    assert killed.status == "running", "the kill came too late to interrupt the prediction"
+    assert succeeded_count(first) == 0
+
+    # The unacknowledged message comes back after the visibility timeout; the stale-running rule lets it claim.
+    second = workers(PREDICTION_RUNNING_STALE_AFTER_SECONDS=STALE_AFTER)
+    done = wait_for_prediction(prediction_id, timeout=90)
+    assert done.status == "done", done.error
+    assert done.digit == 7 and done.started_at > killed.started_at
+    assert Prediction.objects.filter(upload=upload).count() == 1
+    assert succeeded_count(second) == 1
+    assert len(list((settings.MEDIA_ROOT / "derived").rglob("*.png"))) == 1
+
+
+def test_an_upload_while_the_broker_is_down_is_stored_queued_and_completed_once_by_the_sweeper(
+    private_redis, workers, client, user, active_checkpoint, digit_png, settings
+):
+    # Nothing listens on the private broker's port yet: publishing fails at once.
+    client.force_login(user)
+    response = client.post("/", {"files": [_named(digit_png(0), "seven.png")]})
+    assert response.status_code == 302, response.content[:500]
+    (upload,) = Upload.objects.filter(owner=user)
+    prediction = upload.predictions.get()
+    assert prediction.status == "pending" and prediction.published_at is None and prediction.publish_attempts == 1
+    assert (settings.MEDIA_ROOT / upload.image.name).is_file()
+    page = client.get(response["Location"])
+    assert re.search(rb'id="status-badge">\s*queued\s*<', page.content)
+    assert client.get(f"/api/v1/predictions/{prediction.pk}/").json()["status"] == "pending"
+
+    private_redis.start()
+    worker = workers()
+    settings.PREDICTION_REPUBLISH_AFTER_SECONDS = 0
+    assert services.predictions_sweep() == 1
+    # The original publish firing late as well: two messages for one prediction.
+    assert services.prediction_publish(prediction_id=prediction.pk)
+    done = wait_for_prediction(prediction.pk)
+    assert done.status == "done" and done.digit == 7, done.error
+    worker.wait_for_output("already running or finished", timeout=30)
+    assert Prediction.objects.filter(upload=upload).count() == 1
+    assert Prediction.objects.get(pk=prediction.pk).finished_at == done.finished_at
+    assert worker.log().count("already running or finished") == 1
+    assert client.get(f"/api/v1/predictions/{prediction.pk}/").json()["status"] == "done"
+
+
+def test_the_same_task_message_delivered_twice_computes_one_result(
+    running_private_redis, workers, user, active_checkpoint, digit_png
+):
+    from classifier.tasks import prediction_execute
+
+    worker = workers()
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    prediction_execute.apply_async(args=[prediction.pk])
+    prediction_execute.apply_async(args=[prediction.pk])
+
+    first = wait_for_prediction(prediction.pk)
+    worker.wait_for_output("already running or finished", timeout=30)
+    wait_until(lambda: succeeded_count(worker) == 2, timeout=30, what="both messages to be handled")
+    again = Prediction.objects.get(pk=prediction.pk)
+    assert first.status == "done", first.error
+    assert (again.finished_at, again.input_image.name, again.digit, again.compute_ms) == (
+        first.finished_at, first.input_image.name, first.digit, first.compute_ms)
+    assert Prediction.objects.filter(upload=upload).count() == 1
+    # A recomputation would have written a second model-input picture.
+    assert len(list((settings.MEDIA_ROOT / "derived").rglob("*.png"))) == 1
+
+
+def _named(data: bytes, name: str):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, data, content_type="image/png")
+
+
+def test_large_digit_fixture_is_a_real_digit(mnist_image):
+    # Guards the kill test: an image the validator rejected would never reach the worker.
+    from classifier.validation import validate_image
+
+    accepted = validate_image(io.BytesIO(large_digit_png(mnist_image)), name="big.png")
+    assert (accepted.width, accepted.height) == (6000, 6000)
+    assert np.asarray(Image.open(io.BytesIO(accepted.content))).min() < 50

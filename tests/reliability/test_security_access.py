@@ -1,0 +1,200 @@
+"""Who may do what: log-in required everywhere, CSRF on every write, no access to other people's data, lockout."""
+import base64
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from classifier import services
+from classifier.models import Prediction, Upload
+from training.models import Checkpoint, TrainingRun
+
+# Routes that are public on purpose: logging in, signing up, health probes, the API's own description.
+PUBLIC = {"login", "signup", "healthz", "readyz", "api:schema", "api:docs", "api:no-such-endpoint"}
+
+
+def named_routes(patterns=None, namespace=""):
+    """Every named route as (name, parameter names), walking included URLconfs."""
+    for pattern in patterns if patterns is not None else get_resolver().url_patterns:
+        if isinstance(pattern, URLResolver):
+            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            params = list(getattr(pattern.pattern, "converters", {}))
+            assert not params, f"an include with parameters ({pattern}) needs handling here"
+            yield from named_routes(pattern.url_patterns, inner)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            converters = getattr(pattern.pattern, "converters", None)
+            params = list(converters) if converters is not None else list(pattern.pattern.regex.groupindex)
+            yield f"{namespace}{pattern.name}", params
+
+
+@pytest.fixture
+def owned(user, digit_png):
+    """An upload with a finished-looking prediction (including its model-input picture) and a training run."""
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    prediction.input_image.save("input.png", ContentFile(digit_png(0)), save=False)
+    prediction.status, prediction.digit = "done", 7
+    prediction.save()
+    run = TrainingRun.objects.create(architecture="mlp", epochs=1, batch_size=8, learning_rate=0.01)
+    checkpoint = Checkpoint.objects.create(path="x.pt", epoch=1, architecture="mlp", sha256="0" * 64, size=1)
+    return {"upload": upload, "prediction": prediction, "run": run, "checkpoint": checkpoint}
+
+
+def route_kwargs(name: str, params: list[str], owned) -> dict:
+    values = {
+        "prediction_id": owned["prediction"].pk,
+        "run_id": owned["run"].pk,
+        "checkpoint_id": owned["checkpoint"].pk,
+        "pk": owned["upload"].pk if "upload" in name else owned["prediction"].pk,
+    }
+    return {param: values[param] for param in params}
+
+
+def test_every_route_but_log_in_and_sign_up_requires_a_logged_in_user(client, owned):
+    checked = []
+    for name, params in named_routes():
+        if name in PUBLIC:
+            continue
+        if name.startswith("admin:"):
+            if name != "admin:index":
+                continue  # the admin guards every page with its own log-in, checked through its index
+            assert client.get(reverse(name))["Location"].startswith("/admin/login/")
+            continue
+        try:
+            url = reverse(name, kwargs=route_kwargs(name, params, owned))
+        except KeyError as missing:
+            raise AssertionError(f"route {name} has an unknown parameter {missing}; give it a real object") from None
+        for method in ("get", "post"):
+            response = getattr(client, method)(url)
+            if name.startswith("api:"):
+                assert response.status_code == 401, (name, method, response.status_code)
+            else:
+                assert response.status_code == 302, (name, method, response.status_code)
+                assert response["Location"].startswith(reverse("login") + "?next="), (name, response["Location"])
+        checked.append(name)
+    # The walk really found the pages and the API, object routes included.
+    assert {"classifier:upload", "classifier:prediction_detail", "classifier:upload_image", "api:prediction-detail",
+            "api:training-run-cancel", "logout"} <= set(checked), checked
+    assert client.get(reverse("login")).status_code == 200
+    assert client.get(reverse("signup")).status_code == 200
+
+
+@pytest.fixture
+def csrf_client(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_client, owned, digit_png, staff_user):
+    prediction, upload = owned["prediction"], owned["upload"]
+    png = digit_png(1)
+    posts = {
+        "upload": ("/", {"files": [SimpleUploadedFile("d.png", png, content_type="image/png")]}),
+        "canvas": ("/", {"canvas": "data:image/png;base64," + base64.b64encode(png).decode()}),
+        "feedback": (reverse("classifier:prediction_feedback", args=[prediction.pk]), {"digit": "3"}),
+        "delete": (reverse("classifier:upload_delete", args=[upload.pk]), {}),
+        "logout": (reverse("logout"), {}),
+    }
+    for what, (url, data) in posts.items():
+        assert csrf_client.post(url, data).status_code == 403, what
+
+    anonymous = Client(enforce_csrf_checks=True)
+    assert anonymous.post(reverse("login"), {"username": "alice", "password": "correct horse battery"}).status_code == 403
+    assert anonymous.post(reverse("signup"), {"username": "mallory", "password1": "a-Long-pass-123",
+                                              "password2": "a-Long-pass-123"}).status_code == 403
+
+    admin = Client(enforce_csrf_checks=True)
+    admin.force_login(staff_user)
+    changelist = reverse("admin:classifier_upload_changelist")
+    response = admin.post(changelist, {"action": "delete_selected", "_selected_action": [upload.pk], "post": "yes"})
+    assert response.status_code == 403
+
+    # Nothing changed: same upload, no new ones, no feedback, still logged in.
+    assert Upload.objects.count() == 1 and Prediction.objects.get(pk=prediction.pk).feedback is None
+    assert get_user_model().objects.filter(username="mallory").count() == 0
+    assert csrf_client.get("/").status_code == 200
+
+    # Control: with the token, the same upload goes through, so the 403s above were CSRF and nothing else.
+    csrf_client.get("/")
+    token = csrf_client.cookies["csrftoken"].value
+    ok = csrf_client.post("/", {"files": [SimpleUploadedFile("d.png", png, content_type="image/png")],
+                                "csrfmiddlewaretoken": token})
+    assert ok.status_code == 302
+
+
+def test_session_authenticated_api_writes_require_a_csrf_token(csrf_client, owned, digit_png, staff_user):
+    prediction = owned["prediction"]
+    image = SimpleUploadedFile("d.png", digit_png(1), content_type="image/png")
+    assert csrf_client.post("/api/v1/predictions/", {"image": image}).status_code == 403
+    url = f"/api/v1/predictions/{prediction.pk}/"
+    assert csrf_client.patch(url, {"feedback": 3}, content_type="application/json").status_code == 403
+    assert csrf_client.delete(url).status_code == 403
+    staff = Client(enforce_csrf_checks=True)
+    staff.force_login(staff_user)
+    assert staff.post("/api/v1/training-runs/", {"architecture": "mlp", "epochs": 1, "batch_size": 8,
+                                                 "learning_rate": 0.01}, content_type="application/json").status_code == 403
+    assert staff.post(f"/api/v1/checkpoints/{owned['checkpoint'].pk}/activate/").status_code == 403
+    assert staff.post(f"/api/v1/training-runs/{owned['run'].pk}/cancel/").status_code == 403
+    assert Upload.objects.count() == 1 and Prediction.objects.get(pk=prediction.pk).feedback is None
+    assert TrainingRun.objects.count() == 1 and not Checkpoint.objects.filter(is_active=True).exists()
+    # Reads stay open to the session, and a token client is not subject to CSRF at all (no cookie to ride on).
+    assert csrf_client.get(url).status_code == 200
+
+
+def test_one_user_cannot_read_change_delete_or_download_anything_of_another(client, owned, other_user, user):
+    prediction, upload = owned["prediction"], owned["upload"]
+    owner = Client()
+    owner.force_login(user)
+    reads = [
+        reverse("classifier:prediction_detail", args=[prediction.pk]),
+        reverse("classifier:prediction_json", args=[prediction.pk]),
+        reverse("classifier:prediction_input", args=[prediction.pk]),
+        reverse("classifier:upload_image", args=[upload.pk]),
+        reverse("classifier:upload_detail", args=[upload.pk]),
+        reverse("classifier:upload_delete", args=[upload.pk]),
+        f"/api/v1/predictions/{prediction.pk}/",
+        f"/api/v1/predictions/{prediction.pk}/image/",
+        f"/api/v1/predictions/{prediction.pk}/input/",
+    ]
+    for url in reads:
+        assert owner.get(url).status_code in (200, 302), url  # the object really exists and is reachable
+
+    client.force_login(other_user)
+    for url in reads:
+        assert client.get(url).status_code == 404, url
+    assert client.post(reverse("classifier:prediction_feedback", args=[prediction.pk]), {"digit": "1"}).status_code == 404
+    assert client.post(reverse("classifier:upload_delete", args=[upload.pk])).status_code == 404
+    api = f"/api/v1/predictions/{prediction.pk}/"
+    assert client.patch(api, {"feedback": 1}, content_type="application/json").status_code == 404
+    assert client.delete(api).status_code == 404
+    assert client.get("/api/v1/predictions/").json()["results"] == []
+    assert len(owner.get("/api/v1/predictions/").json()["results"]) == 1
+    assert reverse("classifier:upload_image", args=[upload.pk]).encode() not in client.get(reverse("classifier:history")).content
+    assert reverse("classifier:upload_image", args=[upload.pk]).encode() in owner.get(reverse("classifier:history")).content
+
+    fresh = Prediction.objects.get(pk=prediction.pk)
+    assert fresh.feedback is None and Upload.objects.filter(pk=upload.pk).exists()
+
+
+def test_after_repeated_failures_even_the_right_password_is_refused_for_that_account_only(db, django_user_model, settings):
+    cache.clear()
+    django_user_model.objects.create_user(username="victim", password="the-right-password-1")
+    django_user_model.objects.create_user(username="bystander", password="the-right-password-2")
+    attacker = Client()
+    login = reverse("login")
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        assert attacker.post(login, {"username": "victim", "password": "guess"}).status_code == 200
+    locked = attacker.post(login, {"username": "victim", "password": "the-right-password-1"})
+    assert locked.status_code == 429
+    assert b"Too many failed log-in attempts" in locked.content
+    assert "_auth_user_id" not in attacker.session
+    # Another account, from the same address, still logs in.
+    other = Client()
+    assert other.post(login, {"username": "bystander", "password": "the-right-password-2"}).status_code == 302
+    cache.clear()
