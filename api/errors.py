@@ -14,6 +14,7 @@ from django.core.exceptions import (
     TooManyFilesSent,
     ValidationError as DjangoValidationError,
 )
+from django.db import DatabaseError
 from django.http import Http404
 from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
@@ -86,6 +87,12 @@ def validation_error_response(error: DjangoValidationError, *, field: str | None
                     status=status_code)
 
 
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The service is temporarily unavailable and nothing was stored; try again shortly."
+    default_code = "service_unavailable"
+
+
 def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
     """Django's own request errors, which DRF leaves alone, as API exceptions with the right status."""
     if isinstance(exc, RequestDataTooBig):
@@ -99,6 +106,9 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.ParseError("Too many form fields were sent.", code="too_many_fields")
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be understood.", code="bad_request")
+    if isinstance(exc, DatabaseError):
+        # The service layer has already removed any file it wrote, so a retry is safe.
+        return ServiceUnavailable()
     return None
 
 

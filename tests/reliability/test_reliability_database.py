@@ -5,6 +5,10 @@ from django.db import connection
 
 from classifier.models import Prediction, Upload
 
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="kills the server-side connection with a PostgreSQL trigger"
+)
+
 # Inserting an upload kills the very connection that does it, as a crashed or restarted server would.
 KILL_ON_INSERT = """
 CREATE OR REPLACE FUNCTION reliability_kill_backend() RETURNS trigger AS $$
@@ -52,3 +56,21 @@ def test_an_upload_during_a_database_failure_answers_503_and_stores_neither_file
     with connection.cursor() as cursor:
         cursor.execute(DROP)
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+
+
+def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelope(
+    client, user, digit_png, settings, database_dies_on_upload_insert
+):
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=user)
+    response = client.post(
+        "/api/v1/predictions/",
+        {"images": [SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")]},
+        headers={"Authorization": f"Token {token.key}"},
+    )
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    connection.close()
+    assert stored_files(settings.MEDIA_ROOT) == []
