@@ -20,6 +20,16 @@ def isolated_storage(settings, tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Throttle counters and log-in lockouts of one test must not leak into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user(username="alice", password="correct horse battery")
