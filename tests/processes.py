@@ -1,11 +1,13 @@
 """Starting and stopping the real processes that tests talk to: Celery workers and servers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,3 +116,44 @@ def start_worker(
     worker = start_process(name=name, args=args, log_dir=log_dir, env=child_env(**env_overrides))
     worker.wait_for_output("ready.", timeout=timeout)
     return worker
+
+
+def _reset_producer_pools(app) -> None:
+    # Celery and kombu cache connection and producer pools (kombu's per broker URL, process-wide); after a
+    # switch every one of them must be rebuilt, or a later publish acquires from a closed pool.
+    from kombu import pools
+
+    if app._pool is not None:
+        with contextlib.suppress(Exception):
+            app._pool.force_close_all()
+    app._pool = None
+    with contextlib.suppress(AttributeError, KeyError):
+        app.__dict__["amqp"]._producer_pool = None
+    pools.reset()
+
+
+@contextlib.contextmanager
+def broker_switched(settings, url: str, *, transport_options: dict | None = None) -> Iterator[None]:
+    """Point this test process (publishing) and the children it starts (child_env) at ``url``."""
+    from mnistsite.celery import app
+
+    previous = app.conf.broker_url
+    previous_options = app.conf.broker_transport_options
+    previous_env = os.environ.get("CELERY_BROKER_URL")
+    settings.CELERY_BROKER_URL = url
+    # Celery reads CELERY_BROKER_URL from the environment before any setting.
+    os.environ["CELERY_BROKER_URL"] = url
+    app.conf.broker_url = url
+    if transport_options is not None:
+        app.conf.broker_transport_options = transport_options
+    _reset_producer_pools(app)
+    try:
+        yield
+    finally:
+        if previous_env is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous_env
+        app.conf.broker_url = previous
+        app.conf.broker_transport_options = previous_options
+        _reset_producer_pools(app)

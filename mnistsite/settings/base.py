@@ -4,6 +4,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from mnistsite.broker import filesystem_transport_options
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -145,17 +147,7 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379
 CELERY_BROKER_FILESYSTEM_DIR = Path(env.str("CELERY_BROKER_FILESYSTEM_DIR", default=str(BASE_DIR / "var" / "broker")))
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    # The embedded broker: a real Kombu transport on local folders, for a
-    # laptop where no Redis answers.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(CELERY_BROKER_FILESYSTEM_DIR / "queue"),
-        "data_folder_out": str(CELERY_BROKER_FILESYSTEM_DIR / "queue"),
-        "processed_folder": str(CELERY_BROKER_FILESYSTEM_DIR / "processed"),
-        "control_folder": str(CELERY_BROKER_FILESYSTEM_DIR / "control"),
-        "store_processed": False,
-    }
-    for _folder in ("queue", "processed", "control"):
-        (CELERY_BROKER_FILESYSTEM_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(CELERY_BROKER_FILESYSTEM_DIR)
 else:
     # A message whose worker died is delivered again after this many seconds. Kombu looks for such
     # messages only every interval x throttle seconds (100 s by default); scanning every few seconds

@@ -1,8 +1,20 @@
-"""Real Celery worker processes answer on the real broker, and on the embedded one."""
+"""Real Celery worker processes answer on the real broker, and run predictions on the embedded one."""
+import io
+import time
+
 import pytest
 
+from mnistsite.broker import filesystem_transport_options
 from mnistsite.celery import app
-from tests.processes import start_worker
+from tests.classifier.fixtures import png_bytes
+from tests.classifier.fixtures import (  # noqa: F401 - a small trained model, active
+    active_checkpoint,
+    mnist_image,
+    mnist_test_split,
+    register_checkpoint,
+    trained_model_file,
+)
+from tests.processes import broker_switched, start_worker
 
 
 def test_celery_accepts_json_only():
@@ -17,16 +29,28 @@ def test_a_real_worker_answers_a_ping_through_the_configured_broker(celery_worke
 
 
 @pytest.mark.worker
-def test_a_real_worker_runs_on_the_embedded_filesystem_broker(transactional_db, tmp_path):
+def test_a_prediction_round_trips_through_a_real_worker_on_the_embedded_filesystem_broker(
+    transactional_db, active_checkpoint, settings, tmp_path, user, mnist_image
+):
+    from classifier import services
+    from classifier.models import Prediction
+
     broker_dir = tmp_path / "broker"
-    worker = start_worker(
-        log_dir=tmp_path / "logs",
-        name="fs-worker",
-        CELERY_BROKER_URL="filesystem://",
-        CELERY_BROKER_FILESYSTEM_DIR=str(broker_dir),
-    )
-    try:
-        assert (broker_dir / "queue").is_dir()
-        assert "filesystem" in worker.log()
-    finally:
-        worker.stop()
+    with broker_switched(settings, "filesystem://", transport_options=filesystem_transport_options(broker_dir)):
+        worker = start_worker(
+            log_dir=tmp_path / "logs", name="fs-worker", CELERY_BROKER_FILESYSTEM_DIR=str(broker_dir)
+        )
+        try:
+            image, label = mnist_image(0)
+            files = [(io.BytesIO(png_bytes(image)), "digit.png")]
+            (upload,) = services.uploads_submit(owner=user, files=files, source="file")
+            deadline = time.monotonic() + 60
+            prediction = Prediction.objects.get(upload=upload)
+            while prediction.status != Prediction.Status.DONE and time.monotonic() < deadline:
+                time.sleep(0.2)
+                prediction.refresh_from_db()
+        finally:
+            worker.stop()
+    assert prediction.status == Prediction.Status.DONE, worker.log()[-3000:]
+    assert prediction.digit == label
+    assert "filesystem" in worker.log()

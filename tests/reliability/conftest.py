@@ -21,7 +21,7 @@ from tests.classifier.fixtures import (  # noqa: F401 - a colleague's fixtures: 
     register_checkpoint,
     trained_model_file,
 )
-from tests.processes import ManagedProcess, start_worker
+from tests.processes import ManagedProcess, broker_switched, start_worker
 
 
 def free_port() -> int:
@@ -79,39 +79,6 @@ def _pings(client) -> bool:
         return bool(client.ping())
     except Exception:  # noqa: BLE001 - not up yet
         return False
-
-
-def _reset_producer_pools(app) -> None:
-    # Celery caches its connection and producer pools; a new broker URL needs fresh ones.
-    if app._pool is not None:
-        with contextlib.suppress(Exception):
-            app._pool.force_close_all()
-    app._pool = None
-    with contextlib.suppress(AttributeError, KeyError):
-        app.__dict__["amqp"]._producer_pool = None
-
-
-@contextlib.contextmanager
-def broker_switched(settings, url: str) -> Iterator[None]:
-    """Point this test process (publishing) and the children it starts (child_env) at ``url``."""
-    from mnistsite.celery import app
-
-    previous = app.conf.broker_url
-    previous_env = os.environ.get("CELERY_BROKER_URL")
-    settings.CELERY_BROKER_URL = url
-    # Celery reads CELERY_BROKER_URL from the environment before any setting.
-    os.environ["CELERY_BROKER_URL"] = url
-    app.conf.broker_url = url
-    _reset_producer_pools(app)
-    try:
-        yield
-    finally:
-        if previous_env is None:
-            os.environ.pop("CELERY_BROKER_URL", None)
-        else:
-            os.environ["CELERY_BROKER_URL"] = previous_env
-        app.conf.broker_url = previous
-        _reset_producer_pools(app)
 
 
 @pytest.fixture
