@@ -40,5 +40,6 @@ urlpatterns = [
     path(
         "docs/", _api(SpectacularSwaggerView, url_name="api:schema", permission_classes=[AllowAny]), name="docs"
     ),
-    re_path(r"^.*$", _api(NoSuchEndpointApi), name="no-such-endpoint"),
+    # [\s\S] rather than ".": a path with a newline in it must land here too, not on Django's HTML 404.
+    re_path(r"^[\s\S]*$", _api(NoSuchEndpointApi), name="no-such-endpoint"),
 ]

@@ -9,83 +9,23 @@ prediction.
 from __future__ import annotations
 
 import argparse
-import http.client
-import io
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from benchmarks.loadgen import multipart  # noqa: E402
+from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
 from benchmarks.stack import BENCH_DB, REPO, print_report, running_stack  # noqa: E402
-from training.ml.data import load_split  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
 DB_URL = os.environ.get("BENCH_DB_URL", f"postgresql://postgres@127.0.0.1:5432/{BENCH_DB}")
-
-
-def mnist_pngs(count: int) -> list[bytes]:
-    test = load_split(DATA_DIR, split="test")
-    images = []
-    for pixels in test.images[:count].numpy():
-        buffer = io.BytesIO()
-        # Dark ink on white, like a photographed digit.
-        Image.fromarray(255 - pixels).save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return images
-
-
-def burst(*, base_url: str, token: str, images: list[bytes], concurrency: int) -> tuple[list[dict], float]:
-    """POST every image once from `concurrency` keep-alive clients; returns one record per request."""
-    target = urlparse(base_url)
-    lock = threading.Lock()
-    pending = list(enumerate(images))
-    pending.reverse()
-    records: list[dict] = []
-
-    def client() -> None:
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
-        while True:
-            with lock:
-                if not pending:
-                    break
-                index, png = pending.pop()
-            body, content_type = multipart([("image", f"digit-{index}.png", png)])
-            started = time.time()
-            try:
-                conn.request("POST", "/api/v1/predictions/", body=body,
-                             headers={"Content-Type": content_type, "Authorization": f"Token {token}"})
-                response = conn.getresponse()
-                payload, status = response.read(), response.status
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
-                payload, status = str(exc).encode(), 599
-            ids = []
-            if status in (200, 202):
-                ids = [item["id"] for item in json.loads(payload)["predictions"]]
-            with lock:
-                records.append({"index": index, "started": started, "status": status,
-                                "request_s": time.time() - started, "ids": ids})
-        conn.close()
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    began = time.time()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return records, time.time() - began
 
 
 def wait_all_finished(ids: list[int], *, timeout: float) -> float:
@@ -115,10 +55,20 @@ def main() -> int:
     parser.add_argument("--finish-timeout", type=float, default=900.0)
     args = parser.parse_args()
 
-    images = mnist_pngs(args.uploads)
+    # Dark ink on white, like a photographed digit.
+    images = mnist_pngs(DATA_DIR, args.uploads, invert=True)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as workdir, running_stack(Path(workdir)) as stack:
-        records, burst_s = burst(base_url=stack.base_url, token=stack.token, images=images,
-                                 concurrency=args.concurrency)
+        result = run_load(
+            base_url=stack.base_url, path="/api/v1/predictions/", concurrency=args.concurrency,
+            requests=[multipart([("image", f"digit{i}.png", image)]) + (1,) for i, image in enumerate(images)],
+            headers={"Authorization": f"Token {stack.token}"}, keep_records=True,
+        )
+        records = [
+            {"started": r.started, "status": r.status, "request_s": r.elapsed_ms / 1000,
+             "ids": [item["id"] for item in json.loads(r.body)["predictions"]] if r.status in (200, 202) else []}
+            for r in result.records
+        ]
+        burst_s = result.seconds
         began = min(record["started"] for record in records)
         ids = [pid for record in records for pid in record["ids"]]
         all_finished = wait_all_finished(ids, timeout=args.finish_timeout) if ids else time.time()

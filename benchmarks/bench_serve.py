@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -14,24 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from benchmarks.loadgen import multipart, run_load  # noqa: E402
+from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
 from benchmarks.stack import REPO, running_stack, wait_http  # noqa: E402
 from training.ml.data import load_split  # noqa: E402
 from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
-
-
-def mnist_pngs(count: int) -> list[bytes]:
-    test = load_split(DATA_DIR, split="test")
-    images = []
-    for pixels in test.images[:count].numpy():
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return images
 
 
 def tutorial_state_dict(path: Path) -> None:
@@ -116,7 +104,7 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=32)
     args = parser.parse_args()
     concurrencies = [1, 8]
-    images = mnist_pngs(args.images)
+    images = mnist_pngs(DATA_DIR, args.images)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = Path(tmp)
         tutorial = bench_tutorial(images, workdir, concurrencies)

@@ -2,13 +2,29 @@
 from __future__ import annotations
 
 import http.client
+import io
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
+
+
+def mnist_pngs(data_dir: Path, count: int, *, invert: bool = False) -> list[bytes]:
+    """The first ``count`` MNIST test digits as PNG files (dark ink on white with ``invert``)."""
+    from PIL import Image
+
+    from training.ml.data import load_split
+
+    images = []
+    for pixels in load_split(data_dir, split="test").images[:count].numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(255 - pixels if invert else pixels).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
 
 
 def multipart(files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
@@ -25,12 +41,22 @@ def multipart(files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
 
 
 @dataclass
+class Record:
+    """One request: when it started (wall clock, comparable with the server's timestamps), status and body."""
+
+    started: float
+    elapsed_ms: float
+    status: int
+    body: bytes
+
+
+@dataclass
 class Result:
     latencies_ms: list[float] = field(default_factory=list)
     images: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
-    bodies: list[bytes] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
 
     def summary(self) -> dict:
         ordered = sorted(self.latencies_ms)
@@ -56,7 +82,7 @@ def run_load(
     requests: Sequence[tuple[bytes, str, int]],
     concurrency: int,
     headers: dict[str, str] | None = None,
-    keep_bodies: bool = False,
+    keep_records: bool = False,
     accept: Callable[[int, bytes], bool] = lambda status, body: 200 <= status < 300,
 ) -> Result:
     """POST each (body, content type, image count) once, from `concurrency` threads; time each request."""
@@ -73,7 +99,7 @@ def run_load(
                 if not queue:
                     break
                 _, (body, content_type, images) = queue.pop()
-            started = time.perf_counter()
+            started_wall, started = time.time(), time.perf_counter()
             try:
                 conn.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})})
                 response = conn.getresponse()
@@ -89,8 +115,8 @@ def run_load(
                 if accept(status, payload):
                     result.latencies_ms.append(elapsed)
                     result.images += images
-                if keep_bodies:
-                    result.bodies.append(payload)
+                if keep_records:
+                    result.records.append(Record(started_wall, elapsed, status, payload))
         conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]

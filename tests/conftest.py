@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from tests.processes import start_worker
 

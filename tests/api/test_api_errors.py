@@ -86,3 +86,10 @@ def test_options_describes_an_endpoint_instead_of_failing(staff_client, user_cli
                         (staff_client, "/api/v1/checkpoints/")):
         response = client.options(url)
         assert response.status_code == 200, (url, response.content)
+
+
+def test_a_path_with_a_newline_still_gets_the_json_error_envelope(client):
+    response = client.get("/api/v1/predictions/%0A%C3%AB/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "not_found"

@@ -43,6 +43,8 @@ def staff_token_headers(staff_user, make_prediction, make_checkpoint) -> dict:
 @schema.parametrize()
 @settings(
     max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "15")),
+    # CI replays the same inputs every run; API_FUZZ_RANDOM=1 explores new ones.
+    derandomize=not os.environ.get("API_FUZZ_RANDOM"),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -1,8 +1,6 @@
 """Fixtures for fault tests: private Redis servers, switching the broker, real workers and waiting helpers."""
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 import subprocess
 import time

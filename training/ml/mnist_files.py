@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import io
 import pickle
-import shutil
 import socket
 import subprocess
 import sys
