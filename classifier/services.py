@@ -153,26 +153,29 @@ def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Pr
 
 def prediction_publish(*, prediction_id: int) -> bool:
     """Send the execution task; a broker failure is logged and left for the sweeper, never raised to the user."""
-    from classifier.tasks import prediction_execute as prediction_execute_task
-
-    Prediction.objects.filter(pk=prediction_id).update(publish_attempts=F("publish_attempts") + 1)
-    try:
-        prediction_execute_task.apply_async(args=[prediction_id])
-    except Exception:  # noqa: BLE001 - any broker error means "not sent yet"; the sweeper retries
-        logger.warning("could not publish prediction %s; the sweeper will retry", prediction_id, exc_info=True)
-        return False
-    Prediction.objects.filter(pk=prediction_id).update(published_at=timezone.now())
-    return True
+    return predictions_publish(prediction_ids=[prediction_id]) == 1
 
 
 def predictions_publish(*, prediction_ids: list[int]) -> int:
-    sent = 0
+    """Send one execution task per prediction; returns how many were sent before any broker failure."""
+    from classifier.tasks import prediction_execute as prediction_execute_task
+
+    if not prediction_ids:
+        return 0
+    # Two statements for the whole batch, not two per prediction: each one is a commit on the upload path.
+    Prediction.objects.filter(pk__in=prediction_ids).update(publish_attempts=F("publish_attempts") + 1)
+    sent: list[int] = []
     for prediction_id in prediction_ids:
-        if not prediction_publish(prediction_id=prediction_id):
+        try:
+            prediction_execute_task.apply_async(args=[prediction_id])
+        except Exception:  # noqa: BLE001 - any broker error means "not sent yet"; the sweeper retries
+            logger.warning("could not publish prediction %s; the sweeper will retry", prediction_id, exc_info=True)
             # The broker is down: the rest would fail the same way, each after a connection timeout.
             break
-        sent += 1
-    return sent
+        sent.append(prediction_id)
+    if sent:
+        Prediction.objects.filter(pk__in=sent).update(published_at=timezone.now())
+    return len(sent)
 
 
 def predictions_sweep(*, now: dt.datetime | None = None) -> int:
@@ -203,6 +206,9 @@ def _predictions_claim(*, prediction_id: int, limit: int) -> list[Prediction]:
     claimable = Q(status=Prediction.Status.PENDING) | Q(
         status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after()
     )
+    # Most redelivered or batched-away messages find their prediction finished: answer those without a transaction.
+    if not Prediction.objects.filter(claimable, pk=prediction_id).exists():
+        return []
     locked = Prediction.objects.select_for_update(skip_locked=True)
     with transaction.atomic():
         if not locked.filter(claimable, pk=prediction_id).values_list("pk", flat=True):
@@ -311,8 +317,16 @@ def _predictions_run(*, predictions: list[Prediction]) -> list[Prediction]:
 
 
 def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
-    """Store a batch's results in one statement."""
-    Prediction.objects.bulk_update(predictions, _RESULT_FIELDS)
+    """Store a batch's results in one transaction.
+
+    One plain UPDATE per row: Django's bulk_update builds a CASE expression per
+    field and row, which costs more than the statements it saves.
+    """
+    with transaction.atomic():
+        for prediction in predictions:
+            Prediction.objects.filter(pk=prediction.pk).update(
+                **{name: getattr(prediction, name) for name in _RESULT_FIELDS}
+            )
     return predictions
 
 
