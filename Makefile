@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-sqlite bench bench-train bench-serve bench-load samples clean
+.PHONY: install data run test bench bench-train bench-serve bench-load samples clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,21 +15,25 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+# MNIST from the offline-safe sources, verified by sha256; a no-op once the files are there.
+data: install
+	$(PY) manage.py fetch_mnist
+
 run: install
 	$(PY) scripts/run_local.py
 
-test: install
+test: data
 	$(PY) -m pytest
 
 bench: bench-train bench-serve bench-load
 
-bench-train: install
+bench-train: data
 	$(PY) benchmarks/bench_train.py
 
-bench-serve: install
+bench-serve: data
 	$(PY) benchmarks/bench_serve.py
 
-bench-load: install
+bench-load: data
 	$(PY) benchmarks/bench_load.py
 
 samples: install
