@@ -66,7 +66,15 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Ctrl-C and a plain `kill` both stop every child; a shell that started us in the background
+    # may have left SIGINT ignored, so install the handlers explicitly.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
     env["PYTHONUNBUFFERED"] = "1"
@@ -105,6 +113,9 @@ def main() -> int:
         say("Stopping")
         return 0
     finally:
+        # A second Ctrl-C must not cut the shutdown short and leave children behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_all(processes)
 
 
