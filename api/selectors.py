@@ -14,7 +14,7 @@ from training import selectors as training_selectors
 from training.models import Checkpoint, TrainingRun
 
 FINISHED = (Prediction.Status.DONE, Prediction.Status.FAILED)
-POLL_FIRST_S = 0.02
+POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.05
 
 
