@@ -250,7 +250,7 @@ def prediction_execute(*, prediction_id: int) -> Prediction | None:
     """
     batch = _predictions_claim(prediction_id=prediction_id, limit=settings.INFERENCE_BATCH_SIZE)
     if not batch:
-        logger.debug("prediction %s is already running or finished; nothing to do", prediction_id)
+        logger.info("prediction %s is already running or finished; nothing to do", prediction_id)
         return None
     try:
         finished = _predictions_run(predictions=batch)
