@@ -5,6 +5,9 @@ import pytest
 
 from tests.processes import start_worker
 
+# A small real model trained once per session, and real MNIST digits, for every folder of tests.
+pytest_plugins = ["tests.classifier.fixtures"]
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 

@@ -13,16 +13,6 @@ from rest_framework.test import APIClient
 
 from classifier import services as classifier_services
 from classifier.models import Prediction, Upload
-# Imported so that these fixtures are available here too (pytest_plugins is allowed only in the root conftest):
-# a small MLP trained on real MNIST once per session, and real MNIST digits.
-from tests.classifier.fixtures import (  # noqa: F401
-    active_checkpoint,
-    fresh_model_cache,
-    mnist_image,
-    mnist_test_split,
-    register_checkpoint,
-    trained_model_file,
-)
 from tests.training.conftest import make_checkpoint  # noqa: F401
 
 

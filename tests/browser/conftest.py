@@ -41,15 +41,3 @@ def logged_in_page(page, user):
     page.click("button[type=submit]")
     page.wait_for_url("**/")
     return page
-
-
-from tests.classifier.fixtures import (  # noqa: E402,F401
-    active_checkpoint,
-    always_seven_model_file,
-    digit_png,
-    fresh_model_cache,
-    mnist_image,
-    mnist_test_split,
-    register_checkpoint,
-    trained_model_file,
-)

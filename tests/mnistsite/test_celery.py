@@ -7,13 +7,6 @@ import pytest
 from mnistsite.broker import filesystem_transport_options
 from mnistsite.celery import app
 from tests.classifier.fixtures import png_bytes
-from tests.classifier.fixtures import (  # noqa: F401 - a small trained model, active
-    active_checkpoint,
-    mnist_image,
-    mnist_test_split,
-    register_checkpoint,
-    trained_model_file,
-)
 from tests.processes import broker_switched, start_worker
 
 

@@ -1,8 +1,6 @@
 """Liveness and readiness endpoints report the real state of each dependency."""
 import pytest
 
-from tests.classifier.fixtures import active_checkpoint, register_checkpoint, trained_model_file  # noqa: F401
-
 
 @pytest.mark.django_db
 def test_healthz_answers_without_login(client):

@@ -9,16 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.classifier.fixtures import (  # noqa: F401 - a colleague's fixtures: a trained, active model
-    active_checkpoint,
-    always_seven_model_file,
-    digit_png,
-    fresh_model_cache,
-    mnist_image,
-    mnist_test_split,
-    register_checkpoint,
-    trained_model_file,
-)
 from tests.processes import ManagedProcess, broker_switched, start_worker
 
 
