@@ -2,6 +2,7 @@
 import os
 
 from celery import Celery
+from celery.signals import task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
 
@@ -9,3 +10,13 @@ app = Celery("mnistsite")
 # Lazy: settings are read when Celery first needs them, not at import time.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+def _database_connections_refresh(sender=None, **kwargs) -> None:
+    """Drop connections that are broken or older than CONN_MAX_AGE, exactly as Django does before a request."""
+    from django.db import close_old_connections
+
+    # An eager task runs inside its caller's request or transaction, whose connection is not ours to close.
+    if not getattr(sender.request, "is_eager", False):
+        close_old_connections()
