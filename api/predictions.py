@@ -131,16 +131,10 @@ class PredictionListCreateApi(GenericAPIView):
         query.is_valid(raise_exception=True)
         files, field = _uploaded_files(request)
         try:
-            uploads = classifier_services.uploads_submit(owner=request.user, files=files, source=Upload.Source.API)
+            created = classifier_services.predictions_submit(owner=request.user, files=files, source=Upload.Source.API)
         except DjangoValidationError as exc:
             return validation_error_response(exc, field=field)
-        order = {upload.pk: index for index, upload in enumerate(uploads)}
-        ids = [
-            prediction.pk
-            for prediction in sorted(
-                classifier_selectors.predictions_for_uploads(uploads=uploads), key=lambda p: (order[p.upload_id], p.pk)
-            )
-        ]
+        ids = [prediction.pk for prediction in created]
         wait = query.validated_data.get("wait") or 0
         if wait:
             selectors.predictions_wait_finished(prediction_ids=ids, timeout=wait)

@@ -87,10 +87,6 @@ def prediction_latest_for_upload(*, upload: Upload) -> Prediction | None:
     return upload.predictions.order_by("-created_at", "-id").first()
 
 
-def predictions_for_uploads(*, uploads: list[Upload]) -> QuerySet[Prediction]:
-    return Prediction.objects.filter(upload__in=uploads)
-
-
 def upload_prefetch_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
     return queryset.prefetch_related(
         Prefetch("predictions", queryset=Prediction.objects.select_related("checkpoint").order_by("-created_at", "-id"))

@@ -85,32 +85,35 @@ def _uploads_store(
     source: str,
     sample_set: str = "",
     label: int | None = None,
-    with_predictions: bool = False,
 ) -> list[Upload]:
     uploads: list[Upload] = []
     try:
         for image in images:
             uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
-        with transaction.atomic():
-            # Rows are inserted only once every file is on disk: a half-written batch never shows up.
-            created = Upload.objects.bulk_create(uploads)
-            if with_predictions:
-                predictions_create(uploads=created)
+        # Rows are inserted only once every file is on disk: a half-written batch never shows up.
+        return Upload.objects.bulk_create(uploads)
     except BaseException:
         _files_delete([upload.image.name for upload in uploads])
         raise
-    return created
 
 
-def uploads_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Upload]:
+def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Prediction]:
     """Validate every file first, then store all of them and their pending predictions in one transaction.
 
-    Each prediction's task is published after commit. If the broker is down the
-    rows stay (pending, "queued" for the user) and ``predictions_sweep`` publishes
-    them later.
+    Returns the predictions in the order of ``files``. Their tasks are published
+    after commit; if the broker is down the rows stay (pending, "queued" for the
+    user) and ``predictions_sweep`` publishes them later.
     """
     images = validate_images(files)
-    return _uploads_store(owner=owner, images=images, source=source, with_predictions=True)
+    uploads: list[Upload] = []
+    try:
+        with transaction.atomic():
+            uploads = _uploads_store(owner=owner, images=images, source=source)
+            return predictions_create(uploads=uploads)
+    except BaseException:
+        # The rows rolled back with the transaction; the files are ours to remove.
+        _files_delete([upload.image.name for upload in uploads])
+        raise
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -134,11 +137,13 @@ def prediction_create(*, upload: Upload) -> Prediction:
 
 def predictions_create(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
     """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process."""
+    # Counted as published up front: the publish after commit then costs no UPDATE unless it fails.
+    published = {"publish_attempts": 1, "published_at": timezone.now()} if publish else {}
     with transaction.atomic():
-        predictions = Prediction.objects.bulk_create([Prediction(upload=upload) for upload in uploads])
+        predictions = Prediction.objects.bulk_create([Prediction(upload=upload, **published) for upload in uploads])
         ids = [prediction.pk for prediction in predictions]
         if publish and ids:
-            transaction.on_commit(lambda: predictions_publish(prediction_ids=ids))
+            transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions
 
 
@@ -157,25 +162,32 @@ def prediction_publish(*, prediction_id: int) -> bool:
 
 
 def predictions_publish(*, prediction_ids: list[int]) -> int:
-    """Send one execution task per prediction; returns how many were sent before any broker failure."""
-    from classifier.tasks import prediction_execute as prediction_execute_task
-
+    """Record a publish attempt and send the execution tasks; returns how many predictions were sent."""
     if not prediction_ids:
         return 0
-    # Two statements for the whole batch, not two per prediction: each one is a commit on the upload path.
-    Prediction.objects.filter(pk__in=prediction_ids).update(publish_attempts=F("publish_attempts") + 1)
-    sent: list[int] = []
-    for prediction_id in prediction_ids:
+    Prediction.objects.filter(pk__in=prediction_ids).update(
+        publish_attempts=F("publish_attempts") + 1, published_at=timezone.now()
+    )
+    return _predictions_send(prediction_ids=prediction_ids)
+
+
+def _predictions_send(*, prediction_ids: list[int]) -> int:
+    """One message per batch of ids; on a broker failure the unsent ones are marked unpublished for the sweeper."""
+    from classifier.tasks import predictions_execute as predictions_execute_task
+
+    size = settings.INFERENCE_BATCH_SIZE
+    sent = 0
+    for start in range(0, len(prediction_ids), size):
+        chunk = prediction_ids[start : start + size]
         try:
-            prediction_execute_task.apply_async(args=[prediction_id])
+            predictions_execute_task.apply_async(args=[chunk])
         except Exception:  # noqa: BLE001 - any broker error means "not sent yet"; the sweeper retries
-            logger.warning("could not publish prediction %s; the sweeper will retry", prediction_id, exc_info=True)
+            logger.warning("could not publish predictions %s; the sweeper will retry", chunk, exc_info=True)
             # The broker is down: the rest would fail the same way, each after a connection timeout.
+            Prediction.objects.filter(pk__in=prediction_ids[start:]).update(published_at=None)
             break
-        sent.append(prediction_id)
-    if sent:
-        Prediction.objects.filter(pk__in=sent).update(published_at=timezone.now())
-    return len(sent)
+        sent += len(chunk)
+    return sent
 
 
 def predictions_sweep(*, now: dt.datetime | None = None) -> int:
@@ -195,32 +207,27 @@ def predictions_sweep(*, now: dt.datetime | None = None) -> int:
     return sent
 
 
-def _predictions_claim(*, prediction_id: int, limit: int) -> list[Prediction]:
-    """Claim this prediction and up to ``limit - 1`` other waiting ones (oldest first) for one forward pass.
+def _predictions_claim(*, prediction_ids: list[int], limit: int) -> list[Prediction]:
+    """Claim up to ``limit`` of these predictions, topped up with other waiting ones, for one forward pass.
 
     The rows are locked with SKIP LOCKED, so two workers never claim the same
-    prediction; when this one is already running (and not stale) or finished,
-    nothing is claimed: a redelivered message is a no-op.
+    prediction. When none of ``prediction_ids`` is claimable (running and not
+    stale, or finished) nothing is claimed: a redelivered message is a no-op.
     """
     now = timezone.now()
     claimable = Q(status=Prediction.Status.PENDING) | Q(
         status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after()
     )
-    # Most redelivered or batched-away messages find their prediction finished: answer those without a transaction.
-    if not Prediction.objects.filter(claimable, pk=prediction_id).exists():
-        return []
-    locked = Prediction.objects.select_for_update(skip_locked=True)
+    locked = Prediction.objects.select_for_update(skip_locked=True).order_by("created_at", "pk")
     with transaction.atomic():
-        if not locked.filter(claimable, pk=prediction_id).values_list("pk", flat=True):
+        ids = list(locked.filter(claimable, pk__in=prediction_ids).values_list("pk", flat=True)[:limit])
+        if not ids:
             return []
-        # Waiting predictions ride along; their own messages then find them done and do nothing.
-        others = list(
-            locked.filter(status=Prediction.Status.PENDING)
-            .exclude(pk=prediction_id)
-            .order_by("created_at", "pk")
-            .values_list("pk", flat=True)[: max(0, limit - 1)]
-        )
-        ids = [prediction_id, *others]
+        if len(ids) < limit:
+            # Waiting predictions ride along; their own messages then find them done and do nothing.
+            ids += locked.filter(status=Prediction.Status.PENDING).exclude(pk__in=ids).values_list("pk", flat=True)[
+                : limit - len(ids)
+            ]
         Prediction.objects.filter(pk__in=ids).update(status=Prediction.Status.RUNNING, started_at=now)
     return list(Prediction.objects.select_related("upload").filter(pk__in=ids).order_by("created_at", "pk"))
 
@@ -242,24 +249,35 @@ def _open_upload_image(upload: Upload) -> Image.Image:
 
 
 def prediction_execute(*, prediction_id: int) -> Prediction | None:
-    """Run the model on a pending prediction, together with other waiting ones as one batch.
+    """Run the model on one pending prediction; None when it was already claimed or finished."""
+    finished = predictions_execute(prediction_ids=[prediction_id])
+    return finished[0] if finished else None
 
-    Returns None when the prediction was already claimed or finished. Safe to
-    call twice for the same id: the claim is atomic and a finished prediction
-    is never recomputed.
+
+def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
+    """Run the model on these predictions, in batches topped up with other waiting ones; returns those finished here.
+
+    Safe to call twice with the same ids: each claim is atomic and a finished
+    prediction is never recomputed, so the second call returns nothing.
     """
-    batch = _predictions_claim(prediction_id=prediction_id, limit=settings.INFERENCE_BATCH_SIZE)
-    if not batch:
-        logger.info("prediction %s is already running or finished; nothing to do", prediction_id)
-        return None
-    try:
-        finished = _predictions_run(predictions=batch)
-    except Exception as exc:
-        if _is_transient(exc):
-            # Handing the claims back lets the task's retry (or a redelivery) claim them again at once.
-            _predictions_release(prediction_ids=[prediction.pk for prediction in batch])
-        raise
-    return next(prediction for prediction in finished if prediction.pk == prediction_id)
+    wanted, finished = set(prediction_ids), []
+    remaining = list(prediction_ids)
+    while remaining:
+        batch = _predictions_claim(prediction_ids=remaining, limit=settings.INFERENCE_BATCH_SIZE)
+        if not batch:
+            break
+        try:
+            finished += [prediction for prediction in _predictions_run(predictions=batch) if prediction.pk in wanted]
+        except Exception as exc:
+            if _is_transient(exc):
+                # Handing the claims back lets the task's retry (or a redelivery) claim them again at once.
+                _predictions_release(prediction_ids=[prediction.pk for prediction in batch])
+            raise
+        claimed = {prediction.pk for prediction in batch}
+        remaining = [pk for pk in remaining if pk not in claimed]
+    if not finished:
+        logger.info("predictions %s are already running or finished; nothing to do", prediction_ids)
+    return finished
 
 
 _RESULT_FIELDS = [

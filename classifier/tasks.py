@@ -9,7 +9,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
 @shared_task(
-    name="classifier.tasks.prediction_execute",
+    name="classifier.tasks.predictions_execute",
     acks_late=True,
     reject_on_worker_lost=True,
     soft_time_limit=30,
@@ -20,8 +20,8 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     max_retries=5,
     ignore_result=True,
 )
-def prediction_execute(prediction_id: int) -> None:
-    services.prediction_execute(prediction_id=int(prediction_id))
+def predictions_execute(prediction_ids: list[int]) -> None:
+    services.predictions_execute(prediction_ids=[int(pk) for pk in prediction_ids])
 
 
 @shared_task(

@@ -35,7 +35,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             files, source = form.submissions()
             try:
-                uploads = services.uploads_submit(owner=request.user, files=files, source=source)
+                predictions = services.predictions_submit(owner=request.user, files=files, source=source)
             except ValidationError as exc:
                 errors = _validation_messages(exc)
             except DatabaseError:
@@ -43,11 +43,10 @@ def upload(request: HttpRequest) -> HttpResponse:
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
             else:
-                if len(uploads) == 1:
-                    prediction = selectors.prediction_latest_for_upload(upload=uploads[0])
-                    return redirect("classifier:prediction_detail", pk=prediction.pk)
-                messages.success(request, f"{len(uploads)} images uploaded; their predictions appear below.")
-                batch = ",".join(str(item.pk) for item in uploads)
+                if len(predictions) == 1:
+                    return redirect("classifier:prediction_detail", pk=predictions[0].pk)
+                messages.success(request, f"{len(predictions)} images uploaded; their predictions appear below.")
+                batch = ",".join(str(item.upload_id) for item in predictions)
                 return redirect(f"{reverse('classifier:history')}?batch={batch}")
         else:
             errors = [message for field_errors in form.errors.values() for message in field_errors]

@@ -68,3 +68,47 @@ def celery_worker_process(transactional_db, isolated_storage, tmp_path):
     yield worker
     worker.stop()
 
+
+
+class InferenceQueue:
+    """The real broker's inference queue, emptied for one test: what the code under test published to it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def purge(self) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.default_channel.queue_purge("inference")
+
+    def prediction_ids(self) -> list[int]:
+        """Take every waiting message off the queue; the prediction ids they carry, in publishing order."""
+        ids: list[int] = []
+        with self.app.connection_for_read() as conn, conn.SimpleQueue("inference", no_ack=True) as queue:
+            while True:
+                try:
+                    message = queue.get(block=False)
+                except queue.Empty:
+                    return ids
+                assert message.headers["task"] == "classifier.tasks.predictions_execute", message.headers
+                (prediction_ids,), _kwargs, _embed = message.decode()
+                ids += prediction_ids
+
+
+@pytest.fixture
+def published():
+    """Prediction ids sent to the real broker during the test (the queue starts empty)."""
+    from mnistsite.celery import app
+
+    queue = InferenceQueue(app)
+    queue.purge()
+    yield queue
+    queue.purge()
+
+
+@pytest.fixture
+def broker_down(settings):
+    """Publishing goes to a port where no broker listens: every send fails at once with a connection error."""
+    from tests.processes import broker_switched
+
+    with broker_switched(settings, "redis://127.0.0.1:1/0"):
+        yield

@@ -31,16 +31,12 @@ def test_upload_changelist_shows_results_and_sample_accuracy(admin_page, tmp_pat
     assert admin_page.get(f"/admin/classifier/prediction/?checkpoint={active_checkpoint.pk}&status__exact=done").status_code == 200
 
 
-def test_the_rerun_action_queues_a_new_prediction_per_upload(admin_page, user, digit_png, active_checkpoint, monkeypatch, django_capture_on_commit_callbacks):
-    from classifier import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.prediction_execute, "apply_async", lambda args, **k: sent.append(args[0]))
+def test_the_rerun_action_queues_a_new_prediction_per_upload(admin_page, user, digit_png, active_checkpoint, published, django_capture_on_commit_callbacks):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     with django_capture_on_commit_callbacks(execute=True):
         response = admin_page.post(
             "/admin/classifier/upload/", {"action": "rerun_uploads", "_selected_action": [upload.pk]}, follow=True
         )
     assert "Queued 1 new prediction" in response.content.decode()
-    assert Prediction.objects.filter(upload=upload, status="pending").count() == 1
-    assert len(sent) == 1
+    (queued,) = Prediction.objects.filter(upload=upload, status="pending")
+    assert published.prediction_ids() == [queued.pk]

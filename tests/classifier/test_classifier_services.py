@@ -7,7 +7,6 @@ import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from classifier import services
 from classifier.models import Prediction, Upload
@@ -18,30 +17,6 @@ pytestmark = pytest.mark.django_db
 def _stored_files() -> list[Path]:
     root = Path(settings.MEDIA_ROOT)
     return [p for p in root.rglob("*") if p.is_file()]
-
-
-@pytest.fixture
-def published(monkeypatch):
-    """Records task publications instead of sending them."""
-    sent: list[int] = []
-
-    def fake_apply_async(args, **kwargs):
-        sent.append(args[0])
-
-    from classifier import tasks
-
-    monkeypatch.setattr(tasks.prediction_execute, "apply_async", fake_apply_async)
-    return sent
-
-
-@pytest.fixture
-def broker_down(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
-    from classifier import tasks
-
-    monkeypatch.setattr(tasks.prediction_execute, "apply_async", refuse)
 
 
 def test_upload_create_stores_a_reencoded_png_under_a_generated_name(user, digit_png):
@@ -57,11 +32,11 @@ def test_upload_create_stores_a_reencoded_png_under_a_generated_name(user, digit
 def test_a_rejected_batch_stores_nothing(user, digit_png, django_capture_on_commit_callbacks, published):
     files = [(io.BytesIO(digit_png(0)), "good.png"), (io.BytesIO(b"garbage"), "bad.png")]
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(ValidationError) as info:
-        services.uploads_submit(owner=user, files=files, source="file")
+        services.predictions_submit(owner=user, files=files, source="file")
     assert "bad.png" in " ".join(info.value.messages)
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
     assert _stored_files() == []
-    assert published == []
+    assert published.prediction_ids() == []
 
 
 def test_a_batch_is_stored_with_pending_predictions_published_after_commit(
@@ -69,12 +44,11 @@ def test_a_batch_is_stored_with_pending_predictions_published_after_commit(
 ):
     files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
     with django_capture_on_commit_callbacks(execute=True):
-        uploads = services.uploads_submit(owner=user, files=files, source="file")
-        assert published == []  # nothing leaves before the commit
-    assert len(uploads) == 3
-    predictions = list(Prediction.objects.filter(upload__in=uploads))
-    assert {p.status for p in predictions} == {"pending"}
-    assert sorted(published) == sorted(p.pk for p in predictions)
+        predictions = services.predictions_submit(owner=user, files=files, source="file")
+        assert published.prediction_ids() == []  # nothing leaves before the commit
+    assert [p.upload.original_name for p in predictions] == ["0.png", "1.png", "2.png"]
+    assert {p.status for p in Prediction.objects.all()} == {"pending"}
+    assert published.prediction_ids() == [p.pk for p in predictions]
     assert all(p.published_at is not None and p.publish_attempts == 1 for p in Prediction.objects.all())
 
 
@@ -82,8 +56,8 @@ def test_a_broker_outage_keeps_the_upload_and_its_pending_prediction(
     user, digit_png, django_capture_on_commit_callbacks, broker_down
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        (upload,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "a.png")], source="file")
-    prediction = upload.predictions.get()
+        (prediction,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "a.png")], source="file")
+    prediction.refresh_from_db()
     assert prediction.status == "pending"
     assert prediction.published_at is None and prediction.publish_attempts == 1
 
@@ -98,8 +72,7 @@ def test_the_sweeper_republishes_old_pending_predictions_only(user, digit_png, p
     Prediction.objects.filter(pk__in=[old.pk, done.pk]).update(created_at=long_ago)
     Prediction.objects.filter(pk=done.pk).update(status="done")
     assert services.predictions_sweep() == 1
-    assert published == [old.pk]
-    assert fresh.pk not in published
+    assert published.prediction_ids() == [old.pk]
 
 
 def test_the_sweeper_republishes_predictions_stuck_running_on_a_dead_worker(user, digit_png, published):
@@ -107,7 +80,7 @@ def test_the_sweeper_republishes_predictions_stuck_running_on_a_dead_worker(user
     (stuck,) = services.predictions_create(uploads=[upload], publish=False)
     Prediction.objects.filter(pk=stuck.pk).update(status="running", started_at=timezone.now() - dt.timedelta(hours=1))
     assert services.predictions_sweep() == 1
-    assert published == [stuck.pk]
+    assert published.prediction_ids() == [stuck.pk]
 
 
 def test_prediction_execute_stores_digit_probabilities_and_the_model_input(user, digit_png, active_checkpoint, mnist_image):
@@ -201,7 +174,7 @@ def test_rerun_creates_a_new_pending_prediction(user, digit_png, published, djan
     with django_capture_on_commit_callbacks(execute=True):
         first = services.prediction_rerun(upload=upload)
         second = services.prediction_rerun(upload=upload)
-    assert first.pk != second.pk and published == [first.pk, second.pk]
+    assert first.pk != second.pk and published.prediction_ids() == [first.pk, second.pk]
 
 
 def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):

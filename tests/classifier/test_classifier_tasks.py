@@ -22,16 +22,16 @@ def wait_for(prediction_id: int, *, timeout: float = 60) -> Prediction:
 
 
 def test_the_task_is_routed_to_the_inference_queue_with_json_and_late_acks():
-    from classifier.tasks import prediction_execute
+    from classifier.tasks import predictions_execute
 
-    assert app.amqp.router.route({}, prediction_execute.name)["queue"].name == "inference"
-    assert prediction_execute.acks_late and prediction_execute.time_limit
-    assert prediction_execute.autoretry_for
+    assert app.amqp.router.route({}, predictions_execute.name)["queue"].name == "inference"
+    assert predictions_execute.acks_late and predictions_execute.time_limit
+    assert predictions_execute.autoretry_for
 
 
 def test_an_upload_is_predicted_by_a_real_worker(celery_worker_process, user, digit_png, active_checkpoint):
-    (upload,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "seven.png")], source="file")
-    prediction = wait_for(upload.predictions.get().pk)
+    (submitted,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "seven.png")], source="file")
+    prediction = wait_for(submitted.pk)
     assert prediction.status == "done", prediction.error
     assert prediction.digit == 7
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-6)
@@ -40,14 +40,14 @@ def test_an_upload_is_predicted_by_a_real_worker(celery_worker_process, user, di
 
 
 def test_a_redelivered_message_keeps_one_result_and_is_not_recomputed(celery_worker_process, user, digit_png, active_checkpoint):
-    from classifier.tasks import prediction_execute
+    from classifier.tasks import predictions_execute
 
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    prediction_execute.apply_async(args=[prediction.pk])
+    predictions_execute.apply_async(args=[[prediction.pk]])
     first = wait_for(prediction.pk)
     # The same message again, as after a lost acknowledgement.
-    prediction_execute.apply_async(args=[prediction.pk])
+    predictions_execute.apply_async(args=[[prediction.pk]])
     celery_worker_process.wait_for_output("already running or finished", timeout=30)
     again = Prediction.objects.get(pk=prediction.pk)
     assert (again.finished_at, again.input_image.name, again.digit) == (first.finished_at, first.input_image.name, first.digit)
@@ -57,13 +57,13 @@ def test_a_redelivered_message_keeps_one_result_and_is_not_recomputed(celery_wor
 def test_a_newly_activated_checkpoint_is_used_without_restarting_the_worker(
     celery_worker_process, user, digit_png, active_checkpoint, register_checkpoint, always_seven_model_file
 ):
-    (first,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
-    before = wait_for(first.predictions.get().pk)
+    (first,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    before = wait_for(first.pk)
     assert before.digit == 2 and before.checkpoint_id == active_checkpoint.pk
 
     seven = register_checkpoint(always_seven_model_file, name="seven")
-    (second,) = services.uploads_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
-    after = wait_for(second.predictions.get().pk)
+    (second,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    after = wait_for(second.pk)
     assert after.checkpoint_id == seven.pk
     assert after.digit == 7  # the always-seven model really answered
     assert celery_worker_process.log().count("loaded checkpoint") == 2

@@ -13,13 +13,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def no_broker(monkeypatch):
-    from classifier import tasks
-
-    monkeypatch.setattr(tasks.prediction_execute, "apply_async", lambda *a, **k: None)
-
-
-@pytest.fixture
 def alice(client, user):
     client.force_login(user)
     return client
@@ -54,24 +47,25 @@ def test_the_upload_page_renders_the_form_and_canvas(alice):
     assert 'type="file"' in html and "<canvas" in html and 'name="canvas"' in html
 
 
-def test_uploading_one_file_redirects_to_its_result(alice, digit_png, no_broker, django_capture_on_commit_callbacks):
+def test_uploading_one_file_redirects_to_its_result(alice, digit_png, published, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = alice.post("/", {"files": [_file(digit_png(0), "seven.png")]})
     prediction = Prediction.objects.get()
     assert response.status_code == 302
     assert response["Location"] == reverse("classifier:prediction_detail", args=[prediction.pk])
+    assert published.prediction_ids() == [prediction.pk]
     page = alice.get(response["Location"]).content.decode()
     assert "queued" in page
 
 
-def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png, no_broker):
+def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png):
     response = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(3)]})
     assert response.status_code == 302 and response["Location"].startswith("/history/?batch=")
     page = alice.get(response["Location"]).content.decode()
     assert page.count('class="history-item"') == 3
 
 
-def test_a_drawing_from_the_canvas_is_uploaded(alice, mnist_image, no_broker):
+def test_a_drawing_from_the_canvas_is_uploaded(alice, mnist_image):
     image, _ = mnist_image(0, invert=False)
     rgba = image.convert("L").point(lambda v: 255 - v).convert("RGBA")
     rgba.putalpha(image.convert("L"))
@@ -179,7 +173,7 @@ def test_history_lists_only_my_uploads_and_filters_them(alice, user, other_user,
     assert mine[0].digit == 7
 
 
-def test_history_is_paginated(alice, user, digit_png, no_broker):
+def test_history_is_paginated(alice, user, digit_png):
     for i in range(23):
         services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file")
     first = alice.get("/history/").content.decode()

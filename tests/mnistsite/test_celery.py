@@ -36,9 +36,8 @@ def test_a_prediction_round_trips_through_a_real_worker_on_the_embedded_filesyst
         try:
             image, label = mnist_image(0)
             files = [(io.BytesIO(png_bytes(image)), "digit.png")]
-            (upload,) = services.uploads_submit(owner=user, files=files, source="file")
+            (prediction,) = services.predictions_submit(owner=user, files=files, source="file")
             deadline = time.monotonic() + 60
-            prediction = Prediction.objects.get(upload=upload)
             while prediction.status != Prediction.Status.DONE and time.monotonic() < deadline:
                 time.sleep(0.2)
                 prediction.refresh_from_db()

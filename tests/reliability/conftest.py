@@ -115,6 +115,6 @@ def wait_for_prediction(prediction_id: int, *, timeout: float = 60):
                       what=f"prediction {prediction_id} to finish")
 
 
-def succeeded_count(worker: ManagedProcess, task: str = "classifier.tasks.prediction_execute") -> int:
+def succeeded_count(worker: ManagedProcess, task: str = "classifier.tasks.predictions_execute") -> int:
     """How many times the worker's log says it ran ``task`` to the end."""
     return sum(1 for line in worker.log().splitlines() if f"Task {task}[" in line and " succeeded in " in line)

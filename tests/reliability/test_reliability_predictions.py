@@ -33,8 +33,8 @@ def test_a_prediction_whose_worker_is_killed_mid_run_completes_exactly_once_on_a
     running_private_redis, workers, user, active_checkpoint, mnist_image
 ):
     first = workers(PREDICTION_RUNNING_STALE_AFTER_SECONDS=STALE_AFTER)
-    (upload,) = services.uploads_submit(owner=user, files=[(io.BytesIO(large_digit_png(mnist_image)), "big.png")], source="file")
-    prediction_id = upload.predictions.get().pk
+    (prediction,) = services.predictions_submit(owner=user, files=[(io.BytesIO(large_digit_png(mnist_image)), "big.png")], source="file")
+    prediction_id = prediction.pk
 
     wait_until(lambda: Prediction.objects.filter(pk=prediction_id, status="running").exists(), timeout=60,
                interval=0.01, what=lambda: f"the worker to claim the prediction: {Prediction.objects.filter(pk=prediction_id).values()} {first.log()[-3000:]}")
@@ -87,13 +87,13 @@ def test_an_upload_while_the_broker_is_down_is_stored_queued_and_completed_once_
 def test_the_same_task_message_delivered_twice_computes_one_result(
     running_private_redis, workers, user, active_checkpoint, digit_png
 ):
-    from classifier.tasks import prediction_execute
+    from classifier.tasks import predictions_execute
 
     worker = workers()
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    prediction_execute.apply_async(args=[prediction.pk])
-    prediction_execute.apply_async(args=[prediction.pk])
+    predictions_execute.apply_async(args=[[prediction.pk]])
+    predictions_execute.apply_async(args=[[prediction.pk]])
 
     first = wait_for_prediction(prediction.pk)
     worker.wait_for_output("already running or finished", timeout=30)

@@ -34,8 +34,8 @@ def test_a_pickled_task_message_is_refused_by_the_worker_and_never_unpickled(
 
     task_id = str(uuid.uuid4())
     # Celery message protocol 2, as a forged client would send it, but serialised with pickle.
-    body = ([prediction.pk, _Touch(str(marker))], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
-    headers = {"lang": "py", "task": "classifier.tasks.prediction_execute", "id": task_id, "root_id": task_id,
+    body = ([[prediction.pk], _Touch(str(marker))], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+    headers = {"lang": "py", "task": "classifier.tasks.predictions_execute", "id": task_id, "root_id": task_id,
                "parent_id": None, "group": None, "retries": 0, "argsrepr": "", "kwargsrepr": "", "origin": "attacker"}
     with app.connection_for_write() as conn:
         conn.Producer(serializer="pickle").publish(

@@ -60,6 +60,5 @@ class Command(BaseCommand):
     def _predict_now(self, uploads):
         # Running here, not on a worker: nothing is published, so no broker is needed.
         predictions = services.predictions_rerun(uploads=uploads, publish=False)
-        for prediction in predictions:
-            services.prediction_execute(prediction_id=prediction.pk)
+        services.predictions_execute(prediction_ids=[prediction.pk for prediction in predictions])
         return predictions
