@@ -23,6 +23,7 @@ from api.serializers import (
     WaitQuerySerializer,
 )
 from api.throttling import UPLOAD_FIELDS, UploadRateThrottle
+from classifier import completion
 from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
 from classifier import views as classifier_views
@@ -137,9 +138,9 @@ class PredictionListCreateApi(GenericAPIView):
         ids = [prediction.pk for prediction in created]
         wait = query.validated_data.get("wait") or 0
         if wait:
-            selectors.predictions_wait_finished(prediction_ids=ids, timeout=wait)
+            completion.predictions_wait_finished(prediction_ids=ids, timeout=wait)
         predictions = selectors.predictions_for_ids(prediction_ids=ids)
-        finished = all(p.status in selectors.FINISHED for p in predictions)
+        finished = all(p.status in completion.FINISHED for p in predictions)
         return Response(
             {"predictions": _represent(request, predictions)},
             status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,

@@ -1,21 +1,15 @@
-"""Reads the API needs beyond classifier/training selectors: prediction lists, waiting for results, lookups or None."""
+"""Reads the API needs beyond classifier/training selectors: prediction lists and lookups that return None."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass
 
-from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from classifier.models import Prediction
 from training import selectors as training_selectors
 from training.models import Checkpoint, TrainingRun
-
-FINISHED = (Prediction.Status.DONE, Prediction.Status.FAILED)
-POLL_FIRST_S = 0.005
-POLL_MAX_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,26 +43,6 @@ def predictions_for_ids(*, prediction_ids: list[int]) -> list[Prediction]:
     """The given predictions in the given order (they were just created by the caller)."""
     by_id = Prediction.objects.select_related("upload", "checkpoint").in_bulk(prediction_ids)
     return [by_id[pk] for pk in prediction_ids if pk in by_id]
-
-
-def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> bool:
-    """Block until every prediction is done or failed, or ``timeout`` seconds pass; True when all finished.
-
-    One COUNT query per poll. Outside a transaction each query sees what the
-    workers committed meanwhile; inside one it never would, so it does not wait.
-    """
-    deadline = time.monotonic() + timeout
-    pause = POLL_FIRST_S
-    wanted = len(set(prediction_ids))
-    while True:
-        finished = Prediction.objects.filter(pk__in=prediction_ids, status__in=FINISHED).count()
-        if finished >= wanted:
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or connection.in_atomic_block:
-            return False
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 1.5, POLL_MAX_S)
 
 
 def training_run_list_with_checkpoints() -> QuerySet[TrainingRun]:

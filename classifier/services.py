@@ -14,6 +14,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
 
+from classifier import completion
 from classifier.models import Prediction, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 from training.models import Checkpoint
@@ -345,6 +346,7 @@ def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
             Prediction.objects.filter(pk=prediction.pk).update(
                 **{name: getattr(prediction, name) for name in _RESULT_FIELDS}
             )
+        completion.predictions_finished_announce(prediction_ids=[prediction.pk for prediction in predictions])
     return predictions
 
 

@@ -49,7 +49,7 @@ def test_a_prediction_whose_worker_is_killed_mid_run_completes_exactly_once_on_a
     done = wait_for_prediction(prediction_id, timeout=90)
     assert done.status == "done", done.error
     assert done.digit == 7 and done.started_at > killed.started_at
-    assert Prediction.objects.filter(upload=upload).count() == 1
+    assert Prediction.objects.filter(upload=prediction.upload_id).count() == 1
     assert succeeded_count(second) == 1
     assert len(list((settings.MEDIA_ROOT / "derived").rglob("*.png"))) == 1
 

@@ -1,0 +1,99 @@
+"""Waiting for predictions: woken by the worker's commit on PostgreSQL, cheap polling elsewhere, honest timeouts."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from classifier import services
+from classifier.completion import predictions_wait_finished
+from classifier.models import Prediction
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+on_postgresql = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="LISTEN/NOTIFY is PostgreSQL's")
+on_sqlite = pytest.mark.skipif("connection.vendor != 'sqlite'", reason="the polling fallback is for SQLite")
+
+
+@pytest.fixture
+def pending(user, digit_png):
+    def make(count: int = 1) -> list[Prediction]:
+        upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+        return services.predictions_create(uploads=[upload] * count, publish=False)
+
+    return make
+
+
+def _wait_timed(ids: list[int], timeout: float) -> tuple[bool, float, int]:
+    started = time.monotonic()
+    with CaptureQueriesContext(connection) as queries:
+        finished = predictions_wait_finished(prediction_ids=ids, timeout=timeout)
+    return finished, time.monotonic() - started, len(queries)
+
+
+def _execute_later(ids: list[int], delay: float) -> threading.Thread:
+    """What a worker does, from another thread with its own database connection."""
+
+    def run() -> None:
+        time.sleep(delay)
+        try:
+            services.predictions_execute(prediction_ids=ids)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_waiting_returns_at_once_when_everything_has_finished(pending):
+    done, failed = pending(2)
+    Prediction.objects.filter(pk=done.pk).update(status=Prediction.Status.DONE)
+    Prediction.objects.filter(pk=failed.pk).update(status=Prediction.Status.FAILED)
+    finished, elapsed, _ = _wait_timed([done.pk, failed.pk], timeout=5)
+    assert finished is True and elapsed < 0.1
+
+
+@on_postgresql
+def test_a_waiting_request_is_woken_by_the_commit_that_finishes_its_predictions(pending, active_checkpoint):
+    ids = [prediction.pk for prediction in pending(3)]
+    worker = _execute_later(ids, delay=0.3)
+    finished, elapsed, queries = _wait_timed(ids, timeout=10)
+    worker.join()
+    assert finished is True
+    assert 0.3 <= elapsed < 1.0
+    # LISTEN, one read, UNLISTEN: it slept on the connection instead of polling.
+    assert queries <= 4
+    assert set(Prediction.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"done"}
+
+
+@on_postgresql
+def test_waiting_for_pending_predictions_gives_up_after_the_timeout_without_polling(pending):
+    ids = [prediction.pk for prediction in pending(2)]
+    finished, elapsed, queries = _wait_timed(ids, timeout=0.3)
+    assert finished is False
+    assert 0.3 <= elapsed < 0.6
+    assert queries <= 4
+
+
+@on_sqlite
+def test_waiting_for_pending_predictions_gives_up_after_the_timeout_polling_cheaply(pending):
+    ids = [prediction.pk for prediction in pending(2)]
+    finished, elapsed, queries = _wait_timed(ids, timeout=0.3)
+    assert finished is False
+    assert 0.3 <= elapsed < 0.6
+    # Polled every 5-50 ms: more than a handful of queries, never a busy loop.
+    assert 5 <= queries <= 20
+
+
+@on_sqlite
+def test_a_polling_wait_sees_predictions_finished_by_another_connection(pending, active_checkpoint):
+    ids = [prediction.pk for prediction in pending(2)]
+    worker = _execute_later(ids, delay=0.2)
+    finished, elapsed, _ = _wait_timed(ids, timeout=10)
+    worker.join()
+    assert finished is True and 0.2 <= elapsed < 1.0
