@@ -9,8 +9,8 @@ from typing import IO
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import Case, F, Q, When
 from django.utils import timezone
 from PIL import Image
 
@@ -209,26 +209,26 @@ def predictions_sweep(*, now: dt.datetime | None = None) -> int:
 
 
 def _predictions_claim(*, prediction_ids: list[int], limit: int) -> list[Prediction]:
-    """Claim up to ``limit`` of these predictions, topped up with other waiting ones, for one forward pass.
+    """Claim up to ``limit`` predictions for one forward pass: these first, topped up with other waiting ones.
 
     The rows are locked with SKIP LOCKED, so two workers never claim the same
-    prediction. When none of ``prediction_ids`` is claimable (running and not
-    stale, or finished) nothing is claimed: a redelivered message is a no-op.
+    prediction. Those of ``prediction_ids`` already running (and not stale) or
+    finished are left alone: a redelivered message never recomputes a result.
     """
     now = timezone.now()
-    claimable = Q(status=Prediction.Status.PENDING) | Q(
-        status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after()
+    ours = Q(pk__in=prediction_ids) & (
+        Q(status=Prediction.Status.PENDING)
+        | Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
     )
-    locked = Prediction.objects.select_for_update(skip_locked=True).order_by("created_at", "pk")
     with transaction.atomic():
-        ids = list(locked.filter(claimable, pk__in=prediction_ids).values_list("pk", flat=True)[:limit])
+        ids = list(
+            Prediction.objects.select_for_update(skip_locked=True)
+            .filter(ours | Q(status=Prediction.Status.PENDING))
+            .order_by(Case(When(pk__in=prediction_ids, then=0), default=1), "created_at", "pk")
+            .values_list("pk", flat=True)[:limit]
+        )
         if not ids:
             return []
-        if len(ids) < limit:
-            # Waiting predictions ride along; their own messages then find them done and do nothing.
-            ids += locked.filter(status=Prediction.Status.PENDING).exclude(pk__in=ids).values_list("pk", flat=True)[
-                : limit - len(ids)
-            ]
         Prediction.objects.filter(pk__in=ids).update(status=Prediction.Status.RUNNING, started_at=now)
     return list(Prediction.objects.select_related("upload").filter(pk__in=ids).order_by("created_at", "pk"))
 
@@ -261,21 +261,22 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
     Safe to call twice with the same ids: each claim is atomic and a finished
     prediction is never recomputed, so the second call returns nothing.
     """
-    wanted, finished = set(prediction_ids), []
-    remaining = list(prediction_ids)
+    remaining, finished = set(prediction_ids), []
     while remaining:
-        batch = _predictions_claim(prediction_ids=remaining, limit=settings.INFERENCE_BATCH_SIZE)
-        if not batch:
-            break
+        batch = _predictions_claim(prediction_ids=sorted(remaining), limit=settings.INFERENCE_BATCH_SIZE)
         try:
-            finished += [prediction for prediction in _predictions_run(predictions=batch) if prediction.pk in wanted]
+            results = _predictions_run(predictions=batch) if batch else []
         except Exception as exc:
             if _is_transient(exc):
                 # Handing the claims back lets the task's retry (or a redelivery) claim them again at once.
                 _predictions_release(prediction_ids=[prediction.pk for prediction in batch])
             raise
-        claimed = {prediction.pk for prediction in batch}
-        remaining = [pk for pk in remaining if pk not in claimed]
+        ours = [prediction for prediction in results if prediction.pk in remaining]
+        if not ours:
+            # The rest are running elsewhere or finished; whatever rode along is done too.
+            break
+        finished += ours
+        remaining -= {prediction.pk for prediction in ours}
     if not finished:
         logger.info("predictions %s are already running or finished; nothing to do", prediction_ids)
     return finished
@@ -336,16 +337,23 @@ def _predictions_run(*, predictions: list[Prediction]) -> list[Prediction]:
 
 
 def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
-    """Store a batch's results in one transaction.
+    """Store a batch's results in one transaction, announced to waiting requests when it commits.
 
-    One plain UPDATE per row: Django's bulk_update builds a CASE expression per
-    field and row, which costs more than the statements it saves.
+    One parametrised UPDATE sent for every row at once (psycopg pipelines
+    executemany into a single round trip). Django's bulk_update builds a CASE
+    expression per field and row, and an ORM update per row rebuilds its query
+    each time; both cost more than the inference they record.
     """
-    with transaction.atomic():
-        for prediction in predictions:
-            Prediction.objects.filter(pk=prediction.pk).update(
-                **{name: getattr(prediction, name) for name in _RESULT_FIELDS}
-            )
+    fields = [Prediction._meta.get_field(name) for name in _RESULT_FIELDS]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    sql = f"UPDATE {quote(Prediction._meta.db_table)} SET {assignments} WHERE {quote('id')} = %s"
+    rows = [
+        [field.get_db_prep_save(getattr(prediction, field.attname), connection) for field in fields] + [prediction.pk]
+        for prediction in predictions
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
         completion.predictions_finished_announce(prediction_ids=[prediction.pk for prediction in predictions])
     return predictions
 
