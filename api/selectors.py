@@ -41,7 +41,7 @@ def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) 
 
 def predictions_for_ids(*, prediction_ids: list[int]) -> list[Prediction]:
     """The given predictions in the given order (they were just created by the caller)."""
-    by_id = Prediction.objects.select_related("upload", "checkpoint").in_bulk(prediction_ids)
+    by_id = {prediction.pk: prediction for prediction in Prediction.objects.select_related("upload").filter(pk__in=prediction_ids)}
     return [by_id[pk] for pk in prediction_ids if pk in by_id]
 
 

@@ -72,24 +72,23 @@ def bench_tutorial(images: list[bytes], workdir: Path, concurrencies: list[int])
         process.wait(timeout=20)
 
 
+def upload_load(stack, images: list[bytes], batch: int, concurrency: int):
+    """Every image uploaded once through the API, ``batch`` per request, waiting for the results."""
+    field = "image" if batch == 1 else "images"
+    requests = [
+        multipart([(field, f"digit{j}.png", image) for j, image in enumerate(images[i : i + batch])])
+        + (len(images[i : i + batch]),)
+        for i in range(0, len(images), batch)
+    ]
+    return run_load(base_url=stack.base_url, path="/api/v1/predictions/?wait=30", requests=requests,
+                    concurrency=concurrency, headers={"Authorization": f"Token {stack.token}"}, accept=all_done)
+
+
 def bench_stack(images: list[bytes], workdir: Path, concurrencies: list[int], per_request: int) -> tuple[dict, dict]:
     with running_stack(workdir / "stack") as stack:
-        headers = {"Authorization": f"Token {stack.token}"}
-        path = "/api/v1/predictions/?wait=30"
-
-        def load(batch: int, concurrency: int):
-            field = "image" if batch == 1 else "images"
-            requests = [
-                multipart([(field, f"digit{j}.png", image) for j, image in enumerate(images[i : i + batch])])
-                + (len(images[i : i + batch]),)
-                for i in range(0, len(images), batch)
-            ]
-            return run_load(base_url=stack.base_url, path=path, requests=requests, concurrency=concurrency,
-                            headers=headers, accept=all_done)
-
-        load(1, 2)  # warm-up: model loaded, connections open
-        single = measure("stack single", lambda c: load(1, c), concurrencies)
-        multi = measure(f"stack multi x{per_request}", lambda c: load(per_request, c), concurrencies)
+        upload_load(stack, images, 1, 2)  # warm-up: model loaded, connections open
+        single = measure("stack single", lambda c: upload_load(stack, images, 1, c), concurrencies)
+        multi = measure(f"stack multi x{per_request}", lambda c: upload_load(stack, images, per_request, c), concurrencies)
     return single, multi
 
 

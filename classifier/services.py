@@ -140,7 +140,8 @@ def predictions_create(*, uploads: list[Upload], publish: bool = True) -> list[P
     """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process."""
     # Counted as published up front: the publish after commit then costs no UPDATE unless it fails.
     published = {"publish_attempts": 1, "published_at": timezone.now()} if publish else {}
-    with transaction.atomic():
+    # Inside a caller's transaction a savepoint would add two round trips and protect nothing.
+    with transaction.atomic(savepoint=False):
         predictions = Prediction.objects.bulk_create([Prediction(upload=upload, **published) for upload in uploads])
         ids = [prediction.pk for prediction in predictions]
         if publish and ids:
