@@ -222,16 +222,20 @@ def _predictions_claim(*, prediction_ids: list[int], limit: int) -> list[Predict
         | Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
     )
     with transaction.atomic():
-        ids = list(
-            Prediction.objects.select_for_update(skip_locked=True)
+        batch = list(
+            # Only the prediction rows are locked; their uploads stay free for everyone else.
+            Prediction.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("upload")
             .filter(ours | Q(status=Prediction.Status.PENDING))
-            .order_by(Case(When(pk__in=prediction_ids, then=0), default=1), "created_at", "pk")
-            .values_list("pk", flat=True)[:limit]
+            .order_by(Case(When(pk__in=prediction_ids, then=0), default=1), "created_at", "pk")[:limit]
         )
-        if not ids:
-            return []
-        Prediction.objects.filter(pk__in=ids).update(status=Prediction.Status.RUNNING, started_at=now)
-    return list(Prediction.objects.select_related("upload").filter(pk__in=ids).order_by("created_at", "pk"))
+        if batch:
+            Prediction.objects.filter(pk__in=[p.pk for p in batch]).update(
+                status=Prediction.Status.RUNNING, started_at=now
+            )
+    for prediction in batch:
+        prediction.status, prediction.started_at = Prediction.Status.RUNNING, now
+    return batch
 
 
 def _prediction_fail(*, prediction: Prediction, error: str, checkpoint: Checkpoint | None = None) -> Prediction:
