@@ -24,4 +24,5 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \
 USER mnistsite
 
 EXPOSE 8000
-CMD ["gunicorn", "mnistsite.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4"]
+# Processes, threads and the port: gunicorn.conf.py, read from the working directory.
+CMD ["gunicorn", "mnistsite.wsgi:application"]

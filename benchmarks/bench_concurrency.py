@@ -14,7 +14,7 @@ from benchmarks.loadgen import mnist_pngs  # noqa: E402
 from benchmarks.stack import running_stack  # noqa: E402
 
 # (gunicorn processes, threads per process, Celery inference pool processes)
-LAYOUTS = [(2, 4, 1), (1, 8, 1), (3, 2, 1), (4, 1, 1), (2, 4, 2), (3, 4, 2)]
+LAYOUTS = [(2, 4, 1), (1, 8, 1), (4, 1, 1), (1, 8, 2), (2, 4, 2), (1, 16, 2)]
 
 
 def main() -> None:

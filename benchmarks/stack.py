@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = os.environ.get("BENCH_DB", "mnistsite_bench")
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2")
+# Inference pool processes unless a benchmark asks otherwise: what docker-compose.yml runs.
+INFERENCE_CONCURRENCY = 2
 
 
 @dataclass
@@ -97,9 +99,14 @@ def _wait_log(path: Path, needle: str, timeout: float) -> None:
 
 @contextmanager
 def running_stack(
-    workdir: Path, *, port: int = 8765, web_workers: int = 2, web_threads: int = 4, worker_concurrency: int = 1
+    workdir: Path,
+    *,
+    port: int = 8765,
+    web_workers: int | None = None,
+    web_threads: int | None = None,
+    worker_concurrency: int | None = None,
 ):
-    """Migrate a fresh database, train a small model, then serve it with gunicorn and a Celery worker."""
+    """Migrate a fresh database, train a small model, then serve it with gunicorn (gunicorn.conf.py unless told otherwise) and a Celery worker."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = stack_env(workdir)
     _recreate_database()
@@ -112,12 +119,14 @@ def running_stack(
     processes = [
         _start(
             [sys.executable, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(web_workers), "--threads", str(web_threads)],
+             *(["--workers", str(web_workers)] if web_workers else []),
+             *(["--threads", str(web_threads)] if web_threads else [])],
             env, workdir / "gunicorn.log",
         ),
         _start(
             [sys.executable, "-m", "celery", "-A", "mnistsite", "worker", "-Q", "inference",
-             "-c", str(worker_concurrency), "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+             "-c", str(worker_concurrency or INFERENCE_CONCURRENCY), "--without-gossip", "--without-mingle",
+             "--loglevel", "INFO"],
             env, workdir / "worker.log",
         ),
     ]

@@ -98,8 +98,9 @@ def main() -> int:
             env=env,
         ),
         start(
+            # Processes and threads come from gunicorn.conf.py.
             [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}",
-             "--workers", "2", "--threads", "4", "--access-logfile", "-"],
+             "--access-logfile", "-"],
             env=env,
         ),
     ]
