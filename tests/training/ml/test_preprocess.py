@@ -8,7 +8,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from training.ml.data import MNIST_MEAN, MNIST_STD
-from training.ml.preprocess import EmptyImageError, preprocess, preprocess_many, to_tensor, to_uint8
+from training.ml.preprocess import (
+    EmptyImageError,
+    _pad_edge,
+    _quantile,
+    preprocess,
+    preprocess_many,
+    to_tensor,
+    to_uint8,
+)
 
 
 def _digit(size=(200, 200), *, ink=0, paper=255, mode="L", box=(60, 30, 140, 170), width=12):
@@ -128,3 +136,17 @@ def test_to_uint8_is_the_model_view_as_an_image():
     view = to_uint8(digit)
     assert view.dtype == np.uint8 and view.shape == (28, 28) and view.max() == 255
     Image.fromarray(view).save(io.BytesIO(), format="PNG")
+
+
+@pytest.mark.parametrize("shape,axis", [((7,), -1), ((64,), -1), ((5, 6, 16), 2), ((3, 4, 1), 2), ((2, 3, 9), 2)])
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_the_fast_quantile_matches_numpy_to_the_last_bit(shape, axis, q):
+    values = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    np.testing.assert_array_equal(_quantile(values, q, axis=axis), np.quantile(values, q, axis=axis))
+
+
+@pytest.mark.parametrize("before,after", [((1, 1), (1, 1)), ((0, 0), (3, 2)), ((0, 0), (0, 0))])
+def test_edge_padding_matches_numpy(before, after):
+    values = np.arange(20, dtype=np.float32).reshape(4, 5)
+    expected = np.pad(values, ((before[0], after[0]), (before[1], after[1])), mode="edge")
+    np.testing.assert_array_equal(_pad_edge(values, before, after), expected)
