@@ -148,7 +148,7 @@ class PredictionSerializer(serializers.Serializer):
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_input_image_url(self, prediction: Prediction) -> str | None:
-        if not prediction.input_image:
+        if not prediction.input_pixels:
             return None
         return _absolute(self.context.get("request"), reverse("api:prediction-input-image", args=[prediction.pk]))
 

@@ -142,7 +142,7 @@ class PredictionAdmin(admin.ModelAdmin):
     list_select_related = ("upload", "upload__owner", "checkpoint")
     actions = [rerun_uploads]
     readonly_fields = (
-        "upload", "checkpoint", "status", "digit", "confidence", "probabilities", "input_image", "device",
+        "upload", "checkpoint", "status", "digit", "confidence", "probabilities", "model_input", "device",
         "queue_ms", "compute_ms", "error", "publish_attempts", "published_at", "created_at", "started_at", "finished_at",
     )
 
@@ -152,6 +152,16 @@ class PredictionAdmin(admin.ModelAdmin):
     @admin.display(description="image")
     def thumbnail(self, obj):
         return _thumbnail(obj.upload_id)
+
+    @admin.display(description="model input")
+    def model_input(self, obj):
+        if not obj.input_pixels:
+            return "–"
+        return format_html(
+            '<img src="{}" alt="The 28x28 picture the model saw" width="112" height="112" '
+            'style="image-rendering:pixelated;background:#000">',
+            reverse("classifier:prediction_input", args=[obj.pk]),
+        )
 
     @admin.display(description="upload", ordering="upload_id")
     def upload_link(self, obj):

@@ -8,12 +8,17 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+# Width and height of the picture the model sees (training.ml.preprocess.SIDE, without importing torch here).
+INPUT_SIDE = 28
+
+
 def upload_image_path(instance: "Upload", filename: str) -> str:
     # The client's file name never reaches the file system.
     return f"uploads/{instance.created_at:%Y/%m/%d}/{uuid.uuid4().hex}.png"
 
 
 def prediction_input_path(instance: "Prediction", filename: str) -> str:
+    # Only migration 0001 still refers to this: model inputs now live in the row (input_pixels).
     return f"derived/inputs/{uuid.uuid4().hex}.png"
 
 
@@ -67,7 +72,8 @@ class Prediction(models.Model):
     digit = models.PositiveSmallIntegerField(null=True, blank=True)
     confidence = models.FloatField(null=True, blank=True)
     probabilities = models.JSONField(null=True, blank=True)
-    input_image = models.ImageField(upload_to=prediction_input_path, blank=True)
+    # The 28x28 uint8 picture the model saw, row by row (784 bytes); rendered as PNG when asked for.
+    input_pixels = models.BinaryField(null=True, blank=True, editable=False)
     device = models.CharField(max_length=32, blank=True)
     queue_ms = models.FloatField(null=True, blank=True)
     compute_ms = models.FloatField(null=True, blank=True)

@@ -118,10 +118,8 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
 
 
 def upload_delete(*, upload: Upload) -> None:
-    """Delete an upload, its predictions and every file they own (the image and the derived 28x28 PNGs)."""
-    names = [upload.image.name] + [
-        name for name in upload.predictions.exclude(input_image="").values_list("input_image", flat=True)
-    ]
+    """Delete an upload, its predictions and its image file."""
+    names = [upload.image.name]
     with transaction.atomic():
         upload.delete()
         # Files go only once the rows are gone for good.
@@ -288,7 +286,7 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
 
 
 _RESULT_FIELDS = [
-    "status", "checkpoint", "digit", "confidence", "probabilities", "input_image", "device",
+    "status", "checkpoint", "digit", "confidence", "probabilities", "input_pixels", "device",
     "queue_ms", "compute_ms", "error", "finished_at",
 ]
 
@@ -327,7 +325,7 @@ def _predictions_run(*, predictions: list[Prediction]) -> list[Prediction]:
                 prediction=prediction, error=f"The image could not be prepared: {result}", checkpoint=checkpoint
             )
         else:
-            prediction.input_image.save("input.png", ContentFile(result.input_png), save=False)
+            prediction.input_pixels = result.input_pixels
             prediction.status = Prediction.Status.DONE
             prediction.checkpoint = checkpoint
             prediction.digit = result.digit

@@ -1,6 +1,7 @@
 """Pages and small JSON/image endpoints for uploading, watching results and browsing history."""
 from __future__ import annotations
 
+import io
 import logging
 
 from django.conf import settings
@@ -13,10 +14,11 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from PIL import Image
 
 from classifier import selectors, services
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
-from classifier.models import Prediction
+from classifier.models import INPUT_SIDE, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def prediction_payload(prediction: Prediction) -> dict:
         "queue_ms": prediction.queue_ms,
         "compute_ms": prediction.compute_ms,
         "input_image_url": (
-            reverse("classifier:prediction_input", args=[prediction.pk]) if prediction.input_image else None
+            reverse("classifier:prediction_input", args=[prediction.pk]) if prediction.input_pixels else None
         ),
     }
 
@@ -155,17 +157,20 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("classifier:prediction_detail", pk=pk)
 
 
-def _image_response(file, *, filename: str) -> FileResponse:
-    try:
-        handle = file.open("rb")
-    except (FileNotFoundError, ValueError):
-        raise Http404("The image file is gone.") from None
-    response = FileResponse(handle, content_type="image/png", filename=filename)
+def _private_png(response: HttpResponse, *, filename: str) -> HttpResponse:
     response["Content-Disposition"] = f'inline; filename="{filename}"'
     response["X-Content-Type-Options"] = "nosniff"
     # Private pictures: browsers may keep them, shared caches must not.
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+def _image_response(file, *, filename: str) -> FileResponse:
+    try:
+        handle = file.open("rb")
+    except (FileNotFoundError, ValueError):
+        raise Http404("The image file is gone.") from None
+    return _private_png(FileResponse(handle, content_type="image/png", filename=filename), filename=filename)
 
 
 @require_GET
@@ -177,11 +182,16 @@ def upload_image(request: HttpRequest, pk: int) -> FileResponse:
 
 
 @require_GET
-def prediction_input(request: HttpRequest, pk: int) -> FileResponse:
+def prediction_input(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = selectors.prediction_get_for_viewer(user=request.user, prediction_id=pk)
-    if prediction is None or not prediction.input_image:
+    if prediction is None or not prediction.input_pixels:
         raise Http404("No such image.")
-    return _image_response(prediction.input_image, filename=f"prediction-{prediction.pk}-input.png")
+    picture = Image.frombytes("L", (INPUT_SIDE, INPUT_SIDE), bytes(prediction.input_pixels))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return _private_png(
+        HttpResponse(out.getvalue(), content_type="image/png"), filename=f"prediction-{prediction.pk}-input.png"
+    )
 
 
 @require_GET

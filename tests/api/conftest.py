@@ -88,7 +88,7 @@ def make_prediction(db):
             prediction.confidence = confidence
             prediction.probabilities = [confidence if d == digit else rest for d in range(10)]
             prediction.queue_ms, prediction.compute_ms = 12.5, 3.0
-            prediction.input_image.save("input.png", io.BytesIO(seven_png(size=28)), save=False)
+            prediction.input_pixels = Image.open(io.BytesIO(seven_png(size=28))).convert("L").tobytes()
             prediction.save()
         return prediction
 

@@ -5,7 +5,6 @@ import io
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -37,7 +36,7 @@ def owned(user, digit_png):
     """An upload with a finished-looking prediction (including its model-input picture) and a training run."""
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    prediction.input_image.save("input.png", ContentFile(digit_png(0)), save=False)
+    prediction.input_pixels = bytes(range(28)) * 28
     prediction.status, prediction.digit = "done", 7
     prediction.save()
     run = TrainingRun.objects.create(architecture="mlp", epochs=1, batch_size=8, learning_rate=0.01)
