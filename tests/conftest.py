@@ -70,45 +70,63 @@ def celery_worker_process(transactional_db, isolated_storage, tmp_path):
 
 
 
-class InferenceQueue:
-    """The real broker's inference queue, emptied for one test: what the code under test published to it."""
+class BrokerQueue:
+    """One of the real broker's queues, emptied for a test: the task messages the code under test sent to it."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, name: str):
+        self.app, self.name = app, name
 
     def purge(self) -> None:
         with self.app.connection_for_write() as conn:
-            conn.default_channel.queue_purge("inference")
+            conn.default_channel.queue_purge(self.name)
 
-    def prediction_ids(self) -> list[int]:
-        """Take every waiting message off the queue; the prediction ids they carry, in publishing order."""
-        ids: list[int] = []
-        with self.app.connection_for_read() as conn, conn.SimpleQueue("inference", no_ack=True) as queue:
+    def messages(self) -> list[dict]:
+        """Take every waiting message off the queue, oldest first: task name, id, args and kwargs of each."""
+        taken = []
+        with self.app.connection_for_read() as conn, conn.SimpleQueue(self.name, no_ack=True) as queue:
             while True:
                 try:
                     message = queue.get(block=False)
                 except queue.Empty:
-                    return ids
-                assert message.headers["task"] == "classifier.tasks.predictions_execute", message.headers
-                (prediction_ids,), _kwargs, _embed = message.decode()
-                ids += prediction_ids
+                    return taken
+                args, kwargs, _embed = message.decode()
+                taken.append({"task": message.headers["task"], "id": message.headers["id"], "args": args,
+                              "kwargs": kwargs})
+
+    def prediction_ids(self) -> list[int]:
+        """The prediction ids carried by the inference messages taken off the queue, in publishing order."""
+        ids: list[int] = []
+        for message in self.messages():
+            assert message["task"] == "classifier.tasks.predictions_execute", message
+            ids += message["args"][0]
+        return ids
 
 
-@pytest.fixture
-def published():
-    """Prediction ids sent to the real broker during the test (the queue starts empty)."""
+def _broker_queue(name: str):
     from mnistsite.celery import app
 
-    queue = InferenceQueue(app)
+    queue = BrokerQueue(app, name)
     queue.purge()
     yield queue
     queue.purge()
 
 
 @pytest.fixture
-def broker_down(settings):
-    """Publishing goes to a port where no broker listens: every send fails at once with a connection error."""
-    from tests.processes import broker_switched
+def published():
+    """Prediction tasks sent to the real broker's inference queue during the test (it starts empty)."""
+    yield from _broker_queue("inference")
 
-    with broker_switched(settings, "redis://127.0.0.1:1/0"):
+
+@pytest.fixture
+def training_queue():
+    """Training tasks sent to the real broker's training queue during the test (it starts empty)."""
+    yield from _broker_queue("training")
+
+
+@pytest.fixture
+def broker_down(settings):
+    """Publishing goes where no broker listens, for the whole test."""
+    from tests.processes import NO_BROKER_URL, broker_switched
+
+    with broker_switched(settings, NO_BROKER_URL):
         yield

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import connection
 
 REPO = Path(__file__).resolve().parent.parent
+# Nothing listens on port 1: every publish there fails at once with a connection error.
+NO_BROKER_URL = "redis://127.0.0.1:1/0"
 
 
 def database_url() -> str:

@@ -1,5 +1,4 @@
 """The training admin: only staff with permissions start, cancel and activate; pages show progress and charts."""
-from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -64,25 +63,23 @@ def test_staff_without_training_permissions_are_forbidden(client, plain_staff, q
     assert not checkpoint.is_active and TrainingRun.objects.count() == 1
 
 
-def test_staff_with_the_add_permission_can_start_a_run(client, plain_staff, django_capture_on_commit_callbacks):
+def test_staff_with_the_add_permission_can_start_a_run(client, plain_staff, training_queue, django_capture_on_commit_callbacks):
     plain_staff.user_permissions.add(Permission.objects.get(codename="add_trainingrun"))
     client.force_login(plain_staff)
-    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
-        with django_capture_on_commit_callbacks(execute=True):
-            response = client.post(START, {**FORM, "activate_on_success": "on"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(START, {**FORM, "activate_on_success": "on"})
     run = TrainingRun.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("admin:training_trainingrun_change", args=[run.pk])
     assert run.created_by == plain_staff and run.architecture == "mlp" and run.train_subset == 300
     assert run.activate_on_success and not run.augment
-    apply_async.assert_called_once_with(kwargs={"run_id": run.pk}, task_id=run.celery_task_id)
+    assert [(m["kwargs"], m["id"]) for m in training_queue.messages()] == [({"run_id": run.pk}, run.celery_task_id)]
 
 
 def test_the_start_page_shows_the_form_and_fills_blank_fields_from_the_recipe(client, staff_user):
     client.force_login(staff_user)
     page = client.get(START)
     assert page.status_code == 200 and b"Start training run" in page.content
-    with mock.patch("training.tasks.training_run_execute.apply_async"):
-        client.post(START, {"architecture": "mlp", "seed": "3", "device": "cpu"})
+    client.post(START, {"architecture": "mlp", "seed": "3", "device": "cpu"})
     run = TrainingRun.objects.get()
     assert (run.epochs, run.batch_size, run.learning_rate, run.seed) == (5, 100, 1e-3, 3)
 

@@ -37,17 +37,14 @@ def test_train_sync_trains_in_process_and_prints_a_json_line(trained):
     assert f"run {run.pk}" in err  # the tqdm bar and summary go to stderr
 
 
-def test_train_without_sync_queues_the_run(django_capture_on_commit_callbacks):
-    from unittest import mock
-
-    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
-        with django_capture_on_commit_callbacks(execute=True):
-            result, _, _ = _run("train", "--arch", "cnn", "--epochs", "2", "--no-augment")
+def test_train_without_sync_queues_the_run(training_queue, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        result, _, _ = _run("train", "--arch", "cnn", "--epochs", "2", "--no-augment")
     run = TrainingRun.objects.get(pk=result["run"])
     assert result["checkpoint"] is None and result["test_accuracy"] is None
     assert run.status == TrainingRun.Status.QUEUED and not run.augment and run.epochs == 2
     assert run.batch_size == 128  # the CNN recipe's default
-    apply_async.assert_called_once()
+    assert [message["kwargs"] for message in training_queue.messages()] == [{"run_id": run.pk}]
 
 
 def test_train_rejects_an_invalid_recipe():

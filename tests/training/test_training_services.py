@@ -1,6 +1,5 @@
 """Training services: creating, executing, cancelling and reaping runs; registering and activating checkpoints."""
 from datetime import timedelta
-from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -9,6 +8,7 @@ from django.utils import timezone
 
 from training import services
 from training.ml.atomic import sha256_file
+from tests.processes import NO_BROKER_URL, broker_switched
 from training.models import Checkpoint, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -27,28 +27,34 @@ def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_rec
     assert not TrainingRun.objects.exists()
 
 
-def test_creating_a_run_publishes_it_only_after_the_transaction_commits(tiny_recipe, django_capture_on_commit_callbacks):
-    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
-        with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            run = services.training_run_create(created_by=None, **tiny_recipe)
-        apply_async.assert_not_called()
-        for callback in callbacks:
-            callback()
+def _sent_run_ids(queue) -> list[int]:
+    return [message["kwargs"]["run_id"] for message in queue.messages()]
+
+
+def test_creating_a_run_publishes_it_only_after_the_transaction_commits(
+    tiny_recipe, training_queue, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        run = services.training_run_create(created_by=None, **tiny_recipe)
+    assert training_queue.messages() == []
+    for callback in callbacks:
+        callback()
     run.refresh_from_db()
-    apply_async.assert_called_once_with(kwargs={"run_id": run.pk}, task_id=run.celery_task_id)
+    (message,) = training_queue.messages()
+    assert message["task"] == "training.tasks.training_run_execute"
+    assert (message["kwargs"], message["id"]) == ({"run_id": run.pk}, run.celery_task_id)
     assert run.status == TrainingRun.Status.QUEUED
 
 
-def test_a_run_whose_message_could_not_be_published_is_republished_by_the_reaper(tiny_recipe):
-    with mock.patch("training.tasks.training_run_execute.apply_async", side_effect=ConnectionError("broker down")):
+def test_a_run_whose_message_could_not_be_published_is_republished_by_the_reaper(tiny_recipe, training_queue, settings):
+    with broker_switched(settings, NO_BROKER_URL):
         run = _create(tiny_recipe)
         assert services.training_run_publish(run_id=run.pk) is None
     run.refresh_from_db()
     assert run.celery_task_id == ""
-    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
-        outcome = services.training_runs_reap(now=timezone.now() + timedelta(minutes=5))
+    outcome = services.training_runs_reap(now=timezone.now() + timedelta(minutes=5))
     assert outcome["republished"] == [run.pk]
-    apply_async.assert_called_once()
+    assert _sent_run_ids(training_queue) == [run.pk]
 
 
 def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_recipe):
@@ -79,32 +85,35 @@ def test_a_run_succeeds_without_activation_unless_asked(tiny_recipe, make_checkp
 
 def test_a_redelivered_run_message_does_not_train_twice(tiny_recipe):
     run = _create(tiny_recipe)
-    assert services.training_run_execute(run_id=run.pk) is not None
-    with mock.patch("training.ml.recipe.fit", side_effect=AssertionError("trained twice")) as fit:
-        assert services.training_run_execute(run_id=run.pk) is None
-    fit.assert_not_called()
+    first = services.training_run_execute(run_id=run.pk)
+    assert first is not None
+    assert services.training_run_execute(run_id=run.pk) is None
     run.refresh_from_db()
+    # Training again would have counted an attempt, restarted the clock and written more checkpoints.
     assert run.attempts == 1 and run.status == TrainingRun.Status.SUCCEEDED
-    assert run.checkpoints.filter(is_final=True).count() == 1
+    assert (run.started_at, run.finished_at) == (first.started_at, first.finished_at)
+    assert run.checkpoints.count() == 2
 
 
 def test_a_run_that_is_already_running_is_not_executed_again(tiny_recipe):
     run = _create(tiny_recipe)
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, attempts=1)
-    with mock.patch("training.ml.recipe.fit") as fit:
-        assert services.training_run_execute(run_id=run.pk) is None
-    fit.assert_not_called()
+    assert services.training_run_execute(run_id=run.pk) is None
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.attempts == 1
+    assert run.progress == 0 and not run.checkpoints.exists()
 
 
-def test_a_run_that_raises_is_marked_failed_with_the_error(tiny_recipe):
+def test_a_run_that_raises_is_marked_failed_with_the_error(tiny_recipe, settings, tmp_path):
+    # The checkpoint folder is a file: the first checkpoint cannot be written.
+    settings.CHECKPOINT_DIR = tmp_path / "checkpoints"
+    settings.CHECKPOINT_DIR.write_text("not a folder")
     run = _create(tiny_recipe)
-    with mock.patch("training.ml.recipe.fit", side_effect=RuntimeError("out of memory")):
-        services.training_run_execute(run_id=run.pk)
+    services.training_run_execute(run_id=run.pk)
     run.refresh_from_db()
-    assert run.status == TrainingRun.Status.FAILED
-    assert run.error == "RuntimeError: out of memory" and run.finished_at is not None
+    assert run.status == TrainingRun.Status.FAILED and run.finished_at is not None
+    assert run.error.startswith(("FileExistsError", "NotADirectoryError")), run.error
+    assert not run.checkpoints.exists()
 
 
 def test_cancelling_a_queued_run_cancels_it_at_once(tiny_recipe):
@@ -184,7 +193,7 @@ def test_the_reaper_cancels_a_stale_run_that_was_asked_to_cancel(tiny_recipe):
 
 
 def test_a_stale_run_is_requeued_and_resumes_from_its_last_epoch_checkpoint(
-    tiny_recipe, django_capture_on_commit_callbacks
+    tiny_recipe, training_queue, django_capture_on_commit_callbacks
 ):
     run = _create(tiny_recipe, epochs=2)
 
@@ -201,10 +210,9 @@ def test_a_stale_run_is_requeued_and_resumes_from_its_last_epoch_checkpoint(
     # What a killed worker leaves behind: still "running", heartbeat going stale.
     _make_stale(run, attempts=1)
 
-    with mock.patch("training.tasks.training_run_execute.apply_async") as apply_async:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert services.training_runs_reap()["requeued"] == [run.pk]
-    apply_async.assert_called_once()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.training_runs_reap()["requeued"] == [run.pk]
+    assert _sent_run_ids(training_queue) == [run.pk]
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.QUEUED
 
     epochs_trained = set()

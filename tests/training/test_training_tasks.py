@@ -1,9 +1,10 @@
 """Training tasks through a real Celery worker process, and the task wrappers' idempotence."""
 import time
-from unittest import mock
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from training import services, tasks
 from training.ml.atomic import sha256_file
@@ -50,18 +51,24 @@ def test_a_running_run_in_a_real_worker_stops_when_cancelled(celery_worker_proce
 def test_the_execute_task_run_twice_for_one_run_trains_once(tiny_recipe):
     run = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
     tasks.training_run_execute.apply(kwargs={"run_id": run.pk})
-    with mock.patch("training.ml.recipe.fit") as fit:
-        tasks.training_run_execute.apply(kwargs={"run_id": run.pk})
-    fit.assert_not_called()
+    first = TrainingRun.objects.get(pk=run.pk)
+    tasks.training_run_execute.apply(kwargs={"run_id": run.pk})
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED and run.attempts == 1
+    assert run.finished_at == first.finished_at and run.checkpoints.count() == first.checkpoints.count()
 
 
 @pytest.mark.django_db
-def test_the_reap_task_calls_the_reaper_service():
-    with mock.patch("training.services.training_runs_reap", return_value={"failed": [1]}) as reap:
-        assert tasks.training_runs_reap.apply().get() == {"failed": [1]}
-    reap.assert_called_once_with()
+def test_the_reap_task_fails_a_run_whose_worker_stopped_reporting(tiny_recipe, settings):
+    run = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+    # Running on its last allowed attempt and silent for longer than the stale limit.
+    long_ago = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS + 60)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=services.MAX_ATTEMPTS, started_at=long_ago, heartbeat_at=long_ago
+    )
+    outcome = tasks.training_runs_reap.apply().get()
+    assert outcome["failed"] == [run.pk]
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.FAILED
 
 
 def test_training_tasks_are_routed_to_the_training_queue():
