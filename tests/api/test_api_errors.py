@@ -58,20 +58,19 @@ def test_a_too_large_file_among_other_errors_makes_the_whole_response_413():
     assert [item["code"] for item in error_body["details"]] == ["not_image", "too_large"]
 
 
-def test_an_unexpected_error_is_a_500_envelope_and_still_reported(user_client, monkeypatch):
+def test_an_unexpected_error_is_a_500_envelope_and_still_reported(user_client, user, make_prediction):
     from django.core.signals import got_request_exception
 
-    from api import selectors
+    from classifier.models import Prediction
 
-    def explode(**kwargs):
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(selectors, "prediction_list_for_user", explode)
+    # A row damaged outside the application: its probabilities are no longer numbers.
+    prediction = make_prediction(owner=user, done=True)
+    Prediction.objects.filter(pk=prediction.pk).update(probabilities=["boom"] * 10)
     reported = []
     got_request_exception.connect(lambda **kw: reported.append(kw), weak=False, dispatch_uid="api-test")
     user_client.raise_request_exception = False
     try:
-        response = user_client.get("/api/v1/predictions/")
+        response = user_client.get(f"/api/v1/predictions/{prediction.pk}/")
     finally:
         got_request_exception.disconnect(dispatch_uid="api-test")
 
