@@ -121,6 +121,26 @@ def test_a_prediction_running_elsewhere_is_not_claimed_twice(user, digit_png, ac
     assert Prediction.objects.get(pk=prediction.pk).status == "running"
 
 
+def test_a_prediction_running_on_a_dead_worker_is_claimed_again_once_stale(user, digit_png, active_checkpoint, settings):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    stale = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_RUNNING_STALE_AFTER_SECONDS + 5)
+    Prediction.objects.filter(pk=prediction.pk).update(status="running", started_at=stale)
+    finished = services.prediction_execute(prediction_id=prediction.pk)
+    assert finished is not None and finished.status == "done" and finished.started_at > stale
+
+
+def test_a_batch_takes_the_messages_own_predictions_first_then_the_oldest_waiting(user, digit_png, active_checkpoint, settings):
+    settings.INFERENCE_BATCH_SIZE = 2
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    older, old, own = services.predictions_create(uploads=[upload] * 3, publish=False)
+    finished = services.predictions_execute(prediction_ids=[own.pk])
+    assert [p.pk for p in finished] == [own.pk]
+    statuses = dict(Prediction.objects.values_list("pk", "status"))
+    # The batch of two was topped up with the oldest waiting prediction only.
+    assert statuses == {own.pk: "done", older.pk: "done", old.pk: "pending"}
+
+
 def test_an_image_without_ink_fails_with_a_clear_error(user, active_checkpoint):
     from classifier.validation import ValidatedImage
     from tests.classifier.fixtures import png_bytes
