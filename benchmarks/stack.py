@@ -5,6 +5,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,13 @@ def _wait_log(path: Path, needle: str, timeout: float) -> None:
     raise TimeoutError(f"{path.name} never printed {needle!r}:\n{path.read_text(errors='replace')[-3000:]}")
 
 
+def _refuse_busy_port(port: int) -> None:
+    # A server left over from an earlier run would answer instead of ours, with other code and other files.
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"something already listens on port {port}; stop it before benchmarking")
+
+
 @contextmanager
 def running_stack(
     workdir: Path,
@@ -107,6 +115,7 @@ def running_stack(
     worker_concurrency: int | None = None,
 ):
     """Migrate a fresh database, train a small model, then serve it with gunicorn (gunicorn.conf.py unless told otherwise) and a Celery worker."""
+    _refuse_busy_port(port)
     workdir.mkdir(parents=True, exist_ok=True)
     env = stack_env(workdir)
     _recreate_database()
