@@ -1,12 +1,12 @@
 """Gunicorn settings for `make run`, the container and the benchmarks; each one can be overridden from the environment."""
 import os
 
-# Chosen by `make bench-concurrency` on a 2-core machine that also runs PostgreSQL, Redis and the inference
-# worker (numbers in the README): the request path is mostly waiting on PostgreSQL, Redis and the worker, so
-# threads overlap those waits, and a single process leaves both cores to the worker and the database.
-# On a machine of its own, raise GUNICORN_WORKERS towards the number of cores.
-workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Chosen by `make bench-concurrency` on a 2-core machine that also runs PostgreSQL, Redis and two inference
+# processes (numbers in the README): threads overlap a request's waits on the database, the broker and the
+# worker; a second process lets the web tier use both cores when uploads are large. Single-image throughput
+# was within a few percent across 1-4 processes; batches of 32 were fastest with 2 x 4.
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # `?wait` holds a request for up to 30 seconds; the timeout is only for a process that stopped answering at all.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))

@@ -135,11 +135,10 @@ class PredictionListCreateApi(GenericAPIView):
             created = classifier_services.predictions_submit(owner=request.user, files=files, source=Upload.Source.API)
         except DjangoValidationError as exc:
             return validation_error_response(exc, field=field)
-        ids = [prediction.pk for prediction in created]
         wait = query.validated_data.get("wait") or 0
         if wait:
-            completion.predictions_wait_finished(prediction_ids=ids, timeout=wait)
-        predictions = selectors.predictions_for_ids(prediction_ids=ids)
+            completion.predictions_wait_finished(prediction_ids=[prediction.pk for prediction in created], timeout=wait)
+        predictions = selectors.predictions_reload(predictions=created)
         finished = all(p.status in completion.FINISHED for p in predictions)
         return Response(
             {"predictions": _represent(request, predictions)},

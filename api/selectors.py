@@ -39,10 +39,13 @@ def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) 
     return queryset.order_by("-created_at", "-id")
 
 
-def predictions_for_ids(*, prediction_ids: list[int]) -> list[Prediction]:
-    """The given predictions in the given order (they were just created by the caller)."""
-    by_id = {prediction.pk: prediction for prediction in Prediction.objects.select_related("upload").filter(pk__in=prediction_ids)}
-    return [by_id[pk] for pk in prediction_ids if pk in by_id]
+def predictions_reload(*, predictions: list[Prediction]) -> list[Prediction]:
+    """Fresh copies of predictions the caller just created, in the same order, sharing their (unchanging) uploads."""
+    fresh = Prediction.objects.in_bulk([prediction.pk for prediction in predictions])
+    for prediction in predictions:
+        if prediction.pk in fresh:
+            fresh[prediction.pk].upload = prediction.upload
+    return [fresh[prediction.pk] for prediction in predictions if prediction.pk in fresh]
 
 
 def training_run_list_with_checkpoints() -> QuerySet[TrainingRun]:

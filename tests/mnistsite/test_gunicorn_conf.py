@@ -21,7 +21,7 @@ def _effective_config(**env: str) -> dict[str, str]:
 
 def test_gunicorn_reads_the_project_config_with_its_measured_defaults():
     config = _effective_config()
-    assert (config["workers"], config["threads"], config["bind"]) == ("1", "8", "['0.0.0.0:8000']")
+    assert (config["workers"], config["threads"], config["bind"]) == ("2", "4", "['0.0.0.0:8000']")
     # Longer than the longest `?wait`, so a waiting request is never mistaken for a hung process.
     assert int(config["timeout"]) > MAX_WAIT_SECONDS
 
