@@ -1,7 +1,6 @@
 """The per-process model cache and batch prediction of PIL images with the active checkpoint."""
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time

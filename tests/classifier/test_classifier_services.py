@@ -67,7 +67,7 @@ def test_the_sweeper_republishes_old_pending_predictions_only(user, digit_png, p
     settings.PREDICTION_REPUBLISH_AFTER_SECONDS = 60
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     old = services.predictions_create(uploads=[upload], publish=False)[0]
-    fresh = services.predictions_create(uploads=[upload], publish=False)[0]
+    services.predictions_create(uploads=[upload], publish=False)  # too young to be republished
     done = services.predictions_create(uploads=[upload], publish=False)[0]
     long_ago = timezone.now() - dt.timedelta(minutes=5)
     Prediction.objects.filter(pk__in=[old.pk, done.pk]).update(created_at=long_ago)
