@@ -10,7 +10,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from classifier import services
-from classifier.completion import predictions_wait_finished
+from classifier.completion import RECHECK_S, predictions_wait_finished
 from classifier.models import Prediction
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,13 +61,14 @@ def test_waiting_returns_at_once_when_everything_has_finished(pending):
 @on_postgresql
 def test_a_waiting_request_is_woken_by_the_commit_that_finishes_its_predictions(pending, active_checkpoint):
     ids = [prediction.pk for prediction in pending(3)]
-    worker = _execute_later(ids, delay=0.3)
+    worker = _execute_later(ids, delay=0.1)
     finished, elapsed, queries = _wait_timed(ids, timeout=10)
     worker.join()
     assert finished is True
-    assert 0.3 <= elapsed < 1.0
-    # LISTEN, one read, UNLISTEN: it slept on the connection instead of polling.
-    assert queries <= 4
+    # LISTEN, one read, UNLISTEN: woken by the notification, before the safety re-read at RECHECK_S would
+    # have added a fourth query.
+    assert queries == 3
+    assert 0.1 <= elapsed < RECHECK_S
     assert set(Prediction.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"done"}
 
 
