@@ -114,7 +114,10 @@ def running_stack(
     web_threads: int | None = None,
     worker_concurrency: int | None = None,
 ):
-    """Migrate a fresh database, train a small model, then serve it with gunicorn (gunicorn.conf.py unless told otherwise) and a Celery worker."""
+    """Migrate a fresh database, train a small model, then serve it with gunicorn and a Celery worker.
+
+    Processes and threads come from gunicorn.conf.py and INFERENCE_CONCURRENCY unless given.
+    """
     _refuse_busy_port(port)
     workdir.mkdir(parents=True, exist_ok=True)
     env = stack_env(workdir)

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: isolated file storage, users and real worker processes."""
+"""Fixtures shared by the whole suite: isolated file storage, users, real worker processes and broker queues."""
 from pathlib import Path
 
 import pytest
@@ -69,41 +69,9 @@ def celery_worker_process(transactional_db, isolated_storage, tmp_path):
     worker.stop()
 
 
-
-class BrokerQueue:
-    """One of the real broker's queues, emptied for a test: the task messages the code under test sent to it."""
-
-    def __init__(self, app, name: str):
-        self.app, self.name = app, name
-
-    def purge(self) -> None:
-        with self.app.connection_for_write() as conn:
-            conn.default_channel.queue_purge(self.name)
-
-    def messages(self) -> list[dict]:
-        """Take every waiting message off the queue, oldest first: task name, id, args and kwargs of each."""
-        taken = []
-        with self.app.connection_for_read() as conn, conn.SimpleQueue(self.name, no_ack=True) as queue:
-            while True:
-                try:
-                    message = queue.get(block=False)
-                except queue.Empty:
-                    return taken
-                args, kwargs, _embed = message.decode()
-                taken.append({"task": message.headers["task"], "id": message.headers["id"], "args": args,
-                              "kwargs": kwargs})
-
-    def prediction_ids(self) -> list[int]:
-        """The prediction ids carried by the inference messages taken off the queue, in publishing order."""
-        ids: list[int] = []
-        for message in self.messages():
-            assert message["task"] == "classifier.tasks.predictions_execute", message
-            ids += message["args"][0]
-        return ids
-
-
 def _broker_queue(name: str):
     from mnistsite.celery import app
+    from tests.broker import BrokerQueue
 
     queue = BrokerQueue(app, name)
     queue.purge()
