@@ -1,11 +1,22 @@
-"""Telling waiting requests that predictions finished: a PostgreSQL NOTIFY sent with the commit, polling elsewhere."""
+"""Telling waiting requests that predictions finished: one PostgreSQL LISTEN per process, polling elsewhere.
+
+The worker's statement that stores a batch's results also NOTIFYs ``CHANNEL``
+with their ids, so the notice is delivered when, and only if, they commit.
+Each web process keeps a single listening connection in a background thread and
+hands every notice to the requests waiting for those ids.
+"""
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
 
 from django.db import connection
 
 from classifier.models import Prediction
+
+logger = logging.getLogger(__name__)
 
 CHANNEL = "mnistsite_predictions_finished"
 FINISHED = (Prediction.Status.DONE, Prediction.Status.FAILED)
@@ -13,23 +24,24 @@ FINISHED = (Prediction.Status.DONE, Prediction.Status.FAILED)
 POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.05
 # Even with notifications the rows are re-read this often, so a prediction finished by a path
-# that sends none (an administrator's edit, an older worker) is still noticed.
+# that sends none (an administrator's edit, an older worker) or a notice lost with the listening
+# connection is still noticed.
 RECHECK_S = 0.5
+# How long a wait gives a new listener to connect before it polls instead.
+LISTENER_START_S = 1.0
+# How often the listener looks up from its connection to see whether it should stop.
+LISTENER_TICK_S = 1.0
+LISTENER_RETRY_S = 1.0
 
 
 def _notifications_available() -> bool:
     return connection.vendor == "postgresql"
 
 
-def predictions_finished_announce(*, prediction_ids: list[int]) -> None:
-    """Call inside the transaction that finishes them: PostgreSQL delivers the notice when, and only if, it commits."""
-    if prediction_ids and _notifications_available():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, ",".join(str(pk) for pk in prediction_ids)])
-
-
 def _unfinished(prediction_ids: set[int]) -> set[int]:
-    finished = Prediction.objects.filter(pk__in=prediction_ids, status__in=FINISHED).values_list("pk", flat=True)
+    finished = (
+        Prediction.objects.filter(pk__in=prediction_ids, status__in=FINISHED).order_by().values_list("pk", flat=True)
+    )
     return prediction_ids - set(finished)
 
 
@@ -42,7 +54,7 @@ def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> b
     pending = set(prediction_ids)
     if connection.in_atomic_block or timeout <= 0:
         return not _unfinished(pending)
-    if _notifications_available():
+    if _notifications_available() and _listener.start(timeout=min(LISTENER_START_S, timeout)):
         return _wait_notified(pending, deadline)
     return _wait_polling(pending, deadline)
 
@@ -51,26 +63,135 @@ def _announced_ids(payload: str) -> set[int]:
     return {int(part) for part in payload.split(",") if part.isdigit()}
 
 
+class _Waiter:
+    def __init__(self, prediction_ids: set[int]) -> None:
+        self.prediction_ids = frozenset(prediction_ids)
+        self.heard: set[int] = set()
+        self.reread = False
+        self.woken = threading.Event()
+
+
+class _Listener:
+    """The process's one listening connection, and the requests waiting for ids announced on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[int, set[_Waiter]] = {}
+        self._listening = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def start(self, *, timeout: float) -> bool:
+        """Start listening in this process if nobody has yet; True once the LISTEN is in place."""
+        with self._lock:
+            # A forked child inherits the state but not the thread.
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid, self._waiters = os.getpid(), {}
+                self._listening.clear()
+                self._stopping.clear()
+                self._thread = threading.Thread(target=self._run, name="prediction-listener", daemon=True)
+                self._thread.start()
+        return self._listening.wait(timeout)
+
+    def stop(self) -> None:
+        """Close the listening connection (tests drop their database at the end, which needs it gone)."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(LISTENER_TICK_S * 5)
+        self._thread = None
+
+    def register(self, prediction_ids: set[int]) -> _Waiter:
+        waiter = _Waiter(prediction_ids)
+        with self._lock:
+            for pk in waiter.prediction_ids:
+                self._waiters.setdefault(pk, set()).add(waiter)
+        return waiter
+
+    def unregister(self, waiter: _Waiter) -> None:
+        with self._lock:
+            for pk in waiter.prediction_ids:
+                waiting = self._waiters.get(pk)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiters[pk]
+
+    def take(self, waiter: _Waiter) -> tuple[set[int], bool]:
+        """The ids announced since the last call, and whether the rows must be re-read instead."""
+        with self._lock:
+            heard, reread = waiter.heard, waiter.reread
+            waiter.heard, waiter.reread = set(), False
+            waiter.woken.clear()
+        return heard, reread
+
+    def _deliver(self, prediction_ids: set[int]) -> None:
+        with self._lock:
+            for pk in prediction_ids:
+                for waiter in self._waiters.get(pk, ()):
+                    waiter.heard.add(pk)
+                    waiter.woken.set()
+
+    def _wake_all_to_reread(self) -> None:
+        with self._lock:
+            for waiting in self._waiters.values():
+                for waiter in waiting:
+                    waiter.reread = True
+                    waiter.woken.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+            except Exception:  # noqa: BLE001 - any failure means: reconnect, and let the waiters re-read
+                logger.warning("prediction listener lost its connection; reconnecting", exc_info=True)
+            finally:
+                self._listening.clear()
+                self._wake_all_to_reread()
+            self._stopping.wait(LISTENER_RETRY_S)
+
+    def _listen(self) -> None:
+        # A connection of its own: Django's are per thread and come and go with requests.
+        conn = connection.get_new_connection(connection.get_connection_params())
+        try:
+            conn.autocommit = True
+            conn.execute(f"LISTEN {CHANNEL}")
+            # Waiters left over from a lost connection may have missed notices: they re-read once.
+            self._wake_all_to_reread()
+            self._listening.set()
+            while not self._stopping.is_set():
+                for notice in conn.notifies(timeout=LISTENER_TICK_S):
+                    self._deliver(_announced_ids(notice.payload))
+        finally:
+            conn.close()
+
+
+_listener = _Listener()
+
+
+def listener_stop() -> None:
+    _listener.stop()
+
+
 def _wait_notified(pending: set[int], deadline: float) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(f"LISTEN {CHANNEL}")
+    waiter = _listener.register(pending)
     try:
-        # Listening before the first read: a prediction that finishes in between is announced, not missed.
+        # Registered before the first read: a prediction that finishes in between is announced, not missed.
         pending = _unfinished(pending)
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            heard = False
-            for notice in connection.connection.notifies(timeout=min(remaining, RECHECK_S), stop_after=1):
-                heard = True
-                pending -= _announced_ids(notice.payload)
-            if not heard:
-                pending = _unfinished(pending)
+            if waiter.woken.wait(min(remaining, RECHECK_S)):
+                heard, reread = _listener.take(waiter)
+                pending -= heard
+                if not reread:
+                    continue
+            pending = _unfinished(pending)
         return True
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"UNLISTEN {CHANNEL}")
+        _listener.unregister(waiter)
 
 
 def _wait_polling(pending: set[int], deadline: float) -> bool:

@@ -14,7 +14,7 @@ from PIL import Image
 from training.loading import checkpoint_load_model
 from training.ml.preprocess import EmptyImageError, preprocess, to_tensor, to_uint8
 from training.models import Checkpoint
-from training.selectors import checkpoint_get_active
+from training.selectors import checkpoint_get, checkpoint_get_active
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ __all__ = [
     "NoActiveCheckpointError",
     "model_for_active_checkpoint",
     "model_for_checkpoint",
+    "model_for_checkpoint_id",
     "predict_images",
     "torch_device",
 ]
@@ -93,12 +94,25 @@ def model_for_checkpoint(*, checkpoint: Checkpoint) -> LoadedModel:
         return _cached
 
 
+NO_ACTIVE_CHECKPOINT = "No trained model is active yet; an administrator must activate a checkpoint."
+
+
 def model_for_active_checkpoint() -> tuple[Checkpoint, LoadedModel]:
     """One cheap query per call decides whether the cached model is still the active one."""
     checkpoint = checkpoint_get_active()
     if checkpoint is None:
-        raise NoActiveCheckpointError("No trained model is active yet; an administrator must activate a checkpoint.")
+        raise NoActiveCheckpointError(NO_ACTIVE_CHECKPOINT)
     return checkpoint, model_for_checkpoint(checkpoint=checkpoint)
+
+
+def model_for_checkpoint_id(*, checkpoint_id: int | None) -> LoadedModel:
+    """The model of a checkpoint the caller found active; no query at all while it is the cached one."""
+    if checkpoint_id is None:
+        raise NoActiveCheckpointError(NO_ACTIVE_CHECKPOINT)
+    cached = _cached
+    if cached is not None and cached.checkpoint_id == checkpoint_id:
+        return cached
+    return model_for_checkpoint(checkpoint=checkpoint_get(checkpoint_id=checkpoint_id))
 
 
 def predict_images(*, loaded: LoadedModel, images: list[Image.Image]) -> list[DigitResult | Exception]:

@@ -11,6 +11,15 @@ pytest_plugins = ["tests.classifier.fixtures"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The test database, dropped at the end only after the process's listening connection to it is closed."""
+    from classifier.completion import listener_stop
+
+    yield
+    listener_stop()
+
+
 @pytest.fixture(autouse=True)
 def isolated_storage(settings, tmp_path_factory):
     """Every test writes uploads and checkpoints to its own folders, never the repo's."""
