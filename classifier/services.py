@@ -14,7 +14,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
 
-from classifier import completion
+from classifier import completion, statements
 from classifier.models import Prediction, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 from training.models import Checkpoint
@@ -79,6 +79,25 @@ def upload_create(
     return _uploads_store(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)[0]
 
 
+def _upload_files_write(
+    *,
+    owner,
+    images: list[ValidatedImage],
+    source: str,
+    sample_set: str = "",
+    label: int | None = None,
+) -> list[Upload]:
+    """Unsaved uploads whose files are written; if one cannot be written, none stays on disk."""
+    uploads: list[Upload] = []
+    try:
+        for image in images:
+            uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
+    except BaseException:
+        _files_delete([upload.image.name for upload in uploads])
+        raise
+    return uploads
+
+
 def _uploads_store(
     *,
     owner,
@@ -87,10 +106,8 @@ def _uploads_store(
     sample_set: str = "",
     label: int | None = None,
 ) -> list[Upload]:
-    uploads: list[Upload] = []
+    uploads = _upload_files_write(owner=owner, images=images, source=source, sample_set=sample_set, label=label)
     try:
-        for image in images:
-            uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
         return Upload.objects.bulk_create(uploads)
     except BaseException:
@@ -99,22 +116,30 @@ def _uploads_store(
 
 
 def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Prediction]:
-    """Validate every file first, then store all of them and their pending predictions in one transaction.
+    """Validate every file first, then store all of them and their pending predictions atomically.
 
     Returns the predictions in the order of ``files``. Their tasks are published
     after commit; if the broker is down the rows stay (pending, "queued" for the
     user) and ``predictions_sweep`` publishes them later.
     """
     images = validate_images(files)
-    uploads: list[Upload] = []
+    uploads = _upload_files_write(owner=owner, images=images, source=source)
     try:
-        with transaction.atomic():
-            uploads = _uploads_store(owner=owner, images=images, source=source)
-            return predictions_create(uploads=uploads)
+        predictions = [Prediction(upload=upload, **_published_now()) for upload in uploads]
+        if connection.vendor == "postgresql":
+            # Rows are inserted only once every file is on disk, all in one statement.
+            statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
+        else:
+            with transaction.atomic():
+                Upload.objects.bulk_create(uploads)
+                Prediction.objects.bulk_create(predictions)
     except BaseException:
-        # The rows rolled back with the transaction; the files are ours to remove.
+        # No row was stored; the files are ours to remove.
         _files_delete([upload.image.name for upload in uploads])
         raise
+    ids = [prediction.pk for prediction in predictions]
+    transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
+    return predictions
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -136,8 +161,7 @@ def prediction_create(*, upload: Upload) -> Prediction:
 
 def predictions_create(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
     """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process."""
-    # Counted as published up front: the publish after commit then costs no UPDATE unless it fails.
-    published = {"publish_attempts": 1, "published_at": timezone.now()} if publish else {}
+    published = _published_now() if publish else {}
     # Inside a caller's transaction a savepoint would add two round trips and protect nothing.
     with transaction.atomic(savepoint=False):
         predictions = Prediction.objects.bulk_create([Prediction(upload=upload, **published) for upload in uploads])
@@ -145,6 +169,11 @@ def predictions_create(*, uploads: list[Upload], publish: bool = True) -> list[P
         if publish and ids:
             transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions
+
+
+def _published_now() -> dict:
+    # Counted as published up front: the publish after commit then costs no UPDATE unless it fails.
+    return {"publish_attempts": 1, "published_at": timezone.now()}
 
 
 def prediction_rerun(*, upload: Upload) -> Prediction:
@@ -223,34 +252,10 @@ def _predictions_claim(*, prediction_ids: list[int], limit: int) -> tuple[list[P
         *prediction_ids, pending, running, stale_before, pending, *prediction_ids, limit,
         running, connection.ops.adapt_datetimefield_value(now),
     ]
-    batch = list(Prediction.objects.raw(_claim_sql(id_count=len(prediction_ids)), params))
+    batch = list(Prediction.objects.raw(statements.prediction_claim_sql(id_count=len(prediction_ids)), params))
     ours = set(prediction_ids)
     batch.sort(key=lambda p: (p.pk not in ours, p.created_at, p.pk))
     return batch, (batch[0].active_checkpoint_id if batch else None)
-
-
-def _claim_sql(*, id_count: int) -> str:
-    """The claim as one autocommitted statement: one round trip instead of a transaction's four.
-
-    Django's compiler took longer to build it than the database to run it. The
-    materialised CTE picks and locks the rows exactly once; the UPDATE marks them.
-    """
-    quote = connection.ops.quote_name
-    prediction, upload = quote(Prediction._meta.db_table), quote(Upload._meta.db_table)
-    checkpoint = quote(Checkpoint._meta.db_table)
-    ids = ", ".join(["%s"] * id_count)
-    # Only the prediction rows are locked; their uploads stay free for everyone else. SQLite has no row
-    # locks: it lets one writer at a time run the whole statement.
-    lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    return (
-        f"WITH claimed AS MATERIALIZED (SELECT p.id FROM {prediction} p "
-        f"WHERE (p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s))) OR p.status = %s "
-        f"ORDER BY CASE WHEN p.id IN ({ids}) THEN 0 ELSE 1 END, p.created_at, p.id LIMIT %s{lock}) "
-        f"UPDATE {prediction} SET status = %s, started_at = %s WHERE id IN (SELECT id FROM claimed) "
-        f"RETURNING *, "
-        f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
-        f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id"
-    )
 
 
 def _prediction_fail(*, prediction: Prediction, error: str, checkpoint_id: int | None = None) -> Prediction:
@@ -302,12 +307,6 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
     if not finished:
         logger.info("predictions %s are already running or finished; nothing to do", prediction_ids)
     return finished
-
-
-_RESULT_FIELDS = [
-    "status", "checkpoint", "digit", "confidence", "probabilities", "input_pixels", "device",
-    "queue_ms", "compute_ms", "error", "finished_at",
-]
 
 
 def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None) -> list[Prediction]:
@@ -363,36 +362,8 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
 
 
 def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
-    """Store a batch's results atomically, announced to waiting requests when they commit.
-
-    Django's bulk_update builds a CASE expression per field and row, and an ORM
-    update per row rebuilds its query each time; both cost more than the
-    inference they record. On PostgreSQL the whole batch is one statement with
-    a parameter per column (arrays), so its text, parse and plan are the same
-    for any batch size, and the NOTIFY rides in it. Elsewhere one parametrised
-    UPDATE is executed per row in a transaction, and waiting requests poll.
-    """
-    fields = [Prediction._meta.get_field(name) for name in _RESULT_FIELDS]
-    columns = [[field.get_db_prep_save(getattr(p, field.attname), connection) for p in predictions] for field in fields]
-    ids = [prediction.pk for prediction in predictions]
-    quote = connection.ops.quote_name
-    table = quote(Prediction._meta.db_table)
-    if connection.vendor == "postgresql":
-        arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
-        names = ", ".join(quote(field.column) for field in fields)
-        assignments = ", ".join(f"{quote(field.column)} = v.{quote(field.column)}" for field in fields)
-        sql = (
-            f"WITH done AS (UPDATE {table} SET {assignments} FROM unnest(%s::bigint[], {arrays}) AS v(id, {names}) "
-            f"WHERE {table}.id = v.id RETURNING {table}.id) "
-            f"SELECT pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [ids, *columns, completion.CHANNEL])
-        return predictions
-    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-    rows = [[*values, pk] for *values, pk in zip(*columns, ids)]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", rows)
+    """Store a batch's results in one go, announced to waiting requests when they commit."""
+    statements.prediction_results_update(predictions=predictions, notify_channel=completion.CHANNEL)
     return predictions
 
 

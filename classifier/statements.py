@@ -1,0 +1,141 @@
+"""Hand-written SQL for the prediction hot path: each step one statement, one round trip, for a whole batch.
+
+Django's compiler takes longer to build these statements than the database takes
+to run them, and a transaction around several ORM statements costs two more
+round trips. On PostgreSQL a batch's values travel as one array per column
+(``unnest``), so the text of a statement, and psycopg's and the server's work
+on it, is the same for one row or a hundred.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import connection
+from django.db.models import Field, Model
+
+from classifier.models import Prediction, Upload
+from training.models import Checkpoint
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _column_arrays(fields: Sequence[Field], objs: Sequence[Model], *, adding: bool) -> list[list]:
+    """Each field's database value for every object, column by column, as the ORM would save them."""
+    if adding:
+        values = [[field.pre_save(obj, add=True) for obj in objs] for field in fields]
+    else:
+        values = [[getattr(obj, field.attname) for obj in objs] for field in fields]
+    return [[field.get_db_prep_save(value, connection) for value in column] for field, column in zip(fields, values)]
+
+
+def _unnest(fields: Sequence[Field], *, alias: str, leading: Sequence[tuple[str, str]] = ()) -> str:
+    """``unnest(...) AS alias(...)`` taking one array parameter per column (``leading``: extra (name, type) columns)."""
+    columns = [*leading, *((field.column, field.db_type(connection)) for field in fields)]
+    arrays = ", ".join(f"%s::{db_type}[]" for _, db_type in columns)
+    names = ", ".join(_quote(name) for name, _ in columns)
+    return f"unnest({arrays}) AS {alias}({names})"
+
+
+def _insert_fields(model: type[Model], *, exclude: Sequence[str] = ()) -> list[Field]:
+    return [field for field in model._meta.concrete_fields if not field.primary_key and field.name not in exclude]
+
+
+def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: Sequence[Prediction]) -> None:
+    """Insert uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``) in one statement (PostgreSQL).
+
+    Sets the ids and the values the database or ``pre_save`` chose on the objects,
+    as ``bulk_create`` does. Autocommitted on its own, atomic inside a caller's transaction.
+    """
+    upload_fields = _insert_fields(Upload)
+    prediction_fields = _insert_fields(Prediction, exclude=["upload"])
+    upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
+    image = _quote(Upload._meta.get_field("image").column)
+    upload_id = _quote(Prediction._meta.get_field("upload").column)
+    upload_columns = ", ".join(_quote(field.column) for field in upload_fields)
+    prediction_columns = ", ".join(_quote(field.column) for field in prediction_fields)
+    prediction_values = ", ".join(f"w.{_quote(field.column)}" for field in prediction_fields)
+    by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text")])
+    # Predictions find their upload by its stored file name, which is unique to it.
+    sql = (
+        f"WITH u AS (INSERT INTO {upload_table} ({upload_columns}) "
+        f"SELECT * FROM {_unnest(upload_fields, alias='v')} RETURNING id, {image}), "
+        f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}) "
+        f"SELECT u.id, {prediction_values} FROM u JOIN {by_image} ON w.upload_image = u.{image} "
+        f"RETURNING id, {upload_id}) "
+        f"SELECT u.{image}, u.id, p.id FROM u JOIN p ON p.{upload_id} = u.id"
+    )
+    params = [
+        *_column_arrays(upload_fields, uploads, adding=True),
+        [upload.image.name for upload in uploads],
+        *_column_arrays(prediction_fields, predictions, adding=True),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
+    for upload, prediction in zip(uploads, predictions, strict=True):
+        upload.pk, prediction.pk = ids[upload.image.name]
+        prediction.upload = upload
+        for obj in (upload, prediction):
+            obj._state.adding, obj._state.db = False, connection.alias
+
+
+RESULT_FIELDS = [
+    "status", "checkpoint", "digit", "confidence", "probabilities", "input_pixels", "device",
+    "queue_ms", "compute_ms", "error", "finished_at",
+]
+
+
+def prediction_results_update(*, predictions: Sequence[Prediction], notify_channel: str | None) -> None:
+    """Store the result fields of finished predictions, atomically.
+
+    On PostgreSQL one statement, which also NOTIFYs ``notify_channel`` with their
+    ids (delivered when, and only if, it commits). Elsewhere one parametrised
+    UPDATE per row in a transaction.
+    """
+    fields = [Prediction._meta.get_field(name) for name in RESULT_FIELDS]
+    columns = _column_arrays(fields, predictions, adding=False)
+    ids = [prediction.pk for prediction in predictions]
+    table = _quote(Prediction._meta.db_table)
+    if connection.vendor == "postgresql":
+        assignments = ", ".join(f"{_quote(field.column)} = v.{_quote(field.column)}" for field in fields)
+        sql = (
+            f"WITH done AS (UPDATE {table} SET {assignments} "
+            f"FROM {_unnest(fields, alias='v', leading=[('id', 'bigint')])} WHERE {table}.id = v.id RETURNING {table}.id) "
+            f"SELECT pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [ids, *columns, notify_channel])
+        return
+    from django.db import transaction
+
+    assignments = ", ".join(f"{_quote(field.column)} = %s" for field in fields)
+    rows = [[*values, pk] for *values, pk in zip(*columns, ids)]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", rows)
+
+
+def prediction_claim_sql(*, id_count: int) -> str:
+    """Claim a batch in one autocommitted statement, on PostgreSQL and SQLite alike.
+
+    The materialised CTE picks and locks the rows exactly once; the UPDATE marks
+    them running and returns them with their upload's image name and the id of
+    the active checkpoint. Parameters: the ids, pending, running, stale-before,
+    pending, the ids again, the limit, running, now.
+    """
+    prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
+    checkpoint = _quote(Checkpoint._meta.db_table)
+    ids = ", ".join(["%s"] * id_count)
+    # Only the prediction rows are locked; their uploads stay free for everyone else. SQLite has no row
+    # locks: it lets one writer at a time run the whole statement.
+    lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    return (
+        f"WITH claimed AS MATERIALIZED (SELECT p.id FROM {prediction} p "
+        f"WHERE (p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s))) OR p.status = %s "
+        f"ORDER BY CASE WHEN p.id IN ({ids}) THEN 0 ELSE 1 END, p.created_at, p.id LIMIT %s{lock}) "
+        f"UPDATE {prediction} SET status = %s, started_at = %s WHERE id IN (SELECT id FROM claimed) "
+        f"RETURNING *, "
+        f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
+        f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id"
+    )
