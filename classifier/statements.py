@@ -8,7 +8,8 @@ on it, is the same for one row or a hundred.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from django.db import connection
 from django.db.models import Field, Model
@@ -19,6 +20,27 @@ from training.models import Checkpoint
 
 def _quote(name: str) -> str:
     return connection.ops.quote_name(name)
+
+
+@contextmanager
+def _bound_cursor() -> Iterator:
+    """A PostgreSQL cursor that sends parameters apart from the statement (server-side binding).
+
+    Django's default cursor writes every parameter into the statement's text,
+    escaping a batch's pixel arrays byte by byte in Python; bound, they travel
+    in binary, and psycopg prepares a statement it sees repeatedly. Wrapped like
+    Django's own cursors: database errors arrive as django.db errors, and queries
+    are logged where Django logs them.
+    """
+    import psycopg
+
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        raw = psycopg.Cursor(connection.connection)
+    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with cursor:
+        yield cursor
 
 
 def _column_arrays(fields: Sequence[Field], objs: Sequence[Model], *, adding: bool) -> list[list]:
@@ -71,7 +93,7 @@ def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: S
         [upload.image.name for upload in uploads],
         *_column_arrays(prediction_fields, predictions, adding=True),
     ]
-    with connection.cursor() as cursor:
+    with _bound_cursor() as cursor:
         cursor.execute(sql, params)
         ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
     for upload, prediction in zip(uploads, predictions, strict=True):
@@ -105,7 +127,7 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
             f"FROM {_unnest(fields, alias='v', leading=[('id', 'bigint')])} WHERE {table}.id = v.id RETURNING {table}.id) "
             f"SELECT pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
         )
-        with connection.cursor() as cursor:
+        with _bound_cursor() as cursor:
             cursor.execute(sql, [ids, *columns, notify_channel])
         return
     from django.db import transaction
