@@ -55,7 +55,7 @@ def _column_arrays(fields: Sequence[Field], objs: Sequence[Model], *, adding: bo
 def _unnest(fields: Sequence[Field], *, alias: str, leading: Sequence[tuple[str, str]] = ()) -> str:
     """``unnest(...) AS alias(...)`` taking one array parameter per column (``leading``: extra (name, type) columns)."""
     columns = [*leading, *((field.column, field.db_type(connection)) for field in fields)]
-    arrays = ", ".join(f"%s::{db_type}[]" for _, db_type in columns)
+    arrays = ", ".join(f"%b::{db_type}[]" for _, db_type in columns)
     names = ", ".join(_quote(name) for name, _ in columns)
     return f"unnest({arrays}) AS {alias}({names})"
 
