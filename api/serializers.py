@@ -19,6 +19,10 @@ MAX_SEED = 2**31 - 1
 MNIST_TRAIN_SIZE = 60_000
 
 
+# Stands in for a prediction id while a URL is built once per response (no host or path holds it).
+_ID_MARK = "4611686018427387911"
+
+
 def _absolute(request, url: str) -> str:
     return request.build_absolute_uri(url) if request is not None else url
 
@@ -124,9 +128,17 @@ class PredictionSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
 
+    def _prediction_url(self, view_name: str, prediction: Prediction) -> str:
+        # reverse() and the host check cost more than the rest of a prediction's fields together, and a
+        # response lists up to a hundred predictions: each view's URL is built once, then filled in.
+        templates = self.context.setdefault("prediction_url_templates", {})
+        if view_name not in templates:
+            templates[view_name] = _absolute(self.context.get("request"), reverse(view_name, args=[_ID_MARK]))
+        return templates[view_name].replace(_ID_MARK, str(prediction.pk))
+
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, prediction: Prediction) -> str:
-        return _absolute(self.context.get("request"), reverse("api:prediction-detail", args=[prediction.pk]))
+        return self._prediction_url("api:prediction-detail", prediction)
 
     def get_finished(self, prediction: Prediction) -> bool:
         return prediction.status in (Prediction.Status.DONE, Prediction.Status.FAILED)
@@ -144,13 +156,13 @@ class PredictionSerializer(serializers.Serializer):
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_image_url(self, prediction: Prediction) -> str:
-        return _absolute(self.context.get("request"), reverse("api:prediction-image", args=[prediction.pk]))
+        return self._prediction_url("api:prediction-image", prediction)
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_input_image_url(self, prediction: Prediction) -> str | None:
         if not prediction.input_pixels:
             return None
-        return _absolute(self.context.get("request"), reverse("api:prediction-input-image", args=[prediction.pk]))
+        return self._prediction_url("api:prediction-input-image", prediction)
 
 
 class PredictionBatchSerializer(serializers.Serializer):

@@ -54,7 +54,7 @@ def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> b
     pending = set(prediction_ids)
     if connection.in_atomic_block or timeout <= 0:
         return not _unfinished(pending)
-    if _notifications_available() and _listener.start(timeout=min(LISTENER_START_S, timeout)):
+    if _notifications_available() and listener_start(timeout=min(LISTENER_START_S, timeout)):
         return _wait_notified(pending, deadline)
     return _wait_polling(pending, deadline)
 
@@ -168,6 +168,11 @@ class _Listener:
 
 
 _listener = _Listener()
+
+
+def listener_start(*, timeout: float) -> bool:
+    """Make sure this process listens; True once it does (False: not within ``timeout``, waits poll meanwhile)."""
+    return _listener.start(timeout=timeout)
 
 
 def listener_stop() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 
 import pytest
@@ -38,13 +39,22 @@ def test_uploading_one_image_answers_202_with_a_pending_prediction(user_client, 
 
 
 def test_uploading_several_images_answers_one_prediction_each_in_order(user_client):
-    files = [upload_file(name=f"d{i}.png") for i in range(3)]
+    # Different pictures, so that a prediction paired with the wrong upload would show.
+    pictures = [_png(_stroke(width)) for width in (1, 2, 3)]
+    files = [upload_file(picture, name=f"d{i}.png") for i, picture in enumerate(pictures)]
 
     response = user_client.post(LIST, {"images": files}, format="multipart")
 
     assert response.status_code == 202
-    names = [item["original_name"] for item in response.json()["predictions"]]
-    assert names == ["d0.png", "d1.png", "d2.png"]
+    items = response.json()["predictions"]
+    assert [item["original_name"] for item in items] == ["d0.png", "d1.png", "d2.png"]
+    for item, picture in zip(items, pictures, strict=True):
+        prediction = Prediction.objects.select_related("upload").get(pk=item["id"])
+        assert prediction.upload_id == item["upload"]
+        assert prediction.upload.original_name == item["original_name"]
+        assert prediction.upload.sha256 == hashlib.sha256(picture).hexdigest()
+        assert item["url"] == f"http://testserver/api/v1/predictions/{prediction.pk}/"
+        assert item["image_url"] == f"http://testserver/api/v1/predictions/{prediction.pk}/image/"
 
 
 def test_image_and_images_fields_are_submitted_together(user_client):
@@ -52,6 +62,12 @@ def test_image_and_images_fields_are_submitted_together(user_client):
 
     assert response.status_code == 202
     assert len(response.json()["predictions"]) == 2
+
+
+def _stroke(width: int) -> Image.Image:
+    image = Image.new("L", (28, 28), 0)
+    image.paste(255, (10, 4, 10 + width * 3, 24))
+    return image
 
 
 def _png(image: Image.Image) -> bytes:

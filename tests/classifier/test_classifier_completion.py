@@ -10,7 +10,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from classifier import services
-from classifier.completion import RECHECK_S, predictions_wait_finished
+from classifier.completion import CHANNEL, RECHECK_S, listener_start, predictions_wait_finished
 from classifier.models import Prediction
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,6 +71,29 @@ def test_a_waiting_request_is_woken_by_the_commit_that_finishes_its_predictions(
     assert queries == 1
     assert 0.1 <= elapsed < RECHECK_S
     assert set(Prediction.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"done"}
+
+
+@on_postgresql
+def test_a_dropped_listening_connection_is_replaced_and_wakes_waiters_again(pending, active_checkpoint):
+    services.predictions_execute(prediction_ids=[prediction.pk for prediction in pending(1)])
+    assert listener_start(timeout=5)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = %s",
+            [f"LISTEN {CHANNEL}"],
+        )
+        assert cursor.fetchall() == [(True,)]
+    deadline = time.monotonic() + 5
+    while listener_start(timeout=0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Noticed the loss; listening again within a few seconds.
+    assert listener_start(timeout=5)
+
+    ids = [prediction.pk for prediction in pending(2)]
+    worker = _execute_later(ids, delay=0.1)
+    finished, elapsed, queries = _wait_timed(ids, timeout=10)
+    worker.join()
+    assert finished is True and queries == 1 and elapsed < RECHECK_S
 
 
 def test_waiting_for_pending_predictions_gives_up_after_the_timeout_without_a_busy_loop(pending):

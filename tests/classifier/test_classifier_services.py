@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from classifier import services
@@ -203,3 +205,30 @@ def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):
     again, created_again = services.sample_upload_get_or_create(owner=owner, path=path, sample_set="other", label=3)
     assert created and not created_again and first.pk == again.pk
     assert first.source == "sample" and first.label == 3
+
+
+def test_storing_an_upload_batch_on_postgresql_is_one_statement(user, digit_png, django_capture_on_commit_callbacks):
+    if connection.vendor != "postgresql":
+        pytest.skip("the single-statement insert is PostgreSQL's")
+    files = [(io.BytesIO(digit_png(digit)), f"{digit}.png") for digit in (1, 2, 3)]
+    with CaptureQueriesContext(connection) as queries:
+        predictions = services.predictions_submit(owner=user, files=files, source="file")
+    assert len(queries) == 1
+    stored = {p.pk: p.upload.original_name for p in Prediction.objects.select_related("upload")}
+    assert stored == {p.pk: f"{digit}.png" for p, digit in zip(predictions, (1, 2, 3), strict=True)}
+    assert all(p.status == "pending" and p.publish_attempts == 1 for p in Prediction.objects.all())
+
+
+def test_a_batch_costs_one_statement_to_claim_and_one_to_store_once_the_model_is_loaded(
+    user, digit_png, active_checkpoint
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    services.predictions_execute(prediction_ids=[p.pk for p in services.predictions_create(uploads=[upload], publish=False)])
+    ids = [p.pk for p in services.predictions_create(uploads=[upload] * 4, publish=False)]
+    with CaptureQueriesContext(connection) as queries:
+        finished = services.predictions_execute(prediction_ids=ids)
+    assert sorted(p.pk for p in finished) == ids
+    # The claim also reads which checkpoint is active. SQLite stores the batch row by row in a transaction
+    # (here a savepoint inside the test's own transaction).
+    assert len(queries) == (2 if connection.vendor == "postgresql" else 4)
+    assert all(p.checkpoint_id == active_checkpoint.pk for p in Prediction.objects.filter(pk__in=ids))
