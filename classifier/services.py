@@ -9,7 +9,7 @@ from typing import IO
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
@@ -17,7 +17,6 @@ from PIL import Image
 from classifier import completion, statements
 from classifier.models import Prediction, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
-from training.models import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +125,8 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
     uploads = _upload_files_write(owner=owner, images=images, source=source)
     try:
         predictions = [Prediction(upload=upload, **_published_now()) for upload in uploads]
-        if connection.vendor == "postgresql":
-            # Rows are inserted only once every file is on disk, all in one statement.
-            statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
-        else:
-            with transaction.atomic():
-                Upload.objects.bulk_create(uploads)
-                Prediction.objects.bulk_create(predictions)
+        # Rows are inserted only once every file is on disk.
+        statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
     except BaseException:
         # No row was stored; the files are ours to remove.
         _files_delete([upload.image.name for upload in uploads])
@@ -246,16 +240,9 @@ def _predictions_claim(*, prediction_ids: list[int], limit: int) -> tuple[list[P
     Also returns the id of the checkpoint active at the claim (None when none is).
     """
     now = timezone.now()
-    stale_before = connection.ops.adapt_datetimefield_value(now - _running_stale_after())
-    pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
-    params = [
-        *prediction_ids, pending, running, stale_before, pending, *prediction_ids, limit,
-        running, connection.ops.adapt_datetimefield_value(now),
-    ]
-    batch = list(Prediction.objects.raw(statements.prediction_claim_sql(id_count=len(prediction_ids)), params))
-    ours = set(prediction_ids)
-    batch.sort(key=lambda p: (p.pk not in ours, p.created_at, p.pk))
-    return batch, (batch[0].active_checkpoint_id if batch else None)
+    return statements.predictions_claim(
+        prediction_ids=prediction_ids, limit=limit, now=now, stale_before=now - _running_stale_after()
+    )
 
 
 def _prediction_fail(*, prediction: Prediction, error: str, checkpoint_id: int | None = None) -> Prediction:

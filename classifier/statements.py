@@ -8,10 +8,11 @@ on it, is the same for one row or a hundred.
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Field, Model
 
 from classifier.models import Prediction, Upload
@@ -65,11 +66,17 @@ def _insert_fields(model: type[Model], *, exclude: Sequence[str] = ()) -> list[F
 
 
 def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: Sequence[Prediction]) -> None:
-    """Insert uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``) in one statement (PostgreSQL).
+    """Insert uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``), atomically.
 
     Sets the ids and the values the database or ``pre_save`` chose on the objects,
-    as ``bulk_create`` does. Autocommitted on its own, atomic inside a caller's transaction.
+    as ``bulk_create`` does. On PostgreSQL one statement, elsewhere two bulk
+    inserts in a transaction.
     """
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            Upload.objects.bulk_create(uploads)
+            Prediction.objects.bulk_create(predictions)
+        return
     upload_fields = _insert_fields(Upload)
     prediction_fields = _insert_fields(Prediction, exclude=["upload"])
     upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
@@ -130,29 +137,29 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
         with _bound_cursor() as cursor:
             cursor.execute(sql, [ids, *columns, notify_channel])
         return
-    from django.db import transaction
-
     assignments = ", ".join(f"{_quote(field.column)} = %s" for field in fields)
     rows = [[*values, pk] for *values, pk in zip(*columns, ids)]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", rows)
 
 
-def prediction_claim_sql(*, id_count: int) -> str:
-    """Claim a batch in one autocommitted statement, on PostgreSQL and SQLite alike.
+def predictions_claim(
+    *, prediction_ids: Sequence[int], limit: int, now: dt.datetime, stale_before: dt.datetime
+) -> tuple[list[Prediction], int | None]:
+    """Mark up to ``limit`` predictions running in one statement: ``prediction_ids`` first, then the oldest pending.
 
-    The materialised CTE picks and locks the rows exactly once; the UPDATE marks
-    them running and returns them with their upload's image name and the id of
-    the active checkpoint. Parameters: the ids, pending, running, stale-before,
-    pending, the ids again, the limit, running, now.
+    Of ``prediction_ids``, those pending or running since before ``stale_before``
+    qualify. The materialised CTE picks and locks the rows exactly once (SKIP
+    LOCKED on PostgreSQL; SQLite runs one writer at a time); the UPDATE marks
+    them and returns them with their upload's image name (``upload_image``), in
+    claim order, and the id of the checkpoint active now.
     """
     prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
     checkpoint = _quote(Checkpoint._meta.db_table)
-    ids = ", ".join(["%s"] * id_count)
-    # Only the prediction rows are locked; their uploads stay free for everyone else. SQLite has no row
-    # locks: it lets one writer at a time run the whole statement.
+    ids = ", ".join(["%s"] * len(prediction_ids))
+    # Only the prediction rows are locked; their uploads stay free for everyone else.
     lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    return (
+    sql = (
         f"WITH claimed AS MATERIALIZED (SELECT p.id FROM {prediction} p "
         f"WHERE (p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s))) OR p.status = %s "
         f"ORDER BY CASE WHEN p.id IN ({ids}) THEN 0 ELSE 1 END, p.created_at, p.id LIMIT %s{lock}) "
@@ -161,3 +168,11 @@ def prediction_claim_sql(*, id_count: int) -> str:
         f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
         f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id"
     )
+    pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [*prediction_ids, pending, running, adapt(stale_before), pending, *prediction_ids, limit, running, adapt(now)]
+    batch = list(Prediction.objects.raw(sql, params))
+    # RETURNING keeps no order.
+    ours = set(prediction_ids)
+    batch.sort(key=lambda p: (p.pk not in ours, p.created_at, p.pk))
+    return batch, (batch[0].active_checkpoint_id if batch else None)
