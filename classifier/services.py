@@ -230,21 +230,6 @@ def predictions_sweep(*, now: dt.datetime | None = None) -> int:
     return sent
 
 
-def _predictions_claim(*, prediction_ids: list[int], limit: int) -> tuple[list[Prediction], int | None]:
-    """Claim up to ``limit`` predictions for one forward pass: these first, topped up with other waiting ones.
-
-    The rows are locked with SKIP LOCKED, so two workers never claim the same
-    prediction. Those of ``prediction_ids`` already running (and not stale) or
-    finished are left alone: a redelivered message never recomputes a result.
-    Each prediction comes back with ``upload_image``, its stored image's name.
-    Also returns the id of the checkpoint active at the claim (None when none is).
-    """
-    now = timezone.now()
-    return statements.predictions_claim(
-        prediction_ids=prediction_ids, limit=limit, now=now, stale_before=now - _running_stale_after()
-    )
-
-
 def _prediction_fail(*, prediction: Prediction, error: str, checkpoint_id: int | None = None) -> Prediction:
     prediction.status = Prediction.Status.FAILED
     prediction.error = error
@@ -275,8 +260,14 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
     """
     remaining, finished = set(prediction_ids), []
     while remaining:
-        batch, checkpoint_id = _predictions_claim(
-            prediction_ids=sorted(remaining), limit=settings.INFERENCE_BATCH_SIZE
+        # Locked with SKIP LOCKED, so two workers never claim the same prediction; ours already running
+        # (and not stale) or finished are left alone, so a redelivered message never recomputes a result.
+        now = timezone.now()
+        batch, checkpoint_id = statements.predictions_claim(
+            prediction_ids=sorted(remaining),
+            limit=settings.INFERENCE_BATCH_SIZE,
+            now=now,
+            stale_before=now - _running_stale_after(),
         )
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []

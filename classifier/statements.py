@@ -9,6 +9,7 @@ on it, is the same for one row or a hundred.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -65,6 +66,28 @@ def _insert_fields(model: type[Model], *, exclude: Sequence[str] = ()) -> list[F
     return [field for field in model._meta.concrete_fields if not field.primary_key and field.name not in exclude]
 
 
+@functools.cache
+def _uploads_with_predictions_insert_sql() -> str:
+    # The text depends only on the models, so each process builds it once.
+    upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
+    upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
+    image = _quote(Upload._meta.get_field("image").column)
+    upload_id = _quote(Prediction._meta.get_field("upload").column)
+    upload_columns = ", ".join(_quote(field.column) for field in upload_fields)
+    prediction_columns = ", ".join(_quote(field.column) for field in prediction_fields)
+    prediction_values = ", ".join(f"w.{_quote(field.column)}" for field in prediction_fields)
+    by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text")])
+    # Predictions find their upload by its stored file name, which is unique to it.
+    return (
+        f"WITH u AS (INSERT INTO {upload_table} ({upload_columns}) "
+        f"SELECT * FROM {_unnest(upload_fields, alias='v')} RETURNING id, {image}), "
+        f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}) "
+        f"SELECT u.id, {prediction_values} FROM u JOIN {by_image} ON w.upload_image = u.{image} "
+        f"RETURNING id, {upload_id}) "
+        f"SELECT u.{image}, u.id, p.id FROM u JOIN p ON p.{upload_id} = u.id"
+    )
+
+
 def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: Sequence[Prediction]) -> None:
     """Insert uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``), atomically.
 
@@ -77,31 +100,14 @@ def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: S
             Upload.objects.bulk_create(uploads)
             Prediction.objects.bulk_create(predictions)
         return
-    upload_fields = _insert_fields(Upload)
-    prediction_fields = _insert_fields(Prediction, exclude=["upload"])
-    upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
-    image = _quote(Upload._meta.get_field("image").column)
-    upload_id = _quote(Prediction._meta.get_field("upload").column)
-    upload_columns = ", ".join(_quote(field.column) for field in upload_fields)
-    prediction_columns = ", ".join(_quote(field.column) for field in prediction_fields)
-    prediction_values = ", ".join(f"w.{_quote(field.column)}" for field in prediction_fields)
-    by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text")])
-    # Predictions find their upload by its stored file name, which is unique to it.
-    sql = (
-        f"WITH u AS (INSERT INTO {upload_table} ({upload_columns}) "
-        f"SELECT * FROM {_unnest(upload_fields, alias='v')} RETURNING id, {image}), "
-        f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}) "
-        f"SELECT u.id, {prediction_values} FROM u JOIN {by_image} ON w.upload_image = u.{image} "
-        f"RETURNING id, {upload_id}) "
-        f"SELECT u.{image}, u.id, p.id FROM u JOIN p ON p.{upload_id} = u.id"
-    )
+    upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
     params = [
         *_column_arrays(upload_fields, uploads, adding=True),
         [upload.image.name for upload in uploads],
         *_column_arrays(prediction_fields, predictions, adding=True),
     ]
     with _bound_cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_uploads_with_predictions_insert_sql(), params)
         ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
     for upload, prediction in zip(uploads, predictions, strict=True):
         upload.pk, prediction.pk = ids[upload.image.name]
@@ -110,37 +116,47 @@ def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: S
             obj._state.adding, obj._state.db = False, connection.alias
 
 
-RESULT_FIELDS = [
+_RESULT_FIELDS = [
     "status", "checkpoint", "digit", "confidence", "probabilities", "input_pixels", "device",
     "queue_ms", "compute_ms", "error", "finished_at",
 ]
 
 
-def prediction_results_update(*, predictions: Sequence[Prediction], notify_channel: str | None) -> None:
+def prediction_results_update(*, predictions: Sequence[Prediction], notify_channel: str) -> None:
     """Store the result fields of finished predictions, atomically.
 
     On PostgreSQL one statement, which also NOTIFYs ``notify_channel`` with their
     ids (delivered when, and only if, it commits). Elsewhere one parametrised
     UPDATE per row in a transaction.
     """
-    fields = [Prediction._meta.get_field(name) for name in RESULT_FIELDS]
+    fields = _result_fields()
     columns = _column_arrays(fields, predictions, adding=False)
     ids = [prediction.pk for prediction in predictions]
-    table = _quote(Prediction._meta.db_table)
     if connection.vendor == "postgresql":
-        assignments = ", ".join(f"{_quote(field.column)} = v.{_quote(field.column)}" for field in fields)
-        sql = (
-            f"WITH done AS (UPDATE {table} SET {assignments} "
-            f"FROM {_unnest(fields, alias='v', leading=[('id', 'bigint')])} WHERE {table}.id = v.id RETURNING {table}.id) "
-            f"SELECT pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
-        )
         with _bound_cursor() as cursor:
-            cursor.execute(sql, [ids, *columns, notify_channel])
+            cursor.execute(_results_update_notify_sql(), [ids, *columns, notify_channel])
         return
     assignments = ", ".join(f"{_quote(field.column)} = %s" for field in fields)
     rows = [[*values, pk] for *values, pk in zip(*columns, ids)]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(f"UPDATE {table} SET {assignments} WHERE id = %s", rows)
+        cursor.executemany(f"UPDATE {_quote(Prediction._meta.db_table)} SET {assignments} WHERE id = %s", rows)
+
+
+def _result_fields() -> list[Field]:
+    return [Prediction._meta.get_field(name) for name in _RESULT_FIELDS]
+
+
+@functools.cache
+def _results_update_notify_sql() -> str:
+    table = _quote(Prediction._meta.db_table)
+    fields = _result_fields()
+    assignments = ", ".join(f"{_quote(field.column)} = v.{_quote(field.column)}" for field in fields)
+    return (
+        f"WITH done AS (UPDATE {table} SET {assignments} "
+        f"FROM {_unnest(fields, alias='v', leading=[('id', 'bigint')])} "
+        f"WHERE {table}.id = v.id RETURNING {table}.id) "
+        f"SELECT pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
+    )
 
 
 def predictions_claim(
@@ -170,7 +186,9 @@ def predictions_claim(
     )
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
     adapt = connection.ops.adapt_datetimefield_value
-    params = [*prediction_ids, pending, running, adapt(stale_before), pending, *prediction_ids, limit, running, adapt(now)]
+    params = [
+        *prediction_ids, pending, running, adapt(stale_before), pending, *prediction_ids, limit, running, adapt(now),
+    ]
     batch = list(Prediction.objects.raw(sql, params))
     # RETURNING keeps no order.
     ours = set(prediction_ids)
