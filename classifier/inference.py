@@ -94,21 +94,21 @@ def model_for_checkpoint(*, checkpoint: Checkpoint) -> LoadedModel:
         return _cached
 
 
-NO_ACTIVE_CHECKPOINT = "No trained model is active yet; an administrator must activate a checkpoint."
+_NO_ACTIVE_CHECKPOINT = "No trained model is active yet; an administrator must activate a checkpoint."
 
 
 def model_for_active_checkpoint() -> tuple[Checkpoint, LoadedModel]:
     """One cheap query per call decides whether the cached model is still the active one."""
     checkpoint = checkpoint_get_active()
     if checkpoint is None:
-        raise NoActiveCheckpointError(NO_ACTIVE_CHECKPOINT)
+        raise NoActiveCheckpointError(_NO_ACTIVE_CHECKPOINT)
     return checkpoint, model_for_checkpoint(checkpoint=checkpoint)
 
 
 def model_for_checkpoint_id(*, checkpoint_id: int | None) -> LoadedModel:
     """The model of a checkpoint the caller found active; no query at all while it is the cached one."""
     if checkpoint_id is None:
-        raise NoActiveCheckpointError(NO_ACTIVE_CHECKPOINT)
+        raise NoActiveCheckpointError(_NO_ACTIVE_CHECKPOINT)
     cached = _cached
     if cached is not None and cached.checkpoint_id == checkpoint_id:
         return cached
