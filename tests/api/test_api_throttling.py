@@ -1,6 +1,8 @@
 """Per-user upload throttling counts images, answers 429 with Retry-After and spares other users."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from classifier.models import Upload
@@ -35,7 +37,7 @@ def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
 
 
 def test_one_users_uploads_do_not_throttle_another(user_client, other_client, three_uploads_a_minute):
-    user_client.post(LIST, {"images": [upload_file()] * 3}, format="multipart")
+    assert user_client.post(LIST, {"images": [upload_file() for _ in range(3)]}, format="multipart").status_code == 202
 
     assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
     assert other_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 202
@@ -43,3 +45,27 @@ def test_one_users_uploads_do_not_throttle_another(user_client, other_client, th
 
 def test_reading_is_not_throttled(user_client, three_uploads_a_minute):
     assert all(user_client.get(LIST).status_code == 200 for _ in range(5))
+
+
+def test_the_throttle_keeps_one_number_per_user_however_many_images_were_sent(user, user_client, settings):
+    from django.core.cache import cache
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "600/minute"}}
+    for _ in range(3):
+        assert user_client.post(LIST, {"images": [upload_file() for _ in range(4)]}, format="multipart").status_code == 202
+
+    # Twelve images used a fiftieth of the allowance: it is whole again in 1.2 s, not in a minute.
+    refilled_at = cache.get(f"throttle_uploads_{user.pk}")
+    assert isinstance(refilled_at, float)
+    assert 0 < refilled_at - time.time() <= 1.2
+
+
+def test_the_allowance_refills_continuously_at_the_rate(user_client, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "2/second"}}
+    assert user_client.post(LIST, {"images": [upload_file() for _ in range(2)]}, format="multipart").status_code == 202
+    assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
+
+    # One image's worth comes back after half a second, not after the whole second.
+    time.sleep(0.6)
+    assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 202
+    assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
