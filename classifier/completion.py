@@ -85,9 +85,10 @@ class _Listener:
     def start(self, *, timeout: float) -> bool:
         """Start listening in this process if nobody has yet; True once the LISTEN is in place."""
         with self._lock:
-            # A forked child inherits the state but not the thread.
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid, self._waiters = os.getpid(), {}
+            if self._pid != os.getpid():
+                # A forked child inherits the parent's waiters and flags, but not its thread.
+                self._pid, self._waiters, self._thread = os.getpid(), {}, None
+            if self._thread is None or not self._thread.is_alive():
                 self._listening.clear()
                 self._stopping.clear()
                 self._thread = threading.Thread(target=self._run, name="prediction-listener", daemon=True)
