@@ -207,7 +207,7 @@ def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):
     assert first.source == "sample" and first.label == 3
 
 
-def test_storing_an_upload_batch_on_postgresql_is_one_statement(user, digit_png, django_capture_on_commit_callbacks):
+def test_storing_an_upload_batch_on_postgresql_is_one_statement(user, digit_png):
     if connection.vendor != "postgresql":
         pytest.skip("the single-statement insert is PostgreSQL's")
     files = [(io.BytesIO(digit_png(digit)), f"{digit}.png") for digit in (1, 2, 3)]
