@@ -75,7 +75,8 @@ def upload_create(
 ) -> Upload:
     """Validate one image and store it (re-encoded as PNG); raises ValidationError without storing anything."""
     image = validate_image(file, name=name)
-    return _uploads_store(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)[0]
+    uploads = _upload_files_write(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)
+    return _uploads_insert(uploads=uploads)[0]
 
 
 def _upload_files_write(
@@ -97,15 +98,7 @@ def _upload_files_write(
     return uploads
 
 
-def _uploads_store(
-    *,
-    owner,
-    images: list[ValidatedImage],
-    source: str,
-    sample_set: str = "",
-    label: int | None = None,
-) -> list[Upload]:
-    uploads = _upload_files_write(owner=owner, images=images, source=source, sample_set=sample_set, label=label)
+def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
     try:
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
         return Upload.objects.bulk_create(uploads)
