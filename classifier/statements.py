@@ -1,9 +1,11 @@
-"""Hand-written SQL for the prediction hot path: each step one statement, one round trip, for a whole batch.
+"""Hand-written SQL for the prediction hot path: on PostgreSQL each step is one statement for a whole batch.
 
-Django's compiler takes longer to build these statements than the database takes
-to run them, and a transaction around several ORM statements costs two more
-round trips. On PostgreSQL a batch's values travel as one array per column
-(``unnest``), so the text of a statement, and psycopg's and the server's work
+SQLite gets the same one-statement claim, and the ORM in a transaction for the
+inserts and the results (it has no arrays to bind). Django's compiler takes
+longer to build these statements than the database takes to run them, and a
+transaction around several ORM statements costs two more round trips. On
+PostgreSQL a batch's values travel as one array per column (``unnest``), so the
+text of a statement, and psycopg's and the server's work
 on it, is the same for one row or a hundred.
 """
 from __future__ import annotations
