@@ -13,6 +13,7 @@ from PIL import Image
 
 from training.loading import checkpoint_load_model
 from training.ml.preprocess import EmptyImageError, preprocess, to_tensor, to_uint8
+from training.ml.serving import inference_model
 from training.models import Checkpoint
 from training.selectors import checkpoint_get, checkpoint_get_active
 
@@ -81,7 +82,7 @@ def model_for_checkpoint(*, checkpoint: Checkpoint) -> LoadedModel:
         _configure_threads()
         device = torch_device()
         started = time.perf_counter()
-        model = checkpoint_load_model(checkpoint=checkpoint, device=device)
+        model = inference_model(checkpoint_load_model(checkpoint=checkpoint, device=device))
         previous = _cached
         _cached = LoadedModel(checkpoint_id=checkpoint.pk, model=model, device=device)
         logger.info(
