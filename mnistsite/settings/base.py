@@ -120,6 +120,10 @@ MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 # Uploaded images are served only through an authenticated view, never at a
 # public URL, so MEDIA_URL is deliberately not routed anywhere.
 MEDIA_URL = "/media-not-served/"
+STORAGES = {
+    "default": {"BACKEND": "mnistsite.storage.MediaStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data")))
 CHECKPOINT_DIR = Path(env.str("CHECKPOINT_DIR", default=str(BASE_DIR / "checkpoints")))
 TORCH_DEVICE = env.str("TORCH_DEVICE", default="auto")

@@ -1,6 +1,6 @@
 """Settings for production: DEBUG off, HTTPS only, secure cookies and headers."""
 from mnistsite.settings.base import *  # noqa: F403
-from mnistsite.settings.base import env
+from mnistsite.settings.base import STORAGES, env
 
 DEBUG = False
 
@@ -15,7 +15,4 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
-}
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}}

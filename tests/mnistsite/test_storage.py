@@ -1,0 +1,47 @@
+"""Media storage writes new uploads quickly and otherwise behaves exactly like Django's file system storage."""
+import os
+import stat
+
+import pytest
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.base import ContentFile
+
+from mnistsite.storage import MediaStorage
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return MediaStorage(location=tmp_path, file_permissions_mode=0o640)
+
+
+def test_new_bytes_are_written_under_the_asked_name_with_the_configured_mode(storage, tmp_path):
+    (tmp_path / "uploads").mkdir()
+    name = storage.save("uploads/a.png", ContentFile(b"\x89PNG data"))
+    assert name == "uploads/a.png"
+    assert (tmp_path / "uploads" / "a.png").read_bytes() == b"\x89PNG data"
+    assert stat.S_IMODE(os.stat(tmp_path / "uploads" / "a.png").st_mode) == 0o640
+
+
+def test_a_missing_folder_is_created(storage, tmp_path):
+    name = storage.save("uploads/2026/11/26/b.png", ContentFile(b"png"))
+    assert (tmp_path / name).read_bytes() == b"png"
+
+
+def test_a_taken_name_is_never_overwritten(storage, tmp_path):
+    first = storage.save("c.png", ContentFile(b"first"))
+    second = storage.save("c.png", ContentFile(b"second"))
+    assert first == "c.png" and second != first
+    assert (tmp_path / first).read_bytes() == b"first"
+    assert (tmp_path / second).read_bytes() == b"second"
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/etc/escape.png", "a/../../escape.png"])
+def test_a_name_escaping_the_storage_root_is_refused(storage, tmp_path, name):
+    with pytest.raises(SuspiciousFileOperation):
+        storage.save(name, ContentFile(b"x"))
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+def test_text_content_takes_the_generic_path(storage, tmp_path):
+    name = storage.save("d.txt", ContentFile("text"))
+    assert (tmp_path / name).read_text() == "text"
