@@ -12,7 +12,7 @@ from django.conf import settings
 from PIL import Image
 
 from training.loading import checkpoint_load_model
-from training.ml.preprocess import EmptyImageError, preprocess, to_tensor, to_uint8
+from training.ml.preprocess import EmptyImageError, preprocess_batch, to_tensor, to_uint8
 from training.ml.serving import inference_model
 from training.models import Checkpoint
 from training.selectors import checkpoint_get, checkpoint_get_active
@@ -120,27 +120,25 @@ def predict_images(*, loaded: LoadedModel, images: list[Image.Image]) -> list[Di
     """Predict many images in one forward pass; an image that cannot be preprocessed gets its exception instead."""
     _configure_threads()
     started = time.perf_counter()
-    prepared: list[tuple[int, np.ndarray]] = []
-    results: list[DigitResult | Exception | None] = [None] * len(images)
-    for index, image in enumerate(images):
-        try:
-            prepared.append((index, preprocess(image)))
-        except Exception as exc:  # noqa: BLE001 - reported per image; the rest of the batch goes on
-            results[index] = exc
-    if prepared:
-        batch = to_tensor(np.stack([digit for _, digit in prepared])).to(loaded.device)
+    digits = preprocess_batch(images)
+    ready = [index for index, digit in enumerate(digits) if not isinstance(digit, Exception)]
+    results: list[DigitResult | Exception | None] = [d if isinstance(d, Exception) else None for d in digits]
+    if ready:
+        inputs = np.stack([digits[index] for index in ready])
         with torch.inference_mode():
-            probabilities = torch.softmax(loaded.model(batch).float(), dim=1).cpu().numpy().astype(np.float64)
-        per_image_ms = (time.perf_counter() - started) * 1000 / len(prepared)
-        for (index, digit_pixels), row in zip(prepared, probabilities, strict=True):
-            # Renormalise in float64 so the stored ten numbers sum to 1 within rounding.
-            row = row / row.sum()
+            logits = loaded.model(to_tensor(inputs).to(loaded.device))
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+        # Renormalise in float64 so the stored ten numbers sum to 1 within rounding.
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        pictures = to_uint8(inputs)
+        per_image_ms = (time.perf_counter() - started) * 1000 / len(ready)
+        for index, row, picture in zip(ready, probabilities, pictures, strict=True):
             digit = int(row.argmax())
             results[index] = DigitResult(
                 digit=digit,
                 confidence=float(row[digit]),
-                probabilities=[float(p) for p in row],
-                input_pixels=to_uint8(digit_pixels).tobytes(),
+                probabilities=row.tolist(),
+                input_pixels=picture.tobytes(),
                 compute_ms=per_image_ms,
             )
     return results  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -110,39 +111,58 @@ def _quantile(values: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
 
 
 def _pad_edge(values: np.ndarray, before: tuple[int, int], after: tuple[int, int]) -> np.ndarray:
-    """``np.pad(values, ..., mode="edge")`` for a 2-D array, by clipped indexing (np.pad's setup dominates here)."""
-    h, w = values.shape
+    """``np.pad(..., mode="edge")`` of the last two axes, by clipped indexing (np.pad's setup dominates here)."""
+    h, w = values.shape[-2:]
     rows = np.clip(np.arange(-before[0], h + after[0]), 0, h - 1)
     cols = np.clip(np.arange(-before[1], w + after[1]), 0, w - 1)
-    return values[rows[:, None], cols]
+    return values[..., rows[:, None], cols]
 
 
-def _median(values: np.ndarray) -> float:
-    return float(_quantile(values.ravel(), 0.5))
-
-
-def _background(gray: np.ndarray) -> np.ndarray:
-    """Smooth estimate of the (dark) background under bright ink, same shape as ``gray``."""
-    h, w = gray.shape
-    small = Image.fromarray(gray.astype(np.float32, copy=False))
+def _background(grays: np.ndarray) -> np.ndarray:
+    """Smooth estimate of the (dark) background under bright ink, for N same-sized images (N x h x w)."""
+    n, h, w = grays.shape
     scale = BACKGROUND_WORKING_SIDE / max(h, w)
     if scale < 1:
-        small = small.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
-    pixels = np.asarray(small, dtype=np.float32)
-    block = max(2, -(-max(pixels.shape) // BACKGROUND_BLOCKS))
-    ph, pw = -pixels.shape[0] % block, -pixels.shape[1] % block
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        pixels = np.stack(
+            [np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX), dtype=np.float32) for gray in grays]
+        )
+    else:
+        pixels = grays
+    block = max(2, -(-max(pixels.shape[1:]) // BACKGROUND_BLOCKS))
+    ph, pw = -pixels.shape[1] % block, -pixels.shape[2] % block
     pixels = _pad_edge(pixels, (0, 0), (ph, pw))
-    gh, gw = pixels.shape[0] // block, pixels.shape[1] // block
-    blocks = pixels.reshape(gh, block, gw, block).transpose(0, 2, 1, 3).reshape(gh, gw, -1)
+    gh, gw = pixels.shape[1] // block, pixels.shape[2] // block
+    blocks = pixels.reshape(n, gh, block, gw, block).transpose(0, 1, 3, 2, 4).reshape(n, gh, gw, -1)
     # A low percentile ignores strokes inside a block; the 3x3 minimum then ignores blocks fully inked.
-    coarse = _quantile(blocks, 0.25, axis=2).astype(np.float32)
+    coarse = _quantile(blocks, 0.25, axis=3).astype(np.float32)
     padded = _pad_edge(coarse, (1, 1), (1, 1))
-    coarse = np.min([padded[dy : dy + gh, dx : dx + gw] for dy in range(3) for dx in range(3)], axis=0)
-    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    coarse = np.min([padded[:, dy : dy + gh, dx : dx + gw] for dy in range(3) for dx in range(3)], axis=0)
+    return (_bilinear_weights(gh, h) @ coarse @ _bilinear_weights(gw, w).T).astype(np.float32)
 
 
-def _ink_map(image: Image.Image) -> np.ndarray:
-    """Float image in [0, 1] where ink is bright and background is 0, whatever the polarity."""
+@functools.lru_cache(maxsize=256)
+def _bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """The matrix of Pillow's bilinear resize along one axis (size_out x size_in), so a batch is two matmuls.
+
+    Same coefficients as Pillow's resampler: a triangle filter widened by the
+    scale when shrinking, sampled at pixel centres and normalised per output.
+    """
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    weights = np.zeros((size_out, size_in), dtype=np.float64)
+    for out in range(size_out):
+        centre = (out + 0.5) * scale
+        low = max(int(centre - support + 0.5), 0)
+        high = min(int(centre + support + 0.5), size_in)
+        taps = np.arange(low, high)
+        row = np.maximum(0.0, 1.0 - np.abs((taps - centre + 0.5) / support))
+        weights[out, low:high] = row / row.sum()
+    return weights
+
+
+def _opaque_gray(image: Image.Image) -> np.ndarray:
+    """Luminance in [0, 1] with any transparency flattened onto the background its strokes need."""
     gray, alpha = _gray_alpha(image)
     if alpha is not None:
         weight = float(alpha.sum())
@@ -152,31 +172,41 @@ def _ink_map(image: Image.Image) -> np.ndarray:
         opaque_luminance = float((gray * alpha).sum()) / weight
         background = 1.0 if opaque_luminance < 0.5 else 0.0
         gray = alpha * gray + (1.0 - alpha) * background
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if _median(border) > 0.5:
-        gray = 1.0 - gray
+    return np.ascontiguousarray(gray, dtype=np.float32)
+
+
+def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ink maps in [0, 1] (ink bright, background 0, whatever the polarity) and which ones hold any ink at all."""
+    n = grays.shape[0]
+    border = np.concatenate([grays[:, 0], grays[:, -1], grays[:, :, 0], grays[:, :, -1]], axis=1)
+    inverted = _quantile(border, 0.5, axis=1) > 0.5
+    grays = np.where(inverted[:, None, None], np.float32(1.0) - grays, grays)
     # Subtracting a smooth local background copes with vignetting and uneven lighting in photos.
-    ink = gray - _background(gray)
+    ink = grays - _background(grays)
     # A strided sample estimates the residual noise (MAD) as well as every pixel would, far faster.
-    sample = ink.ravel()[:: max(1, ink.size // 8192)]
-    noise = 1.4826 * _median(np.abs(sample - _median(sample)))
-    ink -= max(3.0 * noise, 0.02)
+    flat = ink.reshape(n, -1)
+    sample = flat[:, :: max(1, flat.shape[1] // 8192)]
+    centre = _quantile(sample, 0.5, axis=1)
+    noise = 1.4826 * _quantile(np.abs(sample - centre[:, None]), 0.5, axis=1)
+    ink -= np.maximum(3.0 * noise, 0.02).astype(np.float32)[:, None, None]
     np.clip(ink, 0.0, None, out=ink)
-    peak = float(ink.max()) if ink.size else 0.0
-    if peak < MIN_CONTRAST:
-        raise EmptyImageError("no ink found: the image is blank or has too little contrast")
-    ink /= peak
-    return ink
+    peak = ink.reshape(n, -1).max(axis=1)
+    inked = peak >= MIN_CONTRAST
+    ink /= np.where(inked, peak, 1.0).astype(np.float32)[:, None, None]
+    return ink, inked
 
 
-def _digit_bbox(ink: np.ndarray) -> tuple[int, int, int, int]:
-    mask = ink > MASK_LEVEL
-    # A pixel counts only with at least two marked 8-neighbours, which drops dust and specks.
-    h, w = mask.shape
-    padded = np.zeros((h + 2, w + 2), dtype=np.uint8)
-    padded[1:-1, 1:-1] = mask
-    support = sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
-    mask &= support >= 3
+def _digit_masks(inks: np.ndarray) -> np.ndarray:
+    """Pixels bright enough to belong to the digit; one counts only with two marked 8-neighbours (no dust, specks)."""
+    mask = inks > MASK_LEVEL
+    n, h, w = mask.shape
+    padded = np.zeros((n, h + 2, w + 2), dtype=np.uint8)
+    padded[:, 1:-1, 1:-1] = mask
+    support = sum(padded[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+    return mask & (support >= 3)
+
+
+def _digit_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
         raise EmptyImageError("no ink found: only isolated specks")
@@ -207,6 +237,42 @@ def _centre_by_mass(small: np.ndarray) -> np.ndarray:
     return out
 
 
+def _upright_first_frame(image: Image.Image) -> Image.Image:
+    image = _first_frame(image)
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - broken EXIF must not make a valid picture unreadable
+        return image
+
+
+def preprocess_batch(images: Sequence[Image.Image]) -> list[np.ndarray | Exception]:
+    """:func:`preprocess` for many images at once; an image that fails gets its exception in its place.
+
+    Images of the same size go through the array steps together: on small
+    pictures NumPy's per-call overhead, not the arithmetic, is most of the cost.
+    """
+    results: list[np.ndarray | Exception | None] = [None] * len(images)
+    by_shape: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+    for index, image in enumerate(images):
+        try:
+            gray = _opaque_gray(_upright_first_frame(image))
+            by_shape.setdefault(gray.shape, []).append((index, gray))
+        except Exception as exc:  # noqa: BLE001 - reported per image; the rest of the batch goes on
+            results[index] = exc
+    for members in by_shape.values():
+        inks, inked = _ink_maps(np.stack([gray for _, gray in members]))
+        masks = _digit_masks(inks)
+        for (index, _), ink, mask, has_ink in zip(members, inks, masks, inked, strict=True):
+            try:
+                if not has_ink:
+                    raise EmptyImageError("no ink found: the image is blank or has too little contrast")
+                top, bottom, left, right = _digit_bbox(mask)
+                results[index] = _centre_by_mass(_fit_box(np.ascontiguousarray(ink[top:bottom, left:right])))
+            except Exception as exc:  # noqa: BLE001 - as above
+                results[index] = exc
+    return results  # type: ignore[return-value]
+
+
 def preprocess(image: Image.Image) -> np.ndarray:
     """Turn any PIL image into a 28x28 float32 array in [0, 1], white digit on black, MNIST-centred.
 
@@ -214,19 +280,18 @@ def preprocess(image: Image.Image) -> np.ndarray:
     (1, L, P, RGB, RGBA, LA, CMYK, I;16, I, F, ...), transparency and either
     polarity. Raises :class:`EmptyImageError` when there is no ink.
     """
-    image = _first_frame(image)
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - broken EXIF must not make a valid picture unreadable
-        pass
-    ink = _ink_map(image)
-    top, bottom, left, right = _digit_bbox(ink)
-    return _centre_by_mass(_fit_box(np.ascontiguousarray(ink[top:bottom, left:right])))
+    result = preprocess_batch([image])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def preprocess_many(images: Iterable[Image.Image]) -> np.ndarray:
-    """Stack :func:`preprocess` results into an N x 28 x 28 float32 array."""
-    arrays = [preprocess(image) for image in images]
+    """Stack :func:`preprocess` results into an N x 28 x 28 float32 array; the first failure is raised."""
+    arrays = preprocess_batch(list(images))
+    for array in arrays:
+        if isinstance(array, Exception):
+            raise array
     return np.stack(arrays) if arrays else np.zeros((0, SIDE, SIDE), dtype=np.float32)
 
 

@@ -10,9 +10,11 @@ from PIL import Image, ImageDraw
 from training.ml.data import MNIST_MEAN, MNIST_STD
 from training.ml.preprocess import (
     EmptyImageError,
+    _bilinear_weights,
     _pad_edge,
     _quantile,
     preprocess,
+    preprocess_batch,
     preprocess_many,
     to_tensor,
     to_uint8,
@@ -150,3 +152,30 @@ def test_edge_padding_matches_numpy(before, after):
     values = np.arange(20, dtype=np.float32).reshape(4, 5)
     expected = np.pad(values, ((before[0], after[0]), (before[1], after[1])), mode="edge")
     np.testing.assert_array_equal(_pad_edge(values, before, after), expected)
+
+
+def test_a_mixed_batch_gives_each_image_what_it_gets_alone_and_failures_in_place():
+    blank = Image.new("L", (200, 200), 255)
+    transparent = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    images = [
+        _digit(),
+        blank,
+        _digit(ink=255, paper=0),
+        _digit(size=(300, 300), box=(5, 200, 40, 290), width=4),
+        transparent,
+        _digit(mode="RGBA", ink=(20, 20, 20, 255), paper=(0, 0, 0, 0)),
+        _digit(size=(28, 28), box=(8, 4, 20, 24), width=2),
+    ]
+    batch = preprocess_batch(images)
+    assert isinstance(batch[1], EmptyImageError) and isinstance(batch[4], EmptyImageError)
+    for image, result in zip(images, batch, strict=True):
+        if not isinstance(result, Exception):
+            np.testing.assert_array_equal(result, preprocess(image))
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(7, 28), (4, 17), (13, 96), (30, 7), (1, 5)])
+def test_bilinear_weights_reproduce_pillows_bilinear_resize(size_in, size_out):
+    pixels = np.random.default_rng(size_in).random((size_in, size_in), dtype=np.float32)
+    expected = np.asarray(Image.fromarray(pixels).resize((size_out, size_out), Image.Resampling.BILINEAR))
+    weights = _bilinear_weights(size_in, size_out)
+    np.testing.assert_allclose(weights @ pixels @ weights.T, expected, atol=1e-6)
