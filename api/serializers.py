@@ -5,6 +5,7 @@ import math
 
 from django.conf import settings
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -163,6 +164,51 @@ class PredictionSerializer(serializers.Serializer):
         if not prediction.input_pixels:
             return None
         return self._prediction_url("api:prediction-input-image", prediction)
+
+    def to_representation(self, prediction: Prediction) -> dict:
+        """The declared fields, written out: DRF's generic field loop cost ten times as much per prediction.
+
+        A test holds this equal to the generic representation, field by field.
+        """
+        zone = timezone.get_current_timezone()
+        return {
+            "id": prediction.pk,
+            "url": self.get_url(prediction),
+            "status": str(prediction.status),
+            "finished": self.get_finished(prediction),
+            "digit": _or_none(int, prediction.digit),
+            "confidence": _or_none(float, prediction.confidence),
+            "probabilities": _or_none(_floats, prediction.probabilities),
+            "low_confidence": self.get_low_confidence(prediction),
+            "error": str(prediction.error),
+            "feedback": _or_none(int, prediction.feedback),
+            "checkpoint": _or_none(int, prediction.checkpoint_id),
+            "device": str(prediction.device),
+            "latency": self.get_latency(prediction),
+            "upload": int(prediction.upload_id),
+            "original_name": str(prediction.upload.original_name),
+            "image_url": self.get_image_url(prediction),
+            "input_image_url": self.get_input_image_url(prediction),
+            "created_at": _moment(prediction.created_at, zone),
+            "started_at": _moment(prediction.started_at, zone),
+            "finished_at": _moment(prediction.finished_at, zone),
+        }
+
+
+def _or_none(convert, value):
+    return None if value is None else convert(value)
+
+
+def _moment(value, zone) -> str | None:
+    # DRF's ISO 8601 output: in the current time zone, with UTC written as Z.
+    if value is None:
+        return None
+    text = value.astimezone(zone).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _floats(values) -> list:
+    return [None if value is None else float(value) for value in values]
 
 
 class PredictionBatchSerializer(serializers.Serializer):
