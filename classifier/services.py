@@ -117,7 +117,8 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
     images = validate_images(files)
     uploads = _upload_files_write(owner=owner, images=images, source=source)
     try:
-        predictions = [Prediction(upload=upload, **_published_now()) for upload in uploads]
+        published = _published_now()
+        predictions = [Prediction(upload=upload, **published) for upload in uploads]
         # Rows are inserted only once every file is on disk.
         statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
     except BaseException:

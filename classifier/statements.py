@@ -15,7 +15,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import Field, Model
 
 from classifier.models import Prediction, Upload
@@ -53,7 +53,22 @@ def _column_arrays(fields: Sequence[Field], objs: Sequence[Model], *, adding: bo
         values = [[field.pre_save(obj, add=True) for obj in objs] for field in fields]
     else:
         values = [[getattr(obj, field.attname) for obj in objs] for field in fields]
-    return [[field.get_db_prep_save(value, connection) for value in column] for field, column in zip(fields, values)]
+    # The wrapper itself, not the thread-local proxy that every attribute access would otherwise go through.
+    wrapper = connections[connection.alias]
+    return [_prepared_column(field, column, wrapper) for field, column in zip(fields, values)]
+
+
+def _prepared_column(field: Field, column: list, wrapper) -> list:
+    # Most columns of a batch hold one shared object (None, a default, the batch's timestamp): each distinct
+    # object is converted once. Keyed by identity, which is safe while ``column`` keeps every value alive.
+    converted: dict[int, object] = {}
+    out = []
+    for value in column:
+        key = id(value)
+        if key not in converted:
+            converted[key] = field.get_db_prep_save(value, wrapper)
+        out.append(converted[key])
+    return out
 
 
 def _unnest(fields: Sequence[Field], *, alias: str, leading: Sequence[tuple[str, str]] = ()) -> str:
