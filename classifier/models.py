@@ -29,17 +29,21 @@ class Upload(models.Model):
         API = "api"
         SAMPLE = "sample"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads")
+    # Every index is written on each upload: owner is served by (owner, -created_at), sha256 and sample_set by
+    # the unique sample constraint, so none of them has an index of its own.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads", db_index=False
+    )
     image = models.ImageField(upload_to=upload_image_path, width_field="width", height_field="height")
     original_name = models.CharField(max_length=255, blank=True)
     format = models.CharField(max_length=16)
     size = models.PositiveIntegerField(help_text="Size in bytes of the file as uploaded.")
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)
-    sha256 = models.CharField(max_length=64, db_index=True)
+    sha256 = models.CharField(max_length=64)
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.FILE)
     # The sample set a shipped image belongs to ("mnist", "other"), and its known label.
-    sample_set = models.CharField(max_length=16, blank=True, db_index=True)
+    sample_set = models.CharField(max_length=16, blank=True)
     label = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -68,7 +72,8 @@ class Prediction(models.Model):
     checkpoint = models.ForeignKey(
         "training.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
     )
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
+    # Indexed only with created_at (Meta.indexes): each status change rewrites the row's entry in every index.
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
     digit = models.PositiveSmallIntegerField(null=True, blank=True)
     confidence = models.FloatField(null=True, blank=True)
     probabilities = models.JSONField(null=True, blank=True)
