@@ -124,7 +124,8 @@ def running_stack(
     _recreate_database()
     _flush_broker()
     manage(env, "migrate", "--noinput")
-    manage(env, "ensure_demo_user", "--username", "bench", "--password", secrets.token_urlsafe(16))
+    # One argument: a generated password may start with "-", which argparse would take for an option.
+    manage(env, "ensure_demo_user", "--username", "bench", f"--password={secrets.token_urlsafe(16)}")
     token = manage(env, "drf_create_token", "bench").split()[2]
     # Serving cost does not depend on how well the weights were trained, so a short run will do.
     manage(env, "train", "--sync", "--activate", "--subset", "2000", "--epochs", "1")
