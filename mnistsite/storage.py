@@ -10,7 +10,7 @@ from django.core.files.utils import validate_file_name
 
 
 class MediaStorage(FileSystemStorage):
-    """Saving bytes under a free name costs about a fifth of FileSystemStorage's generic path.
+    """Saving bytes under a free name costs about half of FileSystemStorage's generic path.
 
     Every upload is written under a fresh random name, so the generic path's
     existence check, repeated name validation and per-chunk writes were pure
