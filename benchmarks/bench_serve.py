@@ -94,8 +94,8 @@ def upload_load(stack, images: list[bytes], batch: int, concurrency: int):
 def file_create_us(directory: Path, count: int = 500) -> float:
     """Microseconds to create one small file in ``directory``: the disk's part of every stored upload.
 
-    On this machine it has ranged from 20 µs to over 600 µs, nearly all of it kernel time, depending on the
-    file system's state (it is slow for minutes after many files were deleted). The tutorial stores nothing.
+    On this machine it has ranged from 20 µs to over 600 µs, nearly all of it kernel time, in phases lasting
+    minutes (often, not always, after many files were deleted). The tutorial stores nothing.
     """
     directory.mkdir(parents=True, exist_ok=True)
     payload = bytes(300)
