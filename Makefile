@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install data run test bench bench-train bench-serve bench-concurrency bench-load samples clean
+.PHONY: install data run test bench bench-train bench-inference bench-serve bench-concurrency bench-load samples clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,13 @@ run: install
 test: data
 	$(PY) -m pytest
 
-bench: bench-train bench-serve bench-concurrency bench-load
+bench: bench-train bench-inference bench-serve bench-concurrency bench-load
 
 bench-train: data
 	$(PY) benchmarks/bench_train.py
+
+bench-inference: data
+	$(PY) benchmarks/bench_inference.py
 
 bench-serve: data
 	$(PY) benchmarks/bench_serve.py

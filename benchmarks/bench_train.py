@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 
 from training.ml.data import load_mnist  # noqa: E402
 from training.ml.preprocess import preprocess, to_tensor  # noqa: E402
-from training.ml.recipe import TrainConfig, fit  # noqa: E402
+from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
 
 QUICK_TRAIN, QUICK_TEST = 1000, 200
 OTHER_SAMPLES = REPO / "media" / "samples" / "other"
@@ -45,8 +45,16 @@ def tutorial_input(image: Image.Image) -> torch.Tensor:
     return transform(image).flatten().unsqueeze(0)
 
 
-def tutorial_recipe(data_dir: Path, *, epochs: int, subset: int | None, test_subset: int | None) -> dict:
-    """The tutorial exactly: torchvision Dataset + ToTensor + DataLoader(100, shuffle) + Adam 1e-3."""
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tutorial_recipe(
+    data_dir: Path, *, epochs: int, subset: int | None, test_subset: int | None, device: torch.device
+) -> dict:
+    """The tutorial exactly: torchvision Dataset + ToTensor + DataLoader(100, shuffle) + Adam 1e-3, batches sent to ``device``."""
     import torchvision
     from torch.utils.data import DataLoader, Subset
     from torchvision import transforms
@@ -72,28 +80,31 @@ def tutorial_recipe(data_dir: Path, *, epochs: int, subset: int | None, test_sub
         def forward(self, x):
             return self.fc2(self.relu(self.fc1(x)))
 
-    model = NeuralNet()
+    model = NeuralNet().to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train_seconds = 0.0
     for _ in range(epochs):
         epoch_started = time.perf_counter()
         for images, labels in train_loader:
-            images = images.reshape(-1, 28 * 28)
-            loss = criterion(model(images), labels)
+            images = images.reshape(-1, 28 * 28).to(device)
+            loss = criterion(model(images), labels.to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        synchronize(device)
         train_seconds += time.perf_counter() - epoch_started
     with torch.no_grad():
         correct = total = 0
         for images, labels in test_loader:
-            predicted = model(images.reshape(-1, 28 * 28)).argmax(1)
+            predicted = model(images.reshape(-1, 28 * 28).to(device)).argmax(1).cpu()
             total += labels.size(0)
             correct += (predicted == labels).sum().item()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    model.cpu()
     return {
-        "seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu_started,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "images_per_second": len(train_dataset) * epochs / train_seconds,
         "test_accuracy": correct / total,
         "epochs": epochs,
@@ -101,21 +112,24 @@ def tutorial_recipe(data_dir: Path, *, epochs: int, subset: int | None, test_sub
     }
 
 
-def pipeline_recipe(config: TrainConfig, data_dir: Path, *, subset: int | None, test_subset: int | None) -> dict:
+def pipeline_recipe(
+    config: TrainConfig, data_dir: Path, *, subset: int | None, test_subset: int | None, device: torch.device
+) -> dict:
     """``fit`` end to end, including loading the IDX files and every per-epoch evaluation."""
     started, cpu_started = time.perf_counter(), time.process_time()
     train, test = load_mnist(data_dir)
     if subset is not None:
         train, test = train.subset(subset), test.subset(test_subset)
-    result = fit(config=config, train=train, test=test, device=torch.device("cpu"))
-    model = result.model.eval()
+    result = fit(config=config, train=train, test=test, device=device)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    model = result.model.cpu().eval()
     with torch.inference_mode():
         other = samples_accuracy(lambda image: model(to_tensor(preprocess(image))).argmax(1).item())
     return {
         "other_digits_accuracy": other,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         # CPU time summed over threads: on a shared machine it shows how much of "seconds" was waiting.
-        "cpu_seconds": time.process_time() - cpu_started,
+        "cpu_seconds": cpu_seconds,
         "images_per_second": result.images_per_second,
         "test_accuracy": result.final_accuracy,
         "epochs": config.epochs,
@@ -128,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke mode: 1 epoch on a small subset")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--skip-default", action="store_true", help="leave out the (slow) default CNN recipe")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda, for every recipe (default: cpu)")
     args = parser.parse_args(argv)
+    device = select_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = Path(os.environ.get("DATA_DIR", REPO / "data"))
@@ -142,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         mlp.epochs = cnn.epochs = 1
     log("a) tutorial recipe")
-    tutorial = tutorial_recipe(data_dir, epochs=mlp.epochs, subset=subset, test_subset=test_subset)
+    tutorial = tutorial_recipe(data_dir, epochs=mlp.epochs, subset=subset, test_subset=test_subset, device=device)
     log(f"   {tutorial}")
     log("b) tutorial MLP through training.ml")
-    pipeline_mlp = pipeline_recipe(mlp, data_dir, subset=subset, test_subset=test_subset)
+    pipeline_mlp = pipeline_recipe(mlp, data_dir, subset=subset, test_subset=test_subset, device=device)
     log(f"   {pipeline_mlp['seconds']:.1f}s acc {pipeline_mlp['test_accuracy']:.4f}")
     report = {
         "quick": args.quick,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": str(torch.__version__),
         "tutorial_mlp": tutorial,
         "pipeline_mlp": pipeline_mlp,
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.skip_default:
         log("c) default CNN recipe")
-        default_cnn = pipeline_recipe(cnn, data_dir, subset=subset, test_subset=test_subset)
+        default_cnn = pipeline_recipe(cnn, data_dir, subset=subset, test_subset=test_subset, device=device)
         log(f"   {default_cnn['seconds']:.1f}s acc {default_cnn['test_accuracy']:.4f}")
         report["default_cnn"] = default_cnn
         report["default_vs_tutorial_time_ratio"] = default_cnn["seconds"] / tutorial["seconds"]

@@ -65,17 +65,33 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture
-def celery_worker_process(transactional_db, isolated_storage, tmp_path):
-    """A real `celery worker` process on the real broker, sharing the test database and files."""
+def start_celery_worker(transactional_db, isolated_storage, tmp_path):
+    """Starts real `celery worker` processes on the real broker, sharing the test database and files.
+
+    Keyword arguments go to ``tests.processes.start_worker`` (settings overrides
+    among them); every worker started is stopped after the test.
+    """
     from mnistsite.celery import app
 
     # Messages left by an earlier test must not reach this test's worker.
     with app.connection_for_write() as conn:
         for queue in ("inference", "training"):
             conn.default_channel.queue_purge(queue)
-    worker = start_worker(log_dir=tmp_path / "logs")
-    yield worker
-    worker.stop()
+    workers = []
+
+    def start(**kwargs):
+        workers.append(start_worker(log_dir=tmp_path / f"logs-{len(workers)}", **kwargs))
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def celery_worker_process(start_celery_worker):
+    """One real `celery worker` process with the default settings."""
+    return start_celery_worker()
 
 
 def _broker_queue(name: str):

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from classifier import services
 from classifier.models import Prediction, Upload
+from tests.devices import DEVICES
 
 pytestmark = pytest.mark.django_db
 
@@ -86,7 +87,11 @@ def test_the_sweeper_republishes_predictions_stuck_running_on_a_dead_worker(user
     assert published.prediction_ids() == [stuck.pk]
 
 
-def test_prediction_execute_stores_digit_probabilities_and_the_model_input(user, digit_png, active_checkpoint, mnist_image):
+@pytest.mark.parametrize("device", DEVICES)
+def test_prediction_execute_stores_digit_probabilities_and_the_model_input(
+    user, digit_png, active_checkpoint, mnist_image, settings, device
+):
+    settings.TORCH_DEVICE = device
     _image, label = mnist_image(0)
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
@@ -97,7 +102,7 @@ def test_prediction_execute_stores_digit_probabilities_and_the_model_input(user,
     assert len(result.probabilities) == 10
     assert result.confidence == pytest.approx(max(result.probabilities))
     assert result.checkpoint_id == active_checkpoint.pk
-    assert result.device == "cpu"
+    assert result.device == device
     assert result.queue_ms >= 0 and result.compute_ms > 0
     stored = Prediction.objects.get(pk=prediction.pk)
     # What the model saw: 28x28 bright ink on black, the same picture inference produced.

@@ -7,6 +7,7 @@ import pytest
 from classifier import services
 from classifier.models import Prediction
 from mnistsite.celery import app
+from tests.devices import requires_cuda
 
 pytestmark = pytest.mark.worker
 
@@ -37,6 +38,23 @@ def test_an_upload_is_predicted_by_a_real_worker(celery_worker_process, user, di
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-6)
     assert prediction.checkpoint_id == active_checkpoint.pk
     assert len(prediction.input_pixels) == 28 * 28 and prediction.queue_ms is not None and prediction.compute_ms > 0
+
+
+@requires_cuda
+def test_worker_pool_processes_forked_from_one_parent_each_predict_on_the_gpu(
+    start_celery_worker, user, digit_png, active_checkpoint, mnist_image, settings
+):
+    # CUDA cannot be used in a child forked after the parent initialised it, so this fails
+    # if anything touches the GPU before the pool forks.
+    settings.INFERENCE_BATCH_SIZE = 1  # one message per image, so both pool processes get some
+    worker = start_celery_worker(concurrency=2, TORCH_DEVICE="cuda", INFERENCE_BATCH_SIZE="1")
+    files = [(io.BytesIO(digit_png(index)), f"{index}.png") for index in range(8)]
+    submitted = services.predictions_submit(owner=user, files=files, source="file")
+    done = [wait_for(prediction.pk) for prediction in submitted]
+    assert [p.status for p in done] == ["done"] * 8, [p.error for p in done]
+    assert {p.device for p in done} == {"cuda"}
+    assert sum(p.digit == mnist_image(index)[1] for index, p in enumerate(done)) >= 6
+    assert worker.log().count("loaded checkpoint") == 2, worker.log()
 
 
 def test_a_redelivered_message_keeps_one_result_and_is_not_recomputed(celery_worker_process, user, digit_png, active_checkpoint):

@@ -2,12 +2,14 @@
 from datetime import timedelta
 
 import pytest
+import torch
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from training import services
 from training.ml.atomic import sha256_file
+from tests.devices import requires_cuda, requires_no_cuda
 from tests.processes import NO_BROKER_URL, broker_switched
 from training.models import Checkpoint, TrainingRun
 
@@ -72,6 +74,29 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert final.size == (settings.CHECKPOINT_DIR / final.path).stat().st_size
     epoch_checkpoint = run.checkpoints.get(is_final=False)
     assert epoch_checkpoint.path == f"runs/{run.pk}/epoch-1.pt" and not epoch_checkpoint.is_active
+
+
+@requires_cuda
+def test_a_run_asking_for_the_gpu_trains_there_and_its_checkpoint_serves_on_the_cpu(tiny_recipe):
+    from training.loading import checkpoint_load_model
+
+    run = _create(tiny_recipe, architecture="cnn", learning_rate=0.1, augment=True, device="cuda", train_subset=2000)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.device == "cuda" and run.test_accuracy > 0.8
+    model = checkpoint_load_model(checkpoint=run.checkpoints.get(is_final=True), device=torch.device("cpu"))
+    assert {parameter.device.type for parameter in model.parameters()} == {"cpu"}
+
+
+@requires_no_cuda
+def test_a_run_asking_for_a_missing_gpu_fails_with_a_clear_error(tiny_recipe):
+    run = _create(tiny_recipe, device="cuda")
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert run.error == "ValueError: CUDA was requested but is not available"
+    assert not run.checkpoints.exists()
 
 
 def test_a_run_succeeds_without_activation_unless_asked(tiny_recipe, make_checkpoint):

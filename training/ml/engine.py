@@ -109,10 +109,12 @@ def train_one_epoch(
             correct += (logits.argmax(1) == y).sum()
         if on_step is not None:
             on_step(step, total_steps, float(loss.detach()))
+    # Reading the sums waits for the device, so the clock below counts all queued GPU work.
+    loss, accuracy = float(loss_sum) / max(count, 1), float(correct) / max(count, 1)
     seconds = time.perf_counter() - started
     return EpochStats(
-        loss=float(loss_sum) / max(count, 1),
-        accuracy=float(correct) / max(count, 1),
+        loss=loss,
+        accuracy=accuracy,
         n=count,
         steps=step,
         seconds=seconds,

@@ -9,6 +9,7 @@ import torch
 from training.ml import __version__
 from training.ml.architectures import build_model, model_config
 from training.ml.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from tests.devices import requires_cuda
 
 
 def _small_model():
@@ -36,6 +37,27 @@ def test_saved_checkpoint_loads_into_an_identical_model(tmp_path):
     assert payload["optimizer"] is not None
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+@requires_cuda
+def test_a_checkpoint_saved_from_the_gpu_loads_on_a_host_without_one_and_back_on_the_gpu(tmp_path):
+    model = _small_model().cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(8, 1, 28, 28, device="cuda")).sum().backward()
+    optimizer.step()
+    path = tmp_path / "model.pt"
+    digest, _ = save_checkpoint(path, model=model, config=None, epoch=1, metrics={}, optimizer=optimizer)
+    # Loading without a map_location would fail on a host without CUDA if any GPU tensor had been stored.
+    stored = torch.load(path, map_location=None, weights_only=True)
+    tensors = [*stored["state_dict"].values(), *stored["optimizer"]["state"][0].values()]
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in tensors if isinstance(t, torch.Tensor))
+    on_cpu, _ = load_checkpoint(path, expected_sha256=digest)
+    on_gpu, _ = load_checkpoint(path, expected_sha256=digest, map_location="cuda")
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+    x = torch.randn(4, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(on_gpu(x.cuda()).cpu(), on_cpu(x), rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(on_cpu(x), model.eval()(x.cuda()).cpu(), rtol=1e-2, atol=1e-3)
 
 
 def test_saving_leaves_no_temporary_files(tmp_path):

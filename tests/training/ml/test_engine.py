@@ -9,6 +9,7 @@ from training.ml.architectures import build_model
 from training.ml.augment import augment_batch
 from training.ml.engine import TrainingCancelled, evaluate, train_one_epoch
 from training.ml.recipe import TrainConfig, fit, select_device
+from tests.devices import DEVICES, full_float32, requires_cuda
 
 CPU = torch.device("cpu")
 SMALL_CNN = {"blocks": [[4], [8]], "hidden": 16}
@@ -48,9 +49,10 @@ def test_augmentation_is_deterministic_given_a_generator(tiny_train):
     assert a.min() >= 0 and a.max() <= 1
 
 
-def test_evaluate_reports_accuracy_and_a_confusion_matrix(tiny_test):
-    model = build_model("mlp")
-    result = evaluate(model=model, images=tiny_test.images, labels=tiny_test.labels, device=CPU, batch_size=32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_reports_accuracy_and_a_confusion_matrix(tiny_test, device):
+    model = build_model("mlp").to(device)
+    result = evaluate(model=model, images=tiny_test.images, labels=tiny_test.labels, device=torch.device(device), batch_size=32)
     assert result.n == 100
     assert len(result.confusion) == 10 and all(len(row) == 10 for row in result.confusion)
     assert sum(map(sum, result.confusion)) == 100
@@ -75,10 +77,11 @@ def _tiny_config(**overrides):
     return TrainConfig.from_dict({**TrainConfig().to_dict(), "model": SMALL_CNN, "epochs": 2, "batch_size": 64, **overrides})
 
 
-def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_test):
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_test, device):
     progress, epochs_seen = [], []
     result = fit(
-        config=_tiny_config(augment=False), train=tiny_train, test=tiny_test, device=CPU,
+        config=_tiny_config(augment=False), train=tiny_train, test=tiny_test, device=torch.device(device),
         on_progress=lambda *args: progress.append(args),
         on_epoch_end=lambda epoch, model, optimizer, metrics: epochs_seen.append((epoch, len(metrics["history"]))),
     )
@@ -87,6 +90,28 @@ def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_tes
     assert set(result.history[0]) >= {"epoch", "train_loss", "test_loss", "test_accuracy", "images_per_second", "seconds"}
     assert epochs_seen == [(1, 1), (2, 2)]
     assert progress[-1][0] == pytest.approx(1.0) and progress[-1][1:3] == (2, 8)
+    assert {parameter.device.type for parameter in result.model.parameters()} == {device}
+
+
+@requires_cuda
+def test_training_on_the_gpu_takes_the_same_steps_as_on_the_cpu(tiny_train):
+    # The CPU generator draws the batches and the augmentation, so both devices see the same inputs;
+    # dropout would draw from each device's own generator, so it is off here.
+    def train_on(device):
+        torch.manual_seed(0)
+        model = build_model("cnn", {**SMALL_CNN, "dropout": 0.0}).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        train_one_epoch(
+            model=model, optimizer=optimizer, scheduler=None, images=tiny_train.images[:256],
+            labels=tiny_train.labels[:256], batch_size=64, device=device,
+            generator=torch.Generator().manual_seed(3), augment=True,
+        )
+        return {name: value.cpu() for name, value in model.state_dict().items()}
+
+    with full_float32():
+        on_cpu, on_gpu = train_on(CPU), train_on(torch.device("cuda"))
+    for name, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tiny_train, tiny_test):
@@ -120,6 +145,11 @@ def test_train_config_round_trips_and_has_the_tutorial_mlp_recipe():
     assert TrainConfig.default_for("cnn").arch == "cnn"
     with pytest.raises(ValueError):
         TrainConfig.from_dict({"epochz": 3})
+
+
+@requires_cuda
+def test_select_device_gives_the_gpu_for_auto_when_there_is_one():
+    assert select_device("auto").type == "cuda" and select_device("cuda").type == "cuda"
 
 
 def test_select_device_understands_auto_and_cpu():

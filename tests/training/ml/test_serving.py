@@ -5,6 +5,7 @@ import torch
 
 from training.ml.architectures import build_model
 from training.ml.serving import inference_model
+from tests.devices import DEVICES, full_float32
 
 
 def _trained_like(arch: str) -> torch.nn.Module:
@@ -21,15 +22,16 @@ def _trained_like(arch: str) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 @pytest.mark.parametrize("batch", [1, 32])
-def test_the_inference_model_gives_the_trained_models_outputs(arch, batch):
+def test_the_inference_model_gives_the_trained_models_outputs(arch, batch, device):
     model = _trained_like(arch)
     inputs = torch.rand(batch, 1, 28, 28)
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         expected = model(inputs)
-        actual = inference_model(model)(inputs)
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+        actual = inference_model(model.to(device))(inputs.to(device))
+    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_batch_norms_are_folded_away_and_the_trained_model_is_left_as_it_was():
