@@ -4,6 +4,8 @@ import os
 os.environ.setdefault("DEBUG", "false")
 # Short enough that a killed worker's message comes back within a test.
 os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "10")
+# The same results on every machine; the GPU tests ask for CUDA themselves.
+os.environ.setdefault("TORCH_DEVICE", "cpu")
 os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from mnistsite.settings.base import *  # noqa: E402,F403
