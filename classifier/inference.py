@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ __all__ = [
     "EmptyImageError",
     "LoadedModel",
     "NoActiveCheckpointError",
+    "TorchDeviceError",
     "model_for_active_checkpoint",
     "model_for_checkpoint",
     "model_for_checkpoint_id",
     "predict_images",
     "torch_device",
+    "torch_device_check",
 ]
 
 
@@ -63,6 +66,39 @@ def _configure_threads() -> None:
     if not _threads_configured:
         torch.set_num_threads(settings.TORCH_NUM_THREADS)
         _threads_configured = True
+
+
+# PyTorch's NVML-based availability check is the one documented not to initialise CUDA (so not to spoil forks).
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+class TorchDeviceError(Exception):
+    """TORCH_DEVICE asks for a GPU that PyTorch cannot see on this host."""
+
+
+def torch_device_check() -> None:
+    """Refuse TORCH_DEVICE=cuda where PyTorch sees no GPU, without initialising CUDA in this process.
+
+    A worker runs this before its pool forks: a parent that had initialised CUDA
+    would leave its children unable to use the GPU at all.
+    """
+    if settings.TORCH_DEVICE != "cuda":
+        return
+    saved = os.environ.get(_NVML_CHECK)
+    os.environ[_NVML_CHECK] = "1"
+    try:
+        available = torch.cuda.is_available()
+    finally:
+        if saved is None:
+            del os.environ[_NVML_CHECK]
+        else:
+            os.environ[_NVML_CHECK] = saved
+    if not available:
+        raise TorchDeviceError(
+            "TORCH_DEVICE is cuda, but PyTorch sees no CUDA GPU on this host "
+            f"(PyTorch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). "
+            "Give this worker a GPU, or set TORCH_DEVICE to auto or cpu."
+        )
 
 
 def torch_device() -> torch.device:

@@ -2,7 +2,8 @@
 import os
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.exceptions import WorkerShutdown
+from celery.signals import task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
 
@@ -20,3 +21,15 @@ def _database_connections_refresh(sender=None, **kwargs) -> None:
     # An eager task runs inside its caller's request or transaction, whose connection is not ours to close.
     if not getattr(sender.request, "is_eager", False):
         close_old_connections()
+
+
+@worker_init.connect
+def _torch_device_check(**kwargs) -> None:
+    """A worker told to use a GPU it does not have stops at once, before it takes a single task."""
+    from classifier.inference import TorchDeviceError, torch_device_check
+
+    try:
+        torch_device_check()
+    except TorchDeviceError as exc:
+        # Celery logs and swallows an Exception from a signal handler; this one ends the worker.
+        raise WorkerShutdown(str(exc)) from exc

@@ -15,8 +15,7 @@ def checkpoint_load_model(*, checkpoint: Checkpoint, device: torch.device | str 
     """
     from training.ml.checkpoints import load_checkpoint
 
-    device = torch.device(device)
     model, _payload = load_checkpoint(
-        checkpoint_file_path(checkpoint=checkpoint), expected_sha256=checkpoint.sha256, map_location=device
+        checkpoint_file_path(checkpoint=checkpoint), expected_sha256=checkpoint.sha256, device=device
     )
-    return model.to(device).eval()
+    return model

@@ -262,7 +262,7 @@ def _latest_epoch_checkpoint(run: TrainingRun) -> tuple[Checkpoint, dict] | None
     for checkpoint in run.checkpoints.filter(is_final=False).order_by("-epoch"):
         try:
             _model, payload = load_checkpoint(
-                checkpoint_file_path(checkpoint=checkpoint), expected_sha256=checkpoint.sha256, map_location="cpu"
+                checkpoint_file_path(checkpoint=checkpoint), expected_sha256=checkpoint.sha256
             )
         except (CheckpointError, ValueError) as exc:
             logger.warning("cannot resume run %s from %s: %s", run.pk, checkpoint.path, exc)

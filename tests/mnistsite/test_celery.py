@@ -7,6 +7,7 @@ import pytest
 from mnistsite.broker import filesystem_transport_options
 from mnistsite.celery import app
 from tests.classifier.fixtures import png_bytes
+from tests.devices import requires_no_cuda
 from tests.processes import broker_switched, start_worker
 
 
@@ -19,6 +20,15 @@ def test_celery_accepts_json_only():
 def test_a_real_worker_answers_a_ping_through_the_configured_broker(celery_worker_process):
     replies = app.control.ping(timeout=5)
     assert any(name.startswith("worker-") for reply in replies for name in reply)
+
+
+@pytest.mark.worker
+@requires_no_cuda
+def test_a_worker_told_to_use_a_missing_gpu_stops_before_taking_any_task(start_celery_worker):
+    with pytest.raises(RuntimeError, match="exited with 1") as stopped:
+        start_celery_worker(TORCH_DEVICE="cuda")
+    assert "TORCH_DEVICE is cuda, but PyTorch sees no CUDA GPU on this host" in str(stopped.value)
+    assert "ready." not in str(stopped.value)
 
 
 @pytest.mark.worker

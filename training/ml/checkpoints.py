@@ -71,9 +71,9 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, *, expected_sha256: str, map_location: str | torch.device = "cpu"
+    path: Path, *, expected_sha256: str, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Verify, load and rebuild: returns ``(model in eval mode, payload dict)``.
+    """Verify, load and rebuild: returns ``(model in eval mode on device, payload dict on the CPU)``.
 
     The file's sha256 is checked before any byte is deserialised, deserialising
     uses ``weights_only=True`` (no arbitrary code), and the model is only returned
@@ -93,7 +93,8 @@ def load_checkpoint(
             f"checkpoint {path.name} sha256 {actual} does not match expected {expected_sha256}; refusing to load"
         )
     try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        # Always onto the CPU first: a missing GPU then shows as such below, not as a corrupt file.
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncation, corruption and unsafe globals all land here
         raise CheckpointError(f"checkpoint {path.name} is corrupt or contains disallowed objects: {exc}") from exc
     if not isinstance(payload, dict) or any(key not in payload for key in _REQUIRED_KEYS):
@@ -111,4 +112,4 @@ def load_checkpoint(
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path.name} weights do not fit its model: {exc}") from exc
-    return model.to(map_location).eval(), payload
+    return model.to(device).eval(), payload

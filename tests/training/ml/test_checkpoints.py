@@ -52,7 +52,7 @@ def test_a_checkpoint_saved_from_the_gpu_loads_on_a_host_without_one_and_back_on
     tensors = [*stored["state_dict"].values(), *stored["optimizer"]["state"][0].values()]
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in tensors if isinstance(t, torch.Tensor))
     on_cpu, _ = load_checkpoint(path, expected_sha256=digest)
-    on_gpu, _ = load_checkpoint(path, expected_sha256=digest, map_location="cuda")
+    on_gpu, _ = load_checkpoint(path, expected_sha256=digest, device="cuda")
     assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
     x = torch.randn(4, 1, 28, 28)
     with torch.inference_mode():
