@@ -26,6 +26,10 @@ def _database_connections_refresh(sender=None, **kwargs) -> None:
 @worker_init.connect
 def _torch_device_check(**kwargs) -> None:
     """A worker told to use a GPU it does not have stops at once, before it takes a single task."""
+    from django.conf import settings
+
+    if settings.TORCH_DEVICE != "cuda":
+        return  # nothing to check, and no reason to load PyTorch into the parent
     from classifier.inference import TorchDeviceError, torch_device_check
 
     try:
