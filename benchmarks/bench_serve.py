@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.cpu_usage import cpu_profile, cpu_snapshot  # noqa: E402
 from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
 from benchmarks.stack import REPO, running_stack, wait_http  # noqa: E402
 from training.ml.data import load_split  # noqa: E402
@@ -42,10 +43,14 @@ def all_done(status: int, body: bytes) -> bool:
 
 
 def measure(label: str, run, concurrencies: list[int]) -> dict:
+    """One load per concurrency, each with where the machine's CPU went during it."""
     report = {}
     for concurrency in concurrencies:
+        before = cpu_snapshot()
         summary = run(concurrency).summary()
-        print(f"{label} c={concurrency}: {summary['images_per_second']} img/s p50 {summary['latency_ms']['p50']} ms",
+        summary["cpu"] = cpu_profile(before, cpu_snapshot(), images=summary["images"])
+        print(f"{label} c={concurrency}: {summary['images_per_second']} img/s p50 {summary['latency_ms']['p50']} ms; "
+              f"CPU ms per image {summary['cpu']['ms_per_image']}, machine busy {summary['cpu']['machine_busy']}",
               file=sys.stderr)
         report[f"c{concurrency}"] = summary
     return report

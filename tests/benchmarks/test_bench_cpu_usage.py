@@ -1,0 +1,39 @@
+"""The benchmarks' CPU accounting: processes found by role in /proc, and time per image between two snapshots."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks.cpu_usage import TICKS_PER_SECOND, _process_seconds, cpu_profile, cpu_snapshot
+
+
+def _spin(seconds: float) -> None:
+    deadline = time.process_time() + seconds
+    while time.process_time() < deadline:
+        pass
+
+
+def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields():
+    ticks_fields = " ".join(["S"] + ["0"] * 10 + ["250", "50"] + ["0"] * 30)
+    assert _process_seconds(f"42 (odd (name) here) {ticks_fields}") == pytest.approx(300 / TICKS_PER_SECOND)
+
+
+def test_cpu_spent_between_snapshots_is_given_to_the_right_roles():
+    # A child whose command line names it a worker burns CPU alongside this process, the load generator.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\ndeadline = time.process_time() + 0.2\n"
+         "while time.process_time() < deadline: pass\ntime.sleep(5)", "celery"],
+    )
+    try:
+        before = cpu_snapshot()
+        _spin(0.3)
+        time.sleep(1.0)  # the child finishes its spinning
+        profile = cpu_profile(before, cpu_snapshot(), images=10)
+    finally:
+        child.kill()
+        child.wait()
+    per_image = profile["ms_per_image"]
+    assert 25 <= per_image["load_generator"] <= 50  # 0.3 s over 10 images
+    assert 15 <= per_image["worker"] <= 35  # 0.2 s
+    assert 0 < profile["machine_busy"] <= 1
