@@ -49,9 +49,8 @@ def _upload_build(
         label=label,
         created_at=timezone.now(),
     )
-    # Written under a generated name; the client's name is kept only as text.
-    name = default_storage.generate_filename(upload_image_path(upload, "upload.png"))
-    upload.image.name = default_storage.save(name, ContentFile(image.content))
+    # Written under a generated name (no storage clean-up needed); the client's name is kept only as text.
+    upload.image.name = default_storage.save(upload_image_path(upload, "upload.png"), ContentFile(image.content))
     return upload
 
 
