@@ -1,4 +1,4 @@
-"""`make bench-inference`: what a worker spends per batch, preprocessing and forward pass, on the CPU and any GPU (JSON)."""
+"""`make bench-inference`: a worker's preprocessing and forward pass per batch, on the CPU and any GPU (JSON)."""
 from __future__ import annotations
 
 import argparse
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = load_split(DATA_DIR, split="test").images[: max(BATCHES)].numpy()
     images = [Image.fromarray(255 - row) for row in pixels]  # dark ink on white, as people upload
     preprocess_ms = median_ms(lambda: preprocess_batch(images[:32]), device=torch.device("cpu"), repeats=args.repeats)
-    inputs = to_tensor([digit for digit in preprocess_batch(images)])
+    inputs = to_tensor(preprocess_batch(images))
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     report = {

@@ -54,7 +54,7 @@ def synchronize(device: torch.device) -> None:
 def tutorial_recipe(
     data_dir: Path, *, epochs: int, subset: int | None, test_subset: int | None, device: torch.device
 ) -> dict:
-    """The tutorial exactly: torchvision Dataset + ToTensor + DataLoader(100, shuffle) + Adam 1e-3, batches sent to ``device``."""
+    """The tutorial exactly: torchvision Dataset + ToTensor + DataLoader(100, shuffle) + Adam 1e-3, on ``device``."""
     import torchvision
     from torch.utils.data import DataLoader, Subset
     from torchvision import transforms
