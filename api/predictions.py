@@ -139,7 +139,7 @@ class PredictionListCreateApi(GenericAPIView):
         if wait:
             completion.predictions_wait_finished(prediction_ids=[prediction.pk for prediction in created], timeout=wait)
         predictions = selectors.predictions_reload(predictions=created)
-        finished = all(p.status in completion.FINISHED for p in predictions)
+        finished = all(p.status in Prediction.FINISHED for p in predictions)
         return Response(
             {"predictions": _represent(request, predictions)},
             status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,

@@ -142,7 +142,7 @@ class PredictionSerializer(serializers.Serializer):
         return self._prediction_url("api:prediction-detail", prediction)
 
     def get_finished(self, prediction: Prediction) -> bool:
-        return prediction.status in (Prediction.Status.DONE, Prediction.Status.FAILED)
+        return prediction.status in Prediction.FINISHED
 
     def get_low_confidence(self, prediction: Prediction) -> bool:
         return bool(

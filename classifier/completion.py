@@ -14,12 +14,11 @@ import time
 
 from django.db import connection
 
-from classifier.models import Prediction
+from classifier import statements
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "mnistsite_predictions_finished"
-FINISHED = (Prediction.Status.DONE, Prediction.Status.FAILED)
 # Without notifications (SQLite) the database is polled, fast at first, then backing off.
 POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.05
@@ -39,10 +38,7 @@ def _notifications_available() -> bool:
 
 
 def _unfinished(prediction_ids: set[int]) -> set[int]:
-    finished = (
-        Prediction.objects.filter(pk__in=prediction_ids, status__in=FINISHED).order_by().values_list("pk", flat=True)
-    )
-    return prediction_ids - set(finished)
+    return prediction_ids - statements.predictions_finished_ids(prediction_ids=sorted(prediction_ids))
 
 
 def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> bool:

@@ -68,6 +68,8 @@ class Prediction(models.Model):
         DONE = "done"
         FAILED = "failed"
 
+    FINISHED = (Status.DONE, Status.FAILED)
+
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions")
     checkpoint = models.ForeignKey(
         "training.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"

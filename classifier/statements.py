@@ -176,6 +176,37 @@ def _results_update_notify_sql() -> str:
     )
 
 
+def _placeholders(values: Sequence) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def predictions_get(*, prediction_ids: Sequence[int]) -> dict[int, Prediction]:
+    """The current rows of these predictions by id (their uploads not loaded).
+
+    Django compiles an ``in_bulk`` for longer than the database takes to answer it;
+    this raw statement costs half as much on every ``?wait`` request.
+    """
+    if not prediction_ids:
+        return {}
+    table = _quote(Prediction._meta.db_table)
+    sql = f"SELECT * FROM {table} WHERE id IN ({_placeholders(prediction_ids)})"
+    rows = Prediction.objects.raw(sql, prediction_ids)
+    return {prediction.pk: prediction for prediction in rows}
+
+
+def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:
+    """Which of these predictions are done or failed, in one statement that skips the ORM's compiler."""
+    if not prediction_ids:
+        return set()
+    table = _quote(Prediction._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE id IN ({_placeholders(prediction_ids)}) AND status IN (%s, %s)",
+            [*prediction_ids, *Prediction.FINISHED],
+        )
+        return {pk for (pk,) in cursor.fetchall()}
+
+
 def predictions_claim(
     *, prediction_ids: Sequence[int], limit: int, now: dt.datetime, stale_before: dt.datetime
 ) -> tuple[list[Prediction], int | None]:
@@ -189,7 +220,7 @@ def predictions_claim(
     """
     prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
     checkpoint = _quote(Checkpoint._meta.db_table)
-    ids = ", ".join(["%s"] * len(prediction_ids))
+    ids = _placeholders(prediction_ids)
     # Only the prediction rows are locked; their uploads stay free for everyone else.
     lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     sql = (
