@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = os.environ.get("BENCH_DB", "mnistsite_bench")
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2")
+# Shared by the web processes for throttling, as docker-compose.yml configures it: a per-process cache would
+# skip two Redis round trips a request that a real deployment makes.
+CACHE_URL = os.environ.get("BENCH_CACHE_URL", "rediscache://127.0.0.1:6379/3")
 # Inference pool processes unless a benchmark asks otherwise: what docker-compose.yml runs.
 INFERENCE_CONCURRENCY = 2
 
@@ -53,6 +56,7 @@ def stack_env(workdir: Path, **overrides: str) -> dict[str, str]:
         SECURE_SSL_REDIRECT="false",
         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}",
         CELERY_BROKER_URL=BROKER_URL,
+        CACHE_URL=CACHE_URL,
         MEDIA_ROOT=str(workdir / "media"),
         CHECKPOINT_DIR=str(workdir / "checkpoints"),
         DATA_DIR=env.get("DATA_DIR", str(REPO / "data")),
