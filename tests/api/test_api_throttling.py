@@ -1,16 +1,52 @@
-"""Per-user upload throttling counts images, answers 429 with Retry-After and spares other users."""
+"""Per-user upload throttling counts images, answers 429 with Retry-After and spares other users.
+
+Every test runs against the local-memory cache and against Redis (one atomic
+script instead of a read and a write).
+"""
 from __future__ import annotations
 
+import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.conf import settings as django_settings
+from django.core.cache import cache
 
+from api.throttling import allowance_take
 from classifier.models import Upload
 from tests.api.conftest import upload_file
 
 pytestmark = pytest.mark.django_db
 
 LIST = "/api/v1/predictions/"
+
+
+def _redis_cache_url() -> str:
+    broker = urlsplit(django_settings.CELERY_BROKER_URL)
+    if broker.scheme != "redis":
+        pytest.skip("the Redis cache is tested where the broker is Redis")
+    # A database of its own: clearing the cache must not touch the broker's queues.
+    return urlunsplit(broker._replace(path="/5"))
+
+
+@pytest.fixture(autouse=True, params=["locmem", "redis"])
+def throttle_cache(request, settings):
+    if request.param == "redis":
+        settings.CACHES = {
+            "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _redis_cache_url()}
+        }
+    cache.clear()
+    yield request.param
+    cache.clear()
+
+
+def _stored_number(key: str, backend: str) -> float:
+    if backend == "locmem":
+        return cache.get(key)
+    # The Redis script stores the number as text, which Django's Redis serializer does not read back.
+    full_key = cache.make_and_validate_key(key)
+    return float(cache._cache.get_client(full_key).get(full_key))
 
 
 @pytest.fixture
@@ -47,16 +83,15 @@ def test_reading_is_not_throttled(user_client, three_uploads_a_minute):
     assert all(user_client.get(LIST).status_code == 200 for _ in range(5))
 
 
-def test_the_throttle_keeps_one_number_per_user_however_many_images_were_sent(user, user_client, settings):
-    from django.core.cache import cache
-
+def test_the_throttle_keeps_one_number_per_user_however_many_images_were_sent(
+    user, user_client, settings, throttle_cache
+):
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "600/minute"}}
     for _ in range(3):
         assert user_client.post(LIST, {"images": [upload_file() for _ in range(4)]}, format="multipart").status_code == 202
 
     # Twelve images used a fiftieth of the allowance: it is whole again in 1.2 s, not in a minute.
-    refilled_at = cache.get(f"throttle_uploads_{user.pk}")
-    assert isinstance(refilled_at, float)
+    refilled_at = _stored_number(f"throttle_uploads_{user.pk}", throttle_cache)
     assert 0 < refilled_at - time.time() <= 1.2
 
 
@@ -69,3 +104,25 @@ def test_the_allowance_refills_continuously_at_the_rate(user_client, settings):
     time.sleep(0.6)
     assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 202
     assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
+
+
+def test_concurrent_requests_in_redis_never_spend_more_than_the_allowance(throttle_cache):
+    if throttle_cache != "redis":
+        pytest.skip("only the Redis script is atomic; the local-memory cache lives in one process anyway")
+    allowed = []
+    start = threading.Barrier(16)
+
+    def spend() -> None:
+        start.wait()
+        for _ in range(5):
+            # Ten seconds of allowance, one second a request: exactly ten fit, whoever comes first.
+            if allowance_take(key="throttle_race", now=time.time(), cost=1.0, period=10.0) <= 1e-6:
+                allowed.append(1)
+
+    threads = [threading.Thread(target=spend) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(allowed) == 10
