@@ -66,7 +66,10 @@ def token_with_user_get(*, key: str) -> Token | None:
     if not found:
         return None
     user = found[0]
-    return Token(key=key, user=user, created=_converted(Token._meta.get_field("created"), user.token_created))
+    token = Token(key=key, user=user, created=_converted(Token._meta.get_field("created"), user.token_created))
+    # Loaded, not new: saving it would update the stored row.
+    token._state.adding, token._state.db = False, user._state.db
+    return token
 
 
 def _converted(field, value):

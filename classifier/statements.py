@@ -201,7 +201,8 @@ def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:
     table = _quote(Prediction._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {table} WHERE id IN ({_placeholders(prediction_ids)}) AND status IN (%s, %s)",
+            f"SELECT id FROM {table} "
+            f"WHERE id IN ({_placeholders(prediction_ids)}) AND status IN ({_placeholders(Prediction.FINISHED)})",
             [*prediction_ids, *Prediction.FINISHED],
         )
         return {pk for (pk,) in cursor.fetchall()}

@@ -24,6 +24,7 @@ def test_a_token_authenticates_its_user_in_one_query(user):
     assert (found_user.pk, found_user.username, found_user.is_active) == (user.pk, "alice", True)
     assert found_user.check_password("correct horse battery") and found_user.date_joined == user.date_joined
     assert (found_token.key, found_token.user_id, found_token.created) == (token.key, user.pk, token.created)
+    assert not found_token._state.adding
 
 
 def test_an_unknown_token_is_invalid(user):
