@@ -214,20 +214,31 @@ def predictions_claim(
     """Mark up to ``limit`` predictions running in one statement: ``prediction_ids`` first, then the oldest pending.
 
     Of ``prediction_ids``, those pending or running since before ``stale_before``
-    qualify. The materialised CTE picks and locks the rows exactly once (SKIP
+    qualify. The materialised CTEs pick and lock the rows exactly once (SKIP
     LOCKED on PostgreSQL; SQLite runs one writer at a time); the UPDATE marks
     them and returns them with their upload's image name (``upload_image``), in
     claim order, and the id of the checkpoint active now.
+
+    The oldest pending are found by a plain index scan in ``created_at`` order.
+    Each claim leaves the claimed rows' old versions dead in the status index;
+    an index scan marks such entries dead as it passes them, so the next claim
+    skips them. The single OR-ed condition this replaced was planned as a bitmap
+    scan, which marks nothing: with autovacuum behind, every claim re-read every
+    dead entry (5,000 after one benchmark run, 1 ms a claim; 0.08 ms now).
     """
     prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
     checkpoint = _quote(Checkpoint._meta.db_table)
     ids = _placeholders(prediction_ids)
-    # Only the prediction rows are locked; their uploads stay free for everyone else.
+    # Only the prediction rows are locked; their uploads stay free for everyone else. Rows locked by "others"
+    # beyond the final LIMIT are released when the statement's transaction ends.
     lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     sql = (
-        f"WITH claimed AS MATERIALIZED (SELECT p.id FROM {prediction} p "
-        f"WHERE (p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s))) OR p.status = %s "
-        f"ORDER BY CASE WHEN p.id IN ({ids}) THEN 0 ELSE 1 END, p.created_at, p.id LIMIT %s{lock}) "
+        f"WITH own AS MATERIALIZED (SELECT p.id, 0 AS rank, p.created_at FROM {prediction} p "
+        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s)){lock}), "
+        f"others AS MATERIALIZED (SELECT p.id, 1 AS rank, p.created_at FROM {prediction} p "
+        f"WHERE p.status = %s AND p.id NOT IN ({ids}) ORDER BY p.created_at, p.id LIMIT %s{lock}), "
+        f"claimed AS (SELECT id FROM (SELECT * FROM own UNION ALL SELECT * FROM others) c "
+        f"ORDER BY rank, created_at, id LIMIT %s) "
         f"UPDATE {prediction} SET status = %s, started_at = %s WHERE id IN (SELECT id FROM claimed) "
         f"RETURNING *, "
         f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
@@ -236,7 +247,8 @@ def predictions_claim(
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
     adapt = connection.ops.adapt_datetimefield_value
     params = [
-        *prediction_ids, pending, running, adapt(stale_before), pending, *prediction_ids, limit, running, adapt(now),
+        *prediction_ids, pending, running, adapt(stale_before),
+        pending, *prediction_ids, limit, limit, running, adapt(now),
     ]
     batch = list(Prediction.objects.raw(sql, params))
     # RETURNING keeps no order.
