@@ -229,17 +229,19 @@ def predictions_claim(
     prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
     checkpoint = _quote(Checkpoint._meta.db_table)
     ids = _placeholders(prediction_ids)
-    # Only the prediction rows are locked; their uploads stay free for everyone else. Rows locked by "others"
-    # beyond the final LIMIT are released when the statement's transaction ends.
+    # Only the prediction rows are locked; their uploads stay free for everyone else. Every row locked is
+    # claimed: a row locked and left would be skipped by the claim of its own message, and nothing else would
+    # take it until the sweeper. So "others" only fills what "own" left of the limit.
     lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     sql = (
-        f"WITH own AS MATERIALIZED (SELECT p.id, 0 AS rank, p.created_at FROM {prediction} p "
-        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s)){lock}), "
-        f"others AS MATERIALIZED (SELECT p.id, 1 AS rank, p.created_at FROM {prediction} p "
-        f"WHERE p.status = %s AND p.id NOT IN ({ids}) ORDER BY p.created_at, p.id LIMIT %s{lock}), "
-        f"claimed AS (SELECT id FROM (SELECT * FROM own UNION ALL SELECT * FROM others) c "
-        f"ORDER BY rank, created_at, id LIMIT %s) "
-        f"UPDATE {prediction} SET status = %s, started_at = %s WHERE id IN (SELECT id FROM claimed) "
+        f"WITH own AS MATERIALIZED (SELECT p.id FROM {prediction} p "
+        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s)) "
+        f"ORDER BY p.created_at, p.id LIMIT %s{lock}), "
+        f"others AS MATERIALIZED (SELECT p.id FROM {prediction} p "
+        f"WHERE p.status = %s AND p.id NOT IN ({ids}) ORDER BY p.created_at, p.id "
+        f"LIMIT (SELECT %s - count(*) FROM own){lock}) "
+        f"UPDATE {prediction} SET status = %s, started_at = %s "
+        f"WHERE id IN (SELECT id FROM own UNION ALL SELECT id FROM others) "
         f"RETURNING *, "
         f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
         f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id"
@@ -247,8 +249,8 @@ def predictions_claim(
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
     adapt = connection.ops.adapt_datetimefield_value
     params = [
-        *prediction_ids, pending, running, adapt(stale_before),
-        pending, *prediction_ids, limit, limit, running, adapt(now),
+        *prediction_ids, pending, running, adapt(stale_before), limit,
+        pending, *prediction_ids, limit, running, adapt(now),
     ]
     batch = list(Prediction.objects.raw(sql, params))
     # RETURNING keeps no order.

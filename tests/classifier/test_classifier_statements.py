@@ -1,9 +1,13 @@
-"""Hand-written reads of predictions: the rows as the ORM would load them, and which have finished."""
+"""Hand-written statements: reading predictions as the ORM would, and claiming them without stranding any."""
 from __future__ import annotations
 
+import datetime as dt
 import io
+import threading
 
 import pytest
+from django.db import connection, transaction
+from django.utils import timezone
 
 from classifier import services, statements
 from classifier.models import Prediction
@@ -50,3 +54,53 @@ def test_asking_for_no_ids_sends_no_query(django_assert_num_queries):
     with django_assert_num_queries(0):
         assert statements.predictions_get(prediction_ids=[]) == {}
         assert statements.predictions_finished_ids(prediction_ids=[]) == set()
+
+
+def _claim(prediction_ids: list[int], *, limit: int) -> list[int]:
+    now = timezone.now()
+    batch, _ = statements.predictions_claim(
+        prediction_ids=prediction_ids, limit=limit, now=now, stale_before=now - dt.timedelta(hours=1)
+    )
+    return sorted(p.pk for p in batch)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_locks_only_the_predictions_it_takes(user, digit_png):
+    # Were a full claim to lock waiting predictions it does not take, the claim of their own message, running
+    # meanwhile, would skip them and end; nothing would take them until the sweeper.
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks that others skip are PostgreSQL's; SQLite runs one writer at a time")
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    first = [p.pk for p in services.predictions_create(uploads=[upload] * 2, publish=False)]
+    second = [p.pk for p in services.predictions_create(uploads=[upload] * 2, publish=False)]
+    claimed_first, holding, release = [], threading.Event(), threading.Event()
+
+    def claim_first_and_hold_its_locks() -> None:
+        try:
+            with transaction.atomic():
+                claimed_first.extend(_claim(first, limit=2))
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=claim_first_and_hold_its_locks)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        claimed_second = _claim(second, limit=2)
+    finally:
+        release.set()
+        thread.join()
+
+    assert (claimed_first, claimed_second) == (first, second)
+
+
+def test_a_claim_takes_its_own_predictions_first_then_the_oldest_waiting_up_to_the_limit(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    waiting = [p.pk for p in services.predictions_create(uploads=[upload] * 3, publish=False)]
+    own = [p.pk for p in services.predictions_create(uploads=[upload] * 2, publish=False)]
+
+    assert _claim(own, limit=3) == sorted([*own, waiting[0]])
+    assert _claim(own, limit=3) == waiting[1:]
+    assert _claim(own, limit=3) == []
