@@ -21,7 +21,7 @@ PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0
 BENCH_DB = os.environ.get("BENCH_DB", "mnistsite_bench")
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2")
 # Shared by the web processes for throttling, as docker-compose.yml configures it: a per-process cache would
-# skip two Redis round trips a request that a real deployment makes.
+# skip the Redis round trip a request makes in a real deployment.
 CACHE_URL = os.environ.get("BENCH_CACHE_URL", "rediscache://127.0.0.1:6379/3")
 # Inference pool processes unless a benchmark asks otherwise: what docker-compose.yml runs.
 INFERENCE_CONCURRENCY = 2

@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.cache import cache
 
-from api.throttling import allowance_take
+from api.throttling import TOLERANCE_S, allowance_take
 from classifier.models import Upload
 from tests.api.conftest import upload_file
 
@@ -116,7 +116,7 @@ def test_concurrent_requests_in_redis_never_spend_more_than_the_allowance(thrott
         start.wait()
         for _ in range(5):
             # Ten seconds of allowance, one second a request: exactly ten fit, whoever comes first.
-            if allowance_take(key="throttle_race", now=time.time(), cost=1.0, period=10.0) <= 1e-6:
+            if allowance_take(key="throttle_race", now=time.time(), cost=1.0, period=10.0) <= TOLERANCE_S:
                 allowed.append(1)
 
     threads = [threading.Thread(target=spend) for _ in range(16)]
