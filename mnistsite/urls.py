@@ -1,10 +1,19 @@
-"""URL routes: pages, admin, API, accounts and health checks."""
+"""URL routes: pages, admin, API, accounts, health checks and the site icon."""
 from django.contrib import admin
+from django.contrib.auth.decorators import login_not_required
+from django.templatetags.static import static
 from django.urls import include, path
+from django.utils.functional import lazy
+from django.views.generic import RedirectView
 
 from mnistsite import health
 
 urlpatterns = [
+    # Browsers ask for /favicon.ico on every page that names no icon (the admin, the API docs).
+    path(
+        "favicon.ico",
+        login_not_required(RedirectView.as_view(url=lazy(static, str)("favicon.svg"), permanent=True)),
+    ),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
