@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install data run test bench bench-train bench-inference bench-serve bench-concurrency bench-load samples clean
+.PHONY: install data run test bench bench-train bench-inference bench-serve bench-concurrency bench-load bench-profile samples clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-concurrency: data
 
 bench-load: data
 	$(PY) benchmarks/bench_load.py
+
+# Not part of `bench`: a diagnosis of where bench-serve's CPU goes, not a measurement. Single images by
+# default; ARGS="--per-request 32 --rounds 20" for batches.
+bench-profile: data
+	$(PY) benchmarks/profile_serve.py $(ARGS)
 
 samples: install
 	$(PY) manage.py extract_mnist_samples

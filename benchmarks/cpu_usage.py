@@ -32,9 +32,14 @@ def _role(pid: int, cmdline: str) -> str:
     return next((role for role, needle in ROLES if needle in cmdline), "other")
 
 
-def _process_seconds(stat: str) -> float:
+def stat_fields(stat: str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name, from the state on (state, parent, group, session...)."""
     # The command name in parentheses may hold spaces: fields are counted after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _process_seconds(stat: str) -> float:
+    fields = stat_fields(stat)
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND  # utime, stime
 
 

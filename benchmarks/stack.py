@@ -33,6 +33,8 @@ class Stack:
     token: str
     env: dict[str, str]
     workdir: Path
+    # gunicorn and the Celery worker each lead a session of their own, which their children share.
+    sessions: tuple[int, ...] = ()
 
 
 def _recreate_database() -> None:
@@ -150,7 +152,10 @@ def running_stack(
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
         _wait_log(workdir / "worker.log", "ready.", 60)
-        yield Stack(base_url=f"http://127.0.0.1:{port}", token=token, env=env, workdir=workdir)
+        yield Stack(
+            base_url=f"http://127.0.0.1:{port}", token=token, env=env, workdir=workdir,
+            sessions=tuple(process.pid for process in processes),
+        )
     finally:
         for process in processes:
             if process.poll() is None:
