@@ -10,8 +10,6 @@ from benchmarks.profile_serve import collapsed_profile, role_pids, sampling
 SPINNER = """
 import time
 
-import pytest
-
 def spin_here():
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -43,7 +41,7 @@ def test_collapsed_stacks_give_each_function_its_inclusive_and_self_share():
 
 
 def test_a_busy_process_of_the_stack_shows_up_in_its_py_spy_profile(tmp_path):
-    # Its own session, as the stack's gunicorn and Celery processes have; "celery" in its command line makes it a worker.
+    # A session of its own, as the stack's gunicorn and Celery have; "celery" in its command line makes it a worker.
     child = subprocess.Popen([sys.executable, "-c", SPINNER, "celery"], start_new_session=True)
     try:
         time.sleep(0.3)
