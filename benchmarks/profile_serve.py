@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times the load runs while sampled")
     parser.add_argument("--rate", type=int, default=200, help="samples per second per process")
     parser.add_argument("--top", type=int, default=40, help="functions listed per role")
+    parser.add_argument("--stacks", type=Path, help="also write each role's collapsed stacks here (ROLE.txt), "
+                        "the input flame graph tools take")
     args = parser.parse_args()
     images = mnist_pngs(DATA_DIR, args.images)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
@@ -135,6 +137,9 @@ def main() -> None:
             profiles = {}
             for role in PROFILED_ROLES:
                 lines = {pid: files[pid].read_text().splitlines() for pid in pids[role]}
+                if args.stacks:
+                    args.stacks.mkdir(parents=True, exist_ok=True)
+                    (args.stacks / f"{role}.txt").write_text("".join(f"{line}\n" for pid in lines for line in lines[pid]))
                 profiles[role] = collapsed_profile([line for pid in lines for line in lines[pid]], top=args.top)
                 # A Celery worker's parent (Kombu, the pool) and its pool processes (the tasks) show apart here.
                 profiles[role]["samples_per_process"] = {

@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,8 +153,11 @@ def model_for_checkpoint_id(*, checkpoint_id: int | None) -> LoadedModel:
     return model_for_checkpoint(checkpoint=checkpoint_get(checkpoint_id=checkpoint_id))
 
 
-def predict_images(*, loaded: LoadedModel, images: list[Image.Image]) -> list[DigitResult | Exception]:
-    """Predict many images in one forward pass; an image that cannot be preprocessed gets its exception instead."""
+def predict_images(*, loaded: LoadedModel, images: Iterable[Image.Image]) -> list[DigitResult | Exception]:
+    """Predict many images in one forward pass; an image that cannot be preprocessed gets its exception instead.
+
+    ``images`` is read once, in order, and no image is kept after its preprocessing.
+    """
     _configure_threads()
     started = time.perf_counter()
     digits = preprocess_batch(images)

@@ -4,7 +4,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+from collections.abc import Iterator
 from typing import IO
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -207,13 +210,26 @@ def _predictions_send(*, prediction_ids: list[int]) -> int:
 
 
 def predictions_sweep(*, now: dt.datetime | None = None) -> int:
-    """Re-publish predictions stuck pending (never sent, or lost) or running on a dead worker; returns how many."""
+    """Re-publish predictions stuck pending (never sent, or lost) or running on a dead worker; returns how many.
+
+    One whose worker was lost ``PREDICTION_MAX_ATTEMPTS`` times fails instead: it is
+    the likely reason, and running it again would only lose another worker.
+    """
     now = now or timezone.now()
     cutoff = now - dt.timedelta(seconds=settings.PREDICTION_REPUBLISH_AFTER_SECONDS)
+    lost = Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
+    given_up = Prediction.objects.filter(lost, attempts__gte=settings.PREDICTION_MAX_ATTEMPTS).update(
+        status=Prediction.Status.FAILED,
+        error=f"The worker stopped while computing this prediction {settings.PREDICTION_MAX_ATTEMPTS} times "
+        "(the image may be too large or damaged); it was not tried again.",
+        finished_at=now,
+    )
+    if given_up:
+        logger.warning("sweeper failed %s predictions that lost their worker too often", given_up)
     stuck = Prediction.objects.filter(
         Q(status=Prediction.Status.PENDING, created_at__lt=cutoff)
         & (Q(published_at__isnull=True) | Q(published_at__lt=cutoff))
-        | Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
+        | lost
     ).order_by("created_at")
     ids = list(stuck.values_list("pk", flat=True)[:1000])
     if not ids:
@@ -261,6 +277,7 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
             limit=settings.INFERENCE_BATCH_SIZE,
             now=now,
             stale_before=now - _running_stale_after(),
+            max_attempts=settings.PREDICTION_MAX_ATTEMPTS,
         )
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
@@ -287,6 +304,8 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
         loaded = inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id)
     except inference.NoActiveCheckpointError as exc:
         return _predictions_save([_prediction_fail(prediction=p, error=str(exc)) for p in predictions])
+    except SoftTimeLimitExceeded:
+        raise
     except Exception as exc:
         if _is_transient(exc):
             raise
@@ -294,18 +313,33 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
         error = f"The model could not be loaded: {exc}"
         return _predictions_save([_prediction_fail(prediction=p, error=error) for p in predictions])
 
-    readable: list[tuple[Prediction, Image.Image]] = []
-    for prediction in predictions:
-        try:
-            readable.append((prediction, _open_upload_image(prediction.upload_image)))
-        except Exception:  # noqa: BLE001 - a missing or damaged stored file fails this prediction only
-            logger.exception("stored image of prediction %s could not be read", prediction.pk)
-            _prediction_fail(
-                prediction=prediction, error="The stored image could not be read.", checkpoint_id=checkpoint_id
-            )
-    results = inference.predict_images(loaded=loaded, images=[image for _, image in readable])
+    readable: list[Prediction] = []
+
+    def stored_images() -> Iterator[Image.Image]:
+        # Read one at a time as preprocessing asks for them: a batch of large pictures is never all in memory.
+        for prediction in predictions:
+            try:
+                image = _open_upload_image(prediction.upload_image)
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception:  # noqa: BLE001 - a missing or damaged stored file fails this prediction only
+                logger.exception("stored image of prediction %s could not be read", prediction.pk)
+                _prediction_fail(
+                    prediction=prediction, error="The stored image could not be read.", checkpoint_id=checkpoint_id
+                )
+                continue
+            readable.append(prediction)
+            yield image
+            del image  # released before the next one is read
+
+    results = inference.predict_images(loaded=loaded, images=stored_images())
+    for result in results:
+        if isinstance(result, SoftTimeLimitExceeded):
+            # Out of time, not a bad image: the batch stays claimed, and after a lost worker's wait it is
+            # taken up again, one prediction at a time.
+            raise result
     finished = timezone.now()
-    for (prediction, _), result in zip(readable, results, strict=True):
+    for prediction, result in zip(readable, results, strict=True):
         if isinstance(result, inference.EmptyImageError):
             _prediction_fail(
                 prediction=prediction,

@@ -209,15 +209,19 @@ def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:
 
 
 def predictions_claim(
-    *, prediction_ids: Sequence[int], limit: int, now: dt.datetime, stale_before: dt.datetime
+    *, prediction_ids: Sequence[int], limit: int, now: dt.datetime, stale_before: dt.datetime, max_attempts: int
 ) -> tuple[list[Prediction], int | None]:
     """Mark up to ``limit`` predictions running in one statement: ``prediction_ids`` first, then the oldest pending.
 
-    Of ``prediction_ids``, those pending or running since before ``stale_before``
-    qualify. The materialised CTEs pick and lock the rows exactly once (SKIP
-    LOCKED on PostgreSQL; SQLite runs one writer at a time); the UPDATE marks
-    them and returns them with their upload's image name (``upload_image``), in
-    claim order, and the id of the checkpoint active now.
+    Of ``prediction_ids``, those pending, or running since before ``stale_before``
+    with fewer than ``max_attempts`` claims, qualify. When one of them was claimed
+    before (its worker died, or it was handed back), the claim takes that one
+    prediction alone: an image that kills its worker then fails by itself, not
+    the batch it rode in. The materialised CTEs pick and lock the rows exactly
+    once (SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time); the
+    UPDATE marks them, counts the attempt and returns them with their upload's
+    image name (``upload_image``), in claim order, and the id of the checkpoint
+    active now.
 
     The oldest pending are found by a plain index scan in ``created_at`` order.
     Each claim leaves the claimed rows' old versions dead in the status index;
@@ -233,14 +237,18 @@ def predictions_claim(
     # claimed: a row locked and left would be skipped by the claim of its own message, and nothing else would
     # take it until the sweeper. So "others" only fills what "own" left of the limit.
     lock = " FOR UPDATE OF p SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    # A retry claims one row: "own" keeps the oldest candidate and "others" takes none. The candidates it locked
+    # and left are this message's own, which its next claim takes.
     sql = (
-        f"WITH own AS MATERIALIZED (SELECT p.id FROM {prediction} p "
-        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s)) "
+        f"WITH candidates AS MATERIALIZED (SELECT p.id, p.created_at, p.attempts FROM {prediction} p "
+        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s AND p.attempts < %s)) "
         f"ORDER BY p.created_at, p.id LIMIT %s{lock}), "
+        f"own AS MATERIALIZED (SELECT id FROM candidates ORDER BY created_at, id "
+        f"LIMIT (SELECT CASE WHEN max(attempts) > 0 THEN 1 ELSE %s END FROM candidates)), "
         f"others AS MATERIALIZED (SELECT p.id FROM {prediction} p "
         f"WHERE p.status = %s AND p.id NOT IN ({ids}) ORDER BY p.created_at, p.id "
-        f"LIMIT (SELECT %s - count(*) FROM own){lock}) "
-        f"UPDATE {prediction} SET status = %s, started_at = %s "
+        f"LIMIT (SELECT CASE WHEN max(attempts) > 0 THEN 0 ELSE %s - count(*) END FROM candidates){lock}) "
+        f"UPDATE {prediction} SET status = %s, started_at = %s, attempts = attempts + 1 "
         f"WHERE id IN (SELECT id FROM own UNION ALL SELECT id FROM others) "
         f"RETURNING *, "
         f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
@@ -249,7 +257,7 @@ def predictions_claim(
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
     adapt = connection.ops.adapt_datetimefield_value
     params = [
-        *prediction_ids, pending, running, adapt(stale_before), limit,
+        *prediction_ids, pending, running, adapt(stale_before), max_attempts, limit, limit,
         pending, *prediction_ids, limit, running, adapt(now),
     ]
     batch = list(Prediction.objects.raw(sql, params))

@@ -147,6 +147,8 @@ PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS
 # A prediction "running" for longer than this lost its worker: the sweeper re-publishes it and a
 # redelivered message may claim it again. Keep it above the longest prediction.
 PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER_SECONDS", default=120)
+# A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
+PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)
 # Training runs whose heartbeat is older than this are considered dead.
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=120)
 

@@ -87,6 +87,24 @@ def test_the_sweeper_republishes_predictions_stuck_running_on_a_dead_worker(user
     assert published.prediction_ids() == [stuck.pk]
 
 
+def test_the_sweeper_fails_a_prediction_that_lost_its_worker_too_often_and_republishes_the_others(
+    user, digit_png, published, settings
+):
+    settings.PREDICTION_MAX_ATTEMPTS = 3
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    given_up, retried = services.predictions_create(uploads=[upload] * 2, publish=False)
+    long_ago = timezone.now() - dt.timedelta(hours=1)
+    Prediction.objects.filter(pk=given_up.pk).update(status="running", started_at=long_ago, attempts=3)
+    Prediction.objects.filter(pk=retried.pk).update(status="running", started_at=long_ago, attempts=2)
+
+    assert services.predictions_sweep() == 1
+    assert published.prediction_ids() == [retried.pk]
+    given_up.refresh_from_db()
+    assert given_up.status == "failed" and given_up.finished_at is not None
+    assert "stopped while computing this prediction 3 times" in given_up.error
+    assert Prediction.objects.get(pk=retried.pk).status == "running"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_prediction_execute_stores_digit_probabilities_and_the_model_input(
     user, digit_png, active_checkpoint, mnist_image, settings, device

@@ -56,12 +56,20 @@ def test_asking_for_no_ids_sends_no_query(django_assert_num_queries):
         assert statements.predictions_finished_ids(prediction_ids=[]) == set()
 
 
-def _claim(prediction_ids: list[int], *, limit: int) -> list[int]:
+def _claim(prediction_ids: list[int], *, limit: int, max_attempts: int = 3) -> list[int]:
     now = timezone.now()
     batch, _ = statements.predictions_claim(
-        prediction_ids=prediction_ids, limit=limit, now=now, stale_before=now - dt.timedelta(hours=1)
+        prediction_ids=prediction_ids, limit=limit, now=now, stale_before=now - dt.timedelta(hours=1),
+        max_attempts=max_attempts,
     )
     return sorted(p.pk for p in batch)
+
+
+def _lose_worker(prediction_ids: list[int], *, attempts: int) -> None:
+    """As a worker that claimed them and died long ago leaves them."""
+    Prediction.objects.filter(pk__in=prediction_ids).update(
+        status="running", started_at=timezone.now() - dt.timedelta(days=1), attempts=attempts
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -104,3 +112,27 @@ def test_a_claim_takes_its_own_predictions_first_then_the_oldest_waiting_up_to_t
     assert _claim(own, limit=3) == sorted([*own, waiting[0]])
     assert _claim(own, limit=3) == waiting[1:]
     assert _claim(own, limit=3) == []
+
+
+def test_a_batch_taken_up_again_after_its_worker_died_is_claimed_one_prediction_at_a_time(user, digit_png):
+    # If one image kills its worker, the rest of its batch and the predictions waiting behind it must not
+    # go down with it again.
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    waiting = [p.pk for p in services.predictions_create(uploads=[upload] * 2, publish=False)]
+    own = [p.pk for p in services.predictions_create(uploads=[upload] * 3, publish=False)]
+    _lose_worker(own, attempts=1)
+
+    assert [_claim(own, limit=5) for _ in own] == [[pk] for pk in own]
+    assert set(Prediction.objects.filter(pk__in=own).values_list("attempts", flat=True)) == {2}
+    # With none of its own left to retry, a claim tops up with the waiting ones again.
+    assert _claim(own, limit=5) == waiting
+    assert set(Prediction.objects.filter(pk__in=waiting).values_list("attempts", flat=True)) == {1}
+
+
+def test_a_prediction_that_lost_its_worker_too_often_is_not_claimed_again(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    _lose_worker([prediction.pk], attempts=3)
+
+    assert _claim([prediction.pk], limit=5, max_attempts=3) == []
+    assert _claim([prediction.pk], limit=5, max_attempts=4) == [prediction.pk]

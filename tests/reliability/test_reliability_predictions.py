@@ -106,6 +106,26 @@ def test_the_same_task_message_delivered_twice_computes_one_result(
     assert Prediction.objects.filter(upload=upload).count() == 1
 
 
+def test_a_prediction_out_of_time_stays_claimed_for_a_retry_instead_of_failing_as_unreadable(
+    running_private_redis, workers, user, active_checkpoint, digit_png, mnist_image
+):
+    from classifier.tasks import predictions_execute
+
+    worker = workers()
+    # A first prediction loads the model, so the time limit below falls inside the big images' reading and
+    # preprocessing (about a tenth of a second each), well after the claim.
+    (warm_up,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "one.png")], source="file")
+    assert wait_for_prediction(warm_up.pk).status == "done"
+    upload = services.upload_create(owner=user, file=io.BytesIO(large_digit_png(mnist_image)), source="file")
+    batch = [p.pk for p in services.predictions_create(uploads=[upload] * 6, publish=False)]
+
+    task_id = predictions_execute.apply_async(args=[batch], soft_time_limit=0.2).id
+    wait_until(lambda: re.search(rf"\[{task_id}\] (succeeded|raised)", worker.log()), timeout=60,
+               what=lambda: f"the task to end: {worker.log()[-3000:]}")
+    assert "Soft time limit (0.2s) exceeded" in worker.log()
+    assert set(Prediction.objects.filter(pk__in=batch).values_list("status", "error", "attempts")) == {("running", "", 1)}
+
+
 def _named(data: bytes, name: str):
     from django.core.files.uploadedfile import SimpleUploadedFile
 

@@ -245,20 +245,28 @@ def _upright_first_frame(image: Image.Image) -> Image.Image:
         return image
 
 
-def preprocess_batch(images: Sequence[Image.Image]) -> list[np.ndarray | Exception]:
+def preprocess_batch(images: Iterable[Image.Image]) -> list[np.ndarray | Exception]:
     """:func:`preprocess` for many images at once; an image that fails gets its exception in its place.
 
-    Images of the same size go through the array steps together: on small
-    pictures NumPy's per-call overhead, not the arithmetic, is most of the cost.
+    ``images`` is read once, in order, and each picture is reduced to a working
+    copy of at most MAX_WORKING_SIDE before the next is asked for: given a
+    generator, a batch of large photos is never all decoded at once. Images of
+    the same size then go through the array steps together: on small pictures
+    NumPy's per-call overhead, not the arithmetic, is most of the cost.
     """
-    results: list[np.ndarray | Exception | None] = [None] * len(images)
+    results: list[np.ndarray | Exception | None] = []
     by_shape: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-    for index, image in enumerate(images):
+    # Counted by hand: enumerate keeps its last (index, image) pair while it asks for the next image.
+    for image in images:
+        index = len(results)
+        results.append(None)
         try:
             gray = _opaque_gray(_upright_first_frame(image))
             by_shape.setdefault(gray.shape, []).append((index, gray))
         except Exception as exc:  # noqa: BLE001 - reported per image; the rest of the batch goes on
-            results[index] = exc
+            # Without its traceback, whose frames hold the picture.
+            results[index] = exc.with_traceback(None)
+        del image  # not held while the next one is read
     for members in by_shape.values():
         inks, inked = _ink_maps(np.stack([gray for _, gray in members]))
         masks = _digit_masks(inks)
@@ -288,7 +296,7 @@ def preprocess(image: Image.Image) -> np.ndarray:
 
 def preprocess_many(images: Iterable[Image.Image]) -> np.ndarray:
     """Stack :func:`preprocess` results into an N x 28 x 28 float32 array; the first failure is raised."""
-    arrays = preprocess_batch(list(images))
+    arrays = preprocess_batch(images)
     for array in arrays:
         if isinstance(array, Exception):
             raise array

@@ -1,6 +1,7 @@
 """Tests that every kind of upload becomes the same centred MNIST-style 28x28 digit."""
 
 import io
+import weakref
 
 import numpy as np
 import pytest
@@ -171,6 +172,29 @@ def test_a_mixed_batch_gives_each_image_what_it_gets_alone_and_failures_in_place
     for image, result in zip(images, batch, strict=True):
         if not isinstance(result, Exception):
             np.testing.assert_array_equal(result, preprocess(image))
+
+
+def test_a_batch_read_from_a_generator_holds_no_earlier_picture_while_the_next_is_read():
+    # A worker's batch of large photos must never be decoded into memory all at once.
+    makers = [
+        lambda: _digit(size=(300, 300), box=(5, 200, 40, 290), width=4),
+        lambda: Image.new("RGBA", (64, 64), (0, 0, 0, 0)),  # fails on its own, its exception kept
+        _digit,
+        lambda: _digit(ink=255, paper=0),
+    ]
+    earlier: list[weakref.ref] = []
+
+    def pictures():
+        for make in makers:
+            assert all(ref() is None for ref in earlier), "an earlier picture is still held"
+            image = make()
+            earlier.append(weakref.ref(image))
+            yield image
+            del image
+
+    batch = preprocess_batch(pictures())
+    assert len(batch) == len(makers) and isinstance(batch[1], EmptyImageError)
+    np.testing.assert_array_equal(batch[2], preprocess(_digit()))
 
 
 @pytest.mark.parametrize(("size_in", "size_out"), [(7, 28), (4, 17), (13, 96), (30, 7), (1, 5)])
