@@ -8,31 +8,22 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from accounts.services import login_attempt_allowed, login_attempt_record_failure, login_attempts_reset
+from accounts.backends import client_address
+from accounts.services import login_attempt_allowed
 
 
 class ThrottledLoginView(LoginView):
-    """Django's login view, refusing further tries after repeated failures."""
+    """Django's login view, answering 429 while the lockout (enforced by the backend) is on."""
 
     redirect_authenticated_user = True
 
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         username = request.POST.get("username", "")
-        if not login_attempt_allowed(username=username, ip=request.META.get("REMOTE_ADDR", "")):
+        if not login_attempt_allowed(username=username, ip=client_address(request)):
             form = self.get_form()
             form.add_error(None, "Too many failed log-in attempts. Try again in a few minutes.")
             return self.render_to_response(self.get_context_data(form=form), status=429)
         return super().post(request, *args, **kwargs)
-
-    def form_invalid(self, form):
-        login_attempt_record_failure(
-            username=self.request.POST.get("username", ""), ip=self.request.META.get("REMOTE_ADDR", "")
-        )
-        return super().form_invalid(form)
-
-    def form_valid(self, form):
-        login_attempts_reset(username=form.get_user().get_username(), ip=self.request.META.get("REMOTE_ADDR", ""))
-        return super().form_valid(form)
 
 
 @login_not_required

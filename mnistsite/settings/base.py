@@ -211,8 +211,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {
         "uploads": env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"),
-        "login": env.str("LOGIN_THROTTLE_RATE", default="10/minute"),
     },
+    # How many proxies in front of the site append to X-Forwarded-For. With 0 the header is ignored, so a
+    # client cannot pick the address that log-in lockouts and anonymous throttles count against.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
@@ -232,6 +234,8 @@ SPECTACULAR_SETTINGS = {
 CACHES = {
     "default": env.cache("CACHE_URL", default="locmemcache://"),
 }
+# Every log-in form (the admin's too) goes through the lockout.
+AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
 LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=300)
 

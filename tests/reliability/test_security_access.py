@@ -197,3 +197,42 @@ def test_after_repeated_failures_even_the_right_password_is_refused_for_that_acc
     other = Client()
     assert other.post(login, {"username": "bystander", "password": "the-right-password-2"}).status_code == 302
     cache.clear()
+
+
+def test_the_admin_log_in_form_is_locked_out_like_the_sites_own(db, django_user_model, settings):
+    django_user_model.objects.create_superuser(username="boss", password="the-right-password-3")
+    attacker = Client()
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        guessed = attacker.post("/admin/login/", {"username": "boss", "password": "guess", "next": "/admin/"})
+        assert guessed.status_code == 200
+    refused = attacker.post("/admin/login/", {"username": "boss", "password": "the-right-password-3", "next": "/admin/"})
+    assert refused.status_code == 200 and "_auth_user_id" not in attacker.session
+    # The failures on the admin's form count on the site's form too, which says why.
+    assert attacker.post(reverse("login"), {"username": "boss", "password": "the-right-password-3"}).status_code == 429
+
+
+def _spray(client: Client, *, forwarded_for, count: int) -> None:
+    """Failed log-ins on ``count`` different accounts, each claiming the address ``forwarded_for(i)``."""
+    for i in range(count):
+        client.post(reverse("login"), {"username": f"sprayed{i}", "password": "guess"},
+                    HTTP_X_FORWARDED_FOR=forwarded_for(i))
+
+
+def test_a_client_cannot_dodge_the_address_lockout_with_a_forwarded_for_header(db, django_user_model, settings):
+    django_user_model.objects.create_user(username="bystander", password="the-right-password-2")
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    _spray(attacker, forwarded_for=lambda i: f"198.51.100.{i}", count=settings.LOGIN_FAILURE_LIMIT * 4)
+    right = {"username": "bystander", "password": "the-right-password-2"}
+    assert attacker.post(reverse("login"), right, HTTP_X_FORWARDED_FOR="198.51.100.200").status_code == 429
+
+
+def test_behind_a_trusted_proxy_each_client_is_locked_out_by_its_own_address(db, django_user_model, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    django_user_model.objects.create_user(username="bystander", password="the-right-password-2")
+    proxy = "10.0.0.2"
+    attacker, other = Client(REMOTE_ADDR=proxy), Client(REMOTE_ADDR=proxy)
+    # The proxy appends the address it saw to whatever the client sent.
+    _spray(attacker, forwarded_for=lambda i: f"192.0.2.{i}, 203.0.113.9", count=settings.LOGIN_FAILURE_LIMIT * 4)
+    right = {"username": "bystander", "password": "the-right-password-2"}
+    assert attacker.post(reverse("login"), right, HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 429
+    assert other.post(reverse("login"), right, HTTP_X_FORWARDED_FOR="198.51.100.7").status_code == 302
