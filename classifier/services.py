@@ -133,12 +133,13 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
 
 
 def upload_delete(*, upload: Upload) -> None:
-    """Delete an upload, its predictions and its image file."""
-    names = [upload.image.name]
-    with transaction.atomic():
-        upload.delete()
-        # Files go only once the rows are gone for good.
-        transaction.on_commit(lambda: _files_delete(names))
+    """Delete an upload, its predictions and (once committed, by ``classifier.signals``) its image file."""
+    upload.delete()
+
+
+def upload_files_delete_on_commit(*, names: list[str], using: str | None = None) -> None:
+    """Delete these stored files once the current transaction commits: only when their rows are gone for good."""
+    transaction.on_commit(lambda: _files_delete(names), using=using)
 
 
 # --- predictions -------------------------------------------------------------------------------------------------

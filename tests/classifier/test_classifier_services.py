@@ -211,6 +211,21 @@ def test_upload_delete_removes_the_rows_and_the_file(user, digit_png, active_che
     assert not any(f.exists() for f in files)
 
 
+def test_deleting_a_user_deletes_their_uploaded_files_once_committed(
+    user, other_user, digit_png, django_capture_on_commit_callbacks
+):
+    theirs = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(2)]
+    kept = services.upload_create(owner=other_user, file=io.BytesIO(digit_png(2)), source="file")
+    with django_capture_on_commit_callbacks(execute=False) as pending:
+        user.delete()
+    # Nothing leaves the disk before the rows are gone for good.
+    assert all(Path(upload.image.path).is_file() for upload in theirs)
+    for callback in pending:
+        callback()
+    assert not any(Path(upload.image.path).exists() for upload in theirs)
+    assert Path(kept.image.path).is_file() and list(Upload.objects.all()) == [kept]
+
+
 def test_rerun_creates_a_new_pending_prediction(user, digit_png, published, django_capture_on_commit_callbacks):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     with django_capture_on_commit_callbacks(execute=True):
