@@ -195,7 +195,9 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         except OSError:
             raise ValidationError(f"{label} is damaged or truncated.", code="truncated") from None
 
-        detected = image.format or ""
+        # A camera JPEG carrying a second, preview picture (Multi-Picture Format) is opened as "MPO"; it is a
+        # JPEG file with a .jpg name, and its first picture is the photo.
+        detected = "JPEG" if image.format == "MPO" else image.format or ""
         _check_extension(original_name, detected, label=label)
         width, height = image.size
         # Checked from the header, before a single pixel is decoded.

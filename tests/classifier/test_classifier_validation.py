@@ -50,6 +50,16 @@ def test_a_png_named_jpg_is_rejected_because_the_extension_names_another_format(
     assert ".jpg" in message and "PNG" in message
 
 
+def test_a_camera_jpeg_with_an_embedded_preview_is_accepted_as_a_jpeg():
+    photo = _digit("RGB", size=200)
+    out = io.BytesIO()
+    # Multi-Picture Format: what cameras write when they embed a large preview after the photo.
+    photo.save(out, format="MPO", save_all=True, append_images=[photo.resize((100, 100))])
+    accepted = validate_image(io.BytesIO(out.getvalue()), name="DSC_0001.JPG")
+    assert accepted.format == "JPEG" and (accepted.width, accepted.height) == (200, 200)
+    assert Image.open(io.BytesIO(accepted.content)).size == (200, 200)
+
+
 def test_a_png_without_an_image_extension_is_accepted_by_content():
     assert validate_image(io.BytesIO(png_bytes(_digit())), name="digit.upload").format == "PNG"
 
