@@ -26,6 +26,21 @@ def test_production_settings_pass_the_deploy_check_at_warning_level():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_production_redirects_plain_http_to_https_except_the_health_probes():
+    probe = (
+        "from django.test import Client; client = Client(); "
+        "print(client.get('/healthz').status_code, client.get('/accounts/login/').headers.get('Location'))"
+    )
+    result = _run_manage(
+        "shell", "-c", probe,
+        DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
+        SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
+        ALLOWED_HOSTS="testserver",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["200", "https://testserver/accounts/login/"]
+
+
 def test_production_settings_refuse_to_start_without_a_secret_key():
     result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.production")
     assert result.returncode != 0
