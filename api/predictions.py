@@ -1,7 +1,6 @@
 """Prediction endpoints: upload images (optionally waiting for the digits), list, inspect, correct and delete them."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -13,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import responses, selectors
-from api.errors import PayloadTooLarge, validation_error_response
+from api.errors import validation_error_response
 from api.serializers import (
     FeedbackSerializer,
     PredictionBatchSerializer,
@@ -28,24 +27,6 @@ from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
 from classifier import views as classifier_views
 from classifier.models import Prediction, Upload
-
-# Multipart framing and form fields on top of the files themselves.
-BODY_SLACK_BYTES = 1024 * 1024
-
-
-def _reject_oversized_body(request: Request) -> None:
-    """Refuse a body that cannot be valid before reading a byte of it."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > settings.UPLOAD_MAX_FILES * settings.UPLOAD_MAX_BYTES + BODY_SLACK_BYTES:
-        raise PayloadTooLarge(
-            f"The request is too large: at most {settings.UPLOAD_MAX_FILES} images of at most "
-            f"{settings.UPLOAD_MAX_BYTES} bytes each are accepted.",
-            code="too_large",
-        )
-
 
 def _uploaded_files(request: Request) -> tuple[list[tuple], str]:
     """The files of both upload fields, and the field name to blame in errors."""
@@ -78,12 +59,6 @@ class PredictionListCreateApi(GenericAPIView):
 
     def get_throttles(self):
         return [UploadRateThrottle()] if self.request.method == "POST" else super().get_throttles()
-
-    def check_throttles(self, request: Request) -> None:
-        # Runs after authentication and before the body is parsed: the last moment to refuse a huge body unread.
-        if request.method == "POST":
-            _reject_oversized_body(request)
-        super().check_throttles(request)
 
     @extend_schema(
         operation_id="predictions_list",

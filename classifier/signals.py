@@ -1,7 +1,6 @@
 """An upload's image file goes with its row, however the row goes: a deleted user's cascade as well."""
 from __future__ import annotations
 
-from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
