@@ -360,6 +360,11 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
         locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
         if locked.status != TrainingRun.Status.RUNNING or locked.attempts != run.attempts:
             return None
+        if locked.cancel_requested:
+            # Asked after the last step's check (during the final evaluation or the save): still honoured,
+            # and nothing is registered or activated.
+            path.unlink(missing_ok=True)
+            return _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
         checkpoint = checkpoint_register(
             path=path,
             run=locked,

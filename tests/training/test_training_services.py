@@ -170,6 +170,24 @@ def test_a_cancel_request_stops_a_running_run_at_its_next_step(tiny_recipe, monk
     assert not run.checkpoints.filter(is_final=True).exists()
 
 
+def test_a_cancel_request_after_the_last_step_still_cancels_the_run_and_activates_nothing(tiny_recipe, monkeypatch):
+    monkeypatch.setattr(services, "CANCEL_CHECK_EVERY_S", 0.0)
+    run = _create(tiny_recipe, epochs=1, activate_on_success=True)
+    steps = []
+
+    def cancel_on_the_last_step(fraction, epoch, step, eta):
+        steps.append(step)
+        if fraction >= 1.0:
+            services.training_run_cancel(run=run)
+
+    services.training_run_execute(run_id=run.pk, on_progress=cancel_on_the_last_step)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED, run.error
+    assert steps[-1] == run.total_steps  # trained to the end before the cancel came
+    assert not run.checkpoints.filter(is_final=True).exists()
+    assert not Checkpoint.objects.filter(is_active=True).exists()
+
+
 def test_progress_is_written_to_the_run_while_it_trains(tiny_recipe, monkeypatch):
     monkeypatch.setattr(services, "PROGRESS_WRITE_EVERY_S", 0.0)
     run = _create(tiny_recipe, epochs=2)
