@@ -12,11 +12,9 @@ from rest_framework import serializers
 
 from classifier.models import Prediction
 from training.models import Checkpoint, TrainingRun
-from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS
+from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED
 
 MAX_WAIT_SECONDS = 30.0
-# training.models.TrainingRun.seed is a 32-bit integer column.
-MAX_SEED = 2**31 - 1
 MNIST_TRAIN_SIZE = 60_000
 
 

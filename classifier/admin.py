@@ -90,6 +90,10 @@ class UploadAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return selectors.upload_annotate_latest(super().get_queryset(request))
 
+    def has_add_permission(self, request):
+        # Uploads come through the site, the API or the sample loader, which validate and store the image.
+        return False
+
     @admin.display(description="image")
     def thumbnail(self, obj):
         return _thumbnail(obj.pk)

@@ -1,7 +1,7 @@
 """The admin form for starting a training run; blank hyper-parameters take the architecture's tuned recipe."""
 from django import forms
 
-from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS
+from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED
 
 
 class TrainingRunStartForm(forms.Form):
@@ -17,7 +17,7 @@ class TrainingRunStartForm(forms.Form):
     learning_rate = forms.FloatField(
         min_value=0, max_value=10, required=False, help_text="Blank: recipe default (peak rate for the CNN)."
     )
-    seed = forms.IntegerField(initial=0, min_value=0)
+    seed = forms.IntegerField(initial=0, min_value=0, max_value=MAX_SEED)
     augment = forms.BooleanField(
         required=False, initial=True, label="Augmentation", help_text="Random affine, elastic and stroke-width changes."
     )

@@ -24,6 +24,8 @@ ARCHITECTURE_CHOICES = ("cnn", "mlp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MAX_EPOCHS = 100
 MAX_BATCH_SIZE = 8192
+# TrainingRun.seed is a 32-bit integer column.
+MAX_SEED = 2**31 - 1
 # A run whose worker died is restarted (from its last epoch checkpoint) at most this many times in all.
 MAX_ATTEMPTS = 3
 PROGRESS_WRITE_EVERY_S = 2.0
@@ -71,6 +73,8 @@ def training_run_create(
         errors["batch_size"] = f"Batch size must be between 1 and {MAX_BATCH_SIZE}."
     if not 0 < float(learning_rate) <= 10:
         errors["learning_rate"] = "Learning rate must be greater than 0 and at most 10."
+    if not 0 <= int(seed) <= MAX_SEED:
+        errors["seed"] = f"The seed must be between 0 and {MAX_SEED}."
     if device not in DEVICE_CHOICES:
         errors["device"] = f"Choose one of {', '.join(DEVICE_CHOICES)}."
     if train_subset is not None and int(train_subset) < 1:

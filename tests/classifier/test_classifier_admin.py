@@ -40,3 +40,9 @@ def test_the_rerun_action_queues_a_new_prediction_per_upload(admin_page, user, d
     assert "Queued 1 new prediction" in response.content.decode()
     (queued,) = Prediction.objects.filter(upload=upload, status="pending")
     assert published.prediction_ids() == [queued.pk]
+
+
+def test_uploads_cannot_be_added_through_the_admin(admin_page):
+    # Its form would lack the file and the fields validation fills in: a row without an image, or a 500.
+    assert admin_page.get("/admin/classifier/upload/add/").status_code == 403
+    assert 'href="/admin/classifier/upload/add/"' not in admin_page.get("/admin/classifier/upload/").content.decode()

@@ -86,9 +86,9 @@ def test_the_start_page_shows_the_form_and_fills_blank_fields_from_the_recipe(cl
 
 def test_the_start_page_reports_invalid_input(client, staff_user):
     client.force_login(staff_user)
-    response = client.post(START, {**FORM, "epochs": "0"})
+    response = client.post(START, {**FORM, "epochs": "0", "seed": "3000000000"})
     assert response.status_code == 200 and not TrainingRun.objects.exists()
-    assert response.context["form"].errors["epochs"]
+    assert response.context["form"].errors["epochs"] and response.context["form"].errors["seed"]
 
 
 def test_staff_can_cancel_a_queued_run(client, staff_user, queued_run):

@@ -23,9 +23,10 @@ def _create(recipe, **overrides):
 def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_recipe):
     with pytest.raises(ValidationError) as caught:
         services.training_run_create(
-            created_by=None, **{**tiny_recipe, "architecture": "resnet", "epochs": 0, "learning_rate": -1}
+            created_by=None,
+            **{**tiny_recipe, "architecture": "resnet", "epochs": 0, "learning_rate": -1, "seed": 3_000_000_000},
         )
-    assert set(caught.value.message_dict) == {"architecture", "epochs", "learning_rate"}
+    assert set(caught.value.message_dict) == {"architecture", "epochs", "learning_rate", "seed"}
     assert not TrainingRun.objects.exists()
 
 
