@@ -60,6 +60,14 @@ def test_a_camera_jpeg_with_an_embedded_preview_is_accepted_as_a_jpeg():
     assert Image.open(io.BytesIO(accepted.content)).size == (200, 200)
 
 
+def test_a_large_photo_is_stored_at_most_2048_pixels_wide_with_its_original_size_on_record():
+    photo = _digit("RGB", size=100).resize((5000, 3000))
+    accepted = validate_image(io.BytesIO(png_bytes(photo, "JPEG")), name="photo.jpg")
+    assert (accepted.width, accepted.height) == (5000, 3000)
+    stored = Image.open(io.BytesIO(accepted.content))
+    assert stored.size == (1667, 1000) and stored.mode == "RGB"
+
+
 def test_a_png_without_an_image_extension_is_accepted_by_content():
     assert validate_image(io.BytesIO(png_bytes(_digit())), name="digit.upload").format == "PNG"
 
