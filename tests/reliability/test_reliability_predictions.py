@@ -1,4 +1,5 @@
 """Nothing lost, nothing doubled: predictions through killed workers, a dead broker and repeated messages."""
+import hashlib
 import io
 import re
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 from classifier import services
 from classifier.models import Prediction, Upload
+from classifier.validation import ValidatedImage
 from tests.reliability.conftest import succeeded_count, wait_for_prediction, wait_until
 
 pytestmark = pytest.mark.worker
@@ -29,11 +31,23 @@ def large_digit_png(mnist_image) -> bytes:
     return data
 
 
+def large_stored_upload(owner, mnist_image) -> Upload:
+    """That photo stored whole, as uploads were before stored copies were capped at 2,048 pixels.
+
+    Reading and preprocessing it takes a worker about a tenth of a second: long enough to be caught mid-run.
+    """
+    data = large_digit_png(mnist_image)
+    image = ValidatedImage(content=data, original_name="big.png", format="PNG", size=len(data), width=6000,
+                           height=6000, sha256=hashlib.sha256(data).hexdigest())
+    (upload,) = services._uploads_insert(uploads=services._upload_files_write(owner=owner, images=[image], source="file"))
+    return upload
+
+
 def test_a_prediction_whose_worker_is_killed_mid_run_completes_exactly_once_on_a_new_worker(
     running_private_redis, workers, user, active_checkpoint, mnist_image
 ):
     first = workers(PREDICTION_RUNNING_STALE_AFTER_SECONDS=STALE_AFTER)
-    (prediction,) = services.predictions_submit(owner=user, files=[(io.BytesIO(large_digit_png(mnist_image)), "big.png")], source="file")
+    (prediction,) = services.predictions_create(uploads=[large_stored_upload(user, mnist_image)])
     prediction_id = prediction.pk
 
     wait_until(lambda: Prediction.objects.filter(pk=prediction_id, status="running").exists(), timeout=60,
@@ -116,8 +130,7 @@ def test_a_prediction_out_of_time_stays_claimed_for_a_retry_instead_of_failing_a
     # preprocessing (about a tenth of a second each), well after the claim.
     (warm_up,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "one.png")], source="file")
     assert wait_for_prediction(warm_up.pk).status == "done"
-    upload = services.upload_create(owner=user, file=io.BytesIO(large_digit_png(mnist_image)), source="file")
-    batch = [p.pk for p in services.predictions_create(uploads=[upload] * 6, publish=False)]
+    batch = [p.pk for p in services.predictions_create(uploads=[large_stored_upload(user, mnist_image)] * 6, publish=False)]
 
     task_id = predictions_execute.apply_async(args=[batch], soft_time_limit=0.2).id
     wait_until(lambda: re.search(rf"\[{task_id}\] (succeeded|raised)", worker.log()), timeout=60,
