@@ -90,7 +90,10 @@ class PredictionFilterSerializer(serializers.Serializer):
 
 class LatencySerializer(serializers.Serializer):
     queue_ms = serializers.FloatField(allow_null=True, help_text="Milliseconds between the upload and a worker starting.")
-    compute_ms = serializers.FloatField(allow_null=True, help_text="Milliseconds the model took for this image.")
+    compute_ms = serializers.FloatField(
+        allow_null=True,
+        help_text="Milliseconds of worker compute for this image: reading, preprocessing and the model, its batch's mean.",
+    )
 
 
 class PredictionSerializer(serializers.Serializer):
