@@ -5,6 +5,7 @@ import math
 
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache.backends.redis import RedisCache
+from rest_framework import exceptions
 from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 
@@ -52,7 +53,15 @@ class UploadRateThrottle(UserRateThrottle):
         if self.key is None:
             return True
         # A request without files still costs one: it was an attempt to upload.
-        cost = max(1, uploaded_file_count(request)) * self.duration / self.num_requests
+        images = max(1, uploaded_file_count(request))
+        if images > self.num_requests:
+            # More than a whole period's allowance: no wait would ever let it through, so say so instead of 429.
+            raise exceptions.ValidationError({"images": [exceptions.ErrorDetail(
+                f"At most {self.num_requests} images per request at this site's upload rate "
+                f"({self.num_requests} per {self.duration:g} seconds); send them in smaller requests.",
+                code="too_many_files",
+            )]})
+        cost = images * self.duration / self.num_requests
         self.retry_after = allowance_take(key=self.key, now=self.timer(), cost=cost, period=self.duration)
         return self.retry_after <= TOLERANCE_S
 

@@ -126,3 +126,14 @@ def test_concurrent_requests_in_redis_never_spend_more_than_the_allowance(thrott
         thread.join()
 
     assert len(allowed) == 10
+
+
+def test_a_request_with_more_images_than_a_whole_periods_allowance_is_400_not_a_429_that_never_ends(
+    user_client, three_uploads_a_minute
+):
+    response = user_client.post(LIST, {"images": [upload_file() for _ in range(4)]}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_files" and "At most 3 images per request" in response.content.decode()
+    assert not Upload.objects.exists()
+    # The allowance is untouched: the same images in requests the rate allows go through.
+    assert user_client.post(LIST, {"images": [upload_file() for _ in range(3)]}, format="multipart").status_code == 202
