@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import QuerySet
-from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from classifier import selectors as classifier_selectors
 from classifier import statements
 from classifier.models import Prediction
 from training import selectors as training_selectors
@@ -25,10 +25,6 @@ class PredictionFilters:
     created_before: dt.date | None = None
 
 
-def _day_start(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())
-
-
 def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) -> QuerySet[Prediction]:
     """The caller's own predictions, newest first; both dates are inclusive days in the site's time zone."""
     filters = filters or PredictionFilters()
@@ -37,10 +33,9 @@ def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) 
         queryset = queryset.filter(digit=filters.digit)
     if filters.status:
         queryset = queryset.filter(status=filters.status)
-    if filters.created_after:
-        queryset = queryset.filter(created_at__gte=_day_start(filters.created_after))
-    if filters.created_before:
-        queryset = queryset.filter(created_at__lt=_day_start(filters.created_before + dt.timedelta(days=1)))
+    queryset = classifier_selectors.created_between_days(
+        queryset, first_day=filters.created_after, last_day=filters.created_before
+    )
     return queryset.order_by("-created_at", "-id")
 
 

@@ -82,6 +82,8 @@ class HistoryFilterForm(forms.Form):
     def clean_batch(self) -> tuple[int, ...]:
         value = self.cleaned_data.get("batch") or ""
         try:
-            return tuple(int(part) for part in value.split(",") if part.strip())[: settings.UPLOAD_MAX_FILES]
+            ids = tuple(int(part) for part in value.split(",") if part.strip())[: settings.UPLOAD_MAX_FILES]
         except ValueError:
             return ()
+        # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright.
+        return ids if all(0 < pk < 2**63 for pk in ids) else ()

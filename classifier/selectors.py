@@ -35,6 +35,21 @@ class UploadFilters:
     upload_ids: tuple[int, ...] = ()
 
 
+def created_between_days(queryset: QuerySet, *, first_day: dt.date | None, last_day: dt.date | None) -> QuerySet:
+    """Rows whose ``created_at`` falls on these days (both inclusive, in the site's time zone); None: unbounded.
+
+    A day within one of either end of the calendar bounds nothing (nothing was created then), instead of
+    overflowing when its midnight is moved to UTC or to the next day.
+    """
+    tz = timezone.get_current_timezone()
+    if first_day and first_day > dt.date.min + dt.timedelta(days=1):
+        queryset = queryset.filter(created_at__gte=dt.datetime.combine(first_day, dt.time.min, tzinfo=tz))
+    if last_day and last_day < dt.date.max - dt.timedelta(days=1):
+        next_day = dt.datetime.combine(last_day + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
+        queryset = queryset.filter(created_at__lt=next_day)
+    return queryset
+
+
 def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> QuerySet[Upload]:
     filters = filters or UploadFilters()
     queryset = upload_annotate_latest(Upload.objects.filter(owner=user))
@@ -42,13 +57,7 @@ def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> Query
         queryset = queryset.filter(latest_digit=filters.digit)
     if filters.status:
         queryset = queryset.filter(latest_status=filters.status)
-    tz = timezone.get_current_timezone()
-    if filters.date_from:
-        queryset = queryset.filter(created_at__gte=dt.datetime.combine(filters.date_from, dt.time.min, tzinfo=tz))
-    if filters.date_to:
-        queryset = queryset.filter(
-            created_at__lt=dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
-        )
+    queryset = created_between_days(queryset, first_day=filters.date_from, last_day=filters.date_to)
     if filters.upload_ids:
         queryset = queryset.filter(pk__in=filters.upload_ids)
     return queryset.order_by("-created_at", "-id")

@@ -295,6 +295,16 @@ def test_the_list_filters_by_an_inclusive_date_range(user_client, user, make_pre
     assert [item["id"] for item in older] == [old.pk]
 
 
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_dates_at_either_end_of_the_calendar_bound_nothing_instead_of_overflowing(user_client, user, make_prediction, settings, zone):
+    settings.TIME_ZONE = zone  # fourteen hours east of UTC, eleven hours west
+    prediction = make_prediction(owner=user)
+    everything = user_client.get(LIST, {"created_after": "0001-01-01", "created_before": "9999-12-31"})
+    assert everything.status_code == 200 and [item["id"] for item in everything.json()["results"]] == [prediction.pk]
+    assert user_client.get(LIST, {"created_after": "9999-12-30"}).json()["results"] == []
+    assert user_client.get(LIST, {"created_before": "0001-01-02"}).json()["results"] == []
+
+
 @pytest.mark.parametrize("query", [{"digit": 10}, {"digit": "x"}, {"status": "nope"}, {"created_after": "yesterday"}])
 def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
     response = user_client.get(LIST, query)

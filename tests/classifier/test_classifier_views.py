@@ -176,6 +176,15 @@ def test_history_lists_only_my_uploads_and_filters_them(alice, user, other_user,
     assert mine[0].digit == 7
 
 
+def test_history_shows_a_page_for_dates_at_either_end_of_the_calendar_and_a_huge_batch_id(alice, user, digit_png):
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    page = alice.get("/history/", {"date_from": "0001-01-01", "date_to": "9999-12-31"})
+    assert page.status_code == 200 and page.content.decode().count('class="history-item"') == 1
+    # Ignored like any batch that cannot be read.
+    huge = alice.get("/history/", {"batch": "99999999999999999999"})
+    assert huge.status_code == 200 and huge.content.decode().count('class="history-item"') == 1
+
+
 def test_history_is_paginated(alice, user, digit_png):
     for i in range(23):
         services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file")
