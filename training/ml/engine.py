@@ -18,6 +18,10 @@ class TrainingCancelled(Exception):
     """Raised inside the training loop when ``should_stop()`` returns true."""
 
 
+class TrainingDiverged(ArithmeticError):
+    """The loss stopped being a finite number (too high a learning rate, usually): the weights are useless."""
+
+
 @dataclass
 class EpochStats:
     """Running averages over one training epoch (on augmented data when enabled)."""

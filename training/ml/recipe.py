@@ -16,7 +16,7 @@ from torch import nn
 from .architectures import build_model
 from .augment import AugmentConfig
 from .data import MnistSplit
-from .engine import TrainingCancelled, evaluate, train_one_epoch
+from .engine import TrainingCancelled, TrainingDiverged, evaluate, train_one_epoch
 
 __all__ = [
     "FitResult",
@@ -242,6 +242,12 @@ def fit(
             on_step=on_step,
             should_stop=should_stop,
         )
+        if not math.isfinite(stats.loss):
+            # Before the epoch's checkpoint: a model of NaN weights must never be saved, let alone served.
+            raise TrainingDiverged(
+                f"the training loss became {stats.loss} in epoch {epoch}; lower the learning rate "
+                f"(it was {config.lr:g})"
+            )
         done_before_epoch += stats.steps
         train_seconds += stats.seconds
         trained_images += stats.n

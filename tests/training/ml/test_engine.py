@@ -7,7 +7,7 @@ import torch
 
 from training.ml.architectures import build_model
 from training.ml.augment import augment_batch
-from training.ml.engine import TrainingCancelled, evaluate, train_one_epoch
+from training.ml.engine import TrainingCancelled, TrainingDiverged, evaluate, train_one_epoch
 from training.ml.recipe import TrainConfig, fit, select_device
 from tests.devices import DEVICES, full_float32, requires_cuda
 
@@ -136,6 +136,15 @@ def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tiny_tra
 def test_fit_raises_training_cancelled_when_asked_to_stop(tiny_train, tiny_test):
     with pytest.raises(TrainingCancelled):
         fit(config=_tiny_config(), train=tiny_train, test=tiny_test, device=CPU, should_stop=lambda: True)
+
+
+def test_a_diverging_run_stops_before_its_epoch_is_reported_or_saved(tiny_train, tiny_test):
+    config = _tiny_config(lr=1e12)
+    reported = []
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        fit(config=config, train=tiny_train, test=tiny_test, device=CPU,
+            on_epoch_end=lambda epoch, model, optimizer, metrics: reported.append(epoch))
+    assert reported == []
 
 
 def test_train_config_round_trips_and_has_the_tutorial_mlp_recipe():
