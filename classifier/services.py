@@ -311,7 +311,8 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
         if _is_transient(exc):
             raise
         logger.exception("could not load the active checkpoint")
-        error = f"The model could not be loaded: {exc}"
+        # Users see this text; the reason (file paths, hashes) is for the worker's log only.
+        error = "The model could not be loaded; an administrator can find out why in the worker's log."
         return _predictions_save([_prediction_fail(prediction=p, error=error) for p in predictions])
 
     readable: list[Prediction] = []

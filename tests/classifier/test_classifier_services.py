@@ -128,6 +128,18 @@ def test_prediction_execute_stores_digit_probabilities_and_the_model_input(
     assert pixels.max() == 255 and pixels[0].max() == 0 and pixels[-1].max() == 0
 
 
+def test_a_model_that_cannot_be_loaded_fails_the_prediction_without_showing_server_paths(
+    user, digit_png, active_checkpoint, settings
+):
+    model_file = Path(settings.CHECKPOINT_DIR) / active_checkpoint.path
+    model_file.unlink()
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    failed = services.prediction_execute(prediction_id=prediction.pk)
+    assert failed.status == "failed" and "could not be loaded" in failed.error
+    assert str(settings.CHECKPOINT_DIR) not in failed.error and active_checkpoint.path not in failed.error
+
+
 def test_executing_twice_keeps_one_result_and_does_not_recompute(user, digit_png, active_checkpoint):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
