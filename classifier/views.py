@@ -13,7 +13,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from PIL import Image
 
 from classifier import selectors, services
@@ -114,7 +114,7 @@ def prediction_payload(prediction: Prediction) -> dict:
     }
 
 
-@require_GET
+@require_safe
 def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
     probabilities = prediction.probabilities or [None] * 10
@@ -137,7 +137,7 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @never_cache
-@require_GET
+@require_safe
 def prediction_json(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(prediction_payload(_prediction_or_404(request, pk)))
 
@@ -173,7 +173,7 @@ def _image_response(file, *, filename: str) -> FileResponse:
     return _private_png(FileResponse(handle, content_type="image/png", filename=filename), filename=filename)
 
 
-@require_GET
+@require_safe
 def upload_image(request: HttpRequest, pk: int) -> FileResponse:
     item = selectors.upload_get_for_viewer(user=request.user, upload_id=pk)
     if item is None or not item.image:
@@ -181,7 +181,7 @@ def upload_image(request: HttpRequest, pk: int) -> FileResponse:
     return _image_response(item.image, filename=f"upload-{item.pk}.png")
 
 
-@require_GET
+@require_safe
 def prediction_input(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = selectors.prediction_get_for_viewer(user=request.user, prediction_id=pk)
     if prediction is None or not prediction.input_pixels:
@@ -194,7 +194,7 @@ def prediction_input(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 def upload_detail(request: HttpRequest, pk: int) -> HttpResponse:
     item = selectors.upload_get_for_user(user=request.user, upload_id=pk)
     prediction = selectors.prediction_latest_for_upload(upload=item) if item else None
@@ -225,7 +225,7 @@ def _safe_next(request: HttpRequest) -> str | None:
     return None
 
 
-@require_GET
+@require_safe
 def history(request: HttpRequest) -> HttpResponse:
     form = HistoryFilterForm(request.GET or None)
     filters = selectors.UploadFilters()

@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from kombu import Connection
 
 from mnistsite.celery import app as celery_app
@@ -22,7 +22,7 @@ def _failed(check: str, exc: Exception) -> dict:
 
 
 @login_not_required
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is alive and serving requests; checks nothing else."""
     return JsonResponse({"status": "ok"})
@@ -75,7 +75,7 @@ def _check_model() -> dict:
 
 @login_not_required
 @never_cache
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     """Database, broker, a worker and an active model: 503 when any is missing."""
     checks = {"database": _check_database(), "broker": _check_broker()}

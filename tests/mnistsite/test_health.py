@@ -10,6 +10,13 @@ def test_healthz_answers_without_login(client):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_health_probes_answer_head_requests_as_uptime_monitors_send_them(client, path):
+    response = client.head(path)
+    assert response.status_code in (200, 503) and response.content == b""
+
+
+@pytest.mark.django_db
 def test_readyz_is_503_without_a_worker_or_an_active_model(client):
     response = client.get("/readyz")
     assert response.status_code == 503
