@@ -50,10 +50,19 @@
   function poll() {
     fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" })
       .then(function (response) {
+        if (response.redirected || !(response.headers.get("Content-Type") || "").includes("application/json")) {
+          // Sent to the log-in page: the session has ended, and polling again would never get the answer.
+          return null;
+        }
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();
       })
       .then(function (data) {
+        if (data === null) {
+          byId("spinner").hidden = true;
+          byId("status-note").textContent = "Your session has ended: reload the page and log in again to see the result.";
+          return;
+        }
         render(data);
         delay = POLL_MS;
         if (!data.finished) setTimeout(poll, POLL_MS);

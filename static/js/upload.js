@@ -146,4 +146,12 @@
   });
 
   setup();
+
+  // Coming back with the Back button restores the page as it was sent: buttons disabled, saying "Sending…".
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    refresh();
+    canvasSubmit.disabled = !dirty;
+    canvasSubmit.textContent = "Predict drawing";
+  });
 })();

@@ -1,7 +1,10 @@
 """The pages in a real headless Chromium: log in, upload, watch the result go live, draw, browse history."""
+import io
+
 import pytest
 from playwright.sync_api import expect
 
+from classifier import services
 from classifier.models import Prediction
 from mnistsite.celery import app
 from tests.processes import start_worker
@@ -137,3 +140,15 @@ def test_history_shows_uploads_and_deletes_after_confirming(
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(artifacts_dir / "history-mobile.png"), full_page=True)
+
+
+def test_a_result_page_whose_session_ended_says_so_instead_of_polling_forever(logged_in_page, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # no worker: stays queued
+    page = logged_in_page
+    page.goto(f"/predictions/{prediction.pk}/")
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    page.context.clear_cookies()  # logged out elsewhere, or the session expired
+    expect(page.locator("#status-note")).to_contain_text("session has ended")
+    expect(page.locator("#spinner")).to_be_hidden()
+
