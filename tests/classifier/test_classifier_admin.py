@@ -46,3 +46,12 @@ def test_uploads_cannot_be_added_through_the_admin(admin_page):
     # Its form would lack the file and the fields validation fills in: a row without an image, or a 500.
     assert admin_page.get("/admin/classifier/upload/add/").status_code == 403
     assert 'href="/admin/classifier/upload/add/"' not in admin_page.get("/admin/classifier/upload/").content.decode()
+
+
+@pytest.mark.parametrize("query", ["latest_digit=x", "checkpoint=abc"])
+def test_a_hand_edited_filter_value_gets_the_admins_error_page_not_a_500(admin_page, active_checkpoint, query):
+    for path in ("/admin/classifier/upload/", "/admin/classifier/prediction/"):
+        if path.endswith("prediction/") and query.startswith("latest_digit"):
+            continue  # that filter is the upload list's only
+        response = admin_page.get(f"{path}?{query}")
+        assert response.status_code == 302 and response["Location"].endswith("?e=1"), (path, response.status_code)
