@@ -18,8 +18,13 @@ class TrainingRunStartForm(forms.Form):
         min_value=0, max_value=10, required=False, help_text="Blank: recipe default (peak rate for the CNN)."
     )
     seed = forms.IntegerField(initial=0, min_value=0, max_value=MAX_SEED)
-    augment = forms.BooleanField(
-        required=False, initial=True, label="Augmentation", help_text="Random affine, elastic and stroke-width changes."
+    augment = forms.TypedChoiceField(
+        choices=[("", "Recipe default (on for the CNN, off for the MLP)"), ("true", "On"), ("false", "Off")],
+        coerce=lambda value: value == "true",
+        empty_value=None,
+        required=False,
+        label="Augmentation",
+        help_text="Random affine, elastic and stroke-width changes.",
     )
     device = forms.ChoiceField(choices=[(name, name) for name in DEVICE_CHOICES], initial="auto")
     train_subset = forms.IntegerField(
@@ -36,7 +41,11 @@ class TrainingRunStartForm(forms.Form):
         architecture = cleaned.get("architecture")
         if architecture:
             recipe = TrainConfig.default_for(architecture)
-            for field, default in (("epochs", recipe.epochs), ("batch_size", recipe.batch_size), ("learning_rate", recipe.lr)):
+            defaults = (
+                ("epochs", recipe.epochs), ("batch_size", recipe.batch_size), ("learning_rate", recipe.lr),
+                ("augment", recipe.augment),
+            )
+            for field, default in defaults:
                 if cleaned.get(field) is None and field not in self.errors:
                     cleaned[field] = default
         if cleaned.get("learning_rate") == 0:

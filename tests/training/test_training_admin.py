@@ -79,9 +79,13 @@ def test_the_start_page_shows_the_form_and_fills_blank_fields_from_the_recipe(cl
     client.force_login(staff_user)
     page = client.get(START)
     assert page.status_code == 200 and b"Start training run" in page.content
-    client.post(START, {"architecture": "mlp", "seed": "3", "device": "cpu"})
+    client.post(START, {"architecture": "mlp", "seed": "3", "device": "cpu", "augment": ""})
     run = TrainingRun.objects.get()
-    assert (run.epochs, run.batch_size, run.learning_rate, run.seed) == (5, 100, 1e-3, 3)
+    assert (run.epochs, run.batch_size, run.learning_rate, run.seed, run.augment) == (5, 100, 1e-3, 3, False)
+    client.post(START, {"architecture": "cnn", "seed": "0", "device": "cpu", "augment": ""})
+    assert TrainingRun.objects.get(architecture="cnn").augment is True
+    client.post(START, {"architecture": "cnn", "seed": "0", "device": "cpu", "augment": "false"})
+    assert TrainingRun.objects.latest("pk").augment is False
 
 
 def test_the_start_page_reports_invalid_input(client, staff_user):
