@@ -46,7 +46,21 @@ def choose_broker(env: dict[str, str]) -> None:
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
-    subprocess.run([PYTHON, "manage.py", *args], cwd=REPO, env=env, check=True)
+    # Its own session, so that Ctrl-C reaches it through us: passed on, and waited for, the command can record
+    # how it stopped (a training run marks itself failed) instead of being killed a quarter second later.
+    process = subprocess.Popen([PYTHON, "manage.py", *args], cwd=REPO, env=env, start_new_session=True)
+    try:
+        returncode = process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, ["manage.py", *args])
 
 
 def start(args: list[str], *, env: dict[str, str]) -> subprocess.Popen:
@@ -81,15 +95,19 @@ def main() -> int:
     (REPO / "var").mkdir(exist_ok=True)
     choose_broker(env)
 
-    say("MNIST data")
-    manage("fetch_mnist", env=env)
-    say("Database")
-    manage("migrate", "--noinput", env=env)
-    manage("ensure_demo_user", env=env)
-    say("Model")
-    manage("ensure_model", env=env)
-    say("Sample images")
-    manage("load_samples", "--sync", env=env)
+    try:
+        say("MNIST data")
+        manage("fetch_mnist", env=env)
+        say("Database")
+        manage("migrate", "--noinput", env=env)
+        manage("ensure_demo_user", env=env)
+        say("Model")
+        manage("ensure_model", env=env)
+        say("Sample images")
+        manage("load_samples", "--sync", env=env)
+    except KeyboardInterrupt:
+        say("Stopped while preparing; run it again to carry on.")
+        return 130
 
     processes = [
         start(

@@ -92,3 +92,11 @@ def test_fetch_mnist_finds_the_verified_files_already_present():
     out = StringIO()
     call_command("fetch_mnist", stdout=out)
     assert "already present and verified" in out.getvalue()
+
+
+def test_ensure_model_keeps_an_active_checkpoint_that_loads(make_checkpoint):
+    checkpoint, _model = make_checkpoint(activate=True)
+    out = StringIO()
+    call_command("ensure_model", stdout=out)
+    assert f"Active model: {checkpoint}" in out.getvalue()
+    assert not TrainingRun.objects.exists()

@@ -1,17 +1,27 @@
-"""Make sure an active checkpoint exists, training the default model when there is none."""
+"""Make sure an active checkpoint exists and loads, training the default model when there is none."""
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from training.loading import checkpoint_load_model
+from training.ml.checkpoints import CheckpointError
 from training.selectors import checkpoint_get_active
 
 
 class Command(BaseCommand):
-    help = "Train and activate the default model unless a checkpoint is already active."
+    help = "Train and activate the default model unless an active checkpoint loads."
 
     def handle(self, *args, **options):
         active = checkpoint_get_active()
         if active is not None:
-            self.stdout.write(f"Active model: {active}")
-            return
-        self.stdout.write("No active checkpoint: training the default model (a few minutes on a CPU).")
+            try:
+                checkpoint_load_model(checkpoint=active)
+            except CheckpointError as exc:
+                # Its file was deleted or changed (another CHECKPOINT_DIR?): every prediction would fail.
+                self.stdout.write(f"The active model ({active}) cannot be loaded: {exc}")
+            else:
+                self.stdout.write(f"Active model: {active}")
+                return
+        else:
+            self.stdout.write("No active checkpoint.")
+        self.stdout.write("Training the default model (a few minutes on a CPU).")
         call_command("train", sync=True, activate=True, stdout=self.stdout, stderr=self.stderr)

@@ -76,6 +76,9 @@ class Command(BaseCommand):
 
         try:
             services.training_run_execute(run_id=run.pk, on_progress=on_progress)
+        except KeyboardInterrupt:
+            # The run has already recorded itself as failed; a traceback would add nothing.
+            raise CommandError(f"interrupted: training run {run.pk} is marked failed") from None
         finally:
             bar.close()
         run.refresh_from_db()
