@@ -30,7 +30,7 @@ def _running_stale_after() -> dt.timedelta:
 
 
 class PredictionFeedbackError(ValueError):
-    """Feedback must be a digit from 0 to 9 on a finished prediction."""
+    """Feedback must be a digit from 0 to 9 (the digit the image really shows, whatever the prediction's state)."""
 
 
 # --- uploads -----------------------------------------------------------------------------------------------------
