@@ -88,3 +88,12 @@ def test_dockerfile_installs_the_pinned_requirements():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "pip install -r requirements.txt" in dockerfile
     assert Path(REPO / "requirements.txt").read_text().count("torch==2.14.1") == 1
+
+
+def test_the_image_gets_no_local_secrets_environments_databases_or_uploads():
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".env", ".git", ".venv", "db.sqlite3*", "media/uploads", "data", "checkpoints", "var"} <= ignored
+    # The shipped sample sets are copied into the image (Dockerfile), so they must stay in the context.
+    assert not any(entry in ignored for entry in ("media", "media/samples", "media/*"))
+    assert ".env" in (REPO / ".gitignore").read_text().splitlines()
