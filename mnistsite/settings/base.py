@@ -187,17 +187,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # fresh PostgreSQL backend per prediction cost more than the prediction. mnistsite.celery instead
 # applies CONN_MAX_AGE and the health check before each task, as Django does per request.
 CELERY_DB_REUSE_MAX = 1_000_000
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# A lost broker connection must not kill the tasks running: a training run would lose its epoch and one of its
+# attempts to every Redis restart. Their messages come back after the visibility timeout, and the run's or the
+# predictions' claim turns that second delivery into a no-op.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_DEFAULT_QUEUE = "inference"
 CELERY_TASK_ROUTES = {
+    # The reaper is quick bookkeeping: on the training queue a trainer busy for hours would hold it back.
+    "training.tasks.training_runs_reap": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
     "classifier.tasks.*": {"queue": "inference"},
 }
+# Each message expires when the next is due, so none pile up while no worker takes them.
 CELERY_BEAT_SCHEDULE = {
-    "sweep-pending-predictions": {"task": "classifier.tasks.predictions_sweep", "schedule": 30.0},
-    "reap-stale-training-runs": {"task": "training.tasks.training_runs_reap", "schedule": 60.0},
+    "sweep-pending-predictions": {
+        "task": "classifier.tasks.predictions_sweep", "schedule": 30.0, "options": {"expires": 30.0},
+    },
+    "reap-stale-training-runs": {
+        "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},
+    },
 }
 CELERY_TIMEZONE = "UTC"
 

@@ -65,6 +65,25 @@ def test_a_training_run_whose_worker_is_killed_is_resumed_from_its_last_epoch_ch
     checkpoint_load_model(checkpoint=active_checkpoint)
 
 
+def test_a_broker_restart_does_not_kill_a_training_run_in_progress(running_private_redis, workers):
+    # A run can take hours; losing an attempt (of three) to every Redis restart or network blip is not acceptable.
+    worker = workers(queues="training")
+    run = services.training_run_create(
+        created_by=None, architecture="mlp", epochs=4, batch_size=64, learning_rate=1e-3,
+        augment=False, train_subset=20000, device="cpu",
+    )
+    wait_until(lambda: Checkpoint.objects.filter(run=run, epoch=1).exists(), timeout=120, interval=0.05,
+               what="the first epoch checkpoint")
+    running_private_redis.stop()
+    worker.wait_for_output("Connection to broker lost", timeout=60)
+    assert TrainingRun.objects.get(pk=run.pk).status == "running", "the run ended before the broker went"
+    running_private_redis.start()
+    wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status not in ("queued", "running"), timeout=180,
+               interval=0.2, what=lambda: f"the run to finish:\n{worker.log()[-3000:]}")
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == ("succeeded", 1), run.error
+
+
 # The writer: registers every version in the database only after save_checkpoint returned.
 WRITER = textwrap.dedent(
     """

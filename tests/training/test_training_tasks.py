@@ -71,8 +71,15 @@ def test_the_reap_task_fails_a_run_whose_worker_stopped_reporting(tiny_recipe, s
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.FAILED
 
 
-def test_training_tasks_are_routed_to_the_training_queue():
+def test_training_runs_go_to_the_training_queue_and_the_reaper_to_the_always_free_inference_queue():
     from mnistsite.celery import app
 
     assert app.amqp.router.route({}, "training.tasks.training_run_execute")["queue"].name == "training"
+    # A trainer busy for hours with one run must not keep dead runs from being noticed.
+    assert app.amqp.router.route({}, "training.tasks.training_runs_reap")["queue"].name == "inference"
+
+
+def test_periodic_messages_expire_rather_than_pile_up_while_no_worker_takes_them():
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert 0 < entry["options"]["expires"] <= entry["schedule"]
     assert tasks.training_run_execute.soft_time_limit >= 3600
