@@ -83,3 +83,20 @@ def readyz(request: HttpRequest) -> JsonResponse:
     checks["model"] = _check_model() if checks["database"]["ok"] else {"ok": False, "error": "database down"}
     ready = all(check["ok"] for check in checks.values())
     return JsonResponse({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+class HealthProbeMiddleware:
+    """``/healthz`` and ``/readyz`` answered before host validation, the HTTPS redirect and sessions.
+
+    Probes (compose's health check, a load balancer's) call the process directly,
+    by its address and over plain HTTP: with ALLOWED_HOSTS naming the real site
+    they would otherwise get 400, and with SECURE_SSL_REDIRECT a redirect.
+    """
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.probes = {"/healthz": healthz, "/readyz": readyz}
+
+    def __call__(self, request: HttpRequest):
+        probe = self.probes.get(request.path_info)
+        return probe(request) if probe is not None else self.get_response(request)

@@ -26,19 +26,21 @@ def test_production_settings_pass_the_deploy_check_at_warning_level():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_production_redirects_plain_http_to_https_except_the_health_probes():
+def test_production_redirects_plain_http_to_https_but_answers_health_probes_by_address():
     probe = (
         "from django.test import Client; client = Client(); "
-        "print(client.get('/healthz').status_code, client.get('/accounts/login/').headers.get('Location'))"
+        "by_address = dict(HTTP_HOST='127.0.0.1:8000'); by_name = dict(HTTP_HOST='digits.example.com'); "
+        "print(client.get('/healthz', **by_address).status_code, client.head('/healthz', **by_address).status_code, "
+        "client.get('/accounts/login/', **by_name).headers.get('Location'))"
     )
     result = _run_manage(
         "shell", "-c", probe,
         DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
         SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
-        ALLOWED_HOSTS="testserver",
+        ALLOWED_HOSTS="digits.example.com",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1].split() == ["200", "https://testserver/accounts/login/"]
+    assert result.stdout.splitlines()[-1].split() == ["200", "200", "https://digits.example.com/accounts/login/"]
 
 
 def test_production_settings_refuse_to_start_without_a_secret_key():
