@@ -12,7 +12,7 @@ from tests.processes import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 GPU = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())
-APP_SERVICES = ["web", "worker", "trainer", "beat"]
+APP_SERVICES = ["migrate", "web", "worker", "trainer", "beat"]
 
 
 def _words(service: str) -> list[str]:
@@ -64,6 +64,14 @@ def test_app_service_commands_name_real_modules_commands_and_queues(service):
             assert words[1] == "manage.py" and words[2] in get_commands(), words
         else:
             pytest.fail(f"{service} runs an unknown program: {words}")
+
+
+def test_every_app_service_starts_only_after_the_migrations_ran():
+    assert _words("migrate")[:3] == ["python", "manage.py", "migrate"]
+    for service in APP_SERVICES:
+        if service != "migrate":
+            depends = COMPOSE["services"][service]["depends_on"]
+            assert depends["migrate"] == {"condition": "service_completed_successfully"}, service
 
 
 def test_trainer_runs_one_training_run_at_a_time():
