@@ -62,7 +62,7 @@ def stack_env(workdir: Path, **overrides: str) -> dict[str, str]:
         MEDIA_ROOT=str(workdir / "media"),
         CHECKPOINT_DIR=str(workdir / "checkpoints"),
         DATA_DIR=env.get("DATA_DIR", str(REPO / "data")),
-        API_UPLOAD_THROTTLE_RATE="1000000/minute",
+        UPLOAD_THROTTLE_RATE="1000000/minute",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )

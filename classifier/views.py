@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 
 from django.conf import settings
 from django.contrib import messages
@@ -16,7 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from PIL import Image
 
-from classifier import selectors, services
+from classifier import selectors, services, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
 from classifier.models import INPUT_SIDE, Prediction
 
@@ -33,11 +34,15 @@ def _validation_messages(error: ValidationError) -> list[str]:
 def upload(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []
+    refused: throttling.UploadRateError | None = None
     if request.method == "POST":
         if form.is_valid():
             files, source = form.submissions()
             try:
+                throttling.upload_allowance_spend(user_id=request.user.pk, images=len(files))
                 predictions = services.predictions_submit(owner=request.user, files=files, source=source)
+            except throttling.UploadRateError as exc:
+                refused, errors = exc, [str(exc)]
             except ValidationError as exc:
                 errors = _validation_messages(exc)
             except DatabaseError:
@@ -52,7 +57,7 @@ def upload(request: HttpRequest) -> HttpResponse:
                 return redirect(f"{reverse('classifier:history')}?batch={batch}")
         else:
             errors = [message for field_errors in form.errors.values() for message in field_errors]
-    return render(
+    response = render(
         request,
         "classifier/upload.html",
         {
@@ -64,6 +69,10 @@ def upload(request: HttpRequest) -> HttpResponse:
         },
         status=400 if errors else 200,
     )
+    if refused is not None and refused.retry_after is not None:
+        response.status_code = 429
+        response["Retry-After"] = str(math.ceil(refused.retry_after))
+    return response
 
 
 def _service_unavailable(request: HttpRequest, form: UploadForm) -> HttpResponse:

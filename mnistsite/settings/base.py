@@ -221,9 +221,6 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_THROTTLE_RATES": {
-        "uploads": env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"),
-    },
     # How many proxies in front of the site append to X-Forwarded-For. With 0 the header is ignored, so a
     # client cannot pick the address that log-in lockouts and anonymous throttles count against.
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
@@ -246,6 +243,9 @@ SPECTACULAR_SETTINGS = {
 CACHES = {
     "default": env.cache("CACHE_URL", default="locmemcache://"),
 }
+# Images a user may upload per period, through the pages and the API together ("600/minute"; empty: no limit).
+# API_UPLOAD_THROTTLE_RATE is its earlier name.
+UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
 # Every log-in form (the admin's too) goes through the lockout.
 AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)

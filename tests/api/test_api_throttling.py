@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.cache import cache
 
-from api.throttling import TOLERANCE_S, allowance_take
+from classifier.throttling import TOLERANCE_S, allowance_take
 from classifier.models import Upload
 from tests.api.conftest import upload_file
 
@@ -51,7 +51,7 @@ def _stored_number(key: str, backend: str) -> float:
 
 @pytest.fixture
 def three_uploads_a_minute(settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "3/minute"}}
+    settings.UPLOAD_THROTTLE_RATE = "3/minute"
 
 
 def test_uploads_beyond_the_rate_are_429_with_retry_after(user_client, three_uploads_a_minute):
@@ -86,7 +86,7 @@ def test_reading_is_not_throttled(user_client, three_uploads_a_minute):
 def test_the_throttle_keeps_one_number_per_user_however_many_images_were_sent(
     user, user_client, settings, throttle_cache
 ):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "600/minute"}}
+    settings.UPLOAD_THROTTLE_RATE = "600/minute"
     for _ in range(3):
         assert user_client.post(LIST, {"images": [upload_file() for _ in range(4)]}, format="multipart").status_code == 202
 
@@ -96,7 +96,7 @@ def test_the_throttle_keeps_one_number_per_user_however_many_images_were_sent(
 
 
 def test_the_allowance_refills_continuously_at_the_rate(user_client, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"uploads": "2/second"}}
+    settings.UPLOAD_THROTTLE_RATE = "2/second"
     assert user_client.post(LIST, {"images": [upload_file() for _ in range(2)]}, format="multipart").status_code == 202
     assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
 
@@ -133,7 +133,7 @@ def test_a_request_with_more_images_than_a_whole_periods_allowance_is_400_not_a_
 ):
     response = user_client.post(LIST, {"images": [upload_file() for _ in range(4)]}, format="multipart")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "too_many_files" and "At most 3 images per request" in response.content.decode()
+    assert response.json()["error"]["code"] == "too_many_files" and "At most 3 images per upload" in response.content.decode()
     assert not Upload.objects.exists()
     # The allowance is untouched: the same images in requests the rate allows go through.
     assert user_client.post(LIST, {"images": [upload_file() for _ in range(3)]}, format="multipart").status_code == 202

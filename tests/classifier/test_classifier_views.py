@@ -58,6 +58,21 @@ def test_uploading_one_file_redirects_to_its_result(alice, digit_png, published,
     assert "queued" in page
 
 
+def test_the_upload_page_spends_the_same_per_user_allowance_as_the_api(alice, user, digit_png, settings):
+    from django.core.cache import cache
+
+    settings.UPLOAD_THROTTLE_RATE = "3/minute"
+    cache.clear()
+    assert alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]}).status_code == 302
+    refused = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert "Too many uploads" in refused.content.decode()
+    too_many = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(4)]})
+    assert too_many.status_code == 400 and "At most 3 images per upload" in too_many.content.decode()
+    assert Upload.objects.count() == 2
+    cache.clear()
+
+
 def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png):
     response = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(3)]})
     assert response.status_code == 302 and response["Location"].startswith("/history/?batch=")

@@ -1,0 +1,95 @@
+"""Per-user upload allowances, counted in images over a period, shared by every web process through the cache.
+
+The generic cell rate algorithm: the cache holds one number per key, the time at
+which the allowance would be whole again. The API's throttle and the upload page
+spend the same allowance.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from django.conf import settings
+from django.core.cache import DEFAULT_CACHE_ALIAS, caches
+from django.core.cache.backends.redis import RedisCache
+
+# Absorbs float rounding: 600 steps of a tenth of a second must still fit in 60.
+TOLERANCE_S = 1e-6
+
+# The same step as ``_take_generic`` in one atomic round trip. Two web processes can then never both spend the
+# last of an allowance, and the request pays one Redis command instead of a read and a write.
+_TAKE_LUA = """
+local now, cost, period, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local refilled_at = math.max(tonumber(redis.call('GET', KEYS[1]) or '') or now, now) + cost
+local retry_after = refilled_at - now - period
+if retry_after <= tolerance then
+  redis.call('SET', KEYS[1], string.format('%.17g', refilled_at), 'PX', math.ceil((refilled_at - now) * 1000))
+end
+return string.format('%.17g', retry_after)
+"""
+
+
+
+class UploadRateError(Exception):
+    """Refused by the upload rate. ``retry_after`` is the wait in seconds, or None when no wait would help."""
+
+    def __init__(self, message: str, *, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def upload_rate() -> tuple[int, float] | None:
+    """``UPLOAD_THROTTLE_RATE`` ("600/minute") as (images, seconds), or None when uploads are not throttled."""
+    rate = settings.UPLOAD_THROTTLE_RATE
+    if not rate:
+        return None
+    count, _, period = rate.partition("/")
+    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
+
+
+def upload_allowance_spend(*, user_id: int, images: int) -> None:
+    """Spend ``images`` of the user's upload allowance, or raise UploadRateError and spend nothing.
+
+    A request without images still costs one: it was an attempt to upload.
+    """
+    rate = upload_rate()
+    if rate is None:
+        return
+    count, period = rate
+    if images > count:
+        raise UploadRateError(
+            f"At most {count} images per upload at this site's upload rate ({count} per {period:g} seconds); "
+            "send them in smaller batches.",
+            retry_after=None,
+        )
+    retry_after = allowance_take(
+        key=f"throttle_uploads_{user_id}", now=time.time(), cost=max(1, images) * period / count, period=period
+    )
+    if retry_after > TOLERANCE_S:
+        raise UploadRateError(
+            f"Too many uploads: try again in {math.ceil(retry_after)} seconds.", retry_after=retry_after
+        )
+
+
+def allowance_take(*, key: str, now: float, cost: float, period: float) -> float:
+    """Spend ``cost`` seconds of the allowance stored under ``key`` if it is there.
+
+    Returns how many seconds too early the request is: at most TOLERANCE_S when
+    it was allowed (and spent), more when it was refused (and nothing changed).
+    """
+    cache = caches[DEFAULT_CACHE_ALIAS]
+    if isinstance(cache, RedisCache):
+        full_key = cache.make_and_validate_key(key)
+        # Django's Redis cache has no public way to run a script; its client is the one it uses itself.
+        client = cache._cache.get_client(full_key, write=True)
+        return float(client.eval(_TAKE_LUA, 1, full_key, repr(now), repr(cost), repr(period), repr(TOLERANCE_S)))
+    return _take_generic(cache, key=key, now=now, cost=cost, period=period)
+
+
+def _take_generic(cache, *, key: str, now: float, cost: float, period: float) -> float:
+    # Any other cache: a read and a write, so concurrent requests of one user in several processes may race.
+    refilled_at = max(cache.get(key, now), now) + cost
+    retry_after = refilled_at - now - period
+    if retry_after <= TOLERANCE_S:
+        cache.set(key, refilled_at, math.ceil(refilled_at - now))
+    return retry_after
