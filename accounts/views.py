@@ -1,10 +1,11 @@
 """Sign-up and a log-in view that slows down password guessing."""
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.views import LoginView
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -29,6 +30,8 @@ class ThrottledLoginView(LoginView):
 @login_not_required
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.SIGNUP_ENABLED:
+        raise Http404("Sign-up is closed on this site.")
     if request.user.is_authenticated:
         return redirect("classifier:upload")
     form = UserCreationForm(request.POST or None)

@@ -71,6 +71,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.signup",
             ],
         },
     },
@@ -246,6 +247,8 @@ CACHES = {
 # Images a user may upload per period, through the pages and the API together ("600/minute"; empty: no limit).
 # API_UPLOAD_THROTTLE_RATE is its earlier name.
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
+# Whether anyone may create an account; off, only administrators add users.
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
 # Every log-in form (the admin's too) goes through the lockout.
 AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)

@@ -49,3 +49,11 @@ def test_logging_out_takes_a_post(client, user):
 def test_anonymous_visitors_are_sent_to_the_login_page(client):
     response = client.get("/history/")
     assert response.status_code == 302 and response["Location"] == "/accounts/login/?next=/history/"
+
+
+def test_with_sign_up_closed_the_page_is_404_and_no_page_links_to_it(client, settings, django_user_model):
+    settings.SIGNUP_ENABLED = False
+    assert client.get("/accounts/signup/").status_code == 404
+    response = client.post("/accounts/signup/", {"username": "mallory", "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+    assert response.status_code == 404 and not django_user_model.objects.filter(username="mallory").exists()
+    assert b"/accounts/signup/" not in client.get("/accounts/login/").content
