@@ -15,8 +15,10 @@ def uploaded_file_count(request) -> int:
 
 
 class UploadRateThrottle(BaseThrottle):
-    """N images per period and user, however they are split into requests: ``classifier.throttling``'s allowance,
-    which the upload page spends too."""
+    """N images per user and period, however they are split into requests.
+
+    The allowance is ``classifier.throttling``'s, which the upload page spends too.
+    """
 
     retry_after: float | None = None
 

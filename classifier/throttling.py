@@ -29,7 +29,6 @@ return string.format('%.17g', retry_after)
 """
 
 
-
 class UploadRateError(Exception):
     """Refused by the upload rate. ``retry_after`` is the wait in seconds, or None when no wait would help."""
 
