@@ -111,7 +111,9 @@ def test_the_same_task_message_delivered_twice_computes_one_result(
 
     first = wait_for_prediction(prediction.pk)
     worker.wait_for_output("already running or finished", timeout=30)
-    wait_until(lambda: succeeded_count(worker) == 2, timeout=30,
+    # At least: under the tests' 10-second visibility timeout a slow first task can bring a third delivery,
+    # which must compute nothing either.
+    wait_until(lambda: succeeded_count(worker) >= 2, timeout=30,
                what=lambda: f"both messages to be handled:\n{worker.log()[-4000:]}")
     again = Prediction.objects.get(pk=prediction.pk)
     assert first.status == "done", first.error
