@@ -47,7 +47,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
             "test_accuracy", "error", "cancel_requested", "attempts",
         )}),
         ("Book-keeping", {"fields": (
-            "created_by", "celery_task_id", "created_at", "started_at", "heartbeat_at", "finished_at",
+            "created_by", "celery_task_id", "published_at", "created_at", "started_at", "heartbeat_at", "finished_at",
         )}),
     )
 

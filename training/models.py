@@ -42,6 +42,8 @@ class TrainingRun(models.Model):
     error = models.TextField(blank=True)
 
     celery_task_id = models.CharField(max_length=255, blank=True)
+    # When its execute message was last sent; null while none is out.
+    published_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

@@ -106,14 +106,16 @@ def training_run_publish(*, run_id: int) -> str | None:
     from training.tasks import training_run_execute as execute_task
 
     task_id = str(uuid.uuid4())
-    TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(celery_task_id=task_id)
+    TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+        celery_task_id=task_id, published_at=timezone.now()
+    )
     try:
         execute_task.apply_async(kwargs={"run_id": run_id}, task_id=task_id)
     except Exception:  # noqa: BLE001 - any broker failure: the run stays queued and is retried later
         if settings.CELERY_TASK_ALWAYS_EAGER:
             raise
         logger.exception("could not publish training run %s; the reaper will retry", run_id)
-        TrainingRun.objects.filter(pk=run_id, celery_task_id=task_id).update(celery_task_id="")
+        TrainingRun.objects.filter(pk=run_id, celery_task_id=task_id).update(celery_task_id="", published_at=None)
         return None
     return task_id
 
@@ -423,7 +425,7 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
     A running run whose heartbeat is older than TRAINING_STALE_AFTER_SECONDS is
     re-queued while it has attempts left, else marked failed ("worker stopped
     responding"); one that was asked to cancel becomes cancelled. Queued runs
-    whose message never reached the broker are published again.
+    whose message never reached the broker, or was lost there, are published again.
     """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
@@ -460,12 +462,25 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
             run.save(update_fields=["status", "error", "finished_at", "eta_seconds"])
             logger.warning("stale training run %s: %s", run.pk, run.status)
 
-    unpublished = TrainingRun.objects.filter(
-        status=TrainingRun.Status.QUEUED,
-        celery_task_id="",
-        created_at__lt=now - timedelta(seconds=UNPUBLISHED_REPUBLISH_AFTER_S),
-    ).values_list("pk", flat=True)
-    for run_id in unpublished:
+    queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED)
+    unpublished = queued.filter(
+        celery_task_id="", created_at__lt=now - timedelta(seconds=UNPUBLISHED_REPUBLISH_AFTER_S)
+    )
+    resend = list(unpublished.values_list("pk", flat=True))
+    if not TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).exists():
+        # A sent message waits only while every trainer is busy, and a busy trainer's run is running. With none
+        # running, one still waiting this long was lost (a broker restarted without its data, a purged queue),
+        # or no trainer is up. A second message is safe either way: only a queued run can be claimed.
+        lost_before = now - timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS)
+        lost = (
+            queued.exclude(celery_task_id="")
+            .exclude(pk__in=outcome["requeued"])  # sent once this call's transaction commits
+            .filter(Q(published_at__lt=lost_before) | Q(published_at__isnull=True, created_at__lt=lost_before))
+        )
+        for run_id in lost.values_list("pk", flat=True):
+            logger.warning("training run %s is still queued long after its message was sent; sending it again", run_id)
+            resend.append(run_id)
+    for run_id in resend:
         if training_run_publish(run_id=run_id):
             outcome["republished"].append(run_id)
     return outcome

@@ -154,6 +154,8 @@ PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER
 PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)
 # Training runs whose heartbeat is older than this are considered dead.
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=120)
+# A queued run whose message was sent this long ago, while no run is running, lost its message: it is sent again.
+TRAINING_REPUBLISH_AFTER_SECONDS = env.int("TRAINING_REPUBLISH_AFTER_SECONDS", default=600)
 
 # Celery: JSON only, late acknowledgement, one message at a time per process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")

@@ -60,6 +60,42 @@ def test_a_run_whose_message_could_not_be_published_is_republished_by_the_reaper
     assert _sent_run_ids(training_queue) == [run.pk]
 
 
+def _publish_and_lose(run, queue):
+    """Send the run's message, then lose it the way a broker restarted without its data would."""
+    assert services.training_run_publish(run_id=run.pk)
+    assert _sent_run_ids(queue) == [run.pk]
+    queue.purge()
+    run.refresh_from_db()
+    return run
+
+
+def test_a_queued_run_whose_message_was_lost_is_sent_again_once_no_run_is_running(
+    tiny_recipe, training_queue, settings
+):
+    run = _publish_and_lose(_create(tiny_recipe), training_queue)
+    assert run.published_at is not None
+    soon = run.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS - 5)
+    assert services.training_runs_reap(now=soon)["republished"] == []
+    later = run.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
+    assert services.training_runs_reap(now=later)["republished"] == [run.pk]
+    (message,) = training_queue.messages()
+    resent = TrainingRun.objects.get(pk=run.pk)
+    assert message["id"] == resent.celery_task_id != run.celery_task_id
+    assert resent.published_at > run.published_at and resent.status == TrainingRun.Status.QUEUED
+
+
+def test_a_queued_run_waiting_behind_a_running_one_is_not_sent_again(tiny_recipe, training_queue, settings):
+    waiting = _publish_and_lose(_create(tiny_recipe), training_queue)
+    later = waiting.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
+    busy = _create(tiny_recipe)
+    # Its trainer is alive: the heartbeat is fresh at the reaper's "now".
+    TrainingRun.objects.filter(pk=busy.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, started_at=timezone.now(), heartbeat_at=later
+    )
+    assert services.training_runs_reap(now=later)["republished"] == []
+    assert training_queue.messages() == []
+
+
 def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_recipe):
     run = _create(tiny_recipe, activate_on_success=True)
     result = services.training_run_execute(run_id=run.pk)
