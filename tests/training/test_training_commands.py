@@ -100,3 +100,17 @@ def test_ensure_model_keeps_an_active_checkpoint_that_loads(make_checkpoint):
     call_command("ensure_model", stdout=out)
     assert f"Active model: {checkpoint}" in out.getvalue()
     assert not TrainingRun.objects.exists()
+
+
+def test_ensure_model_trains_and_activates_a_new_model_when_the_active_file_no_longer_loads(make_checkpoint):
+    broken, _model = make_checkpoint(activate=True)
+    (settings.CHECKPOINT_DIR / broken.path).unlink()
+    out = StringIO()
+    call_command("ensure_model", "--epochs", "1", "--subset", "256", stdout=out, stderr=StringIO())
+    assert f"The active model ({broken}) cannot be loaded" in out.getvalue()
+    run = TrainingRun.objects.get()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.train_subset == 256, run.error
+    active = Checkpoint.objects.get(is_active=True)
+    assert active.run == run and active != broken
+    call_command("ensure_model", stdout=out)
+    assert f"Active model: {active}" in out.getvalue()

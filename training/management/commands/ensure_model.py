@@ -10,6 +10,11 @@ from training.selectors import checkpoint_get_active
 class Command(BaseCommand):
     help = "Train and activate the default model unless an active checkpoint loads."
 
+    def add_arguments(self, parser):
+        # For a quick model where accuracy does not matter (a smoke test, a demo on a slow machine).
+        parser.add_argument("--epochs", type=int, help="train this many epochs instead of the recipe's")
+        parser.add_argument("--subset", type=int, help="train on the first N training images only")
+
     def handle(self, *args, **options):
         active = checkpoint_get_active()
         if active is not None:
@@ -24,4 +29,5 @@ class Command(BaseCommand):
         else:
             self.stdout.write("No active checkpoint.")
         self.stdout.write("Training the default model (a few minutes on a CPU).")
-        call_command("train", sync=True, activate=True, stdout=self.stdout, stderr=self.stderr)
+        recipe = {name: options[name] for name in ("epochs", "subset") if options[name] is not None}
+        call_command("train", sync=True, activate=True, **recipe, stdout=self.stdout, stderr=self.stderr)
