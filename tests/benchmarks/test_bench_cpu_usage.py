@@ -21,14 +21,26 @@ def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields():
 
 def test_cpu_spent_between_snapshots_is_given_to_the_right_roles():
     # A child whose command line names it a worker burns CPU alongside this process, the load generator.
+    # It spins only between the snapshots, and says when it is done: a busy machine may take a while.
+    child_script = (
+        "import sys, time\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "deadline = time.process_time() + 0.2\n"
+        "while time.process_time() < deadline: pass\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time\ndeadline = time.process_time() + 0.2\n"
-         "while time.process_time() < deadline: pass\ntime.sleep(5)", "celery"],
+        [sys.executable, "-c", child_script, "celery"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
+        assert child.stdout.readline() == "ready\n"
         before = cpu_snapshot()
+        child.stdin.write("go\n")
+        child.stdin.flush()
         _spin(0.3)
-        time.sleep(1.0)  # the child finishes its spinning
+        assert child.stdout.readline() == "done\n"
         profile = cpu_profile(before, cpu_snapshot(), images=10)
     finally:
         child.kill()
