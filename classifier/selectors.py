@@ -1,10 +1,11 @@
-"""Read-only queries for uploads and predictions, always scoped to the person asking."""
+"""Read-only queries for uploads and predictions: scoped to the person asking, or service-wide for staff and monitoring."""
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, Min, OuterRef, Prefetch, QuerySet, Subquery
 from django.utils import timezone
 
 from classifier.models import Prediction, Upload
@@ -136,3 +137,74 @@ def sample_set_accuracy(*, checkpoint: Checkpoint | None) -> list[SampleSetAccur
             SampleSetAccuracy(sample_set=sample_set, total=totals[sample_set], predicted=len(mine), correct=sum(mine))
         )
     return results
+
+
+@dataclass(frozen=True)
+class PredictionQueueStats:
+    """The prediction queue now, and the predictions created in the last ``window``."""
+
+    waiting: dict[str, int]  # pending and running
+    oldest_pending_seconds: float  # 0 when nothing is pending
+    window: dt.timedelta
+    finished: dict[str, int]  # done and failed, of those created in the window
+    # Milliseconds at each quantile, of the done predictions created in the window; None without any.
+    queue_ms: dict[float, float | None]
+    compute_ms: dict[float, float | None]
+
+
+class _PercentileCont(Aggregate):
+    """PostgreSQL's linearly interpolated percentile; the fraction comes from code, never from a request."""
+
+    template = "percentile_cont(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: str, *, fraction: float) -> None:
+        super().__init__(expression, fraction=float(fraction))
+
+
+def _interpolated(values: list[float], fraction: float) -> float:
+    # The same rule as percentile_cont: linear between the two nearest ranks.
+    position = fraction * (len(values) - 1)
+    low = int(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
+
+
+def _quantiles(queryset: QuerySet, field: str, fractions: tuple[float, ...]) -> dict[float, float | None]:
+    queryset = queryset.filter(**{f"{field}__isnull": False})
+    if connection.vendor == "postgresql":
+        found = queryset.aggregate(**{f"q{i}": _PercentileCont(field, fraction=f) for i, f in enumerate(fractions)})
+        return {fraction: found[f"q{i}"] for i, fraction in enumerate(fractions)}
+    # Elsewhere (SQLite on a laptop) the window's values are few enough to sort here.
+    values = sorted(queryset.values_list(field, flat=True))
+    return {fraction: _interpolated(values, fraction) if values else None for fraction in fractions}
+
+
+def prediction_queue_stats(
+    *, now: dt.datetime, window: dt.timedelta, quantiles: tuple[float, ...] = (0.5, 0.95)
+) -> PredictionQueueStats:
+    """Service-wide queue figures for monitoring; every query is a range of the (status, created_at) index."""
+    waiting = {status: 0 for status in (Prediction.Status.PENDING, Prediction.Status.RUNNING)}
+    oldest = None
+    rows = (
+        Prediction.objects.filter(status__in=list(waiting))
+        .values_list("status")
+        .annotate(count=Count("id"), oldest=Min("created_at"))
+        .order_by()
+    )
+    for status, count, first in rows:
+        waiting[status] = count
+        if status == Prediction.Status.PENDING:
+            oldest = first
+    recent = Prediction.objects.filter(created_at__gte=now - window)
+    finished = {status: 0 for status in Prediction.FINISHED}
+    finished.update(recent.filter(status__in=list(finished)).values_list("status").annotate(Count("id")).order_by())
+    done = recent.filter(status=Prediction.Status.DONE)
+    return PredictionQueueStats(
+        waiting={str(status): count for status, count in waiting.items()},
+        oldest_pending_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        window=window,
+        finished={str(status): count for status, count in finished.items()},
+        queue_ms=_quantiles(done, "queue_ms", quantiles),
+        compute_ms=_quantiles(done, "compute_ms", quantiles),
+    )

@@ -10,6 +10,7 @@ from django.views.decorators.http import require_safe
 from kombu import Connection
 
 from mnistsite.celery import app as celery_app
+from mnistsite.metrics import metrics
 from training.selectors import checkpoint_get_active
 
 logger = logging.getLogger(__name__)
@@ -86,16 +87,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 class HealthProbeMiddleware:
-    """``/healthz`` and ``/readyz`` answered before host validation, the HTTPS redirect and sessions.
+    """``/healthz``, ``/readyz`` and ``/metrics`` answered before host validation, the HTTPS redirect and sessions.
 
-    Probes (compose's health check, a load balancer's) call the process directly,
-    by its address and over plain HTTP: with ALLOWED_HOSTS naming the real site
-    they would otherwise get 400, and with SECURE_SSL_REDIRECT a redirect.
+    Probes (compose's health check, a load balancer's) and metrics scrapers call
+    the process directly, by its address and over plain HTTP: with ALLOWED_HOSTS
+    naming the real site they would otherwise get 400, and with SECURE_SSL_REDIRECT
+    a redirect. ``/metrics`` checks its own bearer token.
     """
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
-        self.probes = {"/healthz": healthz, "/readyz": readyz}
+        self.probes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
     def __call__(self, request: HttpRequest):
         probe = self.probes.get(request.path_info)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from training.models import Checkpoint, TrainingRun
 
@@ -37,6 +37,17 @@ def training_run_list() -> QuerySet[TrainingRun]:
 
 def training_run_get(*, run_id: int) -> TrainingRun:
     return TrainingRun.objects.select_related("created_by").get(pk=run_id)
+
+
+def training_run_counts() -> dict[str, int]:
+    """How many runs are in each state, every state listed."""
+    counts = dict.fromkeys(TrainingRun.Status.values, 0)
+    counts.update(TrainingRun.objects.values_list("status").annotate(Count("id")).order_by())
+    return counts
+
+
+def training_runs_running() -> QuerySet[TrainingRun]:
+    return TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).order_by("pk")
 
 
 def training_run_progress(*, run: TrainingRun) -> dict:

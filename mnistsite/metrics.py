@@ -1,0 +1,98 @@
+"""``/metrics``: the service's state in Prometheus's text format, for a scraper holding ``METRICS_TOKEN``."""
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import math
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+
+from classifier.selectors import prediction_queue_stats
+from training.selectors import checkpoint_get_active, training_run_counts, training_runs_running
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PLAIN = "text/plain; charset=utf-8"
+
+Sample = tuple[dict[str, str], float | None]
+
+
+def _value(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "NaN"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in labels.items()) + "}" if labels else ""
+
+
+def _seconds(milliseconds: dict[float, float | None]) -> list[Sample]:
+    return [({"quantile": str(q)}, ms / 1000 if ms is not None else None) for q, ms in milliseconds.items()]
+
+
+def _family(name: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    lines += [f"{name}{_labels(labels)} {_value(value)}" for labels, value in samples]
+    return lines
+
+
+def metrics_text(*, now: dt.datetime) -> str:
+    """Every figure, read from the database at this moment: all web processes answer alike."""
+    window = dt.timedelta(seconds=settings.METRICS_WINDOW_SECONDS)
+    queue = prediction_queue_stats(now=now, window=window)
+    active = checkpoint_get_active()
+    lines = [
+        *_family("mnistsite_predictions_waiting", "Predictions not finished yet, by status.",
+                 [({"status": status}, count) for status, count in queue.waiting.items()]),
+        *_family("mnistsite_prediction_oldest_pending_seconds",
+                 "Age of the oldest pending prediction; 0 when none is pending.",
+                 [({}, queue.oldest_pending_seconds)]),
+        *_family("mnistsite_metrics_window_seconds",
+                 "The window of the recent figures below: predictions created this long ago or since.",
+                 [({}, window.total_seconds())]),
+        *_family("mnistsite_predictions_recent", "Finished predictions created within the window, by status.",
+                 [({"status": status}, count) for status, count in queue.finished.items()]),
+        *_family("mnistsite_prediction_queue_seconds",
+                 "From upload to a worker taking it up, for done predictions created within the window.",
+                 _seconds(queue.queue_ms)),
+        *_family("mnistsite_prediction_compute_seconds",
+                 "Preprocessing and the model's forward pass, for done predictions created within the window.",
+                 _seconds(queue.compute_ms)),
+        *_family("mnistsite_training_runs", "Training runs by status.",
+                 [({"status": status}, count) for status, count in training_run_counts().items()]),
+        *_family("mnistsite_training_run_progress", "Progress (0 to 1) of each running training run.",
+                 [({"run": str(run.pk)}, run.progress) for run in training_runs_running()]),
+        *_family("mnistsite_active_checkpoint_info", "The checkpoint predictions use; absent when none is active.",
+                 [({"checkpoint": str(active.pk), "architecture": active.architecture}, 1)] if active else []),
+        *_family("mnistsite_active_checkpoint_test_accuracy",
+                 "MNIST test accuracy of the active checkpoint; absent when none is active.",
+                 [({}, active.test_accuracy)] if active and active.test_accuracy is not None else []),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _authorized(request: HttpRequest) -> bool:
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    expected = settings.METRICS_TOKEN
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+@never_cache
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    """404 while ``METRICS_TOKEN`` is unset; 401 without ``Authorization: Bearer <METRICS_TOKEN>``."""
+    if not settings.METRICS_TOKEN:
+        return HttpResponseNotFound("Metrics are off: set METRICS_TOKEN to turn them on.\n", content_type=_PLAIN)
+    if not _authorized(request):
+        return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    return HttpResponse(metrics_text(now=timezone.now()), content_type=CONTENT_TYPE)

@@ -1,0 +1,118 @@
+"""/metrics: the queue, recent latencies, training runs and the active model, in Prometheus's format, for a token."""
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from classifier.models import Prediction, Upload
+from mnistsite.metrics import metrics_text
+from training.models import Checkpoint, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+TOKEN = "scrape-8d1c0f2e"
+
+
+@pytest.fixture
+def metrics_on(settings):
+    settings.METRICS_TOKEN = TOKEN
+    settings.METRICS_WINDOW_SECONDS = 300
+
+
+def _scrape(client, **headers):
+    return client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", **headers)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample as Prometheus's own parser reads it, keyed by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _prediction(upload, *, status, created_at, queue_ms=None, compute_ms=None):
+    prediction = Prediction.objects.create(upload=upload, status=status, queue_ms=queue_ms, compute_ms=compute_ms)
+    Prediction.objects.filter(pk=prediction.pk).update(created_at=created_at)
+    return prediction
+
+
+@pytest.fixture
+def upload(user):
+    return Upload.objects.create(owner=user, original_name="d.png", format="PNG", size=1, width=28, height=28,
+                                 sha256="0" * 64, source=Upload.Source.API, image="uploads/d.png")
+
+
+def test_metrics_are_off_until_a_token_is_set(client, settings):
+    settings.METRICS_TOKEN = ""
+    assert _scrape(client).status_code == 404
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Token {TOKEN}", f"Basic {TOKEN}", "Bearer"])
+def test_a_scraper_without_the_right_bearer_token_gets_401(client, metrics_on, authorization):
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization is not None else {}
+    response = client.get("/metrics", **headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert b"mnistsite_" not in response.content
+
+
+def test_metrics_report_the_queue_recent_latencies_training_runs_and_the_active_model(client, metrics_on, upload):
+    now = timezone.now()
+    _prediction(upload, status="pending", created_at=now - dt.timedelta(seconds=42))
+    _prediction(upload, status="pending", created_at=now - dt.timedelta(seconds=3))
+    _prediction(upload, status="running", created_at=now - dt.timedelta(seconds=2))
+    for queue_ms, compute_ms in [(10, 1), (20, 2), (30, 3), (40, 4)]:
+        _prediction(upload, status="done", created_at=now - dt.timedelta(seconds=60), queue_ms=queue_ms,
+                    compute_ms=compute_ms)
+    _prediction(upload, status="failed", created_at=now - dt.timedelta(seconds=60))
+    # Older than the window: left out of the recent figures.
+    _prediction(upload, status="done", created_at=now - dt.timedelta(hours=2), queue_ms=9000, compute_ms=900)
+    running = TrainingRun.objects.create(status="running", epochs=4, batch_size=128, learning_rate=0.1, progress=0.25)
+    TrainingRun.objects.create(status="queued", epochs=4, batch_size=128, learning_rate=0.1)
+    Checkpoint.objects.create(run=running, epoch=1, architecture="cnn", path="runs/1/final.pt", sha256="0" * 64,
+                              size=1, test_accuracy=0.9954, is_active=True)
+
+    response = _scrape(client)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "no-store" in response["Cache-Control"]
+    samples = _samples(response.content.decode())
+    assert samples[("mnistsite_predictions_waiting", (("status", "pending"),))] == 2
+    assert samples[("mnistsite_predictions_waiting", (("status", "running"),))] == 1
+    assert 42 <= samples[("mnistsite_prediction_oldest_pending_seconds", ())] < 60
+    assert samples[("mnistsite_metrics_window_seconds", ())] == 300
+    assert samples[("mnistsite_predictions_recent", (("status", "done"),))] == 4
+    assert samples[("mnistsite_predictions_recent", (("status", "failed"),))] == 1
+    # Interpolated between ranks, as PostgreSQL's percentile_cont does: the same figures on every database.
+    assert samples[("mnistsite_prediction_queue_seconds", (("quantile", "0.5"),))] == pytest.approx(0.025)
+    assert samples[("mnistsite_prediction_queue_seconds", (("quantile", "0.95"),))] == pytest.approx(0.0385)
+    assert samples[("mnistsite_prediction_compute_seconds", (("quantile", "0.95"),))] == pytest.approx(0.00385)
+    assert samples[("mnistsite_training_runs", (("status", "running"),))] == 1
+    assert samples[("mnistsite_training_runs", (("status", "queued"),))] == 1
+    assert samples[("mnistsite_training_runs", (("status", "failed"),))] == 0
+    assert samples[("mnistsite_training_run_progress", (("run", str(running.pk)),))] == 0.25
+    checkpoint = Checkpoint.objects.get()
+    assert samples[("mnistsite_active_checkpoint_info",
+                    (("architecture", "cnn"), ("checkpoint", str(checkpoint.pk))))] == 1
+    assert samples[("mnistsite_active_checkpoint_test_accuracy", ())] == 0.9954
+
+
+def test_an_idle_service_reports_zeros_and_no_latency_figures_rather_than_failing():
+    samples = _samples(metrics_text(now=timezone.now()))
+    assert samples[("mnistsite_predictions_waiting", (("status", "pending"),))] == 0
+    assert samples[("mnistsite_prediction_oldest_pending_seconds", ())] == 0
+    queue_p50 = samples[("mnistsite_prediction_queue_seconds", (("quantile", "0.5"),))]
+    assert queue_p50 != queue_p50  # NaN: no observation, as Prometheus's summaries say it
+    assert not any(name.startswith("mnistsite_active_checkpoint") for name, _ in samples)
+
+
+def test_metrics_are_answered_by_address_and_over_plain_http_in_production_like_the_probes(client, metrics_on,
+                                                                                            settings):
+    settings.ALLOWED_HOSTS = ["digits.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    assert _scrape(client, HTTP_HOST="10.0.0.7:8000").status_code == 200
+    assert client.get("/accounts/login/", HTTP_HOST="10.0.0.7:8000").status_code == 400
