@@ -3,9 +3,9 @@ import os
 
 # Chosen by `make bench-concurrency` on a 2-core machine that also runs PostgreSQL, Redis and two inference
 # processes (numbers in the README): threads overlap a request's waits on the database, the broker and the
-# worker; a second process lets the web tier use both cores when uploads are large. Across layouts the
-# differences stayed within the machine's own drift: batches of 32 were fastest with a different layout in each
-# of three rounds (2 x 4, 1 x 8, 4 x 1).
+# worker; a second process lets the web tier use both cores when uploads are large. In the ninth round's three
+# runs 2 x 4 was the fastest layout for batches of 32 each time; for single images one process with 8 threads
+# made about 10% more, within the machine's drift across earlier rounds.
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
