@@ -12,7 +12,9 @@ from rest_framework import serializers
 
 from classifier.models import Prediction
 from training.models import Checkpoint, TrainingRun
-from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED
+from training.services import (
+    ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MIN_BATCH_SIZE, MIN_TRAIN_SUBSET,
+)
 
 MAX_WAIT_SECONDS = 30.0
 MNIST_TRAIN_SIZE = 60_000
@@ -231,7 +233,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
         required=False, min_value=1, max_value=MAX_EPOCHS, help_text="Default: the architecture's tuned recipe."
     )
     batch_size = serializers.IntegerField(
-        required=False, min_value=1, max_value=MAX_BATCH_SIZE, help_text="Default: the architecture's tuned recipe."
+        required=False, min_value=MIN_BATCH_SIZE, max_value=MAX_BATCH_SIZE, help_text="Default: the architecture's tuned recipe."
     )
     learning_rate = serializers.FloatField(
         required=False, min_value=0, max_value=10, help_text="Greater than 0, at most 10. Default: the tuned recipe."
@@ -241,7 +243,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     train_subset = serializers.IntegerField(
         required=False,
         allow_null=True,
-        min_value=1,
+        min_value=MIN_TRAIN_SUBSET,
         max_value=MNIST_TRAIN_SIZE,
         help_text="Train on only this many images (quick smoke runs); null or absent means all 60,000.",
     )

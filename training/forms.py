@@ -1,7 +1,9 @@
 """The admin form for starting a training run; blank hyper-parameters take the architecture's tuned recipe."""
 from django import forms
 
-from training.services import ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED
+from training.services import (
+    ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MIN_BATCH_SIZE, MIN_TRAIN_SUBSET,
+)
 
 
 class TrainingRunStartForm(forms.Form):
@@ -12,7 +14,7 @@ class TrainingRunStartForm(forms.Form):
     )
     epochs = forms.IntegerField(min_value=1, max_value=MAX_EPOCHS, required=False, help_text="Blank: recipe default.")
     batch_size = forms.IntegerField(
-        min_value=1, max_value=MAX_BATCH_SIZE, required=False, help_text="Blank: recipe default."
+        min_value=MIN_BATCH_SIZE, max_value=MAX_BATCH_SIZE, required=False, help_text="Blank: recipe default."
     )
     learning_rate = forms.FloatField(
         min_value=0, max_value=10, required=False, help_text="Blank: recipe default (peak rate for the CNN)."
@@ -28,7 +30,7 @@ class TrainingRunStartForm(forms.Form):
     )
     device = forms.ChoiceField(choices=[(name, name) for name in DEVICE_CHOICES], initial="auto")
     train_subset = forms.IntegerField(
-        min_value=1, max_value=60_000, required=False, help_text="Train on the first N images only (smoke runs)."
+        min_value=MIN_TRAIN_SUBSET, max_value=60_000, required=False, help_text="Train on the first N images only (smoke runs)."
     )
     activate_on_success = forms.BooleanField(
         required=False, label="Activate when done", help_text="Serve predictions with this run's model if it succeeds."

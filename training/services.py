@@ -24,6 +24,9 @@ ARCHITECTURE_CHOICES = ("cnn", "mlp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MAX_EPOCHS = 100
 MAX_BATCH_SIZE = 8192
+# Batch normalisation needs two images to train on.
+MIN_BATCH_SIZE = 2
+MIN_TRAIN_SUBSET = 2
 # TrainingRun.seed is a 32-bit integer column.
 MAX_SEED = 2**31 - 1
 # A run whose worker died is restarted (from its last epoch checkpoint) at most this many times in all.
@@ -69,16 +72,16 @@ def training_run_create(
         errors["architecture"] = f"Choose one of {', '.join(ARCHITECTURE_CHOICES)}."
     if not 1 <= int(epochs) <= MAX_EPOCHS:
         errors["epochs"] = f"Epochs must be between 1 and {MAX_EPOCHS}."
-    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
-        errors["batch_size"] = f"Batch size must be between 1 and {MAX_BATCH_SIZE}."
+    if not MIN_BATCH_SIZE <= int(batch_size) <= MAX_BATCH_SIZE:
+        errors["batch_size"] = f"Batch size must be between {MIN_BATCH_SIZE} and {MAX_BATCH_SIZE}."
     if not 0 < float(learning_rate) <= 10:
         errors["learning_rate"] = "Learning rate must be greater than 0 and at most 10."
     if not 0 <= int(seed) <= MAX_SEED:
         errors["seed"] = f"The seed must be between 0 and {MAX_SEED}."
     if device not in DEVICE_CHOICES:
         errors["device"] = f"Choose one of {', '.join(DEVICE_CHOICES)}."
-    if train_subset is not None and int(train_subset) < 1:
-        errors["train_subset"] = "The training subset must hold at least one image."
+    if train_subset is not None and int(train_subset) < MIN_TRAIN_SUBSET:
+        errors["train_subset"] = f"The training subset must hold at least {MIN_TRAIN_SUBSET} images."
     if errors:
         raise ValidationError(errors)
 
@@ -284,7 +287,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     checkpoint), cancelled, or failed with the error text. ``on_progress`` is
     an extra in-process hook (the ``train --sync`` progress bar).
     """
-    from training.ml.data import load_mnist
+    from training.ml.data import batch_count, load_mnist
     from training.ml.engine import TrainingCancelled
     from training.ml.recipe import TrainConfig, fit, select_device
 
@@ -306,7 +309,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         train, test = load_mnist(settings.DATA_DIR)
         if run.train_subset:
             train = train.subset(run.train_subset)
-        steps_per_epoch = -(-len(train) // train_config.batch_size)
+        steps_per_epoch = batch_count(len(train), batch_size=train_config.batch_size)
         reporter = _RunReporter(
             run=run, train_config=train_config, steps_per_epoch=steps_per_epoch, on_progress=on_progress
         )

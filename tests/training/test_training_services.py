@@ -24,9 +24,11 @@ def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_rec
     with pytest.raises(ValidationError) as caught:
         services.training_run_create(
             created_by=None,
-            **{**tiny_recipe, "architecture": "resnet", "epochs": 0, "learning_rate": -1, "seed": 3_000_000_000},
+            **{**tiny_recipe, "architecture": "resnet", "epochs": 0, "learning_rate": -1, "seed": 3_000_000_000,
+               "batch_size": 1, "train_subset": 1},
         )
-    assert set(caught.value.message_dict) == {"architecture", "epochs", "learning_rate", "seed"}
+    assert set(caught.value.message_dict) == {"architecture", "epochs", "learning_rate", "seed", "batch_size",
+                                              "train_subset"}
     assert not TrainingRun.objects.exists()
 
 

@@ -71,9 +71,23 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
+def batch_count(count: int, *, batch_size: int) -> int:
+    """How many batches ``batch_indices`` yields: the steps of one epoch."""
+    batches = -(-count // batch_size)
+    return batches - 1 if batches > 1 and count % batch_size == 1 else batches
+
+
 def batch_indices(
     count: int, *, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
 ) -> Iterator[torch.Tensor]:
-    """Yield CPU index tensors covering ``range(count)``; shuffled with ``generator`` if asked."""
+    """Yield CPU index tensors covering ``range(count)``; shuffled with ``generator`` if asked.
+
+    A last batch of one image joins the one before it: batch normalisation cannot
+    train on a single image, so a training set of 129 in batches of 128 would
+    otherwise fail at the end of its first epoch.
+    """
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    yield from order.split(batch_size)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    yield from batches

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig, augment_batch
-from .data import batch_indices, normalize, to_unit_float
+from .data import batch_count, batch_indices, normalize, to_unit_float
 
 
 class TrainingCancelled(Exception):
@@ -88,7 +88,7 @@ def train_one_epoch(
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
     count = images.shape[0]
-    total_steps = -(-count // batch_size)
+    total_steps = batch_count(count, batch_size=batch_size)
     # Accumulate on device so the loop never waits on a per-step .item() sync.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .architectures import build_model
 from .augment import AugmentConfig
-from .data import MnistSplit
+from .data import MnistSplit, batch_count
 from .engine import TrainingCancelled, TrainingDiverged, evaluate, train_one_epoch
 
 __all__ = [
@@ -183,7 +183,7 @@ def fit(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     train_dev, test_dev = train.to(device), test.to(device)
-    steps_per_epoch = math.ceil(len(train_dev) / config.batch_size)
+    steps_per_epoch = batch_count(len(train_dev), batch_size=config.batch_size)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
     augment_config = config.augment_config()

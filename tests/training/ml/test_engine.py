@@ -93,6 +93,15 @@ def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_tes
     assert {parameter.device.type for parameter in result.model.parameters()} == {device}
 
 
+def test_a_cnn_trains_when_the_last_batch_would_hold_a_single_image(tiny_train, tiny_test):
+    # Batch normalisation refuses to train on one image; 65 images in batches of 64 would leave one.
+    progress = []
+    result = fit(config=_tiny_config(epochs=1), train=tiny_train.subset(65), test=tiny_test,
+                 device=CPU, on_progress=lambda *args: progress.append(args))
+    assert [row["epoch"] for row in result.history] == [1]
+    assert progress[-1][0] == pytest.approx(1.0) and progress[-1][2] == 1
+
+
 @requires_cuda
 def test_training_on_the_gpu_takes_the_same_steps_as_on_the_cpu(tiny_train):
     # The CPU generator draws the batches and the augmentation, so both devices see the same inputs;
