@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from training.ml.atomic import sha256_file
@@ -296,7 +296,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         return None
     reporter: _RunReporter | None = None
     try:
-        resume = _latest_epoch_checkpoint(run) if run.attempts > 1 else None
+        resume = _latest_epoch_checkpoint(run)
         train_config = _train_config_for(run)
         resume_payload = None
         if resume is not None:
@@ -337,10 +337,30 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     except Exception as exc:
         logger.exception("training run %s failed", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+    except SystemExit:
+        # The trainer is stopping (a cold shutdown, a terminate): no fault of the run's.
+        _training_run_requeue_after_shutdown(run=run)
+        raise
     except BaseException as exc:
-        # A soft time limit or worker shutdown: record it, then let Celery see it.
+        # Ctrl-C in `train --sync`: record it, then let it through.
         _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _training_run_requeue_after_shutdown(*, run: TrainingRun) -> None:
+    """Queue the run again at once, this attempt not counted, to resume from its last epoch checkpoint."""
+    ours = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, attempts=run.attempts)
+    requeued = ours.filter(cancel_requested=False).update(
+        status=TrainingRun.Status.QUEUED,
+        attempts=F("attempts") - 1,
+        eta_seconds=None,
+        error="The trainer shut down during this run; it resumes from its last epoch checkpoint.",
+    )
+    if requeued:
+        logger.warning("training run %s: the trainer is shutting down; queued again to resume", run.pk)
+        training_run_publish(run_id=run.pk)
+    elif ours.filter(cancel_requested=True).exists():
+        _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
 
 
 def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> TrainingRun | None:

@@ -306,6 +306,43 @@ def test_a_stale_run_is_requeued_and_resumes_from_its_last_epoch_checkpoint(
     assert run.error == ""
 
 
+def _shut_down_in_epoch_two(fraction, epoch, step, eta):
+    # What a worker's pool process raises when the worker is stopped (a cold shutdown, a terminate).
+    if epoch == 2:
+        raise SystemExit(15)
+
+
+def test_a_run_whose_trainer_shuts_down_is_queued_again_at_once_and_resumes_without_losing_an_attempt(
+    tiny_recipe, training_queue
+):
+    run = _create(tiny_recipe, epochs=2)
+    with pytest.raises(SystemExit):
+        services.training_run_execute(run_id=run.pk, on_progress=_shut_down_in_epoch_two)
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == (TrainingRun.Status.QUEUED, 0)
+    assert "resumes from its last epoch checkpoint" in run.error
+    assert _sent_run_ids(training_queue) == [run.pk]
+
+    epochs_trained = set()
+    services.training_run_execute(run_id=run.pk, on_progress=lambda f, epoch, s, e: epochs_trained.add(epoch))
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.error == ""
+    assert epochs_trained == {2} and run.attempts == 1
+
+
+def test_a_run_asked_to_cancel_is_cancelled_not_queued_again_when_its_trainer_shuts_down(tiny_recipe, training_queue):
+    run = _create(tiny_recipe, epochs=2)
+
+    def cancel_then_shut_down(fraction, epoch, step, eta):
+        TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+        raise SystemExit(15)
+
+    with pytest.raises(SystemExit):
+        services.training_run_execute(run_id=run.pk, on_progress=cancel_then_shut_down)
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.CANCELLED
+    assert training_queue.messages() == []
+
+
 def test_registering_a_file_outside_the_checkpoint_dir_is_refused(tmp_path):
     outside = tmp_path / "elsewhere.pt"
     outside.write_bytes(b"not a model")
