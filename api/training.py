@@ -148,8 +148,17 @@ class CheckpointActivateApi(APIView):
         summary="Make a checkpoint the active model",
         description="Inference uses it for every prediction from now on (promotion or roll-back).",
         request=None,
-        responses={200: CheckpointSerializer, 404: responses.NOT_FOUND, **STAFF_ERRORS},
+        responses={
+            200: CheckpointSerializer,
+            404: responses.NOT_FOUND,
+            409: responses.error("The checkpoint's file is missing, changed or unreadable; the active model is "
+                                 "unchanged.", code="conflict"),
+            **STAFF_ERRORS,
+        },
     )
     def post(self, request: Request, checkpoint_id: int) -> Response:
-        checkpoint = training_services.checkpoint_activate(checkpoint=_checkpoint_or_404(checkpoint_id))
+        try:
+            checkpoint = training_services.checkpoint_activate(checkpoint=_checkpoint_or_404(checkpoint_id))
+        except training_services.CheckpointNotLoadableError as exc:
+            raise Conflict(str(exc)) from exc
         return Response(CheckpointSerializer(checkpoint).data)

@@ -194,8 +194,15 @@ class CheckpointAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one checkpoint to activate.", messages.WARNING)
             return
-        checkpoint = services.checkpoint_activate(checkpoint=queryset.get())
-        self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
+        self._activate(request, queryset.get())
+
+    def _activate(self, request: HttpRequest, checkpoint: Checkpoint) -> None:
+        try:
+            checkpoint = services.checkpoint_activate(checkpoint=checkpoint)
+        except services.CheckpointNotLoadableError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
@@ -224,6 +231,5 @@ class CheckpointAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request, checkpoint):
             raise PermissionDenied
         if request.method == "POST":
-            checkpoint = services.checkpoint_activate(checkpoint=checkpoint)
-            self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
+            self._activate(request, checkpoint)
         return redirect(reverse("admin:training_checkpoint_change", args=[checkpoint.pk]))

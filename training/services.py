@@ -48,6 +48,10 @@ class CheckpointPathError(ValueError):
     """A checkpoint file lies outside CHECKPOINT_DIR."""
 
 
+class CheckpointNotLoadableError(Exception):
+    """The checkpoint's file is missing, changed or unreadable: activating it would fail every prediction."""
+
+
 # ---------------------------------------------------------------------------
 # Runs: creation and publishing
 
@@ -549,7 +553,19 @@ def checkpoint_register(
 
 
 def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
-    """Make this the one checkpoint inference uses (promotion or roll-back)."""
+    """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
+
+    Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not.
+    """
+    from training.loading import checkpoint_load_model
+    from training.ml.checkpoints import CheckpointError
+
+    try:
+        checkpoint_load_model(checkpoint=checkpoint)
+    except (CheckpointError, ValueError) as exc:
+        raise CheckpointNotLoadableError(
+            f"{checkpoint} cannot be loaded ({exc}); the active model is unchanged."
+        ) from exc
     with transaction.atomic():
         # Locking every active row first serialises concurrent activations.
         list(Checkpoint.objects.select_for_update().filter(is_active=True))

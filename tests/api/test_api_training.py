@@ -150,5 +150,17 @@ def test_staff_list_checkpoints_and_activate_one(staff_client, make_checkpoint):
     assert staff_client.get(f"{CHECKPOINTS}{first.pk}/").json()["is_active"] is False
 
 
+def test_activating_a_checkpoint_whose_file_is_gone_is_409_and_keeps_the_active_one(
+    staff_client, make_checkpoint, settings
+):
+    active, _ = make_checkpoint(activate=True)
+    gone, _ = make_checkpoint()
+    (settings.CHECKPOINT_DIR / gone.path).unlink()
+    response = staff_client.post(f"{CHECKPOINTS}{gone.pk}/activate/")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "conflict" and "cannot be loaded" in response.json()["error"]["message"]
+    assert list(Checkpoint.objects.filter(is_active=True)) == [active]
+
+
 def test_activating_a_missing_checkpoint_is_404(staff_client):
     assert staff_client.post(f"{CHECKPOINTS}999999/activate/").status_code == 404

@@ -133,6 +133,18 @@ def test_staff_can_activate_a_checkpoint_and_roll_back(client, staff_user, make_
     assert Checkpoint.objects.get(is_active=True) == first
 
 
+def test_a_checkpoint_whose_file_no_longer_loads_is_not_activated_and_staff_are_told_why(
+    client, staff_user, make_checkpoint, settings
+):
+    active, _ = make_checkpoint(activate=True)
+    broken, _ = make_checkpoint()
+    (settings.CHECKPOINT_DIR / broken.path).write_bytes(b"changed on disk")
+    client.force_login(staff_user)
+    page = client.post(_activate_url(broken), follow=True)
+    assert "cannot be loaded" in page.content.decode() and "the active model is unchanged" in page.content.decode()
+    assert Checkpoint.objects.get(is_active=True) == active
+
+
 def test_a_get_request_does_not_activate_a_checkpoint(client, staff_user, make_checkpoint):
     checkpoint, _ = make_checkpoint()
     client.force_login(staff_user)
