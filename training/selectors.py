@@ -1,6 +1,7 @@
 """Read-only queries for training runs and checkpoints."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,11 +95,17 @@ class Evaluation:
         return {digit: (row[digit], sum(row)) for digit, row in enumerate(self.confusion)}
 
 
+# A name that starts with one digit and then something else: "3.png", "7_scan.jpg", "0-hand.gif". A camera's
+# "20240517_142311.jpg" starts with a date, not a label.
+_LABELLED_NAME = re.compile(r"[0-9](?![0-9])", re.ASCII)
+
+
 def _label_for(path: Path) -> int | None:
-    if path.name[:1].isdigit():
-        return int(path.name[0])
-    if path.parent.name.isdigit() and len(path.parent.name) == 1:
+    """The digit a folder ``7/`` gives its images, else the one a labelled file name starts with."""
+    if re.fullmatch(r"[0-9]", path.parent.name, re.ASCII):
         return int(path.parent.name)
+    if _LABELLED_NAME.match(path.name):
+        return int(path.name[0])
     return None
 
 
@@ -119,14 +126,15 @@ def checkpoint_evaluate_mnist(*, checkpoint: Checkpoint, device: str = "auto") -
 def checkpoint_evaluate_folder(*, checkpoint: Checkpoint, directory: Path, device: str = "auto") -> Evaluation:
     """Accuracy on a folder tree of labelled images, each through the same preprocessing as uploads.
 
-    The label is the file name's first character when it is a digit, else the
-    parent folder's name; unlabelled, unreadable and blank images are skipped.
+    The label is the parent folder's name when it is one digit, else the file
+    name's first character when it is a digit not followed by another;
+    unlabelled, unreadable and blank images are skipped.
     """
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from training.loading import checkpoint_load_model
-    from training.ml.preprocess import EmptyImageError, preprocess, to_tensor
+    from training.ml.preprocess import preprocess, to_tensor
     from training.ml.recipe import select_device
 
     directory = Path(directory)
@@ -145,7 +153,7 @@ def checkpoint_evaluate_folder(*, checkpoint: Checkpoint, directory: Path, devic
         try:
             with Image.open(path) as image:
                 digits.append(preprocess(image))
-        except (EmptyImageError, UnidentifiedImageError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one unreadable, huge or empty picture must not end the whole run
             skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
             continue
         labels.append(label)
