@@ -20,17 +20,51 @@
     }
   }
 
+  // Pauses grow while nothing changes, to one every few seconds; a hidden tab waits until it is shown again.
+  const FIRST_MS = 700;
+  const MAX_MS = 5000;
+  let delay = FIRST_MS;
+
+  function schedule() {
+    setTimeout(function () {
+      if (document.hidden) {
+        document.addEventListener("visibilitychange", poll, { once: true });
+      } else {
+        poll();
+      }
+    }, delay);
+  }
+
   function poll() {
     const open = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(function (row) {
       return row.dataset.status === "pending" || row.dataset.status === "running";
     });
     if (!open.length) return;
+    let changed = false;
+    let ended = false;
     Promise.all(open.map(function (row) {
       return fetch(row.dataset.jsonUrl, { credentials: "same-origin", cache: "no-store" })
-        .then(function (r) { return r.ok ? r.json() : null; })
-        .then(function (data) { if (data) update(row, data); })
+        .then(function (r) {
+          if (r.redirected) {
+            ended = true;  // sent to the log-in page: no row can be updated any more
+          } else if (r.status === 404) {
+            row.removeAttribute("data-json-url");  // deleted meanwhile: nothing left to wait for
+          } else if (r.ok) {
+            return r.json();
+          }
+          return null;
+        })
+        .then(function (data) {
+          if (!data) return;
+          changed = changed || data.status !== row.dataset.status;
+          update(row, data);
+        })
         .catch(function () {});
-    })).then(function () { setTimeout(poll, 700); });
+    })).then(function () {
+      if (ended) return;
+      delay = changed ? FIRST_MS : Math.min(delay * 1.5, MAX_MS);
+      schedule();
+    });
   }
-  setTimeout(poll, 500);
+  schedule();
 })();

@@ -47,34 +47,55 @@
     byId("feedback").hidden = false;
   }
 
+  // While the status stays the same the pauses grow, to one every few seconds: a prediction can wait in the queue
+  // for minutes (a stopped worker, the broker down). A hidden tab waits until it is shown again.
+  function schedule(ms) {
+    setTimeout(function () {
+      if (document.hidden) {
+        document.addEventListener("visibilitychange", poll, { once: true });
+      } else {
+        poll();
+      }
+    }, ms);
+  }
+
+  function stop(note) {
+    byId("spinner").hidden = true;
+    byId("status-note").textContent = note;
+  }
+
   function poll() {
     fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" })
       .then(function (response) {
-        if (response.redirected || !(response.headers.get("Content-Type") || "").includes("application/json")) {
-          // Sent to the log-in page: the session has ended, and polling again would never get the answer.
-          return null;
-        }
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return response.json();
+        if (response.redirected) return { ended: true };  // sent to the log-in page
+        if (response.status === 404) return { gone: true };
+        const json = (response.headers.get("Content-Type") || "").includes("application/json");
+        // Anything else (a 5xx, a proxy's error page while the site restarts) is worth another try.
+        if (!response.ok || !json) throw new Error("HTTP " + response.status);
+        return response.json().then(function (data) { return { data: data }; });
       })
-      .then(function (data) {
-        if (data === null) {
-          byId("spinner").hidden = true;
-          byId("status-note").textContent = "Your session has ended: reload the page and log in again to see the result.";
+      .then(function (answer) {
+        if (answer.ended) {
+          stop("Your session has ended: reload the page and log in again to see the result.");
           return;
         }
+        if (answer.gone) {
+          stop("This prediction no longer exists: it was deleted.");
+          return;
+        }
+        const data = answer.data;
+        delay = data.status === root.dataset.status ? Math.min(delay * 1.5, MAX_POLL_MS) : POLL_MS;
         render(data);
-        delay = POLL_MS;
-        if (!data.finished) setTimeout(poll, POLL_MS);
+        if (!data.finished) schedule(delay);
       })
       .catch(function () {
-        // Back off while the server is unreachable, but keep trying.
+        // Back off while the server is unreachable or failing, but keep trying.
         delay = Math.min(delay * 2, MAX_POLL_MS);
-        setTimeout(poll, delay);
+        schedule(delay);
       });
   }
 
   if (root.dataset.status === "pending" || root.dataset.status === "running") {
-    setTimeout(poll, POLL_MS);
+    schedule(POLL_MS);
   }
 })();

@@ -34,10 +34,11 @@ def page(browser, live_server):
 
 
 @pytest.fixture
-def logged_in_page(page, user):
+def logged_in_page(page, user, live_server):
     page.goto("/accounts/login/")
     page.fill("#id_username", "alice")
     page.fill("#id_password", "correct horse battery")
     page.click("button[type=submit]")
-    page.wait_for_url("**/")
+    # The exact home page: a pattern like "**/" would match the log-in page itself and return at once.
+    page.wait_for_url(f"{live_server.url}/")
     return page

@@ -152,3 +152,40 @@ def test_a_result_page_whose_session_ended_says_so_instead_of_polling_forever(lo
     expect(page.locator("#status-note")).to_contain_text("session has ended")
     expect(page.locator("#spinner")).to_be_hidden()
 
+
+def test_a_result_page_whose_prediction_was_deleted_says_so_and_stops(logged_in_page, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # no worker: stays queued
+    page = logged_in_page
+    page.goto(f"/predictions/{prediction.pk}/")
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    services.upload_delete(upload=upload)  # from another tab, or through the API
+    expect(page.locator("#status-note")).to_contain_text("it was deleted")
+    expect(page.locator("#spinner")).to_be_hidden()
+
+
+def test_a_result_page_keeps_polling_through_server_errors_and_shows_the_answer(
+    logged_in_page, user, digit_png, celery_worker_process, active_checkpoint
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(4)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    page = logged_in_page
+    failures = []
+
+    def fail_three_times(route):
+        # A restarting site behind a proxy: an HTML 502 page instead of JSON.
+        if len(failures) < 3:
+            failures.append(route.request.url)
+            route.fulfill(status=502, content_type="text/html", body="<h1>Bad Gateway</h1>")
+        else:
+            route.continue_()
+
+    page.route(f"**/predictions/{prediction.pk}.json", fail_three_times)
+    page.goto(f"/predictions/{prediction.pk}/")
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    # The page's first three polls meet the 502s whatever the worker does; the fourth gets the answer.
+    services.predictions_publish(prediction_ids=[prediction.pk])
+    expect(page.locator("#status-badge")).to_have_text("done", timeout=60_000)
+    assert len(failures) == 3
+    expect(page.locator("#status-note")).not_to_contain_text("session has ended")
+
