@@ -6,6 +6,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -171,9 +172,24 @@ _IMAGE_RESPONSES = {
 }
 
 
+class _PngOrErrorNegotiation(BaseContentNegotiation):
+    """The image views answer a PNG, or an error in the JSON envelope, whatever the client's Accept header says.
+
+    DRF would otherwise match ``Accept: image/png`` against its JSON renderers and answer 406.
+    """
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 @extend_schema(tags=["predictions"])
 class PredictionImageApi(APIView):
     """The uploaded image, served by the classifier's own media view once the API has authenticated the caller."""
+
+    content_negotiation_class = _PngOrErrorNegotiation
 
     @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
@@ -184,6 +200,8 @@ class PredictionImageApi(APIView):
 @extend_schema(tags=["predictions"])
 class PredictionInputImageApi(APIView):
     """The 28x28 picture the model saw, served by the classifier's media view."""
+
+    content_negotiation_class = _PngOrErrorNegotiation
 
     @extend_schema(operation_id="predictions_input_image", summary="The 28x28 model input (PNG)",
                    responses=_IMAGE_RESPONSES)
