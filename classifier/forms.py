@@ -74,7 +74,12 @@ class HistoryFilterForm(forms.Form):
         empty_value=None,
         required=False,
     )
-    status = forms.ChoiceField(choices=[("", "Any status")] + list(Prediction.Status.choices), required=False)
+    # Labelled as the badges show them: a pending prediction is "queued".
+    status = forms.ChoiceField(
+        choices=[("", "Any status")]
+        + [(value, "Queued" if value == Prediction.Status.PENDING else label) for value, label in Prediction.Status.choices],
+        required=False,
+    )
     date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
     date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
     batch = forms.CharField(required=False, widget=forms.HiddenInput)

@@ -78,6 +78,16 @@ def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png
     assert response.status_code == 302 and response["Location"].startswith("/history/?batch=")
     page = alice.get(response["Location"]).content.decode()
     assert page.count('class="history-item"') == 3
+    # Filtering within the batch stays within it: the filter form carries the batch along.
+    batch = response["Location"].split("batch=")[1]
+    assert f'<input type="hidden" name="batch" value="{batch}"' in page
+    filtered = alice.get("/history/", {"batch": batch, "status": "pending"}).content.decode()
+    assert "This batch" in filtered and filtered.count('class="history-item"') == 3
+
+
+def test_the_status_filter_names_a_pending_prediction_queued_as_the_badges_do(alice):
+    page = alice.get("/history/").content.decode()
+    assert '<option value="pending">Queued</option>' in page and ">Pending<" not in page
 
 
 def test_a_drawing_from_the_canvas_is_uploaded(alice, mnist_image):
