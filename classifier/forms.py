@@ -77,7 +77,7 @@ class HistoryFilterForm(forms.Form):
     # Labelled as the badges show them: a pending prediction is "queued".
     status = forms.ChoiceField(
         choices=[("", "Any status")]
-        + [(value, "Queued" if value == Prediction.Status.PENDING else label) for value, label in Prediction.Status.choices],
+        + [(value, "Queued" if value == "pending" else label) for value, label in Prediction.Status.choices],
         required=False,
     )
     date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
