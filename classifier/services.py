@@ -150,12 +150,20 @@ def prediction_create(*, upload: Upload) -> Prediction:
     return predictions_create(uploads=[upload])[0]
 
 
-def predictions_create(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
-    """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process."""
+def predictions_create(
+    *, uploads: list[Upload], publish: bool = True, feedback: dict[int, int] | None = None
+) -> list[Prediction]:
+    """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process.
+
+    ``feedback`` maps upload ids to the digit their new prediction starts with.
+    """
     published = _published_now() if publish else {}
+    feedback = feedback or {}
     # Inside a caller's transaction a savepoint would add two round trips and protect nothing.
     with transaction.atomic(savepoint=False):
-        predictions = Prediction.objects.bulk_create([Prediction(upload=upload, **published) for upload in uploads])
+        predictions = Prediction.objects.bulk_create(
+            [Prediction(upload=upload, feedback=feedback.get(upload.pk), **published) for upload in uploads]
+        )
         ids = [prediction.pk for prediction in predictions]
         if publish and ids:
             transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
@@ -169,11 +177,19 @@ def _published_now() -> dict:
 
 def prediction_rerun(*, upload: Upload) -> Prediction:
     """A new pending prediction of an existing upload; the worker uses whatever checkpoint is active then."""
-    return prediction_create(upload=upload)
+    return predictions_rerun(uploads=[upload])[0]
 
 
 def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
-    return predictions_create(uploads=uploads, publish=publish)
+    """New pending predictions of existing uploads, each keeping the digit its owner last said the image shows.
+
+    The feedback belongs to the image, not to one model's answer: history shows
+    the newest prediction, which would otherwise drop it.
+    """
+    said = Prediction.objects.filter(upload__in=uploads, feedback__isnull=False).order_by("created_at", "id")
+    # Later rows overwrite earlier ones: each upload keeps its newest feedback.
+    feedback = dict(said.values_list("upload_id", "feedback"))
+    return predictions_create(uploads=uploads, publish=publish, feedback=feedback)
 
 
 def prediction_publish(*, prediction_id: int) -> bool:

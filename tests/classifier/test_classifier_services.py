@@ -247,6 +247,20 @@ def test_rerun_creates_a_new_pending_prediction(user, digit_png, published, djan
     assert first.pk != second.pk and sorted(published.prediction_ids()) == [first.pk, second.pk]
 
 
+def test_a_rerun_keeps_the_digit_the_owner_last_said_the_image_shows(user, digit_png, published):
+    said_three, said_nothing = (
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in (3, 5)
+    )
+    first = services.prediction_create(upload=said_three)
+    services.prediction_feedback_set(prediction=first, digit=8)
+    services.prediction_feedback_set(prediction=services.prediction_create(upload=said_three), digit=3)
+    services.prediction_create(upload=said_nothing)
+    again = services.predictions_rerun(uploads=[said_three, said_nothing])
+    assert [prediction.feedback for prediction in again] == [3, None]
+    assert [p.feedback for p in Prediction.objects.filter(pk__in=[p.pk for p in again]).order_by("upload_id")] == [
+        3, None]
+
+
 def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):
     path = tmp_path / "3_sample.png"
     path.write_bytes(digit_png(0))
