@@ -1,4 +1,6 @@
 """Log-in, log-out and sign-up pages, and that everything else needs a logged-in user."""
+import re
+
 import pytest
 
 pytestmark = pytest.mark.django_db
@@ -36,6 +38,15 @@ def test_the_signup_page_shows_field_errors(client):
     response = client.post("/accounts/signup/", {"username": "dave", "password1": "x", "password2": "y"})
     assert response.status_code == 400
     assert "didn" in response.content.decode()  # "The two password fields didn’t match."
+
+
+def test_every_id_a_signup_field_is_described_by_exists_so_screen_readers_read_its_rules_and_errors(client):
+    for response in (client.get("/accounts/signup/"),
+                     client.post("/accounts/signup/", {"username": "", "password1": "x", "password2": "y"})):
+        page = response.content.decode()
+        described = {name for value in re.findall(r'aria-describedby="([^"]+)"', page) for name in value.split()}
+        assert described, "no field is described"
+        assert all(f'id="{name}"' in page for name in described), described
 
 
 def test_logging_out_takes_a_post(client, user):
