@@ -61,15 +61,31 @@ def test_uploading_one_file_redirects_to_its_result(alice, digit_png, published,
 def test_the_upload_page_spends_the_same_per_user_allowance_as_the_api(alice, user, digit_png, settings):
     from django.core.cache import cache
 
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(user)
+
+    def api_upload(count):
+        return api.post("/api/v1/predictions/", {"images": [_file(digit_png(i), f"{i}.png") for i in range(count)]},
+                        format="multipart")
+
     settings.UPLOAD_THROTTLE_RATE = "3/minute"
     cache.clear()
+    # The page spends what the API then lacks...
     assert alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]}).status_code == 302
+    assert api_upload(2).status_code == 429
     refused = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]})
     assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
     assert "Too many uploads" in refused.content.decode()
     too_many = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(4)]})
     assert too_many.status_code == 400 and "At most 3 images per upload" in too_many.content.decode()
     assert Upload.objects.count() == 2
+    # ...and the API spends what the page then lacks.
+    cache.clear()
+    assert api_upload(2).status_code == 202
+    assert alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]}).status_code == 429
+    assert Upload.objects.count() == 4
     cache.clear()
 
 
