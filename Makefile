@@ -47,7 +47,7 @@ bench-load: data
 bench-profile: data
 	$(PY) benchmarks/profile_serve.py $(ARGS)
 
-samples: install
+samples: data
 	$(PY) manage.py extract_mnist_samples
 	$(PY) scripts/generate_other_samples.py --out media/samples/other
 

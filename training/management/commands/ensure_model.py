@@ -31,3 +31,8 @@ class Command(BaseCommand):
         self.stdout.write("Training the default model (a few minutes on a CPU).")
         recipe = {name: options[name] for name in ("epochs", "subset") if options[name] is not None}
         call_command("train", sync=True, activate=True, **recipe, stdout=self.stdout, stderr=self.stderr)
+        if recipe:
+            # It stays active: later runs of this command keep any model that loads.
+            self.stderr.write(
+                "A quick model is now active; train the full recipe (`manage.py train --activate`) before real use."
+            )
