@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
 import math
 from collections.abc import Iterable
 
@@ -14,6 +15,8 @@ from django.views.decorators.http import require_safe
 
 from classifier.selectors import prediction_queue_stats
 from training.selectors import checkpoint_get_active, training_run_counts, training_runs_running
+
+logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PLAIN = "text/plain; charset=utf-8"
@@ -59,10 +62,11 @@ def metrics_text(*, now: dt.datetime) -> str:
         *_family("mnistsite_metrics_window_seconds",
                  "The window of the recent figures below: predictions created this long ago or since.",
                  [({}, window.total_seconds())]),
-        *_family("mnistsite_predictions_recent", "Finished predictions created within the window, by status.",
-                 [({"status": status}, count) for status, count in queue.finished.items()]),
+        *_family("mnistsite_predictions_recent", "Predictions created within the window, by their status now.",
+                 [({"status": status}, count) for status, count in queue.recent.items()]),
         *_family("mnistsite_prediction_queue_seconds",
-                 "From upload to a worker taking it up, for done predictions created within the window.",
+                 "From upload to a worker taking it up, for done predictions created within the window; those still "
+                 "waiting count only in mnistsite_predictions_recent and mnistsite_prediction_oldest_pending_seconds.",
                  _seconds(queue.queue_ms)),
         *_family("mnistsite_prediction_compute_seconds",
                  "Preprocessing and the model's forward pass, for done predictions created within the window.",
@@ -93,6 +97,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not settings.METRICS_TOKEN:
         return HttpResponseNotFound("Metrics are off: set METRICS_TOKEN to turn them on.\n", content_type=_PLAIN)
     if not _authorized(request):
+        logger.warning("refused a metrics scrape without the right bearer token")
         return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     return HttpResponse(metrics_text(now=timezone.now()), content_type=CONTENT_TYPE)

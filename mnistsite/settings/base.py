@@ -153,9 +153,14 @@ PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER
 # A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
 PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)
 # /metrics answers only a scraper sending "Authorization: Bearer <METRICS_TOKEN>"; unset, it is off (404).
-METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# It skips host validation and the HTTPS redirect, so the token is all that guards it: a guessable one is refused.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="").strip()
+if METRICS_TOKEN and len(METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`).")
 # The recent figures in /metrics cover predictions created this many seconds ago or since.
 METRICS_WINDOW_SECONDS = env.int("METRICS_WINDOW_SECONDS", default=300)
+if not 10 <= METRICS_WINDOW_SECONDS <= 86400:
+    raise ImproperlyConfigured("METRICS_WINDOW_SECONDS must be between 10 and 86400.")
 # Training runs whose heartbeat is older than this are considered dead.
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=120)
 # A queued run whose message was sent this long ago, while no run is running, lost its message: it is sent again.

@@ -11,7 +11,7 @@ from training.models import Checkpoint, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
-TOKEN = "scrape-8d1c0f2e"
+TOKEN = "scrape-8d1c0f2e6b7a49c3a5d4e2f1b0c9d8e7"
 
 
 @pytest.fixture
@@ -87,6 +87,9 @@ def test_metrics_report_the_queue_recent_latencies_training_runs_and_the_active_
     assert samples[("mnistsite_metrics_window_seconds", ())] == 300
     assert samples[("mnistsite_predictions_recent", (("status", "done"),))] == 4
     assert samples[("mnistsite_predictions_recent", (("status", "failed"),))] == 1
+    # A backlog shows here too: the window's predictions still waiting.
+    assert samples[("mnistsite_predictions_recent", (("status", "pending"),))] == 2
+    assert samples[("mnistsite_predictions_recent", (("status", "running"),))] == 1
     # Interpolated between ranks, as PostgreSQL's percentile_cont does: the same figures on every database.
     assert samples[("mnistsite_prediction_queue_seconds", (("quantile", "0.5"),))] == pytest.approx(0.025)
     assert samples[("mnistsite_prediction_queue_seconds", (("quantile", "0.95"),))] == pytest.approx(0.0385)

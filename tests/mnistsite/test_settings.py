@@ -58,3 +58,11 @@ def test_an_unknown_torch_device_is_refused():
     result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", TORCH_DEVICE="tpu")
     assert result.returncode != 0
     assert "TORCH_DEVICE" in result.stderr
+
+
+def test_a_short_metrics_token_or_an_unbounded_window_refuses_to_start():
+    short = _run_manage("check", METRICS_TOKEN="guessable")
+    assert short.returncode != 0 and "METRICS_TOKEN must be at least 32 characters" in short.stderr
+    window = _run_manage("check", METRICS_WINDOW_SECONDS="0")
+    assert window.returncode != 0 and "METRICS_WINDOW_SECONDS must be between" in window.stderr
+    assert _run_manage("check", METRICS_TOKEN=" " + "x" * 32 + " ").returncode == 0
