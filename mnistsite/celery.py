@@ -5,7 +5,8 @@ from celery import Celery
 from celery.exceptions import WorkerShutdown
 from celery.signals import task_prerun, worker_init
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
+# A server started without a settings module gets production's: no DEBUG pages, no committed key.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.production")
 
 app = Celery("mnistsite")
 # Lazy: settings are read when Celery first needs them, not at import time.

@@ -3,6 +3,7 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
+# A server started without a settings module gets production's: no DEBUG pages, no committed key.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.production")
 
 application = get_wsgi_application()

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import REPO
 
 
@@ -66,3 +68,17 @@ def test_a_short_metrics_token_or_an_unbounded_window_refuses_to_start():
     window = _run_manage("check", METRICS_WINDOW_SECONDS="0")
     assert window.returncode != 0 and "METRICS_WINDOW_SECONDS must be between" in window.stderr
     assert _run_manage("check", METRICS_TOKEN=" " + "x" * 32 + " ").returncode == 0
+
+
+@pytest.mark.parametrize("module", ["mnistsite.wsgi", "mnistsite.asgi", "mnistsite.celery"])
+def test_a_server_started_without_a_settings_module_gets_production_settings(module):
+    ignored = {"SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {k: v for k, v in os.environ.items() if k not in ignored}
+    probe = f"import {module}; from django.conf import settings; print(settings.SETTINGS_MODULE, settings.DEBUG)"
+    without_key = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=120)
+    assert without_key.returncode != 0 and "SECRET_KEY must be set" in without_key.stderr
+    env["SECRET_KEY"] = "a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c"
+    with_key = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert with_key.stdout.split() == ["mnistsite.settings.production", "False"], with_key.stderr
