@@ -30,7 +30,7 @@ def _commands(service: str) -> list[list[str]]:
         if word == ";":
             commands.append(current)
             current = []
-        else:
+        elif not (word == "exec" and not current):  # "exec celery ...": the shell hands its process to celery
             current.append(word)
     return [*commands, current]
 
@@ -105,3 +105,13 @@ def test_the_image_gets_no_local_secrets_environments_databases_or_uploads():
     # The shipped sample sets are copied into the image (Dockerfile), so they must stay in the context.
     assert not any(entry in ignored for entry in ("media", "media/samples", "media/*"))
     assert ".env" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_the_web_port_is_published_on_the_loopback_only_unless_told_otherwise():
+    (mapping,) = COMPOSE["services"]["web"]["ports"]
+    assert mapping == "${WEB_BIND_ADDRESS:-127.0.0.1}:8000:8000"
+
+
+def test_the_trainer_shell_hands_its_process_to_celery_so_stop_signals_reach_it():
+    command = shlex.split(COMPOSE["services"]["trainer"]["command"])[2]
+    assert command.split("&&")[-1].split()[:2] == ["exec", "celery"]
