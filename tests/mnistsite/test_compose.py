@@ -92,10 +92,17 @@ def test_gpu_override_gives_the_worker_and_trainer_a_gpu():
         assert devices[0]["capabilities"] == ["gpu"]
 
 
-def test_dockerfile_installs_the_pinned_requirements():
+def test_dockerfile_installs_the_pinned_requirements_without_the_test_and_benchmark_tools():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "pip install -r requirements.txt" in dockerfile
-    assert Path(REPO / "requirements.txt").read_text().count("torch==2.14.1") == 1
+    assert "pip install -r requirements.txt" in dockerfile and "requirements-dev" not in dockerfile
+    runtime = Path(REPO / "requirements.txt").read_text()
+    assert runtime.count("torch==2.14.1") == 1
+    assert not {"pytest", "playwright", "schemathesis", "Flask", "py-spy"} & {
+        line.split("==")[0] for line in runtime.splitlines()
+    }
+    assert Path(REPO / "requirements-dev.txt").read_text().startswith(
+        "# Tests, benchmarks and their tools; the image installs requirements.txt only.\n-r requirements.txt\n"
+    )
 
 
 def test_the_image_gets_no_local_secrets_environments_databases_or_uploads():
