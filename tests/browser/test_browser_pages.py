@@ -142,26 +142,27 @@ def test_history_shows_uploads_and_deletes_after_confirming(
     page.screenshot(path=str(artifacts_dir / "history-mobile.png"), full_page=True)
 
 
-def test_a_result_page_whose_session_ended_says_so_instead_of_polling_forever(logged_in_page, user, digit_png):
-    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
-    (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # no worker: stays queued
-    page = logged_in_page
+def _open_a_queued_result(page, user, image: bytes):
+    """The result page of an upload whose prediction no worker takes: it stays queued, and the page polls."""
+    upload = services.upload_create(owner=user, file=io.BytesIO(image), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
     page.goto(f"/predictions/{prediction.pk}/")
     expect(page.locator("#status-badge")).to_have_text("queued")
-    page.context.clear_cookies()  # logged out elsewhere, or the session expired
-    expect(page.locator("#status-note")).to_contain_text("session has ended")
-    expect(page.locator("#spinner")).to_be_hidden()
+    return upload
+
+
+def test_a_result_page_whose_session_ended_says_so_instead_of_polling_forever(logged_in_page, user, digit_png):
+    _open_a_queued_result(logged_in_page, user, digit_png(0))
+    logged_in_page.context.clear_cookies()  # logged out elsewhere, or the session expired
+    expect(logged_in_page.locator("#status-note")).to_contain_text("session has ended")
+    expect(logged_in_page.locator("#spinner")).to_be_hidden()
 
 
 def test_a_result_page_whose_prediction_was_deleted_says_so_and_stops(logged_in_page, user, digit_png):
-    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
-    (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # no worker: stays queued
-    page = logged_in_page
-    page.goto(f"/predictions/{prediction.pk}/")
-    expect(page.locator("#status-badge")).to_have_text("queued")
+    upload = _open_a_queued_result(logged_in_page, user, digit_png(0))
     services.upload_delete(upload=upload)  # from another tab, or through the API
-    expect(page.locator("#status-note")).to_contain_text("it was deleted")
-    expect(page.locator("#spinner")).to_be_hidden()
+    expect(logged_in_page.locator("#status-note")).to_contain_text("it was deleted")
+    expect(logged_in_page.locator("#spinner")).to_be_hidden()
 
 
 def test_a_result_page_keeps_polling_through_server_errors_and_shows_the_answer(
