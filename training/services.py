@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -552,6 +552,22 @@ def checkpoint_register(
     return checkpoint
 
 
+# Any fixed number: the key of the transaction-level advisory lock that activations take on PostgreSQL.
+_ACTIVATION_LOCK_KEY = 0x6D6E6973_74616374
+
+
+def _activations_serialise() -> None:
+    """One activation at a time, until the caller's transaction ends.
+
+    Locking the active row is not enough: before the first activation there is
+    none, and two at once would both mark theirs active and the second would
+    fail on the one-active constraint. SQLite runs one writer at a time anyway.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ACTIVATION_LOCK_KEY])
+
+
 def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
     """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
 
@@ -567,8 +583,7 @@ def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
             f"{checkpoint} cannot be loaded ({exc}); the active model is unchanged."
         ) from exc
     with transaction.atomic():
-        # Locking every active row first serialises concurrent activations.
-        list(Checkpoint.objects.select_for_update().filter(is_active=True))
+        _activations_serialise()
         Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
         Checkpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
     checkpoint.refresh_from_db()

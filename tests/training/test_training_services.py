@@ -1,10 +1,13 @@
 """Training services: creating, executing, cancelling and reaping runs; registering and activating checkpoints."""
+import threading
+import time
 from datetime import timedelta
 
 import pytest
 import torch
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import connection, transaction
 from django.utils import timezone
 
 from training import services
@@ -378,3 +381,33 @@ def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(tiny_recipe
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
     assert not run.checkpoints.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time")
+def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_checkpoint):
+    first, _ = make_checkpoint()
+    second, _ = make_checkpoint()
+    first_active = threading.Event()
+    errors = []
+
+    def activate_first_and_hold():
+        try:
+            with transaction.atomic():
+                services.checkpoint_activate(checkpoint=first)
+                first_active.set()
+                # Still uncommitted while the second activation starts: the moment the two used to collide.
+                time.sleep(1.0)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            first_active.set()
+            connection.close()
+
+    holder = threading.Thread(target=activate_first_and_hold)
+    holder.start()
+    assert first_active.wait(30)
+    services.checkpoint_activate(checkpoint=second)
+    holder.join(30)
+    assert errors == []
+    assert list(Checkpoint.objects.filter(is_active=True)) == [second]
