@@ -24,7 +24,7 @@ class TrainingDiverged(ArithmeticError):
 
 @dataclass
 class EpochStats:
-    """Running averages over one training epoch (on augmented data when enabled)."""
+    """Running averages over one training epoch (on augmented data when enabled); plain cross-entropy, unsmoothed."""
 
     loss: float
     accuracy: float
@@ -109,10 +109,13 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         with torch.no_grad():
-            loss_sum += loss.detach() * y.shape[0]
+            # Reported without label smoothing, which puts a floor under the optimised loss: comparable with
+            # the test loss, which evaluate() computes the same way.
+            reported = F.cross_entropy(logits.detach(), y) if label_smoothing else loss.detach()
+            loss_sum += reported * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
         if on_step is not None:
-            on_step(step, total_steps, float(loss.detach()))
+            on_step(step, total_steps, float(reported))
     # Reading the sums waits for the device, so the clock below counts all queued GPU work.
     loss, accuracy = float(loss_sum) / max(count, 1), float(correct) / max(count, 1)
     seconds = time.perf_counter() - started

@@ -93,6 +93,20 @@ def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_tes
     assert {parameter.device.type for parameter in result.model.parameters()} == {device}
 
 
+def test_the_reported_training_loss_is_plain_cross_entropy_comparable_with_the_test_loss(tiny_train):
+    # A learning rate of 0 leaves the weights as they are, so the epoch's loss must be the evaluation's loss on the
+    # same images, although the optimiser was given the label-smoothed one.
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden": 32})
+    stats = train_one_epoch(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), scheduler=None,
+        images=tiny_train.images, labels=tiny_train.labels, batch_size=64, device=CPU,
+        generator=torch.Generator().manual_seed(0), augment=False, label_smoothing=0.1,
+    )
+    plain = evaluate(model=model, images=tiny_train.images, labels=tiny_train.labels, device=CPU)
+    assert stats.loss == pytest.approx(plain.loss, rel=1e-5)
+
+
 def test_a_cnn_trains_when_the_last_batch_would_hold_a_single_image(tiny_train, tiny_test):
     # Batch normalisation refuses to train on one image; 65 images in batches of 64 would leave one.
     progress = []
