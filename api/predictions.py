@@ -38,6 +38,10 @@ def _uploaded_files(request: Request) -> tuple[list[tuple], str]:
             raise exceptions.ValidationError({name: [exceptions.ErrorDetail("Send a file, not text.", code="not_a_file")]})
         files += [(file, file.name) for file in found]
         used += [name] if found else []
+    if not files:
+        raise exceptions.ValidationError(
+            {"images": [exceptions.ErrorDetail("Send at least one file, in `image` or `images`.", code="no_files")]}
+        )
     return files, used[0] if len(used) == 1 else "images"
 
 
