@@ -89,7 +89,9 @@ class PredictionListCreateApi(GenericAPIView):
             "Upload one image (`image`) or several (`images`, repeated). Every file is checked first; when one is "
             "rejected nothing is stored. Each image gets a pending prediction that a worker computes.\n\n"
             "Without `wait` the answer comes at once (202). With `wait=SECONDS` the request blocks until every "
-            "prediction is done or failed (200) or the time is up (202 with what is known so far).\n\n"
+            "prediction is done or failed (200) or the time is up (202 with what is known so far). It stops "
+            "waiting early (202) when the queue is stalled: some prediction has been pending for "
+            "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default), so no worker is taking them.\n\n"
             "Throttled per user by the number of images (scope `uploads`)."
         ),
         parameters=[WaitQuerySerializer],

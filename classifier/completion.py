@@ -7,14 +7,17 @@ hands every notice to the requests waiting for those ids.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
 import time
 
+from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
-from classifier import statements
+from classifier import selectors, statements
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +29,29 @@ POLL_MAX_S = 0.05
 # that sends none (an administrator's edit, an older worker) or a notice lost with the listening
 # connection is still noticed.
 RECHECK_S = 0.5
+# Every waiting request holds a web thread. With no worker taking predictions (all stopped, the broker down) every
+# wait would run to its end and hold every thread, the health probes' included; so a wait that has lasted this
+# long looks whether the queue is stalled, and then gives up.
+STALL_CHECK_EVERY_S = 2.0
 # How long a wait gives a new listener to connect before it polls instead.
 LISTENER_START_S = 1.0
 # How often the listener looks up from its connection to see whether it should stop.
 LISTENER_TICK_S = 1.0
 LISTENER_RETRY_S = 1.0
+
+
+class _StallWatch:
+    """Whether the queue is stalled, looked up at most every STALL_CHECK_EVERY_S."""
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + STALL_CHECK_EVERY_S
+
+    def stalled(self) -> bool:
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + STALL_CHECK_EVERY_S
+        before = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
+        return selectors.prediction_queue_stalled(pending_before=before)
 
 
 def _notifications_available() -> bool:
@@ -44,7 +65,9 @@ def _unfinished(prediction_ids: set[int]) -> set[int]:
 def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> bool:
     """Block until every prediction is done or failed, or ``timeout`` seconds pass; True when all finished.
 
-    Inside a transaction the rows never change for us, so it only looks once.
+    It gives up early when the queue is stalled: a prediction has been pending
+    for PREDICTION_WAIT_STALLED_AFTER_SECONDS. Inside a transaction the rows
+    never change for us, so it only looks once.
     """
     deadline = time.monotonic() + timeout
     pending = set(prediction_ids)
@@ -178,12 +201,13 @@ def listener_stop() -> None:
 
 def _wait_notified(pending: set[int], deadline: float) -> bool:
     waiter = _listener.register(pending)
+    watch = _StallWatch()
     try:
         # Registered before the first read: a prediction that finishes in between is announced, not missed.
         pending = _unfinished(pending)
         while pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or watch.stalled():
                 return False
             if waiter.woken.wait(min(remaining, RECHECK_S)):
                 heard, reread = _listener.take(waiter)
@@ -198,9 +222,10 @@ def _wait_notified(pending: set[int], deadline: float) -> bool:
 
 def _wait_polling(pending: set[int], deadline: float) -> bool:
     pause = POLL_FIRST_S
+    watch = _StallWatch()
     while pending := _unfinished(pending):
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or watch.stalled():
             return False
         time.sleep(min(pause, remaining))
         pause = min(pause * 1.5, POLL_MAX_S)

@@ -209,3 +209,8 @@ def prediction_queue_stats(
         queue_ms=_quantiles(done, "queue_ms", quantiles),
         compute_ms=_quantiles(done, "compute_ms", quantiles),
     )
+
+
+def prediction_queue_stalled(*, pending_before: dt.datetime) -> bool:
+    """Whether a prediction created before ``pending_before`` is still pending: no worker is taking them."""
+    return Prediction.objects.filter(status=Prediction.Status.PENDING, created_at__lt=pending_before).exists()

@@ -150,6 +150,8 @@ PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS
 # A prediction "running" for longer than this lost its worker: the sweeper re-publishes it and a
 # redelivered message may claim it again. Keep it above the longest prediction.
 PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER_SECONDS", default=120)
+# A ?wait upload stops waiting (202) once a prediction has been pending this long: the queue is stalled.
+PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_SECONDS", default=10)
 # A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
 PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)
 # /metrics answers only a scraper sending "Authorization: Bearer <METRICS_TOKEN>"; unset, it is off (404).

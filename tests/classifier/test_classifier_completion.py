@@ -1,6 +1,7 @@
 """Waiting for predictions: woken by the worker's commit on PostgreSQL, cheap polling elsewhere, honest timeouts."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 import threading
 import time
@@ -8,9 +9,10 @@ import time
 import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from classifier import services
-from classifier.completion import CHANNEL, RECHECK_S, listener_start, predictions_wait_finished
+from classifier.completion import CHANNEL, RECHECK_S, STALL_CHECK_EVERY_S, listener_start, predictions_wait_finished
 from classifier.models import Prediction
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -107,6 +109,29 @@ def test_waiting_for_pending_predictions_gives_up_after_the_timeout_without_a_bu
     else:
         # Polled every 5-50 ms: more than a handful of queries, never a busy loop.
         assert 5 <= queries <= 20
+
+
+def _age(prediction: Prediction, seconds: float) -> None:
+    Prediction.objects.filter(pk=prediction.pk).update(created_at=timezone.now() - dt.timedelta(seconds=seconds))
+
+
+def test_a_wait_gives_up_early_once_the_queue_is_seen_stalled_so_it_frees_its_web_thread(pending, settings):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    (stuck,) = pending(1)
+    _age(stuck, 60)  # no worker has taken anything for a minute
+    ids = [prediction.pk for prediction in pending(1)]
+    finished, elapsed, _ = _wait_timed(ids, timeout=30)
+    assert finished is False
+    assert STALL_CHECK_EVERY_S <= elapsed < STALL_CHECK_EVERY_S + 1.5
+
+
+def test_a_wait_on_a_moving_queue_runs_to_its_timeout(pending, settings):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    (recent,) = pending(1)
+    _age(recent, 5)  # waiting, but not for long
+    ids = [prediction.pk for prediction in pending(1)]
+    finished, elapsed, _ = _wait_timed(ids, timeout=STALL_CHECK_EVERY_S + 0.5)
+    assert finished is False and elapsed >= STALL_CHECK_EVERY_S + 0.5
 
 
 @on_sqlite
