@@ -122,3 +122,11 @@ def test_the_web_port_is_published_on_the_loopback_only_unless_told_otherwise():
 def test_the_trainer_shell_hands_its_process_to_celery_so_stop_signals_reach_it():
     command = shlex.split(COMPOSE["services"]["trainer"]["command"])[2]
     assert command.split("&&")[-1].split()[:2] == ["exec", "celery"]
+
+
+def test_a_stopped_trainer_hands_its_run_back_instead_of_being_killed_mid_run():
+    trainer = COMPOSE["services"]["trainer"]
+    # Covered end to end by tests/reliability/test_reliability_training.py with the same variable.
+    assert trainer["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+    assert trainer["environment"]["DJANGO_SETTINGS_MODULE"] == COMPOSE["services"]["web"]["environment"][
+        "DJANGO_SETTINGS_MODULE"]

@@ -65,6 +65,33 @@ def test_a_training_run_whose_worker_is_killed_is_resumed_from_its_last_epoch_ch
     checkpoint_load_model(checkpoint=active_checkpoint)
 
 
+def test_a_trainer_stopped_as_docker_stops_it_queues_its_run_again_to_resume_without_losing_an_attempt(
+    running_private_redis, workers
+):
+    # docker-compose.yml starts the trainer so: a redeploy's SIGTERM becomes Celery's cold shutdown, which stops
+    # the running task. Without it, Celery would wait for a run of hours and Docker would kill it after 10 s.
+    first = workers(queues="training", REMAP_SIGTERM="SIGQUIT")
+    run = services.training_run_create(
+        created_by=None, architecture="mlp", epochs=3, batch_size=64, learning_rate=1e-3,
+        augment=False, train_subset=8000, device="cpu",
+    )
+    wait_until(lambda: Checkpoint.objects.filter(run=run, is_final=False, epoch=1).exists(), timeout=120,
+               interval=0.05, what="the first epoch checkpoint")
+    os.kill(first.popen.pid, signal.SIGTERM)  # `docker stop` signals the container's first process only
+    first.popen.wait(timeout=60)
+    run.refresh_from_db()
+    assert run.status != "succeeded", "the stop came too late"
+    assert (run.status, run.attempts) == ("queued", 0), f"{run.status}: {run.error}\n{first.log()[-3000:]}"
+
+    second = workers(queues="training")
+    wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status not in ("queued", "running"), timeout=180,
+               interval=0.2, what=lambda: f"the resumed run to finish:\n{second.log()[-3000:]}")
+    run.refresh_from_db()
+    assert (run.status, run.attempts, run.error) == ("succeeded", 1, "")
+    assert f"resuming training run {run.pk} from epoch" in second.log()
+    assert [row["epoch"] for row in run.metrics] == [1, 2, 3]
+
+
 def test_a_broker_restart_does_not_kill_a_training_run_in_progress(running_private_redis, workers):
     # A run can take hours; losing an attempt (of three) to every Redis restart or network blip is not acceptable.
     worker = workers(queues="training")
