@@ -91,7 +91,7 @@ class PredictionListCreateApi(GenericAPIView):
             "Without `wait` the answer comes at once (202). With `wait=SECONDS` the request blocks until every "
             "prediction is done or failed (200) or the time is up (202 with what is known so far). It stops "
             "waiting early (202) when the queue is stalled: some prediction has been pending for "
-            "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default), so no worker is taking them.\n\n"
+            "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default) and no worker has started one since.\n\n"
             "Throttled per user by the number of images (scope `uploads`)."
         ),
         parameters=[WaitQuerySerializer],

@@ -50,8 +50,8 @@ class _StallWatch:
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + STALL_CHECK_EVERY_S
-        before = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
-        return selectors.prediction_queue_stalled(pending_before=before)
+        since = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
+        return selectors.prediction_queue_stalled(since=since)
 
 
 def _notifications_available() -> bool:
@@ -66,8 +66,9 @@ def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> b
     """Block until every prediction is done or failed, or ``timeout`` seconds pass; True when all finished.
 
     It gives up early when the queue is stalled: a prediction has been pending
-    for PREDICTION_WAIT_STALLED_AFTER_SECONDS. Inside a transaction the rows
-    never change for us, so it only looks once.
+    for PREDICTION_WAIT_STALLED_AFTER_SECONDS and no worker has started one
+    since. Inside a transaction the rows never change for us, so it only looks
+    once.
     """
     deadline = time.monotonic() + timeout
     pending = set(prediction_ids)

@@ -211,6 +211,12 @@ def prediction_queue_stats(
     )
 
 
-def prediction_queue_stalled(*, pending_before: dt.datetime) -> bool:
-    """Whether a prediction created before ``pending_before`` is still pending: no worker is taking them."""
-    return Prediction.objects.filter(status=Prediction.Status.PENDING, created_at__lt=pending_before).exists()
+def prediction_queue_stalled(*, since: dt.datetime) -> bool:
+    """Whether no worker is taking predictions: one has been pending since before ``since``, and none started after.
+
+    A backlog that workers are taking always has a prediction running that
+    started recently; one left over from a dead worker started long ago. Both
+    queries are ranges of the (status, created_at) index; few rows are running.
+    """
+    waiting = Prediction.objects.filter(status=Prediction.Status.PENDING, created_at__lt=since).exists()
+    return waiting and not Prediction.objects.filter(status=Prediction.Status.RUNNING, started_at__gte=since).exists()

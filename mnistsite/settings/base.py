@@ -150,7 +150,8 @@ PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS
 # A prediction "running" for longer than this lost its worker: the sweeper re-publishes it and a
 # redelivered message may claim it again. Keep it above the longest prediction.
 PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER_SECONDS", default=120)
-# A ?wait upload stops waiting (202) once a prediction has been pending this long: the queue is stalled.
+# A ?wait upload stops waiting (202) once a prediction has been pending this long and no worker has started one
+# since: the queue is stalled.
 PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_SECONDS", default=10)
 # A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
 PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)

@@ -115,20 +115,27 @@ def _age(prediction: Prediction, seconds: float) -> None:
     Prediction.objects.filter(pk=prediction.pk).update(created_at=timezone.now() - dt.timedelta(seconds=seconds))
 
 
+def _running(prediction: Prediction, *, started_seconds_ago: float) -> None:
+    started = timezone.now() - dt.timedelta(seconds=started_seconds_ago)
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.RUNNING, started_at=started)
+
+
 def test_a_wait_gives_up_early_once_the_queue_is_seen_stalled_so_it_frees_its_web_thread(pending, settings):
     settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
-    (stuck,) = pending(1)
-    _age(stuck, 60)  # no worker has taken anything for a minute
+    stuck, abandoned = pending(2)
+    _age(stuck, 60)  # nothing taken for a minute...
+    _running(abandoned, started_seconds_ago=300)  # ...and the last one taken, by a worker that died since
     ids = [prediction.pk for prediction in pending(1)]
     finished, elapsed, _ = _wait_timed(ids, timeout=30)
     assert finished is False
     assert STALL_CHECK_EVERY_S <= elapsed < STALL_CHECK_EVERY_S + 1.5
 
 
-def test_a_wait_on_a_moving_queue_runs_to_its_timeout(pending, settings):
+def test_a_wait_behind_a_backlog_that_a_worker_is_taking_runs_to_its_timeout(pending, settings):
     settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
-    (recent,) = pending(1)
-    _age(recent, 5)  # waiting, but not for long
+    behind, taken = pending(2)
+    _age(behind, 60)  # a long backlog...
+    _running(taken, started_seconds_ago=1)  # ...that a worker is working through
     ids = [prediction.pk for prediction in pending(1)]
     finished, elapsed, _ = _wait_timed(ids, timeout=STALL_CHECK_EVERY_S + 0.5)
     assert finished is False and elapsed >= STALL_CHECK_EVERY_S + 0.5
