@@ -186,9 +186,9 @@ def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Pr
     The feedback belongs to the image, not to one model's answer: history shows
     the newest prediction, which would otherwise drop it.
     """
-    said = Prediction.objects.filter(upload__in=uploads, feedback__isnull=False).order_by("created_at", "id")
-    # Later rows overwrite earlier ones: each upload keeps its newest feedback.
-    feedback = dict(said.values_list("upload_id", "feedback"))
+    history = Prediction.objects.filter(upload__in=uploads).order_by("created_at", "id")
+    # Later rows overwrite earlier ones: each upload keeps its newest prediction's feedback, a cleared one included.
+    feedback = dict(history.values_list("upload_id", "feedback"))
     return predictions_create(uploads=uploads, publish=publish, feedback=feedback)
 
 

@@ -259,6 +259,9 @@ def test_a_rerun_keeps_the_digit_the_owner_last_said_the_image_shows(user, digit
     assert [prediction.feedback for prediction in again] == [3, None]
     assert [p.feedback for p in Prediction.objects.filter(pk__in=[p.pk for p in again]).order_by("upload_id")] == [
         3, None]
+    # Cleared on the newest prediction: cleared it stays, not brought back from an older one.
+    services.prediction_feedback_set(prediction=again[0], digit=None)
+    assert services.prediction_rerun(upload=said_three).feedback is None
 
 
 def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):
