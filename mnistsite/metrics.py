@@ -5,6 +5,7 @@ import datetime as dt
 import hmac
 import logging
 import math
+import time
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -84,6 +85,19 @@ def metrics_text(*, now: dt.datetime) -> str:
     return "\n".join(lines) + "\n"
 
 
+# At most one warning a minute for refused scrapes: the endpoint answers before host validation, and anyone who can
+# reach it could otherwise fill the log.
+REFUSAL_LOG_EVERY_S = 60.0
+_last_refusal_logged = [-math.inf]
+
+
+def _refusal_log() -> None:
+    now = time.monotonic()
+    if now - _last_refusal_logged[0] >= REFUSAL_LOG_EVERY_S:
+        _last_refusal_logged[0] = now
+        logger.warning("refused a metrics scrape without the right bearer token (repeats within a minute not logged)")
+
+
 def _authorized(request: HttpRequest) -> bool:
     scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     expected = settings.METRICS_TOKEN
@@ -97,7 +111,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not settings.METRICS_TOKEN:
         return HttpResponseNotFound("Metrics are off: set METRICS_TOKEN to turn them on.\n", content_type=_PLAIN)
     if not _authorized(request):
-        logger.warning("refused a metrics scrape without the right bearer token")
+        _refusal_log()
         return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     return HttpResponse(metrics_text(now=timezone.now()), content_type=CONTENT_TYPE)

@@ -113,9 +113,12 @@ def training_run_publish(*, run_id: int) -> str | None:
     from training.tasks import training_run_execute as execute_task
 
     task_id = str(uuid.uuid4())
-    TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+    queued = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
         celery_task_id=task_id, published_at=timezone.now()
     )
+    if not queued:
+        # Claimed, cancelled or gone meanwhile: a message now would only be a no-op for a trainer.
+        return None
     try:
         execute_task.apply_async(kwargs={"run_id": run_id}, task_id=task_id)
     except Exception:  # noqa: BLE001 - any broker failure: the run stays queued and is retried later

@@ -119,3 +119,13 @@ def test_metrics_are_answered_by_address_and_over_plain_http_in_production_like_
     settings.SECURE_SSL_REDIRECT = True
     assert _scrape(client, HTTP_HOST="10.0.0.7:8000").status_code == 200
     assert client.get("/accounts/login/", HTTP_HOST="10.0.0.7:8000").status_code == 400
+
+
+def test_refused_scrapes_are_logged_at_most_once_a_minute(client, metrics_on, caplog):
+    from mnistsite import metrics
+
+    metrics._last_refusal_logged[0] = float("-inf")
+    with caplog.at_level("WARNING", logger="mnistsite.metrics"):
+        for _ in range(5):
+            assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert sum("refused a metrics scrape" in record.getMessage() for record in caplog.records) == 1

@@ -74,6 +74,13 @@ def _publish_and_lose(run, queue):
     return run
 
 
+def test_publishing_a_run_that_is_no_longer_queued_sends_nothing(tiny_recipe, training_queue):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, attempts=1)
+    assert services.training_run_publish(run_id=run.pk) is None
+    assert training_queue.messages() == []
+
+
 def test_a_queued_run_whose_message_was_lost_is_sent_again_once_no_run_is_running(
     tiny_recipe, training_queue, settings
 ):
