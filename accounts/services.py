@@ -7,19 +7,30 @@ LOCKOUT_THRESHOLD = getattr(settings, "LOGIN_FAILURE_LIMIT", 5)
 LOCKOUT_SECONDS = getattr(settings, "LOGIN_LOCKOUT_SECONDS", 300)
 
 
-def _keys(*, username: str, ip: str) -> list[str]:
-    return [f"login-failures:user:{username.lower()[:150]}", f"login-failures:ip:{ip}"]
+# Failures allowed per (account, address) pair, per address (several people may share one), and per account
+# from everywhere together. The pair's limit is the strict one: an attacker guessing at an account locks out only
+# themselves, and the account's owner, elsewhere, is locked out only by guessing on a scale one address cannot do.
+ADDRESS_FACTOR = 4
+ACCOUNT_FACTOR = 10
+
+
+def _limits(*, username: str, ip: str) -> dict[str, int]:
+    account = username.lower()[:150]
+    return {
+        f"login-failures:pair:{account}:{ip}": LOCKOUT_THRESHOLD,
+        f"login-failures:ip:{ip}": LOCKOUT_THRESHOLD * ADDRESS_FACTOR,
+        f"login-failures:user:{account}": LOCKOUT_THRESHOLD * ACCOUNT_FACTOR,
+    }
 
 
 def login_attempt_allowed(*, username: str, ip: str) -> bool:
-    counts = cache.get_many(_keys(username=username, ip=ip))
-    # An address gets more room than an account: several people may share it.
-    user_key, ip_key = _keys(username=username, ip=ip)
-    return counts.get(user_key, 0) < LOCKOUT_THRESHOLD and counts.get(ip_key, 0) < LOCKOUT_THRESHOLD * 4
+    limits = _limits(username=username, ip=ip)
+    counts = cache.get_many(list(limits))
+    return all(counts.get(key, 0) < limit for key, limit in limits.items())
 
 
 def login_attempt_record_failure(*, username: str, ip: str) -> None:
-    for key in _keys(username=username, ip=ip):
+    for key in _limits(username=username, ip=ip):
         if cache.add(key, 1, LOCKOUT_SECONDS):
             continue
         try:
@@ -29,7 +40,8 @@ def login_attempt_record_failure(*, username: str, ip: str) -> None:
 
 
 def login_attempts_reset(*, username: str, ip: str) -> None:
-    cache.delete(_keys(username=username, ip=ip)[0])
+    # Only the pair's count: a success here must not wipe out guesses made at the account from elsewhere.
+    cache.delete(next(iter(_limits(username=username, ip=ip))))
 
 
 def demo_user_ensure(*, username: str, password: str):

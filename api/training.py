@@ -10,14 +10,15 @@ from rest_framework.views import APIView
 
 from api import responses, selectors
 from api.errors import Conflict
-from api.permissions import IsStaff
+from api.permissions import STAFF_ONLY, StaffWithModelPermissions
 from api.serializers import CheckpointSerializer, TrainingRunCreateSerializer, TrainingRunSerializer
 from training import services as training_services
 from training.models import Checkpoint, TrainingRun
 
 STAFF_ERRORS = {
     401: responses.UNAUTHENTICATED,
-    403: responses.error("Only staff members may manage training runs and checkpoints.", code="permission_denied"),
+    403: responses.error(STAFF_ONLY + " Each action also needs the permission it needs in the admin.",
+                         code="permission_denied"),
 }
 
 
@@ -41,7 +42,8 @@ def _run_data(request: Request, run: TrainingRun) -> dict:
 
 @extend_schema(tags=["training runs"])
 class TrainingRunListCreateApi(GenericAPIView):
-    permission_classes = [IsStaff]
+    permission_classes = [StaffWithModelPermissions]
+    required_permissions = {"GET": ["training.view_trainingrun"], "POST": ["training.add_trainingrun"]}
     # Only OPTIONS uses it, to describe the body of POST.
     serializer_class = TrainingRunCreateSerializer
 
@@ -72,7 +74,8 @@ class TrainingRunListCreateApi(GenericAPIView):
 
 @extend_schema(tags=["training runs"])
 class TrainingRunDetailApi(APIView):
-    permission_classes = [IsStaff]
+    permission_classes = [StaffWithModelPermissions]
+    required_permissions = {"GET": ["training.view_trainingrun"]}
 
     @extend_schema(
         operation_id="training_runs_retrieve",
@@ -85,7 +88,8 @@ class TrainingRunDetailApi(APIView):
 
 @extend_schema(tags=["training runs"])
 class TrainingRunCancelApi(APIView):
-    permission_classes = [IsStaff]
+    permission_classes = [StaffWithModelPermissions]
+    required_permissions = {"POST": ["training.change_trainingrun"]}
 
     @extend_schema(
         operation_id="training_runs_cancel",
@@ -112,7 +116,8 @@ class TrainingRunCancelApi(APIView):
 
 @extend_schema(tags=["checkpoints"])
 class CheckpointListApi(GenericAPIView):
-    permission_classes = [IsStaff]
+    permission_classes = [StaffWithModelPermissions]
+    required_permissions = {"GET": ["training.view_checkpoint"]}
     serializer_class = CheckpointSerializer
 
     @extend_schema(
@@ -128,7 +133,8 @@ class CheckpointListApi(GenericAPIView):
 
 @extend_schema(tags=["checkpoints"])
 class CheckpointDetailApi(APIView):
-    permission_classes = [IsStaff]
+    permission_classes = [StaffWithModelPermissions]
+    required_permissions = {"GET": ["training.view_checkpoint"]}
 
     @extend_schema(
         operation_id="checkpoints_retrieve",
@@ -141,7 +147,8 @@ class CheckpointDetailApi(APIView):
 
 @extend_schema(tags=["checkpoints"])
 class CheckpointActivateApi(APIView):
-    permission_classes = [IsStaff]
+    permission_classes = [StaffWithModelPermissions]
+    required_permissions = {"POST": ["training.change_checkpoint"]}
 
     @extend_schema(
         operation_id="checkpoints_activate",

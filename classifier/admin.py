@@ -70,7 +70,7 @@ class CheckpointFilter(admin.SimpleListFilter):
         return queryset.filter(checkpoint_id=checkpoint_id)
 
 
-@admin.action(description="Re-run with the active checkpoint")
+@admin.action(description="Re-run with the active checkpoint", permissions=["change"])
 def rerun_uploads(modeladmin, request, queryset):
     uploads = list(queryset.model.objects.filter(pk__in=queryset.values("pk"))) if queryset.model is Upload else list(
         Upload.objects.filter(pk__in=queryset.values("upload_id"))

@@ -72,9 +72,14 @@ def upload_get_for_user(*, user, upload_id: int) -> Upload | None:
     return _visible_uploads(user=user).filter(pk=upload_id).first()
 
 
+def _sees_every_image(user, model: type) -> bool:
+    # The admin's thumbnails need it; a staff member without the admin's view permission sees only their own.
+    return user.is_staff and user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
+
+
 def upload_get_for_viewer(*, user, upload_id: int) -> Upload | None:
-    """Owners see their own images; staff see every image (for the admin)."""
-    queryset = Upload.objects.all() if user.is_staff else _visible_uploads(user=user)
+    """Owners see their own images; staff allowed to view uploads in the admin see every one."""
+    queryset = Upload.objects.all() if _sees_every_image(user, Upload) else _visible_uploads(user=user)
     return queryset.filter(pk=upload_id).first()
 
 
@@ -88,7 +93,7 @@ def prediction_get_for_user(*, user, prediction_id: int) -> Prediction | None:
 
 def prediction_get_for_viewer(*, user, prediction_id: int) -> Prediction | None:
     queryset = Prediction.objects.select_related("upload")
-    if not user.is_staff:
+    if not _sees_every_image(user, Prediction):
         queryset = queryset.filter(upload__owner=user)
     return queryset.filter(pk=prediction_id).first()
 

@@ -418,7 +418,12 @@ def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Pre
 # --- sample sets ---------------------------------------------------------------------------------------------------
 
 
+class SamplesOwnerError(Exception):
+    """The sample sets' owner name belongs to an account someone can log in to."""
+
+
 def samples_user_get_or_create():
+    """The account that owns the shipped sample sets: nobody can log in to it."""
     from django.contrib.auth import get_user_model
 
     user_model = get_user_model()
@@ -426,6 +431,12 @@ def samples_user_get_or_create():
     if created:
         user.set_unusable_password()
         user.save(update_fields=["password"])
+    elif user.has_usable_password():
+        # Signed up under that name before sign-up reserved it: whoever did would own, and could delete, the samples.
+        raise SamplesOwnerError(
+            "The account \"samples\" has a password, so it is not the site's own; rename it in the admin "
+            "(Users), then load the samples again."
+        )
     return user
 
 

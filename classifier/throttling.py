@@ -37,13 +37,17 @@ class UploadRateError(Exception):
         self.retry_after = retry_after
 
 
-def upload_rate() -> tuple[int, float] | None:
-    """``UPLOAD_THROTTLE_RATE`` ("600/minute") as (images, seconds), or None when uploads are not throttled."""
-    rate = settings.UPLOAD_THROTTLE_RATE
+def rate_parse(rate: str) -> tuple[int, float] | None:
+    """A rate setting ("600/minute", "10/hour") as (count, seconds), or None when it is empty (no limit)."""
     if not rate:
         return None
     count, _, period = rate.partition("/")
     return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
+
+
+def upload_rate() -> tuple[int, float] | None:
+    """``UPLOAD_THROTTLE_RATE`` as (images, seconds), or None when uploads are not throttled."""
+    return rate_parse(settings.UPLOAD_THROTTLE_RATE)
 
 
 def upload_allowance_spend(*, user_id: int, images: int) -> None:

@@ -1,5 +1,7 @@
 """Liveness and readiness endpoints for load balancers and orchestrators."""
 import logging
+import threading
+import time
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -74,16 +76,44 @@ def _check_model() -> dict:
     }
 
 
+def _readiness() -> dict:
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    checks["workers"] = _check_workers() if checks["broker"]["ok"] else {"ok": False, "error": "broker down"}
+    checks["model"] = _check_model() if checks["database"]["ok"] else {"ok": False, "error": "database down"}
+    return {"ready": all(check["ok"] for check in checks.values()), "checks": checks}
+
+
+class _RecentReadiness:
+    """The last readiness result of this process, reused for READYZ_CACHE_SECONDS.
+
+    The endpoint is public, and each check opens a broker connection and pings
+    every worker, waiting up to a second for a reply: a flood of probes would
+    otherwise load the broker and the workers and hold a web thread each. Probes
+    arriving while a check runs wait for its result instead of starting their own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._result: dict | None = None
+        self._checked_at = 0.0
+
+    def get(self) -> dict:
+        with self._lock:
+            if self._result is None or time.monotonic() - self._checked_at >= settings.READYZ_CACHE_SECONDS:
+                self._result, self._checked_at = _readiness(), time.monotonic()
+            return self._result
+
+
+_recent = _RecentReadiness()
+
+
 @login_not_required
 @never_cache
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     """Database, broker, a worker and an active model: 503 when any is missing."""
-    checks = {"database": _check_database(), "broker": _check_broker()}
-    checks["workers"] = _check_workers() if checks["broker"]["ok"] else {"ok": False, "error": "broker down"}
-    checks["model"] = _check_model() if checks["database"]["ok"] else {"ok": False, "error": "database down"}
-    ready = all(check["ok"] for check in checks.values())
-    return JsonResponse({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    result = _recent.get()
+    return JsonResponse(result, status=200 if result["ready"] else 503)
 
 
 class HealthProbeMiddleware:

@@ -263,6 +263,10 @@ CACHES = {
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
 # Whether anyone may create an account; off, only administrators add users.
 SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
+# How long a web process reuses its last /readyz result (the endpoint is public and its checks are not free).
+READYZ_CACHE_SECONDS = env.float("READYZ_CACHE_SECONDS", default=5.0)
+# Accounts that one client address may create per period ("10/hour"; empty: no limit).
+SIGNUP_THROTTLE_RATE = env.str("SIGNUP_THROTTLE_RATE", default="10/hour")
 # Every log-in form (the admin's too) goes through the lockout.
 AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)

@@ -1,14 +1,21 @@
 """Settings for production: DEBUG off, HTTPS only, secure cookies and headers."""
+from django.core.exceptions import ImproperlyConfigured
+
 from mnistsite.settings.base import *  # noqa: F403
-from mnistsite.settings.base import STORAGES, env
+from mnistsite.settings.base import _DEV_SECRET_KEY, SECRET_KEY, STORAGES, env
 
 DEBUG = False
+
+# base.py falls back to the committed key when DEBUG=true is set; production never runs with it.
+if SECRET_KEY == _DEV_SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY must be set in production; the development key is public.")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-SECURE_HSTS_PRELOAD = True
+# Both bind every subdomain to HTTPS as well: a site on a bare domain with plain-HTTP subdomains turns them off.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_SECURE = True

@@ -6,6 +6,8 @@ os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "10")
 # The same results on every machine; the GPU tests ask for CUDA themselves.
 os.environ.setdefault("TORCH_DEVICE", "cpu")
+# Each test sees the state it set up; the reuse has a test of its own.
+os.environ.setdefault("READYZ_CACHE_SECONDS", "0")
 os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from mnistsite.settings.base import *  # noqa: E402,F403

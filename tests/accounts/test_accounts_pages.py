@@ -68,3 +68,28 @@ def test_with_sign_up_closed_the_page_is_404_and_no_page_links_to_it(client, set
     response = client.post("/accounts/signup/", {"username": "mallory", "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
     assert response.status_code == 404 and not django_user_model.objects.filter(username="mallory").exists()
     assert b"/accounts/signup/" not in client.get("/accounts/login/").content
+
+
+def test_the_samples_owners_name_cannot_be_taken_at_sign_up(client, django_user_model):
+    response = client.post("/accounts/signup/", {"username": "Samples", "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+    assert response.status_code == 400 and "reserved" in response.content.decode()
+    assert not django_user_model.objects.filter(username__iexact="samples").exists()
+
+
+def test_one_address_may_create_only_so_many_accounts_an_hour(client, settings, django_user_model):
+    settings.SIGNUP_THROTTLE_RATE = "2/hour"
+
+    def sign_up(name: str, address: str):
+        visitor = type(client)(REMOTE_ADDR=address)
+        return visitor.post("/accounts/signup/", {"username": name, "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+
+    assert sign_up("first", "203.0.113.9").status_code == 302
+    assert sign_up("second", "203.0.113.9").status_code == 302
+    refused = sign_up("third", "203.0.113.9")
+    assert refused.status_code == 429 and "Too many accounts" in refused.content.decode()
+    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert not django_user_model.objects.filter(username="third").exists()
+    # Another address has its own allowance; a form with errors spends none.
+    assert sign_up("fourth", "198.51.100.7").status_code == 302
+    assert sign_up("", "198.51.100.7").status_code == 400
+    assert sign_up("fifth", "198.51.100.7").status_code == 302

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.conftest import client_for
 from training.models import Checkpoint, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +88,49 @@ def test_non_staff_get_403_on_every_staff_endpoint(user_client, queued_run, make
     queued_run.refresh_from_db()
     assert queued_run.status == "queued"
     assert not Checkpoint.objects.filter(is_active=True).exists()
+
+
+def _staff_with(django_user_model, *codenames: str):
+    from django.contrib.auth.models import Permission
+
+    member = django_user_model.objects.create_user(username="viewer", password="correct horse battery", is_staff=True)
+    member.user_permissions.set(Permission.objects.filter(content_type__app_label="training", codename__in=codenames))
+    return member
+
+
+def test_staff_allowed_only_to_view_may_look_but_not_start_cancel_or_activate(
+    django_user_model, queued_run, make_checkpoint
+):
+    checkpoint, _ = make_checkpoint()
+    viewer = client_for(_staff_with(django_user_model, "view_trainingrun", "view_checkpoint"))
+
+    for url in (RUNS, f"{RUNS}{queued_run.pk}/", CHECKPOINTS, f"{CHECKPOINTS}{checkpoint.pk}/"):
+        assert viewer.get(url).status_code == 200, url
+    for url, permission in (
+        (RUNS, "training.add_trainingrun"),
+        (f"{RUNS}{queued_run.pk}/cancel/", "training.change_trainingrun"),
+        (f"{CHECKPOINTS}{checkpoint.pk}/activate/", "training.change_checkpoint"),
+    ):
+        response = viewer.post(url, {"architecture": "mlp"}, format="json")
+        assert response.status_code == 403, url
+        assert permission in response.json()["error"]["message"]
+    queued_run.refresh_from_db()
+    assert queued_run.status == "queued"
+    assert TrainingRun.objects.count() == 1
+    assert not Checkpoint.objects.filter(is_active=True).exists()
+
+
+def test_staff_given_the_admin_permissions_may_start_cancel_and_activate(
+    django_user_model, queued_run, make_checkpoint
+):
+    checkpoint, _ = make_checkpoint()
+    operator = client_for(_staff_with(django_user_model, "add_trainingrun", "change_trainingrun", "change_checkpoint"))
+
+    assert operator.post(RUNS, {"architecture": "mlp"}, format="json").status_code == 202
+    assert operator.post(f"{RUNS}{queued_run.pk}/cancel/").status_code == 200
+    assert operator.post(f"{CHECKPOINTS}{checkpoint.pk}/activate/").status_code == 200
+    # Looking needs its own permission, as in the admin.
+    assert operator.get(RUNS).status_code == 403
 
 
 def test_anonymous_callers_get_401_on_staff_endpoints(api_client):

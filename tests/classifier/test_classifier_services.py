@@ -275,6 +275,12 @@ def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):
     assert first.source == "sample" and first.label == 3
 
 
+def test_a_samples_account_someone_can_log_in_to_is_not_taken_as_the_samples_owner(django_user_model):
+    django_user_model.objects.create_user(username="samples", password="mallory's password")
+    with pytest.raises(services.SamplesOwnerError, match="rename it"):
+        services.samples_user_get_or_create()
+
+
 def test_storing_an_upload_batch_on_postgresql_is_one_statement(user, digit_png):
     if connection.vendor != "postgresql":
         pytest.skip("the single-statement insert is PostgreSQL's")

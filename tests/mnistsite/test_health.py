@@ -42,3 +42,26 @@ def test_readyz_is_200_with_database_broker_worker_and_active_model(client, cele
     assert response.status_code == 200, body
     assert body["checks"]["model"]["checkpoint"] == active_checkpoint.pk
     assert body["checks"]["workers"]["workers"]
+
+
+@pytest.mark.django_db
+def test_readyz_reuses_its_last_check_for_a_few_seconds_so_a_flood_of_probes_costs_one(client, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from mnistsite import health
+
+    settings.READYZ_CACHE_SECONDS = 60
+    health._recent = health._RecentReadiness()
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            first = [client.get("/readyz") for _ in range(5)]
+        # One round of checks: the database's SELECT 1 and the active-checkpoint lookup.
+        assert len(queries) == 2
+        assert {response.status_code for response in first} == {503}
+        settings.READYZ_CACHE_SECONDS = 0
+        with CaptureQueriesContext(connection) as queries:
+            client.get("/readyz")
+        assert len(queries) == 2
+    finally:
+        health._recent = health._RecentReadiness()

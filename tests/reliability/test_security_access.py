@@ -181,6 +181,36 @@ def test_one_user_cannot_read_change_delete_or_download_anything_of_another(clie
     assert fresh.feedback is None and Upload.objects.filter(pk=upload.pk).exists()
 
 
+def test_staff_see_other_peoples_images_only_with_the_admins_view_permission(owned, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    member = django_user_model.objects.create_user(username="trainer-only", password="x9!kQ2#vLp", is_staff=True)
+    staff = Client()
+    staff.force_login(member)
+    image = reverse("classifier:upload_image", args=[owned["upload"].pk])
+    model_input = reverse("classifier:prediction_input", args=[owned["prediction"].pk])
+    assert staff.get(image).status_code == 404 and staff.get(model_input).status_code == 404
+
+    member.user_permissions.set(Permission.objects.filter(codename__in=["view_upload", "view_prediction"]))
+    staff = Client()
+    staff.force_login(member)
+    assert staff.get(image).status_code == 200 and staff.get(model_input).status_code == 200
+
+
+def test_staff_who_may_only_view_uploads_are_not_offered_the_bulk_re_run(owned, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    member = django_user_model.objects.create_user(username="viewer", password="x9!kQ2#vLp", is_staff=True)
+    member.user_permissions.set(Permission.objects.filter(codename="view_upload"))
+    staff = Client()
+    staff.force_login(member)
+    page = staff.get("/admin/classifier/upload/")
+    assert page.status_code == 200 and b"rerun_uploads" not in page.content
+    posted = staff.post("/admin/classifier/upload/", {"action": "rerun_uploads", "_selected_action": [owned["upload"].pk]})
+    assert posted.status_code in (200, 302)
+    assert Prediction.objects.filter(upload=owned["upload"]).count() == 1
+
+
 def test_after_repeated_failures_even_the_right_password_is_refused_for_that_account_only(db, django_user_model, settings):
     cache.clear()
     django_user_model.objects.create_user(username="victim", password="the-right-password-1")
@@ -196,6 +226,31 @@ def test_after_repeated_failures_even_the_right_password_is_refused_for_that_acc
     # Another account, from the same address, still logs in.
     other = Client()
     assert other.post(login, {"username": "bystander", "password": "the-right-password-2"}).status_code == 302
+    cache.clear()
+
+
+def test_an_attacker_guessing_at_an_account_does_not_lock_its_owner_out_elsewhere(db, django_user_model, settings):
+    cache.clear()
+    django_user_model.objects.create_user(username="victim", password="the-right-password-1")
+    attacker, owner = Client(REMOTE_ADDR="203.0.113.9"), Client(REMOTE_ADDR="198.51.100.7")
+    for _ in range(settings.LOGIN_FAILURE_LIMIT * 2):
+        attacker.post(reverse("login"), {"username": "victim", "password": "guess"})
+    assert attacker.post(reverse("login"), {"username": "victim", "password": "the-right-password-1"}).status_code == 429
+    assert owner.post(reverse("login"), {"username": "victim", "password": "the-right-password-1"}).status_code == 302
+    cache.clear()
+
+
+def test_guessing_at_one_account_from_many_addresses_locks_it_at_the_account_limit(db, django_user_model, settings):
+    from accounts.services import ACCOUNT_FACTOR
+
+    cache.clear()
+    django_user_model.objects.create_user(username="victim", password="the-right-password-1")
+    guesses = settings.LOGIN_FAILURE_LIMIT * ACCOUNT_FACTOR
+    for i in range(guesses):
+        # Each address stays under its own limits.
+        Client(REMOTE_ADDR=f"192.0.2.{i % 250}").post(reverse("login"), {"username": "victim", "password": f"g{i}"})
+    right = {"username": "victim", "password": "the-right-password-1"}
+    assert Client(REMOTE_ADDR="198.51.100.7").post(reverse("login"), right).status_code == 429
     cache.clear()
 
 

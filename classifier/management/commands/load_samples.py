@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from classifier import services
 from classifier.models import Prediction
@@ -25,7 +25,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, root: Path | None, sync: bool, **options):
         root = root or Path(settings.MEDIA_ROOT) / "samples"
-        owner = services.samples_user_get_or_create()
+        try:
+            owner = services.samples_user_get_or_create()
+        except services.SamplesOwnerError as exc:
+            raise CommandError(str(exc)) from exc
         created = skipped = rejected = 0
         to_predict = []
         for sample_set in SAMPLE_SETS:
