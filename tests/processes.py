@@ -116,7 +116,12 @@ def start_worker(
         *(extra_args or []),
     ]
     worker = start_process(name=name, args=args, log_dir=log_dir, env=child_env(**env_overrides))
-    worker.wait_for_output("ready.", timeout=timeout)
+    try:
+        worker.wait_for_output("ready.", timeout=timeout)
+    except BaseException:
+        # Not handed to any caller's clean-up yet: left running, it would take later tests' messages.
+        worker.stop()
+        raise
     return worker
 
 

@@ -95,15 +95,25 @@ def test_the_throttle_keeps_one_number_per_user_however_many_images_were_sent(
     assert 0 < refilled_at - time.time() <= 1.2
 
 
-def test_the_allowance_refills_continuously_at_the_rate(user_client, settings):
+def test_the_allowance_refills_continuously_at_the_rate():
+    # The clock is passed in, so a slow machine cannot blur the half-period; a period of 100 s keeps the keys alive.
+    def take(now: float) -> float:
+        return allowance_take(key="throttle_refill", now=now, cost=50.0, period=100.0)
+
+    start = time.time()
+    assert take(start) <= TOLERANCE_S and take(start) <= TOLERANCE_S  # two of two
+    assert take(start) == pytest.approx(50.0)  # refused: half a period to wait
+    # Half the period later one image's worth is back, not the whole allowance.
+    assert take(start + 50.0) <= TOLERANCE_S
+    assert take(start + 50.0) == pytest.approx(50.0)
+
+
+def test_an_upload_refused_by_the_rate_is_allowed_again_once_its_share_has_refilled(user_client, settings):
     settings.UPLOAD_THROTTLE_RATE = "2/second"
     assert user_client.post(LIST, {"images": [upload_file() for _ in range(2)]}, format="multipart").status_code == 202
     assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
-
-    # One image's worth comes back after half a second, not after the whole second.
     time.sleep(0.6)
     assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 202
-    assert user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code == 429
 
 
 def test_concurrent_requests_in_redis_never_spend_more_than_the_allowance(throttle_cache):

@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from classifier import services
-from classifier.completion import CHANNEL, RECHECK_S, STALL_CHECK_EVERY_S, listener_start, predictions_wait_finished
+from classifier import completion
+from classifier.completion import CHANNEL, STALL_CHECK_EVERY_S, listener_start, predictions_wait_finished
 from classifier.models import Prediction
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,6 +29,16 @@ def pending(user, digit_png):
         return services.predictions_create(uploads=[upload] * count, publish=False)
 
     return make
+
+
+# The tests below tell "woken by the notification" from "found at the safety re-read" by the time taken; with
+# the re-read this far off, a slow machine cannot blur the two.
+SLOW_RECHECK_S = 5.0
+
+
+@pytest.fixture
+def slow_recheck(monkeypatch):
+    monkeypatch.setattr(completion, "RECHECK_S", SLOW_RECHECK_S)
 
 
 def _wait_timed(ids: list[int], timeout: float) -> tuple[bool, float, int]:
@@ -56,12 +67,14 @@ def test_waiting_returns_at_once_when_everything_has_finished(pending):
     done, failed = pending(2)
     Prediction.objects.filter(pk=done.pk).update(status=Prediction.Status.DONE)
     Prediction.objects.filter(pk=failed.pk).update(status=Prediction.Status.FAILED)
-    finished, elapsed, _ = _wait_timed([done.pk, failed.pk], timeout=5)
-    assert finished is True and elapsed < 0.1
+    finished, elapsed, _ = _wait_timed([done.pk, failed.pk], timeout=30)
+    assert finished is True and elapsed < 2
 
 
 @on_postgresql
-def test_a_waiting_request_is_woken_by_the_commit_that_finishes_its_predictions(pending, active_checkpoint):
+def test_a_waiting_request_is_woken_by_the_commit_that_finishes_its_predictions(
+    pending, active_checkpoint, slow_recheck
+):
     # The model loads here, so that the timed part below is only the wait and one batch.
     services.predictions_execute(prediction_ids=[prediction.pk for prediction in pending(1)])
     ids = [prediction.pk for prediction in pending(3)]
@@ -69,14 +82,14 @@ def test_a_waiting_request_is_woken_by_the_commit_that_finishes_its_predictions(
     finished, elapsed, queries = _wait_timed(ids, timeout=10)
     worker.join()
     assert finished is True
-    # One read, then woken by the notification before the safety re-read at RECHECK_S would have added a second.
+    # One read, then woken by the notification before the safety re-read would have added a second.
     assert queries == 1
-    assert 0.1 <= elapsed < RECHECK_S
+    assert 0.1 <= elapsed < SLOW_RECHECK_S
     assert set(Prediction.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"done"}
 
 
 @on_postgresql
-def test_a_dropped_listening_connection_is_replaced_and_wakes_waiters_again(pending, active_checkpoint):
+def test_a_dropped_listening_connection_is_replaced_and_wakes_waiters_again(pending, active_checkpoint, slow_recheck):
     services.predictions_execute(prediction_ids=[prediction.pk for prediction in pending(1)])
     assert listener_start(timeout=5)
     with connection.cursor() as cursor:
@@ -95,14 +108,14 @@ def test_a_dropped_listening_connection_is_replaced_and_wakes_waiters_again(pend
     worker = _execute_later(ids, delay=0.1)
     finished, elapsed, queries = _wait_timed(ids, timeout=10)
     worker.join()
-    assert finished is True and queries == 1 and elapsed < RECHECK_S
+    assert finished is True and queries == 1 and elapsed < SLOW_RECHECK_S
 
 
-def test_waiting_for_pending_predictions_gives_up_after_the_timeout_without_a_busy_loop(pending):
+def test_waiting_for_pending_predictions_gives_up_after_the_timeout_without_a_busy_loop(pending, slow_recheck):
     ids = [prediction.pk for prediction in pending(2)]
     finished, elapsed, queries = _wait_timed(ids, timeout=0.3)
     assert finished is False
-    assert 0.3 <= elapsed < 0.6
+    assert 0.3 <= elapsed < 3
     if connection.vendor == "postgresql":
         # One read, asleep until the timeout (before the safety re-read is due), one last look.
         assert queries == 2
@@ -128,7 +141,7 @@ def test_a_wait_gives_up_early_once_the_queue_is_seen_stalled_so_it_frees_its_we
     ids = [prediction.pk for prediction in pending(1)]
     finished, elapsed, _ = _wait_timed(ids, timeout=30)
     assert finished is False
-    assert STALL_CHECK_EVERY_S <= elapsed < STALL_CHECK_EVERY_S + 1.5
+    assert STALL_CHECK_EVERY_S <= elapsed < STALL_CHECK_EVERY_S + 10
 
 
 def test_a_wait_behind_a_backlog_that_a_worker_is_taking_runs_to_its_timeout(pending, settings):
@@ -147,4 +160,4 @@ def test_a_polling_wait_sees_predictions_finished_by_another_connection(pending,
     worker = _execute_later(ids, delay=0.2)
     finished, elapsed, _ = _wait_timed(ids, timeout=10)
     worker.join()
-    assert finished is True and 0.2 <= elapsed < 1.0
+    assert finished is True and 0.2 <= elapsed < 5
