@@ -173,6 +173,9 @@ TRAINING_REPUBLISH_AFTER_SECONDS = env.int("TRAINING_REPUBLISH_AFTER_SECONDS", d
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 CELERY_BROKER_FILESYSTEM_DIR = Path(env.str("CELERY_BROKER_FILESYSTEM_DIR", default=str(BASE_DIR / "var" / "broker")))
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
+# An upload must not hang while the broker is down: the sweeper re-publishes
+# whatever could not be sent.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(CELERY_BROKER_FILESYSTEM_DIR)
 else:
@@ -185,11 +188,13 @@ else:
             "CELERY_UNACKED_RESTORE_INTERVAL", default=max(1, min(10, CELERY_VISIBILITY_TIMEOUT // 5))
         ),
         "unacked_restore_throttle": 1,
+        # Without these a broker that stops answering without closing the connection (a hung host, a failover,
+        # a NAT timeout) holds every publish, and the web thread of the upload behind it, for ever. The
+        # worker's blocking reads last brpop_timeout (1 s), well inside the limit.
+        "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=5.0),
+        "socket_connect_timeout": CELERY_BROKER_CONNECTION_TIMEOUT,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# An upload must not hang while the broker is down: the sweeper re-publishes
-# whatever could not be sent.
-CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -66,6 +66,38 @@ def test_a_broker_outage_keeps_the_upload_and_its_pending_prediction(
     assert prediction.published_at is None and prediction.publish_attempts == 1
 
 
+@pytest.fixture
+def silent_broker():
+    """A Redis address that accepts connections and never answers, as a hung host or a dead NAT path does."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # the kernel completes the handshakes; nothing ever reads or writes
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+def test_a_broker_that_stops_answering_delays_an_upload_by_seconds_not_for_ever(
+    user, digit_png, django_capture_on_commit_callbacks, settings, silent_broker
+):
+    import time
+
+    from tests.processes import broker_switched
+
+    with broker_switched(settings, silent_broker):
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            (prediction,) = services.predictions_submit(
+                owner=user, files=[(io.BytesIO(digit_png(0)), "a.png")], source="file"
+            )
+        waited = time.monotonic() - started
+    # Kombu may try the connection more than once, each time up to the socket timeout (5 s).
+    assert waited < 30
+    prediction.refresh_from_db()
+    assert prediction.status == "pending" and prediction.published_at is None
+
+
 def test_the_sweeper_republishes_old_pending_predictions_only(user, digit_png, published, settings):
     settings.PREDICTION_REPUBLISH_AFTER_SECONDS = 60
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
