@@ -1,7 +1,10 @@
 """Prediction endpoints: upload images (optionally waiting for the digits), list, inspect, correct and delete them."""
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
@@ -28,6 +31,8 @@ from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
 from classifier import views as classifier_views
 from classifier.models import Prediction, Upload
+
+logger = logging.getLogger(__name__)
 
 def _uploaded_files(request: Request) -> tuple[list[tuple], str]:
     """The files of both upload fields, and the field name to blame in errors."""
@@ -118,9 +123,17 @@ class PredictionListCreateApi(GenericAPIView):
         except DjangoValidationError as exc:
             return validation_error_response(exc, field=field)
         wait = query.validated_data.get("wait") or 0
-        if wait:
-            completion.predictions_wait_finished(prediction_ids=[prediction.pk for prediction in created], timeout=wait)
-        predictions = selectors.predictions_reload(predictions=created)
+        try:
+            if wait:
+                completion.predictions_wait_finished(
+                    prediction_ids=[prediction.pk for prediction in created], timeout=wait
+                )
+            predictions = selectors.predictions_reload(predictions=created)
+        except DatabaseError:
+            # The uploads are stored: answering 503 ("nothing was stored") would make the client send them again.
+            logger.warning("could not read back predictions %s; answering with them as stored",
+                           [prediction.pk for prediction in created], exc_info=True)
+            predictions = created
         finished = all(p.status in Prediction.FINISHED for p in predictions)
         return Response(
             {"predictions": _represent(request, predictions)},

@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
@@ -220,7 +220,12 @@ def _predictions_send(*, prediction_ids: list[int]) -> int:
         except Exception:  # noqa: BLE001 - any broker error means "not sent yet"; the sweeper retries
             logger.warning("could not publish predictions %s; the sweeper will retry", chunk, exc_info=True)
             # The broker is down: the rest would fail the same way, each after a connection timeout.
-            Prediction.objects.filter(pk__in=prediction_ids[start:]).update(published_at=None)
+            try:
+                Prediction.objects.filter(pk__in=prediction_ids[start:]).update(published_at=None)
+            except DatabaseError:
+                # Runs after the rows are committed, so it must not fail the upload. Still marked published,
+                # they are re-sent once PREDICTION_REPUBLISH_AFTER_SECONDS have passed instead of at once.
+                logger.warning("could not mark predictions %s unpublished", prediction_ids[start:], exc_info=True)
             break
         sent += len(chunk)
     return sent

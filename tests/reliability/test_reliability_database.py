@@ -74,3 +74,47 @@ def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelo
     assert response.json()["error"]["code"] == "service_unavailable"
     connection.close()
     assert stored_files(settings.MEDIA_ROOT) == []
+    with connection.cursor() as cursor:
+        cursor.execute(DROP)
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+
+
+def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_what_was_stored(
+    client, user, digit_png, transactional_db
+):
+    import threading
+    import time
+
+    from django.db import connections
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=user)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (request_backend,) = cursor.fetchone()
+
+    def kill_once_stored() -> None:
+        # No worker runs, so the request waits; its connection is killed once the upload is committed.
+        try:
+            deadline = time.monotonic() + 20
+            while not Upload.objects.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [request_backend])
+        finally:
+            connections.close_all()
+
+    killer = threading.Thread(target=kill_once_stored)
+    killer.start()
+    response = client.post(
+        "/api/v1/predictions/?wait=10",
+        {"image": SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")},
+        headers={"Authorization": f"Token {token.key}"},
+    )
+    killer.join()
+
+    assert response.status_code == 202, response.content
+    (answered,) = response.json()["predictions"]
+    assert answered["status"] == "pending"
+    connection.close()
+    assert list(Prediction.objects.values_list("pk", flat=True)) == [answered["id"]]
