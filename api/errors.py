@@ -22,6 +22,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from classifier.services import UploadStorageError
+
 logger = logging.getLogger(__name__)
 
 NON_FIELD = "non_field_errors"
@@ -106,7 +108,7 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.ParseError("Too many form fields were sent.", code="too_many_fields")
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be understood.", code="bad_request")
-    if isinstance(exc, DatabaseError):
+    if isinstance(exc, (DatabaseError, UploadStorageError)):
         # The service layer has already removed any file it wrote, so a retry is safe.
         return ServiceUnavailable()
     return None

@@ -29,6 +29,10 @@ def _running_stale_after() -> dt.timedelta:
     return dt.timedelta(seconds=settings.PREDICTION_RUNNING_STALE_AFTER_SECONDS)
 
 
+class UploadStorageError(Exception):
+    """The image files could not be written (a full disk, an unmounted volume); nothing was stored."""
+
+
 class PredictionFeedbackError(ValueError):
     """Feedback must be a digit from 0 to 9 (the digit the image really shows, whatever the prediction's state)."""
 
@@ -94,8 +98,11 @@ def _upload_files_write(
     try:
         for image in images:
             uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
-    except BaseException:
+    except BaseException as exc:
         _files_delete([upload.image.name for upload in uploads])
+        if isinstance(exc, OSError):
+            logger.error("could not write uploaded images", exc_info=True)
+            raise UploadStorageError("The images could not be stored.") from exc
         raise
     return uploads
 

@@ -6,12 +6,15 @@ spend the same allowance.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache.backends.redis import RedisCache
+
+logger = logging.getLogger(__name__)
 
 # Absorbs float rounding: 600 steps of a tenth of a second must still fit in 60.
 TOLERANCE_S = 1e-6
@@ -65,9 +68,13 @@ def upload_allowance_spend(*, user_id: int, images: int) -> None:
             "send them in smaller batches.",
             retry_after=None,
         )
-    retry_after = allowance_take(
-        key=f"throttle_uploads_{user_id}", now=time.time(), cost=max(1, images) * period / count, period=period
-    )
+    try:
+        retry_after = allowance_take(
+            key=f"throttle_uploads_{user_id}", now=time.time(), cost=max(1, images) * period / count, period=period
+        )
+    except Exception:  # noqa: BLE001 - any cache failure: the throttle guards CPU, uploads must not fail for it
+        logger.warning("upload throttle skipped: the cache is unavailable", exc_info=True)
+        return
     if retry_after > TOLERANCE_S:
         raise UploadRateError(
             f"Too many uploads: try again in {math.ceil(retry_after)} seconds.", retry_after=retry_after

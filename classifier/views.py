@@ -49,6 +49,8 @@ def upload(request: HttpRequest) -> HttpResponse:
                 # The services removed any file they had written; say so instead of a bare 500 page.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
+            except services.UploadStorageError:
+                return _service_unavailable(request, form)
             else:
                 if len(predictions) == 1:
                     return redirect("classifier:prediction_detail", pk=predictions[0].pk)

@@ -147,3 +147,16 @@ def test_a_request_with_more_images_than_a_whole_periods_allowance_is_400_not_a_
     assert not Upload.objects.exists()
     # The allowance is untouched: the same images in requests the rate allows go through.
     assert user_client.post(LIST, {"images": [upload_file() for _ in range(3)]}, format="multipart").status_code == 202
+
+
+def test_uploads_go_on_unthrottled_while_the_cache_is_unreachable(user_client, settings, throttle_cache):
+    if throttle_cache != "redis":
+        pytest.skip("the local-memory cache cannot become unreachable")
+    from django.test import override_settings
+
+    settings.UPLOAD_THROTTLE_RATE = "3/minute"
+    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": unreachable}):
+        statuses = [user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code for _ in range(4)]
+    assert statuses == [202] * 4
+    assert Upload.objects.count() == 4

@@ -118,3 +118,4 @@ def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_wha
     assert answered["status"] == "pending"
     connection.close()
     assert list(Prediction.objects.values_list("pk", flat=True)) == [answered["id"]]
+
