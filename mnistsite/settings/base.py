@@ -144,6 +144,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # Most predictions one worker process runs through the model in one forward pass.
 INFERENCE_BATCH_SIZE = env.int("INFERENCE_BATCH_SIZE", default=32)
+# A batch's finished ids travel in one PostgreSQL notification, whose payload must stay under 8000 bytes.
+MAX_INFERENCE_BATCH_SIZE = 256  # 20 characters an id at most (a bigint and its comma)
+if not 1 <= INFERENCE_BATCH_SIZE <= MAX_INFERENCE_BATCH_SIZE:
+    raise ImproperlyConfigured(f"INFERENCE_BATCH_SIZE must be from 1 to {MAX_INFERENCE_BATCH_SIZE}.")
 LOW_CONFIDENCE_THRESHOLD = env.float("LOW_CONFIDENCE_THRESHOLD", default=0.7)
 # Pending predictions older than this are re-published by the sweeper.
 PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS", default=60)

@@ -81,6 +81,12 @@ def test_an_unknown_torch_device_is_refused():
     assert "TORCH_DEVICE" in result.stderr
 
 
+def test_an_inference_batch_too_large_for_one_notification_is_refused():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", INFERENCE_BATCH_SIZE="5000")
+    assert result.returncode != 0
+    assert "INFERENCE_BATCH_SIZE must be from 1 to 256" in result.stderr
+
+
 def test_a_short_metrics_token_or_an_unbounded_window_refuses_to_start():
     short = _run_manage("check", METRICS_TOKEN="guessable")
     assert short.returncode != 0 and "METRICS_TOKEN must be at least 32 characters" in short.stderr
