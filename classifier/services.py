@@ -397,9 +397,17 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
 
 
 def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
-    """Store a batch's results in one go, announced to waiting requests when they commit."""
-    statements.prediction_results_update(predictions=predictions, notify_channel=completion.CHANNEL)
-    return predictions
+    """Store a batch's results in one go, announced to waiting requests when they commit; returns those stored.
+
+    A prediction claimed again meanwhile (this worker stalled past the stale limit) keeps the newer claim's result.
+    """
+    stored = statements.prediction_results_update(predictions=predictions, notify_channel=completion.CHANNEL)
+    if len(stored) < len(predictions):
+        logger.warning(
+            "predictions %s were claimed again while this worker computed them; their results here are dropped",
+            sorted(prediction.pk for prediction in predictions if prediction.pk not in stored),
+        )
+    return [prediction for prediction in predictions if prediction.pk in stored]
 
 
 def _is_transient(exc: Exception) -> bool:

@@ -139,24 +139,34 @@ _RESULT_FIELDS = [
 ]
 
 
-def prediction_results_update(*, predictions: Sequence[Prediction], notify_channel: str) -> None:
-    """Store the result fields of finished predictions, atomically.
+def prediction_results_update(*, predictions: Sequence[Prediction], notify_channel: str) -> set[int]:
+    """Store the result fields of finished predictions, atomically; returns the ids stored.
 
-    On PostgreSQL one statement, which also NOTIFYs ``notify_channel`` with their
-    ids (delivered when, and only if, it commits). Elsewhere one parametrised
+    Only a prediction still running under the claim that produced the result is
+    written: a worker that stalled past the stale limit, while another claimed
+    the prediction again, must not overwrite the newer claim's result. On
+    PostgreSQL one statement, which also NOTIFYs ``notify_channel`` with the ids
+    stored (delivered when, and only if, it commits). Elsewhere one parametrised
     UPDATE per row in a transaction.
     """
     fields = _result_fields()
     columns = _column_arrays(fields, predictions, adding=False)
     ids = [prediction.pk for prediction in predictions]
+    claims = [prediction.attempts for prediction in predictions]
     if connection.vendor == "postgresql":
         with _bound_cursor() as cursor:
-            cursor.execute(_results_update_notify_sql(), [ids, *columns, notify_channel])
-        return
+            cursor.execute(_results_update_notify_sql(), [ids, claims, *columns, Prediction.Status.RUNNING, notify_channel])
+            row = cursor.fetchone()
+        return set(row[0]) if row else set()
     assignments = ", ".join(f"{_quote(field.column)} = %s" for field in fields)
-    rows = [[*values, pk] for *values, pk in zip(*columns, ids)]
+    sql = f"UPDATE {_quote(Prediction._meta.db_table)} SET {assignments} WHERE id = %s AND status = %s AND attempts = %s"
+    stored = set()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(f"UPDATE {_quote(Prediction._meta.db_table)} SET {assignments} WHERE id = %s", rows)
+        for *values, pk, attempts in zip(*columns, ids, claims):
+            cursor.execute(sql, [*values, pk, Prediction.Status.RUNNING, attempts])
+            if cursor.rowcount:
+                stored.add(pk)
+    return stored
 
 
 def _result_fields() -> list[Field]:
@@ -168,11 +178,11 @@ def _results_update_notify_sql() -> str:
     table = _quote(Prediction._meta.db_table)
     fields = _result_fields()
     assignments = ", ".join(f"{_quote(field.column)} = v.{_quote(field.column)}" for field in fields)
+    claimed = _unnest(fields, alias="v", leading=[("id", "bigint"), ("claim", "integer")])
     return (
-        f"WITH done AS (UPDATE {table} SET {assignments} "
-        f"FROM {_unnest(fields, alias='v', leading=[('id', 'bigint')])} "
-        f"WHERE {table}.id = v.id RETURNING {table}.id) "
-        f"SELECT pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
+        f"WITH done AS (UPDATE {table} SET {assignments} FROM {claimed} "
+        f"WHERE {table}.id = v.id AND {table}.status = %s AND {table}.attempts = v.claim RETURNING {table}.id) "
+        f"SELECT array_agg(id), pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
     )
 
 

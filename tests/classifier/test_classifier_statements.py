@@ -136,3 +136,32 @@ def test_a_prediction_that_lost_its_worker_too_often_is_not_claimed_again(user, 
 
     assert _claim([prediction.pk], limit=5, max_attempts=3) == []
     assert _claim([prediction.pk], limit=5, max_attempts=4) == [prediction.pk]
+
+
+def _claimed(prediction_ids: list[int]) -> list[Prediction]:
+    now = timezone.now()
+    batch, _ = statements.predictions_claim(
+        prediction_ids=prediction_ids, limit=5, now=now, stale_before=now - dt.timedelta(hours=1), max_attempts=3
+    )
+    return batch
+
+
+def _finished_as(prediction: Prediction, digit: int) -> Prediction:
+    prediction.status, prediction.digit, prediction.finished_at = "done", digit, timezone.now()
+    return prediction
+
+
+def test_a_stalled_workers_result_does_not_overwrite_the_claim_that_took_its_prediction_over(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    (stalled,) = _claimed([prediction.pk])
+    # The first worker stalled past the stale limit; the prediction was claimed again and finished.
+    Prediction.objects.filter(pk=prediction.pk).update(started_at=timezone.now() - dt.timedelta(days=1))
+    (taken_over,) = _claimed([prediction.pk])
+    assert statements.prediction_results_update(predictions=[_finished_as(taken_over, 3)], notify_channel="x") == {
+        prediction.pk}
+
+    # The stalled worker wakes up with its own, older result.
+    assert statements.prediction_results_update(predictions=[_finished_as(stalled, 8)], notify_channel="x") == set()
+    prediction.refresh_from_db()
+    assert (prediction.status, prediction.digit, prediction.attempts) == ("done", 3, 2)
