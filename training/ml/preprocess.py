@@ -22,6 +22,9 @@ BACKGROUND_BLOCKS = 8
 BACKGROUND_WORKING_SIDE = 96
 # Below this ink/background contrast (on a 0..1 scale) the picture counts as blank.
 MIN_CONTRAST = 0.12
+# The share of pixels at either extreme that stands for the ink when telling dark ink from light: a thin
+# stroke across a large picture still covers more than this.
+INK_QUANTILE = 0.001
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
 
@@ -168,19 +171,39 @@ def _opaque_gray(image: Image.Image) -> np.ndarray:
         weight = float(alpha.sum())
         if weight < 1.0:
             raise EmptyImageError("the image is fully transparent")
-        # Dark strokes on transparency (canvas exports) go onto white, light strokes onto black.
-        opaque_luminance = float((gray * alpha).sum()) / weight
-        background = 1.0 if opaque_luminance < 0.5 else 0.0
+        if weight > 0.5 * alpha.size:
+            # Mostly opaque: a picture with transparent margins (a photo rotated or cut out in an editor). The
+            # margins take the picture's own typical shade, so they add no edge of their own.
+            background = float(np.median(gray[alpha > 0.5]))
+        else:
+            # Strokes on transparency (canvas exports): dark strokes go onto white, light strokes onto black.
+            opaque_luminance = float((gray * alpha).sum()) / weight
+            background = 1.0 if opaque_luminance < 0.5 else 0.0
         gray = alpha * gray + (1.0 - alpha) * background
     return np.ascontiguousarray(gray, dtype=np.float32)
+
+
+def _dark_ink(grays: np.ndarray) -> np.ndarray:
+    """For N images, whether the ink is darker than the background (and must be inverted to be bright).
+
+    The border's median stands for the background; the ink is whichever extreme
+    lies clearly further from it. Paper in a dim photo is darker than mid-grey,
+    and chalk's board can be lighter, so the background's own brightness decides
+    only when neither side stands out (a digit too thin to reach the extremes).
+    """
+    n = grays.shape[0]
+    border = np.concatenate([grays[:, 0], grays[:, -1], grays[:, :, 0], grays[:, :, -1]], axis=1)
+    background = _quantile(border, 0.5, axis=1)
+    flat = grays.reshape(n, -1)
+    darker = background - _quantile(flat, INK_QUANTILE, axis=1)
+    lighter = _quantile(flat, 1.0 - INK_QUANTILE, axis=1) - background
+    return np.where(np.abs(darker - lighter) >= MIN_CONTRAST, darker > lighter, background > 0.5)
 
 
 def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ink maps in [0, 1] (ink bright, background 0, whatever the polarity) and which ones hold any ink at all."""
     n = grays.shape[0]
-    border = np.concatenate([grays[:, 0], grays[:, -1], grays[:, :, 0], grays[:, :, -1]], axis=1)
-    inverted = _quantile(border, 0.5, axis=1) > 0.5
-    grays = np.where(inverted[:, None, None], np.float32(1.0) - grays, grays)
+    grays = np.where(_dark_ink(grays)[:, None, None], np.float32(1.0) - grays, grays)
     # Subtracting a smooth local background copes with vignetting and uneven lighting in photos.
     ink = grays - _background(grays)
     # A strided sample estimates the residual noise (MAD) as well as every pixel would, far faster.

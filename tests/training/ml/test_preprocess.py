@@ -203,3 +203,21 @@ def test_bilinear_weights_reproduce_pillows_bilinear_resize(size_in, size_out):
     expected = np.asarray(Image.fromarray(pixels).resize((size_out, size_out), Image.Resampling.BILINEAR))
     weights = _bilinear_weights(size_in, size_out)
     np.testing.assert_allclose(weights @ pixels @ weights.T, expected, atol=1e-6)
+
+
+def test_dark_ink_on_paper_darker_than_mid_grey_is_still_read_as_the_ink():
+    # A dim indoor photo: the paper itself is dark grey.
+    _same(preprocess(_digit(ink=20, paper=115)), preprocess(_digit(ink=255, paper=0)), atol=0.05)
+
+
+def test_light_chalk_on_a_board_lighter_than_mid_grey_is_still_read_as_the_ink():
+    _same(preprocess(_digit(ink=250, paper=150)), preprocess(_digit(ink=255, paper=0)), atol=0.05)
+
+
+def test_a_photo_with_transparent_margins_gives_the_digit_not_the_photos_outline():
+    photo = _digit(mode="RGBA", ink=(30, 30, 30, 255), paper=(235, 235, 235, 255))
+    # Rotated in an editor: the corners it uncovers are transparent.
+    rotated = photo.rotate(8, resample=Image.Resampling.BILINEAR, expand=True)
+    assert rotated.getchannel("A").getextrema()[0] == 0
+    straight = _digit(ink=30, paper=235).rotate(8, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=235)
+    _same(preprocess(rotated), preprocess(straight), atol=0.05)
