@@ -56,3 +56,48 @@ def test_a_prediction_round_trips_through_a_real_worker_on_the_embedded_filesyst
     assert prediction.status == Prediction.Status.DONE, worker.log()[-3000:]
     assert prediction.digit == label
     assert "filesystem" in worker.log()
+
+
+def _compose_queues() -> set[str]:
+    """Every queue some compose worker consumes (``-Q a,b``)."""
+    import re
+
+    from tests.processes import REPO
+
+    compose = (REPO / "docker-compose.yml").read_text()
+    return {queue for found in re.findall(r"celery -A mnistsite worker -Q ([\w,]+)", compose) for queue in found.split(",")}
+
+
+def test_every_scheduled_task_exists_and_is_routed_to_a_queue_a_deployed_worker_takes():
+    app.loader.import_default_modules()
+    consumed = _compose_queues()
+    assert consumed >= {"inference", "training"}
+    for entry in app.conf.beat_schedule.values():
+        assert entry["task"] in app.tasks, entry["task"]
+        assert app.amqp.router.route(entry.get("options", {}), entry["task"])["queue"].name in consumed, entry["task"]
+
+
+@pytest.mark.worker
+def test_the_sweeper_sent_as_beat_sends_it_gets_a_never_published_prediction_computed(
+    transactional_db, active_checkpoint, celery_worker_process, user, mnist_image
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from classifier import services
+    from classifier.models import Prediction
+
+    image, label = mnist_image(0)
+    upload = services.upload_create(owner=user, file=io.BytesIO(png_bytes(image)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # as if the broker had been down
+    Prediction.objects.filter(pk=prediction.pk).update(created_at=timezone.now() - dt.timedelta(minutes=5))
+
+    entry = app.conf.beat_schedule["sweep-pending-predictions"]
+    app.send_task(entry["task"], **entry["options"])
+    deadline = time.monotonic() + 60
+    while prediction.status != Prediction.Status.DONE and time.monotonic() < deadline:
+        time.sleep(0.2)
+        prediction.refresh_from_db()
+    assert prediction.status == Prediction.Status.DONE, celery_worker_process.log()[-3000:]
+    assert prediction.digit == label
