@@ -396,6 +396,7 @@ def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_che
     first, _ = make_checkpoint()
     second, _ = make_checkpoint()
     first_active = threading.Event()
+    second_waited = threading.Event()
     errors = []
 
     def activate_first_and_hold():
@@ -403,8 +404,18 @@ def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_che
             with transaction.atomic():
                 services.checkpoint_activate(checkpoint=first)
                 first_active.set()
-                # Still uncommitted while the second activation starts: the moment the two used to collide.
-                time.sleep(1.0)
+                # Still uncommitted while the second activation starts, the moment the two used to collide, and
+                # until the second is seen waiting for this one.
+                deadline = time.monotonic() + 30
+                while not second_waited.is_set() and time.monotonic() < deadline:
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                            "WHERE NOT l.granted AND d.datname = current_database()"
+                        )
+                        if cursor.fetchone()[0]:
+                            second_waited.set()
+                    time.sleep(0.02)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -417,4 +428,5 @@ def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_che
     services.checkpoint_activate(checkpoint=second)
     holder.join(30)
     assert errors == []
+    assert second_waited.is_set()
     assert list(Checkpoint.objects.filter(is_active=True)) == [second]
