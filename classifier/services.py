@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from PIL import Image
 
@@ -31,6 +32,10 @@ def _running_stale_after() -> dt.timedelta:
 
 class UploadStorageError(Exception):
     """The image files could not be written (a full disk, an unmounted volume); nothing was stored."""
+
+
+class ModelUnavailableError(Exception):
+    """This worker cannot load the active checkpoint; the predictions it claimed were handed back."""
 
 
 class PredictionFeedbackError(ValueError):
@@ -311,8 +316,8 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
         except Exception as exc:
-            if _is_transient(exc):
-                # Handing the claims back lets the task's retry (or a redelivery) claim them again at once.
+            if _is_transient(exc) or isinstance(exc, ModelUnavailableError):
+                # Handing the claims back lets another worker, the task's retry or a redelivery claim them again.
                 _predictions_release(prediction_ids=[prediction.pk for prediction in batch])
             raise
         ours = [prediction for prediction in results if prediction.pk in remaining]
@@ -338,10 +343,10 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
     except Exception as exc:
         if _is_transient(exc):
             raise
-        logger.exception("could not load the active checkpoint")
-        # Users see this text; the reason (file paths, hashes) is for the worker's log only.
-        error = "The model could not be loaded; an administrator can find out why in the worker's log."
-        return _predictions_save([_prediction_fail(prediction=p, error=error) for p in predictions])
+        # This worker's fault (a volume not mounted on its host, a damaged copy, a GPU error), not the images':
+        # failing the batch would fail other people's predictions that a healthy worker can compute.
+        logger.exception("could not load checkpoint %s; handing the predictions back", checkpoint_id)
+        raise ModelUnavailableError(f"checkpoint {checkpoint_id} could not be loaded in this worker") from exc
 
     readable: list[Prediction] = []
 
@@ -417,10 +422,10 @@ def _is_transient(exc: Exception) -> bool:
 
 
 def _predictions_release(*, prediction_ids: list[int]) -> None:
-    """Hand claimed predictions back so that the task's retry can claim them again."""
+    """Hand claimed predictions back, their claim not counted as an attempt: the images were not at fault."""
     try:
         Prediction.objects.filter(pk__in=prediction_ids, status=Prediction.Status.RUNNING).update(
-            status=Prediction.Status.PENDING, started_at=None
+            status=Prediction.Status.PENDING, started_at=None, attempts=Greatest(F("attempts") - 1, 0)
         )
     except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
         logger.warning("could not release predictions %s", prediction_ids, exc_info=True)

@@ -158,15 +158,19 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
             cursor.execute(_results_update_notify_sql(), [ids, claims, *columns, Prediction.Status.RUNNING, notify_channel])
             row = cursor.fetchone()
         return set(row[0]) if row else set()
+    table = _quote(Prediction._meta.db_table)
     assignments = ", ".join(f"{_quote(field.column)} = %s" for field in fields)
-    sql = f"UPDATE {_quote(Prediction._meta.db_table)} SET {assignments} WHERE id = %s AND status = %s AND attempts = %s"
-    stored = set()
+    running = Prediction.Status.RUNNING
     with transaction.atomic(), connection.cursor() as cursor:
-        for *values, pk, attempts in zip(*columns, ids, claims):
-            cursor.execute(sql, [*values, pk, Prediction.Status.RUNNING, attempts])
-            if cursor.rowcount:
-                stored.add(pk)
-    return stored
+        # SQLite runs one writer at a time: the claims still held now are the rows the guarded UPDATE changes.
+        cursor.execute(f"SELECT id, attempts FROM {table} WHERE id IN ({_placeholders(ids)}) AND status = %s",
+                       [*ids, running])
+        held = set(cursor.fetchall())
+        cursor.executemany(
+            f"UPDATE {table} SET {assignments} WHERE id = %s AND status = %s AND attempts = %s",
+            [[*values, pk, running, attempts] for *values, pk, attempts in zip(*columns, ids, claims)],
+        )
+    return {pk for pk, attempts in zip(ids, claims) if (pk, attempts) in held}
 
 
 def _result_fields() -> list[Field]:

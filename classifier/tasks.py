@@ -6,6 +6,9 @@ from classifier import services
 
 # Database hiccups are worth retrying; anything else is a bug or a bad image, recorded on the prediction.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# A worker that cannot load the model handed its claims back; healthy workers take them meanwhile, and once its
+# retries run out the sweeper sends them again.
+WORKER_ERRORS = (services.ModelUnavailableError,)
 
 
 @shared_task(
@@ -14,7 +17,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
     reject_on_worker_lost=True,
     soft_time_limit=30,
     time_limit=60,
-    autoretry_for=TRANSIENT_ERRORS,
+    autoretry_for=TRANSIENT_ERRORS + WORKER_ERRORS,
     retry_backoff=True,
     retry_backoff_max=30,
     max_retries=5,
