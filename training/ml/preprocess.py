@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from .data import normalize
 
@@ -25,6 +26,18 @@ MIN_CONTRAST = 0.12
 # The share of pixels at either extreme that stands for the ink when telling dark ink from light: a thin
 # stroke across a large picture still covers more than this.
 INK_QUANTILE = 0.001
+# Sorting out the pieces of ink (``_digit_only``): a piece at least this long, relative to the picture's longer
+# side, may be the digit (shorter ones are specks); a piece inking less than this share of its box is a frame
+# when it boxes a digit-sized piece in; a piece within this share of the digit's longer side belongs to it.
+DIGIT_MIN_EXTENT = 0.15
+# A piece touching an edge of the picture along at least this share of it is a band of background.
+EDGE_BAND = 0.5
+FRAME_MAX_FILL = 0.3
+NEAR_DIGIT = 0.2
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+# The same, for a stack of masks: pieces never join across images.
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = True
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
 
@@ -229,6 +242,72 @@ def _digit_masks(inks: np.ndarray) -> np.ndarray:
     return mask & (support >= 3)
 
 
+def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ink and mask of the digit alone, without what a photo puts around it.
+
+    The mask's connected pieces are sorted out: bands along the picture's edge
+    (a desk beside the paper, a shadow) go when another digit-sized piece is
+    left; a sparse piece boxing a digit-sized one in (a drawn frame, a form's
+    cell) goes; of the rest, the piece with the most ink and those near it (a
+    broken stroke) stay, and specks further off go. A lone piece, the usual
+    case, is left as it is.
+    """
+    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    if count <= 1:
+        return ink, mask
+    h, w = mask.shape
+    flat = labels.ravel()
+    mass = np.bincount(flat, weights=ink.ravel(), minlength=count + 1)[1:]
+    area = np.bincount(flat, minlength=count + 1)[1:]
+    boxes = np.array([(r.start, r.stop, c.start, c.stop) for r, c in ndimage.find_objects(labels)])
+    top, bottom, left, right = boxes.T
+    extent = np.maximum(bottom - top, right - left)
+    wide, tall = right - left >= EDGE_BAND * w, bottom - top >= EDGE_BAND * h
+    band = ((top == 0) | (bottom == h)) & wide | ((left == 0) | (right == w)) & tall
+    digit_sized = extent >= DIGIT_MIN_EXTENT * max(h, w)
+    keep = np.ones(count, dtype=bool)
+    if (digit_sized & ~band).any():
+        keep &= ~band
+    sparse = area < FRAME_MAX_FILL * (bottom - top) * (right - left)
+    for outer in np.flatnonzero(keep & digit_sized & sparse):
+        t, b, l, r = boxes[outer]
+        inside = (top > t) & (bottom < b) & (left > l) & (right < r)
+        if not (inside & keep & digit_sized).any():
+            continue
+        # A frame is a ring: nothing of it in the middle of its box, where a digit's strokes cross.
+        dy, dx = (b - t) // 4, (r - l) // 4
+        if not (labels[t + dy : b - dy, l + dx : r - dx] == outer + 1).any():
+            keep[outer] = False
+    if not keep.any():
+        return ink, mask
+    main = int(np.argmax(np.where(keep, mass, -1.0)))
+    margin = max(2.0, NEAR_DIGIT * extent[main])
+    # Grown piece by piece, so that a stroke broken into several pieces stays whole.
+    near = np.zeros(count, dtype=bool)
+    near[main] = True
+    while True:
+        t, b, l, r = top[near].min(), bottom[near].max(), left[near].min(), right[near].max()
+        grown = keep & (bottom > t - margin) & (top < b + margin) & (right > l - margin) & (left < r + margin)
+        if (grown == near).all():
+            break
+        near = grown
+    keep = near
+    if keep.all():
+        return ink, mask
+    kept = np.concatenate([[False], keep])[labels]
+    # The faint fringe around a removed piece goes with it; the digit's own pixels never do.
+    removed = ndimage.binary_dilation(mask & ~kept, structure=_EIGHT_NEIGHBOURS) & ~kept
+    return np.where(removed, np.float32(0.0), ink), kept
+
+
+def _piece_counts(masks: np.ndarray) -> np.ndarray:
+    """How many connected pieces each of N masks has, labelled in one call for the whole batch."""
+    labels, _ = ndimage.label(masks, structure=_IN_PLANE)
+    # Labels run in scan order, image after image: each image's highest label counts every piece up to it.
+    highest = np.maximum.accumulate(labels.reshape(len(masks), -1).max(axis=1))
+    return np.diff(highest, prepend=0)
+
+
 def _digit_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
@@ -293,10 +372,13 @@ def preprocess_batch(images: Iterable[Image.Image]) -> list[np.ndarray | Excepti
     for members in by_shape.values():
         inks, inked = _ink_maps(np.stack([gray for _, gray in members]))
         masks = _digit_masks(inks)
-        for (index, _), ink, mask, has_ink in zip(members, inks, masks, inked, strict=True):
+        pieces = _piece_counts(masks)
+        for (index, _), ink, mask, has_ink, count in zip(members, inks, masks, inked, pieces, strict=True):
             try:
                 if not has_ink:
                     raise EmptyImageError("no ink found: the image is blank or has too little contrast")
+                if count > 1:
+                    ink, mask = _digit_only(ink, mask)
                 top, bottom, left, right = _digit_bbox(mask)
                 results[index] = _centre_by_mass(_fit_box(np.ascontiguousarray(ink[top:bottom, left:right])))
             except Exception as exc:  # noqa: BLE001 - as above

@@ -221,3 +221,56 @@ def test_a_photo_with_transparent_margins_gives_the_digit_not_the_photos_outline
     assert rotated.getchannel("A").getextrema()[0] == 0
     straight = _digit(ink=30, paper=235).rotate(8, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=235)
     _same(preprocess(rotated), preprocess(straight), atol=0.05)
+
+
+def _photo(draw_extra) -> Image.Image:
+    """A dark "7" on light paper, 400 px, with whatever ``draw_extra`` adds around it."""
+    image = _digit(size=(400, 400), ink=30, paper=235, box=(120, 60, 280, 340), width=20)
+    draw_extra(ImageDraw.Draw(image))
+    return image
+
+
+def _clean_photo() -> np.ndarray:
+    return preprocess(_photo(lambda draw: None))
+
+
+def test_specks_of_dust_far_from_the_digit_do_not_shrink_it():
+    def dust(draw):
+        for x, y in ((20, 25), (370, 360), (375, 30)):
+            draw.rectangle([x, y, x + 5, y + 5], fill=60)
+
+    _same(preprocess(_photo(dust)), _clean_photo(), atol=0.05)
+
+
+def test_a_frame_drawn_around_the_digit_is_left_out():
+    _same(preprocess(_photo(lambda draw: draw.rectangle([8, 8, 391, 391], outline=30, width=8))), _clean_photo(),
+          atol=0.05)
+
+
+def test_a_dark_band_along_the_edge_of_the_photo_is_left_out():
+    # The desk beside the sheet of paper.
+    _same(preprocess(_photo(lambda draw: draw.rectangle([0, 0, 55, 399], fill=50))), _clean_photo(), atol=0.05)
+
+
+def test_a_digit_drawn_in_separate_strokes_stays_whole():
+    broken = _digit(size=(200, 200), box=(60, 30, 140, 170), width=10)
+    # Gaps where the bar meets the stem and halfway down the stem: three pieces, the bar the smallest.
+    ImageDraw.Draw(broken).rectangle([120, 20, 150, 45], fill=255)
+    ImageDraw.Draw(broken).rectangle([90, 95, 120, 105], fill=255)
+    out = preprocess(broken)
+    inked_rows = np.flatnonzero(out.max(axis=1) > 0.5)
+    # The bar is still on top: a stem alone would start with a row a stroke wide.
+    assert (out[inked_rows[0]] > 0.5).sum() >= 6
+    assert inked_rows[-1] - inked_rows[0] + 1 >= 19
+
+
+def test_pieces_are_counted_image_by_image_in_one_call():
+    from scipy import ndimage
+
+    from training.ml.preprocess import _EIGHT_NEIGHBOURS, _piece_counts
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 30, 30)) > 0.9
+    masks[2] = False  # an image without any piece
+    expected = [ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)[1] for mask in masks]
+    assert _piece_counts(masks).tolist() == expected
