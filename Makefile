@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install data run test bench bench-train bench-inference bench-serve bench-concurrency bench-load bench-profile samples clean
+.PHONY: install data run test bench bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load bench-profile samples clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ run: install
 test: data
 	$(PY) -m pytest
 
-bench: bench-train bench-inference bench-serve bench-concurrency bench-load
+bench: bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load
 
 bench-train: data
 	$(PY) benchmarks/bench_train.py
 
 bench-inference: data
 	$(PY) benchmarks/bench_inference.py
+
+# ARGS="--checkpoint FILE" adds the model's accuracy in each scene.
+bench-preprocess: data
+	$(PY) benchmarks/bench_preprocess.py $(ARGS)
 
 bench-serve: data
 	$(PY) benchmarks/bench_serve.py

@@ -264,6 +264,8 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     extent = np.maximum(bottom - top, right - left)
     wide, tall = right - left >= EDGE_BAND * w, bottom - top >= EDGE_BAND * h
     band = ((top == 0) | (bottom == h)) & wide | ((left == 0) | (right == w)) & tall
+    # Squared paper's lines are one piece reaching every edge, through the digit itself: not a band to remove.
+    band &= ~((top == 0) & (bottom == h) & (left == 0) & (right == w))
     digit_sized = extent >= DIGIT_MIN_EXTENT * max(h, w)
     keep = np.ones(count, dtype=bool)
     if (digit_sized & ~band).any():

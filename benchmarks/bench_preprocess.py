@@ -1,0 +1,162 @@
+"""`make bench-preprocess`: MNIST test digits photographed in hard conditions, through the upload pipeline (JSON).
+
+Each digit is drawn as dark ink on a 400-pixel sheet of paper, then the sheet
+is changed the way real photos are: specks of dust, a frame drawn around the
+digit, the desk showing along one edge, dim light, ruled or squared paper, a
+hard shadow, transparent margins from a rotation in an editor, and chalk on a
+grey board. Without a model it measures how close each scene's 28x28 model
+input comes to the same digit's on clean paper (``same_as_clean``: the share
+within a mean absolute difference of 0.05; for the transparent margins, the
+same rotation on paper) and how many are refused as blank;
+with ``--checkpoint FILE`` (and its sha256, printed by the admin) it also gives
+the model's accuracy in each scene.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from training.ml.checkpoints import load_checkpoint  # noqa: E402
+from training.ml.data import load_split  # noqa: E402
+from training.ml.preprocess import preprocess_batch, to_tensor  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
+SIDE = 400
+PAPER, INK = 235.0, 30.0
+SAME = 0.05
+
+
+def _ink_alpha(digit: np.ndarray) -> np.ndarray:
+    """The 28x28 digit as the ink's coverage of a 280-pixel square in the middle of the sheet."""
+    alpha = np.zeros((SIDE, SIDE), dtype=np.float32)
+    big = Image.fromarray(digit).resize((280, 280), Image.Resampling.BILINEAR)
+    alpha[60:340, 60:340] = np.asarray(big, dtype=np.float32) / 255.0
+    return alpha
+
+
+def _sheet(alpha: np.ndarray, paper: np.ndarray | float = PAPER, ink: float = INK, *, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0.0, 2.0, alpha.shape)
+    return np.clip(paper * (1.0 - alpha) + ink * alpha + noise, 0, 255)
+
+
+def _gray(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def _paper(draw: Callable[[np.ndarray], None]) -> np.ndarray:
+    paper = np.full((SIDE, SIDE), PAPER, dtype=np.float32)
+    draw(paper)
+    return paper
+
+
+def _dust(alpha: np.ndarray) -> np.ndarray:
+    specked = alpha.copy()
+    for y, x in ((20, 25), (372, 362), (375, 30)):
+        specked[y : y + 5, x : x + 5] = np.maximum(specked[y : y + 5, x : x + 5], 0.7)
+    return specked
+
+
+def _frame(paper: np.ndarray) -> None:
+    paper[8:16, 8:392] = paper[384:392, 8:392] = paper[8:392, 8:16] = paper[8:392, 384:392] = INK
+
+
+def _desk(paper: np.ndarray) -> None:
+    paper[:, :55] = 50
+
+
+def _ruled(paper: np.ndarray) -> None:
+    paper[15::40, :] = paper[16::40, :] = 195
+
+
+def _squared(paper: np.ndarray) -> None:
+    paper[:, 0::25] = paper[:, 1::25] = 170
+    paper[0::25, :] = paper[1::25, :] = 170
+
+
+def _shadowed(pixels: np.ndarray) -> np.ndarray:
+    rows, cols = np.mgrid[0:SIDE, 0:SIDE]
+    return np.where(rows + cols > 480, pixels * 0.6, pixels)
+
+
+def _rotated(pixels: np.ndarray) -> Image.Image:
+    return _gray(pixels).rotate(8, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=int(PAPER))
+
+
+def _transparent_margins(pixels: np.ndarray) -> Image.Image:
+    # The same rotation in an editor that leaves the uncovered corners transparent.
+    rgba = _gray(pixels).convert("RGBA")
+    return rgba.rotate(8, resample=Image.Resampling.BILINEAR, expand=True)
+
+
+SCENES: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
+    "clean": lambda a, s: _gray(_sheet(a, seed=s)),
+    "dust": lambda a, s: _gray(_sheet(_dust(a), seed=s)),
+    "frame": lambda a, s: _gray(_sheet(a, _paper(_frame), seed=s)),
+    "desk_along_an_edge": lambda a, s: _gray(_sheet(a, _paper(_desk), seed=s)),
+    "dim_light": lambda a, s: _gray(_sheet(a, 115.0, 20.0, seed=s)),
+    "ruled_paper": lambda a, s: _gray(_sheet(a, _paper(_ruled), seed=s)),
+    "squared_paper": lambda a, s: _gray(_sheet(a, _paper(_squared), seed=s)),
+    "hard_shadow": lambda a, s: _gray(_shadowed(_sheet(a, seed=s))),
+    "rotated": lambda a, s: _rotated(_sheet(a, seed=s)),
+    "transparent_margins": lambda a, s: _transparent_margins(_sheet(a, seed=s)),
+    "chalk_on_grey": lambda a, s: _gray(_sheet(a, 150.0, 250.0, seed=s)),
+}
+
+# A scene compared with another than the clean one: the digit itself is turned.
+REFERENCES = {"rotated": "rotated", "transparent_margins": "rotated"}
+
+
+def _model(path: Path | None, sha256: str | None) -> torch.nn.Module | None:
+    if path is None:
+        return None
+    model, _ = load_checkpoint(path, expected_sha256=sha256 or hashlib.sha256(path.read_bytes()).hexdigest())
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200, help="MNIST test digits per scene")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file, for accuracy")
+    parser.add_argument("--sha256", default=None, help="the checkpoint's sha256 (default: computed here)")
+    args = parser.parse_args()
+
+    test = load_split(DATA_DIR, split="test").subset(args.count)
+    digits, labels = test.images.numpy(), np.asarray(test.labels.tolist())
+    alphas = [_ink_alpha(digit) for digit in digits]
+    model = _model(args.checkpoint, args.sha256)
+    inputs = {name: preprocess_batch(scene(alpha, seed) for seed, alpha in enumerate(alphas))
+              for name, scene in SCENES.items()}
+    report = {"digits": len(digits), "checkpoint": str(args.checkpoint) if args.checkpoint else None, "scenes": {}}
+    for name, outputs in inputs.items():
+        reference = inputs[REFERENCES.get(name, "clean")]
+        read = [i for i, out in enumerate(outputs) if not isinstance(out, Exception)]
+        differences = [
+            float(np.abs(outputs[i] - reference[i]).mean()) for i in read if not isinstance(reference[i], Exception)
+        ]
+        scene = {
+            "refused": len(digits) - len(read),
+            "same_as_clean": round(sum(d < SAME for d in differences) / len(digits), 3),
+            "mean_abs_difference": round(float(np.mean(differences)), 4) if differences else None,
+        }
+        if model is not None and read:
+            with torch.inference_mode():
+                predicted = model(to_tensor(np.stack([outputs[i] for i in read]))).argmax(1).numpy()
+            scene["accuracy"] = round(int((predicted == labels[read]).sum()) / len(digits), 3)
+        report["scenes"][name] = scene
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
