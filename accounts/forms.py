@@ -1,4 +1,5 @@
-"""The sign-up form: Django's, with the names the site uses for its own accounts kept back."""
+"""Account forms: sign-up (with the site's own names kept back) and confirming an account's deletion."""
+from django import forms
 from django.contrib.auth.forms import UserCreationForm
 from django.core.exceptions import ValidationError
 
@@ -12,3 +13,19 @@ class SignupForm(UserCreationForm):
         if username.casefold() in RESERVED_USERNAMES:
             raise ValidationError("This name is reserved for the site itself; choose another.", code="reserved")
         return username
+
+
+class AccountDeleteForm(forms.Form):
+    password = forms.CharField(
+        label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
+    )
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise ValidationError("That is not your password.", code="wrong_password")
+        return password

@@ -1,7 +1,9 @@
-"""Account writes: the demo account, and counting failed log-ins to stop password guessing."""
+"""Account writes: the demo account, API tokens, deleting an account, and counting failed log-ins."""
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import transaction
+from rest_framework.authtoken.models import Token
 
 LOCKOUT_THRESHOLD = getattr(settings, "LOGIN_FAILURE_LIMIT", 5)
 LOCKOUT_SECONDS = getattr(settings, "LOGIN_LOCKOUT_SECONDS", 300)
@@ -52,3 +54,31 @@ def demo_user_ensure(*, username: str, password: str):
     user.set_password(password)
     user.save()
     return user, created
+
+
+class AccountDeleteError(Exception):
+    """This account cannot be deleted from its own page."""
+
+
+def api_token_regenerate(*, user) -> Token:
+    """A new API token for ``user``; the one before, if any, stops working at once."""
+    with transaction.atomic():
+        Token.objects.filter(user=user).delete()
+        return Token.objects.create(user=user)
+
+
+def api_token_revoke(*, user) -> bool:
+    """Delete ``user``'s API token; True when there was one."""
+    deleted, _ = Token.objects.filter(user=user).delete()
+    return bool(deleted)
+
+
+def account_delete(*, user) -> None:
+    """Delete the account with its uploads, predictions and token; the image files go once that commits.
+
+    A superuser cannot: the site would risk losing its last administrator, so
+    another one must do it in the admin.
+    """
+    if user.is_superuser:
+        raise AccountDeleteError("An administrator's account is deleted by another administrator, in the admin.")
+    user.delete()

@@ -1,4 +1,4 @@
-"""Routes for sign-up, log-in and log-out."""
+"""Routes for sign-up, log-in, log-out and the account page (password, API token, deletion)."""
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
@@ -8,4 +8,8 @@ urlpatterns = [
     path("login/", views.ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", views.signup, name="signup"),
+    path("", views.account, name="account"),
+    path("password/", views.AccountPasswordChangeView.as_view(), name="password_change"),
+    path("token/", views.account_token, name="account_token"),
+    path("delete/", views.account_delete, name="account_delete"),
 ]

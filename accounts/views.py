@@ -1,18 +1,20 @@
-"""Sign-up (a few accounts an hour per address) and a log-in view that slows down password guessing."""
+"""Sign-up (a few accounts an hour per address), log-in that slows down guessing, and the account page."""
 import math
 import time
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_not_required
-from django.contrib.auth.views import LoginView
+from django.contrib.auth.views import LoginView, PasswordChangeView
+from django.urls import reverse_lazy
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from accounts.backends import client_address
-from accounts.forms import SignupForm
+from accounts import selectors, services
+from accounts.forms import AccountDeleteForm, SignupForm
 from accounts.services import login_attempt_allowed
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
@@ -67,3 +69,57 @@ def _signup_allowance_take(request: HttpRequest) -> float | None:
         key=f"throttle_signups_{client_address(request)}", now=time.time(), cost=period / count, period=period
     )
     return retry_after if retry_after > TOLERANCE_S else None
+
+
+def _account_page(request: HttpRequest, *, new_token: str | None = None, delete_form=None, status: int = 200):
+    context = {
+        "token": selectors.api_token_get_for_user(user=request.user),
+        # Shown once, in the answer to the request that made it; never kept in the session or a message.
+        "new_token": new_token,
+        "delete_form": delete_form or AccountDeleteForm(user=request.user),
+    }
+    return render(request, "registration/account.html", context, status=status)
+
+
+@require_http_methods(["GET"])
+def account(request: HttpRequest) -> HttpResponse:
+    return _account_page(request)
+
+
+@require_http_methods(["POST"])
+def account_token(request: HttpRequest) -> HttpResponse:
+    if request.POST.get("action") == "revoke":
+        if services.api_token_revoke(user=request.user):
+            messages.success(request, "Your API token was revoked; requests with it are refused from now on.")
+        return redirect("account")
+    token = services.api_token_regenerate(user=request.user)
+    response = _account_page(request, new_token=token.key)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_http_methods(["POST"])
+def account_delete(request: HttpRequest) -> HttpResponse:
+    form = AccountDeleteForm(request.POST, user=request.user)
+    if not form.is_valid():
+        return _account_page(request, delete_form=form, status=400)
+    user = request.user
+    try:
+        services.account_delete(user=user)
+    except services.AccountDeleteError as exc:
+        form.add_error(None, str(exc))
+        return _account_page(request, delete_form=form, status=400)
+    logout(request)
+    messages.success(request, "Your account, your images and their predictions were deleted.")
+    return redirect("login")
+
+
+class AccountPasswordChangeView(PasswordChangeView):
+    """Django's password change (which keeps this session signed in), back to the account page."""
+
+    template_name = "registration/password_change.html"
+    success_url = reverse_lazy("account")
+
+    def form_valid(self, form):
+        messages.success(self.request, "Your password was changed.")
+        return super().form_valid(form)

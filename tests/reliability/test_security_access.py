@@ -99,6 +99,10 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
         "feedback": (reverse("classifier:prediction_feedback", args=[prediction.pk]), {"digit": "3"}),
         "delete": (reverse("classifier:upload_delete", args=[upload.pk]), {}),
         "logout": (reverse("logout"), {}),
+        "password": (reverse("password_change"), {"old_password": "correct horse battery",
+                                                  "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"}),
+        "token": (reverse("account_token"), {"action": "create"}),
+        "account": (reverse("account_delete"), {"password": "correct horse battery"}),
     }
     for what, (url, data) in posts.items():
         assert csrf_client.post(url, data).status_code == 403, what
@@ -118,6 +122,10 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
     assert Upload.objects.count() == 1 and Prediction.objects.get(pk=prediction.pk).feedback is None
     assert get_user_model().objects.filter(username="mallory").count() == 0
     assert csrf_client.get("/").status_code == 200
+    from rest_framework.authtoken.models import Token
+
+    assert get_user_model().objects.get(username="alice").check_password("correct horse battery")
+    assert not Token.objects.filter(user__username="alice").exists()
 
     # Control: with the token, the same upload goes through, so the 403s above were CSRF and nothing else.
     csrf_client.get("/")

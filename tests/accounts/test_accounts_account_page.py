@@ -1,0 +1,88 @@
+"""The account page: changing the password, the API token and deleting the account."""
+import io
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from rest_framework.authtoken.models import Token
+
+from classifier import services as classifier_services
+from classifier.models import Upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def signed_in(client, user):
+    client.force_login(user)
+    return client
+
+
+def _api_status(key: str) -> int:
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return api.get("/api/v1/predictions/").status_code
+
+
+def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user):
+    made = signed_in.post("/accounts/token/", {"action": "create"})
+    assert made.status_code == 200 and made["Cache-Control"] == "no-store"
+    key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
+    assert _api_status(key) == 200
+    # Later visits say there is a token, never what it is.
+    assert key not in signed_in.get("/accounts/").content.decode()
+
+
+def test_replacing_the_token_stops_the_old_one_and_revoking_stops_it_altogether(signed_in, user):
+    old = Token.objects.create(user=user).key
+    signed_in.post("/accounts/token/", {"action": "create"})
+    new = Token.objects.get(user=user).key
+    assert new != old and _api_status(old) == 401 and _api_status(new) == 200
+
+    assert signed_in.post("/accounts/token/", {"action": "revoke"}).status_code == 302
+    assert not Token.objects.filter(user=user).exists() and _api_status(new) == 401
+
+
+def test_changing_the_password_keeps_this_session_and_needs_the_old_one(signed_in, user, client):
+    wrong = signed_in.post("/accounts/password/", {"old_password": "nope", "new_password1": "a-New-pass-482",
+                                                  "new_password2": "a-New-pass-482"})
+    assert wrong.status_code == 200 and "incorrectly" in wrong.content.decode()
+    changed = signed_in.post("/accounts/password/", {"old_password": "correct horse battery",
+                                                    "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"})
+    assert changed.status_code == 302 and changed["Location"] == "/accounts/"
+    assert signed_in.get("/accounts/").status_code == 200  # still signed in
+    user.refresh_from_db()
+    assert user.check_password("a-New-pass-482")
+
+
+def test_deleting_the_account_needs_the_password_then_removes_it_with_its_images(
+    signed_in, user, digit_png, django_capture_on_commit_callbacks
+):
+    upload = classifier_services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    stored = Path(settings.MEDIA_ROOT) / upload.image.name
+    Token.objects.create(user=user)
+
+    refused = signed_in.post("/accounts/delete/", {"password": "guess"})
+    assert refused.status_code == 400 and "not your password" in refused.content.decode()
+    assert type(user).objects.filter(pk=user.pk).exists() and stored.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):  # the files go once the deletion commits
+        deleted = signed_in.post("/accounts/delete/", {"password": "correct horse battery"})
+    assert deleted.status_code == 302 and deleted["Location"] == "/accounts/login/"
+    assert not type(user).objects.filter(pk=user.pk).exists()
+    assert not Upload.objects.exists() and not Token.objects.exists() and not stored.exists()
+    assert signed_in.get("/").status_code == 302  # signed out
+
+
+def test_an_administrator_cannot_delete_their_own_account_from_this_page(client, staff_user):
+    client.force_login(staff_user)
+    refused = client.post("/accounts/delete/", {"password": "correct horse battery"})
+    assert refused.status_code == 400 and "another administrator" in refused.content.decode()
+    assert type(staff_user).objects.filter(pk=staff_user.pk).exists()
+
+
+def test_every_page_links_to_the_account_page_once_signed_in(signed_in):
+    assert 'href="/accounts/"' in signed_in.get("/history/").content.decode()
