@@ -103,6 +103,8 @@ def _upload_files_write(
     try:
         for image in images:
             uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
+        if hasattr(default_storage, "folders_sync"):
+            default_storage.folders_sync([upload.image.name for upload in uploads])
     except BaseException as exc:
         _files_delete([upload.image.name for upload in uploads])
         if isinstance(exc, OSError):

@@ -1,4 +1,4 @@
-"""Media storage: Django's file system storage, with new in-memory files written in one open, write and close."""
+"""Media storage: Django's file system storage, new in-memory files written in one open, write, fsync and close."""
 from __future__ import annotations
 
 import io
@@ -43,6 +43,8 @@ class MediaStorage(FileSystemStorage):
             view = data
             while view:
                 view = view[os.write(fd, view) :]
+            # The row naming this file commits (durably) right after: the file must not be lost in a crash then.
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(full_path)
@@ -50,3 +52,12 @@ class MediaStorage(FileSystemStorage):
         os.close(fd)
         self._ensure_location_group_id(full_path)
         return name.replace("\\", "/")
+
+    def folders_sync(self, names: list[str]) -> None:
+        """Make these new files' names durable: a file's own fsync does not cover its folder's entry for it."""
+        for folder in {os.path.dirname(self.path(name)) for name in names}:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

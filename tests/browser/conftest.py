@@ -29,8 +29,13 @@ def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url)
     page = context.new_page()
     page.set_default_timeout(20_000)
+    # Anything the site's Content-Security-Policy blocked would be a broken page: every test checks for it.
+    blocked = []
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
+            else None)
     yield page
     context.close()
+    assert blocked == []
 
 
 @pytest.fixture
