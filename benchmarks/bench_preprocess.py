@@ -3,8 +3,8 @@
 Each digit is drawn as dark ink on a 400-pixel sheet of paper, then the sheet
 is changed the way real photos are: specks of dust, a frame drawn around the
 digit, the desk showing along one edge, dim light, ruled or squared paper, a
-hard shadow, transparent margins from a rotation in an editor, and chalk on a
-grey board. Without a model it measures how close each scene's 28x28 model
+hard shadow, uneven light, transparent margins from a rotation in an editor,
+and chalk on a grey board. Without a model it measures how close each scene's 28x28 model
 input comes to the same digit's on clean paper (``same_as_clean``: the share
 within a mean absolute difference of 0.05; for the transparent margins, the
 same rotation on paper) and how many are refused as blank;
@@ -94,6 +94,13 @@ def _rotated(pixels: np.ndarray) -> Image.Image:
     return _gray(pixels).rotate(8, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=int(PAPER))
 
 
+def _vignetted(pixels: np.ndarray) -> np.ndarray:
+    # A phone's lens and a lamp off to one side: darker corners, and light falling off across the sheet.
+    rows, cols = np.mgrid[0:SIDE, 0:SIDE] / (SIDE - 1)
+    corners = 1.0 - 0.3 * ((rows - 0.5) ** 2 + (cols - 0.5) ** 2) * 2
+    return pixels * corners * (1.0 - 0.25 * cols)
+
+
 def _transparent_margins(pixels: np.ndarray) -> Image.Image:
     # The same rotation in an editor that leaves the uncovered corners transparent.
     rgba = _gray(pixels).convert("RGBA")
@@ -109,6 +116,7 @@ SCENES: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "ruled_paper": lambda a, s: _gray(_sheet(a, _paper(_ruled), seed=s)),
     "squared_paper": lambda a, s: _gray(_sheet(a, _paper(_squared), seed=s)),
     "hard_shadow": lambda a, s: _gray(_shadowed(_sheet(a, seed=s))),
+    "uneven_light": lambda a, s: _gray(_vignetted(_sheet(a, seed=s))),
     "rotated": lambda a, s: _rotated(_sheet(a, seed=s)),
     "transparent_margins": lambda a, s: _transparent_margins(_sheet(a, seed=s)),
     "chalk_on_grey": lambda a, s: _gray(_sheet(a, 150.0, 250.0, seed=s)),

@@ -11,8 +11,6 @@ from PIL import Image, ImageDraw
 from training.ml.data import MNIST_MEAN, MNIST_STD
 from training.ml.preprocess import (
     EmptyImageError,
-    _bilinear_weights,
-    _pad_edge,
     _quantile,
     preprocess,
     preprocess_batch,
@@ -148,13 +146,6 @@ def test_the_fast_quantile_matches_numpy_to_the_last_bit(shape, axis, q):
     np.testing.assert_array_equal(_quantile(values, q, axis=axis), np.quantile(values, q, axis=axis))
 
 
-@pytest.mark.parametrize("before,after", [((1, 1), (1, 1)), ((0, 0), (3, 2)), ((0, 0), (0, 0))])
-def test_edge_padding_matches_numpy(before, after):
-    values = np.arange(20, dtype=np.float32).reshape(4, 5)
-    expected = np.pad(values, ((before[0], after[0]), (before[1], after[1])), mode="edge")
-    np.testing.assert_array_equal(_pad_edge(values, before, after), expected)
-
-
 def test_a_mixed_batch_gives_each_image_what_it_gets_alone_and_failures_in_place():
     blank = Image.new("L", (200, 200), 255)
     transparent = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
@@ -195,14 +186,6 @@ def test_a_batch_read_from_a_generator_holds_no_earlier_picture_while_the_next_i
     batch = preprocess_batch(pictures())
     assert len(batch) == len(makers) and isinstance(batch[1], EmptyImageError)
     np.testing.assert_array_equal(batch[2], preprocess(_digit()))
-
-
-@pytest.mark.parametrize(("size_in", "size_out"), [(7, 28), (4, 17), (13, 96), (30, 7), (1, 5)])
-def test_bilinear_weights_reproduce_pillows_bilinear_resize(size_in, size_out):
-    pixels = np.random.default_rng(size_in).random((size_in, size_in), dtype=np.float32)
-    expected = np.asarray(Image.fromarray(pixels).resize((size_out, size_out), Image.Resampling.BILINEAR))
-    weights = _bilinear_weights(size_in, size_out)
-    np.testing.assert_allclose(weights @ pixels @ weights.T, expected, atol=1e-6)
 
 
 def test_dark_ink_on_paper_darker_than_mid_grey_is_still_read_as_the_ink():
