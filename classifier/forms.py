@@ -54,6 +54,9 @@ class UploadForm(forms.Form):
         cleaned = super().clean()
         if not cleaned.get("files") and not cleaned.get("canvas") and not self.errors:
             raise forms.ValidationError("Choose at least one image, or draw a digit.")
+        if cleaned.get("files") and cleaned.get("canvas"):
+            # The page's two forms never send both; taking one and dropping the other would lose an upload unsaid.
+            raise forms.ValidationError("Send either image files or a drawing, not both at once.")
         return cleaned
 
     def submissions(self) -> tuple[list[tuple[object, str | None]], str]:

@@ -71,8 +71,9 @@ class Prediction(models.Model):
     FINISHED = (Status.DONE, Status.FAILED)
 
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions")
+    # Which model gave each answer is history: a checkpoint that made predictions cannot be deleted.
     checkpoint = models.ForeignKey(
-        "training.Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
+        "training.Checkpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="predictions"
     )
     # Indexed only with created_at (Meta.indexes): each status change rewrites the row's entry in every index.
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)

@@ -8,6 +8,8 @@ os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "10")
 os.environ.setdefault("TORCH_DEVICE", "cpu")
 # Each test sees the state it set up; the reuse has a test of its own.
 os.environ.setdefault("READYZ_CACHE_SECONDS", "0")
+# A database of Redis apart from the one `make run` uses (0): the tests purge the queues they use.
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from mnistsite.settings.base import *  # noqa: E402,F403

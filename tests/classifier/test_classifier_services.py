@@ -345,3 +345,14 @@ def test_a_batch_costs_one_statement_to_claim_and_one_to_store_once_the_model_is
     # batch row by row in one executemany, in a transaction (here a savepoint inside the test's own transaction).
     assert len(queries) == (2 if connection.vendor == "postgresql" else 5)
     assert all(p.checkpoint_id == active_checkpoint.pk for p in Prediction.objects.filter(pk__in=ids))
+
+
+def test_a_checkpoint_that_made_predictions_cannot_be_deleted(user, digit_png, active_checkpoint):
+    from django.db.models import ProtectedError
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    services.predictions_execute(prediction_ids=[prediction.pk])
+    with pytest.raises(ProtectedError):
+        active_checkpoint.delete()
+    assert Prediction.objects.get(pk=prediction.pk).checkpoint_id == active_checkpoint.pk

@@ -116,6 +116,13 @@ def test_a_drawing_from_the_canvas_is_uploaded(alice, mnist_image):
     assert Upload.objects.get().source == "canvas"
 
 
+def test_files_and_a_drawing_in_one_post_are_refused_rather_than_one_dropped(alice, digit_png):
+    data_url = "data:image/png;base64," + base64.b64encode(digit_png(1)).decode()
+    response = alice.post("/", {"canvas": data_url, "files": [_file(digit_png(0), "a.png")]})
+    assert response.status_code == 400 and "not both" in response.content.decode()
+    assert not Upload.objects.exists()
+
+
 def test_an_empty_canvas_shows_a_clear_message_and_stores_nothing(alice):
     from PIL import Image
 
