@@ -18,25 +18,23 @@ def _run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_production_settings_pass_the_deploy_check_at_warning_level():
-    result = _run_manage(
+def _deploy_check(**env: str) -> subprocess.CompletedProcess:
+    return _run_manage(
         "check", "--deploy", "--fail-level", "WARNING",
         DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
         SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
         ALLOWED_HOSTS="digits.example.com",
-        CACHE_URL="rediscache://127.0.0.1:6379/1",
+        **env,
     )
+
+
+def test_production_settings_pass_the_deploy_check_at_warning_level():
+    result = _deploy_check(CACHE_URL="rediscache://127.0.0.1:6379/1")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_deploy_check_warns_when_lockouts_and_throttles_would_count_per_process():
-    result = _run_manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
-        SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
-        ALLOWED_HOSTS="digits.example.com",
-        CACHE_URL="locmemcache://",
-    )
+    result = _deploy_check(CACHE_URL="locmemcache://")
     assert result.returncode != 0
     assert "accounts.W001" in result.stderr and "CACHE_URL" in result.stderr
 

@@ -28,10 +28,10 @@ MIN_CONTRAST = 0.12
 # stroke across a large picture still covers more than this.
 INK_QUANTILE = 0.001
 # Sorting out the pieces of ink (``_digit_only``): a piece at least this long, relative to the picture's longer
-# side, may be the digit (shorter ones are specks); a piece inking less than this share of its box is a frame
-# when it boxes a digit-sized piece in; a piece within this share of the digit's longer side belongs to it.
+# side, may be the digit (shorter ones are specks); a piece touching an edge along at least this share of it is a
+# band of background; a piece inking less than this share of its box is a frame when it boxes a digit-sized piece
+# in; a piece within this share of the digit's longer side belongs to it.
 DIGIT_MIN_EXTENT = 0.15
-# A piece touching an edge of the picture along at least this share of it is a band of background.
 EDGE_BAND = 0.5
 FRAME_MAX_FILL = 0.3
 NEAR_DIGIT = 0.2
