@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from django.core.files.utils import validate_file_name
@@ -44,7 +45,8 @@ class MediaStorage(FileSystemStorage):
             while view:
                 view = view[os.write(fd, view) :]
             # The row naming this file commits (durably) right after: the file must not be lost in a crash then.
-            os.fsync(fd)
+            if settings.UPLOAD_FSYNC:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(full_path)
@@ -55,6 +57,8 @@ class MediaStorage(FileSystemStorage):
 
     def folders_sync(self, names: list[str]) -> None:
         """Make these new files' names durable: a file's own fsync does not cover its folder's entry for it."""
+        if not settings.UPLOAD_FSYNC:
+            return
         for folder in {os.path.dirname(self.path(name)) for name in names}:
             fd = os.open(folder, os.O_RDONLY)
             try:
