@@ -318,9 +318,11 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
         except Exception as exc:
-            if _is_transient(exc) or isinstance(exc, ModelUnavailableError):
-                # Handing the claims back lets another worker, the task's retry or a redelivery claim them again.
-                _predictions_release(prediction_ids=[prediction.pk for prediction in batch])
+            if isinstance(exc, ModelUnavailableError):
+                _predictions_hand_back(predictions=batch)
+            elif _is_transient(exc):
+                # Handing the claims back, uncounted, lets the task's retry or a redelivery claim them at once.
+                _predictions_release(predictions=batch, uncount=True)
             raise
         ours = [prediction for prediction in results if prediction.pk in remaining]
         if not ours:
@@ -423,14 +425,42 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
-def _predictions_release(*, prediction_ids: list[int]) -> None:
-    """Hand claimed predictions back, their claim not counted as an attempt: the images were not at fault."""
+def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> None:
+    """Hand claimed predictions back to the queue, each only while it is still held by the claim that took it.
+
+    ``uncount``: the claim does not count as an attempt (the images were not at
+    fault). A claim taken over by another worker meanwhile is left alone.
+    """
+    by_claim: dict[int, list[int]] = {}
+    for prediction in predictions:
+        by_claim.setdefault(prediction.attempts, []).append(prediction.pk)
+    changes = {"status": Prediction.Status.PENDING, "started_at": None}
+    if uncount:
+        changes["attempts"] = Greatest(F("attempts") - 1, 0)
     try:
-        Prediction.objects.filter(pk__in=prediction_ids, status=Prediction.Status.RUNNING).update(
-            status=Prediction.Status.PENDING, started_at=None, attempts=Greatest(F("attempts") - 1, 0)
-        )
+        for attempts, ids in by_claim.items():
+            Prediction.objects.filter(pk__in=ids, status=Prediction.Status.RUNNING, attempts=attempts).update(**changes)
     except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
-        logger.warning("could not release predictions %s", prediction_ids, exc_info=True)
+        logger.warning("could not release predictions %s", [p.pk for p in predictions], exc_info=True)
+
+
+def _predictions_hand_back(*, predictions: list[Prediction]) -> None:
+    """After this worker could not load the model: back to the queue, for a worker that can.
+
+    Each hand-back counts as an attempt, so that when no worker can load the
+    model (its file damaged or gone everywhere) a prediction fails with a
+    message after PREDICTION_MAX_ATTEMPTS instead of waiting for ever.
+    """
+    out_of_attempts = [p for p in predictions if p.attempts >= settings.PREDICTION_MAX_ATTEMPTS]
+    if out_of_attempts:
+        # Users see this text; the reason (file paths, hashes) is in the workers' logs.
+        error = (
+            f"The model could not be loaded by the workers that took this prediction "
+            f"({settings.PREDICTION_MAX_ATTEMPTS} tries); an administrator can find out why in their logs."
+        )
+        _predictions_save([_prediction_fail(prediction=p, error=error) for p in out_of_attempts])
+    failed = {p.pk for p in out_of_attempts}
+    _predictions_release(predictions=[p for p in predictions if p.pk not in failed], uncount=False)
 
 
 def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Prediction:

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from classifier import services
+from classifier import services, statements
 from classifier.models import Prediction, Upload
 from tests.devices import DEVICES
 
@@ -171,12 +171,41 @@ def test_a_worker_that_cannot_load_the_model_hands_its_predictions_back_instead_
 
     with pytest.raises(services.ModelUnavailableError):
         services.prediction_execute(prediction_id=mine.pk)
-    # Both were claimed (one topped up the batch) and both were handed back, the claim not counted.
-    assert set(Prediction.objects.values_list("status", "attempts", "started_at")) == {("pending", 0, None)}
+    # Both were claimed (one topped up the batch) and both were handed back.
+    assert set(Prediction.objects.values_list("status", "attempts", "started_at")) == {("pending", 1, None)}
 
     model_file.write_bytes(saved)  # a healthy worker
     done = services.predictions_execute(prediction_ids=[mine.pk, someone_elses.pk])
     assert {prediction.status for prediction in done} == {"done"} and len(done) == 2
+
+
+def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_without_showing_server_paths(
+    user, digit_png, active_checkpoint, settings
+):
+    settings.PREDICTION_MAX_ATTEMPTS = 2
+    (Path(settings.CHECKPOINT_DIR) / active_checkpoint.path).unlink()  # gone for every worker
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+
+    for _ in range(2):
+        with pytest.raises(services.ModelUnavailableError):
+            services.prediction_execute(prediction_id=prediction.pk)
+    failed = Prediction.objects.get(pk=prediction.pk)
+    assert failed.status == "failed" and "could not be loaded" in failed.error
+    assert str(settings.CHECKPOINT_DIR) not in failed.error and active_checkpoint.path not in failed.error
+
+
+def test_a_late_hand_back_leaves_a_claim_that_another_worker_took_over_alone(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    now = timezone.now()
+    claim = dict(limit=5, stale_before=now - dt.timedelta(hours=1), max_attempts=3)
+    (stalled,), _ = statements.predictions_claim(prediction_ids=[prediction.pk], now=now, **claim)
+    Prediction.objects.filter(pk=prediction.pk).update(started_at=now - dt.timedelta(days=1))
+    statements.predictions_claim(prediction_ids=[prediction.pk], now=timezone.now(), **claim)  # taken over
+
+    services._predictions_release(predictions=[stalled], uncount=True)
+    assert Prediction.objects.filter(pk=prediction.pk, status="running", attempts=2).exists()
 
 
 def test_executing_twice_keeps_one_result_and_does_not_recompute(user, digit_png, active_checkpoint):

@@ -63,5 +63,11 @@ class Command(BaseCommand):
     def _predict_now(self, uploads):
         # Running here, not on a worker: nothing is published, so no broker is needed.
         predictions = services.predictions_rerun(uploads=uploads, publish=False)
-        services.predictions_execute(prediction_ids=[prediction.pk for prediction in predictions])
+        try:
+            services.predictions_execute(prediction_ids=[prediction.pk for prediction in predictions])
+        except services.ModelUnavailableError as exc:
+            raise CommandError(
+                f"The active model could not be loaded ({exc}; the log above says why). The samples are stored, "
+                "their predictions waiting: a worker computes them once a model loads."
+            ) from exc
         return predictions
