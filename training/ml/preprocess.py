@@ -212,9 +212,9 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """The ink and mask of the digit alone, without what a photo puts around it.
 
     The mask's connected pieces are sorted out: bands along the picture's edge
-    (a desk beside the paper, a shadow) go when another digit-sized piece is
-    left; a sparse piece boxing a digit-sized one in (a drawn frame, a form's
-    cell) goes; of the rest, the piece with the most ink and those near it (a
+    (a desk beside the paper) go when a smaller digit-sized piece is left; a
+    sparse, square-cornered ring boxing a digit-sized piece in (a drawn frame, a
+    form's cell) goes; of the rest, the piece with the most ink and those near it (a
     broken stroke) stay, and specks further off go. A lone piece, the usual
     case, is left as it is.
     """
@@ -234,17 +234,25 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     band &= ~((top == 0) & (bottom == h) & (left == 0) & (right == w))
     digit_sized = extent >= DIGIT_MIN_EXTENT * max(h, w)
     keep = np.ones(count, dtype=bool)
-    if (digit_sized & ~band).any():
-        keep &= ~band
+    candidates = digit_sized & ~band
+    if candidates.any():
+        # Only a band larger than any candidate digit: a tight crop's digit can touch an edge with a stroke of its
+        # own (a 7's bar), which is always the smaller piece.
+        keep &= ~(band & (area > area[candidates].max()))
     sparse = area < FRAME_MAX_FILL * (bottom - top) * (right - left)
     for outer in np.flatnonzero(keep & digit_sized & sparse):
         t, b, l, r = boxes[outer]
         inside = (top > t) & (bottom < b) & (left > l) & (right < r)
         if not (inside & keep & digit_sized).any():
             continue
-        # A frame is a ring: nothing of it in the middle of its box, where a digit's strokes cross.
+        # A frame is a ring with corners: nothing of it in the middle of its box, where a digit's strokes cross,
+        # and something of it in each corner, where a 0 (which can hold a slash) has nothing.
+        own = labels[t:b, l:r] == outer + 1
+        # An ellipse's outline stays 15% of its box's size away from each corner (along both axes).
+        cy, cx = max(1, (b - t) // 10), max(1, (r - l) // 10)
+        corners = own[:cy, :cx].any() and own[:cy, -cx:].any() and own[-cy:, :cx].any() and own[-cy:, -cx:].any()
         dy, dx = (b - t) // 4, (r - l) // 4
-        if not (labels[t + dy : b - dy, l + dx : r - dx] == outer + 1).any():
+        if corners and not own[dy : b - t - dy, dx : r - l - dx].any():
             keep[outer] = False
     if not keep.any():
         return ink, mask

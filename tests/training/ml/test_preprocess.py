@@ -257,3 +257,25 @@ def test_pieces_are_counted_image_by_image_in_one_call():
     masks[2] = False  # an image without any piece
     expected = [ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)[1] for mask in masks]
     assert _piece_counts(masks).tolist() == expected
+
+
+def test_a_tightly_cropped_digit_keeps_a_stroke_that_reaches_the_edge():
+    # A 7 whose bar, drawn apart from the stem, runs along the top edge of a tight crop.
+    seven = Image.new("L", (100, 140), 255)
+    draw = ImageDraw.Draw(seven)
+    draw.rectangle([0, 0, 99, 12], fill=0)
+    draw.line([(90, 22), (40, 128)], fill=0, width=12)
+    out = preprocess(seven)
+    inked_rows = np.flatnonzero(out.max(axis=1) > 0.5)
+    assert (out[inked_rows[0]] > 0.5).sum() >= 8  # the bar is still on top
+
+
+def test_a_zero_with_a_slash_inside_is_not_taken_for_a_frame():
+    zero = Image.new("L", (200, 200), 255)
+    draw = ImageDraw.Draw(zero)
+    draw.ellipse([40, 20, 160, 180], outline=0, width=12)
+    draw.line([(80, 140), (120, 60)], fill=0, width=10)  # the slash, inside the ring and apart from it
+    out = preprocess(zero)
+    rows, cols = np.nonzero(out > 0.3)
+    # The ring is kept: the digit still fills the 20-pixel box, and its middle column is inked at the top.
+    assert rows.max() - rows.min() + 1 >= 19 and cols.max() - cols.min() + 1 >= 13
