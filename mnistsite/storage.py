@@ -30,9 +30,31 @@ class MediaStorage(FileSystemStorage):
         ):
             try:
                 return self._create(name, content.file.getbuffer())
-            except (FileExistsError, FileNotFoundError):
+            except FileNotFoundError:
+                # A new folder (each day's first upload): made, and made durable, here, then the same fast path.
+                self._folders_make(os.path.dirname(self.path(name)))
+                try:
+                    return self._create(name, content.file.getbuffer())
+                except FileExistsError:
+                    pass
+            except FileExistsError:
                 pass
         return super().save(name, content, max_length=max_length)
+
+    def _folders_make(self, folder: str) -> None:
+        """Create ``folder`` and any parents missing, each one's entry flushed to disk in its parent."""
+        missing = []
+        while not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, self.directory_permissions_mode or 0o777)
+            except FileExistsError:
+                continue  # another request made it meanwhile
+            if self.directory_permissions_mode is not None:
+                os.chmod(path, self.directory_permissions_mode)
+            self._folder_sync(os.path.dirname(path))
 
     def _create(self, name: str, data: memoryview) -> str:
         validate_file_name(name, allow_relative_path=True)
@@ -57,11 +79,15 @@ class MediaStorage(FileSystemStorage):
 
     def folders_sync(self, names: list[str]) -> None:
         """Make these new files' names durable: a file's own fsync does not cover its folder's entry for it."""
+        for folder in {os.path.dirname(self.path(name)) for name in names}:
+            self._folder_sync(folder)
+
+    @staticmethod
+    def _folder_sync(folder: str) -> None:
         if not settings.UPLOAD_FSYNC:
             return
-        for folder in {os.path.dirname(self.path(name)) for name in names}:
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -27,6 +27,31 @@ def test_a_missing_folder_is_created(storage, tmp_path):
     assert (tmp_path / name).read_bytes() == b"png"
 
 
+def test_a_file_in_new_folders_is_flushed_with_each_new_folders_entry(storage, tmp_path, monkeypatch, settings):
+    # What is flushed, read from the descriptors handed to fsync (the flush itself is the kernel's).
+    settings.UPLOAD_FSYNC = True
+    (tmp_path / "uploads").mkdir()
+    flushed = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    name = storage.save("uploads/2026/11/26/d.png", ContentFile(b"png"))
+    storage.folders_sync([name])
+    uploads = tmp_path / "uploads"
+    assert sorted(flushed) == sorted(map(str, [
+        uploads, uploads / "2026", uploads / "2026" / "11",  # each new folder's entry, in its parent
+        uploads / "2026" / "11" / "26" / "d.png",  # the file's content
+        uploads / "2026" / "11" / "26",  # the file's entry
+    ]))
+
+
+def test_nothing_is_flushed_with_upload_fsync_off(storage, tmp_path, monkeypatch, settings):
+    settings.UPLOAD_FSYNC = False
+    flushed = []
+    monkeypatch.setattr(os, "fsync", flushed.append)
+    storage.folders_sync([storage.save("uploads/2026/11/27/e.png", ContentFile(b"png"))])
+    assert flushed == [] and (tmp_path / "uploads/2026/11/27/e.png").read_bytes() == b"png"
+
+
 def test_a_taken_name_is_never_overwritten(storage, tmp_path):
     first = storage.save("c.png", ContentFile(b"first"))
     second = storage.save("c.png", ContentFile(b"second"))
