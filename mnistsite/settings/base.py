@@ -192,6 +192,8 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 # An upload must not hang while the broker is down: the sweeper re-publishes
 # whatever could not be sent.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# How long a command to Redis (the broker, or the cache) may wait for its answer.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=5.0))
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(CELERY_BROKER_FILESYSTEM_DIR)
 else:
@@ -207,7 +209,7 @@ else:
         # Without these a broker that stops answering without closing the connection (a hung host, a failover,
         # a NAT timeout) holds every publish, and the web thread of the upload behind it, for ever. The
         # worker's blocking reads last brpop_timeout (1 s), well inside the limit.
-        "socket_timeout": env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=5.0),
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
         "socket_connect_timeout": CELERY_BROKER_CONNECTION_TIMEOUT,
     }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -279,6 +281,12 @@ SPECTACULAR_SETTINGS = {
 CACHES = {
     "default": env.cache("CACHE_URL", default="locmemcache://"),
 }
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same limit as the broker's, so one setting says how long a Redis that stops answering may hold a
+    # request (the log-in form, an upload's throttle); redis-py's own default would be 5 s whatever it says.
+    CACHES["default"].setdefault("OPTIONS", {})
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", REDIS_SOCKET_TIMEOUT)
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", CELERY_BROKER_CONNECTION_TIMEOUT)
 # Images a user may upload per period, through the pages and the API together ("600/minute"; empty: no limit).
 # API_UPLOAD_THROTTLE_RATE is its earlier name.
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))

@@ -105,3 +105,27 @@ def test_a_server_started_without_a_settings_module_gets_production_settings(mod
     with_key = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=120)
     assert with_key.stdout.split() == ["mnistsite.settings.production", "False"], with_key.stderr
+
+
+def test_a_redis_cache_that_stops_answering_fails_a_command_in_seconds_not_for_ever():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts, never answers
+    try:
+        probe = (
+            "import time; from django.core.cache import cache; started = time.monotonic()\n"
+            "try:\n    cache.get('x')\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+            "print(round(time.monotonic() - started))"
+        )
+        result = _run_manage(
+            "shell", "-c", probe, DJANGO_SETTINGS_MODULE="mnistsite.settings.dev",
+            CACHE_URL=f"rediscache://127.0.0.1:{listener.getsockname()[1]}/1", REDIS_SOCKET_TIMEOUT="1",
+        )
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stderr
+    error, seconds = result.stdout.split()[-2:]
+    # redis-py gives up after 5 s of its own; the setting makes it 1 here.
+    assert error == "TimeoutError" and int(seconds) <= 3
