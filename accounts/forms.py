@@ -1,7 +1,10 @@
-"""Account forms: sign-up (with the site's own names kept back) and confirming an account's deletion."""
+"""Account forms: sign-up (with the site's own names kept back), password change and deletion (behind the lockout)."""
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
+
+from accounts.backends import client_address
+from accounts.services import login_attempt_allowed, login_attempt_record_failure
 
 # The owner of the shipped sample sets is found by this name; whoever took it would own (and could delete) them.
 RESERVED_USERNAMES = frozenset({"samples"})
@@ -15,17 +18,44 @@ class SignupForm(UserCreationForm):
         return username
 
 
-class AccountDeleteForm(forms.Form):
+class LockoutPasswordMixin:
+    """Checks the signed-in user's password through the log-in lockout: a session is no way around it."""
+
+    request = None
+
+    def _password_matches(self, user, password: str) -> bool:
+        username, address = user.get_username(), client_address(self.request)
+        if not login_attempt_allowed(username=username, ip=address):
+            raise ValidationError("Too many wrong passwords. Try again in a few minutes.", code="locked_out")
+        if user.check_password(password):
+            return True
+        login_attempt_record_failure(username=username, ip=address)
+        return False
+
+
+class AccountDeleteForm(LockoutPasswordMixin, forms.Form):
     password = forms.CharField(
         label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
     )
 
-    def __init__(self, *args, user, **kwargs) -> None:
+    def __init__(self, *args, user, request, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.user = user
+        self.user, self.request = user, request
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]
-        if not self.user.check_password(password):
+        if not self._password_matches(self.user, password):
             raise ValidationError("That is not your password.", code="wrong_password")
         return password
+
+
+class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):
+    def __init__(self, *args, request, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        old_password = self.cleaned_data["old_password"]
+        if not self._password_matches(self.user, old_password):
+            raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        return old_password

@@ -1,4 +1,6 @@
 """Account writes: the demo account, API tokens, deleting an account, and counting failed log-ins."""
+import ipaddress
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -16,8 +18,21 @@ ADDRESS_FACTOR = 4
 ACCOUNT_FACTOR = 10
 
 
+def _address_key(ip: str) -> str:
+    """The address counted: an IPv6 client's whole /64, which one client commonly holds (and can pick from)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 4:
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
+
+
 def _limits(*, username: str, ip: str) -> dict[str, int]:
-    account = username.lower()[:150]
+    account, ip = username.lower()[:150], _address_key(ip)
     return {
         f"login-failures:pair:{account}:{ip}": LOCKOUT_THRESHOLD,
         f"login-failures:ip:{ip}": LOCKOUT_THRESHOLD * ADDRESS_FACTOR,
@@ -63,6 +78,8 @@ class AccountDeleteError(Exception):
 def api_token_regenerate(*, user) -> Token:
     """A new API token for ``user``; the one before, if any, stops working at once."""
     with transaction.atomic():
+        # Two requests at once (a double click) take turns here instead of both creating the user's one token.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
         Token.objects.filter(user=user).delete()
         return Token.objects.create(user=user)
 

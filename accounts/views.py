@@ -1,4 +1,5 @@
 """Sign-up (a few accounts an hour per address), log-in that slows down guessing, and the account page."""
+import logging
 import math
 import time
 
@@ -7,16 +8,18 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import LoginView, PasswordChangeView
-from django.urls import reverse_lazy
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse_lazy
 from django.views.decorators.http import require_http_methods
 
-from accounts.backends import client_address
 from accounts import selectors, services
-from accounts.forms import AccountDeleteForm, SignupForm
+from accounts.backends import client_address
+from accounts.forms import AccountDeleteForm, AccountPasswordChangeForm, SignupForm
 from accounts.services import login_attempt_allowed
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
+
+logger = logging.getLogger(__name__)
 
 
 class ThrottledLoginView(LoginView):
@@ -65,9 +68,13 @@ def _signup_allowance_take(request: HttpRequest) -> float | None:
     if rate is None:
         return None
     count, period = rate
-    retry_after = allowance_take(
-        key=f"throttle_signups_{client_address(request)}", now=time.time(), cost=period / count, period=period
-    )
+    try:
+        retry_after = allowance_take(
+            key=f"throttle_signups_{client_address(request)}", now=time.time(), cost=period / count, period=period
+        )
+    except Exception:  # noqa: BLE001 - as for uploads: an unreachable cache must not stop people signing up
+        logger.warning("sign-up throttle skipped: the cache is unavailable", exc_info=True)
+        return None
     return retry_after if retry_after > TOLERANCE_S else None
 
 
@@ -76,7 +83,7 @@ def _account_page(request: HttpRequest, *, new_token: str | None = None, delete_
         "token": selectors.api_token_get_for_user(user=request.user),
         # Shown once, in the answer to the request that made it; never kept in the session or a message.
         "new_token": new_token,
-        "delete_form": delete_form or AccountDeleteForm(user=request.user),
+        "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
     }
     return render(request, "registration/account.html", context, status=status)
 
@@ -100,7 +107,7 @@ def account_token(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 def account_delete(request: HttpRequest) -> HttpResponse:
-    form = AccountDeleteForm(request.POST, user=request.user)
+    form = AccountDeleteForm(request.POST, user=request.user, request=request)
     if not form.is_valid():
         return _account_page(request, delete_form=form, status=400)
     user = request.user
@@ -119,6 +126,10 @@ class AccountPasswordChangeView(PasswordChangeView):
 
     template_name = "registration/password_change.html"
     success_url = reverse_lazy("account")
+    form_class = AccountPasswordChangeForm
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
 
     def form_valid(self, form):
         messages.success(self.request, "Your password was changed.")

@@ -25,7 +25,7 @@ class ContentSecurityPolicyMiddleware:
             policy
             and "Content-Security-Policy" not in response
             and response.get("Content-Type", "").startswith("text/html")
-            and not request.path.startswith(EXEMPT_PREFIXES)
+            and not request.path_info.startswith(EXEMPT_PREFIXES)
         ):
             response["Content-Security-Policy"] = policy
         return response

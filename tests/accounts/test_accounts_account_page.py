@@ -86,3 +86,28 @@ def test_an_administrator_cannot_delete_their_own_account_from_this_page(client,
 
 def test_every_page_links_to_the_account_page_once_signed_in(signed_in):
     assert 'href="/accounts/"' in signed_in.get("/history/").content.decode()
+
+
+def test_guessing_the_password_on_the_account_page_meets_the_log_in_lockout(signed_in, user, settings):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        signed_in.post("/accounts/password/", {"old_password": "guess", "new_password1": "a-New-pass-482",
+                                              "new_password2": "a-New-pass-482"})
+    locked = signed_in.post("/accounts/delete/", {"password": "correct horse battery"})
+    assert locked.status_code == 400 and "Too many wrong passwords" in locked.content.decode()
+    assert type(user).objects.filter(pk=user.pk).exists()
+    # The log-in form counts those guesses too.
+    assert type(signed_in)().post("/accounts/login/", {"username": "alice", "password": "correct horse battery"}
+                                  ).status_code == 429
+
+
+def test_an_ipv6_client_is_counted_by_its_whole_64_block(db, django_user_model, client):
+    django_user_model.objects.create_user(username="victim", password="the-right-password-1")
+    for i in range(5):
+        type(client)(REMOTE_ADDR=f"2001:db8:0:1::{i + 1}").post(
+            "/accounts/login/", {"username": "victim", "password": f"guess{i}"})
+    neighbour = type(client)(REMOTE_ADDR="2001:db8:0:1:ffff::9")
+    assert neighbour.post("/accounts/login/", {"username": "victim", "password": "the-right-password-1"}
+                          ).status_code == 429
+    elsewhere = type(client)(REMOTE_ADDR="2001:db8:0:2::1")
+    assert elsewhere.post("/accounts/login/", {"username": "victim", "password": "the-right-password-1"}
+                          ).status_code == 302

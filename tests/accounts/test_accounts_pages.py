@@ -93,3 +93,13 @@ def test_one_address_may_create_only_so_many_accounts_an_hour(client, settings, 
     assert sign_up("fourth", "198.51.100.7").status_code == 302
     assert sign_up("", "198.51.100.7").status_code == 400
     assert sign_up("fifth", "198.51.100.7").status_code == 302
+
+
+def test_sign_up_still_works_while_the_cache_is_unreachable(client, django_user_model):
+    from django.test import override_settings
+
+    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": unreachable}):
+        response = client.post("/accounts/signup/", {"username": "carol", "password1": "x9!kQ2#vLp",
+                                                     "password2": "x9!kQ2#vLp"})
+    assert response.status_code == 302 and django_user_model.objects.filter(username="carol").exists()
