@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -23,6 +23,10 @@ from classifier.models import Prediction, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 
 logger = logging.getLogger(__name__)
+
+
+# An uploaded file no row names this long after it was written is an orphan (rows follow their files in seconds).
+ORPHANED_AFTER = dt.timedelta(hours=1)
 
 
 def _running_stale_after() -> dt.timedelta:
@@ -118,9 +122,64 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
     try:
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
         return Upload.objects.bulk_create(uploads)
-    except BaseException:
-        _files_delete([upload.image.name for upload in uploads])
+    except BaseException as exc:
+        _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc)
         raise
+
+
+def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> None:
+    """After a failed insert, delete its files, unless their rows were stored after all.
+
+    A connection lost after the server committed raises as well, and deleting
+    then would leave rows naming nothing. So after a connection error, outside
+    a transaction (inside one nothing can have been stored), a fresh connection
+    asks; if even that fails the files stay, for the orphan sweep.
+    """
+    if _is_transient(error) and not connection.in_atomic_block:
+        try:
+            connection.close()
+            stored = set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
+        except DatabaseError:
+            logger.warning("could not tell whether uploads %s were stored; the orphan sweep will decide", names)
+            return
+        names = [name for name in names if name not in stored]
+    _files_delete(names)
+
+
+def upload_files_orphaned_delete(*, now: dt.datetime | None = None) -> int:
+    """Delete uploaded files that no row names, written ORPHANED_AFTER to ORPHANED_AFTER x 4 ago; returns how many.
+
+    They come from a process killed between writing an upload's files and
+    inserting its rows, or from an insert whose outcome could not be learnt.
+    Run every ORPHANED_AFTER, the sweep sees each file about three times, and
+    only the folders of those hours (``uploads/<day>``) are listed.
+    """
+    now = now or timezone.now()
+    newest, oldest = now - ORPHANED_AFTER, now - ORPHANED_AFTER * 4
+    folders = {f"uploads/{moment:%Y/%m/%d}" for moment in (oldest, newest)}
+    candidates = []
+    for folder in sorted(folders):
+        try:
+            _, files = default_storage.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for file in files:
+            name = f"{folder}/{file}"
+            try:
+                modified = default_storage.get_modified_time(name)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            if oldest <= modified < newest:
+                candidates.append(name)
+    orphans = []
+    for start in range(0, len(candidates), 1000):
+        chunk = candidates[start : start + 1000]
+        stored = set(Upload.objects.filter(image__in=chunk).values_list("image", flat=True))
+        orphans += [name for name in chunk if name not in stored]
+    _files_delete(orphans)
+    if orphans:
+        logger.warning("deleted %s uploaded files that no upload names: %s", len(orphans), orphans[:20])
+    return len(orphans)
 
 
 def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Prediction]:
@@ -137,9 +196,8 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
         predictions = [Prediction(upload=upload, **published) for upload in uploads]
         # Rows are inserted only once every file is on disk.
         statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
-    except BaseException:
-        # No row was stored; the files are ours to remove.
-        _files_delete([upload.image.name for upload in uploads])
+    except BaseException as exc:
+        _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc)
         raise
     ids = [prediction.pk for prediction in predictions]
     transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))

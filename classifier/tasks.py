@@ -38,3 +38,16 @@ def predictions_execute(prediction_ids: list[int]) -> None:
 )
 def predictions_sweep() -> int:
     return services.predictions_sweep()
+
+
+@shared_task(
+    name="classifier.tasks.upload_files_orphaned_delete",
+    acks_late=True,
+    soft_time_limit=600,
+    time_limit=900,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=2,
+    ignore_result=True,
+)
+def upload_files_orphaned_delete() -> int:
+    return services.upload_files_orphaned_delete()

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_safe
 from kombu import Connection
 
 from mnistsite.celery import app as celery_app
-from mnistsite.metrics import metrics
+from mnistsite.metrics import metrics, scraper_authorized
 from training.selectors import checkpoint_get_active
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,14 @@ _recent = _RecentReadiness()
 @never_cache
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Database, broker, a worker and an active model: 503 when any is missing."""
+    """Database, broker, a worker and an active model: 503 when any is missing.
+
+    Anyone gets each check's verdict; the details (worker names, the active
+    checkpoint, what failed) only a scraper with METRICS_TOKEN, or anyone in DEBUG.
+    """
     result = _recent.get()
+    if not (settings.DEBUG or scraper_authorized(request)):
+        result = {"ready": result["ready"], "checks": {name: {"ok": check["ok"]} for name, check in result["checks"].items()}}
     return JsonResponse(result, status=200 if result["ready"] else 503)
 
 

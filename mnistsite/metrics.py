@@ -98,10 +98,11 @@ def _refusal_log() -> None:
         logger.warning("refused a metrics scrape without the right bearer token (repeats within a minute not logged)")
 
 
-def _authorized(request: HttpRequest) -> bool:
+def scraper_authorized(request: HttpRequest) -> bool:
+    """Whether the request carries ``Authorization: Bearer <METRICS_TOKEN>`` (never, while it is unset)."""
     scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     expected = settings.METRICS_TOKEN
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
 
 
 @never_cache
@@ -110,7 +111,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     """404 while ``METRICS_TOKEN`` is unset; 401 without ``Authorization: Bearer <METRICS_TOKEN>``."""
     if not settings.METRICS_TOKEN:
         return HttpResponseNotFound("Metrics are off: set METRICS_TOKEN to turn them on.\n", content_type=_PLAIN)
-    if not _authorized(request):
+    if not scraper_authorized(request):
         _refusal_log()
         return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})

@@ -244,6 +244,9 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-pending-predictions": {
         "task": "classifier.tasks.predictions_sweep", "schedule": 30.0, "options": {"expires": 30.0},
     },
+    "delete-orphaned-upload-files": {
+        "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
+    },
     "reap-stale-training-runs": {
         "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},
     },

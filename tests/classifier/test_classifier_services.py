@@ -385,3 +385,23 @@ def test_a_checkpoint_that_made_predictions_cannot_be_deleted(user, digit_png, a
     with pytest.raises(ProtectedError):
         active_checkpoint.delete()
     assert Prediction.objects.get(pk=prediction.pk).checkpoint_id == active_checkpoint.pk
+
+
+def test_the_orphan_sweep_deletes_only_files_no_upload_names_once_they_are_an_hour_old(user, digit_png, settings):
+    import os
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    now = timezone.now()
+    kept = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file").image.name
+    folder = f"uploads/{now:%Y/%m/%d}"
+    orphan = default_storage.save(f"{folder}/orphan.png", ContentFile(b"left by a killed process"))
+    young = default_storage.save(f"{folder}/young.png", ContentFile(b"its row is about to be inserted"))
+    for name, age in ((kept, 2), (orphan, 2), (young, 0.1)):
+        moment = (now - dt.timedelta(hours=age)).timestamp()
+        os.utime(default_storage.path(name), (moment, moment))
+
+    assert services.upload_files_orphaned_delete(now=now) == 1
+    assert not default_storage.exists(orphan)
+    assert default_storage.exists(kept) and default_storage.exists(young)

@@ -16,6 +16,16 @@ def test_health_probes_answer_head_requests_as_uptime_monitors_send_them(client,
     assert response.status_code in (200, 503) and response.content == b""
 
 
+TOKEN = "a-scrapers-token-of-at-least-32-characters-0123"
+
+
+@pytest.fixture
+def scraper(client, settings):
+    settings.METRICS_TOKEN = TOKEN
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
+
+
 @pytest.mark.django_db
 def test_readyz_is_503_without_a_worker_or_an_active_model(client):
     response = client.get("/readyz")
@@ -27,16 +37,21 @@ def test_readyz_is_503_without_a_worker_or_an_active_model(client):
 
 
 @pytest.mark.django_db
-def test_readyz_reports_the_broker_down_when_nothing_listens(client, settings):
+def test_readyz_tells_anyone_each_verdict_and_only_the_scraper_the_details(client, settings, scraper):
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
-    response = client.get("/readyz")
-    assert response.status_code == 503
-    # Public: the kind of failure, not the message that names hosts and ports.
-    assert response.json()["checks"]["broker"] == {"ok": False, "error": "OperationalError"}
+    detailed = scraper.get("/readyz")
+    assert detailed.status_code == 503
+    # Even then the kind of failure, not the message that names hosts and ports.
+    assert detailed.json()["checks"]["broker"] == {"ok": False, "error": "OperationalError"}
+    del client.defaults["HTTP_AUTHORIZATION"]
+    anonymous = client.get("/readyz")
+    assert anonymous.status_code == 503
+    assert anonymous.json()["checks"] == {name: {"ok": check["ok"]} for name, check in detailed.json()["checks"].items()}
 
 
 @pytest.mark.worker
-def test_readyz_is_200_with_database_broker_worker_and_active_model(client, celery_worker_process, active_checkpoint):
+def test_readyz_is_200_with_database_broker_worker_and_active_model(scraper, celery_worker_process, active_checkpoint):
+    client = scraper
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
