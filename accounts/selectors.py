@@ -1,6 +1,58 @@
-"""Account reads: a user's API token."""
-from rest_framework.authtoken.models import Token
+"""Account reads: a user's API token, and the user behind a presented key."""
+from __future__ import annotations
+
+import functools
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from accounts.models import ApiToken, api_token_digest
 
 
-def api_token_get_for_user(*, user) -> Token | None:
-    return Token.objects.filter(user=user).first()
+def api_token_get_for_user(*, user) -> ApiToken | None:
+    return ApiToken.objects.filter(user=user).first()
+
+
+@functools.cache
+def _token_user_sql() -> str:
+    quote = connection.ops.quote_name
+    user_model = get_user_model()
+    user_table, token_table = quote(user_model._meta.db_table), quote(ApiToken._meta.db_table)
+    columns = {name: quote(ApiToken._meta.get_field(name).column) for name in ("id", "user", "prefix", "created_at", "digest")}
+    return (
+        f"SELECT u.*, t.{columns['id']} AS token_id, t.{columns['prefix']} AS token_prefix, "
+        f"t.{columns['created_at']} AS token_created_at FROM {user_table} u "
+        f"JOIN {token_table} t ON t.{columns['user']} = u.{quote(user_model._meta.pk.column)} "
+        f"WHERE t.{columns['digest']} = %s"
+    )
+
+
+def api_token_with_user_get(*, key: str) -> ApiToken | None:
+    """The API token with this key and its user (active or not, expired or not), or None.
+
+    Every API request asks this. A hand-written statement costs half of what
+    the ORM's ``select_related`` lookup does, nearly all of that in compiling it.
+    """
+    digest = api_token_digest(key)
+    found = list(get_user_model().objects.raw(_token_user_sql(), [digest]))
+    if not found:
+        return None
+    user = found[0]
+    token = ApiToken(
+        id=user.token_id,
+        user=user,
+        digest=digest,
+        prefix=user.token_prefix,
+        created_at=_converted(ApiToken._meta.get_field("created_at"), user.token_created_at),
+    )
+    # Loaded, not new: saving it would update the stored row.
+    token._state.adding, token._state.db = False, user._state.db
+    return token
+
+
+def _converted(field, value):
+    # A raw query converts the model's own columns only; an extra one gets the database's conversions here.
+    column = field.get_col(field.model._meta.db_table)
+    for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
+        value = converter(value, column, connection)
+    return value

@@ -1,11 +1,14 @@
 """Account writes: the demo account, API tokens, deleting an account, and counting failed log-ins."""
 import ipaddress
+import secrets
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
+
+from accounts.models import ApiToken, api_token_digest
 
 LOCKOUT_THRESHOLD = getattr(settings, "LOGIN_FAILURE_LIMIT", 5)
 LOCKOUT_SECONDS = getattr(settings, "LOGIN_LOCKOUT_SECONDS", 300)
@@ -75,18 +78,26 @@ class AccountDeleteError(Exception):
     """This account cannot be deleted from its own page."""
 
 
-def api_token_regenerate(*, user) -> Token:
-    """A new API token for ``user``; the one before, if any, stops working at once."""
+def api_token_create(*, user) -> tuple[ApiToken, str]:
+    """A new API token for ``user`` and its key; the token before, if any, stops working at once.
+
+    Only the key's digest is stored: the caller shows the key once, and nobody,
+    staff included, can read it back.
+    """
+    key = secrets.token_hex(20)
     with transaction.atomic():
         # Two requests at once (a double click) take turns here instead of both creating the user's one token.
         get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-        Token.objects.filter(user=user).delete()
-        return Token.objects.create(user=user)
+        ApiToken.objects.filter(user=user).delete()
+        token = ApiToken.objects.create(
+            user=user, digest=api_token_digest(key), prefix=key[: ApiToken.PREFIX_LENGTH], created_at=timezone.now()
+        )
+    return token, key
 
 
 def api_token_revoke(*, user) -> bool:
     """Delete ``user``'s API token; True when there was one."""
-    deleted, _ = Token.objects.filter(user=user).delete()
+    deleted, _ = ApiToken.objects.filter(user=user).delete()
     return bool(deleted)
 
 

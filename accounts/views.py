@@ -99,8 +99,8 @@ def account_token(request: HttpRequest) -> HttpResponse:
         if services.api_token_revoke(user=request.user):
             messages.success(request, "Your API token was revoked; requests with it are refused from now on.")
         return redirect("account")
-    token = services.api_token_regenerate(user=request.user)
-    response = _account_page(request, new_token=token.key)
+    _, key = services.api_token_create(user=request.user)
+    response = _account_page(request, new_token=key)
     response["Cache-Control"] = "no-store"
     return response
 

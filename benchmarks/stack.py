@@ -132,7 +132,7 @@ def running_stack(
     manage(env, "migrate", "--noinput")
     # One argument: a generated password may start with "-", which argparse would take for an option.
     manage(env, "ensure_demo_user", "--username", "bench", f"--password={secrets.token_urlsafe(16)}")
-    token = manage(env, "drf_create_token", "bench").split()[2]
+    token = manage(env, "api_token_create", "bench").strip()
     # Serving cost does not depend on how well the weights were trained, so a short run will do.
     manage(env, "train", "--sync", "--activate", "--subset", "2000", "--epochs", "1")
     processes = [

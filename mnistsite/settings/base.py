@@ -34,7 +34,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "accounts",
@@ -267,6 +266,11 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
 }
+# Days an API token works after it was made; 0: until it is replaced or revoked. Applies to tokens made before
+# a change too, since it is counted from each token's creation.
+API_TOKEN_MAX_AGE_DAYS = env.int("API_TOKEN_MAX_AGE_DAYS", default=365)
+if API_TOKEN_MAX_AGE_DAYS < 0:
+    raise ImproperlyConfigured("API_TOKEN_MAX_AGE_DAYS must be 0 (no expiry) or a number of days.")
 SPECTACULAR_SETTINGS = {
     "TITLE": "mnistsite API",
     "DESCRIPTION": "Handwritten digit recognition: uploads, predictions and training.",

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 
+from accounts.models import ApiToken
+from accounts.services import api_token_create
 from classifier import services as classifier_services
 from classifier.models import Upload
 
@@ -37,13 +38,13 @@ def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user
 
 
 def test_replacing_the_token_stops_the_old_one_and_revoking_stops_it_altogether(signed_in, user):
-    old = Token.objects.create(user=user).key
-    signed_in.post("/accounts/token/", {"action": "create"})
-    new = Token.objects.get(user=user).key
+    _, old = api_token_create(user=user)
+    made = signed_in.post("/accounts/token/", {"action": "create"})
+    new = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
     assert new != old and _api_status(old) == 401 and _api_status(new) == 200
 
     assert signed_in.post("/accounts/token/", {"action": "revoke"}).status_code == 302
-    assert not Token.objects.filter(user=user).exists() and _api_status(new) == 401
+    assert not ApiToken.objects.filter(user=user).exists() and _api_status(new) == 401
 
 
 def test_changing_the_password_keeps_this_session_and_needs_the_old_one(signed_in, user, client):
@@ -63,7 +64,7 @@ def test_deleting_the_account_needs_the_password_then_removes_it_with_its_images
 ):
     upload = classifier_services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     stored = Path(settings.MEDIA_ROOT) / upload.image.name
-    Token.objects.create(user=user)
+    api_token_create(user=user)
 
     refused = signed_in.post("/accounts/delete/", {"password": "guess"})
     assert refused.status_code == 400 and "not your password" in refused.content.decode()
@@ -73,7 +74,7 @@ def test_deleting_the_account_needs_the_password_then_removes_it_with_its_images
         deleted = signed_in.post("/accounts/delete/", {"password": "correct horse battery"})
     assert deleted.status_code == 302 and deleted["Location"] == "/accounts/login/"
     assert not type(user).objects.filter(pk=user.pk).exists()
-    assert not Upload.objects.exists() and not Token.objects.exists() and not stored.exists()
+    assert not Upload.objects.exists() and not ApiToken.objects.exists() and not stored.exists()
     assert signed_in.get("/").status_code == 302  # signed out
 
 

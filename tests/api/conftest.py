@@ -8,11 +8,11 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 from PIL import Image, ImageDraw
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from classifier import services as classifier_services
 from classifier.models import Prediction, Upload
+from accounts.services import api_token_create
 from tests.training.conftest import make_checkpoint  # noqa: F401
 
 
@@ -52,8 +52,8 @@ def api_client() -> APIClient:
 
 def client_for(user) -> APIClient:
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _, key = api_token_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 

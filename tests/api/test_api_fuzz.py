@@ -9,9 +9,9 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from accounts.services import api_token_create
 from classifier.models import Upload
 
 
@@ -37,7 +37,7 @@ def staff_token_headers(staff_user, make_prediction, make_checkpoint) -> dict:
     # Staff reach every endpoint; a few real objects give the generated ids something to hit.
     make_prediction(owner=staff_user, done=True)
     make_checkpoint(activate=True)
-    return {"Authorization": f"Token {Token.objects.create(user=staff_user).key}"}
+    return {"Authorization": f"Token {api_token_create(user=staff_user)[1]}"}
 
 
 @schema.parametrize()

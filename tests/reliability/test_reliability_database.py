@@ -61,13 +61,13 @@ def test_an_upload_during_a_database_failure_answers_503_and_stores_neither_file
 def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelope(
     client, user, digit_png, settings, database_dies_on_upload_insert
 ):
-    from rest_framework.authtoken.models import Token
+    from accounts.services import api_token_create
 
-    token = Token.objects.create(user=user)
+    _, key = api_token_create(user=user)
     response = client.post(
         "/api/v1/predictions/",
         {"images": [SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")]},
-        headers={"Authorization": f"Token {token.key}"},
+        headers={"Authorization": f"Token {key}"},
     )
 
     assert response.status_code == 503
@@ -86,9 +86,9 @@ def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_wha
     import time
 
     from django.db import connections
-    from rest_framework.authtoken.models import Token
+    from accounts.services import api_token_create
 
-    token = Token.objects.create(user=user)
+    _, key = api_token_create(user=user)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (request_backend,) = cursor.fetchone()
@@ -109,7 +109,7 @@ def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_wha
     response = client.post(
         "/api/v1/predictions/?wait=10",
         {"image": SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")},
-        headers={"Authorization": f"Token {token.key}"},
+        headers={"Authorization": f"Token {key}"},
     )
     killer.join()
 

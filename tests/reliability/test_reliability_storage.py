@@ -15,17 +15,17 @@ def storage_unwritable(settings, tmp_path):
 
 @pytest.mark.django_db
 def test_an_upload_the_storage_cannot_take_answers_503_and_stores_no_row(client, user, digit_png, storage_unwritable):
-    from rest_framework.authtoken.models import Token
+    from accounts.services import api_token_create
 
     client.force_login(user)
     page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
     assert page.status_code == 503 and b"nothing was stored" in page.content
 
-    token = Token.objects.create(user=user)
+    _, key = api_token_create(user=user)
     api = client.post(
         "/api/v1/predictions/",
         {"image": SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")},
-        headers={"Authorization": f"Token {token.key}"},
+        headers={"Authorization": f"Token {key}"},
     )
     assert api.status_code == 503 and api.json()["error"]["code"] == "service_unavailable"
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0

@@ -122,10 +122,10 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
     assert Upload.objects.count() == 1 and Prediction.objects.get(pk=prediction.pk).feedback is None
     assert get_user_model().objects.filter(username="mallory").count() == 0
     assert csrf_client.get("/").status_code == 200
-    from rest_framework.authtoken.models import Token
+    from accounts.models import ApiToken
 
     assert get_user_model().objects.get(username="alice").check_password("correct horse battery")
-    assert not Token.objects.filter(user__username="alice").exists()
+    assert not ApiToken.objects.filter(user__username="alice").exists()
 
     # Control: with the token, the same upload goes through, so the 403s above were CSRF and nothing else.
     csrf_client.get("/")

@@ -1,0 +1,41 @@
+"""Tokens made before keys were stored as digests keep working; their plain keys are then deleted."""
+import datetime as dt
+import hashlib
+
+from django.db import migrations
+from django.utils.dateparse import parse_datetime
+
+# The table of rest_framework.authtoken, which earlier versions used: read and dropped by name, since that app is
+# no longer installed.
+PLAIN_TABLE = "authtoken_token"
+
+
+def _aware(moment):
+    # SQLite hands the column back as text in UTC.
+    if isinstance(moment, str):
+        moment = parse_datetime(moment)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def tokens_from_plain_keys(apps, schema_editor):
+    connection = schema_editor.connection
+    if PLAIN_TABLE not in connection.introspection.table_names():
+        return
+    ApiToken = apps.get_model("accounts", "ApiToken")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(map(connection.ops.quote_name, ('key', 'user_id', 'created')))} "
+                       f"FROM {connection.ops.quote_name(PLAIN_TABLE)}")
+        rows = cursor.fetchall()
+    ApiToken.objects.bulk_create(
+        ApiToken(user_id=user_id, digest=hashlib.sha256(key.encode()).hexdigest(), prefix=key[:8],
+                 created_at=_aware(created))
+        for key, user_id, created in rows
+    )
+    schema_editor.execute(f"DROP TABLE {connection.ops.quote_name(PLAIN_TABLE)}")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("accounts", "0001_initial")]
+
+    # Going back leaves the digests: the plain keys are gone, and their owners make new tokens.
+    operations = [migrations.RunPython(tokens_from_plain_keys, migrations.RunPython.noop)]
