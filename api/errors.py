@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from classifier.services import UploadStorageError
+from classifier.services import StorageFullError, UploadStorageError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ def validation_error_response(error: DjangoValidationError, *, field: str | None
                     status=status_code)
 
 
+STORAGE_FULL_MESSAGE = "The server is short of storage space and nothing was stored; try again later."
+
+
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The service is temporarily unavailable and nothing was stored; try again shortly."
@@ -108,6 +111,8 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.ParseError("Too many form fields were sent.", code="too_many_fields")
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be understood.", code="bad_request")
+    if isinstance(exc, StorageFullError):
+        return ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full")
     if isinstance(exc, (DatabaseError, UploadStorageError)):
         # The service layer has already removed any file it wrote, so a retry is safe.
         return ServiceUnavailable()

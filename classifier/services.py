@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import math
+import time
 from collections.abc import Iterator
 from typing import IO
 
@@ -36,6 +38,10 @@ def _running_stale_after() -> dt.timedelta:
 
 class UploadStorageError(Exception):
     """The image files could not be written (a full disk, an unmounted volume); nothing was stored."""
+
+
+class StorageFullError(UploadStorageError):
+    """Storing the images would leave less than UPLOAD_MIN_FREE_MB free on the media volume; nothing was stored."""
 
 
 class ModelUnavailableError(Exception):
@@ -103,6 +109,7 @@ def _upload_files_write(
     label: int | None = None,
 ) -> list[Upload]:
     """Unsaved uploads whose files are written; if one cannot be written, none stays on disk."""
+    _storage_headroom_check(needed=sum(len(image.content) for image in images))
     uploads: list[Upload] = []
     try:
         for image in images:
@@ -116,6 +123,27 @@ def _upload_files_write(
             raise UploadStorageError("The images could not be stored.") from exc
         raise
     return uploads
+
+
+# A full disk refuses every upload until someone makes room: said in the log once a minute, not once an upload.
+STORAGE_FULL_LOG_EVERY_S = 60.0
+_storage_full_logged = [-math.inf]
+
+
+def _storage_headroom_check(*, needed: int) -> None:
+    free_bytes = getattr(default_storage, "free_bytes", None)
+    if free_bytes is None:
+        return
+    left = free_bytes() - needed
+    if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024:
+        return
+    if time.monotonic() - _storage_full_logged[0] >= STORAGE_FULL_LOG_EVERY_S:
+        _storage_full_logged[0] = time.monotonic()
+        logger.error(
+            "uploads refused: storing them would leave %.0f MB free on the media volume, under UPLOAD_MIN_FREE_MB=%s",
+            left / 2**20, settings.UPLOAD_MIN_FREE_MB,
+        )
+    raise StorageFullError("The server is short of storage space.")
 
 
 def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:

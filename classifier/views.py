@@ -49,6 +49,11 @@ def upload(request: HttpRequest) -> HttpResponse:
                 # The services removed any file they had written; say so instead of a bare 500 page.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
+            except services.StorageFullError:
+                return _service_unavailable(
+                    request, form, message="The server is short of storage space and nothing was stored. Please try "
+                    "again later."
+                )
             except services.UploadStorageError:
                 return _service_unavailable(request, form)
             else:
@@ -77,13 +82,18 @@ def upload(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _service_unavailable(request: HttpRequest, form: UploadForm) -> HttpResponse:
+def _service_unavailable(
+    request: HttpRequest,
+    form: UploadForm,
+    *,
+    message: str = "The service is temporarily unavailable and nothing was stored. Please try again in a minute.",
+) -> HttpResponse:
     response = render(
         request,
         "classifier/upload.html",
         {
             "form": form,
-            "errors": ["The service is temporarily unavailable and nothing was stored. Please try again in a minute."],
+            "errors": [message],
             "max_files": settings.UPLOAD_MAX_FILES,
             "max_bytes": settings.UPLOAD_MAX_BYTES,
             "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -81,6 +82,11 @@ def metrics_text(*, now: dt.datetime) -> str:
         *_family("mnistsite_active_checkpoint_test_accuracy",
                  "MNIST test accuracy of the active checkpoint; absent when none is active.",
                  [({}, active.test_accuracy)] if active and active.test_accuracy is not None else []),
+        *_family("mnistsite_media_free_bytes",
+                 "Free space on the uploads' volume; uploads are refused below mnistsite_media_min_free_bytes.",
+                 [({}, default_storage.free_bytes())] if hasattr(default_storage, "free_bytes") else []),
+        *_family("mnistsite_media_min_free_bytes", "UPLOAD_MIN_FREE_MB, in bytes.",
+                 [({}, settings.UPLOAD_MIN_FREE_MB * 2**20)]),
     ]
     return "\n".join(lines) + "\n"
 

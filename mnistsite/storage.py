@@ -77,6 +77,14 @@ class MediaStorage(FileSystemStorage):
         self._ensure_location_group_id(full_path)
         return name.replace("\\", "/")
 
+    def free_bytes(self) -> int:
+        """Space left for an unprivileged writer on the volume holding the storage's root (or its nearest parent)."""
+        folder = os.path.abspath(self.location)
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        stats = os.statvfs(folder)
+        return stats.f_bavail * stats.f_frsize
+
     def folders_sync(self, names: list[str]) -> None:
         """Make these new files' names durable: a file's own fsync does not cover its folder's entry for it."""
         for folder in {os.path.dirname(self.path(name)) for name in names}:

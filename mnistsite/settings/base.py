@@ -134,6 +134,9 @@ MEDIA_URL = "/media-not-served/"
 # cannot leave a row naming a file that is not there. About a tenth of bench-serve's throughput on this machine's
 # disk; off only where the storage itself guarantees durability (battery-backed caches, some network volumes).
 UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
+# Uploads are refused (nothing stored) while storing them would leave less than this free on the media volume:
+# PostgreSQL, often on the same disk, stops for good when it cannot write its log, so it keeps room to work.
+UPLOAD_MIN_FREE_MB = env.int("UPLOAD_MIN_FREE_MB", default=1024)
 STORAGES = {
     "default": {"BACKEND": "mnistsite.storage.MediaStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

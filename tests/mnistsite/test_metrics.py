@@ -2,6 +2,7 @@
 import datetime as dt
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,7 +60,7 @@ def test_a_scraper_without_the_right_bearer_token_gets_401(client, metrics_on, a
     assert b"mnistsite_" not in response.content
 
 
-def test_metrics_report_the_queue_recent_latencies_training_runs_and_the_active_model(client, metrics_on, upload):
+def test_metrics_report_the_queue_recent_latencies_training_runs_the_active_model_and_free_space(client, metrics_on, upload):
     now = timezone.now()
     _prediction(upload, status="pending", created_at=now - dt.timedelta(seconds=42))
     _prediction(upload, status="pending", created_at=now - dt.timedelta(seconds=3))
@@ -102,6 +103,8 @@ def test_metrics_report_the_queue_recent_latencies_training_runs_and_the_active_
     assert samples[("mnistsite_active_checkpoint_info",
                     (("architecture", "cnn"), ("checkpoint", str(checkpoint.pk))))] == 1
     assert samples[("mnistsite_active_checkpoint_test_accuracy", ())] == 0.9954
+    assert samples[("mnistsite_media_free_bytes", ())] > 0
+    assert samples[("mnistsite_media_min_free_bytes", ())] == settings.UPLOAD_MIN_FREE_MB * 2**20
 
 
 def test_an_idle_service_reports_zeros_and_no_latency_figures_rather_than_failing():

@@ -70,3 +70,11 @@ def test_a_name_escaping_the_storage_root_is_refused(storage, tmp_path, name):
 def test_text_content_takes_the_generic_path(storage, tmp_path):
     name = storage.save("d.txt", ContentFile("text"))
     assert (tmp_path / name).read_text() == "text"
+
+
+def test_free_space_is_read_from_the_nearest_existing_folder(tmp_path):
+    stats = os.statvfs(tmp_path)
+    free = MediaStorage(location=tmp_path / "not" / "made" / "yet").free_bytes()
+
+    # Other writers share the disk: the two readings are close, not equal.
+    assert abs(free - stats.f_bavail * stats.f_frsize) < 256 * 2**20

@@ -29,3 +29,33 @@ def test_an_upload_the_storage_cannot_take_answers_503_and_stores_no_row(client,
     )
     assert api.status_code == 503 and api.json()["error"]["code"] == "service_unavailable"
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_an_upload_that_would_leave_too_little_free_space_answers_503_and_writes_nothing(
+    client, user, digit_png, settings, isolated_storage
+):
+    from pathlib import Path
+
+    from accounts.services import api_token_create
+    from mnistsite.storage import MediaStorage
+
+    free_mb = MediaStorage(location=settings.MEDIA_ROOT).free_bytes() // 2**20
+    settings.UPLOAD_MIN_FREE_MB = free_mb + 1024  # whatever else writes to this disk meanwhile
+    client.force_login(user)
+
+    page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
+    _, key = api_token_create(user=user)
+    api = client.post(
+        "/api/v1/predictions/",
+        {"image": SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")},
+        headers={"Authorization": f"Token {key}"},
+    )
+
+    assert page.status_code == 503 and b"short of storage space and nothing was stored" in page.content
+    assert api.status_code == 503 and api.json()["error"]["code"] == "storage_full"
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert not [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
+
+    settings.UPLOAD_MIN_FREE_MB = 0
+    assert client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]}).status_code == 302
