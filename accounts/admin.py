@@ -1,4 +1,4 @@
-"""Admin for API tokens: who has one, since when and until when; deleting one revokes it."""
+"""Admin for API tokens: whose, since when, last used and until when; deleting one revokes it."""
 from django.contrib import admin
 
 from accounts.models import ApiToken
@@ -6,10 +6,10 @@ from accounts.models import ApiToken
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("user", "prefix", "created_at", "expires_at")
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at")
     list_select_related = ("user",)
-    search_fields = ("user__username", "prefix")
-    fields = ("user", "prefix", "created_at", "expires_at")
+    search_fields = ("user__username", "name", "prefix")
+    fields = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at")
     readonly_fields = fields
     ordering = ("-created_at",)
 

@@ -1,9 +1,10 @@
-"""Account forms: sign-up (with the site's own names kept back), password change and deletion (behind the lockout)."""
+"""Account forms: sign-up (the site's own names kept back), API tokens, and password checks behind the lockout."""
 from django import forms
 from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
 from accounts.backends import client_address
+from accounts.models import ApiToken
 from accounts.services import login_attempt_allowed, login_attempt_record_failure
 
 # The owner of the shipped sample sets is found by this name; whoever took it would own (and could delete) them.
@@ -31,6 +32,13 @@ class LockoutPasswordMixin:
             return True
         login_attempt_record_failure(username=username, ip=address)
         return False
+
+
+class ApiTokenCreateForm(forms.Form):
+    name = forms.CharField(
+        label="Name", required=False, max_length=ApiToken.NAME_MAX_LENGTH,
+        help_text="What will use it, e.g. “scanner script”; left empty, the token is named after its first characters.",
+    )
 
 
 class AccountDeleteForm(LockoutPasswordMixin, forms.Form):

@@ -15,21 +15,30 @@ def api_token_digest(key: str) -> str:
 
 
 class ApiToken(models.Model):
-    """A user's one API token (``Authorization: Token <key>``)."""
+    """One of a user's API tokens (``Authorization: Token <key>``), named for the program that holds it."""
 
     PREFIX_LENGTH = 8
+    NAME_MAX_LENGTH = 100
+    # Enough for every program a person runs; a bound on what one account can pile up.
+    MAX_PER_USER = 20
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_token")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=NAME_MAX_LENGTH)
     digest = models.CharField(max_length=64, unique=True, editable=False)
     # The key's first characters, so a person can tell which token a program holds.
     prefix = models.CharField(max_length=PREFIX_LENGTH, editable=False)
     created_at = models.DateTimeField(editable=False)
+    # Recorded at most once an hour (LAST_USED_PRECISION): a write per request would cost every API call.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    LAST_USED_PRECISION = dt.timedelta(hours=1)
 
     class Meta:
         verbose_name = "API token"
+        constraints = [models.UniqueConstraint(fields=["user", "name"], name="api_token_name_unique_per_user")]
 
     def __str__(self) -> str:
-        return f"{self.prefix}… ({self.user})"
+        return f"{self.name} ({self.prefix}…)"
 
     @property
     def expires_at(self) -> dt.datetime | None:

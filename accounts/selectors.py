@@ -9,8 +9,8 @@ from django.db import connection
 from accounts.models import ApiToken, api_token_digest
 
 
-def api_token_get_for_user(*, user) -> ApiToken | None:
-    return ApiToken.objects.filter(user=user).first()
+def api_token_list_for_user(*, user) -> list[ApiToken]:
+    return list(ApiToken.objects.filter(user=user).order_by("-created_at", "-id"))
 
 
 @functools.cache
@@ -18,10 +18,14 @@ def _token_user_sql() -> str:
     quote = connection.ops.quote_name
     user_model = get_user_model()
     user_table, token_table = quote(user_model._meta.db_table), quote(ApiToken._meta.db_table)
-    columns = {name: quote(ApiToken._meta.get_field(name).column) for name in ("id", "user", "prefix", "created_at", "digest")}
+    columns = {
+        name: quote(ApiToken._meta.get_field(name).column)
+        for name in ("id", "user", "name", "prefix", "created_at", "last_used_at", "digest")
+    }
     return (
-        f"SELECT u.*, t.{columns['id']} AS token_id, t.{columns['prefix']} AS token_prefix, "
-        f"t.{columns['created_at']} AS token_created_at FROM {user_table} u "
+        f"SELECT u.*, t.{columns['id']} AS token_id, t.{columns['name']} AS token_name, "
+        f"t.{columns['prefix']} AS token_prefix, t.{columns['created_at']} AS token_created_at, "
+        f"t.{columns['last_used_at']} AS token_last_used_at FROM {user_table} u "
         f"JOIN {token_table} t ON t.{columns['user']} = u.{quote(user_model._meta.pk.column)} "
         f"WHERE t.{columns['digest']} = %s"
     )
@@ -41,9 +45,11 @@ def api_token_with_user_get(*, key: str) -> ApiToken | None:
     token = ApiToken(
         id=user.token_id,
         user=user,
+        name=user.token_name,
         digest=digest,
         prefix=user.token_prefix,
         created_at=_converted(ApiToken._meta.get_field("created_at"), user.token_created_at),
+        last_used_at=_converted(ApiToken._meta.get_field("last_used_at"), user.token_last_used_at),
     )
     # Loaded, not new: saving it would update the stored row.
     token._state.adding, token._state.db = False, user._state.db

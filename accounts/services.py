@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiToken, api_token_digest
@@ -78,27 +79,52 @@ class AccountDeleteError(Exception):
     """This account cannot be deleted from its own page."""
 
 
-def api_token_create(*, user) -> tuple[ApiToken, str]:
-    """A new API token for ``user`` and its key; the token before, if any, stops working at once.
+class ApiTokenError(ValueError):
+    """A token cannot be made: its name is empty, too long or taken, or the user has MAX_PER_USER already."""
+
+
+def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
+    """A new API token for ``user`` and its key; the user's other tokens go on working.
 
     Only the key's digest is stored: the caller shows the key once, and nobody,
-    staff included, can read it back.
+    staff included, can read it back. Without a name, the token is named after
+    its key's first characters.
     """
     key = secrets.token_hex(20)
+    prefix = key[: ApiToken.PREFIX_LENGTH]
+    name = " ".join(name.split()) or f"Token {prefix}"
+    if len(name) > ApiToken.NAME_MAX_LENGTH:
+        raise ApiTokenError(f"A token's name has at most {ApiToken.NAME_MAX_LENGTH} characters.")
     with transaction.atomic():
-        # Two requests at once (a double click) take turns here instead of both creating the user's one token.
+        # Two requests at once (a double click) take turns here, so the count and the name are checked in turn.
         get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-        ApiToken.objects.filter(user=user).delete()
+        tokens = ApiToken.objects.filter(user=user)
+        if tokens.count() >= ApiToken.MAX_PER_USER:
+            raise ApiTokenError(f"You have {ApiToken.MAX_PER_USER} tokens already; revoke one you no longer use first.")
+        if tokens.filter(name=name).exists():
+            raise ApiTokenError(f"You have a token called “{name}” already; choose another name.")
         token = ApiToken.objects.create(
-            user=user, digest=api_token_digest(key), prefix=key[: ApiToken.PREFIX_LENGTH], created_at=timezone.now()
+            user=user, name=name, digest=api_token_digest(key), prefix=prefix, created_at=timezone.now()
         )
     return token, key
 
 
-def api_token_revoke(*, user) -> bool:
-    """Delete ``user``'s API token; True when there was one."""
-    deleted, _ = ApiToken.objects.filter(user=user).delete()
+def api_token_revoke(*, user, token_id: int) -> bool:
+    """Delete one of ``user``'s API tokens; True when it was theirs and there."""
+    deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
     return bool(deleted)
+
+
+def api_token_mark_used(*, token: ApiToken) -> None:
+    """Record that ``token`` authenticated a request, unless that was recorded within the last LAST_USED_PRECISION."""
+    now = timezone.now()
+    if token.last_used_at is not None and now - token.last_used_at < ApiToken.LAST_USED_PRECISION:
+        return
+    # Conditional, so concurrent requests with one token write once between them.
+    ApiToken.objects.filter(pk=token.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - ApiToken.LAST_USED_PRECISION)
+    ).update(last_used_at=now)
+    token.last_used_at = now
 
 
 def account_delete(*, user) -> None:

@@ -1,4 +1,4 @@
-"""Routes for sign-up, log-in, log-out and the account page (password, API token, deletion)."""
+"""Routes for sign-up, log-in, log-out and the account page (password, API tokens, deletion)."""
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
@@ -10,6 +10,7 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("", views.account, name="account"),
     path("password/", views.AccountPasswordChangeView.as_view(), name="password_change"),
-    path("token/", views.account_token, name="account_token"),
+    path("tokens/", views.account_token_create, name="account_token_create"),
+    path("tokens/<int:token_id>/revoke/", views.account_token_revoke, name="account_token_revoke"),
     path("delete/", views.account_delete, name="account_delete"),
 ]

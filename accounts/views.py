@@ -15,7 +15,8 @@ from django.views.decorators.http import require_http_methods
 
 from accounts import selectors, services
 from accounts.backends import client_address
-from accounts.forms import AccountDeleteForm, AccountPasswordChangeForm, SignupForm
+from accounts.forms import AccountDeleteForm, AccountPasswordChangeForm, ApiTokenCreateForm, SignupForm
+from accounts.models import ApiToken
 from accounts.services import login_attempt_allowed
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
@@ -78,11 +79,19 @@ def _signup_allowance_take(request: HttpRequest) -> float | None:
     return retry_after if retry_after > TOLERANCE_S else None
 
 
-def _account_page(request: HttpRequest, *, new_token: str | None = None, delete_form=None, status: int = 200):
+def _account_page(
+    request: HttpRequest,
+    *,
+    new_token: tuple[ApiToken, str] | None = None,
+    token_form: ApiTokenCreateForm | None = None,
+    delete_form: AccountDeleteForm | None = None,
+    status: int = 200,
+):
     context = {
-        "token": selectors.api_token_get_for_user(user=request.user),
+        "tokens": selectors.api_token_list_for_user(user=request.user),
         # Shown once, in the answer to the request that made it; never kept in the session or a message.
         "new_token": new_token,
+        "token_form": token_form or ApiTokenCreateForm(),
         "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
     }
     return render(request, "registration/account.html", context, status=status)
@@ -94,15 +103,25 @@ def account(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["POST"])
-def account_token(request: HttpRequest) -> HttpResponse:
-    if request.POST.get("action") == "revoke":
-        if services.api_token_revoke(user=request.user):
-            messages.success(request, "Your API token was revoked; requests with it are refused from now on.")
-        return redirect("account")
-    _, key = services.api_token_create(user=request.user)
-    response = _account_page(request, new_token=key)
-    response["Cache-Control"] = "no-store"
-    return response
+def account_token_create(request: HttpRequest) -> HttpResponse:
+    form = ApiTokenCreateForm(request.POST)
+    if form.is_valid():
+        try:
+            token, key = services.api_token_create(user=request.user, name=form.cleaned_data["name"])
+        except services.ApiTokenError as exc:
+            form.add_error("name", str(exc))
+        else:
+            response = _account_page(request, new_token=(token, key))
+            response["Cache-Control"] = "no-store"
+            return response
+    return _account_page(request, token_form=form, status=400)
+
+
+@require_http_methods(["POST"])
+def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    if services.api_token_revoke(user=request.user, token_id=token_id):
+        messages.success(request, "The token was revoked; requests with it are refused from now on.")
+    return redirect("account")
 
 
 @require_http_methods(["POST"])

@@ -5,7 +5,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 
-from accounts import selectors
+from accounts import selectors, services
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
@@ -22,4 +22,5 @@ class TokenAuthentication(authentication.TokenAuthentication):
                 f"This token expired on {timezone.localtime(token.expires_at):%Y-%m-%d %H:%M %Z}; "
                 "make a new one on your Account page (/accounts/)."
             )
+        services.api_token_mark_used(token=token)
         return token.user, token

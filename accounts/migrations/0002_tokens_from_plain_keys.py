@@ -8,6 +8,8 @@ from django.utils.dateparse import parse_datetime
 # The table of rest_framework.authtoken, which earlier versions used: read and dropped by name, since that app is
 # no longer installed.
 PLAIN_TABLE = "authtoken_token"
+# Each user had at most one token then.
+CONVERTED_NAME = "API token"
 
 
 def _aware(moment):
@@ -27,15 +29,17 @@ def tokens_from_plain_keys(apps, schema_editor):
                        f"FROM {connection.ops.quote_name(PLAIN_TABLE)}")
         rows = cursor.fetchall()
     ApiToken.objects.bulk_create(
-        ApiToken(user_id=user_id, digest=hashlib.sha256(key.encode()).hexdigest(), prefix=key[:8],
-                 created_at=_aware(created))
+        ApiToken(user_id=user_id, name=CONVERTED_NAME, digest=hashlib.sha256(key.encode()).hexdigest(),
+                 prefix=key[:8], created_at=_aware(created))
         for key, user_id, created in rows
     )
     schema_editor.execute(f"DROP TABLE {connection.ops.quote_name(PLAIN_TABLE)}")
+    # Its permissions would go on being offered in the admin's group and user forms.
+    apps.get_model("contenttypes", "ContentType").objects.filter(app_label="authtoken").delete()
 
 
 class Migration(migrations.Migration):
-    dependencies = [("accounts", "0001_initial")]
+    dependencies = [("accounts", "0001_initial"), ("contenttypes", "0002_remove_content_type_name")]
 
     # Going back leaves the digests: the plain keys are gone, and their owners make new tokens.
     operations = [migrations.RunPython(tokens_from_plain_keys, migrations.RunPython.noop)]

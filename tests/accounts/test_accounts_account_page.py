@@ -29,22 +29,39 @@ def _api_status(key: str) -> int:
 
 
 def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user):
-    made = signed_in.post("/accounts/token/", {"action": "create"})
+    made = signed_in.post("/accounts/tokens/", {"name": "  scanner   script "})
     assert made.status_code == 200 and made["Cache-Control"] == "no-store"
     key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
     assert _api_status(key) == 200
-    # Later visits say there is a token, never what it is.
-    assert key not in signed_in.get("/accounts/").content.decode()
+    # Later visits list the token by its name and first characters, never its key.
+    page = signed_in.get("/accounts/").content.decode()
+    assert key not in page and "scanner script" in page and key[:8] in page
 
 
-def test_replacing_the_token_stops_the_old_one_and_revoking_stops_it_altogether(signed_in, user):
-    _, old = api_token_create(user=user)
-    made = signed_in.post("/accounts/token/", {"action": "create"})
-    new = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
-    assert new != old and _api_status(old) == 401 and _api_status(new) == 200
+def test_tokens_work_side_by_side_and_revoking_one_stops_only_that_one(signed_in, user, other_user):
+    first, first_key = api_token_create(user=user, name="laptop")
+    _, second_key = api_token_create(user=user, name="server")
+    theirs, their_key = api_token_create(user=other_user, name="laptop")
+    assert _api_status(first_key) == _api_status(second_key) == 200
 
-    assert signed_in.post("/accounts/token/", {"action": "revoke"}).status_code == 302
-    assert not ApiToken.objects.filter(user=user).exists() and _api_status(new) == 401
+    assert signed_in.post(f"/accounts/tokens/{first.pk}/revoke/").status_code == 302
+    assert _api_status(first_key) == 401 and _api_status(second_key) == 200
+
+    # Someone else's token is not found among one's own.
+    assert signed_in.post(f"/accounts/tokens/{theirs.pk}/revoke/").status_code == 302
+    assert _api_status(their_key) == 200
+
+
+def test_a_taken_name_or_one_token_too_many_is_refused_with_a_message(signed_in, user):
+    api_token_create(user=user, name="laptop")
+    taken = signed_in.post("/accounts/tokens/", {"name": "laptop"})
+    assert taken.status_code == 400 and "already" in taken.content.decode()
+
+    for _ in range(ApiToken.MAX_PER_USER - 1):
+        api_token_create(user=user)
+    refused = signed_in.post("/accounts/tokens/", {"name": "one more"})
+    assert refused.status_code == 400 and "revoke one" in refused.content.decode()
+    assert ApiToken.objects.filter(user=user).count() == ApiToken.MAX_PER_USER
 
 
 def test_changing_the_password_keeps_this_session_and_needs_the_old_one(signed_in, user, client):

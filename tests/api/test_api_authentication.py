@@ -20,17 +20,25 @@ pytestmark = pytest.mark.django_db
 LIST = "/api/v1/predictions/"
 
 
-def test_a_token_authenticates_its_user_in_one_query(user):
+def test_a_token_authenticates_its_user_in_one_query_and_records_its_use_once_an_hour(user):
     token, key = api_token_create(user=user)
 
-    with CaptureQueriesContext(connection) as queries:
+    with CaptureQueriesContext(connection) as first:
         found_user, found_token = TokenAuthentication().authenticate_credentials(key)
+    with CaptureQueriesContext(connection) as second:
+        TokenAuthentication().authenticate_credentials(key)
 
-    assert len(queries) == 1
+    assert (len(first), len(second)) == (2, 1)
     assert (found_user.pk, found_user.username, found_user.is_active) == (user.pk, "alice", True)
     assert found_user.check_password("correct horse battery") and found_user.date_joined == user.date_joined
     assert (found_token.pk, found_token.user_id, found_token.created_at) == (token.pk, user.pk, token.created_at)
     assert not found_token._state.adding
+    used = ApiToken.objects.get().last_used_at
+    assert used is not None and timezone.now() - used < dt.timedelta(minutes=1)
+
+    ApiToken.objects.update(last_used_at=used - ApiToken.LAST_USED_PRECISION)
+    TokenAuthentication().authenticate_credentials(key)
+    assert ApiToken.objects.get().last_used_at > used
 
 
 def test_only_a_digest_of_the_key_is_stored(user):
@@ -98,17 +106,17 @@ def test_a_deleted_token_stops_working_on_the_next_request(api_client, user):
     assert response.json()["error"]["code"] == "authentication_failed"
 
 
-def test_the_command_prints_a_working_key_and_replaces_the_token_before(api_client, user):
+def test_the_command_prints_a_working_key_and_leaves_the_users_other_tokens_alone(api_client, user):
     _, old = api_token_create(user=user)
     out = io.StringIO()
 
-    call_command("api_token_create", "alice", stdout=out, stderr=io.StringIO())
+    call_command("api_token_create", "alice", "--name", "nightly import", stdout=out, stderr=io.StringIO())
 
     key = out.getvalue().strip()
-    api_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
-    assert api_client.get(LIST).status_code == 200
-    api_client.credentials(HTTP_AUTHORIZATION=f"Token {old}")
-    assert api_client.get(LIST).status_code == 401
+    assert ApiToken.objects.get(prefix=key[:8]).name == "nightly import"
+    for working in (key, old):
+        api_client.credentials(HTTP_AUTHORIZATION=f"Token {working}")
+        assert api_client.get(LIST).status_code == 200
 
 
 def test_the_admin_lists_tokens_without_keys_and_cannot_make_one(client, staff_user, user):

@@ -9,6 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from accounts.services import api_token_create
 from classifier import services
 from classifier.models import Prediction, Upload
 from training.models import Checkpoint, TrainingRun
@@ -33,7 +34,7 @@ def named_routes(patterns=None, namespace=""):
 
 @pytest.fixture
 def owned(user, digit_png):
-    """An upload with a finished-looking prediction (including its model-input picture) and a training run."""
+    """An upload with a finished-looking prediction (including its model-input picture), a training run, a token."""
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
     prediction.input_pixels = bytes(range(28)) * 28
@@ -41,7 +42,8 @@ def owned(user, digit_png):
     prediction.save()
     run = TrainingRun.objects.create(architecture="mlp", epochs=1, batch_size=8, learning_rate=0.01)
     checkpoint = Checkpoint.objects.create(path="x.pt", epoch=1, architecture="mlp", sha256="0" * 64, size=1)
-    return {"upload": upload, "prediction": prediction, "run": run, "checkpoint": checkpoint}
+    token, _ = api_token_create(user=user)
+    return {"upload": upload, "prediction": prediction, "run": run, "checkpoint": checkpoint, "token": token}
 
 
 def route_kwargs(name: str, params: list[str], owned) -> dict:
@@ -49,6 +51,7 @@ def route_kwargs(name: str, params: list[str], owned) -> dict:
         "prediction_id": owned["prediction"].pk,
         "run_id": owned["run"].pk,
         "checkpoint_id": owned["checkpoint"].pk,
+        "token_id": owned["token"].pk,
         "pk": owned["upload"].pk if "upload" in name else owned["prediction"].pk,
     }
     return {param: values[param] for param in params}
@@ -78,7 +81,7 @@ def test_every_route_but_log_in_and_sign_up_requires_a_logged_in_user(client, ow
         checked.append(name)
     # The walk really found the pages and the API, object routes included.
     assert {"classifier:upload", "classifier:prediction_detail", "classifier:upload_image", "api:prediction-detail",
-            "api:training-run-cancel", "logout"} <= set(checked), checked
+            "api:training-run-cancel", "logout", "account_token_revoke"} <= set(checked), checked
     assert client.get(reverse("login")).status_code == 200
     assert client.get(reverse("signup")).status_code == 200
 
@@ -91,7 +94,9 @@ def csrf_client(user):
 
 
 def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_client, owned, digit_png, staff_user):
-    prediction, upload = owned["prediction"], owned["upload"]
+    from accounts.models import ApiToken
+
+    prediction, upload, kept = owned["prediction"], owned["upload"], owned["token"]
     png = digit_png(1)
     posts = {
         "upload": ("/", {"files": [SimpleUploadedFile("d.png", png, content_type="image/png")]}),
@@ -101,7 +106,8 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
         "logout": (reverse("logout"), {}),
         "password": (reverse("password_change"), {"old_password": "correct horse battery",
                                                   "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"}),
-        "token": (reverse("account_token"), {"action": "create"}),
+        "token": (reverse("account_token_create"), {"name": "script"}),
+        "revoke": (reverse("account_token_revoke", args=[kept.pk]), {}),
         "account": (reverse("account_delete"), {"password": "correct horse battery"}),
     }
     for what, (url, data) in posts.items():
@@ -122,10 +128,8 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
     assert Upload.objects.count() == 1 and Prediction.objects.get(pk=prediction.pk).feedback is None
     assert get_user_model().objects.filter(username="mallory").count() == 0
     assert csrf_client.get("/").status_code == 200
-    from accounts.models import ApiToken
-
     assert get_user_model().objects.get(username="alice").check_password("correct horse battery")
-    assert not ApiToken.objects.filter(user__username="alice").exists()
+    assert list(ApiToken.objects.filter(user__username="alice")) == [kept]
 
     # Control: with the token, the same upload goes through, so the 403s above were CSRF and nothing else.
     csrf_client.get("/")
@@ -180,6 +184,9 @@ def test_one_user_cannot_read_change_delete_or_download_anything_of_another(clie
     api = f"/api/v1/predictions/{prediction.pk}/"
     assert client.patch(api, {"feedback": 1}, content_type="application/json").status_code == 404
     assert client.delete(api).status_code == 404
+    assert client.post(reverse("account_token_revoke", args=[owned["token"].pk])).status_code == 302
+    assert owned["token"].prefix.encode() not in client.get(reverse("account")).content
+    assert owned["token"].prefix.encode() in owner.get(reverse("account")).content
     assert client.get("/api/v1/predictions/").json()["results"] == []
     assert len(owner.get("/api/v1/predictions/").json()["results"]) == 1
     assert reverse("classifier:upload_image", args=[upload.pk]).encode() not in client.get(reverse("classifier:history")).content
@@ -187,6 +194,7 @@ def test_one_user_cannot_read_change_delete_or_download_anything_of_another(clie
 
     fresh = Prediction.objects.get(pk=prediction.pk)
     assert fresh.feedback is None and Upload.objects.filter(pk=upload.pk).exists()
+    assert type(owned["token"]).objects.filter(pk=owned["token"].pk).exists()
 
 
 def test_staff_see_other_peoples_images_only_with_the_admins_view_permission(owned, django_user_model):
