@@ -1,4 +1,4 @@
-"""Account reads: a user's API token, and the user behind a presented key."""
+"""Account reads: a user's API tokens, and the user behind a presented key."""
 from __future__ import annotations
 
 import functools

@@ -1,15 +1,18 @@
 """Account writes: the demo account, API tokens, deleting an account, and counting failed log-ins."""
 import ipaddress
+import logging
 import secrets
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiToken, api_token_digest
+
+logger = logging.getLogger(__name__)
 
 LOCKOUT_THRESHOLD = getattr(settings, "LOGIN_FAILURE_LIMIT", 5)
 LOCKOUT_SECONDS = getattr(settings, "LOGIN_LOCKOUT_SECONDS", 300)
@@ -80,7 +83,7 @@ class AccountDeleteError(Exception):
 
 
 class ApiTokenError(ValueError):
-    """A token cannot be made: its name is empty, too long or taken, or the user has MAX_PER_USER already."""
+    """A token cannot be made: its name is too long or taken, or the user has MAX_PER_USER already."""
 
 
 def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
@@ -88,7 +91,8 @@ def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
 
     Only the key's digest is stored: the caller shows the key once, and nobody,
     staff included, can read it back. Without a name, the token is named after
-    its key's first characters.
+    its key's first characters. Raises ApiTokenError for a name too long or
+    taken, or when the user has MAX_PER_USER tokens already.
     """
     key = secrets.token_hex(20)
     prefix = key[: ApiToken.PREFIX_LENGTH]
@@ -120,10 +124,16 @@ def api_token_mark_used(*, token: ApiToken) -> None:
     now = timezone.now()
     if token.last_used_at is not None and now - token.last_used_at < ApiToken.LAST_USED_PRECISION:
         return
-    # Conditional, so concurrent requests with one token write once between them.
-    ApiToken.objects.filter(pk=token.pk).filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - ApiToken.LAST_USED_PRECISION)
-    ).update(last_used_at=now)
+    try:
+        # In a savepoint: the note is advisory, and a failed write must not fail, or poison, the request it rides on.
+        with transaction.atomic():
+            # Conditional, so concurrent requests with one token write once between them.
+            ApiToken.objects.filter(pk=token.pk).filter(
+                Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - ApiToken.LAST_USED_PRECISION)
+            ).update(last_used_at=now)
+    except DatabaseError:
+        logger.warning("could not record the use of API token %s", token.pk, exc_info=True)
+        return
     token.last_used_at = now
 
 

@@ -90,6 +90,8 @@ def validation_error_response(error: DjangoValidationError, *, field: str | None
 
 
 STORAGE_FULL_MESSAGE = "The server is short of storage space and nothing was stored; try again later."
+# Room is made by a person, not in seconds.
+STORAGE_FULL_RETRY_AFTER_S = 300
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -112,7 +114,9 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be understood.", code="bad_request")
     if isinstance(exc, StorageFullError):
-        return ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full")
+        unavailable = ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full")
+        unavailable.wait = STORAGE_FULL_RETRY_AFTER_S
+        return unavailable
     if isinstance(exc, (DatabaseError, UploadStorageError)):
         # The service layer has already removed any file it wrote, so a retry is safe.
         return ServiceUnavailable()

@@ -134,7 +134,12 @@ def _storage_headroom_check(*, needed: int) -> None:
     free_bytes = getattr(default_storage, "free_bytes", None)
     if free_bytes is None:
         return
-    left = free_bytes() - needed
+    try:
+        left = free_bytes() - needed
+    except OSError as exc:
+        # A volume that cannot say how full it is (a stale network mount) would not take the files either.
+        logger.error("could not read the media volume's free space", exc_info=True)
+        raise UploadStorageError("The images could not be stored.") from exc
     if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024:
         return
     if time.monotonic() - _storage_full_logged[0] >= STORAGE_FULL_LOG_EVERY_S:

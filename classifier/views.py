@@ -51,8 +51,8 @@ def upload(request: HttpRequest) -> HttpResponse:
                 return _service_unavailable(request, form)
             except services.StorageFullError:
                 return _service_unavailable(
-                    request, form, message="The server is short of storage space and nothing was stored. Please try "
-                    "again later."
+                    request, form, retry_after=300,
+                    message="The server is short of storage space and nothing was stored. Please try again later.",
                 )
             except services.UploadStorageError:
                 return _service_unavailable(request, form)
@@ -87,6 +87,7 @@ def _service_unavailable(
     form: UploadForm,
     *,
     message: str = "The service is temporarily unavailable and nothing was stored. Please try again in a minute.",
+    retry_after: int = 30,
 ) -> HttpResponse:
     response = render(
         request,
@@ -100,7 +101,7 @@ def _service_unavailable(
         },
         status=503,
     )
-    response["Retry-After"] = "30"
+    response["Retry-After"] = str(retry_after)
     return response
 
 

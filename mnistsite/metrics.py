@@ -83,12 +83,21 @@ def metrics_text(*, now: dt.datetime) -> str:
                  "MNIST test accuracy of the active checkpoint; absent when none is active.",
                  [({}, active.test_accuracy)] if active and active.test_accuracy is not None else []),
         *_family("mnistsite_media_free_bytes",
-                 "Free space on the uploads' volume; uploads are refused below mnistsite_media_min_free_bytes.",
-                 [({}, default_storage.free_bytes())] if hasattr(default_storage, "free_bytes") else []),
+                 "Free space on the uploads' volume; uploads are refused below mnistsite_media_min_free_bytes. "
+                 "Absent when the volume cannot tell.",
+                 [({}, free)] if (free := _media_free_bytes()) is not None else []),
         *_family("mnistsite_media_min_free_bytes", "UPLOAD_MIN_FREE_MB, in bytes.",
                  [({}, settings.UPLOAD_MIN_FREE_MB * 2**20)]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _media_free_bytes() -> int | None:
+    try:
+        return default_storage.free_bytes() if hasattr(default_storage, "free_bytes") else None
+    except OSError:
+        logger.warning("could not read the media volume's free space", exc_info=True)
+        return None
 
 
 # At most one warning a minute for refused scrapes: the endpoint answers before host validation, and anyone who can

@@ -1,9 +1,9 @@
 """Tokens made before keys were stored as digests keep working; their plain keys are then deleted."""
-import datetime as dt
 import hashlib
 
 from django.db import migrations
-from django.utils.dateparse import parse_datetime
+from django.db.migrations.recorder import MigrationRecorder
+from django.utils import timezone
 
 # The table of rest_framework.authtoken, which earlier versions used: read and dropped by name, since that app is
 # no longer installed.
@@ -12,30 +12,29 @@ PLAIN_TABLE = "authtoken_token"
 CONVERTED_NAME = "API token"
 
 
-def _aware(moment):
-    # SQLite hands the column back as text in UTC.
-    if isinstance(moment, str):
-        moment = parse_datetime(moment)
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
-
-
 def tokens_from_plain_keys(apps, schema_editor):
     connection = schema_editor.connection
     if PLAIN_TABLE not in connection.introspection.table_names():
         return
+    alias = connection.alias
     ApiToken = apps.get_model("accounts", "ApiToken")
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(map(connection.ops.quote_name, ('key', 'user_id', 'created')))} "
+        cursor.execute(f"SELECT {', '.join(map(connection.ops.quote_name, ('key', 'user_id')))} "
                        f"FROM {connection.ops.quote_name(PLAIN_TABLE)}")
         rows = cursor.fetchall()
-    ApiToken.objects.bulk_create(
+    # Those tokens never expired: their age counts from now, or a deployment would cut off every program holding
+    # one older than API_TOKEN_MAX_AGE_DAYS the moment it upgraded.
+    converted = timezone.now()
+    ApiToken.objects.using(alias).bulk_create(
         ApiToken(user_id=user_id, name=CONVERTED_NAME, digest=hashlib.sha256(key.encode()).hexdigest(),
-                 prefix=key[:8], created_at=_aware(created))
-        for key, user_id, created in rows
+                 prefix=key[:8], created_at=converted)
+        for key, user_id in rows
     )
     schema_editor.execute(f"DROP TABLE {connection.ops.quote_name(PLAIN_TABLE)}")
     # Its permissions would go on being offered in the admin's group and user forms.
-    apps.get_model("contenttypes", "ContentType").objects.filter(app_label="authtoken").delete()
+    apps.get_model("contenttypes", "ContentType").objects.using(alias).filter(app_label="authtoken").delete()
+    # Forgotten as applied, so a version that still uses the table creates it again (empty) when it migrates.
+    MigrationRecorder(connection).migration_qs.filter(app="authtoken").delete()
 
 
 class Migration(migrations.Migration):

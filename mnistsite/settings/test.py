@@ -10,6 +10,8 @@ os.environ.setdefault("TORCH_DEVICE", "cpu")
 os.environ.setdefault("READYZ_CACHE_SECONDS", "0")
 # A database of Redis apart from the one `make run` uses (0): the tests purge the queues they use.
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+# Uploads are not refused for this machine's free disk space; the test of that refusal sets its own floor.
+os.environ.setdefault("UPLOAD_MIN_FREE_MB", "0")
 os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from mnistsite.settings.base import *  # noqa: E402,F403

@@ -5,9 +5,12 @@ import datetime as dt
 import hashlib
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.recorder import MigrationRecorder
+from django.utils import timezone
 
 from accounts.models import ApiToken
 from api.authentication import TokenAuthentication
@@ -16,25 +19,45 @@ PLAIN = "authtoken_token"
 BEFORE, AFTER = ("accounts", "0001_initial"), ("accounts", "0002_tokens_from_plain_keys")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_plain_keys_become_digests_that_still_authenticate_and_the_plain_table_and_its_permissions_go(user, settings):
-    executor = MigrationExecutor(connection)
-    executor.migrate([BEFORE])
-    key, made = "0123456789abcdef0123456789abcdef01234567", dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.timezone.utc)
+@pytest.fixture
+def at_0001(transactional_db):
+    """The database as the version before it: accounts at 0001, DRF's table of plain keys there."""
+    MigrationExecutor(connection).migrate([BEFORE])
+    # As rest_framework.authtoken creates it on each database.
+    created = "datetime" if connection.vendor == "sqlite" else "timestamp with time zone"
     with connection.cursor() as cursor:
-        cursor.execute(f'CREATE TABLE {PLAIN} ("key" varchar(40) PRIMARY KEY, "created" timestamp with time zone '
-                       'NOT NULL, "user_id" integer NOT NULL)')
-        cursor.execute(f'INSERT INTO {PLAIN} ("key", "created", "user_id") VALUES (%s, %s, %s)', [key, made, user.pk])
+        cursor.execute(f'CREATE TABLE {PLAIN} ("key" varchar(40) PRIMARY KEY, "created" {created} NOT NULL, '
+                       '"user_id" integer NOT NULL)')
+    MigrationRecorder(connection).record_applied("authtoken", "0001_initial")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {PLAIN}")
+    MigrationRecorder(connection).migration_qs.filter(app="authtoken").delete()
+    MigrationExecutor(connection).migrate([AFTER])
 
-    ContentType.objects.get_or_create(app_label="authtoken", model="token")
 
-    executor = MigrationExecutor(connection)
-    executor.migrate([AFTER])
+def test_plain_keys_become_digests_that_keep_working_and_the_plain_table_and_its_permissions_go(user, at_0001):
+    key = "0123456789abcdef0123456789abcdef01234567"
+    years_ago = timezone.now() - dt.timedelta(days=3 * 365)
+    with connection.cursor() as cursor:
+        cursor.execute(f'INSERT INTO {PLAIN} ("key", "created", "user_id") VALUES (%s, %s, %s)',
+                       [key, years_ago, user.pk])
+    token_type, _ = ContentType.objects.get_or_create(app_label="authtoken", model="token")
+    view_token = Permission.objects.create(content_type=token_type, codename="view_token", name="Can view token")
+    Group.objects.create(name="support").permissions.add(view_token)
+    user.user_permissions.add(view_token)
+    started = timezone.now()
+
+    MigrationExecutor(connection).migrate([AFTER])
 
     token = ApiToken.objects.get()
     assert (token.user_id, token.digest, token.prefix) == (user.pk, hashlib.sha256(key.encode()).hexdigest(), key[:8])
-    assert token.created_at == made
+    # Old keys never expired: their age counts from the upgrade, so the default maximum age does not cut them off.
+    assert token.created_at >= started
+    assert TokenAuthentication().authenticate_credentials(key)[0].pk == user.pk
     assert PLAIN not in connection.introspection.table_names()
     assert not ContentType.objects.filter(app_label="authtoken").exists()
-    settings.API_TOKEN_MAX_AGE_DAYS = 0  # the key was made on a fixed day
-    assert TokenAuthentication().authenticate_credentials(key)[0].pk == user.pk
+    assert not Permission.objects.filter(codename="view_token").exists()
+    assert not Group.objects.get(name="support").permissions.exists() and not user.user_permissions.exists()
+    # A version that still uses the table finds it unapplied, and creates it again if it is brought back.
+    assert not MigrationRecorder(connection).migration_qs.filter(app="authtoken").exists()

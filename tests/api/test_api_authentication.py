@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed
@@ -28,7 +29,9 @@ def test_a_token_authenticates_its_user_in_one_query_and_records_its_use_once_an
     with CaptureQueriesContext(connection) as second:
         TokenAuthentication().authenticate_credentials(key)
 
-    assert (len(first), len(second)) == (2, 1)
+    assert [query["sql"].split()[0] for query in first if query["sql"].split()[0] in ("SELECT", "UPDATE")] == [
+        "SELECT", "UPDATE"]
+    assert len(second) == 1
     assert (found_user.pk, found_user.username, found_user.is_active) == (user.pk, "alice", True)
     assert found_user.check_password("correct horse battery") and found_user.date_joined == user.date_joined
     assert (found_token.pk, found_token.user_id, found_token.created_at) == (token.pk, user.pk, token.created_at)
@@ -129,3 +132,37 @@ def test_the_admin_lists_tokens_without_keys_and_cannot_make_one(client, staff_u
     page = listing.content.decode()
     assert key[:8] in page and key not in page
     assert client.get("/admin/accounts/apitoken/add/").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_whose_use_cannot_be_recorded_still_authenticates_its_request(api_client, user):
+    if connection.vendor != "postgresql":
+        pytest.skip("a row lock that times out needs PostgreSQL")
+    token, key = api_token_create(user=user)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_tokens_row() -> None:
+        try:
+            with transaction.atomic():
+                ApiToken.objects.select_for_update().get(pk=token.pk)
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold_the_tokens_row)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        api_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        response = api_client.get(LIST)
+    finally:
+        release.set()
+        thread.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+
+    assert response.status_code == 200
+    assert ApiToken.objects.get().last_used_at is None
