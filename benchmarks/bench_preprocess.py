@@ -2,15 +2,16 @@
 
 Each digit is drawn as dark ink on a 400-pixel sheet of paper, then the sheet
 is changed the way real photos are: specks of dust, a frame drawn around the
-digit, the desk showing along one edge, dim light, ruled or squared paper, a
-hard shadow, uneven light, transparent margins from a rotation in an editor,
-and chalk on a grey board. Two more scenes redraw the digit along its centre line with a pen far finer than
-MNIST's strokes: a ballpoint and a fine liner. Without a model it measures how close each scene's 28x28 model
-input comes to the same digit's on clean paper (``same_as_clean``: the share
-within a mean absolute difference of 0.05; for the transparent margins, the
-same rotation on paper) and how many are refused as blank;
-with ``--checkpoint FILE`` (and its sha256, printed by the admin) it also gives
-the model's accuracy in each scene.
+digit, the desk showing along one edge, dim light, ruled paper (light or dark
+lines), squared paper (straight or turned 2°), a hard shadow, uneven light,
+transparent margins from a rotation in an editor, and chalk on a grey board.
+Two more scenes redraw the digit along its centre line with a pen far finer
+than MNIST's strokes: a ballpoint and a fine liner. Without a model it measures
+how close each scene's 28x28 model input comes to the same digit's on clean
+paper (``same_as_clean``: the share within a mean absolute difference of 0.05;
+for the transparent margins, the same rotation on paper) and how many are
+refused as blank; with ``--checkpoint FILE`` (and its sha256, printed by the
+admin) it also gives the model's accuracy in each scene.
 """
 from __future__ import annotations
 
@@ -113,6 +114,10 @@ def _ruled(paper: np.ndarray) -> None:
     paper[15::40, :] = paper[16::40, :] = 195
 
 
+def _dark_ruled(paper: np.ndarray) -> None:
+    paper[15::40, :] = paper[16::40, :] = 150
+
+
 def _squared(paper: np.ndarray) -> None:
     paper[:, 0::25] = paper[:, 1::25] = 170
     paper[0::25, :] = paper[1::25, :] = 170
@@ -148,6 +153,9 @@ SCENES: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "dim_light": lambda a, s: _gray(_sheet(a, 115.0, 20.0, seed=s)),
     "ruled_paper": lambda a, s: _gray(_sheet(a, _paper(_ruled), seed=s)),
     "squared_paper": lambda a, s: _gray(_sheet(a, _paper(_squared), seed=s)),
+    "dark_ruled_paper": lambda a, s: _gray(_sheet(a, _paper(_dark_ruled), seed=s)),
+    "squared_paper_turned": lambda a, s: _gray(_sheet(a, _paper(_squared), seed=s)).rotate(
+        2, resample=Image.Resampling.BILINEAR, fillcolor=int(PAPER)),
     "hard_shadow": lambda a, s: _gray(_shadowed(_sheet(a, seed=s))),
     "uneven_light": lambda a, s: _gray(_vignetted(_sheet(a, seed=s))),
     "rotated": lambda a, s: _rotated(_sheet(a, seed=s)),

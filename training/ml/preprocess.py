@@ -41,6 +41,11 @@ _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = True
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
+# Ruled or squared paper: rows (or columns) marked along at least this share of their length are printed lines,
+# once there are at least this many separate ones in one direction. A digit, even cropped tightly with its bars
+# reaching both sides, has at most three (an 8, a 3); a boxy 8's loops reach three-quarters of a column at most.
+RULING_COVER = 0.8
+RULING_MIN_LINES = 4
 
 _RGB_LIKE = {"RGB", "RGBX", "CMYK", "YCbCr", "HSV"}
 _WITH_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -208,6 +213,40 @@ def _digit_masks(inks: np.ndarray) -> np.ndarray:
     return mask & (support >= 3)
 
 
+def _line_counts(covered: np.ndarray) -> np.ndarray:
+    """How many separate runs of covered rows (or columns) each of N profiles holds."""
+    return (np.diff(covered.astype(np.int8), axis=-1, prepend=0) == 1).sum(axis=-1)
+
+
+def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
+    """Take ruled or squared paper's printed lines out of N ink maps and their masks, in place.
+
+    Lines as dark as a quarter of the ink join the digit into one piece that
+    reaches every edge, and the crop takes in the whole sheet. Every line of a
+    sheet is printed alike, so one level, the typical line row's median ink, is
+    subtracted from each line row: the lines go, and the digit's strokes where
+    they cross them keep the rest of their ink. A single level also spares a
+    digit's bar that spans a tight crop: its row's median is far above the
+    lines'. Lines at an angle to the picture's edges are not found.
+    """
+    rows, cols = masks.mean(axis=2) > RULING_COVER, masks.mean(axis=1) > RULING_COVER
+    ruled_rows = _line_counts(rows) >= RULING_MIN_LINES
+    ruled_cols = _line_counts(cols) >= RULING_MIN_LINES
+    for index in np.flatnonzero(ruled_rows | ruled_cols):
+        ink = inks[index]
+        if ruled_rows[index]:
+            lines = ink[rows[index]]
+            ink[rows[index]] = lines - np.median(np.median(lines, axis=1))
+        if ruled_cols[index]:
+            lines = ink[:, cols[index]]
+            ink[:, cols[index]] = lines - np.median(np.median(lines, axis=0))
+        np.clip(ink, 0.0, None, out=ink)
+        peak = ink.max()
+        if peak > 0:
+            ink /= peak
+        masks[index] = _digit_masks(ink[None])[0]
+
+
 def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ink and mask of the digit alone, without what a photo puts around it.
 
@@ -348,6 +387,7 @@ def preprocess_batch(images: Iterable[Image.Image]) -> list[np.ndarray | Excepti
     for members in by_shape.values():
         inks, inked = _ink_maps(np.stack([gray for _, gray in members]))
         masks = _digit_masks(inks)
+        _rulings_removed(inks, masks)
         pieces = _piece_counts(masks)
         for (index, _), ink, mask, has_ink, count in zip(members, inks, masks, inked, pieces, strict=True):
             try:

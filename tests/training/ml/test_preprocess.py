@@ -279,3 +279,56 @@ def test_a_zero_with_a_slash_inside_is_not_taken_for_a_frame():
     rows, cols = np.nonzero(out > 0.3)
     # The ring is kept: the digit still fills the 20-pixel box, and its middle column is inked at the top.
     assert rows.max() - rows.min() + 1 >= 19 and cols.max() - cols.min() + 1 >= 13
+
+
+def _ruled(draw, *, every=25, level=150, columns=True):
+    for at in range(0, 400, every):
+        draw.rectangle([0, at, 399, at + 1], fill=level)
+        if columns:
+            draw.rectangle([at, 0, at + 1, 399], fill=level)
+
+
+def _lined_photo(**ruling) -> Image.Image:
+    # The lines are printed first and the digit written over them, as on a real sheet.
+    image = Image.new("L", (400, 400), 235)
+    _ruled(ImageDraw.Draw(image), **ruling)
+    ImageDraw.Draw(image).line([(120, 60), (280, 60), (200, 340)], fill=30, width=20)
+    return image
+
+
+@pytest.mark.parametrize("ruling", [{"columns": True}, {"columns": False, "every": 40}], ids=["squared", "ruled"])
+def test_the_printed_lines_of_squared_or_ruled_paper_are_taken_out_and_the_digit_stays(ruling):
+    lined = preprocess(_lined_photo(**ruling))
+    assert np.abs(lined - _clean_photo()).mean() < 0.02
+    # Where a line crossed the digit, the stroke is still there.
+    assert (lined > 0.5).sum() >= 0.9 * (_clean_photo() > 0.5).sum()
+
+
+def test_a_tight_crop_whose_bar_spans_the_width_keeps_it_on_ruled_paper():
+    seven = Image.new("L", (120, 160), 235)
+    draw = ImageDraw.Draw(seven)
+    _ruled(draw, every=12, level=150, columns=False)
+    draw.rectangle([4, 20, 115, 34], fill=30)  # the bar, across nearly the whole crop
+    draw.line([(105, 34), (50, 150)], fill=30, width=14)
+    out = preprocess(seven)
+    inked_rows = np.flatnonzero(out.max(axis=1) > 0.5)
+    assert (out[inked_rows[0]] > 0.5).sum() >= 10
+
+
+def test_a_boxy_digit_filling_the_picture_is_not_taken_for_ruled_paper():
+    from training.ml.preprocess import _digit_masks, _ink_maps, _rulings_removed
+
+    eight = Image.new("L", (100, 140), 255)
+    draw = ImageDraw.Draw(eight)
+    for top in (0, 62, 126):  # three bars from side to side, and both sides from top to bottom
+        draw.rectangle([0, top, 99, top + 13], fill=0)
+    draw.rectangle([0, 0, 13, 139], fill=0)
+    draw.rectangle([86, 0, 99, 139], fill=0)
+    inks, _ = _ink_maps(np.asarray(eight, dtype=np.float32)[None] / 255)
+    masks = _digit_masks(inks)
+    before_inks, before_masks = inks.copy(), masks.copy()
+
+    _rulings_removed(inks, masks)
+
+    np.testing.assert_array_equal(inks, before_inks)
+    np.testing.assert_array_equal(masks, before_masks)
