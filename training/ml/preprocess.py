@@ -41,11 +41,14 @@ _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = True
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
-# Ruled or squared paper: rows (or columns) marked along at least this share of their length are printed lines,
-# once there are at least this many separate ones in one direction. A digit, even cropped tightly with its bars
-# reaching both sides, has at most three (an 8, a 3); a boxy 8's loops reach three-quarters of a column at most.
+# Ruled or squared paper: lines inked (above RULING_INK) along at least RULING_COVER of their length are printed
+# lines, once there are at least RULING_MIN_LINES separate ones in one direction. A digit, even cropped tightly with
+# its bars reaching both sides, has at most three (an 8, a 3); a boxy 8's loops reach three-quarters of a column at
+# most. Lines are looked for within 3° of the picture's edges, in steps that drift less than a pixel over 230.
+RULING_INK = 0.1
 RULING_COVER = 0.8
 RULING_MIN_LINES = 4
+RULING_SLOPES = np.tan(np.radians(np.arange(-3.0, 3.01, 0.25)))
 
 _RGB_LIKE = {"RGB", "RGBX", "CMYK", "YCbCr", "HSV"}
 _WITH_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -218,33 +221,75 @@ def _line_counts(covered: np.ndarray) -> np.ndarray:
     return (np.diff(covered.astype(np.int8), axis=-1, prepend=0) == 1).sum(axis=-1)
 
 
+def _printed_lines(ink: np.ndarray) -> np.ndarray | None:
+    """The pixels of printed lines running across ``ink`` from side to side, or None when there are too few.
+
+    Photos are rarely square to the sheet: each slope of RULING_SLOPES is
+    tried, counting the marked pixels along every line of that slope, and the
+    one that finds the most lines wins.
+    """
+    h, w = ink.shape
+    ys, xs = np.nonzero(ink > RULING_INK)
+    best, best_score = None, (RULING_MIN_LINES, 0)
+    for slope in RULING_SLOPES:
+        shift = np.rint(np.arange(w) * slope).astype(np.intp)
+        shift -= shift.min()
+        size = h + int(shift.max())
+        marked = np.bincount(ys + shift[xs], minlength=size)
+        # How much of each slanted line lies inside the picture (its ends leave it at the top or bottom).
+        inside = np.cumsum(np.bincount(shift, minlength=size + 1) - np.bincount(shift + h, minlength=size + 1))[:size]
+        covered = (marked > RULING_COVER * inside) & (inside >= w // 2)
+        # The most lines, then the slope that gathers the most of their pixels into them (the closest one).
+        score = (int(_line_counts(covered)), int(marked[covered].sum()))
+        if score > best_score:
+            best, best_score = (covered, shift), score
+    if best is None:
+        return None
+    covered, shift = best
+    return covered[np.arange(h)[:, None] + shift[None, :]]
+
+
 def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
     """Take ruled or squared paper's printed lines out of N ink maps and their masks, in place.
 
     Lines as dark as a quarter of the ink join the digit into one piece that
     reaches every edge, and the crop takes in the whole sheet. Every line of a
-    sheet is printed alike, so one level, the typical line row's median ink, is
-    subtracted from each line row: the lines go, and the digit's strokes where
-    they cross them keep the rest of their ink. A single level also spares a
-    digit's bar that spans a tight crop: its row's median is far above the
-    lines'. Lines at an angle to the picture's edges are not found.
+    sheet is printed alike, so along the lines one level, their typical ink,
+    becomes the background: the lines go, and a stroke crossing one, whose ink
+    covers it, keeps its full strength. A single level also spares a digit's
+    bar that spans a tight crop: it is far darker than the lines.
     """
-    rows, cols = masks.mean(axis=2) > RULING_COVER, masks.mean(axis=1) > RULING_COVER
-    ruled_rows = _line_counts(rows) >= RULING_MIN_LINES
-    ruled_cols = _line_counts(cols) >= RULING_MIN_LINES
-    for index in np.flatnonzero(ruled_rows | ruled_cols):
-        ink = inks[index]
-        if ruled_rows[index]:
-            lines = ink[rows[index]]
-            ink[rows[index]] = lines - np.median(np.median(lines, axis=1))
-        if ruled_cols[index]:
-            lines = ink[:, cols[index]]
-            ink[:, cols[index]] = lines - np.median(np.median(lines, axis=0))
-        np.clip(ink, 0.0, None, out=ink)
-        peak = ink.max()
-        if peak > 0:
-            ink /= peak
-        masks[index] = _digit_masks(ink[None])[0]
+    marked = inks > RULING_INK
+    across = marked[:, :, 0].any(axis=1) & marked[:, :, -1].any(axis=1)
+    down = marked[:, 0, :].any(axis=1) & marked[:, -1, :].any(axis=1)
+    for index in np.flatnonzero(across | down):
+        ink, mask = inks[index], masks[index]
+        lines = np.zeros_like(mask)
+        if across[index] and (rows := _printed_lines(ink)) is not None:
+            lines |= rows
+        if down[index] and (cols := _printed_lines(ink.T)) is not None:
+            lines |= cols.T
+        if not lines.any():
+            continue
+        level = min(float(np.median(ink[lines])), 0.9)
+        # With the line on either side: a slanted line's edges are blurred over the next rows, too faint to count.
+        lines = ndimage.binary_dilation(lines)
+        # Ink covers the line it crosses: a stroke's pixel there is as dark as elsewhere, and only what lies between
+        # the line's level and the ink's is stroke.
+        ink[lines] = np.clip((ink[lines] - level) / (1.0 - level), 0.0, None)
+        mask = _digit_masks(ink[None])[0]
+        # What is left of a line where it leaves the picture, too short to be counted with it: small pieces on the
+        # edge, which a digit near the edge would otherwise take in as its own.
+        labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        for number, (down_slice, across_slice) in enumerate(ndimage.find_objects(labels), start=1):
+            on_edge = (down_slice.start == 0 or across_slice.start == 0 or down_slice.stop == mask.shape[0]
+                       or across_slice.stop == mask.shape[1])
+            extent = max(down_slice.stop - down_slice.start, across_slice.stop - across_slice.start)
+            if on_edge and extent < DIGIT_MIN_EXTENT * max(mask.shape):
+                remnant = labels == number
+                mask[remnant] = False
+                ink[remnant] = 0.0
+        masks[index] = mask
 
 
 def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -304,6 +304,13 @@ def test_the_printed_lines_of_squared_or_ruled_paper_are_taken_out_and_the_digit
     assert (lined > 0.5).sum() >= 0.9 * (_clean_photo() > 0.5).sum()
 
 
+@pytest.mark.parametrize("degrees", [1, -2, 3])
+def test_printed_lines_a_few_degrees_off_the_pictures_edges_are_taken_out_too(degrees):
+    turned = _lined_photo().rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=235)
+    clean = _photo(lambda draw: None).rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=235)
+    assert np.abs(preprocess(turned) - preprocess(clean)).mean() < 0.02
+
+
 def test_a_tight_crop_whose_bar_spans_the_width_keeps_it_on_ruled_paper():
     seven = Image.new("L", (120, 160), 235)
     draw = ImageDraw.Draw(seven)
