@@ -41,14 +41,18 @@ _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = True
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
-# Ruled or squared paper: lines inked (above RULING_INK) along at least RULING_COVER of their length are printed
-# lines, once there are at least RULING_MIN_LINES separate ones in one direction. A digit, even cropped tightly with
-# its bars reaching both sides, has at most three (an 8, a 3); a boxy 8's loops reach three-quarters of a column at
-# most. Lines are looked for within 3° of the picture's edges, in steps that drift less than a pixel over 230.
+# Ruled or squared paper: thin lines inked (above RULING_INK) along at least RULING_COVER of their length are
+# printed lines, once there are at least RULING_MIN_LINES separate ones in one direction; a digit's bars, even in a
+# tight crop, are at most three. Lines are looked for within 3° of the picture's edges, in steps that drift less
+# than a pixel over 230.
 RULING_INK = 0.1
 RULING_COVER = 0.8
 RULING_MIN_LINES = 4
 RULING_SLOPES = np.tan(np.radians(np.arange(-3.0, 3.01, 0.25)))
+# A printed line is thin (at most this many rows of the working copy) and inked at least this share of its length
+# more than the rows 2-4 beside it, which a digit's thick, soft stroke never is.
+RULING_MAX_WIDTH = 4
+RULING_RIDGE = 0.3
 
 _RGB_LIKE = {"RGB", "RGBX", "CMYK", "YCbCr", "HSV"}
 _WITH_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -221,6 +225,26 @@ def _line_counts(covered: np.ndarray) -> np.ndarray:
     return (np.diff(covered.astype(np.int8), axis=-1, prepend=0) == 1).sum(axis=-1)
 
 
+def _thin_ridges(covered: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """The runs of ``covered`` lines that are printed lines: thin, and inked far more than the lines 2-4 away.
+
+    A soft, thick stroke of a tightly cropped digit covers most of many
+    neighbouring columns, and its coverage flickers about RULING_COVER: each
+    flicker would count as a line of its own.
+    """
+    edges = np.diff(covered.astype(np.int8), prepend=0, append=0)
+    kept = np.zeros_like(covered)
+    size = covered.size
+    for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        if stop - start > RULING_MAX_WIDTH:
+            continue
+        flanks = np.concatenate([share[max(0, start - 4) : max(0, start - 1)], share[min(size, stop + 1) : stop + 4]])
+        if flanks.size and share[start:stop].min() - flanks.max() < RULING_RIDGE:
+            continue
+        kept[start:stop] = True
+    return kept
+
+
 def _printed_lines(ink: np.ndarray) -> np.ndarray | None:
     """The pixels of printed lines running across ``ink`` from side to side, or None when there are too few.
 
@@ -239,6 +263,7 @@ def _printed_lines(ink: np.ndarray) -> np.ndarray | None:
         # How much of each slanted line lies inside the picture (its ends leave it at the top or bottom).
         inside = np.cumsum(np.bincount(shift, minlength=size + 1) - np.bincount(shift + h, minlength=size + 1))[:size]
         covered = (marked > RULING_COVER * inside) & (inside >= w // 2)
+        covered = _thin_ridges(covered, marked / np.maximum(inside, 1))
         # The most lines, then the slope that gathers the most of their pixels into them (the closest one).
         score = (int(_line_counts(covered)), int(marked[covered].sum()))
         if score > best_score:
