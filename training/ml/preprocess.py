@@ -288,8 +288,8 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
     across = marked[:, :, 0].any(axis=1) & marked[:, :, -1].any(axis=1)
     down = marked[:, 0, :].any(axis=1) & marked[:, -1, :].any(axis=1)
     for index in np.flatnonzero(across | down):
-        ink, mask = inks[index], masks[index]
-        lines = np.zeros_like(mask)
+        ink = inks[index]
+        lines = np.zeros(ink.shape, dtype=bool)
         if across[index] and (rows := _printed_lines(ink)) is not None:
             lines |= rows
         if down[index] and (cols := _printed_lines(ink.T)) is not None:
@@ -306,14 +306,18 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
         # What is left of a line where it leaves the picture, too short to be counted with it: small pieces on the
         # edge, which a digit near the edge would otherwise take in as its own.
         labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-        for number, (down_slice, across_slice) in enumerate(ndimage.find_objects(labels), start=1):
-            on_edge = (down_slice.start == 0 or across_slice.start == 0 or down_slice.stop == mask.shape[0]
-                       or across_slice.stop == mask.shape[1])
-            extent = max(down_slice.stop - down_slice.start, across_slice.stop - across_slice.start)
-            if on_edge and extent < DIGIT_MIN_EXTENT * max(mask.shape):
-                remnant = labels == number
-                mask[remnant] = False
-                ink[remnant] = 0.0
+        remnants = [
+            number
+            for number, (down_span, across_span) in enumerate(ndimage.find_objects(labels), start=1)
+            if (down_span.start == 0 or across_span.start == 0 or down_span.stop == mask.shape[0]
+                or across_span.stop == mask.shape[1])
+            and max(down_span.stop - down_span.start, across_span.stop - across_span.start)
+            < DIGIT_MIN_EXTENT * max(mask.shape)
+        ]
+        # One pass over the picture for all of them, however many a dense grid leaves.
+        remnant = np.isin(labels, remnants)
+        mask[remnant] = False
+        ink[remnant] = 0.0
         masks[index] = mask
 
 
