@@ -14,7 +14,7 @@ from django.conf import settings
 from PIL import Image
 
 from training.loading import checkpoint_load_model
-from training.ml.preprocess import EmptyImageError, preprocess_batch, to_tensor, to_uint8
+from training.ml.preprocess import EmptyImageError, Interrupts, preprocess_batch, to_tensor, to_uint8
 from training.ml.serving import inference_model
 from training.models import Checkpoint
 from training.selectors import checkpoint_get, checkpoint_get_active
@@ -153,14 +153,17 @@ def model_for_checkpoint_id(*, checkpoint_id: int | None) -> LoadedModel:
     return model_for_checkpoint(checkpoint=checkpoint_get(checkpoint_id=checkpoint_id))
 
 
-def predict_images(*, loaded: LoadedModel, images: Iterable[Image.Image]) -> list[DigitResult | Exception]:
+def predict_images(
+    *, loaded: LoadedModel, images: Iterable[Image.Image], interrupts: Interrupts = ()
+) -> list[DigitResult | Exception]:
     """Predict many images in one forward pass; an image that cannot be preprocessed gets its exception instead.
 
-    ``images`` is read once, in order, and no image is kept after its preprocessing.
+    ``images`` is read once, in order, and no image is kept after its preprocessing. ``interrupts`` are
+    raised as they come, never taken for an image's failure (see :func:`preprocess_batch`).
     """
     _configure_threads()
     started = time.perf_counter()
-    digits = preprocess_batch(images)
+    digits = preprocess_batch(images, interrupts=interrupts)
     ready = [index for index, digit in enumerate(digits) if not isinstance(digit, Exception)]
     results: list[DigitResult | Exception | None] = [d if isinstance(d, Exception) else None for d in digits]
     if ready:

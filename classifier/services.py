@@ -462,12 +462,9 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
             yield image
             del image  # released before the next one is read
 
-    results = inference.predict_images(loaded=loaded, images=stored_images())
-    for result in results:
-        if isinstance(result, SoftTimeLimitExceeded):
-            # Out of time, not a bad image: the batch stays claimed, and after a lost worker's wait it is
-            # taken up again, one prediction at a time.
-            raise result
+    # Out of time is not a bad image: the batch stays claimed, and after a lost worker's wait it is taken up
+    # again, one prediction at a time.
+    results = inference.predict_images(loaded=loaded, images=stored_images(), interrupts=(SoftTimeLimitExceeded,))
     finished = timezone.now()
     for prediction, result in zip(readable, results, strict=True):
         if isinstance(result, inference.EmptyImageError):

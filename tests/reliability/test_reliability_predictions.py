@@ -34,7 +34,7 @@ def large_digit_png(mnist_image) -> bytes:
 def large_stored_upload(owner, mnist_image) -> Upload:
     """That photo stored whole, as uploads were before stored copies were capped at 2,048 pixels.
 
-    Reading and preprocessing it takes a worker about a tenth of a second: long enough to be caught mid-run.
+    Reading and preprocessing it takes a worker a tenth to a quarter of a second: long enough to be caught mid-run.
     """
     data = large_digit_png(mnist_image)
     image = ValidatedImage(content=data, original_name="big.png", format="PNG", size=len(data), width=6000,
@@ -130,7 +130,7 @@ def test_a_prediction_out_of_time_stays_claimed_for_a_retry_instead_of_failing_a
 
     worker = workers()
     # A first prediction loads the model, so the time limit below falls inside the big images' reading and
-    # preprocessing (0.04 to 0.1 s each, 32 of them: one claim's worth), well after the claim even on a busy
+    # preprocessing (0.1 to 0.25 s each, 32 of them: one claim's worth), well after the claim even on a busy
     # machine, and well before the end even on a fast one.
     (warm_up,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "one.png")], source="file")
     assert wait_for_prediction(warm_up.pk).status == "done"

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from scipy import ndimage
 
 from .data import normalize
@@ -59,17 +59,23 @@ _WITH_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
+# Exception types that abort a whole batch (see preprocess_batch).
+Interrupts = tuple[type[BaseException], ...]
+
+
 class EmptyImageError(ValueError):
     """The image holds no recognisable ink (blank canvas, uniform colour, pure noise)."""
 
 
-def _first_frame(image: Image.Image) -> Image.Image:
+def _first_frame(image: Image.Image, interrupts: Interrupts) -> Image.Image:
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     if image.format == "JPEG":
         # Decoding a phone photo at reduced scale is many times faster and loses nothing we need.
         try:
             image.draft(image.mode, (MAX_WORKING_SIDE, MAX_WORKING_SIDE))
+        except interrupts:
+            raise
         except Exception:  # noqa: BLE001 - draft is only an optimisation
             pass
     return image
@@ -428,16 +434,25 @@ def _centre_by_mass(small: np.ndarray) -> np.ndarray:
     return out
 
 
-def _upright_first_frame(image: Image.Image) -> Image.Image:
-    image = _first_frame(image)
+def _upright_first_frame(image: Image.Image, interrupts: Interrupts) -> Image.Image:
+    image = _first_frame(image, interrupts)
     try:
-        return ImageOps.exif_transpose(image)
+        # exif_transpose copies the whole picture even when there is nothing to turn (20 ms for 36 megapixels).
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
+            return ImageOps.exif_transpose(image)
+    except interrupts:
+        raise
     except Exception:  # noqa: BLE001 - broken EXIF must not make a valid picture unreadable
-        return image
+        pass
+    return image
 
 
-def preprocess_batch(images: Iterable[Image.Image]) -> list[np.ndarray | Exception]:
+def preprocess_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = ()) -> list[np.ndarray | Exception]:
     """:func:`preprocess` for many images at once; an image that fails gets its exception in its place.
+
+    ``interrupts``: exceptions that are never an image's fault (a caller's time
+    limit, raised from a signal handler wherever the work happens to be). They
+    end the whole batch at once instead of standing in for one image's result.
 
     ``images`` is read once, in order, and each picture is reduced to a working
     copy of at most MAX_WORKING_SIDE before the next is asked for: given a
@@ -452,8 +467,10 @@ def preprocess_batch(images: Iterable[Image.Image]) -> list[np.ndarray | Excepti
         index = len(results)
         results.append(None)
         try:
-            gray = _opaque_gray(_upright_first_frame(image))
+            gray = _opaque_gray(_upright_first_frame(image, interrupts))
             by_shape.setdefault(gray.shape, []).append((index, gray))
+        except interrupts:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported per image; the rest of the batch goes on
             # Without its traceback, whose frames hold the picture.
             results[index] = exc.with_traceback(None)
@@ -471,6 +488,8 @@ def preprocess_batch(images: Iterable[Image.Image]) -> list[np.ndarray | Excepti
                     ink, mask = _digit_only(ink, mask)
                 top, bottom, left, right = _digit_bbox(mask)
                 results[index] = _centre_by_mass(_fit_box(np.ascontiguousarray(ink[top:bottom, left:right])))
+            except interrupts:
+                raise
             except Exception as exc:  # noqa: BLE001 - as above
                 results[index] = exc
     return results  # type: ignore[return-value]

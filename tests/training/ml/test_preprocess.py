@@ -166,6 +166,43 @@ def test_a_mixed_batch_gives_each_image_what_it_gets_alone_and_failures_in_place
             np.testing.assert_array_equal(result, preprocess(image))
 
 
+class _OutOfTime(Exception):
+    """Stands for a worker's time limit: raised from a signal handler wherever the work happens to be."""
+
+
+def _out_of_time(*args, **kwargs):
+    raise _OutOfTime
+
+
+def _jpeg_digit(*, interrupted_in: str | None = None) -> Image.Image:
+    """A JPEG digit as an upload opens; ``interrupted_in`` names the Pillow call that the time limit hits."""
+    buffer = io.BytesIO()
+    _digit(mode="RGB", ink=(0, 0, 0), paper=(255, 255, 255)).save(buffer, format="JPEG")
+    image = Image.open(buffer)
+    if interrupted_in:
+        setattr(image, interrupted_in, _out_of_time)
+    return image
+
+
+@pytest.mark.parametrize("step", ["draft", "getexif", "convert", "resize"])
+def test_a_time_limit_reached_inside_one_image_ends_the_batch_instead_of_passing_for_the_images_fault(
+    step, monkeypatch
+):
+    # Reading EXIF and the reduced JPEG decode are optional steps whose own errors are ignored, and any other
+    # error is the image's: a time limit caught there would let the batch run on past it.
+    if step == "resize":  # the 20x20 fit, on a picture made inside the pipeline
+        monkeypatch.setattr(Image.Image, "resize", _out_of_time)
+    images = [_jpeg_digit(), _jpeg_digit(interrupted_in=None if step == "resize" else step), _jpeg_digit()]
+    with pytest.raises(_OutOfTime):
+        preprocess_batch(images, interrupts=(_OutOfTime,))
+
+
+@pytest.mark.parametrize("step", ["draft", "getexif"])
+def test_a_failing_optional_step_leaves_the_picture_readable(step):
+    (result,) = preprocess_batch([_jpeg_digit(interrupted_in=step)])
+    _same(result, preprocess(_jpeg_digit()), atol=0.05 if step == "draft" else 0)
+
+
 def test_a_batch_read_from_a_generator_holds_no_earlier_picture_while_the_next_is_read():
     # A worker's batch of large photos must never be decoded into memory all at once.
     makers = [
