@@ -10,7 +10,8 @@ than MNIST's strokes: a ballpoint and a fine liner. Without a model it measures
 how close each scene's 28x28 model input comes to the same digit's on clean
 paper (``same_as_clean``: the share within a mean absolute difference of 0.05;
 for the transparent margins, the same rotation on paper) and how many are
-refused as blank; with ``--checkpoint FILE`` (and its sha256, printed by the
+refused as blank, and how many of ``--empty N`` sheets in each scene with no digit on them are rightly
+refused (``empty_refused``); with ``--checkpoint FILE`` (and its sha256, printed by the
 admin) it also gives the model's accuracy in each scene.
 """
 from __future__ import annotations
@@ -76,7 +77,10 @@ def _centre_line(mask: np.ndarray) -> np.ndarray:
 
 def _pen(alpha: np.ndarray, width: float) -> np.ndarray:
     """The digit redrawn along its centre line with a round pen ``width`` pixels wide (MNIST's: about 25)."""
-    distance = ndimage.distance_transform_edt(~_centre_line(alpha > 0.5))
+    line = _centre_line(alpha > 0.5)
+    if not line.any():  # an empty sheet (the transform needs a line to measure from)
+        return np.zeros_like(alpha)
+    distance = ndimage.distance_transform_edt(~line)
     return np.clip(width / 2 + 0.5 - distance, 0.0, 1.0).astype(np.float32)
 
 
@@ -181,6 +185,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="MNIST test digits per scene")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file, for accuracy")
     parser.add_argument("--sha256", default=None, help="the checkpoint's sha256 (default: computed here)")
+    parser.add_argument("--empty", type=int, default=20, help="sheets with no digit per scene")
     args = parser.parse_args()
 
     test = load_split(DATA_DIR, split="test").subset(args.count)
@@ -196,8 +201,11 @@ def main() -> None:
         differences = [
             float(np.abs(outputs[i] - reference[i]).mean()) for i in read if not isinstance(reference[i], Exception)
         ]
+        empty = np.zeros((SIDE, SIDE), dtype=np.float32)
+        empties = preprocess_batch(SCENES[name](empty, seed) for seed in range(args.empty))
         scene = {
             "refused": len(digits) - len(read),
+            "empty_refused": round(sum(isinstance(out, Exception) for out in empties) / max(args.empty, 1), 3),
             "same_as_clean": round(sum(d < SAME for d in differences) / len(digits), 3),
             "mean_abs_difference": round(float(np.mean(differences)), 4) if differences else None,
         }
