@@ -239,29 +239,41 @@ class _RunReporter:
     def epoch_end(self, epoch: int, model, optimizer, metrics: dict[str, Any]) -> None:
         from training.ml.checkpoints import save_checkpoint
 
-        if self.claim_lost():
-            return
         history = [dict(row) for row in metrics.get("history", [])]
         path = _run_dir(self.run_id) / f"epoch-{epoch}.pt"
-        save_checkpoint(
-            path,
-            model=model,
-            config=None,
-            epoch=epoch,
-            metrics=metrics,
-            optimizer=optimizer,
-            extra={"run_id": self.run_id, "train_config": self.train_config.to_dict()},
-        )
-        checkpoint_register(
-            path=path,
-            run=TrainingRun(pk=self.run_id),
-            epoch=epoch,
-            test_accuracy=metrics.get("test_accuracy"),
-            architecture=self.architecture,
-            is_final=False,
-        )
-        self._last_write = time.monotonic()
-        self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
+        with transaction.atomic():
+            if not self.claim_locked():
+                return
+            save_checkpoint(
+                path,
+                model=model,
+                config=None,
+                epoch=epoch,
+                metrics=metrics,
+                optimizer=optimizer,
+                extra={"run_id": self.run_id, "train_config": self.train_config.to_dict()},
+            )
+            checkpoint_register(
+                path=path,
+                run=TrainingRun(pk=self.run_id),
+                epoch=epoch,
+                test_accuracy=metrics.get("test_accuracy"),
+                architecture=self.architecture,
+                is_final=False,
+            )
+            self._last_write = time.monotonic()
+            self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
+
+    def claim_locked(self) -> TrainingRun | None:
+        """Lock the run's row while this attempt still holds it, until the caller's transaction ends.
+
+        Files are written under this lock: the reaper locks the row to hand the
+        run to another attempt, so an attempt it gave up on can never write over
+        the files of the attempt that replaced it.
+        """
+        locked = self._rows().select_for_update().first()
+        self.lost = self.lost or locked is None
+        return locked
 
     def claim_lost(self) -> bool:
         """Whether the reaper or a later attempt took the run over; checked unthrottled before any write."""
@@ -384,32 +396,36 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
     from training.ml.checkpoints import save_checkpoint
 
     path = _run_dir(run.pk) / "final.pt"
-    save_checkpoint(
-        path,
-        model=result.model,
-        config=None,
-        epoch=result.epochs_completed,
-        metrics={"test_accuracy": result.final_accuracy, "test_loss": result.test_loss, "history": result.history},
-        extra={"run_id": run.pk, "train_config": train_config.to_dict()},
-    )
     with transaction.atomic():
-        locked = TrainingRun.objects.select_for_update().get(pk=run.pk)
-        if locked.status != TrainingRun.Status.RUNNING or locked.attempts != run.attempts:
+        locked = reporter.claim_locked()
+        if locked is None:
             return None
         if locked.cancel_requested:
-            # Asked after the last step's check (during the final evaluation or the save): still honoured,
-            # and nothing is registered or activated.
-            path.unlink(missing_ok=True)
+            # Asked after the last step's check (during the final evaluation): still honoured, and nothing is
+            # written, registered or activated.
             return _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
-        checkpoint = checkpoint_register(
-            path=path,
-            run=locked,
+        save_checkpoint(
+            path,
+            model=result.model,
+            config=None,
             epoch=result.epochs_completed,
-            test_accuracy=result.final_accuracy,
-            architecture=run.architecture,
-            is_final=True,
-            activate=locked.activate_on_success,
+            metrics={"test_accuracy": result.final_accuracy, "test_loss": result.test_loss, "history": result.history},
+            extra={"run_id": run.pk, "train_config": train_config.to_dict()},
         )
+        try:
+            checkpoint = checkpoint_register(
+                path=path,
+                run=locked,
+                epoch=result.epochs_completed,
+                test_accuracy=result.final_accuracy,
+                architecture=run.architecture,
+                is_final=True,
+                activate=locked.activate_on_success,
+            )
+        except BaseException:
+            # Rolled back with the transaction, the file would lie there unregistered.
+            path.unlink(missing_ok=True)
+            raise
         locked.status = TrainingRun.Status.SUCCEEDED
         locked.metrics = result.history
         locked.confusion_matrix = result.confusion

@@ -392,6 +392,55 @@ def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(tiny_recipe
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time")
+def test_an_attempt_taken_over_while_it_finishes_writes_no_file_over_the_new_attempts(tiny_recipe):
+    run = _create(tiny_recipe, epochs=1)
+    final = services._run_dir(run.pk) / "final.pt"
+    reaper_locked, attempt_waited = threading.Event(), threading.Event()
+    errors = []
+
+    def reap_after_the_last_step():
+        # The reaper taking the run over, the row locked, just as the attempt finishes: the attempt must wait for
+        # the hand-over before it writes anything.
+        try:
+            with transaction.atomic():
+                TrainingRun.objects.select_for_update().get(pk=run.pk)
+                TrainingRun.objects.filter(pk=run.pk).update(attempts=2, error="resumed elsewhere")
+                reaper_locked.set()
+                deadline = time.monotonic() + 60
+                while not attempt_waited.is_set() and time.monotonic() < deadline:
+                    with connection.cursor() as cursor:
+                        # A row lock is waited for on the holder's transaction id, which names no database.
+                        cursor.execute(
+                            "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
+                            "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
+                        )
+                        if cursor.fetchone()[0]:
+                            attempt_waited.set()
+                    time.sleep(0.02)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            reaper_locked.set()
+            connection.close()
+
+    reaper = threading.Thread(target=reap_after_the_last_step)
+
+    def on_progress(fraction, epoch, step, eta):
+        if fraction >= 1.0 and not reaper.is_alive():
+            reaper.start()
+            assert reaper_locked.wait(30)
+
+    assert services.training_run_execute(run_id=run.pk, on_progress=on_progress) is None
+    reaper.join(60)
+    assert errors == [] and attempt_waited.is_set()
+    assert not (services._run_dir(run.pk) / "epoch-1.pt").exists() and not final.exists()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
+    assert not run.checkpoints.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time")
 def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_checkpoint):
     first, _ = make_checkpoint()
     second, _ = make_checkpoint()
