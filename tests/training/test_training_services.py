@@ -390,6 +390,22 @@ def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(tiny_recipe
     assert not run.checkpoints.exists()
 
 
+def _another_connection_waits_for_a_lock(*, timeout: float) -> bool:
+    """Whether, within ``timeout`` seconds, a connection to this PostgreSQL database is seen waiting for a lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            # A row lock is waited for on the holder's transaction id, which names no database: matched by backend.
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
+                "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
+            )
+            if cursor.fetchone()[0]:
+                return True
+        time.sleep(0.02)
+    return False
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time")
 def test_an_attempt_taken_over_while_it_finishes_writes_no_file_over_the_new_attempts(tiny_recipe):
@@ -406,17 +422,8 @@ def test_an_attempt_taken_over_while_it_finishes_writes_no_file_over_the_new_att
                 TrainingRun.objects.select_for_update().get(pk=run.pk)
                 TrainingRun.objects.filter(pk=run.pk).update(attempts=2, error="resumed elsewhere")
                 reaper_locked.set()
-                deadline = time.monotonic() + 60
-                while not attempt_waited.is_set() and time.monotonic() < deadline:
-                    with connection.cursor() as cursor:
-                        # A row lock is waited for on the holder's transaction id, which names no database.
-                        cursor.execute(
-                            "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
-                            "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
-                        )
-                        if cursor.fetchone()[0]:
-                            attempt_waited.set()
-                    time.sleep(0.02)
+                if _another_connection_waits_for_a_lock(timeout=60):
+                    attempt_waited.set()
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -455,16 +462,8 @@ def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_che
                 first_active.set()
                 # Still uncommitted while the second activation starts, the moment the two used to collide, and
                 # until the second is seen waiting for this one.
-                deadline = time.monotonic() + 30
-                while not second_waited.is_set() and time.monotonic() < deadline:
-                    with connection.cursor() as cursor:
-                        cursor.execute(
-                            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                            "WHERE NOT l.granted AND d.datname = current_database()"
-                        )
-                        if cursor.fetchone()[0]:
-                            second_waited.set()
-                    time.sleep(0.02)
+                if _another_connection_waits_for_a_lock(timeout=30):
+                    second_waited.set()
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
