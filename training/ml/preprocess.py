@@ -193,10 +193,7 @@ def _dark_ink(grays: np.ndarray) -> np.ndarray:
 
 
 def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ink maps in [0, 1] (ink bright, background 0, whatever the polarity) and each one's strongest contrast.
-
-    A map whose strongest contrast is under MIN_CONTRAST holds no ink, and is left unscaled.
-    """
+    """Ink maps in [0, 1] (ink bright, background 0, whatever the polarity) and which ones hold any ink at all."""
     n = grays.shape[0]
     dark = _dark_ink(grays)[:, None, None]
     grays = np.where(dark, np.float32(1.0) - grays, grays)
@@ -214,8 +211,9 @@ def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ink -= np.maximum(3.0 * noise, 0.02).astype(np.float32)[:, None, None]
     np.clip(ink, 0.0, None, out=ink)
     peak = ink.reshape(n, -1).max(axis=1)
-    ink /= np.where(peak >= MIN_CONTRAST, peak, 1.0).astype(np.float32)[:, None, None]
-    return ink, peak
+    inked = peak >= MIN_CONTRAST
+    ink /= np.where(inked, peak, 1.0).astype(np.float32)[:, None, None]
+    return ink, inked
 
 
 def _digit_masks(inks: np.ndarray) -> np.ndarray:
@@ -282,7 +280,7 @@ def _printed_lines(ink: np.ndarray) -> np.ndarray | None:
     return covered[np.arange(h)[:, None] + shift[None, :]]
 
 
-def _rulings_removed(inks: np.ndarray, masks: np.ndarray, peaks: np.ndarray) -> None:
+def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
     """Take ruled or squared paper's printed lines out of N ink maps and their masks, in place.
 
     Lines as dark as a quarter of the ink join the digit into one piece that
@@ -291,9 +289,6 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray, peaks: np.ndarray) -> 
     becomes the background: the lines go, and a stroke crossing one, whose ink
     covers it, keeps its full strength. A single level also spares a digit's
     bar that spans a tight crop: it is far darker than the lines.
-
-    ``peaks`` (each map's strongest contrast) come down to what stands out once
-    the lines are gone: on an empty sheet, nothing but the paper's grain.
     """
     marked = inks > RULING_INK
     across = marked[:, :, 0].any(axis=1) & marked[:, :, -1].any(axis=1)
@@ -310,9 +305,6 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray, peaks: np.ndarray) -> 
         level = min(float(np.median(ink[lines])), 0.9)
         # With the line on either side: a slanted line's edges are blurred over the next rows, too faint to count.
         lines = ndimage.binary_dilation(lines)
-        # Measured before the stroke's strength is restored below, which would blow the grain along the lines up
-        # to full ink when they are all there is.
-        peaks[index] *= max(float(ink[~lines].max(initial=0.0)), float(ink[lines].max()) - level)
         # Ink covers the line it crosses: a stroke's pixel there is as dark as elsewhere, and only what lies between
         # the line's level and the ink's is stroke.
         ink[lines] = np.clip((ink[lines] - level) / (1.0 - level), 0.0, None)
@@ -484,11 +476,10 @@ def preprocess_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = 
             results[index] = exc.with_traceback(None)
         del image  # not held while the next one is read
     for members in by_shape.values():
-        inks, peaks = _ink_maps(np.stack([gray for _, gray in members]))
+        inks, inked = _ink_maps(np.stack([gray for _, gray in members]))
         masks = _digit_masks(inks)
-        _rulings_removed(inks, masks, peaks)
+        _rulings_removed(inks, masks)
         pieces = _piece_counts(masks)
-        inked = peaks >= MIN_CONTRAST
         for (index, _), ink, mask, has_ink, count in zip(members, inks, masks, inked, pieces, strict=True):
             try:
                 if not has_ink:
