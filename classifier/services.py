@@ -438,6 +438,9 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
     except Exception as exc:
         if _is_transient(exc):
             raise
+        if (out_of_time := _time_limit_behind(exc)) is not None:
+            # Reached while the file was read, and wrapped as a damaged checkpoint: not the model's fault either.
+            raise out_of_time from None
         # This worker's fault (a volume not mounted on its host, a damaged copy, a GPU error), not the images':
         # failing the batch would fail other people's predictions that a healthy worker can compute.
         logger.exception("could not load checkpoint %s; handing the predictions back", checkpoint_id)
@@ -505,6 +508,13 @@ def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
             sorted(prediction.pk for prediction in predictions if prediction.pk not in stored),
         )
     return [prediction for prediction in predictions if prediction.pk in stored]
+
+
+def _time_limit_behind(exc: BaseException | None) -> SoftTimeLimitExceeded | None:
+    """The task's time limit, when it set off ``exc`` (a library's own error wrapping it)."""
+    while exc is not None and not isinstance(exc, SoftTimeLimitExceeded):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _is_transient(exc: Exception) -> bool:

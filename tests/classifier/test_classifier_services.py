@@ -179,6 +179,27 @@ def test_a_worker_that_cannot_load_the_model_hands_its_predictions_back_instead_
     assert {prediction.status for prediction in done} == {"done"} and len(done) == 2
 
 
+def test_a_time_limit_reached_while_the_model_loads_keeps_the_claim_instead_of_counting_a_broken_model(
+    user, digit_png, active_checkpoint, monkeypatch
+):
+    import torch
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def out_of_time(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    # The limit's signal arriving while the checkpoint is deserialised, which wraps any error as a damaged file.
+    monkeypatch.setattr(torch, "load", out_of_time)
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        services.prediction_execute(prediction_id=prediction.pk)
+    # Still claimed, as a worker out of time leaves it, for a retry after the stale wait; not handed back.
+    assert Prediction.objects.filter(pk=prediction.pk).values_list("status", "attempts", "error").get() == (
+        "running", 1, "")
+
+
 def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_without_showing_server_paths(
     user, digit_png, active_checkpoint, settings
 ):
