@@ -6,10 +6,11 @@ from accounts.models import ApiToken
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at")
+    list_display = ("name", "user", "prefix", "read_only", "created_at", "last_used_at", "expires_at")
+    list_filter = ("read_only",)
     list_select_related = ("user",)
     search_fields = ("user__username", "name", "prefix")
-    fields = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at")
+    fields = ("name", "user", "prefix", "read_only", "created_at", "last_used_at", "expires_at")
     readonly_fields = fields
     ordering = ("-created_at",)
 

@@ -39,6 +39,10 @@ class ApiTokenCreateForm(forms.Form):
         label="Name", required=False, max_length=ApiToken.NAME_MAX_LENGTH,
         help_text="What will use it, e.g. “scanner script”; left empty, the token is named after its first characters.",
     )
+    read_only = forms.BooleanField(
+        label="Read only", required=False,
+        help_text="It can read your history and predictions, never upload, change or start anything.",
+    )
 
 
 class AccountDeleteForm(LockoutPasswordMixin, forms.Form):

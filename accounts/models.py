@@ -30,6 +30,10 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(editable=False)
     # Recorded at most once an hour (LAST_USED_PRECISION): a write per request would cost every API call.
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # For a program that only reads (a dashboard, a backup): a leaked key then cannot upload, change or start anything.
+    read_only = models.BooleanField(
+        default=False, editable=False, help_text="Reads history and predictions only; every other request is refused."
+    )
 
     LAST_USED_PRECISION = dt.timedelta(hours=1)
 

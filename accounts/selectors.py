@@ -20,12 +20,13 @@ def _token_user_sql() -> str:
     user_table, token_table = quote(user_model._meta.db_table), quote(ApiToken._meta.db_table)
     columns = {
         name: quote(ApiToken._meta.get_field(name).column)
-        for name in ("id", "user", "name", "prefix", "created_at", "last_used_at", "digest")
+        for name in ("id", "user", "name", "prefix", "created_at", "last_used_at", "read_only", "digest")
     }
     return (
         f"SELECT u.*, t.{columns['id']} AS token_id, t.{columns['name']} AS token_name, "
         f"t.{columns['prefix']} AS token_prefix, t.{columns['created_at']} AS token_created_at, "
-        f"t.{columns['last_used_at']} AS token_last_used_at FROM {user_table} u "
+        f"t.{columns['last_used_at']} AS token_last_used_at, t.{columns['read_only']} AS token_read_only "
+        f"FROM {user_table} u "
         f"JOIN {token_table} t ON t.{columns['user']} = u.{quote(user_model._meta.pk.column)} "
         f"WHERE t.{columns['digest']} = %s"
     )
@@ -50,6 +51,7 @@ def api_token_with_user_get(*, key: str) -> ApiToken | None:
         prefix=user.token_prefix,
         created_at=_converted(ApiToken._meta.get_field("created_at"), user.token_created_at),
         last_used_at=_converted(ApiToken._meta.get_field("last_used_at"), user.token_last_used_at),
+        read_only=_converted(ApiToken._meta.get_field("read_only"), user.token_read_only),
     )
     # Loaded, not new: saving it would update the stored row.
     token._state.adding, token._state.db = False, user._state.db

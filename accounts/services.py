@@ -86,8 +86,10 @@ class ApiTokenError(ValueError):
     """A token cannot be made: its name is too long or taken, or the user has MAX_PER_USER already."""
 
 
-def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
+def api_token_create(*, user, name: str = "", read_only: bool = False) -> tuple[ApiToken, str]:
     """A new API token for ``user`` and its key; the user's other tokens go on working.
+
+    A ``read_only`` token is refused every request but GET, HEAD and OPTIONS.
 
     Only the key's digest is stored: the caller shows the key once, and nobody,
     staff included, can read it back. Without a name, the token is named after
@@ -108,7 +110,12 @@ def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
         if tokens.filter(name=name).exists():
             raise ApiTokenError(f"You have a token called “{name}” already; choose another name.")
         token = ApiToken.objects.create(
-            user=user, name=name, digest=api_token_digest(key), prefix=prefix, created_at=timezone.now()
+            user=user,
+            name=name,
+            digest=api_token_digest(key),
+            prefix=prefix,
+            created_at=timezone.now(),
+            read_only=read_only,
         )
     return token, key
 

@@ -107,7 +107,9 @@ def account_token_create(request: HttpRequest) -> HttpResponse:
     form = ApiTokenCreateForm(request.POST)
     if form.is_valid():
         try:
-            token, key = services.api_token_create(user=request.user, name=form.cleaned_data["name"])
+            token, key = services.api_token_create(
+                user=request.user, name=form.cleaned_data["name"], read_only=form.cleaned_data["read_only"]
+            )
         except services.ApiTokenError as exc:
             form.add_error("name", str(exc))
         else:

@@ -1,5 +1,7 @@
-"""Who may use which endpoint: staff manage training and checkpoints, each action needing its admin permission."""
-from rest_framework.permissions import IsAdminUser
+"""Who may use which endpoint: read-only tokens only read; staff manage training, each action needing its admin permission."""
+from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAdminUser
+
+from accounts.models import ApiToken
 
 STAFF_ONLY = "Only staff members may manage training runs and checkpoints."
 
@@ -22,3 +24,13 @@ class StaffWithModelPermissions(IsAdminUser):
         if missing:
             self.message = f"Your account lacks the permission this needs ({', '.join(missing)})."
         return not missing
+
+
+class TokenScopeAllows(BasePermission):
+    """A read-only API token reads (GET, HEAD, OPTIONS) and nothing else, whatever its user may do."""
+
+    message = "This API token is read-only: it can read, never upload, change or start anything."
+
+    def has_permission(self, request, view) -> bool:
+        token = request.auth
+        return not (isinstance(token, ApiToken) and token.read_only) or request.method in SAFE_METHODS

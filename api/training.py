@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from api import responses, selectors
 from api.errors import Conflict
-from api.permissions import STAFF_ONLY, StaffWithModelPermissions
+from api.permissions import STAFF_ONLY, StaffWithModelPermissions, TokenScopeAllows
 from api.serializers import CheckpointSerializer, TrainingRunCreateSerializer, TrainingRunSerializer
 from training import services as training_services
 from training.models import Checkpoint, TrainingRun
@@ -42,7 +42,7 @@ def _run_data(request: Request, run: TrainingRun) -> dict:
 
 @extend_schema(tags=["training runs"])
 class TrainingRunListCreateApi(GenericAPIView):
-    permission_classes = [StaffWithModelPermissions]
+    permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_trainingrun"], "POST": ["training.add_trainingrun"]}
     # Only OPTIONS uses it, to describe the body of POST.
     serializer_class = TrainingRunCreateSerializer
@@ -74,7 +74,7 @@ class TrainingRunListCreateApi(GenericAPIView):
 
 @extend_schema(tags=["training runs"])
 class TrainingRunDetailApi(APIView):
-    permission_classes = [StaffWithModelPermissions]
+    permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_trainingrun"]}
 
     @extend_schema(
@@ -88,7 +88,7 @@ class TrainingRunDetailApi(APIView):
 
 @extend_schema(tags=["training runs"])
 class TrainingRunCancelApi(APIView):
-    permission_classes = [StaffWithModelPermissions]
+    permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"POST": ["training.change_trainingrun"]}
 
     @extend_schema(
@@ -116,7 +116,7 @@ class TrainingRunCancelApi(APIView):
 
 @extend_schema(tags=["checkpoints"])
 class CheckpointListApi(GenericAPIView):
-    permission_classes = [StaffWithModelPermissions]
+    permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_checkpoint"]}
     serializer_class = CheckpointSerializer
 
@@ -133,7 +133,7 @@ class CheckpointListApi(GenericAPIView):
 
 @extend_schema(tags=["checkpoints"])
 class CheckpointDetailApi(APIView):
-    permission_classes = [StaffWithModelPermissions]
+    permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_checkpoint"]}
 
     @extend_schema(
@@ -147,7 +147,7 @@ class CheckpointDetailApi(APIView):
 
 @extend_schema(tags=["checkpoints"])
 class CheckpointActivateApi(APIView):
-    permission_classes = [StaffWithModelPermissions]
+    permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"POST": ["training.change_checkpoint"]}
 
     @extend_schema(

@@ -38,6 +38,27 @@ def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user
     assert key not in page and "scanner script" in page and key[:8] in page
 
 
+def test_a_token_made_read_only_on_the_page_reads_is_refused_an_upload_and_is_listed_as_read_only(
+    signed_in, user, digit_png
+):
+    from rest_framework.test import APIClient
+
+    made = signed_in.post("/accounts/tokens/", {"name": "dashboard", "read_only": "on"})
+    key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
+    assert _api_status(key) == 200
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    refused = api.post("/api/v1/predictions/", {"files": [io.BytesIO(digit_png(3))]}, format="multipart")
+    assert refused.status_code == 403 and "read-only" in refused.json()["error"]["message"]
+    assert not Upload.objects.exists()
+    page = signed_in.get("/accounts/").content.decode()
+    assert re.search(r"dashboard</strong> <code>\w+…</code> <span class=\"badge\">read only</span>", page)
+    # Without the box ticked, a token has full access, as before.
+    signed_in.post("/accounts/tokens/", {"name": "uploader"})
+    assert list(ApiToken.objects.order_by("name").values_list("name", "read_only")) == [
+        ("dashboard", True), ("uploader", False)]
+
+
 def test_tokens_work_side_by_side_and_revoking_one_stops_only_that_one(signed_in, user, other_user):
     first, first_key = api_token_create(user=user, name="laptop")
     _, second_key = api_token_create(user=user, name="server")

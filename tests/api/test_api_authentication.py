@@ -122,6 +122,17 @@ def test_the_command_prints_a_working_key_and_leaves_the_users_other_tokens_alon
         assert api_client.get(LIST).status_code == 200
 
 
+def test_the_command_makes_a_read_only_token_when_asked(api_client, user):
+    out = io.StringIO()
+    call_command("api_token_create", "alice", "--read-only", stdout=out, stderr=io.StringIO())
+
+    key = out.getvalue().strip()
+    assert ApiToken.objects.get(prefix=key[:8]).read_only
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api_client.get(LIST).status_code == 200
+    assert api_client.post(LIST, {}, format="multipart").status_code == 403
+
+
 def test_the_admin_lists_tokens_without_keys_and_cannot_make_one(client, staff_user, user):
     _, key = api_token_create(user=user)
     client.force_login(staff_user)

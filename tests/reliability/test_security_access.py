@@ -86,6 +86,31 @@ def test_every_route_but_log_in_and_sign_up_requires_a_logged_in_user(client, ow
     assert client.get(reverse("signup")).status_code == 200
 
 
+def test_a_read_only_token_of_an_administrator_is_refused_every_api_write_on_every_route(owned, staff_user):
+    from rest_framework.test import APIClient
+
+    _, key = api_token_create(user=staff_user, read_only=True)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    checked = []
+    for name, params in named_routes():
+        if not name.startswith("api:") or name in PUBLIC:
+            continue
+        url = reverse(name, kwargs=route_kwargs(name, params, owned))
+        for method in ("post", "put", "patch", "delete"):
+            response = getattr(api, method)(url, {}, format="json")
+            assert response.status_code == 403, (name, method, response.status_code)
+            assert "read-only" in response.json()["error"]["message"], (name, method)
+        # Reading is what it is for (other people's predictions stay out of reach all the same).
+        assert api.get(url).status_code in (200, 404, 405), name
+        checked.append(name)
+    assert {"api:prediction-list", "api:prediction-detail", "api:training-run-list", "api:training-run-cancel",
+            "api:checkpoint-activate"} <= set(checked), checked
+    owned["run"].refresh_from_db()
+    owned["checkpoint"].refresh_from_db()
+    assert owned["run"].status == "queued" and not owned["checkpoint"].is_active
+
+
 @pytest.fixture
 def csrf_client(user):
     client = Client(enforce_csrf_checks=True)

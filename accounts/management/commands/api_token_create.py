@@ -11,13 +11,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="what will use it (default: named after the key's start)")
+        parser.add_argument(
+            "--read-only", action="store_true", help="refused every request but GET, HEAD and OPTIONS"
+        )
 
-    def handle(self, *args, username: str, name: str, **options):
+    def handle(self, *args, username: str, name: str, read_only: bool, **options):
         user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
         if user is None:
             raise CommandError(f"No user is called {username!r}.")
         try:
-            token, key = api_token_create(user=user, name=name)
+            token, key = api_token_create(user=user, name=name, read_only=read_only)
         except ApiTokenError as exc:
             raise CommandError(str(exc)) from None
         if token.expires_at is not None:
