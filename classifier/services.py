@@ -512,9 +512,13 @@ def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
 
 def _time_limit_behind(exc: BaseException | None) -> SoftTimeLimitExceeded | None:
     """The task's time limit, when it set off ``exc`` (a library's own error wrapping it)."""
-    while exc is not None and not isinstance(exc, SoftTimeLimitExceeded):
+    seen: set[int] = set()  # a chain can loop (``raise exc from exc``)
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return exc
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return exc
+    return None
 
 
 def _is_transient(exc: Exception) -> bool:

@@ -239,37 +239,54 @@ class _RunReporter:
     def epoch_end(self, epoch: int, model, optimizer, metrics: dict[str, Any]) -> None:
         from training.ml.checkpoints import save_checkpoint
 
-        history = [dict(row) for row in metrics.get("history", [])]
-        path = _run_dir(self.run_id) / f"epoch-{epoch}.pt"
-        with transaction.atomic():
-            if not self.claim_locked():
-                return
-            save_checkpoint(
-                path,
-                model=model,
-                config=None,
-                epoch=epoch,
-                metrics=metrics,
-                optimizer=optimizer,
-                extra={"run_id": self.run_id, "train_config": self.train_config.to_dict()},
-            )
-            checkpoint_register(
-                path=path,
-                run=TrainingRun(pk=self.run_id),
-                epoch=epoch,
-                test_accuracy=metrics.get("test_accuracy"),
-                architecture=self.architecture,
-                is_final=False,
-            )
-            self._last_write = time.monotonic()
-            self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
+        if self.claim_lost():
+            return
+        path = self.file_path(f"epoch-{epoch}.pt")
+        save_checkpoint(
+            path,
+            model=model,
+            config=None,
+            epoch=epoch,
+            metrics=metrics,
+            optimizer=optimizer,
+            extra={"run_id": self.run_id, "train_config": self.train_config.to_dict()},
+        )
+        registered = False
+        try:
+            with transaction.atomic():
+                if self.claim_locked() is None:
+                    return
+                checkpoint_register(
+                    path=path,
+                    run=TrainingRun(pk=self.run_id),
+                    epoch=epoch,
+                    test_accuracy=metrics.get("test_accuracy"),
+                    architecture=self.architecture,
+                    is_final=False,
+                )
+                history = [dict(row) for row in metrics.get("history", [])]
+                self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
+            registered = True
+        finally:
+            if not registered:
+                path.unlink(missing_ok=True)
+        self._last_write = time.monotonic()
+
+    def file_path(self, name: str) -> Path:
+        """Where this attempt writes its checkpoint ``name``: a folder of its own.
+
+        An attempt the reaper gave up on may still be writing when its successor
+        starts; it never writes over the successor's files, and registers none
+        (``claim_locked``).
+        """
+        return _run_dir(self.run_id) / f"attempt-{self.attempt}" / name
 
     def claim_locked(self) -> TrainingRun | None:
-        """Lock the run's row while this attempt still holds it, until the caller's transaction ends.
+        """The run's row, locked while this attempt still holds it, until the caller's transaction ends.
 
-        Files are written under this lock: the reaper locks the row to hand the
-        run to another attempt, so an attempt it gave up on can never write over
-        the files of the attempt that replaced it.
+        Taken to register a file already written: the reaper locks the row to
+        hand the run over, so registering and handing over take turns, and
+        nobody waits on a file being written.
         """
         locked = self._rows().select_for_update().first()
         self.lost = self.lost or locked is None
@@ -395,24 +412,25 @@ def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> Traini
 def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _RunReporter) -> TrainingRun | None:
     from training.ml.checkpoints import save_checkpoint
 
-    path = _run_dir(run.pk) / "final.pt"
-    with transaction.atomic():
-        locked = reporter.claim_locked()
-        if locked is None:
-            return None
-        if locked.cancel_requested:
-            # Asked after the last step's check (during the final evaluation): still honoured, and nothing is
-            # written, registered or activated.
-            return _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
-        save_checkpoint(
-            path,
-            model=result.model,
-            config=None,
-            epoch=result.epochs_completed,
-            metrics={"test_accuracy": result.final_accuracy, "test_loss": result.test_loss, "history": result.history},
-            extra={"run_id": run.pk, "train_config": train_config.to_dict()},
-        )
-        try:
+    path = reporter.file_path("final.pt")
+    save_checkpoint(
+        path,
+        model=result.model,
+        config=None,
+        epoch=result.epochs_completed,
+        metrics={"test_accuracy": result.final_accuracy, "test_loss": result.test_loss, "history": result.history},
+        extra={"run_id": run.pk, "train_config": train_config.to_dict()},
+    )
+    registered = False
+    try:
+        with transaction.atomic():
+            locked = reporter.claim_locked()
+            if locked is None:
+                return None
+            if locked.cancel_requested:
+                # Asked after the last step's check (during the final evaluation or the save): still honoured,
+                # and nothing is registered or activated.
+                return _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
             checkpoint = checkpoint_register(
                 path=path,
                 run=locked,
@@ -422,22 +440,23 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
                 is_final=True,
                 activate=locked.activate_on_success,
             )
-        except BaseException:
-            # Rolled back with the transaction, the file would lie there unregistered.
+            locked.status = TrainingRun.Status.SUCCEEDED
+            locked.metrics = result.history
+            locked.confusion_matrix = result.confusion
+            locked.test_accuracy = result.final_accuracy
+            locked.progress = 1.0
+            locked.current_epoch = result.epochs_completed
+            locked.current_step = locked.total_steps
+            locked.eta_seconds = None
+            locked.error = ""
+            locked.finished_at = timezone.now()
+            locked.heartbeat_at = locked.finished_at
+            locked.save()
+        registered = True
+    finally:
+        if not registered:
+            # Not named by any row (taken over, cancelled, or rolled back): a file nothing would ever clean up.
             path.unlink(missing_ok=True)
-            raise
-        locked.status = TrainingRun.Status.SUCCEEDED
-        locked.metrics = result.history
-        locked.confusion_matrix = result.confusion
-        locked.test_accuracy = result.final_accuracy
-        locked.progress = 1.0
-        locked.current_epoch = result.epochs_completed
-        locked.current_step = locked.total_steps
-        locked.eta_seconds = None
-        locked.error = ""
-        locked.finished_at = timezone.now()
-        locked.heartbeat_at = locked.finished_at
-        locked.save()
     logger.info(
         "training run %s succeeded: checkpoint %s, test accuracy %.4f", run.pk, checkpoint.pk, result.final_accuracy
     )

@@ -118,11 +118,11 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert len(run.confusion_matrix) == 10 and sum(map(sum, run.confusion_matrix)) == 10_000
     final = run.checkpoints.get(is_final=True)
     assert final.is_active and final.test_accuracy == run.test_accuracy
-    assert final.path == f"runs/{run.pk}/final.pt"
+    assert final.path == f"runs/{run.pk}/attempt-1/final.pt"
     assert final.sha256 == sha256_file(settings.CHECKPOINT_DIR / final.path)
     assert final.size == (settings.CHECKPOINT_DIR / final.path).stat().st_size
     epoch_checkpoint = run.checkpoints.get(is_final=False)
-    assert epoch_checkpoint.path == f"runs/{run.pk}/epoch-1.pt" and not epoch_checkpoint.is_active
+    assert epoch_checkpoint.path == f"runs/{run.pk}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
 
 
 @requires_cuda
@@ -408,15 +408,14 @@ def _another_connection_waits_for_a_lock(*, timeout: float) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time")
-def test_an_attempt_taken_over_while_it_finishes_writes_no_file_over_the_new_attempts(tiny_recipe):
+def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no_file(tiny_recipe):
     run = _create(tiny_recipe, epochs=1)
-    final = services._run_dir(run.pk) / "final.pt"
     reaper_locked, attempt_waited = threading.Event(), threading.Event()
     errors = []
 
     def reap_after_the_last_step():
         # The reaper taking the run over, the row locked, just as the attempt finishes: the attempt must wait for
-        # the hand-over before it writes anything.
+        # the hand-over before it registers its files, then find the run gone.
         try:
             with transaction.atomic():
                 TrainingRun.objects.select_for_update().get(pk=run.pk)
@@ -440,7 +439,7 @@ def test_an_attempt_taken_over_while_it_finishes_writes_no_file_over_the_new_att
     assert services.training_run_execute(run_id=run.pk, on_progress=on_progress) is None
     reaper.join(60)
     assert errors == [] and attempt_waited.is_set()
-    assert not (services._run_dir(run.pk) / "epoch-1.pt").exists() and not final.exists()
+    assert list(services._run_dir(run.pk).rglob("*.pt")) == []
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
     assert not run.checkpoints.exists()
