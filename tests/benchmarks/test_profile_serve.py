@@ -48,12 +48,13 @@ def test_a_busy_process_of_the_stack_shows_up_in_its_py_spy_profile(tmp_path):
         assert role_pids(["worker", "web"], sessions=[child.pid]) == {"worker": [child.pid], "web": []}
         assert role_pids(["worker"], sessions=[]) == {"worker": []}
         with sampling([child.pid], tmp_path, rate=100) as files:
-            time.sleep(1.5)
+            time.sleep(3)
     finally:
         child.kill()
         child.wait()
     profile = collapsed_profile(files[child.pid].read_text().splitlines(), top=20)
-    assert profile["samples"] >= 50
+    # Far fewer than 300: attaching takes part of the window, and a loaded machine starves the sampler.
+    assert profile["samples"] >= 30
     assert _share(profile["self"], "spin_here") > 0.8
 
 

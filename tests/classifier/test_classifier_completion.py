@@ -113,15 +113,16 @@ def test_a_dropped_listening_connection_is_replaced_and_wakes_waiters_again(pend
 
 def test_waiting_for_pending_predictions_gives_up_after_the_timeout_without_a_busy_loop(pending, slow_recheck):
     ids = [prediction.pk for prediction in pending(2)]
-    finished, elapsed, queries = _wait_timed(ids, timeout=0.3)
+    finished, elapsed, queries = _wait_timed(ids, timeout=1.0)
     assert finished is False
-    assert 0.3 <= elapsed < 3
+    assert 1.0 <= elapsed < 4
     if connection.vendor == "postgresql":
         # One read, asleep until the timeout (before the safety re-read is due), one last look.
         assert queries == 2
     else:
-        # Polled every 5-50 ms: more than a handful of queries, never a busy loop.
-        assert 5 <= queries <= 20
+        # Polled every 5-50 ms: more than a handful of queries even if this process is held up for half the
+        # wait, never a busy loop.
+        assert 5 <= queries <= 60
 
 
 def _age(prediction: Prediction, seconds: float) -> None:

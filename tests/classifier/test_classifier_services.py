@@ -414,9 +414,11 @@ def test_the_orphan_sweep_deletes_only_files_no_upload_names_once_they_are_an_ho
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
-    now = timezone.now()
     kept = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file").image.name
-    folder = f"uploads/{now:%Y/%m/%d}"
+    folder = kept.rsplit("/", 1)[0]
+    # Midday of the folder's day: the hours the sweep looks back over then lie in it, whatever the time of the run
+    # (just after midnight they are yesterday's).
+    now = dt.datetime.strptime(folder, "uploads/%Y/%m/%d").replace(hour=12, tzinfo=dt.timezone.utc)
     orphan = default_storage.save(f"{folder}/orphan.png", ContentFile(b"left by a killed process"))
     young = default_storage.save(f"{folder}/young.png", ContentFile(b"its row is about to be inserted"))
     for name, age in ((kept, 2), (orphan, 2), (young, 0.1)):

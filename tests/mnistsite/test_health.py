@@ -1,4 +1,6 @@
 """Liveness and readiness endpoints report the real state of each dependency."""
+import time
+
 import pytest
 
 
@@ -52,7 +54,10 @@ def test_readyz_tells_anyone_each_verdict_and_only_the_scraper_the_details(clien
 @pytest.mark.worker
 def test_readyz_is_200_with_database_broker_worker_and_active_model(scraper, celery_worker_process, active_checkpoint):
     client = scraper
-    response = client.get("/readyz")
+    # A worker logs "ready." a moment before it listens for pings: asked in between, it is rightly not ready yet.
+    deadline = time.monotonic() + 15
+    while (response := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
     body = response.json()
     assert response.status_code == 200, body
     assert body["checks"]["model"]["checkpoint"] == active_checkpoint.pk

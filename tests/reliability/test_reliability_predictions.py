@@ -64,6 +64,8 @@ def test_a_prediction_whose_worker_is_killed_mid_run_completes_exactly_once_on_a
     assert done.status == "done", done.error
     assert done.digit == 7 and done.started_at > killed.started_at
     assert Prediction.objects.filter(upload=prediction.upload_id).count() == 1
+    # The pool child logs the success after the result's commit, which the test may see first.
+    wait_until(lambda: succeeded_count(second) >= 1, timeout=30, what=lambda: second.log()[-3000:])
     assert succeeded_count(second) == 1
     assert len(done.input_pixels) == 28 * 28
 

@@ -138,6 +138,7 @@ WRITER = textwrap.dedent(
             written, _size = save_checkpoint(target, **payload_args)
             assert written == digest, "torch.save is not deterministic; the journal would be wrong"
             checkpoint_register(path=target, run=None, epoch=version, test_accuracy=None, architecture="mlp")
+            print("written", flush=True)
     """
 )
 
@@ -150,7 +151,6 @@ def test_a_checkpoint_write_killed_at_random_moments_leaves_the_old_or_the_new_f
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     rng = random.Random(20240601)
-    outcomes = []
     for iteration in range(10):
         log = open(tmp_path / f"writer-{iteration}.log", "w")
         writer = subprocess.Popen(
@@ -158,6 +158,8 @@ def test_a_checkpoint_write_killed_at_random_moments_leaves_the_old_or_the_new_f
             cwd=REPO, env=child_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=log, start_new_session=True, text=True,
         )
         assert writer.stdout.readline().strip() == "ready", (tmp_path / f"writer-{iteration}.log").read_text()
+        # The kill lands while a later version replaces a complete one, however long the first write took here.
+        assert writer.stdout.readline().strip() == "written", (tmp_path / f"writer-{iteration}.log").read_text()
         time.sleep(rng.uniform(0.0, 1.5))
         os.killpg(writer.pid, signal.SIGKILL)
         writer.wait(timeout=10)
@@ -165,10 +167,7 @@ def test_a_checkpoint_write_killed_at_random_moments_leaves_the_old_or_the_new_f
         assert writer.returncode == -signal.SIGKILL, (tmp_path / f"writer-{iteration}.log").read_text()
 
         journaled = set(journal.read_text().split()) if journal.exists() else set()
-        if not target.exists():
-            assert "complete" not in outcomes, f"iteration {iteration}: a completed checkpoint disappeared"
-            outcomes.append("absent")
-            continue
+        assert target.exists(), f"iteration {iteration}: a completed checkpoint disappeared"
         actual = hashlib.sha256(target.read_bytes()).hexdigest()
         assert actual in journaled, f"iteration {iteration}: the file at the path is no version that was written"
         _model, payload = load_checkpoint(target, expected_sha256=actual)
@@ -184,9 +183,7 @@ def test_a_checkpoint_write_killed_at_random_moments_leaves_the_old_or_the_new_f
                     checkpoint_load_model(checkpoint=Checkpoint.objects.get(path="model.pt"))
             else:
                 checkpoint_load_model(checkpoint=Checkpoint.objects.get(path="model.pt"))
-        outcomes.append("complete")
 
     # Temp files a killed writer left behind never replace or shadow the real file.
     leftovers = [p for p in Path(settings.CHECKPOINT_DIR).iterdir() if p.name != "model.pt"]
     assert all(p.name.startswith(".model.pt.") and p.suffix == ".part" or ".probe" in p.name for p in leftovers), leftovers
-    assert outcomes.count("complete") >= 5, outcomes
