@@ -41,7 +41,7 @@ class ApiTokenCreateForm(forms.Form):
     )
     read_only = forms.BooleanField(
         label="Read only", required=False,
-        help_text="It can read your history and predictions, never upload, change or start anything.",
+        help_text="It can read what your account can see, never upload, change or start anything.",
     )
 
 

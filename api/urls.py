@@ -38,7 +38,11 @@ urlpatterns = [
     # The schema and its UI are public: they describe the API, never anyone's data.
     path("schema/", _api(SpectacularAPIView, permission_classes=[AllowAny]), name="schema"),
     path(
-        "docs/", _api(SpectacularSwaggerView, url_name="api:schema", permission_classes=[AllowAny]), name="docs"
+        "docs/",
+        # A page, not an endpoint: OPTIONS would describe it through its HTML renderer, which has no template for that.
+        _api(SpectacularSwaggerView, url_name="api:schema", permission_classes=[AllowAny],
+             http_method_names=["get", "head"]),
+        name="docs",
     ),
     # [\s\S] rather than ".": a path with a newline in it must land here too, not on Django's HTML 404.
     re_path(r"^[\s\S]*$", _api(NoSuchEndpointApi), name="no-such-endpoint"),

@@ -12,6 +12,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='apitoken',
             name='read_only',
-            field=models.BooleanField(default=False, editable=False, help_text='Reads history and predictions only; every other request is refused.'),
+            field=models.BooleanField(default=False, editable=False, help_text='Reads only (GET, HEAD, OPTIONS); every other request is refused.'),
         ),
     ]

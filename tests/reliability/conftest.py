@@ -1,6 +1,7 @@
 """Fixtures for fault tests: private Redis servers, switching the broker, real workers and waiting helpers."""
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -13,9 +14,19 @@ from tests.processes import ManagedProcess, broker_switched, start_worker
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, below Linux's range for outgoing connections (from 32768), so that none takes it meanwhile.
+
+    The server that will listen on it starts later, and a restarted one binds it again.
+    """
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str | Callable[[], str] = "") -> object:
