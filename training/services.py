@@ -36,6 +36,8 @@ CANCEL_CHECK_EVERY_S = 1.0
 # A queued run whose message never reached the broker is re-published after this long.
 UNPUBLISHED_REPUBLISH_AFTER_S = 60
 STALE_ERROR = "worker stopped responding"
+# Where training messages go (CELERY_TASK_ROUTES).
+TRAINING_QUEUE = "training"
 
 ProgressHook = Callable[[float, int, int, float], None]
 
@@ -537,18 +539,39 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
         # running, one still waiting this long was lost (a broker restarted without its data, a purged queue),
         # or no trainer is up. A second message is safe either way: only a queued run can be claimed.
         lost_before = now - timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS)
-        lost = (
+        lost = list(
             queued.exclude(celery_task_id="")
             .exclude(pk__in=outcome["requeued"])  # sent once this call's transaction commits
             .filter(Q(published_at__lt=lost_before) | Q(published_at__isnull=True, created_at__lt=lost_before))
+            .values_list("pk", flat=True)
         )
-        for run_id in lost.values_list("pk", flat=True):
+        if lost and _training_queue_holds_messages():
+            # No trainer is up to take them: another copy would only pile up behind the ones waiting. The one
+            # that is taken first starts a run, and once that run ends, any still lost is sent again.
+            logger.warning("training runs %s are still queued, with messages waiting for a trainer", lost)
+            lost = []
+        for run_id in lost:
             logger.warning("training run %s is still queued long after its message was sent; sending it again", run_id)
             resend.append(run_id)
     for run_id in resend:
         if training_run_publish(run_id=run_id):
             outcome["republished"].append(run_id)
     return outcome
+
+
+def _training_queue_holds_messages() -> bool:
+    """Whether the broker's training queue holds messages no trainer has taken; False when it cannot tell."""
+    from mnistsite.celery import app
+
+    try:
+        with app.connection_for_read() as connection:
+            # One try: with the broker down, the reaper must not wait out the usual reconnection attempts.
+            connection.ensure_connection(max_retries=0)
+            declared = connection.default_channel.queue_declare(queue=TRAINING_QUEUE, passive=True)
+    except Exception:  # noqa: BLE001 - unknown: sending again is the safe side, a second message is harmless
+        logger.warning("could not count the messages waiting in the %s queue", TRAINING_QUEUE, exc_info=True)
+        return False
+    return declared.message_count > 0
 
 
 # ---------------------------------------------------------------------------

@@ -96,6 +96,20 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_once_no_run_is_runnin
     assert resent.published_at > run.published_at and resent.status == TrainingRun.Status.QUEUED
 
 
+def test_a_queued_run_whose_message_still_waits_for_a_trainer_is_not_sent_again_until_it_is_lost(
+    tiny_recipe, training_queue, settings
+):
+    run = _create(tiny_recipe)
+    assert services.training_run_publish(run_id=run.pk)  # no trainer is up to take it
+    run.refresh_from_db()
+    later = run.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
+    assert services.training_runs_reap(now=later)["republished"] == []
+    # Lost after all (a purged queue): then it is sent again.
+    assert _sent_run_ids(training_queue) == [run.pk]
+    assert services.training_runs_reap(now=later)["republished"] == [run.pk]
+    assert _sent_run_ids(training_queue) == [run.pk]
+
+
 def test_a_queued_run_waiting_behind_a_running_one_is_not_sent_again(tiny_recipe, training_queue, settings):
     waiting = _publish_and_lose(_create(tiny_recipe), training_queue)
     later = waiting.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
