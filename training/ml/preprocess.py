@@ -259,25 +259,46 @@ def _printed_lines(ink: np.ndarray) -> np.ndarray | None:
     one that finds the most lines wins.
     """
     h, w = ink.shape
-    ys, xs = np.nonzero(ink > RULING_INK)
+    slopes = len(RULING_SLOPES)
+    shifts = np.rint(np.arange(w)[None, :] * RULING_SLOPES[:, None]).astype(np.intp)
+    shifts -= shifts.min(axis=1, keepdims=True)
+    lengths = h + shifts.max(axis=1)
+    size = int(lengths.max())
+    # The lines of every slope are counted at once. A shift only ever steps one way, so the columns sharing one
+    # form a run, whose marked pixels land on the lines together: with the marks counted along each row up to
+    # each column, a run's row profile is one difference (a few hundred runs, not every marked pixel per slope).
+    running = np.zeros((w + 1, h), dtype=np.int32)
+    np.cumsum((ink > RULING_INK).T, axis=0, out=running[1:])
+    slope_of, starts = np.nonzero(np.diff(shifts, axis=1, prepend=-1))
+    stops = np.append(starts[1:], w)
+    stops[np.append(slope_of[1:] != slope_of[:-1], True)] = w
+    offsets = slope_of * size + shifts[slope_of, starts]
+    marked = np.bincount(
+        (offsets[:, None] + np.arange(h)).ravel(),
+        weights=(running[stops] - running[starts]).ravel(),
+        minlength=slopes * size,
+    ).reshape(slopes, size)
+    # How much of each slanted line lies inside the picture (its ends leave it at the top or bottom).
+    entering = (np.arange(slopes)[:, None] * (size + 1) + shifts).ravel()
+    inside = np.cumsum(
+        (np.bincount(entering, minlength=slopes * (size + 1)) - np.bincount(entering + h, minlength=slopes * (size + 1)))
+        .reshape(slopes, size + 1)[:, :size],
+        axis=1,
+    )
+    covered = (marked > RULING_COVER * inside) & (inside >= w // 2)
     best, best_score = None, (RULING_MIN_LINES, 0)
-    for slope in RULING_SLOPES:
-        shift = np.rint(np.arange(w) * slope).astype(np.intp)
-        shift -= shift.min()
-        size = h + int(shift.max())
-        marked = np.bincount(ys + shift[xs], minlength=size)
-        # How much of each slanted line lies inside the picture (its ends leave it at the top or bottom).
-        inside = np.cumsum(np.bincount(shift, minlength=size + 1) - np.bincount(shift + h, minlength=size + 1))[:size]
-        covered = (marked > RULING_COVER * inside) & (inside >= w // 2)
-        covered = _thin_ridges(covered, marked / np.maximum(inside, 1))
+    # Keeping only thin ridges can only take lines away: a slope with too few already cannot win.
+    for k in np.flatnonzero(_line_counts(covered) >= RULING_MIN_LINES):
+        n = lengths[k]
+        lines = _thin_ridges(covered[k, :n], marked[k, :n] / np.maximum(inside[k, :n], 1))
         # The most lines, then the slope that gathers the most of their pixels into them (the closest one).
-        score = (int(_line_counts(covered)), int(marked[covered].sum()))
+        score = (int(_line_counts(lines)), int(marked[k, :n][lines].sum()))
         if score > best_score:
-            best, best_score = (covered, shift), score
+            best, best_score = (lines, shifts[k]), score
     if best is None:
         return None
-    covered, shift = best
-    return covered[np.arange(h)[:, None] + shift[None, :]]
+    lines, shift = best
+    return lines[np.arange(h)[:, None] + shift[None, :]]
 
 
 def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
