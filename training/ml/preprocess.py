@@ -301,6 +301,16 @@ def _printed_lines(ink: np.ndarray) -> np.ndarray | None:
     return lines[np.arange(h)[:, None] + shift[None, :]]
 
 
+def _grown(mask: np.ndarray) -> np.ndarray:
+    """``mask`` and its 4-neighbours: ``ndimage.binary_dilation`` with its default cross, a tenth of its cost."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    return grown
+
+
 def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
     """Take ruled or squared paper's printed lines out of N ink maps and their masks, in place.
 
@@ -325,7 +335,7 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
             continue
         level = min(float(np.median(ink[lines])), 0.9)
         # With the line on either side: a slanted line's edges are blurred over the next rows, too faint to count.
-        lines = ndimage.binary_dilation(lines)
+        lines = _grown(lines)
         # Ink covers the line it crosses: a stroke's pixel there is as dark as elsewhere, and only what lies between
         # the line's level and the ink's is stroke.
         ink[lines] = np.clip((ink[lines] - level) / (1.0 - level), 0.0, None)
