@@ -402,3 +402,58 @@ def test_thick_soft_strokes_of_a_tightly_cropped_digit_are_not_taken_for_printed
     crop = np.pad(crop, ((0, 0), (3, 3)) if touching == "top and bottom" else ((3, 3), (0, 0)))
     image = Image.fromarray(255 - crop).resize((crop.shape[1] * 8, crop.shape[0] * 8), Image.Resampling.BILINEAR)
     _untouched_by_the_line_search(image if touching == "both sides" else image.transpose(Image.Transpose.ROTATE_90))
+
+
+def _printed_lines_pixel_by_pixel(ink):
+    """The line search written plainly: every marked pixel counted onto its line, slope by slope."""
+    from training.ml.preprocess import RULING_COVER, RULING_INK, RULING_MIN_LINES, RULING_SLOPES, _line_counts, _thin_ridges
+
+    h, w = ink.shape
+    ys, xs = np.nonzero(ink > RULING_INK)
+    best, best_score = None, (RULING_MIN_LINES, 0)
+    for slope in RULING_SLOPES:
+        shift = np.rint(np.arange(w) * slope).astype(np.intp)
+        shift -= shift.min()
+        size = h + int(shift.max())
+        marked = np.bincount(ys + shift[xs], minlength=size)
+        inside = np.cumsum(np.bincount(shift, minlength=size + 1) - np.bincount(shift + h, minlength=size + 1))[:size]
+        covered = _thin_ridges((marked > RULING_COVER * inside) & (inside >= w // 2), marked / np.maximum(inside, 1))
+        score = (int(_line_counts(covered)), int(marked[covered].sum()))
+        if score > best_score:
+            best, best_score = (covered, shift), score
+    if best is None:
+        return None
+    covered, shift = best
+    return covered[np.arange(h)[:, None] + shift[None, :]]
+
+
+@pytest.mark.parametrize("degrees", [0, 0.7, -1.3, 2.9])
+@pytest.mark.parametrize("shape", [(400, 400), (160, 120), (37, 300), (300, 37)])
+def test_the_line_search_finds_the_lines_that_counting_pixel_by_pixel_finds(degrees, shape):
+    from training.ml.preprocess import _ink_maps, _printed_lines
+
+    sheet = Image.new("L", (400, 400), 235)
+    _ruled(ImageDraw.Draw(sheet), every=17)
+    ImageDraw.Draw(sheet).line([(120, 60), (280, 60), (200, 340)], fill=30, width=20)
+    picture = sheet.rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=235).resize(shape[::-1])
+    inks, _ = _ink_maps(np.asarray(picture, dtype=np.float32)[None] / 255)
+    rng = np.random.default_rng(abs(int(degrees * 10)))
+    for ink in (inks[0], inks[0].T, rng.random(shape).astype(np.float32) ** 8):
+        expected, found = _printed_lines_pixel_by_pixel(ink), _printed_lines(ink)
+        assert (expected is None) == (found is None)
+        if expected is not None:
+            np.testing.assert_array_equal(found, expected)
+    # The sheet seen whole: its lines are found (not a comparison of two empty searches).
+    assert _printed_lines(inks[0]) is not None or shape != (400, 400)
+
+
+def test_widening_the_lines_by_a_pixel_is_scipys_dilation():
+    from scipy import ndimage
+
+    from training.ml.preprocess import _grown
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (1, 7), (7, 1), (400, 400), (37, 512)]:
+        for share in (0.01, 0.3, 0.9):
+            mask = rng.random(shape) < share
+            np.testing.assert_array_equal(_grown(mask), ndimage.binary_dilation(mask))
