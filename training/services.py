@@ -36,8 +36,6 @@ CANCEL_CHECK_EVERY_S = 1.0
 # A queued run whose message never reached the broker is re-published after this long.
 UNPUBLISHED_REPUBLISH_AFTER_S = 60
 STALE_ERROR = "worker stopped responding"
-# Where training messages go (CELERY_TASK_ROUTES).
-TRAINING_QUEUE = "training"
 
 ProgressHook = Callable[[float, int, int, float], None]
 
@@ -561,15 +559,20 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
 
 def _training_queue_holds_messages() -> bool:
     """Whether the broker's training queue holds messages no trainer has taken; False when it cannot tell."""
+    from kombu.exceptions import ChannelError
+
     from mnistsite.celery import app
 
+    queue = settings.CELERY_TASK_ROUTES["training.tasks.*"]["queue"]
     try:
         with app.connection_for_read() as connection:
             # One try: with the broker down, the reaper must not wait out the usual reconnection attempts.
             connection.ensure_connection(max_retries=0)
-            declared = connection.default_channel.queue_declare(queue=TRAINING_QUEUE, passive=True)
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+    except ChannelError:
+        return False  # no such queue: Redis drops an emptied one
     except Exception:  # noqa: BLE001 - unknown: sending again is the safe side, a second message is harmless
-        logger.warning("could not count the messages waiting in the %s queue", TRAINING_QUEUE, exc_info=True)
+        logger.warning("could not count the messages waiting in the %s queue", queue, exc_info=True)
         return False
     return declared.message_count > 0
 
