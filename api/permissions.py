@@ -1,4 +1,4 @@
-"""Who may use which endpoint: read-only tokens only read; staff manage training, each action needing its admin permission."""
+"""Who may use which endpoint: read-only tokens only read; staff manage training with their admin permissions."""
 from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAdminUser
 
 from accounts.models import ApiToken
