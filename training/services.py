@@ -543,10 +543,11 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
             .filter(Q(published_at__lt=lost_before) | Q(published_at__isnull=True, created_at__lt=lost_before))
             .values_list("pk", flat=True)
         )
-        if lost and _training_queue_holds_messages():
-            # No trainer is up to take them: another copy would only pile up behind the ones waiting. The one
-            # that is taken first starts a run, and once that run ends, any still lost is sent again.
-            logger.warning("training runs %s are still queued, with messages waiting for a trainer", lost)
+        expected = queued.exclude(celery_task_id="").exclude(pk__in=outcome["requeued"]).count()
+        if lost and (_training_messages_waiting() or 0) >= expected:
+            # A message for every queued run is waiting: none is lost, and no trainer is up to take them. Another
+            # copy of each would only pile up behind them.
+            logger.warning("training runs %s are still queued, their messages waiting for a trainer", lost)
             lost = []
         for run_id in lost:
             logger.warning("training run %s is still queued long after its message was sent; sending it again", run_id)
@@ -557,8 +558,8 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
     return outcome
 
 
-def _training_queue_holds_messages() -> bool:
-    """Whether the broker's training queue holds messages no trainer has taken; False when it cannot tell."""
+def _training_messages_waiting() -> int | None:
+    """How many messages the broker's training queue holds that no trainer has taken; None when it cannot tell."""
     from kombu.exceptions import ChannelError
 
     from mnistsite.celery import app
@@ -570,11 +571,11 @@ def _training_queue_holds_messages() -> bool:
             connection.ensure_connection(max_retries=0)
             declared = connection.default_channel.queue_declare(queue=queue, passive=True)
     except ChannelError:
-        return False  # no such queue: Redis drops an emptied one
+        return 0  # no such queue: Redis drops an emptied one
     except Exception:  # noqa: BLE001 - unknown: sending again is the safe side, a second message is harmless
         logger.warning("could not count the messages waiting in the %s queue", queue, exc_info=True)
-        return False
-    return declared.message_count > 0
+        return None
+    return declared.message_count
 
 
 # ---------------------------------------------------------------------------

@@ -110,6 +110,20 @@ def test_a_queued_run_whose_message_still_waits_for_a_trainer_is_not_sent_again_
     assert _sent_run_ids(training_queue) == [run.pk]
 
 
+def test_a_lost_message_is_sent_again_even_while_another_runs_message_waits_for_a_trainer(
+    tiny_recipe, training_queue, settings
+):
+    lost = _publish_and_lose(_create(tiny_recipe), training_queue)
+    waiting = _create(tiny_recipe)
+    assert services.training_run_publish(run_id=waiting.pk)
+    later = lost.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
+    # One message for two queued runs: one was lost, and which one the queue cannot say, so both go again.
+    assert sorted(services.training_runs_reap(now=later)["republished"]) == sorted([lost.pk, waiting.pk])
+    # Now a message waits for each: nothing more is sent, however long no trainer comes.
+    assert services.training_runs_reap(now=later + timedelta(hours=1))["republished"] == []
+    assert sorted(_sent_run_ids(training_queue)) == sorted([waiting.pk, lost.pk, waiting.pk])
+
+
 def test_a_queued_run_waiting_behind_a_running_one_is_not_sent_again(tiny_recipe, training_queue, settings):
     waiting = _publish_and_lose(_create(tiny_recipe), training_queue)
     later = waiting.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
