@@ -205,7 +205,9 @@ def main() -> None:
         empties = preprocess_batch(SCENES[name](empty, seed) for seed in range(args.empty))
         scene = {
             "refused": len(digits) - len(read),
-            "empty_refused": round(sum(isinstance(out, Exception) for out in empties) / max(args.empty, 1), 3),
+            "empty_refused": round(sum(isinstance(out, Exception) for out in empties) / args.empty, 3)
+            if args.empty
+            else None,
             "same_as_clean": round(sum(d < SAME for d in differences) / len(digits), 3),
             "mean_abs_difference": round(float(np.mean(differences)), 4) if differences else None,
         }

@@ -277,7 +277,8 @@ class _RunReporter:
 
         An attempt the reaper gave up on may still be writing when its successor
         starts; it never writes over the successor's files, and registers none
-        (``claim_locked``).
+        (``claim_locked``). An attempt stopped by a trainer's shutdown is not
+        counted, and the next one writes to the same folder: it has stopped.
         """
         return _run_dir(self.run_id) / f"attempt-{self.attempt}" / name
 
@@ -286,7 +287,8 @@ class _RunReporter:
 
         Taken to register a file already written: the reaper locks the row to
         hand the run over, so registering and handing over take turns, and
-        nobody waits on a file being written.
+        nobody waits on the file being written (only on it being read back once
+        for its digest).
         """
         locked = self._rows().select_for_update().first()
         self.lost = self.lost or locked is None
@@ -545,8 +547,9 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
         )
         expected = queued.exclude(celery_task_id="").exclude(pk__in=outcome["requeued"]).count()
         if lost and (_training_messages_waiting() or 0) >= expected:
-            # A message for every queued run is waiting: none is lost, and no trainer is up to take them. Another
-            # copy of each would only pile up behind them.
+            # At least as many messages wait as there are queued runs: no trainer is up to take them, and another
+            # copy of each would only pile up behind them. (Messages of runs cancelled meanwhile count too, and can
+            # hold a lost one back until a trainer takes them as no-ops.)
             logger.warning("training runs %s are still queued, their messages waiting for a trainer", lost)
             lost = []
         for run_id in lost:

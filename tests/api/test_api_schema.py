@@ -46,7 +46,7 @@ def test_swagger_ui_is_public_and_uses_only_local_assets(api_client):
 
 
 @pytest.mark.django_db
-def test_the_docs_page_answers_any_method_but_get_with_405_not_a_server_error(api_client):
+def test_the_docs_page_answers_any_method_but_get_and_head_with_405_not_a_server_error(api_client):
     for method in ("options", "post", "delete"):
         assert getattr(api_client, method)("/api/docs/").status_code == 405, method
     assert api_client.head("/api/docs/").status_code == 200

@@ -200,6 +200,25 @@ def test_a_time_limit_reached_while_the_model_loads_keeps_the_claim_instead_of_c
         "running", 1, "")
 
 
+def test_a_model_that_fails_to_load_with_an_error_chain_that_loops_is_still_handed_back(
+    user, digit_png, active_checkpoint, monkeypatch
+):
+    import torch
+
+    def damaged(*args, **kwargs):
+        error = RuntimeError("unpickling stack underflow")
+        error.__context__ = error  # a chain that loops: looking through it for a time limit must end
+        raise error
+
+    monkeypatch.setattr(torch, "load", damaged)
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+
+    with pytest.raises(services.ModelUnavailableError):
+        services.prediction_execute(prediction_id=prediction.pk)
+    assert Prediction.objects.filter(pk=prediction.pk).values_list("status", "attempts").get() == ("pending", 1)
+
+
 def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_without_showing_server_paths(
     user, digit_png, active_checkpoint, settings
 ):

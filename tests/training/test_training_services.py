@@ -104,7 +104,7 @@ def test_a_queued_run_whose_message_still_waits_for_a_trainer_is_not_sent_again_
     run.refresh_from_db()
     later = run.published_at + timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS + 5)
     assert services.training_runs_reap(now=later)["republished"] == []
-    # Lost after all (a purged queue): then it is sent again.
+    # Lost after all (here taken off the queue by reading it): then it is sent again.
     assert _sent_run_ids(training_queue) == [run.pk]
     assert services.training_runs_reap(now=later)["republished"] == [run.pk]
     assert _sent_run_ids(training_queue) == [run.pk]
@@ -263,6 +263,8 @@ def test_a_cancel_request_after_the_last_step_still_cancels_the_run_and_activate
     assert steps[-1] == run.total_steps  # trained to the end before the cancel came
     assert not run.checkpoints.filter(is_final=True).exists()
     assert not Checkpoint.objects.filter(is_active=True).exists()
+    # The final file, written before the cancel was seen, is not left behind unregistered.
+    assert list(services._run_dir(run.pk).rglob("final.pt")) == []
 
 
 def test_progress_is_written_to_the_run_while_it_trains(tiny_recipe, monkeypatch):
@@ -436,7 +438,9 @@ def _another_connection_waits_for_a_lock(*, timeout: float) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time")
-def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no_file(tiny_recipe):
+def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no_file(tiny_recipe, monkeypatch):
+    # No progress write after the start: the only wait for the row is then the attempt's, to register its file.
+    monkeypatch.setattr(services, "PROGRESS_WRITE_EVERY_S", 3600.0)
     run = _create(tiny_recipe, epochs=1)
     reaper_locked, attempt_waited = threading.Event(), threading.Event()
     errors = []
