@@ -1,6 +1,7 @@
 """Training services: creating, executing, cancelling and reaping runs; registering and activating checkpoints."""
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -420,20 +421,45 @@ def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(tiny_recipe
     assert not run.checkpoints.exists()
 
 
-def _another_connection_waits_for_a_lock(*, timeout: float) -> bool:
-    """Whether, within ``timeout`` seconds, a connection to this PostgreSQL database is seen waiting for a lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with connection.cursor() as cursor:
-            # A row lock is waited for on the holder's transaction id, which names no database: matched by backend.
-            cursor.execute(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
-                "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
-            )
-            if cursor.fetchone()[0]:
-                return True
-        time.sleep(0.02)
-    return False
+class _HeldInAnotherConnection:
+    """``hold`` run in a thread's own transaction, left open until another connection is seen waiting for a lock."""
+
+    def __init__(self, hold: Callable[[], None], *, timeout: float) -> None:
+        self.held, self.waited, self.errors = threading.Event(), threading.Event(), []
+        self.thread = threading.Thread(target=self._run, args=(hold, timeout))
+
+    def _run(self, hold: Callable[[], None], timeout: float) -> None:
+        try:
+            with transaction.atomic():
+                hold()
+                self.held.set()
+                deadline = time.monotonic() + timeout
+                while not self.waited.is_set() and time.monotonic() < deadline:
+                    with connection.cursor() as cursor:
+                        # A row lock is waited for on the holder's transaction id, which names no database: matched
+                        # by backend.
+                        cursor.execute(
+                            "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
+                            "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
+                        )
+                        if cursor.fetchone()[0]:
+                            self.waited.set()
+                    time.sleep(0.02)
+        except Exception as exc:  # noqa: BLE001 - reported by finish()
+            self.errors.append(exc)
+        finally:
+            self.held.set()
+            connection.close()
+
+    def start(self) -> None:
+        """Start it, and return once ``hold`` ran and its transaction is still open."""
+        self.thread.start()
+        assert self.held.wait(30)
+
+    def finish(self) -> None:
+        """Wait for the commit, and check that it went well and that another connection waited for it."""
+        self.thread.join(60)
+        assert self.errors == [] and self.waited.is_set()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -442,35 +468,21 @@ def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no
     # No progress write after the start: the only wait for the row is then the attempt's, to register its file.
     monkeypatch.setattr(services, "PROGRESS_WRITE_EVERY_S", 3600.0)
     run = _create(tiny_recipe, epochs=1)
-    reaper_locked, attempt_waited = threading.Event(), threading.Event()
-    errors = []
 
-    def reap_after_the_last_step():
+    def take_over():
         # The reaper taking the run over, the row locked, just as the attempt finishes: the attempt must wait for
         # the hand-over before it registers its files, then find the run gone.
-        try:
-            with transaction.atomic():
-                TrainingRun.objects.select_for_update().get(pk=run.pk)
-                TrainingRun.objects.filter(pk=run.pk).update(attempts=2, error="resumed elsewhere")
-                reaper_locked.set()
-                if _another_connection_waits_for_a_lock(timeout=60):
-                    attempt_waited.set()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            reaper_locked.set()
-            connection.close()
+        TrainingRun.objects.select_for_update().get(pk=run.pk)
+        TrainingRun.objects.filter(pk=run.pk).update(attempts=2, error="resumed elsewhere")
 
-    reaper = threading.Thread(target=reap_after_the_last_step)
+    reaper = _HeldInAnotherConnection(take_over, timeout=60)
 
     def on_progress(fraction, epoch, step, eta):
-        if fraction >= 1.0 and not reaper.is_alive():
+        if fraction >= 1.0 and not reaper.thread.is_alive():
             reaper.start()
-            assert reaper_locked.wait(30)
 
     assert services.training_run_execute(run_id=run.pk, on_progress=on_progress) is None
-    reaper.join(60)
-    assert errors == [] and attempt_waited.is_set()
+    reaper.finish()
     assert list(services._run_dir(run.pk).rglob("*.pt")) == []
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
@@ -482,30 +494,10 @@ def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no
 def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_checkpoint):
     first, _ = make_checkpoint()
     second, _ = make_checkpoint()
-    first_active = threading.Event()
-    second_waited = threading.Event()
-    errors = []
-
-    def activate_first_and_hold():
-        try:
-            with transaction.atomic():
-                services.checkpoint_activate(checkpoint=first)
-                first_active.set()
-                # Still uncommitted while the second activation starts, the moment the two used to collide, and
-                # until the second is seen waiting for this one.
-                if _another_connection_waits_for_a_lock(timeout=30):
-                    second_waited.set()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            first_active.set()
-            connection.close()
-
-    holder = threading.Thread(target=activate_first_and_hold)
+    # The first activation still uncommitted while the second starts, the moment the two used to collide, and
+    # until the second is seen waiting for it.
+    holder = _HeldInAnotherConnection(lambda: services.checkpoint_activate(checkpoint=first), timeout=30)
     holder.start()
-    assert first_active.wait(30)
     services.checkpoint_activate(checkpoint=second)
-    holder.join(30)
-    assert errors == []
-    assert second_waited.is_set()
+    holder.finish()
     assert list(Checkpoint.objects.filter(is_active=True)) == [second]
