@@ -473,7 +473,7 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
         if isinstance(result, inference.EmptyImageError):
             _prediction_fail(
                 prediction=prediction,
-                error="No digit was found in this image: it looks empty.",
+                error=f"No digit was found in this image: {result}.",
                 checkpoint_id=checkpoint_id,
             )
         elif isinstance(result, Exception):

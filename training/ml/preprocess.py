@@ -41,6 +41,10 @@ _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = True
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
+# Ink whose longer side spans less than this share of the picture's is no digit: specks of dust, what printed
+# lines leave behind (on a 400-pixel sheet, 1-3%). The smallest shipped sample digits span 7.5%; a digit any smaller
+# comes out of the 512-pixel working copy too coarse to read, and its user is better told to crop closer.
+MIN_DIGIT_SHARE = 0.03
 # Ruled or squared paper: thin lines inked (above RULING_INK) along at least RULING_COVER of their length are
 # printed lines, once there are at least RULING_MIN_LINES separate ones in one direction; a digit's bars, even in a
 # tight crop, are at most three. Lines are looked for within 3° of the picture's edges, in steps that drift less
@@ -64,7 +68,7 @@ Interrupts = tuple[type[BaseException], ...]
 
 
 class EmptyImageError(ValueError):
-    """The image holds no recognisable ink (blank canvas, uniform colour, pure noise)."""
+    """The image holds no digit (blank canvas, uniform colour, pure noise, specks); the message says which."""
 
 
 def _first_frame(image: Image.Image, interrupts: Interrupts) -> Image.Image:
@@ -162,7 +166,7 @@ def _opaque_gray(image: Image.Image) -> np.ndarray:
     if alpha is not None:
         weight = float(alpha.sum())
         if weight < 1.0:
-            raise EmptyImageError("the image is fully transparent")
+            raise EmptyImageError("it is fully transparent")
         if weight > 0.5 * alpha.size:
             # Mostly opaque: a picture with transparent margins (a photo rotated or cut out in an editor). The
             # margins take the picture's own typical shade, so they add no edge of their own.
@@ -333,12 +337,13 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
             lines |= cols.T
         if not lines.any():
             continue
-        level = min(float(np.median(ink[lines])), 0.9)
+        level = float(np.median(ink[lines]))
         # With the line on either side: a slanted line's edges are blurred over the next rows, too faint to count.
         lines = _grown(lines)
         # Ink covers the line it crosses: a stroke's pixel there is as dark as elsewhere, and only what lies between
-        # the line's level and the ink's is stroke.
-        ink[lines] = np.clip((ink[lines] - level) / (1.0 - level), 0.0, None)
+        # the line's level and the ink's is stroke. Lines as strong as the strongest ink (an empty sheet, a clean
+        # scan) leave at most their faint upper fringe: no stroke along them can be told from the line.
+        ink[lines] = np.clip((ink[lines] - level) / max(1.0 - level, 0.1), 0.0, None)
         mask = _digit_masks(ink[None])[0]
         # What is left of a line where it leaves the picture, too short to be counted with it: small pieces on the
         # edge, which a digit near the edge would otherwise take in as its own.
@@ -437,8 +442,14 @@ def _piece_counts(masks: np.ndarray) -> np.ndarray:
 def _digit_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
-        raise EmptyImageError("no ink found: only isolated specks")
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        raise EmptyImageError("it holds only isolated specks")
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if max(bottom - top, right - left) < MIN_DIGIT_SHARE * max(mask.shape):
+        raise EmptyImageError(
+            f"its only marks are specks, too small to be a digit (under {MIN_DIGIT_SHARE:.0%} of the picture's size);"
+            " if it holds a small digit, crop the picture closer to it"
+        )
+    return top, bottom, left, right
 
 
 def _fit_box(crop: np.ndarray) -> np.ndarray:
@@ -514,7 +525,7 @@ def preprocess_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = 
         for (index, _), ink, mask, has_ink, count in zip(members, inks, masks, inked, pieces, strict=True):
             try:
                 if not has_ink:
-                    raise EmptyImageError("no ink found: the image is blank or has too little contrast")
+                    raise EmptyImageError("it looks empty (blank, or too little contrast)")
                 if count > 1:
                     ink, mask = _digit_only(ink, mask)
                 top, bottom, left, right = _digit_bbox(mask)

@@ -70,7 +70,7 @@ class Command(BaseCommand):
         image = Image.open(io.BytesIO(accepted.content), formats=["PNG"])
         (result,) = inference.predict_images(loaded=loaded, images=[image])
         if isinstance(result, inference.EmptyImageError):
-            return {"path": str(path), "error": "no digit found: the image looks empty"}
+            return {"path": str(path), "error": f"no digit found: {result}"}
         if isinstance(result, Exception):
             return {"path": str(path), "error": f"could not prepare the image: {result}"}
         return {
