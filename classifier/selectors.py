@@ -5,7 +5,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Aggregate, Count, Exists, FloatField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from classifier.models import Prediction, Upload
@@ -25,6 +25,21 @@ def upload_annotate_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
         latest_confidence=_latest("confidence"),
         latest_feedback=_latest("feedback"),
     )
+
+
+def upload_filter_latest(queryset: QuerySet[Upload], **latest) -> QuerySet[Upload]:
+    """The uploads whose newest prediction matches ``latest`` (``status="done"``, ``digit=7``), for service-wide lists.
+
+    Said as "a prediction that matches, with none newer" rather than by comparing the newest one's value: the
+    database can then start from the matching predictions (few, for a status like failed) instead of looking up
+    the newest prediction of every upload, which took seconds over a million. One user's history keeps the
+    comparison: its cost follows that user's uploads, not everyone's predictions.
+    """
+    newer = Prediction.objects.filter(upload=OuterRef("upload")).filter(
+        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), id__gt=OuterRef("id"))
+    )
+    newest = Prediction.objects.filter(upload=OuterRef("pk"), **latest).exclude(Exists(newer))
+    return queryset.filter(Exists(newest))
 
 
 @dataclass(frozen=True)

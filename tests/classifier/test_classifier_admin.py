@@ -55,3 +55,74 @@ def test_a_hand_edited_filter_value_gets_the_admins_error_page_not_a_500(admin_p
             continue  # that filter is the upload list's only
         response = admin_page.get(f"{path}?{query}")
         assert response.status_code == 302 and response["Location"].endswith("?e=1"), (path, response.status_code)
+
+
+def _upload_with_history(owner, digit_png, history):
+    """An upload whose predictions are ``history``: (status, digit, seconds after the first) in insertion order."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    upload = services.upload_create(owner=owner, file=io.BytesIO(digit_png(0)), source="file")
+    start = timezone.now() - dt.timedelta(hours=1)
+    for status, digit, seconds in history:
+        prediction = Prediction.objects.create(upload=upload, status=status, digit=digit)
+        Prediction.objects.filter(pk=prediction.pk).update(created_at=start + dt.timedelta(seconds=seconds))
+    return upload
+
+
+def test_filtering_uploads_by_their_newest_prediction_matches_reading_the_newest_one(user, digit_png):
+    from classifier import selectors
+    from classifier.models import Upload
+
+    histories = [
+        [("done", 3, 0)],
+        [("done", 3, 0), ("failed", None, 10)],  # re-run, and the newer one failed
+        [("failed", None, 0), ("done", 3, 10)],
+        [("done", 5, 0), ("done", 3, 0)],  # created in the same instant: the later row is the newer
+        [("done", 3, 0), ("done", 5, 0)],
+        [("done", 3, 20), ("pending", None, 10)],  # the older row by time was inserted last
+        [],
+    ]
+    uploads = [_upload_with_history(user, digit_png, history) for history in histories]
+    annotated = selectors.upload_annotate_latest(Upload.objects.all())
+    for latest in [{"status": "done"}, {"status": "failed"}, {"status": "pending"}, {"digit": 3}, {"digit": 5}]:
+        (field, value), = latest.items()
+        expected = set(annotated.filter(**{f"latest_{field}": value}).values_list("pk", flat=True))
+        assert set(selectors.upload_filter_latest(Upload.objects.all(), **latest).values_list("pk", flat=True)) == expected
+    assert set(selectors.upload_filter_latest(Upload.objects.all(), digit=3).values_list("pk", flat=True)) == {
+        uploads[0].pk, uploads[2].pk, uploads[3].pk, uploads[5].pk
+    }
+
+
+def test_the_admin_lists_ask_nothing_that_reads_every_row_for_their_filters(admin_page, user, digit_png):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _upload_with_history(user, digit_png, [("done", 3, 0)])
+    for path in ("/admin/classifier/upload/", "/admin/classifier/prediction/", "/admin/classifier/upload/?latest_status=done"):
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_page.get(path).status_code == 200
+        statements = [query["sql"].upper() for query in queries.captured_queries]
+        # A date hierarchy and filters listing every distinct value each read the whole table, on every page.
+        assert not [sql for sql in statements if "DATE_TRUNC" in sql or "DJANGO_DATETIME_TRUNC" in sql], path
+        distinct = [sql for sql in statements if sql.startswith("SELECT DISTINCT")]
+        assert all("WHERE NOT" in sql and "SAMPLE_SET" in sql for sql in distinct), (path, distinct)
+        # The filtered count only, not the whole table's beside it.
+        assert sum("COUNT(*)" in sql for sql in statements) == 1, path
+
+
+def test_the_sample_set_filter_lists_the_sets_and_the_users_own_uploads(admin_page, user, tmp_path, digit_png):
+    from django.core.management import call_command
+
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "7_mnist_0.png").write_bytes(digit_png(0))
+    call_command("load_samples", "--root", str(tmp_path), stdout=io.StringIO())
+    own = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), name="mine.png", source="file")
+    page = admin_page.get("/admin/classifier/upload/").content.decode()
+    assert "?sample_set=mnist" in page and "?sample_set=-" in page
+    mnist_only = admin_page.get("/admin/classifier/upload/?sample_set=mnist").context["cl"].result_list
+    users_only = admin_page.get("/admin/classifier/upload/?sample_set=-").context["cl"].result_list
+    assert [u.sample_set for u in mnist_only] == ["mnist"] and [u.pk for u in users_only] == [own.pk]
+    predictions = admin_page.get("/admin/classifier/prediction/?upload__sample_set=-").context["cl"].result_list
+    assert all(p.upload.sample_set == "" for p in predictions)
