@@ -35,5 +35,7 @@ def test_the_digit_comes_through_dust_frames_desks_light_chalk_margins_and_print
                  "uneven_light", "squared_paper", "dark_ruled_paper"):
         assert scenes[name]["accuracy"] >= scenes["clean"]["accuracy"] - 0.1, (name, scenes[name])
     # A sheet with no digit on it is refused as blank where nothing but the light differs from clean paper.
-    for name in ("clean", "dim_light", "chalk_on_grey", "rotated", "transparent_margins"):
+    # And on ruled paper, once its lines are taken out, whether they are faint, dark or turned with the sheet.
+    for name in ("clean", "dim_light", "chalk_on_grey", "rotated", "transparent_margins", "ruled_paper",
+                 "dark_ruled_paper", "squared_paper_turned"):
         assert scenes[name]["empty_refused"] == 1.0, (name, scenes[name])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from django.conf import settings
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from training.ml.architectures import build_model
 from training.ml.checkpoints import save_checkpoint
@@ -112,3 +112,12 @@ def digit_png(mnist_image):
         return png_bytes(image)
 
     return make
+
+
+def empty_ruled_sheet_png() -> bytes:
+    """A photographed sheet of ruled paper with nothing written on it."""
+    sheet = Image.new("L", (400, 400), 235)
+    for row in range(15, 400, 40):
+        ImageDraw.Draw(sheet).rectangle([0, row, 399, row + 1], fill=195)
+    noisy = np.asarray(sheet, dtype=np.float64) + np.random.default_rng(0).normal(0.0, 2.0, (400, 400))
+    return png_bytes(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)))

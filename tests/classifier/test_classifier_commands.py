@@ -30,6 +30,16 @@ def test_predict_prints_one_json_line_per_file_and_fails_on_unreadable_ones(tmp_
     assert not Upload.objects.exists()  # the command writes nothing to the database
 
 
+def test_predict_says_why_no_digit_was_found(tmp_path, active_checkpoint):
+    from tests.classifier.fixtures import empty_ruled_sheet_png
+
+    (tmp_path / "ruled.png").write_bytes(empty_ruled_sheet_png())
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        call_command("predict", "--json", str(tmp_path / "ruled.png"), stdout=out, stderr=io.StringIO())
+    assert json.loads(out.getvalue())["error"] == "no digit found: its only marks are specks or printed lines"
+
+
 def test_predict_prints_a_table_and_accepts_a_checkpoint_id(tmp_path, digit_png, register_checkpoint, trained_model_file):
     checkpoint = register_checkpoint(trained_model_file, name="not-active", activate=False)
     (tmp_path / "seven.png").write_bytes(digit_png(0))

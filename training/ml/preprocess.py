@@ -41,10 +41,6 @@ _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = True
 # Fraction of peak ink brightness that marks a pixel as part of the digit for cropping.
 MASK_LEVEL = 0.25
-# Ink whose longer side spans less than this share of the picture's is no digit: specks of dust, what printed
-# lines leave behind (on a 400-pixel sheet, 1-3%). The smallest shipped sample digits span 7.5%; a digit any smaller
-# comes out of the 512-pixel working copy too coarse to read, and its user is better told to crop closer.
-MIN_DIGIT_SHARE = 0.03
 # Ruled or squared paper: thin lines inked (above RULING_INK) along at least RULING_COVER of their length are
 # printed lines, once there are at least RULING_MIN_LINES separate ones in one direction; a digit's bars, even in a
 # tight crop, are at most three. Lines are looked for within 3° of the picture's edges, in steps that drift less
@@ -323,7 +319,9 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
     sheet is printed alike, so along the lines one level, their typical ink,
     becomes the background: the lines go, and a stroke crossing one, whose ink
     covers it, keeps its full strength. A single level also spares a digit's
-    bar that spans a tight crop: it is far darker than the lines.
+    bar that spans a tight crop: it is far darker than the lines. Lines as dark
+    as the ink itself leave nothing to tell a stroke from a line: a stroke is
+    cut where it crosses one, and the rest of the digit still reads.
     """
     marked = inks > RULING_INK
     across = marked[:, :, 0].any(axis=1) & marked[:, :, -1].any(axis=1)
@@ -345,13 +343,17 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
         # scan) leave at most their faint upper fringe: no stroke along them can be told from the line.
         ink[lines] = np.clip((ink[lines] - level) / max(1.0 - level, 0.1), 0.0, None)
         mask = _digit_masks(ink[None])[0]
-        # What is left of a line where it leaves the picture, too short to be counted with it: small pieces on the
-        # edge, which a digit near the edge would otherwise take in as its own.
-        labels, _ = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+        # What the lines' own noise leaves on them: pieces with no pixel off the lines (a stroke crossing one
+        # always has some). Left in, an empty sheet's dashes would be read as a digit.
+        off_lines = np.bincount(labels[~lines], minlength=count + 1)
+        # And what is left of a line where it leaves the picture, too short to be counted with it: small pieces on
+        # the edge, which a digit near the edge would otherwise take in as its own.
         remnants = [
             number
             for number, (down_span, across_span) in enumerate(ndimage.find_objects(labels), start=1)
-            if (down_span.start == 0 or across_span.start == 0 or down_span.stop == mask.shape[0]
+            if off_lines[number] == 0
+            or (down_span.start == 0 or across_span.start == 0 or down_span.stop == mask.shape[0]
                 or across_span.stop == mask.shape[1])
             and max(down_span.stop - down_span.start, across_span.stop - across_span.start)
             < DIGIT_MIN_EXTENT * max(mask.shape)
@@ -442,14 +444,8 @@ def _piece_counts(masks: np.ndarray) -> np.ndarray:
 def _digit_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
-        raise EmptyImageError("it holds only isolated specks")
-    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    if max(bottom - top, right - left) < MIN_DIGIT_SHARE * max(mask.shape):
-        raise EmptyImageError(
-            f"its only marks are specks, too small to be a digit (under {MIN_DIGIT_SHARE:.0%} of the picture's size);"
-            " if it holds a small digit, crop the picture closer to it"
-        )
-    return top, bottom, left, right
+        raise EmptyImageError("its only marks are specks or printed lines")
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _fit_box(crop: np.ndarray) -> np.ndarray:
@@ -542,7 +538,7 @@ def preprocess(image: Image.Image) -> np.ndarray:
 
     Handles EXIF orientation, animated images (first frame), every common mode
     (1, L, P, RGB, RGBA, LA, CMYK, I;16, I, F, ...), transparency and either
-    polarity. Raises :class:`EmptyImageError` when there is no ink.
+    polarity. Raises :class:`EmptyImageError` when no digit is left (its message says why).
     """
     result = preprocess_batch([image])[0]
     if isinstance(result, Exception):

@@ -263,47 +263,6 @@ def test_specks_of_dust_far_from_the_digit_do_not_shrink_it():
     _same(preprocess(_photo(dust)), _clean_photo(), atol=0.05)
 
 
-def _sheet(draw_marks, side=400) -> Image.Image:
-    image = Image.new("L", (side, side), 235)
-    draw_marks(ImageDraw.Draw(image))
-    return image
-
-
-@pytest.mark.parametrize(
-    "specks",
-    [[(20, 25), (370, 360), (375, 30)], [(200, 200)]],
-    ids=["three-far-apart", "one-in-the-middle"],
-)
-def test_an_empty_sheet_with_specks_of_dust_is_refused_as_holding_no_digit(specks):
-    def dust(draw):
-        for x, y in specks:
-            draw.rectangle([x, y, x + 5, y + 5], fill=60)
-
-    with pytest.raises(EmptyImageError, match="too small to be a digit.*crop the picture closer"):
-        preprocess(_sheet(dust))
-
-
-@pytest.mark.parametrize("noise", [0.0, 2.0], ids=["clean-scan", "photo"])
-def test_an_empty_ruled_sheet_is_refused_once_its_lines_are_taken_out(noise):
-    # On a clean scan the lines are the strongest ink there is; in a photo, their leftovers are specks.
-    sheet = np.asarray(_sheet(lambda draw: _ruled(draw, every=40, level=195, columns=False)), dtype=np.float64)
-    sheet += np.random.default_rng(0).normal(0.0, noise, sheet.shape)
-    with pytest.raises(EmptyImageError):
-        preprocess(Image.fromarray(sheet.clip(0, 255).astype(np.uint8)))
-
-
-@pytest.mark.parametrize("side", [14, 22], ids=["3.5%", "5.5%"])
-def test_a_small_digit_on_a_large_sheet_is_still_read(side):
-    # A 7 a few percent of the sheet's size, with a speck of dust elsewhere: the digit is kept, the speck is not.
-    def small_seven(draw):
-        draw.line([(200, 200), (200 + side, 200), (200 + side // 2, 200 + side)], fill=30, width=3)
-        draw.rectangle([40, 40, 43, 43], fill=60)
-
-    out = preprocess(_sheet(small_seven))
-    rows, cols = np.nonzero(out > 0.3)
-    assert rows.max() - rows.min() + 1 >= 18 and cols.max() - cols.min() + 1 >= 15
-
-
 def test_a_frame_drawn_around_the_digit_is_left_out():
     _same(preprocess(_photo(lambda draw: draw.rectangle([8, 8, 391, 391], outline=30, width=8))), _clean_photo(),
           atol=0.05)
@@ -381,6 +340,25 @@ def test_the_printed_lines_of_squared_or_ruled_paper_are_taken_out_and_the_digit
     assert np.abs(lined - _clean_photo()).mean() < 0.02
     # Where a line crossed the digit, the stroke is still there.
     assert (lined > 0.5).sum() >= 0.9 * (_clean_photo() > 0.5).sum()
+
+
+def test_a_digit_on_ruled_lines_as_dark_as_its_ink_reads_as_on_clean_paper():
+    # Nothing tells a stroke from a line there: the stroke is cut where it crosses one, and the lines go.
+    lined = preprocess(_lined_photo(level=30, every=40, columns=False))
+    assert np.abs(lined - _clean_photo()).mean() < 0.06
+
+
+@pytest.mark.parametrize("every", [30, 40])
+def test_an_empty_ruled_sheet_is_refused_once_its_lines_are_taken_out(every):
+    def sheet(seed: int, noise: float) -> Image.Image:
+        image = Image.new("L", (400, 400), 235)
+        _ruled(ImageDraw.Draw(image), every=every, level=195, columns=False)
+        pixels = np.asarray(image, dtype=np.float64) + np.random.default_rng(seed).normal(0.0, noise, (400, 400))
+        return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+    # A clean scan, whose lines are the strongest ink there is, and photos, whose lines' noise leaves dashes on them.
+    results = preprocess_batch([sheet(0, 0.0)] + [sheet(seed, 2.0) for seed in range(40)])
+    assert [type(result) for result in results] == [EmptyImageError] * len(results)
 
 
 @pytest.mark.parametrize("degrees", [1, -2, 3])
