@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install data run test bench bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load bench-profile samples clean
+.PHONY: install data run test bench bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load bench-scale bench-profile samples clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ run: install
 test: data
 	$(PY) -m pytest
 
-bench: bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load
+bench: bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load bench-scale
 
 bench-train: data
 	$(PY) benchmarks/bench_train.py
@@ -45,6 +45,10 @@ bench-concurrency: data
 
 bench-load: data
 	$(PY) benchmarks/bench_load.py
+
+# ARGS="--uploads N" for another size than a million.
+bench-scale: install
+	$(PY) benchmarks/bench_scale.py $(ARGS)
 
 # Not part of `bench`: a diagnosis of where bench-serve's CPU goes, not a measurement. Single images by
 # default; ARGS="--per-request 32 --rounds 20" for batches.

@@ -37,7 +37,7 @@ class Stack:
     sessions: tuple[int, ...] = ()
 
 
-def _recreate_database() -> None:
+def database_recreate() -> None:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
@@ -127,7 +127,7 @@ def running_stack(
     _refuse_busy_port(port)
     workdir.mkdir(parents=True, exist_ok=True)
     env = stack_env(workdir)
-    _recreate_database()
+    database_recreate()
     _flush_broker()
     manage(env, "migrate", "--noinput")
     # One argument: a generated password may start with "-", which argparse would take for an option.

@@ -79,6 +79,16 @@ def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> Query
     return queryset.order_by("-created_at", "-id")
 
 
+def upload_list_page(queryset: QuerySet[Upload], *, ids: list[int]) -> list[Upload]:
+    """The uploads of one page of ``queryset``, found by their ``ids``, in the queryset's order.
+
+    A page far down a long history is an OFFSET, and PostgreSQL computes the newest prediction's fields for
+    every row it skips (over a second for page 1,250 of 50,000 uploads): the page is found by ids alone, and
+    only its own rows are read with those fields.
+    """
+    return list(queryset.filter(pk__in=ids))
+
+
 def _visible_uploads(*, user) -> QuerySet[Upload]:
     return Upload.objects.filter(owner=user)
 

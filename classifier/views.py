@@ -261,7 +261,8 @@ def history(request: HttpRequest) -> HttpResponse:
             upload_ids=data["batch"],
         )
     queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
-    page = Paginator(queryset, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(queryset.values_list("pk", flat=True), HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    uploads = selectors.upload_list_page(queryset, ids=list(page.object_list))
     query = request.GET.copy()
     query.pop("page", None)
     return render(
@@ -270,7 +271,7 @@ def history(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "page": page,
-            "uploads": page.object_list,
+            "uploads": uploads,
             "query": query.urlencode(),
             "filtered": any([filters.digit is not None, filters.status, filters.date_from, filters.date_to]),
             "batch": filters.upload_ids,

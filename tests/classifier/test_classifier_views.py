@@ -241,6 +241,21 @@ def test_history_is_paginated(alice, user, digit_png):
     assert alice.get("/history/", {"page": 2}).content.decode().count('class="history-item"') == 3
 
 
+def test_a_page_deep_in_history_skips_rows_without_reading_their_predictions(alice, user, digit_png):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    uploads = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file") for i in range(23)]
+    services.predictions_create(uploads=uploads, publish=False)
+    with CaptureQueriesContext(connection) as queries:
+        response = alice.get("/history/", {"page": 2})
+    # The three oldest, newest first, each with its newest prediction's fields read for it alone.
+    assert [upload.pk for upload in response.context["uploads"]] == [u.pk for u in reversed(uploads[:3])]
+    assert all(upload.latest_status == "pending" for upload in response.context["uploads"])
+    skipping = [query["sql"] for query in queries.captured_queries if "OFFSET" in query["sql"].upper()]
+    assert skipping and not [sql for sql in skipping if "classifier_prediction" in sql]
+
+
 def test_deleting_an_upload_removes_it_and_its_file(alice, user, digit_png, active_checkpoint, django_capture_on_commit_callbacks):
     from pathlib import Path
 

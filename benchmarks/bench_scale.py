@@ -1,0 +1,153 @@
+"""`make bench-scale`: the admin's lists, a user's history, the API's list and /metrics over a million uploads (JSON).
+
+A scratch PostgreSQL database gets ``--uploads`` uploads (one prediction each, 1% of them failed, and 1% re-run
+with a newer prediction) spread over ``--users`` users and a year, plus 200 sample images. Each page is then
+asked for in-process through Django's test client with production settings: one warm-up, then the median of
+``--repeats`` timings, with the number of SQL statements and the slowest one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: E402
+
+from benchmarks.stack import BENCH_DB, database_recreate, manage, print_report, stack_env  # noqa: E402
+
+DB_URL = os.environ.get("BENCH_DB_URL", f"postgresql://postgres@127.0.0.1:5432/{BENCH_DB}")
+PASSWORD = "bench-scale-password"
+
+# Rows made by SQL: generating a million through the ORM would take longer than everything measured.
+FILL = [
+    """
+INSERT INTO classifier_upload (image, original_name, format, size, width, height, sha256, source, sample_set,
+                               label, created_at, owner_id)
+SELECT 'uploads/bench/' || g || '.png', 'digit-' || g || '.png', 'PNG', 900, 28, 28, md5(g::text) || md5(g::text),
+       'api', '', NULL, now() - make_interval(secs => g * 31536000.0 / %(uploads)s), %(first_user)s + g %% %(users)s
+FROM generate_series(1, %(uploads)s) g
+""",
+    """
+INSERT INTO classifier_upload (image, original_name, format, size, width, height, sha256, source, sample_set,
+                               label, created_at, owner_id)
+SELECT 'samples/' || g || '.png', g || '.png', 'PNG', 900, 28, 28, md5('sample' || g) || md5('sample' || g), 'sample',
+       CASE WHEN g <= 50 THEN 'mnist' ELSE 'other' END, g %% 10, now(), %(first_user)s
+FROM generate_series(1, 200) g
+""",
+    """
+INSERT INTO classifier_prediction (upload_id, status, digit, confidence, probabilities, device, queue_ms,
+                                   compute_ms, error, publish_attempts, attempts, created_at, started_at, finished_at)
+SELECT id, CASE WHEN id %% 100 = 7 THEN 'failed' ELSE 'done' END, CASE WHEN id %% 100 = 7 THEN NULL ELSE id %% 10 END,
+       0.9, '[0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.91]', 'cpu', 5, 1,
+       CASE WHEN id %% 100 = 7 THEN 'No digit was found in this image.' ELSE '' END, 1, 1,
+       created_at, created_at, created_at
+FROM classifier_upload
+""",
+    """
+INSERT INTO classifier_prediction (upload_id, status, digit, confidence, probabilities, device, queue_ms,
+                                   compute_ms, error, publish_attempts, attempts, created_at, started_at, finished_at)
+SELECT id, 'done', (id + 1) %% 10, 0.8, '[0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.91]', 'cpu', 5, 1,
+       '', 1, 1, created_at + interval '1 minute', created_at + interval '1 minute', created_at + interval '1 minute'
+FROM classifier_upload WHERE id %% 100 = 42
+""",
+]
+
+
+def pages(*, middle_page: int) -> list[tuple[str, str]]:
+    return [
+        ("staff", "/admin/classifier/upload/"),
+        ("staff", "/admin/classifier/upload/?latest_status=failed"),
+        ("staff", "/admin/classifier/upload/?latest_status=done"),
+        ("staff", "/admin/classifier/upload/?latest_digit=3"),
+        ("staff", "/admin/classifier/upload/?sample_set=mnist"),
+        ("staff", "/admin/classifier/upload/?q=digit-123456"),
+        ("staff", "/admin/classifier/prediction/"),
+        ("staff", "/admin/classifier/prediction/?status__exact=failed"),
+        ("staff", "/admin/classifier/prediction/?digit=3"),
+        ("user", "/history/"),
+        ("user", "/history/?status=failed"),
+        ("user", "/history/?digit=3"),
+        ("user", f"/history/?page={middle_page}"),
+        ("user", "/api/v1/predictions/"),
+        ("user", "/api/v1/predictions/?digit=7&status=done"),
+        ("scraper", "/metrics"),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uploads", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir:
+        metrics_token = secrets.token_urlsafe(24)
+        env = stack_env(Path(workdir), METRICS_TOKEN=metrics_token, STATIC_ROOT=str(Path(workdir) / "static"))
+        database_recreate()
+        manage(env, "migrate", "--noinput")
+        # Production pages name their styles through the manifest that collectstatic writes.
+        manage(env, "collectstatic", "--noinput")
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        from django.contrib.auth import get_user_model
+        from django.db import connection
+        from django.test import Client
+        from django.test.utils import CaptureQueriesContext
+
+        users = get_user_model().objects
+        staff = users.create_superuser("bench-staff", "staff@example.org", PASSWORD)
+        people = [users.create_user(f"bench-user-{i}", password=PASSWORD) for i in range(args.users)]
+        started = time.monotonic()
+        with psycopg.connect(DB_URL, autocommit=True) as conn:
+            for statement in FILL:
+                conn.execute(statement, {"uploads": args.uploads, "users": args.users, "first_user": people[0].pk})
+            conn.execute("VACUUM ANALYZE")
+        filled_s = time.monotonic() - started
+
+        clients = {"staff": Client(SERVER_NAME="127.0.0.1"), "user": Client(SERVER_NAME="127.0.0.1"),
+                   "scraper": Client(SERVER_NAME="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {metrics_token}")}
+        clients["staff"].force_login(staff)
+        clients["user"].force_login(people[1])
+        per_user = args.uploads // args.users
+        report: dict = {"uploads": args.uploads, "users": args.users, "uploads_per_user": per_user,
+                        "fill_seconds": round(filled_s, 1), "pages": {}}
+        from classifier.views import HISTORY_PAGE_SIZE
+
+        for who, path in pages(middle_page=max(1, per_user // HISTORY_PAGE_SIZE // 2)):
+            client = clients[who]
+            client.get(path)
+            timings, statements, slowest = [], 0, (0.0, "")
+            for _ in range(args.repeats):
+                with CaptureQueriesContext(connection) as queries:
+                    start = time.perf_counter()
+                    response = client.get(path)
+                    timings.append((time.perf_counter() - start) * 1000)
+                if response.status_code != 200:
+                    raise SystemExit(f"{path}: HTTP {response.status_code}")
+                statements = len(queries.captured_queries)
+                for query in queries.captured_queries:
+                    slowest = max(slowest, (float(query["time"]) * 1000, query["sql"][:160]))
+            report["pages"][path] = {
+                "as": who,
+                "ms_median": round(statistics.median(timings), 1),
+                "statements": statements,
+                "slowest_statement_ms": round(slowest[0], 1),
+                "slowest_statement": slowest[1],
+            }
+        connection.close()
+    print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

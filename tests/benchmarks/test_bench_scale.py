@@ -1,0 +1,36 @@
+"""Smoke test of the scale benchmark: a small fill in a scratch PostgreSQL database, every page answered."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_answers() -> bool:
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _postgres_answers(), reason="the scale benchmark needs PostgreSQL")
+def test_the_scale_benchmark_times_every_page_over_the_uploads_it_made():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--uploads", "2000", "--users", "4",
+         "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "BENCH_DB": "mnistsite_bench_scale_test"},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["uploads"], report["uploads_per_user"]) == (2000, 500)
+    assert "/admin/classifier/upload/?latest_status=failed" in report["pages"] and "/metrics" in report["pages"]
+    for path, page in report["pages"].items():
+        assert page["ms_median"] > 0 and page["statements"] >= 1, path
