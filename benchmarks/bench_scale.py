@@ -1,7 +1,8 @@
 """`make bench-scale`: the admin's lists, a user's history, the API's list and /metrics over a million uploads (JSON).
 
-A scratch PostgreSQL database gets ``--uploads`` uploads (one prediction each, 1% of them failed, and 1% re-run
-with a newer prediction) spread over ``--users`` users and a year, plus 200 sample images. Each page is then
+A scratch PostgreSQL database gets ``--uploads`` uploads (one prediction each, 1% of them failed; 1.5% re-run
+with a newer prediction that is done, a third of those after a failure) spread over ``--users`` users and a year,
+plus 200 sample images. Every user gets a share of each kind. Each page is then
 asked for in-process through Django's test client with production settings: one warm-up, then the median of
 ``--repeats`` timings, with the number of SQL statements and the slowest one.
 """
@@ -31,31 +32,34 @@ FILL = [
 INSERT INTO classifier_upload (image, original_name, format, size, width, height, sha256, source, sample_set,
                                label, created_at, owner_id)
 SELECT 'uploads/bench/' || g || '.png', 'digit-' || g || '.png', 'PNG', 900, 28, 28, md5(g::text) || md5(g::text),
-       'api', '', NULL, now() - make_interval(secs => g * 31536000.0 / %(uploads)s), %(first_user)s + g %% %(users)s
+       'api', '', NULL, now() - make_interval(secs => g * 31536000.0 / %(uploads)s),
+       (%(owners)s::int[])[1 + g %% %(users)s]
 FROM generate_series(1, %(uploads)s) g
 """,
     """
 INSERT INTO classifier_upload (image, original_name, format, size, width, height, sha256, source, sample_set,
                                label, created_at, owner_id)
 SELECT 'samples/' || g || '.png', g || '.png', 'PNG', 900, 28, 28, md5('sample' || g) || md5('sample' || g), 'sample',
-       CASE WHEN g <= 50 THEN 'mnist' ELSE 'other' END, g %% 10, now(), %(first_user)s
+       CASE WHEN g <= 50 THEN 'mnist' ELSE 'other' END, g %% 10, now(), (%(owners)s::int[])[1]
 FROM generate_series(1, 200) g
 """,
     """
 INSERT INTO classifier_prediction (upload_id, status, digit, confidence, probabilities, device, queue_ms,
                                    compute_ms, error, publish_attempts, attempts, created_at, started_at, finished_at)
-SELECT id, CASE WHEN id %% 100 = 7 THEN 'failed' ELSE 'done' END, CASE WHEN id %% 100 = 7 THEN NULL ELSE id %% 10 END,
+SELECT id, CASE WHEN id / %(users)s %% 100 = 7 THEN 'failed' ELSE 'done' END,
+       CASE WHEN id / %(users)s %% 100 = 7 THEN NULL ELSE id / %(users)s %% 10 END,
        0.9, '[0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.91]', 'cpu', 5, 1,
-       CASE WHEN id %% 100 = 7 THEN 'No digit was found in this image.' ELSE '' END, 1, 1,
+       CASE WHEN id / %(users)s %% 100 = 7 THEN 'No digit was found in this image.' ELSE '' END, 1, 1,
        created_at, created_at, created_at
 FROM classifier_upload
 """,
     """
 INSERT INTO classifier_prediction (upload_id, status, digit, confidence, probabilities, device, queue_ms,
                                    compute_ms, error, publish_attempts, attempts, created_at, started_at, finished_at)
-SELECT id, 'done', (id + 1) %% 10, 0.8, '[0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.91]', 'cpu', 5, 1,
+SELECT id, 'done', (id / %(users)s + 1) %% 10, 0.8, '[0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.91]', 'cpu', 5, 1,
        '', 1, 1, created_at + interval '1 minute', created_at + interval '1 minute', created_at + interval '1 minute'
-FROM classifier_upload WHERE id %% 100 = 42
+FROM classifier_upload
+WHERE id / %(users)s %% 100 = 42 OR id / %(users)s %% 100 = 7 AND id / %(users)s / 100 %% 2 = 0
 """,
 ]
 
@@ -110,14 +114,14 @@ def main() -> int:
         started = time.monotonic()
         with psycopg.connect(DB_URL, autocommit=True) as conn:
             for statement in FILL:
-                conn.execute(statement, {"uploads": args.uploads, "users": args.users, "first_user": people[0].pk})
+                conn.execute(statement, {"uploads": args.uploads, "users": args.users, "owners": [p.pk for p in people]})
             conn.execute("VACUUM ANALYZE")
         filled_s = time.monotonic() - started
 
         clients = {"staff": Client(SERVER_NAME="127.0.0.1"), "user": Client(SERVER_NAME="127.0.0.1"),
                    "scraper": Client(SERVER_NAME="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {metrics_token}")}
         clients["staff"].force_login(staff)
-        clients["user"].force_login(people[1])
+        clients["user"].force_login(people[-1])
         per_user = args.uploads // args.users
         report: dict = {"uploads": args.uploads, "users": args.users, "uploads_per_user": per_user,
                         "fill_seconds": round(filled_s, 1), "pages": {}}

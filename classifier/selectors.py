@@ -79,14 +79,15 @@ def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> Query
     return queryset.order_by("-created_at", "-id")
 
 
-def upload_list_page(queryset: QuerySet[Upload], *, ids: list[int]) -> list[Upload]:
-    """The uploads of one page of ``queryset``, found by their ``ids``, in the queryset's order.
+def upload_list_page(*, ids: list[int]) -> list[Upload]:
+    """One page of a user's history, found by ``upload_list_for_user(...).values_list("pk")``: its uploads by id.
 
     A page far down a long history is an OFFSET, and PostgreSQL computes the newest prediction's fields for
-    every row it skips (over a second for page 1,250 of 50,000 uploads): the page is found by ids alone, and
-    only its own rows are read with those fields.
+    every row it skips (over a second for page 1,250 of 50,000 uploads): the page is found by ids, and only its
+    own rows are read with those fields. They are not filtered again: a prediction finishing in between would
+    take its upload off the page it was counted on.
     """
-    return list(queryset.filter(pk__in=ids))
+    return list(upload_annotate_latest(Upload.objects.filter(pk__in=ids)).order_by("-created_at", "-id"))
 
 
 def _visible_uploads(*, user) -> QuerySet[Upload]:

@@ -262,7 +262,7 @@ def history(request: HttpRequest) -> HttpResponse:
         )
     queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
     page = Paginator(queryset.values_list("pk", flat=True), HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    uploads = selectors.upload_list_page(queryset, ids=list(page.object_list))
+    uploads = selectors.upload_list_page(ids=list(page.object_list))
     query = request.GET.copy()
     query.pop("page", None)
     return render(

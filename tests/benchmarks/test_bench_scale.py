@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SCRATCH_DB = "mnistsite_bench_scale_test"
 
 
 def _postgres_answers() -> bool:
@@ -26,8 +27,10 @@ def test_the_scale_benchmark_times_every_page_over_the_uploads_it_made():
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--uploads", "2000", "--users", "4",
          "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "BENCH_DB": "mnistsite_bench_scale_test"},
+        capture_output=True, text=True, timeout=240, env={**os.environ, "BENCH_DB": SCRATCH_DB},
     )
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)')
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["uploads"], report["uploads_per_user"]) == (2000, 500)

@@ -48,11 +48,11 @@ def test_uploads_cannot_be_added_through_the_admin(admin_page):
     assert 'href="/admin/classifier/upload/add/"' not in admin_page.get("/admin/classifier/upload/").content.decode()
 
 
-@pytest.mark.parametrize("query", ["latest_digit=x", "checkpoint=abc"])
+@pytest.mark.parametrize("query", ["latest_digit=x", "digit=x", "checkpoint=abc"])
 def test_a_hand_edited_filter_value_gets_the_admins_error_page_not_a_500(admin_page, active_checkpoint, query):
     for path in ("/admin/classifier/upload/", "/admin/classifier/prediction/"):
-        if path.endswith("prediction/") and query.startswith("latest_digit"):
-            continue  # that filter is the upload list's only
+        if query.startswith("latest_digit") != path.endswith("upload/") and not query.startswith("checkpoint"):
+            continue  # the newest prediction's digit is the upload list's filter, the digit the prediction list's
         response = admin_page.get(f"{path}?{query}")
         assert response.status_code == 302 and response["Location"].endswith("?e=1"), (path, response.status_code)
 
@@ -119,10 +119,36 @@ def test_the_sample_set_filter_lists_the_sets_and_the_users_own_uploads(admin_pa
     (tmp_path / "mnist" / "7_mnist_0.png").write_bytes(digit_png(0))
     call_command("load_samples", "--root", str(tmp_path), stdout=io.StringIO())
     own = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), name="mine.png", source="file")
+    services.predictions_create(uploads=[own], publish=False)
     page = admin_page.get("/admin/classifier/upload/").content.decode()
-    assert "?sample_set=mnist" in page and "?sample_set=-" in page
+    assert "?sample_set=mnist" in page and "none: users&#x27; uploads" in page
     mnist_only = admin_page.get("/admin/classifier/upload/?sample_set=mnist").context["cl"].result_list
-    users_only = admin_page.get("/admin/classifier/upload/?sample_set=-").context["cl"].result_list
+    users_only = admin_page.get("/admin/classifier/upload/?sample_set=").context["cl"].result_list
     assert [u.sample_set for u in mnist_only] == ["mnist"] and [u.pk for u in users_only] == [own.pk]
-    predictions = admin_page.get("/admin/classifier/prediction/?upload__sample_set=-").context["cl"].result_list
-    assert all(p.upload.sample_set == "" for p in predictions)
+    predictions = admin_page.get("/admin/classifier/prediction/?upload__sample_set=").context["cl"].result_list
+    assert [p.upload_id for p in predictions] == [own.pk]
+
+
+def test_the_prediction_list_filters_by_digit_and_by_having_none(admin_page, user, digit_png):
+    _upload_with_history(user, digit_png, [("done", 3, 0)])
+    _upload_with_history(user, digit_png, [("done", 5, 0)])
+    failed = _upload_with_history(user, digit_png, [("failed", None, 0)])
+    page = admin_page.get("/admin/classifier/prediction/").content.decode()
+    assert "?digit=9" in page and "?digit__isnull=True" in page
+    threes = admin_page.get("/admin/classifier/prediction/?digit=3").context["cl"].result_list
+    assert [p.digit for p in threes] == [3]
+    none = admin_page.get("/admin/classifier/prediction/?digit__isnull=True").context["cl"].result_list
+    assert [p.upload_id for p in none] == [failed.pk]
+
+
+@pytest.mark.parametrize("path", ["/admin/classifier/upload/", "/admin/classifier/prediction/"])
+def test_the_admin_lists_offer_no_per_choice_counts(admin_page, user, digit_png, path):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _upload_with_history(user, digit_png, [("done", 3, 0)])
+    plain = admin_page.get(path)
+    assert "_facets" not in plain.content.decode()
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_page.get(f"{path}?_facets=True").status_code == 200
+    assert not [q["sql"] for q in queries.captured_queries if "FILTER (WHERE" in q["sql"].upper()]

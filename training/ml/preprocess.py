@@ -344,17 +344,16 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
         ink[lines] = np.clip((ink[lines] - level) / max(1.0 - level, 0.1), 0.0, None)
         mask = _digit_masks(ink[None])[0]
         labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-        # What the lines' own noise leaves on them: pieces with no pixel off the lines (a stroke crossing one
-        # always has some). Left in, an empty sheet's dashes would be read as a digit.
+        # Pieces too short to be a digit's stroke, left of the lines: what their own noise leaves on them (no
+        # pixel off the lines; a stroke crossing one always has some), which would make an empty sheet's dashes a
+        # digit; and what is left of a line where it leaves the picture, too short to be counted with it, which a
+        # digit near the edge would take in as its own. A long stroke drawn along a line stays.
         off_lines = np.bincount(labels[~lines], minlength=count + 1)
-        # And what is left of a line where it leaves the picture, too short to be counted with it: small pieces on
-        # the edge, which a digit near the edge would otherwise take in as its own.
         remnants = [
             number
             for number, (down_span, across_span) in enumerate(ndimage.find_objects(labels), start=1)
-            if off_lines[number] == 0
-            or (down_span.start == 0 or across_span.start == 0 or down_span.stop == mask.shape[0]
-                or across_span.stop == mask.shape[1])
+            if (off_lines[number] == 0 or down_span.start == 0 or across_span.start == 0
+                or down_span.stop == mask.shape[0] or across_span.stop == mask.shape[1])
             and max(down_span.stop - down_span.start, across_span.stop - across_span.start)
             < DIGIT_MIN_EXTENT * max(mask.shape)
         ]

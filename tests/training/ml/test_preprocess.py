@@ -263,6 +263,17 @@ def test_specks_of_dust_far_from_the_digit_do_not_shrink_it():
     _same(preprocess(_photo(dust)), _clean_photo(), atol=0.05)
 
 
+@pytest.mark.parametrize("side", [6, 10, 16], ids=["1.5%", "2.5%", "4%"])
+def test_a_small_digit_on_a_large_sheet_with_a_speck_of_dust_is_still_read(side):
+    image = Image.new("L", (400, 400), 235)
+    draw = ImageDraw.Draw(image)
+    draw.line([(200, 200), (200 + side, 200), (200 + side // 2, 200 + side)], fill=30, width=2)
+    draw.rectangle([40, 40, 42, 42], fill=60)
+    out = preprocess(image)
+    rows, cols = np.nonzero(out > 0.3)
+    assert rows.max() - rows.min() + 1 >= 15 and cols.max() - cols.min() + 1 >= 10
+
+
 def test_a_frame_drawn_around_the_digit_is_left_out():
     _same(preprocess(_photo(lambda draw: draw.rectangle([8, 8, 391, 391], outline=30, width=8))), _clean_photo(),
           atol=0.05)
@@ -346,6 +357,16 @@ def test_a_digit_on_ruled_lines_as_dark_as_its_ink_reads_as_on_clean_paper():
     # Nothing tells a stroke from a line there: the stroke is cut where it crosses one, and the lines go.
     lined = preprocess(_lined_photo(level=30, every=40, columns=False))
     assert np.abs(lined - _clean_photo()).mean() < 0.06
+
+
+def test_a_fine_stroke_drawn_along_a_printed_line_stays():
+    # A 1 drawn with a fine pen right along a line of squared paper: only its length tells it from the line.
+    image = Image.new("L", (400, 400), 235)
+    _ruled(ImageDraw.Draw(image), level=150)
+    ImageDraw.Draw(image).line([(200, 110), (200, 290)], fill=30, width=3)
+    out = preprocess(image)
+    rows, cols = np.nonzero(out > 0.5)
+    assert rows.max() - rows.min() + 1 >= 19 and cols.max() - cols.min() + 1 <= 6
 
 
 @pytest.mark.parametrize("every", [30, 40])
