@@ -344,10 +344,10 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
         ink[lines] = np.clip((ink[lines] - level) / max(1.0 - level, 0.1), 0.0, None)
         mask = _digit_masks(ink[None])[0]
         labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-        # Pieces too short to be a digit's stroke, left of the lines: what their own noise leaves on them (no
-        # pixel off the lines; a stroke crossing one always has some), which would make an empty sheet's dashes a
-        # digit; and what is left of a line where it leaves the picture, too short to be counted with it, which a
-        # digit near the edge would take in as its own. A long stroke drawn along a line stays.
+        # Pieces too short to be a digit's stroke that the lines leave behind: what their own noise leaves on
+        # them (no pixel off the lines; a stroke crossing one always has some), which would make an empty sheet's
+        # dashes a digit; and what is left of a line where it leaves the picture, too short to be counted with it,
+        # which a digit near the edge would take in as its own. A long stroke drawn along a line stays.
         off_lines = np.bincount(labels[~lines], minlength=count + 1)
         remnants = [
             number
