@@ -131,7 +131,7 @@ class UploadAdmin(admin.ModelAdmin):
     # No count of the whole table beside the filtered one, and no date hierarchy (a DISTINCT over every upload's
     # date): with a million uploads each took seconds a page. The "created at" filter asks the database nothing.
     # Nor per-choice counts ("Show counts"): a filter of our own counts each choice against the whole filtered
-    # list again, and with the newest-prediction filters that ran for minutes.
+    # list again (over ten seconds at a million predictions).
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     actions = [rerun_uploads]
