@@ -19,11 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
+from benchmarks.stack import database_recreate, manage, print_report, stack_env  # noqa: E402
 
-from benchmarks.stack import BENCH_DB, database_recreate, manage, print_report, stack_env  # noqa: E402
-
-DB_URL = os.environ.get("BENCH_DB_URL", f"postgresql://postgres@127.0.0.1:5432/{BENCH_DB}")
 PASSWORD = "bench-scale-password"
 
 # Rows made by SQL: generating a million through the ORM would take longer than everything measured.
@@ -108,14 +105,17 @@ def main() -> int:
         from django.test import Client
         from django.test.utils import CaptureQueriesContext
 
+        from classifier.views import HISTORY_PAGE_SIZE
+
         users = get_user_model().objects
         staff = users.create_superuser("bench-staff", "staff@example.org", PASSWORD)
         people = [users.create_user(f"bench-user-{i}", password=PASSWORD) for i in range(args.users)]
         started = time.monotonic()
-        with psycopg.connect(DB_URL, autocommit=True) as conn:
+        # Through Django's own connection (in autocommit, as VACUUM needs): the database the pages read.
+        with connection.cursor() as cursor:
             for statement in FILL:
-                conn.execute(statement, {"uploads": args.uploads, "users": args.users, "owners": [p.pk for p in people]})
-            conn.execute("VACUUM ANALYZE")
+                cursor.execute(statement, {"uploads": args.uploads, "users": args.users, "owners": [p.pk for p in people]})
+            cursor.execute("VACUUM ANALYZE")
         filled_s = time.monotonic() - started
 
         clients = {"staff": Client(SERVER_NAME="127.0.0.1"), "user": Client(SERVER_NAME="127.0.0.1"),
@@ -125,8 +125,6 @@ def main() -> int:
         per_user = args.uploads // args.users
         report: dict = {"uploads": args.uploads, "users": args.users, "uploads_per_user": per_user,
                         "fill_seconds": round(filled_s, 1), "pages": {}}
-        from classifier.views import HISTORY_PAGE_SIZE
-
         for who, path in pages(middle_page=max(1, per_user // HISTORY_PAGE_SIZE // 2)):
             client = clients[who]
             client.get(path)
