@@ -104,7 +104,7 @@ class CheckpointFilter(admin.SimpleListFilter):
         return queryset.filter(checkpoint_id=checkpoint_id)
 
 
-@admin.action(description="Re-run with the active checkpoint", permissions=["change"])
+@admin.action(description="Re-run with the active checkpoint", permissions=["rerun"])
 def rerun_uploads(modeladmin, request, queryset):
     uploads = list(queryset.model.objects.filter(pk__in=queryset.values("pk"))) if queryset.model is Upload else list(
         Upload.objects.filter(pk__in=queryset.values("upload_id"))
@@ -116,8 +116,21 @@ def rerun_uploads(modeladmin, request, queryset):
     modeladmin.message_user(request, f"Queued {len(created)} new prediction(s) with the active checkpoint.", messages.SUCCESS)
 
 
+class RerunActionMixin:
+    """The re-run action, offered on both lists to staff allowed to change uploads.
+
+    An action's permission is checked against the list it sits on: on the predictions' list "change" would mean
+    changing predictions, and a re-run queues new work for every selected upload.
+    """
+
+    actions = [rerun_uploads]
+
+    def has_rerun_permission(self, request) -> bool:
+        return request.user.has_perm(f"{Upload._meta.app_label}.change_{Upload._meta.model_name}")
+
+
 @admin.register(Upload)
-class UploadAdmin(admin.ModelAdmin):
+class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
     list_display = (
         "id", "thumbnail", "original_name", "owner", "source", "sample_set", "label",
         "latest_digit_display", "latest_confidence_display", "latest_status_display", "feedback_display", "created_at",
@@ -134,7 +147,6 @@ class UploadAdmin(admin.ModelAdmin):
     # list again (over ten seconds at a million predictions).
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    actions = [rerun_uploads]
     readonly_fields = ("thumbnail_large", "sha256", "format", "size", "width", "height", "image", "created_at")
     exclude = ()
     change_list_template = "admin/classifier/upload/change_list.html"
@@ -188,7 +200,7 @@ class UploadAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(admin.ModelAdmin):
+class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
     list_display = (
         "id", "thumbnail", "upload_link", "owner", "status", "digit", "confidence_display", "feedback",
         "label", "checkpoint", "device", "queue_ms", "compute_ms", "created_at",
@@ -202,7 +214,6 @@ class PredictionAdmin(admin.ModelAdmin):
     # As for uploads: the checkpoint filter's counts would each read the whole filtered list again.
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    actions = [rerun_uploads]
     readonly_fields = (
         "upload", "checkpoint", "status", "digit", "confidence", "probabilities", "model_input", "device",
         "queue_ms", "compute_ms", "error", "publish_attempts", "published_at", "created_at", "started_at", "finished_at",

@@ -86,6 +86,12 @@ def training_run_create(
         errors["device"] = f"Choose one of {', '.join(DEVICE_CHOICES)}."
     if train_subset is not None and int(train_subset) < MIN_TRAIN_SUBSET:
         errors["train_subset"] = f"The training subset must hold at least {MIN_TRAIN_SUBSET} images."
+    # Activating when done is activating a checkpoint, which the admin and the API allow only to staff allowed to
+    # change checkpoints; starting a run must not be a way around that. Commands (created_by None) are trusted.
+    if activate_on_success and created_by is not None and not created_by.has_perm("training.change_checkpoint"):
+        errors["activate_on_success"] = (
+            "Activating the model when done needs the permission to change checkpoints; leave this off."
+        )
     if errors:
         raise ValidationError(errors)
 

@@ -133,6 +133,16 @@ def test_staff_given_the_admin_permissions_may_start_cancel_and_activate(
     assert operator.get(RUNS).status_code == 403
 
 
+def test_staff_who_may_start_runs_but_not_change_checkpoints_cannot_ask_for_activation_when_done(django_user_model):
+    starter = client_for(_staff_with(django_user_model, "add_trainingrun"))
+
+    refused = starter.post(RUNS, {"architecture": "mlp", "activate_on_success": True}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["field"] == "activate_on_success"
+    assert not TrainingRun.objects.exists()
+    assert starter.post(RUNS, {"architecture": "mlp"}, format="json").status_code == 202
+
+
 def test_anonymous_callers_get_401_on_staff_endpoints(api_client):
     for url in (RUNS, CHECKPOINTS):
         response = api_client.get(url)

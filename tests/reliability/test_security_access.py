@@ -252,6 +252,23 @@ def test_staff_who_may_only_view_uploads_are_not_offered_the_bulk_re_run(owned, 
     assert Prediction.objects.filter(upload=owned["upload"]).count() == 1
 
 
+def test_staff_who_may_change_predictions_but_not_uploads_are_not_offered_the_bulk_re_run(owned, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    member = django_user_model.objects.create_user(username="corrector", password="x9!kQ2#vLp", is_staff=True)
+    member.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_upload", "view_prediction", "change_prediction"])
+    )
+    staff = Client()
+    staff.force_login(member)
+    page = staff.get("/admin/classifier/prediction/")
+    assert page.status_code == 200 and b"rerun_uploads" not in page.content
+    prediction = Prediction.objects.get(upload=owned["upload"])
+    posted = staff.post("/admin/classifier/prediction/", {"action": "rerun_uploads", "_selected_action": [prediction.pk]})
+    assert posted.status_code in (200, 302)
+    assert Prediction.objects.filter(upload=owned["upload"]).count() == 1
+
+
 def test_after_repeated_failures_even_the_right_password_is_refused_for_that_account_only(db, django_user_model, settings):
     cache.clear()
     django_user_model.objects.create_user(username="victim", password="the-right-password-1")

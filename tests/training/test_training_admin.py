@@ -67,12 +67,28 @@ def test_staff_with_the_add_permission_can_start_a_run(client, plain_staff, trai
     plain_staff.user_permissions.add(Permission.objects.get(codename="add_trainingrun"))
     client.force_login(plain_staff)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(START, {**FORM, "activate_on_success": "on"})
+        response = client.post(START, FORM)
     run = TrainingRun.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("admin:training_trainingrun_change", args=[run.pk])
     assert run.created_by == plain_staff and run.architecture == "mlp" and run.train_subset == 300
-    assert run.activate_on_success and not run.augment
+    assert not run.activate_on_success and not run.augment
     assert [(m["kwargs"], m["id"]) for m in training_queue.messages()] == [({"run_id": run.pk}, run.celery_task_id)]
+
+
+def test_staff_who_may_start_runs_but_not_change_checkpoints_cannot_have_a_run_activate_its_model(
+    client, plain_staff, training_queue, django_capture_on_commit_callbacks
+):
+    plain_staff.user_permissions.add(Permission.objects.get(codename="add_trainingrun"))
+    client.force_login(plain_staff)
+    with django_capture_on_commit_callbacks(execute=True):
+        refused = client.post(START, {**FORM, "activate_on_success": "on"})
+    assert refused.status_code == 200 and b"permission to change checkpoints" in refused.content
+    assert not TrainingRun.objects.exists() and training_queue.messages() == []
+
+    plain_staff.user_permissions.add(Permission.objects.get(codename="change_checkpoint"))
+    with django_capture_on_commit_callbacks(execute=True):
+        allowed = client.post(START, {**FORM, "activate_on_success": "on"})
+    assert allowed.status_code == 302 and TrainingRun.objects.get().activate_on_success
 
 
 def test_the_start_page_shows_the_form_and_fills_blank_fields_from_the_recipe(client, staff_user):
