@@ -13,10 +13,10 @@ RESERVED_USERNAMES = frozenset({"samples"})
 
 class SignupForm(UserCreationForm):
     def clean_username(self):
-        username = super().clean_username()
-        if username.casefold() in RESERVED_USERNAMES:
+        # Before Django's check, which returns None (having recorded its error) for a name already taken.
+        if (self.cleaned_data.get("username") or "").casefold() in RESERVED_USERNAMES:
             raise ValidationError("This name is reserved for the site itself; choose another.", code="reserved")
-        return username
+        return super().clean_username()
 
 
 class LockoutPasswordMixin:

@@ -25,7 +25,7 @@ ADDRESS_FACTOR = 4
 ACCOUNT_FACTOR = 10
 
 
-def _address_key(ip: str) -> str:
+def address_key(ip: str) -> str:
     """The address counted: an IPv6 client's whole /64, which one client commonly holds (and can pick from)."""
     try:
         address = ipaddress.ip_address(ip)
@@ -39,7 +39,7 @@ def _address_key(ip: str) -> str:
 
 
 def _limits(*, username: str, ip: str) -> dict[str, int]:
-    account, ip = username.lower()[:150], _address_key(ip)
+    account, ip = username.lower()[:150], address_key(ip)
     return {
         f"login-failures:pair:{account}:{ip}": LOCKOUT_THRESHOLD,
         f"login-failures:ip:{ip}": LOCKOUT_THRESHOLD * ADDRESS_FACTOR,

@@ -45,14 +45,19 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("classifier:upload")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        retry_after = _signup_allowance_take(request)
+    if request.method == "POST":
+        valid = form.is_valid()
+        retry_after = _signup_allowance_take(request, share=1 if valid else FAILED_SIGNUP_SHARE)
         if retry_after is not None:
-            form.add_error(None, f"Too many accounts were created from your address; try again in "
-                                 f"{math.ceil(retry_after / 60)} minutes.")
-            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            # The form's own errors are not shown: "already taken" must not be an unlimited oracle of user names.
+            context = {
+                "form": SignupForm(initial={"username": request.POST.get("username", "")}),
+                "refusal": f"Too many sign-ups from your address; try again in {math.ceil(retry_after / 60)} minutes.",
+            }
+            response = render(request, "registration/signup.html", context, status=429)
             response["Retry-After"] = str(math.ceil(retry_after))
             return response
+    if request.method == "POST" and valid:
         user = form.save()
         login(request, user)
         messages.success(request, "Welcome! Upload or draw a digit to get started.")
@@ -60,19 +65,24 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
-def _signup_allowance_take(request: HttpRequest) -> float | None:
-    """Spend one sign-up of the client address's allowance; the seconds to wait instead when it is spent.
+# A refused sign-up (a name taken, passwords that differ) costs this share of an account: people mistype, but
+# each refusal also tells whether a user name exists.
+FAILED_SIGNUP_SHARE = 0.1
 
-    Every account gets its own upload allowance, so accounts made by the hundred would multiply it.
+
+def _signup_allowance_take(request: HttpRequest, *, share: float) -> float | None:
+    """Spend ``share`` of one sign-up of the client's allowance; the seconds to wait instead when it is spent.
+
+    Every account gets its own upload allowance, so accounts made by the hundred would multiply it. An IPv6
+    client counts by its /64, as for the log-in lockout: it can pick any address in it.
     """
     rate = rate_parse(settings.SIGNUP_THROTTLE_RATE)
     if rate is None:
         return None
     count, period = rate
+    key = f"throttle_signups_{services.address_key(client_address(request))}"
     try:
-        retry_after = allowance_take(
-            key=f"throttle_signups_{client_address(request)}", now=time.time(), cost=period / count, period=period
-        )
+        retry_after = allowance_take(key=key, now=time.time(), cost=share * period / count, period=period)
     except Exception:  # noqa: BLE001 - as for uploads: an unreachable cache must not stop people signing up
         logger.warning("sign-up throttle skipped: the cache is unavailable", exc_info=True)
         return None

@@ -86,13 +86,49 @@ def test_one_address_may_create_only_so_many_accounts_an_hour(client, settings, 
     assert sign_up("first", "203.0.113.9").status_code == 302
     assert sign_up("second", "203.0.113.9").status_code == 302
     refused = sign_up("third", "203.0.113.9")
-    assert refused.status_code == 429 and "Too many accounts" in refused.content.decode()
+    assert refused.status_code == 429 and "Too many sign-ups" in refused.content.decode()
     assert 0 < int(refused["Retry-After"]) <= 3600
     assert not django_user_model.objects.filter(username="third").exists()
-    # Another address has its own allowance; a form with errors spends none.
+    # Another address has its own allowance.
     assert sign_up("fourth", "198.51.100.7").status_code == 302
-    assert sign_up("", "198.51.100.7").status_code == 400
     assert sign_up("fifth", "198.51.100.7").status_code == 302
+
+
+def test_an_ipv6_client_signs_up_by_its_whole_64_block(client, settings, django_user_model):
+    settings.SIGNUP_THROTTLE_RATE = "2/hour"
+    answers = [
+        type(client)(REMOTE_ADDR=f"2001:db8:0:1::{n}").post(
+            "/accounts/signup/", {"username": f"user{n}", "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"}
+        ).status_code
+        for n in range(1, 5)
+    ]
+    assert answers == [302, 302, 429, 429]
+    assert django_user_model.objects.filter(username__startswith="user").count() == 2
+
+
+def test_a_name_already_taken_in_any_case_is_refused_with_a_message_not_an_error(client, django_user_model):
+    django_user_model.objects.create_user(username="alice", password="x9!kQ2#vLp")
+    for name in ("alice", "ALICE"):
+        response = client.post("/accounts/signup/", {"username": name, "password1": "x9!kQ2#vLp", "password2": "nope"})
+        assert response.status_code == 400 and "already exists" in response.content.decode()
+    django_user_model.objects.create_user(username="samples")
+    taken = client.post("/accounts/signup/", {"username": "samples", "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+    assert taken.status_code == 400 and "reserved" in taken.content.decode()
+
+
+def test_refused_sign_ups_spend_a_tenth_of_one_so_names_cannot_be_probed_without_limit(client, settings, django_user_model):
+    settings.SIGNUP_THROTTLE_RATE = "1/hour"
+    django_user_model.objects.create_user(username="alice", password="x9!kQ2#vLp")
+    prober = type(client)(REMOTE_ADDR="203.0.113.50")
+
+    def probe(name: str):
+        return prober.post("/accounts/signup/", {"username": name, "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+
+    assert [probe("alice").status_code for _ in range(10)] == [400] * 10
+    refused = probe("alice")
+    # Once spent, the answer no longer says whether the name exists.
+    assert refused.status_code == 429 and "already exists" not in refused.content.decode()
+    assert probe("bob").status_code == 429 and not django_user_model.objects.filter(username="bob").exists()
 
 
 def test_sign_up_still_works_while_the_cache_is_unreachable(client, django_user_model):
