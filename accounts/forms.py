@@ -34,18 +34,9 @@ class LockoutPasswordMixin:
         return False
 
 
-class ApiTokenCreateForm(forms.Form):
-    name = forms.CharField(
-        label="Name", required=False, max_length=ApiToken.NAME_MAX_LENGTH,
-        help_text="What will use it, e.g. “scanner script”; left empty, the token is named after its first characters.",
-    )
-    read_only = forms.BooleanField(
-        label="Read only", required=False,
-        help_text="It can read what your account can see, never upload, change or start anything.",
-    )
+class PasswordConfirmedForm(LockoutPasswordMixin, forms.Form):
+    """A form that asks for the signed-in user's password again, checked through the lockout."""
 
-
-class AccountDeleteForm(LockoutPasswordMixin, forms.Form):
     password = forms.CharField(
         label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
     )
@@ -61,7 +52,35 @@ class AccountDeleteForm(LockoutPasswordMixin, forms.Form):
         return password
 
 
+class ApiTokenCreateForm(PasswordConfirmedForm):
+    """A new token. It outlives the session that made it, so a session alone (a computer left signed in) cannot."""
+
+    name = forms.CharField(
+        label="Name", required=False, max_length=ApiToken.NAME_MAX_LENGTH,
+        help_text="What will use it, e.g. “scanner script”; left empty, the token is named after its first characters.",
+    )
+    read_only = forms.BooleanField(
+        label="Read only", required=False,
+        help_text="It can read what your account can see, never upload, change or start anything.",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The account page holds the deletion form's password field too.
+        self.fields["password"].widget.attrs["id"] = "id_token_password"
+
+
+class AccountDeleteForm(PasswordConfirmedForm):
+    pass
+
+
 class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):
+    revoke_api_tokens = forms.BooleanField(
+        label="Also revoke my API tokens", required=False, initial=True,
+        help_text="Leave this ticked if someone else may have used your account: a token keeps working after a "
+        "password change otherwise. Programs that use a revoked token need a new one.",
+    )
+
     def __init__(self, *args, request, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request = request

@@ -126,6 +126,12 @@ def api_token_revoke(*, user, token_id: int) -> bool:
     return bool(deleted)
 
 
+def api_tokens_revoke_all(*, user) -> int:
+    """Delete every API token of ``user`` (after a password change, when the account may have been someone else's)."""
+    deleted, _ = ApiToken.objects.filter(user=user).delete()
+    return deleted
+
+
 def api_token_mark_used(*, token: ApiToken) -> None:
     """Record that ``token`` authenticated a request, unless that was recorded within the last LAST_USED_PRECISION."""
     now = timezone.now()

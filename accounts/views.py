@@ -9,7 +9,9 @@ from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import LoginView, PasswordChangeView
 from django.http import Http404, HttpRequest, HttpResponse
+from django.db import transaction
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse_lazy
 from django.views.decorators.http import require_http_methods
 
@@ -101,7 +103,7 @@ def _account_page(
         "tokens": selectors.api_token_list_for_user(user=request.user),
         # Shown once, in the answer to the request that made it; never kept in the session or a message.
         "new_token": new_token,
-        "token_form": token_form or ApiTokenCreateForm(),
+        "token_form": token_form or ApiTokenCreateForm(user=request.user, request=request),
         "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
     }
     return render(request, "registration/account.html", context, status=status)
@@ -114,7 +116,7 @@ def account(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 def account_token_create(request: HttpRequest) -> HttpResponse:
-    form = ApiTokenCreateForm(request.POST)
+    form = ApiTokenCreateForm(request.POST, user=request.user, request=request)
     if form.is_valid():
         try:
             token, key = services.api_token_create(
@@ -163,5 +165,10 @@ class AccountPasswordChangeView(PasswordChangeView):
         return {**super().get_form_kwargs(), "request": self.request}
 
     def form_valid(self, form):
-        messages.success(self.request, "Your password was changed.")
-        return super().form_valid(form)
+        with transaction.atomic():
+            response = super().form_valid(form)
+            revoked = services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"] else 0
+        messages.success(self.request, "Your password was changed." + (
+            f" Your {revoked} API token{pluralize(revoked)} {pluralize(revoked, 'was,were')} revoked." if revoked else ""
+        ))
+        return response

@@ -13,6 +13,8 @@ from classifier.models import Upload
 
 pytestmark = pytest.mark.django_db
 
+PASSWORD = "correct horse battery"  # the user fixture's
+
 
 @pytest.fixture
 def signed_in(client, user):
@@ -29,7 +31,7 @@ def _api_status(key: str) -> int:
 
 
 def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user):
-    made = signed_in.post("/accounts/tokens/", {"name": "  scanner   script "})
+    made = signed_in.post("/accounts/tokens/", {"name": "  scanner   script ", "password": PASSWORD})
     assert made.status_code == 200 and made["Cache-Control"] == "no-store"
     key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
     assert _api_status(key) == 200
@@ -43,7 +45,7 @@ def test_a_token_made_read_only_on_the_page_reads_is_refused_an_upload_and_is_li
 ):
     from rest_framework.test import APIClient
 
-    made = signed_in.post("/accounts/tokens/", {"name": "dashboard", "read_only": "on"})
+    made = signed_in.post("/accounts/tokens/", {"name": "dashboard", "read_only": "on", "password": PASSWORD})
     key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
     assert _api_status(key) == 200
     api = APIClient()
@@ -54,9 +56,22 @@ def test_a_token_made_read_only_on_the_page_reads_is_refused_an_upload_and_is_li
     page = signed_in.get("/accounts/").content.decode()
     assert re.search(r"dashboard</strong> <code>\w+…</code> <span class=\"badge\">read only</span>", page)
     # Without the box ticked, a token has full access, as before.
-    signed_in.post("/accounts/tokens/", {"name": "uploader"})
+    signed_in.post("/accounts/tokens/", {"name": "uploader", "password": PASSWORD})
     assert list(ApiToken.objects.order_by("name").values_list("name", "read_only")) == [
         ("dashboard", True), ("uploader", False)]
+
+
+def test_a_token_is_made_only_with_the_password_so_a_session_alone_cannot_make_one(signed_in, user):
+    for password in ("", "guess"):
+        refused = signed_in.post("/accounts/tokens/", {"name": "backdoor", "password": password})
+        assert refused.status_code == 400 and 'id="new-token"' not in refused.content.decode()
+    assert not ApiToken.objects.exists()
+    # The guesses count towards the log-in lockout.
+    for _ in range(4):
+        signed_in.post("/accounts/tokens/", {"name": "backdoor", "password": "guess"})
+    locked = signed_in.post("/accounts/tokens/", {"name": "backdoor", "password": PASSWORD})
+    assert locked.status_code == 400 and "Too many wrong passwords" in locked.content.decode()
+    assert not ApiToken.objects.exists()
 
 
 def test_tokens_work_side_by_side_and_revoking_one_stops_only_that_one(signed_in, user, other_user):
@@ -75,12 +90,12 @@ def test_tokens_work_side_by_side_and_revoking_one_stops_only_that_one(signed_in
 
 def test_a_taken_name_or_one_token_too_many_is_refused_with_a_message(signed_in, user):
     api_token_create(user=user, name="laptop")
-    taken = signed_in.post("/accounts/tokens/", {"name": "laptop"})
+    taken = signed_in.post("/accounts/tokens/", {"name": "laptop", "password": PASSWORD})
     assert taken.status_code == 400 and "already" in taken.content.decode()
 
     for _ in range(ApiToken.MAX_PER_USER - 1):
         api_token_create(user=user)
-    refused = signed_in.post("/accounts/tokens/", {"name": "one more"})
+    refused = signed_in.post("/accounts/tokens/", {"name": "one more", "password": PASSWORD})
     assert refused.status_code == 400 and "revoke one" in refused.content.decode()
     assert ApiToken.objects.filter(user=user).count() == ApiToken.MAX_PER_USER
 
@@ -95,6 +110,34 @@ def test_changing_the_password_keeps_this_session_and_needs_the_old_one(signed_i
     assert signed_in.get("/accounts/").status_code == 200  # still signed in
     user.refresh_from_db()
     assert user.check_password("a-New-pass-482")
+
+
+def test_changing_the_password_revokes_the_api_tokens_unless_asked_not_to(signed_in, user):
+    _, key = api_token_create(user=user, name="scanner")
+    page = signed_in.get("/accounts/password/").content.decode()
+    assert re.search(r'<input type="checkbox" name="revoke_api_tokens"[^>]*checked', page)
+
+    kept = signed_in.post("/accounts/password/", {"old_password": PASSWORD, "new_password1": "a-New-pass-482",
+                                                 "new_password2": "a-New-pass-482"})
+    assert kept.status_code == 302 and _api_status(key) == 200
+
+    revoked = signed_in.post("/accounts/password/", {"old_password": "a-New-pass-482", "new_password1": "b-New-pass-593",
+                                                    "new_password2": "b-New-pass-593", "revoke_api_tokens": "on"},
+                             follow=True)
+    assert "Your 1 API token was revoked" in revoked.content.decode()
+    assert _api_status(key) == 401 and not ApiToken.objects.exists()
+
+
+def test_the_admins_password_change_leads_to_the_account_pages_which_counts_wrong_guesses(client, staff_user):
+    client.force_login(staff_user)
+    assert client.get("/admin/").content.decode().count('href="/admin/password_change/"') == 1
+    page = client.get("/admin/password_change/", follow=True)
+    assert page.redirect_chain == [("/accounts/password/", 302)]
+    posted = client.post("/admin/password_change/", {"old_password": PASSWORD, "new_password1": "a-New-pass-482",
+                                                      "new_password2": "a-New-pass-482"})
+    assert posted.status_code == 302
+    staff_user.refresh_from_db()
+    assert staff_user.check_password(PASSWORD)
 
 
 def test_deleting_the_account_needs_the_password_then_removes_it_with_its_images(
