@@ -396,6 +396,7 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
     """
     remaining, finished = set(prediction_ids), []
     while remaining:
+        _model_loads_before_claiming()
         # Locked with SKIP LOCKED, so two workers never claim the same prediction; ours already running
         # (and not stale) or finished are left alone, so a redelivered message never recomputes a result.
         now = timezone.now()
@@ -410,7 +411,8 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
         except Exception as exc:
             if isinstance(exc, ModelUnavailableError):
-                _predictions_hand_back(predictions=batch)
+                _model_load_failed_at[0] = time.monotonic()
+                _predictions_hand_back(predictions=batch, counted_ids=remaining)
             elif _is_transient(exc):
                 # Handing the claims back, uncounted, lets the task's retry or a redelivery claim them at once.
                 _predictions_release(predictions=batch, uncount=True)
@@ -424,6 +426,34 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
     if not finished:
         logger.info("predictions %s are already running or finished; nothing to do", prediction_ids)
     return finished
+
+
+# When this process last failed to load the active model (monotonic seconds); -inf while it has not.
+_model_load_failed_at = [-math.inf]
+
+
+def _model_loads_before_claiming() -> None:
+    """In a process that recently failed to load the model, raise ModelUnavailableError unless it loads now.
+
+    Nothing is claimed meanwhile: the message goes back for its retry, and healthy workers take the predictions.
+    After MODEL_LOAD_RETRY_AFTER_SECONDS the process claims again, so that when no worker can load the model a
+    prediction still reaches its PREDICTION_MAX_ATTEMPTS and fails with a message instead of waiting for ever.
+    """
+    if time.monotonic() - _model_load_failed_at[0] >= settings.MODEL_LOAD_RETRY_AFTER_SECONDS:
+        return
+    from classifier import inference
+    from training.models import Checkpoint
+
+    checkpoint_id = Checkpoint.objects.filter(is_active=True).values_list("pk", flat=True).first()
+    try:
+        inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id)
+    except inference.NoActiveCheckpointError:
+        pass  # the claim fails the predictions with that message, as in a healthy worker
+    except Exception as exc:
+        if _is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded):
+            raise
+        raise ModelUnavailableError(f"checkpoint {checkpoint_id} still cannot be loaded in this worker") from exc
+    _model_load_failed_at[0] = -math.inf
 
 
 def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None) -> list[Prediction]:
@@ -546,14 +576,17 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> Non
         logger.warning("could not release predictions %s", [p.pk for p in predictions], exc_info=True)
 
 
-def _predictions_hand_back(*, predictions: list[Prediction]) -> None:
+def _predictions_hand_back(*, predictions: list[Prediction], counted_ids: set[int]) -> None:
     """After this worker could not load the model: back to the queue, for a worker that can.
 
-    Each hand-back counts as an attempt, so that when no worker can load the
-    model (its file damaged or gone everywhere) a prediction fails with a
-    message after PREDICTION_MAX_ATTEMPTS instead of waiting for ever.
+    The hand-back of a prediction the message asked for (``counted_ids``) counts
+    as an attempt, so that when no worker can load the model (its file damaged
+    or gone everywhere) it fails with a message after PREDICTION_MAX_ATTEMPTS
+    instead of waiting for ever. Those that only topped the batch up are handed
+    back uncounted: their own messages count for them.
     """
-    out_of_attempts = [p for p in predictions if p.attempts >= settings.PREDICTION_MAX_ATTEMPTS]
+    counted = [p for p in predictions if p.pk in counted_ids]
+    out_of_attempts = [p for p in counted if p.attempts >= settings.PREDICTION_MAX_ATTEMPTS]
     if out_of_attempts:
         # Users see this text; the reason (file paths, hashes) is in the workers' logs.
         error = (
@@ -562,7 +595,8 @@ def _predictions_hand_back(*, predictions: list[Prediction]) -> None:
         )
         _predictions_save([_prediction_fail(prediction=p, error=error) for p in out_of_attempts])
     failed = {p.pk for p in out_of_attempts}
-    _predictions_release(predictions=[p for p in predictions if p.pk not in failed], uncount=False)
+    _predictions_release(predictions=[p for p in counted if p.pk not in failed], uncount=False)
+    _predictions_release(predictions=[p for p in predictions if p.pk not in counted_ids], uncount=True)
 
 
 def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Prediction:

@@ -173,6 +173,9 @@ PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER
 PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_SECONDS", default=10)
 # A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
 PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)
+# A worker process that failed to load the active model claims nothing for this long unless the model loads by
+# then: it would only hand the claims back, counting attempts against predictions a healthy worker can compute.
+MODEL_LOAD_RETRY_AFTER_SECONDS = env.int("MODEL_LOAD_RETRY_AFTER_SECONDS", default=60)
 # /metrics answers only a scraper sending "Authorization: Bearer <METRICS_TOKEN>"; unset, it is off (404).
 # It skips host validation and the HTTPS redirect, so the token is all that guards it: a guessable one is refused.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="").strip()

@@ -12,6 +12,9 @@ os.environ.setdefault("READYZ_CACHE_SECONDS", "0")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 # Uploads are not refused for this machine's free disk space; the test of that refusal sets its own floor.
 os.environ.setdefault("UPLOAD_MIN_FREE_MB", "0")
+# A model that failed to load in one test must not keep the next test's worker from claiming; the test of that
+# pause sets its own.
+os.environ.setdefault("MODEL_LOAD_RETRY_AFTER_SECONDS", "0")
 os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from mnistsite.settings.base import *  # noqa: E402,F403

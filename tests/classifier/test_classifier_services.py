@@ -1,6 +1,7 @@
 """Services for uploads and predictions, run in-process against the real database."""
 import datetime as dt
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -171,12 +172,40 @@ def test_a_worker_that_cannot_load_the_model_hands_its_predictions_back_instead_
 
     with pytest.raises(services.ModelUnavailableError):
         services.prediction_execute(prediction_id=mine.pk)
-    # Both were claimed (one topped up the batch) and both were handed back.
-    assert set(Prediction.objects.values_list("status", "attempts", "started_at")) == {("pending", 1, None)}
+    # Both were claimed (one topped up the batch) and both were handed back; only the message's own counts.
+    assert set(Prediction.objects.values_list("pk", "status", "attempts", "started_at")) == {
+        (mine.pk, "pending", 1, None), (someone_elses.pk, "pending", 0, None)}
 
     model_file.write_bytes(saved)  # a healthy worker
     done = services.predictions_execute(prediction_ids=[mine.pk, someone_elses.pk])
     assert {prediction.status for prediction in done} == {"done"} and len(done) == 2
+
+
+def test_a_worker_that_cannot_load_the_model_claims_nothing_for_a_while_so_it_fails_no_one_elses_predictions(
+    user, digit_png, active_checkpoint, settings, monkeypatch
+):
+    settings.MODEL_LOAD_RETRY_AFTER_SECONDS = 60
+    # A worker process that has not failed to load a model yet (earlier tests ran in this one).
+    monkeypatch.setattr(services, "_model_load_failed_at", [-math.inf])
+    model_file = Path(settings.CHECKPOINT_DIR) / active_checkpoint.path
+    saved = model_file.read_bytes()
+    model_file.unlink()
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (waiting,) = services.predictions_create(uploads=[upload], publish=False)
+    messages = [services.predictions_create(uploads=[upload], publish=False)[0] for _ in range(settings.PREDICTION_MAX_ATTEMPTS + 1)]
+
+    # More messages reach the broken worker than a prediction has attempts.
+    for prediction in messages:
+        with pytest.raises(services.ModelUnavailableError):
+            services.prediction_execute(prediction_id=prediction.pk)
+    # Only the first claimed anything: its own prediction counts one attempt, the one it topped up none.
+    assert dict(Prediction.objects.values_list("pk", "attempts")) == {
+        waiting.pk: 0, messages[0].pk: 1, **{prediction.pk: 0 for prediction in messages[1:]}}
+    assert set(Prediction.objects.values_list("status", flat=True)) == {"pending"}
+
+    model_file.write_bytes(saved)  # the volume is back: the next message loads the model and claims again
+    done = services.predictions_execute(prediction_ids=[waiting.pk, *(prediction.pk for prediction in messages)])
+    assert len(done) == len(messages) + 1 and {prediction.status for prediction in done} == {"done"}
 
 
 def test_a_time_limit_reached_while_the_model_loads_keeps_the_claim_instead_of_counting_a_broken_model(
