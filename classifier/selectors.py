@@ -124,6 +124,12 @@ def prediction_get_for_viewer(*, user, prediction_id: int) -> Prediction | None:
     return queryset.filter(pk=prediction_id).first()
 
 
+def predictions_of_new_uploads(*, names: list[str]) -> list[Prediction]:
+    """The predictions of just-stored uploads, by their image names, in the names' order."""
+    by_name = {p.upload.image.name: p for p in Prediction.objects.filter(upload__image__in=names).select_related("upload")}
+    return [by_name[name] for name in names]
+
+
 def prediction_latest_for_upload(*, upload: Upload) -> Prediction | None:
     return upload.predictions.order_by("-created_at", "-id").first()
 

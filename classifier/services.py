@@ -20,7 +20,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from PIL import Image
 
-from classifier import completion, statements
+from classifier import completion, selectors, statements
 from classifier.models import Prediction, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 
@@ -160,23 +160,25 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
         raise
 
 
-def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> None:
-    """After a failed insert, delete its files, unless their rows were stored after all.
+def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> set[str] | None:
+    """After a failed insert, delete its files, unless their rows were stored after all; returns the names stored.
 
     A connection lost after the server committed raises as well, and deleting
     then would leave rows naming nothing. So after a connection error, outside
     a transaction (inside one nothing can have been stored), a fresh connection
-    asks; if even that fails the files stay, for the orphan sweep.
+    asks; if even that fails the files stay, for the orphan sweep, and None says
+    that nobody knows.
     """
+    stored: set[str] = set()
     if _is_transient(error) and not connection.in_atomic_block:
         try:
             connection.close()
             stored = set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
         except DatabaseError:
             logger.warning("could not tell whether uploads %s were stored; the orphan sweep will decide", names)
-            return
-        names = [name for name in names if name not in stored]
-    _files_delete(names)
+            return None
+    _files_delete([name for name in names if name not in stored])
+    return stored
 
 
 def upload_files_orphaned_delete(*, now: dt.datetime | None = None) -> int:
@@ -224,14 +226,19 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
     """
     images = validate_images(files)
     uploads = _upload_files_write(owner=owner, images=images, source=source)
+    names = [upload.image.name for upload in uploads]
     try:
         published = _published_now()
         predictions = [Prediction(upload=upload, **published) for upload in uploads]
         # Rows are inserted only once every file is on disk.
         statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
     except BaseException as exc:
-        _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc)
-        raise
+        if _files_delete_unless_stored(names=names, error=exc) != set(names):
+            raise
+        # The connection was lost after the server committed: the upload is stored, and answering "nothing was
+        # stored" would invite the same images again.
+        logger.warning("uploads %s were stored though their insert reported %r", names, exc)
+        predictions = selectors.predictions_of_new_uploads(names=names)
     ids = [prediction.pk for prediction in predictions]
     transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions

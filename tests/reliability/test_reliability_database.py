@@ -119,3 +119,33 @@ def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_wha
     connection.close()
     assert list(Prediction.objects.values_list("pk", flat=True)) == [answered["id"]]
 
+
+
+def test_an_upload_whose_connection_is_lost_just_after_its_insert_committed_is_answered_as_stored_and_queued(
+    client, user, digit_png, transactional_db, published
+):
+    from django.db import OperationalError
+
+    from accounts.services import api_token_create
+
+    _, key = api_token_create(user=user)
+
+    def lost_after_commit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "INSERT INTO" in sql and Upload._meta.db_table in sql:
+            # The server committed the statement (autocommit); its answer never reaches us.
+            context["connection"].close()
+            raise OperationalError("server closed the connection unexpectedly")
+        return result
+
+    files = [SimpleUploadedFile(f"digit{i}.png", digit_png(i), content_type="image/png") for i in range(3)]
+    with connection.execute_wrapper(lost_after_commit):
+        response = client.post("/api/v1/predictions/", {"images": files}, headers={"Authorization": f"Token {key}"})
+
+    assert response.status_code == 202, response.content
+    answered = [prediction["id"] for prediction in response.json()["predictions"]]
+    stored = list(Prediction.objects.order_by("upload__original_name").values_list("pk", flat=True))
+    assert answered == stored and len(stored) == 3
+    # Sent to the workers now, not a minute later by the sweeper; the files stay with their rows.
+    assert sorted(published.prediction_ids()) == sorted(stored)
+    assert all(upload.image.storage.exists(upload.image.name) for upload in Upload.objects.all())
