@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
@@ -41,15 +43,22 @@ LISTENER_RETRY_S = 1.0
 
 
 class _StallWatch:
-    """Whether the queue is stalled, looked up at most every STALL_CHECK_EVERY_S."""
+    """Whether the queue is stalled, looked up at most every STALL_CHECK_EVERY_S.
 
-    def __init__(self) -> None:
+    A batch finished within the period, heard on the listening connection, says that workers are taking
+    predictions even when none is running at the moment of the look: between batches none is.
+    """
+
+    def __init__(self, *, last_finished_at: Callable[[], float] = lambda: -math.inf) -> None:
         self._next = time.monotonic() + STALL_CHECK_EVERY_S
+        self._last_finished_at = last_finished_at
 
     def stalled(self) -> bool:
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + STALL_CHECK_EVERY_S
+        if time.monotonic() - self._last_finished_at() < settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS:
+            return False
         since = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
         return selectors.prediction_queue_stalled(since=since)
 
@@ -101,6 +110,8 @@ class _Listener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        # When a batch's results were last announced (monotonic seconds), whoever waited for them.
+        self.last_notice_at = -math.inf
 
     def start(self, *, timeout: float) -> bool:
         """Start listening in this process if nobody has yet; True once the LISTEN is in place."""
@@ -183,6 +194,7 @@ class _Listener:
             self._listening.set()
             while not self._stopping.is_set():
                 for notice in conn.notifies(timeout=LISTENER_TICK_S):
+                    self.last_notice_at = time.monotonic()
                     self._deliver(_announced_ids(notice.payload))
         finally:
             conn.close()
@@ -202,7 +214,7 @@ def listener_stop() -> None:
 
 def _wait_notified(pending: set[int], deadline: float) -> bool:
     waiter = _listener.register(pending)
-    watch = _StallWatch()
+    watch = _StallWatch(last_finished_at=lambda: _listener.last_notice_at)
     try:
         # Registered before the first read: a prediction that finishes in between is announced, not missed.
         pending = _unfinished(pending)

@@ -155,6 +155,36 @@ def test_a_wait_behind_a_backlog_that_a_worker_is_taking_runs_to_its_timeout(pen
     assert finished is False and elapsed >= STALL_CHECK_EVERY_S + 0.5
 
 
+@on_postgresql
+def test_a_wait_behind_a_backlog_whose_batches_finish_between_its_looks_runs_to_its_timeout(
+    pending, active_checkpoint, settings
+):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    settings.INFERENCE_BATCH_SIZE = 1  # each batch takes its message's own prediction only
+    (behind,) = pending(1)
+    _age(behind, 60)  # a long backlog, which workers take batch by batch: between batches none is running
+    ids = [prediction.pk for prediction in pending(1)]
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                services.predictions_execute(prediction_ids=[prediction.pk for prediction in pending(1)])
+                stop.wait(0.3)
+        finally:
+            connections.close_all()
+
+    draining = threading.Thread(target=worker)
+    draining.start()
+    try:
+        finished, elapsed, _ = _wait_timed(ids, timeout=STALL_CHECK_EVERY_S * 2 + 0.5)
+    finally:
+        stop.set()
+        draining.join()
+    assert finished is False and elapsed >= STALL_CHECK_EVERY_S * 2 + 0.5
+    assert not Prediction.objects.filter(status=Prediction.Status.RUNNING).exists()
+
+
 @on_sqlite
 def test_a_polling_wait_sees_predictions_finished_by_another_connection(pending, active_checkpoint):
     ids = [prediction.pk for prediction in pending(2)]
