@@ -14,7 +14,7 @@ from django.core.exceptions import (
     TooManyFilesSent,
     ValidationError as DjangoValidationError,
 )
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
@@ -117,8 +117,9 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         unavailable = ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full")
         unavailable.wait = STORAGE_FULL_RETRY_AFTER_S
         return unavailable
-    if isinstance(exc, (DatabaseError, UploadStorageError)):
-        # The service layer has already removed any file it wrote, so a retry is safe.
+    if isinstance(exc, (OperationalError, InterfaceError, UploadStorageError)):
+        # The database or the storage is out of reach, which passes; the service layer has already removed any
+        # file it wrote, so a retry is safe. Other database errors are bugs, answered as such (500).
         return ServiceUnavailable()
     return None
 

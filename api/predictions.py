@@ -170,6 +170,8 @@ class PredictionDetailApi(APIView):
             )
         except classifier_services.PredictionFeedbackError as exc:
             raise exceptions.ValidationError({"feedback": [exceptions.ErrorDetail(str(exc), code="invalid")]}) from exc
+        except Prediction.DoesNotExist:
+            raise exceptions.NotFound("No such prediction.") from None
         return Response(PredictionSerializer(prediction, context={"request": request}).data)
 
     @extend_schema(

@@ -607,11 +607,15 @@ def _predictions_hand_back(*, predictions: list[Prediction], counted_ids: set[in
 
 
 def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Prediction:
-    """Record the digit the person says the image really shows (None clears it)."""
+    """Record the digit the person says the image really shows (None clears it).
+
+    Raises Prediction.DoesNotExist when the prediction was deleted meanwhile (its upload deleted in another tab).
+    """
     if digit is not None and (not isinstance(digit, int) or not 0 <= digit <= 9):
         raise PredictionFeedbackError("Feedback must be a digit from 0 to 9.")
+    if not Prediction.objects.filter(pk=prediction.pk).update(feedback=digit):
+        raise Prediction.DoesNotExist(f"prediction {prediction.pk} no longer exists")
     prediction.feedback = digit
-    prediction.save(update_fields=["feedback"])
     return prediction
 
 

@@ -171,7 +171,10 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "Feedback must be a digit from 0 to 9.")
         return redirect("classifier:prediction_detail", pk=pk)
-    services.prediction_feedback_set(prediction=prediction, digit=form.cleaned_data["digit"])
+    try:
+        services.prediction_feedback_set(prediction=prediction, digit=form.cleaned_data["digit"])
+    except Prediction.DoesNotExist:
+        raise Http404("No such prediction.") from None
     if form.cleaned_data["digit"] is None:
         messages.info(request, "Feedback cleared.")
     else:

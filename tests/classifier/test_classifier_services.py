@@ -358,6 +358,15 @@ def test_feedback_is_recorded_and_validated(user, digit_png):
     assert Prediction.objects.get(pk=prediction.pk).feedback is None
 
 
+def test_feedback_on_a_prediction_deleted_meanwhile_says_it_is_gone(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    services.upload_delete(upload=Upload.objects.get(pk=upload.pk))  # in another tab, after this one loaded it
+    with pytest.raises(Prediction.DoesNotExist):
+        services.prediction_feedback_set(prediction=prediction, digit=4)
+    assert not Prediction.objects.exists()
+
+
 def test_upload_delete_removes_the_rows_and_the_file(user, digit_png, active_checkpoint, django_capture_on_commit_callbacks):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
