@@ -68,9 +68,19 @@ def login_attempts_reset(*, username: str, ip: str) -> None:
     cache.delete(next(iter(_limits(username=username, ip=ip))))
 
 
+class DemoUserError(ValueError):
+    """The name belongs to an account that is not a demo account."""
+
+
 def demo_user_ensure(*, username: str, password: str):
-    """The demo account for a local install: staff, so the admin works; its password is reset each time."""
+    """The demo account for a local install: staff, so the admin works; its password is reset each time.
+
+    Raises DemoUserError for an existing account that is not staff: a mistyped name must not make someone's
+    account an administrator with a password printed on the screen.
+    """
     user, created = get_user_model().objects.get_or_create(username=username)
+    if not created and not (user.is_staff and user.is_superuser):
+        raise DemoUserError(f"{username!r} is someone's account, not a demo account; choose another --username.")
     user.is_staff = True
     user.is_superuser = True
     user.set_password(password)

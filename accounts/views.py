@@ -2,6 +2,7 @@
 import logging
 import math
 import time
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
@@ -29,6 +30,12 @@ class ThrottledLoginView(LoginView):
     """Django's login view, answering 429 while the lockout (enforced by the backend) is on."""
 
     redirect_authenticated_user = True
+
+    def get_redirect_url(self) -> str:
+        # "next" naming this very page would send a signed-in visitor round in a loop, which Django refuses with a
+        # server error: they go to the default page instead.
+        url = super().get_redirect_url()
+        return "" if url and urlsplit(url).path == self.request.path else url
 
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         username = request.POST.get("username", "")

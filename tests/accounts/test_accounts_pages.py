@@ -2,6 +2,7 @@
 import re
 
 import pytest
+from django.urls import reverse
 
 pytestmark = pytest.mark.django_db
 
@@ -139,3 +140,10 @@ def test_sign_up_still_works_while_the_cache_is_unreachable(client, django_user_
         response = client.post("/accounts/signup/", {"username": "carol", "password1": "x9!kQ2#vLp",
                                                      "password2": "x9!kQ2#vLp"})
     assert response.status_code == 302 and django_user_model.objects.filter(username="carol").exists()
+
+
+def test_a_signed_in_visitor_sent_to_log_in_with_the_log_in_page_as_next_goes_to_the_default_page(client, user):
+    client.force_login(user)
+    for next_url in ("/accounts/login/", "/accounts/login/?next=/history/"):
+        response = client.get("/accounts/login/", {"next": next_url})
+        assert response.status_code == 302 and response["Location"] == reverse("classifier:upload")
