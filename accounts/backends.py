@@ -6,7 +6,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
 from rest_framework.throttling import BaseThrottle
 
-from accounts.services import login_attempt_allowed, login_attempt_record_failure, login_attempts_reset
+from accounts.services import login_attempt_start, login_attempt_succeeded
 
 
 def client_address(request) -> str:
@@ -26,11 +26,9 @@ class LockoutModelBackend(ModelBackend):
             return super().authenticate(request, username=username, password=password, **kwargs)
         username = (username if username is not None else kwargs.get(get_user_model().USERNAME_FIELD)) or ""
         address = client_address(request)
-        if not login_attempt_allowed(username=username, ip=address):
+        if not login_attempt_start(username=username, ip=address):
             raise PermissionDenied("too many failed log-in attempts")  # ends authenticate() for every backend
         user = super().authenticate(request, username=username, password=password, **kwargs)
-        if user is None:
-            login_attempt_record_failure(username=username, ip=address)
-        else:
-            login_attempts_reset(username=username, ip=address)
+        if user is not None:
+            login_attempt_succeeded(username=username, ip=address, log_in=True)
         return user

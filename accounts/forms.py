@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 
 from accounts.backends import client_address
 from accounts.models import ApiToken
-from accounts.services import login_attempt_allowed, login_attempt_record_failure
+from accounts.services import login_attempt_start, login_attempt_succeeded
 
 # The owner of the shipped sample sets is found by this name; whoever took it would own (and could delete) them.
 RESERVED_USERNAMES = frozenset({"samples"})
@@ -26,11 +26,11 @@ class LockoutPasswordMixin:
 
     def _password_matches(self, user, password: str) -> bool:
         username, address = user.get_username(), client_address(self.request)
-        if not login_attempt_allowed(username=username, ip=address):
+        if not login_attempt_start(username=username, ip=address):
             raise ValidationError("Too many wrong passwords. Try again in a few minutes.", code="locked_out")
         if user.check_password(password):
+            login_attempt_succeeded(username=username, ip=address, log_in=False)
             return True
-        login_attempt_record_failure(username=username, ip=address)
         return False
 
 

@@ -48,24 +48,47 @@ def _limits(*, username: str, ip: str) -> dict[str, int]:
 
 
 def login_attempt_allowed(*, username: str, ip: str) -> bool:
+    """Whether a password may be checked now; counts nothing (see login_attempt_start)."""
     limits = _limits(username=username, ip=ip)
     counts = cache.get_many(list(limits))
     return all(counts.get(key, 0) < limit for key, limit in limits.items())
 
 
-def login_attempt_record_failure(*, username: str, ip: str) -> None:
-    for key in _limits(username=username, ip=ip):
-        if cache.add(key, 1, LOCKOUT_SECONDS):
-            continue
+def _count_up(key: str) -> int:
+    if cache.add(key, 1, LOCKOUT_SECONDS):
+        return 1
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between the two calls
+        cache.set(key, 1, LOCKOUT_SECONDS)
+        return 1
+
+
+def login_attempt_start(*, username: str, ip: str) -> bool:
+    """Count a password check as a failure before it is made; False (do not check it) when over a limit.
+
+    Counted first, atomically: guesses sent at once would otherwise all pass a
+    look at the counts before any of them was counted. A check that succeeds
+    takes its count back with login_attempt_succeeded.
+    """
+    limits = _limits(username=username, ip=ip)
+    counts = {key: _count_up(key) for key in limits}
+    return all(counts[key] <= limit for key, limit in limits.items())
+
+
+def login_attempt_succeeded(*, username: str, ip: str, log_in: bool) -> None:
+    """Take back the count of a password check that succeeded; a log-in also clears the pair's failures.
+
+    Only the pair's: a success here must not wipe out guesses made at the account from elsewhere.
+    """
+    keys = list(_limits(username=username, ip=ip))
+    if log_in:
+        cache.delete(keys.pop(0))
+    for key in keys:
         try:
-            cache.incr(key)
+            cache.decr(key)
         except ValueError:
-            cache.set(key, 1, LOCKOUT_SECONDS)
-
-
-def login_attempts_reset(*, username: str, ip: str) -> None:
-    # Only the pair's count: a success here must not wipe out guesses made at the account from elsewhere.
-    cache.delete(next(iter(_limits(username=username, ip=ip))))
+            pass  # expired meanwhile
 
 
 class DemoUserError(ValueError):

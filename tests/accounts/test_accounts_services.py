@@ -1,0 +1,39 @@
+"""Account services: counting password checks for the lockout."""
+import pytest
+from django.core.cache import cache
+
+from accounts.services import LOCKOUT_THRESHOLD, login_attempt_allowed, login_attempt_start, login_attempt_succeeded
+
+
+@pytest.fixture(autouse=True)
+def fresh_counts():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_guesses_in_flight_at_once_are_each_counted_before_any_password_is_checked():
+    # Eight requests that all arrive before the first password check ends: only the limit's worth may check one.
+    started = [login_attempt_start(username="victim", ip="203.0.113.7") for _ in range(8)]
+    assert started == [True] * LOCKOUT_THRESHOLD + [False] * (8 - LOCKOUT_THRESHOLD)
+    assert not login_attempt_allowed(username="victim", ip="203.0.113.7")
+
+
+def test_a_password_check_that_succeeds_takes_its_count_back():
+    for _ in range(LOCKOUT_THRESHOLD - 1):
+        assert login_attempt_start(username="owner", ip="198.51.100.4")
+    # Re-entering the password on the account page: the count it took is given back, the failures before stay.
+    assert login_attempt_start(username="owner", ip="198.51.100.4")
+    login_attempt_succeeded(username="owner", ip="198.51.100.4", log_in=False)
+    assert login_attempt_allowed(username="owner", ip="198.51.100.4")
+    assert login_attempt_start(username="owner", ip="198.51.100.4")
+    assert not login_attempt_start(username="owner", ip="198.51.100.4")
+
+
+def test_a_log_in_clears_its_own_failures_but_not_those_made_at_the_account_from_elsewhere():
+    for _ in range(LOCKOUT_THRESHOLD - 1):
+        login_attempt_start(username="owner", ip="198.51.100.4")
+    login_attempt_start(username="owner", ip="198.51.100.4")
+    login_attempt_succeeded(username="owner", ip="198.51.100.4", log_in=True)
+    assert all(login_attempt_start(username="owner", ip="198.51.100.4") for _ in range(LOCKOUT_THRESHOLD))
+    assert cache.get("login-failures:user:owner") == LOCKOUT_THRESHOLD * 2 - 1
