@@ -54,14 +54,37 @@ def _check_broker() -> dict:
         return _failed("broker", exc)
 
 
+class _InferenceWorkerFound(Exception):
+    """Ends the wait for replies at the first worker that takes predictions."""
+
+
+def _inference_queue() -> str:
+    # Where predictions are published to, asked of the same router that publishes them.
+    return celery_app.amqp.router.route({}, "classifier.tasks.predictions_execute")["queue"].name
+
+
 def _check_workers() -> dict:
+    # Any worker answers a ping, the trainer too: only one consuming the inference queue makes the site work.
+    queue = _inference_queue()
+    found = []
+
+    def on_reply(reply: dict) -> None:
+        for name, queues in reply.items():
+            # A worker whose command failed replies with {"error": ...} instead of its queues.
+            if isinstance(queues, list) and any(q.get("name") == queue for q in queues):
+                found.append(name)
+                raise _InferenceWorkerFound
+
     try:
-        # The first reply is enough: without a limit every call would wait out the whole timeout.
-        replies = celery_app.control.ping(timeout=1.0, limit=1) or []
+        # Replies are read until one names the queue, or until none comes for a second.
+        celery_app.control.broadcast("active_queues", reply=True, timeout=1.0, callback=on_reply)
+    except _InferenceWorkerFound:
+        pass
     except Exception as exc:
         return _failed("workers", exc)
-    names = sorted(name for reply in replies for name in reply)
-    return {"ok": bool(names), "workers": names}
+    if not found:
+        return {"ok": False, "workers": [], "error": f"no worker consumes the {queue} queue"}
+    return {"ok": True, "workers": found}
 
 
 def _check_model() -> dict:
@@ -86,22 +109,39 @@ def _readiness() -> dict:
 class _RecentReadiness:
     """The last readiness result of this process, reused for READYZ_CACHE_SECONDS.
 
-    The endpoint is public, and each check opens a broker connection and pings
-    every worker, waiting up to a second for a reply: a flood of probes would
-    otherwise load the broker and the workers and hold a web thread each. Probes
-    arriving while a check runs wait for its result instead of starting their own.
+    The endpoint is public, and each check opens a broker connection and asks
+    the workers for their queues, waiting up to a second for a reply: a flood of
+    probes would otherwise load the broker and the workers and hold a web thread
+    each. Probes arriving while a check runs wait for its result instead of
+    starting their own, but for wait_seconds at most: a dependency that hangs
+    rather than fails (a database host that drops packets after the connection
+    was made) must not hold every probe's thread with it. They answer 503 then.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wait_seconds: float = 10.0) -> None:
         self._lock = threading.Lock()
         self._result: dict | None = None
         self._checked_at = 0.0
+        self._wait_seconds = wait_seconds
+        self._running_since: float | None = None
 
     def get(self) -> dict:
-        with self._lock:
+        running_since = self._running_since
+        # Once a check has run for wait_seconds, later probes stop waiting for it at once.
+        wait = self._wait_seconds if running_since is None else running_since + self._wait_seconds - time.monotonic()
+        if not self._lock.acquire(timeout=max(0.0, wait)):
+            error = f"checks still running after {self._wait_seconds:g} s"
+            return {"ready": False, "checks": {"readiness": {"ok": False, "error": error}}}
+        try:
             if self._result is None or time.monotonic() - self._checked_at >= settings.READYZ_CACHE_SECONDS:
-                self._result, self._checked_at = _readiness(), time.monotonic()
+                self._running_since = time.monotonic()
+                try:
+                    self._result, self._checked_at = _readiness(), time.monotonic()
+                finally:
+                    self._running_since = None
             return self._result
+        finally:
+            self._lock.release()
 
 
 _recent = _RecentReadiness()
@@ -111,7 +151,7 @@ _recent = _RecentReadiness()
 @never_cache
 @require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Database, broker, a worker and an active model: 503 when any is missing.
+    """Database, broker, an inference worker and an active model: 503 when any is missing.
 
     Anyone gets each check's verdict; the details (worker names, the active
     checkpoint, what failed) only a scraper with METRICS_TOKEN, or anyone in DEBUG.

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import environ
+import redis
+from kombu.utils.url import maybe_sanitize_url
+
 REPO = Path(__file__).resolve().parent.parent
+# PORT and CELERY_BROKER_URL are read here, before Django reads .env: without this they would apply to the
+# settings but not to the port served or the broker chosen. The environment wins over the file, as in the settings.
+environ.Env.read_env(REPO / ".env", overwrite=False)
 PYTHON = sys.executable
 HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "8000"))
 
@@ -20,28 +26,31 @@ def say(message: str) -> None:
 
 
 def redis_answers(url: str, *, timeout: float = 1.0) -> bool:
-    parsed = urlparse(url)
+    # Through redis-py, as the broker will connect: a password, a database number or TLS (rediss://) in the URL
+    # count, and a Redis that refuses them does not answer.
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
         return False
+    finally:
+        client.close()
 
 
 def choose_broker(env: dict[str, str]) -> None:
     url = env.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    if not url.startswith("redis"):
-        say(f"Broker: {url}")
+    # The password stays off the terminal.
+    shown = maybe_sanitize_url(url)
+    if urlparse(url).scheme not in {"redis", "rediss"}:
+        say(f"Broker: {shown}")
         return
     if redis_answers(url):
-        say(f"Broker: Redis at {url}")
+        say(f"Broker: Redis at {shown}")
         return
     env["CELERY_BROKER_URL"] = "filesystem://"
     say(
-        f"No Redis answers at {url}: using the embedded broker (Kombu's filesystem transport in var/broker). "
-        "Start Redis and run again for the real one."
+        f"No Redis answers at {shown}: using the embedded broker (Kombu's filesystem transport in var/broker). "
+        "Start Redis (or fix the URL's password) and run again for the real one."
     )
 
 

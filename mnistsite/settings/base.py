@@ -91,6 +91,13 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 # A persistent connection is pinged once per request (or task) before reuse, so a restarted server costs no error.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}:
+    # Without it libpq waits for a host that drops packets as long as the kernel retries (about two minutes), and
+    # for one that accepts but never answers for ever, holding the request, the task or /readyz meanwhile. A
+    # connect_timeout in DATABASE_URL's query string wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite cannot hold connections open across threads the way PostgreSQL can,
     # and WAL lets the web process read while a worker writes.

@@ -1,5 +1,6 @@
 """The compose file's services name modules, commands, queues and settings that exist."""
 import importlib
+import re
 import shlex
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 import yaml
 from django.core.management import get_commands
 
+from api.serializers import MAX_WAIT_SECONDS
 from mnistsite.settings import base
 from tests.processes import REPO
 
@@ -130,3 +132,59 @@ def test_a_stopped_trainer_hands_its_run_back_instead_of_being_killed_mid_run():
     assert trainer["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
     assert trainer["environment"]["DJANGO_SETTINGS_MODULE"] == COMPOSE["services"]["web"]["environment"][
         "DJANGO_SETTINGS_MODULE"]
+
+
+def _seconds(duration: str) -> int:
+    # Compose durations as this file writes them: "40s", "1m30s".
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, duration
+    return int(parts[1] or 0) * 60 + int(parts[2] or 0)
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_app_services_read_every_other_setting_from_an_optional_env_file(service):
+    # Without it every setting but the few named in the file kept its default under Docker, whatever .env said.
+    assert COMPOSE["services"][service]["env_file"] == [{"path": ".env", "required": False}]
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_the_stacks_own_addresses_and_paths_win_over_a_dotenv_written_for_make_run(service):
+    env = COMPOSE["services"][service]["environment"]
+    assert env["DEBUG"] == "false"
+    assert env["CELERY_BROKER_URL"].startswith("redis://redis:")
+    assert env["CACHE_URL"].startswith("rediscache://redis:")
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+    # whitenoise serves the files collectstatic put where the image's STATIC_ROOT says.
+    assert f"STATIC_ROOT={env['STATIC_ROOT']}" in (REPO / "Dockerfile").read_text()
+    for variable, volume_path in (("MEDIA_ROOT", "media"), ("DATA_DIR", "data"), ("CHECKPOINT_DIR", "checkpoints")):
+        assert f"{volume_path}:{env[variable]}" in COMPOSE["services"][service]["volumes"]
+
+
+def test_web_binds_the_port_it_publishes_and_its_health_check_asks():
+    web = COMPOSE["services"]["web"]
+    container_port = web["ports"][0].rsplit(":", 1)[1]
+    assert web["environment"]["GUNICORN_BIND"] == f"0.0.0.0:{container_port}"
+    assert f"127.0.0.1:{container_port}/healthz" in " ".join(web["healthcheck"]["test"])
+
+
+def test_a_stopped_web_gets_time_to_answer_the_longest_wait_before_docker_kills_it():
+    # gunicorn's own graceful timeout sits between the two (tests/mnistsite/test_gunicorn_conf.py).
+    assert _seconds(COMPOSE["services"]["web"]["stop_grace_period"]) > MAX_WAIT_SECONDS + 5
+
+
+def test_postgres_counts_as_healthy_only_once_the_real_server_listens_on_tcp():
+    healthcheck = COMPOSE["services"]["postgres"]["healthcheck"]
+    words = healthcheck["test"]
+    assert words[:2] == ["CMD", "pg_isready"]
+    # The image's first-start server, which creates the database, listens on the socket only.
+    assert words[words.index("-h") + 1] == "127.0.0.1"
+    assert words[words.index("-U") + 1] == COMPOSE["services"]["postgres"]["environment"]["POSTGRES_USER"]
+    assert _seconds(healthcheck["start_period"]) >= 30
+
+
+def test_the_apps_and_postgres_agree_on_the_database_password():
+    password = COMPOSE["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert password.startswith("${POSTGRES_PASSWORD")
+    for service in APP_SERVICES:
+        assert f"postgres://mnistsite:{password}@postgres:5432/mnistsite" == (
+            COMPOSE["services"][service]["environment"]["DATABASE_URL"])

@@ -1,18 +1,25 @@
 """gunicorn.conf.py: the measured defaults, overridable from the environment, as gunicorn itself reads them."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from api.serializers import MAX_WAIT_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def _effective_config(**env: str) -> dict[str, str]:
+def _effective_config(*, config_file: Path | None = None, **env: str) -> dict[str, str]:
+    # A developer's own GUNICORN_* must not decide what the defaults look like.
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("GUNICORN_")}
+    config = ["-c", str(config_file)] if config_file else []
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--print-config", "mnistsite.wsgi:application"],
-        cwd=REPO, env={**os.environ, "DJANGO_SETTINGS_MODULE": "mnistsite.settings.test", **env},
+        [sys.executable, "-m", "gunicorn", *config, "--print-config", "mnistsite.wsgi:application"],
+        cwd=REPO, env={**inherited, "DJANGO_SETTINGS_MODULE": "mnistsite.settings.test", **env},
         capture_output=True, text=True, timeout=60, check=True,
     )
     pairs = (line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
@@ -29,3 +36,19 @@ def test_gunicorn_reads_the_project_config_with_its_measured_defaults():
 def test_processes_and_threads_can_be_set_from_the_environment():
     config = _effective_config(GUNICORN_WORKERS="3", GUNICORN_THREADS="2", GUNICORN_BIND="127.0.0.1:9000")
     assert (config["workers"], config["threads"], config["bind"]) == ("3", "2", "['127.0.0.1:9000']")
+
+
+def test_a_stopped_process_finishes_the_longest_wait_and_docker_waits_for_it_to():
+    graceful = int(_effective_config()["graceful_timeout"])
+    assert graceful > MAX_WAIT_SECONDS
+    grace = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["web"]["stop_grace_period"]
+    assert int(re.fullmatch(r"(\d+)s", grace)[1]) > graceful
+    assert _effective_config(GUNICORN_GRACEFUL_TIMEOUT="50")["graceful_timeout"] == "50"
+
+
+def test_gunicorn_reads_the_env_file_beside_its_config_and_the_environment_wins_over_it(tmp_path):
+    # A copy beside a .env of its own, so the test neither needs nor touches the repository's .env.
+    shutil.copy(REPO / "gunicorn.conf.py", tmp_path / "gunicorn.conf.py")
+    (tmp_path / ".env").write_text("GUNICORN_WORKERS=5\nGUNICORN_THREADS=3\nGUNICORN_GRACEFUL_TIMEOUT=45\n")
+    config = _effective_config(config_file=tmp_path / "gunicorn.conf.py", GUNICORN_THREADS="2")
+    assert (config["workers"], config["threads"], config["graceful_timeout"]) == ("5", "2", "45")

@@ -1,4 +1,6 @@
 """Liveness and readiness endpoints report the real state of each dependency."""
+import socket
+import threading
 import time
 
 import pytest
@@ -51,13 +53,18 @@ def test_readyz_tells_anyone_each_verdict_and_only_the_scraper_the_details(clien
     assert anonymous.json()["checks"] == {name: {"ok": check["ok"]} for name, check in detailed.json()["checks"].items()}
 
 
-@pytest.mark.worker
-def test_readyz_is_200_with_database_broker_worker_and_active_model(scraper, celery_worker_process, active_checkpoint):
-    client = scraper
-    # A worker logs "ready." a moment before it listens for pings: asked in between, it is rightly not ready yet.
-    deadline = time.monotonic() + 15
+def _ready_within(client, seconds: float):
+    # A worker logs "ready." a moment before it listens for control commands: asked in between, it is rightly not
+    # ready yet.
+    deadline = time.monotonic() + seconds
     while (response := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.5)
+    return response
+
+
+@pytest.mark.worker
+def test_readyz_is_200_with_database_broker_worker_and_active_model(scraper, celery_worker_process, active_checkpoint):
+    response = _ready_within(scraper, 15)
     body = response.json()
     assert response.status_code == 200, body
     assert body["checks"]["model"]["checkpoint"] == active_checkpoint.pk
@@ -85,3 +92,72 @@ def test_readyz_reuses_its_last_check_for_a_few_seconds_so_a_flood_of_probes_cos
         assert len(queries) == 2
     finally:
         health._recent = health._RecentReadiness()
+
+
+@pytest.mark.worker
+def test_readyz_counts_only_a_worker_that_takes_predictions_not_a_trainer(scraper, start_celery_worker,
+                                                                          active_checkpoint):
+    from mnistsite.celery import app
+
+    start_celery_worker(queues="training", name="trainer")
+    deadline = time.monotonic() + 15
+    # The trainer answers pings, which is all the check asked of a worker before.
+    while not any(name.startswith("trainer-") for reply in app.control.ping(timeout=0.5) for name in reply):
+        assert time.monotonic() < deadline, "the trainer never answered a ping"
+    response = scraper.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["workers"] == {"ok": False, "workers": [], "error": "no worker consumes the inference queue"}
+    assert checks["model"]["ok"] and checks["broker"]["ok"] and checks["database"]["ok"]
+
+    start_celery_worker(queues="inference", name="predictor")
+    response = _ready_within(scraper, 15)
+    assert response.status_code == 200, response.json()
+    (name,) = response.json()["checks"]["workers"]["workers"]
+    assert name.startswith("predictor-")
+
+
+@pytest.mark.django_db
+def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(scraper, settings):
+    from django.db import connection
+    from django.test import Client
+
+    from mnistsite import health
+
+    # A broker that accepts connections and never answers: the first probe's check hangs for its socket timeout.
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(10)
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 4}
+    health._recent = health._RecentReadiness(wait_seconds=0.5)
+    first = {}
+
+    def probe() -> None:
+        try:
+            first["response"] = Client().get("/readyz")
+        finally:
+            connection.close()
+
+    hanging = threading.Thread(target=probe)
+    try:
+        hanging.start()
+        accepted, _ = silent.accept()  # the first probe is inside its broker check now
+        started = time.monotonic()
+        waited = scraper.get("/readyz")
+        waited_for = time.monotonic() - started
+        started = time.monotonic()
+        again = scraper.get("/readyz")
+        again_for = time.monotonic() - started
+        assert hanging.is_alive()
+        hanging.join(timeout=30)
+        accepted.close()
+    finally:
+        silent.close()
+        health._recent = health._RecentReadiness()
+    assert waited.status_code == 503 and 0.4 <= waited_for < 3
+    assert waited.json()["checks"] == {"readiness": {"ok": False, "error": "checks still running after 0.5 s"}}
+    # The check has been running longer than a probe waits: the next one does not wait at all.
+    assert again.status_code == 503 and again_for < 0.4
+    # The hanging check itself still ends, with the broker's failure.
+    assert first["response"].status_code == 503
+    assert first["response"].json()["checks"]["broker"]["ok"] is False

@@ -129,3 +129,40 @@ def test_a_redis_cache_that_stops_answering_fails_a_command_in_seconds_not_for_e
     error, seconds = result.stdout.split()[-2:]
     # redis-py gives up after 5 s of its own; the setting makes it 1 here.
     assert error == "TimeoutError" and int(seconds) <= 3
+
+
+def test_a_postgresql_host_that_never_answers_fails_the_connection_in_seconds_not_for_ever():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts, never answers: without a connect timeout libpq waits for ever
+    try:
+        probe = (
+            "import time; from django.db import connection; started = time.monotonic()\n"
+            "try:\n    connection.ensure_connection()\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+            "print(round(time.monotonic() - started))"
+        )
+        result = _run_manage(
+            "shell", "-c", probe, DJANGO_SETTINGS_MODULE="mnistsite.settings.dev",
+            DATABASE_URL=f"postgres://mnistsite@127.0.0.1:{listener.getsockname()[1]}/mnistsite",
+            DATABASE_CONNECT_TIMEOUT="2",  # libpq's least
+        )
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stderr
+    error, seconds = result.stdout.split()[-2:]
+    assert error == "OperationalError" and int(seconds) <= 5
+
+
+def test_only_postgresql_gets_a_connect_timeout_and_one_in_the_url_wins():
+    show = (
+        "from django.conf import settings; "
+        "print(settings.DATABASES['default'].get('OPTIONS', {}).get('connect_timeout'))"
+    )
+    url = "postgres://mnistsite@db.example/mnistsite"
+    default = _run_manage("shell", "-c", show, DATABASE_URL=url)
+    from_url = _run_manage("shell", "-c", show, DATABASE_URL=f"{url}?connect_timeout=9", DATABASE_CONNECT_TIMEOUT="3")
+    sqlite = _run_manage("shell", "-c", show, DATABASE_URL="sqlite:///var/unused.sqlite3")
+    assert [r.stdout.split()[-1] for r in (default, from_url, sqlite)] == ["5", "9", "None"], (
+        default.stderr + from_url.stderr + sqlite.stderr)

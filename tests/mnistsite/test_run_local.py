@@ -1,0 +1,81 @@
+"""`make run` (scripts/run_local.py) reads .env for what it decides itself and finds Redis as the broker will."""
+import os
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.processes import NO_BROKER_URL, REPO
+
+RUN_LOCAL = runpy.run_path(str(REPO / "scripts" / "run_local.py"), run_name="run_local")
+
+
+@pytest.fixture
+def redis_with_password(tmp_path):
+    """A Redis server of the test's own that asks for a password (the shared one asks for none)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_make_run_finds_the_redis_it_is_given_and_falls_back_when_none_answers(settings):
+    assert RUN_LOCAL["redis_answers"](settings.CELERY_BROKER_URL) is True
+    assert RUN_LOCAL["redis_answers"](NO_BROKER_URL) is False
+
+
+def test_make_run_uses_a_redis_that_asks_for_a_password_only_with_the_right_one(redis_with_password):
+    port = redis_with_password
+    assert RUN_LOCAL["redis_answers"](f"redis://:s3cret@127.0.0.1:{port}/0") is True
+    assert RUN_LOCAL["redis_answers"](f"redis://:wrong@127.0.0.1:{port}/0") is False
+    assert RUN_LOCAL["redis_answers"](f"redis://127.0.0.1:{port}/0") is False
+
+
+def test_make_run_keeps_the_brokers_password_off_the_terminal(redis_with_password, capsys):
+    env = {"CELERY_BROKER_URL": f"redis://:s3cret@127.0.0.1:{redis_with_password}/0"}
+    RUN_LOCAL["choose_broker"](env)
+    assert env["CELERY_BROKER_URL"].startswith("redis://:s3cret@")
+    out = capsys.readouterr().out
+    assert "Broker: Redis at" in out and "s3cret" not in out
+
+
+def test_make_run_reads_the_port_and_the_broker_from_env_and_the_environment_wins_over_it(tmp_path):
+    # A copy beside a .env of its own, so the test neither needs nor touches the repository's .env.
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "run_local.py", tmp_path / "scripts" / "run_local.py")
+    (tmp_path / ".env").write_text("PORT=8123\nCELERY_BROKER_URL=redis://127.0.0.1:6379/7\nLOG_LEVEL=DEBUG\n")
+    show = (
+        "import os, runpy, sys; script = runpy.run_path(sys.argv[1], run_name='run_local'); "
+        "print(script['PORT'], os.environ['CELERY_BROKER_URL'], os.environ['LOG_LEVEL'])"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in {"PORT", "CELERY_BROKER_URL"}}
+    result = subprocess.run(
+        [sys.executable, "-c", show, str(tmp_path / "scripts" / "run_local.py")],
+        cwd=REPO, env={**env, "LOG_LEVEL": "WARNING"}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8123", "redis://127.0.0.1:6379/7", "WARNING"]
