@@ -181,19 +181,26 @@ def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> se
     return stored
 
 
-def upload_files_orphaned_delete(*, now: dt.datetime | None = None) -> int:
+def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: bool = False) -> int:
     """Delete uploaded files that no row names, written ORPHANED_AFTER to ORPHANED_AFTER x 4 ago; returns how many.
 
     They come from a process killed between writing an upload's files and
     inserting its rows, or from an insert whose outcome could not be learnt.
     Run every ORPHANED_AFTER, the sweep sees each file about three times, and
     only the folders of those hours (``uploads/<day>``) are listed.
+
+    ``everything``: every folder, and files of any age over ORPHANED_AFTER. A
+    deleted upload's file whose removal failed (a volume gone read-only, a
+    process killed while deleting an account's files) is found only this way.
     """
     now = now or timezone.now()
     newest, oldest = now - ORPHANED_AFTER, now - ORPHANED_AFTER * 4
-    folders = {f"uploads/{moment:%Y/%m/%d}" for moment in (oldest, newest)}
+    if everything:
+        folders, oldest = _upload_folders(), None
+    else:
+        folders = sorted({f"uploads/{moment:%Y/%m/%d}" for moment in (oldest, newest)})
     candidates = []
-    for folder in sorted(folders):
+    for folder in folders:
         try:
             _, files = default_storage.listdir(folder)
         except FileNotFoundError:
@@ -204,7 +211,7 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None) -> int:
                 modified = default_storage.get_modified_time(name)
             except FileNotFoundError:
                 continue  # deleted meanwhile
-            if oldest <= modified < newest:
+            if (oldest is None or oldest <= modified) and modified < newest:
                 candidates.append(name)
     orphans = []
     for start in range(0, len(candidates), 1000):
@@ -215,6 +222,21 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None) -> int:
     if orphans:
         logger.warning("deleted %s uploaded files that no upload names: %s", len(orphans), orphans[:20])
     return len(orphans)
+
+
+def _upload_folders() -> list[str]:
+    """Every day folder of uploads (``uploads/<year>/<month>/<day>``)."""
+    folders = ["uploads"]
+    for _ in range(3):
+        deeper = []
+        for folder in folders:
+            try:
+                names, _ = default_storage.listdir(folder)
+            except FileNotFoundError:
+                continue
+            deeper += [f"{folder}/{name}" for name in sorted(names)]
+        folders = deeper
+    return folders
 
 
 def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Prediction]:

@@ -49,5 +49,5 @@ def predictions_sweep() -> int:
     max_retries=2,
     ignore_result=True,
 )
-def upload_files_orphaned_delete() -> int:
-    return services.upload_files_orphaned_delete()
+def upload_files_orphaned_delete(everything: bool = False) -> int:
+    return services.upload_files_orphaned_delete(everything=everything)

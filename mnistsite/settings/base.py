@@ -259,6 +259,11 @@ CELERY_BEAT_SCHEDULE = {
     "delete-orphaned-upload-files": {
         "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
     },
+    # Once a day, every folder: files whose upload was deleted but whose own deletion failed.
+    "delete-all-orphaned-upload-files": {
+        "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 86400.0, "kwargs": {"everything": True},
+        "options": {"expires": 86400.0},
+    },
     "reap-stale-training-runs": {
         "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},
     },

@@ -495,3 +495,25 @@ def test_the_orphan_sweep_deletes_only_files_no_upload_names_once_they_are_an_ho
     assert services.upload_files_orphaned_delete(now=now) == 1
     assert not default_storage.exists(orphan)
     assert default_storage.exists(kept) and default_storage.exists(young)
+
+
+def test_the_daily_orphan_sweep_also_deletes_old_files_whose_upload_is_gone(user, digit_png):
+    import os
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    kept, deleted = (services.upload_create(owner=user, file=io.BytesIO(digit_png(d)), source="file") for d in (0, 1))
+    # The file goes once the deletion commits, which this test's transaction never does: as for a process killed
+    # after the commit, before it removed the file, or a volume that refused the removal.
+    services.upload_delete(upload=deleted)
+    left_behind = deleted.image.name
+    young = default_storage.save(f"{left_behind.rsplit('/', 1)[0]}/young.png", ContentFile(b"its row is on its way"))
+    month_ago = (timezone.now() - dt.timedelta(days=30)).timestamp()
+    for name in (kept.image.name, left_behind):
+        os.utime(default_storage.path(name), (month_ago, month_ago))
+
+    assert services.upload_files_orphaned_delete() == 0  # the hourly sweep looks at the last hours only
+    assert services.upload_files_orphaned_delete(everything=True) == 1
+    assert not default_storage.exists(left_behind)
+    assert default_storage.exists(kept.image.name) and default_storage.exists(young)
