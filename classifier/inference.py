@@ -132,6 +132,14 @@ def model_for_checkpoint(*, checkpoint: Checkpoint) -> LoadedModel:
         return _cached
 
 
+def model_forget(*, checkpoint_id: int) -> None:
+    """Drop this checkpoint's cached model (it failed in use), so that the next prediction loads it afresh."""
+    global _cached
+    with _lock:
+        if _cached is not None and _cached.checkpoint_id == checkpoint_id:
+            _cached = None
+
+
 _NO_ACTIVE_CHECKPOINT = "No trained model is active yet; an administrator must activate a checkpoint."
 
 

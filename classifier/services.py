@@ -526,7 +526,19 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
 
     # Out of time is not a bad image: the batch stays claimed, and after a lost worker's wait it is taken up
     # again, one prediction at a time.
-    results = inference.predict_images(loaded=loaded, images=stored_images(), interrupts=(SoftTimeLimitExceeded,))
+    try:
+        results = inference.predict_images(loaded=loaded, images=stored_images(), interrupts=(SoftTimeLimitExceeded,))
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if _is_transient(exc):
+            raise
+        # Each image's own failure is its result; what fails the whole batch is the model or its device (a GPU
+        # out of memory or in an error state), as for a model that cannot load: the batch goes back, whole,
+        # and this process loads the model afresh before it claims again.
+        logger.exception("the model failed on a batch with checkpoint %s; handing the predictions back", checkpoint_id)
+        inference.model_forget(checkpoint_id=checkpoint_id)
+        raise ModelUnavailableError(f"checkpoint {checkpoint_id} failed in this worker") from exc
     finished = timezone.now()
     for prediction, result in zip(readable, results, strict=True):
         if isinstance(result, inference.EmptyImageError):

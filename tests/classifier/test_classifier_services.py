@@ -208,6 +208,34 @@ def test_a_worker_that_cannot_load_the_model_claims_nothing_for_a_while_so_it_fa
     assert len(done) == len(messages) + 1 and {prediction.status for prediction in done} == {"done"}
 
 
+def test_a_model_that_fails_on_its_device_mid_batch_hands_the_batch_back_and_is_loaded_afresh(
+    user, digit_png, active_checkpoint, monkeypatch
+):
+    import torch
+
+    from classifier import inference
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    services.predictions_execute(prediction_ids=[p.pk for p in services.predictions_create(uploads=[upload], publish=False)])
+    loaded = inference.model_for_checkpoint_id(checkpoint_id=active_checkpoint.pk)
+    mine, someone_elses = services.predictions_create(uploads=[upload, upload], publish=False)
+
+    def device_error(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch, "softmax", device_error)  # as a GPU in an error state fails every batch
+        with pytest.raises(services.ModelUnavailableError):
+            services.prediction_execute(prediction_id=mine.pk)
+    # Not left "running" for the stale wait, nor failed as the images' fault: back in the queue, only the
+    # message's own counted.
+    assert set(Prediction.objects.filter(pk__in=[mine.pk, someone_elses.pk]).values_list("pk", "status", "attempts")) == {
+        (mine.pk, "pending", 1), (someone_elses.pk, "pending", 0)}
+    done = services.predictions_execute(prediction_ids=[mine.pk, someone_elses.pk])
+    assert {p.status for p in done} == {"done"} and len(done) == 2
+    assert inference.model_for_checkpoint_id(checkpoint_id=active_checkpoint.pk) is not loaded  # loaded afresh
+
+
 def test_a_time_limit_reached_while_the_model_loads_keeps_the_claim_instead_of_counting_a_broken_model(
     user, digit_png, active_checkpoint, monkeypatch
 ):
