@@ -70,6 +70,10 @@ class PredictionListCreateApi(GenericAPIView):
     def get_throttles(self):
         return [UploadRateThrottle()] if self.request.method == "POST" else super().get_throttles()
 
+    def get_queryset(self):
+        # The browsable API asks a list view for its queryset, to offer filters.
+        return selectors.prediction_list_for_user(user=self.request.user)
+
     @extend_schema(
         operation_id="predictions_list",
         summary="List your predictions",

@@ -227,6 +227,16 @@ class FeedbackSerializer(serializers.Serializer):
 # --- training --------------------------------------------------------------------------------------------------------
 
 
+class _RecipeBooleanField(serializers.BooleanField):
+    """A boolean whose absence means the recipe's value, whatever the content type.
+
+    DRF reads a boolean missing from form data as false, for an unticked HTML
+    checkbox sends nothing; here that would quietly turn a recipe's default off.
+    """
+
+    default_empty_html = serializers.empty
+
+
 class TrainingRunCreateSerializer(serializers.Serializer):
     architecture = serializers.ChoiceField(choices=ARCHITECTURE_CHOICES, default="cnn", help_text="Model family.")
     epochs = serializers.IntegerField(
@@ -239,7 +249,9 @@ class TrainingRunCreateSerializer(serializers.Serializer):
         required=False, min_value=0, max_value=10, help_text="Greater than 0, at most 10. Default: the tuned recipe."
     )
     seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_SEED, help_text="Default: the recipe's.")
-    augment = serializers.BooleanField(required=False, help_text="Random shifts/rotations. Default: the recipe's.")
+    augment = _RecipeBooleanField(
+        required=False, help_text="Random shifts/rotations. Default: the recipe's (on for the CNN, off for the MLP)."
+    )
     train_subset = serializers.IntegerField(
         required=False,
         allow_null=True,

@@ -44,8 +44,12 @@ def _run_data(request: Request, run: TrainingRun) -> dict:
 class TrainingRunListCreateApi(GenericAPIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_trainingrun"], "POST": ["training.add_trainingrun"]}
-    # Only OPTIONS uses it, to describe the body of POST.
+    # Only OPTIONS and the browsable API's form use it, to describe the body of POST.
     serializer_class = TrainingRunCreateSerializer
+
+    def get_queryset(self):
+        # The browsable API asks a list view for its queryset, to offer filters.
+        return selectors.training_run_list_with_checkpoints()
 
     @extend_schema(
         operation_id="training_runs_list",
@@ -54,7 +58,7 @@ class TrainingRunListCreateApi(GenericAPIView):
                    **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
-        page = self.paginate_queryset(selectors.training_run_list_with_checkpoints())
+        page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(TrainingRunSerializer(page, many=True, context={"request": request}).data)
 
     @extend_schema(
@@ -120,6 +124,10 @@ class CheckpointListApi(GenericAPIView):
     required_permissions = {"GET": ["training.view_checkpoint"]}
     serializer_class = CheckpointSerializer
 
+    def get_queryset(self):
+        # The browsable API asks a list view for its queryset, to offer filters.
+        return selectors.checkpoint_list()
+
     @extend_schema(
         operation_id="checkpoints_list",
         summary="List checkpoints",
@@ -127,7 +135,7 @@ class CheckpointListApi(GenericAPIView):
                    **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
-        page = self.paginate_queryset(selectors.checkpoint_list())
+        page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(CheckpointSerializer(page, many=True).data)
 
 

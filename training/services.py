@@ -9,11 +9,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F, Q
-from django.utils import timezone
+from django.db.models import F, Max, Q
+from django.db.models.functions import Coalesce, Now
 
 from training.ml.atomic import sha256_file
 from training.models import Checkpoint, TrainingRun
@@ -45,7 +46,7 @@ class TrainingRunStateError(Exception):
 
 
 class CheckpointPathError(ValueError):
-    """A checkpoint file lies outside CHECKPOINT_DIR."""
+    """A checkpoint file lies outside CHECKPOINT_DIR, is no file, or is not the file that was written."""
 
 
 class CheckpointNotLoadableError(Exception):
@@ -120,7 +121,7 @@ def training_run_publish(*, run_id: int) -> str | None:
 
     task_id = str(uuid.uuid4())
     queued = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
-        celery_task_id=task_id, published_at=timezone.now()
+        celery_task_id=task_id, published_at=Now()
     )
     if not queued:
         # Claimed, cancelled or gone meanwhile: a message now would only be a no-op for a trainer.
@@ -162,13 +163,16 @@ def _training_run_claim(*, run_id: int) -> TrainingRun | None:
         if run.status != TrainingRun.Status.QUEUED:
             logger.info("training run %s is %s, not queued; not executing it again", run_id, run.status)
             return None
-        now = timezone.now()
-        run.status = TrainingRun.Status.RUNNING
-        run.attempts += 1
-        run.started_at = run.started_at or now
-        run.heartbeat_at = now
-        run.finished_at = None
-        run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "finished_at"])
+        # The times the reaper compares come from the database's clock (Now()), never this host's: a trainer whose
+        # clock is minutes slow would otherwise look dead to a reaper on another host and lose its healthy run.
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=Coalesce(F("started_at"), Now()),
+            heartbeat_at=Now(),
+            finished_at=None,
+        )
+        run.refresh_from_db()
     return run
 
 
@@ -203,7 +207,7 @@ class _RunReporter:
         return TrainingRun.objects.filter(pk=self.run_id, status=TrainingRun.Status.RUNNING, attempts=self.attempt)
 
     def _update(self, **fields: Any) -> None:
-        if not self._rows().update(heartbeat_at=timezone.now(), **fields):
+        if not self._rows().update(heartbeat_at=Now(), **fields):
             self.lost = True
 
     def started(self, *, device: str) -> None:
@@ -248,7 +252,7 @@ class _RunReporter:
         if self.claim_lost():
             return
         path = self.file_path(f"epoch-{epoch}.pt")
-        save_checkpoint(
+        digest, _size = save_checkpoint(
             path,
             model=model,
             config=None,
@@ -269,6 +273,7 @@ class _RunReporter:
                     test_accuracy=metrics.get("test_accuracy"),
                     architecture=self.architecture,
                     is_final=False,
+                    sha256=digest,
                 )
                 history = [dict(row) for row in metrics.get("history", [])]
                 self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
@@ -331,15 +336,22 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     checkpoint), cancelled, or failed with the error text. ``on_progress`` is
     an extra in-process hook (the ``train --sync`` progress bar).
     """
+    import torch
+
     from training.ml.data import batch_count, load_mnist
     from training.ml.engine import TrainingCancelled
     from training.ml.recipe import TrainConfig, fit, select_device
+    from training.ml.threads import default_num_threads
 
     run = _training_run_claim(run_id=run_id)
     if run is None:
         return None
     reporter: _RunReporter | None = None
+    # A worker process that served a prediction keeps inference's thread count (TORCH_NUM_THREADS) for good: a
+    # run it takes trains on all the cores, as on a trainer of its own, and leaves inference's count as it was.
+    threads_before = torch.get_num_threads()
     try:
+        torch.set_num_threads(default_num_threads())
         resume = _latest_epoch_checkpoint(run)
         train_config = _train_config_for(run)
         resume_payload = None
@@ -378,6 +390,10 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
             logger.warning("training run %s attempt %s lost its claim; stopping quietly", run.pk, run.attempts)
             return None
         return _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
+    except SoftTimeLimitExceeded:
+        # Failed, not queued again: a run this slow would hold the one trainer for the limit once per attempt.
+        logger.error("training run %s hit the execute task's time limit", run.pk)
+        return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=_time_limit_error(run=run))
     except Exception as exc:
         logger.exception("training run %s failed", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -389,6 +405,21 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         # Ctrl-C in `train --sync`: record it, then let it through.
         _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _time_limit_error(*, run: TrainingRun) -> str:
+    from training.tasks import EXECUTE_SOFT_TIME_LIMIT_S
+
+    limit = f"{EXECUTE_SOFT_TIME_LIMIT_S / 3600:g} h"
+    last = run.checkpoints.filter(is_final=False).aggregate(last=Max("epoch"))["last"]
+    if last is None:
+        return f"Stopped by the training task's time limit ({limit}) before its first epoch finished."
+    return (
+        f"Stopped by the training task's time limit ({limit}) after epoch {last} of {run.epochs}; "
+        f"its epoch checkpoints remain (the last: epoch {last}) and can be activated."
+    )
 
 
 def _training_run_requeue_after_shutdown(*, run: TrainingRun) -> None:
@@ -409,7 +440,7 @@ def _training_run_requeue_after_shutdown(*, run: TrainingRun) -> None:
 
 def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> TrainingRun | None:
     updated = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, attempts=run.attempts).update(
-        status=status, error=error[:10_000], finished_at=timezone.now(), eta_seconds=None, heartbeat_at=timezone.now()
+        status=status, error=error[:10_000], finished_at=Now(), eta_seconds=None, heartbeat_at=Now()
     )
     if not updated:
         return None
@@ -421,7 +452,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
     from training.ml.checkpoints import save_checkpoint
 
     path = reporter.file_path("final.pt")
-    save_checkpoint(
+    digest, _size = save_checkpoint(
         path,
         model=result.model,
         config=None,
@@ -447,6 +478,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
                 architecture=run.architecture,
                 is_final=True,
                 activate=locked.activate_on_success,
+                sha256=digest,
             )
             locked.status = TrainingRun.Status.SUCCEEDED
             locked.metrics = result.history
@@ -457,9 +489,10 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
             locked.current_step = locked.total_steps
             locked.eta_seconds = None
             locked.error = ""
-            locked.finished_at = timezone.now()
-            locked.heartbeat_at = locked.finished_at
+            locked.finished_at = Now()
+            locked.heartbeat_at = Now()
             locked.save()
+            locked.refresh_from_db(fields=["finished_at", "heartbeat_at"])
         registered = True
     finally:
         if not registered:
@@ -482,8 +515,9 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
         if locked.status == TrainingRun.Status.QUEUED:
             locked.status = TrainingRun.Status.CANCELLED
             locked.cancel_requested = True
-            locked.finished_at = timezone.now()
+            locked.finished_at = Now()
             locked.save(update_fields=["status", "cancel_requested", "finished_at"])
+            locked.refresh_from_db(fields=["finished_at"])
         elif locked.status == TrainingRun.Status.RUNNING:
             locked.cancel_requested = True
             locked.save(update_fields=["cancel_requested"])
@@ -499,9 +533,12 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
     re-queued while it has attempts left, else marked failed ("worker stopped
     responding"); one that was asked to cancel becomes cancelled. Queued runs
     whose message never reached the broker, or was lost there, are published again.
+
+    Times are the database's clock, which wrote the heartbeats, not this host's: ``now``
+    stands in for it (tests).
     """
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
+    clock = Now() if now is None else now
+    cutoff = clock - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
     stale_filter = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     outcome: dict[str, list[int]] = {"requeued": [], "failed": [], "cancelled": [], "republished": []}
     stale_ids = list(
@@ -520,7 +557,7 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
             run.eta_seconds = None
             if run.cancel_requested:
                 run.status = TrainingRun.Status.CANCELLED
-                run.finished_at = now
+                run.finished_at = clock
                 outcome["cancelled"].append(run.pk)
             elif run.attempts < MAX_ATTEMPTS:
                 run.status = TrainingRun.Status.QUEUED
@@ -530,21 +567,21 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
             else:
                 run.status = TrainingRun.Status.FAILED
                 run.error = f"{STALE_ERROR} after {run.attempts} attempts"
-                run.finished_at = now
+                run.finished_at = clock
                 outcome["failed"].append(run.pk)
             run.save(update_fields=["status", "error", "finished_at", "eta_seconds"])
             logger.warning("stale training run %s: %s", run.pk, run.status)
 
     queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED)
     unpublished = queued.filter(
-        celery_task_id="", created_at__lt=now - timedelta(seconds=UNPUBLISHED_REPUBLISH_AFTER_S)
+        celery_task_id="", created_at__lt=clock - timedelta(seconds=UNPUBLISHED_REPUBLISH_AFTER_S)
     )
     resend = list(unpublished.values_list("pk", flat=True))
     if not TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).exists():
         # A sent message waits only while every trainer is busy, and a busy trainer's run is running. With none
         # running, one still waiting this long was lost (a broker restarted without its data, a purged queue),
         # or no trainer is up. A second message is safe either way: only a queued run can be claimed.
-        lost_before = now - timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS)
+        lost_before = clock - timedelta(seconds=settings.TRAINING_REPUBLISH_AFTER_SECONDS)
         lost = list(
             queued.exclude(celery_task_id="")
             .exclude(pk__in=outcome["requeued"])  # sent once this call's transaction commits
@@ -600,14 +637,24 @@ def checkpoint_register(
     architecture: str,
     is_final: bool = True,
     activate: bool = False,
+    sha256: str | None = None,
 ) -> Checkpoint:
-    """Record a checkpoint file (which must lie inside CHECKPOINT_DIR) with its sha256 and size."""
+    """Record a checkpoint file (which must lie inside CHECKPOINT_DIR) with its sha256 and size.
+
+    ``sha256``: the digest of the bytes written (``save_checkpoint`` returns it). When given, a file whose
+    digest differs, changed or replaced since it was written, is refused rather than recorded as the checkpoint.
+    """
     root = Path(settings.CHECKPOINT_DIR).resolve()
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(root) or resolved == root:
         raise CheckpointPathError(f"{path} is not inside CHECKPOINT_DIR ({root}); refusing to register it")
     if not resolved.is_file():
         raise CheckpointPathError(f"{path} is not a file")
+    digest = sha256_file(resolved)
+    if sha256 is not None and digest != sha256.lower():
+        raise CheckpointPathError(
+            f"{path} has sha256 {digest}, not the {sha256} of the checkpoint written there; refusing to register it"
+        )
     with transaction.atomic():
         checkpoint, _created = Checkpoint.objects.update_or_create(
             path=resolved.relative_to(root).as_posix(),
@@ -615,7 +662,7 @@ def checkpoint_register(
                 "run": run,
                 "epoch": int(epoch),
                 "architecture": architecture,
-                "sha256": sha256_file(resolved),
+                "sha256": digest,
                 "size": resolved.stat().st_size,
                 "test_accuracy": test_accuracy,
                 "is_final": is_final,

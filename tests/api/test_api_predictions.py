@@ -218,6 +218,13 @@ def test_waiting_inside_a_transaction_returns_at_once_with_what_is_known(user_cl
     assert response.json()["predictions"][0]["status"] == "pending"
 
 
+def test_the_prediction_list_opens_in_the_browsable_api_with_its_upload_form(user_client):
+    user_client.post(LIST, {"image": upload_file()}, format="multipart")
+    page = user_client.get(LIST, HTTP_ACCEPT="text/html")
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
+    assert "digit.png" in page.content.decode()
+
+
 def test_uploading_anonymously_is_401_with_www_authenticate(api_client):
     response = api_client.post(LIST, {"image": upload_file()}, format="multipart")
 

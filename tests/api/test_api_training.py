@@ -1,6 +1,8 @@
 """Staff endpoints for training runs and checkpoints: permissions, defaults, bounds, cancel and activate."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 
 from tests.api.conftest import client_for
@@ -47,6 +49,48 @@ def test_a_run_takes_every_hyper_parameter_given(staff_client):
     run = TrainingRun.objects.get(pk=response.json()["id"])
     assert (run.architecture, run.epochs, run.batch_size, run.learning_rate, run.seed, run.augment,
             run.activate_on_success, run.train_subset) == ("cnn", 2, 64, 0.05, 7, False, True, 500)
+
+
+def _post_as(client, body: dict, content_type: str):
+    if content_type == "json":
+        return client.post(RUNS, body, format="json")
+    if content_type == "multipart":
+        return client.post(RUNS, body, format="multipart")
+    return client.post(RUNS, urlencode(body), content_type="application/x-www-form-urlencoded")
+
+
+@pytest.mark.parametrize("content_type", ["json", "form", "multipart"])
+def test_a_run_that_does_not_mention_augmentation_gets_the_recipes_in_every_content_type(staff_client, content_type):
+    # Form data has no "false" for an unticked box, only silence: that silence must not turn the CNN's off.
+    for architecture, augmented in (("cnn", True), ("mlp", False)):
+        response = _post_as(staff_client, {"architecture": architecture}, content_type)
+
+        assert response.status_code == 202, response.json()
+        assert TrainingRun.objects.get(pk=response.json()["id"]).augment is augmented, architecture
+
+
+@pytest.mark.parametrize("content_type", ["json", "form", "multipart"])
+def test_augmentation_asked_for_explicitly_wins_over_the_recipe_in_every_content_type(staff_client, content_type):
+    for architecture, augment in (("cnn", False), ("mlp", True)):
+        response = _post_as(staff_client, {"architecture": architecture, "augment": augment}, content_type)
+
+        assert response.status_code == 202, response.json()
+        assert TrainingRun.objects.get(pk=response.json()["id"]).augment is augment, architecture
+
+
+def test_staff_can_open_the_run_and_checkpoint_lists_in_the_browsable_api_with_the_start_form(staff_client, queued_run):
+    runs = staff_client.get(RUNS, HTTP_ACCEPT="text/html")
+    checkpoints = staff_client.get(CHECKPOINTS, HTTP_ACCEPT="text/html")
+
+    assert (runs.status_code, checkpoints.status_code) == (200, 200)
+    assert runs["Content-Type"].startswith("text/html") and 'name="augment"' in runs.content.decode()
+
+
+def test_a_run_that_does_not_mention_activation_is_not_activated_in_form_data_either(staff_client):
+    response = _post_as(staff_client, {"architecture": "mlp"}, "form")
+
+    assert response.status_code == 202
+    assert TrainingRun.objects.get(pk=response.json()["id"]).activate_on_success is False
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,11 @@ from datetime import timedelta
 
 import pytest
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from training import services
@@ -308,6 +310,35 @@ def test_the_reaper_leaves_a_run_with_a_fresh_heartbeat_alone(tiny_recipe):
     assert run.status == TrainingRun.Status.RUNNING
 
 
+def test_a_run_on_a_trainer_whose_clock_is_slow_is_not_taken_for_dead(tiny_recipe, monkeypatch):
+    # The trainer and the reaper run on different hosts; only the database's clock is the same for both.
+    right_time = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: right_time() - timedelta(minutes=3))
+    run = _create(tiny_recipe)
+    outcomes = []
+
+    def reap_on_a_host_whose_clock_is_right(fraction, epoch, step, eta):
+        with monkeypatch.context() as reaper_host:
+            reaper_host.setattr(timezone, "now", right_time)
+            outcomes.append(services.training_runs_reap())
+
+    services.training_run_execute(run_id=run.pk, on_progress=reap_on_a_host_whose_clock_is_right)
+    run.refresh_from_db()
+    assert outcomes and all(outcome["requeued"] == [] for outcome in outcomes)
+    assert (run.status, run.attempts) == (TrainingRun.Status.SUCCEEDED, 1), run.error
+
+
+def test_a_heartbeat_on_the_databases_clock_is_fresh_to_a_reaper_whose_clock_runs_ahead(tiny_recipe, monkeypatch):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, started_at=Now(), heartbeat_at=Now()
+    )
+    right_time = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: right_time() + timedelta(minutes=3))
+    assert services.training_runs_reap() == {"requeued": [], "failed": [], "cancelled": [], "republished": []}
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.RUNNING
+
+
 def test_the_reaper_cancels_a_stale_run_that_was_asked_to_cancel(tiny_recipe):
     run = _create(tiny_recipe)
     _make_stale(run, attempts=1)
@@ -382,6 +413,73 @@ def test_a_run_asked_to_cancel_is_cancelled_not_queued_again_when_its_trainer_sh
         services.training_run_execute(run_id=run.pk, on_progress=cancel_then_shut_down)
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.CANCELLED
     assert training_queue.messages() == []
+
+
+def test_a_run_stopped_by_the_task_time_limit_fails_saying_so_and_keeps_its_epoch_checkpoints(tiny_recipe):
+    from training.loading import checkpoint_load_model
+
+    run = _create(tiny_recipe, epochs=2)
+
+    def time_is_up_in_epoch_two(fraction, epoch, step, eta):
+        # What Celery raises in the task once its soft time limit has passed.
+        if epoch == 2:
+            raise SoftTimeLimitExceeded()
+
+    services.training_run_execute(run_id=run.pk, on_progress=time_is_up_in_epoch_two)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.finished_at is not None
+    assert run.error == (
+        "Stopped by the training task's time limit (3 h) after epoch 1 of 2; its epoch checkpoints remain "
+        "(the last: epoch 1) and can be activated."
+    )
+    (kept,) = run.checkpoints.all()
+    assert (kept.epoch, kept.is_final) == (1, False)
+    checkpoint_load_model(checkpoint=kept)
+
+
+@pytest.fixture
+def threads_as_inference_left_them():
+    before = torch.get_num_threads()
+    # What a worker process that served a prediction keeps: TORCH_NUM_THREADS, 1.
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_run_in_a_process_that_served_predictions_trains_on_all_cores_then_gives_inference_its_count_back(
+    tiny_recipe, threads_as_inference_left_them
+):
+    from training.ml.threads import default_num_threads
+
+    run = _create(tiny_recipe)
+    threads_while_training = set()
+    services.training_run_execute(
+        run_id=run.pk, on_progress=lambda *progress: threads_while_training.add(torch.get_num_threads())
+    )
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.SUCCEEDED
+    assert threads_while_training == {default_num_threads()}
+    assert torch.get_num_threads() == 1
+
+
+def test_registering_a_checkpoint_whose_file_changed_since_it_was_written_is_refused():
+    from training.ml.architectures import build_model
+    from training.ml.checkpoints import save_checkpoint
+
+    path = settings.CHECKPOINT_DIR / "manual" / "model.pt"
+    digest, _size = save_checkpoint(path, model=build_model("mlp", {"hidden": 16}), config=None, epoch=1, metrics={})
+    written = path.read_bytes()
+    path.write_bytes(written[:-1] + bytes([written[-1] ^ 1]))
+    with pytest.raises(services.CheckpointPathError, match="not the .* of the checkpoint written there"):
+        services.checkpoint_register(
+            path=path, run=None, epoch=1, test_accuracy=None, architecture="mlp", sha256=digest
+        )
+    assert not Checkpoint.objects.exists()
+
+    path.write_bytes(written)
+    checkpoint = services.checkpoint_register(
+        path=path, run=None, epoch=1, test_accuracy=None, architecture="mlp", sha256=digest
+    )
+    assert checkpoint.sha256 == digest
 
 
 def test_registering_a_file_outside_the_checkpoint_dir_is_refused(tmp_path):

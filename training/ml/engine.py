@@ -74,15 +74,17 @@ def train_one_epoch(
     augment_config: AugmentConfig | None = None,
     label_smoothing: float = 0.0,
     memory_format: torch.memory_format = torch.contiguous_format,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
     """Train for one pass over ``images``/``labels`` (uint8 images, ideally already on ``device``).
 
     The CPU ``generator`` drives shuffling and augmentation, so a fixed seed gives
     identical weights on CPU. ``on_step(step, total_steps, loss)`` runs after every
-    optimiser step (1-based step); ``should_stop()`` is polled before every step and
-    a true answer raises :class:`TrainingCancelled`.
+    optimiser step (1-based step), ``loss`` the step's loss as a 0-d tensor on ``device``:
+    reading it (``float(loss)``) waits for the device, so a callback reads it only when it
+    reports it. ``should_stop()`` is polled before every step and a true answer raises
+    :class:`TrainingCancelled`.
     """
     model.train()
     images = images.to(device, non_blocking=True)
@@ -115,7 +117,7 @@ def train_one_epoch(
             loss_sum += reported * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
         if on_step is not None:
-            on_step(step, total_steps, float(reported))
+            on_step(step, total_steps, reported)
     # Reading the sums waits for the device, so the clock below counts all queued GPU work.
     loss, accuracy = float(loss_sum) / max(count, 1), float(correct) / max(count, 1)
     seconds = time.perf_counter() - started

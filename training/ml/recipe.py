@@ -152,6 +152,16 @@ def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed)
 
 
+def _diverged(what: str, *, epoch: int, config: TrainConfig) -> TrainingDiverged:
+    return TrainingDiverged(f"{what} in epoch {epoch}; lower the learning rate (it was {config.lr:g})")
+
+
+def _all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite; one device sync in all."""
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
 def fit(
     *,
     config: TrainConfig,
@@ -214,7 +224,7 @@ def fit(
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
 
-        def on_step(step: int, steps: int, loss: float, *, _epoch: int = epoch) -> None:
+        def on_step(step: int, steps: int, loss: torch.Tensor, *, _epoch: int = epoch) -> None:
             nonlocal last_report
             if on_progress is None:
                 return
@@ -242,18 +252,21 @@ def fit(
             on_step=on_step,
             should_stop=should_stop,
         )
+        # Before the epoch's checkpoint: a model of NaN weights must never be saved, let alone served.
         if not math.isfinite(stats.loss):
-            # Before the epoch's checkpoint: a model of NaN weights must never be saved, let alone served.
-            raise TrainingDiverged(
-                f"the training loss became {stats.loss} in epoch {epoch}; lower the learning rate "
-                f"(it was {config.lr:g})"
-            )
+            raise _diverged(f"the training loss became {stats.loss}", epoch=epoch, config=config)
+        # The epoch's loss was computed before each step, so the last step's weights are checked themselves.
+        if not _all_finite(model):
+            raise _diverged("the weights stopped being finite numbers", epoch=epoch, config=config)
         done_before_epoch += stats.steps
         train_seconds += stats.seconds
         trained_images += stats.n
         result = evaluate(
             model=model, images=test_dev.images, labels=test_dev.labels, device=device, batch_size=config.eval_batch_size
         )
+        # Finite but huge weights can still overflow the logits.
+        if not math.isfinite(result.loss):
+            raise _diverged(f"the test loss became {result.loss}", epoch=epoch, config=config)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from training.ml.architectures import build_model
 from training.ml.augment import augment_batch
@@ -168,6 +169,50 @@ def test_a_diverging_run_stops_before_its_epoch_is_reported_or_saved(tiny_train,
         fit(config=config, train=tiny_train, test=tiny_test, device=CPU,
             on_epoch_end=lambda epoch, model, optimizer, metrics: reported.append(epoch))
     assert reported == []
+
+
+@pytest.mark.parametrize(
+    "poison, caught_by",
+    [(float("nan"), "the weights stopped being finite"), (3e38, "the test loss became")],
+    ids=["non-finite-weights", "finite-weights-that-overflow"],
+)
+def test_an_epoch_whose_last_step_ruins_the_weights_is_never_reported_or_saved(
+    tiny_train, tiny_test, poison, caught_by
+):
+    # The epoch's mean loss is computed before each step, so it stays finite whatever the last step does.
+    config = _tiny_config(epochs=1, augment=False)
+    steps_per_epoch = len(tiny_train) // config.batch_size
+    steps = []
+
+    def poison_the_last_step(optimizer, args, kwargs):
+        steps.append(1)
+        if len(steps) == steps_per_epoch:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].fill_(poison)
+
+    reported = []
+    handle = register_optimizer_step_post_hook(poison_the_last_step)
+    try:
+        with pytest.raises(TrainingDiverged, match=f"{caught_by}.* in epoch 1; lower the learning rate"):
+            fit(config=config, train=tiny_train, test=tiny_test, device=CPU,
+                on_epoch_end=lambda epoch, model, optimizer, metrics: reported.append(epoch))
+    finally:
+        handle.remove()
+    assert len(steps) == steps_per_epoch and reported == []
+
+
+def test_the_step_callback_gets_the_loss_as_a_tensor_so_no_step_waits_for_the_device(tiny_train):
+    model = build_model("mlp", {"hidden": 32})
+    losses = []
+    train_one_epoch(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), scheduler=None,
+        images=tiny_train.images, labels=tiny_train.labels, batch_size=64, device=CPU,
+        generator=torch.Generator().manual_seed(0), augment=False,
+        on_step=lambda step, steps, loss: losses.append(loss),
+    )
+    assert len(losses) == 8
+    assert all(isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad for loss in losses)
+    assert all(math.isfinite(float(loss)) for loss in losses)
 
 
 def test_train_config_round_trips_and_has_the_tutorial_mlp_recipe():
