@@ -73,7 +73,12 @@ def login_attempt_start(*, username: str, ip: str) -> bool:
     """
     limits = _limits(username=username, ip=ip)
     counts = {key: _count_up(key) for key in limits}
-    return all(counts[key] <= limit for key, limit in limits.items())
+    if all(counts[key] <= limit for key, limit in limits.items()):
+        return True
+    # Refused unchecked, it costs nothing: else one address, refused for the pair long since, would go on counting
+    # against the account until its owner is locked out everywhere.
+    _count_down(list(limits))
+    return False
 
 
 def login_attempt_succeeded(*, username: str, ip: str, log_in: bool) -> None:
@@ -84,6 +89,10 @@ def login_attempt_succeeded(*, username: str, ip: str, log_in: bool) -> None:
     keys = list(_limits(username=username, ip=ip))
     if log_in:
         cache.delete(keys.pop(0))
+    _count_down(keys)
+
+
+def _count_down(keys: list[str]) -> None:
     for key in keys:
         try:
             cache.decr(key)

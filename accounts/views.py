@@ -55,10 +55,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("classifier:upload")
     form = SignupForm(request.POST or None)
     if request.method == "POST":
-        valid = form.is_valid()
-        retry_after = _signup_allowance_take(request, share=1 if valid else FAILED_SIGNUP_SHARE)
+        # A whole sign-up is spent before the form is even read, and given back but a tenth when it is refused:
+        # whether a name is taken must not decide whether an attempt is refused, or refusals would tell.
+        retry_after = _signup_allowance_take(request, share=1)
         if retry_after is not None:
-            # The form's own errors are not shown: "already taken" must not be an unlimited oracle of user names.
             context = {
                 "form": SignupForm(initial={"username": request.POST.get("username", "")}),
                 "refusal": f"Too many sign-ups from your address; try again in {math.ceil(retry_after / 60)} minutes.",
@@ -66,11 +66,12 @@ def signup(request: HttpRequest) -> HttpResponse:
             response = render(request, "registration/signup.html", context, status=429)
             response["Retry-After"] = str(math.ceil(retry_after))
             return response
-    if request.method == "POST" and valid:
-        user = form.save()
-        login(request, user)
-        messages.success(request, "Welcome! Upload or draw a digit to get started.")
-        return redirect("classifier:upload")
+        if form.is_valid():
+            user = form.save()
+            login(request, user)
+            messages.success(request, "Welcome! Upload or draw a digit to get started.")
+            return redirect("classifier:upload")
+        _signup_allowance_take(request, share=FAILED_SIGNUP_SHARE - 1)
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
@@ -80,7 +81,8 @@ FAILED_SIGNUP_SHARE = 0.1
 
 
 def _signup_allowance_take(request: HttpRequest, *, share: float) -> float | None:
-    """Spend ``share`` of one sign-up of the client's allowance; the seconds to wait instead when it is spent.
+    """Spend ``share`` of one sign-up of the client's allowance (a negative share gives some back); the seconds to
+    wait instead when it is spent.
 
     Every account gets its own upload allowance, so accounts made by the hundred would multiply it. An IPv6
     client counts by its /64, as for the log-in lockout: it can pick any address in it.

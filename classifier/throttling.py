@@ -26,7 +26,7 @@ local now, cost, period, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonum
 local refilled_at = math.max(tonumber(redis.call('GET', KEYS[1]) or '') or now, now) + cost
 local retry_after = refilled_at - now - period
 if retry_after <= tolerance then
-  redis.call('SET', KEYS[1], string.format('%.17g', refilled_at), 'PX', math.ceil((refilled_at - now) * 1000))
+  redis.call('SET', KEYS[1], string.format('%.17g', refilled_at), 'PX', math.max(1, math.ceil((refilled_at - now) * 1000)))
 end
 return string.format('%.17g', retry_after)
 """
@@ -86,6 +86,7 @@ def allowance_take(*, key: str, now: float, cost: float, period: float) -> float
 
     Returns how many seconds too early the request is: at most TOLERANCE_S when
     it was allowed (and spent), more when it was refused (and nothing changed).
+    A negative ``cost`` gives that much back.
     """
     cache = caches[DEFAULT_CACHE_ALIAS]
     if isinstance(cache, RedisCache):

@@ -37,3 +37,12 @@ def test_a_log_in_clears_its_own_failures_but_not_those_made_at_the_account_from
     login_attempt_succeeded(username="owner", ip="198.51.100.4", log_in=True)
     assert all(login_attempt_start(username="owner", ip="198.51.100.4") for _ in range(LOCKOUT_THRESHOLD))
     assert cache.get("login-failures:user:owner") == LOCKOUT_THRESHOLD * 2 - 1
+
+
+def test_attempts_refused_unchecked_cost_nothing_so_one_address_cannot_lock_the_owner_out_everywhere():
+    for _ in range(LOCKOUT_THRESHOLD * 20):
+        login_attempt_start(username="victim", ip="203.0.113.9")
+    # The guessing address spent only what it checked; the owner, elsewhere, still may.
+    assert not login_attempt_allowed(username="victim", ip="203.0.113.9")
+    assert login_attempt_allowed(username="victim", ip="198.51.100.7")
+    assert cache.get("login-failures:user:victim") == LOCKOUT_THRESHOLD
