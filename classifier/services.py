@@ -189,9 +189,10 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
     Run every ORPHANED_AFTER, the sweep sees each file about three times, and
     only the folders of those hours (``uploads/<day>``) are listed.
 
-    ``everything``: every folder, and files of any age over ORPHANED_AFTER. A
-    deleted upload's file whose removal failed (a volume gone read-only, a
-    process killed while deleting an account's files) is found only this way.
+    ``everything``: every folder, one at a time, and files of any age over
+    ORPHANED_AFTER. A deleted upload's file whose removal failed (a volume gone
+    read-only, a process killed while deleting an account's files) is found
+    only this way.
     """
     now = now or timezone.now()
     newest, oldest = now - ORPHANED_AFTER, now - ORPHANED_AFTER * 4
@@ -199,29 +200,45 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
         folders, oldest = _upload_folders(), None
     else:
         folders = sorted({f"uploads/{moment:%Y/%m/%d}" for moment in (oldest, newest)})
-    candidates = []
+    deleted = []
     for folder in folders:
+        orphans = _orphans_in(folder=folder, oldest=oldest, newest=newest)
+        _files_delete(orphans)
+        deleted += orphans
+    if deleted:
+        logger.warning("deleted %s uploaded files that no upload names: %s", len(deleted), deleted[:20])
+    return len(deleted)
+
+
+def _orphans_in(*, folder: str, oldest: dt.datetime | None, newest: dt.datetime) -> list[str]:
+    """The files of ``folder`` last written between ``oldest`` (None: any time) and ``newest`` that no upload names."""
+    try:
+        _, files = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return []
+    written: dict[str, dt.datetime] = {}
+    for file in files:
+        name = f"{folder}/{file}"
         try:
-            _, files = default_storage.listdir(folder)
+            modified = default_storage.get_modified_time(name)
         except FileNotFoundError:
-            continue
-        for file in files:
-            name = f"{folder}/{file}"
-            try:
-                modified = default_storage.get_modified_time(name)
-            except FileNotFoundError:
-                continue  # deleted meanwhile
-            if (oldest is None or oldest <= modified) and modified < newest:
-                candidates.append(name)
-    orphans = []
-    for start in range(0, len(candidates), 1000):
-        chunk = candidates[start : start + 1000]
-        stored = set(Upload.objects.filter(image__in=chunk).values_list("image", flat=True))
-        orphans += [name for name in chunk if name not in stored]
-    _files_delete(orphans)
-    if orphans:
-        logger.warning("deleted %s uploaded files that no upload names: %s", len(orphans), orphans[:20])
-    return len(orphans)
+            continue  # deleted meanwhile
+        if (oldest is None or oldest <= modified) and modified < newest:
+            written[name] = modified
+    if not written:
+        return []
+    # A file is written just after its row's created_at is set: one range of the created_at index rules out nearly
+    # every stored name at once. The rest, few, are looked up by name, which has no index of its own.
+    earliest, latest = min(written.values()), max(written.values())
+    stored = set(
+        Upload.objects.filter(created_at__gte=earliest - ORPHANED_AFTER, created_at__lt=latest + ORPHANED_AFTER)
+        .values_list("image", flat=True)
+    )
+    unknown = [name for name in written if name not in stored]
+    for start in range(0, len(unknown), 1000):
+        chunk = unknown[start : start + 1000]
+        stored |= set(Upload.objects.filter(image__in=chunk).values_list("image", flat=True))
+    return [name for name in unknown if name not in stored]
 
 
 def _upload_folders() -> list[str]:
@@ -475,24 +492,19 @@ def _model_loads_before_claiming() -> None:
 
     checkpoint_id = Checkpoint.objects.filter(is_active=True).values_list("pk", flat=True).first()
     try:
-        inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id)
+        _model_load(checkpoint_id=checkpoint_id)
     except inference.NoActiveCheckpointError:
         pass  # the claim fails the predictions with that message, as in a healthy worker
-    except Exception as exc:
-        if _is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded):
-            raise
-        raise ModelUnavailableError(f"checkpoint {checkpoint_id} still cannot be loaded in this worker") from exc
     _model_load_failed_at[0] = -math.inf
 
 
-def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None) -> list[Prediction]:
+def _model_load(*, checkpoint_id: int | None):
+    """The checkpoint's model; ModelUnavailableError when this worker cannot load it (see inference for the rest)."""
     from classifier import inference
 
     try:
-        loaded = inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id)
-    except inference.NoActiveCheckpointError as exc:
-        return _predictions_save([_prediction_fail(prediction=p, error=str(exc)) for p in predictions])
-    except SoftTimeLimitExceeded:
+        return inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id)
+    except (inference.NoActiveCheckpointError, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
         if _is_transient(exc):
@@ -502,8 +514,17 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
             raise out_of_time from None
         # This worker's fault (a volume not mounted on its host, a damaged copy, a GPU error), not the images':
         # failing the batch would fail other people's predictions that a healthy worker can compute.
-        logger.exception("could not load checkpoint %s; handing the predictions back", checkpoint_id)
+        logger.exception("could not load checkpoint %s in this worker", checkpoint_id)
         raise ModelUnavailableError(f"checkpoint {checkpoint_id} could not be loaded in this worker") from exc
+
+
+def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None) -> list[Prediction]:
+    from classifier import inference
+
+    try:
+        loaded = _model_load(checkpoint_id=checkpoint_id)
+    except inference.NoActiveCheckpointError as exc:
+        return _predictions_save([_prediction_fail(prediction=p, error=str(exc)) for p in predictions])
 
     readable: list[Prediction] = []
 

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -45,8 +45,9 @@ def upload(request: HttpRequest) -> HttpResponse:
                 refused, errors = exc, [str(exc)]
             except ValidationError as exc:
                 errors = _validation_messages(exc)
-            except DatabaseError:
-                # The services removed any file they had written; say so instead of a bare 500 page.
+            except (OperationalError, InterfaceError):
+                # The database is out of reach, which passes, and the services removed any file they had written:
+                # say so instead of a bare 500 page. Other database errors are bugs, answered as such.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
             except services.StorageFullError:

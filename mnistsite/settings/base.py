@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from mnistsite.broker import filesystem_transport_options
@@ -259,10 +260,11 @@ CELERY_BEAT_SCHEDULE = {
     "delete-orphaned-upload-files": {
         "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
     },
-    # Once a day, every folder: files whose upload was deleted but whose own deletion failed.
+    # Once a day, every folder: files whose upload was deleted but whose own deletion failed. At a time of day, not
+    # every 24 hours: beat counts those from its own start, and a beat restarted daily would never get there.
     "delete-all-orphaned-upload-files": {
-        "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 86400.0, "kwargs": {"everything": True},
-        "options": {"expires": 86400.0},
+        "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": crontab(hour=3, minute=17),
+        "kwargs": {"everything": True}, "options": {"expires": 86400.0},
     },
     "reap-stale-training-runs": {
         "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},
