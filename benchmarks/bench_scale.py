@@ -61,7 +61,7 @@ WHERE id / %(users)s %% 100 = 42 OR id / %(users)s %% 100 = 7 AND id / %(users)s
 ]
 
 
-def pages(*, middle_page: int) -> list[tuple[str, str]]:
+def pages(*, middle_page: int, admin_middle_page: int) -> list[tuple[str, str]]:
     return [
         ("staff", "/admin/classifier/upload/"),
         ("staff", "/admin/classifier/upload/?latest_status=failed"),
@@ -69,9 +69,11 @@ def pages(*, middle_page: int) -> list[tuple[str, str]]:
         ("staff", "/admin/classifier/upload/?latest_digit=3"),
         ("staff", "/admin/classifier/upload/?sample_set=mnist"),
         ("staff", "/admin/classifier/upload/?q=digit-123456"),
+        ("staff", f"/admin/classifier/upload/?p={admin_middle_page}"),
         ("staff", "/admin/classifier/prediction/"),
         ("staff", "/admin/classifier/prediction/?status__exact=failed"),
         ("staff", "/admin/classifier/prediction/?digit=3"),
+        ("staff", f"/admin/classifier/prediction/?p={admin_middle_page}"),
         ("user", "/history/"),
         ("user", "/history/?status=failed"),
         ("user", "/history/?digit=3"),
@@ -105,6 +107,7 @@ def main() -> int:
         from django.test import Client
         from django.test.utils import CaptureQueriesContext
 
+        from classifier.admin import UploadAdmin
         from classifier.views import HISTORY_PAGE_SIZE
 
         users = get_user_model().objects
@@ -125,7 +128,9 @@ def main() -> int:
         per_user = args.uploads // args.users
         report: dict = {"uploads": args.uploads, "users": args.users, "uploads_per_user": per_user,
                         "fill_seconds": round(filled_s, 1), "pages": {}}
-        for who, path in pages(middle_page=max(1, per_user // HISTORY_PAGE_SIZE // 2)):
+        middle_pages = {"middle_page": max(1, per_user // HISTORY_PAGE_SIZE // 2),
+                        "admin_middle_page": max(1, args.uploads // UploadAdmin.list_per_page // 2)}
+        for who, path in pages(**middle_pages):
             client = clients[who]
             client.get(path)
             timings, statements, slowest = [], 0, (0.0, "")

@@ -1,6 +1,7 @@
 """Admin lists for uploads and predictions, sample-set accuracy, and re-running with the active checkpoint."""
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.paginator import Paginator
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -129,6 +130,22 @@ class RerunActionMixin:
         return request.user.has_perm(f"{Upload._meta.app_label}.change_{Upload._meta.model_name}")
 
 
+class IdsFirstPaginator(Paginator):
+    """Finds a page's rows by their ids alone, then reads only those rows in full.
+
+    An OFFSET makes the database produce every row it skips, with whatever the
+    list reads for a row: the newest prediction of each upload, the joined owner
+    and checkpoint. At page 500 of a million uploads that took about 1.5 s.
+    """
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        ids = list(self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page])
+        rows = {row.pk: row for row in self.object_list.filter(pk__in=ids)}
+        return self._get_page([rows[pk] for pk in ids if pk in rows], number, self)
+
+
 @admin.register(Upload)
 class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
     list_display = (
@@ -147,6 +164,7 @@ class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
     # list again (over ten seconds at a million predictions).
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
+    paginator = IdsFirstPaginator
     readonly_fields = ("thumbnail_large", "sha256", "format", "size", "width", "height", "image", "created_at")
     exclude = ()
     change_list_template = "admin/classifier/upload/change_list.html"
@@ -214,6 +232,7 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
     # As for uploads: the checkpoint filter's counts would each read the whole filtered list again.
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
+    paginator = IdsFirstPaginator
     readonly_fields = (
         "upload", "checkpoint", "status", "digit", "confidence", "probabilities", "model_input", "device",
         "queue_ms", "compute_ms", "error", "publish_attempts", "published_at", "created_at", "started_at", "finished_at",

@@ -152,3 +152,29 @@ def test_the_admin_lists_offer_no_per_choice_counts(admin_page, user, digit_png,
     with CaptureQueriesContext(connection) as queries:
         assert admin_page.get(f"{path}?_facets=True").status_code == 200
     assert not [q["sql"] for q in queries.captured_queries if "FILTER (WHERE" in q["sql"].upper()]
+
+
+@pytest.mark.parametrize("path", ["/admin/classifier/upload/", "/admin/classifier/prediction/",
+                                  "/admin/classifier/upload/?checkpoint={checkpoint}"])
+def test_a_page_deep_in_an_admin_list_skips_rows_without_reading_their_predictions_or_joins(
+    admin_page, user, digit_png, active_checkpoint, path
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from classifier.admin import UploadAdmin
+
+    uploads = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file")
+               for i in range(UploadAdmin.list_per_page + 3)]
+    services.predictions_execute(prediction_ids=[p.pk for p in services.predictions_create(uploads=uploads, publish=False)])
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_page.get(path.format(checkpoint=active_checkpoint.pk), {"p": 2})
+    assert response.status_code == 200
+    # The three oldest, newest first, each read in full.
+    rows = response.context["cl"].result_list
+    assert [getattr(row, "upload_id", row.pk) for row in rows] == [upload.pk for upload in reversed(uploads[:3])]
+    assert all(getattr(row, "latest_status", "done") == "done" for row in rows)
+    (skipping,) = [query["sql"].upper() for query in queries.captured_queries if "OFFSET" in query["sql"].upper()]
+    # Neither the newest prediction (a subquery among the columns) nor a joined owner or checkpoint per skipped row.
+    assert "SELECT" not in skipping.split(" FROM ", 1)[0][len("SELECT"):]
+    assert "AUTH_USER" not in skipping and "TRAINING_CHECKPOINT" not in skipping
