@@ -99,6 +99,12 @@ if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql", "django.c
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5)
     )
+    # A server that goes silent on a connection already open (a failover, a cut network) is noticed within about a
+    # minute, instead of when the kernel gives up (some fifteen minutes): probes while a reply is awaited, and a
+    # limit on data sent but never acknowledged. A long query is unaffected: the server's kernel answers probes.
+    for option, value in {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+                          "tcp_user_timeout": 60_000}.items():
+        DATABASES["default"]["OPTIONS"].setdefault(option, value)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite cannot hold connections open across threads the way PostgreSQL can,
     # and WAL lets the web process read while a worker writes.

@@ -166,3 +166,18 @@ def test_only_postgresql_gets_a_connect_timeout_and_one_in_the_url_wins():
     sqlite = _run_manage("shell", "-c", show, DATABASE_URL="sqlite:///var/unused.sqlite3")
     assert [r.stdout.split()[-1] for r in (default, from_url, sqlite)] == ["5", "9", "None"], (
         default.stderr + from_url.stderr + sqlite.stderr)
+
+
+@pytest.mark.django_db
+def test_postgresql_connections_probe_a_silent_server_instead_of_waiting_on_it_for_minutes():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("libpq's keepalives are PostgreSQL's")
+    connection.ensure_connection()
+    # What libpq itself was given for the connection the test runs on.
+    dsn = dict(part.split("=", 1) for part in connection.connection.info.dsn.split())
+    assert {key: dsn.get(key) for key in ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                                           "tcp_user_timeout")} == {
+        "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
+        "tcp_user_timeout": "60000"}
