@@ -339,6 +339,19 @@ def test_a_heartbeat_on_the_databases_clock_is_fresh_to_a_reaper_whose_clock_run
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.RUNNING
 
 
+def test_a_run_created_on_a_web_host_whose_clock_runs_ahead_is_resent_on_time(tiny_recipe, training_queue, settings,
+                                                                              monkeypatch):
+    right_time = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: right_time() + timedelta(minutes=5))
+    with broker_switched(settings, NO_BROKER_URL):
+        run = _create(tiny_recipe)
+        assert services.training_run_publish(run_id=run.pk) is None
+    assert abs(run.created_at - right_time()) < timedelta(minutes=1)
+    monkeypatch.setattr(timezone, "now", right_time)
+    assert services.training_runs_reap(now=right_time() + timedelta(minutes=1))["republished"] == [run.pk]
+    assert _sent_run_ids(training_queue) == [run.pk]
+
+
 def test_the_reaper_cancels_a_stale_run_that_was_asked_to_cancel(tiny_recipe):
     run = _create(tiny_recipe)
     _make_stale(run, attempts=1)
