@@ -9,6 +9,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import iter_options
 
 from classifier.models import Prediction
 from training.models import Checkpoint, TrainingRun
@@ -232,9 +233,20 @@ class _RecipeBooleanField(serializers.BooleanField):
 
     DRF reads a boolean missing from form data as false, for an unticked HTML
     checkbox sends nothing; here that would quietly turn a recipe's default off.
+    The browsable API shows a choice of three instead of a checkbox, which could
+    only say "the recipe's" or "on".
     """
 
     default_empty_html = serializers.empty
+    HTML_CHOICES = {"": "the recipe's", "true": "on", "false": "off"}
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("style", {"base_template": "select.html"})
+        super().__init__(**kwargs)
+
+    def iter_options(self):
+        # An empty choice reaches the field as no value (it is not required), so the recipe's value is kept.
+        return iter_options(self.HTML_CHOICES)
 
 
 class TrainingRunCreateSerializer(serializers.Serializer):

@@ -262,3 +262,16 @@ def test_activating_a_checkpoint_whose_file_is_gone_is_409_and_keeps_the_active_
 
 def test_activating_a_missing_checkpoint_is_404(staff_client):
     assert staff_client.post(f"{CHECKPOINTS}999999/activate/").status_code == 404
+
+
+def test_the_browsable_api_form_can_leave_augmentation_to_the_recipe_or_turn_it_on_or_off(staff_client):
+    page = staff_client.get(RUNS, HTTP_ACCEPT="text/html").content.decode()
+    select = page[page.index('<select class="form-control" name="augment">'):]
+    select = select[: select.index("</select>")]
+    assert [line.split('"')[1] for line in select.split("<option value=")[1:]] == ["", "true", "false"]
+
+    for architecture, chosen, augmented in (("cnn", "false", False), ("mlp", "true", True), ("cnn", "", True)):
+        response = _post_as(staff_client, {"architecture": architecture, "augment": chosen}, "form")
+
+        assert response.status_code == 202, response.json()
+        assert TrainingRun.objects.get(pk=response.json()["id"]).augment is augmented, (architecture, chosen)
