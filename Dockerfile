@@ -15,8 +15,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-# collectstatic needs a key only to import settings; the real one comes at run time.
-RUN SECRET_KEY=build-only python manage.py collectstatic --noinput \
+# collectstatic needs a key and a database URL only to import settings; the real ones come at run time.
+RUN SECRET_KEY=build-only DATABASE_URL=sqlite://:memory: python manage.py collectstatic --noinput \
     && useradd --system --uid 1000 --home /app mnistsite \
     && mkdir -p /srv/media /srv/data /srv/checkpoints \
     && cp -r media/samples /srv/media/samples \

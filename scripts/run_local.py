@@ -77,16 +77,39 @@ def start(args: list[str], *, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True)
 
 
-def stop_all(processes: list[subprocess.Popen]) -> None:
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_all(processes: list[subprocess.Popen], *, grace: float = 20.0) -> None:
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + grace
     for process in processes:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # A child forked while its parent was stopping (the worker's embedded beat, started as the signal came) outlives
+    # it in the group, and would go on sending the beat's tasks for ever.
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        stragglers = [process.pid for process in processes if _group_alive(process.pid)]
+        for group in stragglers:
+            try:
+                os.killpg(group, signum)
+            except ProcessLookupError:
+                pass
+        settle = time.monotonic() + 2
+        while stragglers and time.monotonic() < settle and any(_group_alive(group) for group in stragglers):
+            time.sleep(0.05)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -126,9 +149,8 @@ def main() -> int:
         ),
         start(
             # Processes and threads come from gunicorn.conf.py.
-            [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}",
-             "--access-logfile", "-"],
-            env=env,
+            [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}"],
+            env={"GUNICORN_ACCESS_LOG": "-", **env},
         ),
     ]
     say(f"Serving on http://{HOST}:{PORT}/ (admin at /admin/). Press Ctrl-C to stop.")

@@ -10,6 +10,13 @@ from mnistsite.broker import filesystem_transport_options
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
+
+
+def _setting_or(name: str, default: str) -> str:
+    # An empty value (`NAME=` in .env, `${NAME:-}` in Compose) means the default, not the current directory or
+    # a database URL with no engine.
+    return env.str(name, default="") or default
+
 # A .env file is optional; real deployments set the variables themselves.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
@@ -86,7 +93,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+    "default": env.db_url_config(_setting_or("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")),
 }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
@@ -140,7 +147,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 
-MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+MEDIA_ROOT = Path(_setting_or("MEDIA_ROOT", str(BASE_DIR / "media")))
 # Uploaded images are served only through an authenticated view, never at a
 # public URL, so MEDIA_URL is deliberately not routed anywhere.
 MEDIA_URL = "/media-not-served/"
@@ -155,8 +162,8 @@ STORAGES = {
     "default": {"BACKEND": "mnistsite.storage.MediaStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data")))
-CHECKPOINT_DIR = Path(env.str("CHECKPOINT_DIR", default=str(BASE_DIR / "checkpoints")))
+DATA_DIR = Path(_setting_or("DATA_DIR", str(BASE_DIR / "data")))
+CHECKPOINT_DIR = Path(_setting_or("CHECKPOINT_DIR", str(BASE_DIR / "checkpoints")))
 TORCH_DEVICE = env.str("TORCH_DEVICE", default="auto")
 if TORCH_DEVICE not in {"auto", "cpu", "cuda"}:
     raise ImproperlyConfigured("TORCH_DEVICE must be one of auto, cpu, cuda.")

@@ -2,13 +2,22 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from mnistsite.settings.base import *  # noqa: F403
-from mnistsite.settings.base import _DEV_SECRET_KEY, SECRET_KEY, STORAGES, env
+from mnistsite.settings.base import _DEV_SECRET_KEY, SECRET_KEY, STORAGES, _setting_or, env
 
 DEBUG = False
 
 # base.py falls back to the committed key when DEBUG=true is set; production never runs with it.
 if SECRET_KEY == _DEV_SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set in production; the development key is public.")
+
+# Their defaults put the database, the uploads and the models inside the checkout, which a redeploy that replaces
+# it would take with it. Production names where they live; a deliberate sqlite:// URL is still allowed.
+_UNSET_STATE = [name for name in ("DATABASE_URL", "MEDIA_ROOT", "CHECKPOINT_DIR") if not _setting_or(name, "")]
+if _UNSET_STATE:
+    raise ImproperlyConfigured(
+        f"{', '.join(_UNSET_STATE)} must be set in production: the defaults keep the database, uploads and models "
+        "inside the code's folder, where a redeploy would lose them."
+    )
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)

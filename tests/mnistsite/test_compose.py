@@ -1,5 +1,6 @@
 """The compose file's services name modules, commands, queues and settings that exist."""
 import importlib
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -45,7 +46,8 @@ def test_compose_declares_every_service_with_named_volumes():
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_app_services_use_settings_modules_that_exist(service):
     env = COMPOSE["services"][service]["environment"]
-    importlib.import_module(env["DJANGO_SETTINGS_MODULE"])
+    # Found, not imported: production settings refuse to load without the stack's environment (test_settings.py).
+    assert importlib.util.find_spec(env["DJANGO_SETTINGS_MODULE"]) is not None
     for variable in ("DATABASE_URL", "CELERY_BROKER_URL", "MEDIA_ROOT", "DATA_DIR", "CHECKPOINT_DIR", "SECRET_KEY"):
         assert variable in env
 
@@ -188,3 +190,10 @@ def test_the_apps_and_postgres_agree_on_the_database_password():
     for service in APP_SERVICES:
         assert f"postgres://mnistsite:{password}@postgres:5432/mnistsite" == (
             COMPOSE["services"][service]["environment"]["DATABASE_URL"])
+
+
+def test_the_web_access_log_goes_to_standard_output_unless_the_env_file_says_otherwise():
+    web = COMPOSE["services"]["web"]
+    # A flag on the command line would win over GUNICORN_ACCESS_LOG, which gunicorn.conf.py reads.
+    assert "--access-logfile" not in web["command"]
+    assert web["environment"]["GUNICORN_ACCESS_LOG"] == "${GUNICORN_ACCESS_LOG:--}"

@@ -79,3 +79,19 @@ def test_make_run_reads_the_port_and_the_broker_from_env_and_the_environment_win
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["8123", "redis://127.0.0.1:6379/7", "WARNING"]
+
+
+def test_stopping_make_run_also_stops_a_child_left_behind_by_a_process_that_already_exited():
+    # The shape of the worker whose embedded beat was forked as Ctrl-C came: the leader is gone, its child is not.
+    leader = RUN_LOCAL["start"]([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(child.pid, flush=True)"
+    )], env=dict(os.environ))
+    leader.wait(timeout=30)
+    assert os.killpg(leader.pid, 0) is None  # the child still holds the group
+
+    RUN_LOCAL["stop_all"]([leader], grace=1)
+
+    with pytest.raises(ProcessLookupError):
+        os.killpg(leader.pid, 0)

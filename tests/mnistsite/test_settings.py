@@ -1,5 +1,6 @@
 """Settings come from the environment and production settings pass Django's deploy checks."""
 import os
+import re
 import subprocess
 import sys
 
@@ -8,10 +9,16 @@ import pytest
 from tests.processes import REPO
 
 
+# Where production keeps its state: it names each, having no default for them.
+PRODUCTION_STATE = {"DATABASE_URL": "sqlite://:memory:", "MEDIA_ROOT": "/srv/media", "CHECKPOINT_DIR": "/srv/checkpoints"}
+IGNORED = {"SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE", *PRODUCTION_STATE}
+
+
 def _run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     # Other tests' process-wide variables (e.g. the browser tests' DJANGO_ALLOW_ASYNC_UNSAFE) must not leak in.
-    ignored = {"SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
-    full_env = {k: v for k, v in os.environ.items() if k not in ignored}
+    full_env = {k: v for k, v in os.environ.items() if k not in IGNORED}
+    if env.get("DJANGO_SETTINGS_MODULE") == "mnistsite.settings.production":
+        full_env.update(PRODUCTION_STATE)
     full_env.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120
@@ -68,6 +75,32 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
     assert "SECRET_KEY must be set" in result.stderr
 
 
+def test_production_refuses_to_keep_the_database_uploads_or_models_inside_the_code_folder_by_default():
+    result = _run_manage(
+        "check", DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
+        SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
+        DATABASE_URL="", MEDIA_ROOT="", CHECKPOINT_DIR="",
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL, MEDIA_ROOT, CHECKPOINT_DIR must be set in production" in result.stderr
+
+
+def test_the_images_collectstatic_step_runs_with_the_production_settings_it_is_given(tmp_path):
+    # The image is built without a database or secrets: its RUN line must give what the settings need.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    image_env = dict(re.findall(r"(\w+)=(\S+)", dockerfile[dockerfile.index("ENV "):dockerfile.index("WORKDIR")]))
+    step = [word for word in dockerfile[dockerfile.index("RUN SECRET_KEY="):].split("&&")[0].split()[1:] if word != "\\"]
+    command = step.index("python")
+    env = {k: v for k, v in os.environ.items() if k not in IGNORED}
+    env.update(image_env)
+    env.update(dict(word.split("=", 1) for word in step[:command]))
+    env.update(STATIC_ROOT=str(tmp_path / "static"), MEDIA_ROOT=str(tmp_path / "media"))
+    result = subprocess.run([sys.executable, *step[command + 1:]], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "static" / "staticfiles.json").is_file()
+
+
 def test_dev_settings_start_without_a_secret_key():
     result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev")
     assert result.returncode == 0, result.stderr
@@ -95,8 +128,7 @@ def test_a_short_metrics_token_or_an_unbounded_window_refuses_to_start():
 
 @pytest.mark.parametrize("module", ["mnistsite.wsgi", "mnistsite.asgi", "mnistsite.celery"])
 def test_a_server_started_without_a_settings_module_gets_production_settings(module):
-    ignored = {"SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE"}
-    env = {k: v for k, v in os.environ.items() if k not in ignored}
+    env = {k: v for k, v in os.environ.items() if k not in IGNORED} | PRODUCTION_STATE
     probe = f"import {module}; from django.conf import settings; print(settings.SETTINGS_MODULE, settings.DEBUG)"
     without_key = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                                  timeout=120)
