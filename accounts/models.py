@@ -32,7 +32,10 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     # For a program that only reads (a dashboard, a backup): a leaked key then cannot upload, change or start anything.
     read_only = models.BooleanField(
-        default=False, editable=False, help_text="Reads only (GET, HEAD, OPTIONS); every other request is refused."
+        default=False,
+        db_default=False,
+        editable=False,
+        help_text="Reads only (GET, HEAD, OPTIONS); every other request is refused.",
     )
 
     LAST_USED_PRECISION = dt.timedelta(hours=1)

@@ -92,7 +92,7 @@ class Prediction(models.Model):
     publish_attempts = models.PositiveIntegerField(default=0)
     # Times a worker claimed it. One that keeps killing its worker (or running past the time limit) is failed
     # after PREDICTION_MAX_ATTEMPTS instead of being handed to a worker forever.
-    attempts = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
     published_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
