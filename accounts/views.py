@@ -26,6 +26,12 @@ from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 logger = logging.getLogger(__name__)
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: a form refused for its security token, most often one left open while the visitor logged
+    out or in from another tab (which changes the token). The reason is for the log, which Django has written."""
+    return render(request, "403_csrf.html", status=403)
+
+
 class ThrottledLoginView(LoginView):
     """Django's login view, answering 429 while the lockout (enforced by the backend) is on."""
 
@@ -40,9 +46,13 @@ class ThrottledLoginView(LoginView):
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         username = request.POST.get("username", "")
         if not login_attempt_allowed(username=username, ip=client_address(request)):
-            form = self.get_form()
-            form.add_error(None, "Too many failed log-in attempts. Try again in a few minutes.")
-            return self.render_to_response(self.get_context_data(form=form), status=429)
+            # An unbound form: a bound one would be validated, which checks the password once more and, even when it
+            # is right, adds "enter a correct username and password" to the refusal.
+            form = self.get_form_class()(request, initial={"username": username})
+            context = self.get_context_data(
+                form=form, refusal="Too many failed log-in attempts. Try again in a few minutes."
+            )
+            return self.render_to_response(context, status=429)
         return super().post(request, *args, **kwargs)
 
 

@@ -219,7 +219,11 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
                 frame.draft(frame.mode, (STORED_MAX_SIDE, STORED_MAX_SIDE))
             frame.load()
             # The stored copy drops EXIF, so its orientation is applied to the pixels first.
+            unturned = frame.size
             frame = _upright(frame)
+            if frame.size != unturned:
+                # Turned a quarter: the size reported is that of the picture as stored and shown, not as encoded.
+                width, height = height, width
             storable = _to_storable(frame)
             factor = -(-max(storable.size) // STORED_MAX_SIDE)
             if factor > 1:

@@ -1,6 +1,7 @@
 """Pages and small JSON/image endpoints for uploading, watching results and browsing history."""
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -13,6 +14,8 @@ from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import get_conditional_response
+from django.utils.http import quote_etag
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from PIL import Image
@@ -113,6 +116,16 @@ def _prediction_or_404(request: HttpRequest, pk: int) -> Prediction:
     return prediction
 
 
+def confidence_percent(confidence: float | None) -> int | None:
+    """The confidence as a whole percentage, rounded down (static/js/result.js and history.js do the same).
+
+    Rounded to the nearest, 0.697 would read "70% confident" beside "not sure: below 70%". A billionth of a
+    percent absorbs binary fractions such as 0.29 * 100 = 28.999999999999996, far finer than a float32 softmax
+    output can fall below a threshold.
+    """
+    return None if confidence is None else math.floor(confidence * 100 + 1e-9)
+
+
 def prediction_payload(prediction: Prediction) -> dict:
     threshold = settings.LOW_CONFIDENCE_THRESHOLD
     done = prediction.status == Prediction.Status.DONE
@@ -153,6 +166,7 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "upload": prediction.upload,
             "bars": bars,
             "payload": prediction_payload(prediction),
+            "confidence_percent": confidence_percent(prediction.confidence),
             "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
             "digits": range(10),
         },
@@ -183,28 +197,50 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("classifier:prediction_detail", pk=pk)
 
 
-def _private_png(response: HttpResponse, *, filename: str) -> HttpResponse:
-    response["Content-Disposition"] = f'inline; filename="{filename}"'
-    response["X-Content-Type-Options"] = "nosniff"
-    # Private pictures: browsers may keep them, shared caches must not.
-    response["Cache-Control"] = "private, max-age=3600"
+def _cache_headers(response: HttpResponse, *, etag: str) -> HttpResponse:
+    # Private pictures: shared caches must not keep them, and a browser asks again before each use (answered by a
+    # cheap 304 while nothing changed), so a picture deleted in another tab is never shown from its cache.
+    response["Cache-Control"] = "private, no-cache"
+    response["ETag"] = etag
     return response
 
 
-def _image_response(file, *, filename: str) -> FileResponse:
+def _not_modified(request: HttpRequest, *, etag: str) -> HttpResponse | None:
+    """A 304 when the browser's copy is current; None when the picture must be sent."""
+    response = get_conditional_response(request, etag=etag)
+    return None if response is None else _cache_headers(response, etag=etag)
+
+
+def _private_png(response: HttpResponse, *, filename: str, etag: str) -> HttpResponse:
+    response["Content-Disposition"] = f'inline; filename="{filename}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    return _cache_headers(response, etag=etag)
+
+
+def _image_response(file, *, filename: str, etag: str) -> FileResponse:
     try:
         handle = file.open("rb")
     except (FileNotFoundError, ValueError):
         raise Http404("The image file is gone.") from None
-    return _private_png(FileResponse(handle, content_type="image/png", filename=filename), filename=filename)
+    return _private_png(
+        FileResponse(handle, content_type="image/png", filename=filename), filename=filename, etag=etag
+    )
+
+
+def _etag(value: bytes) -> str:
+    return quote_etag(hashlib.sha256(value).hexdigest()[:32])
 
 
 @require_safe
-def upload_image(request: HttpRequest, pk: int) -> FileResponse:
+def upload_image(request: HttpRequest, pk: int) -> HttpResponse:
     item = selectors.upload_get_for_viewer(user=request.user, upload_id=pk)
     if item is None or not item.image:
         raise Http404("No such image.")
-    return _image_response(item.image, filename=f"upload-{item.pk}.png")
+    # A stored picture is never rewritten, and each is written under a new name: the name identifies its content.
+    etag = _etag(item.image.name.encode())
+    return _not_modified(request, etag=etag) or _image_response(
+        item.image, filename=f"upload-{item.pk}.png", etag=etag
+    )
 
 
 @require_safe
@@ -212,11 +248,17 @@ def prediction_input(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = selectors.prediction_get_for_viewer(user=request.user, prediction_id=pk)
     if prediction is None or not prediction.input_pixels:
         raise Http404("No such image.")
+    etag = _etag(bytes(prediction.input_pixels))
+    not_modified = _not_modified(request, etag=etag)
+    if not_modified is not None:
+        return not_modified
     picture = Image.frombytes("L", (INPUT_SIDE, INPUT_SIDE), bytes(prediction.input_pixels))
     out = io.BytesIO()
     picture.save(out, format="PNG")
     return _private_png(
-        HttpResponse(out.getvalue(), content_type="image/png"), filename=f"prediction-{prediction.pk}-input.png"
+        HttpResponse(out.getvalue(), content_type="image/png"),
+        filename=f"prediction-{prediction.pk}-input.png",
+        etag=etag,
     )
 
 
@@ -267,6 +309,8 @@ def history(request: HttpRequest) -> HttpResponse:
     queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
     page = Paginator(queryset.values_list("pk", flat=True), HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     uploads = selectors.upload_list_page(ids=list(page.object_list))
+    for item in uploads:
+        item.latest_confidence_percent = confidence_percent(item.latest_confidence)
     query = request.GET.copy()
     query.pop("page", None)
     return render(

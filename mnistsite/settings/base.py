@@ -33,6 +33,8 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A refused form says what happened and what to do in the site's own page, not Django's bare one.
+CSRF_FAILURE_VIEW = "accounts.views.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

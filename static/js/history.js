@@ -1,9 +1,20 @@
 // History page: confirm deletions, and keep queued or running rows up to date without a reload.
 (function () {
   "use strict";
-  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-    form.addEventListener("submit", function (event) {
-      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+
+  // Rounded down as classifier.views.confidence_percent does: rounded to the nearest, a confidence just below the
+  // "not sure" threshold would read as the threshold itself.
+  function percentFloor(confidence) { return Math.floor(confidence * 100 + 1e-9); }
+
+  // A Delete link leads to a confirmation page (for browsers without JavaScript); here the question is asked in place
+  // and the deletion sent at once.
+  const deleteForm = document.getElementById("delete-confirmed");
+  document.querySelectorAll("a[data-confirm]").forEach(function (link) {
+    link.addEventListener("click", function (event) {
+      event.preventDefault();
+      if (!window.confirm(link.dataset.confirm)) return;
+      deleteForm.action = link.pathname;
+      deleteForm.submit();
     });
   });
 
@@ -15,7 +26,7 @@
     if (data.status === "done") {
       row.querySelector(".js-digit").textContent = data.digit;
       const conf = row.querySelector(".js-confidence");
-      conf.textContent = Math.round(data.confidence * 100) + "%" + (data.low_confidence ? " · not sure" : "");
+      conf.textContent = percentFloor(data.confidence) + "%" + (data.low_confidence ? " · not sure" : "");
       conf.classList.toggle("low", data.low_confidence);
     }
   }

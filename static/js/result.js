@@ -1,6 +1,10 @@
 // Result page: poll the prediction's JSON while it is queued or running, then show the answer in place.
 (function () {
   "use strict";
+
+  // Rounded down as classifier.views.confidence_percent does: rounded to the nearest, a confidence just below the
+  // "not sure" threshold would read as the threshold itself.
+  function percentFloor(confidence) { return Math.floor(confidence * 100 + 1e-9); }
   const root = document.getElementById("result");
   if (!root) return;
   const url = root.dataset.jsonUrl;
@@ -18,13 +22,15 @@
     byId("status-note").textContent =
       data.status === "pending" ? "Waiting for a worker…" : data.status === "running" ? "Recognising…" : "";
     byId("spinner").hidden = data.finished;
+    byId("spinner-text").textContent =
+      data.status === "running" ? "The model is looking at your image…" : "Your image is waiting in the queue…";
     byId("error-box").hidden = data.status !== "failed";
     byId("error-text").textContent = data.error || "";
     if (data.status !== "done") return;
 
     byId("verdict").hidden = false;
     byId("digit").textContent = data.digit;
-    byId("confidence").textContent = Math.round(data.confidence * 100) + "% confident";
+    byId("confidence").textContent = percentFloor(data.confidence) + "% confident";
     byId("not-sure").hidden = !data.low_confidence;
     document.querySelectorAll("#bars .bar-row").forEach(function (row) {
       const digit = parseInt(row.dataset.digit, 10);

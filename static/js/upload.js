@@ -70,8 +70,10 @@
   const canvasField = document.getElementById("id_canvas");
   const canvasSubmit = document.getElementById("canvas-submit");
   const hint = document.getElementById("canvas-hint");
-  let drawing = false;
   let dirty = false;
+  // One stroke at a time, by the pointer that began it: a second finger or a resting palm would otherwise join its
+  // points to the stroke's and paint a solid wedge between them.
+  let pointerId = null;
   let last = null;
 
   function setup() {
@@ -99,8 +101,9 @@
 
   canvas.addEventListener("pointerdown", function (event) {
     event.preventDefault();
+    if (!event.isPrimary || pointerId !== null) return;
     canvas.setPointerCapture(event.pointerId);
-    drawing = true;
+    pointerId = event.pointerId;
     last = point(event);
     dot(last);
     dirty = true;
@@ -108,7 +111,7 @@
     canvasSubmit.disabled = false;
   });
   canvas.addEventListener("pointermove", function (event) {
-    if (!drawing) return;
+    if (event.pointerId !== pointerId) return;
     event.preventDefault();
     const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
     (events.length ? events : [event]).forEach(function (e) {
@@ -120,8 +123,9 @@
       last = p;
     });
   });
-  function stop() {
-    drawing = false;
+  function stop(event) {
+    if (event.pointerId !== pointerId) return;
+    pointerId = null;
     last = null;
   }
   canvas.addEventListener("pointerup", stop);

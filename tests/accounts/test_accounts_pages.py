@@ -1,4 +1,5 @@
 """Log-in, log-out and sign-up pages, and that everything else needs a logged-in user."""
+import io
 import re
 
 import pytest
@@ -23,6 +24,35 @@ def test_a_wrong_password_shows_an_error(client, user):
     response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
     assert response.status_code == 200
     assert "correct username and password" in response.content.decode()
+
+
+def test_while_locked_out_the_right_password_shows_only_the_lockout_message(client, user, settings):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
+    page = response.content.decode()
+    assert response.status_code == 429
+    assert "Too many failed log-in attempts" in page
+    assert "correct username and password" not in page
+    assert 'value="alice"' in page  # the name stays filled in for the next try
+
+
+def test_a_form_refused_for_its_csrf_token_says_nothing_was_stored_and_to_send_it_again(user, digit_png):
+    from django.test import Client
+
+    from classifier.models import Upload
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    upload = io.BytesIO(digit_png(0))
+    upload.name = "seven.png"
+    # The token the page was sent with no longer matches: the visitor logged out and in from another tab.
+    response = browser.post("/", {"files": [upload], "csrfmiddlewaretoken": "x" * 64})
+    page = response.content.decode()
+    assert response.status_code == 403
+    assert "Nothing was stored" in page and "send it again" in page
+    assert 'class="site-header"' in page  # the site's page, not Django's bare one
+    assert not Upload.objects.exists()
 
 
 def test_signing_up_creates_an_account_and_logs_in(client, django_user_model):

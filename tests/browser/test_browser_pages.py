@@ -1,11 +1,12 @@
 """The pages in a real headless Chromium: log in, upload, watch the result go live, draw, browse history."""
 import io
+import json
 
 import pytest
 from playwright.sync_api import expect
 
 from classifier import services
-from classifier.models import Prediction
+from classifier.models import Prediction, Upload
 from mnistsite.celery import app
 from tests.processes import start_worker
 
@@ -134,7 +135,7 @@ def test_history_shows_uploads_and_deletes_after_confirming(
     page.screenshot(path=str(artifacts_dir / "history.png"), full_page=True)
 
     page.once("dialog", lambda dialog: dialog.accept())
-    page.locator(".history-item").first.locator("button", has_text="Delete").click()
+    page.locator(".history-item").first.get_by_role("link", name="Delete upload").click()
     expect(page.locator(".message-success")).to_contain_text("Deleted")
     expect(page.locator(".history-item")).to_have_count(3)
 
@@ -190,3 +191,122 @@ def test_a_result_page_keeps_polling_through_server_errors_and_shows_the_answer(
     assert len(failures) == 3
     expect(page.locator("#status-note")).not_to_contain_text("session has ended")
 
+
+
+def _ink_in(page, x0: int, y0: int, x1: int, y1: int) -> int:
+    """How many canvas pixels in the rectangle (canvas coordinates) carry any ink."""
+    return page.evaluate(
+        "([x0, y0, x1, y1]) => { const c = document.getElementById('draw-canvas');"
+        " const d = c.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }",
+        [x0, y0, x1, y1],
+    )
+
+
+def test_a_second_finger_on_the_canvas_leaves_no_ink(browser, live_server, user):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url, has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.fill("#id_username", "alice")
+        page.fill("#id_password", "correct horse battery")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        box = page.locator("#draw-canvas").bounding_box()
+        scale = box["width"] / 280  # canvas pixels to CSS pixels
+
+        def at(x, y, identifier):
+            return {"x": box["x"] + x * scale, "y": box["y"] + y * scale, "id": identifier}
+
+        cdp = context.new_cdp_session(page)
+        touch = lambda kind, points: cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+        # The drawing finger strokes along the top; meanwhile a second one lands at the bottom and moves there.
+        touch("touchStart", [at(30, 30, 0)])
+        touch("touchMove", [at(90, 30, 0)])
+        touch("touchMove", [at(90, 30, 0), at(40, 240, 1)])
+        touch("touchMove", [at(120, 30, 0), at(200, 240, 1)])
+        touch("touchMove", [at(150, 30, 0), at(240, 250, 1)])
+        touch("touchEnd", [])
+        expect(page.locator("#canvas-submit")).to_be_enabled()
+        assert _ink_in(page, 20, 20, 160, 40) > 0  # the first finger's stroke is there
+        assert _ink_in(page, 0, 80, 280, 280) == 0  # and nothing of the second, nor a wedge joining the two
+    finally:
+        context.close()
+
+
+def test_pages_updated_in_place_show_a_confidence_just_below_the_threshold_rounded_down(logged_in_page, user, digit_png, settings):
+    from classifier.views import prediction_payload
+
+    settings.LOW_CONFIDENCE_THRESHOLD = 0.7
+    page = logged_in_page
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    answer = {**prediction_payload(prediction), "status": "done", "finished": True, "digit": 7, "confidence": 0.697,
+              "low_confidence": True, "probabilities": [0.0303] * 7 + [0.697] + [0.0] * 2}
+    page.route(f"**/predictions/{prediction.pk}.json",
+               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    page.goto(f"/predictions/{prediction.pk}/")
+    expect(page.locator("#confidence")).to_have_text("69% confident")
+    expect(page.locator("#not-sure")).to_be_visible()
+    page.goto("/history/")
+    expect(page.locator(".js-confidence")).to_have_text("69% · not sure")
+
+
+def test_the_spinner_text_follows_the_status_from_queued_to_running(logged_in_page, user, digit_png):
+    from classifier.views import prediction_payload
+
+    page = logged_in_page
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    answer = prediction_payload(prediction)
+    page.route(f"**/predictions/{prediction.pk}.json",
+               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    page.goto(f"/predictions/{prediction.pk}/")
+    expect(page.locator("#spinner")).to_contain_text("waiting in the queue")
+    answer["status"] = "running"  # a worker took it
+    expect(page.locator("#status-badge")).to_have_text("running")
+    expect(page.locator("#spinner")).to_contain_text("looking at your image")
+    expect(page.locator("#spinner")).not_to_contain_text("queue")
+
+
+@pytest.fixture
+def page_without_javascript(browser, live_server, user):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url,
+                                  java_script_enabled=False)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.goto("/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "correct horse battery")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    yield page
+    context.close()
+
+
+def test_without_javascript_a_queued_result_page_says_it_reloads_and_shows_the_answer_when_it_is_in(
+    page_without_javascript, user, digit_png
+):
+    page = page_without_javascript
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    page.goto(f"/predictions/{prediction.pk}/")
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    expect(page.locator("#noscript-note")).to_contain_text("reloads itself")
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.FAILED, error="Unreadable.")
+    expect(page.locator("#status-badge")).to_have_text("failed", timeout=15_000)
+    expect(page.locator("#noscript-note")).to_have_count(0)
+
+
+def test_without_javascript_delete_in_history_asks_on_a_confirmation_page_first(page_without_javascript, user, digit_png):
+    page = page_without_javascript
+    for index in range(2):
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(index)), source="file")
+    page.goto("/history/?status=")
+    page.locator(".history-item").first.get_by_role("link", name="Delete upload").click()
+    expect(page.locator("h1")).to_have_text("Delete this upload?")
+    assert Upload.objects.count() == 2  # nothing deleted by following the link
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator(".message-success")).to_contain_text("Deleted")
+    assert page.url.endswith("/history/?status=")  # back where the link was followed
+    assert Upload.objects.count() == 1

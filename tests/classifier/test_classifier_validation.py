@@ -199,7 +199,18 @@ def test_a_jpeg_with_an_exif_rotation_is_stored_upright():
     data = png_bytes(image, "JPEG", exif=exif.tobytes())
     accepted = validate_image(io.BytesIO(data), name="photo.jpg")
     assert (Image.open(io.BytesIO(accepted.content)).size) == (20, 40)
-    assert (accepted.width, accepted.height) == (40, 20)
+    assert (accepted.width, accepted.height) == (20, 40)  # the size as shown beside it, upright
+
+
+def test_a_large_jpeg_with_an_exif_rotation_reports_its_full_size_upright():
+    # Decoded at a reduced scale and stored smaller: the size reported is still the full picture's, turned upright.
+    image = Image.new("L", (4000, 1000), 255)
+    image.paste(0, (0, 0, 1000, 1000))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = png_bytes(image, "JPEG", exif=exif.tobytes())
+    accepted = validate_image(io.BytesIO(data), name="photo.jpg")
+    assert (accepted.width, accepted.height) == (1000, 4000)
 
 
 @pytest.mark.parametrize(

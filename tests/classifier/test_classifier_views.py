@@ -165,6 +165,41 @@ def test_low_confidence_is_shown_as_not_sure(alice, user, digit_png, active_chec
     assert "Not sure" in alice.get(f"/predictions/{prediction.pk}/").content.decode()
 
 
+def test_a_confidence_just_below_the_threshold_never_reads_as_the_threshold(alice, user, digit_png, active_checkpoint, settings):
+    settings.LOW_CONFIDENCE_THRESHOLD = 0.7
+    prediction = _done_prediction(user, digit_png)
+    Prediction.objects.filter(pk=prediction.pk).update(confidence=0.697)
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert "69% confident" in page and "Not sure" in page
+    assert "69% · not sure" in alice.get("/history/").content.decode()
+    # Rounding down must not turn an exact percentage into the one below it through binary fractions.
+    Prediction.objects.filter(pk=prediction.pk).update(confidence=0.29)
+    assert "29% confident" in alice.get(f"/predictions/{prediction.pk}/").content.decode()
+
+
+def test_the_spinner_says_the_image_is_queued_or_being_looked_at_as_the_status_does(alice, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    queued = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert "waiting in the queue" in queued and "looking at your image" not in queued
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.RUNNING)
+    running = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert "looking at your image" in running and "waiting in the queue" not in running
+
+
+def test_the_result_page_gives_the_size_of_a_rotated_photo_as_it_is_shown(alice, user):
+    from PIL import Image
+
+    image = Image.new("L", (40, 20), 255)
+    image.paste(0, (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # taken sideways: shown turned a quarter clockwise
+    data = png_bytes(image, "JPEG", exif=exif.tobytes())
+    response = alice.post("/", {"files": [_file(data, "photo.jpg")]})
+    assert response.status_code == 302
+    assert "20×40 · JPEG" in alice.get(response["Location"]).content.decode()
+
+
 def test_images_are_served_to_their_owner_as_png_with_nosniff(alice, user, digit_png, active_checkpoint):
     prediction = _done_prediction(user, digit_png)
     for url in [f"/uploads/{prediction.upload_id}/image", f"/predictions/{prediction.pk}/input.png"]:
@@ -176,6 +211,26 @@ def test_images_are_served_to_their_owner_as_png_with_nosniff(alice, user, digit
     from PIL import Image
 
     assert Image.open(io.BytesIO(alice.get(f"/predictions/{prediction.pk}/input.png").getvalue())).size == (28, 28)
+
+
+def test_images_are_revalidated_before_each_use_so_a_deleted_one_is_never_shown_from_a_cache(
+    alice, user, digit_png, active_checkpoint, django_capture_on_commit_callbacks
+):
+    prediction = _done_prediction(user, digit_png)
+    urls = [f"/uploads/{prediction.upload_id}/image", f"/predictions/{prediction.pk}/input.png"]
+    etags = {}
+    for url in urls:
+        first = alice.get(url)
+        assert first["Cache-Control"] == "private, no-cache"
+        etags[url] = first["ETag"]
+        again = alice.get(url, HTTP_IF_NONE_MATCH=first["ETag"])
+        assert again.status_code == 304 and again.content == b""  # cheap while nothing changed
+        assert again["Cache-Control"] == "private, no-cache" and again["ETag"] == first["ETag"]
+        assert alice.get(url, HTTP_IF_NONE_MATCH='"something-else"').status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        alice.post(f"/uploads/{prediction.upload_id}/delete")
+    for url in urls:
+        assert alice.get(url, HTTP_IF_NONE_MATCH=etags[url]).status_code == 404
 
 
 def test_feedback_from_the_page_is_recorded(alice, user, digit_png, active_checkpoint):
@@ -267,3 +322,32 @@ def test_deleting_an_upload_removes_it_and_its_file(alice, user, digit_png, acti
     assert response.status_code == 302
     assert not Upload.objects.exists()
     assert not any(f.exists() for f in files)
+
+
+def test_a_missing_page_is_answered_with_the_sites_own_404_page(alice):
+    response = alice.get("/predictions/999999/")
+    page = response.content.decode()
+    assert response.status_code == 404
+    assert "Nothing here" in page and 'class="site-header"' in page and "History" in page
+
+
+def test_a_forbidden_page_is_answered_with_the_sites_own_403_page(rf, user):
+    from django.core.exceptions import PermissionDenied
+    from django.views.defaults import permission_denied
+
+    request = rf.get("/somewhere/")
+    request.user = user
+    response = permission_denied(request, PermissionDenied())
+    assert response.status_code == 403
+    assert "You may not see this page" in response.content.decode()
+
+
+def test_the_500_page_is_the_sites_own_and_needs_neither_a_request_nor_the_database(rf, django_assert_num_queries):
+    from django.views.defaults import server_error
+
+    # Django renders it with an empty context: no context processor, no user; the database may be what failed.
+    with django_assert_num_queries(0):
+        response = server_error(rf.get("/"))
+    page = response.content.decode()
+    assert response.status_code == 500
+    assert "Something went wrong on our side" in page and "/static/css/site.css" in page
