@@ -5,6 +5,7 @@ import datetime as dt
 import io
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from typing import IO
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 # An uploaded file no row names this long after it was written is an orphan (rows follow their files in seconds).
 ORPHANED_AFTER = dt.timedelta(hours=1)
+# Where the orphan sweep moves what it finds, under the same relative names, for ORPHANED_FILES_KEEP_DAYS.
+ORPHANED_FOLDER = "orphaned"
+# A sweep that finds this many at once more likely runs against the wrong database than after killed processes.
+ORPHANED_MANY = 100
 
 
 def _running_stale_after() -> dt.timedelta:
@@ -182,7 +187,7 @@ def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> se
 
 
 def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: bool = False) -> int:
-    """Delete uploaded files that no row names, written ORPHANED_AFTER to ORPHANED_AFTER x 4 ago; returns how many.
+    """Set aside uploaded files that no row names, written ORPHANED_AFTER to ORPHANED_AFTER x 4 ago; returns how many.
 
     They come from a process killed between writing an upload's files and
     inserting its rows, or from an insert whose outcome could not be learnt.
@@ -192,7 +197,12 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
     ``everything``: every folder, one at a time, and files of any age over
     ORPHANED_AFTER. A deleted upload's file whose removal failed (a volume gone
     read-only, a process killed while deleting an account's files) is found
-    only this way.
+    only this way. It also deletes the files set aside ORPHANED_FILES_KEEP_DAYS
+    ago or more.
+
+    The files are moved under ORPHANED_FOLDER rather than deleted: against a
+    database restored from an older backup, or an empty one, every newer file
+    looks orphaned, and moving them back is the way out.
     """
     now = now or timezone.now()
     newest, oldest = now - ORPHANED_AFTER, now - ORPHANED_AFTER * 4
@@ -200,14 +210,53 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
         folders, oldest = _upload_folders(), None
     else:
         folders = sorted({f"uploads/{moment:%Y/%m/%d}" for moment in (oldest, newest)})
-    deleted = []
+    set_aside = []
     for folder in folders:
-        orphans = _orphans_in(folder=folder, oldest=oldest, newest=newest)
-        _files_delete(orphans)
-        deleted += orphans
-    if deleted:
-        logger.warning("deleted %s uploaded files that no upload names: %s", len(deleted), deleted[:20])
-    return len(deleted)
+        set_aside += _files_set_aside(_orphans_in(folder=folder, oldest=oldest, newest=newest))
+    if len(set_aside) >= ORPHANED_MANY:
+        logger.error(
+            "moved %s uploaded files that no upload names to %s/ in MEDIA_ROOT; if the database was restored from an "
+            "older backup, or replaced, move them back to where they were", len(set_aside), ORPHANED_FOLDER,
+        )
+    elif set_aside:
+        logger.warning("moved %s uploaded files that no upload names to %s/: %s", len(set_aside), ORPHANED_FOLDER,
+                       set_aside[:20])
+    if everything:
+        _files_set_aside_expired_delete(before=now - dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS))
+    return len(set_aside)
+
+
+def _files_set_aside(names: list[str]) -> list[str]:
+    """Move ``names`` to the same names under ORPHANED_FOLDER, dated now; returns those moved."""
+    moved = []
+    for name in names:
+        target = default_storage.path(f"{ORPHANED_FOLDER}/{name}")
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(default_storage.path(name), target)
+            # The keep period counts from the move, not from the upload.
+            os.utime(target)
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        except OSError:
+            logger.warning("could not set aside orphaned file %s", name, exc_info=True)
+            continue
+        moved.append(name)
+    return moved
+
+
+def _files_set_aside_expired_delete(*, before: dt.datetime) -> None:
+    cutoff = before.timestamp()
+    for folder, _, files in os.walk(default_storage.path(ORPHANED_FOLDER)):
+        for file in files:
+            path = os.path.join(folder, file)
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    os.remove(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                logger.warning("could not delete orphaned file %s", path, exc_info=True)
 
 
 def _orphans_in(*, folder: str, oldest: dt.datetime | None, newest: dt.datetime) -> list[str]:
@@ -329,6 +378,23 @@ def _published_now() -> dict:
 def prediction_rerun(*, upload: Upload) -> Prediction:
     """A new pending prediction of an existing upload; the worker uses whatever checkpoint is active then."""
     return predictions_rerun(uploads=[upload])[0]
+
+
+def prediction_retry(*, prediction: Prediction) -> Prediction:
+    """Its owner's second try at a failed prediction: a new one of the same upload, made once however often asked.
+
+    Returns the upload's newest prediction: the new one, or one already newer
+    (a double click, another tab), or this one unchanged when it did not fail.
+    """
+    with transaction.atomic():
+        # The upload's row lock serialises retries of one upload: two at once would both see no newer prediction.
+        upload = Upload.objects.select_for_update().filter(pk=prediction.upload_id).first()
+        if upload is None:
+            raise Prediction.DoesNotExist("The upload was deleted.")
+        newest = upload.predictions.order_by("-created_at", "-id").first()
+        if newest is None or newest.pk != prediction.pk or newest.status != Prediction.Status.FAILED:
+            return newest or prediction
+        return predictions_rerun(uploads=[upload])[0]
 
 
 def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:

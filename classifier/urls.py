@@ -12,6 +12,7 @@ urlpatterns = [
     path("predictions/<int:pk>.json", views.prediction_json, name="prediction_json"),
     path("predictions/<int:pk>/input.png", views.prediction_input, name="prediction_input"),
     path("predictions/<int:pk>/feedback", views.prediction_feedback, name="prediction_feedback"),
+    path("predictions/<int:pk>/retry", views.prediction_retry, name="prediction_retry"),
     path("uploads/<int:pk>/", views.upload_detail, name="upload_detail"),
     path("uploads/<int:pk>/image", views.upload_image, name="upload_image"),
     path("uploads/<int:pk>/delete", views.upload_delete, name="upload_delete"),

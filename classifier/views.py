@@ -197,6 +197,23 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("classifier:prediction_detail", pk=pk)
 
 
+@require_POST
+def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    prediction = _prediction_or_404(request, pk)
+    if prediction.status == Prediction.Status.FAILED:
+        # A retry is another run of the model, counted as an upload, so a loop of them is throttled like uploads.
+        try:
+            throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
+        except throttling.UploadRateError as exc:
+            messages.error(request, str(exc))
+            return redirect("classifier:prediction_detail", pk=pk)
+    try:
+        newest = services.prediction_retry(prediction=prediction)
+    except Prediction.DoesNotExist:
+        raise Http404("No such prediction.") from None
+    return redirect("classifier:prediction_detail", pk=newest.pk)
+
+
 def _cache_headers(response: HttpResponse, *, etag: str) -> HttpResponse:
     # Private pictures: shared caches must not keep them, and a browser asks again before each use (answered by a
     # cheap 304 while nothing changed), so a picture deleted in another tab is never shown from its cache.
@@ -297,14 +314,16 @@ def _safe_next(request: HttpRequest) -> str | None:
 def history(request: HttpRequest) -> HttpResponse:
     form = HistoryFilterForm(request.GET or None)
     filters = selectors.UploadFilters()
-    if form.is_bound and form.is_valid():
+    if form.is_bound:
+        # A field that is not understood is left out of cleaned_data and named on the page; the others still apply.
+        form.is_valid()
         data = form.cleaned_data
         filters = selectors.UploadFilters(
-            digit=data["digit"],
-            status=data["status"] or None,
-            date_from=data["date_from"],
-            date_to=data["date_to"],
-            upload_ids=data["batch"],
+            digit=data.get("digit"),
+            status=data.get("status") or None,
+            date_from=data.get("date_from"),
+            date_to=data.get("date_to"),
+            upload_ids=data.get("batch", ()),
         )
     queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
     page = Paginator(queryset.values_list("pk", flat=True), HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))

@@ -279,6 +279,16 @@ def test_history_lists_only_my_uploads_and_filters_them(alice, user, other_user,
     assert mine[0].digit == 7
 
 
+def test_a_filter_that_is_not_understood_is_named_and_the_others_still_apply(alice, user, digit_png, active_checkpoint):
+    for i in range(3):  # MNIST test digits 7, 2, 1
+        _done_prediction(user, digit_png, i)
+
+    page = alice.get("/history/", {"digit": "7", "date_from": "2026-13-45"}).content.decode()
+
+    assert page.count('class="history-item"') == 1
+    assert "“From” was not understood and is not applied." in page
+
+
 def test_history_shows_a_page_for_dates_at_either_end_of_the_calendar_and_a_huge_batch_id(alice, user, digit_png):
     services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     page = alice.get("/history/", {"date_from": "0001-01-01", "date_to": "9999-12-31"})
@@ -351,3 +361,40 @@ def test_the_500_page_is_the_sites_own_and_needs_neither_a_request_nor_the_datab
     page = response.content.decode()
     assert response.status_code == 500
     assert "Something went wrong on our side" in page and "/static/css/site.css" in page
+
+
+def _failed_prediction(owner, digit_png):
+    from django.core.files.storage import default_storage
+
+    upload = services.upload_create(owner=owner, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    default_storage.delete(upload.image.name)  # a stored file gone: the worker cannot read it
+    prediction = services.prediction_execute(prediction_id=prediction.pk)
+    assert prediction.status == Prediction.Status.FAILED, prediction.error
+    return prediction
+
+
+def test_its_owner_can_try_a_failed_prediction_again_once_however_often_the_button_is_pressed(
+    alice, user, digit_png, django_capture_on_commit_callbacks
+):
+    failed = _failed_prediction(user, digit_png)
+    page = alice.get(f"/predictions/{failed.pk}/").content.decode()
+    assert f'action="/predictions/{failed.pk}/retry"' in page
+
+    with django_capture_on_commit_callbacks(execute=False):
+        first = alice.post(f"/predictions/{failed.pk}/retry")
+        again = alice.post(f"/predictions/{failed.pk}/retry")
+
+    (retried,) = Prediction.objects.filter(upload=failed.upload).exclude(pk=failed.pk)
+    assert retried.status == Prediction.Status.PENDING
+    assert first["Location"] == again["Location"] == f"/predictions/{retried.pk}/"
+
+
+def test_a_prediction_that_did_not_fail_or_is_someone_elses_is_not_run_again(
+    alice, user, other_user, digit_png, active_checkpoint
+):
+    done = _done_prediction(user, digit_png)
+    assert alice.post(f"/predictions/{done.pk}/retry")["Location"] == f"/predictions/{done.pk}/"
+    theirs = _failed_prediction(other_user, digit_png)
+    assert alice.post(f"/predictions/{theirs.pk}/retry").status_code == 404
+    assert Prediction.objects.count() == 2
