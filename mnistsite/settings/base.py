@@ -160,6 +160,8 @@ UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Uploads are refused (nothing stored) while storing them would leave less than this free on the media volume:
 # PostgreSQL, often on the same disk, stops for good when it cannot write its log, so it keeps room to work.
 UPLOAD_MIN_FREE_MB = env.int("UPLOAD_MIN_FREE_MB", default=1024)
+# Days the orphan sweep keeps what it set aside (MEDIA_ROOT/orphaned/) before deleting it.
+ORPHANED_FILES_KEEP_DAYS = env.int("ORPHANED_FILES_KEEP_DAYS", default=30)
 STORAGES = {
     "default": {"BACKEND": "mnistsite.storage.MediaStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
