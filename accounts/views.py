@@ -110,27 +110,39 @@ def _signup_allowance_take(request: HttpRequest, *, share: float) -> float | Non
     return retry_after if retry_after > TOLERANCE_S else None
 
 
+# The key of a token just made, between the answer to the form (a redirect) and the page it leads to; popped there.
+NEW_API_TOKEN_SESSION_KEY = "accounts_new_api_token"
+
+
 def _account_page(
     request: HttpRequest,
     *,
-    new_token: tuple[ApiToken, str] | None = None,
+    new_token: dict | None = None,
     token_form: ApiTokenCreateForm | None = None,
     delete_form: AccountDeleteForm | None = None,
     status: int = 200,
 ):
+    """The account page; ``new_token`` ({"id", "key"}, from the session) is a token just made, shown with its key."""
+    tokens = selectors.api_token_list_for_user(user=request.user)
+    # Revoked in between: nothing to show.
+    made = next((token for token in tokens if new_token and token.pk == new_token["id"]), None)
     context = {
-        "tokens": selectors.api_token_list_for_user(user=request.user),
-        # Shown once, in the answer to the request that made it; never kept in the session or a message.
-        "new_token": new_token,
+        "tokens": tokens,
+        "new_token": (made, new_token["key"]) if made else None,
         "token_form": token_form or ApiTokenCreateForm(user=request.user, request=request),
         "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
     }
-    return render(request, "registration/account.html", context, status=status)
+    response = render(request, "registration/account.html", context, status=status)
+    if made:
+        response["Cache-Control"] = "no-store"  # no copy of the key in a cache, nor on the way back in the history
+    return response
 
 
 @require_http_methods(["GET"])
 def account(request: HttpRequest) -> HttpResponse:
-    return _account_page(request)
+    # A key just made is shown on the first visit after the redirect and dropped from the session there, so a
+    # reload (or any later visit) shows it no more.
+    return _account_page(request, new_token=request.session.pop(NEW_API_TOKEN_SESSION_KEY, None))
 
 
 @require_http_methods(["POST"])
@@ -144,7 +156,11 @@ def account_token_create(request: HttpRequest) -> HttpResponse:
         except services.ApiTokenError as exc:
             form.add_error("name", str(exc))
         else:
-            response = _account_page(request, new_token=(token, key))
+            # Post/Redirect/Get: answered with the page itself, a reload would send the form again and make a
+            # second token (or be refused for its name, losing the key from view). The key waits in the session
+            # for that one page, never in a message (a cookie, in some storages).
+            request.session[NEW_API_TOKEN_SESSION_KEY] = {"id": token.pk, "key": key}
+            response = redirect("account")
             response["Cache-Control"] = "no-store"
             return response
     return _account_page(request, token_form=form, status=400)

@@ -30,14 +30,59 @@ def _api_status(key: str) -> int:
     return api.get("/api/v1/predictions/").status_code
 
 
+def _new_key(page) -> str | None:
+    found = re.search(r'<code id="new-token">(\w+)</code>', page.content.decode())
+    return found.group(1) if found else None
+
+
 def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user):
     made = signed_in.post("/accounts/tokens/", {"name": "  scanner   script ", "password": PASSWORD})
-    assert made.status_code == 200 and made["Cache-Control"] == "no-store"
-    key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
-    assert _api_status(key) == 200
+    assert made.status_code == 302 and made["Location"] == "/accounts/"
+    shown = signed_in.get("/accounts/")
+    assert shown.status_code == 200 and shown["Cache-Control"] == "no-store"
+    key = _new_key(shown)
+    assert "scanner script" in shown.content.decode() and _api_status(key) == 200
     # Later visits list the token by its name and first characters, never its key.
     page = signed_in.get("/accounts/").content.decode()
     assert key not in page and "scanner script" in page and key[:8] in page
+
+
+def test_creating_a_token_redirects_to_the_account_page_which_shows_the_key_once(signed_in, user):
+    made = signed_in.post("/accounts/tokens/", {"name": "", "password": PASSWORD})
+    assert made.status_code == 302 and made["Location"] == "/accounts/"
+    assert "new-token" not in made.content.decode()  # the key is on the page the redirect leads to, not in it
+    shown = signed_in.get(made["Location"])
+    assert shown["Cache-Control"] == "no-store"
+    key = _new_key(shown)
+    assert key and ApiToken.objects.get(user=user).prefix == key[:ApiToken.PREFIX_LENGTH]
+
+
+def test_reloading_the_page_after_creating_a_token_neither_shows_the_key_again_nor_makes_another_token(
+    signed_in, user
+):
+    made = signed_in.post("/accounts/tokens/", {"name": "", "password": PASSWORD})
+    assert made.status_code == 302  # so the browser's last request, the one a reload repeats, is the GET below
+    key = _new_key(signed_in.get("/accounts/"))
+    reloaded = signed_in.get("/accounts/")
+    assert reloaded.status_code == 200 and _new_key(reloaded) is None and key not in reloaded.content.decode()
+    assert "no-store" not in reloaded.get("Cache-Control", "")
+    assert ApiToken.objects.filter(user=user).count() == 1 and _api_status(key) == 200
+
+
+def test_the_key_of_a_token_is_not_kept_in_the_session_once_shown(signed_in, user):
+    from accounts.views import NEW_API_TOKEN_SESSION_KEY
+
+    signed_in.post("/accounts/tokens/", {"name": "scanner", "password": PASSWORD})
+    key = _new_key(signed_in.get("/accounts/"))
+    assert key and NEW_API_TOKEN_SESSION_KEY not in signed_in.session
+    assert key not in str(dict(signed_in.session))
+
+
+def test_a_token_revoked_before_its_key_was_shown_is_not_shown(signed_in, user):
+    signed_in.post("/accounts/tokens/", {"name": "scanner", "password": PASSWORD})
+    ApiToken.objects.filter(user=user).delete()
+    page = signed_in.get("/accounts/")
+    assert _new_key(page) is None and "You have no tokens" in page.content.decode()
 
 
 def test_a_token_made_read_only_on_the_page_reads_is_refused_an_upload_and_is_listed_as_read_only(
@@ -46,7 +91,8 @@ def test_a_token_made_read_only_on_the_page_reads_is_refused_an_upload_and_is_li
     from rest_framework.test import APIClient
 
     made = signed_in.post("/accounts/tokens/", {"name": "dashboard", "read_only": "on", "password": PASSWORD})
-    key = re.search(r'<code id="new-token">(\w+)</code>', made.content.decode()).group(1)
+    assert made.status_code == 302
+    key = _new_key(signed_in.get("/accounts/"))
     assert _api_status(key) == 200
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
