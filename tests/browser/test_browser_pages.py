@@ -310,3 +310,84 @@ def test_without_javascript_delete_in_history_asks_on_a_confirmation_page_first(
     expect(page.locator(".message-success")).to_contain_text("Deleted")
     assert page.url.endswith("/history/?status=")  # back where the link was followed
     assert Upload.objects.count() == 1
+
+
+def _draw_ring(page, cx: float, cy: float, rx: float, ry: float) -> None:
+    """Draw an ellipse ("0") with the mouse, centre and radii in canvas pixels."""
+    import math
+
+    box = page.locator("#draw-canvas").bounding_box()
+    scale = box["width"] / 280  # canvas pixels to CSS pixels
+    at = lambda t: (box["x"] + (cx + rx * math.sin(t)) * scale, box["y"] + (cy - ry * math.cos(t)) * scale)
+    page.mouse.move(*at(0))
+    page.mouse.down()
+    for step in range(1, 49):
+        page.mouse.move(*at(2 * math.pi * step / 48))
+    page.mouse.up()
+
+
+def _submit_drawing_and_read_the_png(page):
+    """Submit the canvas form for real and return the PNG it sent (the hidden field's value) as an RGBA image."""
+    import base64
+
+    from PIL import Image
+
+    # Runs after upload.js's own submit handler has filled the field; sessionStorage outlives the navigation.
+    page.evaluate(
+        "document.getElementById('canvas-form').addEventListener('submit', () =>"
+        " sessionStorage.setItem('sent', document.getElementById('id_canvas').value))"
+    )
+    page.click("#canvas-submit")
+    page.wait_for_url("**/predictions/*/")
+    value = page.evaluate("sessionStorage.getItem('sent')")
+    assert value.startswith("data:image/png;base64,")
+    assert Upload.objects.get().source == "canvas"
+    return Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1]))).convert("RGBA")
+
+
+def _ink_across(image, y: int, x0: int, x1: int) -> int:
+    """How many pixels of row y, from x0 to x1 (canvas pixels), carry ink in an exported image."""
+    return sum(1 for x in range(x0, x1) if image.getpixel((x, y))[3] > 0)
+
+
+def test_a_digit_drawn_small_is_sent_with_a_pen_in_proportion_so_its_loop_stays_open(logged_in_page):
+    page = logged_in_page
+    _purge_queues()
+    # A big scribble first, cleared: what is sent must not remember it.
+    _draw_ring(page, 140, 140, 90, 100)
+    page.click("#canvas-clear")
+    # A "0" about 45 pixels tall in the top-left corner: 36 pixels between the pen's centres, 20 across.
+    _draw_ring(page, 50, 50, 10, 18)
+    # On screen it is drawn with the usual brush (a twelfth of the canvas), which fills the loop's middle...
+    assert _ink_in(page, 49, 49, 52, 52) > 0
+    image = _submit_drawing_and_read_the_png(page)
+    # ...but it is sent with a pen in proportion to its size, so the hole in the middle is still there,
+    assert image.getpixel((50, 50))[3] == 0
+    assert _ink_across(image, 50, 50, 50 + 10 + 12) <= 8  # a stroke a few pixels wide, not 23
+    assert _ink_across(image, 50, 50, 50 + 10 + 12) >= 2  # and the ring itself is there,
+    assert image.getpixel((50 - 10, 50))[3] > 0
+    assert image.getpixel((50, 50 + 18))[3] > 0
+    assert image.getchannel("A").getbbox()[2] < 100  # in the corner where it was drawn
+
+
+def test_a_digit_drawn_full_size_is_sent_with_the_brush_shown_on_screen(logged_in_page):
+    page = logged_in_page
+    _purge_queues()
+    _draw_ring(page, 140, 140, 60, 100)
+    image = _submit_drawing_and_read_the_png(page)
+    width = _ink_across(image, 140, 140, 280)
+    assert 20 <= width <= 25  # the brush of a twelfth of the canvas (23 pixels), as drawn
+    assert image.getpixel((140, 140))[3] == 0
+
+
+def test_a_tap_on_the_canvas_is_sent_as_a_dot(logged_in_page):
+    page = logged_in_page
+    _purge_queues()
+    box = page.locator("#draw-canvas").bounding_box()
+    scale = box["width"] / 280
+    page.mouse.click(box["x"] + 140 * scale, box["y"] + 140 * scale)
+    expect(page.locator("#canvas-submit")).to_be_enabled()
+    image = _submit_drawing_and_read_the_png(page)
+    left, top, right, bottom = image.getchannel("A").getbbox()
+    assert left <= 140 < right and top <= 140 < bottom  # ink where the tap was
+    assert right - left <= 25 and bottom - top <= 25  # a dot, nothing more
