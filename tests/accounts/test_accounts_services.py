@@ -2,7 +2,13 @@
 import pytest
 from django.core.cache import cache
 
-from accounts.services import LOCKOUT_THRESHOLD, login_attempt_allowed, login_attempt_start, login_attempt_succeeded
+from accounts.services import (
+    LOCKOUT_THRESHOLD,
+    address_key,
+    login_attempt_allowed,
+    login_attempt_start,
+    login_attempt_succeeded,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +52,15 @@ def test_attempts_refused_unchecked_cost_nothing_so_one_address_cannot_lock_the_
     assert not login_attempt_allowed(username="victim", ip="203.0.113.9")
     assert login_attempt_allowed(username="victim", ip="198.51.100.7")
     assert cache.get("login-failures:user:victim") == LOCKOUT_THRESHOLD
+
+
+def test_ipv4_clients_seen_as_ipv4_mapped_ipv6_addresses_are_each_counted_by_their_own_ipv4_address():
+    # A dual-stack socket shows every IPv4 client as ::ffff:a.b.c.d, all in one /64 (::/64): counted by that block,
+    # one guesser would lock every IPv4 client out of the account.
+    assert address_key("::ffff:203.0.113.7") == address_key("203.0.113.7") == "203.0.113.7"
+    for _ in range(LOCKOUT_THRESHOLD):
+        assert login_attempt_start(username="victim", ip="::ffff:203.0.113.7")
+    assert not login_attempt_allowed(username="victim", ip="::ffff:203.0.113.7")
+    assert not login_attempt_allowed(username="victim", ip="203.0.113.7")  # the same client, however it arrives
+    assert login_attempt_allowed(username="victim", ip="::ffff:198.51.100.4")
+    assert login_attempt_start(username="victim", ip="::ffff:198.51.100.4")

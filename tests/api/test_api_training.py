@@ -168,11 +168,20 @@ def test_staff_given_the_admin_permissions_may_start_cancel_and_activate(
     django_user_model, queued_run, make_checkpoint
 ):
     checkpoint, _ = make_checkpoint()
-    operator = client_for(_staff_with(django_user_model, "add_trainingrun", "change_trainingrun", "change_checkpoint"))
+    operator_user = _staff_with(django_user_model, "add_trainingrun", "change_trainingrun", "change_checkpoint")
+    operator = client_for(operator_user)
 
-    assert operator.post(RUNS, {"architecture": "mlp"}, format="json").status_code == 202
-    assert operator.post(f"{RUNS}{queued_run.pk}/cancel/").status_code == 200
-    assert operator.post(f"{CHECKPOINTS}{checkpoint.pk}/activate/").status_code == 200
+    started = operator.post(RUNS, {"architecture": "mlp"}, format="json")
+    assert started.status_code == 202
+    run = TrainingRun.objects.get(pk=started.json()["id"])
+    assert (run.status, run.architecture, run.created_by) == ("queued", "mlp", operator_user)
+    cancelled = operator.post(f"{RUNS}{queued_run.pk}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    queued_run.refresh_from_db()
+    assert queued_run.status == "cancelled" and queued_run.finished_at is not None
+    activated = operator.post(f"{CHECKPOINTS}{checkpoint.pk}/activate/")
+    assert activated.status_code == 200 and activated.json()["is_active"] is True
+    assert list(Checkpoint.objects.filter(is_active=True)) == [checkpoint]
     # Looking needs its own permission, as in the admin.
     assert operator.get(RUNS).status_code == 403
 

@@ -44,6 +44,31 @@ def test_a_rejected_batch_stores_nothing(user, digit_png, django_capture_on_comm
     assert published.prediction_ids() == []
 
 
+def test_a_batch_whose_second_file_cannot_be_written_leaves_no_file_and_no_row(
+    user, digit_png, django_capture_on_commit_callbacks, published, monkeypatch
+):
+    import errno
+
+    from mnistsite.storage import MediaStorage
+
+    real_save, calls = MediaStorage.save, []
+
+    def disk_full_at_the_second_file(self, name, content, max_length=None):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, name, content, max_length=max_length)
+
+    monkeypatch.setattr(MediaStorage, "save", disk_full_at_the_second_file)
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(services.UploadStorageError):
+        services.predictions_submit(owner=user, files=files, source="file")
+    assert len(calls) == 2  # the first file was written, the third never tried
+    assert _stored_files() == []
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert published.prediction_ids() == []
+
+
 def test_a_batch_is_stored_with_pending_predictions_published_after_commit(
     user, digit_png, django_capture_on_commit_callbacks, published
 ):
@@ -110,6 +135,22 @@ def test_the_sweeper_republishes_old_pending_predictions_only(user, digit_png, p
     Prediction.objects.filter(pk=done.pk).update(status="done")
     assert services.predictions_sweep() == 1
     assert published.prediction_ids() == [old.pk]
+
+
+def test_the_sweeper_does_not_resend_an_old_pending_prediction_it_published_recently(user, digit_png, published, settings):
+    settings.PREDICTION_REPUBLISH_AFTER_SECONDS = 60
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    resent_lately, resent_long_ago = services.predictions_create(uploads=[upload, upload], publish=False)
+    now = timezone.now()
+    # Both created long ago; one was sent again seconds ago (waiting behind a backlog), the other not for minutes.
+    Prediction.objects.filter(pk__in=[resent_lately.pk, resent_long_ago.pk]).update(
+        created_at=now - dt.timedelta(hours=1), publish_attempts=2
+    )
+    Prediction.objects.filter(pk=resent_lately.pk).update(published_at=now - dt.timedelta(seconds=10))
+    Prediction.objects.filter(pk=resent_long_ago.pk).update(published_at=now - dt.timedelta(minutes=5))
+    assert services.predictions_sweep(now=now) == 1
+    assert published.prediction_ids() == [resent_long_ago.pk]
+    assert Prediction.objects.get(pk=resent_lately.pk).publish_attempts == 2
 
 
 def test_the_sweeper_republishes_predictions_stuck_running_on_a_dead_worker(user, digit_png, published):
@@ -431,6 +472,17 @@ def test_rerun_creates_a_new_pending_prediction(user, digit_png, published, djan
     assert first.pk != second.pk and sorted(published.prediction_ids()) == [first.pk, second.pk]
 
 
+def test_reruns_send_nothing_before_the_transaction_commits(
+    user, digit_png, published, django_capture_on_commit_callbacks
+):
+    uploads = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(2)]
+    with django_capture_on_commit_callbacks(execute=True):
+        again = services.predictions_rerun(uploads=uploads)
+        assert published.prediction_ids() == []  # nothing leaves before the commit
+    assert published.prediction_ids() == [prediction.pk for prediction in again]
+    assert {p.status for p in Prediction.objects.filter(pk__in=[p.pk for p in again])} == {"pending"}
+
+
 def test_a_rerun_keeps_the_digit_the_owner_last_said_the_image_shows(user, digit_png, published):
     said_three, said_nothing = (
         services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in (3, 5)
@@ -503,7 +555,7 @@ def test_a_checkpoint_that_made_predictions_cannot_be_deleted(user, digit_png, a
     assert Prediction.objects.get(pk=prediction.pk).checkpoint_id == active_checkpoint.pk
 
 
-def test_the_orphan_sweep_deletes_only_files_no_upload_names_once_they_are_an_hour_old(user, digit_png, settings):
+def test_the_orphan_sweep_sets_aside_only_files_no_upload_names_once_they_are_an_hour_old(user, digit_png, settings):
     import os
 
     from django.core.files.base import ContentFile
@@ -525,7 +577,7 @@ def test_the_orphan_sweep_deletes_only_files_no_upload_names_once_they_are_an_ho
     assert default_storage.exists(kept) and default_storage.exists(young)
 
 
-def test_the_daily_orphan_sweep_also_deletes_old_files_whose_upload_is_gone(user, digit_png):
+def test_the_daily_orphan_sweep_also_sets_aside_old_files_whose_upload_is_gone(user, digit_png):
     import os
 
     from django.core.files.base import ContentFile
@@ -545,3 +597,41 @@ def test_the_daily_orphan_sweep_also_deletes_old_files_whose_upload_is_gone(user
     assert services.upload_files_orphaned_delete(everything=True) == 1
     assert not default_storage.exists(left_behind)
     assert default_storage.exists(kept.image.name) and default_storage.exists(young)
+
+
+def test_the_sweep_against_a_database_that_lost_the_rows_sets_the_files_aside_to_be_moved_back(user, digit_png):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(4)), source="file")
+    name, content = upload.image.name, default_storage.open(upload.image.name).read()
+    # As after a restore of an older backup: the file is there, its row is not.
+    Upload.objects.filter(pk=upload.pk).delete()
+    day_ago = (timezone.now() - dt.timedelta(days=1)).timestamp()
+    os.utime(default_storage.path(name), (day_ago, day_ago))
+
+    assert services.upload_files_orphaned_delete(everything=True) == 1
+
+    assert not default_storage.exists(name)
+    with default_storage.open(f"{services.ORPHANED_FOLDER}/{name}") as set_aside:
+        assert set_aside.read() == content
+
+
+def test_files_set_aside_are_deleted_by_the_daily_sweep_once_kept_for_the_keep_period(user, digit_png, settings):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(5)), source="file")
+    Upload.objects.filter(pk=upload.pk).delete()
+    day_ago = (timezone.now() - dt.timedelta(days=1)).timestamp()
+    os.utime(default_storage.path(upload.image.name), (day_ago, day_ago))
+    assert services.upload_files_orphaned_delete(everything=True) == 1
+    set_aside = f"{services.ORPHANED_FOLDER}/{upload.image.name}"
+
+    keep = dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS)
+    services.upload_files_orphaned_delete(everything=True, now=timezone.now() + keep - dt.timedelta(hours=1))
+    assert default_storage.exists(set_aside)
+    services.upload_files_orphaned_delete(everything=True, now=timezone.now() + keep + dt.timedelta(hours=1))
+    assert not default_storage.exists(set_aside)

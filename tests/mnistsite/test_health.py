@@ -124,13 +124,14 @@ def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(sc
 
     from mnistsite import health
 
-    # A broker that accepts connections and never answers: the first probe's check hangs for its socket timeout.
+    # A broker that accepts connections and never answers: the first probe's check hangs until this test closes the
+    # connection (the socket timeout only ends a test that fails before that).
     silent = socket.create_server(("127.0.0.1", 0))
     silent.settimeout(10)
     settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 4}
-    health._recent = health._RecentReadiness(wait_seconds=0.5)
-    first = {}
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 30}
+    health._recent = health._RecentReadiness(wait_seconds=2.0)
+    first, accepted = {}, None
 
     def probe() -> None:
         try:
@@ -140,24 +141,29 @@ def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(sc
 
     hanging = threading.Thread(target=probe)
     try:
+        began = time.monotonic()  # the first probe's check starts after this
         hanging.start()
         accepted, _ = silent.accept()  # the first probe is inside its broker check now
-        started = time.monotonic()
         waited = scraper.get("/readyz")
-        waited_for = time.monotonic() - started
+        waited_until = time.monotonic() - began
+        waited_while_checking = hanging.is_alive()
         started = time.monotonic()
         again = scraper.get("/readyz")
         again_for = time.monotonic() - started
-        assert hanging.is_alive()
-        hanging.join(timeout=30)
-        accepted.close()
+        again_while_checking = hanging.is_alive()
     finally:
-        silent.close()
+        silent.close()  # refused from now on: the check's retry does not hang again
+        if accepted is not None:
+            accepted.close()  # the hanging check fails now
+        hanging.join(timeout=30)
         health._recent = health._RecentReadiness()
-    assert waited.status_code == 503 and 0.4 <= waited_for < 3
-    assert waited.json()["checks"] == {"readiness": {"ok": False, "error": "checks still running after 0.5 s"}}
-    # The check has been running longer than a probe waits: the next one does not wait at all.
-    assert again.status_code == 503 and again_for < 0.4
+    # It waited until the running check had taken 2 s, and gave up while that check still hung.
+    assert waited.status_code == 503 and waited_until >= 1.9 and waited_while_checking
+    assert waited.json()["checks"] == {"readiness": {"ok": False, "error": "checks still running after 2 s"}}
+    # The check has been running longer than a probe waits: the next one does not wait at all (not 2 s again).
+    assert again.status_code == 503 and again_while_checking and again_for < 1.5
+    assert again.json()["checks"] == {"readiness": {"ok": False, "error": "checks still running after 2 s"}}
     # The hanging check itself still ends, with the broker's failure.
+    assert not hanging.is_alive()
     assert first["response"].status_code == 503
     assert first["response"].json()["checks"]["broker"]["ok"] is False

@@ -106,17 +106,21 @@ def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_wha
 
     killer = threading.Thread(target=kill_once_stored)
     killer.start()
-    response = client.post(
-        "/api/v1/predictions/?wait=10",
-        {"image": SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")},
-        headers={"Authorization": f"Token {key}"},
-    )
-    killer.join()
+    try:
+        response = client.post(
+            "/api/v1/predictions/?wait=10",
+            {"image": SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")},
+            headers={"Authorization": f"Token {key}"},
+        )
+    finally:
+        killer.join()
+        # The killed connection, closed whatever happens: the reads below and the teardown's flush open a fresh one
+        # (on the dead one the flush fails, and leaves this test's rows to the next tests).
+        connection.close()
 
     assert response.status_code == 202, response.content
     (answered,) = response.json()["predictions"]
     assert answered["status"] == "pending"
-    connection.close()
     assert list(Prediction.objects.values_list("pk", flat=True)) == [answered["id"]]
 
 

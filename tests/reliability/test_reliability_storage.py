@@ -59,3 +59,47 @@ def test_an_upload_that_would_leave_too_little_free_space_answers_503_and_writes
 
     settings.UPLOAD_MIN_FREE_MB = 0
     assert client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]}).status_code == 302
+
+
+@pytest.mark.django_db
+def test_an_upload_is_refused_when_the_space_free_now_is_enough_but_storing_it_would_leave_too_little(
+    client, user, settings
+):
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from mnistsite.storage import MediaStorage
+
+    def noise_png(seed: int) -> bytes:
+        # Noise does not compress: each stored copy takes about its 1100 x 1100 x 3 bytes, under UPLOAD_MAX_BYTES.
+        pixels = np.random.default_rng(seed).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
+        return out.getvalue()
+
+    images = [noise_png(seed) for seed in range(8)]
+    size = sum(len(image) for image in images)  # about 29 MB
+    # The request is read into memory, not spooled to temporary files on this disk while the space is looked at.
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = size * 2
+
+    def post():
+        files = [SimpleUploadedFile(f"{i}.png", image, content_type="image/png") for i, image in enumerate(images)]
+        return client.post("/", {"files": files})
+
+    client.force_login(user)
+    free = MediaStorage(location=settings.MEDIA_ROOT).free_bytes()
+    # The floor lies half the upload's size under the space free now: above it before, below it once stored (with
+    # room for whatever else writes to, or frees space on, this disk meanwhile).
+    settings.UPLOAD_MIN_FREE_MB = (free - size // 2) // 2**20
+    refused = post()
+    assert refused.status_code == 503 and b"short of storage space and nothing was stored" in refused.content
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert not [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
+
+    # With twice its size above the floor, the same upload is stored.
+    settings.UPLOAD_MIN_FREE_MB = (MediaStorage(location=settings.MEDIA_ROOT).free_bytes() - size * 2) // 2**20
+    assert post().status_code == 302
+    assert Upload.objects.count() == 8

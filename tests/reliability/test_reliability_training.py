@@ -7,10 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from tests.processes import REPO, child_env
 from tests.reliability.conftest import wait_until
@@ -42,10 +44,11 @@ def test_a_training_run_whose_worker_is_killed_is_resumed_from_its_last_epoch_ch
     assert run.status == "running" and run.heartbeat_at is not None, "the kill came too late"
     assert not Checkpoint.objects.filter(run=run, is_final=True).exists()
 
-    # The heartbeat stops; once it is stale the reaper re-queues the run for another attempt.
-    settings.TRAINING_STALE_AFTER_SECONDS = 1
-    time.sleep(1.5)
-    assert services.training_runs_reap()["requeued"] == [run.pk]
+    # The heartbeat stops; once it is stale the reaper re-queues the run for another attempt. Its clock (the
+    # database's, which ``now`` stands in for) is set past that moment rather than waited for.
+    assert services.training_runs_reap()["requeued"] == []  # fresh until then
+    stale = timezone.now() + timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS + 1)
+    assert services.training_runs_reap(now=stale)["requeued"] == [run.pk]
     assert TrainingRun.objects.get(pk=run.pk).status == "queued"
 
     second = workers(queues="training")

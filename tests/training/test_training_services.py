@@ -35,6 +35,10 @@ def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_rec
         )
     assert set(caught.value.message_dict) == {"architecture", "epochs", "learning_rate", "seed", "batch_size",
                                               "train_subset"}
+    # A learning rate must also be at most 10: above it every run diverges at once.
+    with pytest.raises(ValidationError) as too_high:
+        services.training_run_create(created_by=None, **{**tiny_recipe, "learning_rate": 11})
+    assert set(too_high.value.message_dict) == {"learning_rate"}
     assert not TrainingRun.objects.exists()
 
 
@@ -531,6 +535,23 @@ def test_a_worker_whose_run_was_taken_over_stops_without_touching_it(tiny_recipe
     assert services.training_run_execute(run_id=run.pk, on_progress=taken_over) is None
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
+    assert not run.checkpoints.exists()
+
+
+def test_a_worker_whose_run_was_taken_over_and_then_fails_leaves_the_successors_run_untouched(tiny_recipe, monkeypatch):
+    monkeypatch.setattr(services, "CANCEL_CHECK_EVERY_S", 3600.0)  # the attempt does not notice the take-over first
+    run = _create(tiny_recipe, epochs=2)
+
+    def taken_over_then_failing(fraction, epoch, step, eta):
+        # The reaper re-queued the run and a second worker claimed it; then this, the first, attempt fails.
+        TrainingRun.objects.filter(pk=run.pk).update(attempts=2, error="resumed elsewhere")
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    assert services.training_run_execute(run_id=run.pk, on_progress=taken_over_then_failing) is None
+    run.refresh_from_db()
+    assert (run.status, run.attempts, run.error, run.finished_at) == (
+        TrainingRun.Status.RUNNING, 2, "resumed elsewhere", None
+    )
     assert not run.checkpoints.exists()
 
 
