@@ -38,12 +38,33 @@ def page(browser, live_server):
     assert blocked == []
 
 
-@pytest.fixture
-def logged_in_page(page, user, live_server):
+def log_in_as_alice(page, live_server) -> None:
     page.goto("/accounts/login/")
     page.fill("#id_username", "alice")
     page.fill("#id_password", "correct horse battery")
     page.click("button[type=submit]")
     # The exact home page: a pattern like "**/" would match the log-in page itself and return at once.
     page.wait_for_url(f"{live_server.url}/")
+
+
+@pytest.fixture
+def log_in(live_server, user):
+    """Logs a page of any browser context in as alice."""
+    return lambda page: log_in_as_alice(page, live_server)
+
+
+@pytest.fixture
+def logged_in_page(page, user, live_server):
+    log_in_as_alice(page, live_server)
     return page
+
+
+@pytest.fixture
+def page_without_javascript(browser, live_server, user):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url,
+                                  java_script_enabled=False)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    log_in_as_alice(page, live_server)
+    yield page
+    context.close()

@@ -203,15 +203,11 @@ def _ink_in(page, x0: int, y0: int, x1: int, y1: int) -> int:
     )
 
 
-def test_a_second_finger_on_the_canvas_leaves_no_ink(browser, live_server, user):
+def test_a_second_finger_on_the_canvas_leaves_no_ink(browser, live_server, log_in):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url, has_touch=True)
     try:
         page = context.new_page()
-        page.goto("/accounts/login/")
-        page.fill("#id_username", "alice")
-        page.fill("#id_password", "correct horse battery")
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{live_server.url}/")
+        log_in(page)
         box = page.locator("#draw-canvas").bounding_box()
         scale = box["width"] / 280  # canvas pixels to CSS pixels
 
@@ -267,21 +263,6 @@ def test_the_spinner_text_follows_the_status_from_queued_to_running(logged_in_pa
     expect(page.locator("#status-badge")).to_have_text("running")
     expect(page.locator("#spinner")).to_contain_text("looking at your image")
     expect(page.locator("#spinner")).not_to_contain_text("queue")
-
-
-@pytest.fixture
-def page_without_javascript(browser, live_server, user):
-    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url,
-                                  java_script_enabled=False)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto("/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", "correct horse battery")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
-    yield page
-    context.close()
 
 
 def test_without_javascript_a_queued_result_page_says_it_reloads_and_shows_the_answer_when_it_is_in(
