@@ -53,6 +53,24 @@ RULING_SLOPES = np.tan(np.radians(np.arange(-3.0, 3.01, 0.25)))
 # more than the rows 2-4 beside it, which a digit's thick, soft stroke never is.
 RULING_MAX_WIDTH = 4
 RULING_RIDGE = 0.3
+# A lone printed line, too few to count as ruling (a notebook's margin, a single rule): a piece at most
+# LONE_LINE_MAX_WIDTH across and at least LONE_LINE_MIN_LENGTH of the picture long in the other direction.
+LONE_LINE_MAX_WIDTH = RULING_MAX_WIDTH + 2
+LONE_LINE_MIN_LENGTH = 0.6
+
+# A sheet of paper photographed on a darker desk that shows on every side (``_desk_flattened``): a bright region
+# clearly (SHEET_MIN_STEP) brighter than the picture's border, covering at least SHEET_MIN_SHARE of the picture,
+# not touching its edges, at least SHEET_MIN_SIDE pixels across (a small white-on-black drawing never counts),
+# filling at least SHEET_MIN_BOX_FILL of its box (a sheet's four straight sides, turned up to about 5°, not the round
+# outline of a light digit's filled loop, which fills 79% at most), and bright over at least SHEET_MIN_SOLID of
+# it once the ink's holes are filled (a light digit's filled loop is mostly hole). SHEET_EDGE pixels of its rim,
+# half desk and half paper in a blurred photo, go with the desk.
+SHEET_MIN_STEP = 0.25
+SHEET_MIN_SHARE = 0.3
+SHEET_MIN_SIDE = 48
+SHEET_MIN_SOLID = 0.75
+SHEET_MIN_BOX_FILL = 0.85
+SHEET_EDGE = 2
 
 _RGB_LIKE = {"RGB", "RGBX", "CMYK", "YCbCr", "HSV"}
 _WITH_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -173,6 +191,52 @@ def _opaque_gray(image: Image.Image) -> np.ndarray:
             background = 1.0 if opaque_luminance < 0.5 else 0.0
         gray = alpha * gray + (1.0 - alpha) * background
     return np.ascontiguousarray(gray, dtype=np.float32)
+
+
+def _desk_flattened(gray: np.ndarray) -> np.ndarray:
+    """``gray`` with a desk around a sheet of paper turned into the sheet's own shade; other pictures as they are.
+
+    The polarity (``_dark_ink``) is read against the picture's border: with a
+    desk showing on every side, that is the desk, and the paper, far lighter
+    than the desk, would be taken for light ink on it (the whole sheet read as
+    one big digit). The grey opening cannot help: the sheet is wider than it.
+    Like the transparent margins of ``_opaque_gray``, whatever lies outside the
+    sheet takes the sheet's typical shade, so that only the sheet is left, with
+    no edge of its own. An empty sheet is then as blank as on its own.
+    """
+    h, w = gray.shape
+    if min(h, w) < SHEET_MIN_SIDE:
+        return gray
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    desk = float(_quantile(border, 0.5))
+    paper = float(_quantile(gray.ravel(), 0.99))
+    if paper - desk < SHEET_MIN_STEP:
+        return gray
+    bright = gray > (desk + paper) / 2
+    # The ink written on the sheet leaves holes in its bright region: they belong to the sheet.
+    labels, count = ndimage.label(ndimage.binary_fill_holes(bright))
+    if count == 0:
+        return gray
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    areas[0] = 0
+    largest = int(np.argmax(areas))
+    if areas[largest] < SHEET_MIN_SHARE * gray.size:
+        return gray
+    sheet = labels == largest
+    rows, cols = np.flatnonzero(sheet.any(axis=1)), np.flatnonzero(sheet.any(axis=0))
+    if rows[0] == 0 or cols[0] == 0 or rows[-1] == h - 1 or cols[-1] == w - 1:
+        return gray  # touching the edge: the border's median already takes in paper, or it is light ink
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    if min(height, width) < SHEET_MIN_SIDE or areas[largest] < SHEET_MIN_BOX_FILL * height * width:
+        return gray  # small, or not a sheet's box but a light stroke's round loop
+    if np.count_nonzero(bright & sheet) < SHEET_MIN_SOLID * areas[largest]:
+        return gray  # mostly holes: a light stroke's loop (a chalk 0), not a sheet holding a few strokes
+    sheet = ndimage.binary_erosion(sheet, structure=_EIGHT_NEIGHBOURS, iterations=SHEET_EDGE)
+    if not sheet.any():
+        return gray
+    flattened = gray.copy()
+    flattened[~sheet] = _quantile(gray[sheet], 0.5)
+    return flattened
 
 
 def _dark_ink(grays: np.ndarray) -> np.ndarray:
@@ -367,12 +431,13 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
 def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ink and mask of the digit alone, without what a photo puts around it.
 
-    The mask's connected pieces are sorted out: bands along the picture's edge
-    (a desk beside the paper) go when a smaller digit-sized piece is left; a
-    sparse, square-cornered ring boxing a digit-sized piece in (a drawn frame, a
-    form's cell) goes; of the rest, the piece with the most ink and those near it (a
-    broken stroke) stay, and specks further off go. A lone piece, the usual
-    case, is left as it is.
+    The mask's connected pieces are sorted out: a lone printed line across the
+    picture (a notebook's margin) goes when a digit-sized piece is left; bands
+    along the picture's edge (a desk beside the paper) go when a smaller
+    digit-sized piece is left; a sparse, square-cornered ring boxing a
+    digit-sized piece in (a drawn frame, a form's cell) goes; of the rest, the
+    piece with the most ink and those near it (a broken stroke) stay, and
+    specks further off go. A lone piece, the usual case, is left as it is.
     """
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     if count <= 1:
@@ -390,7 +455,15 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     band &= ~((top == 0) & (bottom == h) & (left == 0) & (right == w))
     digit_sized = extent >= DIGIT_MIN_EXTENT * max(h, w)
     keep = np.ones(count, dtype=bool)
-    candidates = digit_sized & ~band
+    # A lone printed line runs across most of the picture, and would outweigh the digit; _rulings_removed leaves it
+    # (one line is no ruling). It goes while a piece of another shape a third of a digit's least size is left (a
+    # digit written small on a whole notebook page is no more): a 1 drawn with a fine pen beside mere specks stays.
+    lone_line = ((bottom - top >= LONE_LINE_MIN_LENGTH * h) & (right - left <= LONE_LINE_MAX_WIDTH)) | (
+        (right - left >= LONE_LINE_MIN_LENGTH * w) & (bottom - top <= LONE_LINE_MAX_WIDTH)
+    )
+    if ((extent >= DIGIT_MIN_EXTENT / 3 * max(h, w)) & ~lone_line).any():
+        keep &= ~lone_line
+    candidates = digit_sized & ~band & keep
     if candidates.any():
         # Only a band larger than any candidate digit: a tight crop's digit can touch an edge with a stroke of its
         # own (a 7's bar), which is always the smaller piece.
@@ -504,7 +577,7 @@ def preprocess_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = 
         index = len(results)
         results.append(None)
         try:
-            gray = _opaque_gray(_upright_first_frame(image, interrupts))
+            gray = _desk_flattened(_opaque_gray(_upright_first_frame(image, interrupts)))
             by_shape.setdefault(gray.shape, []).append((index, gray))
         except interrupts:
             raise

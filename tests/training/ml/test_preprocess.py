@@ -497,3 +497,22 @@ def test_widening_the_lines_by_a_pixel_is_scipys_dilation():
         for share in (0.01, 0.3, 0.9):
             mask = rng.random(shape) < share
             np.testing.assert_array_equal(_grown(mask), ndimage.binary_dilation(mask))
+
+
+def test_a_sheet_photographed_with_the_desk_on_every_side_reads_as_on_clean_paper():
+    # The border is all desk: the paper, far lighter, must not be taken for light ink on it.
+    sheet = _photo(lambda draw: draw.rectangle([0, 0, 399, 399], outline=50, width=40))
+    _same(preprocess(sheet), _clean_photo(), atol=0.05)
+
+
+def test_an_empty_sheet_on_a_desk_is_refused_as_blank():
+    sheet = Image.new("L", (400, 400), 235)
+    ImageDraw.Draw(sheet).rectangle([0, 0, 399, 399], outline=50, width=40)
+    with pytest.raises(EmptyImageError):
+        preprocess(sheet)
+
+
+def test_a_digit_beside_a_single_margin_line_keeps_only_the_digit():
+    # A notebook's margin: one thin line down the page, too few to count as ruling, heavier than the digit.
+    margin = _photo(lambda draw: draw.rectangle([60, 0, 62, 399], fill=30))
+    _same(preprocess(margin), _clean_photo(), atol=0.05)
