@@ -19,7 +19,6 @@ COPY . .
 RUN SECRET_KEY=build-only DATABASE_URL=sqlite://:memory: python manage.py collectstatic --noinput \
     && useradd --system --uid 1000 --home /app mnistsite \
     && mkdir -p /srv/media /srv/data /srv/checkpoints \
-    && cp -r media/samples /srv/media/samples \
     && chown -R mnistsite /srv
 USER mnistsite
 

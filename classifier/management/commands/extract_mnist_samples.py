@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from PIL import Image
 
 from training.ml.idx import read_idx
+from classifier.management.commands.load_samples import SHIPPED_SAMPLES
 from training.ml.mnist_files import raw_dir
 
 
@@ -15,11 +16,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--per-digit", type=int, default=5)
         parser.add_argument(
-            "--output", type=Path, default=None, help="Folder to write to (default: MEDIA_ROOT/samples/mnist)."
+            "--output", type=Path, default=None, help=f"Folder to write to (default: {SHIPPED_SAMPLES / 'mnist'})."
         )
 
     def handle(self, *args, per_digit: int, output: Path | None, **options):
-        output = output or Path(settings.MEDIA_ROOT) / "samples" / "mnist"
+        output = output or SHIPPED_SAMPLES / "mnist"
         folder = raw_dir(Path(settings.DATA_DIR))
         try:
             images = read_idx(folder / "t10k-images-idx3-ubyte")

@@ -9,6 +9,9 @@ from classifier import services
 from classifier.models import Prediction
 
 SAMPLE_SETS = ("mnist", "other")
+# The sets shipped with the code, not a copy under MEDIA_ROOT: a media volume kept across upgrades would hold the
+# first release's sets for ever.
+SHIPPED_SAMPLES = Path(settings.BASE_DIR) / "media" / "samples"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
 
 
@@ -20,11 +23,11 @@ class Command(BaseCommand):
     help = "Load media/samples/<set>/ images as sample uploads (idempotent) and predict them."
 
     def add_arguments(self, parser):
-        parser.add_argument("--root", type=Path, default=None, help="Folder holding mnist/ and other/.")
+        parser.add_argument("--root", type=Path, default=None, help=f"Folder holding mnist/ and other/ (default: {SHIPPED_SAMPLES}).")
         parser.add_argument("--sync", action="store_true", help="Predict in this process instead of via the workers.")
 
     def handle(self, *args, root: Path | None, sync: bool, **options):
-        root = root or Path(settings.MEDIA_ROOT) / "samples"
+        root = root or SHIPPED_SAMPLES
         try:
             owner = services.samples_user_get_or_create()
         except services.SamplesOwnerError as exc:
