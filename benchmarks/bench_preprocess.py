@@ -4,15 +4,20 @@ Each digit is drawn as dark ink on a 400-pixel sheet of paper, then the sheet
 is changed the way real photos are: specks of dust, a frame drawn around the
 digit, the desk showing along one edge or on every side, dim light, ruled paper (light or dark
 lines), squared paper (straight or turned 2°), a hard shadow, uneven light,
-transparent margins from a rotation in an editor, and chalk on a grey board.
-Two more scenes redraw the digit along its centre line with a pen far finer
-than MNIST's strokes: a ballpoint and a fine liner. Without a model it measures
+transparent margins from a rotation in an editor, chalk on a grey board, and
+a ring drawn round the digit. Two more scenes redraw the digit along its
+centre line with a pen far finer than MNIST's strokes: a ballpoint and a fine
+liner. Without a model it measures
 how close each scene's 28x28 model input comes to the same digit's on clean
 paper (``same_as_clean``: the share within a mean absolute difference of 0.05;
 for the transparent margins, the same rotation on paper) and how many are
 refused as blank, and how many of ``--empty N`` sheets in each scene with no digit on them are rightly
-refused (``empty_refused``); with ``--checkpoint FILE`` (and its sha256, printed by the
-admin) it also gives the model's accuracy in each scene.
+refused (``empty_refused``), and the share of its pictures (single digits and empty
+sheets) taken for several (``several_digits``: the upload would warn that only one digit is read). Under
+``pairs``, two of the digits written side by side or one above the other, a
+third of a digit's height apart, on clean paper: ``several_digits`` is the share
+of those pictures that are rightly taken for several. With ``--checkpoint FILE``
+(and its sha256, printed by the admin) it also gives the model's accuracy in each scene.
 """
 from __future__ import annotations
 
@@ -28,18 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from training.ml.checkpoints import load_checkpoint  # noqa: E402
 from training.ml.data import load_split  # noqa: E402
-from training.ml.preprocess import preprocess_batch, to_tensor  # noqa: E402
+from training.ml.preprocess import Prepared, prepare_batch, to_tensor  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
 SIDE = 400
 PAPER, INK = 235.0, 30.0
 SAME = 0.05
+# Between the two digits of a pair: a third of a digit's height (MNIST's digits are 20 of their 28 pixels tall).
+PAIR_GAP = 70
 
 
 def _ink_alpha(digit: np.ndarray) -> np.ndarray:
@@ -148,6 +155,41 @@ def _vignetted(pixels: np.ndarray) -> np.ndarray:
     return pixels * corners * (1.0 - 0.25 * cols)
 
 
+def _circled(alpha: np.ndarray) -> np.ndarray:
+    # A ring drawn round the digit with a pen a third of MNIST's stroke width, clear of its ink (round the middle of
+    # the sheet when there is none: a ring alone is a 0).
+    rows, cols = np.nonzero(alpha > 0.05)
+    if rows.size:
+        cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+        # The ellipse through the corners of the ink's box, then a little further out.
+        ry, rx = (rows.max() - rows.min()) / 2 * 2 ** 0.5 + 12, (cols.max() - cols.min()) / 2 * 2 ** 0.5 + 12
+        rx = max(rx, 0.6 * ry)  # a 1's ring is an ellipse, not a slit
+    else:
+        cy = cx = SIDE / 2
+        ry = rx = 150.0
+    ring = Image.new("L", (SIDE, SIDE), 0)
+    ImageDraw.Draw(ring).ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=255, width=8)
+    return np.maximum(alpha, np.asarray(ring, dtype=np.float32) / 255.0)
+
+
+def _pair(first: np.ndarray, second: np.ndarray, *, stacked: bool) -> np.ndarray:
+    """Two digits' ink, each cut to its box, PAIR_GAP apart on one sheet with a margin as wide around them."""
+    boxes = []
+    for alpha in (first, second):
+        rows, cols = np.nonzero(alpha > 0)
+        boxes.append(alpha[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+    (h1, w1), (h2, w2) = boxes[0].shape, boxes[1].shape
+    if stacked:
+        sheet = np.zeros((h1 + h2 + 3 * PAIR_GAP, max(w1, w2) + 2 * PAIR_GAP), dtype=np.float32)
+        sheet[PAIR_GAP : PAIR_GAP + h1, PAIR_GAP : PAIR_GAP + w1] = boxes[0]
+        sheet[2 * PAIR_GAP + h1 : 2 * PAIR_GAP + h1 + h2, PAIR_GAP : PAIR_GAP + w2] = boxes[1]
+    else:
+        sheet = np.zeros((max(h1, h2) + 2 * PAIR_GAP, w1 + w2 + 3 * PAIR_GAP), dtype=np.float32)
+        sheet[PAIR_GAP : PAIR_GAP + h1, PAIR_GAP : PAIR_GAP + w1] = boxes[0]
+        sheet[PAIR_GAP : PAIR_GAP + h2, 2 * PAIR_GAP + w1 : 2 * PAIR_GAP + w1 + w2] = boxes[1]
+    return sheet
+
+
 def _transparent_margins(pixels: np.ndarray) -> Image.Image:
     # The same rotation in an editor that leaves the uncovered corners transparent.
     rgba = _gray(pixels).convert("RGBA")
@@ -171,6 +213,7 @@ SCENES: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "rotated": lambda a, s: _rotated(_sheet(a, seed=s)),
     "transparent_margins": lambda a, s: _transparent_margins(_sheet(a, seed=s)),
     "chalk_on_grey": lambda a, s: _gray(_sheet(a, 150.0, 250.0, seed=s)),
+    "circled": lambda a, s: _gray(_sheet(_circled(a), seed=s)),
     "ballpoint": lambda a, s: _gray(_sheet(_pen(a, 8.0), seed=s)),
     "fine_liner": lambda a, s: _gray(_sheet(_pen(a, 3.0), seed=s)),
 }
@@ -198,8 +241,9 @@ def main() -> None:
     digits, labels = test.images.numpy(), np.asarray(test.labels.tolist())
     alphas = [_ink_alpha(digit) for digit in digits]
     model = _model(args.checkpoint, args.sha256)
-    inputs = {name: preprocess_batch(scene(alpha, seed) for seed, alpha in enumerate(alphas))
-              for name, scene in SCENES.items()}
+    prepared = {name: prepare_batch(scene(alpha, seed) for seed, alpha in enumerate(alphas))
+                for name, scene in SCENES.items()}
+    inputs = {name: [r.pixels if isinstance(r, Prepared) else r for r in results] for name, results in prepared.items()}
     report = {"digits": len(digits), "checkpoint": str(args.checkpoint) if args.checkpoint else None, "scenes": {}}
     for name, outputs in inputs.items():
         reference = inputs[REFERENCES.get(name, "clean")]
@@ -208,7 +252,7 @@ def main() -> None:
             float(np.abs(outputs[i] - reference[i]).mean()) for i in read if not isinstance(reference[i], Exception)
         ]
         empty = np.zeros((SIDE, SIDE), dtype=np.float32)
-        empties = preprocess_batch(SCENES[name](empty, seed) for seed in range(args.empty))
+        empties = prepare_batch(SCENES[name](empty, seed) for seed in range(args.empty))
         scene = {
             "refused": len(digits) - len(read),
             "empty_refused": round(sum(isinstance(out, Exception) for out in empties) / args.empty, 3)
@@ -216,12 +260,28 @@ def main() -> None:
             else None,
             "same_as_clean": round(sum(d < SAME for d in differences) / len(digits), 3),
             "mean_abs_difference": round(float(np.mean(differences)), 4) if differences else None,
+            "several_digits": round(
+                sum(isinstance(r, Prepared) and r.several_digits for r in prepared[name] + empties)
+                / (len(digits) + args.empty), 3
+            ),
         }
         if model is not None and read:
             with torch.inference_mode():
                 predicted = model(to_tensor(np.stack([outputs[i] for i in read]))).argmax(1).numpy()
             scene["accuracy"] = round(int((predicted == labels[read]).sum()) / len(digits), 3)
         report["scenes"][name] = scene
+    report["pairs"] = {}
+    for arrangement, stacked in (("side_by_side", False), ("stacked", True)):
+        pairs = prepare_batch(
+            _gray(_sheet(_pair(alphas[i], alphas[i + 1], stacked=stacked), seed=i))
+            for i in range(0, len(alphas) - 1, 2)
+        )
+        report["pairs"][arrangement] = {
+            "pairs": len(pairs),
+            "several_digits": round(sum(isinstance(r, Prepared) and r.several_digits for r in pairs) / len(pairs), 3)
+            if pairs
+            else None,
+        }
     print(json.dumps(report, indent=1))
 
 

@@ -1,7 +1,7 @@
 """The 28x28 model input moves from a PNG file per prediction into the row (784 bytes).
 
 Existing PNGs are read into the new column. The files themselves are left on disk: deleting them inside a
-migration that could still roll back would lose them; `derived/inputs/` can be removed once it has run.
+migration that could still roll back would lose them; the daily orphan sweep sets `derived/` aside.
 """
 import io
 

@@ -13,7 +13,7 @@ DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
 
 
 @pytest.mark.skipif(not (DATA_DIR / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists(), reason="MNIST not fetched")
-def test_the_digit_comes_through_dust_frames_desks_light_chalk_margins_and_printed_lines_and_plain_empty_sheets_are_refused(
+def test_the_digit_comes_through_dust_frames_rings_desks_light_chalk_margins_and_printed_lines_and_plain_empty_sheets_are_refused(
     active_checkpoint, settings
 ):
     checkpoint = active_checkpoint
@@ -26,12 +26,12 @@ def test_the_digit_comes_through_dust_frames_desks_light_chalk_margins_and_print
     report = json.loads(done.stdout)
     scenes = report["scenes"]
     assert report["digits"] == 40 and scenes["clean"]["same_as_clean"] == 1.0
-    for name in ("dust", "frame", "desk_along_an_edge", "dim_light", "chalk_on_grey", "transparent_margins",
+    for name in ("dust", "frame", "circled", "desk_along_an_edge", "dim_light", "chalk_on_grey", "transparent_margins",
                  "squared_paper", "dark_ruled_paper"):
         assert scenes[name]["refused"] == 0 and scenes[name]["same_as_clean"] >= 0.9, (name, scenes[name])
     # With a model (a small MLP here), those scenes are read about as well as clean paper, and so is uneven light.
     # (A hard shadow's edge leaves a trace that this MLP stumbles on; the default CNN reads 97% of them.)
-    for name in ("dust", "frame", "desk_along_an_edge", "dim_light", "chalk_on_grey", "transparent_margins",
+    for name in ("dust", "frame", "circled", "desk_along_an_edge", "dim_light", "chalk_on_grey", "transparent_margins",
                  "uneven_light", "squared_paper", "dark_ruled_paper"):
         assert scenes[name]["accuracy"] >= scenes["clean"]["accuracy"] - 0.1, (name, scenes[name])
     # A sheet with no digit on it is refused as blank where nothing but the light differs from clean paper.
@@ -39,3 +39,9 @@ def test_the_digit_comes_through_dust_frames_desks_light_chalk_margins_and_print
     for name in ("clean", "dim_light", "chalk_on_grey", "rotated", "transparent_margins", "ruled_paper",
                  "dark_ruled_paper", "squared_paper_turned"):
         assert scenes[name]["empty_refused"] == 1.0, (name, scenes[name])
+    # One digit is never taken for several, in any scene, nor is an empty sheet; two digits a third of a digit's
+    # height apart are, whether side by side or one above the other.
+    assert {name: scene["several_digits"] for name, scene in scenes.items() if scene["several_digits"]} == {}
+    for arrangement in ("side_by_side", "stacked"):
+        assert report["pairs"][arrangement]["pairs"] == 20
+        assert report["pairs"][arrangement]["several_digits"] >= 0.9, (arrangement, report["pairs"])
