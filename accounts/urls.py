@@ -1,12 +1,11 @@
 """Routes for sign-up, log-in, log-out and the account page (password, API tokens, deletion)."""
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from accounts import views
 
 urlpatterns = [
     path("login/", views.ThrottledLoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("logout/", views.SiteLogoutView.as_view(), name="logout"),
     path("signup/", views.signup, name="signup"),
     path("", views.account, name="account"),
     path("password/", views.AccountPasswordChangeView.as_view(), name="password_change"),

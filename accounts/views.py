@@ -1,4 +1,4 @@
-"""Sign-up (a few accounts an hour per address), log-in that slows down guessing, and the account page."""
+"""Sign-up (a few accounts an hour per address), log-in that slows down guessing, log-out, and the account page."""
 import logging
 import math
 import time
@@ -8,12 +8,13 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_not_required
-from django.contrib.auth.views import LoginView, PasswordChangeView
+from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
 from django.http import Http404, HttpRequest, HttpResponse
 from django.db import transaction
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse_lazy
+from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_http_methods
 
 from accounts import selectors, services
@@ -21,6 +22,7 @@ from accounts.backends import client_address
 from accounts.forms import AccountDeleteForm, AccountPasswordChangeForm, ApiTokenCreateForm, SignupForm
 from accounts.models import ApiToken
 from accounts.services import login_attempt_allowed
+from classifier import selectors as classifier_selectors
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,18 @@ class ThrottledLoginView(LoginView):
             )
             return self.render_to_response(context, status=429)
         return super().post(request, *args, **kwargs)
+
+
+@method_decorator(login_not_required, name="dispatch")
+class SiteLogoutView(LogoutView):
+    """Django's log-out, which takes only a POST, with a page for a GET: a typed address or an old bookmark gets a
+    "Log out" button (a form with its CSRF token), not a 405. A GET itself never logs out: any other site could
+    send one."""
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        return render(request, "registration/logout.html")
 
 
 @login_not_required
@@ -127,6 +141,7 @@ def _account_page(
     # Revoked in between: nothing to show.
     made = next((token for token in tokens if new_token and token.pk == new_token["id"]), None)
     context = {
+        "storage": classifier_selectors.storage_usage_for_user(user=request.user),
         "tokens": tokens,
         "new_token": (made, new_token["key"]) if made else None,
         "token_form": token_form or ApiTokenCreateForm(user=request.user, request=request),

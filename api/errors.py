@@ -22,7 +22,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from classifier.services import StorageFullError, UploadStorageError
+from classifier.services import (
+    UPLOAD_OUTCOME_UNKNOWN,
+    StorageFullError,
+    UploadOutcomeUnknownError,
+    UploadQuotaError,
+    UploadStorageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,13 @@ class ServiceUnavailable(exceptions.APIException):
     default_code = "service_unavailable"
 
 
+class QuotaExceeded(exceptions.APIException):
+    # As WebDAV's quotas answer (RFC 4331): the request was fine, the owner's space is not.
+    status_code = status.HTTP_507_INSUFFICIENT_STORAGE
+    default_detail = "Your uploads have reached their allowance; delete some to make room."
+    default_code = "quota_exceeded"
+
+
 def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
     """Django's own request errors, which DRF leaves alone, as API exceptions with the right status."""
     if isinstance(exc, RequestDataTooBig):
@@ -117,6 +130,13 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         unavailable = ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full")
         unavailable.wait = STORAGE_FULL_RETRY_AFTER_S
         return unavailable
+    if isinstance(exc, UploadQuotaError):
+        return QuotaExceeded(str(exc), code="quota_exceeded")
+    if isinstance(exc, UploadOutcomeUnknownError):
+        unknown = ServiceUnavailable(UPLOAD_OUTCOME_UNKNOWN, code="outcome_unknown")
+        # The sweeper sends stored predictions within a minute or two: by then the history tells.
+        unknown.wait = 60
+        return unknown
     if isinstance(exc, (OperationalError, InterfaceError, UploadStorageError)):
         # The database or the storage is out of reach, which passes; the service layer has already removed any
         # file it wrote, so a retry is safe. Other database errors are bugs, answered as such (500).

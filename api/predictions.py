@@ -115,6 +115,13 @@ class PredictionListCreateApi(GenericAPIView):
                                  code="too_large", field="image"),
             415: responses.error("The body must be multipart/form-data.", code="unsupported_media_type"),
             429: responses.THROTTLED,
+            503: responses.error("The database or the storage is out of reach (`service_unavailable`, nothing was "
+                                 "stored), the media volume is nearly full (`storage_full`, nothing was stored), or "
+                                 "the database stopped answering mid-insert (`outcome_unknown`: look in the history "
+                                 "before sending again). Retry after the Retry-After header's seconds.",
+                                 code="service_unavailable"),
+            507: responses.error("These images would take your uploads past `UPLOAD_QUOTA_MB`; nothing was stored. "
+                                 "Delete some to make room.", code="quota_exceeded"),
             **responses.COMMON,
         },
     )

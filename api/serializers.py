@@ -116,6 +116,9 @@ class PredictionSerializer(serializers.Serializer):
     low_confidence = serializers.SerializerMethodField(
         help_text=f"True when done with a confidence below LOW_CONFIDENCE_THRESHOLD ({settings.LOW_CONFIDENCE_THRESHOLD})."
     )
+    several_digits = serializers.BooleanField(
+        help_text="True when the picture seemed to hold more than one digit: the one with the most ink was read."
+    )
     error = serializers.CharField(help_text="Why the prediction failed; empty otherwise.")
     feedback = serializers.IntegerField(allow_null=True, help_text="The digit the owner says the image really shows.")
     checkpoint = serializers.IntegerField(
@@ -184,6 +187,7 @@ class PredictionSerializer(serializers.Serializer):
             "confidence": _or_none(float, prediction.confidence),
             "probabilities": _or_none(_floats, prediction.probabilities),
             "low_confidence": self.get_low_confidence(prediction),
+            "several_digits": bool(prediction.several_digits),
             "error": str(prediction.error),
             "feedback": _or_none(int, prediction.feedback),
             "checkpoint": _or_none(int, prediction.checkpoint_id),

@@ -2,11 +2,12 @@
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
 from classifier import selectors, services
-from classifier.models import Prediction, Upload
+from classifier.models import Prediction, StorageUse, Upload
 from training.selectors import checkpoint_get_active
 
 
@@ -229,7 +230,7 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
     )
     list_filter = (
         "status", ("digit", DigitValuesFilter), "upload__source", ("upload__sample_set", SampleSetValuesFilter),
-        CheckpointFilter, "created_at",
+        CheckpointFilter, "several_digits", "created_at",
     )
     search_fields = ("upload__original_name", "upload__owner__username")
     list_select_related = ("upload", "upload__owner", "checkpoint")
@@ -239,7 +240,7 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
     paginator = IdsFirstPaginator
     readonly_fields = (
         "upload", "checkpoint", "status", "digit", "confidence", "probabilities", "model_input", "device",
-        "queue_ms", "compute_ms", "error", "publish_attempts", "published_at", "created_at", "started_at", "finished_at",
+        "several_digits", "queue_ms", "compute_ms", "error", "publish_attempts", "published_at", "created_at", "started_at", "finished_at",
     )
 
     def has_add_permission(self, request):
@@ -274,3 +275,31 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
     @admin.display(description="confidence", ordering="confidence")
     def confidence_display(self, obj):
         return _percent(obj.confidence)
+
+
+@admin.register(StorageUse)
+class StorageUseAdmin(admin.ModelAdmin):
+    """Who takes how much of the media volume; the counts are the service's own, kept as uploads come and go."""
+
+    list_display = ("owner", "used", "of_quota")
+    ordering = ("-bytes",)
+    search_fields = ("owner__username",)
+    list_select_related = ("owner",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="uploads take", ordering="bytes")
+    def used(self, obj):
+        return filesizeformat(obj.bytes)
+
+    @admin.display(description="of UPLOAD_QUOTA_MB")
+    def of_quota(self, obj):
+        quota = selectors.storage_quota()
+        return "no limit" if quota is None else f"{obj.bytes / quota:.0%}"

@@ -14,7 +14,7 @@ from django.conf import settings
 from PIL import Image
 
 from training.loading import checkpoint_load_model
-from training.ml.preprocess import EmptyImageError, Interrupts, preprocess_batch, to_tensor, to_uint8
+from training.ml.preprocess import EmptyImageError, Interrupts, Prepared, prepare_batch, to_tensor, to_uint8
 from training.ml.serving import inference_model
 from training.models import Checkpoint
 from training.selectors import checkpoint_get, checkpoint_get_active
@@ -55,6 +55,7 @@ class DigitResult:
     # The 28x28 uint8 picture the model actually saw, row by row.
     input_pixels: bytes
     compute_ms: float
+    several_digits: bool = False
 
 
 _lock = threading.Lock()
@@ -167,15 +168,15 @@ def predict_images(
     """Predict many images in one forward pass; an image that cannot be preprocessed gets its exception instead.
 
     ``images`` is read once, in order, and no image is kept after its preprocessing. ``interrupts`` are
-    raised as they come, never taken for an image's failure (see :func:`preprocess_batch`).
+    raised as they come, never taken for an image's failure (see :func:`prepare_batch`).
     """
     _configure_threads()
     started = time.perf_counter()
-    digits = preprocess_batch(images, interrupts=interrupts)
-    ready = [index for index, digit in enumerate(digits) if not isinstance(digit, Exception)]
-    results: list[DigitResult | Exception | None] = [d if isinstance(d, Exception) else None for d in digits]
+    prepared = prepare_batch(images, interrupts=interrupts)
+    ready = [index for index, p in enumerate(prepared) if isinstance(p, Prepared)]
+    results: list[DigitResult | Exception | None] = [p if isinstance(p, Exception) else None for p in prepared]
     if ready:
-        inputs = np.stack([digits[index] for index in ready])
+        inputs = np.stack([prepared[index].pixels for index in ready])
         with torch.inference_mode():
             logits = loaded.model(to_tensor(inputs).to(loaded.device))
             probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
@@ -191,5 +192,6 @@ def predict_images(
                 probabilities=row.tolist(),
                 input_pixels=picture.tobytes(),
                 compute_ms=per_image_ms,
+                several_digits=prepared[index].several_digits,
             )
     return results  # type: ignore[return-value]

@@ -61,6 +61,18 @@ class Upload(models.Model):
         return f"Upload {self.pk} ({self.original_name or self.source})"
 
 
+class StorageUse(models.Model):
+    """The bytes of one owner's uploads, kept beside them: the quota check reads one row, not a sum over all of them."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="storage_use"
+    )
+    bytes = models.BigIntegerField(default=0, help_text="The sizes of the owner's uploads as uploaded, summed.")
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}: {self.bytes} bytes"
+
+
 class Prediction(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -86,6 +98,11 @@ class Prediction(models.Model):
     queue_ms = models.FloatField(null=True, blank=True)
     compute_ms = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
+    several_digits = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="The picture seemed to hold more than one digit; the one with the most ink was read.",
+    )
     feedback = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(9)]
     )

@@ -4,12 +4,30 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Aggregate, Count, Exists, FloatField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from classifier.models import Prediction, Upload
+from classifier.models import Prediction, StorageUse, Upload
 from training.models import Checkpoint
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    used: int
+    quota: int | None  # None: no limit
+
+
+def storage_quota() -> int | None:
+    """The bytes each user's uploads may take (UPLOAD_QUOTA_MB); None: no limit."""
+    return settings.UPLOAD_QUOTA_MB * 2**20 if settings.UPLOAD_QUOTA_MB > 0 else None
+
+
+def storage_usage_for_user(*, user) -> StorageUsage:
+    """What the user's uploads take, counted as uploaded, and the most they may."""
+    used = StorageUse.objects.filter(owner=user).values_list("bytes", flat=True).first() or 0
+    return StorageUsage(used=used, quota=storage_quota())
 
 
 def _latest(field: str) -> Subquery:

@@ -16,13 +16,14 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Greatest
+from django.db.models import BigIntegerField, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from PIL import Image
 
 from classifier import completion, selectors, statements
-from classifier.models import Prediction, Upload, upload_image_path
+from classifier.models import Prediction, StorageUse, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ ORPHANED_AFTER = dt.timedelta(hours=1)
 ORPHANED_FOLDER = "orphaned"
 # A sweep that finds this many at once more likely runs against the wrong database than after killed processes.
 ORPHANED_MANY = 100
+# No limit is a limit no one reaches: the statements stay the same, and the owners' bytes are still counted.
+NO_QUOTA = 2**62
+# Model inputs were files here until classifier/0003 moved them into their rows; nothing reads them since.
+RETIRED_FOLDER = "derived"
 
 
 def _running_stale_after() -> dt.timedelta:
@@ -43,6 +48,25 @@ def _running_stale_after() -> dt.timedelta:
 
 class UploadStorageError(Exception):
     """The image files could not be written (a full disk, an unmounted volume); nothing was stored."""
+
+
+class UploadOutcomeUnknownError(Exception):
+    """The database stopped answering as the uploads were inserted, and could not say after whether it stored them.
+
+    Their files are kept: the orphan sweep sets them aside if no row names them
+    an hour later, and the sweeper sends their predictions if rows do.
+    """
+
+
+# Said to the user in place of "nothing was stored", which may be untrue here.
+UPLOAD_OUTCOME_UNKNOWN = (
+    "The database stopped answering while your images were being stored, so whether they were is not known. "
+    "Look in your history in a minute or two before you send them again."
+)
+
+
+class UploadQuotaError(Exception):
+    """Storing the images would take their owner's uploads past UPLOAD_QUOTA_MB; nothing was stored."""
 
 
 class StorageFullError(UploadStorageError):
@@ -159,7 +183,12 @@ def _storage_headroom_check(*, needed: int) -> None:
 def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
     try:
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
-        return Upload.objects.bulk_create(uploads)
+        with transaction.atomic():
+            created = Upload.objects.bulk_create(uploads)
+            # Counted like every upload, though no quota holds back the sample sets and the command line.
+            (owner_id,) = {upload.owner_id for upload in uploads}
+            statements.storage_use_grow(owner_id=owner_id, by=sum(u.size for u in uploads), quota_bytes=NO_QUOTA)
+        return created
     except BaseException as exc:
         _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc)
         raise
@@ -198,7 +227,7 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
     ORPHANED_AFTER. A deleted upload's file whose removal failed (a volume gone
     read-only, a process killed while deleting an account's files) is found
     only this way. It also deletes the files set aside ORPHANED_FILES_KEEP_DAYS
-    ago or more.
+    ago or more, and sets aside the files of RETIRED_FOLDER.
 
     The files are moved under ORPHANED_FOLDER rather than deleted: against a
     database restored from an older backup, or an empty one, every newer file
@@ -223,7 +252,21 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
                        set_aside[:20])
     if everything:
         _files_set_aside_expired_delete(before=now - dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS))
+        retired = _files_set_aside(_files_under(RETIRED_FOLDER))
+        if retired:
+            logger.info("moved %s model input files of the release before classifier/0003 to %s/",
+                        len(retired), ORPHANED_FOLDER)
     return len(set_aside)
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every file under ``folder`` of the media storage, by storage name."""
+    root = default_storage.path(folder)
+    return [
+        os.path.relpath(os.path.join(path, file), default_storage.path("")).replace(os.sep, "/")
+        for path, _, files in os.walk(root)
+        for file in files
+    ]
 
 
 def _files_set_aside(names: list[str]) -> list[str]:
@@ -319,9 +362,15 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
         published = _published_now()
         predictions = [Prediction(upload=upload, **published) for upload in uploads]
         # Rows are inserted only once every file is on disk.
-        statements.uploads_with_predictions_insert(uploads=uploads, predictions=predictions)
+        if not statements.uploads_with_predictions_insert(
+            uploads=uploads, predictions=predictions, quota_bytes=selectors.storage_quota() or NO_QUOTA
+        ):
+            raise UploadQuotaError(_quota_refusal(owner=owner, needed=sum(upload.size for upload in uploads)))
     except BaseException as exc:
-        if _files_delete_unless_stored(names=names, error=exc) != set(names):
+        stored = _files_delete_unless_stored(names=names, error=exc)
+        if stored is None:
+            raise UploadOutcomeUnknownError("Whether the uploads were stored is not known.") from exc
+        if stored != set(names):
             raise
         # The connection was lost after the server committed: the upload is stored, and answering "nothing was
         # stored" would invite the same images again.
@@ -332,9 +381,37 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
     return predictions
 
 
+def _quota_refusal(*, owner, needed: int) -> str:
+    usage = selectors.storage_usage_for_user(user=owner)
+    return (
+        f"Nothing was stored: these images ({filesizeformat(needed)}) would take your uploads past your allowance of "
+        f"{filesizeformat(usage.quota)}, of which {filesizeformat(usage.used)} is in use. "
+        "Delete some uploads in your history to make room."
+    )
+
+
 def upload_delete(*, upload: Upload) -> None:
     """Delete an upload, its predictions and (once committed, by ``classifier.signals``) its image file."""
-    upload.delete()
+    with transaction.atomic():
+        upload.delete()
+        StorageUse.objects.filter(owner_id=upload.owner_id).update(bytes=Greatest(F("bytes") - upload.size, 0))
+
+
+def storage_use_recount() -> int:
+    """Count every owner's upload bytes afresh; returns how many owners' counts were wrong.
+
+    Counts drift only through uploads a release from before the quota stored
+    while the migration that added it ran, or rows deleted by hand. An upload
+    committed while this runs can be left out until the next recount.
+    """
+    totals = Upload.objects.order_by().values("owner_id").annotate(total=Sum("size"))
+    StorageUse.objects.bulk_create(
+        (StorageUse(owner_id=row["owner_id"]) for row in totals.iterator()), batch_size=1000, ignore_conflicts=True
+    )
+    actual = Coalesce(
+        Subquery(totals.filter(owner_id=OuterRef("owner_id")).values("total")), Value(0), output_field=BigIntegerField()
+    )
+    return StorageUse.objects.exclude(bytes=actual).update(bytes=actual)
 
 
 def upload_files_delete_on_commit(*, names: list[str], using: str | None = None) -> None:
@@ -649,6 +726,7 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
             prediction.device = str(loaded.device)
             prediction.queue_ms = (prediction.started_at - prediction.created_at).total_seconds() * 1000
             prediction.compute_ms = result.compute_ms
+            prediction.several_digits = result.several_digits
             prediction.error = ""
             prediction.finished_at = finished
     return _predictions_save(predictions)

@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from django.db import connection, connections, transaction
-from django.db.models import Field, Model
+from django.db.models import F, Field, Model
 
-from classifier.models import Prediction, Upload
+from classifier.models import Prediction, StorageUse, Upload
 from training.models import Checkpoint
 
 
@@ -94,10 +94,18 @@ def _uploads_with_predictions_insert_sql() -> str:
     prediction_columns = ", ".join(_quote(field.column) for field in prediction_fields)
     prediction_values = ", ".join(f"w.{_quote(field.column)}" for field in prediction_fields)
     by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text")])
+    use_table, use_owner = _quote(StorageUse._meta.db_table), _quote(StorageUse._meta.pk.column)
+    use_bytes = _quote(StorageUse._meta.get_field("bytes").column)
+    # The owner's bytes grow only while they stay within the quota; the uploads are inserted only if they did. The
+    # row lock taken here serialises one owner's concurrent uploads until each commits, so none overshoots.
     # Predictions find their upload by its stored file name, which is unique to it.
     return (
-        f"WITH u AS (INSERT INTO {upload_table} ({upload_columns}) "
-        f"SELECT * FROM {_unnest(upload_fields, alias='v')} RETURNING id, {image}), "
+        f"WITH q AS (INSERT INTO {use_table} AS s ({use_owner}, {use_bytes}) "
+        f"SELECT %s::{StorageUse._meta.pk.db_type(connection)}, %s::bigint WHERE %s::bigint <= %s::bigint "
+        f"ON CONFLICT ({use_owner}) DO UPDATE SET {use_bytes} = s.{use_bytes} + excluded.{use_bytes} "
+        f"WHERE s.{use_bytes} + excluded.{use_bytes} <= %s::bigint RETURNING 1), "
+        f"u AS (INSERT INTO {upload_table} ({upload_columns}) "
+        f"SELECT * FROM {_unnest(upload_fields, alias='v')} WHERE EXISTS (SELECT FROM q) RETURNING id, {image}), "
         f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}) "
         f"SELECT u.id, {prediction_values} FROM u JOIN {by_image} ON w.upload_image = u.{image} "
         f"RETURNING id, {upload_id}) "
@@ -105,20 +113,38 @@ def _uploads_with_predictions_insert_sql() -> str:
     )
 
 
-def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: Sequence[Prediction]) -> None:
-    """Insert uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``), atomically.
+def storage_use_grow(*, owner_id: int, by: int, quota_bytes: int) -> bool:
+    """Add ``by`` to the owner's upload bytes unless that passes ``quota_bytes``; returns whether it did.
 
-    Sets the ids and the values the database or ``pre_save`` chose on the objects,
-    as ``bulk_create`` does. On PostgreSQL one statement, elsewhere two bulk
-    inserts in a transaction.
+    Through the ORM, in the caller's transaction: for the paths off the hot one.
     """
+    StorageUse.objects.get_or_create(owner_id=owner_id)
+    return bool(StorageUse.objects.filter(owner_id=owner_id, bytes__lte=quota_bytes - by).update(bytes=F("bytes") + by))
+
+
+def uploads_with_predictions_insert(
+    *, uploads: Sequence[Upload], predictions: Sequence[Prediction], quota_bytes: int
+) -> bool:
+    """Insert one owner's uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``), atomically.
+
+    Adds their sizes to the owner's StorageUse, and inserts nothing, returning
+    False, when that would pass ``quota_bytes``. Sets the ids and the values the
+    database or ``pre_save`` chose on the objects, as ``bulk_create`` does. On
+    PostgreSQL one statement, elsewhere an update and two bulk inserts in a
+    transaction.
+    """
+    (owner_id,) = {upload.owner_id for upload in uploads}
+    needed = sum(upload.size for upload in uploads)
     if connection.vendor != "postgresql":
         with transaction.atomic():
+            if not storage_use_grow(owner_id=owner_id, by=needed, quota_bytes=quota_bytes):
+                return False
             Upload.objects.bulk_create(uploads)
             Prediction.objects.bulk_create(predictions)
-        return
+        return True
     upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
     params = [
+        owner_id, needed, needed, quota_bytes, quota_bytes,
         *_column_arrays(upload_fields, uploads, adding=True),
         [upload.image.name for upload in uploads],
         *_column_arrays(prediction_fields, predictions, adding=True),
@@ -126,16 +152,19 @@ def uploads_with_predictions_insert(*, uploads: Sequence[Upload], predictions: S
     with _bound_cursor() as cursor:
         cursor.execute(_uploads_with_predictions_insert_sql(), params)
         ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
+    if not ids:
+        return False
     for upload, prediction in zip(uploads, predictions, strict=True):
         upload.pk, prediction.pk = ids[upload.image.name]
         prediction.upload = upload
         for obj in (upload, prediction):
             obj._state.adding, obj._state.db = False, connection.alias
+    return True
 
 
 _RESULT_FIELDS = [
     "status", "checkpoint", "digit", "confidence", "probabilities", "input_pixels", "device",
-    "queue_ms", "compute_ms", "error", "finished_at",
+    "queue_ms", "compute_ms", "error", "finished_at", "several_digits",
 ]
 
 

@@ -51,3 +51,16 @@ def predictions_sweep() -> int:
 )
 def upload_files_orphaned_delete(everything: bool = False) -> int:
     return services.upload_files_orphaned_delete(everything=everything)
+
+
+@shared_task(
+    name="classifier.tasks.storage_use_recount",
+    acks_late=True,
+    soft_time_limit=600,
+    time_limit=900,
+    autoretry_for=TRANSIENT_ERRORS,
+    max_retries=2,
+    ignore_result=True,
+)
+def storage_use_recount() -> int:
+    return services.storage_use_recount()

@@ -38,6 +38,7 @@ def upload(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []
     refused: throttling.UploadRateError | None = None
+    over_quota = False
     if request.method == "POST":
         if form.is_valid():
             files, source = form.submissions()
@@ -53,6 +54,9 @@ def upload(request: HttpRequest) -> HttpResponse:
                 # say so instead of a bare 500 page. Other database errors are bugs, answered as such.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
+            except services.UploadOutcomeUnknownError:
+                logger.exception("upload failed: the database stopped answering, and whether it stored it is not known")
+                return _service_unavailable(request, form, retry_after=60, message=services.UPLOAD_OUTCOME_UNKNOWN)
             except services.StorageFullError:
                 return _service_unavailable(
                     request, form, retry_after=300,
@@ -60,6 +64,8 @@ def upload(request: HttpRequest) -> HttpResponse:
                 )
             except services.UploadStorageError:
                 return _service_unavailable(request, form)
+            except services.UploadQuotaError as exc:
+                over_quota, errors = True, [str(exc)]
             else:
                 if len(predictions) == 1:
                     return redirect("classifier:prediction_detail", pk=predictions[0].pk)
@@ -80,6 +86,9 @@ def upload(request: HttpRequest) -> HttpResponse:
         },
         status=400 if errors else 200,
     )
+    if over_quota:
+        # 507, as WebDAV's quotas answer (RFC 4331): the request was fine, the owner's space is not.
+        response.status_code = 507
     if refused is not None and refused.retry_after is not None:
         response.status_code = 429
         response["Retry-After"] = str(math.ceil(refused.retry_after))
@@ -137,6 +146,7 @@ def prediction_payload(prediction: Prediction) -> dict:
         "digit": prediction.digit,
         "confidence": prediction.confidence,
         "low_confidence": bool(done and prediction.confidence is not None and prediction.confidence < threshold),
+        "several_digits": bool(done and prediction.several_digits),
         "probabilities": prediction.probabilities,
         "error": prediction.error,
         "feedback": prediction.feedback,
@@ -200,13 +210,17 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
-    if prediction.status == Prediction.Status.FAILED:
-        # A retry is another run of the model, counted as an upload, so a loop of them is throttled like uploads.
-        try:
-            throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
-        except throttling.UploadRateError as exc:
-            messages.error(request, str(exc))
-            return redirect("classifier:prediction_detail", pk=pk)
+    newest = selectors.prediction_latest_for_upload(upload=prediction.upload)
+    if newest is None or newest.pk != prediction.pk or newest.status != Prediction.Status.FAILED:
+        # Nothing to run again: it did not fail, or a newer one exists (a double click, another tab). Nothing is
+        # spent; the service's lock still guards the retries that race past this check.
+        return redirect("classifier:prediction_detail", pk=(newest or prediction).pk)
+    # A retry is another run of the model, counted as an upload, so a loop of them is throttled like uploads.
+    try:
+        throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
+    except throttling.UploadRateError as exc:
+        messages.error(request, str(exc))
+        return redirect("classifier:prediction_detail", pk=pk)
     try:
         newest = services.prediction_retry(prediction=prediction)
     except Prediction.DoesNotExist:

@@ -160,6 +160,8 @@ UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Uploads are refused (nothing stored) while storing them would leave less than this free on the media volume:
 # PostgreSQL, often on the same disk, stops for good when it cannot write its log, so it keeps room to work.
 UPLOAD_MIN_FREE_MB = env.int("UPLOAD_MIN_FREE_MB", default=1024)
+# Each user's uploads may take this much, counted as uploaded (0: no limit); past it, uploads are refused (507).
+UPLOAD_QUOTA_MB = env.int("UPLOAD_QUOTA_MB", default=1024)
 # Days the orphan sweep keeps what it set aside (MEDIA_ROOT/orphaned/) before deleting it.
 ORPHANED_FILES_KEEP_DAYS = env.int("ORPHANED_FILES_KEEP_DAYS", default=30)
 STORAGES = {
@@ -282,6 +284,11 @@ CELERY_BEAT_SCHEDULE = {
     "delete-all-orphaned-upload-files": {
         "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": crontab(hour=3, minute=17),
         "kwargs": {"everything": True}, "options": {"expires": 86400.0},
+    },
+    # The quota's per-owner counts, from the uploads themselves (see classifier.services.storage_use_recount).
+    "recount-storage-use": {
+        "task": "classifier.tasks.storage_use_recount", "schedule": crontab(hour=3, minute=47),
+        "options": {"expires": 86400.0},
     },
     "reap-stale-training-runs": {
         "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},

@@ -32,6 +32,7 @@
     byId("digit").textContent = data.digit;
     byId("confidence").textContent = percentFloor(data.confidence) + "% confident";
     byId("not-sure").hidden = !data.low_confidence;
+    byId("several-digits").hidden = !data.several_digits;
     document.querySelectorAll("#bars .bar-row").forEach(function (row) {
       const digit = parseInt(row.dataset.digit, 10);
       const percent = (data.probabilities[digit] * 100).toFixed(1);
@@ -51,6 +52,22 @@
         "queued " + Math.round(data.queue_ms) + " ms · computed " + data.compute_ms.toFixed(1) + " ms on " + data.device;
     }
     byId("feedback").hidden = false;
+  }
+
+  // What screen readers say once the answer is in: the verdict and the notices shown with it, or why there is none.
+  function announce(data) {
+    let said;
+    if (data.status === "done") {
+      said = ["It is a " + data.digit + ", " + percentFloor(data.confidence) + "% confident."];
+      ["not-sure", "several-digits"].forEach(function (id) {
+        const notice = byId(id);
+        if (notice && !notice.hidden) said.push(notice.textContent.trim());
+      });
+      said = said.join(" ");
+    } else {
+      said = "Could not recognise this image. " + (data.error || "");
+    }
+    byId("verdict-announcement").textContent = said.trim();
   }
 
   // While the status stays the same the pauses grow, to one every few seconds: a prediction can wait in the queue
@@ -92,7 +109,11 @@
         const data = answer.data;
         delay = data.status === root.dataset.status ? Math.min(delay * 1.5, MAX_POLL_MS) : POLL_MS;
         render(data);
-        if (!data.finished) schedule(delay);
+        if (data.finished) {
+          announce(data);
+        } else {
+          schedule(delay);
+        }
       })
       .catch(function () {
         // Back off while the server is unreachable or failing, but keep trying.

@@ -111,9 +111,7 @@
     dot(last);
     stroke = [last];
     strokes.push(stroke);
-    dirty = true;
-    hint.hidden = true;
-    canvasSubmit.disabled = false;
+    drawn();
   });
   canvas.addEventListener("pointermove", function (event) {
     if (event.pointerId !== pointerId) return;
@@ -138,13 +136,48 @@
   canvas.addEventListener("pointerup", stop);
   canvas.addEventListener("pointercancel", stop);
 
-  document.getElementById("canvas-clear").addEventListener("click", function () {
+  // The buttons and the hint follow whether anything is drawn.
+  function drawn() {
+    dirty = strokes.length > 0;
+    hint.hidden = dirty;
+    canvasSubmit.disabled = !dirty;
+    undoButton.disabled = !dirty;
+  }
+
+  // The strokes on screen again, as they were drawn: a dot where each began, then its segments.
+  function redraw() {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
+    strokes.forEach(function (points) {
+      dot(points[0]);
+      ctx.beginPath();
+      ctx.moveTo(points[0].x, points[0].y);
+      points.slice(1).forEach(function (p) { ctx.lineTo(p.x, p.y); });
+      ctx.stroke();
+    });
+  }
+
+  function undo() {
+    if (pointerId !== null || !strokes.length) return;  // not while a stroke is being drawn
+    strokes.pop();
+    redraw();
+    drawn();
+  }
+
+  const undoButton = document.getElementById("canvas-undo");
+  undoButton.addEventListener("click", undo);
+  document.addEventListener("keydown", function (event) {
+    // Ctrl+Z (Cmd+Z on a Mac) takes back the last stroke, unless a text field has the keyboard.
+    if ((event.ctrlKey || event.metaKey) && !event.shiftKey && event.key.toLowerCase() === "z" &&
+        !event.target.closest("input, textarea, select, [contenteditable]")) {
+      event.preventDefault();
+      undo();
+    }
+  });
+  document.getElementById("canvas-clear").addEventListener("click", function () {
     strokes = [];
     stroke = null;
-    dirty = false;
-    hint.hidden = false;
-    canvasSubmit.disabled = true;
+    redraw();
+    drawn();
   });
 
   // The drawing as it is sent: the same strokes, redrawn with a pen in proportion to the drawing's size. The server

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.template.defaultfilters import filesizeformat
 
 from accounts.models import ApiToken
 from accounts.services import api_token_create
@@ -239,3 +240,16 @@ def test_an_ipv6_client_is_counted_by_its_whole_64_block(db, django_user_model, 
     elsewhere = type(client)(REMOTE_ADDR="2001:db8:0:2::1")
     assert elsewhere.post("/accounts/login/", {"username": "victim", "password": "the-right-password-1"}
                           ).status_code == 302
+
+
+def test_the_account_page_says_how_much_the_uploads_take_of_the_allowance(client, user, digit_png, settings):
+    settings.UPLOAD_QUOTA_MB = 1
+    client.force_login(user)
+    classifier_services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    page = client.get("/accounts/").content.decode()
+    used = filesizeformat(len(digit_png(0)))
+    assert f"Your uploads take {used} of the 1.0\xa0MB you may use" in page
+    assert f'max="{2**20}" value="{len(digit_png(0))}"' in page
+
+    settings.UPLOAD_QUOTA_MB = 0
+    assert f"Your uploads take {used}." in client.get("/accounts/").content.decode()

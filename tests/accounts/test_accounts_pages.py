@@ -1,4 +1,5 @@
-"""Log-in, log-out and sign-up pages, and that everything else needs a logged-in user."""
+"""Log-in, log-out and sign-up pages, the skip link every page opens with, the times on the account page, and that
+everything else needs a logged-in user."""
 import io
 import re
 
@@ -86,6 +87,71 @@ def test_logging_out_takes_a_post(client, user):
     response = client.post("/accounts/logout/")
     assert response.status_code == 302
     assert client.get("/").status_code == 302
+
+
+def test_opening_the_log_out_address_offers_a_log_out_button_and_logs_no_one_out(client, user):
+    client.force_login(user)
+    response = client.get("/accounts/logout/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "signed in as <strong>alice</strong>" in page
+    form = re.search(r'<form method="post" action="/accounts/logout/">(.*?)</form>', page, re.S).group(1)
+    assert 'name="csrfmiddlewaretoken"' in form and ">Log out</button>" in form
+    assert client.get("/").status_code == 200  # still signed in: a link from anywhere must not log anyone out
+
+
+def test_the_log_out_page_tells_a_visitor_who_is_not_signed_in_so_and_offers_to_log_in(client):
+    response = client.get("/accounts/logout/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "You are not signed in" in page and 'href="/accounts/login/"' in page
+    assert 'action="/accounts/logout/"' not in page
+    assert client.post("/accounts/logout/")["Location"] == "/accounts/login/"  # nothing to undo: on to log in
+
+
+def test_the_button_on_the_log_out_page_logs_out(user):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    page = browser.get("/accounts/logout/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    response = browser.post("/accounts/logout/", {"csrfmiddlewaretoken": token})
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert browser.get("/").status_code == 302
+
+
+def test_every_page_opens_with_a_skip_link_to_its_main_content(client, user):
+    def pages():
+        yield from (client.get(path) for path in ("/accounts/login/", "/accounts/logout/"))
+        client.force_login(user)
+        yield from (client.get(path) for path in ("/", "/history/", "/accounts/", "/accounts/logout/"))
+
+    for response in pages():
+        assert response.status_code == 200
+        page = response.content.decode()
+        first = re.search(r"<(a|button|input|select|textarea)\b[^>]*>", page.split("<body", 1)[1]).group(0)
+        assert first == '<a class="skip-link" href="#content">', response.request["PATH_INFO"]
+        assert '<main class="container" id="content" tabindex="-1">' in page
+
+
+def test_token_times_on_the_account_page_name_their_zone_and_carry_the_instant_for_the_browser(
+    client, user, settings
+):
+    import datetime as dt
+
+    from accounts import services
+    from accounts.models import ApiToken
+
+    settings.API_TOKEN_MAX_AGE_DAYS = 365
+    token, _ = services.api_token_create(user=user, name="scanner")
+    made = dt.datetime(2026, 1, 15, 12, 10, 33, tzinfo=dt.UTC)
+    ApiToken.objects.filter(pk=token.pk).update(created_at=made, last_used_at=made + dt.timedelta(hours=2))
+    client.force_login(user)
+    page = client.get("/accounts/").content.decode()
+    assert 'made <time datetime="2026-01-15T12:10:33+00:00" data-local>2026-01-15 12:10 UTC</time>' in page
+    assert 'last used <time datetime="2026-01-15T14:10:33+00:00" data-local>2026-01-15 14:10 UTC</time>' in page
+    assert '<time datetime="2027-01-15T12:10:33+00:00" data-local>2027-01-15 12:10 UTC</time>' in page
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page(client):

@@ -116,6 +116,30 @@ def test_the_clear_button_empties_the_canvas(logged_in_page):
     assert blank
 
 
+def test_undo_takes_back_the_last_stroke_only_and_then_the_one_before(logged_in_page):
+    page = logged_in_page
+    box = page.locator("#draw-canvas").bounding_box()
+    scale = box["width"] / 280  # canvas pixels to CSS pixels
+    expect(page.locator("#canvas-undo")).to_be_disabled()
+    for y in (60, 200):  # two strokes across the canvas, one high, one low
+        page.mouse.move(box["x"] + 40 * scale, box["y"] + y * scale)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 240 * scale, box["y"] + y * scale, steps=5)
+        page.mouse.up()
+    high, low = (lambda: _ink_in(page, 0, 30, 280, 90)), (lambda: _ink_in(page, 0, 170, 280, 230))
+    assert high() > 0 and low() > 0
+
+    page.click("#canvas-undo")
+    assert high() > 0 and low() == 0
+    expect(page.locator("#canvas-submit")).to_be_enabled()
+    # The keyboard's Ctrl+Z takes back the one before, which leaves nothing to send.
+    page.keyboard.press("Control+z")
+    assert high() == 0
+    expect(page.locator("#canvas-submit")).to_be_disabled()
+    expect(page.locator("#canvas-undo")).to_be_disabled()
+    expect(page.locator("#canvas-hint")).to_be_visible()
+
+
 def test_history_shows_uploads_and_deletes_after_confirming(
     logged_in_page, celery_worker_process, active_checkpoint, digit_png, artifacts_dir, tmp_path
 ):
@@ -372,3 +396,142 @@ def test_a_tap_on_the_canvas_is_sent_as_a_dot(logged_in_page):
     left, top, right, bottom = image.getchannel("A").getbbox()
     assert left <= 140 < right and top <= 140 < bottom  # ink where the tap was
     assert right - left <= 25 and bottom - top <= 25  # a dot, nothing more
+
+
+def _context_with_csp_check(browser, live_server, **options):
+    """A browser context of its own (a time zone, a screen size) whose pages fail the test on a blocked script."""
+    context = browser.new_context(base_url=live_server.url, **options)
+    blocked = []
+    context.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
+               else None)
+    return context, blocked
+
+
+def test_times_are_shown_in_the_readers_own_zone_named_as_the_browser_names_it(
+    browser, live_server, log_in, user, digit_png
+):
+    import datetime as dt
+
+    from accounts import services as account_services
+    from accounts.models import ApiToken
+
+    winter = dt.datetime(2026, 1, 15, 12, 10, 33, tzinfo=dt.UTC)
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.FAILED, error="Unreadable.")
+    Upload.objects.filter(pk=upload.pk).update(created_at=winter)
+    token, _ = account_services.api_token_create(user=user, name="scanner")
+    summer = dt.datetime(2026, 7, 1, 12, 10, tzinfo=dt.UTC)
+    ApiToken.objects.filter(pk=token.pk).update(created_at=winter, last_used_at=summer)
+
+    context, blocked = _context_with_csp_check(
+        browser, live_server, viewport={"width": 1200, "height": 900}, timezone_id="America/New_York", locale="en-US"
+    )
+    try:
+        page = context.new_page()
+        log_in(page)
+        page.goto(f"/predictions/{prediction.pk}/")
+        uploaded = page.locator(".facts time")
+        expect(uploaded).to_have_text("2026-01-15 07:10 EST")
+        expect(uploaded).to_have_attribute("title", "2026-01-15 12:10 UTC")  # the server's text, on hover
+        page.goto("/history/")
+        expect(page.locator(".history-item time")).to_have_text("2026-01-15 07:10 EST")
+        page.goto("/accounts/")
+        # Made in winter, last used in summer, expiring a year after it was made: each named for its own date.
+        expect(page.locator(".token-list time")).to_have_text(
+            ["2026-01-15 07:10 EST", "2026-07-01 08:10 EDT", "2027-01-15 07:10 EST"]
+        )
+    finally:
+        context.close()
+    assert blocked == []
+
+
+def test_screen_readers_are_told_the_answer_once_it_is_in_and_nothing_more(logged_in_page, user, digit_png, settings):
+    from classifier.views import prediction_payload
+
+    settings.LOW_CONFIDENCE_THRESHOLD = 0.7
+    page = logged_in_page
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    answer = prediction_payload(prediction)
+    page.route(f"**/predictions/{prediction.pk}.json",
+               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    page.goto(f"/predictions/{prediction.pk}/")
+    announcement = page.locator("#verdict-announcement")
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    expect(announcement).to_have_text("")  # nothing said while it waits
+    answer.update(status="done", finished=True, digit=7, confidence=0.697, low_confidence=True,
+                  probabilities=[0.0303] * 7 + [0.697] + [0.0] * 2)
+    expect(announcement).to_have_text(
+        "It is a 7, 69% confident. Not sure — the model's confidence is below 70%."
+    )
+    assert page.locator("[aria-live]").count() == 1
+
+
+def test_the_first_tab_reaches_the_skip_link_which_shows_itself_and_leads_into_the_page(logged_in_page):
+    page = logged_in_page
+    page.goto("/history/")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).not_to_be_in_viewport()
+    page.keyboard.press("Tab")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    expect(page.locator("main#content")).to_be_focused()
+    page.keyboard.press("Tab")  # on into the page, past the header's links
+    assert page.evaluate("document.getElementById('content').contains(document.activeElement)")
+
+
+def test_no_page_scrolls_sideways_on_a_360_px_wide_phone(browser, live_server, log_in, user, digit_png, artifacts_dir):
+    from accounts import services as account_services
+
+    long_name = "a-photo-of-a-digit-with-a-very-long-file-name-straight-from-the-camera-0001.png"
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name=long_name, source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(
+        status=Prediction.Status.DONE, digit=7, confidence=0.65, probabilities=[0.035] * 7 + [0.65] + [0.0] * 2,
+        device="cpu", queue_ms=12.0, compute_ms=3.5,
+    )
+    failed = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), name=long_name, source="file")
+    (failure,) = services.predictions_create(uploads=[failed], publish=False)
+    Prediction.objects.filter(pk=failure.pk).update(
+        status=Prediction.Status.FAILED, error="The stored image could not be read: " + "x" * 80
+    )
+    account_services.api_token_create(user=user, name="a token with a rather long name for a phone")
+
+    context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        pages = {"login": "/accounts/login/", "signup": "/accounts/signup/", "logout-anonymous": "/accounts/logout/"}
+        for name, path in pages.items():
+            page.goto(path)
+            _assert_no_sideways_scroll(page, artifacts_dir, f"narrow-{name}")
+        log_in(page)
+        pages = {
+            "upload": "/", "result": f"/predictions/{prediction.pk}/", "result-failed": f"/predictions/{failure.pk}/",
+            "history": "/history/?digit=7", "account": "/accounts/", "password": "/accounts/password/",
+            "logout": "/accounts/logout/", "delete": f"/uploads/{upload.pk}/delete", "missing": "/no-such-page/",
+        }
+        for name, path in pages.items():
+            page.goto(path)
+            _assert_no_sideways_scroll(page, artifacts_dir, f"narrow-{name}")
+        # A new token's key, shown once, is one long word.
+        page.goto("/accounts/")
+        page.fill("#id_name", "phone")
+        page.fill("#id_token_password", "correct horse battery")
+        page.get_by_role("button", name="Create a token").click()
+        expect(page.locator("#new-token")).to_be_visible()
+        _assert_no_sideways_scroll(page, artifacts_dir, "narrow-account-new-token")
+    finally:
+        context.close()
+    assert blocked == []
+
+
+def _assert_no_sideways_scroll(page, artifacts_dir, name: str) -> None:
+    page.screenshot(path=str(artifacts_dir / f"{name}.png"), full_page=True)
+    wide = page.evaluate(
+        "() => Array.from(document.querySelectorAll('body *'))"
+        ".filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)"
+        ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
+    )
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360, (name, wide[:10])

@@ -178,3 +178,15 @@ def test_a_page_deep_in_an_admin_list_skips_rows_without_reading_their_predictio
     # Neither the newest prediction (a subquery among the columns) nor a joined owner or checkpoint per skipped row.
     assert "SELECT" not in skipping.split(" FROM ", 1)[0][len("SELECT"):]
     assert "AUTH_USER" not in skipping and "TRAINING_CHECKPOINT" not in skipping
+
+
+def test_staff_see_who_takes_the_most_storage_first(admin_client, user, other_user, digit_png, settings):
+    settings.UPLOAD_QUOTA_MB = 1
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    services.predictions_submit(
+        owner=other_user, files=[(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(1, 4)], source="file"
+    )
+    page = admin_client.get("/admin/classifier/storageuse/").content.decode()
+    assert page.index(">bob<") < page.index(">alice<")
+    share = sum(len(digit_png(i)) for i in range(1, 4)) / 2**20
+    assert f">{share:.0%}<" in page and ">no limit<" not in page

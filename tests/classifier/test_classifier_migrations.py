@@ -1,4 +1,4 @@
-"""Migration 0003: model inputs stored as PNG files are carried into the row, and back again on reverse."""
+"""Migrations that move data: model inputs from files into the row (0003), and the quota's first counts (0009)."""
 import io
 
 import numpy as np
@@ -49,3 +49,22 @@ def test_input_pngs_on_disk_become_pixels_in_the_row():
 def _latest():
     executor = MigrationExecutor(connection)
     return executor.loader.graph.leaf_nodes()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_quota_migration_counts_each_owners_uploads_already_stored():
+    old_apps = _migrate([("classifier", "0008_prediction_several_digits")])
+    try:
+        users = old_apps.get_model("auth", "User").objects
+        alice, bob, _carol = (users.create(username=name) for name in ("alice", "bob", "carol"))
+        uploads = old_apps.get_model("classifier", "Upload").objects
+        for index, (owner, size) in enumerate([(alice, 100), (alice, 250), (bob, 7)]):
+            uploads.create(
+                owner=owner, image=f"uploads/{index}.png", width=28, height=28, format="PNG", size=size, sha256="0" * 64
+            )
+
+        new_apps = _migrate([("classifier", "0009_storage_use")])
+        counted = dict(new_apps.get_model("classifier", "StorageUse").objects.values_list("owner__username", "bytes"))
+        assert counted == {"alice": 350, "bob": 7}
+    finally:
+        _migrate(_latest())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection
@@ -13,7 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from classifier import services, statements
-from classifier.models import Prediction, Upload
+from classifier.models import Prediction, StorageUse, Upload
+from tests.classifier.fixtures import png_bytes
 from tests.devices import DEVICES
 
 pytestmark = pytest.mark.django_db
@@ -196,10 +198,26 @@ def test_prediction_execute_stores_digit_probabilities_and_the_model_input(
     assert result.checkpoint_id == active_checkpoint.pk
     assert result.device == device
     assert result.queue_ms >= 0 and result.compute_ms > 0
+    assert result.several_digits is False
     stored = Prediction.objects.get(pk=prediction.pk)
     # What the model saw: 28x28 bright ink on black, the same picture inference produced.
     pixels = np.frombuffer(bytes(stored.input_pixels), dtype=np.uint8).reshape(28, 28)
     assert pixels.max() == 255 and pixels[0].max() == 0 and pixels[-1].max() == 0
+
+
+def test_a_picture_of_two_digits_is_read_as_one_of_them_and_stored_as_holding_several(
+    user, active_checkpoint, mnist_test_split
+):
+    # "72" written on white paper: the first two MNIST test digits side by side, a digit's width apart.
+    first, second = (255 - mnist_test_split.images[index].numpy().astype(np.uint8) for index in (0, 1))
+    pair = np.concatenate([first, np.full((28, 12), 255, dtype=np.uint8), second], axis=1)
+    picture = Image.fromarray(pair).resize((pair.shape[1] * 4, 112), Image.Resampling.BILINEAR)
+    upload = services.upload_create(owner=user, file=io.BytesIO(png_bytes(picture)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    services.prediction_execute(prediction_id=prediction.pk)
+    stored = Prediction.objects.get(pk=prediction.pk)
+    assert stored.status == "done" and stored.digit in (7, 2)
+    assert stored.several_digits is True
 
 
 def test_a_worker_that_cannot_load_the_model_hands_its_predictions_back_instead_of_failing_them(
@@ -599,6 +617,19 @@ def test_the_daily_orphan_sweep_also_sets_aside_old_files_whose_upload_is_gone(u
     assert default_storage.exists(kept.image.name) and default_storage.exists(young)
 
 
+def test_the_daily_sweep_sets_aside_the_model_input_files_of_the_release_before_they_moved_into_the_rows():
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    old = default_storage.save("derived/inputs/0a1b.png", ContentFile(b"a 28x28 model input of classifier/0002"))
+
+    services.upload_files_orphaned_delete()
+    assert default_storage.exists(old)  # the hourly sweep looks at upload folders only
+    services.upload_files_orphaned_delete(everything=True)
+    assert not default_storage.exists(old)
+    assert default_storage.exists(f"orphaned/{old}")
+
+
 def test_the_sweep_against_a_database_that_lost_the_rows_sets_the_files_aside_to_be_moved_back(user, digit_png):
     import os
 
@@ -635,3 +666,67 @@ def test_files_set_aside_are_deleted_by_the_daily_sweep_once_kept_for_the_keep_p
     assert default_storage.exists(set_aside)
     services.upload_files_orphaned_delete(everything=True, now=timezone.now() + keep + dt.timedelta(hours=1))
     assert not default_storage.exists(set_aside)
+
+
+def _use_of(owner) -> int:
+    return StorageUse.objects.get(owner=owner).bytes
+
+
+def test_uploads_count_towards_their_owners_storage_and_a_deletion_gives_it_back(user, other_user, digit_png):
+    (first,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "1.png"), (io.BytesIO(digit_png(2)), "2.png")],
+                                source="file")
+    sizes = [len(digit_png(index)) for index in range(3)]
+    assert _use_of(user) == sum(sizes)
+    assert not StorageUse.objects.filter(owner=other_user).exists()
+
+    services.upload_delete(upload=first.upload)
+    assert _use_of(user) == sizes[1] + sizes[2]
+
+
+def test_an_upload_past_its_owners_quota_is_refused_saying_so_and_stores_nothing(user, digit_png, settings):
+    settings.UPLOAD_QUOTA_MB = 1
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    # Nearly full: what the owner stored before leaves less room than one more digit takes.
+    StorageUse.objects.filter(owner=user).update(bytes=2**20 - len(digit_png(1)) + 1)
+    files_before = _stored_files()
+
+    with pytest.raises(services.UploadQuotaError, match=r"past your allowance of 1\.0\s+MB, of which [\d.]+\s+KB is in use"):
+        services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "1.png")], source="file")
+
+    assert Upload.objects.count() == 1 and Prediction.objects.count() == 1
+    assert _stored_files() == files_before
+    assert _use_of(user) == 2**20 - len(digit_png(1)) + 1
+    # Exactly up to the allowance is still allowed.
+    StorageUse.objects.filter(owner=user).update(bytes=2**20 - len(digit_png(1)))
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "1.png")], source="file")
+    assert _use_of(user) == 2**20
+
+
+def test_without_a_quota_uploads_are_still_counted(user, digit_png, settings):
+    settings.UPLOAD_QUOTA_MB = 0
+    StorageUse.objects.create(owner=user, bytes=2**40)
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    assert _use_of(user) == 2**40 + len(digit_png(0))
+
+
+def test_the_recount_corrects_every_owners_storage_from_their_uploads(user, other_user, digit_png):
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    services.predictions_submit(owner=other_user, files=[(io.BytesIO(digit_png(1)), "1.png")], source="file")
+    # As after uploads a release from before the quota stored while its migration ran, or rows deleted by hand.
+    StorageUse.objects.filter(owner=user).update(bytes=5)
+    StorageUse.objects.filter(owner=other_user).delete()
+    nobody = StorageUse.objects.create(owner=type(user).objects.create_user(username="carol"), bytes=77)
+
+    assert services.storage_use_recount() == 3
+    assert _use_of(user) == len(digit_png(0)) and _use_of(other_user) == len(digit_png(1))
+    assert StorageUse.objects.get(pk=nobody.pk).bytes == 0
+    assert services.storage_use_recount() == 0
+
+
+def test_uploads_stored_past_the_quota_on_purpose_are_counted_too(user, digit_png, settings):
+    # The sample sets and the command line store through upload_create, which no quota holds back.
+    settings.UPLOAD_QUOTA_MB = 1
+    StorageUse.objects.create(owner=user, bytes=2**20)
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    assert _use_of(user) == 2**20 + len(digit_png(0))

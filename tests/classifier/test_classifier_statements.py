@@ -165,3 +165,34 @@ def test_a_stalled_workers_result_does_not_overwrite_the_claim_that_took_its_pre
     assert statements.prediction_results_update(predictions=[_finished_as(stalled, 8)], notify_channel="x") == set()
     prediction.refresh_from_db()
     assert (prediction.status, prediction.digit, prediction.attempts) == ("done", 3, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_uploads_sent_at_once_by_one_owner_never_take_them_past_the_quota(user, digit_png, settings):
+    from classifier.models import StorageUse, Upload
+
+    settings.UPLOAD_QUOTA_MB = 1
+    image = digit_png(0)
+    # Room for three more of these, not four.
+    StorageUse.objects.create(owner=user, bytes=2**20 - 3 * len(image) - len(image) // 2)
+    start, outcomes = threading.Barrier(6), []
+
+    def upload() -> None:
+        try:
+            start.wait(10)
+            services.predictions_submit(owner=user, files=[(io.BytesIO(image), "0.png")], source="file")
+            outcomes.append("stored")
+        except services.UploadQuotaError:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["refused"] * 3 + ["stored"] * 3
+    assert Upload.objects.count() == 3
+    assert StorageUse.objects.get(owner=user).bytes == 2**20 - len(image) // 2

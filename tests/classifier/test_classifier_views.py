@@ -165,6 +165,29 @@ def test_low_confidence_is_shown_as_not_sure(alice, user, digit_png, active_chec
     assert "Not sure" in alice.get(f"/predictions/{prediction.pk}/").content.decode()
 
 
+def test_a_picture_that_seemed_to_hold_several_digits_says_only_one_was_read(alice, user, digit_png, active_checkpoint):
+    prediction = _done_prediction(user, digit_png)
+    assert 'id="several-digits" hidden>' in alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert alice.get(f"/predictions/{prediction.pk}.json").json()["several_digits"] is False
+    Prediction.objects.filter(pk=prediction.pk).update(several_digits=True)
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert 'id="several-digits" >This picture seems to hold more than one digit' in page
+    assert alice.get(f"/predictions/{prediction.pk}.json").json()["several_digits"] is True
+
+
+def test_an_upload_page_past_the_quota_says_how_to_make_room_and_stores_nothing(alice, user, digit_png, settings):
+    from classifier.models import StorageUse
+
+    settings.UPLOAD_QUOTA_MB = 1
+    StorageUse.objects.create(owner=user, bytes=2**20 - 10)
+
+    response = alice.post("/", {"files": [_file(digit_png(0), "0.png")]})
+
+    assert response.status_code == 507
+    assert "Delete some uploads in your history to make room." in response.content.decode()
+    assert not Upload.objects.exists()
+
+
 def test_a_confidence_just_below_the_threshold_never_reads_as_the_threshold(alice, user, digit_png, active_checkpoint, settings):
     settings.LOW_CONFIDENCE_THRESHOLD = 0.7
     prediction = _done_prediction(user, digit_png)
@@ -398,3 +421,55 @@ def test_a_prediction_that_did_not_fail_or_is_someone_elses_is_not_run_again(
     theirs = _failed_prediction(other_user, digit_png)
     assert alice.post(f"/predictions/{theirs.pk}/retry").status_code == 404
     assert Prediction.objects.count() == 2
+
+
+def test_pressing_try_again_twice_spends_one_upload_of_the_allowance_for_the_one_prediction_it_makes(
+    alice, user, digit_png, settings, django_capture_on_commit_callbacks
+):
+    from classifier import throttling
+
+    settings.UPLOAD_THROTTLE_RATE = "3/minute"
+    failed = _failed_prediction(user, digit_png)
+    with django_capture_on_commit_callbacks(execute=False):
+        first = alice.post(f"/predictions/{failed.pk}/retry")
+        again = alice.post(f"/predictions/{failed.pk}/retry")
+    assert first["Location"] == again["Location"] != f"/predictions/{failed.pk}/"
+    assert Prediction.objects.filter(upload=failed.upload).count() == 2
+    # Of the three images a minute, the one retry took one: two are left, and no more.
+    throttling.upload_allowance_spend(user_id=user.pk, images=2)
+    with pytest.raises(throttling.UploadRateError):
+        throttling.upload_allowance_spend(user_id=user.pk, images=1)
+
+
+def test_times_on_the_result_and_history_pages_name_their_zone_and_carry_the_instant_for_the_browser(
+    alice, user, digit_png, settings
+):
+    import datetime as dt
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Upload.objects.filter(pk=upload.pk).update(created_at=dt.datetime(2026, 1, 15, 12, 10, 33, tzinfo=dt.UTC))
+    instant = '<time datetime="2026-01-15T12:10:33+00:00" data-local>'
+    for path in (f"/predictions/{prediction.pk}/", "/history/"):
+        assert f"{instant}2026-01-15 12:10 UTC</time>" in alice.get(path).content.decode(), path
+    # A server in another zone writes its own time, named, and the same instant.
+    settings.TIME_ZONE = "Europe/Berlin"
+    for path in (f"/predictions/{prediction.pk}/", "/history/"):
+        assert f"{instant}2026-01-15 13:10 CET</time>" in alice.get(path).content.decode(), path
+
+
+def test_the_feedback_buttons_are_a_group_named_by_their_question_and_only_the_answer_is_announced(
+    alice, user, digit_png, active_checkpoint
+):
+    import re
+
+    prediction = _done_prediction(user, digit_png)
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert '<p class="feedback-title" id="feedback-title">Wrong? It is a</p>' in page
+    group = re.search(r'<div class="digit-buttons" role="group" aria-labelledby="feedback-title">(.*?)</div>', page,
+                      re.S)
+    assert group and group.group(1).count('class="digit-button') == 10
+    # The live region is the announcement of the answer alone, not the card with its ten bars.
+    assert re.findall(r"<[^>]*aria-live[^>]*>", page) == [
+        '<p class="visually-hidden" id="verdict-announcement" aria-live="polite" aria-atomic="true">'
+    ]

@@ -125,6 +125,58 @@ def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_wha
 
 
 
+def _lost_after_commit_and_unconfirmed():
+    """An execute wrapper: the uploads' insert commits and its answer is lost, then asking whether it stored fails."""
+    from django.db import OperationalError
+
+    inserted = []
+
+    def wrapper(execute, sql, params, many, context):
+        if inserted and Upload._meta.db_table in sql:
+            raise OperationalError("could not connect to server: Connection refused")
+        result = execute(sql, params, many, context)
+        if "INSERT INTO" in sql and Upload._meta.db_table in sql:
+            inserted.append(sql)
+            context["connection"].close()
+            raise OperationalError("server closed the connection unexpectedly")
+        return result
+
+    return wrapper
+
+
+def test_an_upload_whose_insert_may_or_may_not_have_committed_says_so_and_keeps_its_files_for_the_sweeps(
+    client, user, digit_png, transactional_db, published
+):
+    from accounts.services import api_token_create
+
+    _, key = api_token_create(user=user)
+    files = [SimpleUploadedFile(f"digit{i}.png", digit_png(i), content_type="image/png") for i in range(2)]
+    with connection.execute_wrapper(_lost_after_commit_and_unconfirmed()):
+        response = client.post("/api/v1/predictions/", {"images": files}, headers={"Authorization": f"Token {key}"})
+
+    assert response.status_code == 503, response.content
+    error = response.json()["error"]
+    assert error["code"] == "outcome_unknown" and "nothing was stored" not in error["message"]
+    assert "history" in error["message"] and response["Retry-After"] == "60"
+    # Stored after all: the files stay with their rows, and the sweeper will send the predictions.
+    assert Upload.objects.count() == 2 and Prediction.objects.filter(status="pending").count() == 2
+    assert all(upload.image.storage.exists(upload.image.name) for upload in Upload.objects.all())
+    assert published.prediction_ids() == []
+
+
+def test_the_upload_page_says_when_it_cannot_tell_whether_the_images_were_stored(
+    client, user, digit_png, transactional_db, published
+):
+    client.force_login(user)
+    with connection.execute_wrapper(_lost_after_commit_and_unconfirmed()):
+        response = client.post("/", {"files": [SimpleUploadedFile("digit.png", digit_png(0), content_type="image/png")]})
+
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "whether they were is not known" in page and "nothing was stored" not in page
+    assert Upload.objects.count() == 1
+
+
 def test_an_upload_whose_connection_is_lost_just_after_its_insert_committed_is_answered_as_stored_and_queued(
     client, user, digit_png, transactional_db, published
 ):

@@ -14,8 +14,9 @@ from classifier import services
 from classifier.models import Prediction, Upload
 from training.models import Checkpoint, TrainingRun
 
-# Routes that are public on purpose: logging in, signing up, health probes, the API's own description.
-PUBLIC = {"login", "signup", "healthz", "readyz", "api:schema", "api:docs", "api:no-such-endpoint"}
+# Routes that are public on purpose: logging in and out (its page says whether one is signed in), signing up, health
+# probes, the API's own description.
+PUBLIC = {"login", "logout", "signup", "healthz", "readyz", "api:schema", "api:docs", "api:no-such-endpoint"}
 
 
 def named_routes(patterns=None, namespace=""):
@@ -81,7 +82,7 @@ def test_every_route_but_log_in_and_sign_up_requires_a_logged_in_user(client, ow
         checked.append(name)
     # The walk really found the pages and the API, object routes included.
     assert {"classifier:upload", "classifier:prediction_detail", "classifier:upload_image", "api:prediction-detail",
-            "api:training-run-cancel", "logout", "account_token_revoke"} <= set(checked), checked
+            "api:training-run-cancel", "account_token_revoke"} <= set(checked), checked
     assert client.get(reverse("login")).status_code == 200
     assert client.get(reverse("signup")).status_code == 200
 

@@ -1,0 +1,35 @@
+"""Each owner's upload bytes in one row, for the upload quota; counted here from the uploads already stored.
+
+Uploads a release before this one stores while it runs are counted by the daily recount (classifier.tasks).
+"""
+import django.db.models.deletion
+from django.conf import settings
+from django.db import migrations, models
+from django.db.models import Sum
+
+
+def storage_use_count(apps, schema_editor):
+    upload_model, use_model = apps.get_model("classifier", "Upload"), apps.get_model("classifier", "StorageUse")
+    totals = upload_model.objects.order_by().values("owner_id").annotate(total=Sum("size"))
+    use_model.objects.bulk_create(
+        (use_model(owner_id=row["owner_id"], bytes=row["total"]) for row in totals.iterator()), batch_size=1000
+    )
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('auth', '0012_alter_user_first_name_max_length'),
+        ('classifier', '0008_prediction_several_digits'),
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name='StorageUse',
+            fields=[
+                ('owner', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='storage_use', serialize=False, to=settings.AUTH_USER_MODEL)),
+                ('bytes', models.BigIntegerField(default=0, help_text="The sizes of the owner's uploads as uploaded, summed.")),
+            ],
+        ),
+        migrations.RunPython(storage_use_count, migrations.RunPython.noop),
+    ]

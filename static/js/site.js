@@ -1,0 +1,28 @@
+// Every page: times are sent in the server's time zone, named ("2026-12-03 12:10 UTC"); here they are rewritten into
+// the reader's own zone, named as the browser names it ("2026-12-03 07:10 EST"). Without JavaScript the server's
+// text stays, which is right too, only in another zone.
+(function () {
+  "use strict";
+
+  function pad(number) { return String(number).padStart(2, "0"); }
+
+  function zoneName(date) {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" })
+      .formatToParts(date)
+      .find(function (p) { return p.type === "timeZoneName"; });
+    return part ? part.value : "";
+  }
+
+  function localise(element) {
+    const date = new Date(element.getAttribute("datetime"));
+    if (isNaN(date.getTime())) return;
+    const text = date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) + " " +
+      pad(date.getHours()) + ":" + pad(date.getMinutes());
+    const zone = zoneName(date);
+    // The server's text stays at hand, on hover.
+    if (!element.title) element.title = element.textContent.trim();
+    element.textContent = zone ? text + " " + zone : text;
+  }
+
+  document.querySelectorAll("time[data-local][datetime]").forEach(localise);
+})();
