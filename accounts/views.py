@@ -20,7 +20,6 @@ from django.views.decorators.http import require_http_methods
 from accounts import selectors, services
 from accounts.backends import client_address
 from accounts.forms import AccountDeleteForm, AccountPasswordChangeForm, ApiTokenCreateForm, SignupForm
-from accounts.models import ApiToken
 from accounts.services import login_attempt_allowed
 from classifier import selectors as classifier_selectors
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse

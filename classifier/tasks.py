@@ -9,6 +9,11 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # A worker that cannot load the model handed its claims back; healthy workers take them meanwhile, and once its
 # retries run out the sweeper sends them again.
 WORKER_ERRORS = (services.ModelUnavailableError,)
+# The daily and hourly sweeps over files and counts: long, and safe to run again.
+HOUSEKEEPING = dict(
+    acks_late=True, soft_time_limit=600, time_limit=900, autoretry_for=TRANSIENT_ERRORS, max_retries=2,
+    ignore_result=True,
+)
 
 
 @shared_task(
@@ -42,12 +47,7 @@ def predictions_sweep() -> int:
 
 @shared_task(
     name="classifier.tasks.upload_files_orphaned_delete",
-    acks_late=True,
-    soft_time_limit=600,
-    time_limit=900,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=2,
-    ignore_result=True,
+    **HOUSEKEEPING,
 )
 def upload_files_orphaned_delete(everything: bool = False) -> int:
     return services.upload_files_orphaned_delete(everything=everything)
@@ -55,12 +55,7 @@ def upload_files_orphaned_delete(everything: bool = False) -> int:
 
 @shared_task(
     name="classifier.tasks.storage_use_recount",
-    acks_late=True,
-    soft_time_limit=600,
-    time_limit=900,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=2,
-    ignore_result=True,
+    **HOUSEKEEPING,
 )
 def storage_use_recount() -> int:
     return services.storage_use_recount()

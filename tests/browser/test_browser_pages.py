@@ -254,18 +254,29 @@ def test_a_second_finger_on_the_canvas_leaves_no_ink(browser, live_server, log_i
         context.close()
 
 
-def test_pages_updated_in_place_show_a_confidence_just_below_the_threshold_rounded_down(logged_in_page, user, digit_png, settings):
+# A finished answer whose confidence lies just below a threshold of 0.7.
+JUST_BELOW_THRESHOLD = {"status": "done", "finished": True, "digit": 7, "confidence": 0.697, "low_confidence": True,
+                        "probabilities": [0.0303] * 7 + [0.697] + [0.0] * 2}
+
+
+def _result_page_answering(page, owner, digit_png, **changes) -> dict:
+    """Open a new pending prediction's page whose polls get its real payload with ``changes``; returns that payload,
+    which the test may change to move the page on."""
     from classifier.views import prediction_payload
 
-    settings.LOW_CONFIDENCE_THRESHOLD = 0.7
-    page = logged_in_page
-    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    upload = services.upload_create(owner=owner, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    answer = {**prediction_payload(prediction), "status": "done", "finished": True, "digit": 7, "confidence": 0.697,
-              "low_confidence": True, "probabilities": [0.0303] * 7 + [0.697] + [0.0] * 2}
+    answer = {**prediction_payload(prediction), **changes}
     page.route(f"**/predictions/{prediction.pk}.json",
                lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
     page.goto(f"/predictions/{prediction.pk}/")
+    return answer
+
+
+def test_pages_updated_in_place_show_a_confidence_just_below_the_threshold_rounded_down(logged_in_page, user, digit_png, settings):
+    settings.LOW_CONFIDENCE_THRESHOLD = 0.7
+    page = logged_in_page
+    _result_page_answering(page, user, digit_png, **JUST_BELOW_THRESHOLD)
     expect(page.locator("#confidence")).to_have_text("69% confident")
     expect(page.locator("#not-sure")).to_be_visible()
     page.goto("/history/")
@@ -273,15 +284,8 @@ def test_pages_updated_in_place_show_a_confidence_just_below_the_threshold_round
 
 
 def test_the_spinner_text_follows_the_status_from_queued_to_running(logged_in_page, user, digit_png):
-    from classifier.views import prediction_payload
-
     page = logged_in_page
-    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
-    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    answer = prediction_payload(prediction)
-    page.route(f"**/predictions/{prediction.pk}.json",
-               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
-    page.goto(f"/predictions/{prediction.pk}/")
+    answer = _result_page_answering(page, user, digit_png)
     expect(page.locator("#spinner")).to_contain_text("waiting in the queue")
     answer["status"] = "running"  # a worker took it
     expect(page.locator("#status-badge")).to_have_text("running")
@@ -447,21 +451,13 @@ def test_times_are_shown_in_the_readers_own_zone_named_as_the_browser_names_it(
 
 
 def test_screen_readers_are_told_the_answer_once_it_is_in_and_nothing_more(logged_in_page, user, digit_png, settings):
-    from classifier.views import prediction_payload
-
     settings.LOW_CONFIDENCE_THRESHOLD = 0.7
     page = logged_in_page
-    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
-    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    answer = prediction_payload(prediction)
-    page.route(f"**/predictions/{prediction.pk}.json",
-               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
-    page.goto(f"/predictions/{prediction.pk}/")
+    answer = _result_page_answering(page, user, digit_png)
     announcement = page.locator("#verdict-announcement")
     expect(page.locator("#status-badge")).to_have_text("queued")
     expect(announcement).to_have_text("")  # nothing said while it waits
-    answer.update(status="done", finished=True, digit=7, confidence=0.697, low_confidence=True,
-                  probabilities=[0.0303] * 7 + [0.697] + [0.0] * 2)
+    answer.update(JUST_BELOW_THRESHOLD)
     expect(announcement).to_have_text(
         "It is a 7, 69% confident. Not sure — the model's confidence is below 70%."
     )
