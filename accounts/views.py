@@ -63,7 +63,7 @@ class SiteLogoutView(LogoutView):
     "Log out" button (a form with its CSRF token), not a 405. A GET itself never logs out: any other site could
     send one."""
 
-    http_method_names = ["get", "post", "options"]
+    http_method_names = ["get", "head", "post", "options"]
 
     def get(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         return render(request, "registration/logout.html")

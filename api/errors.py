@@ -107,8 +107,9 @@ class ServiceUnavailable(exceptions.APIException):
 
 
 class QuotaExceeded(exceptions.APIException):
-    # As WebDAV's quotas answer (RFC 4331): the request was fine, the owner's space is not.
-    status_code = status.HTTP_507_INSUFFICIENT_STORAGE
+    # The owner's to resolve, not the server's: a 4xx (a 5xx would be logged as a server error), as cloud storage
+    # APIs answer a full quota.
+    status_code = status.HTTP_403_FORBIDDEN
     default_detail = "Your uploads have reached their allowance; delete some to make room."
     default_code = "quota_exceeded"
 
@@ -133,10 +134,8 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
     if isinstance(exc, UploadQuotaError):
         return QuotaExceeded(str(exc), code="quota_exceeded")
     if isinstance(exc, UploadOutcomeUnknownError):
-        unknown = ServiceUnavailable(UPLOAD_OUTCOME_UNKNOWN, code="outcome_unknown")
-        # The sweeper sends stored predictions within a minute or two: by then the history tells.
-        unknown.wait = 60
-        return unknown
+        # No Retry-After: retrying clients would send the images again, which is what must be checked for first.
+        return ServiceUnavailable(UPLOAD_OUTCOME_UNKNOWN, code="outcome_unknown")
     if isinstance(exc, (OperationalError, InterfaceError, UploadStorageError)):
         # The database or the storage is out of reach, which passes; the service layer has already removed any
         # file it wrote, so a retry is safe. Other database errors are bugs, answered as such (500).

@@ -116,13 +116,14 @@ class PredictionListCreateApi(GenericAPIView):
             415: responses.error("The body must be multipart/form-data.", code="unsupported_media_type"),
             429: responses.THROTTLED,
             503: responses.error("The database or the storage is out of reach (`service_unavailable`, nothing was "
-                                 "stored), the media volume is nearly full (`storage_full`, nothing was stored), or "
-                                 "the database stopped answering mid-insert (`outcome_unknown`: look in the history "
-                                 "before sending again). Retry after the Retry-After header's seconds.",
+                                 "stored), the media volume is nearly full (`storage_full`, nothing was stored): retry after the "
+                                 "Retry-After header's seconds. Or the database stopped answering mid-insert "
+                                 "(`outcome_unknown`, no Retry-After): look in the history before sending again.",
                                  code="service_unavailable"),
-            507: responses.error("These images would take your uploads past `UPLOAD_QUOTA_MB`; nothing was stored. "
-                                 "Delete some to make room.", code="quota_exceeded"),
             **responses.COMMON,
+            403: responses.error("Not allowed (a read-only token: `permission_denied`), or these images would take "
+                                 "your uploads past `UPLOAD_QUOTA_MB` (`quota_exceeded`, nothing was stored: delete "
+                                 "some to make room).", code="quota_exceeded"),
         },
     )
     def post(self, request: Request) -> Response:

@@ -279,20 +279,20 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
 
 @admin.register(StorageUse)
 class StorageUseAdmin(admin.ModelAdmin):
-    """Who takes how much of the media volume; the counts are the service's own, kept as uploads come and go."""
+    """Whose uploads take the most, counted as uploaded (UPLOAD_QUOTA_MB); kept as uploads come and go."""
 
     list_display = ("owner", "used", "of_quota")
     ordering = ("-bytes",)
     search_fields = ("owner__username",)
     list_select_related = ("owner",)
+    # Deleted with their owner only: a user's deletion in the admin asks for this model's delete permission too, so
+    # it is left as Django's, and only the list's own delete action is taken away.
+    actions = None
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
         return False
 
     @admin.display(description="uploads take", ordering="bytes")

@@ -16,8 +16,8 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection, transaction
-from django.db.models import BigIntegerField, F, OuterRef, Q, Subquery, Sum, Value
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Greatest
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from PIL import Image
@@ -252,11 +252,18 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
                        set_aside[:20])
     if everything:
         _files_set_aside_expired_delete(before=now - dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS))
-        retired = _files_set_aside(_files_under(RETIRED_FOLDER))
+        retired = _files_set_aside(_files_under(RETIRED_FOLDER)) if _model_inputs_moved_into_rows() else []
         if retired:
             logger.info("moved %s model input files of the release before classifier/0003 to %s/",
                         len(retired), ORPHANED_FOLDER)
     return len(set_aside)
+
+
+def _model_inputs_moved_into_rows() -> bool:
+    """Whether classifier/0003 ran: before it, the files under RETIRED_FOLDER are the only copy of the model inputs."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    return MigrationRecorder(connection).migration_qs.filter(app="classifier", name__startswith="0003_").exists()
 
 
 def _files_under(folder: str) -> list[str]:
@@ -393,25 +400,34 @@ def _quota_refusal(*, owner, needed: int) -> str:
 def upload_delete(*, upload: Upload) -> None:
     """Delete an upload, its predictions and (once committed, by ``classifier.signals``) its image file."""
     with transaction.atomic():
-        upload.delete()
-        StorageUse.objects.filter(owner_id=upload.owner_id).update(bytes=Greatest(F("bytes") - upload.size, 0))
+        _, deleted = upload.delete()
+        # Deleted meanwhile by another request (a double click, a retried API call): its bytes were given back there.
+        if deleted.get(Upload._meta.label):
+            StorageUse.objects.filter(owner_id=upload.owner_id).update(bytes=Greatest(F("bytes") - upload.size, 0))
 
 
 def storage_use_recount() -> int:
     """Count every owner's upload bytes afresh; returns how many owners' counts were wrong.
 
     Counts drift only through uploads a release from before the quota stored
-    while the migration that added it ran, or rows deleted by hand. An upload
-    committed while this runs can be left out until the next recount.
+    while the migration that added it ran, or rows deleted by hand. Owner by
+    owner, each under its count's row lock, which every upload and deletion of
+    theirs takes too: the sum, read after the lock, misses none of them.
     """
-    totals = Upload.objects.order_by().values("owner_id").annotate(total=Sum("size"))
-    StorageUse.objects.bulk_create(
-        (StorageUse(owner_id=row["owner_id"]) for row in totals.iterator()), batch_size=1000, ignore_conflicts=True
-    )
-    actual = Coalesce(
-        Subquery(totals.filter(owner_id=OuterRef("owner_id")).values("total")), Value(0), output_field=BigIntegerField()
-    )
-    return StorageUse.objects.exclude(bytes=actual).update(bytes=actual)
+    owners = set(Upload.objects.order_by().values_list("owner_id", flat=True).distinct())
+    StorageUse.objects.bulk_create([StorageUse(owner_id=owner) for owner in owners], batch_size=1000,
+                                   ignore_conflicts=True)
+    corrected = 0
+    for owner_id in StorageUse.objects.order_by("owner_id").values_list("owner_id", flat=True).iterator():
+        with transaction.atomic():
+            counted = StorageUse.objects.select_for_update().filter(owner_id=owner_id).values_list("bytes", flat=True)
+            if not counted:
+                continue  # the owner was deleted meanwhile
+            actual = Upload.objects.filter(owner_id=owner_id).aggregate(total=Sum("size"))["total"] or 0
+            if counted[0] != actual:
+                StorageUse.objects.filter(owner_id=owner_id).update(bytes=actual)
+                corrected += 1
+    return corrected
 
 
 def upload_files_delete_on_commit(*, names: list[str], using: str | None = None) -> None:

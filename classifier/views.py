@@ -56,7 +56,8 @@ def upload(request: HttpRequest) -> HttpResponse:
                 return _service_unavailable(request, form)
             except services.UploadOutcomeUnknownError:
                 logger.exception("upload failed: the database stopped answering, and whether it stored it is not known")
-                return _service_unavailable(request, form, retry_after=60, message=services.UPLOAD_OUTCOME_UNKNOWN)
+                # No Retry-After: sending the same images again is what the history must be checked for first.
+                return _service_unavailable(request, form, retry_after=None, message=services.UPLOAD_OUTCOME_UNKNOWN)
             except services.StorageFullError:
                 return _service_unavailable(
                     request, form, retry_after=300,
@@ -87,8 +88,9 @@ def upload(request: HttpRequest) -> HttpResponse:
         status=400 if errors else 200,
     )
     if over_quota:
-        # 507, as WebDAV's quotas answer (RFC 4331): the request was fine, the owner's space is not.
-        response.status_code = 507
+        # The owner's to resolve, not the server's: a 4xx (a 5xx would be logged as a server error), as cloud
+        # storage APIs answer a full quota.
+        response.status_code = 403
     if refused is not None and refused.retry_after is not None:
         response.status_code = 429
         response["Retry-After"] = str(math.ceil(refused.retry_after))
@@ -100,7 +102,7 @@ def _service_unavailable(
     form: UploadForm,
     *,
     message: str = "The service is temporarily unavailable and nothing was stored. Please try again in a minute.",
-    retry_after: int = 30,
+    retry_after: int | None = 30,
 ) -> HttpResponse:
     response = render(
         request,
@@ -114,7 +116,8 @@ def _service_unavailable(
         },
         status=503,
     )
-    response["Retry-After"] = str(retry_after)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
     return response
 
 

@@ -19,7 +19,7 @@ def storage_use_count(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
         ('classifier', '0008_prediction_several_digits'),
     ]
 

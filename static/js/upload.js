@@ -161,9 +161,12 @@
     strokes.pop();
     redraw();
     drawn();
+    // A disabled button drops the keyboard's focus to the page's start: keep it among the drawing's buttons.
+    if (undoButton.disabled && document.activeElement === undoButton) clearButton.focus();
   }
 
   const undoButton = document.getElementById("canvas-undo");
+  const clearButton = document.getElementById("canvas-clear");
   undoButton.addEventListener("click", undo);
   document.addEventListener("keydown", function (event) {
     // Ctrl+Z (Cmd+Z on a Mac) takes back the last stroke, unless a text field has the keyboard.
@@ -173,7 +176,7 @@
       undo();
     }
   });
-  document.getElementById("canvas-clear").addEventListener("click", function () {
+  clearButton.addEventListener("click", function () {
     strokes = [];
     stroke = null;
     redraw();

@@ -121,7 +121,7 @@ def test_a_file_over_the_size_limit_is_413_and_nothing_is_stored(user_client, se
     assert Upload.objects.count() == 0 and stored_files() == []
 
 
-def test_an_upload_past_the_owners_quota_is_507_and_nothing_is_stored(user_client, user, settings):
+def test_an_upload_past_the_owners_quota_is_403_and_nothing_is_stored(user_client, user, settings):
     from classifier.models import StorageUse
 
     settings.UPLOAD_QUOTA_MB = 1
@@ -129,7 +129,7 @@ def test_an_upload_past_the_owners_quota_is_507_and_nothing_is_stored(user_clien
 
     response = user_client.post(LIST, {"image": upload_file(name="one.png")}, format="multipart")
 
-    assert response.status_code == 507
+    assert response.status_code == 403
     error = response.json()["error"]
     assert error["code"] == "quota_exceeded" and "Delete some uploads" in error["message"]
     assert Upload.objects.count() == 0 and stored_files() == []

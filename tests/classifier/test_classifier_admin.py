@@ -190,3 +190,12 @@ def test_staff_see_who_takes_the_most_storage_first(admin_client, user, other_us
     assert page.index(">bob<") < page.index(">alice<")
     share = sum(len(digit_png(i)) for i in range(1, 4)) / 2**20
     assert f">{share:.0%}<" in page and ">no limit<" not in page
+
+
+def test_an_administrator_can_delete_a_user_who_uploaded(admin_client, user, digit_png):
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    page = admin_client.get(f"/admin/auth/user/{user.pk}/delete/")
+    assert page.status_code == 200 and "permission to delete" not in page.content.decode()
+    response = admin_client.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not type(user).objects.filter(pk=user.pk).exists()

@@ -730,3 +730,25 @@ def test_uploads_stored_past_the_quota_on_purpose_are_counted_too(user, digit_pn
     StorageUse.objects.create(owner=user, bytes=2**20)
     services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     assert _use_of(user) == 2**20 + len(digit_png(0))
+
+
+def test_deleting_an_upload_twice_gives_its_bytes_back_once(user, digit_png):
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    (prediction,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "1.png")], source="file")
+    # Two requests for one deletion (a double click, a retried API call): each loaded the upload before either ran.
+    first, second = Upload.objects.get(pk=prediction.upload_id), Upload.objects.get(pk=prediction.upload_id)
+    services.upload_delete(upload=first)
+    services.upload_delete(upload=second)
+    assert _use_of(user) == len(digit_png(0))
+
+
+def test_the_daily_sweep_keeps_model_input_files_until_their_migration_has_read_them(settings):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from django.db.migrations.recorder import MigrationRecorder
+
+    old = default_storage.save("derived/inputs/0a1b.png", ContentFile(b"a 28x28 model input of classifier/0002"))
+    # As on a release upgraded past classifier/0003 whose migrations have not run yet.
+    MigrationRecorder(connection).migration_qs.filter(app="classifier", name__startswith="0003_").delete()
+    services.upload_files_orphaned_delete(everything=True)
+    assert default_storage.exists(old)

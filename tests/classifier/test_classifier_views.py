@@ -183,7 +183,7 @@ def test_an_upload_page_past_the_quota_says_how_to_make_room_and_stores_nothing(
 
     response = alice.post("/", {"files": [_file(digit_png(0), "0.png")]})
 
-    assert response.status_code == 507
+    assert response.status_code == 403
     assert "Delete some uploads in your history to make room." in response.content.decode()
     assert not Upload.objects.exists()
 
