@@ -456,6 +456,9 @@ def test_times_on_the_result_and_history_pages_name_their_zone_and_carry_the_ins
     settings.TIME_ZONE = "Europe/Berlin"
     for path in (f"/predictions/{prediction.pk}/", "/history/"):
         assert f"{instant}2026-01-15 13:10 CET</time>" in alice.get(path).content.decode(), path
+    # The history's date filter reads days in the server's zone, which its labels name (one without summer time).
+    settings.TIME_ZONE = "Asia/Tokyo"
+    assert alice.get("/history/").content.decode().count("(day in JST)") == 2
 
 
 def test_the_feedback_buttons_are_a_group_named_by_their_question_and_only_the_answer_is_announced(
