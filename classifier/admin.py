@@ -170,7 +170,9 @@ class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = IdsFirstPaginator
-    readonly_fields = ("thumbnail_large", "sha256", "format", "size", "width", "height", "image", "created_at")
+    readonly_fields = (
+        "thumbnail_large", "sha256", "format", "size", "stored_size", "width", "height", "image", "created_at",
+    )
     exclude = ()
     change_list_template = "admin/classifier/upload/change_list.html"
 
@@ -279,7 +281,7 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
 
 @admin.register(StorageUse)
 class StorageUseAdmin(admin.ModelAdmin):
-    """Whose uploads take the most, counted as uploaded (UPLOAD_QUOTA_MB); kept as uploads come and go."""
+    """Whose uploads take the most, on the media volume (UPLOAD_QUOTA_MB); kept as uploads come and go."""
 
     list_display = ("owner", "used", "of_quota")
     ordering = ("-bytes",)

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -38,6 +39,9 @@ class Upload(models.Model):
     original_name = models.CharField(max_length=255, blank=True)
     format = models.CharField(max_length=16)
     size = models.PositiveIntegerField(help_text="Size in bytes of the file as uploaded.")
+    stored_size = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Size in bytes of the stored PNG; empty for uploads stored before it was kept."
+    )
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)
     sha256 = models.CharField(max_length=64)
@@ -60,6 +64,15 @@ class Upload(models.Model):
     def __str__(self) -> str:
         return f"Upload {self.pk} ({self.original_name or self.source})"
 
+    @property
+    def stored_bytes(self) -> int:
+        """What it takes on the media volume, as its owner's quota counts it (older uploads: as uploaded)."""
+        return self.size if self.stored_size is None else self.stored_size
+
+
+# The SQL of Upload.stored_bytes, for sums over many uploads.
+UPLOAD_STORED_BYTES = Coalesce("stored_size", "size")
+
 
 class StorageUse(models.Model):
     """The bytes of one owner's uploads, kept beside them: the quota check reads one row, not a sum over all of them."""
@@ -67,7 +80,7 @@ class StorageUse(models.Model):
     owner = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="storage_use"
     )
-    bytes = models.BigIntegerField(default=0, help_text="The sizes of the owner's uploads as uploaded, summed.")
+    bytes = models.BigIntegerField(default=0, help_text="What the owner's uploads take on the media volume.")
 
     def __str__(self) -> str:
         return f"{self.owner_id}: {self.bytes} bytes"

@@ -25,7 +25,7 @@ def storage_quota() -> int | None:
 
 
 def storage_usage_for_user(*, user) -> StorageUsage:
-    """What the user's uploads take, counted as uploaded, and the most they may."""
+    """What the user's uploads take, on the media volume, and the most they may."""
     used = StorageUse.objects.filter(owner=user).values_list("bytes", flat=True).first() or 0
     return StorageUsage(used=used, quota=storage_quota())
 

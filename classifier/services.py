@@ -23,7 +23,7 @@ from django.utils import timezone
 from PIL import Image
 
 from classifier import completion, selectors, statements
-from classifier.models import Prediction, StorageUse, Upload, upload_image_path
+from classifier.models import UPLOAD_STORED_BYTES, Prediction, StorageUse, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def _upload_build(
         original_name=image.original_name,
         format=image.format,
         size=image.size,
+        stored_size=len(image.content),
         width=image.width,
         height=image.height,
         sha256=image.sha256,
@@ -187,7 +188,8 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
             created = Upload.objects.bulk_create(uploads)
             # Counted like every upload, though no quota holds back the sample sets and the command line.
             (owner_id,) = {upload.owner_id for upload in uploads}
-            statements.storage_use_grow(owner_id=owner_id, by=sum(u.size for u in uploads), quota_bytes=NO_QUOTA)
+            needed = sum(upload.stored_bytes for upload in uploads)
+            statements.storage_use_grow(owner_id=owner_id, by=needed, quota_bytes=NO_QUOTA)
         return created
     except BaseException as exc:
         _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc)
@@ -372,7 +374,7 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
         if not statements.uploads_with_predictions_insert(
             uploads=uploads, predictions=predictions, quota_bytes=selectors.storage_quota() or NO_QUOTA
         ):
-            raise UploadQuotaError(_quota_refusal(owner=owner, needed=sum(upload.size for upload in uploads)))
+            raise UploadQuotaError(_quota_refusal(owner=owner, needed=sum(upload.stored_bytes for upload in uploads)))
     except BaseException as exc:
         stored = _files_delete_unless_stored(names=names, error=exc)
         if stored is None:
@@ -391,8 +393,8 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
 def _quota_refusal(*, owner, needed: int) -> str:
     usage = selectors.storage_usage_for_user(user=owner)
     return (
-        f"Nothing was stored: these images ({filesizeformat(needed)}) would take your uploads past your allowance of "
-        f"{filesizeformat(usage.quota)}, of which {filesizeformat(usage.used)} is in use. "
+        f"Nothing was stored: these images ({filesizeformat(needed)} as stored) would take your uploads past your "
+        f"allowance of {filesizeformat(usage.quota)}, of which {filesizeformat(usage.used)} is in use. "
         "Delete some uploads in your history to make room."
     )
 
@@ -403,7 +405,9 @@ def upload_delete(*, upload: Upload) -> None:
         _, deleted = upload.delete()
         # Deleted meanwhile by another request (a double click, a retried API call): its bytes were given back there.
         if deleted.get(Upload._meta.label):
-            StorageUse.objects.filter(owner_id=upload.owner_id).update(bytes=Greatest(F("bytes") - upload.size, 0))
+            StorageUse.objects.filter(owner_id=upload.owner_id).update(
+                bytes=Greatest(F("bytes") - upload.stored_bytes, 0)
+            )
 
 
 def storage_use_recount() -> int:
@@ -423,7 +427,7 @@ def storage_use_recount() -> int:
             counted = StorageUse.objects.select_for_update().filter(owner_id=owner_id).values_list("bytes", flat=True)
             if not counted:
                 continue  # the owner was deleted meanwhile
-            actual = Upload.objects.filter(owner_id=owner_id).aggregate(total=Sum("size"))["total"] or 0
+            actual = Upload.objects.filter(owner_id=owner_id).aggregate(total=Sum(UPLOAD_STORED_BYTES))["total"] or 0
             if counted[0] != actual:
                 StorageUse.objects.filter(owner_id=owner_id).update(bytes=actual)
                 corrected += 1

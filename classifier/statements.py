@@ -134,7 +134,7 @@ def uploads_with_predictions_insert(
     transaction.
     """
     (owner_id,) = {upload.owner_id for upload in uploads}
-    needed = sum(upload.size for upload in uploads)
+    needed = sum(upload.stored_bytes for upload in uploads)
     if connection.vendor != "postgresql":
         with transaction.atomic():
             if not storage_use_grow(owner_id=owner_id, by=needed, quota_bytes=quota_bytes):

@@ -1,6 +1,7 @@
 """Each owner's upload bytes in one row, for the upload quota; counted here from the uploads already stored.
 
-Uploads a release before this one stores while it runs are counted by the daily recount (classifier.tasks).
+Uploads keep their stored PNG's size from now on; those stored before count at their size as uploaded. Uploads a
+release before this one stores while it runs are counted by the daily recount (classifier.tasks).
 """
 import django.db.models.deletion
 from django.conf import settings
@@ -24,11 +25,16 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name='upload',
+            name='stored_size',
+            field=models.PositiveIntegerField(blank=True, help_text='Size in bytes of the stored PNG; empty for uploads stored before it was kept.', null=True),
+        ),
         migrations.CreateModel(
             name='StorageUse',
             fields=[
                 ('owner', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='storage_use', serialize=False, to=settings.AUTH_USER_MODEL)),
-                ('bytes', models.BigIntegerField(default=0, help_text="The sizes of the owner's uploads as uploaded, summed.")),
+                ('bytes', models.BigIntegerField(default=0, help_text="What the owner's uploads take on the media volume.")),
             ],
         ),
         migrations.RunPython(storage_use_count, migrations.RunPython.noop),

@@ -121,3 +121,10 @@ def empty_ruled_sheet_png() -> bytes:
         ImageDraw.Draw(sheet).rectangle([0, row, 399, row + 1], fill=195)
     noisy = np.asarray(sheet, dtype=np.float64) + np.random.default_rng(0).normal(0.0, 2.0, (400, 400))
     return png_bytes(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)))
+
+
+def stored_size(data: bytes, name: str = "digit.png") -> int:
+    """The bytes an accepted upload takes once stored: its re-encoded PNG, which the upload quota counts."""
+    from classifier.validation import validate_image
+
+    return len(validate_image(io.BytesIO(data), name=name).content)

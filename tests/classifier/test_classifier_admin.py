@@ -5,6 +5,7 @@ import pytest
 
 from classifier import services
 from classifier.models import Prediction
+from tests.classifier.fixtures import stored_size
 
 pytestmark = pytest.mark.django_db
 
@@ -188,7 +189,7 @@ def test_staff_see_who_takes_the_most_storage_first(admin_client, user, other_us
     )
     page = admin_client.get("/admin/classifier/storageuse/").content.decode()
     assert page.index(">bob<") < page.index(">alice<")
-    share = sum(len(digit_png(i)) for i in range(1, 4)) / 2**20
+    share = sum(stored_size(digit_png(i)) for i in range(1, 4)) / 2**20
     assert f">{share:.0%}<" in page and ">no limit<" not in page
 
 

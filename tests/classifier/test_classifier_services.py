@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from classifier import services, statements
 from classifier.models import Prediction, StorageUse, Upload
-from tests.classifier.fixtures import png_bytes
+from tests.classifier.fixtures import png_bytes, stored_size
 from tests.devices import DEVICES
 
 pytestmark = pytest.mark.django_db
@@ -676,7 +676,7 @@ def test_uploads_count_towards_their_owners_storage_and_a_deletion_gives_it_back
     (first,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
     services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "1.png"), (io.BytesIO(digit_png(2)), "2.png")],
                                 source="file")
-    sizes = [len(digit_png(index)) for index in range(3)]
+    sizes = [stored_size(digit_png(index)) for index in range(3)]
     assert _use_of(user) == sum(sizes)
     assert not StorageUse.objects.filter(owner=other_user).exists()
 
@@ -688,7 +688,7 @@ def test_an_upload_past_its_owners_quota_is_refused_saying_so_and_stores_nothing
     settings.UPLOAD_QUOTA_MB = 1
     services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
     # Nearly full: what the owner stored before leaves less room than one more digit takes.
-    StorageUse.objects.filter(owner=user).update(bytes=2**20 - len(digit_png(1)) + 1)
+    StorageUse.objects.filter(owner=user).update(bytes=2**20 - stored_size(digit_png(1)) + 1)
     files_before = _stored_files()
 
     with pytest.raises(services.UploadQuotaError, match=r"past your allowance of 1\.0\s+MB, of which [\d.]+\s+KB is in use"):
@@ -696,9 +696,9 @@ def test_an_upload_past_its_owners_quota_is_refused_saying_so_and_stores_nothing
 
     assert Upload.objects.count() == 1 and Prediction.objects.count() == 1
     assert _stored_files() == files_before
-    assert _use_of(user) == 2**20 - len(digit_png(1)) + 1
+    assert _use_of(user) == 2**20 - stored_size(digit_png(1)) + 1
     # Exactly up to the allowance is still allowed.
-    StorageUse.objects.filter(owner=user).update(bytes=2**20 - len(digit_png(1)))
+    StorageUse.objects.filter(owner=user).update(bytes=2**20 - stored_size(digit_png(1)))
     services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "1.png")], source="file")
     assert _use_of(user) == 2**20
 
@@ -707,7 +707,7 @@ def test_without_a_quota_uploads_are_still_counted(user, digit_png, settings):
     settings.UPLOAD_QUOTA_MB = 0
     StorageUse.objects.create(owner=user, bytes=2**40)
     services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
-    assert _use_of(user) == 2**40 + len(digit_png(0))
+    assert _use_of(user) == 2**40 + stored_size(digit_png(0))
 
 
 def test_the_recount_corrects_every_owners_storage_from_their_uploads(user, other_user, digit_png):
@@ -719,7 +719,7 @@ def test_the_recount_corrects_every_owners_storage_from_their_uploads(user, othe
     nobody = StorageUse.objects.create(owner=type(user).objects.create_user(username="carol"), bytes=77)
 
     assert services.storage_use_recount() == 3
-    assert _use_of(user) == len(digit_png(0)) and _use_of(other_user) == len(digit_png(1))
+    assert _use_of(user) == stored_size(digit_png(0)) and _use_of(other_user) == stored_size(digit_png(1))
     assert StorageUse.objects.get(pk=nobody.pk).bytes == 0
     assert services.storage_use_recount() == 0
 
@@ -729,7 +729,7 @@ def test_uploads_stored_past_the_quota_on_purpose_are_counted_too(user, digit_pn
     settings.UPLOAD_QUOTA_MB = 1
     StorageUse.objects.create(owner=user, bytes=2**20)
     services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
-    assert _use_of(user) == 2**20 + len(digit_png(0))
+    assert _use_of(user) == 2**20 + stored_size(digit_png(0))
 
 
 def test_deleting_an_upload_twice_gives_its_bytes_back_once(user, digit_png):
@@ -739,7 +739,7 @@ def test_deleting_an_upload_twice_gives_its_bytes_back_once(user, digit_png):
     first, second = Upload.objects.get(pk=prediction.upload_id), Upload.objects.get(pk=prediction.upload_id)
     services.upload_delete(upload=first)
     services.upload_delete(upload=second)
-    assert _use_of(user) == len(digit_png(0))
+    assert _use_of(user) == stored_size(digit_png(0))
 
 
 def test_the_daily_sweep_keeps_model_input_files_until_their_migration_has_read_them(settings):
@@ -752,3 +752,22 @@ def test_the_daily_sweep_keeps_model_input_files_until_their_migration_has_read_
     MigrationRecorder(connection).migration_qs.filter(app="classifier", name__startswith="0003_").delete()
     services.upload_files_orphaned_delete(everything=True)
     assert default_storage.exists(old)
+
+
+def test_the_quota_counts_an_upload_as_stored_not_as_sent(user):
+    # Noise squeezed into a small JPEG takes many times that once stored as PNG, and the volume holds the PNG.
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
+    jpeg = png_bytes(Image.fromarray(noise), fmt="JPEG", quality=5)
+    (prediction,) = services.predictions_submit(owner=user, files=[(io.BytesIO(jpeg), "noise.jpg")], source="file")
+    upload = prediction.upload
+    assert upload.stored_size == upload.image.size > 3 * len(jpeg)
+    assert _use_of(user) == upload.stored_size
+
+
+def test_uploads_stored_before_their_stored_size_was_kept_count_as_sent(user, digit_png):
+    (prediction,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    Upload.objects.filter(pk=prediction.upload_id).update(stored_size=None)
+    services.storage_use_recount()
+    assert _use_of(user) == len(digit_png(0))
+    services.upload_delete(upload=Upload.objects.get(pk=prediction.upload_id))
+    assert _use_of(user) == 0

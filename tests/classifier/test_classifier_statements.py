@@ -170,11 +170,13 @@ def test_a_stalled_workers_result_does_not_overwrite_the_claim_that_took_its_pre
 @pytest.mark.django_db(transaction=True)
 def test_uploads_sent_at_once_by_one_owner_never_take_them_past_the_quota(user, digit_png, settings):
     from classifier.models import StorageUse, Upload
+    from tests.classifier.fixtures import stored_size
 
     settings.UPLOAD_QUOTA_MB = 1
     image = digit_png(0)
+    size = stored_size(image)
     # Room for three more of these, not four.
-    StorageUse.objects.create(owner=user, bytes=2**20 - 3 * len(image) - len(image) // 2)
+    StorageUse.objects.create(owner=user, bytes=2**20 - 3 * size - size // 2)
     start, outcomes = threading.Barrier(6), []
 
     def upload() -> None:
@@ -195,4 +197,4 @@ def test_uploads_sent_at_once_by_one_owner_never_take_them_past_the_quota(user, 
 
     assert sorted(outcomes) == ["refused"] * 3 + ["stored"] * 3
     assert Upload.objects.count() == 3
-    assert StorageUse.objects.get(owner=user).bytes == 2**20 - len(image) // 2
+    assert StorageUse.objects.get(owner=user).bytes == 2**20 - size // 2
