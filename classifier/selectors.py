@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -106,6 +107,35 @@ def upload_list_page(*, ids: list[int]) -> list[Upload]:
     take its upload off the page it was counted on.
     """
     return list(upload_annotate_latest(Upload.objects.filter(pk__in=ids)).order_by("-created_at", "-id"))
+
+
+# Rows read at a time by an export: a long history is streamed, never held whole.
+EXPORT_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class UploadExportRow:
+    upload: Upload
+    prediction: Prediction | None  # the newest one; None while the upload has none
+
+
+def upload_export_rows(*, user, filters: UploadFilters | None = None) -> Iterator[UploadExportRow]:
+    """The user's uploads that match ``filters`` with their newest predictions, newest upload first, chunk by chunk.
+
+    The ids are taken once, in order, so that uploads arriving during a long export neither shift nor repeat
+    rows; one deleted meanwhile is left out. Each chunk costs two queries, whatever the history's length.
+    """
+    ids = list(upload_list_for_user(user=user, filters=filters).values_list("pk", flat=True))
+    for start in range(0, len(ids), EXPORT_CHUNK):
+        chunk = ids[start : start + EXPORT_CHUNK]
+        uploads = Upload.objects.filter(pk__in=chunk).in_bulk()
+        newest: dict[int, Prediction] = {}
+        predictions = Prediction.objects.filter(upload_id__in=chunk).defer("input_pixels")
+        for prediction in predictions.order_by("upload_id", "-created_at", "-id"):
+            newest.setdefault(prediction.upload_id, prediction)
+        for pk in chunk:
+            if pk in uploads:
+                yield UploadExportRow(upload=uploads[pk], prediction=newest.get(pk))
 
 
 def _visible_uploads(*, user) -> QuerySet[Upload]:

@@ -1,0 +1,154 @@
+"""A user's history as a download: a CSV of every upload's newest result, and a ZIP with the stored images too."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+
+from django.utils import timezone
+
+from classifier.selectors import UploadExportRow
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "upload_id",
+    "file_name",
+    "source",
+    "uploaded_at",
+    "width",
+    "height",
+    "status",
+    "digit",
+    "confidence",
+    "several_digits",
+    "your_answer",
+    *(f"p{digit}" for digit in range(10)),
+    "checkpoint_id",
+    "predicted_at",
+    "error",
+    "image_file",
+)
+# A spreadsheet runs a cell that starts with one of these as a formula: a file name such as "=HYPERLINK(...)"
+# must stay text (OWASP's CSV injection advice).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# The archive's CSV is written to disk past this size instead of being held in memory.
+_SPOOL_BYTES = 4 * 2**20
+# Spreadsheets take a CSV without it for their locale's legacy encoding and garble names in other scripts.
+_BOM = "\ufeff"
+
+
+def _text(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def _moment(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else ""
+
+
+def _image_file(row: UploadExportRow) -> str:
+    return f"images/upload-{row.upload.pk}.png"
+
+
+def csv_row(row: UploadExportRow, *, image_file: str = "") -> list[str | int | float]:
+    """One upload as the CSV's cells, in COLUMNS' order."""
+    upload, prediction = row.upload, row.prediction
+    cells: list[str | int | float] = [
+        upload.pk,
+        _text(upload.original_name),
+        upload.source,
+        _moment(upload.created_at),
+        upload.width,
+        upload.height,
+    ]
+    if prediction is None:
+        return cells + [""] * (len(COLUMNS) - len(cells) - 1) + [image_file]
+    probabilities = prediction.probabilities or [""] * 10
+    return cells + [
+        prediction.status,
+        "" if prediction.digit is None else prediction.digit,
+        "" if prediction.confidence is None else round(prediction.confidence, 6),
+        "yes" if prediction.several_digits else "",
+        "" if prediction.feedback is None else prediction.feedback,
+        *(p if p == "" else round(p, 6) for p in probabilities),
+        prediction.checkpoint_id or "",
+        _moment(prediction.finished_at),
+        _text(prediction.error),
+        image_file,
+    ]
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only stream whose bytes are collected until taken: lets csv and zipfile feed a streamed response."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
+
+
+def history_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
+    """The CSV, UTF-8 with a byte order mark, a row at a time."""
+    out = _Chunks()
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    text.write(_BOM)
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    yield out.take()
+    for row in rows:
+        writer.writerow(csv_row(row))
+        yield out.take()
+
+
+def _entry(name: str, *, stamp: tuple[int, ...], compress_type: int = zipfile.ZIP_STORED) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name, date_time=stamp)
+    entry.compress_type = compress_type
+    return entry
+
+
+def history_zip(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
+    """A ZIP of every upload's stored image and, last, history.csv naming each one's file; streamed as written.
+
+    An image that cannot be read (gone from the media volume) is left out, and its row says "missing" instead of
+    a file name: the download goes on, and says what it lacks.
+    """
+    out = _Chunks()
+    stamp = timezone.now().astimezone(dt.UTC).timetuple()[:6]
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+", encoding="utf-8", newline="") as table:
+        table.write(_BOM)
+        writer = csv.writer(table)
+        writer.writerow(COLUMNS)
+        # The stored images are PNGs already: compressing them again would cost CPU for nothing.
+        with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for row in rows:
+                name = _image_file(row)
+                try:
+                    with row.upload.image.open("rb") as image:
+                        content = image.read()
+                except OSError:
+                    logger.warning("upload %s's stored image is missing from its export", row.upload.pk)
+                    name = "missing"
+                else:
+                    archive.writestr(_entry(name, stamp=stamp), content)
+                writer.writerow(csv_row(row, image_file=name))
+                yield out.take()
+            table.seek(0)
+            csv_entry = _entry("history.csv", stamp=stamp, compress_type=zipfile.ZIP_DEFLATED)
+            with archive.open(csv_entry, mode="w", force_zip64=True) as entry:
+                while block := table.read(2**16):
+                    entry.write(block.encode("utf-8"))
+                    yield out.take()
+        yield out.take()

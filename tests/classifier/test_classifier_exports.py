@@ -1,0 +1,134 @@
+"""The history's downloads: a CSV of every upload's newest result, and a ZIP with the stored images."""
+import csv
+import io
+import os
+import zipfile
+
+import pytest
+
+from classifier import exports, selectors, services
+from classifier.models import Prediction
+
+pytestmark = pytest.mark.django_db
+
+
+def _upload(owner, digit_png, index=0, *, name=None, predict=True):
+    upload = services.upload_create(
+        owner=owner, file=io.BytesIO(digit_png(index)), name=name or f"{index}.png", source="file"
+    )
+    if predict:
+        (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+        services.prediction_execute(prediction_id=prediction.pk)
+    return upload
+
+
+def _csv(data: bytes) -> list[dict[str, str]]:
+    assert data.startswith(b"\xef\xbb\xbf"), "without a byte order mark spreadsheets garble non-ASCII names"
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+
+
+def _history_csv(user, **filters) -> list[dict[str, str]]:
+    rows = selectors.upload_export_rows(user=user, filters=selectors.UploadFilters(**filters))
+    return _csv(b"".join(exports.history_csv(rows)))
+
+
+def _history_zip(user) -> zipfile.ZipFile:
+    data = b"".join(exports.history_zip(selectors.upload_export_rows(user=user)))
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert archive.testzip() is None
+    return archive
+
+
+def test_the_csv_lists_each_upload_once_with_its_newest_result_newest_first(user, digit_png, active_checkpoint):
+    first = _upload(user, digit_png, 0, name="première.png")
+    waiting = _upload(user, digit_png, 1, predict=False)
+    (retried,) = services.predictions_create(uploads=[first], publish=False)
+    newest = services.prediction_execute(prediction_id=retried.pk)
+    services.prediction_feedback_set(prediction=newest, digit=3)
+
+    rows = _history_csv(user)
+
+    assert list(rows[0]) == list(exports.COLUMNS)
+    assert [row["upload_id"] for row in rows] == [str(waiting.pk), str(first.pk)]
+    assert rows[0]["status"] == "" and rows[0]["digit"] == "" and rows[0]["p0"] == ""
+    row = rows[1]
+    assert row["file_name"] == "première.png"
+    assert row["status"] == "done" and row["digit"] == str(newest.digit) and row["your_answer"] == "3"
+    assert row["checkpoint_id"] == str(active_checkpoint.pk)
+    probabilities = [float(row[f"p{d}"]) for d in range(10)]
+    assert sum(probabilities) == pytest.approx(1, abs=1e-5)
+    assert float(row["confidence"]) == pytest.approx(max(probabilities), abs=1e-6)
+    assert row["uploaded_at"].endswith("Z") and row["predicted_at"].endswith("Z")
+
+
+def test_a_failed_result_says_why_in_the_csv(user, digit_png):
+    # No checkpoint is active: the prediction fails, saying so.
+    upload = _upload(user, digit_png, 0)
+
+    (row,) = _history_csv(user)
+
+    assert row["upload_id"] == str(upload.pk)
+    assert row["status"] == Prediction.Status.FAILED and "No trained model" in row["error"]
+
+
+def test_a_file_name_a_spreadsheet_would_run_as_a_formula_stays_text(user, digit_png):
+    _upload(user, digit_png, 0, name="=SUM(1+2)*cmd.png", predict=False)
+    _upload(user, digit_png, 1, name="@sheet.png", predict=False)
+
+    rows = _history_csv(user)
+
+    assert [row["file_name"] for row in rows] == ["'@sheet.png", "'=SUM(1+2)*cmd.png"]
+
+
+def test_the_export_holds_only_the_owners_uploads_and_follows_the_filters(
+    user, other_user, digit_png, active_checkpoint
+):
+    mine = [_upload(user, digit_png, index) for index in range(4)]
+    _upload(other_user, digit_png, 0)
+    digit = Prediction.objects.get(upload=mine[0]).digit
+
+    everything = _history_csv(user)
+    one_digit = _history_csv(user, digit=digit)
+
+    assert {row["upload_id"] for row in everything} == {str(upload.pk) for upload in mine}
+    assert one_digit and all(row["digit"] == str(digit) for row in one_digit)
+    assert len(one_digit) == Prediction.objects.filter(upload__owner=user, digit=digit).count()
+
+
+def test_a_long_history_is_read_in_chunks_with_a_fixed_number_of_queries_each(
+    user, digit_png, monkeypatch, django_assert_num_queries
+):
+    uploads = [_upload(user, digit_png, index, predict=index % 2 == 0) for index in range(7)]
+    monkeypatch.setattr(selectors, "EXPORT_CHUNK", 3)
+
+    # The ids once, then uploads and predictions for each of three chunks.
+    with django_assert_num_queries(1 + 2 * 3):
+        rows = list(selectors.upload_export_rows(user=user))
+
+    assert [row.upload.pk for row in rows] == [upload.pk for upload in reversed(uploads)]
+    assert [row.prediction is not None for row in rows] == [index % 2 == 0 for index in reversed(range(7))]
+
+
+def test_the_archive_holds_every_stored_image_and_a_csv_naming_each_file(user, digit_png, active_checkpoint):
+    uploads = [_upload(user, digit_png, index) for index in range(3)]
+
+    archive = _history_zip(user)
+
+    rows = _csv(archive.read("history.csv"))
+    assert [row["upload_id"] for row in rows] == [str(upload.pk) for upload in reversed(uploads)]
+    for upload, row in zip(reversed(uploads), rows):
+        with upload.image.open("rb") as stored:
+            assert archive.read(row["image_file"]) == stored.read()
+
+
+def test_an_image_gone_from_the_media_volume_is_named_missing_and_the_archive_still_completes(
+    user, digit_png, active_checkpoint
+):
+    kept, lost = _upload(user, digit_png, 0), _upload(user, digit_png, 1)
+    os.remove(lost.image.path)
+
+    archive = _history_zip(user)
+
+    rows = {row["upload_id"]: row for row in _csv(archive.read("history.csv"))}
+    assert rows[str(lost.pk)]["image_file"] == "missing" and rows[str(lost.pk)]["digit"] != ""
+    assert archive.namelist() == [rows[str(kept.pk)]["image_file"], "history.csv"]
