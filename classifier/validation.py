@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import unicodedata
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from struct import error as struct_error
@@ -55,6 +57,13 @@ EXTENSION_FORMATS = {
     ".pgm": "PPM",
     ".psd": "PSD",
 }
+
+# Rows of a 16-bit picture converted at a time.
+_BAND_ROWS = 256
+# A picture with more pixels than the stored copy can have is decoded by one request at a time in each web
+# process: a few dozen of them at once (each a few hundred megabytes while decoded) would exhaust its memory.
+LARGE_IMAGE_PIXELS = STORED_MAX_SIDE**2
+_large_decode = threading.Lock()
 
 # Per-band spread (0-255) below which an image carries no drawing at all.
 BLANK_SPREAD = 8
@@ -143,16 +152,27 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit grey picture scaled to 8 bits, rounded (Pillow's convert("L") clips instead of scaling).
+
+    A band of rows at a time, in integers: a whole 40-megapixel picture in floating point would take gigabytes.
+    """
+    pixels = np.asarray(image)
+    top = 65535 if image.mode.startswith("I;16") or pixels.max() > 255 else 255
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for start in range(0, pixels.shape[0], _BAND_ROWS):
+        band = np.clip(pixels[start : start + _BAND_ROWS], 0, top).astype(np.int32)
+        out[start : start + _BAND_ROWS] = (band * 510 + top) // (2 * top)  # round(band * 255 / top)
+    return Image.fromarray(out)
+
+
 def _to_storable(image: Image.Image) -> Image.Image:
     """Any decoded mode -> 8-bit L, LA, RGB or RGBA, which PNG stores losslessly."""
     mode = image.mode
     if mode in ("L", "LA", "RGB", "RGBA"):
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # Pillow's convert("L") clips 16-bit values instead of scaling them.
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        return Image.fromarray(np.clip(pixels * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
+        return _eight_bit(image)
     if mode == "1":
         return image.convert("L")
     if mode in ("P", "PA"):
@@ -212,22 +232,27 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
                 code="too_many_pixels",
             )
         try:
-            frame = _first_frame(image)
-            if detected == "JPEG":
-                # Decoded at the smallest of 1/1 to 1/8 scale that still covers the stored size: every byte is
-                # still read (truncation shows), at a fraction of the work.
-                frame.draft(frame.mode, (STORED_MAX_SIDE, STORED_MAX_SIDE))
-            frame.load()
-            # The stored copy drops EXIF, so its orientation is applied to the pixels first.
-            unturned = frame.size
-            frame = _upright(frame)
-            if frame.size != unturned:
-                # Turned a quarter: the size reported is that of the picture as stored and shown, not as encoded.
-                width, height = height, width
-            storable = _to_storable(frame)
-            factor = -(-max(storable.size) // STORED_MAX_SIDE)
-            if factor > 1:
-                storable = storable.reduce(factor)  # area averaging: thin strokes stay, fainter
+            with _large_decode if width * height > LARGE_IMAGE_PIXELS else nullcontext():
+                frame = _first_frame(image)
+                if detected == "JPEG":
+                    # Decoded at the smallest of 1/1 to 1/8 scale that still covers the stored size: every byte is
+                    # still read (truncation shows), at a fraction of the work.
+                    frame.draft(frame.mode, (STORED_MAX_SIDE, STORED_MAX_SIDE))
+                frame.load()
+                # The stored copy drops EXIF, so its orientation is applied to the pixels first.
+                unturned = frame.size
+                frame = _upright(frame)
+                if frame.size != unturned:
+                    # Turned a quarter: the size reported is that of the picture as stored and shown, not as encoded.
+                    width, height = height, width
+                storable = _to_storable(frame)
+                factor = -(-max(storable.size) // STORED_MAX_SIDE)
+                if factor > 1:
+                    storable = storable.reduce(factor)  # area averaging: thin strokes stay, fainter
+                # The decoded pictures' memory is given back before the next large one is decoded.
+                for decoded in (frame, image):
+                    if decoded is not storable:
+                        decoded.close()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ValidationError(f"{label} has far too many pixels to be a digit.", code="too_many_pixels") from None
         except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct_error):

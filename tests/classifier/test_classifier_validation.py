@@ -1,6 +1,8 @@
 """Validation of uploaded images: every bad input is refused with a clear message, odd-but-valid ones pass."""
 import io
 import struct
+import threading
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -158,6 +160,60 @@ def test_a_sixteen_bit_png_is_scaled_not_clipped():
     stored = Image.open(io.BytesIO(validate_image(io.BytesIO(data), name="deep.png").content))
     assert stored.mode == "L"
     assert stored.getextrema() == (0, 255)
+
+
+def test_every_sixteen_bit_level_is_rounded_to_the_nearest_eight_bit_one():
+    levels = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    data = png_bytes(Image.fromarray(levels))
+    stored = np.asarray(Image.open(io.BytesIO(validate_image(io.BytesIO(data), name="ramp.png").content)))
+    assert np.array_equal(stored, np.floor(levels / 65535 * 255 + 0.5).astype(np.uint8))
+
+
+def _large_sixteen_bit_png(side: int) -> bytes:
+    pixels = np.full((side, side), 65535, dtype=np.uint16)
+    pixels[side // 5 : -side // 5, side // 2 - side // 40 : side // 2 + side // 40] = 0
+    return png_bytes(Image.fromarray(pixels))
+
+
+def _peak_traced_bytes(work) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_large_sixteen_bit_png_is_converted_without_a_floating_point_copy_of_it():
+    side = 4000
+    data = _large_sixteen_bit_png(side)
+
+    peak = _peak_traced_bytes(lambda: validate_image(io.BytesIO(data), name="deep.png"))
+
+    # The picture as 16-bit integers is 2 bytes a pixel and its 8-bit copy one more; in float64 it was 8.
+    assert peak < 5 * side * side, f"{peak / 2**20:.0f} MB traced"
+
+
+def test_large_pictures_sent_at_once_are_decoded_one_at_a_time():
+    side = 3000
+    data = _large_sixteen_bit_png(side)
+    single = _peak_traced_bytes(lambda: validate_image(io.BytesIO(data), name="deep.png"))
+    start = threading.Barrier(4)
+
+    def validate():
+        start.wait()
+        validate_image(io.BytesIO(data), name="deep.png")
+
+    def validate_at_once():
+        threads = [threading.Thread(target=validate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    together = _peak_traced_bytes(validate_at_once)
+
+    assert together < 1.5 * single, f"{together / 2**20:.0f} MB traced at once, {single / 2**20:.0f} MB alone"
 
 
 def test_a_transparent_drawing_keeps_its_alpha():
