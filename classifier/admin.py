@@ -170,8 +170,11 @@ class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = IdsFirstPaginator
+    # Whose an upload is, and where it came from, are facts: moving one to another owner would show it to them and
+    # leave both owners' storage counts wrong. Its name and a sample's label may be corrected.
     readonly_fields = (
-        "thumbnail_large", "sha256", "format", "size", "stored_size", "width", "height", "image", "created_at",
+        "thumbnail_large", "owner", "source", "sample_set", "sha256", "format", "size", "stored_size", "width",
+        "height", "image", "created_at",
     )
     exclude = ()
     change_list_template = "admin/classifier/upload/change_list.html"

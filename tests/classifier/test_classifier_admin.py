@@ -200,3 +200,16 @@ def test_an_administrator_can_delete_a_user_who_uploaded(admin_client, user, dig
     response = admin_client.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert not type(user).objects.filter(pk=user.pk).exists()
+
+
+def test_an_upload_cannot_be_moved_to_another_owner_in_the_admin(admin_page, user, other_user, digit_png):
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    upload = user.uploads.get()
+    form = {"original_name": "renamed.png", "owner": other_user.pk, "source": "sample", "sample_set": "mnist"}
+
+    response = admin_page.post(f"/admin/classifier/upload/{upload.pk}/change/", form)
+
+    assert response.status_code == 302
+    upload.refresh_from_db()
+    assert (upload.original_name, upload.owner, upload.source, upload.sample_set) == ("renamed.png", user, "file", "")
+    assert other_user.uploads.count() == 0
