@@ -197,31 +197,32 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
 
 
 def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> set[str] | None:
-    """After a failed insert, delete its files, unless their rows were stored after all; returns the names stored.
+    """After a failed insert, delete its files if nothing can have been stored; returns the names stored.
 
-    A connection lost after the server committed raises as well, and deleting
-    then would leave rows naming nothing. So after a connection error, outside
-    a transaction (inside one nothing can have been stored), a fresh connection
-    asks; if even that fails the files stay, for the orphan sweep, and None says
-    that nobody knows.
+    A lost connection raises whether or not the server committed, and the server
+    may still be committing when a fresh connection asks (it goes on with a
+    statement whose client is gone): deleting the files then would leave rows
+    naming nothing. So after a connection error, outside a transaction (inside
+    one nothing can have been stored), the files stay for the orphan sweep, which
+    sets aside only what no row names an hour later; a fresh connection asks
+    what is stored already, and None says that even that is not known.
     """
-    stored: set[str] = set()
-    if _is_transient(error) and not connection.in_atomic_block:
-        try:
-            connection.close()
-            stored = set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
-        except DatabaseError:
-            logger.warning("could not tell whether uploads %s were stored; the orphan sweep will decide", names)
-            return None
-    _files_delete([name for name in names if name not in stored])
-    return stored
+    if not _is_transient(error) or connection.in_atomic_block:
+        _files_delete(names)
+        return set()
+    try:
+        connection.close()
+        return set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
+    except DatabaseError:
+        logger.warning("could not tell whether uploads %s were stored; the orphan sweep will decide", names)
+        return None
 
 
 def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: bool = False) -> int:
     """Set aside uploaded files that no row names, written ORPHANED_AFTER to ORPHANED_AFTER x 4 ago; returns how many.
 
     They come from a process killed between writing an upload's files and
-    inserting its rows, or from an insert whose outcome could not be learnt.
+    inserting its rows, or from an insert whose connection was lost.
     Run every ORPHANED_AFTER, the sweep sees each file about three times, and
     only the folders of those hours (``uploads/<day>``) are listed.
 

@@ -39,7 +39,7 @@ def stored_files(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def test_an_upload_during_a_database_failure_answers_503_and_stores_neither_file_nor_row(
+def test_an_upload_during_a_database_failure_answers_503_and_leaves_only_files_for_the_orphan_sweep(
     client, user, digit_png, settings, database_dies_on_upload_insert
 ):
     client.force_login(user)
@@ -50,12 +50,26 @@ def test_an_upload_during_a_database_failure_answers_503_and_stores_neither_file
     assert response.status_code == 503
     assert b"nothing was stored" in response.content
     assert response["Retry-After"]
+    # Read through a fresh connection once the trigger is gone: the batch left no rows.
     connection.close()
-    assert stored_files(settings.MEDIA_ROOT) == []
-    # Read through a fresh connection once the trigger is gone: the batch left no rows either.
     with connection.cursor() as cursor:
         cursor.execute(DROP)
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    _files_are_left_to_the_orphan_sweep(settings.MEDIA_ROOT, count=3)
+
+
+def _files_are_left_to_the_orphan_sweep(root, *, count):
+    # A lost connection cannot tell a rolled-back insert from one still committing: the files stay until the
+    # orphan sweep finds no row naming them.
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from classifier.services import ORPHANED_AFTER, upload_files_orphaned_delete
+
+    assert len(stored_files(root)) == count
+    assert upload_files_orphaned_delete(now=timezone.now() + ORPHANED_AFTER + dt.timedelta(minutes=1)) == count
+    assert all(name.startswith("orphaned/") for name in stored_files(root))
 
 
 def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelope(
@@ -73,10 +87,62 @@ def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelo
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "service_unavailable"
     connection.close()
-    assert stored_files(settings.MEDIA_ROOT) == []
     with connection.cursor() as cursor:
         cursor.execute(DROP)
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    _files_are_left_to_the_orphan_sweep(settings.MEDIA_ROOT, count=1)
+
+
+# The uploads' insert takes its time to commit, as on a loaded server.
+SLOW_COMMIT = """
+CREATE OR REPLACE FUNCTION reliability_slow_insert() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_sleep(2);
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER reliability_slow_insert AFTER INSERT ON classifier_upload
+    FOR EACH STATEMENT EXECUTE FUNCTION reliability_slow_insert();
+"""
+DROP_SLOW_COMMIT = """
+DROP TRIGGER IF EXISTS reliability_slow_insert ON classifier_upload;
+DROP FUNCTION IF EXISTS reliability_slow_insert();
+"""
+
+
+def test_an_insert_that_commits_after_its_connection_was_lost_keeps_its_files(
+    client, user, digit_png, settings, transactional_db
+):
+    import socket
+    import threading
+    import time
+
+    with connection.cursor() as cursor:
+        cursor.execute(SLOW_COMMIT)
+    client.force_login(user)
+    request_socket = socket.socket(fileno=__import__("os").dup(connection.connection.pgconn.socket))
+
+    def lose_the_connection() -> None:
+        # The network drops while the server works on the insert: the server goes on and commits it, after the
+        # request has already asked, on a fresh connection, whether it was stored.
+        time.sleep(0.5)
+        request_socket.shutdown(socket.SHUT_RDWR)
+
+    cutter = threading.Thread(target=lose_the_connection)
+    cutter.start()
+    try:
+        client.post("/", {"files": [SimpleUploadedFile("digit.png", digit_png(0), content_type="image/png")]})
+    finally:
+        cutter.join()
+        request_socket.close()
+        connection.close()
+
+    deadline = time.monotonic() + 10
+    while not Upload.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with connection.cursor() as cursor:
+        cursor.execute(DROP_SLOW_COMMIT)
+    (upload,) = Upload.objects.all()
+    assert upload.image.storage.exists(upload.image.name)
 
 
 def test_an_api_upload_whose_connection_dies_while_it_waits_answers_202_with_what_was_stored(
