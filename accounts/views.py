@@ -13,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.db import transaction
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
-from django.urls import reverse_lazy
+from django.urls import reverse, reverse_lazy
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_http_methods
 
@@ -67,6 +67,14 @@ class SiteLogoutView(LogoutView):
 
     def get(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         return render(request, "registration/logout.html")
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        signed_in = request.user.is_authenticated
+        response = super().post(request, *args, **kwargs)
+        if signed_in:
+            # The log-in page it leads to looks the same before and after: say that it worked.
+            messages.info(request, "You are logged out.")
+        return response
 
 
 @login_not_required
@@ -174,7 +182,8 @@ def account_token_create(request: HttpRequest) -> HttpResponse:
             # second token (or be refused for its name, losing the key from view). The key waits in the session
             # for that one page, never in a message (a cookie, in some storages).
             request.session[NEW_API_TOKEN_SESSION_KEY] = {"id": token.pk, "key": key}
-            response = redirect("account")
+            # To the key itself: below the page's first screen on a phone, it would be easy to miss.
+            response = redirect(f"{reverse('account')}#new-token-message")
             response["Cache-Control"] = "no-store"
             return response
     return _account_page(request, token_form=form, status=400)

@@ -73,6 +73,11 @@ class StorageFullError(UploadStorageError):
     """Storing the images would leave less than UPLOAD_MIN_FREE_MB free on the media volume; nothing was stored."""
 
 
+# How a failed prediction of a picture with no digit in it begins: trying again reads it the same way, so the pages
+# ask for another picture instead.
+NO_DIGIT_ERROR = "No digit was found in this image:"
+
+
 class ModelUnavailableError(Exception):
     """This worker cannot load the active checkpoint; the predictions it claimed were handed back."""
 
@@ -473,9 +478,17 @@ def _published_now() -> dict:
     return {"publish_attempts": 1, "published_at": timezone.now()}
 
 
-def prediction_rerun(*, upload: Upload) -> Prediction:
-    """A new pending prediction of an existing upload; the worker uses whatever checkpoint is active then."""
-    return predictions_rerun(uploads=[upload])[0]
+def upload_read(*, upload: Upload) -> Prediction:
+    """A prediction of an upload that has none (an administrator deleted them), made once however often asked.
+
+    Returns the upload's newest prediction: the new one, or one made meanwhile (a double click, another tab).
+    """
+    with transaction.atomic():
+        # The upload's row lock serialises the requests: two at once would both see no prediction.
+        locked = Upload.objects.select_for_update().filter(pk=upload.pk).first()
+        if locked is None:
+            raise Upload.DoesNotExist("The upload was deleted.")
+        return locked.predictions.order_by("-created_at", "-id").first() or predictions_rerun(uploads=[locked])[0]
 
 
 def prediction_retry(*, prediction: Prediction) -> Prediction:
@@ -729,7 +742,7 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
         if isinstance(result, inference.EmptyImageError):
             _prediction_fail(
                 prediction=prediction,
-                error=f"No digit was found in this image: {result}.",
+                error=f"{NO_DIGIT_ERROR} {result}.",
                 checkpoint_id=checkpoint_id,
             )
         elif isinstance(result, Exception):

@@ -11,18 +11,19 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import InterfaceError, OperationalError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import get_conditional_response
 from django.utils.http import quote_etag
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from PIL import Image
 
-from classifier import selectors, services, throttling
+from classifier import exports, selectors, services, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
-from classifier.models import INPUT_SIDE, Prediction
+from classifier.models import INPUT_SIDE, Prediction, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def confidence_percent(confidence: float | None) -> int | None:
 def prediction_payload(prediction: Prediction) -> dict:
     threshold = settings.LOW_CONFIDENCE_THRESHOLD
     done = prediction.status == Prediction.Status.DONE
+    failed = prediction.status == Prediction.Status.FAILED
     return {
         "id": prediction.pk,
         "upload_id": prediction.upload_id,
@@ -152,6 +154,7 @@ def prediction_payload(prediction: Prediction) -> dict:
         "several_digits": bool(done and prediction.several_digits),
         "probabilities": prediction.probabilities,
         "error": prediction.error,
+        "no_digit": failed and prediction.error.startswith(services.NO_DIGIT_ERROR),
         "feedback": prediction.feedback,
         "checkpoint_id": prediction.checkpoint_id,
         "device": prediction.device,
@@ -296,13 +299,29 @@ def prediction_input(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@require_safe
+@require_http_methods(["GET", "HEAD", "POST"])
 def upload_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """An upload's newest prediction; for one without any (an administrator deleted them), a page that offers one."""
     item = selectors.upload_get_for_user(user=request.user, upload_id=pk)
-    prediction = selectors.prediction_latest_for_upload(upload=item) if item else None
-    if prediction is None:
+    if item is None:
         raise Http404("No such upload.")
-    return redirect("classifier:prediction_detail", pk=prediction.pk)
+    prediction = selectors.prediction_latest_for_upload(upload=item)
+    if prediction is not None:
+        # Also the answer to a second "Read it now" (a double click, another tab): nothing more is made or spent.
+        return redirect("classifier:prediction_detail", pk=prediction.pk)
+    if request.method == "POST":
+        # A run of the model, counted as an upload, as "Try again" is.
+        try:
+            throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
+        except throttling.UploadRateError as exc:
+            messages.error(request, str(exc))
+            return redirect("classifier:upload_detail", pk=pk)
+        try:
+            prediction = services.upload_read(upload=item)
+        except Upload.DoesNotExist:
+            raise Http404("No such upload.") from None
+        return redirect("classifier:prediction_detail", pk=prediction.pk)
+    return render(request, "classifier/upload_unread.html", {"upload": item})
 
 
 @require_http_methods(["GET", "POST"])
@@ -328,20 +347,24 @@ def _safe_next(request: HttpRequest) -> str | None:
 
 
 @require_safe
-def history(request: HttpRequest) -> HttpResponse:
+def _history_filters(request: HttpRequest) -> tuple[HistoryFilterForm, selectors.UploadFilters]:
     form = HistoryFilterForm(request.GET or None)
-    filters = selectors.UploadFilters()
-    if form.is_bound:
-        # A field that is not understood is left out of cleaned_data and named on the page; the others still apply.
-        form.is_valid()
-        data = form.cleaned_data
-        filters = selectors.UploadFilters(
-            digit=data.get("digit"),
-            status=data.get("status") or None,
-            date_from=data.get("date_from"),
-            date_to=data.get("date_to"),
-            upload_ids=data.get("batch", ()),
-        )
+    if not form.is_bound:
+        return form, selectors.UploadFilters()
+    # A field that is not understood is left out of cleaned_data and named on the page; the others still apply.
+    form.is_valid()
+    data = form.cleaned_data
+    return form, selectors.UploadFilters(
+        digit=data.get("digit"),
+        status=data.get("status") or None,
+        date_from=data.get("date_from"),
+        date_to=data.get("date_to"),
+        upload_ids=data.get("batch", ()),
+    )
+
+
+def history(request: HttpRequest) -> HttpResponse:
+    form, filters = _history_filters(request)
     queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
     page = Paginator(queryset.values_list("pk", flat=True), HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     uploads = selectors.upload_list_page(ids=list(page.object_list))
@@ -363,3 +386,20 @@ def history(request: HttpRequest) -> HttpResponse:
         },
     )
 
+
+
+_EXPORTS = {"csv": ("text/csv; charset=utf-8", exports.history_csv), "zip": ("application/zip", exports.history_zip)}
+
+
+@require_safe
+def history_export(request: HttpRequest, kind: str) -> StreamingHttpResponse:
+    """The history as shown with the same filters, streamed: a CSV of the results, or a ZIP with the images too."""
+    content_type, render_rows = _EXPORTS[kind]
+    _, filters = _history_filters(request)
+    response = StreamingHttpResponse(
+        render_rows(selectors.upload_export_rows(user=request.user, filters=filters)), content_type=content_type
+    )
+    name = f"mnistsite-history-{timezone.localdate():%Y-%m-%d}.{kind}"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "private, no-store"
+    return response

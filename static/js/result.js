@@ -24,8 +24,14 @@
     byId("spinner").hidden = data.finished;
     byId("spinner-text").textContent =
       data.status === "running" ? "The model is looking at your image…" : "Your image is waiting in the queue…";
-    byId("error-box").hidden = data.status !== "failed";
+    const failed = data.status === "failed";
+    byId("error-box").hidden = !failed;
     byId("error-text").textContent = data.error || "";
+    byId("no-digit-advice").hidden = !data.no_digit;
+    byId("retry-form").hidden = Boolean(data.no_digit);
+    byId("bars-section").hidden = failed;
+    if (failed) byId("model-input-placeholder").textContent = "nothing";
+    byId("fact-checkpoint").textContent = data.checkpoint_id ? "checkpoint " + data.checkpoint_id : "–";
     if (data.status !== "done") return;
 
     byId("verdict").hidden = false;
@@ -46,7 +52,6 @@
       img.hidden = false;
       byId("model-input-placeholder").hidden = true;
     }
-    byId("fact-checkpoint").textContent = data.checkpoint_id ? "checkpoint " + data.checkpoint_id : "–";
     if (data.compute_ms !== null) {
       byId("fact-timing").textContent =
         "queued " + Math.round(data.queue_ms) + " ms · computed " + data.compute_ms.toFixed(1) + " ms on " + data.device;

@@ -26,3 +26,13 @@
 
   document.querySelectorAll("time[data-local][datetime]").forEach(localise);
 })();
+
+// A form sent back for a correction (a wrong password, a name taken) opens the page at its top, where on a phone the
+// field to correct may be out of view: the first such field takes the keyboard, which brings it into view. Not on a
+// page that put the keyboard somewhere itself (autofocus), nor for a filter read from an address (a GET form).
+(function () {
+  "use strict";
+
+  const invalid = document.querySelector("form[method=post] [aria-invalid=true]");
+  if (invalid && (document.activeElement === null || document.activeElement === document.body)) invalid.focus();
+})();

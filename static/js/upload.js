@@ -12,6 +12,11 @@
   const maxFiles = parseInt(fileForm.dataset.maxFiles, 10);
   const maxBytes = parseInt(fileForm.dataset.maxBytes, 10);
 
+  // The formats the server reads, by the type the browser gives a file (none, for a name it does not know: the
+  // server then judges by the content). A dropped file passes no picker's filter: one the server would refuse is
+  // named here, before the whole selection is sent and refused with it.
+  const READABLE = /^image\/(png|jpeg|pjpeg|gif|webp|bmp|x-bmp|x-ms-bmp)$/;
+
   function describe(size) {
     return size > 1048576 ? (size / 1048576).toFixed(1) + " MB" : Math.max(1, Math.round(size / 1024)) + " KB";
   }
@@ -24,8 +29,11 @@
       const item = document.createElement("li");
       item.textContent = file.name + " · " + describe(file.size);
       if (file.size > maxBytes) {
-        item.className = "too-big";
+        item.className = "refused";
         problems.push("“" + file.name + "” is larger than " + describe(maxBytes) + ".");
+      } else if (file.type && !READABLE.test(file.type)) {
+        item.className = "refused";
+        problems.push("“" + file.name + "” is not a PNG, JPEG, GIF, WEBP or BMP image.");
       }
       list.appendChild(item);
     });
@@ -58,6 +66,7 @@
     }
   });
   fileForm.addEventListener("submit", function () {
+    forgetDrawing();
     fileSubmit.disabled = true;
     fileSubmit.textContent = "Uploading…";
   });
@@ -228,6 +237,35 @@
     return out.toDataURL("image/png");
   }
 
+  // A drawing the server sends back (too many uploads a minute, the storage allowance used up, the service down)
+  // would be lost with the page: its strokes wait in this tab's storage for the answer, and come back when the
+  // answer is the upload page with its errors.
+  const DRAWING_KEY = "upload-drawing";
+
+  function keepDrawing() {
+    try {
+      sessionStorage.setItem(DRAWING_KEY, JSON.stringify(strokes));
+    } catch (error) { /* storage off or full: the drawing is only not kept */ }
+  }
+
+  function forgetDrawing() {
+    try {
+      sessionStorage.removeItem(DRAWING_KEY);
+    } catch (error) { /* storage off */ }
+  }
+
+  function restoreDrawing() {
+    let kept = null;
+    try {
+      kept = JSON.parse(sessionStorage.getItem(DRAWING_KEY) || "null");
+    } catch (error) { /* storage off, or not ours */ }
+    forgetDrawing();
+    if (!Array.isArray(kept) || !kept.length || !document.getElementById("upload-errors")) return;
+    strokes = kept.filter(function (points) { return Array.isArray(points) && points.length; });
+    redraw();
+    drawn();
+  }
+
   canvasForm.addEventListener("submit", function (event) {
     if (!dirty) {
       event.preventDefault();
@@ -235,15 +273,18 @@
     }
     // Dark strokes on transparency; the server's preprocessing handles either polarity.
     canvasField.value = exported();
+    keepDrawing();
     canvasSubmit.disabled = true;
     canvasSubmit.textContent = "Sending…";
   });
 
   setup();
+  restoreDrawing();
 
   // Coming back with the Back button restores the page as it was sent: buttons disabled, saying "Sending…".
   window.addEventListener("pageshow", function (event) {
     if (!event.persisted) return;
+    forgetDrawing();  // sent and answered: a later refusal of files must not bring it back
     refresh();
     canvasSubmit.disabled = !dirty;
     canvasSubmit.textContent = "Predict drawing";

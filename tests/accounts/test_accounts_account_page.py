@@ -39,7 +39,7 @@ def _new_key(page) -> str | None:
 
 def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user):
     made = signed_in.post("/accounts/tokens/", {"name": "  scanner   script ", "password": PASSWORD})
-    assert made.status_code == 302 and made["Location"] == "/accounts/"
+    assert made.status_code == 302 and made["Location"] == "/accounts/#new-token-message"
     shown = signed_in.get("/accounts/")
     assert shown.status_code == 200 and shown["Cache-Control"] == "no-store"
     key = _new_key(shown)
@@ -51,10 +51,12 @@ def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user
 
 def test_creating_a_token_redirects_to_the_account_page_which_shows_the_key_once(signed_in, user):
     made = signed_in.post("/accounts/tokens/", {"name": "", "password": PASSWORD})
-    assert made.status_code == 302 and made["Location"] == "/accounts/"
+    # To the key itself, which a phone shows only far down the page.
+    assert made.status_code == 302 and made["Location"] == "/accounts/#new-token-message"
     assert "new-token" not in made.content.decode()  # the key is on the page the redirect leads to, not in it
     shown = signed_in.get(made["Location"])
     assert shown["Cache-Control"] == "no-store"
+    assert 'id="new-token-message"' in shown.content.decode()
     key = _new_key(shown)
     assert key and ApiToken.objects.get(user=user).prefix == key[:ApiToken.PREFIX_LENGTH]
 

@@ -89,6 +89,15 @@ def test_logging_out_takes_a_post(client, user):
     assert client.get("/").status_code == 302
 
 
+def test_the_log_in_page_a_log_out_leads_to_says_it_worked(client, user):
+    client.force_login(user)
+    page = client.post("/accounts/logout/", follow=True).content.decode()
+    assert "You are logged out." in page and "<h1>Log in</h1>" in page
+    # Once only, and never to a visitor who was not signed in.
+    assert "You are logged out." not in client.get("/accounts/login/").content.decode()
+    assert "You are logged out." not in client.post("/accounts/logout/", follow=True).content.decode()
+
+
 def test_opening_the_log_out_address_offers_a_log_out_button_and_logs_no_one_out(client, user):
     client.force_login(user)
     response = client.get("/accounts/logout/")

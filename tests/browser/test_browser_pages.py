@@ -293,6 +293,34 @@ def test_the_spinner_text_follows_the_status_from_queued_to_running(logged_in_pa
     expect(page.locator("#spinner")).not_to_contain_text("queue")
 
 
+def test_a_prediction_that_fails_while_its_page_is_open_says_why_offers_to_try_again_and_drops_the_bars(
+    logged_in_page, user, digit_png
+):
+    page = logged_in_page
+    answer = _result_page_answering(page, user, digit_png)
+    expect(page.locator("#bars-section")).to_be_visible()  # waiting to be filled in
+    answer.update(status="failed", finished=True, error="The stored image could not be read.")
+    expect(page.locator("#error-text")).to_have_text("The stored image could not be read.")
+    expect(page.locator("#bars-section")).to_be_hidden()
+    expect(page.get_by_role("button", name="Try again")).to_be_visible()
+    expect(page.locator("#no-digit-advice")).to_be_hidden()
+    expect(page.locator("#model-input-placeholder")).to_have_text("nothing")
+
+
+def test_a_picture_found_to_hold_no_digit_while_its_page_is_open_asks_for_another_instead_of_a_retry(
+    logged_in_page, user, digit_png
+):
+    page = logged_in_page
+    answer = _result_page_answering(page, user, digit_png)
+    error = "No digit was found in this image: it looks empty (blank, or too little contrast)."
+    answer.update(status="failed", finished=True, error=error, no_digit=True)
+    expect(page.locator("#no-digit-advice")).to_be_visible()
+    expect(page.locator("#error-text")).to_have_text(error)
+    expect(page.get_by_role("button", name="Try again")).to_be_hidden()
+    expect(page.locator("#bars-section")).to_be_hidden()
+    expect(page.locator("#verdict-announcement")).to_contain_text(error)
+
+
 def test_without_javascript_a_queued_result_page_says_it_reloads_and_shows_the_answer_when_it_is_in(
     page_without_javascript, user, digit_png
 ):
@@ -531,3 +559,79 @@ def _assert_no_sideways_scroll(page, artifacts_dir, name: str) -> None:
         ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
     )
     assert page.evaluate("document.documentElement.scrollWidth") <= 360, (name, wide[:10])
+
+
+def test_a_form_sent_back_for_a_correction_brings_the_field_to_correct_into_view_on_a_phone(
+    browser, live_server, log_in, user
+):
+    context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        log_in(page)
+        page.goto("/accounts/")
+        page.fill("#id_name", "scanner")
+        page.fill("#id_token_password", "not my password")
+        page.get_by_role("button", name="Create a token").click()
+        page.wait_for_load_state()
+        expect(page.get_by_text("That is not your password.")).to_be_in_viewport()
+        expect(page.locator("#id_token_password")).to_be_focused()
+        expect(page.locator("#id_name")).to_have_value("scanner")  # what was typed stays
+        # The filters of a history page read from its address take nothing: the page opens at its top.
+        page.goto("/history/?date_from=not-a-date")
+        assert page.evaluate("document.activeElement === document.body")
+    finally:
+        context.close()
+    assert blocked == []
+
+
+def test_a_drawing_the_server_sends_back_is_still_on_the_canvas_to_send_again(logged_in_page, user, settings):
+    from classifier.models import StorageUse
+
+    settings.UPLOAD_QUOTA_MB = 1
+    StorageUse.objects.update_or_create(owner=user, defaults={"bytes": 2**20})  # the allowance is used up
+    page = logged_in_page
+    _draw_ring(page, 140, 140, 60, 100)
+    drawn = _ink_in(page, 0, 0, 280, 280)
+    page.click("#canvas-submit")
+    expect(page.locator("#upload-errors")).to_contain_text("Nothing was uploaded")
+    # Drawn again from its strokes: the same ink, give or take the odd pixel where segments join.
+    assert abs(_ink_in(page, 0, 0, 280, 280) - drawn) < drawn / 100
+    expect(page.locator("#canvas-submit")).to_be_enabled()
+    expect(page.locator("#canvas-undo")).to_be_enabled()
+    # Sent once more, refused once more; then a plain visit to the page starts with a blank canvas.
+    page.click("#canvas-submit")
+    expect(page.locator("#upload-errors")).to_be_visible()
+    assert abs(_ink_in(page, 0, 0, 280, 280) - drawn) < drawn / 100
+    page.goto("/")
+    assert _ink_in(page, 0, 0, 280, 280) == 0
+    assert Upload.objects.count() == 0
+
+
+def test_a_dropped_file_the_server_cannot_read_is_named_before_anything_is_sent(logged_in_page, digit_png, tmp_path):
+    page = logged_in_page
+    image, notes = tmp_path / "seven.png", tmp_path / "notes.txt"
+    image.write_bytes(digit_png(0))
+    notes.write_text("not a picture")
+    page.set_input_files("#id_files", [str(image), str(notes)])
+    expect(page.locator("#file-error")).to_have_text("“notes.txt” is not a PNG, JPEG, GIF, WEBP or BMP image.")
+    expect(page.locator("#file-submit")).to_be_disabled()
+    expect(page.locator("#file-list li.refused")).to_have_text("notes.txt · 1 KB")
+    page.set_input_files("#id_files", [str(image)])
+    expect(page.locator("#file-error")).to_be_hidden()
+    expect(page.locator("#file-submit")).to_be_enabled()
+
+
+def test_a_new_api_token_is_shown_in_view_on_a_phone_where_it_sits_far_down_the_page(browser, live_server, log_in, user):
+    context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        log_in(page)
+        page.goto("/accounts/")
+        page.fill("#id_name", "phone")
+        page.fill("#id_token_password", "correct horse battery")
+        page.get_by_role("button", name="Create a token").click()
+        expect(page.locator("#new-token")).to_be_in_viewport()
+        expect(page.get_by_text("shown this once; copy it now")).to_be_in_viewport()
+    finally:
+        context.close()
+    assert blocked == []

@@ -484,8 +484,8 @@ def test_deleting_a_user_deletes_their_uploaded_files_once_committed(
 def test_rerun_creates_a_new_pending_prediction(user, digit_png, published, django_capture_on_commit_callbacks):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     with django_capture_on_commit_callbacks(execute=True):
-        first = services.prediction_rerun(upload=upload)
-        second = services.prediction_rerun(upload=upload)
+        (first,) = services.predictions_rerun(uploads=[upload])
+        (second,) = services.predictions_rerun(uploads=[upload])
     # Two messages: Kombu's filesystem broker orders those sent within one millisecond at random.
     assert first.pk != second.pk and sorted(published.prediction_ids()) == [first.pk, second.pk]
 
@@ -515,7 +515,25 @@ def test_a_rerun_keeps_the_digit_the_owner_last_said_the_image_shows(user, digit
         3, None]
     # Cleared on the newest prediction: cleared it stays, not brought back from an older one.
     services.prediction_feedback_set(prediction=again[0], digit=None)
-    assert services.prediction_rerun(upload=said_three).feedback is None
+    assert services.predictions_rerun(uploads=[said_three])[0].feedback is None
+
+
+def test_reading_an_upload_without_predictions_makes_one_however_often_asked(user, digit_png, published):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+
+    first = services.upload_read(upload=upload)
+    again = services.upload_read(upload=upload)
+
+    assert first.pk == again.pk and list(upload.predictions.all()) == [first]
+
+
+def test_reading_an_upload_deleted_meanwhile_says_so(user, digit_png, published):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    services.upload_delete(upload=Upload.objects.get(pk=upload.pk))
+
+    with pytest.raises(Upload.DoesNotExist):
+        services.upload_read(upload=upload)
+    assert not Prediction.objects.exists()
 
 
 def test_a_sample_image_is_registered_once_per_set(tmp_path, digit_png):

@@ -1,13 +1,14 @@
 """The pages and endpoints: uploads through the form, results, history, images, and isolation between users."""
 import base64
 import io
+import re
 
 import pytest
 from django.urls import reverse
 
 from classifier import services
 from classifier.models import Prediction, Upload
-from tests.classifier.fixtures import png_bytes
+from tests.classifier.fixtures import empty_ruled_sheet_png, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -276,6 +277,7 @@ def test_another_user_gets_404_for_everything_of_mine(client, user, other_user, 
     ]:
         assert client.get(url).status_code == 404, url
     assert client.post(f"/uploads/{prediction.upload_id}/delete").status_code == 404
+    assert client.post(f"/uploads/{prediction.upload_id}/").status_code == 404
     assert client.post(f"/predictions/{prediction.pk}/feedback", {"digit": "3"}).status_code == 404
     assert Upload.objects.filter(pk=prediction.upload_id).exists()
     assert Prediction.objects.get(pk=prediction.pk).feedback is None
@@ -319,6 +321,56 @@ def test_history_shows_a_page_for_dates_at_either_end_of_the_calendar_and_a_huge
     # Ignored like any batch that cannot be read.
     huge = alice.get("/history/", {"batch": "99999999999999999999"})
     assert huge.status_code == 200 and huge.content.decode().count('class="history-item"') == 1
+
+
+def _downloaded(response) -> bytes:
+    assert response.status_code == 200 and response["Cache-Control"] == "private, no-store"
+    assert response["Content-Disposition"].startswith('attachment; filename="mnistsite-history-')
+    return b"".join(response.streaming_content)
+
+
+def test_the_history_downloads_as_a_csv_of_every_page_with_the_pages_filters(
+    alice, user, other_user, digit_png, active_checkpoint
+):
+    import csv
+
+    for i in range(23):  # more than a page
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file")
+    sevens = [_done_prediction(user, digit_png, 0) for _ in range(2)]  # MNIST test digit 7
+    _done_prediction(other_user, digit_png, 0)
+
+    page = alice.get("/history/", {"digit": "7"}).content.decode()
+    link = re.search(r'href="([^"]+)" id="export-csv"', page).group(1).replace("&amp;", "&")
+    filtered = _downloaded(alice.get(link)).decode("utf-8-sig")
+    everything = _downloaded(alice.get("/history/export.csv")).decode("utf-8-sig")
+
+    assert link == "/history/export.csv?digit=7"
+    assert [row["upload_id"] for row in csv.DictReader(io.StringIO(filtered))] == [
+        str(p.upload_id) for p in reversed(sevens)
+    ]
+    assert len(list(csv.DictReader(io.StringIO(everything)))) == 25
+
+
+def test_the_history_downloads_as_a_zip_with_the_images(alice, user, digit_png, active_checkpoint):
+    import zipfile
+
+    prediction = _done_prediction(user, digit_png, 0)
+
+    archive = zipfile.ZipFile(io.BytesIO(_downloaded(alice.get("/history/export.zip"))))
+
+    assert archive.namelist() == [f"images/upload-{prediction.upload_id}.png", "history.csv"]
+    assert archive.read(f"images/upload-{prediction.upload_id}.png") == alice.get(
+        f"/uploads/{prediction.upload_id}/image"
+    ).getvalue()
+
+
+def test_a_download_holds_nobody_elses_uploads_and_needs_a_sign_in(client, alice, other_user, digit_png):
+    services.upload_create(owner=other_user, file=io.BytesIO(digit_png(0)), source="file")
+
+    assert _downloaded(alice.get("/history/export.csv")).decode("utf-8-sig").count("\n") == 1  # the header alone
+    assert alice.get("/history/export.pdf").status_code == 404
+    client.logout()
+    assert client.get("/history/export.zip").status_code == 302
 
 
 def test_history_is_paginated(alice, user, digit_png):
@@ -439,6 +491,97 @@ def test_pressing_try_again_twice_spends_one_upload_of_the_allowance_for_the_one
     throttling.upload_allowance_spend(user_id=user.pk, images=2)
     with pytest.raises(throttling.UploadRateError):
         throttling.upload_allowance_spend(user_id=user.pk, images=1)
+
+
+def _opening_tag(page: str, element_id: str) -> str:
+    import re
+
+    found = re.search(rf'<[a-z]+ [^>]*\bid="{element_id}"[^>]*>', page)
+    assert found, element_id
+    return found.group(0)
+
+
+def _shown(page: str, element_id: str) -> bool:
+    import re
+
+    return re.search(r"\shidden[\s>]", _opening_tag(page, element_id)) is None
+
+
+def test_a_failed_prediction_says_why_offers_to_try_again_and_shows_no_empty_probability_bars(alice, user, digit_png):
+    failed = _failed_prediction(user, digit_png)
+    page = alice.get(f"/predictions/{failed.pk}/").content.decode()
+    assert _shown(page, "error-box") and failed.error and failed.error in page
+    assert _shown(page, "retry-form") and not _shown(page, "no-digit-advice")
+    assert not _shown(page, "bars-section")
+    # No picture went to the model: the place of the one it saw says so, not "28×28" as while it waits.
+    assert '<span class="placeholder muted small" id="model-input-placeholder" >nothing</span>' in page
+    assert alice.get(f"/predictions/{failed.pk}.json").json()["no_digit"] is False
+
+
+def test_a_picture_without_a_digit_asks_for_another_picture_instead_of_trying_the_same_one_again(
+    alice, user, active_checkpoint
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(empty_ruled_sheet_png()), name="sheet.png",
+                                    source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    prediction = services.prediction_execute(prediction_id=prediction.pk)
+    assert prediction.status == Prediction.Status.FAILED and prediction.error.startswith("No digit was found")
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert _shown(page, "error-box") and prediction.error in page
+    assert _shown(page, "no-digit-advice") and not _shown(page, "retry-form")
+    assert not _shown(page, "bars-section")
+    assert alice.get(f"/predictions/{prediction.pk}.json").json()["no_digit"] is True
+
+
+def test_a_waiting_or_finished_prediction_shows_the_probability_bars_and_no_failure(alice, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert _shown(page, "bars-section") and not _shown(page, "error-box")
+    assert alice.get(f"/predictions/{prediction.pk}.json").json()["no_digit"] is False
+
+
+def test_an_upload_without_a_prediction_is_listed_as_not_read_and_leads_to_a_page_that_reads_it(
+    alice, user, digit_png, settings, django_capture_on_commit_callbacks
+):
+    from classifier import throttling
+
+    settings.UPLOAD_THROTTLE_RATE = "3/minute"
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    history = alice.get("/history/").content.decode()
+    assert 'href="#"' not in history
+    assert history.count(f'href="/uploads/{upload.pk}/"') == 2  # the picture and the name
+    assert '<span class="badge js-status">not read</span>' in history
+
+    page = alice.get(f"/uploads/{upload.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "has no prediction" in html and "Read it now" in html
+    assert f'src="/uploads/{upload.pk}/image"' in html
+
+    with django_capture_on_commit_callbacks(execute=False):
+        first = alice.post(f"/uploads/{upload.pk}/")
+        again = alice.post(f"/uploads/{upload.pk}/")  # a double click: nothing more is made, nor spent
+    (prediction,) = Prediction.objects.filter(upload=upload)
+    assert prediction.status == Prediction.Status.PENDING
+    assert first["Location"] == again["Location"] == f"/predictions/{prediction.pk}/"
+    assert alice.get(f"/uploads/{upload.pk}/")["Location"] == f"/predictions/{prediction.pk}/"
+    throttling.upload_allowance_spend(user_id=user.pk, images=2)
+    with pytest.raises(throttling.UploadRateError):
+        throttling.upload_allowance_spend(user_id=user.pk, images=1)
+
+
+def test_reading_an_upload_without_a_prediction_is_refused_past_the_upload_allowance(alice, user, digit_png, settings):
+    from django.core.cache import cache
+
+    settings.UPLOAD_THROTTLE_RATE = "1/minute"
+    cache.clear()
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    assert alice.post("/", {"files": [_file(digit_png(1), "1.png")]}).status_code == 302
+    refused = alice.post(f"/uploads/{upload.pk}/", follow=True)
+    assert "Too many uploads" in refused.content.decode() and "Read it now" in refused.content.decode()
+    assert not Prediction.objects.filter(upload=upload).exists()
+    cache.clear()
 
 
 def test_times_on_the_result_and_history_pages_name_their_zone_and_carry_the_instant_for_the_browser(
