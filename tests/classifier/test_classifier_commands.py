@@ -74,6 +74,22 @@ def test_load_samples_registers_each_image_once_and_predicts_them(tmp_path, digi
     assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
 
 
+def test_load_samples_before_any_model_is_active_stores_the_images_unread_and_reads_them_when_run_again(
+    tmp_path, digit_png, register_checkpoint, trained_model_file
+):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "7_mnist_0.png").write_bytes(digit_png(0))
+    out = io.StringIO()
+
+    call_command("load_samples", "--root", str(tmp_path), stdout=out)
+
+    assert "no model is active yet" in out.getvalue() and "run load_samples again" in out.getvalue()
+    assert Upload.objects.count() == 1 and not Prediction.objects.exists()
+    register_checkpoint(trained_model_file, name="trained")
+    call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
+    assert list(Prediction.objects.values_list("status", "digit")) == [("done", 7)]
+
+
 def test_load_samples_reads_the_sets_shipped_with_the_code_wherever_the_media_volume_is(settings, active_checkpoint):
     # MEDIA_ROOT is this test's own empty folder, as a media volume created by an earlier release holds no newer set.
     shipped = [path for path in (Path(settings.BASE_DIR) / "media" / "samples").glob("*/*") if path.suffix != ".json"]

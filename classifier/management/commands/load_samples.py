@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from classifier import services
 from classifier.models import Prediction
+from training.selectors import checkpoint_get_active
 
 SAMPLE_SETS = ("mnist", "other")
 # The sets shipped with the code, not a copy under MEDIA_ROOT: a media volume kept across upgrades would hold the
@@ -55,12 +56,19 @@ class Command(BaseCommand):
                 # New images, and old ones never predicted successfully, get a prediction.
                 if is_new or not upload.predictions.filter(status=Prediction.Status.DONE).exists():
                     to_predict.append(upload)
+        loaded = f"{created} new, {skipped} already loaded, {rejected} rejected"
+        if to_predict and checkpoint_get_active() is None:
+            # Their predictions would only fail, saying so; a later run of this command predicts them.
+            self.stdout.write(
+                self.style.WARNING(
+                    f"{loaded}; no model is active yet, so {len(to_predict)} image(s) wait unread: run load_samples "
+                    "again once a checkpoint is active"
+                )
+            )
+            return
         pending = services.predictions_rerun(uploads=to_predict) if not sync else self._predict_now(to_predict)
         self.stdout.write(
-            self.style.SUCCESS(
-                f"{created} new, {skipped} already loaded, {rejected} rejected; "
-                f"{len(pending)} prediction(s) {'made' if sync else 'queued'}"
-            )
+            self.style.SUCCESS(f"{loaded}; {len(pending)} prediction(s) {'made' if sync else 'queued'}")
         )
 
     def _predict_now(self, uploads):
