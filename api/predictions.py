@@ -31,6 +31,7 @@ from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
 from classifier import views as classifier_views
 from classifier.models import Prediction, Upload
+from classifier.throttling import UploadRateError, upload_allowance_spend
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,39 @@ class PredictionDetailApi(APIView):
         prediction = _prediction_or_404(request, prediction_id)
         classifier_services.upload_delete(upload=prediction.upload)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(tags=["predictions"])
+class PredictionRetryApi(APIView):
+    @extend_schema(
+        operation_id="predictions_retry",
+        summary="Run a failed prediction again",
+        description=(
+            "For a failed prediction that is its upload's newest: a new pending prediction of the same image (201), "
+            "counted as an upload (scope `uploads`). Otherwise nothing is made or counted, and the answer is the "
+            "upload's newest prediction (200), so a retry sent twice makes one."
+        ),
+        request=None,
+        responses={201: PredictionSerializer, 200: PredictionSerializer, 404: responses.NOT_FOUND,
+                   429: responses.THROTTLED, **responses.COMMON},
+    )
+    def post(self, request: Request, prediction_id: int) -> Response:
+        prediction = _prediction_or_404(request, prediction_id)
+        answer = classifier_selectors.prediction_retry_answer(prediction=prediction)
+        made = answer is None
+        if made:
+            try:
+                upload_allowance_spend(user_id=request.user.pk, images=1)
+            except UploadRateError as exc:
+                raise exceptions.Throttled(wait=exc.retry_after) from None
+            try:
+                answer = classifier_services.prediction_retry(prediction=prediction)
+            except Prediction.DoesNotExist:
+                raise exceptions.NotFound("No such prediction.") from None
+        return Response(
+            PredictionSerializer(answer, context={"request": request}).data,
+            status=status.HTTP_201_CREATED if made else status.HTTP_200_OK,
+        )
 
 
 _IMAGE_RESPONSES = {

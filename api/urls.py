@@ -19,6 +19,7 @@ def _api(view_class, **initkwargs):
 v1 = [
     path("predictions/", _api(predictions.PredictionListCreateApi), name="prediction-list"),
     path("predictions/<int:prediction_id>/", _api(predictions.PredictionDetailApi), name="prediction-detail"),
+    path("predictions/<int:prediction_id>/retry/", _api(predictions.PredictionRetryApi), name="prediction-retry"),
     path("predictions/<int:prediction_id>/image/", _api(predictions.PredictionImageApi), name="prediction-image"),
     path(
         "predictions/<int:prediction_id>/input/", _api(predictions.PredictionInputImageApi), name="prediction-input-image"

@@ -182,6 +182,19 @@ def prediction_latest_for_upload(*, upload: Upload) -> Prediction | None:
     return upload.predictions.order_by("-created_at", "-id").first()
 
 
+def prediction_retry_answer(*, prediction: Prediction) -> Prediction | None:
+    """What a retry of ``prediction`` answers without running anything, or None when it would make a new one.
+
+    Nothing runs again for a prediction that did not fail, or one a newer prediction of its upload replaced (a
+    double click, another tab): the newest is the answer. Asked before the retry's allowance is spent; the
+    retry's own lock still guards the retries that race past it.
+    """
+    newest = prediction_latest_for_upload(upload=prediction.upload)
+    if newest is None or newest.pk != prediction.pk or newest.status != Prediction.Status.FAILED:
+        return newest or prediction
+    return None
+
+
 def upload_prefetch_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
     return queryset.prefetch_related(
         Prefetch("predictions", queryset=Prediction.objects.select_related("checkpoint").order_by("-created_at", "-id"))

@@ -1,5 +1,5 @@
 """Routes for the pages people use: upload, result, history and their images."""
-from django.urls import path, re_path
+from django.urls import path
 
 from classifier import views
 
@@ -8,7 +8,8 @@ app_name = "classifier"
 urlpatterns = [
     path("", views.upload, name="upload"),
     path("history/", views.history, name="history"),
-    re_path(r"^history/export\.(?P<kind>csv|zip)$", views.history_export, name="history_export"),
+    path("history/export.csv", views.history_export, {"kind": "csv"}, name="history_export_csv"),
+    path("history/export.zip", views.history_export, {"kind": "zip"}, name="history_export_zip"),
     path("predictions/<int:pk>/", views.prediction_detail, name="prediction_detail"),
     path("predictions/<int:pk>.json", views.prediction_json, name="prediction_json"),
     path("predictions/<int:pk>/input.png", views.prediction_input, name="prediction_input"),

@@ -216,11 +216,9 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
-    newest = selectors.prediction_latest_for_upload(upload=prediction.upload)
-    if newest is None or newest.pk != prediction.pk or newest.status != Prediction.Status.FAILED:
-        # Nothing to run again: it did not fail, or a newer one exists (a double click, another tab). Nothing is
-        # spent; the service's lock still guards the retries that race past this check.
-        return redirect("classifier:prediction_detail", pk=(newest or prediction).pk)
+    answer = selectors.prediction_retry_answer(prediction=prediction)
+    if answer is not None:
+        return redirect("classifier:prediction_detail", pk=answer.pk)
     # A retry is another run of the model, counted as an upload, so a loop of them is throttled like uploads.
     try:
         throttling.upload_allowance_spend(user_id=request.user.pk, images=1)

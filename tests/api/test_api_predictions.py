@@ -466,3 +466,51 @@ def test_deleting_removes_the_upload_its_predictions_and_its_file(user_client, u
     assert response.status_code == 204
     assert not Upload.objects.exists() and not Prediction.objects.exists()
     assert stored_files() == []
+
+
+# --- retry ---------------------------------------------------------------------------------------------------------
+
+
+def _failed(make_prediction, owner) -> Prediction:
+    prediction = make_prediction(owner=owner)
+    prediction.status, prediction.error = Prediction.Status.FAILED, "The stored image could not be read."
+    prediction.save()
+    return prediction
+
+
+def test_a_failed_prediction_is_run_again_once_however_often_the_retry_is_sent(user_client, user, make_prediction):
+    failed = _failed(make_prediction, user)
+
+    first = user_client.post(f"{detail(failed)}retry/")
+    again = user_client.post(f"{detail(failed)}retry/")
+
+    assert first.status_code == 201 and first.json()["status"] == "pending" and first.json()["id"] != failed.pk
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert Prediction.objects.filter(upload=failed.upload).count() == 2
+
+
+def test_retrying_a_prediction_that_did_not_fail_makes_nothing(user_client, user, make_prediction):
+    done = make_prediction(owner=user, done=True)
+
+    response = user_client.post(f"{detail(done)}retry/")
+
+    assert response.status_code == 200 and response.json()["id"] == done.pk
+    assert Prediction.objects.count() == 1
+
+
+def test_a_retry_is_counted_as_an_upload(user_client, user, make_prediction, settings):
+    settings.UPLOAD_THROTTLE_RATE = "1/minute"
+    first, second = _failed(make_prediction, user), _failed(make_prediction, user)
+
+    assert user_client.post(f"{detail(first)}retry/").status_code == 201
+    refused = user_client.post(f"{detail(second)}retry/")
+
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert Prediction.objects.filter(upload=second.upload).count() == 1
+
+
+def test_retrying_another_users_prediction_is_404(other_client, user, make_prediction):
+    failed = _failed(make_prediction, user)
+
+    assert other_client.post(f"{detail(failed)}retry/").status_code == 404
+    assert Prediction.objects.count() == 1

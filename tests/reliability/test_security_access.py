@@ -128,6 +128,8 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
         "upload": ("/", {"files": [SimpleUploadedFile("d.png", png, content_type="image/png")]}),
         "canvas": ("/", {"canvas": "data:image/png;base64," + base64.b64encode(png).decode()}),
         "feedback": (reverse("classifier:prediction_feedback", args=[prediction.pk]), {"digit": "3"}),
+        "retry": (reverse("classifier:prediction_retry", args=[prediction.pk]), {}),
+        "read": (reverse("classifier:upload_detail", args=[upload.pk]), {}),
         "delete": (reverse("classifier:upload_delete", args=[upload.pk]), {}),
         "logout": (reverse("logout"), {}),
         "password": (reverse("password_change"), {"old_password": "correct horse battery",
@@ -172,6 +174,7 @@ def test_session_authenticated_api_writes_require_a_csrf_token(csrf_client, owne
     url = f"/api/v1/predictions/{prediction.pk}/"
     assert csrf_client.patch(url, {"feedback": 3}, content_type="application/json").status_code == 403
     assert csrf_client.delete(url).status_code == 403
+    assert csrf_client.post(f"{url}retry/").status_code == 403
     staff = Client(enforce_csrf_checks=True)
     staff.force_login(staff_user)
     assert staff.post("/api/v1/training-runs/", {"architecture": "mlp", "epochs": 1, "batch_size": 8,
