@@ -26,12 +26,18 @@ def _database_connections_refresh(sender=None, **kwargs) -> None:
 
 @worker_init.connect
 def _torch_device_check(**kwargs) -> None:
-    """A worker told to use a GPU it does not have stops at once, before it takes a single task."""
+    """Load PyTorch before the pool forks; a worker told to use a GPU it does not have stops at once.
+
+    Imported here, PyTorch is in every pool process from its start, in pages they share, instead of being loaded
+    by each one during its first task (seconds, which that task's upload waited). Importing it does not
+    initialise CUDA, which would leave the forked processes unable to use the GPU.
+    """
     from django.conf import settings
 
-    if settings.TORCH_DEVICE != "cuda":
-        return  # nothing to check, and no reason to load PyTorch into the parent
     from classifier.inference import TorchDeviceError, torch_device_check
+
+    if settings.TORCH_DEVICE != "cuda":
+        return
 
     try:
         torch_device_check()

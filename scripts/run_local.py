@@ -141,12 +141,16 @@ def main() -> int:
         say("Stopped while preparing; run it again to carry on.")
         return 130
 
+    celery = [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "--loglevel", "INFO"]
     processes = [
         start(
-            [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "-Q", "inference,training", "-c", "2",
-             "--beat", "--schedule", str(REPO / "var" / "celerybeat-schedule"), "--loglevel", "INFO"],
+            [*celery, "-Q", "inference", "-c", "2", "-n", "worker@%h",
+             "--beat", "--schedule", str(REPO / "var" / "celerybeat-schedule")],
             env=env,
         ),
+        # A trainer of its own, as in docker-compose.yml: training runs sharing the inference worker's processes
+        # would leave no process to read uploads for as long as they train.
+        start([*celery, "-Q", "training", "-c", "1", "-n", "trainer@%h"], env=env),
         start(
             # Processes and threads come from gunicorn.conf.py.
             [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}"],
