@@ -50,11 +50,7 @@ def _moment(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else ""
 
 
-def _image_file(row: UploadExportRow) -> str:
-    return f"images/upload-{row.upload.pk}.png"
-
-
-def csv_row(row: UploadExportRow, *, image_file: str = "") -> list[str | int | float]:
+def _csv_row(row: UploadExportRow, *, image_file: str = "") -> list[str | int | float]:
     """One upload as the CSV's cells, in COLUMNS' order."""
     upload, prediction = row.upload, row.prediction
     cells: list[str | int | float] = [
@@ -109,7 +105,7 @@ def history_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
     writer.writerow(COLUMNS)
     yield out.take()
     for row in rows:
-        writer.writerow(csv_row(row))
+        writer.writerow(_csv_row(row))
         yield out.take()
 
 
@@ -134,7 +130,7 @@ def history_zip(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
         # The stored images are PNGs already: compressing them again would cost CPU for nothing.
         with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for row in rows:
-                name = _image_file(row)
+                name = f"images/upload-{row.upload.pk}.png"
                 try:
                     with row.upload.image.open("rb") as image:
                         content = image.read()
@@ -143,7 +139,7 @@ def history_zip(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
                     name = "missing"
                 else:
                     archive.writestr(_entry(name, stamp=stamp), content)
-                writer.writerow(csv_row(row, image_file=name))
+                writer.writerow(_csv_row(row, image_file=name))
                 yield out.take()
             table.seek(0)
             csv_entry = _entry("history.csv", stamp=stamp, compress_type=zipfile.ZIP_DEFLATED)
