@@ -43,9 +43,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         # Django stops reading the body past DATA_UPLOAD_MAX_NUMBER_FILES (UPLOAD_MAX_FILES): said on this page, as
         # every other refusal is, rather than on the bare 400 page.
         form = UploadForm()
-        errors = [
-            f"Too many files: at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} are accepted at once. Nothing was stored."
-        ]
+        errors = [f"Too many files: at most {settings.UPLOAD_MAX_FILES} are accepted at once."]
     refused: throttling.UploadRateError | None = None
     over_quota = False
     if request.method == "POST" and not errors:
