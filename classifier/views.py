@@ -8,7 +8,7 @@ import math
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import TooManyFilesSent, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -36,17 +36,11 @@ def _validation_messages(error: ValidationError) -> list[str]:
 
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []
-    try:
-        form = UploadForm(request.POST or None, request.FILES or None)
-    except TooManyFilesSent:
-        # Django stops reading the body past DATA_UPLOAD_MAX_NUMBER_FILES (UPLOAD_MAX_FILES): said on this page, as
-        # every other refusal is, rather than on the bare 400 page.
-        form = UploadForm()
-        errors = [f"Too many files: at most {settings.UPLOAD_MAX_FILES} are accepted at once."]
     refused: throttling.UploadRateError | None = None
     over_quota = False
-    if request.method == "POST" and not errors:
+    if request.method == "POST":
         if form.is_valid():
             files, source = form.submissions()
             try:
@@ -57,8 +51,8 @@ def upload(request: HttpRequest) -> HttpResponse:
             except ValidationError as exc:
                 errors = _validation_messages(exc)
             except (OperationalError, InterfaceError):
-                # The database is out of reach, which passes, and no row was stored (a file written is left to the
-                # orphan sweep): say so instead of a bare 500 page. Other database errors are bugs, answered as such.
+                # The database is out of reach, which passes, and the services removed any file they had written:
+                # say so instead of a bare 500 page. Other database errors are bugs, answered as such.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
             except services.UploadOutcomeUnknownError:

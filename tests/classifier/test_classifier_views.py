@@ -145,9 +145,6 @@ def test_too_many_files_in_one_request_are_refused(alice, digit_png, settings):
     files = [_file(digit_png(0), f"{i}.png") for i in range(settings.UPLOAD_MAX_FILES + 1)]
     response = alice.post("/", {"files": files})
     assert response.status_code == 400
-    page = response.content.decode()
-    assert f"Too many files: at most {settings.UPLOAD_MAX_FILES} are accepted at once." in page
-    assert 'id="file-form"' in page  # the upload page, to choose fewer
     assert not Upload.objects.exists()
 
 
