@@ -51,8 +51,8 @@ def upload(request: HttpRequest) -> HttpResponse:
             except ValidationError as exc:
                 errors = _validation_messages(exc)
             except (OperationalError, InterfaceError):
-                # The database is out of reach, which passes, and the services removed any file they had written:
-                # say so instead of a bare 500 page. Other database errors are bugs, answered as such.
+                # The database is out of reach, which passes, and no row was stored (a file written is left to the
+                # orphan sweep): say so instead of a bare 500 page. Other database errors are bugs, answered as such.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
             except services.UploadOutcomeUnknownError:
@@ -344,7 +344,6 @@ def _safe_next(request: HttpRequest) -> str | None:
     return None
 
 
-@require_safe
 def _history_filters(request: HttpRequest) -> tuple[HistoryFilterForm, selectors.UploadFilters]:
     form = HistoryFilterForm(request.GET or None)
     if not form.is_bound:
@@ -361,6 +360,7 @@ def _history_filters(request: HttpRequest) -> tuple[HistoryFilterForm, selectors
     )
 
 
+@require_safe
 def history(request: HttpRequest) -> HttpResponse:
     form, filters = _history_filters(request)
     queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
@@ -383,7 +383,6 @@ def history(request: HttpRequest) -> HttpResponse:
             "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
         },
     )
-
 
 
 _EXPORTS = {"csv": ("text/csv; charset=utf-8", exports.history_csv), "zip": ("application/zip", exports.history_zip)}

@@ -373,6 +373,11 @@ def test_a_download_holds_nobody_elses_uploads_and_needs_a_sign_in(client, alice
     assert client.get("/history/export.zip").status_code == 302
 
 
+def test_the_history_and_its_downloads_only_answer_reading(alice):
+    for url in ("/history/", "/history/export.csv", "/history/export.zip"):
+        assert alice.post(url).status_code == 405, url
+
+
 def test_history_is_paginated(alice, user, digit_png):
     for i in range(23):
         services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file")
