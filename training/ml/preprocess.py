@@ -23,6 +23,9 @@ MAX_WORKING_SIDE = 512
 OPENING_SHARE = 0.35
 # The darkest paper whose brightness still divides its ink's contrast (darker, and only noise would be left).
 MIN_PAPER = np.float32(0.15)
+# The background's shade is read along the picture's border, in a band this share of its shorter side wide (at least
+# a pixel): a printed line that runs right along the edge (squared paper cut on a line) is a minority there.
+BORDER_BAND = 0.02
 # Below this ink/background contrast (on a 0..1 scale) the picture counts as blank.
 MIN_CONTRAST = 0.12
 # The share of pixels at either extreme that stands for the ink when telling dark ink from light: a thin
@@ -36,6 +39,20 @@ DIGIT_MIN_EXTENT = 0.15
 EDGE_BAND = 0.5
 FRAME_MAX_FILL = 0.3
 NEAR_DIGIT = 0.2
+# A frame drawn round the whole picture, each side within this share of the picture's edge, goes even with no digit
+# inside it (a sheet with only a frame on it holds no digit).
+FRAME_BORDER = 0.1
+# A piece smaller than a digit is a speck of dust, and never the digit, when it is a solid blob: its thickness (twice
+# its deepest pixel's distance from its outline) at least SPECK_MIN_THICKNESS of its longer side, and its pixels at
+# least SPECK_MIN_FILL of its box. A digit's strokes are a fraction of its size; an MNIST digit shrunk to 5 pixels of
+# a 400-pixel photo is as thick, but leaves 40% of its box or more empty.
+SPECK_MIN_THICKNESS = 0.75
+SPECK_MIN_FILL = 0.7
+# A piece cut by the picture's edge is the edge's own when less than this share of its ink is left once the
+# background goes on past the edges (a stroke of a tight crop along the edge goes, and the rest of the digit stays).
+FADED_SHARE = 0.5
+# The share is measured on every few pixels, as if the picture's longer side were at most this long.
+FADED_SIDE = 128
 # A sparse ring with no corners (drawn round the digit) goes when its inside holds a separate digit-sized piece
 # inked at least RING_MIN_HELD_INK as heavily for its size (its ink over its longer side) as the ring: MNIST test
 # digits ringed with a pen up to half their stroke's width then read as they do alone 94-100% of the time, and with
@@ -69,9 +86,13 @@ RULING_SLOPES = np.tan(np.radians(np.arange(-3.0, 3.01, 0.25)))
 RULING_MAX_WIDTH = 4
 RULING_RIDGE = 0.3
 # A lone printed line, too few to count as ruling (a notebook's margin, a single rule): a piece at most
-# LONE_LINE_MAX_WIDTH across and at least LONE_LINE_MIN_LENGTH of the picture long in the other direction.
+# LONE_LINE_MAX_WIDTH across and at least LONE_LINE_MIN_LENGTH of the picture long in the other direction, and at least
+# LONE_LINE_MIN_SLENDERNESS times as long as it is wide. The last tells nothing apart in a photo (a line 60% of 150
+# pixels or more is that slender already) but spares a small picture's digit: the stem of an MNIST 1 or the bar of a 5,
+# 20 pixels long and 3-5 wide, is no printed line.
 LONE_LINE_MAX_WIDTH = RULING_MAX_WIDTH + 2
 LONE_LINE_MIN_LENGTH = 0.6
+LONE_LINE_MIN_SLENDERNESS = 15
 
 # A sheet of paper photographed on a darker desk that shows on every side (``_desk_flattened``): a bright region
 # clearly (SHEET_MIN_STEP) brighter than the picture's border, covering at least SHEET_MIN_SHARE of the picture,
@@ -187,15 +208,25 @@ def _quantile(values: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
     return below + (above - below) * weight if weight < 0.5 else above - (above - below) * (1 - weight)
 
 
-def _background(grays: np.ndarray) -> np.ndarray:
+def _background(grays: np.ndarray, *, beyond_border: bool = False) -> np.ndarray:
     """The background under bright ink for N same-sized images: a grey opening wider than any stroke.
 
     It removes everything bright narrower than OPENING_SHARE of the picture (the
     strokes) and keeps what is wider: paper lit unevenly, a hard shadow's edge,
     which a smooth estimate would blur into a band of false ink.
+
+    ``beyond_border``: as if the picture went on past its edges as it does at
+    them. What the edge cuts off (a desk along it, a shadow's corner, light
+    falling off towards it) is then as wide as the opening and becomes
+    background; so would a stroke running along the edge of a tight crop.
     """
     size = max(3, round(OPENING_SHARE * max(grays.shape[1:])))
-    return ndimage.grey_opening(grays, size=(1, size, size))
+    if not beyond_border:
+        return ndimage.grey_opening(grays, size=(1, size, size))
+    # Half the opening's width is enough: beyond it the opening reflects the padding, which goes on just the same.
+    pad = size // 2 + 1
+    padded = np.pad(grays, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+    return ndimage.grey_opening(padded, size=(1, size, size))[:, pad:-pad, pad:-pad]
 
 
 def _opaque_gray(image: Image.Image) -> np.ndarray:
@@ -272,13 +303,19 @@ def _desk_flattened(gray: np.ndarray) -> np.ndarray:
 def _dark_ink(grays: np.ndarray) -> np.ndarray:
     """For N images, whether the ink is darker than the background (and must be inverted to be bright).
 
-    The border's median stands for the background; the ink is whichever extreme
-    lies clearly further from it. Paper in a dim photo is darker than mid-grey,
+    The median of a band along the border (BORDER_BAND) stands for the
+    background; the ink is whichever extreme lies clearly further from it.
+    Paper in a dim photo is darker than mid-grey,
     and chalk's board can be lighter, so the background's own brightness decides
     only when neither side stands out (a digit too thin to reach the extremes).
     """
-    n = grays.shape[0]
-    border = np.concatenate([grays[:, 0], grays[:, -1], grays[:, :, 0], grays[:, :, -1]], axis=1)
+    n, h, w = grays.shape
+    k = max(1, round(BORDER_BAND * min(h, w)))
+    border = np.concatenate(
+        [grays[:, :k].reshape(n, -1), grays[:, -k:].reshape(n, -1), grays[:, :, :k].reshape(n, -1),
+         grays[:, :, -k:].reshape(n, -1)],
+        axis=1,
+    )
     background = _quantile(border, 0.5, axis=1)
     flat = grays.reshape(n, -1)
     darker = background - _quantile(flat, INK_QUANTILE, axis=1)
@@ -286,8 +323,8 @@ def _dark_ink(grays: np.ndarray) -> np.ndarray:
     return np.where(np.abs(darker - lighter) >= MIN_CONTRAST, darker > lighter, background > 0.5)
 
 
-def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ink maps in [0, 1] (ink bright, background 0, whatever the polarity) and which ones hold any ink at all."""
+def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ink maps in [0, 1] (ink bright, background 0, whatever the polarity), which hold any ink, which had dark ink."""
     n = grays.shape[0]
     dark = _dark_ink(grays)[:, None, None]
     grays = np.where(dark, np.float32(1.0) - grays, grays)
@@ -307,7 +344,7 @@ def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     peak = ink.reshape(n, -1).max(axis=1)
     inked = peak >= MIN_CONTRAST
     ink /= np.where(inked, peak, 1.0).astype(np.float32)[:, None, None]
-    return ink, inked
+    return ink, inked, dark[:, 0, 0]
 
 
 def _digit_masks(inks: np.ndarray) -> np.ndarray:
@@ -458,24 +495,79 @@ def _rulings_removed(inks: np.ndarray, masks: np.ndarray) -> None:
         masks[index] = mask
 
 
-def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+def _lone_piece_in_doubt(box: tuple[int, int, int, int], h: int, w: int) -> bool:
+    """Whether the one piece in ``box`` may be no digit: a speck, a frame round the picture, or cut by an edge."""
+    top, bottom, left, right = box
+    small = max(bottom - top, right - left) < DIGIT_MIN_EXTENT * max(h, w)
+    cut = top == 0 or left == 0 or bottom == h or right == w
+    return small or cut or _round_the_picture(top, bottom, left, right, h, w)
+
+
+def _round_the_picture(top: int, bottom: int, left: int, right: int, h: int, w: int) -> bool:
+    """Whether a box runs round the whole picture, each of its sides within FRAME_BORDER of the picture's edge."""
+    near = FRAME_BORDER * h, FRAME_BORDER * w
+    return top <= near[0] and bottom >= h - near[0] and left <= near[1] and right >= w - near[1]
+
+
+def _is_speck(own: np.ndarray) -> bool:
+    """Whether a piece (its pixels in its box) is a solid blob as thick as it is long: a speck, not a stroke."""
+    if np.count_nonzero(own) < SPECK_MIN_FILL * own.size:
+        return False
+    thickness = 2.0 * float(ndimage.distance_transform_edt(np.pad(own, 1)).max())
+    return thickness >= SPECK_MIN_THICKNESS * max(own.shape)
+
+
+def _faded_beyond_border(gray: np.ndarray, dark: bool, labels: np.ndarray, count: int) -> np.ndarray:
+    """Which pieces of ``labels`` keep less than FADED_SHARE of their ink when the background goes on past the edges.
+
+    Ink here is the picture's own contrast with its background, before it is
+    scaled: once the background is as in ``_background(beyond_border=True)``,
+    what was the edge's own is paper again, with only its noise left, and
+    the noise goes too. So does the noise of a desk too wide to be ink at
+    all, which dividing by its darkness made look like ink. The backgrounds
+    are found on every few pixels (FADED_SIDE), each standing for its block:
+    a share of large areas needs no more.
+    """
+    h, w = gray.shape
+    step = -(-max(h, w) // FADED_SIDE)
+    few = gray[::step, ::step]
+    lit = (np.float32(1.0) - few if dark else few)[None]
+    before = lit - _background(lit)
+    # The noise from the smallest quarter of neighbouring pixels' differences: the paper's and the ink's own, even
+    # where a digit fills a tight crop and its edges are most of the rest. For noise of deviation s, a quarter of
+    # the differences (deviation s * sqrt(2)) are within 0.4506 s.
+    steps = np.abs(np.diff(lit, axis=2)).ravel()
+    noise = float(_quantile(steps[:: max(1, steps.size // 8192)], 0.25)) / 0.4506
+    after = np.clip(lit - _background(lit, beyond_border=True) - np.float32(3.0 * noise), 0.0, None)
+    # A piece keeps less than FADED_SHARE of its ink where this sums to less than nothing.
+    weights = (after - FADED_SHARE * before)[0].repeat(step, axis=0).repeat(step, axis=1)[:h, :w]
+    balance = np.bincount(labels.ravel(), weights=weights.ravel(), minlength=count + 1)
+    return balance[1:] < 0
+
+
+def _digit_only(ink: np.ndarray, mask: np.ndarray, gray: np.ndarray, dark: bool) -> tuple[np.ndarray, np.ndarray, bool]:
     """The ink and mask of the digit alone, without what a photo puts around it; and whether it left out another digit.
 
     The mask's connected pieces are sorted out: a lone printed line across the
     picture (a notebook's margin) goes when a digit-sized piece is left; bands
     along the picture's edge (a desk beside the paper) go when a smaller
     digit-sized piece is left; a sparse, square-cornered ring boxing a
-    digit-sized piece in (a drawn frame, a form's cell) goes, and so does a
-    round one closing round a piece inked like a digit (a ring drawn round it);
-    of the rest, the piece with the most ink and those near it (a broken
-    stroke) stay, and specks further off go. A lone piece, the usual case, is
-    left as it is. A piece left out that is about as tall as the digit kept and
-    inked comparably (see SEVERAL_MIN_HEIGHT) is another digit: the picture
-    holds several, and only one of them is read.
+    digit-sized piece in (a drawn frame, a form's cell), or running round the
+    whole picture, goes, and so does a round one closing round a piece inked
+    like a digit (a ring drawn round it); of the rest, the piece with the most
+    ink and those near it (a broken stroke) stay, and specks further off go.
+    The digit is never a speck (a solid blob smaller than a digit, see
+    SPECK_MIN_THICKNESS) nor a piece that the picture's edge cuts and that is
+    gone once the background goes on past the edges (a desk along it, a
+    shadow's corner, light falling off; ``gray`` is the picture the ink came
+    from, ``dark`` its polarity): with nothing else, the picture holds no
+    digit, and :class:`EmptyImageError` says so. A lone piece, the usual case,
+    is left as it is unless it is one of those or a frame. A piece left out
+    that is about as tall as the digit kept and inked comparably (see
+    SEVERAL_MIN_HEIGHT) is another digit: the picture holds several, and only
+    one of them is read.
     """
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
-    if count <= 1:
-        return ink, mask, False
     h, w = mask.shape
     flat = labels.ravel()
     mass = np.bincount(flat, weights=ink.ravel(), minlength=count + 1)[1:]
@@ -495,6 +587,7 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     lone_line = ((bottom - top >= LONE_LINE_MIN_LENGTH * h) & (right - left <= LONE_LINE_MAX_WIDTH)) | (
         (right - left >= LONE_LINE_MIN_LENGTH * w) & (bottom - top <= LONE_LINE_MAX_WIDTH)
     )
+    lone_line &= extent >= LONE_LINE_MIN_SLENDERNESS * np.minimum(bottom - top, right - left)
     if ((extent >= DIGIT_MIN_EXTENT / 3 * max(h, w)) & ~lone_line).any():
         keep &= ~lone_line
     candidates = digit_sized & ~band & keep
@@ -506,7 +599,7 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     for outer in np.flatnonzero(keep & digit_sized & sparse):
         t, b, l, r = boxes[outer]
         inside = (top > t) & (bottom < b) & (left > l) & (right < r)
-        if not (inside & keep & digit_sized).any():
+        if not (inside & keep & digit_sized).any() and not _round_the_picture(t, b, l, r, h, w):
             continue
         # A frame is a ring with corners: nothing of it in the middle of its box, where a digit's strokes cross,
         # and something of it in each corner, where a 0 (which can hold a slash) has nothing.
@@ -528,9 +621,24 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
             pieces = labels[t:b, l:r]
             if any(interior[pieces == piece + 1].all() for piece in held):
                 keep[outer] = False
-    if not keep.any():
-        return ink, mask, False
-    main = int(np.argmax(np.where(keep, mass, -1.0)))
+    # The heaviest piece that can be the digit; the faded ones are found only when one cut by the edge comes up.
+    at_edge = (top == 0) | (left == 0) | (bottom == h) | (right == w)
+    faded = None
+    main = -1
+    for piece in np.flatnonzero(keep)[np.argsort(-mass[keep], kind="stable")]:
+        t, b, l, r = boxes[piece]
+        if not digit_sized[piece] and _is_speck(labels[t:b, l:r] == piece + 1):
+            continue
+        if faded is None and at_edge[piece]:
+            faded = _faded_beyond_border(gray, dark, labels, count)
+        if faded is not None and faded[piece]:
+            continue
+        main = int(piece)
+        break
+    if main < 0:
+        if faded is not None and faded.any():
+            raise EmptyImageError("its only marks are shadows or the edge of the sheet")
+        raise EmptyImageError("its only marks are specks or printed lines")
     margin = max(2.0, NEAR_DIGIT * extent[main])
     # Grown piece by piece, so that a stroke broken into several pieces stays whole.
     near = np.zeros(count, dtype=bool)
@@ -641,18 +749,23 @@ def prepare_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = ())
             results[index] = exc.with_traceback(None)
         del image  # not held while the next one is read
     for members in by_shape.values():
-        inks, inked = _ink_maps(np.stack([gray for _, gray in members]))
+        inks, inked, darks = _ink_maps(np.stack([gray for _, gray in members]))
         masks = _digit_masks(inks)
         _rulings_removed(inks, masks)
         pieces = _piece_counts(masks)
-        for (index, _), ink, mask, has_ink, count in zip(members, inks, masks, inked, pieces, strict=True):
+        for (index, gray), ink, mask, has_ink, dark, count in zip(
+            members, inks, masks, inked, darks, pieces, strict=True
+        ):
             try:
                 if not has_ink:
                     raise EmptyImageError("it looks empty (blank, or too little contrast)")
                 several = False
-                if count > 1:
-                    ink, mask, several = _digit_only(ink, mask)
-                top, bottom, left, right = _digit_bbox(mask)
+                box = _digit_bbox(mask)
+                # A lone piece, the usual case, is the digit unless it may be no digit at all.
+                if count > 1 or _lone_piece_in_doubt(box, *mask.shape):
+                    ink, mask, several = _digit_only(ink, mask, gray, bool(dark))
+                    box = _digit_bbox(mask)
+                top, bottom, left, right = box
                 pixels = _centre_by_mass(_fit_box(np.ascontiguousarray(ink[top:bottom, left:right])))
                 results[index] = Prepared(pixels=pixels, several_digits=several)
             except interrupts:

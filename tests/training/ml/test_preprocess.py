@@ -406,7 +406,7 @@ def test_a_tight_crop_whose_bar_spans_the_width_keeps_it_on_ruled_paper():
 def _untouched_by_the_line_search(image: Image.Image) -> None:
     from training.ml.preprocess import RULING_INK, _digit_masks, _ink_maps, _rulings_removed
 
-    inks, _ = _ink_maps(np.asarray(image.convert("L"), dtype=np.float32)[None] / 255)
+    inks = _ink_maps(np.asarray(image.convert("L"), dtype=np.float32)[None] / 255)[0]
     # Inked at two opposite edges: the search for lines really runs.
     assert (inks[0][:, 0] > RULING_INK).any() and (inks[0][:, -1] > RULING_INK).any()
     masks = _digit_masks(inks)
@@ -478,7 +478,7 @@ def test_the_line_search_finds_the_lines_that_counting_pixel_by_pixel_finds(degr
     _ruled(ImageDraw.Draw(sheet), every=17)
     ImageDraw.Draw(sheet).line([(120, 60), (280, 60), (200, 340)], fill=30, width=20)
     picture = sheet.rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=235).resize(shape[::-1])
-    inks, _ = _ink_maps(np.asarray(picture, dtype=np.float32)[None] / 255)
+    inks = _ink_maps(np.asarray(picture, dtype=np.float32)[None] / 255)[0]
     rng = np.random.default_rng(abs(int(degrees * 10)))
     for ink in (inks[0], inks[0].T, rng.random(shape).astype(np.float32) ** 8):
         expected, found = _printed_lines_pixel_by_pixel(ink), _printed_lines(ink)
@@ -626,14 +626,137 @@ def test_one_digit_with_specks_a_stroke_apart_or_a_dot_is_not_taken_for_several(
     np.testing.assert_array_equal(result.pixels, preprocess(single))
 
 
-def test_the_two_pieces_a_hard_shadow_leaves_at_the_pictures_edges_are_not_taken_for_two_digits():
-    pixels = 235 + np.random.default_rng(0).normal(0.0, 2.0, (400, 400))
+def _sheet_photo(pixels: np.ndarray, *, seed: int) -> Image.Image:
+    """Paper at 235 (with ``pixels``' ink or clutter drawn on it, same shape) photographed with a little noise."""
+    noisy = pixels + np.random.default_rng(seed).normal(0.0, 2.0, pixels.shape)
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def _paper_with(clutter: str) -> np.ndarray:
+    """An empty 400-pixel sheet with one kind of clutter a photo can hold."""
+    paper = np.full((400, 400), 235.0)
     rows, cols = np.mgrid[0:400, 0:400]
-    # The shadow's edge leaves what the background's opening cannot take in where it meets the bottom and the side:
-    # two pieces alike, each cut off by one edge of the picture. An empty sheet, so one of them is what is read.
-    shadowed = Image.fromarray(np.where(rows + cols > 480, pixels * 0.6, pixels).clip(0, 255).astype(np.uint8))
-    (result,) = prepare_batch([shadowed])
+    if clutter == "specks of dust":
+        for y, x in ((20, 25), (372, 362), (375, 30)):
+            paper[y : y + 5, x : x + 5] = 90
+    elif clutter == "a frame round the picture":
+        paper[8:392, 8:392] = 30
+        paper[16:384, 16:384] = 235
+    elif clutter == "the desk along an edge":
+        paper[:, :55] = 50
+    elif clutter == "a wide desk along an edge":
+        paper[290:] = 50
+    elif clutter == "a hard shadow across a corner":
+        paper = np.where(rows + cols > 480, paper * 0.6, paper)
+    elif clutter == "a hard shadow across the sheet":
+        paper = np.where(rows + cols // 3 > 250, paper * 0.5, paper)
+    elif clutter == "uneven light":
+        across = cols / 399
+        paper = paper * (1.0 - 0.6 * ((rows / 399 - 0.5) ** 2 + (across - 0.5) ** 2)) * (1.0 - 0.25 * across)
+    elif clutter == "squared paper cut along its lines":
+        paper[:, 0::25] = paper[:, 1::25] = paper[0::25] = paper[1::25] = 170
+    return paper
+
+
+EMPTY_CLUTTER = [
+    "specks of dust",
+    "a frame round the picture",
+    "the desk along an edge",
+    "a wide desk along an edge",
+    "a hard shadow across a corner",
+    "a hard shadow across the sheet",
+    "uneven light",
+    "squared paper cut along its lines",
+]
+
+
+@pytest.mark.parametrize("clutter", EMPTY_CLUTTER)
+def test_an_empty_sheet_with_only_clutter_on_it_is_refused_instead_of_read_as_a_digit(clutter):
+    # Specks are solid blobs smaller than a digit; a frame runs round the whole picture; what the edge cuts off (a
+    # desk, a shadow's corner, light falling off) is background once the picture goes on past its edges; squared
+    # paper's lines along the border once read as the background there, and the paper between them as light ink.
+    results = prepare_batch(_sheet_photo(_paper_with(clutter), seed=seed) for seed in range(8))
+    assert [type(result) for result in results] == [EmptyImageError] * len(results)
+
+
+def _reads_as(out: np.ndarray, alone: np.ndarray) -> bool:
+    """Whether a model input is the same digit as ``alone``, at most a pixel off (the clutter moves the ink's scale)."""
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return min(np.abs(np.roll(out, offset, axis=(0, 1)) - alone).mean() for offset in offsets) < 0.02
+
+
+def _small_seven(paper: np.ndarray, *, at=(230, 60), size=50, width=5) -> np.ndarray:
+    """``paper`` with a small dark 7 drawn on it."""
+    layer = Image.new("L", paper.shape[::-1], 0)
+    top, left = at
+    ImageDraw.Draw(layer).line([(left, top), (left + size * 3 // 4, top), (left + size * 3 // 8, top + size)],
+                               fill=255, width=width)
+    alpha = np.asarray(layer, dtype=np.float64) / 255
+    return paper * (1 - alpha) + 30 * alpha
+
+
+def test_a_small_digit_among_heavier_specks_of_dust_is_read_and_not_a_speck():
+    specked = np.full((400, 400), 235.0)
+    for y, x in ((20, 25), (372, 362), (375, 30)):
+        specked[y : y + 9, x : x + 9] = 30  # each with more ink than the digit's fine strokes
+    alone = preprocess(_sheet_photo(_small_seven(np.full((400, 400), 235.0), size=16, width=2), seed=0))
+    assert _reads_as(preprocess(_sheet_photo(_small_seven(specked, size=16, width=2), seed=0)), alone)
+
+
+def test_a_small_digit_beside_a_hard_shadows_edge_is_read_and_the_shadow_is_not_taken_for_more_digits():
+    # The shadow's edge leaves a piece where it meets the bottom and another where it meets the side, each with more
+    # ink than the digit, each cut by an edge the digit does not touch.
+    shadowed = np.where(np.add(*np.mgrid[0:400, 0:400]) > 480, 235 * 0.6, 235.0)
+    (result,) = prepare_batch([_sheet_photo(_small_seven(shadowed), seed=0)])
+    alone = preprocess(_sheet_photo(_small_seven(np.full((400, 400), 235.0)), seed=0))
     assert isinstance(result, Prepared) and not result.several_digits
+    assert _reads_as(result.pixels, alone)
+
+
+@pytest.mark.parametrize("size", [40, 200], ids=["small", "large"])
+def test_a_thin_one_alone_is_still_read(size):
+    one = np.full((400, 400), 235.0)
+    one[100 : 100 + size, 200:202] = 30  # a fine pen's stroke, two pixels wide
+    out = preprocess(_sheet_photo(one, seed=0))
+    rows, cols = np.nonzero(out > 0.5)
+    assert rows.max() - rows.min() + 1 >= 19 and cols.max() - cols.min() + 1 <= 6
+
+
+def test_a_small_digit_inside_a_frame_round_the_picture_is_read_and_not_the_frame():
+    framed = _paper_with("a frame round the picture")
+    alone = preprocess(_sheet_photo(_small_seven(np.full((400, 400), 235.0), at=(170, 170)), seed=0))
+    assert _reads_as(preprocess(_sheet_photo(_small_seven(framed, at=(170, 170)), seed=0)), alone)
+
+
+def _without_piece(digit: np.ndarray, *, rows: slice, cols: slice) -> np.ndarray:
+    erased = digit.copy()
+    erased[rows, cols] = 0
+    return erased
+
+
+@pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
+@pytest.mark.parametrize(("index", "stray"), [(5642, (slice(7, 12), slice(20, 26))),
+                                              (8020, (slice(8, 23), slice(19, 22)))])
+def test_an_mnist_one_beside_a_stray_mark_is_read_from_its_stem(index, stray):
+    # A 1 is one narrow stroke most of the picture's height: it was once taken for a printed line, and the mark read.
+    digit = _mnist_test_digits(index + 1)[index]
+    rows, cols = stray
+    _same(preprocess(Image.fromarray(digit)), preprocess(Image.fromarray(_without_piece(digit, rows=rows, cols=cols))),
+          atol=1e-6)
+
+
+@pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
+def test_an_mnist_one_with_a_foot_apart_from_its_stem_keeps_its_stem():
+    out = preprocess(Image.fromarray(_mnist_test_digits(6884)[6883]))
+    inked_rows = np.flatnonzero(out.max(axis=1) > 0.5)
+    assert inked_rows[-1] - inked_rows[0] + 1 >= 19  # the stem's full height, not the foot alone
+
+
+@pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
+def test_an_mnist_five_keeps_its_bar_apart_from_its_body():
+    out = preprocess(Image.fromarray(_mnist_test_digits(3553)[3552]))
+    inked_rows = np.flatnonzero(out.max(axis=1) > 0.5)
+    assert (out[inked_rows[0]] > 0.5).sum() >= 6  # the bar is still on top
 
 
 @pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
