@@ -109,9 +109,11 @@ def history_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
         yield out.take()
 
 
-def _entry(name: str, *, stamp: tuple[int, ...], compress_type: int = zipfile.ZIP_STORED) -> zipfile.ZipInfo:
+def _entry(name: str, *, stamp: tuple[int, ...]) -> zipfile.ZipInfo:
+    # Deflated, the images at level 0: a streamed entry's sizes follow its data, which streaming readers (Java's
+    # ZipInputStream) accept for deflated entries only.
     entry = zipfile.ZipInfo(name, date_time=stamp)
-    entry.compress_type = compress_type
+    entry.compress_type = zipfile.ZIP_DEFLATED
     return entry
 
 
@@ -127,8 +129,7 @@ def history_zip(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
         table.write(_BOM)
         writer = csv.writer(table)
         writer.writerow(COLUMNS)
-        # The stored images are PNGs already: compressing them again would cost CPU for nothing.
-        with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with zipfile.ZipFile(out, mode="w", allowZip64=True) as archive:
             for row in rows:
                 name = f"images/upload-{row.upload.pk}.png"
                 try:
@@ -138,12 +139,15 @@ def history_zip(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
                     logger.warning("upload %s's stored image is missing from its export", row.upload.pk)
                     name = "missing"
                 else:
-                    archive.writestr(_entry(name, stamp=stamp), content)
+                    # The stored images are PNGs already: compressing them again would cost CPU for nothing.
+                    archive.writestr(_entry(name, stamp=stamp), content, compresslevel=0)
                 writer.writerow(_csv_row(row, image_file=name))
                 yield out.take()
             table.seek(0)
-            csv_entry = _entry("history.csv", stamp=stamp, compress_type=zipfile.ZIP_DEFLATED)
-            with archive.open(csv_entry, mode="w", force_zip64=True) as entry:
+            csv_entry = _entry("history.csv", stamp=stamp)
+            # Not forced to ZIP64, whose streamed sizes Java's ZipInputStream misreads: 2 GB of CSV is millions of
+            # uploads more than a quota holds.
+            with archive.open(csv_entry, mode="w") as entry:
                 while block := table.read(2**16):
                     entry.write(block.encode("utf-8"))
                     yield out.take()

@@ -36,6 +36,9 @@ def _history_zip(user) -> zipfile.ZipFile:
     data = b"".join(exports.history_zip(selectors.upload_export_rows(user=user)))
     archive = zipfile.ZipFile(io.BytesIO(data))
     assert archive.testzip() is None
+    # Streamed, each entry's sizes follow its data: streaming readers (Java's ZipInputStream) take that from deflated
+    # entries only.
+    assert all(info.compress_type == zipfile.ZIP_DEFLATED for info in archive.infolist())
     return archive
 
 
