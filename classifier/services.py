@@ -187,6 +187,7 @@ def _storage_headroom_check(*, needed: int) -> None:
 
 
 def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
+    backend = _backend_pid()
     try:
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
         with transaction.atomic():
@@ -197,26 +198,54 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
             statements.storage_use_grow(owner_id=owner_id, by=needed, quota_bytes=NO_QUOTA)
         return created
     except BaseException as exc:
-        _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc)
+        _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc, backend=backend)
         raise
 
 
-def _files_delete_unless_stored(*, names: list[str], error: BaseException) -> set[str] | None:
+# How long a request whose connection was lost during its insert waits for the server process that ran it to end
+# before it asks what was stored.
+LOST_INSERT_WAIT_S = 5.0
+
+
+def _backend_pid() -> int | None:
+    """The PostgreSQL server process of this connection, watched for if the connection is lost mid-insert."""
+    if connection.vendor != "postgresql" or connection.connection is None:
+        return None
+    return connection.connection.info.backend_pid
+
+
+def _backend_ended(*, pid: int) -> bool:
+    """Whether the server process of a lost connection has ended: until it has, it may still commit its insert."""
+    deadline = time.monotonic() + LOST_INSERT_WAIT_S
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+            if cursor.fetchone() is None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _files_delete_unless_stored(*, names: list[str], error: BaseException, backend: int | None) -> set[str] | None:
     """After a failed insert, delete its files if nothing can have been stored; returns the names stored.
 
     A lost connection raises whether or not the server committed, and the server
-    may still be committing when a fresh connection asks (it goes on with a
-    statement whose client is gone): deleting the files then would leave rows
-    naming nothing. So after a connection error, outside a transaction (inside
-    one nothing can have been stored), the files stay for the orphan sweep, which
-    sets aside only what no row names an hour later; a fresh connection asks
-    what is stored already, and None says that even that is not known.
+    process ``backend`` goes on with a statement whose client is gone: it may
+    commit after a fresh connection asked. So after a connection error, outside a
+    transaction (inside one nothing can have been stored), a fresh connection
+    waits for that process to end and then asks; the files stay, for the orphan
+    sweep, which sets aside only what no row names an hour later. None says that
+    what was stored is not known.
     """
     if not _is_transient(error) or connection.in_atomic_block:
         _files_delete(names)
         return set()
     try:
         connection.close()
+        if backend is not None and not _backend_ended(pid=backend):
+            logger.warning("the server process of uploads %s's insert did not end; the orphan sweep will decide", names)
+            return None
         return set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
     except DatabaseError:
         logger.warning("could not tell whether uploads %s were stored; the orphan sweep will decide", names)
@@ -373,6 +402,7 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
     images = validate_images(files)
     uploads = _upload_files_write(owner=owner, images=images, source=source)
     names = [upload.image.name for upload in uploads]
+    backend = _backend_pid()
     try:
         published = _published_now()
         predictions = [Prediction(upload=upload, **published) for upload in uploads]
@@ -382,7 +412,7 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
         ):
             raise UploadQuotaError(_quota_refusal(owner=owner, needed=sum(upload.stored_bytes for upload in uploads)))
     except BaseException as exc:
-        stored = _files_delete_unless_stored(names=names, error=exc)
+        stored = _files_delete_unless_stored(names=names, error=exc, backend=backend)
         if stored is None:
             raise UploadOutcomeUnknownError("Whether the uploads were stored is not known.") from exc
         if stored != set(names):
