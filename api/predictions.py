@@ -215,15 +215,14 @@ class PredictionRetryApi(APIView):
     )
     def post(self, request: Request, prediction_id: int) -> Response:
         prediction = _prediction_or_404(request, prediction_id)
-        answer = classifier_selectors.prediction_retry_answer(prediction=prediction)
-        made = answer is None
-        if made:
+        answer, made = classifier_selectors.prediction_retry_answer(prediction=prediction), False
+        if answer is None:
             try:
                 upload_allowance_spend(user_id=request.user.pk, images=1)
             except UploadRateError as exc:
                 raise exceptions.Throttled(wait=exc.retry_after) from None
             try:
-                answer = classifier_services.prediction_retry(prediction=prediction)
+                answer, made = classifier_services.prediction_retry(prediction=prediction)
             except Prediction.DoesNotExist:
                 raise exceptions.NotFound("No such prediction.") from None
         return Response(

@@ -521,11 +521,12 @@ def upload_read(*, upload: Upload) -> Prediction:
         return locked.predictions.order_by("-created_at", "-id").first() or predictions_rerun(uploads=[locked])[0]
 
 
-def prediction_retry(*, prediction: Prediction) -> Prediction:
+def prediction_retry(*, prediction: Prediction) -> tuple[Prediction, bool]:
     """Its owner's second try at a failed prediction: a new one of the same upload, made once however often asked.
 
-    Returns the upload's newest prediction: the new one, or one already newer
-    (a double click, another tab), or this one unchanged when it did not fail.
+    Returns the upload's newest prediction, and whether this call made it: the
+    new one, or one already newer (a double click, another tab), or this one
+    unchanged when it did not fail.
     """
     with transaction.atomic():
         # The upload's row lock serialises retries of one upload: two at once would both see no newer prediction.
@@ -534,8 +535,8 @@ def prediction_retry(*, prediction: Prediction) -> Prediction:
             raise Prediction.DoesNotExist("The upload was deleted.")
         newest = upload.predictions.order_by("-created_at", "-id").first()
         if newest is None or newest.pk != prediction.pk or newest.status != Prediction.Status.FAILED:
-            return newest or prediction
-        return predictions_rerun(uploads=[upload])[0]
+            return newest or prediction, False
+        return predictions_rerun(uploads=[upload])[0], True
 
 
 def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:

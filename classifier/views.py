@@ -226,7 +226,7 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("classifier:prediction_detail", pk=pk)
     try:
-        newest = services.prediction_retry(prediction=prediction)
+        newest, _ = services.prediction_retry(prediction=prediction)
     except Prediction.DoesNotExist:
         raise Http404("No such prediction.") from None
     return redirect("classifier:prediction_detail", pk=newest.pk)
