@@ -219,17 +219,26 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     answer = selectors.prediction_retry_answer(prediction=prediction)
     if answer is not None:
         return redirect("classifier:prediction_detail", pk=answer.pk)
-    # A retry is another run of the model, counted as an upload, so a loop of them is throttled like uploads.
-    try:
-        throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
-    except throttling.UploadRateError as exc:
-        messages.error(request, str(exc))
+    if not _model_run_allowed(request):
         return redirect("classifier:prediction_detail", pk=pk)
     try:
         newest, _ = services.prediction_retry(prediction=prediction)
     except Prediction.DoesNotExist:
         raise Http404("No such prediction.") from None
     return redirect("classifier:prediction_detail", pk=newest.pk)
+
+
+def _model_run_allowed(request: HttpRequest) -> bool:
+    """Spend one upload of the allowance on another run of the model; False, the reason shown, when refused.
+
+    "Try again" and "Read it now" run the model as an upload does, so a loop of them is throttled like uploads.
+    """
+    try:
+        throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
+    except throttling.UploadRateError as exc:
+        messages.error(request, str(exc))
+        return False
+    return True
 
 
 def _cache_headers(response: HttpResponse, *, etag: str) -> HttpResponse:
@@ -308,11 +317,7 @@ def upload_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # Also the answer to a second "Read it now" (a double click, another tab): nothing more is made or spent.
         return redirect("classifier:prediction_detail", pk=prediction.pk)
     if request.method == "POST":
-        # A run of the model, counted as an upload, as "Try again" is.
-        try:
-            throttling.upload_allowance_spend(user_id=request.user.pk, images=1)
-        except throttling.UploadRateError as exc:
-            messages.error(request, str(exc))
+        if not _model_run_allowed(request):
             return redirect("classifier:upload_detail", pk=pk)
         try:
             prediction = services.upload_read(upload=item)
