@@ -540,10 +540,7 @@ def test_no_page_scrolls_sideways_on_a_360_px_wide_phone(browser, live_server, l
             page.goto(path)
             _assert_no_sideways_scroll(page, artifacts_dir, f"narrow-{name}")
         # A new token's key, shown once, is one long word.
-        page.goto("/accounts/")
-        page.fill("#id_name", "phone")
-        page.fill("#id_token_password", "correct horse battery")
-        page.get_by_role("button", name="Create a token").click()
+        _token_asked_for(page, name="phone", password="correct horse battery")
         expect(page.locator("#new-token")).to_be_visible()
         _assert_no_sideways_scroll(page, artifacts_dir, "narrow-account-new-token")
     finally:
@@ -561,27 +558,34 @@ def _assert_no_sideways_scroll(page, artifacts_dir, name: str) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 360, (name, wide[:10])
 
 
-def test_a_form_sent_back_for_a_correction_brings_the_field_to_correct_into_view_on_a_phone(
-    browser, live_server, log_in, user
-):
+@pytest.fixture
+def phone_page(browser, live_server, log_in):
+    """A page logged in as alice on a 360-pixel phone screen, failing the test on a blocked script."""
     context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 360, "height": 740})
-    try:
-        page = context.new_page()
-        log_in(page)
-        page.goto("/accounts/")
-        page.fill("#id_name", "scanner")
-        page.fill("#id_token_password", "not my password")
-        page.get_by_role("button", name="Create a token").click()
-        page.wait_for_load_state()
-        expect(page.get_by_text("That is not your password.")).to_be_in_viewport()
-        expect(page.locator("#id_token_password")).to_be_focused()
-        expect(page.locator("#id_name")).to_have_value("scanner")  # what was typed stays
-        # The filters of a history page read from its address take nothing: the page opens at its top.
-        page.goto("/history/?date_from=not-a-date")
-        assert page.evaluate("document.activeElement === document.body")
-    finally:
-        context.close()
+    page = context.new_page()
+    log_in(page)
+    yield page
+    context.close()
     assert blocked == []
+
+
+def _token_asked_for(page, *, name: str, password: str) -> None:
+    page.goto("/accounts/")
+    page.fill("#id_name", name)
+    page.fill("#id_token_password", password)
+    page.get_by_role("button", name="Create a token").click()
+
+
+def test_a_form_sent_back_for_a_correction_brings_the_field_to_correct_into_view_on_a_phone(phone_page):
+    page = phone_page
+    _token_asked_for(page, name="scanner", password="not my password")
+    page.wait_for_load_state()
+    expect(page.get_by_text("That is not your password.")).to_be_in_viewport()
+    expect(page.locator("#id_token_password")).to_be_focused()
+    expect(page.locator("#id_name")).to_have_value("scanner")  # what was typed stays
+    # The filters of a history page read from its address take nothing: the page opens at its top.
+    page.goto("/history/?date_from=not-a-date")
+    assert page.evaluate("document.activeElement === document.body")
 
 
 def test_a_drawing_the_server_sends_back_is_still_on_the_canvas_to_send_again(logged_in_page, user, settings):
@@ -621,17 +625,7 @@ def test_a_dropped_file_the_server_cannot_read_is_named_before_anything_is_sent(
     expect(page.locator("#file-submit")).to_be_enabled()
 
 
-def test_a_new_api_token_is_shown_in_view_on_a_phone_where_it_sits_far_down_the_page(browser, live_server, log_in, user):
-    context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 360, "height": 740})
-    try:
-        page = context.new_page()
-        log_in(page)
-        page.goto("/accounts/")
-        page.fill("#id_name", "phone")
-        page.fill("#id_token_password", "correct horse battery")
-        page.get_by_role("button", name="Create a token").click()
-        expect(page.locator("#new-token")).to_be_in_viewport()
-        expect(page.get_by_text("shown this once; copy it now")).to_be_in_viewport()
-    finally:
-        context.close()
-    assert blocked == []
+def test_a_new_api_token_is_shown_in_view_on_a_phone_where_it_sits_far_down_the_page(phone_page):
+    _token_asked_for(phone_page, name="phone", password="correct horse battery")
+    expect(phone_page.locator("#new-token")).to_be_in_viewport()
+    expect(phone_page.get_by_text("shown this once; copy it now")).to_be_in_viewport()
