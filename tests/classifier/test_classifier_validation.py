@@ -216,6 +216,30 @@ def test_large_pictures_sent_at_once_are_decoded_one_at_a_time():
     assert together < 1.5 * single, f"{together / 2**20:.0f} MB traced at once, {single / 2**20:.0f} MB alone"
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "MPO"])
+def test_a_phone_photo_is_decoded_at_its_stored_size_without_waiting_for_a_large_picture_being_decoded(fmt):
+    from classifier import validation
+
+    photo = Image.new("RGB", (4000, 3000), (235, 235, 230))
+    photo.paste((20, 20, 30), (1900, 800, 2100, 2200))
+    extra = {"save_all": True, "append_images": [photo.resize((640, 480))]} if fmt == "MPO" else {}
+    data = png_bytes(photo, fmt, quality=90, **extra)
+    finished = threading.Event()
+    accepted = []
+
+    def validate():
+        accepted.append(validate_image(io.BytesIO(data), name="photo.jpg"))
+        finished.set()
+
+    # As while another request decodes a picture of 40 megapixels.
+    with validation._large_decode:
+        threading.Thread(target=validate, daemon=True).start()
+        assert finished.wait(timeout=30), "the photo waited for the large picture"
+    (image,) = accepted
+    assert (image.width, image.height) == (4000, 3000)
+    assert Image.open(io.BytesIO(image.content)).size == (2000, 1500)
+
+
 def test_a_transparent_drawing_keeps_its_alpha():
     image = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
     for y in range(20, 80):
