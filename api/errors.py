@@ -81,7 +81,9 @@ def _django_validation_items(error: DjangoValidationError, field: str | None) ->
             for item in errors:
                 items += _django_validation_items(item, None if key == "__all__" else key)
         return items
+    # A refused file's item says where the file stood among those sent, so a client can tell which one it was.
     return [{"code": item.code or "invalid", "message": message, "field": field}
+            | ({"index": item.file_index} if hasattr(item, "file_index") else {})
             for item in error.error_list for message in item.messages]
 
 

@@ -40,8 +40,15 @@ class ErrorItemSerializer(serializers.Serializer):
     )
 
 
+class ErrorDetailSerializer(ErrorItemSerializer):
+    index = serializers.IntegerField(
+        required=False,
+        help_text="Only for a rejected file: where it stood among the files sent, from 0 (`image` first, then `images`).",
+    )
+
+
 class ErrorSerializer(ErrorItemSerializer):
-    details = ErrorItemSerializer(
+    details = ErrorDetailSerializer(
         many=True, help_text="Every problem found (one per rejected file or field); the first is repeated above."
     )
 

@@ -94,6 +94,9 @@ class Prediction(models.Model):
         FAILED = "failed"
 
     FINISHED = (Status.DONE, Status.FAILED)
+    # How the error of a picture with no digit in it begins: trying again reads it the same way, so the pages ask
+    # for another picture instead.
+    NO_DIGIT_ERROR = "No digit was found in this image:"
 
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions")
     # Which model gave each answer is history: a checkpoint that made predictions cannot be deleted.

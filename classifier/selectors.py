@@ -105,8 +105,20 @@ def upload_list_page(*, ids: list[int]) -> list[Upload]:
     every row it skips (over a second for page 1,250 of 50,000 uploads): the page is found by ids, and only its
     own rows are read with those fields. They are not filtered again: a prediction finishing in between would
     take its upload off the page it was counted on.
+
+    The page's rows alone carry their newest prediction's ``latest_error`` (blank unless it failed), read in the
+    same query, and ``latest_no_digit``: whether it failed for want of a digit, which only another picture mends.
     """
-    return list(upload_annotate_latest(Upload.objects.filter(pk__in=ids)).order_by("-created_at", "-id"))
+    uploads = list(
+        upload_annotate_latest(Upload.objects.filter(pk__in=ids))
+        .annotate(latest_error=_latest("error"))
+        .order_by("-created_at", "-id")
+    )
+    for upload in uploads:
+        upload.latest_no_digit = upload.latest_status == Prediction.Status.FAILED and (
+            upload.latest_error or ""
+        ).startswith(Prediction.NO_DIGIT_ERROR)
+    return uploads
 
 
 # Rows read at a time by an export: a long history is streamed, never held whole.

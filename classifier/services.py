@@ -73,9 +73,7 @@ class StorageFullError(UploadStorageError):
     """Storing the images would leave less than UPLOAD_MIN_FREE_MB free on the media volume; nothing was stored."""
 
 
-# How a failed prediction of a picture with no digit in it begins: trying again reads it the same way, so the pages
-# ask for another picture instead.
-NO_DIGIT_ERROR = "No digit was found in this image:"
+PREPARE_FAILED_ERROR = "The image could not be prepared for the model. Try another picture."
 
 
 class ModelUnavailableError(Exception):
@@ -773,14 +771,13 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
         if isinstance(result, inference.EmptyImageError):
             _prediction_fail(
                 prediction=prediction,
-                error=f"{NO_DIGIT_ERROR} {result}.",
+                error=f"{Prediction.NO_DIGIT_ERROR} {result}.",
                 checkpoint_id=checkpoint_id,
             )
         elif isinstance(result, Exception):
             logger.error("prediction %s could not be preprocessed: %r", prediction.pk, result)
-            _prediction_fail(
-                prediction=prediction, error=f"The image could not be prepared: {result}", checkpoint_id=checkpoint_id
-            )
+            # The exception's own text is for the log: it speaks of the code, not of the picture.
+            _prediction_fail(prediction=prediction, error=PREPARE_FAILED_ERROR, checkpoint_id=checkpoint_id)
         else:
             prediction.input_pixels = result.input_pixels
             prediction.status = Prediction.Status.DONE

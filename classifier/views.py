@@ -24,20 +24,48 @@ from PIL import Image
 from classifier import exports, selectors, services, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
 from classifier.models import INPUT_SIDE, Prediction, Upload
+from classifier.validation import FilesRejectedError
 
 logger = logging.getLogger(__name__)
 
 HISTORY_PAGE_SIZE = 20
 
 
-def _validation_messages(error: ValidationError) -> list[str]:
-    return list(error.messages)
+def _upload_page(
+    request: HttpRequest, form: UploadForm, *, errors: list[str], refused_files: list[int] = (), status: int = 200
+) -> HttpResponse:
+    return render(
+        request,
+        "classifier/upload.html",
+        {
+            "form": form,
+            "errors": errors,
+            # Where each refused file stood in the request: the page's script marks them in the selection it kept.
+            "refused_files": " ".join(str(index) for index in refused_files),
+            "max_files": settings.UPLOAD_MAX_FILES,
+            "max_bytes": settings.UPLOAD_MAX_BYTES,
+            "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+        },
+        status=status,
+    )
+
+
+def _uploaded_go_to(request: HttpRequest, url: str) -> HttpResponse:
+    """Where an accepted upload leads: a redirect, or for the page's own script the address to go to.
+
+    The script sends the form itself, to keep the chosen files when they are refused. A redirect would be
+    followed inside that request, the next page fetched twice, and its one-time message spent on the first.
+    """
+    if request.headers.get("X-Requested-With") == "XMLHttpRequest":
+        return JsonResponse({"location": url})
+    return redirect(url)
 
 
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []
+    refused_files: list[int] = []
     refused: throttling.UploadRateError | None = None
     over_quota = False
     if request.method == "POST":
@@ -49,7 +77,8 @@ def upload(request: HttpRequest) -> HttpResponse:
             except throttling.UploadRateError as exc:
                 refused, errors = exc, [str(exc)]
             except ValidationError as exc:
-                errors = _validation_messages(exc)
+                errors = list(exc.messages)
+                refused_files = exc.indexes if isinstance(exc, FilesRejectedError) else []
             except (OperationalError, InterfaceError):
                 # The database is out of reach, which passes, and no row was stored (a file written is left to the
                 # orphan sweep): say so instead of a bare 500 page. Other database errors are bugs, answered as such.
@@ -70,24 +99,13 @@ def upload(request: HttpRequest) -> HttpResponse:
                 over_quota, errors = True, [str(exc)]
             else:
                 if len(predictions) == 1:
-                    return redirect("classifier:prediction_detail", pk=predictions[0].pk)
+                    return _uploaded_go_to(request, reverse("classifier:prediction_detail", args=[predictions[0].pk]))
                 messages.success(request, f"{len(predictions)} images uploaded; their predictions appear below.")
                 batch = ",".join(str(item.upload_id) for item in predictions)
-                return redirect(f"{reverse('classifier:history')}?batch={batch}")
+                return _uploaded_go_to(request, f"{reverse('classifier:history')}?batch={batch}")
         else:
             errors = [message for field_errors in form.errors.values() for message in field_errors]
-    response = render(
-        request,
-        "classifier/upload.html",
-        {
-            "form": form,
-            "errors": errors,
-            "max_files": settings.UPLOAD_MAX_FILES,
-            "max_bytes": settings.UPLOAD_MAX_BYTES,
-            "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
-        },
-        status=400 if errors else 200,
-    )
+    response = _upload_page(request, form, errors=errors, refused_files=refused_files, status=400 if errors else 200)
     if over_quota:
         # The owner's to resolve, not the server's: a 4xx (a 5xx would be logged as a server error), as cloud
         # storage APIs answer a full quota.
@@ -105,18 +123,7 @@ def _service_unavailable(
     message: str = "The service is temporarily unavailable and nothing was stored. Please try again in a minute.",
     retry_after: int | None = 30,
 ) -> HttpResponse:
-    response = render(
-        request,
-        "classifier/upload.html",
-        {
-            "form": form,
-            "errors": [message],
-            "max_files": settings.UPLOAD_MAX_FILES,
-            "max_bytes": settings.UPLOAD_MAX_BYTES,
-            "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
-        },
-        status=503,
-    )
+    response = _upload_page(request, form, errors=[message], status=503)
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response
@@ -154,7 +161,7 @@ def prediction_payload(prediction: Prediction) -> dict:
         "several_digits": bool(done and prediction.several_digits),
         "probabilities": prediction.probabilities,
         "error": prediction.error,
-        "no_digit": failed and prediction.error.startswith(services.NO_DIGIT_ERROR),
+        "no_digit": failed and prediction.error.startswith(Prediction.NO_DIGIT_ERROR),
         "feedback": prediction.feedback,
         "checkpoint_id": prediction.checkpoint_id,
         "device": prediction.device,

@@ -18,11 +18,24 @@
     });
   });
 
+  // Why a row failed, shortened as the template's truncatechars:100 does; the result page has the whole text.
+  const REASON_CHARS = 100;
+  function reasonText(data) {
+    const error = data.error.length > REASON_CHARS ? data.error.slice(0, REASON_CHARS - 1) + "…" : data.error;
+    return data.no_digit ? error + " Try another picture." : error;
+  }
+
   function update(row, data) {
     row.dataset.status = data.status;
     const badge = row.querySelector(".js-status");
     badge.className = "badge badge-" + data.status + " js-status";
     badge.textContent = data.status === "pending" ? "queued" : data.status;
+    const reason = row.querySelector(".js-reason");
+    reason.hidden = !(data.status === "failed" && data.error);
+    if (!reason.hidden) {
+      reason.textContent = reasonText(data);
+      reason.title = data.error;
+    }
     if (data.status === "done") {
       row.querySelector(".js-digit").textContent = data.digit;
       const conf = row.querySelector(".js-confidence");

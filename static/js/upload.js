@@ -21,11 +21,17 @@
     return size > 1048576 ? (size / 1048576).toFixed(1) + " MB" : Math.max(1, Math.round(size / 1024)) + " KB";
   }
 
+  // Where the files the server refused stood in the selection it was sent: they stay chosen, marked, until the
+  // selection changes or they are left out.
+  let refusedByServer = [];
+  const leaveOut = document.getElementById("file-leave-out");
+  const progress = document.getElementById("file-progress");
+
   function refresh() {
     const files = Array.from(input.files || []);
     list.replaceChildren();
     const problems = [];
-    files.forEach(function (file) {
+    files.forEach(function (file, index) {
       const item = document.createElement("li");
       item.textContent = file.name + " · " + describe(file.size);
       if (file.size > maxBytes) {
@@ -34,6 +40,8 @@
       } else if (file.type && !READABLE.test(file.type)) {
         item.className = "refused";
         problems.push("“" + file.name + "” is not a PNG, JPEG, GIF, WEBP or BMP image.");
+      } else if (refusedByServer.indexOf(index) !== -1) {
+        item.className = "refused";
       }
       list.appendChild(item);
     });
@@ -44,9 +52,17 @@
     fileError.textContent = problems.join(" ");
     fileSubmit.disabled = files.length === 0 || problems.length > 0;
     fileSubmit.textContent = files.length > 1 ? "Upload " + files.length + " images and predict" : "Upload and predict";
+    leaveOut.hidden = !refusedByServer.length || refusedByServer.length >= files.length;
+    leaveOut.textContent = refusedByServer.length > 1 ? "Leave out the " + refusedByServer.length + " refused files"
+      : "Leave out the refused file";
   }
 
-  input.addEventListener("change", refresh);
+  function selectionChanged() {
+    refusedByServer = [];
+    refresh();
+  }
+
+  input.addEventListener("change", selectionChanged);
   ["dragenter", "dragover"].forEach(function (name) {
     dropzone.addEventListener(name, function (event) {
       event.preventDefault();
@@ -62,13 +78,108 @@
   dropzone.addEventListener("drop", function (event) {
     if (event.dataTransfer && event.dataTransfer.files.length) {
       input.files = event.dataTransfer.files;
-      refresh();
+      selectionChanged();
     }
   });
-  fileForm.addEventListener("submit", function () {
+  // The answer to a refused upload (its errors, from the page the server sent back) in place of the last one.
+  function showRefusal(box) {
+    const old = document.getElementById("upload-errors");
+    if (old) {
+      old.replaceWith(box);
+    } else {
+      document.querySelector(".upload-grid").before(box);
+    }
+    refusedByServer = (box.dataset.refusedFiles || "").split(" ").filter(Boolean).map(Number);
+    progress.hidden = true;
+    refresh();
+    box.focus();
+  }
+
+  function refusalBox(paragraphs) {
+    const box = document.createElement("div");
+    box.className = "errors";
+    box.id = "upload-errors";
+    box.setAttribute("role", "alert");
+    box.tabIndex = -1;
+    paragraphs.forEach(function (text) {
+      const line = document.createElement("p");
+      line.textContent = text;
+      box.appendChild(line);
+    });
+    return box;
+  }
+
+  // The page's own address: the form names no other.
+  function target() {
+    return fileForm.action.split("#")[0];
+  }
+
+  function answered(request) {
+    const type = request.getResponseHeader("Content-Type") || "";
+    if (request.status === 200 && type.indexOf("application/json") === 0) {
+      window.location.assign(JSON.parse(request.responseText).location);
+      return;
+    }
+    if (request.responseURL && request.responseURL !== target()) {
+      // Sent somewhere else (a session that ended leads to the log-in page): go there, as the form would have.
+      window.location.assign(request.responseURL);
+      return;
+    }
+    const page = new DOMParser().parseFromString(request.responseText, "text/html");
+    const box = page.getElementById("upload-errors");
+    if (box) {
+      showRefusal(document.importNode(box, true));
+      return;
+    }
+    // Another page of the site's (a request too large, a form that expired): what it says, in this page.
+    const said = Array.from(page.querySelectorAll("main h1, main p")).map(function (node) {
+      return node.textContent.replace(/\s+/g, " ").trim();
+    }).filter(Boolean);
+    showRefusal(refusalBox(said.length ? said : ["The server refused the upload (" + request.status + "). Nothing was uploaded."]));
+  }
+
+  // Sent from here rather than by the browser: a refused upload keeps the files chosen, to send again once the
+  // refused ones are left out, and a long upload shows how far it has got. Without this script the form is sent as
+  // it is, and the page comes back with the errors.
+  fileForm.addEventListener("submit", function (event) {
+    event.preventDefault();
     forgetDrawing();
+    const request = new XMLHttpRequest();
+    request.open("POST", target());
+    request.setRequestHeader("X-Requested-With", "XMLHttpRequest");
+    request.upload.addEventListener("progress", function (progressEvent) {
+      if (!progressEvent.lengthComputable) return;
+      const percent = Math.floor((100 * progressEvent.loaded) / progressEvent.total);
+      progress.hidden = false;
+      progress.value = percent;
+      fileSubmit.textContent = "Uploading… " + percent + "%";
+    });
+    request.upload.addEventListener("load", function () {
+      fileSubmit.textContent = "Checking the images…";
+    });
+    request.addEventListener("load", function () { answered(request); });
+    request.addEventListener("error", function () {
+      showRefusal(refusalBox([
+        "The connection to the server was lost before it answered.",
+        "The images may have been stored: look in your history before sending them again.",
+      ]));
+    });
+    request.send(new FormData(fileForm));
     fileSubmit.disabled = true;
+    leaveOut.hidden = true;
     fileSubmit.textContent = "Uploading…";
+  });
+
+  leaveOut.addEventListener("click", function () {
+    const kept = new DataTransfer();
+    Array.from(input.files).forEach(function (file, index) {
+      if (refusedByServer.indexOf(index) === -1) kept.items.add(file);
+    });
+    input.files = kept.files;
+    const box = document.getElementById("upload-errors");
+    if (box) box.remove();
+    selectionChanged();
+    fileSubmit.focus();
   });
   refresh();
 
@@ -285,6 +396,7 @@
   window.addEventListener("pageshow", function (event) {
     if (!event.persisted) return;
     forgetDrawing();  // sent and answered: a later refusal of files must not bring it back
+    progress.hidden = true;
     refresh();
     canvasSubmit.disabled = !dirty;
     canvasSubmit.textContent = "Predict drawing";

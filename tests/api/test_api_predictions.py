@@ -99,13 +99,16 @@ def test_a_bad_file_is_rejected_and_nothing_is_stored(user_client, case):
     assert stored_files() == []
 
 
-def test_one_bad_file_among_several_rejects_them_all(user_client):
-    files = [upload_file(name="ok.png"), upload_file(b"nope", name="bad.png"), upload_file(name="ok2.png")]
+def test_one_bad_file_among_several_rejects_them_all_saying_which_it_was(user_client):
+    files = [upload_file(name="ok.png"), upload_file(b"nope", name="bad.png"), upload_file(name="ok2.png"),
+             upload_file(b"", name="empty.png")]
 
     response = user_client.post(LIST, {"images": files}, format="multipart")
 
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "images"
+    details = response.json()["error"]["details"]
+    assert [(item["index"], item["code"]) for item in details] == [(1, "not_image"), (3, "empty")]
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
     assert stored_files() == []
 

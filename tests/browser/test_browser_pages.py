@@ -167,6 +167,46 @@ def test_history_shows_uploads_and_deletes_after_confirming(
     page.screenshot(path=str(artifacts_dir / "history-mobile.png"), full_page=True)
 
 
+def test_history_rows_that_fail_while_the_page_is_open_say_why_as_a_reload_would(
+    logged_in_page, user, digit_png, active_checkpoint
+):
+    from django.core.files.storage import default_storage
+
+    from tests.classifier.fixtures import empty_ruled_sheet_png
+
+    page = logged_in_page
+    blank = services.upload_create(owner=user, file=io.BytesIO(empty_ruled_sheet_png()), name="sheet.png",
+                                   source="file")
+    lost, long = (services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), name=f"{i}.png", source="file")
+                  for i in range(2))
+    predictions = services.predictions_create(uploads=[blank, lost, long], publish=False)
+    # Taken by a worker that reports an error too long for a row; the others wait for this process to run them.
+    Prediction.objects.filter(pk=predictions[2].pk).update(status=Prediction.Status.RUNNING)
+    page.goto("/history/")
+    expect(page.locator(".history-item .js-status").filter(has_text="queued")).to_have_count(2)
+    reasons = {upload.pk: page.locator(f'.history-item[data-upload-id="{upload.pk}"] .js-reason')
+               for upload in (blank, lost, long)}
+    for reason in reasons.values():
+        expect(reason).to_be_hidden()
+
+    default_storage.delete(lost.image.name)  # the worker cannot read it
+    for prediction in predictions[:2]:
+        services.prediction_execute(prediction_id=prediction.pk)  # nothing when the first one's batch took it
+    errors = dict(Prediction.objects.filter(upload__in=[blank, lost], status="failed").values_list("upload", "error"))
+    errors[long.pk] = "The image could not be prepared: " + "a detail from the decoder, " * 10
+    Prediction.objects.filter(pk=predictions[2].pk).update(status=Prediction.Status.FAILED, error=errors[long.pk])
+
+    expect(reasons[blank.pk]).to_have_text(f"{errors[blank.pk]} Try another picture.", timeout=15_000)
+    expect(reasons[lost.pk]).to_have_text("The stored image could not be read.")
+    expect(reasons[long.pk]).to_have_text(errors[long.pk][:99] + "…")
+    live = {pk: (reason.text_content(), reason.get_attribute("title")) for pk, reason in reasons.items()}
+    assert all(title == errors[pk] for pk, (_, title) in live.items())
+    page.reload()
+    for pk, reason in reasons.items():
+        expect(reason).to_be_visible()
+        assert (reason.text_content().strip(), reason.get_attribute("title")) == live[pk]
+
+
 def _open_a_queued_result(page, user, image: bytes):
     """The result page of an upload whose prediction no worker takes: it stays queued, and the page polls."""
     upload = services.upload_create(owner=user, file=io.BytesIO(image), source="file")
@@ -623,6 +663,49 @@ def test_a_dropped_file_the_server_cannot_read_is_named_before_anything_is_sent(
     page.set_input_files("#id_files", [str(image)])
     expect(page.locator("#file-error")).to_be_hidden()
     expect(page.locator("#file-submit")).to_be_enabled()
+
+
+def test_a_file_the_server_refuses_stays_chosen_and_marked_and_can_be_left_out_to_send_the_rest(
+    logged_in_page, digit_png, tmp_path, artifacts_dir
+):
+    page = logged_in_page
+    paths = [tmp_path / "zero.png", tmp_path / "broken.png", tmp_path / "one.png"]
+    paths[0].write_bytes(digit_png(0))
+    paths[1].write_bytes(b"not a picture, though named like one")
+    paths[2].write_bytes(digit_png(1))
+    page.set_input_files("#id_files", [str(path) for path in paths])
+    page.click("#file-submit")
+    expect(page.locator("#upload-errors")).to_contain_text("broken.png")
+    expect(page.locator("#upload-errors")).to_be_focused()
+    assert page.url.endswith("/")
+    expect(page.locator("#file-list li")).to_have_count(3)
+    expect(page.locator("#file-list li.refused")).to_have_text("broken.png · 1 KB")
+    page.screenshot(path=str(artifacts_dir / "upload-refused.png"), full_page=True)
+    assert not Upload.objects.exists()
+
+    page.click("#file-leave-out")
+    expect(page.locator("#file-list li")).to_have_count(2)
+    expect(page.locator("#file-list li.refused")).to_have_count(0)
+    expect(page.locator("#upload-errors")).to_have_count(0)
+    expect(page.locator("#file-leave-out")).to_be_hidden()
+    expect(page.locator("#file-submit")).to_have_text("Upload 2 images and predict")
+    page.click("#file-submit")
+    page.wait_for_url("**/history/?batch=*")
+    expect(page.locator(".messages")).to_contain_text("2 images uploaded")
+    assert sorted(Upload.objects.values_list("original_name", flat=True)) == ["one.png", "zero.png"]
+
+
+def test_an_upload_from_a_page_whose_form_expired_says_so_and_keeps_the_file_chosen(logged_in_page, digit_png, tmp_path):
+    page = logged_in_page
+    path = tmp_path / "seven.png"
+    path.write_bytes(digit_png(0))
+    page.set_input_files("#id_files", str(path))
+    page.context.clear_cookies(name="csrftoken")  # as after logging out and in again in another tab
+    page.click("#file-submit")
+    expect(page.locator("#upload-errors")).to_contain_text("That form had expired")
+    expect(page.locator("#file-list li")).to_have_count(1)
+    expect(page.locator("#file-submit")).to_be_enabled()
+    assert not Upload.objects.exists()
 
 
 def test_a_new_api_token_is_shown_in_view_on_a_phone_where_it_sits_far_down_the_page(phone_page):

@@ -102,6 +102,28 @@ def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png
     assert "This batch" in filtered and filtered.count('class="history-item"') == 3
 
 
+def test_the_page_script_sending_an_upload_is_told_where_to_go_and_the_next_page_keeps_its_message(alice, digit_png):
+    script = {"HTTP_X_REQUESTED_WITH": "XMLHttpRequest"}
+    one = alice.post("/", {"files": [_file(digit_png(0), "0.png")]}, **script)
+    assert one.status_code == 200
+    assert one.json() == {"location": reverse("classifier:prediction_detail", args=[Prediction.objects.get().pk])}
+    many = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]}, **script)
+    location = many.json()["location"]
+    assert location.startswith("/history/?batch=")
+    # Not spent on a redirect followed inside the script's request: the page it goes to shows it.
+    assert "2 images uploaded" in alice.get(location).content.decode()
+
+
+def test_a_refused_upload_says_where_each_refused_file_stood_in_the_request(alice, digit_png):
+    files = [_file(digit_png(0), "0.png"), _file(b"not a picture", "broken.png"), _file(digit_png(1), "1.png"),
+             _file(b"", "empty.png")]
+    response = alice.post("/", {"files": files}, HTTP_X_REQUESTED_WITH="XMLHttpRequest")
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'data-refused-files="1 3"' in page and "broken.png" in page and "empty.png" in page
+    assert not Upload.objects.exists()
+
+
 def test_the_status_filter_names_a_pending_prediction_queued_as_the_badges_do(alice):
     page = alice.get("/history/").content.decode()
     assert '<option value="pending">Queued</option>' in page and ">Pending<" not in page
@@ -399,6 +421,60 @@ def test_a_page_deep_in_history_skips_rows_without_reading_their_predictions(ali
     assert all(upload.latest_status == "pending" for upload in response.context["uploads"])
     skipping = [query["sql"] for query in queries.captured_queries if "OFFSET" in query["sql"].upper()]
     assert skipping and not [sql for sql in skipping if "classifier_prediction" in sql]
+
+
+def _reason(page: str, upload_id: int) -> re.Match | None:
+    """The failure reason in the history row of ``upload_id``, as its opening tag and text; None when hidden."""
+    row = re.search(rf'<li class="history-item" data-upload-id="{upload_id}".*?</li>', page, re.S).group(0)
+    found = re.search(r'(<div class="muted small history-reason js-reason"[^>]*>)(.*?)</div>', row, re.S)
+    assert found, row
+    return None if " hidden" in found.group(1) else found
+
+
+def test_a_failed_upload_in_the_history_says_why_and_the_others_say_nothing(alice, user, digit_png, active_checkpoint):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    failed = _failed_prediction(user, digit_png)
+    done = _done_prediction(user, digit_png, 1)
+    with CaptureQueriesContext(connection) as one_failed:
+        page = alice.get("/history/").content.decode()
+
+    reason = _reason(page, failed.upload_id)
+    assert reason and reason.group(2) == "The stored image could not be read."
+    assert f'title="{failed.error}"' in reason.group(1)
+    assert _reason(page, done.upload_id) is None
+    # The reason comes with the row's other fields: more failed rows take no more queries.
+    for _ in range(3):
+        _failed_prediction(user, digit_png)
+    with CaptureQueriesContext(connection) as four_failed:
+        page = alice.get("/history/").content.decode()
+    assert page.count("The stored image could not be read.</div>") == 4
+    assert len(four_failed.captured_queries) == len(one_failed.captured_queries)
+
+
+def test_a_picture_without_a_digit_in_the_history_asks_for_another_picture(alice, user, active_checkpoint):
+    upload = services.upload_create(owner=user, file=io.BytesIO(empty_ruled_sheet_png()), name="sheet.png",
+                                    source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    prediction = services.prediction_execute(prediction_id=prediction.pk)
+    assert prediction.error.startswith(Prediction.NO_DIGIT_ERROR)
+
+    reason = _reason(alice.get("/history/").content.decode(), upload.pk)
+
+    assert reason and reason.group(2) == f"{prediction.error} Try another picture."
+
+
+def test_a_long_failure_reason_in_the_history_is_shortened_and_whole_in_its_title(alice, user, digit_png):
+    failed = _failed_prediction(user, digit_png)
+    error = "The image could not be prepared: " + "a detail from the decoder, " * 10
+    Prediction.objects.filter(pk=failed.pk).update(error=error)
+
+    reason = _reason(alice.get("/history/").content.decode(), failed.upload_id)
+
+    assert reason and reason.group(2) == error[:99] + "…"
+    assert f'title="{error}"' in reason.group(1)
+    assert "Try another picture" not in reason.group(2)
 
 
 def test_deleting_an_upload_removes_it_and_its_file(alice, user, digit_png, active_checkpoint, django_capture_on_commit_callbacks):
