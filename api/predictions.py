@@ -102,7 +102,8 @@ class PredictionListCreateApi(GenericAPIView):
             "prediction is done or failed (200) or the time is up (202 with what is known so far). It stops "
             "waiting early (202) when the queue is stalled: some prediction has been pending for "
             "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default) and no worker has started one since.\n\n"
-            "Throttled per user by the number of images (scope `uploads`)."
+            "Throttled per user by the number of images, a large picture counting one for each million pixels "
+            "(`UPLOAD_PIXELS_PER_IMAGE`; scope `uploads`)."
         ),
         parameters=[WaitQuerySerializer],
         request={"multipart/form-data": PredictionUploadSerializer},

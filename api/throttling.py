@@ -1,21 +1,22 @@
-"""Per-user throttling of API uploads, counting every image of a request, not just the request."""
+"""Per-user throttling of API uploads, counting every image of a request (a large one as several), not just the request."""
 from __future__ import annotations
 
 from rest_framework import exceptions
 from rest_framework.throttling import BaseThrottle
 
 from classifier.throttling import UploadRateError, upload_allowance_spend
+from classifier.validation import allowance_weight
 
 UPLOAD_FIELDS = ("image", "images")
 
 
-def uploaded_file_count(request) -> int:
+def uploaded_weight(request) -> int:
     files = request.FILES
-    return sum(len(files.getlist(name)) for name in UPLOAD_FIELDS)
+    return allowance_weight([(file, file.name) for name in UPLOAD_FIELDS for file in files.getlist(name)])
 
 
 class UploadRateThrottle(BaseThrottle):
-    """N images per user and period, however they are split into requests.
+    """N images per user and period, however they are split into requests, a large picture counting as several.
 
     The allowance is ``classifier.throttling``'s, which the upload page spends too.
     """
@@ -26,7 +27,7 @@ class UploadRateThrottle(BaseThrottle):
         if not request.user or not request.user.is_authenticated:
             return True
         try:
-            upload_allowance_spend(user_id=request.user.pk, images=uploaded_file_count(request))
+            upload_allowance_spend(user_id=request.user.pk, images=uploaded_weight(request))
         except UploadRateError as exc:
             if exc.retry_after is None:
                 # No wait would ever let it through, so say so instead of a 429.

@@ -1,5 +1,7 @@
 """Per-user upload allowances, counted in images over a period, shared by every web process through the cache.
 
+A large picture counts as several images (``classifier.validation.allowance_weight``).
+
 The generic cell rate algorithm: the cache holds one number per key, the time at
 which the allowance would be whole again. The API's throttle and the upload page
 spend the same allowance.
@@ -64,8 +66,8 @@ def upload_allowance_spend(*, user_id: int, images: int) -> None:
     count, period = rate
     if images > count:
         raise UploadRateError(
-            f"At most {count} images per upload at this site's upload rate ({count} per {period:g} seconds); "
-            "send them in smaller batches.",
+            f"At most {count} images per upload at this site's upload rate ({count} per {period:g} seconds), "
+            f"and these count as {images}{_large_pictures_note()}; send them in smaller batches.",
             retry_after=None,
         )
     try:
@@ -79,6 +81,11 @@ def upload_allowance_spend(*, user_id: int, images: int) -> None:
         raise UploadRateError(
             f"Too many uploads: try again in {math.ceil(retry_after)} seconds.", retry_after=retry_after
         )
+
+
+def _large_pictures_note() -> str:
+    unit = settings.UPLOAD_PIXELS_PER_IMAGE
+    return f" (a picture counts one for each {unit:,} pixels it has, or part of them)" if unit > 0 else ""
 
 
 def allowance_take(*, key: str, now: float, cost: float, period: float) -> float:

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from struct import error as struct_error
+from struct import unpack
 from typing import IO
 
 import numpy as np
@@ -287,6 +288,45 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         height=height,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+_PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
+def allowance_weight(files: list[tuple[IO[bytes], str | None]]) -> int:
+    """How many images of the upload allowance these files spend, read from their headers alone.
+
+    One a file, and one per started UPLOAD_PIXELS_PER_IMAGE of a larger picture
+    (a JPEG at the scale it is decoded at): reading an upload takes time in
+    proportion to its pixels, a thousand times a digit's for 40 megapixels,
+    which the allowance is there to bound. A file whose header cannot be read
+    counts one: validation refuses it before decoding anything.
+    """
+    unit = settings.UPLOAD_PIXELS_PER_IMAGE
+    if unit <= 0:
+        return len(files)
+    return sum(max(1, -(-min(_header_pixels(file), settings.UPLOAD_MAX_PIXELS) // unit)) for file, _ in files)
+
+
+def _header_pixels(file: IO[bytes]) -> int:
+    try:
+        file.seek(0)
+        head = file.read(len(_PNG_HEADER) + 8)
+        if head.startswith(_PNG_HEADER):
+            # Nearly every upload: the size is at a fixed place, and Pillow's parser costs more than the rest.
+            width, height = unpack(">II", head[len(_PNG_HEADER) :])
+            return width * height
+        file.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file, formats=list(ALLOWED_FORMATS))
+        if image.format in ("JPEG", "MPO"):
+            image.draft(image.mode, _jpeg_draft_size(*image.size))
+        return image.width * image.height
+    except Exception:  # noqa: BLE001 - anything unreadable is validation's to refuse, with its own message
+        return 0
+    finally:
+        file.seek(0)
 
 
 class FilesRejectedError(ValidationError):

@@ -24,7 +24,7 @@ from PIL import Image
 from classifier import exports, selectors, services, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
 from classifier.models import INPUT_SIDE, Prediction, Upload
-from classifier.validation import FilesRejectedError
+from classifier.validation import FilesRejectedError, allowance_weight
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             files, source = form.submissions()
             try:
-                throttling.upload_allowance_spend(user_id=request.user.pk, images=len(files))
+                throttling.upload_allowance_spend(user_id=request.user.pk, images=allowance_weight(files))
                 predictions = services.predictions_submit(owner=request.user, files=files, source=source)
             except throttling.UploadRateError as exc:
                 refused, errors = exc, [str(exc)]

@@ -342,6 +342,8 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
 # Images a user may upload per period, through the pages and the API together ("600/minute"; empty: no limit).
 # API_UPLOAD_THROTTLE_RATE is its earlier name.
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
+# A larger picture counts as one image of that rate per started this many pixels (0: every picture counts one).
+UPLOAD_PIXELS_PER_IMAGE = env.int("UPLOAD_PIXELS_PER_IMAGE", default=1_000_000)
 # Whether anyone may create an account; off, only administrators add users.
 SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
 # How long a web process reuses its last /readyz result (the endpoint is public and its checks are not free).

@@ -1,4 +1,4 @@
-"""Per-user upload throttling counts images, answers 429 with Retry-After and spares other users.
+"""Per-user upload throttling counts images (a large one as several), answers 429 with Retry-After and spares other users.
 
 Every test runs against the local-memory cache and against Redis (one atomic
 script instead of a read and a write).
@@ -85,6 +85,47 @@ def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
     third = user_client.post(LIST, {"image": upload_file()}, format="multipart")
 
     assert (first.status_code, second.status_code, third.status_code) == (202, 429, 202)
+
+
+def _picture(width: int, height: int, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    picture = Image.new("L", (width, height), 255)
+    picture.paste(0, (width // 2 - 20, height // 4, width // 2 + 20, 3 * height // 4))
+    out = io.BytesIO()
+    picture.save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_a_large_picture_counts_one_image_for_each_million_pixels_it_has(user_client, settings):
+    settings.UPLOAD_THROTTLE_RATE = "10/minute"
+    four_megapixels = upload_file(_picture(2000, 2000), name="scan.png")
+
+    first = user_client.post(LIST, {"image": four_megapixels}, format="multipart")
+    four_megapixels.seek(0)
+    second = user_client.post(LIST, {"image": four_megapixels}, format="multipart")
+    four_megapixels.seek(0)
+    third = user_client.post(LIST, {"image": four_megapixels}, format="multipart")
+
+    assert (first.status_code, second.status_code, third.status_code) == (202, 202, 429)
+    # Two of the ten are left: two small pictures still go through.
+    assert user_client.post(LIST, {"images": [upload_file(), upload_file()]}, format="multipart").status_code == 202
+
+
+def test_a_picture_larger_than_the_whole_allowance_is_refused_saying_what_it_counts_as(user_client, settings):
+    settings.UPLOAD_THROTTLE_RATE = "10/minute"
+
+    response = user_client.post(LIST, {"image": upload_file(_picture(4000, 3000), name="scan.png")}, format="multipart")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_many_files"
+    assert "these count as 12" in response.json()["error"]["message"]
+    # A phone's JPEG of that size is decoded at half scale, and counts as what is decoded.
+    jpeg = upload_file(_picture(4000, 3000, "JPEG"), name="photo.jpg", content_type="image/jpeg")
+    assert user_client.post(LIST, {"image": jpeg}, format="multipart").status_code == 202
+    assert Upload.objects.count() == 1
 
 
 def test_one_users_uploads_do_not_throttle_another(user_client, other_client, three_uploads_a_minute):

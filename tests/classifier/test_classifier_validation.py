@@ -240,6 +240,37 @@ def test_a_phone_photo_is_decoded_at_its_stored_size_without_waiting_for_a_large
     assert Image.open(io.BytesIO(image.content)).size == (2000, 1500)
 
 
+def test_the_allowance_weight_of_pictures_is_read_from_their_headers_one_per_million_pixels(settings):
+    from classifier.validation import allowance_weight
+
+    def weight(*pictures: bytes) -> int:
+        return allowance_weight([(io.BytesIO(data), "x") for data in pictures])
+
+    digit = png_bytes(_digit())
+    assert weight(digit) == 1
+    assert weight(png_bytes(Image.new("L", (1000, 1001), 255))) == 2
+    assert weight(png_bytes(Image.new("RGB", (2000, 1500), "white"), "WEBP")) == 3
+    # A JPEG counts as decoded: at half scale for 4000x3000, at full scale when no scale divides its reduction.
+    assert weight(png_bytes(Image.new("L", (4000, 3000), 255), "JPEG")) == 3
+    assert weight(png_bytes(Image.new("L", (5000, 3000), 255), "JPEG")) == 15
+    # What cannot be read counts one, and no more than the largest picture accepted counts.
+    assert weight(b"not a picture", b"") == 2
+    bomb = bytearray(png_bytes(Image.new("L", (1, 1))))
+    bomb[16:24] = (100_000).to_bytes(4, "big") * 2
+    assert weight(bytes(bomb)) == settings.UPLOAD_MAX_PIXELS // 1_000_000
+    assert weight(digit, digit, png_bytes(Image.new("L", (1000, 1001), 255))) == 4
+    settings.UPLOAD_PIXELS_PER_IMAGE = 0
+    assert weight(png_bytes(Image.new("L", (1000, 1001), 255)), digit) == 2
+
+
+def test_a_file_weighed_for_the_allowance_is_then_read_whole():
+    from classifier.validation import allowance_weight
+
+    files = [(io.BytesIO(png_bytes(_digit())), "a.png"), (io.BytesIO(png_bytes(_digit(), "JPEG")), "b.jpg")]
+    allowance_weight(files)
+    assert [image.format for image in validate_images(files)] == ["PNG", "JPEG"]
+
+
 def test_a_transparent_drawing_keeps_its_alpha():
     image = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
     for y in range(20, 80):

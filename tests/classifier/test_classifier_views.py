@@ -90,6 +90,19 @@ def test_the_upload_page_spends_the_same_per_user_allowance_as_the_api(alice, us
     cache.clear()
 
 
+def test_the_upload_page_counts_a_large_picture_as_several_images_of_the_allowance(alice, settings):
+    from django.core.cache import cache
+    from PIL import Image
+
+    settings.UPLOAD_THROTTLE_RATE = "10/minute"
+    cache.clear()
+    scan = png_bytes(Image.new("L", (4000, 3000), 255))
+    refused = alice.post("/", {"files": [_file(scan, "scan.png")]})
+    assert refused.status_code == 400 and "these count as 12" in refused.content.decode()
+    assert not Upload.objects.exists()
+    cache.clear()
+
+
 def test_uploading_many_files_redirects_to_the_batch_in_history(alice, digit_png):
     response = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(3)]})
     assert response.status_code == 302 and response["Location"].startswith("/history/?batch=")
