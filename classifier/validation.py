@@ -296,7 +296,7 @@ _PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 def allowance_weight(files: list[tuple[IO[bytes], str | None]]) -> int:
     """How many images of the upload allowance these files spend, read from their headers alone.
 
-    One a file, and one per started UPLOAD_PIXELS_PER_IMAGE of a larger picture
+    A picture counts one for each UPLOAD_PIXELS_PER_IMAGE it has, or part of them
     (a JPEG at the scale it is decoded at): reading an upload takes time in
     proportion to its pixels, a thousand times a digit's for 40 megapixels,
     which the allowance is there to bound. A file whose header cannot be read
