@@ -115,7 +115,10 @@ def demo_user_ensure(*, username: str, password: str):
         raise DemoUserError(f"{username!r} is someone's account, not a demo account; choose another --username.")
     user.is_staff = True
     user.is_superuser = True
-    user.set_password(password)
+    # Set afresh only when it differs: a new hash (a new salt) would end every session the account has open, and
+    # `make run` ensures the account at every start.
+    if created or not user.check_password(password):
+        user.set_password(password)
     user.save()
     return user, created
 

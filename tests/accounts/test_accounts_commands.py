@@ -28,3 +28,15 @@ def test_the_demo_command_does_not_take_over_someone_elses_account(settings, dja
         call_command("ensure_demo_user")
     someone.refresh_from_db()
     assert not someone.is_staff and not someone.is_superuser and someone.check_password("their-own-pass-9")
+
+
+def test_ensuring_the_demo_account_again_with_its_password_keeps_its_sessions_signed_in(settings, client):
+    # `make run` ensures the account at every start: a developer's admin tab must stay signed in across restarts.
+    settings.DEBUG = True
+    call_command("ensure_demo_user")
+    assert client.login(username="demo", password="mnist-demo-2026")
+    assert client.get("/admin/").status_code == 200
+
+    call_command("ensure_demo_user")
+
+    assert client.get("/admin/").status_code == 200
