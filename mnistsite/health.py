@@ -2,6 +2,7 @@
 import logging
 import threading
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -13,7 +14,8 @@ from kombu import Connection
 
 from mnistsite.celery import app as celery_app
 from mnistsite.metrics import metrics, scraper_authorized
-from training.selectors import checkpoint_get_active
+from training.ml.atomic import sha256_file
+from training.selectors import checkpoint_file_path, checkpoint_get_active
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +89,31 @@ def _check_workers() -> dict:
     return {"ok": True, "workers": found}
 
 
+# The active checkpoint's digest, kept with the file's size and modification time: the file is read again only when
+# either changes, not at every probe.
+_digest_of: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_of:
+        _digest_of.clear()
+        _digest_of[key] = sha256_file(path)
+    return _digest_of[key]
+
+
 def _check_model() -> dict:
     checkpoint = checkpoint_get_active()
     if checkpoint is None:
         return {"ok": False, "error": "no active checkpoint"}
+    # A file gone or changed (a volume not mounted, a damaged copy) is one no freshly started worker can load.
+    try:
+        matches = _file_digest(checkpoint_file_path(checkpoint=checkpoint)) == checkpoint.sha256
+    except (OSError, ValueError) as exc:
+        return _failed("model", exc) | {"checkpoint": checkpoint.pk}
+    if not matches:
+        return {"ok": False, "checkpoint": checkpoint.pk, "error": "its file does not match its recorded sha256"}
     return {
         "ok": True,
         "checkpoint": checkpoint.pk,

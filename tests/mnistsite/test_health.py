@@ -72,6 +72,27 @@ def test_readyz_is_200_with_database_broker_worker_and_active_model(scraper, cel
 
 
 @pytest.mark.django_db
+def test_readyz_says_the_model_is_not_ready_when_its_file_is_damaged_or_gone(scraper, settings, active_checkpoint):
+    from training.selectors import checkpoint_file_path
+
+    settings.READYZ_CACHE_SECONDS = 0
+    path = checkpoint_file_path(checkpoint=active_checkpoint)
+    assert scraper.get("/readyz").json()["checks"]["model"]["ok"] is True
+    original = path.read_bytes()
+
+    path.write_bytes(original + b"\0")
+    damaged = scraper.get("/readyz")
+    assert damaged.status_code == 503
+    assert damaged.json()["checks"]["model"] == {
+        "ok": False, "checkpoint": active_checkpoint.pk, "error": "its file does not match its recorded sha256"
+    }
+    path.unlink()
+    assert scraper.get("/readyz").json()["checks"]["model"]["error"] == "FileNotFoundError"
+    path.write_bytes(original)
+    assert scraper.get("/readyz").json()["checks"]["model"]["ok"] is True
+
+
+@pytest.mark.django_db
 def test_readyz_reuses_its_last_check_for_a_few_seconds_so_a_flood_of_probes_costs_one(client, settings):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
