@@ -129,6 +129,11 @@ def test_the_trainer_shell_hands_its_process_to_celery_so_stop_signals_reach_it(
     assert command.split("&&")[-1].split()[:2] == ["exec", "celery"]
 
 
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_app_service_runs_under_an_init_that_passes_stop_signals_on(service):
+    assert COMPOSE["services"][service].get("init") is True
+
+
 def test_a_stopped_trainer_hands_its_run_back_instead_of_being_killed_mid_run():
     trainer = COMPOSE["services"]["trainer"]
     # Covered end to end by tests/reliability/test_reliability_training.py with the same variable.
