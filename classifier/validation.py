@@ -149,10 +149,27 @@ def _first_frame(image: Image.Image) -> Image.Image:
 
 def _jpeg_draft_size(width: int, height: int) -> tuple[int, int]:
     """What to ask a JPEG's decoder for: the picture scaled by the largest of 1/8 to 1/1 that divides the stored copy's
-    reduction, so that the rest of it is a whole factor too and the copy comes out as large as from every pixel."""
+    reduction, so that the rest of it is a whole factor too and the copy comes out as large as from every pixel.
+
+    Rounded down: the decoder takes the largest scale whose result still covers the size asked for.
+    """
     factor = -(-max(width, height) // STORED_MAX_SIDE)
     scale = next(scale for scale in (8, 4, 2, 1) if factor % scale == 0)
-    return -(-width // scale), -(-height // scale)
+    return max(1, width // scale), max(1, height // scale)
+
+
+def _draft(image: Image.Image) -> int:
+    """Ask a JPEG's decoder for a reduced scale (``_jpeg_draft_size``); returns how many pixels decoding works on.
+
+    Every byte is still read (truncation shows), at a fraction of the work: a phone's 4000x3000 photo, stored at
+    2000x1500, is decoded at half scale. A progressive JPEG's decoder keeps the coefficients of the whole picture
+    whatever the scale, so it counts whole. Other formats are decoded whole.
+    """
+    whole = image.width * image.height
+    if image.format not in ("JPEG", "MPO"):
+        return whole
+    image.draft(image.mode, _jpeg_draft_size(image.width, image.height))
+    return whole if image.info.get("progressive") else image.width * image.height
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -231,6 +248,9 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         # A camera JPEG carrying a second, preview picture (Multi-Picture Format) is opened as "MPO"; it is a
         # JPEG file with a .jpg name, and its first picture is the photo.
         detected = "JPEG" if image.format == "MPO" else image.format or ""
+        if detected == "PNG" and _png_size(data) != image.size:
+            # A second header, which the decoder obeys: the size weighed for the allowance would not be the one decoded.
+            raise ValidationError(f"{label} is damaged or truncated.", code="truncated")
         _check_extension(original_name, detected, label=label)
         width, height = image.size
         # Checked from the header, before a single pixel is decoded.
@@ -242,13 +262,8 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
                 code="too_many_pixels",
             )
         try:
-            if detected == "JPEG":
-                # Decoded at a reduced scale: every byte is still read (truncation shows), at a fraction of the work.
-                # A phone's 4000x3000 photo, stored at 2000x1500, is decoded at half scale, a quarter of the pixels,
-                # and is no large picture. Asked before the first frame is taken, which decodes a camera's MPO file.
-                image.draft(image.mode, _jpeg_draft_size(width, height))
-            decoded_width, decoded_height = image.size
-            with _large_decode if decoded_width * decoded_height > LARGE_IMAGE_PIXELS else nullcontext():
+            # Before the first frame is taken, which decodes a camera's MPO file.
+            with _large_decode if _draft(image) > LARGE_IMAGE_PIXELS else nullcontext():
                 frame = _first_frame(image)
                 frame.load()
                 # The stored copy drops EXIF, so its orientation is applied to the pixels first.
@@ -291,6 +306,16 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
 
 
 _PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+# How far into a file its picture's size is looked for when weighing it: a camera's metadata comes first, but not
+# this much of it. A header further in (a file padded to be slow to read) counts as the largest picture accepted.
+HEADER_PREFIX_BYTES = 512 * 1024
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """A PNG's size from its first chunk, which must be its header, or None when ``data`` is no such PNG."""
+    if not data.startswith(_PNG_HEADER) or len(data) < len(_PNG_HEADER) + 8:
+        return None
+    return unpack(">II", data[len(_PNG_HEADER) : len(_PNG_HEADER) + 8])
 
 
 def allowance_weight(files: list[tuple[IO[bytes], str | None]]) -> int:
@@ -299,34 +324,39 @@ def allowance_weight(files: list[tuple[IO[bytes], str | None]]) -> int:
     A picture counts one for each UPLOAD_PIXELS_PER_IMAGE it has, or part of them
     (a JPEG at the scale it is decoded at): reading an upload takes time in
     proportion to its pixels, a thousand times a digit's for 40 megapixels,
-    which the allowance is there to bound. A file whose header cannot be read
-    counts one: validation refuses it before decoding anything.
+    which the allowance is there to bound. A file that validation refuses from
+    its header alone (not a picture, more than UPLOAD_MAX_PIXELS) counts one.
     """
     unit = settings.UPLOAD_PIXELS_PER_IMAGE
     if unit <= 0:
         return len(files)
-    return sum(max(1, -(-min(_header_pixels(file), settings.UPLOAD_MAX_PIXELS) // unit)) for file, _ in files)
+    return sum(_picture_weight(file, unit=unit) for file, _ in files)
 
 
-def _header_pixels(file: IO[bytes]) -> int:
+def _picture_weight(file: IO[bytes], *, unit: int) -> int:
+    seekable = getattr(file, "seekable", None)
+    if seekable is None or not seekable():
+        return 1  # read once, by validation
+    file.seek(0)
+    head = file.read(HEADER_PREFIX_BYTES)
+    file.seek(0)
+    pixels = _header_pixels(head)
+    if pixels is None:
+        return -(-settings.UPLOAD_MAX_PIXELS // unit) if len(head) == HEADER_PREFIX_BYTES else 1
+    return max(1, -(-pixels // unit)) if pixels <= settings.UPLOAD_MAX_PIXELS else 1
+
+
+def _header_pixels(head: bytes) -> int | None:
+    size = _png_size(head)
+    if size is not None:
+        # Nearly every upload: the size is at a fixed place, and Pillow's parser costs more than the rest.
+        return size[0] * size[1]
     try:
-        file.seek(0)
-        head = file.read(len(_PNG_HEADER) + 8)
-        if head.startswith(_PNG_HEADER):
-            # Nearly every upload: the size is at a fixed place, and Pillow's parser costs more than the rest.
-            width, height = unpack(">II", head[len(_PNG_HEADER) :])
-            return width * height
-        file.seek(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(file, formats=list(ALLOWED_FORMATS))
-        if image.format in ("JPEG", "MPO"):
-            image.draft(image.mode, _jpeg_draft_size(*image.size))
-        return image.width * image.height
-    except Exception:  # noqa: BLE001 - anything unreadable is validation's to refuse, with its own message
-        return 0
-    finally:
-        file.seek(0)
+            return _draft(Image.open(io.BytesIO(head), formats=list(ALLOWED_FORMATS)))
+    except Exception:  # noqa: BLE001 - no picture's header here; validation says what it is
+        return None
 
 
 class FilesRejectedError(ValidationError):

@@ -241,7 +241,7 @@ def test_a_phone_photo_is_decoded_at_its_stored_size_without_waiting_for_a_large
 
 
 def test_the_allowance_weight_of_pictures_is_read_from_their_headers_one_per_million_pixels(settings):
-    from classifier.validation import allowance_weight
+    from classifier.validation import HEADER_PREFIX_BYTES, allowance_weight
 
     def weight(*pictures: bytes) -> int:
         return allowance_weight([(io.BytesIO(data), "x") for data in pictures])
@@ -250,25 +250,32 @@ def test_the_allowance_weight_of_pictures_is_read_from_their_headers_one_per_mil
     assert weight(digit) == 1
     assert weight(png_bytes(Image.new("L", (1000, 1001), 255))) == 2
     assert weight(png_bytes(Image.new("RGB", (2000, 1500), "white"), "WEBP")) == 3
-    # A JPEG counts as decoded: at half scale for 4000x3000, at full scale when no scale divides its reduction.
+    # A JPEG counts as decoded: at half scale for 4000x3000 or 4001x3000, at full scale when no scale divides its
+    # reduction, and whole when progressive, whose decoder keeps every coefficient at any scale.
     assert weight(png_bytes(Image.new("L", (4000, 3000), 255), "JPEG")) == 3
+    assert weight(png_bytes(Image.new("L", (4001, 3000), 255), "JPEG")) == 4
     assert weight(png_bytes(Image.new("L", (5000, 3000), 255), "JPEG")) == 15
-    # What cannot be read counts one, and no more than the largest picture accepted counts.
+    assert weight(png_bytes(Image.new("L", (4000, 3000), 255), "JPEG", progressive=True)) == 12
+    assert weight(digit, digit, png_bytes(Image.new("L", (1000, 1001), 255))) == 4
+    # What validation refuses from its header counts one: no picture, or more pixels than are accepted.
     assert weight(b"not a picture", b"") == 2
     bomb = bytearray(png_bytes(Image.new("L", (1, 1))))
     bomb[16:24] = (100_000).to_bytes(4, "big") * 2
-    assert weight(bytes(bomb)) == settings.UPLOAD_MAX_PIXELS // 1_000_000
-    assert weight(digit, digit, png_bytes(Image.new("L", (1000, 1001), 255))) == 4
+    assert weight(bytes(bomb)) == 1
+    # A picture whose size lies further in than any camera's metadata counts as the largest accepted.
+    padded = b"\xff\xd8" + (b"\xff\xe1\xff\xfe" + bytes(65532)) * (HEADER_PREFIX_BYTES // 65536 + 1)
+    assert weight(padded) == settings.UPLOAD_MAX_PIXELS // 1_000_000
     settings.UPLOAD_PIXELS_PER_IMAGE = 0
     assert weight(png_bytes(Image.new("L", (1000, 1001), 255)), digit) == 2
 
 
-def test_a_file_weighed_for_the_allowance_is_then_read_whole():
-    from classifier.validation import allowance_weight
-
-    files = [(io.BytesIO(png_bytes(_digit())), "a.png"), (io.BytesIO(png_bytes(_digit(), "JPEG")), "b.jpg")]
-    allowance_weight(files)
-    assert [image.format for image in validate_images(files)] == ["PNG", "JPEG"]
+def test_a_png_with_a_second_header_the_decoder_would_obey_is_refused():
+    # The allowance weighs a PNG by its first header; Pillow decodes at the size of the last.
+    small, large = png_bytes(Image.new("L", (1, 1))), png_bytes(_digit(size=600))
+    ihdr_end = 8 + 25
+    data = small[:ihdr_end] + large[8:]
+    assert Image.open(io.BytesIO(data)).size == (600, 600)
+    _reject(data, "digit.png", "truncated")
 
 
 def test_a_transparent_drawing_keeps_its_alpha():
