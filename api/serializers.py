@@ -14,11 +14,11 @@ from rest_framework.fields import iter_options
 from classifier.models import Prediction
 from training.models import Checkpoint, TrainingRun
 from training.services import (
-    ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MIN_BATCH_SIZE, MIN_TRAIN_SUBSET,
+    ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MAX_TRAIN_SUBSET, MIN_BATCH_SIZE,
+    MIN_TRAIN_SUBSET,
 )
 
 MAX_WAIT_SECONDS = 30.0
-MNIST_TRAIN_SIZE = 60_000
 
 
 # Stands in for a prediction id while a URL is built once per response (no host or path holds it).
@@ -279,7 +279,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         min_value=MIN_TRAIN_SUBSET,
-        max_value=MNIST_TRAIN_SIZE,
+        max_value=MAX_TRAIN_SUBSET,
         help_text="Train on only this many images (quick smoke runs); null or absent means all 60,000.",
     )
     device = serializers.ChoiceField(choices=DEVICE_CHOICES, default="auto", help_text="Where the worker trains.")
@@ -334,7 +334,10 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         extra_kwargs = {
             "progress": {"help_text": "Fraction done, 0 to 1."},
             "eta_seconds": {"help_text": "Estimated seconds left while running."},
-            "test_accuracy": {"help_text": "Accuracy on the 10,000 MNIST test images, once succeeded."},
+            "test_accuracy": {"help_text": "Accuracy on the 10,000 MNIST test images of the latest finished epoch (the "
+                              "last row of metrics), written as each epoch ends: final only once the status is "
+                              "succeeded. A failed or cancelled run keeps its last finished epoch's (that epoch's "
+                              "checkpoint can still be activated); null until an epoch finishes."},
             "error": {"help_text": "Why the run failed or was restarted; empty otherwise."},
         }
 

@@ -44,7 +44,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         )}),
         ("State", {"fields": (
             "status", "device", "progress", "current_epoch", "current_step", "total_steps", "eta_seconds",
-            "test_accuracy", "error", "cancel_requested", "attempts",
+            "accuracy", "error", "cancel_requested", "attempts",
         )}),
         ("Book-keeping", {"fields": (
             "created_by", "celery_task_id", "published_at", "created_at", "started_at", "heartbeat_at", "finished_at",
@@ -53,7 +53,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
     # Runs change only through services, never through a form.
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in TrainingRun._meta.fields]
+        return [f.name for f in TrainingRun._meta.fields] + ["accuracy"]
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -67,7 +67,14 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="test accuracy", ordering="test_accuracy")
     def accuracy(self, run: TrainingRun) -> str:
-        return _percent(run.test_accuracy)
+        # Written as each epoch ends, and kept by a run that then failed or was cancelled: only a succeeded run's
+        # is its final model's.
+        if run.test_accuracy is None or run.status == TrainingRun.Status.SUCCEEDED:
+            return _percent(run.test_accuracy)
+        epochs_done = len(run.metrics or [])
+        if not epochs_done:
+            return f"{_percent(run.test_accuracy)} (not final)"
+        return f"{_percent(run.test_accuracy)} (epoch {epochs_done} of {run.epochs}, not final)"
 
     @admin.display(description="duration")
     def duration(self, run: TrainingRun) -> str:
@@ -140,6 +147,10 @@ class TrainingRunAdmin(admin.ModelAdmin):
                 progress_url=reverse("admin:training_trainingrun_progress", args=[run.pk]),
                 cancel_url=reverse("admin:training_trainingrun_cancel", args=[run.pk]),
                 final_checkpoint=run.checkpoints.filter(is_final=True).first(),
+                # Only a failed run's error is one: a queued or running run's says why it was restarted (it
+                # resumes), a cancelled run's is what an earlier restart said.
+                run_error=run.error if run.status == TrainingRun.Status.FAILED else "",
+                run_note=run.error if run.status != TrainingRun.Status.FAILED else "",
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 

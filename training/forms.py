@@ -2,7 +2,8 @@
 from django import forms
 
 from training.services import (
-    ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MIN_BATCH_SIZE, MIN_TRAIN_SUBSET,
+    ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MAX_TRAIN_SUBSET, MIN_BATCH_SIZE,
+    MIN_TRAIN_SUBSET,
 )
 
 
@@ -30,7 +31,7 @@ class TrainingRunStartForm(forms.Form):
     )
     device = forms.ChoiceField(choices=[(name, name) for name in DEVICE_CHOICES], initial="auto")
     train_subset = forms.IntegerField(
-        min_value=MIN_TRAIN_SUBSET, max_value=60_000, required=False, help_text="Train on the first N images only (smoke runs)."
+        min_value=MIN_TRAIN_SUBSET, max_value=MAX_TRAIN_SUBSET, required=False, help_text="Train on the first N images only (smoke runs)."
     )
     activate_on_success = forms.BooleanField(
         required=False, label="Activate when done", help_text="Serve predictions with this run's model if it succeeds."

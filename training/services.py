@@ -5,7 +5,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ MAX_BATCH_SIZE = 8192
 # Batch normalisation needs two images to train on.
 MIN_BATCH_SIZE = 2
 MIN_TRAIN_SUBSET = 2
+# MNIST's training set: a larger subset would be stored while the run trains on these 60,000.
+MAX_TRAIN_SUBSET = 60_000
 # TrainingRun.seed is a 32-bit integer column.
 MAX_SEED = 2**31 - 1
 # A run whose worker died is restarted (from its last epoch checkpoint) at most this many times in all.
@@ -46,7 +48,7 @@ class TrainingRunStateError(Exception):
 
 
 class CheckpointPathError(ValueError):
-    """A checkpoint file lies outside CHECKPOINT_DIR, is no file, or is not the file that was written."""
+    """A checkpoint file lies outside CHECKPOINT_DIR, is no file, is not the file written, or is another run's."""
 
 
 class CheckpointNotLoadableError(Exception):
@@ -85,8 +87,11 @@ def training_run_create(
         errors["seed"] = f"The seed must be between 0 and {MAX_SEED}."
     if device not in DEVICE_CHOICES:
         errors["device"] = f"Choose one of {', '.join(DEVICE_CHOICES)}."
-    if train_subset is not None and int(train_subset) < MIN_TRAIN_SUBSET:
-        errors["train_subset"] = f"The training subset must hold at least {MIN_TRAIN_SUBSET} images."
+    if train_subset is not None and not MIN_TRAIN_SUBSET <= int(train_subset) <= MAX_TRAIN_SUBSET:
+        errors["train_subset"] = (
+            f"The training subset must hold between {MIN_TRAIN_SUBSET} and {MAX_TRAIN_SUBSET:,} images "
+            f"(MNIST has {MAX_TRAIN_SUBSET:,} training images)."
+        )
     # Activating when done is activating a checkpoint, which the admin and the API allow only to staff allowed to
     # change checkpoints; starting a run must not be a way around that. Commands (created_by None) are trusted.
     if activate_on_success and created_by is not None and not created_by.has_perm("training.change_checkpoint"):
@@ -176,8 +181,25 @@ def _training_run_claim(*, run_id: int) -> TrainingRun | None:
     return run
 
 
-def _run_dir(run_id: int) -> Path:
-    return Path(settings.CHECKPOINT_DIR) / "runs" / str(run_id)
+def _run_dir(run: TrainingRun) -> Path:
+    """The run's folder of checkpoints, named after its id and its creation time to the microsecond.
+
+    Every database numbers its runs from 1: a second database sharing CHECKPOINT_DIR (a database volume recreated
+    empty, another DATABASE_URL in the same checkout) would otherwise write its run 1 over the first's. The time
+    is stored on the row, so every attempt of a run, resumed or not, finds the same folder; checkpoints written
+    before are found through the paths their rows store.
+    """
+    created = run.created_at.astimezone(UTC)
+    return Path(settings.CHECKPOINT_DIR) / "runs" / f"{run.pk}-{created:%Y%m%dT%H%M%S%fZ}"
+
+
+def _refuse_foreign_file(*, path: Path, run_id: int) -> None:
+    """Refuse to write where a file lies that no checkpoint of this run names: another run's, kept elsewhere."""
+    if not path.exists():
+        return
+    relative = path.resolve().relative_to(Path(settings.CHECKPOINT_DIR).resolve()).as_posix()
+    if not Checkpoint.objects.filter(path=relative, run_id=run_id).exists():
+        raise CheckpointPathError(f"{path} was not written by this run; refusing to write over it")
 
 
 class _RunReporter:
@@ -192,6 +214,7 @@ class _RunReporter:
         self, *, run: TrainingRun, train_config, steps_per_epoch: int, on_progress: ProgressHook | None
     ) -> None:
         self.run_id = run.pk
+        self.run_dir = _run_dir(run)
         self.steps_per_epoch = steps_per_epoch
         self.start_epoch = 0
         self.attempt = run.attempts
@@ -252,6 +275,7 @@ class _RunReporter:
         if self.claim_lost():
             return
         path = self.file_path(f"epoch-{epoch}.pt")
+        _refuse_foreign_file(path=path, run_id=self.run_id)
         digest, _size = save_checkpoint(
             path,
             model=model,
@@ -276,7 +300,15 @@ class _RunReporter:
                     sha256=digest,
                 )
                 history = [dict(row) for row in metrics.get("history", [])]
-                self._update(metrics=history, current_epoch=epoch, test_accuracy=metrics.get("test_accuracy"))
+                # The epoch's own progress and last step, with its metrics: the throttled reports may have left the
+                # run showing a step long before, behind the metrics it now shows.
+                self._update(
+                    metrics=history,
+                    current_epoch=epoch,
+                    current_step=self.steps_per_epoch,
+                    progress=round(epoch / self.train_config.epochs, 4),
+                    test_accuracy=metrics.get("test_accuracy"),
+                )
             registered = True
         finally:
             if not registered:
@@ -291,7 +323,7 @@ class _RunReporter:
         (``claim_locked``). An attempt stopped by a trainer's shutdown is not
         counted, and the next one writes to the same folder: it has stopped.
         """
-        return _run_dir(self.run_id) / f"attempt-{self.attempt}" / name
+        return self.run_dir / f"attempt-{self.attempt}" / name
 
     def claim_locked(self) -> TrainingRun | None:
         """The run's row, locked while this attempt still holds it, until the caller's transaction ends.
@@ -452,6 +484,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
     from training.ml.checkpoints import save_checkpoint
 
     path = reporter.file_path("final.pt")
+    _refuse_foreign_file(path=path, run_id=run.pk)
     digest, _size = save_checkpoint(
         path,
         model=result.model,
@@ -521,6 +554,8 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
         elif locked.status == TrainingRun.Status.RUNNING:
             locked.cancel_requested = True
             locked.save(update_fields=["cancel_requested"])
+        elif locked.status == TrainingRun.Status.CANCELLED:
+            raise TrainingRunStateError(f"Run {locked.pk} is already cancelled.")
         else:
             raise TrainingRunStateError(f"Run {locked.pk} has already {locked.status}; it cannot be cancelled.")
     return locked

@@ -244,6 +244,21 @@ def test_cancelling_a_finished_run_is_409(staff_client, queued_run):
     assert response.json()["error"]["code"] == "conflict"
 
 
+def test_cancelling_a_cancelled_run_is_409_saying_it_is_already_cancelled(staff_client, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status="cancelled")
+
+    response = staff_client.post(f"{RUNS}{queued_run.pk}/cancel/")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["message"] == f"Run {queued_run.pk} is already cancelled."
+
+
+def test_the_schema_says_a_runs_test_accuracy_is_final_only_once_it_succeeded(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    described = schema["components"]["schemas"]["TrainingRun"]["properties"]["test_accuracy"]["description"]
+    assert "latest finished epoch" in described and "final only once the status is succeeded" in described
+
+
 def test_staff_list_checkpoints_and_activate_one(staff_client, make_checkpoint):
     first, _ = make_checkpoint(activate=True)
     second, _ = make_checkpoint()

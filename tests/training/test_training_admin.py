@@ -177,6 +177,38 @@ def test_the_run_list_shows_progress_and_accuracy(client, staff_user, queued_run
     assert b"<progress" in page.content and b"42%" in page.content and b"98.76%" in page.content
 
 
+def test_the_run_list_marks_the_accuracy_of_a_run_that_did_not_succeed_as_its_last_epochs_not_a_final_one(
+    client, staff_user, tiny_recipe
+):
+    rows = [{"epoch": 1, "test_accuracy": 0.9123}]
+    cancelled = services.training_run_create(created_by=None, enqueue=False, **{**tiny_recipe, "epochs": 3})
+    succeeded = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+    TrainingRun.objects.filter(pk=cancelled.pk).update(
+        status=TrainingRun.Status.CANCELLED, metrics=rows, test_accuracy=0.9123
+    )
+    TrainingRun.objects.filter(pk=succeeded.pk).update(
+        status=TrainingRun.Status.SUCCEEDED, metrics=rows, test_accuracy=0.9456
+    )
+    client.force_login(staff_user)
+    html = client.get(reverse("admin:training_trainingrun_changelist")).content.decode()
+    assert "91.23% (epoch 1 of 3, not final)" in html
+    assert "94.56%" in html and "94.56% (" not in html
+
+
+def test_a_resumed_run_that_is_healthy_shows_its_restart_as_information_not_as_an_error(client, staff_user, queued_run):
+    note = "The trainer shut down during this run; it resumes from its last epoch checkpoint."
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.RUNNING, error=note)
+    client.force_login(staff_user)
+    url = reverse("admin:training_trainingrun_change", args=[queued_run.pk])
+    html = client.get(url).content.decode()
+    assert f'<li class="info">{note}</li>' in html and "errornote" not in html
+
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        status=TrainingRun.Status.FAILED, error="worker stopped responding"
+    )
+    assert '<p class="errornote">worker stopped responding</p>' in client.get(url).content.decode()
+
+
 def test_a_finished_run_page_shows_metrics_curves_and_the_confusion_matrix(client, staff_user, queued_run):
     rows = [
         {"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + e / 100, "test_loss": 1.1 / e,

@@ -52,6 +52,12 @@ def test_train_rejects_an_invalid_recipe():
         call_command("train", "--arch", "mlp", "--epochs", "0", "--subset", "300", "--sync", stdout=StringIO(), stderr=StringIO())
 
 
+def test_train_refuses_a_subset_larger_than_the_mnist_training_set(training_queue):
+    with pytest.raises(CommandError, match="between 2 and 60,000 images"):
+        call_command("train", "--arch", "mlp", "--subset", "70000", stdout=StringIO(), stderr=StringIO())
+    assert not TrainingRun.objects.exists() and training_queue.messages() == []
+
+
 def test_evaluate_reports_accuracy_on_the_mnist_test_set(trained):
     result, out, _ = _run("evaluate")
     assert result["n"] == 10_000 and result["checkpoint"] == trained[0]["checkpoint"]

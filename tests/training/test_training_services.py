@@ -2,13 +2,14 @@
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -44,6 +45,16 @@ def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_rec
 
 def _sent_run_ids(queue) -> list[int]:
     return [message["kwargs"]["run_id"] for message in queue.messages()]
+
+
+def test_creating_a_run_refuses_a_training_subset_larger_than_the_mnist_training_set(tiny_recipe):
+    with pytest.raises(ValidationError) as caught:
+        _create(tiny_recipe, train_subset=70_000)
+    assert caught.value.message_dict["train_subset"] == [
+        "The training subset must hold between 2 and 60,000 images (MNIST has 60,000 training images)."
+    ]
+    assert not TrainingRun.objects.exists()
+    assert _create(tiny_recipe, train_subset=60_000).train_subset == 60_000
 
 
 def test_creating_a_run_publishes_it_only_after_the_transaction_commits(
@@ -153,11 +164,60 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert len(run.confusion_matrix) == 10 and sum(map(sum, run.confusion_matrix)) == 10_000
     final = run.checkpoints.get(is_final=True)
     assert final.is_active and final.test_accuracy == run.test_accuracy
-    assert final.path == f"runs/{run.pk}/attempt-1/final.pt"
+    folder = f"runs/{run.pk}-{run.created_at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}"
+    assert final.path == f"{folder}/attempt-1/final.pt"
     assert final.sha256 == sha256_file(settings.CHECKPOINT_DIR / final.path)
     assert final.size == (settings.CHECKPOINT_DIR / final.path).stat().st_size
     epoch_checkpoint = run.checkpoints.get(is_final=False)
-    assert epoch_checkpoint.path == f"runs/{run.pk}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
+    assert epoch_checkpoint.path == f"{folder}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
+
+
+def _as_a_database_created_empty():
+    """What a database volume recreated empty holds: no runs, no checkpoints, and ids starting again at 1."""
+    Checkpoint.objects.all().delete()
+    TrainingRun.objects.all().delete()
+    tables = [{"table": model._meta.db_table, "column": "id"} for model in (TrainingRun, Checkpoint)]
+    with connection.cursor() as cursor:
+        for statement in connection.ops.sequence_reset_by_name_sql(no_style(), tables):
+            cursor.execute(statement)
+
+
+def test_a_database_recreated_empty_does_not_write_over_the_checkpoints_the_earlier_one_left(tiny_recipe):
+    from training.ml.checkpoints import load_checkpoint
+    from training.selectors import checkpoint_file_path
+
+    _as_a_database_created_empty()
+    earlier = _create(tiny_recipe)
+    services.training_run_execute(run_id=earlier.pk)
+    left = {checkpoint_file_path(checkpoint=c): c.sha256 for c in Checkpoint.objects.filter(run=earlier)}
+    assert len(left) == 2  # epoch 1 and final
+
+    # The checkpoint volume kept, the database started again: its first run is run 1 again.
+    _as_a_database_created_empty()
+    later = _create(tiny_recipe, seed=1)
+    assert later.pk == earlier.pk
+    services.training_run_execute(run_id=later.pk)
+    later.refresh_from_db()
+    assert later.status == TrainingRun.Status.SUCCEEDED, later.error
+    assert not {checkpoint_file_path(checkpoint=c) for c in later.checkpoints.all()} & set(left)
+    for path, sha256 in left.items():
+        load_checkpoint(path, expected_sha256=sha256)
+
+
+def test_a_run_refuses_to_write_over_a_checkpoint_file_it_did_not_write(tiny_recipe):
+    from training.ml.architectures import build_model
+    from training.ml.checkpoints import save_checkpoint
+
+    run = TrainingRun.objects.get(pk=_create(tiny_recipe).pk)
+    foreign = services._run_dir(run) / "attempt-1" / "epoch-1.pt"
+    sha256, _size = save_checkpoint(
+        foreign, model=build_model("mlp", {"hidden": 16}), config=None, epoch=1, metrics={}
+    )
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert "was not written by this run; refusing to write over it" in run.error
+    assert sha256_file(foreign) == sha256 and not run.checkpoints.exists()
 
 
 @requires_cuda
@@ -231,6 +291,22 @@ def test_cancelling_a_queued_run_cancels_it_at_once(tiny_recipe):
     assert services.training_run_execute(run_id=run.pk) is None
 
 
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (TrainingRun.Status.SUCCEEDED, "has already succeeded; it cannot be cancelled."),
+        (TrainingRun.Status.FAILED, "has already failed; it cannot be cancelled."),
+        (TrainingRun.Status.CANCELLED, "is already cancelled."),
+    ],
+)
+def test_cancelling_a_finished_run_says_in_words_what_became_of_it(tiny_recipe, status, message):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(status=status)
+    with pytest.raises(services.TrainingRunStateError) as caught:
+        services.training_run_cancel(run=run)
+    assert str(caught.value) == f"Run {run.pk} {message}"
+
+
 def test_cancelling_a_finished_run_is_refused(tiny_recipe):
     run = _create(tiny_recipe)
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.SUCCEEDED)
@@ -271,7 +347,7 @@ def test_a_cancel_request_after_the_last_step_still_cancels_the_run_and_activate
     assert not run.checkpoints.filter(is_final=True).exists()
     assert not Checkpoint.objects.filter(is_active=True).exists()
     # The final file, written before the cancel was seen, is not left behind unregistered.
-    assert list(services._run_dir(run.pk).rglob("final.pt")) == []
+    assert list(services._run_dir(run).rglob("final.pt")) == []
 
 
 def test_progress_is_written_to_the_run_while_it_trains(tiny_recipe, monkeypatch):
@@ -287,6 +363,24 @@ def test_progress_is_written_to_the_run_while_it_trains(tiny_recipe, monkeypatch
     assert len(snapshots) >= 2
     assert snapshots[-1]["current_epoch"] >= 1 and 0 < snapshots[-1]["progress"] < 1
     assert all(s["heartbeat_at"] is not None for s in snapshots)
+
+
+def test_the_end_of_an_epoch_writes_its_progress_and_last_step_together_with_its_metrics(tiny_recipe, monkeypatch):
+    # Only the run's first step is written by the throttle then: what the run shows between epochs is the epoch's.
+    monkeypatch.setattr(services, "PROGRESS_WRITE_EVERY_S", 3600.0)
+    run = _create(tiny_recipe, epochs=2)
+    between_epochs = []
+
+    def snapshot(fraction, epoch, step, eta):
+        if epoch == 2 and not between_epochs:
+            between_epochs.append(TrainingRun.objects.values(
+                "progress", "current_epoch", "current_step", "total_steps", "metrics"
+            ).get(pk=run.pk))
+
+    services.training_run_execute(run_id=run.pk, on_progress=snapshot)
+    (shown,) = between_epochs
+    assert [row["epoch"] for row in shown["metrics"]] == [1]
+    assert (shown["progress"], shown["current_epoch"], shown["current_step"]) == (0.5, 1, shown["total_steps"])
 
 
 def _make_stale(run, *, attempts):
@@ -617,7 +711,7 @@ def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no
 
     assert services.training_run_execute(run_id=run.pk, on_progress=on_progress) is None
     reaper.finish()
-    assert list(services._run_dir(run.pk).rglob("*.pt")) == []
+    assert list(services._run_dir(run).rglob("*.pt")) == []
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
     assert not run.checkpoints.exists()
