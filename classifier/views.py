@@ -32,7 +32,13 @@ HISTORY_PAGE_SIZE = 20
 
 
 def _upload_page(
-    request: HttpRequest, form: UploadForm, *, errors: list[str], refused_files: list[int] = (), status: int = 200
+    request: HttpRequest,
+    form: UploadForm,
+    *,
+    errors: list[str],
+    refused_files: list[int] = (),
+    stored_unknown: bool = False,
+    status: int = 200,
 ) -> HttpResponse:
     return render(
         request,
@@ -40,8 +46,11 @@ def _upload_page(
         {
             "form": form,
             "errors": errors,
-            # Where each refused file stood in the request: the page's script marks them in the selection it kept.
+            "stored_unknown": stored_unknown,
+            # Where each refused file stood among those received: the page's script marks them in the selection it
+            # kept, if the server received as many as were chosen (the parser drops a part whose name it cannot use).
             "refused_files": " ".join(str(index) for index in refused_files),
+            "files_received": len(request.FILES.getlist("files")),
             "max_files": settings.UPLOAD_MAX_FILES,
             "max_bytes": settings.UPLOAD_MAX_BYTES,
             "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
@@ -87,7 +96,9 @@ def upload(request: HttpRequest) -> HttpResponse:
             except services.UploadOutcomeUnknownError:
                 logger.exception("upload failed: the database stopped answering, and whether it stored it is not known")
                 # No Retry-After: sending the same images again is what the history must be checked for first.
-                return _service_unavailable(request, form, retry_after=None, message=services.UPLOAD_OUTCOME_UNKNOWN)
+                return _service_unavailable(
+                    request, form, retry_after=None, message=services.UPLOAD_OUTCOME_UNKNOWN, stored_unknown=True
+                )
             except services.StorageFullError:
                 return _service_unavailable(
                     request, form, retry_after=300,
@@ -122,8 +133,9 @@ def _service_unavailable(
     *,
     message: str = "The service is temporarily unavailable and nothing was stored. Please try again in a minute.",
     retry_after: int | None = 30,
+    stored_unknown: bool = False,
 ) -> HttpResponse:
-    response = _upload_page(request, form, errors=[message], status=503)
+    response = _upload_page(request, form, errors=[message], stored_unknown=stored_unknown, status=503)
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response

@@ -24,8 +24,26 @@
   // Where the files the server refused stood in the selection it was sent: they stay chosen, marked, until the
   // selection changes or they are left out.
   let refusedByServer = [];
+  // While the files are on their way, the selection stays as it was sent.
+  let sending = false;
   const leaveOut = document.getElementById("file-leave-out");
   const progress = document.getElementById("file-progress");
+  // Leaving files out rebuilds the selection, which takes a DataTransfer of one's own (not in every browser).
+  const canLeaveOut = (function () {
+    try {
+      return Boolean(new DataTransfer().items);
+    } catch (error) {
+      return false;
+    }
+  })();
+
+  function marked(item) {
+    item.className = "refused";
+    const note = document.createElement("span");
+    note.className = "visually-hidden";
+    note.textContent = " (refused)";
+    item.appendChild(note);
+  }
 
   function refresh() {
     const files = Array.from(input.files || []);
@@ -35,13 +53,13 @@
       const item = document.createElement("li");
       item.textContent = file.name + " · " + describe(file.size);
       if (file.size > maxBytes) {
-        item.className = "refused";
+        marked(item);
         problems.push("“" + file.name + "” is larger than " + describe(maxBytes) + ".");
       } else if (file.type && !READABLE.test(file.type)) {
-        item.className = "refused";
+        marked(item);
         problems.push("“" + file.name + "” is not a PNG, JPEG, GIF, WEBP or BMP image.");
       } else if (refusedByServer.indexOf(index) !== -1) {
-        item.className = "refused";
+        marked(item);
       }
       list.appendChild(item);
     });
@@ -52,7 +70,7 @@
     fileError.textContent = problems.join(" ");
     fileSubmit.disabled = files.length === 0 || problems.length > 0;
     fileSubmit.textContent = files.length > 1 ? "Upload " + files.length + " images and predict" : "Upload and predict";
-    leaveOut.hidden = !refusedByServer.length || refusedByServer.length >= files.length;
+    leaveOut.hidden = !canLeaveOut || !refusedByServer.length || refusedByServer.length >= files.length;
     leaveOut.textContent = refusedByServer.length > 1 ? "Leave out the " + refusedByServer.length + " refused files"
       : "Leave out the refused file";
   }
@@ -76,7 +94,7 @@
     });
   });
   dropzone.addEventListener("drop", function (event) {
-    if (event.dataTransfer && event.dataTransfer.files.length) {
+    if (!sending && event.dataTransfer && event.dataTransfer.files.length) {
       input.files = event.dataTransfer.files;
       selectionChanged();
     }
@@ -89,7 +107,11 @@
     } else {
       document.querySelector(".upload-grid").before(box);
     }
-    refusedByServer = (box.dataset.refusedFiles || "").split(" ").filter(Boolean).map(Number);
+    sending = false;
+    input.disabled = false;
+    // Marked only when the server read as many files as were sent: it drops one whose name it cannot use.
+    const sent = Number(box.dataset.filesReceived) === input.files.length;
+    refusedByServer = sent ? (box.dataset.refusedFiles || "").split(" ").filter(Boolean).map(Number) : [];
     progress.hidden = true;
     refresh();
     box.focus();
@@ -125,16 +147,37 @@
       window.location.assign(request.responseURL);
       return;
     }
+    if (type.indexOf("text/plain") === 0) {
+      // The site's own short answers (a request too large is refused before anything reads it).
+      showRefusal(refusalBox([request.responseText.trim().slice(0, 500), "Nothing was uploaded."]));
+      return;
+    }
     const page = new DOMParser().parseFromString(request.responseText, "text/html");
     const box = page.getElementById("upload-errors");
+    // A form that expired comes back with a fresh security code: taken, the files can be sent again as they are.
+    const code = page.querySelector("input[name=csrfmiddlewaretoken]");
+    const renewed = code !== null && request.status === 403;
+    if (code) {
+      document.querySelectorAll("input[name=csrfmiddlewaretoken]").forEach(function (field) {
+        field.value = code.value;
+      });
+    }
     if (box) {
       showRefusal(document.importNode(box, true));
       return;
     }
-    // Another page of the site's (a request too large, a form that expired): what it says, in this page.
-    const said = Array.from(page.querySelectorAll("main h1, main p")).map(function (node) {
+    // Another page of the site's: what it says, in this page, less what only a reloaded page could do.
+    const said = Array.from(page.querySelectorAll("main h1, main p:not(.reload-advice)")).filter(function (node) {
+      return !node.querySelector("a");
+    }).map(function (node) {
       return node.textContent.replace(/\s+/g, " ").trim();
     }).filter(Boolean);
+    if (renewed) said.push("The form has been renewed: send the files again.");
+    if (!said.length && request.status >= 500) {
+      // Not the site's answer (a proxy's timeout): the server may have stored the upload all the same.
+      said.push("The server did not answer in time (" + request.status + ").",
+        "The images may have been stored: look in your history before sending them again.");
+    }
     showRefusal(refusalBox(said.length ? said : ["The server refused the upload (" + request.status + "). Nothing was uploaded."]));
   }
 
@@ -165,6 +208,8 @@
       ]));
     });
     request.send(new FormData(fileForm));
+    sending = true;
+    input.disabled = true;
     fileSubmit.disabled = true;
     leaveOut.hidden = true;
     fileSubmit.textContent = "Uploading…";
@@ -397,6 +442,8 @@
     if (!event.persisted) return;
     forgetDrawing();  // sent and answered: a later refusal of files must not bring it back
     progress.hidden = true;
+    sending = false;
+    input.disabled = false;
     refresh();
     canvasSubmit.disabled = !dirty;
     canvasSubmit.textContent = "Predict drawing";

@@ -209,6 +209,20 @@ def _lost_after_commit_and_unconfirmed():
     return wrapper
 
 
+def test_the_upload_page_whose_insert_may_have_committed_does_not_say_nothing_was_uploaded(
+    client, user, digit_png, transactional_db, published
+):
+    client.force_login(user)
+    files = [SimpleUploadedFile(f"digit{i}.png", digit_png(i), content_type="image/png") for i in range(2)]
+    with connection.execute_wrapper(_lost_after_commit_and_unconfirmed()):
+        response = client.post("/", {"files": files})
+
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "This upload may have been stored." in page and "Nothing was uploaded" not in page
+    assert Upload.objects.count() == 2
+
+
 def test_an_upload_whose_insert_may_or_may_not_have_committed_says_so_and_keeps_its_files_for_the_sweeps(
     client, user, digit_png, transactional_db, published
 ):
