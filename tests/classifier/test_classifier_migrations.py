@@ -1,4 +1,4 @@
-"""Migrations that move data: model inputs from files into the row (0003), and the quota's first counts (0009)."""
+"""Migrations that move data: model inputs into the row (0003), the quota's first counts (0009), plain errors (0010)."""
 import io
 
 import numpy as np
@@ -66,5 +66,29 @@ def test_the_quota_migration_counts_each_owners_uploads_already_stored():
         new_apps = _migrate([("classifier", "0009_storage_use")])
         counted = dict(new_apps.get_model("classifier", "StorageUse").objects.values_list("owner__username", "bytes"))
         assert counted == {"alice": 350, "bob": 7}
+    finally:
+        _migrate(_latest())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_exception_text_of_an_image_that_could_not_be_prepared_becomes_the_plain_sentence():
+    from classifier.services import PREPARE_FAILED_ERROR
+
+    old_apps = _migrate([("classifier", "0009_storage_use")])
+    try:
+        owner = old_apps.get_model("auth", "User").objects.create(username="legacy")
+        upload = old_apps.get_model("classifier", "Upload").objects.create(
+            owner=owner, image="uploads/x.png", width=28, height=28, format="PNG", size=1, sha256="0" * 64
+        )
+        predictions = old_apps.get_model("classifier", "Prediction").objects
+        technical = predictions.create(
+            upload=upload, status="failed", error="The image could not be prepared: operands could not be broadcast"
+        )
+        no_digit = predictions.create(upload=upload, status="failed", error="No digit was found in this image: blank.")
+
+        new_apps = _migrate([("classifier", "0010_prediction_prepare_error_plain")])
+        migrated = new_apps.get_model("classifier", "Prediction").objects
+        assert migrated.get(pk=technical.pk).error == PREPARE_FAILED_ERROR
+        assert migrated.get(pk=no_digit.pk).error == "No digit was found in this image: blank."
     finally:
         _migrate(_latest())
