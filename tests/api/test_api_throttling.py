@@ -12,10 +12,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from django.conf import settings as django_settings
 from django.core.cache import cache
+from PIL import Image
 
 from classifier.throttling import TOLERANCE_S, allowance_take
 from classifier.models import Upload
 from tests.api.conftest import upload_file
+from tests.classifier.fixtures import png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -88,15 +90,9 @@ def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
 
 
 def _picture(width: int, height: int, fmt: str = "PNG") -> bytes:
-    import io
-
-    from PIL import Image
-
     picture = Image.new("L", (width, height), 255)
     picture.paste(0, (width // 2 - 20, height // 4, width // 2 + 20, 3 * height // 4))
-    out = io.BytesIO()
-    picture.save(out, format=fmt)
-    return out.getvalue()
+    return png_bytes(picture, fmt)
 
 
 def test_a_large_picture_counts_one_image_for_each_million_pixels_it_has(user_client, settings):
