@@ -5,9 +5,10 @@ script instead of a read and a write).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
@@ -28,19 +29,48 @@ def _redis_cache_url() -> str:
     broker = urlsplit(django_settings.CELERY_BROKER_URL)
     if broker.scheme != "redis":
         pytest.skip("the Redis cache is tested where the broker is Redis")
-    # A database of its own: clearing the cache must not touch the broker's queues.
-    return urlunsplit(broker._replace(path="/5"))
+    return broker.geturl()
+
+
+# The broker's own Redis database, so that test runs given different databases never share keys; a prefix of this
+# process's own keeps the throttle's keys apart from the queues, and clearing deletes only those keys (a cache's
+# clear() would flush the broker's database).
+_KEY_PREFIX = f"throttling-test-{os.getpid()}"
+
+
+def _cache_clear(backend: str) -> None:
+    if backend == "locmem":
+        cache.clear()
+        return
+    client = cache._cache.get_client(write=True)
+    for key in client.scan_iter(match=f"{_KEY_PREFIX}:*"):
+        client.delete(key)
+
+
+# These replace the suite's clearing of the whole cache: throttle_cache clears only this module's keys.
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    yield
+
+
+@pytest.fixture(autouse=True)
+def clear_throttle_history():
+    yield
 
 
 @pytest.fixture(autouse=True, params=["locmem", "redis"])
 def throttle_cache(request, settings):
     if request.param == "redis":
         settings.CACHES = {
-            "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _redis_cache_url()}
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": _redis_cache_url(),
+                "KEY_PREFIX": _KEY_PREFIX,
+            }
         }
-    cache.clear()
+    _cache_clear(request.param)
     yield request.param
-    cache.clear()
+    _cache_clear(request.param)
 
 
 def _stored_number(key: str, backend: str) -> float:
