@@ -28,6 +28,13 @@
   let sending = false;
   const leaveOut = document.getElementById("file-leave-out");
   const progress = document.getElementById("file-progress");
+  const announcement = document.getElementById("upload-announcement");
+
+  // How the upload goes, for screen readers: a few steps, each said once, never every move of the progress bar.
+  function announce(text) {
+    announcement.textContent = text;
+  }
+
   // Leaving files out rebuilds the selection, which takes a DataTransfer of one's own (not in every browser).
   const canLeaveOut = (function () {
     try {
@@ -69,6 +76,7 @@
     fileError.hidden = problems.length === 0;
     fileError.textContent = problems.join(" ");
     fileSubmit.disabled = files.length === 0 || problems.length > 0;
+    fileSubmit.removeAttribute("aria-disabled");
     fileSubmit.textContent = files.length > 1 ? "Upload " + files.length + " images and predict" : "Upload and predict";
     leaveOut.hidden = !canLeaveOut || !refusedByServer.length || refusedByServer.length >= files.length;
     leaveOut.textContent = refusedByServer.length > 1 ? "Leave out the " + refusedByServer.length + " refused files"
@@ -113,6 +121,7 @@
     const sent = Number(box.dataset.filesReceived) === input.files.length;
     refusedByServer = sent ? (box.dataset.refusedFiles || "").split(" ").filter(Boolean).map(Number) : [];
     progress.hidden = true;
+    announce("");  // the refusal, which takes the focus, says what happened
     refresh();
     box.focus();
   }
@@ -186,7 +195,11 @@
   // it is, and the page comes back with the errors.
   fileForm.addEventListener("submit", function (event) {
     event.preventDefault();
+    if (sending) return;  // the button, left pressable while the files are on their way (see below)
     forgetDrawing();
+    const count = input.files.length;
+    // The quarter of the upload last announced: 25%, 50% and 75% are said, each once.
+    let quarter = 0;
     const request = new XMLHttpRequest();
     request.open("POST", target());
     request.setRequestHeader("X-Requested-With", "XMLHttpRequest");
@@ -196,9 +209,15 @@
       progress.hidden = false;
       progress.value = percent;
       fileSubmit.textContent = "Uploading… " + percent + "%";
+      const reached = Math.floor(percent / 25);
+      if (reached > quarter && reached < 4) {
+        quarter = reached;
+        announce(25 * reached + "% uploaded");
+      }
     });
     request.upload.addEventListener("load", function () {
       fileSubmit.textContent = "Checking the images…";
+      announce("Uploaded; checking the " + (count > 1 ? "images…" : "image…"));
     });
     request.addEventListener("load", function () { answered(request); });
     request.addEventListener("error", function () {
@@ -210,9 +229,11 @@
     request.send(new FormData(fileForm));
     sending = true;
     input.disabled = true;
-    fileSubmit.disabled = true;
+    // Only marked disabled: a disabled button would drop the keyboard's focus to the page's start.
+    fileSubmit.setAttribute("aria-disabled", "true");
     leaveOut.hidden = true;
     fileSubmit.textContent = "Uploading…";
+    announce(count > 1 ? "Uploading " + count + " images…" : "Uploading the image…");
   });
 
   leaveOut.addEventListener("click", function () {
@@ -442,6 +463,7 @@
     if (!event.persisted) return;
     forgetDrawing();  // sent and answered: a later refusal of files must not bring it back
     progress.hidden = true;
+    announce("");
     sending = false;
     input.disabled = false;
     refresh();

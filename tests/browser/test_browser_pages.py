@@ -1,6 +1,7 @@
 """The pages in a real headless Chromium: log in, upload, watch the result go live, draw, browse history."""
 import io
 import json
+import os
 
 import pytest
 from playwright.sync_api import expect
@@ -768,3 +769,108 @@ def test_a_new_api_token_is_shown_in_view_on_a_phone_where_it_sits_far_down_the_
     _token_asked_for(phone_page, name="phone", password="correct horse battery")
     expect(phone_page.locator("#new-token")).to_be_in_viewport()
     expect(phone_page.get_by_text("shown this once; copy it now")).to_be_in_viewport()
+
+
+def _noise_png(side: int) -> bytes:
+    """A picture PNG cannot compress: about side x side bytes, for an upload that takes a while to send."""
+    from PIL import Image
+
+    from tests.classifier.fixtures import png_bytes
+
+    return png_bytes(Image.frombytes("L", (side, side), os.urandom(side * side)))
+
+
+def test_screen_readers_hear_an_upload_go_by_in_a_few_steps_not_at_every_move_of_its_bar(logged_in_page, tmp_path):
+    page = logged_in_page
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"noise-{index}.png"
+        path.write_bytes(_noise_png(400))
+        paths.append(str(path))
+    heard, moves = [], []
+    page.expose_function("heard", lambda text: heard.append(text))
+    page.expose_function("moved", lambda value: moves.append(value))
+    page.evaluate("""() => {
+        const region = document.getElementById("upload-announcement");
+        new MutationObserver(() => window.heard(region.textContent))
+            .observe(region, {childList: true, characterData: true, subtree: true});
+        const bar = document.getElementById("file-progress");
+        new MutationObserver(() => window.moved(bar.value)).observe(bar, {attributes: true, attributeFilter: ["value"]});
+    }""")
+    # About half a megabyte sent at 250 KB a second: two seconds of progress events.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 250_000})
+    page.set_input_files("#id_files", paths)
+    page.click("#file-submit")
+    expect(page.get_by_role("progressbar", name="Upload progress")).to_be_visible()
+    page.wait_for_url("**/history/?batch=*")
+    assert heard == ["Uploading 3 images…", "25% uploaded", "50% uploaded", "75% uploaded",
+                     "Uploaded; checking the images…"]
+    assert len(set(moves)) > len(heard)  # the bar itself moved more often than anything was said
+
+
+def test_the_upload_button_keeps_the_keyboard_while_the_files_are_sent_and_sends_them_once(
+    logged_in_page, digit_png, tmp_path
+):
+    page = logged_in_page
+    held = []
+    page.route("**/", lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
+    path = tmp_path / "zero.png"
+    path.write_bytes(digit_png(0))
+    page.set_input_files("#id_files", str(path))
+    page.focus("#file-submit")
+    page.keyboard.press("Enter")
+    expect(page.locator("#upload-announcement")).to_have_text("Uploading the image…")
+    expect(page.locator("#file-submit")).to_be_disabled()
+    expect(page.locator("#file-submit")).to_be_focused()
+    page.keyboard.press("Enter")  # pressed again while the first is on its way
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    held[0].continue_()
+    page.wait_for_url("**/predictions/*/")
+    assert Upload.objects.count() == 1
+
+
+def test_a_drawing_the_server_sends_back_opens_the_page_on_why_it_was_refused(logged_in_page, user, settings):
+    from classifier.models import StorageUse
+
+    settings.UPLOAD_QUOTA_MB = 1
+    StorageUse.objects.update_or_create(owner=user, defaults={"bytes": 2**20})
+    page = logged_in_page
+    _draw_ring(page, 140, 140, 60, 100)
+    page.click("#canvas-submit")
+    expect(page.locator("#upload-errors")).to_contain_text("Nothing was uploaded")
+    expect(page.locator("#upload-errors")).to_be_focused()
+
+
+def test_the_log_in_page_leaves_the_keyboard_at_its_start_and_a_refused_log_in_opens_on_why(page, user):
+    page.goto("/accounts/login/")
+    assert page.evaluate("document.activeElement === document.body")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator(".errors")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#id_username")).to_be_focused()
+
+    # A field left empty: the page opens on it, its error read with it.
+    page.fill("#id_username", "")
+    page.fill("#id_password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator("#id_username")).to_be_focused()
+    expect(page.locator("#id_username")).to_have_accessible_description("This field is required.")
+
+
+def test_what_a_deletion_in_the_history_did_opens_the_page_it_leads_back_to(logged_in_page, user, digit_png):
+    page = logged_in_page
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="zero.png", source="file")
+    page.goto("/history/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("link", name="Delete upload").click()
+    expect(page.locator(".messages")).to_contain_text("Deleted “zero.png”")
+    expect(page.locator(".messages")).to_be_focused()

@@ -48,6 +48,18 @@ def test_the_upload_page_renders_the_form_and_canvas(alice):
     assert 'type="file"' in html and "<canvas" in html and 'name="canvas"' in html
 
 
+def test_the_upload_page_has_a_polite_region_to_say_how_an_upload_goes_beside_its_named_progress_bar(alice):
+    html = alice.get("/").content.decode()
+    assert '<p class="visually-hidden" id="upload-announcement" aria-live="polite" aria-atomic="true"></p>' in html
+    assert re.search(r'<progress id="file-progress"[^>]* aria-label="Upload progress"', html)
+    assert "autofocus" not in html  # a plain visit opens at the page's start
+
+
+def test_an_upload_page_sent_back_with_errors_opens_on_them(alice):
+    html = alice.post("/", {"files": [_file(b"nope", "bad.png")]}).content.decode()
+    assert re.search(r'<div class="errors" role="alert" id="upload-errors" tabindex="-1" autofocus[ >]', html)
+
+
 def test_uploading_one_file_redirects_to_its_result(alice, digit_png, published, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = alice.post("/", {"files": [_file(digit_png(0), "seven.png")]})
