@@ -111,7 +111,7 @@ class PredictionListCreateApi(GenericAPIView):
             200: OpenApiResponse(PredictionBatchSerializer, description="Every prediction finished (done or failed)."),
             202: OpenApiResponse(PredictionBatchSerializer, description="Accepted; some predictions still run."),
             400: responses.error("A file is not an acceptable image (not_image, wrong_extension, truncated, empty, "
-                                 "blank, too_many_pixels, too_many_files, no_files) or `wait` is invalid.",
+                                 "blank, too_many_pixels, bloated, too_many_files, no_files) or `wait` is invalid.",
                                  code="not_image", field="image"),
             413: responses.error("A file is larger than the upload limit, or the request as a whole is.",
                                  code="too_large", field="image"),

@@ -219,6 +219,161 @@ def _is_blank(image: Image.Image) -> bool:
     return all(high - low <= BLANK_SPREAD for low, high in extrema)
 
 
+# What Pillow reads in Python, a byte, segment or block at a time, before its decoders (in C) take over: a JPEG's
+# segments up to its first scan, a PNG's chunks, a GIF's blocks up to its second picture. A file within the upload
+# limit that was nothing but empty segments, filler or one-byte blocks kept a web process busy for seconds (a GIF's
+# comment in one-byte blocks, joined one by one, for a minute), so such files are refused from a scan that jumps
+# over each part whole. The limits sit far above what cameras and editors write: tens of segments and a few hundred
+# KB of EXIF, ICC and XMP before a photo, a few bytes of padding, 8 KB IDAT chunks, 255-byte GIF blocks.
+MAX_HEADER_PARTS = 4096
+MAX_PADDING_BYTES = 64 * 1024
+# A JPEG's frame headers and quantization tables (Pillow unpacks them in Python): a camera's take under 1 KB.
+MAX_JPEG_TABLE_BYTES = 16 * 1024
+# One EXIF segment holds at most 64 KB; Pillow joins any more, copying what came before each time.
+MAX_JPEG_EXIF_BYTES = 128 * 1024
+# Photoshop's resources (a thumbnail, IPTC captions, paths), listed one by one in Python.
+MAX_JPEG_PHOTOSHOP_BYTES = 256 * 1024
+_PNG_DATA = (b"IDAT", b"fdAT")
+MIN_PNG_DATA_CHUNK = 1024
+# Pillow inflates each compressed text or ICC chunk of a PNG, up to 1 MB of it: a 1 KB chunk can hold 1 MB.
+MAX_PNG_COMPRESSED_CHUNKS = 8
+# Pillow joins a GIF's comment block by block.
+MAX_GIF_COMMENT_BLOCKS = 256
+# The first picture's data: Pillow steps over it block by block to see whether a second follows. 16 MB in full blocks.
+MAX_GIF_DATA_BLOCKS = 65536
+
+_JPEG_FILL = re.compile(rb"\xff+")
+# Markers Pillow reads no length after, and those whose contents it unpacks (frame headers and quantization tables).
+_JPEG_STANDALONE = frozenset((0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)))
+_JPEG_TABLES = frozenset((*range(0xC0, 0xD0), 0xDB, 0xDE)) - {0xC4, 0xC8, 0xCC}
+_GIF_JUNK = re.compile(rb"[^!,;]*")
+
+
+def _structure_excess(data: bytes) -> str | None:
+    """What in this file Pillow would spend too long reading before decoding it, or None: it may be read."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_excess(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_excess(data)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif_excess(data)
+    return None
+
+
+def _jpeg_excess(data: bytes) -> str | None:
+    """Pillow's walk from marker to marker up to the first scan, skipping filler and segments whole."""
+    segments = padding = tables = exif = photoshop = 0
+    pos, end = 2, len(data)
+    while True:
+        marker = data.find(b"\xff", pos)
+        if marker < 0:
+            padding += end - pos  # Pillow reads it a byte at a time, looking for a marker
+            break
+        fill_end = _JPEG_FILL.match(data, marker).end()
+        padding += fill_end - pos - 1  # anything before the marker's last 0xFF: Pillow steps over it a byte at a time
+        if fill_end < end and data[fill_end] == 0:
+            padding += 2  # an escaped 0xFF, skipped like filler
+        if padding > MAX_PADDING_BYTES:
+            break
+        if fill_end >= end:
+            return None
+        kind, pos = data[fill_end], fill_end + 1
+        if kind == 0:
+            continue
+        if kind < 0xC0 or kind == 0xDA:
+            return None  # not a marker (Pillow stops), or the first scan: the decoder reads on
+        segments += 1
+        if segments > MAX_HEADER_PARTS:
+            return f"more than {MAX_HEADER_PARTS:,} segments before its picture"
+        if kind in _JPEG_STANDALONE:
+            continue
+        length = max(int.from_bytes(data[pos : pos + 2], "big"), 2)
+        start, pos = pos + 2, pos + length
+        if kind in _JPEG_TABLES:
+            tables += length - 2
+            if tables > MAX_JPEG_TABLE_BYTES:
+                return f"more than {MAX_JPEG_TABLE_BYTES // 1024} KB of frame and quantization tables"
+        elif kind == 0xE1 and data.startswith(b"Exif\0\0", start, pos):
+            exif += length - 2
+            if exif > MAX_JPEG_EXIF_BYTES:
+                return f"more than {MAX_JPEG_EXIF_BYTES // 1024} KB of EXIF data"
+        elif kind == 0xED and data.startswith(b"Photoshop 3.0\0", start, pos):
+            photoshop += length - 2
+            if photoshop > MAX_JPEG_PHOTOSHOP_BYTES:
+                return f"more than {MAX_JPEG_PHOTOSHOP_BYTES // 1024} KB of Photoshop data"
+    if padding > MAX_PADDING_BYTES:
+        return f"more than {MAX_PADDING_BYTES // 1024} KB of padding between its segments"
+    return None
+
+
+def _png_excess(data: bytes) -> str | None:
+    """Pillow reads every chunk up to the last (IEND) one by one, before and after the picture's data."""
+    pos, end, chunks, compressed = 8, len(data), 0, 0
+    while pos + 8 <= end:
+        kind = data[pos + 4 : pos + 8]
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        # A picture's data in chunks of a kilobyte or more costs its decoding, not the walk: a large PNG in small
+        # IDAT chunks is never refused for their number.
+        if kind not in _PNG_DATA or length < MIN_PNG_DATA_CHUNK:
+            chunks += 1
+            if chunks > MAX_HEADER_PARTS:
+                return f"more than {MAX_HEADER_PARTS:,} small chunks"
+        if kind == b"IEND":
+            break
+        if kind in (b"zTXt", b"iCCP") or kind == b"iTXt" and _itxt_compressed(data, pos + 8):
+            compressed += 1
+            if compressed > MAX_PNG_COMPRESSED_CHUNKS:
+                return f"more than {MAX_PNG_COMPRESSED_CHUNKS} compressed text or colour profile chunks"
+        pos += 12 + length
+    return None
+
+
+def _itxt_compressed(data: bytes, start: int) -> bool:
+    # A keyword of at most 79 characters and its NUL, then the compression flag.
+    flag = data.find(b"\0", start, start + 80) + 1
+    return flag > 0 and data[flag : flag + 1] != b"\0"
+
+
+def _gif_excess(data: bytes) -> str | None:
+    """Pillow's walk over the blocks up to the second picture (its first frame's, and whether another follows)."""
+    end = len(data)
+    flags = data[10] if end > 10 else 0
+    pos = 13 + ((3 << (flags & 7) + 1) if flags & 0x80 else 0)
+    padding = extensions = comments = pictures = 0
+    while pos < end:
+        introducer = _GIF_JUNK.match(data, pos).end()
+        padding += introducer - pos  # Pillow reads it a byte at a time, looking for a block
+        if padding > MAX_PADDING_BYTES:
+            return f"more than {MAX_PADDING_BYTES // 1024} KB of padding between its blocks"
+        if introducer >= end or data[introducer] == 0x3B:  # the trailer
+            break
+        if data[introducer] == 0x21:  # an extension: a label, then blocks up to an empty one
+            comment = data[introducer + 1 : introducer + 2] == b"\xfe"
+            pos, blocks = introducer + 2, 1
+            while pos < end and data[pos] and blocks <= MAX_HEADER_PARTS:
+                pos, blocks = pos + 1 + data[pos], blocks + 1
+            pos += 1
+            extensions += blocks
+            if extensions > MAX_HEADER_PARTS:
+                return f"more than {MAX_HEADER_PARTS:,} extension blocks"
+            comments += blocks if comment else 0
+            if comments > MAX_GIF_COMMENT_BLOCKS:
+                return f"more than {MAX_GIF_COMMENT_BLOCKS:,} comment blocks"
+            continue
+        pictures += 1
+        if pictures == 2 or introducer + 10 > end:
+            break
+        flags = data[introducer + 9]
+        # The descriptor, its palette and the data's code size; then the data, in blocks up to an empty one.
+        pos, blocks = introducer + 11 + ((3 << (flags & 7) + 1) if flags & 0x80 else 0), 0
+        while pos < end and data[pos] and blocks <= MAX_GIF_DATA_BLOCKS:
+            pos, blocks = pos + 1 + data[pos], blocks + 1
+        pos += 1
+        if blocks > MAX_GIF_DATA_BLOCKS:
+            return f"more than {MAX_GIF_DATA_BLOCKS:,} blocks of picture data"
+    return None
+
+
 def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImage:
     """Accept one uploaded file or raise ValidationError with a message a person can act on.
 
@@ -230,6 +385,13 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
     data = _read_limited(file, label=label)
     if not data:
         raise ValidationError(f"{label} is empty.", code="empty")
+    excess = _structure_excess(data)
+    if excess is not None:
+        raise ValidationError(
+            f"{label} is padded or split up far more than any camera or editor writes a picture ({excess}). "
+            "Save it again as a plain PNG or JPEG.",
+            code="bloated",
+        )
 
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
@@ -325,7 +487,8 @@ def allowance_weight(files: list[tuple[IO[bytes], str | None]]) -> int:
     (a JPEG at the scale it is decoded at): reading an upload takes time in
     proportion to its pixels, a thousand times a digit's for 40 megapixels,
     which the allowance is there to bound. A file that validation refuses from
-    its header alone (not a picture, more than UPLOAD_MAX_PIXELS) counts one.
+    its header alone (not a picture, more than UPLOAD_MAX_PIXELS, stuffed with
+    padding or tiny segments) counts one.
     """
     unit = settings.UPLOAD_PIXELS_PER_IMAGE
     if unit <= 0:
@@ -340,6 +503,8 @@ def _picture_weight(file: IO[bytes], *, unit: int) -> int:
     file.seek(0)
     head = file.read(HEADER_PREFIX_BYTES)
     file.seek(0)
+    if _structure_excess(head) is not None:
+        return 1  # refused by validation before Pillow reads it
     pixels = _header_pixels(head)
     if pixels is None:
         return -(-settings.UPLOAD_MAX_PIXELS // unit) if len(head) == HEADER_PREFIX_BYTES else 1

@@ -10,7 +10,13 @@ import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image
 
-from classifier.validation import sanitize_filename, validate_file_count, validate_image, validate_images
+from classifier.validation import (
+    MAX_HEADER_PARTS,
+    sanitize_filename,
+    validate_file_count,
+    validate_image,
+    validate_images,
+)
 from tests.classifier.fixtures import png_bytes
 
 
@@ -342,3 +348,178 @@ def test_a_large_jpeg_with_an_exif_rotation_reports_its_full_size_upright():
 )
 def test_original_names_are_sanitised(raw, expected):
     assert sanitize_filename(raw) == expected
+
+
+def _png_chunk(kind: bytes, body: bytes = b"") -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _after_jpeg_start(data: bytes, segments: bytes) -> bytes:
+    return data[:2] + segments + data[2:]
+
+
+def _jpeg_segment(marker: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+
+def _gif_blocks(data: bytes) -> tuple[int, int]:
+    """Where the first picture's data blocks start (after its code size) and where its empty last block lies."""
+    flags = data[10]
+    pos = 13 + (3 << (flags & 7) + 1 if flags & 0x80 else 0)
+    while data[pos] == 0x21:
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    flags = data[pos + 9]
+    start = pos = pos + 11 + (3 << (flags & 7) + 1 if flags & 0x80 else 0)
+    while data[pos]:
+        pos += 1 + data[pos]
+    return start, pos
+
+
+def _gif_in_one_byte_blocks(image: Image.Image) -> bytes:
+    data = png_bytes(image, "GIF")
+    start, end = _gif_blocks(data)
+    picture, pos = bytearray(), start
+    while pos < end:
+        picture += data[pos + 1 : pos + 1 + data[pos]]
+        pos += 1 + data[pos]
+    return data[:start] + b"".join(b"\x01" + picture[i : i + 1] for i in range(len(picture))) + data[end:]
+
+
+def _stuffed_files() -> dict[str, tuple[bytes, str, str]]:
+    """Small valid pictures stuffed with what Pillow reads a byte, segment or block at a time before decoding."""
+    jpeg, png, gif = png_bytes(_digit(), "JPEG"), png_bytes(_digit()), png_bytes(_digit("P"), "GIF")
+    ihdr_end = 8 + 25
+    comment_at = _gif_blocks(gif)[0] - 11
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (320, 320), dtype=np.uint8)).convert("P")
+    return {
+        "JPEG fill bytes": (_after_jpeg_start(jpeg, b"\xff" * 100_000), "digit.jpg", "KB of padding"),
+        "JPEG junk between segments": (
+            _after_jpeg_start(jpeg, _jpeg_segment(0xFE, b"") + b"\x00" * 100_000), "digit.jpg", "KB of padding"
+        ),
+        "JPEG empty comments": (_after_jpeg_start(jpeg, b"\xff\xfe\x00\x02" * 5000), "digit.jpg", "segments"),
+        "JPEG EXIF in pieces": (
+            _after_jpeg_start(jpeg, _jpeg_segment(0xE1, b"Exif\0\0" + bytes(64)) * 3000), "digit.jpg", "KB of EXIF"
+        ),
+        "JPEG quantization tables": (
+            _after_jpeg_start(jpeg, _jpeg_segment(0xDB, (b"\x00" + bytes(range(64))) * 1000)), "digit.jpg", "tables"
+        ),
+        "JPEG Photoshop resources": (
+            _after_jpeg_start(
+                jpeg, _jpeg_segment(0xED, b"Photoshop 3.0\0" + b"8BIM\x04\x04\0\0\0\0\0\0" * 5000) * 6
+            ),
+            "digit.jpg",
+            "KB of Photoshop data",
+        ),
+        "PNG empty chunks": (png[:ihdr_end] + _png_chunk(b"abCd") * 5000 + png[ihdr_end:], "digit.png", "chunks"),
+        "PNG empty chunks after its data": (
+            png[:-12] + _png_chunk(b"abCd") * 5000 + png[-12:], "digit.png", "chunks"
+        ),
+        "PNG compressed text": (
+            png[:ihdr_end] + _png_chunk(b"zTXt", b"note\0\0" + zlib.compress(bytes(1_000_000), 9)) * 9
+            + png[ihdr_end:],
+            "digit.png",
+            "compressed text",
+        ),
+        "GIF comment in one-byte blocks": (
+            gif[:comment_at] + b"!\xfe" + b"\x01a" * 1000 + b"\x00" + gif[comment_at:], "digit.gif", "comment blocks"
+        ),
+        "GIF picture in one-byte blocks": (_gif_in_one_byte_blocks(noise), "noise.gif", "blocks of picture data"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_stuffed_files()))
+def test_a_picture_stuffed_with_segments_chunks_blocks_or_filler_is_refused_before_it_is_read(case):
+    data, name, detail = _stuffed_files()[case]
+    message = _reject(data, name, "bloated")
+    assert "padded or split up far more than any camera or editor" in message and detail in message
+    assert "Save it again" in message
+
+
+def _phone_photo(fmt: str = "JPEG", mode: str = "RGB", **save) -> bytes:
+    """A photo shaped like a phone's: 60 KB of EXIF, a 400 KB ICC profile (7 segments), XMP, as sent."""
+    photo = _digit(mode, size=200).resize((800, 600))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Phone maker", "Phone model"
+    exif[0x010E] = "m" * 60_000  # as large as a maker's notes get
+    icc = np.random.default_rng(1).integers(0, 255, 400_000, dtype=np.uint8).tobytes()
+    xmp = b"<x:xmpmeta>" + b" " * 30_000 + b"</x:xmpmeta>"
+    return png_bytes(photo, fmt, exif=exif.tobytes(), icc_profile=icc, xmp=xmp, quality=90, **save)
+
+
+def _real_world_jpegs() -> dict[str, bytes]:
+    jpeg = png_bytes(_digit("RGB", size=200), "JPEG")
+    thumbnail = _digit("RGB", size=160).resize((160, 120))
+    jfif = b"JFIF\0\x01\x02\x01\x00\x48\x00\x48\xa0\x78" + thumbnail.tobytes()
+    jfxx = b"JFXX\0\x10" + png_bytes(thumbnail, "JPEG")
+    resources = (b"8BIM" + struct.pack(">HHI", code, 0, 4000) + bytes(4000) for code in range(1000, 1010))
+    photoshop = b"Photoshop 3.0\0" + b"".join(resources)
+    return {
+        "phone photo with a preview (MPO)": _phone_photo(
+            "MPO", save_all=True, append_images=[_digit("RGB", size=200).resize((320, 240))]
+        ),
+        "progressive photo": _phone_photo(progressive=True),
+        "Adobe CMYK": _phone_photo(mode="CMYK"),
+        "JFIF with thumbnails": _after_jpeg_start(jpeg, _jpeg_segment(0xE0, jfif) + _jpeg_segment(0xE0, jfxx)),
+        "Photoshop resources and a few fill bytes": _after_jpeg_start(
+            jpeg, _jpeg_segment(0xED, photoshop) + b"\xff" * 16 + _jpeg_segment(0xFE, b"edited")
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_real_world_jpegs()))
+def test_real_world_jpegs_with_large_metadata_segments_are_accepted(case):
+    data = _real_world_jpegs()[case]
+    accepted = validate_image(io.BytesIO(data), name="photo.jpg")
+    assert accepted.format == "JPEG" and accepted.size == len(data)
+
+
+def test_a_png_in_many_idat_chunks_with_its_text_and_a_gif_with_an_icc_profile_are_accepted():
+    # libpng writes 8 KB IDAT chunks, some encoders smaller ones: here 1 KB, more of them than the limit on small
+    # chunks. ImageMagick keeps a few profiles as compressed text.
+    noisy = Image.fromarray(np.random.default_rng(2).integers(0, 255, (2100, 2100), dtype=np.uint8))
+    png = png_bytes(noisy)
+    ihdr_end, body, pos = 8 + 25, b"", 8
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        body += png[pos + 8 : pos + 8 + length] if png[pos + 4 : pos + 8] == b"IDAT" else b""
+        pos += 12 + length
+    idats = b"".join(_png_chunk(b"IDAT", body[i : i + 1024]) for i in range(0, len(body), 1024))
+    profiles = b"".join(
+        _png_chunk(b"zTXt", b"Raw profile type %d\0\0" % i + zlib.compress(bytes(2000))) for i in range(6)
+    )
+    data = png[:ihdr_end] + profiles + idats + png[-12:]
+    assert len(data) <= 5 * 1024 * 1024 and data.count(b"IDAT") > MAX_HEADER_PARTS
+    assert validate_image(io.BytesIO(data), name="scan.png").format == "PNG"
+
+    gif = png_bytes(_digit("P"), "GIF")
+    at = _gif_blocks(gif)[0] - 11
+    icc = b"".join(b"\xff" + bytes(255) for _ in range(2000))  # a 500 KB profile in full blocks
+    data = gif[:at] + b"!\xff\x0bICCRGBG1012" + icc + b"\x00" + gif[at:]
+    assert validate_image(io.BytesIO(data), name="digit.gif").format == "GIF"
+
+
+def test_a_stuffed_picture_counts_one_image_of_the_allowance_however_large():
+    from classifier.validation import HEADER_PREFIX_BYTES, allowance_weight
+
+    stuffed = _after_jpeg_start(png_bytes(_digit(), "JPEG"), b"\xff" * (HEADER_PREFIX_BYTES + 1000))
+    assert allowance_weight([(io.BytesIO(stuffed), "digit.jpg")]) == 1
+
+
+@pytest.mark.django_db
+def test_a_batch_with_a_stuffed_picture_stores_nothing(user, digit_png, django_capture_on_commit_callbacks, published):
+    from django.conf import settings
+
+    from classifier import services
+    from classifier.models import Prediction, Upload
+
+    stuffed = _after_jpeg_start(png_bytes(_digit(), "JPEG"), b"\xff\xfe\x00\x02" * 5000)
+    files = [(io.BytesIO(digit_png(0)), "good.png"), (io.BytesIO(stuffed), "stuffed.jpg")]
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(ValidationError) as info:
+        services.predictions_submit(owner=user, files=files, source="file")
+    assert "stuffed.jpg" in " ".join(info.value.messages)
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert [path for path in settings.MEDIA_ROOT.rglob("*") if path.is_file()] == []
+    assert published.prediction_ids() == []

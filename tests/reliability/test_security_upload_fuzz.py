@@ -109,7 +109,7 @@ def _fuzz_the_validator(tried: Counter, data: bytes, name: str, declared_size: i
         except ValidationError as exc:
             tried["rejected"] += 1
             assert exc.code in {"not_image", "truncated", "too_many_pixels", "empty", "blank", "wrong_extension",
-                                "too_large"}, exc.code
+                                "too_large", "bloated"}, exc.code
         else:
             tried["accepted"] += 1
             assert isinstance(result, ValidatedImage)
