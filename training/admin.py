@@ -1,7 +1,8 @@
-"""Admin pages for training: start, watch and cancel runs; list, inspect and activate checkpoints."""
+"""Admin pages for training: start, watch and cancel runs; list, inspect, activate and delete checkpoints."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
@@ -181,8 +182,10 @@ class CheckpointAdmin(admin.ModelAdmin):
     list_display = ("id", "architecture", "accuracy", "run", "epoch", "is_final", "is_active", "size", "created_at")
     list_filter = ("is_active", "is_final", "architecture")
     search_fields = ("id", "path", "sha256")
-    actions = ("activate_checkpoint",)
+    actions = ("activate_checkpoint", "delete_selected")
     list_select_related = ("run",)
+    # Refusals listed at most, for a bulk deletion of many checkpoints.
+    REFUSALS_SHOWN = 10
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in Checkpoint._meta.fields]
@@ -190,11 +193,57 @@ class CheckpointAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     def get_queryset(self, request):
         return selectors.checkpoint_list()
+
+    # Deleting goes through the service, which refuses a checkpoint still needed and removes the files once the
+    # deletion commits. Django's own would show a page of every prediction a protected checkpoint made.
+    def delete_model(self, request, obj):
+        services.checkpoint_delete(checkpoint=obj)
+
+    def delete_queryset(self, request, queryset):
+        services.checkpoints_delete(checkpoints=queryset)
+
+    def _refuse_deletion(self, request: HttpRequest, reasons: list[str]) -> None:
+        self.message_user(request, "Nothing was deleted.", messages.ERROR)
+        for reason in reasons[: self.REFUSALS_SHOWN]:
+            self.message_user(request, reason, messages.ERROR)
+        if len(reasons) > self.REFUSALS_SHOWN:
+            self.message_user(
+                request, f"And {len(reasons) - self.REFUSALS_SHOWN} more that cannot be deleted.", messages.ERROR
+            )
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        checkpoint = self.get_object(request, object_id)
+        if checkpoint is None:
+            return super().delete_view(request, object_id, extra_context)
+        change_url = reverse("admin:training_checkpoint_change", args=[checkpoint.pk])
+        if self.has_delete_permission(request, checkpoint):
+            refusal = selectors.checkpoint_deletion_refusal(checkpoint=checkpoint)
+            if refusal is not None:
+                self._refuse_deletion(request, [refusal])
+                return redirect(change_url)
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except services.CheckpointInUseError as exc:
+            # Became needed between the confirmation page and the deletion.
+            self._refuse_deletion(request, exc.reasons)
+            return redirect(change_url)
+
+    @admin.action(description=django_delete_selected.short_description, permissions=["delete"])
+    def delete_selected(self, request: HttpRequest, queryset):
+        reasons = [
+            reason for checkpoint in queryset.order_by("pk")
+            if (reason := selectors.checkpoint_deletion_refusal(checkpoint=checkpoint))
+        ]
+        if reasons:
+            self._refuse_deletion(request, reasons)
+            return None
+        try:
+            return django_delete_selected(self, request, queryset)
+        except services.CheckpointInUseError as exc:
+            self._refuse_deletion(request, exc.reasons)
+            return None
 
     @admin.display(description="test accuracy", ordering="test_accuracy")
     def accuracy(self, checkpoint: Checkpoint) -> str:
@@ -228,7 +277,7 @@ class CheckpointAdmin(admin.ModelAdmin):
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
-                   "show_delete": False, **(extra_context or {})}
+                   **(extra_context or {})}
         if str(object_id).isdigit():
             context["activate_url"] = reverse("admin:training_checkpoint_activate", args=[int(object_id)])
             context["can_activate"] = self.has_change_permission(request)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 
 from training.models import Checkpoint, TrainingRun
 
@@ -30,6 +30,47 @@ def checkpoint_file_path(*, checkpoint: Checkpoint) -> Path:
     if not path.is_relative_to(root):
         raise ValueError(f"checkpoint {checkpoint.pk} path {checkpoint.path!r} lies outside CHECKPOINT_DIR")
     return path
+
+
+def _predictions_made_with(checkpoint_ref) -> Exists:
+    # Prediction is classifier's model, reached through the relation rather than imported: training stays free of
+    # the app that depends on it.
+    prediction = Checkpoint._meta.get_field("predictions").related_model
+    return Exists(prediction.objects.filter(checkpoint=checkpoint_ref))
+
+
+def checkpoint_list_prunable() -> QuerySet[Checkpoint]:
+    """The epoch checkpoints nothing needs any more, oldest first.
+
+    Those of finished runs (an unfinished run may still resume from any of its
+    own), neither active nor named by a prediction. A run that ended without a
+    final checkpoint (failed, cancelled) keeps its newest epoch checkpoint: its
+    only model, which may still be activated.
+    """
+    newest_epoch = Checkpoint.objects.filter(run=OuterRef("run"), is_final=False).order_by("-epoch").values("epoch")
+    has_final = Checkpoint.objects.filter(run=OuterRef("run"), is_final=True)
+    return (
+        Checkpoint.objects.filter(is_final=False, is_active=False, run__status__in=TrainingRun.FINISHED)
+        .exclude(_predictions_made_with(OuterRef("pk")))
+        .exclude(Q(epoch=Subquery(newest_epoch[:1])) & ~Exists(has_final))
+        .order_by("created_at", "pk")
+    )
+
+
+def checkpoint_deletion_refusal(*, checkpoint: Checkpoint) -> str | None:
+    """Why this checkpoint must not be deleted, in a sentence for staff; None when it may be."""
+    if checkpoint.is_active:
+        return f"{checkpoint} is the active checkpoint: activate another one before deleting it."
+    if Checkpoint.objects.filter(pk=checkpoint.pk).filter(_predictions_made_with(OuterRef("pk"))).exists():
+        return f"{checkpoint} made predictions, which keep naming the model that made them: it cannot be deleted."
+    if checkpoint.run_id is not None:
+        status = TrainingRun.objects.filter(pk=checkpoint.run_id).values_list("status", flat=True).first()
+        if status is not None and status not in TrainingRun.FINISHED:
+            return (
+                f"{checkpoint} belongs to run {checkpoint.run_id}, which is still {status} and may resume from it: "
+                "delete it once the run has finished."
+            )
+    return None
 
 
 def training_run_list() -> QuerySet[TrainingRun]:

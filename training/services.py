@@ -1,10 +1,11 @@
-"""Business logic that writes: creating, running, cancelling and reaping training runs; registering and activating checkpoints."""
+"""Business logic that writes: training runs (create, run, cancel, reap) and checkpoints (register, activate, delete)."""
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,18 @@ class CheckpointPathError(ValueError):
 
 class CheckpointNotLoadableError(Exception):
     """The checkpoint's file is missing, changed or unreadable: activating it would fail every prediction."""
+
+
+class TrainingDeviceUnavailableError(Exception):
+    """The run asks for a device this trainer lacks; the message, a sentence for staff, becomes the run's error."""
+
+
+class CheckpointInUseError(Exception):
+    """A checkpoint asked to be deleted is still needed: active, named by predictions, or its run may resume from it."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__(" ".join(reasons))
+        self.reasons = reasons
 
 
 # ---------------------------------------------------------------------------
@@ -193,13 +206,21 @@ def _run_dir(run: TrainingRun) -> Path:
     return Path(settings.CHECKPOINT_DIR) / "runs" / f"{run.pk}-{created:%Y%m%dT%H%M%S%fZ}"
 
 
-def _refuse_foreign_file(*, path: Path, run_id: int) -> None:
-    """Refuse to write where a file lies that no checkpoint of this run names: another run's, kept elsewhere."""
-    if not path.exists():
-        return
+def _checkpoint_save(*, path: Path, run_id: int, **checkpoint: Any) -> tuple[str, int]:
+    """Write a checkpoint of this run, never over a file that no checkpoint of this run names (another run's).
+
+    A checkpoint of its own may be written again (an attempt that resumed from an
+    earlier epoch than the last one saved); any other file already there is kept,
+    refused in the same step as the write, so none can appear between a check and it.
+    """
+    from training.ml.checkpoints import save_checkpoint
+
     relative = path.resolve().relative_to(Path(settings.CHECKPOINT_DIR).resolve()).as_posix()
-    if not Checkpoint.objects.filter(path=relative, run_id=run_id).exists():
-        raise CheckpointPathError(f"{path} was not written by this run; refusing to write over it")
+    own = Checkpoint.objects.filter(path=relative, run_id=run_id).exists()
+    try:
+        return save_checkpoint(path, overwrite=own, **checkpoint)
+    except FileExistsError:
+        raise CheckpointPathError(f"{path} was not written by this run; refusing to write over it") from None
 
 
 class _RunReporter:
@@ -270,14 +291,12 @@ class _RunReporter:
         return self._cancel_requested
 
     def epoch_end(self, epoch: int, model, optimizer, metrics: dict[str, Any]) -> None:
-        from training.ml.checkpoints import save_checkpoint
-
         if self.claim_lost():
             return
         path = self.file_path(f"epoch-{epoch}.pt")
-        _refuse_foreign_file(path=path, run_id=self.run_id)
-        digest, _size = save_checkpoint(
-            path,
+        digest, _size = _checkpoint_save(
+            path=path,
+            run_id=self.run_id,
             model=model,
             config=None,
             epoch=epoch,
@@ -361,6 +380,26 @@ def _latest_epoch_checkpoint(run: TrainingRun) -> tuple[Checkpoint, dict] | None
     return None
 
 
+def _training_device(*, run: TrainingRun):
+    """The device the run trains on here; TrainingDeviceUnavailableError when it asks for a GPU this trainer lacks."""
+    import torch
+
+    from training.ml.recipe import select_device
+
+    asked = run.requested_device if run.requested_device != "auto" else settings.TORCH_DEVICE
+    if asked == "cuda" and not torch.cuda.is_available():
+        if run.requested_device == "cuda":
+            raise TrainingDeviceUnavailableError(
+                'This run asked for device "cuda", but the trainer that took it has no CUDA GPU. Start a new run '
+                'with device "auto" or "cpu", or run the trainers on a machine with a GPU (docker-compose.gpu.yml).'
+            )
+        raise TrainingDeviceUnavailableError(
+            'This trainer\'s TORCH_DEVICE is "cuda", but it has no CUDA GPU. Set TORCH_DEVICE to "auto" or "cpu" '
+            "there, or train on a machine with a GPU; then start a new run."
+        )
+    return select_device(asked)
+
+
 def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None) -> TrainingRun | None:
     """Claim a queued run and train it to completion; a no-op (None) when the run is not queued.
 
@@ -372,7 +411,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
 
     from training.ml.data import batch_count, load_mnist
     from training.ml.engine import TrainingCancelled
-    from training.ml.recipe import TrainConfig, fit, select_device
+    from training.ml.recipe import TrainConfig, fit
     from training.ml.threads import default_num_threads
 
     run = _training_run_claim(run_id=run_id)
@@ -393,7 +432,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
             if stored:
                 train_config = TrainConfig.from_dict(stored)
             logger.info("resuming training run %s from epoch %s", run.pk, checkpoint.epoch)
-        device = select_device(run.requested_device if run.requested_device != "auto" else settings.TORCH_DEVICE)
+        device = _training_device(run=run)
         train, test = load_mnist(settings.DATA_DIR)
         if run.train_subset:
             train = train.subset(run.train_subset)
@@ -426,6 +465,9 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         # Failed, not queued again: a run this slow would hold the one trainer for the limit once per attempt.
         logger.error("training run %s hit the execute task's time limit", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=_time_limit_error(run=run))
+    except TrainingDeviceUnavailableError as exc:
+        logger.error("training run %s failed: %s", run.pk, exc)
+        return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=str(exc))
     except Exception as exc:
         logger.exception("training run %s failed", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -481,12 +523,10 @@ def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> Traini
 
 
 def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _RunReporter) -> TrainingRun | None:
-    from training.ml.checkpoints import save_checkpoint
-
     path = reporter.file_path("final.pt")
-    _refuse_foreign_file(path=path, run_id=run.pk)
-    digest, _size = save_checkpoint(
-        path,
+    digest, _size = _checkpoint_save(
+        path=path,
+        run_id=run.pk,
         model=result.model,
         config=None,
         epoch=result.epochs_completed,
@@ -740,8 +780,111 @@ def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
         ) from exc
     with transaction.atomic():
         _activations_serialise()
+        if not Checkpoint.objects.select_for_update().filter(pk=checkpoint.pk).exists():
+            # Deleted since it was loaded: deactivating the others would leave no model active at all.
+            raise CheckpointNotLoadableError(f"{checkpoint} has been deleted; the active model is unchanged.")
         Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
         Checkpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
     checkpoint.refresh_from_db()
     logger.info("checkpoint %s is now active", checkpoint.pk)
     return checkpoint
+
+
+@dataclass(frozen=True)
+class DeletedCheckpoint:
+    """What a deleted checkpoint's row said, for reporting it."""
+
+    id: int
+    run_id: int | None
+    epoch: int
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CheckpointsPruned:
+    """The checkpoints a prune deleted, or in a dry run would have deleted."""
+
+    checkpoints: list[DeletedCheckpoint]
+    dry_run: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.checkpoints)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(checkpoint.size for checkpoint in self.checkpoints)
+
+
+def checkpoints_prune(*, dry_run: bool = False) -> CheckpointsPruned:
+    """Delete the epoch checkpoints nothing needs (``selectors.checkpoint_list_prunable``), their files once committed.
+
+    Files that no checkpoint names are never touched: another database sharing CHECKPOINT_DIR may own them.
+    """
+    from training.selectors import checkpoint_list_prunable
+
+    with transaction.atomic():
+        # Taken before reading: an activation under way either finished first (and its checkpoint is no longer a
+        # candidate) or waits, and then finds its row gone.
+        _activations_serialise()
+        doomed = list(checkpoint_list_prunable().select_for_update(of=("self",)))
+        if not dry_run:
+            _checkpoints_delete_locked(checkpoints=doomed)
+    return CheckpointsPruned(checkpoints=[_deleted(checkpoint) for checkpoint in doomed], dry_run=dry_run)
+
+
+def checkpoint_delete(*, checkpoint: Checkpoint) -> None:
+    """Delete one checkpoint and, once committed, its file; CheckpointInUseError when it is still needed."""
+    checkpoints_delete(checkpoints=[checkpoint])
+
+
+def checkpoints_delete(*, checkpoints: Iterable[Checkpoint]) -> int:
+    """Delete these checkpoints and, once committed, their files: all of them, or none when one is still needed.
+
+    Raises CheckpointInUseError, deleting nothing, when one is active, named by a prediction or its run
+    (queued or running) may resume from it. Returns how many were deleted.
+    """
+    from training.selectors import checkpoint_deletion_refusal
+
+    ids = sorted({checkpoint.pk for checkpoint in checkpoints})
+    with transaction.atomic():
+        _activations_serialise()
+        locked = list(Checkpoint.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+        reasons = [reason for checkpoint in locked if (reason := checkpoint_deletion_refusal(checkpoint=checkpoint))]
+        if reasons:
+            raise CheckpointInUseError(reasons)
+        _checkpoints_delete_locked(checkpoints=locked)
+    return len(locked)
+
+
+def _deleted(checkpoint: Checkpoint) -> DeletedCheckpoint:
+    return DeletedCheckpoint(
+        id=checkpoint.pk, run_id=checkpoint.run_id, epoch=checkpoint.epoch, path=checkpoint.path, size=checkpoint.size
+    )
+
+
+def _checkpoints_delete_locked(*, checkpoints: list[Checkpoint]) -> None:
+    """Delete rows the caller locked; their files go only once the caller's transaction commits."""
+    if not checkpoints:
+        return
+    root = Path(settings.CHECKPOINT_DIR).resolve()
+    paths = [root / checkpoint.path for checkpoint in checkpoints]
+    # A prediction made with one since it was checked is a ProtectedError (or, at commit, an IntegrityError):
+    # the whole deletion is rolled back and every file stays.
+    Checkpoint.objects.filter(pk__in=[checkpoint.pk for checkpoint in checkpoints]).delete()
+    transaction.on_commit(lambda: _checkpoint_files_remove(root=root, paths=paths))
+
+
+def _checkpoint_files_remove(*, root: Path, paths: list[Path]) -> None:
+    for path in paths:
+        # The name itself is removed, never what a link there points to; a name that leads out of CHECKPOINT_DIR
+        # is left alone.
+        if not path.parent.resolve().is_relative_to(root):
+            logger.warning("not removing %s: it lies outside CHECKPOINT_DIR", path)
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            # The row is gone either way: the file is only space taken, not a checkpoint anyone can use.
+            logger.exception("could not remove the file %s of a deleted checkpoint", path)

@@ -30,3 +30,49 @@ def make_checkpoint(db):
         return checkpoint, model
 
     return make
+
+
+@pytest.fixture
+def make_run_with_checkpoints(db, tiny_recipe):
+    """A run in ``status`` with epoch checkpoints 1..``epochs`` (and a final one if asked), written as a trainer does.
+
+    Returns (run, {"epoch-1": checkpoint, ..., "final": checkpoint}).
+    """
+    from training import services
+    from training.ml.architectures import build_model
+    from training.ml.checkpoints import save_checkpoint
+    from training.models import TrainingRun
+
+    def make(*, status: str, epochs: int = 3, final: bool = False):
+        run = services.training_run_create(created_by=None, enqueue=False, **{**tiny_recipe, "epochs": epochs})
+        TrainingRun.objects.filter(pk=run.pk).update(status=status)
+        run.refresh_from_db()
+        model = build_model("mlp", {"hidden": 16}).eval()
+        names = [(f"epoch-{epoch}", epoch, False) for epoch in range(1, epochs + 1)]
+        names += [("final", epochs, True)] if final else []
+        checkpoints = {}
+        for name, epoch, is_final in names:
+            path = services._run_dir(run) / "attempt-1" / f"{name}.pt"
+            digest, _size = save_checkpoint(path, model=model, config=None, epoch=epoch, metrics={})
+            checkpoints[name] = services.checkpoint_register(
+                path=path, run=run, epoch=epoch, test_accuracy=0.5, architecture="mlp", is_final=is_final,
+                sha256=digest,
+            )
+        return run, checkpoints
+
+    return make
+
+
+@pytest.fixture
+def predict_with(db, user):
+    """Record a prediction made with a checkpoint, as a worker stores one."""
+    from classifier.models import Prediction, Upload
+
+    def predict(checkpoint):
+        upload = Upload.objects.create(
+            owner=user, original_name="d.png", format="PNG", size=1, width=28, height=28, sha256="0" * 64,
+            source=Upload.Source.API, image="uploads/d.png",
+        )
+        return Prediction.objects.create(upload=upload, checkpoint=checkpoint, status=Prediction.Status.DONE, digit=3)
+
+    return predict

@@ -243,3 +243,89 @@ def test_the_checkpoint_page_offers_activation(client, staff_user, make_checkpoi
     page = client.get(reverse("admin:training_checkpoint_change", args=[checkpoint.pk]))
     assert page.status_code == 200 and _activate_url(checkpoint).encode() in page.content
     assert client.get(reverse("admin:training_checkpoint_changelist")).status_code == 200
+
+
+def _delete_url(checkpoint):
+    return reverse("admin:training_checkpoint_delete", args=[checkpoint.pk])
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def test_staff_delete_a_checkpoint_nothing_needs_and_its_file_goes_once_committed(
+    client, staff_user, make_checkpoint, settings, django_capture_on_commit_callbacks
+):
+    checkpoint, _ = make_checkpoint()
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_checkpoint_change", args=[checkpoint.pk]))
+    assert _delete_url(checkpoint).encode() in page.content
+    assert client.get(_delete_url(checkpoint)).status_code == 200  # the confirmation page
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(_delete_url(checkpoint), {"post": "yes"})
+    assert response.status_code == 302 and not Checkpoint.objects.exists()
+    assert not (settings.CHECKPOINT_DIR / checkpoint.path).exists()
+
+
+def test_deleting_the_active_checkpoint_in_the_admin_is_refused_with_a_message(
+    client, staff_user, make_checkpoint, settings, django_capture_on_commit_callbacks
+):
+    active, _ = make_checkpoint(activate=True)
+    client.force_login(staff_user)
+    for method in ("get", "post"):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = getattr(client, method)(_delete_url(active), {"post": "yes"} if method == "post" else {})
+        assert response.status_code == 302
+        assert response["Location"] == reverse("admin:training_checkpoint_change", args=[active.pk])
+        assert _messages(client.get(response["Location"])) == [
+            "Nothing was deleted.", f"{active} is the active checkpoint: activate another one before deleting it."
+        ]
+    assert Checkpoint.objects.get() == active and (settings.CHECKPOINT_DIR / active.path).exists()
+
+
+def test_deleting_selected_checkpoints_is_refused_whole_when_predictions_were_made_with_one(
+    client, staff_user, make_checkpoint, predict_with, settings, django_capture_on_commit_callbacks
+):
+    used, _ = make_checkpoint()
+    predict_with(used)
+    unneeded, _ = make_checkpoint()
+    client.force_login(staff_user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("admin:training_checkpoint_changelist"),
+            {"action": "delete_selected", "_selected_action": [used.pk, unneeded.pk], "post": "yes"},
+            follow=True,
+        )
+    assert _messages(response) == [
+        "Nothing was deleted.",
+        f"{used} made predictions, which keep naming the model that made them: it cannot be deleted.",
+    ]
+    assert Checkpoint.objects.count() == 2
+    assert all((settings.CHECKPOINT_DIR / c.path).exists() for c in (used, unneeded))
+
+
+def test_deleting_selected_checkpoints_asks_for_confirmation_then_deletes_them_and_their_files(
+    client, staff_user, make_checkpoint, settings, django_capture_on_commit_callbacks
+):
+    first, _ = make_checkpoint()
+    second, _ = make_checkpoint()
+    client.force_login(staff_user)
+    data = {"action": "delete_selected", "_selected_action": [first.pk, second.pk]}
+    page = client.post(reverse("admin:training_checkpoint_changelist"), data)
+    assert page.status_code == 200 and b"Delete multiple objects" in page.content and Checkpoint.objects.count() == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("admin:training_checkpoint_changelist"), {**data, "post": "yes"})
+    assert not Checkpoint.objects.exists()
+    assert not any((settings.CHECKPOINT_DIR / c.path).exists() for c in (first, second))
+
+
+def test_staff_without_the_delete_permission_cannot_delete_a_checkpoint(client, plain_staff, make_checkpoint):
+    checkpoint, _ = make_checkpoint()
+    plain_staff.user_permissions.add(Permission.objects.get(codename="view_checkpoint"))
+    client.force_login(plain_staff)
+    assert client.post(_delete_url(checkpoint), {"post": "yes"}).status_code == 403
+    client.post(
+        reverse("admin:training_checkpoint_changelist"),
+        {"action": "delete_selected", "_selected_action": [checkpoint.pk], "post": "yes"},
+    )
+    assert Checkpoint.objects.get() == checkpoint

@@ -125,3 +125,34 @@ def test_ensure_model_trains_and_activates_a_new_model_when_the_active_file_no_l
     assert active.run == run and active != broken
     call_command("ensure_model", stdout=out)
     assert f"Active model: {active}" in out.getvalue()
+
+
+def test_prune_checkpoints_lists_what_it_deletes_and_the_space_freed(
+    make_run_with_checkpoints, django_capture_on_commit_callbacks
+):
+    run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=2, final=True)
+    first, second = checkpoints["epoch-1"], checkpoints["epoch-2"]
+    total = first.size + second.size
+    assert 1000 <= total < 1_000_000  # the tiny MLP's: counted in kB
+    out = StringIO()
+    call_command("prune_checkpoints", "--dry-run", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"would delete checkpoint {first.pk} (run {run.pk}, epoch 1, ")
+    assert lines[0].endswith(f"): {first.path}") and lines[1].startswith(f"would delete checkpoint {second.pk} ")
+    assert lines[2] == f"Dry run: 2 checkpoint(s) would be deleted, freeing {total / 1000:.1f} kB; nothing was deleted."
+    assert Checkpoint.objects.count() == 3
+
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("prune_checkpoints", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines[:2]] == [
+        f"deleted checkpoint {first.pk}", f"deleted checkpoint {second.pk}"
+    ]
+    assert lines[2] == f"Deleted 2 checkpoint(s), freeing {total / 1000:.1f} kB."
+    assert list(Checkpoint.objects.all()) == [checkpoints["final"]]
+    assert not (settings.CHECKPOINT_DIR / first.path).exists()
+
+    out = StringIO()
+    call_command("prune_checkpoints", stdout=out)
+    assert out.getvalue() == "No checkpoint to delete.\n"

@@ -1,4 +1,5 @@
-"""Training services: creating, executing, cancelling and reaping runs; registering and activating checkpoints."""
+"""Training services: creating, executing, cancelling and reaping runs; registering, activating, deleting checkpoints."""
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -220,6 +221,50 @@ def test_a_run_refuses_to_write_over_a_checkpoint_file_it_did_not_write(tiny_rec
     assert sha256_file(foreign) == sha256 and not run.checkpoints.exists()
 
 
+def test_a_file_that_appears_while_a_run_writes_its_checkpoint_is_kept_and_the_run_fails_saying_why(
+    tiny_recipe, monkeypatch
+):
+    run = TrainingRun.objects.get(pk=_create(tiny_recipe).pk)
+    foreign = services._run_dir(run) / "attempt-1" / "epoch-1.pt"
+    save = torch.save
+
+    def another_writer_gets_there_first(obj, f, *args, **kwargs):
+        # Lands after the run looked at the name and before its file takes it.
+        if not foreign.exists():
+            foreign.parent.mkdir(parents=True, exist_ok=True)
+            foreign.write_bytes(b"another run's checkpoint")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", another_writer_gets_there_first)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert "was not written by this run; refusing to write over it" in run.error
+    assert foreign.read_bytes() == b"another run's checkpoint" and not run.checkpoints.exists()
+    assert [p.name for p in foreign.parent.iterdir()] == ["epoch-1.pt"]  # no temporary file left
+
+
+def test_a_resumed_attempt_writes_its_own_epoch_checkpoint_again_when_that_one_no_longer_loads(tiny_recipe):
+    run = _create(tiny_recipe, epochs=3)
+
+    def shut_down_in_epoch_three(fraction, epoch, step, eta):
+        if epoch == 3:
+            raise SystemExit(15)
+
+    with pytest.raises(SystemExit):
+        services.training_run_execute(run_id=run.pk, on_progress=shut_down_in_epoch_three)
+    second = run.checkpoints.get(epoch=2)
+    (settings.CHECKPOINT_DIR / second.path).write_bytes(b"damaged")
+    epochs_trained = set()
+    services.training_run_execute(run_id=run.pk, on_progress=lambda f, epoch, s, e: epochs_trained.add(epoch))
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert epochs_trained == {2, 3} and run.attempts == 1
+    second.refresh_from_db()
+    assert second.path.endswith("attempt-1/epoch-2.pt")
+    assert second.sha256 == sha256_file(settings.CHECKPOINT_DIR / second.path)
+
+
 @requires_cuda
 def test_a_run_asking_for_the_gpu_trains_there_and_its_checkpoint_serves_on_the_cpu(tiny_recipe):
     from training.loading import checkpoint_load_model
@@ -234,13 +279,26 @@ def test_a_run_asking_for_the_gpu_trains_there_and_its_checkpoint_serves_on_the_
 
 
 @requires_no_cuda
-def test_a_run_asking_for_a_missing_gpu_fails_with_a_clear_error(tiny_recipe):
+def test_a_run_asking_for_a_missing_gpu_fails_saying_what_was_asked_and_what_to_do(tiny_recipe):
     run = _create(tiny_recipe, device="cuda")
     services.training_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
-    assert run.error == "ValueError: CUDA was requested but is not available"
+    assert run.error == (
+        'This run asked for device "cuda", but the trainer that took it has no CUDA GPU. Start a new run with '
+        'device "auto" or "cpu", or run the trainers on a machine with a GPU (docker-compose.gpu.yml).'
+    )
     assert not run.checkpoints.exists()
+
+
+@requires_no_cuda
+def test_a_run_on_a_trainer_told_to_use_a_gpu_it_lacks_fails_saying_which_setting_to_change(tiny_recipe, settings):
+    settings.TORCH_DEVICE = "cuda"
+    run = _create(tiny_recipe, device="auto")
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert run.error.startswith('This trainer\'s TORCH_DEVICE is "cuda", but it has no CUDA GPU. Set TORCH_DEVICE')
 
 
 def test_a_run_succeeds_without_activation_unless_asked(tiny_recipe, make_checkpoint):
@@ -729,3 +787,132 @@ def test_two_first_activations_at_once_both_succeed_one_after_the_other(make_che
     services.checkpoint_activate(checkpoint=second)
     holder.finish()
     assert list(Checkpoint.objects.filter(is_active=True)) == [second]
+
+
+# ---------------------------------------------------------------------------
+# Deleting checkpoints
+
+
+def _file(checkpoint):
+    return settings.CHECKPOINT_DIR / checkpoint.path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pruning_deletes_the_epoch_checkpoints_of_finished_runs_and_their_files_only_once_committed(
+    make_run_with_checkpoints,
+):
+    run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=3, final=True)
+    epochs = [checkpoints[f"epoch-{epoch}"] for epoch in (1, 2, 3)]
+    with transaction.atomic():
+        result = services.checkpoints_prune()
+        assert not Checkpoint.objects.filter(pk__in=[c.pk for c in epochs]).exists()
+        assert all(_file(c).exists() for c in epochs)  # the deletion may still roll back
+    assert not any(_file(c).exists() for c in epochs)
+    assert [c.id for c in result.checkpoints] == [c.pk for c in epochs]
+    assert result.count == 3 and result.bytes_freed == sum(c.size for c in epochs) > 0
+    assert list(run.checkpoints.all()) == [checkpoints["final"]] and _file(checkpoints["final"]).exists()
+
+
+def test_pruning_keeps_the_active_checkpoint_those_predictions_were_made_with_and_every_one_an_unfinished_run_may_resume_from(
+    make_run_with_checkpoints, predict_with, django_capture_on_commit_callbacks
+):
+    _, done = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=3, final=True)
+    services.checkpoint_activate(checkpoint=done["epoch-1"])
+    predict_with(done["epoch-2"])
+    _, running = make_run_with_checkpoints(status=TrainingRun.Status.RUNNING, epochs=2)
+    _, requeued = make_run_with_checkpoints(status=TrainingRun.Status.QUEUED, epochs=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.checkpoints_prune()
+    assert [c.id for c in result.checkpoints] == [done["epoch-3"].pk]
+    kept = [done["epoch-1"], done["epoch-2"], done["final"], *running.values(), *requeued.values()]
+    assert set(Checkpoint.objects.all()) == set(kept)
+    assert all(_file(c).exists() for c in kept) and not _file(done["epoch-3"]).exists()
+
+
+@pytest.mark.parametrize("status", [TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED])
+def test_a_run_that_ended_without_a_final_checkpoint_keeps_its_last_epoch_checkpoint_when_pruned(
+    make_run_with_checkpoints, status, django_capture_on_commit_callbacks
+):
+    run, checkpoints = make_run_with_checkpoints(status=status, epochs=3)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.checkpoints_prune()
+    assert list(run.checkpoints.all()) == [checkpoints["epoch-3"]] and _file(checkpoints["epoch-3"]).exists()
+    assert not _file(checkpoints["epoch-1"]).exists() and not _file(checkpoints["epoch-2"]).exists()
+
+
+def test_a_dry_run_prune_lists_what_it_would_delete_and_deletes_nothing(
+    make_run_with_checkpoints, django_capture_on_commit_callbacks
+):
+    _, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=2, final=True)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        result = services.checkpoints_prune(dry_run=True)
+    assert result.dry_run
+    assert [c.id for c in result.checkpoints] == [checkpoints["epoch-1"].pk, checkpoints["epoch-2"].pk]
+    assert callbacks == [] and Checkpoint.objects.count() == 3
+    assert all(_file(c).exists() for c in checkpoints.values())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prune_that_rolls_back_leaves_every_row_and_file(make_run_with_checkpoints):
+    _, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=2, final=True)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert services.checkpoints_prune().count == 2
+        raise RuntimeError("the caller's transaction fails after the prune")
+    assert Checkpoint.objects.count() == 3 and all(_file(c).exists() for c in checkpoints.values())
+
+
+def test_pruning_a_checkpoint_whose_file_is_already_gone_deletes_its_row_and_never_touches_files_no_row_names(
+    make_run_with_checkpoints, django_capture_on_commit_callbacks, caplog
+):
+    run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=2, final=True)
+    _file(checkpoints["epoch-1"]).unlink()
+    # Another database's run sharing the volume, and a file of this run's folder that no row names.
+    foreign = settings.CHECKPOINT_DIR / "runs" / f"{run.pk}-20200101T000000000000Z" / "attempt-1" / "epoch-1.pt"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"another database's checkpoint")
+    stray = _file(checkpoints["epoch-2"]).with_name("epoch-7.pt")
+    stray.write_bytes(b"not a registered checkpoint")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.checkpoints_prune().count == 2
+    assert list(run.checkpoints.all()) == [checkpoints["final"]] and not _file(checkpoints["epoch-2"]).exists()
+    assert foreign.read_bytes() == b"another database's checkpoint" and stray.exists()
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+def test_deleting_a_checkpoint_removes_its_file_once_committed(make_checkpoint, django_capture_on_commit_callbacks):
+    checkpoint, _ = make_checkpoint()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.checkpoint_delete(checkpoint=checkpoint)
+    assert not Checkpoint.objects.exists() and _file(checkpoint).exists()
+    for callback in callbacks:
+        callback()
+    assert not _file(checkpoint).exists()
+
+
+def test_deleting_checkpoints_that_are_still_needed_is_refused_and_deletes_none_of_those_asked(
+    make_checkpoint, make_run_with_checkpoints, predict_with, django_capture_on_commit_callbacks
+):
+    active, _ = make_checkpoint(activate=True)
+    used, _ = make_checkpoint()
+    predict_with(used)
+    _, running = make_run_with_checkpoints(status=TrainingRun.Status.RUNNING, epochs=1)
+    unneeded, _ = make_checkpoint()
+    asked = [active, used, running["epoch-1"], unneeded]
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(services.CheckpointInUseError) as refused:
+        services.checkpoints_delete(checkpoints=asked)
+    assert refused.value.reasons == [
+        f"{active} is the active checkpoint: activate another one before deleting it.",
+        f"{used} made predictions, which keep naming the model that made them: it cannot be deleted.",
+        f"{running['epoch-1']} belongs to run {running['epoch-1'].run_id}, which is still running and may resume "
+        "from it: delete it once the run has finished.",
+    ]
+    assert Checkpoint.objects.count() == 4 and all(_file(c).exists() for c in asked)
+
+
+def test_activating_a_checkpoint_deleted_since_it_was_read_leaves_the_active_one_active(make_checkpoint):
+    active, _ = make_checkpoint(activate=True)
+    deleted, _ = make_checkpoint()
+    Checkpoint.objects.filter(pk=deleted.pk).delete()  # its file stays: loading it still succeeds
+    with pytest.raises(services.CheckpointNotLoadableError, match="has been deleted"):
+        services.checkpoint_activate(checkpoint=deleted)
+    assert Checkpoint.objects.get(is_active=True) == active

@@ -1,8 +1,9 @@
-"""Crash-safe file writes: temp file in the target directory, fsync, verify, os.replace."""
+"""Crash-safe file writes: temp file in the target directory, fsync, verify, then os.replace (or os.link)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -34,15 +35,41 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# What link() answers on a file system without hard links (FAT, some network shares).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def _link_into_place(tmp_path: Path, path: Path) -> None:
+    """Give the temp file the name ``path``, or raise FileExistsError when that name is taken; never replace it."""
+    try:
+        # Creating a name fails if it exists, in the same step: no other writer can slip in between a check and
+        # the write, as it could with an exists() before os.replace.
+        os.link(tmp_path, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # No hard links here: the check and the rename are two steps again.
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "refusing to write over an existing file", str(path)) from None
+        os.replace(tmp_path, path)
+        return
+    # The data is in place under its name; a temp name left over (a hidden .part file) is no failure of the write.
+    with contextlib.suppress(OSError):
+        tmp_path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_writer(
-    path: Path, *, verify: Callable[[Path], None] | None = None
+    path: Path, *, verify: Callable[[Path], None] | None = None, overwrite: bool = True
 ) -> Iterator[BinaryIO]:
     """Yield a binary handle; on clean exit the data replaces ``path`` atomically.
 
     The temp file lives in the same directory so ``os.replace`` never crosses a
     filesystem. ``verify`` runs on the fsynced temp file before the rename and may
-    raise to abort. Any exception leaves no partial file behind.
+    raise to abort. Any exception leaves no partial file behind. With ``overwrite``
+    false, a file already at ``path`` is left as it is and FileExistsError raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +84,10 @@ def atomic_writer(
             os.fsync(handle.fileno())
         if verify is not None:
             verify(tmp_path)
-        os.replace(tmp_path, path)
+        if overwrite:
+            os.replace(tmp_path, path)
+        else:
+            _link_into_place(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -65,11 +95,16 @@ def atomic_writer(
     _fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, expected_sha256: str | None = None) -> str:
-    """Write ``data`` atomically, refusing it if its sha256 differs from ``expected_sha256``."""
+def atomic_write_bytes(
+    path: Path, data: bytes, *, expected_sha256: str | None = None, overwrite: bool = True
+) -> str:
+    """Write ``data`` atomically, refusing it if its sha256 differs from ``expected_sha256``.
+
+    With ``overwrite`` false, a file already at ``path`` is kept and FileExistsError raised.
+    """
     actual = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
         raise ValueError(f"refusing to write {Path(path).name}: sha256 {actual} != expected {expected_sha256}")
-    with atomic_writer(path) as handle:
+    with atomic_writer(path, overwrite=overwrite) as handle:
         handle.write(data)
     return actual

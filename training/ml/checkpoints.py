@@ -43,8 +43,12 @@ def save_checkpoint(
     metrics: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> tuple[str, int]:
     """Write a checkpoint atomically and return ``(sha256 hex, size in bytes)``.
+
+    With ``overwrite`` false, a file already at ``path`` is kept and FileExistsError
+    raised, in the same step as the write.
 
     ``config`` is the ``{"arch": ..., **fields}`` dict from :func:`model_config`
     (derived from ``model`` when ``None``). ``metrics`` and ``extra`` must hold only
@@ -66,7 +70,7 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    digest = atomic_write_bytes(Path(path), data)
+    digest = atomic_write_bytes(Path(path), data, overwrite=overwrite)
     return digest, len(data)
 
 
