@@ -44,6 +44,25 @@
     }
   }
 
+  function waiting(row) { return row.dataset.status === "pending" || row.dataset.status === "running"; }
+
+  // Screen readers hear one summary per poll in which rows finished, counted over the rows that were waiting when
+  // the page opened ("2 read: 2 of 4 uploads read, 2 still waiting."): a message per row would be a flood in a batch.
+  const announcement = document.getElementById("history-announcement");
+  const watched = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(waiting);
+
+  function announce(read, failed) {
+    // A row deleted meanwhile (its address dropped) no longer counts.
+    const rows = watched.filter(function (row) { return row.hasAttribute("data-json-url"); });
+    const done = rows.filter(function (row) { return row.dataset.status === "done"; }).length;
+    const left = rows.filter(waiting).length;
+    const news = [];
+    if (read) news.push(read + (done > read ? " more" : "") + " read");
+    if (failed) news.push(failed + " failed");
+    announcement.textContent = news.join(", ") + ": " + done + " of " + rows.length + " upload" +
+      (rows.length === 1 ? "" : "s") + " read" + (left ? ", " + left + " still waiting" : "") + ".";
+  }
+
   // Pauses grow while nothing changes, to one every few seconds; a hidden tab waits until it is shown again.
   const FIRST_MS = 700;
   const MAX_MS = 5000;
@@ -60,12 +79,12 @@
   }
 
   function poll() {
-    const open = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(function (row) {
-      return row.dataset.status === "pending" || row.dataset.status === "running";
-    });
+    const open = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(waiting);
     if (!open.length) return;
     let changed = false;
     let ended = false;
+    let read = 0;
+    let failed = 0;
     Promise.all(open.map(function (row) {
       return fetch(row.dataset.jsonUrl, { credentials: "same-origin", cache: "no-store" })
         .then(function (r) {
@@ -81,10 +100,13 @@
         .then(function (data) {
           if (!data) return;
           changed = changed || data.status !== row.dataset.status;
+          if (data.status === "done") read += 1;
+          if (data.status === "failed") failed += 1;
           update(row, data);
         })
         .catch(function () {});
     })).then(function () {
+      if (read || failed) announce(read, failed);
       if (ended) return;
       delay = changed ? FIRST_MS : Math.min(delay * 1.5, MAX_MS);
       schedule();

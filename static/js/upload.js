@@ -83,9 +83,16 @@
       : "Leave out the refused file";
   }
 
+  // A new selection, summed up for screen readers ("3 images chosen, 1 refused"); the list shows each file.
+  const summary = document.getElementById("file-summary");
+
   function selectionChanged() {
     refusedByServer = [];
     refresh();
+    const chosen = list.children.length;
+    const refused = list.querySelectorAll(".refused").length;
+    summary.textContent = (chosen ? chosen + (chosen > 1 ? " images" : " image") : "No images") + " chosen" +
+      (refused ? ", " + refused + " refused" : "");
   }
 
   input.addEventListener("change", selectionChanged);

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 
 import pytest
 from playwright.sync_api import expect
@@ -206,6 +207,98 @@ def test_history_rows_that_fail_while_the_page_is_open_say_why_as_a_reload_would
     for pk, reason in reasons.items():
         expect(reason).to_be_visible()
         assert (reason.text_content().strip(), reason.get_attribute("title")) == live[pk]
+
+
+def _listen_to(page, region_id: str) -> list[str]:
+    """Everything written into the live region of that id, in order, on every page the browser opens from now on."""
+    heard = []
+    page.expose_function("heard", lambda text: heard.append(text))
+    page.add_init_script("""document.addEventListener("DOMContentLoaded", () => {
+        const region = document.getElementById(%s);
+        if (region) new MutationObserver(() => window.heard(region.textContent))
+            .observe(region, {childList: true, characterData: true, subtree: true});
+    });""" % json.dumps(region_id))
+    return heard
+
+
+def test_screen_readers_hear_one_summary_per_poll_in_which_history_rows_finished_and_nothing_otherwise(
+    logged_in_page, user, digit_png, active_checkpoint, settings
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from tests.classifier.fixtures import empty_ruled_sheet_png
+
+    settings.INFERENCE_BATCH_SIZE = 2  # each run below reads the two predictions it is given and no other
+    page = logged_in_page
+    uploads = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), name=f"{i}.png", source="file")
+               for i in range(3)]
+    uploads.append(services.upload_create(owner=user, file=io.BytesIO(empty_ruled_sheet_png()), name="sheet.png",
+                                          source="file"))
+    predictions = services.predictions_create(uploads=uploads, publish=False)
+    heard = _listen_to(page, "history-announcement")
+    answered = []
+    page.on("requestfinished", lambda request: answered.append(request.url) if request.url.endswith(".json") else None)
+    # The page's polls come when the test moves its clock, each seen to its end before anything changes again.
+    page.clock.install()
+    page.goto("/history/")
+    region = page.locator("#history-announcement")
+    expect(page.locator(".history-item .js-status").filter(has_text="queued")).to_have_count(4)
+
+    def poll(rows: int) -> None:
+        asked = len(answered) + rows
+        page.clock.fast_forward(5_000)
+        for _ in range(200):
+            if len(answered) >= asked:
+                break
+            page.wait_for_timeout(50)
+        assert len(answered) >= asked, "the page did not poll"
+
+    poll(4)
+    # Taken by a worker: still not read. It lost that worker long ago, so the run below may take it again.
+    Prediction.objects.filter(pk=predictions[2].pk).update(
+        status=Prediction.Status.RUNNING, started_at=timezone.now() - dt.timedelta(days=1)
+    )
+    poll(4)
+    expect(page.locator(".history-item .js-status").filter(has_text="running")).to_have_count(1)
+    expect(region).to_have_text("")
+
+    services.predictions_execute(prediction_ids=[predictions[0].pk, predictions[1].pk])
+    poll(4)
+    expect(region).to_have_text("2 read: 2 of 4 uploads read, 2 still waiting.")
+    services.predictions_execute(prediction_ids=[predictions[2].pk, predictions[3].pk])
+    poll(2)
+    expect(region).to_have_text("1 more read, 1 failed: 3 of 4 uploads read.")
+    expect(page.locator(".history-item .js-status").filter(has_text="failed")).to_have_count(1)
+    page.evaluate("0")  # what the region said last has reached the test
+    assert heard == ["2 read: 2 of 4 uploads read, 2 still waiting.", "1 more read, 1 failed: 3 of 4 uploads read."]
+    assert page.locator("[aria-live]").count() == 1
+
+
+def test_screen_readers_hear_a_batch_read_by_a_real_worker_summed_up_not_row_by_row(
+    logged_in_page, start_celery_worker, active_checkpoint, digit_png, tmp_path
+):
+    page = logged_in_page
+    heard = _listen_to(page, "history-announcement")
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"digit-{index}.png"
+        path.write_bytes(digit_png(index))
+        paths.append(str(path))
+    page.set_input_files("#id_files", paths)
+    page.click("#file-submit")
+    page.wait_for_url("**/history/?batch=*")
+    # No worker is running yet: the page opens on three queued rows, then one is started.
+    expect(page.locator(".history-item .js-status").filter(has_text="queued")).to_have_count(3)
+    start_celery_worker()
+    expect(page.locator(".history-item .js-status").filter(has_text="done")).to_have_count(3, timeout=60_000)
+    expect(page.locator("#history-announcement")).to_have_text(re.compile(r": 3 of 3 uploads read\.$"))
+    page.evaluate("0")
+    said = [re.fullmatch(r"(\d+)(?: more)? read: (\d+) of 3 uploads read(?:, (\d+) still waiting)?\.", text)
+            for text in heard]
+    assert all(said), heard
+    assert sum(int(match[1]) for match in said) == 3, heard  # each upload counted once, in a summary
 
 
 def _open_a_queued_result(page, user, image: bytes):
@@ -627,6 +720,45 @@ def test_a_form_sent_back_for_a_correction_brings_the_field_to_correct_into_view
     # The filters of a history page read from its address take nothing: the page opens at its top.
     page.goto("/history/?date_from=not-a-date")
     assert page.evaluate("document.activeElement === document.body")
+
+
+def test_a_history_filter_that_is_not_understood_is_marked_invalid_and_described_by_its_own_error(logged_in_page):
+    page = logged_in_page
+    page.goto("/history/?digit=11&status=done&date_to=2026-13-45")
+    for field, error in [("#id_digit", "“Digit” was not understood and is not applied."),
+                         ("#id_date_to", "“To” was not understood and is not applied.")]:
+        expect(page.locator(field)).to_have_attribute("aria-invalid", "true")
+        expect(page.locator(field)).to_have_accessible_description(error)
+    expect(page.locator("#id_status")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#id_status")).to_have_accessible_description("")
+    # Filters read from an address take no keyboard: the page opens at its top (static/js/site.js).
+    assert page.evaluate("document.activeElement === document.body")
+
+
+def test_screen_readers_hear_a_new_selection_of_files_summed_up_while_the_list_shows_each_file(
+    logged_in_page, digit_png, tmp_path
+):
+    page = logged_in_page
+    summary = page.locator("#file-summary")
+    images = []
+    for index in range(3):
+        path = tmp_path / f"digit-{index}.png"
+        path.write_bytes(digit_png(index))
+        images.append(str(path))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    expect(summary).to_have_text("")  # nothing chosen yet, nothing said
+    assert page.locator("#file-list").evaluate("list => list.closest('[aria-live]')") is None
+
+    page.set_input_files("#id_files", images)
+    expect(summary).to_have_text("3 images chosen")
+    expect(page.locator("#file-list li")).to_have_text([re.compile(r"digit-\d\.png · \d+ KB")] * 3)
+    page.set_input_files("#id_files", [images[0], images[1], str(notes)])
+    expect(summary).to_have_text("3 images chosen, 1 refused")
+    expect(page.locator("#file-list li.refused")).to_have_text("notes.txt · 1 KB (refused)")
+    page.set_input_files("#id_files", images[0])
+    expect(summary).to_have_text("1 image chosen")
+    expect(page.locator("#file-list li")).to_have_count(1)
 
 
 def test_a_drawing_the_server_sends_back_is_still_on_the_canvas_to_send_again(logged_in_page, user, settings):

@@ -361,6 +361,18 @@ def test_a_filter_that_is_not_understood_is_named_and_the_others_still_apply(ali
     assert "“From” was not understood and is not applied." in page
 
 
+def test_a_filter_that_is_not_understood_is_marked_invalid_and_described_by_its_own_error(alice):
+    page = alice.get("/history/", {"digit": "11", "status": "done", "date_to": "2026-13-45"}).content.decode()
+
+    invalid = re.findall(r'<(?:input|select)[^>]*aria-invalid="true"[^>]*>', page)
+    assert [re.search(r'name="(\w+)"', field)[1] for field in invalid] == ["digit", "date_to"]
+    for name, label in [("digit", "Digit"), ("date_to", "To")]:
+        field = next(field for field in invalid if f'name="{name}"' in field)
+        assert f'aria-describedby="id_{name}_error"' in field
+        assert f'<span id="id_{name}_error">“{label}” was not understood and is not applied.</span>' in page
+    assert "aria-describedby" not in re.search(r'<select[^>]*name="status"[^>]*>', page)[0]
+
+
 def test_history_shows_a_page_for_dates_at_either_end_of_the_calendar_and_a_huge_batch_id(alice, user, digit_png):
     services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     page = alice.get("/history/", {"date_from": "0001-01-01", "date_to": "9999-12-31"})
