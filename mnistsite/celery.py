@@ -5,6 +5,8 @@ from celery import Celery
 from celery.exceptions import WorkerShutdown
 from celery.signals import task_prerun, worker_init
 
+from mnistsite.heartbeat import WorkerHeartbeat
+
 # A server started without a settings module gets production's: no DEBUG pages, no committed key.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.production")
 
@@ -12,6 +14,8 @@ app = Celery("mnistsite")
 # Lazy: settings are read when Celery first needs them, not at import time.
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The liveness file of each worker (CELERY_HEARTBEAT_FILE), touched from its consumer's loop.
+app.steps["consumer"].add(WorkerHeartbeat)
 
 
 @task_prerun.connect

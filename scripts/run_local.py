@@ -21,6 +21,12 @@ PYTHON = sys.executable
 HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "8000"))
 
 
+# As in docker-compose.yml: a stopped trainer makes Celery's cold shutdown, which queues its run again at once to
+# resume from its last epoch checkpoint, and its pool process ignores the SIGTERM that stop_all sends the whole
+# group. That SIGTERM had ended the run under the worker, which logged a lost worker with its traceback.
+TRAINER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
+
+
 def say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
@@ -150,7 +156,7 @@ def main() -> int:
         ),
         # A trainer of its own, as in docker-compose.yml: training runs sharing the inference worker's processes
         # would leave no process to read uploads for as long as they train.
-        start([*celery, "-Q", "training", "-c", "1", "-n", "trainer@%h"], env=env),
+        start([*celery, "-Q", "training", "-c", "1", "-n", "trainer@%h"], env={**env, **TRAINER_ENV}),
         start(
             # Processes and threads come from gunicorn.conf.py.
             [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}"],

@@ -295,6 +295,15 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 CELERY_TIMEZONE = "UTC"
+# A file that each worker's main process, and beat, touch every CELERY_HEARTBEAT_INTERVAL seconds while they are
+# connected to the broker and their loop runs, for health checks that only look at its age (docker-compose.yml);
+# empty: none. One file per process.
+CELERY_HEARTBEAT_FILE = env.str("CELERY_HEARTBEAT_FILE", default="")
+CELERY_HEARTBEAT_INTERVAL = env.int("CELERY_HEARTBEAT_INTERVAL", default=10)
+if CELERY_HEARTBEAT_INTERVAL < 1:
+    raise ImproperlyConfigured("CELERY_HEARTBEAT_INTERVAL must be a number of seconds, 1 or more.")
+# Celery's default scheduler, which also touches that file.
+CELERY_BEAT_SCHEDULER = "mnistsite.heartbeat:HeartbeatScheduler"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

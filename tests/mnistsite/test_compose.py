@@ -1,8 +1,11 @@
 """The compose file's services name modules, commands, queues and settings that exist."""
 import importlib
 import importlib.util
+import os
 import re
 import shlex
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +206,46 @@ def test_the_web_access_log_goes_to_standard_output_unless_the_env_file_says_oth
     # A flag on the command line would win over GUNICORN_ACCESS_LOG, which gunicorn.conf.py reads.
     assert "--access-logfile" not in web["command"]
     assert web["environment"]["GUNICORN_ACCESS_LOG"] == "${GUNICORN_ACCESS_LOG:--}"
+
+
+def _heartbeat_check_passes(service: str, heartbeat: Path) -> bool:
+    """Run the service's health check as Docker would, with the service's heartbeat file at ``heartbeat``."""
+    kind, command = COMPOSE["services"][service]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    # "$$" is how a compose file writes a "$" that reaches the container's shell.
+    return subprocess.run(["sh", "-c", command.replace("$$", "$")], timeout=10,
+                          env={"PATH": os.environ["PATH"], "CELERY_HEARTBEAT_FILE": str(heartbeat)}).returncode == 0
+
+
+@pytest.mark.parametrize("service", ["worker", "trainer", "beat"])
+def test_celery_services_are_healthy_while_their_heartbeat_file_is_fresh_and_unhealthy_once_stale_or_missing(
+    service, tmp_path
+):
+    env = COMPOSE["services"][service]["environment"]
+    # Kept in the container (each has its own /tmp), where the image's user may write.
+    assert env["CELERY_HEARTBEAT_FILE"].startswith("/tmp/")
+    assert "CELERY_HEARTBEAT_INTERVAL" not in env  # the settings' default, which the age below fits
+    command = COMPOSE["services"][service]["healthcheck"]["test"][1]
+    assert "python" not in command and "celery" not in command  # a stat, not a process that loads the app
+
+    heartbeat = tmp_path / "heartbeat"
+    assert not _heartbeat_check_passes(service, heartbeat)  # not yet written: starting, or never connected
+    heartbeat.touch()
+    assert _heartbeat_check_passes(service, heartbeat)
+    # Three touches missed (a busy host) still pass; a minute without one does not.
+    missed = time.time() - 3 * base.CELERY_HEARTBEAT_INTERVAL
+    os.utime(heartbeat, (missed, missed))
+    assert _heartbeat_check_passes(service, heartbeat)
+    stale = time.time() - 61
+    os.utime(heartbeat, (stale, stale))
+    assert not _heartbeat_check_passes(service, heartbeat)
+
+
+def test_celery_health_checks_give_a_slow_start_time_and_count_only_repeated_failures():
+    for service in ("worker", "trainer", "beat"):
+        healthcheck = COMPOSE["services"][service]["healthcheck"]
+        assert healthcheck["retries"] >= 3 and _seconds(healthcheck["timeout"]) <= _seconds(healthcheck["interval"])
+        assert _seconds(healthcheck["start_period"]) >= 60
+    # The trainer downloads MNIST before its worker starts.
+    assert _seconds(COMPOSE["services"]["trainer"]["healthcheck"]["start_period"]) >= 5 * 60
+

@@ -95,3 +95,26 @@ def test_stopping_make_run_also_stops_a_child_left_behind_by_a_process_that_alre
 
     with pytest.raises(ProcessLookupError):
         os.killpg(leader.pid, 0)
+
+
+@pytest.mark.worker
+def test_stopping_make_run_during_a_training_run_queues_the_run_again_without_a_lost_worker_error(start_celery_worker):
+    from tests.reliability.conftest import wait_until
+    from training import services
+    from training.models import Checkpoint, TrainingRun
+
+    # The trainer as `make run` starts it.
+    trainer = start_celery_worker(queues="training", concurrency=1, **RUN_LOCAL["TRAINER_ENV"])
+    run = services.training_run_create(
+        created_by=None, architecture="mlp", epochs=20, batch_size=64, learning_rate=1e-3,
+        augment=False, train_subset=20000, device="cpu",
+    )
+    wait_until(lambda: Checkpoint.objects.filter(run=run, epoch=1).exists(), timeout=120,
+               what=lambda: f"the first epoch checkpoint:\n{trainer.log()[-3000:]}")
+
+    RUN_LOCAL["stop_all"]([trainer.popen])
+
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == (TrainingRun.Status.QUEUED, 0), f"{run.status}: {run.error}"
+    assert "queued again to resume" in trainer.log()
+    assert "WorkerLostError" not in trainer.log(), trainer.log()[-3000:]
