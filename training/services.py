@@ -888,3 +888,17 @@ def _checkpoint_files_remove(*, root: Path, paths: list[Path]) -> None:
         except OSError:
             # The row is gone either way: the file is only space taken, not a checkpoint anyone can use.
             logger.exception("could not remove the file %s of a deleted checkpoint", path)
+    _empty_folders_remove(root=root, folders={path.parent for path in paths})
+
+
+def _empty_folders_remove(*, root: Path, folders: set[Path]) -> None:
+    """Remove these folders (an attempt's) and the ones holding them (a run's) that are left empty, below the runs'."""
+    keep = {root, root / "runs"}
+    for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
+        while folder not in keep and folder.is_relative_to(root):
+            try:
+                # Removes only an empty folder, in one step: one that anything still holds stays.
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent

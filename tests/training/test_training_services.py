@@ -879,6 +879,20 @@ def test_pruning_a_checkpoint_whose_file_is_already_gone_deletes_its_row_and_nev
     assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
+def test_deleting_every_checkpoint_of_a_run_removes_its_emptied_folders_and_keeps_those_still_holding_files(
+    make_run_with_checkpoints, django_capture_on_commit_callbacks
+):
+    emptied, emptied_checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=2, final=True)
+    holding, holding_checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=1, final=True)
+    stray = _file(holding_checkpoints["final"]).with_name("notes.txt")
+    stray.write_text("kept by whoever wrote it")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.checkpoints_delete(checkpoints=[*emptied_checkpoints.values(), *holding_checkpoints.values()])
+    assert not services._run_dir(emptied).exists()
+    assert stray.read_text() == "kept by whoever wrote it"
+    assert (settings.CHECKPOINT_DIR / "runs").is_dir()
+
+
 def test_deleting_a_checkpoint_removes_its_file_once_committed(make_checkpoint, django_capture_on_commit_callbacks):
     checkpoint, _ = make_checkpoint()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
