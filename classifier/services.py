@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Greatest
 from django.template.defaultfilters import filesizeformat
@@ -78,6 +78,11 @@ PREPARE_FAILED_ERROR = "The image could not be prepared for the model. Try anoth
 
 class ModelUnavailableError(Exception):
     """This worker cannot load the active checkpoint; the predictions it claimed were handed back."""
+
+
+class CheckpointDeletedError(Exception):
+    """The checkpoint a batch was claimed with was deleted (after another was activated) before its results were
+    stored: the batch is taken again with the active one."""
 
 
 class PredictionFeedbackError(ValueError):
@@ -661,6 +666,13 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
         )
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
+        except CheckpointDeletedError:
+            # Staff deleted the model the claim named: no fault of the images, so taken again, uncounted, with the
+            # checkpoint active now.
+            logger.warning("checkpoint %s was deleted while predictions %s ran with it; taking them again",
+                           checkpoint_id, [prediction.pk for prediction in batch])
+            _predictions_release(predictions=batch, uncount=True)
+            continue
         except Exception as exc:
             if isinstance(exc, ModelUnavailableError):
                 _model_load_failed_at[0] = time.monotonic()
@@ -718,6 +730,8 @@ def _model_load(*, checkpoint_id: int | None):
         if (out_of_time := _time_limit_behind(exc)) is not None:
             # Reached while the file was read, and wrapped as a damaged checkpoint: not the model's fault either.
             raise out_of_time from None
+        if _checkpoint_deleted(checkpoint_id=checkpoint_id):
+            raise CheckpointDeletedError(f"checkpoint {checkpoint_id} was deleted") from exc
         # This worker's fault (a volume not mounted on its host, a damaged copy, a GPU error), not the images':
         # failing the batch would fail other people's predictions that a healthy worker can compute.
         logger.exception("could not load checkpoint %s in this worker", checkpoint_id)
@@ -791,7 +805,19 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
             prediction.several_digits = result.several_digits
             prediction.error = ""
             prediction.finished_at = finished
-    return _predictions_save(predictions)
+    try:
+        return _predictions_save(predictions)
+    except IntegrityError as exc:
+        # The results name the checkpoint, which a deletion (waiting on nothing the worker holds) took meanwhile.
+        if _checkpoint_deleted(checkpoint_id=checkpoint_id):
+            raise CheckpointDeletedError(f"checkpoint {checkpoint_id} was deleted") from exc
+        raise
+
+
+def _checkpoint_deleted(*, checkpoint_id: int | None) -> bool:
+    from training.models import Checkpoint
+
+    return checkpoint_id is not None and not Checkpoint.objects.filter(pk=checkpoint_id).exists()
 
 
 def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:

@@ -240,6 +240,38 @@ def test_a_worker_that_cannot_load_the_model_hands_its_predictions_back_instead_
     assert {prediction.status for prediction in done} == {"done"} and len(done) == 2
 
 
+@pytest.mark.django_db(transaction=True)  # the results' reference to the model is checked when they commit
+@pytest.mark.parametrize("model_loaded", [True, False], ids=["model loaded", "model not loaded yet"])
+def test_a_batch_whose_checkpoint_staff_delete_while_it_runs_is_taken_again_with_the_active_one_uncounted(
+    user, digit_png, register_checkpoint, trained_model_file, monkeypatch, model_loaded
+):
+    from classifier import inference, statements
+    from training import services as training_services
+
+    old = register_checkpoint(trained_model_file, name="old")
+    new = register_checkpoint(trained_model_file, name="new", activate=False)
+    if model_loaded:
+        inference.model_for_checkpoint_id(checkpoint_id=old.pk)
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    real_claim, staff_acted = statements.predictions_claim, []
+
+    def claim_then_staff_roll_forward_and_delete_the_old_model(**kwargs):
+        claimed = real_claim(**kwargs)
+        if not staff_acted:
+            # Between the worker's claim (naming the old model) and its results: nothing it holds stops them.
+            training_services.checkpoint_activate(checkpoint=new)
+            training_services.checkpoint_delete(checkpoint=old)
+            staff_acted.append(True)
+        return claimed
+
+    monkeypatch.setattr(statements, "predictions_claim", claim_then_staff_roll_forward_and_delete_the_old_model)
+    (done,) = services.predictions_execute(prediction_ids=[prediction.pk])
+    prediction.refresh_from_db()
+    assert staff_acted and (prediction.status, prediction.checkpoint_id, prediction.attempts) == ("done", new.pk, 1)
+    assert done.pk == prediction.pk
+
+
 def test_a_worker_that_cannot_load_the_model_claims_nothing_for_a_while_so_it_fails_no_one_elses_predictions(
     user, digit_png, active_checkpoint, settings, monkeypatch
 ):
