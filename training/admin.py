@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -240,7 +241,9 @@ class CheckpointAdmin(admin.ModelAdmin):
             self._refuse_deletion(request, reasons)
             return None
         try:
-            return django_delete_selected(self, request, queryset)
+            # Django records the deletions in the admin's history before it deletes: a refusal must take them back.
+            with transaction.atomic():
+                return django_delete_selected(self, request, queryset)
         except services.CheckpointInUseError as exc:
             self._refuse_deletion(request, exc.reasons)
             return None

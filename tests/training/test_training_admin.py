@@ -304,6 +304,32 @@ def test_deleting_selected_checkpoints_is_refused_whole_when_predictions_were_ma
     assert all((settings.CHECKPOINT_DIR / c.path).exists() for c in (used, unneeded))
 
 
+def test_a_bulk_deletion_refused_at_the_last_moment_records_no_deletion_in_the_admin_history(
+    client, staff_user, make_checkpoint, monkeypatch
+):
+    from django.contrib.admin.models import LogEntry
+
+    import training.admin as training_admin
+
+    checkpoint, _ = make_checkpoint()
+    djangos_own = training_admin.django_delete_selected
+
+    def another_staff_member_activates_it_first(modeladmin, request, queryset):
+        services.checkpoint_activate(checkpoint=checkpoint)
+        return djangos_own(modeladmin, request, queryset)
+
+    monkeypatch.setattr(training_admin, "django_delete_selected", another_staff_member_activates_it_first)
+    client.force_login(staff_user)
+    response = client.post(
+        reverse("admin:training_checkpoint_changelist"),
+        {"action": "delete_selected", "_selected_action": [checkpoint.pk], "post": "yes"},
+        follow=True,
+    )
+    assert _messages(response)[0] == "Nothing was deleted."
+    assert Checkpoint.objects.filter(pk=checkpoint.pk).exists()
+    assert not LogEntry.objects.filter(object_id=str(checkpoint.pk)).exists()
+
+
 def test_deleting_selected_checkpoints_asks_for_confirmation_then_deletes_them_and_their_files(
     client, staff_user, make_checkpoint, settings, django_capture_on_commit_callbacks
 ):
