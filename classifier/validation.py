@@ -307,11 +307,21 @@ def _jpeg_excess(data: bytes) -> str | None:
 
 
 def _png_excess(data: bytes) -> str | None:
-    """Pillow reads every chunk up to the last (IEND) one by one, before and after the picture's data."""
+    """Pillow reads every chunk up to the last (IEND) one by one, before and after the picture's data.
+
+    In an animation it stops at the next frame's control chunk (fcTL) after the first frame's data.
+    """
     pos, end, chunks, compressed = 8, len(data), 0, 0
+    animated = picture_seen = False
     while pos + 8 <= end:
         kind = data[pos + 4 : pos + 8]
         length = int.from_bytes(data[pos : pos + 4], "big")
+        if kind == b"acTL":
+            animated = int.from_bytes(data[pos + 8 : pos + 12], "big") > 1
+        elif kind == b"IDAT":
+            picture_seen = True
+        elif kind == b"fcTL" and animated and picture_seen:
+            break
         # A picture's data in chunks of a kilobyte or more costs its decoding, not the walk: a large PNG in small
         # IDAT chunks is never refused for their number.
         if kind not in _PNG_DATA or length < MIN_PNG_DATA_CHUNK:

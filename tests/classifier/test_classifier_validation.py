@@ -501,6 +501,22 @@ def test_a_png_in_many_idat_chunks_with_its_text_and_a_gif_with_an_icc_profile_a
     assert validate_image(io.BytesIO(data), name="digit.gif").format == "GIF"
 
 
+def test_an_animated_png_of_more_small_frames_than_the_limit_on_small_chunks_is_accepted_as_its_first_frame():
+    # An optimiser's APNG: each frame after the first a small change, in a control chunk and a small data chunk.
+    first = _digit("RGB", 32)
+    frames = [first]
+    for index in range(1, MAX_HEADER_PARTS // 2 + 100):
+        frame = first.copy()
+        frame.putpixel((index % 32, 0), (index % 251, 128, 0))  # each frame unlike the one before it
+        frames.append(frame)
+    out = io.BytesIO()
+    first.save(out, "PNG", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    data = out.getvalue()
+    assert data.count(b"fcTL") > MAX_HEADER_PARTS // 2 and len(data) < 5 * 1024 * 1024
+    validated = validate_image(io.BytesIO(data), name="animation.png")
+    assert (validated.format, validated.width, validated.height) == ("PNG", 32, 32)
+
+
 def test_a_stuffed_picture_counts_one_image_of_the_allowance_however_large():
     from classifier.validation import HEADER_PREFIX_BYTES, allowance_weight
 
