@@ -18,6 +18,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -102,10 +103,21 @@ STORAGE_FULL_MESSAGE = "The server is short of storage space and nothing was sto
 STORAGE_FULL_RETRY_AFTER_S = 300
 
 
+# The database or the storage coming back (a restart, a failover) takes seconds.
+SERVICE_UNAVAILABLE_RETRY_AFTER_S = 5
+UNAVAILABLE_NOTHING_STORED = "The service is temporarily unavailable and nothing was stored; try again shortly."
+
+
 class ServiceUnavailable(exceptions.APIException):
+    """503, with a Retry-After of ``wait`` seconds unless ``wait`` is None."""
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The service is temporarily unavailable and nothing was stored; try again shortly."
+    default_detail = "The service is temporarily unavailable; try again shortly."
     default_code = "service_unavailable"
+
+    def __init__(self, detail=None, code=None, *, wait: int | None = SERVICE_UNAVAILABLE_RETRY_AFTER_S) -> None:
+        super().__init__(detail, code)
+        self.wait = wait
 
 
 class QuotaExceeded(exceptions.APIException):
@@ -116,7 +128,7 @@ class QuotaExceeded(exceptions.APIException):
     default_code = "quota_exceeded"
 
 
-def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
+def _as_api_exception(exc: Exception, *, method: str | None) -> exceptions.APIException | None:
     """Django's own request errors, which DRF leaves alone, as API exceptions with the right status."""
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("The request body is too large.", code="too_large")
@@ -130,18 +142,18 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be understood.", code="bad_request")
     if isinstance(exc, StorageFullError):
-        unavailable = ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full")
-        unavailable.wait = STORAGE_FULL_RETRY_AFTER_S
-        return unavailable
+        return ServiceUnavailable(STORAGE_FULL_MESSAGE, code="storage_full", wait=STORAGE_FULL_RETRY_AFTER_S)
     if isinstance(exc, UploadQuotaError):
         return QuotaExceeded(str(exc), code="quota_exceeded")
     if isinstance(exc, UploadOutcomeUnknownError):
         # No Retry-After: retrying clients would send the images again, which is what must be checked for first.
-        return ServiceUnavailable(UPLOAD_OUTCOME_UNKNOWN, code="outcome_unknown")
+        return ServiceUnavailable(UPLOAD_OUTCOME_UNKNOWN, code="outcome_unknown", wait=None)
     if isinstance(exc, (OperationalError, InterfaceError, UploadStorageError)):
         # The database or the storage is out of reach, which passes; the service layer has already removed any
-        # file it wrote, so a retry is safe. Other database errors are bugs, answered as such (500).
-        return ServiceUnavailable()
+        # file it wrote, so a retry is safe. Other database errors are bugs, answered as such (500). Reads and
+        # deletes come to store nothing, so their answer does not speak of it.
+        stores = method not in (*SAFE_METHODS, "DELETE")
+        return ServiceUnavailable(UNAVAILABLE_NOTHING_STORED if stores else None)
     return None
 
 
@@ -149,7 +161,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's handler (headers such as WWW-Authenticate and Retry-After included), reshaped into the envelope."""
     if isinstance(exc, DjangoValidationError):
         return validation_error_response(exc)
-    exc = _as_api_exception(exc) or exc
+    request = context.get("request")
+    exc = _as_api_exception(exc, method=getattr(request, "method", None)) or exc
     response = drf_exception_handler(exc, context)
     if response is None:
         return _unexpected(exc, context)
@@ -189,10 +202,11 @@ class NoSuchEndpointApi(APIView):
         message = f"No API endpoint at {request.path}."
         if not request.path.endswith("/"):
             try:
-                resolve(request.path + "/")
+                match = resolve(request.path_info + "/")
             except Resolver404:
-                pass
-            else:
+                match = None
+            # Every path under api/ resolves, to this view at least: only a real endpoint is worth pointing to.
+            if match is not None and getattr(match.func, "view_class", None) is not NoSuchEndpointApi:
                 message += f" Did you mean {request.path}/ ?"
         raise exceptions.NotFound(message)
 

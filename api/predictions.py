@@ -10,7 +10,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -115,14 +115,16 @@ class PredictionListCreateApi(GenericAPIView):
                                  code="not_image", field="image"),
             413: responses.error("A file is larger than the upload limit, or the request as a whole is.",
                                  code="too_large", field="image"),
+            411: responses.error("The body was sent without a Content-Length (Transfer-Encoding: chunked); nothing "
+                                 "was stored or counted: send it with one.", code="length_required"),
             415: responses.error("The body must be multipart/form-data.", code="unsupported_media_type"),
             429: responses.THROTTLED,
+            **responses.COMMON,
             503: responses.error("The database or the storage is out of reach (`service_unavailable`, nothing was "
                                  "stored), the media volume is nearly full (`storage_full`, nothing was stored): retry after the "
                                  "Retry-After header's seconds. Or the database stopped answering mid-insert "
                                  "(`outcome_unknown`, no Retry-After): look in the history before sending again.",
                                  code="service_unavailable"),
-            **responses.COMMON,
             403: responses.error("Not allowed (a read-only token: `permission_denied`), or these images would take "
                                  "your uploads past `UPLOAD_QUOTA_MB` (`quota_exceeded`, nothing was stored: delete "
                                  "some to make room).", code="quota_exceeded"),
@@ -157,8 +159,6 @@ class PredictionListCreateApi(GenericAPIView):
 
 @extend_schema(tags=["predictions"])
 class PredictionDetailApi(APIView):
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
-
     @extend_schema(
         operation_id="predictions_retrieve",
         summary="One of your predictions",

@@ -20,5 +20,8 @@ FORBIDDEN = error("Authenticated, but not allowed (staff only, or a missing CSRF
 NOT_FOUND = error("No such object among yours (other people's objects are never revealed).", code="not_found")
 INVALID = error("The input is invalid; `field` names the offending field.")
 THROTTLED = error("Too many uploads; retry after the number of seconds in the Retry-After header.", code="throttled")
+UNAVAILABLE = error("The database is out of reach for a moment; retry after the number of seconds in the Retry-After "
+                    "header.", code="service_unavailable")
 
-COMMON = {401: UNAUTHENTICATED, 403: FORBIDDEN}
+# Every endpoint reads the database, if only to check the credentials.
+COMMON = {401: UNAUTHENTICATED, 403: FORBIDDEN, 503: UNAVAILABLE}

@@ -19,6 +19,7 @@ STAFF_ERRORS = {
     401: responses.UNAUTHENTICATED,
     403: responses.error(STAFF_ONLY + " Each action also needs the permission it needs in the admin.",
                          code="permission_denied"),
+    503: responses.UNAVAILABLE,
 }
 
 

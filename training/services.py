@@ -775,8 +775,11 @@ def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
     try:
         checkpoint_load_model(checkpoint=checkpoint)
     except (CheckpointError, ValueError) as exc:
+        # Staff read this through the API and the admin: the file is named as recorded, relative to CHECKPOINT_DIR,
+        # never by where this server keeps it.
+        reason = str(exc).replace(f"{Path(settings.CHECKPOINT_DIR).resolve()}/", "")
         raise CheckpointNotLoadableError(
-            f"{checkpoint} cannot be loaded ({exc}); the active model is unchanged."
+            f"{checkpoint} cannot be loaded ({reason}); the active model is unchanged."
         ) from exc
     with transaction.atomic():
         _activations_serialise()

@@ -1,10 +1,15 @@
 """The error envelope: one shape for every status, including paths that match no endpoint."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
 
 from api.errors import validation_error_response
+from classifier.models import Upload
+from tests.api.conftest import upload_file
 
 pytestmark = pytest.mark.django_db
 
@@ -92,3 +97,75 @@ def test_a_path_with_a_newline_still_gets_the_json_error_envelope(client):
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_path_without_its_slash_gets_no_hint_when_that_is_no_endpoint_either(user_client):
+    response = user_client.get("/api/v1/nonexistent")
+
+    assert response.status_code == 404
+    assert assert_envelope(response.json())["message"] == "No API endpoint at /api/v1/nonexistent."
+
+
+def test_a_json_body_nested_too_deeply_is_a_400_parse_error_not_a_server_error(
+    user_client, staff_client, user, make_prediction
+):
+    deep = "[" * 10_000 + "]" * 10_000
+    prediction = make_prediction(owner=user, done=True)
+    for client, method, url in ((user_client, "patch", f"/api/v1/predictions/{prediction.pk}/"),
+                                (staff_client, "post", "/api/v1/training-runs/")):
+        client.raise_request_exception = False
+
+        response = getattr(client, method)(url, deep, content_type="application/json")
+
+        assert response.status_code == 400, (url, response.content)
+        error = assert_envelope(response.json())
+        assert error["code"] == "parse_error" and "nested too deeply" in error["message"]
+    prediction.refresh_from_db()
+    assert prediction.feedback is None
+
+
+@contextlib.contextmanager
+def database_out_of_reach():
+    """The database server gone: every new connection is refused, as while it restarts."""
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens on port 1
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="points the PostgreSQL connection at a closed port")
+@pytest.mark.django_db(transaction=True)
+def test_reading_or_deleting_while_the_database_is_out_of_reach_is_503_with_retry_after(
+    user_client, user, make_prediction
+):
+    url = f"/api/v1/predictions/{make_prediction(owner=user).pk}/"
+
+    with database_out_of_reach():
+        answers = [user_client.get(url), user_client.delete(url), user_client.get("/api/v1/predictions/")]
+
+    for response in answers:
+        assert response.status_code == 503
+        error = assert_envelope(response.json())
+        assert error["code"] == "service_unavailable" and "nothing was stored" not in error["message"]
+        assert 0 < int(response["Retry-After"]) <= 60
+    assert user_client.get(url).status_code == 200
+
+
+def test_an_upload_the_storage_cannot_take_is_503_with_retry_after_saying_nothing_was_stored(
+    user_client, settings, tmp_path
+):
+    # MEDIA_ROOT under a regular file: every write fails, as on an unmounted volume.
+    (tmp_path / "not-a-folder").write_text("")
+    settings.MEDIA_ROOT = str(tmp_path / "not-a-folder" / "media")
+
+    response = user_client.post("/api/v1/predictions/", {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 503
+    error = assert_envelope(response.json())
+    assert error["code"] == "service_unavailable" and "nothing was stored" in error["message"]
+    assert 0 < int(response["Retry-After"]) <= 60
+    assert Upload.objects.count() == 0

@@ -3,16 +3,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import http.client
 import io
+import json
+import re
+import sys
 
 import pytest
 from django.test import TestCase
+from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
 
 from classifier.models import Prediction, Upload
 from tests.api.conftest import seven_png, stored_files, upload_file
+from tests.processes import child_env, start_process
 
 pytestmark = pytest.mark.django_db
 
@@ -148,6 +154,40 @@ def test_a_body_larger_than_any_valid_upload_is_413_before_it_is_read(user_clien
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "too_large"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_sent_chunked_to_gunicorn_is_411_and_spends_none_of_the_allowance(user, tmp_path):
+    from accounts.services import api_token_create
+
+    _, key = api_token_create(user=user)
+    headers = {"Authorization": f"Token {key}", "Content-Type": MULTIPART_CONTENT}
+    body = encode_multipart(BOUNDARY, {"image": upload_file()})
+    server = start_process(
+        name="gunicorn", log_dir=tmp_path, env=child_env(UPLOAD_THROTTLE_RATE="1/minute"),
+        args=[sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1",
+              "mnistsite.wsgi:application"],
+    )
+    try:
+        server.wait_for_output("Booting worker", timeout=60)
+        port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", server.log())[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        # Gunicorn hands Django a chunked body without CONTENT_LENGTH; Django reads no byte of it.
+        connection.request("POST", LIST, body=iter([body]), headers={**headers, "Transfer-Encoding": "chunked"},
+                           encode_chunked=True)
+        chunked = connection.getresponse()
+        refused = json.loads(chunked.read())
+        connection.request("POST", LIST, body=body, headers=headers)
+        sized = connection.getresponse()
+        sized.read()
+    finally:
+        server.stop()
+
+    assert chunked.status == 411, refused
+    assert refused["error"]["code"] == "length_required" and "Content-Length" in refused["error"]["message"]
+    # The allowance of one image a minute was still whole for the same image sent with its length.
+    assert sized.status == 202
+    assert Upload.objects.count() == 1
 
 
 def test_a_decompression_bomb_is_rejected_without_decoding_it(user_client, settings):

@@ -50,3 +50,28 @@ def test_the_docs_page_answers_any_method_but_get_and_head_with_405_not_a_server
     for method in ("options", "post", "delete"):
         assert getattr(api_client, method)("/api/docs/").status_code == 405, method
     assert api_client.head("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_schema_says_a_feedback_patch_needs_its_field_as_the_server_does(api_client, user_client, user,
+                                                                              make_prediction):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    body = schema["paths"]["/api/v1/predictions/{prediction_id}/"]["patch"]["requestBody"]
+    component = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+
+    assert body["required"] is True
+    assert schema["components"]["schemas"][component]["required"] == ["feedback"]
+    refused = user_client.patch(f"/api/v1/predictions/{make_prediction(owner=user).pk}/", {}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "required"
+
+
+@pytest.mark.django_db
+def test_every_endpoint_documents_its_503_and_the_retry_after_that_comes_with_it(api_client):
+    paths = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+
+    operations = [(path, method, operation) for path, item in paths.items() if path.startswith("/api/v1/")
+                  for method, operation in item.items()]
+    assert operations
+    for path, method, operation in operations:
+        assert "503" in operation["responses"], (method, path)
+        assert "Retry-After" in operation["responses"]["503"]["description"], (method, path)

@@ -284,6 +284,19 @@ def test_activating_a_checkpoint_whose_file_is_gone_is_409_and_keeps_the_active_
     assert list(Checkpoint.objects.filter(is_active=True)) == [active]
 
 
+def test_the_409_for_a_checkpoint_file_that_is_gone_names_it_relative_to_the_checkpoint_dir(
+    staff_client, make_checkpoint, settings
+):
+    gone, _ = make_checkpoint()
+    (settings.CHECKPOINT_DIR / gone.path).unlink()
+
+    message = staff_client.post(f"{CHECKPOINTS}{gone.pk}/activate/").json()["error"]["message"]
+
+    assert f"checkpoint {gone.path} does not exist" in message
+    assert str(settings.CHECKPOINT_DIR) not in message and str(settings.CHECKPOINT_DIR.resolve()) not in message
+    assert message.endswith("; the active model is unchanged.")
+
+
 def test_activating_a_missing_checkpoint_is_404(staff_client):
     assert staff_client.post(f"{CHECKPOINTS}999999/activate/").status_code == 404
 

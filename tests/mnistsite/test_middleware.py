@@ -1,4 +1,4 @@
-"""The request size limit: a body larger than any valid upload is refused unread, on every route."""
+"""The request size limit: a body too large for any valid upload, or of unknown length, is refused unread."""
 import pytest
 
 
@@ -10,3 +10,24 @@ def test_an_anonymous_page_post_larger_than_any_valid_upload_is_413_before_it_is
     )
     assert response.status_code == 413
     assert "at most 1 images of at most 1,000 bytes" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_page_upload_sent_chunked_is_411_saying_to_send_a_content_length_and_stores_nothing(client, user):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+
+    from classifier.models import Upload
+    from tests.api.conftest import seven_png
+
+    client.force_login(user)
+    body = encode_multipart(BOUNDARY, {"files": SimpleUploadedFile("seven.png", seven_png(), "image/png")})
+
+    # As gunicorn passes a chunked body: no CONTENT_LENGTH, so Django would read nothing of it.
+    response = client.generic("POST", "/", body, content_type=MULTIPART_CONTENT, CONTENT_LENGTH="",
+                              HTTP_TRANSFER_ENCODING="chunked")
+
+    assert response.status_code == 411
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert "Content-Length" in response.content.decode()
+    assert Upload.objects.count() == 0
