@@ -873,8 +873,9 @@ def _checkpoints_delete_locked(*, checkpoints: list[Checkpoint]) -> None:
         return
     root = Path(settings.CHECKPOINT_DIR).resolve()
     paths = [root / checkpoint.path for checkpoint in checkpoints]
-    # A prediction made with one since it was checked is a ProtectedError (or, at commit, an IntegrityError):
-    # the whole deletion is rolled back and every file stays.
+    # A prediction committed with one since it was checked makes this a ProtectedError: the whole deletion is rolled
+    # back and every file stays. Results a worker commits after the deletion fail instead, and that worker takes its
+    # batch again with the active checkpoint (classifier.services.predictions_execute).
     Checkpoint.objects.filter(pk__in=[checkpoint.pk for checkpoint in checkpoints]).delete()
     transaction.on_commit(lambda: _checkpoint_files_remove(root=root, paths=paths))
 
@@ -898,7 +899,7 @@ def _empty_folders_remove(*, root: Path, folders: set[Path]) -> None:
     """Remove these folders (an attempt's) and the ones holding them (a run's) that are left empty, below the runs'."""
     keep = {root, root / "runs"}
     for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
-        while folder not in keep and folder.is_relative_to(root):
+        while folder not in keep and folder.resolve().is_relative_to(root):
             try:
                 # Removes only an empty folder, in one step: one that anything still holds stays.
                 folder.rmdir()
