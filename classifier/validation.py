@@ -236,7 +236,7 @@ MAX_JPEG_PHOTOSHOP_BYTES = 256 * 1024
 _PNG_DATA = (b"IDAT", b"fdAT")
 MIN_PNG_DATA_CHUNK = 1024
 # Pillow inflates each compressed text or ICC chunk of a PNG, up to 1 MB of it: a 1 KB chunk can hold 1 MB.
-MAX_PNG_COMPRESSED_CHUNKS = 8
+MAX_PNG_COMPRESSED_CHUNKS = 16
 # Pillow joins a GIF's comment block by block.
 MAX_GIF_COMMENT_BLOCKS = 256
 # The first picture's data: Pillow steps over it block by block to see whether a second follows. 16 MB in full blocks.

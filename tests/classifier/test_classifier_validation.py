@@ -12,6 +12,7 @@ from PIL import Image
 
 from classifier.validation import (
     MAX_HEADER_PARTS,
+    MAX_PNG_COMPRESSED_CHUNKS,
     sanitize_filename,
     validate_file_count,
     validate_image,
@@ -418,7 +419,7 @@ def _stuffed_files() -> dict[str, tuple[bytes, str, str]]:
             png[:-12] + _png_chunk(b"abCd") * 5000 + png[-12:], "digit.png", "chunks"
         ),
         "PNG compressed text": (
-            png[:ihdr_end] + _png_chunk(b"zTXt", b"note\0\0" + zlib.compress(bytes(1_000_000), 9)) * 9
+            png[:ihdr_end] + _png_chunk(b"zTXt", b"note\0\0" + zlib.compress(bytes(1_000_000), 9)) * (MAX_PNG_COMPRESSED_CHUNKS + 1)
             + png[ihdr_end:],
             "digit.png",
             "compressed text",
