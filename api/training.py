@@ -99,13 +99,14 @@ class TrainingRunCancelApi(APIView):
     @extend_schema(
         operation_id="training_runs_cancel",
         summary="Cancel a training run",
-        description="A queued run is cancelled at once (200); a running one is asked to stop at its next step (202).",
+        description="A queued run is cancelled at once (200), and a run cancelled already is answered the same way, so "
+        "the request may be sent again; a running one is asked to stop at its next step (202).",
         request=None,
         responses={
             200: OpenApiResponse(TrainingRunSerializer, description="Cancelled."),
             202: OpenApiResponse(TrainingRunSerializer, description="Cancellation requested; the run stops soon."),
             404: responses.NOT_FOUND,
-            409: responses.error("The run has already finished.", code="conflict"),
+            409: responses.error("The run has already succeeded or failed.", code="conflict"),
             **STAFF_ERRORS,
         },
     )
@@ -114,7 +115,11 @@ class TrainingRunCancelApi(APIView):
         try:
             training_services.training_run_cancel(run=run)
         except training_services.TrainingRunStateError as exc:
-            raise Conflict(str(exc)) from exc
+            # Cancelled already (by this request sent before, its answer lost): the same answer again, so a
+            # client may retry safely. A run that succeeded or failed cannot be cancelled.
+            run = _run_or_404(run_id)
+            if run.status != TrainingRun.Status.CANCELLED:
+                raise Conflict(str(exc)) from exc
         run = _run_or_404(run_id)
         return Response(_run_data(request, run), status=status.HTTP_200_OK if run.is_finished else status.HTTP_202_ACCEPTED)
 
