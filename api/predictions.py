@@ -71,6 +71,13 @@ class PredictionListCreateApi(GenericAPIView):
     def get_throttles(self):
         return [UploadRateThrottle()] if self.request.method == "POST" else super().get_throttles()
 
+    def check_throttles(self, request: Request) -> None:
+        if request.method == "POST":
+            # A malformed `wait` is refused before the upload is counted against the allowance.
+            self.wait_query = WaitQuerySerializer(data=request.query_params)
+            self.wait_query.is_valid(raise_exception=True)
+        super().check_throttles(request)
+
     def get_queryset(self):
         # The browsable API asks a list view for its queryset, to offer filters.
         return selectors.prediction_list_for_user(user=self.request.user)
@@ -131,8 +138,7 @@ class PredictionListCreateApi(GenericAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        query = WaitQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
+        query = self.wait_query
         files, field = _uploaded_files(request)
         try:
             created = classifier_services.predictions_submit(owner=request.user, files=files, source=Upload.Source.API)

@@ -119,6 +119,15 @@ def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
     assert (first.status_code, second.status_code, third.status_code) == (202, 429, 202)
 
 
+def test_an_upload_refused_for_its_wait_parameter_spends_none_of_the_allowance(user_client, three_uploads_a_minute):
+    refused = [user_client.post(f"{LIST}?wait=soon", {"image": upload_file()}, format="multipart") for _ in range(3)]
+    accepted = user_client.post(LIST, {"images": [upload_file(), upload_file(), upload_file()]}, format="multipart")
+
+    assert [response.status_code for response in refused] == [400, 400, 400]
+    assert refused[0].json()["error"]["field"] == "wait"
+    assert accepted.status_code == 202
+
+
 def _picture(width: int, height: int, fmt: str = "PNG") -> bytes:
     picture = Image.new("L", (width, height), 255)
     picture.paste(0, (width // 2 - 20, height // 4, width // 2 + 20, 3 * height // 4))
