@@ -142,15 +142,21 @@ def test_undo_takes_back_the_last_stroke_only_and_then_the_one_before(logged_in_
     expect(page.locator("#canvas-hint")).to_be_visible()
 
 
+def _digit_files(folder, digit_png, count: int) -> list[str]:
+    """Files of the digits 0 to count - 1, as a person would pick them for an upload."""
+    paths = []
+    for index in range(count):
+        path = folder / f"digit-{index}.png"
+        path.write_bytes(digit_png(index))
+        paths.append(str(path))
+    return paths
+
+
 def test_history_shows_uploads_and_deletes_after_confirming(
     logged_in_page, celery_worker_process, active_checkpoint, digit_png, artifacts_dir, tmp_path
 ):
     page = logged_in_page
-    paths = []
-    for index in range(4):
-        path = tmp_path / f"digit-{index}.png"
-        path.write_bytes(digit_png(index))
-        paths.append(str(path))
+    paths = _digit_files(tmp_path, digit_png, 4)
     page.set_input_files("#id_files", paths)
     page.click("#file-submit")
     page.wait_for_url("**/history/?batch=*")
@@ -281,11 +287,7 @@ def test_screen_readers_hear_a_batch_read_by_a_real_worker_summed_up_not_row_by_
 ):
     page = logged_in_page
     heard = _listen_to(page, "history-announcement")
-    paths = []
-    for index in range(3):
-        path = tmp_path / f"digit-{index}.png"
-        path.write_bytes(digit_png(index))
-        paths.append(str(path))
+    paths = _digit_files(tmp_path, digit_png, 3)
     page.set_input_files("#id_files", paths)
     page.click("#file-submit")
     page.wait_for_url("**/history/?batch=*")
@@ -740,11 +742,7 @@ def test_screen_readers_hear_a_new_selection_of_files_summed_up_while_the_list_s
 ):
     page = logged_in_page
     summary = page.locator("#file-summary")
-    images = []
-    for index in range(3):
-        path = tmp_path / f"digit-{index}.png"
-        path.write_bytes(digit_png(index))
-        images.append(str(path))
+    images = _digit_files(tmp_path, digit_png, 3)
     notes = tmp_path / "notes.txt"
     notes.write_text("not a picture")
     expect(summary).to_have_text("")  # nothing chosen yet, nothing said
