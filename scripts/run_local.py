@@ -22,8 +22,8 @@ HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "8000"))
 
 
 # As in docker-compose.yml: a stopped trainer makes Celery's cold shutdown, which queues its run again at once to
-# resume from its last epoch checkpoint, and its pool process ignores the SIGTERM that stop_all sends the whole
-# group. That SIGTERM had ended the run under the worker, which logged a lost worker with its traceback.
+# resume from its last epoch checkpoint. A warm one would wait for a run of hours, until stop_all's grace ran out and
+# the run was killed under the worker.
 TRAINER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
 
 
@@ -96,7 +96,9 @@ def _group_alive(group: int) -> bool:
 def stop_all(processes: list[subprocess.Popen], *, grace: float = 20.0) -> None:
     for process in processes:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            # The leader alone: it stops its own children in order (a worker lets its pool finish the batch in hand,
+            # gunicorn its requests). A SIGTERM to the whole group killed a worker's pool process mid-task.
+            os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for process in processes:
         try:

@@ -118,3 +118,34 @@ def test_stopping_make_run_during_a_training_run_queues_the_run_again_without_a_
     assert (run.status, run.attempts) == (TrainingRun.Status.QUEUED, 0), f"{run.status}: {run.error}"
     assert "queued again to resume" in trainer.log()
     assert "WorkerLostError" not in trainer.log(), trainer.log()[-3000:]
+
+
+@pytest.mark.worker
+def test_stopping_make_run_while_a_batch_of_predictions_runs_lets_the_worker_finish_it_without_a_lost_worker_error(
+    start_celery_worker, user, active_checkpoint
+):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from classifier import services
+    from classifier.models import Prediction
+    from tests.reliability.conftest import wait_until
+
+    worker = start_celery_worker(queues="inference", concurrency=1)
+    # Photos of a digit on noisy paper: each takes the worker tens of milliseconds, the batch some seconds.
+    noise = np.random.default_rng(0).integers(180, 255, (900, 900), dtype=np.uint8)
+    noise[200:700, 420:480] = 20
+    photo = io.BytesIO()
+    Image.fromarray(noise).save(photo, "PNG")
+    files = [(io.BytesIO(photo.getvalue()), f"photo-{index}.png") for index in range(32)]
+    predictions = services.predictions_submit(owner=user, files=files, source="api")
+    ids = [prediction.pk for prediction in predictions]
+    wait_until(lambda: Prediction.objects.filter(pk__in=ids, status=Prediction.Status.RUNNING).exists(),
+               timeout=60, interval=0.01, what=lambda: f"the batch to start:\n{worker.log()[-3000:]}")
+
+    RUN_LOCAL["stop_all"]([worker.popen])
+
+    assert "WorkerLostError" not in worker.log(), worker.log()[-3000:]
+    assert set(Prediction.objects.filter(pk__in=ids).values_list("status", flat=True)) == {Prediction.Status.DONE}
