@@ -25,7 +25,7 @@ from api.serializers import (
     PredictionUploadSerializer,
     WaitQuerySerializer,
 )
-from api.throttling import UPLOAD_FIELDS, UploadRateThrottle
+from api.throttling import UPLOAD_FIELDS, AllowanceHeadersMixin, UploadRateThrottle, refused_allowance
 from classifier import completion
 from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
@@ -63,7 +63,7 @@ def _represent(request: Request, predictions) -> list[dict]:
 
 
 @extend_schema(tags=["predictions"])
-class PredictionListCreateApi(GenericAPIView):
+class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
     parser_classes = [MultiPartParser]
     # Only OPTIONS uses it, to describe the upload body; POST reads the files itself.
     serializer_class = PredictionUploadSerializer
@@ -207,7 +207,7 @@ class PredictionDetailApi(APIView):
 
 
 @extend_schema(tags=["predictions"])
-class PredictionRetryApi(APIView):
+class PredictionRetryApi(AllowanceHeadersMixin, APIView):
     @extend_schema(
         operation_id="predictions_retry",
         summary="Run a failed prediction again",
@@ -225,8 +225,9 @@ class PredictionRetryApi(APIView):
         answer, made = classifier_selectors.prediction_retry_answer(prediction=prediction), False
         if answer is None:
             try:
-                upload_allowance_spend(user_id=request.user.pk, images=1)
+                self.upload_allowance = upload_allowance_spend(user_id=request.user.pk, images=1)
             except UploadRateError as exc:
+                self.upload_allowance = refused_allowance(exc)
                 raise exceptions.Throttled(wait=exc.retry_after) from None
             try:
                 answer, made = classifier_services.prediction_retry(prediction=prediction)

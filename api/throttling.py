@@ -1,10 +1,13 @@
 """Per-user throttling of API uploads, counting every image of a request (a large one as several), not just the request."""
 from __future__ import annotations
 
+import math
+
 from rest_framework import exceptions
+from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from classifier.throttling import UploadRateError, upload_allowance_spend
+from classifier.throttling import Allowance, UploadRateError, upload_allowance_spend
 from classifier.validation import allowance_weight
 
 UPLOAD_FIELDS = ("image", "images")
@@ -27,7 +30,8 @@ class UploadRateThrottle(BaseThrottle):
         if not request.user or not request.user.is_authenticated:
             return True
         try:
-            upload_allowance_spend(user_id=request.user.pk, images=uploaded_weight(request))
+            # Kept on the view, which tells the client in its answer's headers (AllowanceHeadersMixin).
+            view.upload_allowance = upload_allowance_spend(user_id=request.user.pk, images=uploaded_weight(request))
         except UploadRateError as exc:
             if exc.retry_after is None:
                 # No wait would ever let it through, so say so instead of a 429.
@@ -35,8 +39,32 @@ class UploadRateThrottle(BaseThrottle):
                     {"images": [exceptions.ErrorDetail(str(exc), code="too_many_files")]}
                 ) from None
             self.retry_after = exc.retry_after
+            view.upload_allowance = refused_allowance(exc)
             return False
         return True
 
     def wait(self) -> float | None:
         return self.retry_after
+
+
+def refused_allowance(exc: UploadRateError) -> Allowance:
+    """What is left of an allowance that refused a request: nothing, until the wait is over."""
+    return Allowance(limit=exc.limit, remaining=0, whole_in=exc.retry_after or 0.0)
+
+
+class AllowanceHeadersMixin:
+    """For a view that spends the upload allowance: what is left of it, in its answer's headers, to pace uploads by.
+
+    The headers are those of the IETF's rate limit draft (RateLimit-Limit, -Remaining, and -Reset in seconds until
+    the allowance is whole again), on every answer to a request that spent from it or was refused by it.
+    """
+
+    upload_allowance: Allowance | None = None
+
+    def finalize_response(self, request, response: Response, *args, **kwargs) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.upload_allowance is not None:
+            response["RateLimit-Limit"] = str(self.upload_allowance.limit)
+            response["RateLimit-Remaining"] = str(self.upload_allowance.remaining)
+            response["RateLimit-Reset"] = str(math.ceil(self.upload_allowance.whole_in))
+        return response

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
@@ -37,9 +38,19 @@ return string.format('%.17g', retry_after)
 class UploadRateError(Exception):
     """Refused by the upload rate. ``retry_after`` is the wait in seconds, or None when no wait would help."""
 
-    def __init__(self, message: str, *, retry_after: float | None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None, limit: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """A user's upload allowance once a request has spent from it."""
+
+    limit: int  # images per period, and at once
+    remaining: int  # images that could be sent at once now
+    whole_in: float  # seconds until the allowance is whole again
 
 
 def rate_parse(rate: str) -> tuple[int, float] | None:
@@ -55,20 +66,22 @@ def upload_rate() -> tuple[int, float] | None:
     return rate_parse(settings.UPLOAD_THROTTLE_RATE)
 
 
-def upload_allowance_spend(*, user_id: int, images: int) -> None:
-    """Spend ``images`` of the user's upload allowance, or raise UploadRateError and spend nothing.
+def upload_allowance_spend(*, user_id: int, images: int) -> Allowance | None:
+    """Spend ``images`` of the user's upload allowance and say what is left, or raise UploadRateError and spend nothing.
 
-    A request without images still costs one: it was an attempt to upload.
+    A request without images still costs one: it was an attempt to upload. None:
+    uploads are not throttled, or the cache that holds the allowance is out of reach.
     """
     rate = upload_rate()
     if rate is None:
-        return
+        return None
     count, period = rate
     if images > count:
         raise UploadRateError(
             f"At most {count} images per upload at this site's upload rate ({count} per {period:g} seconds), "
             f"and these count as {images}{_large_pictures_note()}; send them in smaller batches.",
             retry_after=None,
+            limit=count,
         )
     try:
         retry_after = allowance_take(
@@ -76,11 +89,17 @@ def upload_allowance_spend(*, user_id: int, images: int) -> None:
         )
     except Exception:  # noqa: BLE001 - any cache failure: the throttle guards CPU, uploads must not fail for it
         logger.warning("upload throttle skipped: the cache is unavailable", exc_info=True)
-        return
+        return None
     if retry_after > TOLERANCE_S:
         raise UploadRateError(
-            f"Too many uploads: try again in {math.ceil(retry_after)} seconds.", retry_after=retry_after
+            f"Too many uploads: try again in {math.ceil(retry_after)} seconds.", retry_after=retry_after, limit=count
         )
+    # What was allowed is ``-retry_after`` seconds short of the period: that many images' worth is left.
+    return Allowance(
+        limit=count,
+        remaining=min(count, math.floor((TOLERANCE_S - retry_after) * count / period)),
+        whole_in=max(0.0, period + retry_after),
+    )
 
 
 def _large_pictures_note() -> str:

@@ -16,7 +16,7 @@ from django.core.cache import cache
 from PIL import Image
 
 from classifier.throttling import TOLERANCE_S, allowance_take
-from classifier.models import Upload
+from classifier.models import Prediction, Upload
 from tests.api.conftest import upload_file
 from tests.classifier.fixtures import png_bytes
 
@@ -117,6 +117,46 @@ def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
     third = user_client.post(LIST, {"image": upload_file()}, format="multipart")
 
     assert (first.status_code, second.status_code, third.status_code) == (202, 429, 202)
+
+
+def _allowance_headers(response) -> tuple[str | None, str | None, str | None]:
+    return response.get("RateLimit-Limit"), response.get("RateLimit-Remaining"), response.get("RateLimit-Reset")
+
+
+def test_every_upload_answer_says_what_is_left_of_the_allowance_and_when_it_is_whole_again(
+    user_client, three_uploads_a_minute, clock
+):
+    one = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+    clock.now += 5
+    two = user_client.post(LIST, {"images": [upload_file(), upload_file()]}, format="multipart")
+    refused = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert (one.status_code, two.status_code, refused.status_code) == (202, 202, 429)
+    # An image refills in 20 s: after the first, two are left and the third comes back in 20 s.
+    assert _allowance_headers(one) == ("3", "2", "20")
+    # Five seconds later a quarter of that image is back, not a whole one: none left, whole in 55 s.
+    assert _allowance_headers(two) == ("3", "0", "55")
+    assert _allowance_headers(refused) == ("3", "0", refused["Retry-After"])
+
+
+def test_a_retry_answer_says_what_is_left_of_the_allowance_it_spent(user_client, user, three_uploads_a_minute, clock):
+    from classifier import services
+
+    upload = services.upload_create(owner=user, file=upload_file(), source="api")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.FAILED, error="the worker failed")
+
+    response = user_client.post(f"{LIST}{prediction.pk}/retry/")
+
+    assert response.status_code == 201 and _allowance_headers(response) == ("3", "2", "20")
+
+
+def test_unthrottled_uploads_carry_no_allowance_headers(user_client, settings):
+    settings.UPLOAD_THROTTLE_RATE = ""
+
+    response = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 202 and _allowance_headers(response) == (None, None, None)
 
 
 def test_an_upload_refused_for_its_wait_parameter_spends_none_of_the_allowance(user_client, three_uploads_a_minute):
