@@ -312,15 +312,20 @@ def _png_excess(data: bytes) -> str | None:
     In an animation it stops at the next frame's control chunk (fcTL) after the first frame's data.
     """
     pos, end, chunks, compressed = 8, len(data), 0, 0
+    # The frame counts of the animation control chunks (acTL) before the picture's data: only those count to Pillow.
+    frame_counts: list[int] = []
     animated = picture_seen = False
     while pos + 8 <= end:
         kind = data[pos + 4 : pos + 8]
         length = int.from_bytes(data[pos : pos + 4], "big")
-        if kind == b"acTL":
-            animated = int.from_bytes(data[pos + 8 : pos + 12], "big") > 1
-        elif kind == b"IDAT":
+        if kind == b"acTL" and not picture_seen:
+            frame_counts.append(int.from_bytes(data[pos + 8 : pos + 12], "big") if length >= 8 else 0)
+        elif kind == b"IDAT" and not picture_seen:
             picture_seen = True
-        elif kind == b"fcTL" and animated and picture_seen:
+            # Pillow plays an animation from one well-formed acTL (a second one turns it off, as does a count of
+            # none or over 2**31); in doubt the file is taken for a still picture, whose every chunk Pillow reads.
+            animated = len(frame_counts) == 1 and 1 < frame_counts[0] <= 0x80000000
+        elif kind == b"fcTL" and animated:
             break
         # A picture's data in chunks of a kilobyte or more costs its decoding, not the walk: a large PNG in small
         # IDAT chunks is never refused for their number.

@@ -418,6 +418,20 @@ def _stuffed_files() -> dict[str, tuple[bytes, str, str]]:
         "PNG empty chunks after its data": (
             png[:-12] + _png_chunk(b"abCd") * 5000 + png[-12:], "digit.png", "chunks"
         ),
+        # A frame's control chunk stops Pillow's reading only in what it takes for an animation.
+        **{
+            f"PNG empty chunks after a frame, {shape}": (
+                png[:ihdr_end] + before + png[ihdr_end:-12] + after + _png_chunk(b"fcTL", bytes(26))
+                + _png_chunk(b"abCd") * 5000 + png[-12:],
+                "digit.png",
+                "chunks",
+            )
+            for shape, before, after in (
+                ("two animation controls", _png_chunk(b"acTL", struct.pack(">II", 2, 0)) * 2, b""),
+                ("the animation control after the data", b"", _png_chunk(b"acTL", struct.pack(">II", 2, 0))),
+                ("a frame count over 2**31", _png_chunk(b"acTL", struct.pack(">II", 2**31 + 1, 0)), b""),
+            )
+        },
         "PNG compressed text": (
             png[:ihdr_end] + _png_chunk(b"zTXt", b"note\0\0" + zlib.compress(bytes(1_000_000), 9)) * (MAX_PNG_COMPRESSED_CHUNKS + 1)
             + png[ihdr_end:],
