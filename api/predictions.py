@@ -25,7 +25,7 @@ from api.serializers import (
     PredictionUploadSerializer,
     WaitQuerySerializer,
 )
-from api.throttling import UPLOAD_FIELDS, AllowanceHeadersMixin, UploadRateThrottle, refused_allowance
+from api.throttling import UPLOAD_FIELDS, AllowanceHeadersMixin, UploadRateThrottle
 from classifier import completion
 from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
@@ -227,7 +227,7 @@ class PredictionRetryApi(AllowanceHeadersMixin, APIView):
             try:
                 self.upload_allowance = upload_allowance_spend(user_id=request.user.pk, images=1)
             except UploadRateError as exc:
-                self.upload_allowance = refused_allowance(exc)
+                self.upload_allowance = exc.allowance
                 raise exceptions.Throttled(wait=exc.retry_after) from None
             try:
                 answer, made = classifier_services.prediction_retry(prediction=prediction)

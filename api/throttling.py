@@ -39,7 +39,7 @@ class UploadRateThrottle(BaseThrottle):
                     {"images": [exceptions.ErrorDetail(str(exc), code="too_many_files")]}
                 ) from None
             self.retry_after = exc.retry_after
-            view.upload_allowance = refused_allowance(exc)
+            view.upload_allowance = exc.allowance
             return False
         return True
 
@@ -47,16 +47,11 @@ class UploadRateThrottle(BaseThrottle):
         return self.retry_after
 
 
-def refused_allowance(exc: UploadRateError) -> Allowance:
-    """What is left of an allowance that refused a request: nothing, until the wait is over."""
-    return Allowance(limit=exc.limit, remaining=0, whole_in=exc.retry_after or 0.0)
-
-
 class AllowanceHeadersMixin:
     """For a view that spends the upload allowance: what is left of it, in its answer's headers, to pace uploads by.
 
     The headers are those of the IETF's rate limit draft (RateLimit-Limit, -Remaining, and -Reset in seconds until
-    the allowance is whole again), on every answer to a request that spent from it or was refused by it.
+    the allowance is whole again), on every answer to a request that spent from it or that it refused with a 429.
     """
 
     upload_allowance: Allowance | None = None

@@ -35,22 +35,25 @@ return string.format('%.17g', retry_after)
 """
 
 
-class UploadRateError(Exception):
-    """Refused by the upload rate. ``retry_after`` is the wait in seconds, or None when no wait would help."""
-
-    def __init__(self, message: str, *, retry_after: float | None, limit: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.limit = limit
-
-
 @dataclass(frozen=True)
 class Allowance:
-    """A user's upload allowance once a request has spent from it."""
+    """A user's upload allowance once a request has spent from it, or was refused by it."""
 
     limit: int  # images per period, and at once
     remaining: int  # images that could be sent at once now
     whole_in: float  # seconds until the allowance is whole again
+
+
+class UploadRateError(Exception):
+    """Refused by the upload rate. ``retry_after`` is the wait in seconds, or None when no wait would help.
+
+    ``allowance``: what is left of it (None when no wait would help: it was not looked at).
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None, allowance: Allowance | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.allowance = allowance
 
 
 def rate_parse(rate: str) -> tuple[int, float] | None:
@@ -81,25 +84,26 @@ def upload_allowance_spend(*, user_id: int, images: int) -> Allowance | None:
             f"At most {count} images per upload at this site's upload rate ({count} per {period:g} seconds), "
             f"and these count as {images}{_large_pictures_note()}; send them in smaller batches.",
             retry_after=None,
-            limit=count,
         )
+    cost = max(1, images) * period / count
     try:
-        retry_after = allowance_take(
-            key=f"throttle_uploads_{user_id}", now=time.time(), cost=max(1, images) * period / count, period=period
-        )
+        retry_after = allowance_take(key=f"throttle_uploads_{user_id}", now=time.time(), cost=cost, period=period)
     except Exception:  # noqa: BLE001 - any cache failure: the throttle guards CPU, uploads must not fail for it
         logger.warning("upload throttle skipped: the cache is unavailable", exc_info=True)
         return None
-    if retry_after > TOLERANCE_S:
+    refused = retry_after > TOLERANCE_S
+    # The allowance is whole again ``period + retry_after`` seconds from now with this request's cost spent, that
+    # much sooner without it; what the period has left beyond that, in images, can be sent at once.
+    whole_in = max(0.0, period + retry_after - (cost if refused else 0.0))
+    remaining = min(count, math.floor((period - whole_in + TOLERANCE_S) * count / period))
+    allowance = Allowance(limit=count, remaining=remaining, whole_in=whole_in)
+    if refused:
         raise UploadRateError(
-            f"Too many uploads: try again in {math.ceil(retry_after)} seconds.", retry_after=retry_after, limit=count
+            f"Too many uploads: try again in {math.ceil(retry_after)} seconds.",
+            retry_after=retry_after,
+            allowance=allowance,
         )
-    # What was allowed is ``-retry_after`` seconds short of the period: that many images' worth is left.
-    return Allowance(
-        limit=count,
-        remaining=min(count, math.floor((TOLERANCE_S - retry_after) * count / period)),
-        whole_in=max(0.0, period + retry_after),
-    )
+    return allowance
 
 
 def _large_pictures_note() -> str:

@@ -136,7 +136,19 @@ def test_every_upload_answer_says_what_is_left_of_the_allowance_and_when_it_is_w
     assert _allowance_headers(one) == ("3", "2", "20")
     # Five seconds later a quarter of that image is back, not a whole one: none left, whole in 55 s.
     assert _allowance_headers(two) == ("3", "0", "55")
-    assert _allowance_headers(refused) == ("3", "0", refused["Retry-After"])
+    # Refused, it spent nothing: still none left and whole in 55 s, and one image is back in 15.
+    assert _allowance_headers(refused) == ("3", "0", "55") and refused["Retry-After"] == "15"
+
+
+def test_a_refused_upload_says_how_many_images_could_still_go_at_once(user_client, settings, clock):
+    settings.UPLOAD_THROTTLE_RATE = "10/minute"
+    sent = user_client.post(LIST, {"images": [upload_file() for _ in range(8)]}, format="multipart")
+    refused = user_client.post(LIST, {"images": [upload_file() for _ in range(3)]}, format="multipart")
+    fewer = user_client.post(LIST, {"images": [upload_file() for _ in range(2)]}, format="multipart")
+
+    assert (sent.status_code, refused.status_code, fewer.status_code) == (202, 429, 202)
+    assert _allowance_headers(refused) == ("10", "2", "48")
+    assert _allowance_headers(fewer) == ("10", "0", "60")
 
 
 def test_a_retry_answer_says_what_is_left_of_the_allowance_it_spent(user_client, user, three_uploads_a_minute, clock):
