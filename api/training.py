@@ -99,8 +99,8 @@ class TrainingRunCancelApi(APIView):
     @extend_schema(
         operation_id="training_runs_cancel",
         summary="Cancel a training run",
-        description="A queued run is cancelled at once (200), and a run cancelled already is answered the same way, so "
-        "the request may be sent again; a running one is asked to stop at its next step (202).",
+        description="A queued run is cancelled at once (200); a running one is asked to stop at its next step (202). A "
+        "run cancelled already is answered 200 with the run, so the request may be sent again.",
         request=None,
         responses={
             200: OpenApiResponse(TrainingRunSerializer, description="Cancelled."),
