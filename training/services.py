@@ -898,8 +898,8 @@ def _checkpoint_files_remove(*, root: Path, paths: list[Path]) -> None:
 def _empty_folders_remove(*, root: Path, folders: set[Path]) -> None:
     """Remove these folders (an attempt's) and the ones holding them (a run's) that are left empty, below the runs'."""
     keep = {root, root / "runs"}
-    for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
-        while folder not in keep and folder.resolve().is_relative_to(root):
+    for folder in sorted((folder.resolve() for folder in folders), key=lambda folder: len(folder.parts), reverse=True):
+        while folder not in keep and folder.is_relative_to(root):
             try:
                 # Removes only an empty folder, in one step: one that anything still holds stays.
                 folder.rmdir()
