@@ -917,16 +917,13 @@ def test_screen_readers_hear_an_upload_go_by_in_a_few_steps_not_at_every_move_of
         path = tmp_path / f"noise-{index}.png"
         path.write_bytes(_noise_png(400))
         paths.append(str(path))
-    heard, moves = [], []
-    page.expose_function("heard", lambda text: heard.append(text))
+    heard, moves = _listen_to(page, "upload-announcement"), []
     page.expose_function("moved", lambda value: moves.append(value))
-    page.evaluate("""() => {
-        const region = document.getElementById("upload-announcement");
-        new MutationObserver(() => window.heard(region.textContent))
-            .observe(region, {childList: true, characterData: true, subtree: true});
+    page.add_init_script("""document.addEventListener("DOMContentLoaded", () => {
         const bar = document.getElementById("file-progress");
         new MutationObserver(() => window.moved(bar.value)).observe(bar, {attributes: true, attributeFilter: ["value"]});
-    }""")
+    });""")
+    page.reload()  # the listeners above start with a page opened after them
     # About half a megabyte sent at 250 KB a second: two seconds of progress events.
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
