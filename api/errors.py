@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from classifier.request_body import FILE_NAME_TOO_LONG, file_name_too_long
 from classifier.services import (
     UPLOAD_OUTCOME_UNKNOWN,
     StorageFullError,
@@ -137,6 +138,9 @@ def _as_api_exception(exc: Exception, *, method: str | None) -> exceptions.APIEx
             {"images": [exceptions.ErrorDetail(
                 f"Too many files: at most {settings.UPLOAD_MAX_FILES} are accepted at once.", code="too_many_files")]}
         )
+    # DRF's multipart parser raises Django's refusal again as a ParseError, which says only "max total header size".
+    if isinstance(exc, exceptions.ParseError) and file_name_too_long(exc.__context__):
+        return exceptions.ParseError(FILE_NAME_TOO_LONG, code="file_name_too_long")
     if isinstance(exc, TooManyFieldsSent):
         return exceptions.ParseError("Too many form fields were sent.", code="too_many_fields")
     if isinstance(exc, SuspiciousOperation):

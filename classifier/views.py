@@ -8,22 +8,25 @@ import math
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation, TooManyFilesSent, ValidationError
 from django.core.paginator import Paginator
 from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import get_conditional_response
 from django.utils.http import quote_etag
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from PIL import Image
 
 from classifier import exports, selectors, services, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
 from classifier.models import INPUT_SIDE, Prediction, Upload
+from classifier.request_body import FILE_NAME_TOO_LONG, file_name_too_long
 from classifier.validation import FilesRejectedError, allowance_weight
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,8 @@ def _upload_page(
             # Where each refused file stood among those received: the page's script marks them in the selection it
             # kept, if the server received as many as were chosen (the parser drops a part whose name it cannot use).
             "refused_files": " ".join(str(index) for index in refused_files),
-            "files_received": len(request.FILES.getlist("files")),
+            # Asked only of a body that was read: one Django refused to read raises again when asked.
+            "files_received": len(request.FILES.getlist("files")) if refused_files else 0,
             "max_files": settings.UPLOAD_MAX_FILES,
             "max_bytes": settings.UPLOAD_MAX_BYTES,
             "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
@@ -70,8 +74,54 @@ def _uploaded_go_to(request: HttpRequest, url: str) -> HttpResponse:
     return redirect(url)
 
 
+UNREADABLE_BODY = "The upload could not be read; please send it again."
+
+
+def _unreadable_body(request: HttpRequest) -> tuple[str, int] | None:
+    """Why Django refused to read the upload's body, and the status that says so; None when it read it.
+
+    Django reads the body when the form's fields are first asked for, and refuses some bodies whole (more files than
+    DATA_UPLOAD_MAX_NUMBER_FILES, a part's headers too long, fields past DATA_UPLOAD_MAX_MEMORY_SIZE) with an exception
+    that would otherwise end on the bare 400 page, which cannot say which limit was met.
+    """
+    try:
+        request.POST  # reading the fields reads the files too
+    except TooManyFilesSent:
+        # Django stops at the first file too many: how many more were chosen is not known.
+        message = (
+            f"You chose more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files; at most {settings.UPLOAD_MAX_FILES} "
+            "can be sent at once. Choose fewer and send them again."
+        )
+        return message, 400
+    except RequestDataTooBig:
+        # Only fields count towards that limit, not files: on this page, only a drawing comes to as much.
+        return "The drawing is too large.", 413
+    except MultiPartParserError as exc:
+        if file_name_too_long(exc):
+            return FILE_NAME_TOO_LONG, 400
+        logger.warning("upload refused before it could be read: %s", exc)
+        return UNREADABLE_BODY, 400
+    except (SuspiciousOperation, BadRequest) as exc:
+        logger.warning("upload refused before it could be read: %s", exc)
+        return UNREADABLE_BODY, 400
+    return None
+
+
+# The security code is in the body: checked by _upload_read once the body could be read. A body that could not is
+# answered first, unchecked, with the page and why: that stores and changes nothing, so a forged one gains nothing.
+@csrf_exempt
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        unreadable = _unreadable_body(request)
+        if unreadable is not None:
+            message, status = unreadable
+            return _upload_page(request, UploadForm(), errors=[message], status=status)
+    return _upload_read(request)
+
+
+@csrf_protect
+def _upload_read(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []
     refused_files: list[int] = []

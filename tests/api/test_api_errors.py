@@ -9,7 +9,7 @@ from django.db import connection
 
 from api.errors import validation_error_response
 from classifier.models import Upload
-from tests.api.conftest import upload_file
+from tests.api.conftest import stored_files, upload_file
 
 pytestmark = pytest.mark.django_db
 
@@ -169,3 +169,49 @@ def test_an_upload_the_storage_cannot_take_is_503_with_retry_after_saying_nothin
     assert error["code"] == "service_unavailable" and "nothing was stored" in error["message"]
     assert 0 < int(response["Retry-After"]) <= 60
     assert Upload.objects.count() == 0
+
+
+def _named(name: str, data: bytes | None = None):
+    """A file sent under any name (Django's own upload objects cut a name to 255 characters before it is sent)."""
+    import io
+
+    from tests.api.conftest import seven_png
+
+    file = io.BytesIO(seven_png() if data is None else data)
+    file.name = name
+    return file
+
+
+def _session_client(user):
+    """A browser's script calling the API with its session: its CSRF check reads the body before the view does."""
+    from rest_framework.test import APIClient
+
+    client = APIClient(enforce_csrf_checks=True)
+    client.csrf_token = client.get("/accounts/login/").cookies["csrftoken"].value
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("name", ["😀" * 300 + ".png", "d" * 2000 + ".png"], ids=["300 emoji", "2,000 letters"])
+@pytest.mark.parametrize("caller", ["token", "session"])
+def test_a_file_name_too_long_to_be_read_is_a_400_saying_so_and_nothing_is_stored(user_client, user, caller, name):
+    client = user_client if caller == "token" else _session_client(user)
+    csrf = {} if caller == "token" else {"HTTP_X_CSRFTOKEN": client.csrf_token}
+
+    response = client.post(
+        "/api/v1/predictions/", {"images": [_named("fine.png"), _named(name)]}, format="multipart", **csrf
+    )
+
+    assert response.status_code == 400
+    error = assert_envelope(response.json())
+    assert error["code"] == "file_name_too_long"
+    assert error["message"].startswith("A file's name is too long: names of up to about 900 bytes can be sent")
+    assert Upload.objects.count() == 0 and stored_files() == []
+
+
+def test_a_long_file_name_that_can_be_read_is_kept_shortened_with_its_extension(user_client):
+    # 844 bytes in UTF-8, under what the parser reads, but more characters than a name is kept with.
+    response = user_client.post("/api/v1/predictions/", {"image": _named("数" * 280 + ".png")}, format="multipart")
+
+    assert response.status_code == 202, response.content
+    assert Upload.objects.get().original_name == "数" * 251 + ".png"

@@ -2,6 +2,8 @@
 import base64
 import io
 import re
+from html import unescape
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -193,6 +195,89 @@ def test_too_many_files_in_one_request_are_refused(alice, digit_png, settings):
     response = alice.post("/", {"files": files})
     assert response.status_code == 400
     assert not Upload.objects.exists()
+
+
+@pytest.fixture
+def browser(user):
+    """A browser without the page's script: the form as it is, with the security code the page gave it."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.csrf_token = client.get("/").cookies["csrftoken"].value
+    return client
+
+
+def _stored_files() -> list[Path]:
+    from django.conf import settings
+
+    return sorted(path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file())
+
+
+def _refusal(response) -> list[str]:
+    """The upload page's list of errors, which the page opens on."""
+    html = response.content.decode()
+    assert 'id="upload-errors"' in html and 'id="file-form"' in html, html[:500]
+    items = re.findall(r"<li>(.*?)</li>", html.split('id="upload-errors"')[1].split("</div>")[0])
+    return [unescape(re.sub(r"<[^>]+>", "", item)) for item in items]
+
+
+def test_more_files_than_may_be_sent_at_once_get_the_upload_page_back_saying_how_many(browser, digit_png, settings):
+    settings.UPLOAD_MAX_FILES = settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    files = [_file(digit_png(0), f"{i}.png") for i in range(5)]
+
+    response = browser.post("/", {"csrfmiddlewaretoken": browser.csrf_token, "files": files})
+
+    assert response.status_code == 400
+    assert _refusal(response) == ["You chose more than 3 files; at most 3 can be sent at once. Choose fewer and send "
+                                  "them again."]
+    assert not Upload.objects.exists() and _stored_files() == []
+
+
+@pytest.mark.parametrize("name", ["😀" * 300 + ".png", "d" * 2000 + ".png"], ids=["300 emoji", "2,000 letters"])
+def test_a_file_name_too_long_to_be_read_gets_the_upload_page_back_saying_so(browser, digit_png, name):
+    files = [_file(digit_png(0), "fine.png"), _file(digit_png(1), name)]
+
+    response = browser.post("/", {"csrfmiddlewaretoken": browser.csrf_token, "files": files})
+
+    assert response.status_code == 400
+    (error,) = _refusal(response)
+    assert error.startswith("A file's name is too long: names of up to about 900 bytes can be sent")
+    assert not Upload.objects.exists() and _stored_files() == []
+
+
+def test_a_drawing_too_large_to_be_read_gets_the_upload_page_back_saying_so(browser, settings):
+    from urllib.parse import urlencode
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    body = urlencode({"csrfmiddlewaretoken": browser.csrf_token,
+                      "canvas": "data:image/png;base64," + base64.b64encode(bytes(20_000)).decode()})
+
+    # The drawing's form is sent as a plain form, not as a multipart one.
+    response = browser.post("/", body, content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 413
+    assert _refusal(response) == ["The drawing is too large."]
+    assert not Upload.objects.exists() and _stored_files() == []
+
+
+def test_a_form_that_cannot_be_read_gets_the_upload_page_back_saying_so(browser):
+    # A multipart form names the boundary between its parts; without one, none of it can be told apart.
+    response = browser.post("/", b"--b\r\n", content_type="multipart/form-data")
+
+    assert response.status_code == 400
+    assert _refusal(response) == ["The upload could not be read; please send it again."]
+    assert not Upload.objects.exists() and _stored_files() == []
+
+
+def test_a_long_file_name_that_can_be_read_is_kept_shortened_with_its_extension(browser, digit_png):
+    # 844 bytes in UTF-8, under what the parser reads, but more characters than a name is kept with.
+    name = "数" * 280 + ".png"
+
+    response = browser.post("/", {"csrfmiddlewaretoken": browser.csrf_token, "files": [_file(digit_png(0), name)]})
+
+    assert response.status_code == 302
+    assert Upload.objects.get().original_name == "数" * 251 + ".png"
 
 
 def test_the_result_page_and_json_show_a_finished_prediction(alice, user, digit_png, active_checkpoint):

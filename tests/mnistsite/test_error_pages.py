@@ -14,14 +14,20 @@ def _png() -> bytes:
 
 @pytest.mark.django_db
 @override_settings(DATA_UPLOAD_MAX_NUMBER_FILES=2)
-def test_too_many_files_get_the_bad_request_page_and_store_nothing(client, user):
+def test_too_many_files_sent_to_another_page_get_the_bad_request_page_and_change_nothing(user):
     from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import Client
+    from django.urls import reverse
 
     from classifier.models import Upload
 
-    client.force_login(user)
+    # The CSRF check reads the body before any view runs (the upload page answers such a body itself).
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    browser.get("/")  # the CSRF cookie, without which the body is not even read
     files = [SimpleUploadedFile(f"d{i}.png", _png(), content_type="image/png") for i in range(3)]
-    response = client.post("/", {"files": files})
+    response = browser.post(reverse("logout"), {"files": files})
     assert response.status_code == 400
     assert b"Nothing was stored" in response.content
     assert Upload.objects.count() == 0
+    assert browser.get("/").status_code == 200  # still signed in
