@@ -85,7 +85,9 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
     @extend_schema(
         operation_id="predictions_list",
         summary="List your predictions",
-        description="Your own predictions, newest first, paginated. Dates are inclusive days in the site's time zone.",
+        description="Your own predictions, newest first, paginated. Dates are inclusive days in the site's time zone. "
+        "With `latest=true`, only your uploads' current results: each upload's newest prediction, not those a retry "
+        "replaced.",
         parameters=[PredictionFilterSerializer],
         responses={200: PredictionSerializer(many=True), 400: responses.INVALID, **responses.COMMON,
                    404: responses.error("No such page.", code="not_found")},
@@ -241,6 +243,7 @@ class PredictionRetryApi(AllowanceHeadersMixin, APIView):
 
 _IMAGE_RESPONSES = {
     (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="A PNG image."),
+    304: responses.NOT_MODIFIED,
     404: responses.NOT_FOUND,
     **responses.COMMON,
 }

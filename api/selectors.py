@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Exists, QuerySet
 
 from classifier import selectors as classifier_selectors
 from classifier import statements
@@ -19,12 +19,22 @@ class PredictionFilters:
     status: str | None = None
     created_after: dt.date | None = None
     created_before: dt.date | None = None
+    # Only each upload's newest prediction: none that a retry or a re-run of its upload replaced.
+    latest: bool = False
 
 
 def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) -> QuerySet[Prediction]:
-    """The caller's own predictions, newest first; both dates are inclusive days in the site's time zone."""
+    """The caller's own predictions, newest first; both dates are inclusive days in the site's time zone.
+
+    ``latest`` keeps a prediction only when its upload has none newer, whatever the other filters leave out: with
+    ``status="failed"`` it lists the uploads whose current result failed, not each upload's newest failure. It is
+    said as "none newer", as classifier.selectors.upload_filter_latest does: PostgreSQL checks each candidate with
+    one probe of the upload index (an anti-join), instead of ranking every prediction of the user's uploads.
+    """
     filters = filters or PredictionFilters()
     queryset = Prediction.objects.select_related("upload", "checkpoint").filter(upload__owner=user)
+    if filters.latest:
+        queryset = queryset.exclude(Exists(classifier_selectors.prediction_newer_of_upload()))
     if filters.digit is not None:
         queryset = queryset.filter(digit=filters.digit)
     if filters.status:

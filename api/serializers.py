@@ -96,6 +96,11 @@ class PredictionFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(required=False, choices=Prediction.Status.choices, help_text="Only this status.")
     created_after = serializers.DateField(required=False, help_text="Only predictions made on or after this day.")
     created_before = serializers.DateField(required=False, help_text="Only predictions made on or before this day.")
+    latest = serializers.BooleanField(
+        default=False,
+        help_text="true: only each upload's newest prediction (its current result), leaving out those a retry or a "
+        "re-run replaced; the other filters then apply to that one. false (the default): every prediction.",
+    )
 
 
 class LatencySerializer(serializers.Serializer):

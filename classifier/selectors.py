@@ -46,6 +46,13 @@ def upload_annotate_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
     )
 
 
+def prediction_newer_of_upload() -> QuerySet[Prediction]:
+    """For a subquery: the predictions of the outer prediction's upload that come after it (by created_at, then id)."""
+    return Prediction.objects.filter(upload=OuterRef("upload")).filter(
+        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), id__gt=OuterRef("id"))
+    )
+
+
 def upload_filter_latest(queryset: QuerySet[Upload], **latest) -> QuerySet[Upload]:
     """The uploads whose newest prediction matches ``latest`` (``status="done"``, ``digit=7``), for service-wide lists.
 
@@ -54,10 +61,7 @@ def upload_filter_latest(queryset: QuerySet[Upload], **latest) -> QuerySet[Uploa
     the newest prediction of every upload, which took seconds over a million. One user's history keeps the
     comparison: its cost follows that user's uploads, not everyone's predictions.
     """
-    newer = Prediction.objects.filter(upload=OuterRef("upload")).filter(
-        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), id__gt=OuterRef("id"))
-    )
-    newest = Prediction.objects.filter(upload=OuterRef("pk"), **latest).exclude(Exists(newer))
+    newest = Prediction.objects.filter(upload=OuterRef("pk"), **latest).exclude(Exists(prediction_newer_of_upload()))
     return queryset.filter(Exists(newest))
 
 

@@ -345,6 +345,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The statuses DRF and the request size limit answer before a view runs (405, 406, 413, 415), declared for
+    # every operation that can get them.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.responses.declare_protocol_errors"],
 }
 
 # Shared by every web process, so throttles and log-in lockouts hold across them.

@@ -14,6 +14,7 @@ from django.test import TestCase
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.utils import timezone
 from PIL import Image
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.test import APIClient
 
 from classifier.models import Prediction, Upload
@@ -371,7 +372,9 @@ def test_dates_at_either_end_of_the_calendar_bound_nothing_instead_of_overflowin
     assert user_client.get(LIST, {"created_before": "0001-01-02"}).json()["results"] == []
 
 
-@pytest.mark.parametrize("query", [{"digit": 10}, {"digit": "x"}, {"status": "nope"}, {"created_after": "yesterday"}])
+@pytest.mark.parametrize(
+    "query", [{"digit": 10}, {"digit": "x"}, {"status": "nope"}, {"created_after": "yesterday"}, {"latest": "maybe"}]
+)
 def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
     response = user_client.get(LIST, query)
 
@@ -388,6 +391,69 @@ def test_a_page_past_the_end_is_404_in_the_envelope(user_client):
 
 def test_listing_anonymously_is_401(api_client):
     assert api_client.get(LIST).status_code == 401
+
+
+def _ids(response) -> list[int]:
+    assert response.status_code == 200, response.json()
+    return [item["id"] for item in response.json()["results"]]
+
+
+def _rerun(prediction: Prediction, **fields) -> Prediction:
+    """A newer prediction of the same upload, as a re-run of it leaves."""
+    return Prediction.objects.create(upload=prediction.upload, **fields)
+
+
+def test_latest_lists_each_uploads_newest_prediction_and_none_a_retry_replaced(user_client, user, make_prediction):
+    failed = _failed(make_prediction, user)
+    retried = user_client.post(f"{detail(failed)}retry/").json()["id"]
+    done = make_prediction(owner=user, done=True)
+
+    assert _ids(user_client.get(LIST, {"latest": "true"})) == [done.pk, retried]
+    # Without it, as before: every prediction, the replaced one included.
+    assert _ids(user_client.get(LIST)) == [done.pk, retried, failed.pk]
+    assert _ids(user_client.get(LIST, {"latest": "false"})) == [done.pk, retried, failed.pk]
+
+
+def test_latest_tells_predictions_made_in_the_same_instant_apart_by_id(user_client, user, make_prediction):
+    first = make_prediction(owner=user, done=True)
+    second = _rerun(first, status=Prediction.Status.DONE, digit=1)
+    Prediction.objects.filter(pk=second.pk).update(created_at=first.created_at)
+
+    assert _ids(user_client.get(LIST, {"latest": "true"})) == [second.pk]
+
+
+def test_latest_applies_the_other_filters_to_each_uploads_newest_prediction_only(user_client, user, make_prediction):
+    # Read as 3 first, then read again as 7: its current result is a 7.
+    reread = make_prediction(owner=user, done=True, digit=3)
+    reread_seven = _rerun(reread, status=Prediction.Status.DONE, digit=7)
+    seven = make_prediction(owner=user, done=True, digit=7)
+    failed = _failed(make_prediction, user)
+    retried = user_client.post(f"{detail(failed)}retry/").json()["id"]
+
+    assert _ids(user_client.get(LIST, {"latest": "true", "digit": 3})) == []
+    assert _ids(user_client.get(LIST, {"digit": 3})) == [reread.pk]
+    assert _ids(user_client.get(LIST, {"latest": "true", "digit": 7})) == [seven.pk, reread_seven.pk]
+    assert _ids(user_client.get(LIST, {"latest": "true", "status": "failed"})) == []
+    assert _ids(user_client.get(LIST, {"latest": "true", "status": "pending"})) == [retried]
+    today = str(timezone.localdate())
+    assert _ids(user_client.get(LIST, {"latest": "true", "status": "done", "created_after": today})) == [
+        seven.pk, reread_seven.pk,
+    ]
+
+
+def test_latest_is_paginated_and_counts_only_the_newest_predictions(user_client, user, make_prediction, monkeypatch):
+    monkeypatch.setattr(PageNumberPagination, "page_size", 2)
+    newest = []
+    for _ in range(3):
+        first = make_prediction(owner=user, done=True)
+        newest.insert(0, _rerun(first, status=Prediction.Status.DONE, digit=1).pk)
+
+    first_page = user_client.get(LIST, {"latest": "true"}).json()
+    second_page = user_client.get(first_page["next"]).json()
+
+    assert first_page["count"] == 3 and second_page["count"] == 3
+    assert "latest=true" in first_page["next"] and second_page["next"] is None
+    assert [item["id"] for item in first_page["results"] + second_page["results"]] == newest
 
 
 # --- detail ----------------------------------------------------------------------------------------------------------

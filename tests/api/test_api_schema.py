@@ -1,4 +1,5 @@
-"""The OpenAPI schema validates without warnings and, with Swagger UI, is public and served without a CDN."""
+"""The OpenAPI schema validates without warnings, declares what the API really answers and, with Swagger UI, is public
+and served without a CDN."""
 from __future__ import annotations
 
 import subprocess
@@ -6,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.api.conftest import client_for
 from tests.processes import REPO, child_env
 
 
@@ -75,3 +77,69 @@ def test_every_endpoint_documents_its_503_and_the_retry_after_that_comes_with_it
     for path, method, operation in operations:
         assert "503" in operation["responses"], (method, path)
         assert "Retry-After" in operation["responses"]["503"]["description"], (method, path)
+
+
+def _schema(client) -> dict:
+    return client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+@pytest.mark.django_db
+def test_the_list_documents_its_latest_filter_as_a_boolean_off_by_default(api_client):
+    parameters = _schema(api_client)["paths"]["/api/v1/predictions/"]["get"]["parameters"]
+
+    (latest,) = [parameter for parameter in parameters if parameter["name"] == "latest"]
+    assert latest["in"] == "query" and latest["schema"] == {"type": "boolean", "default": False}
+
+
+# What the statuses below are provoked with; a body goes only with the methods that take one.
+_OPERATION_METHODS = ("get", "put", "post", "delete", "patch")
+_METHODS_WITH_BODY = {"post", "put", "patch"}
+
+
+def _answered(client, path: str, method: str) -> set[int]:
+    """Which of 304, 405, 406, 413 and 415 the API answers to ``method`` on ``path`` when provoked."""
+    answered = set()
+    unsatisfiable = client.generic(method.upper(), path, HTTP_ACCEPT="text/csv")
+    answered |= {406} & {unsatisfiable.status_code}
+    if method in _METHODS_WITH_BODY:
+        # A body of a type no parser reads, then one declared larger than any request may be (never sent whole).
+        foreign = client.generic(method.upper(), path, "feedback=7", content_type="text/plain")
+        answered |= {415} & {foreign.status_code}
+        oversized = client.generic(method.upper(), path, "{}", content_type="application/json",
+                                   CONTENT_LENGTH=str(10**10))
+        answered |= {413} & {oversized.status_code}
+    if method == "get":
+        etag = client.get(path).get("ETag")
+        if etag:
+            answered |= {304} & {client.get(path, HTTP_IF_NONE_MATCH=etag).status_code}
+    return answered
+
+
+@pytest.mark.django_db
+def test_each_operation_declares_the_304_405_406_413_and_415_it_answers_and_no_other(
+    api_client, staff_user, make_prediction, make_checkpoint
+):
+    from training.services import training_run_create
+
+    client = client_for(staff_user)  # a superuser: no permission check answers first
+    ids = {
+        "prediction_id": make_prediction(owner=staff_user, done=True).pk,
+        "run_id": training_run_create(created_by=staff_user, architecture="mlp", epochs=1, batch_size=50,
+                                      learning_rate=1e-3, enqueue=False).pk,
+        "checkpoint_id": make_checkpoint()[0].pk,
+    }
+    paths = _schema(api_client)["paths"]
+
+    checked = 0
+    for template, item in paths.items():
+        if not template.startswith("/api/v1/"):
+            continue
+        path = template.format(**ids)
+        refused = {method for method in _OPERATION_METHODS if method not in item
+                   and client.generic(method.upper(), path).status_code == 405}
+        for method, operation in item.items():
+            answered = _answered(client, path, method) | ({405} if refused else set())
+            declared = {int(code) for code in operation["responses"]} & {304, 405, 406, 413, 415}
+            assert declared == answered, (method, template)
+            checked += 1
+    assert checked >= 15
