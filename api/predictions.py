@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api import responses, selectors
+from api import idempotency, responses, selectors
 from api.errors import validation_error_response
 from api.serializers import (
     FeedbackSerializer,
@@ -25,13 +25,14 @@ from api.serializers import (
     PredictionUploadSerializer,
     WaitQuerySerializer,
 )
-from api.throttling import UPLOAD_FIELDS, AllowanceHeadersMixin, UploadRateThrottle
+from api.throttling import UPLOAD_FIELDS, AllowanceHeadersMixin, UploadRateThrottle, uploaded_weight
 from classifier import completion
 from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
 from classifier import views as classifier_views
+from classifier.idempotency import IdempotencyKeyInUseError, IdempotentUpload
 from classifier.models import Prediction, Upload
-from classifier.throttling import UploadRateError, upload_allowance_spend
+from classifier.throttling import UploadRateError, upload_allowance_give_back, upload_allowance_spend
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
     parser_classes = [MultiPartParser]
     # Only OPTIONS uses it, to describe the upload body; POST reads the files itself.
     serializer_class = PredictionUploadSerializer
+    idempotent_upload: IdempotentUpload | None = None
+    # An upload sent again with its Idempotency-Key: the predictions the first one made, to answer with.
+    replayed: list[Prediction] | None = None
 
     def get_throttles(self):
         return [UploadRateThrottle()] if self.request.method == "POST" else super().get_throttles()
@@ -76,7 +80,24 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
             # A malformed `wait` is refused before the upload is counted against the allowance.
             self.wait_query = WaitQuerySerializer(data=request.query_params)
             self.wait_query.is_valid(raise_exception=True)
+            # So is a malformed Idempotency-Key, or one sent before with another request; a repeat counts nothing.
+            self.idempotent_upload = idempotency.idempotent_upload_read(request)
+            if self.idempotent_upload is not None:
+                self.replayed = idempotency.predictions_replayed(request=request, idempotency=self.idempotent_upload)
+                if self.replayed is not None:
+                    return
         super().check_throttles(request)
+
+    def _replayed_after_race(self, request: Request) -> list[Prediction]:
+        # Another request with the key stored its uploads while this one was under way (the database's unique
+        # constraint made this one's insert wait for it, then refused it): answered as a repeat sent just after,
+        # and what it spent of the allowance goes back.
+        upload_allowance_give_back(user_id=request.user.pk, images=uploaded_weight(request))
+        self.upload_allowance = None
+        self.replayed = idempotency.predictions_replayed(request=request, idempotency=self.idempotent_upload)
+        if self.replayed is None:
+            raise idempotency.key_in_use()
+        return self.replayed
 
     def get_queryset(self):
         # The browsable API asks a list view for its queryset, to offer filters.
@@ -112,16 +133,22 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
             "waiting early (202) when the queue is stalled: some prediction has been pending for "
             "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default) and no worker has started one since.\n\n"
             "Throttled per user by the number of images, a large picture counting one for each million pixels "
-            "(`UPLOAD_PIXELS_PER_IMAGE`; scope `uploads`)."
+            "(`UPLOAD_PIXELS_PER_IMAGE`; scope `uploads`).\n\n"
+            "With an `Idempotency-Key` header the upload can be sent again safely (after a timeout, a lost "
+            "connection or an `outcome_unknown`): a repeat stores and counts nothing and answers with the first "
+            "request's predictions as they are now, with `Idempotent-Replayed: true`, 200 or 202 by the same rule."
         ),
-        parameters=[WaitQuerySerializer],
+        parameters=[WaitQuerySerializer, idempotency.KEY_PARAMETER, idempotency.REPLAYED_RESPONSE_HEADER],
         request={"multipart/form-data": PredictionUploadSerializer},
         responses={
             200: OpenApiResponse(PredictionBatchSerializer, description="Every prediction finished (done or failed)."),
             202: OpenApiResponse(PredictionBatchSerializer, description="Accepted; some predictions still run."),
             400: responses.error("A file is not an acceptable image (not_image, wrong_extension, truncated, empty, "
-                                 "blank, too_many_pixels, bloated, too_many_files, no_files) or `wait` is invalid.",
+                                 "blank, too_many_pixels, bloated, too_many_files, no_files), `wait` is invalid, or "
+                                 "the `Idempotency-Key` is (idempotency_key_invalid).",
                                  code="not_image", field="image"),
+            409: idempotency.CONFLICT,
+            422: idempotency.REUSED,
             413: responses.error("A file is larger than the upload limit, or the request as a whole is.",
                                  code="too_large", field="image"),
             411: responses.error("The body was sent without a Content-Length (Transfer-Encoding: chunked); nothing "
@@ -141,11 +168,17 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
     )
     def post(self, request: Request) -> Response:
         query = self.wait_query
-        files, field = _uploaded_files(request)
-        try:
-            created = classifier_services.predictions_submit(owner=request.user, files=files, source=Upload.Source.API)
-        except DjangoValidationError as exc:
-            return validation_error_response(exc, field=field)
+        created = self.replayed
+        if created is None:
+            files, field = _uploaded_files(request)
+            try:
+                created = classifier_services.predictions_submit(
+                    owner=request.user, files=files, source=Upload.Source.API, idempotency=self.idempotent_upload
+                )
+            except DjangoValidationError as exc:
+                return validation_error_response(exc, field=field)
+            except IdempotencyKeyInUseError:
+                created = self._replayed_after_race(request)
         wait = query.validated_data.get("wait") or 0
         try:
             if wait:
@@ -159,10 +192,13 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
                            [prediction.pk for prediction in created], exc_info=True)
             predictions = created
         finished = all(p.status in Prediction.FINISHED for p in predictions)
-        return Response(
+        response = Response(
             {"predictions": _represent(request, predictions)},
             status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
         )
+        if self.replayed is not None:
+            response[idempotency.REPLAYED_HEADER] = "true"
+        return response
 
 
 @extend_schema(tags=["predictions"])

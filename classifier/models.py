@@ -137,3 +137,31 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
+
+
+class IdempotencyKey(models.Model):
+    """An API upload's ``Idempotency-Key``, stored with its uploads: the same request sent again answers with them.
+
+    Kept for IDEMPOTENCY_KEY_TTL_HOURS after ``created_at``; older ones count as never sent and are swept.
+    """
+
+    # Served by the unique constraint, which leads with it.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys", db_index=False
+    )
+    key = models.CharField(max_length=255)
+    # What made the request the one it was (classifier.idempotency.upload_fingerprint): a repeat must match it.
+    fingerprint = models.CharField(max_length=64)
+    # The predictions the request made, in the order of its files. Ids rather than foreign keys: a key outlives
+    # a deletion of its uploads, so that a repeat can say they are gone instead of storing them again.
+    prediction_ids = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            # The arbiter between two requests sent at once with one key: only one of them can store.
+            models.UniqueConstraint(fields=["owner", "key"], name="unique_idempotency_key_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}: {self.key}"

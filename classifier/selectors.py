@@ -10,7 +10,13 @@ from django.db import connection
 from django.db.models import Aggregate, Count, Exists, FloatField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from classifier.models import Prediction, StorageUse, Upload
+from classifier.idempotency import (
+    IdempotencyKeyReusedError,
+    IdempotentPredictionsDeletedError,
+    IdempotentUpload,
+    idempotency_keys_live_after,
+)
+from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from training.models import Checkpoint
 
 
@@ -192,6 +198,40 @@ def predictions_of_new_uploads(*, names: list[str]) -> list[Prediction]:
     """The predictions of just-stored uploads, by their image names, in the names' order."""
     by_name = {p.upload.image.name: p for p in Prediction.objects.filter(upload__image__in=names).select_related("upload")}
     return [by_name[name] for name in names]
+
+
+def idempotency_key_get_for_user(*, user, key: str) -> IdempotencyKey | None:
+    """The user's record of ``key``, unless there is none or it expired (then a request with it is new)."""
+    return IdempotencyKey.objects.filter(owner=user, key=key, created_at__gt=idempotency_keys_live_after()).first()
+
+
+def predictions_of_idempotent_upload(*, user, idempotency: IdempotentUpload) -> list[Prediction] | None:
+    """The predictions an earlier upload with this key made, in the order of its files, as they are now.
+
+    None: the key is new (never stored, or expired), so the upload is to be
+    processed. Raises IdempotencyKeyReusedError when the key came with another
+    request, and IdempotentPredictionsDeletedError when any of those
+    predictions was deleted since.
+    """
+    record = idempotency_key_get_for_user(user=user, key=idempotency.key)
+    if record is None:
+        return None
+    if record.fingerprint != idempotency.fingerprint:
+        raise IdempotencyKeyReusedError(
+            "This Idempotency-Key came with another request (other files, file names or fields) within the last "
+            f"{settings.IDEMPOTENCY_KEY_TTL_HOURS} hours; nothing was stored or counted. Send a new request with a "
+            "new key."
+        )
+    made = record.prediction_ids
+    found = Prediction.objects.select_related("upload").filter(upload__owner=user).in_bulk(made)
+    if len(found) < len(made):
+        deleted = len(made) - len(found)
+        raise IdempotentPredictionsDeletedError(
+            f"{deleted} of the {len(made)} predictions the first request with this Idempotency-Key made "
+            f"{'was' if deleted == 1 else 'were'} deleted since; nothing was stored again. To upload the images "
+            "again, send them with a new key."
+        )
+    return [found[pk] for pk in made]
 
 
 def prediction_latest_for_upload(*, upload: Upload) -> Prediction | None:

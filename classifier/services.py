@@ -23,7 +23,8 @@ from django.utils import timezone
 from PIL import Image
 
 from classifier import completion, selectors, statements
-from classifier.models import UPLOAD_STORED_BYTES, Prediction, StorageUse, Upload, upload_image_path
+from classifier.idempotency import IdempotencyKeyInUseError, IdempotentUpload, idempotency_keys_live_after
+from classifier.models import UPLOAD_STORED_BYTES, IdempotencyKey, Prediction, StorageUse, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 
 logger = logging.getLogger(__name__)
@@ -395,14 +396,27 @@ def _upload_folders() -> list[str]:
     return folders
 
 
-def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], source: str) -> list[Prediction]:
+def predictions_submit(
+    *,
+    owner,
+    files: list[tuple[IO[bytes], str | None]],
+    source: str,
+    idempotency: IdempotentUpload | None = None,
+) -> list[Prediction]:
     """Validate every file first, then store all of them and their pending predictions atomically.
 
     Returns the predictions in the order of ``files``. Their tasks are published
     after commit; if the broker is down the rows stay (pending, "queued" for the
     user) and ``predictions_sweep`` publishes them later.
+
+    With ``idempotency`` its key is stored with them, atomically, naming the
+    predictions (the caller has made sure the key is new: see
+    ``selectors.predictions_of_idempotent_upload``). When another request
+    stored the same key meanwhile, nothing is stored and
+    IdempotencyKeyInUseError is raised.
     """
     images = validate_images(files)
+    key = None if idempotency is None else _idempotency_key_claim(owner=owner, idempotency=idempotency)
     uploads = _upload_files_write(owner=owner, images=images, source=source)
     names = [upload.image.name for upload in uploads]
     backend = _backend_pid()
@@ -411,7 +425,8 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
         predictions = [Prediction(upload=upload, **published) for upload in uploads]
         # Rows are inserted only once every file is on disk.
         if not statements.uploads_with_predictions_insert(
-            uploads=uploads, predictions=predictions, quota_bytes=selectors.storage_quota() or NO_QUOTA
+            uploads=uploads, predictions=predictions, quota_bytes=selectors.storage_quota() or NO_QUOTA,
+            idempotency_key=key,
         ):
             raise UploadQuotaError(_quota_refusal(owner=owner, needed=sum(upload.stored_bytes for upload in uploads)))
     except BaseException as exc:
@@ -419,6 +434,10 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
         if stored is None:
             raise UploadOutcomeUnknownError("Whether the uploads were stored is not known.") from exc
         if stored != set(names):
+            if key is not None and isinstance(exc, IntegrityError) and selectors.idempotency_key_get_for_user(
+                user=owner, key=key.key
+            ):
+                raise IdempotencyKeyInUseError("Another request with this key stored its uploads first.") from exc
             raise
         # The connection was lost after the server committed: the upload is stored, and answering "nothing was
         # stored" would invite the same images again.
@@ -427,6 +446,24 @@ def predictions_submit(*, owner, files: list[tuple[IO[bytes], str | None]], sour
     ids = [prediction.pk for prediction in predictions]
     transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions
+
+
+def _idempotency_key_claim(*, owner, idempotency: IdempotentUpload) -> IdempotencyKey:
+    """The key's row to insert with the uploads; an expired row of the key (it counts as never sent) goes first."""
+    # The hourly sweep may not have come to it yet, and its unique constraint would refuse the new row.
+    now = timezone.now()
+    IdempotencyKey.objects.filter(
+        owner=owner, key=idempotency.key, created_at__lte=idempotency_keys_live_after(now=now)
+    ).delete()
+    return IdempotencyKey(
+        owner=owner, key=idempotency.key, fingerprint=idempotency.fingerprint, prediction_ids=[], created_at=now
+    )
+
+
+def idempotency_keys_expired_delete(*, now: dt.datetime | None = None) -> int:
+    """Delete the idempotency keys older than IDEMPOTENCY_KEY_TTL_HOURS, which count as never sent; returns how many."""
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lte=idempotency_keys_live_after(now=now)).delete()
+    return deleted
 
 
 def _quota_refusal(*, owner, needed: int) -> str:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from django.db import connection, connections, transaction
 from django.db.models import F, Field, Model
 
-from classifier.models import Prediction, StorageUse, Upload
+from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from training.models import Checkpoint
 
 
@@ -84,8 +84,8 @@ def _insert_fields(model: type[Model], *, exclude: Sequence[str] = ()) -> list[F
 
 
 @functools.cache
-def _uploads_with_predictions_insert_sql() -> str:
-    # The text depends only on the models, so each process builds it once.
+def _uploads_with_predictions_insert_sql(*, keyed: bool = False) -> str:
+    # The text depends only on the models, so each process builds it once (twice: with an idempotency key too).
     upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
     upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
     image = _quote(Upload._meta.get_field("image").column)
@@ -109,7 +109,25 @@ def _uploads_with_predictions_insert_sql() -> str:
         f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}) "
         f"SELECT u.id, {prediction_values} FROM u JOIN {by_image} ON w.upload_image = u.{image} "
         f"RETURNING id, {upload_id}) "
+        f"{_idempotency_key_insert_sql(image=image, upload_id=upload_id) if keyed else ''}"
         f"SELECT u.{image}, u.id, p.id FROM u JOIN p ON p.{upload_id} = u.id"
+    )
+
+
+def _idempotency_key_insert_sql(*, image: str, upload_id: str) -> str:
+    # Stored only with the uploads, and by the same statement: either both are there or neither. Its unique
+    # constraint fails the whole statement when another request stored the key first.
+    table = _quote(IdempotencyKey._meta.db_table)
+    fields = [IdempotencyKey._meta.get_field(name) for name in ("owner", "key", "fingerprint", "created_at")]
+    columns = ", ".join(_quote(field.column) for field in fields)
+    owner, key, fingerprint, created_at = (f"%s::{field.db_type(connection)}" for field in fields)
+    made = _quote(IdempotencyKey._meta.get_field("prediction_ids").column)
+    # The predictions' ids in the order of the files, whose names come in the order the files were sent.
+    return (
+        f", k AS (INSERT INTO {table} ({columns}, {made}) "
+        f"SELECT {owner}, {key}, {fingerprint}, {created_at}, "
+        f"to_jsonb(array_agg(p.id ORDER BY array_position(%b::text[], u.{image}))) "
+        f"FROM u JOIN p ON p.{upload_id} = u.id HAVING count(*) > 0) "
     )
 
 
@@ -123,7 +141,11 @@ def storage_use_grow(*, owner_id: int, by: int, quota_bytes: int) -> bool:
 
 
 def uploads_with_predictions_insert(
-    *, uploads: Sequence[Upload], predictions: Sequence[Prediction], quota_bytes: int
+    *,
+    uploads: Sequence[Upload],
+    predictions: Sequence[Prediction],
+    quota_bytes: int,
+    idempotency_key: IdempotencyKey | None = None,
 ) -> bool:
     """Insert one owner's uploads and one prediction for each (``predictions[i]`` for ``uploads[i]``), atomically.
 
@@ -131,7 +153,9 @@ def uploads_with_predictions_insert(
     False, when that would pass ``quota_bytes``. Sets the ids and the values the
     database or ``pre_save`` chose on the objects, as ``bulk_create`` does. On
     PostgreSQL one statement, elsewhere an update and two bulk inserts in a
-    transaction.
+    transaction. An unsaved ``idempotency_key`` is inserted with them, naming
+    the predictions; when its owner already holds that key, nothing is
+    inserted and IntegrityError is raised.
     """
     (owner_id,) = {upload.owner_id for upload in uploads}
     needed = sum(upload.stored_bytes for upload in uploads)
@@ -141,6 +165,9 @@ def uploads_with_predictions_insert(
                 return False
             Upload.objects.bulk_create(uploads)
             Prediction.objects.bulk_create(predictions)
+            if idempotency_key is not None:
+                idempotency_key.prediction_ids = [prediction.pk for prediction in predictions]
+                idempotency_key.save(force_insert=True)
         return True
     upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
     params = [
@@ -149,11 +176,19 @@ def uploads_with_predictions_insert(
         [upload.image.name for upload in uploads],
         *_column_arrays(prediction_fields, predictions, adding=True),
     ]
+    if idempotency_key is not None:
+        params += [
+            owner_id, idempotency_key.key, idempotency_key.fingerprint,
+            idempotency_key._meta.get_field("created_at").get_db_prep_save(idempotency_key.created_at, connection),
+            [upload.image.name for upload in uploads],
+        ]
     with _bound_cursor() as cursor:
-        cursor.execute(_uploads_with_predictions_insert_sql(), params)
+        cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None), params)
         ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
     if not ids:
         return False
+    if idempotency_key is not None:
+        idempotency_key.prediction_ids = [ids[upload.image.name][1] for upload in uploads]
     for upload, prediction in zip(uploads, predictions, strict=True):
         upload.pk, prediction.pk = ids[upload.image.name]
         prediction.upload = upload

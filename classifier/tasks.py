@@ -59,3 +59,11 @@ def upload_files_orphaned_delete(everything: bool = False) -> int:
 )
 def storage_use_recount() -> int:
     return services.storage_use_recount()
+
+
+@shared_task(
+    name="classifier.tasks.idempotency_keys_expired_delete",
+    **HOUSEKEEPING,
+)
+def idempotency_keys_expired_delete() -> int:
+    return services.idempotency_keys_expired_delete()

@@ -106,6 +106,23 @@ def upload_allowance_spend(*, user_id: int, images: int) -> Allowance | None:
     return allowance
 
 
+def upload_allowance_give_back(*, user_id: int, images: int) -> None:
+    """Give back what ``upload_allowance_spend`` took for ``images``, from a request that stored nothing after all.
+
+    Such as an upload whose Idempotency-Key another request stored first: it is answered as a repeat, which spends
+    nothing.
+    """
+    rate = upload_rate()
+    if rate is None:
+        return
+    count, period = rate
+    try:
+        allowance_take(key=f"throttle_uploads_{user_id}", now=time.time(), cost=-max(1, images) * period / count,
+                       period=period)
+    except Exception:  # noqa: BLE001 - as when spending: the cache being out of reach must not fail the upload
+        logger.warning("upload allowance not given back: the cache is unavailable", exc_info=True)
+
+
 def _large_pictures_note() -> str:
     unit = settings.UPLOAD_PIXELS_PER_IMAGE
     return f" (a picture counts one for each {unit:,} pixels it has, or part of them)" if unit > 0 else ""

@@ -290,6 +290,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "classifier.tasks.storage_use_recount", "schedule": crontab(hour=3, minute=47),
         "options": {"expires": 86400.0},
     },
+    # Idempotency keys past IDEMPOTENCY_KEY_TTL_HOURS already count as never sent; this only frees their rows.
+    "delete-expired-idempotency-keys": {
+        "task": "classifier.tasks.idempotency_keys_expired_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
+    },
     "reap-stale-training-runs": {
         "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},
     },
@@ -365,6 +369,10 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
 # A larger picture counts as one image of that rate per started this many pixels (0: every picture counts one).
 UPLOAD_PIXELS_PER_IMAGE = env.int("UPLOAD_PIXELS_PER_IMAGE", default=1_000_000)
+# Hours an API upload's Idempotency-Key is remembered: a repeat within them is answered, not stored again.
+IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
+if IDEMPOTENCY_KEY_TTL_HOURS < 1:
+    raise ImproperlyConfigured("IDEMPOTENCY_KEY_TTL_HOURS must be a number of hours, 1 or more.")
 # Whether anyone may create an account; off, only administrators add users.
 SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
 # How long a web process reuses its last /readyz result (the endpoint is public and its checks are not free).

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from classifier import services, statements
-from classifier.models import Prediction, StorageUse, Upload
+from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from tests.classifier.fixtures import png_bytes, stored_size
 from tests.devices import DEVICES
 
@@ -821,3 +821,23 @@ def test_uploads_stored_before_their_stored_size_was_kept_count_as_sent(user, di
     assert _use_of(user) == len(digit_png(0))
     services.upload_delete(upload=Upload.objects.get(pk=prediction.upload_id))
     assert _use_of(user) == 0
+
+
+def test_the_idempotency_key_sweep_deletes_only_the_keys_past_their_hours(user, settings):
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 24
+    now = timezone.now()
+    for key, age in (("expired", dt.timedelta(hours=24, seconds=1)), ("live", dt.timedelta(hours=23, minutes=59))):
+        IdempotencyKey.objects.create(owner=user, key=key, fingerprint="0" * 64, prediction_ids=[], created_at=now - age)
+
+    assert services.idempotency_keys_expired_delete(now=now) == 1
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["live"]
+
+
+def test_beat_runs_the_idempotency_key_sweep_hourly_as_a_registered_task():
+    from classifier import tasks
+    from mnistsite.celery import app
+
+    (entry,) = [entry for entry in settings.CELERY_BEAT_SCHEDULE.values()
+                if entry["task"] == tasks.idempotency_keys_expired_delete.name]
+    assert entry["schedule"] == 3600.0
+    assert entry["task"] in app.tasks
