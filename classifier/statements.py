@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from django.db import connection, connections, transaction
 from django.db.models import F, Field, Model
@@ -182,7 +182,10 @@ def uploads_with_predictions_insert(
             idempotency_key._meta.get_field("created_at").get_db_prep_save(idempotency_key.created_at, connection),
             [upload.image.name for upload in uploads],
         ]
-    with _bound_cursor() as cursor:
+    # A key another request holds fails the statement: inside a caller's transaction, a savepoint keeps that
+    # transaction usable for finding out why.
+    keyed_in_transaction = idempotency_key is not None and connection.in_atomic_block
+    with transaction.atomic() if keyed_in_transaction else nullcontext(), _bound_cursor() as cursor:
         cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None), params)
         ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
     if not ids:

@@ -11,7 +11,15 @@ from django.contrib import messages
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation, TooManyFilesSent, ValidationError
 from django.core.paginator import Paginator
 from django.db import InterfaceError, OperationalError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+    UnreadablePostError,
+)
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -103,6 +111,10 @@ def _unreadable_body(request: HttpRequest) -> tuple[str, int] | None:
         return UNREADABLE_BODY, 400
     except (SuspiciousOperation, BadRequest) as exc:
         logger.warning("upload refused before it could be read: %s", exc)
+        return UNREADABLE_BODY, 400
+    except UnreadablePostError as exc:
+        # The sender went away mid-body (a closed tab, a lost connection): nobody is left to read the answer.
+        logger.info("upload body cut off by its sender: %s", exc)
         return UNREADABLE_BODY, 400
     return None
 

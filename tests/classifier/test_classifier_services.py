@@ -833,6 +833,20 @@ def test_the_idempotency_key_sweep_deletes_only_the_keys_past_their_hours(user, 
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["live"]
 
 
+def test_a_key_stored_meanwhile_is_reported_in_use_even_inside_a_callers_transaction(user, digit_png):
+    # The tests run inside a transaction, as a command or a task wrapping the upload in one would.
+    from classifier.idempotency import IdempotencyKeyInUseError, IdempotentUpload
+
+    IdempotencyKey.objects.create(owner=user, key="k", fingerprint="0" * 64, prediction_ids=[])
+
+    with pytest.raises(IdempotencyKeyInUseError):
+        services.predictions_submit(
+            owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="api",
+            idempotency=IdempotentUpload(key="k", fingerprint="1" * 64),
+        )
+    assert not Upload.objects.exists() and _stored_files() == []
+
+
 def test_beat_runs_the_idempotency_key_sweep_hourly_as_a_registered_task():
     from classifier import tasks
     from mnistsite.celery import app

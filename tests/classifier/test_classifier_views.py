@@ -270,6 +270,37 @@ def test_a_form_that_cannot_be_read_gets_the_upload_page_back_saying_so(browser)
     assert not Upload.objects.exists() and _stored_files() == []
 
 
+class _ClientGoneMidBody(io.RawIOBase):
+    """A request body whose sender went away after its first read."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+    def read(self, size: int = -1) -> bytes:
+        head, self.head = self.head, None
+        if head is None:
+            raise OSError("connection reset by peer")
+        return head
+
+    readline = read
+
+
+def test_an_upload_whose_sender_went_away_mid_body_is_answered_without_a_server_error(browser, caplog):
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="csrfmiddlewaretoken"\r\n\r\n' + browser.csrf_token.encode()
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
+
+    response = browser.generic(
+        "POST", "/", b"x" * 5000, content_type="multipart/form-data; boundary=b", **{"wsgi.input": _ClientGoneMidBody(head)}
+    )
+
+    assert response.status_code == 400
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    assert not Upload.objects.exists() and _stored_files() == []
+
+
 def test_a_long_file_name_that_can_be_read_is_kept_shortened_with_its_extension(browser, digit_png):
     # 844 bytes in UTF-8, under what the parser reads, but more characters than a name is kept with.
     name = "数" * 280 + ".png"
