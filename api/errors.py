@@ -107,6 +107,31 @@ STORAGE_FULL_RETRY_AFTER_S = 300
 # The database or the storage coming back (a restart, a failover) takes seconds.
 SERVICE_UNAVAILABLE_RETRY_AFTER_S = 5
 UNAVAILABLE_NOTHING_STORED = "The service is temporarily unavailable and nothing was stored; try again shortly."
+UNAVAILABLE_RESEND_SAFE = (
+    "The service became unavailable while the request was being applied, so it may or may not have been; sending it "
+    "again is safe: try again shortly."
+)
+UNAVAILABLE_OUTCOME_UNKNOWN = (
+    "The service became unavailable while the request was being applied, so whether it was is not known: check "
+    "before sending it again."
+)
+
+
+class WriteStageMixin:
+    """For a view that writes: what its 503 can say of the write, which depends on whether it had begun.
+
+    Until the view calls ``write_begins`` (just before the service that writes) only reads have run, so "nothing
+    was stored" is true. After it, a commit may have happened before the connection dropped (a row committed,
+    then its read back or its task's publishing failed), so the answer says only what is safe: sending the
+    request again, when ``resend_safe`` (applied twice it changes nothing more), or else checking first (and no
+    Retry-After, which a client would take as leave to send it again).
+    """
+
+    writing = False
+    resend_safe = True
+
+    def write_begins(self) -> None:
+        self.writing = True
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -129,7 +154,7 @@ class QuotaExceeded(exceptions.APIException):
     default_code = "quota_exceeded"
 
 
-def _as_api_exception(exc: Exception, *, method: str | None) -> exceptions.APIException | None:
+def _as_api_exception(exc: Exception, *, method: str | None, view=None) -> exceptions.APIException | None:
     """Django's own request errors, which DRF leaves alone, as API exceptions with the right status."""
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("The request body is too large.", code="too_large")
@@ -154,10 +179,16 @@ def _as_api_exception(exc: Exception, *, method: str | None) -> exceptions.APIEx
         return ServiceUnavailable(UPLOAD_OUTCOME_UNKNOWN, code="outcome_unknown", wait=None)
     if isinstance(exc, (OperationalError, InterfaceError, UploadStorageError)):
         # The database or the storage is out of reach, which passes; the service layer has already removed any
-        # file it wrote, so a retry is safe. Other database errors are bugs, answered as such (500). Reads and
-        # deletes come to store nothing, so their answer does not speak of it.
-        stores = method not in (*SAFE_METHODS, "DELETE")
-        return ServiceUnavailable(UNAVAILABLE_NOTHING_STORED if stores else None)
+        # file it wrote. Other database errors are bugs, answered as such (500). Reads and deletes come to store
+        # nothing, so their answer does not speak of it. A write says what is known of it (WriteStageMixin); a view
+        # that does not tell cannot promise that nothing was stored.
+        if method in (*SAFE_METHODS, "DELETE"):
+            return ServiceUnavailable()
+        if isinstance(view, WriteStageMixin) and not view.writing:
+            return ServiceUnavailable(UNAVAILABLE_NOTHING_STORED)
+        if isinstance(view, WriteStageMixin) and view.resend_safe:
+            return ServiceUnavailable(UNAVAILABLE_RESEND_SAFE)
+        return ServiceUnavailable(UNAVAILABLE_OUTCOME_UNKNOWN, code="outcome_unknown", wait=None)
     return None
 
 
@@ -166,7 +197,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         return validation_error_response(exc)
     request = context.get("request")
-    exc = _as_api_exception(exc, method=getattr(request, "method", None)) or exc
+    exc = _as_api_exception(exc, method=getattr(request, "method", None), view=context.get("view")) or exc
     response = drf_exception_handler(exc, context)
     if response is None:
         return _unexpected(exc, context)

@@ -9,14 +9,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
+from rest_framework.metadata import SimpleMetadata
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import idempotency, responses, selectors
-from api.errors import validation_error_response
+from api.errors import WriteStageMixin, validation_error_response
 from api.serializers import (
     FeedbackSerializer,
     PredictionBatchSerializer,
@@ -36,6 +38,7 @@ from classifier.throttling import UploadRateError, upload_allowance_give_back, u
 
 logger = logging.getLogger(__name__)
 
+
 def _uploaded_files(request: Request) -> tuple[list[tuple], str]:
     """The files of both upload fields, and the field name to blame in errors."""
     files, used = [], []
@@ -52,6 +55,17 @@ def _uploaded_files(request: Request) -> tuple[list[tuple], str]:
     return files, used[0] if len(used) == 1 else "images"
 
 
+def _one_image_checked(request: Request) -> None:
+    """Refuses several files under `image`, which takes one.
+
+    Several there are more likely a mistake (a loop sending each file under it) than a request for all of them.
+    """
+    count = len(request.FILES.getlist("image"))
+    if count > 1:
+        raise exceptions.ValidationError({"image": [exceptions.ErrorDetail(
+            f"`image` takes one file and {count} were sent: send several as `images`.", code="too_many_files")]})
+
+
 def _prediction_or_404(request: Request, prediction_id: int) -> Prediction:
     prediction = classifier_selectors.prediction_get_for_user(user=request.user, prediction_id=prediction_id)
     if prediction is None:
@@ -64,7 +78,9 @@ def _represent(request: Request, predictions) -> list[dict]:
 
 
 @extend_schema(tags=["predictions"])
-class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
+class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPIView):
+    # An upload never calls write_begins: classifier_services.predictions_submit either stores nothing or raises
+    # UploadOutcomeUnknownError, so a 503 from any other error may say that nothing was stored.
     parser_classes = [MultiPartParser]
     # Only OPTIONS uses it, to describe the upload body; POST reads the files itself.
     serializer_class = PredictionUploadSerializer
@@ -80,6 +96,8 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
             # A malformed `wait` is refused before the upload is counted against the allowance.
             self.wait_query = WaitQuerySerializer(data=request.query_params)
             self.wait_query.is_valid(raise_exception=True)
+            # As is a file too many under `image`, as the other too_many_files refusals are.
+            _one_image_checked(request)
             # So is a malformed Idempotency-Key, or one sent before with another request; a repeat counts nothing.
             self.idempotent_upload = idempotency.idempotent_upload_read(request)
             if self.idempotent_upload is not None:
@@ -144,7 +162,8 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
             200: OpenApiResponse(PredictionBatchSerializer, description="Every prediction finished (done or failed)."),
             202: OpenApiResponse(PredictionBatchSerializer, description="Accepted; some predictions still run."),
             400: responses.error("A file is not an acceptable image (not_image, wrong_extension, truncated, empty, "
-                                 "blank, too_many_pixels, bloated, too_many_files, no_files), `wait` is invalid, or "
+                                 "blank, too_many_pixels, bloated), too many files were sent, or several under "
+                                 "`image` (too_many_files), none (no_files), `wait` is invalid or sent twice, or "
                                  "the `Idempotency-Key` is (idempotency_key_invalid).",
                                  code="not_image", field="image"),
             409: idempotency.CONFLICT,
@@ -202,7 +221,7 @@ class PredictionListCreateApi(AllowanceHeadersMixin, GenericAPIView):
 
 
 @extend_schema(tags=["predictions"])
-class PredictionDetailApi(APIView):
+class PredictionDetailApi(WriteStageMixin, APIView):
     @extend_schema(
         operation_id="predictions_retrieve",
         summary="One of your predictions",
@@ -222,6 +241,7 @@ class PredictionDetailApi(APIView):
         prediction = _prediction_or_404(request, prediction_id)
         body = FeedbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        self.write_begins()
         try:
             prediction = classifier_services.prediction_feedback_set(
                 prediction=prediction, digit=body.validated_data["feedback"]
@@ -245,7 +265,7 @@ class PredictionDetailApi(APIView):
 
 
 @extend_schema(tags=["predictions"])
-class PredictionRetryApi(AllowanceHeadersMixin, APIView):
+class PredictionRetryApi(WriteStageMixin, AllowanceHeadersMixin, APIView):
     @extend_schema(
         operation_id="predictions_retry",
         summary="Run a failed prediction again",
@@ -267,6 +287,7 @@ class PredictionRetryApi(AllowanceHeadersMixin, APIView):
             except UploadRateError as exc:
                 self.upload_allowance = exc.allowance
                 raise exceptions.Throttled(wait=exc.retry_after) from None
+            self.write_begins()
             try:
                 answer, made = classifier_services.prediction_retry(prediction=prediction)
             except Prediction.DoesNotExist:
@@ -283,6 +304,15 @@ _IMAGE_RESPONSES = {
     404: responses.NOT_FOUND,
     **responses.COMMON,
 }
+
+
+class _PngMetadata(SimpleMetadata):
+    """OPTIONS on an image view: it answers a PNG (an error in JSON) and reads no body."""
+
+    def determine_metadata(self, request, view) -> dict:
+        metadata = super().determine_metadata(request, view)
+        metadata["renders"] = ["image/png", *metadata["renders"]]
+        return metadata
 
 
 class _PngOrErrorNegotiation(BaseContentNegotiation):
@@ -303,6 +333,10 @@ class PredictionImageApi(APIView):
     """The uploaded image, served by the classifier's own media view once the API has authenticated the caller."""
 
     content_negotiation_class = _PngOrErrorNegotiation
+    # The PNG comes from the classifier's view; DRF renders only errors and OPTIONS, in JSON, and reads no body.
+    renderer_classes = [JSONRenderer]
+    parser_classes: list = []
+    metadata_class = _PngMetadata
 
     @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
@@ -315,6 +349,10 @@ class PredictionInputImageApi(APIView):
     """The 28x28 picture the model saw, served by the classifier's media view."""
 
     content_negotiation_class = _PngOrErrorNegotiation
+    # The PNG comes from the classifier's view; DRF renders only errors and OPTIONS, in JSON, and reads no body.
+    renderer_classes = [JSONRenderer]
+    parser_classes: list = []
+    metadata_class = _PngMetadata
 
     @extend_schema(operation_id="predictions_input_image", summary="The 28x28 model input (PNG)",
                    responses=_IMAGE_RESPONSES)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from django.conf import settings
 from django.urls import reverse
@@ -11,6 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import iter_options
 
+from api.query import repeated_error
 from classifier.models import Prediction
 from training.models import Checkpoint, TrainingRun
 from training.services import (
@@ -27,6 +29,50 @@ _ID_MARK = "4611686018427387911"
 
 def _absolute(request, url: str) -> str:
     return request.build_absolute_uri(url) if request is not None else url
+
+
+# --- strict inputs ---------------------------------------------------------------------------------------------------
+
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+
+
+class WholeNumberField(serializers.IntegerField):
+    """An integer written as one: DRF's own also takes 3.0, "3.0" and " 3" as 3, hiding a client's mistake."""
+
+    default_error_messages = {"invalid": "A whole number is required, written with digits only (3, not 3.0)."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, str)) or (
+            isinstance(data, str) and not _WHOLE_NUMBER.fullmatch(data)
+        ):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false: JSON's own, or a word in form data and query strings ("true", "false", "on").
+
+    DRF's own also takes the numbers 0, 1, 0.0 and 1.0, which in JSON are a number sent where a flag was meant.
+    """
+
+    def to_internal_value(self, data):
+        if not isinstance(data, (bool, str)):
+            self.fail("invalid", input=data)
+        return super().to_internal_value(data)
+
+
+class QuerySerializer(serializers.Serializer):
+    """Reads query parameters, each of its fields at most once: sent twice, which value was meant is not known."""
+
+    def to_internal_value(self, data):
+        if hasattr(data, "getlist"):
+            repeated = {
+                name: [repeated_error(name, len(data.getlist(name)))]
+                for name in self.fields if len(data.getlist(name)) > 1
+            }
+            if repeated:
+                raise serializers.ValidationError(repeated)
+        return super().to_internal_value(data)
 
 
 # --- errors ----------------------------------------------------------------------------------------------------------
@@ -66,7 +112,8 @@ class PredictionUploadSerializer(serializers.Serializer):
     """The multipart body of an upload; the files themselves are checked by classifier.validation."""
 
     image = serializers.FileField(
-        required=False, help_text="One image (PNG, JPEG, GIF, WEBP or BMP) showing a single handwritten digit."
+        required=False,
+        help_text="One image (PNG, JPEG, GIF, WEBP or BMP) showing a single handwritten digit; several go in `images`.",
     )
     images = serializers.ListField(
         child=serializers.FileField(),
@@ -77,7 +124,7 @@ class PredictionUploadSerializer(serializers.Serializer):
     )
 
 
-class WaitQuerySerializer(serializers.Serializer):
+class WaitQuerySerializer(QuerySerializer):
     wait = serializers.FloatField(
         required=False,
         min_value=0,
@@ -91,12 +138,12 @@ class WaitQuerySerializer(serializers.Serializer):
         return value
 
 
-class PredictionFilterSerializer(serializers.Serializer):
-    digit = serializers.IntegerField(required=False, min_value=0, max_value=9, help_text="Only this predicted digit.")
+class PredictionFilterSerializer(QuerySerializer):
+    digit = WholeNumberField(required=False, min_value=0, max_value=9, help_text="Only this predicted digit.")
     status = serializers.ChoiceField(required=False, choices=Prediction.Status.choices, help_text="Only this status.")
     created_after = serializers.DateField(required=False, help_text="Only predictions made on or after this day.")
     created_before = serializers.DateField(required=False, help_text="Only predictions made on or before this day.")
-    latest = serializers.BooleanField(
+    latest = StrictBooleanField(
         default=False,
         help_text="true: only each upload's newest prediction (its current result), leaving out those a retry or a "
         "re-run replaced; the other filters then apply to that one. false (the default): every prediction.",
@@ -236,7 +283,7 @@ class PredictionBatchSerializer(serializers.Serializer):
 
 
 class FeedbackSerializer(serializers.Serializer):
-    feedback = serializers.IntegerField(
+    feedback = WholeNumberField(
         min_value=0, max_value=9, allow_null=True, help_text="The digit the image really shows; null clears it."
     )
 
@@ -244,7 +291,7 @@ class FeedbackSerializer(serializers.Serializer):
 # --- training --------------------------------------------------------------------------------------------------------
 
 
-class _RecipeBooleanField(serializers.BooleanField):
+class _RecipeBooleanField(StrictBooleanField):
     """A boolean whose absence means the recipe's value, whatever the content type.
 
     DRF reads a boolean missing from form data as false, for an unticked HTML
@@ -267,20 +314,20 @@ class _RecipeBooleanField(serializers.BooleanField):
 
 class TrainingRunCreateSerializer(serializers.Serializer):
     architecture = serializers.ChoiceField(choices=ARCHITECTURE_CHOICES, default="cnn", help_text="Model family.")
-    epochs = serializers.IntegerField(
+    epochs = WholeNumberField(
         required=False, min_value=1, max_value=MAX_EPOCHS, help_text="Default: the architecture's tuned recipe."
     )
-    batch_size = serializers.IntegerField(
+    batch_size = WholeNumberField(
         required=False, min_value=MIN_BATCH_SIZE, max_value=MAX_BATCH_SIZE, help_text="Default: the architecture's tuned recipe."
     )
     learning_rate = serializers.FloatField(
         required=False, min_value=0, max_value=10, help_text="Greater than 0, at most 10. Default: the tuned recipe."
     )
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_SEED, help_text="Default: the recipe's.")
+    seed = WholeNumberField(required=False, min_value=0, max_value=MAX_SEED, help_text="Default: the recipe's.")
     augment = _RecipeBooleanField(
         required=False, help_text="Random shifts/rotations. Default: the recipe's (on for the CNN, off for the MLP)."
     )
-    train_subset = serializers.IntegerField(
+    train_subset = WholeNumberField(
         required=False,
         allow_null=True,
         min_value=MIN_TRAIN_SUBSET,
@@ -288,7 +335,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
         help_text="Train on only this many images (quick smoke runs); null or absent means all 60,000.",
     )
     device = serializers.ChoiceField(choices=DEVICE_CHOICES, default="auto", help_text="Where the worker trains.")
-    activate_on_success = serializers.BooleanField(
+    activate_on_success = StrictBooleanField(
         default=False, help_text="Make the final checkpoint the active model when the run succeeds."
     )
 

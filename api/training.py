@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import responses, selectors
-from api.errors import Conflict
+from api.errors import Conflict, WriteStageMixin
 from api.permissions import STAFF_ONLY, StaffWithModelPermissions, TokenScopeAllows
 from api.serializers import CheckpointSerializer, TrainingRunCreateSerializer, TrainingRunSerializer
 from training import services as training_services
@@ -42,8 +42,10 @@ def _run_data(request: Request, run: TrainingRun) -> dict:
 
 
 @extend_schema(tags=["training runs"])
-class TrainingRunListCreateApi(GenericAPIView):
+class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
+    # Sent again after it was applied, it would start a second run.
+    resend_safe = False
     required_permissions = {"GET": ["training.view_trainingrun"], "POST": ["training.add_trainingrun"]}
     # Only OPTIONS and the browsable API's form use it, to describe the body of POST.
     serializer_class = TrainingRunCreateSerializer
@@ -55,8 +57,8 @@ class TrainingRunListCreateApi(GenericAPIView):
     @extend_schema(
         operation_id="training_runs_list",
         summary="List training runs",
-        responses={200: TrainingRunSerializer(many=True), 404: responses.error("No such page.", code="not_found"),
-                   **STAFF_ERRORS},
+        responses={200: TrainingRunSerializer(many=True), 400: responses.INVALID_PAGE_SIZE,
+                   404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
@@ -68,11 +70,21 @@ class TrainingRunListCreateApi(GenericAPIView):
         description="Queues a run for the training worker. Omitted hyper-parameters come from the architecture's "
         "tuned recipe (training.ml.recipe.TrainConfig.default_for).",
         request=TrainingRunCreateSerializer,
-        responses={202: TrainingRunSerializer, 400: responses.INVALID, **STAFF_ERRORS},
+        responses={
+            202: TrainingRunSerializer,
+            400: responses.INVALID,
+            **STAFF_ERRORS,
+            503: responses.error(
+                "The database is out of reach: before the run was stored (`service_unavailable`, nothing was stored: "
+                "retry after the Retry-After header's seconds), or while it was (`outcome_unknown`, no Retry-After: "
+                "list the training runs before sending it again, which would start a second run).",
+                code="service_unavailable"),
+        },
     )
     def post(self, request: Request) -> Response:
         body = TrainingRunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        self.write_begins()
         run = training_services.training_run_create(created_by=request.user, **body.validated_data)
         return Response(_run_data(request, _run_or_404(run.pk)), status=status.HTTP_202_ACCEPTED)
 
@@ -92,7 +104,7 @@ class TrainingRunDetailApi(APIView):
 
 
 @extend_schema(tags=["training runs"])
-class TrainingRunCancelApi(APIView):
+class TrainingRunCancelApi(WriteStageMixin, APIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"POST": ["training.change_trainingrun"]}
 
@@ -112,6 +124,7 @@ class TrainingRunCancelApi(APIView):
     )
     def post(self, request: Request, run_id: int) -> Response:
         run = _run_or_404(run_id)
+        self.write_begins()
         try:
             training_services.training_run_cancel(run=run)
         except training_services.TrainingRunStateError as exc:
@@ -137,8 +150,8 @@ class CheckpointListApi(GenericAPIView):
     @extend_schema(
         operation_id="checkpoints_list",
         summary="List checkpoints",
-        responses={200: CheckpointSerializer(many=True), 404: responses.error("No such page.", code="not_found"),
-                   **STAFF_ERRORS},
+        responses={200: CheckpointSerializer(many=True), 400: responses.INVALID_PAGE_SIZE,
+                   404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
@@ -160,7 +173,7 @@ class CheckpointDetailApi(APIView):
 
 
 @extend_schema(tags=["checkpoints"])
-class CheckpointActivateApi(APIView):
+class CheckpointActivateApi(WriteStageMixin, APIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"POST": ["training.change_checkpoint"]}
 
@@ -178,8 +191,10 @@ class CheckpointActivateApi(APIView):
         },
     )
     def post(self, request: Request, checkpoint_id: int) -> Response:
+        checkpoint = _checkpoint_or_404(checkpoint_id)
+        self.write_begins()
         try:
-            checkpoint = training_services.checkpoint_activate(checkpoint=_checkpoint_or_404(checkpoint_id))
+            checkpoint = training_services.checkpoint_activate(checkpoint=checkpoint)
         except training_services.CheckpointNotLoadableError as exc:
             raise Conflict(str(exc)) from exc
         return Response(CheckpointSerializer(checkpoint).data)

@@ -323,8 +323,11 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # DRF's page numbers, with `page_size` (up to api.pagination.MAX_PAGE_SIZE) for the client to choose.
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
     "PAGE_SIZE": 50,
+    # DRF's, but an unknown `?format=` is a 406 like an Accept header nothing satisfies, not a 404.
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.negotiation.ContentNegotiation",
     # How many proxies in front of the site append to X-Forwarded-For. With 0 the header is ignored, so a
     # client cannot pick the address that log-in lockouts and anonymous throttles count against.
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),

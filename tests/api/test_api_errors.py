@@ -5,7 +5,7 @@ import contextlib
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import OperationalError, connection
 
 from api.errors import validation_error_response
 from classifier.models import Upload
@@ -90,6 +90,17 @@ def test_options_describes_an_endpoint_instead_of_failing(staff_client, user_cli
                         (staff_client, "/api/v1/checkpoints/")):
         response = client.options(url)
         assert response.status_code == 200, (url, response.content)
+
+
+def test_a_format_the_api_does_not_have_is_406_in_the_envelope_not_a_404(user_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+
+    for url in ("/api/v1/predictions/", f"/api/v1/predictions/{prediction.pk}/"):
+        response = user_client.get(url, {"format": "xml"})
+        assert response.status_code == 406, url
+        error = assert_envelope(response.json())
+        assert error["code"] == "not_acceptable" and "`xml`" in error["message"] and "`json`" in error["message"]
+        assert user_client.get(url, {"format": "json"}).status_code == 200, url
 
 
 def test_a_path_with_a_newline_still_gets_the_json_error_envelope(client):
@@ -215,3 +226,133 @@ def test_a_long_file_name_that_can_be_read_is_kept_shortened_with_its_extension(
 
     assert response.status_code == 202, response.content
     assert Upload.objects.get().original_name == "数" * 251 + ".png"
+
+
+@contextlib.contextmanager
+def database_lost_once_committed(statement: str | None = None):
+    """The database stops answering just after it committed the first statement that starts with ``statement``.
+
+    A statement committed by itself loses its own answer; one inside a transaction, the answer to the transaction's
+    commit, as when the server goes away between committing and saying so. From then on, every statement fails.
+    Without ``statement``, the database is out of reach from the first statement on.
+    """
+    state = {"written": statement is None, "lost": statement is None}
+    commit = connection._commit
+
+    def lost():
+        state["lost"] = True
+        return OperationalError("server closed the connection unexpectedly")
+
+    def lose(execute, sql, params, many, context):
+        if state["lost"]:
+            raise lost()
+        result = execute(sql, params, many, context)
+        if statement is not None and sql.startswith(statement):
+            state["written"] = True
+            if not connection.in_atomic_block:
+                raise lost()
+        return result
+
+    def commit_then_lose():
+        commit()
+        if state["written"]:
+            raise lost()
+
+    connection._commit = commit_then_lose
+    try:
+        with connection.execute_wrapper(lose):
+            yield
+    finally:
+        del connection._commit
+    assert state["written"] and state["lost"], "the database was never lost"
+
+
+def _failed_prediction(make_prediction, owner):
+    from classifier.models import Prediction
+
+    prediction = make_prediction(owner=owner)
+    Prediction.objects.filter(pk=prediction.pk).update(status=Prediction.Status.FAILED, error="Unreadable.")
+    return prediction
+
+
+def _write(kind: str, *, client, user, make_prediction, make_checkpoint):
+    """A request of each kind of write but uploads, the statement that applies it, and a check that it was applied."""
+    from classifier.models import Prediction
+    from training.models import Checkpoint, TrainingRun
+    from training.services import training_run_create
+
+    if kind == "feedback":
+        prediction = make_prediction(owner=user, done=True)
+        return (lambda: client.patch(f"/api/v1/predictions/{prediction.pk}/", {"feedback": 4}, format="json"),
+                'UPDATE "classifier_prediction" SET "feedback"',
+                lambda: Prediction.objects.get(pk=prediction.pk).feedback == 4)
+    if kind == "retry":
+        failed = _failed_prediction(make_prediction, user)
+        return (lambda: client.post(f"/api/v1/predictions/{failed.pk}/retry/"),
+                'INSERT INTO "classifier_prediction"',
+                lambda: Prediction.objects.filter(upload=failed.upload).count() == 2)
+    if kind == "cancel":
+        run = training_run_create(created_by=user, architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3,
+                                  enqueue=False)
+        return (lambda: client.post(f"/api/v1/training-runs/{run.pk}/cancel/"),
+                'UPDATE "training_trainingrun"',
+                lambda: TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.CANCELLED)
+    if kind == "activate":
+        make_checkpoint(activate=True)
+        checkpoint, _ = make_checkpoint()
+        return (lambda: client.post(f"/api/v1/checkpoints/{checkpoint.pk}/activate/"),
+                'UPDATE "training_checkpoint"',
+                lambda: Checkpoint.objects.get(is_active=True).pk == checkpoint.pk)
+    assert kind == "start run"
+    return (lambda: client.post("/api/v1/training-runs/", {"architecture": "mlp", "epochs": 1}, format="json"),
+            'INSERT INTO "training_trainingrun"',
+            lambda: TrainingRun.objects.count() == 1)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["feedback", "retry", "cancel", "activate"])
+def test_a_write_the_database_dropped_after_committing_is_503_saying_it_may_have_been_applied_and_is_safe_to_resend(
+    staff_user, make_prediction, make_checkpoint, kind
+):
+    from tests.api.conftest import client_for
+
+    client = client_for(staff_user)
+    send, statement, applied = _write(kind, client=client, user=staff_user, make_prediction=make_prediction,
+                                      make_checkpoint=make_checkpoint)
+    with database_lost_once_committed():
+        before = send()
+    with database_lost_once_committed(statement):
+        after = send()
+
+    assert before.status_code == 503 and "nothing was stored" in assert_envelope(before.json())["message"]
+    assert after.status_code == 503
+    error = assert_envelope(after.json())
+    assert error["code"] == "service_unavailable" and "nothing was stored" not in error["message"]
+    assert "may or may not have been" in error["message"] and "sending it again is safe" in error["message"]
+    assert 0 < int(after["Retry-After"]) <= 60
+    assert applied()
+    assert send().status_code in (200, 202)
+    assert applied()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_the_database_dropped_after_storing_is_503_outcome_unknown_without_retry_after(
+    staff_user, make_prediction, make_checkpoint
+):
+    from tests.api.conftest import client_for
+
+    send, statement, applied = _write("start run", client=client_for(staff_user), user=staff_user,
+                                      make_prediction=make_prediction, make_checkpoint=make_checkpoint)
+    with database_lost_once_committed():
+        before = send()
+    with database_lost_once_committed(statement):
+        after = send()
+
+    assert before.status_code == 503 and "nothing was stored" in assert_envelope(before.json())["message"]
+    assert "Retry-After" in before
+    assert after.status_code == 503
+    error = assert_envelope(after.json())
+    assert error["code"] == "outcome_unknown" and "check before sending it again" in error["message"]
+    assert "Retry-After" not in after
+    # Stored after all: had the answer said "nothing was stored", the run would be started twice.
+    assert applied()

@@ -14,7 +14,6 @@ from django.test import TestCase
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.utils import timezone
 from PIL import Image
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.test import APIClient
 
 from classifier.models import Prediction, Upload
@@ -252,6 +251,20 @@ def test_text_in_the_image_field_is_400_naming_the_field(user_client):
     }
 
 
+def test_several_files_under_image_are_refused_pointing_to_images_and_nothing_is_stored(user_client):
+    response = user_client.post(
+        LIST, {"image": [upload_file(name="a.png"), upload_file(name="b.png")]}, format="multipart"
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("too_many_files", "image")
+    assert "send several as `images`" in error["message"]
+    # Refused before the allowance was looked at, as every too_many_files is: it spent none, and says nothing of it.
+    assert "RateLimit-Remaining" not in response
+    assert Upload.objects.count() == 0 and stored_files() == []
+
+
 def test_a_json_body_is_415(user_client):
     response = user_client.post(LIST, {"image": "x"}, format="json")
 
@@ -259,7 +272,7 @@ def test_a_json_body_is_415(user_client):
     assert response.json()["error"]["code"] == "unsupported_media_type"
 
 
-@pytest.mark.parametrize("wait", ["abc", "-1", "31", "30.5", "nan", "inf", "1e999"])
+@pytest.mark.parametrize("wait", ["abc", "-1", "31", "30.5", "nan", "inf", "1e999", "1&wait=2"])
 def test_an_invalid_wait_is_400_and_nothing_is_stored(user_client, wait):
     response = user_client.post(f"{LIST}?wait={wait}", {"image": upload_file()}, format="multipart")
 
@@ -373,13 +386,78 @@ def test_dates_at_either_end_of_the_calendar_bound_nothing_instead_of_overflowin
 
 
 @pytest.mark.parametrize(
-    "query", [{"digit": 10}, {"digit": "x"}, {"status": "nope"}, {"created_after": "yesterday"}, {"latest": "maybe"}]
+    "query",
+    [{"digit": 10}, {"digit": "x"}, {"digit": "3.0"}, {"digit": " 3"}, {"status": "nope"},
+     {"created_after": "yesterday"}, {"latest": "maybe"}],
 )
 def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
     response = user_client.get(LIST, query)
 
     assert response.status_code == 400
     assert response.json()["error"]["field"] == next(iter(query))
+
+
+def test_a_digit_written_as_a_fraction_is_refused_saying_how_to_write_it(user_client, user, make_prediction):
+    make_prediction(owner=user, done=True, digit=3)
+
+    response = user_client.get(LIST, {"digit": "3.0"})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid", "message": "A whole number is required, written with digits only (3, not 3.0).",
+        "field": "digit", "details": [{"code": "invalid", "field": "digit",
+                                       "message": "A whole number is required, written with digits only (3, not 3.0)."}],
+    }
+
+
+@pytest.mark.parametrize("query", ["status=done&status=failed", "digit=3&digit=3", "page=1&page=2",
+                                   "page_size=5&page_size=10", "latest=true&latest=false"])
+def test_a_query_parameter_sent_twice_is_400_naming_it_since_which_was_meant_is_not_known(
+    user_client, user, make_prediction, query
+):
+    make_prediction(owner=user, done=True, digit=3)
+
+    response = user_client.get(f"{LIST}?{query}")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    name = query.split("=")[0]
+    assert (error["code"], error["field"]) == ("repeated", name)
+    assert error["message"] == f"`{name}` was sent 2 times; send it once."
+
+
+def test_page_size_chooses_how_many_predictions_a_page_holds_and_the_next_page_keeps_it(
+    user_client, user, make_prediction
+):
+    made = [make_prediction(owner=user).pk for _ in range(3)]
+
+    first = user_client.get(LIST, {"page_size": 2}).json()
+    second = user_client.get(first["next"]).json()
+
+    assert first["count"] == 3 and len(first["results"]) == 2
+    assert "page_size=2" in first["next"] and second["next"] is None
+    assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
+
+
+@pytest.mark.parametrize(
+    "page_size", ["101", "0", "-1", "2.0", "abc", " 2", pytest.param("9" * 5000, id="5000 digits")]
+)
+def test_a_page_size_outside_1_to_100_or_not_a_whole_number_is_400_naming_it(user_client, user, make_prediction,
+                                                                               page_size):
+    make_prediction(owner=user)
+
+    response = user_client.get(LIST, {"page_size": page_size})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "page_size" and "from 1 to 100" in error["message"]
+
+
+def test_the_largest_page_size_is_accepted_and_an_empty_one_means_the_default(user_client, user, make_prediction):
+    make_prediction(owner=user)
+
+    assert user_client.get(LIST, {"page_size": 100}).status_code == 200
+    assert user_client.get(LIST, {"page_size": ""}).status_code == 200
 
 
 def test_a_page_past_the_end_is_404_in_the_envelope(user_client):
@@ -441,14 +519,13 @@ def test_latest_applies_the_other_filters_to_each_uploads_newest_prediction_only
     ]
 
 
-def test_latest_is_paginated_and_counts_only_the_newest_predictions(user_client, user, make_prediction, monkeypatch):
-    monkeypatch.setattr(PageNumberPagination, "page_size", 2)
+def test_latest_is_paginated_and_counts_only_the_newest_predictions(user_client, user, make_prediction):
     newest = []
     for _ in range(3):
         first = make_prediction(owner=user, done=True)
         newest.insert(0, _rerun(first, status=Prediction.Status.DONE, digit=1).pk)
 
-    first_page = user_client.get(LIST, {"latest": "true"}).json()
+    first_page = user_client.get(LIST, {"latest": "true", "page_size": 2}).json()
     second_page = user_client.get(first_page["next"]).json()
 
     assert first_page["count"] == 3 and second_page["count"] == 3
@@ -523,6 +600,15 @@ def test_the_uploaded_and_input_images_are_served_as_png_with_a_token(user_clien
         assert response.getvalue().startswith(b"\x89PNG")
 
 
+def test_options_on_an_image_says_it_answers_a_png_and_reads_no_body(user_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+
+    for suffix in ("image/", "input/"):
+        described = user_client.options(f"{detail(prediction)}{suffix}").json()
+        assert described["renders"] == ["image/png", "application/json"], suffix
+        assert described["parses"] == [], suffix
+
+
 def test_the_input_image_of_a_pending_prediction_is_404(user_client, user, make_prediction):
     response = user_client.get(f"{detail(make_prediction(owner=user))}input/", HTTP_ACCEPT="image/png")
 
@@ -544,7 +630,9 @@ def test_feedback_is_recorded_and_can_be_cleared(user_client, user, make_predict
     assert prediction.feedback is None
 
 
-@pytest.mark.parametrize("body", [{"feedback": 10}, {"feedback": -1}, {"feedback": "seven"}, {}])
+@pytest.mark.parametrize(
+    "body", [{"feedback": 10}, {"feedback": -1}, {"feedback": "seven"}, {"feedback": 7.0}, {"feedback": "7.0"}, {}]
+)
 def test_invalid_feedback_is_400(user_client, user, make_prediction, body):
     prediction = make_prediction(owner=user, done=True)
 

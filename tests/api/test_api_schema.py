@@ -91,6 +91,17 @@ def test_the_list_documents_its_latest_filter_as_a_boolean_off_by_default(api_cl
     assert latest["in"] == "query" and latest["schema"] == {"type": "boolean", "default": False}
 
 
+@pytest.mark.django_db
+def test_every_list_documents_its_page_size_with_the_maximum_the_server_holds_to(api_client):
+    paths = _schema(api_client)["paths"]
+
+    for path in ("/api/v1/predictions/", "/api/v1/training-runs/", "/api/v1/checkpoints/"):
+        operation = paths[path]["get"]
+        (page_size,) = [parameter for parameter in operation["parameters"] if parameter["name"] == "page_size"]
+        assert page_size["in"] == "query" and page_size["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
+        assert "400" in operation["responses"], path
+
+
 # What the statuses below are provoked with; a body goes only with the methods that take one.
 _OPERATION_METHODS = ("get", "put", "post", "delete", "patch")
 _METHODS_WITH_BODY = {"post", "put", "patch"}

@@ -118,6 +118,29 @@ def test_out_of_bounds_hyper_parameters_are_400_naming_the_field(staff_client, b
     assert not TrainingRun.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"activate_on_success": 0.0},
+        {"activate_on_success": 1},
+        {"augment": 0.0},
+        {"augment": 1.0},
+        {"epochs": 3.0},
+        {"batch_size": "64.0"},
+        {"train_subset": 500.0},
+    ],
+    ids=str,
+)
+def test_a_number_where_a_flag_belongs_or_a_fraction_where_a_whole_number_does_is_400_naming_the_field(
+    staff_client, body
+):
+    response = staff_client.post(RUNS, {"architecture": "mlp", **body}, format="json")
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["field"] == next(iter(body))
+    assert not TrainingRun.objects.exists()
+
+
 def test_non_staff_get_403_on_every_staff_endpoint(user_client, queued_run, make_checkpoint):
     checkpoint, _ = make_checkpoint()
     calls = [
@@ -212,6 +235,21 @@ def test_staff_list_and_inspect_runs(staff_client, queued_run):
                 "duration_seconds", "error"):
         assert key in detail
     assert detail["created_by"] == "staff"
+
+
+def test_staff_choose_how_many_runs_and_checkpoints_a_page_holds(staff_client, staff_user, make_checkpoint):
+    from training.services import training_run_create
+
+    for _ in range(3):
+        training_run_create(created_by=staff_user, architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3,
+                            enqueue=False)
+        make_checkpoint()
+
+    for url in (RUNS, CHECKPOINTS):
+        page = staff_client.get(url, {"page_size": 2}).json()
+        assert page["count"] == 3 and len(page["results"]) == 2 and "page_size=2" in page["next"], url
+        refused = staff_client.get(url, {"page_size": 101})
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == "page_size", url
 
 
 def test_a_missing_run_is_404(staff_client):
