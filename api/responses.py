@@ -35,14 +35,10 @@ NOT_MODIFIED = OpenApiResponse(description="Not modified: `If-None-Match` named 
 # each view is, rather than operation by operation.
 NOT_ACCEPTABLE = error("No representation the Accept header allows: send `Accept: application/json` (or none).",
                        code="not_acceptable")
-METHOD_NOT_ALLOWED = error("This path does not take that method; the Allow header lists those it does.",
-                           code="method_not_allowed")
 UNSUPPORTED_MEDIA_TYPE = error("The body's Content-Type is none this operation reads (see its request body).",
                                code="unsupported_media_type")
 TOO_LARGE = error("The request body is larger than the server accepts.", code="too_large")
 
-# The methods an OpenAPI operation can stand for (HEAD and OPTIONS are answered for every GET and every view).
-_OPERATION_METHODS = ("get", "put", "post", "delete", "patch")
 _METHODS_WITH_BODY = {"post", "put", "patch"}
 
 
@@ -57,12 +53,13 @@ def _rendered(response: OpenApiResponse) -> dict:
 
 
 def declare_protocol_errors(result: dict, generator, request, public) -> dict:
-    """A drf-spectacular postprocessing hook: each operation's 405, 406, 413 and 415, when its view can answer them.
+    """A drf-spectacular postprocessing hook: each operation's 406, 413 and 415, when its view can answer them.
 
-    405 on every operation of a path whose view leaves some method unserved; 406 where the view negotiates with
+    406 where the view negotiates with
     DRF's default (the image views answer a PNG or an error whatever the Accept header says); 415 where the
     operation reads a request body; 413 wherever a body may be sent, since the size limit refuses one before any
-    view is reached. A status an operation declares itself keeps its own description.
+    view is reached. A status an operation declares itself keeps its own description. (405 belongs to the methods
+    a path does not take, which OpenAPI has no operation for: the API's description says it once.)
     """
     assert "ErrorEnvelope" in result["components"]["schemas"], "the error responses reference the envelope"
     views = {(path, method.lower()): callback.cls for path, _, method, callback in generator.endpoints}
@@ -70,8 +67,6 @@ def declare_protocol_errors(result: dict, generator, request, public) -> dict:
         for method, operation in item.items():
             view = views[(path, method)]
             found = {}
-            if any(name not in view.http_method_names or not hasattr(view, name) for name in _OPERATION_METHODS):
-                found[405] = METHOD_NOT_ALLOWED
             if issubclass(view.content_negotiation_class, DefaultContentNegotiation):
                 found[406] = NOT_ACCEPTABLE
             if method in _METHODS_WITH_BODY:

@@ -340,7 +340,10 @@ if API_TOKEN_MAX_AGE_DAYS < 0:
     raise ImproperlyConfigured("API_TOKEN_MAX_AGE_DAYS must be 0 (no expiry) or a number of days.")
 SPECTACULAR_SETTINGS = {
     "TITLE": "mnistsite API",
-    "DESCRIPTION": "Handwritten digit recognition: uploads, predictions and training.",
+    "DESCRIPTION": (
+        "Handwritten digit recognition: uploads, predictions and training. A method a path does not take is "
+        "answered 405, with the methods it does take in the `Allow` header."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Multipart uploads are described as binary files only when requests and responses get separate components.
