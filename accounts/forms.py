@@ -1,6 +1,6 @@
-"""Account forms: sign-up (the site's own names kept back), API tokens, and password checks behind the lockout."""
+"""Account forms: sign-up (the site's names kept back), email, reset requests, tokens, and checks behind the lockout."""
 from django import forms
-from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, PasswordResetForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
 from accounts.backends import client_address
@@ -11,7 +11,18 @@ from accounts.services import login_attempt_start, login_attempt_succeeded
 RESERVED_USERNAMES = frozenset({"samples"})
 
 
+EMAIL_HELP_TEXT = (
+    "Optional, and only for a link to reset your password should you forget it; whoever reads this inbox can reset "
+    "it. Without an address, an administrator sets a new password for you."
+)
+
+
 class SignupForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        fields = ("username", "email")
+        labels = {"email": "Email address (optional)"}
+        help_texts = {"email": EMAIL_HELP_TEXT}
+
     def clean_username(self):
         # Before Django's check, which returns None (having recorded its error) for a name already taken.
         if (self.cleaned_data.get("username") or "").casefold() in RESERVED_USERNAMES:
@@ -72,6 +83,24 @@ class ApiTokenCreateForm(PasswordConfirmedForm):
 
 class AccountDeleteForm(PasswordConfirmedForm):
     pass
+
+
+class AccountEmailForm(PasswordConfirmedForm):
+    """The address reset links go to. It takes the password: a session alone (a computer left signed in) could
+    otherwise point the links at another inbox and take the account over by resetting its password."""
+
+    email = forms.EmailField(label="Email address", required=False, max_length=254, help_text=EMAIL_HELP_TEXT,
+                             widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+    field_order = ["email", "password"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Its own names and ids: the page holds the other forms' password fields too.
+        super().__init__(*args, prefix="email", **kwargs)
+
+
+class PasswordResetRequestForm(PasswordResetForm):
+    email = forms.EmailField(label="Your account's email address", max_length=254,
+                             widget=forms.EmailInput(attrs={"autocomplete": "email"}))
 
 
 class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):

@@ -1,12 +1,18 @@
-"""Account reads: a user's API tokens, and the user behind a presented key."""
+"""Account reads: a user's API tokens, the user behind a presented key, and whether the site sends email."""
 from __future__ import annotations
 
 import functools
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 
 from accounts.models import ApiToken, api_token_digest
+
+
+def password_reset_by_email_available() -> bool:
+    """Whether reset links can be sent: EMAIL_URL names a way to send mail (unset, the dummy backend drops it)."""
+    return settings.EMAIL_BACKEND != "django.core.mail.backends.dummy.EmailBackend"
 
 
 def api_token_list_for_user(*, user) -> list[ApiToken]:

@@ -1,7 +1,11 @@
-"""Account writes: the demo account, API tokens, deleting an account, and counting failed log-ins."""
+"""Account writes: the demo account, API tokens, email addresses, deletion, and counting log-ins and reset requests."""
+import hashlib
 import ipaddress
 import logging
+import math
 import secrets
+import time
+import unicodedata
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -11,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiToken, api_token_digest
+from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,80 @@ def _count_down(keys: list[str]) -> None:
             cache.decr(key)
         except ValueError:
             pass  # expired meanwhile
+
+
+def login_failures_forget(*, username: str, ip: str) -> None:
+    """Clear the failed log-ins counted at one account from one address, as a log-in there would.
+
+    For a password just reset by email: its owner, having guessed at the old one, logs in with the new one at once.
+    The address's and the account's counts stay, as for a log-in: others' guesses are not wiped out.
+    """
+    cache.delete(next(iter(_limits(username=username, ip=ip))))
+
+
+class PasswordResetThrottled(Exception):
+    """A reset link asked for too often, from one client address or for one email address; nothing was sent."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _email_key(email: str) -> str:
+    # The address as Django's reset form matches it (NFKC, any case), hashed: no address is kept in the cache.
+    folded = unicodedata.normalize("NFKC", email).casefold()
+    return hashlib.sha256(folded.encode()).hexdigest()
+
+
+def password_reset_allowance_take(*, ip: str, email: str) -> None:
+    """Count a request for a reset link against the client's address and against the email address asked for.
+
+    Counted whether or not an account has that address, before anyone looks: an answer that depended on it would
+    tell. The email address's limit (PASSWORD_RESET_EMAIL_THROTTLE_RATE) keeps the form from filling someone's
+    inbox from many addresses; the client's (PASSWORD_RESET_THROTTLE_RATE) keeps one client from sending links to
+    address after address. Raises
+    PasswordResetThrottled, having spent nothing, when either is spent. An unreachable cache throttles nothing.
+    """
+    limits = [
+        (f"throttle_password_reset_ip_{address_key(ip)}", rate_parse(settings.PASSWORD_RESET_THROTTLE_RATE),
+         "Too many reset links were asked for from your address; try again in {minutes} minutes."),
+        (f"throttle_password_reset_email_{_email_key(email)}", rate_parse(settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE),
+         "Reset links for this email address were asked for too often; try again in {minutes} minutes. "
+         "A link already sent still works until it expires."),
+    ]
+    now, spent = time.time(), []
+    try:
+        for key, rate, message in limits:
+            if rate is None:
+                continue
+            count, period = rate
+            retry_after = allowance_take(key=key, now=now, cost=period / count, period=period)
+            if retry_after > TOLERANCE_S:
+                refusal = PasswordResetThrottled(message.format(minutes=math.ceil(retry_after / 60)),
+                                                 retry_after=retry_after)
+                break
+            spent.append((key, period / count, period))
+        else:
+            return
+        # Refused for the email address: the client's request is given back, as nothing was sent.
+        for key, cost, period in spent:
+            allowance_take(key=key, now=now, cost=-cost, period=period)
+    except Exception:  # noqa: BLE001 - as for sign-ups: an unreachable cache must not keep people out of their account
+        logger.warning("password reset throttle skipped: the cache is unavailable", exc_info=True)
+        return
+    raise refusal
+
+
+def user_email_set(*, user, email: str) -> None:
+    """Set the address ``user``'s password reset links go to; "" removes it (an administrator resets it then).
+
+    Not unique: an address may serve several accounts (each gets its own link, naming it), and a refusal for an
+    address in use would tell anyone which addresses have an account here. Links sent to the old address stop
+    working, as Django's reset token covers the address.
+    """
+    # The domain in lower case, as sign-up stores it; the name before the @ as typed (some servers tell case apart).
+    user.email = get_user_model().objects.normalize_email(email.strip())
+    user.save(update_fields=["email"])
 
 
 class DemoUserError(ValueError):

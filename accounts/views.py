@@ -1,4 +1,4 @@
-"""Sign-up (a few accounts an hour per address), log-in that slows down guessing, log-out, and the account page."""
+"""Sign-up (a few accounts an hour per address), log-in that slows guessing, log-out, password reset, account page."""
 import logging
 import math
 import time
@@ -8,7 +8,15 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_not_required
-from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
+from django.contrib.auth.views import (
+    LoginView,
+    LogoutView,
+    PasswordChangeView,
+    PasswordResetCompleteView,
+    PasswordResetConfirmView,
+    PasswordResetDoneView,
+    PasswordResetView,
+)
 from django.http import Http404, HttpRequest, HttpResponse
 from django.db import transaction
 from django.shortcuts import redirect, render
@@ -19,7 +27,14 @@ from django.views.decorators.http import require_http_methods
 
 from accounts import selectors, services
 from accounts.backends import client_address
-from accounts.forms import AccountDeleteForm, AccountPasswordChangeForm, ApiTokenCreateForm, SignupForm
+from accounts.forms import (
+    AccountDeleteForm,
+    AccountEmailForm,
+    AccountPasswordChangeForm,
+    ApiTokenCreateForm,
+    PasswordResetRequestForm,
+    SignupForm,
+)
 from accounts.services import login_attempt_allowed
 from classifier import selectors as classifier_selectors
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
@@ -140,6 +155,7 @@ def _account_page(
     *,
     new_token: dict | None = None,
     token_form: ApiTokenCreateForm | None = None,
+    email_form: AccountEmailForm | None = None,
     delete_form: AccountDeleteForm | None = None,
     status: int = 200,
 ):
@@ -152,6 +168,9 @@ def _account_page(
         "tokens": tokens,
         "new_token": (made, new_token["key"]) if made else None,
         "token_form": token_form or ApiTokenCreateForm(user=request.user, request=request),
+        "email_form": email_form or AccountEmailForm(user=request.user, request=request,
+                                                     initial={"email": request.user.email}),
+        "password_reset_available": selectors.password_reset_by_email_available(),
         "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
     }
     response = render(request, "registration/account.html", context, status=status)
@@ -197,6 +216,19 @@ def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
 
 
 @require_http_methods(["POST"])
+def account_email_change(request: HttpRequest) -> HttpResponse:
+    form = AccountEmailForm(request.POST, user=request.user, request=request)
+    if not form.is_valid():
+        return _account_page(request, email_form=form, status=400)
+    services.user_email_set(user=request.user, email=form.cleaned_data["email"])
+    if request.user.email:
+        messages.success(request, f"Password reset links now go to {request.user.email}.")
+    else:
+        messages.success(request, "Your email address was removed; an administrator resets a forgotten password.")
+    return redirect("account")
+
+
+@require_http_methods(["POST"])
 def account_delete(request: HttpRequest) -> HttpResponse:
     form = AccountDeleteForm(request.POST, user=request.user, request=request)
     if not form.is_valid():
@@ -230,3 +262,79 @@ class AccountPasswordChangeView(PasswordChangeView):
             f" Your {revoked} API token{pluralize(revoked)} {pluralize(revoked, 'was,were')} revoked." if revoked else ""
         ))
         return response
+
+
+def _duration(seconds: int) -> str:
+    """A whole number of days, hours or minutes ("1 hour", "3 days"), else seconds, for the reset pages and email."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}{pluralize(seconds // size)}"
+    return f"{seconds} second{pluralize(seconds)}"
+
+
+class PasswordResetContextMixin:
+    """What every reset page (and the email) says: whether this site sends email, and how long a link works."""
+
+    def get_context_data(self, **kwargs):
+        return {
+            **super().get_context_data(**kwargs),
+            "email_available": selectors.password_reset_by_email_available(),
+            "link_valid_for": _duration(settings.PASSWORD_RESET_TIMEOUT),
+        }
+
+
+class SitePasswordResetView(PasswordResetContextMixin, PasswordResetView):
+    """Django's reset request: the same answer whether or not an account has the address, counted against the
+    client's address and the email address (see services.password_reset_allowance_take). A site that sends no email
+    says so, and to ask an administrator, instead of a form that would send nothing."""
+
+    template_name = "registration/password_reset_form.html"
+    form_class = PasswordResetRequestForm
+    email_template_name = "registration/password_reset_email.txt"
+    subject_template_name = "registration/password_reset_subject.txt"
+    success_url = reverse_lazy("password_reset_done")
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not selectors.password_reset_by_email_available():
+            return self.render_to_response(self.get_context_data(form=None), status=503)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form) -> HttpResponse:
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+    def form_valid(self, form) -> HttpResponse:
+        try:
+            services.password_reset_allowance_take(ip=client_address(self.request), email=form.cleaned_data["email"])
+        except services.PasswordResetThrottled as exc:
+            response = self.render_to_response(self.get_context_data(form=form, refusal=str(exc)), status=429)
+            response["Retry-After"] = str(math.ceil(exc.retry_after))
+            return response
+        self.extra_email_context = {"link_valid_for": _duration(settings.PASSWORD_RESET_TIMEOUT)}
+        # Django's form logs a message the server would not take and answers as sent: a failure only for addresses
+        # that have an account would tell which do. The next page says what to do when nothing arrives.
+        return super().form_valid(form)
+
+
+class SitePasswordResetDoneView(PasswordResetContextMixin, PasswordResetDoneView):
+    template_name = "registration/password_reset_done.html"
+
+
+class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfirmView):
+    """The link from the email: Django's check (the token covers the password and the address, so it works once and
+    not after either changed) and form. Setting the password ends every session signed in with the old one."""
+
+    template_name = "registration/password_reset_confirm.html"
+    success_url = reverse_lazy("password_reset_complete")
+
+    def form_invalid(self, form) -> HttpResponse:
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+    def form_valid(self, form) -> HttpResponse:
+        response = super().form_valid(form)
+        # Locked out by guessing at the password just replaced, its owner could not log in with the new one yet.
+        services.login_failures_forget(username=form.user.get_username(), ip=client_address(self.request))
+        return response
+
+
+class SitePasswordResetCompleteView(PasswordResetContextMixin, PasswordResetCompleteView):
+    template_name = "registration/password_reset_complete.html"

@@ -390,6 +390,34 @@ AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
 LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=300)
 
+# Outgoing email, for password reset links: smtp://user:password@host:25, smtp+tls://...:587 (STARTTLS),
+# smtp+ssl://...:465, consolemail://, filemail:///path, ... Unset: the site sends no email, and its reset page
+# says so instead of offering a form that would send nothing.
+EMAIL_URL = env.str("EMAIL_URL", default="")
+EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+if EMAIL_URL:
+    try:
+        _email_config = env.email_url_config(EMAIL_URL)
+    except ImproperlyConfigured:
+        # Named by its scheme only: the URL holds the mail server's password.
+        raise ImproperlyConfigured(
+            f"EMAIL_URL has an unknown scheme {EMAIL_URL.partition(':')[0]!r}; use one of "
+            f"{', '.join(f'{scheme}://' for scheme in environ.Env.EMAIL_SCHEMES)}."
+        ) from None
+    # Parts the URL leaves out (a port, a user) keep Django's defaults rather than becoming None.
+    globals().update({name: value for name, value in _email_config.items() if value not in (None, "")})
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+# A mail server that stops answering must not hold the reset page's request for ever.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# Seconds a password reset link works (and only until it is used, or the password changes another way).
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
+if PASSWORD_RESET_TIMEOUT < 60:
+    raise ImproperlyConfigured("PASSWORD_RESET_TIMEOUT must be a number of seconds, 60 or more.")
+# Reset links one client address may ask for per period, and that may be sent to one email address per period
+# (whoever asks), so the form cannot fill someone's inbox ("10/hour"; empty: no limit).
+PASSWORD_RESET_THROTTLE_RATE = env.str("PASSWORD_RESET_THROTTLE_RATE", default="10/hour")
+PASSWORD_RESET_EMAIL_THROTTLE_RATE = env.str("PASSWORD_RESET_EMAIL_THROTTLE_RATE", default="3/hour")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

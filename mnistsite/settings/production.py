@@ -19,6 +19,14 @@ if _UNSET_STATE:
         "inside the code's folder, where a redeploy would lose them."
     )
 
+# Mail from Django's webmaster@localhost is refused or filed as spam by most servers, and a reset link that never
+# arrives looks to its reader like a site that sent nothing.
+if _setting_or("EMAIL_URL", "") and not _setting_or("DEFAULT_FROM_EMAIL", ""):
+    raise ImproperlyConfigured(
+        "DEFAULT_FROM_EMAIL must be set in production when EMAIL_URL is: the address reset links are sent from, "
+        "e.g. DEFAULT_FROM_EMAIL=digits@example.com."
+    )
+
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)

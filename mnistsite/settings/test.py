@@ -20,3 +20,5 @@ os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefgh
 from mnistsite.settings.base import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Mail is kept in django.core.mail.outbox, whatever EMAIL_URL says; the test of a site without mail sets its own.
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -1,4 +1,4 @@
-"""The account page: changing the password, the API token and deleting the account."""
+"""The account page: changing the password and the email address, the API tokens and deleting the account."""
 import io
 import re
 from pathlib import Path
@@ -256,3 +256,48 @@ def test_the_account_page_says_how_much_the_uploads_take_of_the_allowance(client
 
     settings.UPLOAD_QUOTA_MB = 0
     assert f"Your uploads take {used}." in client.get("/accounts/").content.decode()
+
+
+def test_the_email_address_reset_links_go_to_is_set_on_the_account_page_only_with_the_password(signed_in, user):
+    assert "Your account has no email address" in signed_in.get("/accounts/").content.decode()
+    wrong = signed_in.post("/accounts/email/", {"email-email": "mallory@example.com", "email-password": "guess"})
+    assert wrong.status_code == 400 and "That is not your password" in wrong.content.decode()
+    user.refresh_from_db()
+    assert user.email == ""  # a session alone cannot point the reset links at another inbox
+    saved = signed_in.post("/accounts/email/", {"email-email": "Alice@EXAMPLE.com", "email-password": PASSWORD},
+                           follow=True)
+    assert "Password reset links now go to Alice@example.com" in saved.content.decode()
+    user.refresh_from_db()
+    assert user.email == "Alice@example.com"
+
+
+def test_a_malformed_email_address_is_refused_and_described_where_it_is_typed(signed_in, user):
+    response = signed_in.post("/accounts/email/", {"email-email": "alice at example", "email-password": PASSWORD})
+    page = response.content.decode()
+    assert response.status_code == 400
+    field = re.search(r'<input type="email" name="email-email"[^>]*>', page).group(0)
+    assert 'aria-invalid="true"' in field and "id_email-email_error" in field
+    assert '<div id="id_email-email_error"><p class="field-error">Enter a valid email address.</p></div>' in page
+    user.refresh_from_db()
+    assert user.email == ""
+
+
+def test_removing_the_email_address_stops_the_reset_links_already_sent(signed_in, user, client):
+    from django.core import mail
+    from django.test import Client
+
+    user.email = "alice@example.com"
+    user.save()
+    Client().post("/accounts/password/reset/", {"email": "alice@example.com"})
+    link = re.search(r"http://testserver(\S+)", mail.outbox[0].body).group(1)
+    removed = signed_in.post("/accounts/email/", {"email-email": "", "email-password": PASSWORD}, follow=True)
+    assert "Your email address was removed" in removed.content.decode()
+    assert "This link does not work" in Client().get(link).content.decode()
+    Client().post("/accounts/password/reset/", {"email": "alice@example.com"})
+    assert len(mail.outbox) == 1
+
+
+def test_the_account_page_says_when_the_site_sends_no_email(signed_in, settings):
+    assert "This site sends no email" not in signed_in.get("/accounts/").content.decode()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+    assert "This site sends no email" in signed_in.get("/accounts/").content.decode()

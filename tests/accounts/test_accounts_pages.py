@@ -1,5 +1,5 @@
-"""Log-in, log-out and sign-up pages, the skip link every page opens with, the times on the account page, and that
-everything else needs a logged-in user."""
+"""Log-in, log-out, sign-up and password reset pages, the skip link every page opens with, the times on the account
+page, and that everything else needs a logged-in user."""
 import io
 import re
 
@@ -254,3 +254,228 @@ def test_a_signed_in_visitor_sent_to_log_in_with_the_log_in_page_as_next_goes_to
     for next_url in ("/accounts/login/", "/accounts/login/?next=/history/"):
         response = client.get("/accounts/login/", {"next": next_url})
         assert response.status_code == 302 and response["Location"] == reverse("classifier:upload")
+
+
+# Password reset by email.
+
+RESET = "/accounts/password/reset/"
+NEW_PASSWORD = "a fresh passphrase 42"
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password="correct horse battery",
+                                                 email="alice@example.com")
+
+
+def _reset_link(message) -> str:
+    return re.search(r"http://testserver(/accounts/password/reset/\S+/\S+/)", message.body).group(1)
+
+
+def _set_password_by_link(visitor, link: str, password: str = NEW_PASSWORD):
+    form_page = visitor.get(link)
+    assert form_page.status_code == 302  # to a page without the token, which the Referer header could leak
+    return visitor.post(form_page["Location"], {"new_password1": password, "new_password2": password})
+
+
+def _logs_in(username: str, password: str) -> bool:
+    from django.test import Client
+
+    return Client().post("/accounts/login/", {"username": username, "password": password}).status_code == 302
+
+
+def test_the_log_in_page_links_to_the_password_reset_page(client):
+    page = client.get("/accounts/login/").content.decode()
+    assert f'<a href="{RESET}">Forgot your password?</a>' in page
+    reset = client.get(RESET)
+    assert reset.status_code == 200 and 'name="email"' in reset.content.decode()
+
+
+def test_a_reset_link_sent_by_email_sets_a_new_password_and_the_old_one_stops_working(client, alice, settings):
+    from django.core import mail
+
+    settings.PASSWORD_RESET_TIMEOUT = 3600
+    settings.DEFAULT_FROM_EMAIL = "digits@example.com"
+    # Any case: addresses are matched as people type them.
+    asked = client.post(RESET, {"email": "Alice@Example.com"})
+    assert asked.status_code == 302 and asked["Location"] == "/accounts/password/reset/sent/"
+    assert "Check your email" in client.get(asked["Location"]).content.decode()
+    (message,) = mail.outbox
+    assert message.to == ["alice@example.com"] and message.from_email == "digits@example.com"
+    assert message.subject == "Reset your password on testserver"
+    assert '"alice"' in message.body and "within 1 hour" in message.body
+
+    done = _set_password_by_link(client, _reset_link(message))
+    assert done.status_code == 302 and done["Location"] == "/accounts/password/reset/done/"
+    assert "Your password was changed" in client.get(done["Location"]).content.decode()
+    assert _logs_in("alice", NEW_PASSWORD)
+    assert not _logs_in("alice", "correct horse battery")
+
+
+def test_a_reset_link_works_once(client, alice):
+    from django.core import mail
+
+    client.post(RESET, {"email": "alice@example.com"})
+    link = _reset_link(mail.outbox[0])
+    assert _set_password_by_link(client, link).status_code == 302
+    again = client.get(link)
+    assert again.status_code == 200 and "This link does not work" in again.content.decode()
+    # Nor can the form be sent again on the strength of the first visit.
+    replay = client.post(link.rsplit("/", 2)[0] + "/set-password/",
+                         {"new_password1": "another passphrase 7", "new_password2": "another passphrase 7"})
+    assert "This link does not work" in replay.content.decode()
+    assert _logs_in("alice", NEW_PASSWORD) and not _logs_in("alice", "another passphrase 7")
+
+
+def test_a_reset_link_stops_working_once_its_time_is_up(client, alice, settings):
+    import time
+
+    from django.core import mail
+
+    settings.PASSWORD_RESET_TIMEOUT = 1
+    client.post(RESET, {"email": "alice@example.com"})
+    time.sleep(2.1)  # the token counts whole seconds
+    expired = client.get(_reset_link(mail.outbox[0]))
+    assert expired.status_code == 200 and "This link does not work" in expired.content.decode()
+    assert "1 second old" in expired.content.decode()
+    assert _logs_in("alice", "correct horse battery")
+
+
+def test_an_address_no_account_has_gets_the_same_answer_and_no_email(client, alice, django_user_model):
+    from django.core import mail
+
+    django_user_model.objects.create_user(username="nomail", password="correct horse battery")
+    known = client.post(RESET, {"email": "alice@example.com"})
+    unknown = type(client)().post(RESET, {"email": "nobody@example.com"})
+    assert (unknown.status_code, unknown["Location"]) == (known.status_code, known["Location"])
+    assert client.get(known["Location"]).content == type(client)().get(unknown["Location"]).content
+    assert [message.to for message in mail.outbox] == [["alice@example.com"]]
+
+
+def test_an_address_of_several_accounts_gets_a_link_for_each_naming_it(client, alice, django_user_model):
+    from django.core import mail
+
+    django_user_model.objects.create_user(username="alice-work", password="x9!kQ2#vLp", email="ALICE@example.com")
+    client.post(RESET, {"email": "alice@example.com"})
+    assert sorted(re.search(r'account "([^"]+)"', message.body).group(1) for message in mail.outbox) == [
+        "alice", "alice-work"]
+
+
+def test_resetting_the_password_signs_the_account_out_everywhere_but_keeps_its_api_tokens(client, alice):
+    from django.core import mail
+    from django.test import Client
+    from rest_framework.test import APIClient
+
+    from accounts.services import api_token_create
+
+    elsewhere = Client()
+    elsewhere.force_login(alice)
+    assert elsewhere.get("/").status_code == 200
+    _, key = api_token_create(user=alice, name="scanner")
+    client.post(RESET, {"email": "alice@example.com"})
+    _set_password_by_link(client, _reset_link(mail.outbox[0]))
+    assert elsewhere.get("/").status_code == 302  # to the log-in page
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api.get("/api/v1/predictions/").status_code == 200
+
+
+def test_a_reset_lets_its_owner_in_at_once_from_the_address_that_was_locked_out(client, alice, settings):
+    from django.core import mail
+
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        client.post("/accounts/login/", {"username": "alice", "password": "forgotten"})
+    assert client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"}).status_code == 429
+    client.post(RESET, {"email": "alice@example.com"})
+    _set_password_by_link(client, _reset_link(mail.outbox[0]))
+    assert client.post("/accounts/login/", {"username": "alice", "password": NEW_PASSWORD}).status_code == 302
+
+
+def test_one_client_address_may_ask_for_only_so_many_reset_links(client, alice, settings):
+    from django.core import mail
+
+    settings.PASSWORD_RESET_THROTTLE_RATE = "2/hour"
+    asker = type(client)(REMOTE_ADDR="203.0.113.9")
+    answers = [asker.post(RESET, {"email": f"someone{n}@example.com"}).status_code for n in range(2)]
+    refused = asker.post(RESET, {"email": "alice@example.com"})
+    assert answers == [302, 302] and refused.status_code == 429
+    assert "Too many reset links" in refused.content.decode() and 0 < int(refused["Retry-After"]) <= 3600
+    assert mail.outbox == []
+    # Another address has its own allowance.
+    assert type(client)(REMOTE_ADDR="198.51.100.7").post(RESET, {"email": "alice@example.com"}).status_code == 302
+    assert len(mail.outbox) == 1
+
+
+@pytest.mark.parametrize("email", ["alice@example.com", "nobody@example.com"])
+def test_one_email_address_gets_only_so_many_reset_links_from_any_number_of_clients(client, alice, settings, email):
+    from django.core import mail
+
+    settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE = "2/hour"
+    answers = [
+        type(client)(REMOTE_ADDR=f"203.0.113.{n}").post(RESET, {"email": email.upper() if n % 2 else email})
+        for n in range(1, 5)
+    ]
+    # The same answers whether or not an account has the address: the refusal tells nothing either.
+    assert [answer.status_code for answer in answers] == [302, 302, 429, 429]
+    assert "asked for too often" in answers[2].content.decode()
+    assert len(mail.outbox) == (2 if email.startswith("alice") else 0)
+    # A refusal for the email address costs the client's own allowance nothing.
+    settings.PASSWORD_RESET_THROTTLE_RATE = "1/hour"
+    assert type(client)(REMOTE_ADDR="203.0.113.3").post(RESET, {"email": "other@example.com"}).status_code == 302
+
+
+def test_a_reset_link_is_still_sent_while_the_cache_is_unreachable(client, alice):
+    from django.core import mail
+    from django.test import override_settings
+
+    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": unreachable}):
+        assert client.post(RESET, {"email": "alice@example.com"}).status_code == 302
+    assert len(mail.outbox) == 1
+
+
+def test_a_site_that_sends_no_email_says_reset_is_unavailable_and_to_ask_an_administrator(client, alice, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+    settings.PASSWORD_RESET_THROTTLE_RATE = "1/hour"
+    for response in (client.get(RESET), client.post(RESET, {"email": "alice@example.com"})):
+        page = response.content.decode()
+        assert "not available on this site" in page and "Ask an administrator" in page
+        assert 'name="email"' not in page and "<form" not in page.split('id="content"')[1]
+    assert response.status_code == 503  # the POST: nothing was sent, and no page says it was
+    # Nor was anything counted: a site that starts sending email later takes the request.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert client.post(RESET, {"email": "alice@example.com"}).status_code == 302
+
+
+def test_every_id_a_reset_field_is_described_by_exists_and_a_mistake_is_marked_for_focus(client, alice):
+    from django.core import mail
+
+    client.post(RESET, {"email": "alice@example.com"})
+    set_password = client.get(_reset_link(mail.outbox[0]))["Location"]
+    for response in (client.post(RESET, {"email": "not an address"}),
+                     client.post(set_password, {"new_password1": NEW_PASSWORD, "new_password2": "different"})):
+        page = response.content.decode()
+        assert response.status_code == 400
+        described = {name for value in re.findall(r'aria-describedby="([^"]+)"', page) for name in value.split()}
+        assert any(name.endswith("_error") for name in described), described
+        assert all(f'id="{name}"' in page for name in described), described
+        assert 'aria-invalid="true"' in page  # static/js/site.js puts the keyboard there
+    assert _logs_in("alice", "correct horse battery")
+
+
+def test_signing_up_with_an_email_address_makes_the_password_resettable(client, django_user_model):
+    from django.core import mail
+
+    response = client.post("/accounts/signup/", {"username": "carol", "email": " Carol@EXAMPLE.com ",
+                                                 "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+    assert response.status_code == 302
+    assert django_user_model.objects.get(username="carol").email == "Carol@example.com"
+    type(client)().post(RESET, {"email": "carol@example.com"})
+    assert mail.outbox[0].to == ["Carol@example.com"]
+
+
+def test_a_sign_up_with_a_malformed_email_address_is_refused_and_stores_nothing(client, django_user_model):
+    response = client.post("/accounts/signup/", {"username": "carol", "email": "carol at example",
+                                                 "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+    assert response.status_code == 400 and "valid email address" in response.content.decode()
+    assert not django_user_model.objects.filter(username="carol").exists()

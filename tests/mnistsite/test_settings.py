@@ -213,3 +213,80 @@ def test_postgresql_connections_probe_a_silent_server_instead_of_waiting_on_it_f
                                            "tcp_user_timeout")} == {
         "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
         "tcp_user_timeout": "60000"}
+
+
+def _settings_probe(*names: str, **env: str) -> list[str]:
+    probe = f"from django.conf import settings; print(*(repr(getattr(settings, n)) for n in {names!r}), sep='\\n')"
+    result = _run_manage("shell", "-c", probe, **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.splitlines()[-len(names):]
+
+
+def test_email_url_gives_the_mail_server_its_port_encryption_and_percent_encoded_credentials():
+    names = ("EMAIL_BACKEND", "EMAIL_HOST", "EMAIL_PORT", "EMAIL_USE_TLS", "EMAIL_USE_SSL", "EMAIL_HOST_USER",
+             "EMAIL_HOST_PASSWORD", "DEFAULT_FROM_EMAIL", "EMAIL_TIMEOUT")
+    starttls = _settings_probe(*names, DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", DEFAULT_FROM_EMAIL="d@x.org",
+                               EMAIL_URL="smtp+tls://digits%40example.com:p%2Fss%3Aword@mail.example.com:587")
+    assert starttls == ["'django.core.mail.backends.smtp.EmailBackend'", "'mail.example.com'", "587", "True", "False",
+                        "'digits@example.com'", "'p/ss:word'", "'d@x.org'", "10"]
+    # What the URL leaves out keeps Django's defaults.
+    plain = _settings_probe("EMAIL_PORT", "EMAIL_HOST_USER", "EMAIL_USE_SSL",
+                            DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", EMAIL_URL="smtp+ssl://mail.example.com")
+    assert plain == ["25", "''", "True"]
+
+
+def test_without_email_url_development_prints_mail_and_production_sends_none():
+    backend = ("EMAIL_BACKEND",)
+    assert _settings_probe(*backend, DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", EMAIL_URL="") == [
+        "'django.core.mail.backends.console.EmailBackend'"]
+    assert _settings_probe(*backend, DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", EMAIL_URL="smtp://m.example.com"
+                           ) == ["'django.core.mail.backends.smtp.EmailBackend'"]
+    assert _settings_probe(*backend, DJANGO_SETTINGS_MODULE="mnistsite.settings.production", EMAIL_URL="",
+                           SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c") == [
+        "'django.core.mail.backends.dummy.EmailBackend'"]
+
+
+def test_production_without_email_says_on_the_reset_page_that_reset_by_email_is_not_available():
+    probe = (
+        "from django.conf import settings; from django.test import Client, override_settings\n"
+        # The page's stylesheet, not what is tested: production's manifest needs a collectstatic first.
+        "override_settings(STORAGES={**settings.STORAGES, 'staticfiles': {'BACKEND': "
+        "'django.contrib.staticfiles.storage.StaticFilesStorage'}}).enable()\n"
+        "client = Client(HTTP_HOST='digits.example.com')\n"
+        "page = client.get('/accounts/password/reset/', secure=True); "
+        "sent = client.post('/accounts/password/reset/', {'email': 'a@example.com'}, secure=True); "
+        "print(page.status_code, 'not available on this site' in page.content.decode(), "
+        "'name=\"email\"' in page.content.decode(), sent.status_code)"
+    )
+    result = _run_manage(
+        "shell", "-c", probe,
+        DJANGO_SETTINGS_MODULE="mnistsite.settings.production", EMAIL_URL="",
+        SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
+        ALLOWED_HOSTS="digits.example.com",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["200", "True", "False", "503"]
+
+
+def test_an_email_url_of_unknown_scheme_is_refused_without_showing_its_password():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev",
+                         EMAIL_URL="smtps+starttls://digits:hunter2secret@mail.example.com:587")
+    assert result.returncode != 0
+    assert "EMAIL_URL has an unknown scheme 'smtps+starttls'" in result.stderr and "smtp+tls://" in result.stderr
+    assert "hunter2secret" not in result.stdout + result.stderr
+
+
+def test_production_with_email_needs_the_address_it_is_sent_from():
+    env = dict(DJANGO_SETTINGS_MODULE="mnistsite.settings.production", EMAIL_URL="smtp://mail.example.com:25",
+               SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c")
+    refused = _run_manage("check", DEFAULT_FROM_EMAIL="", **env)
+    assert refused.returncode != 0 and "DEFAULT_FROM_EMAIL must be set in production when EMAIL_URL is" in refused.stderr
+    assert _run_manage("check", DEFAULT_FROM_EMAIL="digits@example.com", **env).returncode == 0
+
+
+def test_reset_links_last_an_hour_unless_configured_and_never_less_than_a_minute():
+    dev = {"DJANGO_SETTINGS_MODULE": "mnistsite.settings.dev"}
+    assert _settings_probe("PASSWORD_RESET_TIMEOUT", **dev) == ["3600"]
+    assert _settings_probe("PASSWORD_RESET_TIMEOUT", PASSWORD_RESET_TIMEOUT="86400", **dev) == ["86400"]
+    short = _run_manage("check", PASSWORD_RESET_TIMEOUT="0", **dev)
+    assert short.returncode != 0 and "PASSWORD_RESET_TIMEOUT must be a number of seconds, 60 or more" in short.stderr

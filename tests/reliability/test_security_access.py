@@ -14,9 +14,10 @@ from classifier import services
 from classifier.models import Prediction, Upload
 from training.models import Checkpoint, TrainingRun
 
-# Routes that are public on purpose: logging in and out (its page says whether one is signed in), signing up, health
-# probes, the API's own description.
-PUBLIC = {"login", "logout", "signup", "healthz", "readyz", "api:schema", "api:docs", "api:no-such-endpoint"}
+# Routes that are public on purpose: logging in and out (its page says whether one is signed in), signing up, resetting
+# a forgotten password, health probes, the API's own description.
+PUBLIC = {"login", "logout", "signup", "password_reset", "password_reset_done", "password_reset_confirm",
+          "password_reset_complete", "healthz", "readyz", "api:schema", "api:docs", "api:no-such-endpoint"}
 
 
 def named_routes(patterns=None, namespace=""):
@@ -145,6 +146,7 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
     assert anonymous.post(reverse("login"), {"username": "alice", "password": "correct horse battery"}).status_code == 403
     assert anonymous.post(reverse("signup"), {"username": "mallory", "password1": "a-Long-pass-123",
                                               "password2": "a-Long-pass-123"}).status_code == 403
+    assert anonymous.post(reverse("password_reset"), {"email": "alice@example.com"}).status_code == 403
 
     admin = Client(enforce_csrf_checks=True)
     admin.force_login(staff_user)
