@@ -176,7 +176,8 @@ class PredictionSerializer(serializers.Serializer):
         help_text=f"True when done with a confidence below LOW_CONFIDENCE_THRESHOLD ({settings.LOW_CONFIDENCE_THRESHOLD})."
     )
     several_digits = serializers.BooleanField(
-        help_text="True when the picture seemed to hold more than one digit: the one with the most ink was read."
+        help_text="True when the picture seemed to hold more than one digit, read as one: the one with the most ink, "
+        "or, written close together, the digits as one; the digit is then likely wrong."
     )
     error = serializers.CharField(help_text="Why the prediction failed; empty otherwise.")
     feedback = serializers.IntegerField(allow_null=True, help_text="The digit the owner says the image really shows.")

@@ -16,7 +16,12 @@ refused (``empty_refused``), and the share of its pictures (single digits and em
 sheets) taken for several (``several_digits``: the upload would warn that only one digit is read). Under
 ``pairs``, two of the digits written side by side or one above the other, a
 third of a digit's height apart, on clean paper: ``several_digits`` is the share
-of those pictures that are rightly taken for several. With ``--checkpoint FILE``
+of those pictures that are rightly taken for several. Under ``close_pairs``,
+``--close-pairs N`` pairs written closer than that, at each gap of CLOSE_GAPS
+(from overlapping to a fifth of a digit's height), each way, on that paper
+and at MNIST's own size: the share taken for several. Under ``singles``,
+which of ``--singles N`` MNIST test digits as they are, and which shipped
+samples, are wrongly taken for several. With ``--checkpoint FILE``
 (and its sha256, printed by the admin) it also gives the model's accuracy in each scene.
 """
 from __future__ import annotations
@@ -47,6 +52,13 @@ PAPER, INK = 235.0, 30.0
 SAME = 0.05
 # Between the two digits of a pair: a third of a digit's height (MNIST's digits are 20 of their 28 pixels tall).
 PAIR_GAP = 70
+# Digits written closer than that: the gap between the two digits' ink, in MNIST's pixels, from an overlap to a fifth
+# of a digit's height (4 pixels, NEAR_DIGIT: from there on the second digit is a piece apart).
+CLOSE_GAPS = (-4, -2, -1, 0, 1, 2, 3, 4)
+# The sheet's digits are ten times MNIST's size (``_ink_alpha``); at MNIST's own size they lie on black as in MNIST.
+SHEET_SCALE = 10
+MNIST_MARGIN = 4
+SAMPLES = REPO / "media" / "samples"
 
 
 def _ink_alpha(digit: np.ndarray) -> np.ndarray:
@@ -172,22 +184,22 @@ def _circled(alpha: np.ndarray) -> np.ndarray:
     return np.maximum(alpha, np.asarray(ring, dtype=np.float32) / 255.0)
 
 
-def _pair(first: np.ndarray, second: np.ndarray, *, stacked: bool) -> np.ndarray:
-    """Two digits' ink, each cut to its box, PAIR_GAP apart on one sheet with a margin as wide around them."""
+def _pair(first: np.ndarray, second: np.ndarray, *, stacked: bool, gap: int = PAIR_GAP,
+          margin: int = PAIR_GAP) -> np.ndarray:
+    """Two digits' ink, each cut to its box, ``gap`` apart (overlapping when negative) with ``margin`` around them."""
     boxes = []
     for alpha in (first, second):
         rows, cols = np.nonzero(alpha > 0)
-        boxes.append(alpha[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+        box = alpha[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        # Side by side, then turned back: one above the other.
+        boxes.append(box.T if stacked else box)
     (h1, w1), (h2, w2) = boxes[0].shape, boxes[1].shape
-    if stacked:
-        sheet = np.zeros((h1 + h2 + 3 * PAIR_GAP, max(w1, w2) + 2 * PAIR_GAP), dtype=np.float32)
-        sheet[PAIR_GAP : PAIR_GAP + h1, PAIR_GAP : PAIR_GAP + w1] = boxes[0]
-        sheet[2 * PAIR_GAP + h1 : 2 * PAIR_GAP + h1 + h2, PAIR_GAP : PAIR_GAP + w2] = boxes[1]
-    else:
-        sheet = np.zeros((max(h1, h2) + 2 * PAIR_GAP, w1 + w2 + 3 * PAIR_GAP), dtype=np.float32)
-        sheet[PAIR_GAP : PAIR_GAP + h1, PAIR_GAP : PAIR_GAP + w1] = boxes[0]
-        sheet[PAIR_GAP : PAIR_GAP + h2, 2 * PAIR_GAP + w1 : 2 * PAIR_GAP + w1 + w2] = boxes[1]
-    return sheet
+    at = margin + w1 + gap
+    sheet = np.zeros((max(h1, h2) + 2 * margin, max(margin + w1, at + w2) + margin), dtype=boxes[0].dtype)
+    sheet[margin : margin + h1, margin : margin + w1] = boxes[0]
+    # Where the two overlap, the darker ink of either shows.
+    np.maximum(sheet[margin : margin + h2, at : at + w2], boxes[1], out=sheet[margin : margin + h2, at : at + w2])
+    return sheet.T.copy() if stacked else sheet
 
 
 def _transparent_margins(pixels: np.ndarray) -> Image.Image:
@@ -229,12 +241,68 @@ def _model(path: Path | None, sha256: str | None) -> torch.nn.Module | None:
     return model
 
 
+def _taken_for_several(results: list[Prepared | Exception]) -> float | None:
+    if not results:
+        return None
+    return round(sum(isinstance(r, Prepared) and r.several_digits for r in results) / len(results), 3)
+
+
+def _close_pairs(count: int) -> dict:
+    """The share of pairs of MNIST test digits closer than NEAR_DIGIT (or touching) rightly taken for several.
+
+    Digits 2k and 2k + 1 of the test set make the k-th pair, side by side and
+    one above the other: drawn on the clean sheet of paper ten times MNIST's
+    size, and at MNIST's own size on black.
+    """
+    digits = load_split(DATA_DIR, split="test").subset(2 * count).images.numpy()
+    alphas = [_ink_alpha(digit) for digit in digits]
+    report: dict = {"pairs": len(digits) // 2, "gaps": list(CLOSE_GAPS)}
+    for arrangement, stacked in (("side_by_side", False), ("stacked", True)):
+        report[arrangement] = {"paper": {}, "mnist": {}}
+        for gap in CLOSE_GAPS:
+            on_paper = prepare_batch(
+                _gray(_sheet(_pair(alphas[i], alphas[i + 1], stacked=stacked, gap=gap * SHEET_SCALE), seed=i))
+                for i in range(0, len(alphas) - 1, 2)
+            )
+            mnist = prepare_batch(
+                Image.fromarray(_pair(digits[i], digits[i + 1], stacked=stacked, gap=gap, margin=MNIST_MARGIN))
+                for i in range(0, len(digits) - 1, 2)
+            )
+            report[arrangement]["paper"][str(gap)] = _taken_for_several(on_paper)
+            report[arrangement]["mnist"][str(gap)] = _taken_for_several(mnist)
+    return report
+
+
+def _singles(count: int) -> dict:
+    """Which single digits are taken for several: MNIST test digits as they are, and the shipped samples."""
+    digits = load_split(DATA_DIR, split="test").subset(count).images.numpy()
+    results = prepare_batch(Image.fromarray(digit) for digit in digits)
+    paths = sorted(path for path in SAMPLES.glob("*/*") if path.suffix != ".json")
+    samples = prepare_batch(Image.open(path) for path in paths)
+    return {
+        "mnist_test": {
+            "digits": len(digits),
+            "several_digits": [i for i, r in enumerate(results) if isinstance(r, Prepared) and r.several_digits],
+        },
+        "samples": {
+            "images": len(paths),
+            "several_digits": [
+                str(path.relative_to(SAMPLES)) for path, r in zip(paths, samples, strict=True)
+                if isinstance(r, Prepared) and r.several_digits
+            ],
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="MNIST test digits per scene")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file, for accuracy")
     parser.add_argument("--sha256", default=None, help="the checkpoint's sha256 (default: computed here)")
     parser.add_argument("--empty", type=int, default=20, help="sheets with no digit per scene")
+    parser.add_argument("--close-pairs", type=int, default=100,
+                        help="pairs of MNIST test digits at each gap of CLOSE_GAPS, each way and at each size")
+    parser.add_argument("--singles", type=int, default=10000, help="MNIST test digits checked for several, as they are")
     args = parser.parse_args()
 
     test = load_split(DATA_DIR, split="test").subset(args.count)
@@ -282,6 +350,8 @@ def main() -> None:
             if pairs
             else None,
         }
+    report["close_pairs"] = _close_pairs(args.close_pairs)
+    report["singles"] = _singles(args.singles)
     print(json.dumps(report, indent=1))
 
 

@@ -117,7 +117,8 @@ class Prediction(models.Model):
     several_digits = models.BooleanField(
         default=False,
         db_default=False,
-        help_text="The picture seemed to hold more than one digit; the one with the most ink was read.",
+        help_text="The picture seemed to hold more than one digit, read as one: the one with the most ink, or, written "
+        "close together, the digits as one.",
     )
     feedback = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(9)]

@@ -45,3 +45,25 @@ def test_the_digit_comes_through_dust_frames_rings_desks_light_chalk_margins_and
     for arrangement in ("side_by_side", "stacked"):
         assert report["pairs"][arrangement]["pairs"] == 20
         assert report["pairs"][arrangement]["several_digits"] >= 0.9, (arrangement, report["pairs"])
+
+
+@pytest.mark.skipif(not (DATA_DIR / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists(), reason="MNIST not fetched")
+def test_two_digits_closer_than_a_fifth_of_their_height_are_taken_for_several_and_no_single_digit_or_sample_is():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"), "--count", "2", "--empty", "0",
+         "--close-pairs", "20", "--singles", "1000"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "DATA_DIR": str(DATA_DIR)},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    close = report["close_pairs"]
+    assert close["pairs"] == 20 and close["gaps"][0] < 0 < close["gaps"][-1]
+    for arrangement in ("side_by_side", "stacked"):
+        for surface in ("paper", "mnist"):
+            shares = close[arrangement][surface]
+            assert set(shares) == {str(gap) for gap in close["gaps"]}
+            # Apart by a pixel up to a fifth of their height: kept together as one digit, and still taken for two.
+            assert all(shares[str(gap)] >= 0.9 for gap in (1, 2, 3, 4)), (arrangement, surface, shares)
+    singles = report["singles"]
+    assert singles["mnist_test"] == {"digits": 1000, "several_digits": []}
+    assert singles["samples"]["images"] > 0 and singles["samples"]["several_digits"] == []

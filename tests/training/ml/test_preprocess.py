@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from training.ml.data import MNIST_MEAN, MNIST_STD
 from training.ml.preprocess import (
+    SIDE_BY_SIDE_MIN_RATIO,
     EmptyImageError,
     Prepared,
     _quantile,
@@ -572,6 +573,85 @@ def test_two_mnist_digits_in_one_picture_are_taken_for_several_and_one_of_them_i
     for (_, first, second), result in zip(pictures, on_black, strict=True):
         alone = [preprocess(Image.fromarray(first)), preprocess(Image.fromarray(second))]
         assert min(np.abs(result.pixels - digit).max() for digit in alone) < 1e-6
+
+
+@pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
+@pytest.mark.parametrize("stacked", [False, True], ids=["side-by-side", "stacked"])
+def test_two_mnist_digits_closer_than_a_fifth_of_their_height_are_taken_for_several_and_both_are_still_read(stacked):
+    # A pixel apart, a twentieth of an MNIST digit's height: near enough that both are kept as one digit.
+    digits = _mnist_test_digits(40)
+    pictures = [_side_by_side(digits[i], digits[i + 1], gap=1, stacked=stacked) for i in range(0, 40, 2)]
+    on_black = prepare_batch(Image.fromarray(pair) for pair, _, _ in pictures)
+    on_paper = prepare_batch(_on_paper(pair, seed=seed) for seed, (pair, _, _) in enumerate(pictures))
+    assert sum(result.several_digits for result in on_black) >= 19
+    assert sum(result.several_digits for result in on_paper) >= 19
+    # The warning changes nothing of what the model sees: both digits together, as before, not one of them alone.
+    for (_, first, second), result in zip(pictures, on_black, strict=True):
+        alone = [preprocess(Image.fromarray(first)), preprocess(Image.fromarray(second))]
+        assert min(np.abs(result.pixels - digit).max() for digit in alone) > 0.05
+
+
+@pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
+def test_two_mnist_digits_whose_ink_touches_are_taken_for_several_mostly():
+    # Cut to their ink and set side by side with no gap, most pairs touch only at a point or a stroke's edge; those
+    # touching along a whole stroke cannot be told from a single digit's stroke.
+    digits = _mnist_test_digits(40)
+    pictures = [_side_by_side(digits[i], digits[i + 1], gap=0, stacked=False)[0] for i in range(0, 40, 2)]
+    assert sum(result.several_digits for result in prepare_batch(Image.fromarray(pair) for pair in pictures)) >= 10
+    on_paper = prepare_batch(_on_paper(pair, seed=seed) for seed, pair in enumerate(pictures))
+    assert sum(result.several_digits for result in on_paper) >= 10
+
+
+def _zeros(*, gap: int, count: int = 2) -> Image.Image:
+    """``count`` zeros 160 pixels tall written in a row, ``gap`` pixels apart, as in 100."""
+    picture = Image.new("L", (60 + count * (100 + gap), 220), 255)
+    draw = ImageDraw.Draw(picture)
+    for index in range(count):
+        left = 30 + index * (100 + gap)
+        draw.ellipse([left, 30, left + 100, 190], outline=0, width=12)
+    return picture
+
+
+@pytest.mark.parametrize("gap", [3, 12, 24])
+def test_two_zeros_written_closer_than_a_fifth_of_their_height_are_taken_for_several(gap):
+    (pair,) = prepare_batch([_zeros(gap=gap)])
+    assert pair.several_digits
+    (single,) = prepare_batch([_zeros(gap=gap, count=1)])
+    assert not single.several_digits
+
+
+SAMPLES = Path(__file__).resolve().parents[3] / "media" / "samples"
+
+
+def _shipped_sample(name: str) -> Image.Image:
+    return Image.open(SAMPLES / name)
+
+
+def _wide_mnist_digit(index: int):
+    return lambda: Image.fromarray(_mnist_test_digits(index + 1)[index])
+
+
+@pytest.mark.parametrize(
+    "picture",
+    [
+        lambda: _shipped_sample("mnist/8_mnist_61.png"),
+        lambda: _shipped_sample("other/7_hand_bwlearn_paper_106.png"),
+        *(
+            pytest.param(_wide_mnist_digit(index), marks=pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(),
+                                                                            reason="MNIST not fetched"))
+            for index in (33, 916, 3520, 6785)
+        ),
+    ],
+    ids=["flat-eight", "seven-with-a-crossbar", "four-with-a-thin-crossbar", "flat-four", "flat-six", "flat-two"],
+)
+def test_one_digit_far_wider_than_tall_is_not_taken_for_several_and_reads_as_it_did(picture):
+    single = picture()
+    (result,) = prepare_batch([single])
+    # Fitted into 20x20 keeping its shape: wide enough that the cut between two touching digits is looked for.
+    rows, cols = np.flatnonzero(result.pixels.any(axis=1)), np.flatnonzero(result.pixels.any(axis=0))
+    assert cols[-1] - cols[0] + 1 >= SIDE_BY_SIDE_MIN_RATIO * (rows[-1] - rows[0] + 1)
+    assert not result.several_digits
+    np.testing.assert_array_equal(result.pixels, preprocess(single))
 
 
 def _with_dust(draw):
