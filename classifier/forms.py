@@ -1,4 +1,4 @@
-"""Forms for uploading, drawing, giving feedback and filtering the history."""
+"""Forms for uploading, drawing, giving feedback, and filtering the history and deleting from it."""
 import base64
 import binascii
 import io
@@ -7,6 +7,7 @@ from django import forms
 from django.conf import settings
 
 from classifier.models import Prediction
+from classifier.services import UPLOADS_DELETE_MAX_SELECTED
 
 CANVAS_PREFIX = "data:image/png;base64,"
 
@@ -95,3 +96,45 @@ class HistoryFilterForm(forms.Form):
             return ()
         # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright.
         return ids if all(0 < pk < 2**63 for pk in ids) else ()
+
+
+class UploadIdsField(forms.Field):
+    """Upload ids sent as one field repeated (``upload=3&upload=5``): the rows ticked on a history page."""
+
+    widget = forms.MultipleHiddenInput
+
+    def __init__(self, *, max_ids: int, **kwargs):
+        self.max_ids = max_ids
+        super().__init__(**kwargs)
+
+    def to_python(self, value) -> tuple[int, ...]:
+        values = value if isinstance(value, (list, tuple)) else ([value] if value else [])
+        try:
+            ids = tuple(sorted({int(item) for item in values}))
+        except (TypeError, ValueError):
+            raise forms.ValidationError("The selection could not be read; nothing was deleted.") from None
+        # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright.
+        if not all(0 < pk < 2**63 for pk in ids):
+            raise forms.ValidationError("The selection could not be read; nothing was deleted.")
+        if len(ids) > self.max_ids:
+            raise forms.ValidationError(f"At most {self.max_ids} uploads can be selected at once; nothing was deleted.")
+        return ids
+
+
+class UploadsDeleteForm(forms.Form):
+    """Which uploads to delete: those ticked (``upload``), or all that match the history's filters (``matching``).
+
+    ``newest`` is the highest upload id when the deletion was offered: uploads stored since are never among them.
+    Without ``confirmed`` the confirmation page comes first.
+    """
+
+    upload = UploadIdsField(max_ids=UPLOADS_DELETE_MAX_SELECTED, required=False)
+    matching = forms.BooleanField(required=False)
+    newest = forms.IntegerField(min_value=0, max_value=2**63 - 1, required=False)
+    confirmed = forms.BooleanField(required=False)
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("matching") and cleaned.get("newest") is None and not self.errors:
+            raise forms.ValidationError("The deletion could not be read; nothing was deleted.")
+        return cleaned

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Aggregate, Count, Exists, FloatField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import Aggregate, Count, Exists, FloatField, Max, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from classifier.idempotency import (
@@ -106,6 +106,22 @@ def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> Query
     if filters.upload_ids:
         queryset = queryset.filter(pk__in=filters.upload_ids)
     return queryset.order_by("-created_at", "-id")
+
+
+def upload_newest_id() -> int:
+    """The highest upload id now (0 without uploads): uploads stored from now on have higher ones."""
+    return Upload.objects.aggregate(newest=Max("pk"))["newest"] or 0
+
+
+def upload_count_for_user(*, user, filters: UploadFilters | None = None, newest_id: int | None = None) -> int:
+    """How many of the user's uploads match ``filters``, of those stored up to ``newest_id`` (None: all)."""
+    queryset = upload_list_for_user(user=user, filters=filters)
+    return (queryset if newest_id is None else queryset.filter(pk__lte=newest_id)).count()
+
+
+def upload_list_selected_for_user(*, user, upload_ids: Collection[int]) -> QuerySet[Upload]:
+    """Those of ``upload_ids`` that are the user's uploads and still there, newest first (none for no ids)."""
+    return Upload.objects.filter(owner=user, pk__in=list(upload_ids)).order_by("-created_at", "-id")
 
 
 def upload_list_page(*, ids: list[int]) -> list[Upload]:

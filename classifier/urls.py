@@ -8,6 +8,7 @@ app_name = "classifier"
 urlpatterns = [
     path("", views.upload, name="upload"),
     path("history/", views.history, name="history"),
+    path("history/delete", views.uploads_delete, name="uploads_delete"),
     path("history/export.csv", views.history_export, {"kind": "csv"}, name="history_export_csv"),
     path("history/export.zip", views.history_export, {"kind": "zip"}, name="history_export_zip"),
     path("predictions/<int:pk>/", views.prediction_detail, name="prediction_detail"),

@@ -5,6 +5,7 @@ import hashlib
 import io
 import logging
 import math
+import time
 
 from django.conf import settings
 from django.contrib import messages
@@ -22,6 +23,7 @@ from django.http import (
 )
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import get_conditional_response
@@ -32,7 +34,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from PIL import Image
 
 from classifier import exports, selectors, services, throttling
-from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm
+from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm, UploadsDeleteForm
 from classifier.models import INPUT_SIDE, Prediction, Upload
 from classifier.request_body import FILE_NAME_TOO_LONG, file_name_too_long
 from classifier.validation import FilesRejectedError, allowance_weight
@@ -456,6 +458,11 @@ def history(request: HttpRequest) -> HttpResponse:
         item.latest_confidence_percent = confidence_percent(item.latest_confidence)
     query = request.GET.copy()
     query.pop("page", None)
+    # "Select all on this page" without JavaScript: a link to the same page with every row ticked.
+    select_all = query.pop("select", None) == ["page"]
+    # Where a deletion leads back to: this page, its rows no longer ticked.
+    here = request.GET.copy()
+    here.pop("select", None)
     return render(
         request,
         "classifier/history.html",
@@ -467,8 +474,118 @@ def history(request: HttpRequest) -> HttpResponse:
             "filtered": any([filters.digit is not None, filters.status, filters.date_from, filters.date_to]),
             "batch": filters.upload_ids,
             "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
+            "select_all": select_all,
+            "here": request.path + (f"?{here.urlencode()}" if here else ""),
+            # "Delete all N" deletes the N counted now, not uploads stored after this page was shown.
+            "newest_id": selectors.upload_newest_id(),
         },
     )
+
+
+# A deletion by filters starts no batch after this many seconds, so that its request ends well within
+# GUNICORN_TIMEOUT even on slow shared storage; the uploads left are offered for deletion again.
+UPLOADS_DELETE_SECONDS = 20.0
+
+
+@require_http_methods(["GET", "POST"])
+def uploads_delete(request: HttpRequest) -> HttpResponse:
+    """Delete many uploads: those ticked on a history page, or all that match its filters (this address's query).
+
+    The first request, a GET for the filters' uploads or a POST of the ticked ones, answers with a confirmation
+    page, which changes nothing; its form's POST, ``confirmed``, deletes. The page's script asks in place instead.
+    """
+    filter_form, filters = _history_filters(request)
+    query = request.GET.urlencode()
+    history_url = reverse("classifier:history") + (f"?{query}" if query else "")
+    back = _safe_next(request) or history_url
+    if request.method == "GET":
+        choice = {"matching": True, "newest": selectors.upload_newest_id(), "upload": (), "confirmed": False}
+    else:
+        form = UploadsDeleteForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, next(iter(form.errors.values()))[0])
+            return redirect(back)
+        choice = form.cleaned_data
+    if choice["matching"] and filter_form.errors:
+        # Left out on the history page, a filter not understood would widen "all that match" to more uploads.
+        messages.error(request, "The filters could not be read, so nothing was deleted. Correct them and try again.")
+        return redirect(back)
+    if not choice["matching"] and not choice["upload"]:
+        messages.error(request, "Select the uploads to delete first.")
+        return redirect(back)
+    if not choice["confirmed"]:
+        return _uploads_delete_confirmation(request, filter_form=filter_form, filters=filters, choice=choice, back=back)
+    if choice["matching"]:
+        deadline = time.monotonic() + UPLOADS_DELETE_SECONDS
+        deleted = services.uploads_delete(
+            owner=request.user, filters=filters, newest_id=choice["newest"], deadline=deadline
+        )
+        left = (
+            selectors.upload_count_for_user(user=request.user, filters=filters, newest_id=choice["newest"])
+            if time.monotonic() >= deadline else 0
+        )
+    else:
+        deleted, left = services.uploads_delete(owner=request.user, upload_ids=choice["upload"]), 0
+    if deleted:
+        messages.success(request, f"Deleted {deleted} upload{pluralize(deleted)}.")
+    else:
+        messages.info(request, "Nothing was deleted: those uploads were already gone.")
+    if left:
+        messages.warning(
+            request, f"{left} more upload{pluralize(left)} still match{pluralize(left, 'es,')}: there were too many "
+            "to delete at once. Delete them again to go on."
+        )
+    return redirect(back)
+
+
+def _uploads_delete_confirmation(
+    request: HttpRequest,
+    *,
+    filter_form: HistoryFilterForm,
+    filters: selectors.UploadFilters,
+    choice: dict,
+    back: str,
+) -> HttpResponse:
+    if choice["matching"]:
+        uploads = []
+        count = selectors.upload_count_for_user(user=request.user, filters=filters, newest_id=choice["newest"])
+    else:
+        uploads = list(selectors.upload_list_selected_for_user(user=request.user, upload_ids=choice["upload"]))
+        count = len(uploads)
+    if not count:
+        messages.info(request, "Nothing was deleted: no uploads of yours match." if choice["matching"] else
+                      "Nothing was deleted: those uploads were already gone.")
+        return redirect(back)
+    return render(
+        request,
+        "classifier/uploads_confirm_delete.html",
+        {
+            "count": count,
+            "matching": choice["matching"],
+            "newest": choice["newest"],
+            # Shown, and sent on, only the selected uploads that are still there and the user's.
+            "uploads": uploads,
+            "shown": uploads[:HISTORY_PAGE_SIZE],
+            "criteria": _filters_described(filter_form, filters) if choice["matching"] else [],
+            "back": back,
+        },
+    )
+
+
+def _filters_described(form: HistoryFilterForm, filters: selectors.UploadFilters) -> list[str]:
+    """The filters in words, for the confirmation page: ["read as a 7", "whose status is “queued”"]."""
+    described = []
+    if filters.upload_ids:
+        described.append("in the batch you were looking at")
+    if filters.digit is not None:
+        described.append(f"read as a {filters.digit}")
+    if filters.status:
+        described.append(f"whose status is “{dict(form.fields['status'].choices)[filters.status].lower()}”")
+    if filters.date_from:
+        described.append(f"uploaded on {filters.date_from:%Y-%m-%d} or later")
+    if filters.date_to:
+        described.append(f"uploaded on {filters.date_to:%Y-%m-%d} or earlier")
+    return described
 
 
 _EXPORTS = {"csv": ("text/csv; charset=utf-8", exports.history_csv), "zip": ("application/zip", exports.history_zip)}

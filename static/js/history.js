@@ -1,4 +1,5 @@
-// History page: confirm deletions, and keep queued or running rows up to date without a reload.
+// History page: confirm deletions, tick rows to delete together, and keep queued or running rows up to date without
+// a reload.
 (function () {
   "use strict";
 
@@ -7,16 +8,63 @@
   function percentFloor(confidence) { return Math.floor(confidence * 100 + 1e-9); }
 
   // A Delete link leads to a confirmation page (for browsers without JavaScript); here the question is asked in place
-  // and the deletion sent at once.
+  // and the deletion sent at once. "Delete all" names its own form, which holds the filters and the count's bound.
   const deleteForm = document.getElementById("delete-confirmed");
   document.querySelectorAll("a[data-confirm]").forEach(function (link) {
     link.addEventListener("click", function (event) {
       event.preventDefault();
       if (!window.confirm(link.dataset.confirm)) return;
-      deleteForm.action = link.pathname;
-      deleteForm.submit();
+      const form = link.dataset.confirmForm ? document.getElementById(link.dataset.confirmForm) : deleteForm;
+      if (form === deleteForm) form.action = link.pathname;
+      form.submit();
     });
   });
+
+  // Ticked rows: "Select all on this page" becomes a checkbox (a link that reloads the page without JavaScript), the
+  // button says how many it deletes, and the question is asked in place of the confirmation page.
+  const bulkForm = document.getElementById("bulk-delete");
+  if (bulkForm) {
+    const boxes = Array.from(bulkForm.querySelectorAll("input[name=upload]"));
+    const selectAll = document.getElementById("select-all");
+    const button = document.getElementById("delete-selected");
+    const note = document.getElementById("bulk-delete-note");
+    const ticked = function () { return boxes.filter(function (box) { return box.checked; }).length; };
+    const uploads = function (count) { return count + " upload" + (count === 1 ? "" : "s"); };
+
+    const refresh = function () {
+      const count = ticked();
+      selectAll.checked = count > 0 && count === boxes.length;
+      selectAll.indeterminate = count > 0 && count < boxes.length;
+      button.textContent = count ? "Delete " + count + " selected" : "Delete selected";
+      if (count) note.textContent = "";
+    };
+
+    document.getElementById("select-all-box").hidden = false;
+    document.getElementById("select-all-link").hidden = true;
+    selectAll.addEventListener("change", function () {
+      boxes.forEach(function (box) { box.checked = selectAll.checked; });
+      refresh();
+    });
+    boxes.forEach(function (box) { box.addEventListener("change", refresh); });
+    refresh();
+
+    bulkForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const count = ticked();
+      const confirmed = document.getElementById("bulk-confirmed");
+      confirmed.value = "";
+      if (!count) {
+        // Shown beside the button, and said through the page's one live region.
+        note.textContent = "Select the uploads to delete first.";
+        document.getElementById("history-announcement").textContent = note.textContent;
+        return;
+      }
+      if (!window.confirm("Delete " + uploads(count) + " and " + (count === 1 ? "its" : "their") +
+                          " images? This cannot be undone.")) return;
+      confirmed.value = "1";
+      bulkForm.submit();
+    });
+  }
 
   // Why a row failed, shortened as the template's truncatechars:100 does; the result page has the whole text.
   const REASON_CHARS = 100;

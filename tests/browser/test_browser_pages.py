@@ -1001,3 +1001,76 @@ def test_what_a_deletion_in_the_history_did_opens_the_page_it_leads_back_to(logg
     page.get_by_role("link", name="Delete upload").click()
     expect(page.locator(".messages")).to_contain_text("Deleted “zero.png”")
     expect(page.locator(".messages")).to_be_focused()
+
+
+def _three_uploads(user, digit_png) -> list[Upload]:
+    return [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), name=f"{i}.png", source="file")
+            for i in range(3)]
+
+
+def test_ticked_history_rows_are_deleted_together_after_confirming_how_many(logged_in_page, user, digit_png):
+    page = logged_in_page
+    uploads = _three_uploads(user, digit_png)
+    page.goto("/history/")
+    expect(page.locator(".history-item")).to_have_count(3)
+
+    page.get_by_label(f"Select upload {uploads[0].pk},").check()
+    page.get_by_label(f"Select upload {uploads[2].pk},").check()
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.get_by_role("button", name="Delete 2 selected").click()
+
+    expect(page.locator(".messages")).to_have_text("Deleted 2 uploads.")
+    expect(page.locator(".messages")).to_be_focused()
+    assert asked == ["Delete 2 uploads and their images? This cannot be undone."]
+    expect(page.locator(".history-item")).to_have_count(1)
+    expect(page.locator(f'.history-item[data-upload-id="{uploads[1].pk}"]')).to_have_count(1)
+    assert list(Upload.objects.all()) == [uploads[1]]
+
+
+def test_select_all_ticks_the_page_and_delete_all_deletes_every_upload_once_confirmed(logged_in_page, user, digit_png):
+    page = logged_in_page
+    _three_uploads(user, digit_png)
+    page.goto("/history/")
+    expect(page.locator("#select-all-link")).to_be_hidden()  # the link is for browsers without JavaScript
+    page.get_by_role("button", name="Delete selected").click()
+    expect(page.locator("#bulk-delete-note")).to_have_text("Select the uploads to delete first.")
+    expect(page.locator("#history-announcement")).to_have_text("Select the uploads to delete first.")
+
+    page.get_by_label("Select all on this page").check()
+    expect(page.locator("#bulk-delete-note")).to_have_text("")
+    expect(page.locator(".history-item input[type=checkbox]:checked")).to_have_count(3)
+    page.locator(".history-item input[type=checkbox]").first.uncheck()
+    assert page.evaluate("document.getElementById('select-all').indeterminate")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete 2 selected").click()
+    assert Upload.objects.count() == 3  # dismissed: nothing sent
+
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.get_by_role("link", name="Delete all 3 uploads").click()
+    expect(page.locator(".messages")).to_have_text("Deleted 3 uploads.")
+    assert asked == ["Delete 3 uploads and their images? This cannot be undone."]
+    expect(page.locator(".empty-state")).to_contain_text("You have not uploaded anything yet.")
+    assert not Upload.objects.exists()
+
+
+def test_without_javascript_ticked_rows_are_deleted_on_a_confirmation_page_that_says_how_many(
+    page_without_javascript, user, digit_png
+):
+    page = page_without_javascript
+    uploads = _three_uploads(user, digit_png)
+    page.goto("/history/?status=")
+
+    page.get_by_label(f"Select upload {uploads[0].pk},").check()
+    page.get_by_label(f"Select upload {uploads[1].pk},").check()
+    page.get_by_role("button", name="Delete selected").click()
+    expect(page.locator("h1")).to_have_text("Delete 2 uploads?")
+    expect(page.locator(".confirm-list li")).to_have_count(2)
+    assert Upload.objects.count() == 3  # nothing deleted by asking
+    page.get_by_role("button", name="Delete 2 uploads").click()
+
+    expect(page.locator(".messages")).to_have_text("Deleted 2 uploads.")
+    assert page.url.endswith("/history/?status=")  # back where the rows were ticked
+    expect(page.locator(".history-item")).to_have_count(1)
+    assert list(Upload.objects.all()) == [uploads[2]]

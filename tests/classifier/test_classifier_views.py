@@ -853,3 +853,178 @@ def test_the_feedback_buttons_are_a_group_named_by_their_question_and_only_the_a
     assert re.findall(r"<[^>]*aria-live[^>]*>", page) == [
         '<p class="visually-hidden" id="verdict-announcement" aria-live="polite" aria-atomic="true">'
     ]
+
+
+def _uploaded(owner, digit_png, index: int, **kwargs) -> Upload:
+    return services.upload_create(owner=owner, file=io.BytesIO(digit_png(index)), name=f"{index}.png", source="file",
+                                  **kwargs)
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def _hidden(page: str, name: str) -> list[str]:
+    return re.findall(rf'<input type="hidden" name="{name}" value="([^"]*)">', page)
+
+
+def test_history_rows_have_labelled_checkboxes_and_a_delete_all_link_that_says_how_many(alice, user, digit_png):
+    uploads = [_uploaded(user, digit_png, index) for index in range(3)]
+    page = alice.get("/history/").content.decode()
+
+    form = re.search(r'<form method="post" action="/history/delete" id="bulk-delete">(.*?)</form>', page, re.S)[1]
+    for upload in uploads:
+        assert f'<input type="checkbox" name="upload" value="{upload.pk}" id="select-{upload.pk}">' in form
+        assert (f'<label for="select-{upload.pk}" class="visually-hidden">Select upload {upload.pk}, '
+                f'“{upload.original_name}”</label>') in form
+    assert 'name="csrfmiddlewaretoken"' in form
+    assert re.search(r'<a class="button danger small-button" id="delete-all" href="/history/delete"\s+'
+                     r'aria-label="Delete all 3 uploads"', form)
+    assert 'data-confirm="Delete 3 uploads and their images? This cannot be undone."' in form
+    # Without JavaScript "Select all on this page" is a link to the page with every row ticked.
+    ticked = alice.get("/history/", {"select": "page"}).content.decode()
+    assert ticked.count('name="upload" value="') == ticked.count(" checked>") == 3
+    assert 'href="?page=1" id="select-all-link">Clear the selection</a>' in ticked
+    # A deletion leads back to the page without the rows ticked.
+    assert _hidden(ticked, "next") == ["/history/", "/history/", "/history/"]
+
+
+def test_without_javascript_ticked_rows_are_deleted_after_a_confirmation_page_that_says_how_many(
+    browser, user, digit_png, django_capture_on_commit_callbacks
+):
+    uploads = [_uploaded(user, digit_png, index) for index in range(3)]
+    files = [Path(upload.image.path) for upload in uploads]
+    ticked = {"upload": [uploads[0].pk, uploads[2].pk], "next": "/history/?status="}
+
+    assert browser.post("/history/delete", ticked).status_code == 403  # no security code, nothing asked or done
+    confirm = browser.post("/history/delete", {**ticked, "csrfmiddlewaretoken": browser.csrf_token})
+
+    page = confirm.content.decode()
+    assert confirm.status_code == 200 and "<h1>Delete 2 uploads?</h1>" in page
+    assert "This cannot be undone." in page and "0.png" in page and "2.png" in page and "1.png" not in page
+    assert sorted(_hidden(page, "upload")) == sorted(str(upload.pk) for upload in (uploads[0], uploads[2]))
+    assert _hidden(page, "confirmed") == ["1"] and _hidden(page, "next") == ["/history/?status="]
+    assert Upload.objects.count() == 3  # the confirmation page changes nothing
+
+    sent = {"upload": _hidden(page, "upload"), "confirmed": "1", "next": "/history/?status="}
+    assert browser.post("/history/delete", sent).status_code == 403
+    assert Upload.objects.count() == 3
+    with django_capture_on_commit_callbacks(execute=True):
+        deleted = browser.post("/history/delete", {**sent, "csrfmiddlewaretoken": browser.csrf_token})
+
+    assert deleted.status_code == 302 and deleted["Location"] == "/history/?status="
+    assert _messages(browser.get(deleted["Location"])) == ["Deleted 2 uploads."]
+    assert list(Upload.objects.all()) == [uploads[1]]
+    assert [file.exists() for file in files] == [False, True, False]
+
+
+def test_all_uploads_that_match_the_filters_are_deleted_after_a_confirmation_page_and_no_others(
+    alice, user, other_user, digit_png, active_checkpoint
+):
+    sevens = [_done_prediction(user, digit_png, index) for index in (0, 17)]  # MNIST test digits 7 and 7
+    others = [_done_prediction(user, digit_png, index) for index in (1, 2)]  # 2 and 1
+    theirs = _done_prediction(other_user, digit_png, 0)
+    assert [prediction.digit for prediction in sevens + others] == [7, 7, 2, 1]
+    history = alice.get("/history/", {"digit": "7"}).content.decode()
+    assert 'aria-label="Delete all 2 uploads that match the filters"' in history
+    assert 'href="/history/delete?digit=7"' in history
+
+    confirm = alice.get("/history/delete", {"digit": "7"})
+
+    page = confirm.content.decode()
+    assert confirm.status_code == 200 and "<h1>Delete 2 uploads?</h1>" in page
+    assert "Every upload of yours read as a 7:" in page and "This cannot be undone." in page
+    assert _hidden(page, "matching") == ["1"] and _hidden(page, "next") == ["/history/?digit=7"]
+    assert Upload.objects.count() == 5
+    deleted = alice.post("/history/delete?digit=7", {"matching": "1", "newest": _hidden(page, "newest")[0],
+                                                      "confirmed": "1", "next": "/history/?digit=7"}, follow=True)
+
+    assert deleted.redirect_chain == [("/history/?digit=7", 302)]
+    assert _messages(deleted) == ["Deleted 2 uploads."]
+    assert set(Upload.objects.values_list("pk", flat=True)) == {others[0].upload_id, others[1].upload_id,
+                                                                 theirs.upload_id}
+
+
+def test_a_deletion_of_all_uploads_keeps_those_stored_after_it_was_offered(alice, user, digit_png):
+    for index in range(2):
+        _uploaded(user, digit_png, index)
+    history = alice.get("/history/").content.decode()
+    matching = re.search(r'<form method="post" action="/history/delete" id="delete-matching" hidden>(.*?)</form>',
+                         history, re.S)[1]
+    later = _uploaded(user, digit_png, 2)  # in another tab, before "Delete all 2" is pressed
+
+    fields = dict(zip(["matching", "newest", "confirmed", "next"],
+                      [_hidden(matching, name)[0] for name in ("matching", "newest", "confirmed", "next")]))
+    response = alice.post("/history/delete", fields, follow=True)
+
+    assert _messages(response) == ["Deleted 2 uploads."]
+    assert list(Upload.objects.all()) == [later]
+
+
+def test_other_users_uploads_are_never_deleted_or_counted_whatever_ids_are_sent(alice, user, other_user, digit_png):
+    mine = _uploaded(user, digit_png, 0)
+    theirs = _uploaded(other_user, digit_png, 1)
+
+    page = alice.post("/history/delete", {"upload": [mine.pk, theirs.pk]}).content.decode()
+    assert "<h1>Delete 1 upload?</h1>" in page and _hidden(page, "upload") == [str(mine.pk)]
+    only_theirs = alice.post("/history/delete", {"upload": [theirs.pk], "next": "/history/"}, follow=True)
+    assert _messages(only_theirs) == ["Nothing was deleted: those uploads were already gone."]
+    response = alice.post("/history/delete", {"upload": [mine.pk, theirs.pk], "confirmed": "1"}, follow=True)
+
+    assert _messages(response) == ["Deleted 1 upload."]
+    assert list(Upload.objects.all()) == [theirs]
+    assert alice.post("/history/delete", {"upload": [theirs.pk], "confirmed": "1"}).status_code == 302
+    assert list(Upload.objects.all()) == [theirs]
+
+
+def test_uploads_already_deleted_elsewhere_are_not_counted_as_deleted(alice, user, digit_png):
+    ticked = [_uploaded(user, digit_png, index).pk for index in range(2)]
+    services.upload_delete(upload=Upload.objects.get(pk=ticked[0]))  # in another tab, after this one ticked it
+
+    response = alice.post("/history/delete", {"upload": ticked, "confirmed": "1"}, follow=True)
+
+    assert _messages(response) == ["Deleted 1 upload."]
+    assert not Upload.objects.exists()
+
+
+def test_a_deletion_that_names_nothing_or_cannot_be_read_deletes_nothing_and_says_why(alice, user, digit_png):
+    upload = _uploaded(user, digit_png, 0)
+    cases = [
+        ("/history/delete", {"confirmed": "1"}, "Select the uploads to delete first."),
+        ("/history/delete", {"upload": ["x"], "confirmed": "1"},
+         "The selection could not be read; nothing was deleted."),
+        ("/history/delete", {"upload": list(range(1, 502)), "confirmed": "1"},
+         "At most 500 uploads can be selected at once; nothing was deleted."),
+        ("/history/delete", {"matching": "1", "confirmed": "1"},
+         "The deletion could not be read; nothing was deleted."),
+        # A filter the history leaves out as not understood would widen "all that match".
+        ("/history/delete?digit=11", {"matching": "1", "newest": str(upload.pk), "confirmed": "1"},
+         "The filters could not be read, so nothing was deleted. Correct them and try again."),
+    ]
+    for url, data, said in cases:
+        response = alice.post(url, data, follow=True)
+        assert _messages(response) == [said], data
+    assert _messages(alice.get("/history/delete", {"digit": "11"}, follow=True)) == [cases[-1][2]]
+    assert list(Upload.objects.all()) == [upload]
+    assert 'id="delete-all"' not in alice.get("/history/", {"digit": "11"}).content.decode()
+
+
+def test_a_deletion_by_filters_too_long_for_one_request_says_how_many_are_left_to_delete(
+    alice, user, digit_png, monkeypatch
+):
+    from classifier import views
+
+    for index in range(5):
+        _uploaded(user, digit_png, index)
+    monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 2)
+    monkeypatch.setattr(views, "UPLOADS_DELETE_SECONDS", 0)
+    fields = {"matching": "1", "newest": str(Upload.objects.latest("pk").pk), "confirmed": "1"}
+
+    response = alice.post("/history/delete", fields, follow=True)
+
+    assert _messages(response) == [
+        "Deleted 2 uploads.",
+        "3 more uploads still match: there were too many to delete at once. Delete them again to go on.",
+    ]
+    assert Upload.objects.count() == 3
+    assert 'aria-label="Delete all 3 uploads"' in response.content.decode()
