@@ -877,6 +877,16 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
                 image = _open_upload_image(prediction.upload_image)
             except SoftTimeLimitExceeded:
                 raise
+            except FileNotFoundError:
+                if not Upload.objects.filter(pk=prediction.upload_id).exists():
+                    # Its owner deleted it, file and all, while the batch ran: nothing is left to answer.
+                    logger.info("upload %s was deleted while its prediction was computed", prediction.upload_id)
+                    continue
+                logger.exception("stored image of prediction %s is missing", prediction.pk)
+                _prediction_fail(
+                    prediction=prediction, error="The stored image could not be read.", checkpoint_id=checkpoint_id
+                )
+                continue
             except Exception:  # noqa: BLE001 - a missing or damaged stored file fails this prediction only
                 logger.exception("stored image of prediction %s could not be read", prediction.pk)
                 _prediction_fail(
@@ -948,10 +958,15 @@ def _predictions_save(predictions: list[Prediction]) -> list[Prediction]:
     A prediction claimed again meanwhile (this worker stalled past the stale limit) keeps the newer claim's result.
     """
     stored = statements.prediction_results_update(predictions=predictions, notify_channel=completion.CHANNEL)
-    if len(stored) < len(predictions):
+    unstored = [prediction.pk for prediction in predictions if prediction.pk not in stored]
+    if unstored:
+        # Deleted with their uploads meanwhile (their owner's choice), or claimed again: only the latter is news.
+        left = set(Prediction.objects.filter(pk__in=unstored).values_list("pk", flat=True))
+        unstored = [pk for pk in unstored if pk in left]
+    if unstored:
         logger.warning(
             "predictions %s were claimed again while this worker computed them; their results here are dropped",
-            sorted(prediction.pk for prediction in predictions if prediction.pk not in stored),
+            sorted(unstored),
         )
     return [prediction for prediction in predictions if prediction.pk in stored]
 

@@ -132,6 +132,8 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
         "retry": (reverse("classifier:prediction_retry", args=[prediction.pk]), {}),
         "read": (reverse("classifier:upload_detail", args=[upload.pk]), {}),
         "delete": (reverse("classifier:upload_delete", args=[upload.pk]), {}),
+        "delete several": (reverse("classifier:uploads_delete"), {"upload": [upload.pk], "confirmed": "on"}),
+        "delete all": (reverse("classifier:uploads_delete"), {"matching": "on", "newest": upload.pk, "confirmed": "on"}),
         "logout": (reverse("logout"), {}),
         "password": (reverse("password_change"), {"old_password": "correct horse battery",
                                                   "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"}),
@@ -212,6 +214,8 @@ def test_one_user_cannot_read_change_delete_or_download_anything_of_another(clie
         assert client.get(url).status_code == 404, url
     assert client.post(reverse("classifier:prediction_feedback", args=[prediction.pk]), {"digit": "1"}).status_code == 404
     assert client.post(reverse("classifier:upload_delete", args=[upload.pk])).status_code == 404
+    client.post(reverse("classifier:uploads_delete"), {"upload": [upload.pk], "confirmed": "on"})
+    client.post(reverse("classifier:uploads_delete"), {"matching": "on", "newest": upload.pk, "confirmed": "on"})
     api = f"/api/v1/predictions/{prediction.pk}/"
     assert client.patch(api, {"feedback": 1}, content_type="application/json").status_code == 404
     assert client.delete(api).status_code == 404
