@@ -1,6 +1,6 @@
 """Account forms: sign-up (the site's names kept back), email, reset requests, tokens, and checks behind the lockout."""
 from django import forms
-from django.contrib.auth.forms import PasswordChangeForm, PasswordResetForm, UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
 from accounts.backends import client_address
@@ -98,7 +98,9 @@ class AccountEmailForm(PasswordConfirmedForm):
         super().__init__(*args, prefix="email", **kwargs)
 
 
-class PasswordResetRequestForm(PasswordResetForm):
+class PasswordResetRequestForm(forms.Form):
+    """The address a reset link is asked for; a worker looks it up and sends the links (accounts.tasks)."""
+
     email = forms.EmailField(label="Your account's email address", max_length=254,
                              widget=forms.EmailInput(attrs={"autocomplete": "email"}))
 

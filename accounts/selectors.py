@@ -1,10 +1,11 @@
-"""Account reads: a user's API tokens, the user behind a presented key, and whether the site sends email."""
+"""Account reads: API tokens, the user behind a key, whether the site sends email, and who gets a reset link."""
 from __future__ import annotations
 
 import functools
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import PasswordResetForm
 from django.db import connection
 
 from accounts.models import ApiToken, api_token_digest
@@ -13,6 +14,13 @@ from accounts.models import ApiToken, api_token_digest
 def password_reset_by_email_available() -> bool:
     """Whether reset links can be sent: EMAIL_URL names a way to send mail (unset, the dummy backend drops it)."""
     return settings.EMAIL_BACKEND != "django.core.mail.backends.dummy.EmailBackend"
+
+
+def password_reset_user_list(*, email: str, user_ids: list[int] | None = None) -> list:
+    """The accounts a reset link for ``email`` goes to, as Django's reset form finds them: active, with a password
+    that can be used, whose address is ``email`` in any case; only those of ``user_ids`` when given."""
+    users = PasswordResetForm().get_users(email)
+    return sorted((user for user in users if user_ids is None or user.pk in user_ids), key=lambda user: user.pk)
 
 
 def api_token_list_for_user(*, user) -> list[ApiToken]:

@@ -1,19 +1,29 @@
-"""Account writes: the demo account, API tokens, email addresses, deletion, and counting log-ins and reset requests."""
+"""Account writes: the demo account, API tokens, email addresses, deletion, log-in counts, and reset links."""
 import hashlib
 import ipaddress
 import logging
 import math
 import secrets
+import smtplib
 import time
 import unicodedata
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.tokens import default_token_generator
 from django.core.cache import cache
+from django.core.mail import EmailMessage, get_connection
 from django.db import DatabaseError, transaction
 from django.db.models import Q
+from django.template.defaultfilters import pluralize
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
+from accounts import selectors
 from accounts.models import ApiToken, api_token_digest
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
@@ -165,6 +175,113 @@ def password_reset_allowance_take(*, ip: str, email: str) -> None:
         logger.warning("password reset throttle skipped: the cache is unavailable", exc_info=True)
         return
     raise refusal
+
+
+def duration_words(*, seconds: int) -> str:
+    """A whole number of days, hours or minutes ("1 hour", "3 days"), else seconds, for the reset pages and email."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}{pluralize(seconds // size)}"
+    return f"{seconds} second{pluralize(seconds)}"
+
+
+def password_reset_email_publish(*, email: str) -> bool:
+    """Queue the reset links for ``email`` (accounts.tasks.password_reset_email_send); False when the broker failed.
+
+    Queued alike whether or not an account has the address, which only the worker looks up: the request does the
+    same work either way, so its answer and its time tell nobody, and a slow mail server holds no web thread. The
+    message carries the address alone, no token. A broker failure is logged, never raised: the asker gets the same
+    answer, whose page says what to do when no link arrives.
+    """
+    from accounts.tasks import password_reset_email_send as send_task
+
+    try:
+        send_task.apply_async(kwargs={"email": email})
+    except Exception:  # noqa: BLE001 - any broker error: nothing is sent, and the asker may ask again
+        logger.exception("could not queue a password reset email; nothing was sent")
+        return False
+    return True
+
+
+class PasswordResetEmailDeferred(Exception):
+    """The mail server could not take a reset link now and may later; ``user_ids`` are the accounts still owed one."""
+
+    def __init__(self, message: str, *, user_ids: list[int]) -> None:
+        super().__init__(message)
+        self.user_ids = user_ids
+
+
+def mail_error_is_transient(exc: BaseException) -> bool:
+    """Whether sending may work later: a 4xx answer, a dropped or refused connection, a timeout; not a 5xx answer
+    (no such mailbox, a refused sender or password) or a server lacking what the settings ask of it."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code < 500 for code, _message in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        # -1: the server's answer never came.
+        return exc.smtp_code < 500
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, smtplib.SMTPException):
+        return False
+    # Connections refused or reset, timeouts, TLS handshakes cut short; a full disk for filemail://.
+    return isinstance(exc, OSError)
+
+
+def _password_reset_message(*, user, site) -> EmailMessage:
+    """One account's reset link, from SITE_URL: a request's Host header, which the asker chooses, never names it."""
+    path = reverse("password_reset_confirm", kwargs={
+        "uidb64": urlsafe_base64_encode(force_bytes(user.pk)), "token": default_token_generator.make_token(user)})
+    context = {
+        "user": user,
+        "domain": site.netloc,
+        "reset_url": f"{site.scheme}://{site.netloc}{path}",
+        "link_valid_for": duration_words(seconds=settings.PASSWORD_RESET_TIMEOUT),
+    }
+    # One line: a header cannot hold a line break.
+    subject = "".join(render_to_string("registration/password_reset_subject.txt", context).splitlines())
+    body = render_to_string("registration/password_reset_email.txt", context)
+    return EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email])
+
+
+def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) -> int:
+    """Mail a reset link to each account that has ``email`` (selectors.password_reset_user_list); returns how many
+    were sent, none when no account has it.
+
+    ``user_ids`` limits it to those accounts: a retry sends only the links still owed. A link the server refuses for
+    good (a 5xx answer: no such mailbox) is logged and the others still go; one it cannot take now raises
+    PasswordResetEmailDeferred naming that account and those after it. A link sent twice (a worker lost before its
+    task was acknowledged) does no harm: each works once, and none after the password changed.
+    """
+    pending = selectors.password_reset_user_list(email=email, user_ids=user_ids)
+    if not pending:
+        return 0
+    site = urlsplit(settings.SITE_URL)
+    sent = 0
+    try:
+        # One connection for every account that shares the address.
+        with get_connection() as connection:
+            while pending:
+                user = pending[0]
+                try:
+                    connection.send_messages([_password_reset_message(user=user, site=site)])
+                    sent += 1
+                except smtplib.SMTPException as exc:
+                    if mail_error_is_transient(exc):
+                        raise
+                    logger.error("the mail server refused the password reset email to user %s: %s", user.pk, exc)
+                pending.pop(0)
+    except Exception as exc:
+        if not pending:
+            # Every link went; only saying goodbye failed.
+            logger.warning("the mail server failed after the password reset emails were sent: %s", exc)
+            return sent
+        if not mail_error_is_transient(exc):
+            raise
+        raise PasswordResetEmailDeferred(
+            f"the mail server could not take a password reset email now: {exc}",
+            user_ids=[user.pk for user in pending],
+        ) from exc
+    return sent
 
 
 def user_email_set(*, user, email: str) -> None:

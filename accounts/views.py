@@ -17,7 +17,7 @@ from django.contrib.auth.views import (
     PasswordResetDoneView,
     PasswordResetView,
 )
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.db import transaction
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
@@ -264,34 +264,25 @@ class AccountPasswordChangeView(PasswordChangeView):
         return response
 
 
-def _duration(seconds: int) -> str:
-    """A whole number of days, hours or minutes ("1 hour", "3 days"), else seconds, for the reset pages and email."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size} {unit}{pluralize(seconds // size)}"
-    return f"{seconds} second{pluralize(seconds)}"
-
-
 class PasswordResetContextMixin:
-    """What every reset page (and the email) says: whether this site sends email, and how long a link works."""
+    """What every reset page says: whether this site sends email, and how long a link works."""
 
     def get_context_data(self, **kwargs):
         return {
             **super().get_context_data(**kwargs),
             "email_available": selectors.password_reset_by_email_available(),
-            "link_valid_for": _duration(settings.PASSWORD_RESET_TIMEOUT),
+            "link_valid_for": services.duration_words(seconds=settings.PASSWORD_RESET_TIMEOUT),
         }
 
 
 class SitePasswordResetView(PasswordResetContextMixin, PasswordResetView):
-    """Django's reset request: the same answer whether or not an account has the address, counted against the
-    client's address and the email address (see services.password_reset_allowance_take). A site that sends no email
-    says so, and to ask an administrator, instead of a form that would send nothing."""
+    """Django's reset request page, with the mail sent by a worker: the same answer, and the same work, whether or
+    not an account has the address, counted against the client's address and the email address (see
+    services.password_reset_allowance_take). A site that sends no email says so, and to ask an administrator,
+    instead of a form that would send nothing."""
 
     template_name = "registration/password_reset_form.html"
     form_class = PasswordResetRequestForm
-    email_template_name = "registration/password_reset_email.txt"
-    subject_template_name = "registration/password_reset_subject.txt"
     success_url = reverse_lazy("password_reset_done")
 
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
@@ -309,10 +300,12 @@ class SitePasswordResetView(PasswordResetContextMixin, PasswordResetView):
             response = self.render_to_response(self.get_context_data(form=form, refusal=str(exc)), status=429)
             response["Retry-After"] = str(math.ceil(exc.retry_after))
             return response
-        self.extra_email_context = {"link_valid_for": _duration(settings.PASSWORD_RESET_TIMEOUT)}
-        # Django's form logs a message the server would not take and answers as sent: a failure only for addresses
-        # that have an account would tell which do. The next page says what to do when nothing arrives.
-        return super().form_valid(form)
+        # Whoever has the address is looked up by the worker, not here: a lookup, or a mail server's delay, only for
+        # addresses that have an account would tell which do. A broker that fails is logged, and answered as sent
+        # all the same; the next page says what to do when nothing arrives.
+        email = form.cleaned_data["email"]
+        transaction.on_commit(lambda: services.password_reset_email_publish(email=email))
+        return HttpResponseRedirect(self.get_success_url())
 
 
 class SitePasswordResetDoneView(PasswordResetContextMixin, PasswordResetDoneView):

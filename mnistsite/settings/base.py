@@ -1,5 +1,6 @@
 """Settings shared by every environment, read from the environment with django-environ."""
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from celery.schedules import crontab
@@ -270,6 +271,9 @@ CELERY_TASK_ROUTES = {
     "training.tasks.training_runs_reap": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
     "classifier.tasks.*": {"queue": "inference"},
+    # Reset links, a few seconds of the mail server's at most, with the housekeeping that shares the inference
+    # worker: every deployment runs one, and the trainer may be busy for hours.
+    "accounts.tasks.*": {"queue": "inference"},
 }
 # Each message expires when the next is due, so none pile up while no worker takes them.
 CELERY_BEAT_SCHEDULE = {
@@ -407,8 +411,24 @@ if EMAIL_URL:
     # Parts the URL leaves out (a port, a user) keep Django's defaults rather than becoming None.
     globals().update({name: value for name, value in _email_config.items() if value not in (None, "")})
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
-# A mail server that stops answering must not hold the reset page's request for ever.
+# A mail server that stops answering must not hold the worker sending a reset link for ever.
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# The site's address as people reach it, scheme and host only (https://digits.example.com): reset links are built
+# from it, never from a request's Host header, which the asker chooses. The default is what `make run` serves;
+# production sets it whenever it sends mail (production.py).
+SITE_URL = env.str("SITE_URL", default="").strip() or "http://127.0.0.1:8000"
+try:
+    _site = urlsplit(SITE_URL)
+    _site.port  # noqa: B018 - raises for a port that is no number
+except ValueError:
+    _site = None
+if (_site is None or _site.scheme not in ("http", "https") or not _site.hostname or _site.username is not None
+        or _site.path not in ("", "/") or _site.query or _site.fragment):
+    raise ImproperlyConfigured(
+        "SITE_URL must be the site's address, scheme and host only (no path, user or password), "
+        "e.g. https://digits.example.com."
+    )
+SITE_URL = f"{_site.scheme}://{_site.netloc}"
 # Seconds a password reset link works (and only until it is used, or the password changes another way).
 PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)
 if PASSWORD_RESET_TIMEOUT < 60:

@@ -26,6 +26,13 @@ if _setting_or("EMAIL_URL", "") and not _setting_or("DEFAULT_FROM_EMAIL", ""):
         "DEFAULT_FROM_EMAIL must be set in production when EMAIL_URL is: the address reset links are sent from, "
         "e.g. DEFAULT_FROM_EMAIL=digits@example.com."
     )
+# Reset links name the site; guessed from ALLOWED_HOSTS (which may list several names, internal ones, a wildcard),
+# a wrong guess would show only in mail that nobody can use.
+if _setting_or("EMAIL_URL", "") and not _setting_or("SITE_URL", ""):
+    raise ImproperlyConfigured(
+        "SITE_URL must be set in production when EMAIL_URL is: the address reset links lead to, "
+        "e.g. SITE_URL=https://digits.example.com."
+    )
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)

@@ -18,7 +18,9 @@ os.environ.setdefault("MODEL_LOAD_RETRY_AFTER_SECONDS", "0")
 os.environ.setdefault("SECRET_KEY", "test-only-key-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from mnistsite.settings.base import *  # noqa: E402,F403
+from mnistsite.settings.base import env  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-# Mail is kept in django.core.mail.outbox, whatever EMAIL_URL says; the test of a site without mail sets its own.
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# Mail is kept in django.core.mail.outbox, whatever EMAIL_URL says; the test of a site without mail sets its own. A
+# worker process that a test starts is told to send through EMAIL_URL, to a mail server the test runs, instead.
+EMAIL_BACKEND = env.str("TEST_EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")

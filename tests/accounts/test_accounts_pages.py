@@ -269,7 +269,9 @@ def alice(django_user_model):
 
 
 def _reset_link(message) -> str:
-    return re.search(r"http://testserver(/accounts/password/reset/\S+/\S+/)", message.body).group(1)
+    from django.conf import settings
+
+    return re.search(re.escape(settings.SITE_URL) + r"(/accounts/password/reset/\S+/\S+/)", message.body).group(1)
 
 
 def _set_password_by_link(visitor, link: str, password: str = NEW_PASSWORD):
@@ -291,18 +293,21 @@ def test_the_log_in_page_links_to_the_password_reset_page(client):
     assert reset.status_code == 200 and 'name="email"' in reset.content.decode()
 
 
-def test_a_reset_link_sent_by_email_sets_a_new_password_and_the_old_one_stops_working(client, alice, settings):
+def test_a_reset_link_sent_by_email_sets_a_new_password_and_the_old_one_stops_working(
+    client, alice, settings, ask_reset
+):
     from django.core import mail
 
     settings.PASSWORD_RESET_TIMEOUT = 3600
     settings.DEFAULT_FROM_EMAIL = "digits@example.com"
+    settings.SITE_URL = "https://digits.example.com"
     # Any case: addresses are matched as people type them.
-    asked = client.post(RESET, {"email": "Alice@Example.com"})
+    asked = ask_reset(client, "Alice@Example.com")
     assert asked.status_code == 302 and asked["Location"] == "/accounts/password/reset/sent/"
     assert "Check your email" in client.get(asked["Location"]).content.decode()
     (message,) = mail.outbox
     assert message.to == ["alice@example.com"] and message.from_email == "digits@example.com"
-    assert message.subject == "Reset your password on testserver"
+    assert message.subject == "Reset your password on digits.example.com"
     assert '"alice"' in message.body and "within 1 hour" in message.body
 
     done = _set_password_by_link(client, _reset_link(message))
@@ -312,10 +317,10 @@ def test_a_reset_link_sent_by_email_sets_a_new_password_and_the_old_one_stops_wo
     assert not _logs_in("alice", "correct horse battery")
 
 
-def test_a_reset_link_works_once(client, alice):
+def test_a_reset_link_works_once(client, alice, ask_reset):
     from django.core import mail
 
-    client.post(RESET, {"email": "alice@example.com"})
+    ask_reset(client, "alice@example.com")
     link = _reset_link(mail.outbox[0])
     assert _set_password_by_link(client, link).status_code == 302
     again = client.get(link)
@@ -327,13 +332,13 @@ def test_a_reset_link_works_once(client, alice):
     assert _logs_in("alice", NEW_PASSWORD) and not _logs_in("alice", "another passphrase 7")
 
 
-def test_a_reset_link_stops_working_once_its_time_is_up(client, alice, settings):
+def test_a_reset_link_stops_working_once_its_time_is_up(client, alice, settings, ask_reset):
     import time
 
     from django.core import mail
 
     settings.PASSWORD_RESET_TIMEOUT = 1
-    client.post(RESET, {"email": "alice@example.com"})
+    ask_reset(client, "alice@example.com")
     time.sleep(2.1)  # the token counts whole seconds
     expired = client.get(_reset_link(mail.outbox[0]))
     assert expired.status_code == 200 and "This link does not work" in expired.content.decode()
@@ -341,27 +346,27 @@ def test_a_reset_link_stops_working_once_its_time_is_up(client, alice, settings)
     assert _logs_in("alice", "correct horse battery")
 
 
-def test_an_address_no_account_has_gets_the_same_answer_and_no_email(client, alice, django_user_model):
+def test_an_address_no_account_has_gets_the_same_answer_and_no_email(client, alice, django_user_model, ask_reset):
     from django.core import mail
 
     django_user_model.objects.create_user(username="nomail", password="correct horse battery")
-    known = client.post(RESET, {"email": "alice@example.com"})
-    unknown = type(client)().post(RESET, {"email": "nobody@example.com"})
+    known = ask_reset(client, "alice@example.com")
+    unknown = ask_reset(type(client)(), "nobody@example.com")
     assert (unknown.status_code, unknown["Location"]) == (known.status_code, known["Location"])
     assert client.get(known["Location"]).content == type(client)().get(unknown["Location"]).content
     assert [message.to for message in mail.outbox] == [["alice@example.com"]]
 
 
-def test_an_address_of_several_accounts_gets_a_link_for_each_naming_it(client, alice, django_user_model):
+def test_an_address_of_several_accounts_gets_a_link_for_each_naming_it(client, alice, django_user_model, ask_reset):
     from django.core import mail
 
     django_user_model.objects.create_user(username="alice-work", password="x9!kQ2#vLp", email="ALICE@example.com")
-    client.post(RESET, {"email": "alice@example.com"})
+    ask_reset(client, "alice@example.com")
     assert sorted(re.search(r'account "([^"]+)"', message.body).group(1) for message in mail.outbox) == [
         "alice", "alice-work"]
 
 
-def test_resetting_the_password_signs_the_account_out_everywhere_but_keeps_its_api_tokens(client, alice):
+def test_resetting_the_password_signs_the_account_out_everywhere_but_keeps_its_api_tokens(client, alice, ask_reset):
     from django.core import mail
     from django.test import Client
     from rest_framework.test import APIClient
@@ -372,7 +377,7 @@ def test_resetting_the_password_signs_the_account_out_everywhere_but_keeps_its_a
     elsewhere.force_login(alice)
     assert elsewhere.get("/").status_code == 200
     _, key = api_token_create(user=alice, name="scanner")
-    client.post(RESET, {"email": "alice@example.com"})
+    ask_reset(client, "alice@example.com")
     _set_password_by_link(client, _reset_link(mail.outbox[0]))
     assert elsewhere.get("/").status_code == 302  # to the log-in page
     api = APIClient()
@@ -380,61 +385,134 @@ def test_resetting_the_password_signs_the_account_out_everywhere_but_keeps_its_a
     assert api.get("/api/v1/predictions/").status_code == 200
 
 
-def test_a_reset_lets_its_owner_in_at_once_from_the_address_that_was_locked_out(client, alice, settings):
+def test_a_reset_lets_its_owner_in_at_once_from_the_address_that_was_locked_out(client, alice, settings, ask_reset):
     from django.core import mail
 
     for _ in range(settings.LOGIN_FAILURE_LIMIT):
         client.post("/accounts/login/", {"username": "alice", "password": "forgotten"})
     assert client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"}).status_code == 429
-    client.post(RESET, {"email": "alice@example.com"})
+    ask_reset(client, "alice@example.com")
     _set_password_by_link(client, _reset_link(mail.outbox[0]))
     assert client.post("/accounts/login/", {"username": "alice", "password": NEW_PASSWORD}).status_code == 302
 
 
-def test_one_client_address_may_ask_for_only_so_many_reset_links(client, alice, settings):
+def test_one_client_address_may_ask_for_only_so_many_reset_links(client, alice, settings, ask_reset):
     from django.core import mail
 
     settings.PASSWORD_RESET_THROTTLE_RATE = "2/hour"
     asker = type(client)(REMOTE_ADDR="203.0.113.9")
-    answers = [asker.post(RESET, {"email": f"someone{n}@example.com"}).status_code for n in range(2)]
-    refused = asker.post(RESET, {"email": "alice@example.com"})
+    answers = [ask_reset(asker, f"someone{n}@example.com").status_code for n in range(2)]
+    refused = ask_reset(asker, "alice@example.com")
     assert answers == [302, 302] and refused.status_code == 429
     assert "Too many reset links" in refused.content.decode() and 0 < int(refused["Retry-After"]) <= 3600
     assert mail.outbox == []
     # Another address has its own allowance.
-    assert type(client)(REMOTE_ADDR="198.51.100.7").post(RESET, {"email": "alice@example.com"}).status_code == 302
+    assert ask_reset(type(client)(REMOTE_ADDR="198.51.100.7"), "alice@example.com").status_code == 302
     assert len(mail.outbox) == 1
 
 
 @pytest.mark.parametrize("email", ["alice@example.com", "nobody@example.com"])
-def test_one_email_address_gets_only_so_many_reset_links_from_any_number_of_clients(client, alice, settings, email):
+def test_one_email_address_gets_only_so_many_reset_links_from_any_number_of_clients(
+    client, alice, settings, email, ask_reset
+):
     from django.core import mail
 
     settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE = "2/hour"
-    answers = [
-        type(client)(REMOTE_ADDR=f"203.0.113.{n}").post(RESET, {"email": email.upper() if n % 2 else email})
-        for n in range(1, 5)
-    ]
+    answers = [ask_reset(type(client)(REMOTE_ADDR=f"203.0.113.{n}"), email.upper() if n % 2 else email)
+               for n in range(1, 5)]
     # The same answers whether or not an account has the address: the refusal tells nothing either.
     assert [answer.status_code for answer in answers] == [302, 302, 429, 429]
     assert "asked for too often" in answers[2].content.decode()
     assert len(mail.outbox) == (2 if email.startswith("alice") else 0)
     # A refusal for the email address costs the client's own allowance nothing.
     settings.PASSWORD_RESET_THROTTLE_RATE = "1/hour"
-    assert type(client)(REMOTE_ADDR="203.0.113.3").post(RESET, {"email": "other@example.com"}).status_code == 302
+    assert ask_reset(type(client)(REMOTE_ADDR="203.0.113.3"), "other@example.com").status_code == 302
 
 
-def test_a_reset_link_is_still_sent_while_the_cache_is_unreachable(client, alice):
+def test_a_reset_link_is_still_sent_while_the_cache_is_unreachable(client, alice, ask_reset):
     from django.core import mail
     from django.test import override_settings
 
     unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
     with override_settings(CACHES={"default": unreachable}):
-        assert client.post(RESET, {"email": "alice@example.com"}).status_code == 302
+        assert ask_reset(client, "alice@example.com").status_code == 302
     assert len(mail.outbox) == 1
 
 
-def test_a_site_that_sends_no_email_says_reset_is_unavailable_and_to_ask_an_administrator(client, alice, settings):
+def test_a_known_and_an_unknown_address_cost_the_request_the_same_work(
+    client, alice, reset_queue, django_capture_on_commit_callbacks
+):
+    from django.core import mail
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    work = {}
+    for address in ("alice@example.com", "nobody@example.com"):
+        with CaptureQueriesContext(connection) as queries, django_capture_on_commit_callbacks(execute=True):
+            answer = type(client)().post(RESET, {"email": address})
+        (queued,) = reset_queue.messages()
+        # The address alone goes to the broker: the worker looks it up and makes any token itself.
+        assert queued["kwargs"] == {"email": address} and queued["args"] == []
+        work[address] = (answer.status_code, answer["Location"], [query["sql"] for query in queries.captured_queries],
+                         queued["task"])
+    assert work["alice@example.com"] == work["nobody@example.com"]
+    assert work["alice@example.com"][3] == "accounts.tasks.password_reset_email_send"
+    # Nothing is mailed while the request runs: a slow mail server would hold it, for known addresses only.
+    assert mail.outbox == []
+
+
+def test_a_reset_link_leads_to_site_url_whatever_host_the_request_named(client, alice, settings, ask_reset):
+    from django.core import mail
+
+    settings.SITE_URL = "https://digits.example.com"
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "mirror.example.net"]
+    ask_reset(client, "alice@example.com", HTTP_HOST="mirror.example.net")
+    (message,) = mail.outbox
+    assert re.search(r"^https://digits\.example\.com/accounts/password/reset/\S+/\S+/$", message.body, re.M)
+    assert message.subject == "Reset your password on digits.example.com"
+    assert "mirror.example.net" not in message.subject + message.body
+
+
+def test_with_the_broker_down_the_asker_gets_the_same_answer_and_the_failure_is_logged(
+    client, alice, broker_down, caplog, django_capture_on_commit_callbacks
+):
+    import logging
+
+    from django.core import mail
+
+    answers = []
+    for address in ("alice@example.com", "nobody@example.com"):
+        with django_capture_on_commit_callbacks(execute=True):
+            answer = type(client)().post(RESET, {"email": address})
+        answers.append((answer.status_code, answer["Location"]))
+    assert answers == [(302, "/accounts/password/reset/sent/")] * 2
+    failures = [record for record in caplog.records if "could not queue a password reset email" in record.message]
+    assert [record.levelno for record in failures] == [logging.ERROR] * 2
+    assert mail.outbox == []
+
+
+@pytest.mark.worker
+def test_a_reset_link_asked_for_on_the_page_is_mailed_by_a_worker_process(
+    client, alice, start_celery_worker, mail_server
+):
+    from django.core import mail
+
+    # The worker sends through the test's own SMTP server; SITE_URL is the worker's, where links are made.
+    start_celery_worker(TEST_EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+                        EMAIL_URL=f"smtp://127.0.0.1:{mail_server.port}", SITE_URL="https://digits.example.com",
+                        DEFAULT_FROM_EMAIL="digits@example.com")
+    asked = client.post(RESET, {"email": "alice@example.com"})
+    assert asked.status_code == 302 and mail.outbox == []
+    (message,) = mail_server.wait_for(1, timeout=30)
+    assert (message["To"], message["From"]) == ("alice@example.com", "digits@example.com")
+    link = re.search(r"https://digits\.example\.com(/accounts/password/reset/\S+/\S+/)", message.get_content())
+    assert _set_password_by_link(client, link.group(1)).status_code == 302
+    assert _logs_in("alice", NEW_PASSWORD)
+
+
+def test_a_site_that_sends_no_email_says_reset_is_unavailable_and_to_ask_an_administrator(
+    client, alice, settings, ask_reset
+):
     settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
     settings.PASSWORD_RESET_THROTTLE_RATE = "1/hour"
     for response in (client.get(RESET), client.post(RESET, {"email": "alice@example.com"})):
@@ -444,13 +522,13 @@ def test_a_site_that_sends_no_email_says_reset_is_unavailable_and_to_ask_an_admi
     assert response.status_code == 503  # the POST: nothing was sent, and no page says it was
     # Nor was anything counted: a site that starts sending email later takes the request.
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    assert client.post(RESET, {"email": "alice@example.com"}).status_code == 302
+    assert ask_reset(client, "alice@example.com").status_code == 302
 
 
-def test_every_id_a_reset_field_is_described_by_exists_and_a_mistake_is_marked_for_focus(client, alice):
+def test_every_id_a_reset_field_is_described_by_exists_and_a_mistake_is_marked_for_focus(client, alice, ask_reset):
     from django.core import mail
 
-    client.post(RESET, {"email": "alice@example.com"})
+    ask_reset(client, "alice@example.com")
     set_password = client.get(_reset_link(mail.outbox[0]))["Location"]
     for response in (client.post(RESET, {"email": "not an address"}),
                      client.post(set_password, {"new_password1": NEW_PASSWORD, "new_password2": "different"})):
@@ -463,14 +541,14 @@ def test_every_id_a_reset_field_is_described_by_exists_and_a_mistake_is_marked_f
     assert _logs_in("alice", "correct horse battery")
 
 
-def test_signing_up_with_an_email_address_makes_the_password_resettable(client, django_user_model):
+def test_signing_up_with_an_email_address_makes_the_password_resettable(client, django_user_model, ask_reset):
     from django.core import mail
 
     response = client.post("/accounts/signup/", {"username": "carol", "email": " Carol@EXAMPLE.com ",
                                                  "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
     assert response.status_code == 302
     assert django_user_model.objects.get(username="carol").email == "Carol@example.com"
-    type(client)().post(RESET, {"email": "carol@example.com"})
+    ask_reset(type(client)(), "carol@example.com")
     assert mail.outbox[0].to == ["Carol@example.com"]
 
 

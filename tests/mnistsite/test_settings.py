@@ -278,10 +278,36 @@ def test_an_email_url_of_unknown_scheme_is_refused_without_showing_its_password(
 
 def test_production_with_email_needs_the_address_it_is_sent_from():
     env = dict(DJANGO_SETTINGS_MODULE="mnistsite.settings.production", EMAIL_URL="smtp://mail.example.com:25",
-               SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c")
+               SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
+               SITE_URL="https://digits.example.com")
     refused = _run_manage("check", DEFAULT_FROM_EMAIL="", **env)
     assert refused.returncode != 0 and "DEFAULT_FROM_EMAIL must be set in production when EMAIL_URL is" in refused.stderr
     assert _run_manage("check", DEFAULT_FROM_EMAIL="digits@example.com", **env).returncode == 0
+
+
+def test_production_with_email_needs_the_site_url_reset_links_lead_to():
+    env = dict(DJANGO_SETTINGS_MODULE="mnistsite.settings.production", EMAIL_URL="smtp://mail.example.com:25",
+               SECRET_KEY="a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c",
+               DEFAULT_FROM_EMAIL="digits@example.com", ALLOWED_HOSTS="digits.example.com")
+    refused = _run_manage("check", SITE_URL="", **env)
+    assert refused.returncode != 0 and "SITE_URL must be set in production when EMAIL_URL is" in refused.stderr
+    assert _run_manage("check", SITE_URL="https://digits.example.com", **env).returncode == 0
+    # Without mail, nothing needs it.
+    assert _run_manage("check", SITE_URL="", **{**env, "EMAIL_URL": ""}).returncode == 0
+
+
+def test_site_url_is_a_scheme_and_host_only_and_defaults_to_what_make_run_serves():
+    dev = {"DJANGO_SETTINGS_MODULE": "mnistsite.settings.dev"}
+    assert _settings_probe("SITE_URL", SITE_URL="", **dev) == ["'http://127.0.0.1:8000'"]
+    assert _settings_probe("SITE_URL", SITE_URL="https://Digits.example.com:8443/", **dev) == [
+        "'https://Digits.example.com:8443'"]
+    for wrong in ("digits.example.com", "ftp://digits.example.com", "https://digits.example.com/app",
+                  "https://user:pw@digits.example.com", "https://digits.example.com/?next=x", "https://:443",
+                  "https://digits.example.com:port"):
+        result = _run_manage("check", SITE_URL=wrong, **dev)
+        assert result.returncode != 0, wrong
+        assert "SITE_URL must be the site's address, scheme and host only" in result.stderr, wrong
+        assert "user:pw" not in result.stdout + result.stderr
 
 
 def test_reset_links_last_an_hour_unless_configured_and_never_less_than_a_minute():

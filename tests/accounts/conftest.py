@@ -1,0 +1,106 @@
+"""Fixtures for the password reset mail: a real SMTP server in this process, and the reset page's queued task."""
+import email
+import email.policy
+import socket
+import threading
+
+import pytest
+
+RESET = "/accounts/password/reset/"
+
+
+class MailServer:
+    """An SMTP server on 127.0.0.1 (aiosmtpd, in a thread of the test process) that keeps what it accepts.
+
+    ``answers`` are the replies to the next messages, in turn ("421 ..." refuses one for now, None accepts it); once
+    they run out, every message is accepted. ``attempts`` counts every message offered, accepted or not.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[email.message.EmailMessage] = []
+        self.answers: list[str | None] = []
+        self.attempts = 0
+        self.port = 0
+        self._arrived = threading.Condition()
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        with self._arrived:
+            self.attempts += 1
+            answer = self.answers.pop(0) if self.answers else None
+            if answer is not None:
+                return answer
+            self.received.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            self._arrived.notify_all()
+        return "250 Message accepted"
+
+    def wait_for(self, count: int, *, timeout: float) -> list:
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.received) >= count, timeout=timeout):
+                raise TimeoutError(f"{len(self.received)} of {count} messages arrived in {timeout}s "
+                                   f"({self.attempts} offered)")
+            return list(self.received)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mail_server():
+    from aiosmtpd.controller import Controller
+
+    server = MailServer()
+    server.port = _free_port()
+    controller = Controller(server, hostname="127.0.0.1", port=server.port)
+    controller.start()
+    yield server
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_settings(settings, mail_server):
+    """This process sends mail through ``mail_server``, as EMAIL_URL=smtp://127.0.0.1:<port> would have it."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", mail_server.port
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 5
+    return settings
+
+
+@pytest.fixture
+def reset_queue():
+    """The real broker's inference queue, where the reset page queues its mail task; empty at the start."""
+    from mnistsite.celery import app
+    from tests.broker import BrokerQueue
+
+    queue = BrokerQueue(app, "inference")
+    queue.purge()
+    yield queue
+    queue.purge()
+
+
+def run_queued(queue) -> list[dict]:
+    """Take the messages off ``queue`` and run each in this process, as a worker would; returns them."""
+    from mnistsite.celery import app
+
+    messages = queue.messages()
+    for message in messages:
+        app.tasks[message["task"]].apply(args=message["args"], kwargs=message["kwargs"])
+    return messages
+
+
+@pytest.fixture
+def ask_reset(reset_queue, django_capture_on_commit_callbacks):
+    """Send the reset form as ``visitor``, then run what it queued on the real broker here, as a worker would (its
+    mail lands in django.core.mail.outbox); returns the page's answer."""
+
+    def ask(visitor, address: str, **extra):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = visitor.post(RESET, {"email": address}, **extra)
+        run_queued(reset_queue)
+        return response
+
+    return ask
