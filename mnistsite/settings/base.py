@@ -408,6 +408,9 @@ if EMAIL_URL:
             f"EMAIL_URL has an unknown scheme {EMAIL_URL.partition(':')[0]!r}; use one of "
             f"{', '.join(f'{scheme}://' for scheme in environ.Env.EMAIL_SCHEMES)}."
         ) from None
+    if "EMAIL_FILE_PATH" in _email_config:
+        # django-environ drops the leading slash of filemail:///var/mail: the folder is the URL's path as written.
+        _email_config["EMAIL_FILE_PATH"] = urlsplit(EMAIL_URL).path
     # Parts the URL leaves out (a port, a user) keep Django's defaults rather than becoming None.
     globals().update({name: value for name, value in _email_config.items() if value not in (None, "")})
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")

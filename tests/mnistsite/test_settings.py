@@ -235,6 +235,12 @@ def test_email_url_gives_the_mail_server_its_port_encryption_and_percent_encoded
     assert plain == ["25", "''", "True"]
 
 
+def test_a_filemail_url_writes_mail_to_the_absolute_folder_it_names():
+    written = _settings_probe("EMAIL_BACKEND", "EMAIL_FILE_PATH", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev",
+                              EMAIL_URL="filemail:///var/mail/mnistsite")
+    assert written == ["'django.core.mail.backends.filebased.EmailBackend'", "'/var/mail/mnistsite'"]
+
+
 def test_without_email_url_development_prints_mail_and_production_sends_none():
     backend = ("EMAIL_BACKEND",)
     assert _settings_probe(*backend, DJANGO_SETTINGS_MODULE="mnistsite.settings.dev", EMAIL_URL="") == [
