@@ -3,7 +3,9 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
 from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import truncatechars
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from classifier import selectors, services
@@ -11,17 +13,52 @@ from classifier.models import Prediction, StorageUse, Upload
 from training.selectors import checkpoint_get_active
 
 
-def _thumbnail(upload_id: int, size: int = 48) -> str:
+def _thumbnail(upload_id: int, large: bool = False) -> str:
     return format_html(
-        '<img src="{}" alt="" style="width:{}px;height:{}px;object-fit:contain;background:#fff;border:1px solid #ddd;border-radius:4px">',
+        '<img src="{}" alt="" class="admin-thumbnail{}">',
         reverse("classifier:upload_image", args=[upload_id]),
-        size,
-        size,
+        " large" if large else "",
     )
 
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _when(value) -> str:
+    # Django's "Dec. 4, 2026, 7:59 p.m." takes a column of its own twice as wide as this.
+    return "–" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M")
+
+
+def _result(status: str | None, digit: int | None, confidence: float | None) -> str:
+    # A prediction's status and digit share a column: a list of more than a few columns does not fit 1280 px.
+    if digit is None:
+        return status or "–"
+    return f"{digit} ({_percent(confidence)})" if status == "done" else f"{status}: {digit}"
+
+
+def _truth(label: int | None, feedback: int | None) -> str:
+    # A sample's label, or the digit its owner said it was: either is what the prediction should have been.
+    if label is not None:
+        return str(label)
+    return "–" if feedback is None else f"{feedback} (feedback)"
+
+
+def _origin(upload: Upload) -> str:
+    if upload.sample_set:
+        return f"sample {upload.sample_set}"
+    return f"{upload.owner} ({upload.source})" if upload.owner_id else upload.source
+
+
+class AdminStyles:
+    """The project's admin stylesheet: thumbnails and the model's input picture, with no inline style attributes."""
+
+    class Media:
+        css = {"all": ("css/admin.css",)}
 
 
 class LatestStatusFilter(admin.SimpleListFilter):
@@ -152,11 +189,10 @@ class IdsFirstPaginator(Paginator):
 
 
 @admin.register(Upload)
-class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
-    list_display = (
-        "id", "thumbnail", "original_name", "owner", "source", "sample_set", "label",
-        "latest_digit_display", "latest_confidence_display", "latest_status_display", "feedback_display", "created_at",
-    )
+class UploadAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
+    # Narrow enough for a 1280 px window: the newest prediction's status and digit before where the upload came from.
+    list_display = ("thumbnail", "name", "latest_prediction_display", "true_digit", "origin", "created")
+    list_display_links = ("thumbnail", "name")
     list_filter = (
         LatestStatusFilter, LatestDigitFilter, "source", ("sample_set", SampleSetValuesFilter), CheckpointFilter,
         "created_at",
@@ -172,11 +208,13 @@ class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
     paginator = IdsFirstPaginator
     # Whose an upload is, and where it came from, are facts: moving one to another owner would show it to them and
     # leave both owners' storage counts wrong. Its name and a sample's label may be corrected.
+    # The picture is shown, and linked, through the image view, which checks who may see it: the file field's own
+    # link would point into the media folder, which is not served.
     readonly_fields = (
         "thumbnail_large", "owner", "source", "sample_set", "sha256", "format", "size", "stored_size", "width",
-        "height", "image", "created_at",
+        "height", "created_at",
     )
-    exclude = ()
+    exclude = ("image",)
     change_list_template = "admin/classifier/upload/change_list.html"
 
     def get_queryset(self, request):
@@ -192,23 +230,33 @@ class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
 
     @admin.display(description="image")
     def thumbnail_large(self, obj):
-        return _thumbnail(obj.pk, size=200) if obj.pk else "–"
+        if not obj.pk:
+            return "–"
+        return format_html(
+            '<a href="{}" title="The stored image, full size">{}</a>',
+            reverse("classifier:upload_image", args=[obj.pk]),
+            _thumbnail(obj.pk, large=True),
+        )
 
-    @admin.display(description="digit", ordering="latest_digit")
-    def latest_digit_display(self, obj):
-        return "–" if obj.latest_digit is None else obj.latest_digit
+    @admin.display(description="name", ordering="original_name")
+    def name(self, obj):
+        return truncatechars(obj.original_name, 20) or f"upload {obj.pk}"
 
-    @admin.display(description="confidence", ordering="latest_confidence")
-    def latest_confidence_display(self, obj):
-        return _percent(obj.latest_confidence)
+    @admin.display(description="newest", ordering="latest_confidence")
+    def latest_prediction_display(self, obj):
+        return _result(obj.latest_status, obj.latest_digit, obj.latest_confidence)
 
-    @admin.display(description="status", ordering="latest_status")
-    def latest_status_display(self, obj):
-        return obj.latest_status or "–"
+    @admin.display(description="true digit")
+    def true_digit(self, obj):
+        return _truth(obj.label, obj.latest_feedback)
 
-    @admin.display(description="feedback")
-    def feedback_display(self, obj):
-        return "–" if obj.latest_feedback is None else obj.latest_feedback
+    @admin.display(description="from", ordering="owner__username")
+    def origin(self, obj):
+        return _origin(obj)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return _when(obj.created_at)
 
     def changelist_view(self, request, extra_context=None):
         checkpoint = checkpoint_get_active()
@@ -228,11 +276,10 @@ class UploadAdmin(RerunActionMixin, admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
-    list_display = (
-        "id", "thumbnail", "upload_link", "owner", "status", "digit", "confidence_display", "feedback",
-        "label", "checkpoint", "device", "queue_ms", "compute_ms", "created_at",
-    )
+class PredictionAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
+    # Narrow enough for a 1280 px window: the result first, then the model that gave it and how long it took.
+    list_display = ("thumbnail", "result", "truth", "upload_link", "checkpoint_display", "timing", "created")
+    list_display_links = ("thumbnail", "result")
     list_filter = (
         "status", ("digit", DigitValuesFilter), "upload__source", ("upload__sample_set", SampleSetValuesFilter),
         CheckpointFilter, "several_digits", "created_at",
@@ -260,26 +307,38 @@ class PredictionAdmin(RerunActionMixin, admin.ModelAdmin):
         if not obj.input_pixels:
             return "–"
         return format_html(
-            '<img src="{}" alt="The 28x28 picture the model saw" width="112" height="112" '
-            'style="image-rendering:pixelated;background:#000">',
+            '<img src="{}" alt="The 28x28 picture the model saw" width="112" height="112" class="model-input">',
             reverse("classifier:prediction_input", args=[obj.pk]),
         )
 
     @admin.display(description="upload", ordering="upload_id")
     def upload_link(self, obj):
-        return format_html('<a href="{}">{}</a>', reverse("admin:classifier_upload_change", args=[obj.upload_id]), obj.upload)
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:classifier_upload_change", args=[obj.upload_id]), _origin(obj.upload)
+        )
 
-    @admin.display(description="owner", ordering="upload__owner__username")
-    def owner(self, obj):
-        return obj.upload.owner
+    @admin.display(description="result", ordering="confidence")
+    def result(self, obj):
+        return _result(obj.status, obj.digit, obj.confidence)
 
-    @admin.display(description="label", ordering="upload__label")
-    def label(self, obj):
-        return "–" if obj.upload.label is None else obj.upload.label
+    @admin.display(description="true digit")
+    def truth(self, obj):
+        return _truth(obj.upload.label, obj.feedback)
 
-    @admin.display(description="confidence", ordering="confidence")
-    def confidence_display(self, obj):
-        return _percent(obj.confidence)
+    @admin.display(description="model", ordering="checkpoint_id")
+    def checkpoint_display(self, obj):
+        return "–" if obj.checkpoint_id is None else f"{obj.checkpoint_id} {obj.checkpoint.architecture}"
+
+    @admin.display(description="queue + run ms", ordering="compute_ms")
+    def timing(self, obj):
+        return format_html(
+            '<span title="{}">{} + {}</span>', f"on {obj.device}" if obj.device else "", _ms(obj.queue_ms),
+            _ms(obj.compute_ms),
+        )
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return _when(obj.created_at)
 
 
 @admin.register(StorageUse)

@@ -213,3 +213,41 @@ def test_an_upload_cannot_be_moved_to_another_owner_in_the_admin(admin_page, use
     upload.refresh_from_db()
     assert (upload.original_name, upload.owner, upload.source, upload.sample_set) == ("renamed.png", user, "file", "")
     assert other_user.uploads.count() == 0
+
+
+def test_an_uploads_admin_page_shows_one_image_field_whose_link_answers_for_staff_allowed_to_view_uploads(
+    client, user, digit_png, django_user_model
+):
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    viewer = django_user_model.objects.create_user(username="viewer", password="x9!kQ2#vLp", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename="view_upload"))
+    client.force_login(viewer)
+    page = client.get(reverse("admin:classifier_upload_change", args=[upload.pk]))
+    html = page.content.decode()
+    image = reverse("classifier:upload_image", args=[upload.pk])
+    assert page.status_code == 200 and html.count("Image:") == 1 and "media-not-served" not in html
+    assert f'<a href="{image}"' in html
+    answer = client.get(image)
+    assert answer.status_code == 200 and answer["Content-Type"] == "image/png"
+
+
+def test_the_prediction_list_shows_times_to_a_tenth_of_a_millisecond_and_confidence_as_a_percentage(
+    admin_page, user, digit_png
+):
+    upload = _upload_with_history(user, digit_png, [("done", 3, 0)])
+    Prediction.objects.filter(upload=upload).update(confidence=0.98765, queue_ms=108.87299999999999, compute_ms=2.803493000101298)
+    html = admin_page.get("/admin/classifier/prediction/").content.decode()
+    assert "108.9" in html and "2.8" in html and "98.8%" in html
+    assert "108.87" not in html and "2.803" not in html and "0.98765" not in html
+
+
+def test_the_admin_lists_put_what_matters_first_and_keep_their_columns_few(admin_page, user, digit_png):
+    _upload_with_history(user, digit_png, [("done", 3, 0)])
+    uploads = admin_page.get("/admin/classifier/upload/").context["cl"].list_display
+    predictions = admin_page.get("/admin/classifier/prediction/").context["cl"].list_display
+    # The action checkbox, then at most ten narrow columns: more do not fit a 1280 px window.
+    assert len(uploads) <= 11 and len(predictions) <= 11
+    assert predictions.index("result") < predictions.index("checkpoint_display")

@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 
 from training import services
@@ -117,6 +118,48 @@ def test_staff_can_cancel_a_queued_run(client, staff_user, queued_run):
     assert response.status_code == 302
     queued_run.refresh_from_db()
     assert queued_run.status == TrainingRun.Status.CANCELLED
+
+
+def test_the_cancel_button_asks_for_confirmation_on_a_page_of_its_own_before_cancelling(client, staff_user, queued_run):
+    client.force_login(staff_user)
+    change = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    tools = change.split('class="object-tools"')[1].split("</ul>")[0]
+    assert f'href="{_cancel_url(queued_run)}"' in tools and "style=" not in tools
+    page = client.get(_cancel_url(queued_run))
+    html = page.content.decode()
+    assert page.status_code == 200 and "Are you sure?" in html and "csrfmiddlewaretoken" in html
+    assert f'action="{_cancel_url(queued_run)}"' in html or 'method="post"' in html
+    assert reverse("admin:training_trainingrun_change", args=[queued_run.pk]) in html  # the way back
+    queued_run.refresh_from_db()
+    assert queued_run.status == TrainingRun.Status.QUEUED and not queued_run.cancel_requested
+
+    response = client.post(_cancel_url(queued_run), {"post": "yes"})
+    queued_run.refresh_from_db()
+    assert response.status_code == 302 and queued_run.status == TrainingRun.Status.CANCELLED
+
+
+def test_staff_allowed_only_to_view_runs_get_no_cancel_confirmation_page(client, plain_staff, queued_run):
+    plain_staff.user_permissions.add(Permission.objects.get(codename="view_trainingrun"))
+    client.force_login(plain_staff)
+    assert client.get(_cancel_url(queued_run)).status_code == 403
+    change = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    assert _cancel_url(queued_run) not in change
+
+
+def test_the_cancel_confirmation_of_a_finished_run_says_it_cannot_be_cancelled(client, staff_user, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.SUCCEEDED)
+    client.force_login(staff_user)
+    response = client.get(_cancel_url(queued_run), follow=True)
+    assert b"cannot be cancelled" in response.content and b"Are you sure?" not in response.content
+
+
+def test_the_checkpoint_list_shows_whether_each_is_active_first_and_its_size_readably(client, staff_user, make_checkpoint):
+    checkpoint, _ = make_checkpoint(activate=True)
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_checkpoint_changelist"))
+    headers = [h.lower() for h in page.context["cl"].list_display]
+    assert headers.index("is_active") < headers.index("accuracy")
+    assert filesizeformat(checkpoint.size) in page.content.decode()
 
 
 def test_cancelling_a_finished_run_from_the_admin_shows_an_error(client, staff_user, queued_run):
