@@ -71,21 +71,58 @@ class FeedbackForm(forms.Form):
     digit = forms.IntegerField(min_value=0, max_value=9, required=False)
 
 
+class _FilterField:
+    """A history filter whose error quotes what was sent: the field itself cannot show it, as a date box drops a date
+    it cannot read and a list shows its first choice instead."""
+
+    SHOWN_CHARS = 40
+
+    def __init__(self, *args, not_understood: str, **kwargs):
+        self.not_understood = not_understood
+        super().__init__(*args, **kwargs)
+
+    def clean(self, value):
+        try:
+            return super().clean(value)
+        except forms.ValidationError:
+            # An address can carry any text: a long one is cut short rather than flood the page.
+            shown = str(value) if len(str(value)) <= self.SHOWN_CHARS else str(value)[: self.SHOWN_CHARS - 1] + "…"
+            raise forms.ValidationError(
+                f"“%(value)s” is not {self.not_understood}, so this filter is not applied.",
+                code="invalid",
+                params={"value": shown},
+            ) from None
+
+
+class _FilterChoiceField(_FilterField, forms.TypedChoiceField):
+    pass
+
+
+class _FilterDateField(_FilterField, forms.DateField):
+    pass
+
+
 class HistoryFilterForm(forms.Form):
-    digit = forms.TypedChoiceField(
+    digit = _FilterChoiceField(
         choices=[("", "Any digit")] + [(str(d), str(d)) for d in range(10)],
         coerce=int,
         empty_value=None,
         required=False,
+        not_understood="a digit from 0 to 9",
     )
     # Labelled as the badges show them: a pending prediction is "queued".
-    status = forms.ChoiceField(
+    status = _FilterChoiceField(
         choices=[("", "Any status")]
         + [(value, "Queued" if value == "pending" else label) for value, label in Prediction.Status.choices],
         required=False,
+        not_understood="a status",
     )
-    date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
-    date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
+    date_from = _FilterDateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From", not_understood="a date"
+    )
+    date_to = _FilterDateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To", not_understood="a date"
+    )
     batch = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def clean_batch(self) -> tuple[int, ...]:

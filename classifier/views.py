@@ -53,6 +53,17 @@ def _upload_page(
     stored_unknown: bool = False,
     status: int = 200,
 ) -> HttpResponse:
+    received = len(request.FILES.getlist("files")) if refused_files else 0
+    # A file form the browser sent itself (the page's script sends its own, and keeps the files chosen) comes back
+    # with its file input emptied: what was not refused has to be chosen again. A drawing is no file form.
+    files_forgotten = (
+        bool(errors)
+        and not stored_unknown
+        and request.method == "POST"
+        and request.content_type == "multipart/form-data"
+        and request.headers.get("X-Requested-With") != "XMLHttpRequest"
+        and (not refused_files or received > len(refused_files))
+    )
     return render(
         request,
         "classifier/upload.html",
@@ -60,11 +71,12 @@ def _upload_page(
             "form": form,
             "errors": errors,
             "stored_unknown": stored_unknown,
+            "files_forgotten": files_forgotten,
             # Where each refused file stood among those received: the page's script marks them in the selection it
             # kept, if the server received as many as were chosen (the parser drops a part whose name it cannot use).
             "refused_files": " ".join(str(index) for index in refused_files),
             # Asked only of a body that was read: one Django refused to read raises again when asked.
-            "files_received": len(request.FILES.getlist("files")) if refused_files else 0,
+            "files_received": received,
             "max_files": settings.UPLOAD_MAX_FILES,
             "max_bytes": settings.UPLOAD_MAX_BYTES,
             "max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
@@ -249,6 +261,11 @@ def prediction_payload(prediction: Prediction) -> dict:
     }
 
 
+def digit_with_article(digit: int) -> str:
+    """The digit with its article, which goes by how the digit is read aloud: "a 7", but "an 8"."""
+    return f"{'an' if digit == 8 else 'a'} {digit}"
+
+
 @require_safe
 def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
@@ -292,7 +309,7 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     if form.cleaned_data["digit"] is None:
         messages.info(request, "Feedback cleared.")
     else:
-        messages.success(request, f"Thanks! Recorded that this is a {form.cleaned_data['digit']}.")
+        messages.success(request, f"Thanks! Recorded that this is {digit_with_article(form.cleaned_data['digit'])}.")
     return redirect("classifier:prediction_detail", pk=pk)
 
 
@@ -578,7 +595,7 @@ def _filters_described(form: HistoryFilterForm, filters: selectors.UploadFilters
     if filters.upload_ids:
         described.append("in the batch you were looking at")
     if filters.digit is not None:
-        described.append(f"read as a {filters.digit}")
+        described.append(f"read as {digit_with_article(filters.digit)}")
     if filters.status:
         described.append(f"whose status is “{dict(form.fields['status'].choices)[filters.status].lower()}”")
     if filters.date_from:

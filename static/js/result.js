@@ -14,6 +14,18 @@
 
   function byId(id) { return document.getElementById(id); }
 
+  // "a 7", but "an 8", as classifier.views.digit_with_article says it.
+  function digitWithArticle(digit) { return (digit === 8 ? "an " : "a ") + digit; }
+
+  // Delete leads to a confirmation page (for browsers without JavaScript); here the question is asked in place.
+  const deleteLink = byId("delete-upload");
+  if (deleteLink) {
+    deleteLink.addEventListener("click", function (event) {
+      event.preventDefault();
+      if (window.confirm(deleteLink.dataset.confirm)) byId("delete-confirmed").submit();
+    });
+  }
+
   function render(data) {
     root.dataset.status = data.status;
     const badge = byId("status-badge");
@@ -63,7 +75,7 @@
   function announce(data) {
     let said;
     if (data.status === "done") {
-      said = ["It is a " + data.digit + ", " + percentFloor(data.confidence) + "% confident."];
+      said = ["It is " + digitWithArticle(data.digit) + ", " + percentFloor(data.confidence) + "% confident."];
       ["not-sure", "several-digits"].forEach(function (id) {
         const notice = byId(id);
         if (notice && !notice.hidden) said.push(notice.textContent.trim());

@@ -24,6 +24,8 @@
   // Where the files the server refused stood in the selection it was sent: they stay chosen, marked, until the
   // selection changes or they are left out.
   let refusedByServer = [];
+  // Every file refused, by the server or by this page (too large, not an image): where each stands in the selection.
+  let refused = [];
   // While the files are on their way, the selection stays as it was sent.
   let sending = false;
   const leaveOut = document.getElementById("file-leave-out");
@@ -56,20 +58,27 @@
     const files = Array.from(input.files || []);
     list.replaceChildren();
     const problems = [];
+    refused = [];
+    let refusedHere = 0;
     files.forEach(function (file, index) {
       const item = document.createElement("li");
       item.textContent = file.name + " · " + describe(file.size);
+      const count = problems.length;
       if (file.size > maxBytes) {
-        marked(item);
         problems.push("“" + file.name + "” is larger than " + describe(maxBytes) + ".");
       } else if (file.type && !READABLE.test(file.type)) {
-        marked(item);
         problems.push("“" + file.name + "” is not a PNG, JPEG, GIF, WEBP or BMP image.");
-      } else if (refusedByServer.indexOf(index) !== -1) {
+      }
+      refusedHere += problems.length - count;
+      if (problems.length > count || refusedByServer.indexOf(index) !== -1) {
         marked(item);
+        refused.push(index);
       }
       list.appendChild(item);
     });
+    // The list scrolls only a few rows high: the first refused file is brought into it, not left below its fold.
+    const first = list.querySelector(".refused");
+    if (first) list.scrollTop += first.getBoundingClientRect().top - list.getBoundingClientRect().top;
     if (files.length > maxFiles) {
       problems.unshift("Too many files: choose at most " + maxFiles + " at once.");
     }
@@ -77,9 +86,12 @@
     fileError.textContent = problems.join(" ");
     fileSubmit.disabled = files.length === 0 || problems.length > 0;
     fileSubmit.removeAttribute("aria-disabled");
-    fileSubmit.textContent = files.length > 1 ? "Upload " + files.length + " images and predict" : "Upload and predict";
-    leaveOut.hidden = !canLeaveOut || !refusedByServer.length || refusedByServer.length >= files.length;
-    leaveOut.textContent = refusedByServer.length > 1 ? "Leave out the " + refusedByServer.length + " refused files"
+    // What the button would send: all the files once the server refused some (they may have been mended on disk
+    // since), but not those this page refuses, which must be left out before anything is sent.
+    const sent = files.length - refusedHere;
+    fileSubmit.textContent = sent > 1 ? "Upload " + sent + " images and predict" : "Upload and predict";
+    leaveOut.hidden = !canLeaveOut || !refused.length || refused.length >= files.length;
+    leaveOut.textContent = refused.length > 1 ? "Leave out the " + refused.length + " refused files"
       : "Leave out the refused file";
   }
 
@@ -246,7 +258,7 @@
   leaveOut.addEventListener("click", function () {
     const kept = new DataTransfer();
     Array.from(input.files).forEach(function (file, index) {
-      if (refusedByServer.indexOf(index) === -1) kept.items.add(file);
+      if (refused.indexOf(index) === -1) kept.items.add(file);
     });
     input.files = kept.files;
     const box = document.getElementById("upload-errors");

@@ -253,6 +253,8 @@ def test_the_account_page_says_how_much_the_uploads_take_of_the_allowance(client
     used = filesizeformat(stored_size(digit_png(0)))
     assert f"Your uploads take {used} of the 1.0\xa0MB you may use" in page
     assert f'max="{2**20}" value="{stored_size(digit_png(0))}"' in page
+    # The bar follows the whole sentence, not in the middle of it.
+    assert re.search(r"makes room\.</p>\s*<meter ", page)
 
     settings.UPLOAD_QUOTA_MB = 0
     assert f"Your uploads take {used}." in client.get("/accounts/").content.decode()

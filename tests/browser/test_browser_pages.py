@@ -727,8 +727,8 @@ def test_a_form_sent_back_for_a_correction_brings_the_field_to_correct_into_view
 def test_a_history_filter_that_is_not_understood_is_marked_invalid_and_described_by_its_own_error(logged_in_page):
     page = logged_in_page
     page.goto("/history/?digit=11&status=done&date_to=2026-13-45")
-    for field, error in [("#id_digit", "“Digit” was not understood and is not applied."),
-                         ("#id_date_to", "“To” was not understood and is not applied.")]:
+    for field, error in [("#id_digit", "“11” is not a digit from 0 to 9, so this filter is not applied."),
+                         ("#id_date_to", "“2026-13-45” is not a date, so this filter is not applied.")]:
         expect(page.locator(field)).to_have_attribute("aria-invalid", "true")
         expect(page.locator(field)).to_have_accessible_description(error)
     expect(page.locator("#id_status")).not_to_have_attribute("aria-invalid", "true")
@@ -1074,3 +1074,130 @@ def test_without_javascript_ticked_rows_are_deleted_on_a_confirmation_page_that_
     assert page.url.endswith("/history/?status=")  # back where the rows were ticked
     expect(page.locator(".history-item")).to_have_count(1)
     assert list(Upload.objects.all()) == [uploads[2]]
+
+
+def test_files_the_page_itself_refuses_are_shown_counted_out_and_can_be_left_out_to_send_the_rest(
+    logged_in_page, digit_png, tmp_path
+):
+    page = logged_in_page
+    images = _digit_files(tmp_path, digit_png, 6)
+    too_large, notes = tmp_path / "too_large.png", tmp_path / "notes.txt"
+    too_large.write_bytes(b"\0" * (7 * 1024 * 1024))
+    notes.write_text("not a picture")
+    page.set_input_files("#id_files", images + [str(too_large), str(notes)])
+    expect(page.locator("#file-error")).to_contain_text("“too_large.png” is larger than 5.0 MB.")
+    expect(page.locator("#file-summary")).to_have_text("8 images chosen, 2 refused")
+    # The list scrolls only a few rows high: the refused ones, chosen last, are brought into it.
+    expect(page.locator("#file-list li.refused").first).to_be_in_viewport()
+    expect(page.locator("#file-submit")).to_be_disabled()
+    expect(page.locator("#file-submit")).to_have_text("Upload 6 images and predict")
+    expect(page.locator("#file-leave-out")).to_have_text("Leave out the 2 refused files")
+
+    page.click("#file-leave-out")
+    expect(page.locator("#file-list li")).to_have_count(6)
+    expect(page.locator("#file-list li.refused")).to_have_count(0)
+    expect(page.locator("#file-error")).to_be_hidden()
+    expect(page.locator("#file-leave-out")).to_be_hidden()
+    expect(page.locator("#file-summary")).to_have_text("6 images chosen")
+    expect(page.locator("#file-submit")).to_be_focused()
+    expect(page.locator("#file-submit")).to_have_text("Upload 6 images and predict")
+    page.click("#file-submit")
+    page.wait_for_url("**/history/?batch=*")
+    assert sorted(Upload.objects.values_list("original_name", flat=True)) == [f"digit-{i}.png" for i in range(6)]
+
+
+def test_without_javascript_the_drawing_card_says_drawing_needs_it_and_offers_no_dead_buttons(
+    page_without_javascript, digit_png, tmp_path
+):
+    page = page_without_javascript
+    page.goto("/")
+    # In the drawing card, where the canvas would be.
+    note = page.locator("section:has(#draw-heading) #canvas-needs-script")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Drawing needs JavaScript")
+    for control in ("#draw-canvas", "#canvas-clear", "#canvas-undo", "#canvas-submit"):
+        expect(page.locator(control)).to_be_hidden()
+    # The file form works as ever: sent by the browser, the page comes back with the refusal.
+    paths = [tmp_path / "zero.png", tmp_path / "broken.png"]
+    paths[0].write_bytes(digit_png(0))
+    paths[1].write_bytes(b"not a picture")
+    page.set_input_files("#id_files", [str(path) for path in paths])
+    page.click("#file-submit")
+    expect(page.locator("#upload-errors")).to_contain_text("broken.png")
+    expect(page.locator("#upload-errors")).to_contain_text("choose the other files again")
+    page.set_input_files("#id_files", str(paths[0]))
+    page.click("#file-submit")
+    page.wait_for_url("**/predictions/*/")
+    assert Upload.objects.get().original_name == "zero.png"
+
+
+def test_with_javascript_the_drawing_card_says_nothing_of_javascript(logged_in_page):
+    page = logged_in_page
+    expect(page.locator("#canvas-needs-script")).to_be_hidden()
+    for control in ("#draw-canvas", "#canvas-clear", "#canvas-undo", "#canvas-submit"):
+        expect(page.locator(control)).to_be_visible()
+
+
+def test_deleting_an_upload_from_its_result_page_asks_first_and_leads_to_the_history(logged_in_page, user, digit_png):
+    page = logged_in_page
+    upload = _open_a_queued_result(page, user, digit_png(0))
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.get_by_role("link", name="Delete", exact=True).click()
+    expect(page.locator("#status-badge")).to_have_text("queued")  # declined: still here, nothing deleted
+    assert asked == ["Delete this upload and its images? This cannot be undone."]
+    assert Upload.objects.filter(pk=upload.pk).exists()
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("link", name="Delete", exact=True).click()
+    expect(page.locator(".message-success")).to_contain_text("Deleted")
+    assert page.url.endswith("/history/")
+    assert not Upload.objects.filter(pk=upload.pk).exists()
+    page.get_by_role("link", name="Upload more").wait_for()
+
+
+def test_a_new_api_token_is_copied_by_its_button_which_says_so(browser, live_server, log_in):
+    context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 1200, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    log_in(page)
+    _token_asked_for(page, name="copied", password="correct horse battery")
+    key = page.locator("#new-token").inner_text()
+    page.get_by_role("button", name="Copy the token").click()
+    expect(page.locator("#copy-token-status")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    context.close()
+    assert blocked == []
+
+
+def test_without_a_clipboard_the_copy_button_selects_the_new_token_to_copy_by_hand(browser, live_server, log_in):
+    context, blocked = _context_with_csp_check(browser, live_server, viewport={"width": 1200, "height": 900})
+    context.add_init_script("Object.defineProperty(navigator, 'clipboard', { value: undefined });")
+    page = context.new_page()
+    log_in(page)
+    _token_asked_for(page, name="by hand", password="correct horse battery")
+    page.get_by_role("button", name="Copy the token").click()
+    expect(page.locator("#copy-token-status")).to_contain_text("Selected")
+    assert page.evaluate("String(window.getSelection())") == page.locator("#new-token").inner_text()
+    context.close()
+    assert blocked == []
+
+
+def test_without_javascript_a_new_api_token_has_no_copy_button_that_would_do_nothing(page_without_javascript):
+    _token_asked_for(page_without_javascript, name="no script", password="correct horse battery")
+    expect(page_without_javascript.locator("#new-token")).to_be_visible()
+    expect(page_without_javascript.get_by_role("button", name="Copy the token")).to_have_count(0)
+
+
+def test_on_a_phone_delete_all_stands_apart_from_delete_selected(phone_page, user, digit_png):
+    page = phone_page
+    for index in range(3):
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(index)), source="file")
+    page.goto("/history/")
+    page.locator("#select-all").check()
+    expect(page.locator("#delete-selected")).to_have_text("Delete 3 selected")
+    selected = page.locator("#delete-selected").bounding_box()
+    everything = page.locator("#delete-all").bounding_box()
+    beside = everything["y"] < selected["y"] + selected["height"]
+    gap = everything["x"] - selected["x"] - selected["width"] if beside else everything["y"] - selected["y"] - selected["height"]
+    assert gap >= (48 if beside else 8), (selected, everything)

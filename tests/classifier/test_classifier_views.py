@@ -316,7 +316,7 @@ def test_the_result_page_and_json_show_a_finished_prediction(alice, user, digit_
     page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
     assert 'id="digit">7<' in page  # the first MNIST test image is a 7
     assert page.count('class="bar-row') == 10
-    assert "Wrong? It is a" in page
+    assert "Wrong? The right digit is" in page
     data = alice.get(f"/predictions/{prediction.pk}.json").json()
     assert data["status"] == "done" and data["digit"] == 7 and data["finished"]
     assert data["input_image_url"] == f"/predictions/{prediction.pk}/input.png"
@@ -427,6 +427,29 @@ def test_feedback_from_the_page_is_recorded(alice, user, digit_png, active_check
     assert Prediction.objects.get(pk=prediction.pk).feedback == 1
 
 
+def test_feedback_is_thanked_for_and_shown_with_the_article_each_digit_is_read_with(
+    alice, user, digit_png, active_checkpoint
+):
+    prediction = _done_prediction(user, digit_png)
+    for digit, said in [("8", "an 8"), ("7", "a 7")]:
+        page = alice.post(f"/predictions/{prediction.pk}/feedback", {"digit": digit}, follow=True).content.decode()
+        assert f"Thanks! Recorded that this is {said}." in page
+        assert f"You said this is {said.split()[0]} <strong>{digit}</strong>." in page
+
+
+def test_the_result_page_leads_back_to_the_history_and_offers_to_delete_its_upload(alice, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert re.search(r'<a class="button" href="/history/"[^>]*>Back to history</a>', page)
+    delete = re.search(rf'<a [^>]*href="/uploads/{upload.pk}/delete"[^>]*>Delete</a>', page)
+    assert delete and 'data-confirm="Delete this upload and its images? This cannot be undone."' in delete[0]
+    # Confirmed there, the deletion leads to the history, not back to the result that is gone.
+    response = alice.post(f"/uploads/{upload.pk}/delete", follow=True)
+    assert response.redirect_chain == [("/history/", 302)]
+    assert "Deleted “upload" in response.content.decode() and not Upload.objects.exists()
+
+
 def test_another_user_gets_404_for_everything_of_mine(client, user, other_user, digit_png, active_checkpoint):
     prediction = _done_prediction(user, digit_png)
     client.force_login(other_user)
@@ -474,7 +497,18 @@ def test_a_filter_that_is_not_understood_is_named_and_the_others_still_apply(ali
     page = alice.get("/history/", {"digit": "7", "date_from": "2026-13-45"}).content.decode()
 
     assert page.count('class="history-item"') == 1
-    assert "“From” was not understood and is not applied." in page
+    assert "“2026-13-45” is not a date, so this filter is not applied." in page
+
+
+def test_each_filter_not_understood_says_what_was_sent_beside_its_own_field(alice):
+    page = alice.get("/history/", {"date_from": "2026-13-45", "digit": "x", "status": "lost"}).content.decode()
+
+    boxes = re.findall(r'<div class="filter-field">.*?</div>', page, re.S)
+    said = {re.search(r'name="(\w+)"', box)[1]: unescape(re.sub(r"<[^>]+>", " ", box)) for box in boxes}
+    assert "“x” is not a digit from 0 to 9, so this filter is not applied." in said["digit"]
+    assert "“lost” is not a status, so this filter is not applied." in said["status"]
+    assert "“2026-13-45” is not a date, so this filter is not applied." in said["date_from"]
+    assert "not applied" not in said["date_to"]
 
 
 def test_a_filter_that_is_not_understood_is_marked_invalid_and_described_by_its_own_error(alice):
@@ -482,10 +516,10 @@ def test_a_filter_that_is_not_understood_is_marked_invalid_and_described_by_its_
 
     invalid = re.findall(r'<(?:input|select)[^>]*aria-invalid="true"[^>]*>', page)
     assert [re.search(r'name="(\w+)"', field)[1] for field in invalid] == ["digit", "date_to"]
-    for name, label in [("digit", "Digit"), ("date_to", "To")]:
+    for name, label in [("digit", "digit from 0 to 9"), ("date_to", "date")]:
         field = next(field for field in invalid if f'name="{name}"' in field)
         assert f'aria-describedby="id_{name}_error"' in field
-        assert f'<span id="id_{name}_error">“{label}” was not understood and is not applied.</span>' in page
+        assert re.search(rf'<span class="field-error" id="id_{name}_error">“[^<]+” is not a {label}, so this filter is not applied.</span>', page)
     assert "aria-describedby" not in re.search(r'<select[^>]*name="status"[^>]*>', page)[0]
 
 
@@ -845,7 +879,7 @@ def test_the_feedback_buttons_are_a_group_named_by_their_question_and_only_the_a
 
     prediction = _done_prediction(user, digit_png)
     page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
-    assert '<p class="feedback-title" id="feedback-title">Wrong? It is a</p>' in page
+    assert '<p class="feedback-title" id="feedback-title">Wrong? The right digit is</p>' in page
     group = re.search(r'<div class="digit-buttons" role="group" aria-labelledby="feedback-title">(.*?)</div>', page,
                       re.S)
     assert group and group.group(1).count('class="digit-button') == 10
@@ -1028,3 +1062,29 @@ def test_a_deletion_by_filters_too_long_for_one_request_says_how_many_are_left_t
     ]
     assert Upload.objects.count() == 3
     assert 'aria-label="Delete all 3 uploads"' in response.content.decode()
+
+
+CHOOSE_AGAIN = "choose the other files again"
+
+
+def test_a_refusal_sent_to_a_browser_without_the_page_script_asks_for_the_other_files_to_be_chosen_again(
+    alice, digit_png
+):
+    # The browser sent the form itself, and forgets a file input's files when the page comes back.
+    response = alice.post("/", {"files": [_file(digit_png(0), "ok.png"), _file(b"nope", "bad.png")]})
+    assert response.status_code == 400 and CHOOSE_AGAIN in response.content.decode()
+
+
+def test_a_refusal_that_leaves_nothing_to_choose_again_or_keeps_the_files_chosen_does_not_ask_for_them_again(
+    alice, digit_png
+):
+    from PIL import Image
+
+    only_one = alice.post("/", {"files": [_file(b"nope", "bad.png")]})
+    kept_by_the_script = alice.post(
+        "/", {"files": [_file(digit_png(0), "ok.png"), _file(b"nope", "bad.png")]}, HTTP_X_REQUESTED_WITH="XMLHttpRequest"
+    )
+    blank = "data:image/png;base64," + base64.b64encode(png_bytes(Image.new("RGBA", (280, 280)))).decode()
+    drawing = alice.post("/", {"canvas": blank})
+    for response in (only_one, kept_by_the_script, drawing):
+        assert response.status_code == 400 and CHOOSE_AGAIN not in response.content.decode()
