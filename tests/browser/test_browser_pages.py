@@ -767,14 +767,17 @@ def test_a_drawing_the_server_sends_back_is_still_on_the_canvas_to_send_again(lo
     page = logged_in_page
     _draw_ring(page, 140, 140, 60, 100)
     drawn = _ink_in(page, 0, 0, 280, 280)
-    page.click("#canvas-submit")
+    # A form posted as a page: the answer is read once it has loaded, its script (which draws the strokes back) run.
+    with page.expect_navigation():
+        page.click("#canvas-submit")
     expect(page.locator("#upload-errors")).to_contain_text("Nothing was uploaded")
     # Drawn again from its strokes: the same ink, give or take the odd pixel where segments join.
     assert abs(_ink_in(page, 0, 0, 280, 280) - drawn) < drawn / 100
     expect(page.locator("#canvas-submit")).to_be_enabled()
     expect(page.locator("#canvas-undo")).to_be_enabled()
     # Sent once more, refused once more; then a plain visit to the page starts with a blank canvas.
-    page.click("#canvas-submit")
+    with page.expect_navigation():
+        page.click("#canvas-submit")
     expect(page.locator("#upload-errors")).to_be_visible()
     assert abs(_ink_in(page, 0, 0, 280, 280) - drawn) < drawn / 100
     page.goto("/")
