@@ -130,9 +130,13 @@ class HistoryFilterForm(forms.Form):
         try:
             ids = tuple(int(part) for part in value.split(",") if part.strip())[: settings.UPLOAD_MAX_FILES]
         except ValueError:
-            return ()
-        # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright.
-        return ids if all(0 < pk < 2**63 for pk in ids) else ()
+            ids = (0,)
+        # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright. Not understood, it is said
+        # so, as for the other filters: read as no batch, "all that match" would mean every upload.
+        if not all(0 < pk < 2**63 for pk in ids):
+            raise forms.ValidationError("This batch's address was not understood, so every upload is shown.",
+                                        code="invalid")
+        return ids
 
 
 class UploadIdsField(forms.Field):

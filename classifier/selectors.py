@@ -108,9 +108,13 @@ def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> Query
     return queryset.order_by("-created_at", "-id")
 
 
-def upload_newest_id() -> int:
-    """The highest upload id now (0 without uploads): uploads stored from now on have higher ones."""
-    return Upload.objects.aggregate(newest=Max("pk"))["newest"] or 0
+def upload_newest_id_for_user(*, user) -> int:
+    """The highest id of the user's uploads now (0 without any): those they store from now on have higher ones.
+
+    Bar an upload of theirs whose insert was under way at this moment: its id was drawn then, and it commits later.
+    Other users' uploads play no part, nor does the page that shows this number tell how many the site holds.
+    """
+    return Upload.objects.filter(owner=user).aggregate(newest=Max("pk"))["newest"] or 0
 
 
 def upload_count_for_user(*, user, filters: UploadFilters | None = None, newest_id: int | None = None) -> int:

@@ -476,14 +476,12 @@ def _quota_refusal(*, owner, needed: int) -> str:
 
 
 def upload_delete(*, upload: Upload) -> None:
-    """Delete an upload, its predictions and (once committed, by ``classifier.signals``) its image file."""
-    with transaction.atomic():
-        _, deleted = upload.delete()
-        # Deleted meanwhile by another request (a double click, a retried API call): its bytes were given back there.
-        if deleted.get(Upload._meta.label):
-            StorageUse.objects.filter(owner_id=upload.owner_id).update(
-                bytes=Greatest(F("bytes") - upload.stored_bytes, 0)
-            )
+    """Delete an upload, its predictions and (once committed, by ``classifier.signals``) its image file.
+
+    Deleted meanwhile by another request (a double click, a retried API call), it is gone already, its bytes given
+    back there. The same path as a deletion of many: both take their locks in one order, so neither waits on the other.
+    """
+    _uploads_delete_batch(owner_id=upload.owner_id, uploads=Upload.objects.filter(pk=upload.pk))
 
 
 # Uploads each transaction of a deletion by filters locks and deletes, with their predictions, and their files once
@@ -557,9 +555,9 @@ def uploads_delete(
 def _uploads_delete_batch(*, owner_id: int, uploads: QuerySet[Upload]) -> int:
     """Delete these uploads of one owner and give their bytes back, in one transaction; returns how many went."""
     with transaction.atomic():
-        # Locked before the owner's count, in the order upload_delete takes them (its DELETE, then its UPDATE), and by
-        # id, so two deletions of the same uploads wait for each other instead of deadlocking. Under the lock no one
-        # else can delete them: the bytes given back are exactly those of the rows this deletes.
+        # Locked before their predictions and the owner's count, and by id, so two deletions of the same uploads
+        # (every deletion comes here) wait for each other instead of deadlocking. Under the lock no one else can
+        # delete them: the bytes given back are exactly those of the rows this deletes.
         locked = list(uploads.select_for_update().order_by("pk").values_list("pk", UPLOAD_STORED_BYTES))
         if not locked:
             return 0

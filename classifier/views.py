@@ -494,7 +494,7 @@ def history(request: HttpRequest) -> HttpResponse:
             "select_all": select_all,
             "here": request.path + (f"?{here.urlencode()}" if here else ""),
             # "Delete all N" deletes the N counted now, not uploads stored after this page was shown.
-            "newest_id": selectors.upload_newest_id(),
+            "newest_id": selectors.upload_newest_id_for_user(user=request.user),
         },
     )
 
@@ -516,7 +516,7 @@ def uploads_delete(request: HttpRequest) -> HttpResponse:
     history_url = reverse("classifier:history") + (f"?{query}" if query else "")
     back = _safe_next(request) or history_url
     if request.method == "GET":
-        choice = {"matching": True, "newest": selectors.upload_newest_id(), "upload": (), "confirmed": False}
+        choice = {"matching": True, "newest": selectors.upload_newest_id_for_user(user=request.user), "upload": (), "confirmed": False}
     else:
         form = UploadsDeleteForm(request.POST)
         if not form.is_valid():

@@ -408,6 +408,11 @@ if EMAIL_URL:
             f"EMAIL_URL has an unknown scheme {EMAIL_URL.partition(':')[0]!r}; use one of "
             f"{', '.join(f'{scheme}://' for scheme in environ.Env.EMAIL_SCHEMES)}."
         ) from None
+    except ValueError:
+        # Such as a password with a "/" read as the end of the host and port: the error would quote part of it.
+        raise ImproperlyConfigured(
+            "EMAIL_URL could not be read: percent-encode @ / : ? and # in its user and password (%40 %2F %3A %3F %23)."
+        ) from None
     if "EMAIL_FILE_PATH" in _email_config:
         # django-environ drops the leading slash of filemail:///var/mail: the folder is the URL's path as written.
         _email_config["EMAIL_FILE_PATH"] = urlsplit(EMAIL_URL).path

@@ -930,7 +930,7 @@ def test_a_deletion_by_filters_goes_in_batches_of_bounded_size_and_deletes_every
 
 def test_a_deletion_by_filters_leaves_out_uploads_stored_after_it_was_confirmed(user, digit_png):
     offered = [_upload_waiting(user, digit_png, index) for index in range(2)]
-    newest = selectors.upload_newest_id()
+    newest = selectors.upload_newest_id_for_user(user=user)
     later = _upload_waiting(user, digit_png, 2)  # in another tab, after the count was shown
 
     assert services.uploads_delete(owner=user, filters=selectors.UploadFilters(), newest_id=newest) == 2
@@ -981,6 +981,54 @@ def test_a_deletion_by_filters_cut_off_midway_keeps_what_it_committed_counted_an
     assert services.uploads_delete(owner=user, filters=selectors.UploadFilters(), batch_size=2) == 3
     assert not Upload.objects.exists() and _use_of(user) == 0
     assert not any(file.exists() for file in files.values())
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite writes one transaction at a time")
+@pytest.mark.django_db(transaction=True)
+def test_one_upload_deleted_while_a_deletion_of_many_takes_it_too_waits_instead_of_deadlocking(user, digit_png):
+    import threading
+
+    from django.db import DatabaseError
+
+    first, second = (_upload_waiting(user, digit_png, index) for index in (0, 1))
+    single_began, many_locked, outcome = threading.Event(), threading.Event(), {}
+
+    def hold_single(execute, sql, params, many, context):
+        # Just before the single deletion deletes the upload's row, with whatever it locked so far: the deletion of
+        # many takes its own locks now.
+        if sql.startswith(f'DELETE FROM "{Upload._meta.db_table}"') and not single_began.is_set():
+            single_began.set()
+            many_locked.wait(2)  # never set when the deletion of many waits for this one's lock, as it should
+        return execute(sql, params, many, context)
+
+    def note_many(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "FOR UPDATE" in sql:
+            many_locked.set()
+        return result
+
+    def run(name, wrapper, delete):
+        try:
+            with connection.execute_wrapper(wrapper):
+                outcome[name] = delete()
+        except DatabaseError as exc:
+            outcome[name] = exc
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=run, args=("single", hold_single,
+                                           lambda: services.upload_delete(upload=Upload.objects.get(pk=second.pk)))),
+        threading.Thread(target=run, args=("many", note_many, lambda: single_began.wait(5) and services.uploads_delete(
+            owner=user, upload_ids=[first.pk, second.pk]))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
+    assert not Upload.objects.exists() and _use_of(user) == 0
 
 
 def test_selected_uploads_are_deleted_all_or_none(user, digit_png):

@@ -995,6 +995,17 @@ def test_a_deletion_of_all_uploads_keeps_those_stored_after_it_was_offered(alice
     assert list(Upload.objects.all()) == [later]
 
 
+def test_the_history_offers_to_delete_up_to_the_users_own_newest_upload_whatever_others_stored_since(
+    alice, user, other_user, digit_png
+):
+    mine = _uploaded(user, digit_png, 0)
+    _uploaded(other_user, digit_png, 1)
+
+    history = alice.get("/history/").content.decode()
+
+    assert _hidden(history, "newest") == [str(mine.pk)]
+
+
 def test_other_users_uploads_are_never_deleted_or_counted_whatever_ids_are_sent(alice, user, other_user, digit_png):
     mine = _uploaded(user, digit_png, 0)
     theirs = _uploaded(other_user, digit_png, 1)
@@ -1039,8 +1050,12 @@ def test_a_deletion_that_names_nothing_or_cannot_be_read_deletes_nothing_and_say
         response = alice.post(url, data, follow=True)
         assert _messages(response) == [said], data
     assert _messages(alice.get("/history/delete", {"digit": "11"}, follow=True)) == [cases[-1][2]]
+    # So would a batch's address not understood, read as no batch: every upload.
+    assert _messages(alice.get("/history/delete", {"batch": f"{upload.pk},x"}, follow=True)) == [cases[-1][2]]
     assert list(Upload.objects.all()) == [upload]
     assert 'id="delete-all"' not in alice.get("/history/", {"digit": "11"}).content.decode()
+    batch = alice.get("/history/", {"batch": f"{upload.pk},x"}).content.decode()
+    assert 'id="delete-all"' not in batch and "This batch&#x27;s address was not understood" in batch
 
 
 def test_a_deletion_by_filters_too_long_for_one_request_says_how_many_are_left_to_delete(

@@ -235,6 +235,13 @@ def test_email_url_gives_the_mail_server_its_port_encryption_and_percent_encoded
     assert plain == ["25", "''", "True"]
 
 
+def test_an_email_url_it_cannot_read_is_refused_without_quoting_any_of_its_password():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev",
+                         EMAIL_URL="smtp://mailer:s3cr/et@mail.example.com:587")
+    assert result.returncode != 0
+    assert "percent-encode" in result.stderr and "s3cr" not in result.stdout + result.stderr
+
+
 def test_a_filemail_url_writes_mail_to_the_absolute_folder_it_names():
     written = _settings_probe("EMAIL_BACKEND", "EMAIL_FILE_PATH", DJANGO_SETTINGS_MODULE="mnistsite.settings.dev",
                               EMAIL_URL="filemail:///var/mail/mnistsite")
