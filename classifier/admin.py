@@ -2,14 +2,13 @@
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
-from django.template.defaultfilters import filesizeformat
-from django.template.defaultfilters import truncatechars
+from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
 from classifier import selectors, services
 from classifier.models import Prediction, StorageUse, Upload
+from mnistsite.admin_display import AdminStyles, admin_when
 from training.selectors import checkpoint_get_active
 
 
@@ -27,11 +26,6 @@ def _percent(value: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
-
-
-def _when(value) -> str:
-    # Django's "Dec. 4, 2026, 7:59 p.m." takes a column of its own twice as wide as this.
-    return "–" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M")
 
 
 def _result(status: str | None, digit: int | None, confidence: float | None) -> str:
@@ -52,13 +46,6 @@ def _origin(upload: Upload) -> str:
     if upload.sample_set:
         return f"sample {upload.sample_set}"
     return f"{upload.owner} ({upload.source})" if upload.owner_id else upload.source
-
-
-class AdminStyles:
-    """The project's admin stylesheet: thumbnails and the model's input picture, with no inline style attributes."""
-
-    class Media:
-        css = {"all": ("css/admin.css",)}
 
 
 class LatestStatusFilter(admin.SimpleListFilter):
@@ -256,7 +243,7 @@ class UploadAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, obj):
-        return _when(obj.created_at)
+        return admin_when(obj.created_at)
 
     def changelist_view(self, request, extra_context=None):
         checkpoint = checkpoint_get_active()
@@ -338,7 +325,7 @@ class PredictionAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, obj):
-        return _when(obj.created_at)
+        return admin_when(obj.created_at)
 
 
 @admin.register(StorageUse)

@@ -10,9 +10,9 @@ from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
+from mnistsite.admin_display import AdminStyles, admin_when
 from training import charts, selectors, services
 from training.forms import TrainingRunStartForm
 from training.models import Checkpoint, TrainingRun
@@ -29,18 +29,6 @@ def _duration(seconds: float | None) -> str:
 
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
-
-
-def _when(value) -> str:
-    # Django's "Dec. 4, 2026, 7:59 p.m." takes a column of its own twice as wide as this.
-    return "—" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M")
-
-
-class AdminStyles:
-    """The project's admin stylesheet: buttons, progress and charts, with no inline style attributes."""
-
-    class Media:
-        css = {"all": ("css/admin.css",)}
 
 
 @admin.register(TrainingRun)
@@ -97,7 +85,7 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, run: TrainingRun) -> str:
-        return f"{_when(run.created_at)} by {run.created_by}" if run.created_by_id else _when(run.created_at)
+        return f"{admin_when(run.created_at)} by {run.created_by}" if run.created_by_id else admin_when(run.created_at)
 
     def get_queryset(self, request):
         return selectors.training_run_list()
@@ -302,7 +290,7 @@ class CheckpointAdmin(AdminStyles, admin.ModelAdmin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, checkpoint: Checkpoint) -> str:
-        return _when(checkpoint.created_at)
+        return admin_when(checkpoint.created_at)
 
     @admin.action(description="Activate the selected checkpoint", permissions=["change"])
     def activate_checkpoint(self, request: HttpRequest, queryset) -> None:
