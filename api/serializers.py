@@ -118,6 +118,9 @@ class PredictionUploadSerializer(serializers.Serializer):
     images = serializers.ListField(
         child=serializers.FileField(),
         required=False,
+        # Stated in the schema (no `images`, no images) so that Swagger UI starts the list empty, not with a sample
+        # text item that it would send.
+        default=[],
         max_length=settings.UPLOAD_MAX_FILES,
         help_text=f"Several images at once, at most {settings.UPLOAD_MAX_FILES} (image and images together); "
         f"each at most {settings.UPLOAD_MAX_BYTES} bytes. All are rejected when one is.",

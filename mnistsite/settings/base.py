@@ -359,8 +359,19 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # The statuses DRF and the request size limit answer before a view runs (405, 406, 413, 415), declared for
-    # every operation that can get them.
+    # JavaScript, not JSON (drf-spectacular passes a string as it is). Swagger UI ticks "Send empty value" for
+    # every optional field of a form body, so Try it out on an upload would send the file field left untouched
+    # as text (`image=`), which the API refuses as a client mistake; unticked, an untouched field is left out as a
+    # browser's own form leaves out an empty file input. Presets are plugins; this keeps drf-spectacular's own.
+    "SWAGGER_UI_SETTINGS": """{
+  deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, () => ({wrapComponents: {
+    ParameterIncludeEmpty: (Original, system) => (props) => system.React.createElement(
+      Original, {...props, isIncludedOptions: {...props.isIncludedOptions, defaultValue: false}}),
+  }})],
+}""",
+    # The statuses DRF and the request size limit answer before a view runs (406, 413, 415), declared for every
+    # operation that can get them.
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.responses.declare_protocol_errors"],
 }
 

@@ -1204,3 +1204,45 @@ def test_on_a_phone_delete_all_stands_apart_from_delete_selected(phone_page, use
     beside = everything["y"] < selected["y"] + selected["height"]
     gap = everything["x"] - selected["x"] - selected["width"] if beside else everything["y"] - selected["y"] - selected["height"]
     assert gap >= (48 if beside else 8), (selected, everything)
+
+
+def _upload_tried_out_on_the_docs_page(page, field: str, paths: list):
+    """Sends files through Swagger UI's Try it out on the upload, under `field`, and gives back the API's answer."""
+    page.goto("/api/docs/")
+    upload = page.locator("#operations-predictions-predictions_create")
+    upload.locator(".opblock-summary").click()
+    upload.get_by_role("button", name="Try it out").click()
+    row = upload.locator(f"tr[data-property-name={field}]")
+    for index, path in enumerate(paths):
+        if field == "images":
+            row.get_by_role("button", name=re.compile("^Add")).click()
+        row.locator("input[type=file]").nth(index).set_input_files(str(path))
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/api/v1/predictions/")) as sent:
+        upload.get_by_role("button", name="Execute").click()
+    answer = sent.value
+    expect(upload.locator(".live-responses-table tbody .response-col_status")).to_have_text(str(answer.status))
+    return answer
+
+
+def test_the_docs_pages_try_it_out_uploads_one_image_and_answers_with_its_prediction(logged_in_page, user, digit_png,
+                                                                                      tmp_path):
+    path = tmp_path / "digit.png"
+    path.write_bytes(digit_png(0))
+
+    answer = _upload_tried_out_on_the_docs_page(logged_in_page, "image", [path])
+
+    assert answer.status in (200, 202), answer.text()
+    assert len(answer.json()["predictions"]) == 1
+    assert Upload.objects.filter(owner=user, source=Upload.Source.API).count() == 1
+
+
+def test_the_docs_pages_try_it_out_uploads_several_images_as_images(logged_in_page, user, digit_png, tmp_path):
+    paths = [tmp_path / f"digit{index}.png" for index in range(2)]
+    for index, path in enumerate(paths):
+        path.write_bytes(digit_png(index))
+
+    answer = _upload_tried_out_on_the_docs_page(logged_in_page, "images", paths)
+
+    assert answer.status in (200, 202), answer.text()
+    assert len(answer.json()["predictions"]) == 2
+    assert Upload.objects.filter(owner=user, source=Upload.Source.API).count() == 2
