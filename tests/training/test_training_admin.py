@@ -128,7 +128,7 @@ def test_the_cancel_button_asks_for_confirmation_on_a_page_of_its_own_before_can
     page = client.get(_cancel_url(queued_run))
     html = page.content.decode()
     assert page.status_code == 200 and "Are you sure?" in html and "csrfmiddlewaretoken" in html
-    assert f'action="{_cancel_url(queued_run)}"' in html or 'method="post"' in html
+    assert f'<form method="post" action="{_cancel_url(queued_run)}">' in html
     assert reverse("admin:training_trainingrun_change", args=[queued_run.pk]) in html  # the way back
     queued_run.refresh_from_db()
     assert queued_run.status == TrainingRun.Status.QUEUED and not queued_run.cancel_requested
