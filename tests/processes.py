@@ -59,6 +59,18 @@ class ManagedProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stacks(self) -> str:
+        """Where each Python process of the group is now (py-spy), for a test that waited on it in vain."""
+        py_spy = Path(sys.executable).with_name("py-spy")
+        try:
+            result = subprocess.run(
+                [str(py_spy), "dump", "--subprocesses", "--pid", str(self.popen.pid)],
+                capture_output=True, text=True, timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(no stacks: {exc})"
+        return result.stdout + result.stderr
+
     def wait_for_output(self, needle: str, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -67,7 +79,9 @@ class ManagedProcess:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-4000:]}")
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} did not print {needle!r} in {timeout}s:\n{self.log()[-4000:]}")
+        raise TimeoutError(
+            f"{self.name} did not print {needle!r} in {timeout}s:\n{self.log()[-4000:]}\n{self.stacks()}"
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send a signal to the whole process group (a worker and its pool children)."""

@@ -9,7 +9,7 @@ import pytest
 
 from mnistsite.celery import app
 from mnistsite.heartbeat import HeartbeatScheduler
-from tests.processes import REPO, broker_switched, child_env, start_process
+from tests.processes import REPO, ManagedProcess, broker_switched, child_env, start_process
 from tests.reliability.conftest import RedisServer, free_port, wait_until
 
 # Short, so that a test sees several touches in a few seconds.
@@ -39,11 +39,12 @@ def _touched_at(path: Path) -> int | None:
         return None
 
 
-def _touched_after(path: Path, previous: int | None, *, timeout: float, log=lambda: "") -> int:
+def _touched_after(path: Path, previous: int | None, *, timeout: float, process: ManagedProcess) -> int:
     """Wait for the file to be touched again (or to appear); its new time."""
     return wait_until(
         lambda: (touched := _touched_at(path)) is not None and touched != previous and touched,
-        timeout=timeout, interval=0.05, what=lambda: f"{path} to be touched after {previous}:\n{log()[-3000:]}",
+        timeout=timeout, interval=0.05,
+        what=lambda: f"{path} to be touched after {previous}:\n{process.log()[-3000:]}\n{process.stacks()}",
     )
 
 
@@ -66,7 +67,7 @@ def test_a_trainer_goes_on_touching_its_heartbeat_file_while_a_training_run_take
                    what=lambda: f"the run to start:\n{trainer.log()[-3000:]}")
         touched = _touched_at(heartbeat)
         for _ in range(3):
-            touched = _touched_after(heartbeat, touched, timeout=60, log=trainer.log)
+            touched = _touched_after(heartbeat, touched, timeout=60, process=trainer)
         run.refresh_from_db()
         assert run.status == TrainingRun.Status.RUNNING, "the run ended before the touches were seen"
     finally:
@@ -84,8 +85,8 @@ def test_a_worker_stops_touching_its_heartbeat_file_while_its_broker_is_gone_and
     heartbeat = tmp_path / "heartbeat"
     beat_args = ["--beat", "--schedule", str(tmp_path / "schedule")] if embedded_beat else []
     worker = start_celery_worker(queues="inference", extra_args=beat_args, **_heartbeat_env(heartbeat))
-    _touched_after(heartbeat, _touched_after(heartbeat, None, timeout=60, log=worker.log), timeout=60,
-                   log=worker.log)
+    _touched_after(heartbeat, _touched_after(heartbeat, None, timeout=60, process=worker), timeout=60,
+                   process=worker)
 
     private_broker.stop()
     # Usually within a second; a run on SQLite once took past 60 s to notice (the cause is not known yet).
@@ -95,7 +96,7 @@ def test_a_worker_stops_touching_its_heartbeat_file_while_its_broker_is_gone_and
     assert _touched_at(heartbeat) == left_at, "the file was touched while the broker was gone"
 
     private_broker.start()
-    _touched_after(heartbeat, left_at, timeout=120, log=worker.log)
+    _touched_after(heartbeat, left_at, timeout=120, process=worker)
     assert worker.popen.poll() is None
 
 
@@ -131,7 +132,7 @@ def test_beat_touches_its_heartbeat_file_between_the_tasks_it_sends_and_removes_
         touched = None
         # Each within less time than the first scheduled task is due in (30 s): beat wakes up for its file.
         for _ in range(3):
-            touched = _touched_after(heartbeat, touched, timeout=25, log=beat.log)
+            touched = _touched_after(heartbeat, touched, timeout=25, process=beat)
     finally:
         beat.stop()
     assert beat.popen.returncode == 0, beat.log()[-3000:]
