@@ -1,6 +1,6 @@
-"""Account forms: sign-up (the site's names kept back), email, reset requests, tokens, and checks behind the lockout."""
+"""Account forms: sign-up (the site's names kept back), email, password reset, tokens, and checks behind the lockout."""
 from django import forms
-from django.contrib.auth.forms import PasswordChangeForm, UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm, UserCreationForm
 from django.core.exceptions import ValidationError
 
 from accounts.backends import client_address
@@ -105,12 +105,16 @@ class PasswordResetRequestForm(forms.Form):
                              widget=forms.EmailInput(attrs={"autocomplete": "email"}))
 
 
-class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):
-    revoke_api_tokens = forms.BooleanField(
+def _revoke_api_tokens_field() -> forms.BooleanField:
+    return forms.BooleanField(
         label="Also revoke my API tokens", required=False, initial=True,
         help_text="Leave this ticked if someone else may have used your account: a token keeps working after a "
         "password change otherwise. Programs that use a revoked token need a new one.",
     )
+
+
+class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):
+    revoke_api_tokens = _revoke_api_tokens_field()
 
     def __init__(self, *args, request, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -121,3 +125,9 @@ class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):
         if not self._password_matches(self.user, old_password):
             raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
         return old_password
+
+
+class PasswordResetSetForm(SetPasswordForm):
+    """The new password a reset link leads to; the API tokens go too unless unticked, as on the password change."""
+
+    revoke_api_tokens = _revoke_api_tokens_field()

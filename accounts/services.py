@@ -16,7 +16,6 @@ from django.core.cache import cache
 from django.core.mail import EmailMessage, get_connection
 from django.db import DatabaseError, transaction
 from django.db.models import Q
-from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +23,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from accounts import selectors
+from accounts.mail import duration_words, mail_error_is_transient
 from accounts.models import ApiToken, api_token_digest
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
@@ -138,15 +138,8 @@ def _email_key(email: str) -> str:
     return hashlib.sha256(folded.encode()).hexdigest()
 
 
-def password_reset_allowance_take(*, ip: str, email: str) -> None:
-    """Count a request for a reset link against the client's address and against the email address asked for.
-
-    Counted whether or not an account has that address, before anyone looks: an answer that depended on it would
-    tell. The email address's limit (PASSWORD_RESET_EMAIL_THROTTLE_RATE) keeps the form from filling someone's
-    inbox from many addresses; the client's (PASSWORD_RESET_THROTTLE_RATE) keeps one client from sending links to
-    address after address. Raises
-    PasswordResetThrottled, having spent nothing, when either is spent. An unreachable cache throttles nothing.
-    """
+def _password_reset_limits(*, ip: str, email: str) -> list[tuple[str, tuple[int, float], str]]:
+    """(cache key, (count, period), refusal) for each reset limit in force: the client's address, the email address."""
     limits = [
         (f"throttle_password_reset_ip_{address_key(ip)}", rate_parse(settings.PASSWORD_RESET_THROTTLE_RATE),
          "Too many reset links were asked for from your address; try again in {minutes} minutes."),
@@ -154,12 +147,21 @@ def password_reset_allowance_take(*, ip: str, email: str) -> None:
          "Reset links for this email address were asked for too often; try again in {minutes} minutes. "
          "A link already sent still works until it expires."),
     ]
+    return [(key, rate, message) for key, rate, message in limits if rate is not None]
+
+
+def password_reset_allowance_take(*, ip: str, email: str) -> None:
+    """Count a request for a reset link against the client's address and against the email address asked for.
+
+    Counted whether or not an account has that address, before anyone looks: an answer that depended on it would
+    tell. The email address's limit (PASSWORD_RESET_EMAIL_THROTTLE_RATE) bounds what its inbox receives, as each
+    request sends it one message at most (password_reset_email_send), however many accounts have the address; the
+    client's (PASSWORD_RESET_THROTTLE_RATE) keeps one client from sending links to address after address. Raises
+    PasswordResetThrottled, having spent nothing, when either is spent. An unreachable cache throttles nothing.
+    """
     now, spent = time.time(), []
     try:
-        for key, rate, message in limits:
-            if rate is None:
-                continue
-            count, period = rate
+        for key, (count, period), message in _password_reset_limits(ip=ip, email=email):
             retry_after = allowance_take(key=key, now=now, cost=period / count, period=period)
             if retry_after > TOLERANCE_S:
                 refusal = PasswordResetThrottled(message.format(minutes=math.ceil(retry_after / 60)),
@@ -177,12 +179,14 @@ def password_reset_allowance_take(*, ip: str, email: str) -> None:
     raise refusal
 
 
-def duration_words(*, seconds: int) -> str:
-    """A whole number of days, hours or minutes ("1 hour", "3 days"), else seconds, for the reset pages and email."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size} {unit}{pluralize(seconds // size)}"
-    return f"{seconds} second{pluralize(seconds)}"
+def password_reset_allowance_give_back(*, ip: str, email: str) -> None:
+    """Give back what password_reset_allowance_take spent on a request that sent nothing (the broker was down)."""
+    now = time.time()
+    try:
+        for key, (count, period), _message in _password_reset_limits(ip=ip, email=email):
+            allowance_take(key=key, now=now, cost=-period / count, period=period)
+    except Exception:  # noqa: BLE001 - a request not given back is only counted, as if its mail had gone
+        logger.warning("could not give back a password reset request: the cache is unavailable", exc_info=True)
 
 
 def password_reset_email_publish(*, email: str) -> bool:
@@ -190,8 +194,8 @@ def password_reset_email_publish(*, email: str) -> bool:
 
     Queued alike whether or not an account has the address, which only the worker looks up: the request does the
     same work either way, so its answer and its time tell nobody, and a slow mail server holds no web thread. The
-    message carries the address alone, no token. A broker failure is logged, never raised: the asker gets the same
-    answer, whose page says what to do when no link arrives.
+    message carries the address alone, no token. A broker failure is logged, not raised: the caller tells the asker
+    that nothing was sent, which a broker outage tells alike for every address.
     """
     from accounts.tasks import password_reset_email_send as send_task
 
@@ -204,90 +208,88 @@ def password_reset_email_publish(*, email: str) -> bool:
 
 
 class PasswordResetEmailDeferred(Exception):
-    """The mail server could not take a reset link now and may later; ``user_ids`` are the accounts still owed one."""
+    """The mail server could not take a reset message now and may later; ``user_ids`` are the accounts it is for."""
 
     def __init__(self, message: str, *, user_ids: list[int]) -> None:
         super().__init__(message)
         self.user_ids = user_ids
 
 
-def mail_error_is_transient(exc: BaseException) -> bool:
-    """Whether sending may work later: a 4xx answer, a dropped or refused connection, a timeout; not a 5xx answer
-    (no such mailbox, a refused sender or password) or a server lacking what the settings ask of it."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return all(code < 500 for code, _message in exc.recipients.values())
-    if isinstance(exc, smtplib.SMTPResponseException):
-        # -1: the server's answer never came.
-        return exc.smtp_code < 500
-    if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return True
-    if isinstance(exc, smtplib.SMTPException):
-        return False
-    # Connections refused or reset, timeouts, TLS handshakes cut short; a full disk for filemail://.
-    return isinstance(exc, OSError)
+# The most accounts one reset message lists, so that accounts made by the hundred with someone's address cannot
+# make it endless; the oldest first, which accounts made later to fill it cannot push out.
+PASSWORD_RESET_ACCOUNTS_PER_MESSAGE = 10
 
 
-def _password_reset_message(*, user, site) -> EmailMessage:
-    """One account's reset link, from SITE_URL: a request's Host header, which the asker chooses, never names it."""
-    path = reverse("password_reset_confirm", kwargs={
-        "uidb64": urlsafe_base64_encode(force_bytes(user.pk)), "token": default_token_generator.make_token(user)})
+def _password_reset_message(*, recipient: str, users: list, unlisted: int, site) -> EmailMessage:
+    """The message to ``recipient`` with a link for each of ``users``, from SITE_URL: a request's Host header, which
+    the asker chooses, never names it."""
+    accounts = []
+    for user in users:
+        path = reverse("password_reset_confirm", kwargs={
+            "uidb64": urlsafe_base64_encode(force_bytes(user.pk)), "token": default_token_generator.make_token(user)})
+        accounts.append({"username": user.get_username(), "reset_url": f"{site.scheme}://{site.netloc}{path}"})
     context = {
-        "user": user,
+        "accounts": accounts,
+        "unlisted": unlisted,
         "domain": site.netloc,
-        "reset_url": f"{site.scheme}://{site.netloc}{path}",
         "link_valid_for": duration_words(seconds=settings.PASSWORD_RESET_TIMEOUT),
     }
     # One line: a header cannot hold a line break.
     subject = "".join(render_to_string("registration/password_reset_subject.txt", context).splitlines())
     body = render_to_string("registration/password_reset_email.txt", context)
-    return EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email])
+    return EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
 
 
 def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) -> int:
-    """Mail a reset link to each account that has ``email`` (selectors.password_reset_user_list); returns how many
-    were sent, none when no account has it.
+    """Mail ``email`` one message with a reset link for each account that has it (selectors.password_reset_user_list);
+    returns how many links it carried, none when no account has the address.
 
-    ``user_ids`` limits it to those accounts: a retry sends only the links still owed. A link the server refuses for
-    good (a 5xx answer: no such mailbox) is logged and the others still go; one it cannot take now raises
-    PasswordResetEmailDeferred naming that account and those after it. A link sent twice (a worker lost before its
-    task was acknowledged) does no harm: each works once, and none after the password changed.
+    One message, whatever the number of accounts: addresses are neither unique nor confirmed, so anyone may make
+    accounts naming someone's inbox, and a message each would multiply what the email address's limit lets through.
+    It lists PASSWORD_RESET_ACCOUNTS_PER_MESSAGE at most, and says how many more there are. It goes to the address
+    as an account stored it, and lists only the accounts stored with that very spelling (some servers tell the case
+    of the name before the @ apart): the spelling asked for when an account has it, else the oldest account's.
+
+    ``user_ids`` limits it to those accounts: a retry carries the links of the first try, none for accounts given
+    the address since. A message the server refuses for good (a 5xx answer: no such mailbox) is logged, not sent
+    again; one it cannot take now raises PasswordResetEmailDeferred. A message sent twice (a worker lost before its
+    task was acknowledged) does no harm: each link works once, and none after the password changed.
     """
-    pending = selectors.password_reset_user_list(email=email, user_ids=user_ids)
-    if not pending:
+    users = selectors.password_reset_user_list(email=email, user_ids=user_ids)
+    if not users:
         return 0
-    site = urlsplit(settings.SITE_URL)
-    sent = 0
+    asked = get_user_model().objects.normalize_email(email.strip())
+    recipient = asked if any(user.email == asked for user in users) else users[0].email
+    users = [user for user in users if user.email == recipient]
+    listed = users[:PASSWORD_RESET_ACCOUNTS_PER_MESSAGE]
+    message = _password_reset_message(recipient=recipient, users=listed, unlisted=len(users) - len(listed),
+                                      site=urlsplit(settings.SITE_URL))
+    user_ids = [user.pk for user in users]
+    sent = False
     try:
-        # One connection for every account that shares the address.
         with get_connection() as connection:
-            while pending:
-                user = pending[0]
-                try:
-                    connection.send_messages([_password_reset_message(user=user, site=site)])
-                    sent += 1
-                except smtplib.SMTPException as exc:
-                    if mail_error_is_transient(exc):
-                        raise
-                    logger.error("the mail server refused the password reset email to user %s: %s", user.pk, exc)
-                pending.pop(0)
+            connection.send_messages([message])
+            sent = True
     except Exception as exc:
-        if not pending:
-            # Every link went; only saying goodbye failed.
-            logger.warning("the mail server failed after the password reset emails were sent: %s", exc)
-            return sent
+        if sent:
+            # The message went; only saying goodbye failed.
+            logger.warning("the mail server failed after the password reset email was sent: %s", exc)
+            return len(listed)
         if not mail_error_is_transient(exc):
+            if isinstance(exc, smtplib.SMTPException):
+                logger.error("the mail server refused the password reset email to users %s: %s", user_ids, exc)
+                return 0
             raise
         raise PasswordResetEmailDeferred(
-            f"the mail server could not take a password reset email now: {exc}",
-            user_ids=[user.pk for user in pending],
+            f"the mail server could not take a password reset email now: {exc}", user_ids=user_ids
         ) from exc
-    return sent
+    return len(listed)
 
 
 def user_email_set(*, user, email: str) -> None:
     """Set the address ``user``'s password reset links go to; "" removes it (an administrator resets it then).
 
-    Not unique: an address may serve several accounts (each gets its own link, naming it), and a refusal for an
+    Not unique: an address may serve several accounts (one message lists a link for each), and a refusal for an
     address in use would tell anyone which addresses have an account here. Links sent to the old address stop
     working, as Django's reset token covers the address.
     """

@@ -9,9 +9,9 @@ from accounts import services
 
 logger = logging.getLogger(__name__)
 
-# A mail server that cannot take a link now is asked again after about 5, 10, 20, 40, 80 and 160 seconds (each
-# drawn at random up to that, so that a queue of links does not come back at once), some five minutes in all: a
-# restart or a short outage passes, and a link still arrives well within its hour. Every wait stays far below the
+# A mail server that cannot take a message now is asked again after about 5, 10, 20, 40, 80 and 160 seconds (each
+# drawn at random up to that, so that a queue of messages does not come back at once), some five minutes in all: a
+# restart or a short outage passes, and the links still arrive well within their hour. Every wait stays far below the
 # broker's visibility timeout (an hour), past which Redis would hand the waiting message to a second worker.
 RETRY_BACKOFF_S = 5
 RETRY_BACKOFF_MAX_S = 160
@@ -22,7 +22,7 @@ MAX_RETRIES = 6
     bind=True,
     name="accounts.tasks.password_reset_email_send",
     acks_late=True,
-    # Each exchange with the mail server waits EMAIL_TIMEOUT at most; a handful of them per link.
+    # Each exchange with the mail server waits EMAIL_TIMEOUT at most, and one message takes a handful of them.
     soft_time_limit=60,
     time_limit=90,
     autoretry_for=(OperationalError, InterfaceError),
@@ -47,5 +47,5 @@ def password_reset_email_send(self, email: str, user_ids: list[int] | None = Non
         )
         logger.warning("password reset email to users %s deferred (try %d), again in %d s: %s", exc.user_ids, tries,
                        countdown, exc.__cause__)
-        # Only the links still owed: those already sent are not sent again.
+        # The same accounts' links: none for an account given the address since the request.
         raise self.retry(kwargs={"email": email, "user_ids": exc.user_ids}, countdown=countdown, exc=exc)

@@ -33,8 +33,10 @@ from accounts.forms import (
     AccountPasswordChangeForm,
     ApiTokenCreateForm,
     PasswordResetRequestForm,
+    PasswordResetSetForm,
     SignupForm,
 )
+from accounts.mail import duration_words
 from accounts.services import login_attempt_allowed
 from classifier import selectors as classifier_selectors
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
@@ -221,8 +223,11 @@ def account_email_change(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _account_page(request, email_form=form, status=400)
     services.user_email_set(user=request.user, email=form.cleaned_data["email"])
-    if request.user.email:
+    if request.user.email and selectors.password_reset_by_email_available():
         messages.success(request, f"Password reset links now go to {request.user.email}.")
+    elif request.user.email:
+        messages.success(request, f"Your address {request.user.email} was saved; this site sends no email at present, "
+                         "so no reset link can reach it: ask an administrator should you forget your password.")
     else:
         messages.success(request, "Your email address was removed; an administrator resets a forgotten password.")
     return redirect("account")
@@ -271,7 +276,7 @@ class PasswordResetContextMixin:
         return {
             **super().get_context_data(**kwargs),
             "email_available": selectors.password_reset_by_email_available(),
-            "link_valid_for": services.duration_words(seconds=settings.PASSWORD_RESET_TIMEOUT),
+            "link_valid_for": duration_words(seconds=settings.PASSWORD_RESET_TIMEOUT),
         }
 
 
@@ -301,10 +306,15 @@ class SitePasswordResetView(PasswordResetContextMixin, PasswordResetView):
             response["Retry-After"] = str(math.ceil(exc.retry_after))
             return response
         # Whoever has the address is looked up by the worker, not here: a lookup, or a mail server's delay, only for
-        # addresses that have an account would tell which do. A broker that fails is logged, and answered as sent
-        # all the same; the next page says what to do when nothing arrives.
-        email = form.cleaned_data["email"]
-        transaction.on_commit(lambda: services.password_reset_email_publish(email=email))
+        # addresses that have an account would tell which do.
+        email, queued = form.cleaned_data["email"], []
+        transaction.on_commit(lambda: queued.append(services.password_reset_email_publish(email=email)))
+        # Without ATOMIC_REQUESTS the broker is tried at once, and an outage answered alike for every address, which
+        # tells nothing: the page then says that nothing was sent, and the request costs no allowance.
+        if queued == [False]:
+            services.password_reset_allowance_give_back(ip=client_address(self.request), email=email)
+            refusal = "The request could not be taken now, so nothing was sent; please try again in a moment."
+            return self.render_to_response(self.get_context_data(form=form, refusal=refusal), status=503)
         return HttpResponseRedirect(self.get_success_url())
 
 
@@ -314,18 +324,26 @@ class SitePasswordResetDoneView(PasswordResetContextMixin, PasswordResetDoneView
 
 class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfirmView):
     """The link from the email: Django's check (the token covers the password and the address, so it works once and
-    not after either changed) and form. Setting the password ends every session signed in with the old one."""
+    not after either changed) and form. Setting the password ends every session signed in with the old one, and
+    revokes the account's API tokens unless unticked."""
 
     template_name = "registration/password_reset_confirm.html"
     success_url = reverse_lazy("password_reset_complete")
+    form_class = PasswordResetSetForm
 
     def form_invalid(self, form) -> HttpResponse:
         return self.render_to_response(self.get_context_data(form=form), status=400)
 
     def form_valid(self, form) -> HttpResponse:
-        response = super().form_valid(form)
+        # As on the password change page: the tokens go with the old password, or neither does.
+        with transaction.atomic():
+            response = super().form_valid(form)
+            revoked = services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"] else 0
         # Locked out by guessing at the password just replaced, its owner could not log in with the new one yet.
         services.login_failures_forget(username=form.user.get_username(), ip=client_address(self.request))
+        if revoked:
+            messages.success(self.request, f"Your {revoked} API token{pluralize(revoked)} "
+                             f"{pluralize(revoked, 'was,were')} revoked.")
         return response
 
 

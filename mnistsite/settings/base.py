@@ -271,8 +271,10 @@ CELERY_TASK_ROUTES = {
     "training.tasks.training_runs_reap": {"queue": "inference"},
     "training.tasks.*": {"queue": "training"},
     "classifier.tasks.*": {"queue": "inference"},
-    # Reset links, a few seconds of the mail server's at most, with the housekeeping that shares the inference
-    # worker: every deployment runs one, and the trainer may be busy for hours.
+    # Reset mail, one message a request: a second or two of a working mail server's; one that stalls holds a pool
+    # process for the task's time limit at most (60 s a try, accounts.tasks), and a retry waits off the pool. With
+    # the housekeeping that shares the inference worker: every deployment runs one, and the trainer may be busy for
+    # hours.
     "accounts.tasks.*": {"queue": "inference"},
 }
 # Each message expires when the next is due, so none pile up while no worker takes them.

@@ -273,6 +273,17 @@ def test_the_email_address_reset_links_go_to_is_set_on_the_account_page_only_wit
     assert user.email == "Alice@example.com"
 
 
+def test_on_a_site_that_sends_no_email_saving_an_address_does_not_say_links_go_to_it(signed_in, user, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+    saved = signed_in.post("/accounts/email/", {"email-email": "alice@example.com", "email-password": PASSWORD},
+                           follow=True)
+    messages = [str(message) for message in saved.context["messages"]]
+    assert messages == ["Your address alice@example.com was saved; this site sends no email at present, so no reset "
+                        "link can reach it: ask an administrator should you forget your password."]
+    user.refresh_from_db()
+    assert user.email == "alice@example.com"
+
+
 def test_a_malformed_email_address_is_refused_and_described_where_it_is_typed(signed_in, user):
     response = signed_in.post("/accounts/email/", {"email-email": "alice at example", "email-password": PASSWORD})
     page = response.content.decode()

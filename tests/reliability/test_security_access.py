@@ -4,10 +4,13 @@ import io
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.tokens import default_token_generator
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from accounts.services import api_token_create
 from classifier import services
@@ -139,16 +142,40 @@ def test_every_state_changing_page_refuses_a_post_without_a_csrf_token(csrf_clie
                                                   "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"}),
         "token": (reverse("account_token_create"), {"name": "script"}),
         "revoke": (reverse("account_token_revoke", args=[kept.pk]), {}),
+        "email": (reverse("account_email_change"), {"email-email": "mallory@example.com",
+                                                     "email-password": "correct horse battery"}),
         "account": (reverse("account_delete"), {"password": "correct horse battery"}),
     }
     for what, (url, data) in posts.items():
         assert csrf_client.post(url, data).status_code == 403, what
+    # Every other page too, whatever it does with a post: none is exempt from the check (a probe that takes only a
+    # GET refuses the post itself).
+    walked = []
+    for name, params in named_routes():
+        if name.startswith(("admin:", "api:")):
+            continue  # the admin (below) and the API (test_session_authenticated_api_writes_...) on their own
+        kwargs = ({"uidb64": "MQ", "token": "set-password"} if name == "password_reset_confirm"
+                  else route_kwargs(name, params, owned))
+        url = reverse(name, kwargs=kwargs)
+        for visitor in (csrf_client, Client(enforce_csrf_checks=True)) if name in PUBLIC else (csrf_client,):
+            assert visitor.post(url, {}).status_code in (403, 405), name
+        walked.append(name)
+    assert {"account_email_change", "account_token_create", "password_change", "password_reset",
+            "password_reset_confirm", "classifier:upload"} <= set(walked), walked
 
     anonymous = Client(enforce_csrf_checks=True)
     assert anonymous.post(reverse("login"), {"username": "alice", "password": "correct horse battery"}).status_code == 403
     assert anonymous.post(reverse("signup"), {"username": "mallory", "password1": "a-Long-pass-123",
                                               "password2": "a-Long-pass-123"}).status_code == 403
     assert anonymous.post(reverse("password_reset"), {"email": "alice@example.com"}).status_code == 403
+    # The new password a reset link leads to, past the link's own check (which keeps its token in the session).
+    alice = get_user_model().objects.get(username="alice")
+    link = reverse("password_reset_confirm", kwargs={"uidb64": urlsafe_base64_encode(force_bytes(alice.pk)),
+                                                     "token": default_token_generator.make_token(alice)})
+    set_password = anonymous.get(link)["Location"]
+    assert set_password.endswith("/set-password/")
+    assert anonymous.post(set_password, {"new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482",
+                                         "revoke_api_tokens": "on"}).status_code == 403
 
     admin = Client(enforce_csrf_checks=True)
     admin.force_login(staff_user)
