@@ -25,6 +25,7 @@ from django.utils.http import urlsafe_base64_encode
 from accounts import selectors
 from accounts.mail import duration_words, mail_error_is_transient
 from accounts.models import ApiToken, api_token_digest
+from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
 logger = logging.getLogger(__name__)
@@ -401,4 +402,9 @@ def account_delete(*, user) -> None:
     """
     if user.is_superuser:
         raise AccountDeleteError("An administrator's account is deleted by another administrator, in the admin.")
-    user.delete()
+    with transaction.atomic():
+        # Django's cascade deletes the predictions before the uploads; every deletion of uploads locks the uploads
+        # first. Locked here as those deletions lock them, a "Delete all" running in another tab waits for this one
+        # (or this one for it) instead of the two deadlocking.
+        uploads_lock_for_owner(owner=user)
+        user.delete()

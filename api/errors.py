@@ -180,13 +180,14 @@ def _as_api_exception(exc: Exception, *, method: str | None, view=None) -> excep
     if isinstance(exc, (OperationalError, InterfaceError, UploadStorageError)):
         # The database or the storage is out of reach, which passes; the service layer has already removed any
         # file it wrote. Other database errors are bugs, answered as such (500). Reads and deletes come to store
-        # nothing, so their answer does not speak of it. A write says what is known of it (WriteStageMixin); a view
-        # that does not tell cannot promise that nothing was stored.
+        # nothing, so their answer does not speak of it. Every view that writes says when its write begins
+        # (WriteStageMixin); until then, or in a view that writes nothing (a method it does not take, say), only
+        # reads have run.
         if method in (*SAFE_METHODS, "DELETE"):
             return ServiceUnavailable()
-        if isinstance(view, WriteStageMixin) and not view.writing:
+        if not (isinstance(view, WriteStageMixin) and view.writing):
             return ServiceUnavailable(UNAVAILABLE_NOTHING_STORED)
-        if isinstance(view, WriteStageMixin) and view.resend_safe:
+        if view.resend_safe:
             return ServiceUnavailable(UNAVAILABLE_RESEND_SAFE)
         return ServiceUnavailable(UNAVAILABLE_OUTCOME_UNKNOWN, code="outcome_unknown", wait=None)
     return None

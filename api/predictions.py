@@ -80,7 +80,8 @@ def _represent(request: Request, predictions) -> list[dict]:
 @extend_schema(tags=["predictions"])
 class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPIView):
     # An upload never calls write_begins: classifier_services.predictions_submit either stores nothing or raises
-    # UploadOutcomeUnknownError, so a 503 from any other error may say that nothing was stored.
+    # UploadOutcomeUnknownError (as it does when the rows were stored and could not be read back), so a 503 from any
+    # other error may say that nothing was stored.
     parser_classes = [MultiPartParser]
     # Only OPTIONS uses it, to describe the upload body; POST reads the files itself.
     serializer_class = PredictionUploadSerializer
@@ -88,30 +89,20 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
     # An upload sent again with its Idempotency-Key: the predictions the first one made, to answer with.
     replayed: list[Prediction] | None = None
 
-    def get_throttles(self):
-        return [UploadRateThrottle()] if self.request.method == "POST" else super().get_throttles()
-
-    def check_throttles(self, request: Request) -> None:
-        if request.method == "POST":
-            # A malformed `wait` is refused before the upload is counted against the allowance.
-            self.wait_query = WaitQuerySerializer(data=request.query_params)
-            self.wait_query.is_valid(raise_exception=True)
-            # As is a file too many under `image`, as the other too_many_files refusals are.
-            _one_image_checked(request)
-            # So is a malformed Idempotency-Key, or one sent before with another request; a repeat counts nothing.
-            self.idempotent_upload = idempotency.idempotent_upload_read(request)
-            if self.idempotent_upload is not None:
-                self.replayed = idempotency.predictions_replayed(request=request, idempotency=self.idempotent_upload)
-                if self.replayed is not None:
-                    return
-        super().check_throttles(request)
+    def _upload_allowance_spend(self, request: Request) -> None:
+        # Spent in the handler, not among the view's throttles (which every request passes, repeats too): only
+        # once the request is known to be a new upload, as a repeat spends nothing.
+        throttle = UploadRateThrottle()
+        if not throttle.allow_request(request, self):
+            self.throttled(request, throttle.wait())
 
     def _replayed_after_race(self, request: Request) -> list[Prediction]:
         # Another request with the key stored its uploads while this one was under way (the database's unique
         # constraint made this one's insert wait for it, then refused it): answered as a repeat sent just after,
-        # and what it spent of the allowance goes back.
-        upload_allowance_give_back(user_id=request.user.pk, images=uploaded_weight(request))
-        self.upload_allowance = None
+        # and what it spent of the allowance goes back (nothing, when the allowance was not counted).
+        if self.upload_allowance is not None:
+            upload_allowance_give_back(user_id=request.user.pk, images=uploaded_weight(request))
+            self.upload_allowance = None
         self.replayed = idempotency.predictions_replayed(request=request, idempotency=self.idempotent_upload)
         if self.replayed is None:
             raise idempotency.key_in_use()
@@ -186,9 +177,17 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
         },
     )
     def post(self, request: Request) -> Response:
-        query = self.wait_query
+        # A malformed `wait`, several files under `image` or a malformed Idempotency-Key (or one sent before with
+        # another request) are refused before the upload is counted against the allowance; a repeat counts nothing.
+        query = WaitQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        _one_image_checked(request)
+        self.idempotent_upload = idempotency.idempotent_upload_read(request)
+        if self.idempotent_upload is not None:
+            self.replayed = idempotency.predictions_replayed(request=request, idempotency=self.idempotent_upload)
         created = self.replayed
         if created is None:
+            self._upload_allowance_spend(request)
             files, field = _uploaded_files(request)
             try:
                 created = classifier_services.predictions_submit(
@@ -328,15 +327,19 @@ class _PngOrErrorNegotiation(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-@extend_schema(tags=["predictions"])
-class PredictionImageApi(APIView):
-    """The uploaded image, served by the classifier's own media view once the API has authenticated the caller."""
+class _PngApi(APIView):
+    """An image view: the PNG comes from the classifier's view; DRF renders only errors and OPTIONS, in JSON."""
 
     content_negotiation_class = _PngOrErrorNegotiation
-    # The PNG comes from the classifier's view; DRF renders only errors and OPTIONS, in JSON, and reads no body.
     renderer_classes = [JSONRenderer]
+    # It reads no body.
     parser_classes: list = []
     metadata_class = _PngMetadata
+
+
+@extend_schema(tags=["predictions"])
+class PredictionImageApi(_PngApi):
+    """The uploaded image, served by the classifier's own media view once the API has authenticated the caller."""
 
     @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
@@ -345,14 +348,8 @@ class PredictionImageApi(APIView):
 
 
 @extend_schema(tags=["predictions"])
-class PredictionInputImageApi(APIView):
+class PredictionInputImageApi(_PngApi):
     """The 28x28 picture the model saw, served by the classifier's media view."""
-
-    content_negotiation_class = _PngOrErrorNegotiation
-    # The PNG comes from the classifier's view; DRF renders only errors and OPTIONS, in JSON, and reads no body.
-    renderer_classes = [JSONRenderer]
-    parser_classes: list = []
-    metadata_class = _PngMetadata
 
     @extend_schema(operation_id="predictions_input_image", summary="The 28x28 model input (PNG)",
                    responses=_IMAGE_RESPONSES)

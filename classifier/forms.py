@@ -71,6 +71,11 @@ class FeedbackForm(forms.Form):
     digit = forms.IntegerField(min_value=0, max_value=9, required=False)
 
 
+def _are_row_ids(ids) -> bool:
+    """Whether every one of ``ids`` can be a row's id: beyond 64 bits none can, and SQLite refuses such a number."""
+    return all(0 < pk < 2**63 for pk in ids)
+
+
 class _FilterField:
     """A history filter whose error quotes what was sent: the field itself cannot show it, as a date box drops a date
     it cannot read and a list shows its first choice instead."""
@@ -131,9 +136,9 @@ class HistoryFilterForm(forms.Form):
             ids = tuple(int(part) for part in value.split(",") if part.strip())[: settings.UPLOAD_MAX_FILES]
         except ValueError:
             ids = (0,)
-        # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright. Not understood, it is said
-        # so, as for the other filters: read as no batch, "all that match" would mean every upload.
-        if not all(0 < pk < 2**63 for pk in ids):
+        # Not understood, it is said so, as for the other filters: read as no batch, "all that match" would mean
+        # every upload.
+        if not _are_row_ids(ids):
             raise forms.ValidationError("This batch's address was not understood, so every upload is shown.",
                                         code="invalid")
         return ids
@@ -154,8 +159,7 @@ class UploadIdsField(forms.Field):
             ids = tuple(sorted({int(item) for item in values}))
         except (TypeError, ValueError):
             raise forms.ValidationError("The selection could not be read; nothing was deleted.") from None
-        # Beyond a 64-bit id no row can match, and SQLite refuses such a number outright.
-        if not all(0 < pk < 2**63 for pk in ids):
+        if not _are_row_ids(ids):
             raise forms.ValidationError("The selection could not be read; nothing was deleted.")
         if len(ids) > self.max_ids:
             raise forms.ValidationError(f"At most {self.max_ids} uploads can be selected at once; nothing was deleted.")
@@ -166,16 +170,18 @@ class UploadsDeleteForm(forms.Form):
     """Which uploads to delete: those ticked (``upload``), or all that match the history's filters (``matching``).
 
     ``newest`` is the highest upload id when the deletion was offered: uploads stored since are never among them.
-    Without ``confirmed`` the confirmation page comes first.
+    ``count`` is how many matched then, the number the person agreed to: no more are deleted. Without ``confirmed``
+    the confirmation page comes first.
     """
 
     upload = UploadIdsField(max_ids=UPLOADS_DELETE_MAX_SELECTED, required=False)
     matching = forms.BooleanField(required=False)
     newest = forms.IntegerField(min_value=0, max_value=2**63 - 1, required=False)
+    count = forms.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
     confirmed = forms.BooleanField(required=False)
 
     def clean(self):
         cleaned = super().clean()
-        if cleaned.get("matching") and cleaned.get("newest") is None and not self.errors:
+        if cleaned.get("matching") and not self.errors and (cleaned.get("newest") is None or not cleaned.get("count")):
             raise forms.ValidationError("The deletion could not be read; nothing was deleted.")
         return cleaned

@@ -52,7 +52,8 @@ class UploadStorageError(Exception):
 
 
 class UploadOutcomeUnknownError(Exception):
-    """The database stopped answering as the uploads were inserted, and could not say after whether it stored them.
+    """The database stopped answering as the uploads were inserted, and could not say after whether it stored them
+    (or, once it had said so, which predictions they have).
 
     Their files are kept: the orphan sweep sets them aside if no row names them
     an hour later, and the sweeper sends their predictions if rows do.
@@ -442,7 +443,11 @@ def predictions_submit(
         # The connection was lost after the server committed: the upload is stored, and answering "nothing was
         # stored" would invite the same images again.
         logger.warning("uploads %s were stored though their insert reported %r", names, exc)
-        predictions = selectors.predictions_of_new_uploads(names=names)
+        try:
+            predictions = selectors.predictions_of_new_uploads(names=names)
+        except DatabaseError as read_exc:
+            # Lost again: stored, but which predictions they are cannot be said. The sweeper sends them.
+            raise UploadOutcomeUnknownError("The uploads were stored, but could not be read back.") from read_exc
     ids = [prediction.pk for prediction in predictions]
     transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions
@@ -496,12 +501,21 @@ class UploadsDeleteError(ValueError):
     """A deletion named more uploads than UPLOADS_DELETE_MAX_SELECTED; nothing was deleted."""
 
 
+class UploadsDeleteInterruptedError(Exception):
+    """The database stopped answering during a deletion by filters after ``deleted`` uploads had gone for good."""
+
+    def __init__(self, *, deleted: int):
+        super().__init__(f"the database stopped answering after {deleted} uploads were deleted")
+        self.deleted = deleted
+
+
 def uploads_delete(
     *,
     owner,
     upload_ids: Collection[int] | None = None,
     filters: selectors.UploadFilters | None = None,
     newest_id: int | None = None,
+    limit: int | None = None,
     deadline: float | None = None,
     batch_size: int | None = None,
 ) -> int:
@@ -518,7 +532,10 @@ def uploads_delete(
     for long and no more than a batch is in memory; a deletion stopped midway
     (a lost connection, a killed process) leaves its committed batches deleted
     and counted and the rest as they were, to be deleted again. ``newest_id``
-    leaves out uploads stored after the deletion was confirmed. ``deadline``
+    leaves out uploads stored after the deletion was confirmed, and ``limit``
+    deletes no more than that many (the number confirmed), newest first, though
+    more came to match meanwhile. When the database stops answering after a
+    batch committed, UploadsDeleteInterruptedError says how many went. ``deadline``
     (``time.monotonic()``) starts no batch after it, so that a request ends in
     time on slow storage; one batch at least.
     """
@@ -536,27 +553,43 @@ def uploads_delete(
     if newest_id is not None:
         matching = matching.filter(pk__lte=newest_id)
     deleted, after = 0, None
-    while after is None or deadline is None or time.monotonic() < deadline:
-        batch = matching
-        if after is not None:
-            # On from the last batch's end (the history's order): each row is looked at once, however many batches.
-            batch = batch.filter(Q(created_at__lt=after[0]) | Q(created_at=after[0], pk__lt=after[1]))
-        found = list(batch.values_list("created_at", "pk")[:batch_size])
-        if not found:
-            break
-        # Filtered again under the lock: an upload whose newest prediction changed meanwhile may no longer match.
-        deleted += _uploads_delete_batch(owner_id=owner.pk, uploads=matching.filter(pk__in=[pk for _, pk in found]))
-        after = found[-1]
-        if len(found) < batch_size:
-            break
+    try:
+        while (after is None or deadline is None or time.monotonic() < deadline) and (limit is None or deleted < limit):
+            batch = matching
+            if after is not None:
+                # On from the last batch's end (the history's order): each row is looked at once, however many batches.
+                batch = batch.filter(Q(created_at__lt=after[0]) | Q(created_at=after[0], pk__lt=after[1]))
+            size = batch_size if limit is None else min(batch_size, limit - deleted)
+            found = list(batch.values_list("created_at", "pk")[:size])
+            if not found:
+                break
+            # Filtered again under the lock: an upload whose newest prediction changed meanwhile may no longer match.
+            deleted += _uploads_delete_batch(owner_id=owner.pk, uploads=matching.filter(pk__in=[pk for _, pk in found]))
+            after = found[-1]
+            if len(found) < size:
+                break
+    except Exception as exc:
+        if deleted and _is_transient(exc):
+            raise UploadsDeleteInterruptedError(deleted=deleted) from exc
+        raise
     return deleted
+
+
+def uploads_lock_for_owner(*, owner) -> None:
+    """Lock every upload of ``owner`` as a deletion of uploads does, in the caller's transaction.
+
+    For a deletion of the owner: Django's cascade would delete their predictions first and the uploads after, the
+    reverse of ``_uploads_delete_batch``, and the two would deadlock.
+    """
+    list(Upload.objects.filter(owner=owner).select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def _uploads_delete_batch(*, owner_id: int, uploads: QuerySet[Upload]) -> int:
     """Delete these uploads of one owner and give their bytes back, in one transaction; returns how many went."""
     with transaction.atomic():
         # Locked before their predictions and the owner's count, and by id, so two deletions of the same uploads
-        # (every deletion comes here) wait for each other instead of deadlocking. Under the lock no one else can
+        # (every deletion comes here; an account's deletion locks them alike first, by uploads_lock_for_owner) wait
+        # for each other instead of deadlocking. Under the lock no one else can
         # delete them: the bytes given back are exactly those of the rows this deletes.
         locked = list(uploads.select_for_update().order_by("pk").values_list("pk", UPLOAD_STORED_BYTES))
         if not locked:

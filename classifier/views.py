@@ -511,6 +511,17 @@ def uploads_delete(request: HttpRequest) -> HttpResponse:
     The first request, a GET for the filters' uploads or a POST of the ticked ones, answers with a confirmation
     page, which changes nothing; its form's POST, ``confirmed``, deletes. The page's script asks in place instead.
     """
+    try:
+        return _uploads_delete(request)
+    except (OperationalError, InterfaceError):
+        # Out of reach before the deletion began (those during it are answered by _uploads_delete_confirmed).
+        logger.exception("deletion of uploads failed: the database is unavailable")
+        return _uploads_delete_unavailable(
+            request, "The service is temporarily unavailable and nothing was deleted. Please try again in a minute."
+        )
+
+
+def _uploads_delete(request: HttpRequest) -> HttpResponse:
     filter_form, filters = _history_filters(request)
     query = request.GET.urlencode()
     history_url = reverse("classifier:history") + (f"?{query}" if query else "")
@@ -533,26 +544,70 @@ def uploads_delete(request: HttpRequest) -> HttpResponse:
     if not choice["confirmed"]:
         return _uploads_delete_confirmation(request, filter_form=filter_form, filters=filters, choice=choice, back=back)
     if choice["matching"]:
+        # Uploads that came to match since the count was confirmed (a prediction finished, "status: done") were not
+        # agreed to, and which of them they are cannot be told: the person is asked again, with the new count.
+        counted = selectors.upload_count_for_user(user=request.user, filters=filters, newest_id=choice["newest"])
+        if counted > choice["count"]:
+            messages.warning(request, f"Nothing was deleted: {counted} uploads match now, not the {choice['count']} "
+                                      "you confirmed. Look at them again before deleting.")
+            return _uploads_delete_confirmation(
+                request, filter_form=filter_form, filters=filters, choice=choice, back=back
+            )
+    try:
+        return _uploads_delete_confirmed(request, filters=filters, choice=choice, back=back)
+    except services.UploadsDeleteInterruptedError as exc:
+        logger.exception("deletion of uploads stopped after %s: the database stopped answering", exc.deleted)
+        return _uploads_delete_unavailable(
+            request, f"The database stopped answering partway through: {exc.deleted} upload{pluralize(exc.deleted)} "
+            f"{pluralize(exc.deleted, 'was,were')} deleted, the others not. Please look at your history and try "
+            "again in a minute.",
+        )
+    except (OperationalError, InterfaceError):
+        logger.exception("deletion of uploads failed: the database stopped answering")
+        return _uploads_delete_unavailable(
+            request, "The database stopped answering during the deletion, so some uploads may have been deleted and "
+            "others not. Please look at your history and try again in a minute.",
+        )
+
+
+def _uploads_delete_confirmed(
+    request: HttpRequest, *, filters: selectors.UploadFilters, choice: dict, back: str
+) -> HttpResponse:
+    if choice["matching"]:
         deadline = time.monotonic() + UPLOADS_DELETE_SECONDS
         deleted = services.uploads_delete(
-            owner=request.user, filters=filters, newest_id=choice["newest"], deadline=deadline
+            owner=request.user, filters=filters, newest_id=choice["newest"], limit=choice["count"], deadline=deadline
         )
+        # Counted again only when some may be left: the deadline stopped it, or it reached the confirmed number.
+        timed_out, reached = time.monotonic() >= deadline, deleted >= choice["count"]
         left = (
             selectors.upload_count_for_user(user=request.user, filters=filters, newest_id=choice["newest"])
-            if time.monotonic() >= deadline else 0
+            if timed_out or reached else 0
         )
     else:
-        deleted, left = services.uploads_delete(owner=request.user, upload_ids=choice["upload"]), 0
+        deleted, left, reached = services.uploads_delete(owner=request.user, upload_ids=choice["upload"]), 0, False
     if deleted:
         messages.success(request, f"Deleted {deleted} upload{pluralize(deleted)}.")
     else:
         messages.info(request, "Nothing was deleted: those uploads were already gone.")
-    if left:
+    if left and reached:
+        messages.warning(
+            request, f"{left} more upload{pluralize(left)} came to match while the deletion ran and "
+            f"{pluralize(left, 'was,were')} left, as you confirmed {choice['count']}. Delete again to remove "
+            f"{pluralize(left, 'it,them')} too."
+        )
+    elif left:
         messages.warning(
             request, f"{left} more upload{pluralize(left)} still match{pluralize(left, 'es,')}: there were too many "
             "to delete at once. Delete them again to go on."
         )
     return redirect(back)
+
+
+def _uploads_delete_unavailable(request: HttpRequest, message: str) -> HttpResponse:
+    response = render(request, "classifier/uploads_delete_unavailable.html", {"message": message}, status=503)
+    response["Retry-After"] = "30"
+    return response
 
 
 def _uploads_delete_confirmation(

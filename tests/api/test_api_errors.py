@@ -335,6 +335,55 @@ def test_a_write_the_database_dropped_after_committing_is_503_saying_it_may_have
     assert applied()
 
 
+def test_every_endpoint_that_takes_a_write_says_when_its_write_begins():
+    # A 503 says "nothing was stored" for a view that does not, so a view that writes without saying would mislead.
+    from api.errors import WriteStageMixin
+    from api.urls import v1
+
+    writers = [p.callback.view_class for p in v1 if {"post", "put", "patch"} & set(dir(p.callback.view_class))]
+
+    assert writers and all(issubclass(view, WriteStageMixin) for view in writers), writers
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("method,path", [
+    ("post", "/api/v1/predictions/1/image/"),
+    ("put", "/api/v1/predictions/1/input/"),
+    ("put", "/api/v1/training-runs/1/"),
+    ("patch", "/api/v1/checkpoints/1/"),
+    ("post", "/api/v1/checkpoints/"),
+])
+def test_a_request_to_a_view_that_writes_nothing_while_the_database_is_out_of_reach_says_nothing_was_stored(
+    user, method, path
+):
+    from tests.api.conftest import client_for
+
+    client = client_for(user)
+    with database_lost_once_committed():
+        response = getattr(client, method)(path, {}, format="json")
+
+    assert response.status_code == 503
+    error = assert_envelope(response.json())
+    assert error["code"] == "service_unavailable" and "nothing was stored" in error["message"]
+    assert 0 < int(response["Retry-After"]) <= 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_stored_whose_predictions_cannot_be_read_back_is_503_outcome_unknown_without_retry_after(user):
+    from tests.api.conftest import client_for
+    from tests.classifier.fixtures import uploads_stored_then_read_back_lost
+
+    client = client_for(user)
+    with uploads_stored_then_read_back_lost():
+        response = client.post("/api/v1/predictions/", {"image": upload_file()}, format="multipart")
+
+    assert response.status_code == 503
+    error = assert_envelope(response.json())
+    assert error["code"] == "outcome_unknown" and "nothing was stored" not in error["message"]
+    assert "Retry-After" not in response
+    assert Upload.objects.count() == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_run_the_database_dropped_after_storing_is_503_outcome_unknown_without_retry_after(
     staff_user, make_prediction, make_checkpoint

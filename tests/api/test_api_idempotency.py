@@ -1,6 +1,7 @@
 """Uploads sent with an Idempotency-Key: a repeat stores and spends nothing and answers with the first's predictions."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -266,15 +267,11 @@ def _backends_waiting_for_a_lock() -> int:
         return cursor.fetchone()[0]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_requests_sent_at_once_with_one_key_store_once_and_both_answer_with_those_predictions(
-    user, settings
-):
-    if connection.vendor != "postgresql":
-        pytest.skip("holding both requests at their insert takes a row lock, which SQLite does not have (its one "
-                    "writer at a time stores them one after the other anyway)")
-    settings.UPLOAD_THROTTLE_RATE = "2/hour"
-    StorageUse.objects.create(owner=user)
+def _two_sent_at_once(user, *, key: str, while_sent=contextlib.nullcontext) -> list:
+    """Two uploads with ``key`` from two threads, held together at their insert; their answers.
+
+    ``while_sent`` is entered from before they are sent until both wait at the insert.
+    """
     _, token = api_token_create(user=user)
     answers: list = [None, None]
 
@@ -284,7 +281,7 @@ def test_two_requests_sent_at_once_with_one_key_store_once_and_both_answer_with_
         try:
             client = APIClient()
             client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-            answers[index] = _send(client, key="race")
+            answers[index] = _send(client, key=key)
         finally:
             connection.close()
 
@@ -294,15 +291,29 @@ def test_two_requests_sent_at_once_with_one_key_store_once_and_both_answer_with_
     try:
         with transaction.atomic():
             StorageUse.objects.select_for_update().get(owner=user)
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + 30
-            while _backends_waiting_for_a_lock() < 2:
-                assert time.monotonic() < deadline, "the two requests never reached their insert together"
-                time.sleep(0.02)
+            with while_sent():
+                for thread in threads:
+                    thread.start()
+                deadline = time.monotonic() + 30
+                while _backends_waiting_for_a_lock() < 2:
+                    assert time.monotonic() < deadline, "the two requests never reached their insert together"
+                    time.sleep(0.02)
     finally:
         for thread in threads:
             thread.join(60)
+    return answers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_requests_sent_at_once_with_one_key_store_once_and_both_answer_with_those_predictions(
+    user, settings
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("holding both requests at their insert takes a row lock, which SQLite does not have (its one "
+                    "writer at a time stores them one after the other anyway)")
+    settings.UPLOAD_THROTTLE_RATE = "2/hour"
+    StorageUse.objects.create(owner=user)
+    answers = _two_sent_at_once(user, key="race")
 
     assert [answer.status_code for answer in answers] == [202, 202], [answer.content for answer in answers]
     assert _ids(answers[0]) == _ids(answers[1])
@@ -314,3 +325,44 @@ def test_two_requests_sent_at_once_with_one_key_store_once_and_both_answer_with_
     client = client_for(user)
     assert _send(client, key=None).status_code == 202
     assert _send(client, key=None).status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_request_that_lost_the_race_for_its_key_gives_back_none_of_the_allowance_it_did_not_spend(user, settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("holding both requests at their insert takes a row lock, which SQLite does not have")
+    from django.test import override_settings
+
+    settings.UPLOAD_THROTTLE_RATE = "2/hour"
+    StorageUse.objects.create(owner=user)
+    client = client_for(user)
+    assert _send(client, key=None).status_code == 202  # one image of two is left
+    # Out of reach while the two are sent, the allowance lets both through unspent; back when the loser gives back.
+    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    answers = _two_sent_at_once(user, key="race", while_sent=lambda: override_settings(CACHES={"default": unreachable}))
+
+    assert [answer.status_code for answer in answers] == [202, 202], [answer.content for answer in answers]
+    assert sorted(answer.get(REPLAYED) for answer in answers if answer.has_header(REPLAYED)) == ["true"]
+    # Neither spent any: the one image left before is all that is left.
+    assert _send(client, key=None).status_code == 202
+    assert _send(client, key=None).status_code == 429
+
+
+@pytest.fixture
+def three_requests_an_hour(monkeypatch):
+    """The API's per-request throttle, as REST_FRAMEWORK's DEFAULT_THROTTLE_CLASSES sets it for every view."""
+    from rest_framework.throttling import UserRateThrottle
+    from rest_framework.views import APIView
+
+    class ThreeAnHour(UserRateThrottle):
+        rate = "3/hour"
+
+    monkeypatch.setattr(APIView, "throttle_classes", [ThreeAnHour])
+
+
+def test_repeats_spend_no_upload_allowance_but_pass_the_apis_per_request_throttle(user_client, three_requests_an_hour):
+    answers = [_send(user_client, key="k") for _ in range(4)]
+
+    assert [answer.status_code for answer in answers] == [202, 202, 202, 429]
+    assert answers[1][REPLAYED] == "true" and "RateLimit-Remaining" not in answers[1]
+    assert Upload.objects.count() == 1

@@ -1,4 +1,5 @@
 """Shared classifier fixtures: a small real model trained once per session, and real digit images."""
+import contextlib
 import io
 import shutil
 from pathlib import Path
@@ -128,3 +129,49 @@ def stored_size(data: bytes, name: str = "digit.png") -> int:
     from classifier.validation import validate_image
 
     return len(validate_image(io.BytesIO(data), name=name).content)
+
+
+@contextlib.contextmanager
+def uploads_stored_then_read_back_lost():
+    """The uploads' insert commits and its answer is lost; asked, the database says they are stored; then the read of
+    their predictions loses the connection again.
+
+    The second loss is the one that matters: after it the request knows the uploads are stored but cannot say which
+    predictions they are.
+    """
+    from django.db import OperationalError, connection
+
+    from classifier.models import Prediction, Upload
+
+    state = {"inserting": False, "stored": False, "read_back_lost": False}
+    commit = connection._commit
+
+    def lost() -> OperationalError:
+        state["stored"] = True
+        return OperationalError("server closed the connection unexpectedly")
+
+    def lose(execute, sql, params, many, context):
+        reading_back = sql.startswith("SELECT") and f'FROM "{Prediction._meta.db_table}"' in sql
+        if state["stored"] and not state["read_back_lost"] and reading_back:
+            state["read_back_lost"] = True
+            raise OperationalError("server closed the connection unexpectedly")
+        result = execute(sql, params, many, context)
+        if not state["inserting"] and "INSERT INTO" in sql and Upload._meta.db_table in sql:
+            state["inserting"] = True
+            # A statement committed by itself loses its own answer; one in a transaction, its commit's.
+            if not connection.in_atomic_block:
+                raise lost()
+        return result
+
+    def commit_then_lose():
+        commit()
+        if state["inserting"] and not state["stored"]:
+            raise lost()
+
+    connection._commit = commit_then_lose
+    try:
+        with connection.execute_wrapper(lose):
+            yield
+    finally:
+        del connection._commit
+    assert state["read_back_lost"], "the read back of the stored uploads was never lost"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from classifier import selectors, services, statements
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
-from tests.classifier.fixtures import png_bytes, stored_size
+from tests.classifier.fixtures import png_bytes, stored_size, uploads_stored_then_read_back_lost
 from tests.devices import DEVICES
 
 pytestmark = pytest.mark.django_db
@@ -94,6 +94,21 @@ def test_a_broker_outage_keeps_the_upload_and_its_pending_prediction(
     prediction.refresh_from_db()
     assert prediction.status == "pending"
     assert prediction.published_at is None and prediction.publish_attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the insert commits by itself, as outside a test
+def test_uploads_stored_whose_predictions_cannot_be_read_back_are_an_unknown_outcome_not_nothing_stored(
+    user, digit_png, published
+):
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+    with uploads_stored_then_read_back_lost(), pytest.raises(services.UploadOutcomeUnknownError):
+        services.predictions_submit(owner=user, files=files, source="file")
+
+    # Stored: an error saying that nothing was would have the same images sent again.
+    assert Upload.objects.count() == 2 and Prediction.objects.filter(status="pending").count() == 2
+    assert all(upload.image.storage.exists(upload.image.name) for upload in Upload.objects.all())
+    # Not sent, as their ids were never read: the sweeper sends them.
+    assert published.prediction_ids() == []
 
 
 @pytest.fixture
@@ -953,6 +968,21 @@ def test_a_deletion_by_filters_past_its_deadline_stops_after_a_whole_batch_with_
     assert _use_of(user) == sum(stored_size(digit_png(index)) for index in range(3))
 
 
+def test_a_deletion_by_filters_deletes_no_more_than_the_number_confirmed_though_more_came_to_match(user, digit_png):
+    uploads = [_upload_waiting(user, digit_png, index) for index in range(3)]
+    done = selectors.UploadFilters(status="done")
+    Prediction.objects.filter(upload__in=uploads[1:]).update(status="done", digit=7, confidence=0.9)
+    newest = selectors.upload_newest_id_for_user(user=user)
+    confirmed = selectors.upload_count_for_user(user=user, filters=done, newest_id=newest)
+    # The oldest finishes between the confirmation and the deletion.
+    Prediction.objects.filter(upload=uploads[0]).update(status="done", digit=1, confidence=0.9)
+
+    deleted = services.uploads_delete(owner=user, filters=done, newest_id=newest, limit=confirmed, batch_size=1)
+
+    assert confirmed == deleted == 2
+    assert list(Upload.objects.all()) == [uploads[0]]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_deletion_by_filters_cut_off_midway_keeps_what_it_committed_counted_and_the_rest_as_it_was(user, digit_png):
     from django.db import OperationalError
@@ -968,8 +998,12 @@ def test_a_deletion_by_filters_cut_off_midway_keeps_what_it_committed_counted_an
                 raise OperationalError("server closed the connection unexpectedly")
         return execute(sql, params, many, context)
 
-    with connection.execute_wrapper(connection_lost_in_the_second_batch), pytest.raises(OperationalError):
+    with connection.execute_wrapper(connection_lost_in_the_second_batch), pytest.raises(
+        services.UploadsDeleteInterruptedError
+    ) as stopped:
         services.uploads_delete(owner=user, filters=selectors.UploadFilters(), batch_size=2)
+
+    assert stopped.value.deleted == 2 and isinstance(stopped.value.__cause__, OperationalError)
 
     left = {upload.pk for upload in uploads[:3]}
     assert set(Upload.objects.values_list("pk", flat=True)) == left

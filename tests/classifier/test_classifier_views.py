@@ -6,6 +6,7 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 
 from classifier import services
@@ -350,6 +351,19 @@ def test_an_upload_page_past_the_quota_says_how_to_make_room_and_stores_nothing(
     assert response.status_code == 403
     assert "Delete some uploads in your history to make room." in response.content.decode()
     assert not Upload.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the insert commits by itself, as outside a test
+def test_an_upload_page_whose_images_were_stored_but_not_read_back_does_not_say_nothing_was_stored(alice, digit_png):
+    from tests.classifier.fixtures import uploads_stored_then_read_back_lost
+
+    with uploads_stored_then_read_back_lost():
+        response = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]})
+
+    assert response.status_code == 503 and "Retry-After" not in response
+    page = response.content.decode()
+    assert "whether they were is not known" in page and "nothing was stored" not in page
+    assert Upload.objects.count() == 2
 
 
 def test_a_confidence_just_below_the_threshold_never_reads_as_the_threshold(alice, user, digit_png, active_checkpoint, settings):
@@ -970,7 +984,8 @@ def test_all_uploads_that_match_the_filters_are_deleted_after_a_confirmation_pag
     assert "Every upload of yours read as a 7:" in page and "This cannot be undone." in page
     assert _hidden(page, "matching") == ["1"] and _hidden(page, "next") == ["/history/?digit=7"]
     assert Upload.objects.count() == 5
-    deleted = alice.post("/history/delete?digit=7", {"matching": "1", "newest": _hidden(page, "newest")[0],
+    assert _hidden(page, "count") == ["2"]
+    deleted = alice.post("/history/delete?digit=7", {"matching": "1", "newest": _hidden(page, "newest")[0], "count": "2",
                                                       "confirmed": "1", "next": "/history/?digit=7"}, follow=True)
 
     assert deleted.redirect_chain == [("/history/?digit=7", 302)]
@@ -987,8 +1002,7 @@ def test_a_deletion_of_all_uploads_keeps_those_stored_after_it_was_offered(alice
                          history, re.S)[1]
     later = _uploaded(user, digit_png, 2)  # in another tab, before "Delete all 2" is pressed
 
-    fields = dict(zip(["matching", "newest", "confirmed", "next"],
-                      [_hidden(matching, name)[0] for name in ("matching", "newest", "confirmed", "next")]))
+    fields = {name: _hidden(matching, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
     response = alice.post("/history/delete", fields, follow=True)
 
     assert _messages(response) == ["Deleted 2 uploads."]
@@ -1042,8 +1056,11 @@ def test_a_deletion_that_names_nothing_or_cannot_be_read_deletes_nothing_and_say
          "At most 500 uploads can be selected at once; nothing was deleted."),
         ("/history/delete", {"matching": "1", "confirmed": "1"},
          "The deletion could not be read; nothing was deleted."),
+        # A history page from before "Delete all" carried the number confirmed.
+        ("/history/delete", {"matching": "1", "newest": str(upload.pk), "confirmed": "1"},
+         "The deletion could not be read; nothing was deleted."),
         # A filter the history leaves out as not understood would widen "all that match".
-        ("/history/delete?digit=11", {"matching": "1", "newest": str(upload.pk), "confirmed": "1"},
+        ("/history/delete?digit=11", {"matching": "1", "newest": str(upload.pk), "count": "1", "confirmed": "1"},
          "The filters could not be read, so nothing was deleted. Correct them and try again."),
     ]
     for url, data, said in cases:
@@ -1067,7 +1084,7 @@ def test_a_deletion_by_filters_too_long_for_one_request_says_how_many_are_left_t
         _uploaded(user, digit_png, index)
     monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 2)
     monkeypatch.setattr(views, "UPLOADS_DELETE_SECONDS", 0)
-    fields = {"matching": "1", "newest": str(Upload.objects.latest("pk").pk), "confirmed": "1"}
+    fields = {"matching": "1", "newest": str(Upload.objects.latest("pk").pk), "count": "5", "confirmed": "1"}
 
     response = alice.post("/history/delete", fields, follow=True)
 
@@ -1077,6 +1094,143 @@ def test_a_deletion_by_filters_too_long_for_one_request_says_how_many_are_left_t
     ]
     assert Upload.objects.count() == 3
     assert 'aria-label="Delete all 3 uploads"' in response.content.decode()
+
+
+def _finished_meanwhile(upload: Upload) -> None:
+    """The worker finishes the upload's prediction: from now on it matches "status: done"."""
+    Prediction.objects.filter(upload=upload).update(status="done", digit=1, confidence=0.9)
+
+
+def test_all_that_match_deletes_no_upload_that_came_to_match_after_the_confirmation_page_and_asks_again(
+    alice, user, digit_png
+):
+    done = [_uploaded(user, digit_png, index) for index in range(2)]
+    for upload in done:
+        services.predictions_create(uploads=[upload], publish=False)
+        _finished_meanwhile(upload)
+    waiting = _uploaded(user, digit_png, 2)
+    services.predictions_create(uploads=[waiting], publish=False)
+    page = alice.get("/history/delete", {"status": "done"}).content.decode()
+    assert "<h1>Delete 2 uploads?</h1>" in page and _hidden(page, "count") == ["2"]
+    _finished_meanwhile(waiting)  # between the confirmation page and the click
+
+    fields = {name: _hidden(page, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    again = alice.post("/history/delete?status=done", fields)
+
+    assert again.status_code == 200 and Upload.objects.count() == 3
+    text = unescape(again.content.decode())
+    assert "<h1>Delete 3 uploads?</h1>" in text and _hidden(text, "count") == ["3"]
+    assert _messages(again) == [
+        "Nothing was deleted: 3 uploads match now, not the 2 you confirmed. Look at them again before deleting."
+    ]
+    fields = {name: _hidden(text, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    assert _messages(alice.post("/history/delete?status=done", fields, follow=True)) == ["Deleted 3 uploads."]
+    assert not Upload.objects.exists()
+
+
+def test_delete_all_from_the_history_page_deletes_no_upload_that_came_to_match_after_the_page_was_shown(
+    alice, user, digit_png
+):
+    done = _uploaded(user, digit_png, 0)
+    services.predictions_create(uploads=[done], publish=False)
+    _finished_meanwhile(done)
+    waiting = _uploaded(user, digit_png, 1)
+    services.predictions_create(uploads=[waiting], publish=False)
+    history = alice.get("/history/", {"status": "done"}).content.decode()
+    matching = re.search(r'<form method="post" action="/history/delete\?status=done" id="delete-matching" hidden>'
+                         r'(.*?)</form>', history, re.S)[1]
+    assert _hidden(matching, "count") == ["1"]
+    _finished_meanwhile(waiting)
+
+    fields = {name: _hidden(matching, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    response = alice.post("/history/delete?status=done", fields)
+
+    assert response.status_code == 200 and "<h1>Delete 2 uploads?</h1>" in response.content.decode()
+    assert Upload.objects.count() == 2
+
+
+def test_all_that_match_stops_at_the_number_confirmed_and_says_how_many_came_to_match_while_it_ran(
+    alice, user, digit_png, monkeypatch
+):
+    from classifier import views
+
+    uploads = [_uploaded(user, digit_png, index) for index in range(4)]
+    for upload in uploads:
+        services.predictions_create(uploads=[upload], publish=False)
+    for upload in uploads[2:]:
+        _finished_meanwhile(upload)
+    monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 1)
+    finished_during = []
+
+    def two_older_ones_finish_after_the_first_batch(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith('DELETE FROM "classifier_upload"') and not finished_during:
+            finished_during.append(sql)
+            for upload in uploads[:2]:
+                _finished_meanwhile(upload)
+        return result
+
+    fields = {"matching": "1", "newest": str(uploads[-1].pk), "count": "2", "confirmed": "1"}
+    with connection.execute_wrapper(two_older_ones_finish_after_the_first_batch):
+        response = alice.post("/history/delete?status=done", fields, follow=True)
+
+    assert Upload.objects.count() == 2
+    assert _messages(response) == [
+        "Deleted 2 uploads.",
+        "2 more uploads came to match while the deletion ran and were left, as you confirmed 2. "
+        "Delete again to remove them too.",
+    ]
+    assert views.UPLOADS_DELETE_SECONDS > 1  # the deadline played no part
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deletion_the_database_stops_answering_partway_through_says_how_many_went_in_a_503(
+    alice, user, digit_png, monkeypatch
+):
+    from django.db import OperationalError
+
+    for index in range(5):
+        _uploaded(user, digit_png, index)
+    monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 2)
+    batches = []
+
+    def connection_lost_in_the_second_batch(execute, sql, params, many, context):
+        if sql.startswith('DELETE FROM "classifier_upload"'):
+            batches.append(sql)
+            if len(batches) == 2:
+                raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    fields = {"matching": "1", "newest": str(Upload.objects.latest("pk").pk), "count": "5", "confirmed": "1"}
+    with connection.execute_wrapper(connection_lost_in_the_second_batch):
+        response = alice.post("/history/delete", fields)
+
+    assert response.status_code == 503 and response["Retry-After"]
+    assert ("The database stopped answering partway through: 2 uploads were deleted, the others not."
+            in response.content.decode())
+    assert Upload.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deletion_the_database_cannot_answer_before_it_begins_says_nothing_was_deleted_in_a_503(
+    alice, user, digit_png
+):
+    from django.db import OperationalError
+
+    upload = _uploaded(user, digit_png, 0)
+
+    def unreachable_once_counting(execute, sql, params, many, context):
+        if "COUNT(" in sql:
+            raise OperationalError("could not connect to server: Connection refused")
+        return execute(sql, params, many, context)
+
+    fields = {"matching": "1", "newest": str(upload.pk), "count": "1", "confirmed": "1"}
+    with connection.execute_wrapper(unreachable_once_counting):
+        response = alice.post("/history/delete", fields)
+
+    assert response.status_code == 503
+    assert "temporarily unavailable and nothing was deleted" in response.content.decode()
+    assert list(Upload.objects.all()) == [upload]
 
 
 CHOOSE_AGAIN = "choose the other files again"
