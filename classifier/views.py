@@ -261,9 +261,13 @@ def prediction_payload(prediction: Prediction) -> dict:
     }
 
 
+def digit_article(digit: int) -> str:
+    """The article a digit takes, which goes by how it is read aloud: "a 7", but "an 8"."""
+    return "an" if digit == 8 else "a"
+
+
 def digit_with_article(digit: int) -> str:
-    """The digit with its article, which goes by how the digit is read aloud: "a 7", but "an 8"."""
-    return f"{'an' if digit == 8 else 'a'} {digit}"
+    return f"{digit_article(digit)} {digit}"
 
 
 @require_safe
@@ -285,6 +289,7 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "confidence_percent": confidence_percent(prediction.confidence),
             "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
             "digits": range(10),
+            "feedback_article": digit_article(prediction.feedback) if prediction.feedback is not None else "",
         },
     )
 
