@@ -13,6 +13,7 @@ import torch
 from django.conf import settings
 from PIL import Image
 
+from classifier.statements import checkpoint_unchanged
 from training.loading import checkpoint_load_model
 from training.ml.preprocess import EmptyImageError, Interrupts, Prepared, prepare_batch, to_tensor, to_uint8
 from training.ml.serving import inference_model
@@ -43,6 +44,9 @@ class NoActiveCheckpointError(Exception):
 @dataclass(frozen=True)
 class LoadedModel:
     checkpoint_id: int
+    # The digest of the file it was loaded from: a database recreated or restored under a running worker can give
+    # the same id to another model.
+    sha256: str
     model: torch.nn.Module
     device: torch.device
 
@@ -115,14 +119,14 @@ def model_for_checkpoint(*, checkpoint: Checkpoint) -> LoadedModel:
     """The checkpoint's model, loaded at most once per process while it stays the one asked for."""
     global _cached
     with _lock:
-        if _cached is not None and _cached.checkpoint_id == checkpoint.pk:
+        if _cached is not None and (_cached.checkpoint_id, _cached.sha256) == (checkpoint.pk, checkpoint.sha256):
             return _cached
         _configure_threads()
         device = torch_device()
         started = time.perf_counter()
         model = inference_model(checkpoint_load_model(checkpoint=checkpoint, device=device))
         previous = _cached
-        _cached = LoadedModel(checkpoint_id=checkpoint.pk, model=model, device=device)
+        _cached = LoadedModel(checkpoint_id=checkpoint.pk, sha256=checkpoint.sha256, model=model, device=device)
         logger.info(
             "loaded checkpoint %s on %s in %.0f ms (replacing %s)",
             checkpoint.pk,
@@ -152,13 +156,22 @@ def model_for_active_checkpoint() -> tuple[Checkpoint, LoadedModel]:
     return checkpoint, model_for_checkpoint(checkpoint=checkpoint)
 
 
-def model_for_checkpoint_id(*, checkpoint_id: int | None) -> LoadedModel:
-    """The model of a checkpoint the caller found active; no query at all while it is the cached one."""
+def model_for_checkpoint_id(*, checkpoint_id: int | None, sha256: str | None = None) -> LoadedModel:
+    """The model of a checkpoint the caller found active, with the sha256 it read with the id (else one query).
+
+    The id alone is not enough: a database recreated empty or restored from a dump under a running worker gives
+    the same id to another model, and the held model's answers would be recorded as that one's. Raises
+    Checkpoint.DoesNotExist when the row is gone (deleted since the caller found it active).
+    """
     if checkpoint_id is None:
         raise NoActiveCheckpointError(_NO_ACTIVE_CHECKPOINT)
     cached = _cached
     if cached is not None and cached.checkpoint_id == checkpoint_id:
-        return cached
+        if sha256 is None:
+            if checkpoint_unchanged(checkpoint_id=checkpoint_id, sha256=cached.sha256):
+                return cached
+        elif sha256 == cached.sha256:
+            return cached
     return model_for_checkpoint(checkpoint=checkpoint_get(checkpoint_id=checkpoint_id))
 
 

@@ -869,12 +869,12 @@ def _model_loads_before_claiming() -> None:
     _model_load_failed_at[0] = -math.inf
 
 
-def _model_load(*, checkpoint_id: int | None):
+def _model_load(*, checkpoint_id: int | None, sha256: str | None = None):
     """The checkpoint's model; ModelUnavailableError when this worker cannot load it (see inference for the rest)."""
     from classifier import inference
 
     try:
-        return inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id)
+        return inference.model_for_checkpoint_id(checkpoint_id=checkpoint_id, sha256=sha256)
     except (inference.NoActiveCheckpointError, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
@@ -895,7 +895,8 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
     from classifier import inference
 
     try:
-        loaded = _model_load(checkpoint_id=checkpoint_id)
+        # The claim read the active checkpoint's digest with its id: the cached model is checked without a query.
+        loaded = _model_load(checkpoint_id=checkpoint_id, sha256=predictions[0].active_checkpoint_sha256)
     except inference.NoActiveCheckpointError as exc:
         return _predictions_save([_prediction_fail(prediction=p, error=str(exc)) for p in predictions])
 

@@ -302,7 +302,9 @@ def predictions_claim(
     once (SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time); the
     UPDATE marks them, counts the attempt and returns them with their upload's
     image name (``upload_image``), in claim order, and the id of the checkpoint
-    active now.
+    active now; each also carries that checkpoint's sha256
+    (``active_checkpoint_sha256``), which tells a worker whether the model it
+    holds for that id is still the one.
 
     The oldest pending are found by a plain index scan in ``created_at`` order.
     Each claim leaves the claimed rows' old versions dead in the status index;
@@ -333,7 +335,8 @@ def predictions_claim(
         f"WHERE id IN (SELECT id FROM own UNION ALL SELECT id FROM others) "
         f"RETURNING *, "
         f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
-        f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id"
+        f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id, "
+        f"(SELECT c.sha256 FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_sha256"
     )
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
     adapt = connection.ops.adapt_datetimefield_value
@@ -346,3 +349,16 @@ def predictions_claim(
     ours = set(prediction_ids)
     batch.sort(key=lambda p: (p.pk not in ours, p.created_at, p.pk))
     return batch, (batch[0].active_checkpoint_id if batch else None)
+
+
+def checkpoint_unchanged(*, checkpoint_id: int, sha256: str) -> bool:
+    """Whether this checkpoint's row still exists and names a file with this digest: one primary-key lookup.
+
+    For a caller that has no digest read with the checkpoint's id (the claim reads one); hand-written, as the ORM
+    takes several times longer to build the query than the database takes to answer it.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {_quote(Checkpoint._meta.db_table)} WHERE id = %s AND sha256 = %s", [checkpoint_id, sha256]
+        )
+        return cursor.fetchone() is not None

@@ -43,16 +43,20 @@ def checkpoint_list_prunable() -> QuerySet[Checkpoint]:
     """The epoch checkpoints nothing needs any more, oldest first.
 
     Those of finished runs (an unfinished run may still resume from any of its
-    own), neither active nor named by a prediction. A run that ended without a
-    final checkpoint (failed, cancelled) keeps its newest epoch checkpoint: its
-    only model, which may still be activated.
+    own) and those whose run is gone, neither active nor named by a prediction.
+    A run that ended without a final checkpoint (failed, cancelled) keeps its
+    newest epoch checkpoint: its only model, which may still be activated. An
+    epoch checkpoint whose run is gone is no run's to resume from, and nothing
+    tells whether it was a failed run's last one: it goes, while final
+    checkpoints, with a run or without, all stay.
     """
     newest_epoch = Checkpoint.objects.filter(run=OuterRef("run"), is_final=False).order_by("-epoch").values("epoch")
     has_final = Checkpoint.objects.filter(run=OuterRef("run"), is_final=True)
     return (
-        Checkpoint.objects.filter(is_final=False, is_active=False, run__status__in=TrainingRun.FINISHED)
+        Checkpoint.objects.filter(is_final=False, is_active=False)
+        .filter(Q(run__status__in=TrainingRun.FINISHED) | Q(run__isnull=True))
         .exclude(_predictions_made_with(OuterRef("pk")))
-        .exclude(Q(epoch=Subquery(newest_epoch[:1])) & ~Exists(has_final))
+        .exclude(Q(run__isnull=False) & Q(epoch=Subquery(newest_epoch[:1])) & ~Exists(has_final))
         .order_by("created_at", "pk")
     )
 

@@ -1,4 +1,4 @@
-"""The inference device: chosen from settings, and checked before a worker's pool forks."""
+"""The inference device, chosen from settings and checked before a worker's pool forks; the per-process model cache."""
 import os
 import subprocess
 import sys
@@ -58,3 +58,18 @@ print("child exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "child exit 0", done.stdout
+
+
+@pytest.mark.parametrize("digest_read", [True, False], ids=["digest read with the id", "digest looked up"])
+def test_a_checkpoint_id_that_comes_to_name_another_file_is_loaded_afresh(
+    register_checkpoint, trained_model_file, always_seven_model_file, digest_read
+):
+    held = inference.model_for_checkpoint_id(checkpoint_id=register_checkpoint(trained_model_file, name="model").pk)
+    # Another model written where the first was, and registered again: the same row, now with another digest.
+    again = register_checkpoint(always_seven_model_file, name="model")
+    assert again.pk == held.checkpoint_id
+    # A worker's claim reads the digest with the id; another caller has it looked up.
+    digest = {"sha256": again.sha256} if digest_read else {}
+    loaded = inference.model_for_checkpoint_id(checkpoint_id=again.pk, **digest)
+    assert loaded is not held and loaded.sha256 == again.sha256
+    assert inference.model_for_checkpoint_id(checkpoint_id=again.pk, **digest) is loaded  # and only once

@@ -87,6 +87,67 @@ def test_a_newly_activated_checkpoint_is_used_without_restarting_the_worker(
     assert celery_worker_process.log().count("loaded checkpoint") == 2
 
 
+def test_a_checkpoint_staff_roll_back_from_and_delete_never_answers_again_in_a_worker_that_had_it_loaded(
+    celery_worker_process, user, digit_png, active_checkpoint, register_checkpoint, always_seven_model_file,
+    django_capture_on_commit_callbacks,
+):
+    from training import services as training_services
+    from training.models import Checkpoint
+
+    seven = register_checkpoint(always_seven_model_file, name="seven")
+    (first,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    assert wait_for(first.pk).checkpoint_id == seven.pk  # the worker now holds the always-seven model
+
+    training_services.checkpoint_activate(checkpoint=active_checkpoint)
+    # A checkpoint that made predictions is kept for their sake: they go first, then the checkpoint and its file.
+    with django_capture_on_commit_callbacks(execute=True):
+        services.upload_delete(upload=first.upload)
+        training_services.checkpoint_delete(checkpoint=seven)
+    assert not Checkpoint.objects.filter(pk=seven.pk).exists()
+
+    (second,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    after = wait_for(second.pk)
+    assert (after.status, after.checkpoint_id, after.digit) == ("done", active_checkpoint.pk, 2), after.error
+    assert f"loaded checkpoint {active_checkpoint.pk} on cpu" in celery_worker_process.log()
+
+
+def _as_a_database_recreated_empty():
+    """No uploads, predictions or checkpoints left, and checkpoint ids starting again at 1."""
+    from django.core.management.color import no_style
+    from django.db import connection
+
+    from classifier.models import Upload
+    from training.models import Checkpoint
+
+    Upload.objects.all().delete()
+    Checkpoint.objects.all().delete()
+    with connection.cursor() as cursor:
+        for statement in connection.ops.sequence_reset_by_name_sql(
+            no_style(), [{"table": Checkpoint._meta.db_table, "column": "id"}]
+        ):
+            cursor.execute(statement)
+
+
+def test_a_worker_never_answers_with_the_model_it_holds_for_a_checkpoint_id_that_now_names_another_model(
+    celery_worker_process, user, digit_png, register_checkpoint, trained_model_file, always_seven_model_file
+):
+    _as_a_database_recreated_empty()
+    trained = register_checkpoint(trained_model_file, name="trained")
+    (first,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    assert wait_for(first.pk).digit == 2  # the worker now holds the trained model, as checkpoint 1
+
+    # The database volume recreated empty (or an older dump restored) while the worker runs on: its first
+    # checkpoint is checkpoint 1 again, another model.
+    _as_a_database_recreated_empty()
+    seven = register_checkpoint(always_seven_model_file, name="seven")
+    assert seven.pk == trained.pk
+
+    (second,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(1)), "two.png")], source="file")
+    after = wait_for(second.pk)
+    assert (after.status, after.checkpoint_id, after.digit) == ("done", seven.pk, 7), after.error
+    assert celery_worker_process.log().count("loaded checkpoint") == 2
+
+
 def test_the_sweeper_task_publishes_what_the_broker_missed(celery_worker_process, user, digit_png, active_checkpoint, settings):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(2)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)  # as if the broker had been down

@@ -840,6 +840,42 @@ def test_a_run_that_ended_without_a_final_checkpoint_keeps_its_last_epoch_checkp
     assert not _file(checkpoints["epoch-1"]).exists() and not _file(checkpoints["epoch-2"]).exists()
 
 
+def test_epoch_checkpoints_whose_run_is_gone_are_pruned_unless_active_or_predictions_were_made_with_them(
+    make_run_with_checkpoints, make_checkpoint, predict_with, django_capture_on_commit_callbacks
+):
+    succeeded, done = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=3, final=True)
+    failed, stopped = make_run_with_checkpoints(status=TrainingRun.Status.FAILED, epochs=2)
+    services.checkpoint_activate(checkpoint=done["epoch-1"])
+    predict_with(done["epoch-2"])
+    imported, _model = make_checkpoint()  # a final checkpoint registered without a run
+    # Deleted by hand: the checkpoints stay, naming no run.
+    TrainingRun.objects.filter(pk__in=[succeeded.pk, failed.pk]).delete()
+    assert not Checkpoint.objects.exclude(run=None).exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.checkpoints_prune()
+    pruned = [done["epoch-3"], stopped["epoch-1"], stopped["epoch-2"]]
+    assert sorted(c.id for c in result.checkpoints) == sorted(c.pk for c in pruned)
+    assert {c.run_id for c in result.checkpoints} == {None}
+    kept = [done["epoch-1"], done["epoch-2"], done["final"], imported]
+    assert set(Checkpoint.objects.all()) == set(kept)
+    assert all(_file(c).exists() for c in kept) and not any(_file(c).exists() for c in pruned)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prune_of_checkpoints_whose_run_is_gone_removes_their_files_only_once_committed(make_run_with_checkpoints):
+    run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.SUCCEEDED, epochs=2, final=True)
+    TrainingRun.objects.filter(pk=run.pk).delete()
+    epochs = [checkpoints["epoch-1"], checkpoints["epoch-2"]]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert services.checkpoints_prune().count == 2
+        assert all(_file(c).exists() for c in epochs)
+        raise RuntimeError("the caller's transaction fails after the prune")
+    assert Checkpoint.objects.count() == 3 and all(_file(c).exists() for c in checkpoints.values())
+    assert services.checkpoints_prune().count == 2
+    assert list(Checkpoint.objects.all()) == [checkpoints["final"]] and not any(_file(c).exists() for c in epochs)
+
+
 def test_a_dry_run_prune_lists_what_it_would_delete_and_deletes_nothing(
     make_run_with_checkpoints, django_capture_on_commit_callbacks
 ):

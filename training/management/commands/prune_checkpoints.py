@@ -13,9 +13,10 @@ def _size(size: int) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Delete the epoch checkpoints of finished runs that are not active and that no prediction was made with, "
-        "with their files. Final checkpoints, those of queued or running runs, and the last epoch checkpoint of "
-        "a run that ended without a final one are kept, as is every file that no checkpoint names."
+        "Delete the epoch checkpoints of finished runs, and those whose run is gone, that are not active and that no "
+        "prediction was made with, with their files. Final checkpoints, those of queued or running runs, and the "
+        "last epoch checkpoint of a run that ended without a final one are kept, as is every file that no checkpoint "
+        "names."
     )
 
     def add_arguments(self, parser):
