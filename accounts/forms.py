@@ -13,7 +13,8 @@ RESERVED_USERNAMES = frozenset({"samples"})
 
 EMAIL_HELP_TEXT = (
     "Optional, and only for a link to reset your password should you forget it; whoever reads this inbox can reset "
-    "it. Without an address, an administrator sets a new password for you."
+    "it. It is used once you open the link mailed to it. Without an address, an administrator sets a new password "
+    "for you."
 )
 
 

@@ -1,11 +1,11 @@
-"""Helpers for the reset mail and the pages about it: a link's lifetime in words, and which mail errors may pass."""
+"""Helpers for the account mail and the pages about it: a link's lifetime in words, and which mail errors may pass."""
 import smtplib
 
 from django.template.defaultfilters import pluralize
 
 
 def duration_words(*, seconds: int) -> str:
-    """A whole number of days, hours or minutes ("1 hour", "3 days"), else seconds, for the reset pages and email."""
+    """A whole number of days, hours or minutes ("1 hour", "3 days"), else seconds, for the account pages and mail."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds % size == 0:
             return f"{seconds // size} {unit}{pluralize(seconds // size)}"

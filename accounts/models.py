@@ -1,4 +1,4 @@
-"""API tokens, kept as digests: a key is shown once, when it is made, and never stored."""
+"""API tokens, kept as digests (a key is shown once, when it is made, and never stored); email address confirmation."""
 from __future__ import annotations
 
 import datetime as dt
@@ -57,3 +57,25 @@ class ApiToken(models.Model):
     def is_expired(self) -> bool:
         expires_at = self.expires_at
         return expires_at is not None and expires_at <= timezone.now()
+
+
+class EmailAddressState(models.Model):
+    """Where an account's email address stands: when it was last set, and which address its owner confirmed.
+
+    The address itself stays on the user. It counts as confirmed only while it is the very address confirmed
+    (``confirmed_email``), so one changed anywhere else (the admin, a shell) is unconfirmed without anyone having
+    to remember to say so.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+                                related_name="email_state")
+    # A confirmation link made before this no longer works: it was for an address set before the current one.
+    set_at = models.DateTimeField()
+    confirmed_email = models.EmailField(max_length=254, blank=True, default="")
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "email address state"
+
+    def __str__(self) -> str:
+        return f"{self.confirmed_email or 'nothing'} confirmed"

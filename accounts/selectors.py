@@ -1,4 +1,5 @@
-"""Account reads: API tokens, the user behind a key, whether the site sends email, and who gets a reset link."""
+"""Account reads: API tokens, the user behind a key, whether the site sends email, whether an account's address is
+confirmed, and who gets a reset link."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
 from django.db import connection
 
-from accounts.models import ApiToken, api_token_digest
+from accounts.models import ApiToken, EmailAddressState, api_token_digest
 
 
 def password_reset_by_email_available() -> bool:
@@ -18,9 +19,22 @@ def password_reset_by_email_available() -> bool:
 
 def password_reset_user_list(*, email: str, user_ids: list[int] | None = None) -> list:
     """The accounts a reset link for ``email`` goes to, as Django's reset form finds them: active, with a password
-    that can be used, whose address is ``email`` in any case; only those of ``user_ids`` when given."""
-    users = PasswordResetForm().get_users(email)
-    return sorted((user for user in users if user_ids is None or user.pk in user_ids), key=lambda user: user.pk)
+    that can be used, whose address is ``email`` in any case, and confirmed (user_email_confirmed); only those of
+    ``user_ids`` when given."""
+    users = [user for user in PasswordResetForm().get_users(email) if user_ids is None or user.pk in user_ids]
+    # Only to a confirmed address: anyone may give an account someone else's, which must not receive links.
+    confirmed = set(EmailAddressState.objects.filter(user_id__in=[user.pk for user in users])
+                    .values_list("user_id", "confirmed_email"))
+    return sorted((user for user in users if (user.pk, user.email) in confirmed), key=lambda user: user.pk)
+
+
+def user_email_confirmed(*, user) -> bool:
+    """Whether ``user``'s address, as it is now, is one its owner confirmed by following a link mailed to it."""
+    return bool(user.email) and EmailAddressState.objects.filter(user_id=user.pk, confirmed_email=user.email).exists()
+
+
+def email_address_state_get(*, user) -> EmailAddressState | None:
+    return EmailAddressState.objects.filter(user_id=user.pk).first()
 
 
 def api_token_list_for_user(*, user) -> list[ApiToken]:

@@ -1,4 +1,7 @@
-"""Account writes: the demo account, API tokens, email addresses, deletion, log-in counts, and reset links."""
+"""Account writes: the demo account, API tokens, email addresses and their confirmation, deletion, log-in counts, and
+reset links."""
+import dataclasses
+import enum
 import hashlib
 import ipaddress
 import logging
@@ -12,6 +15,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
+from django.core import signing
 from django.core.cache import cache
 from django.core.mail import EmailMessage, get_connection
 from django.db import DatabaseError, transaction
@@ -24,7 +28,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from accounts import selectors
 from accounts.mail import duration_words, mail_error_is_transient
-from accounts.models import ApiToken, api_token_digest
+from accounts.models import ApiToken, EmailAddressState, api_token_digest
 from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
@@ -125,12 +129,54 @@ def login_failures_forget(*, username: str, ip: str) -> None:
     cache.delete(next(iter(_limits(username=username, ip=ip))))
 
 
-class PasswordResetThrottled(Exception):
-    """A reset link asked for too often, from one client address or for one email address; nothing was sent."""
+class MailThrottled(Exception):
+    """A message asked for too often; nothing was sent. ``retry_after``: the seconds until one would be."""
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class PasswordResetThrottled(MailThrottled):
+    """A reset link asked for too often, from one client address or for one email address; nothing was sent."""
+
+
+# (cache key, (count, period), refusal with a {minutes} to fill in) for each limit a message is counted against.
+Limits = list[tuple[str, tuple[int, float], str]]
+
+
+def _allowances_take(*, limits: Limits, refused: type[MailThrottled], what: str) -> None:
+    """Spend one message of each of ``limits``; raises ``refused``, having spent nothing, when one is spent.
+
+    An unreachable cache throttles nothing: it must not keep people out of their account.
+    """
+    now, spent = time.time(), []
+    try:
+        for key, (count, period), message in limits:
+            retry_after = allowance_take(key=key, now=now, cost=period / count, period=period)
+            if retry_after > TOLERANCE_S:
+                refusal = refused(message.format(minutes=math.ceil(retry_after / 60)), retry_after=retry_after)
+                break
+            spent.append((key, period / count, period))
+        else:
+            return
+        # Refused for one limit: what the others spent is given back, as nothing was sent.
+        for key, cost, period in spent:
+            allowance_take(key=key, now=now, cost=-cost, period=period)
+    except Exception:  # noqa: BLE001 - an unreachable cache must not keep people out of their account
+        logger.warning("%s throttle skipped: the cache is unavailable", what, exc_info=True)
+        return
+    raise refusal
+
+
+def _allowances_give_back(*, limits: Limits, what: str) -> None:
+    """Give back what _allowances_take spent on a request that sent nothing (the broker was down)."""
+    now = time.time()
+    try:
+        for key, (count, period), _message in limits:
+            allowance_take(key=key, now=now, cost=-period / count, period=period)
+    except Exception:  # noqa: BLE001 - a request not given back is only counted, as if its mail had gone
+        logger.warning("could not give back a %s request: the cache is unavailable", what, exc_info=True)
 
 
 def _email_key(email: str) -> str:
@@ -139,7 +185,7 @@ def _email_key(email: str) -> str:
     return hashlib.sha256(folded.encode()).hexdigest()
 
 
-def _password_reset_limits(*, ip: str, email: str) -> list[tuple[str, tuple[int, float], str]]:
+def _password_reset_limits(*, ip: str, email: str) -> Limits:
     """(cache key, (count, period), refusal) for each reset limit in force: the client's address, the email address."""
     limits = [
         (f"throttle_password_reset_ip_{address_key(ip)}", rate_parse(settings.PASSWORD_RESET_THROTTLE_RATE),
@@ -160,34 +206,13 @@ def password_reset_allowance_take(*, ip: str, email: str) -> None:
     client's (PASSWORD_RESET_THROTTLE_RATE) keeps one client from sending links to address after address. Raises
     PasswordResetThrottled, having spent nothing, when either is spent. An unreachable cache throttles nothing.
     """
-    now, spent = time.time(), []
-    try:
-        for key, (count, period), message in _password_reset_limits(ip=ip, email=email):
-            retry_after = allowance_take(key=key, now=now, cost=period / count, period=period)
-            if retry_after > TOLERANCE_S:
-                refusal = PasswordResetThrottled(message.format(minutes=math.ceil(retry_after / 60)),
-                                                 retry_after=retry_after)
-                break
-            spent.append((key, period / count, period))
-        else:
-            return
-        # Refused for the email address: the client's request is given back, as nothing was sent.
-        for key, cost, period in spent:
-            allowance_take(key=key, now=now, cost=-cost, period=period)
-    except Exception:  # noqa: BLE001 - as for sign-ups: an unreachable cache must not keep people out of their account
-        logger.warning("password reset throttle skipped: the cache is unavailable", exc_info=True)
-        return
-    raise refusal
+    _allowances_take(limits=_password_reset_limits(ip=ip, email=email), refused=PasswordResetThrottled,
+                     what="password reset")
 
 
 def password_reset_allowance_give_back(*, ip: str, email: str) -> None:
     """Give back what password_reset_allowance_take spent on a request that sent nothing (the broker was down)."""
-    now = time.time()
-    try:
-        for key, (count, period), _message in _password_reset_limits(ip=ip, email=email):
-            allowance_take(key=key, now=now, cost=-period / count, period=period)
-    except Exception:  # noqa: BLE001 - a request not given back is only counted, as if its mail had gone
-        logger.warning("could not give back a password reset request: the cache is unavailable", exc_info=True)
+    _allowances_give_back(limits=_password_reset_limits(ip=ip, email=email), what="password reset")
 
 
 def password_reset_email_publish(*, email: str) -> bool:
@@ -208,12 +233,39 @@ def password_reset_email_publish(*, email: str) -> bool:
     return True
 
 
-class PasswordResetEmailDeferred(Exception):
-    """The mail server could not take a reset message now and may later; ``user_ids`` are the accounts it is for."""
+class EmailDeferred(Exception):
+    """The mail server could not take a message now and may later; ``user_ids`` are the accounts it is for."""
 
     def __init__(self, message: str, *, user_ids: list[int]) -> None:
         super().__init__(message)
         self.user_ids = user_ids
+
+
+class PasswordResetEmailDeferred(EmailDeferred):
+    """The mail server could not take a reset message now and may later."""
+
+
+def _message_send(*, message: EmailMessage, what: str, user_ids: list[int],
+                  deferred: type[EmailDeferred] = EmailDeferred) -> bool:
+    """Send ``message`` (the ``what`` for ``user_ids``); False when the server refused it for good (a 5xx answer: no
+    such mailbox), which is logged. Raises ``deferred`` when the server cannot take it now and may later."""
+    sent = False
+    try:
+        with get_connection() as connection:
+            connection.send_messages([message])
+            sent = True
+    except Exception as exc:
+        if sent:
+            # The message went; only saying goodbye failed.
+            logger.warning("the mail server failed after the %s was sent: %s", what, exc)
+            return True
+        if not mail_error_is_transient(exc):
+            if isinstance(exc, smtplib.SMTPException):
+                logger.error("the mail server refused the %s to users %s: %s", what, user_ids, exc)
+                return False
+            raise
+        raise deferred(f"the mail server could not take a {what} now: {exc}", user_ids=user_ids) from exc
+    return True
 
 
 # The most accounts one reset message lists, so that accounts made by the hundred with someone's address cannot
@@ -245,8 +297,9 @@ def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) 
     """Mail ``email`` one message with a reset link for each account that has it (selectors.password_reset_user_list);
     returns how many links it carried, none when no account has the address.
 
-    One message, whatever the number of accounts: addresses are neither unique nor confirmed, so anyone may make
-    accounts naming someone's inbox, and a message each would multiply what the email address's limit lets through.
+    One message, whatever the number of accounts: addresses are not unique, and a message each would multiply what
+    the email address's limit lets through. Only confirmed addresses get one (selectors.password_reset_user_list):
+    anyone may give an account someone else's.
     It lists PASSWORD_RESET_ACCOUNTS_PER_MESSAGE at most, and says how many more there are. It goes to the address
     as an account stored it, and lists only the accounts stored with that very spelling (some servers tell the case
     of the name before the @ apart): the spelling asked for when an account has it, else the oldest account's.
@@ -265,38 +318,221 @@ def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) 
     listed = users[:PASSWORD_RESET_ACCOUNTS_PER_MESSAGE]
     message = _password_reset_message(recipient=recipient, users=listed, unlisted=len(users) - len(listed),
                                       site=urlsplit(settings.SITE_URL))
-    user_ids = [user.pk for user in users]
-    sent = False
+    sent = _message_send(message=message, what="password reset email", user_ids=[user.pk for user in users],
+                         deferred=PasswordResetEmailDeferred)
+    return len(listed) if sent else 0
+
+
+class ConfirmationLink(enum.Enum):
+    """What became of a link confirming an account's address."""
+
+    QUEUED = "queued"  # on its way, sent by a worker once the transaction commits
+    NOT_QUEUED = "not_queued"  # the broker failed: nothing was sent
+    THROTTLED = "throttled"  # too many lately, for the account or for the address
+    NO_MAIL = "no_mail"  # this site sends no email
+    NOT_NEEDED = "not_needed"  # no address, or one confirmed already
+
+
+@dataclasses.dataclass(frozen=True)
+class EmailConfirmationRequest:
+    link: ConfirmationLink
+    refusal: str = ""  # for THROTTLED: why, and for how long
+    retry_after: float = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EmailSetResult:
+    changed: bool
+    confirmation: EmailConfirmationRequest
+    # Whether the notice to the confirmed address replaced or removed was queued; None when none was due.
+    notice_queued: bool | None
+
+
+class EmailConfirmationThrottled(MailThrottled):
+    """Confirmation links asked for too often, for one account or to one email address; nothing was sent."""
+
+
+class EmailConfirmationError(Exception):
+    """A confirmation link that does not work (any more); the message says why, to the person who opened it."""
+
+
+def _email_confirmation_limits(*, user_id: int, email: str) -> Limits:
+    rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
+    if rate is None:
+        return []
+    return [
+        (f"throttle_email_confirmation_user_{user_id}", rate,
+         "Too many confirmation links were sent for your account lately; send one again in {minutes} minutes."),
+        (f"throttle_email_confirmation_email_{_email_key(email)}", rate,
+         "Too many confirmation links went to this address lately; send one again in {minutes} minutes."),
+    ]
+
+
+def _task_publish(*, task, kwargs: dict, what: str) -> bool:
     try:
-        with get_connection() as connection:
-            connection.send_messages([message])
-            sent = True
-    except Exception as exc:
-        if sent:
-            # The message went; only saying goodbye failed.
-            logger.warning("the mail server failed after the password reset email was sent: %s", exc)
-            return len(listed)
-        if not mail_error_is_transient(exc):
-            if isinstance(exc, smtplib.SMTPException):
-                logger.error("the mail server refused the password reset email to users %s: %s", user_ids, exc)
-                return 0
-            raise
-        raise PasswordResetEmailDeferred(
-            f"the mail server could not take a password reset email now: {exc}", user_ids=user_ids
-        ) from exc
-    return len(listed)
+        task.apply_async(kwargs=kwargs)
+    except Exception:  # noqa: BLE001 - any broker error: the caller says that nothing was sent
+        logger.exception("could not queue %s for user %s; nothing was sent", what, kwargs.get("user_id"))
+        return False
+    return True
 
 
-def user_email_set(*, user, email: str) -> None:
-    """Set the address ``user``'s password reset links go to; "" removes it (an administrator resets it then).
+def email_confirmation_request(*, user) -> EmailConfirmationRequest:
+    """Queue a link confirming ``user``'s address, to that address (accounts.tasks.email_confirmation_send).
+
+    Nothing is sent for no address, one confirmed already, or on a site that sends no email (the address then waits
+    until the site does and its owner asks for a link). Counted against the account and against the address
+    (EMAIL_CONFIRMATION_THROTTLE_RATE): anyone may give accounts someone's address, and each would mail it. A broker
+    failure is logged and given back: the address stays as saved, waiting, and its owner may ask again.
+
+    Within a transaction the link is queued once it commits, and reported QUEUED; outside one, as a page is served,
+    the broker is tried at once and its failure reported.
+    """
+    if not user.email or selectors.user_email_confirmed(user=user):
+        return EmailConfirmationRequest(ConfirmationLink.NOT_NEEDED)
+    if not selectors.password_reset_by_email_available():
+        return EmailConfirmationRequest(ConfirmationLink.NO_MAIL)
+    from accounts.tasks import email_confirmation_send as send_task
+
+    limits = _email_confirmation_limits(user_id=user.pk, email=user.email)
+    try:
+        _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
+    except EmailConfirmationThrottled as exc:
+        return EmailConfirmationRequest(ConfirmationLink.THROTTLED, refusal=str(exc), retry_after=exc.retry_after)
+    kwargs, queued = {"user_id": user.pk, "email": user.email}, []
+    transaction.on_commit(lambda: queued.append(_task_publish(task=send_task, kwargs=kwargs,
+                                                              what="an email confirmation link")))
+    if queued == [False]:
+        _allowances_give_back(limits=limits, what="email confirmation")
+        return EmailConfirmationRequest(ConfirmationLink.NOT_QUEUED)
+    return EmailConfirmationRequest(ConfirmationLink.QUEUED)
+
+
+def user_email_set(*, user, email: str) -> EmailSetResult:
+    """Set the address ``user``'s password reset links go to, once confirmed; "" removes it (an administrator resets
+    the password then).
+
+    A new address waits for its owner to follow the link mailed to it (email_confirmation_request): until then no
+    reset link goes there, so nobody can point the links at an inbox they do not read, nor at someone else's. Saving
+    the address already set asks for another link if it waits. A confirmed address replaced or removed gets a
+    notice (accounts.tasks.email_change_notice_send): a session taken over and used to redirect the links is seen.
 
     Not unique: an address may serve several accounts (one message lists a link for each), and a refusal for an
-    address in use would tell anyone which addresses have an account here. Links sent to the old address stop
-    working, as Django's reset token covers the address.
+    address in use would tell anyone which addresses have an account here. Reset and confirmation links sent to the
+    old address stop working, as both cover the address.
     """
     # The domain in lower case, as sign-up stores it; the name before the @ as typed (some servers tell case apart).
-    user.email = get_user_model().objects.normalize_email(email.strip())
-    user.save(update_fields=["email"])
+    email = get_user_model().objects.normalize_email(email.strip())
+    notice: list[bool] = []
+    with transaction.atomic():
+        # Two changes at once (two tabs) take turns, so each notice names the address the change really replaced.
+        locked = get_user_model().objects.select_for_update().get(pk=user.pk)
+        changed = locked.email != email
+        if changed:
+            old, old_confirmed = locked.email, selectors.user_email_confirmed(user=locked)
+            locked.email = email
+            locked.save(update_fields=["email"])
+            EmailAddressState.objects.update_or_create(
+                user=locked, defaults={"set_at": timezone.now(), "confirmed_email": "", "confirmed_at": None})
+            if old_confirmed:
+                from accounts.tasks import email_change_notice_send as notice_task
+
+                kwargs = {"user_id": locked.pk, "email": old, "replaced": bool(email)}
+                transaction.on_commit(lambda: notice.append(_task_publish(
+                    task=notice_task, kwargs=kwargs, what="the notice of an email address change")))
+            notice_due = old_confirmed
+        else:
+            notice_due = False
+    user.email = email
+    confirmation = email_confirmation_request(user=user)
+    return EmailSetResult(changed=changed, confirmation=confirmation,
+                          notice_queued=(notice != [False]) if notice_due else None)
+
+
+def _email_confirmation_digest(*, user, state: EmailAddressState | None) -> str:
+    # The address and when it was set: a link stops working once the address changes, even back to the same one.
+    set_at = state.set_at.isoformat() if state is not None else ""
+    return hashlib.sha256(f"{user.pk}\n{user.email}\n{set_at}".encode()).hexdigest()[:32]
+
+
+_EMAIL_CONFIRMATION_SALT = "accounts.email-confirmation"
+
+
+def email_confirmation_token_make(*, user) -> str:
+    """A signed, timed token confirming ``user``'s current address; good for nothing else (its own salt)."""
+    digest = _email_confirmation_digest(user=user, state=selectors.email_address_state_get(user=user))
+    return signing.dumps({"u": user.pk, "d": digest}, salt=_EMAIL_CONFIRMATION_SALT)
+
+
+def email_confirmation_user_get(*, token: str):
+    """The account whose current address ``token`` confirms; raises EmailConfirmationError for a token that has
+    expired (EMAIL_CONFIRMATION_TIMEOUT), was made for an address since changed, or was never made here."""
+    try:
+        payload = signing.loads(token, salt=_EMAIL_CONFIRMATION_SALT, max_age=settings.EMAIL_CONFIRMATION_TIMEOUT)
+    except signing.SignatureExpired:
+        raise EmailConfirmationError(
+            "This link has expired. Sign in and send a new one from your Account page.") from None
+    except signing.BadSignature:
+        raise EmailConfirmationError("This link does not work: it may have been cut short when it was copied.") from None
+    user = get_user_model().objects.filter(pk=payload.get("u")).first() if isinstance(payload, dict) else None
+    if user is None or payload.get("d") != _email_confirmation_digest(
+            user=user, state=selectors.email_address_state_get(user=user)):
+        raise EmailConfirmationError(
+            "This link no longer works: the account's email address was changed after it was sent.")
+    return user
+
+
+def email_confirm(*, token: str):
+    """Confirm the address ``token`` was mailed to (email_confirmation_token_make); returns the account. Following a
+    link twice does no harm. Raises EmailConfirmationError as email_confirmation_user_get does."""
+    with transaction.atomic():
+        pk = email_confirmation_user_get(token=token).pk
+        # Checked again under the lock a change takes: an address changed meanwhile is not confirmed by this link.
+        get_user_model().objects.select_for_update().filter(pk=pk).first()
+        user = email_confirmation_user_get(token=token)
+        if not selectors.user_email_confirmed(user=user):
+            EmailAddressState.objects.update_or_create(
+                user=user, defaults={"confirmed_email": user.email, "confirmed_at": timezone.now()},
+                create_defaults={"set_at": timezone.now(), "confirmed_email": user.email,
+                                 "confirmed_at": timezone.now()})
+    return user
+
+
+def _site_message(*, template: str, context: dict, recipient: str) -> EmailMessage:
+    site = urlsplit(settings.SITE_URL)
+    context = {**context, "domain": site.netloc, "site_url": f"{site.scheme}://{site.netloc}"}
+    # One line: a header cannot hold a line break.
+    subject = "".join(render_to_string(f"registration/{template}_subject.txt", context).splitlines())
+    body = render_to_string(f"registration/{template}_email.txt", context)
+    return EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
+
+
+def email_confirmation_send(*, user_id: int, email: str) -> bool:
+    """Mail ``email`` the link confirming it as account ``user_id``'s address, from SITE_URL; False, sending
+    nothing, when the account is gone, its address is no longer ``email`` (a later change sent its own link) or is
+    confirmed already. Raises EmailDeferred when the mail server cannot take it now; a permanent refusal is logged."""
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or user.email != email or selectors.user_email_confirmed(user=user):
+        return False
+    path = reverse("email_confirm", kwargs={"token": email_confirmation_token_make(user=user)})
+    message = _site_message(template="email_confirmation", recipient=email, context={
+        "username": user.get_username(),
+        "confirm_path": path,
+        "link_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
+    })
+    return _message_send(message=message, what="email confirmation link", user_ids=[user.pk])
+
+
+def email_change_notice_send(*, user_id: int, email: str, replaced: bool) -> bool:
+    """Tell ``email``, account ``user_id``'s confirmed address until now, that it was ``replaced`` (else removed):
+    should someone else have done it, its owner learns before a reset link goes elsewhere. Sent even when the account
+    is gone since; raises EmailDeferred when the mail server cannot take it now."""
+    user = get_user_model().objects.filter(pk=user_id).first()
+    message = _site_message(template="email_change_notice", recipient=email, context={
+        "username": user.get_username() if user is not None else "",
+        "replaced": replaced,
+    })
+    return _message_send(message=message, what="email change notice", user_ids=[user_id])
 
 
 class DemoUserError(ValueError):

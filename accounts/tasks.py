@@ -1,4 +1,5 @@
-"""Celery tasks for accounts: mailing password reset links from a worker, away from the request that asked."""
+"""Celery tasks for accounts: mailing reset links, address confirmations and change notices from a worker, away from
+the request that asked."""
 import logging
 
 from celery import shared_task
@@ -17,35 +18,59 @@ RETRY_BACKOFF_S = 5
 RETRY_BACKOFF_MAX_S = 160
 MAX_RETRIES = 6
 
-
-@shared_task(
-    bind=True,
-    name="accounts.tasks.password_reset_email_send",
-    acks_late=True,
+MAIL_TASK_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
     # Each exchange with the mail server waits EMAIL_TIMEOUT at most, and one message takes a handful of them.
-    soft_time_limit=60,
-    time_limit=90,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=RETRY_BACKOFF_S,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    max_retries=MAX_RETRIES,
-    ignore_result=True,
-)
+    "soft_time_limit": 60,
+    "time_limit": 90,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": RETRY_BACKOFF_S,
+    "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+    "max_retries": MAX_RETRIES,
+    "ignore_result": True,
+}
+
+
+def _retry_or_give_up(task, exc: services.EmailDeferred, *, what: str, kwargs: dict) -> int:
+    """Send the message again later (with ``kwargs``), or log giving up once MAX_RETRIES are spent; returns 0 then."""
+    tries = task.request.retries + 1
+    if task.request.retries >= task.max_retries:
+        logger.error("gave up on the %s to users %s after %d tries: %s", what, exc.user_ids, tries, exc.__cause__)
+        return 0
+    countdown = get_exponential_backoff_interval(
+        factor=RETRY_BACKOFF_S, retries=task.request.retries, maximum=RETRY_BACKOFF_MAX_S, full_jitter=True
+    )
+    logger.warning("%s to users %s deferred (try %d), again in %d s: %s", what, exc.user_ids, tries, countdown,
+                   exc.__cause__)
+    raise task.retry(kwargs=kwargs, countdown=countdown, exc=exc)
+
+
+@shared_task(name="accounts.tasks.password_reset_email_send", **MAIL_TASK_OPTIONS)
 def password_reset_email_send(self, email: str, user_ids: list[int] | None = None) -> int:
     try:
         return services.password_reset_email_send(
             email=email, user_ids=None if user_ids is None else [int(pk) for pk in user_ids]
         )
     except services.PasswordResetEmailDeferred as exc:
-        tries = self.request.retries + 1
-        if self.request.retries >= self.max_retries:
-            logger.error("gave up on the password reset email to users %s after %d tries: %s", exc.user_ids, tries,
-                         exc.__cause__)
-            return 0
-        countdown = get_exponential_backoff_interval(
-            factor=RETRY_BACKOFF_S, retries=self.request.retries, maximum=RETRY_BACKOFF_MAX_S, full_jitter=True
-        )
-        logger.warning("password reset email to users %s deferred (try %d), again in %d s: %s", exc.user_ids, tries,
-                       countdown, exc.__cause__)
         # The same accounts' links: none for an account given the address since the request.
-        raise self.retry(kwargs={"email": email, "user_ids": exc.user_ids}, countdown=countdown, exc=exc)
+        return _retry_or_give_up(self, exc, what="password reset email", kwargs={"email": email,
+                                                                                 "user_ids": exc.user_ids})
+
+
+@shared_task(name="accounts.tasks.email_confirmation_send", **MAIL_TASK_OPTIONS)
+def email_confirmation_send(self, user_id: int, email: str) -> int:
+    try:
+        return int(services.email_confirmation_send(user_id=int(user_id), email=email))
+    except services.EmailDeferred as exc:
+        return _retry_or_give_up(self, exc, what="email confirmation link",
+                                 kwargs={"user_id": user_id, "email": email})
+
+
+@shared_task(name="accounts.tasks.email_change_notice_send", **MAIL_TASK_OPTIONS)
+def email_change_notice_send(self, user_id: int, email: str, replaced: bool) -> int:
+    try:
+        return int(services.email_change_notice_send(user_id=int(user_id), email=email, replaced=bool(replaced)))
+    except services.EmailDeferred as exc:
+        return _retry_or_give_up(self, exc, what="email change notice",
+                                 kwargs={"user_id": user_id, "email": email, "replaced": replaced})

@@ -15,6 +15,8 @@ urlpatterns = [
     path("password/reset/<uidb64>/<token>/", views.SitePasswordResetConfirmView.as_view(),
          name="password_reset_confirm"),
     path("email/", views.account_email_change, name="account_email_change"),
+    path("email/confirmation/", views.account_email_confirmation_send, name="account_email_confirmation_send"),
+    path("email/confirm/<str:token>/", views.email_confirm, name="email_confirm"),
     path("tokens/", views.account_token_create, name="account_token_create"),
     path("tokens/<int:token_id>/revoke/", views.account_token_revoke, name="account_token_revoke"),
     path("delete/", views.account_delete, name="account_delete"),

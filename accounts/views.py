@@ -1,4 +1,5 @@
-"""Sign-up (a few accounts an hour per address), log-in that slows guessing, log-out, password reset, account page."""
+"""Sign-up (a few accounts an hour per address), log-in that slows guessing, log-out, password reset, account page,
+and the link confirming an email address."""
 import logging
 import math
 import time
@@ -118,6 +119,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             user = form.save()
             login(request, user)
             messages.success(request, "Welcome! Upload or draw a digit to get started.")
+            _confirmation_messages(request, services.email_confirmation_request(user=user), email=user.email)
             return redirect("classifier:upload")
         _signup_allowance_take(request, share=FAILED_SIGNUP_SHARE - 1)
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
@@ -173,6 +175,8 @@ def _account_page(
         "email_form": email_form or AccountEmailForm(user=request.user, request=request,
                                                      initial={"email": request.user.email}),
         "password_reset_available": selectors.password_reset_by_email_available(),
+        "email_confirmed": selectors.user_email_confirmed(user=request.user),
+        "confirmation_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
         "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
     }
     response = render(request, "registration/account.html", context, status=status)
@@ -217,20 +221,67 @@ def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     return redirect("account")
 
 
+def _confirmation_messages(request: HttpRequest, request_outcome: services.EmailConfirmationRequest, *,
+                           email: str) -> None:
+    """Say what became of the link confirming ``email``, the account's address."""
+    link, valid_for = request_outcome.link, duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT)
+    if link is services.ConfirmationLink.QUEUED:
+        messages.success(request, f"A link to confirm {email} is on its way to it. Password reset links go there once "
+                         f"you open that link, which works for {valid_for}.")
+    elif link is services.ConfirmationLink.THROTTLED:
+        messages.warning(request, f"Your address {email} was saved, but waits for confirmation: no link was sent. "
+                         f"{request_outcome.refusal}")
+    elif link is services.ConfirmationLink.NOT_QUEUED:
+        messages.warning(request, f"Your address {email} was saved, but waits for confirmation: the link could not be "
+                         "sent now. Press “Send the link again” in a moment.")
+    elif link is services.ConfirmationLink.NO_MAIL:
+        messages.success(request, f"Your address {email} was saved; this site sends no email at present, so no reset "
+                         "link can reach it: ask an administrator should you forget your password.")
+
+
 @require_http_methods(["POST"])
 def account_email_change(request: HttpRequest) -> HttpResponse:
     form = AccountEmailForm(request.POST, user=request.user, request=request)
     if not form.is_valid():
         return _account_page(request, email_form=form, status=400)
-    services.user_email_set(user=request.user, email=form.cleaned_data["email"])
-    if request.user.email and selectors.password_reset_by_email_available():
-        messages.success(request, f"Password reset links now go to {request.user.email}.")
-    elif request.user.email:
-        messages.success(request, f"Your address {request.user.email} was saved; this site sends no email at present, "
-                         "so no reset link can reach it: ask an administrator should you forget your password.")
-    else:
+    result = services.user_email_set(user=request.user, email=form.cleaned_data["email"])
+    if not request.user.email:
         messages.success(request, "Your email address was removed; an administrator resets a forgotten password.")
+    elif result.confirmation.link is services.ConfirmationLink.NOT_NEEDED:
+        messages.success(request, f"Password reset links go to {request.user.email}, which is confirmed.")
+    _confirmation_messages(request, result.confirmation, email=request.user.email)
+    if result.notice_queued:
+        messages.info(request, "A notice that the address changed went to your previous address.")
+    elif result.notice_queued is False:
+        messages.warning(request, "The notice that the address changed could not be sent to your previous address.")
     return redirect("account")
+
+
+@require_http_methods(["POST"])
+def account_email_confirmation_send(request: HttpRequest) -> HttpResponse:
+    outcome = services.email_confirmation_request(user=request.user)
+    if outcome.link is services.ConfirmationLink.NOT_NEEDED:
+        messages.info(request, "Your email address is confirmed already." if request.user.email
+                      else "Your account has no email address to confirm.")
+    else:
+        _confirmation_messages(request, outcome, email=request.user.email)
+    return redirect("account")
+
+
+@login_not_required
+@require_http_methods(["GET", "POST"])
+def email_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The link mailed to a new address: a page with a button that confirms it (a GET changes nothing, so mail
+    scanners that open links confirm nothing), working whether or not its reader is signed in, and there."""
+    try:
+        if request.method == "POST":
+            services.email_confirm(token=token)
+            return redirect(request.path)  # a reload then repeats nothing
+        account = services.email_confirmation_user_get(token=token)
+    except services.EmailConfirmationError as exc:
+        return render(request, "registration/email_confirm.html", {"refusal": str(exc)}, status=400)
+    context = {"account": account, "confirmed": selectors.user_email_confirmed(user=account)}
+    return render(request, "registration/email_confirm.html", context)
 
 
 @require_http_methods(["POST"])

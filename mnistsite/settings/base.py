@@ -458,6 +458,13 @@ if PASSWORD_RESET_TIMEOUT < 60:
 # (whoever asks), so the form cannot fill someone's inbox ("10/hour"; empty: no limit).
 PASSWORD_RESET_THROTTLE_RATE = env.str("PASSWORD_RESET_THROTTLE_RATE", default="10/hour")
 PASSWORD_RESET_EMAIL_THROTTLE_RATE = env.str("PASSWORD_RESET_EMAIL_THROTTLE_RATE", default="3/hour")
+# Seconds a link confirming an account's email address works (60 or more); reset links go only to a confirmed one.
+EMAIL_CONFIRMATION_TIMEOUT = env.int("EMAIL_CONFIRMATION_TIMEOUT", default=3 * 24 * 3600)
+if EMAIL_CONFIRMATION_TIMEOUT < 60:
+    raise ImproperlyConfigured("EMAIL_CONFIRMATION_TIMEOUT must be a number of seconds, 60 or more.")
+# Confirmation links that may be mailed per period for one account, and to one email address whichever accounts
+# name it (anyone may sign up with someone's address), so that nobody can fill an inbox ("3/hour"; empty: no limit).
+EMAIL_CONFIRMATION_THROTTLE_RATE = env.str("EMAIL_CONFIRMATION_THROTTLE_RATE", default="3/hour")
 
 LOGGING = {
     "version": 1,

@@ -1,4 +1,5 @@
-"""Fixtures for the password reset mail: a real SMTP server in this process, and the reset page's queued task."""
+"""Fixtures for the account mail: a real SMTP server in this process, the reset page's queued task, and addresses
+confirmed as their owners would."""
 import email
 import email.policy
 import socket
@@ -104,3 +105,46 @@ def ask_reset(reset_queue, django_capture_on_commit_callbacks):
         return response
 
     return ask
+
+
+def email_confirm(user):
+    """Confirm ``user``'s address as its owner would, by the link mailed to it; returns the user."""
+    from accounts.services import email_confirm as confirm
+    from accounts.services import email_confirmation_token_make
+
+    confirm(token=email_confirmation_token_make(user=user))
+    return user
+
+
+@pytest.fixture
+def confirmed_user(django_user_model):
+    """Make an account whose address its owner confirmed: ``confirmed_user(username=..., email=..., ...)``."""
+
+    def make(**fields):
+        return email_confirm(django_user_model.objects.create_user(**fields))
+
+    return make
+
+
+@pytest.fixture
+def post_and_mail(reset_queue, django_capture_on_commit_callbacks):
+    """Post as ``visitor``, then run the mail tasks it queued on the real broker here, as a worker would (their mail
+    lands in django.core.mail.outbox); returns the page's answer."""
+
+    def post(visitor, path: str, data: dict | None = None, **extra):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = visitor.post(path, data or {}, **extra)
+        run_queued(reset_queue)
+        return response
+
+    return post
+
+
+def confirmation_path(message) -> str:
+    """The path of the confirmation link in ``message`` (sent to the locmem outbox), without SITE_URL."""
+    import re
+
+    from django.conf import settings
+
+    body = message.body if hasattr(message, "body") else message.get_content()
+    return re.search(re.escape(settings.SITE_URL) + r"(/accounts/email/confirm/[^/\s]+/)", body).group(1)

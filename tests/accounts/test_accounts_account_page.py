@@ -11,6 +11,7 @@ from accounts.models import ApiToken
 from accounts.services import api_token_create
 from classifier import services as classifier_services
 from classifier.models import Upload
+from tests.accounts.conftest import confirmation_path, email_confirm
 from tests.classifier.fixtures import stored_size
 
 pytestmark = pytest.mark.django_db
@@ -268,7 +269,7 @@ def test_the_email_address_reset_links_go_to_is_set_on_the_account_page_only_wit
     assert user.email == ""  # a session alone cannot point the reset links at another inbox
     saved = signed_in.post("/accounts/email/", {"email-email": "Alice@EXAMPLE.com", "email-password": PASSWORD},
                            follow=True)
-    assert "Password reset links now go to Alice@example.com" in saved.content.decode()
+    assert "A link to confirm Alice@example.com is on its way to it" in saved.content.decode()
     user.refresh_from_db()
     assert user.email == "Alice@example.com"
 
@@ -301,6 +302,7 @@ def test_removing_the_email_address_stops_the_reset_links_already_sent(signed_in
 
     user.email = "alice@example.com"
     user.save()
+    email_confirm(user)
     ask_reset(Client(), "alice@example.com")
     link = re.search(re.escape(settings.SITE_URL) + r"(\S+)", mail.outbox[0].body).group(1)
     removed = signed_in.post("/accounts/email/", {"email-email": "", "email-password": PASSWORD}, follow=True)
@@ -314,3 +316,199 @@ def test_the_account_page_says_when_the_site_sends_no_email(signed_in, settings)
     assert "This site sends no email" not in signed_in.get("/accounts/").content.decode()
     settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
     assert "This site sends no email" in signed_in.get("/accounts/").content.decode()
+
+
+# Confirming the email address.
+
+EMAIL = "/accounts/email/"
+
+
+def _set_email(post, visitor, address: str, password: str = PASSWORD):
+    return post(visitor, EMAIL, {"email-email": address, "email-password": password})
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def _confirmed(user) -> bool:
+    from accounts.selectors import user_email_confirmed
+
+    user.refresh_from_db()
+    return user_email_confirmed(user=user)
+
+
+def _email_state(page) -> str:
+    return re.sub(r"\s+", " ", re.search(r'<p id="email-state">(.*?)</p>', page.content.decode(), re.S).group(1))
+
+
+def test_a_new_address_waits_until_the_link_mailed_to_it_is_opened_and_its_button_pressed(
+    signed_in, user, post_and_mail, settings
+):
+    from django.core import mail
+    from django.test import Client
+
+    settings.SITE_URL = "https://digits.example.com"
+    settings.DEFAULT_FROM_EMAIL = "digits@example.com"
+    assert _set_email(post_and_mail, signed_in, "alice@example.com").status_code == 302
+    (message,) = mail.outbox
+    assert message.to == ["alice@example.com"] and message.from_email == "digits@example.com"
+    assert message.subject == "Confirm your email address on digits.example.com"
+    assert 'the account "alice" on digits.example.com' in message.body and "within 3 days" in message.body
+    page = signed_in.get("/accounts/")
+    assert "waiting for confirmation" in _email_state(page) and "Send the link again" in page.content.decode()
+
+    # Opened anywhere, signed in or not: the page asks, and only its button confirms (mail scanners open links).
+    stranger, link = Client(), confirmation_path(message)
+    shown = stranger.get(link)
+    assert shown.status_code == 200 and "Confirm this address" in shown.content.decode()
+    assert not _confirmed(user)
+    confirmed = stranger.post(link)
+    assert confirmed.status_code == 302 and confirmed["Location"] == link
+    assert "Your email address is confirmed" in stranger.get(link).content.decode()
+    assert _confirmed(user)
+    page = signed_in.get("/accounts/")
+    assert "confirmed" in _email_state(page) and "waiting" not in _email_state(page)
+    assert "Send the link again" not in page.content.decode()
+    # Opened again, it does no harm.
+    assert stranger.post(link).status_code == 302 and _confirmed(user)
+
+
+def test_a_confirmation_link_stops_working_once_the_address_changes_even_back_to_the_same_one(
+    signed_in, user, post_and_mail
+):
+    from django.core import mail
+    from django.test import Client
+
+    _set_email(post_and_mail, signed_in, "alice@example.com")
+    first = confirmation_path(mail.outbox[0])
+    _set_email(post_and_mail, signed_in, "alice@example.net")
+    _set_email(post_and_mail, signed_in, "alice@example.com")
+    for response in (Client().get(first), Client().post(first)):
+        assert response.status_code == 400 and "address was changed after it was sent" in response.content.decode()
+    assert not _confirmed(user)
+    # The link sent last works.
+    assert Client().post(confirmation_path(mail.outbox[-1])).status_code == 302 and _confirmed(user)
+
+
+def test_a_confirmation_link_stops_working_once_its_time_is_up_and_works_for_nothing_else(
+    signed_in, user, post_and_mail, settings
+):
+    import time
+
+    from django.core import mail, signing
+    from django.test import Client
+
+    settings.EMAIL_CONFIRMATION_TIMEOUT = 1
+    _set_email(post_and_mail, signed_in, "alice@example.com")
+    link = confirmation_path(mail.outbox[0])
+    time.sleep(2.1)  # the token counts whole seconds
+    expired = Client().post(link)
+    assert expired.status_code == 400 and "This link has expired" in expired.content.decode()
+    # A value this site signed for another purpose, with the same contents, confirms nothing.
+    payload = signing.loads(link.split("/")[-2], salt="accounts.email-confirmation")
+    forged = Client().post(f"/accounts/email/confirm/{signing.dumps(payload)}/")
+    assert forged.status_code == 400 and "This link does not work" in forged.content.decode()
+    assert not _confirmed(user)
+
+
+def test_send_the_link_again_is_limited_per_account_and_per_address(
+    signed_in, user, other_user, post_and_mail, settings, client
+):
+    from django.core import mail
+
+    settings.EMAIL_CONFIRMATION_THROTTLE_RATE = "2/hour"
+    _set_email(post_and_mail, signed_in, "alice@example.com")
+    again = post_and_mail(signed_in, "/accounts/email/confirmation/")
+    assert again.status_code == 302 and len(mail.outbox) == 2
+    refused = signed_in.get(post_and_mail(signed_in, "/accounts/email/confirmation/")["Location"])
+    assert any("Too many confirmation links were sent for your account" in text for text in _messages(refused))
+    assert len(mail.outbox) == 2
+    # Another account naming the same inbox has its own allowance, but the inbox's is spent.
+    bob = type(client)()
+    bob.force_login(other_user)
+    saved = bob.get(_set_email(post_and_mail, bob, "alice@example.com")["Location"])
+    assert any("Too many confirmation links went to this address" in text for text in _messages(saved))
+    assert len(mail.outbox) == 2
+    other_user.refresh_from_db()
+    assert other_user.email == "alice@example.com"  # saved all the same, waiting: nothing the user typed is lost
+    assert "waiting for confirmation" in _email_state(saved)
+
+
+def test_replacing_or_removing_a_confirmed_address_mails_it_a_notice(signed_in, user, post_and_mail, settings):
+    from django.core import mail
+
+    settings.SITE_URL = "https://digits.example.com"
+    user.email = "alice@example.com"
+    user.save()
+    email_confirm(user)
+    replaced = signed_in.get(_set_email(post_and_mail, signed_in, "alice@example.net")["Location"])
+    assert "A notice that the address changed went to your previous address." in _messages(replaced)
+    notice, confirmation = sorted(mail.outbox, key=lambda message: message.to)
+    assert notice.to == ["alice@example.com"] and confirmation.to == ["alice@example.net"]
+    assert notice.subject == "Your email address was changed on digits.example.com"
+    assert 'The account "alice" on digits.example.com was given another email address' in notice.body
+    assert "alice@example.net" not in notice.body  # where the links go now is nobody else's business
+    post_and_mail(type(signed_in)(), confirmation_path(confirmation))
+
+    mail.outbox.clear()
+    _set_email(post_and_mail, signed_in, "")
+    (notice,) = mail.outbox
+    assert notice.to == ["alice@example.net"] and notice.subject == "Your email address was removed on digits.example.com"
+
+
+def test_replacing_an_address_never_confirmed_mails_it_nothing(signed_in, user, post_and_mail):
+    from django.core import mail
+
+    _set_email(post_and_mail, signed_in, "typo@exmaple.com")
+    _set_email(post_and_mail, signed_in, "alice@example.com")
+    _set_email(post_and_mail, signed_in, "")
+    assert [message.to for message in mail.outbox] == [["typo@exmaple.com"], ["alice@example.com"]]
+    assert all("/accounts/email/confirm/" in message.body for message in mail.outbox)
+
+
+def test_on_a_site_without_mail_an_address_waits_and_is_confirmed_once_the_site_sends_mail(
+    signed_in, user, post_and_mail, settings
+):
+    from django.core import mail
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+    _set_email(post_and_mail, signed_in, "alice@example.com")
+    page = signed_in.get("/accounts/")
+    assert "waiting for confirmation" in _email_state(page) and "Send the link again" not in page.content.decode()
+    assert "This site sends no email at present" in page.content.decode()
+    assert post_and_mail(signed_in, "/accounts/email/confirmation/").status_code == 302
+    assert mail.outbox == [] and not _confirmed(user)
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert "Send the link again" in signed_in.get("/accounts/").content.decode()
+    post_and_mail(signed_in, "/accounts/email/confirmation/")
+    (message,) = mail.outbox
+    post_and_mail(type(signed_in)(), confirmation_path(message))
+    assert _confirmed(user)
+
+
+@pytest.mark.django_db(transaction=True)  # as served: no transaction around the request, so the broker is tried at once
+def test_with_the_broker_down_the_address_is_saved_and_the_page_offers_to_send_the_link_again(
+    client, user, settings, reset_queue, caplog
+):
+    import logging
+
+    from tests.processes import NO_BROKER_URL, broker_switched
+
+    settings.EMAIL_CONFIRMATION_THROTTLE_RATE = "1/hour"
+    client.force_login(user)
+    with broker_switched(settings, NO_BROKER_URL):
+        saved = client.post(EMAIL, {"email-email": "alice@example.com", "email-password": PASSWORD}, follow=True)
+    assert saved.status_code == 200
+    assert any("the link could not be sent now" in text for text in _messages(saved))
+    assert "waiting for confirmation" in _email_state(saved) and "Send the link again" in saved.content.decode()
+    user.refresh_from_db()
+    assert user.email == "alice@example.com"
+    failures = [record for record in caplog.records if "could not queue an email confirmation link" in record.message]
+    assert [record.levelno for record in failures] == [logging.ERROR]
+    # Nothing was counted: once the broker is back, the link goes at once.
+    sent = client.post("/accounts/email/confirmation/", follow=True)
+    assert any("on its way" in text for text in _messages(sent))
+    assert [message["kwargs"] for message in reset_queue.messages()] == [
+        {"user_id": user.pk, "email": "alice@example.com"}]

@@ -1,4 +1,4 @@
-"""Migrating API tokens: keys stored in plain text by earlier versions become digests, and the plain keys go."""
+"""Migrating accounts: plain API keys become digests, and addresses set before confirmation count as confirmed."""
 from __future__ import annotations
 
 import datetime as dt
@@ -66,3 +66,19 @@ def test_plain_keys_become_digests_that_keep_working_and_the_plain_table_and_its
     assert not Group.objects.get(name="support").permissions.exists() and not user.user_permissions.exists()
     # A version that still uses the table finds it unapplied, and creates it again if it is brought back.
     assert not MigrationRecorder(connection).migration_qs.filter(app="authtoken").exists()
+
+
+def test_addresses_set_before_confirmation_existed_count_as_confirmed_and_keep_getting_reset_links(
+    transactional_db, django_user_model
+):
+    from accounts.selectors import password_reset_user_list, user_email_confirmed
+
+    MigrationExecutor(connection).migrate([("accounts", "0004_api_token_read_only_database_default")])
+    try:
+        with_address = django_user_model.objects.create_user(username="alice", password="x9!kQ2#vLp",
+                                                             email="Alice@example.com")
+        without = django_user_model.objects.create_user(username="bob", password="x9!kQ2#vLp")
+    finally:
+        _migrate_to_the_latest()
+    assert user_email_confirmed(user=with_address) and not user_email_confirmed(user=without)
+    assert [user.pk for user in password_reset_user_list(email="alice@example.com")] == [with_address.pk]

@@ -6,6 +6,8 @@ import re
 import pytest
 from django.urls import reverse
 
+from tests.accounts.conftest import confirmation_path
+
 pytestmark = pytest.mark.django_db
 
 
@@ -263,9 +265,9 @@ NEW_PASSWORD = "a fresh passphrase 42"
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user(username="alice", password="correct horse battery",
-                                                 email="alice@example.com")
+def alice(confirmed_user):
+    return confirmed_user(username="alice", password="correct horse battery",
+                          email="alice@example.com")
 
 
 def _reset_link(message) -> str:
@@ -364,11 +366,11 @@ def test_an_address_no_account_has_gets_the_same_answer_and_no_email(client, ali
 
 
 def test_an_address_of_several_accounts_gets_one_message_with_a_working_link_for_each_naming_it(
-    client, alice, django_user_model, ask_reset
+    client, alice, confirmed_user, ask_reset
 ):
     from django.core import mail
 
-    django_user_model.objects.create_user(username="alice-work", password="x9!kQ2#vLp", email="alice@example.com")
+    confirmed_user(username="alice-work", password="x9!kQ2#vLp", email="alice@example.com")
     ask_reset(client, "alice@example.com")
     (message,) = mail.outbox
     links = dict(re.findall(r'account "([^"]+)":\s*\S+?(/accounts/password/reset/\S+/\S+/)\s', message.body))
@@ -378,16 +380,16 @@ def test_an_address_of_several_accounts_gets_one_message_with_a_working_link_for
 
 
 def test_one_inbox_gets_one_message_a_request_however_many_accounts_name_its_address(
-    client, alice, django_user_model, settings, ask_reset
+    client, alice, confirmed_user, settings, ask_reset
 ):
     from django.core import mail
 
     from accounts.services import PASSWORD_RESET_ACCOUNTS_PER_MESSAGE
 
-    # Addresses are not verified: anyone may make accounts naming someone else's inbox.
+    # Addresses are not unique: one inbox may be confirmed for any number of accounts.
     for n in range(PASSWORD_RESET_ACCOUNTS_PER_MESSAGE + 5):
-        django_user_model.objects.create_user(username=f"m{n}", password="x9!kQ2#vLp",
-                                              email="alice@example.com")
+        confirmed_user(username=f"m{n}", password="x9!kQ2#vLp",
+                       email="alice@example.com")
     settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE = "3/hour"
     answers = [ask_reset(type(client)(REMOTE_ADDR=f"203.0.113.{n}"), "alice@example.com").status_code
                for n in range(1, 5)]
@@ -599,15 +601,47 @@ def test_every_id_a_reset_field_is_described_by_exists_and_a_mistake_is_marked_f
     assert _logs_in("alice", "correct horse battery")
 
 
-def test_signing_up_with_an_email_address_makes_the_password_resettable(client, django_user_model, ask_reset):
+def test_signing_up_with_an_email_address_mails_a_link_that_makes_the_password_resettable(
+    client, django_user_model, ask_reset, post_and_mail
+):
     from django.core import mail
 
-    response = client.post("/accounts/signup/", {"username": "carol", "email": " Carol@EXAMPLE.com ",
-                                                 "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
+    response = post_and_mail(client, "/accounts/signup/", {"username": "carol", "email": " Carol@EXAMPLE.com ",
+                                                           "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
     assert response.status_code == 302
     assert django_user_model.objects.get(username="carol").email == "Carol@example.com"
+    assert any("A link to confirm Carol@example.com is on its way" in str(message)
+               for message in client.get(response["Location"]).context["messages"])
+    (confirmation,) = mail.outbox
+    assert confirmation.to == ["Carol@example.com"] and 'the account "carol"' in confirmation.body
     ask_reset(type(client)(), "carol@example.com")
-    assert mail.outbox[0].to == ["Carol@example.com"]
+    assert len(mail.outbox) == 1  # not confirmed yet: no reset link goes there
+    post_and_mail(type(client)(), confirmation_path(confirmation))
+    ask_reset(type(client)(), "carol@example.com")
+    assert mail.outbox[-1].to == ["Carol@example.com"] and _reset_link(mail.outbox[-1])
+
+
+def test_reset_links_skip_an_unconfirmed_address_with_the_same_answer_as_for_an_unknown_one(
+    client, alice, django_user_model, ask_reset
+):
+    from django.core import mail
+
+    # Someone else gave an account alice's address: it is not confirmed, and her message lists only her account.
+    django_user_model.objects.create_user(username="mallory", password="x9!kQ2#vLp", email="alice@example.com")
+    django_user_model.objects.create_user(username="dave", password="x9!kQ2#vLp", email="dave@example.com")
+    unconfirmed = ask_reset(client, "dave@example.com")
+    unknown = ask_reset(type(client)(), "nobody@example.com")
+    assert (unconfirmed.status_code, unconfirmed["Location"]) == (unknown.status_code, unknown["Location"])
+    assert client.get(unconfirmed["Location"]).content == type(client)().get(unknown["Location"]).content
+    assert mail.outbox == []
+    ask_reset(type(client)(), "alice@example.com")
+    (message,) = mail.outbox
+    assert re.findall(r'account "([^"]+)"', message.body) == ["alice"]
+    # An address changed outside the Account page (the admin, a shell) is unconfirmed too.
+    alice.email = "alice@example.org"
+    alice.save()
+    ask_reset(type(client)(), "alice@example.org")
+    assert len(mail.outbox) == 1
 
 
 def test_a_sign_up_with_a_malformed_email_address_is_refused_and_stores_nothing(client, django_user_model):

@@ -1,4 +1,5 @@
-"""The task that mails password reset links: through a real SMTP server, retrying what may pass, routed to a worker."""
+"""The tasks that mail reset links, confirmation links and change notices: through a real SMTP server, retrying what
+may pass, routed to a worker."""
 import logging
 import re
 
@@ -12,16 +13,16 @@ SITE = "https://digits.example.com"
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user(username="alice", password="correct horse battery",
-                                                 email="alice@example.com")
+def alice(confirmed_user):
+    return confirmed_user(username="alice", password="correct horse battery",
+                          email="alice@example.com")
 
 
 @pytest.fixture
-def alice_work(django_user_model, alice):
+def alice_work(confirmed_user, alice):
     """A second account with alice's address."""
-    return django_user_model.objects.create_user(username="alice-work", password="x9!kQ2#vLp",
-                                                 email="alice@example.com")
+    return confirmed_user(username="alice-work", password="x9!kQ2#vLp",
+                          email="alice@example.com")
 
 
 @pytest.fixture(autouse=True)
@@ -65,20 +66,20 @@ def test_the_task_mails_the_address_one_message_with_a_link_to_the_site_url_for_
 
 
 def test_accounts_whose_address_is_spelled_in_another_case_get_their_links_only_at_that_spelling(
-    smtp_settings, mail_server, alice, django_user_model
+    smtp_settings, mail_server, alice, confirmed_user
 ):
     # Some mail servers tell the case of the name before the @ apart: a link goes only where its account's address,
     # as stored, leads. The address as asked for picks the spelling, else the oldest account's does.
-    django_user_model.objects.create_user(username="alice-caps", password="x9!kQ2#vLp", email="ALICE@example.com")
+    confirmed_user(username="alice-caps", password="x9!kQ2#vLp", email="ALICE@example.com")
     assert [_send(address).get() for address in ("ALICE@example.com", "Alice@example.com")] == [1, 1]
     assert [(message["To"], _accounts(message)) for message in mail_server.received] == [
         ("ALICE@example.com", ["alice-caps"]), ("alice@example.com", ["alice"])]
 
 
-def test_an_address_no_active_account_has_gets_nothing(smtp_settings, mail_server, django_user_model):
-    django_user_model.objects.create_user(username="gone", password="x9!kQ2#vLp", email="gone@example.com",
-                                          is_active=False)
-    django_user_model.objects.create_user(username="nopassword", email="nopassword@example.com")
+def test_an_address_no_active_account_has_gets_nothing(smtp_settings, mail_server, confirmed_user):
+    confirmed_user(username="gone", password="x9!kQ2#vLp", email="gone@example.com",
+                   is_active=False)
+    confirmed_user(username="nopassword", email="nopassword@example.com")
     assert [_send(address).get() for address in ("nobody@example.com", "gone@example.com",
                                                  "nopassword@example.com")] == [0, 0, 0]
     assert mail_server.attempts == 0
@@ -96,7 +97,7 @@ def test_a_mail_server_that_cannot_take_a_link_now_is_asked_again_until_it_does(
 
 
 def test_a_retry_sends_the_links_of_the_first_try_and_no_others(
-    smtp_settings, mail_server, alice, alice_work, django_user_model
+    smtp_settings, mail_server, alice, alice_work, confirmed_user
 ):
     from accounts.services import password_reset_email_send
 
@@ -105,7 +106,7 @@ def test_a_retry_sends_the_links_of_the_first_try_and_no_others(
     assert mail_server.attempts == 2 and [_accounts(message) for message in mail_server.received] == [
         ["alice", "alice-work"]]
     # A retry names the accounts it owes links: one given the address since gets none from it.
-    django_user_model.objects.create_user(username="latecomer", password="x9!kQ2#vLp", email="alice@example.com")
+    confirmed_user(username="latecomer", password="x9!kQ2#vLp", email="alice@example.com")
     assert password_reset_email_send(email="alice@example.com", user_ids=[alice.pk, alice_work.pk]) == 2
     assert _accounts(mail_server.received[-1]) == ["alice", "alice-work"]
 
@@ -167,3 +168,69 @@ def test_the_mail_task_goes_to_a_queue_that_the_compose_and_make_run_workers_tak
     assert queue in {name for found in re.findall(r'"-Q", "([\w,]+)"', run_local) for name in found.split(",")}
     # Not the training queue: a trainer may be busy with one run for hours.
     assert queue != "training" and settings.CELERY_TASK_ROUTES["accounts.tasks.*"]["queue"] == queue
+
+
+# Confirmation links and change notices.
+
+
+def test_a_confirmation_link_the_mail_server_could_not_take_at_first_is_sent_again_and_works(
+    smtp_settings, mail_server, user, client
+):
+    from accounts.selectors import user_email_confirmed
+    from accounts.services import user_email_set
+    from tests.accounts.conftest import confirmation_path
+
+    smtp_settings.SITE_URL = SITE
+    user_email_set(user=user, email="alice@example.com")
+    mail_server.answers = ["421 Service not available, closing channel"]
+    assert tasks.email_confirmation_send.apply(kwargs={"user_id": user.pk, "email": "alice@example.com"}).get() == 1
+    (message,) = mail_server.received
+    assert mail_server.attempts == 2 and message["To"] == "alice@example.com"
+    assert client.post(confirmation_path(message)).status_code == 302
+    user.refresh_from_db()
+    assert user_email_confirmed(user=user)
+
+
+def test_a_confirmation_queued_for_an_address_since_changed_or_confirmed_sends_nothing(
+    smtp_settings, mail_server, user
+):
+    from accounts.services import user_email_set
+    from tests.accounts.conftest import email_confirm
+
+    user_email_set(user=user, email="alice@example.com")
+    user_email_set(user=user, email="alice@example.net")
+    # The first change's message, taken by a worker after the second: that one queued its own link.
+    assert tasks.email_confirmation_send.apply(kwargs={"user_id": user.pk, "email": "alice@example.com"}).get() == 0
+    email_confirm(user)
+    assert tasks.email_confirmation_send.apply(kwargs={"user_id": user.pk, "email": "alice@example.net"}).get() == 0
+    assert mail_server.attempts == 0
+
+
+def test_change_notices_are_retried_a_bounded_number_of_times(smtp_settings, mail_server, user, caplog):
+    mail_server.answers = ["421 Try again later"] * 100
+    assert tasks.email_change_notice_send.apply(
+        kwargs={"user_id": user.pk, "email": "alice@example.com", "replaced": True}).get() == 0
+    assert mail_server.attempts == tasks.MAX_RETRIES + 1 and mail_server.received == []
+    (gave_up,) = [record for record in caplog.records if "gave up" in record.message]
+    assert gave_up.levelno == logging.ERROR and "email change notice" in gave_up.message
+
+
+@pytest.mark.worker
+def test_a_worker_process_mails_the_notice_and_the_link_of_a_changed_address_which_then_gets_reset_links(
+    start_celery_worker, mail_server, alice, client
+):
+    start_celery_worker(TEST_EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+                        EMAIL_URL=f"smtp://127.0.0.1:{mail_server.port}", SITE_URL=SITE)
+    client.force_login(alice)
+    changed = client.post("/accounts/email/", {"email-email": "alice@example.net",
+                                               "email-password": "correct horse battery"})
+    assert changed.status_code == 302
+    received = sorted(mail_server.wait_for(2, timeout=45), key=lambda message: message["To"])
+    notice, confirmation = received
+    assert notice["To"] == "alice@example.com" and "was given another email address" in notice.get_content()
+    assert confirmation["To"] == "alice@example.net"
+    link = re.search(re.escape(SITE) + r"(/accounts/email/confirm/[^/\s]+/)", confirmation.get_content()).group(1)
+    assert type(client)().post(link).status_code == 302
+    assert type(client)().post("/accounts/password/reset/", {"email": "alice@example.net"}).status_code == 302
+    reset = mail_server.wait_for(3, timeout=45)[-1]
+    assert reset["To"] == "alice@example.net" and f"{SITE}/accounts/password/reset/" in reset.get_content()

@@ -18,9 +18,10 @@ from classifier.models import Prediction, Upload
 from training.models import Checkpoint, TrainingRun
 
 # Routes that are public on purpose: logging in and out (its page says whether one is signed in), signing up, resetting
-# a forgotten password, health probes, the API's own description.
+# a forgotten password, confirming an email address by the link mailed to it, health probes, the API's own description.
 PUBLIC = {"login", "logout", "signup", "password_reset", "password_reset_done", "password_reset_confirm",
-          "password_reset_complete", "healthz", "readyz", "api:schema", "api:docs", "api:no-such-endpoint"}
+          "password_reset_complete", "email_confirm", "healthz", "readyz", "api:schema", "api:docs",
+          "api:no-such-endpoint"}
 
 
 def named_routes(patterns=None, namespace=""):
@@ -57,6 +58,7 @@ def route_kwargs(name: str, params: list[str], owned) -> dict:
         "run_id": owned["run"].pk,
         "checkpoint_id": owned["checkpoint"].pk,
         "token_id": owned["token"].pk,
+        "token": "not-a-signed-token",
         "pk": owned["upload"].pk if "upload" in name else owned["prediction"].pk,
     }
     return {param: values[param] for param in params}
