@@ -1,4 +1,5 @@
 """Settings shared by every environment, read from the environment with django-environ."""
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -122,9 +123,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
-    # A file, not memory, so that worker processes started by the tests share the test database.
+    # A file, not memory, so that worker processes started by the tests share the test database; one per test run,
+    # so that two runs in one checkout do not delete each other's tables.
     (BASE_DIR / "var").mkdir(exist_ok=True)
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
