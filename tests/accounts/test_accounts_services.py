@@ -71,55 +71,25 @@ def test_ipv4_clients_seen_as_ipv4_mapped_ipv6_addresses_are_each_counted_by_the
 @pytest.mark.django_db(transaction=True)
 def test_an_account_deleted_while_a_deletion_of_its_uploads_runs_waits_for_it_instead_of_deadlocking(user, digit_png):
     import io
-    import threading
 
     from django.contrib.auth import get_user_model
-    from django.db import DatabaseError
 
     from accounts.services import account_delete
     from classifier import services
     from classifier.models import Upload
+    from tests.classifier.fixtures import deletions_race
 
     uploads = []
     for index in (0, 1):
         upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(index)), source="file")
         services.predictions_create(uploads=[upload], publish=False)
         uploads.append(upload)
-    account_began, many_locked, outcome = threading.Event(), threading.Event(), {}
 
-    def hold_account(execute, sql, params, many, context):
-        # Just before the account's deletion deletes upload rows, with whatever it locked or deleted so far (their
-        # predictions): the deletion of many ("Delete all" in another tab) takes its own locks now.
-        if sql.startswith(f'DELETE FROM "{Upload._meta.db_table}"') and not account_began.is_set():
-            account_began.set()
-            many_locked.wait(2)  # never set when the deletion of many waits for the account's locks, as it should
-        return execute(sql, params, many, context)
-
-    def note_many(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if "FOR UPDATE" in sql:
-            many_locked.set()
-        return result
-
-    def run(name, wrapper, delete):
-        try:
-            with connection.execute_wrapper(wrapper):
-                outcome[name] = delete()
-        except DatabaseError as exc:
-            outcome[name] = exc
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(target=run, args=("account", hold_account, lambda: account_delete(
-            user=get_user_model().objects.get(pk=user.pk)))),
-        threading.Thread(target=run, args=("many", note_many, lambda: account_began.wait(5) and services.uploads_delete(
-            owner=user, upload_ids=[upload.pk for upload in uploads]))),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    # The account's deletion (Django's cascade: predictions, then uploads) held, "Delete all" in another tab runs.
+    outcome = deletions_race(
+        held=lambda: account_delete(user=get_user_model().objects.get(pk=user.pk)),
+        other=lambda: services.uploads_delete(owner=user, upload_ids=[upload.pk for upload in uploads]),
+    )
 
     assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
     assert not Upload.objects.exists() and not get_user_model().objects.filter(pk=user.pk).exists()

@@ -175,3 +175,51 @@ def uploads_stored_then_read_back_lost():
     finally:
         del connection._commit
     assert state["read_back_lost"], "the read back of the stored uploads was never lost"
+
+
+def deletions_race(*, held, other) -> dict:
+    """Run the deletions ``held`` and ``other`` at once, each in a thread with its own connection; their results (or
+    the DatabaseError each raised) by name.
+
+    ``held`` stops just before it deletes upload rows, with whatever it locked or deleted so far, until ``other``
+    has taken its row locks: two deletions that lock in different orders deadlock there. When ``other`` rightly
+    waits for ``held``'s locks instead, ``held`` goes on after 2 s.
+    """
+    import threading
+
+    from django.db import DatabaseError, connection
+
+    from classifier.models import Upload
+
+    held_began, other_locked, outcome = threading.Event(), threading.Event(), {}
+
+    def hold(execute, sql, params, many, context):
+        if sql.startswith(f'DELETE FROM "{Upload._meta.db_table}"') and not held_began.is_set():
+            held_began.set()
+            other_locked.wait(2)
+        return execute(sql, params, many, context)
+
+    def note_locks(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "FOR UPDATE" in sql:
+            other_locked.set()
+        return result
+
+    def run(name, wrapper, delete):
+        try:
+            with connection.execute_wrapper(wrapper):
+                outcome[name] = delete()
+        except DatabaseError as exc:
+            outcome[name] = exc
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=run, args=("held", hold, held)),
+        threading.Thread(target=run, args=("other", note_locks, lambda: held_began.wait(5) and other())),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcome

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from classifier import selectors, services, statements
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
-from tests.classifier.fixtures import png_bytes, stored_size, uploads_stored_then_read_back_lost
+from tests.classifier.fixtures import deletions_race, png_bytes, stored_size, uploads_stored_then_read_back_lost
 from tests.devices import DEVICES
 
 pytestmark = pytest.mark.django_db
@@ -1020,46 +1020,12 @@ def test_a_deletion_by_filters_cut_off_midway_keeps_what_it_committed_counted_an
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite writes one transaction at a time")
 @pytest.mark.django_db(transaction=True)
 def test_one_upload_deleted_while_a_deletion_of_many_takes_it_too_waits_instead_of_deadlocking(user, digit_png):
-    import threading
-
-    from django.db import DatabaseError
-
     first, second = (_upload_waiting(user, digit_png, index) for index in (0, 1))
-    single_began, many_locked, outcome = threading.Event(), threading.Event(), {}
 
-    def hold_single(execute, sql, params, many, context):
-        # Just before the single deletion deletes the upload's row, with whatever it locked so far: the deletion of
-        # many takes its own locks now.
-        if sql.startswith(f'DELETE FROM "{Upload._meta.db_table}"') and not single_began.is_set():
-            single_began.set()
-            many_locked.wait(2)  # never set when the deletion of many waits for this one's lock, as it should
-        return execute(sql, params, many, context)
-
-    def note_many(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if "FOR UPDATE" in sql:
-            many_locked.set()
-        return result
-
-    def run(name, wrapper, delete):
-        try:
-            with connection.execute_wrapper(wrapper):
-                outcome[name] = delete()
-        except DatabaseError as exc:
-            outcome[name] = exc
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(target=run, args=("single", hold_single,
-                                           lambda: services.upload_delete(upload=Upload.objects.get(pk=second.pk)))),
-        threading.Thread(target=run, args=("many", note_many, lambda: single_began.wait(5) and services.uploads_delete(
-            owner=user, upload_ids=[first.pk, second.pk]))),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    outcome = deletions_race(
+        held=lambda: services.upload_delete(upload=Upload.objects.get(pk=second.pk)),
+        other=lambda: services.uploads_delete(owner=user, upload_ids=[first.pk, second.pk]),
+    )
 
     assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
     assert not Upload.objects.exists() and _use_of(user) == 0
