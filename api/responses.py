@@ -38,6 +38,8 @@ NOT_ACCEPTABLE = error("No representation the Accept header allows: send `Accept
 UNSUPPORTED_MEDIA_TYPE = error("The body's Content-Type is none this operation reads (see its request body).",
                                code="unsupported_media_type")
 TOO_LARGE = error("The request body is larger than the server accepts.", code="too_large")
+LENGTH_REQUIRED = error("The body was sent without a Content-Length (Transfer-Encoding: chunked); nothing was done "
+                        "with the request: send it with one.", code="length_required")
 
 _METHODS_WITH_BODY = {"post", "put", "patch"}
 
@@ -53,13 +55,14 @@ def _rendered(response: OpenApiResponse) -> dict:
 
 
 def declare_protocol_errors(result: dict, generator, request, public) -> dict:
-    """A drf-spectacular postprocessing hook: each operation's 406, 413 and 415, when its view can answer them.
+    """A drf-spectacular postprocessing hook: each operation's 406, 411, 413 and 415, when its view can answer them.
 
     406 where the view negotiates with
     DRF's default (the image views answer a PNG or an error whatever the Accept header says); 415 where the
-    operation reads a request body; 413 wherever a body may be sent, since the size limit refuses one before any
-    view is reached. A status an operation declares itself keeps its own description. (405 belongs to the methods
-    a path does not take, which OpenAPI has no operation for: the API's description says it once.)
+    operation reads a request body; 411 and 413 wherever a body may be sent, since the request size limit
+    (mnistsite.middleware) refuses a chunked or oversized one before any view is reached. A status an operation
+    declares itself keeps its own description. (405 belongs to the methods a path does not take, which OpenAPI has
+    no operation for: the API's description says it once.)
     """
     assert "ErrorEnvelope" in result["components"]["schemas"], "the error responses reference the envelope"
     views = {(path, method.lower()): callback.cls for path, _, method, callback in generator.endpoints}
@@ -70,6 +73,7 @@ def declare_protocol_errors(result: dict, generator, request, public) -> dict:
             if issubclass(view.content_negotiation_class, DefaultContentNegotiation):
                 found[406] = NOT_ACCEPTABLE
             if method in _METHODS_WITH_BODY:
+                found[411] = LENGTH_REQUIRED
                 found[413] = TOO_LARGE
             if "requestBody" in operation:
                 found[415] = UNSUPPORTED_MEDIA_TYPE

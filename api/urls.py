@@ -1,11 +1,11 @@
 """API routes: version 1 endpoints, the OpenAPI schema and its Swagger UI, all answered by DRF itself."""
 from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from api import predictions, training
 from api.errors import NoSuchEndpointApi
+from api.schema import SchemaApi, SchemaDocsApi
 
 app_name = "api"
 
@@ -37,11 +37,11 @@ v1 = [
 urlpatterns = [
     path("v1/", include(v1)),
     # The schema and its UI are public: they describe the API, never anyone's data.
-    path("schema/", _api(SpectacularAPIView, permission_classes=[AllowAny]), name="schema"),
+    path("schema/", _api(SchemaApi, permission_classes=[AllowAny]), name="schema"),
     path(
         "docs/",
         # A page, not an endpoint: OPTIONS would describe it through its HTML renderer, which has no template for that.
-        _api(SpectacularSwaggerView, url_name="api:schema", permission_classes=[AllowAny],
+        _api(SchemaDocsApi, url_name="api:schema", permission_classes=[AllowAny],
              http_method_names=["get", "head"]),
         name="docs",
     ),

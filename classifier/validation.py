@@ -540,14 +540,19 @@ def _header_pixels(head: bytes) -> int | None:
 
 
 class FilesRejectedError(ValidationError):
-    """Files of one request that were refused: their errors, and where each refused file stood in the request."""
+    """Files of one request that were refused: their errors, each item's ``file_index`` saying where its file stood
+    in the request (from 0); a file may have several."""
 
     def __init__(self, errors: list[ValidationError], *, indexes: list[int]) -> None:
         super().__init__(errors)
-        self.indexes = indexes
         for error, index in zip(errors, indexes, strict=True):
             for item in error.error_list:
                 item.file_index = index
+
+    @property
+    def file_indexes(self) -> list[int]:
+        """Where each refused file stood, once each, in the order sent."""
+        return list(dict.fromkeys(item.file_index for item in self.error_list))
 
 
 def validate_images(files: list[tuple[IO[bytes], str | None]]) -> list[ValidatedImage]:

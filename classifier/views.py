@@ -163,7 +163,7 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
                 refused, errors = exc, [str(exc)]
             except ValidationError as exc:
                 errors = list(exc.messages)
-                refused_files = exc.indexes if isinstance(exc, FilesRejectedError) else []
+                refused_files = exc.file_indexes if isinstance(exc, FilesRejectedError) else []
             except (OperationalError, InterfaceError):
                 # The database is out of reach, which passes, and no row was stored (a file written is left to the
                 # orphan sweep): say so instead of a bare 500 page. Other database errors are bugs, answered as such.

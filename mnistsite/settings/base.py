@@ -374,8 +374,8 @@ SPECTACULAR_SETTINGS = {
       Original, {...props, isIncludedOptions: {...props.isIncludedOptions, defaultValue: false}}),
   }})],
 }""",
-    # The statuses DRF and the request size limit answer before a view runs (406, 413, 415), declared for every
-    # operation that can get them.
+    # The statuses DRF and the request size limit answer before a view runs (406, 411, 413, 415), declared for
+    # every operation that can get them.
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.responses.declare_protocol_errors"],
 }
 

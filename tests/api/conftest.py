@@ -37,6 +37,16 @@ def stored_files() -> list[Path]:
     return sorted(path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file())
 
 
+def assert_envelope(body: dict) -> dict:
+    """``body``'s error, once it is checked to be the API's envelope."""
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "field", "details"}
+    assert isinstance(error["code"], str) and isinstance(error["message"], str) and error["message"]
+    assert error["details"][0] == {key: error[key] for key in ("code", "message", "field")}
+    return error
+
+
 @pytest.fixture(autouse=True)
 def clear_throttle_history():
     # Throttle counters live in the cache, which outlives a single test.

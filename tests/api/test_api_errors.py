@@ -9,18 +9,9 @@ from django.db import OperationalError, connection
 
 from api.errors import validation_error_response
 from classifier.models import Upload
-from tests.api.conftest import stored_files, upload_file
+from tests.api.conftest import assert_envelope, stored_files, upload_file
 
 pytestmark = pytest.mark.django_db
-
-
-def assert_envelope(body: dict) -> dict:
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"code", "message", "field", "details"}
-    assert isinstance(error["code"], str) and isinstance(error["message"], str) and error["message"]
-    assert error["details"][0] == {key: error[key] for key in ("code", "message", "field")}
-    return error
 
 
 def test_an_unknown_api_path_is_a_404_envelope_even_anonymously(api_client):

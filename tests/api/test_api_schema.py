@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.api.conftest import client_for
+from tests.api.conftest import assert_envelope, client_for
 from tests.processes import REPO, child_env
 
 
@@ -52,6 +52,27 @@ def test_the_docs_page_answers_any_method_but_get_and_head_with_405_not_a_server
     for method in ("options", "post", "delete"):
         assert getattr(api_client, method)("/api/docs/").status_code == 405, method
     assert api_client.head("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+def test_the_schema_and_the_docs_answer_their_errors_in_the_json_envelope(api_client, path):
+    provoked = {
+        "an Accept header nothing satisfies": (api_client.get(path, HTTP_ACCEPT="text/csv"), 406, "not_acceptable"),
+        "an unknown format": (api_client.get(path, {"format": "xml"}), 406, "not_acceptable"),
+        "a POST": (api_client.post(path), 405, "method_not_allowed"),
+        "a DELETE": (api_client.delete(path), 405, "method_not_allowed"),
+        "a bad token": (api_client.get(path, HTTP_AUTHORIZATION="Token not-a-key"), 401, "authentication_failed"),
+    }
+
+    for case, (response, status, code) in provoked.items():
+        assert response.status_code == status, case
+        assert response["Content-Type"] == "application/json", case
+        error = assert_envelope(response.json())
+        assert error["code"] == code, case
+    # Each format it has is named once, though two media types give each.
+    message = provoked["an unknown format"][0].json()["error"]["message"]
+    assert "`xml`" in message and all(message.count(f"`{name}`") <= 1 for name in ("yaml", "json", "html"))
 
 
 @pytest.mark.django_db
@@ -108,7 +129,7 @@ _METHODS_WITH_BODY = {"post", "put", "patch"}
 
 
 def _answered(client, path: str, method: str) -> set[int]:
-    """Which of 304, 406, 413 and 415 the API answers to ``method`` on ``path`` when provoked."""
+    """Which of 304, 406, 411, 413 and 415 the API answers to ``method`` on ``path`` when provoked."""
     answered = set()
     unsatisfiable = client.generic(method.upper(), path, HTTP_ACCEPT="text/csv")
     answered |= {406} & {unsatisfiable.status_code}
@@ -119,6 +140,9 @@ def _answered(client, path: str, method: str) -> set[int]:
         oversized = client.generic(method.upper(), path, "{}", content_type="application/json",
                                    CONTENT_LENGTH=str(10**10))
         answered |= {413} & {oversized.status_code}
+        chunked = client.generic(method.upper(), path, "{}", content_type="application/json",
+                                 HTTP_TRANSFER_ENCODING="chunked")
+        answered |= {411} & {chunked.status_code}
     if method == "get":
         etag = client.get(path).get("ETag")
         if etag:
@@ -127,7 +151,7 @@ def _answered(client, path: str, method: str) -> set[int]:
 
 
 @pytest.mark.django_db
-def test_each_operation_declares_the_304_406_413_and_415_it_answers_and_no_other_and_405_is_said_once(
+def test_each_operation_declares_the_304_406_411_413_and_415_it_answers_and_no_other_and_405_is_said_once(
     api_client, staff_user, make_prediction, make_checkpoint
 ):
     from training.services import training_run_create
@@ -153,7 +177,7 @@ def test_each_operation_declares_the_304_406_413_and_415_it_answers_and_no_other
                 refused = client.generic(method.upper(), path)
                 assert refused.status_code == 405 and method.upper() not in refused["Allow"], (method, template)
         for method, operation in item.items():
-            declared = {int(code) for code in operation["responses"]} & {304, 405, 406, 413, 415}
+            declared = {int(code) for code in operation["responses"]} & {304, 405, 406, 411, 413, 415}
             assert declared == _answered(client, path, method), (method, template)
             checked += 1
     assert checked >= 15

@@ -13,6 +13,7 @@ from PIL import Image
 from classifier.validation import (
     MAX_HEADER_PARTS,
     MAX_PNG_COMPRESSED_CHUNKS,
+    FilesRejectedError,
     sanitize_filename,
     validate_file_count,
     validate_image,
@@ -131,6 +132,19 @@ def test_too_many_files_in_one_request_are_rejected(settings):
     assert info.value.code == "too_many_files"
     with pytest.raises(ValidationError):
         validate_images([(io.BytesIO(png_bytes(_digit())), f"{i}.png") for i in range(4)])
+
+
+def test_each_refused_file_is_known_by_the_position_its_errors_carry_and_by_nothing_else():
+    files = [(io.BytesIO(png_bytes(_digit())), "0.png"), (io.BytesIO(b"nope"), "bad.png"),
+             (io.BytesIO(png_bytes(_digit())), "2.png"), (io.BytesIO(b""), "empty.png")]
+
+    with pytest.raises(FilesRejectedError) as info:
+        validate_images(files)
+
+    assert [(item.file_index, item.code) for item in info.value.error_list] == [(1, "not_image"), (3, "empty")]
+    assert info.value.file_indexes == [1, 3]
+    # One record of the positions: the upload page and the API read the same one, so they cannot disagree.
+    assert not hasattr(info.value, "indexes")
 
 
 def test_an_empty_canvas_is_rejected():
