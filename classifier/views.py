@@ -547,17 +547,18 @@ def _uploads_delete(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Select the uploads to delete first.")
         return redirect(back)
     if not choice["confirmed"]:
-        return _uploads_delete_confirmation(request, filter_form=filter_form, filters=filters, choice=choice, back=back)
+        return _uploads_delete_confirmation(
+            request, filter_form=filter_form, filters=filters, choice=choice, back=back, history_url=history_url
+        )
     if choice["matching"]:
         # Uploads that came to match since the count was confirmed (a prediction finished, "status: done") were not
-        # agreed to, and which of them they are cannot be told: the person is asked again, with the new count.
+        # agreed to, and which of them they are cannot be told: the person is asked again, with the new count, on a
+        # page of its own (the GET confirmation, counted afresh), so that reloading it sends no deletion again.
         counted = selectors.upload_count_for_user(user=request.user, filters=filters, newest_id=choice["newest"])
         if counted > choice["count"]:
-            messages.warning(request, f"Nothing was deleted: {counted} uploads match now, not the {choice['count']} "
+            messages.warning(request, f"Nothing was deleted: more uploads match now than the {choice['count']} "
                                       "you confirmed. Look at them again before deleting.")
-            return _uploads_delete_confirmation(
-                request, filter_form=filter_form, filters=filters, choice=choice, back=back
-            )
+            return redirect(reverse("classifier:uploads_delete") + (f"?{query}" if query else ""))
     try:
         return _uploads_delete_confirmed(request, filters=filters, choice=choice, back=back)
     except services.UploadsDeleteInterruptedError as exc:
@@ -593,6 +594,9 @@ def _uploads_delete_confirmed(
         deleted, left, reached = services.uploads_delete(owner=request.user, upload_ids=choice["upload"]), 0, False
     if deleted:
         messages.success(request, f"Deleted {deleted} upload{pluralize(deleted)}.")
+    elif choice["matching"] and (filters.digit is not None or filters.status):
+        # Only a digit or a status changes after an upload is stored: the uploads counted may be there still.
+        messages.info(request, "Nothing was deleted: none of the uploads you confirmed match these filters any more.")
     else:
         messages.info(request, "Nothing was deleted: those uploads were already gone.")
     if left and reached:
@@ -622,6 +626,7 @@ def _uploads_delete_confirmation(
     filters: selectors.UploadFilters,
     choice: dict,
     back: str,
+    history_url: str,
 ) -> HttpResponse:
     if choice["matching"]:
         uploads = []
@@ -645,6 +650,8 @@ def _uploads_delete_confirmation(
             "shown": uploads[:HISTORY_PAGE_SIZE],
             "criteria": _filters_described(filter_form, filters) if choice["matching"] else [],
             "back": back,
+            # The uploads that match, listed with the same filters.
+            "history": history_url,
         },
     )
 

@@ -1114,15 +1114,23 @@ def test_all_that_match_deletes_no_upload_that_came_to_match_after_the_confirmat
     assert "<h1>Delete 2 uploads?</h1>" in page and _hidden(page, "count") == ["2"]
     _finished_meanwhile(waiting)  # between the confirmation page and the click
 
-    fields = {name: _hidden(page, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
-    again = alice.post("/history/delete?status=done", fields)
+    old = {name: _hidden(page, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    again = alice.post("/history/delete?status=done", old)
 
-    assert again.status_code == 200 and Upload.objects.count() == 3
-    text = unescape(again.content.decode())
+    # Asked again on a page of its own, so that reloading it asks again instead of sending the form once more.
+    assert again.status_code == 302 and again["Location"] == "/history/delete?status=done"
+    assert Upload.objects.count() == 3
+    shown = alice.get(again["Location"])
+    text = unescape(shown.content.decode())
     assert "<h1>Delete 3 uploads?</h1>" in text and _hidden(text, "count") == ["3"]
-    assert _messages(again) == [
-        "Nothing was deleted: 3 uploads match now, not the 2 you confirmed. Look at them again before deleting."
+    assert _messages(shown) == [
+        "Nothing was deleted: more uploads match now than the 2 you confirmed. Look at them again before deleting."
     ]
+    assert '<a href="/history/?status=done">Look at them in your history</a>' in text
+    # The first form sent once more (a reload of the old page) is refused again: it agreed to 2.
+    resent = alice.post("/history/delete?status=done", old, follow=True)
+    assert resent.redirect_chain == [("/history/delete?status=done", 302)] and Upload.objects.count() == 3
+    assert _messages(resent) == _messages(shown) and _hidden(unescape(resent.content.decode()), "count") == ["3"]
     fields = {name: _hidden(text, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
     assert _messages(alice.post("/history/delete?status=done", fields, follow=True)) == ["Deleted 3 uploads."]
     assert not Upload.objects.exists()
@@ -1143,10 +1151,61 @@ def test_delete_all_from_the_history_page_deletes_no_upload_that_came_to_match_a
     _finished_meanwhile(waiting)
 
     fields = {name: _hidden(matching, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
-    response = alice.post("/history/delete?status=done", fields)
+    response = alice.post("/history/delete?status=done", fields, follow=True)
 
-    assert response.status_code == 200 and "<h1>Delete 2 uploads?</h1>" in response.content.decode()
+    assert response.redirect_chain == [("/history/delete?status=done", 302)]
+    assert "<h1>Delete 2 uploads?</h1>" in response.content.decode()
     assert Upload.objects.count() == 2
+
+
+def test_delete_all_by_filters_that_the_uploads_no_longer_match_says_so_rather_than_that_they_are_gone(
+    alice, user, digit_png
+):
+    queued = [_uploaded(user, digit_png, index) for index in range(2)]
+    services.predictions_create(uploads=queued, publish=False)
+    history = alice.get("/history/", {"status": "pending"}).content.decode()
+    matching = re.search(r'<form method="post" action="/history/delete\?status=pending" id="delete-matching" hidden>'
+                         r'(.*?)</form>', history, re.S)[1]
+    assert _hidden(matching, "count") == ["2"]
+    for upload in queued:
+        _finished_meanwhile(upload)  # the worker finished them before "Delete all 2" was confirmed
+
+    fields = {name: _hidden(matching, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    response = alice.post("/history/delete?status=pending", fields, follow=True)
+
+    assert _messages(response) == [
+        "Nothing was deleted: none of the uploads you confirmed match these filters any more."
+    ]
+    assert Upload.objects.count() == 2
+
+
+def test_delete_all_without_filters_of_uploads_deleted_meanwhile_says_they_were_already_gone(alice, user, digit_png):
+    uploads = [_uploaded(user, digit_png, index) for index in range(2)]
+    history = alice.get("/history/").content.decode()
+    matching = re.search(r'<form method="post" action="/history/delete" id="delete-matching" hidden>(.*?)</form>',
+                         history, re.S)[1]
+    services.uploads_delete(owner=user, upload_ids=[upload.pk for upload in uploads])  # in another tab
+
+    fields = {name: _hidden(matching, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    response = alice.post("/history/delete", fields, follow=True)
+
+    assert _messages(response) == ["Nothing was deleted: those uploads were already gone."]
+
+
+def test_the_history_says_how_many_uploads_match_and_offers_to_download_it_or_them(
+    alice, user, digit_png, active_checkpoint
+):
+    def summary(**query):
+        page = alice.get("/history/", query).content.decode()
+        return " ".join(re.search(r'<p class="muted small">(.*?)<a href="/history/export.csv', page, re.S)[1].split())
+
+    _done_prediction(user, digit_png, 0)  # a 7
+
+    assert summary() == "1 upload. Download it:"
+    assert summary(digit="7") == "1 upload matches the filters. Download it:"
+    _done_prediction(user, digit_png, 17)  # another 7
+    assert summary() == "2 uploads. Download all:"
+    assert summary(digit="7") == "2 uploads match the filters. Download them:"
 
 
 def test_all_that_match_stops_at_the_number_confirmed_and_says_how_many_came_to_match_while_it_ran(
