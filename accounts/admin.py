@@ -1,7 +1,140 @@
-"""Admin for API tokens: whose, since when, last used and until when; deleting one revokes it."""
-from django.contrib import admin
+"""Admin for users (deleted as an account's deletion does; email address confirmation) and API tokens (whose, since
+when, last used and until when; deleting one revokes it)."""
+import math
 
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.utils import formats, timezone
+
+from accounts import selectors, services
 from accounts.models import ApiToken
+
+
+class EmailConfirmedFilter(admin.SimpleListFilter):
+    title = "email confirmed"
+    parameter_name = "email_confirmed"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes"), ("waiting", "Waiting for confirmation"), ("none", "No address")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(email_confirmed=True)
+        if self.value() == "waiting":
+            return queryset.filter(email_confirmed=False).exclude(email="")
+        if self.value() == "none":
+            return queryset.filter(email="")
+        return queryset
+
+
+def _when(moment) -> str:
+    return formats.localize(timezone.template_localtime(moment))
+
+
+class AccountUserAdmin(UserAdmin):
+    list_display = (*UserAdmin.list_display, "email_confirmed")
+    list_filter = (*UserAdmin.list_filter, EmailConfirmedFilter)
+    readonly_fields = (*UserAdmin.readonly_fields, "email_confirmation")
+    fieldsets = tuple(
+        (name, {**options, "fields": (*options["fields"], "email_confirmation")}) if "email" in options["fields"]
+        else (name, options)
+        for name, options in UserAdmin.fieldsets
+    )
+    actions = ["email_mark_confirmed", "email_confirmation_send_again"]
+
+    def get_queryset(self, request):
+        return selectors.user_queryset_with_email_confirmed(queryset=super().get_queryset(request))
+
+    @admin.display(description="email confirmed", boolean=True, ordering="email_confirmed")
+    def email_confirmed(self, user) -> bool:
+        return user.email_confirmed
+
+    @admin.display(description="email confirmation")
+    def email_confirmation(self, user) -> str:
+        if user.pk is None:
+            return "-"
+        status = selectors.email_confirmation_status_get(user=user)
+        if not status.address:
+            return "No email address: an administrator sets a new password should its owner forget it."
+        if status.confirmed:
+            return f"{status.address} confirmed on {_when(status.since)}"
+        since = f" since {_when(status.since)}" if status.since is not None else ""
+        return f"{status.address} waiting for confirmation{since}: no reset link goes there until its owner follows " \
+               "the link mailed to it"
+
+    def save_model(self, request, obj, form, change):
+        if not (change and "email" in form.changed_data):
+            super().save_model(request, obj, form, change)
+            return
+        # The address goes through the service the Account page uses, from the one stored: the new one waits for its
+        # link, and a confirmed one replaced or removed gets its notice (saying an administrator changed it).
+        email, obj.email = obj.email, form.initial.get("email") or ""
+        super().save_model(request, obj, form, change)
+        result = services.user_email_set(user=obj, email=email, by_staff=True)
+        if result.notice_queued is False:
+            self.message_user(request, "The notice to the address replaced could not be queued now (the broker is "
+                                       "unavailable); it is sent once the broker is back.", messages.WARNING)
+        self._confirmation_report(request, {result.confirmation.link: 1}, result.confirmation.retry_after)
+
+    # Deleted as an account's own deletion is, its uploads locked first: else Django's cascade (predictions, then
+    # uploads) can deadlock with the owner's "Delete all" running at the same time.
+    def delete_model(self, request, obj):
+        services.users_delete(users=[obj])
+
+    def delete_queryset(self, request, queryset):
+        services.users_delete(users=list(queryset))
+
+    @admin.action(description="Mark the email address confirmed (checked with its owner otherwise)",
+                  permissions=["change"])
+    def email_mark_confirmed(self, request, queryset):
+        marked = 0
+        for user in queryset.order_by("pk"):
+            address = services.email_confirm_by_staff(user_id=user.pk)
+            if address is not None:
+                marked += 1
+                self.log_change(request, user, f"Marked the email address {address} confirmed.")
+        skipped = queryset.count() - marked
+        message = f"Marked {marked} email address{'es' if marked != 1 else ''} confirmed."
+        if skipped:
+            message += f" {skipped} had no address or one confirmed already."
+        self.message_user(request, message, messages.SUCCESS if marked else messages.WARNING)
+
+    @admin.action(description="Send the email confirmation link again", permissions=["change"])
+    def email_confirmation_send_again(self, request, queryset):
+        outcomes: dict[services.ConfirmationLink, int] = {}
+        deferred_for = []
+        for user in queryset.order_by("pk"):
+            request_result = services.email_confirmation_request(user=user)
+            outcomes[request_result.link] = outcomes.get(request_result.link, 0) + 1
+            if request_result.link is services.ConfirmationLink.DEFERRED:
+                deferred_for.append(request_result.retry_after)
+            if request_result.link is services.ConfirmationLink.QUEUED:
+                self.log_change(request, user, f"Sent the confirmation link for {user.email} again.")
+            elif request_result.link is services.ConfirmationLink.THROTTLED:
+                self.message_user(request, f"{user.get_username()}: {request_result.refusal}", messages.WARNING)
+        self._confirmation_report(request, outcomes, max(deferred_for, default=0))
+
+    def _confirmation_report(self, request, outcomes: dict, deferred_for: float) -> None:
+        link = services.ConfirmationLink
+        if outcomes.get(link.QUEUED):
+            self.message_user(request, f"Queued {outcomes[link.QUEUED]} confirmation link(s).", messages.SUCCESS)
+        if outcomes.get(link.DEFERRED):
+            self.message_user(request, f"{outcomes[link.DEFERRED]} confirmation link(s) will be sent within about "
+                                       f"{max(1, math.ceil(deferred_for / 60))} minutes: their address was sent "
+                                       "links to its limit lately.", messages.INFO)
+        if outcomes.get(link.NOT_NEEDED):
+            self.message_user(request, f"{outcomes[link.NOT_NEEDED]} had no address or one confirmed already.",
+                              messages.INFO)
+        if outcomes.get(link.NO_MAIL):
+            self.message_user(request, "This site sends no email (EMAIL_URL is not set): no link was sent.",
+                              messages.ERROR)
+        if outcomes.get(link.NOT_QUEUED):
+            self.message_user(request, f"{outcomes[link.NOT_QUEUED]} link(s) could not be queued (the broker is "
+                                       "unavailable): nothing was sent; try again in a moment.", messages.ERROR)
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), AccountUserAdmin)
 
 
 @admin.register(ApiToken)

@@ -102,8 +102,9 @@ class AccountEmailForm(PasswordConfirmedForm):
 class PasswordResetRequestForm(forms.Form):
     """The address a reset link is asked for; a worker looks it up and sends the links (accounts.tasks)."""
 
+    # The page is there for this one field: the keyboard starts in it (a refusal, shown above it, comes first).
     email = forms.EmailField(label="Your account's email address", max_length=254,
-                             widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+                             widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
 
 
 def _revoke_api_tokens_field() -> forms.BooleanField:

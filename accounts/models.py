@@ -63,19 +63,49 @@ class EmailAddressState(models.Model):
     """Where an account's email address stands: when it was last set, and which address its owner confirmed.
 
     The address itself stays on the user. It counts as confirmed only while it is the very address confirmed
-    (``confirmed_email``), so one changed anywhere else (the admin, a shell) is unconfirmed without anyone having
-    to remember to say so.
+    (``confirmed_email``), so one changed other than through accounts.services.user_email_set (a shell) is
+    unconfirmed without anyone having to remember to say so.
     """
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
                                 related_name="email_state")
     # A confirmation link made before this no longer works: it was for an address set before the current one.
-    set_at = models.DateTimeField()
+    # None: not recorded (an address set before this was, or in a shell); links made meanwhile cover that.
+    set_at = models.DateTimeField(null=True, blank=True)
     confirmed_email = models.EmailField(max_length=254, blank=True, default="")
     confirmed_at = models.DateTimeField(null=True, blank=True)
+    # When its owner asked for a confirmation link that no message has carried yet (the first such request).
+    link_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "email address state"
 
     def __str__(self) -> str:
         return f"{self.confirmed_email or 'nothing'} confirmed"
+
+
+class EmailChangeNotice(models.Model):
+    """A notice owed to an account's confirmed address that was replaced or removed: kept until a worker sends it
+    (or gives up, a day on), so that neither a broker outage nor a mail server down past the retries loses it."""
+
+    REPLACED, REMOVED = "replaced", "removed"
+
+    # Null once the account is deleted: the notice goes all the same.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    username = models.CharField(max_length=150)
+    address = models.EmailField(max_length=254)
+    kind = models.CharField(max_length=8, choices=[(REPLACED, "replaced"), (REMOVED, "removed")])
+    by_staff = models.BooleanField(default=False)
+    created_at = models.DateTimeField()
+    # When it was last handed to a worker, or a worker's try began: the sweep leaves it alone for a while after.
+    queued_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    given_up_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["queued_at"], condition=models.Q(sent_at__isnull=True,
+                                                                          given_up_at__isnull=True),
+                                name="email_change_notice_unsent")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} notice to {self.address}"

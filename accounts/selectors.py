@@ -2,12 +2,15 @@
 confirmed, and who gets a reset link."""
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import functools
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
 from django.db import connection
+from django.db.models import BooleanField, Case, Exists, F, OuterRef, QuerySet, Value, When
 
 from accounts.models import ApiToken, EmailAddressState, api_token_digest
 
@@ -35,6 +38,41 @@ def user_email_confirmed(*, user) -> bool:
 
 def email_address_state_get(*, user) -> EmailAddressState | None:
     return EmailAddressState.objects.filter(user_id=user.pk).first()
+
+
+def email_confirmation_waiting_list(*, email: str) -> list:
+    """The active accounts whose address is ``email`` (this very spelling) and not confirmed, each with
+    ``link_requested_at`` (None: no link owed): those owed a link first, the one that asked first first, then the
+    others oldest first."""
+    return list(get_user_model().objects.filter(email=email, is_active=True)
+                .exclude(email_state__confirmed_email=email)
+                .annotate(link_requested_at=F("email_state__link_requested_at"))
+                .order_by(F("link_requested_at").asc(nulls_last=True), "pk"))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmailConfirmationStatus:
+    address: str  # "" for none
+    confirmed: bool
+    # When it was confirmed, or since when it waits (set at sign-up, on the Account page or in the admin); None when
+    # not known (an address set before that was recorded).
+    since: dt.datetime | None
+
+
+def email_confirmation_status_get(*, user) -> EmailConfirmationStatus:
+    """Whether ``user``'s address is confirmed, and since when (or since when it waits), for staff."""
+    state = email_address_state_get(user=user)
+    confirmed = bool(user.email) and state is not None and state.confirmed_email == user.email
+    since = (state.confirmed_at if confirmed else state.set_at) if state is not None else None
+    return EmailConfirmationStatus(address=user.email, confirmed=confirmed, since=since if user.email else None)
+
+
+def user_queryset_with_email_confirmed(*, queryset: QuerySet) -> QuerySet:
+    """``queryset`` of users, each with ``email_confirmed``: whether its address is one its owner confirmed (as
+    user_email_confirmed), in the same query."""
+    confirmed = EmailAddressState.objects.filter(user_id=OuterRef("pk"), confirmed_email=OuterRef("email"))
+    return queryset.annotate(email_confirmed=Case(When(email="", then=Value(False)), default=Exists(confirmed),
+                                                  output_field=BooleanField()))
 
 
 def api_token_list_for_user(*, user) -> list[ApiToken]:

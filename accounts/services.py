@@ -1,6 +1,8 @@
 """Account writes: the demo account, API tokens, email addresses and their confirmation, deletion, log-in counts, and
 reset links."""
+import contextlib
 import dataclasses
+import datetime as dt
 import enum
 import hashlib
 import ipaddress
@@ -12,6 +14,7 @@ import time
 import unicodedata
 from urllib.parse import urlsplit
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
@@ -28,7 +31,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from accounts import selectors
 from accounts.mail import duration_words, mail_error_is_transient
-from accounts.models import ApiToken, EmailAddressState, api_token_digest
+from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
 from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
 
@@ -248,24 +251,44 @@ class PasswordResetEmailDeferred(EmailDeferred):
 def _message_send(*, message: EmailMessage, what: str, user_ids: list[int],
                   deferred: type[EmailDeferred] = EmailDeferred) -> bool:
     """Send ``message`` (the ``what`` for ``user_ids``); False when the server refused it for good (a 5xx answer: no
-    such mailbox), which is logged. Raises ``deferred`` when the server cannot take it now and may later."""
+    such mailbox), which is logged. Raises ``deferred`` when the server cannot take it now and may later, or stalled
+    until the task's soft time limit (SoftTimeLimitExceeded).
+
+    A server that stalled may have kept the message before it stopped answering, and then gets it again: every
+    message here is safe to receive twice (a reset link works once, and none after the password changed; a
+    confirmation link confirms once; a notice says the same again).
+    """
     sent = False
     try:
         with get_connection() as connection:
-            connection.send_messages([message])
+            try:
+                connection.send_messages([message])
+            except SoftTimeLimitExceeded:
+                _connection_abandon(connection)
+                raise
             sent = True
     except Exception as exc:
         if sent:
             # The message went; only saying goodbye failed.
             logger.warning("the mail server failed after the %s was sent: %s", what, exc)
             return True
-        if not mail_error_is_transient(exc):
+        if not (isinstance(exc, SoftTimeLimitExceeded) or mail_error_is_transient(exc)):
             if isinstance(exc, smtplib.SMTPException):
                 logger.error("the mail server refused the %s to users %s: %s", what, user_ids, exc)
                 return False
             raise
         raise deferred(f"the mail server could not take a {what} now: {exc}", user_ids=user_ids) from exc
     return True
+
+
+def _connection_abandon(connection) -> None:
+    """Close a mail connection without saying goodbye: a server that stalled would keep the goodbye waiting for
+    EMAIL_TIMEOUT, time the task no longer has before its hard time limit ends its process."""
+    smtp = getattr(connection, "connection", None)
+    if smtp is not None:
+        with contextlib.suppress(OSError):
+            smtp.close()
+        connection.connection = None
 
 
 # The most accounts one reset message lists, so that accounts made by the hundred with someone's address cannot
@@ -306,8 +329,9 @@ def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) 
 
     ``user_ids`` limits it to those accounts: a retry carries the links of the first try, none for accounts given
     the address since. A message the server refuses for good (a 5xx answer: no such mailbox) is logged, not sent
-    again; one it cannot take now raises PasswordResetEmailDeferred. A message sent twice (a worker lost before its
-    task was acknowledged) does no harm: each link works once, and none after the password changed.
+    again; one it cannot take now, or takes no answer from before the task's soft time limit, raises
+    PasswordResetEmailDeferred. A message sent twice (a worker lost before its task was acknowledged, a server that
+    kept it and then stalled) does no harm: each link works once, and none after the password changed.
     """
     users = selectors.password_reset_user_list(email=email, user_ids=user_ids)
     if not users:
@@ -327,8 +351,9 @@ class ConfirmationLink(enum.Enum):
     """What became of a link confirming an account's address."""
 
     QUEUED = "queued"  # on its way, sent by a worker once the transaction commits
+    DEFERRED = "deferred"  # owed, and sent once the address's allowance refills (in ``retry_after`` seconds)
     NOT_QUEUED = "not_queued"  # the broker failed: nothing was sent
-    THROTTLED = "throttled"  # too many lately, for the account or for the address
+    THROTTLED = "throttled"  # sent again too often for the account lately: nothing was sent
     NO_MAIL = "no_mail"  # this site sends no email
     NOT_NEEDED = "not_needed"  # no address, or one confirmed already
 
@@ -337,7 +362,7 @@ class ConfirmationLink(enum.Enum):
 class EmailConfirmationRequest:
     link: ConfirmationLink
     refusal: str = ""  # for THROTTLED: why, and for how long
-    retry_after: float = 0
+    retry_after: float = 0  # for THROTTLED and DEFERRED: the seconds to wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,41 +374,68 @@ class EmailSetResult:
 
 
 class EmailConfirmationThrottled(MailThrottled):
-    """Confirmation links asked for too often, for one account or to one email address; nothing was sent."""
+    """A confirmation link sent again too often for one account; nothing was sent."""
 
 
 class EmailConfirmationError(Exception):
-    """A confirmation link that does not work (any more); the message says why, to the person who opened it."""
+    """A confirmation link that does not work (any more); ``reason`` says why: EXPIRED, BROKEN or CHANGED."""
+
+    EXPIRED, BROKEN, CHANGED = "expired", "broken", "changed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def _email_confirmation_limits(*, user_id: int, email: str) -> Limits:
+class EmailConfirmedAlready(Exception):
+    """A confirmation link for the address its account has confirmed already: it has nothing left to do."""
+
+
+def _email_confirmation_account_limits(*, user_id: int) -> Limits:
     rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
-    if rate is None:
-        return []
-    return [
+    return [] if rate is None else [
         (f"throttle_email_confirmation_user_{user_id}", rate,
          "Too many confirmation links were sent for your account lately; send one again in {minutes} minutes."),
-        (f"throttle_email_confirmation_email_{_email_key(email)}", rate,
-         "Too many confirmation links went to this address lately; send one again in {minutes} minutes."),
     ]
 
 
-def _task_publish(*, task, kwargs: dict, what: str) -> bool:
+def _email_confirmation_address_limits(*, email: str) -> Limits:
+    rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
+    return [] if rate is None else [(f"throttle_email_confirmation_email_{_email_key(email)}", rate, "")]
+
+
+def _email_confirmation_address_wait(*, email: str) -> float:
+    """The seconds until a confirmation message may go to ``email``; 0 for now. Spends nothing."""
+    limits = _email_confirmation_address_limits(email=email)
     try:
-        task.apply_async(kwargs=kwargs)
+        _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
+    except EmailConfirmationThrottled as exc:
+        return exc.retry_after
+    _allowances_give_back(limits=limits, what="email confirmation")
+    return 0
+
+
+def _task_publish(*, task, kwargs: dict, what: str, countdown: float | None = None) -> bool:
+    try:
+        task.apply_async(kwargs=kwargs, countdown=countdown)
     except Exception:  # noqa: BLE001 - any broker error: the caller says that nothing was sent
-        logger.exception("could not queue %s for user %s; nothing was sent", what, kwargs.get("user_id"))
+        logger.exception("could not queue %s; nothing was sent", what)
         return False
     return True
 
 
-def email_confirmation_request(*, user) -> EmailConfirmationRequest:
-    """Queue a link confirming ``user``'s address, to that address (accounts.tasks.email_confirmation_send).
+def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmationRequest:
+    """Ask for a link confirming ``user``'s address, to that address (accounts.tasks.email_confirmation_send).
 
     Nothing is sent for no address, one confirmed already, or on a site that sends no email (the address then waits
-    until the site does and its owner asks for a link). Counted against the account and against the address
-    (EMAIL_CONFIRMATION_THROTTLE_RATE): anyone may give accounts someone's address, and each would mail it. A broker
-    failure is logged and given back: the address stays as saved, waiting, and its owner may ask again.
+    until the site does and its owner asks for a link). The link is owed (recorded on the account) until a message
+    carries it: one message to the address lists a link for every account waiting on it (email_confirmation_send).
+    Anyone may give accounts someone's address, so the address's allowance (EMAIL_CONFIRMATION_THROTTLE_RATE)
+    bounds the messages it gets; a link asked for while it is spent is not refused (a stranger could then keep its
+    owner from ever confirming it) but DEFERRED: queued to go when the allowance refills, with every link owed by
+    then. The account's allowance bounds only links sent again: the ``first`` for a newly saved address is not
+    counted, so fixing a typo is not held up by links sent to the typo. A broker failure is logged and the account's
+    allowance given back: the address stays as saved, waiting, and its owner may ask again.
 
     Within a transaction the link is queued once it commits, and reported QUEUED; outside one, as a page is served,
     the broker is tried at once and its failure reported.
@@ -394,28 +446,44 @@ def email_confirmation_request(*, user) -> EmailConfirmationRequest:
         return EmailConfirmationRequest(ConfirmationLink.NO_MAIL)
     from accounts.tasks import email_confirmation_send as send_task
 
-    limits = _email_confirmation_limits(user_id=user.pk, email=user.email)
+    limits = [] if first else _email_confirmation_account_limits(user_id=user.pk)
     try:
         _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
     except EmailConfirmationThrottled as exc:
         return EmailConfirmationRequest(ConfirmationLink.THROTTLED, refusal=str(exc), retry_after=exc.retry_after)
-    kwargs, queued = {"user_id": user.pk, "email": user.email}, []
-    transaction.on_commit(lambda: queued.append(_task_publish(task=send_task, kwargs=kwargs,
-                                                              what="an email confirmation link")))
+    EmailAddressState.objects.get_or_create(user_id=user.pk, defaults={"set_at": None})
+    # The first request still owed is kept: the accounts that asked first are listed first.
+    EmailAddressState.objects.filter(user_id=user.pk, link_requested_at__isnull=True).update(
+        link_requested_at=timezone.now())
+    wait = _email_confirmation_address_wait(email=user.email)
+    kwargs, queued = {"email": user.email}, []
+    transaction.on_commit(lambda: queued.append(_task_publish(
+        task=send_task, kwargs=kwargs, what="an email confirmation link", countdown=math.ceil(wait) if wait else None)))
     if queued == [False]:
         _allowances_give_back(limits=limits, what="email confirmation")
         return EmailConfirmationRequest(ConfirmationLink.NOT_QUEUED)
+    if wait:
+        return EmailConfirmationRequest(ConfirmationLink.DEFERRED, retry_after=wait)
     return EmailConfirmationRequest(ConfirmationLink.QUEUED)
 
 
-def user_email_set(*, user, email: str) -> EmailSetResult:
+def email_address_state_ensure(*, user) -> None:
+    """Record when ``user``'s address was set, if nothing was recorded yet (an account just made at sign-up): the
+    links mailed to it cover that moment, and confirming it must not change it."""
+    if user.email:
+        EmailAddressState.objects.get_or_create(user=user, defaults={"set_at": timezone.now()})
+
+
+def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResult:
     """Set the address ``user``'s password reset links go to, once confirmed; "" removes it (an administrator resets
-    the password then).
+    the password then). Every change of an address goes through here, its owner's (sign-up aside) or staff's
+    (``by_staff``, the admin's form, said so in the notice).
 
     A new address waits for its owner to follow the link mailed to it (email_confirmation_request): until then no
     reset link goes there, so nobody can point the links at an inbox they do not read, nor at someone else's. Saving
-    the address already set asks for another link if it waits. A confirmed address replaced or removed gets a
-    notice (accounts.tasks.email_change_notice_send): a session taken over and used to redirect the links is seen.
+    the address already set asks for another link if it waits. A confirmed address replaced or removed is owed a
+    notice (EmailChangeNotice, stored with the change and sent by accounts.tasks.email_change_notice_send): a
+    session taken over and used to redirect the links is seen.
 
     Not unique: an address may serve several accounts (one message lists a link for each), and a refusal for an
     address in use would tell anyone which addresses have an account here. Reset and confirmation links sent to the
@@ -433,26 +501,35 @@ def user_email_set(*, user, email: str) -> EmailSetResult:
             locked.email = email
             locked.save(update_fields=["email"])
             EmailAddressState.objects.update_or_create(
-                user=locked, defaults={"set_at": timezone.now(), "confirmed_email": "", "confirmed_at": None})
+                user=locked, defaults={"set_at": timezone.now(), "confirmed_email": "", "confirmed_at": None,
+                                       "link_requested_at": None})
             if old_confirmed:
                 from accounts.tasks import email_change_notice_send as notice_task
 
-                kwargs = {"user_id": locked.pk, "email": old, "replaced": bool(email)}
+                now = timezone.now()
+                owed = EmailChangeNotice.objects.create(
+                    user=locked, username=locked.get_username(), address=old, by_staff=by_staff, created_at=now,
+                    queued_at=now, kind=EmailChangeNotice.REPLACED if email else EmailChangeNotice.REMOVED)
                 transaction.on_commit(lambda: notice.append(_task_publish(
-                    task=notice_task, kwargs=kwargs, what="the notice of an email address change")))
+                    task=notice_task, kwargs={"notice_id": owed.pk}, what="the notice of an email address change")))
             notice_due = old_confirmed
         else:
             notice_due = False
     user.email = email
-    confirmation = email_confirmation_request(user=user)
+    confirmation = email_confirmation_request(user=user, first=changed)
     return EmailSetResult(changed=changed, confirmation=confirmation,
                           notice_queued=(notice != [False]) if notice_due else None)
 
 
 def _email_confirmation_digest(*, user, state: EmailAddressState | None) -> str:
     # The address and when it was set: a link stops working once the address changes, even back to the same one.
-    set_at = state.set_at.isoformat() if state is not None else ""
+    set_at = state.set_at.isoformat() if state is not None and state.set_at is not None else ""
     return hashlib.sha256(f"{user.pk}\n{user.email}\n{set_at}".encode()).hexdigest()[:32]
+
+
+def _email_address_digest(*, user_id: int, email: str) -> str:
+    # The address alone: once it is the one confirmed, its link says so whenever it was set.
+    return hashlib.sha256(f"{user_id}\n{email}\naddress".encode()).hexdigest()[:32]
 
 
 _EMAIL_CONFIRMATION_SALT = "accounts.email-confirmation"
@@ -461,41 +538,68 @@ _EMAIL_CONFIRMATION_SALT = "accounts.email-confirmation"
 def email_confirmation_token_make(*, user) -> str:
     """A signed, timed token confirming ``user``'s current address; good for nothing else (its own salt)."""
     digest = _email_confirmation_digest(user=user, state=selectors.email_address_state_get(user=user))
-    return signing.dumps({"u": user.pk, "d": digest}, salt=_EMAIL_CONFIRMATION_SALT)
+    return signing.dumps({"u": user.pk, "d": digest, "a": _email_address_digest(user_id=user.pk, email=user.email)},
+                         salt=_EMAIL_CONFIRMATION_SALT)
 
 
 def email_confirmation_user_get(*, token: str):
     """The account whose current address ``token`` confirms; raises EmailConfirmationError for a token that has
-    expired (EMAIL_CONFIRMATION_TIMEOUT), was made for an address since changed, or was never made here."""
+    expired (EMAIL_CONFIRMATION_TIMEOUT), was made for an address since changed, or was never made here, and
+    EmailConfirmedAlready for one whose address is the account's, confirmed already (a second click, a second tab)."""
     try:
         payload = signing.loads(token, salt=_EMAIL_CONFIRMATION_SALT, max_age=settings.EMAIL_CONFIRMATION_TIMEOUT)
     except signing.SignatureExpired:
-        raise EmailConfirmationError(
-            "This link has expired. Sign in and send a new one from your Account page.") from None
+        raise EmailConfirmationError(EmailConfirmationError.EXPIRED) from None
     except signing.BadSignature:
-        raise EmailConfirmationError("This link does not work: it may have been cut short when it was copied.") from None
+        raise EmailConfirmationError(EmailConfirmationError.BROKEN) from None
     user = get_user_model().objects.filter(pk=payload.get("u")).first() if isinstance(payload, dict) else None
-    if user is None or payload.get("d") != _email_confirmation_digest(
-            user=user, state=selectors.email_address_state_get(user=user)):
-        raise EmailConfirmationError(
-            "This link no longer works: the account's email address was changed after it was sent.")
+    if user is None:
+        raise EmailConfirmationError(EmailConfirmationError.CHANGED)
+    if payload.get("a") == _email_address_digest(user_id=user.pk, email=user.email) and selectors.user_email_confirmed(
+            user=user):
+        raise EmailConfirmedAlready()
+    if payload.get("d") != _email_confirmation_digest(user=user, state=selectors.email_address_state_get(user=user)):
+        raise EmailConfirmationError(EmailConfirmationError.CHANGED)
     return user
 
 
 def email_confirm(*, token: str):
-    """Confirm the address ``token`` was mailed to (email_confirmation_token_make); returns the account. Following a
-    link twice does no harm. Raises EmailConfirmationError as email_confirmation_user_get does."""
+    """Confirm the address ``token`` was mailed to (email_confirmation_token_make). Following a link twice does no
+    harm: the second time, as for an address confirmed already, nothing changes. Raises EmailConfirmationError as
+    email_confirmation_user_get does."""
     with transaction.atomic():
-        pk = email_confirmation_user_get(token=token).pk
-        # Checked again under the lock a change takes: an address changed meanwhile is not confirmed by this link.
-        get_user_model().objects.select_for_update().filter(pk=pk).first()
-        user = email_confirmation_user_get(token=token)
-        if not selectors.user_email_confirmed(user=user):
-            EmailAddressState.objects.update_or_create(
-                user=user, defaults={"confirmed_email": user.email, "confirmed_at": timezone.now()},
-                create_defaults={"set_at": timezone.now(), "confirmed_email": user.email,
-                                 "confirmed_at": timezone.now()})
-    return user
+        try:
+            pk = email_confirmation_user_get(token=token).pk
+            # Checked again under the lock a change takes: an address changed meanwhile is not confirmed by this link.
+            get_user_model().objects.select_for_update().filter(pk=pk).first()
+            user = email_confirmation_user_get(token=token)
+        except EmailConfirmedAlready:
+            return
+        _email_confirmed_record(user=user)
+
+
+def _email_confirmed_record(*, user) -> bool:
+    """Record ``user``'s current address as confirmed, under the caller's lock on the user; False when it has none
+    or is confirmed already."""
+    if not user.email or selectors.user_email_confirmed(user=user):
+        return False
+    now = timezone.now()
+    EmailAddressState.objects.update_or_create(
+        user=user, defaults={"confirmed_email": user.email, "confirmed_at": now},
+        # No set_at when none was recorded: the link being followed covers that, and must go on working.
+        create_defaults={"set_at": None, "confirmed_email": user.email, "confirmed_at": now})
+    return True
+
+
+def email_confirm_by_staff(*, user_id: int) -> str | None:
+    """Confirm account ``user_id``'s current address without a link, for staff who made sure out of band that it is
+    its owner's; returns the address, or None when the account is gone, has none, or it is confirmed already."""
+    with transaction.atomic():
+        # The address as it is under the lock a change takes, not as a list showed it a moment ago.
+        user = get_user_model().objects.select_for_update().filter(pk=user_id).first()
+        if user is None or not _email_confirmed_record(user=user):
+            return None
+    return user.email
 
 
 def _site_message(*, template: str, context: dict, recipient: str) -> EmailMessage:
@@ -507,32 +611,117 @@ def _site_message(*, template: str, context: dict, recipient: str) -> EmailMessa
     return EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient])
 
 
-def email_confirmation_send(*, user_id: int, email: str) -> bool:
-    """Mail ``email`` the link confirming it as account ``user_id``'s address, from SITE_URL; False, sending
-    nothing, when the account is gone, its address is no longer ``email`` (a later change sent its own link) or is
-    confirmed already. Raises EmailDeferred when the mail server cannot take it now; a permanent refusal is logged."""
-    user = get_user_model().objects.filter(pk=user_id).first()
-    if user is None or user.email != email or selectors.user_email_confirmed(user=user):
-        return False
-    path = reverse("email_confirm", kwargs={"token": email_confirmation_token_make(user=user)})
+# The most accounts one confirmation message lists, as for reset messages; the rest stay owed, for the next one.
+EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE = 10
+
+
+def email_confirmation_send(*, email: str, user_id: int | None = None) -> int:
+    """Mail ``email`` one message with a link for every account waiting on it (its address, not confirmed), from
+    SITE_URL, if a link is owed (email_confirmation_request; ``user_id``: an account asking in a message queued
+    before links were recorded as owed); returns how many links it carried.
+
+    The accounts that asked first come first, then the others waiting, EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE at
+    most: links still owed beyond those go in another message, queued at once. Each message spends the address's
+    allowance; with it spent, nothing is sent and the send is queued again for when it refills. Raises
+    EmailDeferred when the mail server cannot take it now (the allowance is given back); a permanent refusal is
+    logged, and the links are owed no more.
+    """
+    from accounts.tasks import email_confirmation_send as send_task
+
+    started = timezone.now()
+    waiting = selectors.email_confirmation_waiting_list(email=email)
+    if not any(user.link_requested_at is not None or user.pk == user_id for user in waiting):
+        return 0
+    limits = _email_confirmation_address_limits(email=email)
+    try:
+        _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
+    except EmailConfirmationThrottled as exc:
+        _task_publish(task=send_task, kwargs={"email": email}, what="a deferred email confirmation message",
+                      countdown=math.ceil(exc.retry_after))
+        return 0
+    listed = waiting[:EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE]
+    site = urlsplit(settings.SITE_URL)
+    accounts = [{"username": user.get_username(), "confirm_url": f"{site.scheme}://{site.netloc}" + reverse(
+        "email_confirm", kwargs={"token": email_confirmation_token_make(user=user)})} for user in listed]
     message = _site_message(template="email_confirmation", recipient=email, context={
-        "username": user.get_username(),
-        "confirm_path": path,
+        "accounts": accounts,
+        "unlisted": len(waiting) - len(listed),
         "link_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
     })
-    return _message_send(message=message, what="email confirmation link", user_ids=[user.pk])
+    try:
+        sent = _message_send(message=message, what="email confirmation link", user_ids=[user.pk for user in listed])
+    except EmailDeferred:
+        _allowances_give_back(limits=limits, what="email confirmation")
+        raise
+    # Owed no more, unless asked for since this began, or for another address since.
+    EmailAddressState.objects.filter(user_id__in=[user.pk for user in listed], user__email=email,
+                                     link_requested_at__lte=started).update(link_requested_at=None)
+    if any(user.link_requested_at is not None for user in waiting[len(listed):]):
+        _task_publish(task=send_task, kwargs={"email": email}, what="the next email confirmation message")
+    return len(listed) if sent else 0
 
 
-def email_change_notice_send(*, user_id: int, email: str, replaced: bool) -> bool:
-    """Tell ``email``, account ``user_id``'s confirmed address until now, that it was ``replaced`` (else removed):
-    should someone else have done it, its owner learns before a reset link goes elsewhere. Sent even when the account
-    is gone since; raises EmailDeferred when the mail server cannot take it now."""
+def email_change_notice_record(*, user_id: int, email: str, replaced: bool) -> int:
+    """Store a notice owed to ``email``, account ``user_id``'s confirmed address until it was ``replaced`` (else
+    removed), as user_email_set does; returns its id. For a task queued before notices were stored."""
     user = get_user_model().objects.filter(pk=user_id).first()
-    message = _site_message(template="email_change_notice", recipient=email, context={
-        "username": user.get_username() if user is not None else "",
-        "replaced": replaced,
+    now = timezone.now()
+    return EmailChangeNotice.objects.create(
+        user=user, username=user.get_username() if user is not None else "", address=email, created_at=now,
+        queued_at=now, kind=EmailChangeNotice.REPLACED if replaced else EmailChangeNotice.REMOVED).pk
+
+
+def email_change_notice_send(*, notice_id: int) -> bool:
+    """Send notice ``notice_id`` (EmailChangeNotice) if it is still owed, and record it sent: should someone else
+    have changed the address, its owner learns before a reset link goes elsewhere. Sent even when the account is gone
+    since. False when it was sent already, given up, or the server refused it for good (logged; given up). Raises
+    EmailDeferred when the mail server cannot take it now: it stays owed."""
+    # The try is noted first: the sweep leaves a notice a worker is trying alone.
+    if not EmailChangeNotice.objects.filter(pk=notice_id, sent_at__isnull=True, given_up_at__isnull=True).update(
+            queued_at=timezone.now()):
+        return False
+    notice = EmailChangeNotice.objects.get(pk=notice_id)
+    message = _site_message(template="email_change_notice", recipient=notice.address, context={
+        "username": notice.username,
+        "replaced": notice.kind == EmailChangeNotice.REPLACED,
+        "by_staff": notice.by_staff,
     })
-    return _message_send(message=message, what="email change notice", user_ids=[user_id])
+    user_ids = [notice.user_id] if notice.user_id is not None else []
+    sent = _message_send(message=message, what="email change notice", user_ids=user_ids)
+    EmailChangeNotice.objects.filter(pk=notice_id).update(**{"sent_at" if sent else "given_up_at": timezone.now()})
+    return sent
+
+
+# A notice no worker has tried for this long lost its task (a broker down when it was queued, a worker lost, retries
+# spent on a mail server down): the sweep queues it again. Far above the longest gap between a task's tries.
+EMAIL_CHANGE_NOTICE_REQUEUE_AFTER = dt.timedelta(minutes=10)
+# Past this, the address has likely changed hands or the change is old news: the notice is given up, with an error.
+EMAIL_CHANGE_NOTICE_GIVE_UP_AFTER = dt.timedelta(days=1)
+
+
+def email_change_notices_requeue() -> tuple[int, int]:
+    """Queue again every notice still owed that no worker has tried for EMAIL_CHANGE_NOTICE_REQUEUE_AFTER, and give
+    up (with an error in the log) on those owed for EMAIL_CHANGE_NOTICE_GIVE_UP_AFTER; returns (queued, given up)."""
+    from accounts.tasks import email_change_notice_send as notice_task
+
+    now = timezone.now()
+    stale = EmailChangeNotice.objects.filter(sent_at__isnull=True, given_up_at__isnull=True,
+                                             queued_at__lt=now - EMAIL_CHANGE_NOTICE_REQUEUE_AFTER)
+    given_up = 0
+    for notice in stale.filter(created_at__lt=now - EMAIL_CHANGE_NOTICE_GIVE_UP_AFTER).order_by("pk"):
+        if EmailChangeNotice.objects.filter(pk=notice.pk, sent_at__isnull=True).update(given_up_at=now):
+            given_up += 1
+            logger.error("gave up on the notice to the address user %s replaced or removed a day ago, unsent",
+                         notice.user_id)
+    queued = 0
+    for notice_id in stale.filter(created_at__gte=now - EMAIL_CHANGE_NOTICE_GIVE_UP_AFTER).values_list("pk",
+                                                                                                         flat=True):
+        # Claimed first, so that two sweeps at once queue it once.
+        if EmailChangeNotice.objects.filter(pk=notice_id, queued_at__lt=now - EMAIL_CHANGE_NOTICE_REQUEUE_AFTER).update(
+                queued_at=now) and _task_publish(task=notice_task, kwargs={"notice_id": notice_id},
+                                                 what="an email change notice again"):
+            queued += 1
+    return queued, given_up
 
 
 class DemoUserError(ValueError):
@@ -638,9 +827,18 @@ def account_delete(*, user) -> None:
     """
     if user.is_superuser:
         raise AccountDeleteError("An administrator's account is deleted by another administrator, in the admin.")
+    users_delete(users=[user])
+
+
+def users_delete(*, users) -> None:
+    """Delete ``users`` (any accounts, administrators' included: the admin's deletion) with their uploads,
+    predictions and tokens, in one transaction; the image files go once that commits."""
+    users = sorted(users, key=lambda user: user.pk)
     with transaction.atomic():
         # Django's cascade deletes the predictions before the uploads; every deletion of uploads locks the uploads
         # first. Locked here as those deletions lock them, a "Delete all" running in another tab waits for this one
-        # (or this one for it) instead of the two deadlocking.
-        uploads_lock_for_owner(owner=user)
-        user.delete()
+        # (or this one for it) instead of the two deadlocking. Owner by owner in id order, so two deletions of
+        # several accounts wait for each other too.
+        for user in users:
+            uploads_lock_for_owner(owner=user)
+        get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()

@@ -21,7 +21,8 @@ MAX_RETRIES = 6
 MAIL_TASK_OPTIONS = {
     "bind": True,
     "acks_late": True,
-    # Each exchange with the mail server waits EMAIL_TIMEOUT at most, and one message takes a handful of them.
+    # Each exchange with the mail server waits EMAIL_TIMEOUT at most, and one message takes a handful of them. A
+    # server that stalls past the soft limit is tried again later, as one that cannot take the message now.
     "soft_time_limit": 60,
     "time_limit": 90,
     "autoretry_for": (OperationalError, InterfaceError),
@@ -59,18 +60,29 @@ def password_reset_email_send(self, email: str, user_ids: list[int] | None = Non
 
 
 @shared_task(name="accounts.tasks.email_confirmation_send", **MAIL_TASK_OPTIONS)
-def email_confirmation_send(self, user_id: int, email: str) -> int:
+def email_confirmation_send(self, email: str, user_id: int | None = None) -> int:
+    # ``user_id``: only in messages queued before links were recorded as owed.
     try:
-        return int(services.email_confirmation_send(user_id=int(user_id), email=email))
+        return services.email_confirmation_send(email=email, user_id=None if user_id is None else int(user_id))
     except services.EmailDeferred as exc:
         return _retry_or_give_up(self, exc, what="email confirmation link",
-                                 kwargs={"user_id": user_id, "email": email})
+                                 kwargs={"email": email, "user_id": user_id})
 
 
 @shared_task(name="accounts.tasks.email_change_notice_send", **MAIL_TASK_OPTIONS)
-def email_change_notice_send(self, user_id: int, email: str, replaced: bool) -> int:
+def email_change_notice_send(self, notice_id: int | None = None, user_id: int | None = None, email: str = "",
+                             replaced: bool = True) -> int:
+    if notice_id is None:
+        # A message queued before notices were stored, naming the notice itself: stored now.
+        notice_id = services.email_change_notice_record(user_id=int(user_id), email=email, replaced=bool(replaced))
     try:
-        return int(services.email_change_notice_send(user_id=int(user_id), email=email, replaced=bool(replaced)))
+        return int(services.email_change_notice_send(notice_id=int(notice_id)))
     except services.EmailDeferred as exc:
-        return _retry_or_give_up(self, exc, what="email change notice",
-                                 kwargs={"user_id": user_id, "email": email, "replaced": replaced})
+        # Given up here, the notice stays owed: email_change_notices_sweep queues it again.
+        return _retry_or_give_up(self, exc, what="email change notice", kwargs={"notice_id": notice_id})
+
+
+@shared_task(name="accounts.tasks.email_change_notices_sweep", ignore_result=True)
+def email_change_notices_sweep() -> list[int]:
+    """Every few minutes (CELERY_BEAT_SCHEDULE): notices still owed whose task was lost are queued again."""
+    return list(services.email_change_notices_requeue())

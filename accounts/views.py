@@ -116,10 +116,13 @@ def signup(request: HttpRequest) -> HttpResponse:
             response["Retry-After"] = str(math.ceil(retry_after))
             return response
         if form.is_valid():
-            user = form.save()
+            with transaction.atomic():
+                user = form.save()
+                services.email_address_state_ensure(user=user)
             login(request, user)
             messages.success(request, "Welcome! Upload or draw a digit to get started.")
-            _confirmation_messages(request, services.email_confirmation_request(user=user), email=user.email)
+            _confirmation_messages(request, services.email_confirmation_request(user=user, first=True),
+                                   email=user.email)
             return redirect("classifier:upload")
         _signup_allowance_take(request, share=FAILED_SIGNUP_SHARE - 1)
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
@@ -222,15 +225,24 @@ def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
 
 
 def _confirmation_messages(request: HttpRequest, request_outcome: services.EmailConfirmationRequest, *,
-                           email: str) -> None:
-    """Say what became of the link confirming ``email``, the account's address."""
+                           email: str, saved: bool = True) -> None:
+    """Say what became of the link confirming ``email``, the account's address, just ``saved`` (else asked for
+    again)."""
     link, valid_for = request_outcome.link, duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT)
     if link is services.ConfirmationLink.QUEUED:
         messages.success(request, f"A link to confirm {email} is on its way to it. Password reset links go there once "
                          f"you open that link, which works for {valid_for}.")
+    elif link is services.ConfirmationLink.DEFERRED:
+        minutes = max(1, math.ceil(request_outcome.retry_after / 60))
+        messages.info(request, f"A link to confirm {email} will be sent within about {minutes} "
+                      f"minute{pluralize(minutes)}. Password reset links go there once you open that link, which "
+                      f"works for {valid_for}.")
     elif link is services.ConfirmationLink.THROTTLED:
-        messages.warning(request, f"Your address {email} was saved, but waits for confirmation: no link was sent. "
-                         f"{request_outcome.refusal}")
+        messages.warning(request, f"No link was sent. {request_outcome.refusal} A link already sent still works "
+                         "until it expires.")
+    elif link is services.ConfirmationLink.NOT_QUEUED and not saved:
+        messages.warning(request, "No link was sent: it could not be queued now. Press “Send the link again” in a "
+                         "moment.")
     elif link is services.ConfirmationLink.NOT_QUEUED:
         messages.warning(request, f"Your address {email} was saved, but waits for confirmation: the link could not be "
                          "sent now. Press “Send the link again” in a moment.")
@@ -245,26 +257,29 @@ def account_email_change(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _account_page(request, email_form=form, status=400)
     result = services.user_email_set(user=request.user, email=form.cleaned_data["email"])
-    if not request.user.email:
+    if not request.user.email and not result.changed:
+        messages.info(request, "Your account has no email address; nothing was changed.")
+    elif not request.user.email:
         messages.success(request, "Your email address was removed; an administrator resets a forgotten password.")
     elif result.confirmation.link is services.ConfirmationLink.NOT_NEEDED:
         messages.success(request, f"Password reset links go to {request.user.email}, which is confirmed.")
     _confirmation_messages(request, result.confirmation, email=request.user.email)
-    if result.notice_queued:
-        messages.info(request, "A notice that the address changed went to your previous address.")
-    elif result.notice_queued is False:
-        messages.warning(request, "The notice that the address changed could not be sent to your previous address.")
+    if result.notice_queued is not None:
+        # Not queued (the broker is down), it is owed all the same and goes once it can (accounts.tasks).
+        went = "went" if result.notice_queued else "goes, in a few minutes,"
+        messages.info(request, f"A notice {went} to the address you removed." if not request.user.email
+                      else f"A notice that the address changed {went} to your previous address.")
     return redirect("account")
 
 
 @require_http_methods(["POST"])
 def account_email_confirmation_send(request: HttpRequest) -> HttpResponse:
-    outcome = services.email_confirmation_request(user=request.user)
+    outcome = services.email_confirmation_request(user=request.user, first=False)
     if outcome.link is services.ConfirmationLink.NOT_NEEDED:
         messages.info(request, "Your email address is confirmed already." if request.user.email
                       else "Your account has no email address to confirm.")
     else:
-        _confirmation_messages(request, outcome, email=request.user.email)
+        _confirmation_messages(request, outcome, email=request.user.email, saved=False)
     return redirect("account")
 
 
@@ -278,9 +293,13 @@ def email_confirm(request: HttpRequest, token: str) -> HttpResponse:
             services.email_confirm(token=token)
             return redirect(request.path)  # a reload then repeats nothing
         account = services.email_confirmation_user_get(token=token)
+    except services.EmailConfirmedAlready:
+        # Nothing about the account: whoever holds the link (a forwarded mail, a shared computer) learns no more.
+        return render(request, "registration/email_confirm.html", {"confirmed": True})
     except services.EmailConfirmationError as exc:
-        return render(request, "registration/email_confirm.html", {"refusal": str(exc)}, status=400)
-    context = {"account": account, "confirmed": selectors.user_email_confirmed(user=account)}
+        return render(request, "registration/email_confirm.html", {"refusal": exc.reason}, status=400)
+    context = {"account": account,
+               "signed_in_as_another": request.user.is_authenticated and request.user.pk != account.pk}
     return render(request, "registration/email_confirm.html", context)
 
 
@@ -394,7 +413,8 @@ class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfi
         services.login_failures_forget(username=form.user.get_username(), ip=client_address(self.request))
         if revoked:
             messages.success(self.request, f"Your {revoked} API token{pluralize(revoked)} "
-                             f"{pluralize(revoked, 'was,were')} revoked.")
+                             f"{pluralize(revoked, 'was,were')} revoked with the old password: programs that used "
+                             f"{pluralize(revoked, 'it need a new one,them need new ones')} from your Account page.")
         return response
 
 

@@ -13,10 +13,15 @@ def existing_addresses_confirm(apps, schema_editor):
     state_model = apps.get_model("accounts", "EmailAddressState")
     now = timezone.now()
     users = user_model.objects.exclude(email="").values_list("pk", "email").order_by("pk")
-    state_model.objects.bulk_create(
-        (state_model(user_id=pk, set_at=now, confirmed_email=email, confirmed_at=now) for pk, email in users.iterator()),
-        batch_size=1000,
-    )
+    # A thousand at a time, from the last one done: bulk_create makes a list of all it is given, whole tables too.
+    last = None
+    while batch := list((users if last is None else users.filter(pk__gt=last))[:BATCH_SIZE]):
+        state_model.objects.bulk_create(
+            state_model(user_id=pk, set_at=now, confirmed_email=email, confirmed_at=now) for pk, email in batch)
+        last = batch[-1][0]
+
+
+BATCH_SIZE = 1000
 
 
 class Migration(migrations.Migration):

@@ -284,6 +284,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-pending-predictions": {
         "task": "classifier.tasks.predictions_sweep", "schedule": 30.0, "options": {"expires": 30.0},
     },
+    # Notices to a replaced or removed email address whose task was lost
+    # (accounts.services.email_change_notices_requeue).
+    "requeue-email-change-notices": {
+        "task": "accounts.tasks.email_change_notices_sweep", "schedule": 300.0, "options": {"expires": 300.0},
+    },
     "delete-orphaned-upload-files": {
         "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
     },

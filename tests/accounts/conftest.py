@@ -10,11 +10,18 @@ import pytest
 RESET = "/accounts/password/reset/"
 
 
+# Answers that say nothing for STALL_S once a message's data is in, as a server that hangs after taking the
+# connection: STALL keeps nothing, KEEP_THEN_STALL keeps the message first (a sender cannot tell it was accepted).
+STALL, KEEP_THEN_STALL = "stall", "keep, then stall"
+STALL_S = 30
+
+
 class MailServer:
     """An SMTP server on 127.0.0.1 (aiosmtpd, in a thread of the test process) that keeps what it accepts.
 
-    ``answers`` are the replies to the next messages, in turn ("421 ..." refuses one for now, None accepts it); once
-    they run out, every message is accepted. ``attempts`` counts every message offered, accepted or not.
+    ``answers`` are the replies to the next messages, in turn ("421 ..." refuses one for now, None accepts it, STALL
+    and KEEP_THEN_STALL hang); once they run out, every message is accepted. ``attempts`` counts every message
+    offered, accepted or not.
     """
 
     def __init__(self) -> None:
@@ -25,14 +32,19 @@ class MailServer:
         self._arrived = threading.Condition()
 
     async def handle_DATA(self, server, session, envelope) -> str:
+        import asyncio
+
         with self._arrived:
             self.attempts += 1
             answer = self.answers.pop(0) if self.answers else None
-            if answer is not None:
-                return answer
-            self.received.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-            self._arrived.notify_all()
-        return "250 Message accepted"
+            if answer in (None, KEEP_THEN_STALL):
+                self.received.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+                self._arrived.notify_all()
+        if answer in (STALL, KEEP_THEN_STALL):
+            # Outside the lock: this session hangs, the server's other sessions go on.
+            await asyncio.sleep(STALL_S)
+            return "451 Too late"
+        return answer or "250 Message accepted"
 
     def wait_for(self, count: int, *, timeout: float) -> list:
         with self._arrived:

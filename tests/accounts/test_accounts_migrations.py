@@ -82,3 +82,28 @@ def test_addresses_set_before_confirmation_existed_count_as_confirmed_and_keep_g
         _migrate_to_the_latest()
     assert user_email_confirmed(user=with_address) and not user_email_confirmed(user=without)
     assert [user.pk for user in password_reset_user_list(email="alice@example.com")] == [with_address.pk]
+
+
+def test_the_confirmation_upgrade_reads_and_writes_the_users_a_thousand_at_a_time(transactional_db, django_user_model):
+    from accounts.models import EmailAddressState
+
+    MigrationExecutor(connection).migrate([("accounts", "0004_api_token_read_only_database_default")])
+    try:
+        django_user_model.objects.bulk_create(
+            django_user_model(username=f"user{n}", email=f"user{n}@example.com", password="!") for n in range(2500))
+        executor = MigrationExecutor(connection)
+        statements = []
+
+        def record(execute, sql, params, many, context):
+            statements.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(record):
+            executor.migrate([("accounts", "0005_email_address_state")])
+    finally:
+        _migrate_to_the_latest()
+    assert EmailAddressState.objects.filter(confirmed_email__startswith="user").count() == 2500
+    user_table = django_user_model._meta.db_table
+    reads = [sql for sql in statements if sql.startswith("SELECT") and f'FROM "{user_table}"' in sql]
+    # No read without a bound: the whole table never passes through the process at once.
+    assert len(reads) >= 3 and all("LIMIT 1000" in sql for sql in reads), reads

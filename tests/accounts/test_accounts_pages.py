@@ -426,6 +426,10 @@ def test_resetting_the_password_signs_the_account_out_everywhere_and_revokes_its
                                       **({"revoke_api_tokens": "on"} if revoke else {})}, follow=True)
     assert "Your password was changed" in done.content.decode()
     assert ("Your 1 API token was revoked" in done.content.decode()) == revoke
+    # Said once, and only when it is so.
+    page = re.sub(r"\s+", " ", done.content.decode())
+    assert page.count("revoked") == (1 if revoke else 0) and "unless you unticked" not in page
+    assert ("programs that used it need a new one" in page) == revoke
     assert elsewhere.get("/").status_code == 302  # to the log-in page
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
@@ -649,3 +653,8 @@ def test_a_sign_up_with_a_malformed_email_address_is_refused_and_stores_nothing(
                                                  "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"})
     assert response.status_code == 400 and "valid email address" in response.content.decode()
     assert not django_user_model.objects.filter(username="carol").exists()
+
+
+def test_the_reset_form_opens_with_the_keyboard_in_its_email_field(client):
+    page = client.get(RESET).content.decode()
+    assert re.search(r'<input type="email" name="email"[^>]* autofocus', page)

@@ -154,6 +154,65 @@ def test_a_worker_process_retries_a_link_the_mail_server_could_not_take_at_first
     assert f"{SITE}/accounts/password/reset/" in message.get_content()
 
 
+# The task's limits and the worker's EMAIL_TIMEOUT as in production, shortened: the soft limit ends the stalled send
+# before a socket's timeout would, and the hard one is far enough behind it for the connection to be closed.
+SHORT_LIMITS = {"soft_time_limit": 2, "time_limit": 20}
+EMAIL_TIMEOUT_S = 5
+
+
+def _stalling_worker(start_celery_worker, mail_server):
+    return start_celery_worker(TEST_EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+                               EMAIL_URL=f"smtp://127.0.0.1:{mail_server.port}", EMAIL_TIMEOUT=str(EMAIL_TIMEOUT_S), SITE_URL=SITE)
+
+
+@pytest.mark.worker
+def test_mail_cut_short_by_the_soft_time_limit_on_a_stalled_mail_server_is_sent_again(
+    start_celery_worker, mail_server, alice, other_user
+):
+    from tests.accounts.conftest import STALL
+
+    user = other_user
+    user.email = "bob@example.com"  # waiting for confirmation: set without one
+    user.save(update_fields=["email"])
+    _stalling_worker(start_celery_worker, mail_server)
+    # Whichever message comes first, three offers hang: each of the three is cut short once and sent again.
+    mail_server.answers = [STALL] * 3
+    tasks.password_reset_email_send.apply_async(kwargs={"email": "alice@example.com"}, **SHORT_LIMITS)
+    tasks.email_confirmation_send.apply_async(kwargs={"user_id": user.pk, "email": "bob@example.com"},
+                                              **SHORT_LIMITS)
+    tasks.email_change_notice_send.apply_async(
+        kwargs={"user_id": user.pk, "email": "bob@example.org", "replaced": True}, **SHORT_LIMITS)
+    received = mail_server.wait_for(3, timeout=90)
+    assert sorted(message["To"] for message in received) == ["alice@example.com", "bob@example.com",
+                                                               "bob@example.org"]
+    assert mail_server.attempts == 6
+
+
+@pytest.mark.worker
+def test_a_reset_message_the_server_kept_before_stalling_arrives_twice_and_either_link_works_once(
+    start_celery_worker, mail_server, alice, client
+):
+    from django.contrib.auth import get_user_model
+
+    from tests.accounts.conftest import KEEP_THEN_STALL
+
+    _stalling_worker(start_celery_worker, mail_server)
+    mail_server.answers = [KEEP_THEN_STALL]
+    tasks.password_reset_email_send.apply_async(kwargs={"email": "alice@example.com"}, **SHORT_LIMITS)
+    first, second = mail_server.wait_for(2, timeout=60)
+    assert mail_server.attempts == 2
+    links = [re.search(re.escape(SITE) + r"(/accounts/password/reset/\S+/\S+/)", message.get_content()).group(1)
+             for message in (second, first)]
+    form_page = client.get(links[0])
+    assert form_page.status_code == 302
+    new_password = "a fresh passphrase 42"
+    assert client.post(form_page["Location"], {"new_password1": new_password,
+                                               "new_password2": new_password}).status_code == 302
+    assert get_user_model().objects.get(pk=alice.pk).check_password(new_password)
+    # The copy kept by the stalled server is no key to the account once the password changed.
+    assert "This link does not work" in type(client)().get(links[1], follow=True).content.decode()
+
+
 def test_the_mail_task_goes_to_a_queue_that_the_compose_and_make_run_workers_take():
     from django.conf import settings
 
@@ -234,3 +293,69 @@ def test_a_worker_process_mails_the_notice_and_the_link_of_a_changed_address_whi
     assert type(client)().post("/accounts/password/reset/", {"email": "alice@example.net"}).status_code == 302
     reset = mail_server.wait_for(3, timeout=45)[-1]
     assert reset["To"] == "alice@example.net" and f"{SITE}/accounts/password/reset/" in reset.get_content()
+
+
+# Notices owed to a replaced or removed confirmed address: kept until sent.
+
+
+@pytest.mark.django_db(transaction=True)  # as served: no transaction around the change, so the broker is tried at once
+def test_a_notice_the_broker_could_not_take_is_sent_by_the_sweep_once_it_is_back(alice, settings, reset_queue):
+    import datetime as dt
+
+    from django.core import mail
+    from django.db.models import F
+
+    from accounts import services
+    from accounts.models import EmailChangeNotice
+    from tests.accounts.conftest import run_queued
+    from tests.processes import NO_BROKER_URL, broker_switched
+
+    with broker_switched(settings, NO_BROKER_URL):
+        assert services.user_email_set(user=alice, email="alice@example.net").notice_queued is False
+    (notice,) = EmailChangeNotice.objects.all()
+    assert (notice.user_id, notice.address, notice.kind, notice.sent_at) == (
+        alice.pk, "alice@example.com", EmailChangeNotice.REPLACED, None)
+    # Swept within minutes of being queued, it is left to the worker that may still be trying it.
+    tasks.email_change_notices_sweep.apply()
+    assert reset_queue.messages() == []
+    EmailChangeNotice.objects.update(queued_at=F("queued_at") - dt.timedelta(minutes=15))
+    tasks.email_change_notices_sweep.apply()
+    run_queued(reset_queue)
+    (message,) = mail.outbox
+    assert message.to == ["alice@example.com"] and "was given another email address" in message.body
+    notice.refresh_from_db()
+    assert notice.sent_at is not None
+    # Sent once: the same task again (a message delivered twice) sends nothing.
+    assert tasks.email_change_notice_send.apply(kwargs={"notice_id": notice.pk}).get() == 0
+    tasks.email_change_notices_sweep.apply()
+    assert reset_queue.messages() == [] and len(mail.outbox) == 1
+
+
+def test_a_notice_still_unsent_after_a_day_is_given_up_with_an_error(alice, reset_queue, caplog):
+    import datetime as dt
+
+    from django.core import mail
+    from django.utils import timezone
+
+    from accounts import services
+    from accounts.models import EmailChangeNotice
+
+    services.user_email_set(user=alice, email="")  # its transaction never commits here: nothing is queued
+    long_ago = timezone.now() - dt.timedelta(days=1, minutes=1)
+    EmailChangeNotice.objects.update(created_at=long_ago, queued_at=long_ago)
+    with caplog.at_level(logging.ERROR, logger="accounts.services"):
+        tasks.email_change_notices_sweep.apply()
+    assert reset_queue.messages() == [] and mail.outbox == []
+    (notice,) = EmailChangeNotice.objects.all()
+    assert notice.kind == EmailChangeNotice.REMOVED and notice.given_up_at is not None and notice.sent_at is None
+    assert [(record.levelno, record.message) for record in caplog.records if "gave up" in record.message] == [
+        (logging.ERROR, f"gave up on the notice to the address user {alice.pk} replaced or removed a day ago, "
+                        "unsent")]
+
+
+def test_the_notice_sweep_runs_every_few_minutes_on_the_worker_that_mails():
+    from django.conf import settings
+
+    (entry,) = [entry for entry in settings.CELERY_BEAT_SCHEDULE.values()
+                if entry["task"] == "accounts.tasks.email_change_notices_sweep"]
+    assert entry["schedule"] <= 600 and entry["options"]["expires"] <= entry["schedule"]

@@ -1,0 +1,231 @@
+"""The users' admin: deleting users as an account's deletion does, and their email addresses' confirmation."""
+import datetime as dt
+import io
+
+import pytest
+from django.db import connection
+
+from tests.accounts.conftest import confirmation_path, run_queued
+
+pytestmark = pytest.mark.django_db
+
+USERS = "/admin/auth/user/"
+
+
+def _uploaded(owner, digit_png, count: int = 2) -> list[int]:
+    from classifier import services
+
+    uploads = []
+    for index in range(count):
+        upload = services.upload_create(owner=owner, file=io.BytesIO(digit_png(index)), source="file")
+        services.predictions_create(uploads=[upload], publish=False)
+        uploads.append(upload.pk)
+    return uploads
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite writes one transaction at a time")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("how", ["delete page", "delete selected"])
+def test_a_user_deleted_in_the_admin_while_a_deletion_of_their_uploads_runs_waits_for_it_instead_of_deadlocking(
+    admin_client, user, other_user, digit_png, how
+):
+    from django.contrib.auth import get_user_model
+
+    from classifier import services
+    from classifier.models import Upload
+    from tests.classifier.fixtures import deletions_race
+
+    uploads = _uploaded(user, digit_png)
+    _uploaded(other_user, digit_png, count=1)
+
+    def admin_delete():
+        # Django's cascade deletes the predictions, then the uploads; "Delete all" in the owner's tab runs meanwhile.
+        if how == "delete page":
+            return admin_client.post(f"{USERS}{user.pk}/delete/", {"post": "yes"}).status_code
+        return admin_client.post(USERS, {"action": "delete_selected", "post": "yes",
+                                         "_selected_action": [user.pk, other_user.pk]}).status_code
+
+    outcome = deletions_race(held=admin_delete,
+                             other=lambda: services.uploads_delete(owner=user, upload_ids=uploads))
+
+    assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
+    assert outcome["held"] == 302
+    gone = [user.pk] if how == "delete page" else [user.pk, other_user.pk]
+    assert not get_user_model().objects.filter(pk__in=gone).exists()
+    assert not Upload.objects.filter(owner_id__in=gone).exists()
+
+
+def _confirmed(user, email: str):
+    from tests.accounts.conftest import email_confirm
+
+    user.email = email
+    user.save(update_fields=["email"])
+    return email_confirm(user)
+
+
+def _waiting(user, email: str, *, set_at):
+    from accounts.models import EmailAddressState
+    from accounts.services import user_email_set
+
+    user_email_set(user=user, email=email)
+    EmailAddressState.objects.filter(user=user).update(set_at=set_at)
+    return user
+
+
+def _when(moment) -> str:
+    """A time as the admin shows it."""
+    from django.utils import formats, timezone
+
+    return formats.localize(timezone.template_localtime(moment))
+
+
+def test_a_users_admin_page_shows_whether_their_address_is_confirmed_and_since_when(
+    admin_client, user, other_user, django_user_model
+):
+    from accounts.models import EmailAddressState
+    from django.utils import timezone
+
+    _confirmed(user, "alice@example.com")
+    confirmed_at = EmailAddressState.objects.get(user=user).confirmed_at
+    set_at = timezone.now() - dt.timedelta(days=3)
+    _waiting(other_user, "bob@example.com", set_at=set_at)
+    nobody = django_user_model.objects.create_user(username="carol", password="x9!kQ2#vLp")
+
+    confirmed = admin_client.get(f"{USERS}{user.pk}/change/").content.decode()
+    assert f"alice@example.com confirmed on {_when(confirmed_at)}" in confirmed
+    waiting = admin_client.get(f"{USERS}{other_user.pk}/change/").content.decode()
+    assert f"bob@example.com waiting for confirmation since {_when(set_at)}" in waiting
+    assert "No email address" in admin_client.get(f"{USERS}{nobody.pk}/change/").content.decode()
+
+
+def test_an_address_changed_in_the_admin_waits_for_confirmation_and_the_confirmed_one_replaced_is_owed_a_notice(
+    admin_client, user
+):
+    from accounts.models import EmailAddressState, EmailChangeNotice
+    from django.utils import timezone
+
+    _confirmed(user, "alice@example.com")
+    EmailAddressState.objects.filter(user=user).update(set_at=timezone.now() - dt.timedelta(days=30))
+    form = {"username": "alice", "email": "alice@example.net", "is_active": "on",
+            "date_joined_0": "2024-01-01", "date_joined_1": "00:00:00", "initial-date_joined_0": "2024-01-01",
+            "initial-date_joined_1": "00:00:00"}
+    before = timezone.now()
+    assert admin_client.post(f"{USERS}{user.pk}/change/", form).status_code == 302
+    state = EmailAddressState.objects.get(user=user)
+    assert state.set_at >= before and state.confirmed_email == ""
+    page = admin_client.get(f"{USERS}{user.pk}/change/").content.decode()
+    assert f"alice@example.net waiting for confirmation since {_when(state.set_at)}" in page
+    notice = EmailChangeNotice.objects.get(user=user)
+    assert (notice.address, notice.kind, notice.by_staff) == ("alice@example.com", EmailChangeNotice.REPLACED, True)
+
+
+def _listed(page: str) -> list[str]:
+    import re
+
+    return re.findall(r'<th class="field-username"><a href="[^"]+">([^<]+)</a>', page)
+
+
+def _confirmed_column(page: str) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r'<th class="field-username"><a href="[^"]+">([^<]+)</a>.*?'
+                           r'<td class="field-email_confirmed"><img [^>]*alt="(\w+)"', page, re.S))
+
+
+def test_the_user_list_shows_and_filters_by_whether_the_address_is_confirmed(
+    admin_client, user, other_user, django_user_model
+):
+    from django.utils import timezone
+
+    _confirmed(user, "alice@example.com")
+    _waiting(other_user, "bob@example.com", set_at=timezone.now())
+    # Confirmed once, then changed elsewhere (a shell): no longer confirmed.
+    changed = _confirmed(django_user_model.objects.create_user(username="carol"), "carol@example.com")
+    changed.email = "carol@example.net"
+    changed.save(update_fields=["email"])
+    django_user_model.objects.create_user(username="dave")
+
+    assert _confirmed_column(admin_client.get(USERS).content.decode()) == {
+        "admin": "False", "alice": "True", "bob": "False", "carol": "False", "dave": "False"}
+    assert sorted(_listed(admin_client.get(f"{USERS}?email_confirmed=yes").content.decode())) == ["alice"]
+    assert sorted(_listed(admin_client.get(f"{USERS}?email_confirmed=waiting").content.decode())) == ["admin", "bob", "carol"]
+    assert "dave" in _listed(admin_client.get(f"{USERS}?email_confirmed=none").content.decode())
+    assert "alice" not in _listed(admin_client.get(f"{USERS}?email_confirmed=none").content.decode())
+
+
+def test_staff_may_mark_an_address_confirmed_which_then_gets_reset_links_and_is_logged(admin_client, user, other_user):
+    from django.contrib.admin.models import LogEntry
+    from django.utils import timezone
+
+    from accounts.selectors import password_reset_user_list, user_email_confirmed
+
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+    response = admin_client.post(USERS, {"action": "email_mark_confirmed",
+                                         "_selected_action": [user.pk, other_user.pk]}, follow=True)
+    page = response.content.decode()
+    assert "Marked 1 email address confirmed" in page and "1 had no address or one confirmed already" in page
+    user.refresh_from_db()
+    assert user_email_confirmed(user=user)
+    assert [found.pk for found in password_reset_user_list(email="alice@example.com")] == [user.pk]
+    (entry,) = LogEntry.objects.filter(object_id=str(user.pk))
+    assert entry.is_change() and "alice@example.com" in entry.get_change_message()
+    assert not LogEntry.objects.filter(object_id=str(other_user.pk)).exists()
+
+
+def test_staff_may_send_the_confirmation_link_again_which_works_and_is_logged(
+    admin_client, client, user, reset_queue, django_capture_on_commit_callbacks, settings, mailoutbox
+):
+    from django.contrib.admin.models import LogEntry
+    from django.utils import timezone
+
+    from accounts.selectors import user_email_confirmed
+
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+    reset_queue.purge()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(USERS, {"action": "email_confirmation_send_again",
+                                             "_selected_action": [user.pk]}, follow=True)
+    assert "Queued 1 confirmation link" in response.content.decode()
+    run_queued(reset_queue)
+    (message,) = mailoutbox
+    assert message.to == ["alice@example.com"]
+    assert client.post(confirmation_path(message)).status_code == 302
+    user.refresh_from_db()
+    assert user_email_confirmed(user=user)
+    (entry,) = LogEntry.objects.filter(object_id=str(user.pk))
+    assert entry.is_change() and "confirmation link" in entry.get_change_message()
+
+
+def test_a_confirmation_link_sent_again_by_staff_counts_against_the_accounts_limit(
+    admin_client, user, reset_queue, django_capture_on_commit_callbacks, settings
+):
+    from django.contrib.admin.models import LogEntry
+    from django.utils import timezone
+
+    settings.EMAIL_CONFIRMATION_THROTTLE_RATE = "1/h"
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+    reset_queue.purge()
+    pages = []
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            pages.append(admin_client.post(USERS, {"action": "email_confirmation_send_again",
+                                                   "_selected_action": [user.pk]}, follow=True).content.decode())
+    assert "Queued 1 confirmation link(s)." in pages[0] and "Too many confirmation links" in pages[1]
+    assert len(reset_queue.messages()) == 1 and LogEntry.objects.filter(object_id=str(user.pk)).count() == 1
+
+
+def test_staff_who_may_not_change_users_are_offered_neither_email_action(client, user, django_user_model):
+    from django.contrib.auth.models import Permission
+    from django.utils import timezone
+
+    from accounts.selectors import user_email_confirmed
+
+    viewer = django_user_model.objects.create_user(username="viewer", password="x9!kQ2#vLp", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_user"))
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+    client.force_login(viewer)
+    page = client.get(USERS).content.decode()
+    assert "email_mark_confirmed" not in page and "email_confirmation_send_again" not in page
+    client.post(USERS, {"action": "email_mark_confirmed", "_selected_action": [user.pk]})
+    user.refresh_from_db()
+    assert not user_email_confirmed(user=user)
