@@ -1,7 +1,5 @@
 """Admin for users (deleted as an account's deletion does; email address confirmation) and API tokens (whose, since
 when, last used and until when; deleting one revokes it)."""
-import math
-
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
@@ -72,10 +70,18 @@ class AccountUserAdmin(UserAdmin):
         email, obj.email = obj.email, form.initial.get("email") or ""
         super().save_model(request, obj, form, change)
         result = services.user_email_set(user=obj, email=email, by_staff=True)
-        if result.notice_queued is False:
-            self.message_user(request, "The notice to the address replaced could not be queued now (the broker is "
-                                       "unavailable); it is sent once the broker is back.", messages.WARNING)
-        self._confirmation_report(request, {result.confirmation.link: 1}, result.confirmation.retry_after)
+        # Each is owed in the database and swept, so it goes whatever becomes of its task: that much is true here,
+        # inside the admin's transaction, before anything was queued.
+        if result.notice_to:
+            self.message_user(request, f"A notice that its address changed is on its way to {result.notice_to}, the "
+                                       "address replaced.", messages.INFO)
+        if result.confirmation.link is services.ConfirmationLink.QUEUED:
+            self.message_user(request, f"A link to confirm {obj.email} is on its way to it.", messages.SUCCESS)
+        elif result.confirmation.link is services.ConfirmationLink.THROTTLED:
+            self.message_user(request, f"{obj.email} was saved, waiting for confirmation: "
+                                       f"{result.confirmation.refusal}", messages.WARNING)
+        elif result.confirmation.link is services.ConfirmationLink.NO_MAIL:
+            self._confirmation_report(request, {services.ConfirmationLink.NO_MAIL: 1})
 
     # Deleted as an account's own deletion is, its uploads locked first: else Django's cascade (predictions, then
     # uploads) can deadlock with the owner's "Delete all" running at the same time.
@@ -103,35 +109,28 @@ class AccountUserAdmin(UserAdmin):
     @admin.action(description="Send the email confirmation link again", permissions=["change"])
     def email_confirmation_send_again(self, request, queryset):
         outcomes: dict[services.ConfirmationLink, int] = {}
-        deferred_for = []
         for user in queryset.order_by("pk"):
             request_result = services.email_confirmation_request(user=user)
             outcomes[request_result.link] = outcomes.get(request_result.link, 0) + 1
-            if request_result.link is services.ConfirmationLink.DEFERRED:
-                deferred_for.append(request_result.retry_after)
             if request_result.link is services.ConfirmationLink.QUEUED:
                 self.log_change(request, user, f"Sent the confirmation link for {user.email} again.")
             elif request_result.link is services.ConfirmationLink.THROTTLED:
                 self.message_user(request, f"{user.get_username()}: {request_result.refusal}", messages.WARNING)
-        self._confirmation_report(request, outcomes, max(deferred_for, default=0))
+        self._confirmation_report(request, outcomes)
 
-    def _confirmation_report(self, request, outcomes: dict, deferred_for: float) -> None:
+    def _confirmation_report(self, request, outcomes: dict) -> None:
         link = services.ConfirmationLink
         if outcomes.get(link.QUEUED):
-            self.message_user(request, f"Queued {outcomes[link.QUEUED]} confirmation link(s).", messages.SUCCESS)
-        if outcomes.get(link.DEFERRED):
-            self.message_user(request, f"{outcomes[link.DEFERRED]} confirmation link(s) will be sent within about "
-                                       f"{max(1, math.ceil(deferred_for / 60))} minutes: their address was sent "
-                                       "links to its limit lately.", messages.INFO)
+            self.message_user(request, f"{outcomes[link.QUEUED]} confirmation link(s) on their way. One can take up "
+                                       f"to {selectors.email_confirmation_delay_minutes()} minutes: an address is "
+                                       "sent so many a period, whoever asks.", messages.SUCCESS)
         if outcomes.get(link.NOT_NEEDED):
             self.message_user(request, f"{outcomes[link.NOT_NEEDED]} had no address or one confirmed already.",
                               messages.INFO)
         if outcomes.get(link.NO_MAIL):
             self.message_user(request, "This site sends no email (EMAIL_URL is not set): no link was sent.",
                               messages.ERROR)
-        if outcomes.get(link.NOT_QUEUED):
-            self.message_user(request, f"{outcomes[link.NOT_QUEUED]} link(s) could not be queued (the broker is "
-                                       "unavailable): nothing was sent; try again in a moment.", messages.ERROR)
+
 
 admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), AccountUserAdmin)

@@ -76,6 +76,9 @@ class EmailAddressState(models.Model):
     confirmed_at = models.DateTimeField(null=True, blank=True)
     # When its owner asked for a confirmation link that no message has carried yet (the first such request).
     link_requested_at = models.DateTimeField(null=True, blank=True)
+    # When a sender took the owed link to mail it: no other sender mails it meanwhile, until the claim is given back
+    # (the mail server could not take it now) or runs out (its worker was lost; accounts.services.MAIL_CLAIM_LEASE).
+    link_claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "email address state"
@@ -99,6 +102,8 @@ class EmailChangeNotice(models.Model):
     created_at = models.DateTimeField()
     # When it was last handed to a worker, or a worker's try began: the sweep leaves it alone for a while after.
     queued_at = models.DateTimeField()
+    # When a worker took it to send it: no other sends it meanwhile, as for EmailAddressState.link_claimed_at.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     given_up_at = models.DateTimeField(null=True, blank=True)
 

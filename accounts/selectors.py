@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import math
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -13,6 +14,7 @@ from django.db import connection
 from django.db.models import BooleanField, Case, Exists, F, OuterRef, QuerySet, Value, When
 
 from accounts.models import ApiToken, EmailAddressState, api_token_digest
+from classifier.throttling import rate_parse
 
 
 def password_reset_by_email_available() -> bool:
@@ -42,12 +44,31 @@ def email_address_state_get(*, user) -> EmailAddressState | None:
 
 def email_confirmation_waiting_list(*, email: str) -> list:
     """The active accounts whose address is ``email`` (this very spelling) and not confirmed, each with
-    ``link_requested_at`` (None: no link owed): those owed a link first, the one that asked first first, then the
+    ``link_requested_at`` (None: no link owed) and ``link_claimed_at`` (when a sender took it, if one did): those owed a link first, the one that asked first first, then the
     others oldest first."""
     return list(get_user_model().objects.filter(email=email, is_active=True)
                 .exclude(email_state__confirmed_email=email)
-                .annotate(link_requested_at=F("email_state__link_requested_at"))
+                .annotate(link_requested_at=F("email_state__link_requested_at"),
+                          link_claimed_at=F("email_state__link_claimed_at"))
                 .order_by(F("link_requested_at").asc(nulls_last=True), "pk"))
+
+
+EMAIL_CONFIRMATIONS_SWEEP_TASK = "accounts.tasks.email_confirmations_sweep"
+
+
+def email_confirmation_sweep_interval() -> float:
+    """The seconds between two sweeps of the links owed (its CELERY_BEAT_SCHEDULE entry)."""
+    return min(float(entry["schedule"]) for entry in settings.CELERY_BEAT_SCHEDULE.values()
+               if entry["task"] == EMAIL_CONFIRMATIONS_SWEEP_TASK)
+
+
+def email_confirmation_delay_minutes() -> int:
+    """The minutes a link asked for may take to be sent, working mail server and broker given: the address's
+    allowance may be spent (one message refills in a period of EMAIL_CONFIRMATION_THROTTLE_RATE over its count),
+    and the sweep then sends it when it next runs."""
+    rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
+    refill = rate[1] / rate[0] if rate is not None else 0
+    return max(1, math.ceil((refill + email_confirmation_sweep_interval()) / 60))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from django.core import signing
 from django.core.cache import cache
 from django.core.mail import EmailMessage, get_connection
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -350,10 +350,11 @@ def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) 
 class ConfirmationLink(enum.Enum):
     """What became of a link confirming an account's address."""
 
-    QUEUED = "queued"  # on its way, sent by a worker once the transaction commits
-    DEFERRED = "deferred"  # owed, and sent once the address's allowance refills (in ``retry_after`` seconds)
-    NOT_QUEUED = "not_queued"  # the broker failed: nothing was sent
-    THROTTLED = "throttled"  # sent again too often for the account lately: nothing was sent
+    # Owed (recorded on the account) and on its way: queued at once when the address's allowance has room, else sent
+    # by the sweep once it refills, or once the broker is back. Said alike either way: whether an address was sent
+    # links lately, by whichever account, is nobody else's business.
+    QUEUED = "queued"
+    THROTTLED = "throttled"  # asked for too often for the account lately: nothing is owed
     NO_MAIL = "no_mail"  # this site sends no email
     NOT_NEEDED = "not_needed"  # no address, or one confirmed already
 
@@ -361,20 +362,20 @@ class ConfirmationLink(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class EmailConfirmationRequest:
     link: ConfirmationLink
-    refusal: str = ""  # for THROTTLED: why, and for how long
-    retry_after: float = 0  # for THROTTLED and DEFERRED: the seconds to wait
+    refusal: str = ""  # for THROTTLED: why, and when to ask again
+    retry_after: float = 0  # for THROTTLED: the seconds until "Send the link again" sends one
 
 
 @dataclasses.dataclass(frozen=True)
 class EmailSetResult:
     changed: bool
     confirmation: EmailConfirmationRequest
-    # Whether the notice to the confirmed address replaced or removed was queued; None when none was due.
-    notice_queued: bool | None
+    # The confirmed address replaced or removed, owed a notice (sent by a worker, or by the sweep); "" for none.
+    notice_to: str
 
 
 class EmailConfirmationThrottled(MailThrottled):
-    """A confirmation link sent again too often for one account; nothing was sent."""
+    """A confirmation link asked for too often for one account; nothing was sent."""
 
 
 class EmailConfirmationError(Exception):
@@ -399,14 +400,19 @@ def _email_confirmation_account_limits(*, user_id: int) -> Limits:
     ]
 
 
+def _email_change_limits(*, user_id: int) -> Limits:
+    # Apart from the links sent again: fixing a typo must not wait for the presses that sent links to the typo.
+    rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
+    return [] if rate is None else [(f"throttle_email_change_user_{user_id}", rate, "")]
+
+
 def _email_confirmation_address_limits(*, email: str) -> Limits:
     rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
     return [] if rate is None else [(f"throttle_email_confirmation_email_{_email_key(email)}", rate, "")]
 
 
-def _email_confirmation_address_wait(*, email: str) -> float:
-    """The seconds until a confirmation message may go to ``email``; 0 for now. Spends nothing."""
-    limits = _email_confirmation_address_limits(email=email)
+def _allowances_wait(*, limits: Limits) -> float:
+    """The seconds until ``limits`` let one more message through; 0 for now. Spends nothing."""
     try:
         _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
     except EmailConfirmationThrottled as exc:
@@ -415,30 +421,30 @@ def _email_confirmation_address_wait(*, email: str) -> float:
     return 0
 
 
-def _task_publish(*, task, kwargs: dict, what: str, countdown: float | None = None) -> bool:
+def _task_publish(*, task, kwargs: dict, what: str, expires: float | None = None) -> bool:
     try:
-        task.apply_async(kwargs=kwargs, countdown=countdown)
-    except Exception:  # noqa: BLE001 - any broker error: the caller says that nothing was sent
-        logger.exception("could not queue %s; nothing was sent", what)
+        task.apply_async(kwargs=kwargs, expires=expires)
+    except Exception:  # noqa: BLE001 - any broker error: what it was for is owed in the database, and swept
+        logger.exception("could not queue %s; a sweep queues it once the broker is back", what)
         return False
     return True
 
 
 def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmationRequest:
-    """Ask for a link confirming ``user``'s address, to that address (accounts.tasks.email_confirmation_send).
+    """Ask for a link confirming ``user``'s address, to that address; ``first``: for an address just saved.
 
     Nothing is sent for no address, one confirmed already, or on a site that sends no email (the address then waits
     until the site does and its owner asks for a link). The link is owed (recorded on the account) until a message
     carries it: one message to the address lists a link for every account waiting on it (email_confirmation_send).
-    Anyone may give accounts someone's address, so the address's allowance (EMAIL_CONFIRMATION_THROTTLE_RATE)
-    bounds the messages it gets; a link asked for while it is spent is not refused (a stranger could then keep its
-    owner from ever confirming it) but DEFERRED: queued to go when the allowance refills, with every link owed by
-    then. The account's allowance bounds only links sent again: the ``first`` for a newly saved address is not
-    counted, so fixing a typo is not held up by links sent to the typo. A broker failure is logged and the account's
-    allowance given back: the address stays as saved, waiting, and its owner may ask again.
+    It is queued once the transaction commits when the address's allowance (EMAIL_CONFIRMATION_THROTTLE_RATE) has
+    room; else, or should the broker fail, the sweep (email_confirmations_sweep) sends it, with every link owed
+    there by then, once it has. A link asked for while the address's allowance is spent is not refused: a stranger
+    could then keep its owner from ever confirming it.
 
-    Within a transaction the link is queued once it commits, and reported QUEUED; outside one, as a page is served,
-    the broker is tried at once and its failure reported.
+    The account's allowances bound what one account can have mailed: one for addresses saved (``first``), one for
+    links sent again, counted apart, so that fixing a typo is not held up by links sent to the typo. Over either,
+    nothing is owed (THROTTLED); an address saved stays saved, waiting, and its refusal says when "Send the link
+    again" sends one.
     """
     if not user.email or selectors.user_email_confirmed(user=user):
         return EmailConfirmationRequest(ConfirmationLink.NOT_NEEDED)
@@ -446,24 +452,30 @@ def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmatio
         return EmailConfirmationRequest(ConfirmationLink.NO_MAIL)
     from accounts.tasks import email_confirmation_send as send_task
 
-    limits = [] if first else _email_confirmation_account_limits(user_id=user.pk)
-    try:
-        _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
-    except EmailConfirmationThrottled as exc:
-        return EmailConfirmationRequest(ConfirmationLink.THROTTLED, refusal=str(exc), retry_after=exc.retry_after)
+    if first:
+        try:
+            _allowances_take(limits=_email_change_limits(user_id=user.pk), refused=EmailConfirmationThrottled,
+                             what="email address change")
+        except EmailConfirmationThrottled:
+            wait = _allowances_wait(limits=_email_confirmation_account_limits(user_id=user.pk))
+            when = f"in {math.ceil(wait / 60)} minutes" if wait else "to have it sent"
+            return EmailConfirmationRequest(
+                ConfirmationLink.THROTTLED, retry_after=wait,
+                refusal=f"too many addresses were saved for your account lately. Press “Send the link again” {when}.")
+    else:
+        try:
+            _allowances_take(limits=_email_confirmation_account_limits(user_id=user.pk),
+                             refused=EmailConfirmationThrottled, what="email confirmation")
+        except EmailConfirmationThrottled as exc:
+            return EmailConfirmationRequest(ConfirmationLink.THROTTLED, refusal=str(exc), retry_after=exc.retry_after)
     EmailAddressState.objects.get_or_create(user_id=user.pk, defaults={"set_at": None})
     # The first request still owed is kept: the accounts that asked first are listed first.
     EmailAddressState.objects.filter(user_id=user.pk, link_requested_at__isnull=True).update(
         link_requested_at=timezone.now())
-    wait = _email_confirmation_address_wait(email=user.email)
-    kwargs, queued = {"email": user.email}, []
-    transaction.on_commit(lambda: queued.append(_task_publish(
-        task=send_task, kwargs=kwargs, what="an email confirmation link", countdown=math.ceil(wait) if wait else None)))
-    if queued == [False]:
-        _allowances_give_back(limits=limits, what="email confirmation")
-        return EmailConfirmationRequest(ConfirmationLink.NOT_QUEUED)
-    if wait:
-        return EmailConfirmationRequest(ConfirmationLink.DEFERRED, retry_after=wait)
+    if not _allowances_wait(limits=_email_confirmation_address_limits(email=user.email)):
+        kwargs = {"email": user.email}
+        transaction.on_commit(lambda: _task_publish(task=send_task, kwargs=kwargs,
+                                                    what="an email confirmation link"))
     return EmailConfirmationRequest(ConfirmationLink.QUEUED)
 
 
@@ -491,7 +503,7 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
     """
     # The domain in lower case, as sign-up stores it; the name before the @ as typed (some servers tell case apart).
     email = get_user_model().objects.normalize_email(email.strip())
-    notice: list[bool] = []
+    notice_to = ""
     with transaction.atomic():
         # Two changes at once (two tabs) take turns, so each notice names the address the change really replaced.
         locked = get_user_model().objects.select_for_update().get(pk=user.pk)
@@ -502,7 +514,7 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
             locked.save(update_fields=["email"])
             EmailAddressState.objects.update_or_create(
                 user=locked, defaults={"set_at": timezone.now(), "confirmed_email": "", "confirmed_at": None,
-                                       "link_requested_at": None})
+                                       "link_requested_at": None, "link_claimed_at": None})
             if old_confirmed:
                 from accounts.tasks import email_change_notice_send as notice_task
 
@@ -510,15 +522,12 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
                 owed = EmailChangeNotice.objects.create(
                     user=locked, username=locked.get_username(), address=old, by_staff=by_staff, created_at=now,
                     queued_at=now, kind=EmailChangeNotice.REPLACED if email else EmailChangeNotice.REMOVED)
-                transaction.on_commit(lambda: notice.append(_task_publish(
-                    task=notice_task, kwargs={"notice_id": owed.pk}, what="the notice of an email address change")))
-            notice_due = old_confirmed
-        else:
-            notice_due = False
+                transaction.on_commit(lambda: _task_publish(
+                    task=notice_task, kwargs={"notice_id": owed.pk}, what="the notice of an email address change"))
+                notice_to = old
     user.email = email
     confirmation = email_confirmation_request(user=user, first=changed)
-    return EmailSetResult(changed=changed, confirmation=confirmation,
-                          notice_queued=(notice != [False]) if notice_due else None)
+    return EmailSetResult(changed=changed, confirmation=confirmation, notice_to=notice_to)
 
 
 def _email_confirmation_digest(*, user, state: EmailAddressState | None) -> str:
@@ -613,6 +622,17 @@ def _site_message(*, template: str, context: dict, recipient: str) -> EmailMessa
 
 # The most accounts one confirmation message lists, as for reset messages; the rest stay owed, for the next one.
 EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE = 10
+# How long a sender's claim on what it mails holds others off: far beyond one try (the task's 90 s time limit), so
+# that only a sender lost with its worker (killed, its machine gone) loses it, and the sweep then sends it again.
+MAIL_CLAIM_LEASE = dt.timedelta(minutes=3)
+# Past this, a link owed is given up, with an error: the mail server has refused it for a day.
+EMAIL_CONFIRMATION_GIVE_UP_AFTER = dt.timedelta(days=1)
+
+
+def _link_owed(*, now: dt.datetime) -> Q:
+    """The EmailAddressState rows whose link is owed and claimed by no sender (or by one lost)."""
+    return Q(link_requested_at__isnull=False) & (
+        Q(link_claimed_at__isnull=True) | Q(link_claimed_at__lt=now - MAIL_CLAIM_LEASE))
 
 
 def email_confirmation_send(*, email: str, user_id: int | None = None) -> int:
@@ -620,45 +640,89 @@ def email_confirmation_send(*, email: str, user_id: int | None = None) -> int:
     SITE_URL, if a link is owed (email_confirmation_request; ``user_id``: an account asking in a message queued
     before links were recorded as owed); returns how many links it carried.
 
-    The accounts that asked first come first, then the others waiting, EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE at
-    most: links still owed beyond those go in another message, queued at once. Each message spends the address's
-    allowance; with it spent, nothing is sent and the send is queued again for when it refills. Raises
-    EmailDeferred when the mail server cannot take it now (the allowance is given back); a permanent refusal is
+    The accounts owed a link come first, the one that asked first first, then the others waiting,
+    EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE at most: links still owed beyond those go in another message. The links
+    owed are claimed first (MAIL_CLAIM_LEASE), so that two sends for one address (a message delivered twice, the
+    sweep's and the request's) mail each once. Each message spends the address's allowance; with it spent, nothing
+    is sent, and the sweep (email_confirmations_sweep) sends the links once it refills. Raises EmailDeferred when
+    the mail server cannot take it now: the links stay owed and the allowance is given back. A permanent refusal is
     logged, and the links are owed no more.
     """
     from accounts.tasks import email_confirmation_send as send_task
 
-    started = timezone.now()
+    now = timezone.now()
     waiting = selectors.email_confirmation_waiting_list(email=email)
-    if not any(user.link_requested_at is not None or user.pk == user_id for user in waiting):
+    if user_id is not None and any(user.pk == user_id and user.link_requested_at is None for user in waiting):
+        EmailAddressState.objects.get_or_create(user_id=user_id, defaults={"set_at": None})
+        EmailAddressState.objects.filter(user_id=user_id, link_requested_at__isnull=True).update(
+            link_requested_at=now)
+        waiting = selectors.email_confirmation_waiting_list(email=email)
+    owed = [user.pk for user in waiting if user.link_requested_at is not None
+            and (user.link_claimed_at is None or user.link_claimed_at < now - MAIL_CLAIM_LEASE)]
+    if not owed:
         return 0
     limits = _email_confirmation_address_limits(email=email)
     try:
         _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
-    except EmailConfirmationThrottled as exc:
-        _task_publish(task=send_task, kwargs={"email": email}, what="a deferred email confirmation message",
-                      countdown=math.ceil(exc.retry_after))
+    except EmailConfirmationThrottled:
         return 0
-    listed = waiting[:EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE]
+    # Each row claimed only while still owed and unclaimed: of two senders at once, one gets it.
+    claimed = {pk for pk in owed[:EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE]
+               if EmailAddressState.objects.filter(_link_owed(now=now), user_id=pk, user__email=email).update(
+                   link_claimed_at=now)}
+    if not claimed:
+        _allowances_give_back(limits=limits, what="email confirmation")
+        return 0
+    mine = EmailAddressState.objects.filter(user_id__in=claimed, link_claimed_at=now)
+    # Those claimed, then those waiting without having asked; not those another sender is mailing.
+    listed = [user for user in waiting if user.pk in claimed or user.link_requested_at is None][
+        :EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE]
     site = urlsplit(settings.SITE_URL)
-    accounts = [{"username": user.get_username(), "confirm_url": f"{site.scheme}://{site.netloc}" + reverse(
-        "email_confirm", kwargs={"token": email_confirmation_token_make(user=user)})} for user in listed]
-    message = _site_message(template="email_confirmation", recipient=email, context={
-        "accounts": accounts,
-        "unlisted": len(waiting) - len(listed),
-        "link_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
-    })
     try:
+        accounts = [{"username": user.get_username(), "confirm_url": f"{site.scheme}://{site.netloc}" + reverse(
+            "email_confirm", kwargs={"token": email_confirmation_token_make(user=user)})} for user in listed]
+        message = _site_message(template="email_confirmation", recipient=email, context={
+            "accounts": accounts,
+            "unlisted": len(waiting) - len(listed),
+            "link_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
+        })
         sent = _message_send(message=message, what="email confirmation link", user_ids=[user.pk for user in listed])
-    except EmailDeferred:
+    except BaseException:
+        # Owed still: for this task's retry, or the sweep.
+        mine.update(link_claimed_at=None)
         _allowances_give_back(limits=limits, what="email confirmation")
         raise
-    # Owed no more, unless asked for since this began, or for another address since.
-    EmailAddressState.objects.filter(user_id__in=[user.pk for user in listed], user__email=email,
-                                     link_requested_at__lte=started).update(link_requested_at=None)
-    if any(user.link_requested_at is not None for user in waiting[len(listed):]):
+    # Owed no more, unless the address changed meanwhile (which cleared the claim).
+    mine.update(link_requested_at=None, link_claimed_at=None)
+    if len(owed) > len(claimed):
         _task_publish(task=send_task, kwargs={"email": email}, what="the next email confirmation message")
     return len(listed) if sent else 0
+
+
+def email_confirmations_sweep() -> int:
+    """Queue a message (email_confirmation_send) for every address owed a link whose allowance has room, and give
+    up (with an error in the log) on links owed for EMAIL_CONFIRMATION_GIVE_UP_AFTER; returns how many were queued.
+
+    Every minute (CELERY_BEAT_SCHEDULE): links wait here, not on the broker, for an address's allowance to refill,
+    for a broker that was down when they were asked for, or for a worker lost while it mailed them. Each message
+    expires when the next sweep is due, so that none pile up while no worker takes them.
+    """
+    from accounts.tasks import email_confirmation_send as send_task
+
+    now = timezone.now()
+    owed = EmailAddressState.objects.filter(_link_owed(now=now), user__is_active=True).exclude(user__email="").exclude(
+        user__email=F("confirmed_email"))
+    for user_id in owed.filter(link_requested_at__lt=now - EMAIL_CONFIRMATION_GIVE_UP_AFTER).values_list(
+            "user_id", flat=True):
+        if EmailAddressState.objects.filter(_link_owed(now=now), user_id=user_id).update(link_requested_at=None):
+            logger.error("gave up on the email confirmation link owed to user %s for a day, unsent", user_id)
+    queued = 0
+    for email in owed.values_list("user__email", flat=True).distinct().order_by("user__email"):
+        if not _allowances_wait(limits=_email_confirmation_address_limits(email=email)) and _task_publish(
+                task=send_task, kwargs={"email": email}, what="an email confirmation message",
+                expires=selectors.email_confirmation_sweep_interval()):
+            queued += 1
+    return queued
 
 
 def email_change_notice_record(*, user_id: int, email: str, replaced: bool) -> int:
@@ -676,19 +740,27 @@ def email_change_notice_send(*, notice_id: int) -> bool:
     have changed the address, its owner learns before a reset link goes elsewhere. Sent even when the account is gone
     since. False when it was sent already, given up, or the server refused it for good (logged; given up). Raises
     EmailDeferred when the mail server cannot take it now: it stays owed."""
-    # The try is noted first: the sweep leaves a notice a worker is trying alone.
-    if not EmailChangeNotice.objects.filter(pk=notice_id, sent_at__isnull=True, given_up_at__isnull=True).update(
-            queued_at=timezone.now()):
+    now = timezone.now()
+    # Claimed first, while owed and unclaimed (MAIL_CLAIM_LEASE): of two copies of the task at once, one sends it.
+    # The try is noted too: the sweep leaves a notice a worker is trying alone.
+    if not EmailChangeNotice.objects.filter(
+            Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - MAIL_CLAIM_LEASE), pk=notice_id,
+            sent_at__isnull=True, given_up_at__isnull=True).update(claimed_at=now, queued_at=now):
         return False
-    notice = EmailChangeNotice.objects.get(pk=notice_id)
-    message = _site_message(template="email_change_notice", recipient=notice.address, context={
-        "username": notice.username,
-        "replaced": notice.kind == EmailChangeNotice.REPLACED,
-        "by_staff": notice.by_staff,
-    })
-    user_ids = [notice.user_id] if notice.user_id is not None else []
-    sent = _message_send(message=message, what="email change notice", user_ids=user_ids)
-    EmailChangeNotice.objects.filter(pk=notice_id).update(**{"sent_at" if sent else "given_up_at": timezone.now()})
+    mine = EmailChangeNotice.objects.filter(pk=notice_id, claimed_at=now)
+    try:
+        notice = EmailChangeNotice.objects.get(pk=notice_id)
+        message = _site_message(template="email_change_notice", recipient=notice.address, context={
+            "username": notice.username,
+            "replaced": notice.kind == EmailChangeNotice.REPLACED,
+            "by_staff": notice.by_staff,
+        })
+        user_ids = [notice.user_id] if notice.user_id is not None else []
+        sent = _message_send(message=message, what="email change notice", user_ids=user_ids)
+    except BaseException:
+        mine.update(claimed_at=None)  # owed still: for this task's retry, or the sweep
+        raise
+    mine.update(claimed_at=None, **{"sent_at" if sent else "given_up_at": timezone.now()})
     return sent
 
 

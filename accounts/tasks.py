@@ -12,8 +12,11 @@ logger = logging.getLogger(__name__)
 
 # A mail server that cannot take a message now is asked again after about 5, 10, 20, 40, 80 and 160 seconds (each
 # drawn at random up to that, so that a queue of messages does not come back at once), some five minutes in all: a
-# restart or a short outage passes, and the links still arrive well within their hour. Every wait stays far below the
-# broker's visibility timeout (an hour), past which Redis would hand the waiting message to a second worker.
+# restart or a short outage passes, and the links still arrive well within their hour. A retry waits in a worker,
+# unacknowledged: one lost meanwhile leaves its message to Redis, which hands it out again only after the visibility
+# timeout (CELERY_VISIBILITY_TIMEOUT, an hour). So no task waits longer than this (a link waiting for its address's
+# allowance waits in the database), and what is owed (confirmation links, change notices) is kept in the database
+# and swept, not left to the message: a reset link lost so is asked for again by whoever waits for it.
 RETRY_BACKOFF_S = 5
 RETRY_BACKOFF_MAX_S = 160
 MAX_RETRIES = 6
@@ -80,6 +83,12 @@ def email_change_notice_send(self, notice_id: int | None = None, user_id: int | 
     except services.EmailDeferred as exc:
         # Given up here, the notice stays owed: email_change_notices_sweep queues it again.
         return _retry_or_give_up(self, exc, what="email change notice", kwargs={"notice_id": notice_id})
+
+
+@shared_task(name="accounts.tasks.email_confirmations_sweep", ignore_result=True)
+def email_confirmations_sweep() -> int:
+    """Every minute (CELERY_BEAT_SCHEDULE): links owed whose address may be sent one now are queued."""
+    return services.email_confirmations_sweep()
 
 
 @shared_task(name="accounts.tasks.email_change_notices_sweep", ignore_result=True)

@@ -230,22 +230,18 @@ def _confirmation_messages(request: HttpRequest, request_outcome: services.Email
     again)."""
     link, valid_for = request_outcome.link, duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT)
     if link is services.ConfirmationLink.QUEUED:
-        messages.success(request, f"A link to confirm {email} is on its way to it. Password reset links go there once "
-                         f"you open that link, which works for {valid_for}.")
-    elif link is services.ConfirmationLink.DEFERRED:
-        minutes = max(1, math.ceil(request_outcome.retry_after / 60))
-        messages.info(request, f"A link to confirm {email} will be sent within about {minutes} "
-                      f"minute{pluralize(minutes)}. Password reset links go there once you open that link, which "
-                      f"works for {valid_for}.")
+        # The longest wait, whether it goes now or waits for its address's allowance: said alike, the answer tells
+        # nobody whether another account had links sent to the address lately.
+        minutes = selectors.email_confirmation_delay_minutes()
+        messages.success(request, f"A link to confirm {email} is on its way to it; it can take up to {minutes} "
+                         f"minute{pluralize(minutes)}. Password reset links go there once you open that link, which "
+                         f"works for {valid_for}.")
+    elif link is services.ConfirmationLink.THROTTLED and saved:
+        messages.warning(request, f"Your address {email} was saved, but waits for confirmation: "
+                         f"{request_outcome.refusal}")
     elif link is services.ConfirmationLink.THROTTLED:
         messages.warning(request, f"No link was sent. {request_outcome.refusal} A link already sent still works "
                          "until it expires.")
-    elif link is services.ConfirmationLink.NOT_QUEUED and not saved:
-        messages.warning(request, "No link was sent: it could not be queued now. Press “Send the link again” in a "
-                         "moment.")
-    elif link is services.ConfirmationLink.NOT_QUEUED:
-        messages.warning(request, f"Your address {email} was saved, but waits for confirmation: the link could not be "
-                         "sent now. Press “Send the link again” in a moment.")
     elif link is services.ConfirmationLink.NO_MAIL:
         messages.success(request, f"Your address {email} was saved; this site sends no email at present, so no reset "
                          "link can reach it: ask an administrator should you forget your password.")
@@ -264,11 +260,10 @@ def account_email_change(request: HttpRequest) -> HttpResponse:
     elif result.confirmation.link is services.ConfirmationLink.NOT_NEEDED:
         messages.success(request, f"Password reset links go to {request.user.email}, which is confirmed.")
     _confirmation_messages(request, result.confirmation, email=request.user.email)
-    if result.notice_queued is not None:
-        # Not queued (the broker is down), it is owed all the same and goes once it can (accounts.tasks).
-        went = "went" if result.notice_queued else "goes, in a few minutes,"
-        messages.info(request, f"A notice {went} to the address you removed." if not request.user.email
-                      else f"A notice that the address changed {went} to your previous address.")
+    if result.notice_to:
+        # Owed in the database, it goes whatever became of its task (accounts.services.email_change_notices_requeue).
+        messages.info(request, "A notice is on its way to the address you removed." if not request.user.email
+                      else "A notice that the address changed is on its way to your previous address.")
     return redirect("account")
 
 

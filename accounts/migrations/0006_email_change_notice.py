@@ -3,6 +3,15 @@
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
+from django.db.models import F
+from django.db.models.functions import Coalesce, Now
+
+
+def set_at_fill(apps, schema_editor):
+    """Going back to a version that needs every address's age: one not known gets the moment it was confirmed, or
+    (waiting still) now; its links made before that stop working, as for an address just set."""
+    apps.get_model("accounts", "EmailAddressState").objects.filter(set_at__isnull=True).update(
+        set_at=Coalesce(F("confirmed_at"), Now()))
 
 
 class Migration(migrations.Migration):
@@ -23,6 +32,8 @@ class Migration(migrations.Migration):
             name='set_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
+        # Undone before set_at may be null no more.
+        migrations.RunPython(migrations.RunPython.noop, set_at_fill, elidable=True),
         migrations.CreateModel(
             name='EmailChangeNotice',
             fields=[

@@ -289,6 +289,11 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-email-change-notices": {
         "task": "accounts.tasks.email_change_notices_sweep", "schedule": 300.0, "options": {"expires": 300.0},
     },
+    # Email confirmation links owed: those whose address's allowance has refilled, or whose task was lost
+    # (accounts.services.email_confirmations_sweep). Its interval bounds the wait the Account page tells of.
+    "send-owed-email-confirmations": {
+        "task": "accounts.tasks.email_confirmations_sweep", "schedule": 60.0, "options": {"expires": 60.0},
+    },
     "delete-orphaned-upload-files": {
         "task": "classifier.tasks.upload_files_orphaned_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
     },

@@ -14,13 +14,16 @@ RESET = "/accounts/password/reset/"
 # connection: STALL keeps nothing, KEEP_THEN_STALL keeps the message first (a sender cannot tell it was accepted).
 STALL, KEEP_THEN_STALL = "stall", "keep, then stall"
 STALL_S = 30
+# Accepts the message, after SLOW_S: a second sender has time to start meanwhile.
+SLOW = "slow"
+SLOW_S = 1.5
 
 
 class MailServer:
     """An SMTP server on 127.0.0.1 (aiosmtpd, in a thread of the test process) that keeps what it accepts.
 
-    ``answers`` are the replies to the next messages, in turn ("421 ..." refuses one for now, None accepts it, STALL
-    and KEEP_THEN_STALL hang); once they run out, every message is accepted. ``attempts`` counts every message
+    ``answers`` are the replies to the next messages, in turn ("421 ..." refuses one for now, None accepts it, SLOW
+    accepts it after a while, STALL and KEEP_THEN_STALL hang); once they run out, every message is accepted. ``attempts`` counts every message
     offered, accepted or not.
     """
 
@@ -37,9 +40,12 @@ class MailServer:
         with self._arrived:
             self.attempts += 1
             answer = self.answers.pop(0) if self.answers else None
-            if answer in (None, KEEP_THEN_STALL):
+            if answer in (None, KEEP_THEN_STALL, SLOW):
                 self.received.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
                 self._arrived.notify_all()
+        if answer == SLOW:
+            await asyncio.sleep(SLOW_S)
+            return "250 Message accepted"
         if answer in (STALL, KEEP_THEN_STALL):
             # Outside the lock: this session hangs, the server's other sessions go on.
             await asyncio.sleep(STALL_S)

@@ -107,3 +107,27 @@ def test_the_confirmation_upgrade_reads_and_writes_the_users_a_thousand_at_a_tim
     reads = [sql for sql in statements if sql.startswith("SELECT") and f'FROM "{user_table}"' in sql]
     # No read without a bound: the whole table never passes through the process at once.
     assert len(reads) >= 3 and all("LIMIT 1000" in sql for sql in reads), reads
+
+
+def test_addresses_of_unknown_age_do_not_stop_the_email_confirmation_upgrade_being_undone_and_done_again(
+    transactional_db, django_user_model
+):
+    from accounts.models import EmailAddressState
+
+    confirmed = django_user_model.objects.create_user(username="alice", email="alice@example.com")
+    waiting = django_user_model.objects.create_user(username="bob", email="bob@example.com")
+    confirmed_at = timezone.now() - dt.timedelta(days=3)
+    EmailAddressState.objects.create(user=confirmed, set_at=None, confirmed_email=confirmed.email,
+                                     confirmed_at=confirmed_at)
+    EmailAddressState.objects.create(user=waiting, set_at=None)
+    started = timezone.now()
+    try:
+        MigrationExecutor(connection).migrate([("accounts", "0005_email_address_state")])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT user_id, set_at FROM accounts_emailaddressstate ORDER BY user_id")
+            set_at = dict(cursor.fetchall())
+    finally:
+        _migrate_to_the_latest()
+    # Known no better, a confirmed address was set when it was confirmed at the latest; a waiting one, now.
+    assert set_at[confirmed.pk] == confirmed_at and set_at[waiting.pk] >= started
+    assert EmailAddressState.objects.count() == 2

@@ -169,19 +169,25 @@ def _stalling_worker(start_celery_worker, mail_server):
 def test_mail_cut_short_by_the_soft_time_limit_on_a_stalled_mail_server_is_sent_again(
     start_celery_worker, mail_server, alice, other_user
 ):
+    from django.utils import timezone
+
+    from accounts.models import EmailAddressState, EmailChangeNotice
     from tests.accounts.conftest import STALL
 
     user = other_user
-    user.email = "bob@example.com"  # waiting for confirmation: set without one
+    user.email = "bob@example.com"  # waiting for confirmation, its link owed, as the Account page leaves it
     user.save(update_fields=["email"])
+    now = timezone.now()
+    EmailAddressState.objects.create(user=user, set_at=now, link_requested_at=now)
+    notice = EmailChangeNotice.objects.create(user=user, username=user.get_username(), address="bob@example.org",
+                                              kind=EmailChangeNotice.REPLACED, created_at=now, queued_at=now)
     _stalling_worker(start_celery_worker, mail_server)
     # Whichever message comes first, three offers hang: each of the three is cut short once and sent again.
     mail_server.answers = [STALL] * 3
+    # The messages as the site queues them now.
     tasks.password_reset_email_send.apply_async(kwargs={"email": "alice@example.com"}, **SHORT_LIMITS)
-    tasks.email_confirmation_send.apply_async(kwargs={"user_id": user.pk, "email": "bob@example.com"},
-                                              **SHORT_LIMITS)
-    tasks.email_change_notice_send.apply_async(
-        kwargs={"user_id": user.pk, "email": "bob@example.org", "replaced": True}, **SHORT_LIMITS)
+    tasks.email_confirmation_send.apply_async(kwargs={"email": "bob@example.com"}, **SHORT_LIMITS)
+    tasks.email_change_notice_send.apply_async(kwargs={"notice_id": notice.pk}, **SHORT_LIMITS)
     received = mail_server.wait_for(3, timeout=90)
     assert sorted(message["To"] for message in received) == ["alice@example.com", "bob@example.com",
                                                                "bob@example.org"]
@@ -311,7 +317,7 @@ def test_a_notice_the_broker_could_not_take_is_sent_by_the_sweep_once_it_is_back
     from tests.processes import NO_BROKER_URL, broker_switched
 
     with broker_switched(settings, NO_BROKER_URL):
-        assert services.user_email_set(user=alice, email="alice@example.net").notice_queued is False
+        assert services.user_email_set(user=alice, email="alice@example.net").notice_to == "alice@example.com"
     (notice,) = EmailChangeNotice.objects.all()
     assert (notice.user_id, notice.address, notice.kind, notice.sent_at) == (
         alice.pk, "alice@example.com", EmailChangeNotice.REPLACED, None)
@@ -353,9 +359,45 @@ def test_a_notice_still_unsent_after_a_day_is_given_up_with_an_error(alice, rese
                         "unsent")]
 
 
-def test_the_notice_sweep_runs_every_few_minutes_on_the_worker_that_mails():
+@pytest.mark.parametrize("task, most_s", [("accounts.tasks.email_change_notices_sweep", 600),
+                                           ("accounts.tasks.email_confirmations_sweep", 60)])
+def test_the_mail_sweeps_are_scheduled_often_and_go_to_the_queue_of_the_worker_that_mails(task, most_s):
     from django.conf import settings
 
-    (entry,) = [entry for entry in settings.CELERY_BEAT_SCHEDULE.values()
-                if entry["task"] == "accounts.tasks.email_change_notices_sweep"]
-    assert entry["schedule"] <= 600 and entry["options"]["expires"] <= entry["schedule"]
+    from mnistsite.celery import app
+
+    (entry,) = [entry for entry in settings.CELERY_BEAT_SCHEDULE.values() if entry["task"] == task]
+    assert entry["schedule"] <= most_s and entry["options"]["expires"] <= entry["schedule"]
+    assert app.amqp.router.route({}, task)["queue"].name == app.amqp.router.route(
+        {}, tasks.password_reset_email_send.name)["queue"].name == "inference"
+
+
+@pytest.mark.worker
+def test_a_link_owed_past_its_address_allowance_is_sent_by_the_sweep_once_it_refills_and_only_once(
+    start_celery_worker, mail_server, django_user_model
+):
+    import time
+
+    from accounts.services import user_email_set
+
+    # The shortest period a rate setting names; the worker's allowances are its own (its cache, not this process's).
+    start_celery_worker(TEST_EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+                        EMAIL_URL=f"smtp://127.0.0.1:{mail_server.port}", SITE_URL=SITE,
+                        EMAIL_CONFIRMATION_THROTTLE_RATE="1/minute")
+    ann, ben = (django_user_model.objects.create_user(username=name) for name in ("ann", "ben"))
+    user_email_set(user=ann, email="shared@example.com")
+    (first,) = mail_server.wait_for(1, timeout=30)
+    first_at = time.monotonic()
+    assert set(_accounts(first)) == {"ann"}
+    # Its message finds the address's allowance spent, and leaves the link owed, in the database.
+    user_email_set(user=ben, email="shared@example.com")
+    # Beat's messages, more often than it sends them: each finds the link owed until one message carries it.
+    while len(mail_server.received) < 2 and time.monotonic() - first_at < 90:
+        tasks.email_confirmations_sweep.apply_async()
+        time.sleep(2)
+    second = mail_server.wait_for(2, timeout=5)[1]
+    assert time.monotonic() - first_at > 55 and _accounts(second)[0] == "ben"
+    for _ in range(3):
+        tasks.email_confirmations_sweep.apply_async()
+    time.sleep(4)
+    assert len(mail_server.received) == mail_server.attempts == 2
