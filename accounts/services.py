@@ -635,10 +635,9 @@ def _link_owed(*, now: dt.datetime) -> Q:
         Q(link_claimed_at__isnull=True) | Q(link_claimed_at__lt=now - MAIL_CLAIM_LEASE))
 
 
-def email_confirmation_send(*, email: str, user_id: int | None = None) -> int:
+def email_confirmation_send(*, email: str) -> int:
     """Mail ``email`` one message with a link for every account waiting on it (its address, not confirmed), from
-    SITE_URL, if a link is owed (email_confirmation_request; ``user_id``: an account asking in a message queued
-    before links were recorded as owed); returns how many links it carried.
+    SITE_URL, if a link is owed (email_confirmation_request); returns how many links it carried.
 
     The accounts owed a link come first, the one that asked first first, then the others waiting,
     EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE at most: links still owed beyond those go in another message. The links
@@ -652,11 +651,6 @@ def email_confirmation_send(*, email: str, user_id: int | None = None) -> int:
 
     now = timezone.now()
     waiting = selectors.email_confirmation_waiting_list(email=email)
-    if user_id is not None and any(user.pk == user_id and user.link_requested_at is None for user in waiting):
-        EmailAddressState.objects.get_or_create(user_id=user_id, defaults={"set_at": None})
-        EmailAddressState.objects.filter(user_id=user_id, link_requested_at__isnull=True).update(
-            link_requested_at=now)
-        waiting = selectors.email_confirmation_waiting_list(email=email)
     owed = [user.pk for user in waiting if user.link_requested_at is not None
             and (user.link_claimed_at is None or user.link_claimed_at < now - MAIL_CLAIM_LEASE)]
     if not owed:
@@ -723,16 +717,6 @@ def email_confirmations_sweep() -> int:
                 expires=selectors.email_confirmation_sweep_interval()):
             queued += 1
     return queued
-
-
-def email_change_notice_record(*, user_id: int, email: str, replaced: bool) -> int:
-    """Store a notice owed to ``email``, account ``user_id``'s confirmed address until it was ``replaced`` (else
-    removed), as user_email_set does; returns its id. For a task queued before notices were stored."""
-    user = get_user_model().objects.filter(pk=user_id).first()
-    now = timezone.now()
-    return EmailChangeNotice.objects.create(
-        user=user, username=user.get_username() if user is not None else "", address=email, created_at=now,
-        queued_at=now, kind=EmailChangeNotice.REPLACED if replaced else EmailChangeNotice.REMOVED).pk
 
 
 def email_change_notice_send(*, notice_id: int) -> bool:

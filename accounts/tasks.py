@@ -63,21 +63,15 @@ def password_reset_email_send(self, email: str, user_ids: list[int] | None = Non
 
 
 @shared_task(name="accounts.tasks.email_confirmation_send", **MAIL_TASK_OPTIONS)
-def email_confirmation_send(self, email: str, user_id: int | None = None) -> int:
-    # ``user_id``: only in messages queued before links were recorded as owed.
+def email_confirmation_send(self, email: str) -> int:
     try:
-        return services.email_confirmation_send(email=email, user_id=None if user_id is None else int(user_id))
+        return services.email_confirmation_send(email=email)
     except services.EmailDeferred as exc:
-        return _retry_or_give_up(self, exc, what="email confirmation link",
-                                 kwargs={"email": email, "user_id": user_id})
+        return _retry_or_give_up(self, exc, what="email confirmation link", kwargs={"email": email})
 
 
 @shared_task(name="accounts.tasks.email_change_notice_send", **MAIL_TASK_OPTIONS)
-def email_change_notice_send(self, notice_id: int | None = None, user_id: int | None = None, email: str = "",
-                             replaced: bool = True) -> int:
-    if notice_id is None:
-        # A message queued before notices were stored, naming the notice itself: stored now.
-        notice_id = services.email_change_notice_record(user_id=int(user_id), email=email, replaced=bool(replaced))
+def email_change_notice_send(self, notice_id: int) -> int:
     try:
         return int(services.email_change_notice_send(notice_id=int(notice_id)))
     except services.EmailDeferred as exc:
