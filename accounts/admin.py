@@ -82,6 +82,9 @@ class AccountUserAdmin(UserAdmin):
                                        f"{result.confirmation.refusal}", messages.WARNING)
         elif result.confirmation.link is services.ConfirmationLink.NO_MAIL:
             self._confirmation_report(request, {services.ConfirmationLink.NO_MAIL: 1})
+        elif result.confirmation.link is services.ConfirmationLink.INACTIVE:
+            self.message_user(request, f"{obj.email} was saved, waiting for confirmation: account "
+                                       f"{obj.get_username()} is deactivated: no link is sent.", messages.WARNING)
 
     # Deleted as an account's own deletion is, its uploads locked first: else Django's cascade (predictions, then
     # uploads) can deadlock with the owner's "Delete all" running at the same time.
@@ -116,13 +119,17 @@ class AccountUserAdmin(UserAdmin):
                 self.log_change(request, user, f"Sent the confirmation link for {user.email} again.")
             elif request_result.link is services.ConfirmationLink.THROTTLED:
                 self.message_user(request, f"{user.get_username()}: {request_result.refusal}", messages.WARNING)
+            elif request_result.link is services.ConfirmationLink.INACTIVE:
+                self.message_user(request, f"Account {user.get_username()} is deactivated: no link is sent.",
+                                  messages.WARNING)
         self._confirmation_report(request, outcomes)
 
     def _confirmation_report(self, request, outcomes: dict) -> None:
         link = services.ConfirmationLink
         if outcomes.get(link.QUEUED):
-            self.message_user(request, f"{outcomes[link.QUEUED]} confirmation link(s) on their way. One can take up "
-                                       f"to {selectors.email_confirmation_delay_minutes()} minutes: an address is "
+            self.message_user(request, f"{outcomes[link.QUEUED]} confirmation link(s) on their way. One usually "
+                                       f"arrives within {selectors.email_confirmation_delay_minutes()} minutes: an "
+                                       "address is "
                                        "sent so many a period, whoever asks.", messages.SUCCESS)
         if outcomes.get(link.NOT_NEEDED):
             self.message_user(request, f"{outcomes[link.NOT_NEEDED]} had no address or one confirmed already.",

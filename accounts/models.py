@@ -74,14 +74,21 @@ class EmailAddressState(models.Model):
     set_at = models.DateTimeField(null=True, blank=True)
     confirmed_email = models.EmailField(max_length=254, blank=True, default="")
     confirmed_at = models.DateTimeField(null=True, blank=True)
-    # When its owner asked for a confirmation link that no message has carried yet (the first such request).
+    # When its owner asked for a confirmation link that no message has carried yet (the first such request): the
+    # accounts that asked first are listed first.
     link_requested_at = models.DateTimeField(null=True, blank=True)
+    # When its owner last asked for it: a link is given up a day after this, so a press always gets its full day.
+    # None with a link owed: asked for once, by a version that did not record this.
+    link_last_requested_at = models.DateTimeField(null=True, blank=True)
     # When a sender took the owed link to mail it: no other sender mails it meanwhile, until the claim is given back
     # (the mail server could not take it now) or runs out (its worker was lost; accounts.services.MAIL_CLAIM_LEASE).
     link_claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "email address state"
+        # For the sweep, every minute: the few rows owing a link, not every account's.
+        indexes = [models.Index(fields=["link_requested_at"], condition=models.Q(link_requested_at__isnull=False),
+                                name="email_address_state_link_owed")]
 
     def __str__(self) -> str:
         return f"{self.confirmed_email or 'nothing'} confirmed"

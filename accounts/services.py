@@ -22,7 +22,8 @@ from django.core import signing
 from django.core.cache import cache
 from django.core.mail import EmailMessage, get_connection
 from django.db import DatabaseError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -357,6 +358,8 @@ class ConfirmationLink(enum.Enum):
     THROTTLED = "throttled"  # asked for too often for the account lately: nothing is owed
     NO_MAIL = "no_mail"  # this site sends no email
     NOT_NEEDED = "not_needed"  # no address, or one confirmed already
+    # A deactivated account: nothing sends its links (the sweep and the messages skip it), so none is owed.
+    INACTIVE = "inactive"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,10 +447,12 @@ def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmatio
     The account's allowances bound what one account can have mailed: one for addresses saved (``first``), one for
     links sent again, counted apart, so that fixing a typo is not held up by links sent to the typo. Over either,
     nothing is owed (THROTTLED); an address saved stays saved, waiting, and its refusal says when "Send the link
-    again" sends one.
+    again" sends one. A deactivated account is owed none and spends nothing (INACTIVE): nothing would send it.
     """
     if not user.email or selectors.user_email_confirmed(user=user):
         return EmailConfirmationRequest(ConfirmationLink.NOT_NEEDED)
+    if not user.is_active:
+        return EmailConfirmationRequest(ConfirmationLink.INACTIVE)
     if not selectors.password_reset_by_email_available():
         return EmailConfirmationRequest(ConfirmationLink.NO_MAIL)
     from accounts.tasks import email_confirmation_send as send_task
@@ -469,9 +474,11 @@ def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmatio
         except EmailConfirmationThrottled as exc:
             return EmailConfirmationRequest(ConfirmationLink.THROTTLED, refusal=str(exc), retry_after=exc.retry_after)
     EmailAddressState.objects.get_or_create(user_id=user.pk, defaults={"set_at": None})
-    # The first request still owed is kept: the accounts that asked first are listed first.
-    EmailAddressState.objects.filter(user_id=user.pk, link_requested_at__isnull=True).update(
-        link_requested_at=timezone.now())
+    # The first request still owed is kept: the accounts that asked first are listed first. The last one counts
+    # for giving up: each press gets its full EMAIL_CONFIRMATION_GIVE_UP_AFTER.
+    now = timezone.now()
+    EmailAddressState.objects.filter(user_id=user.pk).update(
+        link_requested_at=Coalesce(F("link_requested_at"), Value(now)), link_last_requested_at=now)
     if not _allowances_wait(limits=_email_confirmation_address_limits(email=user.email)):
         kwargs = {"email": user.email}
         transaction.on_commit(lambda: _task_publish(task=send_task, kwargs=kwargs,
@@ -514,7 +521,8 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
             locked.save(update_fields=["email"])
             EmailAddressState.objects.update_or_create(
                 user=locked, defaults={"set_at": timezone.now(), "confirmed_email": "", "confirmed_at": None,
-                                       "link_requested_at": None, "link_claimed_at": None})
+                                       "link_requested_at": None, "link_last_requested_at": None,
+                                       "link_claimed_at": None})
             if old_confirmed:
                 from accounts.tasks import email_change_notice_send as notice_task
 
@@ -625,7 +633,8 @@ EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE = 10
 # How long a sender's claim on what it mails holds others off: far beyond one try (the task's 90 s time limit), so
 # that only a sender lost with its worker (killed, its machine gone) loses it, and the sweep then sends it again.
 MAIL_CLAIM_LEASE = dt.timedelta(minutes=3)
-# Past this, a link owed is given up, with an error: the mail server has refused it for a day.
+# Past this since it was last asked for, a link owed is given up, with an error: the mail server has refused it for a
+# day.
 EMAIL_CONFIRMATION_GIVE_UP_AFTER = dt.timedelta(days=1)
 
 
@@ -687,7 +696,7 @@ def email_confirmation_send(*, email: str) -> int:
         _allowances_give_back(limits=limits, what="email confirmation")
         raise
     # Owed no more, unless the address changed meanwhile (which cleared the claim).
-    mine.update(link_requested_at=None, link_claimed_at=None)
+    mine.update(link_requested_at=None, link_last_requested_at=None, link_claimed_at=None)
     if len(owed) > len(claimed):
         _task_publish(task=send_task, kwargs={"email": email}, what="the next email confirmation message")
     return len(listed) if sent else 0
@@ -695,7 +704,8 @@ def email_confirmation_send(*, email: str) -> int:
 
 def email_confirmations_sweep() -> int:
     """Queue a message (email_confirmation_send) for every address owed a link whose allowance has room, and give
-    up (with an error in the log) on links owed for EMAIL_CONFIRMATION_GIVE_UP_AFTER; returns how many were queued.
+    up (with an error in the log) on links not asked for again for EMAIL_CONFIRMATION_GIVE_UP_AFTER; returns how
+    many were queued.
 
     Every minute (CELERY_BEAT_SCHEDULE): links wait here, not on the broker, for an address's allowance to refill,
     for a broker that was down when they were asked for, or for a worker lost while it mailed them. Each message
@@ -706,9 +716,12 @@ def email_confirmations_sweep() -> int:
     now = timezone.now()
     owed = EmailAddressState.objects.filter(_link_owed(now=now), user__is_active=True).exclude(user__email="").exclude(
         user__email=F("confirmed_email"))
-    for user_id in owed.filter(link_requested_at__lt=now - EMAIL_CONFIRMATION_GIVE_UP_AFTER).values_list(
-            "user_id", flat=True):
-        if EmailAddressState.objects.filter(_link_owed(now=now), user_id=user_id).update(link_requested_at=None):
+    stale = Q(link_last_requested_at__lt=now - EMAIL_CONFIRMATION_GIVE_UP_AFTER) | Q(
+        link_last_requested_at__isnull=True, link_requested_at__lt=now - EMAIL_CONFIRMATION_GIVE_UP_AFTER)
+    for user_id in owed.filter(stale).values_list("user_id", flat=True):
+        # Not if asked for again meanwhile.
+        if EmailAddressState.objects.filter(_link_owed(now=now), stale, user_id=user_id).update(
+                link_requested_at=None, link_last_requested_at=None):
             logger.error("gave up on the email confirmation link owed to user %s for a day, unsent", user_id)
     queued = 0
     for email in owed.values_list("user__email", flat=True).distinct().order_by("user__email"):

@@ -231,11 +231,12 @@ def _confirmation_messages(request: HttpRequest, request_outcome: services.Email
     link, valid_for = request_outcome.link, duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT)
     if link is services.ConfirmationLink.QUEUED:
         # The longest wait, whether it goes now or waits for its address's allowance: said alike, the answer tells
-        # nobody whether another account had links sent to the address lately.
+        # nobody whether another account had links sent to the address lately. "Usually": more than a message's
+        # accounts waiting on one address, or a mail server refusing for now, take longer.
         minutes = selectors.email_confirmation_delay_minutes()
-        messages.success(request, f"A link to confirm {email} is on its way to it; it can take up to {minutes} "
-                         f"minute{pluralize(minutes)}. Password reset links go there once you open that link, which "
-                         f"works for {valid_for}.")
+        messages.success(request, f"A link to confirm {email} is on its way to it; it usually arrives within "
+                         f"{minutes} minute{pluralize(minutes)}. Password reset links go there once you open that "
+                         f"link, which works for {valid_for}.")
     elif link is services.ConfirmationLink.THROTTLED and saved:
         messages.warning(request, f"Your address {email} was saved, but waits for confirmation: "
                          f"{request_outcome.refusal}")

@@ -220,6 +220,22 @@ def test_a_confirmation_link_sent_again_by_staff_counts_against_the_accounts_lim
     assert len(reset_queue.messages()) == 1 and LogEntry.objects.filter(object_id=str(user.pk)).count() == 1
 
 
+def test_staff_sending_the_link_again_to_a_deactivated_account_are_told_no_link_is_sent(
+    admin_client, user, reset_queue, django_capture_on_commit_callbacks
+):
+    from django.contrib.admin.models import LogEntry
+    from django.utils import timezone
+
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    reset_queue.purge()
+    with django_capture_on_commit_callbacks(execute=True):
+        page = admin_client.post(USERS, {"action": "email_confirmation_send_again",
+                                         "_selected_action": [user.pk]}, follow=True).content.decode()
+    assert "Account alice is deactivated: no link is sent." in page and "on their way" not in page
+    assert reset_queue.messages() == [] and not LogEntry.objects.filter(object_id=str(user.pk)).exists()
+
+
 def test_staff_who_may_not_change_users_are_offered_neither_email_action(client, user, django_user_model):
     from django.contrib.auth.models import Permission
     from django.utils import timezone

@@ -295,3 +295,91 @@ def settings_no_mail(settings):
             settings.EMAIL_BACKEND = backend
 
     return switched()
+
+
+def _owed_since(user, email: str, *, hours: float) -> None:
+    """``user`` has ``email``, waiting, and asked for its link ``hours`` ago, unsent since (a mail server refusing)."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from accounts.models import EmailAddressState
+
+    type(user).objects.filter(pk=user.pk).update(email=email)
+    user.email = email
+    asked = timezone.now() - dt.timedelta(hours=hours)
+    EmailAddressState.objects.update_or_create(user=user, defaults={"set_at": asked, "link_requested_at": asked})
+
+
+def test_a_link_owed_for_a_day_since_it_was_last_asked_for_is_given_up_with_an_error(user, reset_queue, caplog):
+    import logging
+
+    from accounts.models import EmailAddressState
+
+    _owed_since(user, "alice@example.com", hours=24.5)
+    with caplog.at_level(logging.ERROR, logger="accounts"):
+        assert services.email_confirmations_sweep() == 0
+    assert EmailAddressState.objects.get(user=user).link_requested_at is None and reset_queue.messages() == []
+    assert [(record.levelno, record.message) for record in caplog.records if "gave up" in record.message] == [
+        (logging.ERROR, f"gave up on the email confirmation link owed to user {user.pk} for a day, unsent")]
+
+
+def test_a_link_asked_for_again_gets_a_full_day_from_that_press_and_keeps_its_place_in_the_queue(
+    user, reset_queue, caplog
+):
+    import logging
+
+    from accounts.models import EmailAddressState
+
+    _owed_since(user, "alice@example.com", hours=25)
+    first = EmailAddressState.objects.get(user=user).link_requested_at
+    # "Send the link again", pressed once the first request is a day old.
+    assert services.email_confirmation_request(user=user).link is services.ConfirmationLink.QUEUED
+    with caplog.at_level(logging.ERROR, logger="accounts"):
+        services.email_confirmations_sweep()
+    # Owed still, and listed as first asked for: before accounts that asked for theirs since.
+    assert EmailAddressState.objects.get(user=user).link_requested_at == first
+    assert not [record for record in caplog.records if "gave up" in record.message]
+    assert [message["kwargs"] for message in reset_queue.messages()] == [{"email": "alice@example.com"}]
+
+
+def test_a_deactivated_account_is_owed_no_link_and_spends_none_of_its_allowance(
+    user, reset_queue, settings, django_capture_on_commit_callbacks
+):
+    from accounts.models import EmailAddressState
+
+    settings.EMAIL_CONFIRMATION_THROTTLE_RATE = "1/hour"
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    user.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = services.user_email_set(user=user, email="alice@example.com")
+        again = services.email_confirmation_request(user=user)
+    assert saved.changed and saved.confirmation.link is again.link is services.ConfirmationLink.INACTIVE
+    assert EmailAddressState.objects.get(user=user).link_requested_at is None and reset_queue.messages() == []
+    type(user).objects.filter(pk=user.pk).update(is_active=True)
+    user.refresh_from_db()
+    # Reactivated, its allowances are whole: the presses while it was deactivated cost nothing.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.email_confirmation_request(user=user).link is services.ConfirmationLink.QUEUED
+    assert [message["kwargs"] for message in reset_queue.messages()] == [{"email": "alice@example.com"}]
+
+
+def test_the_confirmation_sweep_finds_links_owed_through_an_index_not_a_scan_of_every_account(user, reset_queue):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the plan asked of PostgreSQL")
+    _owed_since(user, "alice@example.com", hours=1)
+    with CaptureQueriesContext(connection) as queries:
+        services.email_confirmations_sweep()
+    scans = [query["sql"] for query in queries.captured_queries
+             if query["sql"].startswith("SELECT") and 'FROM "accounts_emailaddressstate"' in query["sql"]]
+    assert len(scans) == 2  # the links to give up, the addresses to queue
+    with connection.cursor() as cursor:
+        # As on a table of many accounts: a scan of every row costs more than the index.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in scans:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "email_address_state_link_owed" in plan, plan
