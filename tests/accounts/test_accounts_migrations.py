@@ -125,7 +125,9 @@ def test_addresses_of_unknown_age_do_not_stop_the_email_confirmation_upgrade_bei
         MigrationExecutor(connection).migrate([("accounts", "0005_email_address_state")])
         with connection.cursor() as cursor:
             cursor.execute("SELECT user_id, set_at FROM accounts_emailaddressstate ORDER BY user_id")
-            set_at = dict(cursor.fetchall())
+            # SQLite hands a raw query's times back without their zone, which is UTC.
+            set_at = {user_id: value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+                      for user_id, value in cursor.fetchall()}
     finally:
         _migrate_to_the_latest()
     # Known no better, a confirmed address was set when it was confirmed at the latest; a waiting one, now.
