@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Aggregate, Count, Exists, FloatField, Max, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import Aggregate, Count, Exists, FloatField, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from classifier.idempotency import (
@@ -269,12 +269,6 @@ def prediction_retry_answer(*, prediction: Prediction) -> Prediction | None:
     if newest is None or newest.pk != prediction.pk or newest.status != Prediction.Status.FAILED:
         return newest or prediction
     return None
-
-
-def upload_prefetch_latest(queryset: QuerySet[Upload]) -> QuerySet[Upload]:
-    return queryset.prefetch_related(
-        Prefetch("predictions", queryset=Prediction.objects.select_related("checkpoint").order_by("-created_at", "-id"))
-    )
 
 
 @dataclass(frozen=True)
