@@ -12,7 +12,8 @@ class BrokerQueue:
             conn.default_channel.queue_purge(self.name)
 
     def messages(self) -> list[dict]:
-        """Take every waiting message off the queue, oldest first: task name, id, args and kwargs of each."""
+        """Take every waiting message off the queue, oldest first: task name, id, args, kwargs and eta (None: to run
+        at once) of each."""
         taken = []
         with self.app.connection_for_read() as conn, conn.SimpleQueue(self.name, no_ack=True) as queue:
             while True:
@@ -22,7 +23,7 @@ class BrokerQueue:
                     return taken
                 args, kwargs, _embed = message.decode()
                 taken.append({"task": message.headers["task"], "id": message.headers["id"], "args": args,
-                              "kwargs": kwargs})
+                              "kwargs": kwargs, "eta": message.headers.get("eta")})
 
     def prediction_ids(self) -> list[int]:
         """The prediction ids carried by the inference messages taken off the queue, in publishing order."""

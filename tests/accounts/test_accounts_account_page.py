@@ -413,26 +413,6 @@ def test_a_confirmation_link_stops_working_once_its_time_is_up_and_works_for_not
     assert not _confirmed(user)
 
 
-def _queued(queue) -> list[dict]:
-    """Take the messages off ``queue``: task, kwargs and the seconds until each may run (None: at once)."""
-    from django.utils import timezone
-    from django.utils.dateparse import parse_datetime
-
-    from mnistsite.celery import app
-
-    taken = []
-    with app.connection_for_read() as conn, conn.SimpleQueue(queue.name, no_ack=True) as waiting:
-        while True:
-            try:
-                message = waiting.get(block=False)
-            except waiting.Empty:
-                return taken
-            _args, kwargs, _embed = message.decode()
-            eta = message.headers.get("eta")
-            taken.append({"task": message.headers["task"], "kwargs": kwargs,
-                          "wait": (parse_datetime(eta) - timezone.now()).total_seconds() if eta else None})
-
-
 def _run(messages: list[dict]) -> None:
     """Run ``messages`` here, as a worker would once they are due."""
     from mnistsite.celery import app
@@ -468,13 +448,13 @@ def test_a_stranger_who_gives_her_account_someones_address_cannot_stop_its_owner
                for text in said)
     assert not any("Too many" in text or "no link was sent" in text for text in said)
     # Owed in the database, not queued to wait on the broker; the sweep finds the allowance spent and sends nothing.
-    assert _queued(reset_queue) == []
+    assert reset_queue.messages() == []
     services.email_confirmations_sweep()
-    assert _queued(reset_queue) == [] and len(mail.outbox) == 2
+    assert reset_queue.messages() == [] and len(mail.outbox) == 2
     cache.clear()  # the allowance refills, as half an hour later
     services.email_confirmations_sweep()
-    (swept,) = _queued(reset_queue)
-    assert swept["kwargs"] == {"email": "carol@example.com"} and swept["wait"] is None
+    (swept,) = reset_queue.messages()
+    assert swept["kwargs"] == {"email": "carol@example.com"} and swept["eta"] is None
     _run([swept])
     assert len(mail.outbox) == 3
     message = mail.outbox[-1]
@@ -484,7 +464,7 @@ def test_a_stranger_who_gives_her_account_someones_address_cannot_stop_its_owner
     carols_link, alices_link = _confirmation_paths(message)  # the account waiting on a link first
     assert Client().post(carols_link).status_code == 302
     assert _confirmed(django_user_model.objects.get(username="carol")) and not _confirmed(user)
-    assert _queued(reset_queue) == []
+    assert reset_queue.messages() == []
 
 
 def test_the_first_link_for_a_newly_saved_address_goes_however_often_the_last_one_was_sent_again(
