@@ -44,8 +44,8 @@ def email_address_state_get(*, user) -> EmailAddressState | None:
 
 def email_confirmation_waiting_list(*, email: str) -> list:
     """The active accounts whose address is ``email`` (this very spelling) and not confirmed, each with
-    ``link_requested_at`` (None: no link owed) and ``link_claimed_at`` (when a sender took it, if one did): those owed a link first, the one that asked first first, then the
-    others oldest first."""
+    ``link_requested_at`` (None: no link owed) and ``link_claimed_at`` (when a sender took it, if one did): those
+    owed a link first, the one that asked first first, then the others oldest first."""
     return list(get_user_model().objects.filter(email=email, is_active=True)
                 .exclude(email_state__confirmed_email=email)
                 .annotate(link_requested_at=F("email_state__link_requested_at"),
