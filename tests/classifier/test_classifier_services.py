@@ -55,15 +55,15 @@ def test_a_batch_whose_second_file_cannot_be_written_leaves_no_file_and_no_row(
 
     from mnistsite.storage import MediaStorage
 
-    real_save, calls = MediaStorage.save, []
+    real_write, calls = MediaStorage._write_new, []
 
-    def disk_full_at_the_second_file(self, name, content, max_length=None):
+    def disk_full_at_the_second_file(self, name, data):
         calls.append(name)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(self, name, content, max_length=max_length)
+        return real_write(self, name, data)
 
-    monkeypatch.setattr(MediaStorage, "save", disk_full_at_the_second_file)
+    monkeypatch.setattr(MediaStorage, "_write_new", disk_full_at_the_second_file)
     files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(services.UploadStorageError):
         services.predictions_submit(owner=user, files=files, source="file")

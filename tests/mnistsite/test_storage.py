@@ -1,11 +1,14 @@
 """Media storage writes new uploads quickly and otherwise behaves exactly like Django's file system storage."""
+import errno
 import os
 import stat
+import sys
 
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
 
+from mnistsite import storage as storage_module
 from mnistsite.storage import MediaStorage
 
 
@@ -27,15 +30,19 @@ def test_a_missing_folder_is_created(storage, tmp_path):
     assert (tmp_path / name).read_bytes() == b"png"
 
 
-def test_a_file_in_new_folders_is_flushed_with_each_new_folders_entry(storage, tmp_path, monkeypatch, settings):
-    # What is flushed, read from the descriptors handed to fsync (the flush itself is the kernel's).
-    settings.UPLOAD_FSYNC = True
-    (tmp_path / "uploads").mkdir()
+def _flushes_recorded(monkeypatch) -> list[str]:
+    """The paths handed to fsync, in order (the flush itself is the kernel's, and still happens)."""
     flushed = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
-    name = storage.save("uploads/2026/11/26/d.png", ContentFile(b"png"))
-    storage.folders_sync([name])
+    return flushed
+
+
+def test_a_file_in_new_folders_is_flushed_with_each_new_folders_entry(storage, tmp_path, monkeypatch, settings):
+    settings.UPLOAD_FSYNC = True
+    (tmp_path / "uploads").mkdir()
+    flushed = _flushes_recorded(monkeypatch)
+    storage.save("uploads/2026/11/26/d.png", ContentFile(b"png"))
     uploads = tmp_path / "uploads"
     assert sorted(flushed) == sorted(map(str, [
         uploads, uploads / "2026", uploads / "2026" / "11",  # each new folder's entry, in its parent
@@ -44,12 +51,72 @@ def test_a_file_in_new_folders_is_flushed_with_each_new_folders_entry(storage, t
     ]))
 
 
+def test_a_batch_is_written_then_each_file_flushed_then_its_folder_once(storage, tmp_path, monkeypatch, settings):
+    settings.UPLOAD_FSYNC = True
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    flushed = _flushes_recorded(monkeypatch)
+    files = [("a/1.png", b"one"), ("b/2.png", b"two"), ("a/3.png", b"three")]
+
+    assert storage.save_many(files) == ["a/1.png", "b/2.png", "a/3.png"]
+
+    assert [(tmp_path / name).read_bytes() for name, _ in files] == [b"one", b"two", b"three"]
+    assert all(stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640 for name, _ in files)
+    # Every file before any folder: a folder's entry flushed before its file's content could name an empty file.
+    assert flushed[:3] == [str(tmp_path / name) for name, _ in files]
+    assert sorted(flushed[3:]) == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_every_file_of_a_batch_is_sent_to_the_disk_before_the_first_is_waited_for(
+    storage, tmp_path, monkeypatch, settings
+):
+    # One pass of writeback and one journal commit for the batch, instead of one of each per file.
+    settings.UPLOAD_FSYNC = True
+    events = []
+    real_start = storage_module._writeback_start
+    monkeypatch.setattr(storage_module, "_writeback_start", lambda fd: (events.append("start"), real_start(fd)))
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("flush"), real_fsync(fd)))
+
+    storage.save_many([(f"{i}.png", b"png") for i in range(3)])
+
+    assert events == ["start"] * 3 + ["flush"] * 4  # three files, then their folder
+
+
+def test_a_batch_that_cannot_be_written_whole_leaves_no_file(storage, tmp_path):
+    files = [("1.png", b"one"), ("2.png", b"two"), ("../escape.png", b"out")]
+    with pytest.raises(SuspiciousFileOperation):
+        storage.save_many(files)
+    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+def test_a_batch_whose_flush_fails_leaves_no_file(storage, tmp_path, monkeypatch, settings):
+    settings.UPLOAD_FSYNC = True
+
+    def disk_lost(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", disk_lost)
+    with pytest.raises(OSError):
+        storage.save_many([("1.png", b"one"), ("2.png", b"two")])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_nothing_is_flushed_with_upload_fsync_off(storage, tmp_path, monkeypatch, settings):
     settings.UPLOAD_FSYNC = False
     flushed = []
     monkeypatch.setattr(os, "fsync", flushed.append)
-    storage.folders_sync([storage.save("uploads/2026/11/27/e.png", ContentFile(b"png"))])
+    storage.save_many([("uploads/2026/11/27/e.png", b"png"), ("uploads/2026/11/27/f.png", b"png")])
     assert flushed == [] and (tmp_path / "uploads/2026/11/27/e.png").read_bytes() == b"png"
+
+
+def test_a_taken_name_in_a_batch_gets_a_free_one(storage, tmp_path):
+    (tmp_path / "c.png").write_bytes(b"first")
+    first, second = storage.save_many([("c.png", b"second"), ("d.png", b"third")])
+    assert first != "c.png" and second == "d.png"
+    assert (tmp_path / "c.png").read_bytes() == b"first" and (tmp_path / first).read_bytes() == b"second"
 
 
 def test_a_taken_name_is_never_overwritten(storage, tmp_path):
