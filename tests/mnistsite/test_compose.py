@@ -249,3 +249,12 @@ def test_celery_health_checks_give_a_slow_start_time_and_count_only_repeated_fai
     # The trainer downloads MNIST before its worker starts.
     assert _seconds(COMPOSE["services"]["trainer"]["healthcheck"]["start_period"]) >= 5 * 60
 
+
+
+@pytest.mark.parametrize("service", sorted(COMPOSE["services"]))
+def test_every_service_keeps_its_logs_within_a_bounded_size(service):
+    # Docker's default json-file logs grow without end on the disk the uploads' free-space floor protects.
+    logging = COMPOSE["services"][service].get("logging", {})
+    options = logging.get("options", {})
+    assert logging.get("driver") == "json-file"
+    assert re.fullmatch(r"\d+[km]", options.get("max-size", "")) and int(options.get("max-file", "0")) >= 1
