@@ -48,7 +48,7 @@ class Upload(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.FILE)
     # The sample set a shipped image belongs to ("mnist", "other"), and its known label.
     sample_set = models.CharField(max_length=16, blank=True)
-    label = models.PositiveSmallIntegerField(null=True, blank=True)
+    label = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(9)])
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

@@ -215,6 +215,19 @@ def test_an_upload_cannot_be_moved_to_another_owner_in_the_admin(admin_page, use
     assert other_user.uploads.count() == 0
 
 
+@pytest.mark.parametrize(("label", "kept"), [("42", None), ("7", 7)])
+def test_an_uploads_true_digit_set_in_the_admin_must_be_a_digit(admin_page, user, digit_png, label, kept):
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    upload = user.uploads.get()
+
+    response = admin_page.post(f"/admin/classifier/upload/{upload.pk}/change/", {"original_name": "0.png", "label": label})
+
+    upload.refresh_from_db()
+    assert upload.label == kept
+    if kept is None:
+        assert response.status_code == 200 and "less than or equal to 9" in response.content.decode()
+
+
 def test_an_uploads_admin_page_shows_one_image_field_whose_link_answers_for_staff_allowed_to_view_uploads(
     client, user, digit_png, django_user_model
 ):
