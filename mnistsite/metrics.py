@@ -16,7 +16,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from classifier.selectors import prediction_queue_stats
-from training.selectors import checkpoint_get_active, training_run_counts, training_runs_running
+from training.selectors import (
+    checkpoint_get_active, training_run_counts, training_run_oldest_queued_seconds, training_runs_running,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ def metrics_text(*, now: dt.datetime) -> str:
                  _seconds(queue.compute_ms)),
         *_family("mnistsite_training_runs", "Training runs by status.",
                  [({"status": status}, count) for status, count in training_run_counts().items()]),
+        *_family("mnistsite_training_run_oldest_queued_seconds",
+                 "How long the oldest queued training run has waited since it was last queued; 0 when none is "
+                 "queued. It grows while no trainer is up, or while one is busy with a long run.",
+                 [({}, training_run_oldest_queued_seconds(now=now))]),
         *_family("mnistsite_training_run_progress", "Progress (0 to 1) of each running training run.",
                  [({"run": str(run.pk)}, run.progress) for run in training_runs_running()]),
         *_family("mnistsite_active_checkpoint_info", "The checkpoint predictions use; absent when none is active.",

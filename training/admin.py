@@ -31,6 +31,25 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def _waited(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+    return f"{minutes // 60} hours"
+
+
+def _no_trainer_warning(run: TrainingRun) -> str:
+    """A warning for staff when no trainer has taken this queued run for a while; empty otherwise."""
+    untaken_for = selectors.training_run_untaken_for(run=run)
+    if untaken_for is None:
+        return ""
+    return format_html(
+        "Queued for {}: no trainer has taken it. Is a trainer worker running "
+        "(<code>celery -A mnistsite worker -Q training</code>, or the compose service <code>trainer</code>)?",
+        _waited(untaken_for.total_seconds()),
+    )
+
+
 @admin.register(TrainingRun)
 class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
     # Narrow enough for a 1280 px window: what a run is doing first, its recipe and owner after.
@@ -63,10 +82,13 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
 
     @admin.display(description="progress, time")
     def progress_bar(self, run: TrainingRun) -> str:
-        return format_html(
+        bar = format_html(
             '<progress class="training-progress" value="{}" max="1" title="{}"></progress> {} · {}',
             f"{run.progress:.4f}", f"{run.progress:.0%}", f"{run.progress:.0%}", _duration(run.duration_seconds),
         )
+        if warning := _no_trainer_warning(run):
+            return format_html('{}<ul class="messagelist"><li class="warning">{}</li></ul>', bar, warning)
+        return bar
 
     @admin.display(description="accuracy", ordering="test_accuracy")
     def accuracy(self, run: TrainingRun) -> str:
@@ -158,6 +180,7 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
                 # resumes), a cancelled run's is what an earlier restart said.
                 run_error=run.error if run.status == TrainingRun.Status.FAILED else "",
                 run_note=run.error if run.status != TrainingRun.Status.FAILED else "",
+                no_trainer_warning=_no_trainer_warning(run),
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    Case, Count, DurationField, Exists, ExpressionWrapper, Min, OuterRef, Q, QuerySet, Subquery, When,
+)
+from django.db.models.functions import Coalesce, Now
 
 from training.models import Checkpoint, TrainingRun
 
@@ -77,12 +81,53 @@ def checkpoint_deletion_refusal(*, checkpoint: Checkpoint) -> str | None:
     return None
 
 
+# An idle trainer takes a run within seconds, and the reaper (every minute) sends a message that never reached the
+# broker again after a minute: a run queued longer than this while no trainer is busy has no trainer to take it.
+NO_TRAINER_WARNING_AFTER = timedelta(minutes=2)
+
+
+def _queued_since() -> Coalesce:
+    # A run queued again (its trainer died or stopped) has waited since its last heartbeat, not since it was created.
+    return Coalesce("heartbeat_at", "created_at")
+
+
+def _with_untaken_for(runs: QuerySet[TrainingRun]) -> QuerySet[TrainingRun]:
+    """Annotate ``untaken_for``: how long a queued run has waited, null for other runs and while a trainer is busy.
+
+    A busy trainer (a running run whose heartbeat is fresh) takes queued runs one after another: waiting behind it
+    says nothing about trainers being up.
+    """
+    fresh = Now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
+    busy = Exists(TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__gte=fresh))
+    waited = ExpressionWrapper(Now() - _queued_since(), output_field=DurationField())
+    return runs.annotate(
+        untaken_for=Case(When(~busy, status=TrainingRun.Status.QUEUED, then=waited), output_field=DurationField())
+    )
+
+
 def training_run_list() -> QuerySet[TrainingRun]:
-    return TrainingRun.objects.select_related("created_by")
+    """Runs, each annotated as ``training_run_untaken_for`` needs."""
+    return _with_untaken_for(TrainingRun.objects.select_related("created_by"))
 
 
 def training_run_get(*, run_id: int) -> TrainingRun:
-    return TrainingRun.objects.select_related("created_by").get(pk=run_id)
+    """One run, annotated as ``training_run_untaken_for`` needs."""
+    return _with_untaken_for(TrainingRun.objects.select_related("created_by")).get(pk=run_id)
+
+
+def training_run_untaken_for(*, run: TrainingRun) -> timedelta | None:
+    """How long this queued run has waited with no trainer at work, once that is long enough to doubt one is up.
+
+    None otherwise, and for a run not read through ``training_run_list`` or ``training_run_get``.
+    """
+    untaken_for = getattr(run, "untaken_for", None)
+    return untaken_for if untaken_for is not None and untaken_for >= NO_TRAINER_WARNING_AFTER else None
+
+
+def training_run_oldest_queued_seconds(*, now: datetime) -> float:
+    """How long the longest-waiting queued run has waited at ``now`` since it was last queued; 0 when none is."""
+    since = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED).aggregate(since=Min(_queued_since()))["since"]
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
 
 
 def training_run_counts() -> dict[str, int]:

@@ -60,6 +60,19 @@ class TrainingDeviceUnavailableError(Exception):
     """The run asks for a device this trainer lacks; the message, a sentence for staff, becomes the run's error."""
 
 
+class CheckpointBelowActiveError(Exception):
+    """Activating when done would replace an active checkpoint whose test accuracy is higher; the message says so."""
+
+    def __init__(self, *, checkpoint: Checkpoint, active: Checkpoint) -> None:
+        super().__init__(
+            f"Not activated: its {checkpoint.test_accuracy:.2%} test accuracy is below the active checkpoint's "
+            f"{active.test_accuracy:.2%} (checkpoint {active.pk}, {active.architecture}); activate checkpoint "
+            f"{checkpoint.pk} by hand to use it anyway."
+        )
+        self.checkpoint = checkpoint
+        self.active = active
+
+
 class CheckpointInUseError(Exception):
     """A checkpoint asked to be deleted is still needed: active, named by predictions, or its run may resume from it."""
 
@@ -550,9 +563,15 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
                 test_accuracy=result.final_accuracy,
                 architecture=run.architecture,
                 is_final=True,
-                activate=locked.activate_on_success,
                 sha256=digest,
             )
+            note = ""
+            if locked.activate_on_success:
+                try:
+                    _checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
+                except CheckpointBelowActiveError as exc:
+                    note = str(exc)
+                    logger.warning("training run %s: %s", run.pk, note)
             locked.status = TrainingRun.Status.SUCCEEDED
             locked.metrics = result.history
             locked.confusion_matrix = result.confusion
@@ -561,7 +580,8 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
             locked.current_epoch = result.epochs_completed
             locked.current_step = locked.total_steps
             locked.eta_seconds = None
-            locked.error = ""
+            # Shown to staff, as a restarted run's note is: why its model is not the active one, though asked to be.
+            locked.error = note
             locked.finished_at = Now()
             locked.heartbeat_at = Now()
             locked.save()
@@ -769,6 +789,33 @@ def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
 
     Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not.
     """
+    return _checkpoint_activate(checkpoint=checkpoint, keep_better_active=False)
+
+
+def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
+    """The active checkpoint, when its test accuracy is higher than this one's and it loads; None otherwise.
+
+    An active checkpoint that no longer loads fails every prediction: a model replacing it is better whatever its
+    accuracy (``ensure_model`` trains a quick one for just that). Without both accuracies there is nothing to
+    compare, and the checkpoint is activated as asked.
+    """
+    from training.loading import checkpoint_load_model
+    from training.ml.checkpoints import CheckpointError
+
+    active = Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).first()
+    if active is None or active.test_accuracy is None or checkpoint.test_accuracy is None:
+        return None
+    if checkpoint.test_accuracy >= active.test_accuracy:
+        return None
+    try:
+        checkpoint_load_model(checkpoint=active)
+    except (CheckpointError, ValueError):
+        return None
+    return active
+
+
+def _checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool) -> Checkpoint:
+    """``checkpoint_activate``; with ``keep_better_active``, CheckpointBelowActiveError rather than a worse model."""
     from training.loading import checkpoint_load_model
     from training.ml.checkpoints import CheckpointError
 
@@ -786,6 +833,9 @@ def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
         if not Checkpoint.objects.select_for_update().filter(pk=checkpoint.pk).exists():
             # Deleted since it was loaded: deactivating the others would leave no model active at all.
             raise CheckpointNotLoadableError(f"{checkpoint} has been deleted; the active model is unchanged.")
+        # Compared under the lock: an activation finishing meanwhile is the one compared with.
+        if keep_better_active and (better := _active_checkpoint_better(checkpoint=checkpoint)) is not None:
+            raise CheckpointBelowActiveError(checkpoint=checkpoint, active=better)
         Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
         Checkpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
     checkpoint.refresh_from_db()

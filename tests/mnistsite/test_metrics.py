@@ -116,6 +116,18 @@ def test_an_idle_service_reports_zeros_and_no_latency_figures_rather_than_failin
     assert not any(name.startswith("mnistsite_active_checkpoint") for name, _ in samples)
 
 
+def test_metrics_report_how_long_the_oldest_queued_training_run_has_waited_since_it_was_last_queued():
+    now = timezone.now()
+    recipe = dict(epochs=4, batch_size=128, learning_rate=0.1)
+    assert _samples(metrics_text(now=now))[("mnistsite_training_run_oldest_queued_seconds", ())] == 0
+    TrainingRun.objects.create(status="running", created_at=now - dt.timedelta(hours=3), **recipe)
+    TrainingRun.objects.create(status="queued", created_at=now - dt.timedelta(seconds=90), **recipe)
+    # Queued again a minute after its trainer stopped beating; created long before.
+    TrainingRun.objects.create(status="queued", created_at=now - dt.timedelta(hours=2),
+                               heartbeat_at=now - dt.timedelta(seconds=240), **recipe)
+    assert 240 <= _samples(metrics_text(now=now))[("mnistsite_training_run_oldest_queued_seconds", ())] < 250
+
+
 def test_metrics_are_answered_by_address_and_over_plain_http_in_production_like_the_probes(client, metrics_on,
                                                                                             settings):
     settings.ALLOWED_HOSTS = ["digits.example.com"]

@@ -1,9 +1,12 @@
 """The training admin: only staff with permissions start, cancel and activate; pages show progress and charts."""
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
+from django.utils import timezone
 
 from training import services
 from training.models import Checkpoint, TrainingRun
@@ -151,6 +154,86 @@ def test_the_cancel_confirmation_of_a_finished_run_says_it_cannot_be_cancelled(c
     client.force_login(staff_user)
     response = client.get(_cancel_url(queued_run), follow=True)
     assert b"cannot be cancelled" in response.content and b"Are you sure?" not in response.content
+
+
+def test_the_cancel_confirmation_of_a_running_run_says_which_epoch_and_step_it_has_reached(
+    client, staff_user, queued_run
+):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        status=TrainingRun.Status.RUNNING, epochs=3, current_epoch=2, current_step=213, total_steps=469, progress=0.4848
+    )
+    client.force_login(staff_user)
+    html = " ".join(client.get(_cancel_url(queued_run)).content.decode().split())
+    assert (
+        "It stops at its next step and cannot be resumed: it is at epoch 2 of 3, step 213 of 469 of that epoch "
+        "(48% of the run)."
+    ) in html
+    assert "(213 of 469 done)" not in html
+
+
+def test_the_cancel_confirmation_of_a_run_that_has_not_trained_a_step_yet_says_so(client, staff_user, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.RUNNING)
+    client.force_login(staff_user)
+    html = client.get(_cancel_url(queued_run)).content.decode()
+    assert "It stops before its first step and cannot be resumed." in html and "epoch 0" not in html
+
+
+NO_TRAINER = (
+    "no trainer has taken it. Is a trainer worker running (<code>celery -A mnistsite worker -Q training</code>, "
+    "or the compose service <code>trainer</code>)?"
+)
+
+
+def _queued_since(run, *, minutes: float) -> None:
+    TrainingRun.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=minutes))
+
+
+def test_a_run_queued_for_minutes_with_no_trainer_at_work_warns_on_its_list_row_and_its_page(
+    client, staff_user, queued_run
+):
+    _queued_since(queued_run, minutes=12.5)
+    client.force_login(staff_user)
+    change = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    listed = client.get(reverse("admin:training_trainingrun_changelist")).content.decode()
+    for html in (change, listed):
+        assert f"Queued for 12 minutes: {NO_TRAINER}" in html
+
+
+def test_a_run_queued_briefly_or_behind_a_run_a_trainer_is_busy_with_shows_no_warning(
+    client, staff_user, queued_run, tiny_recipe
+):
+    client.force_login(staff_user)
+    change_url = reverse("admin:training_trainingrun_change", args=[queued_run.pk])
+    list_url = reverse("admin:training_trainingrun_changelist")
+    _queued_since(queued_run, minutes=1)
+    assert "no trainer has taken it" not in client.get(change_url).content.decode()
+
+    _queued_since(queued_run, minutes=30)
+    busy = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+    TrainingRun.objects.filter(pk=busy.pk).update(
+        status=TrainingRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    assert "no trainer has taken it" not in client.get(change_url).content.decode()
+    assert "no trainer has taken it" not in client.get(list_url).content.decode()
+
+    # A run whose trainer stopped beating long ago keeps no trainer busy.
+    TrainingRun.objects.filter(pk=busy.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert "Queued for 30 minutes: no trainer has taken it" in client.get(list_url).content.decode()
+
+
+def test_a_run_queued_again_after_its_trainer_stopped_counts_its_wait_from_then(client, staff_user, queued_run):
+    # Created an hour ago, trained until its trainer stopped half a minute ago: it has waited half a minute.
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        created_at=timezone.now() - timedelta(hours=1), started_at=timezone.now() - timedelta(hours=1),
+        heartbeat_at=timezone.now() - timedelta(seconds=30), attempts=1,
+    )
+    client.force_login(staff_user)
+    html = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    assert "no trainer has taken it" not in html
+
+    TrainingRun.objects.filter(pk=queued_run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    html = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    assert f"Queued for 5 minutes: {NO_TRAINER}" in html
 
 
 def test_the_checkpoint_list_shows_whether_each_is_active_first_and_its_size_readably(client, staff_user, make_checkpoint):

@@ -310,6 +310,66 @@ def test_a_run_succeeds_without_activation_unless_asked(tiny_recipe, make_checkp
     assert not run.checkpoints.filter(is_active=True).exists()
 
 
+def test_a_run_asked_to_activate_when_done_keeps_a_better_active_checkpoint_and_says_why(
+    tiny_recipe, make_checkpoint, caplog
+):
+    better, _ = make_checkpoint(activate=True, accuracy=0.9954)
+    run = _create(tiny_recipe, activate_on_success=True)
+    with caplog.at_level(logging.WARNING, logger="training.services"):
+        services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    better.refresh_from_db()
+    final = run.checkpoints.get(is_final=True)
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.test_accuracy < 0.9954
+    assert better.is_active and not final.is_active
+    note = (
+        f"Not activated: its {run.test_accuracy:.2%} test accuracy is below the active checkpoint's 99.54% "
+        f"(checkpoint {better.pk}, mlp); activate checkpoint {final.pk} by hand to use it anyway."
+    )
+    assert run.error == note
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"training run {run.pk}: {note}"
+    ]
+    # Staff activating it by hand still can.
+    services.checkpoint_activate(checkpoint=final)
+    final.refresh_from_db()
+    assert final.is_active
+
+
+def test_a_run_asked_to_activate_when_done_replaces_an_active_checkpoint_it_equals(tiny_recipe):
+    # Training is reproducible on the CPU: the same recipe twice reaches the same accuracy.
+    first = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=first.pk)
+    second = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=second.pk)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert second.test_accuracy == first.test_accuracy
+    assert second.checkpoints.get(is_final=True).is_active and second.error == ""
+
+
+def test_a_run_asked_to_activate_when_done_replaces_a_worse_active_checkpoint(tiny_recipe, make_checkpoint):
+    worse, _ = make_checkpoint(activate=True, accuracy=0.0)
+    run = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    worse.refresh_from_db()
+    assert run.checkpoints.get(is_final=True).is_active and not worse.is_active and run.error == ""
+
+
+def test_a_run_asked_to_activate_when_done_replaces_a_better_active_checkpoint_that_no_longer_loads(
+    tiny_recipe, make_checkpoint
+):
+    # Every prediction fails with it (ensure_model trains a quick model to replace it): keeping it helps nobody.
+    broken, _ = make_checkpoint(activate=True, accuracy=0.9954)
+    (settings.CHECKPOINT_DIR / broken.path).unlink()
+    run = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    broken.refresh_from_db()
+    assert run.checkpoints.get(is_final=True).is_active and not broken.is_active and run.error == ""
+
+
 def test_a_redelivered_run_message_does_not_train_twice(tiny_recipe):
     run = _create(tiny_recipe)
     first = services.training_run_execute(run_id=run.pk)
