@@ -25,6 +25,8 @@ HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "8000"))
 # resume from its last epoch checkpoint. A warm one would wait for a run of hours, until stop_all's grace ran out and
 # the run was killed under the worker.
 TRAINER_ENV = {"REMAP_SIGTERM": "SIGQUIT"}
+# Ignored by git with the rest of var/: the demo account's random password, for later starts to print again.
+DEMO_PASSWORD_FILE = Path("var") / "demo-password"
 
 
 def say(message: str) -> None:
@@ -60,12 +62,16 @@ def choose_broker(env: dict[str, str]) -> None:
     )
 
 
-def manage(*args: str, env: dict[str, str]) -> None:
+def manage(*args: str, env: dict[str, str], capture: bool = False) -> str:
     # Its own session, so that Ctrl-C reaches it through us: passed on, and waited for, the command can record
     # how it stopped (a training run marks itself failed) instead of being killed a quarter second later.
-    process = subprocess.Popen([PYTHON, "manage.py", *args], cwd=REPO, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", *args], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.PIPE if capture else None, text=True,
+    )
     try:
-        returncode = process.wait()
+        output, _ = process.communicate()
+        returncode = process.returncode
     except KeyboardInterrupt:
         process.send_signal(signal.SIGINT)
         try:
@@ -75,7 +81,14 @@ def manage(*args: str, env: dict[str, str]) -> None:
             process.wait()
         raise
     if returncode:
-        raise subprocess.CalledProcessError(returncode, ["manage.py", *args])
+        raise subprocess.CalledProcessError(returncode, ["manage.py", *args], output=output)
+    return output or ""
+
+
+def demo_account_ensure(*, env: dict[str, str], password_file: Path = DEMO_PASSWORD_FILE) -> str:
+    """The demo account's credentials: a random password the first time, kept in ``password_file`` (relative to
+    the checkout) to show again; an existing account's password is never reset."""
+    return manage("ensure_demo_user", f"--password-file={password_file}", env=env, capture=True).strip()
 
 
 def start(args: list[str], *, env: dict[str, str]) -> subprocess.Popen:
@@ -140,7 +153,8 @@ def main() -> int:
         manage("fetch_mnist", env=env)
         say("Database")
         manage("migrate", "--noinput", env=env)
-        manage("ensure_demo_user", env=env)
+        demo = demo_account_ensure(env=env)
+        say(demo)
         say("Model")
         manage("ensure_model", env=env)
         say("Sample images")
@@ -166,6 +180,8 @@ def main() -> int:
         ),
     ]
     say(f"Serving on http://{HOST}:{PORT}/ (admin at /admin/). Press Ctrl-C to stop.")
+    # Again here, where it is seen: the output of the steps above has scrolled it away.
+    say(demo)
     try:
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)

@@ -1,5 +1,6 @@
 """`make run` (scripts/run_local.py) reads .env for what it decides itself and finds Redis as the broker will."""
 import os
+import re
 import runpy
 import shutil
 import socket
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from tests.processes import NO_BROKER_URL, REPO
+from tests.processes import NO_BROKER_URL, REPO, child_env
 
 RUN_LOCAL = runpy.run_path(str(REPO / "scripts" / "run_local.py"), run_name="run_local")
 
@@ -61,6 +62,37 @@ def test_make_run_keeps_the_brokers_password_off_the_terminal(redis_with_passwor
     assert env["CELERY_BROKER_URL"].startswith("redis://:s3cret@")
     out = capsys.readouterr().out
     assert "Broker: Redis at" in out and "s3cret" not in out
+
+
+def test_make_run_gives_the_demo_account_a_random_password_shows_it_and_never_resets_it(
+    transactional_db, django_user_model, tmp_path
+):
+    env = child_env(DEBUG="true")
+    kept = tmp_path / "demo-password"
+
+    first = RUN_LOCAL["demo_account_ensure"](env=env, password_file=kept)
+
+    demo = django_user_model.objects.get(username="demo")
+    shown = re.search(r"password '([^']+)'", first).group(1)
+    assert demo.is_superuser and demo.check_password(shown) and kept.read_text().strip() == shown
+    # The password the README once published for it.
+    assert not demo.check_password("mnist-demo-2026")
+
+    second = RUN_LOCAL["demo_account_ensure"](env=env, password_file=kept)
+
+    assert django_user_model.objects.get(username="demo").password == demo.password
+    assert f"password {shown!r}" in second
+
+
+def test_make_run_leaves_an_existing_demo_accounts_password_and_says_how_to_set_one(
+    transactional_db, django_user_model, tmp_path
+):
+    django_user_model.objects.create_superuser(username="demo", password="the-Operators-own-1")
+
+    said = RUN_LOCAL["demo_account_ensure"](env=child_env(DEBUG="true"), password_file=tmp_path / "demo-password")
+
+    assert django_user_model.objects.get(username="demo").check_password("the-Operators-own-1")
+    assert "manage.py changepassword demo" in said
 
 
 def test_make_run_reads_the_port_and_the_broker_from_env_and_the_environment_wins_over_it(tmp_path):
