@@ -98,7 +98,8 @@ class Prediction(models.Model):
     # for another picture instead.
     NO_DIGIT_ERROR = "No digit was found in this image:"
 
-    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions")
+    # Served by the (upload, newest first) index in Meta.indexes.
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions", db_index=False)
     # Which model gave each answer is history: a checkpoint that made predictions cannot be deleted.
     checkpoint = models.ForeignKey(
         "training.Checkpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="predictions"
@@ -134,7 +135,13 @@ class Prediction(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            # An upload's newest prediction, which every history row and filter looks up, is the index's first entry
+            # for it. With the upload's id alone, a database without fresh statistics would walk created_at instead,
+            # through every prediction of the site for each upload (minutes for a long history).
+            models.Index(fields=["upload", "-created_at", "-id"], name="prediction_upload_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
