@@ -6,8 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 import environ
 import redis
@@ -60,6 +61,33 @@ def choose_broker(env: dict[str, str]) -> None:
         f"No Redis answers at {shown}: using the embedded broker (Kombu's filesystem transport in var/broker). "
         "Start Redis (or fix the URL's password) and run again for the real one."
     )
+
+
+def child_env(environment: Mapping[str, str]) -> dict[str, str]:
+    """The environment of every process started: the development settings unless others are named."""
+    env = dict(environment)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
+    env["PYTHONUNBUFFERED"] = "1"
+    # Mail sent from here (a password reset, an email confirmation) links to the port served, not the default's.
+    env.setdefault("SITE_URL", f"http://{HOST}:{PORT}")
+    return env
+
+
+def choose_cache(env: dict[str, str]) -> None:
+    """A cache every web process shares, unless CACHE_URL names one: gunicorn runs several, and a per-process
+    cache let each count log-in failures and uploads on its own (8 wrong passwords before a lockout of 5).
+
+    The broker's Redis, in the next database (as in docker-compose.yml), or files in var/cache without one.
+    """
+    if env.get("CACHE_URL"):
+        return
+    broker = urlparse(env["CELERY_BROKER_URL"])
+    if broker.scheme == "redis":
+        database = int(broker.path.strip("/") or 0)
+        env["CACHE_URL"] = urlunparse(broker._replace(scheme="rediscache", path=f"/{(database + 1) % 16}"))
+    else:
+        env["CACHE_URL"] = f"filecache://{REPO / 'var' / 'cache'}"
+    say(f"Cache: {maybe_sanitize_url(env['CACHE_URL'])}")
 
 
 def manage(*args: str, env: dict[str, str], capture: bool = False) -> str:
@@ -142,11 +170,10 @@ def main() -> int:
     # may have left SIGINT ignored, so install the handlers explicitly.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    env = dict(os.environ)
-    env.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.dev")
-    env["PYTHONUNBUFFERED"] = "1"
+    env = child_env(os.environ)
     (REPO / "var").mkdir(exist_ok=True)
     choose_broker(env)
+    choose_cache(env)
 
     try:
         say("MNIST data")

@@ -181,3 +181,37 @@ def test_stopping_make_run_while_a_batch_of_predictions_runs_lets_the_worker_fin
 
     assert "WorkerLostError" not in worker.log(), worker.log()[-3000:]
     assert set(Prediction.objects.filter(pk__in=ids).values_list("status", flat=True)) == {Prediction.Status.DONE}
+
+
+def test_make_run_links_its_mail_to_the_port_it_serves_unless_site_url_is_set():
+    assert RUN_LOCAL["child_env"]({})["SITE_URL"] == f"http://127.0.0.1:{RUN_LOCAL['PORT']}"
+    assert RUN_LOCAL["child_env"]({"SITE_URL": "https://digits.example.com"})["SITE_URL"] == "https://digits.example.com"
+
+
+def _cache_shared_between_processes(env: dict[str, str]) -> bool:
+    """Whether a value one Django process stores in the default cache is read by another."""
+    env = {**child_env(), **env, "DJANGO_SETTINGS_MODULE": "mnistsite.settings.dev"}
+    key = f"make-run-{os.getpid()}-{time.monotonic_ns()}"
+    run = [sys.executable, "manage.py", "shell", "-c"]
+    subprocess.run([*run, f"from django.core.cache import cache; cache.set({key!r}, 'shared', 60)"],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=60)
+    read = subprocess.run([*run, f"from django.core.cache import cache; print(cache.get({key!r}))"],
+                          cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=60)
+    # The shell says first what it imported by itself.
+    return read.stdout.strip().splitlines()[-1:] == ["shared"]
+
+
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_make_runs_web_processes_share_one_cache_so_lockouts_and_throttles_count_across_them(settings, broker):
+    env = {"CELERY_BROKER_URL": settings.CELERY_BROKER_URL if broker == "redis" else "filesystem://"}
+    RUN_LOCAL["choose_cache"](env)
+    assert env["CACHE_URL"].startswith("rediscache://" if broker == "redis" else "filecache://")
+    assert _cache_shared_between_processes(env)
+    # As every process had its own before: what one stored, another never saw.
+    assert not _cache_shared_between_processes({**env, "CACHE_URL": "locmemcache://"})
+
+
+def test_make_run_keeps_the_cache_it_is_given():
+    env = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/3", "CACHE_URL": "rediscache://10.0.0.5:6379/4"}
+    RUN_LOCAL["choose_cache"](env)
+    assert env["CACHE_URL"] == "rediscache://10.0.0.5:6379/4"
