@@ -1,16 +1,35 @@
 """The authentication backend that enforces the log-in lockout on every log-in form, the admin's included."""
 from __future__ import annotations
 
+import logging
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import PermissionDenied
+from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from accounts.services import login_attempt_start, login_attempt_succeeded
 
+logger = logging.getLogger(__name__)
+
+
+_proxy_warning = {"given": False}
+
 
 def client_address(request) -> str:
     """The client's address: REMOTE_ADDR, or the one NUM_PROXIES trusted proxies put in X-Forwarded-For."""
+    if not _proxy_warning["given"] and api_settings.NUM_PROXIES == 0 and "HTTP_X_FORWARDED_FOR" in request.META:
+        # Behind a reverse proxy left uncounted, every client is the proxy: one client's wrong passwords lock out
+        # everyone, and nothing else says why. Once a process: the log would otherwise repeat it for every log-in.
+        _proxy_warning["given"] = True
+        logger.warning(
+            "A request came with X-Forwarded-For while NUM_PROXIES is 0: log-in lockouts and the sign-up and "
+            "password reset throttles count every client as %s, the proxy's address, so one client's failures lock "
+            "out everyone. Behind a reverse proxy that appends the client's address, set NUM_PROXIES to the number "
+            "of such proxies (1 for one).",
+            request.META.get("REMOTE_ADDR"),
+        )
     return BaseThrottle().get_ident(request) or ""
 
 

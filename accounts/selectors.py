@@ -14,7 +14,7 @@ from django.db import connection
 from django.db.models import BooleanField, Case, Exists, F, OuterRef, QuerySet, Value, When
 
 from accounts.models import ApiToken, EmailAddressState, api_token_digest
-from classifier.throttling import rate_parse
+from mnistsite.env import rate_parse
 
 
 def password_reset_by_email_available() -> bool:

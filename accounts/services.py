@@ -34,7 +34,8 @@ from accounts import selectors
 from accounts.mail import duration_words, mail_error_is_transient
 from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
 from classifier.services import uploads_lock_for_owner
-from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
+from classifier.throttling import TOLERANCE_S, allowance_take
+from mnistsite.env import rate_parse
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from accounts.forms import (
 from accounts.mail import duration_words
 from accounts.services import login_attempt_allowed
 from classifier import selectors as classifier_selectors
-from classifier.throttling import TOLERANCE_S, allowance_take, rate_parse
+from classifier.throttling import TOLERANCE_S, allowance_take
+from mnistsite.env import rate_parse
 
 logger = logging.getLogger(__name__)
 

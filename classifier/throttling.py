@@ -17,6 +17,8 @@ from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache.backends.redis import RedisCache
 
+from mnistsite.env import rate_parse
+
 logger = logging.getLogger(__name__)
 
 # Absorbs float rounding: 600 steps of a tenth of a second must still fit in 60.
@@ -54,14 +56,6 @@ class UploadRateError(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.allowance = allowance
-
-
-def rate_parse(rate: str) -> tuple[int, float] | None:
-    """A rate setting ("600/minute", "10/hour") as (count, seconds), or None when it is empty (no limit)."""
-    if not rate:
-        return None
-    count, _, period = rate.partition("/")
-    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
 
 
 def upload_rate() -> tuple[int, float] | None:

@@ -1,4 +1,5 @@
 """Settings shared by every environment, read from the environment with django-environ."""
+import logging
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -8,10 +9,12 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from mnistsite.broker import filesystem_transport_options
+from mnistsite.env import UNREADABLE_URL, StrictEnv, url_credentials_check
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-env = environ.Env()
+
+env = StrictEnv()
 
 
 def _setting_or(name: str, default: str) -> str:
@@ -33,7 +36,8 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = _DEV_SECRET_KEY
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+_LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=_LOCAL_HOSTS)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # A refused form says what happened and what to do in the site's own page, not Django's bare one.
 CSRF_FAILURE_VIEW = "accounts.views.csrf_failure"
@@ -96,11 +100,15 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": env.db_url_config(_setting_or("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")),
-}
+_DATABASE_URL = _setting_or("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+url_credentials_check(name="DATABASE_URL", url=_DATABASE_URL)
+try:
+    DATABASES = {"default": env.db_url_config(_DATABASE_URL)}
+except ValueError:
+    # Such as a port that is no number: its message would quote it, which may be a piece of the password.
+    raise ImproperlyConfigured(UNREADABLE_URL.format(name="DATABASE_URL")) from None
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60, least=0))
 # A persistent connection is pinged once per request (or task) before reuse, so a restarted server costs no error.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}:
@@ -108,7 +116,7 @@ if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql", "django.c
     # for one that accepts but never answers for ever, holding the request, the task or /readyz meanwhile. A
     # connect_timeout in DATABASE_URL's query string wins.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5, least=0)
     )
     # A server that goes silent on a connection already open (a failover, a cut network) is noticed within about a
     # minute, instead of when the kernel gives up (some fifteen minutes): probes while a reply is awaited, and a
@@ -162,11 +170,11 @@ MEDIA_URL = "/media-not-served/"
 UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Uploads are refused (nothing stored) while storing them would leave less than this free on the media volume:
 # PostgreSQL, often on the same disk, stops for good when it cannot write its log, so it keeps room to work.
-UPLOAD_MIN_FREE_MB = env.int("UPLOAD_MIN_FREE_MB", default=1024)
+UPLOAD_MIN_FREE_MB = env.int("UPLOAD_MIN_FREE_MB", default=1024, least=0)
 # Each user's uploads may take this much of the media volume (0: no limit); past it, uploads are refused (403).
-UPLOAD_QUOTA_MB = env.int("UPLOAD_QUOTA_MB", default=1024)
+UPLOAD_QUOTA_MB = env.int("UPLOAD_QUOTA_MB", default=1024, least=0)
 # Days the orphan sweep keeps what it set aside (MEDIA_ROOT/orphaned/) before deleting it.
-ORPHANED_FILES_KEEP_DAYS = env.int("ORPHANED_FILES_KEEP_DAYS", default=30)
+ORPHANED_FILES_KEEP_DAYS = env.int("ORPHANED_FILES_KEEP_DAYS", default=30, least=0)
 STORAGES = {
     "default": {"BACKEND": "mnistsite.storage.MediaStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -176,12 +184,12 @@ CHECKPOINT_DIR = Path(_setting_or("CHECKPOINT_DIR", str(BASE_DIR / "checkpoints"
 TORCH_DEVICE = env.str("TORCH_DEVICE", default="auto")
 if TORCH_DEVICE not in {"auto", "cpu", "cuda"}:
     raise ImproperlyConfigured("TORCH_DEVICE must be one of auto, cpu, cuda.")
-TORCH_NUM_THREADS = env.int("TORCH_NUM_THREADS", default=1)
+TORCH_NUM_THREADS = env.int("TORCH_NUM_THREADS", default=1, least=1)
 
-# Upload limits and prediction display.
-UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=5 * 1024 * 1024)
-UPLOAD_MAX_FILES = env.int("UPLOAD_MAX_FILES", default=32)
-UPLOAD_MAX_PIXELS = env.int("UPLOAD_MAX_PIXELS", default=40_000_000)
+# Upload limits and prediction display. Each 0 would refuse every upload.
+UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=5 * 1024 * 1024, least=1)
+UPLOAD_MAX_FILES = env.int("UPLOAD_MAX_FILES", default=32, least=1)
+UPLOAD_MAX_PIXELS = env.int("UPLOAD_MAX_PIXELS", default=40_000_000, least=1)
 DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES
 # Room for the largest multi-file request; each file is still checked on its own.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
@@ -192,20 +200,20 @@ INFERENCE_BATCH_SIZE = env.int("INFERENCE_BATCH_SIZE", default=32)
 MAX_INFERENCE_BATCH_SIZE = 256  # 20 characters an id at most (a bigint and its comma)
 if not 1 <= INFERENCE_BATCH_SIZE <= MAX_INFERENCE_BATCH_SIZE:
     raise ImproperlyConfigured(f"INFERENCE_BATCH_SIZE must be from 1 to {MAX_INFERENCE_BATCH_SIZE}.")
-LOW_CONFIDENCE_THRESHOLD = env.float("LOW_CONFIDENCE_THRESHOLD", default=0.7)
+LOW_CONFIDENCE_THRESHOLD = env.float("LOW_CONFIDENCE_THRESHOLD", default=0.7, least=0, most=1)
 # Pending predictions older than this are re-published by the sweeper.
-PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS", default=60)
+PREDICTION_REPUBLISH_AFTER_SECONDS = env.int("PREDICTION_REPUBLISH_AFTER_SECONDS", default=60, least=0)
 # A prediction "running" for longer than this lost its worker: the sweeper re-publishes it and a
 # redelivered message may claim it again. Keep it above the longest prediction.
-PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER_SECONDS", default=120)
+PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER_SECONDS", default=120, least=1)
 # A ?wait upload stops waiting (202) once a prediction has been pending this long and no worker has started one
 # since: the queue is stalled.
-PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_SECONDS", default=10)
+PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_SECONDS", default=10, least=0)
 # A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
-PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3)
+PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3, least=1)
 # A worker process that failed to load the active model claims nothing for this long unless the model loads by
 # then: it would only hand the claims back, counting attempts against predictions a healthy worker can compute.
-MODEL_LOAD_RETRY_AFTER_SECONDS = env.int("MODEL_LOAD_RETRY_AFTER_SECONDS", default=60)
+MODEL_LOAD_RETRY_AFTER_SECONDS = env.int("MODEL_LOAD_RETRY_AFTER_SECONDS", default=60, least=0)
 # /metrics answers only a scraper sending "Authorization: Bearer <METRICS_TOKEN>"; unset, it is off (404).
 # It skips host validation and the HTTPS redirect, so the token is all that guards it: a guessable one is refused.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="").strip()
@@ -216,19 +224,22 @@ METRICS_WINDOW_SECONDS = env.int("METRICS_WINDOW_SECONDS", default=300)
 if not 10 <= METRICS_WINDOW_SECONDS <= 86400:
     raise ImproperlyConfigured("METRICS_WINDOW_SECONDS must be between 10 and 86400.")
 # Training runs whose heartbeat is older than this are considered dead.
-TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=120)
+TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=120, least=1)
 # A queued run whose message was sent this long ago, while no run is running, lost its message: it is sent again.
-TRAINING_REPUBLISH_AFTER_SECONDS = env.int("TRAINING_REPUBLISH_AFTER_SECONDS", default=600)
+TRAINING_REPUBLISH_AFTER_SECONDS = env.int("TRAINING_REPUBLISH_AFTER_SECONDS", default=600, least=0)
 
 # Celery: JSON only, late acknowledgement, one message at a time per process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 CELERY_BROKER_FILESYSTEM_DIR = Path(env.str("CELERY_BROKER_FILESYSTEM_DIR", default=str(BASE_DIR / "var" / "broker")))
-CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600, least=1)
 # An upload must not hang while the broker is down: the sweeper re-publishes
 # whatever could not be sent.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 # How long a command to Redis (the broker, or the cache) may wait for its answer.
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=env.float("CELERY_BROKER_SOCKET_TIMEOUT", default=5.0))
+if REDIS_SOCKET_TIMEOUT <= 0:
+    # redis-py takes 0 as a socket that never waits: every command would fail.
+    raise ImproperlyConfigured(f"REDIS_SOCKET_TIMEOUT must be more than 0 seconds (it is {REDIS_SOCKET_TIMEOUT}).")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(CELERY_BROKER_FILESYSTEM_DIR)
 else:
@@ -238,7 +249,7 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
         "unacked_restore_interval": env.int(
-            "CELERY_UNACKED_RESTORE_INTERVAL", default=max(1, min(10, CELERY_VISIBILITY_TIMEOUT // 5))
+            "CELERY_UNACKED_RESTORE_INTERVAL", default=max(1, min(10, CELERY_VISIBILITY_TIMEOUT // 5)), least=0
         ),
         "unacked_restore_throttle": 1,
         # Without these a broker that stops answering without closing the connection (a hung host, a failover,
@@ -348,7 +359,7 @@ REST_FRAMEWORK = {
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.negotiation.ContentNegotiation",
     # How many proxies in front of the site append to X-Forwarded-For. With 0 the header is ignored, so a
     # client cannot pick the address that log-in lockouts and anonymous throttles count against.
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0, least=0),
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
 }
 # Days an API token works after it was made; 0: until it is replaced or revoked. Applies to tokens made before
@@ -401,9 +412,10 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
     CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", CELERY_BROKER_CONNECTION_TIMEOUT)
 # Images a user may upload per period, through the pages and the API together ("600/minute"; empty: no limit).
 # API_UPLOAD_THROTTLE_RATE is its earlier name.
-UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default=env.str("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
+UPLOAD_THROTTLE_RATE = env.rate("UPLOAD_THROTTLE_RATE",
+                                default=env.rate("API_UPLOAD_THROTTLE_RATE", default="600/minute"))
 # A larger picture counts as one image of that rate per started this many pixels (0: every picture counts one).
-UPLOAD_PIXELS_PER_IMAGE = env.int("UPLOAD_PIXELS_PER_IMAGE", default=1_000_000)
+UPLOAD_PIXELS_PER_IMAGE = env.int("UPLOAD_PIXELS_PER_IMAGE", default=1_000_000, least=0)
 # Hours an API upload's Idempotency-Key is remembered: a repeat within them is answered, not stored again.
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 if IDEMPOTENCY_KEY_TTL_HOURS < 1:
@@ -411,13 +423,14 @@ if IDEMPOTENCY_KEY_TTL_HOURS < 1:
 # Whether anyone may create an account; off, only administrators add users.
 SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
 # How long a web process reuses its last /readyz result (the endpoint is public and its checks are not free).
-READYZ_CACHE_SECONDS = env.float("READYZ_CACHE_SECONDS", default=5.0)
+READYZ_CACHE_SECONDS = env.float("READYZ_CACHE_SECONDS", default=5.0, least=0)
 # Accounts that one client address may create per period ("10/hour"; empty: no limit).
-SIGNUP_THROTTLE_RATE = env.str("SIGNUP_THROTTLE_RATE", default="10/hour")
+SIGNUP_THROTTLE_RATE = env.rate("SIGNUP_THROTTLE_RATE", default="10/hour")
 # Every log-in form (the admin's too) goes through the lockout.
 AUTHENTICATION_BACKENDS = ["accounts.backends.LockoutModelBackend"]
-LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
-LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=300)
+# 0 failures would lock everyone out at once; a lockout of 0 seconds would never hold.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5, least=1)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=300, least=1)
 
 # Outgoing email, for password reset links: smtp://user:password@host:25, smtp+tls://...:587 (STARTTLS),
 # smtp+ssl://...:465, consolemail://, filemail:///path, ... Unset: the site sends no email, and its reset page
@@ -425,6 +438,7 @@ LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=300)
 EMAIL_URL = env.str("EMAIL_URL", default="")
 EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
 if EMAIL_URL:
+    url_credentials_check(name="EMAIL_URL", url=EMAIL_URL)
     try:
         _email_config = env.email_url_config(EMAIL_URL)
     except ImproperlyConfigured:
@@ -435,17 +449,16 @@ if EMAIL_URL:
         ) from None
     except ValueError:
         # Such as a password with a "/" read as the end of the host and port: the error would quote part of it.
-        raise ImproperlyConfigured(
-            "EMAIL_URL could not be read: percent-encode @ / : ? and # in its user and password (%40 %2F %3A %3F %23)."
-        ) from None
+        raise ImproperlyConfigured(UNREADABLE_URL.format(name="EMAIL_URL")) from None
     if "EMAIL_FILE_PATH" in _email_config:
         # django-environ drops the leading slash of filemail:///var/mail: the folder is the URL's path as written.
         _email_config["EMAIL_FILE_PATH"] = urlsplit(EMAIL_URL).path
     # Parts the URL leaves out (a port, a user) keep Django's defaults rather than becoming None.
     globals().update({name: value for name, value in _email_config.items() if value not in (None, "")})
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
-# A mail server that stops answering must not hold the worker sending a reset link for ever.
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# A mail server that stops answering must not hold the worker sending a reset link for ever (0 would be a socket
+# that never waits, failing every message).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10, least=1)
 # The site's address as people reach it, scheme and host only (https://digits.example.com): reset links are built
 # from it, never from a request's Host header, which the asker chooses. The default is what `make run` serves;
 # production sets it whenever it sends mail (production.py).
@@ -468,20 +481,26 @@ if PASSWORD_RESET_TIMEOUT < 60:
     raise ImproperlyConfigured("PASSWORD_RESET_TIMEOUT must be a number of seconds, 60 or more.")
 # Reset links one client address may ask for per period, and that may be sent to one email address per period
 # (whoever asks), so the form cannot fill someone's inbox ("10/hour"; empty: no limit).
-PASSWORD_RESET_THROTTLE_RATE = env.str("PASSWORD_RESET_THROTTLE_RATE", default="10/hour")
-PASSWORD_RESET_EMAIL_THROTTLE_RATE = env.str("PASSWORD_RESET_EMAIL_THROTTLE_RATE", default="3/hour")
+PASSWORD_RESET_THROTTLE_RATE = env.rate("PASSWORD_RESET_THROTTLE_RATE", default="10/hour")
+PASSWORD_RESET_EMAIL_THROTTLE_RATE = env.rate("PASSWORD_RESET_EMAIL_THROTTLE_RATE", default="3/hour")
 # Seconds a link confirming an account's email address works (60 or more); reset links go only to a confirmed one.
 EMAIL_CONFIRMATION_TIMEOUT = env.int("EMAIL_CONFIRMATION_TIMEOUT", default=3 * 24 * 3600)
 if EMAIL_CONFIRMATION_TIMEOUT < 60:
     raise ImproperlyConfigured("EMAIL_CONFIRMATION_TIMEOUT must be a number of seconds, 60 or more.")
 # Confirmation links that may be mailed per period for one account, and to one email address whichever accounts
 # name it (anyone may sign up with someone's address), so that nobody can fill an inbox ("3/hour"; empty: no limit).
-EMAIL_CONFIRMATION_THROTTLE_RATE = env.str("EMAIL_CONFIRMATION_THROTTLE_RATE", default="3/hour")
+EMAIL_CONFIRMATION_THROTTLE_RATE = env.rate("EMAIL_CONFIRMATION_THROTTLE_RATE", default="3/hour")
 
+# Any case; an unknown name would stop the start anyway, as "Unable to configure root logger", naming neither.
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if LOG_LEVEL not in logging.getLevelNamesMapping():
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL={env.str('LOG_LEVEL')!r} is not a log level: use DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }

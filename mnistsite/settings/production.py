@@ -2,9 +2,16 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from mnistsite.settings.base import *  # noqa: F403
-from mnistsite.settings.base import _DEV_SECRET_KEY, SECRET_KEY, STORAGES, _setting_or, env
+from mnistsite.settings.base import _DEV_SECRET_KEY, ALLOWED_HOSTS, SECRET_KEY, STORAGES, _setting_or, env
 
 DEBUG = False
+
+# Every page would answer 400 while the health checks, which skip host validation, still pass.
+if not any(host.strip() for host in ALLOWED_HOSTS):
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS is empty: name the host(s) the site is reached by, e.g. ALLOWED_HOSTS=digits.example.com "
+        "(unset, it serves localhost only)."
+    )
 
 # base.py falls back to the committed key when DEBUG=true is set; production never runs with it.
 if SECRET_KEY == _DEV_SECRET_KEY:
@@ -36,7 +43,7 @@ if _setting_or("EMAIL_URL", "") and not _setting_or("SITE_URL", ""):
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000, least=0)
 # Both bind every subdomain to HTTPS as well: a site on a bare domain with plain-HTTP subdomains turns them off.
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)

@@ -329,3 +329,173 @@ def test_reset_links_last_an_hour_unless_configured_and_never_less_than_a_minute
     assert _settings_probe("PASSWORD_RESET_TIMEOUT", PASSWORD_RESET_TIMEOUT="86400", **dev) == ["86400"]
     short = _run_manage("check", PASSWORD_RESET_TIMEOUT="0", **dev)
     assert short.returncode != 0 and "PASSWORD_RESET_TIMEOUT must be a number of seconds, 60 or more" in short.stderr
+
+
+PRODUCTION_KEY = "a-long-random-production-key-6c1f4e2b9d8a7f3e5c0b1a2d4e6f8a9b0c"
+# Loads a settings module once per case in one process (the settings alone, without Django's apps: what every
+# process does first) and prints, per case, the setting asked for or the refusal.
+_EACH_CASE = """
+import importlib, json, os, sys
+from django.core.exceptions import ImproperlyConfigured
+module, cases = sys.argv[1], json.loads(sys.argv[2])
+for overrides, name in cases:
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    for loaded in [m for m in sys.modules if m.startswith("mnistsite.settings")]:
+        del sys.modules[loaded]
+    try:
+        print(json.dumps(repr(getattr(importlib.import_module(module), name))))
+    except ImproperlyConfigured as exc:
+        print(json.dumps(f"refused: {exc}"))
+    for key, value in saved.items():
+        if value is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = value
+"""
+
+
+def _settings_each(cases: list[tuple[dict[str, str], str]], module: str = "mnistsite.settings.dev",
+                   **env: str) -> list[str]:
+    """For each (environment, setting name): the setting's repr, or "refused: <why>"."""
+    import json
+
+    full_env = {k: v for k, v in os.environ.items() if k not in IGNORED}
+    if module == "mnistsite.settings.production":
+        full_env.update(PRODUCTION_STATE, SECRET_KEY=PRODUCTION_KEY)
+    full_env.update(env)
+    result = subprocess.run([sys.executable, "-c", _EACH_CASE, module, json.dumps(cases)], cwd=REPO, env=full_env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()[-len(cases):]]
+
+
+RATE_SETTINGS = [
+    "UPLOAD_THROTTLE_RATE", "API_UPLOAD_THROTTLE_RATE", "SIGNUP_THROTTLE_RATE", "PASSWORD_RESET_THROTTLE_RATE",
+    "PASSWORD_RESET_EMAIL_THROTTLE_RATE", "EMAIL_CONFIRMATION_THROTTLE_RATE",
+]
+
+
+def test_a_malformed_rate_refuses_to_start_naming_the_variable_and_the_form_it_takes():
+    bad = ["600/week", "10 per hour", "0/minute"]
+    cases = [({name: rate}, "UPLOAD_THROTTLE_RATE") for name in RATE_SETTINGS for rate in bad]
+    for (overrides, _), outcome in zip(cases, _settings_each(cases), strict=True):
+        [(name, rate)] = overrides.items()
+        assert outcome.startswith(f"refused: {name}={rate!r} is not a rate"), outcome
+        assert "e.g. 10/hour" in outcome, outcome
+    # Empty still means no limit, and the earlier name still counts.
+    assert _settings_each([({"UPLOAD_THROTTLE_RATE": ""}, "UPLOAD_THROTTLE_RATE"),
+                           ({"API_UPLOAD_THROTTLE_RATE": "5/s"}, "UPLOAD_THROTTLE_RATE")]) == ["''", "'5/s'"]
+
+
+def test_the_deploy_check_fails_on_a_rate_the_throttles_could_not_read():
+    result = _deploy_check(CACHE_URL="rediscache://127.0.0.1:6379/1", SIGNUP_THROTTLE_RATE="10 per hour")
+    assert result.returncode != 0
+    assert "SIGNUP_THROTTLE_RATE='10 per hour' is not a rate" in result.stderr
+
+
+def _numeric_settings() -> list[tuple[str, str]]:
+    source = "".join((REPO / "mnistsite" / "settings" / f"{name}.py").read_text() for name in ("base", "production"))
+    return re.findall(r'env\.(int|float|bool)\(\s*"(\w+)"', source)
+
+
+def test_every_malformed_number_or_switch_refuses_to_start_naming_the_variable_and_its_value():
+    read = _numeric_settings()
+    assert len(read) > 35
+    bad = {"int": "5MB", "float": "5s", "bool": "flase"}
+    cases = [({name: bad[kind]}, "DEBUG") for kind, name in read] + [({name: ""}, "DEBUG") for kind, name in read]
+    outcomes = _settings_each(cases, module="mnistsite.settings.production",
+                              # Read only for PostgreSQL, and for a Redis broker.
+                              DATABASE_URL="postgres://mnistsite@db.example/mnistsite",
+                              CELERY_BROKER_URL="redis://127.0.0.1:6379/1", ALLOWED_HOSTS="digits.example.com")
+    for (overrides, _), outcome in zip(cases, outcomes, strict=True):
+        [(name, value)] = overrides.items()
+        assert outcome.startswith(f"refused: {name}={value!r} is not "), (name, outcome)
+
+
+def test_switches_take_the_usual_words_in_any_case_and_nothing_else():
+    words = {"true": "True", "TRUE": "True", "Yes": "True", "on": "True", "1": "True", " false ": "False",
+             "no": "False", "OFF": "False", "0": "False"}
+    cases = [({"SIGNUP_ENABLED": word}, "SIGNUP_ENABLED") for word in [*words, "flase", "2", "enabled"]]
+    outcomes = _settings_each(cases)
+    assert outcomes[:len(words)] == list(words.values())
+    for outcome in outcomes[len(words):]:
+        assert outcome.startswith("refused: SIGNUP_ENABLED=") and "true or false" in outcome, outcome
+
+
+def test_a_switch_set_wrong_in_production_refuses_to_start_rather_than_turning_https_off():
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.production", SECRET_KEY=PRODUCTION_KEY,
+                         ALLOWED_HOSTS="digits.example.com", SECURE_SSL_REDIRECT="flase")
+    assert result.returncode != 0
+    assert "SECURE_SSL_REDIRECT='flase' is not true or false" in result.stderr
+
+
+def test_numbers_outside_the_range_that_makes_sense_refuse_to_start():
+    refused = {"UPLOAD_MAX_FILES": "0", "UPLOAD_MAX_BYTES": "0", "UPLOAD_MAX_PIXELS": "0",
+               "LOW_CONFIDENCE_THRESHOLD": "70", "TORCH_NUM_THREADS": "0", "PREDICTION_MAX_ATTEMPTS": "0",
+               "LOGIN_FAILURE_LIMIT": "0", "LOGIN_LOCKOUT_SECONDS": "0", "EMAIL_TIMEOUT": "0",
+               "CELERY_VISIBILITY_TIMEOUT": "0", "REDIS_SOCKET_TIMEOUT": "0", "READYZ_CACHE_SECONDS": "-1",
+               "DATABASE_CONN_MAX_AGE": "-1", "NUM_PROXIES": "-1", "UPLOAD_QUOTA_MB": "-1",
+               "PREDICTION_RUNNING_STALE_AFTER_SECONDS": "0", "TRAINING_STALE_AFTER_SECONDS": "0",
+               "SECURE_HSTS_SECONDS": "-1"}
+    accepted = {"LOW_CONFIDENCE_THRESHOLD": ["0", "1", "0.55"], "UPLOAD_QUOTA_MB": ["0"],
+                "UPLOAD_MIN_FREE_MB": ["0"], "PREDICTION_REPUBLISH_AFTER_SECONDS": ["0"], "SECURE_HSTS_SECONDS": ["0"]}
+    cases = [({name: value}, name) for name, value in refused.items()]
+    cases += [({name: value}, name) for name, values in accepted.items() for value in values]
+    outcomes = _settings_each(cases, module="mnistsite.settings.production", ALLOWED_HOSTS="digits.example.com")
+    for (_, name), outcome in zip(cases[:len(refused)], outcomes[:len(refused)], strict=True):
+        assert outcome.startswith(f"refused: {name} must be ") and "(it is " in outcome, (name, outcome)
+    assert outcomes[len(refused):] == ["0.0", "1.0", "0.55", "0", "0", "0", "0"]
+
+
+def test_an_unknown_log_level_is_refused_and_a_known_one_taken_in_any_case():
+    outcomes = _settings_each([({"LOG_LEVEL": "verbose"}, "LOGGING"), ({"LOG_LEVEL": "warning"}, "LOGGING")])
+    assert outcomes[0].startswith("refused: LOG_LEVEL='verbose' is not a log level"), outcomes[0]
+    assert "DEBUG, INFO, WARNING, ERROR or CRITICAL" in outcomes[0]
+    assert "'level': 'WARNING'" in outcomes[1]
+
+
+@pytest.mark.parametrize("password", ["s3cr/et", "s3cr#et", "s3cr?et", "s3cr@et", "12/s3cret"])
+def test_a_database_url_with_an_unencoded_character_in_its_password_is_refused_without_quoting_it(password):
+    outcome, = _settings_each([({"DATABASE_URL": f"postgres://digits:{password}@db.example:5432/digits"}, "DATABASES")])
+    assert outcome.startswith("refused: DATABASE_URL could not be read: percent-encode"), outcome
+    assert "s3c" not in outcome
+
+
+def test_a_database_url_that_fails_to_parse_shows_no_part_of_its_password_at_startup():
+    result = _run_manage("check", DATABASE_URL="postgres://digits:s3cr/et@db.example:5432/digits")
+    assert result.returncode != 0
+    assert "DATABASE_URL could not be read: percent-encode" in result.stderr
+    assert "s3cr" not in result.stdout + result.stderr
+
+
+def test_a_database_url_with_a_percent_encoded_password_or_a_file_path_is_read_as_written():
+    show = "DATABASES"
+    encoded, sqlite, socket = _settings_each([
+        ({"DATABASE_URL": "postgres://digits:s3%2Fc%40r%23e%3Ft@db.example:5432/digits?sslmode=require"}, show),
+        ({"DATABASE_URL": "sqlite:////srv/state@2/db.sqlite3"}, show),
+        ({"DATABASE_URL": "postgres://%2Fvar%2Frun%2Fpostgresql/digits"}, show),
+    ])
+    assert "'PASSWORD': 's3/c@r#e?t'" in encoded and "'HOST': 'db.example'" in encoded
+    assert "'NAME': '/srv/state@2/db.sqlite3'" in sqlite
+    assert "'NAME': 'digits'" in socket
+
+
+def test_an_email_url_whose_password_would_be_silently_misread_is_refused():
+    outcome, = _settings_each([({"EMAIL_URL": "smtp://mailer:25/s3cret@mail.example.com"}, "EMAIL_HOST")])
+    assert outcome.startswith("refused: EMAIL_URL could not be read: percent-encode"), outcome
+    assert "s3cret" not in outcome
+
+
+def test_development_always_serves_the_local_addresses_that_make_run_prints():
+    dev, production = _settings_each([({"ALLOWED_HOSTS": "digits.example.com"}, "ALLOWED_HOSTS")]), _settings_each(
+        [({"ALLOWED_HOSTS": "digits.example.com"}, "ALLOWED_HOSTS")], module="mnistsite.settings.production")
+    assert dev == ["['digits.example.com', 'localhost', '127.0.0.1', '[::1]']"]
+    assert production == ["['digits.example.com']"]
+
+
+def test_production_refuses_an_empty_allowed_hosts_that_would_answer_every_page_400():
+    outcomes = _settings_each([({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"), ({"ALLOWED_HOSTS": " , "}, "ALLOWED_HOSTS")],
+                              module="mnistsite.settings.production")
+    for outcome in outcomes:
+        assert outcome.startswith("refused: ALLOWED_HOSTS is empty"), outcome

@@ -1,0 +1,39 @@
+"""The log-in backend: the client address it counts failures by, and a warning when a proxy hides every client."""
+import pytest
+
+from accounts import backends
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def warning_not_given_yet(monkeypatch):
+    # Given once a process: this test's process may have given it already.
+    monkeypatch.setitem(backends._proxy_warning, "given", False)
+
+
+def _log_in(client, **headers):
+    client.post("/accounts/login/", {"username": "nobody", "password": "wrong"}, **headers)
+
+
+def test_a_forwarded_log_in_without_num_proxies_warns_once_that_lockouts_count_every_client_as_the_proxy(
+    client, settings, caplog, warning_not_given_yet
+):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 0}
+    with caplog.at_level("WARNING", logger="accounts.backends"):
+        _log_in(client)
+        assert caplog.records == []
+        for address in ("198.51.100.7", "203.0.113.9"):
+            _log_in(client, HTTP_X_FORWARDED_FOR=address)
+
+    [record] = caplog.records
+    assert "X-Forwarded-For" in record.getMessage() and "NUM_PROXIES" in record.getMessage()
+
+
+def test_a_forwarded_log_in_behind_the_configured_proxies_logs_no_warning(
+    client, settings, caplog, warning_not_given_yet
+):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    with caplog.at_level("WARNING", logger="accounts.backends"):
+        _log_in(client, HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert caplog.records == []

@@ -1,0 +1,25 @@
+"""The environment's reader: rates are read by one parser, at start and per request alike."""
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from mnistsite.env import rate_check, rate_parse
+
+
+@pytest.mark.parametrize(("rate", "parsed"), [
+    ("600/minute", (600, 60)), ("10/hour", (10, 3600)), ("3/h", (3, 3600)), ("1/s", (1, 1)), ("5/day", (5, 86400)),
+    ("1_000/minute", (1000, 60)), (" 7 /minute", (7, 60)), ("600/mins", (600, 60)), ("", None),
+])
+def test_a_readable_rate_is_a_count_and_a_period_in_seconds_and_empty_is_no_limit(rate, parsed):
+    assert rate_parse(rate) == parsed
+    rate_check(name="SOME_RATE", rate=rate)
+
+
+@pytest.mark.parametrize("rate", [
+    "600/week", "10 per hour", "600", "600/", "/minute", "ten/minute", "6.5/minute", "600/ minute", "600/Minute",
+    "0/minute", "-1/hour",
+])
+def test_a_rate_the_throttles_could_not_read_or_that_would_refuse_everything_stops_the_start(rate):
+    with pytest.raises(ValueError):
+        rate_parse(rate)
+    with pytest.raises(ImproperlyConfigured, match=f"SOME_RATE={rate!r} is not a rate"):
+        rate_check(name="SOME_RATE", rate=rate)
