@@ -2,6 +2,7 @@
 from django import forms
 from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm, UserCreationForm
 from django.core.exceptions import ValidationError
+from django.template.defaultfilters import pluralize
 
 from accounts.backends import client_address
 from accounts.models import ApiToken
@@ -83,7 +84,22 @@ class ApiTokenCreateForm(PasswordConfirmedForm):
 
 
 class AccountDeleteForm(PasswordConfirmedForm):
-    pass
+    """The password, and a box ticked to say what goes with the account: a password typed and Enter pressed alone
+    would delete every upload at once, where deleting one asks first."""
+
+    understood = forms.BooleanField()
+
+    def __init__(self, *args, uploads: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if uploads:
+            upload_words = f"{uploads} upload{pluralize(uploads)}"
+            label = f"I understand that my {upload_words} will be deleted with my account, for good."
+            missing = f"confirm that your {upload_words} {pluralize(uploads, 'goes,go')} with your account"
+        else:
+            label = "I understand that my account will be deleted, for good."
+            missing = "confirm that your account is deleted"
+        self.fields["understood"].label = label
+        self.fields["understood"].error_messages["required"] = f"Nothing was deleted: tick the box to {missing}."
 
 
 class AccountEmailForm(PasswordConfirmedForm):

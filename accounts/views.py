@@ -181,7 +181,7 @@ def _account_page(
         "password_reset_available": selectors.password_reset_by_email_available(),
         "email_confirmed": selectors.user_email_confirmed(user=request.user),
         "confirmation_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
-        "delete_form": delete_form or AccountDeleteForm(user=request.user, request=request),
+        "delete_form": delete_form or _account_delete_form(request),
     }
     response = render(request, "registration/account.html", context, status=status)
     if made:
@@ -300,9 +300,14 @@ def email_confirm(request: HttpRequest, token: str) -> HttpResponse:
     return render(request, "registration/email_confirm.html", context)
 
 
+def _account_delete_form(request: HttpRequest, data=None) -> AccountDeleteForm:
+    uploads = classifier_selectors.upload_count_for_user(user=request.user)
+    return AccountDeleteForm(data, user=request.user, request=request, uploads=uploads)
+
+
 @require_http_methods(["POST"])
 def account_delete(request: HttpRequest) -> HttpResponse:
-    form = AccountDeleteForm(request.POST, user=request.user, request=request)
+    form = _account_delete_form(request, request.POST)
     if not form.is_valid():
         return _account_page(request, delete_form=form, status=400)
     user = request.user

@@ -5,6 +5,7 @@ import io
 
 from django import forms
 from django.conf import settings
+from django.forms.utils import pretty_name
 
 from classifier.models import Prediction
 from classifier.services import UPLOADS_DELETE_MAX_SELECTED
@@ -90,12 +91,10 @@ class _FilterField:
         try:
             return super().clean(value)
         except forms.ValidationError:
-            # An address can carry any text: a long one is cut short rather than flood the page.
-            shown = str(value) if len(str(value)) <= self.SHOWN_CHARS else str(value)[: self.SHOWN_CHARS - 1] + "…"
             raise forms.ValidationError(
                 f"“%(value)s” is not {self.not_understood}, so this filter is not applied.",
                 code="invalid",
-                params={"value": shown},
+                params={"value": _shown_value(value)},
             ) from None
 
 
@@ -107,7 +106,23 @@ class _FilterDateField(_FilterField, forms.DateField):
     pass
 
 
+def _shown_value(value) -> str:
+    """A value read from an address, as a filter's error quotes it: an address can carry any text, and a long one is
+    cut short rather than flood the page."""
+    text = str(value)
+    return text if len(text) <= _FilterField.SHOWN_CHARS else text[: _FilterField.SHOWN_CHARS - 1] + "…"
+
+
+def _said_as_list(values: list[str]) -> str:
+    """“7” and “2”; “a”, “b” and “c”."""
+    quoted = [f"“{_shown_value(value)}”" for value in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
 class HistoryFilterForm(forms.Form):
+    """The history's filters, read from its address: one that cannot be applied as sent is named beside its field and
+    left out, and the others still apply."""
+
     digit = _FilterChoiceField(
         choices=[("", "Any digit")] + [(str(d), str(d)) for d in range(10)],
         coerce=int,
@@ -130,6 +145,46 @@ class HistoryFilterForm(forms.Form):
     )
     batch = forms.CharField(required=False, widget=forms.HiddenInput)
 
+    BATCH_NOT_UNDERSTOOD = "This batch's address was not understood, so every upload is shown."
+
+    def __init__(self, data=None, *args, **kwargs) -> None:
+        # A filter sent more than once (digit=3&digit=4) is not applied, as the API refuses it: which was meant is not
+        # known. Left out of the data, its field shows no choice, which is what applies.
+        self.repeated: dict[str, list[str]] = {}
+        if data is not None and hasattr(data, "getlist"):
+            self.repeated = {name: data.getlist(name) for name in self.base_fields if len(data.getlist(name)) > 1}
+            if self.repeated:
+                data = data.copy()
+                for name in self.repeated:
+                    del data[name]
+        super().__init__(data, *args, **kwargs)
+
+    def clean(self):
+        cleaned = super().clean()
+        for name, values in self.repeated.items():
+            if name == "batch":
+                self.add_error(name, forms.ValidationError(self.BATCH_NOT_UNDERSTOOD, code="repeated"))
+                continue
+            self.add_error(name, forms.ValidationError(
+                "“%(filter)s” was sent %(times)s, as %(values)s, so this filter is not applied.",
+                code="repeated",
+                params={
+                    "filter": self.fields[name].label or pretty_name(name),
+                    "times": "twice" if len(values) == 2 else f"{len(values)} times",
+                    "values": _said_as_list(values),
+                },
+            ))
+        first, last = cleaned.get("date_from"), cleaned.get("date_to")
+        if first and last and first > last:
+            # No day lies between them: applied, they would show nothing and say only that nothing matches.
+            del cleaned["date_to"]
+            self.add_error("date_from", forms.ValidationError(
+                "“From”, %(first)s, is after “To”, %(last)s, so neither date is applied.",
+                code="dates_reversed",
+                params={"first": f"{first:%Y-%m-%d}", "last": f"{last:%Y-%m-%d}"},
+            ))
+        return cleaned
+
     def clean_batch(self) -> tuple[int, ...]:
         value = self.cleaned_data.get("batch") or ""
         try:
@@ -139,8 +194,7 @@ class HistoryFilterForm(forms.Form):
         # Not understood, it is said so, as for the other filters: read as no batch, "all that match" would mean
         # every upload.
         if not _are_row_ids(ids):
-            raise forms.ValidationError("This batch's address was not understood, so every upload is shown.",
-                                        code="invalid")
+            raise forms.ValidationError(self.BATCH_NOT_UNDERSTOOD, code="invalid")
         return ids
 
 

@@ -1,6 +1,7 @@
 """Pages and small JSON/image endpoints for uploading, watching results and browsing history."""
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -234,6 +235,17 @@ def confidence_percent(confidence: float | None) -> int | None:
     return None if confidence is None else math.floor(confidence * 100 + 1e-9)
 
 
+def _queue_stalled(prediction: Prediction) -> bool:
+    """Whether ``prediction`` waits on a queue that no worker is taking, as the API's ``wait`` tells it.
+
+    Only a pending prediction waits on the queue: one a worker took, or finished, does not.
+    """
+    if prediction.status != Prediction.Status.PENDING:
+        return False
+    since = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
+    return selectors.prediction_queue_stalled(since=since)
+
+
 def prediction_payload(prediction: Prediction) -> dict:
     threshold = settings.LOW_CONFIDENCE_THRESHOLD
     done = prediction.status == Prediction.Status.DONE
@@ -249,6 +261,8 @@ def prediction_payload(prediction: Prediction) -> dict:
         "several_digits": bool(done and prediction.several_digits),
         "probabilities": prediction.probabilities,
         "error": prediction.error,
+        # The page still waits, and says that nothing will come until a worker is back (static/js/result.js).
+        "queue_stalled": _queue_stalled(prediction),
         "no_digit": failed and prediction.error.startswith(Prediction.NO_DIGIT_ERROR),
         "feedback": prediction.feedback,
         "checkpoint_id": prediction.checkpoint_id,
@@ -273,6 +287,11 @@ def digit_with_article(digit: int) -> str:
 @require_safe
 def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
+    newer = None
+    if prediction.status == Prediction.Status.FAILED:
+        # Tried again, it points at the newer result instead of offering a "Try again" that would only lead there.
+        newest = selectors.prediction_latest_for_upload(upload=prediction.upload)
+        newer = newest if newest is not None and newest.pk != prediction.pk else None
     probabilities = prediction.probabilities or [None] * 10
     bars = [
         {"digit": digit, "probability": p, "percent": round(p * 100, 1) if p is not None else 0}
@@ -290,6 +309,7 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
             "digits": range(10),
             "feedback_article": digit_article(prediction.feedback) if prediction.feedback is not None else "",
+            "newer": newer,
         },
     )
 
@@ -478,6 +498,7 @@ def history(request: HttpRequest) -> HttpResponse:
     uploads = selectors.upload_list_page(ids=list(page.object_list))
     for item in uploads:
         item.latest_confidence_percent = confidence_percent(item.latest_confidence)
+    unfinished = (Prediction.Status.PENDING, Prediction.Status.RUNNING)
     query = request.GET.copy()
     query.pop("page", None)
     # "Select all on this page" without JavaScript: a link to the same page with every row ticked.
@@ -500,6 +521,8 @@ def history(request: HttpRequest) -> HttpResponse:
             "here": request.path + (f"?{here.urlencode()}" if here else ""),
             # "Delete all N" deletes the N counted now, not uploads stored after this page was shown.
             "newest_id": selectors.upload_newest_id_for_user(user=request.user),
+            # Without JavaScript nothing updates the rows still waiting: the page reloads itself until they finish.
+            "reloading": any(item.latest_status in unfinished for item in uploads),
         },
     )
 

@@ -34,6 +34,11 @@
     byId("status-note").textContent =
       data.status === "pending" ? "Waiting for a worker…" : data.status === "running" ? "Recognising…" : "";
     byId("spinner").hidden = data.finished;
+    // While no worker takes predictions the page says so, and screen readers hear it once; the polls go on.
+    const stalled = byId("stalled-note");
+    if (data.queue_stalled && stalled.hidden) byId("verdict-announcement").textContent = stalled.dataset.note;
+    stalled.hidden = !data.queue_stalled;
+    stalled.textContent = data.queue_stalled ? stalled.dataset.note : "";
     byId("spinner-text").textContent =
       data.status === "running" ? "The model is looking at your image…" : "Your image is waiting in the queue…";
     const failed = data.status === "failed";
@@ -101,6 +106,7 @@
 
   function stop(note) {
     byId("spinner").hidden = true;
+    byId("stalled-note").hidden = true;
     byId("status-note").textContent = note;
   }
 

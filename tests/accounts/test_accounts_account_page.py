@@ -204,16 +204,49 @@ def test_deleting_the_account_needs_the_password_then_removes_it_with_its_images
     assert type(user).objects.filter(pk=user.pk).exists() and stored.exists()
 
     with django_capture_on_commit_callbacks(execute=True):  # the files go once the deletion commits
-        deleted = signed_in.post("/accounts/delete/", {"password": "correct horse battery"})
+        deleted = signed_in.post("/accounts/delete/", {"password": "correct horse battery", "understood": "on"})
     assert deleted.status_code == 302 and deleted["Location"] == "/accounts/login/"
     assert not type(user).objects.filter(pk=user.pk).exists()
     assert not Upload.objects.exists() and not ApiToken.objects.exists() and not stored.exists()
     assert signed_in.get("/").status_code == 302  # signed out
 
 
+def test_deleting_the_account_asks_to_confirm_that_its_uploads_go_with_it_and_without_it_deletes_nothing(
+    signed_in, user, digit_png
+):
+    for index in range(2):
+        classifier_services.upload_create(owner=user, file=io.BytesIO(digit_png(index)), source="file")
+    page = signed_in.get("/accounts/").content.decode()
+    assert re.search(r'<label class="checkbox"><input type="checkbox" name="understood" required id="id_understood">\s*'
+                     r"I understand that my 2 uploads will be deleted with my account, for good.</label>", page)
+
+    # The password typed and Enter pressed: without the box ticked, nothing is deleted, and the page says why.
+    refused = signed_in.post("/accounts/delete/", {"password": PASSWORD})
+    assert refused.status_code == 400
+    page = refused.content.decode()
+    assert re.search(r'<input type="checkbox" name="understood" required aria-invalid="true" '
+                     r'aria-describedby="id_understood_error" id="id_understood">', page)
+    assert re.search(r'<div id="id_understood_error"><p class="field-error">Nothing was deleted: tick the box to '
+                     r"confirm that your 2 uploads go with your account.</p></div>", page)
+    assert type(user).objects.filter(pk=user.pk).exists() and Upload.objects.count() == 2
+
+    classifier_services.upload_delete(upload=Upload.objects.first())
+    one = signed_in.post("/accounts/delete/", {"password": PASSWORD}).content.decode()
+    assert "I understand that my 1 upload will be deleted" in one and "your 1 upload goes with your account" in one
+
+
+def test_an_account_without_uploads_is_deleted_once_the_deletion_is_confirmed(signed_in, user):
+    page = signed_in.get("/accounts/").content.decode()
+    assert "I understand that my account will be deleted, for good." in page
+    refused = signed_in.post("/accounts/delete/", {"password": PASSWORD})
+    assert refused.status_code == 400 and "tick the box to confirm that your account is deleted" in refused.content.decode()
+    assert signed_in.post("/accounts/delete/", {"password": PASSWORD, "understood": "on"}).status_code == 302
+    assert not type(user).objects.filter(pk=user.pk).exists()
+
+
 def test_an_administrator_cannot_delete_their_own_account_from_this_page(client, staff_user):
     client.force_login(staff_user)
-    refused = client.post("/accounts/delete/", {"password": "correct horse battery"})
+    refused = client.post("/accounts/delete/", {"password": "correct horse battery", "understood": "on"})
     assert refused.status_code == 400 and "another administrator" in refused.content.decode()
     assert type(staff_user).objects.filter(pk=staff_user.pk).exists()
 
@@ -226,7 +259,7 @@ def test_guessing_the_password_on_the_account_page_meets_the_log_in_lockout(sign
     for _ in range(settings.LOGIN_FAILURE_LIMIT):
         signed_in.post("/accounts/password/", {"old_password": "guess", "new_password1": "a-New-pass-482",
                                               "new_password2": "a-New-pass-482"})
-    locked = signed_in.post("/accounts/delete/", {"password": "correct horse battery"})
+    locked = signed_in.post("/accounts/delete/", {"password": "correct horse battery", "understood": "on"})
     assert locked.status_code == 400 and "Too many wrong passwords" in locked.content.decode()
     assert type(user).objects.filter(pk=user.pk).exists()
     # The log-in form counts those guesses too.

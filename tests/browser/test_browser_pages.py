@@ -429,6 +429,23 @@ def test_the_spinner_text_follows_the_status_from_queued_to_running(logged_in_pa
     expect(page.locator("#spinner")).not_to_contain_text("queue")
 
 
+def test_a_result_page_says_while_no_worker_takes_predictions_and_goes_on_waiting_for_the_answer(
+    logged_in_page, user, digit_png
+):
+    page = logged_in_page
+    answer = _result_page_answering(page, user, digit_png)
+    expect(page.locator("#status-badge")).to_have_text("queued")
+    expect(page.locator("#stalled-note")).to_be_hidden()
+    answer["queue_stalled"] = True  # pending long, and no worker has started a prediction since
+    expect(page.locator("#stalled-note")).to_have_text(
+        "No worker is taking predictions right now. Yours is kept and will run when one is back; this page updates "
+        "by itself.", timeout=15_000)
+    expect(page.locator("#spinner")).to_be_visible()
+    answer.update(status="running", queue_stalled=False)  # a worker is back and took it
+    expect(page.locator("#status-badge")).to_have_text("running", timeout=15_000)
+    expect(page.locator("#stalled-note")).to_be_hidden()
+
+
 def test_a_prediction_that_fails_while_its_page_is_open_says_why_offers_to_try_again_and_drops_the_bars(
     logged_in_page, user, digit_png
 ):
@@ -805,7 +822,7 @@ def test_a_file_the_server_refuses_stays_chosen_and_marked_and_can_be_left_out_t
     page = logged_in_page
     paths = [tmp_path / "zero.png", tmp_path / "broken.png", tmp_path / "one.png"]
     paths[0].write_bytes(digit_png(0))
-    paths[1].write_bytes(b"not a picture, though named like one")
+    paths[1].write_bytes(digit_png(2)[:40])  # refused by the server only: cut short after the PNG's header
     paths[2].write_bytes(digit_png(1))
     page.set_input_files("#id_files", [str(path) for path in paths])
     page.click("#file-submit")
@@ -857,7 +874,7 @@ def test_the_files_cannot_be_chosen_again_while_they_are_sent_so_the_answer_mark
     page.route("**/", lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
     paths = [tmp_path / "zero.png", tmp_path / "broken.png"]
     paths[0].write_bytes(digit_png(0))
-    paths[1].write_bytes(b"not a picture")
+    paths[1].write_bytes(digit_png(1)[:40])  # refused by the server only: cut short after the PNG's header
     page.set_input_files("#id_files", [str(path) for path in paths])
     page.click("#file-submit")
     page.wait_for_function("document.getElementById('file-progress') && document.getElementById('id_files').disabled")
@@ -890,7 +907,7 @@ def test_files_the_server_did_not_all_receive_are_not_marked_by_a_position_that_
     page.set_input_files("#id_files", [
         {"name": "zero.png", "mimeType": "image/png", "buffer": digit_png(0)},
         {"name": "x&#47;", "mimeType": "image/png", "buffer": digit_png(1)},
-        {"name": "broken.png", "mimeType": "image/png", "buffer": b"not a picture"},
+        {"name": "broken.png", "mimeType": "image/png", "buffer": digit_png(2)[:40]},  # refused by the server only
     ])
     page.click("#file-submit")
     expect(page.locator("#upload-errors")).to_contain_text("broken.png")

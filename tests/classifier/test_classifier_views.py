@@ -1,5 +1,6 @@
 """The pages and endpoints: uploads through the form, results, history, images, and isolation between users."""
 import base64
+import datetime as dt
 import io
 import re
 from html import unescape
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from classifier import services
 from classifier.models import Prediction, Upload
@@ -1316,3 +1318,119 @@ def test_a_refusal_that_leaves_nothing_to_choose_again_or_keeps_the_files_chosen
     drawing = alice.post("/", {"canvas": blank})
     for response in (only_one, kept_by_the_script, drawing):
         assert response.status_code == 400 and CHOOSE_AGAIN not in response.content.decode()
+
+
+def _pending_prediction(owner, digit_png, *, waited_seconds: float = 0) -> Prediction:
+    upload = services.upload_create(owner=owner, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    if waited_seconds:
+        Prediction.objects.filter(pk=prediction.pk).update(created_at=timezone.now() - dt.timedelta(seconds=waited_seconds))
+    return prediction
+
+
+STALLED_NOTE = "No worker is taking predictions right now. Yours is kept and will run when one is back; " \
+               "this page updates by itself."
+
+
+def test_a_result_page_waiting_on_a_queue_no_worker_takes_says_so_and_goes_on_updating(alice, user, digit_png, settings):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    fresh = _pending_prediction(user, digit_png)
+    assert alice.get(f"/predictions/{fresh.pk}.json").json()["queue_stalled"] is False
+    page = alice.get(f"/predictions/{fresh.pk}/").content.decode()
+    assert not _shown(page, "stalled-note") and re.search(r'id="stalled-note"[^>]*></p>', page)
+
+    # Nothing taken for a minute: no worker is there to take it.
+    Prediction.objects.filter(pk=fresh.pk).update(created_at=fresh.created_at - dt.timedelta(seconds=60))
+    assert alice.get(f"/predictions/{fresh.pk}.json").json()["queue_stalled"] is True
+    page = alice.get(f"/predictions/{fresh.pk}/").content.decode()
+    assert _shown(page, "stalled-note") and re.search(rf'id="stalled-note"[^>]*>{re.escape(STALLED_NOTE)}</p>', page)
+    # Still waiting for the answer: the page without JavaScript goes on reloading itself.
+    assert '<noscript><meta http-equiv="refresh"' in page and "reloads itself" in page
+
+
+def test_a_result_page_behind_a_backlog_that_a_worker_is_taking_says_nothing_of_a_stall(alice, user, digit_png, settings):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    waiting = _pending_prediction(user, digit_png, waited_seconds=60)
+    taken = _pending_prediction(user, digit_png)
+    Prediction.objects.filter(pk=taken.pk).update(status=Prediction.Status.RUNNING, started_at=timezone.now())
+    assert alice.get(f"/predictions/{waiting.pk}.json").json()["queue_stalled"] is False
+    page = alice.get(f"/predictions/{waiting.pk}/").content.decode()
+    assert not _shown(page, "stalled-note") and re.search(r'id="stalled-note"[^>]*></p>', page)
+    # A prediction a worker took, or finished, waits on no queue.
+    assert alice.get(f"/predictions/{taken.pk}.json").json()["queue_stalled"] is False
+
+
+def test_a_failed_prediction_tried_again_leads_to_the_newer_result_instead_of_offering_another_try(
+    alice, user, digit_png, django_capture_on_commit_callbacks
+):
+    failed = _failed_prediction(user, digit_png)
+    with django_capture_on_commit_callbacks(execute=False):
+        newer = alice.post(f"/predictions/{failed.pk}/retry")["Location"]
+
+    old = alice.get(f"/predictions/{failed.pk}/").content.decode()
+    assert re.search(rf'Tried again: <a href="{newer}">see the newer result</a>', old)
+    assert 'id="retry-form"' not in old and "Try again</button>" not in old
+    assert failed.error in old  # why this one failed is still said
+    assert "Tried again" not in alice.get(newer).content.decode()
+
+
+def test_a_failed_prediction_not_tried_again_says_nothing_of_a_newer_result(alice, user, digit_png):
+    failed = _failed_prediction(user, digit_png)
+    page = alice.get(f"/predictions/{failed.pk}/").content.decode()
+    assert "Tried again" not in page and _shown(page, "retry-form")
+
+
+def test_a_from_date_after_the_to_date_is_named_beside_from_and_neither_date_is_applied(
+    alice, user, digit_png, active_checkpoint
+):
+    _done_prediction(user, digit_png)
+    page = alice.get("/history/", {"date_from": "2026-12-10", "date_to": "2026-12-01"}).content.decode()
+
+    assert re.search(r'<span class="field-error" id="id_date_from_error">“From”, 2026-12-10, is after “To”, '
+                     r"2026-12-01, so neither date is applied.</span>", page)
+    assert re.search(r'<input[^>]*name="date_from"[^>]*aria-invalid="true"', page)
+    assert page.count('class="history-item"') == 1 and "No uploads match" not in page
+    # Nor is "all that match" offered for deletion while a filter is not applied.
+    assert 'id="delete-all"' not in page
+    # The same day at both ends is one day, not an error.
+    same_day = alice.get("/history/", {"date_from": "2026-12-01", "date_to": "2026-12-01"}).content.decode()
+    assert "neither date is applied" not in same_day
+
+
+def test_a_filter_sent_more_than_once_is_named_and_not_applied_while_the_others_are(
+    alice, user, digit_png, active_checkpoint
+):
+    for i in range(3):  # MNIST test digits 7, 2, 1
+        _done_prediction(user, digit_png, i)
+
+    page = alice.get("/history/?digit=7&digit=2&status=done").content.decode()
+
+    assert re.search(r'<span class="field-error" id="id_digit_error">“Digit” was sent twice, as “7” and “2”, '
+                     r"so this filter is not applied.</span>", page)
+    assert page.count('class="history-item"') == 3  # neither 7 nor 2: every done upload
+    assert re.search(r'<select[^>]*name="digit"[^>]*aria-invalid="true"', page)
+    assert "aria-invalid" not in re.search(r'<select[^>]*name="status"[^>]*>', page)[0]
+    three = alice.get("/history/?status=done&status=failed&status=pending").content.decode()
+    assert "“Status” was sent 3 times, as “done”, “failed” and “pending”, so this filter is not applied." in unescape(
+        three
+    )
+    # Deleting "all that match" such filters deletes nothing: which upload was meant is not known.
+    refused = alice.get("/history/delete?digit=7&digit=2", follow=True)
+    assert "nothing was deleted" in refused.content.decode() and Upload.objects.count() == 3
+
+
+def test_without_javascript_a_history_page_with_rows_still_waiting_reloads_itself_and_says_so(
+    alice, user, digit_png, active_checkpoint
+):
+    _done_prediction(user, digit_png)
+    finished = alice.get("/history/").content.decode()
+    assert 'http-equiv="refresh"' not in finished and 'id="noscript-note"' not in finished
+
+    waiting = _pending_prediction(user, digit_png)
+    page = alice.get("/history/").content.decode()
+    assert re.search(r'<noscript><meta http-equiv="refresh" content="\d+"></noscript>', page)
+    assert re.search(r'<noscript><p class="muted small" id="noscript-note">[^<]*reloads itself', page)
+    Prediction.objects.filter(pk=waiting.pk).update(status=Prediction.Status.RUNNING)
+    assert 'http-equiv="refresh"' in alice.get("/history/").content.decode()
+    # Only the rows shown count: a page of finished rows stays put whatever waits on another.
+    assert 'http-equiv="refresh"' not in alice.get("/history/", {"status": "done"}).content.decode()
