@@ -152,7 +152,7 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
         responses={
             200: OpenApiResponse(PredictionBatchSerializer, description="Every prediction finished (done or failed)."),
             202: OpenApiResponse(PredictionBatchSerializer, description="Accepted; some predictions still run."),
-            400: responses.error("A file is not an acceptable image (not_image, wrong_extension, truncated, empty, "
+            400: responses.error("A file is not an acceptable image (not_image, truncated, empty, "
                                  "blank, too_many_pixels, bloated), too many files were sent, or several under "
                                  "`image` (too_many_files), none (no_files), `wait` is invalid or sent twice, or "
                                  "the `Idempotency-Key` is (idempotency_key_invalid).",

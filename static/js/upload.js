@@ -12,12 +12,56 @@
   const maxFiles = parseInt(fileForm.dataset.maxFiles, 10);
   const maxBytes = parseInt(fileForm.dataset.maxBytes, 10);
 
-  // The formats the server reads, by the type the browser gives a file (none, for a name it does not know: the
-  // server then judges by the content). A dropped file passes no picker's filter: one the server would refuse is
-  // named here, before the whole selection is sent and refused with it.
-  const READABLE = /^image\/(png|jpeg|pjpeg|gif|webp|bmp|x-bmp|x-ms-bmp)$/;
+  // The formats the server reads, known as it knows them: by the first bytes of a file, never by its name or the
+  // type the browser gives it (a phone's JPEG may be called photo.heic, a picture saved from a chat app anything).
+  // A dropped file passes no picker's filter: one the server would refuse is named here, before the whole selection
+  // is sent and refused with it.
+  const SIGNATURES = [
+    [0, "\x89PNG\r\n\x1a\n"],
+    [0, "\xff\xd8\xff"],  // JPEG
+    [0, "GIF87a"],
+    [0, "GIF89a"],
+    [0, "RIFF", 8, "WEBP"],
+    [0, "BM"],
+  ];
+  const SIGNATURE_BYTES = 12;
+
+  function isReadable(bytes) {
+    return SIGNATURES.some(function (signature) {
+      for (let part = 0; part < signature.length; part += 2) {
+        const at = signature[part];
+        const text = signature[part + 1];
+        for (let i = 0; i < text.length; i++) {
+          if (bytes[at + i] !== text.charCodeAt(i)) return false;
+        }
+      }
+      return true;
+    });
+  }
+
+  // What each chosen file's first bytes say: true for a format the server reads, false for any other; a file not
+  // read yet, or that could not be read, is left to the server to judge.
+  const readable = new WeakMap();
+
+  function sniff(file) {
+    if (readable.has(file) || !file.size || !Blob.prototype.arrayBuffer) return Promise.resolve();
+    return file.slice(0, SIGNATURE_BYTES).arrayBuffer().then(function (buffer) {
+      readable.set(file, isReadable(new Uint8Array(buffer)));
+    }, function () { /* unreadable here (gone from the disk since): the server says what it gets */ });
+  }
+
+  // Files chosen are read before they are listed; a selection changed meanwhile makes an earlier reading moot.
+  let reading = 0;
+
+  function afterReading(then) {
+    const turn = ++reading;
+    Promise.all(Array.from(input.files || []).map(sniff)).then(function () {
+      if (turn === reading) then();
+    });
+  }
 
   function describe(size) {
+    if (size === 0) return "0 bytes";
     return size > 1048576 ? (size / 1048576).toFixed(1) + " MB" : Math.max(1, Math.round(size / 1024)) + " KB";
   }
 
@@ -64,9 +108,11 @@
       const item = document.createElement("li");
       item.textContent = file.name + " · " + describe(file.size);
       const count = problems.length;
-      if (file.size > maxBytes) {
+      if (file.size === 0) {
+        problems.push("“" + file.name + "” is empty.");  // as the server says it
+      } else if (file.size > maxBytes) {
         problems.push("“" + file.name + "” is larger than " + describe(maxBytes) + ".");
-      } else if (file.type && !READABLE.test(file.type)) {
+      } else if (readable.get(file) === false) {
         problems.push("“" + file.name + "” is not a PNG, JPEG, GIF, WEBP or BMP image.");
       }
       refusedHere += problems.length - count;
@@ -98,16 +144,19 @@
   // A new selection, summed up for screen readers ("3 images chosen, 1 refused"); the list shows each file.
   const summary = document.getElementById("file-summary");
 
-  function selectionChanged() {
+  function selectionChanged(then) {
     refusedByServer = [];
-    refresh();
-    const chosen = list.children.length;
-    const refused = list.querySelectorAll(".refused").length;
-    summary.textContent = (chosen ? chosen + (chosen > 1 ? " images" : " image") : "No images") + " chosen" +
-      (refused ? ", " + refused + " refused" : "");
+    afterReading(function () {
+      refresh();
+      const chosen = list.children.length;
+      const refused = list.querySelectorAll(".refused").length;
+      summary.textContent = (chosen ? chosen + (chosen > 1 ? " images" : " image") : "No images") + " chosen" +
+        (refused ? ", " + refused + " refused" : "");
+      if (then) then();
+    });
   }
 
-  input.addEventListener("change", selectionChanged);
+  input.addEventListener("change", function () { selectionChanged(); });
   ["dragenter", "dragover"].forEach(function (name) {
     dropzone.addEventListener(name, function (event) {
       event.preventDefault();
@@ -263,10 +312,12 @@
     input.files = kept.files;
     const box = document.getElementById("upload-errors");
     if (box) box.remove();
-    selectionChanged();
-    fileSubmit.focus();
+    // Focused once the files left are listed, and the button enabled for them.
+    selectionChanged(function () { fileSubmit.focus(); });
   });
   refresh();
+  // Files the browser kept chosen across a reload are judged once read.
+  afterReading(refresh);
 
   // --- canvas --------------------------------------------------------------
   const canvas = document.getElementById("draw-canvas");

@@ -84,7 +84,6 @@ def _png(image: Image.Image) -> bytes:
 
 BAD_FILES = {
     "not an image": (b"hello, I am text", "digit.png", 400, "not_image"),
-    "wrong extension": (seven_png(fmt="JPEG"), "digit.png", 400, "wrong_extension"),
     "truncated": (seven_png(size=256)[:300], "digit.png", 400, "truncated"),
     "empty file": (b"", "digit.png", 400, "empty"),
     "blank image": (_png(Image.new("L", (40, 40), 0)), "blank.png", 400, "blank"),
@@ -103,6 +102,19 @@ def test_a_bad_file_is_rejected_and_nothing_is_stored(user_client, case):
     assert error["field"] == "image"
     assert Upload.objects.count() == 0
     assert stored_files() == []
+
+
+def test_a_jpeg_named_and_typed_as_a_png_is_accepted_as_the_jpeg_it_is(user_client):
+    file = upload_file(seven_png(fmt="JPEG"), name="seven_really_jpeg.png", content_type="image/png")
+
+    response = user_client.post(LIST, {"image": file}, format="multipart")
+
+    assert response.status_code == 202, response.json()
+    (item,) = response.json()["predictions"]
+    assert item["original_name"] == "seven_really_jpeg.png"
+    upload = Upload.objects.get()
+    assert upload.format == "JPEG"
+    assert Image.open(upload.image).format == "PNG"
 
 
 def test_one_bad_file_among_several_rejects_them_all_saying_which_it_was(user_client):

@@ -37,6 +37,18 @@ def test_the_schema_is_public_and_lists_every_endpoint(api_client):
 
 
 @pytest.mark.django_db
+def test_the_upload_declares_image_as_a_binary_file_and_images_as_a_list_of_them_in_its_multipart_body(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    body = schema["paths"]["/api/v1/predictions/"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+    fields = schema["components"]["schemas"][name]["properties"]
+
+    assert (fields["image"]["type"], fields["image"]["format"]) == ("string", "binary")
+    assert fields["images"]["type"] == "array"
+    assert fields["images"]["items"] == {"type": "string", "format": "binary"}
+
+
+@pytest.mark.django_db
 def test_swagger_ui_is_public_and_uses_only_local_assets(api_client):
     response = api_client.get("/api/docs/")
 

@@ -55,9 +55,26 @@ def test_an_image_format_outside_the_allow_list_is_not_an_image():
     _reject(png_bytes(_digit(), "TIFF"), "digit", "not_image")
 
 
-def test_a_png_named_jpg_is_rejected_because_the_extension_names_another_format():
-    message = _reject(png_bytes(_digit()), "digit.jpg", "wrong_extension")
-    assert ".jpg" in message and "PNG" in message
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        ("JPEG", "seven_really_jpeg.png"),  # saved from a chat app under the wrong name
+        ("PNG", "digit.jpg"),
+        ("GIF", "digit.webp"),
+        ("JPEG", "photo.heic"),  # a phone's name for a picture it sent as JPEG
+        ("BMP", "scan.tiff"),
+    ],
+)
+def test_a_readable_image_is_accepted_as_what_it_contains_whatever_format_its_name_gives(fmt, name):
+    accepted = validate_image(io.BytesIO(png_bytes(_digit("RGB"), fmt)), name=name)
+    assert accepted.format == fmt
+    assert accepted.original_name == name
+    assert Image.open(io.BytesIO(accepted.content)).format == "PNG"
+
+
+def test_content_outside_the_allowed_formats_is_refused_even_under_an_allowed_name():
+    message = _reject(png_bytes(_digit(), "TIFF"), "digit.png", "not_image")
+    assert message == "“digit.png” is not an image we can read. Upload a PNG, JPEG, GIF, WEBP or BMP file."
 
 
 def test_a_camera_jpeg_with_an_embedded_preview_is_accepted_as_a_jpeg():
