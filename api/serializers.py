@@ -340,7 +340,9 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     )
     device = serializers.ChoiceField(choices=DEVICE_CHOICES, default="auto", help_text="Where the worker trains.")
     activate_on_success = StrictBooleanField(
-        default=False, help_text="Make the final checkpoint the active model when the run succeeds."
+        default=False,
+        help_text="Make the final checkpoint the active model when the run succeeds, unless the active one tests "
+        "better (the run's `error` then says so).",
     )
 
     def validate_learning_rate(self, value: float) -> float:
@@ -394,7 +396,8 @@ class TrainingRunSerializer(serializers.ModelSerializer):
                               "last row of metrics), written as each epoch ends: final only once the status is "
                               "succeeded. A failed or cancelled run keeps its last finished epoch's (that epoch's "
                               "checkpoint can still be activated); null until an epoch finishes."},
-            "error": {"help_text": "Why the run failed or was restarted; empty otherwise."},
+            "error": {"help_text": "Why the run failed or was restarted, or why a run asked to activate its model "
+                               "did not; empty otherwise."},
         }
 
     @extend_schema_field(OpenApiTypes.URI)

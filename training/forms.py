@@ -34,7 +34,10 @@ class TrainingRunStartForm(forms.Form):
         min_value=MIN_TRAIN_SUBSET, max_value=MAX_TRAIN_SUBSET, required=False, help_text="Train on the first N images only (smoke runs)."
     )
     activate_on_success = forms.BooleanField(
-        required=False, label="Activate when done", help_text="Serve predictions with this run's model if it succeeds."
+        required=False,
+        label="Activate when done",
+        help_text="Serve predictions with this run's model if it succeeds and tests at least as well as the active "
+        "one.",
     )
 
     def clean(self):

@@ -185,7 +185,8 @@ def test_stopping_make_run_while_a_batch_of_predictions_runs_lets_the_worker_fin
 
 def test_make_run_links_its_mail_to_the_port_it_serves_unless_site_url_is_set():
     assert RUN_LOCAL["child_env"]({})["SITE_URL"] == f"http://127.0.0.1:{RUN_LOCAL['PORT']}"
-    assert RUN_LOCAL["child_env"]({"SITE_URL": "https://digits.example.com"})["SITE_URL"] == "https://digits.example.com"
+    given = {"SITE_URL": "https://digits.example.com"}
+    assert RUN_LOCAL["child_env"](given)["SITE_URL"] == "https://digits.example.com"
 
 
 def _cache_shared_between_processes(env: dict[str, str]) -> bool:

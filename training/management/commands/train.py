@@ -23,7 +23,10 @@ class Command(BaseCommand):
         parser.add_argument("--subset", type=int, help="train on the first N training images only")
         parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
         parser.add_argument("--sync", action="store_true", help="train in this process instead of a worker")
-        parser.add_argument("--activate", action="store_true", help="activate the checkpoint if the run succeeds")
+        parser.add_argument(
+            "--activate", action="store_true",
+            help="activate the checkpoint if the run succeeds and tests at least as well as the active one",
+        )
 
     def handle(self, *args, **options):
         from training.ml.recipe import TrainConfig
@@ -55,6 +58,9 @@ class Command(BaseCommand):
             final = run.checkpoints.filter(is_final=True).first()
             checkpoint_id, accuracy = final.pk, run.test_accuracy
             self.stderr.write(f"run {run.pk} succeeded: test accuracy {accuracy:.4f}, checkpoint {checkpoint_id}")
+            if run.error:
+                # Such as why --activate left a better active checkpoint in place.
+                self.stderr.write(run.error)
         else:
             self.stderr.write(f"run {run.pk} queued for a training worker")
         # The last line is machine-readable so scripts can pick the result up.
