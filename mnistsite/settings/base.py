@@ -165,8 +165,9 @@ MEDIA_ROOT = Path(_setting_or("MEDIA_ROOT", str(BASE_DIR / "media")))
 # public URL, so MEDIA_URL is deliberately not routed anywhere.
 MEDIA_URL = "/media-not-served/"
 # Each uploaded file (and its folder) is flushed to disk before its row commits, so a crash right after an upload
-# cannot leave a row naming a file that is not there. About a tenth of bench-serve's throughput on this machine's
-# disk; off only where the storage itself guarantees durability (battery-backed caches, some network volumes).
+# cannot leave a row naming a file that is not there. A request's files are flushed together: a few percent of
+# bench-serve's single-image throughput on this machine's disk, nothing that shows for batches. Off only where the
+# storage itself guarantees durability (battery-backed caches, some network volumes).
 UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Uploads are refused (nothing stored) while storing them would leave less than this free on the media volume:
 # PostgreSQL, often on the same disk, stops for good when it cannot write its log, so it keeps room to work.
