@@ -39,9 +39,11 @@ class MediaStorage(FileSystemStorage):
 
     Every upload is written under a fresh random name, so the generic path's
     existence check, repeated name validation and per-chunk writes were pure
-    overhead, several times the cost of the system calls themselves. Anything
-    else (a taken name, a missing folder, a streamed upload, a length limit)
-    takes the generic path and behaves exactly as FileSystemStorage does.
+    overhead, several times the cost of the system calls themselves. A taken
+    name gets a free one from ``get_available_name`` (with no length limit:
+    ``save`` leaves names it limits to the generic path); a missing folder is
+    made. Anything else (a streamed upload, a length limit) takes the generic
+    path and behaves exactly as FileSystemStorage does.
 
     ``save_many`` writes a batch, then flushes it (with UPLOAD_FSYNC): each file's writeback is started before
     any is waited for, so the kernel writes the batch in one pass and the first fsync's journal commit covers the
@@ -55,7 +57,7 @@ class MediaStorage(FileSystemStorage):
             and isinstance(content.file, io.BytesIO)
             and name
             and os.path.normpath(name) == name
-            and not (max_length and len(name) > max_length)
+            and not max_length
         ):
             return self.save_many([(name, content.file.getbuffer())])[0]
         return super().save(name, content, max_length=max_length)
@@ -78,8 +80,10 @@ class MediaStorage(FileSystemStorage):
                         # The rows naming these files commit (durably) right after: a crash then must not lose them.
                         os.fsync(fd)
             finally:
-                for _, fd in created:
-                    os.close(fd)
+                # Each one, whatever the others do: a network volume may report a write's error only at close.
+                with contextlib.ExitStack() as closing:
+                    for _, fd in created:
+                        closing.callback(os.close, fd)
             for name, _ in created:
                 self._ensure_location_group_id(self.path(name))
             # A file's own fsync does not cover its folder's entry for it.
