@@ -82,9 +82,12 @@ def choose_cache(env: dict[str, str]) -> None:
     if env.get("CACHE_URL"):
         return
     broker = urlparse(env["CELERY_BROKER_URL"])
-    if broker.scheme == "redis":
+    if broker.scheme in {"redis", "rediss"}:
         database = int(broker.path.strip("/") or 0)
-        env["CACHE_URL"] = urlunparse(broker._replace(scheme="rediscache", path=f"/{(database + 1) % 16}"))
+        # Redis has databases 0 to 15: the last one's neighbour is the one before it.
+        cache_database = database + 1 if database < 15 else database - 1
+        # django-environ reads redis:// and rediss:// (TLS) as Redis caches too.
+        env["CACHE_URL"] = urlunparse(broker._replace(path=f"/{cache_database}"))
     else:
         env["CACHE_URL"] = f"filecache://{REPO / 'var' / 'cache'}"
     say(f"Cache: {maybe_sanitize_url(env['CACHE_URL'])}")

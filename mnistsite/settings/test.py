@@ -8,7 +8,8 @@ os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "10")
 os.environ.setdefault("TORCH_DEVICE", "cpu")
 # Each test sees the state it set up; the reuse has a test of its own.
 os.environ.setdefault("READYZ_CACHE_SECONDS", "0")
-# A database of Redis apart from the one `make run` uses (0): the tests purge the queues they use.
+# A database of Redis apart from the broker `make run` uses (0; its cache, in 1, shares this one): the tests purge only
+# the queues they use.
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 # Uploads are not refused for this machine's free disk space; the test of that refusal sets its own floor.
 os.environ.setdefault("UPLOAD_MIN_FREE_MB", "0")

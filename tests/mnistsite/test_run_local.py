@@ -206,7 +206,7 @@ def _cache_shared_between_processes(env: dict[str, str]) -> bool:
 def test_make_runs_web_processes_share_one_cache_so_lockouts_and_throttles_count_across_them(settings, broker):
     env = {"CELERY_BROKER_URL": settings.CELERY_BROKER_URL if broker == "redis" else "filesystem://"}
     RUN_LOCAL["choose_cache"](env)
-    assert env["CACHE_URL"].startswith("rediscache://" if broker == "redis" else "filecache://")
+    assert env["CACHE_URL"].startswith("redis://" if broker == "redis" else "filecache://")
     assert _cache_shared_between_processes(env)
     # As every process had its own before: what one stored, another never saw.
     assert not _cache_shared_between_processes({**env, "CACHE_URL": "locmemcache://"})
@@ -216,3 +216,14 @@ def test_make_run_keeps_the_cache_it_is_given():
     env = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/3", "CACHE_URL": "rediscache://10.0.0.5:6379/4"}
     RUN_LOCAL["choose_cache"](env)
     assert env["CACHE_URL"] == "rediscache://10.0.0.5:6379/4"
+
+
+@pytest.mark.parametrize(("broker", "cache"), [
+    ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
+    ("redis://:pw@10.0.0.5:6379/15", "redis://:pw@10.0.0.5:6379/14"),
+    ("rediss://:pw@redis.example:6380/3", "rediss://:pw@redis.example:6380/4"),
+])
+def test_make_run_keeps_its_cache_in_the_brokers_redis_in_a_database_of_its_own(broker, cache):
+    env = {"CELERY_BROKER_URL": broker}
+    RUN_LOCAL["choose_cache"](env)
+    assert env["CACHE_URL"] == cache
