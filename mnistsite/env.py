@@ -98,5 +98,7 @@ def url_credentials_check(*, name: str, url: str) -> None:
     host_end = min((index for index in map(rest.find, "/?#") if index >= 0), default=len(rest))
     authority, after = rest[:host_end], rest[host_end:]
     path = after.split("?", 1)[0].split("#", 1)[0]
-    if authority.count("@") > 1 or "@" in path or ("@" in after and "@" not in authority):
+    # An @ after a ? or # ends a password that held one, unless a query parameter (name=value) holds it.
+    cut_password = "@" in after and "@" not in authority and "=" not in after[len(path) :].split("@", 1)[0]
+    if authority.count("@") > 1 or "@" in path or cut_password:
         raise ImproperlyConfigured(UNREADABLE_URL.format(name=name))

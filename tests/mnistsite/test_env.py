@@ -2,7 +2,7 @@
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from mnistsite.env import rate_check, rate_parse
+from mnistsite.env import rate_check, rate_parse, url_credentials_check
 
 
 @pytest.mark.parametrize(("rate", "parsed"), [
@@ -23,3 +23,21 @@ def test_a_rate_the_throttles_could_not_read_or_that_would_refuse_everything_sto
         rate_parse(rate)
     with pytest.raises(ImproperlyConfigured, match=f"SOME_RATE={rate!r} is not a rate"):
         rate_check(name="SOME_RATE", rate=rate)
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://user:pa?ss@db.example/digits", "postgres://user:pa#ss@db.example/digits",
+    "postgres://user:pa/ss@db.example/digits", "postgres://us@er:pass@db.example/digits",
+])
+def test_a_url_whose_password_holds_an_unencoded_separator_is_refused_without_quoting_it(url):
+    with pytest.raises(ImproperlyConfigured) as info:
+        url_credentials_check(name="DATABASE_URL", url=url)
+    assert "db.example" not in str(info.value) and "ss@" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://user:pa%3Fss@db.example/digits", "postgres://db.example/digits?sslrootcert=/etc/ssl/ca@corp.pem",
+    "sqlite:////srv/data/db@2.sqlite3", "postgres://user:pass@db.example:5432/digits?sslmode=require",
+])
+def test_a_url_with_its_password_encoded_or_an_at_sign_in_a_query_parameter_is_read(url):
+    url_credentials_check(name="DATABASE_URL", url=url)
