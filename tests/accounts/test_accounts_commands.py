@@ -111,3 +111,18 @@ def test_ensuring_the_demo_account_again_keeps_its_sessions_signed_in(settings, 
     call_command("ensure_demo_user", f"--password-file={kept}")
 
     assert client.get("/admin/").status_code == 200
+
+
+def test_a_demo_account_left_with_the_published_password_gets_a_random_one_kept_and_shown(
+    settings, django_user_model, capsys, tmp_path
+):
+    settings.DEBUG = True
+    django_user_model.objects.create_superuser("demo", password=PUBLISHED_PASSWORD)
+    kept = tmp_path / "demo-password"
+
+    call_command("ensure_demo_user", f"--password-file={kept}")
+
+    demo = django_user_model.objects.get(username="demo")
+    shown = _shown_password(capsys.readouterr().out)
+    assert not demo.check_password(PUBLISHED_PASSWORD) and demo.check_password(shown)
+    assert kept.read_text().strip() == shown

@@ -27,6 +27,11 @@ def _keep_password(path: Path, password: str) -> None:
         kept.write(f"{password}\n")
 
 
+# The password earlier versions gave every demo account, printed in their README: an account still holding it is
+# given a random one.
+_PUBLISHED_PASSWORD = "mnist-demo-2026"
+
+
 class Command(BaseCommand):
     help = (
         "Create the demo administrator account with a random password and print it; an existing account's "
@@ -50,7 +55,8 @@ class Command(BaseCommand):
             # Before any password is kept or set: a mistyped name must not touch someone's account.
             raise CommandError(f"{username!r} is someone's account, not a demo account; choose another --username.")
         if password is None:
-            if existing is not None:
+            # An account from before passwords were random has the one that was published: it goes.
+            if existing is not None and not existing.check_password(_PUBLISHED_PASSWORD):
                 self._describe_existing(existing, password_file=password_file)
                 return
             # Never a fixed one: a published password would reach whatever database DATABASE_URL names.
