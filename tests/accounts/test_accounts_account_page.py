@@ -229,6 +229,8 @@ def test_deleting_the_account_asks_to_confirm_that_its_uploads_go_with_it_and_wi
     assert re.search(r'<div id="id_understood_error"><p class="field-error">Nothing was deleted: tick the box to '
                      r"confirm that your 2 uploads go with your account.</p></div>", page)
     assert type(user).objects.filter(pk=user.pk).exists() and Upload.objects.count() == 2
+    # Without JavaScript the refusal opens at the deletion's own section, not at the top of a long page.
+    assert '<form method="post" action="/accounts/delete/#delete-heading"' in page
 
     classifier_services.upload_delete(upload=Upload.objects.first())
     one = signed_in.post("/accounts/delete/", {"password": PASSWORD}).content.decode()
