@@ -52,18 +52,19 @@ def test_a_batch_whose_second_file_cannot_be_written_leaves_no_file_and_no_row(
     user, digit_png, django_capture_on_commit_callbacks, published, monkeypatch
 ):
     import errno
+    import os
 
-    from mnistsite.storage import MediaStorage
+    # The disk fills at the second file: the system call fails, for files under the media folder only.
+    real_write, calls, media = os.write, [], str(Path(settings.MEDIA_ROOT).resolve())
 
-    real_write, calls = MediaStorage._write_new, []
+    def disk_full_at_the_second_file(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(media):
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
 
-    def disk_full_at_the_second_file(self, name, data):
-        calls.append(name)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, name, data)
-
-    monkeypatch.setattr(MediaStorage, "_write_new", disk_full_at_the_second_file)
+    monkeypatch.setattr(os, "write", disk_full_at_the_second_file)
     files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(services.UploadStorageError):
         services.predictions_submit(owner=user, files=files, source="file")
@@ -1091,3 +1092,13 @@ def test_deleting_uploads_whose_predictions_a_worker_is_computing_leaves_the_wor
     assert not [record for record in caplog.records if record.levelname in ("WARNING", "ERROR")]
     # Asked again for it (a redelivered message), the worker finds nothing to do.
     assert services.predictions_execute(prediction_ids=[gone.pk]) == []
+
+
+def test_a_batch_is_stored_through_a_storage_without_batch_writes(user, digit_png, settings, tmp_path):
+    # Another backend than the media storage (an object store, say) gets one save a file.
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+    predictions = services.predictions_submit(owner=user, files=files, source="file")
+    stored = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.png"))
+    assert stored == sorted(p.upload.image.name for p in predictions) and len(stored) == 2

@@ -92,16 +92,21 @@ def test_a_batch_that_cannot_be_written_whole_leaves_no_file(storage, tmp_path):
     assert not (tmp_path.parent / "escape.png").exists()
 
 
-def test_a_batch_whose_flush_fails_leaves_no_file(storage, tmp_path, monkeypatch, settings):
+@pytest.mark.parametrize("failing", [1, 2, 3], ids=["first file", "second file", "folder"])
+def test_a_batch_whose_flush_fails_leaves_no_file(storage, tmp_path, monkeypatch, settings, failing):
     settings.UPLOAD_FSYNC = True
+    real_fsync, calls = os.fsync, []
 
-    def disk_lost(fd):
-        raise OSError(errno.EIO, "Input/output error")
+    def disk_lost_at_one_flush(fd):
+        calls.append(fd)
+        if len(calls) == failing:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", disk_lost)
+    monkeypatch.setattr(os, "fsync", disk_lost_at_one_flush)
     with pytest.raises(OSError):
         storage.save_many([("1.png", b"one"), ("2.png", b"two")])
-    assert list(tmp_path.iterdir()) == []
+    assert len(calls) == failing and list(tmp_path.iterdir()) == []
 
 
 def test_nothing_is_flushed_with_upload_fsync_off(storage, tmp_path, monkeypatch, settings):
