@@ -145,7 +145,7 @@ def running_stack(
         _start(
             [sys.executable, "-m", "celery", "-A", "mnistsite", "worker", "-Q", "inference",
              "-c", str(worker_concurrency or INFERENCE_CONCURRENCY), "--without-gossip", "--without-mingle",
-             "--loglevel", "INFO"],
+             "--without-heartbeat", "--loglevel", "INFO"],
             env, workdir / "worker.log",
         ),
     ]

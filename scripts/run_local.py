@@ -193,7 +193,8 @@ def main() -> int:
         say("Stopped while preparing; run it again to carry on.")
         return 130
 
-    celery = [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "--loglevel", "INFO"]
+    # --without-heartbeat: see the worker in docker-compose.yml.
+    celery = [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "--without-heartbeat", "--loglevel", "INFO"]
     processes = [
         start(
             [*celery, "-Q", "inference", "-c", "2", "-n", "worker@%h",

@@ -126,7 +126,7 @@ def start_worker(
     args = [
         sys.executable, "-m", "celery", "-A", "mnistsite", "worker",
         "-Q", queues, "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
-        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         *(extra_args or []),
     ]
     worker = start_process(name=name, args=args, log_dir=log_dir, env=child_env(**env_overrides))

@@ -87,6 +87,13 @@ def test_trainer_runs_one_training_run_at_a_time():
     assert words[words.index("-c") + 1] == "1"
 
 
+@pytest.mark.parametrize("service", ["worker", "trainer"])
+def test_workers_send_no_celery_heartbeat_events_that_would_hold_their_loop_while_the_broker_is_gone(service):
+    words = _commands(service)[-1]
+    assert words[:3] == ["celery", "-A", "mnistsite"] and words[3] == "worker"
+    assert "--without-heartbeat" in words
+
+
 def test_redis_keeps_queued_tasks_across_restarts_and_never_evicts_them():
     command = COMPOSE["services"]["redis"]["command"]
     assert "--appendonly yes" in command
