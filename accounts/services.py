@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.tokens import default_token_generator
 from django.core import signing
 from django.core.cache import cache
 from django.core.mail import EmailMessage, get_connection
@@ -33,6 +32,7 @@ from django.utils.http import urlsafe_base64_encode
 from accounts import selectors
 from accounts.mail import duration_words, mail_error_is_transient
 from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
+from accounts.tokens import password_reset_token_generator
 from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take
 from mnistsite.env import rate_parse
@@ -304,7 +304,8 @@ def _password_reset_message(*, recipient: str, users: list, unlisted: int, site)
     accounts = []
     for user in users:
         path = reverse("password_reset_confirm", kwargs={
-            "uidb64": urlsafe_base64_encode(force_bytes(user.pk)), "token": default_token_generator.make_token(user)})
+            "uidb64": urlsafe_base64_encode(force_bytes(user.pk)),
+            "token": password_reset_token_generator.make_token(user)})
         accounts.append({"username": user.get_username(), "reset_url": f"{site.scheme}://{site.netloc}{path}"})
     context = {
         "accounts": accounts,

@@ -39,6 +39,7 @@ from accounts.forms import (
 )
 from accounts.mail import duration_words
 from accounts.services import login_attempt_allowed
+from accounts.tokens import password_reset_token_generator
 from classifier import selectors as classifier_selectors
 from classifier.throttling import TOLERANCE_S, allowance_take
 from mnistsite.env import rate_parse
@@ -402,6 +403,7 @@ class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfi
     template_name = "registration/password_reset_confirm.html"
     success_url = reverse_lazy("password_reset_complete")
     form_class = PasswordResetSetForm
+    token_generator = password_reset_token_generator
 
     def form_invalid(self, form) -> HttpResponse:
         return self.render_to_response(self.get_context_data(form=form), status=400)

@@ -224,6 +224,7 @@ class PredictionDetailApi(WriteStageMixin, APIView):
     @extend_schema(
         operation_id="predictions_retrieve",
         summary="One of your predictions",
+        description="One of your own predictions, as the list shows it; another user's, or one deleted, is a 404.",
         responses={200: PredictionSerializer, 404: responses.NOT_FOUND, **responses.COMMON},
     )
     def get(self, request: Request, prediction_id: int) -> Response:
@@ -233,6 +234,8 @@ class PredictionDetailApi(WriteStageMixin, APIView):
     @extend_schema(
         operation_id="predictions_feedback",
         summary="Say which digit the image really shows",
+        description="Records the digit the image really shows (`feedback`, 0 to 9), or clears it (`null`). The body "
+        "must hold `feedback`.",
         request=FeedbackSerializer,
         responses={200: PredictionSerializer, 400: responses.INVALID, 404: responses.NOT_FOUND, **responses.COMMON},
     )
@@ -290,17 +293,34 @@ class PredictionRetryApi(WriteStageMixin, AllowanceHeadersMixin, APIView):
             try:
                 answer, made = classifier_services.prediction_retry(prediction=prediction)
             except Prediction.DoesNotExist:
+                self._upload_allowance_give_back(request)
                 raise exceptions.NotFound("No such prediction.") from None
+            if not made:
+                # Another retry (a second tab, the page) made it between the look above and the upload's lock: this
+                # one made nothing, so it counts nothing, as a retry sent again does.
+                self._upload_allowance_give_back(request)
         return Response(
             PredictionSerializer(answer, context={"request": request}).data,
             status=status.HTTP_201_CREATED if made else status.HTTP_200_OK,
         )
+
+    def _upload_allowance_give_back(self, request: Request) -> None:
+        if self.upload_allowance is not None:
+            upload_allowance_give_back(user_id=request.user.pk, images=1)
+            self.upload_allowance = None
+
+
+class PreconditionFailed(exceptions.APIException):
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+    default_detail = "`If-Match` names no ETag of this image as it is now; nothing was sent."
+    default_code = "precondition_failed"
 
 
 _IMAGE_RESPONSES = {
     (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="A PNG image."),
     304: responses.NOT_MODIFIED,
     404: responses.NOT_FOUND,
+    412: responses.error("`If-Match` names no ETag of this image as it is now.", code="precondition_failed"),
     **responses.COMMON,
 }
 
@@ -336,6 +356,13 @@ class _PngApi(APIView):
     parser_classes: list = []
     metadata_class = _PngMetadata
 
+    @staticmethod
+    def _served(response):
+        # Django's conditional check answers a failed If-Match with a bare 412; the API answers it in its envelope.
+        if response.status_code == status.HTTP_412_PRECONDITION_FAILED:
+            raise PreconditionFailed()
+        return response
+
 
 @extend_schema(tags=["predictions"])
 class PredictionImageApi(_PngApi):
@@ -344,7 +371,7 @@ class PredictionImageApi(_PngApi):
     @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
         prediction = _prediction_or_404(request, prediction_id)
-        return classifier_views.upload_image(request._request, pk=prediction.upload_id)
+        return self._served(classifier_views.upload_image(request._request, pk=prediction.upload_id))
 
 
 @extend_schema(tags=["predictions"])
@@ -355,4 +382,4 @@ class PredictionInputImageApi(_PngApi):
                    responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
         prediction = _prediction_or_404(request, prediction_id)
-        return classifier_views.prediction_input(request._request, pk=prediction.pk)
+        return self._served(classifier_views.prediction_input(request._request, pk=prediction.pk))

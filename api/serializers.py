@@ -52,11 +52,12 @@ class WholeNumberField(serializers.IntegerField):
 class StrictBooleanField(serializers.BooleanField):
     """true or false: JSON's own, or a word in form data and query strings ("true", "false", "on").
 
-    DRF's own also takes the numbers 0, 1, 0.0 and 1.0, which in JSON are a number sent where a flag was meant.
+    DRF's own also takes the numbers 0, 1, 0.0 and 1.0, which in JSON are a number sent where a flag was meant, and
+    the text "0" and "1", a number written where a word was meant (`?latest=0` could as well mean "the first").
     """
 
     def to_internal_value(self, data):
-        if not isinstance(data, (bool, str)):
+        if not isinstance(data, (bool, str)) or data in ("0", "1"):
             self.fail("invalid", input=data)
         return super().to_internal_value(data)
 

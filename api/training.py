@@ -57,6 +57,7 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
     @extend_schema(
         operation_id="training_runs_list",
         summary="List training runs",
+        description="Every training run, newest first, paginated, with its progress and the checkpoints it saved.",
         responses={200: TrainingRunSerializer(many=True), 400: responses.INVALID_PAGE_SIZE,
                    404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )

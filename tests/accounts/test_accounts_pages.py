@@ -340,6 +340,22 @@ def test_a_reset_link_works_once(client, alice, ask_reset):
     assert _logs_in("alice", NEW_PASSWORD) and not _logs_in("alice", "another passphrase 7")
 
 
+def test_a_reset_link_stops_working_once_the_address_changes_even_back_to_the_same_one(client, alice, ask_reset):
+    from django.core import mail
+
+    from accounts.services import user_email_set
+
+    ask_reset(client, "alice@example.com")
+    link = _reset_link(mail.outbox[0])
+    user_email_set(user=alice, email="alice@elsewhere.example")
+    # Back to the address the link went to, now waiting for confirmation again: no reset link works there meanwhile.
+    user_email_set(user=alice, email="alice@example.com")
+
+    refused = client.get(link)
+    assert refused.status_code == 200 and "This link does not work" in refused.content.decode()
+    assert _logs_in("alice", "correct horse battery")
+
+
 def test_a_reset_link_stops_working_once_its_time_is_up(client, alice, settings, ask_reset):
     import time
 

@@ -400,7 +400,7 @@ def test_dates_at_either_end_of_the_calendar_bound_nothing_instead_of_overflowin
 @pytest.mark.parametrize(
     "query",
     [{"digit": 10}, {"digit": "x"}, {"digit": "3.0"}, {"digit": " 3"}, {"status": "nope"},
-     {"created_after": "yesterday"}, {"latest": "maybe"}],
+     {"created_after": "yesterday"}, {"latest": "maybe"}, {"latest": "0"}, {"latest": "1"}],
 )
 def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
     response = user_client.get(LIST, query)
@@ -621,6 +621,22 @@ def test_options_on_an_image_says_it_answers_a_png_and_reads_no_body(user_client
         assert described["parses"] == [], suffix
 
 
+def test_an_image_whose_etag_if_match_does_not_name_is_a_412_in_the_envelope_and_one_it_names_is_served(
+    user_client, api_client, user, make_prediction
+):
+    prediction = make_prediction(owner=user, done=True)
+    declared = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+
+    for suffix in ("image/", "input/"):
+        etag = user_client.get(f"{detail(prediction)}{suffix}")["ETag"]
+        refused = user_client.get(f"{detail(prediction)}{suffix}", HTTP_IF_MATCH='"0123456789abcdef"')
+        assert refused.status_code == 412, suffix
+        assert refused["Content-Type"] == "application/json"
+        assert refused.json()["error"]["code"] == "precondition_failed"
+        assert user_client.get(f"{detail(prediction)}{suffix}", HTTP_IF_MATCH=etag).status_code == 200
+        assert "412" in declared[f"/api/v1/predictions/{{prediction_id}}/{suffix}"]["get"]["responses"], suffix
+
+
 def test_the_input_image_of_a_pending_prediction_is_404(user_client, user, make_prediction):
     response = user_client.get(f"{detail(make_prediction(owner=user))}input/", HTTP_ACCEPT="image/png")
 
@@ -723,3 +739,63 @@ def test_retrying_another_users_prediction_is_404(other_client, user, make_predi
 
     assert other_client.post(f"{detail(failed)}retry/").status_code == 404
     assert Prediction.objects.count() == 1
+
+
+def test_a_retry_that_another_one_overtook_makes_nothing_and_spends_nothing(
+    transactional_db, user, make_prediction, settings
+):
+    import threading
+
+    from django.db import connection, transaction
+
+    from classifier import services as classifier_services
+    from tests.api.conftest import client_for
+
+    if connection.vendor != "postgresql":
+        pytest.skip("waiting on another transaction's row lock needs PostgreSQL")
+    settings.UPLOAD_THROTTLE_RATE = "1/minute"
+    overtaken, other = _failed(make_prediction, user), _failed(make_prediction, user)
+    client = client_for(user)
+    holding, release, answers = threading.Event(), threading.Event(), []
+
+    def retry_from_another_tab() -> None:
+        # Takes the upload's lock first, and runs the retry once the request below waits for that lock.
+        try:
+            with transaction.atomic():
+                upload = Upload.objects.select_for_update().get(pk=overtaken.upload_id)
+                holding.set()
+                release.wait(10)
+                classifier_services.predictions_rerun(uploads=[upload], publish=False)
+        finally:
+            connection.close()
+
+    def retry() -> None:
+        try:
+            answers.append(client.post(f"{detail(overtaken)}retry/"))
+        finally:
+            connection.close()
+
+    tab, request = threading.Thread(target=retry_from_another_tab), threading.Thread(target=retry)
+    tab.start()
+    try:
+        assert holding.wait(10)
+        request.start()
+        with connection.cursor() as cursor:
+            for _ in range(200):
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if cursor.fetchone()[0]:
+                    break
+                threading.Event().wait(0.05)
+            else:
+                pytest.fail("the retry never waited for the upload's lock")
+    finally:
+        release.set()
+        tab.join()
+        request.join()
+
+    (answer,) = answers
+    newest = Prediction.objects.filter(upload=overtaken.upload).latest("created_at", "id")
+    assert answer.status_code == 200 and answer.json()["id"] == newest.pk != overtaken.pk
+    assert "RateLimit-Remaining" not in answer
+    # The one image the period allows was not spent on it.
+    assert client.post(f"{detail(other)}retry/").status_code == 201

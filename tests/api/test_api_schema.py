@@ -193,3 +193,24 @@ def test_each_operation_declares_the_304_406_411_413_and_415_it_answers_and_no_o
             assert declared == _answered(client, path, method), (method, template)
             checked += 1
     assert checked >= 15
+
+
+@pytest.mark.django_db
+def test_no_operation_is_described_by_the_docstring_of_a_class_its_view_is_built_from(api_client):
+    import inspect
+
+    from django.urls import resolve
+
+    checked = 0
+    for template, item in _schema(api_client)["paths"].items():
+        if not template.startswith("/api/v1/"):
+            continue
+        view = resolve(template.replace("{", "").replace("}", "").replace("prediction_id", "1").replace(
+            "run_id", "1").replace("checkpoint_id", "1")).func.view_class
+        inherited = [inspect.cleandoc(base.__dict__["__doc__"]) for base in view.__mro__[1:]
+                     if base.__dict__.get("__doc__")]
+        for method, operation in item.items():
+            description = operation.get("description", "")
+            assert not any(doc in description for doc in inherited), (method, template, description[:80])
+            checked += 1
+    assert checked >= 15

@@ -125,6 +125,8 @@ def test_out_of_bounds_hyper_parameters_are_400_naming_the_field(staff_client, b
         {"activate_on_success": 1},
         {"augment": 0.0},
         {"augment": 1.0},
+        {"augment": "1"},
+        {"activate_on_success": "0"},
         {"epochs": 3.0},
         {"batch_size": "64.0"},
         {"train_subset": 500.0},
