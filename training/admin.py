@@ -177,7 +177,7 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
                 cancel_url=reverse("admin:training_trainingrun_cancel", args=[run.pk]),
                 final_checkpoint=run.checkpoints.filter(is_final=True).first(),
                 # Only a failed run's error is one: a queued or running run's says why it was restarted (it
-                # resumes), a cancelled run's is what an earlier restart said.
+                # resumes), a succeeded run's why its model was not activated as asked.
                 run_error=run.error if run.status == TrainingRun.Status.FAILED else "",
                 run_note=run.error if run.status != TrainingRun.Status.FAILED else "",
                 no_trainer_warning=_no_trainer_warning(run),

@@ -66,12 +66,19 @@ class TrainingRun(models.Model):
 
     @property
     def duration_seconds(self) -> float | None:
+        """Seconds from its first start to its finish, or until now while unfinished; None before it starts.
+
+        Read through ``training.selectors`` the time is counted on the database's clock, which wrote the start: this
+        host's may run minutes apart from it, and an unfinished run would show that skew, before its start even.
+        """
         if self.started_at is None:
             return None
-        from django.utils import timezone
+        ran_for = getattr(self, "ran_for", None)
+        if ran_for is None:
+            from django.utils import timezone
 
-        end = self.finished_at or timezone.now()
-        return (end - self.started_at).total_seconds()
+            ran_for = (self.finished_at or timezone.now()) - self.started_at
+        return max(ran_for.total_seconds(), 0.0)
 
 
 class Checkpoint(models.Model):
@@ -85,7 +92,9 @@ class Checkpoint(models.Model):
     test_accuracy = models.FloatField(null=True, blank=True)
     is_final = models.BooleanField(default=True)
     is_active = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # The database's clock, as a run's times are: a trainer whose clock runs off would date its checkpoints by it,
+    # and list the newest below older ones.
+    created_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         ordering = ["-created_at", "-id"]

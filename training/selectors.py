@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db.models import (
-    Case, Count, DurationField, Exists, ExpressionWrapper, Min, OuterRef, Q, QuerySet, Subquery, When,
+    Case, Count, DurationField, Exists, ExpressionWrapper, F, Min, OuterRef, Q, QuerySet, Subquery, When,
 )
 from django.db.models.functions import Coalesce, Now
 
@@ -95,13 +95,15 @@ def _with_untaken_for(runs: QuerySet[TrainingRun]) -> QuerySet[TrainingRun]:
     """Annotate ``untaken_for``: how long a queued run has waited, null for other runs and while a trainer is busy.
 
     A busy trainer (a running run whose heartbeat is fresh) takes queued runs one after another: waiting behind it
-    says nothing about trainers being up.
+    says nothing about trainers being up. Also ``ran_for``, what ``TrainingRun.duration_seconds`` reads: the start
+    was the database's clock, so an unfinished run's time so far is too, not this host's.
     """
     fresh = Now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
     busy = Exists(TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__gte=fresh))
     waited = ExpressionWrapper(Now() - _queued_since(), output_field=DurationField())
     return runs.annotate(
-        untaken_for=Case(When(~busy, status=TrainingRun.Status.QUEUED, then=waited), output_field=DurationField())
+        untaken_for=Case(When(~busy, status=TrainingRun.Status.QUEUED, then=waited), output_field=DurationField()),
+        ran_for=ExpressionWrapper(Coalesce("finished_at", Now()) - F("started_at"), output_field=DurationField()),
     )
 
 

@@ -609,7 +609,9 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
             locked.status = TrainingRun.Status.CANCELLED
             locked.cancel_requested = True
             locked.finished_at = Now()
-            locked.save(update_fields=["status", "cancel_requested", "finished_at"])
+            # A run queued again after a restart says it resumes: cancelled, it never will.
+            locked.error = ""
+            locked.save(update_fields=["status", "cancel_requested", "finished_at", "error"])
             locked.refresh_from_db(fields=["finished_at"])
         elif locked.status == TrainingRun.Status.RUNNING:
             locked.cancel_requested = True
@@ -653,6 +655,8 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
             if run.cancel_requested:
                 run.status = TrainingRun.Status.CANCELLED
                 run.finished_at = clock
+                # What an earlier restart said (that it resumes) no longer holds, as for a run cancelled by its trainer.
+                run.error = ""
                 outcome["cancelled"].append(run.pk)
             elif run.attempts < MAX_ATTEMPTS:
                 run.status = TrainingRun.Status.QUEUED

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
@@ -234,6 +235,22 @@ def test_a_run_queued_again_after_its_trainer_stopped_counts_its_wait_from_then(
     TrainingRun.objects.filter(pk=queued_run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     html = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
     assert f"Queued for 5 minutes: {NO_TRAINER}" in html
+
+
+def test_a_running_runs_time_is_counted_on_the_databases_clock_not_the_web_hosts(client, staff_user, queued_run,
+                                                                                  monkeypatch):
+    # Started a minute and a half ago by the database's clock, which the trainer's claim writes.
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, started_at=Now() - timedelta(seconds=90), heartbeat_at=Now()
+    )
+    right_time = timezone.now
+    client.force_login(staff_user)
+    for skew in (timedelta(minutes=-10), timedelta(minutes=10)):
+        monkeypatch.setattr(timezone, "now", lambda skew=skew: right_time() + skew)
+        listed = client.get(reverse("admin:training_trainingrun_changelist")).content.decode()
+        assert "% · 1:3" in listed, skew
+        progress = client.get(reverse("admin:training_trainingrun_progress", args=[queued_run.pk])).json()
+        assert 90 <= progress["duration_seconds"] < 100, skew
 
 
 def test_the_checkpoint_list_shows_whether_each_is_active_first_and_its_size_readably(client, staff_user, make_checkpoint):

@@ -644,6 +644,24 @@ def test_a_run_asked_to_cancel_is_cancelled_not_queued_again_when_its_trainer_sh
     assert training_queue.messages() == []
 
 
+def test_a_run_cancelled_after_a_restart_no_longer_says_that_it_resumes(tiny_recipe, training_queue):
+    # Queued again after its trainer shut down, then cancelled before a trainer took it.
+    queued = _create(tiny_recipe, epochs=2)
+    with pytest.raises(SystemExit):
+        services.training_run_execute(run_id=queued.pk, on_progress=_shut_down_in_epoch_two)
+    assert "resumes from its last epoch checkpoint" in TrainingRun.objects.get(pk=queued.pk).error
+    services.training_run_cancel(run=queued)
+    # Resumed once, asked to cancel, then its trainer died: the reaper cancels it.
+    stale = _create(tiny_recipe)
+    _make_stale(stale, attempts=2)
+    TrainingRun.objects.filter(pk=stale.pk).update(
+        cancel_requested=True, error="worker stopped responding (attempt 1); resuming from the last epoch checkpoint"
+    )
+    assert services.training_runs_reap()["cancelled"] == [stale.pk]
+    for run in TrainingRun.objects.filter(pk__in=[queued.pk, stale.pk]):
+        assert (run.status, run.error) == (TrainingRun.Status.CANCELLED, ""), run.pk
+
+
 def test_a_run_stopped_by_the_task_time_limit_fails_saying_so_and_keeps_its_epoch_checkpoints(tiny_recipe):
     from training.loading import checkpoint_load_model
 
@@ -722,6 +740,17 @@ def test_registering_a_file_outside_the_checkpoint_dir_is_refused(tmp_path):
     with pytest.raises(services.CheckpointPathError):
         services.checkpoint_register(path=sneaky, run=None, epoch=1, test_accuracy=None, architecture="mlp")
     assert not Checkpoint.objects.exists()
+
+
+def test_a_checkpoint_registered_on_a_trainer_whose_clock_is_slow_is_dated_and_listed_by_the_databases_clock(
+    make_checkpoint, monkeypatch
+):
+    right_time = timezone.now
+    earlier, _ = make_checkpoint()
+    monkeypatch.setattr(timezone, "now", lambda: right_time() - timedelta(hours=3))
+    later, _ = make_checkpoint()
+    assert abs(later.created_at - right_time()) < timedelta(minutes=1)
+    assert list(Checkpoint.objects.values_list("pk", flat=True)) == [later.pk, earlier.pk]
 
 
 def test_activating_a_checkpoint_deactivates_the_previous_one(make_checkpoint):
