@@ -80,7 +80,7 @@ def metrics_text(*, now: dt.datetime) -> str:
         *_family("mnistsite_training_run_oldest_queued_seconds",
                  "How long the oldest queued training run has waited since it was last queued; 0 when none is "
                  "queued. It grows while no trainer is up, or while one is busy with a long run.",
-                 [({}, training_run_oldest_queued_seconds(now=now))]),
+                 [({}, training_run_oldest_queued_seconds())]),
         *_family("mnistsite_training_run_progress", "Progress (0 to 1) of each running training run.",
                  [({"run": str(run.pk)}, run.progress) for run in training_runs_running()]),
         *_family("mnistsite_active_checkpoint_info", "The checkpoint predictions use; absent when none is active.",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -126,10 +126,15 @@ def training_run_untaken_for(*, run: TrainingRun) -> timedelta | None:
     return untaken_for if untaken_for is not None and untaken_for >= NO_TRAINER_WARNING_AFTER else None
 
 
-def training_run_oldest_queued_seconds(*, now: datetime) -> float:
-    """How long the longest-waiting queued run has waited at ``now`` since it was last queued; 0 when none is."""
-    since = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED).aggregate(since=Min(_queued_since()))["since"]
-    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+def training_run_oldest_queued_seconds() -> float:
+    """How long the longest-waiting queued run has waited since it was last queued; 0 when none is.
+
+    Counted on the database's clock, which wrote the times it starts from: every web process answers alike, whatever
+    its own clock says.
+    """
+    waited = ExpressionWrapper(Now() - Min(_queued_since()), output_field=DurationField())
+    longest = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED).aggregate(waited=waited)["waited"]
+    return max(0.0, longest.total_seconds()) if longest is not None else 0.0
 
 
 def training_run_counts() -> dict[str, int]:

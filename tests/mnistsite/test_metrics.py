@@ -3,6 +3,7 @@ import datetime as dt
 
 import pytest
 from django.conf import settings
+from django.db.models.functions import Now
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -126,6 +127,16 @@ def test_metrics_report_how_long_the_oldest_queued_training_run_has_waited_since
     TrainingRun.objects.create(status="queued", created_at=now - dt.timedelta(hours=2),
                                heartbeat_at=now - dt.timedelta(seconds=240), **recipe)
     assert 240 <= _samples(metrics_text(now=now))[("mnistsite_training_run_oldest_queued_seconds", ())] < 250
+
+
+def test_the_oldest_queued_training_runs_wait_is_counted_on_the_databases_clock_not_the_web_hosts(monkeypatch):
+    TrainingRun.objects.create(status="queued", created_at=Now() - dt.timedelta(seconds=90), epochs=1,
+                               batch_size=128, learning_rate=0.1)
+    right_time = timezone.now
+    for skew in (dt.timedelta(minutes=-10), dt.timedelta(minutes=10)):
+        monkeypatch.setattr(timezone, "now", lambda skew=skew: right_time() + skew)
+        waited = _samples(metrics_text(now=timezone.now()))[("mnistsite_training_run_oldest_queued_seconds", ())]
+        assert 90 <= waited < 100, skew
 
 
 def test_metrics_are_answered_by_address_and_over_plain_http_in_production_like_the_probes(client, metrics_on,
