@@ -137,7 +137,7 @@ def _unreadable_body(request: HttpRequest) -> tuple[str, int] | None:
 # The security code is in the body: checked by _upload_read once the body could be read. A body that could not is
 # answered first, unchecked, with the page and why: that stores and changes nothing, so a forged one gains nothing.
 @csrf_exempt
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         unreadable = _unreadable_body(request)
@@ -452,7 +452,7 @@ def upload_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "classifier/upload_unread.html", {"upload": item})
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def upload_delete(request: HttpRequest, pk: int) -> HttpResponse:
     item = selectors.upload_get_for_user(user=request.user, upload_id=pk)
     if item is None:
@@ -462,13 +462,16 @@ def upload_delete(request: HttpRequest, pk: int) -> HttpResponse:
         services.upload_delete(upload=item)
         messages.success(request, f"Deleted “{name}” and its images.")
         return redirect(_safe_next(request) or reverse("classifier:history"))
-    return render(request, "classifier/upload_confirm_delete.html", {"upload": item})
+    # The history page it was asked from (its filters and page), for Cancel and for after the deletion.
+    back = _safe_next(request, request.GET.get("next", ""))
+    return render(request, "classifier/upload_confirm_delete.html", {"upload": item, "back": back})
 
 
-def _safe_next(request: HttpRequest) -> str | None:
+def _safe_next(request: HttpRequest, target: str | None = None) -> str | None:
+    """``target`` (by default the POST's ``next``) when it is an address on this site, else None."""
     from django.utils.http import url_has_allowed_host_and_scheme
 
-    target = request.POST.get("next", "")
+    target = request.POST.get("next", "") if target is None else target
     if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=False):
         return target
     return None

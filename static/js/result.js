@@ -7,6 +7,14 @@
   function percentFloor(confidence) { return Math.floor(confidence * 100 + 1e-9); }
   const root = document.getElementById("result");
   if (!root) return;
+  // Reached from the upload page, or by the redirect that answers a drawing taken (the address the browser sends as
+  // where it came from may be left out), a drawing sent from there was taken: static/js/upload.js, which keeps it in
+  // this tab until it is answered, must not bring it back.
+  try {
+    const navigation = performance.getEntriesByType("navigation")[0];
+    const fromUpload = document.referrer && new URL(document.referrer).pathname === root.dataset.uploadPage;
+    if (fromUpload || (navigation && navigation.redirectCount > 0)) sessionStorage.removeItem("upload-drawing");
+  } catch (error) { /* storage off */ }
   const url = root.dataset.jsonUrl;
   const POLL_MS = 300;
   const MAX_POLL_MS = 5000;

@@ -36,3 +36,28 @@
   const invalid = document.querySelector("form[method=post] [aria-invalid=true]");
   if (invalid && (document.activeElement === null || document.activeElement === document.body)) invalid.focus();
 })();
+
+// A signed-in page shown again from the browser's memory (Back, after logging out) would show what only its owner may
+// see, to whoever uses the computer next: it is hidden until the server says the session still holds, and reloaded,
+// which leads to the log-in page, when it does not.
+(function () {
+  "use strict";
+
+  if (!document.body.hasAttribute("data-signed-in")) return;
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    const root = document.documentElement;
+    root.style.visibility = "hidden";
+    // HEAD asks the page's own address, answered without its body; signed out, it is a redirect to the log-in page.
+    fetch(window.location.href, { method: "HEAD", credentials: "same-origin", cache: "no-store", redirect: "manual" })
+      .then(function (response) {
+        if (response.type === "opaqueredirect") {
+          window.location.reload();
+        } else {
+          root.style.visibility = "";
+        }
+      }, function () {
+        root.style.visibility = "";  // the server is out of reach: whether the session holds is not known
+      });
+  });
+})();

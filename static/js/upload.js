@@ -326,6 +326,8 @@
   const canvasField = document.getElementById("id_canvas");
   const canvasSubmit = document.getElementById("canvas-submit");
   const hint = document.getElementById("canvas-hint");
+  const canvasError = document.getElementById("canvas-error");
+  const canvasNote = document.getElementById("canvas-note");
   let dirty = false;
   // One stroke at a time, by the pointer that began it: a second finger or a resting palm would otherwise join its
   // points to the stroke's and paint a solid wedge between them.
@@ -392,12 +394,14 @@
   canvas.addEventListener("pointerup", stop);
   canvas.addEventListener("pointercancel", stop);
 
-  // The buttons and the hint follow whether anything is drawn.
+  // The buttons and the hint follow whether anything is drawn; what was said of the drawing before it changed goes.
   function drawn() {
     dirty = strokes.length > 0;
     hint.hidden = dirty;
     canvasSubmit.disabled = !dirty;
     undoButton.disabled = !dirty;
+    canvasError.hidden = true;
+    canvasNote.hidden = true;
   }
 
   // The strokes on screen again, as they were drawn: a dot where each began, then its segments.
@@ -445,10 +449,10 @@
   // a full-size drawing (~200 px) keeps the on-screen width, and the pen never gets wider than what was shown.
   const PEN_PER_EXTENT = 0.115;
 
-  function exported() {
-    if (!strokes.length) return canvas.toDataURL("image/png");
+  // How far the strokes reach, across or down (canvas pixels between the pen's centres).
+  function extentOf(drawing) {
     let minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
-    strokes.forEach(function (points) {
+    drawing.forEach(function (points) {
       points.forEach(function (p) {
         minX = Math.min(minX, p.x);
         minY = Math.min(minY, p.y);
@@ -456,7 +460,17 @@
         maxY = Math.max(maxY, p.y);
       });
     });
-    const extent = Math.max(maxX - minX, maxY - minY);
+    return Math.max(maxX - minX, maxY - minY);
+  }
+
+  // A drawing reaching less than a ruled line's height of the canvas is no digit (a tap, a slip of the pen): the server
+  // crops a picture to its ink and scales that up, so the model would read such a scribble as some digit, and could
+  // say so confidently.
+  const MIN_EXTENT = 28;
+
+  function exported() {
+    if (!strokes.length) return canvas.toDataURL("image/png");
+    const extent = extentOf(strokes);
     const width = Math.min(ctx.lineWidth, Math.max(2, PEN_PER_EXTENT * extent));
     const out = document.createElement("canvas");
     out.width = canvas.width;
@@ -501,21 +515,35 @@
     } catch (error) { /* storage off */ }
   }
 
+  // The drawing is forgotten once it is answered: here when it is refused, and by the result page it leads to when it
+  // is taken (static/js/result.js). One still kept when this page opens without a refusal never got an answer of its
+  // own: its sending ended on another page (the log-in page after the session ended, a form that had expired).
   function restoreDrawing() {
     let kept = null;
     try {
       kept = JSON.parse(sessionStorage.getItem(DRAWING_KEY) || "null");
     } catch (error) { /* storage off, or not ours */ }
     forgetDrawing();
-    if (!Array.isArray(kept) || !kept.length || !document.getElementById("upload-errors")) return;
+    if (!Array.isArray(kept)) return;
     strokes = kept.filter(function (points) { return Array.isArray(points) && points.length; });
+    if (!strokes.length) return;
     redraw();
     drawn();
+    if (!document.getElementById("upload-errors")) {
+      canvasNote.textContent = "Your drawing was not sent: it is back on the canvas to send again.";
+      canvasNote.hidden = false;
+    }
   }
 
   canvasForm.addEventListener("submit", function (event) {
     if (!dirty) {
       event.preventDefault();
+      return;
+    }
+    if (extentOf(strokes) < MIN_EXTENT) {
+      event.preventDefault();
+      canvasError.textContent = "This drawing is too small to be read as a digit: draw it larger.";
+      canvasError.hidden = false;
       return;
     }
     // Dark strokes on transparency; the server's preprocessing handles either polarity.

@@ -575,11 +575,16 @@ def test_a_tap_on_the_canvas_is_sent_as_a_dot(logged_in_page):
     _purge_queues()
     box = page.locator("#draw-canvas").bounding_box()
     scale = box["width"] / 280
-    page.mouse.click(box["x"] + 140 * scale, box["y"] + 140 * scale)
+    # A stroke down the canvas, then a tap beside it (a tap alone is too small to be a digit).
+    page.mouse.move(box["x"] + 100 * scale, box["y"] + 60 * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 100 * scale, box["y"] + 220 * scale, steps=8)
+    page.mouse.up()
+    page.mouse.click(box["x"] + 200 * scale, box["y"] + 140 * scale)
     expect(page.locator("#canvas-submit")).to_be_enabled()
     image = _submit_drawing_and_read_the_png(page)
-    left, top, right, bottom = image.getchannel("A").getbbox()
-    assert left <= 140 < right and top <= 140 < bottom  # ink where the tap was
+    left, top, right, bottom = image.crop((150, 0, 280, 280)).getchannel("A").getbbox()
+    assert left <= 50 < right and top <= 140 < bottom  # ink where the tap was
     assert right - left <= 25 and bottom - top <= 25  # a dot, nothing more
 
 
@@ -802,6 +807,59 @@ def test_a_drawing_the_server_sends_back_is_still_on_the_canvas_to_send_again(lo
     assert Upload.objects.count() == 0
 
 
+def test_a_drawing_sent_after_the_session_ended_is_back_on_the_canvas_once_logged_in_again(
+    browser, live_server, log_in, user
+):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url)
+    try:
+        page = context.new_page()
+        log_in(page)
+        _draw_ring(page, 140, 140, 60, 100)
+        drawn = _ink_in(page, 0, 0, 280, 280)
+        context.clear_cookies()  # the session ends (it expired, or the person logged out in another tab)
+        page.click("#canvas-submit")
+        page.wait_for_url("**/accounts/login/**")
+        log_in(page)
+        # Nothing was stored, and nothing drawn is lost: the drawing is back, with word of why.
+        assert Upload.objects.count() == 0
+        assert abs(_ink_in(page, 0, 0, 280, 280) - drawn) < drawn / 100
+        expect(page.locator("#canvas-submit")).to_be_enabled()
+        expect(page.locator("#canvas-note")).to_have_text("Your drawing was not sent: it is back on the canvas to send again.")
+        # Sent and taken this time; the next visit to the page starts with a blank canvas.
+        page.click("#canvas-submit")
+        page.wait_for_url("**/predictions/*/")
+        assert Upload.objects.get().source == "canvas"
+        page.goto("/")
+        assert _ink_in(page, 0, 0, 280, 280) == 0
+        expect(page.locator("#canvas-note")).to_be_hidden()
+    finally:
+        context.close()
+
+
+def test_a_drawing_too_small_to_be_a_digit_is_not_sent_and_says_to_draw_larger(logged_in_page):
+    page = logged_in_page
+    box = page.locator("#draw-canvas").bounding_box()
+    scale = box["width"] / 280
+    # A scribble a few pixels long: cropped to its ink and scaled up, the model would read it as some digit.
+    page.mouse.move(box["x"] + 100 * scale, box["y"] + 100 * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 106 * scale, box["y"] + 103 * scale, steps=4)
+    page.mouse.up()
+    page.click("#canvas-submit")
+    error = page.locator("#canvas-error")
+    expect(error).to_have_text("This drawing is too small to be read as a digit: draw it larger.")
+    expect(error).to_have_attribute("role", "alert")
+    assert "/predictions/" not in page.url  # still the upload page
+    assert Upload.objects.count() == 0
+    assert _ink_in(page, 90, 90, 120, 120) > 0  # still there, to draw on
+    # Drawn over, the digit is large enough and the error goes.
+    _draw_ring(page, 140, 140, 40, 70)
+    expect(error).to_be_hidden()
+    with page.expect_navigation():
+        page.click("#canvas-submit")
+    assert Upload.objects.get().source == "canvas"
+
+
 def test_a_dropped_file_the_server_cannot_read_is_named_before_anything_is_sent(logged_in_page, digit_png, tmp_path):
     page = logged_in_page
     image, notes = tmp_path / "seven.png", tmp_path / "notes.txt"
@@ -992,6 +1050,37 @@ def test_a_drawing_the_server_sends_back_opens_the_page_on_why_it_was_refused(lo
     expect(page.locator("#upload-errors")).to_be_focused()
 
 
+def test_back_after_logging_out_does_not_show_the_page_left_from_the_browsers_memory(
+    browser_with_back_forward_cache, live_server, log_in, user, digit_png
+):
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "tax-return.png")], source="file")
+    context = browser_with_back_forward_cache.new_context(base_url=live_server.url)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        log_in(page)
+        page.evaluate("window.kept = true")
+        page.goto("/history/")
+        expect(page.locator(".history-name")).to_have_text("tax-return.png")
+        # Signed in, Back shows the page left as it was, from memory, not reloaded.
+        page.go_back(wait_until="commit")
+        expect(page.locator("h1")).to_have_text("Recognise a handwritten digit")
+        expect(page.locator("h1")).to_be_visible()
+        assert page.evaluate("window.kept") is True
+        page.go_forward(wait_until="commit")
+        expect(page.locator(".history-name")).to_have_text("tax-return.png")
+        page.click("text=Log out")
+        page.wait_for_url("**/accounts/login/")
+        # A page shown again from the browser's memory fires no "load": wait for the address only.
+        page.go_back(wait_until="commit")
+        # Whoever uses the computer next sees the log-in page, not the history of the person who left.
+        expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/history/$"))
+        expect(page.locator("h1")).to_have_text("Log in")
+        expect(page.get_by_text("tax-return.png")).to_have_count(0)
+    finally:
+        context.close()
+
+
 def test_the_log_in_page_leaves_the_keyboard_at_its_start_and_a_refused_log_in_opens_on_why(page, user):
     page.goto("/accounts/login/")
     assert page.evaluate("document.activeElement === document.body")
@@ -1011,6 +1100,22 @@ def test_the_log_in_page_leaves_the_keyboard_at_its_start_and_a_refused_log_in_o
     page.click("button[type=submit]")
     expect(page.locator("#id_username")).to_be_focused()
     expect(page.locator("#id_username")).to_have_accessible_description("This field is required.")
+
+
+def test_a_refused_sign_up_opens_on_why_it_was_refused(page, settings):
+    settings.SIGNUP_THROTTLE_RATE = "1/hour"
+    page.goto("/accounts/signup/")
+    page.fill("#id_username", "bob")
+    page.fill("#id_password1", "a long enough password 123")
+    page.fill("#id_password2", "a long enough password 124")  # mistyped: refused, which costs a tenth of one
+    page.click("button[type=submit]")
+    expect(page.locator("#id_password2")).to_be_focused()
+    page.fill("#id_password1", "a long enough password 123")
+    page.fill("#id_password2", "a long enough password 123")
+    page.click("button[type=submit]")
+    # No field is to blame: the page opens on the refusal, which is then read out.
+    expect(page.locator(".errors")).to_contain_text("Too many sign-ups from your address")
+    expect(page.locator(".errors")).to_be_focused()
 
 
 def test_what_a_deletion_in_the_history_did_opens_the_page_it_leads_back_to(logged_in_page, user, digit_png):

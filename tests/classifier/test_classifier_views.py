@@ -693,6 +693,29 @@ def test_deleting_an_upload_removes_it_and_its_file(alice, user, digit_png, acti
     assert not any(f.exists() for f in files)
 
 
+def test_cancelling_a_deletion_leads_back_to_the_history_page_it_was_asked_from(alice, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    here = "/history/?digit=3&page=2"
+    page = alice.get(f"/uploads/{upload.pk}/delete", {"next": here}).content.decode()
+    assert re.search(r'<a class="button" href="([^"]*)">Cancel</a>', page).group(1) == "/history/?digit=3&amp;page=2"
+    # Another site's address is never offered; the history is, as without one.
+    for elsewhere in ("https://example.com/history/", "//example.com/"):
+        page = alice.get(f"/uploads/{upload.pk}/delete", {"next": elsewhere}).content.decode()
+        assert re.search(r'<a class="button" href="([^"]*)">Cancel</a>', page).group(1) == "/history/"
+        assert "example.com" not in page
+    assert Upload.objects.filter(pk=upload.pk).exists()
+
+
+def test_the_upload_page_and_a_deletions_confirmation_answer_a_head_request_as_a_get(alice, user, digit_png):
+    # static/js/site.js asks a page shown again from the browser's memory with a HEAD whether the session holds.
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    for url in ("/", f"/uploads/{upload.pk}/delete"):
+        response = alice.head(url)
+        assert response.status_code == 200
+        assert response.content == b""
+    assert Upload.objects.filter(pk=upload.pk).exists()
+
+
 def test_a_missing_page_is_answered_with_the_sites_own_404_page(alice):
     response = alice.get("/predictions/999999/")
     page = response.content.decode()
