@@ -179,6 +179,16 @@ def test_the_cancel_confirmation_of_a_run_that_has_not_trained_a_step_yet_says_s
     assert "It stops before its first step and cannot be resumed." in html and "epoch 0" not in html
 
 
+def test_the_cancel_confirmation_of_a_run_queued_again_after_a_restart_says_it_will_not_resume(
+    client, staff_user, queued_run
+):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(epochs=3, current_epoch=2, attempts=1)
+    client.force_login(staff_user)
+    html = " ".join(client.get(_cancel_url(queued_run)).content.decode().split())
+    assert "A restart stopped it at epoch 2 of 3" in html and "cancelled, it will not resume." in html
+    assert "has not started yet" not in html
+
+
 NO_TRAINER = (
     "no trainer has taken it. Is a trainer worker running (<code>celery -A mnistsite worker -Q training</code>, "
     "or the compose service <code>trainer</code>)?"
