@@ -347,9 +347,13 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     if not _model_run_allowed(request):
         return redirect("classifier:prediction_detail", pk=pk)
     try:
-        newest, _ = services.prediction_retry(prediction=prediction)
+        newest, made = services.prediction_retry(prediction=prediction)
     except Prediction.DoesNotExist:
+        throttling.upload_allowance_give_back(user_id=request.user.pk, images=1)
         raise Http404("No such prediction.") from None
+    if not made:
+        # Another try (a second tab) made it between the look above and the upload's lock: this one made nothing.
+        throttling.upload_allowance_give_back(user_id=request.user.pk, images=1)
     return redirect("classifier:prediction_detail", pk=newest.pk)
 
 

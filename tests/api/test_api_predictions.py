@@ -744,56 +744,18 @@ def test_retrying_another_users_prediction_is_404(other_client, user, make_predi
 def test_a_retry_that_another_one_overtook_makes_nothing_and_spends_nothing(
     transactional_db, user, make_prediction, settings
 ):
-    import threading
+    from django.db import connection
 
-    from django.db import connection, transaction
-
-    from classifier import services as classifier_services
     from tests.api.conftest import client_for
+    from tests.classifier.fixtures import retry_overtaken
 
     if connection.vendor != "postgresql":
         pytest.skip("waiting on another transaction's row lock needs PostgreSQL")
     settings.UPLOAD_THROTTLE_RATE = "1/minute"
     overtaken, other = _failed(make_prediction, user), _failed(make_prediction, user)
     client = client_for(user)
-    holding, release, answers = threading.Event(), threading.Event(), []
+    answer = retry_overtaken(upload_id=overtaken.upload_id, send=lambda: client.post(f"{detail(overtaken)}retry/"))
 
-    def retry_from_another_tab() -> None:
-        # Takes the upload's lock first, and runs the retry once the request below waits for that lock.
-        try:
-            with transaction.atomic():
-                upload = Upload.objects.select_for_update().get(pk=overtaken.upload_id)
-                holding.set()
-                release.wait(10)
-                classifier_services.predictions_rerun(uploads=[upload], publish=False)
-        finally:
-            connection.close()
-
-    def retry() -> None:
-        try:
-            answers.append(client.post(f"{detail(overtaken)}retry/"))
-        finally:
-            connection.close()
-
-    tab, request = threading.Thread(target=retry_from_another_tab), threading.Thread(target=retry)
-    tab.start()
-    try:
-        assert holding.wait(10)
-        request.start()
-        with connection.cursor() as cursor:
-            for _ in range(200):
-                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                if cursor.fetchone()[0]:
-                    break
-                threading.Event().wait(0.05)
-            else:
-                pytest.fail("the retry never waited for the upload's lock")
-    finally:
-        release.set()
-        tab.join()
-        request.join()
-
-    (answer,) = answers
     newest = Prediction.objects.filter(upload=overtaken.upload).latest("created_at", "id")
     assert answer.status_code == 200 and answer.json()["id"] == newest.pk != overtaken.pk
     assert "RateLimit-Remaining" not in answer

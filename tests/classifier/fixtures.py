@@ -223,3 +223,55 @@ def deletions_race(*, held, other) -> dict:
     for thread in threads:
         thread.join(30)
     return outcome
+
+
+def retry_overtaken(*, upload_id: int, send):
+    """Runs ``send`` (a retry of one of the upload's predictions) while another tab's retry holds the upload's lock,
+    and lets that one make its prediction first, once ``send`` waits for the lock; returns what ``send`` returned.
+
+    Needs PostgreSQL, whose pg_locks shows the wait, and a transactional database: both run in threads of their own.
+    """
+    import threading
+
+    from django.db import connection, transaction
+
+    from classifier.models import Upload
+    from classifier.services import predictions_rerun
+
+    holding, release, answers = threading.Event(), threading.Event(), []
+
+    def retry_from_another_tab() -> None:
+        try:
+            with transaction.atomic():
+                upload = Upload.objects.select_for_update().get(pk=upload_id)
+                holding.set()
+                release.wait(10)
+                predictions_rerun(uploads=[upload], publish=False)
+        finally:
+            connection.close()
+
+    def retry() -> None:
+        try:
+            answers.append(send())
+        finally:
+            connection.close()
+
+    tab, request = threading.Thread(target=retry_from_another_tab), threading.Thread(target=retry)
+    tab.start()
+    try:
+        assert holding.wait(10)
+        request.start()
+        with connection.cursor() as cursor:
+            for _ in range(200):
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if cursor.fetchone()[0]:
+                    break
+                threading.Event().wait(0.05)
+            else:
+                pytest.fail("the retry never waited for the upload's lock")
+    finally:
+        release.set()
+        tab.join()
+        request.join()
+    (answer,) = answers
+    return answer

@@ -772,6 +772,29 @@ def test_its_owner_can_try_a_failed_prediction_again_once_however_often_the_butt
     assert first["Location"] == again["Location"] == f"/predictions/{retried.pk}/"
 
 
+def test_try_again_overtaken_by_another_tabs_try_leads_to_its_prediction_and_spends_nothing(
+    transactional_db, client, user, digit_png, settings
+):
+    from django.db import connection
+
+    from tests.classifier.fixtures import retry_overtaken
+
+    if connection.vendor != "postgresql":
+        pytest.skip("waiting on another transaction's row lock needs PostgreSQL")
+    settings.UPLOAD_THROTTLE_RATE = "1/minute"
+    client.force_login(user)
+    overtaken, other = _failed_prediction(user, digit_png), _failed_prediction(user, digit_png)
+    answer = retry_overtaken(upload_id=overtaken.upload_id,
+                             send=lambda: client.post(f"/predictions/{overtaken.pk}/retry"))
+
+    newest = Prediction.objects.filter(upload=overtaken.upload).latest("created_at", "id")
+    assert newest.pk != overtaken.pk and answer["Location"] == f"/predictions/{newest.pk}/"
+    # The one image the period allows was not spent on it.
+    again = client.post(f"/predictions/{other.pk}/retry")
+    assert again["Location"] != f"/predictions/{other.pk}/"
+    assert Prediction.objects.filter(upload=other.upload).count() == 2
+
+
 def test_a_prediction_that_did_not_fail_or_is_someone_elses_is_not_run_again(
     alice, user, other_user, digit_png, active_checkpoint
 ):
