@@ -1,4 +1,5 @@
 """Helpers for the account mail and the pages about it: a link's lifetime in words, and which mail errors may pass."""
+import math
 import smtplib
 
 from django.template.defaultfilters import pluralize
@@ -10,6 +11,12 @@ def duration_words(*, seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size} {unit}{pluralize(seconds // size)}"
     return f"{seconds} second{pluralize(seconds)}"
+
+
+def wait_words(*, seconds: float) -> str:
+    """How long to wait, in whole minutes rounded up ("1 minute", "3 minutes"), for a refusal's "try again in …"."""
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{minutes} minute{pluralize(minutes)}"
 
 
 def mail_error_is_transient(exc: BaseException) -> bool:

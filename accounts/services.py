@@ -7,7 +7,6 @@ import enum
 import hashlib
 import ipaddress
 import logging
-import math
 import secrets
 import smtplib
 import time
@@ -30,7 +29,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from accounts import selectors
-from accounts.mail import duration_words, mail_error_is_transient
+from accounts.mail import duration_words, mail_error_is_transient, wait_words
 from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
 from accounts.tokens import password_reset_token_generator
 from classifier.services import uploads_lock_for_owner
@@ -146,7 +145,7 @@ class PasswordResetThrottled(MailThrottled):
     """A reset link asked for too often, from one client address or for one email address; nothing was sent."""
 
 
-# (cache key, (count, period), refusal with a {minutes} to fill in) for each limit a message is counted against.
+# (cache key, (count, period), refusal with a {wait} to fill in) for each limit a message is counted against.
 Limits = list[tuple[str, tuple[int, float], str]]
 
 
@@ -160,7 +159,7 @@ def _allowances_take(*, limits: Limits, refused: type[MailThrottled], what: str)
         for key, (count, period), message in limits:
             retry_after = allowance_take(key=key, now=now, cost=period / count, period=period)
             if retry_after > TOLERANCE_S:
-                refusal = refused(message.format(minutes=math.ceil(retry_after / 60)), retry_after=retry_after)
+                refusal = refused(message.format(wait=wait_words(seconds=retry_after)), retry_after=retry_after)
                 break
             spent.append((key, period / count, period))
         else:
@@ -194,9 +193,9 @@ def _password_reset_limits(*, ip: str, email: str) -> Limits:
     """(cache key, (count, period), refusal) for each reset limit in force: the client's address, the email address."""
     limits = [
         (f"throttle_password_reset_ip_{address_key(ip)}", rate_parse(settings.PASSWORD_RESET_THROTTLE_RATE),
-         "Too many reset links were asked for from your address; try again in {minutes} minutes."),
+         "Too many reset links were asked for from your address; try again in {wait}."),
         (f"throttle_password_reset_email_{_email_key(email)}", rate_parse(settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE),
-         "Reset links for this email address were asked for too often; try again in {minutes} minutes. "
+         "Reset links for this email address were asked for too often; try again in {wait}. "
          "A link already sent still works until it expires."),
     ]
     return [(key, rate, message) for key, rate, message in limits if rate is not None]
@@ -401,7 +400,7 @@ def _email_confirmation_account_limits(*, user_id: int) -> Limits:
     rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
     return [] if rate is None else [
         (f"throttle_email_confirmation_user_{user_id}", rate,
-         "Too many confirmation links were sent for your account lately; send one again in {minutes} minutes."),
+         "Too many confirmation links were sent for your account lately; send one again in {wait}."),
     ]
 
 
@@ -465,7 +464,7 @@ def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmatio
                              what="email address change")
         except EmailConfirmationThrottled:
             wait = _allowances_wait(limits=_email_confirmation_account_limits(user_id=user.pk))
-            when = f"in {math.ceil(wait / 60)} minutes" if wait else "to have it sent"
+            when = f"in {wait_words(seconds=wait)}" if wait else "to have it sent"
             return EmailConfirmationRequest(
                 ConfirmationLink.THROTTLED, retry_after=wait,
                 refusal=f"too many addresses were saved for your account lately. Press “Send the link again” {when}.")

@@ -37,7 +37,7 @@ from accounts.forms import (
     PasswordResetSetForm,
     SignupForm,
 )
-from accounts.mail import duration_words
+from accounts.mail import duration_words, wait_words
 from accounts.services import login_attempt_allowed
 from accounts.tokens import password_reset_token_generator
 from classifier import selectors as classifier_selectors
@@ -111,8 +111,9 @@ def signup(request: HttpRequest) -> HttpResponse:
         retry_after = _signup_allowance_take(request, share=1)
         if retry_after is not None:
             context = {
-                "form": SignupForm(initial={"username": request.POST.get("username", "")}),
-                "refusal": f"Too many sign-ups from your address; try again in {math.ceil(retry_after / 60)} minutes.",
+                # What was typed, but the passwords, is there to send again.
+                "form": SignupForm(initial={field: request.POST.get(field, "") for field in ("username", "email")}),
+                "refusal": f"Too many sign-ups from your address; try again in {wait_words(seconds=retry_after)}.",
             }
             response = render(request, "registration/signup.html", context, status=429)
             response["Retry-After"] = str(math.ceil(retry_after))

@@ -202,6 +202,19 @@ def test_one_address_may_create_only_so_many_accounts_an_hour(client, settings, 
     assert sign_up("fifth", "198.51.100.7").status_code == 302
 
 
+def test_a_sign_up_refused_for_its_address_keeps_what_was_typed_but_the_passwords_and_says_how_long_to_wait(
+    client, settings
+):
+    settings.SIGNUP_THROTTLE_RATE = "1/minute"
+    fields = {"username": "first", "email": "first@example.com", "password1": "x9!kQ2#vLp", "password2": "x9!kQ2#vLp"}
+    assert client.post("/accounts/signup/", fields).status_code == 302
+    client.logout()
+    refused = client.post("/accounts/signup/", {**fields, "username": "second", "email": "second@example.com"})
+    page = refused.content.decode()
+    assert refused.status_code == 429 and "try again in 1 minute." in page
+    assert 'value="second"' in page and 'value="second@example.com"' in page and "x9!kQ2#vLp" not in page
+
+
 def test_an_ipv6_client_signs_up_by_its_whole_64_block(client, settings, django_user_model):
     settings.SIGNUP_THROTTLE_RATE = "2/hour"
     answers = [
