@@ -120,14 +120,9 @@ def test_the_clear_button_empties_the_canvas(logged_in_page):
 
 def test_undo_takes_back_the_last_stroke_only_and_then_the_one_before(logged_in_page):
     page = logged_in_page
-    box = page.locator("#draw-canvas").bounding_box()
-    scale = box["width"] / 280  # canvas pixels to CSS pixels
     expect(page.locator("#canvas-undo")).to_be_disabled()
     for y in (60, 200):  # two strokes across the canvas, one high, one low
-        page.mouse.move(box["x"] + 40 * scale, box["y"] + y * scale)
-        page.mouse.down()
-        page.mouse.move(box["x"] + 240 * scale, box["y"] + y * scale, steps=5)
-        page.mouse.up()
+        _stroke(page, [(40, y), (240, y)], steps=5)
     high, low = (lambda: _ink_in(page, 0, 30, 280, 90)), (lambda: _ink_in(page, 0, 170, 280, 230))
     assert high() > 0 and low() > 0
 
@@ -502,18 +497,24 @@ def test_without_javascript_delete_in_history_asks_on_a_confirmation_page_first(
     assert Upload.objects.count() == 1
 
 
+def _stroke(page, points: list[tuple[float, float]], *, steps: int = 1) -> None:
+    """One stroke of the mouse on the canvas through ``points``, in canvas pixels, ``steps`` moves to each."""
+    box = page.locator("#draw-canvas").bounding_box()
+    scale = box["width"] / 280  # canvas pixels to CSS pixels
+    at = lambda x, y: (box["x"] + x * scale, box["y"] + y * scale)
+    page.mouse.move(*at(*points[0]))
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*at(*point), steps=steps)
+    page.mouse.up()
+
+
 def _draw_ring(page, cx: float, cy: float, rx: float, ry: float) -> None:
     """Draw an ellipse ("0") with the mouse, centre and radii in canvas pixels."""
     import math
 
-    box = page.locator("#draw-canvas").bounding_box()
-    scale = box["width"] / 280  # canvas pixels to CSS pixels
-    at = lambda t: (box["x"] + (cx + rx * math.sin(t)) * scale, box["y"] + (cy - ry * math.cos(t)) * scale)
-    page.mouse.move(*at(0))
-    page.mouse.down()
-    for step in range(1, 49):
-        page.mouse.move(*at(2 * math.pi * step / 48))
-    page.mouse.up()
+    turn = [2 * math.pi * step / 48 for step in range(49)]
+    _stroke(page, [(cx + rx * math.sin(t), cy - ry * math.cos(t)) for t in turn])
 
 
 def _submit_drawing_and_read_the_png(page):
@@ -573,14 +574,9 @@ def test_a_digit_drawn_full_size_is_sent_with_the_brush_shown_on_screen(logged_i
 def test_a_tap_on_the_canvas_is_sent_as_a_dot(logged_in_page):
     page = logged_in_page
     _purge_queues()
-    box = page.locator("#draw-canvas").bounding_box()
-    scale = box["width"] / 280
     # A stroke down the canvas, then a tap beside it (a tap alone is too small to be a digit).
-    page.mouse.move(box["x"] + 100 * scale, box["y"] + 60 * scale)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 100 * scale, box["y"] + 220 * scale, steps=8)
-    page.mouse.up()
-    page.mouse.click(box["x"] + 200 * scale, box["y"] + 140 * scale)
+    _stroke(page, [(100, 60), (100, 220)], steps=8)
+    _stroke(page, [(200, 140)])
     expect(page.locator("#canvas-submit")).to_be_enabled()
     image = _submit_drawing_and_read_the_png(page)
     left, top, right, bottom = image.crop((150, 0, 280, 280)).getchannel("A").getbbox()
@@ -838,13 +834,8 @@ def test_a_drawing_sent_after_the_session_ended_is_back_on_the_canvas_once_logge
 
 def test_a_drawing_too_small_to_be_a_digit_is_not_sent_and_says_to_draw_larger(logged_in_page):
     page = logged_in_page
-    box = page.locator("#draw-canvas").bounding_box()
-    scale = box["width"] / 280
     # A scribble a few pixels long: cropped to its ink and scaled up, the model would read it as some digit.
-    page.mouse.move(box["x"] + 100 * scale, box["y"] + 100 * scale)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 106 * scale, box["y"] + 103 * scale, steps=4)
-    page.mouse.up()
+    _stroke(page, [(100, 100), (106, 103)], steps=4)
     page.click("#canvas-submit")
     error = page.locator("#canvas-error")
     expect(error).to_have_text("This drawing is too small to be read as a digit: draw it larger.")
