@@ -1,4 +1,4 @@
-"""A user's history as a download: a CSV of every upload's newest result, and a ZIP with the stored images too."""
+"""Downloads: a user's history as a CSV or a ZIP with the stored images, and the admin's CSV of any uploads' results."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from django.utils import timezone
 
+from classifier.models import Prediction, Upload
 from classifier.selectors import UploadExportRow
 
 logger = logging.getLogger(__name__)
@@ -151,4 +152,102 @@ def history_zip(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
                 while block := table.read(2**16):
                     entry.write(block.encode("utf-8"))
                     yield out.take()
+        yield out.take()
+
+
+STAFF_COLUMNS = (
+    "upload_id",
+    "prediction_id",
+    "owner",
+    "source",
+    "sample_set",
+    "file_name",
+    "uploaded_at",
+    "label",
+    "feedback",
+    "status",
+    "digit",
+    "correct",
+    "confidence",
+    "several_digits",
+    *(f"p{digit}" for digit in range(10)),
+    "checkpoint_id",
+    "predicted_at",
+    "error",
+)
+# Rows the admin's export reads at a time: a selection of every upload is streamed, never held whole.
+STAFF_CHUNK = 500
+
+
+def verdict(*, label: int | None, prediction: Prediction | None) -> str:
+    """"yes" or "no": whether a finished prediction gave the true digit (a sample's label, else its owner's answer)."""
+    truth = label if label is not None else (prediction.feedback if prediction is not None else None)
+    if prediction is None or prediction.status != Prediction.Status.DONE or truth is None or prediction.digit is None:
+        return ""
+    return "yes" if prediction.digit == truth else "no"
+
+
+def _staff_row(row: UploadExportRow) -> list[str | int | float]:
+    upload, prediction = row.upload, row.prediction
+    cells: list[str | int | float] = [
+        upload.pk,
+        "" if prediction is None else prediction.pk,
+        _text(upload.owner.get_username()),
+        upload.source,
+        _text(upload.sample_set),
+        _text(upload.original_name),
+        _moment(upload.created_at),
+        "" if upload.label is None else upload.label,
+    ]
+    if prediction is None:
+        return cells + [""] * (len(STAFF_COLUMNS) - len(cells))
+    probabilities = prediction.probabilities or [""] * 10
+    return cells + [
+        "" if prediction.feedback is None else prediction.feedback,
+        prediction.status,
+        "" if prediction.digit is None else prediction.digit,
+        verdict(label=upload.label, prediction=prediction),
+        "" if prediction.confidence is None else round(prediction.confidence, 6),
+        "yes" if prediction.several_digits else "",
+        *(p if p == "" else round(p, 6) for p in probabilities),
+        prediction.checkpoint_id or "",
+        _moment(prediction.finished_at),
+        _text(prediction.error),
+    ]
+
+
+def staff_rows_of_uploads(upload_ids: list[int]) -> Iterator[UploadExportRow]:
+    """Each upload, in the ids' order, with its newest prediction; two queries a chunk, however many are selected."""
+    for start in range(0, len(upload_ids), STAFF_CHUNK):
+        chunk = upload_ids[start : start + STAFF_CHUNK]
+        uploads = Upload.objects.select_related("owner").in_bulk(chunk)
+        newest: dict[int, Prediction] = {}
+        predictions = Prediction.objects.filter(upload_id__in=chunk).defer("input_pixels")
+        for prediction in predictions.order_by("upload_id", "-created_at", "-id"):
+            newest.setdefault(prediction.upload_id, prediction)
+        for pk in chunk:
+            if pk in uploads:
+                yield UploadExportRow(upload=uploads[pk], prediction=newest.get(pk))
+
+
+def staff_rows_of_predictions(prediction_ids: list[int]) -> Iterator[UploadExportRow]:
+    """Each prediction, in the ids' order, with its upload; one query a chunk."""
+    for start in range(0, len(prediction_ids), STAFF_CHUNK):
+        chunk = prediction_ids[start : start + STAFF_CHUNK]
+        predictions = Prediction.objects.select_related("upload", "upload__owner").defer("input_pixels").in_bulk(chunk)
+        for pk in chunk:
+            if pk in predictions:
+                yield UploadExportRow(upload=predictions[pk].upload, prediction=predictions[pk])
+
+
+def staff_results_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
+    """The admin's CSV of results, UTF-8 with a byte order mark, a row at a time."""
+    out = _Chunks()
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    text.write(_BOM)
+    writer = csv.writer(text)
+    writer.writerow(STAFF_COLUMNS)
+    yield out.take()
+    for row in rows:
+        writer.writerow(_staff_row(row))
         yield out.take()

@@ -24,7 +24,7 @@ def test_upload_changelist_shows_results_and_sample_accuracy(admin_page, tmp_pat
     (tmp_path / "mnist" / "9_mnist_1.png").write_bytes(digit_png(1))  # really a 2: counted wrong
     call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
     page = admin_page.get("/admin/classifier/upload/").content.decode()
-    assert 'id="sample-accuracy"' in page and "50%" in page
+    assert 'id="sample-accuracy"' in page and "<strong>50.0%</strong>" in page
     assert "/uploads/" in page  # thumbnails through the authenticated view
     for query in ["latest_status=done", "latest_digit=7", "source__exact=sample", "sample_set=mnist", f"checkpoint={active_checkpoint.pk}"]:
         assert admin_page.get(f"/admin/classifier/upload/?{query}").status_code == 200, query
@@ -264,3 +264,223 @@ def test_the_admin_lists_put_what_matters_first_and_keep_their_columns_few(admin
     # The action checkbox, then at most ten narrow columns: more do not fit a 1280 px window.
     assert len(uploads) <= 11 and len(predictions) <= 11
     assert predictions.index("result") < predictions.index("checkpoint_display")
+
+
+def _rows(owner, count, *, sample_set="", label=None, digit=3, status="done", checkpoint=None, feedback=None):
+    """``count`` uploads with one prediction each, written in bulk: the lists' cost is in rows, not in images."""
+    import uuid
+
+    from classifier.models import Upload
+
+    uploads = Upload.objects.bulk_create([
+        Upload(
+            owner=owner, image=f"uploads/bulk/{sample_set or 'own'}-{index}.png", original_name=f"{index}.png",
+            format="PNG", size=100, stored_size=100, width=28, height=28, sha256=uuid.uuid4().hex * 2,
+            source="sample" if sample_set else "file", sample_set=sample_set, label=label,
+        )
+        for index in range(count)
+    ])
+    Prediction.objects.bulk_create([
+        Prediction(
+            upload=upload, status=status, digit=digit if status == "done" else None, checkpoint=checkpoint,
+            confidence=0.9 if status == "done" else None, feedback=feedback,
+            probabilities=[0.01] * 9 + [0.91] if status == "done" else None,
+        )
+        for upload in uploads
+    ])
+    return uploads
+
+
+def _listed(client, path, **query):
+    return {getattr(row, "upload_id", row.pk) for row in client.get(path, query).context["cl"].result_list}
+
+
+def test_staff_filter_uploads_and_predictions_by_whether_they_got_the_true_digit(
+    admin_page, user, django_user_model, active_checkpoint, django_assert_max_num_queries
+):
+    samples = django_user_model.objects.create(username="samples")
+    (right,) = _rows(samples, 1, sample_set="mnist", label=7, digit=7)
+    (wrong,) = _rows(samples, 1, sample_set="other", label=7, digit=2)
+    (owner_said,) = _rows(user, 1, digit=4, feedback=4)  # no label: its owner's answer is the true digit
+    (owner_disagreed,) = _rows(user, 1, digit=4, feedback=1)
+    (unknown,) = _rows(user, 1, digit=4)  # nothing says what it shows: neither right nor wrong
+    (failed,) = _rows(samples, 1, sample_set="mnist", label=3, status="failed")
+    (reread,) = _rows(samples, 1, sample_set="other", label=5, digit=5)
+    Prediction.objects.create(upload=reread, status="done", digit=6)  # its newest answer is wrong
+    _rows(user, 150, digit=3, feedback=8)  # more than a page of wrong ones
+
+    with django_assert_max_num_queries(12):
+        listed_right = _listed(admin_page, "/admin/classifier/upload/", verdict="right")
+    assert listed_right == {right.pk, owner_said.pk}
+    wrong_uploads = admin_page.get("/admin/classifier/upload/", {"verdict": "wrong", "sample_set": ""})
+    assert wrong_uploads.context["cl"].result_count == 151
+    assert _listed(admin_page, "/admin/classifier/upload/", verdict="wrong", sample_set__exact="other") == {
+        wrong.pk, reread.pk
+    }
+    assert {unknown.pk, failed.pk}.isdisjoint(_listed(admin_page, "/admin/classifier/upload/", verdict="wrong", p=2))
+    # Each prediction against the truth, the older answer of the re-read sample included.
+    assert _listed(admin_page, "/admin/classifier/prediction/", verdict="right") == {right.pk, owner_said.pk, reread.pk}
+    assert _listed(admin_page, "/admin/classifier/prediction/", verdict="wrong", upload__sample_set="other") == {
+        wrong.pk, reread.pk
+    }
+    # The two wrong samples, the one its owner corrected and the 150.
+    assert admin_page.get("/admin/classifier/prediction/", {"verdict": "wrong"}).context["cl"].result_count == 153
+    assert owner_disagreed.pk in _listed(admin_page, "/admin/classifier/prediction/", verdict="wrong", p=2)
+
+
+def test_the_checkpoint_filter_of_the_uploads_list_means_the_newest_prediction_as_its_other_filters_do(
+    admin_page, user, register_checkpoint, trained_model_file
+):
+    first = register_checkpoint(trained_model_file, name="first", activate=False)
+    second = register_checkpoint(trained_model_file, name="second", activate=False)
+    (upload,) = _rows(user, 1, digit=3, checkpoint=first)
+    Prediction.objects.create(upload=upload, status="failed", checkpoint=second, error="broke")
+
+    path = "/admin/classifier/upload/"
+    # The first checkpoint read it well: "failed" is the second's.
+    assert _listed(admin_page, path, checkpoint=first.pk, latest_status="failed") == set()
+    assert _listed(admin_page, path, checkpoint=second.pk, latest_status="failed") == {upload.pk}
+    assert _listed(admin_page, path, checkpoint=first.pk) == set()
+
+
+def test_sample_set_accuracy_is_never_rounded_up_to_a_perfect_score(admin_page, django_user_model, active_checkpoint):
+    samples = django_user_model.objects.create(username="samples")
+    _rows(samples, 199, sample_set="mnist", label=3, digit=3, checkpoint=active_checkpoint)
+    _rows(samples, 1, sample_set="mnist", label=4, digit=9, checkpoint=active_checkpoint)
+    _rows(samples, 1, sample_set="other", label=4, digit=9, checkpoint=active_checkpoint)
+
+    html = admin_page.get("/admin/classifier/upload/").content.decode()
+
+    start = html.index('id="sample-accuracy"')
+    table = html[start : html.index("</table>", start)]
+    cells = [cell.strip() for cell in table.split("<td>")[1:]]
+    assert cells[1:5] == ["200</td>", "200</td>", "199</td>", "<strong>99.5%</strong></td>"]
+    assert cells[10] == "<strong>0.0%</strong></td>"  # the other set: its one image read wrong
+
+
+def _browser_confirms(client, path, confirmation):
+    """What a browser posts back from a deletion's confirmation page: its form's hidden fields, to the same address."""
+    import re
+
+    form = confirmation.content.decode().split('<form method="post">', 1)[1].split("</form>", 1)[0]
+    fields = [(name, value) for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)]
+    return client.post(path, {name: [v for n, v in fields if n == name] for name, _ in fields})
+
+
+def test_deleting_every_upload_of_a_long_list_takes_a_few_statements_and_is_confirmed_by_count(
+    admin_page, user, other_user, digit_png, django_assert_max_num_queries
+):
+    from classifier.models import StorageUse, Upload
+
+    (kept,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "k.png")], source="file")
+    _rows(user, 700)
+    _rows(other_user, 500)
+    (sample,) = _rows(other_user, 1, sample_set="mnist", label=3)  # filtered out: stays
+    StorageUse.objects.update_or_create(owner=other_user, defaults={"bytes": 501 * 100 + 7})
+    path = "/admin/classifier/upload/?source__exact=file"
+    select_all = {"action": "delete_selected", "select_across": "1", "index": "0", "_selected_action": [kept.upload_id]}
+    few = admin_page.post(path, {**select_all, "select_across": "0"}).content.decode()
+    assert f"/admin/classifier/prediction/{kept.pk}/change/" in few  # a short list still names each one
+
+    with django_assert_max_num_queries(20):
+        confirmation = admin_page.post(path, select_all)
+    page = confirmation.content.decode()
+    assert confirmation.status_code == 200 and "1,201 uploads" in page and "1,201 predictions" in page
+    assert len(page) < 50_000  # each of them with its link made 4 MB for 10,000
+
+    with django_assert_max_num_queries(60):
+        response = _browser_confirms(admin_page, path, confirmation)
+    assert response.status_code == 302
+    assert list(Upload.objects.values_list("pk", flat=True)) == [sample.pk]
+    assert StorageUse.objects.get(owner=other_user).bytes == 107
+
+
+def test_a_confirmed_select_all_deletes_nothing_stored_after_it_and_nothing_if_more_match_by_then(
+    admin_page, user
+):
+    from classifier.models import Upload
+
+    path = "/admin/classifier/upload/?latest_digit=3"
+    threes = _rows(user, 2, digit=3)
+    (five,) = _rows(user, 1, digit=5)
+    select_all = {"action": "delete_selected", "select_across": "1", "index": "0", "_selected_action": [threes[0].pk]}
+    confirmation = admin_page.post(path, select_all)
+    Prediction.objects.filter(upload=five).update(digit=3)  # read again meanwhile: now it matches too
+
+    response = _browser_confirms(admin_page, path, confirmation)
+
+    assert "3 uploads match now, not the 2 confirmed; nothing was deleted" in admin_page.get(response["Location"]).content.decode()
+    assert Upload.objects.count() == 3
+    confirmation = admin_page.post(path, select_all)
+    (later,) = _rows(user, 1, digit=3)
+
+    _browser_confirms(admin_page, path, confirmation)
+
+    assert list(Upload.objects.values_list("pk", flat=True)) == [later.pk]
+    assert not {upload.pk for upload in threes} & set(Upload.objects.values_list("pk", flat=True))
+
+
+def test_a_re_run_of_more_uploads_than_one_request_can_queue_queues_nothing_and_says_so(
+    admin_page, user, active_checkpoint, published, monkeypatch, django_capture_on_commit_callbacks
+):
+    from classifier import admin as classifier_admin
+
+    monkeypatch.setattr(classifier_admin, "RERUN_MAX_SELECTED", 3)
+    uploads = _rows(user, 4)
+    select_all = {"action": "rerun_uploads", "select_across": "1", "index": "0", "_selected_action": [uploads[0].pk]}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_page.post("/admin/classifier/upload/", select_all, follow=True)
+
+    assert "4 uploads are selected, and at most 3 are re-run at once; nothing was queued" in response.content.decode()
+    assert Prediction.objects.count() == 4 and published.prediction_ids() == []
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_page.post("/admin/classifier/upload/?p=1&latest_digit=3", {**select_all, "_selected_action": []})
+    assert Prediction.objects.count() == 4  # still too many, whatever the page
+
+
+def test_re_running_twice_queues_each_upload_once(
+    admin_page, user, active_checkpoint, published, django_capture_on_commit_callbacks
+):
+    uploads = _rows(user, 3)
+    select_all = {"action": "rerun_uploads", "select_across": "1", "index": "0", "_selected_action": [uploads[0].pk]}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_page.post("/admin/classifier/upload/", select_all)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_page.post("/admin/classifier/prediction/", select_all, follow=True)
+
+    assert "Queued 0 new prediction(s) with the active checkpoint; 3 already waiting" in response.content.decode()
+    assert Prediction.objects.filter(status="pending").count() == 3 and len(published.prediction_ids()) == 3
+
+
+def test_staff_allowed_to_change_predictions_cannot_rewrite_what_the_workers_recorded(
+    client, user, django_user_model
+):
+    from django.contrib.auth.models import Permission
+
+    (upload,) = _rows(user, 1, status="pending")
+    prediction = upload.predictions.get()
+    staff = django_user_model.objects.create_user(username="editor", password="x9!kQ2#vLp", is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(codename__in=["view_prediction", "change_prediction"]))
+    client.force_login(staff)
+
+    client.post(f"/admin/classifier/prediction/{prediction.pk}/change/", {"feedback": "5", "attempts": "99"})
+
+    prediction.refresh_from_db()
+    assert (prediction.feedback, prediction.attempts) == (5, 0)
+
+
+def test_a_prediction_and_its_upload_show_the_image_and_all_ten_probabilities_by_digit(admin_page, user):
+    (upload,) = _rows(user, 1, digit=9)
+    prediction = upload.predictions.get()
+    Prediction.objects.filter(pk=prediction.pk).update(probabilities=[0.001 * d for d in range(9)] + [0.964])
+
+    for path in (f"/admin/classifier/prediction/{prediction.pk}/change/", f"/admin/classifier/upload/{upload.pk}/change/"):
+        html = admin_page.get(path).content.decode()
+        assert "".join(f"<th>{d}</th>" for d in range(10)) in html, path
+        assert "<td>0.8%</td><td>96.4%</td>" in html, path
+        assert f'src="/uploads/{upload.pk}/image/"' in html or f"/uploads/{upload.pk}/" in html, path
+    upload_page = admin_page.get(f"/admin/classifier/upload/{upload.pk}/change/").content.decode()
+    assert f"?upload__id__exact={upload.pk}" in upload_page
+    assert _listed(admin_page, "/admin/classifier/prediction/", upload__id__exact=upload.pk) == {upload.pk}

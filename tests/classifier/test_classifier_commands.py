@@ -105,3 +105,18 @@ def test_the_shipped_mnist_samples_exist():
     folder = Path(django_settings.BASE_DIR) / "media" / "samples" / "mnist"
     names = [p.name for p in folder.glob("*_mnist_*.png")]
     assert all(sum(n.startswith(f"{d}_") for n in names) >= 5 for d in range(10))
+
+
+def test_load_samples_run_again_before_the_workers_read_the_images_queues_nothing_twice(
+    tmp_path, digit_png, active_checkpoint, published, django_capture_on_commit_callbacks
+):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "7_mnist_0.png").write_bytes(digit_png(0))
+    out = io.StringIO()
+
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            call_command("load_samples", "--root", str(tmp_path), stdout=out, stderr=io.StringIO())
+
+    assert Prediction.objects.filter(status="pending").count() == 1 and len(published.prediction_ids()) == 1
+    assert "1 still waiting for a worker; 0 prediction(s) queued" in out.getvalue()

@@ -1,4 +1,4 @@
-"""The history's downloads: a CSV of every upload's newest result, and a ZIP with the stored images."""
+"""The downloads: a user's history as a CSV or a ZIP with the stored images, and the admin's CSV of results."""
 import csv
 import io
 import os
@@ -135,3 +135,59 @@ def test_an_image_gone_from_the_media_volume_is_named_missing_and_the_archive_st
     rows = {row["upload_id"]: row for row in _csv(archive.read("history.csv"))}
     assert rows[str(lost.pk)]["image_file"] == "missing" and rows[str(lost.pk)]["digit"] != ""
     assert archive.namelist() == [rows[str(kept.pk)]["image_file"], "history.csv"]
+
+
+def test_staff_export_every_selected_uploads_newest_result_as_text_safe_utf8_csv(
+    client, user, django_user_model, digit_png, active_checkpoint, monkeypatch, django_assert_max_num_queries
+):
+    from django.contrib.auth.models import Permission
+
+    # Usernames may begin with @, + or -: a spreadsheet would run them too.
+    mallory = django_user_model.objects.create_user(username="@mallory", password="x9!kQ2#vLp")
+    uploads = [_upload(user, digit_png, index, name=f"näme-{index}.png") for index in range(5)]
+    evil = _upload(mallory, digit_png, 0, name="=HYPERLINK(1)*.png")
+    waiting = _upload(user, digit_png, 1, predict=False)
+    services.prediction_feedback_set(prediction=Prediction.objects.get(upload=uploads[0]), digit=8)
+    viewer = django_user_model.objects.create_user(username="viewer", password="x9!kQ2#vLp", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__in=["view_upload", "view_prediction"]))
+    client.force_login(viewer)
+    monkeypatch.setattr(exports, "STAFF_CHUNK", 3)
+
+    with django_assert_max_num_queries(20):
+        response = client.post(
+            "/admin/classifier/upload/?q=.png",
+            {"action": "export_results_csv", "select_across": "1", "index": "0", "_selected_action": [evil.pk]},
+        )
+        data = b"".join(response.streaming_content)
+
+    assert response["Content-Type"] == "text/csv; charset=utf-8" and "attachment" in response["Content-Disposition"]
+    rows = _csv(data)
+    assert list(rows[0]) == list(exports.STAFF_COLUMNS)
+    assert [row["upload_id"] for row in rows] == [str(u.pk) for u in [waiting, evil, *reversed(uploads)]]
+    by_id = {row["upload_id"]: row for row in rows}
+    assert by_id[str(evil.pk)]["owner"] == "'@mallory" and by_id[str(evil.pk)]["file_name"] == "'=HYPERLINK(1)*.png"
+    assert by_id[str(waiting.pk)]["status"] == "" and by_id[str(waiting.pk)]["correct"] == ""
+    first = by_id[str(uploads[0].pk)]
+    assert first["file_name"] == "näme-0.png" and first["feedback"] == "8"
+    assert first["correct"] == ("yes" if first["digit"] == "8" else "no")
+    assert sum(float(first[f"p{d}"]) for d in range(10)) == pytest.approx(1, abs=1e-5)
+
+
+def test_staff_export_selected_predictions_each_with_its_verdict_against_a_samples_label(
+    admin_client, django_user_model, digit_png, active_checkpoint
+):
+    from tests.classifier.test_classifier_admin import _rows
+
+    samples = django_user_model.objects.create(username="samples")
+    (right,) = _rows(samples, 1, sample_set="mnist", label=9, digit=9, checkpoint=active_checkpoint)
+    (wrong,) = _rows(samples, 1, sample_set="mnist", label=9, digit=4, checkpoint=active_checkpoint)
+
+    response = admin_client.post(
+        "/admin/classifier/prediction/",
+        {"action": "export_results_csv", "_selected_action": list(Prediction.objects.values_list("pk", flat=True))},
+    )
+
+    rows = {row["upload_id"]: row for row in _csv(b"".join(response.streaming_content))}
+    assert (rows[str(right.pk)]["label"], rows[str(right.pk)]["correct"]) == ("9", "yes")
+    assert (rows[str(wrong.pk)]["digit"], rows[str(wrong.pk)]["correct"]) == ("4", "no")
+    assert rows[str(wrong.pk)]["sample_set"] == "mnist" and rows[str(wrong.pk)]["p9"] == "0.91"

@@ -33,7 +33,7 @@ class Command(BaseCommand):
             owner = services.samples_user_get_or_create()
         except services.SamplesOwnerError as exc:
             raise CommandError(str(exc)) from exc
-        created = skipped = rejected = 0
+        created = skipped = rejected = waiting = 0
         to_predict = []
         for sample_set in SAMPLE_SETS:
             folder = root / sample_set
@@ -53,10 +53,19 @@ class Command(BaseCommand):
                     created += 1
                 else:
                     skipped += 1
-                # New images, and old ones never predicted successfully, get a prediction.
-                if is_new or not upload.predictions.filter(status=Prediction.Status.DONE).exists():
+                # New images, and old ones never predicted successfully, get a prediction; one still waiting for a
+                # worker (queued by an earlier run) gets no second one, which each run would add again.
+                if is_new:
+                    to_predict.append(upload)
+                    continue
+                statuses = set(upload.predictions.values_list("status", flat=True))
+                if statuses & {Prediction.Status.PENDING, Prediction.Status.RUNNING}:
+                    waiting += 1
+                elif Prediction.Status.DONE not in statuses:
                     to_predict.append(upload)
         loaded = f"{created} new, {skipped} already loaded, {rejected} rejected"
+        if waiting:
+            loaded += f", {waiting} still waiting for a worker"
         if to_predict and checkpoint_get_active() is None:
             # Their predictions would only fail, saying so; a later run of this command predicts them.
             self.stdout.write(
