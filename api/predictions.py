@@ -171,9 +171,10 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
                                  "Retry-After header's seconds. Or the database stopped answering mid-insert "
                                  "(`outcome_unknown`, no Retry-After): look in the history before sending again.",
                                  code="service_unavailable"),
-            403: responses.error("Not allowed (a read-only token: `permission_denied`), or these images would take "
+            403: responses.error("Not allowed (a read-only token: `permission_denied`), these images would take "
                                  "your uploads past `UPLOAD_QUOTA_MB` (`quota_exceeded`, nothing was stored: delete "
-                                 "some to make room).", code="quota_exceeded"),
+                                 "some to make room), or your account was deleted while they were being stored "
+                                 "(`account_deleted`, nothing was stored).", code="quota_exceeded"),
         },
     )
     def post(self, request: Request) -> Response:
@@ -197,6 +198,8 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
                 return validation_error_response(exc, field=field)
             except IdempotencyKeyInUseError:
                 created = self._replayed_after_race(request)
+            except classifier_services.UploadOwnerDeletedError as exc:
+                raise exceptions.PermissionDenied(str(exc), code="account_deleted") from exc
         wait = query.validated_data.get("wait") or 0
         try:
             if wait:

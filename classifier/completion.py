@@ -72,7 +72,7 @@ def _unfinished(prediction_ids: set[int]) -> set[int]:
 
 
 def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> bool:
-    """Block until every prediction is done or failed, or ``timeout`` seconds pass; True when all finished.
+    """Block until every prediction is done, failed or deleted, or ``timeout`` seconds pass; True when all are.
 
     It gives up early when the queue is stalled: a prediction has been pending
     for PREDICTION_WAIT_STALLED_AFTER_SECONDS and no worker has started one

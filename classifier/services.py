@@ -13,6 +13,7 @@ from typing import IO
 from celery.exceptions import SoftTimeLimitExceeded
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -69,6 +70,14 @@ UPLOAD_OUTCOME_UNKNOWN = (
 
 class UploadQuotaError(Exception):
     """Storing the images would take their owner's uploads past UPLOAD_QUOTA_MB; nothing was stored."""
+
+
+class UploadOwnerDeletedError(PermissionDenied):
+    """The owner's account was deleted while their images were being stored; nothing was stored."""
+
+
+# Said to whoever sent the images: the account their session or token names is gone.
+UPLOAD_OWNER_DELETED = "Your account was deleted while these images were being stored, so nothing was stored."
 
 
 class StorageFullError(UploadStorageError):
@@ -216,7 +225,16 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
         return created
     except BaseException as exc:
         _files_delete_unless_stored(names=[upload.image.name for upload in uploads], error=exc, backend=backend)
+        if isinstance(exc, IntegrityError) and _owner_deleted(owner_id=uploads[0].owner_id):
+            raise UploadOwnerDeletedError(UPLOAD_OWNER_DELETED) from exc
         raise
+
+
+def _owner_deleted(*, owner_id: int) -> bool:
+    """Whether the uploads' owner is gone: their account deleted while the rows went in, which refused them."""
+    from django.contrib.auth import get_user_model
+
+    return not get_user_model().objects.filter(pk=owner_id).exists()
 
 
 # How long a request whose connection was lost during its insert waits for the server process that ran it to end
@@ -447,6 +465,8 @@ def predictions_submit(
         if stored is None:
             raise UploadOutcomeUnknownError("Whether the uploads were stored is not known.") from exc
         if stored != set(names):
+            if isinstance(exc, IntegrityError) and _owner_deleted(owner_id=owner.pk):
+                raise UploadOwnerDeletedError(UPLOAD_OWNER_DELETED) from exc
             if key is not None and isinstance(exc, IntegrityError) and selectors.idempotency_key_get_for_user(
                 user=owner, key=key.key
             ):
@@ -588,12 +608,17 @@ def uploads_delete(
 
 
 def uploads_lock_for_owner(*, owner) -> None:
-    """Lock every upload of ``owner`` as a deletion of uploads does, in the caller's transaction.
+    """Lock every upload of ``owner`` as a deletion of uploads does, then their count, in the caller's transaction.
 
     For a deletion of the owner: Django's cascade would delete their predictions first and the uploads after, the
-    reverse of ``_uploads_delete_batch``, and the two would deadlock.
+    reverse of ``_uploads_delete_batch``, and the two would deadlock. Every upload's insert takes the count's row
+    lock: held here, none of the owner's uploads commits until the deletion ends (then it fails, its owner gone).
+    Otherwise one committed after the cascade read the uploads would outlive it, and fail the deletion at commit.
     """
     list(Upload.objects.filter(owner=owner).select_for_update().order_by("pk").values_list("pk", flat=True))
+    # Made if missing (an owner's first upload may be under way): an upload's insert then waits on this row too.
+    StorageUse.objects.bulk_create([StorageUse(owner=owner)], ignore_conflicts=True)
+    list(StorageUse.objects.filter(owner=owner).select_for_update().values_list("pk", flat=True))
 
 
 def _uploads_delete_batch(*, owner_id: int, uploads: QuerySet[Upload]) -> int:
@@ -822,13 +847,21 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
         # Locked with SKIP LOCKED, so two workers never claim the same prediction; ours already running
         # (and not stale) or finished are left alone, so a redelivered message never recomputes a result.
         now = timezone.now()
-        batch, checkpoint_id = statements.predictions_claim(
-            prediction_ids=sorted(remaining),
-            limit=settings.INFERENCE_BATCH_SIZE,
-            now=now,
-            stale_before=now - _running_stale_after(),
-            max_attempts=settings.PREDICTION_MAX_ATTEMPTS,
-        )
+        try:
+            batch, checkpoint_id = statements.predictions_claim(
+                prediction_ids=sorted(remaining),
+                limit=settings.INFERENCE_BATCH_SIZE,
+                now=now,
+                stale_before=now - _running_stale_after(),
+                max_attempts=settings.PREDICTION_MAX_ATTEMPTS,
+            )
+        except Exception as exc:
+            if _is_transient(exc):
+                # The claim may have committed and its answer been lost with the connection: what it marked would
+                # wait for the stale limit, then run one at a time, each claim counted. Handed back, uncounted,
+                # the task's retry takes them at once.
+                _claim_release(started_at=now)
+            raise
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
         except CheckpointDeletedError:
@@ -1032,6 +1065,34 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
+def _connection_reopen_if_lost() -> None:
+    """Drop this thread's connection if an error left it unusable, so that the next statement opens a fresh one.
+
+    Django keeps a lost connection until the task ends; a hand-back after the loss would fail on it, and leave the
+    predictions running until the stale limit.
+    """
+    if not connection.in_atomic_block:
+        try:
+            connection.close_if_unusable_or_obsolete()
+        except DatabaseError:
+            logger.warning("could not close a lost database connection", exc_info=True)
+
+
+def _claim_release(*, started_at: dt.datetime) -> None:
+    """Hand back, uncounted, whatever the claim made at ``started_at`` marked running; its answer was lost.
+
+    Its rows are known only by that moment, which this process chose; another claim made in the same microsecond
+    would be handed back too, and its predictions computed again.
+    """
+    _connection_reopen_if_lost()
+    try:
+        Prediction.objects.filter(status=Prediction.Status.RUNNING, started_at=started_at).update(
+            status=Prediction.Status.PENDING, started_at=None, attempts=Greatest(F("attempts") - 1, 0)
+        )
+    except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
+        logger.warning("could not release the predictions claimed at %s", started_at.isoformat(), exc_info=True)
+
+
 def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> None:
     """Hand claimed predictions back to the queue, each only while it is still held by the claim that took it.
 
@@ -1044,6 +1105,7 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> Non
     changes = {"status": Prediction.Status.PENDING, "started_at": None}
     if uncount:
         changes["attempts"] = Greatest(F("attempts") - 1, 0)
+    _connection_reopen_if_lost()
     try:
         for attempts, ids in by_claim.items():
             Prediction.objects.filter(pk__in=ids, status=Prediction.Status.RUNNING, attempts=attempts).update(**changes)

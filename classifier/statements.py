@@ -276,17 +276,22 @@ def predictions_get(*, prediction_ids: Sequence[int]) -> dict[int, Prediction]:
 
 
 def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:
-    """Which of these predictions are done or failed, in one statement that skips the ORM's compiler."""
+    """Which of these predictions are done, failed or gone (deleted with their upload): none of them will change.
+
+    One statement that skips the ORM's compiler. A deleted one counts as finished: waiting for it would last
+    until the waiter's timeout.
+    """
     if not prediction_ids:
         return set()
     table = _quote(Prediction._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT id FROM {table} "
-            f"WHERE id IN ({_placeholders(prediction_ids)}) AND status IN ({_placeholders(Prediction.FINISHED)})",
+            f"WHERE id IN ({_placeholders(prediction_ids)}) AND status NOT IN ({_placeholders(Prediction.FINISHED)})",
             [*prediction_ids, *Prediction.FINISHED],
         )
-        return {pk for (pk,) in cursor.fetchall()}
+        unfinished = {pk for (pk,) in cursor.fetchall()}
+    return set(prediction_ids) - unfinished
 
 
 def predictions_claim(

@@ -153,7 +153,7 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
     errors: list[str] = []
     refused_files: list[int] = []
     refused: throttling.UploadRateError | None = None
-    over_quota = False
+    forbidden = False
     if request.method == "POST":
         if form.is_valid():
             files, source = form.submissions()
@@ -183,8 +183,8 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
                 )
             except services.UploadStorageError:
                 return _service_unavailable(request, form)
-            except services.UploadQuotaError as exc:
-                over_quota, errors = True, [str(exc)]
+            except (services.UploadQuotaError, services.UploadOwnerDeletedError) as exc:
+                forbidden, errors = True, [str(exc)]
             else:
                 if len(predictions) == 1:
                     return _uploaded_go_to(request, reverse("classifier:prediction_detail", args=[predictions[0].pk]))
@@ -194,9 +194,9 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
         else:
             errors = [message for field_errors in form.errors.values() for message in field_errors]
     response = _upload_page(request, form, errors=errors, refused_files=refused_files, status=400 if errors else 200)
-    if over_quota:
+    if forbidden:
         # The owner's to resolve, not the server's: a 4xx (a 5xx would be logged as a server error), as cloud
-        # storage APIs answer a full quota.
+        # storage APIs answer a full quota; or their account is gone.
         response.status_code = 403
     if refused is not None and refused.retry_after is not None:
         response.status_code = 429

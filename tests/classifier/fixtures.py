@@ -275,3 +275,20 @@ def retry_overtaken(*, upload_id: int, send):
         request.join()
     (answer,) = answers
     return answer
+
+
+def account_deleted_just_before_the_insert(user):
+    """An execute wrapper: the owner's account is deleted, and committed, just before their uploads' rows go in."""
+    from accounts.services import account_delete
+    from classifier.models import Upload
+
+    deleted = []
+
+    def delete_first(execute, sql, params, many, context):
+        # The first statement of the insert: its transaction's BEGIN on SQLite, the insert itself on PostgreSQL.
+        if not deleted and (sql.startswith("BEGIN") or Upload._meta.db_table in sql):
+            deleted.append(True)
+            account_delete(user=user)
+        return execute(sql, params, many, context)
+
+    return delete_first, deleted

@@ -200,3 +200,25 @@ def test_a_polling_wait_sees_predictions_finished_by_another_connection(pending,
     finished, elapsed, _ = _wait_timed(ids, timeout=10)
     worker.join()
     assert finished is True and 0.2 <= elapsed < 5
+
+
+def test_a_wait_for_a_prediction_deleted_meanwhile_ends_instead_of_holding_its_web_thread_to_the_timeout(pending):
+    (kept, finished), (deleted,) = pending(2), pending(1)
+    Prediction.objects.filter(pk=finished.pk).update(status=Prediction.Status.DONE)
+    Prediction.objects.filter(pk=kept.pk).update(status=Prediction.Status.FAILED)
+
+    def delete_in_another_tab() -> None:
+        time.sleep(0.3)
+        try:
+            services.upload_delete(upload=deleted.upload)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=delete_in_another_tab)
+    thread.start()
+    try:
+        result, elapsed, _ = _wait_timed([kept.pk, finished.pk, deleted.pk], timeout=20)
+    finally:
+        thread.join()
+    # Nothing is left to wait for: a deleted prediction never finishes.
+    assert result is True and elapsed < 10

@@ -17,7 +17,9 @@ from django.utils import timezone
 
 from classifier import selectors, services, statements
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
-from tests.classifier.fixtures import deletions_race, png_bytes, stored_size, uploads_stored_then_read_back_lost
+from tests.classifier.fixtures import (
+    account_deleted_just_before_the_insert, deletions_race, png_bytes, stored_size, uploads_stored_then_read_back_lost,
+)
 from tests.devices import DEVICES
 
 pytestmark = pytest.mark.django_db
@@ -1102,3 +1104,16 @@ def test_a_batch_is_stored_through_a_storage_without_batch_writes(user, digit_pn
     predictions = services.predictions_submit(owner=user, files=files, source="file")
     stored = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.png"))
     assert stored == sorted(p.upload.image.name for p in predictions) and len(stored) == 2
+
+
+@pytest.mark.django_db(transaction=True)  # the deletion commits before the insert, as another request's would
+def test_an_upload_whose_owner_is_deleted_meanwhile_is_refused_saying_so_and_stores_nothing(user, digit_png, published):
+    wrapper, deleted = account_deleted_just_before_the_insert(user)
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+    with connection.execute_wrapper(wrapper), pytest.raises(services.UploadOwnerDeletedError) as info:
+        services.predictions_submit(owner=user, files=files, source="file")
+
+    assert deleted and "nothing was stored" in str(info.value)
+    assert not Upload.objects.exists() and not Prediction.objects.exists() and not StorageUse.objects.exists()
+    assert _stored_files() == []
+    assert published.prediction_ids() == []

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from classifier import services
 from classifier.models import Prediction, Upload
-from tests.classifier.fixtures import empty_ruled_sheet_png, png_bytes
+from tests.classifier.fixtures import account_deleted_just_before_the_insert, empty_ruled_sheet_png, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -1481,3 +1481,13 @@ def test_without_javascript_a_history_page_with_rows_still_waiting_offers_a_relo
     assert 'id="noscript-note"' in alice.get("/history/").content.decode()
     # Only the rows shown count: a page of finished rows says nothing of those on another.
     assert 'id="noscript-note"' not in alice.get("/history/", {"status": "done"}).content.decode()
+
+
+@pytest.mark.django_db(transaction=True)  # the deletion commits before the insert, as another tab's would
+def test_an_upload_whose_account_is_deleted_meanwhile_is_a_403_that_says_nothing_was_stored(alice, user, digit_png):
+    wrapper, deleted = account_deleted_just_before_the_insert(user)
+    with connection.execute_wrapper(wrapper):
+        response = alice.post("/", {"files": [_file(digit_png(3), "3.png")]})
+    assert deleted and response.status_code == 403
+    assert services.UPLOAD_OWNER_DELETED in unescape(response.content.decode())
+    assert not Upload.objects.exists()

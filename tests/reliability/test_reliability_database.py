@@ -1,4 +1,4 @@
-"""The database dying in the middle of an upload: a clear 503, and nothing half-stored."""
+"""The database failing uploads and workers midway, and accounts deleted under uploads: nothing half-stored."""
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
@@ -285,3 +285,178 @@ def test_an_upload_whose_connection_is_lost_just_after_its_insert_committed_is_a
     # Sent to the workers now, not a minute later by the sweeper; the files stay with their rows.
     assert sorted(published.prediction_ids()) == sorted(stored)
     assert all(upload.image.storage.exists(upload.image.name) for upload in Upload.objects.all())
+
+
+def test_an_api_upload_whose_account_is_deleted_during_its_insert_answers_403_and_stores_nothing(
+    client, user, digit_png, settings, transactional_db, published
+):
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from accounts.services import account_delete, api_token_create
+
+    _, key = api_token_create(user=user)
+    deleting, outcome = threading.Event(), {}
+
+    def hold_once_the_user_row_is_deleted(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith(f'DELETE FROM "{get_user_model()._meta.db_table}"'):
+            # The deletion's transaction holds the account's row while the upload's insert comes to it.
+            deleting.set()
+            threading.Event().wait(1)
+        return result
+
+    def delete_the_account() -> None:
+        try:
+            with connection.execute_wrapper(hold_once_the_user_row_is_deleted):
+                account_delete(user=get_user_model().objects.get(pk=user.pk))
+            outcome["deleted"] = True
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["deleted"] = exc
+        finally:
+            deleting.set()
+            connections.close_all()
+
+    def insert_once_the_deletion_is_under_way(execute, sql, params, many, context):
+        if "INSERT INTO" in sql and Upload._meta.db_table in sql and not deleting.is_set():
+            threading.Thread(target=delete_the_account, daemon=True).start()
+            assert deleting.wait(20)
+        return execute(sql, params, many, context)
+
+    files = [SimpleUploadedFile(f"digit{i}.png", digit_png(i), content_type="image/png") for i in range(2)]
+    with connection.execute_wrapper(insert_once_the_deletion_is_under_way):
+        response = client.post("/api/v1/predictions/", {"images": files}, headers={"Authorization": f"Token {key}"})
+
+    assert outcome == {"deleted": True}
+    assert response.status_code == 403, response.content
+    error = response.json()["error"]
+    assert error["code"] == "account_deleted" and "nothing was stored" in error["message"]
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert stored_files(settings.MEDIA_ROOT) == []
+    assert published.prediction_ids() == []
+
+
+@pytest.mark.parametrize("uploaded_before", [False, True], ids=["first upload", "later upload"])
+def test_an_upload_committing_while_its_account_is_deleted_neither_fails_the_deletion_nor_outlives_it(
+    user, digit_png, settings, transactional_db, published, uploaded_before
+):
+    import io
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from accounts.services import account_delete
+    from classifier import services
+
+    if uploaded_before:
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(3)), source="file")
+    collected, uploaded, outcome = threading.Event(), threading.Event(), {}
+
+    def hold_once_everything_is_collected(execute, sql, params, many, context):
+        if sql.startswith("DELETE FROM") and not collected.is_set():
+            # The cascade has read what the account holds and deletes it now: an upload committed at this moment
+            # would be missed, and name an account that no longer exists.
+            collected.set()
+            uploaded.wait(2)
+        return execute(sql, params, many, context)
+
+    def delete_the_account() -> None:
+        try:
+            with connection.execute_wrapper(hold_once_everything_is_collected):
+                account_delete(user=get_user_model().objects.get(pk=user.pk))
+            outcome["deletion"] = "done"
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["deletion"] = repr(exc)
+        finally:
+            collected.set()
+            connections.close_all()
+
+    deletion = threading.Thread(target=delete_the_account)
+    deletion.start()
+    assert collected.wait(20)
+    try:
+        services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+        outcome["upload"] = "stored"
+    except services.UploadOwnerDeletedError:
+        outcome["upload"] = "refused"
+    finally:
+        uploaded.set()
+        deletion.join(30)
+
+    assert outcome == {"deletion": "done", "upload": "refused"}
+    assert not get_user_model().objects.filter(pk=user.pk).exists()
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert stored_files(settings.MEDIA_ROOT) == []
+
+
+def _connection_lost(*, at: str, after_commit: bool):
+    """An execute wrapper: the connection dies at the first statement that starts with ``at`` (its server process
+    ended, as a restart or a failover ends it), before the statement runs or once it committed and before its answer
+    came back. The connection is left broken, as a real loss leaves it, for whatever the worker does next."""
+    lost = []
+
+    def lose(execute, sql, params, many, context):
+        if lost or not sql.startswith(at):
+            return execute(sql, params, many, context)
+        lost.append(sql)
+        result = execute(sql, params, many, context) if after_commit else None
+        context["cursor"].execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return result
+
+    return lose, lost
+
+
+def _worker_predictions(user, digit_png, count: int) -> list[int]:
+    import io
+
+    from classifier import services
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    return [p.pk for p in services.predictions_create(uploads=[upload] * count, publish=False)]
+
+
+def test_a_claim_whose_answer_the_lost_connection_took_hands_its_batch_back_at_once_uncounted(
+    user, digit_png, transactional_db, active_checkpoint
+):
+    from django.db import DatabaseError
+
+    from classifier import services
+
+    ids = _worker_predictions(user, digit_png, 3)
+    lose, lost = _connection_lost(at="WITH candidates AS MATERIALIZED", after_commit=True)
+    with connection.execute_wrapper(lose), pytest.raises(DatabaseError):
+        services.predictions_execute(prediction_ids=ids[:1])
+    assert lost
+
+    # Claimed, and nobody computing them: they would wait for the stale limit, then go one at a time, each claim
+    # counted against PREDICTION_MAX_ATTEMPTS. Handed back, the task's retry takes them at once.
+    connection.close()
+    assert set(Prediction.objects.values_list("status", "attempts", "started_at")) == {("pending", 0, None)}
+    assert {p.status for p in services.predictions_execute(prediction_ids=ids)} == {"done"}
+
+
+@pytest.mark.parametrize("after_commit", [False, True], ids=["results lost", "answer lost"])
+def test_a_batch_whose_connection_dies_as_its_results_are_stored_is_handed_back_or_kept_done(
+    user, digit_png, transactional_db, active_checkpoint, after_commit
+):
+    from django.db import DatabaseError
+
+    from classifier import services
+
+    ids = _worker_predictions(user, digit_png, 2)
+    lose, lost = _connection_lost(at="WITH done AS (UPDATE", after_commit=after_commit)
+    with connection.execute_wrapper(lose), pytest.raises(DatabaseError):
+        services.predictions_execute(prediction_ids=ids)
+    assert lost
+
+    connection.close()
+    if after_commit:
+        # Stored: nothing is handed back, and the retry recomputes nothing.
+        assert set(Prediction.objects.values_list("status", flat=True)) == {"done"}
+        assert services.predictions_execute(prediction_ids=ids) == []
+    else:
+        assert set(Prediction.objects.values_list("status", "attempts", "started_at")) == {("pending", 0, None)}
+        assert {p.status for p in services.predictions_execute(prediction_ids=ids)} == {"done"}
