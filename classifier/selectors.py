@@ -284,20 +284,25 @@ class SampleSetAccuracy:
 
 
 def sample_set_accuracy(*, checkpoint: Checkpoint | None) -> list[SampleSetAccuracy]:
-    """Per sample set: how many labelled images the checkpoint got right (its newest done prediction for each)."""
-    totals = dict(
-        Upload.objects.exclude(sample_set="").values_list("sample_set").annotate(total=Count("id")).order_by()
-    )
+    """Per sample set: how many labelled images the checkpoint got right (its newest done prediction for each).
+
+    A sample whose label was cleared in the admin counts nowhere: without a true digit it is neither right nor wrong.
+    """
+    labelled = Upload.objects.exclude(sample_set="").filter(label__isnull=False)
+    totals = dict(labelled.values_list("sample_set").annotate(total=Count("id")).order_by())
     answers: dict[int, tuple[str, bool]] = {}
     if checkpoint is not None:
         rows = (
-            Prediction.objects.filter(upload__sample_set__gt="", status=Prediction.Status.DONE, checkpoint=checkpoint)
+            Prediction.objects.filter(
+                upload__sample_set__gt="", upload__label__isnull=False, status=Prediction.Status.DONE,
+                checkpoint=checkpoint,
+            )
             .order_by("created_at", "id")
             .values_list("upload_id", "upload__sample_set", "upload__label", "digit")
         )
         # Sample sets hold a few hundred images, so picking the newest answer here stays cheap and portable.
         for upload_id, sample_set, label, digit in rows:
-            answers[upload_id] = (sample_set, label is not None and digit == label)
+            answers[upload_id] = (sample_set, digit == label)
     results = []
     for sample_set in sorted(totals):
         mine = [correct for name, correct in answers.values() if name == sample_set]

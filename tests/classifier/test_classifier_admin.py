@@ -358,6 +358,19 @@ def test_sample_set_accuracy_is_never_rounded_up_to_a_perfect_score(admin_page, 
     assert cells[10] == "<strong>0.0%</strong></td>"  # the other set: its one image read wrong
 
 
+def test_a_sample_whose_label_was_cleared_counts_neither_right_nor_wrong(admin_page, django_user_model,
+                                                                          active_checkpoint):
+    samples = django_user_model.objects.create(username="samples")
+    _rows(samples, 3, sample_set="mnist", label=3, digit=3, checkpoint=active_checkpoint)
+    _rows(samples, 1, sample_set="mnist", label=None, digit=9, checkpoint=active_checkpoint)
+
+    html = admin_page.get("/admin/classifier/upload/").content.decode()
+
+    start = html.index('id="sample-accuracy"')
+    cells = [cell.strip() for cell in html[start : html.index("</table>", start)].split("<td>")[1:]]
+    assert cells[1:5] == ["3</td>", "3</td>", "3</td>", "<strong>100.0%</strong></td>"]
+
+
 def _browser_confirms(client, path, confirmation):
     """What a browser posts back from a deletion's confirmation page: its form's hidden fields, to the same address."""
     import re
