@@ -283,7 +283,10 @@ def delete_selected(modeladmin, request, queryset):
 def export_results_csv(modeladmin, request, queryset):
     """The selected rows' results, streamed: every upload of a "select all" is read a chunk at a time."""
     ids = list(queryset.values_list("pk", flat=True))
-    rows = exports.staff_rows_of_uploads(ids) if queryset.model is Upload else exports.staff_rows_of_predictions(ids)
+    if queryset.model is Upload:
+        rows = selectors.upload_rows_for_staff(upload_ids=ids)
+    else:
+        rows = selectors.prediction_rows_for_staff(prediction_ids=ids)
     name = f"{queryset.model._meta.model_name}-results-{timezone.now():%Y%m%d-%H%M%S}.csv"
     response = StreamingHttpResponse(exports.staff_results_csv(rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'

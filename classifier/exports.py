@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from django.utils import timezone
 
-from classifier.models import Prediction, Upload
+from classifier.models import Prediction
 from classifier.selectors import UploadExportRow
 
 logger = logging.getLogger(__name__)
@@ -175,10 +175,6 @@ STAFF_COLUMNS = (
     "predicted_at",
     "error",
 )
-# Rows the admin's export reads at a time: a selection of every upload is streamed, never held whole.
-STAFF_CHUNK = 500
-
-
 def verdict(*, label: int | None, prediction: Prediction | None) -> str:
     """"yes" or "no": whether a finished prediction gave the true digit (a sample's label, else its owner's answer)."""
     truth = label if label is not None else (prediction.feedback if prediction is not None else None)
@@ -214,30 +210,6 @@ def _staff_row(row: UploadExportRow) -> list[str | int | float]:
         _moment(prediction.finished_at),
         _text(prediction.error),
     ]
-
-
-def staff_rows_of_uploads(upload_ids: list[int]) -> Iterator[UploadExportRow]:
-    """Each upload, in the ids' order, with its newest prediction; two queries a chunk, however many are selected."""
-    for start in range(0, len(upload_ids), STAFF_CHUNK):
-        chunk = upload_ids[start : start + STAFF_CHUNK]
-        uploads = Upload.objects.select_related("owner").in_bulk(chunk)
-        newest: dict[int, Prediction] = {}
-        predictions = Prediction.objects.filter(upload_id__in=chunk).defer("input_pixels")
-        for prediction in predictions.order_by("upload_id", "-created_at", "-id"):
-            newest.setdefault(prediction.upload_id, prediction)
-        for pk in chunk:
-            if pk in uploads:
-                yield UploadExportRow(upload=uploads[pk], prediction=newest.get(pk))
-
-
-def staff_rows_of_predictions(prediction_ids: list[int]) -> Iterator[UploadExportRow]:
-    """Each prediction, in the ids' order, with its upload; one query a chunk."""
-    for start in range(0, len(prediction_ids), STAFF_CHUNK):
-        chunk = prediction_ids[start : start + STAFF_CHUNK]
-        predictions = Prediction.objects.select_related("upload", "upload__owner").defer("input_pixels").in_bulk(chunk)
-        for pk in chunk:
-            if pk in predictions:
-                yield UploadExportRow(upload=predictions[pk].upload, prediction=predictions[pk])
 
 
 def staff_results_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:

@@ -168,9 +168,19 @@ def upload_export_rows(*, user, filters: UploadFilters | None = None) -> Iterato
     rows; one deleted meanwhile is left out. Each chunk costs two queries, whatever the history's length.
     """
     ids = list(upload_list_for_user(user=user, filters=filters).values_list("pk", flat=True))
-    for start in range(0, len(ids), EXPORT_CHUNK):
-        chunk = ids[start : start + EXPORT_CHUNK]
-        uploads = Upload.objects.filter(pk__in=chunk).in_bulk()
+    return _upload_rows(upload_ids=ids)
+
+
+def upload_rows_for_staff(*, upload_ids: list[int]) -> Iterator[UploadExportRow]:
+    """Any uploads, in the ids' order, with their owners and newest predictions: the admin's export of a selection."""
+    return _upload_rows(upload_ids=upload_ids, owners=True)
+
+
+def _upload_rows(*, upload_ids: list[int], owners: bool = False) -> Iterator[UploadExportRow]:
+    uploads_of = Upload.objects.select_related("owner") if owners else Upload.objects
+    for start in range(0, len(upload_ids), EXPORT_CHUNK):
+        chunk = upload_ids[start : start + EXPORT_CHUNK]
+        uploads = uploads_of.in_bulk(chunk)
         newest: dict[int, Prediction] = {}
         predictions = Prediction.objects.filter(upload_id__in=chunk).defer("input_pixels")
         for prediction in predictions.order_by("upload_id", "-created_at", "-id"):
@@ -178,6 +188,16 @@ def upload_export_rows(*, user, filters: UploadFilters | None = None) -> Iterato
         for pk in chunk:
             if pk in uploads:
                 yield UploadExportRow(upload=uploads[pk], prediction=newest.get(pk))
+
+
+def prediction_rows_for_staff(*, prediction_ids: list[int]) -> Iterator[UploadExportRow]:
+    """Any predictions, in the ids' order, each with its upload and owner: the admin's export of a selection."""
+    for start in range(0, len(prediction_ids), EXPORT_CHUNK):
+        chunk = prediction_ids[start : start + EXPORT_CHUNK]
+        predictions = Prediction.objects.select_related("upload", "upload__owner").defer("input_pixels").in_bulk(chunk)
+        for pk in chunk:
+            if pk in predictions:
+                yield UploadExportRow(upload=predictions[pk].upload, prediction=predictions[pk])
 
 
 def _visible_uploads(*, user) -> QuerySet[Upload]:

@@ -151,7 +151,7 @@ def test_staff_export_every_selected_uploads_newest_result_as_text_safe_utf8_csv
     viewer = django_user_model.objects.create_user(username="viewer", password="x9!kQ2#vLp", is_staff=True)
     viewer.user_permissions.set(Permission.objects.filter(codename__in=["view_upload", "view_prediction"]))
     client.force_login(viewer)
-    monkeypatch.setattr(exports, "STAFF_CHUNK", 3)
+    monkeypatch.setattr(selectors, "EXPORT_CHUNK", 3)
 
     with django_assert_max_num_queries(20):
         response = client.post(
