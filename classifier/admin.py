@@ -28,6 +28,10 @@ def _thumbnail(upload_id: int, large: bool = False) -> str:
     )
 
 
+def _views_uploads(request) -> bool:
+    return request.user.has_perm(f"{Upload._meta.app_label}.view_{Upload._meta.model_name}")
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
@@ -486,6 +490,15 @@ class PredictionAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    # The uploaded image is the upload's: served only to staff allowed to view uploads, it would be a broken
+    # picture on every row for the others, who see the model's input on each prediction's page.
+    def get_list_display(self, request):
+        return super().get_list_display(request) if _views_uploads(request) else self.list_display[1:]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return fields if _views_uploads(request) else tuple(f for f in fields if f != "thumbnail_large")
 
     @admin.display(description="image")
     def thumbnail(self, obj):

@@ -277,6 +277,21 @@ def test_staff_see_other_peoples_images_only_with_the_admins_view_permission(own
     assert staff.get(image).status_code == 200 and staff.get(model_input).status_code == 200
 
 
+def test_staff_who_may_view_predictions_but_not_uploads_get_no_pictures_they_may_not_see(owned, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    member = django_user_model.objects.create_user(username="reader", password="x9!kQ2#vLp", is_staff=True)
+    member.user_permissions.set(Permission.objects.filter(codename="view_prediction"))
+    staff = Client()
+    staff.force_login(member)
+    image = reverse("classifier:upload_image", args=[owned["upload"].pk])
+    listed = staff.get("/admin/classifier/prediction/")
+    page = staff.get(reverse("admin:classifier_prediction_change", args=[owned["prediction"].pk]))
+    assert listed.status_code == page.status_code == 200
+    assert image not in listed.content.decode() and image not in page.content.decode()
+    assert reverse("admin:classifier_prediction_change", args=[owned["prediction"].pk]) in listed.content.decode()
+
+
 def test_staff_who_may_only_view_uploads_are_not_offered_the_bulk_re_run(owned, django_user_model):
     from django.contrib.auth.models import Permission
 
