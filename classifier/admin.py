@@ -250,14 +250,15 @@ def rerun_uploads(modeladmin, request, queryset):
     )
 
 
-@admin.action(description="Delete selected uploads", permissions=["delete"])
+@admin.action(description="Delete selected %(verbose_name_plural)s", permissions=["delete"])
 def delete_selected(modeladmin, request, queryset):
-    """Django's deletion, whose confirmation of "select all" names the list's filters instead of every upload's id.
+    """Django's deletion, whose confirmation of "select all" names the list's filters instead of every row's id.
 
     Django's form posts each id back: past 1,000 that request is refused (DATA_UPLOAD_MAX_NUMBER_FIELDS), so a
     "select all" of more could not be deleted. The confirmation says how many match now, and the deletion takes
-    no upload stored after it and none at all if more match by then.
+    no row made after it and none at all if more match by then.
     """
+    plural = queryset.model._meta.verbose_name_plural
     across = request.POST.get("select_across") == "1"
     if across and request.POST.get("post"):
         try:
@@ -270,15 +271,15 @@ def delete_selected(modeladmin, request, queryset):
         if matching > confirmed:
             modeladmin.message_user(
                 request,
-                f"{matching:,} uploads match now, not the {confirmed:,} confirmed; nothing was deleted. Select them "
+                f"{matching:,} {plural} match now, not the {confirmed:,} confirmed; nothing was deleted. Select them "
                 "again to see what would go.",
                 messages.ERROR,
             )
             return None
     response = django_delete_selected(modeladmin, request, queryset)
     if across and response is not None and hasattr(response, "context_data"):
-        # The newest upload stored, matching or not: one that comes to match later was there all the same.
-        newest = Upload.objects.order_by().aggregate(newest=Max("pk"))["newest"] or 0
+        # The newest row, matching or not: one that comes to match later was there all the same.
+        newest = queryset.model.objects.order_by().aggregate(newest=Max("pk"))["newest"] or 0
         response.context_data.update(select_across=True, newest=newest, confirmed=queryset.count())
     return response
 
@@ -310,8 +311,12 @@ class RerunActionMixin:
         return request.user.has_perm(f"{Upload._meta.app_label}.change_{Upload._meta.model_name}")
 
 
-# Past this many selected uploads the deletion's confirmation says how many go instead of listing each.
+# Past this many selected rows the deletion's confirmation says how many go instead of listing each.
 DELETE_LIST_MAX = 100
+
+
+def _listed_one_by_one(objs) -> bool:
+    return isinstance(objs, list) or objs.count() <= DELETE_LIST_MAX
 
 
 class IdsFirstPaginator(Paginator):
@@ -435,7 +440,7 @@ class UploadAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
         The list names each upload and each prediction with a link: "select all" of 10,000 uploads made a page of
         4 MB that took seconds to build.
         """
-        if isinstance(objs, list) or objs.count() <= DELETE_LIST_MAX:
+        if _listed_one_by_one(objs):
             return super().get_deleted_objects(objs, request)
         uploads = objs.count()
         predictions = Prediction.objects.filter(upload__in=objs.values("pk")).count()
@@ -488,8 +493,18 @@ class PredictionAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
     )
     exclude = ("probabilities",)
 
+    actions = [delete_selected, *RerunActionMixin.actions]
+
     def has_add_permission(self, request):
         return False
+
+    def get_deleted_objects(self, objs, request):
+        """As for uploads: a large selection's confirmation says how many go, not each one."""
+        if _listed_one_by_one(objs):
+            return super().get_deleted_objects(objs, request)
+        count = objs.count()
+        summary = [f"{count:,} predictions (too many to list one by one; more than {DELETE_LIST_MAX})"]
+        return summary, {Prediction._meta.verbose_name_plural: count}, set(), []
 
     # The uploaded image is the upload's: served only to staff allowed to view uploads, it would be a broken
     # picture on every row for the others, who see the model's input on each prediction's page.

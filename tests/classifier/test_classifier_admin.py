@@ -408,6 +408,25 @@ def test_deleting_every_upload_of_a_long_list_takes_a_few_statements_and_is_conf
     assert StorageUse.objects.get(owner=other_user).bytes == 107
 
 
+def test_deleting_every_prediction_of_a_long_list_is_confirmed_by_count(admin_page, user):
+    from classifier.models import Upload
+
+    _rows(user, 1100, status="failed")
+    (done,) = _rows(user, 1)  # filtered out: stays
+    path = "/admin/classifier/prediction/?status__exact=failed"
+    first = Prediction.objects.filter(status="failed").first()
+    select_all = {"action": "delete_selected", "select_across": "1", "index": "0", "_selected_action": [first.pk]}
+
+    confirmation = admin_page.post(path, select_all)
+    page = confirmation.content.decode()
+    assert confirmation.status_code == 200 and "1,100 predictions" in page and len(page) < 50_000
+    response = _browser_confirms(admin_page, path, confirmation)
+
+    assert response.status_code == 302
+    assert list(Prediction.objects.values_list("upload_id", flat=True)) == [done.pk]
+    assert Upload.objects.count() == 1101  # the uploads stay: only their predictions were selected
+
+
 def test_a_confirmed_select_all_deletes_nothing_stored_after_it_and_nothing_if_more_match_by_then(
     admin_page, user
 ):
