@@ -59,5 +59,7 @@ samples: data
 	$(PY) manage.py extract_mnist_samples
 	$(PY) scripts/generate_other_samples.py --out media/samples/other
 
+# Everything in var/ but the demo account's random password, which `make run` prints from there alone.
 clean:
-	rm -rf var test-artifacts .pytest_cache
+	find var -mindepth 1 -maxdepth 1 ! -name demo-password -exec rm -rf {} + 2>/dev/null || true
+	rm -rf test-artifacts .pytest_cache

@@ -8,17 +8,37 @@ import environ
 # already in the environment win over the file, as in the settings.
 environ.Env.read_env(Path(__file__).resolve().parent / ".env", overwrite=False)
 
+
+def _whole_number(name: str, default: int, *, least: int) -> int:
+    # As the settings read theirs (mnistsite.env), without importing the project into the master process: a value
+    # gunicorn cannot use stops it naming the variable, rather than as a bare ValueError, or, for 0 processes or
+    # threads, as a server that listens and never answers.
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        empty = "; unset it for the default" if not raw.strip() else ""
+        raise SystemExit(f"{name}={raw!r} is not a whole number{empty}.") from None
+    if value < least:
+        raise SystemExit(f"{name} must be {least} or more (it is {value}).")
+    return value
+
+
 # Chosen by `make bench-concurrency` on a 2-core machine that also runs PostgreSQL, Redis and two inference
 # processes (numbers in the README): threads overlap a request's waits on the database, the broker and the
 # worker; a second process lets the web tier use both cores when uploads are large. In the ninth round's three
 # runs 2 x 4 was the fastest layout for batches of 32 each time; for single images one process with 8 threads
 # made about 10% more, within the machine's drift across earlier rounds.
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-# `?wait` holds a request for up to 30 seconds; the timeout is only for a process that stopped answering at all.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+workers = _whole_number("GUNICORN_WORKERS", 2, least=1)
+threads = _whole_number("GUNICORN_THREADS", 4, least=1)
+# Empty (`GUNICORN_BIND=` in .env), gunicorn would listen on no address at all.
+bind = os.environ.get("GUNICORN_BIND", "").strip() or "0.0.0.0:8000"
+# `?wait` holds a request for up to 30 seconds; the timeout is only for a process that stopped answering at all
+# (0: never, as gunicorn reads it).
+timeout = _whole_number("GUNICORN_TIMEOUT", 120, least=0)
 # On SIGTERM (a redeploy) each process finishes the requests it holds, a 30-second `?wait` among them, for this
 # long before it is killed; compose's stop_grace_period for web is longer still.
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "35"))
+graceful_timeout = _whole_number("GUNICORN_GRACEFUL_TIMEOUT", 35, least=0)
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None

@@ -93,7 +93,8 @@ def url_credentials_check(*, name: str, url: str) -> None:
     database or password, and a connection error would then quote a piece of the password.
     """
     scheme, separator, rest = url.partition("://")
-    if not separator or scheme in {"sqlite", "spatialite"}:  # a file path follows, where @ is an ordinary character
+    # A file path follows, where @ is an ordinary character.
+    if not separator or scheme in {"sqlite", "spatialite", "filecache"}:
         return
     host_end = min((index for index in map(rest.find, "/?#") if index >= 0), default=len(rest))
     authority, after = rest[:host_end], rest[host_end:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,24 @@ REPO = Path(__file__).resolve().parent.parent
 # settings but not to the port served or the broker chosen. The environment wins over the file, as in the settings.
 environ.Env.read_env(REPO / ".env", overwrite=False)
 PYTHON = sys.executable
-HOST, PORT = "127.0.0.1", int(os.environ.get("PORT", "8000"))
+
+
+def port_read(environment: Mapping[str, str]) -> int:
+    """PORT, or 8000; a value that is no port stops the start naming it, as the settings do theirs."""
+    raw = environment.get("PORT")
+    if raw is None:
+        return 8000
+    try:
+        port = int(raw)
+    except ValueError:
+        empty = "; unset it for the default" if not raw.strip() else ""
+        raise SystemExit(f"PORT={raw!r} is not a whole number{empty}.") from None
+    if not 1 <= port <= 65535:
+        raise SystemExit(f"PORT must be from 1 to 65535 (it is {port}).")
+    return port
+
+
+HOST, PORT = "127.0.0.1", port_read(os.environ)
 
 
 # As in docker-compose.yml: a stopped trainer makes Celery's cold shutdown, which queues its run again at once to
@@ -46,10 +64,22 @@ def redis_answers(url: str, *, timeout: float = 1.0) -> bool:
         client.close()
 
 
+class StartRefused(Exception):
+    """What stops `make run` before it starts anything, said as it is."""
+
+
 def choose_broker(env: dict[str, str]) -> None:
     url = env.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    # The password stays off the terminal.
-    shown = maybe_sanitize_url(url)
+    try:
+        # The password stays off the terminal.
+        shown = maybe_sanitize_url(url)
+        urlparse(url).port  # noqa: B018 - raises for a port that is no number
+    except ValueError:
+        # Such as a password with an unencoded "/", whose rest is read as the port: the error would quote it.
+        raise StartRefused(
+            "CELERY_BROKER_URL could not be read: percent-encode @ / : ? and # in its user and password "
+            "(%40 %2F %3A %3F %23)."
+        ) from None
     if urlparse(url).scheme not in {"redis", "rediss"}:
         say(f"Broker: {shown}")
         return
@@ -61,6 +91,18 @@ def choose_broker(env: dict[str, str]) -> None:
         f"No Redis answers at {shown}: using the embedded broker (Kombu's filesystem transport in var/broker). "
         "Start Redis (or fix the URL's password) and run again for the real one."
     )
+
+
+def port_unavailable(host: str, port: int) -> str | None:
+    """Why gunicorn could not listen on host:port (another program serves there), or None when it can."""
+    with socket.socket() as probe:
+        # As gunicorn binds: a connection of an earlier run still closing does not count, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def child_env(environment: Mapping[str, str]) -> dict[str, str]:
@@ -173,9 +215,20 @@ def main() -> int:
     # may have left SIGINT ignored, so install the handlers explicitly.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    # Before the data, the database and the model, which take minutes the first time: found when gunicorn starts,
+    # a port in use cost all of that for a server that then stopped.
+    unavailable = port_unavailable(HOST, PORT)
+    if unavailable:
+        say(f"{HOST}:{PORT} is taken ({unavailable}): stop what serves there, or choose another port, "
+            f"e.g. PORT={PORT + 1 if PORT < 65535 else 8000} make run.")
+        return 1
     env = child_env(os.environ)
     (REPO / "var").mkdir(exist_ok=True)
-    choose_broker(env)
+    try:
+        choose_broker(env)
+    except StartRefused as exc:
+        say(str(exc))
+        return 1
     choose_cache(env)
 
     try:
@@ -192,31 +245,38 @@ def main() -> int:
     except KeyboardInterrupt:
         say("Stopped while preparing; run it again to carry on.")
         return 130
+    except subprocess.CalledProcessError as exc:
+        # Its own error (a setting refused, naming it) is above; a traceback of ours after it would bury it.
+        say(f"{' '.join(exc.cmd)} failed (exit status {exc.returncode}): its error is above. Fix that and run again.")
+        return 1
 
     # --without-heartbeat: see the worker in docker-compose.yml.
     celery = [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "--without-heartbeat", "--loglevel", "INFO"]
-    processes = [
-        start(
+    named = {
+        "The inference worker (with beat)": start(
             [*celery, "-Q", "inference", "-c", "2", "-n", "worker@%h",
              "--beat", "--schedule", str(REPO / "var" / "celerybeat-schedule")],
             env=env,
         ),
         # A trainer of its own, as in docker-compose.yml: training runs sharing the inference worker's processes
         # would leave no process to read uploads for as long as they train.
-        start([*celery, "-Q", "training", "-c", "1", "-n", "trainer@%h"], env={**env, **TRAINER_ENV}),
-        start(
+        "The trainer": start([*celery, "-Q", "training", "-c", "1", "-n", "trainer@%h"], env={**env, **TRAINER_ENV}),
+        "gunicorn": start(
             # Processes and threads come from gunicorn.conf.py.
             [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}"],
             env={"GUNICORN_ACCESS_LOG": "-", **env},
         ),
-    ]
+    }
+    processes = list(named.values())
     say(f"Serving on http://{HOST}:{PORT}/ (admin at /admin/). Press Ctrl-C to stop.")
     # Again here, where it is seen: the output of the steps above has scrolled it away.
     say(demo)
     try:
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
-        say("A process stopped; shutting down the others.")
+        name, stopped = next((name, process) for name, process in named.items() if process.poll() is not None)
+        # Its own error is above, among the others' output.
+        say(f"{name} stopped (exit status {stopped.returncode}): its error is above. Shutting down the others.")
         return 1
     except KeyboardInterrupt:
         say("Stopping")

@@ -1,6 +1,7 @@
 """Settings shared by every environment, read from the environment with django-environ."""
 import logging
 import os
+import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -149,12 +150,24 @@ LOGIN_REDIRECT_URL = "classifier:upload"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+TIME_ZONE = _setting_or("TIME_ZONE", "UTC")
+try:
+    zoneinfo.ZoneInfo(TIME_ZONE)
+except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+    _known_zone = not zoneinfo.available_timezones()  # no tz database here to judge by: left to Django, as before
+else:
+    _known_zone = True
+if not _known_zone:
+    # Django's own refusal ("Incorrect timezone setting") names neither the variable nor what it takes.
+    raise ImproperlyConfigured(
+        f"TIME_ZONE={TIME_ZONE!r} is not a time zone: use a name of the tz database as written there "
+        "(UTC, Europe/Paris, America/New_York)."
+    ) from None
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STATIC_ROOT = Path(_setting_or("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Without collectstatic (a laptop, DEBUG on), whitenoise serves straight from the app folders.
 WHITENOISE_USE_FINDERS = DEBUG
@@ -231,7 +244,10 @@ TRAINING_REPUBLISH_AFTER_SECONDS = env.int("TRAINING_REPUBLISH_AFTER_SECONDS", d
 
 # Celery: JSON only, late acknowledgement, one message at a time per process.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
-CELERY_BROKER_FILESYSTEM_DIR = Path(env.str("CELERY_BROKER_FILESYSTEM_DIR", default=str(BASE_DIR / "var" / "broker")))
+# Several URLs separated by ";" are Kombu's failover list.
+for _broker_url in CELERY_BROKER_URL.split(";"):
+    url_credentials_check(name="CELERY_BROKER_URL", url=_broker_url.strip())
+CELERY_BROKER_FILESYSTEM_DIR = Path(_setting_or("CELERY_BROKER_FILESYSTEM_DIR", str(BASE_DIR / "var" / "broker")))
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600, least=1)
 # An upload must not hang while the broker is down: the sweeper re-publishes
 # whatever could not be sent.
@@ -402,9 +418,16 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Shared by every web process, so throttles and log-in lockouts hold across them.
-CACHES = {
-    "default": env.cache("CACHE_URL", default="locmemcache://"),
-}
+_CACHE_URL = _setting_or("CACHE_URL", "locmemcache://")
+# Read as written, a password with an unencoded / or # turns the Redis URL into a socket path.
+url_credentials_check(name="CACHE_URL", url=_CACHE_URL)
+try:
+    CACHES = {"default": env.cache_url_config(_CACHE_URL)}
+except ImproperlyConfigured:
+    raise ImproperlyConfigured(
+        f"CACHE_URL has an unknown scheme {_CACHE_URL.partition(':')[0]!r}; use one of "
+        f"{', '.join(f'{scheme}://' for scheme in environ.Env.CACHE_SCHEMES)}."
+    ) from None
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
     # The same limit as the broker's, so one setting says how long a Redis that stops answering may hold a
     # request (the log-in form, an upload's throttle); redis-py's own default would be 5 s whatever it says.

@@ -13,15 +13,20 @@ from api.serializers import MAX_WAIT_SECONDS
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def _effective_config(*, config_file: Path | None = None, **env: str) -> dict[str, str]:
+def _print_config(*, config_file: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     # A developer's own GUNICORN_* must not decide what the defaults look like.
     inherited = {key: value for key, value in os.environ.items() if not key.startswith("GUNICORN_")}
     config = ["-c", str(config_file)] if config_file else []
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "gunicorn", *config, "--print-config", "mnistsite.wsgi:application"],
         cwd=REPO, env={**inherited, "DJANGO_SETTINGS_MODULE": "mnistsite.settings.test", **env},
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, text=True, timeout=60,
     )
+
+
+def _effective_config(*, config_file: Path | None = None, **env: str) -> dict[str, str]:
+    result = _print_config(config_file=config_file, **env)
+    assert result.returncode == 0, result.stderr
     pairs = (line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     return {key.strip(): value.strip() for key, value in pairs}
 
@@ -52,3 +57,24 @@ def test_gunicorn_reads_the_env_file_beside_its_config_and_the_environment_wins_
     (tmp_path / ".env").write_text("GUNICORN_WORKERS=5\nGUNICORN_THREADS=3\nGUNICORN_GRACEFUL_TIMEOUT=45\n")
     config = _effective_config(config_file=tmp_path / "gunicorn.conf.py", GUNICORN_THREADS="2")
     assert (config["workers"], config["threads"], config["graceful_timeout"]) == ("5", "2", "45")
+
+
+def test_a_malformed_or_empty_number_stops_gunicorn_naming_the_variable_and_its_value():
+    for name, value in [("GUNICORN_WORKERS", "two"), ("GUNICORN_THREADS", ""), ("GUNICORN_TIMEOUT", "120s"),
+                        ("GUNICORN_GRACEFUL_TIMEOUT", "35.5")]:
+        result = _print_config(**{name: value})
+        assert result.returncode != 0, name
+        assert f"{name}={value!r} is not a whole number" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_no_web_process_or_thread_is_refused_rather_than_listening_without_answering():
+    for name in ("GUNICORN_WORKERS", "GUNICORN_THREADS"):
+        result = _print_config(**{name: "0"})
+        assert result.returncode != 0, name
+        assert f"{name} must be 1 or more (it is 0)" in result.stderr, result.stderr
+
+
+def test_an_empty_bind_address_serves_the_default_one_rather_than_none():
+    assert _effective_config(GUNICORN_BIND="")["bind"] == "['0.0.0.0:8000']"
+    assert _effective_config(GUNICORN_BIND=" ")["bind"] == "['0.0.0.0:8000']"

@@ -227,3 +227,63 @@ def test_make_run_keeps_its_cache_in_the_brokers_redis_in_a_database_of_its_own(
     env = {"CELERY_BROKER_URL": broker}
     RUN_LOCAL["choose_cache"](env)
     assert env["CACHE_URL"] == cache
+
+
+def _run_local_copy(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    # A copy in a folder of its own, without manage.py: whatever it would prepare fails at once instead of touching
+    # the repository's database, data or models.
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    shutil.copy(REPO / "scripts" / "run_local.py", tmp_path / "scripts" / "run_local.py")
+    inherited = {key: value for key, value in os.environ.items() if key not in {"PORT", "CELERY_BROKER_URL"}}
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "scripts" / "run_local.py")], cwd=tmp_path,
+        env={**inherited, "CELERY_BROKER_URL": "filesystem://", **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("port", "refusal"), [
+    ("80OO", "PORT='80OO' is not a whole number"),
+    ("", "PORT='' is not a whole number; unset it for the default"),
+    ("0", "PORT must be from 1 to 65535 (it is 0)"),
+    ("70000", "PORT must be from 1 to 65535 (it is 70000)"),
+])
+def test_make_run_refuses_a_port_it_cannot_serve_naming_the_variable(tmp_path, port, refusal):
+    result = _run_local_copy(tmp_path, PORT=port)
+    assert result.returncode != 0
+    assert refusal in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "==> MNIST data" not in result.stdout
+
+
+def test_make_run_stops_before_preparing_anything_when_its_port_is_taken_and_says_what_to_do(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_local_copy(tmp_path, PORT=str(port))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"127.0.0.1:{port} is taken" in result.stdout, result.stdout
+    assert f"PORT={port + 1} make run" in result.stdout
+    # Before the data, the database and the model: found after a first training run, it cost minutes for nothing.
+    assert "==> MNIST data" not in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_step_that_fails_ends_make_run_saying_which_one_instead_of_with_a_traceback_of_its_own(tmp_path):
+    # The copy has no manage.py beside it, so its first step fails as one refusing a setting in .env would.
+    result = _run_local_copy(tmp_path, PORT=str(_free_port()))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "manage.py fetch_mnist failed" in result.stdout, result.stdout
+    assert "CalledProcessError" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_broker_url_it_cannot_read_stops_make_run_without_quoting_its_password(tmp_path):
+    result = _run_local_copy(tmp_path, PORT=str(_free_port()), CELERY_BROKER_URL="redis://:s3cr/et@127.0.0.1:6379/0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "CELERY_BROKER_URL could not be read: percent-encode" in result.stdout, result.stdout
+    assert "s3cr" not in result.stdout + result.stderr

@@ -499,3 +499,48 @@ def test_production_refuses_an_empty_allowed_hosts_that_would_answer_every_page_
                               module="mnistsite.settings.production")
     for outcome in outcomes:
         assert outcome.startswith("refused: ALLOWED_HOSTS is empty"), outcome
+
+
+@pytest.mark.parametrize("name", ["CELERY_BROKER_URL", "CACHE_URL"])
+@pytest.mark.parametrize("password", ["s3cr/et", "s3cr#et", "s3cr?et", "s3cr@et"])
+def test_a_broker_or_cache_url_with_an_unencoded_character_in_its_password_is_refused_without_quoting_it(
+    name, password
+):
+    # Read as written, such a URL names another host or a socket path (the cache), or fails at the first connection
+    # with a message quoting a piece of the password (the broker).
+    outcome, = _settings_each([({name: f"redis://:{password}@redis.example:6379/2"}, "CACHES")])
+    assert outcome.startswith(f"refused: {name} could not be read: percent-encode"), outcome
+    assert "s3c" not in outcome
+
+
+def test_a_failover_broker_list_an_encoded_password_and_a_cache_folder_are_read_as_written():
+    broker, cache, folder = _settings_each([
+        ({"CELERY_BROKER_URL": "redis://:s3%2Fc@h1:6379/0;redis://:s3%2Fc@h2:6379/0"}, "CELERY_BROKER_URL"),
+        ({"CACHE_URL": "rediscache://:s3%2Fc%40r@redis.example:6379/1"}, "CACHES"),
+        ({"CACHE_URL": "filecache:///srv/cache@2"}, "CACHES"),
+    ])
+    assert broker == repr("redis://:s3%2Fc@h1:6379/0;redis://:s3%2Fc@h2:6379/0")
+    assert "redis.example:6379/1" in cache
+    assert "'LOCATION': '/srv/cache@2'" in folder
+
+
+def test_a_cache_url_set_empty_means_the_default_and_an_unknown_scheme_is_refused_naming_the_variable():
+    empty, unknown = _settings_each([({"CACHE_URL": ""}, "CACHES"), ({"CACHE_URL": "memcached://h:11211"}, "CACHES")])
+    assert "LocMemCache" in empty
+    assert unknown.startswith("refused: CACHE_URL has an unknown scheme 'memcached'; use one of"), unknown
+
+
+def test_an_unknown_time_zone_is_refused_naming_the_variable_and_an_empty_one_is_utc():
+    unknown, lower, empty = _settings_each(
+        [({"TIME_ZONE": "Mars/Olympus"}, "TIME_ZONE"), ({"TIME_ZONE": "utc"}, "TIME_ZONE"), ({"TIME_ZONE": ""}, "TIME_ZONE")]
+    )
+    assert unknown.startswith("refused: TIME_ZONE='Mars/Olympus' is not a time zone"), unknown
+    assert lower.startswith("refused: TIME_ZONE='utc' is not a time zone"), lower
+    assert empty == "'UTC'"
+
+
+def test_folder_settings_set_empty_mean_their_defaults_not_the_working_directory():
+    static, broker = _settings_each([({"STATIC_ROOT": ""}, "STATIC_ROOT"),
+                                     ({"CELERY_BROKER_FILESYSTEM_DIR": ""}, "CELERY_BROKER_FILESYSTEM_DIR")])
+    assert static == repr(REPO / "staticfiles")
+    assert broker == repr(REPO / "var" / "broker")
