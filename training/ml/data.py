@@ -39,11 +39,20 @@ class MnistSplit:
 
     def to(self, device: torch.device | str) -> "MnistSplit":
         """Copy to ``device`` once; later batching indexes in place."""
-        return MnistSplit(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
+        return MnistSplit(to_device(self.images, device), to_device(self.labels, device))
 
     def subset(self, count: int) -> "MnistSplit":
         """The first ``count`` examples (for smoke tests and benchmarks)."""
         return MnistSplit(self.images[:count], self.labels[:count])
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device``, copied without waiting only where that is safe: from the CPU, never to it.
+
+    A non-blocking copy from a GPU to the CPU lands in pinned memory that the GPU
+    fills later: the CPU could read it before it holds the data.
+    """
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu")
 
 
 def load_split(data_dir: Path, *, split: str) -> MnistSplit:
@@ -71,10 +80,17 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+
+
 def batch_count(count: int, *, batch_size: int) -> int:
     """How many batches ``batch_indices`` yields: the steps of one epoch."""
+    _check_batch_size(batch_size)
     batches = -(-count // batch_size)
-    return batches - 1 if batches > 1 and count % batch_size == 1 else batches
+    last = count - (batches - 1) * batch_size
+    return batches - 1 if batches > 1 and last == 1 else batches
 
 
 def batch_indices(
@@ -84,8 +100,11 @@ def batch_indices(
 
     A last batch of one image joins the one before it: batch normalisation cannot
     train on a single image, so a training set of 129 in batches of 128 would
-    otherwise fail at the end of its first epoch.
+    otherwise fail at the end of its first epoch. No images, no batches.
     """
+    _check_batch_size(batch_size)
+    if count == 0:
+        return
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:

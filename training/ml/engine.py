@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig, augment_batch
-from .data import batch_count, batch_indices, normalize, to_unit_float
+from .data import batch_count, batch_indices, normalize, to_device, to_unit_float
 
 
 class TrainingCancelled(Exception):
@@ -86,10 +86,13 @@ def train_one_epoch(
     reports it. ``should_stop()`` is polled before every step and a true answer raises
     :class:`TrainingCancelled`.
     """
-    model.train()
-    images = images.to(device, non_blocking=True)
-    labels = labels.to(device, non_blocking=True)
     count = images.shape[0]
+    if count == 0:
+        # Else the loss of an empty batch, NaN, would read as a diverging run.
+        raise ValueError("no training images to train on")
+    model.train()
+    images = to_device(images, device)
+    labels = to_device(labels, device)
     total_steps = batch_count(count, batch_size=batch_size)
     # Accumulate on device so the loop never waits on a per-step .item() sync.
     loss_sum = torch.zeros((), device=device)
@@ -99,7 +102,7 @@ def train_one_epoch(
     for step, index in enumerate(batch_indices(count, batch_size=batch_size, generator=generator), start=1):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"cancelled at step {step} of {total_steps}")
-        index = index.to(device, non_blocking=True)
+        index = to_device(index, device)
         x = prepare_batch(images[index], augment=augment, generator=generator, augment_config=augment_config)
         x = x.contiguous(memory_format=memory_format)
         y = labels[index]
@@ -135,7 +138,7 @@ def train_one_epoch(
 def predict_logits(*, model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
     """Logits for uint8 N x 28 x 28 images (no augmentation), returned on ``device``."""
     model.eval()
-    images = images.to(device, non_blocking=True)
+    images = to_device(images, device)
     chunks = [model(prepare_batch(images[i : i + batch_size], augment=False)) for i in range(0, images.shape[0], batch_size)]
     return torch.cat(chunks) if chunks else torch.empty(0, 10, device=device)
 
@@ -145,7 +148,7 @@ def evaluate(
     *, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int = 1000
 ) -> EvalResult:
     """Mean cross-entropy, accuracy and 10x10 confusion matrix over a labelled set."""
-    labels = labels.to(device, non_blocking=True)
+    labels = to_device(labels, device)
     logits = predict_logits(model=model, images=images, device=device, batch_size=batch_size)
     n = labels.shape[0]
     if n == 0:

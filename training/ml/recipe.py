@@ -188,6 +188,8 @@ def fit(
       ``state_dict``, ``epoch`` and optionally ``optimizer`` and ``metrics["history"]``.
     """
     device = torch.device(device)
+    if len(train) == 0:
+        raise ValueError("no training images to train on")
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.model).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format

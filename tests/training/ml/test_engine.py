@@ -234,3 +234,17 @@ def test_select_device_understands_auto_and_cpu():
     assert select_device("auto").type in {"cpu", "cuda"}
     with pytest.raises(ValueError):
         select_device("tpu")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_training_on_no_images_is_refused_rather_than_reported_as_a_diverging_run(arch, tiny_test):
+    empty = tiny_test.subset(0)
+    with pytest.raises(ValueError, match="no training images"):
+        fit(config=TrainConfig.default_for(arch), train=empty, test=tiny_test, device=CPU)
+    model = build_model(arch)
+    with pytest.raises(ValueError, match="no training images"):
+        train_one_epoch(
+            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), scheduler=None,
+            images=empty.images, labels=empty.labels, batch_size=64, device=CPU,
+            generator=torch.Generator().manual_seed(0), augment=False,
+        )
