@@ -79,13 +79,15 @@ def email_change_notice_send(self, notice_id: int) -> int:
         return _retry_or_give_up(self, exc, what="email change notice", kwargs={"notice_id": notice_id})
 
 
-@shared_task(name="accounts.tasks.email_confirmations_sweep", ignore_result=True)
+# The sweeps end before the next is due (CELERY_BEAT_SCHEDULE), so that sweeps held up (a broker or a cache that stops
+# answering) never add up to take every process of the worker; what they leave owed, the next one takes.
+@shared_task(name="accounts.tasks.email_confirmations_sweep", soft_time_limit=40, time_limit=50, ignore_result=True)
 def email_confirmations_sweep() -> int:
     """Every minute (CELERY_BEAT_SCHEDULE): links owed whose address may be sent one now are queued."""
     return services.email_confirmations_sweep()
 
 
-@shared_task(name="accounts.tasks.email_change_notices_sweep", ignore_result=True)
+@shared_task(name="accounts.tasks.email_change_notices_sweep", soft_time_limit=120, time_limit=150, ignore_result=True)
 def email_change_notices_sweep() -> list[int]:
     """Every few minutes (CELERY_BEAT_SCHEDULE): notices still owed whose task was lost are queued again."""
     return list(services.email_change_notices_requeue())

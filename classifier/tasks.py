@@ -9,10 +9,11 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # A worker that cannot load the model handed its claims back; healthy workers take them meanwhile, and once its
 # retries run out the sweeper sends them again.
 WORKER_ERRORS = (services.ModelUnavailableError,)
-# The daily and hourly sweeps over files and counts: long, and safe to run again.
+# The daily and hourly sweeps over files and counts: long, and safe to run again. A retry waits a minute or two (drawn
+# at random), well inside the hour before its message expires (CELERY_BEAT_SCHEDULE).
 HOUSEKEEPING = dict(
     acks_late=True, soft_time_limit=600, time_limit=900, autoretry_for=TRANSIENT_ERRORS, max_retries=2,
-    ignore_result=True,
+    retry_backoff=60, retry_backoff_max=600, ignore_result=True,
 )
 
 
@@ -35,10 +36,10 @@ def predictions_execute(prediction_ids: list[int]) -> None:
 @shared_task(
     name="classifier.tasks.predictions_sweep",
     acks_late=True,
-    soft_time_limit=60,
-    time_limit=120,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=2,
+    # Ended before the next sweep is due (every 30 s), so slow sweeps never add up. Not retried: the next sweep is
+    # its retry, and a retry's message would expire before it was due.
+    soft_time_limit=20,
+    time_limit=25,
     ignore_result=True,
 )
 def predictions_sweep() -> int:

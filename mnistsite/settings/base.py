@@ -275,6 +275,10 @@ else:
         "socket_timeout": REDIS_SOCKET_TIMEOUT,
         "socket_connect_timeout": CELERY_BROKER_CONNECTION_TIMEOUT,
     }
+    # A worker takes a message only when one of its processes is free: a trainer acknowledges a run's message as
+    # the run starts (training.tasks), and would otherwise hold the next run's through a run of hours while another
+    # trainer idles. Kombu's filesystem transport ignores it, and warns.
+    CELERY_WORKER_DISABLE_PREFETCH = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_TASK_SERIALIZER = "json"

@@ -105,3 +105,46 @@ def test_the_sweeper_sent_as_beat_sends_it_gets_a_never_published_prediction_com
         prediction.refresh_from_db()
     assert prediction.status == Prediction.Status.DONE, celery_worker_process.log()[-3000:]
     assert prediction.digit == label
+
+
+def _project_tasks() -> list:
+    app.loader.import_default_modules()
+    return [task for name, task in sorted(app.tasks.items()) if not name.startswith("celery.")]
+
+
+def _interval_s(schedule) -> float:
+    from celery.schedules import crontab
+
+    return 86400.0 if isinstance(schedule, crontab) else float(schedule)
+
+
+def test_every_task_has_a_soft_time_limit_it_is_told_of_before_the_hard_one_ends_it():
+    tasks = _project_tasks()
+    assert tasks
+    for task in tasks:
+        assert task.soft_time_limit and task.time_limit, task.name
+        assert task.soft_time_limit < task.time_limit, task.name
+
+
+def test_a_scheduled_task_is_ended_before_its_next_copy_is_due_so_copies_cannot_pile_up():
+    # Each message expires when the next is due, so one waits at most an interval before it starts; ended by its hard
+    # limit within another, at most two copies of a task ever run at once, however long each would take.
+    for name, entry in app.conf.beat_schedule.items():
+        interval = _interval_s(entry["schedule"])
+        assert 0 < entry["options"]["expires"] <= interval, name
+        assert app.tasks[entry["task"]].time_limit <= interval, name
+
+
+def test_retries_are_bounded_back_off_and_come_before_a_scheduled_message_expires():
+    expires = {entry["task"]: entry["options"]["expires"] for entry in app.conf.beat_schedule.values()}
+    for task in _project_tasks():
+        retried_for = getattr(task, "autoretry_for", ())
+        if not retried_for:
+            continue
+        # Named failures, worth trying again; a bug would only fail the same way again.
+        assert all(issubclass(exc, Exception) and exc is not Exception for exc in retried_for), task.name
+        assert getattr(task, "retry_backoff", False) and 0 < task.max_retries <= 10, task.name
+        # The first retry waits at most the backoff factor (with jitter, anything up to it); one due after its
+        # message expired would be discarded unrun.
+        if task.name in expires:
+            assert int(task.retry_backoff) < expires[task.name], task.name

@@ -47,6 +47,50 @@ def test_a_running_run_in_a_real_worker_stops_when_cancelled(celery_worker_proce
     assert run.progress < 1 and not run.checkpoints.filter(is_final=True).exists()
 
 
+@pytest.mark.worker
+def test_a_run_longer_than_the_brokers_visibility_timeout_is_never_handed_to_a_second_trainer(
+    start_celery_worker, tiny_recipe
+):
+    # Far longer than the test settings' visibility timeout (10 s); cancelled once that has passed.
+    first = start_celery_worker(queues="training", name="trainer-1")
+    run = services.training_run_create(
+        created_by=None, **{**tiny_recipe, "epochs": 50, "batch_size": 10, "train_subset": 60_000}
+    )
+    run = _wait_for(run.pk, lambda r: r.status == TrainingRun.Status.RUNNING and r.progress > 0, timeout=90,
+                    worker=first)
+    second = start_celery_worker(queues="training", name="trainer-2")
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    # Past the timeout, and past the scans that would hand the message out again.
+    time.sleep(options["visibility_timeout"] + 3 * options["unacked_restore_interval"] + 2)
+    still = TrainingRun.objects.get(pk=run.pk)
+    services.training_run_cancel(run=still)
+    _wait_for(run.pk, lambda r: r.is_finished, timeout=60, worker=first)
+    assert still.status == TrainingRun.Status.RUNNING and still.attempts == 1, "the run ended too soon to tell"
+    assert run.celery_task_id not in second.log(), second.log()[-3000:]
+
+
+@pytest.mark.worker
+def test_a_run_queued_while_one_trainer_is_busy_goes_at_once_to_an_idle_one(start_celery_worker, tiny_recipe):
+    busy = start_celery_worker(queues="training", name="trainer-1")
+    long = services.training_run_create(
+        created_by=None, **{**tiny_recipe, "epochs": 50, "batch_size": 10, "train_subset": 60_000}
+    )
+    _wait_for(long.pk, lambda r: r.status == TrainingRun.Status.RUNNING, timeout=90, worker=busy)
+    # Sent while only the busy trainer listens: it must not keep the message back for itself.
+    queued = services.training_run_create(created_by=None, **tiny_recipe)
+    time.sleep(2)
+    idle = start_celery_worker(queues="training", name="trainer-2")
+    # Well inside the visibility timeout, after which Redis would hand a message kept back to the idle trainer.
+    within = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] / 2
+    try:
+        _wait_for(queued.pk, lambda r: r.status != TrainingRun.Status.QUEUED, timeout=within, worker=busy)
+    finally:
+        services.training_run_cancel(run=TrainingRun.objects.get(pk=long.pk))
+    queued = _wait_for(queued.pk, lambda r: r.is_finished, timeout=120, worker=idle)
+    assert queued.status == TrainingRun.Status.SUCCEEDED, queued.error
+    assert queued.celery_task_id not in busy.log()
+
+
 @pytest.mark.django_db
 def test_the_execute_task_run_twice_for_one_run_trains_once(tiny_recipe):
     run = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
