@@ -160,6 +160,9 @@ class VerdictFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() not in (_RIGHT, _WRONG):
             return queryset
+        return self.verdict_filter(queryset)
+
+    def verdict_filter(self, queryset):
         truth = Coalesce(F("upload__label"), F("feedback"))
         done = queryset.filter(status=Prediction.Status.DONE)
         if self.value() == _RIGHT:
@@ -167,18 +170,12 @@ class VerdictFilter(admin.SimpleListFilter):
         return done.filter(Q(digit__lt=truth) | Q(digit__gt=truth))
 
 
-class LatestVerdictFilter(admin.SimpleListFilter):
+class LatestVerdictFilter(VerdictFilter):
     """The uploads whose newest prediction is finished and gave, or missed, the true digit."""
 
     title = "newest against the true digit"
-    parameter_name = "verdict"
 
-    def lookups(self, request, model_admin):
-        return [(_RIGHT, "right"), (_WRONG, "wrong")]
-
-    def queryset(self, request, queryset):
-        if self.value() not in (_RIGHT, _WRONG):
-            return queryset
+    def verdict_filter(self, queryset):
         # The newest prediction carries its upload's feedback forward (services.predictions_rerun).
         truth = Coalesce(OuterRef("label"), F("feedback"))
         done = Prediction.Status.DONE

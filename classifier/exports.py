@@ -99,14 +99,18 @@ class _Chunks(io.RawIOBase):
 
 def history_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
     """The CSV, UTF-8 with a byte order mark, a row at a time."""
+    return _csv_stream(COLUMNS, map(_csv_row, rows))
+
+
+def _csv_stream(columns: Iterable[str], rows: Iterable[list]) -> Iterator[bytes]:
     out = _Chunks()
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
     text.write(_BOM)
     writer = csv.writer(text)
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     yield out.take()
     for row in rows:
-        writer.writerow(_csv_row(row))
+        writer.writerow(row)
         yield out.take()
 
 
@@ -214,12 +218,4 @@ def _staff_row(row: UploadExportRow) -> list[str | int | float]:
 
 def staff_results_csv(rows: Iterable[UploadExportRow]) -> Iterator[bytes]:
     """The admin's CSV of results, UTF-8 with a byte order mark, a row at a time."""
-    out = _Chunks()
-    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-    text.write(_BOM)
-    writer = csv.writer(text)
-    writer.writerow(STAFF_COLUMNS)
-    yield out.take()
-    for row in rows:
-        writer.writerow(_staff_row(row))
-        yield out.take()
+    return _csv_stream(STAFF_COLUMNS, map(_staff_row, rows))
