@@ -154,15 +154,13 @@ TIME_ZONE = _setting_or("TIME_ZONE", "UTC")
 try:
     zoneinfo.ZoneInfo(TIME_ZONE)
 except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
-    _known_zone = not zoneinfo.available_timezones()  # no tz database here to judge by: left to Django, as before
-else:
-    _known_zone = True
-if not _known_zone:
-    # Django's own refusal ("Incorrect timezone setting") names neither the variable nor what it takes.
-    raise ImproperlyConfigured(
-        f"TIME_ZONE={TIME_ZONE!r} is not a time zone: use a name of the tz database as written there "
-        "(UTC, Europe/Paris, America/New_York)."
-    ) from None
+    # Django's own refusal ("Incorrect timezone setting") names neither the variable nor what it takes. With no tz
+    # database here to judge by, it is left to Django, as before.
+    if zoneinfo.available_timezones():
+        raise ImproperlyConfigured(
+            f"TIME_ZONE={TIME_ZONE!r} is not a time zone: use a name of the tz database as written there "
+            "(UTC, Europe/Paris, America/New_York)."
+        ) from None
 USE_I18N = True
 USE_TZ = True
 
