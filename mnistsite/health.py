@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
@@ -104,7 +104,12 @@ def _file_digest(path: Path) -> str:
 
 
 def _check_model() -> dict:
-    checkpoint = checkpoint_get_active()
+    # The database answered SELECT 1, yet its tables may not (migrations not run, a restore without them): that is
+    # "not ready", not a 500 without the other checks' verdicts.
+    try:
+        checkpoint = checkpoint_get_active()
+    except DatabaseError as exc:
+        return _failed("model", exc)
     if checkpoint is None:
         return {"ok": False, "error": "no active checkpoint"}
     # A file gone or changed (a volume not mounted, a damaged copy) is one no freshly started worker can load.

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
@@ -46,8 +46,8 @@ def _seconds(milliseconds: dict[float, float | None]) -> list[Sample]:
     return [({"quantile": str(q)}, ms / 1000 if ms is not None else None) for q, ms in milliseconds.items()]
 
 
-def _family(name: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+def _family(name: str, help_text: str, samples: Iterable[Sample], *, kind: str = "gauge") -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     lines += [f"{name}{_labels(labels)} {_value(value)}" for labels, value in samples]
     return lines
 
@@ -71,10 +71,10 @@ def metrics_text(*, now: dt.datetime) -> str:
         *_family("mnistsite_prediction_queue_seconds",
                  "From upload to a worker taking it up, for done predictions created within the window; those still "
                  "waiting count only in mnistsite_predictions_recent and mnistsite_prediction_oldest_pending_seconds.",
-                 _seconds(queue.queue_ms)),
+                 _seconds(queue.queue_ms), kind="summary"),
         *_family("mnistsite_prediction_compute_seconds",
                  "Preprocessing and the model's forward pass, for done predictions created within the window.",
-                 _seconds(queue.compute_ms)),
+                 _seconds(queue.compute_ms), kind="summary"),
         *_family("mnistsite_training_runs", "Training runs by status.",
                  [({"status": status}, count) for status, count in training_run_counts().items()]),
         *_family("mnistsite_training_run_oldest_queued_seconds",
@@ -96,6 +96,18 @@ def metrics_text(*, now: dt.datetime) -> str:
                  [({}, settings.UPLOAD_MIN_FREE_MB * 2**20)]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _database_now() -> dt.datetime:
+    # The scrape's "now" from the one clock all web processes share: by their own clocks, hosts a few minutes apart
+    # would report ages and windows minutes apart, and an alert on the oldest pending prediction would flap with
+    # whichever process the scrape reached.
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT STATEMENT_TIMESTAMP()")
+            return cursor.fetchone()[0]
+        cursor.execute("SELECT STRFTIME('%Y-%m-%d %H:%M:%f', 'now')")
+        return dt.datetime.fromisoformat(cursor.fetchone()[0]).replace(tzinfo=dt.UTC)
 
 
 def _media_free_bytes() -> int | None:
@@ -136,4 +148,4 @@ def metrics(request: HttpRequest) -> HttpResponse:
         _refusal_log()
         return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-    return HttpResponse(metrics_text(now=timezone.now()), content_type=CONTENT_TYPE)
+    return HttpResponse(metrics_text(now=_database_now()), content_type=CONTENT_TYPE)

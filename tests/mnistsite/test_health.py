@@ -188,3 +188,19 @@ def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(sc
     assert not hanging.is_alive()
     assert first["response"].status_code == 503
     assert first["response"].json()["checks"]["broker"]["ok"] is False
+
+
+@pytest.mark.django_db
+def test_readyz_answers_503_naming_the_model_check_when_the_database_answers_but_its_tables_do_not(scraper):
+    from django.db import connection
+
+    # A database reached before its migrations ran (or restored without them): SELECT 1 works, the checkpoints'
+    # table does not. Renamed inside the test's transaction, so it comes back when that rolls back.
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE training_checkpoint RENAME TO training_checkpoint_away")
+    response = scraper.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"] == {"ok": True}
+    # PostgreSQL's kind of error for a missing table, and SQLite's.
+    assert checks["model"] in ({"ok": False, "error": "ProgrammingError"}, {"ok": False, "error": "OperationalError"})

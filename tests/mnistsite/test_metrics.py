@@ -155,3 +155,21 @@ def test_refused_scrapes_are_logged_at_most_once_a_minute(client, metrics_on, ca
         for _ in range(5):
             assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert sum("refused a metrics scrape" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_latency_quantiles_are_typed_as_summaries_so_prometheus_reads_their_quantile_label():
+    types = {family.name: family.type for family in text_string_to_metric_families(metrics_text(now=timezone.now()))}
+    assert types["mnistsite_prediction_queue_seconds"] == "summary"
+    assert types["mnistsite_prediction_compute_seconds"] == "summary"
+    assert types["mnistsite_predictions_waiting"] == "gauge"
+
+
+def test_every_web_process_reports_the_same_age_of_the_oldest_pending_prediction_whatever_its_hosts_clock(
+        client, metrics_on, upload, monkeypatch):
+    _prediction(upload, status="pending", created_at=timezone.now() - dt.timedelta(seconds=90))
+    right_time = timezone.now
+    for skew in (dt.timedelta(minutes=-10), dt.timedelta(minutes=10)):
+        monkeypatch.setattr(timezone, "now", lambda skew=skew: right_time() + skew)
+        samples = _samples(_scrape(client).content.decode())
+        assert 90 <= samples[("mnistsite_prediction_oldest_pending_seconds", ())] < 100, skew
+        assert samples[("mnistsite_predictions_recent", (("status", "pending"),))] == 1, skew
