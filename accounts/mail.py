@@ -19,6 +19,16 @@ def wait_words(*, seconds: float) -> str:
     return f"{minutes} minute{pluralize(minutes)}"
 
 
+def mail_error_words(exc: BaseException) -> str:
+    """A mail error for the log, without the addresses a server's answer names (a refusal is keyed by them)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = sorted({code for code, _message in exc.recipients.values()})
+        return f"SMTPRecipientsRefused ({', '.join(map(str, codes))})"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{type(exc).__name__} ({exc.smtp_code})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def mail_error_is_transient(exc: BaseException) -> bool:
     """Whether sending may work later: a 4xx answer, a dropped or refused connection, a timeout; not a 5xx answer
     (no such mailbox, a refused sender or password) or a server lacking what the settings ask of it."""

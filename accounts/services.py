@@ -29,7 +29,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from accounts import selectors
-from accounts.mail import duration_words, mail_error_is_transient, wait_words
+from accounts.mail import duration_words, mail_error_is_transient, mail_error_words, wait_words
 from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
 from accounts.tokens import password_reset_token_generator
 from classifier.services import uploads_lock_for_owner
@@ -271,14 +271,16 @@ def _message_send(*, message: EmailMessage, what: str, user_ids: list[int],
     except Exception as exc:
         if sent:
             # The message went; only saying goodbye failed.
-            logger.warning("the mail server failed after the %s was sent: %s", what, exc)
+            logger.warning("the mail server failed after the %s was sent: %s", what, mail_error_words(exc))
             return True
         if not (isinstance(exc, SoftTimeLimitExceeded) or mail_error_is_transient(exc)):
             if isinstance(exc, smtplib.SMTPException):
-                logger.error("the mail server refused the %s to users %s: %s", what, user_ids, exc)
+                logger.error("the mail server refused the %s to users %s: %s", what, user_ids, mail_error_words(exc))
                 return False
             raise
-        raise deferred(f"the mail server could not take a {what} now: {exc}", user_ids=user_ids) from exc
+        raise deferred(
+            f"the mail server could not take a {what} now: {mail_error_words(exc)}", user_ids=user_ids
+        ) from exc
     return True
 
 

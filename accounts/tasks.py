@@ -40,13 +40,12 @@ def _retry_or_give_up(task, exc: services.EmailDeferred, *, what: str, kwargs: d
     """Send the message again later (with ``kwargs``), or log giving up once MAX_RETRIES are spent; returns 0 then."""
     tries = task.request.retries + 1
     if task.request.retries >= task.max_retries:
-        logger.error("gave up on the %s to users %s after %d tries: %s", what, exc.user_ids, tries, exc.__cause__)
+        logger.error("gave up on the %s to users %s after %d tries: %s", what, exc.user_ids, tries, exc)
         return 0
     countdown = get_exponential_backoff_interval(
         factor=RETRY_BACKOFF_S, retries=task.request.retries, maximum=RETRY_BACKOFF_MAX_S, full_jitter=True
     )
-    logger.warning("%s to users %s deferred (try %d), again in %d s: %s", what, exc.user_ids, tries, countdown,
-                   exc.__cause__)
+    logger.warning("%s to users %s deferred (try %d), again in %d s: %s", what, exc.user_ids, tries, countdown, exc)
     raise task.retry(kwargs=kwargs, countdown=countdown, exc=exc)
 
 
