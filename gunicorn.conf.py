@@ -1,8 +1,10 @@
 """Gunicorn settings for `make run`, the container and the benchmarks; each one can be overridden from the environment."""
 import os
+import re
 from pathlib import Path
 
 import environ
+from gunicorn.glogging import Logger
 
 # Gunicorn reads this file before Django reads .env, so GUNICORN_* set there would apply to Django alone. Variables
 # already in the environment win over the file, as in the settings.
@@ -42,3 +44,20 @@ timeout = _whole_number("GUNICORN_TIMEOUT", 120, least=0)
 # long before it is killed; compose's stop_grace_period for web is longer still.
 graceful_timeout = _whole_number("GUNICORN_GRACEFUL_TIMEOUT", 35, least=0)
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+
+# The secret parts of the links mailed to people: a password reset link's token (a link works until it is used or
+# expires) and an email confirmation's. The access log would keep them, in the request line and, for the pages
+# such a link opens, in the Referer of what those pages load.
+_SECRET_IN_PATH = re.compile(r"(/accounts/(?:password/reset/[^/?#\s]+|email/confirm))/(?!set-password/)[^/?#\s]+")
+
+
+class AccessLogger(Logger):
+    """Gunicorn's logger, writing the secret parts of mailed links to the access log as ***."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        return {key: _SECRET_IN_PATH.sub(r"\1/***", value) if isinstance(value, str) else value
+                for key, value in atoms.items()}
+
+
+logger_class = AccessLogger

@@ -78,3 +78,29 @@ def test_no_web_process_or_thread_is_refused_rather_than_listening_without_answe
 def test_an_empty_bind_address_serves_the_default_one_rather_than_none():
     assert _effective_config(GUNICORN_BIND="")["bind"] == "['0.0.0.0:8000']"
     assert _effective_config(GUNICORN_BIND=" ")["bind"] == "['0.0.0.0:8000']"
+
+
+def test_the_access_log_writes_the_secret_parts_of_mailed_links_as_stars():
+    import datetime as dt
+    import runpy
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    logger = runpy.run_path(str(REPO / "gunicorn.conf.py"))["AccessLogger"](Config())
+    reset = "/accounts/password/reset/MQ/cz3kbk-0f1e2d3c4b5a69788796a5b4c3d2e1f0/"
+    confirm = "/accounts/email/confirm/Ab.Cd-Ef/"
+    environ = {
+        "REQUEST_METHOD": "GET", "RAW_URI": f"{reset}?next=/", "PATH_INFO": reset, "QUERY_STRING": "next=/",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "192.0.2.1", "HTTP_REFERER": f"https://digits.example.com{confirm}",
+    }
+    request = SimpleNamespace(headers=[("REFERER", environ["HTTP_REFERER"])])
+    response = SimpleNamespace(status="200 OK", sent=10, headers=[])
+    atoms = logger.atoms(response, request, environ, dt.timedelta(seconds=0.01))
+    assert atoms["r"] == "GET /accounts/password/reset/MQ/***/?next=/ HTTP/1.1"
+    assert atoms["U"] == "/accounts/password/reset/MQ/***/"
+    assert atoms["f"] == atoms["{referer}i"] == "https://digits.example.com/accounts/email/confirm/***/"
+    # The page a reset link leads to, once its token is in the session, names no secret.
+    after = "/accounts/password/reset/MQ/set-password/"
+    environ.update(RAW_URI=after, PATH_INFO=after)
+    assert logger.atoms(response, request, environ, dt.timedelta(0))["U"] == after
