@@ -220,7 +220,11 @@ def _unexpected(exc: Exception, context: dict) -> Response | None:
     request = context.get("request")
     # Error reporting and the test client listen for this signal; a handled 500 must still reach them.
     signals.got_request_exception.send(sender=None, request=getattr(request, "_request", request))
-    logger.error("unhandled error in the API", exc_info=exc)
+    user = getattr(request, "user", None)
+    logger.error(
+        "unhandled error in the API: %s %s (user %s)", getattr(request, "method", "?"), getattr(request, "path", "?"),
+        getattr(user, "pk", None), exc_info=exc,
+    )
     return Response(
         error_body(code="server_error", message="Something went wrong on our side; it has been logged."),
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,

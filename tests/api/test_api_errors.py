@@ -54,7 +54,9 @@ def test_a_too_large_file_among_other_errors_makes_the_whole_response_413():
     assert [item["code"] for item in error_body["details"]] == ["not_image", "too_large"]
 
 
-def test_an_unexpected_error_is_a_500_envelope_and_still_reported(user_client, user, make_prediction):
+def test_an_unexpected_error_is_a_500_envelope_and_still_reported_naming_the_request(
+    user_client, user, make_prediction, caplog
+):
     from django.core.signals import got_request_exception
 
     from classifier.models import Prediction
@@ -74,6 +76,8 @@ def test_an_unexpected_error_is_a_500_envelope_and_still_reported(user_client, u
     assert assert_envelope(response.json())["code"] == "server_error"
     assert "boom" not in response.content.decode()
     assert reported
+    (logged,) = [record for record in caplog.records if record.message.startswith("unhandled error in the API")]
+    assert logged.message == f"unhandled error in the API: GET /api/v1/predictions/{prediction.pk}/ (user {user.pk})"
 
 
 def test_options_describes_an_endpoint_instead_of_failing(staff_client, user_client):
