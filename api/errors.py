@@ -1,4 +1,4 @@
-"""One error shape for the whole API: ``{"error": {"code", "message", "field", "details"}}``."""
+"""One error shape for the whole API: ``{"error": {"code", "message", "field", "details", "request_id"}}``."""
 from __future__ import annotations
 
 import logging
@@ -31,6 +31,7 @@ from classifier.services import (
     UploadQuotaError,
     UploadStorageError,
 )
+from mnistsite.request_id import request_id_get
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ STATUS_FOR_CODE = {"too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE}
 
 def error_body(*, code: str, message: str, field: str | None = None, details: list[dict] | None = None) -> dict:
     item = {"code": code, "message": message, "field": field}
-    return {"error": {**item, "details": details if details is not None else [item]}}
+    # The request's X-Request-ID, for the user to quote: every log line of the request (and of the tasks it
+    # published) names it. None only outside a request.
+    return {"error": {**item, "details": details if details is not None else [item], "request_id": request_id_get()}}
 
 
 def _flatten(detail: Any, field: str | None = None) -> list[dict]:

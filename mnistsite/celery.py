@@ -3,9 +3,24 @@ import os
 
 from celery import Celery
 from celery.exceptions import WorkerShutdown
-from celery.signals import task_prerun, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    before_task_publish,
+    task_postrun,
+    task_prerun,
+    worker_init,
+)
 
 from mnistsite.heartbeat import WorkerHeartbeat
+from mnistsite.request_id import (
+    TASK_HEADER,
+    RequestIdFilter,
+    request_id_accept,
+    request_id_get,
+    request_id_reset,
+    request_id_set,
+)
 
 # A server started without a settings module gets production's: no DEBUG pages, no committed key.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.production")
@@ -16,6 +31,54 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # The liveness file of each worker (CELERY_HEARTBEAT_FILE), touched from its consumer's loop.
 app.steps["consumer"].add(WorkerHeartbeat)
+# Celery's own formats, with the id of the request that published the task (see _request_id_adopt) or "-" for the
+# worker's own lines. Defaults, so that the settings read lazily can still replace them.
+app.add_defaults({
+    "worker_log_format": "[%(asctime)s: %(levelname)s/%(processName)s] [%(request_id)s] %(message)s",
+    "worker_task_log_format": (
+        "[%(asctime)s: %(levelname)s/%(processName)s] [%(request_id)s] %(task_name)s[%(task_id)s]: %(message)s"
+    ),
+})
+_request_id_filter = RequestIdFilter()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _request_id_log(logger=None, **kwargs) -> None:
+    """Celery's handlers (which replace those of settings.LOGGING in a worker and beat) show each line's id too."""
+    for handler in logger.handlers:
+        handler.addFilter(_request_id_filter)
+
+
+@before_task_publish.connect
+def _request_id_send(headers=None, **kwargs) -> None:
+    """A task published while a request (or another task) is handled carries its id, read as the message leaves.
+
+    Prediction tasks are published by ``transaction.on_commit`` callbacks, which run in the request's own thread
+    once its transaction commits, so the id is still the request's then.
+    """
+    request_id = request_id_get()
+    if request_id is not None and headers is not None:
+        headers.setdefault(TASK_HEADER, request_id)
+
+
+@task_prerun.connect
+def _request_id_adopt(task=None, **kwargs) -> None:
+    """The task's lines name the request that published it; one sent by beat (or by anyone else) gets its own id."""
+    request = task.request
+    if request.get("is_eager") and request.get(TASK_HEADER) is None and request_id_get() is not None:
+        # Run inside its caller (no message was sent): its lines belong to the caller's request.
+        request_id = request_id_get()
+    else:
+        request_id = request_id_accept(value=request.get(TASK_HEADER))
+    request._request_id_token = request_id_set(value=request_id)
+
+
+@task_postrun.connect
+def _request_id_forget(task=None, **kwargs) -> None:
+    token = getattr(task.request, "_request_id_token", None)
+    if token is not None:
+        request_id_reset(token=token)
 
 
 @task_prerun.connect

@@ -41,7 +41,9 @@ def assert_envelope(body: dict) -> dict:
     """``body``'s error, once it is checked to be the API's envelope."""
     assert set(body) == {"error"}
     error = body["error"]
-    assert set(error) == {"code", "message", "field", "details"}
+    assert set(error) == {"code", "message", "field", "details", "request_id"}
+    # The request's X-Request-ID, which every log line of it names.
+    assert isinstance(error["request_id"], str) and error["request_id"]
     assert isinstance(error["code"], str) and isinstance(error["message"], str) and error["message"]
     assert error["details"][0] == {key: error[key] for key in ("code", "message", "field")}
     return error

@@ -260,6 +260,7 @@ def test_text_in_the_image_field_is_400_naming_the_field(user_client):
     assert response.json()["error"] == {
         "code": "not_a_file", "message": "Send a file, not text.", "field": "image",
         "details": [{"code": "not_a_file", "message": "Send a file, not text.", "field": "image"}],
+        "request_id": response["X-Request-ID"],
     }
 
 
@@ -419,6 +420,7 @@ def test_a_digit_written_as_a_fraction_is_refused_saying_how_to_write_it(user_cl
         "code": "invalid", "message": "A whole number is required, written with digits only (3, not 3.0).",
         "field": "digit", "details": [{"code": "invalid", "field": "digit",
                                        "message": "A whole number is required, written with digits only (3, not 3.0)."}],
+        "request_id": response["X-Request-ID"],
     }
 
 

@@ -1,5 +1,6 @@
 """Real Celery worker processes answer on the real broker, and run predictions on the embedded one."""
 import io
+import re
 import time
 
 import pytest
@@ -64,8 +65,6 @@ def test_a_prediction_round_trips_through_a_real_worker_on_the_embedded_filesyst
 
 def _compose_queues() -> set[str]:
     """Every queue some compose worker consumes (``-Q a,b``)."""
-    import re
-
     from tests.processes import REPO
 
     compose = (REPO / "docker-compose.yml").read_text()
@@ -148,3 +147,73 @@ def test_retries_are_bounded_back_off_and_come_before_a_scheduled_message_expire
         # message expired would be discarded unrun.
         if task.name in expires:
             assert int(task.retry_backoff) < expires[task.name], task.name
+
+
+def _task_line(worker, *, task_id: str, timeout: float = 30) -> str:
+    """The worker's log line saying that task ``task_id`` succeeded, once it has written it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in worker.log().splitlines() if f"[{task_id}] succeeded" in line]
+        if lines:
+            return lines[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no line for task {task_id}:\n{worker.log()[-3000:]}")
+
+
+@pytest.mark.worker
+def test_a_prediction_uploaded_in_a_request_is_logged_by_its_worker_under_the_requests_id(
+    transactional_db, active_checkpoint, celery_worker_process, client, user, mnist_image
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    image, _ = mnist_image(0)
+    client.force_login(user)
+
+    # Published by the upload's on-commit callback, in the request's own thread.
+    response = client.post("/api/v1/predictions/?wait=30", {"image": SimpleUploadedFile("d.png", png_bytes(image))},
+                           HTTP_X_REQUEST_ID="upload-4711")
+
+    assert response.status_code == 200, response.content
+    deadline = time.monotonic() + 30
+    while (found := re.search(r"\[upload-4711\] Task classifier\.tasks\.predictions_execute\[([0-9a-f-]+)\] succeeded",
+                              celery_worker_process.log())) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found, celery_worker_process.log()[-3000:]
+    assert "/ForkPoolWorker-" in _task_line(celery_worker_process, task_id=found[1])
+
+
+@pytest.mark.worker
+def test_tasks_sent_outside_any_request_as_beat_sends_them_get_an_id_of_their_own_each(celery_worker_process):
+    entry = app.conf.beat_schedule["sweep-pending-predictions"]
+
+    sent = [app.send_task(entry["task"], **entry["options"]) for _ in range(2)]
+
+    ids = [re.search(r"\] \[([^\]]+)\] Task ", _task_line(celery_worker_process, task_id=result.id))[1]
+           for result in sent]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in ids), ids
+    assert ids[0] != ids[1]
+
+
+@pytest.mark.django_db
+def test_a_task_run_eagerly_keeps_its_callers_id_or_gets_its_own_and_leaves_the_callers_as_it_was():
+    from celery.signals import task_success
+
+    from mnistsite.request_id import request_id_get, request_id_reset, request_id_set
+
+    seen = []
+    task_success.connect(lambda **kwargs: seen.append(request_id_get()), weak=False, dispatch_uid="request-id-test")
+    try:
+        app.loader.import_default_modules()
+        sweep = app.tasks["classifier.tasks.predictions_sweep"]
+        token = request_id_set(value="caller-1")
+        try:
+            sweep.apply().get()
+            assert request_id_get() == "caller-1"
+        finally:
+            request_id_reset(token=token)
+        sweep.apply().get()
+    finally:
+        task_success.disconnect(dispatch_uid="request-id-test")
+
+    assert seen[0] == "caller-1"
+    assert re.fullmatch(r"[0-9a-f]{32}", seen[1]) and request_id_get() is None

@@ -1,4 +1,4 @@
-"""Requests Django refuses before any view runs still get a readable page."""
+"""Error pages: requests Django refuses before any view runs, and server errors, still get a readable page."""
 import io
 
 import pytest
@@ -31,3 +31,20 @@ def test_too_many_files_sent_to_another_page_get_the_bad_request_page_and_change
     assert b"Nothing was stored" in response.content
     assert Upload.objects.count() == 0
     assert browser.get("/").status_code == 200  # still signed in
+
+
+@pytest.mark.django_db
+def test_the_server_error_page_gives_the_reference_its_log_line_names(client, user):
+    from tests.mnistsite.test_request_id import console_log, damaged_prediction
+
+    prediction = damaged_prediction(owner=user)
+    client.force_login(user)
+    client.raise_request_exception = False
+
+    with console_log() as log:
+        response = client.get(f"/predictions/{prediction.pk}/", HTTP_X_REQUEST_ID="page-500")
+
+    assert response.status_code == 500
+    assert response["X-Request-ID"] == "page-500"
+    assert '<code class="request-id">page-500</code>' in response.content.decode()
+    assert " ERROR [page-500] django.request Internal Server Error: " in log.getvalue()

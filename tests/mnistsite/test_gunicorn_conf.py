@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from api.serializers import MAX_WAIT_SECONDS
@@ -104,3 +105,34 @@ def test_the_access_log_writes_the_secret_parts_of_mailed_links_as_stars():
     after = "/accounts/password/reset/MQ/set-password/"
     environ.update(RAW_URI=after, PATH_INFO=after)
     assert logger.atoms(response, request, environ, dt.timedelta(0))["U"] == after
+
+
+@pytest.mark.django_db
+def test_the_access_log_line_ends_with_the_request_id_the_site_answered_with(tmp_path):
+    import http.client
+
+    from tests.processes import child_env, start_process
+
+    server = start_process(
+        name="gunicorn", log_dir=tmp_path, env=child_env(GUNICORN_ACCESS_LOG="-"),
+        args=[sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", "mnistsite.wsgi:application"],
+    )
+    try:
+        server.wait_for_output("Booting worker", timeout=60)
+        port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", server.log())[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/healthz", headers={"X-Request-ID": "lb-1f2e3d"})
+        connection.getresponse().read()
+        connection.request("GET", "/healthz?made", headers={"X-Request-ID": "not safe\x7f"})
+        made = connection.getresponse()
+        made.read()
+        server.wait_for_output("/healthz?made", timeout=10)
+    finally:
+        server.stop()
+
+    lines = server.log().splitlines()
+    (sent,) = [line for line in lines if '"GET /healthz HTTP/1.1" 200' in line]
+    (replaced,) = [line for line in lines if '"GET /healthz?made HTTP/1.1" 200' in line]
+    assert sent.endswith('" lb-1f2e3d')
+    assert re.fullmatch(r"[0-9a-f]{32}", made.getheader("X-Request-ID"))
+    assert replaced.endswith(f'" {made.getheader("X-Request-ID")}') and "not safe" not in server.log()
