@@ -69,7 +69,8 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
             "accuracy", "error", "cancel_requested", "attempts",
         )}),
         ("Book-keeping", {"fields": (
-            "created_by", "celery_task_id", "published_at", "created_at", "started_at", "heartbeat_at", "finished_at",
+            "created_by", "celery_task_id", "published_at", "created_at", "started_at", "queued_at", "heartbeat_at",
+            "finished_at",
         )}),
     )
 

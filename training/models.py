@@ -48,6 +48,9 @@ class TrainingRun(models.Model):
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the reaper or a stopping trainer last queued it again, on the database's clock; null for a run never taken
+    # (it waits since created_at). Its wait counts from here, not from a heartbeat that went stale long before.
+    queued_at = models.DateTimeField(null=True, blank=True)
     # The database's clock, as for every time the reaper compares with it: a web host whose clock runs off would
     # otherwise have a run it just created resent at once, or left unsent for as long as the skew.
     created_at = models.DateTimeField(db_default=Now())

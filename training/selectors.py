@@ -87,8 +87,10 @@ NO_TRAINER_WARNING_AFTER = timedelta(minutes=2)
 
 
 def _queued_since() -> Coalesce:
-    # A run queued again (its trainer died or stopped) has waited since its last heartbeat, not since it was created.
-    return Coalesce("heartbeat_at", "created_at")
+    # A run queued again (its trainer died or stopped) has waited since then, not since it was created: not since its
+    # last heartbeat either, which is TRAINING_STALE_AFTER_SECONDS old or more once the reaper queues it again. A run
+    # queued again before queued_at was kept has only its last heartbeat to tell.
+    return Coalesce("queued_at", "heartbeat_at", "created_at")
 
 
 def _with_untaken_for(runs: QuerySet[TrainingRun]) -> QuerySet[TrainingRun]:

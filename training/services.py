@@ -40,6 +40,9 @@ CANCEL_CHECK_EVERY_S = 1.0
 # A queued run whose message never reached the broker is re-published after this long.
 UNPUBLISHED_REPUBLISH_AFTER_S = 60
 STALE_ERROR = "worker stopped responding"
+# A checkpoint is written in seconds, its temp file's time moving with every write: one untouched for this long in a
+# run's folder is what a write killed midway left (SIGKILL, a power cut), never removed otherwise.
+ABANDONED_TEMP_FILE_AGE_S = 60
 
 ProgressHook = Callable[[float, int, int, float], None]
 
@@ -217,6 +220,19 @@ def _run_dir(run: TrainingRun) -> Path:
     """
     created = run.created_at.astimezone(UTC)
     return Path(settings.CHECKPOINT_DIR) / "runs" / f"{run.pk}-{created:%Y%m%dT%H%M%S%fZ}"
+
+
+def _abandoned_temp_files_remove(*, run: TrainingRun) -> None:
+    """Remove what writes killed midway left in the run's folder; what is written whole under its name stays.
+
+    Called where no attempt before may still write there usefully: as an attempt starts (the claim took the run from
+    every earlier one) and as the reaper gives up on one. A failure to remove is only space kept.
+    """
+    from training.ml.atomic import abandoned_temp_files_remove
+
+    removed = abandoned_temp_files_remove(_run_dir(run), older_than_s=ABANDONED_TEMP_FILE_AGE_S)
+    if removed:
+        logger.info("training run %s: removed %s temp files of writes killed midway", run.pk, len(removed))
 
 
 def _checkpoint_save(*, path: Path, run_id: int, **checkpoint: Any) -> tuple[str, int]:
@@ -436,6 +452,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     threads_before = torch.get_num_threads()
     try:
         torch.set_num_threads(default_num_threads())
+        _abandoned_temp_files_remove(run=run)
         resume = _latest_epoch_checkpoint(run)
         train_config = _train_config_for(run)
         resume_payload = None
@@ -514,6 +531,7 @@ def _training_run_requeue_after_shutdown(*, run: TrainingRun) -> None:
     ours = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, attempts=run.attempts)
     requeued = ours.filter(cancel_requested=False).update(
         status=TrainingRun.Status.QUEUED,
+        queued_at=Now(),
         attempts=F("attempts") - 1,
         eta_seconds=None,
         error="The trainer shut down during this run; it resumes from its last epoch checkpoint.",
@@ -628,7 +646,8 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
 
     A running run whose heartbeat is older than TRAINING_STALE_AFTER_SECONDS is
     re-queued while it has attempts left, else marked failed ("worker stopped
-    responding"); one that was asked to cancel becomes cancelled. Queued runs
+    responding"); one that was asked to cancel becomes cancelled, and the temp
+    files of checkpoint writes killed midway are cleared from its folder. Queued runs
     whose message never reached the broker, or was lost there, are published again.
 
     Times are the database's clock, which wrote the heartbeats, not this host's: ``now``
@@ -660,6 +679,7 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
                 outcome["cancelled"].append(run.pk)
             elif run.attempts < MAX_ATTEMPTS:
                 run.status = TrainingRun.Status.QUEUED
+                run.queued_at = clock
                 run.error = f"{STALE_ERROR} (attempt {run.attempts}); resuming from the last epoch checkpoint"
                 outcome["requeued"].append(run.pk)
                 transaction.on_commit(lambda run_id=run.pk: training_run_publish(run_id=run_id))
@@ -668,8 +688,10 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
                 run.error = f"{STALE_ERROR} after {run.attempts} attempts"
                 run.finished_at = clock
                 outcome["failed"].append(run.pk)
-            run.save(update_fields=["status", "error", "finished_at", "eta_seconds"])
+            run.save(update_fields=["status", "error", "finished_at", "eta_seconds", "queued_at"])
             logger.warning("stale training run %s: %s", run.pk, run.status)
+        # A run queued again is cleared once more as its next attempt starts; a finished one never is but here.
+        _abandoned_temp_files_remove(run=run)
 
     queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED)
     unpublished = queued.filter(

@@ -118,10 +118,17 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}:
     # Without it libpq waits for a host that drops packets as long as the kernel retries (about two minutes), and
     # for one that accepts but never answers for ever, holding the request, the task or /readyz meanwhile. A
-    # connect_timeout in DATABASE_URL's query string wins.
+    # connect_timeout in DATABASE_URL's query string wins. libpq reads 0 or less as "wait for ever", so a dead database
+    # would hang every request and task: refused. It waits at least 2 s whatever it is given.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5, least=0)
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5, least=1)
     )
+    try:
+        _connect_timeout = int(DATABASES["default"]["OPTIONS"]["connect_timeout"])
+    except (TypeError, ValueError):
+        _connect_timeout = None  # no number: libpq refuses it itself, naming it
+    if _connect_timeout is not None and _connect_timeout < 1:
+        raise ImproperlyConfigured(f"DATABASE_URL's connect_timeout must be 1 or more (it is {_connect_timeout}).")
     # A server that goes silent on a connection already open (a failover, a cut network) is noticed within about a
     # minute, instead of when the kernel gives up (some fifteen minutes): probes while a reply is awaited, and a
     # limit on data sent but never acknowledged. A long query is unaffected: the server's kernel answers probes.

@@ -187,6 +187,21 @@ def test_a_postgresql_host_that_never_answers_fails_the_connection_in_seconds_no
     assert error == "OperationalError" and int(seconds) <= 5
 
 
+@pytest.mark.parametrize("timeout", ["0", "-3"])
+def test_a_connect_timeout_that_libpq_reads_as_wait_for_ever_is_refused_at_start_by_its_name(timeout):
+    result = _run_manage("check", DATABASE_URL="postgres://mnistsite@db.example/mnistsite",
+                         DATABASE_CONNECT_TIMEOUT=timeout)
+    assert result.returncode != 0
+    assert f"DATABASE_CONNECT_TIMEOUT must be 1 or more (it is {timeout})." in result.stderr
+
+
+def test_a_connect_timeout_of_zero_in_the_database_url_is_refused_without_quoting_the_url():
+    result = _run_manage("check", DATABASE_URL="postgres://mnistsite:s3cret@db.example/mnistsite?connect_timeout=0")
+    assert result.returncode != 0
+    assert "DATABASE_URL's connect_timeout must be 1 or more (it is 0)" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
 def test_only_postgresql_gets_a_connect_timeout_and_one_in_the_url_wins():
     show = (
         "from django.conf import settings; "

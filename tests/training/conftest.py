@@ -1,6 +1,15 @@
-"""Fixtures for the training tests: tiny recipes and checkpoints made without a training loop."""
+"""Fixtures for the training tests: tiny recipes, checkpoints made without a training loop, writes killed midway."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from django.conf import settings
+
+from tests.processes import REPO
 
 TINY = dict(architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3, seed=0, augment=False, train_subset=300)
 
@@ -76,3 +85,43 @@ def predict_with(db, user):
         return Prediction.objects.create(upload=upload, checkpoint=checkpoint, status=Prediction.Status.DONE, digit=3)
 
     return predict
+
+
+# Writes half a file through atomic_writer, says so, and waits to be killed.
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from training.ml.atomic import atomic_writer
+with atomic_writer(Path(sys.argv[1])) as handle:
+    handle.write(b"half a checkpoint")
+    handle.flush()
+    print("written", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def killed_write():
+    """Start writing ``path`` atomically in another process and SIGKILL it midway; returns the temp file left behind.
+
+    The file's time is set ``age_s`` back, as it would be that long after the kill.
+    """
+
+    def kill(path: Path, *, age_s: float = 0.0) -> Path:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert writer.stdout.readline().strip() == "written"
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+            writer.stdout.close()
+        [left] = path.parent.glob(f".{path.name}.*.part")
+        assert left.read_bytes() == b"half a checkpoint" and not path.exists()
+        if age_s:
+            then = time.time() - age_s
+            os.utime(left, (then, then))
+        return left
+
+    return kill

@@ -1,9 +1,11 @@
-"""Training selectors: labelling a folder of images for evaluation, and counting runs by status."""
+"""Training selectors: labelling images for evaluation, counting runs by status, and how long a queued run waits."""
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.conf import settings
+from django.db.models.functions import Now
 from PIL import Image
 
 from training import selectors
@@ -53,3 +55,37 @@ def test_run_counts_list_every_status():
     TrainingRun.objects.create(status="running", epochs=1, batch_size=64, learning_rate=0.1)
     counts = selectors.training_run_counts()
     assert counts == {"queued": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
+
+
+def _stale_running_run(tiny_recipe) -> TrainingRun:
+    """A run whose trainer was killed well past TRAINING_STALE_AFTER_SECONDS ago, created an hour before."""
+    from training import services
+
+    run = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+    stopped = Now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS + 30)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, created_at=Now() - timedelta(hours=1),
+        started_at=Now() - timedelta(hours=1), heartbeat_at=stopped,
+    )
+    return run
+
+
+def test_a_run_the_reaper_just_queued_again_is_not_taken_for_one_no_trainer_takes(tiny_recipe):
+    from training import services
+
+    run = _stale_running_run(tiny_recipe)
+    assert services.training_runs_reap()["requeued"] == [run.pk]
+    assert selectors.training_run_untaken_for(run=selectors.training_run_get(run_id=run.pk)) is None
+    assert selectors.training_run_oldest_queued_seconds() < 30
+
+
+def test_a_run_queued_again_by_the_reaper_counts_its_wait_from_then_and_warns_once_it_is_long(tiny_recipe):
+    from training import services
+
+    run = _stale_running_run(tiny_recipe)
+    services.training_runs_reap()
+    # Five minutes on, no trainer has come.
+    TrainingRun.objects.filter(pk=run.pk).update(queued_at=Now() - timedelta(minutes=5))
+    waited = selectors.training_run_untaken_for(run=selectors.training_run_get(run_id=run.pk))
+    assert waited is not None and timedelta(minutes=5) <= waited < timedelta(minutes=6)
+    assert 300 <= selectors.training_run_oldest_queued_seconds() < 360

@@ -607,6 +607,37 @@ def test_a_stale_run_is_requeued_and_resumes_from_its_last_epoch_checkpoint(
     assert run.error == ""
 
 
+def test_the_next_attempt_of_a_run_clears_the_temp_files_of_writes_killed_in_the_last_and_keeps_the_files_written(
+    tiny_recipe, killed_write
+):
+    from training.ml.atomic import atomic_write_bytes
+
+    run = _create(tiny_recipe)
+    # Its first attempt was killed while writing its final checkpoint, after writing its first epoch's.
+    TrainingRun.objects.filter(pk=run.pk).update(attempts=1)
+    attempt = services._run_dir(run) / "attempt-1"
+    atomic_write_bytes(attempt / "epoch-1.pt", b"written whole")
+    left = killed_write(attempt / "final.pt", age_s=services.ABANDONED_TEMP_FILE_AGE_S + 60)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == (TrainingRun.Status.SUCCEEDED, 2), run.error
+    assert not left.exists() and (attempt / "epoch-1.pt").read_bytes() == b"written whole"
+
+
+def test_the_reaper_clears_the_temp_files_of_writes_killed_in_a_run_it_gives_up_on_and_keeps_its_checkpoints(
+    tiny_recipe, make_run_with_checkpoints, killed_write
+):
+    run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.RUNNING, epochs=1)
+    _make_stale(run, attempts=services.MAX_ATTEMPTS)
+    attempt = services._run_dir(run) / "attempt-1"
+    left = killed_write(attempt / "epoch-2.pt", age_s=services.ABANDONED_TEMP_FILE_AGE_S + 60)
+    # A write under way (its file written to a moment ago) is left to finish.
+    under_way = killed_write(attempt / "final.pt")
+    assert services.training_runs_reap()["failed"] == [run.pk]
+    assert not left.exists() and under_way.exists()
+    assert sha256_file(settings.CHECKPOINT_DIR / checkpoints["epoch-1"].path) == checkpoints["epoch-1"].sha256
+
+
 def _shut_down_in_epoch_two(fraction, epoch, step, eta):
     # What a worker's pool process raises when the worker is stopped (a cold shutdown, a terminate).
     if epoch == 2:

@@ -6,7 +6,10 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -60,6 +63,12 @@ def _link_into_place(tmp_path: Path, path: Path) -> None:
         tmp_path.unlink()
 
 
+# The temp names atomic_writer gives: "." + the target's name + "." + mkstemp's eight characters + ".part".
+_TEMP_PREFIX = "."
+_TEMP_SUFFIX = ".part"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part", re.ASCII)
+
+
 @contextlib.contextmanager
 def atomic_writer(
     path: Path, *, verify: Callable[[Path], None] | None = None, overwrite: bool = True
@@ -73,7 +82,7 @@ def atomic_writer(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     tmp_path = Path(tmp_name)
     try:
         # mkstemp creates 0600; published artefacts must be readable by other service users.
@@ -108,3 +117,32 @@ def atomic_write_bytes(
     with atomic_writer(path, overwrite=overwrite) as handle:
         handle.write(data)
     return actual
+
+
+def abandoned_temp_files_remove(directory: Path, *, older_than_s: float) -> list[Path]:
+    """Remove the temp files of writes killed midway in ``directory`` and below; returns the paths removed.
+
+    A writer killed with SIGKILL, or by a power cut, never reaches its cleanup and
+    leaves its temp file for good. Only plain files named as ``atomic_writer``
+    names its temp files and untouched for ``older_than_s`` are removed: a live
+    write changes its file's time with every write, and finishes in seconds.
+    Never a file under its final name, a link or a folder.
+    """
+    cutoff = time.time() - older_than_s
+    removed: list[Path] = []
+    # Links to folders are not followed: what lies outside ``directory`` is not ours to clear.
+    for folder, _folders, names in os.walk(directory):
+        for name in names:
+            if not _TEMP_NAME.fullmatch(name):
+                continue
+            path = Path(folder) / name
+            try:
+                info = path.lstat()
+                if not stat.S_ISREG(info.st_mode) or info.st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except OSError:
+                # Gone meanwhile (its write finished after all) or not ours to remove: left as it is.
+                continue
+            removed.append(path)
+    return removed

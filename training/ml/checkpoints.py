@@ -34,6 +34,24 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
+def _config_mismatches(config: dict[str, Any], state_dict: dict[str, Any]) -> list[str]:
+    """How the weights ``config`` builds differ from ``state_dict`` by name and shape; empty when they fit.
+
+    The model is built on the meta device: shapes without memory or initialisation, so checking costs no copy.
+    """
+    try:
+        with torch.device("meta"):
+            rebuilt = model_from_config(dict(config)).state_dict()
+    except (TypeError, ValueError) as exc:
+        return [f"cannot build a model from the config ({exc})"]
+    problems = [f"the config's model needs {key!r}, which this model lacks" for key in rebuilt if key not in state_dict]
+    problems += [f"this model's {key!r} has no place in the config's model" for key in state_dict if key not in rebuilt]
+    for key, tensor in state_dict.items():
+        if key in rebuilt and tuple(tensor.shape) != tuple(rebuilt[key].shape):
+            problems.append(f"{key!r} has shape {tuple(tensor.shape)} here, {tuple(rebuilt[key].shape)} by the config")
+    return problems
+
+
 def save_checkpoint(
     path: Path,
     *,
@@ -54,12 +72,20 @@ def save_checkpoint(
     (derived from ``model`` when ``None``). ``metrics`` and ``extra`` must hold only
     plain data (numbers, strings, lists, dicts, tensors) so that a
     ``weights_only`` load can read them back.
+
+    An explicit ``config`` that cannot rebuild ``model``'s weights (names and
+    shapes) raises ``ValueError`` and writes nothing: such a file would only
+    fail when loaded.
     """
+    state_dict = model.state_dict()
+    if config is not None and (problems := _config_mismatches(config, state_dict)):
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"refusing to save {Path(path).name}: its model config does not fit the model: {shown}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model_config": dict(config) if config is not None else model_config(model),
-        "state_dict": _to_cpu(model.state_dict()),
+        "state_dict": _to_cpu(state_dict),
         "epoch": int(epoch),
         "metrics": dict(metrics),
         "optimizer": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -100,17 +101,33 @@ class FitResult:
     config: TrainConfig
 
 
+# "cuda" or "cuda:N" with N written as torch writes it: no sign, no leading zero.
+_CUDA_NAME = re.compile(r"cuda(?::(0|[1-9][0-9]*))?", re.ASCII)
+
+
 def select_device(name: str = "auto") -> torch.device:
-    """"auto" (CUDA when available), "cpu" or "cuda"; asking for missing CUDA raises ``ValueError``."""
+    """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; a device this machine lacks raises ``ValueError``.
+
+    Checked here, before any work: torch accepts "cuda:5" on a machine with one GPU and only fails at the
+    first tensor moved there, deep in a run.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError("CUDA was requested but is not available")
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'")
+    match = _CUDA_NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but CUDA is not available on this machine")
+    if match.group(1) is not None:
+        index, count = int(match.group(1)), torch.cuda.device_count()
+        if index >= count:
+            have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise ValueError(
+                f"there is no device {name!r}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} ({have})"
+            )
+    return torch.device(name)
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -1,7 +1,10 @@
-"""Crash-safe writes: the data lands whole under its name, and a write told not to overwrite keeps what is there."""
+"""Crash-safe writes: the data lands whole under its name, a write told not to overwrite keeps what is there, and
+what a killed write left is cleared."""
+import os
+
 import pytest
 
-from training.ml.atomic import atomic_write_bytes, sha256_file
+from training.ml.atomic import abandoned_temp_files_remove, atomic_write_bytes, sha256_file
 
 
 def test_a_write_that_may_not_overwrite_keeps_the_file_already_there_and_says_so(tmp_path):
@@ -19,3 +22,25 @@ def test_a_write_that_may_not_overwrite_creates_a_new_file_whole(tmp_path):
     assert target.read_bytes() == b"ours" and sha256_file(target) == digest
     assert [p.name for p in target.parent.iterdir()] == ["model.pt"]
     assert target.stat().st_nlink == 1  # the temporary name is gone, not left as a second link
+
+
+def test_the_temp_file_of_a_write_killed_midway_is_removed_once_old_and_nothing_else_is(tmp_path, killed_write):
+    folder = tmp_path / "attempt-1"
+    atomic_write_bytes(folder / "epoch-1.pt", b"a real checkpoint")
+    old = killed_write(folder / "epoch-2.pt", age_s=120)
+    deeper = killed_write(folder / "nested" / "final.pt", age_s=120)
+    fresh = killed_write(folder / "epoch-3.pt")
+    # Names of other forms, however old: a file of the operator's, and a link named like a temp file.
+    (folder / "notes.part").write_bytes(b"mine")
+    (folder / ".epoch-1.pt.abcdefgh.part.bak").write_bytes(b"mine too")
+    (folder / ".epoch-1.pt.abcdefgh.part").symlink_to(folder / "epoch-1.pt")
+    for name in ("epoch-1.pt", "notes.part", ".epoch-1.pt.abcdefgh.part.bak"):
+        os.utime(folder / name, (0, 0), follow_symlinks=False)
+    os.utime(folder / ".epoch-1.pt.abcdefgh.part", (0, 0), follow_symlinks=False)
+
+    assert sorted(abandoned_temp_files_remove(tmp_path, older_than_s=60)) == sorted([old, deeper])
+    assert not old.exists() and not deeper.exists()
+    assert fresh.exists() and (folder / "epoch-1.pt").read_bytes() == b"a real checkpoint"
+    assert (folder / "notes.part").exists() and (folder / ".epoch-1.pt.abcdefgh.part.bak").exists()
+    assert (folder / ".epoch-1.pt.abcdefgh.part").is_symlink()
+    assert abandoned_temp_files_remove(tmp_path / "no-such-folder", older_than_s=60) == []

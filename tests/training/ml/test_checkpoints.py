@@ -112,11 +112,19 @@ def test_raw_pickle_with_payload_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def _written_with_config(path, model, config):
+    """A checkpoint file whose stored config is ``config``, as an older release or an altered file may hold."""
+    digest, _ = save_checkpoint(path, model=model, config=None, epoch=1, metrics={})
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"] = config
+    torch.save(payload, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
     model = _small_model()
     path = tmp_path / "mismatch.pt"
-    wrong_config = {**model_config(model), "hidden": 32}
-    digest, _ = save_checkpoint(path, model=model, config=wrong_config, epoch=1, metrics={})
+    digest = _written_with_config(path, model, {**model_config(model), "hidden": 32})
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(path, expected_sha256=digest)
 
@@ -124,9 +132,33 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
 def test_checkpoint_with_unknown_architecture_is_refused(tmp_path):
     model = _small_model()
     path = tmp_path / "unknown.pt"
-    digest, _ = save_checkpoint(path, model=model, config={"arch": "resnet"}, epoch=1, metrics={})
+    digest = _written_with_config(path, model, {"arch": "resnet"})
     with pytest.raises(CheckpointError, match="invalid model config"):
         load_checkpoint(path, expected_sha256=digest)
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"hidden": 32}, r"'head\.2\.weight' has shape \(16, 392\) here, \(32, 392\) by the config"),
+        ({"blocks": [[4]]}, "'features.4.weight' has no place in the config's model"),
+        ({"blocks": [[4], [8], [16]]}, "the config's model needs 'features.8.weight', which this model lacks"),
+        ({"arch": "mlp"}, "which this model lacks"),
+        ({"arch": "resnet"}, "cannot build a model from the config"),
+        ({"dropout": "a lot", "no_such_field": 1}, "cannot build a model from the config"),
+    ],
+)
+def test_a_config_that_cannot_rebuild_the_models_weights_is_refused_at_save_and_nothing_is_written(
+    tmp_path, config, error
+):
+    model = _small_model()
+    config = {**model_config(model), **config}
+    if config["arch"] == "mlp":
+        config = {"arch": "mlp"}
+    path = tmp_path / "model.pt"
+    with pytest.raises(ValueError, match=error):
+        save_checkpoint(path, model=model, config=config, epoch=1, metrics={})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_plain_state_dict_file_is_refused_as_not_a_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Tests for the epoch loop, evaluation, augmentation determinism and the fit recipe."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from training.ml.architectures import build_model
 from training.ml.augment import augment_batch
 from training.ml.engine import TrainingCancelled, TrainingDiverged, evaluate, train_one_epoch
 from training.ml.recipe import TrainConfig, fit, select_device
-from tests.devices import DEVICES, full_float32, requires_cuda
+from tests.devices import DEVICES, full_float32, requires_cuda, requires_no_cuda
 
 CPU = torch.device("cpu")
 SMALL_CNN = {"blocks": [[4], [8]], "hidden": 16}
@@ -234,6 +235,37 @@ def test_select_device_understands_auto_and_cpu():
     assert select_device("auto").type in {"cpu", "cuda"}
     with pytest.raises(ValueError):
         select_device("tpu")
+
+
+@pytest.mark.parametrize("name", ["cuda:x", "cuda:-1", "cuda:", "cuda:01", "cuda:0:1", "CUDA", " cuda"])
+def test_a_malformed_device_name_is_refused_by_name_on_any_machine(name):
+    with pytest.raises(ValueError, match=re.escape(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")):
+        select_device(name)
+
+
+@requires_no_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:5"])
+def test_a_gpu_asked_for_on_a_machine_without_cuda_is_refused_at_selection(name):
+    with pytest.raises(ValueError, match=re.escape(f"device {name!r} was requested but CUDA is not available")):
+        select_device(name)
+
+
+def test_a_gpu_index_past_the_machines_count_is_refused_at_selection_not_at_the_first_tensor(monkeypatch):
+    # What torch reports on a one-GPU machine; nothing is moved to the device.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert select_device("cuda:0") == torch.device("cuda:0")
+    refusal = "there is no device 'cuda:5': this machine has 1 CUDA GPU (cuda:0)"
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        select_device("cuda:5")
+
+
+@requires_cuda
+def test_a_gpu_this_machine_does_not_have_is_refused_at_selection_naming_those_it_has():
+    count = torch.cuda.device_count()
+    assert select_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
+    with pytest.raises(ValueError, match=f"there is no device 'cuda:{count}': this machine has {count} CUDA GPU"):
+        select_device(f"cuda:{count}")
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
