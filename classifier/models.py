@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 
@@ -128,10 +128,16 @@ class Prediction(models.Model):
     # Times a worker claimed it. One that keeps killing its worker (or running past the time limit) is failed
     # after PREDICTION_MAX_ATTEMPTS instead of being handed to a worker forever.
     attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # Every time of a prediction is the database's clock, never a host's: the sweeper and the workers compare them
+    # with the database's now, and a web host or worker whose clock ran minutes off would otherwise have live claims
+    # taken over (computed twice) or dead ones waited on, and the queue served out of order.
     published_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Chosen by the worker for each claim, and written by it: how a claim whose answer the lost connection took
+    # finds its rows again, since the worker cannot know the time the database stamped on them.
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -235,9 +235,16 @@ def prediction_get_for_viewer(*, user, prediction_id: int) -> Prediction | None:
 
 
 def predictions_of_new_uploads(*, names: list[str]) -> list[Prediction]:
-    """The predictions of just-stored uploads, by their image names, in the names' order."""
-    by_name = {p.upload.image.name: p for p in Prediction.objects.filter(upload__image__in=names).select_related("upload")}
-    return [by_name[name] for name in names]
+    """The predictions of just-stored uploads, by their image names, in the names' order.
+
+    Each upload's first prediction, the one stored with it. Those deleted since (their owner deleted the upload
+    in another tab, or staff did) are left out: the caller compares the count with the names.
+    """
+    found = Prediction.objects.filter(upload__image__in=names).select_related("upload").order_by("id")
+    by_name: dict[str, Prediction] = {}
+    for prediction in found:
+        by_name.setdefault(prediction.upload.image.name, prediction)
+    return [by_name[name] for name in names if name in by_name]
 
 
 def idempotency_key_get_for_user(*, user, key: str) -> IdempotencyKey | None:

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Collection, Iterator
 from typing import IO
 
@@ -18,7 +19,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet, Sum
-from django.db.models.functions import Greatest
+from django.db.models.functions import Greatest, Now
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from PIL import Image
@@ -44,7 +45,7 @@ RETIRED_FOLDER = "derived"
 
 
 def _running_stale_after() -> dt.timedelta:
-    """A prediction "running" for longer than this lost its worker; it may be claimed again."""
+    """A prediction "running" for longer than this, on the database's clock, lost its worker; it may be claimed again."""
     return dt.timedelta(seconds=settings.PREDICTION_RUNNING_STALE_AFTER_SECONDS)
 
 
@@ -54,7 +55,7 @@ class UploadStorageError(Exception):
 
 class UploadOutcomeUnknownError(Exception):
     """The database stopped answering as the uploads were inserted, and could not say after whether it stored them
-    (or, once it had said so, which predictions they have).
+    (or, once it had said so, which predictions they have, or they were deleted before it could).
 
     Their files are kept: the orphan sweep sets them aside if no row names them
     an hour later, and the sweeper sends their predictions if rows do.
@@ -480,6 +481,17 @@ def predictions_submit(
         except DatabaseError as read_exc:
             # Lost again: stored, but which predictions they are cannot be said. The sweeper sends them.
             raise UploadOutcomeUnknownError("The uploads were stored, but could not be read back.") from read_exc
+        if len(predictions) < len(names):
+            # Deleted in the moments before they were read back (by their owner in another tab, or by staff):
+            # answering with the rest would pass over them, and "nothing was stored" would be untrue. The user is
+            # sent to their history, which shows what is left; the predictions still there are sent.
+            logger.warning("%s of uploads %s were deleted before they were read back", len(names) - len(predictions),
+                           names)
+            _predictions_send(prediction_ids=[prediction.pk for prediction in predictions])
+            raise UploadOutcomeUnknownError(
+                f"The uploads were stored, but {len(names) - len(predictions)} of them were deleted before they could "
+                "be read back."
+            ) from exc
     ids = [prediction.pk for prediction in predictions]
     transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions
@@ -690,6 +702,10 @@ def predictions_create(
         predictions = Prediction.objects.bulk_create(
             [Prediction(upload=upload, feedback=feedback.get(upload.pk), **published) for upload in uploads]
         )
+        for prediction in predictions:
+            if publish:
+                # The same statement's now, which the database returned as created_at.
+                prediction.published_at = prediction.created_at
         ids = [prediction.pk for prediction in predictions]
         if publish and ids:
             transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
@@ -697,8 +713,9 @@ def predictions_create(
 
 
 def _published_now() -> dict:
-    # Counted as published up front: the publish after commit then costs no UPDATE unless it fails.
-    return {"publish_attempts": 1, "published_at": timezone.now()}
+    # Counted as published up front: the publish after commit then costs no UPDATE unless it fails. Dated by the
+    # database, as the sweeper that compares it with its now reads the time.
+    return {"publish_attempts": 1, "published_at": Now()}
 
 
 def upload_read(*, upload: Upload) -> Prediction:
@@ -754,7 +771,7 @@ def predictions_publish(*, prediction_ids: list[int]) -> int:
     if not prediction_ids:
         return 0
     Prediction.objects.filter(pk__in=prediction_ids).update(
-        publish_attempts=F("publish_attempts") + 1, published_at=timezone.now()
+        publish_attempts=F("publish_attempts") + 1, published_at=Now()
     )
     return _predictions_send(prediction_ids=prediction_ids)
 
@@ -783,13 +800,16 @@ def _predictions_send(*, prediction_ids: list[int]) -> int:
     return sent
 
 
-def predictions_sweep(*, now: dt.datetime | None = None) -> int:
+def predictions_sweep() -> int:
     """Re-publish predictions stuck pending (never sent, or lost) or running on a dead worker; returns how many.
 
     One whose worker was lost ``PREDICTION_MAX_ATTEMPTS`` times fails instead: it is
     the likely reason, and running it again would only lose another worker.
+    Ages are counted on the database's clock, which dated the predictions: a
+    sweeper whose host clock runs ahead would otherwise take live claims for
+    lost ones, and one behind would leave lost ones waiting.
     """
-    now = now or timezone.now()
+    now = Now()
     cutoff = now - dt.timedelta(seconds=settings.PREDICTION_REPUBLISH_AFTER_SECONDS)
     lost = Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
     given_up = Prediction.objects.filter(lost, attempts__gte=settings.PREDICTION_MAX_ATTEMPTS).update(
@@ -846,21 +866,21 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
         _model_loads_before_claiming()
         # Locked with SKIP LOCKED, so two workers never claim the same prediction; ours already running
         # (and not stale) or finished are left alone, so a redelivered message never recomputes a result.
-        now = timezone.now()
+        token = uuid.uuid4()
         try:
             batch, checkpoint_id = statements.predictions_claim(
                 prediction_ids=sorted(remaining),
                 limit=settings.INFERENCE_BATCH_SIZE,
-                now=now,
-                stale_before=now - _running_stale_after(),
+                stale_after_s=_running_stale_after().total_seconds(),
                 max_attempts=settings.PREDICTION_MAX_ATTEMPTS,
+                token=token,
             )
         except Exception as exc:
             if _is_transient(exc):
                 # The claim may have committed and its answer been lost with the connection: what it marked would
                 # wait for the stale limit, then run one at a time, each claim counted. Handed back, uncounted,
                 # the task's retry takes them at once.
-                _claim_release(started_at=now)
+                _claim_release(token=token)
             raise
         try:
             results = _predictions_run(predictions=batch, checkpoint_id=checkpoint_id) if batch else []
@@ -1078,19 +1098,19 @@ def _connection_reopen_if_lost() -> None:
             logger.warning("could not close a lost database connection", exc_info=True)
 
 
-def _claim_release(*, started_at: dt.datetime) -> None:
-    """Hand back, uncounted, whatever the claim made at ``started_at`` marked running; its answer was lost.
+def _claim_release(*, token: uuid.UUID) -> None:
+    """Hand back, uncounted, whatever the claim made with ``token`` marked running; its answer was lost.
 
-    Its rows are known only by that moment, which this process chose; another claim made in the same microsecond
-    would be handed back too, and its predictions computed again.
+    Its rows are known only by that token, which this process drew for the claim and no other claim holds: the
+    time the database stamped on them never reached this process.
     """
     _connection_reopen_if_lost()
     try:
-        Prediction.objects.filter(status=Prediction.Status.RUNNING, started_at=started_at).update(
+        Prediction.objects.filter(status=Prediction.Status.RUNNING, claim_token=token).update(
             status=Prediction.Status.PENDING, started_at=None, attempts=Greatest(F("attempts") - 1, 0)
         )
     except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
-        logger.warning("could not release the predictions claimed at %s", started_at.isoformat(), exc_info=True)
+        logger.warning("could not release the predictions claimed with %s", token, exc_info=True)
 
 
 def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 from django.db import connection, connections, transaction
 from django.db.models import F, Field, Model
+from django.db.models.functions import Now
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from training.models import Checkpoint
@@ -24,6 +26,31 @@ from training.models import Checkpoint
 
 def _quote(name: str) -> str:
     return connection.ops.quote_name(name)
+
+
+def _database_now() -> str:
+    """SQL for the database's clock, read once for the whole statement.
+
+    Every time of a prediction comes from here, so that hosts whose clocks
+    disagree still agree on which claim is stale and which prediction is oldest.
+    On PostgreSQL the statement's start, as Django's ``Now()`` reads it: one
+    value for every row the statement writes (a batch shares its ``started_at``,
+    and its predictions their ``created_at``); ``clock_timestamp()`` would move
+    from row to row. And the statement's own moment inside a longer
+    transaction, where ``now()`` would be the transaction's start: a claim run
+    in one would be dated before predictions it takes, and look stale early.
+    SQLite fixes ``'now'`` for the length of a statement too.
+    """
+    if connection.vendor == "postgresql":
+        return "STATEMENT_TIMESTAMP()"
+    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+
+def _database_seconds_ago() -> str:
+    """SQL for the database's clock (as ``_database_now``) less a parameter's number of seconds."""
+    if connection.vendor == "postgresql":
+        return "(STATEMENT_TIMESTAMP() - %s::double precision * INTERVAL '1 second')"
+    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || %s || ' seconds')"
 
 
 @contextmanager
@@ -83,17 +110,27 @@ def _insert_fields(model: type[Model], *, exclude: Sequence[str] = ()) -> list[F
     return [field for field in model._meta.concrete_fields if not field.primary_key and field.name not in exclude]
 
 
+# The prediction times the insert takes from the database's clock, not from the objects: created_at by the column's
+# default, published_at (where the object says it is published) by the statement.
+_DATABASE_TIMES = ["created_at", "published_at"]
+
+
+def _prediction_insert_fields() -> list[Field]:
+    return _insert_fields(Prediction, exclude=["upload", *_DATABASE_TIMES])
+
+
 @functools.cache
 def _uploads_with_predictions_insert_sql(*, keyed: bool = False) -> str:
     # The text depends only on the models, so each process builds it once (twice: with an idempotency key too).
-    upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
+    upload_fields, prediction_fields = _insert_fields(Upload), _prediction_insert_fields()
     upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
     image = _quote(Upload._meta.get_field("image").column)
     upload_id = _quote(Prediction._meta.get_field("upload").column)
     upload_columns = ", ".join(_quote(field.column) for field in upload_fields)
     prediction_columns = ", ".join(_quote(field.column) for field in prediction_fields)
     prediction_values = ", ".join(f"w.{_quote(field.column)}" for field in prediction_fields)
-    by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text")])
+    published_at, created_at = _quote("published_at"), _quote("created_at")
+    by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text"), ("published", "boolean")])
     use_table, use_owner = _quote(StorageUse._meta.db_table), _quote(StorageUse._meta.pk.column)
     use_bytes = _quote(StorageUse._meta.get_field("bytes").column)
     # The owner's bytes grow only while they stay within the quota; the uploads are inserted only if they did. The
@@ -106,11 +143,12 @@ def _uploads_with_predictions_insert_sql(*, keyed: bool = False) -> str:
         f"WHERE s.{use_bytes} + excluded.{use_bytes} <= %s::bigint RETURNING 1), "
         f"u AS (INSERT INTO {upload_table} ({upload_columns}) "
         f"SELECT * FROM {_unnest(upload_fields, alias='v')} WHERE EXISTS (SELECT FROM q) RETURNING id, {image}), "
-        f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}) "
-        f"SELECT u.id, {prediction_values} FROM u JOIN {by_image} ON w.upload_image = u.{image} "
-        f"RETURNING id, {upload_id}) "
+        f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}, {published_at}) "
+        f"SELECT u.id, {prediction_values}, CASE WHEN w.published THEN {_database_now()} END "
+        f"FROM u JOIN {by_image} ON w.upload_image = u.{image} "
+        f"RETURNING id, {upload_id}, {created_at}) "
         f"{_idempotency_key_insert_sql(image=image, upload_id=upload_id) if keyed else ''}"
-        f"SELECT u.{image}, u.id, p.id FROM u JOIN p ON p.{upload_id} = u.id"
+        f"SELECT u.{image}, u.id, p.id, p.{created_at} FROM u JOIN p ON p.{upload_id} = u.id"
     )
 
 
@@ -151,9 +189,10 @@ def uploads_with_predictions_insert(
 
     Adds their sizes to the owner's StorageUse, and inserts nothing, returning
     False, when that would pass ``quota_bytes``. Sets the ids and the values the
-    database or ``pre_save`` chose on the objects, as ``bulk_create`` does. On
-    PostgreSQL one statement, elsewhere an update and two bulk inserts in a
-    transaction. An unsaved ``idempotency_key`` is inserted with them, naming
+    database or ``pre_save`` chose on the objects, as ``bulk_create`` does. The
+    predictions' ``created_at``, and the ``published_at`` of those that have
+    one, are the database's now, whatever the objects held. On PostgreSQL one
+    statement, elsewhere an update and two bulk inserts in a transaction. An unsaved ``idempotency_key`` is inserted with them, naming
     the predictions; when its owner already holds that key, nothing is
     inserted and IntegrityError is raised.
     """
@@ -164,16 +203,21 @@ def uploads_with_predictions_insert(
             if not storage_use_grow(owner_id=owner_id, by=needed, quota_bytes=quota_bytes):
                 return False
             Upload.objects.bulk_create(uploads)
+            for prediction in predictions:
+                if prediction.published_at is not None:
+                    prediction.published_at = Now()
             Prediction.objects.bulk_create(predictions)
+            _published_at_created_at(predictions)
             if idempotency_key is not None:
                 idempotency_key.prediction_ids = [prediction.pk for prediction in predictions]
                 idempotency_key.save(force_insert=True)
         return True
-    upload_fields, prediction_fields = _insert_fields(Upload), _insert_fields(Prediction, exclude=["upload"])
+    upload_fields, prediction_fields = _insert_fields(Upload), _prediction_insert_fields()
     params = [
         owner_id, needed, needed, quota_bytes, quota_bytes,
         *_column_arrays(upload_fields, uploads, adding=True),
         [upload.image.name for upload in uploads],
+        [prediction.published_at is not None for prediction in predictions],
         *_column_arrays(prediction_fields, predictions, adding=True),
     ]
     if idempotency_key is not None:
@@ -187,22 +231,32 @@ def uploads_with_predictions_insert(
     keyed_in_transaction = idempotency_key is not None and connection.in_atomic_block
     with transaction.atomic() if keyed_in_transaction else nullcontext(), _bound_cursor() as cursor:
         cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None), params)
-        ids = {name: (upload_pk, prediction_pk) for name, upload_pk, prediction_pk in cursor.fetchall()}
+        ids = {name: (upload_pk, prediction_pk, created) for name, upload_pk, prediction_pk, created in cursor.fetchall()}
     if not ids:
         return False
     if idempotency_key is not None:
         idempotency_key.prediction_ids = [ids[upload.image.name][1] for upload in uploads]
     for upload, prediction in zip(uploads, predictions, strict=True):
-        upload.pk, prediction.pk = ids[upload.image.name]
+        upload.pk, prediction.pk, prediction.created_at = ids[upload.image.name]
         prediction.upload = upload
         for obj in (upload, prediction):
             obj._state.adding, obj._state.db = False, connection.alias
+    _published_at_created_at(predictions)
     return True
 
 
+def _published_at_created_at(predictions: Sequence[Prediction]) -> None:
+    # Both were the insert's database now; the objects learn the value, in place of the expression or the host's
+    # time they held.
+    for prediction in predictions:
+        if prediction.published_at is not None:
+            prediction.published_at = prediction.created_at
+
+
+# finished_at is not among them: the statement writes the database's now, whatever the worker's clock said.
 _RESULT_FIELDS = [
     "status", "checkpoint", "digit", "confidence", "probabilities", "input_pixels", "device",
-    "queue_ms", "compute_ms", "error", "finished_at", "several_digits",
+    "queue_ms", "compute_ms", "error", "several_digits",
 ]
 
 
@@ -214,7 +268,8 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
     the prediction again, must not overwrite the newer claim's result. On
     PostgreSQL one statement, which also NOTIFYs ``notify_channel`` with the ids
     stored (delivered when, and only if, it commits). Elsewhere one parametrised
-    UPDATE per row in a transaction.
+    UPDATE per row in a transaction. ``finished_at`` is the database's now, set
+    on the predictions stored, as their ``started_at`` was.
     """
     fields = _result_fields()
     columns = _column_arrays(fields, predictions, adding=False)
@@ -224,20 +279,36 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
         with _bound_cursor() as cursor:
             cursor.execute(_results_update_notify_sql(), [ids, claims, *columns, Prediction.Status.RUNNING, notify_channel])
             row = cursor.fetchone()
-        return set(row[0]) if row else set()
+        stored, finished_at = (set(row[0]), row[1]) if row else (set(), None)
+    else:
+        stored, finished_at = _results_update_one_by_one(ids=ids, claims=claims, columns=columns, fields=fields)
+    for prediction in predictions:
+        if prediction.pk in stored:
+            prediction.finished_at = finished_at
+    return stored
+
+
+def _results_update_one_by_one(*, ids: list[int], claims: list[int], columns: list[list], fields: list[Field]):
     table = _quote(Prediction._meta.db_table)
     assignments = ", ".join(f"{_quote(field.column)} = %s" for field in fields)
     running = Prediction.Status.RUNNING
     with transaction.atomic(), connection.cursor() as cursor:
         # SQLite runs one writer at a time: the claims still held now are the rows the guarded UPDATE changes.
-        cursor.execute(f"SELECT id, attempts FROM {table} WHERE id IN ({_placeholders(ids)}) AND status = %s",
-                       [*ids, running])
-        held = set(cursor.fetchall())
-        cursor.executemany(
-            f"UPDATE {table} SET {assignments} WHERE id = %s AND status = %s AND attempts = %s",
-            [[*values, pk, running, attempts] for *values, pk, attempts in zip(*columns, ids, claims)],
+        cursor.execute(
+            f"SELECT id, attempts, {_database_now()} FROM {table} WHERE id IN ({_placeholders(ids)}) AND status = %s",
+            [*ids, running],
         )
-    return {pk for pk, attempts in zip(ids, claims) if (pk, attempts) in held}
+        rows = cursor.fetchall()
+        held = {(pk, attempts) for pk, attempts, _ in rows}
+        # One time for the whole batch, as PostgreSQL's one statement writes.
+        now = rows[0][2] if rows else None
+        cursor.executemany(
+            f"UPDATE {table} SET {assignments}, finished_at = %s WHERE id = %s AND status = %s AND attempts = %s",
+            [[*values, now, pk, running, attempts] for *values, pk, attempts in zip(*columns, ids, claims)],
+        )
+    # SQLite keeps times as UTC text.
+    finished_at = dt.datetime.fromisoformat(now).replace(tzinfo=dt.UTC) if now else None
+    return {pk for pk, attempts in zip(ids, claims) if (pk, attempts) in held}, finished_at
 
 
 def _result_fields() -> list[Field]:
@@ -251,9 +322,10 @@ def _results_update_notify_sql() -> str:
     assignments = ", ".join(f"{_quote(field.column)} = v.{_quote(field.column)}" for field in fields)
     claimed = _unnest(fields, alias="v", leading=[("id", "bigint"), ("claim", "integer")])
     return (
-        f"WITH done AS (UPDATE {table} SET {assignments} FROM {claimed} "
+        f"WITH done AS (UPDATE {table} SET {assignments}, finished_at = {_database_now()} FROM {claimed} "
         f"WHERE {table}.id = v.id AND {table}.status = %s AND {table}.attempts = v.claim RETURNING {table}.id) "
-        f"SELECT array_agg(id), pg_notify(%s, string_agg(id::text, ',')) FROM done HAVING count(*) > 0"
+        f"SELECT array_agg(id), {_database_now()}, pg_notify(%s, string_agg(id::text, ',')) FROM done "
+        f"HAVING count(*) > 0"
     )
 
 
@@ -295,12 +367,17 @@ def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:
 
 
 def predictions_claim(
-    *, prediction_ids: Sequence[int], limit: int, now: dt.datetime, stale_before: dt.datetime, max_attempts: int
+    *, prediction_ids: Sequence[int], limit: int, stale_after_s: float, max_attempts: int, token: uuid.UUID
 ) -> tuple[list[Prediction], int | None]:
     """Mark up to ``limit`` predictions running in one statement: ``prediction_ids`` first, then the oldest pending.
 
-    Of ``prediction_ids``, those pending, or running since before ``stale_before``
-    with fewer than ``max_attempts`` claims, qualify. When one of them was claimed
+    Of ``prediction_ids``, those pending, or running for more than ``stale_after_s``
+    seconds with fewer than ``max_attempts`` claims, qualify. Both the start it
+    records and the staleness it judges are the database's clock, as every
+    other worker and the sweeper read it: a worker whose own clock runs off
+    neither takes over live claims nor has its own taken. The claimed rows carry
+    ``token`` (``claim_token``), by which the caller finds them again if the
+    answer is lost. When one of them was claimed
     before (its worker died, or it was handed back), the claim takes that one
     prediction alone: an image that kills its worker then fails by itself, not
     the batch it rode in. The materialised CTEs pick and lock the rows exactly
@@ -329,14 +406,16 @@ def predictions_claim(
     # and left are this message's own, which its next claim takes.
     sql = (
         f"WITH candidates AS MATERIALIZED (SELECT p.id, p.created_at, p.attempts FROM {prediction} p "
-        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < %s AND p.attempts < %s)) "
+        f"WHERE p.id IN ({ids}) AND (p.status = %s OR (p.status = %s AND p.started_at < {_database_seconds_ago()} "
+        f"AND p.attempts < %s)) "
         f"ORDER BY p.created_at, p.id LIMIT %s{lock}), "
         f"own AS MATERIALIZED (SELECT id FROM candidates ORDER BY created_at, id "
         f"LIMIT (SELECT CASE WHEN max(attempts) > 0 THEN 1 ELSE %s END FROM candidates)), "
         f"others AS MATERIALIZED (SELECT p.id FROM {prediction} p "
         f"WHERE p.status = %s AND p.id NOT IN ({ids}) ORDER BY p.created_at, p.id "
         f"LIMIT (SELECT CASE WHEN max(attempts) > 0 THEN 0 ELSE %s - count(*) END FROM candidates){lock}) "
-        f"UPDATE {prediction} SET status = %s, started_at = %s, attempts = attempts + 1 "
+        f"UPDATE {prediction} SET status = %s, started_at = {_database_now()}, claim_token = %s, "
+        f"attempts = attempts + 1 "
         f"WHERE id IN (SELECT id FROM own UNION ALL SELECT id FROM others) "
         f"RETURNING *, "
         f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
@@ -344,10 +423,10 @@ def predictions_claim(
         f"(SELECT c.sha256 FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_sha256"
     )
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
-    adapt = connection.ops.adapt_datetimefield_value
+    claimed_by = Prediction._meta.get_field("claim_token").get_db_prep_value(token, connection)
     params = [
-        *prediction_ids, pending, running, adapt(stale_before), max_attempts, limit, limit,
-        pending, *prediction_ids, limit, running, adapt(now),
+        *prediction_ids, pending, running, stale_after_s, max_attempts, limit, limit,
+        pending, *prediction_ids, limit, running, claimed_by,
     ]
     batch = list(Prediction.objects.raw(sql, params))
     # RETURNING keeps no order.

@@ -1,4 +1,5 @@
-"""Migrations that move data: model inputs into the row (0003), the quota's first counts (0009), plain errors (0010)."""
+"""Migrations that move data (0003, 0009, 0010), and the database's clock dating predictions (0015)."""
+import datetime as dt
 import io
 
 import numpy as np
@@ -92,3 +93,22 @@ def test_the_exception_text_of_an_image_that_could_not_be_prepared_becomes_the_p
         assert migrated.get(pk=no_digit.pk).error == "No digit was found in this image: blank."
     finally:
         _migrate(_latest())
+
+
+@pytest.mark.django_db
+def test_a_prediction_inserted_without_a_time_is_dated_by_the_database(user):
+    from django.utils import timezone
+
+    from classifier.models import Prediction, Upload
+
+    upload = Upload.objects.create(owner=user, image="uploads/x.png", width=28, height=28, format="PNG", size=1,
+                                   sha256="0" * 64)
+    table = Prediction._meta.db_table
+    with connection.cursor() as cursor:
+        # As any client of the table inserts one, a web host of whatever clock among them.
+        cursor.execute(
+            f"INSERT INTO {table} (upload_id, status, device, error, publish_attempts, several_digits, attempts) "
+            "VALUES (%s, 'pending', '', '', 0, false, 0)", [upload.pk]
+        )
+    (created_at,) = Prediction.objects.filter(upload=upload).values_list("created_at", flat=True)
+    assert abs(created_at - timezone.now()) < dt.timedelta(minutes=1)

@@ -42,3 +42,13 @@ def test_a_history_page_reads_its_rows_newest_predictions_through_the_index_for_
         selectors.upload_list_page(ids=[prediction.upload_id for prediction in three_uploads])
     (query,) = queries.captured_queries
     _assert_newest_found_through_its_index(_plan(query["sql"]))
+
+
+def test_the_predictions_of_new_uploads_leave_out_those_deleted_meanwhile_and_keep_the_names_order(user, digit_png):
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
+    first, deleted, last = services.predictions_submit(owner=user, files=files, source="file")
+    names = [prediction.upload.image.name for prediction in (last, deleted, first)]
+    services.upload_delete(upload=deleted.upload)
+    services.predictions_rerun(uploads=[first.upload], publish=False)  # a newer one, not stored with the upload
+
+    assert [p.pk for p in selectors.predictions_of_new_uploads(names=names)] == [last.pk, first.pk]

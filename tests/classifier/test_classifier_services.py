@@ -4,6 +4,7 @@ import io
 import math
 import re
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,62 @@ def test_uploads_stored_whose_predictions_cannot_be_read_back_are_an_unknown_out
     assert published.prediction_ids() == []
 
 
+@pytest.mark.django_db(transaction=True)  # the insert commits by itself, as outside a test
+def test_uploads_stored_then_deleted_before_they_were_read_back_are_an_unknown_outcome_not_a_crash(
+    user, digit_png, published
+):
+    import threading
+
+    from django.db import OperationalError
+
+    state = {"inserting": False, "answer_lost": False, "deleted": False}
+    commit = connection._commit
+
+    def lost() -> OperationalError:
+        state["answer_lost"] = True
+        return OperationalError("server closed the connection unexpectedly")
+
+    def commit_then_lose():
+        commit()
+        if state["inserting"] and not state["answer_lost"]:
+            raise lost()
+
+    def delete_first_in_another_tab() -> None:
+        try:
+            services.upload_delete(upload=Upload.objects.order_by("id").first())
+        finally:
+            connection.close()
+
+    def lose_the_answer_then_delete_one(execute, sql, params, many, context):
+        if state["answer_lost"] and not state["deleted"] and sql.startswith("SELECT") and "JOIN" in sql:
+            state["deleted"] = True
+            other = threading.Thread(target=delete_first_in_another_tab)
+            other.start()
+            other.join()
+        result = execute(sql, params, many, context)
+        if not state["inserting"] and "INSERT INTO" in sql and Upload._meta.db_table in sql:
+            state["inserting"] = True
+            # A statement committed by itself loses its own answer; one in a transaction, its commit's.
+            if not connection.in_atomic_block:
+                raise lost()
+        return result
+
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
+    connection._commit = commit_then_lose
+    try:
+        with connection.execute_wrapper(lose_the_answer_then_delete_one):
+            with pytest.raises(services.UploadOutcomeUnknownError, match="1 of them were deleted"):
+                services.predictions_submit(owner=user, files=files, source="file")
+    finally:
+        del connection._commit
+    assert state["deleted"]
+
+    # The user is sent to their history, which shows the two left; those two are on their way to a worker.
+    left = list(Prediction.objects.order_by("id").values_list("pk", flat=True))
+    assert len(left) == 2 and Upload.objects.count() == 2
+    assert sorted(published.prediction_ids()) == left
+
+
 @pytest.fixture
 def silent_broker():
     """A Redis address that accepts connections and never answers, as a hung host or a dead NAT path does."""
@@ -170,7 +227,7 @@ def test_the_sweeper_does_not_resend_an_old_pending_prediction_it_published_rece
     )
     Prediction.objects.filter(pk=resent_lately.pk).update(published_at=now - dt.timedelta(seconds=10))
     Prediction.objects.filter(pk=resent_long_ago.pk).update(published_at=now - dt.timedelta(minutes=5))
-    assert services.predictions_sweep(now=now) == 1
+    assert services.predictions_sweep() == 1
     assert published.prediction_ids() == [resent_long_ago.pk]
     assert Prediction.objects.get(pk=resent_lately.pk).publish_attempts == 2
 
@@ -199,6 +256,118 @@ def test_the_sweeper_fails_a_prediction_that_lost_its_worker_too_often_and_repub
     assert given_up.status == "failed" and given_up.finished_at is not None
     assert "stopped while computing this prediction 3 times" in given_up.error
     assert Prediction.objects.get(pk=retried.pk).status == "running"
+
+
+@pytest.fixture
+def host_clock(monkeypatch):
+    """Sets this host's clock off the database's by the given amount; returns the true time when it was set."""
+
+    def run_off(by: dt.timedelta) -> dt.datetime:
+        true_now = timezone.now
+        monkeypatch.setattr(timezone, "now", lambda: true_now() + by)
+        return true_now()
+
+    return run_off
+
+
+def _near(moment: dt.datetime | None, true_now: dt.datetime) -> bool:
+    return moment is not None and abs(moment - true_now) < dt.timedelta(minutes=1)
+
+
+def test_a_sweeper_whose_clock_runs_ahead_leaves_live_claims_and_fresh_predictions_alone(
+    user, digit_png, published, host_clock
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    running, _pending = services.predictions_create(uploads=[upload] * 2, publish=False)
+    Prediction.objects.filter(pk=running.pk).update(status="running", started_at=timezone.now(), attempts=1)
+
+    host_clock(dt.timedelta(hours=1))
+    # By its own clock both waited an hour: republished, a live claim would be computed twice.
+    assert services.predictions_sweep() == 0
+    assert published.prediction_ids() == []
+
+
+def test_a_sweeper_whose_clock_runs_behind_still_takes_up_predictions_lost_long_ago(
+    user, digit_png, published, host_clock, settings
+):
+    settings.PREDICTION_MAX_ATTEMPTS = 3
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    lost, given_up, unsent = services.predictions_create(uploads=[upload] * 3, publish=False)
+    long_ago = timezone.now() - dt.timedelta(minutes=10)
+    Prediction.objects.filter(pk=lost.pk).update(status="running", started_at=long_ago, attempts=1)
+    Prediction.objects.filter(pk=given_up.pk).update(status="running", started_at=long_ago, attempts=3)
+    Prediction.objects.filter(pk=unsent.pk).update(created_at=long_ago)
+
+    true_now = host_clock(-dt.timedelta(hours=1))
+    assert services.predictions_sweep() == 2
+    assert sorted(published.prediction_ids()) == sorted([lost.pk, unsent.pk])
+    given_up.refresh_from_db()
+    assert given_up.status == "failed" and _near(given_up.finished_at, true_now)
+    # Sent again now by the database's clock: the next sweep, however its host's clock runs, leaves them be.
+    assert _near(Prediction.objects.get(pk=unsent.pk).published_at, true_now)
+
+
+def test_a_worker_whose_clock_runs_ahead_does_not_take_over_a_claim_another_worker_holds(
+    user, digit_png, active_checkpoint, host_clock
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(status="running", started_at=timezone.now(), attempts=1)
+
+    host_clock(dt.timedelta(hours=1))
+    assert services.prediction_execute(prediction_id=prediction.pk) is None
+    assert Prediction.objects.filter(pk=prediction.pk, status="running", attempts=1).exists()
+
+
+def test_a_worker_whose_clock_runs_behind_dates_its_claim_by_the_database_clock(
+    user, digit_png, active_checkpoint, host_clock
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+
+    true_now = host_clock(-dt.timedelta(hours=1))
+    claimed, _ = statements.predictions_claim(
+        prediction_ids=[prediction.pk], limit=5, stale_after_s=120, max_attempts=3, token=uuid.uuid4()
+    )
+    # Dated by its own clock, the claim would look an hour stale to every other worker and the sweeper.
+    (stored,) = Prediction.objects.filter(pk=prediction.pk)
+    assert _near(stored.started_at, true_now) and stored.started_at == claimed[0].started_at
+    assert services.predictions_sweep() == 0
+
+
+def test_a_prediction_computed_by_a_worker_whose_clock_runs_off_has_true_times(
+    user, digit_png, active_checkpoint, host_clock
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+
+    true_now = host_clock(-dt.timedelta(hours=1))
+    done = services.prediction_execute(prediction_id=prediction.pk)
+    assert done.status == "done" and 0 <= done.queue_ms < 60_000
+    stored = Prediction.objects.get(pk=prediction.pk)
+    assert _near(stored.finished_at, true_now) and stored.started_at <= stored.finished_at == done.finished_at
+
+
+def test_predictions_are_dated_and_published_by_the_database_clock_not_the_web_hosts(
+    user, digit_png, published, host_clock, django_capture_on_commit_callbacks
+):
+    true_now = host_clock(-dt.timedelta(days=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        (submitted,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "a.png")], source="file")
+        (rerun,) = services.predictions_rerun(uploads=[submitted.upload])
+    (unpublished,) = services.predictions_create(uploads=[submitted.upload], publish=False)
+
+    for made in (submitted, rerun, unpublished):
+        stored = Prediction.objects.get(pk=made.pk)
+        assert _near(stored.created_at, true_now), stored.created_at
+        # The objects returned carry the database's values, not the host's time or an unevaluated expression.
+        assert (made.created_at, made.published_at) == (stored.created_at, stored.published_at)
+    assert Prediction.objects.get(pk=submitted.pk).published_at == Prediction.objects.get(pk=submitted.pk).created_at
+    assert _near(Prediction.objects.get(pk=rerun.pk).published_at, true_now)
+    assert Prediction.objects.get(pk=unpublished.pk).published_at is None
+    # Served oldest first by the database's order of arrival, whatever each web host's clock said.
+    assert list(Prediction.objects.order_by("created_at", "id").values_list("pk", flat=True)) == [
+        submitted.pk, rerun.pk, unpublished.pk]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -406,11 +575,10 @@ def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_with
 def test_a_late_hand_back_leaves_a_claim_that_another_worker_took_over_alone(user, digit_png):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    now = timezone.now()
-    claim = dict(limit=5, stale_before=now - dt.timedelta(hours=1), max_attempts=3)
-    (stalled,), _ = statements.predictions_claim(prediction_ids=[prediction.pk], now=now, **claim)
-    Prediction.objects.filter(pk=prediction.pk).update(started_at=now - dt.timedelta(days=1))
-    statements.predictions_claim(prediction_ids=[prediction.pk], now=timezone.now(), **claim)  # taken over
+    claim = dict(limit=5, stale_after_s=3600, max_attempts=3)
+    (stalled,), _ = statements.predictions_claim(prediction_ids=[prediction.pk], token=uuid.uuid4(), **claim)
+    Prediction.objects.filter(pk=prediction.pk).update(started_at=timezone.now() - dt.timedelta(days=1))
+    statements.predictions_claim(prediction_ids=[prediction.pk], token=uuid.uuid4(), **claim)  # taken over
 
     services._predictions_release(predictions=[stalled], uncount=True)
     assert Prediction.objects.filter(pk=prediction.pk, status="running", attempts=2).exists()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import threading
+import uuid
 
 import pytest
 from django.db import connection, transaction
@@ -57,10 +59,8 @@ def test_asking_for_no_ids_sends_no_query(django_assert_num_queries):
 
 
 def _claim(prediction_ids: list[int], *, limit: int, max_attempts: int = 3) -> list[int]:
-    now = timezone.now()
     batch, _ = statements.predictions_claim(
-        prediction_ids=prediction_ids, limit=limit, now=now, stale_before=now - dt.timedelta(hours=1),
-        max_attempts=max_attempts,
+        prediction_ids=prediction_ids, limit=limit, stale_after_s=3600, max_attempts=max_attempts, token=uuid.uuid4()
     )
     return sorted(p.pk for p in batch)
 
@@ -138,10 +138,9 @@ def test_a_prediction_that_lost_its_worker_too_often_is_not_claimed_again(user, 
     assert _claim([prediction.pk], limit=5, max_attempts=4) == [prediction.pk]
 
 
-def _claimed(prediction_ids: list[int]) -> list[Prediction]:
-    now = timezone.now()
+def _claimed(prediction_ids: list[int], *, stale_after_s: float = 3600) -> list[Prediction]:
     batch, _ = statements.predictions_claim(
-        prediction_ids=prediction_ids, limit=5, now=now, stale_before=now - dt.timedelta(hours=1), max_attempts=3
+        prediction_ids=prediction_ids, limit=5, stale_after_s=stale_after_s, max_attempts=3, token=uuid.uuid4()
     )
     return batch
 
@@ -198,3 +197,46 @@ def test_uploads_sent_at_once_by_one_owner_never_take_them_past_the_quota(user, 
     assert sorted(outcomes) == ["refused"] * 3 + ["stored"] * 3
     assert Upload.objects.count() == 3
     assert StorageUse.objects.get(owner=user).bytes == 2**20 - size // 2
+
+
+def test_a_claim_judges_staleness_by_the_database_clock_less_the_limit_and_marks_its_rows_with_its_token(
+    user, digit_png
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(
+        status="running", started_at=timezone.now() - dt.timedelta(seconds=100), attempts=1
+    )
+
+    assert _claimed([prediction.pk], stale_after_s=120) == []
+    token = uuid.uuid4()
+    (claimed,), _ = statements.predictions_claim(
+        prediction_ids=[prediction.pk], limit=5, stale_after_s=90, max_attempts=3, token=token
+    )
+    stored = Prediction.objects.get(pk=prediction.pk)
+    assert (stored.status, stored.attempts, stored.claim_token) == ("running", 2, token)
+    assert abs(stored.started_at - timezone.now()) < dt.timedelta(minutes=1)
+    assert claimed.started_at == stored.started_at and claimed.claim_token == token
+
+
+def test_a_claim_finds_its_own_predictions_by_id_and_the_oldest_waiting_by_a_plain_index_scan(user, digit_png):
+    if connection.vendor != "postgresql":
+        pytest.skip("the plan asked of PostgreSQL")
+    from django.test.utils import CaptureQueriesContext
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
+    own, _waiting = services.predictions_create(uploads=[upload] * 2, publish=False)
+    with CaptureQueriesContext(connection) as queries:
+        _claim([own.pk], limit=2)
+    (claim,) = [query["sql"] for query in queries.captured_queries if query["sql"].startswith("WITH candidates")]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {claim}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    # A bitmap scan marks no dead index entries as it passes them, and every claim would read them all again.
+    status_index = Prediction._meta.indexes[0].name
+    sections = {section.split("\n")[0]: section for section in re.split(r"\n  (?=\S)", plan)}
+    candidates, others = sections["CTE candidates"], sections["CTE others"]
+    assert "Index Scan using classifier_prediction_pkey on classifier_prediction p " in candidates, plan
+    assert f"Index Scan using {status_index} on classifier_prediction" in others, plan
+    assert "Bitmap" not in candidates + others, plan

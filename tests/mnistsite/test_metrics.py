@@ -173,3 +173,17 @@ def test_every_web_process_reports_the_same_age_of_the_oldest_pending_prediction
         samples = _samples(_scrape(client).content.decode())
         assert 90 <= samples[("mnistsite_prediction_oldest_pending_seconds", ())] < 100, skew
         assert samples[("mnistsite_predictions_recent", (("status", "pending"),))] == 1, skew
+
+
+def test_a_prediction_created_on_a_web_host_whose_clock_runs_behind_is_not_reported_as_waiting_for_long(
+        client, metrics_on, upload, monkeypatch):
+    from classifier import services
+
+    right_time = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: right_time() - dt.timedelta(minutes=10))
+    services.predictions_create(uploads=[upload], publish=False)
+    monkeypatch.setattr(timezone, "now", right_time)
+    # Dated by that host's clock it would have waited ten minutes already, and set off an alert on the queue.
+    samples = _samples(_scrape(client).content.decode())
+    assert 0 <= samples[("mnistsite_prediction_oldest_pending_seconds", ())] < 10
+    assert samples[("mnistsite_predictions_recent", (("status", "pending"),))] == 1
