@@ -100,7 +100,8 @@ class EmailChangeNotice(models.Model):
 
     REPLACED, REMOVED = "replaced", "removed"
 
-    # Null once the account is deleted: the notice goes all the same.
+    # Null once the account is deleted: the notice goes all the same, and is deleted once sent or given up (the
+    # account's address must not outlive it for longer than the notice owed to it).
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     username = models.CharField(max_length=150)
     address = models.EmailField(max_length=254)

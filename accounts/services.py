@@ -761,6 +761,8 @@ def email_change_notice_send(*, notice_id: int) -> bool:
         mine.update(claimed_at=None)  # owed still: for this task's retry, or the sweep
         raise
     mine.update(claimed_at=None, **{"sent_at" if sent else "given_up_at": timezone.now()})
+    # Kept for a deleted account only while owed: done with, it would be the last of its addresses here.
+    _email_change_notices_finished().filter(pk=notice_id, user__isnull=True).delete()
     return sent
 
 
@@ -794,6 +796,21 @@ def email_change_notices_requeue() -> tuple[int, int]:
                                                  what="an email change notice again"):
             queued += 1
     return queued, given_up
+
+
+def _email_change_notices_finished():
+    return EmailChangeNotice.objects.exclude(sent_at__isnull=True, given_up_at__isnull=True)
+
+
+def email_change_notices_forget() -> int:
+    """Delete the notices of deleted accounts that are sent or given up; returns how many.
+
+    A deleted account's notice is kept only while still owed: its old address's owner should learn of a change made
+    just before the account went. Deleting an account (users_delete) and sending a notice delete such notices at
+    once; this catches those that a deletion outside them (a shell) or a race between the two left behind.
+    """
+    deleted, _ = _email_change_notices_finished().filter(user__isnull=True).delete()
+    return deleted
 
 
 class DemoUserError(ValueError):
@@ -904,7 +921,8 @@ def account_delete(*, user) -> None:
 
 def users_delete(*, users) -> None:
     """Delete ``users`` (any accounts, administrators' included: the admin's deletion) with their uploads,
-    predictions and tokens, in one transaction; the image files go once that commits."""
+    predictions, tokens and the address change notices they no longer owe, in one transaction; the image files go
+    once that commits."""
     users = sorted(users, key=lambda user: user.pk)
     with transaction.atomic():
         # Django's cascade deletes the predictions before the uploads; every deletion of uploads locks the uploads
@@ -913,4 +931,6 @@ def users_delete(*, users) -> None:
         # several accounts wait for each other too.
         for user in users:
             uploads_lock_for_owner(owner=user)
+        # Their notices go too, but those still owed to an old address (email_change_notices_forget).
+        _email_change_notices_finished().filter(user__in=[user.pk for user in users]).delete()
         get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()

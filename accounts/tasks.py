@@ -3,6 +3,7 @@ the request that asked."""
 import logging
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from django.db import InterfaceError, OperationalError
 
@@ -25,10 +26,13 @@ MAIL_TASK_OPTIONS = {
     "bind": True,
     "acks_late": True,
     # Each exchange with the mail server waits EMAIL_TIMEOUT at most, and one message takes a handful of them. A
-    # server that stalls past the soft limit is tried again later, as one that cannot take the message now.
+    # server that stalls past the soft limit is tried again later, as one that cannot take the message now; so is a
+    # database that stops answering a query for as long (a locked table, a host gone without closing the
+    # connection): a reset link has nothing else to send it again, and every message here is safe to send twice.
+    # The retry's first query finds the connection the limit cut short unusable and opens another.
     "soft_time_limit": 60,
     "time_limit": 90,
-    "autoretry_for": (OperationalError, InterfaceError),
+    "autoretry_for": (OperationalError, InterfaceError, SoftTimeLimitExceeded),
     "retry_backoff": RETRY_BACKOFF_S,
     "retry_backoff_max": RETRY_BACKOFF_MAX_S,
     "max_retries": MAX_RETRIES,
@@ -88,5 +92,8 @@ def email_confirmations_sweep() -> int:
 
 @shared_task(name="accounts.tasks.email_change_notices_sweep", soft_time_limit=120, time_limit=150, ignore_result=True)
 def email_change_notices_sweep() -> list[int]:
-    """Every few minutes (CELERY_BEAT_SCHEDULE): notices still owed whose task was lost are queued again."""
-    return list(services.email_change_notices_requeue())
+    """Every few minutes (CELERY_BEAT_SCHEDULE): notices still owed whose task was lost are queued again, and those
+    of deleted accounts that are done with are deleted."""
+    requeued = list(services.email_change_notices_requeue())
+    services.email_change_notices_forget()
+    return requeued

@@ -5,12 +5,17 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from api.serializers import ErrorEnvelopeSerializer
 
 
+# What an X-Request-ID made by the site looks like (mnistsite.request_id: a uuid4 in hex).
+EXAMPLE_REQUEST_ID = "3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b"
+
+
 def error(description: str, *, code: str = "invalid", field: str | None = None) -> OpenApiResponse:
     item = {"code": code, "message": description, "field": field}
     return OpenApiResponse(
         response=ErrorEnvelopeSerializer,
         description=description,
-        examples=[OpenApiExample(code, value={"error": {**item, "details": [item]}}, response_only=True)],
+        examples=[OpenApiExample(code, value={"error": {**item, "details": [item], "request_id": EXAMPLE_REQUEST_ID}},
+                                  response_only=True)],
     )
 
 
@@ -40,6 +45,13 @@ UNSUPPORTED_MEDIA_TYPE = error("The body's Content-Type is none this operation r
 TOO_LARGE = error("The request body is larger than the server accepts.", code="too_large")
 LENGTH_REQUIRED = error("The body was sent without a Content-Length (Transfer-Encoding: chunked); nothing was done "
                         "with the request: send it with one.", code="length_required")
+# The same refusals for an operation that reads no body: a client may still send one, and it is refused alike,
+# since its size is checked before anything knows which operation it is for.
+TOO_LARGE_UNREAD = error("This operation reads no body, and one larger than the server accepts was sent: send the "
+                         "request without one.", code="too_large")
+LENGTH_REQUIRED_UNREAD = error("This operation reads no body, and one was sent without a Content-Length "
+                               "(Transfer-Encoding: chunked); nothing was done with the request: send it without "
+                               "one.", code="length_required")
 
 _METHODS_WITH_BODY = {"post", "put", "patch"}
 
@@ -59,10 +71,10 @@ def declare_protocol_errors(result: dict, generator, request, public) -> dict:
 
     406 where the view negotiates with
     DRF's default (the image views answer a PNG or an error whatever the Accept header says); 415 where the
-    operation reads a request body; 411 and 413 wherever a body may be sent, since the request size limit
-    (mnistsite.middleware) refuses a chunked or oversized one before any view is reached. A status an operation
-    declares itself keeps its own description. (405 belongs to the methods a path does not take, which OpenAPI has
-    no operation for: the API's description says it once.)
+    operation reads a request body; 411 and 413 on every operation, since the request size limit
+    (mnistsite.middleware) refuses a chunked or oversized body before any view is reached, whatever the method. A
+    status an operation declares itself keeps its own description. (405 belongs to the methods a path does not take,
+    which OpenAPI has no operation for: the API's description says it once.)
     """
     assert "ErrorEnvelope" in result["components"]["schemas"], "the error responses reference the envelope"
     views = {(path, method.lower()): callback.cls for path, _, method, callback in generator.endpoints}
@@ -73,8 +85,9 @@ def declare_protocol_errors(result: dict, generator, request, public) -> dict:
             if issubclass(view.content_negotiation_class, DefaultContentNegotiation):
                 found[406] = NOT_ACCEPTABLE
             if method in _METHODS_WITH_BODY:
-                found[411] = LENGTH_REQUIRED
-                found[413] = TOO_LARGE
+                found[411], found[413] = LENGTH_REQUIRED, TOO_LARGE
+            else:
+                found[411], found[413] = LENGTH_REQUIRED_UNREAD, TOO_LARGE_UNREAD
             if "requestBody" in operation:
                 found[415] = UNSUPPORTED_MEDIA_TYPE
             declared = operation["responses"]

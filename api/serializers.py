@@ -98,6 +98,11 @@ class ErrorSerializer(ErrorItemSerializer):
     details = ErrorDetailSerializer(
         many=True, help_text="Every problem found (one per rejected file or field); the first is repeated above."
     )
+    request_id = serializers.CharField(
+        allow_null=True,
+        help_text="The request's `X-Request-ID` (also in the response's header): quote it when reporting a problem; "
+        "every log line of the request, and of the tasks it started, names it.",
+    )
 
 
 class ErrorEnvelopeSerializer(serializers.Serializer):

@@ -558,9 +558,13 @@ def uploads_delete(request: HttpRequest) -> HttpResponse:
 
 def _uploads_delete(request: HttpRequest) -> HttpResponse:
     filter_form, filters = _history_filters(request)
-    query = request.GET.urlencode()
+    # The query holds the filters, and for a confirmation page asked for by a link or a redirect, the history page
+    # it leads back to (``next``), which a POST sends in its form instead.
+    params = request.GET.copy()
+    asked_from = params.pop("next", [""])[-1]
+    query = params.urlencode()
     history_url = reverse("classifier:history") + (f"?{query}" if query else "")
-    back = _safe_next(request) or history_url
+    back = _safe_next(request) or _safe_next(request, asked_from) or history_url
     if request.method == "GET":
         choice = {"matching": True, "newest": selectors.upload_newest_id_for_user(user=request.user), "upload": (), "confirmed": False}
     else:
@@ -588,7 +592,11 @@ def _uploads_delete(request: HttpRequest) -> HttpResponse:
         if counted > choice["count"]:
             messages.warning(request, f"Nothing was deleted: more uploads match now than the {choice['count']} "
                                       "you confirmed. Look at them again before deleting.")
-            return redirect(reverse("classifier:uploads_delete") + (f"?{query}" if query else ""))
+            # With the page it came from (its number, its rows ticked or not), which the filters alone do not say.
+            if back != history_url:
+                params["next"] = back
+            again = params.urlencode(safe="/")
+            return redirect(reverse("classifier:uploads_delete") + (f"?{again}" if again else ""))
     try:
         return _uploads_delete_confirmed(request, filters=filters, choice=choice, back=back)
     except services.UploadsDeleteInterruptedError as exc:

@@ -15,6 +15,16 @@ LENGTH_REQUIRED_MESSAGE = (
 )
 
 
+# The methods whose body anything here reads. Any other's is refused alike when oversized or of unknown length: no
+# view needs it, and what it does not need is not worth reading.
+METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _no_body_message(request: HttpRequest, what: str) -> str:
+    return (f"A {request.method} request needs no body, and this one's is {what}: send it without one; nothing was "
+            "done with this request.")
+
+
 class RequestSizeLimitMiddleware:
     """413 for a body declared larger than the biggest valid upload, before CSRF or a view parses it.
 
@@ -33,8 +43,10 @@ class RequestSizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        reads_body = request.method in METHODS_WITH_BODY
         if "HTTP_TRANSFER_ENCODING" in request.META:
-            return self._refuse(request, status=411, code="length_required", message=LENGTH_REQUIRED_MESSAGE)
+            message = LENGTH_REQUIRED_MESSAGE if reads_body else _no_body_message(request, "of unknown length")
+            return self._refuse(request, status=411, code="length_required", message=message)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -44,7 +56,7 @@ class RequestSizeLimitMiddleware:
             message = (
                 f"The request is too large: at most {settings.UPLOAD_MAX_FILES} images of at most "
                 f"{settings.UPLOAD_MAX_BYTES:,} bytes each are accepted."
-            )
+            ) if reads_body else _no_body_message(request, "too large")
             return self._refuse(request, status=413, code="too_large", message=message)
         return self.get_response(request)
 

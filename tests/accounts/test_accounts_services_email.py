@@ -383,3 +383,62 @@ def test_the_confirmation_sweep_finds_links_owed_through_an_index_not_a_scan_of_
             cursor.execute(f"EXPLAIN {sql}")
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "email_address_state_link_owed" in plan, plan
+
+
+# A deleted account leaves no address behind but the one a notice is still owed to, until it is sent.
+
+
+def test_deleting_an_account_deletes_its_sent_notices_and_keeps_one_still_owed_only_until_it_is_sent(
+    confirmed_user
+):
+    from django.core import mail
+
+    from accounts.models import EmailChangeNotice
+
+    alice = confirmed_user(username="alice", email="alice@example.com")
+    services.user_email_set(user=alice, email="alice@example.net")
+    (sent,) = EmailChangeNotice.objects.all()
+    assert services.email_change_notice_send(notice_id=sent.pk)
+    email_confirm(alice)
+    services.user_email_set(user=alice, email="")  # removed, its notice still on its way when the account goes
+    owed = EmailChangeNotice.objects.get(address="alice@example.net")
+    bob = confirmed_user(username="bob", email="bob@example.com")
+    services.user_email_set(user=bob, email="bob@example.net")
+    (bobs,) = EmailChangeNotice.objects.filter(user=bob)
+    assert services.email_change_notice_send(notice_id=bobs.pk)
+
+    services.account_delete(user=alice)
+
+    assert list(EmailChangeNotice.objects.filter(username="alice").values_list("pk", "user_id")) == [(owed.pk, None)]
+    assert services.email_change_notice_send(notice_id=owed.pk)
+    assert mail.outbox[-1].to == ["alice@example.net"] and "alice" in mail.outbox[-1].body
+    # Sent, it was needed no more; another account's notices stay with it.
+    assert list(EmailChangeNotice.objects.all()) == [bobs]
+
+
+def test_the_notice_sweep_deletes_the_finished_notices_that_deleted_accounts_left_and_nothing_else(
+    confirmed_user, reset_queue
+):
+    import datetime as dt
+
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from accounts import tasks
+    from accounts.models import EmailChangeNotice
+
+    now, day = timezone.now(), dt.timedelta(days=1)
+    carol = confirmed_user(username="carol", email="carol@example.com")
+    services.user_email_set(user=carol, email="carol@example.net")
+    # Left by accounts deleted in a shell, or before deleting one took its notices along.
+    for name in ("dave", "erin", "frank"):
+        services.user_email_set(user=confirmed_user(username=name, email=f"{name}@example.com"), email="")
+    get_user_model().objects.filter(username__in=["dave", "erin", "frank"]).delete()
+    EmailChangeNotice.objects.filter(username__in=["carol", "dave"]).update(sent_at=now)
+    EmailChangeNotice.objects.filter(username="erin").update(given_up_at=now)
+    # Owed still (queued a moment ago): kept for the worker that may be sending it.
+    EmailChangeNotice.objects.filter(username="frank").update(created_at=now - day / 2, queued_at=now)
+
+    tasks.email_change_notices_sweep.apply()
+
+    assert sorted(EmailChangeNotice.objects.values_list("username", flat=True)) == ["carol", "frank"]

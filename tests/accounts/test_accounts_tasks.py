@@ -205,6 +205,34 @@ def test_mail_cut_short_by_the_soft_time_limit_on_a_stalled_mail_server_is_sent_
 
 
 @pytest.mark.worker
+def test_a_reset_link_whose_account_lookup_the_soft_time_limit_cut_short_is_sent_again(
+    start_celery_worker, mail_server, alice
+):
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    _stalling_worker(start_celery_worker, mail_server)
+    # The database stops answering the lookup (a table locked by a migration, a host gone without closing the
+    # connection): the task's soft time limit ends its query, not the sending.
+    with psycopg.connect(**connection.get_connection_params()) as locker:
+        locker.execute("LOCK TABLE auth_user IN ACCESS EXCLUSIVE MODE")
+        tasks.password_reset_email_send.apply_async(kwargs={"email": "alice@example.com"}, **SHORT_LIMITS)
+        deadline = time.monotonic() + 30
+        # Until the task waits for the lock (pg_locks is read live, not from a snapshot kept by the transaction).
+        while not locker.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                 "AND relation = 'auth_user'::regclass").fetchone()[0]:
+            assert time.monotonic() < deadline, "the task never looked up the accounts"
+            time.sleep(0.1)
+        time.sleep(SHORT_LIMITS["soft_time_limit"] + 1)
+        locker.rollback()
+
+    (message,) = mail_server.wait_for(1, timeout=45)
+    assert _account(message) == "alice" and mail_server.attempts == 1
+
+
+@pytest.mark.worker
 def test_a_reset_message_the_server_kept_before_stalling_arrives_twice_and_either_link_works_once(
     start_celery_worker, mail_server, alice, client
 ):

@@ -75,3 +75,56 @@ def test_a_format_the_client_asked_for_still_answers_when_its_accept_header_allo
                                HTTP_ACCEPT="text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
 
     assert response.status_code == 200 and response["Content-Type"] == "application/json"
+
+
+def test_a_zero_weight_on_a_wildcard_refuses_what_it_covers_unless_a_more_specific_range_allows_it(user_client):
+    refused = user_client.get(LIST, HTTP_ACCEPT="*/*;q=0")
+    assert refused.status_code == 406 and assert_envelope(refused.json())["code"] == "not_acceptable"
+    assert _answered_type(user_client, "application/*;q=0, */*;q=0.1") == "text/html"
+    assert _answered_type(user_client, "*/*;q=0, text/html;q=0.2") == "text/html"
+    assert _answered_type(user_client, "text/*;q=0, */*") == "application/json"
+
+
+def test_a_comma_inside_a_quoted_parameter_does_not_split_the_media_range(user_client):
+    # Split at that comma, the header would seem to allow application/json with a weight of 1.
+    assert _answered_type(user_client, 'application/json;q=0, text/*; p="a,application/json,b"') == "text/html"
+
+
+@pytest.mark.parametrize(("header", "ranges"), [
+    ("", []),
+    ("*/*", [("*/*", {}, 1.0)]),
+    ("Text/HTML;Level=1;Q=0.5", [("text/html", {"level": "1"}, 0.5)]),
+    ('application/json ; indent="4" ; q=0.9 , text/*;q=0', [("application/json", {"indent": "4"}, 0.9),
+                                                             ("text/*", {}, 0.0)]),
+    ('text/plain; p="a\\"b,c"', [("text/plain", {"p": 'a"b,c'}, 1.0)]),
+    # A weight is read wherever it stands among the parameters (RFC 9110 12.5.1).
+    ("application/json;q=0.1;indent=2", [("application/json", {"indent": "2"}, 0.1)]),
+])
+def test_the_accept_header_is_read_into_media_ranges_with_their_parameters_and_weights(header, ranges):
+    from api.negotiation import accept_parse
+
+    assert [(r.full_type, r.params, r.weight) for r in accept_parse(header)] == ranges
+
+
+@pytest.mark.parametrize("header", [
+    "json", "application", "*/json", "text/html;q=high", "text/html;q=1.5", "text/html;q=-1", "text/html;q=.5",
+    "text/html; p=", 'text/html; p="unclosed', "text/html junk", "te xt/html",
+])
+def test_a_malformed_media_range_is_left_out_and_the_others_are_read(header):
+    from api.negotiation import accept_parse
+
+    assert [r.full_type for r in accept_parse(f"{header}, image/png")] == ["image/png"]
+
+
+def test_a_wildcard_covers_every_type_or_subtype_and_a_range_is_as_specific_as_what_it_names():
+    from api.negotiation import media_range_parse
+
+    html, any_text, anything, level = (media_range_parse(text) for text in
+                                        ("text/html", "text/*", "*/*", "text/html;level=1"))
+    assert [r.precedence for r in (anything, any_text, html, level)] == [0, 1, 2, 3]
+    assert all(r.covers(html) for r in (html, any_text, anything, level))
+    assert not any_text.covers(media_range_parse("application/json"))
+    assert not media_range_parse("text/plain").covers(html)
+    # An offered type with a parameter is covered only by ranges that name the same value.
+    assert not html.covers(media_range_parse("text/html;charset=utf-8"))
+    assert media_range_parse("text/html;charset=UTF-8").covers(media_range_parse("text/html;charset=UTF-8"))

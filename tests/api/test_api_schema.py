@@ -135,7 +135,8 @@ def test_every_list_documents_its_page_size_with_the_maximum_the_server_holds_to
         assert "400" in operation["responses"], path
 
 
-# What the statuses below are provoked with; a body goes only with the methods that take one.
+# What the statuses below are provoked with; a body of a type no parser reads goes only with the methods that take
+# one.
 _OPERATION_METHODS = ("get", "put", "post", "delete", "patch")
 _METHODS_WITH_BODY = {"post", "put", "patch"}
 
@@ -146,15 +147,17 @@ def _answered(client, path: str, method: str) -> set[int]:
     unsatisfiable = client.generic(method.upper(), path, HTTP_ACCEPT="text/csv")
     answered |= {406} & {unsatisfiable.status_code}
     if method in _METHODS_WITH_BODY:
-        # A body of a type no parser reads, then one declared larger than any request may be (never sent whole).
+        # A body of a type no parser reads.
         foreign = client.generic(method.upper(), path, "feedback=7", content_type="text/plain")
         answered |= {415} & {foreign.status_code}
-        oversized = client.generic(method.upper(), path, "{}", content_type="application/json",
-                                   CONTENT_LENGTH=str(10**10))
-        answered |= {413} & {oversized.status_code}
-        chunked = client.generic(method.upper(), path, "{}", content_type="application/json",
-                                 HTTP_TRANSFER_ENCODING="chunked")
-        answered |= {411} & {chunked.status_code}
+    # A body declared larger than any request may be (never sent whole), then one of unknown length: with any
+    # method, since a client may send one with a GET or a DELETE too.
+    oversized = client.generic(method.upper(), path, "{}", content_type="application/json",
+                               CONTENT_LENGTH=str(10**10))
+    answered |= {413} & {oversized.status_code}
+    chunked = client.generic(method.upper(), path, "{}", content_type="application/json",
+                             HTTP_TRANSFER_ENCODING="chunked")
+    answered |= {411} & {chunked.status_code}
     if method == "get":
         etag = client.get(path).get("ETag")
         if etag:
@@ -214,3 +217,17 @@ def test_no_operation_is_described_by_the_docstring_of_a_class_its_view_is_built
             assert not any(doc in description for doc in inherited), (method, template, description[:80])
             checked += 1
     assert checked >= 15
+
+
+@pytest.mark.django_db
+def test_the_error_envelope_declares_the_request_id_a_user_quotes_and_every_example_shows_one(api_client):
+    schema = _schema(api_client)
+    error = schema["components"]["schemas"]["Error"]
+
+    assert "request_id" in error["properties"] and "request_id" in error["required"]
+    assert "X-Request-ID" in error["properties"]["request_id"]["description"]
+    examples = [example["value"] for item in schema["paths"].values() for operation in item.values()
+                for response in operation["responses"].values()
+                for content in response.get("content", {}).values()
+                for example in content.get("examples", {}).values() if "error" in example.get("value", {})]
+    assert examples and all(example["error"]["request_id"] for example in examples)

@@ -974,7 +974,7 @@ def test_history_rows_have_labelled_checkboxes_and_a_delete_all_link_that_says_h
         assert (f'<label for="select-{upload.pk}" class="visually-hidden">Select upload {upload.pk}, '
                 f'“{upload.original_name}”</label>') in form
     assert 'name="csrfmiddlewaretoken"' in form
-    assert re.search(r'<a class="button danger small-button" id="delete-all" href="/history/delete"\s+'
+    assert re.search(r'<a class="button danger small-button" id="delete-all" href="/history/delete\?next=/history/"\s+'
                      r'aria-label="Delete all 3 uploads"', form)
     assert 'data-confirm="Delete 3 uploads and their images? This cannot be undone."' in form
     # Without JavaScript "Select all on this page" is a link to the page with every row ticked.
@@ -1023,7 +1023,7 @@ def test_all_uploads_that_match_the_filters_are_deleted_after_a_confirmation_pag
     assert [prediction.digit for prediction in sevens + others] == [7, 7, 2, 1]
     history = alice.get("/history/", {"digit": "7"}).content.decode()
     assert 'aria-label="Delete all 2 uploads that match the filters"' in history
-    assert 'href="/history/delete?digit=7"' in history
+    assert 'href="/history/delete?digit=7&amp;next=/history/%3Fdigit%3D7"' in history
 
     confirm = alice.get("/history/delete", {"digit": "7"})
 
@@ -1204,6 +1204,48 @@ def test_delete_all_from_the_history_page_deletes_no_upload_that_came_to_match_a
     assert response.redirect_chain == [("/history/delete?status=done", 302)]
     assert "<h1>Delete 2 uploads?</h1>" in response.content.decode()
     assert Upload.objects.count() == 2
+
+
+def test_delete_all_asked_again_because_more_came_to_match_still_leads_back_to_the_history_page_it_came_from(
+    alice, user, digit_png
+):
+    from classifier.views import HISTORY_PAGE_SIZE
+
+    done = [_uploaded(user, digit_png, index) for index in range(HISTORY_PAGE_SIZE + 1)]
+    services.predictions_create(uploads=done, publish=False)
+    Prediction.objects.update(status="done", digit=1, confidence=0.9)
+    waiting = _uploaded(user, digit_png, 0)
+    services.predictions_create(uploads=[waiting], publish=False)
+    history = alice.get("/history/", {"status": "done", "page": "2"}).content.decode()
+    matching = re.search(r'<form method="post" action="/history/delete\?status=done" id="delete-matching" hidden>'
+                         r'(.*?)</form>', history, re.S)[1]
+    assert _hidden(matching, "next") == ["/history/?status=done&amp;page=2"]
+    _finished_meanwhile(waiting)
+
+    fields = {name: unescape(_hidden(matching, name)[0]) for name in ("matching", "newest", "count", "confirmed",
+                                                                      "next")}
+    again = alice.post("/history/delete?status=done", fields, follow=True)
+
+    page = unescape(again.content.decode())
+    assert f"<h1>Delete {HISTORY_PAGE_SIZE + 2} uploads?</h1>" in page
+    assert _hidden(page, "next") == ["/history/?status=done&page=2"]
+    assert '<a class="button" href="/history/?status=done&page=2">Cancel</a>' in page
+    assert '<a href="/history/?status=done">Look at them in your history</a>' in page
+    confirmed = {name: _hidden(page, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    deleted = alice.post(again.redirect_chain[-1][0], confirmed)
+    assert deleted["Location"] == "/history/?status=done&page=2" and not Upload.objects.exists()
+
+
+def test_delete_all_without_javascript_leads_back_to_the_history_page_it_was_asked_from(alice, user, digit_png):
+    _uploaded(user, digit_png, 0)
+    history = alice.get("/history/", {"digit": "", "page": "1"}).content.decode()
+    link = unescape(re.search(r'id="delete-all" href="([^"]*)"', history)[1])
+    assert link == "/history/delete?digit=&next=/history/%3Fdigit%3D%26page%3D1"
+
+    page = unescape(alice.get(link).content.decode())
+
+    assert _hidden(page, "next") == ["/history/?digit=&page=1"]
+    assert '<a href="/history/?digit=">Look at it in your history</a>' in page
 
 
 def test_delete_all_by_filters_that_the_uploads_no_longer_match_says_so_rather_than_that_they_are_gone(

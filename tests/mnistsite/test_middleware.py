@@ -31,3 +31,21 @@ def test_a_page_upload_sent_chunked_is_411_saying_to_send_a_content_length_and_s
     assert response["Content-Type"] == "text/plain; charset=utf-8"
     assert "Content-Length" in response.content.decode()
     assert Upload.objects.count() == 0
+
+
+def test_a_get_or_delete_sent_with_an_oversized_or_chunked_body_is_refused_saying_to_send_it_without_one(
+    client, settings
+):
+    settings.UPLOAD_MAX_BYTES, settings.UPLOAD_MAX_FILES = 1000, 1
+
+    oversized = client.generic("GET", "/api/v1/predictions/", b"{}", content_type="application/json",
+                               CONTENT_LENGTH=str(3 * 1024 * 1024))
+    chunked = client.generic("DELETE", "/api/v1/predictions/1/", b"{}", content_type="application/json",
+                             CONTENT_LENGTH="", HTTP_TRANSFER_ENCODING="chunked")
+    page = client.generic("GET", "/", b"x", content_type="text/plain", CONTENT_LENGTH=str(3 * 1024 * 1024))
+
+    assert oversized.status_code == 413 and oversized.json()["error"]["code"] == "too_large"
+    assert "A GET request needs no body" in oversized.json()["error"]["message"]
+    assert chunked.status_code == 411 and chunked.json()["error"]["code"] == "length_required"
+    assert "A DELETE request needs no body" in chunked.json()["error"]["message"]
+    assert page.status_code == 413 and "send it without one" in page.content.decode()
