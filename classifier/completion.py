@@ -7,7 +7,6 @@ hands every notice to the requests waiting for those ids.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import os
@@ -17,7 +16,6 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
 from classifier import selectors, statements
 
@@ -59,8 +57,7 @@ class _StallWatch:
         self._next = time.monotonic() + STALL_CHECK_EVERY_S
         if time.monotonic() - self._last_finished_at() < settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS:
             return False
-        since = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
-        return selectors.prediction_queue_stalled(since=since)
+        return selectors.prediction_queue_stalled(stalled_after_s=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
 
 
 def _notifications_available() -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import connection
 from django.db.models import Aggregate, Count, Exists, FloatField, Max, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from classifier.idempotency import (
@@ -411,12 +412,16 @@ def prediction_queue_stats(
     )
 
 
-def prediction_queue_stalled(*, since: dt.datetime) -> bool:
-    """Whether no worker is taking predictions: one has been pending since before ``since``, and none started after.
+def prediction_queue_stalled(*, stalled_after_s: float) -> bool:
+    """Whether no worker is taking predictions: one has been pending for ``stalled_after_s``, and none started since.
 
     A backlog that workers are taking always has a prediction running that
     started recently; one left over from a dead worker started long ago. Both
     queries are ranges of the (status, created_at) index; few rows are running.
+    Counted on the database's clock, which dated the predictions: a web host
+    whose clock runs behind would otherwise never see a stall, one ahead see
+    one behind every fresh upload.
     """
+    since = Now() - dt.timedelta(seconds=stalled_after_s)
     waiting = Prediction.objects.filter(status=Prediction.Status.PENDING, created_at__lt=since).exists()
     return waiting and not Prediction.objects.filter(status=Prediction.Status.RUNNING, started_at__gte=since).exists()

@@ -1,7 +1,6 @@
 """Pages and small JSON/image endpoints for uploading, watching results and browsing history."""
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import logging
@@ -242,8 +241,7 @@ def _queue_stalled(prediction: Prediction) -> bool:
     """
     if prediction.status != Prediction.Status.PENDING:
         return False
-    since = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
-    return selectors.prediction_queue_stalled(since=since)
+    return selectors.prediction_queue_stalled(stalled_after_s=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
 
 
 def prediction_payload(prediction: Prediction) -> dict:

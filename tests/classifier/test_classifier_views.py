@@ -1436,6 +1436,23 @@ def test_a_result_page_waiting_on_a_queue_no_worker_takes_says_so_and_goes_on_up
     assert '<noscript><meta http-equiv="refresh"' in page and "reloads itself" in page
 
 
+@pytest.mark.parametrize("skew_hours", [-1, 1], ids=["web-clock-behind", "web-clock-ahead"])
+def test_a_stall_is_judged_on_the_databases_clock_whatever_the_web_hosts_clock_says(
+    alice, user, digit_png, settings, monkeypatch, skew_hours
+):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    stuck = _pending_prediction(user, digit_png, waited_seconds=60)  # created at the database's now
+    fresh = _pending_prediction(user, digit_png)
+    host_clock = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: host_clock() + dt.timedelta(hours=skew_hours))
+
+    # Waiting a minute on the database's clock, with no worker taking anything: stalled, on any host.
+    assert alice.get(f"/predictions/{stuck.pk}.json").json()["queue_stalled"] is True
+    Prediction.objects.filter(pk=stuck.pk).delete()
+    # Just made: not stalled, however far ahead the host's clock runs.
+    assert alice.get(f"/predictions/{fresh.pk}.json").json()["queue_stalled"] is False
+
+
 def test_a_result_page_behind_a_backlog_that_a_worker_is_taking_says_nothing_of_a_stall(alice, user, digit_png, settings):
     settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
     waiting = _pending_prediction(user, digit_png, waited_seconds=60)
