@@ -48,6 +48,17 @@ FRAME_BORDER = 0.1
 # a 400-pixel photo is as thick, but leaves 40% of its box or more empty.
 SPECK_MIN_THICKNESS = 0.75
 SPECK_MIN_FILL = 0.7
+# Two more solid marks smaller than a digit are never the digit either. A dash: lying flat, at least DASH_MIN_RATIO as
+# wide as tall, its pixels at least SPECK_MIN_FILL of its box (a 1 is the same bar stood on end, and stays). A blot:
+# about round (its sides within BLOT_MAX_RATIO of each other), with no notch or hole (one run of ink along every row
+# and column), and inked evenly, its mean ink at least BLOT_MIN_INK of the picture's darkest: a disc a few pixels
+# wide, which the speck's measures miss where its outline's steps take its corners off. A digit shrunk to 5 to 8
+# pixels is as round and as solid at times, but its strokes are finer than a pixel, so its ink is uneven: of 2,400
+# MNIST test digits that small (on a photographed sheet and on white), the most evenly inked such blob came to 0.75,
+# and discs of 3 to 12 pixels, sharp or smoothed, to 0.96 or more. No such digit lies flat and solid like a dash.
+DASH_MIN_RATIO = 2.0
+BLOT_MAX_RATIO = 1.25
+BLOT_MIN_INK = 0.85
 # A piece cut by the picture's edge is the edge's own when less than this share of its ink is left once the
 # background goes on past the edges (a stroke of a tight crop along the edge goes, and the rest of the digit stays).
 FADED_SHARE = 0.5
@@ -529,12 +540,28 @@ def _round_the_picture(top: int, bottom: int, left: int, right: int, h: int, w: 
     return top <= near[0] and bottom >= h - near[0] and left <= near[1] and right >= w - near[1]
 
 
-def _is_speck(own: np.ndarray) -> bool:
-    """Whether a piece (its pixels in its box) is a solid blob as thick as it is long: a speck, not a stroke."""
+def _is_speck(own: np.ndarray, ink: np.ndarray) -> bool:
+    """Whether a piece (its pixels in its box, and the ink there) is a solid mark, not strokes: a speck, a dash, a blot.
+
+    See SPECK_MIN_THICKNESS and DASH_MIN_RATIO.
+    """
+    h, w = own.shape
+    if max(h, w) <= BLOT_MAX_RATIO * min(h, w) and _one_run_each_way(own):
+        if float(ink[own].mean()) >= BLOT_MIN_INK:
+            return True
     if np.count_nonzero(own) < SPECK_MIN_FILL * own.size:
         return False
+    if w >= DASH_MIN_RATIO * h:
+        return True
     thickness = 2.0 * float(ndimage.distance_transform_edt(np.pad(own, 1)).max())
-    return thickness >= SPECK_MIN_THICKNESS * max(own.shape)
+    return thickness >= SPECK_MIN_THICKNESS * max(h, w)
+
+
+def _one_run_each_way(own: np.ndarray) -> bool:
+    """Whether every row and every column of a piece's box holds one run of its pixels: no notch, no hole."""
+    rows = np.count_nonzero(own[:, 1:] & ~own[:, :-1], axis=1) + own[:, 0]
+    cols = np.count_nonzero(own[1:] & ~own[:-1], axis=0) + own[0]
+    return bool((rows == 1).all() and (cols == 1).all())
 
 
 def _faded_beyond_border(gray: np.ndarray, dark: bool, labels: np.ndarray, count: int) -> np.ndarray:
@@ -576,10 +603,11 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray, gray: np.ndarray, dark: bool)
     whole picture, goes, and so does a round one closing round a piece inked
     like a digit (a ring drawn round it); of the rest, the piece with the most
     ink and those near it (a broken stroke) stay, and specks further off go.
-    The digit is never a speck (a solid blob smaller than a digit, see
-    SPECK_MIN_THICKNESS) nor a piece that the picture's edge cuts and that is
-    gone once the background goes on past the edges (a desk along it, a
-    shadow's corner, light falling off; ``gray`` is the picture the ink came
+    The digit is never a speck (a solid mark smaller than a digit: a blob, a
+    dash or a blot, see SPECK_MIN_THICKNESS and DASH_MIN_RATIO) nor a piece
+    that the picture's edge cuts and that is gone once the background goes on
+    past the edges (a desk along it, a shadow's corner, light falling off;
+    ``gray`` is the picture the ink came
     from, ``dark`` its polarity): with nothing else, the picture holds no
     digit, and :class:`EmptyImageError` says so. A lone piece, the usual case,
     is left as it is unless it is one of those or a frame. A piece left out
@@ -647,7 +675,7 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray, gray: np.ndarray, dark: bool)
     main = -1
     for piece in np.flatnonzero(keep)[np.argsort(-mass[keep], kind="stable")]:
         t, b, l, r = boxes[piece]
-        if not digit_sized[piece] and _is_speck(labels[t:b, l:r] == piece + 1):
+        if not digit_sized[piece] and _is_speck(labels[t:b, l:r] == piece + 1, ink[t:b, l:r]):
             continue
         if faded is None and at_edge[piece]:
             faded = _faded_beyond_border(gray, dark, labels, count)

@@ -808,6 +808,68 @@ def test_a_small_digit_inside_a_frame_round_the_picture_is_read_and_not_the_fram
     assert _reads_as(preprocess(_sheet_photo(_small_seven(framed, at=(170, 170)), seed=0)), alone)
 
 
+def _lone_mark(mark: str, *, photo: bool) -> Image.Image:
+    """A 280-pixel picture with nothing on it but one small solid mark: on white, or on paper in a photo."""
+    layer = Image.new("L", (280, 280), 0)
+    draw = ImageDraw.Draw(layer)
+    if mark == "2-pixel dot":
+        draw.rectangle([139, 139, 140, 140], fill=255)
+    elif mark == "6-pixel disc":
+        draw.ellipse([137, 137, 142, 142], fill=255)
+    elif mark == "10x2 dash":
+        draw.rectangle([135, 139, 144, 140], fill=255)
+    elif mark == "14x14 square":
+        draw.rectangle([133, 133, 146, 146], fill=255)
+    alpha = np.asarray(layer, dtype=np.float64) / 255
+    if not photo:
+        return Image.fromarray((255 * (1 - alpha)).astype(np.uint8))
+    return _sheet_photo(235 * (1 - alpha) + 30 * alpha, seed=0)
+
+
+@pytest.mark.parametrize("photo", [False, True], ids=["on-white", "photo"])
+@pytest.mark.parametrize("mark", ["2-pixel dot", "6-pixel disc", "10x2 dash", "14x14 square"])
+def test_a_lone_small_solid_mark_is_refused_as_holding_no_digit(mark, photo):
+    # Cropped to its ink and scaled up, a dot, a disc or a dash fills the model's input, and is read as some digit.
+    with pytest.raises(EmptyImageError, match="specks"):
+        preprocess(_lone_mark(mark, photo=photo))
+
+
+def _in_a_corner(digit: np.ndarray, *, height: int, side: int) -> Image.Image:
+    """An MNIST digit shrunk to ``height`` pixels (MNIST's are 20 of 28) near a corner of a photographed sheet."""
+    size = round(28 * height / 20)
+    small = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64) / 255
+    alpha = np.zeros((side, side))
+    alpha[side - size - 10 : side - 10, 10 : 10 + size] = small
+    return _sheet_photo(235 * (1 - alpha) + 30 * alpha, seed=0)
+
+
+@pytest.mark.skipif(not MNIST_TEST_IMAGES.exists(), reason="MNIST not fetched")
+@pytest.mark.parametrize(("height", "side"), [(5, 280), (6, 280), (6, 400), (8, 400)])
+def test_a_digit_written_small_in_a_corner_of_a_large_picture_is_still_read(height, side):
+    # Shrunk to a few pixels, a digit is a blob: solid marks are told from it by shape and by their even ink.
+    results = prepare_batch(_in_a_corner(digit, height=height, side=side) for digit in _mnist_test_digits(20))
+    assert [index for index, result in enumerate(results) if not isinstance(result, Prepared)] == []
+
+
+@pytest.mark.parametrize(("length", "width"), [(10, 2), (14, 3), (30, 2)])
+def test_a_one_that_is_a_short_thin_upright_stroke_is_still_read(length, width):
+    # The same bar as a dash, stood on end: a 1.
+    one = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(one).rectangle([139, 130, 139 + width - 1, 130 + length - 1], fill=0)
+    out = preprocess(one)
+    rows, cols = np.nonzero(out > 0.5)
+    assert rows.max() - rows.min() + 1 >= 19 and cols.max() - cols.min() + 1 <= 10
+
+
+def test_a_small_one_drawn_on_the_canvas_is_still_read():
+    # The canvas sends the smallest drawing it accepts (28 pixels across) with a pen 0.115 of that, on transparency.
+    drawing = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+    ImageDraw.Draw(drawing).line([(140, 120), (136, 148)], fill=(17, 17, 17, 255), width=3)
+    out = preprocess(drawing)
+    rows, cols = np.nonzero(out > 0.5)
+    assert rows.max() - rows.min() + 1 >= 19
+
+
 def _without_piece(digit: np.ndarray, *, rows: slice, cols: slice) -> np.ndarray:
     erased = digit.copy()
     erased[rows, cols] = 0
