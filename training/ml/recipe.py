@@ -43,6 +43,7 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "sgd"  # "sgd" (Nesterov), "adamw" or "adam"
     lr: float = 0.1  # peak rate when schedule is "onecycle"
+    # SGD's momentum, Adam's beta1; with the one-cycle schedule the centre of their cycle (0.05 either side).
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # "onecycle" or "constant"
@@ -144,6 +145,9 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
+MOMENTUM_CYCLE_HALF_WIDTH = 0.05
+
+
 def _make_scheduler(
     config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -157,6 +161,10 @@ def _make_scheduler(
             pct_start=config.warmup_fraction,
             div_factor=10.0,
             final_div_factor=100.0,
+            # The schedule cycles momentum (Adam's beta1) against the rate, by default between 0.85 and 0.95
+            # whatever the optimizer was given: centred on the config's, so that ``momentum`` means something.
+            base_momentum=max(config.momentum - MOMENTUM_CYCLE_HALF_WIDTH, 0.0),
+            max_momentum=min(config.momentum + MOMENTUM_CYCLE_HALF_WIDTH, 0.999),
         )
     raise ValueError(f"unknown schedule {config.schedule!r}")
 

@@ -280,3 +280,24 @@ def test_training_on_no_images_is_refused_rather_than_reported_as_a_diverging_ru
             images=empty.images, labels=empty.labels, batch_size=64, device=CPU,
             generator=torch.Generator().manual_seed(0), augment=False,
         )
+
+
+@pytest.mark.parametrize(("optimizer", "key"), [("sgd", "momentum"), ("adamw", "betas")])
+@pytest.mark.parametrize("momentum", [0.5, 0.9])
+def test_the_one_cycle_schedule_cycles_momentum_around_the_configs_not_a_fixed_one(
+    tiny_train, tiny_test, optimizer, key, momentum
+):
+    config = _tiny_config(epochs=1, augment=False, optimizer=optimizer, lr=0.01, momentum=momentum)
+    seen = []
+
+    def record(optim, args, kwargs):
+        value = optim.param_groups[0][key]
+        seen.append(value[0] if key == "betas" else value)
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        fit(config=config, train=tiny_train, test=tiny_test, device=CPU)
+    finally:
+        handle.remove()
+    assert seen
+    assert min(seen) == pytest.approx(momentum - 0.05, abs=0.01) and max(seen) == pytest.approx(momentum + 0.05, abs=1e-6)
