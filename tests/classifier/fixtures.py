@@ -132,18 +132,15 @@ def stored_size(data: bytes, name: str = "digit.png") -> int:
 
 
 @contextlib.contextmanager
-def uploads_stored_then_read_back_lost():
-    """The uploads' insert commits and its answer is lost; asked, the database says they are stored; then the read of
-    their predictions loses the connection again.
-
-    The second loss is the one that matters: after it the request knows the uploads are stored but cannot say which
-    predictions they are.
+def uploads_stored_answer_lost(*, before_read_back):
+    """The uploads' insert commits and its answer is lost; asked, the database says they are stored; then
+    ``before_read_back()`` runs just before the read of their predictions (raising, it stands for that read).
     """
     from django.db import OperationalError, connection
 
     from classifier.models import Prediction, Upload
 
-    state = {"inserting": False, "stored": False, "read_back_lost": False}
+    state = {"inserting": False, "stored": False, "read_back": False}
     commit = connection._commit
 
     def lost() -> OperationalError:
@@ -152,9 +149,9 @@ def uploads_stored_then_read_back_lost():
 
     def lose(execute, sql, params, many, context):
         reading_back = sql.startswith("SELECT") and f'FROM "{Prediction._meta.db_table}"' in sql
-        if state["stored"] and not state["read_back_lost"] and reading_back:
-            state["read_back_lost"] = True
-            raise OperationalError("server closed the connection unexpectedly")
+        if state["stored"] and not state["read_back"] and reading_back:
+            state["read_back"] = True
+            before_read_back()
         result = execute(sql, params, many, context)
         if not state["inserting"] and "INSERT INTO" in sql and Upload._meta.db_table in sql:
             state["inserting"] = True
@@ -174,7 +171,21 @@ def uploads_stored_then_read_back_lost():
             yield
     finally:
         del connection._commit
-    assert state["read_back_lost"], "the read back of the stored uploads was never lost"
+    assert state["read_back"], "the stored uploads were never read back"
+
+
+def uploads_stored_then_read_back_lost():
+    """As ``uploads_stored_answer_lost``, the read of their predictions losing the connection again.
+
+    The second loss is the one that matters: after it the request knows the uploads are stored but cannot say which
+    predictions they are.
+    """
+    from django.db import OperationalError
+
+    def lose_again() -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    return uploads_stored_answer_lost(before_read_back=lose_again)
 
 
 def deletions_race(*, held, other) -> dict:

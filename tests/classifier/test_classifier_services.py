@@ -19,7 +19,8 @@ from django.utils import timezone
 from classifier import selectors, services, statements
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from tests.classifier.fixtures import (
-    account_deleted_just_before_the_insert, deletions_race, png_bytes, stored_size, uploads_stored_then_read_back_lost,
+    account_deleted_just_before_the_insert, deletions_race, png_bytes, stored_size, uploads_stored_answer_lost,
+    uploads_stored_then_read_back_lost,
 )
 from tests.devices import DEVICES
 
@@ -121,49 +122,21 @@ def test_uploads_stored_then_deleted_before_they_were_read_back_are_an_unknown_o
 ):
     import threading
 
-    from django.db import OperationalError
-
-    state = {"inserting": False, "answer_lost": False, "deleted": False}
-    commit = connection._commit
-
-    def lost() -> OperationalError:
-        state["answer_lost"] = True
-        return OperationalError("server closed the connection unexpectedly")
-
-    def commit_then_lose():
-        commit()
-        if state["inserting"] and not state["answer_lost"]:
-            raise lost()
-
     def delete_first_in_another_tab() -> None:
         try:
             services.upload_delete(upload=Upload.objects.order_by("id").first())
         finally:
             connection.close()
 
-    def lose_the_answer_then_delete_one(execute, sql, params, many, context):
-        if state["answer_lost"] and not state["deleted"] and sql.startswith("SELECT") and "JOIN" in sql:
-            state["deleted"] = True
-            other = threading.Thread(target=delete_first_in_another_tab)
-            other.start()
-            other.join()
-        result = execute(sql, params, many, context)
-        if not state["inserting"] and "INSERT INTO" in sql and Upload._meta.db_table in sql:
-            state["inserting"] = True
-            # A statement committed by itself loses its own answer; one in a transaction, its commit's.
-            if not connection.in_atomic_block:
-                raise lost()
-        return result
+    def delete_one_meanwhile() -> None:
+        other = threading.Thread(target=delete_first_in_another_tab)
+        other.start()
+        other.join()
 
     files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(3)]
-    connection._commit = commit_then_lose
-    try:
-        with connection.execute_wrapper(lose_the_answer_then_delete_one):
-            with pytest.raises(services.UploadOutcomeUnknownError, match="1 of them were deleted"):
-                services.predictions_submit(owner=user, files=files, source="file")
-    finally:
-        del connection._commit
-    assert state["deleted"]
+    with uploads_stored_answer_lost(before_read_back=delete_one_meanwhile):
+        with pytest.raises(services.UploadOutcomeUnknownError, match="1 of them were deleted"):
+            services.predictions_submit(owner=user, files=files, source="file")
 
     # The user is sent to their history, which shows the two left; those two are on their way to a worker.
     left = list(Prediction.objects.order_by("id").values_list("pk", flat=True))
