@@ -1359,3 +1359,76 @@ def test_the_docs_pages_try_it_out_uploads_several_images_as_images(logged_in_pa
     assert answer.status in (200, 202), answer.text()
     assert len(answer.json()["predictions"]) == 2
     assert Upload.objects.filter(owner=user, source=Upload.Source.API).count() == 2
+
+
+def test_the_account_pages_password_errors_are_read_with_their_own_fields(logged_in_page):
+    page = logged_in_page
+    _token_asked_for(page, name="scanner", password="not my password")
+    expect(page.locator("#id_token_password")).to_have_accessible_description("That is not your password.")
+
+    page.fill("#id_password", "not my password")
+    page.get_by_role("button", name="Delete my account").click()
+    expect(page.locator("#id_password")).to_have_accessible_description("That is not your password.")
+    expect(page.locator("#id_token_password")).to_have_accessible_description("")
+
+
+def test_without_javascript_the_files_chosen_are_shown_in_the_upload_box(page_without_javascript, digit_png):
+    page = page_without_javascript
+    # Nothing lists the files without the page's script: the browser's own control has to show them.
+    picker = page.locator("#id_files")
+    expect(picker).to_have_css("opacity", "1")
+    page.set_input_files("#id_files", [{"name": "zero.png", "mimeType": "image/png", "buffer": digit_png(0)}])
+    picker_box, zone_box = picker.bounding_box(), page.locator("#dropzone").bounding_box()
+    assert picker_box["width"] >= 150 and picker_box["height"] >= 20
+    assert zone_box["x"] <= picker_box["x"] and picker_box["x"] + picker_box["width"] <= zone_box["x"] + zone_box["width"]
+    # A file dropped beside the control would be opened by the browser in place of the page.
+    expect(page.get_by_text("drag and drop")).to_be_hidden()
+
+
+def test_with_javascript_the_upload_box_offers_drag_and_drop_and_lists_the_files_itself(logged_in_page, digit_png):
+    page = logged_in_page
+    expect(page.get_by_text("drag and drop")).to_be_visible()
+    expect(page.locator("#id_files")).to_have_css("opacity", "0")
+    page.set_input_files("#id_files", [{"name": "zero.png", "mimeType": "image/png", "buffer": digit_png(0)}])
+    expect(page.locator("#file-list li")).to_have_count(1)
+
+
+_CONTRAST = """(selector) => {
+  const element = document.querySelector(selector);
+  const parts = (css) => css.match(/[\\d.]+/g).map(Number);
+  let behind = element;
+  while (parts(getComputedStyle(behind).backgroundColor)[3] === 0) behind = behind.parentElement;
+  const luminance = (css) => {
+    const [r, g, b] = parts(css).slice(0, 3).map((v) => v / 255)
+      .map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [light, dark] = [luminance(getComputedStyle(element).color), luminance(getComputedStyle(behind).backgroundColor)]
+    .sort((a, b) => b - a);
+  return (light + 0.05) / (dark + 0.05);
+}"""
+
+
+def test_the_upload_boxs_small_print_keeps_a_readable_contrast_while_the_pointer_is_over_it(logged_in_page):
+    page = logged_in_page
+    small_print = "#dropzone .muted"
+    assert page.evaluate(_CONTRAST, small_print) >= 4.5
+    page.hover("#dropzone")
+    expect(page.locator("#dropzone")).to_have_css("background-color", "rgb(231, 236, 255)")
+    assert page.evaluate(_CONTRAST, small_print) >= 4.5  # WCAG AA for text of its size
+
+
+def test_on_a_phone_the_headers_links_are_tall_enough_to_tap(phone_page):
+    page = phone_page
+    targets = page.locator(".site-nav a, .site-nav button")
+    expect(targets).to_have_count(4)
+    for index in range(4):
+        assert targets.nth(index).bounding_box()["height"] >= 44, targets.nth(index).text_content()
+
+
+def test_the_ten_probabilities_are_a_list_named_by_its_heading(logged_in_page, user, digit_png):
+    page = logged_in_page
+    _open_a_queued_result(page, user, digit_png(0))
+    probabilities = page.get_by_role("list", name="Probability of each digit")
+    expect(probabilities.get_by_role("listitem")).to_have_count(10)
+    expect(probabilities.get_by_role("listitem").first).to_have_text("0 –")

@@ -1,0 +1,25 @@
+"""What the account pages tell screen readers of a refused form, as the server sends them."""
+import re
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def signed_in(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("url, data, field_id", [
+    ("/accounts/tokens/", {"name": "scanner", "password": "not my password"}, "id_token_password"),
+    ("/accounts/delete/", {"password": "not my password", "understood": "on"}, "id_password"),
+])
+def test_a_wrong_password_on_the_account_page_is_the_description_of_its_own_field(signed_in, url, data, field_id):
+    page = signed_in.post(url, data).content.decode()
+    field = re.search(rf'<input type="password"[^>]*\bid="{field_id}"[^>]*>', page).group(0)
+    assert 'aria-invalid="true"' in field
+    described_by = re.search(r'aria-describedby="([^"]+)"', field).group(1)
+    assert re.search(rf'<div id="{described_by}"><p class="field-error">That is not your password.</p></div>', page)
+    assert page.count(f'id="{described_by}"') == 1
