@@ -50,14 +50,17 @@ def _upload_page(
     *,
     errors: list[str],
     refused_files: list[int] = (),
+    files_sent: bool = True,
     stored_unknown: bool = False,
     status: int = 200,
 ) -> HttpResponse:
     received = len(request.FILES.getlist("files")) if refused_files else 0
     # A file form the browser sent itself (the page's script sends its own, and keeps the files chosen) comes back
-    # with its file input emptied: what was not refused has to be chosen again. A drawing is no file form.
+    # with its file input emptied: what was not refused has to be chosen again. A drawing is no file form, and a
+    # form sent with no file chosen forgot none.
     files_forgotten = (
         bool(errors)
+        and files_sent
         and not stored_unknown
         and request.method == "POST"
         and request.content_type == "multipart/form-data"
@@ -192,7 +195,10 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
                 return _uploaded_go_to(request, f"{reverse('classifier:history')}?batch={batch}")
         else:
             errors = [message for field_errors in form.errors.values() for message in field_errors]
-    response = _upload_page(request, form, errors=errors, refused_files=refused_files, status=400 if errors else 200)
+    response = _upload_page(
+        request, form, errors=errors, refused_files=refused_files, files_sent=bool(request.FILES.getlist("files")),
+        status=400 if errors else 200,
+    )
     if forbidden:
         # The owner's to resolve, not the server's: a 4xx (a 5xx would be logged as a server error), as cloud
         # storage APIs answer a full quota; or their account is gone.

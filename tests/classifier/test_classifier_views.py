@@ -65,6 +65,24 @@ def test_an_upload_page_sent_back_with_errors_opens_on_them(alice):
     assert re.search(r'<div class="errors" role="alert" id="upload-errors" tabindex="-1" autofocus[ >]', html)
 
 
+FORGOTTEN = "The browser does not keep chosen files when the page comes back"
+
+
+def test_a_form_sent_back_without_javascript_asks_for_the_files_again_only_when_some_were_sent(
+    alice, digit_png, settings
+):
+    # Too many files: the browser empties its file input on the page that comes back, so they must be chosen again.
+    settings.UPLOAD_MAX_FILES = 2
+    too_many = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(3)]}).content.decode()
+    assert FORGOTTEN in too_many and "choose the files again" in too_many
+    # Of two files, one refused: the other, good on its own, is the one to choose again.
+    one_of_two = alice.post("/", {"files": [_file(digit_png(0), "0.png"), _file(b"nope", "bad.png")]}).content.decode()
+    assert FORGOTTEN in one_of_two and "choose the other files again" in one_of_two
+    # Nothing chosen (a browser still sends the form's other fields): nothing was forgotten either.
+    nothing = alice.post("/", {"csrfmiddlewaretoken": "sent-by-the-form"})
+    assert nothing.status_code == 400 and FORGOTTEN not in nothing.content.decode()
+
+
 def test_uploading_one_file_redirects_to_its_result(alice, digit_png, published, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = alice.post("/", {"files": [_file(digit_png(0), "seven.png")]})
