@@ -153,6 +153,9 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
                     form.add_error(field if field in form.fields else None, errors)
             else:
                 self.message_user(request, f"Training run {run.pk} queued.", messages.SUCCESS)
+                # As Django's own add view does: staff who may start runs but not view them would meet a 403 there.
+                if not self.has_view_or_change_permission(request, run):
+                    return redirect(reverse("admin:index"))
                 return redirect(reverse("admin:training_trainingrun_change", args=[run.pk]))
         context = {
             **self.admin_site.each_context(request),
@@ -173,7 +176,12 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
                 metrics_rows=run.metrics or [],
                 curves=charts.run_curves_svg(metrics=run.metrics or []),
                 confusion_svg=charts.confusion_matrix_svg(matrix=run.confusion_matrix) if run.confusion_matrix else None,
-                can_cancel=not run.is_finished and self.has_change_permission(request, run),
+                # A run already asked to cancel stops at its next step: a second request would change nothing.
+                can_cancel=not run.is_finished and not run.cancel_requested and self.has_change_permission(request, run),
+                elapsed=_duration(run.duration_seconds) if run.started_at else "",
+                eta=_duration(run.eta_seconds),
+                checkpoint_count=run.checkpoints.count() if self._may_view_checkpoints(request) else 0,
+                checkpoints_url=reverse("admin:training_checkpoint_changelist") + f"?run__id__exact={run.pk}",
                 progress_url=reverse("admin:training_trainingrun_progress", args=[run.pk]),
                 cancel_url=reverse("admin:training_trainingrun_cancel", args=[run.pk]),
                 final_checkpoint=run.checkpoints.filter(is_final=True).first(),
@@ -185,6 +193,9 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 
+    def _may_view_checkpoints(self, request: HttpRequest) -> bool:
+        return self.admin_site.get_model_admin(Checkpoint).has_view_or_change_permission(request)
+
     def cancel_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         run = self._get_run(object_id)
         if not self.has_change_permission(request, run):
@@ -195,6 +206,11 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
             if run.is_finished:
                 done = "is already cancelled" if run.status == TrainingRun.Status.CANCELLED else f"has already {run.status}"
                 self.message_user(request, f"Run {run.pk} {done}; it cannot be cancelled.", messages.ERROR)
+                return redirect(change_url)
+            if run.cancel_requested:
+                self.message_user(
+                    request, f"Run {run.pk} is already asked to cancel; it stops at its next step.", messages.WARNING
+                )
                 return redirect(change_url)
             context = {
                 **self.admin_site.each_context(request),
@@ -305,8 +321,14 @@ class CheckpointAdmin(AdminStyles, admin.ModelAdmin):
 
     @admin.display(description="from", ordering="run_id")
     def origin(self, checkpoint: Checkpoint) -> str:
-        run = f"run {checkpoint.run_id}" if checkpoint.run_id else "no run"
-        return f"{run}, epoch {checkpoint.epoch}" + (" (final)" if checkpoint.is_final else "")
+        final = " (final)" if checkpoint.is_final else ""
+        if not checkpoint.run_id:
+            return f"no run, epoch {checkpoint.epoch}{final}"
+        return format_html(
+            '<a href="{}">run {}</a>, epoch {}{}',
+            reverse("admin:training_trainingrun_change", args=[checkpoint.run_id]), checkpoint.run_id,
+            checkpoint.epoch, final,
+        )
 
     @admin.display(description="size", ordering="size")
     def size_display(self, checkpoint: Checkpoint) -> str:

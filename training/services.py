@@ -26,6 +26,8 @@ ARCHITECTURE_CHOICES = ("cnn", "mlp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 MAX_EPOCHS = 100
 MAX_BATCH_SIZE = 8192
+# Above it every run diverges at once.
+MAX_LEARNING_RATE = 10
 # Batch normalisation needs two images to train on.
 MIN_BATCH_SIZE = 2
 MIN_TRAIN_SUBSET = 2
@@ -110,8 +112,8 @@ def training_run_create(
         errors["epochs"] = f"Epochs must be between 1 and {MAX_EPOCHS}."
     if not MIN_BATCH_SIZE <= int(batch_size) <= MAX_BATCH_SIZE:
         errors["batch_size"] = f"Batch size must be between {MIN_BATCH_SIZE} and {MAX_BATCH_SIZE}."
-    if not 0 < float(learning_rate) <= 10:
-        errors["learning_rate"] = "Learning rate must be greater than 0 and at most 10."
+    if not 0 < float(learning_rate) <= MAX_LEARNING_RATE:
+        errors["learning_rate"] = f"Learning rate must be greater than 0 and at most {MAX_LEARNING_RATE}."
     if not 0 <= int(seed) <= MAX_SEED:
         errors["seed"] = f"The seed must be between 0 and {MAX_SEED}."
     if device not in DEVICE_CHOICES:

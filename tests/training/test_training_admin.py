@@ -74,7 +74,7 @@ def test_staff_with_the_add_permission_can_start_a_run(client, plain_staff, trai
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(START, FORM)
     run = TrainingRun.objects.get()
-    assert response.status_code == 302 and response["Location"] == reverse("admin:training_trainingrun_change", args=[run.pk])
+    assert response.status_code == 302 and response["Location"] == reverse("admin:index")  # it may not view runs
     assert run.created_by == plain_staff and run.architecture == "mlp" and run.train_subset == 300
     assert not run.activate_on_success and not run.augment
     assert [(m["kwargs"], m["id"]) for m in training_queue.messages()] == [({"run_id": run.pk}, run.celery_task_id)]
@@ -508,3 +508,95 @@ def test_staff_without_the_delete_permission_cannot_delete_a_checkpoint(client, 
         {"action": "delete_selected", "_selected_action": [checkpoint.pk], "post": "yes"},
     )
     assert Checkpoint.objects.get() == checkpoint
+
+
+def _change_url(run):
+    return reverse("admin:training_trainingrun_change", args=[run.pk])
+
+
+def test_a_failed_runs_error_is_shown_in_full_with_its_line_breaks(client, staff_user, queued_run):
+    error = "RuntimeError: CUDA out of memory.\nTraceback (most recent call last):\n  File \"fit.py\", line 3"
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.FAILED, error=error)
+    client.force_login(staff_user)
+    html = client.get(_change_url(queued_run)).content.decode()
+    assert (
+        '<p class="errornote">RuntimeError: CUDA out of memory.<br>Traceback (most recent call last):<br>'
+        "  File &quot;fit.py&quot;, line 3</p>"
+    ) in html
+
+
+def test_a_learning_rate_out_of_range_gets_one_message_naming_both_bounds(client, staff_user):
+    client.force_login(staff_user)
+    for rate in ("-1", "0", "11"):
+        response = client.post(START, {**FORM, "learning_rate": rate})
+        assert response.context["form"].errors["learning_rate"] == [
+            "The learning rate must be greater than 0 and at most 10."
+        ], rate
+    assert not TrainingRun.objects.exists()
+
+
+def test_the_start_page_says_what_each_blank_hyper_parameter_defaults_to_for_each_architecture(client, staff_user):
+    client.force_login(staff_user)
+    form = client.get(START).context["form"]
+    assert form.fields["epochs"].help_text == "Blank: the recipe's, 4 for the CNN, 5 for the MLP."
+    assert form.fields["batch_size"].help_text == "Blank: the recipe's, 128 for the CNN, 100 for the MLP."
+    assert form.fields["learning_rate"].help_text == (
+        "Blank: the recipe's, 0.1 for the CNN (its peak rate), 0.001 for the MLP. Greater than 0, at most 10."
+    )
+
+
+def test_a_live_run_page_shows_its_time_so_far_an_eta_in_minutes_and_that_it_updates_itself(
+    client, staff_user, queued_run
+):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, started_at=Now() - timedelta(seconds=125), heartbeat_at=Now(),
+        progress=0.3, eta_seconds=1234.5,
+    )
+    client.force_login(staff_user)
+    html = " ".join(client.get(_change_url(queued_run)).content.decode().split())
+    assert 'ETA <span id="run-eta">20:34</span>' in html and 'running for <span id="run-elapsed">2:0' in html
+    assert "This page updates itself every few seconds." in html
+    progress = client.get(reverse("admin:training_trainingrun_progress", args=[queued_run.pk])).json()
+    assert progress["eta_seconds"] == 1234.5
+
+    TrainingRun.objects.filter(pk=queued_run.pk).update(
+        status=TrainingRun.Status.SUCCEEDED, finished_at=Now(), eta_seconds=None, progress=1.0
+    )
+    html = " ".join(client.get(_change_url(queued_run)).content.decode().split())
+    assert "ran for" in html and "updates itself" not in html
+
+
+def test_a_running_run_already_asked_to_cancel_says_so_and_offers_no_second_cancel(client, staff_user, queued_run):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.RUNNING, attempts=1)
+    client.force_login(staff_user)
+    response = client.post(_cancel_url(queued_run), {"post": "yes"}, follow=True)
+    html = response.content.decode()
+    assert f"Training run {queued_run.pk} will stop at its next step." in _messages(response)
+    assert "Cancel requested: the run stops at its next step." in html and _cancel_url(queued_run) not in html
+    again = client.get(_cancel_url(queued_run), follow=True)
+    assert _messages(again) == [f"Run {queued_run.pk} is already asked to cancel; it stops at its next step."]
+    assert b"Are you sure?" not in again.content
+
+
+def test_staff_who_may_start_runs_but_not_view_them_are_sent_to_the_admin_index_not_a_forbidden_page(
+    client, plain_staff
+):
+    plain_staff.user_permissions.add(Permission.objects.get(codename="add_trainingrun"))
+    client.force_login(plain_staff)
+    response = client.post(START, FORM)
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("admin:index")
+    assert _messages(client.get(response["Location"])) == [f"Training run {run.pk} queued."]
+
+
+def test_a_runs_page_links_to_all_its_checkpoints_and_the_checkpoint_list_to_each_ones_run(
+    client, staff_user, make_run_with_checkpoints
+):
+    run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.FAILED, epochs=2)
+    client.force_login(staff_user)
+    run_page = client.get(_change_url(run)).content.decode()
+    run_checkpoints = reverse("admin:training_checkpoint_changelist") + f"?run__id__exact={run.pk}"
+    assert f'<a href="{run_checkpoints}">Checkpoints (2)</a>' in run_page
+    listed = client.get(run_checkpoints)
+    assert {c.pk for c in listed.context["cl"].result_list} == {c.pk for c in checkpoints.values()}
+    assert f'<a href="{_change_url(run)}">run {run.pk}</a>, epoch 2' in listed.content.decode()
