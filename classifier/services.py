@@ -755,10 +755,16 @@ def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Pr
     The feedback belongs to the image, not to one model's answer: history shows
     the newest prediction, which would otherwise drop it.
     """
-    history = Prediction.objects.filter(upload__in=uploads).order_by("created_at", "id")
-    # Later rows overwrite earlier ones: each upload keeps its newest prediction's feedback, a cleared one included.
-    feedback = dict(history.values_list("upload_id", "feedback"))
-    return predictions_create(uploads=uploads, publish=publish, feedback=feedback)
+    with transaction.atomic():
+        # Held until the new predictions commit, as feedback takes it too: feedback given meanwhile waits, then
+        # reaches them (prediction_feedback_set), instead of being read before it came and lost. By id, as every
+        # deletion locks uploads, so that neither waits on the other for ever.
+        list(Upload.objects.select_for_update().filter(pk__in=[upload.pk for upload in uploads]).order_by("pk")
+             .values_list("pk", flat=True))
+        history = Prediction.objects.filter(upload__in=uploads).order_by("created_at", "id")
+        # Later rows overwrite earlier ones: each upload keeps its newest prediction's feedback, a cleared one included.
+        feedback = dict(history.values_list("upload_id", "feedback"))
+        return predictions_create(uploads=uploads, publish=publish, feedback=feedback)
 
 
 def prediction_publish(*, prediction_id: int) -> bool:
@@ -1157,14 +1163,28 @@ def _predictions_hand_back(*, predictions: list[Prediction], counted_ids: set[in
 
 
 def prediction_feedback_set(*, prediction: Prediction, digit: int | None) -> Prediction:
-    """Record the digit the person says the image really shows (None clears it).
+    """Record the digit the person says the image really shows (None clears it), here and on its upload's newer ones.
+
+    Newer predictions come from a re-run made while the page showing this one was open.
 
     Raises Prediction.DoesNotExist when the prediction was deleted meanwhile (its upload deleted in another tab).
     """
     if digit is not None and (not isinstance(digit, int) or not 0 <= digit <= 9):
         raise PredictionFeedbackError("Feedback must be a digit from 0 to 9.")
-    if not Prediction.objects.filter(pk=prediction.pk).update(feedback=digit):
-        raise Prediction.DoesNotExist(f"prediction {prediction.pk} no longer exists")
+    with transaction.atomic():
+        # The upload's row lock, which a re-run holds from reading the feedback until its new prediction commits:
+        # feedback given meanwhile reaches the new prediction instead of one no page shows any longer.
+        list(Upload.objects.select_for_update().filter(pk=prediction.upload_id).values_list("pk", flat=True))
+        created_at = Prediction.objects.filter(pk=prediction.pk).values_list("created_at", flat=True).first()
+        if created_at is None:
+            raise Prediction.DoesNotExist(f"prediction {prediction.pk} no longer exists")
+        # The feedback belongs to the image: given on a page a re-run has replaced, it also goes to the predictions
+        # made since, which carried the old one forward; history shows only the newest.
+        Prediction.objects.filter(
+            Q(pk=prediction.pk)
+            | (Q(upload_id=prediction.upload_id)
+               & (Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=prediction.pk)))
+        ).update(feedback=digit)
     prediction.feedback = digit
     return prediction
 
