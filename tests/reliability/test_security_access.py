@@ -40,6 +40,10 @@ def named_routes(patterns=None, namespace=""):
 
 @pytest.fixture
 def owned(user, digit_png):
+    return objects_owned_by(user, digit_png)
+
+
+def objects_owned_by(user, digit_png) -> dict:
     """An upload with a finished-looking prediction (including its model-input picture), a training run, a token."""
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
