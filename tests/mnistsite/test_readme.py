@@ -75,3 +75,12 @@ def test_every_make_target_the_readme_runs_is_in_the_makefile():
     asked = set(re.findall(r"`(?:[A-Z_]+=\S+ )*make ([a-z][\w-]*)", README)) | set(re.findall(r"^make ([a-z][\w-]*)", README, flags=re.MULTILINE))
     assert {"run", "test", "bench"} <= asked
     assert sorted(asked - targets) == []
+
+
+def test_every_metric_the_site_exports_is_in_the_monitoring_table():
+    exported = set(re.findall(r'_family\(\s*"(mnistsite_\w+)"', (REPO / "mnistsite" / "metrics.py").read_text(encoding="utf-8")))
+    monitoring = README[README.index("\n### Monitoring\n") : README.index("\n### GPU\n")]
+    documented = {name for line in monitoring.splitlines() if line.startswith("| `mnistsite_")
+                  for name in re.findall(r"`(mnistsite_\w+)", line.split(" | ")[0])}
+    assert len(exported) > 10
+    assert sorted(exported - documented) == []
