@@ -867,6 +867,8 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
     Safe to call twice with the same ids: each claim is atomic and a finished
     prediction is never recomputed, so the second call returns nothing.
     """
+    if not prediction_ids:
+        return []
     remaining, finished = set(prediction_ids), []
     while remaining:
         _model_loads_before_claiming()

@@ -1,6 +1,7 @@
 """Management commands: predict from the command line, extract MNIST samples, load the sample sets."""
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -58,13 +59,16 @@ def test_extract_mnist_samples_writes_five_labelled_pngs_per_digit(tmp_path):
     assert all(sum(name.startswith(f"{d}_mnist_") for name in files) == 5 for d in range(10))
 
 
-def test_load_samples_registers_each_image_once_and_predicts_them(tmp_path, digit_png, active_checkpoint):
+def test_load_samples_registers_each_image_once_and_predicts_them(tmp_path, digit_png, active_checkpoint, caplog):
     (tmp_path / "mnist").mkdir()
     (tmp_path / "other").mkdir()
     (tmp_path / "mnist" / "7_mnist_0.png").write_bytes(digit_png(0))
     (tmp_path / "other" / "2_hand.png").write_bytes(digit_png(1))
     call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
-    call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
+    with caplog.at_level(logging.INFO):
+        call_command("load_samples", "--root", str(tmp_path), "--sync", stdout=io.StringIO())
+    # Nothing new to predict, and nothing said of predictions that were never asked for.
+    assert "already running or finished" not in caplog.text
     uploads = Upload.objects.order_by("sample_set")
     assert [(u.sample_set, u.label, u.source, u.owner.username) for u in uploads] == [
         ("mnist", 7, "sample", "samples"),
