@@ -9,13 +9,13 @@ from rest_framework.request import Request
 from api import responses
 from api.errors import Conflict
 from api.throttling import UPLOAD_FIELDS
-from classifier import selectors as classifier_selectors
+from classifier import services as classifier_services
 from classifier.idempotency import (
     KEY_MAX_LENGTH,
     IdempotencyKeyInvalidError,
     IdempotencyKeyReusedError,
-    IdempotentPredictionsDeletedError,
     IdempotentUpload,
+    IdempotentUploadsDeletedError,
     idempotency_key_validate,
     upload_fingerprint,
 )
@@ -48,12 +48,13 @@ def idempotent_upload_read(request: Request) -> IdempotentUpload | None:
 
 
 def predictions_replayed(*, request: Request, idempotency: IdempotentUpload) -> list[Prediction] | None:
-    """What an earlier upload with this key made, for a repeat to answer with; None: the upload is new."""
+    """What an earlier upload with this key stored, as it is now, for a repeat to answer with; None: it is new."""
     try:
-        return classifier_selectors.predictions_of_idempotent_upload(user=request.user, idempotency=idempotency)
+        return classifier_services.idempotent_upload_replay(user=request.user, idempotency=idempotency)
     except IdempotencyKeyReusedError as exc:
         raise IdempotencyKeyReused(str(exc)) from None
-    except IdempotentPredictionsDeletedError as exc:
+    except IdempotentUploadsDeletedError as exc:
+        # The code predates the uploads' own deletion being the only cause: kept, as clients match on it.
         raise Conflict(str(exc), code="idempotency_key_predictions_deleted") from None
 
 
@@ -74,8 +75,9 @@ KEY_PARAMETER = OpenApiParameter(
         f"Makes the upload safe to send again (1 to {KEY_MAX_LENGTH} printable ASCII characters, per user, e.g. a "
         "UUID). The first request with a key stores it with its uploads, atomically; sent again with the same files, "
         "file names and fields within `IDEMPOTENCY_KEY_TTL_HOURS` (24), it stores and counts nothing and answers "
-        "with the same predictions as they are now (`?wait` honoured), with `Idempotent-Replayed: true`. A request "
-        "that failed stored no key: sent again, it is processed anew."
+        "with the same predictions as they are now (`?wait` honoured), with `Idempotent-Replayed: true`; an upload "
+        "whose predictions were deleted while it stayed answers with its newest prediction, or a new one when it "
+        "has none. A request that failed stored no key: sent again, it is processed anew."
     ),
 )
 REPLAYED_RESPONSE_HEADER = OpenApiParameter(
@@ -84,8 +86,9 @@ REPLAYED_RESPONSE_HEADER = OpenApiParameter(
                 "same `Idempotency-Key`.",
 )
 CONFLICT = responses.error(
-    "The predictions an earlier request with this `Idempotency-Key` made were deleted since "
-    "(`idempotency_key_predictions_deleted`; nothing is stored again: use a new key), or another request with it "
+    "Uploads an earlier request with this `Idempotency-Key` stored were deleted since "
+    "(`idempotency_key_predictions_deleted`, naming how many; nothing is stored or made again: use a new key), or "
+    "another request with it "
     "was being stored at the same moment (`idempotency_key_in_use`; send it again).",
     code="idempotency_key_predictions_deleted",
 )

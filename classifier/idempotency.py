@@ -30,8 +30,8 @@ class IdempotencyKeyInUseError(Exception):
     """Another request with the key stored its uploads while this one was under way; this one stored nothing."""
 
 
-class IdempotentPredictionsDeletedError(Exception):
-    """The predictions the key's first request made were deleted since; nothing is stored again."""
+class IdempotentUploadsDeletedError(Exception):
+    """Some of the uploads the key's first request stored were deleted since; nothing is stored or made again."""
 
 
 @dataclass(frozen=True)

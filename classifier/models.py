@@ -169,6 +169,9 @@ class IdempotencyKey(models.Model):
     # The predictions the request made, in the order of its files. Ids rather than foreign keys: a key outlives
     # a deletion of its uploads, so that a repeat can say they are gone instead of storing them again.
     prediction_ids = models.JSONField()
+    # Their uploads, likewise: a repeat answers for an upload whose predictions staff deleted while it stayed. Empty
+    # in keys stored before it was kept.
+    upload_ids = models.JSONField(default=list)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

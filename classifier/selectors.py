@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from classifier.idempotency import (
     IdempotencyKeyReusedError,
-    IdempotentPredictionsDeletedError,
     IdempotentUpload,
     idempotency_keys_live_after,
 )
@@ -253,13 +252,14 @@ def idempotency_key_get_for_user(*, user, key: str) -> IdempotencyKey | None:
     return IdempotencyKey.objects.filter(owner=user, key=key, created_at__gt=idempotency_keys_live_after()).first()
 
 
-def predictions_of_idempotent_upload(*, user, idempotency: IdempotentUpload) -> list[Prediction] | None:
-    """The predictions an earlier upload with this key made, in the order of its files, as they are now.
+def idempotent_upload_stored_get(*, user, idempotency: IdempotentUpload) -> list[Prediction | Upload | None] | None:
+    """What an earlier upload with this key stored, as it is now, in the order of its files.
 
-    None: the key is new (never stored, or expired), so the upload is to be
-    processed. Raises IdempotencyKeyReusedError when the key came with another
-    request, and IdempotentPredictionsDeletedError when any of those
-    predictions was deleted since.
+    For each file: the prediction the first request made; or, when that was
+    deleted while the upload stayed (staff deleted predictions alone), the
+    upload; or None when the upload was deleted too. None as a whole: the key
+    is new (never stored, or expired), so the upload is to be processed.
+    Raises IdempotencyKeyReusedError when the key came with another request.
     """
     record = idempotency_key_get_for_user(user=user, key=idempotency.key)
     if record is None:
@@ -272,14 +272,14 @@ def predictions_of_idempotent_upload(*, user, idempotency: IdempotentUpload) -> 
         )
     made = record.prediction_ids
     found = Prediction.objects.select_related("upload").filter(upload__owner=user).in_bulk(made)
-    if len(found) < len(made):
-        deleted = len(made) - len(found)
-        raise IdempotentPredictionsDeletedError(
-            f"{deleted} of the {len(made)} predictions the first request with this Idempotency-Key made "
-            f"{'was' if deleted == 1 else 'were'} deleted since; nothing was stored again. To upload the images "
-            "again, send them with a new key."
+    stored: list[Prediction | Upload | None] = [found.get(pk) for pk in made]
+    # A key stored before its uploads' ids were kept has none to look for.
+    if None in stored and len(record.upload_ids) == len(made):
+        uploads = Upload.objects.filter(owner=user).in_bulk(
+            [upload_id for upload_id, item in zip(record.upload_ids, stored) if item is None]
         )
-    return [found[pk] for pk in made]
+        stored = [item or uploads.get(upload_id) for upload_id, item in zip(record.upload_ids, stored)]
+    return stored
 
 
 def prediction_latest_for_upload(*, upload: Upload) -> Prediction | None:

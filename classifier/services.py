@@ -25,7 +25,12 @@ from django.utils import timezone
 from PIL import Image
 
 from classifier import completion, selectors, statements
-from classifier.idempotency import IdempotencyKeyInUseError, IdempotentUpload, idempotency_keys_live_after
+from classifier.idempotency import (
+    IdempotencyKeyInUseError,
+    IdempotentUpload,
+    IdempotentUploadsDeletedError,
+    idempotency_keys_live_after,
+)
 from classifier.models import UPLOAD_STORED_BYTES, IdempotencyKey, Prediction, StorageUse, Upload, upload_image_path
 from classifier.validation import ValidatedImage, validate_image, validate_images
 
@@ -443,7 +448,7 @@ def predictions_submit(
 
     With ``idempotency`` its key is stored with them, atomically, naming the
     predictions (the caller has made sure the key is new: see
-    ``selectors.predictions_of_idempotent_upload``). When another request
+    ``idempotent_upload_replay``). When another request
     stored the same key meanwhile, nothing is stored and
     IdempotencyKeyInUseError is raised.
     """
@@ -495,6 +500,40 @@ def predictions_submit(
     ids = [prediction.pk for prediction in predictions]
     transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
     return predictions
+
+
+def idempotent_upload_replay(*, user, idempotency: IdempotentUpload) -> list[Prediction] | None:
+    """What an earlier upload with this key stored, as it is now, for a repeat to answer with; None: it is new.
+
+    Each file answers with the prediction the first request made; when staff
+    deleted that one while the upload stayed, with the upload's newest, or a
+    new one if it has none (as reading it makes). Raises
+    IdempotencyKeyReusedError when the key came with another request, and
+    IdempotentUploadsDeletedError, making nothing, when any of its uploads
+    was deleted since: answering for the rest would pass over it.
+    """
+    stored = selectors.idempotent_upload_stored_get(user=user, idempotency=idempotency)
+    if stored is None:
+        return None
+    gone = stored.count(None)
+    with transaction.atomic():
+        answers = []
+        for item in [] if gone else stored:
+            if isinstance(item, Upload):
+                try:
+                    item = upload_read(upload=item)
+                except Upload.DoesNotExist:
+                    gone += 1  # deleted since it was looked up
+                    continue
+            answers.append(item)
+        if gone:
+            # Raised inside the transaction: a prediction made meanwhile for another of the uploads goes with it.
+            raise IdempotentUploadsDeletedError(
+                f"{gone} of the {len(stored)} images the first request with this Idempotency-Key stored "
+                f"{'was' if gone == 1 else 'were'} deleted since; nothing was stored or made again. To upload the "
+                "images again, send them with a new key."
+            )
+    return answers
 
 
 def _idempotency_key_claim(*, owner, idempotency: IdempotentUpload) -> IdempotencyKey:

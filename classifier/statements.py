@@ -160,11 +160,13 @@ def _idempotency_key_insert_sql(*, image: str, upload_id: str) -> str:
     columns = ", ".join(_quote(field.column) for field in fields)
     owner, key, fingerprint, created_at = (f"%s::{field.db_type(connection)}" for field in fields)
     made = _quote(IdempotencyKey._meta.get_field("prediction_ids").column)
-    # The predictions' ids in the order of the files, whose names come in the order the files were sent.
+    stored = _quote(IdempotencyKey._meta.get_field("upload_ids").column)
+    # The predictions' and uploads' ids in the order of the files, whose names come in the order they were sent.
+    in_order = f"ORDER BY array_position(%b::text[], u.{image})"
     return (
-        f", k AS (INSERT INTO {table} ({columns}, {made}) "
+        f", k AS (INSERT INTO {table} ({columns}, {made}, {stored}) "
         f"SELECT {owner}, {key}, {fingerprint}, {created_at}, "
-        f"to_jsonb(array_agg(p.id ORDER BY array_position(%b::text[], u.{image}))) "
+        f"to_jsonb(array_agg(p.id {in_order})), to_jsonb(array_agg(u.id {in_order})) "
         f"FROM u JOIN p ON p.{upload_id} = u.id HAVING count(*) > 0) "
     )
 
@@ -210,6 +212,7 @@ def uploads_with_predictions_insert(
             _published_at_created_at(predictions)
             if idempotency_key is not None:
                 idempotency_key.prediction_ids = [prediction.pk for prediction in predictions]
+                idempotency_key.upload_ids = [upload.pk for upload in uploads]
                 idempotency_key.save(force_insert=True)
         return True
     upload_fields, prediction_fields = _insert_fields(Upload), _prediction_insert_fields()
@@ -224,7 +227,7 @@ def uploads_with_predictions_insert(
         params += [
             owner_id, idempotency_key.key, idempotency_key.fingerprint,
             idempotency_key._meta.get_field("created_at").get_db_prep_save(idempotency_key.created_at, connection),
-            [upload.image.name for upload in uploads],
+            [upload.image.name for upload in uploads], [upload.image.name for upload in uploads],
         ]
     # A key another request holds fails the statement: inside a caller's transaction, a savepoint keeps that
     # transaction usable for finding out why.
@@ -236,6 +239,7 @@ def uploads_with_predictions_insert(
         return False
     if idempotency_key is not None:
         idempotency_key.prediction_ids = [ids[upload.image.name][1] for upload in uploads]
+        idempotency_key.upload_ids = [ids[upload.image.name][0] for upload in uploads]
     for upload, prediction in zip(uploads, predictions, strict=True):
         upload.pk, prediction.pk, prediction.created_at = ids[upload.image.name]
         prediction.upload = upload

@@ -203,6 +203,107 @@ def test_a_repeat_after_the_predictions_were_deleted_is_409_and_stores_nothing_a
     assert Upload.objects.count() == 0 and stored_files() == files_left
 
 
+def _staff_deletes_the_predictions_of(prediction_ids: list[int]) -> None:
+    # As the admin's prediction deletion does: the predictions go, their uploads stay.
+    Prediction.objects.filter(pk__in=prediction_ids).delete()
+
+
+def test_a_repeat_after_staff_deleted_the_predictions_but_not_the_uploads_answers_with_the_uploads_predictions(
+    user_client, settings
+):
+    settings.UPLOAD_THROTTLE_RATE = "3/hour"
+    files = {"images": [upload_file(seven_png(size=size), name=f"{size}.png") for size in (64, 40)]}
+    first = _send(user_client, files, key="k")
+    made = _ids(first)
+    uploads = list(Upload.objects.order_by("id"))
+    # The second upload was tried again, and that newer prediction finished, before staff deleted the first ones.
+    newer = classifier_services.predictions_rerun(uploads=[uploads[1]], publish=False)[0]
+    Prediction.objects.filter(pk=newer.pk).update(
+        status=Prediction.Status.DONE, digit=7, confidence=0.9, finished_at=timezone.now()
+    )
+    _staff_deletes_the_predictions_of(made)
+    files_before = stored_files()
+
+    files = {"images": [upload_file(seven_png(size=size), name=f"{size}.png") for size in (64, 40)]}
+    again = _send(user_client, files, key="k")
+
+    assert again.status_code == 202, again.json()
+    assert again[REPLAYED] == "true" and "RateLimit-Remaining" not in again
+    answered = again.json()["predictions"]
+    assert [item["original_name"] for item in answered] == ["64.png", "40.png"]
+    # The first upload had none left, so it got a new one, as reading it does; the second answers with its newest.
+    (remade,) = Prediction.objects.filter(upload=uploads[0])
+    assert _ids(again) == [remade.pk, newer.pk] and answered[1]["status"] == "done"
+    assert list(Upload.objects.order_by("id")) == uploads and stored_files() == files_before
+    # Sent once more, it answers with the same predictions: the new one was made once.
+    files = {"images": [upload_file(seven_png(size=size), name=f"{size}.png") for size in (64, 40)]}
+    assert _ids(_send(user_client, files, key="k")) == [remade.pk, newer.pk]
+    assert Prediction.objects.count() == 2
+    # The repeats spent none of the allowance: one image of three is still there.
+    assert _send(user_client, key=None).status_code == 202
+    assert _send(user_client, key=None).status_code == 429
+
+
+def test_a_repeat_whose_predictions_were_deleted_and_remade_finished_answers_200(user_client):
+    first = _send(user_client, key="k")
+    (upload,) = Upload.objects.all()
+    _staff_deletes_the_predictions_of(_ids(first))
+    remade = classifier_services.upload_read(upload=upload)
+    Prediction.objects.filter(pk=remade.pk).update(
+        status=Prediction.Status.DONE, digit=7, confidence=0.9, finished_at=timezone.now()
+    )
+
+    again = _send(user_client, key="k")
+
+    assert again.status_code == 200, again.json()
+    assert again[REPLAYED] == "true" and _ids(again) == [remade.pk]
+
+
+def test_a_repeat_of_the_same_image_sent_twice_whose_predictions_were_deleted_answers_for_both_uploads(user_client):
+    first = _send(user_client, {"images": [upload_file(), upload_file()]}, key="k")
+    _staff_deletes_the_predictions_of(_ids(first))
+
+    again = _send(user_client, {"images": [upload_file(), upload_file()]}, key="k")
+
+    assert again.status_code == 202, again.json()
+    answered = Prediction.objects.order_by("upload_id")
+    assert _ids(again) == [prediction.pk for prediction in answered]
+    assert sorted(p.upload_id for p in answered) == sorted(Upload.objects.values_list("id", flat=True))
+    assert Upload.objects.count() == 2
+
+
+def test_a_repeat_answers_409_naming_the_uploads_deleted_among_several_and_makes_nothing_for_the_rest(user_client):
+    files = {"images": [upload_file(seven_png(size=size), name=f"{size}.png") for size in (64, 40, 96)]}
+    first = _send(user_client, files, key="k")
+    made = _ids(first)
+    # Of three: one upload deleted with its prediction, one upload left with its predictions deleted, one untouched.
+    classifier_services.upload_delete(upload=Prediction.objects.get(pk=made[0]).upload)
+    _staff_deletes_the_predictions_of(made[1:2])
+
+    files = {"images": [upload_file(seven_png(size=size), name=f"{size}.png") for size in (64, 40, 96)]}
+    again = _send(user_client, files, key="k")
+
+    assert again.status_code == 409, again.json()
+    error = again.json()["error"]
+    assert error["code"] == "idempotency_key_predictions_deleted"
+    assert "1 of the 3 images" in error["message"] and "new key" in error["message"]
+    assert REPLAYED not in again
+    assert Upload.objects.count() == 2 and list(Prediction.objects.values_list("pk", flat=True)) == [made[2]]
+
+
+def test_a_repeat_is_not_answered_with_a_later_upload_of_the_same_image(user_client):
+    first = _send(user_client, key="k")
+    classifier_services.upload_delete(upload=Upload.objects.get())
+    IdempotencyKey.objects.update(created_at=timezone.now() - dt.timedelta(minutes=5))
+    later = _send(user_client, key=None)
+
+    again = _send(user_client, key="k")
+
+    assert again.status_code == 409, again.json()
+    assert Upload.objects.count() == 1 and _ids(later) != _ids(first)
+    assert list(Prediction.objects.values_list("pk", flat=True)) == _ids(later)
+
+
 def test_keys_are_each_users_own(user_client, other_client, user, other_user):
     mine = _send(user_client, key="k")
     theirs = _send(other_client, key="k")
@@ -366,3 +467,18 @@ def test_repeats_spend_no_upload_allowance_but_pass_the_apis_per_request_throttl
     assert [answer.status_code for answer in answers] == [202, 202, 202, 429]
     assert answers[1][REPLAYED] == "true" and "RateLimit-Remaining" not in answers[1]
     assert Upload.objects.count() == 1
+
+
+def test_a_repeat_of_a_key_stored_before_it_named_its_uploads_answers_409_when_its_predictions_were_deleted(
+    user_client,
+):
+    files = {"image": upload_file(seven_png(size=64), name="64.png")}
+    made = _ids(_send(user_client, files, key="k"))
+    # Stored by the earlier code, which kept the predictions' ids alone: the upload cannot be told apart.
+    IdempotencyKey.objects.update(upload_ids=[])
+    _staff_deletes_the_predictions_of(made)
+
+    again = _send(user_client, {"image": upload_file(seven_png(size=64), name="64.png")}, key="k")
+
+    assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_key_predictions_deleted"
+    assert Upload.objects.count() == 1 and not Prediction.objects.exists()

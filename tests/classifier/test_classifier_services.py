@@ -1307,3 +1307,41 @@ def test_an_upload_whose_owner_is_deleted_meanwhile_is_refused_saying_so_and_sto
     assert not Upload.objects.exists() and not Prediction.objects.exists() and not StorageUse.objects.exists()
     assert _stored_files() == []
     assert published.prediction_ids() == []
+
+
+def test_replaying_a_key_whose_predictions_staff_deleted_makes_one_new_prediction_for_each_upload_left(
+    user, digit_png, published
+):
+    from classifier.idempotency import IdempotentUpload, upload_fingerprint
+
+    def request():
+        files = [("images", io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+        return IdempotentUpload(key="k", fingerprint=upload_fingerprint(files))
+
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+    made = services.predictions_submit(owner=user, files=files, source="api", idempotency=request())
+    Prediction.objects.filter(pk__in=[prediction.pk for prediction in made]).delete()
+
+    first = services.idempotent_upload_replay(user=user, idempotency=request())
+    again = services.idempotent_upload_replay(user=user, idempotency=request())
+
+    assert [p.upload_id for p in first] == [p.upload.pk for p in made]
+    assert [p.pk for p in again] == [p.pk for p in first] and Prediction.objects.count() == 2
+    assert Upload.objects.count() == 2
+
+
+def test_replaying_a_key_one_of_whose_uploads_is_gone_makes_nothing_for_the_others(user, digit_png):
+    from classifier.idempotency import IdempotentUpload, IdempotentUploadsDeletedError, upload_fingerprint
+
+    def request():
+        files = [("images", io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+        return IdempotentUpload(key="k", fingerprint=upload_fingerprint(files))
+
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+    made = services.predictions_submit(owner=user, files=files, source="api", idempotency=request())
+    Prediction.objects.filter(pk__in=[prediction.pk for prediction in made]).delete()
+    services.upload_delete(upload=Upload.objects.get(pk=made[1].upload.pk))
+
+    with pytest.raises(IdempotentUploadsDeletedError, match="1 of the 2 images"):
+        services.idempotent_upload_replay(user=user, idempotency=request())
+    assert not Prediction.objects.exists() and Upload.objects.count() == 1
