@@ -130,7 +130,9 @@
     }
     fileError.hidden = problems.length === 0;
     fileError.textContent = problems.join(" ");
-    fileSubmit.disabled = files.length === 0 || problems.length > 0;
+    // Pressable with nothing chosen, to say what is missing (see the submit handler): a disabled button is skipped by
+    // the keyboard and left unsaid by screen readers until a file is chosen.
+    fileSubmit.disabled = problems.length > 0;
     fileSubmit.removeAttribute("aria-disabled");
     // What the button would send: all the files once the server refused some (they may have been mended on disk
     // since), but not those this page refuses, which must be left out before anything is sent.
@@ -264,6 +266,13 @@
   fileForm.addEventListener("submit", function (event) {
     event.preventDefault();
     if (sending) return;  // the button, left pressable while the files are on their way (see below)
+    if (!input.files || !input.files.length) {
+      fileError.textContent = "Choose at least one image first.";
+      fileError.hidden = false;
+      // The file control names the message as its description: focused, it is read with it.
+      input.focus();
+      return;
+    }
     forgetDrawing();
     const count = input.files.length;
     // The quarter of the upload last announced: 25%, 50% and 75% are said, each once.
@@ -398,7 +407,6 @@
   function drawn() {
     dirty = strokes.length > 0;
     hint.hidden = dirty;
-    canvasSubmit.disabled = !dirty;
     undoButton.disabled = !dirty;
     canvasError.hidden = true;
     canvasNote.hidden = true;
@@ -535,9 +543,14 @@
     }
   }
 
+  // The button stays pressable with nothing drawn, to say so: a disabled one is skipped by the keyboard and left
+  // unsaid by screen readers.
   canvasForm.addEventListener("submit", function (event) {
     if (!dirty) {
       event.preventDefault();
+      canvasError.textContent = "Draw a digit first.";
+      canvasError.hidden = false;
+      canvasError.focus();
       return;
     }
     if (extentOf(strokes) < MIN_EXTENT) {
@@ -565,7 +578,7 @@
     sending = false;
     input.disabled = false;
     refresh();
-    canvasSubmit.disabled = !dirty;
+    canvasSubmit.disabled = false;
     canvasSubmit.textContent = "Predict drawing";
   });
 })();

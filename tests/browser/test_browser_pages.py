@@ -110,7 +110,7 @@ def test_the_clear_button_empties_the_canvas(logged_in_page):
     page.mouse.up()
     expect(page.locator("#canvas-submit")).to_be_enabled()
     page.click("#canvas-clear")
-    expect(page.locator("#canvas-submit")).to_be_disabled()
+    expect(page.locator("#canvas-hint")).to_be_visible()
     blank = page.evaluate(
         "(() => { const c = document.getElementById('draw-canvas');"
         " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.every(v => v === 0); })()"
@@ -132,7 +132,6 @@ def test_undo_takes_back_the_last_stroke_only_and_then_the_one_before(logged_in_
     # The keyboard's Ctrl+Z takes back the one before, which leaves nothing to send.
     page.keyboard.press("Control+z")
     assert high() == 0
-    expect(page.locator("#canvas-submit")).to_be_disabled()
     expect(page.locator("#canvas-undo")).to_be_disabled()
     expect(page.locator("#canvas-hint")).to_be_visible()
 
@@ -849,6 +848,39 @@ def test_a_drawing_too_small_to_be_a_digit_is_not_sent_and_says_to_draw_larger(l
     with page.expect_navigation():
         page.click("#canvas-submit")
     assert Upload.objects.get().source == "canvas"
+
+
+def test_predict_drawing_pressed_with_nothing_drawn_sends_nothing_and_says_to_draw_first(logged_in_page):
+    page = logged_in_page
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.click("#canvas-submit")
+    error = page.locator("#canvas-error")
+    expect(error).to_have_text("Draw a digit first.")
+    expect(error).to_have_attribute("role", "alert")
+    expect(error).to_be_focused()
+    page.wait_for_timeout(300)
+    assert posts == []
+    assert "/predictions/" not in page.url  # still the upload page
+    # Drawn, the message goes and the button sends the drawing.
+    _draw_ring(page, 140, 140, 40, 70)
+    expect(error).to_be_hidden()
+    with page.expect_navigation():
+        page.click("#canvas-submit")
+    assert Upload.objects.get().source == "canvas"
+
+
+def test_tab_reaches_both_submit_buttons_on_a_fresh_upload_page(logged_in_page):
+    page = logged_in_page
+    page.goto("/")
+    reached = []
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id"))
+        if "canvas-submit" in reached:
+            break
+    assert "file-submit" in reached
+    assert "canvas-submit" in reached
 
 
 def test_a_dropped_file_the_server_cannot_read_is_named_before_anything_is_sent(logged_in_page, digit_png, tmp_path):

@@ -85,3 +85,27 @@ def test_the_server_says_the_same_of_an_empty_file_as_the_page(client, user):
     response = client.post("/", {"files": [empty]})
     assert "“empty.png” is empty." in response.content.decode()
     assert not Upload.objects.exists()
+
+
+def test_upload_pressed_with_no_file_chosen_sends_nothing_and_says_to_choose_one(logged_in_page):
+    page = logged_in_page
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    # As a keyboard user presses it: the button is there to find before anything is chosen.
+    page.focus("#file-submit")
+    page.keyboard.press("Enter")
+    error = page.locator("#file-error")
+    expect(error).to_have_text("Choose at least one image first.")
+    expect(error).to_have_attribute("role", "alert")
+    # Back on the control that mends it, which names the message as its description.
+    expect(page.locator("#id_files")).to_be_focused()
+    expect(page.locator("#id_files")).to_have_accessible_description("Choose at least one image first.")
+    page.wait_for_timeout(300)
+    assert posts == []
+    assert Upload.objects.count() == 0
+    # A file chosen, the message goes and the button sends it.
+    page.set_input_files("#id_files", [{"name": "zero.png", "mimeType": "image/png", "buffer": _digit("PNG")}])
+    expect(error).to_be_hidden()
+    page.click("#file-submit")
+    page.wait_for_url("**/predictions/*/")
+    assert Upload.objects.get().original_name == "zero.png"
