@@ -169,9 +169,9 @@ class IdempotencyKey(models.Model):
     # The predictions the request made, in the order of its files. Ids rather than foreign keys: a key outlives
     # a deletion of its uploads, so that a repeat can say they are gone instead of storing them again.
     prediction_ids = models.JSONField()
-    # Their uploads, likewise: a repeat answers for an upload whose predictions staff deleted while it stayed. Empty
-    # in keys stored before it was kept.
-    upload_ids = models.JSONField(default=list)
+    # Their uploads, likewise: a repeat answers for an upload whose predictions staff deleted while it stayed. Null
+    # in keys stored before it was kept (and by a release before it, still serving while the migration runs).
+    upload_ids = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

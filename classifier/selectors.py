@@ -274,7 +274,7 @@ def idempotent_upload_stored_get(*, user, idempotency: IdempotentUpload) -> list
     found = Prediction.objects.select_related("upload").filter(upload__owner=user).in_bulk(made)
     stored: list[Prediction | Upload | None] = [found.get(pk) for pk in made]
     # A key stored before its uploads' ids were kept has none to look for.
-    if None in stored and len(record.upload_ids) == len(made):
+    if None in stored and record.upload_ids is not None and len(record.upload_ids) == len(made):
         uploads = Upload.objects.filter(owner=user).in_bulk(
             [upload_id for upload_id, item in zip(record.upload_ids, stored) if item is None]
         )

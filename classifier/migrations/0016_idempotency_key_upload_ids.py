@@ -1,6 +1,6 @@
 """An idempotency key names its uploads too, so that a repeat can answer for uploads whose predictions were deleted."""
 
-# A constant default: PostgreSQL adds the column without rewriting the table.
+# Nullable: PostgreSQL adds it without rewriting the table, and the release before it can still insert keys.
 
 from django.db import migrations, models
 
@@ -15,6 +15,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='idempotencykey',
             name='upload_ids',
-            field=models.JSONField(default=list),
+            field=models.JSONField(blank=True, null=True),
         ),
     ]

@@ -475,7 +475,7 @@ def test_a_repeat_of_a_key_stored_before_it_named_its_uploads_answers_409_when_i
     files = {"image": upload_file(seven_png(size=64), name="64.png")}
     made = _ids(_send(user_client, files, key="k"))
     # Stored by the earlier code, which kept the predictions' ids alone: the upload cannot be told apart.
-    IdempotencyKey.objects.update(upload_ids=[])
+    IdempotencyKey.objects.update(upload_ids=None)
     _staff_deletes_the_predictions_of(made)
 
     again = _send(user_client, {"image": upload_file(seven_png(size=64), name="64.png")}, key="k")
