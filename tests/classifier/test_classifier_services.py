@@ -1309,18 +1309,24 @@ def test_an_upload_whose_owner_is_deleted_meanwhile_is_refused_saying_so_and_sto
     assert published.prediction_ids() == []
 
 
-def test_replaying_a_key_whose_predictions_staff_deleted_makes_one_new_prediction_for_each_upload_left(
-    user, digit_png, published
-):
+def _keyed_upload_whose_predictions_staff_deleted(user, digit_png):
+    """Two images uploaded with the key "k", their predictions then deleted; what a repeat of it sends, and them."""
     from classifier.idempotency import IdempotentUpload, upload_fingerprint
 
-    def request():
+    def request() -> IdempotentUpload:
         files = [("images", io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
         return IdempotentUpload(key="k", fingerprint=upload_fingerprint(files))
 
     files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
     made = services.predictions_submit(owner=user, files=files, source="api", idempotency=request())
     Prediction.objects.filter(pk__in=[prediction.pk for prediction in made]).delete()
+    return request, made
+
+
+def test_replaying_a_key_whose_predictions_staff_deleted_makes_one_new_prediction_for_each_upload_left(
+    user, digit_png, published
+):
+    request, made = _keyed_upload_whose_predictions_staff_deleted(user, digit_png)
 
     first = services.idempotent_upload_replay(user=user, idempotency=request())
     again = services.idempotent_upload_replay(user=user, idempotency=request())
@@ -1331,15 +1337,9 @@ def test_replaying_a_key_whose_predictions_staff_deleted_makes_one_new_predictio
 
 
 def test_replaying_a_key_one_of_whose_uploads_is_gone_makes_nothing_for_the_others(user, digit_png):
-    from classifier.idempotency import IdempotentUpload, IdempotentUploadsDeletedError, upload_fingerprint
+    from classifier.idempotency import IdempotentUploadsDeletedError
 
-    def request():
-        files = [("images", io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
-        return IdempotentUpload(key="k", fingerprint=upload_fingerprint(files))
-
-    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
-    made = services.predictions_submit(owner=user, files=files, source="api", idempotency=request())
-    Prediction.objects.filter(pk__in=[prediction.pk for prediction in made]).delete()
+    request, made = _keyed_upload_whose_predictions_staff_deleted(user, digit_png)
     services.upload_delete(upload=Upload.objects.get(pk=made[1].upload.pk))
 
     with pytest.raises(IdempotentUploadsDeletedError, match="1 of the 2 images"):
