@@ -19,7 +19,25 @@ EMAIL_HELP_TEXT = (
 )
 
 
-class SignupForm(UserCreationForm):
+class FirstErrorFocusedMixin:
+    """Sent back with errors, the form opens on its first field in error, not on the one Django autofocuses.
+
+    Django's sign-up and password-change forms autofocus their first field. On a page sent back for a correction
+    the browser then raced the page's script (static/js/site.js), which focuses the first field in error, and won
+    at times: the keyboard sat on a field that was fine.
+    """
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        in_error = next((name for name in self.fields if name in self.errors), None)
+        if in_error is None:
+            return
+        for field in self.fields.values():
+            field.widget.attrs.pop("autofocus", None)
+        self.fields[in_error].widget.attrs["autofocus"] = True
+
+
+class SignupForm(FirstErrorFocusedMixin, UserCreationForm):
     class Meta(UserCreationForm.Meta):
         fields = ("username", "email")
         labels = {"email": "Email address (optional)"}
@@ -131,7 +149,7 @@ def _revoke_api_tokens_field() -> forms.BooleanField:
     )
 
 
-class AccountPasswordChangeForm(LockoutPasswordMixin, PasswordChangeForm):
+class AccountPasswordChangeForm(FirstErrorFocusedMixin, LockoutPasswordMixin, PasswordChangeForm):
     revoke_api_tokens = _revoke_api_tokens_field()
 
     def __init__(self, *args, request, **kwargs) -> None:
