@@ -304,3 +304,14 @@ def test_uploads_go_on_unthrottled_while_the_cache_is_unreachable(user_client, s
         statuses = [user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code for _ in range(4)]
     assert statuses == [202] * 4
     assert Upload.objects.count() == 4
+
+
+def test_the_allowance_still_counts_after_redis_forgets_its_scripts(throttle_cache):
+    # The script is sent by its hash; a restarted or flushed Redis no longer knows it, and must be sent it again.
+    if throttle_cache != "redis":
+        pytest.skip("only the Redis cache runs a script")
+    now = time.time()
+    assert allowance_take(key="throttle_flushed", now=now, cost=5.0, period=10.0) <= TOLERANCE_S
+    cache._cache.get_client(write=True).script_flush()
+    assert allowance_take(key="throttle_flushed", now=now, cost=5.0, period=10.0) <= TOLERANCE_S
+    assert allowance_take(key="throttle_flushed", now=now, cost=5.0, period=10.0) == pytest.approx(5.0)
