@@ -1148,7 +1148,7 @@ def test_a_deletion_by_filters_too_long_for_one_request_says_how_many_are_left_t
 
     for index in range(5):
         _uploaded(user, digit_png, index)
-    monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 2)
+    monkeypatch.setattr(services.deletion, "UPLOADS_DELETE_BATCH", 2)
     monkeypatch.setattr(views, "UPLOADS_DELETE_SECONDS", 0)
     fields = {"matching": "1", "newest": str(Upload.objects.latest("pk").pk), "count": "5", "confirmed": "1"}
 
@@ -1326,7 +1326,7 @@ def test_all_that_match_stops_at_the_number_confirmed_and_says_how_many_came_to_
         services.predictions_create(uploads=[upload], publish=False)
     for upload in uploads[2:]:
         _finished_meanwhile(upload)
-    monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 1)
+    monkeypatch.setattr(services.deletion, "UPLOADS_DELETE_BATCH", 1)
     finished_during = []
 
     def two_older_ones_finish_after_the_first_batch(execute, sql, params, many, context):
@@ -1358,7 +1358,7 @@ def test_a_deletion_the_database_stops_answering_partway_through_says_how_many_w
 
     for index in range(5):
         _uploaded(user, digit_png, index)
-    monkeypatch.setattr(services, "UPLOADS_DELETE_BATCH", 2)
+    monkeypatch.setattr(services.deletion, "UPLOADS_DELETE_BATCH", 2)
     batches = []
 
     def connection_lost_in_the_second_batch(execute, sql, params, many, context):

@@ -1,0 +1,276 @@
+"""Upload files on the media volume: writing them, deleting them, and setting aside those no upload names."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import time
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+from django.utils import timezone
+
+from classifier.models import Upload, upload_image_path
+from classifier.validation import ValidatedImage
+
+logger = logging.getLogger(__name__)
+
+
+# An uploaded file no row names this long after it was written is an orphan (rows follow their files in seconds).
+ORPHANED_AFTER = dt.timedelta(hours=1)
+# Where the orphan sweep moves what it finds, under the same relative names, for ORPHANED_FILES_KEEP_DAYS.
+ORPHANED_FOLDER = "orphaned"
+# A sweep that finds this many at once more likely runs against the wrong database than after killed processes.
+ORPHANED_MANY = 100
+# Model inputs were files here until classifier/0003 moved them into their rows; nothing reads them since.
+RETIRED_FOLDER = "derived"
+
+
+class UploadStorageError(Exception):
+    """The image files could not be written (a full disk, an unmounted volume); nothing was stored."""
+
+
+class StorageFullError(UploadStorageError):
+    """Storing the images would leave less than UPLOAD_MIN_FREE_MB free on the media volume; nothing was stored."""
+
+
+def _upload_build(
+    *, owner, image: ValidatedImage, source: str, sample_set: str = "", label: int | None = None
+) -> Upload:
+    upload = Upload(
+        owner=owner,
+        original_name=image.original_name,
+        format=image.format,
+        size=image.size,
+        stored_size=len(image.content),
+        width=image.width,
+        height=image.height,
+        sha256=image.sha256,
+        source=source,
+        sample_set=sample_set,
+        label=label,
+        created_at=timezone.now(),
+    )
+    # Written under a generated name; the client's name is kept only as text.
+    upload.image.name = upload_image_path(upload, "upload.png")
+    return upload
+
+
+def _files_delete(names: list[str]) -> None:
+    for name in names:
+        if name:
+            try:
+                default_storage.delete(name)
+            except OSError:
+                logger.warning("could not delete stored file %s", name, exc_info=True)
+
+
+def _upload_files_write(
+    *,
+    owner,
+    images: list[ValidatedImage],
+    source: str,
+    sample_set: str = "",
+    label: int | None = None,
+) -> list[Upload]:
+    """Unsaved uploads whose files are written (and durable); if one cannot be written, none stays on disk."""
+    _storage_headroom_check(needed=sum(len(image.content) for image in images))
+    uploads = [
+        _upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label) for image in images
+    ]
+    try:
+        names = _files_save([(upload.image.name, image.content) for upload, image in zip(uploads, images, strict=True)])
+    except OSError as exc:
+        logger.error("could not write uploaded images", exc_info=True)
+        raise UploadStorageError("The images could not be stored.") from exc
+    for upload, name in zip(uploads, names, strict=True):
+        upload.image.name = name
+    return uploads
+
+
+def _files_save(files: list[tuple[str, bytes]]) -> list[str]:
+    """Write new files; each is on disk on return, or none is left."""
+    if hasattr(default_storage, "save_many"):
+        return default_storage.save_many(files)
+    names: list[str] = []
+    try:
+        for name, content in files:
+            names.append(default_storage.save(name, ContentFile(content)))
+    except BaseException:
+        _files_delete(names)
+        raise
+    return names
+
+
+# A full disk refuses every upload until someone makes room: said in the log once a minute, not once an upload.
+STORAGE_FULL_LOG_EVERY_S = 60.0
+_storage_full_logged = [-math.inf]
+
+
+def _storage_headroom_check(*, needed: int) -> None:
+    free_bytes = getattr(default_storage, "free_bytes", None)
+    if free_bytes is None:
+        return
+    try:
+        left = free_bytes() - needed
+    except OSError as exc:
+        # A volume that cannot say how full it is (a stale network mount) would not take the files either.
+        logger.error("could not read the media volume's free space", exc_info=True)
+        raise UploadStorageError("The images could not be stored.") from exc
+    if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024:
+        return
+    if time.monotonic() - _storage_full_logged[0] >= STORAGE_FULL_LOG_EVERY_S:
+        _storage_full_logged[0] = time.monotonic()
+        logger.error(
+            "uploads refused: storing them would leave %.0f MB free on the media volume, under UPLOAD_MIN_FREE_MB=%s",
+            left / 2**20, settings.UPLOAD_MIN_FREE_MB,
+        )
+    raise StorageFullError("The server is short of storage space.")
+
+
+def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: bool = False) -> int:
+    """Set aside uploaded files that no row names, written ORPHANED_AFTER to ORPHANED_AFTER x 4 ago; returns how many.
+
+    They come from a process killed between writing an upload's files and
+    inserting its rows, or from an insert whose connection was lost.
+    Run every ORPHANED_AFTER, the sweep sees each file about three times, and
+    only the folders of those hours (``uploads/<day>``) are listed.
+
+    ``everything``: every folder, one at a time, and files of any age over
+    ORPHANED_AFTER. A deleted upload's file whose removal failed (a volume gone
+    read-only, a process killed while deleting an account's files) is found
+    only this way. It also deletes the files set aside ORPHANED_FILES_KEEP_DAYS
+    ago or more, and sets aside the files of RETIRED_FOLDER.
+
+    The files are moved under ORPHANED_FOLDER rather than deleted: against a
+    database restored from an older backup, or an empty one, every newer file
+    looks orphaned, and moving them back is the way out.
+    """
+    now = now or timezone.now()
+    newest, oldest = now - ORPHANED_AFTER, now - ORPHANED_AFTER * 4
+    if everything:
+        folders, oldest = _upload_folders(), None
+    else:
+        folders = sorted({f"uploads/{moment:%Y/%m/%d}" for moment in (oldest, newest)})
+    set_aside = []
+    for folder in folders:
+        set_aside += _files_set_aside(_orphans_in(folder=folder, oldest=oldest, newest=newest))
+    if len(set_aside) >= ORPHANED_MANY:
+        logger.error(
+            "moved %s uploaded files that no upload names to %s/ in MEDIA_ROOT; if the database was restored from an "
+            "older backup, or replaced, move them back to where they were", len(set_aside), ORPHANED_FOLDER,
+        )
+    elif set_aside:
+        logger.warning("moved %s uploaded files that no upload names to %s/: %s", len(set_aside), ORPHANED_FOLDER,
+                       set_aside[:20])
+    if everything:
+        _files_set_aside_expired_delete(before=now - dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS))
+        retired = _files_set_aside(_files_under(RETIRED_FOLDER)) if _model_inputs_moved_into_rows() else []
+        if retired:
+            logger.info("moved %s model input files of the release before classifier/0003 to %s/",
+                        len(retired), ORPHANED_FOLDER)
+    return len(set_aside)
+
+
+def _model_inputs_moved_into_rows() -> bool:
+    """Whether classifier/0003 ran: before it, the files under RETIRED_FOLDER are the only copy of the model inputs."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    return MigrationRecorder(connection).migration_qs.filter(app="classifier", name__startswith="0003_").exists()
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every file under ``folder`` of the media storage, by storage name."""
+    root = default_storage.path(folder)
+    return [
+        os.path.relpath(os.path.join(path, file), default_storage.path("")).replace(os.sep, "/")
+        for path, _, files in os.walk(root)
+        for file in files
+    ]
+
+
+def _files_set_aside(names: list[str]) -> list[str]:
+    """Move ``names`` to the same names under ORPHANED_FOLDER, dated now; returns those moved."""
+    moved = []
+    for name in names:
+        target = default_storage.path(f"{ORPHANED_FOLDER}/{name}")
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(default_storage.path(name), target)
+            # The keep period counts from the move, not from the upload.
+            os.utime(target)
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        except OSError:
+            logger.warning("could not set aside orphaned file %s", name, exc_info=True)
+            continue
+        moved.append(name)
+    return moved
+
+
+def _files_set_aside_expired_delete(*, before: dt.datetime) -> None:
+    cutoff = before.timestamp()
+    for folder, _, files in os.walk(default_storage.path(ORPHANED_FOLDER)):
+        for file in files:
+            path = os.path.join(folder, file)
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    os.remove(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                logger.warning("could not delete orphaned file %s", path, exc_info=True)
+
+
+def _orphans_in(*, folder: str, oldest: dt.datetime | None, newest: dt.datetime) -> list[str]:
+    """The files of ``folder`` last written between ``oldest`` (None: any time) and ``newest`` that no upload names."""
+    try:
+        _, files = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return []
+    written: dict[str, dt.datetime] = {}
+    for file in files:
+        name = f"{folder}/{file}"
+        try:
+            modified = default_storage.get_modified_time(name)
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        if (oldest is None or oldest <= modified) and modified < newest:
+            written[name] = modified
+    if not written:
+        return []
+    # A file is written just after its row's created_at is set: one range of the created_at index rules out nearly
+    # every stored name at once. The rest, few, are looked up by name, which has no index of its own.
+    earliest, latest = min(written.values()), max(written.values())
+    stored = set(
+        Upload.objects.filter(created_at__gte=earliest - ORPHANED_AFTER, created_at__lt=latest + ORPHANED_AFTER)
+        .values_list("image", flat=True)
+    )
+    unknown = [name for name in written if name not in stored]
+    for start in range(0, len(unknown), 1000):
+        chunk = unknown[start : start + 1000]
+        stored |= set(Upload.objects.filter(image__in=chunk).values_list("image", flat=True))
+    return [name for name in unknown if name not in stored]
+
+
+def _upload_folders() -> list[str]:
+    """Every day folder of uploads (``uploads/<year>/<month>/<day>``)."""
+    folders = ["uploads"]
+    for _ in range(3):
+        deeper = []
+        for folder in folders:
+            try:
+                names, _ = default_storage.listdir(folder)
+            except FileNotFoundError:
+                continue
+            deeper += [f"{folder}/{name}" for name in sorted(names)]
+        folders = deeper
+    return folders
+
+
+def upload_files_delete_on_commit(*, names: list[str], using: str | None = None) -> None:
+    """Delete these stored files once the current transaction commits: only when their rows are gone for good."""
+    transaction.on_commit(lambda: _files_delete(names), using=using)

@@ -1,0 +1,145 @@
+"""Upload-file services (writes, deletions, the orphan sweep), run in-process against the real database."""
+import datetime as dt
+import io
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from classifier import services
+from classifier.models import Upload
+
+pytestmark = pytest.mark.django_db
+
+
+def test_deleting_a_user_deletes_their_uploaded_files_once_committed(
+    user, other_user, digit_png, django_capture_on_commit_callbacks
+):
+    theirs = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(2)]
+    kept = services.upload_create(owner=other_user, file=io.BytesIO(digit_png(2)), source="file")
+    with django_capture_on_commit_callbacks(execute=False) as pending:
+        user.delete()
+    # Nothing leaves the disk before the rows are gone for good.
+    assert all(Path(upload.image.path).is_file() for upload in theirs)
+    for callback in pending:
+        callback()
+    assert not any(Path(upload.image.path).exists() for upload in theirs)
+    assert Path(kept.image.path).is_file() and list(Upload.objects.all()) == [kept]
+
+
+def test_the_orphan_sweep_sets_aside_only_files_no_upload_names_once_they_are_an_hour_old(user, digit_png, settings):
+    import os
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    kept = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file").image.name
+    folder = kept.rsplit("/", 1)[0]
+    # Midday of the folder's day: the hours the sweep looks back over then lie in it, whatever the time of the run
+    # (just after midnight they are yesterday's).
+    now = dt.datetime.strptime(folder, "uploads/%Y/%m/%d").replace(hour=12, tzinfo=dt.timezone.utc)
+    orphan = default_storage.save(f"{folder}/orphan.png", ContentFile(b"left by a killed process"))
+    young = default_storage.save(f"{folder}/young.png", ContentFile(b"its row is about to be inserted"))
+    for name, age in ((kept, 2), (orphan, 2), (young, 0.1)):
+        moment = (now - dt.timedelta(hours=age)).timestamp()
+        os.utime(default_storage.path(name), (moment, moment))
+
+    assert services.upload_files_orphaned_delete(now=now) == 1
+    assert not default_storage.exists(orphan)
+    assert default_storage.exists(kept) and default_storage.exists(young)
+
+
+def test_the_daily_orphan_sweep_also_sets_aside_old_files_whose_upload_is_gone(user, digit_png):
+    import os
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    kept, deleted = (services.upload_create(owner=user, file=io.BytesIO(digit_png(d)), source="file") for d in (0, 1))
+    # The file goes once the deletion commits, which this test's transaction never does: as for a process killed
+    # after the commit, before it removed the file, or a volume that refused the removal.
+    services.upload_delete(upload=deleted)
+    left_behind = deleted.image.name
+    young = default_storage.save(f"{left_behind.rsplit('/', 1)[0]}/young.png", ContentFile(b"its row is on its way"))
+    month_ago = (timezone.now() - dt.timedelta(days=30)).timestamp()
+    for name in (kept.image.name, left_behind):
+        os.utime(default_storage.path(name), (month_ago, month_ago))
+
+    assert services.upload_files_orphaned_delete() == 0  # the hourly sweep looks at the last hours only
+    assert services.upload_files_orphaned_delete(everything=True) == 1
+    assert not default_storage.exists(left_behind)
+    assert default_storage.exists(kept.image.name) and default_storage.exists(young)
+
+
+def test_the_daily_sweep_sets_aside_the_model_input_files_of_the_release_before_they_moved_into_the_rows():
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    old = default_storage.save("derived/inputs/0a1b.png", ContentFile(b"a 28x28 model input of classifier/0002"))
+
+    services.upload_files_orphaned_delete()
+    assert default_storage.exists(old)  # the hourly sweep looks at upload folders only
+    services.upload_files_orphaned_delete(everything=True)
+    assert not default_storage.exists(old)
+    assert default_storage.exists(f"orphaned/{old}")
+
+
+def test_the_sweep_against_a_database_that_lost_the_rows_sets_the_files_aside_to_be_moved_back(user, digit_png):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(4)), source="file")
+    name, content = upload.image.name, default_storage.open(upload.image.name).read()
+    # As after a restore of an older backup: the file is there, its row is not.
+    Upload.objects.filter(pk=upload.pk).delete()
+    day_ago = (timezone.now() - dt.timedelta(days=1)).timestamp()
+    os.utime(default_storage.path(name), (day_ago, day_ago))
+
+    assert services.upload_files_orphaned_delete(everything=True) == 1
+
+    assert not default_storage.exists(name)
+    with default_storage.open(f"{services.ORPHANED_FOLDER}/{name}") as set_aside:
+        assert set_aside.read() == content
+
+
+def test_files_set_aside_are_deleted_by_the_daily_sweep_once_kept_for_the_keep_period(user, digit_png, settings):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(5)), source="file")
+    Upload.objects.filter(pk=upload.pk).delete()
+    day_ago = (timezone.now() - dt.timedelta(days=1)).timestamp()
+    os.utime(default_storage.path(upload.image.name), (day_ago, day_ago))
+    assert services.upload_files_orphaned_delete(everything=True) == 1
+    set_aside = f"{services.ORPHANED_FOLDER}/{upload.image.name}"
+
+    keep = dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS)
+    services.upload_files_orphaned_delete(everything=True, now=timezone.now() + keep - dt.timedelta(hours=1))
+    assert default_storage.exists(set_aside)
+    services.upload_files_orphaned_delete(everything=True, now=timezone.now() + keep + dt.timedelta(hours=1))
+    assert not default_storage.exists(set_aside)
+
+
+def test_the_daily_sweep_keeps_model_input_files_until_their_migration_has_read_them(settings):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from django.db.migrations.recorder import MigrationRecorder
+
+    old = default_storage.save("derived/inputs/0a1b.png", ContentFile(b"a 28x28 model input of classifier/0002"))
+    # As on a release upgraded past classifier/0003 whose migrations have not run yet.
+    MigrationRecorder(connection).migration_qs.filter(app="classifier", name__startswith="0003_").delete()
+    services.upload_files_orphaned_delete(everything=True)
+    assert default_storage.exists(old)
+
+
+def test_a_batch_is_stored_through_a_storage_without_batch_writes(user, digit_png, settings, tmp_path):
+    # Another backend than the media storage (an object store, say) gets one save a file.
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+    files = [(io.BytesIO(digit_png(i)), f"{i}.png") for i in range(2)]
+    predictions = services.predictions_submit(owner=user, files=files, source="file")
+    stored = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.png"))
+    assert stored == sorted(p.upload.image.name for p in predictions) and len(stored) == 2
