@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
@@ -36,6 +36,18 @@ def _waited(seconds: float) -> str:
     if minutes < 120:
         return f"{minutes} minute{'' if minutes == 1 else 's'}"
     return f"{minutes // 60} hours"
+
+
+def _refuse_form_save(request: HttpRequest) -> HttpResponse | None:
+    """A 405 for a POST to a run's or a checkpoint's change page; None for a GET.
+
+    Every field is read-only and the page offers no Save button, yet Django's own change view saves whatever is
+    posted to it: the whole row, as read a moment before, over what a trainer or an activation wrote meanwhile (a
+    finished run made running again, the checkpoint just activated deactivated, leaving none active).
+    """
+    if request.method == "POST":
+        return HttpResponseNotAllowed(["GET", "HEAD"])
+    return None
 
 
 def _no_trainer_warning(run: TrainingRun) -> str:
@@ -167,6 +179,8 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
         return TemplateResponse(request, "admin/training/trainingrun/start.html", context)
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        if refused := _refuse_form_save(request):
+            return refused
         run = self._get_run(int(object_id)) if str(object_id).isdigit() else None
         context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
                    "show_delete": False, **(extra_context or {})}
@@ -365,6 +379,8 @@ class CheckpointAdmin(AdminStyles, admin.ModelAdmin):
         ]
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        if refused := _refuse_form_save(request):
+            return refused
         context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
                    **(extra_context or {})}
         if str(object_id).isdigit():

@@ -600,3 +600,64 @@ def test_a_runs_page_links_to_all_its_checkpoints_and_the_checkpoint_list_to_eac
     listed = client.get(run_checkpoints)
     assert {c.pk for c in listed.context["cl"].result_list} == {c.pk for c in checkpoints.values()}
     assert f'<a href="{_change_url(run)}">run {run.pk}</a>, epoch 2' in listed.content.decode()
+
+
+@pytest.fixture
+def lands_between_read_and_write():
+    """``connect(model, change)``: ``change(pk)`` runs once, as a row of ``model`` is about to be saved, or when the
+    returned function is called if nothing saved one: a trainer's or an activation's write landing meanwhile."""
+    from django.db.models.signals import pre_save
+
+    connected = []
+
+    def connect(model, change):
+        landed = []
+
+        def land(pk):
+            if not landed:
+                landed.append(pk)
+                change(pk)
+
+        def receiver(sender, instance, **kwargs):
+            land(instance.pk)
+
+        pre_save.connect(receiver, sender=model, weak=False)
+        connected.append((model, receiver))
+        return land
+
+    yield connect
+    for model, receiver in connected:
+        pre_save.disconnect(receiver, sender=model)
+
+
+def test_a_post_to_a_runs_page_never_writes_the_run_back_over_what_its_trainer_wrote_meanwhile(
+    client, staff_user, queued_run, lands_between_read_and_write
+):
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.RUNNING, attempts=1, heartbeat_at=Now())
+    trainer_finishes = lands_between_read_and_write(
+        TrainingRun,
+        lambda pk: TrainingRun.objects.filter(pk=pk).update(
+            status=TrainingRun.Status.SUCCEEDED, progress=1.0, finished_at=Now()
+        ),
+    )
+    client.force_login(staff_user)
+    response = client.post(reverse("admin:training_trainingrun_change", args=[queued_run.pk]), {})
+    trainer_finishes(queued_run.pk)
+    assert response.status_code == 405
+    queued_run.refresh_from_db()
+    assert queued_run.status == TrainingRun.Status.SUCCEEDED and queued_run.finished_at is not None
+
+
+def test_a_post_to_a_checkpoints_page_never_deactivates_it_after_it_was_activated_meanwhile(
+    client, staff_user, make_checkpoint, lands_between_read_and_write
+):
+    first, _ = make_checkpoint(activate=True)
+    second, _ = make_checkpoint()
+    activated = lands_between_read_and_write(
+        Checkpoint, lambda pk: services.checkpoint_activate(checkpoint=Checkpoint.objects.get(pk=pk))
+    )
+    client.force_login(staff_user)
+    response = client.post(reverse("admin:training_checkpoint_change", args=[second.pk]), {})
+    activated(second.pk)
+    assert response.status_code == 405
+    assert Checkpoint.objects.get(is_active=True) == second

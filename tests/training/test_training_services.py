@@ -173,6 +173,15 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert epoch_checkpoint.path == f"{folder}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
 
 
+def test_a_cnn_run_the_form_allows_of_exactly_five_steps_succeeds(tiny_recipe):
+    # The one-cycle schedule's warm-up is a fifth of the steps: one step here, which torch divided by zero over.
+    run = _create(tiny_recipe, architecture="cnn", epochs=1, batch_size=2, train_subset=10, learning_rate=0.1)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.total_steps == 5 and len(run.metrics) == 1
+
+
 def _as_a_database_created_empty():
     """What a database volume recreated empty holds: no runs, no checkpoints, and ids starting again at 1."""
     Checkpoint.objects.all().delete()

@@ -154,11 +154,18 @@ def _make_scheduler(
     if config.schedule == "constant":
         return None
     if config.schedule == "onecycle":
+        total_steps = config.epochs * steps_per_epoch
+        pct_start = config.warmup_fraction
+        if float(pct_start * total_steps) - 1 == 0:
+            # torch ends the warm-up at step pct_start * total_steps - 1 and divides by that phase's length: a warm-up
+            # of exactly one step (20% of five) is a phase of length zero, a ZeroDivisionError at the first step. A
+            # hair shorter, the rate starts at its peak, as it does for a warm-up shorter than one step.
+            pct_start = math.nextafter(pct_start, 0.0)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,
-            total_steps=config.epochs * steps_per_epoch,
-            pct_start=config.warmup_fraction,
+            total_steps=total_steps,
+            pct_start=pct_start,
             div_factor=10.0,
             final_div_factor=100.0,
             # The schedule cycles momentum (Adam's beta1) against the rate, by default between 0.85 and 0.95

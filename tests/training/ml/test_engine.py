@@ -1,5 +1,6 @@
 """Tests for the epoch loop, evaluation, augmentation determinism and the fit recipe."""
 
+import copy
 import math
 import re
 
@@ -301,3 +302,29 @@ def test_the_one_cycle_schedule_cycles_momentum_around_the_configs_not_a_fixed_o
         handle.remove()
     assert seen
     assert min(seen) == pytest.approx(momentum - 0.05, abs=0.01) and max(seen) == pytest.approx(momentum + 0.05, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "images", "batch_size"),
+    [(1, 10, 2), (5, 64, 64)],
+    ids=["one-epoch-of-five-steps", "five-epochs-of-one-step"],
+)
+def test_a_one_cycle_run_of_exactly_five_steps_trains_instead_of_dividing_by_zero(
+    tiny_train, tiny_test, epochs, images, batch_size
+):
+    # A 20% warm-up of five steps is one step, which torch's schedule takes as a phase of length zero.
+    config = _tiny_config(epochs=epochs, batch_size=batch_size, augment=False)
+    saved = {}
+
+    def keep_first(epoch, model, optimizer, metrics):
+        if epoch == 1:
+            saved.update(copy.deepcopy(
+                {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "metrics": metrics}
+            ))
+
+    result = fit(config=config, train=tiny_train.subset(images), test=tiny_test, device=CPU, on_epoch_end=keep_first)
+    assert [row["epoch"] for row in result.history] == list(range(1, epochs + 1))
+    assert all(math.isfinite(row["lr"]) and row["lr"] > 0 for row in result.history)
+    resumed = fit(config=config, train=tiny_train.subset(images), test=tiny_test, device=CPU, resume_from=saved)
+    assert len(resumed.history) == epochs
+
