@@ -254,3 +254,11 @@ class NoSuchEndpointApi(APIView):
         raise exceptions.NotFound(message)
 
     get = post = put = patch = delete = head = options = _not_found
+    # Any other method too (TRACE, PROPFIND): its 405 would say that something is here, taking other methods.
+    http_method_not_allowed = _not_found
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # DRF lists the methods the view takes, as if the path had them: none does.
+        del response["Allow"]
+        return response

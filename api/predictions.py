@@ -6,7 +6,7 @@ import logging
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.metadata import SimpleMetadata
@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import idempotency, responses, selectors
-from api.errors import WriteStageMixin, validation_error_response
+from api.errors import ServiceUnavailable, WriteStageMixin, validation_error_response
 from api.serializers import (
     FeedbackSerializer,
     PredictionBatchSerializer,
@@ -27,7 +27,14 @@ from api.serializers import (
     PredictionUploadSerializer,
     WaitQuerySerializer,
 )
-from api.throttling import UPLOAD_FIELDS, AllowanceHeadersMixin, UploadRateThrottle, uploaded_weight
+from api.throttling import (
+    RETRY_AFTER,
+    UPLOAD_FIELDS,
+    AllowanceHeadersMixin,
+    UploadRateThrottle,
+    allowance_headers,
+    uploaded_weight,
+)
 from classifier import completion
 from classifier import selectors as classifier_selectors
 from classifier import services as classifier_services
@@ -147,7 +154,8 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
             "connection or an `outcome_unknown`): a repeat stores and counts nothing and answers with the first "
             "request's predictions as they are now, with `Idempotent-Replayed: true`, 200 or 202 by the same rule."
         ),
-        parameters=[WaitQuerySerializer, idempotency.KEY_PARAMETER, idempotency.REPLAYED_RESPONSE_HEADER],
+        parameters=[WaitQuerySerializer, idempotency.KEY_PARAMETER, idempotency.REPLAYED_RESPONSE_HEADER,
+                    *allowance_headers(statuses=[200, 202, 429]), RETRY_AFTER],
         request={"multipart/form-data": PredictionUploadSerializer},
         responses={
             200: OpenApiResponse(PredictionBatchSerializer, description="Every prediction finished (done or failed)."),
@@ -280,6 +288,12 @@ class PredictionRetryApi(WriteStageMixin, AllowanceHeadersMixin, APIView):
             "upload's newest prediction (200), so a retry sent twice makes one."
         ),
         request=None,
+        parameters=[
+            OpenApiParameter("Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[201],
+                             description="The new prediction in the API (its `url`)."),
+            *allowance_headers(statuses=[201, 429]),
+            RETRY_AFTER,
+        ],
         responses={201: PredictionSerializer, 200: PredictionSerializer, 404: responses.NOT_FOUND,
                    429: responses.THROTTLED, **responses.COMMON},
     )
@@ -302,10 +316,11 @@ class PredictionRetryApi(WriteStageMixin, AllowanceHeadersMixin, APIView):
                 # Another retry (a second tab, the page) made it between the look above and the upload's lock: this
                 # one made nothing, so it counts nothing, as a retry sent again does.
                 self._upload_allowance_give_back(request)
-        return Response(
-            PredictionSerializer(answer, context={"request": request}).data,
-            status=status.HTTP_201_CREATED if made else status.HTTP_200_OK,
-        )
+        data = PredictionSerializer(answer, context={"request": request}).data
+        if not made:
+            return Response(data, status=status.HTTP_200_OK)
+        # Without it, a 201 says that what it created is the request's own URL (RFC 9110, 15.3.2): the retry's.
+        return Response(data, status=status.HTTP_201_CREATED, headers={"Location": data["url"]})
 
     def _upload_allowance_give_back(self, request: Request) -> None:
         if self.upload_allowance is not None:
@@ -325,6 +340,8 @@ _IMAGE_RESPONSES = {
     404: responses.NOT_FOUND,
     412: responses.error("`If-Match` names no ETag of this image as it is now.", code="precondition_failed"),
     **responses.COMMON,
+    503: responses.error("The database or the storage holding the images is out of reach for a moment; retry after "
+                         "the number of seconds in the Retry-After header.", code="service_unavailable"),
 }
 
 
@@ -360,7 +377,18 @@ class _PngApi(APIView):
     metadata_class = _PngMetadata
 
     @staticmethod
-    def _served(response):
+    def _served(view, request: Request, **kwargs):
+        """``view``'s answer to ``request``: the PNG, a 304, or an error raised for the API's envelope."""
+        # An image has no modification date, so If-Unmodified-Since is to be ignored (RFC 9110, 13.1.4); Django's
+        # conditional check would answer every one with a 412, said to be the If-Match's.
+        request._request.META.pop("HTTP_IF_UNMODIFIED_SINCE", None)
+        try:
+            response = view(request._request, **kwargs)
+        except OSError as exc:
+            # The media volume out of reach (unmounted, a network share gone): it passes, as a database outage does.
+            # A file that is simply gone is the view's own 404.
+            logger.warning("could not read an image for %s", request.path, exc_info=True)
+            raise ServiceUnavailable() from exc
         # Django's conditional check answers a failed If-Match with a bare 412; the API answers it in its envelope.
         if response.status_code == status.HTTP_412_PRECONDITION_FAILED:
             raise PreconditionFailed()
@@ -374,7 +402,7 @@ class PredictionImageApi(_PngApi):
     @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
         prediction = _prediction_or_404(request, prediction_id)
-        return self._served(classifier_views.upload_image(request._request, pk=prediction.upload_id))
+        return self._served(classifier_views.upload_image, request, pk=prediction.upload_id)
 
 
 @extend_schema(tags=["predictions"])
@@ -385,4 +413,4 @@ class PredictionInputImageApi(_PngApi):
                    responses=_IMAGE_RESPONSES)
     def get(self, request: Request, prediction_id: int):
         prediction = _prediction_or_404(request, prediction_id)
-        return self._served(classifier_views.prediction_input(request._request, pk=prediction.pk))
+        return self._served(classifier_views.prediction_input, request, pk=prediction.pk)

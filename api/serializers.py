@@ -49,6 +49,15 @@ class WholeNumberField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class NumberField(serializers.FloatField):
+    """A number: DRF's own also takes JSON's true and false, as 1 and 0, a flag sent where a number was meant."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class StrictBooleanField(serializers.BooleanField):
     """true or false: JSON's own, or a word in form data and query strings ("true", "false", "on").
 
@@ -330,7 +339,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     batch_size = WholeNumberField(
         required=False, min_value=MIN_BATCH_SIZE, max_value=MAX_BATCH_SIZE, help_text="Default: the architecture's tuned recipe."
     )
-    learning_rate = serializers.FloatField(
+    learning_rate = NumberField(
         required=False, min_value=0, max_value=10, help_text="Greater than 0, at most 10. Default: the tuned recipe."
     )
     seed = WholeNumberField(required=False, min_value=0, max_value=MAX_SEED, help_text="Default: the recipe's.")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
@@ -63,3 +65,24 @@ class AllowanceHeadersMixin:
             response["RateLimit-Remaining"] = str(self.upload_allowance.remaining)
             response["RateLimit-Reset"] = str(math.ceil(self.upload_allowance.whole_in))
         return response
+
+
+def allowance_headers(*, statuses: list[int]) -> list[OpenApiParameter]:
+    """The schema's word for the headers above, on the answers (``statuses``) of an operation that spends."""
+    described = {
+        "RateLimit-Limit": "Images the upload allowance holds per period (`UPLOAD_THROTTLE_RATE`).",
+        "RateLimit-Remaining": "Images that could be sent at once now.",
+        "RateLimit-Reset": "Seconds until the allowance is whole again.",
+    }
+    return [
+        OpenApiParameter(name, OpenApiTypes.INT, OpenApiParameter.HEADER, response=statuses,
+                         description=f"{text} Sent when the request spent from the allowance or was refused for it; "
+                                     "absent when uploads are not throttled.")
+        for name, text in described.items()
+    ]
+
+
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[429],
+    description="Seconds until the allowance has refilled enough for this request.",
+)

@@ -21,6 +21,15 @@ def test_an_unknown_api_path_is_a_404_envelope_even_anonymously(api_client):
     assert assert_envelope(response.json())["code"] == "not_found"
 
 
+def test_an_unknown_api_path_is_a_404_whatever_the_method_and_lists_no_methods(user_client):
+    for method in ("GET", "POST", "DELETE", "TRACE", "PROPFIND"):
+        response = user_client.generic(method, "/api/v1/nothing-here/")
+
+        assert response.status_code == 404, method
+        assert assert_envelope(response.json())["code"] == "not_found"
+        assert "Allow" not in response, method
+
+
 def test_a_missing_trailing_slash_is_pointed_out(user_client):
     response = user_client.get("/api/v1/predictions")
 

@@ -639,6 +639,35 @@ def test_an_image_whose_etag_if_match_does_not_name_is_a_412_in_the_envelope_and
         assert "412" in declared[f"/api/v1/predictions/{{prediction_id}}/{suffix}"]["get"]["responses"], suffix
 
 
+def test_an_image_asked_for_if_unmodified_since_is_served_as_it_has_no_modification_date(
+    user_client, user, make_prediction
+):
+    prediction = make_prediction(owner=user, done=True)
+
+    for suffix in ("image/", "input/"):
+        # RFC 9110, 13.1.4: ignored when the representation has no modification date, as these have none.
+        response = user_client.get(
+            f"{detail(prediction)}{suffix}", HTTP_IF_UNMODIFIED_SINCE="Sun, 06 Nov 1994 08:49:37 GMT"
+        )
+        assert response.status_code == 200, suffix
+        assert response["Content-Type"] == "image/png"
+
+
+def test_an_image_the_storage_cannot_read_is_503_with_retry_after_not_a_server_error(
+    user_client, user, make_prediction, settings, tmp_path
+):
+    prediction = make_prediction(owner=user, done=True)
+    # MEDIA_ROOT under a regular file: every read fails, as on an unmounted volume.
+    (tmp_path / "not-a-folder").write_text("")
+    settings.MEDIA_ROOT = str(tmp_path / "not-a-folder" / "media")
+
+    response = user_client.get(f"{detail(prediction)}image/", HTTP_ACCEPT="image/png")
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert 0 < int(response["Retry-After"]) <= 60
+
+
 def test_the_input_image_of_a_pending_prediction_is_404(user_client, user, make_prediction):
     response = user_client.get(f"{detail(make_prediction(owner=user))}input/", HTTP_ACCEPT="image/png")
 
@@ -714,6 +743,23 @@ def test_a_failed_prediction_is_run_again_once_however_often_the_retry_is_sent(u
     assert first.status_code == 201 and first.json()["status"] == "pending" and first.json()["id"] != failed.pk
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     assert Prediction.objects.filter(upload=failed.upload).count() == 2
+
+
+def test_a_retry_that_made_a_prediction_locates_it_and_one_that_made_none_does_not(
+    user_client, api_client, user, make_prediction
+):
+    failed = _failed(make_prediction, user)
+
+    made = user_client.post(f"{detail(failed)}retry/")
+    again = user_client.post(f"{detail(failed)}retry/")
+
+    # A 201 without Location says the request's own URL is what was created.
+    assert made.status_code == 201 and made["Location"] == made.json()["url"]
+    assert user_client.get(made["Location"]).json()["id"] == made.json()["id"]
+    assert again.status_code == 200 and "Location" not in again
+    declared = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    retry = declared["paths"]["/api/v1/predictions/{prediction_id}/retry/"]["post"]["responses"]
+    assert "Location" in retry["201"]["headers"] and "headers" not in retry["200"]
 
 
 def test_retrying_a_prediction_that_did_not_fail_makes_nothing(user_client, user, make_prediction):

@@ -163,6 +163,28 @@ def test_a_retry_answer_says_what_is_left_of_the_allowance_it_spent(user_client,
     assert response.status_code == 201 and _allowance_headers(response) == ("3", "2", "20")
 
 
+def test_the_schema_declares_the_allowance_headers_and_retry_after_on_the_answers_that_carry_them(
+    user_client, api_client, user, settings
+):
+    settings.UPLOAD_THROTTLE_RATE = "2/minute"
+    paths = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+    upload = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+    refused = user_client.post(LIST, {"images": [upload_file(), upload_file()]}, format="multipart")
+    failed = Prediction.objects.get()
+    Prediction.objects.filter(pk=failed.pk).update(status=Prediction.Status.FAILED)
+    retried = user_client.post(f"{LIST}{failed.pk}/retry/")
+
+    sent = [("/api/v1/predictions/", upload), ("/api/v1/predictions/", refused),
+            ("/api/v1/predictions/{prediction_id}/retry/", retried)]
+    assert [response.status_code for _, response in sent] == [202, 429, 201]
+    for path, response in sent:
+        declared = paths[path]["post"]["responses"][str(response.status_code)].get("headers", {})
+        carried = {name for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
+                   if name in response}
+        assert carried and carried <= set(declared), (path, response.status_code)
+        assert all(declared[name]["schema"]["type"] == "integer" for name in carried)
+
+
 def test_unthrottled_uploads_carry_no_allowance_headers(user_client, settings):
     settings.UPLOAD_THROTTLE_RATE = ""
 

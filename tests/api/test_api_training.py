@@ -130,10 +130,12 @@ def test_out_of_bounds_hyper_parameters_are_400_naming_the_field(staff_client, b
         {"epochs": 3.0},
         {"batch_size": "64.0"},
         {"train_subset": 500.0},
+        {"learning_rate": True},
+        {"epochs": True},
     ],
     ids=str,
 )
-def test_a_number_where_a_flag_belongs_or_a_fraction_where_a_whole_number_does_is_400_naming_the_field(
+def test_a_number_where_a_flag_belongs_a_flag_where_a_number_does_or_a_fraction_for_a_whole_number_is_400(
     staff_client, body
 ):
     response = staff_client.post(RUNS, {"architecture": "mlp", **body}, format="json")
