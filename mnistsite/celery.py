@@ -13,6 +13,7 @@ from celery.signals import (
 )
 
 from mnistsite.heartbeat import WorkerHeartbeat
+from mnistsite.redis_transport import transport_install
 from mnistsite.request_id import (
     TASK_HEADER,
     RequestIdFilter,
@@ -25,6 +26,7 @@ from mnistsite.request_id import (
 # A server started without a settings module gets production's: no DEBUG pages, no committed key.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mnistsite.settings.production")
 
+transport_install()
 app = Celery("mnistsite")
 # Lazy: settings are read when Celery first needs them, not at import time.
 app.config_from_object("django.conf:settings", namespace="CELERY")
