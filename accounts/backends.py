@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
-from accounts.services import login_attempt_start, login_attempt_succeeded
+from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,12 @@ class LockoutModelBackend(ModelBackend):
             return super().authenticate(request, username=username, password=password, **kwargs)
         username = (username if username is not None else kwargs.get(get_user_model().USERNAME_FIELD)) or ""
         address = client_address(request)
-        if not login_attempt_start(username=username, ip=address):
+        try:
+            allowed = login_attempt_start(username=username, ip=address)
+        except LockoutUnavailable:
+            # Refused unchecked: the site's log-in page says why before it gets here (the admin's says no more).
+            raise PermissionDenied("the log-in lockout is unavailable") from None
+        if not allowed:
             raise PermissionDenied("too many failed log-in attempts")  # ends authenticate() for every backend
         user = super().authenticate(request, username=username, password=password, **kwargs)
         if user is not None:

@@ -6,7 +6,7 @@ from django.template.defaultfilters import pluralize
 
 from accounts.backends import client_address
 from accounts.models import ApiToken
-from accounts.services import login_attempt_start, login_attempt_succeeded
+from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded
 
 # The owner of the shipped sample sets is found by this name; whoever took it would own (and could delete) them.
 RESERVED_USERNAMES = frozenset({"samples"})
@@ -57,7 +57,12 @@ class LockoutPasswordMixin:
 
     def _password_matches(self, user, password: str) -> bool:
         username, address = user.get_username(), client_address(self.request)
-        if not login_attempt_start(username=username, ip=address):
+        try:
+            allowed = login_attempt_start(username=username, ip=address)
+        except LockoutUnavailable:
+            raise ValidationError("Passwords cannot be checked at the moment; nothing was changed. Try again in a "
+                                  "minute.", code="lockout_unavailable") from None
+        if not allowed:
             raise ValidationError("Too many wrong passwords. Try again in a few minutes.", code="locked_out")
         if user.check_password(password):
             login_attempt_succeeded(username=username, ip=address, log_in=False)

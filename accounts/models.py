@@ -83,6 +83,10 @@ class EmailAddressState(models.Model):
     # When a sender took the owed link to mail it: no other sender mails it meanwhile, until the claim is given back
     # (the mail server could not take it now) or runs out (its worker was lost; accounts.services.MAIL_CLAIM_LEASE).
     link_claimed_at = models.DateTimeField(null=True, blank=True)
+    # When the mail server refused for good a message carrying this address's link (no such mailbox: most often a
+    # typo), so that the Account page says so rather than "waiting" forever; cleared once a message to it is taken,
+    # or the address changes.
+    link_refused_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "email address state"

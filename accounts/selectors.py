@@ -42,6 +42,15 @@ def email_address_state_get(*, user) -> EmailAddressState | None:
     return EmailAddressState.objects.filter(user_id=user.pk).first()
 
 
+def email_confirmation_refused_at(*, user) -> dt.datetime | None:
+    """When the mail server refused for good the last message carrying the link for ``user``'s address, as it is now
+    and unconfirmed (no such mailbox, most often a typo); None when it did not."""
+    if not user.email:
+        return None
+    return (EmailAddressState.objects.filter(user_id=user.pk).exclude(confirmed_email=user.email)
+            .values_list("link_refused_at", flat=True).first())
+
+
 def email_confirmation_waiting_list(*, email: str) -> list:
     """The active accounts whose address is ``email`` (this very spelling) and not confirmed, each with
     ``link_requested_at`` (None: no link owed) and ``link_claimed_at`` (when a sender took it, if one did): those

@@ -71,10 +71,30 @@ def _limits(*, username: str, ip: str) -> dict[str, int]:
     }
 
 
+class LockoutUnavailable(Exception):
+    """The cache that counts failed log-ins cannot be reached: no password is checked until it can.
+
+    Unlike the mail and upload throttles, which let requests through meanwhile, this one holds: checked uncounted,
+    passwords could be guessed without limit for as long as the cache is down (or full).
+    """
+
+
+@contextlib.contextmanager
+def _lockout_cache():
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - any cache error: nothing can be counted
+        logger.warning("log-in lockout unavailable: the cache cannot be reached; no password is checked meanwhile",
+                       exc_info=True)
+        raise LockoutUnavailable() from exc
+
+
 def login_attempt_allowed(*, username: str, ip: str) -> bool:
-    """Whether a password may be checked now; counts nothing (see login_attempt_start)."""
+    """Whether a password may be checked now; counts nothing (see login_attempt_start). Raises LockoutUnavailable
+    while the cache cannot be reached."""
     limits = _limits(username=username, ip=ip)
-    counts = cache.get_many(list(limits))
+    with _lockout_cache():
+        counts = cache.get_many(list(limits))
     return all(counts.get(key, 0) < limit for key, limit in limits.items())
 
 
@@ -93,27 +113,30 @@ def login_attempt_start(*, username: str, ip: str) -> bool:
 
     Counted first, atomically: guesses sent at once would otherwise all pass a
     look at the counts before any of them was counted. A check that succeeds
-    takes its count back with login_attempt_succeeded.
+    takes its count back with login_attempt_succeeded. Raises LockoutUnavailable while the cache cannot be reached.
     """
     limits = _limits(username=username, ip=ip)
-    counts = {key: _count_up(key) for key in limits}
-    if all(counts[key] <= limit for key, limit in limits.items()):
-        return True
-    # Refused unchecked, it costs nothing: else one address, refused for the pair long since, would go on counting
-    # against the account until its owner is locked out everywhere.
-    _count_down(list(limits))
+    with _lockout_cache():
+        counts = {key: _count_up(key) for key in limits}
+        if all(counts[key] <= limit for key, limit in limits.items()):
+            return True
+        # Refused unchecked, it costs nothing: else one address, refused for the pair long since, would go on
+        # counting against the account until its owner is locked out everywhere.
+        _count_down(list(limits))
     return False
 
 
 def login_attempt_succeeded(*, username: str, ip: str, log_in: bool) -> None:
     """Take back the count of a password check that succeeded; a log-in also clears the pair's failures.
 
-    Only the pair's: a success here must not wipe out guesses made at the account from elsewhere.
+    Only the pair's: a success here must not wipe out guesses made at the account from elsewhere. A cache lost
+    meanwhile leaves the count (it expires): the password was right, and its owner gets in.
     """
     keys = list(_limits(username=username, ip=ip))
-    if log_in:
-        cache.delete(keys.pop(0))
-    _count_down(keys)
+    with contextlib.suppress(LockoutUnavailable), _lockout_cache():
+        if log_in:
+            cache.delete(keys.pop(0))
+        _count_down(keys)
 
 
 def _count_down(keys: list[str]) -> None:
@@ -128,9 +151,11 @@ def login_failures_forget(*, username: str, ip: str) -> None:
     """Clear the failed log-ins counted at one account from one address, as a log-in there would.
 
     For a password just reset by email: its owner, having guessed at the old one, logs in with the new one at once.
-    The address's and the account's counts stay, as for a log-in: others' guesses are not wiped out.
+    The address's and the account's counts stay, as for a log-in: others' guesses are not wiped out. A cache that
+    cannot be reached leaves them to expire: the password is set all the same.
     """
-    cache.delete(next(iter(_limits(username=username, ip=ip))))
+    with contextlib.suppress(LockoutUnavailable), _lockout_cache():
+        cache.delete(next(iter(_limits(username=username, ip=ip))))
 
 
 class MailThrottled(Exception):
@@ -250,10 +275,10 @@ class PasswordResetEmailDeferred(EmailDeferred):
 
 
 def _message_send(*, message: EmailMessage, what: str, user_ids: list[int],
-                  deferred: type[EmailDeferred] = EmailDeferred) -> bool:
+                  deferred: type[EmailDeferred] = EmailDeferred, refusals: list | None = None) -> bool:
     """Send ``message`` (the ``what`` for ``user_ids``); False when the server refused it for good (a 5xx answer: no
-    such mailbox), which is logged. Raises ``deferred`` when the server cannot take it now and may later, or stalled
-    until the task's soft time limit (SoftTimeLimitExceeded).
+    such mailbox), which is logged, and the refusal added to ``refusals`` when given. Raises ``deferred`` when the
+    server cannot take it now and may later, or stalled until the task's soft time limit (SoftTimeLimitExceeded).
 
     A server that stalled may have kept the message before it stopped answering, and then gets it again: every
     message here is safe to receive twice (a reset link works once, and none after the password changed; a
@@ -276,6 +301,8 @@ def _message_send(*, message: EmailMessage, what: str, user_ids: list[int],
         if not (isinstance(exc, SoftTimeLimitExceeded) or mail_error_is_transient(exc)):
             if isinstance(exc, smtplib.SMTPException):
                 logger.error("the mail server refused the %s to users %s: %s", what, user_ids, mail_error_words(exc))
+                if refusals is not None:
+                    refusals.append(exc)
                 return False
             raise
         raise deferred(
@@ -509,14 +536,15 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
 
     Not unique: an address may serve several accounts (one message lists a link for each), and a refusal for an
     address in use would tell anyone which addresses have an account here. Reset and confirmation links sent to the
-    old address stop working, as both cover the address.
+    old address stop working, as both cover the address. Raises AccountGone, having changed nothing, for an account
+    deleted meanwhile.
     """
     # The domain in lower case, as sign-up stores it; the name before the @ as typed (some servers tell case apart).
     email = get_user_model().objects.normalize_email(email.strip())
     notice_to = ""
     with transaction.atomic():
         # Two changes at once (two tabs) take turns, so each notice names the address the change really replaced.
-        locked = get_user_model().objects.select_for_update().get(pk=user.pk)
+        locked = user_lock(user=user)
         changed = locked.email != email
         if changed:
             old, old_confirmed = locked.email, selectors.user_email_confirmed(user=locked)
@@ -525,7 +553,7 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
             EmailAddressState.objects.update_or_create(
                 user=locked, defaults={"set_at": timezone.now(), "confirmed_email": "", "confirmed_at": None,
                                        "link_requested_at": None, "link_last_requested_at": None,
-                                       "link_claimed_at": None})
+                                       "link_claimed_at": None, "link_refused_at": None})
             if old_confirmed:
                 from accounts.tasks import email_change_notice_send as notice_task
 
@@ -657,7 +685,8 @@ def email_confirmation_send(*, email: str) -> int:
     sweep's and the request's) mail each once. Each message spends the address's allowance; with it spent, nothing
     is sent, and the sweep (email_confirmations_sweep) sends the links once it refills. Raises EmailDeferred when
     the mail server cannot take it now: the links stay owed and the allowance is given back. A permanent refusal is
-    logged, and the links are owed no more.
+    logged, and the links are owed no more; one of the address itself (no such mailbox) is recorded on each account
+    listed (EmailAddressState.link_refused_at), for its Account page to say, until a message to it is taken.
     """
     from accounts.tasks import email_confirmation_send as send_task
 
@@ -692,7 +721,9 @@ def email_confirmation_send(*, email: str) -> int:
             "unlisted": len(waiting) - len(listed),
             "link_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
         })
-        sent = _message_send(message=message, what="email confirmation link", user_ids=[user.pk for user in listed])
+        refusals: list = []
+        sent = _message_send(message=message, what="email confirmation link", user_ids=[user.pk for user in listed],
+                             refusals=refusals)
     except BaseException:
         # Owed still: for this task's retry, or the sweep.
         mine.update(link_claimed_at=None)
@@ -700,6 +731,13 @@ def email_confirmation_send(*, email: str) -> int:
         raise
     # Owed no more, unless the address changed meanwhile (which cleared the claim).
     mine.update(link_requested_at=None, link_last_requested_at=None, link_claimed_at=None)
+    # The address itself refused (no such mailbox), or taken after all: said on the Account page of every account
+    # the message listed, while that is still its address. Not a refusal of the site's sender or password: that is
+    # no fault of the address.
+    recipient_refused = any(isinstance(exc, smtplib.SMTPRecipientsRefused) for exc in refusals)
+    if sent or recipient_refused:
+        EmailAddressState.objects.filter(user_id__in=[user.pk for user in listed], user__email=email).update(
+            link_refused_at=None if sent else timezone.now())
     if len(owed) > len(claimed):
         _task_publish(task=send_task, kwargs={"email": email}, what="the next email confirmation message")
     return len(listed) if sent else 0
@@ -840,6 +878,24 @@ class AccountDeleteError(Exception):
     """This account cannot be deleted from its own page."""
 
 
+class AccountGone(Exception):
+    """The account was deleted meanwhile (from another tab of it, or by staff): nothing was changed."""
+
+
+def user_lock(*, user):
+    """Lock ``user``'s row until the caller's transaction ends, and return it as stored now; raises AccountGone when
+    it was deleted meanwhile.
+
+    For every change a signed-in tab makes to its own account: a deletion committed between the request reading the
+    account and writing it would otherwise make that write a 500, or worse, make a save of the whole user insert the
+    deleted account back. Locked, a deletion in another tab waits for the change (and deletes it with the account).
+    """
+    locked = get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    if locked is None:
+        raise AccountGone()
+    return locked
+
+
 class ApiTokenError(ValueError):
     """A token cannot be made: its name is too long or taken, or the user has MAX_PER_USER already."""
 
@@ -852,7 +908,8 @@ def api_token_create(*, user, name: str = "", read_only: bool = False) -> tuple[
     Only the key's digest is stored: the caller shows the key once, and nobody,
     staff included, can read it back. Without a name, the token is named after
     its key's first characters. Raises ApiTokenError for a name too long or
-    taken, or when the user has MAX_PER_USER tokens already.
+    taken, or when the user has MAX_PER_USER tokens already, and AccountGone when
+    the account was deleted meanwhile.
     """
     key = secrets.token_hex(20)
     prefix = key[: ApiToken.PREFIX_LENGTH]
@@ -861,7 +918,7 @@ def api_token_create(*, user, name: str = "", read_only: bool = False) -> tuple[
         raise ApiTokenError(f"A token's name has at most {ApiToken.NAME_MAX_LENGTH} characters.")
     with transaction.atomic():
         # Two requests at once (a double click) take turns here, so the count and the name are checked in turn.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        user_lock(user=user)
         tokens = ApiToken.objects.filter(user=user)
         if tokens.count() >= ApiToken.MAX_PER_USER:
             raise ApiTokenError(f"You have {ApiToken.MAX_PER_USER} tokens already; revoke one you no longer use first.")

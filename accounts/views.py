@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import (
+    INTERNAL_RESET_SESSION_TOKEN,
     LoginView,
     LogoutView,
     PasswordChangeView,
@@ -19,11 +20,12 @@ from django.contrib.auth.views import (
     PasswordResetView,
 )
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse, reverse_lazy
 from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from accounts import selectors, services
@@ -54,7 +56,8 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 
 class ThrottledLoginView(LoginView):
-    """Django's login view, answering 429 while the lockout (enforced by the backend) is on."""
+    """Django's login view, answering 429 while the lockout (enforced by the backend) is on, and 503 while the cache
+    that counts the failures cannot be reached (services.LockoutUnavailable)."""
 
     redirect_authenticated_user = True
 
@@ -66,15 +69,25 @@ class ThrottledLoginView(LoginView):
 
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         username = request.POST.get("username", "")
-        if not login_attempt_allowed(username=username, ip=client_address(request)):
-            # An unbound form: a bound one would be validated, which checks the password once more and, even when it
-            # is right, adds "enter a correct username and password" to the refusal.
-            form = self.get_form_class()(request, initial={"username": username})
-            context = self.get_context_data(
-                form=form, refusal="Too many failed log-in attempts. Try again in a few minutes."
-            )
-            return self.render_to_response(context, status=429)
+        # Read as the form reads it (spaces around it dropped, NFKC), which is the name the lockout counted: read as
+        # sent, "alice " would pass here, be refused by the backend, and tell its owner that the password is wrong.
+        counted = self.get_form_class()(request).fields["username"].to_python(username) or ""
+        try:
+            allowed = login_attempt_allowed(username=counted, ip=client_address(request))
+        except services.LockoutUnavailable:
+            response = self._refused(username, "Log-in is unavailable for a moment: no password can be checked. "
+                                               "Try again in a minute.", status=503)
+            response["Retry-After"] = "60"
+            return response
+        if not allowed:
+            return self._refused(username, "Too many failed log-in attempts. Try again in a few minutes.", status=429)
         return super().post(request, *args, **kwargs)
+
+    def _refused(self, username: str, refusal: str, *, status: int) -> HttpResponse:
+        # An unbound form: a bound one would be validated, which checks the password once more and, even when it is
+        # right, adds "enter a correct username and password" to the refusal.
+        form = self.get_form_class()(self.request, initial={"username": username})
+        return self.render_to_response(self.get_context_data(form=form, refusal=refusal), status=status)
 
 
 @method_decorator(login_not_required, name="dispatch")
@@ -102,8 +115,9 @@ class SiteLogoutView(LogoutView):
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.SIGNUP_ENABLED:
         raise Http404("Sign-up is closed on this site.")
+    next_url = _signup_next(request)
     if request.user.is_authenticated:
-        return redirect("classifier:upload")
+        return redirect(next_url or "classifier:upload")
     form = SignupForm(request.POST or None)
     if request.method == "POST":
         # A whole sign-up is spent before the form is even read, and given back but a tenth when it is refused:
@@ -114,21 +128,46 @@ def signup(request: HttpRequest) -> HttpResponse:
                 # What was typed, but the passwords, is there to send again.
                 "form": SignupForm(initial={field: request.POST.get(field, "") for field in ("username", "email")}),
                 "refusal": f"Too many sign-ups from your address; try again in {wait_words(seconds=retry_after)}.",
+                "next": next_url,
             }
             response = render(request, "registration/signup.html", context, status=429)
             response["Retry-After"] = str(math.ceil(retry_after))
             return response
-        if form.is_valid():
-            with transaction.atomic():
-                user = form.save()
-                services.email_address_state_ensure(user=user)
+        if form.is_valid() and (user := _signup_save(form)) is not None:
             login(request, user)
             messages.success(request, "Welcome! Upload or draw a digit to get started.")
             _confirmation_messages(request, services.email_confirmation_request(user=user, first=True),
                                    email=user.email)
-            return redirect("classifier:upload")
+            return redirect(next_url or "classifier:upload")
         _signup_allowance_take(request, share=FAILED_SIGNUP_SHARE - 1)
-    return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
+    return render(request, "registration/signup.html", {"form": form, "next": next_url},
+                  status=400 if form.errors else 200)
+
+
+def _signup_next(request: HttpRequest) -> str:
+    """The page a visitor sent to log in was on their way to (``next``, which the log-in page passes on to sign-up),
+    when it is one of this site's; else "". Sign-up itself is none: it would lead a new account back to its form."""
+    url = request.POST.get("next") or request.GET.get("next") or ""
+    if not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return ""
+    return "" if urlsplit(url).path == request.path else url
+
+
+def _signup_save(form: SignupForm):
+    """The account the valid ``form`` makes; None, with the form's error saying so, when its name was taken meanwhile
+    (the same form sent twice at once, by a double click): the form's check came before the other's account was
+    stored, and the database refused the second."""
+    try:
+        with transaction.atomic():
+            user = form.save()
+            services.email_address_state_ensure(user=user)
+    except IntegrityError:
+        model = type(form.instance)
+        if not model.objects.filter(**{model.USERNAME_FIELD: form.cleaned_data["username"]}).exists():
+            raise
+        form.add_error("username", form.instance.unique_error_message(model, [model.USERNAME_FIELD]))
+        return None
+    return user
 
 
 # A refused sign-up (a name taken, passwords that differ) costs this share of an account: people mistype, but
@@ -154,6 +193,15 @@ def _signup_allowance_take(request: HttpRequest, *, share: float) -> float | Non
         logger.warning("sign-up throttle skipped: the cache is unavailable", exc_info=True)
         return None
     return retry_after if retry_after > TOLERANCE_S else None
+
+
+def _account_gone(request: HttpRequest) -> HttpResponse:
+    """The answer to a change asked for by a tab of an account deleted meanwhile (another tab, staff): its session
+    is ended, and the log-in page says why."""
+    logout(request)
+    messages.error(request, "Your account was deleted meanwhile, from another tab or by an administrator; nothing "
+                   "was changed.")
+    return redirect("login")
 
 
 # The key of a token just made, between the answer to the form (a redirect) and the page it leads to; popped there.
@@ -182,6 +230,7 @@ def _account_page(
                                                      initial={"email": request.user.email}),
         "password_reset_available": selectors.password_reset_by_email_available(),
         "email_confirmed": selectors.user_email_confirmed(user=request.user),
+        "email_link_refused_at": selectors.email_confirmation_refused_at(user=request.user),
         "confirmation_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
         "delete_form": delete_form or _account_delete_form(request),
     }
@@ -208,6 +257,8 @@ def account_token_create(request: HttpRequest) -> HttpResponse:
             )
         except services.ApiTokenError as exc:
             form.add_error("name", str(exc))
+        except services.AccountGone:
+            return _account_gone(request)
         else:
             # Post/Redirect/Get: answered with the page itself, a reload would send the form again and make a
             # second token (or be refused for its name, losing the key from view). The key waits in the session
@@ -224,6 +275,10 @@ def account_token_create(request: HttpRequest) -> HttpResponse:
 def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     if services.api_token_revoke(user=request.user, token_id=token_id):
         messages.success(request, "The token was revoked; requests with it are refused from now on.")
+    else:
+        # A page left open in another tab: a silent reload would leave its reader wondering whether it worked.
+        messages.info(request, "That token was revoked already, perhaps from another tab: it is no longer among "
+                      "your tokens.")
     return redirect("account")
 
 
@@ -256,7 +311,10 @@ def account_email_change(request: HttpRequest) -> HttpResponse:
     form = AccountEmailForm(request.POST, user=request.user, request=request)
     if not form.is_valid():
         return _account_page(request, email_form=form, status=400)
-    result = services.user_email_set(user=request.user, email=form.cleaned_data["email"])
+    try:
+        result = services.user_email_set(user=request.user, email=form.cleaned_data["email"])
+    except services.AccountGone:
+        return _account_gone(request)
     if not request.user.email and not result.changed:
         messages.info(request, "Your account has no email address; nothing was changed.")
     elif not request.user.email:
@@ -334,9 +392,15 @@ class AccountPasswordChangeView(PasswordChangeView):
         return {**super().get_form_kwargs(), "request": self.request}
 
     def form_valid(self, form):
-        with transaction.atomic():
-            response = super().form_valid(form)
-            revoked = services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"] else 0
+        try:
+            with transaction.atomic():
+                # Django saves the whole user: deleted meanwhile in another tab, the account would be inserted back.
+                services.user_lock(user=form.user)
+                response = super().form_valid(form)
+                revoked = (services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"]
+                           else 0)
+        except services.AccountGone:
+            return _account_gone(self.request)
         messages.success(self.request, "Your password was changed." + (
             f" Your {revoked} API token{pluralize(revoked)} {pluralize(revoked, 'was,were')} revoked." if revoked else ""
         ))
@@ -412,6 +476,17 @@ class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfi
     def form_valid(self, form) -> HttpResponse:
         # As on the password change page: the tokens go with the old password, or neither does.
         with transaction.atomic():
+            # The link was checked when the form arrived, as the account read then. Checked again as it is under the
+            # lock, so that of two forms sent with one link at once (two tabs, two devices), the second finds the
+            # password changed and the link used; and an account deleted meanwhile is not inserted back.
+            try:
+                locked = services.user_lock(user=form.user)
+            except services.AccountGone:
+                locked = None
+            if locked is None or not self.token_generator.check_token(
+                    locked, self.request.session.get(INTERNAL_RESET_SESSION_TOKEN)):
+                self.validlink = False
+                return self.render_to_response(self.get_context_data())
             response = super().form_valid(form)
             revoked = services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"] else 0
         # Locked out by guessing at the password just replaced, its owner could not log in with the new one yet.

@@ -24,15 +24,23 @@ class MailServer:
 
     ``answers`` are the replies to the next messages, in turn ("421 ..." refuses one for now, None accepts it, SLOW
     accepts it after a while, STALL and KEEP_THEN_STALL hang); once they run out, every message is accepted. ``attempts`` counts every message
-    offered, accepted or not.
+    offered, accepted or not. ``no_such_mailbox`` holds addresses refused for good when named as a recipient, as a
+    server refuses a mailbox it does not have.
     """
 
     def __init__(self) -> None:
         self.received: list[email.message.EmailMessage] = []
         self.answers: list[str | None] = []
         self.attempts = 0
+        self.no_such_mailbox: set[str] = set()
         self.port = 0
         self._arrived = threading.Condition()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        if address in self.no_such_mailbox:
+            return "550 5.1.1 No such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
         import asyncio

@@ -140,6 +140,15 @@ def test_tokens_work_side_by_side_and_revoking_one_stops_only_that_one(signed_in
     assert _api_status(their_key) == 200
 
 
+def test_revoking_a_token_that_another_tab_revoked_already_says_so(signed_in, user):
+    token, _ = api_token_create(user=user, name="laptop")
+    first = signed_in.post(f"/accounts/tokens/{token.pk}/revoke/", follow=True).content.decode()
+    assert "The token was revoked" in first
+    # The same button, on the page still open in another tab.
+    again = signed_in.post(f"/accounts/tokens/{token.pk}/revoke/", follow=True).content.decode()
+    assert "That token was revoked already" in again and "The token was revoked;" not in again
+
+
 def test_a_taken_name_or_one_token_too_many_is_refused_with_a_message(signed_in, user):
     api_token_create(user=user, name="laptop")
     taken = signed_in.post("/accounts/tokens/", {"name": "laptop", "password": PASSWORD})
@@ -267,6 +276,26 @@ def test_guessing_the_password_on_the_account_page_meets_the_log_in_lockout(sign
     # The log-in form counts those guesses too.
     assert type(signed_in)().post("/accounts/login/", {"username": "alice", "password": "correct horse battery"}
                                   ).status_code == 429
+
+
+def test_while_the_cache_counting_wrong_passwords_is_unreachable_the_account_page_checks_none_and_says_so(
+        signed_in, user):
+    from django.test import override_settings
+
+    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": unreachable}):
+        for url, data in (
+            ("/accounts/tokens/", {"name": "script", "password": PASSWORD}),
+            ("/accounts/email/", {"email-email": "alice@example.com", "email-password": PASSWORD}),
+            ("/accounts/password/", {"old_password": PASSWORD, "new_password1": "a-New-pass-482",
+                                     "new_password2": "a-New-pass-482"}),
+            ("/accounts/delete/", {"password": PASSWORD, "understood": "on"}),
+        ):
+            response = signed_in.post(url, data)
+            assert response.status_code in (200, 400), url
+            assert "Passwords cannot be checked at the moment; nothing was changed" in response.content.decode(), url
+    user.refresh_from_db()
+    assert user.check_password(PASSWORD) and user.email == "" and not ApiToken.objects.exists()
 
 
 def test_an_ipv6_client_is_counted_by_its_whole_64_block(db, django_user_model, client):

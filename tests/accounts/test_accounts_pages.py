@@ -40,6 +40,20 @@ def test_while_locked_out_the_right_password_shows_only_the_lockout_message(clie
     assert 'value="alice"' in page  # the name stays filled in for the next try
 
 
+def test_while_locked_out_the_name_typed_with_a_space_after_it_or_full_width_still_gets_the_lockout_message(
+        client, user, settings):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        client.post("/accounts/login/", {"username": "alice", "password": "nope"})
+    # A space a phone keyboard adds after the word, a full-width letter from an input method: the form reads both as
+    # "alice", and so must the lockout's
+    # answer, or its owner, typing the right password, is told that it is wrong.
+    for typed in ("alice ", "\uff41lice"):
+        response = client.post("/accounts/login/", {"username": typed, "password": "correct horse battery"})
+        page = response.content.decode()
+        assert response.status_code == 429, typed
+        assert "Too many failed log-in attempts" in page and "correct username and password" not in page
+
+
 def test_a_form_refused_for_its_csrf_token_says_nothing_was_stored_and_to_send_it_again(user, digit_png):
     from django.test import Client
 
@@ -66,6 +80,32 @@ def test_signing_up_creates_an_account_and_logs_in(client, django_user_model):
     assert response.status_code == 302
     assert django_user_model.objects.filter(username="carol").exists()
     assert client.get("/").status_code == 200
+
+
+def test_a_visitor_sent_to_log_in_who_signs_up_instead_goes_on_to_the_page_they_asked_for(client):
+    sent = client.get("/accounts/")["Location"]
+    assert sent == "/accounts/login/?next=/accounts/"
+    signup = re.search(r'href="(/accounts/signup/[^"]*)">Sign up</a></p>', client.get(sent).content.decode()).group(1)
+    assert signup == "/accounts/signup/?next=/accounts/"
+    page = client.get(signup).content.decode()
+    assert '<input type="hidden" name="next" value="/accounts/">' in page
+    # Sent back for a correction, it still knows; and its "Log in" link passes it on too.
+    refused = client.post("/accounts/signup/", {"username": "carol", "password1": "a", "password2": "b",
+                                                "next": "/accounts/"}).content.decode()
+    assert '<input type="hidden" name="next" value="/accounts/">' in refused
+    assert 'href="/accounts/login/?next=/accounts/"' in refused
+
+    made = client.post("/accounts/signup/", {"username": "carol", "password1": "a much longer passphrase",
+                                             "password2": "a much longer passphrase", "next": "/accounts/"})
+    assert made.status_code == 302 and made["Location"] == "/accounts/"
+
+
+def test_a_sign_up_never_leads_to_another_site_or_back_to_its_own_form(client):
+    for index, elsewhere in enumerate(("https://evil.example/", "//evil.example/", "/accounts/signup/")):
+        made = client.post("/accounts/signup/", {"username": f"carol{index}", "password1": "a much longer passphrase",
+                                                 "password2": "a much longer passphrase", "next": elsewhere})
+        assert made.status_code == 302 and made["Location"] == "/", elsewhere
+        client.logout()
 
 
 def test_the_signup_page_shows_field_errors(client):
@@ -264,6 +304,27 @@ def test_sign_up_still_works_while_the_cache_is_unreachable(client, django_user_
     assert response.status_code == 302 and django_user_model.objects.filter(username="carol").exists()
 
 
+UNREACHABLE_CACHE = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+
+
+def test_while_the_cache_counting_failed_log_ins_is_unreachable_log_in_says_so_and_checks_no_password(user, staff_user):
+    from django.test import Client, override_settings
+
+    client = Client()
+    with override_settings(CACHES={"default": UNREACHABLE_CACHE}):
+        response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
+        page = response.content.decode()
+        assert response.status_code == 503 and response["Retry-After"] == "60"
+        assert "Log-in is unavailable for a moment" in page and "correct username and password" not in page
+        assert 'value="alice"' in page
+        # Nor does the admin's form check one uncounted: guesses would go unlimited while the cache is down.
+        admin = client.post("/admin/login/?next=/admin/", {"username": "staff", "password": "correct horse battery"})
+        assert admin.status_code == 200
+    assert client.get("/accounts/").status_code == 302  # signed in nowhere
+    assert client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"}
+                       ).status_code == 302
+
+
 def test_a_signed_in_visitor_sent_to_log_in_with_the_log_in_page_as_next_goes_to_the_default_page(client, user):
     client.force_login(user)
     for next_url in ("/accounts/login/", "/accounts/login/?next=/history/"):
@@ -336,6 +397,21 @@ def test_a_reset_link_sent_by_email_sets_a_new_password_and_the_old_one_stops_wo
     assert "Your password was changed" in client.get(done["Location"]).content.decode()
     assert _logs_in("alice", NEW_PASSWORD)
     assert not _logs_in("alice", "correct horse battery")
+
+
+def test_a_reset_link_sets_the_new_password_while_the_cache_counting_failed_log_ins_is_unreachable(client, user):
+    from django.test import override_settings
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    from accounts.tokens import password_reset_token_generator
+
+    link = "/accounts/password/reset/{}/{}/".format(urlsafe_base64_encode(force_bytes(user.pk)),
+                                                     password_reset_token_generator.make_token(user))
+    with override_settings(CACHES={"default": UNREACHABLE_CACHE}):
+        done = _set_password_by_link(client, link)
+    assert done.status_code == 302 and done["Location"] == "/accounts/password/reset/done/"
+    assert _logs_in("alice", NEW_PASSWORD)
 
 
 def test_a_reset_link_works_once(client, alice, ask_reset):

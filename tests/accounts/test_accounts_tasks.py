@@ -295,6 +295,35 @@ def test_a_confirmation_link_the_mail_server_could_not_take_at_first_is_sent_aga
     assert user_email_confirmed(user=user)
 
 
+def test_a_link_refused_for_want_of_such_a_mailbox_is_said_on_the_account_page_until_the_address_is_corrected(
+    smtp_settings, mail_server, user, client
+):
+    from accounts.services import email_confirmation_request, user_email_set
+
+    client.force_login(user)
+    user_email_set(user=user, email="alice@exmaple.com")  # a typo
+    mail_server.no_such_mailbox = {"alice@exmaple.com"}
+    assert tasks.email_confirmation_send.apply(kwargs={"email": "alice@exmaple.com"}).get() == 0
+    assert mail_server.attempts == 0  # refused at its address, before any message went
+    page = client.get("/accounts/").content.decode()
+    assert "waiting for confirmation" in page and "Its mail server refused the link sent on" in page
+
+    # Sent again to a server that takes it now (the mailbox was made meanwhile): the refusal is old news.
+    mail_server.no_such_mailbox = set()
+    assert email_confirmation_request(user=user).link.value == "queued"
+    assert tasks.email_confirmation_send.apply(kwargs={"email": "alice@exmaple.com"}).get() == 1
+    assert "refused" not in client.get("/accounts/").content.decode()
+
+    # Refused again, then corrected: the new address says nothing of the old one's refusal.
+    mail_server.no_such_mailbox = {"alice@exmaple.com"}
+    email_confirmation_request(user=user)
+    tasks.email_confirmation_send.apply(kwargs={"email": "alice@exmaple.com"}).get()
+    assert "Its mail server refused" in client.get("/accounts/").content.decode()
+    user_email_set(user=user, email="alice@example.com")
+    page = client.get("/accounts/").content.decode()
+    assert "alice@example.com" in page and "refused" not in page
+
+
 def test_a_confirmation_queued_for_an_address_since_changed_or_confirmed_sends_nothing(
     smtp_settings, mail_server, user
 ):
