@@ -31,7 +31,7 @@ from django.utils.cache import get_conditional_response
 from django.utils.http import quote_etag
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_http_methods, require_POST, require_safe
+from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image
 
 from classifier import exports, selectors, services, throttling
@@ -325,9 +325,28 @@ def prediction_json(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(prediction_payload(_prediction_or_404(request, pk)))
 
 
-@require_POST
+def _form_sent_again(request: HttpRequest, *, prediction: Prediction, message: str | None) -> HttpResponse:
+    """The answer to a GET of an address that only a form's POST does anything at: the page the form is on.
+
+    A form sent after the session ended (the visitor logged out in another tab) leads to the log-in page, which then
+    leads to the form's address without the form: a bare "method not allowed" there would say nothing of what
+    happened. ``message`` says that nothing was done, when the form can be sent again.
+    """
+    if message:
+        messages.info(request, message)
+    return redirect("classifier:prediction_detail", pk=prediction.pk)
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
 def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
+    if request.method != "POST":
+        # The digits are offered only once the prediction is done.
+        offered = prediction.status == Prediction.Status.DONE
+        return _form_sent_again(
+            request, prediction=prediction,
+            message="Nothing was recorded: choose the right digit again." if offered else None,
+        )
     form = FeedbackForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Feedback must be a digit from 0 to 9.")
@@ -343,10 +362,17 @@ def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("classifier:prediction_detail", pk=pk)
 
 
-@require_POST
+@require_http_methods(["GET", "HEAD", "POST"])
 def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
     answer = selectors.prediction_retry_answer(prediction=prediction)
+    if request.method != "POST":
+        # Never a run of the model: a GET changes nothing. The page says whether "Try again" is still to be pressed.
+        offered = answer is None and not prediction.error.startswith(Prediction.NO_DIGIT_ERROR)
+        return _form_sent_again(
+            request, prediction=answer or prediction,
+            message="The model was not run again: press Try again to run it." if offered else None,
+        )
     if answer is not None:
         return redirect("classifier:prediction_detail", pk=answer.pk)
     if not _model_run_allowed(request):
@@ -542,6 +568,9 @@ def history(request: HttpRequest) -> HttpResponse:
             "newest_id": selectors.upload_newest_id_for_user(user=request.user),
             # Without JavaScript nothing updates the rows still waiting: the page reloads itself until they finish.
             "reloading": any(item.latest_status in unfinished for item in uploads),
+            # Rows queued on a queue no worker takes, as the result page says it (static/js/history.js keeps it current).
+            "queue_stalled": any(item.latest_status == Prediction.Status.PENDING for item in uploads)
+            and selectors.prediction_queue_stalled(stalled_after_s=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS),
         },
     )
 
@@ -577,6 +606,12 @@ def _uploads_delete(request: HttpRequest) -> HttpResponse:
     query = params.urlencode()
     history_url = reverse("classifier:history") + (f"?{query}" if query else "")
     back = _safe_next(request) or _safe_next(request, asked_from) or history_url
+    if request.method == "GET" and not request.GET:
+        # Not a page's "Delete all", whose address always names the history page it was asked from: the log-in page
+        # leading back here after the ticked rows were sent with the session ended (their POST is not sent again).
+        # Taken as "Delete all", it would ask to delete every upload in their place.
+        messages.info(request, "Nothing was deleted: tick the uploads to delete again, or use “Delete all”.")
+        return redirect(history_url)
     if request.method == "GET":
         choice = {"matching": True, "newest": selectors.upload_newest_id_for_user(user=request.user), "upload": (), "confirmed": False}
     else:
@@ -605,7 +640,8 @@ def _uploads_delete(request: HttpRequest) -> HttpResponse:
             messages.warning(request, f"Nothing was deleted: more uploads match now than the {choice['count']} "
                                       "you confirmed. Look at them again before deleting.")
             # With the page it came from (its number, its rows ticked or not), which the filters alone do not say.
-            if back != history_url:
+            # Never an address without a query, which is not taken for a confirmation (see above).
+            if back != history_url or not params:
                 params["next"] = back
             again = params.urlencode(safe="/")
             return redirect(reverse("classifier:uploads_delete") + (f"?{again}" if again else ""))

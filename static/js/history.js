@@ -85,7 +85,10 @@
       reason.title = data.error;
     }
     if (data.status === "done") {
-      row.querySelector(".js-digit").textContent = data.digit;
+      const digit = row.querySelector(".js-digit");
+      digit.textContent = data.digit;
+      digit.removeAttribute("aria-hidden");
+      row.querySelector(".js-digit-label").hidden = false;
       const conf = row.querySelector(".js-confidence");
       conf.textContent = percentFloor(data.confidence) + "%" + (data.low_confidence ? " · not sure" : "");
       conf.classList.toggle("low", data.low_confidence);
@@ -126,6 +129,15 @@
     }, delay);
   }
 
+  // While no worker takes predictions the page says so, as the result page does, and screen readers hear it once.
+  const stalledNote = document.getElementById("history-stalled");
+
+  function showStalled(stalled) {
+    if (stalled && stalledNote.hidden) announcement.textContent = stalledNote.dataset.note;
+    stalledNote.hidden = !stalled;
+    stalledNote.textContent = stalled ? stalledNote.dataset.note : "";
+  }
+
   function poll() {
     const open = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(waiting);
     if (!open.length) return;
@@ -133,6 +145,8 @@
     let ended = false;
     let read = 0;
     let failed = 0;
+    let answered = 0;
+    let stalled = false;
     Promise.all(open.map(function (row) {
       return fetch(row.dataset.jsonUrl, { credentials: "same-origin", cache: "no-store" })
         .then(function (r) {
@@ -147,6 +161,8 @@
         })
         .then(function (data) {
           if (!data) return;
+          answered += 1;
+          stalled = stalled || Boolean(data.queue_stalled);
           changed = changed || data.status !== row.dataset.status;
           if (data.status === "done") read += 1;
           if (data.status === "failed") failed += 1;
@@ -154,6 +170,7 @@
         })
         .catch(function () {});
     })).then(function () {
+      if (answered && stalledNote) showStalled(stalled);
       if (read || failed) announce(read, failed);
       if (ended) return;
       delay = changed ? FIRST_MS : Math.min(delay * 1.5, MAX_MS);

@@ -177,6 +177,16 @@
       selectionChanged();
     }
   });
+  // Files dropped beside the box are not taken, and the browser would open them in a tab of their own: the pointer
+  // says they cannot be dropped there instead.
+  ["dragover", "drop"].forEach(function (name) {
+    window.addEventListener(name, function (event) {
+      if (dropzone.contains(event.target) || !event.dataTransfer) return;
+      if (Array.prototype.indexOf.call(event.dataTransfer.types, "Files") === -1) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "none";
+    });
+  });
   // The answer to a refused upload (its errors, from the page the server sent back) in place of the last one.
   function showRefusal(box) {
     const old = document.getElementById("upload-errors");
@@ -337,6 +347,11 @@
   const hint = document.getElementById("canvas-hint");
   const canvasError = document.getElementById("canvas-error");
   const canvasNote = document.getElementById("canvas-note");
+  // The drawing's own pixels (280 a side): its strokes are kept, and sent, in them whatever the screen.
+  const SIZE = canvas.width;
+  // Screen pixels per CSS pixel: the canvas holds a pixel of its own for each, else a high-density screen (a phone, a
+  // laptop's) would stretch its pixels and show the ink blurred.
+  let density = 1;
   let dirty = false;
   // One stroke at a time, by the pointer that began it: a second finger or a resting palm would otherwise join its
   // points to the stroke's and paint a solid wedge between them.
@@ -347,19 +362,38 @@
   let stroke = null;
 
   function setup() {
+    ctx.setTransform(density, 0, 0, density, 0, 0);
     ctx.lineCap = "round";
     ctx.lineJoin = "round";
     // A brush about a tenth of the canvas, like a pen stroke in a 28x28 MNIST digit.
-    ctx.lineWidth = canvas.width / 12;
+    ctx.lineWidth = SIZE / 12;
     ctx.strokeStyle = "#111";
     ctx.fillStyle = "#111";
   }
 
+  // As many canvas pixels as the screen shows it with, again whenever that changes (the page zoomed, the window moved
+  // to another screen); resizing a canvas wipes it, so the strokes are drawn again.
+  function fitToScreen() {
+    density = window.devicePixelRatio || 1;
+    canvas.width = canvas.height = Math.round(SIZE * density);
+    setup();
+    redraw();
+    const query = window.matchMedia && window.matchMedia("(resolution: " + density + "dppx)");
+    if (query && query.addEventListener) query.addEventListener("change", refitToScreen, { once: true });
+  }
+
+  function refitToScreen() {
+    if ((window.devicePixelRatio || 1) !== density) fitToScreen();
+  }
+  // Zooming the page resizes it too, which some browsers say before the density's change.
+  window.addEventListener("resize", refitToScreen);
+
+  // Where the pointer is, in the drawing's pixels: measured from the picture's own corner, inside the canvas's border.
   function point(event) {
     const rect = canvas.getBoundingClientRect();
     return {
-      x: (event.clientX - rect.left) * (canvas.width / rect.width),
-      y: (event.clientY - rect.top) * (canvas.height / rect.height),
+      x: (event.clientX - rect.left - canvas.clientLeft) * (SIZE / canvas.clientWidth),
+      y: (event.clientY - rect.top - canvas.clientTop) * (SIZE / canvas.clientHeight),
     };
   }
 
@@ -371,7 +405,8 @@
 
   canvas.addEventListener("pointerdown", function (event) {
     event.preventDefault();
-    if (!event.isPrimary || pointerId !== null) return;
+    // Only the main button (a finger, a pen's tip) draws: a right click is for the menu, a pen's eraser is no ink.
+    if (event.button !== 0 || !event.isPrimary || pointerId !== null) return;
     canvas.setPointerCapture(event.pointerId);
     pointerId = event.pointerId;
     last = point(event);
@@ -402,6 +437,9 @@
   }
   canvas.addEventListener("pointerup", stop);
   canvas.addEventListener("pointercancel", stop);
+  // The capture can end without a release on the canvas (released off it once the capture was gone): the stroke ends
+  // then, or the canvas would wait for its release for ever, taking no other stroke and no Undo.
+  canvas.addEventListener("lostpointercapture", stop);
 
   // The buttons and the hint follow whether anything is drawn; what was said of the drawing before it changed goes.
   function drawn() {
@@ -414,7 +452,7 @@
 
   // The strokes on screen again, as they were drawn: a dot where each began, then its segments.
   function redraw() {
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.clearRect(0, 0, SIZE, SIZE);
     strokes.forEach(function (points) {
       dot(points[0]);
       ctx.beginPath();
@@ -477,12 +515,11 @@
   const MIN_EXTENT = 28;
 
   function exported() {
-    if (!strokes.length) return canvas.toDataURL("image/png");
     const extent = extentOf(strokes);
     const width = Math.min(ctx.lineWidth, Math.max(2, PEN_PER_EXTENT * extent));
     const out = document.createElement("canvas");
-    out.width = canvas.width;
-    out.height = canvas.height;
+    out.width = SIZE;
+    out.height = SIZE;
     const octx = out.getContext("2d");
     octx.lineCap = "round";
     octx.lineJoin = "round";
@@ -566,7 +603,7 @@
     canvasSubmit.textContent = "Sending…";
   });
 
-  setup();
+  fitToScreen();
   restoreDrawing();
 
   // Coming back with the Back button restores the page as it was sent: buttons disabled, saying "Sending…".

@@ -31,3 +31,20 @@ def test_the_upload_box_offers_dropping_files_only_where_a_script_takes_them(ali
     page = alice.get("/").content.decode()
     # Hidden where scripts are off (site.css): only the browser's own control takes a dropped file then.
     assert '<span class="needs-script"> or drag and drop them here</span>' in page
+
+
+def test_each_history_row_names_its_digit_as_read_and_leaves_the_dash_of_one_without_a_digit_unsaid(
+    alice, user, digit_png, active_checkpoint
+):
+    read, waiting = (services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(2))
+    (prediction,) = services.predictions_create(uploads=[read], publish=False)
+    digit = services.prediction_execute(prediction_id=prediction.pk).digit
+    services.predictions_create(uploads=[waiting], publish=False)
+    page = alice.get("/history/").content.decode()
+    cells = dict(re.findall(r'data-upload-id="(\d+)".*?<div class="history-digit"[^>]*>(.*?)</div>', page, re.S))
+    assert cells[str(read.pk)] == (
+        f'<span class="visually-hidden js-digit-label">Read as </span><span class="js-digit">{digit}</span>'
+    )
+    assert cells[str(waiting.pk)] == (
+        '<span class="visually-hidden js-digit-label" hidden>Read as </span><span class="js-digit" aria-hidden="true">–</span>'
+    )

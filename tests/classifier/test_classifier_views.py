@@ -1568,3 +1568,94 @@ def test_an_upload_whose_account_is_deleted_meanwhile_is_a_403_that_says_nothing
     assert deleted and response.status_code == 403
     assert services.UPLOAD_OWNER_DELETED in unescape(response.content.decode())
     assert not Upload.objects.exists()
+
+
+def _logged_in_again_after(client, form_post, *, url: str, data: dict | None = None):
+    """A form sent after the session ended (logged out in another tab), then the log-in it leads to: the pages that
+    follow, from the log-in page's redirect on."""
+    client.post(reverse("logout"), follow=True)
+    sent = form_post(url, data or {})
+    assert sent.status_code == 302 and sent["Location"].startswith(reverse("login") + "?next=")
+    assert client.get(sent["Location"]).status_code == 200
+    return client.post(sent["Location"], {"username": "alice", "password": "correct horse battery"}, follow=True)
+
+
+def test_feedback_sent_after_the_session_ended_leads_back_to_its_result_once_logged_in_saying_nothing_was_recorded(
+    alice, user, other_user, digit_png, active_checkpoint
+):
+    done = _done_prediction(user, digit_png)
+    shown = _logged_in_again_after(alice, alice.post, url=f"/predictions/{done.pk}/feedback", data={"digit": "3"})
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == (f"/predictions/{done.pk}/", 302)
+    assert _messages(shown) == ["Nothing was recorded: choose the right digit again."]
+    done.refresh_from_db()
+    assert done.feedback is None  # a GET records nothing
+    theirs = _done_prediction(other_user, digit_png)
+    assert alice.get(f"/predictions/{theirs.pk}/feedback").status_code == 404
+
+
+def test_try_again_sent_after_the_session_ended_runs_nothing_and_leads_back_to_its_button_once_logged_in(
+    alice, user, other_user, digit_png
+):
+    failed = _failed_prediction(user, digit_png)
+    shown = _logged_in_again_after(alice, alice.post, url=f"/predictions/{failed.pk}/retry")
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == (f"/predictions/{failed.pk}/", 302)
+    assert _messages(shown) == ["The model was not run again: press Try again to run it."]
+    assert Prediction.objects.filter(upload=failed.upload).count() == 1
+    # Tried again meanwhile, it leads to the newer result, with nothing to press again.
+    newer, _ = services.prediction_retry(prediction=failed)
+    again = alice.get(f"/predictions/{failed.pk}/retry", follow=True)
+    assert again.redirect_chain == [(f"/predictions/{newer.pk}/", 302)] and _messages(again) == []
+    theirs = _failed_prediction(other_user, digit_png)
+    assert alice.get(f"/predictions/{theirs.pk}/retry").status_code == 404
+
+
+def test_ticked_rows_sent_after_the_session_ended_are_not_asked_again_as_a_deletion_of_every_upload(
+    alice, user, digit_png
+):
+    uploads = [_uploaded(user, digit_png, index) for index in range(3)]
+    shown = _logged_in_again_after(
+        alice, alice.post, url="/history/delete", data={"upload": [uploads[0].pk], "next": "/history/"}
+    )
+    text = unescape(shown.content.decode())
+    assert shown.redirect_chain[-1] == ("/history/", 302) and "Delete 3 uploads?" not in text
+    assert _messages(shown) == ["Nothing was deleted: tick the uploads to delete again, or use “Delete all”."]
+    assert Upload.objects.count() == 3
+    # "Delete all" without filters names the page it was asked from, and is still asked on its page.
+    page = alice.get("/history/").content.decode()
+    link = unescape(re.search(r'id="delete-all" href="([^"]+)"', page)[1])
+    assert "<h1>Delete 3 uploads?</h1>" in alice.get(link).content.decode()
+
+
+def test_delete_all_without_filters_asked_again_because_more_came_to_match_is_asked_on_its_page(alice, user, digit_png):
+    _uploaded(user, digit_png, 0)
+    page = alice.get("/history/delete", {"next": "/history/"}).content.decode()
+    fields = {name: _hidden(page, name)[0] for name in ("matching", "newest", "count", "confirmed", "next")}
+    # Two match within the bound sent, one more than the count confirmed: it is asked again.
+    fields["newest"] = str(_uploaded(user, digit_png, 1).pk)
+    again = alice.post("/history/delete", fields, follow=True)
+    assert again.redirect_chain[0][0] == "/history/delete?next=/history/"
+    assert "<h1>Delete 2 uploads?</h1>" in again.content.decode() and Upload.objects.count() == 2
+
+
+HISTORY_STALLED_NOTE = "No worker is taking predictions right now. The uploads still queued are kept, and are read " \
+                       "when one is back."
+
+
+def test_a_history_page_with_uploads_queued_where_no_worker_takes_them_says_so_as_their_result_pages_do(
+    alice, user, digit_png, settings
+):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    fresh = _pending_prediction(user, digit_png)
+    page = alice.get("/history/").content.decode()
+    assert not _shown(page, "history-stalled") and re.search(r'id="history-stalled"[^>]*></p>', page)
+
+    # Nothing taken for a minute: no worker is there to take it.
+    Prediction.objects.filter(pk=fresh.pk).update(created_at=fresh.created_at - dt.timedelta(seconds=60))
+    page = alice.get("/history/").content.decode()
+    assert _shown(page, "history-stalled")
+    assert re.search(rf'id="history-stalled"[^>]*>{re.escape(HISTORY_STALLED_NOTE)}</p>', page)
+    # A page whose rows wait on nothing says nothing of it.
+    assert 'id="history-stalled"' not in alice.get("/history/", {"status": "done"}).content.decode()
+    _uploaded(user, digit_png, 1)
+    Prediction.objects.filter(pk=fresh.pk).update(status=Prediction.Status.FAILED, error="lost")
+    assert not _shown(alice.get("/history/").content.decode(), "history-stalled")

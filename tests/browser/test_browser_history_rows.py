@@ -1,0 +1,62 @@
+"""History rows as screen readers get them while their predictions finish with the page open."""
+import io
+import json
+
+import pytest
+from playwright.sync_api import expect
+
+from classifier import services
+from classifier.models import Prediction
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_history_row_read_while_the_page_is_open_names_its_digit_as_a_reload_would(logged_in_page, user, digit_png):
+    from classifier.views import prediction_payload
+
+    page = logged_in_page
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    answer = prediction_payload(prediction)
+    page.route(f"**/predictions/{prediction.pk}.json",
+               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    page.goto("/history/")
+    row = page.locator(f'.history-item[data-upload-id="{upload.pk}"]')
+    expect(row.locator(".js-status")).to_have_text("queued")
+    assert "Read as" not in row.aria_snapshot() and "–" not in row.aria_snapshot()
+
+    answer.update(status="done", finished=True, digit=7, confidence=0.93, probabilities=[0.007] * 7 + [0.93] + [0.007] * 2)
+    expect(row.locator(".js-status")).to_have_text("done", timeout=15_000)
+    assert "Read as 7" in row.aria_snapshot()
+    Prediction.objects.filter(pk=prediction.pk).update(status="done", digit=7, confidence=0.93,
+                                                       probabilities=answer["probabilities"])
+    page.reload()
+    expect(row.locator(".js-status")).to_have_text("done")
+    assert "Read as 7" in row.aria_snapshot()
+
+
+def test_a_history_page_says_while_no_worker_takes_its_queued_uploads_and_drops_it_once_they_are_read(
+    logged_in_page, user, digit_png
+):
+    from classifier.views import prediction_payload
+
+    page = logged_in_page
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    answer = prediction_payload(prediction)
+    page.route(f"**/predictions/{prediction.pk}.json",
+               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    page.goto("/history/")
+    note = page.locator("#history-stalled")
+    expect(note).to_be_hidden()
+
+    answer["queue_stalled"] = True  # the worker stopped: the upload waits on a queue nobody takes
+    expect(note).to_be_visible(timeout=15_000)
+    expect(note).to_have_text("No worker is taking predictions right now. The uploads still queued are kept, and "
+                              "are read when one is back.")
+    expect(page.locator("#history-announcement")).to_have_text(note.text_content())
+
+    answer.update(status="done", finished=True, queue_stalled=False, digit=7, confidence=0.93,
+                  probabilities=[0.007] * 7 + [0.93] + [0.007] * 2)
+    expect(page.locator(".js-status")).to_have_text("done", timeout=15_000)
+    expect(note).to_be_hidden()
