@@ -3,12 +3,14 @@ from collections import defaultdict
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.core.paginator import Paginator
-from django.db.models import F, Max, OuterRef, Q
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.db.models.functions import Coalesce
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import reverse
 from django.utils import timezone
@@ -21,9 +23,11 @@ from training.selectors import checkpoint_get_active
 
 
 def _thumbnail(upload_id: int, large: bool = False) -> str:
+    # Named: in the lists the picture is a row's link, which a screen reader would otherwise read out as its address.
     return format_html(
-        '<img src="{}" alt="" class="admin-thumbnail{}">',
+        '<img src="{}" alt="The image of upload {}" class="admin-thumbnail{}">',
         reverse("classifier:upload_image", args=[upload_id]),
+        upload_id,
         " large" if large else "",
     )
 
@@ -80,14 +84,20 @@ def _origin(upload: Upload) -> str:
     return f"{upload.owner} ({upload.source})" if upload.owner_id else upload.source
 
 
+# The uploads that have no prediction at all: staff deleted them, and the upload waits to be read again.
+_NO_PREDICTION = "none"
+
+
 class LatestStatusFilter(admin.SimpleListFilter):
     title = "newest prediction's status"
     parameter_name = "latest_status"
 
     def lookups(self, request, model_admin):
-        return Prediction.Status.choices
+        return [*Prediction.Status.choices, (_NO_PREDICTION, "none: its predictions were deleted")]
 
     def queryset(self, request, queryset):
+        if self.value() == _NO_PREDICTION:
+            return queryset.filter(~Exists(Prediction.objects.filter(upload=OuterRef("pk"))))
         return selectors.upload_filter_latest(queryset, status=self.value()) if self.value() else queryset
 
 
@@ -240,6 +250,7 @@ def rerun_uploads(modeladmin, request, queryset):
         selectors.upload_filter_latest(selected, status=Prediction.Status.PENDING).values_list("pk", flat=True)
     )
     uploads = [upload for upload in selected if upload.pk not in waiting]
+    # One deleted after the list was read is left out by the re-run.
     created = services.predictions_rerun(uploads=uploads) if uploads else []
     skipped = f"; {len(waiting)} already waiting for a worker left as they are" if waiting else ""
     modeladmin.message_user(
@@ -295,6 +306,37 @@ def export_results_csv(modeladmin, request, queryset):
     return response
 
 
+class HandEditedRequestsMixin:
+    """The admin's own answers, not a 500, to a list's address or an action's form edited by hand."""
+
+    def get_changelist_instance(self, request):
+        # PostgreSQL refuses a NUL in any text it is sent: a filter's value with one failed the list's query.
+        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+            raise IncorrectLookupParameters("a NUL character in the list's address")
+        return super().get_changelist_instance(request)
+
+    def response_action(self, request, queryset):
+        # Django filters by the selected ids as they came: one that is not a number raised a ValueError.
+        if not all(pk.isascii() and pk.isdigit() for pk in request.POST.getlist(ACTION_CHECKBOX_NAME)):
+            raise SuspiciousOperation("an action's selection named a row by something other than its number")
+        return super().response_action(request, queryset)
+
+
+class DeletedMeanwhileMixin:
+    """A change page's save of a row deleted since the page was read (``obj.deleted_meanwhile``) says so instead."""
+
+    def log_change(self, request, obj, message):
+        if not getattr(obj, "deleted_meanwhile", False):
+            return super().log_change(request, obj, message)
+        return None
+
+    def response_change(self, request, obj):
+        if not getattr(obj, "deleted_meanwhile", False):
+            return super().response_change(request, obj)
+        self.message_user(request, f"{obj} was deleted meanwhile; nothing was saved.", messages.ERROR)
+        return HttpResponseRedirect(reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_changelist"))
+
+
 class RerunActionMixin:
     """The re-run action, offered on both lists to staff allowed to change uploads, and the export, to all who view.
 
@@ -337,7 +379,7 @@ class IdsFirstPaginator(Paginator):
 
 
 @admin.register(Upload)
-class UploadAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
+class UploadAdmin(AdminStyles, HandEditedRequestsMixin, DeletedMeanwhileMixin, RerunActionMixin, admin.ModelAdmin):
     # Narrow enough for a 1280 px window: the newest prediction's status and digit before where the upload came from.
     list_display = ("thumbnail", "name", "latest_prediction_display", "true_digit", "origin", "created")
     list_display_links = ("thumbnail", "name")
@@ -451,6 +493,15 @@ class UploadAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
         counts = {Upload._meta.verbose_name_plural: uploads, Prediction._meta.verbose_name_plural: predictions}
         return summary, counts, perms_needed, []
 
+    def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # Only what the form changed, and only while the row is there: a whole-row save of an upload its owner
+        # deleted meanwhile inserted it again, without the image file the deletion removed and outside their count.
+        changed = {field: getattr(obj, field) for field in form.changed_data}
+        obj.deleted_meanwhile = bool(changed) and not Upload.objects.filter(pk=obj.pk).update(**changed)
+
     def delete_model(self, request, obj):
         services.upload_delete(upload=obj)
 
@@ -467,7 +518,9 @@ class UploadAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
+class PredictionAdmin(
+    AdminStyles, HandEditedRequestsMixin, DeletedMeanwhileMixin, RerunActionMixin, admin.ModelAdmin
+):
     # Narrow enough for a 1280 px window: the result first, then the model that gave it and how long it took.
     list_display = ("thumbnail", "result", "truth", "upload_link", "checkpoint_display", "timing", "created")
     list_display_links = ("thumbnail", "result")
@@ -525,11 +578,20 @@ class PredictionAdmin(AdminStyles, RerunActionMixin, admin.ModelAdmin):
         return _probabilities(obj.probabilities)
 
     def save_model(self, request, obj, form, change):
-        # Only what the form changed: a whole-row save would write back a result a worker stored meanwhile.
-        if change:
-            obj.save(update_fields=form.changed_data)
-        else:
+        if not change:
             super().save_model(request, obj, form, change)
+            return
+        # The feedback is the image's: the service gives it to the upload's newer predictions too, which the lists'
+        # true digit reads, under the lock a re-run takes while it carries the feedback forward.
+        if "feedback" in form.changed_data:
+            try:
+                services.prediction_feedback_set(prediction=obj, digit=obj.feedback)
+            except Prediction.DoesNotExist:
+                obj.deleted_meanwhile = True
+                return
+        # Only what the form changed: a whole-row save would write back a result a worker stored meanwhile.
+        if rest := [field for field in form.changed_data if field != "feedback"]:
+            obj.save(update_fields=rest)
 
     @admin.display(description="model input")
     def model_input(self, obj):
@@ -579,7 +641,8 @@ class StorageUseAdmin(admin.ModelAdmin):
     search_fields = ("owner__username",)
     list_select_related = ("owner",)
     # Deleted with their owner only: a user's deletion in the admin asks for this model's delete permission too, so
-    # it is left as Django's, and only the list's own delete action is taken away.
+    # it is left as Django's, and the list's delete action and the row's own delete page are taken away (the owner's
+    # next upload would count from zero again, leaving every byte they stored so far outside the quota).
     actions = None
 
     def has_add_permission(self, request):
@@ -587,6 +650,12 @@ class StorageUseAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def delete_view(self, request, object_id, extra_context=None):
+        raise PermissionDenied
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "show_delete": False})
 
     @admin.display(description="uploads take", ordering="bytes")
     def used(self, obj):

@@ -89,14 +89,17 @@ def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Pr
     """New pending predictions of existing uploads, each keeping the digit its owner last said the image shows.
 
     The feedback belongs to the image, not to one model's answer: history shows
-    the newest prediction, which would otherwise drop it.
+    the newest prediction, which would otherwise drop it. An upload deleted
+    since the caller read it gets none (it is left out of what is returned).
     """
     with transaction.atomic():
         # Held until the new predictions commit, as feedback takes it too: feedback given meanwhile waits, then
         # reaches them (prediction_feedback_set), instead of being read before it came and lost. By id, as every
         # deletion locks uploads, so that neither waits on the other for ever.
-        list(Upload.objects.select_for_update().filter(pk__in=[upload.pk for upload in uploads]).order_by("pk")
-             .values_list("pk", flat=True))
+        present = set(Upload.objects.select_for_update().filter(pk__in=[upload.pk for upload in uploads])
+                      .order_by("pk").values_list("pk", flat=True))
+        # One deleted after the caller read it would fail every new prediction's insert at the commit.
+        uploads = [upload for upload in uploads if upload.pk in present]
         history = Prediction.objects.filter(upload__in=uploads).order_by("created_at", "id")
         # Later rows overwrite earlier ones: each upload keeps its newest prediction's feedback, a cleared one included.
         feedback = dict(history.values_list("upload_id", "feedback"))

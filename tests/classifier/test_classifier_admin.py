@@ -516,3 +516,37 @@ def test_a_prediction_and_its_upload_show_the_image_and_all_ten_probabilities_by
     upload_page = admin_page.get(f"/admin/classifier/upload/{upload.pk}/change/").content.decode()
     assert f"?upload__id__exact={upload.pk}" in upload_page
     assert _listed(admin_page, "/admin/classifier/prediction/", upload__id__exact=upload.pk) == {upload.pk}
+
+
+def test_an_owners_storage_count_cannot_be_deleted_on_its_own_so_their_uploads_still_count(
+    admin_client, user, digit_png, settings
+):
+    from classifier.models import StorageUse
+
+    settings.UPLOAD_QUOTA_MB = 1
+    services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    used = StorageUse.objects.get(owner=user).bytes
+    page = admin_client.get(f"/admin/classifier/storageuse/{user.pk}/change/").content.decode()
+
+    response = admin_client.post(f"/admin/classifier/storageuse/{user.pk}/delete/", {"post": "yes"})
+
+    # Made again at zero by the next upload, the count would leave everything stored so far outside the quota.
+    assert f'/admin/classifier/storageuse/{user.pk}/delete/' not in page
+    assert response.status_code == 403 and StorageUse.objects.get(owner=user).bytes == used
+
+
+def test_staff_find_the_uploads_whose_predictions_were_all_deleted_and_re_run_them(
+    admin_page, user, active_checkpoint, published, django_capture_on_commit_callbacks
+):
+    kept, emptied = _rows(user, 2)
+    Prediction.objects.filter(upload=emptied).delete()
+
+    assert _listed(admin_page, "/admin/classifier/upload/", latest_status="none") == {emptied.pk}
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_page.post(
+            "/admin/classifier/upload/?latest_status=none",
+            {"action": "rerun_uploads", "select_across": "1", "index": "0", "_selected_action": [emptied.pk]},
+        )
+
+    assert emptied.predictions.get().status == "pending" and kept.predictions.count() == 1
+    assert published.prediction_ids() == [emptied.predictions.get().pk]

@@ -199,6 +199,20 @@ def test_reruns_send_nothing_before_the_transaction_commits(
     assert {p.status for p in Prediction.objects.filter(pk__in=[p.pk for p in again])} == {"pending"}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_rerun_of_uploads_one_of_which_was_deleted_meanwhile_makes_predictions_for_the_others(
+    user, digit_png, published
+):
+    kept, deleted = (services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in (1, 2))
+    # Read by the caller (a list of uploads to re-run), then deleted by their owner before the re-run took them.
+    services.upload_delete(upload=Upload.objects.get(pk=deleted.pk))
+
+    again = services.predictions_rerun(uploads=[kept, deleted])
+
+    assert [prediction.upload_id for prediction in again] == [kept.pk]
+    assert list(Prediction.objects.values_list("upload_id", flat=True)) == [kept.pk]
+
+
 def test_a_rerun_keeps_the_digit_the_owner_last_said_the_image_shows(user, digit_png, published):
     said_three, said_nothing = (
         services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in (3, 5)
