@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import (
+    DisallowedHost,
     PermissionDenied as DjangoPermissionDenied,
     RequestDataTooBig,
     SuspiciousOperation,
@@ -15,10 +16,12 @@ from django.core.exceptions import (
     ValidationError as DjangoValidationError,
 )
 from django.db import InterfaceError, OperationalError
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.urls import Resolver404, resolve
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.permissions import SAFE_METHODS
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -262,3 +265,24 @@ class NoSuchEndpointApi(APIView):
         # DRF lists the methods the view takes, as if the path had them: none does.
         del response["Allow"]
         return response
+
+
+def bad_request(request, exception) -> HttpResponse:
+    """The site's 400 handler (``handler400`` in mnistsite.urls): on the API's paths, the envelope.
+
+    Django answers some requests itself before any view runs, chiefly one whose Host header names no host in
+    ALLOWED_HOSTS; a client of the API would get Django's HTML page instead of an error it can read. Pages keep it.
+    """
+    try:
+        namespace = resolve(request.path_info).namespace
+    except Resolver404:
+        namespace = ""
+    if namespace.split(":")[0] != "api":
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        message = "The Host header names no host this site serves."
+    else:
+        message = "The request could not be understood."
+    body = error_body(code="bad_request", message=message)
+    return HttpResponse(JSONRenderer().render(body), status=status.HTTP_400_BAD_REQUEST,
+                        content_type="application/json")

@@ -141,7 +141,15 @@ class ContentNegotiation(DefaultContentNegotiation):
             if best is None or rank > best[0]:
                 best = (rank, renderer, offered, media_range)
         if best is None:
-            raise exceptions.NotAcceptable(available_renderers=renderers)
+            offered = ", ".join(f"`{media_type}`" for media_type in dict.fromkeys(r.media_type for r in renderers))
+            if not ranges:
+                # Empty, or only mistakes (`json`): RFC 9110 lets a server refuse it or disregard it. Refused, as any
+                # other input read wrong, with what to send instead; no header at all is taken as `*/*`.
+                message = (f"The Accept header names no media range that can be read (type/subtype, such as "
+                           f"`application/json`): ask for one of {offered}, or send no Accept header.")
+            else:
+                message = f"No representation the Accept header allows: ask for one of {offered}."
+            raise exceptions.NotAcceptable(message, available_renderers=renderers)
         _, renderer, offered, media_range = best
         # As DRF: the client's media type when it named one, the renderer's for a wildcard, with the client's
         # parameters (`indent=4`) either way; the weight is not one of them.

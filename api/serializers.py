@@ -11,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import iter_options
+from rest_framework.utils import html
 
 from api.query import repeated_error
 from classifier.models import Prediction
@@ -36,12 +37,28 @@ def _absolute(request, url: str) -> str:
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
+def _reads_text(field: serializers.Field) -> bool:
+    """Whether ``field`` reads form data or a query string, where every value is text, rather than a JSON document.
+
+    JSON has numbers and true and false of its own, so there a string is a client's mistake (`"augment": "false"`
+    is a non-empty string, which many languages would take as true); form data and query strings can only write
+    digits and words.
+    """
+    return html.is_html_input(getattr(field.root, "initial_data", None))
+
+
 class WholeNumberField(serializers.IntegerField):
-    """An integer written as one: DRF's own also takes 3.0, "3.0" and " 3" as 3, hiding a client's mistake."""
+    """An integer written as one: DRF's own also takes 3.0, "3.0" and " 3" as 3, hiding a client's mistake.
+
+    In JSON it is a number, never a string ("3"); in form data and query strings, digits.
+    """
 
     default_error_messages = {"invalid": "A whole number is required, written with digits only (3, not 3.0)."}
 
     def to_internal_value(self, data):
+        if isinstance(data, str) and not _reads_text(self):
+            raise serializers.ValidationError("A whole number is required: JSON's own (3), not a string.",
+                                              code="invalid")
         if isinstance(data, bool) or not isinstance(data, (int, str)) or (
             isinstance(data, str) and not _WHOLE_NUMBER.fullmatch(data)
         ):
@@ -50,9 +67,14 @@ class WholeNumberField(serializers.IntegerField):
 
 
 class NumberField(serializers.FloatField):
-    """A number: DRF's own also takes JSON's true and false, as 1 and 0, a flag sent where a number was meant."""
+    """A number: DRF's own also takes JSON's true and false, as 1 and 0, a flag sent where a number was meant.
+
+    In JSON it is a number, never a string ("0.1"); in form data and query strings, digits.
+    """
 
     def to_internal_value(self, data):
+        if isinstance(data, str) and not _reads_text(self):
+            raise serializers.ValidationError("A number is required: JSON's own (0.1), not a string.", code="invalid")
         if isinstance(data, bool):
             self.fail("invalid")
         return super().to_internal_value(data)
@@ -62,10 +84,13 @@ class StrictBooleanField(serializers.BooleanField):
     """true or false: JSON's own, or a word in form data and query strings ("true", "false", "on").
 
     DRF's own also takes the numbers 0, 1, 0.0 and 1.0, which in JSON are a number sent where a flag was meant, and
-    the text "0" and "1", a number written where a word was meant (`?latest=0` could as well mean "the first").
+    the text "0" and "1", a number written where a word was meant (`?latest=0` could as well mean "the first"), and
+    in JSON the strings "true" and "false" as well.
     """
 
     def to_internal_value(self, data):
+        if isinstance(data, str) and not _reads_text(self):
+            raise serializers.ValidationError("true or false is required: JSON's own, not a string.", code="invalid")
         if not isinstance(data, (bool, str)) or data in ("0", "1"):
             self.fail("invalid", input=data)
         return super().to_internal_value(data)

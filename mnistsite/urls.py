@@ -24,3 +24,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("", include("classifier.urls")),
 ]
+
+# A request Django refuses before any view (a Host header the site does not serve): the API's paths answer in the
+# API's error envelope, every other path with the 400 page.
+handler400 = "api.errors.bad_request"

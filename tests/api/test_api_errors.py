@@ -409,3 +409,26 @@ def test_a_run_the_database_dropped_after_storing_is_503_outcome_unknown_without
     assert "Retry-After" not in after
     # Stored after all: had the answer said "nothing was stored", the run would be started twice.
     assert applied()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/predictions/", "/api/schema/", "/api/no-such-thing"])
+def test_a_host_header_the_site_does_not_serve_is_a_400_in_the_envelope_on_an_api_path(client, settings, path):
+    # What Django answers itself, before any view: the site's handler400 (mnistsite.urls) is this one.
+    settings.ALLOWED_HOSTS = ["testserver"]
+
+    response = client.get(path, HTTP_HOST="attacker.example")
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    error = assert_envelope(response.json())
+    assert error["code"] == "bad_request" and "Host" in error["message"]
+    assert error["request_id"] == response["X-Request-ID"]
+
+
+def test_a_host_header_the_site_does_not_serve_is_still_djangos_page_on_a_page(client, settings):
+    settings.ALLOWED_HOSTS = ["testserver"]
+
+    response = client.get("/accounts/login/", HTTP_HOST="attacker.example")
+
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")

@@ -55,6 +55,28 @@ def test_a_range_with_a_malformed_weight_is_left_out(user_client):
     assert refused.status_code == 406 and assert_envelope(refused.json())["code"] == "not_acceptable"
 
 
+@pytest.mark.parametrize("accept", ["json", "application", "", " ", "text/html;q=high"], ids=repr)
+def test_an_accept_header_with_no_media_range_that_can_be_read_is_a_406_saying_what_to_send(user_client, accept):
+    # RFC 9110 lets a server either refuse or disregard an Accept header that allows nothing it has. One that names
+    # nothing readable (a mistake: `json` for `application/json`) is refused, as every other input read wrong is,
+    # rather than answered as if it had not been sent; the answer is JSON and says what to send.
+    response = user_client.get(LIST, HTTP_ACCEPT=accept)
+
+    assert response.status_code == 406
+    assert response["Content-Type"] == "application/json"
+    error = assert_envelope(response.json())
+    assert error["code"] == "not_acceptable"
+    assert "names no media range" in error["message"]
+    assert "`application/json`" in error["message"] and "`text/html`" in error["message"]
+
+
+def test_a_406_names_the_representations_there_are(user_client, api_client):
+    message = assert_envelope(user_client.get(LIST, HTTP_ACCEPT="text/csv").json())["message"]
+    assert message == "No representation the Accept header allows: ask for one of `application/json`, `text/html`."
+    schema = assert_envelope(api_client.get("/api/schema/", HTTP_ACCEPT="text/csv").json())["message"]
+    assert "`application/vnd.oai.openapi`" in schema and "`application/json`" in schema
+
+
 def test_the_weights_choose_among_the_schemas_formats(api_client):
     accept = "application/vnd.oai.openapi;q=0.1, application/vnd.oai.openapi+json"
 

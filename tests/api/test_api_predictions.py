@@ -689,8 +689,20 @@ def test_feedback_is_recorded_and_can_be_cleared(user_client, user, make_predict
     assert prediction.feedback is None
 
 
+def test_feedback_in_form_data_is_written_in_digits(user_client, user, make_prediction):
+    prediction = make_prediction(owner=user, done=True)
+
+    response = user_client.patch(detail(prediction), "feedback=7", content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["feedback"] == 7
+
+
 @pytest.mark.parametrize(
-    "body", [{"feedback": 10}, {"feedback": -1}, {"feedback": "seven"}, {"feedback": 7.0}, {"feedback": "7.0"}, {}]
+    "body",
+    [{"feedback": 10}, {"feedback": -1}, {"feedback": "seven"}, {"feedback": 7.0}, {"feedback": "7.0"}, {},
+     {"feedback": "7"}, {"feedback": True}],
+    ids=str,
 )
 def test_invalid_feedback_is_400(user_client, user, make_prediction, body):
     prediction = make_prediction(owner=user, done=True)

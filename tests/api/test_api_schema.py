@@ -231,3 +231,80 @@ def test_the_error_envelope_declares_the_request_id_a_user_quotes_and_every_exam
                 for content in response.get("content", {}).values()
                 for example in content.get("examples", {}).values() if "error" in example.get("value", {})]
     assert examples and all(example["error"]["request_id"] for example in examples)
+
+
+_SCHEMA_MEDIA_TYPES = {
+    # Accept: (Content-Type, file name)
+    "application/vnd.oai.openapi": ("application/vnd.oai.openapi; charset=utf-8", "mnistsite API.yaml"),
+    "application/yaml": ("application/yaml; charset=utf-8", "mnistsite API.yaml"),
+    "application/vnd.oai.openapi+json": ("application/vnd.oai.openapi+json", "mnistsite API.json"),
+    "application/json": ("application/json", "mnistsite API.json"),
+    "application/json; indent=2": ("application/json", "mnistsite API.json"),
+}
+
+
+@pytest.fixture
+def schema_generations(monkeypatch) -> list[int]:
+    """How many times drf-spectacular generates a schema while the test runs: one item each time."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    generations, original = [], SchemaGenerator.get_schema
+
+    def counted(self, *args, **kwargs):
+        generations.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SchemaGenerator, "get_schema", counted)
+    return generations
+
+
+@pytest.mark.django_db
+def test_the_schema_is_generated_once_per_process_not_on_every_request(api_client, user_client, schema_generations):
+    first = {accept: api_client.get("/api/schema/", HTTP_ACCEPT=accept) for accept in _SCHEMA_MEDIA_TYPES}
+    generations_at_first = len(schema_generations)
+
+    for _ in range(3):
+        for accept, (content_type, name) in _SCHEMA_MEDIA_TYPES.items():
+            for client in (api_client, user_client):
+                again = client.get("/api/schema/", HTTP_ACCEPT=accept)
+                assert again.status_code == 200, accept
+                assert again.content == first[accept].content, accept
+                assert again["Content-Type"] == content_type, accept
+                assert again["Content-Disposition"] == f'inline; filename="{name}"', accept
+        assert api_client.get("/api/docs/").status_code == 200
+    assert len(schema_generations) == generations_at_first <= 1
+    assert first["application/json; indent=2"].content != first["application/json"].content
+
+
+@pytest.mark.django_db
+def test_a_schema_request_cannot_ask_for_a_schema_that_needs_generating_again(api_client, schema_generations):
+    plain = api_client.get("/api/schema/").content
+    generations = len(schema_generations)
+
+    # Each would otherwise be a schema of its own: `version` wrote any value into the schema as its version, `lang`
+    # translated Django's and DRF's few strings in an English schema, and the media type's parameters are the
+    # client's to choose.
+    for query in ({"version": "2"}, {"version": "x" * 100}, {"lang": "fr"}, {"lang": "de"}):
+        assert api_client.get("/api/schema/", query).content == plain, query
+    indented = api_client.get("/api/schema/", HTTP_ACCEPT="application/json; indent=2").content
+    generations_indented = len(schema_generations)
+    for accept in ("application/json; indent=2; x=1", "application/json; indent=2; y=2", "application/json;indent=2"):
+        assert api_client.get("/api/schema/", HTTP_ACCEPT=accept).content == indented, accept
+    assert len(schema_generations) == generations_indented <= generations + 1
+
+
+@pytest.mark.django_db
+def test_the_schema_follows_the_settings_a_test_changes(api_client):
+    from django.test import override_settings
+
+    english = api_client.get("/api/schema/").content
+    assert b"A page number within the paginated result set." in english
+
+    with override_settings(LANGUAGE_CODE="fr"):
+        french = api_client.get("/api/schema/").content
+    assert french != english and b"A page number within the paginated result set." not in french
+    # The paths are the URL configuration's, which a setting names too.
+    with override_settings(ROOT_URLCONF="tests.api.urls_elsewhere"):
+        elsewhere = api_client.get("/elsewhere/schema/", HTTP_ACCEPT="application/json").json()
+    assert "/elsewhere/v1/predictions/" in elsewhere["paths"] and "/api/v1/predictions/" not in elsewhere["paths"]
+    assert api_client.get("/api/schema/").content == english

@@ -145,6 +145,44 @@ def test_a_number_where_a_flag_belongs_a_flag_where_a_number_does_or_a_fraction_
     assert not TrainingRun.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"augment": "true"},
+        {"augment": "false"},
+        {"activate_on_success": "true"},
+        {"activate_on_success": "on"},
+        {"epochs": "1"},
+        {"batch_size": "64"},
+        {"seed": "0"},
+        {"train_subset": "500"},
+        {"learning_rate": "0.1"},
+    ],
+    ids=str,
+)
+def test_a_string_where_a_json_body_needs_a_flag_or_a_number_is_400(staff_client, body):
+    response = staff_client.post(RUNS, {"architecture": "mlp", **body}, format="json")
+
+    assert response.status_code == 400, response.json()
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid", next(iter(body)))
+    assert "not a string" in error["message"]
+    assert not TrainingRun.objects.exists()
+
+
+@pytest.mark.parametrize("content_type", ["multipart", "form"])
+def test_form_data_writes_flags_and_numbers_as_words_and_digits(staff_client, content_type):
+    body = {"architecture": "cnn", "epochs": "2", "batch_size": "64", "learning_rate": "0.05", "seed": "7",
+            "augment": "false", "activate_on_success": "true", "train_subset": "500"}
+
+    response = _post_as(staff_client, body, content_type)
+
+    assert response.status_code == 202, response.json()
+    run = TrainingRun.objects.get(pk=response.json()["id"])
+    assert (run.epochs, run.batch_size, run.learning_rate, run.seed, run.augment, run.activate_on_success,
+            run.train_subset) == (2, 64, 0.05, 7, False, True, 500)
+
+
 def test_non_staff_get_403_on_every_staff_endpoint(user_client, queued_run, make_checkpoint):
     checkpoint, _ = make_checkpoint()
     calls = [
