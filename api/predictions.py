@@ -379,16 +379,10 @@ class _PngApi(APIView):
     @staticmethod
     def _served(view, request: Request, **kwargs):
         """``view``'s answer to ``request``: the PNG, a 304, or an error raised for the API's envelope."""
-        # An image has no modification date, so If-Unmodified-Since is to be ignored (RFC 9110, 13.1.4); Django's
-        # conditional check would answer every one with a 412, said to be the If-Match's.
-        request._request.META.pop("HTTP_IF_UNMODIFIED_SINCE", None)
-        try:
-            response = view(request._request, **kwargs)
-        except OSError as exc:
-            # The media volume out of reach (unmounted, a network share gone): it passes, as a database outage does.
-            # A file that is simply gone is the view's own 404.
-            logger.warning("could not read an image for %s", request.path, exc_info=True)
-            raise ServiceUnavailable() from exc
+        response = view(request._request, **kwargs)
+        if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            # The storage out of reach for a moment (the view logged it).
+            raise ServiceUnavailable()
         # Django's conditional check answers a failed If-Match with a bare 412; the API answers it in its envelope.
         if response.status_code == status.HTTP_412_PRECONDITION_FAILED:
             raise PreconditionFailed()

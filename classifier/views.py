@@ -411,6 +411,9 @@ def _cache_headers(response: HttpResponse, *, etag: str) -> HttpResponse:
 
 def _not_modified(request: HttpRequest, *, etag: str) -> HttpResponse | None:
     """A 304 when the browser's copy is current; None when the picture must be sent."""
+    # A picture has no modification date, so If-Unmodified-Since is to be ignored (RFC 9110, 13.1.4): Django's check
+    # would fail every one with a 412.
+    request.META.pop("HTTP_IF_UNMODIFIED_SINCE", None)
     response = get_conditional_response(request, etag=etag)
     return None if response is None else _cache_headers(response, etag=etag)
 
@@ -421,11 +424,22 @@ def _private_png(response: HttpResponse, *, filename: str, etag: str) -> HttpRes
     return _cache_headers(response, etag=etag)
 
 
-def _image_response(file, *, filename: str, etag: str) -> FileResponse:
+# Seconds after which a picture the storage could not read is worth asking for again.
+IMAGE_UNREADABLE_RETRY_AFTER_S = 30
+
+
+def _image_response(file, *, filename: str, etag: str) -> HttpResponse:
     try:
         handle = file.open("rb")
     except (FileNotFoundError, ValueError):
         raise Http404("The image file is gone.") from None
+    except OSError:
+        # The media volume out of reach (unmounted, a network share gone): it passes, as a database outage does.
+        logger.warning("could not read the image %s", file.name, exc_info=True)
+        response = HttpResponse("The image cannot be read at the moment; try again shortly.", status=503,
+                                content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(IMAGE_UNREADABLE_RETRY_AFTER_S)
+        return response
     return _private_png(
         FileResponse(handle, content_type="image/png", filename=filename), filename=filename, etag=etag
     )

@@ -454,6 +454,31 @@ def test_images_are_revalidated_before_each_use_so_a_deleted_one_is_never_shown_
         assert alice.get(url, HTTP_IF_NONE_MATCH=etags[url]).status_code == 404
 
 
+def test_images_asked_for_if_unmodified_since_are_served_as_they_have_no_modification_date(
+    alice, user, digit_png, active_checkpoint
+):
+    # RFC 9110, 13.1.4: a resource without a modification date ignores the header (Django's check failed it: 412).
+    prediction = _done_prediction(user, digit_png)
+    for url in [f"/uploads/{prediction.upload_id}/image", f"/predictions/{prediction.pk}/input.png"]:
+        response = alice.get(url, HTTP_IF_UNMODIFIED_SINCE="Sat, 01 Jan 2000 00:00:00 GMT")
+        assert response.status_code == 200, url
+
+
+def test_an_image_the_storage_cannot_read_is_a_503_to_retry_not_a_server_error(
+    alice, user, digit_png, active_checkpoint, settings, tmp_path
+):
+    prediction = _done_prediction(user, digit_png)
+    # MEDIA_ROOT under a regular file: every read fails, as on an unmounted volume.
+    (tmp_path / "not-a-folder").write_text("")
+    settings.MEDIA_ROOT = str(tmp_path / "not-a-folder" / "media")
+
+    response = alice.get(f"/uploads/{prediction.upload_id}/image")
+
+    assert response.status_code == 503
+    assert 0 < int(response["Retry-After"]) <= 60
+    assert "cannot be read" in response.content.decode()
+
+
 def test_feedback_from_the_page_is_recorded(alice, user, digit_png, active_checkpoint):
     prediction = _done_prediction(user, digit_png)
     response = alice.post(f"/predictions/{prediction.pk}/feedback", {"digit": "1"})
