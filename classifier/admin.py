@@ -3,10 +3,9 @@ from collections import defaultdict
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied, SuspiciousOperation
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Exists, F, Max, OuterRef, Q
 from django.db.models.functions import Coalesce
@@ -18,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 
 from classifier import exports, selectors, services
 from classifier.models import Prediction, StorageUse, Upload
-from mnistsite.admin_display import AdminStyles, admin_when
+from mnistsite.admin_display import AdminStyles, HandEditedRequestsMixin, admin_when
 from training.selectors import checkpoint_get_active
 
 
@@ -304,22 +303,6 @@ def export_results_csv(modeladmin, request, queryset):
     response = StreamingHttpResponse(exports.staff_results_csv(rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
-
-
-class HandEditedRequestsMixin:
-    """The admin's own answers, not a 500, to a list's address or an action's form edited by hand."""
-
-    def get_changelist_instance(self, request):
-        # PostgreSQL refuses a NUL in any text it is sent: a filter's value with one failed the list's query.
-        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
-            raise IncorrectLookupParameters("a NUL character in the list's address")
-        return super().get_changelist_instance(request)
-
-    def response_action(self, request, queryset):
-        # Django filters by the selected ids as they came: one that is not a number raised a ValueError.
-        if not all(pk.isascii() and pk.isdigit() for pk in request.POST.getlist(ACTION_CHECKBOX_NAME)):
-            raise SuspiciousOperation("an action's selection named a row by something other than its number")
-        return super().response_action(request, queryset)
 
 
 class DeletedMeanwhileMixin:

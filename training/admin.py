@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from mnistsite.admin_display import AdminStyles, admin_when
+from mnistsite.admin_display import AdminStyles, HandEditedRequestsMixin, admin_when
 from training import charts, selectors, services
 from training.forms import TrainingRunStartForm
 from training.models import Checkpoint, TrainingRun
@@ -63,7 +63,7 @@ def _no_trainer_warning(run: TrainingRun) -> str:
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
+class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     # Narrow enough for a 1280 px window: what a run is doing first, its recipe and owner after.
     list_display = ("id", "status", "progress_bar", "accuracy", "recipe", "created")
     list_display_links = ("id", "status")
@@ -254,7 +254,7 @@ class TrainingRunAdmin(AdminStyles, admin.ModelAdmin):
 
 
 @admin.register(Checkpoint)
-class CheckpointAdmin(AdminStyles, admin.ModelAdmin):
+class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     # Whether a checkpoint is the active one matters most, so it comes first; where it came from fits one column.
     list_display = ("id", "is_active", "checkpoint_model", "accuracy", "origin", "size_display", "created")
     list_display_links = ("id",)

@@ -661,3 +661,24 @@ def test_a_post_to_a_checkpoints_page_never_deactivates_it_after_it_was_activate
     activated(second.pk)
     assert response.status_code == 405
     assert Checkpoint.objects.get(is_active=True) == second
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/admin/training/trainingrun/?status__exact=%00",
+        "/admin/training/trainingrun/?q=%00",
+        "/admin/training/checkpoint/?architecture__exact=%00",
+        "/admin/training/checkpoint/?q=%00",
+    ],
+)
+def test_a_nul_character_in_a_training_lists_address_gets_the_admins_error_page_not_a_500(
+    client, staff_user, queued_run, make_checkpoint, query
+):
+    # PostgreSQL refuses a NUL in any text it is sent; SQLite took it, and found nothing.
+    make_checkpoint()
+    client.force_login(staff_user)
+
+    response = client.get(query)
+
+    assert response.status_code == 302 and response["Location"].endswith("?e=1")
