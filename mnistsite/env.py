@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import builtins
 import math
+import re
+from collections.abc import Iterable
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -26,6 +28,14 @@ class StrictEnv(environ.Env):
     def bool(self, var, default=environ.Env.NOTSET):
         return self._read(var, default, lambda raw: self.SWITCHES[raw.strip().lower()],
                           "true or false (or yes/no, on/off, 1/0)")
+
+    def list(self, var, cast=None, default=environ.Env.NOTSET):
+        # django-environ keeps the spaces around each comma: "a.example.com, b.example.com" would name the host
+        # " b.example.com", which no request's Host header matches.
+        if var not in self.ENVIRON:
+            return super().list(var, cast=cast, default=default)
+        items = [item.strip() for item in self.get_value(var, cast=str).split(",")]
+        return [cast(item) if cast else item for item in items if item]
 
     def rate(self, var: str, default: str) -> str:
         rate = self.str(var, default=default)
@@ -103,3 +113,20 @@ def url_credentials_check(*, name: str, url: str) -> None:
     cut_password = "@" in after and "@" not in authority and "=" not in after[len(path) :].split("@", 1)[0]
     if authority.count("@") > 1 or "@" in path or cut_password:
         raise ImproperlyConfigured(UNREADABLE_URL.format(name=name))
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]*")
+
+
+def url_scheme_check(*, name: str, url: str, schemes: Iterable[str], example: str) -> None:
+    """Refuse a URL without a scheme, or with one not among ``schemes``, quoting nothing but a well-formed scheme.
+
+    What follows the scheme holds the password; without a scheme, what looks like one may be the user name.
+    """
+    scheme, separator, _ = url.partition("://")
+    if not separator or not _SCHEME.fullmatch(scheme):
+        raise ImproperlyConfigured(f"{name} must start with its scheme, e.g. {example}.")
+    if scheme not in schemes:
+        raise ImproperlyConfigured(
+            f"{name} has an unknown scheme {scheme!r}; use one of {', '.join(f'{known}://' for known in schemes)}."
+        )

@@ -69,7 +69,8 @@ class StartRefused(Exception):
 
 
 def choose_broker(env: dict[str, str]) -> None:
-    url = env.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    # Set empty (`CELERY_BROKER_URL=` in .env), it means the default, as in the settings.
+    url = env["CELERY_BROKER_URL"] = env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
     try:
         # The password stays off the terminal.
         shown = maybe_sanitize_url(url)
@@ -206,6 +207,14 @@ def stop_all(processes: list[subprocess.Popen], *, grace: float = 20.0) -> None:
             time.sleep(0.05)
 
 
+def celery_worker_command(env: Mapping[str, str]) -> list[str]:
+    """A Celery worker's command, its queues and name to follow."""
+    # --without-heartbeat: see the worker in docker-compose.yml. Celery sets the root logger's level from --loglevel
+    # after Django has applied LOGGING, so it is given the level the settings read.
+    return [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "--without-heartbeat",
+            "--loglevel", (env.get("LOG_LEVEL") or "").strip() or "INFO"]
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -250,8 +259,7 @@ def main() -> int:
         say(f"{' '.join(exc.cmd)} failed (exit status {exc.returncode}): its error is above. Fix that and run again.")
         return 1
 
-    # --without-heartbeat: see the worker in docker-compose.yml.
-    celery = [PYTHON, "-m", "celery", "-A", "mnistsite", "worker", "--without-heartbeat", "--loglevel", "INFO"]
+    celery = celery_worker_command(env)
     named = {
         "The inference worker (with beat)": start(
             [*celery, "-Q", "inference", "-c", "2", "-n", "worker@%h",

@@ -10,7 +10,7 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from mnistsite.broker import filesystem_transport_options
-from mnistsite.env import UNREADABLE_URL, StrictEnv, url_credentials_check
+from mnistsite.env import UNREADABLE_URL, StrictEnv, url_credentials_check, url_scheme_check
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -105,6 +105,9 @@ TEMPLATES = [
 ]
 
 _DATABASE_URL = _setting_or("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+# django-environ would warn with the whole URL it read, password included, and Django fail on a bare KeyError.
+url_scheme_check(name="DATABASE_URL", url=_DATABASE_URL, schemes=environ.Env.DB_SCHEMES,
+                 example="postgres://user:password@host:5432/mnistsite")
 url_credentials_check(name="DATABASE_URL", url=_DATABASE_URL)
 try:
     DATABASES = {"default": env.db_url_config(_DATABASE_URL)}
@@ -251,7 +254,8 @@ TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=1
 TRAINING_REPUBLISH_AFTER_SECONDS = env.int("TRAINING_REPUBLISH_AFTER_SECONDS", default=600, least=0)
 
 # Celery: JSON only, late acknowledgement, one message at a time per process.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# Set empty, Celery would fall back to its own default, RabbitMQ on localhost, which nothing here runs.
+CELERY_BROKER_URL = _setting_or("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 # Several URLs separated by ";" are Kombu's failover list.
 for _broker_url in CELERY_BROKER_URL.split(";"):
     url_credentials_check(name="CELERY_BROKER_URL", url=_broker_url.strip())

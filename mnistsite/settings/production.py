@@ -5,6 +5,10 @@ from mnistsite.settings.base import *  # noqa: F403
 from mnistsite.settings.base import _DEV_SECRET_KEY, ALLOWED_HOSTS, SECRET_KEY, STORAGES, _setting_or, env
 
 DEBUG = False
+# base.py derived these from DEBUG as the environment gave it (a DEBUG=true left in .env): whitenoise would rescan the
+# folders at every request and serve the apps' unhashed source files beside the collected ones.
+WHITENOISE_USE_FINDERS = False
+WHITENOISE_AUTOREFRESH = False
 
 # Every page would answer 400 while the health checks, which skip host validation, still pass.
 if not any(host.strip() for host in ALLOWED_HOSTS):

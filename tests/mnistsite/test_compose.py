@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -265,3 +266,51 @@ def test_every_service_keeps_its_logs_within_a_bounded_size(service):
     options = logging.get("options", {})
     assert logging.get("driver") == "json-file"
     assert re.fullmatch(r"\d+[km]", options.get("max-size", "")) and int(options.get("max-file", "0")) >= 1
+
+
+def _interpolated(text: str, environment: dict[str, str]) -> str:
+    # Compose's ${NAME:-default}: the default when NAME is unset or empty.
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: environment.get(m[1]) or m[2], text)
+
+
+@pytest.mark.parametrize("service", ["worker", "trainer", "beat"])
+@pytest.mark.parametrize("log_level", ["warning", "DEBUG", None])
+def test_celery_services_log_at_the_level_the_settings_read_from_log_level(service, log_level, tmp_path):
+    # Celery sets the root logger's level from --loglevel after Django has applied LOGGING: a level fixed in the
+    # command made LOG_LEVEL in .env change nothing in the worker's, trainer's and beat's logs.
+    environment = {key: value for key, value in os.environ.items() if key != "LOG_LEVEL"}
+    if log_level is not None:
+        environment["LOG_LEVEL"] = log_level
+    # The command as compose runs it (the trainer's through sh), with stand-ins for the programs it starts: celery
+    # writes the arguments it was given.
+    for program, script in (("python", "exit 0"), ("celery", 'printf "%s\\n" "$@"')):
+        (tmp_path / program).write_text(f"#!/bin/sh\n{script}\n")
+        (tmp_path / program).chmod(0o755)
+    ran = subprocess.run(shlex.split(_interpolated(COMPOSE["services"][service]["command"], environment)),
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=10)
+    assert ran.returncode == 0, ran.stderr
+    given = ran.stdout.splitlines()
+    read = subprocess.run(
+        [sys.executable, "-c",
+         "import django; django.setup(); from django.conf import settings; print(settings.LOG_LEVEL)"],
+        cwd=REPO, env={**environment, "DJANGO_SETTINGS_MODULE": "mnistsite.settings.dev"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert read.returncode == 0, read.stderr
+    assert given[given.index("--loglevel") + 1].upper() == read.stdout.split()[-1]
+    # And the service's own settings read the same: it is named in its environment, not only in .env.
+    assert _interpolated(COMPOSE["services"][service]["environment"]["LOG_LEVEL"], environment).upper() == (
+        read.stdout.split()[-1])
+
+
+def test_the_image_runs_as_a_numbered_user_that_owns_the_volumes_folders_and_is_not_root():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)\s*$", dockerfile, flags=re.MULTILINE)
+    # By number: an orchestrator that only runs non-root containers (Kubernetes' runAsNonRoot) cannot tell from a
+    # name, and refuses to start the container at all.
+    assert users and users[-1].isdigit() and int(users[-1]) != 0, users
+    assert re.search(rf"useradd [^\n]*--uid {users[-1]}\b", dockerfile)
+    # The named volumes take the folders' owner when first created: the user must own what it writes to.
+    owned = re.search(r"chown -R \S+ (\S+)", dockerfile)
+    for variable in ("MEDIA_ROOT", "DATA_DIR", "CHECKPOINT_DIR"):
+        assert COMPOSE["services"]["web"]["environment"][variable].startswith(owned[1] + "/")

@@ -287,3 +287,23 @@ def test_a_broker_url_it_cannot_read_stops_make_run_without_quoting_its_password
     assert result.returncode == 1, result.stdout + result.stderr
     assert "CELERY_BROKER_URL could not be read: percent-encode" in result.stdout, result.stdout
     assert "s3cr" not in result.stdout + result.stderr
+
+
+def test_make_run_takes_a_broker_url_set_empty_as_the_default_redis_and_tells_its_children_so():
+    # A `CELERY_BROKER_URL=` line in .env: make run looked for no Redis and its workers for RabbitMQ.
+    env = {"CELERY_BROKER_URL": ""}
+    RUN_LOCAL["choose_broker"](env)
+    default = "redis://127.0.0.1:6379/0"
+    assert env["CELERY_BROKER_URL"] == (default if RUN_LOCAL["redis_answers"](default) else "filesystem://")
+    RUN_LOCAL["choose_cache"](env)
+    assert env["CACHE_URL"] == ("redis://127.0.0.1:6379/1" if env["CELERY_BROKER_URL"] == default
+                                else f"filecache://{REPO / 'var' / 'cache'}")
+
+
+@pytest.mark.parametrize(("log_level", "given"), [("warning", "warning"), (None, "INFO")])
+def test_make_runs_workers_log_at_the_level_log_level_sets_for_the_rest_of_the_site(log_level, given):
+    # Celery sets the root logger's level from --loglevel after Django applied LOGGING: fixed at INFO, LOG_LEVEL in
+    # .env changed the web's log and nothing in the workers'.
+    env = {} if log_level is None else {"LOG_LEVEL": log_level}
+    words = RUN_LOCAL["celery_worker_command"](env)
+    assert words[words.index("--loglevel") + 1] == given

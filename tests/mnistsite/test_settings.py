@@ -559,3 +559,43 @@ def test_folder_settings_set_empty_mean_their_defaults_not_the_working_directory
                                      ({"CELERY_BROKER_FILESYSTEM_DIR": ""}, "CELERY_BROKER_FILESYSTEM_DIR")])
     assert static == repr(REPO / "staticfiles")
     assert broker == repr(REPO / "var" / "broker")
+
+
+def test_hosts_and_origins_listed_with_spaces_after_the_commas_are_each_read_as_written():
+    # Read with the spaces, " b.example.com" matched no Host header (every page there answered 400), and
+    # " https://b.example.com" no Origin (every form posted from there failed its CSRF check).
+    hosts, origins = _settings_each(
+        [({"ALLOWED_HOSTS": "a.example.com, b.example.com ,"}, "ALLOWED_HOSTS"),
+         ({"CSRF_TRUSTED_ORIGINS": "https://a.example.com,  https://b.example.com"}, "CSRF_TRUSTED_ORIGINS")],
+        module="mnistsite.settings.production",
+    )
+    assert hosts == "['a.example.com', 'b.example.com']"
+    assert origins == "['https://a.example.com', 'https://b.example.com']"
+
+
+@pytest.mark.parametrize("url", [
+    "//digits:s3cret@db.example:5432/digits", "digits:s3cret@db.example:5432/digits", "db.example",
+    "postgress://digits:s3cret@db.example:5432/digits",
+])
+def test_a_database_url_without_a_known_scheme_is_refused_naming_the_variable_and_quoting_no_password(url):
+    # django-environ warned with the whole parsed URL, password included, then the start failed on a bare KeyError.
+    result = _run_manage("check", DATABASE_URL=url)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DATABASE_URL" in result.stderr, result.stderr
+    assert "postgres://" in result.stderr.splitlines()[-1]
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_a_broker_url_set_empty_means_the_local_redis_not_celerys_own_rabbitmq_default():
+    # Empty, Celery fell back to amqp://guest@localhost:5672, where workers retried for ever without a word of why.
+    empty, = _settings_each([({"CELERY_BROKER_URL": ""}, "CELERY_BROKER_URL")])
+    assert empty == repr("redis://127.0.0.1:6379/0")
+
+
+def test_production_serves_collected_static_files_only_even_with_debug_left_on_in_the_environment():
+    # DEBUG=true left in .env from `make run`: production turns DEBUG off, and must not keep what base.py derived
+    # from it, whitenoise rescanning the folders at every request and serving the unhashed source files.
+    finders, refresh = _settings_each([({"DEBUG": "true"}, "WHITENOISE_USE_FINDERS"),
+                                       ({"DEBUG": "true"}, "WHITENOISE_AUTOREFRESH")],
+                                      module="mnistsite.settings.production")
+    assert (finders, refresh) == ("False", "False")
