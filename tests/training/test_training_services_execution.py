@@ -1,0 +1,290 @@
+"""Training services: a trainer running a queued run (claim, device, resuming, outcome, activation, shutdown)."""
+import logging
+from datetime import UTC
+
+import pytest
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+
+from training import services
+from training.ml.atomic import sha256_file
+from tests.devices import requires_cuda, requires_no_cuda
+from training.models import TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+
+def _create(recipe, **overrides):
+    return services.training_run_create(created_by=None, enqueue=False, **{**recipe, **overrides})
+
+
+def _sent_run_ids(queue) -> list[int]:
+    return [message["kwargs"]["run_id"] for message in queue.messages()]
+
+
+def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_recipe):
+    run = _create(tiny_recipe, activate_on_success=True)
+    result = services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert result is not None and run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.progress == 1.0 and run.device == "cpu" and run.attempts == 1
+    assert [row["epoch"] for row in run.metrics] == [1]
+    assert len(run.confusion_matrix) == 10 and sum(map(sum, run.confusion_matrix)) == 10_000
+    final = run.checkpoints.get(is_final=True)
+    assert final.is_active and final.test_accuracy == run.test_accuracy
+    folder = f"runs/{run.pk}-{run.created_at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}"
+    assert final.path == f"{folder}/attempt-1/final.pt"
+    assert final.sha256 == sha256_file(settings.CHECKPOINT_DIR / final.path)
+    assert final.size == (settings.CHECKPOINT_DIR / final.path).stat().st_size
+    epoch_checkpoint = run.checkpoints.get(is_final=False)
+    assert epoch_checkpoint.path == f"{folder}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
+
+
+def test_a_cnn_run_the_form_allows_of_exactly_five_steps_succeeds(tiny_recipe):
+    # The one-cycle schedule's warm-up is a fifth of the steps: one step here, which torch divided by zero over.
+    run = _create(tiny_recipe, architecture="cnn", epochs=1, batch_size=2, train_subset=10, learning_rate=0.1)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.total_steps == 5 and len(run.metrics) == 1
+
+
+@requires_cuda
+def test_a_run_asking_for_the_gpu_trains_there_and_its_checkpoint_serves_on_the_cpu(tiny_recipe):
+    from training.loading import checkpoint_load_model
+
+    run = _create(tiny_recipe, architecture="cnn", learning_rate=0.1, augment=True, device="cuda", train_subset=2000)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.device == "cuda" and run.test_accuracy > 0.8
+    model = checkpoint_load_model(checkpoint=run.checkpoints.get(is_final=True), device=torch.device("cpu"))
+    assert {parameter.device.type for parameter in model.parameters()} == {"cpu"}
+
+
+@requires_no_cuda
+def test_a_run_asking_for_a_missing_gpu_fails_saying_what_was_asked_and_what_to_do(tiny_recipe):
+    run = _create(tiny_recipe, device="cuda")
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert run.error == (
+        'This run asked for device "cuda", but the trainer that took it has no CUDA GPU. Start a new run with '
+        'device "auto" or "cpu", or run the trainers on a machine with a GPU (docker-compose.gpu.yml).'
+    )
+    assert not run.checkpoints.exists()
+
+
+@requires_no_cuda
+def test_a_run_on_a_trainer_told_to_use_a_gpu_it_lacks_fails_saying_which_setting_to_change(tiny_recipe, settings):
+    settings.TORCH_DEVICE = "cuda"
+    run = _create(tiny_recipe, device="auto")
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert run.error.startswith('This trainer\'s TORCH_DEVICE is "cuda", but it has no CUDA GPU. Set TORCH_DEVICE')
+
+
+def test_a_run_succeeds_without_activation_unless_asked(tiny_recipe, make_checkpoint):
+    active, _ = make_checkpoint(activate=True)
+    run = _create(tiny_recipe)
+    services.training_run_execute(run_id=run.pk)
+    active.refresh_from_db()
+    assert active.is_active
+    assert not run.checkpoints.filter(is_active=True).exists()
+
+
+def test_a_run_asked_to_activate_when_done_keeps_a_better_active_checkpoint_and_says_why(
+    tiny_recipe, make_checkpoint, caplog
+):
+    better, _ = make_checkpoint(activate=True, accuracy=0.9954)
+    run = _create(tiny_recipe, activate_on_success=True)
+    with caplog.at_level(logging.WARNING, logger="training.services.execution"):
+        services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    better.refresh_from_db()
+    final = run.checkpoints.get(is_final=True)
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.test_accuracy < 0.9954
+    assert better.is_active and not final.is_active
+    note = (
+        f"Not activated: its {run.test_accuracy:.2%} test accuracy is below the active checkpoint's 99.54% "
+        f"(checkpoint {better.pk}, mlp); activate checkpoint {final.pk} by hand to use it anyway."
+    )
+    assert run.error == note
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"training run {run.pk}: {note}"
+    ]
+    # Staff activating it by hand still can.
+    services.checkpoint_activate(checkpoint=final)
+    final.refresh_from_db()
+    assert final.is_active
+
+
+def test_a_run_asked_to_activate_when_done_replaces_an_active_checkpoint_it_equals(tiny_recipe):
+    # Training is reproducible on the CPU: the same recipe twice reaches the same accuracy.
+    first = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=first.pk)
+    second = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=second.pk)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert second.test_accuracy == first.test_accuracy
+    assert second.checkpoints.get(is_final=True).is_active and second.error == ""
+
+
+def test_a_run_asked_to_activate_when_done_replaces_a_worse_active_checkpoint(tiny_recipe, make_checkpoint):
+    worse, _ = make_checkpoint(activate=True, accuracy=0.0)
+    run = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    worse.refresh_from_db()
+    assert run.checkpoints.get(is_final=True).is_active and not worse.is_active and run.error == ""
+
+
+def test_a_run_asked_to_activate_when_done_replaces_a_better_active_checkpoint_that_no_longer_loads(
+    tiny_recipe, make_checkpoint
+):
+    # Every prediction fails with it (ensure_model trains a quick model to replace it): keeping it helps nobody.
+    broken, _ = make_checkpoint(activate=True, accuracy=0.9954)
+    (settings.CHECKPOINT_DIR / broken.path).unlink()
+    run = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    broken.refresh_from_db()
+    assert run.checkpoints.get(is_final=True).is_active and not broken.is_active and run.error == ""
+
+
+def test_a_redelivered_run_message_does_not_train_twice(tiny_recipe):
+    run = _create(tiny_recipe)
+    first = services.training_run_execute(run_id=run.pk)
+    assert first is not None
+    assert services.training_run_execute(run_id=run.pk) is None
+    run.refresh_from_db()
+    # Training again would have counted an attempt, restarted the clock and written more checkpoints.
+    assert run.attempts == 1 and run.status == TrainingRun.Status.SUCCEEDED
+    assert (run.started_at, run.finished_at) == (first.started_at, first.finished_at)
+    assert run.checkpoints.count() == 2
+
+
+def test_a_run_that_is_already_running_is_not_executed_again(tiny_recipe):
+    run = _create(tiny_recipe)
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, attempts=1)
+    assert services.training_run_execute(run_id=run.pk) is None
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING and run.attempts == 1
+    assert run.progress == 0 and not run.checkpoints.exists()
+
+
+def test_a_run_that_raises_is_marked_failed_with_the_error(tiny_recipe, settings, tmp_path):
+    # The checkpoint folder is a file: the first checkpoint cannot be written.
+    settings.CHECKPOINT_DIR = tmp_path / "checkpoints"
+    settings.CHECKPOINT_DIR.write_text("not a folder")
+    run = _create(tiny_recipe)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.finished_at is not None
+    assert run.error.startswith(("FileExistsError", "NotADirectoryError")), run.error
+    assert not run.checkpoints.exists()
+
+
+def test_the_next_attempt_of_a_run_clears_the_temp_files_of_writes_killed_in_the_last_and_keeps_the_files_written(
+    tiny_recipe, killed_write
+):
+    from training.ml.atomic import atomic_write_bytes
+
+    run = _create(tiny_recipe)
+    # Its first attempt was killed while writing its final checkpoint, after writing its first epoch's.
+    TrainingRun.objects.filter(pk=run.pk).update(attempts=1)
+    attempt = services.run_files._run_dir(run) / "attempt-1"
+    atomic_write_bytes(attempt / "epoch-1.pt", b"written whole")
+    left = killed_write(attempt / "final.pt", age_s=services.ABANDONED_TEMP_FILE_AGE_S + 60)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == (TrainingRun.Status.SUCCEEDED, 2), run.error
+    assert not left.exists() and (attempt / "epoch-1.pt").read_bytes() == b"written whole"
+
+
+def _shut_down_in_epoch_two(fraction, epoch, step, eta):
+    # What a worker's pool process raises when the worker is stopped (a cold shutdown, a terminate).
+    if epoch == 2:
+        raise SystemExit(15)
+
+
+def test_a_run_whose_trainer_shuts_down_is_queued_again_at_once_and_resumes_without_losing_an_attempt(
+    tiny_recipe, training_queue
+):
+    run = _create(tiny_recipe, epochs=2)
+    with pytest.raises(SystemExit):
+        services.training_run_execute(run_id=run.pk, on_progress=_shut_down_in_epoch_two)
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == (TrainingRun.Status.QUEUED, 0)
+    assert "resumes from its last epoch checkpoint" in run.error
+    assert _sent_run_ids(training_queue) == [run.pk]
+
+    epochs_trained = set()
+    services.training_run_execute(run_id=run.pk, on_progress=lambda f, epoch, s, e: epochs_trained.add(epoch))
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.error == ""
+    assert epochs_trained == {2} and run.attempts == 1
+
+
+def test_a_run_asked_to_cancel_is_cancelled_not_queued_again_when_its_trainer_shuts_down(tiny_recipe, training_queue):
+    run = _create(tiny_recipe, epochs=2)
+
+    def cancel_then_shut_down(fraction, epoch, step, eta):
+        TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+        raise SystemExit(15)
+
+    with pytest.raises(SystemExit):
+        services.training_run_execute(run_id=run.pk, on_progress=cancel_then_shut_down)
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.CANCELLED
+    assert training_queue.messages() == []
+
+
+def test_a_run_stopped_by_the_task_time_limit_fails_saying_so_and_keeps_its_epoch_checkpoints(tiny_recipe):
+    from training.loading import checkpoint_load_model
+
+    run = _create(tiny_recipe, epochs=2)
+
+    def time_is_up_in_epoch_two(fraction, epoch, step, eta):
+        # What Celery raises in the task once its soft time limit has passed.
+        if epoch == 2:
+            raise SoftTimeLimitExceeded()
+
+    services.training_run_execute(run_id=run.pk, on_progress=time_is_up_in_epoch_two)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.finished_at is not None
+    assert run.error == (
+        "Stopped by the training task's time limit (3 h) after epoch 1 of 2; its epoch checkpoints remain "
+        "(the last: epoch 1) and can be activated."
+    )
+    (kept,) = run.checkpoints.all()
+    assert (kept.epoch, kept.is_final) == (1, False)
+    checkpoint_load_model(checkpoint=kept)
+
+
+@pytest.fixture
+def threads_as_inference_left_them():
+    before = torch.get_num_threads()
+    # What a worker process that served a prediction keeps: TORCH_NUM_THREADS, 1.
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_run_in_a_process_that_served_predictions_trains_on_all_cores_then_gives_inference_its_count_back(
+    tiny_recipe, threads_as_inference_left_them
+):
+    from training.ml.threads import default_num_threads
+
+    if default_num_threads() == 1:
+        pytest.skip("one core: training's thread count is inference's, so the test could not tell them apart")
+    run = _create(tiny_recipe)
+    threads_while_training = set()
+    services.training_run_execute(
+        run_id=run.pk, on_progress=lambda *progress: threads_while_training.add(torch.get_num_threads())
+    )
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.SUCCEEDED
+    assert threads_while_training == {default_num_threads()}
+    assert torch.get_num_threads() == 1

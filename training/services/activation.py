@@ -1,0 +1,104 @@
+"""Activating a checkpoint: the one inference uses, made so only once its file is seen to load, one at a time."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from training.models import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointNotLoadableError(Exception):
+    """The checkpoint's file is missing, changed or unreadable: activating it would fail every prediction."""
+
+
+class CheckpointBelowActiveError(Exception):
+    """Activating when done would replace an active checkpoint whose test accuracy is higher; the message says so."""
+
+    def __init__(self, *, checkpoint: Checkpoint, active: Checkpoint) -> None:
+        super().__init__(
+            f"Not activated: its {checkpoint.test_accuracy:.2%} test accuracy is below the active checkpoint's "
+            f"{active.test_accuracy:.2%} (checkpoint {active.pk}, {active.architecture}); activate checkpoint "
+            f"{checkpoint.pk} by hand to use it anyway."
+        )
+        self.checkpoint = checkpoint
+        self.active = active
+
+
+# Any fixed number: the key of the transaction-level advisory lock that activations take on PostgreSQL.
+_ACTIVATION_LOCK_KEY = 0x6D6E6973_74616374
+
+
+def _activations_serialise() -> None:
+    """One activation at a time, until the caller's transaction ends.
+
+    Locking the active row is not enough: before the first activation there is
+    none, and two at once would both mark theirs active and the second would
+    fail on the one-active constraint. SQLite runs one writer at a time anyway.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ACTIVATION_LOCK_KEY])
+
+
+def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
+    """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
+
+    Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not.
+    """
+    return _checkpoint_activate(checkpoint=checkpoint, keep_better_active=False)
+
+
+def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
+    """The active checkpoint, when its test accuracy is higher than this one's and it loads; None otherwise.
+
+    An active checkpoint that no longer loads fails every prediction: a model replacing it is better whatever its
+    accuracy (``ensure_model`` trains a quick one for just that). Without both accuracies there is nothing to
+    compare, and the checkpoint is activated as asked.
+    """
+    from training.loading import checkpoint_load_model
+    from training.ml.checkpoints import CheckpointError
+
+    active = Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).first()
+    if active is None or active.test_accuracy is None or checkpoint.test_accuracy is None:
+        return None
+    if checkpoint.test_accuracy >= active.test_accuracy:
+        return None
+    try:
+        checkpoint_load_model(checkpoint=active)
+    except (CheckpointError, ValueError):
+        return None
+    return active
+
+
+def _checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool) -> Checkpoint:
+    """``checkpoint_activate``; with ``keep_better_active``, CheckpointBelowActiveError rather than a worse model."""
+    from training.loading import checkpoint_load_model
+    from training.ml.checkpoints import CheckpointError
+
+    try:
+        checkpoint_load_model(checkpoint=checkpoint)
+    except (CheckpointError, ValueError) as exc:
+        # Staff read this through the API and the admin: the file is named as recorded, relative to CHECKPOINT_DIR,
+        # never by where this server keeps it.
+        reason = str(exc).replace(f"{Path(settings.CHECKPOINT_DIR).resolve()}/", "")
+        raise CheckpointNotLoadableError(
+            f"{checkpoint} cannot be loaded ({reason}); the active model is unchanged."
+        ) from exc
+    with transaction.atomic():
+        _activations_serialise()
+        if not Checkpoint.objects.select_for_update().filter(pk=checkpoint.pk).exists():
+            # Deleted since it was loaded: deactivating the others would leave no model active at all.
+            raise CheckpointNotLoadableError(f"{checkpoint} has been deleted; the active model is unchanged.")
+        # Compared under the lock: an activation finishing meanwhile is the one compared with.
+        if keep_better_active and (better := _active_checkpoint_better(checkpoint=checkpoint)) is not None:
+            raise CheckpointBelowActiveError(checkpoint=checkpoint, active=better)
+        Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
+    checkpoint.refresh_from_db()
+    logger.info("checkpoint %s is now active", checkpoint.pk)
+    return checkpoint
