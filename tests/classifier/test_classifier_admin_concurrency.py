@@ -1,4 +1,5 @@
-"""The admin's bulk actions while other requests change the same uploads."""
+"""The admin's bulk actions and change pages while other requests change the same uploads."""
+import contextlib
 import threading
 
 import pytest
@@ -7,6 +8,28 @@ from django.db import connection
 from classifier import services
 from classifier.models import Prediction, Upload
 from tests.classifier.test_classifier_admin import _rows
+
+
+@contextlib.contextmanager
+def _deleted_by_its_owner_before(upload, *, statement):
+    """The owner deletes ``upload``, from another connection, just before this one sends the first ``statement``
+    (a test of the SQL) while it is still there."""
+
+    def delete_elsewhere():
+        try:
+            services.upload_delete(upload=upload)
+        finally:
+            connection.close()
+
+    def deleted_first(execute, sql, params, many, context):
+        if statement(sql) and Upload.objects.filter(pk=upload.pk).exists():
+            deletion = threading.Thread(target=delete_elsewhere)
+            deletion.start()
+            deletion.join(10)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(deleted_first):
+        yield
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="row locks between two connections")
@@ -18,21 +41,8 @@ def test_a_re_run_of_uploads_one_of_which_is_deleted_meanwhile_queues_the_others
     gone = uploads[1]
     client.force_login(staff_user)
 
-    def delete_elsewhere():
-        try:
-            services.upload_delete(upload=gone)
-        finally:
-            connection.close()
-
-    def deleted_before_the_lock(execute, sql, params, many, context):
-        # The owner deletes one of them after the list was read, before the re-run locks them.
-        if "FOR UPDATE" in sql and Upload.objects.filter(pk=gone.pk).exists():
-            deletion = threading.Thread(target=delete_elsewhere)
-            deletion.start()
-            deletion.join(10)
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(deleted_before_the_lock):
+    # The owner deletes one of them after the list was read, before the re-run locks them.
+    with _deleted_by_its_owner_before(gone, statement=lambda sql: "FOR UPDATE" in sql):
         response = client.post(
             "/admin/classifier/upload/",
             {"action": "rerun_uploads", "select_across": "1", "index": "0", "_selected_action": [uploads[0].pk]},
@@ -57,21 +67,8 @@ def test_renaming_an_upload_its_owner_deletes_meanwhile_does_not_bring_it_back(c
     upload = prediction.upload
     client.force_login(staff_user)
 
-    def delete_elsewhere():
-        try:
-            services.upload_delete(upload=upload)
-        finally:
-            connection.close()
-
-    def deleted_before_the_save(execute, sql, params, many, context):
-        # The page was read and the form checked; the owner deletes the upload before the admin writes it.
-        if sql.startswith(f'UPDATE "{Upload._meta.db_table}"') and Upload.objects.filter(pk=upload.pk).exists():
-            deletion = threading.Thread(target=delete_elsewhere)
-            deletion.start()
-            deletion.join(10)
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(deleted_before_the_save):
+    # The page was read and the form checked; the owner deletes the upload before the admin writes it.
+    with _deleted_by_its_owner_before(upload, statement=lambda sql: sql.startswith(f'UPDATE "{Upload._meta.db_table}"')):
         response = client.post(f"/admin/classifier/upload/{upload.pk}/change/", {"original_name": "renamed.png"})
 
     assert not Upload.objects.filter(pk=upload.pk).exists()
@@ -91,20 +88,7 @@ def test_feedback_given_in_the_admin_on_an_upload_deleted_meanwhile_says_so_inst
     prediction = upload.predictions.get()
     client.force_login(staff_user)
 
-    def delete_elsewhere():
-        try:
-            services.upload_delete(upload=upload)
-        finally:
-            connection.close()
-
-    def deleted_before_the_save(execute, sql, params, many, context):
-        if "FOR UPDATE" in sql and Upload.objects.filter(pk=upload.pk).exists():
-            deletion = threading.Thread(target=delete_elsewhere)
-            deletion.start()
-            deletion.join(10)
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(deleted_before_the_save):
+    with _deleted_by_its_owner_before(upload, statement=lambda sql: "FOR UPDATE" in sql):
         response = client.post(f"/admin/classifier/prediction/{prediction.pk}/change/", {"feedback": "4"})
 
     assert response.status_code == 302
