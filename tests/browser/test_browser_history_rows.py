@@ -11,15 +11,23 @@ from classifier.models import Prediction
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_history_row_read_while_the_page_is_open_names_its_digit_as_a_reload_would(logged_in_page, user, digit_png):
+def _queued_upload_answered_from(page, user, digit_png):
+    """A queued upload whose status the page asks for is answered from the dict returned (the prediction's own
+    answer, for the test to change), with the prediction."""
     from classifier.views import prediction_payload
 
-    page = logged_in_page
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
     answer = prediction_payload(prediction)
     page.route(f"**/predictions/{prediction.pk}.json",
                lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    return answer, prediction
+
+
+def test_a_history_row_read_while_the_page_is_open_names_its_digit_as_a_reload_would(logged_in_page, user, digit_png):
+    page = logged_in_page
+    answer, prediction = _queued_upload_answered_from(page, user, digit_png)
+    upload = prediction.upload
     page.goto("/history/")
     row = page.locator(f'.history-item[data-upload-id="{upload.pk}"]')
     expect(row.locator(".js-status")).to_have_text("queued")
@@ -38,14 +46,8 @@ def test_a_history_row_read_while_the_page_is_open_names_its_digit_as_a_reload_w
 def test_a_history_page_says_while_no_worker_takes_its_queued_uploads_and_drops_it_once_they_are_read(
     logged_in_page, user, digit_png
 ):
-    from classifier.views import prediction_payload
-
     page = logged_in_page
-    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
-    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    answer = prediction_payload(prediction)
-    page.route(f"**/predictions/{prediction.pk}.json",
-               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    answer, _ = _queued_upload_answered_from(page, user, digit_png)
     page.goto("/history/")
     note = page.locator("#history-stalled")
     expect(note).to_be_hidden()
