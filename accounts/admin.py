@@ -1,8 +1,13 @@
-"""Admin for users (deleted as an account's deletion does; email address confirmation) and API tokens (whose, since
-when, last used and until when; deleting one revokes it)."""
+"""Admin for users (deleted as an account's deletion does; saved under a lock, so that an account deleted meanwhile
+is not inserted back; email address confirmation) and API tokens (whose, since when, last used and until when;
+deleting one revokes it)."""
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db import transaction
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils import formats, timezone
 
 from accounts import selectors, services
@@ -58,8 +63,44 @@ class AccountUserAdmin(UserAdmin):
         if status.confirmed:
             return f"{status.address} confirmed on {_when(status.since)}"
         since = f" since {_when(status.since)}" if status.since is not None else ""
-        return f"{status.address} waiting for confirmation{since}: no reset link goes there until its owner follows " \
-               "the link mailed to it"
+        waiting = f"{status.address} waiting for confirmation{since}: no reset link goes there until its owner " \
+                  "follows the link mailed to it"
+        refused_at = selectors.email_confirmation_refused_at(user=user)
+        if refused_at is not None:
+            # As the Account page says it: else the address would look merely slow to confirm, for good.
+            waiting += f". Its mail server refused the link sent on {_when(refused_at)}: it may have no such mailbox"
+        return waiting
+
+    # A change saved, or a password set, for an account deleted meanwhile (by another administrator, or its owner):
+    # Django's save of the whole user would insert it back. Locked first, a deletion waits for the change instead;
+    # deleted first, nothing is saved and staff are told.
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method != "POST" or object_id is None:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        return self._locked(request, object_id, lambda: super(AccountUserAdmin, self).changeform_view(
+            request, object_id, form_url, extra_context))
+
+    def user_change_password(self, request, id, form_url=""):
+        if request.method != "POST":
+            return super().user_change_password(request, id, form_url)
+        return self._locked(request, id, lambda: super(AccountUserAdmin, self).user_change_password(
+            request, id, form_url))
+
+    def _locked(self, request, object_id, view):
+        """``view``'s answer, given with the row of user ``object_id`` locked; if it was deleted meanwhile, nothing
+        is saved, and staff are sent to the list, told so."""
+        user = self.get_object(request, unquote(object_id))
+        if user is None:
+            return view()  # Django's answer for an account not there
+        try:
+            with transaction.atomic():
+                services.user_lock(user=user)
+                return view()
+        except services.AccountGone:
+            self.message_user(request, f"Account {user.get_username()} was deleted meanwhile, by another "
+                                       "administrator or its owner; nothing was saved.", messages.ERROR)
+            return HttpResponseRedirect(reverse(f"{self.admin_site.name}:{user._meta.app_label}_"
+                                                f"{user._meta.model_name}_changelist"))
 
     def save_model(self, request, obj, form, change):
         if not (change and "email" in form.changed_data):
@@ -112,8 +153,13 @@ class AccountUserAdmin(UserAdmin):
     @admin.action(description="Send the email confirmation link again", permissions=["change"])
     def email_confirmation_send_again(self, request, queryset):
         outcomes: dict[services.ConfirmationLink, int] = {}
+        gone = 0
         for user in queryset.order_by("pk"):
-            request_result = services.email_confirmation_request(user=user)
+            try:
+                request_result = services.email_confirmation_request(user=user)
+            except services.AccountGone:
+                gone += 1
+                continue
             outcomes[request_result.link] = outcomes.get(request_result.link, 0) + 1
             if request_result.link is services.ConfirmationLink.QUEUED:
                 self.log_change(request, user, f"Sent the confirmation link for {user.email} again.")
@@ -122,6 +168,9 @@ class AccountUserAdmin(UserAdmin):
             elif request_result.link is services.ConfirmationLink.INACTIVE:
                 self.message_user(request, f"Account {user.get_username()} is deactivated: no link is sent.",
                                   messages.WARNING)
+        if gone:
+            self.message_user(request, f"{gone} account{'s were' if gone != 1 else ' was'} deleted meanwhile: no "
+                                       f"link was sent to {'them' if gone != 1 else 'it'}.", messages.WARNING)
         self._confirmation_report(request, outcomes)
 
     def _confirmation_report(self, request, outcomes: dict) -> None:

@@ -478,7 +478,15 @@ def email_confirmation_request(*, user, first: bool = False) -> EmailConfirmatio
     links sent again, counted apart, so that fixing a typo is not held up by links sent to the typo. Over either,
     nothing is owed (THROTTLED); an address saved stays saved, waiting, and its refusal says when "Send the link
     again" sends one. A deactivated account is owed none and spends nothing (INACTIVE): nothing would send it.
+    Raises AccountGone, having changed and spent nothing, for an account deleted meanwhile.
     """
+    with transaction.atomic():
+        # The account as it is under the lock: deleted meanwhile (another tab, staff), its link would be recorded
+        # for a row no longer there, which the database refuses; changed meanwhile, for an address it no longer has.
+        return _email_confirmation_request(user=user_lock(user=user), first=first)
+
+
+def _email_confirmation_request(*, user, first: bool) -> EmailConfirmationRequest:
     if not user.email or selectors.user_email_confirmed(user=user):
         return EmailConfirmationRequest(ConfirmationLink.NOT_NEEDED)
     if not user.is_active:
@@ -564,8 +572,10 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
                 transaction.on_commit(lambda: _task_publish(
                     task=notice_task, kwargs={"notice_id": owed.pk}, what="the notice of an email address change"))
                 notice_to = old
+        # Under the same lock: the account deleted once the address is saved would make this request raise, and the
+        # owner be told, after all, that nothing was changed.
+        confirmation = email_confirmation_request(user=locked, first=changed)
     user.email = email
-    confirmation = email_confirmation_request(user=user, first=changed)
     return EmailSetResult(changed=changed, confirmation=confirmation, notice_to=notice_to)
 
 
@@ -896,6 +906,19 @@ def user_lock(*, user):
     return locked
 
 
+def user_login_record(*, user) -> None:
+    """Record that ``user`` logged in just now (``last_login``), as Django's own receiver of ``user_logged_in`` does,
+    but on the row as it is: an account deleted since its password was checked is left deleted, its session then
+    signing nobody in, where Django's save would fail the log-in with a server error.
+
+    The site's log-in page locks the account first and refuses such a log-in (accounts.views.ThrottledLoginView);
+    this is for every other log-in form (the admin's).
+    """
+    now = timezone.now()
+    get_user_model().objects.filter(pk=user.pk).update(last_login=now)
+    user.last_login = now
+
+
 class ApiTokenError(ValueError):
     """A token cannot be made: its name is too long or taken, or the user has MAX_PER_USER already."""
 
@@ -936,8 +959,11 @@ def api_token_create(*, user, name: str = "", read_only: bool = False) -> tuple[
 
 
 def api_token_revoke(*, user, token_id: int) -> bool:
-    """Delete one of ``user``'s API tokens; True when it was theirs and there."""
-    deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
+    """Delete one of ``user``'s API tokens; True when it was theirs and there. Raises AccountGone for an account
+    deleted meanwhile (its tokens went with it): else its tab would be told the token was revoked already."""
+    with transaction.atomic():
+        user_lock(user=user)
+        deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
     return bool(deleted)
 
 
@@ -988,6 +1014,12 @@ def users_delete(*, users) -> None:
         # several accounts wait for each other too.
         for user in users:
             uploads_lock_for_owner(owner=user)
+        # Then the accounts themselves, before the cascade deletes any row of theirs: a change from one of their
+        # tabs (user_lock, then their tokens or address) is waited for, or waits, whole. Locked only by the cascade's
+        # last step, an account would be open to such a change while its tokens were gone already: the change
+        # would wait for the tokens, the deletion for the account, a deadlock.
+        list(get_user_model().objects.filter(pk__in=[user.pk for user in users]).order_by("pk").select_for_update()
+             .values_list("pk", flat=True))
         # Their notices go too, but those still owed to an old address (email_change_notices_forget).
         _email_change_notices_finished().filter(user__in=[user.pk for user in users]).delete()
         get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()

@@ -83,6 +83,19 @@ class ThrottledLoginView(LoginView):
             return self._refused(username, "Too many failed log-in attempts. Try again in a few minutes.", status=429)
         return super().post(request, *args, **kwargs)
 
+    def form_valid(self, form) -> HttpResponse:
+        # The password was checked against the account as read then; deleted since (another tab, staff), signing
+        # it in would record the log-in on a row no longer there, a server error. Locked, a deletion waits for the
+        # log-in instead (and ends its session with the account).
+        try:
+            with transaction.atomic():
+                services.user_lock(user=form.get_user())
+                return super().form_valid(form)
+        except services.AccountGone:
+            # As for any name that has no account: that is what it is now.
+            form.add_error(None, form.get_invalid_login_error())
+            return self.form_invalid(form)
+
     def _refused(self, username: str, refusal: str, *, status: int) -> HttpResponse:
         # An unbound form: a bound one would be validated, which checks the password once more and, even when it is
         # right, adds "enter a correct username and password" to the refusal.
@@ -273,7 +286,11 @@ def account_token_create(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
-    if services.api_token_revoke(user=request.user, token_id=token_id):
+    try:
+        revoked = services.api_token_revoke(user=request.user, token_id=token_id)
+    except services.AccountGone:
+        return _account_gone(request)
+    if revoked:
         messages.success(request, "The token was revoked; requests with it are refused from now on.")
     else:
         # A page left open in another tab: a silent reload would leave its reader wondering whether it worked.
@@ -331,7 +348,10 @@ def account_email_change(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 def account_email_confirmation_send(request: HttpRequest) -> HttpResponse:
-    outcome = services.email_confirmation_request(user=request.user, first=False)
+    try:
+        outcome = services.email_confirmation_request(user=request.user, first=False)
+    except services.AccountGone:
+        return _account_gone(request)
     if outcome.link is services.ConfirmationLink.NOT_NEEDED:
         messages.info(request, "Your email address is confirmed already." if request.user.email
                       else "Your account has no email address to confirm.")

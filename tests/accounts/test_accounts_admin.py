@@ -98,6 +98,28 @@ def test_a_users_admin_page_shows_whether_their_address_is_confirmed_and_since_w
     assert "No email address" in admin_client.get(f"{USERS}{nobody.pk}/change/").content.decode()
 
 
+def test_a_users_admin_page_says_when_the_mail_server_refused_the_link_as_the_account_page_does(
+    admin_client, user, smtp_settings, mail_server
+):
+    from django.utils import timezone
+
+    from accounts import tasks
+    from accounts.models import EmailAddressState
+
+    _waiting(user, "alice@exmaple.com", set_at=timezone.now())  # a typo
+    mail_server.no_such_mailbox = {"alice@exmaple.com"}
+    assert tasks.email_confirmation_send.apply(kwargs={"email": "alice@exmaple.com"}).get() == 0
+    refused_at = EmailAddressState.objects.get(user=user).link_refused_at
+    assert refused_at is not None
+
+    page = admin_client.get(f"{USERS}{user.pk}/change/").content.decode()
+    assert "alice@exmaple.com waiting for confirmation" in page
+    assert f"Its mail server refused the link sent on {_when(refused_at)}: it may have no such mailbox" in page
+    # Corrected, the new address says nothing of the old one's refusal.
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+    assert "refused the link" not in admin_client.get(f"{USERS}{user.pk}/change/").content.decode()
+
+
 def test_an_address_changed_in_the_admin_waits_for_confirmation_and_the_confirmed_one_replaced_is_owed_a_notice(
     admin_client, user
 ):

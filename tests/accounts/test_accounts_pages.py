@@ -72,6 +72,19 @@ def test_a_form_refused_for_its_csrf_token_says_nothing_was_stored_and_to_send_i
     assert not Upload.objects.exists()
 
 
+def test_logging_in_records_when_on_the_site_and_in_the_admin(client, user, staff_user):
+    from django.utils import timezone
+
+    before = timezone.now()
+    assert client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"}
+                       ).status_code == 302
+    assert client.post("/admin/login/", {"username": "staff", "password": "correct horse battery",
+                                         "next": "/admin/"}).status_code == 302
+    for account in (user, staff_user):
+        account.refresh_from_db()
+        assert account.last_login is not None and account.last_login >= before, account
+
+
 def test_signing_up_creates_an_account_and_logs_in(client, django_user_model):
     response = client.post(
         "/accounts/signup/",

@@ -2,7 +2,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.services import ApiTokenError, api_token_create
+from accounts.services import AccountGone, ApiTokenError, api_token_create
 
 
 class Command(BaseCommand):
@@ -23,6 +23,8 @@ class Command(BaseCommand):
             token, key = api_token_create(user=user, name=name, read_only=read_only)
         except ApiTokenError as exc:
             raise CommandError(str(exc)) from None
+        except AccountGone:
+            raise CommandError(f"{username!r} was deleted meanwhile; no token was made.") from None
         if token.expires_at is not None:
             self.stderr.write(f"It works until {token.expires_at:%Y-%m-%d %H:%M %Z} (API_TOKEN_MAX_AGE_DAYS).")
         self.stdout.write(key)
