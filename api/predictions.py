@@ -381,8 +381,8 @@ class _PngApi(APIView):
         """``view``'s answer to ``request``: the PNG, a 304, or an error raised for the API's envelope."""
         response = view(request._request, **kwargs)
         if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
-            # The storage out of reach for a moment (the view logged it).
-            raise ServiceUnavailable()
+            # The storage out of reach for a moment (the view logged it): its words and its wait, in the envelope.
+            raise ServiceUnavailable(response.content.decode(), wait=int(response["Retry-After"]))
         # Django's conditional check answers a failed If-Match with a bare 412; the API answers it in its envelope.
         if response.status_code == status.HTTP_412_PRECONDITION_FAILED:
             raise PreconditionFailed()

@@ -317,7 +317,8 @@ class DeletedMeanwhileMixin:
         if not getattr(obj, "deleted_meanwhile", False):
             return super().response_change(request, obj)
         self.message_user(request, f"{obj} was deleted meanwhile; nothing was saved.", messages.ERROR)
-        return HttpResponseRedirect(reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_changelist"))
+        opts = obj._meta
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_changelist"))
 
 
 class RerunActionMixin:
@@ -480,10 +481,8 @@ class UploadAdmin(AdminStyles, HandEditedRequestsMixin, DeletedMeanwhileMixin, R
         if not change:
             super().save_model(request, obj, form, change)
             return
-        # Only what the form changed, and only while the row is there: a whole-row save of an upload its owner
-        # deleted meanwhile inserted it again, without the image file the deletion removed and outside their count.
         changed = {field: getattr(obj, field) for field in form.changed_data}
-        obj.deleted_meanwhile = bool(changed) and not Upload.objects.filter(pk=obj.pk).update(**changed)
+        obj.deleted_meanwhile = bool(changed) and not services.upload_update(upload=obj, fields=changed)
 
     def delete_model(self, request, obj):
         services.upload_delete(upload=obj)
@@ -564,17 +563,14 @@ class PredictionAdmin(
         if not change:
             super().save_model(request, obj, form, change)
             return
-        # The feedback is the image's: the service gives it to the upload's newer predictions too, which the lists'
-        # true digit reads, under the lock a re-run takes while it carries the feedback forward.
+        # The feedback, the one field staff may change, is the image's: the service gives it to the upload's newer
+        # predictions too, which the lists' true digit reads, under the lock a re-run takes while it carries the
+        # feedback forward. A whole-row save would also write back a result a worker stored meanwhile.
         if "feedback" in form.changed_data:
             try:
                 services.prediction_feedback_set(prediction=obj, digit=obj.feedback)
             except Prediction.DoesNotExist:
                 obj.deleted_meanwhile = True
-                return
-        # Only what the form changed: a whole-row save would write back a result a worker stored meanwhile.
-        if rest := [field for field in form.changed_data if field != "feedback"]:
-            obj.save(update_fields=rest)
 
     @admin.display(description="model input")
     def model_input(self, obj):

@@ -17,6 +17,11 @@ class Channel(redis.Channel):
         # about as much as the command). A client holds no state of its own beyond its pool: one serves them all.
         yield client or self._commands_client
 
+    def _disconnect_pools(self):
+        # After a fork or on close Kombu drops the channel's pools; a client kept would hold on to the old one.
+        self.__dict__.pop("_commands_client", None)
+        super()._disconnect_pools()
+
 
 class Transport(redis.Transport):
     Channel = Channel

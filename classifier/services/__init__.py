@@ -51,6 +51,7 @@ from classifier.services.uploads import (
     idempotent_upload_replay,
     predictions_submit,
     upload_create,
+    upload_update,
 )
 
 __all__ = [
@@ -98,6 +99,7 @@ __all__ = [
     "upload_files_delete_on_commit",
     "upload_files_orphaned_delete",
     "upload_read",
+    "upload_update",
     "uploads_delete",
     "uploads_lock_for_owner",
 ]

@@ -58,6 +58,15 @@ class UploadOwnerDeletedError(PermissionDenied):
 UPLOAD_OWNER_DELETED = "Your account was deleted while these images were being stored, so nothing was stored."
 
 
+def upload_update(*, upload: Upload, fields: dict) -> bool:
+    """Write ``fields`` (name to value) to ``upload``'s row; False, with nothing written, when it was deleted meanwhile.
+
+    Only those fields: a save of the whole row would insert one deleted since it was read again, without the image
+    file the deletion removed and outside its owner's stored bytes.
+    """
+    return bool(Upload.objects.filter(pk=upload.pk).update(**fields))
+
+
 def upload_create(
     *,
     owner,

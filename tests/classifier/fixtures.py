@@ -274,7 +274,10 @@ def retry_overtaken(*, upload_id: int, send):
         request.start()
         with connection.cursor() as cursor:
             for _ in range(200):
-                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                # This database's waits only (a row lock's wait names no database: its session does): another
+                # run on the same server must not release it early.
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
+                               "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())")
                 if cursor.fetchone()[0]:
                     break
                 threading.Event().wait(0.05)
@@ -303,3 +306,18 @@ def account_deleted_just_before_the_insert(user):
         return execute(sql, params, many, context)
 
     return delete_first, deleted
+
+
+def upload_deletions_lost_in_the_second_batch(batches: list):
+    """A database wrapper (``connection.execute_wrapper``) whose connection is lost as the second batch of upload
+    deletions is sent; the batches sent are added to ``batches``."""
+    from django.db import OperationalError
+
+    def connection_lost(execute, sql, params, many, context):
+        if sql.startswith('DELETE FROM "classifier_upload"'):
+            batches.append(sql)
+            if len(batches) == 2:
+                raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    return connection_lost

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from classifier import selectors, services
 from classifier.models import Prediction, StorageUse, Upload
-from tests.classifier.fixtures import deletions_race, stored_size
+from tests.classifier.fixtures import deletions_race, stored_size, upload_deletions_lost_in_the_second_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -181,14 +181,7 @@ def test_a_deletion_by_filters_cut_off_midway_keeps_what_it_committed_counted_an
     files = {upload.pk: Path(upload.image.path) for upload in uploads}
     batches = []
 
-    def connection_lost_in_the_second_batch(execute, sql, params, many, context):
-        if sql.startswith('DELETE FROM "classifier_upload"'):
-            batches.append(sql)
-            if len(batches) == 2:
-                raise OperationalError("server closed the connection unexpectedly")
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(connection_lost_in_the_second_batch), pytest.raises(
+    with connection.execute_wrapper(upload_deletions_lost_in_the_second_batch(batches)), pytest.raises(
         services.UploadsDeleteInterruptedError
     ) as stopped:
         services.uploads_delete(owner=user, filters=selectors.UploadFilters(), batch_size=2)

@@ -13,7 +13,12 @@ from django.utils import timezone
 
 from classifier import services
 from classifier.models import Prediction, Upload
-from tests.classifier.fixtures import account_deleted_just_before_the_insert, empty_ruled_sheet_png, png_bytes
+from tests.classifier.fixtures import (
+    account_deleted_just_before_the_insert,
+    empty_ruled_sheet_png,
+    png_bytes,
+    upload_deletions_lost_in_the_second_batch,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -1379,22 +1384,11 @@ def test_all_that_match_stops_at_the_number_confirmed_and_says_how_many_came_to_
 def test_a_deletion_the_database_stops_answering_partway_through_says_how_many_went_in_a_503(
     alice, user, digit_png, monkeypatch
 ):
-    from django.db import OperationalError
-
     for index in range(5):
         _uploaded(user, digit_png, index)
     monkeypatch.setattr(services.deletion, "UPLOADS_DELETE_BATCH", 2)
-    batches = []
-
-    def connection_lost_in_the_second_batch(execute, sql, params, many, context):
-        if sql.startswith('DELETE FROM "classifier_upload"'):
-            batches.append(sql)
-            if len(batches) == 2:
-                raise OperationalError("server closed the connection unexpectedly")
-        return execute(sql, params, many, context)
-
     fields = {"matching": "1", "newest": str(Upload.objects.latest("pk").pk), "count": "5", "confirmed": "1"}
-    with connection.execute_wrapper(connection_lost_in_the_second_batch):
+    with connection.execute_wrapper(upload_deletions_lost_in_the_second_batch([])):
         response = alice.post("/history/delete", fields)
 
     assert response.status_code == 503 and response["Retry-After"]

@@ -56,3 +56,15 @@ def test_publishing_taking_and_acknowledging_messages_builds_no_redis_client_for
     assert taken == list(range(20))
     # The channel's clients (publishing, and the one taking messages) once each, whatever the number of messages.
     assert len(redis_clients_built) <= 3
+
+
+def test_a_channel_whose_pools_kombu_dropped_builds_its_client_on_the_new_pool(redis_broker_url):
+    # Kombu drops a channel's pools after a fork and on close; a client kept from before would use the old pool.
+    with Connection(redis_broker_url) as connection:
+        channel = connection.default_channel
+        with channel.conn_or_acquire() as client:
+            assert client.connection_pool is channel.pool
+        channel._disconnect_pools()
+        with channel.conn_or_acquire() as client:
+            assert client.connection_pool is channel.pool
+            assert client.ping()
