@@ -152,6 +152,12 @@ class Prediction(models.Model):
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
 
+    @classmethod
+    def failed_for_want_of_a_digit(cls, *, status: str, error: str | None) -> bool:
+        """Whether a prediction in ``status`` with ``error`` failed because its picture holds no digit: trying again
+        reads it the same way, and only another picture mends it."""
+        return status == cls.Status.FAILED and (error or "").startswith(cls.NO_DIGIT_ERROR)
+
 
 class IdempotencyKey(models.Model):
     """An API upload's ``Idempotency-Key``, stored with its uploads: the same request sent again answers with them.

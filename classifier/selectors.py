@@ -145,9 +145,9 @@ def upload_list_page(*, ids: list[int]) -> list[Upload]:
         .order_by("-created_at", "-id")
     )
     for upload in uploads:
-        upload.latest_no_digit = upload.latest_status == Prediction.Status.FAILED and (
-            upload.latest_error or ""
-        ).startswith(Prediction.NO_DIGIT_ERROR)
+        upload.latest_no_digit = Prediction.failed_for_want_of_a_digit(
+            status=upload.latest_status, error=upload.latest_error
+        )
     return uploads
 
 

@@ -254,7 +254,6 @@ def _queue_stalled(prediction: Prediction) -> bool:
 def prediction_payload(prediction: Prediction) -> dict:
     threshold = settings.LOW_CONFIDENCE_THRESHOLD
     done = prediction.status == Prediction.Status.DONE
-    failed = prediction.status == Prediction.Status.FAILED
     return {
         "id": prediction.pk,
         "upload_id": prediction.upload_id,
@@ -268,7 +267,7 @@ def prediction_payload(prediction: Prediction) -> dict:
         "error": prediction.error,
         # The page still waits, and says that nothing will come until a worker is back (static/js/result.js).
         "queue_stalled": _queue_stalled(prediction),
-        "no_digit": failed and prediction.error.startswith(Prediction.NO_DIGIT_ERROR),
+        "no_digit": Prediction.failed_for_want_of_a_digit(status=prediction.status, error=prediction.error),
         "feedback": prediction.feedback,
         "checkpoint_id": prediction.checkpoint_id,
         "device": prediction.device,
@@ -368,7 +367,9 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     answer = selectors.prediction_retry_answer(prediction=prediction)
     if request.method != "POST":
         # Never a run of the model: a GET changes nothing. The page says whether "Try again" is still to be pressed.
-        offered = answer is None and not prediction.error.startswith(Prediction.NO_DIGIT_ERROR)
+        offered = answer is None and not Prediction.failed_for_want_of_a_digit(
+            status=prediction.status, error=prediction.error
+        )
         return _form_sent_again(
             request, prediction=answer or prediction,
             message="The model was not run again: press Try again to run it." if offered else None,
