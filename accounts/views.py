@@ -414,8 +414,10 @@ class AccountPasswordChangeView(PasswordChangeView):
     def form_valid(self, form):
         try:
             with transaction.atomic():
-                # Django saves the whole user: deleted meanwhile in another tab, the account would be inserted back.
-                services.user_lock(user=form.user)
+                # Django saves the whole user: deleted meanwhile in another tab, the account would be inserted back,
+                # and a copy read before the lock would write back what another tab or staff changed meanwhile (an
+                # address, a deactivation). The copy saved is the one read under the lock.
+                form.user = services.user_lock(user=form.user)
                 response = super().form_valid(form)
                 revoked = (services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"]
                            else 0)
@@ -507,6 +509,8 @@ class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfi
                     locked, self.request.session.get(INTERNAL_RESET_SESSION_TOKEN)):
                 self.validlink = False
                 return self.render_to_response(self.get_context_data())
+            # Saved whole: the copy read under the lock, not one that would undo what staff changed meanwhile.
+            form.user = locked
             response = super().form_valid(form)
             revoked = services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"] else 0
         # Locked out by guessing at the password just replaced, its owner could not log in with the new one yet.

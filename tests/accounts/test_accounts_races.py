@@ -329,3 +329,48 @@ def test_a_password_changed_while_the_account_is_being_deleted_waits_for_the_del
     assert not [answer for answer in answers.values() if isinstance(answer, Exception)], answers
     assert answers["tab"].status_code == 302 and answers["tab"]["Location"] == "/accounts/login/"
     assert not get_user_model().objects.filter(pk=user.pk).exists() and not ApiToken.objects.exists()
+
+
+def _deactivated_by_staff(user):
+    def deactivate():
+        locked = get_user_model().objects.select_for_update().get(pk=user.pk)
+        locked.is_active = False
+        locked.save(update_fields=["is_active"])
+
+    return deactivate
+
+
+def _password_changed_from(tab):
+    return lambda: tab.post("/accounts/password/", {
+        "old_password": PASSWORD, "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"})
+
+
+def test_a_password_changed_while_another_tab_changes_the_address_keeps_the_new_address(user):
+    def address_changed_in_another_tab():
+        from accounts import services
+
+        services.user_email_set(user=get_user_model().objects.get(pk=user.pk), email="new@example.com")
+
+    (answer,) = overtaken(first=address_changed_in_another_tab, then=[_password_changed_from(_signed_in(user))])
+
+    assert answer.status_code == 302, answer
+    stored = get_user_model().objects.get(pk=user.pk)
+    assert stored.check_password("a-New-pass-482") and stored.email == "new@example.com"
+
+
+def test_a_password_changed_while_staff_deactivate_the_account_leaves_it_deactivated(user):
+    overtaken(first=_deactivated_by_staff(user), then=[_password_changed_from(_signed_in(user))])
+
+    assert not get_user_model().objects.get(pk=user.pk).is_active
+
+
+def test_a_password_set_by_a_reset_link_while_staff_deactivate_the_account_leaves_it_deactivated(user):
+    link = "/accounts/password/reset/{}/{}/".format(urlsafe_base64_encode(force_bytes(user.pk)),
+                                                     password_reset_token_generator.make_token(user))
+    tab = Client(raise_request_exception=False)
+    form = tab.get(link)["Location"]
+
+    overtaken(first=_deactivated_by_staff(user), then=[
+        lambda: tab.post(form, {"new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482"})])
+
+    assert not get_user_model().objects.get(pk=user.pk).is_active
