@@ -12,6 +12,7 @@ from django.utils import formats, timezone
 
 from accounts import selectors, services
 from accounts.models import ApiToken
+from mnistsite.admin_display import HandEditedRequestsMixin
 
 
 class EmailConfirmedFilter(admin.SimpleListFilter):
@@ -35,7 +36,7 @@ def _when(moment) -> str:
     return formats.localize(timezone.template_localtime(moment))
 
 
-class AccountUserAdmin(UserAdmin):
+class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
     list_display = (*UserAdmin.list_display, "email_confirmed")
     list_filter = (*UserAdmin.list_filter, EmailConfirmedFilter)
     readonly_fields = (*UserAdmin.readonly_fields, "email_confirmation")
@@ -193,7 +194,7 @@ admin.site.register(get_user_model(), AccountUserAdmin)
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(HandEditedRequestsMixin, admin.ModelAdmin):
     list_display = ("name", "user", "prefix", "read_only", "created_at", "last_used_at", "expires_at")
     list_filter = ("read_only",)
     list_select_related = ("user",)

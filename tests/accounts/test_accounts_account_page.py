@@ -757,3 +757,84 @@ def test_every_id_the_api_token_fields_are_described_by_exists(signed_in):
     for ids in described_by:
         for element_id in ids.split():
             assert f'id="{element_id}"' in page, element_id
+
+
+def _logged_in_again_after(client, path: str, data: dict | None = None):
+    """A form of the account page sent after the session ended (logged out in another tab), then the log-in it leads
+    to: the pages that follow, from the log-in page's redirect on."""
+    client.post("/accounts/logout/", follow=True)
+    sent = client.post(path, data or {})
+    assert sent.status_code == 302 and sent["Location"].startswith("/accounts/login/?next=")
+    assert client.get(sent["Location"]).status_code == 200
+    return client.post(sent["Location"], {"username": "alice", "password": PASSWORD}, follow=True)
+
+
+def test_an_address_saved_after_the_session_ended_is_not_saved_and_the_account_page_says_to_save_it_again(
+    signed_in, user
+):
+    shown = _logged_in_again_after(signed_in, EMAIL, {"email-email": "alice@example.com", "email-password": PASSWORD})
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == ("/accounts/", 302)
+    assert _messages(shown) == ["Your email address was not changed: type it and your password again, and save it."]
+    user.refresh_from_db()
+    assert user.email == ""  # a GET changes nothing
+
+
+def test_send_the_link_again_pressed_after_the_session_ended_sends_nothing_and_says_to_press_it_again(
+    signed_in, user, settings
+):
+    from accounts.models import EmailAddressState
+
+    user.email = "alice@example.com"
+    user.save()
+    services.email_address_state_ensure(user=user)
+    before = list(EmailAddressState.objects.filter(user=user).values())
+    shown = _logged_in_again_after(signed_in, "/accounts/email/confirmation/")
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == ("/accounts/", 302)
+    assert _messages(shown) == ["No link was sent: press “Send the link again” to send one."]
+    assert list(EmailAddressState.objects.filter(user=user).values()) == before
+    # Where the page offers no such button (confirmed meanwhile, or a site that sends no mail), nothing is to press.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+    again = signed_in.get("/accounts/email/confirmation/", follow=True)
+    assert again.redirect_chain == [("/accounts/", 302)] and _messages(again) == []
+
+
+def test_a_token_asked_for_after_the_session_ended_is_not_made_and_the_account_page_says_to_ask_again(
+    signed_in, user
+):
+    shown = _logged_in_again_after(signed_in, "/accounts/tokens/", {"name": "laptop", "password": PASSWORD})
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == ("/accounts/", 302)
+    assert _messages(shown) == ["No token was made: type its name and your password again, and create it."]
+    assert not ApiToken.objects.exists()
+    assert signed_in.head("/accounts/tokens/").status_code == 302 and not ApiToken.objects.exists()
+
+
+def test_a_token_revoked_after_the_session_ended_is_kept_and_the_account_page_says_to_revoke_it_again(
+    signed_in, user, other_user
+):
+    token, _ = api_token_create(user=user, name="laptop")
+    shown = _logged_in_again_after(signed_in, f"/accounts/tokens/{token.pk}/revoke/")
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == ("/accounts/", 302)
+    assert _messages(shown) == ["The token “laptop” was not revoked: press its Revoke button again to revoke it."]
+    assert ApiToken.objects.filter(pk=token.pk).exists()
+    # Revoked meanwhile, or never theirs: nothing is left to press, and the page says so as its button would.
+    theirs, _ = api_token_create(user=other_user, name="theirs")
+    for token_id in (theirs.pk, token.pk + theirs.pk):
+        again = signed_in.get(f"/accounts/tokens/{token_id}/revoke/", follow=True)
+        assert again.redirect_chain == [("/accounts/", 302)]
+        assert _messages(again) == ["That token was revoked already, perhaps from another tab: it is no longer "
+                                    "among your tokens."]
+    assert ApiToken.objects.count() == 2
+
+
+def test_a_deletion_sent_after_the_session_ended_deletes_nothing_and_the_account_page_says_to_confirm_it_again(
+    signed_in, user, client, staff_user
+):
+    shown = _logged_in_again_after(signed_in, "/accounts/delete/", {"password": PASSWORD, "understood": "on"})
+    assert shown.status_code == 200 and shown.redirect_chain[-1] == ("/accounts/", 302)
+    assert _messages(shown) == ["Nothing was deleted: type your password and tick the box again to delete your "
+                                "account."]
+    assert type(user).objects.filter(pk=user.pk).exists()
+    # An administrator's account is not deleted from this page: nothing is to send again.
+    client.force_login(staff_user)
+    again = client.get("/accounts/delete/", follow=True)
+    assert again.redirect_chain == [("/accounts/", 302)] and _messages(again) == []

@@ -1,0 +1,99 @@
+"""Accounts: the demo account, the lock a change of one takes, its log-in recorded, and its deletion."""
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.services.email_change_notices import _email_change_notices_finished
+from classifier.services import uploads_lock_for_owner
+
+
+class DemoUserError(ValueError):
+    """The name belongs to an account that is not a demo account."""
+
+
+def demo_user_ensure(*, username: str, password: str):
+    """The demo account for a local install: staff, so the admin works; its password is reset each time.
+
+    Raises DemoUserError for an existing account that is not staff: a mistyped name must not make someone's
+    account an administrator with a password printed on the screen.
+    """
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if not created and not (user.is_staff and user.is_superuser):
+        raise DemoUserError(f"{username!r} is someone's account, not a demo account; choose another --username.")
+    user.is_staff = True
+    user.is_superuser = True
+    # Set afresh only when it differs: a new hash (a new salt) would end every session the account has open, and
+    # `make run` ensures the account at every start.
+    if created or not user.check_password(password):
+        user.set_password(password)
+    user.save()
+    return user, created
+
+
+class AccountDeleteError(Exception):
+    """This account cannot be deleted from its own page."""
+
+
+class AccountGone(Exception):
+    """The account was deleted meanwhile (from another tab of it, or by staff): nothing was changed."""
+
+
+def user_lock(*, user):
+    """Lock ``user``'s row until the caller's transaction ends, and return it as stored now; raises AccountGone when
+    it was deleted meanwhile.
+
+    For every change a signed-in tab makes to its own account: a deletion committed between the request reading the
+    account and writing it would otherwise make that write a 500, or worse, make a save of the whole user insert the
+    deleted account back. Locked, a deletion in another tab waits for the change (and deletes it with the account).
+    """
+    locked = get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    if locked is None:
+        raise AccountGone()
+    return locked
+
+
+def user_login_record(*, user) -> None:
+    """Record that ``user`` logged in just now (``last_login``), as Django's own receiver of ``user_logged_in`` does,
+    but on the row as it is: an account deleted since its password was checked is left deleted, its session then
+    signing nobody in, where Django's save would fail the log-in with a server error.
+
+    The site's log-in page locks the account first and refuses such a log-in (accounts.views.ThrottledLoginView);
+    this is for every other log-in form (the admin's).
+    """
+    now = timezone.now()
+    get_user_model().objects.filter(pk=user.pk).update(last_login=now)
+    user.last_login = now
+
+
+def account_delete(*, user) -> None:
+    """Delete the account with its uploads, predictions and token; the image files go once that commits.
+
+    A superuser cannot: the site would risk losing its last administrator, so
+    another one must do it in the admin.
+    """
+    if user.is_superuser:
+        raise AccountDeleteError("An administrator's account is deleted by another administrator, in the admin.")
+    users_delete(users=[user])
+
+
+def users_delete(*, users) -> None:
+    """Delete ``users`` (any accounts, administrators' included: the admin's deletion) with their uploads,
+    predictions, tokens and the address change notices they no longer owe, in one transaction; the image files go
+    once that commits."""
+    users = sorted(users, key=lambda user: user.pk)
+    with transaction.atomic():
+        # Django's cascade deletes the predictions before the uploads; every deletion of uploads locks the uploads
+        # first. Locked here as those deletions lock them, a "Delete all" running in another tab waits for this one
+        # (or this one for it) instead of the two deadlocking. Owner by owner in id order, so two deletions of
+        # several accounts wait for each other too.
+        for user in users:
+            uploads_lock_for_owner(owner=user)
+        # Then the accounts themselves, before the cascade deletes any row of theirs: a change from one of their
+        # tabs (user_lock, then their tokens or address) is waited for, or waits, whole. Locked only by the cascade's
+        # last step, an account would be open to such a change while its tokens were gone already: the change
+        # would wait for the tokens, the deletion for the account, a deadlock.
+        list(get_user_model().objects.filter(pk__in=[user.pk for user in users]).order_by("pk").select_for_update()
+             .values_list("pk", flat=True))
+        # Their notices go too, but those still owed to an old address (email_change_notices_forget).
+        _email_change_notices_finished().filter(user__in=[user.pk for user in users]).delete()
+        get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()
