@@ -45,6 +45,7 @@ from accounts.tokens import password_reset_token_generator
 from classifier import selectors as classifier_selectors
 from classifier.throttling import TOLERANCE_S, allowance_take
 from mnistsite.env import rate_parse
+from mnistsite.form_pages import form_sent_again
 
 logger = logging.getLogger(__name__)
 
@@ -260,24 +261,12 @@ def account(request: HttpRequest) -> HttpResponse:
     return _account_page(request, new_token=request.session.pop(NEW_API_TOKEN_SESSION_KEY, None))
 
 
-def _form_sent_again(request: HttpRequest, *, message: str | None) -> HttpResponse:
-    """The answer to a GET of an address that only a form's POST does anything at: the account page, which the form
-    is on.
-
-    A form sent after the session ended (the visitor logged out in another tab) leads to the log-in page, which then
-    leads to the form's address without the form: a bare "method not allowed" there would say nothing of what
-    happened. ``message`` says that nothing was done, when the form can be sent again.
-    """
-    if message:
-        messages.info(request, message)
-    return redirect("account")
-
-
 @require_http_methods(["GET", "HEAD", "POST"])
 def account_token_create(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return _form_sent_again(
-            request, message="No token was made: type its name and your password again, and create it."
+        return form_sent_again(
+            request, page=reverse("account"),
+            message="No token was made: type its name and your password again, and create it.",
         )
     form = ApiTokenCreateForm(request.POST, user=request.user, request=request)
     if form.is_valid():
@@ -311,7 +300,7 @@ def account_token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
         # Never a revocation: a GET changes nothing. A token no longer listed is said to be gone, as its button says.
         token = next((token for token in selectors.api_token_list_for_user(user=request.user) if token.pk == token_id),
                      None)
-        return _form_sent_again(request, message=TOKEN_REVOKED_ALREADY if token is None else (
+        return form_sent_again(request, page=reverse("account"), message=TOKEN_REVOKED_ALREADY if token is None else (
             f"The token “{token.name}” was not revoked: press its Revoke button again to revoke it."))
     try:
         revoked = services.api_token_revoke(user=request.user, token_id=token_id)
@@ -352,8 +341,9 @@ def _confirmation_messages(request: HttpRequest, request_outcome: services.Email
 @require_http_methods(["GET", "HEAD", "POST"])
 def account_email_change(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return _form_sent_again(
-            request, message="Your email address was not changed: type it and your password again, and save it."
+        return form_sent_again(
+            request, page=reverse("account"),
+            message="Your email address was not changed: type it and your password again, and save it.",
         )
     form = AccountEmailForm(request.POST, user=request.user, request=request)
     if not form.is_valid():
@@ -382,8 +372,9 @@ def account_email_confirmation_send(request: HttpRequest) -> HttpResponse:
         # Never a link sent: a GET changes nothing. The button is offered as the account page offers it.
         offered = (bool(request.user.email) and not selectors.user_email_confirmed(user=request.user)
                    and selectors.password_reset_by_email_available())
-        return _form_sent_again(
-            request, message="No link was sent: press “Send the link again” to send one." if offered else None
+        return form_sent_again(
+            request, page=reverse("account"),
+            message="No link was sent: press “Send the link again” to send one." if offered else None,
         )
     try:
         outcome = services.email_confirmation_request(user=request.user, first=False)
@@ -426,7 +417,7 @@ def _account_delete_form(request: HttpRequest, data=None) -> AccountDeleteForm:
 def account_delete(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         # An administrator's account is not deleted from this page (services.account_delete): nothing to send again.
-        return _form_sent_again(request, message=None if request.user.is_superuser else (
+        return form_sent_again(request, page=reverse("account"), message=None if request.user.is_superuser else (
             "Nothing was deleted: type your password and tick the box again to delete your account."))
     form = _account_delete_form(request, request.POST)
     if not form.is_valid():

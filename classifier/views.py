@@ -39,6 +39,7 @@ from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm, Upload
 from classifier.models import INPUT_SIDE, Prediction, Upload
 from classifier.request_body import FILE_NAME_TOO_LONG, file_name_too_long
 from classifier.validation import FilesRejectedError, allowance_weight
+from mnistsite.form_pages import form_sent_again
 
 logger = logging.getLogger(__name__)
 
@@ -324,26 +325,14 @@ def prediction_json(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(prediction_payload(_prediction_or_404(request, pk)))
 
 
-def _form_sent_again(request: HttpRequest, *, prediction: Prediction, message: str | None) -> HttpResponse:
-    """The answer to a GET of an address that only a form's POST does anything at: the page the form is on.
-
-    A form sent after the session ended (the visitor logged out in another tab) leads to the log-in page, which then
-    leads to the form's address without the form: a bare "method not allowed" there would say nothing of what
-    happened. ``message`` says that nothing was done, when the form can be sent again.
-    """
-    if message:
-        messages.info(request, message)
-    return redirect("classifier:prediction_detail", pk=prediction.pk)
-
-
 @require_http_methods(["GET", "HEAD", "POST"])
 def prediction_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = _prediction_or_404(request, pk)
     if request.method != "POST":
         # The digits are offered only once the prediction is done.
         offered = prediction.status == Prediction.Status.DONE
-        return _form_sent_again(
-            request, prediction=prediction,
+        return form_sent_again(
+            request, page=reverse("classifier:prediction_detail", args=[prediction.pk]),
             message="Nothing was recorded: choose the right digit again." if offered else None,
         )
     form = FeedbackForm(request.POST)
@@ -370,8 +359,8 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
         offered = answer is None and not Prediction.failed_for_want_of_a_digit(
             status=prediction.status, error=prediction.error
         )
-        return _form_sent_again(
-            request, prediction=answer or prediction,
+        return form_sent_again(
+            request, page=reverse("classifier:prediction_detail", args=[(answer or prediction).pk]),
             message="The model was not run again: press Try again to run it." if offered else None,
         )
     if answer is not None:
