@@ -12,7 +12,7 @@ from django.utils import formats, timezone
 
 from accounts import selectors, services
 from accounts.models import ApiToken
-from mnistsite.admin_display import HandEditedRequestsMixin
+from mnistsite.admin_requests import HandEditedRequestsMixin
 
 
 class EmailConfirmedFilter(admin.SimpleListFilter):

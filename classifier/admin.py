@@ -17,7 +17,8 @@ from django.utils.html import format_html, format_html_join
 
 from classifier import exports, selectors, services
 from classifier.models import Prediction, StorageUse, Upload
-from mnistsite.admin_display import AdminStyles, HandEditedRequestsMixin, admin_when
+from mnistsite.admin_display import AdminStyles, admin_when
+from mnistsite.admin_requests import HandEditedRequestsMixin
 from training.selectors import checkpoint_get_active
 
 

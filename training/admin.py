@@ -12,7 +12,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from mnistsite.admin_display import AdminStyles, HandEditedRequestsMixin, admin_when
+from mnistsite.admin_display import AdminStyles, admin_when
+from mnistsite.admin_requests import HandEditedRequestsMixin
 from training import charts, selectors, services
 from training.forms import TrainingRunStartForm
 from training.models import Checkpoint, TrainingRun
