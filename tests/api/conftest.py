@@ -95,13 +95,19 @@ def make_prediction(db):
         prediction = Prediction.objects.create(upload=upload)
         if done:
             rest = (1 - confidence) / 9
-            prediction.status = Prediction.Status.DONE
-            prediction.digit = digit
-            prediction.confidence = confidence
-            prediction.probabilities = [confidence if d == digit else rest for d in range(10)]
-            prediction.queue_ms, prediction.compute_ms = 12.5, 3.0
-            prediction.input_pixels = Image.open(io.BytesIO(seven_png(size=28))).convert("L").tobytes()
-            prediction.save()
+            # Only the result's fields, as a worker writes them: a whole-row save would write created_at back as
+            # Python prints it, which SQLite (timestamps as text) sorts after the database's own default of the same
+            # millisecond, making a re-run made in that millisecond look older than this one.
+            Prediction.objects.filter(pk=prediction.pk).update(
+                status=Prediction.Status.DONE,
+                digit=digit,
+                confidence=confidence,
+                probabilities=[confidence if d == digit else rest for d in range(10)],
+                queue_ms=12.5,
+                compute_ms=3.0,
+                input_pixels=Image.open(io.BytesIO(seven_png(size=28))).convert("L").tobytes(),
+            )
+            prediction.refresh_from_db()
         return prediction
 
     return make
