@@ -5,8 +5,10 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+
+from mnistsite.database_now import Now
 
 
 # Width and height of the picture the model sees (training.ml.preprocess.SIDE, without importing torch here).

@@ -18,9 +18,9 @@ from contextlib import contextmanager, nullcontext
 
 from django.db import connection, connections, transaction
 from django.db.models import F, Field, Model
-from django.db.models.functions import Now
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
+from mnistsite.database_now import SQLITE_NOW, Now
 from training.models import Checkpoint
 
 
@@ -43,7 +43,7 @@ def _database_now() -> str:
     """
     if connection.vendor == "postgresql":
         return "STATEMENT_TIMESTAMP()"
-    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+    return SQLITE_NOW.replace("%", "%%")
 
 
 def _database_seconds_ago() -> str:

@@ -2,7 +2,8 @@
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Now
+
+from mnistsite.database_now import Now
 
 
 class TrainingRun(models.Model):

@@ -10,8 +10,9 @@ from django.conf import settings
 from django.db.models import (
     Case, Count, DurationField, Exists, ExpressionWrapper, F, Min, OuterRef, Q, QuerySet, Subquery, When,
 )
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 
+from mnistsite.database_now import Now
 from training.models import Checkpoint, TrainingRun
 
 

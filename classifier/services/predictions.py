@@ -7,9 +7,9 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
-from django.db.models.functions import Now
 
 from classifier.models import Prediction, Upload
+from mnistsite.database_now import Now
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 from datetime import timedelta
 
 import pytest
-from django.db.models.functions import Now
 from playwright.sync_api import expect
 
+from mnistsite.database_now import Now
 from tests.training.conftest import TINY
 from training import services
 from training.models import TrainingRun

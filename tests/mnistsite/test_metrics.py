@@ -3,11 +3,11 @@ import datetime as dt
 
 import pytest
 from django.conf import settings
-from django.db.models.functions import Now
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from classifier.models import Prediction, Upload
+from mnistsite.database_now import Now
 from mnistsite.metrics import metrics_text
 from training.models import Checkpoint, TrainingRun
 

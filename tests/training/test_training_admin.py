@@ -4,11 +4,11 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
+from mnistsite.database_now import Now
 from training import services
 from training.models import Checkpoint, TrainingRun
 

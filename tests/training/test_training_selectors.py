@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.conf import settings
-from django.db.models.functions import Now
 from PIL import Image
 
+from mnistsite.database_now import Now
 from training import selectors
 from training.ml.data import load_split
 from training.models import TrainingRun

@@ -3,9 +3,9 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db.models.functions import Now
 from django.utils import timezone
 
+from mnistsite.database_now import Now
 from training import services
 from training.ml.atomic import sha256_file
 from tests.processes import NO_BROKER_URL, broker_switched

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models.functions import Now
 
+from mnistsite.database_now import Now
 from training.models import TrainingRun
 
 

@@ -7,8 +7,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Max
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 
+from mnistsite.database_now import Now
 from training.models import Checkpoint, TrainingRun
 from training.services.activation import CheckpointBelowActiveError, _checkpoint_activate
 from training.services.queuing import training_run_publish

@@ -8,8 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models.functions import Now
 
+from mnistsite.database_now import Now
 from training.models import TrainingRun
 
 logger = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
-from django.db.models.functions import Now
 
+from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.queuing import training_run_publish
 from training.services.run_files import _abandoned_temp_files_remove

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from django.db import transaction
-from django.db.models.functions import Now
 
+from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.registration import checkpoint_register
 from training.services.run_files import _checkpoint_save, _run_dir
