@@ -219,6 +219,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+SERVER_ERROR_MESSAGE = "Something went wrong on our side; it has been logged."
+
+
 def _unexpected(exc: Exception, context: dict) -> Response | None:
     if settings.DEBUG:
         # Developers get Django's debug page with the traceback.
@@ -231,10 +234,8 @@ def _unexpected(exc: Exception, context: dict) -> Response | None:
         "unhandled error in the API: %s %s (user %s)", getattr(request, "method", "?"), getattr(request, "path", "?"),
         getattr(user, "pk", None), exc_info=exc,
     )
-    return Response(
-        error_body(code="server_error", message="Something went wrong on our side; it has been logged."),
-        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
-    )
+    return Response(error_body(code="server_error", message=SERVER_ERROR_MESSAGE),
+                    status=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 class NoSuchEndpointApi(APIView):
@@ -267,22 +268,50 @@ class NoSuchEndpointApi(APIView):
         return response
 
 
+def _on_api_path(request) -> bool:
+    # By the URL namespace, not a path prefix: the API may be served under another path. Every path under it
+    # resolves, to NoSuchEndpointApi at least.
+    try:
+        namespace = resolve(request.path_info).namespace
+    except Resolver404:
+        namespace = ""
+    return namespace.split(":")[0] == "api"
+
+
+def _handler_response(*, code: str, message: str, status_code: int) -> HttpResponse:
+    # A plain HttpResponse: Django's handlers answer outside any DRF view, which a DRF Response needs to render.
+    return HttpResponse(JSONRenderer().render(error_body(code=code, message=message)), status=status_code,
+                        content_type="application/json")
+
+
 def bad_request(request, exception) -> HttpResponse:
     """The site's 400 handler (``handler400`` in mnistsite.urls): on the API's paths, the envelope.
 
     Django answers some requests itself before any view runs, chiefly one whose Host header names no host in
     ALLOWED_HOSTS; a client of the API would get Django's HTML page instead of an error it can read. Pages keep it.
     """
-    try:
-        namespace = resolve(request.path_info).namespace
-    except Resolver404:
-        namespace = ""
-    if namespace.split(":")[0] != "api":
+    if not _on_api_path(request):
         return defaults.bad_request(request, exception)
     if isinstance(exception, DisallowedHost):
         message = "The Host header names no host this site serves."
     else:
         message = "The request could not be understood."
-    body = error_body(code="bad_request", message=message)
-    return HttpResponse(JSONRenderer().render(body), status=status.HTTP_400_BAD_REQUEST,
-                        content_type="application/json")
+    return _handler_response(code="bad_request", message=message, status_code=status.HTTP_400_BAD_REQUEST)
+
+
+def server_error(request) -> HttpResponse:
+    """The site's 500 handler (``handler500`` in mnistsite.urls): on the API's paths, the envelope.
+
+    An error the API's views do not handle themselves (raised in a middleware, or while their answer is rendered)
+    reaches Django, which logs it and reports it (got_request_exception) before it calls this; a client of the API
+    would get the HTML page instead of an error it can read. Pages keep it.
+    """
+    try:
+        on_api_path = _on_api_path(request)
+    except Exception:
+        # Resolving the path may be what failed; this answer must not fail too.
+        on_api_path = False
+    if not on_api_path:
+        return defaults.server_error(request)
+    return _handler_response(code="server_error", message=SERVER_ERROR_MESSAGE,
+                             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)

@@ -25,6 +25,8 @@ urlpatterns = [
     path("", include("classifier.urls")),
 ]
 
-# A request Django refuses before any view (a Host header the site does not serve): the API's paths answer in the
-# API's error envelope, every other path with the 400 page.
+# A request Django refuses before any view (a Host header the site does not serve), or an error no view handled (in a
+# middleware, or rendering an answer): the API's paths answer in the API's error envelope, every other path with the
+# 400 or 500 page.
 handler400 = "api.errors.bad_request"
+handler500 = "api.errors.server_error"

@@ -396,10 +396,14 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
 }
 # Days an API token works after it was made; 0: until it is replaced or revoked. Applies to tokens made before
-# a change too, since it is counted from each token's creation.
+# a change too, since it is counted from each token's creation. A century at most, which 0 covers anyway: far more
+# runs past the last date Python holds (9999-12-31), and every request carrying a token would fail on its expiry.
 API_TOKEN_MAX_AGE_DAYS = env.int("API_TOKEN_MAX_AGE_DAYS", default=365)
-if API_TOKEN_MAX_AGE_DAYS < 0:
-    raise ImproperlyConfigured("API_TOKEN_MAX_AGE_DAYS must be 0 (no expiry) or a number of days.")
+if not 0 <= API_TOKEN_MAX_AGE_DAYS <= 36500:
+    raise ImproperlyConfigured(
+        f"API_TOKEN_MAX_AGE_DAYS must be a number of days from 1 to 36500, or 0 for no expiry "
+        f"(it is {API_TOKEN_MAX_AGE_DAYS})."
+    )
 SPECTACULAR_SETTINGS = {
     "TITLE": "mnistsite API",
     "DESCRIPTION": (

@@ -432,3 +432,76 @@ def test_a_host_header_the_site_does_not_serve_is_still_djangos_page_on_a_page(c
 
     assert response.status_code == 400
     assert response["Content-Type"].startswith("text/html")
+
+
+class FailingMiddleware:
+    """A middleware that fails on every request, as one does whose backend (a session store, a cache) broke."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        raise RuntimeError("the middleware's backend broke")
+
+
+@pytest.fixture
+def failing_middleware(settings) -> None:
+    # Last, so that it fails after every real middleware has run, where the request would reach the view.
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, f"{__name__}.FailingMiddleware"]
+
+
+def _server_errors_logged(records) -> list:
+    return [record for record in records if record.name == "django.request" and record.levelname == "ERROR"]
+
+
+def test_an_error_outside_the_api_views_is_a_500_envelope_and_still_logged_by_django(
+    failing_middleware, user_client, caplog
+):
+    from django.core.signals import got_request_exception
+
+    reported = []
+    got_request_exception.connect(lambda **kw: reported.append(kw), weak=False, dispatch_uid="api-test")
+    user_client.raise_request_exception = False
+    try:
+        response = user_client.get("/api/v1/predictions/", HTTP_X_REQUEST_ID="api-500")
+    finally:
+        got_request_exception.disconnect(dispatch_uid="api-test")
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    error = assert_envelope(response.json())
+    assert error["code"] == "server_error" and error["request_id"] == response["X-Request-ID"] == "api-500"
+    assert "backend broke" not in response.content.decode()
+    assert reported
+    (logged,) = _server_errors_logged(caplog.records)
+    assert logged.getMessage() == "Internal Server Error: /api/v1/predictions/"
+    assert str(logged.exc_info[1]) == "the middleware's backend broke"
+
+
+def test_an_error_outside_any_view_is_still_the_server_error_page_on_a_page(failing_middleware, client, caplog):
+    client.raise_request_exception = False
+
+    response = client.get("/accounts/login/")
+
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("text/html")
+    assert "Something went wrong on our side" in response.content.decode()
+    (logged,) = _server_errors_logged(caplog.records)
+    assert logged.getMessage() == "Internal Server Error: /accounts/login/"
+
+
+def test_an_answer_that_cannot_be_written_as_json_is_a_500_envelope(user_client, user, make_prediction, caplog):
+    from classifier.models import Prediction
+
+    # A row damaged outside the application: JSON has no infinity, and the view's answer is rendered after it returns.
+    prediction = make_prediction(owner=user, done=True)
+    Prediction.objects.filter(pk=prediction.pk).update(compute_ms=float("inf"))
+    user_client.raise_request_exception = False
+
+    response = user_client.get(f"/api/v1/predictions/{prediction.pk}/")
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert assert_envelope(response.json())["code"] == "server_error"
+    (logged,) = _server_errors_logged(caplog.records)
+    assert logged.getMessage() == f"Internal Server Error: /api/v1/predictions/{prediction.pk}/"

@@ -599,3 +599,16 @@ def test_production_serves_collected_static_files_only_even_with_debug_left_on_i
                                        ({"DEBUG": "true"}, "WHITENOISE_AUTOREFRESH")],
                                       module="mnistsite.settings.production")
     assert (finders, refresh) == ("False", "False")
+
+
+def test_a_token_lifetime_longer_than_dates_can_hold_refuses_to_start_naming_the_variable():
+    # timedelta holds at most 999,999,999 days and a date ends at 9999-12-31: past either, making or checking a
+    # token would fail every request that carries one.
+    refused = ["99999999999", "1000000000", "3000000", "36501", "-1"]
+    accepted = ["0", "1", "365", "36500"]
+    cases = [({"API_TOKEN_MAX_AGE_DAYS": value}, "API_TOKEN_MAX_AGE_DAYS") for value in [*refused, *accepted]]
+    outcomes = _settings_each(cases)
+    for value, outcome in zip(refused, outcomes[:len(refused)], strict=True):
+        assert outcome.startswith("refused: API_TOKEN_MAX_AGE_DAYS must be ") and f"(it is {value})" in outcome, outcome
+        assert "0 for no expiry" in outcome, outcome
+    assert outcomes[len(refused):] == accepted
