@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import formats, timezone
 
 from accounts import selectors, services
+from accounts.forms import AccountUserChangeForm
 from accounts.models import ApiToken
 from mnistsite.admin_requests import HandEditedRequestsMixin
 
@@ -37,6 +38,7 @@ def _when(moment) -> str:
 
 
 class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
+    form = AccountUserChangeForm
     list_display = (*UserAdmin.list_display, "email_confirmed")
     list_filter = (*UserAdmin.list_filter, EmailConfirmedFilter)
     readonly_fields = (*UserAdmin.readonly_fields, "email_confirmation")

@@ -41,9 +41,9 @@ class LockoutModelBackend(ModelBackend):
     """
 
     def authenticate(self, request, username=None, password=None, **kwargs):
+        username = (username if username is not None else kwargs.pop(get_user_model().USERNAME_FIELD, None)) or ""
         if request is None:
-            return super().authenticate(request, username=username, password=password, **kwargs)
-        username = (username if username is not None else kwargs.get(get_user_model().USERNAME_FIELD)) or ""
+            return super().authenticate(request, username=_stored_username(username), password=password, **kwargs)
         address = client_address(request)
         try:
             allowed = login_attempt_start(username=username, ip=address)
@@ -52,7 +52,16 @@ class LockoutModelBackend(ModelBackend):
             raise PermissionDenied("the log-in lockout is unavailable") from None
         if not allowed:
             raise PermissionDenied("too many failed log-in attempts")  # ends authenticate() for every backend
-        user = super().authenticate(request, username=username, password=password, **kwargs)
+        user = super().authenticate(request, username=_stored_username(username), password=password, **kwargs)
         if user is not None:
             login_attempt_succeeded(username=username, ip=address, log_in=True)
         return user
+
+
+def _stored_username(username: str) -> str:
+    """The account's name as stored, for one typed in any case ("Alice" for "alice"): no two accounts' names differ
+    only in case (accounts/0009), and the lockout counts names in lower case already."""
+    user_model = get_user_model()
+    lookup = {f"{user_model.USERNAME_FIELD}__iexact": username}
+    return user_model._default_manager.filter(**lookup).values_list(user_model.USERNAME_FIELD, flat=True).first() \
+        or username

@@ -1,6 +1,6 @@
 """Account forms: sign-up (the site's names kept back), email, password reset, tokens, and checks behind the lockout."""
 from django import forms
-from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm, UserCreationForm
+from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm, UserChangeForm, UserCreationForm
 from django.core.exceptions import ValidationError
 from django.template.defaultfilters import pluralize
 
@@ -48,6 +48,18 @@ class SignupForm(FirstErrorFocusedMixin, UserCreationForm):
         if (self.cleaned_data.get("username") or "").casefold() in RESERVED_USERNAMES:
             raise ValidationError("This name is reserved for the site itself; choose another.", code="reserved")
         return super().clean_username()
+
+
+class AccountUserChangeForm(UserChangeForm):
+    """The admin's form for an account: a name another account has in any case is refused, as sign-up refuses it
+    (the database's index, accounts/0009, would otherwise answer the save with an error page)."""
+
+    def clean_username(self):
+        username = self.cleaned_data.get("username")
+        model = self._meta.model
+        if username and model.objects.filter(username__iexact=username).exclude(pk=self.instance.pk).exists():
+            raise ValidationError(self.instance.unique_error_message(model, ["username"]))
+        return username
 
 
 class LockoutPasswordMixin:

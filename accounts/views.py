@@ -1,8 +1,6 @@
 """Sign-up (a few accounts an hour per address), log-in that slows guessing, log-out, password reset, account page,
 and the link confirming an email address."""
-import logging
 import math
-import time
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -20,7 +18,7 @@ from django.contrib.auth.views import (
     PasswordResetView,
 )
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse, reverse_lazy
@@ -43,11 +41,7 @@ from accounts.mail import duration_words, wait_words
 from accounts.services import login_attempt_allowed
 from accounts.tokens import password_reset_token_generator
 from classifier import selectors as classifier_selectors
-from classifier.throttling import TOLERANCE_S, allowance_take
-from mnistsite.env import rate_parse
 from mnistsite.form_pages import form_sent_again
-
-logger = logging.getLogger(__name__)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
@@ -136,7 +130,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         # A whole sign-up is spent before the form is even read, and given back but a tenth when it is refused:
         # whether a name is taken must not decide whether an attempt is refused, or refusals would tell.
-        retry_after = _signup_allowance_take(request, share=1)
+        retry_after = services.signup_allowance_take(ip=client_address(request), share=1)
         if retry_after is not None:
             context = {
                 # What was typed, but the passwords, is there to send again.
@@ -147,13 +141,20 @@ def signup(request: HttpRequest) -> HttpResponse:
             response = render(request, "registration/signup.html", context, status=429)
             response["Retry-After"] = str(math.ceil(retry_after))
             return response
-        if form.is_valid() and (user := _signup_save(form)) is not None:
-            login(request, user)
-            messages.success(request, "Welcome! Upload or draw a digit to get started.")
-            _confirmation_messages(request, services.email_confirmation_request(user=user, first=True),
-                                   email=user.email)
-            return redirect(next_url or "classifier:upload")
-        _signup_allowance_take(request, share=FAILED_SIGNUP_SHARE - 1)
+        if form.is_valid():
+            try:
+                user = services.user_sign_up(username=form.cleaned_data["username"],
+                                             email=form.cleaned_data["email"], password=form.cleaned_data["password1"])
+            except services.UsernameTaken:
+                form.add_error("username", form.instance.unique_error_message(type(form.instance),
+                                                                              [form.instance.USERNAME_FIELD]))
+            else:
+                login(request, user)
+                messages.success(request, "Welcome! Upload or draw a digit to get started.")
+                _confirmation_messages(request, services.email_confirmation_request(user=user, first=True),
+                                       email=user.email)
+                return redirect(next_url or "classifier:upload")
+        services.signup_allowance_take(ip=client_address(request), share=services.FAILED_SIGNUP_SHARE - 1)
     return render(request, "registration/signup.html", {"form": form, "next": next_url},
                   status=400 if form.errors else 200)
 
@@ -165,48 +166,6 @@ def _signup_next(request: HttpRequest) -> str:
     if not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
         return ""
     return "" if urlsplit(url).path == request.path else url
-
-
-def _signup_save(form: SignupForm):
-    """The account the valid ``form`` makes; None, with the form's error saying so, when its name was taken meanwhile
-    (the same form sent twice at once, by a double click): the form's check came before the other's account was
-    stored, and the database refused the second."""
-    try:
-        with transaction.atomic():
-            user = form.save()
-            services.email_address_state_ensure(user=user)
-    except IntegrityError:
-        model = type(form.instance)
-        if not model.objects.filter(**{model.USERNAME_FIELD: form.cleaned_data["username"]}).exists():
-            raise
-        form.add_error("username", form.instance.unique_error_message(model, [model.USERNAME_FIELD]))
-        return None
-    return user
-
-
-# A refused sign-up (a name taken, passwords that differ) costs this share of an account: people mistype, but
-# each refusal also tells whether a user name exists.
-FAILED_SIGNUP_SHARE = 0.1
-
-
-def _signup_allowance_take(request: HttpRequest, *, share: float) -> float | None:
-    """Spend ``share`` of one sign-up of the client's allowance (a negative share gives some back); the seconds to
-    wait instead when it is spent.
-
-    Every account gets its own upload allowance, so accounts made by the hundred would multiply it. An IPv6
-    client counts by its /64, as for the log-in lockout: it can pick any address in it.
-    """
-    rate = rate_parse(settings.SIGNUP_THROTTLE_RATE)
-    if rate is None:
-        return None
-    count, period = rate
-    key = f"throttle_signups_{services.address_key(client_address(request))}"
-    try:
-        retry_after = allowance_take(key=key, now=time.time(), cost=share * period / count, period=period)
-    except Exception:  # noqa: BLE001 - as for uploads: an unreachable cache must not stop people signing up
-        logger.warning("sign-up throttle skipped: the cache is unavailable", exc_info=True)
-        return None
-    return retry_after if retry_after > TOLERANCE_S else None
 
 
 def _account_gone(request: HttpRequest) -> HttpResponse:

@@ -58,13 +58,17 @@ from accounts.services.password_reset import (
     password_reset_email_send,
 )
 from accounts.services.users import (
+    FAILED_SIGNUP_SHARE,
     AccountDeleteError,
     AccountGone,
     DemoUserError,
+    UsernameTaken,
     account_delete,
     demo_user_ensure,
+    signup_allowance_take,
     user_lock,
     user_login_record,
+    user_sign_up,
     users_delete,
 )
 
@@ -75,6 +79,7 @@ __all__ = [
     "EMAIL_CHANGE_NOTICE_REQUEUE_AFTER",
     "EMAIL_CONFIRMATION_ACCOUNTS_PER_MESSAGE",
     "EMAIL_CONFIRMATION_GIVE_UP_AFTER",
+    "FAILED_SIGNUP_SHARE",
     "LOCKOUT_SECONDS",
     "LOCKOUT_THRESHOLD",
     "MAIL_CLAIM_LEASE",
@@ -95,6 +100,7 @@ __all__ = [
     "MailThrottled",
     "PasswordResetEmailDeferred",
     "PasswordResetThrottled",
+    "UsernameTaken",
     "account_delete",
     "address_key",
     "api_token_create",
@@ -121,8 +127,10 @@ __all__ = [
     "password_reset_allowance_take",
     "password_reset_email_publish",
     "password_reset_email_send",
+    "signup_allowance_take",
     "user_email_set",
     "user_lock",
     "user_login_record",
+    "user_sign_up",
     "users_delete",
 ]

@@ -1,10 +1,74 @@
-"""Accounts: the demo account, the lock a change of one takes, its log-in recorded, and its deletion."""
+"""Accounts: sign-up and its allowance, the demo account, the lock a change takes, its log-in recorded, its deletion."""
+import logging
+import time
+
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.services.email_change_notices import _email_change_notices_finished
+from accounts.services.login_lockout import address_key
 from classifier.services import uploads_lock_for_owner
+from classifier.throttling import TOLERANCE_S, allowance_take
+from mnistsite.env import rate_parse
+
+logger = logging.getLogger(__name__)
+
+
+class UsernameTaken(Exception):
+    """Another account has the name, in this case or another: stored after the sign-up form checked it (the same
+    form sent twice at once, by a double click, or two people choosing one name at once); nothing was stored."""
+
+
+def user_sign_up(*, username: str, password: str, email: str = ""):
+    """Store a new account, its name and email address normalized as Django's sign-up form stores them, with where
+    its address stands (email_address_state_ensure); returns it.
+
+    Raises UsernameTaken when the database refuses the name as taken: the form's check, in any case, comes before
+    another sign-up's account is stored, and the database's unique index (accounts/0009), in any case too, is what
+    refuses the second of two sign-ups at once.
+    """
+    # Here, not at the top: that module takes its lock on an account from this one.
+    from accounts.services.email_addresses import email_address_state_ensure
+
+    model = get_user_model()
+    try:
+        with transaction.atomic():
+            user = model.objects.create_user(username=username, email=email, password=password)
+            email_address_state_ensure(user=user)
+    except IntegrityError:
+        # Compared as the index and the form compare names; any other refusal is no name taken, and is raised.
+        lookup = f"{model.USERNAME_FIELD}__iexact"
+        if not model.objects.filter(**{lookup: model.normalize_username(username)}).exists():
+            raise
+        raise UsernameTaken() from None
+    return user
+
+
+# A refused sign-up (a name taken, passwords that differ) costs this share of an account: people mistype, but
+# each refusal also tells whether a user name exists.
+FAILED_SIGNUP_SHARE = 0.1
+
+
+def signup_allowance_take(*, ip: str, share: float) -> float | None:
+    """Spend ``share`` of one sign-up of the allowance of client address ``ip`` (SIGNUP_THROTTLE_RATE; a negative
+    share gives some back); the seconds to wait instead when it is spent.
+
+    Every account gets its own upload allowance, so accounts made by the hundred would multiply it. An IPv6
+    client counts by its /64, as for the log-in lockout: it can pick any address in it.
+    """
+    rate = rate_parse(settings.SIGNUP_THROTTLE_RATE)
+    if rate is None:
+        return None
+    count, period = rate
+    try:
+        retry_after = allowance_take(key=f"throttle_signups_{address_key(ip)}", now=time.time(),
+                                     cost=share * period / count, period=period)
+    except Exception:  # noqa: BLE001 - as for uploads: an unreachable cache must not stop people signing up
+        logger.warning("sign-up throttle skipped: the cache is unavailable", exc_info=True)
+        return None
+    return retry_after if retry_after > TOLERANCE_S else None
 
 
 class DemoUserError(ValueError):
@@ -14,12 +78,17 @@ class DemoUserError(ValueError):
 def demo_user_ensure(*, username: str, password: str):
     """The demo account for a local install: staff, so the admin works; its password is reset each time.
 
-    Raises DemoUserError for an existing account that is not staff: a mistyped name must not make someone's
-    account an administrator with a password printed on the screen.
+    Raises DemoUserError for an existing account that is not staff, or for one whose name differs only in case: a
+    mistyped name must not make someone's account an administrator with a password printed on the screen.
     """
-    user, created = get_user_model().objects.get_or_create(username=username)
+    refusal = f"{username!r} is someone's account, not a demo account; choose another --username."
+    try:
+        user, created = get_user_model().objects.get_or_create(username=username)
+    except IntegrityError:
+        # Someone's name in another case (names are unique in any case): never theirs, whatever they are.
+        raise DemoUserError(refusal) from None
     if not created and not (user.is_staff and user.is_superuser):
-        raise DemoUserError(f"{username!r} is someone's account, not a demo account; choose another --username.")
+        raise DemoUserError(refusal)
     user.is_staff = True
     user.is_superuser = True
     # Set afresh only when it differs: a new hash (a new salt) would end every session the account has open, and
@@ -45,8 +114,10 @@ def user_lock(*, user):
     For every change a signed-in tab makes to its own account: a deletion committed between the request reading the
     account and writing it would otherwise make that write a 500, or worse, make a save of the whole user insert the
     deleted account back. Locked, a deletion in another tab waits for the change (and deletes it with the account).
+    Not a key lock: rows that refer to the account (its uploads in other tabs) are stored meanwhile, where a
+    password change would hold them for as long as the new password is hashed.
     """
-    locked = get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    locked = get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
     if locked is None:
         raise AccountGone()
     return locked

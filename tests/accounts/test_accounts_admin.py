@@ -4,6 +4,7 @@ import io
 
 import pytest
 from django.db import connection
+from django.forms import MultiWidget
 
 from tests.accounts.conftest import confirmation_path, run_queued
 
@@ -336,3 +337,46 @@ def _confirmed_or_asked(user) -> bool:
     from accounts.models import EmailAddressState
 
     return EmailAddressState.objects.filter(user=user).exclude(confirmed_email="", link_requested_at=None).exists()
+
+
+def _change_form_data(admin_client, user) -> dict:
+    # What the admin's change page would send unchanged, as a browser sends it.
+    form = admin_client.get(f"{USERS}{user.pk}/change/").context["adminform"].form
+    data = {}
+    for name, field in form.fields.items():
+        value = form[name].value()
+        if value is None or field.disabled:
+            continue
+        if isinstance(field.widget, MultiWidget):
+            data.update({f"{name}_{index}": str(part) for index, part in enumerate(field.widget.decompress(value))})
+        elif isinstance(value, (list, tuple)):
+            data[name] = [str(item) for item in value]
+        elif isinstance(value, bool):
+            if value:
+                data[name] = "on"
+        else:
+            data[name] = str(value)
+    return data
+
+
+def test_renaming_a_user_in_the_admin_to_anothers_name_in_another_case_is_refused_on_the_form(
+    admin_client, user, other_user
+):
+    data = {**_change_form_data(admin_client, user), "username": other_user.username.upper()}
+
+    response = admin_client.post(f"{USERS}{user.pk}/change/", data)
+
+    assert response.status_code == 200
+    assert "A user with that username already exists." in response.context["adminform"].form.errors["username"]
+    user.refresh_from_db()
+    assert user.username == "alice"
+
+
+def test_renaming_a_user_in_the_admin_to_their_own_name_in_another_case_is_saved(admin_client, user):
+    data = {**_change_form_data(admin_client, user), "username": "Alice"}
+
+    response = admin_client.post(f"{USERS}{user.pk}/change/", data)
+
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.username == "Alice"

@@ -37,3 +37,23 @@ def test_a_forwarded_log_in_behind_the_configured_proxies_logs_no_warning(
     with caplog.at_level("WARNING", logger="accounts.backends"):
         _log_in(client, HTTP_X_FORWARDED_FOR="198.51.100.7")
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("typed", ["Alice", "ALICE", " alice"])
+def test_an_account_logs_in_with_its_name_typed_in_another_case(client, user, typed):
+    # Names are unique in any case, so the one typed names one account whatever its case.
+    response = client.post("/accounts/login/", {"username": typed, "password": "correct horse battery"})
+
+    assert response.status_code == 302
+    assert int(client.session["_auth_user_id"]) == user.pk
+
+
+def test_a_name_in_another_case_with_a_wrong_password_is_refused_and_counted_against_the_account(client, user):
+    from accounts.services import LOCKOUT_THRESHOLD
+
+    for _ in range(LOCKOUT_THRESHOLD):
+        client.post("/accounts/login/", {"username": "ALICE", "password": "wrong"})
+
+    response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
+    assert "_auth_user_id" not in client.session
+    assert response.status_code in (400, 429)
