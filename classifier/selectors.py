@@ -95,7 +95,10 @@ def created_between_days(queryset: QuerySet, *, first_day: dt.date | None, last_
     return queryset
 
 
-def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> QuerySet[Upload]:
+def upload_list_for_user(
+    *, user, filters: UploadFilters | None = None, newest_id: int | None = None
+) -> QuerySet[Upload]:
+    """The user's uploads that match ``filters``, of those stored up to ``newest_id`` (None: all), newest first."""
     filters = filters or UploadFilters()
     queryset = upload_annotate_latest(Upload.objects.filter(owner=user))
     if filters.digit is not None:
@@ -105,6 +108,8 @@ def upload_list_for_user(*, user, filters: UploadFilters | None = None) -> Query
     queryset = created_between_days(queryset, first_day=filters.date_from, last_day=filters.date_to)
     if filters.upload_ids:
         queryset = queryset.filter(pk__in=filters.upload_ids)
+    if newest_id is not None:
+        queryset = queryset.filter(pk__lte=newest_id)
     return queryset.order_by("-created_at", "-id")
 
 
@@ -119,8 +124,7 @@ def upload_newest_id_for_user(*, user) -> int:
 
 def upload_count_for_user(*, user, filters: UploadFilters | None = None, newest_id: int | None = None) -> int:
     """How many of the user's uploads match ``filters``, of those stored up to ``newest_id`` (None: all)."""
-    queryset = upload_list_for_user(user=user, filters=filters)
-    return (queryset if newest_id is None else queryset.filter(pk__lte=newest_id)).count()
+    return upload_list_for_user(user=user, filters=filters, newest_id=newest_id).count()
 
 
 def upload_list_selected_for_user(*, user, upload_ids: Collection[int]) -> QuerySet[Upload]:
@@ -161,13 +165,16 @@ class UploadExportRow:
     prediction: Prediction | None  # the newest one; None while the upload has none
 
 
-def upload_export_rows(*, user, filters: UploadFilters | None = None) -> Iterator[UploadExportRow]:
-    """The user's uploads that match ``filters`` with their newest predictions, newest upload first, chunk by chunk.
+def upload_export_rows(
+    *, user, filters: UploadFilters | None = None, newest_id: int | None = None
+) -> Iterator[UploadExportRow]:
+    """The user's uploads that match ``filters`` (of those stored up to ``newest_id``; None: all) with their newest
+    predictions, newest upload first, chunk by chunk.
 
     The ids are taken once, in order, so that uploads arriving during a long export neither shift nor repeat
     rows; one deleted meanwhile is left out. Each chunk costs two queries, whatever the history's length.
     """
-    ids = list(upload_list_for_user(user=user, filters=filters).values_list("pk", flat=True))
+    ids = list(upload_list_for_user(user=user, filters=filters, newest_id=newest_id).values_list("pk", flat=True))
     return _upload_rows(upload_ids=ids)
 
 

@@ -539,19 +539,39 @@ def _history_filters(request: HttpRequest) -> tuple[HistoryFilterForm, selectors
     )
 
 
+def _history_newest(request: HttpRequest) -> int | None:
+    """The newest upload a history page's links list up to (``newest``); None when not given or not a row's id."""
+    try:
+        newest = int(request.GET.get("newest", ""))
+    except ValueError:
+        return None
+    return newest if 0 <= newest < 2**63 else None
+
+
 @require_safe
 def history(request: HttpRequest) -> HttpResponse:
     form, filters = _history_filters(request)
-    queryset = selectors.upload_list_for_user(user=request.user, filters=filters)
+    # The pages past the first, their downloads and "Delete all" hold the uploads stored up to the first page's newest:
+    # counted with those stored since, every row would move down and the next page show some of this one's again.
+    pinned = _history_newest(request)
+    newest_id = selectors.upload_newest_id_for_user(user=request.user) if pinned is None else pinned
+    queryset = selectors.upload_list_for_user(user=request.user, filters=filters, newest_id=newest_id)
     page = Paginator(queryset.values_list("pk", flat=True), HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    uploads = selectors.upload_list_page(ids=list(page.object_list))
-    for item in uploads:
-        item.latest_confidence_percent = confidence_percent(item.latest_confidence)
-    unfinished = (Prediction.Status.PENDING, Prediction.Status.RUNNING)
     query = request.GET.copy()
     query.pop("page", None)
     # "Select all on this page" without JavaScript: a link to the same page with every row ticked.
     select_all = query.pop("select", None) == ["page"]
+    # "Older" keeps to the uploads counted here; the first page, "Newer" from the second, is the history as it is now.
+    pages, latest = query.copy(), query.copy()
+    pages["newest"] = str(newest_id)
+    latest.pop("newest", None)
+    if pinned is not None and not page.paginator.count:
+        # Every upload counted then is gone (deleted from this page): not "nothing yet" while newer ones are there.
+        return redirect(request.path + (f"?{latest.urlencode()}" if latest else ""))
+    uploads = selectors.upload_list_page(ids=list(page.object_list))
+    for item in uploads:
+        item.latest_confidence_percent = confidence_percent(item.latest_confidence)
+    unfinished = (Prediction.Status.PENDING, Prediction.Status.RUNNING)
     # Where a deletion leads back to: this page, its rows no longer ticked.
     here = request.GET.copy()
     here.pop("select", None)
@@ -563,13 +583,15 @@ def history(request: HttpRequest) -> HttpResponse:
             "page": page,
             "uploads": uploads,
             "query": query.urlencode(),
+            "pages_query": pages.urlencode(),
+            "latest_query": latest.urlencode(),
             "filtered": any([filters.digit is not None, filters.status, filters.date_from, filters.date_to]),
             "batch": filters.upload_ids,
             "threshold": settings.LOW_CONFIDENCE_THRESHOLD,
             "select_all": select_all,
             "here": request.path + (f"?{here.urlencode()}" if here else ""),
             # "Delete all N" deletes the N counted now, not uploads stored after this page was shown.
-            "newest_id": selectors.upload_newest_id_for_user(user=request.user),
+            "newest_id": newest_id,
             # Without JavaScript nothing updates the rows still waiting: the page reloads itself until they finish.
             "reloading": any(item.latest_status in unfinished for item in uploads),
             # Rows queued on a queue no worker takes, as the result page says it (static/js/history.js keeps it current).
@@ -617,7 +639,10 @@ def _uploads_delete(request: HttpRequest) -> HttpResponse:
         messages.info(request, "Nothing was deleted: tick the uploads to delete again, or use “Delete all”.")
         return redirect(history_url)
     if request.method == "GET":
-        choice = {"matching": True, "newest": selectors.upload_newest_id_for_user(user=request.user), "upload": (), "confirmed": False}
+        newest = _history_newest(request)
+        if newest is None:
+            newest = selectors.upload_newest_id_for_user(user=request.user)
+        choice = {"matching": True, "newest": newest, "upload": (), "confirmed": False}
     else:
         form = UploadsDeleteForm(request.POST)
         if not form.is_valid():
@@ -771,7 +796,10 @@ def history_export(request: HttpRequest, kind: str) -> StreamingHttpResponse:
     content_type, render_rows = _EXPORTS[kind]
     _, filters = _history_filters(request)
     response = StreamingHttpResponse(
-        render_rows(selectors.upload_export_rows(user=request.user, filters=filters)), content_type=content_type
+        render_rows(
+            selectors.upload_export_rows(user=request.user, filters=filters, newest_id=_history_newest(request))
+        ),
+        content_type=content_type,
     )
     name = f"mnistsite-history-{timezone.localdate():%Y-%m-%d}.{kind}"
     response["Content-Disposition"] = f'attachment; filename="{name}"'

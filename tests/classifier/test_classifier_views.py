@@ -659,6 +659,59 @@ def test_history_is_paginated(alice, user, digit_png):
     assert alice.get("/history/", {"page": 2}).content.decode().count('class="history-item"') == 3
 
 
+def _history_ids(page: str) -> list[int]:
+    return [int(pk) for pk in re.findall(r'<li class="history-item" data-upload-id="(\d+)"', page)]
+
+
+def _pagination_link(page: str, label: str) -> str:
+    return unescape(re.search(rf'<a class="button" href="([^"]*)">{label}</a>', page).group(1))
+
+
+def test_uploads_stored_between_history_pages_neither_repeat_nor_hide_rows_on_the_next_page(alice, user, digit_png):
+    older = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file") for i in range(23)]
+    first = alice.get("/history/").content.decode()
+    # Another tab, or a script, stores more before "Older" is pressed.
+    newer = [services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file") for _ in range(5)]
+
+    second = alice.get("/history/" + _pagination_link(first, "Older →")).content.decode()
+
+    assert _history_ids(first) + _history_ids(second) == [upload.pk for upload in reversed(older)]
+    assert "Page 2 of 2" in second and "23 uploads." in second
+    # The first page, asked for again, is the history as it is now.
+    back = alice.get("/history/" + _pagination_link(second, "← Newer")).content.decode()
+    assert _history_ids(back) == [upload.pk for upload in reversed(older + newer)][:20]
+
+
+def test_a_history_page_past_the_first_downloads_and_deletes_the_uploads_it_counts(alice, user, digit_png):
+    older = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file") for i in range(23)]
+    first = alice.get("/history/").content.decode()
+    newer = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    second = alice.get("/history/" + _pagination_link(first, "Older →")).content.decode()
+    export = unescape(re.search(r'href="([^"]+)" id="export-csv"', second).group(1))
+
+    exported = _downloaded(alice.get(export)).decode("utf-8-sig").splitlines()[1:]
+    newest = re.search(r'<input type="hidden" name="newest" value="(\d+)">', second).group(1)
+
+    delete_all = unescape(re.search(r'id="delete-all" href="([^"]+)"', second).group(1))
+    confirmation = alice.get(delete_all).content.decode()
+
+    assert [int(line.split(",")[0]) for line in exported] == [upload.pk for upload in reversed(older)]
+    assert int(newest) == older[-1].pk < newer.pk
+    assert "Delete 23 uploads?" in confirmation
+
+
+def test_a_history_page_whose_counted_uploads_were_all_deleted_shows_those_stored_since(alice, user, digit_png):
+    older = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i % 5)), source="file") for i in range(23)]
+    first = alice.get("/history/").content.decode()
+    newer = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    here = "/history/" + _pagination_link(first, "Older →")
+    services.uploads_delete(owner=user, upload_ids=[upload.pk for upload in older])
+
+    page = alice.get(here, follow=True).content.decode()
+
+    assert _history_ids(page) == [newer.pk]
+
+
 def test_a_page_deep_in_history_skips_rows_without_reading_their_predictions(alice, user, digit_png):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
