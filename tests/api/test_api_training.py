@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.api.conftest import client_for
+from tests.training.conftest import train_a_diverging_run
 from training.models import Checkpoint, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -391,3 +392,16 @@ def test_the_browsable_api_form_can_leave_augmentation_to_the_recipe_or_turn_it_
 
         assert response.status_code == 202, response.json()
         assert TrainingRun.objects.get(pk=response.json()["id"]).augment is augmented, (architecture, chosen)
+
+
+def test_a_run_whose_loss_diverged_is_listed_and_shown_as_failed_saying_why(staff_client):
+    diverged_run = train_a_diverging_run()
+    listing = staff_client.get(RUNS)
+    detail = staff_client.get(f"{RUNS}{diverged_run.pk}/")
+
+    assert listing.status_code == 200 and detail.status_code == 200
+    assert [item["id"] for item in listing.json()["results"]] == [diverged_run.pk]
+    body = detail.json()
+    assert body["status"] == "failed" and body["finished"] is True and body["checkpoints"] == []
+    assert body["error"].startswith("Training diverged: the training loss became")
+    assert body["eta_seconds"] is None and body["test_accuracy"] is None and body["metrics"] == []

@@ -1,4 +1,4 @@
-"""Fixtures for the training tests: tiny recipes, checkpoints made without a training loop, writes killed midway."""
+"""Fixtures for the training tests: tiny recipes, checkpoints made without a training loop, a diverged run, killed writes."""
 import os
 import signal
 import subprocess
@@ -17,6 +17,28 @@ TINY = dict(architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3, see
 @pytest.fixture
 def tiny_recipe() -> dict:
     return dict(TINY)
+
+
+# Far above the most a new run may ask for (10): what a run stored before that limit, or through the shell, may hold.
+# The CNN's loss turns NaN within its first epoch at this rate.
+DIVERGING_LEARNING_RATE = 1e6
+
+
+def train_a_diverging_run():
+    """A CNN run trained by the trainer's own service at a rate that makes its loss diverge; returns it, reloaded."""
+    from training import services
+    from training.models import TrainingRun
+
+    run = services.training_run_create(created_by=None, enqueue=False, **{**TINY, "architecture": "cnn", "device": "cpu"})
+    TrainingRun.objects.filter(pk=run.pk).update(learning_rate=DIVERGING_LEARNING_RATE)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.fixture
+def diverged_run(db):
+    return train_a_diverging_run()
 
 
 @pytest.fixture

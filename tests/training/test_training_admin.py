@@ -682,3 +682,19 @@ def test_a_nul_character_in_a_training_lists_address_gets_the_admins_error_page_
     response = client.get(query)
 
     assert response.status_code == 302 and response["Location"].endswith("?e=1")
+
+
+def test_a_run_whose_loss_diverged_shows_why_on_its_page_its_list_row_and_its_progress_endpoint(
+    client, staff_user, diverged_run
+):
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_change", args=[diverged_run.pk]))
+    assert page.status_code == 200
+    assert f'<p class="errornote">{diverged_run.error}</p>' in page.content.decode()
+    assert diverged_run.error.startswith("Training diverged: ")
+    listing = client.get(reverse("admin:training_trainingrun_changelist"))
+    change_url = reverse("admin:training_trainingrun_change", args=[diverged_run.pk])
+    assert listing.status_code == 200 and change_url in listing.content.decode()
+    progress = client.get(reverse("admin:training_trainingrun_progress", args=[diverged_run.pk]))
+    assert progress.status_code == 200
+    assert progress.json()["status"] == "failed" and "lower the learning rate" in progress.json()["error"]

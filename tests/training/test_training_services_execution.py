@@ -1,11 +1,14 @@
 """Training services: a trainer running a queued run (claim, device, resuming, outcome, activation, shutdown)."""
 import logging
+import math
+import re
 from datetime import UTC
 
 import pytest
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from training import services
 from training.ml.atomic import sha256_file
@@ -288,3 +291,71 @@ def test_a_run_in_a_process_that_served_predictions_trains_on_all_cores_then_giv
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.SUCCEEDED
     assert threads_while_training == {default_num_threads()}
     assert torch.get_num_threads() == 1
+
+
+def _stored_numbers(value):
+    """Every number in a stored value, nested in JSON lists and objects too."""
+    if isinstance(value, dict):
+        return [number for item in value.values() for number in _stored_numbers(item)]
+    if isinstance(value, list):
+        return [number for item in value for number in _stored_numbers(item)]
+    return [value] if isinstance(value, float) else []
+
+
+def _all_stored_numbers(run):
+    rows = [TrainingRun.objects.filter(pk=run.pk).values().get()]
+    rows += list(run.checkpoints.values())
+    return _stored_numbers(rows)
+
+
+def test_a_run_whose_loss_diverges_fails_saying_where_and_what_to_do_and_stores_no_model_and_no_nan(diverged_run):
+    run = diverged_run
+    assert run.status == TrainingRun.Status.FAILED and run.finished_at is not None
+    assert re.fullmatch(
+        r"Training diverged: the training loss became (nan|inf) at step \d+ of epoch 1; "
+        r"lower the learning rate \(it was 1e\+06\)\.",
+        run.error,
+    ), run.error
+    assert not run.checkpoints.exists() and not list(services.run_files._run_dir(run).rglob("*.pt"))
+    assert run.metrics == [] and run.test_accuracy is None and run.eta_seconds is None
+    assert all(math.isfinite(number) for number in _all_stored_numbers(run))
+
+
+def test_a_diverging_run_is_logged_as_one_line_for_staff_not_as_a_crash_with_a_traceback(caplog):
+    from tests.training.conftest import train_a_diverging_run
+
+    with caplog.at_level(logging.WARNING, logger="training.services.execution"):
+        train_a_diverging_run()
+    [record] = caplog.records
+    assert record.exc_info is None and "lower the learning rate" in record.getMessage()
+
+
+def test_a_run_that_diverges_after_its_first_epoch_keeps_that_epochs_metrics_and_checkpoint_and_activates_nothing(
+    tiny_recipe,
+):
+    from training.loading import checkpoint_load_model
+
+    run = _create(tiny_recipe, epochs=3, device="cpu", activate_on_success=True)
+    steps_per_epoch = tiny_recipe["train_subset"] // tiny_recipe["batch_size"]
+    steps = []
+
+    def ruin_the_weights_at_the_first_step_of_epoch_two(optimizer, args, kwargs):
+        steps.append(1)
+        if len(steps) == steps_per_epoch + 1:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].fill_(float("nan"))
+
+    handle = register_optimizer_step_post_hook(ruin_the_weights_at_the_first_step_of_epoch_two)
+    try:
+        services.training_run_execute(run_id=run.pk)
+    finally:
+        handle.remove()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert re.fullmatch(r"Training diverged: the training loss became nan at step \d+ of epoch 2; .*", run.error)
+    assert [row["epoch"] for row in run.metrics] == [1]
+    assert run.test_accuracy == run.metrics[0]["test_accuracy"] and run.current_epoch >= 1
+    (kept,) = run.checkpoints.all()
+    assert (kept.epoch, kept.is_final, kept.is_active) == (1, False, False)
+    checkpoint_load_model(checkpoint=kept)
+    assert all(math.isfinite(number) for number in _all_stored_numbers(run))

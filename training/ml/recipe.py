@@ -184,8 +184,8 @@ def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed)
 
 
-def _diverged(what: str, *, epoch: int, config: TrainConfig) -> TrainingDiverged:
-    return TrainingDiverged(f"{what} in epoch {epoch}; lower the learning rate (it was {config.lr:g})")
+def _diverged(what: str, *, config: TrainConfig) -> TrainingDiverged:
+    return TrainingDiverged(f"{what}; lower the learning rate (it was {config.lr:g})")
 
 
 def _all_finite(model: nn.Module) -> bool:
@@ -213,6 +213,8 @@ def fit(
     - ``on_progress(fraction, epoch, step, eta_seconds)``: at most every
       ``config.progress_interval_s`` and at each epoch's last step (epoch/step 1-based).
     - ``should_stop()``: polled before every step; true raises :class:`TrainingCancelled`.
+    - A loss, or after an epoch weights or a test loss, that is no finite number raises
+      :class:`TrainingDiverged`, the loss checked as often as progress is reported.
     - ``on_epoch_end(epoch, model, optimizer, metrics)``: ``metrics`` is this epoch's
       row plus ``"history"`` (all rows so far); saving it as a checkpoint's metrics
       (with the optimizer state) makes that checkpoint resumable.
@@ -260,12 +262,17 @@ def fit(
 
         def on_step(step: int, steps: int, loss: torch.Tensor, *, _epoch: int = epoch) -> None:
             nonlocal last_report
-            if on_progress is None:
-                return
             now = time.perf_counter()
             if now - last_report < config.progress_interval_s and step != steps:
                 return
             last_report = now
+            # Read only as often as progress is reported (reading waits for the device): weights gone NaN stay NaN,
+            # and the rest of the epoch would only be time lost.
+            value = float(loss)
+            if not math.isfinite(value):
+                raise _diverged(f"the training loss became {value} at step {step} of epoch {_epoch}", config=config)
+            if on_progress is None:
+                return
             done = done_before_epoch + step
             eta = (now - started) / done * (total_steps - done)
             on_progress(done / total_steps, _epoch, step, eta)
@@ -288,10 +295,10 @@ def fit(
         )
         # Before the epoch's checkpoint: a model of NaN weights must never be saved, let alone served.
         if not math.isfinite(stats.loss):
-            raise _diverged(f"the training loss became {stats.loss}", epoch=epoch, config=config)
+            raise _diverged(f"the training loss became {stats.loss} in epoch {epoch}", config=config)
         # The epoch's loss was computed before each step, so the last step's weights are checked themselves.
         if not _all_finite(model):
-            raise _diverged("the weights stopped being finite numbers", epoch=epoch, config=config)
+            raise _diverged(f"the weights stopped being finite numbers in epoch {epoch}", config=config)
         done_before_epoch += stats.steps
         train_seconds += stats.seconds
         trained_images += stats.n
@@ -300,7 +307,7 @@ def fit(
         )
         # Finite but huge weights can still overflow the logits.
         if not math.isfinite(result.loss):
-            raise _diverged(f"the test loss became {result.loss}", epoch=epoch, config=config)
+            raise _diverged(f"the test loss became {result.loss} in epoch {epoch}", config=config)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,

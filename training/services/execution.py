@@ -106,7 +106,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     import torch
 
     from training.ml.data import batch_count, load_mnist
-    from training.ml.engine import TrainingCancelled
+    from training.ml.engine import TrainingCancelled, TrainingDiverged
     from training.ml.recipe import TrainConfig, fit
     from training.ml.threads import default_num_threads
 
@@ -165,6 +165,11 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     except TrainingDeviceUnavailableError as exc:
         logger.error("training run %s failed: %s", run.pk, exc)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=str(exc))
+    except TrainingDiverged as exc:
+        # The recipe's fault, not the code's: a traceback would add nothing. The metrics and epoch checkpoints of
+        # the epochs before stay; the final model, whose weights are useless, is never saved.
+        logger.error("training run %s diverged: %s", run.pk, exc)
+        return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"Training diverged: {exc}.")
     except Exception as exc:
         logger.exception("training run %s failed", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")

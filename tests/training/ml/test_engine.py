@@ -173,6 +173,29 @@ def test_a_diverging_run_stops_before_its_epoch_is_reported_or_saved(tiny_train,
     assert reported == []
 
 
+def test_a_loss_that_stops_being_finite_ends_the_epoch_at_the_next_check_naming_the_step(tiny_train, tiny_test):
+    # Checked at every progress report (each step here): the rest of the epoch would only train NaN weights.
+    config = _tiny_config(epochs=1, augment=False, progress_interval_s=0.0, lr=0.01)
+    steps = []
+
+    def ruin_the_weights_at_step_three(optimizer, args, kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].fill_(float("inf"))
+
+    handle = register_optimizer_step_post_hook(ruin_the_weights_at_step_three)
+    try:
+        with pytest.raises(
+            TrainingDiverged, match=r"^the training loss became nan at step 4 of epoch 1; lower the learning rate "
+            r"\(it was 0\.01\)$"
+        ):
+            fit(config=config, train=tiny_train, test=tiny_test, device=CPU)
+    finally:
+        handle.remove()
+    assert len(steps) == 4 < len(tiny_train) // config.batch_size
+
+
 @pytest.mark.parametrize(
     "poison, caught_by",
     [(float("nan"), "the weights stopped being finite"), (3e38, "the test loss became")],
