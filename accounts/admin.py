@@ -6,14 +6,12 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db import transaction
-from django.http import HttpResponseRedirect
-from django.urls import reverse
 from django.utils import formats, timezone
 
 from accounts import selectors, services
 from accounts.forms import AccountUserChangeForm
 from accounts.models import ApiToken
-from mnistsite.admin_requests import HandEditedRequestsMixin
+from mnistsite.admin_requests import HandEditedRequestsMixin, deleted_meanwhile_response
 
 
 class EmailConfirmedFilter(admin.SimpleListFilter):
@@ -100,10 +98,9 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
                 services.user_lock(user=user)
                 return view()
         except services.AccountGone:
-            self.message_user(request, f"Account {user.get_username()} was deleted meanwhile, by another "
-                                       "administrator or its owner; nothing was saved.", messages.ERROR)
-            return HttpResponseRedirect(reverse(f"{self.admin_site.name}:{user._meta.app_label}_"
-                                                f"{user._meta.model_name}_changelist"))
+            return deleted_meanwhile_response(model_admin=self, request=request, message=(
+                f"Account {user.get_username()} was deleted meanwhile, by another administrator or its owner; "
+                "nothing was saved."))
 
     def save_model(self, request, obj, form, change):
         if not (change and "email" in form.changed_data):

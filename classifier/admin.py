@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Exists, F, Max, OuterRef, Q
 from django.db.models.functions import Coalesce
-from django.http import HttpResponseRedirect, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import reverse
 from django.utils import timezone
@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 from classifier import exports, selectors, services
 from classifier.models import Prediction, StorageUse, Upload
 from mnistsite.admin_display import AdminStyles, admin_when
-from mnistsite.admin_requests import HandEditedRequestsMixin
+from mnistsite.admin_requests import HandEditedRequestsMixin, deleted_meanwhile_response
 from training.selectors import checkpoint_get_active
 
 
@@ -317,9 +317,8 @@ class DeletedMeanwhileMixin:
     def response_change(self, request, obj):
         if not getattr(obj, "deleted_meanwhile", False):
             return super().response_change(request, obj)
-        self.message_user(request, f"{obj} was deleted meanwhile; nothing was saved.", messages.ERROR)
-        opts = obj._meta
-        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_changelist"))
+        return deleted_meanwhile_response(model_admin=self, request=request,
+                                          message=f"{obj} was deleted meanwhile; nothing was saved.")
 
 
 class RerunActionMixin:

@@ -1,7 +1,18 @@
-"""The admin's own answers, not a 500, to requests edited by hand, for every app's ModelAdmin."""
+"""The admin's own answers to requests edited by hand (not a 500) and to saves of rows deleted meanwhile."""
+from django.contrib import messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import SuspiciousOperation
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+
+
+def deleted_meanwhile_response(*, model_admin, request, message: str) -> HttpResponseRedirect:
+    """A change page's answer to a save of a row deleted since the page was read: nothing was saved, and staff are
+    sent back to the list, told ``message``."""
+    model_admin.message_user(request, message, messages.ERROR)
+    opts = model_admin.opts
+    return HttpResponseRedirect(reverse(f"{model_admin.admin_site.name}:{opts.app_label}_{opts.model_name}_changelist"))
 
 
 class HandEditedRequestsMixin:

@@ -1,4 +1,4 @@
-"""Account writes, a module per concern; every public name is re-exported here."""
+"""Account writes, a module per concern; what the rest of the project uses is re-exported here."""
 from accounts.services.api_tokens import (
     ApiTokenError,
     api_token_create,

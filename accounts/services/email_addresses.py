@@ -14,8 +14,8 @@ from django.utils import timezone
 from accounts import selectors
 from accounts.mail import wait_words
 from accounts.models import EmailAddressState, EmailChangeNotice
-from accounts.services.mail_allowances import Limits, MailThrottled, _allowances_give_back, _allowances_take, _email_key
-from accounts.services.mail_sending import _task_publish
+from accounts.services.mail_allowances import Limits, MailThrottled, allowances_give_back, allowances_take, email_key
+from accounts.services.mail_sending import task_publish
 from accounts.services.users import user_lock
 from mnistsite.env import rate_parse
 
@@ -81,18 +81,18 @@ def _email_change_limits(*, user_id: int) -> Limits:
     return [] if rate is None else [(f"throttle_email_change_user_{user_id}", rate, "")]
 
 
-def _email_confirmation_address_limits(*, email: str) -> Limits:
+def email_confirmation_address_limits(*, email: str) -> Limits:
     rate = rate_parse(settings.EMAIL_CONFIRMATION_THROTTLE_RATE)
-    return [] if rate is None else [(f"throttle_email_confirmation_email_{_email_key(email)}", rate, "")]
+    return [] if rate is None else [(f"throttle_email_confirmation_email_{email_key(email)}", rate, "")]
 
 
-def _allowances_wait(*, limits: Limits) -> float:
+def allowances_wait(*, limits: Limits) -> float:
     """The seconds until ``limits`` let one more message through; 0 for now. Spends nothing."""
     try:
-        _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
+        allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
     except EmailConfirmationThrottled as exc:
         return exc.retry_after
-    _allowances_give_back(limits=limits, what="email confirmation")
+    allowances_give_back(limits=limits, what="email confirmation")
     return 0
 
 
@@ -130,17 +130,17 @@ def _email_confirmation_request(*, user, first: bool) -> EmailConfirmationReques
 
     if first:
         try:
-            _allowances_take(limits=_email_change_limits(user_id=user.pk), refused=EmailConfirmationThrottled,
+            allowances_take(limits=_email_change_limits(user_id=user.pk), refused=EmailConfirmationThrottled,
                              what="email address change")
         except EmailConfirmationThrottled:
-            wait = _allowances_wait(limits=_email_confirmation_account_limits(user_id=user.pk))
+            wait = allowances_wait(limits=_email_confirmation_account_limits(user_id=user.pk))
             when = f"in {wait_words(seconds=wait)}" if wait else "to have it sent"
             return EmailConfirmationRequest(
                 ConfirmationLink.THROTTLED, retry_after=wait,
                 refusal=f"too many addresses were saved for your account lately. Press “Send the link again” {when}.")
     else:
         try:
-            _allowances_take(limits=_email_confirmation_account_limits(user_id=user.pk),
+            allowances_take(limits=_email_confirmation_account_limits(user_id=user.pk),
                              refused=EmailConfirmationThrottled, what="email confirmation")
         except EmailConfirmationThrottled as exc:
             return EmailConfirmationRequest(ConfirmationLink.THROTTLED, refusal=str(exc), retry_after=exc.retry_after)
@@ -150,9 +150,9 @@ def _email_confirmation_request(*, user, first: bool) -> EmailConfirmationReques
     now = timezone.now()
     EmailAddressState.objects.filter(user_id=user.pk).update(
         link_requested_at=Coalesce(F("link_requested_at"), Value(now)), link_last_requested_at=now)
-    if not _allowances_wait(limits=_email_confirmation_address_limits(email=user.email)):
+    if not allowances_wait(limits=email_confirmation_address_limits(email=user.email)):
         kwargs = {"email": user.email}
-        transaction.on_commit(lambda: _task_publish(task=send_task, kwargs=kwargs,
+        transaction.on_commit(lambda: task_publish(task=send_task, kwargs=kwargs,
                                                     what="an email confirmation link"))
     return EmailConfirmationRequest(ConfirmationLink.QUEUED)
 
@@ -202,7 +202,7 @@ def user_email_set(*, user, email: str, by_staff: bool = False) -> EmailSetResul
                 owed = EmailChangeNotice.objects.create(
                     user=locked, username=locked.get_username(), address=old, by_staff=by_staff, created_at=now,
                     queued_at=now, kind=EmailChangeNotice.REPLACED if email else EmailChangeNotice.REMOVED)
-                transaction.on_commit(lambda: _task_publish(
+                transaction.on_commit(lambda: task_publish(
                     task=notice_task, kwargs={"notice_id": owed.pk}, what="the notice of an email address change"))
                 notice_to = old
         # Under the same lock: the account deleted once the address is saved would make this request raise, and the

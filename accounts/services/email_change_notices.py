@@ -6,7 +6,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import EmailChangeNotice
-from accounts.services.mail_sending import MAIL_CLAIM_LEASE, _message_send, _site_message, _task_publish
+from accounts.services.mail_sending import MAIL_CLAIM_LEASE, message_send, site_message, task_publish
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +26,19 @@ def email_change_notice_send(*, notice_id: int) -> bool:
     mine = EmailChangeNotice.objects.filter(pk=notice_id, claimed_at=now)
     try:
         notice = EmailChangeNotice.objects.get(pk=notice_id)
-        message = _site_message(template="email_change_notice", recipient=notice.address, context={
+        message = site_message(template="email_change_notice", recipient=notice.address, context={
             "username": notice.username,
             "replaced": notice.kind == EmailChangeNotice.REPLACED,
             "by_staff": notice.by_staff,
         })
         user_ids = [notice.user_id] if notice.user_id is not None else []
-        sent = _message_send(message=message, what="email change notice", user_ids=user_ids)
+        sent = message_send(message=message, what="email change notice", user_ids=user_ids)
     except BaseException:
         mine.update(claimed_at=None)  # owed still: for this task's retry, or the sweep
         raise
     mine.update(claimed_at=None, **{"sent_at" if sent else "given_up_at": timezone.now()})
     # Kept for a deleted account only while owed: done with, it would be the last of its addresses here.
-    _email_change_notices_finished().filter(pk=notice_id, user__isnull=True).delete()
+    email_change_notices_finished().filter(pk=notice_id, user__isnull=True).delete()
     return sent
 
 
@@ -68,13 +68,13 @@ def email_change_notices_requeue() -> tuple[int, int]:
                                                                                                          flat=True):
         # Claimed first, so that two sweeps at once queue it once.
         if EmailChangeNotice.objects.filter(pk=notice_id, queued_at__lt=now - EMAIL_CHANGE_NOTICE_REQUEUE_AFTER).update(
-                queued_at=now) and _task_publish(task=notice_task, kwargs={"notice_id": notice_id},
+                queued_at=now) and task_publish(task=notice_task, kwargs={"notice_id": notice_id},
                                                  what="an email change notice again"):
             queued += 1
     return queued, given_up
 
 
-def _email_change_notices_finished():
+def email_change_notices_finished():
     return EmailChangeNotice.objects.exclude(sent_at__isnull=True, given_up_at__isnull=True)
 
 
@@ -85,5 +85,5 @@ def email_change_notices_forget() -> int:
     just before the account went. Deleting an account (users_delete) and sending a notice delete such notices at
     once; this catches those that a deletion outside them (a shell) or a race between the two left behind.
     """
-    deleted, _ = _email_change_notices_finished().filter(user__isnull=True).delete()
+    deleted, _ = email_change_notices_finished().filter(user__isnull=True).delete()
     return deleted

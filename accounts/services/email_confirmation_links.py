@@ -14,12 +14,12 @@ from accounts.mail import duration_words
 from accounts.models import EmailAddressState
 from accounts.services.email_addresses import (
     EmailConfirmationThrottled,
-    _allowances_wait,
-    _email_confirmation_address_limits,
+    allowances_wait,
+    email_confirmation_address_limits,
     email_confirmation_token_make,
 )
-from accounts.services.mail_allowances import _allowances_give_back, _allowances_take
-from accounts.services.mail_sending import MAIL_CLAIM_LEASE, _message_send, _site_message, _task_publish
+from accounts.services.mail_allowances import allowances_give_back, allowances_take
+from accounts.services.mail_sending import MAIL_CLAIM_LEASE, message_send, site_message, task_publish
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def email_confirmation_send(*, email: str) -> int:
             and (user.link_claimed_at is None or user.link_claimed_at < now - MAIL_CLAIM_LEASE)]
     if not owed:
         return 0
-    limits = _email_confirmation_address_limits(email=email)
+    limits = email_confirmation_address_limits(email=email)
     try:
-        _allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
+        allowances_take(limits=limits, refused=EmailConfirmationThrottled, what="email confirmation")
     except EmailConfirmationThrottled:
         return 0
     # Each row claimed only while still owed and unclaimed: of two senders at once, one gets it.
@@ -70,7 +70,7 @@ def email_confirmation_send(*, email: str) -> int:
                if EmailAddressState.objects.filter(_link_owed(now=now), user_id=pk, user__email=email).update(
                    link_claimed_at=now)}
     if not claimed:
-        _allowances_give_back(limits=limits, what="email confirmation")
+        allowances_give_back(limits=limits, what="email confirmation")
         return 0
     mine = EmailAddressState.objects.filter(user_id__in=claimed, link_claimed_at=now)
     # Those claimed, then those waiting without having asked; not those another sender is mailing.
@@ -80,18 +80,18 @@ def email_confirmation_send(*, email: str) -> int:
     try:
         accounts = [{"username": user.get_username(), "confirm_url": f"{site.scheme}://{site.netloc}" + reverse(
             "email_confirm", kwargs={"token": email_confirmation_token_make(user=user)})} for user in listed]
-        message = _site_message(template="email_confirmation", recipient=email, context={
+        message = site_message(template="email_confirmation", recipient=email, context={
             "accounts": accounts,
             "unlisted": len(waiting) - len(listed),
             "link_valid_for": duration_words(seconds=settings.EMAIL_CONFIRMATION_TIMEOUT),
         })
         refusals: list = []
-        sent = _message_send(message=message, what="email confirmation link", user_ids=[user.pk for user in listed],
+        sent = message_send(message=message, what="email confirmation link", user_ids=[user.pk for user in listed],
                              refusals=refusals)
     except BaseException:
         # Owed still: for this task's retry, or the sweep.
         mine.update(link_claimed_at=None)
-        _allowances_give_back(limits=limits, what="email confirmation")
+        allowances_give_back(limits=limits, what="email confirmation")
         raise
     # Owed no more, unless the address changed meanwhile (which cleared the claim).
     mine.update(link_requested_at=None, link_last_requested_at=None, link_claimed_at=None)
@@ -103,7 +103,7 @@ def email_confirmation_send(*, email: str) -> int:
         EmailAddressState.objects.filter(user_id__in=[user.pk for user in listed], user__email=email).update(
             link_refused_at=None if sent else timezone.now())
     if len(owed) > len(claimed):
-        _task_publish(task=send_task, kwargs={"email": email}, what="the next email confirmation message")
+        task_publish(task=send_task, kwargs={"email": email}, what="the next email confirmation message")
     return len(listed) if sent else 0
 
 
@@ -130,7 +130,7 @@ def email_confirmations_sweep() -> int:
             logger.error("gave up on the email confirmation link owed to user %s for a day, unsent", user_id)
     queued = 0
     for email in owed.values_list("user__email", flat=True).distinct().order_by("user__email"):
-        if not _allowances_wait(limits=_email_confirmation_address_limits(email=email)) and _task_publish(
+        if not allowances_wait(limits=email_confirmation_address_limits(email=email)) and task_publish(
                 task=send_task, kwargs={"email": email}, what="an email confirmation message",
                 expires=selectors.email_confirmation_sweep_interval()):
             queued += 1

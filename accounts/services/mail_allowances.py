@@ -22,7 +22,7 @@ class MailThrottled(Exception):
 Limits = list[tuple[str, tuple[int, float], str]]
 
 
-def _allowances_take(*, limits: Limits, refused: type[MailThrottled], what: str) -> None:
+def allowances_take(*, limits: Limits, refused: type[MailThrottled], what: str) -> None:
     """Spend one message of each of ``limits``; raises ``refused``, having spent nothing, when one is spent.
 
     An unreachable cache throttles nothing: it must not keep people out of their account.
@@ -46,8 +46,8 @@ def _allowances_take(*, limits: Limits, refused: type[MailThrottled], what: str)
     raise refusal
 
 
-def _allowances_give_back(*, limits: Limits, what: str) -> None:
-    """Give back what _allowances_take spent on a request that sent nothing (the broker was down)."""
+def allowances_give_back(*, limits: Limits, what: str) -> None:
+    """Give back what allowances_take spent on a request that sent nothing (the broker was down)."""
     now = time.time()
     try:
         for key, (count, period), _message in limits:
@@ -56,7 +56,7 @@ def _allowances_give_back(*, limits: Limits, what: str) -> None:
         logger.warning("could not give back a %s request: the cache is unavailable", what, exc_info=True)
 
 
-def _email_key(email: str) -> str:
+def email_key(email: str) -> str:
     # The address as Django's reset form matches it (NFKC, any case), hashed: no address is kept in the cache.
     folded = unicodedata.normalize("NFKC", email).casefold()
     return hashlib.sha256(folded.encode()).hexdigest()

@@ -23,7 +23,7 @@ class EmailDeferred(Exception):
         self.user_ids = user_ids
 
 
-def _message_send(*, message: EmailMessage, what: str, user_ids: list[int],
+def message_send(*, message: EmailMessage, what: str, user_ids: list[int],
                   deferred: type[EmailDeferred] = EmailDeferred, refusals: list | None = None) -> bool:
     """Send ``message`` (the ``what`` for ``user_ids``); False when the server refused it for good (a 5xx answer: no
     such mailbox), which is logged, and the refusal added to ``refusals`` when given. Raises ``deferred`` when the
@@ -70,7 +70,7 @@ def _connection_abandon(connection) -> None:
         connection.connection = None
 
 
-def _task_publish(*, task, kwargs: dict, what: str, expires: float | None = None) -> bool:
+def task_publish(*, task, kwargs: dict, what: str, expires: float | None = None) -> bool:
     try:
         task.apply_async(kwargs=kwargs, expires=expires)
     except Exception:  # noqa: BLE001 - any broker error: what it was for is owed in the database, and swept
@@ -79,7 +79,7 @@ def _task_publish(*, task, kwargs: dict, what: str, expires: float | None = None
     return True
 
 
-def _site_message(*, template: str, context: dict, recipient: str) -> EmailMessage:
+def site_message(*, template: str, context: dict, recipient: str) -> EmailMessage:
     site = urlsplit(settings.SITE_URL)
     context = {**context, "domain": site.netloc, "site_url": f"{site.scheme}://{site.netloc}"}
     # One line: a header cannot hold a line break.

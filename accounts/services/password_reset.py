@@ -13,8 +13,8 @@ from django.utils.http import urlsafe_base64_encode
 from accounts import selectors
 from accounts.mail import duration_words
 from accounts.services.login_lockout import address_key
-from accounts.services.mail_allowances import Limits, MailThrottled, _allowances_give_back, _allowances_take, _email_key
-from accounts.services.mail_sending import EmailDeferred, _message_send
+from accounts.services.mail_allowances import Limits, MailThrottled, allowances_give_back, allowances_take, email_key
+from accounts.services.mail_sending import EmailDeferred, message_send
 from accounts.tokens import password_reset_token_generator
 from mnistsite.env import rate_parse
 
@@ -30,7 +30,7 @@ def _password_reset_limits(*, ip: str, email: str) -> Limits:
     limits = [
         (f"throttle_password_reset_ip_{address_key(ip)}", rate_parse(settings.PASSWORD_RESET_THROTTLE_RATE),
          "Too many reset links were asked for from your address; try again in {wait}."),
-        (f"throttle_password_reset_email_{_email_key(email)}", rate_parse(settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE),
+        (f"throttle_password_reset_email_{email_key(email)}", rate_parse(settings.PASSWORD_RESET_EMAIL_THROTTLE_RATE),
          "Reset links for this email address were asked for too often; try again in {wait}. "
          "A link already sent still works until it expires."),
     ]
@@ -46,13 +46,13 @@ def password_reset_allowance_take(*, ip: str, email: str) -> None:
     client's (PASSWORD_RESET_THROTTLE_RATE) keeps one client from sending links to address after address. Raises
     PasswordResetThrottled, having spent nothing, when either is spent. An unreachable cache throttles nothing.
     """
-    _allowances_take(limits=_password_reset_limits(ip=ip, email=email), refused=PasswordResetThrottled,
+    allowances_take(limits=_password_reset_limits(ip=ip, email=email), refused=PasswordResetThrottled,
                      what="password reset")
 
 
 def password_reset_allowance_give_back(*, ip: str, email: str) -> None:
     """Give back what password_reset_allowance_take spent on a request that sent nothing (the broker was down)."""
-    _allowances_give_back(limits=_password_reset_limits(ip=ip, email=email), what="password reset")
+    allowances_give_back(limits=_password_reset_limits(ip=ip, email=email), what="password reset")
 
 
 def password_reset_email_publish(*, email: str) -> bool:
@@ -129,6 +129,6 @@ def password_reset_email_send(*, email: str, user_ids: list[int] | None = None) 
     listed = users[:PASSWORD_RESET_ACCOUNTS_PER_MESSAGE]
     message = _password_reset_message(recipient=recipient, users=listed, unlisted=len(users) - len(listed),
                                       site=urlsplit(settings.SITE_URL))
-    sent = _message_send(message=message, what="password reset email", user_ids=[user.pk for user in users],
+    sent = message_send(message=message, what="password reset email", user_ids=[user.pk for user in users],
                          deferred=PasswordResetEmailDeferred)
     return len(listed) if sent else 0

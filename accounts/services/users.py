@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.services.email_change_notices import _email_change_notices_finished
+from accounts.services.email_change_notices import email_change_notices_finished
 from accounts.services.login_lockout import address_key
 from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take
@@ -166,5 +166,5 @@ def users_delete(*, users) -> None:
         list(get_user_model().objects.filter(pk__in=[user.pk for user in users]).order_by("pk").select_for_update()
              .values_list("pk", flat=True))
         # Their notices go too, but those still owed to an old address (email_change_notices_forget).
-        _email_change_notices_finished().filter(user__in=[user.pk for user in users]).delete()
+        email_change_notices_finished().filter(user__in=[user.pk for user in users]).delete()
         get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()

@@ -1,4 +1,4 @@
-"""Writes for uploads and predictions, a module per concern; every public name is re-exported here."""
+"""Writes for uploads and predictions, a module per concern; what the rest of the project uses is re-exported here."""
 from classifier.services.deletion import (
     UPLOADS_DELETE_BATCH,
     UPLOADS_DELETE_MAX_SELECTED,

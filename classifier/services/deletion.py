@@ -10,7 +10,7 @@ from django.db.models.functions import Greatest
 
 from classifier import selectors
 from classifier.models import UPLOAD_STORED_BYTES, StorageUse, Upload
-from classifier.services.lost_connections import _is_transient
+from classifier.services.lost_connections import is_transient
 
 
 def upload_delete(*, upload: Upload) -> None:
@@ -102,7 +102,7 @@ def uploads_delete(
             if len(found) < size:
                 break
     except Exception as exc:
-        if deleted and _is_transient(exc):
+        if deleted and is_transient(exc):
             raise UploadsDeleteInterruptedError(deleted=deleted) from exc
         raise
     return deleted

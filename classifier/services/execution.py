@@ -20,8 +20,8 @@ from PIL import Image
 
 from classifier import completion, statements
 from classifier.models import Prediction, Upload
-from classifier.services.lost_connections import _connection_reopen_if_lost, _is_transient
-from classifier.services.predictions import _running_stale_after
+from classifier.services.lost_connections import connection_reopen_if_lost, is_transient
+from classifier.services.predictions import running_stale_after
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +78,12 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
             batch, checkpoint_id = statements.predictions_claim(
                 prediction_ids=sorted(remaining),
                 limit=settings.INFERENCE_BATCH_SIZE,
-                stale_after_s=_running_stale_after().total_seconds(),
+                stale_after_s=running_stale_after().total_seconds(),
                 max_attempts=settings.PREDICTION_MAX_ATTEMPTS,
                 token=token,
             )
         except Exception as exc:
-            if _is_transient(exc):
+            if is_transient(exc):
                 # The claim may have committed and its answer been lost with the connection: what it marked would
                 # wait for the stale limit, then run one at a time, each claim counted. Handed back, uncounted,
                 # the task's retry takes them at once.
@@ -102,7 +102,7 @@ def predictions_execute(*, prediction_ids: list[int]) -> list[Prediction]:
             if isinstance(exc, ModelUnavailableError):
                 _model_load_failed_at[0] = time.monotonic()
                 _predictions_hand_back(predictions=batch, counted_ids=remaining)
-            elif _is_transient(exc):
+            elif is_transient(exc):
                 # Handing the claims back, uncounted, lets the task's retry or a redelivery claim them at once.
                 _predictions_release(predictions=batch, uncount=True)
             raise
@@ -150,7 +150,7 @@ def _model_load(*, checkpoint_id: int | None, sha256: str | None = None):
     except (inference.NoActiveCheckpointError, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
-        if _is_transient(exc):
+        if is_transient(exc):
             raise
         if (out_of_time := _time_limit_behind(exc)) is not None:
             # Reached while the file was read, and wrapped as a damaged checkpoint: not the model's fault either.
@@ -208,7 +208,7 @@ def _predictions_run(*, predictions: list[Prediction], checkpoint_id: int | None
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
-        if _is_transient(exc):
+        if is_transient(exc):
             raise
         # Each image's own failure is its result; what fails the whole batch is the model or its device (a GPU
         # out of memory or in an error state), as for a model that cannot load: the batch goes back, whole,
@@ -292,7 +292,7 @@ def _claim_release(*, token: uuid.UUID) -> None:
     Its rows are known only by that token, which this process drew for the claim and no other claim holds: the
     time the database stamped on them never reached this process.
     """
-    _connection_reopen_if_lost()
+    connection_reopen_if_lost()
     try:
         Prediction.objects.filter(status=Prediction.Status.RUNNING, claim_token=token).update(
             status=Prediction.Status.PENDING, started_at=None, attempts=Greatest(F("attempts") - 1, 0)
@@ -313,7 +313,7 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> Non
     changes = {"status": Prediction.Status.PENDING, "started_at": None}
     if uncount:
         changes["attempts"] = Greatest(F("attempts") - 1, 0)
-    _connection_reopen_if_lost()
+    connection_reopen_if_lost()
     try:
         for attempts, ids in by_claim.items():
             Prediction.objects.filter(pk__in=ids, status=Prediction.Status.RUNNING, attempts=attempts).update(**changes)

@@ -59,7 +59,7 @@ def _upload_build(
     return upload
 
 
-def _files_delete(names: list[str]) -> None:
+def files_delete(names: list[str]) -> None:
     for name in names:
         if name:
             try:
@@ -68,7 +68,7 @@ def _files_delete(names: list[str]) -> None:
                 logger.warning("could not delete stored file %s", name, exc_info=True)
 
 
-def _upload_files_write(
+def upload_files_write(
     *,
     owner,
     images: list[ValidatedImage],
@@ -100,7 +100,7 @@ def _files_save(files: list[tuple[str, bytes]]) -> list[str]:
         for name, content in files:
             names.append(default_storage.save(name, ContentFile(content)))
     except BaseException:
-        _files_delete(names)
+        files_delete(names)
         raise
     return names
 
@@ -273,4 +273,4 @@ def _upload_folders() -> list[str]:
 
 def upload_files_delete_on_commit(*, names: list[str], using: str | None = None) -> None:
     """Delete these stored files once the current transaction commits: only when their rows are gone for good."""
-    transaction.on_commit(lambda: _files_delete(names), using=using)
+    transaction.on_commit(lambda: files_delete(names), using=using)

@@ -14,14 +14,14 @@ logger = logging.getLogger(__name__)
 LOST_INSERT_WAIT_S = 5.0
 
 
-def _backend_pid() -> int | None:
+def backend_pid() -> int | None:
     """The PostgreSQL server process of this connection, watched for if the connection is lost mid-insert."""
     if connection.vendor != "postgresql" or connection.connection is None:
         return None
     return connection.connection.info.backend_pid
 
 
-def _backend_ended(*, pid: int) -> bool:
+def backend_ended(*, pid: int) -> bool:
     """Whether the server process of a lost connection has ended: until it has, it may still commit its insert."""
     deadline = time.monotonic() + LOST_INSERT_WAIT_S
     with connection.cursor() as cursor:
@@ -34,13 +34,13 @@ def _backend_ended(*, pid: int) -> bool:
             time.sleep(0.05)
 
 
-def _is_transient(exc: Exception) -> bool:
+def is_transient(exc: Exception) -> bool:
     from django.db import InterfaceError, OperationalError
 
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
-def _connection_reopen_if_lost() -> None:
+def connection_reopen_if_lost() -> None:
     """Drop this thread's connection if an error left it unusable, so that the next statement opens a fresh one.
 
     Django keeps a lost connection until the task ends; a hand-back after the loss would fail on it, and leave the

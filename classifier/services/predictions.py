@@ -14,7 +14,7 @@ from mnistsite.database_now import Now
 logger = logging.getLogger(__name__)
 
 
-def _running_stale_after() -> dt.timedelta:
+def running_stale_after() -> dt.timedelta:
     """A prediction "running" for longer than this, on the database's clock, lost its worker; it may be claimed again."""
     return dt.timedelta(seconds=settings.PREDICTION_RUNNING_STALE_AFTER_SECONDS)
 
@@ -31,7 +31,7 @@ def predictions_create(
 
     ``feedback`` maps upload ids to the digit their new prediction starts with.
     """
-    published = _published_now() if publish else {}
+    published = published_now() if publish else {}
     feedback = feedback or {}
     # Inside a caller's transaction a savepoint would add two round trips and protect nothing.
     with transaction.atomic(savepoint=False):
@@ -44,11 +44,11 @@ def predictions_create(
                 prediction.published_at = prediction.created_at
         ids = [prediction.pk for prediction in predictions]
         if publish and ids:
-            transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
+            transaction.on_commit(lambda: predictions_send(prediction_ids=ids))
     return predictions
 
 
-def _published_now() -> dict:
+def published_now() -> dict:
     # Counted as published up front: the publish after commit then costs no UPDATE unless it fails. Dated by the
     # database, as the sweeper that compares it with its now reads the time.
     return {"publish_attempts": 1, "published_at": Now()}
@@ -118,10 +118,10 @@ def predictions_publish(*, prediction_ids: list[int]) -> int:
     Prediction.objects.filter(pk__in=prediction_ids).update(
         publish_attempts=F("publish_attempts") + 1, published_at=Now()
     )
-    return _predictions_send(prediction_ids=prediction_ids)
+    return predictions_send(prediction_ids=prediction_ids)
 
 
-def _predictions_send(*, prediction_ids: list[int]) -> int:
+def predictions_send(*, prediction_ids: list[int]) -> int:
     """One message per batch of ids; on a broker failure the unsent ones are marked unpublished for the sweeper."""
     from classifier.tasks import predictions_execute as predictions_execute_task
 
@@ -156,7 +156,7 @@ def predictions_sweep() -> int:
     """
     now = Now()
     cutoff = now - dt.timedelta(seconds=settings.PREDICTION_REPUBLISH_AFTER_SECONDS)
-    lost = Q(status=Prediction.Status.RUNNING, started_at__lt=now - _running_stale_after())
+    lost = Q(status=Prediction.Status.RUNNING, started_at__lt=now - running_stale_after())
     given_up = Prediction.objects.filter(lost, attempts__gte=settings.PREDICTION_MAX_ATTEMPTS).update(
         status=Prediction.Status.FAILED,
         error=f"The worker stopped while computing this prediction {settings.PREDICTION_MAX_ATTEMPTS} times "

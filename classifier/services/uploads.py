@@ -18,9 +18,9 @@ from classifier.idempotency import (
     idempotency_keys_live_after,
 )
 from classifier.models import IdempotencyKey, Prediction, Upload
-from classifier.services.files import _files_delete, _upload_files_write
-from classifier.services.lost_connections import _backend_ended, _backend_pid, _is_transient
-from classifier.services.predictions import _predictions_send, _published_now, upload_read
+from classifier.services.files import files_delete, upload_files_write
+from classifier.services.lost_connections import backend_ended, backend_pid, is_transient
+from classifier.services.predictions import predictions_send, published_now, upload_read
 from classifier.validation import validate_image, validate_images
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,12 @@ def upload_create(
 ) -> Upload:
     """Validate one image and store it (re-encoded as PNG); raises ValidationError without storing anything."""
     image = validate_image(file, name=name)
-    uploads = _upload_files_write(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)
+    uploads = upload_files_write(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)
     return _uploads_insert(uploads=uploads)[0]
 
 
 def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
-    backend = _backend_pid()
+    backend = backend_pid()
     try:
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
         with transaction.atomic():
@@ -118,12 +118,12 @@ def _files_delete_unless_stored(*, names: list[str], error: BaseException, backe
     sweep, which sets aside only what no row names an hour later. None says that
     what was stored is not known.
     """
-    if not _is_transient(error) or connection.in_atomic_block:
-        _files_delete(names)
+    if not is_transient(error) or connection.in_atomic_block:
+        files_delete(names)
         return set()
     try:
         connection.close()
-        if backend is not None and not _backend_ended(pid=backend):
+        if backend is not None and not backend_ended(pid=backend):
             logger.warning("the server process of uploads %s's insert did not end; the orphan sweep will decide", names)
             return None
         return set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
@@ -153,11 +153,11 @@ def predictions_submit(
     """
     images = validate_images(files)
     key = None if idempotency is None else _idempotency_key_claim(owner=owner, idempotency=idempotency)
-    uploads = _upload_files_write(owner=owner, images=images, source=source)
+    uploads = upload_files_write(owner=owner, images=images, source=source)
     names = [upload.image.name for upload in uploads]
-    backend = _backend_pid()
+    backend = backend_pid()
     try:
-        published = _published_now()
+        published = published_now()
         predictions = [Prediction(upload=upload, **published) for upload in uploads]
         # Rows are inserted only once every file is on disk.
         if not statements.uploads_with_predictions_insert(
@@ -191,13 +191,13 @@ def predictions_submit(
             # sent to their history, which shows what is left; the predictions still there are sent.
             logger.warning("%s of uploads %s were deleted before they were read back", len(names) - len(predictions),
                            names)
-            _predictions_send(prediction_ids=[prediction.pk for prediction in predictions])
+            predictions_send(prediction_ids=[prediction.pk for prediction in predictions])
             raise UploadOutcomeUnknownError(
                 f"The uploads were stored, but {len(names) - len(predictions)} of them were deleted before they could "
                 "be read back."
             ) from exc
     ids = [prediction.pk for prediction in predictions]
-    transaction.on_commit(lambda: _predictions_send(prediction_ids=ids))
+    transaction.on_commit(lambda: predictions_send(prediction_ids=ids))
     return predictions
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
@@ -14,6 +14,7 @@ from django.utils.http import urlsafe_base64_encode
 from accounts.models import ApiToken, EmailAddressState
 from accounts.services import account_delete
 from accounts.tokens import password_reset_token_generator
+from tests.locks import held_open, lock_waits, lock_waits_reach, overtaken
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -21,60 +22,6 @@ pytestmark = [
 ]
 
 PASSWORD = "correct horse battery"  # the user fixture's
-
-
-def _lock_waits() -> int:
-    with connection.cursor() as cursor:
-        # Read live, not from a snapshot: pg_locks is no table of the transaction's. This database's only: the
-        # server's others (other test runs at the same time) have waits of their own.
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
-                       "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())")
-        return cursor.fetchone()[0]
-
-
-def overtaken(*, first, then: list) -> list:
-    """Runs ``first`` in a transaction of its own thread and holds it open while each of ``then`` (a request from
-    another tab) runs in a thread of its own, until every one of them waits for a lock ``first`` took; then commits
-    it. Returns what each of ``then`` returned (or raised), in order."""
-    holding, release = threading.Event(), threading.Event()
-    answers: list = [None] * len(then)
-
-    def first_tab() -> None:
-        try:
-            with transaction.atomic():
-                first()
-                holding.set()
-                release.wait(15)
-        finally:
-            connection.close()
-
-    def other_tab(index: int) -> None:
-        try:
-            answers[index] = then[index]()
-        except Exception as exc:  # noqa: BLE001 - a server error is an answer here, asserted on
-            answers[index] = exc
-        finally:
-            connection.close()
-
-    tab = threading.Thread(target=first_tab)
-    tab.start()
-    others = [threading.Thread(target=other_tab, args=(index,)) for index in range(len(then))]
-    try:
-        assert holding.wait(15)
-        for other in others:
-            other.start()
-        for _ in range(300):
-            if _lock_waits() >= len(then):
-                break
-            threading.Event().wait(0.05)
-        else:
-            pytest.fail(f"the other tabs never all waited for the first one ({_lock_waits()} waiting): {answers}")
-    finally:
-        release.set()
-        tab.join()
-        for other in others:
-            other.join(30)
-    return answers
 
 
 def _deleted(user):
@@ -274,11 +221,8 @@ def test_a_token_revoked_in_one_tab_while_another_deletes_the_account_says_the_a
 
 
 def _wait_for_lock_waits(count: int) -> None:
-    for _ in range(300):
-        if _lock_waits() >= count:
-            return
-        threading.Event().wait(0.05)
-    pytest.fail(f"only {_lock_waits()} of {count} waited")
+    if not lock_waits_reach(count):
+        pytest.fail(f"only {lock_waits()} of {count} waited")
 
 
 def test_a_password_changed_while_the_account_is_being_deleted_waits_for_the_deletion_instead_of_deadlocking(user):
@@ -287,19 +231,7 @@ def test_a_password_changed_while_the_account_is_being_deleted_waits_for_the_del
     api_token_create(user=user, name="laptop")
     user_email_set(user=user, email="alice@example.com")
     tab = _signed_in(user)
-    holding, release = threading.Event(), threading.Event()
     answers: dict = {}
-
-    def worker() -> None:
-        # A worker recording the link it mails holds the account's address state a moment: the deletion, its
-        # tokens deleted already, waits for it there, and the other tab's change comes meanwhile.
-        try:
-            with transaction.atomic():
-                EmailAddressState.objects.select_for_update().get(user_id=user.pk)
-                holding.set()
-                release.wait(15)
-        finally:
-            connection.close()
 
     def run(name: str, call) -> None:
         try:
@@ -309,20 +241,20 @@ def test_a_password_changed_while_the_account_is_being_deleted_waits_for_the_del
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=worker)]
-    threads[0].start()
+    threads = []
     try:
-        assert holding.wait(15)
-        threads.append(threading.Thread(target=run, args=("deletion", _deleted(user))))
-        threads[-1].start()
-        _wait_for_lock_waits(1)
-        threads.append(threading.Thread(target=run, args=("tab", lambda: tab.post("/accounts/password/", {
-            "old_password": PASSWORD, "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482",
-            "revoke_api_tokens": "on"}))))
-        threads[-1].start()
-        _wait_for_lock_waits(2)
+        # A worker recording the link it mails holds the account's address state a moment: the deletion, its
+        # tokens deleted already, waits for it there, and the other tab's change comes meanwhile.
+        with held_open(lambda: EmailAddressState.objects.select_for_update().get(user_id=user.pk)):
+            threads.append(threading.Thread(target=run, args=("deletion", _deleted(user))))
+            threads[-1].start()
+            _wait_for_lock_waits(1)
+            threads.append(threading.Thread(target=run, args=("tab", lambda: tab.post("/accounts/password/", {
+                "old_password": PASSWORD, "new_password1": "a-New-pass-482", "new_password2": "a-New-pass-482",
+                "revoke_api_tokens": "on"}))))
+            threads[-1].start()
+            _wait_for_lock_waits(2)
     finally:
-        release.set()
         for thread in threads:
             thread.join(30)
 

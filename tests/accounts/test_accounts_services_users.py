@@ -94,33 +94,15 @@ def test_an_account_locked_for_a_change_still_takes_its_uploads_meanwhile(user, 
     # A password change holds the lock while the new password is hashed: the account's uploads in other tabs must
     # not wait for that.
     import io
-    import threading
 
     from django.db import transaction
 
     from accounts.services import user_lock
     from classifier import services
+    from tests.locks import held_open
 
-    locked, release = threading.Event(), threading.Event()
-
-    def change_in_another_tab() -> None:
-        try:
-            with transaction.atomic():
-                user_lock(user=user)
-                locked.set()
-                release.wait(15)
-        finally:
-            connection.close()
-
-    tab = threading.Thread(target=change_in_another_tab)
-    tab.start()
-    try:
-        assert locked.wait(10)
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '2s'")
-            upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
-    finally:
-        release.set()
-        tab.join()
+    with held_open(lambda: user_lock(user=user)), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+        upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     assert upload.pk is not None

@@ -36,7 +36,7 @@ def test_two_sign_ups_at_once_with_names_differing_only_in_case_or_width_make_on
         django_user_model, name):
     from django.test import Client
 
-    from tests.accounts.test_accounts_races import overtaken
+    from tests.locks import overtaken
 
     tab = Client(raise_request_exception=False)
     # One person's account is being stored when the other's form, its name in another case, arrives.

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import threading
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed
@@ -15,6 +14,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from accounts.models import ApiToken
 from accounts.services import api_token_create
 from api.authentication import TokenAuthentication
+from tests.locks import held_open
 
 pytestmark = pytest.mark.django_db
 
@@ -150,28 +150,13 @@ def test_a_token_whose_use_cannot_be_recorded_still_authenticates_its_request(ap
     if connection.vendor != "postgresql":
         pytest.skip("a row lock that times out needs PostgreSQL")
     token, key = api_token_create(user=user)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_tokens_row() -> None:
-        try:
-            with transaction.atomic():
-                ApiToken.objects.select_for_update().get(pk=token.pk)
-                holding.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=hold_the_tokens_row)
-    thread.start()
     try:
-        assert holding.wait(10)
-        with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '200ms'")
-        api_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
-        response = api_client.get(LIST)
+        with held_open(lambda: ApiToken.objects.select_for_update().get(pk=token.pk)):
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '200ms'")
+            api_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+            response = api_client.get(LIST)
     finally:
-        release.set()
-        thread.join()
         with connection.cursor() as cursor:
             cursor.execute("RESET lock_timeout")
 

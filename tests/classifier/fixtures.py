@@ -237,57 +237,17 @@ def deletions_race(*, held, other) -> dict:
 
 
 def retry_overtaken(*, upload_id: int, send):
-    """Runs ``send`` (a retry of one of the upload's predictions) while another tab's retry holds the upload's lock,
-    and lets that one make its prediction first, once ``send`` waits for the lock; returns what ``send`` returned.
+    """Runs ``send`` (a retry of one of the upload's predictions) while another tab's retry, its prediction made,
+    holds the upload's lock, and commits that one once ``send`` waits for the lock; returns what ``send`` returned.
 
     Needs PostgreSQL, whose pg_locks shows the wait, and a transactional database: both run in threads of their own.
     """
-    import threading
-
-    from django.db import connection, transaction
-
     from classifier.models import Upload
     from classifier.services import predictions_rerun
+    from tests.locks import overtaken
 
-    holding, release, answers = threading.Event(), threading.Event(), []
-
-    def retry_from_another_tab() -> None:
-        try:
-            with transaction.atomic():
-                upload = Upload.objects.select_for_update().get(pk=upload_id)
-                holding.set()
-                release.wait(10)
-                predictions_rerun(uploads=[upload], publish=False)
-        finally:
-            connection.close()
-
-    def retry() -> None:
-        try:
-            answers.append(send())
-        finally:
-            connection.close()
-
-    tab, request = threading.Thread(target=retry_from_another_tab), threading.Thread(target=retry)
-    tab.start()
-    try:
-        assert holding.wait(10)
-        request.start()
-        with connection.cursor() as cursor:
-            for _ in range(200):
-                # This database's waits only (a row lock's wait names no database: its session does): another
-                # run on the same server must not release it early.
-                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
-                               "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())")
-                if cursor.fetchone()[0]:
-                    break
-                threading.Event().wait(0.05)
-            else:
-                pytest.fail("the retry never waited for the upload's lock")
-    finally:
-        release.set()
-        tab.join()
-        request.join()
-    (answer,) = answers
+    (answer,) = overtaken(first=lambda: predictions_rerun(uploads=[Upload.objects.get(pk=upload_id)], publish=False),
+                          then=[send])
     return answer
 
 

@@ -280,7 +280,7 @@ def test_an_image_without_ink_fails_with_a_clear_error(user, active_checkpoint):
     # Validation refuses blank images, so store one directly as an older upload might have been.
     content = png_bytes(Image.new("L", (28, 28), 0))
     image = ValidatedImage(content=content, original_name="x.png", format="PNG", size=1, width=28, height=28, sha256="0" * 64)
-    written = services.files._upload_files_write(owner=user, images=[image], source="file")
+    written = services.files.upload_files_write(owner=user, images=[image], source="file")
     (upload,) = services.uploads._uploads_insert(uploads=written)
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
     result = services.prediction_execute(prediction_id=prediction.pk)

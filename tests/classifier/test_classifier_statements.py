@@ -8,11 +8,12 @@ import threading
 import uuid
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from classifier import services, statements
 from classifier.models import Prediction
+from tests.locks import held_open
 
 pytestmark = pytest.mark.django_db
 
@@ -81,25 +82,9 @@ def test_a_claim_locks_only_the_predictions_it_takes(user, digit_png):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
     first = [p.pk for p in services.predictions_create(uploads=[upload] * 2, publish=False)]
     second = [p.pk for p in services.predictions_create(uploads=[upload] * 2, publish=False)]
-    claimed_first, holding, release = [], threading.Event(), threading.Event()
-
-    def claim_first_and_hold_its_locks() -> None:
-        try:
-            with transaction.atomic():
-                claimed_first.extend(_claim(first, limit=2))
-                holding.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=claim_first_and_hold_its_locks)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    claimed_first = []
+    with held_open(lambda: claimed_first.extend(_claim(first, limit=2))):
         claimed_second = _claim(second, limit=2)
-    finally:
-        release.set()
-        thread.join()
 
     assert (claimed_first, claimed_second) == (first, second)
 

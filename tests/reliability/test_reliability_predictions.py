@@ -39,7 +39,7 @@ def large_stored_upload(owner, mnist_image) -> Upload:
     data = large_digit_png(mnist_image)
     image = ValidatedImage(content=data, original_name="big.png", format="PNG", size=len(data), width=6000,
                            height=6000, sha256=hashlib.sha256(data).hexdigest())
-    written = services.files._upload_files_write(owner=owner, images=[image], source="file")
+    written = services.files.upload_files_write(owner=owner, images=[image], source="file")
     (upload,) = services.uploads._uploads_insert(uploads=written)
     return upload
 

@@ -83,7 +83,7 @@ def make_run_with_checkpoints(db, tiny_recipe):
         names += [("final", epochs, True)] if final else []
         checkpoints = {}
         for name, epoch, is_final in names:
-            path = services.run_files._run_dir(run) / "attempt-1" / f"{name}.pt"
+            path = services.run_files.run_dir(run) / "attempt-1" / f"{name}.pt"
             digest, _size = save_checkpoint(path, model=model, config=None, epoch=epoch, metrics={})
             checkpoints[name] = services.checkpoint_register(
                 path=path, run=run, epoch=epoch, test_accuracy=0.5, architecture="mlp", is_final=is_final,

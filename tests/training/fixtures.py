@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 from django.db import connection, transaction
 
+from tests.locks import lock_waits
+
 
 class HeldInAnotherConnection:
     """``hold`` run in a thread's own transaction, left open until another connection is seen waiting for a lock."""
@@ -20,15 +22,8 @@ class HeldInAnotherConnection:
                 self.held.set()
                 deadline = time.monotonic() + timeout
                 while not self.waited.is_set() and time.monotonic() < deadline:
-                    with connection.cursor() as cursor:
-                        # A row lock is waited for on the holder's transaction id, which names no database: matched
-                        # by backend.
-                        cursor.execute(
-                            "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN "
-                            "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
-                        )
-                        if cursor.fetchone()[0]:
-                            self.waited.set()
+                    if lock_waits():
+                        self.waited.set()
                     time.sleep(0.02)
         except Exception as exc:  # noqa: BLE001 - reported by finish()
             self.errors.append(exc)

@@ -90,7 +90,7 @@ def test_a_cancel_request_after_the_last_step_still_cancels_the_run_and_activate
     assert not run.checkpoints.filter(is_final=True).exists()
     assert not Checkpoint.objects.filter(is_active=True).exists()
     # The final file, written before the cancel was seen, is not left behind unregistered.
-    assert list(services.run_files._run_dir(run).rglob("final.pt")) == []
+    assert list(services.run_files.run_dir(run).rglob("final.pt")) == []
 
 
 def test_a_run_cancelled_after_a_restart_no_longer_says_that_it_resumes(tiny_recipe, training_queue):

@@ -142,7 +142,7 @@ def test_deleting_every_checkpoint_of_a_run_removes_its_emptied_folders_and_keep
     stray.write_text("kept by whoever wrote it")
     with django_capture_on_commit_callbacks(execute=True):
         services.checkpoints_delete(checkpoints=[*emptied_checkpoints.values(), *holding_checkpoints.values()])
-    assert not services.run_files._run_dir(emptied).exists()
+    assert not services.run_files.run_dir(emptied).exists()
     assert stray.read_text() == "kept by whoever wrote it"
     assert (settings.CHECKPOINT_DIR / "runs").is_dir()
 

@@ -199,7 +199,7 @@ def test_the_next_attempt_of_a_run_clears_the_temp_files_of_writes_killed_in_the
     run = _create(tiny_recipe)
     # Its first attempt was killed while writing its final checkpoint, after writing its first epoch's.
     TrainingRun.objects.filter(pk=run.pk).update(attempts=1)
-    attempt = services.run_files._run_dir(run) / "attempt-1"
+    attempt = services.run_files.run_dir(run) / "attempt-1"
     atomic_write_bytes(attempt / "epoch-1.pt", b"written whole")
     left = killed_write(attempt / "final.pt", age_s=services.ABANDONED_TEMP_FILE_AGE_S + 60)
     services.training_run_execute(run_id=run.pk)
@@ -316,7 +316,7 @@ def test_a_run_whose_loss_diverges_fails_saying_where_and_what_to_do_and_stores_
         r"lower the learning rate \(it was 1e\+06\)\.",
         run.error,
     ), run.error
-    assert not run.checkpoints.exists() and not list(services.run_files._run_dir(run).rglob("*.pt"))
+    assert not run.checkpoints.exists() and not list(services.run_files.run_dir(run).rglob("*.pt"))
     assert run.metrics == [] and run.test_accuracy is None and run.eta_seconds is None
     assert all(math.isfinite(number) for number in _all_stored_numbers(run))
 

@@ -208,7 +208,7 @@ def test_the_reaper_clears_the_temp_files_of_writes_killed_in_a_run_it_gives_up_
 ):
     run, checkpoints = make_run_with_checkpoints(status=TrainingRun.Status.RUNNING, epochs=1)
     _make_stale(run, attempts=services.MAX_ATTEMPTS)
-    attempt = services.run_files._run_dir(run) / "attempt-1"
+    attempt = services.run_files.run_dir(run) / "attempt-1"
     left = killed_write(attempt / "epoch-2.pt", age_s=services.ABANDONED_TEMP_FILE_AGE_S + 60)
     # A write under way (its file written to a moment ago) is left to finish.
     under_way = killed_write(attempt / "final.pt")

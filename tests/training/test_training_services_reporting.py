@@ -98,7 +98,7 @@ def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no
 
     assert services.training_run_execute(run_id=run.pk, on_progress=on_progress) is None
     reaper.finish()
-    assert list(services.run_files._run_dir(run).rglob("*.pt")) == []
+    assert list(services.run_files.run_dir(run).rglob("*.pt")) == []
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
     assert not run.checkpoints.exists()

@@ -53,7 +53,7 @@ def test_a_run_refuses_to_write_over_a_checkpoint_file_it_did_not_write(tiny_rec
     from training.ml.checkpoints import save_checkpoint
 
     run = TrainingRun.objects.get(pk=_create(tiny_recipe).pk)
-    foreign = services.run_files._run_dir(run) / "attempt-1" / "epoch-1.pt"
+    foreign = services.run_files.run_dir(run) / "attempt-1" / "epoch-1.pt"
     sha256, _size = save_checkpoint(
         foreign, model=build_model("mlp", {"hidden": 16}), config=None, epoch=1, metrics={}
     )
@@ -68,7 +68,7 @@ def test_a_file_that_appears_while_a_run_writes_its_checkpoint_is_kept_and_the_r
     tiny_recipe, monkeypatch
 ):
     run = TrainingRun.objects.get(pk=_create(tiny_recipe).pk)
-    foreign = services.run_files._run_dir(run) / "attempt-1" / "epoch-1.pt"
+    foreign = services.run_files.run_dir(run) / "attempt-1" / "epoch-1.pt"
     save = torch.save
 
     def another_writer_gets_there_first(obj, f, *args, **kwargs):

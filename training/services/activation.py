@@ -33,7 +33,7 @@ class CheckpointBelowActiveError(Exception):
 _ACTIVATION_LOCK_KEY = 0x6D6E6973_74616374
 
 
-def _activations_serialise() -> None:
+def activations_serialise() -> None:
     """One activation at a time, until the caller's transaction ends.
 
     Locking the active row is not enough: before the first activation there is
@@ -43,14 +43,6 @@ def _activations_serialise() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ACTIVATION_LOCK_KEY])
-
-
-def checkpoint_activate(*, checkpoint: Checkpoint) -> Checkpoint:
-    """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
-
-    Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not.
-    """
-    return _checkpoint_activate(checkpoint=checkpoint, keep_better_active=False)
 
 
 def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
@@ -75,8 +67,12 @@ def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
     return active
 
 
-def _checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool) -> Checkpoint:
-    """``checkpoint_activate``; with ``keep_better_active``, CheckpointBelowActiveError rather than a worse model."""
+def checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool = False) -> Checkpoint:
+    """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
+
+    Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not; with
+    ``keep_better_active``, CheckpointBelowActiveError rather than replace a better model.
+    """
     from training.loading import checkpoint_load_model
     from training.ml.checkpoints import CheckpointError
 
@@ -90,7 +86,7 @@ def _checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool) ->
             f"{checkpoint} cannot be loaded ({reason}); the active model is unchanged."
         ) from exc
     with transaction.atomic():
-        _activations_serialise()
+        activations_serialise()
         if not Checkpoint.objects.select_for_update().filter(pk=checkpoint.pk).exists():
             # Deleted since it was loaded: deactivating the others would leave no model active at all.
             raise CheckpointNotLoadableError(f"{checkpoint} has been deleted; the active model is unchanged.")

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 
 from training.models import Checkpoint
-from training.services.activation import _activations_serialise
+from training.services.activation import activations_serialise
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def checkpoints_prune(*, dry_run: bool = False) -> CheckpointsPruned:
     with transaction.atomic():
         # Taken before reading: an activation under way either finished first (and its checkpoint is no longer a
         # candidate) or waits, and then finds its row gone.
-        _activations_serialise()
+        activations_serialise()
         doomed = list(checkpoint_list_prunable().select_for_update(of=("self",)))
         if not dry_run:
             _checkpoints_delete_locked(checkpoints=doomed)
@@ -82,7 +82,7 @@ def checkpoints_delete(*, checkpoints: Iterable[Checkpoint]) -> int:
 
     ids = sorted({checkpoint.pk for checkpoint in checkpoints})
     with transaction.atomic():
-        _activations_serialise()
+        activations_serialise()
         locked = list(Checkpoint.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
         reasons = [reason for checkpoint in locked if (reason := checkpoint_deletion_refusal(checkpoint=checkpoint))]
         if reasons:

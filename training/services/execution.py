@@ -11,11 +11,11 @@ from django.db.models.functions import Coalesce
 
 from mnistsite.database_now import Now
 from training.models import Checkpoint, TrainingRun
-from training.services.activation import CheckpointBelowActiveError, _checkpoint_activate
+from training.services.activation import CheckpointBelowActiveError, checkpoint_activate
 from training.services.queuing import training_run_publish
 from training.services.registration import checkpoint_register
-from training.services.reporting import ProgressHook, _RunReporter
-from training.services.run_files import _abandoned_temp_files_remove, _checkpoint_save
+from training.services.reporting import ProgressHook, RunReporter
+from training.services.run_files import run_abandoned_temp_files_remove, checkpoint_file_save
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +113,13 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     run = _training_run_claim(run_id=run_id)
     if run is None:
         return None
-    reporter: _RunReporter | None = None
+    reporter: RunReporter | None = None
     # A worker process that served a prediction keeps inference's thread count (TORCH_NUM_THREADS) for good: a
     # run it takes trains on all the cores, as on a trainer of its own, and leaves inference's count as it was.
     threads_before = torch.get_num_threads()
     try:
         torch.set_num_threads(default_num_threads())
-        _abandoned_temp_files_remove(run=run)
+        run_abandoned_temp_files_remove(run=run)
         resume = _latest_epoch_checkpoint(run)
         train_config = _train_config_for(run)
         resume_payload = None
@@ -134,7 +134,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         if run.train_subset:
             train = train.subset(run.train_subset)
         steps_per_epoch = batch_count(len(train), batch_size=train_config.batch_size)
-        reporter = _RunReporter(
+        reporter = RunReporter(
             run=run, train_config=train_config, steps_per_epoch=steps_per_epoch, on_progress=on_progress
         )
         if resume_payload is not None:
@@ -225,9 +225,9 @@ def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> Traini
     return run
 
 
-def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _RunReporter) -> TrainingRun | None:
+def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: RunReporter) -> TrainingRun | None:
     path = reporter.file_path("final.pt")
-    digest, _size = _checkpoint_save(
+    digest, _size = checkpoint_file_save(
         path=path,
         run_id=run.pk,
         model=result.model,
@@ -258,7 +258,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: _
             note = ""
             if locked.activate_on_success:
                 try:
-                    _checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
+                    checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
                 except CheckpointBelowActiveError as exc:
                     note = str(exc)
                     logger.warning("training run %s: %s", run.pk, note)

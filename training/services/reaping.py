@@ -11,7 +11,7 @@ from django.db.models import Q
 from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.queuing import training_run_publish
-from training.services.run_files import _abandoned_temp_files_remove
+from training.services.run_files import run_abandoned_temp_files_remove
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def training_runs_reap(*, now: datetime | None = None) -> dict[str, list[int]]:
             run.save(update_fields=["status", "error", "finished_at", "eta_seconds", "queued_at"])
             logger.warning("stale training run %s: %s", run.pk, run.status)
         # A run queued again is cleared once more as its next attempt starts; a finished one never is but here.
-        _abandoned_temp_files_remove(run=run)
+        run_abandoned_temp_files_remove(run=run)
 
     queued = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED)
     unpublished = queued.filter(

@@ -11,7 +11,7 @@ from django.db import transaction
 from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.registration import checkpoint_register
-from training.services.run_files import _checkpoint_save, _run_dir
+from training.services.run_files import checkpoint_file_save, run_dir
 
 PROGRESS_WRITE_EVERY_S = 2.0
 CANCEL_CHECK_EVERY_S = 1.0
@@ -19,7 +19,7 @@ CANCEL_CHECK_EVERY_S = 1.0
 ProgressHook = Callable[[float, int, int, float], None]
 
 
-class _RunReporter:
+class RunReporter:
     """The callbacks ``fit`` calls: progress, cancellation and per-epoch checkpoints, all tied to one attempt.
 
     Every write is conditional on the run still being running under this attempt,
@@ -31,7 +31,7 @@ class _RunReporter:
         self, *, run: TrainingRun, train_config, steps_per_epoch: int, on_progress: ProgressHook | None
     ) -> None:
         self.run_id = run.pk
-        self.run_dir = _run_dir(run)
+        self.run_dir = run_dir(run)
         self.steps_per_epoch = steps_per_epoch
         self.start_epoch = 0
         self.attempt = run.attempts
@@ -90,7 +90,7 @@ class _RunReporter:
         if self.claim_lost():
             return
         path = self.file_path(f"epoch-{epoch}.pt")
-        digest, _size = _checkpoint_save(
+        digest, _size = checkpoint_file_save(
             path=path,
             run_id=self.run_id,
             model=model,

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 ABANDONED_TEMP_FILE_AGE_S = 60
 
 
-def _run_dir(run: TrainingRun) -> Path:
+def run_dir(run: TrainingRun) -> Path:
     """The run's folder of checkpoints, named after its id and its creation time to the microsecond.
 
     Every database numbers its runs from 1: a second database sharing CHECKPOINT_DIR (a database volume recreated
@@ -30,7 +30,7 @@ def _run_dir(run: TrainingRun) -> Path:
     return Path(settings.CHECKPOINT_DIR) / "runs" / f"{run.pk}-{created:%Y%m%dT%H%M%S%fZ}"
 
 
-def _abandoned_temp_files_remove(*, run: TrainingRun) -> None:
+def run_abandoned_temp_files_remove(*, run: TrainingRun) -> None:
     """Remove what writes killed midway left in the run's folder; what is written whole under its name stays.
 
     Called where no attempt before may still write there usefully: as an attempt starts (the claim took the run from
@@ -38,12 +38,12 @@ def _abandoned_temp_files_remove(*, run: TrainingRun) -> None:
     """
     from training.ml.atomic import abandoned_temp_files_remove
 
-    removed = abandoned_temp_files_remove(_run_dir(run), older_than_s=ABANDONED_TEMP_FILE_AGE_S)
+    removed = abandoned_temp_files_remove(run_dir(run), older_than_s=ABANDONED_TEMP_FILE_AGE_S)
     if removed:
         logger.info("training run %s: removed %s temp files of writes killed midway", run.pk, len(removed))
 
 
-def _checkpoint_save(*, path: Path, run_id: int, **checkpoint: Any) -> tuple[str, int]:
+def checkpoint_file_save(*, path: Path, run_id: int, **checkpoint: Any) -> tuple[str, int]:
     """Write a checkpoint of this run, never over a file that no checkpoint of this run names (another run's).
 
     A checkpoint of its own may be written again (an attempt that resumed from an
