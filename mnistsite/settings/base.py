@@ -63,6 +63,8 @@ MIDDLEWARE = [
     # First, so that every answer carries its X-Request-ID (the size limit's 411 and 413, the probes') and every
     # line logged while handling it names it.
     "mnistsite.request_id.RequestIdMiddleware",
+    # Outside the others but the id's, so that it drops the body they made and keeps the headers they set.
+    "mnistsite.head_requests.HeadBodyDropMiddleware",
     "mnistsite.health.HealthProbeMiddleware",
     "mnistsite.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
