@@ -34,6 +34,9 @@ COLUMNS = (
     "error",
     "image_file",
 )
+# The status of an upload with no prediction (an administrator deleted them), worded as the history list's badge:
+# a blank would read as a value missing from the file.
+NOT_READ = "not read"
 # A spreadsheet runs a cell that starts with one of these as a formula: a file name such as "=HYPERLINK(...)"
 # must stay text (OWASP's CSV injection advice).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -63,7 +66,7 @@ def _csv_row(row: UploadExportRow, *, image_file: str = "") -> list[str | int | 
         upload.height,
     ]
     if prediction is None:
-        return cells + [""] * (len(COLUMNS) - len(cells) - 1) + [image_file]
+        return cells + [NOT_READ] + [""] * (len(COLUMNS) - len(cells) - 2) + [image_file]
     probabilities = prediction.probabilities or [""] * 10
     return cells + [
         prediction.status,

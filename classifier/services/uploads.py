@@ -87,6 +87,8 @@ def _uploads_insert(*, uploads: list[Upload]) -> list[Upload]:
     try:
         # Rows are inserted only once every file is on disk: a half-written batch never shows up.
         with transaction.atomic():
+            # Its owner's key (a lock on the account) is checked only at commit, Django's foreign keys being
+            # deferred: after the count's row lock, the order an account's deletion takes them in (users_delete).
             created = Upload.objects.bulk_create(uploads)
             # Counted like every upload, though no quota holds back the sample sets and the command line.
             (owner_id,) = {upload.owner_id for upload in uploads}

@@ -53,7 +53,7 @@ def test_the_csv_lists_each_upload_once_with_its_newest_result_newest_first(user
 
     assert list(rows[0]) == list(exports.COLUMNS)
     assert [row["upload_id"] for row in rows] == [str(waiting.pk), str(first.pk)]
-    assert rows[0]["status"] == "" and rows[0]["digit"] == "" and rows[0]["p0"] == ""
+    assert rows[0]["status"] == "not read" and rows[0]["digit"] == "" and rows[0]["p0"] == ""
     row = rows[1]
     assert row["file_name"] == "première.png"
     assert row["status"] == "done" and row["digit"] == str(newest.digit) and row["your_answer"] == "3"
@@ -72,6 +72,21 @@ def test_a_failed_result_says_why_in_the_csv(user, digit_png):
 
     assert row["upload_id"] == str(upload.pk)
     assert row["status"] == Prediction.Status.FAILED and "No trained model" in row["error"]
+
+
+def test_an_upload_whose_predictions_staff_deleted_is_not_read_in_both_downloads_as_in_the_history_list(
+    user, digit_png
+):
+    upload = _upload(user, digit_png, 0)
+    Prediction.objects.filter(upload=upload).delete()
+
+    (row,) = _history_csv(user)
+    (in_zip,) = _csv(_history_zip(user).read("history.csv"))
+
+    for exported in (row, in_zip):
+        assert exported["upload_id"] == str(upload.pk)
+        assert exported["status"] == "not read"
+        assert exported["digit"] == exported["p0"] == exported["predicted_at"] == exported["error"] == ""
 
 
 def test_a_file_name_a_spreadsheet_would_run_as_a_formula_stays_text(user, digit_png):

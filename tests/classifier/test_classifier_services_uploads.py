@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -18,6 +19,7 @@ from tests.classifier.fixtures import (
     account_deleted_just_before_the_insert, png_bytes, stored_size, uploads_stored_answer_lost,
     uploads_stored_then_read_back_lost,
 )
+from tests.locks import lock_waits_reach, overtaken
 
 pytestmark = pytest.mark.django_db
 
@@ -288,6 +290,38 @@ def test_an_upload_whose_owner_is_deleted_meanwhile_is_refused_saying_so_and_sto
     assert not Upload.objects.exists() and not Prediction.objects.exists() and not StorageUse.objects.exists()
     assert _stored_files() == []
     assert published.prediction_ids() == []
+
+
+def _once_another_waits(request):
+    """``request``, sent once another request waits for a lock: the order in which the two queue for it is known."""
+    def sent():
+        assert lock_waits_reach(1)
+        return request()
+    return sent
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="the overlap is arranged with PostgreSQL's locks")
+@pytest.mark.django_db(transaction=True)
+def test_an_image_stored_for_an_account_being_deleted_is_refused_and_the_deletion_is_not_deadlocked(user, digit_png):
+    from accounts.services import account_delete
+
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+
+    # The daily recount holds the owner's count a moment. The account's deletion waits for it, then an image the
+    # sample loader or the command line stores for the owner does, its row inserted already: the deletion takes the
+    # count first and the account next, and the upload's key to the account is checked only as it commits.
+    answers = overtaken(
+        first=lambda: StorageUse.objects.select_for_update().get(owner=user),
+        then=[lambda: account_delete(user=user), _once_another_waits(
+            lambda: services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file"))],
+    )
+
+    deleted, stored = answers
+    assert deleted is None, deleted
+    assert isinstance(stored, services.UploadOwnerDeletedError), stored
+    assert not get_user_model().objects.filter(pk=user.pk).exists()
+    assert not Upload.objects.exists() and not StorageUse.objects.exists()
+    assert _stored_files() == []
 
 
 def _keyed_upload_whose_predictions_staff_deleted(user, digit_png):
