@@ -1,10 +1,12 @@
 """A real headless Chromium driven by Playwright against pytest-django's live server."""
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # Playwright's sync API runs an event loop in this thread; Django's async-safety check would refuse the ORM.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
@@ -22,7 +24,7 @@ def playwright():
 def _launch(playwright, **options):
     return playwright.chromium.launch(
         executable_path=str(CHROMIUM),
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        args=ARGS,
         **options,
     )
 
@@ -84,6 +86,32 @@ def page_without_javascript(browser, live_server, user):
                                   java_script_enabled=False)
     page = context.new_page()
     page.set_default_timeout(20_000)
+    blocked = []
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
+            else None)
     log_in_as_alice(page, live_server)
     yield page
     context.close()
+    assert blocked == []
+
+
+@pytest.fixture
+def large_text_page(playwright, live_server, user, tmp_path):
+    """A page logged in as alice on a desktop screen, in a Chromium whose default text size is twice the usual (32 px),
+    as a reader who needs large text sets it in the browser's settings: what is sized in rem or em grows with it."""
+    profile = tmp_path / "profile"
+    (profile / "Default").mkdir(parents=True)
+    (profile / "Default" / "Preferences").write_text(json.dumps({"webkit": {"webprefs": {"default_font_size": 32}}}))
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=str(CHROMIUM), args=ARGS, viewport={"width": 1280, "height": 900},
+        base_url=live_server.url,
+    )
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    blocked = []
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    log_in_as_alice(page, live_server)
+    yield page
+    context.close()
+    assert blocked == []

@@ -1,4 +1,5 @@
-"""History rows as screen readers get them while their predictions finish with the page open."""
+"""History rows as screen readers get them while their predictions finish with the page open, and as they are laid out
+on a small, zoomed or large-text screen."""
 import io
 import json
 
@@ -62,3 +63,57 @@ def test_a_history_page_says_while_no_worker_takes_its_queued_uploads_and_drops_
                   probabilities=[0.007] * 7 + [0.93] + [0.007] * 2)
     expect(page.locator(".js-status")).to_have_text("done", timeout=15_000)
     expect(note).to_be_hidden()
+
+
+# The boxes of a history row's parts that overlap another's: text drawn over text, or a button over a name.
+_ROW_OVERLAPS = (
+    "row => { const parts = ['.history-select input', '.thumb img', '.history-name', 'time', '.js-digit',"
+    " '.js-status', '.js-confidence', '.delete-form a'].map(s => [s, row.querySelector(s).getBoundingClientRect()]);"
+    " const overlaps = [];"
+    " parts.forEach(([a, r], i) => parts.slice(i + 1).forEach(([b, q]) => {"
+    " if (r.left < q.right - 0.5 && q.left < r.right - 0.5 && r.top < q.bottom - 0.5 && q.top < r.bottom - 0.5)"
+    " overlaps.push(a + ' over ' + b); }));"
+    " return overlaps; }"
+)
+
+
+def _done_upload(user, digit_png, *, name: str):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name=name, source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=prediction.pk).update(
+        status=Prediction.Status.DONE, digit=7, confidence=0.65, probabilities=[0.035] * 7 + [0.65] + [0.0] * 2,
+        device="cpu", queue_ms=12.0, compute_ms=3.5,
+    )
+    return upload
+
+
+def test_a_history_row_on_a_320_px_screen_keeps_its_time_clear_of_the_digit_beside_it(
+    browser, live_server, log_in, user, digit_png, artifacts_dir
+):
+    # 320 CSS pixels: a phone's narrowest, or a desktop window zoomed to 400%.
+    _done_upload(user, digit_png, name="seven.png")
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 320, "height": 640})
+    try:
+        page = context.new_page()
+        log_in(page)
+        page.goto("/history/")
+        page.screenshot(path=str(artifacts_dir / "history-320.png"), full_page=True)
+        assert page.locator(".history-item").evaluate(_ROW_OVERLAPS) == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
+    finally:
+        context.close()
+
+
+def test_a_history_row_in_large_text_keeps_its_file_name_whole_and_its_parts_apart(
+    large_text_page, user, digit_png, artifacts_dir
+):
+    page = large_text_page
+    _done_upload(user, digit_png, name="seven.png")
+    page.goto("/history/")
+    page.screenshot(path=str(artifacts_dir / "history-large-text.png"), full_page=True)
+    row = page.locator(".history-item")
+    assert row.evaluate(_ROW_OVERLAPS) == []
+    # On one line, not a letter a line down a column squeezed to nothing.
+    name = row.locator(".history-name")
+    assert name.evaluate("a => a.getClientRects().length") == 1
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
