@@ -1,8 +1,10 @@
-"""The README stays true: the tests its Guarantees name exist, its settings are read, its make targets are there."""
+"""The README stays true: what it cites exists, its settings and commands are the code's, its make targets are there."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from django.core.management import get_commands, load_command_class
 
 from tests.processes import REPO
 
@@ -84,3 +86,65 @@ def test_every_metric_the_site_exports_is_in_the_monitoring_table():
                   for name in re.findall(r"`(mnistsite_\w+)", line.split(" | ")[0])}
     assert len(exported) > 10
     assert sorted(exported - documented) == []
+
+
+# The folders of the code itself: a cited path under one of them names something the checkout holds (what a
+# deployment makes, such as staticfiles/ or media/orphaned/, lies elsewhere).
+CODE_FOLDERS = ("accounts", "api", "benchmarks", "classifier", "mnistsite", "scripts", "static", "templates", "tests",
+                "training")
+FILE_CITATION = r"[\w.-]+(?:/[\w.-]+)*\.(?:py|yml|json|ini|txt|md)"
+
+
+def test_every_file_folder_and_migration_the_readmes_cite_exists():
+    missing = []
+    for readme in (REPO / "README.md", REPO / "benchmarks" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        for cited in set(re.findall(r"`([^`\s]+)`", text)):
+            if re.fullmatch(FILE_CITATION, cited):
+                # A test module named alone is somewhere under tests/; another file named alone is described, not
+                # located (manifest.json beside the samples, web.txt among a profile's stacks).
+                if "/" in cited:
+                    found = (REPO / cited).is_file()
+                elif cited.startswith("test_"):
+                    found = any((REPO / "tests").rglob(cited))
+                else:
+                    continue
+            elif re.fullmatch(r"[\w.-]+(?:/[\w.-]+)*/", cited) and cited.split("/")[0] in CODE_FOLDERS:
+                found = (REPO / cited).is_dir()
+            elif migration := re.fullmatch(r"(accounts|classifier|training)/(\d{4})", cited):
+                found = any((REPO / migration[1] / "migrations").glob(f"{migration[2]}_*.py"))
+            else:
+                continue
+            if not found:
+                missing.append(f"{readme.relative_to(REPO)}: {cited}")
+    assert sorted(missing) == []
+
+
+def test_every_setting_the_code_reads_is_in_the_configuration_table():
+    # What an operator may set: the settings every environment reads, gunicorn's and `make run`'s (the test
+    # settings' own knobs are the suite's).
+    sources = [REPO / "mnistsite" / "settings" / name for name in ("base.py", "dev.py", "production.py")]
+    sources += [REPO / "gunicorn.conf.py", REPO / "scripts" / "run_local.py"]
+    # env.int("NAME", ...), _setting_or("NAME", ...), os.environ.get("NAME"), _whole_number("NAME", ...) and the like.
+    reader = r"""(?:\benv|_setting_or|environ|environment|_whole_number)(?:\.\w+)?\(\s*["']([A-Z][A-Z0-9_]+)["']"""
+    read = {name for path in sources for name in re.findall(reader, path.read_text(encoding="utf-8"))}
+    configuration = _section("Configuration")
+    assert {"SECRET_KEY", "PORT", "GUNICORN_WORKERS", "CELERY_BROKER_URL"} <= read
+    assert sorted(name for name in read if f"`{name}`" not in configuration) == []
+
+
+def test_every_command_and_option_the_command_line_table_names_exists():
+    commands = get_commands()
+    # A row reads "`train [--arch cnn\|mlp] [--sync]` | what it does".
+    shown = [usage.groups() for cells in _table_rows(_section("Using it"))
+             if (usage := re.match(r"`([a-z_]+)([^`]*)`", cells[0]))]
+    unknown = []
+    for name, usage in shown:
+        if name not in commands:
+            unknown.append(name)
+            continue
+        parser = load_command_class(commands[name], name).create_parser("manage.py", name)
+        unknown += [f"{name} {option}" for option in re.findall(r"--[\w-]+", usage)
+                    if option not in parser._option_string_actions]
+    assert len(shown) >= 10
+    assert unknown == []
