@@ -234,6 +234,11 @@ def prediction_get_for_user(*, user, prediction_id: int) -> Prediction | None:
     )
 
 
+def prediction_list_for_user(*, user, prediction_ids: Collection[int]) -> list[Prediction]:
+    """Those of ``prediction_ids`` that are ``user``'s predictions (others' and deleted ones left out), by id."""
+    return list(Prediction.objects.filter(pk__in=prediction_ids, upload__owner=user).order_by("pk"))
+
+
 def prediction_get_for_viewer(*, user, prediction_id: int) -> Prediction | None:
     queryset = Prediction.objects.select_related("upload")
     if not _sees_every_image(user, Prediction):

@@ -12,6 +12,7 @@ urlpatterns = [
     path("history/export.csv", views.history_export, {"kind": "csv"}, name="history_export_csv"),
     path("history/export.zip", views.history_export, {"kind": "zip"}, name="history_export_zip"),
     path("predictions/<int:pk>/", views.prediction_detail, name="prediction_detail"),
+    path("predictions.json", views.predictions_json, name="predictions_json"),
     path("predictions/<int:pk>.json", views.prediction_json, name="prediction_json"),
     path("predictions/<int:pk>/input.png", views.prediction_input, name="prediction_input"),
     path("predictions/<int:pk>/feedback", views.prediction_feedback, name="prediction_feedback"),

@@ -242,17 +242,13 @@ def confidence_percent(confidence: float | None) -> int | None:
     return None if confidence is None else math.floor(confidence * 100 + 1e-9)
 
 
-def _queue_stalled(prediction: Prediction) -> bool:
-    """Whether ``prediction`` waits on a queue that no worker is taking, as the API's ``wait`` tells it.
-
-    Only a pending prediction waits on the queue: one a worker took, or finished, does not.
-    """
-    if prediction.status != Prediction.Status.PENDING:
-        return False
+def _queue_stalled() -> bool:
+    """Whether predictions wait on a queue that no worker is taking, as the API's ``wait`` tells it."""
     return selectors.prediction_queue_stalled(stalled_after_s=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
 
 
-def prediction_payload(prediction: Prediction) -> dict:
+def prediction_payload(prediction: Prediction, *, queue_stalled: bool | None = None) -> dict:
+    """What the result and history pages read of a prediction; ``queue_stalled`` read once for many, or else here."""
     threshold = settings.LOW_CONFIDENCE_THRESHOLD
     done = prediction.status == Prediction.Status.DONE
     return {
@@ -267,7 +263,9 @@ def prediction_payload(prediction: Prediction) -> dict:
         "probabilities": prediction.probabilities,
         "error": prediction.error,
         # The page still waits, and says that nothing will come until a worker is back (static/js/result.js).
-        "queue_stalled": _queue_stalled(prediction),
+        # Only a pending prediction waits on the queue: one a worker took, or finished, does not.
+        "queue_stalled": prediction.status == Prediction.Status.PENDING
+        and (_queue_stalled() if queue_stalled is None else queue_stalled),
         "no_digit": Prediction.failed_for_want_of_a_digit(status=prediction.status, error=prediction.error),
         "feedback": prediction.feedback,
         "checkpoint_id": prediction.checkpoint_id,
@@ -323,6 +321,23 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_safe
 def prediction_json(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(prediction_payload(_prediction_or_404(request, pk)))
+
+
+@require_safe
+def predictions_json(request: HttpRequest) -> JsonResponse:
+    """``prediction_json``'s answers for several of the user's predictions (``?id=1&id=2``, a history page's worth at
+    most): the history page asks once a poll, not once a row. A prediction deleted meanwhile is left out."""
+    try:
+        ids = {int(value) for value in request.GET.getlist("id")}
+    except ValueError:
+        ids = set()
+    if not ids or len(ids) > HISTORY_PAGE_SIZE or not all(0 < pk < 2**63 for pk in ids):
+        return JsonResponse({"error": f"Ask for 1 to {HISTORY_PAGE_SIZE} predictions by id: ?id=1&id=2."}, status=400)
+    predictions = selectors.prediction_list_for_user(user=request.user, prediction_ids=ids)
+    waiting = any(prediction.status == Prediction.Status.PENDING for prediction in predictions)
+    stalled = waiting and _queue_stalled()
+    return JsonResponse({"predictions": [prediction_payload(prediction, queue_stalled=stalled)
+                                         for prediction in predictions]})
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
@@ -595,8 +610,7 @@ def history(request: HttpRequest) -> HttpResponse:
             # Without JavaScript nothing updates the rows still waiting: the page reloads itself until they finish.
             "reloading": any(item.latest_status in unfinished for item in uploads),
             # Rows queued on a queue no worker takes, as the result page says it (static/js/history.js keeps it current).
-            "queue_stalled": any(item.latest_status == Prediction.Status.PENDING for item in uploads)
-            and selectors.prediction_queue_stalled(stalled_after_s=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS),
+            "queue_stalled": any(item.latest_status == Prediction.Status.PENDING for item in uploads) and _queue_stalled(),
         },
     )
 

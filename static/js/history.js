@@ -138,6 +138,11 @@
     stalledNote.textContent = stalled ? stalledNote.dataset.note : "";
   }
 
+  // One request a poll for every row still waiting, not one a row: a batch's page would otherwise send twenty at
+  // once, each a request the site answers beside the worker reading them.
+  const listUrl = document.getElementById("history-list") &&
+    document.getElementById("history-list").dataset.predictionsUrl;
+
   function poll() {
     const open = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(waiting);
     if (!open.length) return;
@@ -147,35 +152,41 @@
     let failed = 0;
     let answered = 0;
     let stalled = false;
-    Promise.all(open.map(function (row) {
-      return fetch(row.dataset.jsonUrl, { credentials: "same-origin", cache: "no-store" })
-        .then(function (r) {
-          if (r.redirected) {
-            ended = true;  // sent to the log-in page: no row can be updated any more
-          } else if (r.status === 404) {
+    const query = open.map(function (row) { return "id=" + encodeURIComponent(row.dataset.predictionId); });
+    fetch(listUrl + "?" + query.join("&"), { credentials: "same-origin", cache: "no-store" })
+      .then(function (r) {
+        if (r.redirected) {
+          ended = true;  // sent to the log-in page: no row can be updated any more
+        } else if (r.ok) {
+          return r.json();
+        }
+        return null;  // a restarting site (a proxy's 502): asked again at the next poll
+      })
+      .then(function (data) {
+        if (!data) return;
+        const answers = new Map(data.predictions.map(function (p) { return [String(p.id), p]; }));
+        open.forEach(function (row) {
+          const answer = answers.get(row.dataset.predictionId);
+          if (!answer) {
             row.removeAttribute("data-json-url");  // deleted meanwhile: nothing left to wait for
-          } else if (r.ok) {
-            return r.json();
+            return;
           }
-          return null;
-        })
-        .then(function (data) {
-          if (!data) return;
           answered += 1;
-          stalled = stalled || Boolean(data.queue_stalled);
-          changed = changed || data.status !== row.dataset.status;
-          if (data.status === "done") read += 1;
-          if (data.status === "failed") failed += 1;
-          update(row, data);
-        })
-        .catch(function () {});
-    })).then(function () {
-      if (answered && stalledNote) showStalled(stalled);
-      if (read || failed) announce(read, failed);
-      if (ended) return;
-      delay = changed ? FIRST_MS : Math.min(delay * 1.5, MAX_MS);
-      schedule();
-    });
+          stalled = stalled || Boolean(answer.queue_stalled);
+          changed = changed || answer.status !== row.dataset.status;
+          if (answer.status === "done") read += 1;
+          if (answer.status === "failed") failed += 1;
+          update(row, answer);
+        });
+      })
+      .catch(function () {})
+      .then(function () {
+        if (answered && stalledNote) showStalled(stalled);
+        if (read || failed) announce(read, failed);
+        if (ended) return;
+        delay = changed ? FIRST_MS : Math.min(delay * 1.5, MAX_MS);
+        schedule();
+      });
   }
   schedule();
 })();

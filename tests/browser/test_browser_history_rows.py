@@ -1,13 +1,13 @@
 """History rows as screen readers get them while their predictions finish with the page open, and as they are laid out
 on a small, zoomed or large-text screen."""
 import io
-import json
 
 import pytest
 from playwright.sync_api import expect
 
 from classifier import services
 from classifier.models import Prediction
+from tests.browser.polls import polls_answered_from
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -20,8 +20,7 @@ def _queued_upload_answered_from(page, user, digit_png):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
     answer = prediction_payload(prediction)
-    page.route(f"**/predictions/{prediction.pk}.json",
-               lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)))
+    polls_answered_from(page, prediction, answer)
     return answer, prediction
 
 

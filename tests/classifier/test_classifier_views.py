@@ -1731,3 +1731,37 @@ def test_a_history_page_with_uploads_queued_where_no_worker_takes_them_says_so_a
     _uploaded(user, digit_png, 1)
     Prediction.objects.filter(pk=fresh.pk).update(status=Prediction.Status.FAILED, error="lost")
     assert not _shown(alice.get("/history/").content.decode(), "history-stalled")
+
+
+def test_several_predictions_are_answered_at_once_as_each_alone_leaving_out_others_and_deleted_ones(
+    alice, user, other_user, digit_png, settings
+):
+    settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS = 10
+    mine = [_pending_prediction(user, digit_png, waited_seconds=60) for _ in range(2)]
+    theirs = _pending_prediction(other_user, digit_png)
+    gone = _pending_prediction(user, digit_png)
+    services.upload_delete(upload=gone.upload)
+
+    answer = alice.get("/predictions.json", {"id": [mine[1].pk, theirs.pk, gone.pk, mine[0].pk]})
+
+    assert answer.status_code == 200
+    assert answer.json()["predictions"] == [alice.get(f"/predictions/{p.pk}.json").json() for p in mine]
+    assert all(payload["queue_stalled"] for payload in answer.json()["predictions"])
+
+
+@pytest.mark.parametrize("query", ["", "?id=x", "?id=0", f"?id={2**63}", "&".join(["?id=1"] + [f"id={n}" for n in
+                                                                                             range(2, 23)])])
+def test_predictions_asked_for_by_anything_but_a_pages_worth_of_ids_are_a_bad_request(alice, query):
+    answer = alice.get(f"/predictions.json{query}")
+
+    assert answer.status_code == 400
+    assert "?id=1&id=2" in answer.json()["error"]
+
+
+def test_the_history_page_names_its_rows_predictions_for_one_poll(alice, user, digit_png):
+    prediction = _pending_prediction(user, digit_png)
+
+    page = alice.get("/history/").content.decode()
+
+    assert 'data-predictions-url="/predictions.json"' in page
+    assert f'data-prediction-id="{prediction.pk}"' in page
