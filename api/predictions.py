@@ -132,8 +132,11 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
     def get(self, request: Request) -> Response:
         query = PredictionFilterSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
+        newest_id = self.paginator.newest_id_get(
+            request, newest_now=lambda: selectors.prediction_newest_id_for_user(user=request.user)
+        )
         queryset = selectors.prediction_list_for_user(
-            user=request.user, filters=selectors.PredictionFilters(**query.validated_data)
+            user=request.user, filters=selectors.PredictionFilters(**query.validated_data), newest_id=newest_id
         )
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(_represent(request, page))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Exists, QuerySet
+from django.db.models import Exists, Max, QuerySet
 
 from classifier import selectors as classifier_selectors
 from classifier import statements
@@ -23,18 +23,32 @@ class PredictionFilters:
     latest: bool = False
 
 
-def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) -> QuerySet[Prediction]:
-    """The caller's own predictions, newest first; both dates are inclusive days in the site's time zone.
+def _up_to(queryset: QuerySet, newest_id: int | None) -> QuerySet:
+    return queryset if newest_id is None else queryset.filter(pk__lte=newest_id)
+
+
+def _newest_id(queryset: QuerySet) -> int:
+    # Rows stored from now on get higher ids, bar one whose insert was under way at this moment: its id was drawn
+    # then, and it commits later.
+    return queryset.aggregate(newest=Max("pk"))["newest"] or 0
+
+
+def prediction_list_for_user(
+    *, user, filters: PredictionFilters | None = None, newest_id: int | None = None
+) -> QuerySet[Prediction]:
+    """The caller's own predictions made up to ``newest_id`` (None: all), newest first; both dates are inclusive days
+    in the site's time zone.
 
     ``latest`` keeps a prediction only when its upload has none newer, whatever the other filters leave out: with
     ``status="failed"`` it lists the uploads whose current result failed, not each upload's newest failure. It is
     said as "none newer", as classifier.selectors.upload_filter_latest does: PostgreSQL checks each candidate with
-    one probe of the upload index (an anti-join), instead of ranking every prediction of the user's uploads.
+    one probe of the upload index (an anti-join), instead of ranking every prediction of the user's uploads. Newer
+    means up to ``newest_id`` too: a re-run made since then leaves the list as it was, not one row short.
     """
     filters = filters or PredictionFilters()
-    queryset = Prediction.objects.select_related("upload", "checkpoint").filter(upload__owner=user)
+    queryset = _up_to(Prediction.objects.select_related("upload", "checkpoint").filter(upload__owner=user), newest_id)
     if filters.latest:
-        queryset = queryset.exclude(Exists(classifier_selectors.prediction_newer_of_upload()))
+        queryset = queryset.exclude(Exists(_up_to(classifier_selectors.prediction_newer_of_upload(), newest_id)))
     if filters.digit is not None:
         queryset = queryset.filter(digit=filters.digit)
     if filters.status:
@@ -43,6 +57,11 @@ def prediction_list_for_user(*, user, filters: PredictionFilters | None = None) 
         queryset, first_day=filters.created_after, last_day=filters.created_before
     )
     return queryset.order_by("-created_at", "-id")
+
+
+def prediction_newest_id_for_user(*, user) -> int:
+    """The highest id of the user's predictions now (0 without any); other users' play no part."""
+    return _newest_id(Prediction.objects.filter(upload__owner=user))
 
 
 def predictions_reload(*, predictions: list[Prediction]) -> list[Prediction]:
@@ -54,8 +73,13 @@ def predictions_reload(*, predictions: list[Prediction]) -> list[Prediction]:
     return [fresh[prediction.pk] for prediction in predictions if prediction.pk in fresh]
 
 
-def training_run_list_with_checkpoints() -> QuerySet[TrainingRun]:
-    return training_selectors.training_run_list().prefetch_related("checkpoints")
+def training_run_list_with_checkpoints(*, newest_id: int | None = None) -> QuerySet[TrainingRun]:
+    """The runs started up to ``newest_id`` (None: all), newest first."""
+    return _up_to(training_selectors.training_run_list().prefetch_related("checkpoints"), newest_id)
+
+
+def training_run_newest_id() -> int:
+    return _newest_id(TrainingRun.objects.all())
 
 
 def training_run_get_or_none(*, run_id: int) -> TrainingRun | None:
@@ -66,5 +90,10 @@ def checkpoint_get_or_none(*, checkpoint_id: int) -> Checkpoint | None:
     return training_selectors.checkpoint_list().filter(pk=checkpoint_id).first()
 
 
-def checkpoint_list() -> QuerySet[Checkpoint]:
-    return training_selectors.checkpoint_list().order_by("-created_at", "-id")
+def checkpoint_list(*, newest_id: int | None = None) -> QuerySet[Checkpoint]:
+    """The checkpoints saved up to ``newest_id`` (None: all), newest first."""
+    return _up_to(training_selectors.checkpoint_list(), newest_id).order_by("-created_at", "-id")
+
+
+def checkpoint_newest_id() -> int:
+    return _newest_id(Checkpoint.objects.all())

@@ -62,7 +62,8 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
                    404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
-        page = self.paginate_queryset(self.get_queryset())
+        newest_id = self.paginator.newest_id_get(request, newest_now=selectors.training_run_newest_id)
+        page = self.paginate_queryset(selectors.training_run_list_with_checkpoints(newest_id=newest_id))
         return self.get_paginated_response(TrainingRunSerializer(page, many=True, context={"request": request}).data)
 
     @extend_schema(
@@ -155,7 +156,8 @@ class CheckpointListApi(GenericAPIView):
                    404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
-        page = self.paginate_queryset(self.get_queryset())
+        newest_id = self.paginator.newest_id_get(request, newest_now=selectors.checkpoint_newest_id)
+        page = self.paginate_queryset(selectors.checkpoint_list(newest_id=newest_id))
         return self.get_paginated_response(CheckpointSerializer(page, many=True).data)
 
 

@@ -426,7 +426,7 @@ def test_a_digit_written_as_a_fraction_is_refused_saying_how_to_write_it(user_cl
 
 
 @pytest.mark.parametrize("query", ["status=done&status=failed", "digit=3&digit=3", "page=1&page=2",
-                                   "page_size=5&page_size=10", "latest=true&latest=false"])
+                                   "page_size=5&page_size=10", "latest=true&latest=false", "newest=1&newest=2"])
 def test_a_query_parameter_sent_twice_is_400_naming_it_since_which_was_meant_is_not_known(
     user_client, user, make_prediction, query
 ):
@@ -452,6 +452,54 @@ def test_page_size_chooses_how_many_predictions_a_page_holds_and_the_next_page_k
     assert first["count"] == 3 and len(first["results"]) == 2
     assert "page_size=2" in first["next"] and second["next"] is None
     assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
+
+
+def test_following_next_lists_each_prediction_once_with_one_count_while_new_ones_are_stored(
+    user_client, user, make_prediction
+):
+    made = [make_prediction(owner=user).pk for _ in range(3)]
+
+    first = user_client.get(LIST, {"page_size": 2}).json()
+    # Stored meanwhile by another program of the user's, or their browser: newer than every prediction listed.
+    make_prediction(owner=user)
+    second = user_client.get(first["next"]).json()
+
+    assert first["count"] == second["count"] == 3 and second["next"] is None
+    assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
+
+
+def test_a_page_asked_for_without_newest_lists_the_predictions_there_are_and_its_links_keep_to_them(
+    user_client, user, make_prediction
+):
+    made = [make_prediction(owner=user).pk for _ in range(3)]
+
+    second = user_client.get(LIST, {"page_size": 1, "page": 2}).json()
+    make_prediction(owner=user)
+
+    assert [item["id"] for item in second["results"]] == [made[1]]
+    assert _ids(user_client.get(second["previous"])) == [made[2]]
+    assert _ids(user_client.get(second["next"])) == [made[0]]
+
+
+def test_newest_lists_only_the_predictions_stored_up_to_it(user_client, user, make_prediction):
+    made = [make_prediction(owner=user).pk for _ in range(3)]
+
+    body = user_client.get(LIST, {"newest": made[1]}).json()
+
+    assert body["count"] == 2 and [item["id"] for item in body["results"]] == [made[1], made[0]]
+
+
+@pytest.mark.parametrize(
+    "newest", ["-1", "abc", "2.0", " 2", str(2**63), pytest.param("9" * 5000, id="5000 digits")]
+)
+def test_a_newest_that_is_not_a_whole_number_a_row_could_have_is_400_naming_it(user_client, user, make_prediction,
+                                                                               newest):
+    make_prediction(owner=user)
+
+    response = user_client.get(LIST, {"newest": newest})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "newest"
 
 
 @pytest.mark.parametrize(
@@ -546,6 +594,20 @@ def test_latest_is_paginated_and_counts_only_the_newest_predictions(user_client,
     assert first_page["count"] == 3 and second_page["count"] == 3
     assert "latest=true" in first_page["next"] and second_page["next"] is None
     assert [item["id"] for item in first_page["results"] + second_page["results"]] == newest
+
+
+def test_following_next_under_latest_lists_each_uploads_result_as_it_was_when_the_first_page_was_read(
+    user_client, user, make_prediction
+):
+    made = [make_prediction(owner=user, done=True).pk for _ in range(3)]
+
+    first = user_client.get(LIST, {"latest": "true", "page_size": 2}).json()
+    # The oldest upload, not listed yet, is read again meanwhile: its new prediction is newer than the first page.
+    _rerun(Prediction.objects.get(pk=made[0]))
+    second = user_client.get(first["next"]).json()
+
+    assert first["count"] == second["count"] == 3
+    assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
 
 
 # --- detail ----------------------------------------------------------------------------------------------------------

@@ -135,6 +135,17 @@ def test_every_list_documents_its_page_size_with_the_maximum_the_server_holds_to
         assert "400" in operation["responses"], path
 
 
+@pytest.mark.django_db
+def test_every_list_documents_newest_the_bound_its_links_carry(api_client):
+    paths = _schema(api_client)["paths"]
+
+    for path in ("/api/v1/predictions/", "/api/v1/training-runs/", "/api/v1/checkpoints/"):
+        parameters = paths[path]["get"]["parameters"]
+        (newest,) = [parameter for parameter in parameters if parameter["name"] == "newest"]
+        assert newest["in"] == "query" and newest["schema"] == {"type": "integer", "minimum": 0}
+        assert "next" in newest["description"]
+
+
 # What the statuses below are provoked with; a body of a type no parser reads goes only with the methods that take
 # one.
 _OPERATION_METHODS = ("get", "put", "post", "delete", "patch")

@@ -1,0 +1,41 @@
+"""Every list's `next` and `previous` keep to the rows there were when its first page was read."""
+from __future__ import annotations
+
+import pytest
+
+from training.services import training_run_create
+
+RUNS = "/api/v1/training-runs/"
+CHECKPOINTS = "/api/v1/checkpoints/"
+
+
+def _run(user):
+    return training_run_create(
+        created_by=user, architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3, enqueue=False
+    ).pk
+
+
+@pytest.mark.django_db
+def test_following_next_through_the_checkpoints_lists_each_once_while_training_saves_more(
+    staff_client, make_checkpoint
+):
+    made = [make_checkpoint()[0].pk for _ in range(3)]
+
+    first = staff_client.get(CHECKPOINTS, {"page_size": 2}).json()
+    make_checkpoint()
+    second = staff_client.get(first["next"]).json()
+
+    assert first["count"] == second["count"] == 3 and second["next"] is None
+    assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
+
+
+@pytest.mark.django_db
+def test_following_next_through_the_training_runs_lists_each_once_while_more_are_started(staff_client, staff_user):
+    made = [_run(staff_user) for _ in range(3)]
+
+    first = staff_client.get(RUNS, {"page_size": 2}).json()
+    _run(staff_user)
+    second = staff_client.get(first["next"]).json()
+
+    assert first["count"] == second["count"] == 3 and second["next"] is None
+    assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
