@@ -323,6 +323,7 @@ def prediction_json(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(prediction_payload(_prediction_or_404(request, pk)))
 
 
+@never_cache
 @require_safe
 def predictions_json(request: HttpRequest) -> JsonResponse:
     """``prediction_json``'s answers for several of the user's predictions (``?id=1&id=2``, a history page's worth at

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 
+from django.db import IntegrityError
+
 from classifier.models import Upload
 from classifier.services.uploads import upload_create
 
@@ -16,7 +18,17 @@ def samples_user_get_or_create():
     from django.contrib.auth import get_user_model
 
     user_model = get_user_model()
-    user, created = user_model.objects.get_or_create(username="samples", defaults={"is_active": True})
+    try:
+        user, created = user_model.objects.get_or_create(username="samples", defaults={"is_active": True})
+    except IntegrityError:
+        # Names are unique in any case (accounts/0009): "Samples", say, made in the admin, holds the name.
+        taken = user_model.objects.filter(username__iexact="samples").values_list("username", flat=True).first()
+        if taken is None:
+            raise
+        raise SamplesOwnerError(
+            f"The account \"{taken}\" holds the sample sets' owner name in another case; rename it in the admin "
+            "(Users), then load the samples again."
+        ) from None
     if created:
         user.set_unusable_password()
         user.save(update_fields=["password"])

@@ -41,3 +41,12 @@ def test_migrating_back_lets_names_differ_only_in_case_again(at_0008, django_use
     django_user_model.objects.create_user(username="alice", password=PASSWORD)
     django_user_model.objects.create_user(username="Alice", password=PASSWORD)
     django_user_model.objects.filter(username="Alice").delete()  # for the migration back to the latest
+
+
+@pytest.mark.django_db
+def test_the_index_is_there_once_every_migration_ran_whatever_rebuilt_the_users_table():
+    # Django's migration state knows nothing of it: on SQLite, a later migration that alters a column of auth_user
+    # (Django's own auth app has done so) rebuilds the table from that state, and would drop it without a word.
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "auth_user")
+    assert constraints["username_unique_in_any_case"]["unique"]

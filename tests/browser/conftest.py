@@ -1,4 +1,5 @@
 """A real headless Chromium driven by Playwright against pytest-django's live server."""
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -45,18 +46,24 @@ def browser_with_back_forward_cache(playwright):
     browser.close()
 
 
-@pytest.fixture
-def page(browser, live_server):
-    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url)
+@contextlib.contextmanager
+def watched_page(context):
+    """A new page of ``context``, closed with it at the end; anything the site's Content-Security-Policy blocked
+    would be a broken page, so every test checks for it."""
     page = context.new_page()
     page.set_default_timeout(20_000)
-    # Anything the site's Content-Security-Policy blocked would be a broken page: every test checks for it.
     blocked = []
     page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
             else None)
     yield page
     context.close()
     assert blocked == []
+
+
+@pytest.fixture
+def page(browser, live_server):
+    with watched_page(browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url)) as page:
+        yield page
 
 
 def log_in_as_alice(page, live_server) -> None:
@@ -84,15 +91,9 @@ def logged_in_page(page, user, live_server):
 def page_without_javascript(browser, live_server, user):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url,
                                   java_script_enabled=False)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    blocked = []
-    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
-            else None)
-    log_in_as_alice(page, live_server)
-    yield page
-    context.close()
-    assert blocked == []
+    with watched_page(context) as page:
+        log_in_as_alice(page, live_server)
+        yield page
 
 
 @pytest.fixture
@@ -106,12 +107,6 @@ def large_text_page(playwright, live_server, user, tmp_path):
         str(profile), executable_path=str(CHROMIUM), args=ARGS, viewport={"width": 1280, "height": 900},
         base_url=live_server.url,
     )
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    blocked = []
-    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
-            else None)
-    log_in_as_alice(page, live_server)
-    yield page
-    context.close()
-    assert blocked == []
+    with watched_page(context) as page:
+        log_in_as_alice(page, live_server)
+        yield page

@@ -21,3 +21,14 @@ def test_a_samples_account_someone_can_log_in_to_is_not_taken_as_the_samples_own
     django_user_model.objects.create_user(username="samples", password="mallory's password")
     with pytest.raises(services.SamplesOwnerError, match="rename it"):
         services.samples_user_get_or_create()
+
+
+def test_an_account_named_samples_in_another_case_is_named_and_stops_the_loading_instead_of_a_database_error(
+    django_user_model,
+):
+    # Names are unique in any case: "Samples", made by staff in the admin, leaves no room for the samples' owner.
+    django_user_model.objects.create_user(username="Samples", password="staff's choice")
+
+    with pytest.raises(services.SamplesOwnerError, match="\"Samples\".*rename it"):
+        services.samples_user_get_or_create()
+    assert not django_user_model.objects.filter(username="samples").exists()

@@ -1747,6 +1747,7 @@ def test_several_predictions_are_answered_at_once_as_each_alone_leaving_out_othe
     assert answer.status_code == 200
     assert answer.json()["predictions"] == [alice.get(f"/predictions/{p.pk}.json").json() for p in mine]
     assert all(payload["queue_stalled"] for payload in answer.json()["predictions"])
+    assert "no-store" in answer["Cache-Control"]  # as each alone: nobody's results kept by a browser or a proxy
 
 
 @pytest.mark.parametrize("query", ["", "?id=x", "?id=0", f"?id={2**63}", "&".join(["?id=1"] + [f"id={n}" for n in
