@@ -76,7 +76,7 @@ def upload_create(
     sample_set: str = "",
     label: int | None = None,
 ) -> Upload:
-    """Validate one image and store it (re-encoded as PNG); raises ValidationError without storing anything."""
+    """Validate one image and store it (as a clean PNG); raises ValidationError without storing anything."""
     image = validate_image(file, name=name)
     uploads = upload_files_write(owner=owner, images=[image], source=source, sample_set=sample_set, label=label)
     return _uploads_insert(uploads=uploads)[0]

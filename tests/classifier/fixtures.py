@@ -125,7 +125,7 @@ def empty_ruled_sheet_png() -> bytes:
 
 
 def stored_size(data: bytes, name: str = "digit.png") -> int:
-    """The bytes an accepted upload takes once stored: its re-encoded PNG, which the upload quota counts."""
+    """The bytes an accepted upload takes once stored (its clean PNG), which the upload quota counts."""
     from classifier.validation import validate_image
 
     return len(validate_image(io.BytesIO(data), name=name).content)

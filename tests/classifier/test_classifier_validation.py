@@ -37,13 +37,48 @@ def _reject(data: bytes, name: str, code: str) -> str:
     return " ".join(info.value.messages)
 
 
-def test_a_plain_png_is_accepted_and_reencoded_as_png():
-    data = png_bytes(_digit())
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_a_png_holding_its_pixels_and_nothing_else_is_stored_as_sent(mode):
+    data = png_bytes(_digit(mode))
     accepted = validate_image(io.BytesIO(data), name="seven.png")
     assert accepted.format == "PNG"
     assert (accepted.width, accepted.height) == (64, 64)
     assert accepted.size == len(data)
-    assert Image.open(io.BytesIO(accepted.content)).format == "PNG"
+    assert accepted.content == data
+
+
+def _png_pieces(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """A Pillow-made PNG as its signature and header, its picture's data, and its end chunk."""
+    return data[:33], data[33:-12], data[-12:]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["gamma", "physical size", "text after the data", "bytes after the end", "a second end"],
+)
+def test_a_png_holding_anything_besides_its_pixels_is_stored_as_a_fresh_png_of_the_same_pixels(case):
+    head, pixels, end = _png_pieces(png_bytes(_digit()))
+    data = {
+        "gamma": head + _png_chunk(b"gAMA", struct.pack(">I", 100000)) + pixels + end,
+        "physical size": head + _png_chunk(b"pHYs", struct.pack(">IIB", 3780, 3780, 1)) + pixels + end,
+        "text after the data": head + pixels + _png_chunk(b"tEXt", b"Comment\0hello") + end,
+        "bytes after the end": head + pixels + end + b"<html>",
+        "a second end": head + pixels + end + end,
+    }[case]
+    accepted = validate_image(io.BytesIO(data), name="seven.png")
+    assert accepted.content != data
+    assert _png_pieces(accepted.content)[0][:16] == head[:16] and accepted.content.endswith(end)
+    assert b"gAMA" not in accepted.content and b"pHYs" not in accepted.content and b"tEXt" not in accepted.content
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(accepted.content))), np.asarray(_digit()))
+
+
+def test_a_png_whose_pixels_are_not_stored_as_decoded_is_stored_as_a_fresh_png():
+    # Sixteen-bit grey is scaled to eight bits, a palette expanded: what is stored is what the model reads.
+    for image in (Image.fromarray(np.asarray(_digit(), dtype=np.uint16) * 257), _digit("P")):
+        data = png_bytes(image)
+        accepted = validate_image(io.BytesIO(data), name="seven.png")
+        assert accepted.content != data
+        assert Image.open(io.BytesIO(accepted.content)).mode in ("L", "RGB")
 
 
 def test_a_text_file_is_not_an_image():
@@ -380,6 +415,26 @@ def test_a_large_jpeg_with_an_exif_rotation_reports_its_full_size_upright():
 )
 def test_original_names_are_sanitised(raw, expected):
     assert sanitize_filename(raw) == expected
+
+
+def test_every_printable_ascii_name_is_sanitised_as_the_full_steps_would():
+    import random
+    import re
+    import unicodedata
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    def by_every_step(name: str) -> str:
+        name = PureWindowsPath(PurePosixPath(name).name).name
+        name = unicodedata.normalize("NFC", name)
+        name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+        return re.sub(r"\s+", " ", name).strip(" .")
+
+    rng = random.Random(7)
+    alphabet = "ab.7 -_()" + "/\\:" + "\t\x7f" + "é"
+    names = [".", "..", "", " . ", "C:digit.png", "a:b", "..png", "digit.png ."]
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(5000)]
+    for name in names:
+        assert sanitize_filename(name) == by_every_step(name), repr(name)
 
 
 def _png_chunk(kind: bytes, body: bytes = b"") -> bytes:

@@ -115,7 +115,7 @@ def test_an_accepted_upload_is_reencoded_under_a_generated_name_and_served_safel
     # Nothing escaped into the folders around MEDIA_ROOT.
     assert sorted(p.name for p in isolated_storage.iterdir()) == ["checkpoints", "media"]
     content = stored.read_bytes()
-    # A fresh PNG: nothing after IEND, whatever trailed the original (a Pillow-made PNG may re-encode identically).
+    # A clean PNG: nothing after IEND, whatever trailed the original (a PNG of pixels alone is stored as sent).
     assert content.startswith(PNG_SIGNATURE) and content.endswith(png_chunk(b"IEND", b""))
     assert content != data or data.startswith(PNG_SIGNATURE) and data.endswith(png_chunk(b"IEND", b""))
     assert b"<script>" not in content and b"<html>" not in content
