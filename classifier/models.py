@@ -37,7 +37,9 @@ class Upload(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads", db_index=False
     )
-    image = models.ImageField(upload_to=upload_image_path, width_field="width", height_field="height")
+    # No width_field/height_field: width and height are the picture's as sent and shown (a photo is stored smaller),
+    # written by validation, and Django would read each file whose row says 0 every time the row is loaded.
+    image = models.ImageField(upload_to=upload_image_path)
     original_name = models.CharField(max_length=255, blank=True)
     format = models.CharField(max_length=16)
     size = models.PositiveIntegerField(help_text="Size in bytes of the file as uploaded.")
