@@ -91,9 +91,14 @@ def metrics_text(*, now: dt.datetime) -> str:
         *_family("mnistsite_media_free_bytes",
                  "Free space on the uploads' volume; uploads are refused below mnistsite_media_min_free_bytes. "
                  "Absent when the volume cannot tell.",
-                 [({}, free)] if (free := _media_free_bytes()) is not None else []),
+                 [({}, free)] if (free := _media_free("free_bytes")) is not None else []),
         *_family("mnistsite_media_min_free_bytes", "UPLOAD_MIN_FREE_MB, in bytes.",
                  [({}, settings.UPLOAD_MIN_FREE_MB * 2**20)]),
+        *_family("mnistsite_media_free_files",
+                 "Files that may still be created on the uploads' volume (one per upload); uploads are refused below "
+                 "mnistsite_media_min_free_files. Absent when the volume cannot tell or sets no limit.",
+                 [({}, free)] if (free := _media_free("free_files")) is not None else []),
+        *_family("mnistsite_media_min_free_files", "UPLOAD_MIN_FREE_FILES.", [({}, settings.UPLOAD_MIN_FREE_FILES)]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -110,9 +115,9 @@ def _database_now() -> dt.datetime:
         return dt.datetime.fromisoformat(cursor.fetchone()[0]).replace(tzinfo=dt.UTC)
 
 
-def _media_free_bytes() -> int | None:
+def _media_free(measure: str) -> int | None:
     try:
-        return default_storage.free_bytes() if hasattr(default_storage, "free_bytes") else None
+        return getattr(default_storage, measure)() if hasattr(default_storage, measure) else None
     except OSError:
         logger.warning("could not read the media volume's free space", exc_info=True)
         return None

@@ -143,13 +143,25 @@ class MediaStorage(FileSystemStorage):
                 os.chmod(path, self.directory_permissions_mode)
             self._folder_sync(os.path.dirname(path))
 
-    def free_bytes(self) -> int:
-        """Space left for an unprivileged writer on the volume holding the storage's root (or its nearest parent)."""
+    def _volume_stats(self) -> os.statvfs_result:
         folder = os.path.abspath(self.location)
         while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)
-        stats = os.statvfs(folder)
+        return os.statvfs(folder)
+
+    def free_bytes(self) -> int:
+        """Space left for an unprivileged writer on the volume holding the storage's root (or its nearest parent)."""
+        stats = self._volume_stats()
         return stats.f_bavail * stats.f_frsize
+
+    def free_files(self) -> int | None:
+        """How many more files an unprivileged writer may create on that volume; None when it sets no such limit.
+
+        Each upload is a small file: on ext4 the files (inodes) run out while space is left, and every write fails.
+        """
+        stats = self._volume_stats()
+        # Btrfs and some network file systems report no file count at all (0): they allocate them as needed.
+        return stats.f_favail if stats.f_files else None
 
     @staticmethod
     def _folder_sync(folder: str) -> None:

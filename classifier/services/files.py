@@ -77,7 +77,7 @@ def upload_files_write(
     label: int | None = None,
 ) -> list[Upload]:
     """Unsaved uploads whose files are written (and durable); if one cannot be written, none stays on disk."""
-    _storage_headroom_check(needed=sum(len(image.content) for image in images))
+    _storage_headroom_check(needed=sum(len(image.content) for image in images), files=len(images))
     uploads = [
         _upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label) for image in images
     ]
@@ -110,23 +110,30 @@ STORAGE_FULL_LOG_EVERY_S = 60.0
 _storage_full_logged = [-math.inf]
 
 
-def _storage_headroom_check(*, needed: int) -> None:
+def _storage_headroom_check(*, needed: int, files: int) -> None:
     free_bytes = getattr(default_storage, "free_bytes", None)
     if free_bytes is None:
         return
+    free_files = getattr(default_storage, "free_files", lambda: None)
     try:
-        left = free_bytes() - needed
+        left, files_left = free_bytes() - needed, free_files()
     except OSError as exc:
         # A volume that cannot say how full it is (a stale network mount) would not take the files either.
         logger.error("could not read the media volume's free space", exc_info=True)
         raise UploadStorageError("The images could not be stored.") from exc
-    if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024:
+    if files_left is not None:
+        files_left -= files
+    if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024 and (
+        files_left is None or files_left >= settings.UPLOAD_MIN_FREE_FILES
+    ):
         return
     if time.monotonic() - _storage_full_logged[0] >= STORAGE_FULL_LOG_EVERY_S:
         _storage_full_logged[0] = time.monotonic()
         logger.error(
-            "uploads refused: storing them would leave %.0f MB free on the media volume, under UPLOAD_MIN_FREE_MB=%s",
-            left / 2**20, settings.UPLOAD_MIN_FREE_MB,
+            "uploads refused: storing them would leave %.0f MB and %s files free on the media volume, under "
+            "UPLOAD_MIN_FREE_MB=%s or UPLOAD_MIN_FREE_FILES=%s",
+            left / 2**20, "unlimited" if files_left is None else files_left, settings.UPLOAD_MIN_FREE_MB,
+            settings.UPLOAD_MIN_FREE_FILES,
         )
     raise StorageFullError("The server is short of storage space.")
 

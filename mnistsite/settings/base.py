@@ -198,6 +198,7 @@ UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Uploads are refused (nothing stored) while storing them would leave less than this free on the media volume:
 # PostgreSQL, often on the same disk, stops for good when it cannot write its log, so it keeps room to work.
 UPLOAD_MIN_FREE_MB = env.int("UPLOAD_MIN_FREE_MB", default=1024, least=0)
+UPLOAD_MIN_FREE_FILES = env.int("UPLOAD_MIN_FREE_FILES", default=10_000, least=0)
 # Each user's uploads may take this much of the media volume (0: no limit); past it, uploads are refused (403).
 UPLOAD_QUOTA_MB = env.int("UPLOAD_QUOTA_MB", default=1024, least=0)
 # Days the orphan sweep keeps what it set aside (MEDIA_ROOT/orphaned/) before deleting it.

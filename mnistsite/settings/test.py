@@ -11,8 +11,9 @@ os.environ.setdefault("READYZ_CACHE_SECONDS", "0")
 # A database of Redis apart from the broker `make run` uses (0; its cache, in 1, shares this one): the tests purge only
 # the queues they use.
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
-# Uploads are not refused for this machine's free disk space; the test of that refusal sets its own floor.
+# Uploads are not refused for this machine's free disk space or files; the tests of those refusals set their own floor.
 os.environ.setdefault("UPLOAD_MIN_FREE_MB", "0")
+os.environ.setdefault("UPLOAD_MIN_FREE_FILES", "0")
 # A model that failed to load in one test must not keep the next test's worker from claiming; the test of that
 # pause sets its own.
 os.environ.setdefault("MODEL_LOAD_RETRY_AFTER_SECONDS", "0")

@@ -106,6 +106,9 @@ def test_metrics_report_the_queue_recent_latencies_training_runs_the_active_mode
     assert samples[("mnistsite_active_checkpoint_test_accuracy", ())] == 0.9954
     assert samples[("mnistsite_media_free_bytes", ())] > 0
     assert samples[("mnistsite_media_min_free_bytes", ())] == settings.UPLOAD_MIN_FREE_MB * 2**20
+    # This machine's volumes count their files (ext4, overlay on it).
+    assert samples[("mnistsite_media_free_files", ())] > 0
+    assert samples[("mnistsite_media_min_free_files", ())] == settings.UPLOAD_MIN_FREE_FILES
 
 
 def test_an_idle_service_reports_zeros_and_no_latency_figures_rather_than_failing():

@@ -62,6 +62,28 @@ def test_an_upload_that_would_leave_too_little_free_space_answers_503_and_writes
 
 
 @pytest.mark.django_db
+def test_an_upload_that_would_leave_too_few_files_free_answers_503_and_writes_nothing(client, user, digit_png, settings):
+    # Each upload is a small file: an ext4 volume runs out of files (inodes) with space to spare, and then every write
+    # fails. The floor is refused like the space's, with the same clear answer.
+    from pathlib import Path
+
+    from mnistsite.storage import MediaStorage
+
+    free_files = MediaStorage(location=settings.MEDIA_ROOT).free_files()
+    assert free_files is not None  # this machine's volumes count their files
+    settings.UPLOAD_MIN_FREE_FILES = free_files + 100_000  # whatever else creates files on this disk meanwhile
+    client.force_login(user)
+
+    page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
+
+    assert page.status_code == 503 and b"short of storage space and nothing was stored" in page.content
+    assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
+    assert not [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
+    settings.UPLOAD_MIN_FREE_FILES = 0
+    assert client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]}).status_code == 302
+
+
+@pytest.mark.django_db
 def test_an_upload_is_refused_when_the_space_free_now_is_enough_but_storing_it_would_leave_too_little(
     client, user, settings
 ):
