@@ -26,6 +26,7 @@ from api.serializers import (
     PredictionSerializer,
     PredictionUploadSerializer,
     WaitQuerySerializer,
+    predictions_represent,
 )
 from api.throttling import (
     RETRY_AFTER,
@@ -81,7 +82,7 @@ def _prediction_or_404(request: Request, prediction_id: int) -> Prediction:
 
 
 def _represent(request: Request, predictions) -> list[dict]:
-    return PredictionSerializer(predictions, many=True, context={"request": request}).data
+    return predictions_represent(predictions, request=request)
 
 
 @extend_schema(tags=["predictions"])

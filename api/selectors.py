@@ -64,13 +64,14 @@ def prediction_newest_id_for_user(*, user) -> int:
     return _newest_id(Prediction.objects.filter(upload__owner=user))
 
 
-def predictions_reload(*, predictions: list[Prediction]) -> list[Prediction]:
-    """Fresh copies of predictions the caller just created, in the same order, sharing their (unchanging) uploads."""
-    fresh = statements.predictions_get(prediction_ids=[prediction.pk for prediction in predictions])
-    for prediction in predictions:
-        if prediction.pk in fresh:
-            fresh[prediction.pk].upload = prediction.upload
-    return [fresh[prediction.pk] for prediction in predictions if prediction.pk in fresh]
+def predictions_reload(*, predictions: list[Prediction]) -> list[statements.PredictionSummary]:
+    """The current state of predictions the caller just created, in the same order, as the API represents them.
+
+    Those deleted meanwhile are left out.
+    """
+    ids = [prediction.pk for prediction in predictions]
+    fresh = statements.prediction_summaries_get(prediction_ids=ids)
+    return [fresh[pk] for pk in ids if pk in fresh]
 
 
 def training_run_list_with_checkpoints(*, newest_id: int | None = None) -> QuerySet[TrainingRun]:

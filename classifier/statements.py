@@ -13,11 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from operator import attrgetter
+from typing import NamedTuple
 
 from django.db import connection, connections, transaction
-from django.db.models import F, Field, Model
+from django.db.models import DateField, DateTimeField, F, Field, Model
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from mnistsite.database_now import SQLITE_NOW, Now
@@ -76,26 +79,33 @@ def _bound_cursor() -> Iterator:
 
 def _column_arrays(fields: Sequence[Field], objs: Sequence[Model], *, adding: bool) -> list[list]:
     """Each field's database value for every object, column by column, as the ORM would save them."""
-    if adding:
-        values = [[field.pre_save(obj, add=True) for obj in objs] for field in fields]
-    else:
-        values = [[getattr(obj, field.attname) for obj in objs] for field in fields]
     # The wrapper itself, not the thread-local proxy that every attribute access would otherwise go through.
     wrapper = connections[connection.alias]
-    return [_prepared_column(field, column, wrapper) for field, column in zip(fields, values)]
+    return [_prepared_column(field, _saved_values(field, objs, adding=adding), wrapper) for field in fields]
+
+
+def _saved_values(field: Field, objs: Sequence[Model], *, adding: bool) -> list:
+    # Where pre_save only reads the attribute, the attribute is read; a field that does more (a file, a date set
+    # on save) is asked object by object.
+    if not adding or _pre_save_reads_attribute(field):
+        return list(map(attrgetter(field.attname), objs))
+    return [field.pre_save(obj, add=True) for obj in objs]
+
+
+def _pre_save_reads_attribute(field: Field) -> bool:
+    pre_save = type(field).pre_save
+    return pre_save is Field.pre_save or (
+        pre_save in (DateField.pre_save, DateTimeField.pre_save) and not field.auto_now and not field.auto_now_add
+    )
 
 
 def _prepared_column(field: Field, column: list, wrapper) -> list:
     # Most columns of a batch hold one shared object (None, a default, the batch's timestamp): each distinct
-    # object is converted once. Keyed by identity, which is safe while ``column`` keeps every value alive.
-    converted: dict[int, object] = {}
-    out = []
-    for value in column:
-        key = id(value)
-        if key not in converted:
-            converted[key] = field.get_db_prep_save(value, wrapper)
-        out.append(converted[key])
-    return out
+    # object is converted once, in the order it first appears. Keyed by identity, which is safe while ``column``
+    # keeps every value alive.
+    keys = list(map(id, column))
+    converted = {key: field.get_db_prep_save(value, wrapper) for key, value in dict(zip(keys, column)).items()}
+    return list(map(converted.__getitem__, keys))
 
 
 def _unnest(fields: Sequence[Field], *, alias: str, leading: Sequence[tuple[str, str]] = ()) -> str:
@@ -216,10 +226,11 @@ def uploads_with_predictions_insert(
                 idempotency_key.save(force_insert=True)
         return True
     upload_fields, prediction_fields = _insert_fields(Upload), _prediction_insert_fields()
+    names = [upload.image.name for upload in uploads]
     params = [
         owner_id, needed, needed, quota_bytes, quota_bytes,
         *_column_arrays(upload_fields, uploads, adding=True),
-        [upload.image.name for upload in uploads],
+        names,
         [prediction.published_at is not None for prediction in predictions],
         *_column_arrays(prediction_fields, predictions, adding=True),
     ]
@@ -227,7 +238,7 @@ def uploads_with_predictions_insert(
         params += [
             owner_id, idempotency_key.key, idempotency_key.fingerprint,
             idempotency_key._meta.get_field("created_at").get_db_prep_save(idempotency_key.created_at, connection),
-            [upload.image.name for upload in uploads], [upload.image.name for upload in uploads],
+            names, names,
         ]
     # A key another request holds fails the statement: inside a caller's transaction, a savepoint keeps that
     # transaction usable for finding out why.
@@ -237,14 +248,16 @@ def uploads_with_predictions_insert(
         ids = {name: (upload_pk, prediction_pk, created) for name, upload_pk, prediction_pk, created in cursor.fetchall()}
     if not ids:
         return False
+    rows = [ids[name] for name in names]
     if idempotency_key is not None:
-        idempotency_key.prediction_ids = [ids[upload.image.name][1] for upload in uploads]
-        idempotency_key.upload_ids = [ids[upload.image.name][0] for upload in uploads]
-    for upload, prediction in zip(uploads, predictions, strict=True):
-        upload.pk, prediction.pk, prediction.created_at = ids[upload.image.name]
+        idempotency_key.prediction_ids = [prediction_pk for _, prediction_pk, _ in rows]
+        idempotency_key.upload_ids = [upload_pk for upload_pk, _, _ in rows]
+    alias = connection.alias
+    for upload, prediction, row in zip(uploads, predictions, rows, strict=True):
+        upload.pk, prediction.pk, prediction.created_at = row
         prediction.upload = upload
         for obj in (upload, prediction):
-            obj._state.adding, obj._state.db = False, connection.alias
+            obj._state.adding, obj._state.db = False, alias
     _published_at_created_at(predictions)
     return True
 
@@ -337,18 +350,116 @@ def _placeholders(values: Sequence) -> str:
     return ", ".join(["%s"] * len(values))
 
 
-def predictions_get(*, prediction_ids: Sequence[int]) -> dict[int, Prediction]:
-    """The current rows of these predictions by id (their uploads not loaded).
+class PredictionSummary(NamedTuple):
+    """A prediction as the API represents it: its row without the model input, and its upload's original name."""
 
-    Django compiles an ``in_bulk`` for longer than the database takes to answer it;
-    this raw statement costs half as much on every ``?wait`` request.
+    pk: int
+    status: str
+    digit: int | None
+    confidence: float | None
+    probabilities: list | None
+    # Whether the row holds a model input: the 784 bytes themselves are only served as a picture.
+    has_input: bool
+    several_digits: bool
+    error: str
+    feedback: int | None
+    checkpoint_id: int | None
+    device: str
+    queue_ms: float | None
+    compute_ms: float | None
+    upload_id: int
+    original_name: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+# PredictionSummary's columns that are the prediction's own fields, by name; the others are written in the statement.
+_SUMMARY_FIELDS = [name for name in PredictionSummary._fields if name not in ("pk", "has_input", "original_name")]
+
+
+@functools.cache
+def _prediction_summaries_select() -> str:
+    prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
+    pixels = _quote(Prediction._meta.get_field("input_pixels").column)
+    written = {
+        "pk": f"p.{_quote(Prediction._meta.pk.column)}",
+        "has_input": f"COALESCE(LENGTH(p.{pixels}), 0) > 0",
+        "original_name": f"u.{_quote(Upload._meta.get_field('original_name').column)}",
+        **{name: f"p.{_quote(Prediction._meta.get_field(name).column)}" for name in _SUMMARY_FIELDS},
+    }
+    columns = ", ".join(written[name] for name in PredictionSummary._fields)
+    upload_id = _quote(Prediction._meta.get_field("upload").column)
+    return f"SELECT {columns} FROM {prediction} p JOIN {upload} u ON u.{_quote(Upload._meta.pk.column)} = p.{upload_id}"
+
+
+def prediction_summaries_get(*, prediction_ids: Sequence[int]) -> dict[int, PredictionSummary]:
+    """The current rows of these predictions by id, as the API represents them (``PredictionSummary``).
+
+    Only what the representation shows, each column converted as the ORM converts its field, into tuples: a
+    model instance a row, built from every column (the model input's 784 bytes among them), cost twice as much.
     """
     if not prediction_ids:
         return {}
-    table = _quote(Prediction._meta.db_table)
-    sql = f"SELECT * FROM {table} WHERE id IN ({_placeholders(prediction_ids)})"
-    rows = Prediction.objects.raw(sql, prediction_ids)
-    return {prediction.pk: prediction for prediction in rows}
+    wrapper = connections[connection.alias]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"{_prediction_summaries_select()} WHERE p.{_quote(Prediction._meta.pk.column)} "
+            f"IN ({_placeholders(prediction_ids)})",
+            list(prediction_ids),
+        )
+        rows = cursor.fetchall()
+    converters = _summary_converters(wrapper)
+    if converters:
+        rows = [_converted(row, converters, wrapper) for row in rows]
+    return {row[0]: PredictionSummary._make(row) for row in rows}
+
+
+def _summary_converters(wrapper) -> list[tuple[int, list, object]]:
+    """(position, converters, expression) for each column the ORM would convert on this database, as its compiler does.
+
+    Worked out once for each connection.
+    """
+    try:
+        return _converters_by_connection[wrapper]
+    except KeyError:
+        found = _converters_by_connection[wrapper] = _summary_converters_find(wrapper)
+        return found
+
+
+# Each connection's own: a backend's converters are methods of that connection's operations.
+_converters_by_connection: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _summary_converters_find(wrapper) -> list[tuple[int, list, object]]:
+    found = []
+    for position, name in enumerate(PredictionSummary._fields):
+        if name == "has_input":
+            # SQLite writes a comparison as 0 or 1.
+            if wrapper.vendor != "postgresql":
+                found.append((position, [_as_bool], None))
+            continue
+        model = Upload if name == "original_name" else Prediction
+        field = model._meta.get_field("id" if name == "pk" else name)
+        column = field.get_col(model._meta.db_table)
+        converters = wrapper.ops.get_db_converters(column) + column.get_db_converters(wrapper)
+        if converters:
+            found.append((position, converters, column))
+    return found
+
+
+def _as_bool(value, expression, connection) -> bool:
+    return bool(value)
+
+
+def _converted(row: tuple, converters: list[tuple[int, list, object]], wrapper) -> list:
+    row = list(row)
+    for position, functions, expression in converters:
+        value = row[position]
+        for function in functions:
+            value = function(value, expression, wrapper)
+        row[position] = value
+    return row
 
 
 def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:

@@ -64,6 +64,25 @@ def test_uploading_several_images_answers_one_prediction_each_in_order(user_clie
         assert item["image_url"] == f"http://testserver/api/v1/predictions/{prediction.pk}/image/"
 
 
+def test_an_uploads_answer_is_written_byte_for_byte_as_the_serializer_writes_its_predictions(user_client, settings):
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from api.serializers import PredictionSerializer
+
+    settings.TIME_ZONE = "America/St_Johns"
+    files = [upload_file(_png(_stroke(width)), name=f"d{width}.png") for width in (1, 2, 3)]
+
+    response = user_client.post(LIST, {"images": files}, format="multipart")
+
+    ids = [item["id"] for item in response.json()["predictions"]]
+    stored = Prediction.objects.select_related("upload").in_bulk(ids)
+    request = Request(APIRequestFactory().get(LIST))
+    expected = PredictionSerializer([stored[pk] for pk in ids], many=True, context={"request": request}).data
+    assert response.content == JSONRenderer().render({"predictions": expected})
+
+
 def test_image_and_images_fields_are_submitted_together(user_client):
     response = user_client.post(LIST, {"image": upload_file(), "images": [upload_file()]}, format="multipart")
 

@@ -24,23 +24,27 @@ def three(user, digit_png) -> list[Prediction]:
     return services.predictions_create(uploads=[upload] * 3, publish=False)
 
 
-def test_predictions_get_loads_current_rows_with_converted_values(three):
+def test_prediction_summaries_hold_what_the_orm_reads_of_each_row_and_of_its_upload(three):
     done, failed, pending = three
     Prediction.objects.filter(pk=done.pk).update(
-        status="done", digit=4, confidence=0.75, probabilities=[0.75] + [0.25 / 9] * 9, input_pixels=bytes(range(256)) * 3
+        status="done", digit=4, confidence=0.75, probabilities=[0.75] + [0.25 / 9] * 9, input_pixels=bytes(784),
+        several_digits=True, feedback=9, device="cpu", queue_ms=2.5, compute_ms=1.25, started_at=timezone.now(),
+        finished_at=timezone.now(),
     )
-    Prediction.objects.filter(pk=failed.pk).update(status="failed", error="No digit was found.")
+    Prediction.objects.filter(pk=failed.pk).update(status="failed", error="No digit was found.", input_pixels=b"")
 
-    fresh = statements.predictions_get(prediction_ids=[p.pk for p in three] + [10**12])
+    summaries = statements.prediction_summaries_get(prediction_ids=[p.pk for p in three] + [10**12])
 
-    assert set(fresh) == {done.pk, failed.pk, pending.pk}
-    expected = {
-        field.attname: getattr(Prediction.objects.get(pk=done.pk), field.attname) for field in Prediction._meta.fields
-    }
-    assert {name: getattr(fresh[done.pk], name) for name in expected} == expected
-    assert fresh[done.pk].probabilities[0] == 0.75 and bytes(fresh[done.pk].input_pixels)[:3] == b"\x00\x01\x02"
-    assert (fresh[failed.pk].status, fresh[failed.pk].error) == ("failed", "No digit was found.")
-    assert fresh[pending.pk].status == "pending" and fresh[pending.pk].digit is None
+    assert set(summaries) == {done.pk, failed.pk, pending.pk}
+    for prediction in Prediction.objects.select_related("upload").filter(pk__in=summaries):
+        summary = summaries[prediction.pk]
+        for name in statements.PredictionSummary._fields:
+            expected = {
+                "has_input": bool(prediction.input_pixels), "original_name": prediction.upload.original_name,
+            }.get(name, getattr(prediction, name, None))
+            assert (getattr(summary, name), type(getattr(summary, name))) == (expected, type(expected)), name
+    assert summaries[done.pk].has_input and not summaries[failed.pk].has_input
+    assert summaries[done.pk].probabilities[0] == 0.75 and summaries[done.pk].several_digits is True
 
 
 def test_predictions_finished_ids_are_the_done_and_failed_ones(three):
@@ -55,7 +59,7 @@ def test_predictions_finished_ids_are_the_done_and_failed_ones(three):
 
 def test_asking_for_no_ids_sends_no_query(django_assert_num_queries):
     with django_assert_num_queries(0):
-        assert statements.predictions_get(prediction_ids=[]) == {}
+        assert statements.prediction_summaries_get(prediction_ids=[]) == {}
         assert statements.predictions_finished_ids(prediction_ids=[]) == set()
 
 
@@ -225,3 +229,106 @@ def test_a_claim_finds_its_own_predictions_by_id_and_the_oldest_waiting_by_a_pla
     assert "Index Scan using classifier_prediction_pkey on classifier_prediction p " in candidates, plan
     assert f"Index Scan using {status_index} on classifier_prediction" in others, plan
     assert "Bitmap" not in candidates + others, plan
+
+
+def _uploads(user, count: int, *, varied: bool):
+    """Unsaved uploads, their files named; ``varied``: every column differs from one to the next where it can."""
+    from classifier.models import Upload
+
+    uploads = []
+    for i in range(count):
+        upload = Upload(
+            owner=user, original_name=f"{i}.png" if varied else "same.png",
+            format="PNG" if i % 2 or not varied else "GIF", size=1000 + i, stored_size=900 + i if varied else None,
+            width=28, height=28 + (i if varied else 0), sha256=f"{i:064x}", source="api" if varied and i % 2 else "file",
+            sample_set="mnist" if varied and i else "", label=i % 10 if varied else None, created_at=timezone.now(),
+        )
+        upload.image.name = f"uploads/test/{uuid.uuid4().hex}.png"
+        uploads.append(upload)
+    return uploads
+
+
+def _predictions(uploads, *, varied: bool, checkpoint=None) -> list[Prediction]:
+    """One unsaved prediction an upload: new ones as an upload makes them, or ``varied`` in every column."""
+    from mnistsite.database_now import Now
+
+    if not varied:
+        return [Prediction(upload=upload, publish_attempts=1, published_at=Now()) for upload in uploads]
+    return [
+        Prediction(
+            upload=upload, checkpoint=checkpoint if i % 2 else None, status=["pending", "running", "done"][i % 3],
+            digit=None if i == 0 else i % 10, confidence=i / 10, probabilities=None if i == 0 else [i / 10] * 10,
+            input_pixels=None if i == 0 else bytes([i]) * 784, device=["", "cpu"][i % 2], queue_ms=i * 1.5,
+            compute_ms=None if i == 1 else 2.0, error="" if i else "no digit", several_digits=bool(i % 2),
+            feedback=None if i < 2 else i, publish_attempts=i, attempts=i % 3,
+            started_at=None if i == 0 else timezone.now() - dt.timedelta(seconds=i),
+            finished_at=timezone.now() if i == 2 else None, claim_token=uuid.uuid4() if i else None,
+            published_at=Now() if i % 2 else None,
+        )
+        for i, upload in enumerate(uploads)
+    ]
+
+
+@pytest.mark.parametrize("count, varied, keyed", [(3, False, False), (3, True, False), (1, False, False),
+                                                  (1, True, True), (4, True, True), (2, False, True)])
+def test_a_batch_is_stored_with_every_value_the_objects_hold_whichever_of_its_columns_vary(
+    user, count, varied, keyed
+):
+    from classifier.models import IdempotencyKey, Upload
+    from training.models import Checkpoint
+
+    # Only its row: the predictions name it.
+    checkpoint = Checkpoint.objects.create(epoch=1, architecture="mlp", path="manual/a.pt", sha256="0" * 64, size=1)
+    uploads = _uploads(user, count, varied=varied)
+    predictions = _predictions(uploads, varied=varied, checkpoint=checkpoint)
+    published = [prediction.published_at is not None for prediction in predictions]
+    saved = [{field.attname: getattr(obj, field.attname) for field in statements._insert_fields(type(obj))}
+             for obj in [*uploads, *predictions]]
+    key = IdempotencyKey(owner=user, key="k", fingerprint="f" * 64, prediction_ids=[], created_at=timezone.now())
+
+    assert statements.uploads_with_predictions_insert(
+        uploads=uploads, predictions=predictions, quota_bytes=2**40, idempotency_key=key if keyed else None
+    )
+
+    stored = [Upload.objects.get(pk=upload.pk) for upload in uploads] + [
+        Prediction.objects.get(pk=prediction.pk) for prediction in predictions
+    ]
+    for obj, values, fresh in zip([*uploads, *predictions], saved, stored, strict=True):
+        for name, value in values.items():
+            if name in ("created_at", "published_at", "upload_id") and isinstance(obj, Prediction):
+                continue
+            got = getattr(fresh, name)
+            assert (bytes(got) if isinstance(got, memoryview) else got) == value, name
+    for prediction, fresh, was_published in zip(predictions, stored[count:], published, strict=True):
+        assert fresh.upload_id == prediction.upload.pk and fresh.created_at == prediction.created_at
+        assert fresh.published_at == (fresh.created_at if was_published else None) == prediction.published_at
+    if keyed:
+        stored_key = IdempotencyKey.objects.get(owner=user, key="k")
+        assert stored_key.prediction_ids == [prediction.pk for prediction in predictions]
+        assert stored_key.upload_ids == [upload.pk for upload in uploads]
+
+
+def test_a_batch_past_the_quota_stores_nothing(user):
+    from classifier.models import StorageUse, Upload
+
+    uploads = _uploads(user, 2, varied=True)
+
+    assert not statements.uploads_with_predictions_insert(
+        uploads=uploads, predictions=_predictions(uploads, varied=True), quota_bytes=1000
+    )
+    assert not Upload.objects.filter(owner=user).exists()
+    assert StorageUse.objects.filter(owner=user, bytes__gt=0).count() == 0
+
+
+def test_the_values_read_for_an_insert_are_what_each_fields_pre_save_returns():
+    from django.apps import apps
+    from django.db import models
+
+    for model in apps.get_models():
+        obj = model()
+        for field in model._meta.concrete_fields:
+            if statements._pre_save_reads_attribute(field):
+                assert statements._saved_values(field, [obj], adding=True) == [field.pre_save(obj, add=True)], field
+    assert not statements._pre_save_reads_attribute(models.DateTimeField(auto_now_add=True))
+    assert not statements._pre_save_reads_attribute(models.DateField(auto_now=True))
+    assert not statements._pre_save_reads_attribute(models.FileField())
