@@ -11,7 +11,6 @@ from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.metadata import SimpleMetadata
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +18,7 @@ from rest_framework.views import APIView
 
 from api import idempotency, responses, selectors
 from api.errors import ServiceUnavailable, WriteStageMixin, validation_error_response
+from api.parsers import MultiPartParser
 from api.serializers import (
     FeedbackSerializer,
     PredictionBatchSerializer,
