@@ -259,11 +259,7 @@ class PredictionSerializer(serializers.Serializer):
         return prediction.status in Prediction.FINISHED
 
     def get_low_confidence(self, prediction: Prediction) -> bool:
-        return bool(
-            prediction.status == Prediction.Status.DONE
-            and prediction.confidence is not None
-            and prediction.confidence < settings.LOW_CONFIDENCE_THRESHOLD
-        )
+        return _low_confidence(prediction.status, prediction.confidence, below=settings.LOW_CONFIDENCE_THRESHOLD)
 
     @extend_schema_field(LatencySerializer)
     def get_latency(self, prediction: Prediction) -> dict:
@@ -364,10 +360,7 @@ def _written(
         "digit": _or_none(int, prediction.digit),
         "confidence": _or_none(float, confidence),
         "probabilities": _or_none(_floats, prediction.probabilities),
-        "low_confidence": bool(
-            status == Prediction.Status.DONE and confidence is not None
-            and confidence < low_below
-        ),
+        "low_confidence": _low_confidence(status, confidence, below=low_below),
         "several_digits": bool(prediction.several_digits),
         "error": str(prediction.error),
         "feedback": _or_none(int, prediction.feedback),
@@ -382,6 +375,10 @@ def _written(
         "started_at": moment(prediction.started_at),
         "finished_at": moment(prediction.finished_at),
     }
+
+
+def _low_confidence(status: str, confidence: float | None, *, below: float) -> bool:
+    return bool(status == Prediction.Status.DONE and confidence is not None and confidence < below)
 
 
 def _or_none(convert, value):
