@@ -1,9 +1,9 @@
 """Running the model on claimed predictions: claim, run, store the results, or hand the claims back."""
 from __future__ import annotations
 
-import io
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +20,10 @@ from PIL import Image
 
 from classifier import completion, statements
 from classifier.models import Prediction, Upload
+from classifier.png import open_png
 from classifier.services.lost_connections import connection_reopen_if_lost, is_transient
 from classifier.services.predictions import running_stale_after
+from mnistsite.storage import MediaStorage
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +49,24 @@ def _prediction_fail(*, prediction: Prediction, error: str, checkpoint_id: int |
 
 
 def _open_upload_image(name: str) -> Image.Image:
-    with default_storage.open(name, "rb") as stored:
-        data = stored.read()
-    image = Image.open(io.BytesIO(data), formats=["PNG"])
-    image.load()
-    return image
+    return open_png(_stored_bytes(name))
+
+
+def _stored_bytes(name: str) -> bytes:
+    storage = default_storage
+    if storage.__class__ is not MediaStorage:
+        with storage.open(name, "rb") as stored:
+            return stored.read()
+    # The file read straight from its path: Django's File wrapper and Python's buffered file doubled the cost of
+    # reading a digit's few hundred bytes. A missing file raises FileNotFoundError all the same.
+    fd = os.open(storage.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def prediction_execute(*, prediction_id: int) -> Prediction | None:

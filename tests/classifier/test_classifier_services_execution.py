@@ -334,22 +334,22 @@ def test_a_checkpoint_that_made_predictions_cannot_be_deleted(user, digit_png, a
 def test_deleting_uploads_whose_predictions_a_worker_is_computing_leaves_the_worker_to_finish_the_rest(
     user, digit_png, active_checkpoint, monkeypatch, django_capture_on_commit_callbacks, caplog
 ):
-    from mnistsite.storage import MediaStorage
+    from classifier.services import execution
 
     first = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     second = services.upload_create(owner=user, file=io.BytesIO(digit_png(1)), source="file")
     gone, kept = services.predictions_create(uploads=[first, second], publish=False)
-    real_open, opened = MediaStorage.open, []
+    real_read, opened = execution._stored_bytes, []
 
-    def deleted_by_its_owner_as_the_worker_reads_it(self, name, mode="rb"):
+    def deleted_by_its_owner_as_the_worker_reads_it(name):
         if not opened:
             # Claimed and running: the owner deletes the first upload, its file included, before the worker reads it.
             with django_capture_on_commit_callbacks(execute=True):
                 assert services.uploads_delete(owner=user, upload_ids=[first.pk]) == 1
         opened.append(name)
-        return real_open(self, name, mode)
+        return real_read(name)
 
-    monkeypatch.setattr(MediaStorage, "open", deleted_by_its_owner_as_the_worker_reads_it)
+    monkeypatch.setattr(execution, "_stored_bytes", deleted_by_its_owner_as_the_worker_reads_it)
     finished = services.predictions_execute(prediction_ids=[gone.pk, kept.pk])
 
     assert opened == [first.image.name, second.image.name]
