@@ -47,6 +47,18 @@ def _centre_by_mass_plainly(small):
     return out
 
 
+def _model_inputs_one_by_one(crops, interrupts):
+    inputs = []
+    for crop in crops:
+        try:
+            inputs.append(_centre_by_mass_plainly(_fit_box_plainly(np.ascontiguousarray(crop))))
+        except interrupts:
+            raise
+        except Exception as exc:
+            inputs.append(exc)
+    return inputs
+
+
 def _digit_masks_plainly(inks):
     mask = inks > preprocess.MASK_LEVEL
     n, h, w = mask.shape
@@ -100,7 +112,7 @@ def _ink_maps_plainly(grays):
 
 
 PLAIN_STEPS = {
-    "_fit_box": _fit_box_plainly,
+    "_model_inputs": _model_inputs_one_by_one,
     "_centre_by_mass": _centre_by_mass_plainly,
     "_ink_maps": _ink_maps_plainly,
     "_digit_masks": _digit_masks_plainly,
@@ -279,6 +291,17 @@ def test_a_decoded_png_carrying_an_orientation_is_still_turned_upright(xmp):
     np.testing.assert_array_equal(turned, preprocess.preprocess(upright))
 
 
+@pytest.mark.parametrize("xmp", [False, True], ids=["exif", "xmp"])
+def test_a_plain_image_carrying_an_orientation_in_its_info_is_still_turned_upright(xmp):
+    upright = _sheet((90, 120))
+    decoded = _with_orientation(upright, xmp=xmp)
+    # Not a PngImageFile: what a PNG decoded without Image.open is, here with the decoded file's info entries.
+    plain = Image.frombytes(decoded.mode, decoded.size, decoded.tobytes())
+    plain.info.update(decoded.info)
+    (turned,) = preprocess.preprocess_batch([plain])
+    np.testing.assert_array_equal(turned, preprocess.preprocess(upright))
+
+
 @pytest.mark.parametrize("size", range(3, 36))
 def test_the_grey_opening_is_scipys_for_every_window(size):
     rng = np.random.default_rng(size)
@@ -298,3 +321,59 @@ def test_quantiles_from_one_sort_match_numpy_to_the_last_bit_with_many_equal_val
         for q, quantile in zip(qs, preprocess._quantiles(data, qs, axis=axis), strict=True):
             np.testing.assert_array_equal(quantile, np.quantile(data, q, axis=axis))
 
+
+
+def _crops(seed):
+    """Digits' crops of their ink as the model's inputs are made from: every size, odd values, and symmetric ones."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(400):
+        h, w = (int(side) for side in rng.integers(1, 45, size=2))
+        crop = np.where(rng.random((h, w)) < 0.6, 0.0, rng.random((h, w))).astype(np.float32)
+        kind = rng.integers(6)
+        if kind == 1:
+            # Symmetric ink puts the centre of mass on a half pixel, where float32 sums decide the rounding.
+            crop = crop + crop[::-1] + crop[:, ::-1] + crop[::-1, ::-1]
+        elif kind == 2:
+            crop[rng.random((h, w)) < 0.3] = -0.0
+        elif kind == 3:
+            # Above the peak of 1, as a ruled line's level can leave a stroke crossing it.
+            crop *= np.float32(3.0)
+        elif kind == 4:
+            crop[:] = 0.0
+        elif kind == 5:
+            # A bar of even ink, its middle on a half pixel, in a box of each parity.
+            crop[:] = 0.0
+            crop[int(rng.integers(h)) :, int(rng.integers(w)) :] = np.float32(rng.random())
+        crops.append(crop)
+    # As the batch step meets them: views of a larger picture.
+    return [np.pad(crop, 2)[2:-2, 2:-2] for crop in crops]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_model_inputs_made_for_a_whole_batch_are_the_plain_steps_ones_to_the_last_bit(seed):
+    crops = _crops(seed)
+    inputs = preprocess._model_inputs(crops, ())
+    expected = _model_inputs_one_by_one(crops, ())
+    for index, (got, want) in enumerate(zip(inputs, expected, strict=True)):
+        assert type(got) is type(want), index
+        if isinstance(want, Exception):
+            assert str(got) == str(want), index
+        else:
+            assert got.shape == want.shape and got.dtype == want.dtype == np.float32, index
+            assert got.tobytes() == want.tobytes(), index
+
+
+@pytest.mark.parametrize("mode", ["L", "F"])
+def test_the_pixels_read_from_the_encoder_are_numpys_for_every_size(mode):
+    rng = np.random.default_rng(len(mode))
+    # Up to and past the largest picture that comes out in one block (ImageFile.MAXBLOCK bytes), and empty ones.
+    for size in [(1, 1), (28, 28), (3, 90), (256, 256), (128, 128), (129, 128), (256, 257), (700, 500), (0, 5)]:
+        values = rng.random(size[::-1]) * (255 if mode == "L" else 1)
+        picture = Image.fromarray(values.astype(np.uint8 if mode == "L" else np.float32))
+        assert picture.mode == mode
+        for image in (picture, Image.open(io.BytesIO(_stored(picture))) if mode == "L" and 0 not in size else picture):
+            expected = np.asarray(image)
+            pixels = preprocess._pixels(image)
+            assert pixels.dtype == expected.dtype and pixels.shape == expected.shape, size
+            assert pixels.tobytes() == expected.tobytes(), size
