@@ -14,13 +14,14 @@ import datetime as dt
 import functools
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from operator import attrgetter
+from types import NoneType
 from typing import NamedTuple
 
 from django.db import connection, connections, transaction
-from django.db.models import DateField, DateTimeField, F, Field, Model
+from django.db.models import BooleanField, CharField, DateField, DateTimeField, F, Field, FloatField, Model, TextField
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from mnistsite.database_now import SQLITE_NOW, Now
@@ -99,7 +100,25 @@ def _pre_save_reads_attribute(field: Field) -> bool:
     )
 
 
+# Django's own field classes, and the types of value whose database value each of them is on every backend: the
+# value itself. A column holding only those is sent as it is, with no call per value.
+_UNCHANGED: dict[type[Field], Callable[[type], bool]] = {
+    CharField: lambda kind: kind is NoneType or issubclass(kind, str),
+    TextField: lambda kind: kind is NoneType or issubclass(kind, str),
+    FloatField: lambda kind: kind is float or kind is NoneType,
+    BooleanField: lambda kind: kind is bool or kind is NoneType,
+}
+
+
+def _unchanged(field: Field, column: list) -> bool:
+    """Whether every value of ``column`` is its own database value for ``field``."""
+    kept = _UNCHANGED.get(type(field))
+    return kept is not None and all(map(kept, set(map(type, column))))
+
+
 def _prepared_column(field: Field, column: list, wrapper) -> list:
+    if _unchanged(field, column):
+        return column
     # Most columns of a batch hold one shared object (None, a default, the batch's timestamp): each distinct
     # object is converted once, in the order it first appears. Keyed by identity, which is safe while ``column``
     # keeps every value alive.

@@ -13,6 +13,7 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
+from classifier.instances import instances_new
 from classifier.models import Upload, upload_image_path
 from classifier.validation import ValidatedImage
 
@@ -37,26 +38,31 @@ class StorageFullError(UploadStorageError):
     """Storing the images would leave less than UPLOAD_MIN_FREE_MB free on the media volume; nothing was stored."""
 
 
-def _upload_build(
-    *, owner, image: ValidatedImage, source: str, sample_set: str = "", label: int | None = None
-) -> Upload:
-    upload = Upload(
-        owner=owner,
-        original_name=image.original_name,
-        format=image.format,
-        size=image.size,
-        stored_size=len(image.content),
-        width=image.width,
-        height=image.height,
-        sha256=image.sha256,
-        source=source,
-        sample_set=sample_set,
-        label=label,
-        created_at=timezone.now(),
+def _uploads_build(
+    *, owner, images: list[ValidatedImage], source: str, sample_set: str = "", label: int | None = None
+) -> list[Upload]:
+    uploads = instances_new(
+        Upload,
+        rows=[
+            {
+                "original_name": image.original_name,
+                "format": image.format,
+                "size": image.size,
+                "stored_size": len(image.content),
+                "width": image.width,
+                "height": image.height,
+                "sha256": image.sha256,
+                # Each upload's own moment, as when they were built one by one.
+                "created_at": timezone.now(),
+            }
+            for image in images
+        ],
+        common={"owner": owner, "source": source, "sample_set": sample_set, "label": label},
     )
-    # Written under a generated name; the client's name is kept only as text.
-    upload.image.name = upload_image_path(upload, "upload.png")
-    return upload
+    for upload in uploads:
+        # Written under a generated name; the client's name is kept only as text.
+        upload.image.name = upload_image_path(upload, "upload.png")
+    return uploads
 
 
 def files_delete(names: list[str]) -> None:
@@ -78,9 +84,7 @@ def upload_files_write(
 ) -> list[Upload]:
     """Unsaved uploads whose files are written (and durable); if one cannot be written, none stays on disk."""
     _storage_headroom_check(needed=sum(len(image.content) for image in images), files=len(images))
-    uploads = [
-        _upload_build(owner=owner, image=image, source=source, sample_set=sample_set, label=label) for image in images
-    ]
+    uploads = _uploads_build(owner=owner, images=images, source=source, sample_set=sample_set, label=label)
     try:
         names = _files_save([(upload.image.name, image.content) for upload, image in zip(uploads, images, strict=True)])
     except OSError as exc:

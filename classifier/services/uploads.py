@@ -17,6 +17,7 @@ from classifier.idempotency import (
     IdempotentUploadsDeletedError,
     idempotency_keys_live_after,
 )
+from classifier.instances import instances_new
 from classifier.models import IdempotencyKey, Prediction, Upload
 from classifier.services.files import files_delete, upload_files_write
 from classifier.services.lost_connections import backend_ended, backend_pid, is_transient
@@ -160,7 +161,7 @@ def predictions_submit(
     backend = backend_pid()
     try:
         published = published_now()
-        predictions = [Prediction(upload=upload, **published) for upload in uploads]
+        predictions = instances_new(Prediction, rows=[{"upload": upload} for upload in uploads], common=published)
         # Rows are inserted only once every file is on disk.
         if not statements.uploads_with_predictions_insert(
             uploads=uploads, predictions=predictions, quota_bytes=selectors.storage_quota() or NO_QUOTA,
