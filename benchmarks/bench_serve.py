@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,7 +16,7 @@ import torch  # noqa: E402
 
 from benchmarks.cpu_usage import cpu_profile, cpu_snapshot  # noqa: E402
 from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
-from benchmarks.stack import REPO, running_stack, wait_http  # noqa: E402
+from benchmarks.stack import REPO, file_create_us, running_stack, wait_http  # noqa: E402
 from training.ml.data import load_split  # noqa: E402
 from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
 
@@ -96,26 +95,12 @@ def upload_load(stack, images: list[bytes], batch: int, concurrency: int):
                     concurrency=concurrency, headers={"Authorization": f"Token {stack.token}"}, accept=all_done)
 
 
-def file_create_us(directory: Path, count: int = 500) -> float:
-    """Microseconds to create one small file in ``directory``: the disk's part of every stored upload.
-
-    On this machine it has ranged from 20 µs to over 600 µs, nearly all of it kernel time, in phases lasting
-    minutes (often, not always, after many files were deleted). The tutorial stores nothing.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = bytes(300)
-    started = time.perf_counter()
-    for index in range(count):
-        (directory / f"{index}.png").write_bytes(payload)
-    return round((time.perf_counter() - started) * 1e6 / count, 1)
-
-
 def bench_stack(
     images: list[bytes], workdir: Path, concurrencies: list[int], per_request: int
 ) -> tuple[dict, dict, dict]:
     with running_stack(workdir / "stack") as stack:
         probes = Path(stack.env["MEDIA_ROOT"]) / "file-create-probe"
-        disk = {"before": file_create_us(probes / "before")}
+        disk = {"settle": stack.media_settle, "before": file_create_us(probes / "before")}
         upload_load(stack, images, 1, 2)  # warm-up: model loaded, connections open
         single = measure("stack single", lambda c: upload_load(stack, images, 1, c), concurrencies)
         multi = measure(f"stack multi x{per_request}", lambda c: upload_load(stack, images, per_request, c), concurrencies)
