@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import io
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,10 @@ def _writeback_starter():
 
 _writeback_start = _writeback_starter()
 
+# A relative name of plain parts (letters, digits, "_" and "-", and dots after a part's first character): no empty,
+# "." or ".." part, nothing absolute, no backslash. Every name an upload is stored under is one.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*")
+
 
 class MediaStorage(FileSystemStorage):
     """Saving bytes under a free name costs a fraction of FileSystemStorage's generic path.
@@ -50,6 +55,14 @@ class MediaStorage(FileSystemStorage):
     others' new entries. Flushing each file as it was written took the web a third of its CPU for a request of 32
     MNIST digits (0.18 ms a digit, against about 0.02 now).
     """
+
+    def path(self, name):
+        # safe_join's normalising and checks change nothing for a plain name under the (normalised) root, and cost
+        # a tenth of what writing a digit's file does.
+        location = self.location
+        if os.sep == "/" and location != "/" and isinstance(name, str) and _PLAIN_NAME.fullmatch(name):
+            return f"{location}/{name}"
+        return super().path(name)
 
     def save(self, name, content, max_length=None):
         if (
@@ -81,9 +94,7 @@ class MediaStorage(FileSystemStorage):
                         os.fsync(fd)
             finally:
                 # Each one, whatever the others do: a network volume may report a write's error only at close.
-                with contextlib.ExitStack() as closing:
-                    for _, fd in created:
-                        closing.callback(os.close, fd)
+                _all_closed([fd for _, fd in created])
             for name, _ in created:
                 self._ensure_location_group_id(self.path(name))
             # A file's own fsync does not cover its folder's entry for it.
@@ -113,7 +124,8 @@ class MediaStorage(FileSystemStorage):
         return name, self._write_new(name, data)
 
     def _write_new(self, name: str, data: bytes | memoryview) -> int:
-        validate_file_name(name, allow_relative_path=True)
+        if not _PLAIN_NAME.fullmatch(name):  # a plain name passes every check it makes
+            validate_file_name(name, allow_relative_path=True)
         full_path = self.path(name)  # refuses names that escape the storage root
         fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
@@ -172,3 +184,15 @@ class MediaStorage(FileSystemStorage):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _all_closed(fds: list[int]) -> None:
+    """Close every one of ``fds``, then raise the first error a close gave, if any."""
+    failed = None
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed

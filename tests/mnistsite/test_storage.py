@@ -7,6 +7,8 @@ import sys
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
+from django.core.files.utils import validate_file_name
 
 from mnistsite import storage as storage_module
 from mnistsite.storage import MediaStorage
@@ -150,3 +152,55 @@ def test_free_space_is_read_from_the_nearest_existing_folder(tmp_path):
 
     # Other writers share the disk: the two readings are close, not equal.
     assert abs(free - stats.f_bavail * stats.f_frsize) < 256 * 2**20
+
+
+_NAMES = [
+    "a.png", "uploads/2026/12/06/0f3c.png", "a.b.c", "_x/-y/z.png", "a/.hidden", ".hidden", "a/..", "a/../b",
+    "../a", "/a", "a//b", "a/./b", "./a", "a/", "", ".", "..", "a\\b", "a/b\\..\\..\\c", "é.png", "a b.png",
+    "a/b/", "uploads/2026/../../../etc/passwd", "-", "_", "a..b", "a/...", "a/b.", "C:/a", "a\nb", "a\0b",
+]
+
+
+@pytest.mark.parametrize("root", ["media", "media/", "media/./x/.."])
+def test_every_name_gets_the_path_or_the_refusal_djangos_storage_gives(tmp_path, root):
+    location = os.path.join(str(tmp_path), root)
+    ours, django = MediaStorage(location=location), FileSystemStorage(location=location)
+    for name in _NAMES:
+        try:
+            expected = django.path(name)
+        except (SuspiciousFileOperation, ValueError) as exc:
+            with pytest.raises(type(exc)):
+                ours.path(name)
+        else:
+            assert ours.path(name) == expected, name
+
+
+@pytest.mark.parametrize("name", [name for name in _NAMES if name])
+def test_a_batch_refuses_or_stores_every_name_as_djangos_checks_say(storage, tmp_path, name):
+    try:
+        validate_file_name(name, allow_relative_path=True)
+        FileSystemStorage(location=tmp_path).path(name)
+    except (SuspiciousFileOperation, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            storage.save_many([(name, b"x")])
+    else:
+        try:
+            (stored,) = storage.save_many([(name, b"x")])
+        except (OSError, ValueError):
+            return  # a name the file system itself refuses (a folder's name, a NUL): Django's would be refused too
+        assert (tmp_path / stored).read_bytes() == b"x"
+
+
+def test_every_file_of_a_batch_is_closed_when_one_close_fails(storage, monkeypatch):
+    real_close, closed = os.close, []
+
+    def close(fd):
+        closed.append(fd)
+        real_close(fd)
+        if len(closed) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(OSError, match="Input/output"):
+        storage.save_many([("1.png", b"one"), ("2.png", b"two"), ("3.png", b"three")])
+    assert len(closed) == 3
