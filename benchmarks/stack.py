@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import signal
@@ -27,12 +28,11 @@ CACHE_URL = os.environ.get("BENCH_CACHE_URL", "rediscache://127.0.0.1:6379/3")
 INFERENCE_CONCURRENCY = 2
 
 
-# Creating a small file in the media folder, in microseconds, under which a stack's disk counts as settled.
-MEDIA_SETTLED_US = 100.0
-# ext4 without a journal passes over the inodes freed in the last one to five minutes (the time their inode table
-# takes to reach the disk, plus a minute): waiting longer would not help.
-MEDIA_SETTLE_MAX_S = 420.0
-MEDIA_SETTLE_PAUSE_S = 10.0
+# Touched as a stack stops, just before its caller deletes its folder: when the benchmarks last deleted files.
+DELETIONS_MARKER = REPO / "var" / "bench-files-deleted"
+# ext4 without a journal passes over inodes freed less than five minutes ago (its RECENTCY_DIRTY, 300 s) when it
+# allocates one; the rest covers the deletion itself.
+RECENT_DELETION_S = 330.0
 
 
 @dataclass
@@ -60,32 +60,35 @@ def file_create_us(directory: Path, count: int = 500) -> float:
     return round((time.perf_counter() - started) * 1e6 / count, 1)
 
 
-def media_settle(
-    media_root: Path,
-    *,
-    settled_us: float = MEDIA_SETTLED_US,
-    max_s: float = MEDIA_SETTLE_MAX_S,
-    pause_s: float = MEDIA_SETTLE_PAUSE_S,
-) -> dict:
-    """Wait until creating a file in ``media_root`` costs what it usually does; how long that took, and the cost.
+def media_settle(media_root: Path, *, marker: Path = DELETIONS_MARKER, recent_s: float = RECENT_DELETION_S) -> dict:
+    """Wait until the benchmarks' last deletion of files is ``recent_s`` old; how long that took, and what creating
+    a file in ``media_root`` then costs.
 
     This machine's root file system is ext4 without a journal, which, when it
     allocates an inode, passes over every inode freed in the last one to five
-    minutes. Right after a benchmark's stack deleted its thousands of files,
-    creating one cost 0.2-1 ms of kernel CPU instead of about 20 µs, charged to
-    the web processes, and faded within minutes; a service that is not
-    deleting files by the thousand does not see it. The probes' files are kept
-    until the stack's folder goes: deleting them would start it again.
+    minutes, one by one. After a stack's thousands of files were deleted, the
+    next stack's uploads found that range at some point of their run, and
+    creating each file cost 0.2-1 ms of kernel CPU instead of about 20 µs,
+    charged to the web processes, until those inodes aged: a service that is
+    not deleting files by the thousand does not see it. The probe's files stay
+    until the stack's folder goes.
     """
-    probes = media_root / "file-create-probe"
     started = time.monotonic()
-    for attempt in range(10_000):
-        cost = file_create_us(probes / f"settle-{attempt}", count=200)
-        waited = time.monotonic() - started
-        if cost <= settled_us or waited >= max_s:
-            break
-        time.sleep(pause_s)
-    return {"waited_s": round(waited, 1), "file_create_us": cost}
+    try:
+        age = time.time() - marker.stat().st_mtime
+    except FileNotFoundError:
+        age = math.inf
+    if age < recent_s:
+        time.sleep(recent_s - age)
+    return {
+        "waited_s": round(time.monotonic() - started, 1),
+        "file_create_us": file_create_us(media_root / "file-create-probe" / "settled", count=200),
+    }
+
+
+def _deletion_announce() -> None:
+    DELETIONS_MARKER.parent.mkdir(parents=True, exist_ok=True)
+    DELETIONS_MARKER.touch()
 
 
 def database_recreate() -> None:
@@ -209,6 +212,7 @@ def running_stack(
             sessions=tuple(process.pid for process in processes), media_settle=settled,
         )
     finally:
+        _deletion_announce()
         for process in processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)

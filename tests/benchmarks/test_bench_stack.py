@@ -1,22 +1,33 @@
-"""The benchmark stack's wait for the media folder's disk to settle."""
+"""The benchmark stack's wait for the benchmarks' last deletion of files to age."""
 from __future__ import annotations
 
-import math
+import os
+import time
 
 from benchmarks.stack import media_settle
 
 
-def test_a_media_folder_that_creates_files_cheaply_is_settled_after_one_probe(tmp_path):
-    settled = media_settle(tmp_path, settled_us=math.inf, max_s=60, pause_s=60)
+def test_a_stack_after_no_deletion_is_handed_over_at_once_with_the_cost_of_creating_a_file(tmp_path):
+    settled = media_settle(tmp_path / "media", marker=tmp_path / "never-touched", recent_s=60)
 
-    assert settled["waited_s"] < 30 and settled["file_create_us"] > 0
-    assert [path.name for path in (tmp_path / "file-create-probe").iterdir()] == ["settle-0"]
+    assert settled["waited_s"] < 5 and settled["file_create_us"] > 0
+    assert len(list((tmp_path / "media" / "file-create-probe" / "settled").iterdir())) == 200
 
 
-def test_a_media_folder_that_never_settles_is_given_up_on_after_the_longest_wait_its_probes_kept(tmp_path):
-    settled = media_settle(tmp_path, settled_us=0, max_s=0.3, pause_s=0.1)
+def test_a_stack_right_after_a_deletion_waits_until_it_is_old_enough(tmp_path):
+    marker = tmp_path / "deleted"
+    marker.touch()
+    os.utime(marker, (time.time() - 1.0, time.time() - 1.0))
 
-    assert settled["waited_s"] >= 0.3
-    probes = sorted((tmp_path / "file-create-probe").iterdir())
-    # Deleting them would free inodes, the very thing the wait lets age.
-    assert len(probes) >= 3 and all(len(list(probe.iterdir())) == 200 for probe in probes)
+    started = time.monotonic()
+    settled = media_settle(tmp_path / "media", marker=marker, recent_s=1.6)
+
+    assert 0.5 <= time.monotonic() - started < 5 and settled["waited_s"] >= 0.5
+
+
+def test_a_stack_long_after_a_deletion_does_not_wait(tmp_path):
+    marker = tmp_path / "deleted"
+    marker.touch()
+    os.utime(marker, (time.time() - 120, time.time() - 120))
+
+    assert media_settle(tmp_path / "media", marker=marker, recent_s=60)["waited_s"] < 5
