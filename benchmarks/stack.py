@@ -5,6 +5,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,11 +29,11 @@ CACHE_URL = os.environ.get("BENCH_CACHE_URL", "rediscache://127.0.0.1:6379/3")
 INFERENCE_CONCURRENCY = 2
 
 
-# Touched as a stack stops, just before its caller deletes its folder: when the benchmarks last deleted files.
+# Touched once a stopped stack's media folder is deleted: when the benchmarks last deleted files by the thousand.
 DELETIONS_MARKER = REPO / "var" / "bench-files-deleted"
 # ext4 without a journal passes over inodes freed less than five minutes ago (its RECENTCY_DIRTY, 300 s) when it
-# allocates one; the rest covers the deletion itself.
-RECENT_DELETION_S = 330.0
+# allocates one.
+RECENT_DELETION_S = 310.0
 
 
 @dataclass
@@ -61,8 +62,8 @@ def file_create_us(directory: Path, count: int = 500) -> float:
 
 
 def media_settle(media_root: Path, *, marker: Path = DELETIONS_MARKER, recent_s: float = RECENT_DELETION_S) -> dict:
-    """Wait until the benchmarks' last deletion of files is ``recent_s`` old; how long that took, and what creating
-    a file in ``media_root`` then costs.
+    """Wait until the benchmarks' last deletion of a stack's files is ``recent_s`` old; how long that took, and what
+    creating a file in ``media_root`` then costs.
 
     This machine's root file system is ext4 without a journal, which, when it
     allocates an inode, passes over every inode freed in the last one to five
@@ -86,7 +87,9 @@ def media_settle(media_root: Path, *, marker: Path = DELETIONS_MARKER, recent_s:
     }
 
 
-def _deletion_announce() -> None:
+def _media_delete(media_root: Path) -> None:
+    """Delete a stopped stack's uploads now, and say when (see media_settle), not whenever its caller's folder goes."""
+    shutil.rmtree(media_root, ignore_errors=True)
     DELETIONS_MARKER.parent.mkdir(parents=True, exist_ok=True)
     DELETIONS_MARKER.touch()
 
@@ -212,7 +215,6 @@ def running_stack(
             sessions=tuple(process.pid for process in processes), media_settle=settled,
         )
     finally:
-        _deletion_announce()
         for process in processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -221,6 +223,7 @@ def running_stack(
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        _media_delete(Path(env["MEDIA_ROOT"]))
 
 
 def print_report(report: dict) -> None:
