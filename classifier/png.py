@@ -9,7 +9,7 @@ from PIL import Image
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The signature, then the header's length (always 13) and type.
-_HEADER = _SIGNATURE + b"\x00\x00\x00\x0dIHDR"
+PNG_HEADER = _SIGNATURE + b"\x00\x00\x00\x0dIHDR"
 # Where the header's CRC ends, and with it the header.
 _HEADER_END = len(_SIGNATURE) + 12 + 13
 # (bit depth, colour type) -> (mode, rawmode) as PngImagePlugin gives them; only the 8-bit kinds whose mode holds the
@@ -51,7 +51,7 @@ def plain_png(data: bytes) -> Image.Image | None:
     ImageFile.load requires. Such a file carries no metadata, so the result's
     ``info`` is empty, as Pillow's is.
     """
-    if _getdecoder is None or not data.startswith(_HEADER) or len(data) < _HEADER_END:
+    if _getdecoder is None or not data.startswith(PNG_HEADER) or len(data) < _HEADER_END:
         return None
     if crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
         return None

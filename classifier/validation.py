@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from PIL import ExifTags, Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-from classifier.png import plain_png
+from classifier.png import PNG_HEADER, plain_png
 
 # Only these Pillow decoders ever see uploaded bytes; everything else is "not an image".
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
@@ -478,7 +478,6 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
     )
 
 
-_PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 # How far into a file its picture's size is looked for when weighing it: a camera's metadata comes first, but not
 # this much of it. A header further in (a file padded to be slow to read) counts as the largest picture accepted.
 HEADER_PREFIX_BYTES = 512 * 1024
@@ -486,9 +485,9 @@ HEADER_PREFIX_BYTES = 512 * 1024
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
     """A PNG's size from its first chunk, which must be its header, or None when ``data`` is no such PNG."""
-    if not data.startswith(_PNG_HEADER) or len(data) < len(_PNG_HEADER) + 8:
+    if not data.startswith(PNG_HEADER) or len(data) < len(PNG_HEADER) + 8:
         return None
-    return unpack(">II", data[len(_PNG_HEADER) : len(_PNG_HEADER) + 8])
+    return unpack(">II", data[len(PNG_HEADER) : len(PNG_HEADER) + 8])
 
 
 def _plain_png(data: bytes) -> Image.Image | None:
