@@ -67,17 +67,24 @@ def _finite_float(raw: str) -> float:
 _RATE_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# A period may name a number of its units ("15minute", "10s"): "5/15minute" is five every quarter of an hour.
+_RATE_PERIOD = re.compile(r"([0-9]*)([smhd])")
+
+
 def rate_parse(rate: str) -> tuple[int, float] | None:
-    """A rate setting ("600/minute", "10/hour") as (count, seconds), or None when it is empty (no limit).
+    """A rate setting ("600/minute", "10/hour", "5/15minute") as (count, seconds), or None when it is empty (no limit).
 
     Raises ValueError for anything else, a count below 1 included: the settings refuse such a rate at start.
     """
     if not rate:
         return None
     count, _, period = rate.partition("/")
-    if int(count) < 1 or period[:1] not in _RATE_PERIODS:
+    # Only the unit's first letter counts ("600/mins" is per minute), as in Django REST framework's throttles.
+    unit = _RATE_PERIOD.match(period)
+    units = int(unit.group(1) or 1) if unit else 0
+    if int(count) < 1 or units < 1:
         raise ValueError(f"not a rate: {rate!r}")
-    return int(count), _RATE_PERIODS[period[0]]
+    return int(count), units * _RATE_PERIODS[unit.group(2)]
 
 
 def rate_check(*, name: str, rate: str) -> None:
@@ -86,8 +93,8 @@ def rate_check(*, name: str, rate: str) -> None:
         rate_parse(rate)
     except ValueError:
         raise ImproperlyConfigured(
-            f"{name}={rate!r} is not a rate: a count of 1 or more, a slash and a period, second, minute, hour or day "
-            "(e.g. 10/hour, 600/minute), or empty for no limit."
+            f"{name}={rate!r} is not a rate: a count of 1 or more, a slash and a period, second, minute, hour or day, "
+            "or a number of them (e.g. 10/hour, 600/minute, 5/15minute), or empty for no limit."
         ) from None
 
 
