@@ -6,6 +6,7 @@ from django.template.defaultfilters import pluralize
 
 from accounts.backends import client_address
 from accounts.models import ApiToken
+from accounts.selectors import username_taken
 from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded
 
 # The owner of the shipped sample sets is found by this name; whoever took it would own (and could delete) them.
@@ -56,9 +57,8 @@ class AccountUserChangeForm(UserChangeForm):
 
     def clean_username(self):
         username = self.cleaned_data.get("username")
-        model = self._meta.model
-        if username and model.objects.filter(username__iexact=username).exclude(pk=self.instance.pk).exists():
-            raise ValidationError(self.instance.unique_error_message(model, ["username"]))
+        if username and username_taken(username=username, other_than=self.instance):
+            raise ValidationError(self.instance.unique_error_message(self._meta.model, ["username"]))
         return username
 
 

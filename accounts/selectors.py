@@ -1,4 +1,4 @@
-"""Account reads: API tokens, the user behind a key, whether the site sends email, whether an account's address is
+"""Account reads: API tokens, the user behind a key, whether a name is taken, whether the site sends email, whether an account's address is
 confirmed, and who gets a reset link."""
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ from django.db.models import BooleanField, Case, Exists, F, OuterRef, QuerySet, 
 
 from accounts.models import ApiToken, EmailAddressState, api_token_digest
 from mnistsite.env import rate_parse
+
+
+def username_taken(*, username: str, other_than=None) -> bool:
+    """Whether an account (other than ``other_than``) has ``username`` in any case: the database's unique index on the
+    upper-cased name (accounts/0009) refuses such a name, so every way of naming an account asks this first."""
+    model = get_user_model()
+    accounts = model._default_manager.filter(**{f"{model.USERNAME_FIELD}__iexact": username})
+    return (accounts.exclude(pk=other_than.pk) if other_than is not None else accounts).exists()
 
 
 def password_reset_by_email_available() -> bool:

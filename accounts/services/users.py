@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.services.email_change_notices import email_change_notices_finished
+from accounts.selectors import username_taken
 from accounts.services.login_lockout import address_key
 from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take
@@ -39,8 +40,7 @@ def user_sign_up(*, username: str, password: str, email: str = ""):
             email_address_state_ensure(user=user)
     except IntegrityError:
         # Compared as the index and the form compare names; any other refusal is no name taken, and is raised.
-        lookup = f"{model.USERNAME_FIELD}__iexact"
-        if not model.objects.filter(**{lookup: model.normalize_username(username)}).exists():
+        if not username_taken(username=model.normalize_username(username)):
             raise
         raise UsernameTaken() from None
     return user

@@ -44,6 +44,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "accounts.views.csrf_failure"
 
 INSTALLED_APPS = [
+    # First, so that its createsuperuser replaces Django's (a management command comes from the first app naming it).
+    "accounts",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -53,7 +55,6 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "accounts",
     "classifier",
     "training",
     "api",

@@ -1,4 +1,4 @@
-"""The account commands: the demo administrator."""
+"""The account commands: the demo administrator, and createsuperuser."""
 import re
 
 import pytest
@@ -126,3 +126,38 @@ def test_a_demo_account_left_with_the_published_password_gets_a_random_one_kept_
     shown = _shown_password(capsys.readouterr().out)
     assert not demo.check_password(PUBLISHED_PASSWORD) and demo.check_password(shown)
     assert kept.read_text().strip() == shown
+
+
+@pytest.mark.parametrize("name", ["ALICE", "ａｌｉｃｅ"])
+def test_createsuperuser_refuses_a_name_an_account_has_in_another_case_instead_of_failing_on_the_database(
+    user, django_user_model, monkeypatch, name
+):
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "another correct horse")
+
+    with pytest.raises(CommandError, match="That username is already taken"):
+        call_command("createsuperuser", interactive=False, username=name, email="root@example.com")
+
+    assert list(django_user_model.objects.values_list("username", flat=True)) == ["alice"]
+
+
+def test_createsuperuser_asks_again_for_a_name_an_account_has_in_another_case(
+    user, django_user_model, monkeypatch, capsys
+):
+    import builtins
+    import getpass
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    answers = iter(["Alice", "carol", "carol@example.com"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": "another correct horse")
+
+    call_command("createsuperuser", interactive=True, stdin=Terminal())
+
+    assert "Error: That username is already taken." in capsys.readouterr().err
+    carol = django_user_model.objects.get(username="carol")
+    assert carol.is_superuser and carol.email == "carol@example.com"
+    assert django_user_model.objects.count() == 2

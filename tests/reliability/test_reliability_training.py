@@ -114,8 +114,10 @@ def test_a_broker_restart_does_not_kill_a_training_run_in_progress(running_priva
     assert (run.status, run.attempts) == ("succeeded", 1), run.error
 
 
-# The writer: registers every version in the database only after save_checkpoint returned.
-WRITER = textwrap.dedent(
+# The writers: each registers every version in the database only after save_checkpoint returned. Each line read
+# forks one from this process, everything imported already (seconds a process, ten times over); the test kills
+# writers, never this one, which then says how each ended.
+WRITERS = textwrap.dedent(
     """
     import os, sys
     import django
@@ -125,23 +127,33 @@ WRITER = textwrap.dedent(
     from training.ml.checkpoints import save_checkpoint
     from training.services import checkpoint_register
 
+    def write_versions(target, journal, version):
+        with open(journal, "a") as log:
+            print("ready", os.getpid(), flush=True)
+            while True:
+                version += 1
+                torch.manual_seed(version)
+                model = build_model("mlp", {"hidden": 512})
+                payload_args = dict(model=model, config=None, epoch=version, metrics={"version": version})
+                # Journal the digest *before* writing, so a version killed after the rename is still known.
+                digest, _size = save_checkpoint(target + ".probe", **payload_args)
+                os.unlink(target + ".probe")
+                log.write(digest + "\\n"); log.flush(); os.fsync(log.fileno())
+                written, _size = save_checkpoint(target, **payload_args)
+                assert written == digest, "torch.save is not deterministic; the journal would be wrong"
+                checkpoint_register(path=target, run=None, epoch=version, test_accuracy=None, architecture="mlp")
+                print("written", flush=True)
+
     target, journal = sys.argv[1], sys.argv[2]
-    with open(journal, "a") as log:
-        print("ready", flush=True)
-        version = int(sys.argv[3])
-        while True:
-            version += 1
-            torch.manual_seed(version)
-            model = build_model("mlp", {"hidden": 512})
-            payload_args = dict(model=model, config=None, epoch=version, metrics={"version": version})
-            # Journal the digest *before* writing, so a version killed after the rename is still known.
-            digest, _size = save_checkpoint(target + ".probe", **payload_args)
-            os.unlink(target + ".probe")
-            log.write(digest + "\\n"); log.flush(); os.fsync(log.fileno())
-            written, _size = save_checkpoint(target, **payload_args)
-            assert written == digest, "torch.save is not deterministic; the journal would be wrong"
-            checkpoint_register(path=target, run=None, epoch=version, test_accuracy=None, architecture="mlp")
-            print("written", flush=True)
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                write_versions(target, journal, int(line))
+            finally:
+                os._exit(1)
+        _pid, status = os.waitpid(pid, 0)
+        print("ended", os.waitstatus_to_exitcode(status), flush=True)
     """
 )
 
@@ -151,41 +163,50 @@ def test_a_checkpoint_write_killed_at_random_moments_leaves_the_old_or_the_new_f
 ):
     target = Path(settings.CHECKPOINT_DIR) / "model.pt"
     journal = tmp_path / "journal.txt"
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
+    script = tmp_path / "writers.py"
+    script.write_text(WRITERS)
     rng = random.Random(20240601)
-    for iteration in range(10):
-        log = open(tmp_path / f"writer-{iteration}.log", "w")
-        writer = subprocess.Popen(
-            [sys.executable, str(script), str(target), str(journal), str(iteration * 1000)],
-            cwd=REPO, env=child_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=log, start_new_session=True, text=True,
-        )
-        assert writer.stdout.readline().strip() == "ready", (tmp_path / f"writer-{iteration}.log").read_text()
-        # The kill lands while a later version replaces a complete one, however long the first write took here.
-        assert writer.stdout.readline().strip() == "written", (tmp_path / f"writer-{iteration}.log").read_text()
-        time.sleep(rng.uniform(0.0, 1.5))
-        os.killpg(writer.pid, signal.SIGKILL)
-        writer.wait(timeout=10)
-        log.close()
-        assert writer.returncode == -signal.SIGKILL, (tmp_path / f"writer-{iteration}.log").read_text()
+    log_path = tmp_path / "writers.log"
+    log = open(log_path, "w")
+    writers = subprocess.Popen(
+        [sys.executable, str(script), str(target), str(journal)], cwd=REPO, env=child_env(PYTHONPATH=str(REPO)),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True, text=True,
+    )
+    try:
+        for iteration in range(10):
+            writers.stdin.write(f"{iteration * 1000}\n")
+            writers.stdin.flush()
+            said, pid = writers.stdout.readline().split()
+            assert said == "ready", log_path.read_text()
+            # The kill lands while a later version replaces a complete one, however long the first write took here.
+            assert writers.stdout.readline().strip() == "written", log_path.read_text()
+            time.sleep(rng.uniform(0.0, 1.5))
+            os.kill(int(pid), signal.SIGKILL)
+            # Past the versions it wrote meanwhile, how it ended.
+            ended = next((line.split() for line in iter(writers.stdout.readline, "") if line.startswith("ended")), None)
+            assert ended == ["ended", str(-signal.SIGKILL)], log_path.read_text()
 
-        journaled = set(journal.read_text().split()) if journal.exists() else set()
-        assert target.exists(), f"iteration {iteration}: a completed checkpoint disappeared"
-        actual = hashlib.sha256(target.read_bytes()).hexdigest()
-        assert actual in journaled, f"iteration {iteration}: the file at the path is no version that was written"
-        _model, payload = load_checkpoint(target, expected_sha256=actual)
-        assert payload["metrics"]["version"] == payload["epoch"]
-        # Only completed writes are registered, and only ever under the real name.
-        rows = list(Checkpoint.objects.values_list("path", "sha256"))
-        assert all(path == "model.pt" for path, _sha in rows), rows
-        for _path, sha in rows:
-            assert sha in journaled
-            if sha != actual:
-                # Killed between the rename and the registration: the loader refuses rather than mixing versions.
-                with pytest.raises(CheckpointError):
+            journaled = set(journal.read_text().split()) if journal.exists() else set()
+            assert target.exists(), f"iteration {iteration}: a completed checkpoint disappeared"
+            actual = hashlib.sha256(target.read_bytes()).hexdigest()
+            assert actual in journaled, f"iteration {iteration}: the file at the path is no version that was written"
+            _model, payload = load_checkpoint(target, expected_sha256=actual)
+            assert payload["metrics"]["version"] == payload["epoch"]
+            # Only completed writes are registered, and only ever under the real name.
+            rows = list(Checkpoint.objects.values_list("path", "sha256"))
+            assert all(path == "model.pt" for path, _sha in rows), rows
+            for _path, sha in rows:
+                assert sha in journaled
+                if sha != actual:
+                    # Killed between the rename and the registration: the loader refuses rather than mixing versions.
+                    with pytest.raises(CheckpointError):
+                        checkpoint_load_model(checkpoint=Checkpoint.objects.get(path="model.pt"))
+                else:
                     checkpoint_load_model(checkpoint=Checkpoint.objects.get(path="model.pt"))
-            else:
-                checkpoint_load_model(checkpoint=Checkpoint.objects.get(path="model.pt"))
+    finally:
+        os.killpg(writers.pid, signal.SIGKILL)
+        writers.wait(timeout=10)
+        log.close()
 
     # Temp files a killed writer left behind never replace or shadow the real file.
     leftovers = [p for p in Path(settings.CHECKPOINT_DIR).iterdir() if p.name != "model.pt"]
