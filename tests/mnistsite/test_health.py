@@ -53,6 +53,16 @@ def test_readyz_tells_anyone_each_verdict_and_only_the_scraper_the_details(clien
     assert anonymous.json()["checks"] == {name: {"ok": check["ok"]} for name, check in detailed.json()["checks"].items()}
 
 
+@pytest.mark.django_db
+def test_a_probe_answers_at_once_while_the_broker_refuses_connections(scraper, settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    began = time.monotonic()
+    response = scraper.get("/readyz")
+    # Not after a pause to try again, on a web thread, at every probe of the outage.
+    assert response.status_code == 503 and time.monotonic() - began < 1.5
+    assert response.json()["checks"]["broker"] == {"ok": False, "error": "OperationalError"}
+
+
 def _ready_within(client, seconds: float):
     # A worker logs "ready." a moment before it listens for control commands: asked in between, it is rightly not
     # ready yet.
@@ -173,7 +183,7 @@ def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(sc
         again_for = time.monotonic() - started
         again_while_checking = hanging.is_alive()
     finally:
-        silent.close()  # refused from now on: the check's retry does not hang again
+        silent.close()
         if accepted is not None:
             accepted.close()  # the hanging check fails now
         hanging.join(timeout=30)
