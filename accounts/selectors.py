@@ -1,5 +1,5 @@
-"""Account reads: API tokens, the user behind a key, whether a name is taken, whether the site sends email, whether an account's address is
-confirmed, and who gets a reset link."""
+"""Account reads: API tokens, the user behind a key, whether a name is taken, whether the site sends email, whether
+an account's address is confirmed, and who gets a reset link."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +11,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
 from django.db import connection
-from django.db.models import BooleanField, Case, Exists, F, OuterRef, QuerySet, Value, When
+from django.db.models import BooleanField, Case, Exists, F, Model, OuterRef, QuerySet, Value, When
 
 from accounts.models import ApiToken, EmailAddressState, api_token_digest
 from mnistsite.env import rate_parse
 
 
-def username_taken(*, username: str, other_than=None) -> bool:
+def username_taken(*, username: str, other_than: Model | None = None) -> bool:
     """Whether an account (other than ``other_than``) has ``username`` in any case: the database's unique index on the
     upper-cased name (accounts/0009) refuses such a name, so every way of naming an account asks this first."""
     model = get_user_model()

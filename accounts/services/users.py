@@ -7,8 +7,8 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.services.email_change_notices import email_change_notices_finished
 from accounts.selectors import username_taken
+from accounts.services.email_change_notices import email_change_notices_finished
 from accounts.services.login_lockout import address_key
 from classifier.services import uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take

@@ -83,8 +83,8 @@ def log_in(live_server, user):
 
 @pytest.fixture
 def logged_in_page(page, user, live_server):
-    """A page on the home page of alice's session, made as Django's test client makes one (a fifth of the time the
-    log-in form takes): the tests that log in take the form (``log_in``)."""
+    """A page on the home page in a session of alice's, made as Django's test client makes one: one page load where
+    the log-in form takes three. The tests of logging in take the form (``log_in``)."""
     from django.conf import settings
     from django.test import Client
 
