@@ -16,7 +16,8 @@ class AccountsConfig(AppConfig):
 
         from accounts import checks  # noqa: F401 - registers the deploy check
 
-        # In place of Django's update_last_login (django.contrib.auth, whose ready() ran before this one): see
-        # accounts.services.user_login_record.
+        # In place of Django's update_last_login: see accounts.services.user_login_record. This app comes before
+        # django.contrib.auth (for its createsuperuser), whose ready() then runs after this one and connects that
+        # receiver under this dispatch_uid: holding the uid makes that a no-op. The disconnect covers the other order.
         user_logged_in.disconnect(dispatch_uid="update_last_login")
-        user_logged_in.connect(_login_record, dispatch_uid="accounts.user_login_record")
+        user_logged_in.connect(_login_record, dispatch_uid="update_last_login")
