@@ -90,9 +90,10 @@ class ManagedProcess:
         except ProcessLookupError:
             pass
 
-    def stop(self, *, timeout: float = 15) -> None:
+    def stop(self, *, timeout: float = 15, graceful: bool = True) -> None:
+        """Stop the group as Docker stops a container (SIGTERM, SIGKILL after ``timeout``), or at once."""
         if self.popen.poll() is None:
-            self.kill(signal.SIGTERM)
+            self.kill(signal.SIGTERM if graceful else signal.SIGKILL)
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
