@@ -19,7 +19,8 @@ def test_the_digit_comes_through_dust_frames_rings_desks_light_chalk_margins_and
     checkpoint = active_checkpoint
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"), "--count", "40", "--empty", "10",
-         "--close-pairs", "0", "--singles", "0", "--checkpoint", str(Path(settings.CHECKPOINT_DIR) / checkpoint.path), "--sha256", checkpoint.sha256],
+         "--close-pairs", "0", "--singles", "0",
+         "--checkpoint", str(Path(settings.CHECKPOINT_DIR) / checkpoint.path), "--sha256", checkpoint.sha256],
         capture_output=True, text=True, timeout=240, env={**os.environ, "DATA_DIR": str(DATA_DIR)},
     )
     assert done.returncode == 0, done.stderr
