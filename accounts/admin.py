@@ -6,10 +6,11 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db import transaction
+from django.template.defaultfilters import pluralize
 from django.utils import formats, timezone
 
 from accounts import selectors, services
-from accounts.forms import AccountUserChangeForm
+from accounts.forms import AccountAdminPasswordChangeForm, AccountUserChangeForm
 from accounts.models import ApiToken
 from mnistsite.admin_requests import HandEditedRequestsMixin, deleted_meanwhile_response
 
@@ -37,6 +38,8 @@ def _when(moment) -> str:
 
 class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
     form = AccountUserChangeForm
+    change_password_form = AccountAdminPasswordChangeForm
+    change_user_password_template = "admin/auth/user/change_password_api_tokens.html"
     list_display = (*UserAdmin.list_display, "email_confirmed")
     list_filter = (*UserAdmin.list_filter, EmailConfirmedFilter)
     readonly_fields = (*UserAdmin.readonly_fields, "email_confirmation")
@@ -86,6 +89,18 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
             return super().user_change_password(request, id, form_url)
         return self._locked(request, id, lambda: super(AccountUserAdmin, self).user_change_password(
             request, id, form_url))
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        change_message = super().construct_change_message(request, form, formsets, add)
+        revoked = getattr(form, "api_tokens_revoked", [])
+        if revoked:
+            # Said and logged where Django's view says and logs the password change (it has no other hook).
+            username = form.user.get_username()
+            self.message_user(request, f"{len(revoked)} API token{pluralize(revoked)} of {username} "
+                                       f"{pluralize(revoked, 'was,were')} revoked: "
+                                       f"{', '.join(f'“{name}”' for name in revoked)}.", messages.SUCCESS)
+            change_message += [{"deleted": {"name": "API token", "object": name}} for name in revoked]
+        return change_message
 
     def _locked(self, request, object_id, view):
         """``view``'s answer, given with the row of user ``object_id`` locked; if it was deleted meanwhile, nothing

@@ -1,13 +1,19 @@
 """Account forms: sign-up (the site's names kept back), email, password reset, tokens, and checks behind the lockout."""
 from django import forms
-from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm, UserChangeForm, UserCreationForm
+from django.contrib.auth.forms import (
+    AdminPasswordChangeForm,
+    PasswordChangeForm,
+    SetPasswordForm,
+    UserChangeForm,
+    UserCreationForm,
+)
 from django.core.exceptions import ValidationError
 from django.template.defaultfilters import pluralize
 
 from accounts.backends import client_address
 from accounts.models import ApiToken
-from accounts.selectors import username_taken
-from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded
+from accounts.selectors import api_token_list_for_user, username_taken
+from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded, user_password_set
 
 # The owner of the shipped sample sets is found by this name; whoever took it would own (and could delete) them.
 RESERVED_USERNAMES = frozenset({"samples"})
@@ -60,6 +66,29 @@ class AccountUserChangeForm(UserChangeForm):
         if username and username_taken(username=username, other_than=self.instance):
             raise ValidationError(self.instance.unique_error_message(self._meta.model, ["username"]))
         return username
+
+
+class AccountAdminPasswordChangeForm(AdminPasswordChangeForm):
+    """The admin's password form: the account's API tokens go with the old password unless unticked, as when its
+    owner changes it (after a break-in, they would keep working otherwise)."""
+
+    revoke_api_tokens = forms.BooleanField(label="Also revoke its API tokens", required=False, initial=True)
+
+    def __init__(self, user, *args, **kwargs) -> None:
+        super().__init__(user, *args, **kwargs)
+        held = len(api_token_list_for_user(user=user))
+        self.fields["revoke_api_tokens"].help_text = (
+            f"It has {held} now. Leave this ticked if someone else may have used the account: its tokens keep "
+            "working after the password changes otherwise. Programs that use a revoked token need a new one."
+        )
+        self.api_tokens_revoked: list[str] = []
+
+    def save(self, commit=True):
+        # Django would save its whole copy of the account; only the password is written, on the row as it is.
+        password = self.cleaned_data["password1"] if self.cleaned_data["set_usable_password"] else None
+        self.api_tokens_revoked = user_password_set(user=self.user, password=password,
+                                                    revoke_api_tokens=self.cleaned_data["revoke_api_tokens"])
+        return self.user
 
 
 class LockoutPasswordMixin:

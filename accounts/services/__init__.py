@@ -57,6 +57,7 @@ from accounts.services.password_reset import (
     password_reset_email_publish,
     password_reset_email_send,
 )
+from accounts.services.passwords import user_password_set
 from accounts.services.users import (
     FAILED_SIGNUP_SHARE,
     AccountDeleteError,
@@ -131,6 +132,7 @@ __all__ = [
     "user_email_set",
     "user_lock",
     "user_login_record",
+    "user_password_set",
     "user_sign_up",
     "users_delete",
 ]

@@ -1,6 +1,7 @@
 """The users' admin: deleting users as an account's deletion does, and their email addresses' confirmation."""
 import datetime as dt
 import io
+import re
 
 import pytest
 from django.db import connection
@@ -380,3 +381,80 @@ def test_renaming_a_user_in_the_admin_to_their_own_name_in_another_case_is_saved
     assert response.status_code == 302
     user.refresh_from_db()
     assert user.username == "Alice"
+
+
+def _api_status(key: str) -> int:
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return api.get("/api/v1/predictions/").status_code
+
+
+@pytest.mark.parametrize("button", ["set-password", "unset-password"])
+def test_a_password_set_or_disabled_in_the_admin_revokes_the_accounts_api_tokens_says_which_and_logs_them(
+    admin_client, user, other_user, button
+):
+    from django.contrib.admin.models import LogEntry
+
+    from accounts.models import ApiToken
+    from accounts.services import api_token_create
+
+    _, laptop = api_token_create(user=user, name="laptop")
+    _, scanner = api_token_create(user=user, name="scanner")
+    _, theirs = api_token_create(user=other_user, name="laptop")
+    page = admin_client.get(f"{USERS}{user.pk}/password/").content.decode()
+    assert re.search(r'<input type="checkbox" name="revoke_api_tokens"[^>]*checked', page) and "It has 2 now." in page
+
+    disabled = button == "unset-password"
+    answer = admin_client.post(f"{USERS}{user.pk}/password/", {
+        "usable_password": "false" if disabled else "true", "password1": "" if disabled else "a-New-pass-482",
+        "password2": "" if disabled else "a-New-pass-482", "revoke_api_tokens": "on", button: "x"}, follow=True)
+
+    assert answer.redirect_chain == [(f"{USERS}{user.pk}/change/", 302)]
+    assert "2 API tokens of alice were revoked: “scanner”, “laptop”." in answer.content.decode()
+    assert _api_status(laptop) == _api_status(scanner) == 401 and _api_status(theirs) == 200
+    assert list(ApiToken.objects.values_list("user", flat=True)) == [other_user.pk]
+    user.refresh_from_db()
+    assert user.has_usable_password() is not disabled and (disabled or user.check_password("a-New-pass-482"))
+    logged = LogEntry.objects.get(object_id=str(user.pk)).get_change_message()
+    assert "Deleted API token “scanner”." in logged and "Deleted API token “laptop”." in logged
+
+
+def test_a_password_set_in_the_admin_with_the_box_unticked_leaves_the_api_tokens_working(admin_client, user):
+    from accounts.services import api_token_create
+
+    _, key = api_token_create(user=user, name="scanner")
+
+    answer = admin_client.post(f"{USERS}{user.pk}/password/", {
+        "usable_password": "true", "password1": "a-New-pass-482", "password2": "a-New-pass-482"}, follow=True)
+
+    page = answer.content.decode()
+    assert "Password changed successfully." in page and "revoked" not in page
+    assert _api_status(key) == 200
+    user.refresh_from_db()
+    assert user.check_password("a-New-pass-482")
+
+
+def test_a_password_refused_in_the_admin_revokes_no_token(admin_client, user):
+    from accounts.services import api_token_create
+
+    _, key = api_token_create(user=user, name="scanner")
+
+    answer = admin_client.post(f"{USERS}{user.pk}/password/", {
+        "usable_password": "true", "password1": "a-New-pass-482", "password2": "another-Pass-593",
+        "revoke_api_tokens": "on"})
+
+    assert answer.status_code == 200 and answer.context["form"].errors["password2"]
+    assert _api_status(key) == 200
+    user.refresh_from_db()
+    assert user.check_password("correct horse battery")
+
+
+def test_an_administrator_setting_their_own_password_in_the_admin_stays_signed_in(admin_client, admin_user):
+    answer = admin_client.post(f"{USERS}{admin_user.pk}/password/", {
+        "usable_password": "true", "password1": "a-New-pass-482", "password2": "a-New-pass-482",
+        "revoke_api_tokens": "on"})
+
+    assert answer.status_code == 302
+    assert admin_client.get("/admin/").status_code == 200

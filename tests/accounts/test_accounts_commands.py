@@ -1,4 +1,4 @@
-"""The account commands: the demo administrator, and createsuperuser."""
+"""The account commands: the demo administrator, createsuperuser and changepassword."""
 import re
 
 import pytest
@@ -161,3 +161,95 @@ def test_createsuperuser_asks_again_for_a_name_an_account_has_in_another_case(
     carol = django_user_model.objects.get(username="carol")
     assert carol.is_superuser and carol.email == "carol@example.com"
     assert django_user_model.objects.count() == 2
+
+
+def _typed(monkeypatch, *passwords: str, meanwhile=None) -> None:
+    """Answer changepassword's prompts with ``passwords``, calling ``meanwhile`` at the first, as if someone else
+    changed the account while its new password was typed."""
+    import getpass
+
+    answers = iter(passwords)
+
+    def typed(prompt=""):
+        nonlocal meanwhile
+        if meanwhile is not None:
+            meanwhile, then = None, meanwhile
+            then()
+        return next(answers)
+
+    monkeypatch.setattr(getpass, "getpass", typed)
+
+
+def test_changepassword_revokes_the_accounts_api_tokens_with_the_old_password_and_says_which(
+    user, other_user, monkeypatch, capsys
+):
+    from accounts.models import ApiToken
+    from accounts.services import api_token_create
+
+    api_token_create(user=user, name="scanner")
+    api_token_create(user=other_user, name="scanner")
+    _typed(monkeypatch, "a-New-pass-482", "a-New-pass-482")
+
+    call_command("changepassword", "Alice")
+
+    out = capsys.readouterr().out
+    assert "Revoked its 1 API token(s): scanner" in out and "Password changed successfully for user 'alice'" in out
+    assert list(ApiToken.objects.values_list("user", flat=True)) == [other_user.pk]
+    user.refresh_from_db()
+    assert user.check_password("a-New-pass-482")
+
+
+def test_changepassword_told_to_keep_the_api_tokens_keeps_them(user, monkeypatch):
+    from accounts.models import ApiToken
+    from accounts.services import api_token_create
+
+    api_token_create(user=user, name="scanner")
+    _typed(monkeypatch, "a-New-pass-482", "a-New-pass-482")
+
+    call_command("changepassword", "alice", "--keep-api-tokens")
+
+    assert ApiToken.objects.filter(user=user).count() == 1
+    user.refresh_from_db()
+    assert user.check_password("a-New-pass-482")
+
+
+def test_changepassword_asks_again_for_passwords_that_differ_or_are_refused_and_gives_up_after_three(
+    user, monkeypatch, capsys
+):
+    from accounts.models import ApiToken
+    from accounts.services import api_token_create
+
+    api_token_create(user=user, name="scanner")
+    _typed(monkeypatch, "a-New-pass-482", "another-Pass-593", "alice", "alice", "123", "123")
+
+    with pytest.raises(CommandError, match="after 3 attempts"):
+        call_command("changepassword", "alice")
+
+    captured = capsys.readouterr()
+    assert "Passwords do not match." in captured.out and "too similar to the username" in captured.err
+    user.refresh_from_db()
+    assert user.check_password("correct horse battery") and ApiToken.objects.filter(user=user).exists()
+
+
+def test_changepassword_keeps_what_was_changed_while_the_password_was_typed(user, django_user_model, monkeypatch):
+    def deactivated_with_an_address():
+        django_user_model.objects.filter(pk=user.pk).update(is_active=False, email="alice@example.com")
+
+    _typed(monkeypatch, "a-New-pass-482", "a-New-pass-482", meanwhile=deactivated_with_an_address)
+
+    call_command("changepassword", "alice")
+
+    user.refresh_from_db()
+    assert user.check_password("a-New-pass-482") and not user.is_active and user.email == "alice@example.com"
+
+
+def test_changepassword_for_an_account_deleted_while_the_password_was_typed_does_not_bring_it_back(
+    user, django_user_model, monkeypatch
+):
+    _typed(monkeypatch, "a-New-pass-482", "a-New-pass-482",
+           meanwhile=lambda: django_user_model.objects.filter(pk=user.pk).delete())
+
+    with pytest.raises(CommandError, match="was deleted meanwhile; nothing was changed"):
+        call_command("changepassword", "alice")
+
+    assert not django_user_model.objects.exists()
