@@ -267,8 +267,10 @@ def main() -> int:
             env=env,
         ),
         # A trainer of its own, as in docker-compose.yml: training runs sharing the inference worker's processes
-        # would leave no process to read uploads for as long as they train.
-        "The trainer": start([*celery, "-Q", "training", "-c", "1", "-n", "trainer@%h"], env={**env, **TRAINER_ENV}),
+        # would leave no process to read uploads for as long as they train; each run in a fresh process, which
+        # gives back the run's memory when it exits.
+        "The trainer": start([*celery, "-Q", "training", "-c", "1", "--max-tasks-per-child", "1", "-n", "trainer@%h"],
+                             env={**env, **TRAINER_ENV}),
         "gunicorn": start(
             # Processes and threads come from gunicorn.conf.py.
             [PYTHON, "-m", "gunicorn", "mnistsite.wsgi:application", "--bind", f"{HOST}:{PORT}"],

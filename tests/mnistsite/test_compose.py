@@ -82,10 +82,11 @@ def test_every_app_service_starts_only_after_the_migrations_ran():
             assert depends["migrate"] == {"condition": "service_completed_successfully"}, service
 
 
-def test_trainer_runs_one_training_run_at_a_time():
+def test_trainer_runs_one_training_run_at_a_time_each_in_a_fresh_process():
     words = _commands("trainer")[-1]
     assert words[words.index("-Q") + 1] == "training"
     assert words[words.index("-c") + 1] == "1"
+    assert words[words.index("--max-tasks-per-child") + 1] == "1"
 
 
 @pytest.mark.parametrize("service", ["worker", "trainer"])

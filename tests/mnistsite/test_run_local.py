@@ -136,7 +136,8 @@ def test_stopping_make_run_during_a_training_run_queues_the_run_again_without_a_
     from training.models import Checkpoint, TrainingRun
 
     # The trainer as `make run` starts it.
-    trainer = start_celery_worker(queues="training", concurrency=1, **RUN_LOCAL["TRAINER_ENV"])
+    trainer = start_celery_worker(queues="training", concurrency=1, extra_args=["--max-tasks-per-child", "1"],
+                                  **RUN_LOCAL["TRAINER_ENV"])
     run = services.training_run_create(
         created_by=None, architecture="mlp", epochs=20, batch_size=64, learning_rate=1e-3,
         augment=False, train_subset=20000, device="cpu",

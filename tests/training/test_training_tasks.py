@@ -1,6 +1,7 @@
 """Training tasks through a real Celery worker process, and the task wrappers' idempotence."""
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -89,6 +90,31 @@ def test_a_run_queued_while_one_trainer_is_busy_goes_at_once_to_an_idle_one(star
     queued = _wait_for(queued.pk, lambda r: r.is_finished, timeout=120, worker=idle)
     assert queued.status == TrainingRun.Status.SUCCEEDED, queued.error
     assert queued.celery_task_id not in busy.log()
+
+
+def _pool_processes(worker) -> set[int]:
+    pid = worker.popen.pid
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.mark.worker
+def test_a_trainer_as_deployed_trains_each_run_in_a_fresh_process_and_ends_the_one_a_run_used(
+    start_celery_worker, tiny_recipe
+):
+    # As docker-compose.yml and `make run` start it: the memory a run took goes with its process.
+    trainer = start_celery_worker(queues="training", name="trainer", extra_args=["--max-tasks-per-child", "1"])
+    pools = [_pool_processes(trainer)]
+    for _ in range(2):
+        run = services.training_run_create(created_by=None, **tiny_recipe)
+        run = _wait_for(run.pk, lambda r: r.is_finished, timeout=120, worker=trainer)
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        deadline = time.monotonic() + 30
+        while (_pool_processes(trainer) & pools[-1] or not _pool_processes(trainer)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pools.append(_pool_processes(trainer))
+    first, second, third = pools
+    assert len(first) == len(second) == len(third) == 1 and not first & second and not second & third, pools
+    assert not any(Path(f"/proc/{pid}").exists() for pid in first | second)
 
 
 @pytest.mark.django_db
