@@ -32,6 +32,11 @@ class EmailConfirmedFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _may_touch(request, user) -> bool:
+    """Whether the request's user may change or delete ``user`` (None: users in general) as far as rank goes."""
+    return user is None or not user.is_superuser or request.user.is_superuser
+
+
 def _when(moment) -> str:
     return formats.localize(timezone.template_localtime(moment))
 
@@ -52,6 +57,28 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
 
     def get_queryset(self, request):
         return selectors.user_queryset_with_email_confirmed(queryset=super().get_queryset(request))
+
+    # Only a superuser changes or deletes a superuser, or gives anyone superuser status, groups or permissions. Staff
+    # allowed to change users (to set a forgotten password) could otherwise make themselves superusers, or set a
+    # superuser's password and log in as one.
+    ESCALATING_FIELDS = ("is_superuser", "groups", "user_permissions")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return fields if request.user.is_superuser else (*fields, *self.ESCALATING_FIELDS)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return _may_touch(request, obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return _may_touch(request, obj) and super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # "Delete selected" asks only whether users may be deleted at all: superusers among them refuse the lot.
+        if not all(_may_touch(request, user) for user in objs):
+            perms_needed = {*perms_needed, "superusers"}
+        return deleted, counts, perms_needed, protected
 
     @admin.display(description="email confirmed", boolean=True, ordering="email_confirmed")
     def email_confirmed(self, user) -> bool:
