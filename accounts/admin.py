@@ -1,10 +1,11 @@
 """Admin for users (deleted as an account's deletion does; saved under a lock, so that an account deleted meanwhile
-is not inserted back; email address confirmation) and API tokens (whose, since when, last used and until when;
-deleting one revokes it)."""
+is not inserted back; email address confirmation; ranks given by superusers only), groups, and API tokens (whose,
+since when, last used and until when; deleting one revokes it)."""
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.template.defaultfilters import pluralize
 from django.utils import formats, timezone
@@ -232,6 +233,18 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
 
 admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), AccountUserAdmin)
+
+
+class AccountGroupAdmin(GroupAdmin):
+    # As for users: staff allowed to change groups, not superusers, would otherwise give their own group every
+    # permission.
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        return fields if request.user.is_superuser else (*fields, "permissions")
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, AccountGroupAdmin)
 
 
 @admin.register(ApiToken)

@@ -527,3 +527,23 @@ def test_staff_who_are_not_superusers_can_neither_set_a_superusers_password_nor_
     assert helpdesk.post(f"{USERS}{user.pk}/password/", password).status_code == 302
     user.refresh_from_db()
     assert user.check_password("a-New-pass-482")
+
+
+def test_staff_who_are_not_superusers_cannot_give_a_group_permissions(client, django_user_model, admin_client):
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.create(name="helpdesk")
+    helper = django_user_model.objects.create_user(username="helpdesk", password="x9!kQ2#vLp", is_staff=True)
+    helper.groups.add(group)
+    helper.user_permissions.add(*Permission.objects.filter(codename__in=["view_group", "change_group"]))
+    client.force_login(helper)
+    every_permission = [str(pk) for pk in Permission.objects.values_list("pk", flat=True)]
+
+    answer = client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "help desk", "permissions": every_permission})
+
+    assert answer.status_code == 302
+    group.refresh_from_db()
+    assert group.name == "help desk" and not group.permissions.exists()
+    assert not helper.has_perm("auth.change_permission")
+    admin_client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "help desk", "permissions": every_permission[:2]})
+    assert group.permissions.count() == 2
