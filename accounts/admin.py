@@ -1,6 +1,6 @@
 """Admin for users (deleted as an account's deletion does; saved under a lock, so that an account deleted meanwhile
-is not inserted back; email address confirmation; ranks given by superusers only), groups, and API tokens (whose,
-since when, last used and until when; deleting one revokes it)."""
+is not inserted back; email address confirmation; staff accounts and ranks a superuser's to change), groups, and
+API tokens (whose, since when, last used and until when; deleting one revokes it)."""
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
@@ -34,8 +34,9 @@ class EmailConfirmedFilter(admin.SimpleListFilter):
 
 
 def _may_touch(request, user) -> bool:
-    """Whether the request's user may change or delete ``user`` (None: users in general) as far as rank goes."""
-    return user is None or not user.is_superuser or request.user.is_superuser
+    """Whether the request's user may change or delete ``user`` (None: users in general) as far as rank goes: staff
+    accounts, their own included, are a superuser's to change."""
+    return user is None or not user.is_staff or request.user.is_superuser
 
 
 def _when(moment) -> str:
@@ -59,10 +60,10 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
     def get_queryset(self, request):
         return selectors.user_queryset_with_email_confirmed(queryset=super().get_queryset(request))
 
-    # Only a superuser changes or deletes a superuser, or gives anyone superuser status, groups or permissions. Staff
-    # allowed to change users (to set a forgotten password) could otherwise make themselves superusers, or set a
-    # superuser's password and log in as one.
-    ESCALATING_FIELDS = ("is_superuser", "groups", "user_permissions")
+    # Only a superuser changes or deletes a staff account, or gives anyone staff or superuser status, groups or
+    # permissions. Staff allowed to change users (to set a forgotten password) could otherwise make themselves
+    # superusers, or set the password of an account with more rights than their own and log in as it.
+    ESCALATING_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
 
     def get_readonly_fields(self, request, obj=None):
         fields = super().get_readonly_fields(request, obj)
@@ -76,9 +77,9 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
 
     def get_deleted_objects(self, objs, request):
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        # "Delete selected" asks only whether users may be deleted at all: superusers among them refuse the lot.
+        # "Delete selected" asks only whether users may be deleted at all: staff among them refuse the lot.
         if not all(_may_touch(request, user) for user in objs):
-            perms_needed = {*perms_needed, "superusers"}
+            perms_needed = {*perms_needed, "staff accounts"}
         return deleted, counts, perms_needed, protected
 
     @admin.display(description="email confirmed", boolean=True, ordering="email_confirmed")
