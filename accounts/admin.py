@@ -182,13 +182,19 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
     @admin.action(description="Mark the email address confirmed (checked with its owner otherwise)",
                   permissions=["change"])
     def email_mark_confirmed(self, request, queryset):
-        marked = 0
+        marked = refused = 0
         for user in queryset.order_by("pk"):
+            if not _may_touch(request, user):
+                # Reset links would go to an address its owner never confirmed (mistyped, say): a staff account's.
+                self.message_user(request, f"Account {user.get_username()} is a staff account: only a superuser "
+                                           "marks its address confirmed.", messages.ERROR)
+                refused += 1
+                continue
             address = services.email_confirm_by_staff(user_id=user.pk)
             if address is not None:
                 marked += 1
                 self.log_change(request, user, f"Marked the email address {address} confirmed.")
-        skipped = queryset.count() - marked
+        skipped = queryset.count() - marked - refused
         message = f"Marked {marked} email address{'es' if marked != 1 else ''} confirmed."
         if skipped:
             message += f" {skipped} had no address or one confirmed already."

@@ -550,3 +550,22 @@ def test_staff_who_are_not_superusers_cannot_give_a_group_permissions(client, dj
     assert not helper.has_perm("auth.change_permission")
     admin_client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "help desk", "permissions": every_permission[:2]})
     assert group.permissions.count() == 2
+
+
+def test_staff_who_are_not_superusers_cannot_mark_a_staff_accounts_address_confirmed(
+    helpdesk, user, django_user_model
+):
+    from django.utils import timezone
+
+    from accounts.selectors import user_email_confirmed
+
+    higher = django_user_model.objects.create_user(username="higher", password="x9!kQ2#vLp", is_staff=True)
+    _waiting(higher, "higher@example.com", set_at=timezone.now())
+    _waiting(user, "alice@example.com", set_at=timezone.now())
+
+    page = helpdesk.post(USERS, {"action": "email_mark_confirmed", "_selected_action": [user.pk, higher.pk]},
+                         follow=True).content.decode()
+
+    assert "Account higher is a staff account: only a superuser marks its address confirmed." in page
+    assert "Marked 1 email address confirmed." in page and "had no address" not in page
+    assert user_email_confirmed(user=user) and not user_email_confirmed(user=higher)
