@@ -1,5 +1,5 @@
 """Fixtures for the account mail: a real SMTP server in this process, the reset page's queued task, and addresses
-confirmed as their owners would."""
+confirmed as their owners would; and how the API answers a token."""
 import email
 import email.policy
 import socket
@@ -174,3 +174,12 @@ def confirmation_path(message) -> str:
 
     body = message.body if hasattr(message, "body") else message.get_content()
     return re.search(re.escape(settings.SITE_URL) + r"(/accounts/email/confirm/[^/\s]+/)", body).group(1)
+
+
+def api_status(key: str) -> int:
+    """The status the API answers a request with the token ``key``: 200 while it works, 401 once revoked."""
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return api.get("/api/v1/predictions/").status_code

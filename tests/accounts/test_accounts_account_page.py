@@ -12,7 +12,7 @@ from accounts.models import ApiToken
 from accounts.services import api_token_create
 from classifier import services as classifier_services
 from classifier.models import Upload
-from tests.accounts.conftest import confirmation_path, email_confirm
+from tests.accounts.conftest import api_status, confirmation_path, email_confirm
 from tests.classifier.fixtures import stored_size
 
 pytestmark = pytest.mark.django_db
@@ -26,14 +26,6 @@ def signed_in(client, user):
     return client
 
 
-def _api_status(key: str) -> int:
-    from rest_framework.test import APIClient
-
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
-    return api.get("/api/v1/predictions/").status_code
-
-
 def _new_key(page) -> str | None:
     found = re.search(r'<code id="new-token">(\w+)</code>', page.content.decode())
     return found.group(1) if found else None
@@ -45,7 +37,7 @@ def test_a_new_api_token_is_shown_once_and_works_against_the_api(signed_in, user
     shown = signed_in.get("/accounts/")
     assert shown.status_code == 200 and shown["Cache-Control"] == "no-store"
     key = _new_key(shown)
-    assert "scanner script" in shown.content.decode() and _api_status(key) == 200
+    assert "scanner script" in shown.content.decode() and api_status(key) == 200
     # Later visits list the token by its name and first characters, never its key.
     page = signed_in.get("/accounts/").content.decode()
     assert key not in page and "scanner script" in page and key[:8] in page
@@ -72,7 +64,7 @@ def test_reloading_the_page_after_creating_a_token_neither_shows_the_key_again_n
     reloaded = signed_in.get("/accounts/")
     assert reloaded.status_code == 200 and _new_key(reloaded) is None and key not in reloaded.content.decode()
     assert "no-store" not in reloaded.get("Cache-Control", "")
-    assert ApiToken.objects.filter(user=user).count() == 1 and _api_status(key) == 200
+    assert ApiToken.objects.filter(user=user).count() == 1 and api_status(key) == 200
 
 
 def test_the_key_of_a_token_is_not_kept_in_the_session_once_shown(signed_in, user):
@@ -99,7 +91,7 @@ def test_a_token_made_read_only_on_the_page_reads_is_refused_an_upload_and_is_li
     made = signed_in.post("/accounts/tokens/", {"name": "dashboard", "read_only": "on", "password": PASSWORD})
     assert made.status_code == 302
     key = _new_key(signed_in.get("/accounts/"))
-    assert _api_status(key) == 200
+    assert api_status(key) == 200
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     refused = api.post("/api/v1/predictions/", {"files": [io.BytesIO(digit_png(3))]}, format="multipart")
@@ -130,14 +122,14 @@ def test_tokens_work_side_by_side_and_revoking_one_stops_only_that_one(signed_in
     first, first_key = api_token_create(user=user, name="laptop")
     _, second_key = api_token_create(user=user, name="server")
     theirs, their_key = api_token_create(user=other_user, name="laptop")
-    assert _api_status(first_key) == _api_status(second_key) == 200
+    assert api_status(first_key) == api_status(second_key) == 200
 
     assert signed_in.post(f"/accounts/tokens/{first.pk}/revoke/").status_code == 302
-    assert _api_status(first_key) == 401 and _api_status(second_key) == 200
+    assert api_status(first_key) == 401 and api_status(second_key) == 200
 
     # Someone else's token is not found among one's own.
     assert signed_in.post(f"/accounts/tokens/{theirs.pk}/revoke/").status_code == 302
-    assert _api_status(their_key) == 200
+    assert api_status(their_key) == 200
 
 
 def test_revoking_a_token_that_another_tab_revoked_already_says_so(signed_in, user):
@@ -180,13 +172,13 @@ def test_changing_the_password_revokes_the_api_tokens_unless_asked_not_to(signed
 
     kept = signed_in.post("/accounts/password/", {"old_password": PASSWORD, "new_password1": "a-New-pass-482",
                                                  "new_password2": "a-New-pass-482"})
-    assert kept.status_code == 302 and _api_status(key) == 200
+    assert kept.status_code == 302 and api_status(key) == 200
 
     revoked = signed_in.post("/accounts/password/", {"old_password": "a-New-pass-482", "new_password1": "b-New-pass-593",
                                                     "new_password2": "b-New-pass-593", "revoke_api_tokens": "on"},
                              follow=True)
     assert "Your 1 API token was revoked" in revoked.content.decode()
-    assert _api_status(key) == 401 and not ApiToken.objects.exists()
+    assert api_status(key) == 401 and not ApiToken.objects.exists()
 
 
 def test_the_admins_password_change_leads_to_the_account_pages_which_counts_wrong_guesses(client, staff_user):

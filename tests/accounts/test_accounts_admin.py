@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.forms import MultiWidget
 
-from tests.accounts.conftest import confirmation_path, run_queued
+from tests.accounts.conftest import api_status, confirmation_path, run_queued
 
 pytestmark = pytest.mark.django_db
 
@@ -383,14 +383,6 @@ def test_renaming_a_user_in_the_admin_to_their_own_name_in_another_case_is_saved
     assert user.username == "Alice"
 
 
-def _api_status(key: str) -> int:
-    from rest_framework.test import APIClient
-
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
-    return api.get("/api/v1/predictions/").status_code
-
-
 @pytest.mark.parametrize("button", ["set-password", "unset-password"])
 def test_a_password_set_or_disabled_in_the_admin_revokes_the_accounts_api_tokens_says_which_and_logs_them(
     admin_client, user, other_user, button
@@ -413,7 +405,7 @@ def test_a_password_set_or_disabled_in_the_admin_revokes_the_accounts_api_tokens
 
     assert answer.redirect_chain == [(f"{USERS}{user.pk}/change/", 302)]
     assert "2 API tokens of alice were revoked: “scanner”, “laptop”." in answer.content.decode()
-    assert _api_status(laptop) == _api_status(scanner) == 401 and _api_status(theirs) == 200
+    assert api_status(laptop) == api_status(scanner) == 401 and api_status(theirs) == 200
     assert list(ApiToken.objects.values_list("user", flat=True)) == [other_user.pk]
     user.refresh_from_db()
     assert user.has_usable_password() is not disabled and (disabled or user.check_password("a-New-pass-482"))
@@ -431,7 +423,7 @@ def test_a_password_set_in_the_admin_with_the_box_unticked_leaves_the_api_tokens
 
     page = answer.content.decode()
     assert "Password changed successfully." in page and "revoked" not in page
-    assert _api_status(key) == 200
+    assert api_status(key) == 200
     user.refresh_from_db()
     assert user.check_password("a-New-pass-482")
 
@@ -446,7 +438,7 @@ def test_a_password_refused_in_the_admin_revokes_no_token(admin_client, user):
         "revoke_api_tokens": "on"})
 
     assert answer.status_code == 200 and answer.context["form"].errors["password2"]
-    assert _api_status(key) == 200
+    assert api_status(key) == 200
     user.refresh_from_db()
     assert user.check_password("correct horse battery")
 
@@ -524,7 +516,7 @@ def test_staff_who_are_not_superusers_can_neither_set_a_staff_accounts_password_
     assert helpdesk.post(USERS, {**selected, "post": "yes"}).status_code == 403
 
     higher.refresh_from_db()
-    assert higher.username == "higher" and higher.check_password("x9!kQ2#vLp") and _api_status(key) == 200
+    assert higher.username == "higher" and higher.check_password("x9!kQ2#vLp") and api_status(key) == 200
     assert set(get_user_model().objects.values_list("username", flat=True)) == {"alice", "helpdesk", "higher"}
     # Anyone else's password they set, as they are there to.
     assert helpdesk.post(f"{USERS}{user.pk}/password/", password).status_code == 302
