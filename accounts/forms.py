@@ -68,7 +68,24 @@ class AccountUserChangeForm(UserChangeForm):
         return username
 
 
-class AccountAdminPasswordChangeForm(AdminPasswordChangeForm):
+class PasswordSavedWithTokensMixin:
+    """Saves the new password as every password form here does (accounts.services.user_password_set): only the
+    password is written, on the account's row as it is now, and its API tokens go with the old one unless the form's
+    ``revoke_api_tokens`` was unticked; their names are left in ``api_tokens_revoked``. Raises AccountGone for an
+    account deleted meanwhile: Django's save of its whole copy would insert it back."""
+
+    api_tokens_revoked: tuple[str, ...] = ()
+
+    def new_password(self) -> str | None:
+        return self.cleaned_data["new_password1"]
+
+    def save(self, commit=True):
+        self.api_tokens_revoked = tuple(user_password_set(
+            user=self.user, password=self.new_password(), revoke_api_tokens=self.cleaned_data["revoke_api_tokens"]))
+        return self.user
+
+
+class AccountAdminPasswordChangeForm(PasswordSavedWithTokensMixin, AdminPasswordChangeForm):
     """The admin's password form: the account's API tokens go with the old password unless unticked, as when its
     owner changes it (after a break-in, they would keep working otherwise)."""
 
@@ -81,14 +98,10 @@ class AccountAdminPasswordChangeForm(AdminPasswordChangeForm):
             f"It has {held} now. Leave this ticked if someone else may have used the account: its tokens keep "
             "working after the password changes otherwise. Programs that use a revoked token need a new one."
         )
-        self.api_tokens_revoked: list[str] = []
 
-    def save(self, commit=True):
-        # Django would save its whole copy of the account; only the password is written, on the row as it is.
-        password = self.cleaned_data["password1"] if self.cleaned_data["set_usable_password"] else None
-        self.api_tokens_revoked = user_password_set(user=self.user, password=password,
-                                                    revoke_api_tokens=self.cleaned_data["revoke_api_tokens"])
-        return self.user
+    def new_password(self) -> str | None:
+        # None for "Disable password-based authentication".
+        return self.cleaned_data["password1"] if self.cleaned_data["set_usable_password"] else None
 
 
 class LockoutPasswordMixin:
@@ -195,7 +208,8 @@ def _revoke_api_tokens_field() -> forms.BooleanField:
     )
 
 
-class AccountPasswordChangeForm(FirstErrorFocusedMixin, LockoutPasswordMixin, PasswordChangeForm):
+class AccountPasswordChangeForm(FirstErrorFocusedMixin, LockoutPasswordMixin, PasswordSavedWithTokensMixin,
+                                PasswordChangeForm):
     revoke_api_tokens = _revoke_api_tokens_field()
 
     def __init__(self, *args, request, **kwargs) -> None:
@@ -209,7 +223,7 @@ class AccountPasswordChangeForm(FirstErrorFocusedMixin, LockoutPasswordMixin, Pa
         return old_password
 
 
-class PasswordResetSetForm(SetPasswordForm):
+class PasswordResetSetForm(PasswordSavedWithTokensMixin, SetPasswordForm):
     """The new password a reset link leads to; the API tokens go too unless unticked, as on the password change."""
 
     revoke_api_tokens = _revoke_api_tokens_field()

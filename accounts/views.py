@@ -404,16 +404,11 @@ class AccountPasswordChangeView(PasswordChangeView):
 
     def form_valid(self, form):
         try:
-            with transaction.atomic():
-                # Django saves the whole user: deleted meanwhile in another tab, the account would be inserted back,
-                # and a copy read before the lock would write back what another tab or staff changed meanwhile (an
-                # address, a deactivation). The copy saved is the one read under the lock.
-                form.user = services.user_lock(user=form.user)
-                response = super().form_valid(form)
-                revoked = (services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"]
-                           else 0)
+            # The form writes the password alone, on the account as it is (PasswordSavedWithTokensMixin).
+            response = super().form_valid(form)
         except services.AccountGone:
             return _account_gone(self.request)
+        revoked = len(form.api_tokens_revoked)
         messages.success(self.request, "Your password was changed." + (
             f" Your {revoked} API token{pluralize(revoked)} {pluralize(revoked, 'was,were')} revoked." if revoked else ""
         ))
@@ -487,7 +482,7 @@ class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfi
         return self.render_to_response(self.get_context_data(form=form), status=400)
 
     def form_valid(self, form) -> HttpResponse:
-        # As on the password change page: the tokens go with the old password, or neither does.
+        # The link's check and the save (PasswordSavedWithTokensMixin) under one lock of the account.
         with transaction.atomic():
             # The link was checked when the form arrived, as the account read then. Checked again as it is under the
             # lock, so that of two forms sent with one link at once (two tabs, two devices), the second finds the
@@ -500,10 +495,8 @@ class SitePasswordResetConfirmView(PasswordResetContextMixin, PasswordResetConfi
                     locked, self.request.session.get(INTERNAL_RESET_SESSION_TOKEN)):
                 self.validlink = False
                 return self.render_to_response(self.get_context_data())
-            # Saved whole: the copy read under the lock, not one that would undo what staff changed meanwhile.
-            form.user = locked
             response = super().form_valid(form)
-            revoked = services.api_tokens_revoke_all(user=form.user) if form.cleaned_data["revoke_api_tokens"] else 0
+        revoked = len(form.api_tokens_revoked)
         # Locked out by guessing at the password just replaced, its owner could not log in with the new one yet.
         services.login_failures_forget(username=form.user.get_username(), ip=client_address(self.request))
         if revoked:

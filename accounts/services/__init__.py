@@ -4,7 +4,6 @@ from accounts.services.api_tokens import (
     api_token_create,
     api_token_mark_used,
     api_token_revoke,
-    api_tokens_revoke_all,
 )
 from accounts.services.email_addresses import (
     ConfirmationLink,
@@ -107,7 +106,6 @@ __all__ = [
     "api_token_create",
     "api_token_mark_used",
     "api_token_revoke",
-    "api_tokens_revoke_all",
     "demo_user_ensure",
     "email_address_state_ensure",
     "email_change_notice_send",
