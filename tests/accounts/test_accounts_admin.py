@@ -494,8 +494,6 @@ def test_staff_who_are_not_superusers_cannot_give_anyone_staff_or_superuser_stat
 def test_staff_who_are_not_superusers_can_neither_set_a_staff_accounts_password_nor_change_or_delete_it(
     helpdesk, user, django_user_model, rank
 ):
-    from django.contrib.auth import get_user_model
-
     from accounts.services import api_token_create
 
     higher = django_user_model.objects.create_user(username="higher", password="x9!kQ2#vLp", is_staff=True,
@@ -517,7 +515,7 @@ def test_staff_who_are_not_superusers_can_neither_set_a_staff_accounts_password_
 
     higher.refresh_from_db()
     assert higher.username == "higher" and higher.check_password("x9!kQ2#vLp") and api_status(key) == 200
-    assert set(get_user_model().objects.values_list("username", flat=True)) == {"alice", "helpdesk", "higher"}
+    assert set(django_user_model.objects.values_list("username", flat=True)) == {"alice", "helpdesk", "higher"}
     # Anyone else's password they set, as they are there to.
     assert helpdesk.post(f"{USERS}{user.pk}/password/", password).status_code == 302
     user.refresh_from_db()
@@ -534,13 +532,15 @@ def test_staff_who_are_not_superusers_cannot_give_a_group_permissions(client, dj
     client.force_login(helper)
     every_permission = [str(pk) for pk in Permission.objects.values_list("pk", flat=True)]
 
-    answer = client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "help desk", "permissions": every_permission})
+    page = f"/admin/auth/group/{group.pk}/change/"
+
+    answer = client.post(page, {"name": "help desk", "permissions": every_permission})
 
     assert answer.status_code == 302
     group.refresh_from_db()
     assert group.name == "help desk" and not group.permissions.exists()
     assert not helper.has_perm("auth.change_permission")
-    admin_client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "help desk", "permissions": every_permission[:2]})
+    admin_client.post(page, {"name": "help desk", "permissions": every_permission[:2]})
     assert group.permissions.count() == 2
 
 
