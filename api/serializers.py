@@ -16,6 +16,7 @@ from rest_framework.utils import html
 
 from api.query import repeated_error
 from classifier.models import Prediction
+from training.ml.config import TrainConfig
 from training.models import Checkpoint, TrainingRun
 from training.services import (
     ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MAX_TRAIN_SUBSET, MIN_BATCH_SIZE,
@@ -466,9 +467,6 @@ class TrainingRunCreateSerializer(serializers.Serializer):
         return value
 
     def validate(self, attrs: dict) -> dict:
-        # Imported here: the recipe module pulls in torch, which only this code path needs.
-        from training.ml.recipe import TrainConfig
-
         recipe = TrainConfig.default_for(attrs["architecture"])
         attrs.setdefault("epochs", recipe.epochs)
         attrs.setdefault("batch_size", recipe.batch_size)

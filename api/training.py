@@ -70,7 +70,7 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
         operation_id="training_runs_create",
         summary="Start a training run",
         description="Queues a run for the training worker. Omitted hyper-parameters come from the architecture's "
-        "tuned recipe (training.ml.recipe.TrainConfig.default_for).",
+        "tuned recipe (training.ml.config.TrainConfig.default_for).",
         request=TrainingRunCreateSerializer,
         responses={
             202: TrainingRunSerializer,

@@ -526,7 +526,7 @@ def allowance_weight(files: list[tuple[IO[bytes], str | None]]) -> int:
     proportion to its pixels, a thousand times a digit's for 40 megapixels,
     which the allowance is there to bound. A file that validation refuses from
     its header alone (not a picture, more than UPLOAD_MAX_PIXELS, stuffed with
-    padding or tiny segments) counts one.
+    padding or tiny segments) counts one, however long it is.
     """
     unit = settings.UPLOAD_PIXELS_PER_IMAGE
     if unit <= 0:
@@ -545,8 +545,19 @@ def _picture_weight(file: IO[bytes], *, unit: int) -> int:
         return 1  # refused by validation before Pillow reads it
     pixels = _header_pixels(head)
     if pixels is None:
-        return -(-settings.UPLOAD_MAX_PIXELS // unit) if len(head) == HEADER_PREFIX_BYTES else 1
+        # A picture whose size lies beyond the prefix is read whole by validation; a file that no accepted
+        # format's signature opens is refused as no picture from its first bytes, however long it is.
+        unread = len(head) == HEADER_PREFIX_BYTES and _has_picture_signature(head)
+        return -(-settings.UPLOAD_MAX_PIXELS // unit) if unread else 1
     return max(1, -(-pixels // unit)) if pixels <= settings.UPLOAD_MAX_PIXELS else 1
+
+
+def _has_picture_signature(head: bytes) -> bool:
+    """Whether one of the accepted formats' plugins would try to open a file starting with ``head``, as
+    ``Image.open`` asks each of them before it reads any further."""
+    Image.init()
+    accepts = (Image.OPEN[name][1] for name in ALLOWED_FORMATS)
+    return any(accept is None or accept(head[:16]) for accept in accepts)
 
 
 def _header_pixels(head: bytes) -> int | None:

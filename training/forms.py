@@ -1,6 +1,7 @@
 """The admin form for starting a training run; blank hyper-parameters take the architecture's tuned recipe."""
 from django import forms
 
+from training.ml.config import TrainConfig
 from training.services import (
     ARCHITECTURE_CHOICES, DEVICE_CHOICES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SEED, MAX_TRAIN_SUBSET,
     MIN_BATCH_SIZE, MIN_TRAIN_SUBSET,
@@ -39,8 +40,6 @@ class TrainingRunStartForm(forms.Form):
     )
 
     def __init__(self, *args, **kwargs) -> None:
-        from training.ml.recipe import TrainConfig
-
         super().__init__(*args, **kwargs)
         # Whoever leaves a field blank should know what the run will use, and the two recipes differ.
         cnn, mlp = TrainConfig.default_for("cnn"), TrainConfig.default_for("mlp")
@@ -62,8 +61,6 @@ class TrainingRunStartForm(forms.Form):
         return rate
 
     def clean(self):
-        from training.ml.recipe import TrainConfig
-
         cleaned = super().clean()
         architecture = cleaned.get("architecture")
         if architecture:

@@ -25,7 +25,7 @@ def queued_run(staff_user) -> TrainingRun:
 
 
 def test_staff_start_a_run_with_the_recipe_defaults_and_get_202(staff_client, staff_user):
-    from training.ml.recipe import TrainConfig
+    from training.ml.config import TrainConfig
 
     response = staff_client.post(RUNS, {"architecture": "mlp"}, format="json")
 

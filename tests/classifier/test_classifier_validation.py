@@ -332,6 +332,8 @@ def test_the_allowance_weight_of_pictures_is_read_from_their_headers_one_per_mil
     assert weight(digit, digit, png_bytes(Image.new("L", (1000, 1001), 255))) == 4
     # What validation refuses from its header counts one: no picture, or more pixels than are accepted.
     assert weight(b"not a picture", b"") == 2
+    # However long: no accepted format opens it, whatever lies beyond the part read.
+    assert weight(b"A" * (HEADER_PREFIX_BYTES + 1000)) == 1
     bomb = bytearray(png_bytes(Image.new("L", (1, 1))))
     bomb[16:24] = (100_000).to_bytes(4, "big") * 2
     assert weight(bytes(bomb)) == 1

@@ -10,6 +10,7 @@ from django.db.models import F, Max
 from django.db.models.functions import Coalesce
 
 from mnistsite.database_now import Now
+from training.ml.config import TrainConfig
 from training.models import Checkpoint, TrainingRun
 from training.services.activation import CheckpointBelowActiveError, checkpoint_activate
 from training.services.queuing import training_run_publish
@@ -24,9 +25,7 @@ class TrainingDeviceUnavailableError(Exception):
     """The run asks for a device this trainer lacks; the message, a sentence for staff, becomes the run's error."""
 
 
-def _train_config_for(run: TrainingRun):
-    from training.ml.recipe import TrainConfig
-
+def _train_config_for(run: TrainingRun) -> TrainConfig:
     config = TrainConfig.default_for(run.architecture)
     config.epochs = run.epochs
     config.batch_size = run.batch_size
@@ -107,7 +106,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
 
     from training.ml.data import batch_count, load_mnist
     from training.ml.engine import TrainingCancelled, TrainingDiverged
-    from training.ml.recipe import TrainConfig, fit
+    from training.ml.recipe import fit
     from training.ml.threads import default_num_threads
 
     run = _training_run_claim(run_id=run_id)

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from training import services
+from training.ml.config import TrainConfig
 from training.models import TrainingRun
 
 
@@ -29,8 +30,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        from training.ml.recipe import TrainConfig
-
         recipe = TrainConfig.default_for(options["arch"])
         started = time.monotonic()
         try:
