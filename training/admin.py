@@ -51,6 +51,19 @@ def _refuse_form_save(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def _tests_worse(checkpoint: Checkpoint, *, than: Checkpoint | None) -> str:
+    """Why activating ``checkpoint`` in place of ``than`` deserves a second thought, or "" when it does not."""
+    if than is None or than.test_accuracy is None or checkpoint.test_accuracy is None:
+        return ""
+    if checkpoint.test_accuracy >= than.test_accuracy:
+        return ""
+    return (
+        f"Its test accuracy, {checkpoint.test_accuracy:.2%}, is below the active checkpoint's "
+        f"{than.test_accuracy:.2%}. Once it has made predictions it cannot be deleted: they keep naming the model "
+        "that made them."
+    )
+
+
 def _no_trainer_warning(run: TrainingRun) -> str:
     """A warning for staff when no trainer has taken this queued run for a while; empty otherwise."""
     untaken_for = selectors.training_run_untaken_for(run=run)
@@ -77,10 +90,8 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             "architecture", "epochs", "batch_size", "learning_rate", "seed", "augment", "train_subset",
             "requested_device", "activate_on_success",
         )}),
-        ("State", {"fields": (
-            "status", "device", "progress", "current_epoch", "current_step", "total_steps", "eta_seconds",
-            "accuracy", "error", "cancel_requested", "attempts",
-        )}),
+        # Status, device, progress, step and ETA are the Progress panel's, which keeps them current as the run goes.
+        ("State", {"fields": ("accuracy", "cancel_requested", "attempts")}),
         ("Book-keeping", {"fields": (
             "created_by", "celery_task_id", "published_at", "created_at", "started_at", "queued_at", "heartbeat_at",
             "finished_at",
@@ -131,7 +142,7 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
         cancelled = 0
         for run in queryset:
             try:
-                services.training_run_cancel(run=run)
+                services.training_run_cancel(run=run, by=request.user)
                 cancelled += 1
             except services.TrainingRunStateError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
@@ -239,7 +250,7 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             }
             return TemplateResponse(request, "admin/training/trainingrun/cancel_confirmation.html", context)
         try:
-            run = services.training_run_cancel(run=run)
+            run = services.training_run_cancel(run=run, by=request.user)
         except services.TrainingRunStateError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
@@ -354,19 +365,11 @@ class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
         return admin_when(checkpoint.created_at)
 
     @admin.action(description="Activate the selected checkpoint", permissions=["change"])
-    def activate_checkpoint(self, request: HttpRequest, queryset) -> None:
+    def activate_checkpoint(self, request: HttpRequest, queryset) -> HttpResponse | None:
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one checkpoint to activate.", messages.WARNING)
-            return
-        self._activate(request, queryset.get())
-
-    def _activate(self, request: HttpRequest, checkpoint: Checkpoint) -> None:
-        try:
-            checkpoint = services.checkpoint_activate(checkpoint=checkpoint)
-        except services.CheckpointNotLoadableError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-        else:
-            self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
+            return None
+        return redirect(reverse("admin:training_checkpoint_activate", args=[queryset.get().pk]))
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
@@ -390,12 +393,37 @@ class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def activate_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Asks first, naming the model it replaces, and warns when that one tests better: once it has made
+        predictions a checkpoint cannot be deleted, and every prediction from then on is its."""
         try:
             checkpoint = selectors.checkpoint_get(checkpoint_id=object_id)
         except Checkpoint.DoesNotExist:
             raise Http404("No such checkpoint.") from None
         if not self.has_change_permission(request, checkpoint):
             raise PermissionDenied
-        if request.method == "POST":
-            self._activate(request, checkpoint)
-        return redirect(reverse("admin:training_checkpoint_change", args=[checkpoint.pk]))
+        change_url = reverse("admin:training_checkpoint_change", args=[checkpoint.pk])
+        if checkpoint.is_active:
+            self.message_user(request, f"{checkpoint} is already active; nothing changed.", messages.INFO)
+            return redirect(change_url)
+        if request.method != "POST":
+            active = selectors.checkpoint_get_active()
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "Are you sure?",
+                "subtitle": None,
+                "checkpoint": checkpoint,
+                "active": active,
+                "worse": _tests_worse(checkpoint, than=active),
+                "media": self.media,
+                "change_url": change_url,
+                "activate_url": reverse("admin:training_checkpoint_activate", args=[checkpoint.pk]),
+            }
+            return TemplateResponse(request, "admin/training/checkpoint/activate_confirmation.html", context)
+        try:
+            checkpoint = services.checkpoint_activate(checkpoint=checkpoint, by=request.user)
+        except services.CheckpointNotLoadableError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
+        return redirect(change_url)

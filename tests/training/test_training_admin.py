@@ -295,11 +295,67 @@ def test_staff_can_activate_a_checkpoint_and_roll_back(client, staff_user, make_
     client.force_login(staff_user)
     assert client.post(_activate_url(second)).status_code == 302
     assert Checkpoint.objects.get(is_active=True) == second
-    client.post(
+    asked = client.post(
         reverse("admin:training_checkpoint_changelist"),
         {"action": "activate_checkpoint", "_selected_action": [first.pk]},
     )
+    assert asked.status_code == 302 and asked.url == _activate_url(first)
+    assert Checkpoint.objects.get(is_active=True) == second
+    client.post(asked.url)
     assert Checkpoint.objects.get(is_active=True) == first
+
+
+def test_activating_a_checkpoint_asks_first_and_warns_when_the_active_one_tests_better(
+    client, staff_user, make_checkpoint
+):
+    active, _ = make_checkpoint(activate=True, accuracy=0.9954)
+    worse, _ = make_checkpoint(accuracy=0.2914)
+    better, _ = make_checkpoint(accuracy=0.9960)
+    client.force_login(staff_user)
+    change_page = client.get(reverse("admin:training_checkpoint_change", args=[worse.pk])).content.decode()
+    assert f'href="{_activate_url(worse)}"' in change_page
+    asked = client.get(_activate_url(worse)).content.decode()
+    assert f'It replaces "{active}", the active checkpoint.' in asked
+    assert "Its test accuracy, 29.14%, is below the active checkpoint&#x27;s 99.54%." in asked
+    assert Checkpoint.objects.get(is_active=True) == active
+    assert "is below the active" not in client.get(_activate_url(better)).content.decode()
+    client.post(_activate_url(worse))
+    assert Checkpoint.objects.get(is_active=True) == worse
+
+
+def test_activating_the_active_checkpoint_says_nothing_changed(client, staff_user, make_checkpoint):
+    from django.contrib.admin.models import LogEntry
+
+    active, _ = make_checkpoint(activate=True)
+    client.force_login(staff_user)
+    page = client.post(_activate_url(active), follow=True).content.decode()
+    assert f"{active} is already active; nothing changed." in page
+    assert not LogEntry.objects.exists()
+
+
+def test_who_started_cancelled_and_activated_what_is_in_the_admins_history(client, staff_user, make_checkpoint):
+    from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
+
+    replaced, _ = make_checkpoint(activate=True, accuracy=0.99)
+    checkpoint, _ = make_checkpoint(accuracy=0.98)
+    client.force_login(staff_user)
+    client.post(START, FORM)
+    run = TrainingRun.objects.get()
+    client.post(_cancel_url(run))
+    client.post(_activate_url(checkpoint))
+    entries = [
+        (entry.user, entry.action_flag, entry.object_repr, entry.get_change_message())
+        for entry in LogEntry.objects.order_by("pk")
+    ]
+    run.refresh_from_db()
+    checkpoint.refresh_from_db()
+    assert entries == [
+        (staff_user, ADDITION, str(TrainingRun(pk=run.pk, architecture="mlp", status="queued")), "Started."),
+        (staff_user, CHANGE, str(run), "Cancelled."),
+        (staff_user, CHANGE, str(checkpoint), f"Activated, replacing checkpoint {replaced.pk} (mlp, 99.00%)."),
+    ]
+    history = client.get(reverse("admin:training_checkpoint_history", args=[checkpoint.pk])).content.decode()
+    assert f"Activated, replacing checkpoint {replaced.pk} (mlp, 99.00%)." in history
 
 
 def test_a_checkpoint_whose_file_no_longer_loads_is_not_activated_and_staff_are_told_why(

@@ -136,13 +136,23 @@ def test_a_run_asked_to_activate_when_done_replaces_an_active_checkpoint_it_equa
     assert second.checkpoints.get(is_final=True).is_active and second.error == ""
 
 
-def test_a_run_asked_to_activate_when_done_replaces_a_worse_active_checkpoint(tiny_recipe, make_checkpoint):
+def test_a_run_asked_to_activate_when_done_replaces_a_worse_active_checkpoint(
+    tiny_recipe, make_checkpoint, staff_user
+):
+    from django.contrib.admin.models import LogEntry
+
     worse, _ = make_checkpoint(activate=True, accuracy=0.0)
-    run = _create(tiny_recipe, activate_on_success=True)
+    run = services.training_run_create(created_by=staff_user, enqueue=False, **tiny_recipe, activate_on_success=True)
     services.training_run_execute(run_id=run.pk)
     run.refresh_from_db()
     worse.refresh_from_db()
-    assert run.checkpoints.get(is_final=True).is_active and not worse.is_active and run.error == ""
+    final = run.checkpoints.get(is_final=True)
+    assert final.is_active and not worse.is_active and run.error == ""
+    # The checkpoint's history names who asked for it, and how.
+    activated = LogEntry.objects.get(object_id=str(final.pk))
+    assert (activated.user, activated.get_change_message()) == (
+        staff_user, f"Activated when training run {run.pk} succeeded, replacing checkpoint {worse.pk} (mlp, 0.00%)."
+    )
 
 
 def test_a_run_asked_to_activate_when_done_replaces_a_better_active_checkpoint_that_no_longer_loads(

@@ -5,8 +5,10 @@ import logging
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 
+from mnistsite.action_log import staff_action_record
 from training.models import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -67,11 +69,14 @@ def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
     return active
 
 
-def checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool = False) -> Checkpoint:
+def checkpoint_activate(
+    *, checkpoint: Checkpoint, keep_better_active: bool = False, by: AbstractBaseUser | None = None, why: str = ""
+) -> Checkpoint:
     """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
 
     Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not; with
-    ``keep_better_active``, CheckpointBelowActiveError rather than replace a better model.
+    ``keep_better_active``, CheckpointBelowActiveError rather than replace a better model. A change is recorded in
+    the checkpoint's history as ``by``'s doing when given, with ``why`` ("when training run 7 succeeded") after it.
     """
     from training.loading import checkpoint_load_model
     from training.ml.checkpoints import CheckpointError
@@ -93,8 +98,23 @@ def checkpoint_activate(*, checkpoint: Checkpoint, keep_better_active: bool = Fa
         # Compared under the lock: an activation finishing meanwhile is the one compared with.
         if keep_better_active and (better := _active_checkpoint_better(checkpoint=checkpoint)) is not None:
             raise CheckpointBelowActiveError(checkpoint=checkpoint, active=better)
-        Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).update(is_active=False)
-        Checkpoint.objects.filter(pk=checkpoint.pk).update(is_active=True)
+        replaced = Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).first()
+        if replaced is not None:
+            Checkpoint.objects.filter(pk=replaced.pk).update(is_active=False)
+        changed = Checkpoint.objects.filter(pk=checkpoint.pk, is_active=False).update(is_active=True)
+        if changed and by is not None:
+            staff_action_record(user=by, obj=checkpoint, message=f"Activated{why}, {_replacing(replaced)}.")
     checkpoint.refresh_from_db()
-    logger.info("checkpoint %s is now active", checkpoint.pk)
+    who = by.get_username() if by is not None else "a command"
+    if changed:
+        logger.info("checkpoint %s is now active, %s, by %s%s", checkpoint.pk, _replacing(replaced), who, why)
+    else:
+        logger.info("checkpoint %s was already active (asked by %s)", checkpoint.pk, who)
     return checkpoint
+
+
+def _replacing(replaced: Checkpoint | None) -> str:
+    if replaced is None:
+        return "when none was active"
+    accuracy = f", {replaced.test_accuracy:.2%}" if replaced.test_accuracy is not None else ""
+    return f"replacing checkpoint {replaced.pk} ({replaced.architecture}{accuracy})"

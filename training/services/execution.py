@@ -257,7 +257,10 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
             note = ""
             if locked.activate_on_success:
                 try:
-                    checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
+                    checkpoint_activate(
+                        checkpoint=checkpoint, keep_better_active=True, by=locked.created_by,
+                        why=f" when training run {run.pk} succeeded",
+                    )
                 except CheckpointBelowActiveError as exc:
                     note = str(exc)
                     logger.warning("training run %s: %s", run.pk, note)

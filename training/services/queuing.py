@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from mnistsite.action_log import staff_action_record
 from mnistsite.database_now import Now
 from training.models import TrainingRun
 
@@ -84,6 +85,8 @@ def training_run_create(
             activate_on_success=bool(activate_on_success),
             train_subset=int(train_subset) if train_subset is not None else None,
         )
+        if created_by is not None:
+            staff_action_record(user=created_by, obj=run, message="Started.", added=True)
         if enqueue:
             run_id = run.pk
             transaction.on_commit(lambda: training_run_publish(run_id=run_id))
