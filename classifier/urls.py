@@ -19,5 +19,6 @@ urlpatterns = [
     path("predictions/<int:pk>/retry", views.prediction_retry, name="prediction_retry"),
     path("uploads/<int:pk>/", views.upload_detail, name="upload_detail"),
     path("uploads/<int:pk>/image", views.upload_image, name="upload_image"),
+    path("uploads/<int:pk>/image/<int:side>px", views.upload_image_scaled, name="upload_image_scaled"),
     path("uploads/<int:pk>/delete", views.upload_delete, name="upload_delete"),
 ]

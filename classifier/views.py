@@ -34,7 +34,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image
 
-from classifier import exports, selectors, services, throttling
+from classifier import exports, selectors, services, thumbnails, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm, UploadsDeleteForm
 from classifier.models import INPUT_SIDE, Prediction, Upload
 from classifier.request_body import FILE_NAME_TOO_LONG, file_name_too_long
@@ -465,6 +465,32 @@ def upload_image(request: HttpRequest, pk: int) -> HttpResponse:
     return _not_modified(request, etag=etag) or _image_response(
         item.image, filename=f"upload-{item.pk}.png", etag=etag
     )
+
+
+@require_safe
+def upload_image_scaled(request: HttpRequest, pk: int, side: int) -> HttpResponse:
+    """The stored picture at most ``side`` pixels each way: what a list row or a result page shows, in a fraction of
+    the bytes of a photo's stored copy."""
+    if side not in thumbnails.SIDES:
+        raise Http404("No such size.")
+    item = selectors.upload_get_for_viewer(user=request.user, upload_id=pk)
+    if item is None or not item.image:
+        raise Http404("No such image.")
+    etag = _etag(f"{item.image.name}@{side}".encode())
+    not_modified = _not_modified(request, etag=etag)
+    if not_modified is not None:
+        return not_modified
+    filename = f"upload-{item.pk}-{side}.png"
+    try:
+        with item.image.open("rb") as handle:
+            scaled = thumbnails.picture_scaled_png(handle, side=side)
+    except (FileNotFoundError, ValueError):
+        raise Http404("The image file is gone.") from None
+    except OSError:
+        scaled = None  # the storage out of reach: the full picture's answer says so
+    if scaled is None:
+        return _image_response(item.image, filename=filename, etag=etag)
+    return _private_png(HttpResponse(scaled, content_type="image/png"), filename=filename, etag=etag)
 
 
 @require_safe

@@ -428,7 +428,8 @@ def test_the_result_page_gives_the_size_of_a_rotated_photo_as_it_is_shown(alice,
 
 def test_images_are_served_to_their_owner_as_png_with_nosniff(alice, user, digit_png, active_checkpoint):
     prediction = _done_prediction(user, digit_png)
-    for url in [f"/uploads/{prediction.upload_id}/image", f"/predictions/{prediction.pk}/input.png"]:
+    for url in [f"/uploads/{prediction.upload_id}/image", f"/uploads/{prediction.upload_id}/image/128px",
+                f"/predictions/{prediction.pk}/input.png"]:
         response = alice.get(url)
         assert response.status_code == 200
         assert response["Content-Type"] == "image/png"
@@ -439,11 +440,41 @@ def test_images_are_served_to_their_owner_as_png_with_nosniff(alice, user, digit
     assert Image.open(io.BytesIO(alice.get(f"/predictions/{prediction.pk}/input.png").getvalue())).size == (28, 28)
 
 
+def test_pages_that_show_a_photo_small_are_sent_a_small_copy_and_link_to_the_whole(alice, user):
+    from PIL import Image, ImageDraw
+
+    # Paper's grain, as a camera sees it: what makes a photo's lossless stored copy megabytes.
+    photo = Image.merge("RGB", [Image.effect_noise((1800, 1200), 24)] * 3)
+    ImageDraw.Draw(photo).text((700, 400), "7", fill=(20, 20, 20), font_size=500)
+    stored = io.BytesIO()
+    photo.save(stored, "JPEG", quality=95)
+    upload = services.upload_create(owner=user, file=io.BytesIO(stored.getvalue()), name="photo.jpg", source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    whole = alice.get(f"/uploads/{upload.pk}/image").getvalue()
+
+    for side in (128, 512):
+        small = alice.get(f"/uploads/{upload.pk}/image/{side}px").getvalue()
+        assert Image.open(io.BytesIO(small)).size == (side, side * 2 // 3) and len(small) < len(whole) // 10
+    assert alice.get(f"/uploads/{upload.pk}/image/300px").status_code == 404
+    history = alice.get("/history/").content.decode()
+    assert f'src="/uploads/{upload.pk}/image/128px"' in history and f"/uploads/{upload.pk}/image\"" not in history
+    result = alice.get(f"/predictions/{prediction.pk}/").content.decode()
+    assert f'src="/uploads/{upload.pk}/image/512px"' in result and f'href="/uploads/{upload.pk}/image"' in result
+
+
+def test_a_picture_already_small_is_sent_as_stored_at_every_size(alice, user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
+    whole = alice.get(f"/uploads/{upload.pk}/image").getvalue()
+
+    assert alice.get(f"/uploads/{upload.pk}/image/128px").getvalue() == whole
+
+
 def test_images_are_revalidated_before_each_use_so_a_deleted_one_is_never_shown_from_a_cache(
     alice, user, digit_png, active_checkpoint, django_capture_on_commit_callbacks
 ):
     prediction = _done_prediction(user, digit_png)
-    urls = [f"/uploads/{prediction.upload_id}/image", f"/predictions/{prediction.pk}/input.png"]
+    urls = [f"/uploads/{prediction.upload_id}/image", f"/uploads/{prediction.upload_id}/image/512px",
+            f"/predictions/{prediction.pk}/input.png"]
     etags = {}
     for url in urls:
         first = alice.get(url)

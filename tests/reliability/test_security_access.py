@@ -233,6 +233,7 @@ def test_one_user_cannot_read_change_delete_or_download_anything_of_another(clie
         reverse("classifier:prediction_json", args=[prediction.pk]),
         reverse("classifier:prediction_input", args=[prediction.pk]),
         reverse("classifier:upload_image", args=[upload.pk]),
+        reverse("classifier:upload_image_scaled", args=[upload.pk, 128]),
         reverse("classifier:upload_detail", args=[upload.pk]),
         reverse("classifier:upload_delete", args=[upload.pk]),
         f"/api/v1/predictions/{prediction.pk}/",
@@ -257,8 +258,9 @@ def test_one_user_cannot_read_change_delete_or_download_anything_of_another(clie
     assert owned["token"].prefix.encode() in owner.get(reverse("account")).content
     assert client.get("/api/v1/predictions/").json()["results"] == []
     assert len(owner.get("/api/v1/predictions/").json()["results"]) == 1
-    assert reverse("classifier:upload_image", args=[upload.pk]).encode() not in client.get(reverse("classifier:history")).content
-    assert reverse("classifier:upload_image", args=[upload.pk]).encode() in owner.get(reverse("classifier:history")).content
+    thumbnail = reverse("classifier:upload_image_scaled", args=[upload.pk, 128]).encode()
+    assert thumbnail not in client.get(reverse("classifier:history")).content
+    assert thumbnail in owner.get(reverse("classifier:history")).content
 
     fresh = Prediction.objects.get(pk=prediction.pk)
     assert fresh.feedback is None and Upload.objects.filter(pk=upload.pk).exists()
@@ -272,13 +274,16 @@ def test_staff_see_other_peoples_images_only_with_the_admins_view_permission(own
     staff = Client()
     staff.force_login(member)
     image = reverse("classifier:upload_image", args=[owned["upload"].pk])
+    thumbnail = reverse("classifier:upload_image_scaled", args=[owned["upload"].pk, 128])
     model_input = reverse("classifier:prediction_input", args=[owned["prediction"].pk])
     assert staff.get(image).status_code == 404 and staff.get(model_input).status_code == 404
+    assert staff.get(thumbnail).status_code == 404
 
     member.user_permissions.set(Permission.objects.filter(codename__in=["view_upload", "view_prediction"]))
     staff = Client()
     staff.force_login(member)
     assert staff.get(image).status_code == 200 and staff.get(model_input).status_code == 200
+    assert staff.get(thumbnail).status_code == 200
 
 
 def test_staff_who_may_view_predictions_but_not_uploads_get_no_pictures_they_may_not_see(owned, django_user_model):
