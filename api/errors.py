@@ -205,6 +205,13 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return validation_error_response(exc)
     request = context.get("request")
     exc = _as_api_exception(exc, method=getattr(request, "method", None), view=context.get("view")) or exc
+    if isinstance(exc, exceptions.NotAuthenticated) and (scheme := _unread_scheme(request)):
+        named = exceptions.NotAuthenticated(
+            f"Credentials were sent with the scheme “{scheme}”, which this API does not read: send the API token as "
+            "`Authorization: Token <key>`."
+        )
+        named.auth_header = getattr(exc, "auth_header", None)
+        exc = named
     response = drf_exception_handler(exc, context)
     if response is None:
         return _unexpected(exc, context)
@@ -217,6 +224,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     first = items[0]
     response.data = error_body(code=first["code"], message=first["message"], field=first["field"], details=items)
     return response
+
+
+def _unread_scheme(request) -> str:
+    """The scheme of an Authorization header that no authenticator read (``Bearer``, ``Basic``), else ""."""
+    header = request.META.get("HTTP_AUTHORIZATION", "") if request is not None else ""
+    scheme = header.split(" ", 1)[0]
+    # A Token header that failed is AuthenticationFailed, with its own message; a scheme is a short plain word.
+    plain_word = scheme.isascii() and scheme.isalnum() and len(scheme) <= 32
+    return scheme if plain_word and scheme.lower() != "token" else ""
 
 
 SERVER_ERROR_MESSAGE = "Something went wrong on our side; it has been logged."

@@ -66,8 +66,18 @@ class Pagination(PageNumberPagination):
         return self._bounded(super().get_previous_link())
 
     def get_page_number(self, request, paginator):
-        query_param_once(request, self.page_query_param)
-        return super().get_page_number(request, paginator)
+        text = query_param_once(request, self.page_query_param)
+        if not text:
+            return 1
+        if text in self.last_page_strings:
+            return paginator.num_pages
+        # DRF hands anything else to Django's paginator, whose refusal of 0, -1 or "abc" is a 404 "Invalid page.":
+        # the page was misspelt, not missing.
+        if not (text.isascii() and text.isdigit() and text.strip("0")):
+            raise exceptions.ValidationError({self.page_query_param: [exceptions.ErrorDetail(
+                "The page must be a whole number from 1, or `last`.", code="invalid")]})
+        # Past the last page however long, without asking int() for thousands of digits.
+        return int(text) if len(text) <= len(str(MAX_ID)) else paginator.num_pages + 1
 
     def get_schema_operation_parameters(self, view) -> list[dict]:
         parameters = super().get_schema_operation_parameters(view)

@@ -166,8 +166,10 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
             202: OpenApiResponse(PredictionBatchSerializer, description="Accepted; some predictions still run."),
             400: responses.error("A file is not an acceptable image (not_image, truncated, empty, "
                                  "blank, too_many_pixels, bloated), too many files were sent, or several under "
-                                 "`image` (too_many_files), none (no_files), `wait` is invalid or sent twice, or "
-                                 "the `Idempotency-Key` is (idempotency_key_invalid).",
+                                 "`image` (too_many_files), none (no_files), text where a file belongs (not_a_file), "
+                                 "a file's name too long to read (file_name_too_long), a body that cannot be read "
+                                 "(parse_error, too_many_fields), `wait` is invalid (invalid) or sent twice "
+                                 "(repeated), or the `Idempotency-Key` is (idempotency_key_invalid).",
                                  code="not_image", field="image"),
             409: idempotency.CONFLICT,
             422: idempotency.REUSED,

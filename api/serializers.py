@@ -1,6 +1,7 @@
 """Request and response shapes of the API; they validate input and format output, nothing more."""
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import re
@@ -37,6 +38,12 @@ def _absolute(request, url: str) -> str:
 # --- strict inputs ---------------------------------------------------------------------------------------------------
 
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# As JSON writes a number: Python's float() would also take " 0.5", "1_0", "nan" and "infinity".
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+# The words a flag is written with in text, in any case: Python's requests writes True; a ticked HTML box, "on".
+_FLAG_WORDS = frozenset({"true", "false", "on"})
+# A day as ISO 8601 writes it in full; datetime.strptime would also take 2026-1-5.
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _reads_text(field: serializers.Field) -> bool:
@@ -74,32 +81,49 @@ class NumberField(serializers.FloatField):
     In JSON it is a number, never a string ("0.1"); in form data and query strings, digits.
     """
 
+    default_error_messages = {"invalid": "A number is required, written with digits (0.5, 1e-3)."}
+
     def to_internal_value(self, data):
         if isinstance(data, str) and not _reads_text(self):
             raise serializers.ValidationError("A number is required: JSON's own (0.1), not a string.", code="invalid")
-        if isinstance(data, bool):
+        if isinstance(data, bool) or (isinstance(data, str) and not _NUMBER.fullmatch(data)):
             self.fail("invalid")
         return super().to_internal_value(data)
 
 
 class StrictBooleanField(serializers.BooleanField):
-    """true or false: JSON's own, or a word in form data and query strings ("true", "false", "on").
+    """true or false: JSON's own, or a word in form data and query strings ("true", "false", "on", in any case).
 
-    DRF's own also takes the numbers 0, 1, 0.0 and 1.0, which in JSON are a number sent where a flag was meant, and
-    the text "0" and "1", a number written where a word was meant (`?latest=0` could as well mean "the first"), and
-    in JSON the strings "true" and "false" as well.
+    DRF's own also takes the numbers 0, 1, 0.0 and 1.0, which in JSON are a number sent where a flag was meant, the
+    text "0" and "1", a number written where a word was meant (`?latest=0` could as well mean "the first"), words
+    such as "y", "no" and "null", and in JSON the strings "true" and "false" as well.
     """
+
+    default_error_messages = {"invalid": "true or false is required."}
 
     def to_internal_value(self, data):
         if isinstance(data, str) and not _reads_text(self):
             raise serializers.ValidationError("true or false is required: JSON's own, not a string.", code="invalid")
-        if not isinstance(data, (bool, str)) or data in ("0", "1"):
+        if not isinstance(data, (bool, str)) or (isinstance(data, str) and data.lower() not in _FLAG_WORDS):
             self.fail("invalid", input=data)
-        return super().to_internal_value(data)
+        return super().to_internal_value(data.lower() if isinstance(data, str) else data)
 
 
-class QuerySerializer(serializers.Serializer):
-    """Reads query parameters, each of its fields at most once: sent twice, which value was meant is not known."""
+class DayField(serializers.DateField):
+    """A day written YYYY-MM-DD; one that the calendar lacks (2026-02-30) is refused as such, not as a wrong format."""
+
+    def to_internal_value(self, value):
+        if not isinstance(value, str) or not _DAY.fullmatch(value):
+            self.fail("invalid", format="YYYY-MM-DD")
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise serializers.ValidationError(f"There is no day {value} in the calendar.", code="invalid") from None
+
+
+class SentOnceSerializer(serializers.Serializer):
+    """Reads a query string or form data, each of its fields at most once: sent twice, which value was meant is not
+    known (DRF would take the last)."""
 
     def to_internal_value(self, data):
         if hasattr(data, "getlist"):
@@ -169,25 +193,20 @@ class PredictionUploadSerializer(serializers.Serializer):
     )
 
 
-class WaitQuerySerializer(QuerySerializer):
-    wait = serializers.FloatField(
+class WaitQuerySerializer(SentOnceSerializer):
+    wait = NumberField(
         required=False,
         min_value=0,
         max_value=MAX_WAIT_SECONDS,
         help_text=f"Seconds (fractions allowed, at most {MAX_WAIT_SECONDS:g}) to wait for the results before answering.",
     )
 
-    def validate_wait(self, value: float) -> float:
-        if math.isnan(value):
-            raise serializers.ValidationError("A valid number is required.", code="invalid")
-        return value
 
-
-class PredictionFilterSerializer(QuerySerializer):
+class PredictionFilterSerializer(SentOnceSerializer):
     digit = WholeNumberField(required=False, min_value=0, max_value=9, help_text="Only this predicted digit.")
     status = serializers.ChoiceField(required=False, choices=Prediction.Status.choices, help_text="Only this status.")
-    created_after = serializers.DateField(required=False, help_text="Only predictions made on or after this day.")
-    created_before = serializers.DateField(required=False, help_text="Only predictions made on or before this day.")
+    created_after = DayField(required=False, help_text="Only predictions made on or after this day (YYYY-MM-DD).")
+    created_before = DayField(required=False, help_text="Only predictions made on or before this day (YYYY-MM-DD).")
     latest = StrictBooleanField(
         default=False,
         help_text="true: only each upload's newest prediction (its current result), leaving out those a retry or a "
@@ -402,7 +421,7 @@ class PredictionBatchSerializer(serializers.Serializer):
     predictions = PredictionSerializer(many=True, help_text="One prediction per uploaded image, in upload order.")
 
 
-class FeedbackSerializer(serializers.Serializer):
+class FeedbackSerializer(SentOnceSerializer):
     feedback = WholeNumberField(
         min_value=0, max_value=9, allow_null=True, help_text="The digit the image really shows; null clears it."
     )
@@ -432,7 +451,7 @@ class _RecipeBooleanField(StrictBooleanField):
         return iter_options(self.HTML_CHOICES)
 
 
-class TrainingRunCreateSerializer(serializers.Serializer):
+class TrainingRunCreateSerializer(SentOnceSerializer):
     architecture = serializers.ChoiceField(choices=ARCHITECTURE_CHOICES, default="cnn", help_text="Model family.")
     epochs = WholeNumberField(
         required=False, min_value=1, max_value=MAX_EPOCHS, help_text="Default: the architecture's tuned recipe."

@@ -1,7 +1,8 @@
 """Staff endpoints: start, watch and cancel training runs; list and activate checkpoints."""
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
@@ -72,6 +73,10 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
         description="Queues a run for the training worker. Omitted hyper-parameters come from the architecture's "
         "tuned recipe (training.ml.config.TrainConfig.default_for).",
         request=TrainingRunCreateSerializer,
+        parameters=[
+            OpenApiParameter("Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[202],
+                             description="The new run in the API (its `url`), to follow its progress."),
+        ],
         responses={
             202: TrainingRunSerializer,
             400: responses.INVALID,
@@ -88,7 +93,8 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
         body.is_valid(raise_exception=True)
         self.write_begins()
         run = training_services.training_run_create(created_by=request.user, **body.validated_data)
-        return Response(_run_data(request, _run_or_404(run.pk)), status=status.HTTP_202_ACCEPTED)
+        data = _run_data(request, _run_or_404(run.pk))
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
 
 
 @extend_schema(tags=["training runs"])
@@ -128,7 +134,7 @@ class TrainingRunCancelApi(WriteStageMixin, APIView):
         run = _run_or_404(run_id)
         self.write_begins()
         try:
-            training_services.training_run_cancel(run=run)
+            training_services.training_run_cancel(run=run, by=request.user)
         except training_services.TrainingRunStateError as exc:
             # Cancelled already (by this request sent before, its answer lost): the same answer again, so a
             # client may retry safely. A run that succeeded or failed cannot be cancelled.
@@ -197,7 +203,7 @@ class CheckpointActivateApi(WriteStageMixin, APIView):
         checkpoint = _checkpoint_or_404(checkpoint_id)
         self.write_begins()
         try:
-            checkpoint = training_services.checkpoint_activate(checkpoint=checkpoint)
+            checkpoint = training_services.checkpoint_activate(checkpoint=checkpoint, by=request.user)
         except training_services.CheckpointNotLoadableError as exc:
             raise Conflict(str(exc)) from exc
         return Response(CheckpointSerializer(checkpoint).data)

@@ -26,7 +26,7 @@ def _thumbnail(upload_id: int, large: bool = False) -> str:
     # Named: in the lists the picture is a row's link, which a screen reader would otherwise read out as its address.
     return format_html(
         '<img src="{}" alt="The image of upload {}" class="admin-thumbnail{}">',
-        reverse("classifier:upload_image", args=[upload_id]),
+        reverse("classifier:upload_image_scaled", args=[upload_id, 512 if large else 128]),
         upload_id,
         " large" if large else "",
     )
@@ -59,10 +59,12 @@ def _truth(label: int | None, feedback: int | None) -> str:
 
 
 def _share(part: int, whole: int) -> str:
-    """``part`` of ``whole`` as a percentage to a tenth, never rounded up to 100% nor down to 0%."""
+    """``part`` of ``whole`` as a percentage to the nearest tenth (148 of 150: 98.7%), but never rounded up to 100%
+    nor down to 0%, which would claim every one or none."""
     if not whole:
         return "–"
-    tenths = part * 1000 // whole
+    # Half a tenth rounds up, in integers: no float's binary error decides it.
+    tenths = (part * 2000 + whole) // (2 * whole)
     if 0 < part < whole:
         tenths = min(max(tenths, 1), 999)
     return f"{tenths / 10:.1f}%"
@@ -519,11 +521,13 @@ class PredictionAdmin(
     # Everything but the owner's answer is the workers' record: "attempts" set by hand would fail a waiting
     # prediction as one that kept losing its worker.
     readonly_fields = (
-        "thumbnail_large", "upload", "checkpoint", "status", "digit", "confidence", "probabilities_display",
-        "model_input", "device", "several_digits", "queue_ms", "compute_ms", "error", "attempts", "publish_attempts",
+        "thumbnail_large", "upload", "checkpoint", "status", "digit", "confidence_display", "probabilities_display",
+        "model_input", "device", "several_digits", "queue_display", "compute_display", "error", "attempts",
+        "publish_attempts",
         "published_at", "created_at", "started_at", "finished_at",
     )
-    exclude = ("probabilities",)
+    # Shown formatted, by the readonly fields above.
+    exclude = ("probabilities", "confidence", "queue_ms", "compute_ms")
 
     actions = [delete_selected, *RerunActionMixin.actions]
 
@@ -554,6 +558,18 @@ class PredictionAdmin(
     @admin.display(description="image")
     def thumbnail_large(self, obj):
         return _thumbnail(obj.upload_id, large=True) if obj.pk else "–"
+
+    @admin.display(description="confidence")
+    def confidence_display(self, obj):
+        return "–" if obj.confidence is None else _percent(obj.confidence)
+
+    @admin.display(description="queued for (ms)")
+    def queue_display(self, obj):
+        return _ms(obj.queue_ms)
+
+    @admin.display(description="compute (ms)")
+    def compute_display(self, obj):
+        return _ms(obj.compute_ms)
 
     @admin.display(description="probabilities")
     def probabilities_display(self, obj):

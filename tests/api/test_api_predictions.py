@@ -305,7 +305,9 @@ def test_a_json_body_is_415(user_client):
     assert response.json()["error"]["code"] == "unsupported_media_type"
 
 
-@pytest.mark.parametrize("wait", ["abc", "-1", "31", "30.5", "nan", "inf", "1e999", "1&wait=2"])
+@pytest.mark.parametrize(
+    "wait", ["abc", "-1", "31", "30.5", "nan", "inf", "1e999", "1&wait=2", "%203", "1_0", "0x1", "1.5%20"]
+)
 def test_an_invalid_wait_is_400_and_nothing_is_stored(user_client, wait):
     response = user_client.post(f"{LIST}?wait={wait}", {"image": upload_file()}, format="multipart")
 
@@ -421,13 +423,23 @@ def test_dates_at_either_end_of_the_calendar_bound_nothing_instead_of_overflowin
 @pytest.mark.parametrize(
     "query",
     [{"digit": 10}, {"digit": "x"}, {"digit": "3.0"}, {"digit": " 3"}, {"status": "nope"},
-     {"created_after": "yesterday"}, {"latest": "maybe"}, {"latest": "0"}, {"latest": "1"}],
+     {"created_after": "yesterday"}, {"created_after": "20261206"}, {"created_before": "2026-1-5"},
+     {"created_before": "2026-12-06T10:00"}, {"latest": "maybe"}, {"latest": "0"}, {"latest": "1"}, {"latest": "yes"},
+     {"latest": "y"}, {"latest": "null"}, {"latest": " true"}],
 )
 def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
     response = user_client.get(LIST, query)
 
     assert response.status_code == 400
     assert response.json()["error"]["field"] == next(iter(query))
+
+
+def test_a_day_the_calendar_lacks_is_refused_as_such_not_as_a_wrong_format(user_client):
+    response = user_client.get(LIST, {"created_after": "1900-02-29"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["field"], error["message"]) == ("created_after", "There is no day 1900-02-29 in the calendar.")
 
 
 def test_a_digit_written_as_a_fraction_is_refused_saying_how_to_write_it(user_client, user, make_prediction):
@@ -542,15 +554,46 @@ def test_the_largest_page_size_is_accepted_and_an_empty_one_means_the_default(us
     assert user_client.get(LIST, {"page_size": ""}).status_code == 200
 
 
-def test_a_page_past_the_end_is_404_in_the_envelope(user_client):
-    response = user_client.get(LIST, {"page": 9})
+@pytest.mark.parametrize("page", ["9", "9" * 30, "9" * 3000])
+def test_a_page_past_the_end_is_404_in_the_envelope(user_client, page):
+    response = user_client.get(LIST, {"page": page})
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("page", ["0", "000", "-1", "abc", "1.0", " 1", "1_0", "+1"])
+def test_a_page_that_is_no_page_number_is_400_naming_it(user_client, user, make_prediction, page):
+    make_prediction(owner=user)
+
+    response = user_client.get(LIST, {"page": page})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["field"], error["message"]) == ("page", "The page must be a whole number from 1, or `last`.")
+
+
+def test_the_last_page_is_page_last(user_client, user, make_prediction):
+    made = [make_prediction(owner=user).pk for _ in range(3)]
+
+    last = user_client.get(LIST, {"page_size": 2, "page": "last"}).json()
+
+    assert [item["id"] for item in last["results"]] == [made[0]] and last["next"] is None
+
+
 def test_listing_anonymously_is_401(api_client):
     assert api_client.get(LIST).status_code == 401
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "Basic"])
+def test_credentials_sent_with_another_scheme_are_401_saying_how_to_send_the_token(api_client, scheme):
+    response = api_client.get(LIST, HTTP_AUTHORIZATION=f"{scheme} c2VjcmV0")
+
+    assert response.status_code == 401 and response["WWW-Authenticate"] == "Token"
+    assert response.json()["error"]["message"] == (
+        f"Credentials were sent with the scheme “{scheme}”, which this API does not read: send the API token as "
+        "`Authorization: Token <key>`."
+    )
 
 
 def _ids(response) -> list[int]:
@@ -572,6 +615,16 @@ def test_latest_lists_each_uploads_newest_prediction_and_none_a_retry_replaced(u
     # Without it, as before: every prediction, the replaced one included.
     assert _ids(user_client.get(LIST)) == [done.pk, retried, failed.pk]
     assert _ids(user_client.get(LIST, {"latest": "false"})) == [done.pk, retried, failed.pk]
+
+
+@pytest.mark.parametrize(("word", "newest_only"), [("true", True), ("True", True), ("on", True), ("FALSE", False)])
+def test_a_flag_is_a_word_in_any_case_as_python_and_html_forms_write_it(
+    user_client, user, make_prediction, word, newest_only
+):
+    first = make_prediction(owner=user, done=True)
+    second = _rerun(first, status=Prediction.Status.DONE, digit=1)
+
+    assert _ids(user_client.get(LIST, {"latest": word})) == ([second.pk] if newest_only else [second.pk, first.pk])
 
 
 def test_latest_tells_predictions_made_in_the_same_instant_apart_by_id(user_client, user, make_prediction):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
+from django.contrib.admin.models import LogEntry
 
 from tests.api.conftest import client_for
 from tests.training.conftest import train_a_diverging_run
@@ -184,6 +185,27 @@ def test_form_data_writes_flags_and_numbers_as_words_and_digits(staff_client, co
             run.train_subset) == (2, 64, 0.05, 7, False, True, 500)
 
 
+@pytest.mark.parametrize("learning_rate", ["1_0", " 0.5", "0.5 ", "nan", "inf", "0x1"])
+def test_form_data_writes_a_number_as_json_would_or_it_is_400(staff_client, learning_rate):
+    response = _post_as(staff_client, {"architecture": "mlp", "learning_rate": learning_rate}, "form")
+
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["field"] == "learning_rate"
+    assert not TrainingRun.objects.exists()
+
+
+def test_a_form_field_sent_twice_is_400_naming_it_since_which_was_meant_is_not_known(staff_client):
+    response = staff_client.post(
+        RUNS, "architecture=mlp&epochs=3&epochs=4", content_type="application/x-www-form-urlencoded"
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("repeated", "epochs")
+    assert error["message"] == "`epochs` was sent 2 times; send it once."
+    assert not TrainingRun.objects.exists()
+
+
 def test_non_staff_get_403_on_every_staff_endpoint(user_client, queued_run, make_checkpoint):
     checkpoint, _ = make_checkpoint()
     calls = [
@@ -238,7 +260,7 @@ def test_staff_given_the_admin_permissions_may_start_cancel_and_activate(
     operator = client_for(operator_user)
 
     started = operator.post(RUNS, {"architecture": "mlp"}, format="json")
-    assert started.status_code == 202
+    assert started.status_code == 202 and started["Location"] == started.json()["url"]
     run = TrainingRun.objects.get(pk=started.json()["id"])
     assert (run.status, run.architecture, run.created_by) == ("queued", "mlp", operator_user)
     cancelled = operator.post(f"{RUNS}{queued_run.pk}/cancel/")
@@ -250,6 +272,13 @@ def test_staff_given_the_admin_permissions_may_start_cancel_and_activate(
     assert list(Checkpoint.objects.filter(is_active=True)) == [checkpoint]
     # Looking needs its own permission, as in the admin.
     assert operator.get(RUNS).status_code == 403
+    # Each is in the admin's history, as the operator's doing.
+    operators = LogEntry.objects.filter(user=operator_user).order_by("pk")
+    assert [(entry.object_id, entry.get_change_message()) for entry in operators] == [
+        (str(run.pk), "Started."),
+        (str(queued_run.pk), "Cancelled."),
+        (str(checkpoint.pk), "Activated, when none was active."),
+    ]
 
 
 def test_staff_who_may_start_runs_but_not_change_checkpoints_cannot_ask_for_activation_when_done(django_user_model):

@@ -247,14 +247,20 @@ def test_an_uploads_admin_page_shows_one_image_field_whose_link_answers_for_staf
     assert answer.status_code == 200 and answer["Content-Type"] == "image/png"
 
 
-def test_the_prediction_list_shows_times_to_a_tenth_of_a_millisecond_and_confidence_as_a_percentage(
+def test_the_prediction_list_and_page_show_times_to_a_tenth_of_a_millisecond_and_confidence_as_a_percentage(
     admin_page, user, digit_png
 ):
     upload = _upload_with_history(user, digit_png, [("done", 3, 0)])
-    Prediction.objects.filter(upload=upload).update(confidence=0.98765, queue_ms=108.87299999999999, compute_ms=2.803493000101298)
+    Prediction.objects.filter(upload=upload).update(
+        confidence=0.98765, queue_ms=108.87299999999999, compute_ms=2.803493000101298
+    )
     html = admin_page.get("/admin/classifier/prediction/").content.decode()
     assert "108.9" in html and "2.8" in html and "98.8%" in html
     assert "108.87" not in html and "2.803" not in html and "0.98765" not in html
+    # And each prediction's page.
+    page = admin_page.get(f"/admin/classifier/prediction/{upload.predictions.get().pk}/change/").content.decode()
+    assert "108.9" in page and "2.8" in page and "98.8%" in page
+    assert "108.87" not in page and "2.803" not in page and "0.98765" not in page
 
 
 def test_the_admin_lists_put_what_matters_first_and_keep_their_columns_few(admin_page, user, digit_png):
@@ -356,6 +362,16 @@ def test_sample_set_accuracy_is_never_rounded_up_to_a_perfect_score(admin_page, 
     cells = [cell.strip() for cell in table.split("<td>")[1:]]
     assert cells[1:5] == ["200</td>", "200</td>", "199</td>", "<strong>99.5%</strong></td>"]
     assert cells[10] == "<strong>0.0%</strong></td>"  # the other set: its one image read wrong
+
+
+def test_sample_set_accuracy_is_rounded_to_the_nearest_tenth(admin_page, django_user_model, active_checkpoint):
+    samples = django_user_model.objects.create(username="samples")
+    _rows(samples, 2, sample_set="mnist", label=3, digit=3, checkpoint=active_checkpoint)
+    _rows(samples, 1, sample_set="mnist", label=4, digit=9, checkpoint=active_checkpoint)
+
+    html = admin_page.get("/admin/classifier/upload/").content.decode()
+
+    assert "<strong>66.7%</strong>" in html  # 66.67, not cut to 66.6
 
 
 def test_a_sample_whose_label_was_cleared_counts_neither_right_nor_wrong(admin_page, django_user_model,
