@@ -34,7 +34,14 @@
   "use strict";
 
   const invalid = document.querySelector("form[method=post] [aria-invalid=true]");
-  if (invalid && (document.activeElement === null || document.activeElement === document.body)) invalid.focus();
+  if (!invalid) return;
+  function take() {
+    if (document.activeElement === null || document.activeElement === document.body) invalid.focus();
+  }
+  take();
+  // A form sent back to its own section (its address ends #delete-heading, so that without JavaScript the page opens
+  // there): the browser moves to that heading after this script has run, and leaves the keyboard nowhere.
+  if (location.hash) window.addEventListener("load", function () { setTimeout(take, 0); });
 })();
 
 // A signed-in page shown again from the browser's memory (Back, after logging out) would show what only its owner may

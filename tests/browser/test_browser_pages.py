@@ -744,6 +744,16 @@ def test_a_form_sent_back_for_a_correction_brings_the_field_to_correct_into_view
     assert page.evaluate("document.activeElement === document.body")
 
 
+def test_a_refused_account_deletion_opens_at_its_section_with_the_keyboard_on_the_field_to_correct(phone_page):
+    page = phone_page
+    page.goto("/accounts/")
+    page.get_by_role("button", name="Delete my account").click()
+    page.wait_for_load_state("load")
+    expect(page).to_have_url(re.compile(r"/accounts/delete/#delete-heading$"))
+    expect(page.locator("#id_password")).to_be_focused()
+    expect(page.locator("#id_password")).to_be_in_viewport()
+
+
 def test_a_history_filter_that_is_not_understood_is_marked_invalid_and_described_by_its_own_error(logged_in_page):
     page = logged_in_page
     page.goto("/history/?digit=11&status=done&date_to=2026-13-45")
