@@ -99,6 +99,7 @@
 
   // Screen readers hear one summary per poll in which rows finished, counted over the rows that were waiting when
   // the page opened ("2 read: 2 of 4 uploads read, 2 still waiting."): a message per row would be a flood in a batch.
+  // Only this page's rows are polled: where there are more pages, the count says "on this page".
   const announcement = document.getElementById("history-announcement");
   const watched = Array.from(document.querySelectorAll(".history-item[data-json-url]")).filter(waiting);
 
@@ -111,7 +112,8 @@
     if (read) news.push(read + (done > read ? " more" : "") + " read");
     if (failed) news.push(failed + " failed");
     announcement.textContent = news.join(", ") + ": " + done + " of " + rows.length + " upload" +
-      (rows.length === 1 ? "" : "s") + " read" + (left ? ", " + left + " still waiting" : "") + ".";
+      (rows.length === 1 ? "" : "s") + (announcement.dataset.scope || "") + " read" +
+      (left ? ", " + left + " still waiting" : "") + ".";
   }
 
   // Pauses grow while nothing changes, to one every few seconds; a hidden tab waits until it is shown again.

@@ -462,6 +462,21 @@ def test_pages_that_show_a_photo_small_are_sent_a_small_copy_and_link_to_the_who
     assert f'src="/uploads/{upload.pk}/image/512px"' in result and f'href="/uploads/{upload.pk}/image"' in result
 
 
+def test_the_history_tells_screen_readers_its_counts_are_of_this_page_only_when_there_are_more(
+    alice, user, digit_png, monkeypatch
+):
+    from classifier import views
+
+    monkeypatch.setattr(views, "HISTORY_PAGE_SIZE", 2)
+    for index in range(2):
+        services.upload_create(owner=user, file=io.BytesIO(digit_png(index)), name=f"{index}.png", source="file")
+    assert 'data-scope=' not in alice.get("/history/").content.decode()
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(2)), name="2.png", source="file")
+    assert 'id="history-announcement" aria-live="polite" aria-atomic="true" data-scope=" on this page"' in (
+        alice.get("/history/").content.decode()
+    )
+
+
 def test_a_picture_already_small_is_sent_as_stored_at_every_size(alice, user, digit_png):
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
     whole = alice.get(f"/uploads/{upload.pk}/image").getvalue()
