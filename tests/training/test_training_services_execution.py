@@ -124,6 +124,19 @@ def test_a_run_asked_to_activate_when_done_keeps_a_better_active_checkpoint_and_
     assert final.is_active
 
 
+def test_a_run_whose_model_learned_nothing_succeeds_but_says_so_and_is_not_activated(tiny_recipe):
+    # Three hundred images, one epoch: too little for the CNN's recipe, which stays at chance.
+    run = _create(tiny_recipe, architecture="cnn", device="cpu", activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.test_accuracy < 0.2
+    assert run.error == (
+        f"Its model learned next to nothing: {run.test_accuracy:.2%} test accuracy, where guessing scores 10%; "
+        "train on more images or for more epochs. It was not activated, though asked to be."
+    )
+    assert not run.checkpoints.get(is_final=True).is_active
+
+
 def test_a_run_asked_to_activate_when_done_replaces_an_active_checkpoint_it_equals(tiny_recipe):
     # Training is reproducible on the CPU: the same recipe twice reaches the same accuracy.
     first = _create(tiny_recipe, activate_on_success=True)

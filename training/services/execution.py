@@ -35,6 +35,28 @@ def _train_config_for(run: TrainingRun) -> TrainConfig:
     return config
 
 
+# Twice what guessing scores among ten digits: a model below it serves no better than none, which at least says so.
+LEARNED_NOTHING_BELOW = 0.2
+
+
+def _learned_nothing_note(*, run: TrainingRun, accuracy: float) -> str:
+    """Why a run that finished without error still gave no model worth serving, or "" when it did: a finite loss
+    that never fell (a learning rate far too high) or too few steps, either way a model at chance."""
+    if accuracy >= LEARNED_NOTHING_BELOW:
+        return ""
+    recipe = TrainConfig.default_for(run.architecture)
+    advice = (
+        f"its learning rate, {run.learning_rate:g}, is likely too high (the recipe's is {recipe.lr:g})"
+        if run.learning_rate > recipe.lr
+        else "train on more images or for more epochs"
+    )
+    activation = " It was not activated, though asked to be." if run.activate_on_success else ""
+    return (
+        f"Its model learned next to nothing: {accuracy:.2%} test accuracy, where guessing scores 10%; {advice}."
+        f"{activation}"
+    )
+
+
 def _training_run_claim(*, run_id: int) -> TrainingRun | None:
     """Move a queued run to running; None when it is anything else (a redelivered or stale message)."""
     with transaction.atomic():
@@ -254,8 +276,10 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
                 is_final=True,
                 sha256=digest,
             )
-            note = ""
-            if locked.activate_on_success:
+            note = _learned_nothing_note(run=locked, accuracy=result.final_accuracy)
+            if note:
+                logger.warning("training run %s: %s", run.pk, note)
+            elif locked.activate_on_success:
                 try:
                     checkpoint_activate(
                         checkpoint=checkpoint, keep_better_active=True, by=locked.created_by,
@@ -272,7 +296,8 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
             locked.current_epoch = result.epochs_completed
             locked.current_step = locked.total_steps
             locked.eta_seconds = None
-            # Shown to staff, as a restarted run's note is: why its model is not the active one, though asked to be.
+            # Shown to staff, as a restarted run's note is: why its model is not the active one, though asked to be,
+            # or is not worth serving.
             locked.error = note
             locked.finished_at = Now()
             locked.heartbeat_at = Now()
