@@ -210,7 +210,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             f"Credentials were sent with the scheme “{scheme}”, which this API does not read: send the API token as "
             "`Authorization: Token <key>`."
         )
-        named.auth_header = getattr(exc, "auth_header", None)
+        named.auth_header, named.status_code = getattr(exc, "auth_header", None), exc.status_code
         exc = named
     response = drf_exception_handler(exc, context)
     if response is None:

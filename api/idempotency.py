@@ -74,7 +74,8 @@ KEY_PARAMETER = OpenApiParameter(
     description=(
         f"Makes the upload safe to send again (1 to {KEY_MAX_LENGTH} printable ASCII characters, per user, e.g. a "
         "UUID). The first request with a key stores it with its uploads, atomically; sent again with the same files, "
-        "file names, each under the same field (`image` or `images`; other fields are not read), within `IDEMPOTENCY_KEY_TTL_HOURS` (24), it stores and counts nothing and answers "
+        "file names, each under the same field (`image` or `images`; other fields are not read), within "
+        "`IDEMPOTENCY_KEY_TTL_HOURS` (24), it stores and counts nothing and answers "
         "with the same predictions as they are now (`?wait` honoured), with `Idempotent-Replayed: true`; an upload "
         "whose predictions were deleted while it stayed answers with its newest prediction, or a new one when it "
         "has none. A request that failed stored no key: sent again, it is processed anew."

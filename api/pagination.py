@@ -82,6 +82,9 @@ class Pagination(PageNumberPagination):
     def get_schema_operation_parameters(self, view) -> list[dict]:
         parameters = super().get_schema_operation_parameters(view)
         for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["description"] += " From 1, or `last`; past the last page a 404, anything else a 400."
+                parameter["schema"] = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["last"]}]}
             if parameter["name"] == self.page_size_query_param:
                 parameter["description"] = (
                     f"Results per page, 1 to {self.max_page_size} (a value outside is a 400); "

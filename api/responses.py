@@ -25,9 +25,9 @@ FORBIDDEN = error("Authenticated, but not allowed (staff only, or a missing CSRF
                   code="permission_denied")
 NOT_FOUND = error("No such object among yours (other people's objects are never revealed).", code="not_found")
 INVALID = error("The input is invalid; `field` names the offending field.")
-INVALID_PAGE_SIZE = error("`page` is not a whole number from 1 (or `last`), `page_size` not one from 1 to the maximum, "
-                          "`newest` not one from 0, or a query parameter was sent twice (`repeated`); `field` names it.",
-                          field="page_size")
+INVALID_PAGING = error("`page` is not a whole number from 1 (or `last`), `page_size` not one from 1 to the "
+                       "maximum, `newest` not one from 0, or a query parameter was sent twice (`repeated`); `field` "
+                       "names it.", field="page_size")
 THROTTLED = error("Too many uploads; retry after the number of seconds in the Retry-After header.", code="throttled")
 UNAVAILABLE = error("The database is out of reach for a moment; retry after the number of seconds in the Retry-After "
                     "header.", code="service_unavailable")

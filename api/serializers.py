@@ -528,8 +528,9 @@ class TrainingRunSerializer(serializers.ModelSerializer):
                               "last row of metrics), written as each epoch ends: final only once the status is "
                               "succeeded. A failed or cancelled run keeps its last finished epoch's (that epoch's "
                               "checkpoint can still be activated); null until an epoch finishes."},
-            "error": {"help_text": "Why the run failed or was restarted, or why a run asked to activate its model "
-                               "did not; empty otherwise."},
+            "error": {"help_text": "Why the run failed or was restarted, why a run asked to activate its model "
+                               "did not, or that a succeeded run's model learned next to nothing (below 20% test "
+                               "accuracy); empty otherwise."},
         }
 
     @extend_schema_field(OpenApiTypes.URI)

@@ -59,7 +59,7 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
         operation_id="training_runs_list",
         summary="List training runs",
         description="Every training run, newest first, paginated, with its progress and the checkpoints it saved.",
-        responses={200: TrainingRunSerializer(many=True), 400: responses.INVALID_PAGE_SIZE,
+        responses={200: TrainingRunSerializer(many=True), 400: responses.INVALID_PAGING,
                    404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:
@@ -158,7 +158,7 @@ class CheckpointListApi(GenericAPIView):
     @extend_schema(
         operation_id="checkpoints_list",
         summary="List checkpoints",
-        responses={200: CheckpointSerializer(many=True), 400: responses.INVALID_PAGE_SIZE,
+        responses={200: CheckpointSerializer(many=True), 400: responses.INVALID_PAGING,
                    404: responses.error("No such page.", code="not_found"), **STAFF_ERRORS},
     )
     def get(self, request: Request) -> Response:

@@ -561,7 +561,7 @@ class PredictionAdmin(
 
     @admin.display(description="confidence")
     def confidence_display(self, obj):
-        return "–" if obj.confidence is None else _percent(obj.confidence)
+        return _percent(obj.confidence)
 
     @admin.display(description="queued for (ms)")
     def queue_display(self, obj):

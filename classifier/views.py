@@ -487,7 +487,8 @@ def upload_image_scaled(request: HttpRequest, pk: int, side: int) -> HttpRespons
     except (FileNotFoundError, ValueError):
         raise Http404("The image file is gone.") from None
     except OSError:
-        scaled = None  # the storage out of reach: the full picture's answer says so
+        # The storage out of reach, or a stored file no longer a PNG: the full picture's answer says which.
+        scaled = None
     if scaled is None:
         return _image_response(item.image, filename=filename, etag=etag)
     return _private_png(HttpResponse(scaled, content_type="image/png"), filename=filename, etag=etag)

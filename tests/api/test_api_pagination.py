@@ -1,4 +1,4 @@
-"""Every list's `next` and `previous` keep to the rows there were when its first page was read."""
+"""Every list's pages: `page` read strictly; `next` and `previous` keep to the rows of the first page's moment."""
 from __future__ import annotations
 
 import pytest
@@ -39,3 +39,24 @@ def test_following_next_through_the_training_runs_lists_each_once_while_more_are
 
     assert first["count"] == second["count"] == 3 and second["next"] is None
     assert [item["id"] for item in first["results"] + second["results"]] == made[::-1]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page", ["0", "000", "-1", "abc", "1.0", " 1", "1_0", "+1"])
+def test_a_page_that_is_no_page_number_is_400_naming_it(staff_client, staff_user, page):
+    _run(staff_user)
+
+    response = staff_client.get(RUNS, {"page": page})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["field"], error["message"]) == ("page", "The page must be a whole number from 1, or `last`.")
+
+
+@pytest.mark.django_db
+def test_the_last_page_is_page_last(staff_client, staff_user):
+    made = [_run(staff_user) for _ in range(3)]
+
+    last = staff_client.get(RUNS, {"page_size": 2, "page": "last"}).json()
+
+    assert [item["id"] for item in last["results"]] == [made[0]] and last["next"] is None

@@ -562,25 +562,6 @@ def test_a_page_past_the_end_is_404_in_the_envelope(user_client, page):
     assert response.json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("page", ["0", "000", "-1", "abc", "1.0", " 1", "1_0", "+1"])
-def test_a_page_that_is_no_page_number_is_400_naming_it(user_client, user, make_prediction, page):
-    make_prediction(owner=user)
-
-    response = user_client.get(LIST, {"page": page})
-
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert (error["field"], error["message"]) == ("page", "The page must be a whole number from 1, or `last`.")
-
-
-def test_the_last_page_is_page_last(user_client, user, make_prediction):
-    made = [make_prediction(owner=user).pk for _ in range(3)]
-
-    last = user_client.get(LIST, {"page_size": 2, "page": "last"}).json()
-
-    assert [item["id"] for item in last["results"]] == [made[0]] and last["next"] is None
-
-
 def test_listing_anonymously_is_401(api_client):
     assert api_client.get(LIST).status_code == 401
 

@@ -478,10 +478,13 @@ def test_the_history_tells_screen_readers_its_counts_are_of_this_page_only_when_
 
 
 def test_a_picture_already_small_is_sent_as_stored_at_every_size(alice, user, digit_png):
+    from classifier import thumbnails
+
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="0.png", source="file")
     whole = alice.get(f"/uploads/{upload.pk}/image").getvalue()
 
-    assert alice.get(f"/uploads/{upload.pk}/image/128px").getvalue() == whole
+    for side in thumbnails.SIDES:
+        assert alice.get(f"/uploads/{upload.pk}/image/{side}px").getvalue() == whole
 
 
 def test_images_are_revalidated_before_each_use_so_a_deleted_one_is_never_shown_from_a_cache(

@@ -349,10 +349,12 @@ def test_who_started_cancelled_and_activated_what_is_in_the_admins_history(clien
     ]
     run.refresh_from_db()
     checkpoint.refresh_from_db()
+    replaced.refresh_from_db()
     assert entries == [
         (staff_user, ADDITION, str(TrainingRun(pk=run.pk, architecture="mlp", status="queued")), "Started."),
         (staff_user, CHANGE, str(run), "Cancelled."),
         (staff_user, CHANGE, str(checkpoint), f"Activated, replacing checkpoint {replaced.pk} (mlp, 99.00%)."),
+        (staff_user, CHANGE, str(replaced), f"Deactivated: checkpoint {checkpoint.pk} replaced it."),
     ]
     history = client.get(reverse("admin:training_checkpoint_history", args=[checkpoint.pk])).content.decode()
     assert f"Activated, replacing checkpoint {replaced.pk} (mlp, 99.00%)." in history

@@ -104,6 +104,9 @@ def checkpoint_activate(
         changed = Checkpoint.objects.filter(pk=checkpoint.pk, is_active=False).update(is_active=True)
         if changed and by is not None:
             staff_action_record(user=by, obj=checkpoint, message=f"Activated{why}, {_replacing(replaced)}.")
+            if replaced is not None:
+                staff_action_record(user=by, obj=replaced, message=f"Deactivated{why}: checkpoint {checkpoint.pk} "
+                                    "replaced it.")
     checkpoint.refresh_from_db()
     who = by.get_username() if by is not None else "a command"
     if changed:

@@ -35,13 +35,15 @@ def _train_config_for(run: TrainingRun) -> TrainConfig:
     return config
 
 
-# Twice what guessing scores among ten digits: a model below it serves no better than none, which at least says so.
+# Twice what guessing scores among ten digits.
 LEARNED_NOTHING_BELOW = 0.2
 
 
 def _learned_nothing_note(*, run: TrainingRun, accuracy: float) -> str:
-    """Why a run that finished without error still gave no model worth serving, or "" when it did: a finite loss
-    that never fell (a learning rate far too high) or too few steps, either way a model at chance."""
+    """Why a run that finished without error still gave a model at chance, or "" when it did not: a finite loss
+    that never fell (a learning rate far too high) or too few steps. Activating it is left to the usual rule: it
+    never replaces a better model that loads, and a quick smoke model (``ensure_model --subset``) still replaces
+    none at all or one that no longer loads."""
     if accuracy >= LEARNED_NOTHING_BELOW:
         return ""
     recipe = TrainConfig.default_for(run.architecture)
@@ -50,11 +52,7 @@ def _learned_nothing_note(*, run: TrainingRun, accuracy: float) -> str:
         if run.learning_rate > recipe.lr
         else "train on more images or for more epochs"
     )
-    activation = " It was not activated, though asked to be." if run.activate_on_success else ""
-    return (
-        f"Its model learned next to nothing: {accuracy:.2%} test accuracy, where guessing scores 10%; {advice}."
-        f"{activation}"
-    )
+    return f"Its model learned next to nothing: {accuracy:.2%} test accuracy, where guessing scores 10%; {advice}."
 
 
 def _training_run_claim(*, run_id: int) -> TrainingRun | None:
@@ -276,18 +274,18 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
                 is_final=True,
                 sha256=digest,
             )
-            note = _learned_nothing_note(run=locked, accuracy=result.final_accuracy)
-            if note:
-                logger.warning("training run %s: %s", run.pk, note)
-            elif locked.activate_on_success:
+            notes = [_learned_nothing_note(run=locked, accuracy=result.final_accuracy)]
+            if locked.activate_on_success:
                 try:
                     checkpoint_activate(
                         checkpoint=checkpoint, keep_better_active=True, by=locked.created_by,
                         why=f" when training run {run.pk} succeeded",
                     )
                 except CheckpointBelowActiveError as exc:
-                    note = str(exc)
-                    logger.warning("training run %s: %s", run.pk, note)
+                    notes.append(str(exc))
+            note = " ".join(filter(None, notes))
+            if note:
+                logger.warning("training run %s: %s", run.pk, note)
             locked.status = TrainingRun.Status.SUCCEEDED
             locked.metrics = result.history
             locked.confusion_matrix = result.confusion
@@ -297,7 +295,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
             locked.current_step = locked.total_steps
             locked.eta_seconds = None
             # Shown to staff, as a restarted run's note is: why its model is not the active one, though asked to be,
-            # or is not worth serving.
+            # or why it is worth little.
             locked.error = note
             locked.finished_at = Now()
             locked.heartbeat_at = Now()
