@@ -1037,7 +1037,7 @@ def test_an_upload_without_a_prediction_is_listed_as_not_read_and_leads_to_a_pag
     assert page.status_code == 200
     html = page.content.decode()
     assert "has no prediction" in html and "Read it now" in html
-    assert f'src="/uploads/{upload.pk}/image"' in html
+    assert f'src="/uploads/{upload.pk}/image/512px"' in html
 
     with django_capture_on_commit_callbacks(execute=False):
         first = alice.post(f"/uploads/{upload.pk}/")

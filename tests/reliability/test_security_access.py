@@ -64,6 +64,7 @@ def route_kwargs(name: str, params: list[str], owned) -> dict:
         "token_id": owned["token"].pk,
         "token": "not-a-signed-token",
         "pk": owned["upload"].pk if "upload" in name else owned["prediction"].pk,
+        "side": 128,
     }
     return {param: values[param] for param in params}
 
