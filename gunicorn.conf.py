@@ -44,10 +44,13 @@ timeout = _whole_number("GUNICORN_TIMEOUT", 120, least=0)
 # long before it is killed; compose's stop_grace_period for web is longer still.
 graceful_timeout = _whole_number("GUNICORN_GRACEFUL_TIMEOUT", 35, least=0)
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
-# Gunicorn's default line, then the X-Request-ID the site answered with (mnistsite.request_id; "-" for an answer
-# gunicorn gave itself), which every log line of the request and of the tasks it published names too. Read from the
-# response, so the master never imports the project.
-access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+# Gunicorn's default line, then the X-Forwarded-For the request came with (behind a proxy the peer address is the
+# proxy's; "-" without one), and last the X-Request-ID the site answered with (mnistsite.request_id; "-" for an
+# answer gunicorn gave itself), which every log line of the request and of the tasks it published names too. Read
+# from the request and the response, so the master never imports the project.
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" "%({x-forwarded-for}i)s" %({x-request-id}o)s'
+)
 
 # The secret parts of the links mailed to people: a password reset link's token (a link works until it is used or
 # expires) and an email confirmation's. The access log would keep them, in the request line and, for the pages

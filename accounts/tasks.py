@@ -90,6 +90,12 @@ def email_confirmations_sweep() -> int:
     return services.email_confirmations_sweep()
 
 
+@shared_task(name="accounts.tasks.sessions_expired_delete", soft_time_limit=600, time_limit=900, ignore_result=True)
+def sessions_expired_delete() -> int:
+    """Daily (CELERY_BEAT_SCHEDULE): the session table would otherwise keep a row for every log-in ever made."""
+    return services.sessions_expired_delete()
+
+
 @shared_task(name="accounts.tasks.email_change_notices_sweep", soft_time_limit=120, time_limit=150, ignore_result=True)
 def email_change_notices_sweep() -> list[int]:
     """Every few minutes (CELERY_BEAT_SCHEDULE): notices still owed whose task was lost are queued again, and those

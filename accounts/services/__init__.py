@@ -57,6 +57,7 @@ from accounts.services.password_reset import (
     password_reset_email_send,
 )
 from accounts.services.passwords import user_password_set
+from accounts.services.sessions import sessions_expired_delete
 from accounts.services.users import (
     FAILED_SIGNUP_SHARE,
     AccountDeleteError,
@@ -126,6 +127,7 @@ __all__ = [
     "password_reset_allowance_take",
     "password_reset_email_publish",
     "password_reset_email_send",
+    "sessions_expired_delete",
     "signup_allowance_take",
     "user_email_set",
     "user_lock",

@@ -360,6 +360,10 @@ CELERY_BEAT_SCHEDULE = {
     "delete-expired-idempotency-keys": {
         "task": "classifier.tasks.idempotency_keys_expired_delete", "schedule": 3600.0, "options": {"expires": 3600.0},
     },
+    "delete-expired-sessions": {
+        "task": "accounts.tasks.sessions_expired_delete", "schedule": crontab(hour=4, minute=7),
+        "options": {"expires": 86400.0},
+    },
     "reap-stale-training-runs": {
         "task": "training.tasks.training_runs_reap", "schedule": 60.0, "options": {"expires": 60.0},
     },

@@ -1,5 +1,5 @@
-"""The tasks that mail reset links, confirmation links and change notices: through a real SMTP server, retrying what
-may pass, routed to a worker."""
+"""The accounts' tasks: mailing reset links, confirmation links and change notices through a real SMTP server,
+retrying what may pass, routed to a worker; and the daily deletion of expired sessions."""
 import logging
 import re
 
@@ -477,3 +477,21 @@ def test_a_link_owed_past_its_address_allowance_is_sent_by_the_sweep_once_it_ref
         tasks.email_confirmations_sweep.apply_async()
     time.sleep(4)
     assert len(mail_server.received) == mail_server.attempts == 2
+
+
+def test_the_daily_sweep_deletes_expired_sessions_and_keeps_live_ones(user, client):
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    client.force_login(user)
+    live = Session.objects.get()
+    Session.objects.create(session_key="x" * 32, session_data="", expire_date=timezone.now() - timedelta(seconds=1))
+
+    assert tasks.sessions_expired_delete() == 1
+    assert list(Session.objects.all()) == [live]
+    (entry,) = [entry for entry in settings.CELERY_BEAT_SCHEDULE.values()
+                if entry["task"] == tasks.sessions_expired_delete.name]
+    assert entry["schedule"].hour == {4}

@@ -121,7 +121,7 @@ def test_the_access_log_line_ends_with_the_request_id_the_site_answered_with(tmp
         server.wait_for_output("Booting worker", timeout=60)
         port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", server.log())[1])
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        connection.request("GET", "/healthz", headers={"X-Request-ID": "lb-1f2e3d"})
+        connection.request("GET", "/healthz", headers={"X-Request-ID": "lb-1f2e3d", "X-Forwarded-For": "203.0.113.7"})
         connection.getresponse().read()
         connection.request("GET", "/healthz?made", headers={"X-Request-ID": "not safe\x7f"})
         made = connection.getresponse()
@@ -133,6 +133,6 @@ def test_the_access_log_line_ends_with_the_request_id_the_site_answered_with(tmp
     lines = server.log().splitlines()
     (sent,) = [line for line in lines if '"GET /healthz HTTP/1.1" 200' in line]
     (replaced,) = [line for line in lines if '"GET /healthz?made HTTP/1.1" 200' in line]
-    assert sent.endswith('" lb-1f2e3d')
+    assert sent.endswith('"203.0.113.7" lb-1f2e3d')  # the client's address as the proxy passed it, then the id
     assert re.fullmatch(r"[0-9a-f]{32}", made.getheader("X-Request-ID"))
-    assert replaced.endswith(f'" {made.getheader("X-Request-ID")}') and "not safe" not in server.log()
+    assert replaced.endswith(f'"-" {made.getheader("X-Request-ID")}') and "not safe" not in server.log()
