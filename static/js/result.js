@@ -57,6 +57,8 @@
     byId("bars-section").hidden = failed;
     if (failed) byId("model-input-placeholder").textContent = "nothing";
     byId("fact-checkpoint").textContent = data.checkpoint_id ? "checkpoint " + data.checkpoint_id : "–";
+    const answer = data.status === "done" ? "Read as " + data.digit + " · " : failed ? "Failed · " : "";
+    document.title = answer + document.title.replace(/^(Read as \d|Failed) · /, "");
     if (data.status !== "done") return;
 
     byId("verdict").hidden = false;

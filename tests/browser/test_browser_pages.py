@@ -343,10 +343,16 @@ def test_a_result_page_keeps_polling_through_server_errors_and_shows_the_answer(
     page.route(f"**/predictions/{prediction.pk}.json", fail_three_times)
     page.goto(f"/predictions/{prediction.pk}/")
     expect(page.locator("#status-badge")).to_have_text("queued")
+    expect(page).to_have_title(f"Prediction {prediction.pk} · mnistsite")
     # The page's first three polls meet the 502s whatever the worker does; the fourth gets the answer.
     services.predictions_publish(prediction_ids=[prediction.pk])
     expect(page.locator("#status-badge")).to_have_text("done", timeout=60_000)
     assert len(failures) == 3
+    # The tab says the answer too, as the page sent once it is in does.
+    digit = page.locator("#digit").text_content()
+    expect(page).to_have_title(f"Read as {digit} · Prediction {prediction.pk} · mnistsite")
+    page.reload()
+    expect(page).to_have_title(f"Read as {digit} · Prediction {prediction.pk} · mnistsite")
     expect(page.locator("#status-note")).not_to_contain_text("session has ended")
 
 
