@@ -35,8 +35,9 @@ class EmailConfirmedFilter(admin.SimpleListFilter):
 
 def _may_touch(request, user) -> bool:
     """Whether the request's user may change or delete ``user`` (None: users in general) as far as rank goes: staff
-    accounts, their own included, are a superuser's to change."""
-    return user is None or not user.is_staff or request.user.is_superuser
+    and superuser accounts (a superuser without staff status signs in again with every right once it is given), their
+    own included, are a superuser's to change."""
+    return user is None or not (user.is_staff or user.is_superuser) or request.user.is_superuser
 
 
 def _when(moment) -> str:

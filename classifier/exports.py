@@ -5,6 +5,7 @@ import csv
 import datetime as dt
 import io
 import logging
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -46,7 +47,13 @@ _SPOOL_BYTES = 4 * 2**20
 _BOM = "\ufeff"
 
 
+# A spreadsheet whose locale separates with semicolons (or one told to split at commas or tabs) cuts "x;=1+1.png"
+# there, quotes or not, and runs the second cell as a formula: a formula's start after a separator is kept text too.
+_FORMULA_AFTER_SEPARATOR = re.compile(r"([;,\t])(?=[=+\-@\t\r])")
+
+
 def _text(value: str) -> str:
+    value = _FORMULA_AFTER_SEPARATOR.sub(r"\1'", value)
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 

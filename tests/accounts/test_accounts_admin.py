@@ -490,14 +490,17 @@ def test_staff_who_are_not_superusers_cannot_give_anyone_staff_or_superuser_stat
     assert user.is_superuser and list(user.groups.all()) == [group]
 
 
-@pytest.mark.parametrize("rank", ["superuser", "staff"])
+# A superuser without staff status cannot open the admin, but signs in with every right once it is given back.
+@pytest.mark.parametrize("rank", ["superuser", "staff", "superuser without staff status"])
 def test_staff_who_are_not_superusers_can_neither_set_a_staff_accounts_password_nor_change_or_delete_it(
     helpdesk, user, django_user_model, rank
 ):
     from accounts.services import api_token_create
 
-    higher = django_user_model.objects.create_user(username="higher", password="x9!kQ2#vLp", is_staff=True,
-                                                   is_superuser=rank == "superuser")
+    higher = django_user_model.objects.create_user(
+        username="higher", password="x9!kQ2#vLp", is_staff=rank != "superuser without staff status",
+        is_superuser=rank != "staff",
+    )
     _, key = api_token_create(user=higher, name="scanner")
     password = {"usable_password": "true", "password1": "a-New-pass-482", "password2": "a-New-pass-482",
                 "revoke_api_tokens": "on"}

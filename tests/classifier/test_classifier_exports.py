@@ -98,6 +98,18 @@ def test_a_file_name_a_spreadsheet_would_run_as_a_formula_stays_text(user, digit
     assert [row["file_name"] for row in rows] == ["'@sheet.png", "'=SUM(1+2)*cmd.png"]
 
 
+def test_a_file_name_a_semicolon_separated_spreadsheet_would_split_into_a_formula_is_kept_text(user, digit_png):
+    upload = _upload(user, digit_png, 0, name="x;=1+1.png", predict=False)
+    rows = selectors.upload_export_rows(user=user, filters=selectors.UploadFilters())
+
+    lines = b"".join(exports.history_csv(rows)).decode("utf-8-sig").splitlines()
+
+    # Read with semicolons as its separator, as some locales' spreadsheets do, quotes or not: no cell is a formula.
+    (row,) = csv.reader(lines[1:], delimiter=";")
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row), row
+    assert f"{upload.pk},x;'=1+1.png," in lines[1]
+
+
 def test_the_export_holds_only_the_owners_uploads_and_follows_the_filters(
     user, other_user, digit_png, active_checkpoint
 ):
