@@ -49,6 +49,8 @@ class SignupForm(FirstErrorFocusedMixin, UserCreationForm):
         fields = ("username", "email")
         labels = {"email": "Email address (optional)"}
         help_texts = {"email": EMAIL_HELP_TEXT}
+        # Browsers and password managers fill it in from what it is for.
+        widgets = {"email": forms.EmailInput(attrs={"autocomplete": "email"})}
 
     def clean_username(self):
         # Before Django's check, which returns None (having recorded its error) for a name already taken.

@@ -76,12 +76,20 @@ def _no_trainer_warning(run: TrainingRun) -> str:
     )
 
 
+class DeviceFilter(admin.AllValuesFieldListFilter):
+    """The devices runs trained on; a run not started has none yet, named so rather than left an empty link."""
+
+    def choices(self, changelist):
+        for choice in super().choices(changelist):
+            yield {**choice, "display": "not started"} if choice["display"] == "" else choice
+
+
 @admin.register(TrainingRun)
 class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     # Narrow enough for a 1280 px window: what a run is doing first, its recipe and owner after.
     list_display = ("id", "status", "progress_bar", "accuracy", "recipe", "created")
     list_display_links = ("id", "status")
-    list_filter = ("status", "architecture", "device", "activate_on_success")
+    list_filter = ("status", "architecture", ("device", DeviceFilter), "activate_on_success")
     search_fields = ("id", "created_by__username", "error")
     date_hierarchy = "created_at"
     actions = ("cancel_runs",)

@@ -101,6 +101,18 @@ def line_chart_svg(
     return mark_safe("".join(parts))
 
 
+def _luminance(rgb: Sequence[float]) -> float:
+    """WCAG's relative luminance of an sRGB colour given as 0-255 channels."""
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _legible_on(rgb: Sequence[float]) -> str:
+    """Black or white, whichever contrasts more with a cell of this colour (its fill blended over white)."""
+    luminance = _luminance(rgb)
+    return "#fff" if 1.05 / (luminance + 0.05) > (luminance + 0.05) / 0.05 else "#000"
+
+
 def confusion_matrix_svg(*, matrix: Sequence[Sequence[int]], title: str = "Confusion matrix", cell: int = 30) -> SafeString:
     """A heat map of ``matrix[true][predicted]`` counts, each row shaded relative to its own total."""
     size = len(matrix)
@@ -126,7 +138,7 @@ def confusion_matrix_svg(*, matrix: Sequence[Sequence[int]], title: str = "Confu
             rgb = (0, 114, 178) if i == j else (213, 94, 0)
             opacity = 0.08 + 0.92 * share if count else 0.0
             x = left + j * cell
-            text_colour = "#fff" if share > 0.5 else "#000"
+            text_colour = _legible_on(tuple(opacity * c + (1 - opacity) * 255 for c in rgb))
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" stroke="#eee" '
                 f'fill="rgb{rgb}" fill-opacity="{opacity:.3f}"><title>true {i}, predicted {j}: {int(count)}</title></rect>'

@@ -47,3 +47,9 @@ def test_a_password_change_sent_back_opens_on_the_field_in_error(signed_in):
                                                    "new_password2": "a-New-pass-483"}).content.decode()
 
     assert _autofocused(page) == ["new_password2"]
+
+
+def test_the_sign_up_page_says_what_its_address_field_is_for_so_browsers_fill_it_in(client):
+    page = client.get("/accounts/signup/").content.decode()
+
+    assert re.search(r'<input type="email" name="email" autocomplete="email"[^>]*id="id_email"', page)

@@ -163,8 +163,11 @@ def test_the_page_script_sending_an_upload_is_told_where_to_go_and_the_next_page
     many = alice.post("/", {"files": [_file(digit_png(i), f"{i}.png") for i in range(2)]}, **script)
     location = many.json()["location"]
     assert location.startswith("/history/?batch=")
-    # Not spent on a redirect followed inside the script's request: the page it goes to shows it.
-    assert "2 images uploaded" in alice.get(location).content.decode()
+    # Not spent on a redirect followed inside the script's request: the page it goes to shows it, in a list that
+    # stays a list to screen readers (the status role on a box around it).
+    page = alice.get(location).content.decode()
+    assert re.search(r'<div class="messages" role="status" tabindex="-1" autofocus>\s*<ul><li class="message '
+                     r'message-success">2 images uploaded', page)
 
 
 def test_a_refused_upload_says_where_each_refused_file_stood_in_the_request(alice, digit_png):

@@ -388,6 +388,23 @@ def test_the_run_list_shows_progress_and_accuracy(client, staff_user, queued_run
     assert b"<progress" in page.content and b"42%" in page.content and b"98.76%" in page.content
 
 
+def test_the_run_list_names_the_device_filter_of_runs_not_started_rather_than_leave_an_empty_link(
+    client, staff_user, queued_run
+):
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_changelist")).content.decode()
+    assert '<a href="?device=">not started</a>' in page and '<a href="?device="></a>' not in page
+
+
+def test_the_start_forms_fields_are_described_by_their_help_as_they_say(client, staff_user):
+    import re
+
+    client.force_login(staff_user)
+    page = client.get(START).content.decode()
+    described = re.findall(r'aria-describedby="([^"]+)"', page)
+    assert described and all(f'id="{target}"' in page for ids in described for target in ids.split())
+
+
 def test_the_run_list_marks_the_accuracy_of_a_run_that_did_not_succeed_as_its_last_epochs_not_a_final_one(
     client, staff_user, tiny_recipe
 ):
@@ -435,6 +452,8 @@ def test_a_finished_run_page_shows_metrics_curves_and_the_confusion_matrix(clien
     html = page.content.decode()
     assert page.status_code == 200
     assert "Per-epoch metrics" in html and html.count('class="training-chart"') == 3 and "Confusion matrix" in html
+    # Its counts as a table too, which screen readers read cell by cell.
+    assert '<tr><th scope="row">3</th><td>1</td><td>1</td><td>1</td><td>90</td><td>1</td>' in html
     assert "Cancel run" not in html and 'name="_save"' not in html
 
 

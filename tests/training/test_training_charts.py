@@ -1,4 +1,5 @@
 """The server-side SVG charts are well-formed, escape their text and cope with missing data."""
+import re
 import xml.etree.ElementTree as ET
 
 from training.charts import confusion_matrix_svg, line_chart_svg, run_curves_svg
@@ -37,6 +38,26 @@ def test_the_confusion_matrix_has_a_cell_per_pair_with_counts_in_tooltips():
     cells = root.findall(".//{http://www.w3.org/2000/svg}rect")
     assert len(cells) == 100
     assert cells[3 * 10 + 4].find("{http://www.w3.org/2000/svg}title").text == "true 3, predicted 4: 3"
+
+
+def test_each_count_of_the_confusion_matrix_contrasts_with_its_cell_at_least_as_wcag_asks_of_small_text():
+    from training.charts import _luminance
+
+    # Every share of its row from 0 to 1, right answers (the diagonal) and mistakes alike.
+    matrix = [[(share if i == j else 100 - share) if j in (i, (i + 1) % 10) else 0 for j in range(10)]
+              for i, share in enumerate(range(0, 100, 10))]
+    root = _parse(confusion_matrix_svg(matrix=matrix))
+    svg = "{http://www.w3.org/2000/svg}"
+    cells = {(float(rect.get("x")), float(rect.get("y"))): rect for rect in root.iter(f"{svg}rect")}
+    for text in root.iter(f"{svg}text"):
+        if text.get("fill") is None:
+            continue  # the axes' labels, on white
+        rect = cells[(float(text.get("x")) - 15, float(text.get("y")) - 18)]
+        opacity, rgb = float(rect.get("fill-opacity")), [int(c) for c in re.findall(r"\d+", rect.get("fill"))]
+        fill = _luminance([opacity * c + (1 - opacity) * 255 for c in rgb])
+        ink = _luminance([255] * 3 if text.get("fill") == "#fff" else [0] * 3)
+        contrast = (max(fill, ink) + 0.05) / (min(fill, ink) + 0.05)
+        assert contrast >= 4.5, (text.text, rect.get("fill"), opacity, text.get("fill"))
 
 
 def test_run_curves_use_the_per_epoch_metrics():
