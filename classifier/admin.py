@@ -24,8 +24,9 @@ from training.selectors import checkpoint_get_active
 
 def _thumbnail(upload_id: int, large: bool = False) -> str:
     # Named: in the lists the picture is a row's link, which a screen reader would otherwise read out as its address.
+    # Lazy: a list of a hundred photos asks for the few in view, each scaled from its stored copy when first asked.
     return format_html(
-        '<img src="{}" alt="The image of upload {}" class="admin-thumbnail{}">',
+        '<img src="{}" alt="The image of upload {}" class="admin-thumbnail{}" loading="lazy">',
         reverse("classifier:upload_image_scaled", args=[upload_id, 512 if large else 128]),
         upload_id,
         " large" if large else "",

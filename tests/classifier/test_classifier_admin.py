@@ -566,3 +566,13 @@ def test_staff_find_the_uploads_whose_predictions_were_all_deleted_and_re_run_th
 
     assert emptied.predictions.get().status == "pending" and kept.predictions.count() == 1
     assert published.prediction_ids() == [emptied.predictions.get().pk]
+
+
+def test_the_admin_lists_show_each_upload_small_and_ask_for_it_only_once_in_view(admin_page, user, digit_png):
+    upload = _upload_with_history(user, digit_png, [("done", 3, 0)])
+    thumbnail = (f'<img src="/uploads/{upload.pk}/image/128px" alt="The image of upload {upload.pk}" '
+                 'class="admin-thumbnail" loading="lazy">')
+    for listed in ("/admin/classifier/upload/", "/admin/classifier/prediction/"):
+        assert thumbnail in admin_page.get(listed).content.decode(), listed
+    page = admin_page.get(f"/admin/classifier/upload/{upload.pk}/change/").content.decode()
+    assert f'src="/uploads/{upload.pk}/image/512px"' in page
