@@ -201,7 +201,8 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         if refused := _refuse_form_save(request):
             return refused
-        run = self._get_run(int(object_id)) if str(object_id).isdigit() else None
+        # A run that does not exist (deleted, mistyped) is left to Django, which goes to the admin's index saying so.
+        run = selectors.training_run_list().filter(pk=int(object_id)).first() if str(object_id).isdigit() else None
         context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
                    "show_delete": False, **(extra_context or {})}
         if run is not None:

@@ -775,3 +775,10 @@ def test_a_run_whose_loss_diverged_shows_why_on_its_page_its_list_row_and_its_pr
     progress = client.get(reverse("admin:training_trainingrun_progress", args=[diverged_run.pk]))
     assert progress.status_code == 200
     assert progress.json()["status"] == "failed" and "lower the learning rate" in progress.json()["error"]
+
+
+def test_the_page_of_a_run_that_does_not_exist_goes_to_the_admins_index_saying_so(client, staff_user):
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_change", args=[99999]), follow=True)
+    assert page.redirect_chain[-1][0] == "/admin/"
+    assert "Training run with ID “99999” doesn’t exist. Perhaps it was deleted?" in page.content.decode()
