@@ -51,6 +51,26 @@ def _refuse_form_save(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def _confirmation(
+    model_admin: admin.ModelAdmin, request: HttpRequest, *, template: str, obj, step: str, change_url: str,
+    action_url: str, **extra,
+) -> TemplateResponse:
+    """The "Are you sure?" page of an action on ``obj`` (admin/training/confirmation.html), posting to ``action_url``."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": "Are you sure?",
+        "subtitle": None,
+        "object": obj,
+        "step": step,
+        "media": model_admin.media,
+        "change_url": change_url,
+        "action_url": action_url,
+        **extra,
+    }
+    return TemplateResponse(request, template, context)
+
+
 def _tests_worse(checkpoint: Checkpoint, *, than: Checkpoint | None) -> str:
     """Why activating ``checkpoint`` in place of ``than`` deserves a second thought, or "" when it does not."""
     if than is None or than.test_accuracy is None or checkpoint.test_accuracy is None:
@@ -247,17 +267,11 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
                     request, f"Run {run.pk} is already asked to cancel; it stops at its next step.", messages.WARNING
                 )
                 return redirect(change_url)
-            context = {
-                **self.admin_site.each_context(request),
-                "opts": self.opts,
-                "title": "Are you sure?",
-                "subtitle": None,
-                "run": run,
-                "media": self.media,
-                "change_url": change_url,
-                "cancel_url": reverse("admin:training_trainingrun_cancel", args=[run.pk]),
-            }
-            return TemplateResponse(request, "admin/training/trainingrun/cancel_confirmation.html", context)
+            return _confirmation(
+                self, request, template="admin/training/trainingrun/cancel_confirmation.html", obj=run, step="Cancel",
+                change_url=change_url, action_url=reverse("admin:training_trainingrun_cancel", args=[run.pk]),
+                run=run,
+            )
         try:
             run = services.training_run_cancel(run=run, by=request.user)
         except services.TrainingRunStateError as exc:
@@ -416,19 +430,12 @@ class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             return redirect(change_url)
         if request.method != "POST":
             active = selectors.checkpoint_get_active()
-            context = {
-                **self.admin_site.each_context(request),
-                "opts": self.opts,
-                "title": "Are you sure?",
-                "subtitle": None,
-                "checkpoint": checkpoint,
-                "active": active,
-                "worse": _tests_worse(checkpoint, than=active),
-                "media": self.media,
-                "change_url": change_url,
-                "activate_url": reverse("admin:training_checkpoint_activate", args=[checkpoint.pk]),
-            }
-            return TemplateResponse(request, "admin/training/checkpoint/activate_confirmation.html", context)
+            return _confirmation(
+                self, request, template="admin/training/checkpoint/activate_confirmation.html", obj=checkpoint,
+                step="Activate", change_url=change_url,
+                action_url=reverse("admin:training_checkpoint_activate", args=[checkpoint.pk]),
+                checkpoint=checkpoint, active=active, worse=_tests_worse(checkpoint, than=active),
+            )
         try:
             checkpoint = services.checkpoint_activate(checkpoint=checkpoint, by=request.user)
         except services.CheckpointNotLoadableError as exc:
