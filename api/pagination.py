@@ -84,7 +84,9 @@ class Pagination(PageNumberPagination):
         for parameter in parameters:
             if parameter["name"] == self.page_query_param:
                 parameter["description"] += " From 1, or `last`; past the last page a 404, anything else a 400."
-                parameter["schema"] = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["last"]}]}
+                parameter["schema"] = {
+                    "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": ["last"]}],
+                }
             if parameter["name"] == self.page_size_query_param:
                 parameter["description"] = (
                     f"Results per page, 1 to {self.max_page_size} (a value outside is a 400); "

@@ -55,7 +55,8 @@ def _confirmation(
     model_admin: admin.ModelAdmin, request: HttpRequest, *, template: str, obj, step: str, change_url: str,
     action_url: str, **extra,
 ) -> TemplateResponse:
-    """The "Are you sure?" page of an action on ``obj`` (admin/training/confirmation.html), posting to ``action_url``."""
+    """The "Are you sure?" page of an action on ``obj`` (admin/training/confirmation.html), posting to
+    ``action_url``."""
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
