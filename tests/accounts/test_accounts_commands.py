@@ -1,5 +1,7 @@
 """The account commands: the demo administrator, createsuperuser and changepassword."""
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -68,6 +70,10 @@ def test_an_existing_demo_accounts_password_is_never_reset_without_a_kept_one_an
     assert django_user_model.objects.get(username="demo").check_password("the-Operators-own-1")
     out = capsys.readouterr().out
     assert out.count("manage.py changepassword demo") == 3 and "an-old-password" not in out
+    # With this interpreter (.venv/bin/python in a checkout): a bare python may lack the project's packages.
+    here = Path(sys.executable)
+    python = here.relative_to(Path.cwd()) if here.is_relative_to(Path.cwd()) else here
+    assert out.count(f"To set one: {python} manage.py changepassword demo") == 3
     assert not (tmp_path / "missing").exists()
 
 

@@ -1,6 +1,7 @@
 """Create the demo administrator account with a random password, or set the password given, and print it."""
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from django.conf import settings
@@ -90,5 +91,15 @@ class Command(BaseCommand):
             where = f"not kept in {password_file}" if password_file is not None else "not kept"
         self.stdout.write(
             f"Demo account: username {name!r}, its password left as it is ({where}). To set one: "
-            f"python manage.py changepassword {name}"
+            f"{_this_python()} manage.py changepassword {name}"
         )
+
+
+def _this_python() -> str:
+    """The interpreter running this command, as the reader would type it: .venv/bin/python in a checkout, where a
+    bare python is another one, without the project's packages."""
+    executable = Path(sys.executable)
+    try:
+        return str(executable.relative_to(Path.cwd()))
+    except ValueError:
+        return str(executable)
