@@ -22,8 +22,11 @@ data: install
 run: install
 	$(PY) scripts/run_local.py
 
+# Two test processes (pytest-xdist) by default: half the suite waits on real workers, servers and clocks, which the
+# other process fills. TEST_PROCESSES=0 runs it in this process alone.
+TEST_PROCESSES ?= 2
 test: data
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES)
 
 bench: bench-train bench-inference bench-preprocess bench-serve bench-concurrency bench-load bench-scale
 
