@@ -18,7 +18,8 @@ def _spin(seconds: float) -> None:
 
 def _of(snapshot: CpuSnapshot, pids: set[int]) -> CpuSnapshot:
     """The snapshot's processes among ``pids``: the test processes beside this one run workers of their own."""
-    return dataclasses.replace(snapshot, processes={pid: seen for pid, seen in snapshot.processes.items() if pid in pids})
+    processes = {pid: seen for pid, seen in snapshot.processes.items() if pid in pids}
+    return dataclasses.replace(snapshot, processes=processes)
 
 
 def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields():

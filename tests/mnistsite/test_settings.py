@@ -612,3 +612,24 @@ def test_a_token_lifetime_longer_than_dates_can_hold_refuses_to_start_naming_the
         assert outcome.startswith("refused: API_TOKEN_MAX_AGE_DAYS must be ") and f"(it is {value})" in outcome, outcome
         assert "0 for no expiry" in outcome, outcome
     assert outcomes[len(refused):] == accepted
+
+
+def test_each_test_process_gets_a_redis_database_of_its_own_which_the_workers_it_starts_share():
+    # As pytest-xdist starts its processes; a child (a worker a test starts) inherits the environment, worker id too.
+    probe = (
+        "import os, subprocess, sys; from django.conf import settings; url = settings.CELERY_BROKER_URL; "
+        "child = subprocess.run([sys.executable, '-c', 'from django.conf import settings; "
+        "print(settings.CELERY_BROKER_URL)'], capture_output=True, text=True, check=True); "
+        "print(url, os.environ['CELERY_BROKER_URL'], child.stdout.strip())"
+    )
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"PYTEST_XDIST_WORKER", "TEST_BROKER_PROCESS"}}
+    env.update(DJANGO_SETTINGS_MODULE="mnistsite.settings.test", CELERY_BROKER_URL="redis://127.0.0.1:6379/3?x=1")
+    seen = {}
+    for process in ("", "gw0", "gw1"):
+        result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                                env={**env, "PYTEST_XDIST_WORKER": process} if process else env)
+        assert result.returncode == 0, result.stderr
+        seen[process] = result.stdout.split()
+    assert seen[""] == seen["gw0"] == ["redis://127.0.0.1:6379/3?x=1"] * 3
+    assert seen["gw1"] == ["redis://127.0.0.1:6379/4?x=1"] * 3
