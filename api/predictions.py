@@ -151,7 +151,9 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
             "Without `wait` the answer comes at once (202). With `wait=SECONDS` the request blocks until every "
             "prediction is done or failed (200) or the time is up (202 with what is known so far). It stops "
             "waiting early (202) when the queue is stalled: some prediction has been pending for "
-            "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default) and no worker has started one since.\n\n"
+            "`PREDICTION_WAIT_STALLED_AFTER_SECONDS` (10 by default) and no worker has started one since. Each "
+            "waiting request holds one of the server's few threads: while `PREDICTION_WAITS_PER_USER` (4 by "
+            "default) of your requests wait, another answers at once, as without `wait`.\n\n"
             "Throttled per user by the number of images, a large picture counting one for each million pixels "
             "(`UPLOAD_PIXELS_PER_IMAGE`; scope `uploads`).\n\n"
             "With an `Idempotency-Key` header the upload can be sent again safely (after a timeout, a lost "
@@ -218,7 +220,7 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
         try:
             if wait:
                 completion.predictions_wait_finished(
-                    prediction_ids=[prediction.pk for prediction in created], timeout=wait
+                    prediction_ids=[prediction.pk for prediction in created], timeout=wait, user_id=request.user.pk
                 )
             predictions = selectors.predictions_reload(predictions=created)
         except DatabaseError:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
-from benchmarks.stack import BENCH_DB, REPO, print_report, running_stack  # noqa: E402
+from benchmarks.stack import BENCH_DB, REPO, auth_headers, print_report, running_stack  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
 DB_URL = os.environ.get("BENCH_DB_URL", f"postgresql://postgres@127.0.0.1:5432/{BENCH_DB}")
@@ -61,7 +61,7 @@ def main() -> int:
         result = run_load(
             base_url=stack.base_url, path="/api/v1/predictions/", concurrency=args.concurrency,
             requests=[multipart([("image", f"digit{i}.png", image)]) + (1,) for i, image in enumerate(images)],
-            headers={"Authorization": f"Token {stack.token}"}, keep_records=True,
+            headers=auth_headers(stack), keep_records=True,
         )
         records = [
             {"started": r.started, "status": r.status, "request_s": r.elapsed_ms / 1000,

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from benchmarks.cpu_usage import cpu_profile, cpu_snapshot  # noqa: E402
 from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
-from benchmarks.stack import REPO, file_create_us, running_stack, wait_http  # noqa: E402
+from benchmarks.stack import REPO, auth_headers, file_create_us, running_stack, wait_http  # noqa: E402
 from training.ml.data import load_split  # noqa: E402
 from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
 
@@ -92,7 +92,7 @@ def upload_load(stack, images: list[bytes], batch: int, concurrency: int):
         for i in range(0, len(images), batch)
     ]
     return run_load(base_url=stack.base_url, path="/api/v1/predictions/?wait=30", requests=requests,
-                    concurrency=concurrency, headers={"Authorization": f"Token {stack.token}"}, accept=all_done)
+                    concurrency=concurrency, headers=auth_headers(stack), accept=all_done)
 
 
 def bench_stack(

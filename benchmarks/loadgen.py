@@ -81,18 +81,22 @@ def run_load(
     path: str,
     requests: Sequence[tuple[bytes, str, int]],
     concurrency: int,
-    headers: dict[str, str] | None = None,
+    headers: Sequence[dict[str, str]] = ({},),
     keep_records: bool = False,
     accept: Callable[[int, bytes], bool] = lambda status, body: 200 <= status < 300,
 ) -> Result:
-    """POST each (body, content type, image count) once, from `concurrency` threads; time each request."""
+    """POST each (body, content type, image count) once, from `concurrency` threads; time each request.
+
+    Client i sends ``headers[i]`` (the last of them when there are fewer): its own credentials, say.
+    """
     target = urlparse(base_url)
     result = Result()
     lock = threading.Lock()
     queue = list(enumerate(requests))
     queue.reverse()
 
-    def client() -> None:
+    def client(index: int) -> None:
+        sent = {**headers[min(index, len(headers) - 1)]}
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
         while True:
             with lock:
@@ -101,7 +105,7 @@ def run_load(
                 _, (body, content_type, images) = queue.pop()
             started_wall, started = time.time(), time.perf_counter()
             try:
-                conn.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})})
+                conn.request("POST", path, body=body, headers={"Content-Type": content_type, **sent})
                 response = conn.getresponse()
                 payload = response.read()
                 status = response.status
@@ -119,7 +123,7 @@ def run_load(
                     result.records.append(Record(started_wall, elapsed, status, payload))
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(concurrency)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()

@@ -39,7 +39,8 @@ RECENT_DELETION_S = 310.0
 @dataclass
 class Stack:
     base_url: str
-    token: str
+    # One API token per load generator client, each of a user of its own.
+    tokens: tuple[str, ...]
     env: dict[str, str]
     workdir: Path
     # gunicorn and the Celery worker each lead a session of their own, which their children share.
@@ -134,6 +135,27 @@ def manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+# As many users as the loads have clients at most: one user's requests beyond PREDICTION_WAITS_PER_USER would not wait.
+CLIENTS = 16
+_CLIENTS_CREATE = f"""
+from django.contrib.auth import get_user_model
+from accounts.services import api_token_create
+for index in range({CLIENTS}):
+    user = get_user_model().objects.create_user(username=f"bench{{index}}")
+    print(api_token_create(user=user, name="bench")[1])
+"""
+
+
+def _clients_create(env: dict[str, str]) -> tuple[str, ...]:
+    """Users for the load generator's clients, and an API token of each, in one process."""
+    return tuple(manage(env, "shell", "--no-imports", "-c", _CLIENTS_CREATE).split())
+
+
+def auth_headers(stack: Stack) -> list[dict[str, str]]:
+    """Each load generator client's headers: client i signs in as user i."""
+    return [{"Authorization": f"Token {token}"} for token in stack.tokens]
+
+
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
@@ -187,9 +209,7 @@ def running_stack(
     database_recreate()
     _flush_broker()
     manage(env, "migrate", "--noinput")
-    # One argument: a generated password may start with "-", which argparse would take for an option.
-    manage(env, "ensure_demo_user", "--username", "bench", f"--password={secrets.token_urlsafe(16)}")
-    token = manage(env, "api_token_create", "bench").strip()
+    tokens = _clients_create(env)
     # Serving cost does not depend on how well the weights were trained, so a short run will do.
     manage(env, "train", "--sync", "--activate", "--subset", "2000", "--epochs", "1")
     processes = [
@@ -211,7 +231,7 @@ def running_stack(
         _wait_log(workdir / "worker.log", "ready.", 60)
         settled = media_settle(Path(env["MEDIA_ROOT"]))
         yield Stack(
-            base_url=f"http://127.0.0.1:{port}", token=token, env=env, workdir=workdir,
+            base_url=f"http://127.0.0.1:{port}", tokens=tokens, env=env, workdir=workdir,
             sessions=tuple(process.pid for process in processes), media_settle=settled,
         )
     finally:

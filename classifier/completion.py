@@ -17,7 +17,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connection
 
-from classifier import selectors, statements
+from classifier import selectors, slots, statements
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +68,26 @@ def _unfinished(prediction_ids: set[int]) -> set[int]:
     return prediction_ids - statements.predictions_finished_ids(prediction_ids=sorted(prediction_ids))
 
 
-def predictions_wait_finished(*, prediction_ids: list[int], timeout: float) -> bool:
+def predictions_wait_finished(*, prediction_ids: list[int], timeout: float, user_id: int) -> bool:
     """Block until every prediction is done, failed or deleted, or ``timeout`` seconds pass; True when all are.
 
     It gives up early when the queue is stalled: a prediction has been pending
     for PREDICTION_WAIT_STALLED_AFTER_SECONDS and no worker has started one
-    since. Inside a transaction the rows never change for us, so it only looks
-    once.
+    since. It only looks once, without waiting, when PREDICTION_WAITS_PER_USER
+    of the user's requests are waiting already, and inside a transaction, where
+    the rows never change for us.
     """
     deadline = time.monotonic() + timeout
     pending = set(prediction_ids)
     if connection.in_atomic_block or timeout <= 0:
         return not _unfinished(pending)
-    if _notifications_available() and listener_start(timeout=min(LISTENER_START_S, timeout)):
-        return _wait_notified(pending, deadline)
-    return _wait_polling(pending, deadline)
+    with slots.user_slot(kind="wait", user_id=user_id, limit=settings.PREDICTION_WAITS_PER_USER,
+                         hold_s=timeout + STALL_CHECK_EVERY_S) as slot:
+        if slot is None:
+            return not _unfinished(pending)
+        if _notifications_available() and listener_start(timeout=min(LISTENER_START_S, timeout)):
+            return _wait_notified(pending, deadline)
+        return _wait_polling(pending, deadline)
 
 
 def _announced_ids(payload: str) -> set[int]:

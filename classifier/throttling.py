@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache.backends.redis import RedisCache
 
+from mnistsite.cache_scripts import cache_script
 from mnistsite.env import rate_parse
 
 logger = logging.getLogger(__name__)
@@ -133,24 +133,9 @@ def allowance_take(*, key: str, now: float, cost: float, period: float) -> float
     cache = caches[DEFAULT_CACHE_ALIAS]
     if isinstance(cache, RedisCache):
         full_key = cache.make_and_validate_key(key)
-        return float(_take_script(cache)(keys=[full_key], args=[repr(now), repr(cost), repr(period), repr(TOLERANCE_S)]))
+        args = [repr(now), repr(cost), repr(period), repr(TOLERANCE_S)]
+        return float(cache_script(cache, _TAKE_LUA)(keys=[full_key], args=args))
     return _take_generic(cache, key=key, now=now, cost=cost, period=period)
-
-
-# Per cache client (Django keeps one per thread), the script bound to a Redis client of its own. Django builds a
-# new Redis client for every command, and redis-py fills a table of some 170 reply handlers for each (80 us here,
-# more than the script's round trip); the script, sent by its hash, also spares Redis re-reading its text.
-_take_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _take_script(cache: RedisCache):
-    backend = cache._cache
-    script = _take_scripts.get(backend)
-    if script is None:
-        # Django's Redis cache has no public way to run a script; its client is the one it uses itself (writes
-        # always go to the first server, whatever the key).
-        script = _take_scripts[backend] = backend.get_client(write=True).register_script(_TAKE_LUA)
-    return script
 
 
 def _take_generic(cache, *, key: str, now: float, cost: float, period: float) -> float:

@@ -34,7 +34,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image
 
-from classifier import exports, selectors, services, thumbnails, throttling
+from classifier import exports, selectors, services, slots, thumbnails, throttling
 from classifier.forms import FeedbackForm, HistoryFilterForm, UploadForm, UploadsDeleteForm
 from classifier.models import INPUT_SIDE, Prediction, Upload
 from classifier.request_body import FILE_NAME_TOO_LONG, file_name_too_long
@@ -832,18 +832,39 @@ def _filters_described(form: HistoryFilterForm, filters: selectors.UploadFilters
 _EXPORTS = {"csv": ("text/csv; charset=utf-8", exports.history_csv), "zip": ("application/zip", exports.history_zip)}
 
 
+# How long an export's slot stays held without a word from its stream (renewed as it goes): the most it stays
+# counted after its process was killed.
+EXPORT_SLOT_HOLD_S = 60.0
+# A refused export's Retry-After: exports of a small history end within it.
+EXPORT_BUSY_RETRY_AFTER_S = 10
+
+
 @require_safe
-def history_export(request: HttpRequest, kind: str) -> StreamingHttpResponse:
+def history_export(request: HttpRequest, kind: str) -> HttpResponse:
     """The history as shown with the same filters, streamed: a CSV of the results, or a ZIP with the images too."""
     content_type, render_rows = _EXPORTS[kind]
     _, filters = _history_filters(request)
-    response = StreamingHttpResponse(
-        render_rows(
-            selectors.upload_export_rows(user=request.user, filters=filters, newest_id=_history_newest(request))
-        ),
-        content_type=content_type,
-    )
+    slot = {"kind": "export", "user_id": request.user.pk, "limit": settings.HISTORY_EXPORTS_PER_USER,
+            "hold_s": EXPORT_SLOT_HOLD_S}
+    token = slots.user_slot_take(**slot)
+    if token is None:
+        return _history_export_busy(request)
+    try:
+        rows = selectors.upload_export_rows(user=request.user, filters=filters, newest_id=_history_newest(request))
+        response = StreamingHttpResponse(slots.UserSlotStream(render_rows(rows), **slot, token=token),
+                                         content_type=content_type)
+    except BaseException:
+        slots.user_slot_give_back(kind="export", user_id=request.user.pk, token=token)
+        raise
     name = f"mnistsite-history-{timezone.localdate():%Y-%m-%d}.{kind}"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _history_export_busy(request: HttpRequest) -> HttpResponse:
+    limit = settings.HISTORY_EXPORTS_PER_USER
+    response = render(request, "classifier/history_export_busy.html",
+                      {"limit": limit, "retry_after": EXPORT_BUSY_RETRY_AFTER_S}, status=429)
+    response["Retry-After"] = str(EXPORT_BUSY_RETRY_AFTER_S)
     return response

@@ -8,16 +8,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from urllib.parse import urlsplit
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.cache import cache
 from PIL import Image
 
 from classifier.throttling import TOLERANCE_S, allowance_take
 from classifier.models import Prediction, Upload
 from tests.api.conftest import upload_file
+from tests.caches import redis_cache_config, redis_cache_keys_delete
 from tests.classifier.fixtures import png_bytes
 
 pytestmark = pytest.mark.django_db
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.django_db
 LIST = "/api/v1/predictions/"
 
 
-def _redis_cache_url() -> str:
-    broker = urlsplit(django_settings.CELERY_BROKER_URL)
-    if broker.scheme != "redis":
-        pytest.skip("the Redis cache is tested where the broker is Redis")
-    return broker.geturl()
-
-
-# The broker's own Redis database, so that test runs given different databases never share keys; a prefix of this
-# process's own keeps the throttle's keys apart from the queues, and clearing deletes only those keys (a cache's
-# clear() would flush the broker's database).
 _KEY_PREFIX = f"throttling-test-{os.getpid()}"
 
 
@@ -42,9 +31,7 @@ def _cache_clear(backend: str) -> None:
     if backend == "locmem":
         cache.clear()
         return
-    client = cache._cache.get_client(write=True)
-    for key in client.scan_iter(match=f"{_KEY_PREFIX}:*"):
-        client.delete(key)
+    redis_cache_keys_delete(key_prefix=_KEY_PREFIX)
 
 
 # These replace the suite's clearing of the whole cache: throttle_cache clears only this module's keys.
@@ -61,13 +48,7 @@ def clear_throttle_history():
 @pytest.fixture(autouse=True, params=["locmem", "redis"])
 def throttle_cache(request, settings):
     if request.param == "redis":
-        settings.CACHES = {
-            "default": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
-                "LOCATION": _redis_cache_url(),
-                "KEY_PREFIX": _KEY_PREFIX,
-            }
-        }
+        settings.CACHES = {"default": redis_cache_config(key_prefix=_KEY_PREFIX)}
     _cache_clear(request.param)
     yield request.param
     _cache_clear(request.param)

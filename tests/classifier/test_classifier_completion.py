@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import threading
 import time
 
@@ -15,6 +16,7 @@ from classifier import services
 from classifier import completion
 from classifier.completion import CHANNEL, STALL_CHECK_EVERY_S, listener_start, predictions_wait_finished
 from classifier.models import Prediction
+from tests.caches import redis_cache_config, redis_cache_keys_delete
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,10 +43,10 @@ def slow_recheck(monkeypatch):
     monkeypatch.setattr(completion, "RECHECK_S", SLOW_RECHECK_S)
 
 
-def _wait_timed(ids: list[int], timeout: float) -> tuple[bool, float, int]:
+def _wait_timed(ids: list[int], timeout: float, *, user_id: int = 1) -> tuple[bool, float, int]:
     started = time.monotonic()
     with CaptureQueriesContext(connection) as queries:
-        finished = predictions_wait_finished(prediction_ids=ids, timeout=timeout)
+        finished = predictions_wait_finished(prediction_ids=ids, timeout=timeout, user_id=user_id)
     return finished, time.monotonic() - started, len(queries)
 
 
@@ -222,3 +224,43 @@ def test_a_wait_for_a_prediction_deleted_meanwhile_ends_instead_of_holding_its_w
         thread.join()
     # Nothing is left to wait for: a deleted prediction never finishes.
     assert result is True and elapsed < 10
+
+
+@pytest.fixture(params=["locmem", "redis"])
+def wait_cap_cache(request, settings):
+    """A cap of two waits per user, counted in the local-memory cache or in Redis."""
+    prefix = f"wait-cap-test-{os.getpid()}"
+    if request.param == "redis":
+        settings.CACHES = {"default": redis_cache_config(key_prefix=prefix)}
+    settings.PREDICTION_WAITS_PER_USER = 2
+    yield
+    if request.param == "redis":
+        redis_cache_keys_delete(key_prefix=prefix)
+
+
+def test_a_wait_beyond_the_users_cap_answers_at_once_while_another_users_waits(pending, wait_cap_cache, monkeypatch):
+    monkeypatch.setattr(completion, "RECHECK_S", 60.0)
+    ids = [prediction.pk for prediction in pending(1)]
+    holders = [threading.Thread(target=_wait_in_thread, args=(ids, 3.0, 1)) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    time.sleep(1.0)  # both waiting, each holding one of user 1's two slots
+
+    beyond, beyond_elapsed, beyond_queries = _wait_timed(ids, timeout=3.0, user_id=1)
+    other, other_elapsed, _ = _wait_timed(ids, timeout=1.0, user_id=2)
+    for holder in holders:
+        holder.join()
+    # Both holders have ended, giving their slots back: user 1 waits again.
+    again, again_elapsed, _ = _wait_timed(ids, timeout=1.0, user_id=1)
+
+    # One look, no wait: a thread kept free for the other requests of the server.
+    assert beyond is False and beyond_elapsed < 0.5 and beyond_queries == 1
+    assert other is False and other_elapsed >= 1.0
+    assert again is False and again_elapsed >= 1.0
+
+
+def _wait_in_thread(ids: list[int], timeout: float, user_id: int) -> None:
+    try:
+        predictions_wait_finished(prediction_ids=ids, timeout=timeout, user_id=user_id)
+    finally:
+        connections.close_all()

@@ -698,6 +698,28 @@ def test_a_download_holds_nobody_elses_uploads_and_needs_a_sign_in(client, alice
     assert client.get("/history/export.zip").status_code == 302
 
 
+def test_downloads_beyond_the_users_cap_are_refused_until_one_ends_and_other_users_download_meanwhile(
+    alice, user, other_user, digit_png, settings
+):
+    from django.test import Client
+
+    settings.HISTORY_EXPORTS_PER_USER = 1
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    bob = Client()
+    bob.force_login(other_user)
+
+    streaming = alice.get("/history/export.zip")  # not read yet: still holding its thread
+    refused = alice.get("/history/export.csv")
+    others = bob.get("/history/export.csv")
+
+    assert streaming.status_code == 200 and others.status_code == 200
+    assert refused.status_code == 429 and refused["Retry-After"] == "10"
+    assert "Too many downloads at once" in refused.content.decode()
+    assert "1 download of your history is still running" in " ".join(refused.content.decode().split())
+    _downloaded(streaming)  # read to its end, and closed
+    assert _downloaded(alice.get("/history/export.csv")).decode("utf-8-sig").count("\n") == 2
+
+
 def test_the_history_and_its_downloads_only_answer_reading(alice):
     for url in ("/history/", "/history/export.csv", "/history/export.zip"):
         assert alice.post(url).status_code == 405, url
