@@ -1,4 +1,9 @@
 """Settings for production: DEBUG off, HTTPS only, secure cookies and headers."""
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 from mnistsite.settings.base import *  # noqa: F403
@@ -20,6 +25,15 @@ if not any(host.strip() for host in ALLOWED_HOSTS):
 # base.py falls back to the committed key when DEBUG=true is set; production never runs with it.
 if SECRET_KEY == _DEV_SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set in production; the development key is public.")
+# Django's deploy check only warns of a weak key (security.W009), and nothing runs that check at start: sessions,
+# reset and confirmation links would be signed with a key that can be guessed. Its own thresholds, kept in step.
+if (len(SECRET_KEY) < SECRET_KEY_MIN_LENGTH or len(set(SECRET_KEY)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        or SECRET_KEY.startswith(SECRET_KEY_INSECURE_PREFIX)):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is too weak for production: use at least {SECRET_KEY_MIN_LENGTH} random characters (e.g. "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'), not one Django generated as insecure. "
+        "A new key signs everyone out and voids the links already mailed."
+    )
 
 # Their defaults put the database, the uploads and the models inside the checkout, which a redeploy that replaces
 # it would take with it. Production names where they live; a deliberate sqlite:// URL is still allowed.

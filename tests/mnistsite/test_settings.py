@@ -75,6 +75,15 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
     assert "SECRET_KEY must be set" in result.stderr
 
 
+@pytest.mark.parametrize("key", ["short-but-set", "ab" * 40, "django-insecure-" + "k3y-gEnerated-by-startproject" * 2])
+def test_production_refuses_a_secret_key_that_djangos_deploy_check_calls_weak(key):
+    result = _run_manage("check", DJANGO_SETTINGS_MODULE="mnistsite.settings.production", SECRET_KEY=key,
+                         ALLOWED_HOSTS="digits.example.com")
+    assert result.returncode != 0
+    assert "SECRET_KEY is too weak for production" in result.stderr
+    assert key not in result.stderr
+
+
 def test_production_refuses_to_keep_the_database_uploads_or_models_inside_the_code_folder_by_default():
     result = _run_manage(
         "check", DJANGO_SETTINGS_MODULE="mnistsite.settings.production",
