@@ -559,8 +559,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     # Each line names the request it was logged for (its X-Request-ID, also sent on with the tasks it publishes), or
     # "-" outside any.
-    "filters": {"request_id": {"()": "mnistsite.request_id.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "mnistsite.request_id.RequestIdFilter"},
+        "warning_without_traceback": {"()": "mnistsite.log_levels.WarningWithoutTraceback"},
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # A request for a Host the site does not serve: a scanner's, as a rule (see the filter).
+    "loggers": {"django.security.DisallowedHost": {"filters": ["warning_without_traceback"]}},
 }
