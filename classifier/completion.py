@@ -84,6 +84,8 @@ def predictions_wait_finished(*, prediction_ids: list[int], timeout: float, user
     with slots.user_slot(kind="wait", user_id=user_id, limit=settings.PREDICTION_WAITS_PER_USER,
                          hold_s=timeout + STALL_CHECK_EVERY_S) as slot:
         if slot is None:
+            logger.info("user %s already has %s waiting uploads (PREDICTION_WAITS_PER_USER): answering at once",
+                        user_id, settings.PREDICTION_WAITS_PER_USER)
             return not _unfinished(pending)
         if _notifications_available() and listener_start(timeout=min(LISTENER_START_S, timeout)):
             return _wait_notified(pending, deadline)

@@ -238,7 +238,9 @@ def wait_cap_cache(request, settings):
         redis_cache_keys_delete(key_prefix=prefix)
 
 
-def test_a_wait_beyond_the_users_cap_answers_at_once_while_another_users_waits(pending, wait_cap_cache, monkeypatch):
+def test_a_wait_beyond_the_users_cap_answers_at_once_while_another_users_waits(
+    pending, wait_cap_cache, monkeypatch, caplog
+):
     monkeypatch.setattr(completion, "RECHECK_S", 60.0)
     ids = [prediction.pk for prediction in pending(1)]
     holders = [threading.Thread(target=_wait_in_thread, args=(ids, 3.0, 1)) for _ in range(2)]
@@ -255,6 +257,7 @@ def test_a_wait_beyond_the_users_cap_answers_at_once_while_another_users_waits(p
 
     # One look, no wait: a thread kept free for the other requests of the server.
     assert beyond is False and beyond_elapsed < 0.5 and beyond_queries == 1
+    assert "user 1 already has 2 waiting uploads" in caplog.text
     assert other is False and other_elapsed >= 1.0
     assert again is False and again_elapsed >= 1.0
 
