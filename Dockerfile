@@ -16,7 +16,8 @@ RUN pip install -r requirements.txt
 
 COPY . .
 # collectstatic needs a key and a database URL only to import settings; the real ones come at run time.
-RUN SECRET_KEY=build-only-collectstatic-key-never-used-to-sign-anything-0123456789 DATABASE_URL=sqlite://:memory: python manage.py collectstatic --noinput \
+RUN SECRET_KEY=build-only-collectstatic-key-never-used-to-sign-anything-0123456789 \
+    DATABASE_URL=sqlite://:memory: python manage.py collectstatic --noinput \
     && useradd --system --uid 1000 --home /app mnistsite \
     && mkdir -p /srv/media /srv/data /srv/checkpoints \
     && chown -R mnistsite /srv

@@ -109,7 +109,8 @@ class UserSlotStream:
 def _take(*, key: str, limit: int, hold_ms: int, token: str) -> bool:
     cache = caches[DEFAULT_CACHE_ALIAS]
     if isinstance(cache, RedisCache):
-        return bool(cache_script(cache, _TAKE_LUA)(keys=[cache.make_and_validate_key(key)], args=[limit, hold_ms, token]))
+        script = cache_script(cache, _TAKE_LUA)
+        return bool(script(keys=[cache.make_and_validate_key(key)], args=[limit, hold_ms, token]))
     # Any other cache: a read and a write, so two processes may both take the last slot.
     now_ms = time.time() * 1000
     held = {member: lapses for member, lapses in cache.get(key, {}).items() if lapses > now_ms}

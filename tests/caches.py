@@ -8,7 +8,9 @@ from django.conf import settings
 from django.core.cache import cache
 
 # Shown to a test that needs a cache whose every command fails as Redis out of reach does.
-UNREACHABLE_REDIS_CACHE = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+UNREACHABLE_REDIS_CACHE = {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0",
+}
 
 
 def redis_cache_config(*, key_prefix: str) -> dict:

@@ -1,4 +1,4 @@
-"""Per-user caps on requests held open at once: counted across processes in the cache, given back, lapsing by themselves.
+"""Per-user caps on requests held open at once: counted across processes, given back, lapsing by themselves.
 
 Every test runs against the local-memory cache and against Redis (one atomic script each).
 """
