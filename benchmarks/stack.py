@@ -135,7 +135,7 @@ def manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-# As many users as the loads have clients at most: one user's requests beyond PREDICTION_WAITS_PER_USER would not wait.
+# As many users as the loads have clients at most: beyond PREDICTION_WAITS_PER_USER, one user's waits stop after a second.
 CLIENTS = 16
 _CLIENTS_CREATE = f"""
 from django.contrib.auth import get_user_model

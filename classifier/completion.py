@@ -33,6 +33,8 @@ RECHECK_S = 0.5
 # wait would run to its end and hold every thread, the health probes' included; so a wait that has lasted this
 # long looks whether the queue is stalled, and then gives up.
 STALL_CHECK_EVERY_S = 2.0
+# A wait that has lasted this long counts against the user's PREDICTION_WAITS_PER_USER.
+SLOT_AFTER_S = 1.0
 # How long a wait gives a new listener to connect before it polls instead.
 LISTENER_START_S = 1.0
 # How often the listener looks up from its connection to see whether it should stop.
@@ -73,23 +75,56 @@ def predictions_wait_finished(*, prediction_ids: list[int], timeout: float, user
 
     It gives up early when the queue is stalled: a prediction has been pending
     for PREDICTION_WAIT_STALLED_AFTER_SECONDS and no worker has started one
-    since. It only looks once, without waiting, when PREDICTION_WAITS_PER_USER
-    of the user's requests are waiting already, and inside a transaction, where
-    the rows never change for us.
+    since; and after SLOT_AFTER_S when PREDICTION_WAITS_PER_USER of the user's
+    requests have been waiting that long already. Inside a transaction the rows
+    never change for us, so it only looks once.
     """
     deadline = time.monotonic() + timeout
     pending = set(prediction_ids)
     if connection.in_atomic_block or timeout <= 0:
         return not _unfinished(pending)
-    with slots.user_slot(kind="wait", user_id=user_id, limit=settings.PREDICTION_WAITS_PER_USER,
-                         hold_s=timeout + STALL_CHECK_EVERY_S) as slot:
-        if slot is None:
-            logger.info("user %s already has %s waiting uploads (PREDICTION_WAITS_PER_USER): answering at once",
-                        user_id, settings.PREDICTION_WAITS_PER_USER)
-            return not _unfinished(pending)
+    slot = _SlotWatch(user_id=user_id, hold_s=timeout + STALL_CHECK_EVERY_S)
+    try:
         if _notifications_available() and listener_start(timeout=min(LISTENER_START_S, timeout)):
-            return _wait_notified(pending, deadline)
-        return _wait_polling(pending, deadline)
+            return _wait_notified(pending, deadline, slot)
+        return _wait_polling(pending, deadline, slot)
+    finally:
+        slot.give_back()
+
+
+class _SlotWatch:
+    """One of the user's PREDICTION_WAITS_PER_USER slots, taken once the wait has lasted SLOT_AFTER_S.
+
+    A wait that long holds its web thread long enough to count, and one the user's other waits leave no slot gives
+    up. The waits of a load the workers keep up with end sooner, and cost the cache nothing.
+    """
+
+    def __init__(self, *, user_id: int, hold_s: float) -> None:
+        self._user_id, self._hold_s = user_id, hold_s
+        self._at = time.monotonic() + SLOT_AFTER_S
+        self._asked = False
+        self._token: str | None = None
+
+    def due_in(self) -> float:
+        """Seconds until the slot is to be taken; infinite once it was asked for."""
+        return math.inf if self._asked else max(0.0, self._at - time.monotonic())
+
+    def refused(self) -> bool:
+        if self._asked or time.monotonic() < self._at:
+            return False
+        self._asked = True
+        self._token = slots.user_slot_take(kind="wait", user_id=self._user_id,
+                                           limit=settings.PREDICTION_WAITS_PER_USER, hold_s=self._hold_s)
+        if self._token is None:
+            logger.info("user %s already has %s uploads waiting over %g s (PREDICTION_WAITS_PER_USER): "
+                        "answering without waiting longer", self._user_id, settings.PREDICTION_WAITS_PER_USER,
+                        SLOT_AFTER_S)
+        return self._token is None
+
+    def give_back(self) -> None:
+        if self._token is not None:
+            slots.user_slot_give_back(kind="wait", user_id=self._user_id, token=self._token)
+            self._token = None
 
 
 def _announced_ids(payload: str) -> set[int]:
@@ -216,7 +251,7 @@ def listener_stop() -> None:
     _listener.stop()
 
 
-def _wait_notified(pending: set[int], deadline: float) -> bool:
+def _wait_notified(pending: set[int], deadline: float, slot: _SlotWatch) -> bool:
     waiter = _listener.register(pending)
     watch = _StallWatch(last_finished_at=lambda: _listener.last_notice_at)
     try:
@@ -224,9 +259,9 @@ def _wait_notified(pending: set[int], deadline: float) -> bool:
         pending = _unfinished(pending)
         while pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or watch.stalled():
+            if remaining <= 0 or watch.stalled() or slot.refused():
                 return False
-            if waiter.woken.wait(min(remaining, RECHECK_S)):
+            if waiter.woken.wait(min(remaining, RECHECK_S, slot.due_in())):
                 heard, reread = _listener.take(waiter)
                 pending -= heard
                 if not reread:
@@ -237,12 +272,12 @@ def _wait_notified(pending: set[int], deadline: float) -> bool:
         _listener.unregister(waiter)
 
 
-def _wait_polling(pending: set[int], deadline: float) -> bool:
+def _wait_polling(pending: set[int], deadline: float, slot: _SlotWatch) -> bool:
     pause = POLL_FIRST_S
     watch = _StallWatch()
     while pending := _unfinished(pending):
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or watch.stalled():
+        if remaining <= 0 or watch.stalled() or slot.refused():
             return False
         time.sleep(min(pause, remaining))
         pause = min(pause * 1.5, POLL_MAX_S)

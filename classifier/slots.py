@@ -10,7 +10,6 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache.backends.redis import RedisCache
@@ -57,17 +56,6 @@ def user_slot_give_back(*, kind: str, user_id: int, token: str) -> None:
         _give_back(key=f"slots_{kind}_{user_id}", token=token)
     except Exception:  # noqa: BLE001 - the hold lapses by itself
         logger.warning("%s slot not given back: the cache is unavailable", kind, exc_info=True)
-
-
-@contextmanager
-def user_slot(*, kind: str, user_id: int, limit: int, hold_s: float) -> Iterator[str | None]:
-    """``user_slot_take`` for the block, given back after it; None when all were held (and nothing is)."""
-    token = user_slot_take(kind=kind, user_id=user_id, limit=limit, hold_s=hold_s)
-    try:
-        yield token
-    finally:
-        if token is not None:
-            user_slot_give_back(kind=kind, user_id=user_id, token=token)
 
 
 class UserSlotStream:

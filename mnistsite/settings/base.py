@@ -238,9 +238,9 @@ PREDICTION_RUNNING_STALE_AFTER_SECONDS = env.int("PREDICTION_RUNNING_STALE_AFTER
 # A ?wait upload stops waiting (202) once a prediction has been pending this long and no worker has started one
 # since: the queue is stalled.
 PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_SECONDS", default=10, least=0)
-# Uploads of one user that may wait for their digits at once (?wait), and history exports one user may stream at
-# once: each holds a web thread while it lasts. Beyond it a wait answers at once (202), an export is refused (429).
-# 0: no cap.
+# Uploads of one user that may go on waiting for their digits (?wait) past their first second at once, and history
+# exports one user may stream at once: each holds a web thread while it lasts. Beyond it a wait stops after its first
+# second (202), an export is refused (429). 0: no cap.
 PREDICTION_WAITS_PER_USER = env.int("PREDICTION_WAITS_PER_USER", default=4, least=0)
 HISTORY_EXPORTS_PER_USER = env.int("HISTORY_EXPORTS_PER_USER", default=2, least=0)
 # A prediction whose worker was lost this many times is failed by the sweeper rather than run again.

@@ -11,7 +11,7 @@ import pytest
 from django.core.cache import cache
 from django.test import override_settings
 
-from classifier.slots import UserSlotStream, user_slot, user_slot_give_back, user_slot_take
+from classifier.slots import UserSlotStream, user_slot_give_back, user_slot_take
 from tests.caches import UNREACHABLE_REDIS_CACHE, redis_cache_config, redis_cache_keys_delete
 
 _KEY_PREFIX = f"slots-test-{os.getpid()}"
@@ -78,16 +78,6 @@ def test_taking_a_held_slot_again_by_its_token_keeps_it_held_longer_and_counts_i
 
 def test_a_limit_of_zero_caps_nothing():
     assert all(_take(limit=0) for _ in range(20))
-
-
-def test_the_slot_of_a_block_is_given_back_when_the_block_ends_even_by_an_exception():
-    with pytest.raises(RuntimeError), user_slot(kind="wait", user_id=1, limit=1, hold_s=30) as token:
-        assert token is not None
-        with user_slot(kind="wait", user_id=1, limit=1, hold_s=30) as refused:
-            assert refused is None
-        raise RuntimeError
-
-    assert _take(limit=1) is not None
 
 
 def test_slots_are_taken_from_nobody_while_the_cache_is_unreachable(slot_cache):
