@@ -482,8 +482,7 @@ def upload_image_scaled(request: HttpRequest, pk: int, side: int) -> HttpRespons
         return not_modified
     filename = f"upload-{item.pk}-{side}.png"
     try:
-        with item.image.open("rb") as handle:
-            scaled = thumbnails.picture_scaled_png(handle, side=side)
+        scaled = services.upload_image_scaled_get(name=item.image.name, side=side)
     except (FileNotFoundError, ValueError):
         raise Http404("The image file is gone.") from None
     except OSError:

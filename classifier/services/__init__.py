@@ -22,11 +22,13 @@ from classifier.services.files import (
     ORPHANED_FOLDER,
     ORPHANED_MANY,
     RETIRED_FOLDER,
+    SCALED_FOLDER,
     STORAGE_FULL_LOG_EVERY_S,
     StorageFullError,
     UploadStorageError,
     upload_files_delete_on_commit,
     upload_files_orphaned_delete,
+    upload_image_scaled_get,
 )
 from classifier.services.lost_connections import LOST_INSERT_WAIT_S
 from classifier.services.predictions import (
@@ -62,6 +64,7 @@ __all__ = [
     "ORPHANED_MANY",
     "PREPARE_FAILED_ERROR",
     "RETIRED_FOLDER",
+    "SCALED_FOLDER",
     "STORAGE_FULL_LOG_EVERY_S",
     "UPLOADS_DELETE_BATCH",
     "UPLOADS_DELETE_MAX_SELECTED",
@@ -98,6 +101,7 @@ __all__ = [
     "upload_delete",
     "upload_files_delete_on_commit",
     "upload_files_orphaned_delete",
+    "upload_image_scaled_get",
     "upload_read",
     "upload_update",
     "uploads_delete",

@@ -1,10 +1,13 @@
-"""Upload files on the media volume: writing them, deleting them, and setting aside those no upload names."""
+"""Upload files on the media volume: writing them, their scaled copies, deleting them, setting aside those no upload
+names."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import os
+import tempfile
 import time
 
 from django.conf import settings
@@ -13,6 +16,7 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.utils import timezone
 
+from classifier import thumbnails
 from classifier.instances import instances_new
 from classifier.models import Upload, upload_image_path
 from classifier.validation import ValidatedImage
@@ -28,6 +32,11 @@ ORPHANED_FOLDER = "orphaned"
 ORPHANED_MANY = 100
 # Model inputs were files here until classifier/0003 moved them into their rows; nothing reads them since.
 RETIRED_FOLDER = "derived"
+# Smaller copies of stored pictures, made on first view (``upload_image_scaled_get``), under the picture's own name:
+# ``scaled/<side>/<name>``. Each can be made again from its picture, so backups may leave the folder out.
+SCALED_FOLDER = "scaled"
+# How every PNG ends (its IEND chunk, with its CRC): a copy without it was cut short, by a crash as it was written.
+_PNG_END = b"IEND\xaeB`\x82"
 
 
 class UploadStorageError(Exception):
@@ -66,12 +75,76 @@ def _uploads_build(
 
 
 def files_delete(names: list[str]) -> None:
+    """Delete these stored pictures and their scaled copies."""
     for name in names:
         if name:
             try:
                 default_storage.delete(name)
             except OSError:
                 logger.warning("could not delete stored file %s", name, exc_info=True)
+            _scaled_copies_delete(name)
+
+
+def _scaled_copy_name(*, name: str, side: int) -> str:
+    return f"{SCALED_FOLDER}/{side}/{name}"
+
+
+def _scaled_copies_delete(name: str) -> None:
+    for side in thumbnails.SIDES:
+        try:
+            os.remove(default_storage.path(_scaled_copy_name(name=name, side=side)))
+        except FileNotFoundError:
+            continue  # never made: the picture was never shown small, or is that small already
+        except OSError:
+            logger.warning("could not delete the scaled copy of %s", name, exc_info=True)
+
+
+def upload_image_scaled_get(*, name: str, side: int) -> bytes | None:
+    """The stored picture ``name`` as a PNG at most ``side`` pixels each way, or None when it is that small already.
+
+    The first call makes the copy and keeps it (unless the media volume is short of space), as decoding a photo's
+    stored copy takes tens of milliseconds; later ones read it. Raises FileNotFoundError when the picture is gone,
+    and what ``thumbnails.picture_scaled_png`` raises for a picture it cannot read.
+    """
+    copy = default_storage.path(_scaled_copy_name(name=name, side=side))
+    try:
+        with open(copy, "rb") as kept:
+            data = kept.read()
+        if data.endswith(_PNG_END):
+            return data
+    except FileNotFoundError:
+        pass
+    with default_storage.open(name, "rb") as handle:
+        scaled = thumbnails.picture_scaled_png(handle, side=side)
+    if scaled is not None:
+        _scaled_copy_keep(copy, scaled, name=name)
+    return scaled
+
+
+def _scaled_copy_keep(path: str, data: bytes, *, name: str) -> None:
+    # Only a saving: a copy that cannot be kept is made again next time, and the answer goes out all the same.
+    try:
+        # What space is left is the uploads'.
+        if _storage_short(needed=len(data), files=1) is not None:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Written whole under a temporary name, then renamed: a reader finds the whole copy or none.
+        descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".part")
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise
+    except OSError:
+        logger.warning("could not keep the scaled copy of %s", name, exc_info=True)
+        return
+    # The picture deleted while its copy was made: the deletion passed the copy by, so it goes now. (A deletion
+    # between this look and the rename above is what the daily sweep's look at the copies is for.)
+    if not os.path.exists(default_storage.path(name)):
+        _scaled_copies_delete(name)
 
 
 def upload_files_write(
@@ -115,22 +188,15 @@ _storage_full_logged = [-math.inf]
 
 
 def _storage_headroom_check(*, needed: int, files: int) -> None:
-    free_bytes = getattr(default_storage, "free_bytes", None)
-    if free_bytes is None:
-        return
-    free_files = getattr(default_storage, "free_files", lambda: None)
     try:
-        left, files_left = free_bytes() - needed, free_files()
+        short = _storage_short(needed=needed, files=files)
     except OSError as exc:
         # A volume that cannot say how full it is (a stale network mount) would not take the files either.
         logger.error("could not read the media volume's free space", exc_info=True)
         raise UploadStorageError("The images could not be stored.") from exc
-    if files_left is not None:
-        files_left -= files
-    if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024 and (
-        files_left is None or files_left >= settings.UPLOAD_MIN_FREE_FILES
-    ):
+    if short is None:
         return
+    left, files_left = short
     if time.monotonic() - _storage_full_logged[0] >= STORAGE_FULL_LOG_EVERY_S:
         _storage_full_logged[0] = time.monotonic()
         logger.error(
@@ -140,6 +206,24 @@ def _storage_headroom_check(*, needed: int, files: int) -> None:
             settings.UPLOAD_MIN_FREE_FILES,
         )
     raise StorageFullError("The server is short of storage space.")
+
+
+def _storage_short(*, needed: int, files: int) -> tuple[int, int | None] | None:
+    """The bytes and files the media volume would have left after these, when under UPLOAD_MIN_FREE_MB or
+    UPLOAD_MIN_FREE_FILES; None when it would not be (or the storage cannot say). Raises OSError when it cannot be
+    read."""
+    free_bytes = getattr(default_storage, "free_bytes", None)
+    if free_bytes is None:
+        return None
+    free_files = getattr(default_storage, "free_files", lambda: None)
+    left, files_left = free_bytes() - needed, free_files()
+    if files_left is not None:
+        files_left -= files
+    if left >= settings.UPLOAD_MIN_FREE_MB * 1024 * 1024 and (
+        files_left is None or files_left >= settings.UPLOAD_MIN_FREE_FILES
+    ):
+        return None
+    return left, files_left
 
 
 def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: bool = False) -> int:
@@ -178,6 +262,7 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
         logger.warning("moved %s uploaded files that no upload names to %s/: %s", len(set_aside), ORPHANED_FOLDER,
                        set_aside[:20])
     if everything:
+        _scaled_copies_orphaned_delete(newest=newest)
         _files_set_aside_expired_delete(before=now - dt.timedelta(days=settings.ORPHANED_FILES_KEEP_DAYS))
         retired = _files_set_aside(_files_under(RETIRED_FOLDER)) if _model_inputs_moved_into_rows() else []
         if retired:
@@ -220,6 +305,26 @@ def _files_set_aside(names: list[str]) -> list[str]:
             continue
         moved.append(name)
     return moved
+
+
+def _scaled_copies_orphaned_delete(*, newest: dt.datetime) -> None:
+    """Delete the scaled copies, written before ``newest``, whose picture is gone (or left a copy being written)."""
+    cutoff, deleted = newest.timestamp(), 0
+    for folder, _, files in os.walk(default_storage.path(SCALED_FOLDER)):
+        for file in files:
+            path = os.path.join(folder, file)
+            # scaled/<side>/<the picture's name>
+            name = os.path.relpath(path, default_storage.path(SCALED_FOLDER)).replace(os.sep, "/").partition("/")[2]
+            try:
+                if os.stat(path).st_mtime < cutoff and (file.endswith(".part") or not default_storage.exists(name)):
+                    os.remove(path)
+                    deleted += 1
+            except FileNotFoundError:
+                continue
+            except OSError:
+                logger.warning("could not delete the scaled copy %s", path, exc_info=True)
+    if deleted:
+        logger.info("deleted %s scaled copies of pictures no longer stored", deleted)
 
 
 def _files_set_aside_expired_delete(*, before: dt.datetime) -> None:

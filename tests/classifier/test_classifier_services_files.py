@@ -143,3 +143,91 @@ def test_a_batch_is_stored_through_a_storage_without_batch_writes(user, digit_pn
     predictions = services.predictions_submit(owner=user, files=files, source="file")
     stored = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.png"))
     assert stored == sorted(p.upload.image.name for p in predictions) and len(stored) == 2
+
+
+def _photo_upload(owner) -> Upload:
+    """A photo's upload: its stored copy large enough to be shown scaled."""
+    from PIL import Image
+
+    photo = Image.merge("RGB", [Image.effect_noise((900, 600), 24)] * 3)
+    sent = io.BytesIO()
+    photo.save(sent, "JPEG", quality=90)
+    return services.upload_create(owner=owner, file=io.BytesIO(sent.getvalue()), name="photo.jpg", source="file")
+
+
+def _copy_path(upload: Upload, side: int) -> Path:
+    from django.core.files.storage import default_storage
+
+    return Path(default_storage.path(f"{services.SCALED_FOLDER}/{side}/{upload.image.name}"))
+
+
+def test_a_scaled_copy_is_made_on_first_view_and_read_from_then_on(user):
+    from PIL import Image
+
+    upload = _photo_upload(user)
+
+    first = services.upload_image_scaled_get(name=upload.image.name, side=128)
+    kept = _copy_path(upload, 128)
+    assert Image.open(io.BytesIO(first)).size == (128, 85) and kept.read_bytes() == first
+    # Read from the copy, not made again: the copy is what comes back, whatever it holds.
+    marked = b"the kept copy " + first
+    kept.write_bytes(marked)
+    assert services.upload_image_scaled_get(name=upload.image.name, side=128) == marked
+    assert not _copy_path(upload, 512).exists()
+
+
+def test_a_scaled_copy_cut_short_by_a_crash_is_made_again(user):
+    upload = _photo_upload(user)
+    whole = services.upload_image_scaled_get(name=upload.image.name, side=512)
+    _copy_path(upload, 512).write_bytes(whole[: len(whole) // 2])
+
+    assert services.upload_image_scaled_get(name=upload.image.name, side=512) == whole
+    assert _copy_path(upload, 512).read_bytes() == whole
+
+
+def test_a_picture_small_already_gets_no_copy(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+
+    assert services.upload_image_scaled_get(name=upload.image.name, side=128) is None
+    assert not _copy_path(upload, 128).parent.exists()
+
+
+def test_no_copy_is_kept_while_the_media_volume_is_short_of_space_and_the_copy_is_still_answered(user, settings):
+    upload = _photo_upload(user)
+    settings.UPLOAD_MIN_FREE_MB = 10**9  # more than any disk has free
+
+    scaled = services.upload_image_scaled_get(name=upload.image.name, side=128)
+
+    assert scaled.startswith(b"\x89PNG") and not _copy_path(upload, 128).exists()
+
+
+def test_deleting_an_upload_deletes_its_scaled_copies_once_committed(user, django_capture_on_commit_callbacks):
+    upload = _photo_upload(user)
+    for side in (128, 512):
+        services.upload_image_scaled_get(name=upload.image.name, side=side)
+    copies = [_copy_path(upload, side) for side in (128, 512)]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.upload_delete(upload=upload)
+
+    assert not Path(upload.image.path).exists() and not any(copy.exists() for copy in copies)
+
+
+def test_a_copy_made_as_its_picture_was_deleted_goes_with_the_daily_sweep_and_others_stay(user):
+    import os
+
+    upload, kept = _photo_upload(user), _photo_upload(user)
+    for each in (upload, kept):
+        services.upload_image_scaled_get(name=each.image.name, side=128)
+    # The picture deleted between the copy's look and its rename: the deletion found no copy to delete.
+    os.remove(upload.image.path)
+    left, writing = _copy_path(upload, 128), _copy_path(kept, 128).with_name(".abc.part")
+    writing.write_bytes(b"a copy whose writer was killed")
+    hours_ago = (timezone.now() - dt.timedelta(hours=2)).timestamp()
+    for path in (left, writing, _copy_path(kept, 128)):
+        os.utime(path, (hours_ago, hours_ago))
+
+    services.upload_files_orphaned_delete(everything=True)
+
+    assert not left.exists() and not writing.exists()
+    assert _copy_path(kept, 128).exists()
