@@ -1,6 +1,8 @@
 """The suite's caches: local memory, and the real Redis under a key prefix of the test process's own."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,3 +32,24 @@ def redis_cache_keys_delete(*, key_prefix: str) -> None:
     client = cache._cache.get_client(write=True)
     for key in client.scan_iter(match=f"{key_prefix}:*"):
         client.delete(key)
+
+
+@contextmanager
+def cache_backend(backend: str, settings, *, key_prefix: str) -> Iterator[None]:
+    """The default cache as ``backend`` ("locmem" or "redis"), without this test's keys before and after it.
+
+    For modules that test both: they replace the suite's clearing of the whole cache (a fixture named
+    ``fresh_cache``), which would flush the broker's database.
+    """
+    if backend == "redis":
+        settings.CACHES = {"default": redis_cache_config(key_prefix=key_prefix)}
+    _cache_clear(backend, key_prefix=key_prefix)
+    yield
+    _cache_clear(backend, key_prefix=key_prefix)
+
+
+def _cache_clear(backend: str, *, key_prefix: str) -> None:
+    if backend == "locmem":
+        cache.clear()
+    else:
+        redis_cache_keys_delete(key_prefix=key_prefix)

@@ -16,7 +16,7 @@ from PIL import Image
 from classifier.throttling import TOLERANCE_S, allowance_take
 from classifier.models import Prediction, Upload
 from tests.api.conftest import upload_file
-from tests.caches import redis_cache_config, redis_cache_keys_delete
+from tests.caches import cache_backend
 from tests.classifier.fixtures import png_bytes
 
 pytestmark = pytest.mark.django_db
@@ -25,13 +25,6 @@ LIST = "/api/v1/predictions/"
 
 
 _KEY_PREFIX = f"throttling-test-{os.getpid()}"
-
-
-def _cache_clear(backend: str) -> None:
-    if backend == "locmem":
-        cache.clear()
-        return
-    redis_cache_keys_delete(key_prefix=_KEY_PREFIX)
 
 
 # These replace the suite's clearing of the whole cache: throttle_cache clears only this module's keys.
@@ -47,11 +40,8 @@ def clear_throttle_history():
 
 @pytest.fixture(autouse=True, params=["locmem", "redis"])
 def throttle_cache(request, settings):
-    if request.param == "redis":
-        settings.CACHES = {"default": redis_cache_config(key_prefix=_KEY_PREFIX)}
-    _cache_clear(request.param)
-    yield request.param
-    _cache_clear(request.param)
+    with cache_backend(request.param, settings, key_prefix=_KEY_PREFIX):
+        yield request.param
 
 
 def _stored_number(key: str, backend: str) -> float:

@@ -18,7 +18,7 @@ from classifier.completion import (
     CHANNEL, SLOT_AFTER_S, STALL_CHECK_EVERY_S, listener_start, predictions_wait_finished,
 )
 from classifier.models import Prediction
-from tests.caches import redis_cache_config, redis_cache_keys_delete
+from tests.caches import cache_backend
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -231,13 +231,9 @@ def test_a_wait_for_a_prediction_deleted_meanwhile_ends_instead_of_holding_its_w
 @pytest.fixture(params=["locmem", "redis"])
 def wait_cap_cache(request, settings):
     """A cap of two waits per user, counted in the local-memory cache or in Redis."""
-    prefix = f"wait-cap-test-{os.getpid()}"
-    if request.param == "redis":
-        settings.CACHES = {"default": redis_cache_config(key_prefix=prefix)}
     settings.PREDICTION_WAITS_PER_USER = 2
-    yield
-    if request.param == "redis":
-        redis_cache_keys_delete(key_prefix=prefix)
+    with cache_backend(request.param, settings, key_prefix=f"wait-cap-test-{os.getpid()}"):
+        yield
 
 
 def test_a_wait_beyond_the_users_cap_gives_up_after_a_second_while_another_users_waits_on(

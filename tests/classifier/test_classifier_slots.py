@@ -8,16 +8,15 @@ import os
 import time
 
 import pytest
-from django.core.cache import cache
 from django.test import override_settings
 
 from classifier.slots import UserSlotStream, user_slot_give_back, user_slot_take
-from tests.caches import UNREACHABLE_REDIS_CACHE, redis_cache_config, redis_cache_keys_delete
+from tests.caches import UNREACHABLE_REDIS_CACHE, cache_backend
 
 _KEY_PREFIX = f"slots-test-{os.getpid()}"
 
 
-# Only this module's keys are cleared: the suite's clearing of the whole cache would flush the broker's database.
+# Replaced by slot_cache (tests.caches.cache_backend).
 @pytest.fixture(autouse=True)
 def fresh_cache():
     yield
@@ -25,14 +24,8 @@ def fresh_cache():
 
 @pytest.fixture(autouse=True, params=["locmem", "redis"])
 def slot_cache(request, settings):
-    if request.param == "redis":
-        settings.CACHES = {"default": redis_cache_config(key_prefix=_KEY_PREFIX)}
-        redis_cache_keys_delete(key_prefix=_KEY_PREFIX)
-    else:
-        cache.clear()
-    yield request.param
-    if request.param == "redis":
-        redis_cache_keys_delete(key_prefix=_KEY_PREFIX)
+    with cache_backend(request.param, settings, key_prefix=_KEY_PREFIX):
+        yield request.param
 
 
 def _take(user_id: int = 1, *, limit: int = 2, hold_s: float = 30.0, token: str | None = None) -> str | None:
