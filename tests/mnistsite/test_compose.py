@@ -124,11 +124,12 @@ def test_dockerfile_installs_the_pinned_requirements_without_the_test_and_benchm
 def test_the_image_gets_no_local_secrets_environments_databases_or_uploads():
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert {".env", ".git", ".venv", "db.sqlite3*", "media/uploads", "media/derived", "media/orphaned", "data", "checkpoints", "var"} <= ignored
+    assert {".env", ".git", ".venv", "db.sqlite3*", "media/uploads", "media/derived", "media/orphaned", "media/scaled",
+            "data", "checkpoints", "var"} <= ignored
     # The shipped sample sets are copied into the image (Dockerfile), so they must stay in the context.
     assert not any(entry in ignored for entry in ("media", "media/samples", "media/*"))
     git_ignored = (REPO / ".gitignore").read_text().splitlines()
-    assert {".env", "/media/uploads/", "/media/derived/", "/media/orphaned/"} <= set(git_ignored)
+    assert {".env", "/media/uploads/", "/media/derived/", "/media/orphaned/", "/media/scaled/"} <= set(git_ignored)
 
 
 def test_the_web_port_is_published_on_the_loopback_only_unless_told_otherwise():
