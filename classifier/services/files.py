@@ -131,6 +131,9 @@ def _scaled_copy_keep(path: str, data: bytes, *, name: str) -> None:
         # Written whole under a temporary name, then renamed: a reader finds the whole copy or none.
         descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".part")
         try:
+            # mkstemp's owner-only mode otherwise: the copy is readable by whoever may read its picture.
+            if settings.FILE_UPLOAD_PERMISSIONS is not None:
+                os.fchmod(descriptor, settings.FILE_UPLOAD_PERMISSIONS)
             with os.fdopen(descriptor, "wb") as out:
                 out.write(data)
             os.replace(temporary, path)

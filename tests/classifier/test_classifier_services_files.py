@@ -169,6 +169,7 @@ def test_a_scaled_copy_is_made_on_first_view_and_read_from_then_on(user):
     first = services.upload_image_scaled_get(name=upload.image.name, side=128)
     kept = _copy_path(upload, 128)
     assert Image.open(io.BytesIO(first)).size == (128, 85) and kept.read_bytes() == first
+    assert kept.stat().st_mode & 0o777 == Path(upload.image.path).stat().st_mode & 0o777
     # Read from the copy, not made again: the copy is what comes back, whatever it holds.
     marked = b"the kept copy " + first
     kept.write_bytes(marked)
