@@ -1,5 +1,4 @@
-"""Upload files on the media volume: writing them, their scaled copies, deleting them, setting aside those no upload
-names."""
+"""Upload files on the media volume: writing, scaling and deleting them, and setting aside those no upload names."""
 from __future__ import annotations
 
 import contextlib
