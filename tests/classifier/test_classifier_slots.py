@@ -60,12 +60,12 @@ def test_a_slot_never_given_back_lapses_by_itself_as_one_held_by_a_killed_proces
 
 
 def test_taking_a_held_slot_again_by_its_token_keeps_it_held_longer_and_counts_it_once():
-    token = _take(limit=1, hold_s=0.6)
-    time.sleep(0.4)
-    assert _take(limit=1, hold_s=0.6, token=token) == token
-    time.sleep(0.4)
+    token = _take(limit=1, hold_s=1.5)
+    time.sleep(1.0)
+    assert _take(limit=1, hold_s=1.5, token=token) == token
+    time.sleep(1.0)
 
-    # 0.8 s after it was first taken for 0.6, renewed at 0.4: still held.
+    # 2 s after it was first taken for 1.5, renewed at 1: still held.
     assert _take(limit=1) is None
 
 
@@ -121,14 +121,14 @@ def test_a_stream_read_to_its_end_gives_its_slot_back_once_closed_and_closes_wha
 def test_a_slow_stream_keeps_its_slot_held_past_the_hold_while_it_lasts():
     def chunks():
         for _ in range(8):
-            time.sleep(0.1)
+            time.sleep(0.3)
             yield b"."
 
-    stream = _stream(chunks(), hold_s=0.3)
+    stream = _stream(chunks(), hold_s=1.2)
     read = b""
     for chunk in stream:
         read += chunk
-        # Never free while it streams, long after the first 0.3 s.
+        # Never free while it streams, long after the first 1.2 s.
         assert _take(limit=1) is None
     stream.close()
 
