@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from accounts.login_devices import login_device_of
 from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ class LockoutModelBackend(ModelBackend):
         username = (username if username is not None else kwargs.pop(get_user_model().USERNAME_FIELD, None)) or ""
         if request is None:
             return super().authenticate(request, username=_stored_username(username), password=password, **kwargs)
-        address = client_address(request)
+        address, device = client_address(request), login_device_of(request, username=username)
         try:
-            allowed = login_attempt_start(username=username, ip=address)
+            allowed = login_attempt_start(username=username, ip=address, device=device)
         except LockoutUnavailable:
             # Refused unchecked: the site's log-in page says why before it gets here (the admin's says no more).
             raise PermissionDenied("the log-in lockout is unavailable") from None
@@ -54,7 +55,7 @@ class LockoutModelBackend(ModelBackend):
             raise PermissionDenied("too many failed log-in attempts")  # ends authenticate() for every backend
         user = super().authenticate(request, username=_stored_username(username), password=password, **kwargs)
         if user is not None:
-            login_attempt_succeeded(username=username, ip=address, log_in=True)
+            login_attempt_succeeded(username=username, ip=address, log_in=True, device=device)
         return user
 
 

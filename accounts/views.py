@@ -38,6 +38,7 @@ from accounts.forms import (
     SignupForm,
 )
 from accounts.mail import duration_words, wait_words
+from accounts.login_devices import login_device_cookie_set, login_device_of
 from accounts.services import login_attempt_allowed
 from accounts.tokens import password_reset_token_generator
 from classifier import selectors as classifier_selectors
@@ -68,7 +69,8 @@ class ThrottledLoginView(LoginView):
         # sent, "alice " would pass here, be refused by the backend, and tell its owner that the password is wrong.
         counted = self.get_form_class()(request).fields["username"].to_python(username) or ""
         try:
-            allowed = login_attempt_allowed(username=counted, ip=client_address(request))
+            allowed = login_attempt_allowed(username=counted, ip=client_address(request),
+                                            device=login_device_of(request, username=counted))
         except services.LockoutUnavailable:
             response = self._refused(username, "Log-in is unavailable for a moment: no password can be checked. "
                                                "Try again in a minute.", status=503)
@@ -85,11 +87,13 @@ class ThrottledLoginView(LoginView):
         try:
             with transaction.atomic():
                 services.user_lock(user=form.get_user())
-                return super().form_valid(form)
+                response = super().form_valid(form)
         except services.AccountGone:
             # As for any name that has no account: that is what it is now.
             form.add_error(None, form.get_invalid_login_error())
             return self.form_invalid(form)
+        login_device_cookie_set(response, username=form.get_user().get_username())
+        return response
 
     def _refused(self, username: str, refusal: str, *, status: int) -> HttpResponse:
         # An unbound form: a bound one would be validated, which checks the password once more and, even when it is

@@ -1,4 +1,4 @@
-"""Log-in failures counted per account and client address, and the lockout they set off."""
+"""Log-in failures counted per account and client address, or per known browser, and the lockout they set off."""
 import contextlib
 import ipaddress
 import logging
@@ -16,6 +16,8 @@ LOCKOUT_SECONDS = getattr(settings, "LOGIN_LOCKOUT_SECONDS", 300)
 # Failures allowed per (account, address) pair, per address (several people may share one), and per account
 # from everywhere together. The pair's limit is the strict one: an attacker guessing at an account locks out only
 # themselves, and the account's owner, elsewhere, is locked out only by guessing on a scale one address cannot do.
+# A browser the account has logged in from (accounts.login_devices) is counted on its own instead, at the pair's
+# limit: guessing from everywhere else together cannot lock the owner out of it.
 ADDRESS_FACTOR = 4
 ACCOUNT_FACTOR = 10
 
@@ -33,8 +35,15 @@ def address_key(ip: str) -> str:
     return str(ipaddress.ip_network(f"{address}/64", strict=False))
 
 
-def _limits(*, username: str, ip: str) -> dict[str, int]:
-    account, ip = username.lower()[:150], address_key(ip)
+def account_key(username: str) -> str:
+    """The account counted: its name as typed, in any case (no two accounts' names differ only in case)."""
+    return username.lower()[:150]
+
+
+def _limits(*, username: str, ip: str, device: str | None = None) -> dict[str, int]:
+    if device is not None:
+        return {f"login-failures:device:{device}": LOCKOUT_THRESHOLD}
+    account, ip = account_key(username), address_key(ip)
     return {
         f"login-failures:pair:{account}:{ip}": LOCKOUT_THRESHOLD,
         f"login-failures:ip:{ip}": LOCKOUT_THRESHOLD * ADDRESS_FACTOR,
@@ -60,10 +69,13 @@ def _lockout_cache():
         raise LockoutUnavailable() from exc
 
 
-def login_attempt_allowed(*, username: str, ip: str) -> bool:
+def login_attempt_allowed(*, username: str, ip: str, device: str | None = None) -> bool:
     """Whether a password may be checked now; counts nothing (see login_attempt_start). Raises LockoutUnavailable
-    while the cache cannot be reached."""
-    limits = _limits(username=username, ip=ip)
+    while the cache cannot be reached.
+
+    ``device``: the known browser the attempt comes from (accounts.login_devices), counted on its own.
+    """
+    limits = _limits(username=username, ip=ip, device=device)
     with _lockout_cache():
         counts = cache.get_many(list(limits))
     return all(counts.get(key, 0) < limit for key, limit in limits.items())
@@ -79,14 +91,14 @@ def _count_up(key: str) -> int:
         return 1
 
 
-def login_attempt_start(*, username: str, ip: str) -> bool:
+def login_attempt_start(*, username: str, ip: str, device: str | None = None) -> bool:
     """Count a password check as a failure before it is made; False (do not check it) when over a limit.
 
     Counted first, atomically: guesses sent at once would otherwise all pass a
     look at the counts before any of them was counted. A check that succeeds
     takes its count back with login_attempt_succeeded. Raises LockoutUnavailable while the cache cannot be reached.
     """
-    limits = _limits(username=username, ip=ip)
+    limits = _limits(username=username, ip=ip, device=device)
     with _lockout_cache():
         counts = {key: _count_up(key) for key in limits}
         if all(counts[key] <= limit for key, limit in limits.items()):
@@ -97,13 +109,14 @@ def login_attempt_start(*, username: str, ip: str) -> bool:
     return False
 
 
-def login_attempt_succeeded(*, username: str, ip: str, log_in: bool) -> None:
-    """Take back the count of a password check that succeeded; a log-in also clears the pair's failures.
+def login_attempt_succeeded(*, username: str, ip: str, log_in: bool, device: str | None = None) -> None:
+    """Take back the count of a password check that succeeded; a log-in also clears the pair's (or the browser's)
+    failures.
 
-    Only the pair's: a success here must not wipe out guesses made at the account from elsewhere. A cache lost
+    Only those: a success here must not wipe out guesses made at the account from elsewhere. A cache lost
     meanwhile leaves the count (it expires): the password was right, and its owner gets in.
     """
-    keys = list(_limits(username=username, ip=ip))
+    keys = list(_limits(username=username, ip=ip, device=device))
     with contextlib.suppress(LockoutUnavailable), _lockout_cache():
         if log_in:
             cache.delete(keys.pop(0))

@@ -1,0 +1,98 @@
+"""A browser an account has logged in from keeps logging in while guesses from everywhere else lock the account out."""
+import pytest
+from django.core import signing
+from django.test import Client
+
+from accounts import login_devices
+from accounts.services import ACCOUNT_FACTOR, LOCKOUT_THRESHOLD, login_attempt_allowed, login_attempt_start
+
+pytestmark = pytest.mark.django_db
+
+RIGHT = {"username": "alice", "password": "correct horse battery"}
+WRONG = {"username": "alice", "password": "a guess"}
+
+
+def _locked_out_everywhere(username: str = "alice") -> None:
+    """Guesses at the account from enough addresses, each within its own limit, to pass the account-wide one."""
+    for index in range(LOCKOUT_THRESHOLD * ACCOUNT_FACTOR):
+        address = f"198.51.100.{index // LOCKOUT_THRESHOLD + 1}"
+        assert login_attempt_start(username=username, ip=address)
+    assert not login_attempt_allowed(username=username, ip="192.0.2.200")
+
+
+def _known_browser(address: str = "192.0.2.10") -> Client:
+    browser = Client(REMOTE_ADDR=address)
+    assert browser.post("/accounts/login/", RIGHT).status_code == 302
+    browser.post("/accounts/logout/")
+    return browser
+
+
+def test_the_owners_browser_logs_in_while_guesses_from_everywhere_lock_the_account_out(user):
+    browser = _known_browser()
+    _locked_out_everywhere()
+
+    stranger = Client(REMOTE_ADDR="192.0.2.10").post("/accounts/login/", RIGHT)
+    owner = browser.post("/accounts/login/", RIGHT)
+
+    # The same address without the cookie is refused: it is the browser that is known, not the address.
+    assert stranger.status_code == 429 and "Too many failed log-in attempts" in stranger.content.decode()
+    assert owner.status_code == 302 and owner["Location"] == "/"
+
+
+def test_a_known_browser_is_locked_out_by_its_own_wrong_passwords(user):
+    browser = _known_browser()
+
+    answers = [browser.post("/accounts/login/", WRONG).status_code for _ in range(LOCKOUT_THRESHOLD)]
+    refused = browser.post("/accounts/login/", RIGHT)
+
+    assert answers == [200] * LOCKOUT_THRESHOLD and refused.status_code == 429
+    # Counted apart, against neither the address nor the account: another browser there, or elsewhere, logs in.
+    assert Client(REMOTE_ADDR="192.0.2.10").post("/accounts/login/", RIGHT).status_code == 302
+    assert Client(REMOTE_ADDR="203.0.113.9").post("/accounts/login/", RIGHT).status_code == 302
+
+
+def test_a_browser_known_to_another_account_is_not_known_to_this_one(user, other_user):
+    browser = Client(REMOTE_ADDR="192.0.2.10")
+    assert browser.post("/accounts/login/", {"username": "bob", "password": "correct horse battery"}).status_code == 302
+    browser.post("/accounts/logout/")
+    _locked_out_everywhere()
+
+    assert browser.post("/accounts/login/", RIGHT).status_code == 429
+
+
+@pytest.mark.parametrize("made", ["tampered", "another key", "unsigned"])
+def test_a_cookie_not_earned_by_logging_in_counts_for_nothing(user, settings, made):
+    value = signing.dumps({"account": "alice", "id": "mine"}, salt="accounts.login_devices")
+    if made == "tampered":  # its signature changed by one character
+        value = value[:-1] + ("A" if value[-1] != "A" else "B")
+    elif made == "another key":
+        value = signing.dumps({"account": "alice", "id": "mine"}, key="x" * 50, salt="accounts.login_devices")
+    else:
+        value = "alice"
+    _locked_out_everywhere()
+    browser = Client(REMOTE_ADDR="192.0.2.10")
+    browser.cookies[login_devices.COOKIE] = value
+
+    assert browser.post("/accounts/login/", RIGHT).status_code == 429
+
+
+def test_the_cookie_is_kept_from_scripts_and_other_sites_and_sent_only_over_https_in_production(user, settings):
+    settings.SESSION_COOKIE_SECURE = True
+    browser = Client(REMOTE_ADDR="192.0.2.10")
+
+    cookie = browser.post("/accounts/login/", RIGHT).cookies[login_devices.COOKIE]
+
+    assert cookie["httponly"] and cookie["secure"] and cookie["samesite"] == "Lax"
+    assert cookie["max-age"] == login_devices.MAX_AGE_S
+
+
+def test_the_admins_log_in_form_honours_a_known_browser_too(staff_user):
+    browser = Client(REMOTE_ADDR="192.0.2.10")
+    credentials = {"username": staff_user.username, "password": "correct horse battery"}
+    assert browser.post("/accounts/login/", credentials).status_code == 302
+    browser.post("/accounts/logout/")
+    _locked_out_everywhere(staff_user.username)
+
+    answer = browser.post("/admin/login/?next=/admin/", credentials)
+
+    assert answer.status_code == 302 and answer["Location"] == "/admin/"
