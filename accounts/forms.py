@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.template.defaultfilters import pluralize
 
 from accounts.backends import client_address
+from accounts.login_devices import login_device_of
 from accounts.models import ApiToken
 from accounts.selectors import api_token_list_for_user, username_taken
 from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded, user_password_set
@@ -113,15 +114,16 @@ class LockoutPasswordMixin:
 
     def _password_matches(self, user, password: str) -> bool:
         username, address = user.get_username(), client_address(self.request)
+        device = login_device_of(self.request, username=username)
         try:
-            allowed = login_attempt_start(username=username, ip=address)
+            allowed = login_attempt_start(username=username, ip=address, device=device)
         except LockoutUnavailable:
             raise ValidationError("Passwords cannot be checked at the moment; nothing was changed. Try again in a "
                                   "minute.", code="lockout_unavailable") from None
         if not allowed:
             raise ValidationError("Too many wrong passwords. Try again in a few minutes.", code="locked_out")
         if user.check_password(password):
-            login_attempt_succeeded(username=username, ip=address, log_in=False)
+            login_attempt_succeeded(username=username, ip=address, log_in=False, device=device)
             return True
         return False
 

@@ -96,3 +96,14 @@ def test_the_admins_log_in_form_honours_a_known_browser_too(staff_user):
     answer = browser.post("/admin/login/?next=/admin/", credentials)
 
     assert answer.status_code == 302 and answer["Location"] == "/admin/"
+
+
+def test_the_owners_browser_keeps_its_account_page_password_checks_while_the_account_is_locked_out(user):
+    browser = Client(REMOTE_ADDR="192.0.2.10")
+    assert browser.post("/accounts/login/", RIGHT).status_code == 302
+    _locked_out_everywhere()
+
+    made = browser.post("/accounts/tokens/", {"name": "script", "password": RIGHT["password"]})
+
+    assert made.status_code == 302 and made["Location"] == "/accounts/#new-token-message"
+    assert user.api_tokens.count() == 1
