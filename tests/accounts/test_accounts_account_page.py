@@ -13,6 +13,7 @@ from accounts.services import api_token_create
 from classifier import services as classifier_services
 from classifier.models import Upload
 from tests.accounts.conftest import api_status, confirmation_path, email_confirm
+from tests.caches import UNREACHABLE_REDIS_CACHE
 from tests.classifier.fixtures import stored_size
 
 pytestmark = pytest.mark.django_db
@@ -274,7 +275,7 @@ def test_while_the_cache_counting_wrong_passwords_is_unreachable_the_account_pag
         signed_in, user):
     from django.test import override_settings
 
-    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    unreachable = UNREACHABLE_REDIS_CACHE
     with override_settings(CACHES={"default": unreachable}):
         for url, data in (
             ("/accounts/tokens/", {"name": "script", "password": PASSWORD}),

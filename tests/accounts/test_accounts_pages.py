@@ -7,6 +7,7 @@ import pytest
 from django.urls import reverse
 
 from tests.accounts.conftest import confirmation_path
+from tests.caches import UNREACHABLE_REDIS_CACHE
 
 pytestmark = pytest.mark.django_db
 
@@ -310,21 +311,20 @@ def test_refused_sign_ups_spend_a_tenth_of_one_so_names_cannot_be_probed_without
 def test_sign_up_still_works_while_the_cache_is_unreachable(client, django_user_model):
     from django.test import override_settings
 
-    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    unreachable = UNREACHABLE_REDIS_CACHE
     with override_settings(CACHES={"default": unreachable}):
         response = client.post("/accounts/signup/", {"username": "carol", "password1": "x9!kQ2#vLp",
                                                      "password2": "x9!kQ2#vLp"})
     assert response.status_code == 302 and django_user_model.objects.filter(username="carol").exists()
 
 
-UNREACHABLE_CACHE = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
 
 
 def test_while_the_cache_counting_failed_log_ins_is_unreachable_log_in_says_so_and_checks_no_password(user, staff_user):
     from django.test import Client, override_settings
 
     client = Client()
-    with override_settings(CACHES={"default": UNREACHABLE_CACHE}):
+    with override_settings(CACHES={"default": UNREACHABLE_REDIS_CACHE}):
         response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
         page = response.content.decode()
         assert response.status_code == 503 and response["Retry-After"] == "60"
@@ -421,7 +421,7 @@ def test_a_reset_link_sets_the_new_password_while_the_cache_counting_failed_log_
 
     link = "/accounts/password/reset/{}/{}/".format(urlsafe_base64_encode(force_bytes(user.pk)),
                                                      password_reset_token_generator.make_token(user))
-    with override_settings(CACHES={"default": UNREACHABLE_CACHE}):
+    with override_settings(CACHES={"default": UNREACHABLE_REDIS_CACHE}):
         done = _set_password_by_link(client, link)
     assert done.status_code == 302 and done["Location"] == "/accounts/password/reset/done/"
     assert _logs_in("alice", NEW_PASSWORD)
@@ -602,7 +602,7 @@ def test_a_reset_link_is_still_sent_while_the_cache_is_unreachable(client, alice
     from django.core import mail
     from django.test import override_settings
 
-    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    unreachable = UNREACHABLE_REDIS_CACHE
     with override_settings(CACHES={"default": unreachable}):
         assert ask_reset(client, "alice@example.com").status_code == 302
     assert len(mail.outbox) == 1

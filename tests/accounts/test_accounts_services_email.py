@@ -4,6 +4,7 @@ import pytest
 from accounts import services
 from accounts.selectors import user_email_confirmed
 from tests.accounts.conftest import email_confirm
+from tests.caches import UNREACHABLE_REDIS_CACHE
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +57,7 @@ def test_a_link_made_for_one_account_confirms_nothing_of_another_with_the_same_a
 def test_confirmation_links_are_still_sent_while_the_cache_that_counts_them_is_unreachable(user):
     from django.test import override_settings
 
-    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    unreachable = UNREACHABLE_REDIS_CACHE
     with override_settings(CACHES={"default": unreachable}, EMAIL_CONFIRMATION_THROTTLE_RATE="1/hour"):
         results = [services.user_email_set(user=user, email="alice@example.com").confirmation.link for _ in range(3)]
     assert results == [services.ConfirmationLink.QUEUED] * 3

@@ -15,6 +15,7 @@ from accounts.services import account_delete, api_token_create
 from classifier import services as classifier_services
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
 from tests.api.conftest import client_for, seven_png, stored_files, upload_file
+from tests.caches import UNREACHABLE_REDIS_CACHE
 
 pytestmark = pytest.mark.django_db
 
@@ -439,7 +440,7 @@ def test_the_request_that_lost_the_race_for_its_key_gives_back_none_of_the_allow
     client = client_for(user)
     assert _send(client, key=None).status_code == 202  # one image of two is left
     # Out of reach while the two are sent, the allowance lets both through unspent; back when the loser gives back.
-    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    unreachable = UNREACHABLE_REDIS_CACHE
     answers = _two_sent_at_once(user, key="race", while_sent=lambda: override_settings(CACHES={"default": unreachable}))
 
     assert [answer.status_code for answer in answers] == [202, 202], [answer.content for answer in answers]

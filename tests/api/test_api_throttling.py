@@ -16,7 +16,7 @@ from PIL import Image
 from classifier.throttling import TOLERANCE_S, allowance_take
 from classifier.models import Prediction, Upload
 from tests.api.conftest import upload_file
-from tests.caches import cache_backend
+from tests.caches import UNREACHABLE_REDIS_CACHE, cache_backend
 from tests.classifier.fixtures import png_bytes
 
 pytestmark = pytest.mark.django_db
@@ -292,7 +292,7 @@ def test_uploads_go_on_unthrottled_while_the_cache_is_unreachable(user_client, s
     from django.test import override_settings
 
     settings.UPLOAD_THROTTLE_RATE = "3/minute"
-    unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    unreachable = UNREACHABLE_REDIS_CACHE
     with override_settings(CACHES={"default": unreachable}):
         statuses = [user_client.post(LIST, {"image": upload_file()}, format="multipart").status_code for _ in range(4)]
     assert statuses == [202] * 4
