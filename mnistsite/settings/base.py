@@ -564,8 +564,22 @@ LOGGING = {
         "warning_without_traceback": {"()": "mnistsite.log_levels.WarningWithoutTraceback"},
     },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
+    # The handler's level too: records of loggers with a level of their own (Django's are at INFO) reach the root's
+    # handlers whatever the root's level is.
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["request_id"],
+            "level": LOG_LEVEL,
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # A request for a Host the site does not serve: a scanner's, as a rule (see the filter).
-    "loggers": {"django.security.DisallowedHost": {"filters": ["warning_without_traceback"]}},
+    "loggers": {
+        # Without Django's own handlers: with DEBUG on its console handler printed each record a second time, plainly,
+        # beside the root's; its mail handler mails nobody, as ADMINS is empty.
+        "django": {"handlers": []},
+        # A request for a Host the site does not serve: a scanner's, as a rule (see the filter).
+        "django.security.DisallowedHost": {"filters": ["warning_without_traceback"]},
+    },
 }
