@@ -270,7 +270,33 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
         if retired:
             logger.info("moved %s model input files of the release before classifier/0003 to %s/",
                         len(retired), ORPHANED_FOLDER)
+        _empty_folders_delete(now=now)
     return len(set_aside)
+
+
+def _empty_folders_delete(*, now: dt.datetime) -> None:
+    """Remove the folders that deletions left empty under the uploads, their scaled copies and those set aside.
+
+    Only those last changed ORPHANED_AFTER before ``now`` or earlier (a folder above one removed is changed by that, and goes at the next
+    sweep), and no upload folder of the last two days, nor one above them: an upload is written into its day's
+    folder, and one removed between a save's making it and writing there would fail the upload. A scaled copy or a
+    set-aside file that meets its folder removed is only not kept this time.
+    """
+    cutoff, root = (now - ORPHANED_AFTER).timestamp(), default_storage.path("")
+    days = [f"uploads/{moment:%Y/%m/%d}" for moment in (now, now - dt.timedelta(days=1))]
+    live = {folder.rsplit("/", depth)[0] for folder in days for depth in range(3)}
+    for top in ("uploads", RETIRED_FOLDER, SCALED_FOLDER, ORPHANED_FOLDER):
+        for folder, _, _ in os.walk(default_storage.path(top), topdown=False):
+            name = os.path.relpath(folder, root).replace(os.sep, "/")
+            if name == top or name in live:
+                continue
+            try:
+                if not os.listdir(folder) and os.stat(folder).st_mtime < cutoff:
+                    os.rmdir(folder)
+            except FileNotFoundError:
+                continue
+            except OSError:  # written to meanwhile
+                logger.debug("left the folder %s", name, exc_info=True)
 
 
 def _model_inputs_moved_into_rows() -> bool:

@@ -232,3 +232,35 @@ def test_a_copy_made_as_its_picture_was_deleted_goes_with_the_daily_sweep_and_ot
 
     assert not left.exists() and not writing.exists()
     assert _copy_path(kept, 128).exists()
+
+
+def test_the_daily_sweep_removes_folders_deletions_left_empty_but_not_the_last_two_days_or_one_just_emptied():
+    import os
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    now = timezone.now()
+    old_day, today, yesterday = (f"uploads/{moment:%Y/%m/%d}" for moment in (
+        now - dt.timedelta(days=40), now, now - dt.timedelta(days=1)))
+    emptied = [old_day, today, yesterday, f"scaled/128/{old_day}", f"orphaned/{old_day}", "uploads/2020/01/02"]
+    for folder in emptied:
+        name = default_storage.save(f"{folder}/gone.png", ContentFile(b"deleted since"))
+        default_storage.delete(name)
+    still_holding = default_storage.save("uploads/2019/05/06/kept.png", ContentFile(b"its upload is stored"))
+    hours_ago = (now - dt.timedelta(hours=2)).timestamp()
+    for folder in [*emptied, os.path.dirname(still_holding)]:
+        os.utime(default_storage.path(folder), (hours_ago, hours_ago))
+    os.utime(default_storage.path("uploads/2020/01/02"), None)  # emptied just now
+
+    services.upload_files_orphaned_delete(everything=True, now=now)
+
+    gone = {folder for folder in emptied if not os.path.isdir(default_storage.path(folder))}
+    assert gone == {old_day, f"scaled/128/{old_day}", f"orphaned/{old_day}"}
+    assert default_storage.exists(still_holding)
+    # The month above a removed day changed as it went: it goes at a sweep once that is old enough.
+    month = old_day.rsplit("/", 1)[0]
+    assert os.path.isdir(default_storage.path(month))
+    services.upload_files_orphaned_delete(everything=True, now=now + dt.timedelta(hours=2))
+    assert not os.path.isdir(default_storage.path(month))
+    assert all(os.path.isdir(default_storage.path(top)) for top in ("uploads", "scaled", "orphaned"))
