@@ -2,12 +2,14 @@
 
 Guessing at an account from enough addresses locks it out everywhere (the lockout's account-wide limit). A browser
 its owner has logged in from before shows this cookie, and its attempts are counted on their own instead
-(``accounts.services.login_lockout``): nobody else's guesses lock the owner out of it. The cookie holds the account's
-name and a random id, signed with SECRET_KEY: it cannot be made for an account, only earned by logging in to it.
+(``accounts.services.login_lockout``): nobody else's guesses lock the owner out of it. The cookie holds, for each of the
+last accounts logged in to from the browser, its name, a random id and the moment, signed with SECRET_KEY: it cannot
+be made for an account, only earned by logging in to it.
 """
 from __future__ import annotations
 
 import secrets
+import time
 
 from django.conf import settings
 from django.core import signing
@@ -17,25 +19,40 @@ from accounts.services import account_key
 
 COOKIE = "login_device"
 MAX_AGE_S = 180 * 24 * 3600
+# Accounts one browser is known to at once (a family's shared computer): the ones logged in to last.
+ACCOUNTS_KEPT = 5
 _SALT = "accounts.login_devices"
+
+
+def _known(request: HttpRequest) -> list[list]:
+    """The [account, id, logged in at] entries of the request's cookie that still count, oldest log-in first."""
+    value = request.COOKIES.get(COOKIE)
+    if not value:
+        return []
+    try:
+        known = signing.loads(value, salt=_SALT, max_age=MAX_AGE_S)
+    except signing.BadSignature:  # tampered with, made under another SECRET_KEY, or expired
+        return []
+    if not isinstance(known, dict) or not isinstance(known.get("known"), list):
+        return []
+    since = time.time() - MAX_AGE_S
+    return [entry for entry in known["known"] if isinstance(entry, list) and len(entry) == 3 and entry[2] >= since]
 
 
 def login_device_of(request: HttpRequest, *, username: str) -> str | None:
     """The id of the known browser the request comes from, when its cookie was earned by logging in to ``username``."""
-    value = request.COOKIES.get(COOKIE)
-    if not value:
-        return None
-    try:
-        device = signing.loads(value, salt=_SALT, max_age=MAX_AGE_S)
-    except signing.BadSignature:  # tampered with, made under another SECRET_KEY, or expired
-        return None
-    if not isinstance(device, dict) or device.get("account") != account_key(username):
-        return None
-    return device.get("id")
+    account = account_key(username)
+    return next((device for known, device, _ in _known(request) if known == account), None)
 
 
-def login_device_cookie_set(response: HttpResponse, *, username: str) -> None:
-    """Mark the browser the response goes to as one ``username`` has logged in from (a new id each log-in)."""
-    value = signing.dumps({"account": account_key(username), "id": secrets.token_urlsafe(16)}, salt=_SALT)
+def login_device_cookie_set(response: HttpResponse, *, request: HttpRequest, username: str) -> None:
+    """Mark the browser ``request`` came from as one ``username`` has logged in from (a new id each log-in).
+
+    The accounts it was known to before stay known, up to ACCOUNTS_KEPT, each for MAX_AGE_S from its own log-in.
+    """
+    account = account_key(username)
+    known = [entry for entry in _known(request) if entry[0] != account][-(ACCOUNTS_KEPT - 1):]
+    known.append([account, secrets.token_urlsafe(16), int(time.time())])
+    value = signing.dumps({"known": known}, salt=_SALT)
     response.set_cookie(COOKIE, value, max_age=MAX_AGE_S, secure=settings.SESSION_COOKIE_SECURE, httponly=True,
                         samesite="Lax")

@@ -92,7 +92,7 @@ class ThrottledLoginView(LoginView):
             # As for any name that has no account: that is what it is now.
             form.add_error(None, form.get_invalid_login_error())
             return self.form_invalid(form)
-        login_device_cookie_set(response, username=form.get_user().get_username())
+        login_device_cookie_set(response, request=self.request, username=form.get_user().get_username())
         return response
 
     def _refused(self, username: str, refusal: str, *, status: int) -> HttpResponse:

@@ -1,4 +1,6 @@
 """A browser an account has logged in from keeps logging in while guesses from everywhere else lock the account out."""
+import time
+
 import pytest
 from django.core import signing
 from django.test import Client
@@ -12,18 +14,19 @@ RIGHT = {"username": "alice", "password": "correct horse battery"}
 WRONG = {"username": "alice", "password": "a guess"}
 
 
-def _locked_out_everywhere(username: str = "alice") -> None:
+def _locked_out_everywhere(username: str = "alice", *, network: str = "198.51.100") -> None:
     """Guesses at the account from enough addresses, each within its own limit, to pass the account-wide one."""
     for index in range(LOCKOUT_THRESHOLD * ACCOUNT_FACTOR):
-        address = f"198.51.100.{index // LOCKOUT_THRESHOLD + 1}"
+        address = f"{network}.{index // LOCKOUT_THRESHOLD + 1}"
         assert login_attempt_start(username=username, ip=address)
     assert not login_attempt_allowed(username=username, ip="192.0.2.200")
 
 
-def _known_browser(address: str = "192.0.2.10") -> Client:
+def _known_browser(address: str = "192.0.2.10", *, accounts: tuple[str, ...] = ("alice",)) -> Client:
     browser = Client(REMOTE_ADDR=address)
-    assert browser.post("/accounts/login/", RIGHT).status_code == 302
-    browser.post("/accounts/logout/")
+    for username in accounts:
+        assert browser.post("/accounts/login/", {**RIGHT, "username": username}).status_code == 302
+        browser.post("/accounts/logout/")
     return browser
 
 
@@ -62,11 +65,12 @@ def test_a_browser_known_to_another_account_is_not_known_to_this_one(user, other
 
 @pytest.mark.parametrize("made", ["tampered", "another key", "unsigned"])
 def test_a_cookie_not_earned_by_logging_in_counts_for_nothing(user, settings, made):
-    value = signing.dumps({"account": "alice", "id": "mine"}, salt="accounts.login_devices")
+    known = {"known": [["alice", "mine", int(time.time())]]}
+    value = signing.dumps(known, salt="accounts.login_devices")
     if made == "tampered":  # its signature changed by one character
         value = value[:-1] + ("A" if value[-1] != "A" else "B")
     elif made == "another key":
-        value = signing.dumps({"account": "alice", "id": "mine"}, key="x" * 50, salt="accounts.login_devices")
+        value = signing.dumps(known, key="x" * 50, salt="accounts.login_devices")
     else:
         value = "alice"
     _locked_out_everywhere()
@@ -74,6 +78,37 @@ def test_a_cookie_not_earned_by_logging_in_counts_for_nothing(user, settings, ma
     browser.cookies[login_devices.COOKIE] = value
 
     assert browser.post("/accounts/login/", RIGHT).status_code == 429
+
+
+def test_a_browser_stays_known_to_each_of_the_last_accounts_logged_in_to_from_it(django_user_model):
+    names = [f"member{index}" for index in range(login_devices.ACCOUNTS_KEPT + 1)]
+    for name in names:
+        django_user_model.objects.create_user(username=name, password=RIGHT["password"])
+    browser = _known_browser(accounts=tuple(names))
+    for index, name in enumerate(names):
+        _locked_out_everywhere(name, network=f"10.0.{index}")
+
+    answers = {name: browser.post("/accounts/login/", {**RIGHT, "username": name}).status_code for name in names}
+
+    # The first account logged in to from it was one too many to keep.
+    assert answers == {names[0]: 429, **{name: 302 for name in names[1:]}}
+
+
+def test_each_account_a_browser_is_known_to_is_forgotten_a_cookie_lifetime_after_its_own_log_in(
+    user, other_user, monkeypatch
+):
+    browser = _known_browser(accounts=("alice",))
+    later = time.time() + login_devices.MAX_AGE_S - 60
+    monkeypatch.setattr(time, "time", lambda: later)
+    # Logging in to another account renews the cookie, not alice's part of it.
+    assert browser.post("/accounts/login/", {**RIGHT, "username": "bob"}).status_code == 302
+    browser.post("/accounts/logout/")
+    monkeypatch.setattr(time, "time", lambda: later + 120)
+    _locked_out_everywhere("alice")
+    _locked_out_everywhere("bob", network="10.0.1")
+
+    assert browser.post("/accounts/login/", RIGHT).status_code == 429
+    assert browser.post("/accounts/login/", {**RIGHT, "username": "bob"}).status_code == 302
 
 
 def test_the_cookie_is_kept_from_scripts_and_other_sites_and_sent_only_over_https_in_production(user, settings):
