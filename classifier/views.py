@@ -242,6 +242,15 @@ def confidence_percent(confidence: float | None) -> int | None:
     return None if confidence is None else math.floor(confidence * 100 + 1e-9)
 
 
+def probability_percent(probability: float) -> float:
+    """A probability as a percentage to a tenth, rounded down as ``confidence_percent`` is (result.js the same).
+
+    Rounded to the nearest, the top bar of a 0.6996 answer would read 70.0% beside "69% confident". The margin is
+    ``confidence_percent``'s, a tenth as fine, so the bar always reads the headline's percentage or more.
+    """
+    return math.floor(probability * 1000 + 1e-8) / 10
+
+
 def _queue_stalled() -> bool:
     """Whether predictions wait on a queue that no worker is taking, as the API's ``wait`` tells it."""
     return selectors.prediction_queue_stalled(stalled_after_s=settings.PREDICTION_WAIT_STALLED_AFTER_SECONDS)
@@ -297,7 +306,7 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
         newer = newest if newest is not None and newest.pk != prediction.pk else None
     probabilities = prediction.probabilities or [None] * 10
     bars = [
-        {"digit": digit, "probability": p, "percent": round(p * 100, 1) if p is not None else 0}
+        {"digit": digit, "probability": p, "percent": probability_percent(p) if p is not None else 0}
         for digit, p in enumerate(probabilities)
     ]
     return render(

@@ -5,6 +5,8 @@
   // Rounded down as classifier.views.confidence_percent does: rounded to the nearest, a confidence just below the
   // "not sure" threshold would read as the threshold itself.
   function percentFloor(confidence) { return Math.floor(confidence * 100 + 1e-9); }
+  // The bars' percentages to a tenth, rounded down the same way (classifier.views.probability_percent).
+  function tenthsFloor(probability) { return (Math.floor(probability * 1000 + 1e-8) / 10).toFixed(1); }
   const root = document.getElementById("result");
   if (!root) return;
   // Reached from the upload page, or by the redirect that answers a drawing taken (the address the browser sends as
@@ -68,7 +70,7 @@
     byId("several-digits").hidden = !data.several_digits;
     document.querySelectorAll("#bars .bar-row").forEach(function (row) {
       const digit = parseInt(row.dataset.digit, 10);
-      const percent = (data.probabilities[digit] * 100).toFixed(1);
+      const percent = tenthsFloor(data.probabilities[digit]);
       row.querySelector(".bar-fill").style.width = percent + "%";
       row.querySelector(".bar-value").textContent = percent + "%";
       row.classList.toggle("top", digit === data.digit);

@@ -395,8 +395,8 @@ def test_a_second_finger_on_the_canvas_leaves_no_ink(browser, live_server, log_i
 
 
 # A finished answer whose confidence lies just below a threshold of 0.7.
-JUST_BELOW_THRESHOLD = {"status": "done", "finished": True, "digit": 7, "confidence": 0.697, "low_confidence": True,
-                        "probabilities": [0.0303] * 7 + [0.697] + [0.0] * 2}
+JUST_BELOW_THRESHOLD = {"status": "done", "finished": True, "digit": 7, "confidence": 0.6996, "low_confidence": True,
+                        "probabilities": [0.0300] * 7 + [0.6996] + [0.0002, 0.0002]}
 
 
 def _result_page_answering(page, owner, digit_png, **changes) -> dict:
@@ -418,6 +418,7 @@ def test_pages_updated_in_place_show_a_confidence_just_below_the_threshold_round
     _result_page_answering(page, user, digit_png, **JUST_BELOW_THRESHOLD)
     expect(page.locator("#confidence")).to_have_text("69% confident")
     expect(page.locator("#not-sure")).to_be_visible()
+    expect(page.locator('#bars .bar-row[data-digit="7"] .bar-value')).to_have_text("69.9%")
     page.goto("/history/")
     expect(page.locator(".js-confidence")).to_have_text("69% · not sure")
 

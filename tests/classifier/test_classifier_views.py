@@ -397,9 +397,14 @@ def test_an_upload_page_whose_images_were_stored_but_not_read_back_does_not_say_
 def test_a_confidence_just_below_the_threshold_never_reads_as_the_threshold(alice, user, digit_png, active_checkpoint, settings):
     settings.LOW_CONFIDENCE_THRESHOLD = 0.7
     prediction = _done_prediction(user, digit_png)
-    Prediction.objects.filter(pk=prediction.pk).update(confidence=0.697)
+    top = 0.6996
+    Prediction.objects.filter(pk=prediction.pk).update(
+        confidence=top, probabilities=[(1 - top) / 9] * prediction.digit + [top] + [(1 - top) / 9] * (9 - prediction.digit)
+    )
     page = alice.get(f"/predictions/{prediction.pk}/").content.decode()
     assert "69% confident" in page and "Not sure" in page
+    # The top bar beside it is rounded down too, to a tenth.
+    assert '<span class="bar-value">69.9%</span>' in page and "70.0%" not in page
     assert "69% · not sure" in alice.get("/history/").content.decode()
     # Rounding down must not turn an exact percentage into the one below it through binary fractions.
     Prediction.objects.filter(pk=prediction.pk).update(confidence=0.29)
