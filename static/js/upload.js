@@ -483,8 +483,10 @@
     }
   });
   clearButton.addEventListener("click", function () {
-    strokes = [];
-    stroke = null;
+    // Pressed while a stroke is drawn (a second finger on the button, Enter with the mouse held), the stroke goes on
+    // from where the pointer is, as the drawing: its ink keeps being kept, and shown, from there.
+    stroke = pointerId !== null ? [last] : null;
+    strokes = stroke ? [stroke] : [];
     redraw();
     drawn();
   });

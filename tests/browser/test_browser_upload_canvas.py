@@ -110,6 +110,29 @@ def test_a_stroke_whose_pointer_capture_is_lost_ends_so_the_next_stroke_and_undo
     assert y1 < 100  # and Undo takes it back, leaving the first
 
 
+def test_clear_pressed_mid_stroke_empties_the_canvas_and_the_stroke_goes_on_as_the_drawing(logged_in_page):
+    page = logged_in_page
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    left, top = _picture_corner(page)
+    page.mouse.move(left + 60, top + 60)
+    page.mouse.down()
+    page.mouse.move(left + 200, top + 60, steps=4)
+    # Clear pressed while the stroke goes on: a second finger on the button, or Enter with the mouse held.
+    page.evaluate("() => document.getElementById('canvas-clear').click()")
+    page.mouse.move(left + 200, top + 220, steps=4)
+    page.mouse.up()
+
+    x0, y0, x1, y1 = page.evaluate(_INK_BOX)["ink"]
+    assert errors == []
+    # What was drawn before Clear is gone; what was drawn after it is the drawing, hint hidden and Undo at hand.
+    assert x0 > 150 and y1 > 200
+    expect(page.locator("#canvas-hint")).to_be_hidden()
+    page.click("#canvas-undo")
+    assert page.evaluate(_INK_BOX)["ink"] is None
+    expect(page.locator("#canvas-hint")).to_be_visible()
+
+
 def _drop(page, files: list[str], *, at: str) -> None:
     """Drop ``files`` from the desktop on the middle of the element ``at``, as the browser itself gets a drop."""
     box = page.locator(at).bounding_box()
