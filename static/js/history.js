@@ -140,6 +140,15 @@
     stalledNote.textContent = stalled ? stalledNote.dataset.note : "";
   }
 
+  // Polls sent to the log-in page stop, and the page says why its rows no longer change, as the result page does.
+  const endedNote = document.getElementById("history-ended");
+
+  function showEnded() {
+    if (stalledNote) showStalled(false);
+    endedNote.hidden = false;
+    announcement.textContent = endedNote.textContent;
+  }
+
   // One request a poll for every row still waiting, not one a row: a batch's page would otherwise send twenty at
   // once, each a request the site answers beside the worker reading them.
   const listUrl = document.getElementById("history-list") &&
@@ -185,7 +194,10 @@
       .then(function () {
         if (answered && stalledNote) showStalled(stalled);
         if (read || failed) announce(read, failed);
-        if (ended) return;
+        if (ended) {
+          showEnded();
+          return;
+        }
         delay = changed ? FIRST_MS : Math.min(delay * 1.5, MAX_MS);
         schedule();
       });

@@ -43,6 +43,25 @@ def test_a_history_row_read_while_the_page_is_open_names_its_digit_as_a_reload_w
     assert "Read as 7" in row.aria_snapshot()
 
 
+def test_a_history_page_whose_session_ended_says_so_instead_of_leaving_its_rows_waiting_without_a_word(
+    logged_in_page, user, digit_png
+):
+    page = logged_in_page
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
+    services.predictions_create(uploads=[upload], publish=False)  # queued, and no worker takes it
+    page.goto("/history/")
+    note = page.locator("#history-ended")
+    expect(note).to_be_hidden()
+
+    page.context.clear_cookies()  # logged out in another tab, or the session expired
+
+    expect(note).to_be_visible(timeout=15_000)
+    expect(note).to_have_text("Your session has ended: reload the page and log in again to see the results still "
+                              "waiting.")
+    expect(page.locator("#history-announcement")).to_have_text(note.text_content())
+    expect(page.locator(".history-item .js-status")).to_have_text("queued")
+
+
 def test_a_history_page_says_while_no_worker_takes_its_queued_uploads_and_drops_it_once_they_are_read(
     logged_in_page, user, digit_png
 ):
