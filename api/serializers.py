@@ -213,6 +213,17 @@ class PredictionFilterSerializer(SentOnceSerializer):
         "re-run replaced; the other filters then apply to that one. false (the default): every prediction.",
     )
 
+    def validate(self, attrs: dict) -> dict:
+        # Read strictly, as every input is: a range that selects nothing for certain is a mistake, not an empty list.
+        first, last = attrs.get("created_after"), attrs.get("created_before")
+        if first is not None and last is not None and first > last:
+            raise serializers.ValidationError(
+                {"created_after": [f"{first.isoformat()} is after created_before, {last.isoformat()}: no day is "
+                                   "in such a range."]},
+                code="invalid",
+            )
+        return attrs
+
 
 class LatencySerializer(serializers.Serializer):
     queue_ms = serializers.FloatField(allow_null=True, help_text="Milliseconds between the upload and a worker starting.")

@@ -434,6 +434,20 @@ def test_an_invalid_filter_is_400_naming_the_parameter(user_client, query):
     assert response.json()["error"]["field"] == next(iter(query))
 
 
+def test_a_date_range_whose_start_is_after_its_end_is_400_naming_both_days(user_client, user, make_prediction):
+    make_prediction(owner=user)
+
+    response = user_client.get(LIST, {"created_after": "2027-01-01", "created_before": "2026-01-01"})
+    one_day = user_client.get(LIST, {"created_after": "2026-01-01", "created_before": "2026-01-01"})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["field"], error["message"]) == (
+        "created_after", "2027-01-01 is after created_before, 2026-01-01: no day is in such a range."
+    )
+    assert one_day.status_code == 200
+
+
 def test_a_day_the_calendar_lacks_is_refused_as_such_not_as_a_wrong_format(user_client):
     response = user_client.get(LIST, {"created_after": "1900-02-29"})
 
