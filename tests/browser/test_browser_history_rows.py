@@ -135,3 +135,22 @@ def test_a_history_row_in_large_text_keeps_its_file_name_whole_and_its_parts_apa
     name = row.locator(".history-name")
     assert name.evaluate("a => a.getClientRects().length") == 1
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_a_history_download_comes_as_a_file_and_one_refused_shows_the_page_that_says_why(
+    logged_in_page, user, digit_png, settings
+):
+    from classifier import slots
+
+    page = logged_in_page
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(7)), name="7.png", source="file")
+    page.goto("/history/")
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    assert download.value.suggested_filename.endswith(".csv") and "7.png" in open(download.value.path()).read()
+
+    settings.HISTORY_EXPORTS_PER_USER = 1
+    assert slots.user_slot_take(kind="export", user_id=user.pk, limit=1, hold_s=60)  # a download still streaming
+    page.click("#export-zip")
+
+    expect(page.locator("h1")).to_have_text("Too many downloads at once")
