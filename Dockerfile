@@ -1,6 +1,7 @@
 # One image for web, inference worker and trainer; the command picks the role.
 FROM python:3.11-slim AS base
 
+# gunicorn listens on the loopback outside a container (gunicorn.conf.py); in one, on every interface of its own.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -8,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MEDIA_ROOT=/srv/media \
     DATA_DIR=/srv/data \
     CHECKPOINT_DIR=/srv/checkpoints \
-    STATIC_ROOT=/srv/static
+    STATIC_ROOT=/srv/static \
+    GUNICORN_BIND=0.0.0.0:8000
 
 WORKDIR /app
 COPY requirements.txt .

@@ -35,8 +35,11 @@ def _whole_number(name: str, default: int, *, least: int) -> int:
 # made about 10% more, within the machine's drift across earlier rounds.
 workers = _whole_number("GUNICORN_WORKERS", 2, least=1)
 threads = _whole_number("GUNICORN_THREADS", 4, least=1)
-# Empty (`GUNICORN_BIND=` in .env), gunicorn would listen on no address at all.
-bind = os.environ.get("GUNICORN_BIND", "").strip() or "0.0.0.0:8000"
+# The loopback unless told otherwise: behind the reverse proxy, whoever reached the port around it could write their
+# own X-Forwarded-For and pass for a new address each request (the lockouts and throttles count by it). The image
+# listens on every interface of its container (Dockerfile). Empty (`GUNICORN_BIND=` in .env), gunicorn would listen
+# on no address at all.
+bind = os.environ.get("GUNICORN_BIND", "").strip() or "127.0.0.1:8000"
 # `?wait` holds a request for up to 30 seconds; the timeout is only for a process that stopped answering at all
 # (0: never, as gunicorn reads it).
 timeout = _whole_number("GUNICORN_TIMEOUT", 120, least=0)

@@ -185,6 +185,8 @@ def test_web_binds_the_port_it_publishes_and_its_health_check_asks():
     web = COMPOSE["services"]["web"]
     container_port = web["ports"][0].rsplit(":", 1)[1]
     assert web["environment"]["GUNICORN_BIND"] == f"0.0.0.0:{container_port}"
+    # The image's own default too, for a container started without compose: gunicorn's is the loopback.
+    assert f"GUNICORN_BIND=0.0.0.0:{container_port}" in (REPO / "Dockerfile").read_text()
     assert f"127.0.0.1:{container_port}/healthz" in " ".join(web["healthcheck"]["test"])
 
 

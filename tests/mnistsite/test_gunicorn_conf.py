@@ -34,7 +34,8 @@ def _effective_config(*, config_file: Path | None = None, **env: str) -> dict[st
 
 def test_gunicorn_reads_the_project_config_with_its_measured_defaults():
     config = _effective_config()
-    assert (config["workers"], config["threads"], config["bind"]) == ("2", "4", "['0.0.0.0:8000']")
+    # The loopback: only the reverse proxy in front may reach it (see docker-compose.yml and the image for theirs).
+    assert (config["workers"], config["threads"], config["bind"]) == ("2", "4", "['127.0.0.1:8000']")
     # Longer than the longest `?wait`, so a waiting request is never mistaken for a hung process.
     assert int(config["timeout"]) > MAX_WAIT_SECONDS
 
@@ -77,8 +78,8 @@ def test_no_web_process_or_thread_is_refused_rather_than_listening_without_answe
 
 
 def test_an_empty_bind_address_serves_the_default_one_rather_than_none():
-    assert _effective_config(GUNICORN_BIND="")["bind"] == "['0.0.0.0:8000']"
-    assert _effective_config(GUNICORN_BIND=" ")["bind"] == "['0.0.0.0:8000']"
+    assert _effective_config(GUNICORN_BIND="")["bind"] == "['127.0.0.1:8000']"
+    assert _effective_config(GUNICORN_BIND=" ")["bind"] == "['127.0.0.1:8000']"
 
 
 def test_the_access_log_writes_the_secret_parts_of_mailed_links_as_stars():
