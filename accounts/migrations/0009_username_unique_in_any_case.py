@@ -18,7 +18,8 @@ def username_unique_in_any_case(apps, schema_editor):
     if names:
         # Which account keeps a name is its people's choice, not a migration's: said, and nothing changed.
         raise CommandError(f"Accounts {', '.join(names)} have names that differ only in case, which the site now "
-                           "refuses: rename all but one of each (in the admin), then migrate again.")
+                           "refuses: rename all but one of each (in the admin, or with `manage.py rename_user NAME NEW_NAME`), "
+                           "then migrate again.")
     schema_editor.add_constraint(user_model, USERNAME_UNIQUE_IN_ANY_CASE)
 
 

@@ -70,6 +70,7 @@ from accounts.services.users import (
     signup_allowance_take,
     user_lock,
     user_login_record,
+    user_rename,
     user_sign_up,
     users_delete,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "user_lock",
     "user_login_record",
     "user_password_set",
+    "user_rename",
     "user_sign_up",
     "users_delete",
 ]

@@ -1,4 +1,4 @@
-"""Accounts: sign-up and its allowance, the demo account, the lock a change takes, its log-in recorded, its deletion."""
+"""Accounts: sign-up and its allowance, renaming, the demo account, the lock a change takes, log-ins, deletion."""
 import logging
 import time
 
@@ -44,6 +44,28 @@ def user_sign_up(*, username: str, password: str, email: str = ""):
             raise
         raise UsernameTaken() from None
     return user
+
+
+def user_rename(*, user, username: str) -> None:
+    """Give ``user`` the name ``username``, normalized and checked as a sign-up's name is.
+
+    Raises ValidationError for a name the account's field refuses (its characters, its length), UsernameTaken for one
+    another account has in any case. For ``manage.py rename_user``: where the admin cannot be reached, as while
+    accounts/0009 waits for names that differ only in case to be renamed.
+    """
+    model = get_user_model()
+    username = model.normalize_username(username)
+    model._meta.get_field(model.USERNAME_FIELD).clean(username, user)
+    if username_taken(username=username, other_than=user):
+        raise UsernameTaken()
+    try:
+        with transaction.atomic():
+            model._default_manager.filter(pk=user.pk).update(**{model.USERNAME_FIELD: username})
+    except IntegrityError:
+        if not username_taken(username=username, other_than=user):
+            raise
+        raise UsernameTaken() from None
+    setattr(user, model.USERNAME_FIELD, username)
 
 
 # A refused sign-up (a name taken, passwords that differ) costs this share of an account: people mistype, but

@@ -259,3 +259,33 @@ def test_changepassword_for_an_account_deleted_while_the_password_was_typed_does
         call_command("changepassword", "alice")
 
     assert not django_user_model.objects.exists()
+
+
+def test_rename_user_renames_an_account_found_in_any_case_and_it_logs_in_by_the_new_name(user, client, capsys):
+    call_command("rename_user", "ALICE", "alice.smith")
+
+    user.refresh_from_db()
+    assert user.username == "alice.smith"
+    assert "Renamed 'alice' to 'alice.smith'." in capsys.readouterr().out
+    assert client.post("/accounts/login/", {"username": "Alice.Smith", "password": "correct horse battery"}).status_code == 302
+
+
+@pytest.mark.parametrize(("new", "refusal"), [
+    ("BOB", "another account is named 'BOB', in this case or another"),
+    ("alice smith", "Enter a valid username"),
+    ("a" * 151, "Ensure this value has at most 150 characters"),
+    ("", "This field cannot be blank."),
+])
+def test_rename_user_refuses_a_name_taken_in_any_case_or_one_sign_up_refuses_and_changes_nothing(
+    user, other_user, new, refusal
+):
+    with pytest.raises(CommandError, match=re.escape(refusal)):
+        call_command("rename_user", "alice", new)
+
+    user.refresh_from_db()
+    assert user.username == "alice"
+
+
+def test_rename_user_names_an_account_that_does_not_exist():
+    with pytest.raises(CommandError, match="user 'nobody' does not exist"):
+        call_command("rename_user", "nobody", "somebody")

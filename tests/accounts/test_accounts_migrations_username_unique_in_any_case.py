@@ -1,5 +1,6 @@
 """Migrating to user names unique in any case (accounts/0009): names that clash already stop it, named."""
 import pytest
+from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
@@ -28,8 +29,12 @@ def test_names_that_differ_only_in_case_stop_the_migration_named_until_all_but_o
     with pytest.raises(CommandError, match=r"Accounts alice, Alice, ALICE have names that differ only in case"):
         _migrate_to_the_latest()
 
-    django_user_model.objects.filter(username__in=["Alice", "ALICE"]).delete()
+    # As the README says to, under compose too (the site waits for the migration): each by its own case.
+    call_command("rename_user", "Alice", "alice2")
+    call_command("rename_user", "ALICE", "alice3")
     _migrate_to_the_latest()
+    assert set(django_user_model.objects.values_list("username", flat=True)) == {
+        "alice", "alice2", "alice3", "bob", "carol"}
     with pytest.raises(IntegrityError), transaction.atomic():
         django_user_model.objects.create_user(username="Alice", password=PASSWORD)
 
