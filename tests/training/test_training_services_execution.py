@@ -44,6 +44,28 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert epoch_checkpoint.path == f"{folder}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
 
 
+@pytest.mark.parametrize("lost", ["the permission", "the account"])
+def test_a_run_whose_starter_lost_the_right_to_change_checkpoints_registers_its_model_without_activating_it(
+    tiny_recipe, django_user_model, lost
+):
+    from django.contrib.auth.models import Permission
+
+    starter = django_user_model.objects.create_user(username="trainer", password="x9!kQ2#vLp", is_staff=True)
+    starter.user_permissions.add(*Permission.objects.filter(codename__in=["add_trainingrun", "change_checkpoint"]))
+    run = services.training_run_create(created_by=starter, enqueue=False, **{**tiny_recipe, "activate_on_success": True})
+    if lost == "the permission":
+        starter.user_permissions.clear()
+    else:
+        django_user_model.objects.filter(pk=starter.pk).update(is_active=False)
+
+    services.training_run_execute(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED
+    assert not run.checkpoints.get(is_final=True).is_active
+    assert "Not made active: trainer may no longer change checkpoints; activate it by hand." in run.error
+
+
 def test_a_cnn_run_the_form_allows_of_exactly_five_steps_succeeds(tiny_recipe):
     # The one-cycle schedule's warm-up is a fifth of the steps: one step here, which torch divided by zero over.
     run = _create(tiny_recipe, architecture="cnn", epochs=1, batch_size=2, train_subset=10, learning_rate=0.1)

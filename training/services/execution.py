@@ -275,7 +275,12 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
                 sha256=digest,
             )
             notes = [_learned_nothing_note(run=locked, accuracy=result.final_accuracy)]
-            if locked.activate_on_success:
+            starter = locked.created_by
+            if locked.activate_on_success and starter is not None and not starter.has_perm("training.change_checkpoint"):
+                # Allowed when the run was queued, and asked again now: whoever lost the right meanwhile (left the
+                # staff, deactivated) no longer changes the model everyone is served by.
+                notes.append(f"Not made active: {starter} may no longer change checkpoints; activate it by hand.")
+            elif locked.activate_on_success:
                 try:
                     checkpoint_activate(
                         checkpoint=checkpoint, keep_better_active=True, by=locked.created_by,
