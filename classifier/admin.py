@@ -19,7 +19,7 @@ from classifier import exports, selectors, services
 from classifier.models import Prediction, StorageUse, Upload
 from mnistsite.admin_display import AdminStyles, admin_when
 from mnistsite.admin_requests import HandEditedRequestsMixin, deleted_meanwhile_response
-from training.selectors import checkpoint_get_active
+from training.selectors import checkpoint_get_active, checkpoint_list_that_predicted
 
 
 def _thumbnail(upload_id: int, large: bool = False) -> str:
@@ -204,9 +204,8 @@ class CheckpointFilter(admin.SimpleListFilter):
     parameter_name = "checkpoint"
 
     def lookups(self, request, model_admin):
-        from training.models import Checkpoint
-
-        return [(str(c.pk), str(c)) for c in Checkpoint.objects.order_by("-created_at")[:50]]
+        # Not the newest fifty of every epoch's: the active one of many runs ago would drop out of the list.
+        return [(str(c.pk), str(c)) for c in checkpoint_list_that_predicted()]
 
     def queryset(self, request, queryset):
         if not self.value():

@@ -44,6 +44,14 @@ def _predictions_made_with(checkpoint_ref) -> Exists:
     return Exists(prediction.objects.filter(checkpoint=checkpoint_ref))
 
 
+def checkpoint_list_that_predicted() -> QuerySet[Checkpoint]:
+    """The checkpoints that made predictions, and the active one, newest first: those a filter of predictions offers.
+
+    Every run registers one a epoch; the few that ever served are the ones worth filtering by.
+    """
+    return Checkpoint.objects.filter(Q(is_active=True) | _predictions_made_with(OuterRef("pk"))).order_by("-created_at")
+
+
 def checkpoint_list_prunable() -> QuerySet[Checkpoint]:
     """The epoch checkpoints nothing needs any more, oldest first.
 

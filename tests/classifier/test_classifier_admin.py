@@ -349,6 +349,21 @@ def test_the_checkpoint_filter_of_the_uploads_list_means_the_newest_prediction_a
     assert _listed(admin_page, path, checkpoint=first.pk) == set()
 
 
+def test_the_checkpoint_filters_offer_every_checkpoint_that_predicted_and_the_active_one_however_many_came_after(
+    admin_page, user, register_checkpoint, trained_model_file
+):
+    served = register_checkpoint(trained_model_file, name="served", activate=False)
+    _rows(user, 1, checkpoint=served)
+    active = register_checkpoint(trained_model_file, name="active", activate=True)
+    for index in range(60):  # epoch checkpoints of later runs, none of which served
+        register_checkpoint(trained_model_file, name=f"epoch-{index}", activate=False)
+
+    for path in ("/admin/classifier/upload/", "/admin/classifier/prediction/"):
+        (spec,) = [spec for spec in admin_page.get(path).context["cl"].filter_specs
+                   if getattr(spec, "parameter_name", None) == "checkpoint"]
+        assert [value for value, _ in spec.lookup_choices] == [str(active.pk), str(served.pk)], path
+
+
 def test_sample_set_accuracy_is_never_rounded_up_to_a_perfect_score(admin_page, django_user_model, active_checkpoint):
     samples = django_user_model.objects.create(username="samples")
     _rows(samples, 199, sample_set="mnist", label=3, digit=3, checkpoint=active_checkpoint)
