@@ -119,6 +119,25 @@ def test_a_cnn_trains_when_the_last_batch_would_hold_a_single_image(tiny_train, 
     assert progress[-1][0] == pytest.approx(1.0) and progress[-1][2] == 1
 
 
+@pytest.mark.parametrize(("images", "batch_size", "steps"), [(64, 64, 1), (256, 64, 4), (320, 32, 10)])
+def test_the_one_cycle_schedule_warms_up_runs_long_enough_to_and_shorter_ones_train_at_the_peak_rate(
+    tiny_train, tiny_test, images, batch_size, steps
+):
+    config = _tiny_config(epochs=1, batch_size=batch_size, schedule="onecycle", warmup_fraction=0.2, lr=0.1)
+    rates = []
+    hook = register_optimizer_step_post_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    try:
+        fit(config=config, train=tiny_train.subset(images), test=tiny_test, device=CPU)
+    finally:
+        hook.remove()
+
+    assert len(rates) == steps
+    if steps < 5:  # a warm-up of a fifth would be shorter than one step
+        assert rates == [0.1] * steps
+    else:
+        assert rates[0] == pytest.approx(0.01) and max(rates) == pytest.approx(0.1) and rates[-1] < 0.01
+
+
 @requires_cuda
 def test_training_on_the_gpu_takes_the_same_steps_as_on_the_cpu(tiny_train):
     # The CPU generator draws the batches and the augmentation, so both devices see the same inputs;
