@@ -430,17 +430,30 @@ class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             self.message_user(request, f"{checkpoint} is already active; nothing changed.", messages.INFO)
             return redirect(change_url)
         if request.method != "POST":
-            active = selectors.checkpoint_get_active()
-            return _confirmation(
-                self, request, template="admin/training/checkpoint/activate_confirmation.html", obj=checkpoint,
-                step="Activate", change_url=change_url,
-                action_url=reverse("admin:training_checkpoint_activate", args=[checkpoint.pk]),
-                checkpoint=checkpoint, active=active, worse=_tests_worse(checkpoint, than=active),
-            )
+            return self._activate_confirmation(request, checkpoint=checkpoint, change_url=change_url)
+        # The checkpoint the page said it replaces: another activated since (a colleague, a run when done) is asked
+        # about again, as it may test better. A form without it (an older page) is taken as it is.
+        replacing = request.POST.get("replacing")
         try:
-            checkpoint = services.checkpoint_activate(checkpoint=checkpoint, by=request.user)
+            checkpoint = services.checkpoint_activate(
+                checkpoint=checkpoint, by=request.user,
+                replacing=... if replacing is None else (int(replacing) if replacing.isdigit() else None),
+            )
+        except services.ActiveCheckpointChangedError:
+            return self._activate_confirmation(request, checkpoint=checkpoint, change_url=change_url, changed=True)
         except services.CheckpointNotLoadableError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
             self.message_user(request, f"{checkpoint} is now active.", messages.SUCCESS)
         return redirect(change_url)
+
+    def _activate_confirmation(
+        self, request: HttpRequest, *, checkpoint: Checkpoint, change_url: str, changed: bool = False
+    ) -> TemplateResponse:
+        active = selectors.checkpoint_get_active()
+        return _confirmation(
+            self, request, template="admin/training/checkpoint/activate_confirmation.html", obj=checkpoint,
+            step="Activate", change_url=change_url,
+            action_url=reverse("admin:training_checkpoint_activate", args=[checkpoint.pk]),
+            checkpoint=checkpoint, active=active, worse=_tests_worse(checkpoint, than=active), changed=changed,
+        )

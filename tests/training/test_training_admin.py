@@ -324,6 +324,45 @@ def test_activating_a_checkpoint_asks_first_and_warns_when_the_active_one_tests_
     assert Checkpoint.objects.get(is_active=True) == worse
 
 
+def test_a_confirmation_answered_after_another_checkpoint_was_activated_asks_again_naming_that_one(
+    client, staff_user, make_checkpoint
+):
+    import re
+    from html import unescape
+
+    shown, _ = make_checkpoint(activate=True, accuracy=0.9)
+    worse, _ = make_checkpoint(accuracy=0.2914)
+    meanwhile, _ = make_checkpoint(accuracy=0.9954)
+    client.force_login(staff_user)
+    asked = client.get(_activate_url(worse)).content.decode()
+    answer = {"post": "yes", "replacing": re.search(r'name="replacing" value="(\d*)"', asked).group(1)}
+    assert answer["replacing"] == str(shown.pk)
+    services.checkpoint_activate(checkpoint=meanwhile)  # a colleague, or a run when done
+
+    again = client.post(_activate_url(worse), answer)
+
+    assert again.status_code == 200 and Checkpoint.objects.get(is_active=True) == meanwhile
+    page = unescape(again.content.decode())
+    assert "Another checkpoint was activated since that page was shown" in page
+    assert f'It replaces "{meanwhile}", the active checkpoint.' in page and "below the active checkpoint's 99.54%" in page
+    answer["replacing"] = re.search(r'name="replacing" value="(\d*)"', page).group(1)
+    assert client.post(_activate_url(worse), answer).status_code == 302
+    assert Checkpoint.objects.get(is_active=True) == worse
+
+
+def test_a_confirmation_shown_while_no_checkpoint_was_active_is_asked_again_once_one_is(
+    client, staff_user, make_checkpoint
+):
+    first, _ = make_checkpoint()
+    meanwhile, _ = make_checkpoint()
+    client.force_login(staff_user)
+    assert 'name="replacing" value=""' in client.get(_activate_url(first)).content.decode()
+    services.checkpoint_activate(checkpoint=meanwhile)
+
+    assert client.post(_activate_url(first), {"post": "yes", "replacing": ""}).status_code == 200
+    assert Checkpoint.objects.get(is_active=True) == meanwhile
+
+
 def test_activating_the_active_checkpoint_says_nothing_changed(client, staff_user, make_checkpoint):
     from django.contrib.admin.models import LogEntry
 

@@ -1,5 +1,10 @@
 """Writes for training runs and checkpoints, a module per concern; every public name is re-exported here."""
-from training.services.activation import CheckpointBelowActiveError, CheckpointNotLoadableError, checkpoint_activate
+from training.services.activation import (
+    ActiveCheckpointChangedError,
+    CheckpointBelowActiveError,
+    CheckpointNotLoadableError,
+    checkpoint_activate,
+)
 from training.services.cancellation import TrainingRunStateError, training_run_cancel
 from training.services.deletion import (
     CheckpointInUseError,
@@ -44,6 +49,7 @@ __all__ = [
     "PROGRESS_WRITE_EVERY_S",
     "STALE_ERROR",
     "UNPUBLISHED_REPUBLISH_AFTER_S",
+    "ActiveCheckpointChangedError",
     "CheckpointBelowActiveError",
     "CheckpointInUseError",
     "CheckpointNotLoadableError",

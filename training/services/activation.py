@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import EllipsisType
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -16,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 class CheckpointNotLoadableError(Exception):
     """The checkpoint's file is missing, changed or unreadable: activating it would fail every prediction."""
+
+
+class ActiveCheckpointChangedError(Exception):
+    """Another checkpoint is active than the one the person activating was told it replaces; nothing changed."""
 
 
 class CheckpointBelowActiveError(Exception):
@@ -70,13 +75,20 @@ def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
 
 
 def checkpoint_activate(
-    *, checkpoint: Checkpoint, keep_better_active: bool = False, by: AbstractBaseUser | None = None, why: str = ""
+    *,
+    checkpoint: Checkpoint,
+    keep_better_active: bool = False,
+    replacing: int | None | EllipsisType = ...,
+    by: AbstractBaseUser | None = None,
+    why: str = "",
 ) -> Checkpoint:
     """Make this the one checkpoint inference uses (promotion or roll-back), once its file is seen to load.
 
     Raises CheckpointNotLoadableError, the active checkpoint unchanged, when it does not; with
-    ``keep_better_active``, CheckpointBelowActiveError rather than replace a better model. A change is recorded in
-    the checkpoint's history as ``by``'s doing when given, with ``why`` ("when training run 7 succeeded") after it.
+    ``keep_better_active``, CheckpointBelowActiveError rather than replace a better model; with ``replacing`` (the id
+    of the checkpoint the person was told it replaces, None for none), ActiveCheckpointChangedError when another is
+    active now. A change is recorded in the checkpoint's history as ``by``'s doing when given, with ``why`` ("when
+    training run 7 succeeded") after it.
     """
     from training.loading import checkpoint_load_model
     from training.ml.checkpoints import CheckpointError
@@ -99,6 +111,8 @@ def checkpoint_activate(
         if keep_better_active and (better := _active_checkpoint_better(checkpoint=checkpoint)) is not None:
             raise CheckpointBelowActiveError(checkpoint=checkpoint, active=better)
         replaced = Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).first()
+        if replacing is not ... and replacing != (replaced.pk if replaced is not None else None):
+            raise ActiveCheckpointChangedError(f"the active checkpoint is now {replaced or 'none'}")
         if replaced is not None:
             Checkpoint.objects.filter(pk=replaced.pk).update(is_active=False)
         changed = Checkpoint.objects.filter(pk=checkpoint.pk, is_active=False).update(is_active=True)
