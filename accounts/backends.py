@@ -10,6 +10,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from accounts.login_devices import login_device_of
+from accounts.selectors import user_get_by_name
 from accounts.services import LockoutUnavailable, login_attempt_start, login_attempt_succeeded
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,13 @@ class LockoutModelBackend(ModelBackend):
 
     def authenticate(self, request, username=None, password=None, **kwargs):
         username = (username if username is not None else kwargs.pop(get_user_model().USERNAME_FIELD, None)) or ""
+        account = user_get_by_name(username=username)
+        # Checked and counted under the account's name as stored ("Alice" for "alice", or for "alıce" on PostgreSQL):
+        # every way of typing it meets the same counts.
+        username = account.get_username() if account is not None else username
         if request is None:
-            return super().authenticate(request, username=_stored_username(username), password=password, **kwargs)
-        address, device = client_address(request), login_device_of(request, username=username)
+            return super().authenticate(request, username=username, password=password, **kwargs)
+        address, device = client_address(request), login_device_of(request, user=account)
         try:
             allowed = login_attempt_start(username=username, ip=address, device=device)
         except LockoutUnavailable:
@@ -53,16 +58,7 @@ class LockoutModelBackend(ModelBackend):
             raise PermissionDenied("the log-in lockout is unavailable") from None
         if not allowed:
             raise PermissionDenied("too many failed log-in attempts")  # ends authenticate() for every backend
-        user = super().authenticate(request, username=_stored_username(username), password=password, **kwargs)
+        user = super().authenticate(request, username=username, password=password, **kwargs)
         if user is not None:
             login_attempt_succeeded(username=username, ip=address, log_in=True, device=device)
         return user
-
-
-def _stored_username(username: str) -> str:
-    """The account's name as stored, for one typed in any case ("Alice" for "alice"): no two accounts' names differ
-    only in case (accounts/0009), and the lockout counts names in lower case already."""
-    user_model = get_user_model()
-    lookup = {f"{user_model.USERNAME_FIELD}__iexact": username}
-    return user_model._default_manager.filter(**lookup).values_list(user_model.USERNAME_FIELD, flat=True).first() \
-        or username

@@ -114,7 +114,7 @@ class LockoutPasswordMixin:
 
     def _password_matches(self, user, password: str) -> bool:
         username, address = user.get_username(), client_address(self.request)
-        device = login_device_of(self.request, username=username)
+        device = login_device_of(self.request, user=user)
         try:
             allowed = login_attempt_start(username=username, ip=address, device=device)
         except LockoutUnavailable:

@@ -25,6 +25,15 @@ def username_taken(*, username: str, other_than: Model | None = None) -> bool:
     return (accounts.exclude(pk=other_than.pk) if other_than is not None else accounts).exists()
 
 
+def user_get_by_name(*, username: str):
+    """The account a name typed in any case names, or None: no two accounts' names differ only in case (accounts/0009).
+
+    Compared as the database compares names: on PostgreSQL "alıce" (a dotless i) names alice too.
+    """
+    model = get_user_model()
+    return model._default_manager.filter(**{f"{model.USERNAME_FIELD}__iexact": username}).first()
+
+
 def password_reset_by_email_available() -> bool:
     """Whether reset links can be sent: EMAIL_URL names a way to send mail (unset, the dummy backend drops it)."""
     return settings.EMAIL_BACKEND != "django.core.mail.backends.dummy.EmailBackend"

@@ -68,9 +68,12 @@ class ThrottledLoginView(LoginView):
         # Read as the form reads it (spaces around it dropped, NFKC), which is the name the lockout counted: read as
         # sent, "alice " would pass here, be refused by the backend, and tell its owner that the password is wrong.
         counted = self.get_form_class()(request).fields["username"].to_python(username) or ""
+        # As the backend counts it: under the account's name as stored.
+        account = selectors.user_get_by_name(username=counted)
+        counted = account.get_username() if account is not None else counted
         try:
             allowed = login_attempt_allowed(username=counted, ip=client_address(request),
-                                            device=login_device_of(request, username=counted))
+                                            device=login_device_of(request, user=account))
         except services.LockoutUnavailable:
             response = self._refused(username, "Log-in is unavailable for a moment: no password can be checked. "
                                                "Try again in a minute.", status=503)
@@ -92,7 +95,7 @@ class ThrottledLoginView(LoginView):
             # As for any name that has no account: that is what it is now.
             form.add_error(None, form.get_invalid_login_error())
             return self.form_invalid(form)
-        login_device_cookie_set(response, request=self.request, username=form.get_user().get_username())
+        login_device_cookie_set(response, request=self.request, user=form.get_user())
         return response
 
     def _refused(self, username: str, refusal: str, *, status: int) -> HttpResponse:

@@ -1,5 +1,6 @@
 """The log-in backend: the client address it counts failures by, and a warning when a proxy hides every client."""
 import pytest
+from django.db import connection
 
 from accounts import backends
 
@@ -57,3 +58,19 @@ def test_a_name_in_another_case_with_a_wrong_password_is_refused_and_counted_aga
     response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
     assert "_auth_user_id" not in client.session
     assert response.status_code in (400, 429)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite folds ASCII letters only: 'alıce' names no one")
+@pytest.mark.parametrize("spelling", ["alıce", "ALıCE"])
+def test_every_spelling_the_database_takes_for_an_account_meets_its_lockout(client, user, spelling):
+    from accounts.services import LOCKOUT_THRESHOLD
+
+    right = {"password": "correct horse battery"}
+    # PostgreSQL compares names upper-cased, and a dotless i upper-cases to I: the spelling logs in to alice.
+    assert client.post("/accounts/login/", {**right, "username": spelling}).status_code == 302
+    client.post("/accounts/logout/")
+    for _ in range(LOCKOUT_THRESHOLD):
+        client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+
+    # Counted under the account's name, not the one typed: no spelling gets fresh guesses.
+    assert client.post("/accounts/login/", {**right, "username": spelling}).status_code == 429

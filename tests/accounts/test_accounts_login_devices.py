@@ -65,7 +65,7 @@ def test_a_browser_known_to_another_account_is_not_known_to_this_one(user, other
 
 @pytest.mark.parametrize("made", ["tampered", "another key", "unsigned"])
 def test_a_cookie_not_earned_by_logging_in_counts_for_nothing(user, settings, made):
-    known = {"known": [["alice", "mine", int(time.time())]]}
+    known = {"known": [["alice", "mine", int(time.time()), user.get_session_auth_hash()[:24]]]}
     value = signing.dumps(known, salt="accounts.login_devices")
     if made == "tampered":  # its signature changed by one character
         value = value[:-1] + ("A" if value[-1] != "A" else "B")
@@ -109,6 +109,28 @@ def test_each_account_a_browser_is_known_to_is_forgotten_a_cookie_lifetime_after
 
     assert browser.post("/accounts/login/", RIGHT).status_code == 429
     assert browser.post("/accounts/login/", {**RIGHT, "username": "bob"}).status_code == 302
+
+
+def test_a_new_password_unties_every_browser_known_with_the_old_one(user):
+    browser = _known_browser()
+    user.set_password("a brand new passphrase")
+    user.save()
+    _locked_out_everywhere()
+
+    # Whoever learnt the old password and kept the cookies it earned gets no guesses of their own any more.
+    assert browser.post("/accounts/login/", {**RIGHT, "password": "a brand new passphrase"}).status_code == 429
+
+
+def test_a_cookie_earned_with_the_password_counts_while_a_copy_tied_to_another_does_not(user):
+    _locked_out_everywhere()
+    forged = {"known": [["alice", "mine", int(time.time()), "0" * 24]]}
+    browser = Client(REMOTE_ADDR="192.0.2.10")
+    browser.cookies[login_devices.COOKIE] = signing.dumps(forged, salt="accounts.login_devices")
+    assert browser.post("/accounts/login/", RIGHT).status_code == 429
+
+    forged["known"][0][3] = user.get_session_auth_hash()[:24]
+    browser.cookies[login_devices.COOKIE] = signing.dumps(forged, salt="accounts.login_devices")
+    assert browser.post("/accounts/login/", RIGHT).status_code == 302
 
 
 def test_the_cookie_is_kept_from_scripts_and_other_sites_and_sent_only_over_https_in_production(user, settings):
