@@ -1,6 +1,7 @@
 """How often a message may be asked for: allowances taken, given back and refused."""
 import hashlib
 import logging
+import re
 import time
 import unicodedata
 
@@ -57,6 +58,16 @@ def allowances_give_back(*, limits: Limits, what: str) -> None:
 
 
 def email_key(email: str) -> str:
-    # The address as Django's reset form matches it (NFKC, any case), hashed: no address is kept in the cache.
+    """The inbox an address reaches, as the per-address allowances count it, hashed: no address is kept in the cache.
+
+    In any case and NFKC, as Django's reset form matches addresses; a quoted local part unquoted ("victim" and
+    "\\v\\ictim" are delivered to victim, and Django's form takes them); "+tag" left out, as most mail hosts deliver
+    victim+1 to victim. Else each spelling had an allowance of its own, and accounts naming the spellings of one
+    address would fill its inbox.
+    """
     folded = unicodedata.normalize("NFKC", email).casefold()
-    return hashlib.sha256(folded.encode()).hexdigest()
+    local, at, domain = folded.rpartition("@")
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    mailbox = local.partition("+")[0] + at + domain
+    return hashlib.sha256(mailbox.encode()).hexdigest()

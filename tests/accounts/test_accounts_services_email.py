@@ -443,3 +443,17 @@ def test_the_notice_sweep_deletes_the_finished_notices_that_deleted_accounts_lef
     tasks.email_change_notices_sweep.apply()
 
     assert sorted(EmailChangeNotice.objects.values_list("username", flat=True)) == ["carol", "frank"]
+
+
+def test_every_spelling_of_one_inbox_shares_its_allowance_and_other_inboxes_do_not():
+    from django.core.validators import validate_email
+
+    from accounts.services.mail_allowances import email_key
+
+    spellings = ["victim@example.com", "Victim@EXAMPLE.com", '"victim"@example.com', '"\\v\\ictim"@example.com',
+                 "victim+1@example.com", '"victim+x"@example.com']
+    for spelling in spellings:
+        validate_email(spelling)  # every one of them is an address the account forms take
+    assert {email_key(spelling) for spelling in spellings} == {email_key("victim@example.com")}
+    assert email_key("victim2@example.com") != email_key("victim@example.com")
+    assert email_key("victim@example.org") != email_key("victim@example.com")
