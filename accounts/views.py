@@ -382,8 +382,9 @@ def _account_delete_form(request: HttpRequest, data=None) -> AccountDeleteForm:
 @require_http_methods(["GET", "HEAD", "POST"])
 def account_delete(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        # An administrator's account is not deleted from this page (services.account_delete): nothing to send again.
-        return form_sent_again(request, page=reverse("account"), message=None if request.user.is_superuser else (
+        # A staff account is not deleted from this page (services.account_delete): nothing to send again.
+        staff = request.user.is_staff or request.user.is_superuser
+        return form_sent_again(request, page=reverse("account"), message=None if staff else (
             "Nothing was deleted: type your password and tick the box again to delete your account."))
     form = _account_delete_form(request, request.POST)
     if not form.is_valid():

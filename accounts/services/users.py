@@ -161,11 +161,13 @@ def user_login_record(*, user) -> None:
 def account_delete(*, user) -> None:
     """Delete the account with its uploads, predictions and token; the image files go once that commits.
 
-    A superuser cannot: the site would risk losing its last administrator, so
-    another one must do it in the admin.
+    Staff cannot: a superuser's would risk the site's last administrator, and any staff account's deletion takes the
+    admin's record of what it did with it (Django's history goes with its user), so another administrator decides,
+    in the admin (or deactivates it, which keeps the record).
     """
-    if user.is_superuser:
-        raise AccountDeleteError("An administrator's account is deleted by another administrator, in the admin.")
+    if user.is_staff or user.is_superuser:
+        raise AccountDeleteError("A staff account is deleted by an administrator, in the admin: the record of what it "
+                                 "did there goes with it.")
     users_delete(users=[user])
 
 

@@ -248,11 +248,24 @@ def test_an_account_without_uploads_is_deleted_once_the_deletion_is_confirmed(si
     assert not type(user).objects.filter(pk=user.pk).exists()
 
 
-def test_an_administrator_cannot_delete_their_own_account_from_this_page(client, staff_user):
-    client.force_login(staff_user)
+@pytest.mark.parametrize("superuser", [True, False])
+def test_no_staff_account_deletes_itself_and_its_record_in_the_admin_from_this_page(
+    client, django_user_model, superuser
+):
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    staff = django_user_model.objects.create_user(username="helpdesk", password="correct horse battery",
+                                                  is_staff=True, is_superuser=superuser)
+    LogEntry.objects.log_action(user_id=staff.pk, content_type_id=ContentType.objects.get_for_model(staff).pk,
+                                object_id=staff.pk, object_repr="alice", action_flag=CHANGE, change_message="Set")
+    client.force_login(staff)
+
     refused = client.post("/accounts/delete/", {"password": "correct horse battery", "understood": "on"})
-    assert refused.status_code == 400 and "another administrator" in refused.content.decode()
-    assert type(staff_user).objects.filter(pk=staff_user.pk).exists()
+
+    assert refused.status_code == 400
+    assert "A staff account is deleted by an administrator, in the admin" in refused.content.decode()
+    assert django_user_model.objects.filter(pk=staff.pk).exists() and LogEntry.objects.filter(user=staff).exists()
 
 
 def test_every_page_links_to_the_account_page_once_signed_in(signed_in):

@@ -198,8 +198,28 @@ def test_staff_may_mark_an_address_confirmed_which_then_gets_reset_links_and_is_
     assert user_email_confirmed(user=user)
     assert [found.pk for found in password_reset_user_list(email="alice@example.com")] == [user.pk]
     (entry,) = LogEntry.objects.filter(object_id=str(user.pk))
-    assert entry.is_change() and "alice@example.com" in entry.get_change_message()
+    assert entry.is_change() and entry.get_change_message() == "Marked the email address confirmed."
     assert not LogEntry.objects.filter(object_id=str(other_user.pk)).exists()
+
+
+def test_the_admins_history_of_an_account_keeps_no_address_that_would_outlive_it(
+    admin_client, user, reset_queue, django_capture_on_commit_callbacks
+):
+    from django.contrib.admin.models import LogEntry
+    from django.utils import timezone
+
+    _waiting(user, "alice.private@example.com", set_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(USERS, {"action": "email_confirmation_send_again", "_selected_action": [user.pk]})
+        admin_client.post(USERS, {"action": "email_mark_confirmed", "_selected_action": [user.pk]})
+    assert LogEntry.objects.filter(object_id=str(user.pk)).count() == 2
+
+    from accounts.services import users_delete
+
+    users_delete(users=[user])
+
+    # Django keeps the history of a deleted object: it must not keep the address with it.
+    assert not [entry.change_message for entry in LogEntry.objects.all() if "private" in entry.change_message]
 
 
 def test_staff_may_send_the_confirmation_link_again_which_works_and_is_logged(
