@@ -253,7 +253,8 @@ def rerun_uploads(modeladmin, request, queryset):
     )
     uploads = [upload for upload in selected if upload.pk not in waiting]
     # One deleted after the list was read is left out by the re-run.
-    created = services.predictions_rerun(uploads=uploads) if uploads else []
+    # Behind every upload sent meanwhile: a re-run of thousands must not hold up people's uploads.
+    created = services.predictions_rerun(uploads=uploads, priority=services.PRIORITY_BULK) if uploads else []
     skipped = f"; {len(waiting)} already waiting for a worker left as they are" if waiting else ""
     modeladmin.message_user(
         request, f"Queued {len(created)} new prediction(s) with the active checkpoint{skipped}.", messages.SUCCESS

@@ -32,6 +32,8 @@ from classifier.services.files import (
 )
 from classifier.services.lost_connections import LOST_INSERT_WAIT_S
 from classifier.services.predictions import (
+    PRIORITY_BULK,
+    PRIORITY_UPLOADS,
     prediction_create,
     prediction_publish,
     prediction_retry,
@@ -60,6 +62,8 @@ __all__ = [
     "LOST_INSERT_WAIT_S",
     "NO_QUOTA",
     "ORPHANED_AFTER",
+    "PRIORITY_BULK",
+    "PRIORITY_UPLOADS",
     "ORPHANED_FOLDER",
     "ORPHANED_MANY",
     "PREPARE_FAILED_ERROR",

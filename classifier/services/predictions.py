@@ -24,8 +24,17 @@ def prediction_create(*, upload: Upload) -> Prediction:
     return predictions_create(uploads=[upload])[0]
 
 
+# Where a prediction's message waits among the inference queue's others (Redis priorities: 0 is taken first, then 3,
+# 6, 9). Housekeeping and mail, sent with none, 0: a reset link or the reaper of dead training runs waits for the
+# next free worker process, not behind a long backlog of images. People's uploads next; the predictions of thousands
+# of uploads at once (a staff re-run, the sample sets) last, so that nobody's upload waits for them.
+PRIORITY_UPLOADS = 3
+PRIORITY_BULK = 9
+
+
 def predictions_create(
-    *, uploads: list[Upload], publish: bool = True, feedback: dict[int, int] | None = None
+    *, uploads: list[Upload], publish: bool = True, feedback: dict[int, int] | None = None,
+    priority: int = PRIORITY_UPLOADS,
 ) -> list[Prediction]:
     """Pending predictions in bulk; ``publish=False`` leaves them for the caller to execute in-process.
 
@@ -44,7 +53,7 @@ def predictions_create(
                 prediction.published_at = prediction.created_at
         ids = [prediction.pk for prediction in predictions]
         if publish and ids:
-            transaction.on_commit(lambda: predictions_send(prediction_ids=ids))
+            transaction.on_commit(lambda: predictions_send(prediction_ids=ids, priority=priority))
     return predictions
 
 
@@ -85,7 +94,9 @@ def prediction_retry(*, prediction: Prediction) -> tuple[Prediction, bool]:
         return predictions_rerun(uploads=[upload])[0], True
 
 
-def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Prediction]:
+def predictions_rerun(
+    *, uploads: list[Upload], publish: bool = True, priority: int = PRIORITY_UPLOADS
+) -> list[Prediction]:
     """New pending predictions of existing uploads, each keeping the digit its owner last said the image shows.
 
     The feedback belongs to the image, not to one model's answer: history shows
@@ -103,7 +114,7 @@ def predictions_rerun(*, uploads: list[Upload], publish: bool = True) -> list[Pr
         history = Prediction.objects.filter(upload__in=uploads).order_by("created_at", "id")
         # Later rows overwrite earlier ones: each upload keeps its newest prediction's feedback, a cleared one included.
         feedback = dict(history.values_list("upload_id", "feedback"))
-        return predictions_create(uploads=uploads, publish=publish, feedback=feedback)
+        return predictions_create(uploads=uploads, publish=publish, feedback=feedback, priority=priority)
 
 
 def prediction_publish(*, prediction_id: int) -> bool:
@@ -121,8 +132,9 @@ def predictions_publish(*, prediction_ids: list[int]) -> int:
     return predictions_send(prediction_ids=prediction_ids)
 
 
-def predictions_send(*, prediction_ids: list[int]) -> int:
-    """One message per batch of ids; on a broker failure the unsent ones are marked unpublished for the sweeper."""
+def predictions_send(*, prediction_ids: list[int], priority: int = PRIORITY_UPLOADS) -> int:
+    """One message per batch of ids, at ``priority``; on a broker failure the unsent ones are marked unpublished for
+    the sweeper."""
     from classifier.tasks import predictions_execute as predictions_execute_task
 
     size = settings.INFERENCE_BATCH_SIZE
@@ -130,7 +142,7 @@ def predictions_send(*, prediction_ids: list[int]) -> int:
     for start in range(0, len(prediction_ids), size):
         chunk = prediction_ids[start : start + size]
         try:
-            predictions_execute_task.apply_async(args=[chunk])
+            predictions_execute_task.apply_async(args=[chunk], priority=priority)
         except Exception:  # noqa: BLE001 - any broker error means "not sent yet"; the sweeper retries
             logger.warning("could not publish predictions %s; the sweeper will retry", chunk, exc_info=True)
             # The broker is down: the rest would fail the same way, each after a connection timeout.

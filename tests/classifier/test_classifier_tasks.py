@@ -57,6 +57,22 @@ def test_worker_pool_processes_forked_from_one_parent_each_predict_on_the_gpu(
     assert worker.log().count("loaded checkpoint") == 2, worker.log()
 
 
+def test_a_persons_upload_is_read_before_a_staff_re_run_queued_ahead_of_it(
+    start_celery_worker, user, digit_png, active_checkpoint, settings
+):
+    # One prediction a message, here and in the worker: predictions are then read in the order their messages are taken.
+    settings.INFERENCE_BATCH_SIZE = 1
+    earlier = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(6)]
+    rerun = services.predictions_rerun(uploads=earlier, priority=services.PRIORITY_BULK)
+    (mine,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "seven.png")], source="file")
+
+    start_celery_worker(INFERENCE_BATCH_SIZE="1")
+
+    read = [wait_for(prediction.pk) for prediction in [mine, *rerun]]
+    assert all(prediction.status == "done" for prediction in read), [p.error for p in read]
+    assert read[0].started_at < min(prediction.started_at for prediction in read[1:])
+
+
 def test_a_redelivered_message_keeps_one_result_and_is_not_recomputed(celery_worker_process, user, digit_png, active_checkpoint):
     from classifier.tasks import predictions_execute
 

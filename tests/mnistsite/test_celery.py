@@ -80,6 +80,26 @@ def test_every_scheduled_task_exists_and_is_routed_to_a_queue_a_deployed_worker_
         assert app.amqp.router.route(entry.get("options", {}), entry["task"])["queue"].name in consumed, entry["task"]
 
 
+def test_scheduled_housekeeping_and_mail_are_taken_before_the_uploads_waiting_on_the_inference_queue(
+    db, published, user, digit_png
+):
+    from classifier import services
+    from classifier.services.predictions import predictions_send
+
+    (upload,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "0.png")], source="file")
+    predictions_send(prediction_ids=[upload.pk])  # sent at once: this test's transaction never commits
+    # As beat sends them, and as a reset link's mail is sent: after the upload, on the same queue.
+    for name in ("reap-stale-training-runs", "sweep-pending-predictions"):
+        entry = app.conf.beat_schedule[name]
+        app.send_task(entry["task"], **entry["options"])
+    app.send_task("accounts.tasks.password_reset_email_send", kwargs={"email": "alice@example.com"})
+
+    taken = [message["task"] for message in published.messages()]
+
+    assert taken == ["training.tasks.training_runs_reap", "classifier.tasks.predictions_sweep",
+                     "accounts.tasks.password_reset_email_send", "classifier.tasks.predictions_execute"]
+
+
 @pytest.mark.worker
 def test_the_sweeper_sent_as_beat_sends_it_gets_a_never_published_prediction_computed(
     transactional_db, active_checkpoint, celery_worker_process, user, mnist_image

@@ -75,7 +75,8 @@ class Command(BaseCommand):
                 )
             )
             return
-        pending = services.predictions_rerun(uploads=to_predict) if not sync else self._predict_now(to_predict)
+        pending = (services.predictions_rerun(uploads=to_predict, priority=services.PRIORITY_BULK) if not sync
+                   else self._predict_now(to_predict))
         self.stdout.write(
             self.style.SUCCESS(f"{loaded}; {len(pending)} prediction(s) {'made' if sync else 'queued'}")
         )
