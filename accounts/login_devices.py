@@ -13,8 +13,8 @@ import time
 
 from django.conf import settings
 from django.core import signing
-from django.utils.crypto import constant_time_compare
 from django.http import HttpRequest, HttpResponse
+from django.utils.crypto import constant_time_compare
 
 from accounts.services import account_key
 

@@ -277,10 +277,10 @@ def upload_files_orphaned_delete(*, now: dt.datetime | None = None, everything: 
 def _empty_folders_delete(*, now: dt.datetime) -> None:
     """Remove the folders that deletions left empty under the uploads, their scaled copies and those set aside.
 
-    Only those last changed ORPHANED_AFTER before ``now`` or earlier (a folder above one removed is changed by that, and goes at the next
-    sweep), and no upload folder of the last two days, nor one above them: an upload is written into its day's
-    folder, and one removed between a save's making it and writing there would fail the upload. A scaled copy or a
-    set-aside file that meets its folder removed is only not kept this time.
+    Only those last changed ORPHANED_AFTER before ``now`` or earlier (a folder above one removed is changed by that,
+    and goes at a later sweep), and no upload folder of the last two days, nor one above them: an upload is written
+    into its day's folder, and one removed between a save's making it and writing there would fail the upload. A
+    scaled copy or a set-aside file that meets its folder removed is only not kept this time.
     """
     cutoff, root = (now - ORPHANED_AFTER).timestamp(), default_storage.path("")
     days = [f"uploads/{moment:%Y/%m/%d}" for moment in (now, now - dt.timedelta(days=1))]
