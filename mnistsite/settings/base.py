@@ -1,5 +1,4 @@
 """Settings shared by every environment, read from the environment with django-environ."""
-import logging
 import os
 import zoneinfo
 from pathlib import Path
@@ -550,7 +549,8 @@ EMAIL_CONFIRMATION_THROTTLE_RATE = env.rate("EMAIL_CONFIRMATION_THROTTLE_RATE", 
 
 # Any case; an unknown name would stop the start anyway, as "Unable to configure root logger", naming neither.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
-if LOG_LEVEL not in logging.getLevelNamesMapping():
+# The five names the README gives, not Python's aliases besides them (WARN, FATAL, NOTSET).
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL={env.str('LOG_LEVEL')!r} is not a log level: use DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )

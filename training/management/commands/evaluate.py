@@ -10,7 +10,7 @@ from training import selectors
 class Command(BaseCommand):
     help = (
         "Evaluate a checkpoint (default: the active one) on the MNIST test set, or on DIR: images labelled by "
-        "their file name's first character, else their folder's name."
+        "their one-digit folder's name, else their file name's first digit."
     )
 
     def add_arguments(self, parser):
