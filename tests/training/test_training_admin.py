@@ -324,18 +324,23 @@ def test_activating_a_checkpoint_asks_first_and_warns_when_the_active_one_tests_
     assert Checkpoint.objects.get(is_active=True) == worse
 
 
+def _replacing(page: str) -> str:
+    """The checkpoint a confirmation page says activating replaces, as its form posts it ("" for none)."""
+    import re
+
+    return re.search(r'name="replacing" value="(\d*)"', page).group(1)
+
+
 def test_a_confirmation_answered_after_another_checkpoint_was_activated_asks_again_naming_that_one(
     client, staff_user, make_checkpoint
 ):
-    import re
     from html import unescape
 
     shown, _ = make_checkpoint(activate=True, accuracy=0.9)
     worse, _ = make_checkpoint(accuracy=0.2914)
     meanwhile, _ = make_checkpoint(accuracy=0.9954)
     client.force_login(staff_user)
-    asked = client.get(_activate_url(worse)).content.decode()
-    answer = {"post": "yes", "replacing": re.search(r'name="replacing" value="(\d*)"', asked).group(1)}
+    answer = {"post": "yes", "replacing": _replacing(client.get(_activate_url(worse)).content.decode())}
     assert answer["replacing"] == str(shown.pk)
     services.checkpoint_activate(checkpoint=meanwhile)  # a colleague, or a run when done
 
@@ -345,7 +350,7 @@ def test_a_confirmation_answered_after_another_checkpoint_was_activated_asks_aga
     page = unescape(again.content.decode())
     assert "Another checkpoint was activated since that page was shown" in page
     assert f'It replaces "{meanwhile}", the active checkpoint.' in page and "below the active checkpoint's 99.54%" in page
-    answer["replacing"] = re.search(r'name="replacing" value="(\d*)"', page).group(1)
+    answer["replacing"] = _replacing(page)
     assert client.post(_activate_url(worse), answer).status_code == 302
     assert Checkpoint.objects.get(is_active=True) == worse
 
@@ -356,7 +361,7 @@ def test_a_confirmation_shown_while_no_checkpoint_was_active_is_asked_again_once
     first, _ = make_checkpoint()
     meanwhile, _ = make_checkpoint()
     client.force_login(staff_user)
-    assert 'name="replacing" value=""' in client.get(_activate_url(first)).content.decode()
+    assert _replacing(client.get(_activate_url(first)).content.decode()) == ""
     services.checkpoint_activate(checkpoint=meanwhile)
 
     assert client.post(_activate_url(first), {"post": "yes", "replacing": ""}).status_code == 200
