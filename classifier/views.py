@@ -170,8 +170,8 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
                 errors = list(exc.messages)
                 refused_files = exc.file_indexes if isinstance(exc, FilesRejectedError) else []
             except (OperationalError, InterfaceError):
-                # The database is out of reach, which passes, and no row was stored (a file written is left to the
-                # orphan sweep): say so instead of a bare 500 page. Other database errors are bugs, answered as such.
+                # The database is out of reach, which passes, and no row was stored (nor a file kept): say so instead
+                # of a bare 500 page. Other database errors are bugs, answered as such.
                 logger.exception("upload failed: the database is unavailable")
                 return _service_unavailable(request, form)
             except services.UploadOutcomeUnknownError:

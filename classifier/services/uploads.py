@@ -117,9 +117,10 @@ def _files_delete_unless_stored(*, names: list[str], error: BaseException, backe
     process ``backend`` goes on with a statement whose client is gone: it may
     commit after a fresh connection asked. So after a connection error, outside a
     transaction (inside one nothing can have been stored), a fresh connection
-    waits for that process to end and then asks; the files stay, for the orphan
-    sweep, which sets aside only what no row names an hour later. None says that
-    what was stored is not known.
+    waits for that process to end and then asks, and the files of rows not
+    stored are deleted: that process can no longer store them. When it cannot
+    be told, the files stay, for the orphan sweep, which sets aside only what no
+    row names an hour later; None says that what was stored is not known.
     """
     if not is_transient(error) or connection.in_atomic_block:
         files_delete(names)
@@ -129,10 +130,12 @@ def _files_delete_unless_stored(*, names: list[str], error: BaseException, backe
         if backend is not None and not backend_ended(pid=backend):
             logger.warning("the server process of uploads %s's insert did not end; the orphan sweep will decide", names)
             return None
-        return set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
+        stored = set(Upload.objects.filter(image__in=names).values_list("image", flat=True))
     except DatabaseError:
         logger.warning("could not tell whether uploads %s were stored; the orphan sweep will decide", names)
         return None
+    files_delete([name for name in names if name not in stored])
+    return stored
 
 
 def predictions_submit(

@@ -39,7 +39,7 @@ def stored_files(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def test_an_upload_during_a_database_failure_answers_503_and_leaves_only_files_for_the_orphan_sweep(
+def test_an_upload_during_a_database_failure_answers_503_and_leaves_neither_rows_nor_files(
     client, user, digit_png, settings, database_dies_on_upload_insert
 ):
     client.force_login(user)
@@ -55,24 +55,11 @@ def test_an_upload_during_a_database_failure_answers_503_and_leaves_only_files_f
     with connection.cursor() as cursor:
         cursor.execute(DROP)
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
-    _files_are_left_to_the_orphan_sweep(settings.MEDIA_ROOT, count=3)
+    # The killed server process can store nothing more, which a fresh connection waited to see: the files went too.
+    assert stored_files(settings.MEDIA_ROOT) == []
 
 
-def _files_are_left_to_the_orphan_sweep(root, *, count):
-    # A lost connection cannot tell a rolled-back insert from one still committing: the files stay until the
-    # orphan sweep finds no row naming them.
-    import datetime as dt
-
-    from django.utils import timezone
-
-    from classifier.services import ORPHANED_AFTER, upload_files_orphaned_delete
-
-    assert len(stored_files(root)) == count
-    assert upload_files_orphaned_delete(now=timezone.now() + ORPHANED_AFTER + dt.timedelta(minutes=1)) == count
-    assert all(name.startswith("orphaned/") for name in stored_files(root))
-
-
-def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelope(
+def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelope_and_keeps_no_file(
     client, user, digit_png, settings, database_dies_on_upload_insert
 ):
     from accounts.services import api_token_create
@@ -90,7 +77,7 @@ def test_an_api_upload_during_a_database_failure_answers_503_in_the_error_envelo
     with connection.cursor() as cursor:
         cursor.execute(DROP)
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
-    _files_are_left_to_the_orphan_sweep(settings.MEDIA_ROOT, count=1)
+    assert stored_files(settings.MEDIA_ROOT) == []
 
 
 # The uploads' insert takes its time to commit, as on a loaded server.
