@@ -11,6 +11,7 @@ from celery.signals import (
     task_prerun,
     worker_init,
 )
+from celery.utils.log import get_multiprocessing_logger
 
 from mnistsite.heartbeat import WorkerHeartbeat
 from mnistsite.redis_transport import transport_install
@@ -48,8 +49,11 @@ _request_id_filter = RequestIdFilter()
 @after_setup_task_logger.connect
 def _request_id_log(logger=None, **kwargs) -> None:
     """Celery's handlers (which replace those of settings.LOGGING in a worker and beat) show each line's id too."""
-    for handler in logger.handlers:
-        handler.addFilter(_request_id_filter)
+    # The pool's own logger (billiard's: "Process ... exited with signal 9") gets handlers of the same format beside
+    # the root's, and no signal of its own: without the filter, its every line became a logging error.
+    for each in (logger, get_multiprocessing_logger()):
+        for handler in each.handlers if each is not None else ():
+            handler.addFilter(_request_id_filter)
 
 
 @before_task_publish.connect

@@ -80,6 +80,30 @@ def test_every_scheduled_task_exists_and_is_routed_to_a_queue_a_deployed_worker_
         assert app.amqp.router.route(entry.get("options", {}), entry["task"])["queue"].name in consumed, entry["task"]
 
 
+def test_the_pools_own_lines_such_as_a_killed_process_are_logged_with_the_request_id_column_not_as_errors():
+    import os
+    import subprocess
+    import sys
+
+    from tests.processes import REPO
+
+    # As a worker sets its logging up, in a process of its own: Celery's setup is process-wide.
+    probe = (
+        "import django; django.setup()\n"
+        "from mnistsite.celery import app\n"
+        "app.log.setup_logging_subsystem(loglevel='INFO')\n"
+        "from celery.utils.log import get_multiprocessing_logger\n"
+        "get_multiprocessing_logger().error('Process %r pid:%r exited with %r', 'ForkPoolWorker-2', 5440, 'signal 9')\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mnistsite.settings.dev", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "Logging error" not in result.stderr, result.stderr
+    assert "ERROR/MainProcess] [-] Process 'ForkPoolWorker-2' pid:5440 exited with 'signal 9'" in result.stderr
+
+
 def test_scheduled_housekeeping_and_mail_are_taken_before_the_uploads_waiting_on_the_inference_queue(
     db, published, user, digit_png
 ):
