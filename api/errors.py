@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from django.core.exceptions import (
 )
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse
+from django.template import loader
 from django.urls import Resolver404, resolve
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -321,13 +323,27 @@ def server_error(request) -> HttpResponse:
     An error the API's views do not handle themselves (raised in a middleware, or while their answer is rendered)
     reaches Django, which logs it and reports it (got_request_exception) before it calls this; a client of the API
     would get the HTML page instead of an error it can read. Pages keep it.
+
+    The database out of reach wherever no view answers for it (logging in, a session read by a middleware) is a
+    503 with Retry-After, as the views that write answer it: an outage that passes, not a fault in the code, which
+    clients, proxies and monitoring tell apart by the status.
     """
     try:
         on_api_path = _on_api_path(request)
     except Exception:
         # Resolving the path may be what failed; this answer must not fail too.
         on_api_path = False
-    if not on_api_path:
+    # Django calls this while handling the exception, which is still the one in flight.
+    unavailable = isinstance(sys.exc_info()[1], (OperationalError, InterfaceError))
+    if unavailable and on_api_path:
+        response = _handler_response(code="service_unavailable", message=ServiceUnavailable.default_detail,
+                                     status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    elif unavailable:
+        response = HttpResponse(loader.get_template("503.html").render({}, request), status=503)
+    elif on_api_path:
+        return _handler_response(code="server_error", message=SERVER_ERROR_MESSAGE,
+                                 status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    else:
         return defaults.server_error(request)
-    return _handler_response(code="server_error", message=SERVER_ERROR_MESSAGE,
-                             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    response["Retry-After"] = str(SERVICE_UNAVAILABLE_RETRY_AFTER_S)
+    return response

@@ -505,3 +505,41 @@ def test_an_answer_that_cannot_be_written_as_json_is_a_500_envelope(user_client,
     assert assert_envelope(response.json())["code"] == "server_error"
     (logged,) = _server_errors_logged(caplog.records)
     assert logged.getMessage() == f"Internal Server Error: /api/v1/predictions/{prediction.pk}/"
+
+
+@contextlib.contextmanager
+def _database_unreachable_for(table: str):
+    """Every query naming ``table`` fails as a database that went away fails: at the driver, in this thread."""
+
+    def refuse(execute, sql, params, many, context):
+        if table in sql:
+            raise OperationalError("connection to server at \"db\" failed: Connection refused")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuse):
+        yield
+
+
+def test_logging_in_while_the_database_is_out_of_reach_is_a_503_page_that_says_to_try_again(client, user, caplog):
+    client.raise_request_exception = False
+
+    with _database_unreachable_for("auth_user"):
+        response = client.post("/accounts/login/", {"username": "alice", "password": "correct horse battery"})
+
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert response["Content-Type"].startswith("text/html")
+    assert "The site cannot reach its database just now. Please try again in a minute." in response.content.decode()
+    # Still logged, with the error, as every answer from 500 up is.
+    (logged,) = _server_errors_logged(caplog.records)
+    assert "Connection refused" in str(logged.exc_info[1])
+
+
+def test_an_api_request_whose_session_cannot_be_read_is_a_503_envelope(user, client):
+    client.force_login(user)
+    client.raise_request_exception = False
+
+    with _database_unreachable_for("django_session"):
+        response = client.get("/api/v1/predictions/")
+
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert assert_envelope(response.json())["code"] == "service_unavailable"
