@@ -195,6 +195,14 @@ def test_a_stopped_web_gets_time_to_answer_the_longest_wait_before_docker_kills_
     assert _seconds(COMPOSE["services"]["web"]["stop_grace_period"]) > MAX_WAIT_SECONDS + 5
 
 
+def test_a_stopped_inference_worker_gets_time_to_finish_any_prediction_or_mail_it_is_running():
+    from accounts.tasks import password_reset_email_send
+    from classifier.tasks import predictions_execute
+
+    grace = _seconds(COMPOSE["services"]["worker"]["stop_grace_period"])
+    assert grace > max(predictions_execute.time_limit, password_reset_email_send.time_limit)
+
+
 def test_postgres_counts_as_healthy_only_once_the_real_server_listens_on_tcp():
     healthcheck = COMPOSE["services"]["postgres"]["healthcheck"]
     words = healthcheck["test"]
