@@ -38,6 +38,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _folders_make(folder: Path) -> None:
+    """Create ``folder`` and any parents missing, each new one's entry flushed to disk in its parent.
+
+    A file's fsync and its folder's cover the file's name only: the entry of a folder made for it (each run's
+    ``attempt-N/``) could still be lost in a power cut, and the file with it, after its row had committed.
+    """
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir()
+        except FileExistsError:
+            continue  # another writer made it meanwhile, and flushed its entry
+        _fsync_dir(made.parent)
+
+
 # What link() answers on a file system without hard links (FAT, some network shares).
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
@@ -81,7 +101,7 @@ def atomic_writer(
     false, a file already at ``path`` is left as it is and FileExistsError raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _folders_make(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     tmp_path = Path(tmp_name)
     try:

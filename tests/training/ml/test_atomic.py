@@ -24,6 +24,21 @@ def test_a_write_that_may_not_overwrite_creates_a_new_file_whole(tmp_path):
     assert target.stat().st_nlink == 1  # the temporary name is gone, not left as a second link
 
 
+def test_a_file_written_into_new_folders_is_flushed_with_each_new_folders_entry(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    flushed = []
+    real_fsync = os.fsync
+    # Recorded, then flushed as usual: the flush itself is the kernel's.
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    run = tmp_path / "runs" / "7-20261207T000000000000Z"
+    atomic_write_bytes(run / "attempt-1" / "epoch-1.pt", b"weights")
+    assert (run / "attempt-1" / "epoch-1.pt").read_bytes() == b"weights"
+    # Each new folder's entry in its parent, then the file's content (under its temp name) and its own entry.
+    assert flushed[:2] == [str(tmp_path / "runs"), str(run)]
+    assert flushed[-1] == str(run / "attempt-1")
+    assert len(flushed) == 4 and flushed[2].startswith(str(run / "attempt-1" / ".epoch-1.pt."))
+
+
 def test_the_temp_file_of_a_write_killed_midway_is_removed_once_old_and_nothing_else_is(tmp_path, killed_write):
     folder = tmp_path / "attempt-1"
     atomic_write_bytes(folder / "epoch-1.pt", b"a real checkpoint")
