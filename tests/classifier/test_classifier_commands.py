@@ -52,6 +52,20 @@ def test_predict_prints_a_table_and_accepts_a_checkpoint_id(tmp_path, digit_png,
     assert lines[1].split()[0] == "7"
 
 
+def test_predict_with_a_checkpoint_whose_file_changed_says_so_in_one_line(tmp_path, digit_png, active_checkpoint):
+    from django.core.management.base import CommandError
+
+    from training.selectors import checkpoint_file_path
+
+    with checkpoint_file_path(checkpoint=active_checkpoint).open("ab") as handle:
+        handle.write(b"damaged")
+    (tmp_path / "seven.png").write_bytes(digit_png(0))
+    with pytest.raises(CommandError, match="the checkpoint cannot be loaded: .*sha256 .* does not match"):
+        call_command("predict", str(tmp_path / "seven.png"), stdout=io.StringIO())
+    with pytest.raises(CommandError, match="the checkpoint cannot be loaded"):
+        call_command("predict", "--checkpoint", str(active_checkpoint.pk), str(tmp_path / "seven.png"), stdout=io.StringIO())
+
+
 def test_extract_mnist_samples_writes_five_labelled_pngs_per_digit(tmp_path):
     call_command("extract_mnist_samples", "--output", str(tmp_path), stdout=io.StringIO())
     files = sorted(p.name for p in tmp_path.glob("*.png"))

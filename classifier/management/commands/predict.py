@@ -9,6 +9,7 @@ from PIL import Image
 
 from classifier import inference
 from classifier.validation import validate_image
+from training.ml.checkpoints import CheckpointError
 from training.models import Checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".webp", ".bmp", ".dib"}
@@ -35,16 +36,19 @@ class Command(BaseCommand):
         parser.add_argument("--checkpoint", type=int, default=None, help="Checkpoint id (default: the active one).")
 
     def handle(self, *args, paths: list[str], json: bool, checkpoint: int | None, **options):
-        if checkpoint is not None:
-            chosen = Checkpoint.objects.filter(pk=checkpoint).first()
-            if chosen is None:
-                raise CommandError(f"no checkpoint with id {checkpoint}")
-            loaded = inference.model_for_checkpoint(checkpoint=chosen)
-        else:
-            try:
+        try:
+            if checkpoint is not None:
+                chosen = Checkpoint.objects.filter(pk=checkpoint).first()
+                if chosen is None:
+                    raise CommandError(f"no checkpoint with id {checkpoint}")
+                loaded = inference.model_for_checkpoint(checkpoint=chosen)
+            else:
                 _chosen, loaded = inference.model_for_active_checkpoint()
-            except inference.NoActiveCheckpointError as exc:
-                raise CommandError(str(exc)) from exc
+        except inference.NoActiveCheckpointError as exc:
+            raise CommandError(str(exc)) from exc
+        except CheckpointError as exc:
+            # Its file missing or changed (another CHECKPOINT_DIR, a damaged copy): one line, as `evaluate` says it.
+            raise CommandError(f"the checkpoint cannot be loaded: {exc}") from exc
 
         failures = 0
         if not json:
