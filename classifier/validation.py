@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from struct import error as struct_error
-from struct import unpack
+from struct import unpack, unpack_from
 from typing import IO
 
 import numpy as np
@@ -399,6 +399,15 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
+    sizes = _png_header_sizes(data)
+    if any(size != sizes[0] for size in sizes):
+        # A second header, which the decoder obeys: the size weighed for the allowance would not be the one decoded.
+        raise ValidationError(f"{label} is damaged or truncated.", code="truncated")
+    if sizes and sizes[0][0] * sizes[0][1] > settings.UPLOAD_MAX_PIXELS:
+        # Before Image.open: opening an animated PNG fills a frame of its header's size, before Pillow checks the
+        # size at all (a 128-byte file claiming 16000 x 16000 pixels took a gigabyte and seconds; more, a 500).
+        raise _too_many_pixels(label, *sizes[0])
+
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -416,18 +425,12 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         # A camera JPEG carrying a second, preview picture (Multi-Picture Format) is opened as "MPO"; it is a
         # JPEG file, and its first picture is the photo.
         detected = "JPEG" if image.format == "MPO" else image.format or ""
-        if detected == "PNG" and _png_size(data) != image.size:
-            # A second header, which the decoder obeys: the size weighed for the allowance would not be the one decoded.
-            raise ValidationError(f"{label} is damaged or truncated.", code="truncated")
         width, height = image.size
         # Checked from the header, before a single pixel is decoded.
         if width <= 0 or height <= 0:
             raise ValidationError(f"{label} has no pixels.", code="empty")
         if width * height > settings.UPLOAD_MAX_PIXELS:
-            raise ValidationError(
-                f"{label} is {width}×{height} pixels; at most {settings.UPLOAD_MAX_PIXELS:,} pixels are accepted.",
-                code="too_many_pixels",
-            )
+            raise _too_many_pixels(label, width, height)
         try:
             # Before the first frame is taken, which decodes a camera's MPO file.
             with _large_decode if _draft(image) > LARGE_IMAGE_PIXELS else nullcontext():
@@ -488,6 +491,29 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     if not data.startswith(PNG_HEADER) or len(data) < len(PNG_HEADER) + 8:
         return None
     return unpack(">II", data[len(PNG_HEADER) : len(PNG_HEADER) + 8])
+
+
+def _too_many_pixels(label: str, width: int, height: int) -> ValidationError:
+    return ValidationError(
+        f"{label} is {width}×{height} pixels; at most {settings.UPLOAD_MAX_PIXELS:,} pixels are accepted.",
+        code="too_many_pixels",
+    )
+
+
+def _png_header_sizes(data: bytes) -> list[tuple[int, int]]:
+    """The size each header chunk (IHDR) of a PNG declares, in order, up to where Image.open stops reading chunks
+    (the picture's data or the end), which takes the last one's; empty for any other file."""
+    if _png_size(data) is None:
+        return []
+    sizes, pos, end = [], 8, len(data)
+    while pos + 8 <= end:
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind in (b"IDAT", b"fdAT", b"IEND"):
+            break
+        if kind == b"IHDR" and length >= 13 and pos + 16 <= end:
+            sizes.append(unpack_from(">II", data, pos + 8))
+        pos += 12 + length
+    return sizes
 
 
 def _plain_png(data: bytes) -> Image.Image | None:

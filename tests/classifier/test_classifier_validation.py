@@ -353,6 +353,30 @@ def test_a_png_with_a_second_header_the_decoder_would_obey_is_refused():
     _reject(data, "digit.png", "truncated")
 
 
+def _animated_png(*headers: tuple[int, int]) -> bytes:
+    """A two-frame animated PNG of a few bytes whose first frame clears to the background: its header (or headers)
+    claim each size given, its data holds one pixel."""
+    ihdrs = b"".join(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)) for w, h in headers)
+    control = struct.pack(">IIIIIHHBB", 0, 1, 1, 0, 0, 1, 10, 1, 0)  # frame 0, 1 x 1, disposed to the background
+    return (
+        b"\x89PNG\r\n\x1a\n" + ihdrs + _png_chunk(b"acTL", struct.pack(">II", 2, 0)) + _png_chunk(b"fcTL", control)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00\xff")) + _png_chunk(b"IEND")
+    )
+
+
+@pytest.mark.parametrize("size", [(2**31, 1), (1, 2**32 - 1)])
+def test_an_animated_png_claiming_more_pixels_than_accepted_is_refused_from_its_header_before_pillow_opens_it(size):
+    # Image.open fills a frame of the header's size for such a file before it checks the size: a gigabyte and
+    # seconds for a 128-byte file claiming 16000 x 16000 pixels, a MemoryError or OverflowError (a 500) past that.
+    message = _reject(_animated_png(size), "anim.png", "too_many_pixels")
+    assert f"{size[0]}×{size[1]} pixels" in message
+
+
+def test_an_animated_png_whose_second_header_claims_another_size_is_refused_before_pillow_opens_it():
+    _reject(_animated_png((28, 28), (2**31, 1)), "anim.png", "truncated")
+    assert validate_image(io.BytesIO(_animated_png((28, 28))), name="anim.png").format == "PNG"
+
+
 def test_a_transparent_drawing_keeps_its_alpha():
     image = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
     for y in range(20, 80):
