@@ -707,7 +707,11 @@ def _faded_beyond_border(gray: np.ndarray, dark: bool, labels: np.ndarray, count
     # where a digit fills a tight crop and its edges are most of the rest. For noise of deviation s, a quarter of
     # the differences (deviation s * sqrt(2)) are within 0.4506 s.
     steps = np.abs(np.diff(lit, axis=2)).ravel()
-    noise = float(_quantile(steps[:: max(1, steps.size // 8192)], 0.25)) / 0.4506
+    if not steps.size:
+        # A sliver of a picture, FADED_SIDE times as tall as it is wide or more, is sampled one pixel wide: its
+        # neighbours are read down it instead (an empty quantile was an IndexError, the prediction failed).
+        steps = np.abs(np.diff(lit, axis=1)).ravel()
+    noise = float(_quantile(steps[:: max(1, steps.size // 8192)], 0.25)) / 0.4506 if steps.size else 0.0
     after = np.clip(lit - _background(lit, beyond_border=True) - np.float32(3.0 * noise), 0.0, None)
     # A piece keeps less than FADED_SHARE of its ink where this sums to less than nothing.
     weights = (after - FADED_SHARE * before)[0].repeat(step, axis=0).repeat(step, axis=1)[:h, :w]

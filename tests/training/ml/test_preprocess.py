@@ -944,3 +944,13 @@ def test_a_ring_drawn_round_a_digit_is_left_out(scale, pen, paper):
         # With the ring kept, it read as a 0 round the digit: 0.08 or more away.
         offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         assert min(np.abs(np.roll(circled, offset, axis=(0, 1)) - alone).mean() for offset in offsets) < 0.05, index
+
+
+@pytest.mark.parametrize("width, height", [(1, 49), (2, 300), (4, 600)])
+def test_a_sliver_far_taller_than_wide_is_prepared_as_the_same_sliver_lying_down_is(width, height):
+    # Sampled for the background one pixel wide, it had no neighbours side by side to read its noise from.
+    sliver = np.full((height, width), 255, dtype=np.uint8)
+    sliver[height // 3 : 2 * height // 3] = 0
+    standing, lying = prepare_batch([Image.fromarray(sliver), Image.fromarray(np.ascontiguousarray(sliver.T))])
+    assert isinstance(lying, Prepared)
+    assert isinstance(standing, Prepared), repr(standing)
