@@ -40,7 +40,8 @@ _BAND_ROWS = 256
 # A picture with more pixels than the stored copy can have is decoded by one request at a time in each web
 # process: a few dozen of them at once (each a few hundred megabytes while decoded) would exhaust its memory.
 LARGE_IMAGE_PIXELS = STORED_MAX_SIDE**2
-_large_decode = threading.Lock()
+# Reentrant: a large PNG is opened under it, then decoded under it again.
+_large_decode = threading.RLock()
 
 # Per-band spread (0-255) below which an image carries no drawing at all.
 BLANK_SPREAD = 8
@@ -408,7 +409,9 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         # size at all (a 128-byte file claiming 16000 x 16000 pixels took a gigabyte and seconds; more, a 500).
         raise _too_many_pixels(label, *sizes[0])
 
-    with warnings.catch_warnings():
+    # Image.open itself fills an animated PNG's first frame whole: a large one is opened under the lock too.
+    opening = _large_decode if sizes and sizes[0][0] * sizes[0][1] > LARGE_IMAGE_PIXELS else nullcontext()
+    with opening, warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -1,7 +1,9 @@
 """Validation of uploaded images: every bad input is refused with a clear message, odd-but-valid ones pass."""
 import io
+import os
 import struct
 import threading
+import time
 import tracemalloc
 import zlib
 
@@ -311,6 +313,42 @@ def test_a_phone_photo_is_decoded_at_its_stored_size_without_waiting_for_a_large
     (image,) = accepted
     assert (image.width, image.height) == (4000, 3000)
     assert Image.open(io.BytesIO(image.content)).size == (2000, 1500)
+
+
+def _peak_resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def _peak_resident_reset() -> None:
+    # Linux: the peak (VmHWM) starts again from what the process holds now.
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="reads the process's peak memory from /proc")
+def test_a_large_animated_png_waits_for_a_large_picture_being_decoded_before_its_frame_is_allocated():
+    from classifier import validation
+
+    # Image.open fills the first frame whole, 100 MB here, before anything is decoded.
+    data = _animated_png((5000, 5000))
+    finished = threading.Event()
+
+    def validate():
+        validate_image(io.BytesIO(data), name="anim.png")
+        finished.set()
+
+    # As while another request decodes a picture of 40 megapixels.
+    with validation._large_decode:
+        _peak_resident_reset()
+        before = _peak_resident_bytes()
+        threading.Thread(target=validate, daemon=True).start()
+        time.sleep(3)
+        grown = _peak_resident_bytes() - before
+        assert not finished.is_set()
+    assert finished.wait(timeout=60)
+    assert grown < 40 * 2**20, f"{grown / 2**20:.0f} MB taken while a large picture was being decoded"
 
 
 def test_the_allowance_weight_of_pictures_is_read_from_their_headers_one_per_million_pixels(settings):
