@@ -14,6 +14,7 @@ from PIL import Image
 
 from classifier.validation import (
     MAX_HEADER_PARTS,
+    MAX_JPEG_SCANS,
     MAX_PNG_COMPRESSED_CHUNKS,
     FilesRejectedError,
     sanitize_filename,
@@ -545,7 +546,13 @@ def _stuffed_files() -> dict[str, tuple[bytes, str, str]]:
     ihdr_end = 8 + 25
     comment_at = _gif_blocks(gif)[0] - 11
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (320, 320), dtype=np.uint8)).convert("P")
+    progressive = png_bytes(_digit(), "JPEG", progressive=True)
+    last_scan, end = progressive.rindex(b"\xff\xda"), progressive.rindex(b"\xff\xd9")
     return {
+        # Each scan a pass of the decoder over the whole picture, however few bytes it takes.
+        "JPEG scans": (
+            progressive[:end] + progressive[last_scan:end] * (MAX_JPEG_SCANS + 1) + progressive[end:], "digit.jpg", "scans"
+        ),
         "JPEG fill bytes": (_after_jpeg_start(jpeg, b"\xff" * 100_000), "digit.jpg", "KB of padding"),
         "JPEG junk between segments": (
             _after_jpeg_start(jpeg, _jpeg_segment(0xFE, b"") + b"\x00" * 100_000), "digit.jpg", "KB of padding"
