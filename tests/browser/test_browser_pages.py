@@ -1171,6 +1171,17 @@ def test_what_a_deletion_in_the_history_did_opens_the_page_it_leads_back_to(logg
     expect(page.locator(".messages")).to_be_focused()
 
 
+def test_a_message_is_the_first_thing_on_the_page_it_opens_with_nothing_of_the_template_shown_before_it(
+        logged_in_page, user, digit_png):
+    page = logged_in_page
+    services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), name="zero.png", source="file")
+    page.goto("/history/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("link", name="Delete upload").click()
+    expect(page.locator(".messages")).to_be_focused()
+    assert page.locator("main").inner_text().startswith("Deleted “zero.png”")
+
+
 def _three_uploads(user, digit_png) -> list[Upload]:
     return [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), name=f"{i}.png", source="file")
             for i in range(3)]
