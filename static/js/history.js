@@ -20,6 +20,13 @@
     });
   });
 
+  // The filters say what the list holds: a page shown again from the browser's memory (Back) would keep a choice made
+  // but not sent, over the list of the filters it was sent with.
+  const filters = document.getElementById("filters");
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) filters.reset();
+  });
+
   // Ticked rows: "Select all on this page" becomes a checkbox (a link that reloads the page without JavaScript), the
   // button says how many it deletes, and the question is asked in place of the confirmation page.
   const bulkForm = document.getElementById("bulk-delete");
@@ -47,6 +54,8 @@
     });
     boxes.forEach(function (box) { box.addEventListener("change", refresh); });
     refresh();
+    // Back brings the rows ticked on the page left back ticked, after this script ran: the button counts them again.
+    window.addEventListener("pageshow", refresh);
 
     bulkForm.addEventListener("submit", function (event) {
       event.preventDefault();

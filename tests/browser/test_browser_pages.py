@@ -1124,6 +1124,35 @@ def test_back_after_logging_out_does_not_show_the_page_left_from_the_browsers_me
         context.close()
 
 
+@pytest.mark.parametrize("browser_kind", ["browser", "browser_with_back_forward_cache"])
+def test_back_to_a_history_page_shows_the_filters_of_its_list_and_counts_the_rows_still_ticked(
+    request, browser_kind, live_server, log_in, user, digit_png
+):
+    # Reloaded, the browser fills in the form as it was left; from its memory, the page is as it was left.
+    context = request.getfixturevalue(browser_kind).new_context(base_url=live_server.url)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        log_in(page)
+        uploads = _three_uploads(user, digit_png)
+        page.goto("/history/")
+        page.get_by_label(f"Select upload {uploads[1].pk},").check()
+        page.select_option("#id_status", "failed")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url("**status=failed**")
+        expect(page.get_by_text("No uploads match these filters.")).to_be_visible()
+
+        page.go_back(wait_until="commit")
+        expect(page).to_have_url(f"{live_server.url}/history/")
+        expect(page.locator(".history-item")).to_have_count(3)
+        # All three listed: the status chosen for the page that lists none is not shown as this list's filter.
+        expect(page.locator("#id_status")).to_have_value("")
+        expect(page.get_by_label(f"Select upload {uploads[1].pk},")).to_be_checked()
+        expect(page.locator("#delete-selected")).to_have_text("Delete 1 selected")
+    finally:
+        context.close()
+
+
 def test_the_log_in_page_leaves_the_keyboard_at_its_start_and_a_refused_log_in_opens_on_why(page, user):
     page.goto("/accounts/login/")
     assert page.evaluate("document.activeElement === document.body")
