@@ -148,6 +148,7 @@
 
   function selectionChanged(then) {
     refusedByServer = [];
+    document.getElementById("file-note").hidden = true;  // the files not sent are chosen again, or others
     afterReading(function () {
       refresh();
       const chosen = list.children.length;
@@ -220,6 +221,22 @@
     return box;
   }
 
+  // How many files a sending that ended on another page held (see answered), said once when this page opens again.
+  const FILES_NOT_SENT_KEY = "upload-files-not-sent";
+
+  function sayFilesNotSent() {
+    let count = 0;
+    try {
+      count = parseInt(sessionStorage.getItem(FILES_NOT_SENT_KEY), 10);
+      sessionStorage.removeItem(FILES_NOT_SENT_KEY);
+    } catch (error) { /* storage off */ }
+    if (!(count > 0) || document.getElementById("upload-errors")) return;
+    const note = document.getElementById("file-note");
+    note.textContent = (count > 1 ? "Your " + count + " images were" : "Your image was") +
+      " not uploaded, as your session had ended: choose " + (count > 1 ? "them" : "it") + " again.";
+    note.hidden = false;
+  }
+
   // The page's own address: the form names no other.
   function target() {
     return fileForm.action.split("#")[0];
@@ -232,7 +249,11 @@
       return;
     }
     if (request.responseURL && request.responseURL !== target()) {
-      // Sent somewhere else (a session that ended leads to the log-in page): go there, as the form would have.
+      // Sent somewhere else (a session that ended leads to the log-in page): go there, as the form would have. Nothing
+      // was stored, and no page gets chosen files back: this page says so once it is opened again in this tab.
+      try {
+        sessionStorage.setItem(FILES_NOT_SENT_KEY, String(input.files.length));
+      } catch (error) { /* storage off or full: only not said */ }
       window.location.assign(request.responseURL);
       return;
     }
@@ -337,6 +358,7 @@
   refresh();
   // Files the browser kept chosen across a reload are judged once read.
   afterReading(refresh);
+  sayFilesNotSent();
 
   // --- canvas --------------------------------------------------------------
   const canvas = document.getElementById("draw-canvas");

@@ -851,6 +851,33 @@ def test_a_drawing_sent_after_the_session_ended_is_back_on_the_canvas_once_logge
         context.close()
 
 
+def test_files_sent_after_the_session_ended_are_said_to_be_not_uploaded_once_logged_in_again(
+    browser, live_server, log_in, user, digit_png, tmp_path
+):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=live_server.url)
+    try:
+        page = context.new_page()
+        log_in(page)
+        page.set_input_files("#id_files", _digit_files(tmp_path, digit_png, 2))
+        expect(page.locator("#file-submit")).to_have_text("Upload 2 images and predict")
+        context.clear_cookies()  # the session ends (it expired, or the person logged out in another tab)
+        page.click("#file-submit")
+        page.wait_for_url("**/accounts/login/**")
+        log_in(page)
+        # Nothing was stored, and the page the log-in leads back to says so: no browser brings chosen files back.
+        assert Upload.objects.count() == 0
+        expect(page.locator("#file-note")).to_have_text(
+            "Your 2 images were not uploaded, as your session had ended: choose them again.")
+        expect(page.locator("#file-note")).to_have_attribute("role", "status")
+        page.set_input_files("#id_files", _digit_files(tmp_path, digit_png, 2))
+        expect(page.locator("#file-note")).to_be_hidden()
+        # Said once: the next visit to the page says nothing of it.
+        page.goto("/")
+        expect(page.locator("#file-note")).to_be_hidden()
+    finally:
+        context.close()
+
+
 def test_a_drawing_too_small_to_be_a_digit_is_not_sent_and_says_to_draw_larger(logged_in_page):
     page = logged_in_page
     # A scribble a few pixels long: cropped to its ink and scaled up, the model would read it as some digit.
