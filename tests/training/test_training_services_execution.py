@@ -8,6 +8,7 @@ import pytest
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import connection
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from training import services
@@ -425,3 +426,36 @@ def test_a_run_that_diverges_after_its_first_epoch_keeps_that_epochs_metrics_and
     assert (kept.epoch, kept.is_final, kept.is_active) == (1, False, False)
     checkpoint_load_model(checkpoint=kept)
     assert all(math.isfinite(number) for number in _all_stored_numbers(run))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="ends the server process of a PostgreSQL connection")
+def test_a_run_that_loses_its_database_connection_as_it_finishes_is_queued_again_at_once_to_resume(
+    tiny_recipe, training_queue, monkeypatch
+):
+    from training.services import execution
+
+    run = _create(tiny_recipe, epochs=1)
+    register = execution.checkpoint_register
+
+    def connection_lost_as_the_final_model_is_registered(**kwargs):
+        # The final registration, in its transaction, meets a server restarted (or failed over) meanwhile.
+        pid = connection.connection.info.backend_pid
+        killer = connection.get_new_connection(connection.get_connection_params())
+        killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+        killer.close()
+        return register(**kwargs)
+
+    monkeypatch.setattr(execution, "checkpoint_register", connection_lost_as_the_final_model_is_registered)
+    assert services.training_run_execute(run_id=run.pk) is None
+    run.refresh_from_db()
+    # Not left running, its progress frozen, until the reaper took it for a dead trainer's two minutes on.
+    assert (run.status, run.attempts) == (TrainingRun.Status.QUEUED, 1)
+    assert run.error == "The connection to the database was lost during attempt 1; it resumes from its last epoch checkpoint."
+    assert _sent_run_ids(training_queue) == [run.pk]
+    assert not run.checkpoints.filter(is_final=True).exists()
+
+    monkeypatch.setattr(execution, "checkpoint_register", register)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.attempts, run.error) == (TrainingRun.Status.SUCCEEDED, 2, "")

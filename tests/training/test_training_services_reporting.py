@@ -102,3 +102,41 @@ def test_an_attempt_taken_over_while_it_finishes_registers_nothing_and_leaves_no
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.RUNNING and run.error == "resumed elsewhere"
     assert not run.checkpoints.exists()
+
+
+def _connection_killed() -> None:
+    """End this thread's database connection from another one, as a restart, a failover or a proxy's limit ends it:
+    the next statement on it fails."""
+    pid = connection.connection.info.backend_pid
+    killer = connection.get_new_connection(connection.get_connection_params())
+    try:
+        killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        killer.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="ends the server process of a PostgreSQL connection")
+@pytest.mark.parametrize("killed_before", ["a progress report", "a cancel check", "an epoch checkpoint"])
+def test_a_run_whose_database_connection_is_lost_mid_epoch_trains_on_to_success_in_the_same_attempt(
+    tiny_recipe, monkeypatch, killed_before
+):
+    # One report or check at each step, so that the connection's loss is met by the one named.
+    writes, checks = (0.0, 3600.0) if killed_before == "a progress report" else (3600.0, 0.0)
+    monkeypatch.setattr(services.reporting, "PROGRESS_WRITE_EVERY_S", writes)
+    monkeypatch.setattr(services.reporting, "CANCEL_CHECK_EVERY_S", checks)
+    run = _create(tiny_recipe, epochs=2)
+    killed = []
+
+    def kill_once(fraction, epoch, step, eta):
+        at_epoch_end = fraction >= 0.5
+        if not killed and (at_epoch_end if killed_before == "an epoch checkpoint" else epoch == 1):
+            killed.append(epoch)
+            _connection_killed()
+
+    services.training_run_execute(run_id=run.pk, on_progress=kill_once)
+    assert killed
+    run.refresh_from_db()
+    assert (run.status, run.attempts, run.error) == (TrainingRun.Status.SUCCEEDED, 1, "")
+    assert [row["epoch"] for row in run.metrics] == [1, 2]
+    assert run.checkpoints.filter(is_final=True).count() == 1

@@ -5,7 +5,7 @@ import logging
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Max
 from django.db.models.functions import Coalesce
 
@@ -15,7 +15,7 @@ from training.models import Checkpoint, TrainingRun
 from training.services.activation import CheckpointBelowActiveError, checkpoint_activate
 from training.services.queuing import training_run_publish
 from training.services.registration import checkpoint_register
-from training.services.reporting import ProgressHook, RunReporter
+from training.services.reporting import ProgressHook, RunReporter, connection_reopen_if_lost, is_connection_lost
 from training.services.run_files import run_abandoned_temp_files_remove, checkpoint_file_save
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,8 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         logger.error("training run %s diverged: %s", run.pk, exc)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"Training diverged: {exc}.")
     except Exception as exc:
+        if is_connection_lost(exc):
+            return _training_run_requeue_after_database_loss(run=run, exc=exc)
         logger.exception("training run %s failed", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
     except SystemExit:
@@ -232,6 +234,39 @@ def _training_run_requeue_after_shutdown(*, run: TrainingRun) -> None:
         training_run_publish(run_id=run.pk)
     elif ours.filter(cancel_requested=True).exists():
         _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
+
+
+def _training_run_requeue_after_database_loss(*, run: TrainingRun, exc: Exception) -> None:
+    """Queue the run again at once to resume from its last epoch checkpoint, the attempt counted, or fail it once it
+    has had MAX_ATTEMPTS; with the database still away, the reaper does either once it is back.
+
+    Counted, as the reaper counts a trainer that died: a run that loses its connection every time ends. Without
+    this, the run showed running, its progress frozen, until the reaper took it for a dead trainer's.
+    """
+    from training.services.reaping import MAX_ATTEMPTS
+
+    logger.warning("training run %s attempt %s lost its database connection: %s", run.pk, run.attempts, exc)
+    connection_reopen_if_lost()
+    ours = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, attempts=run.attempts)
+    lost = f"The connection to the database was lost during attempt {run.attempts}"
+    try:
+        if ours.filter(cancel_requested=True).exists():
+            _training_run_finish(run=run, status=TrainingRun.Status.CANCELLED, error="")
+            return None
+        if run.attempts >= MAX_ATTEMPTS:
+            _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{lost}, its last.")
+            return None
+        requeued = ours.update(
+            status=TrainingRun.Status.QUEUED, queued_at=Now(), eta_seconds=None,
+            error=f"{lost}; it resumes from its last epoch checkpoint.",
+        )
+    except DatabaseError:
+        logger.warning("training run %s: the database is still away; the reaper will resume it", run.pk,
+                       exc_info=True)
+        return None
+    if requeued:
+        training_run_publish(run_id=run.pk)
+    return None
 
 
 def _training_run_finish(*, run: TrainingRun, status: str, error: str) -> TrainingRun | None:

@@ -1,22 +1,40 @@
 """What one attempt of a run writes while it trains: progress, heartbeats, cancel checks, its epoch checkpoints."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.registration import checkpoint_register
 from training.services.run_files import checkpoint_file_save, run_dir
 
+logger = logging.getLogger(__name__)
+
 PROGRESS_WRITE_EVERY_S = 2.0
 CANCEL_CHECK_EVERY_S = 1.0
 
 ProgressHook = Callable[[float, int, int, float], None]
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database connection failing (a restart, a failover, a killed server process)."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def connection_reopen_if_lost() -> None:
+    """Drop this thread's connection if an error left it unusable: Django keeps a lost one until the task ends, and
+    the next statement, hours of training later, would fail on it instead of opening a fresh one."""
+    if not connection.in_atomic_block:
+        try:
+            connection.close_if_unusable_or_obsolete()
+        except DatabaseError:
+            logger.warning("could not close a lost database connection", exc_info=True)
 
 
 class RunReporter:
@@ -50,6 +68,20 @@ class RunReporter:
         if not self._rows().update(heartbeat_at=Now(), **fields):
             self.lost = True
 
+    def _training_goes_on(self, exc: DatabaseError, *, what: str) -> bool:
+        """After a report or a check failed on the database: whether training goes on without it.
+
+        Training needs no database between its reports, so a lost connection costs one report, not the attempt and
+        the epoch under way; the next opens a fresh connection. Should the database stay away past
+        TRAINING_STALE_AFTER_SECONDS, the reaper hands the run over, and this attempt's next write finds it gone.
+        """
+        if not is_connection_lost(exc) or connection.in_atomic_block:
+            return False
+        logger.warning("training run %s: %s failed on a lost database connection; training goes on (%s)",
+                       self.run_id, what, exc)
+        connection_reopen_if_lost()
+        return True
+
     def started(self, *, device: str) -> None:
         self._update(device=device, total_steps=self.steps_per_epoch)
 
@@ -60,12 +92,16 @@ class RunReporter:
         if now - self._last_write < PROGRESS_WRITE_EVERY_S:
             return
         self._last_write = now
-        self._update(
-            progress=round(min(max(self.overall(fraction), 0.0), 1.0), 4),
-            current_epoch=epoch,
-            current_step=step,
-            eta_seconds=round(eta_seconds, 1),
-        )
+        try:
+            self._update(
+                progress=round(min(max(self.overall(fraction), 0.0), 1.0), 4),
+                current_epoch=epoch,
+                current_step=step,
+                eta_seconds=round(eta_seconds, 1),
+            )
+        except DatabaseError as exc:
+            if not self._training_goes_on(exc, what="its progress report"):
+                raise
 
     def overall(self, fraction: float) -> float:
         # fit reports the share of the remaining epochs; a resumed run has some behind it already.
@@ -79,7 +115,12 @@ class RunReporter:
         if now - self._last_check < CANCEL_CHECK_EVERY_S:
             return False
         self._last_check = now
-        row = TrainingRun.objects.filter(pk=self.run_id).values("status", "attempts", "cancel_requested").first()
+        try:
+            row = TrainingRun.objects.filter(pk=self.run_id).values("status", "attempts", "cancel_requested").first()
+        except DatabaseError as exc:
+            if not self._training_goes_on(exc, what="its cancel check"):
+                raise
+            return False
         if row is None or row["status"] != TrainingRun.Status.RUNNING or row["attempts"] != self.attempt:
             self.lost = True
             return True
@@ -87,6 +128,14 @@ class RunReporter:
         return self._cancel_requested
 
     def epoch_end(self, epoch: int, model, optimizer, metrics: dict[str, Any]) -> None:
+        try:
+            self._epoch_checkpoint_save(epoch=epoch, model=model, optimizer=optimizer, metrics=metrics)
+        except DatabaseError as exc:
+            # Its file is removed, unregistered: a resume starts from the epoch checkpoint before it.
+            if not self._training_goes_on(exc, what=f"registering epoch {epoch}'s checkpoint"):
+                raise
+
+    def _epoch_checkpoint_save(self, *, epoch: int, model, optimizer, metrics: dict[str, Any]) -> None:
         if self.claim_lost():
             return
         path = self.file_path(f"epoch-{epoch}.pt")
