@@ -459,3 +459,46 @@ def test_a_run_that_loses_its_database_connection_as_it_finishes_is_queued_again
     services.training_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert (run.status, run.attempts, run.error) == (TrainingRun.Status.SUCCEEDED, 2, "")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="ends the server process of a PostgreSQL connection")
+def test_a_final_model_whose_registration_committed_as_the_connection_was_lost_keeps_its_file(
+    tiny_recipe, training_queue, monkeypatch
+):
+    from django.db import OperationalError
+
+    from training.loading import checkpoint_load_model
+    from training.services import execution
+
+    run = _create(tiny_recipe, epochs=1, activate_on_success=True)
+    register, commit = execution.checkpoint_register, connection._commit
+    final_registered = []
+
+    def register_noting_the_final(**kwargs):
+        final_registered.append(kwargs["is_final"])
+        return register(**kwargs)
+
+    def commit_whose_answer_is_lost():
+        # The server committed; the connection died before its answer reached the trainer.
+        commit()
+        if final_registered and final_registered[-1]:
+            final_registered.clear()
+            pid = connection.connection.info.backend_pid
+            killer = connection.get_new_connection(connection.get_connection_params())
+            killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+            killer.close()
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(execution, "checkpoint_register", register_noting_the_final)
+    monkeypatch.setattr(connection, "_commit", commit_whose_answer_is_lost)
+    services.training_run_execute(run_id=run.pk)
+    monkeypatch.undo()
+    connection.close()
+
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED
+    final = run.checkpoints.get(is_final=True)
+    assert final.is_active
+    # The model everyone is now served by still loads: its file was not taken for one nothing names.
+    checkpoint_load_model(checkpoint=final)

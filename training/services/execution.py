@@ -16,7 +16,11 @@ from training.services.activation import CheckpointBelowActiveError, checkpoint_
 from training.services.queuing import training_run_publish
 from training.services.registration import checkpoint_register
 from training.services.reporting import ProgressHook, RunReporter, connection_reopen_if_lost, is_connection_lost
-from training.services.run_files import run_abandoned_temp_files_remove, checkpoint_file_save
+from training.services.run_files import (
+    checkpoint_file_remove_unregistered,
+    checkpoint_file_save,
+    run_abandoned_temp_files_remove,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +349,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
     finally:
         if not registered:
             # Not named by any row (taken over, cancelled, or rolled back): a file nothing would ever clean up.
-            path.unlink(missing_ok=True)
+            checkpoint_file_remove_unregistered(path=path)
     logger.info(
         "training run %s succeeded: checkpoint %s, test accuracy %.4f", run.pk, checkpoint.pk, result.final_accuracy
     )

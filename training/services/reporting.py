@@ -12,7 +12,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.registration import checkpoint_register
-from training.services.run_files import checkpoint_file_save, run_dir
+from training.services.run_files import checkpoint_file_remove_unregistered, checkpoint_file_save, run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class RunReporter:
             registered = True
         finally:
             if not registered:
-                path.unlink(missing_ok=True)
+                checkpoint_file_remove_unregistered(path=path)
         self._last_write = time.monotonic()
 
     def file_path(self, name: str) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, connection
 
 from training.models import Checkpoint, TrainingRun
 from training.services.registration import CheckpointPathError
@@ -58,3 +59,25 @@ def checkpoint_file_save(*, path: Path, run_id: int, **checkpoint: Any) -> tuple
         return save_checkpoint(path, overwrite=own, **checkpoint)
     except FileExistsError:
         raise CheckpointPathError(f"{path} was not written by this run; refusing to write over it") from None
+
+
+def checkpoint_file_remove_unregistered(*, path: Path) -> None:
+    """Remove a checkpoint file that this attempt wrote but whose registration did not go through.
+
+    Kept when a row names it after all: a connection lost as the registration committed leaves the commit unknown to
+    the trainer, and the row (of a run recorded as succeeded, its model perhaps made active) must not lose its file.
+    Kept too when the database cannot say: a file too many is only space.
+    """
+    if not connection.in_atomic_block:
+        try:
+            connection.close_if_unusable_or_obsolete()
+        except DatabaseError:
+            pass
+    relative = path.resolve().relative_to(Path(settings.CHECKPOINT_DIR).resolve()).as_posix()
+    try:
+        named = Checkpoint.objects.filter(path=relative).exists()
+    except DatabaseError:
+        logger.warning("could not tell whether checkpoint file %s was registered; keeping it", path, exc_info=True)
+        return
+    if not named:
+        path.unlink(missing_ok=True)
