@@ -524,7 +524,7 @@ class PredictionAdmin(
     readonly_fields = (
         "thumbnail_large", "upload", "checkpoint", "status", "digit", "confidence_display", "probabilities_display",
         "model_input", "device", "several_digits", "queue_display", "compute_display", "error", "attempts",
-        "publish_attempts",
+        "publish_attempts", "priority",
         "published_at", "created_at", "started_at", "finished_at",
     )
     # Shown formatted, by the readonly fields above.

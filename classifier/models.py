@@ -129,6 +129,10 @@ class Prediction(models.Model):
         null=True, blank=True, validators=[MinValueValidator(0), MaxValueValidator(9)]
     )
     publish_attempts = models.PositiveIntegerField(default=0)
+    # The broker priority its message was sent with (services.PRIORITY_UPLOADS or PRIORITY_BULK), so that the sweeper
+    # sends a message again at the same one: a staff re-run's backlog re-sent at the uploads' priority went ahead of
+    # people's uploads.
+    priority = models.PositiveSmallIntegerField(default=3, db_default=3)
     # Times a worker claimed it. One that keeps killing its worker (or running past the time limit) is failed
     # after PREDICTION_MAX_ATTEMPTS instead of being handed to a worker forever.
     attempts = models.PositiveSmallIntegerField(default=0, db_default=0)

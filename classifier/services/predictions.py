@@ -45,7 +45,8 @@ def predictions_create(
     # Inside a caller's transaction a savepoint would add two round trips and protect nothing.
     with transaction.atomic(savepoint=False):
         predictions = Prediction.objects.bulk_create(
-            [Prediction(upload=upload, feedback=feedback.get(upload.pk), **published) for upload in uploads]
+            [Prediction(upload=upload, feedback=feedback.get(upload.pk), priority=priority, **published)
+             for upload in uploads]
         )
         for prediction in predictions:
             if publish:
@@ -122,14 +123,14 @@ def prediction_publish(*, prediction_id: int) -> bool:
     return predictions_publish(prediction_ids=[prediction_id]) == 1
 
 
-def predictions_publish(*, prediction_ids: list[int]) -> int:
-    """Record a publish attempt and send the execution tasks; returns how many predictions were sent."""
+def predictions_publish(*, prediction_ids: list[int], priority: int = PRIORITY_UPLOADS) -> int:
+    """Record a publish attempt and send the execution tasks at ``priority``; returns how many predictions were sent."""
     if not prediction_ids:
         return 0
     Prediction.objects.filter(pk__in=prediction_ids).update(
         publish_attempts=F("publish_attempts") + 1, published_at=Now()
     )
-    return predictions_send(prediction_ids=prediction_ids)
+    return predictions_send(prediction_ids=prediction_ids, priority=priority)
 
 
 def predictions_send(*, prediction_ids: list[int], priority: int = PRIORITY_UPLOADS) -> int:
@@ -182,9 +183,15 @@ def predictions_sweep() -> int:
         & (Q(published_at__isnull=True) | Q(published_at__lt=cutoff))
         | lost
     ).order_by("created_at")
-    ids = list(stuck.values_list("pk", flat=True)[:1000])
-    if not ids:
+    by_priority: dict[int, list[int]] = {}
+    for pk, priority in stuck.values_list("pk", "priority")[:1000]:
+        by_priority.setdefault(priority, []).append(pk)
+    if not by_priority:
         return 0
-    sent = predictions_publish(prediction_ids=ids)
-    logger.info("sweeper re-published %s of %s stuck predictions", sent, len(ids))
+    # Each at the priority it was first sent with: a staff re-run's backlog, pending past the republish age only
+    # because it is long, stays behind people's uploads.
+    sent = sum(predictions_publish(prediction_ids=ids, priority=priority)
+               for priority, ids in sorted(by_priority.items()))
+    logger.info("sweeper re-published %s of %s stuck predictions", sent,
+                sum(len(ids) for ids in by_priority.values()))
     return sent

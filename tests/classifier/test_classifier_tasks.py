@@ -73,6 +73,29 @@ def test_a_persons_upload_is_read_before_a_staff_re_run_queued_ahead_of_it(
     assert read[0].started_at < min(prediction.started_at for prediction in read[1:])
 
 
+def test_a_staff_re_run_whose_backlog_the_sweeper_sends_again_still_waits_behind_a_persons_upload(
+    start_celery_worker, user, digit_png, active_checkpoint, settings
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    settings.INFERENCE_BATCH_SIZE = 1
+    earlier = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(6)]
+    rerun = services.predictions_rerun(uploads=earlier, priority=services.PRIORITY_BULK)
+    # A long re-run's backlog waits past the republish age only because it is long; the sweeper sends it again.
+    long_ago = timezone.now() - dt.timedelta(seconds=settings.PREDICTION_REPUBLISH_AFTER_SECONDS + 60)
+    Prediction.objects.filter(pk__in=[p.pk for p in rerun]).update(created_at=long_ago, published_at=long_ago)
+    assert services.predictions_sweep() == len(rerun)
+    (mine,) = services.predictions_submit(owner=user, files=[(io.BytesIO(digit_png(0)), "seven.png")], source="file")
+
+    start_celery_worker(INFERENCE_BATCH_SIZE="1")
+
+    read = [wait_for(prediction.pk) for prediction in [mine, *rerun]]
+    assert all(prediction.status == "done" for prediction in read), [p.error for p in read]
+    assert read[0].started_at < min(prediction.started_at for prediction in read[1:])
+
+
 def test_a_redelivered_message_keeps_one_result_and_is_not_recomputed(celery_worker_process, user, digit_png, active_checkpoint):
     from classifier.tasks import predictions_execute
 
