@@ -140,3 +140,33 @@ def test_a_run_whose_database_connection_is_lost_mid_epoch_trains_on_to_success_
     assert (run.status, run.attempts, run.error) == (TrainingRun.Status.SUCCEEDED, 1, "")
     assert [row["epoch"] for row in run.metrics] == [1, 2]
     assert run.checkpoints.filter(is_final=True).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="ends the server process of a PostgreSQL connection")
+def test_after_a_lost_connection_training_leaves_the_database_alone_for_a_while_instead_of_waiting_on_it_every_step(
+    tiny_recipe, monkeypatch
+):
+    # A database out of reach holds each try for its connect_timeout (5 s): tried at every step, training would crawl.
+    monkeypatch.setattr(services.reporting, "PROGRESS_WRITE_EVERY_S", 0.0)
+    monkeypatch.setattr(services.reporting, "CANCEL_CHECK_EVERY_S", 0.0)
+    run = _create(tiny_recipe, epochs=2)
+    statements, reports = [], []
+
+    def count(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    def kill_at_the_first_report(fraction, epoch, step, eta):
+        if not reports:
+            _connection_killed()
+        reports.append((step, len(statements)))
+
+    with connection.execute_wrapper(count):
+        services.training_run_execute(run_id=run.pk, on_progress=kill_at_the_first_report)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED
+    (first_step, at_kill), (later_step, at_later) = reports[:2]
+    assert later_step > first_step + 1, "no steps between the reports"
+    # The one report that met the lost connection, then no report and no cancel check for the rest of the epoch.
+    assert at_later - at_kill == 1, statements[at_kill:at_later]

@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_WRITE_EVERY_S = 2.0
 CANCEL_CHECK_EVERY_S = 1.0
+# After a report failed on a lost connection, how long training goes on before the next one tries the database: a
+# database out of reach holds each try for its connect_timeout, which every step would otherwise wait out. Well
+# inside TRAINING_STALE_AFTER_SECONDS, so a database back soon sees the heartbeat again before the reaper would.
+DATABASE_RETRY_AFTER_S = 30.0
 
 ProgressHook = Callable[[float, int, int, float], None]
 
@@ -80,6 +84,7 @@ class RunReporter:
         logger.warning("training run %s: %s failed on a lost database connection; training goes on (%s)",
                        self.run_id, what, exc)
         connection_reopen_if_lost()
+        self._last_write = self._last_check = time.monotonic() + DATABASE_RETRY_AFTER_S
         return True
 
     def started(self, *, device: str) -> None:
