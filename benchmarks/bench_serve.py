@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from benchmarks.cpu_usage import cpu_profile, cpu_snapshot  # noqa: E402
 from benchmarks.loadgen import mnist_pngs, multipart, run_load  # noqa: E402
 from benchmarks.stack import REPO, auth_headers, file_create_us, running_stack, wait_http  # noqa: E402
-from training.ml.data import load_split  # noqa: E402
+from training.ml.data import load_split, split_validation  # noqa: E402
 from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO / "data"))
@@ -28,7 +28,10 @@ def tutorial_state_dict(path: Path) -> None:
     train, test = load_split(DATA_DIR, split="train"), load_split(DATA_DIR, split="test")
     config = TrainConfig.default_for("mlp")
     config.epochs = 1
-    result = fit(config=config, train=train, test=test.subset(1000), device=select_device("cpu"))
+    train, validation = split_validation(train)
+    result = fit(
+        config=config, train=train, validation=validation.subset(1000), test=test.subset(1000), device=select_device("cpu")
+    )
     # Our Mlp wraps the same two Linear layers in a Sequential after a Flatten.
     names = {"net.1.weight": "l1.weight", "net.1.bias": "l1.bias", "net.3.weight": "l2.weight", "net.3.bias": "l2.bias"}
     torch.save({names[key]: value for key, value in result.model.state_dict().items()}, path)

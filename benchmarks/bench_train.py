@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from training.ml.data import load_mnist  # noqa: E402
+from training.ml.data import load_mnist, split_validation  # noqa: E402
 from training.ml.preprocess import preprocess, to_tensor  # noqa: E402
 from training.ml.recipe import TrainConfig, fit, select_device  # noqa: E402
 
@@ -115,12 +115,13 @@ def tutorial_recipe(
 def pipeline_recipe(
     config: TrainConfig, data_dir: Path, *, subset: int | None, test_subset: int | None, device: torch.device
 ) -> dict:
-    """``fit`` end to end, including loading the IDX files and every per-epoch evaluation."""
+    """``fit`` end to end, including loading the IDX files, every per-epoch validation and the final test."""
     started, cpu_started = time.perf_counter(), time.process_time()
     train, test = load_mnist(data_dir)
+    train, validation = split_validation(train)
     if subset is not None:
-        train, test = train.subset(subset), test.subset(test_subset)
-    result = fit(config=config, train=train, test=test, device=device)
+        train, validation, test = train.subset(subset), validation.subset(test_subset), test.subset(test_subset)
+    result = fit(config=config, train=train, validation=validation, test=test, device=device)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     model = result.model.cpu().eval()
     with torch.inference_mode():

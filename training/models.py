@@ -27,7 +27,7 @@ class TrainingRun(models.Model):
     learning_rate = models.FloatField()
     seed = models.IntegerField(default=0)
     augment = models.BooleanField(default=True)
-    # Limits the training set, for quick smoke runs; null means all 60,000 images.
+    # Limits the training set, for quick smoke runs; null means all 55,000 images not held out for validation.
     train_subset = models.PositiveIntegerField(null=True, blank=True)
     requested_device = models.CharField(max_length=8, default="auto")
     activate_on_success = models.BooleanField(default=False)
@@ -40,7 +40,10 @@ class TrainingRun(models.Model):
     eta_seconds = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=list, blank=True)
     confusion_matrix = models.JSONField(null=True, blank=True)
+    # The final model's, measured once when the run succeeds; runs from before validation also wrote each epoch's.
     test_accuracy = models.FloatField(null=True, blank=True)
+    # The latest finished epoch's, on the 5,000 training images held out of training; null for runs from before.
+    validation_accuracy = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
 
     celery_task_id = models.CharField(max_length=255, blank=True)
@@ -93,7 +96,10 @@ class Checkpoint(models.Model):
     path = models.CharField(max_length=255, unique=True)
     sha256 = models.CharField(max_length=64)
     size = models.PositiveBigIntegerField()
+    # Only a final checkpoint's is measured; epoch checkpoints from before validation carry their epoch's.
     test_accuracy = models.FloatField(null=True, blank=True)
+    # What checkpoints are compared by (never the test accuracy, which must not pick models); null from before it.
+    validation_accuracy = models.FloatField(null=True, blank=True)
     is_final = models.BooleanField(default=True)
     is_active = models.BooleanField(default=False)
     # The database's clock, as a run's times are: a trainer whose clock runs off would date its checkpoints by it,
@@ -107,5 +113,10 @@ class Checkpoint(models.Model):
         ]
 
     def __str__(self) -> str:
-        accuracy = f"{self.test_accuracy:.2%}" if self.test_accuracy is not None else "n/a"
+        if self.validation_accuracy is not None:
+            accuracy = f"{self.validation_accuracy:.2%} validation"
+            if self.test_accuracy is not None:
+                accuracy += f", {self.test_accuracy:.2%} test"
+        else:
+            accuracy = f"{self.test_accuracy:.2%}" if self.test_accuracy is not None else "n/a"
         return f"Checkpoint {self.pk} ({self.architecture}, epoch {self.epoch}, {accuracy})"

@@ -28,6 +28,33 @@ def checkpoint_list() -> QuerySet[Checkpoint]:
     return Checkpoint.objects.select_related("run")
 
 
+@dataclass(frozen=True)
+class AccuracyComparison:
+    """Two checkpoints' accuracies of one kind, ``"validation"`` or ``"test"``, the first's first."""
+
+    kind: str
+    accuracy: float
+    other_accuracy: float
+
+    @property
+    def is_below(self) -> bool:
+        return self.accuracy < self.other_accuracy
+
+
+def checkpoint_accuracies_compared(*, checkpoint: Checkpoint, other: Checkpoint) -> AccuracyComparison | None:
+    """The accuracies to choose between two checkpoints by; None when they share none.
+
+    Validation accuracies when both have one: the test set must never pick a model, or its accuracy stops being an
+    unbiased estimate. Checkpoints from before the validation split have only a test accuracy, and are compared
+    by that, as they always were.
+    """
+    for kind in ("validation", "test"):
+        accuracy, other_accuracy = getattr(checkpoint, f"{kind}_accuracy"), getattr(other, f"{kind}_accuracy")
+        if accuracy is not None and other_accuracy is not None:
+            return AccuracyComparison(kind=kind, accuracy=accuracy, other_accuracy=other_accuracy)
+    return None
+
+
 def checkpoint_file_path(*, checkpoint: Checkpoint) -> Path:
     """The absolute file of a checkpoint; refuses stored paths that escape CHECKPOINT_DIR."""
     root = Path(settings.CHECKPOINT_DIR).resolve()
@@ -172,6 +199,7 @@ def training_run_progress(*, run: TrainingRun) -> dict:
         "total_steps": run.total_steps,
         "eta_seconds": run.eta_seconds,
         "device": run.device,
+        "validation_accuracy": run.validation_accuracy,
         "test_accuracy": run.test_accuracy,
         "cancel_requested": run.cancel_requested,
         "error": run.error,

@@ -50,13 +50,14 @@ def make_checkpoint(db):
 
     counter = {"n": 0}
 
-    def make(*, activate: bool = False, accuracy: float = 0.5):
+    def make(*, activate: bool = False, accuracy: float | None = 0.5, validation_accuracy: float | None = None):
         counter["n"] += 1
         model = build_model("mlp", {"hidden": 16}).eval()
         path = settings.CHECKPOINT_DIR / "manual" / f"model-{counter['n']}.pt"
         save_checkpoint(path, model=model, config=None, epoch=1, metrics={"test_accuracy": accuracy})
         checkpoint = checkpoint_register(
-            path=path, run=None, epoch=1, test_accuracy=accuracy, architecture="mlp", activate=activate
+            path=path, run=None, epoch=1, test_accuracy=accuracy, validation_accuracy=validation_accuracy,
+            architecture="mlp", activate=activate,
         )
         return checkpoint, model
 

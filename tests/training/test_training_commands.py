@@ -34,6 +34,7 @@ def test_train_sync_trains_in_process_and_prints_a_json_line(trained):
     assert run.status == TrainingRun.Status.SUCCEEDED and run.train_subset == 300 and run.epochs == 1
     assert checkpoint.is_active and checkpoint.run == run
     assert result["test_accuracy"] == pytest.approx(run.test_accuracy) and result["seconds"] > 0
+    assert result["validation_accuracy"] == pytest.approx(run.validation_accuracy)
     assert f"run {run.pk}" in err  # the tqdm bar and summary go to stderr
 
 
@@ -41,7 +42,7 @@ def test_train_without_sync_queues_the_run(training_queue, django_capture_on_com
     with django_capture_on_commit_callbacks(execute=True):
         result, _, _ = _run("train", "--arch", "cnn", "--epochs", "2", "--no-augment")
     run = TrainingRun.objects.get(pk=result["run"])
-    assert result["checkpoint"] is None and result["test_accuracy"] is None
+    assert result["checkpoint"] is None and result["test_accuracy"] is None and result["validation_accuracy"] is None
     assert run.status == TrainingRun.Status.QUEUED and not run.augment and run.epochs == 2
     assert run.batch_size == 128  # the CNN recipe's default
     assert [message["kwargs"] for message in training_queue.messages()] == [{"run_id": run.pk}]
@@ -53,7 +54,7 @@ def test_train_rejects_an_invalid_recipe():
 
 
 def test_train_refuses_a_subset_larger_than_the_mnist_training_set(training_queue):
-    with pytest.raises(CommandError, match="between 2 and 60,000 images"):
+    with pytest.raises(CommandError, match="between 2 and 55,000 images"):
         call_command("train", "--arch", "mlp", "--subset", "70000", stdout=StringIO(), stderr=StringIO())
     assert not TrainingRun.objects.exists() and training_queue.messages() == []
 

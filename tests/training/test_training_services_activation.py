@@ -42,3 +42,39 @@ def test_activating_a_checkpoint_deleted_since_it_was_read_leaves_the_active_one
     with pytest.raises(services.CheckpointNotLoadableError, match="has been deleted"):
         services.checkpoint_activate(checkpoint=deleted)
     assert Checkpoint.objects.get(is_active=True) == active
+
+
+@pytest.mark.parametrize(
+    ("active_accuracies", "new_accuracies", "kept_by"),
+    [
+        # Both validated: validation decides, whatever the test accuracies say.
+        ((0.10, 0.99), (0.99, 0.98), "validation"),
+        # Either from before the validation split: test accuracies, as before it.
+        ((0.99, None), (0.10, 0.98), "test"),
+        ((0.99, 0.98), (0.10, None), "test"),
+    ],
+    ids=["both-validated", "active-from-before-validation", "new-from-before-validation"],
+)
+def test_activating_when_done_keeps_the_active_checkpoint_by_validation_accuracy_else_by_test_accuracy(
+    make_checkpoint, active_accuracies, new_accuracies, kept_by
+):
+    test, validation = active_accuracies
+    active, _ = make_checkpoint(activate=True, accuracy=test, validation_accuracy=validation)
+    test, validation = new_accuracies
+    checkpoint, _ = make_checkpoint(accuracy=test, validation_accuracy=validation)
+    with pytest.raises(services.CheckpointBelowActiveError) as refused:
+        services.checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
+    shown = {"validation": (0.98, 0.99), "test": (0.10, 0.99)}[kept_by]
+    assert str(refused.value).startswith(
+        f"Not activated: its {shown[0]:.2%} {kept_by} accuracy is below the active checkpoint's {shown[1]:.2%} "
+    )
+    active.refresh_from_db()
+    assert active.is_active and refused.value.compared.kind == kept_by
+
+
+def test_activating_when_done_replaces_a_checkpoint_that_tests_better_but_validates_worse(make_checkpoint):
+    active, _ = make_checkpoint(activate=True, accuracy=0.99, validation_accuracy=0.10)
+    checkpoint, _ = make_checkpoint(accuracy=0.10, validation_accuracy=0.98)
+    services.checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
+    checkpoint.refresh_from_db()
+    assert checkpoint.is_active

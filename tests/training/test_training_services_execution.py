@@ -37,12 +37,49 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert len(run.confusion_matrix) == 10 and sum(map(sum, run.confusion_matrix)) == 10_000
     final = run.checkpoints.get(is_final=True)
     assert final.is_active and final.test_accuracy == run.test_accuracy
+    assert final.validation_accuracy == run.validation_accuracy == run.metrics[-1]["validation_accuracy"]
     folder = f"runs/{run.pk}-{run.created_at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}"
     assert final.path == f"{folder}/attempt-1/final.pt"
     assert final.sha256 == sha256_file(settings.CHECKPOINT_DIR / final.path)
     assert final.size == (settings.CHECKPOINT_DIR / final.path).stat().st_size
     epoch_checkpoint = run.checkpoints.get(is_final=False)
     assert epoch_checkpoint.path == f"{folder}/attempt-1/epoch-1.pt" and not epoch_checkpoint.is_active
+    # Epoch checkpoints carry what they are compared by, never a test accuracy: the test set must pick nothing.
+    assert epoch_checkpoint.validation_accuracy == final.validation_accuracy and epoch_checkpoint.test_accuracy is None
+
+
+def test_a_run_trains_on_all_but_the_last_5000_training_images_and_validates_each_epoch_on_exactly_those(tiny_recipe):
+    from collections import Counter
+
+    from training.ml.architectures import Mlp
+    from training.ml.data import MNIST_MEAN, MNIST_STD, load_split
+
+    seen = {True: [], False: []}
+
+    def record(module, args):
+        if isinstance(module, Mlp):
+            # Back to the uint8 pixels the batch was made from (no augmentation in this recipe).
+            pixels = torch.round((args[0] * MNIST_STD + MNIST_MEAN) * 255).to(torch.uint8)
+            seen[module.training].append(pixels.reshape(-1, 28 * 28))
+
+    run = _create(tiny_recipe, train_subset=None, batch_size=500)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        services.training_run_execute(run_id=run.pk)
+    finally:
+        handle.remove()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    images = load_split(settings.DATA_DIR, split="train").images.reshape(-1, 28 * 28)
+    trained_on = torch.cat(seen[True])
+    assert Counter(row.numpy().tobytes() for row in trained_on) == Counter(
+        row.numpy().tobytes() for row in images[:55_000]
+    )
+    # Evaluated: the epoch on the validation set, then the final model once on the 10,000 test images.
+    evaluated = torch.cat(seen[False])
+    assert len(evaluated) == 5_000 + 10_000
+    assert torch.equal(evaluated[:5_000], images[55_000:])
+    assert run.confusion_matrix is not None and sum(map(sum, run.confusion_matrix)) == 10_000
 
 
 @pytest.mark.parametrize("lost", ["the permission", "the account"])
@@ -145,6 +182,34 @@ def test_a_run_asked_to_activate_when_done_keeps_a_better_active_checkpoint_and_
     services.checkpoint_activate(checkpoint=final)
     final.refresh_from_db()
     assert final.is_active
+
+
+def test_a_run_asked_to_activate_when_done_compares_validation_accuracies_not_test_ones(tiny_recipe, make_checkpoint):
+    # The active model tests far worse but validates better: validation decides, and the message says so.
+    better, _ = make_checkpoint(activate=True, accuracy=0.01, validation_accuracy=0.9954)
+    run = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    better.refresh_from_db()
+    final = run.checkpoints.get(is_final=True)
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.test_accuracy > 0.01
+    assert run.validation_accuracy < 0.9954
+    assert better.is_active and not final.is_active
+    assert run.error == (
+        f"Not activated: its {run.validation_accuracy:.2%} validation accuracy is below the active checkpoint's "
+        f"99.54% (checkpoint {better.pk}, mlp); activate checkpoint {final.pk} by hand to use it anyway."
+    )
+
+
+def test_a_run_asked_to_activate_when_done_replaces_a_model_that_tests_better_but_validates_worse(
+    tiny_recipe, make_checkpoint
+):
+    worse, _ = make_checkpoint(activate=True, accuracy=0.9954, validation_accuracy=0.01)
+    run = _create(tiny_recipe, activate_on_success=True)
+    services.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.test_accuracy < 0.9954 and run.error == ""
+    assert run.checkpoints.get(is_final=True).is_active
 
 
 def test_a_run_whose_model_learned_nothing_succeeds_but_says_so_and_replaces_no_better_model(
@@ -421,9 +486,12 @@ def test_a_run_that_diverges_after_its_first_epoch_keeps_that_epochs_metrics_and
     assert run.status == TrainingRun.Status.FAILED
     assert re.fullmatch(r"Training diverged: the training loss became nan at step \d+ of epoch 2; .*", run.error)
     assert [row["epoch"] for row in run.metrics] == [1]
-    assert run.test_accuracy == run.metrics[0]["test_accuracy"] and run.current_epoch >= 1
+    # What the run showed while it trained: its epoch's validation accuracy; no final model, so no test accuracy.
+    assert run.validation_accuracy == run.metrics[0]["validation_accuracy"] and run.current_epoch >= 1
+    assert run.test_accuracy is None and "test_accuracy" not in run.metrics[0]
     (kept,) = run.checkpoints.all()
     assert (kept.epoch, kept.is_final, kept.is_active) == (1, False, False)
+    assert kept.validation_accuracy == run.validation_accuracy and kept.test_accuracy is None
     checkpoint_load_model(checkpoint=kept)
     assert all(math.isfinite(number) for number in _all_stored_numbers(run))
 

@@ -30,12 +30,13 @@ def test_creating_a_run_refuses_an_unknown_architecture_and_bad_numbers(tiny_rec
 
 def test_creating_a_run_refuses_a_training_subset_larger_than_the_mnist_training_set(tiny_recipe):
     with pytest.raises(ValidationError) as caught:
-        _create(tiny_recipe, train_subset=70_000)
+        _create(tiny_recipe, train_subset=55_001)
     assert caught.value.message_dict["train_subset"] == [
-        "The training subset must hold between 2 and 60,000 images (MNIST has 60,000 training images)."
+        "The training subset must hold between 2 and 55,000 images (MNIST has 55,000 training images besides the "
+        "5,000 held out for validation)."
     ]
     assert not TrainingRun.objects.exists()
-    assert _create(tiny_recipe, train_subset=60_000).train_subset == 60_000
+    assert _create(tiny_recipe, train_subset=55_000).train_subset == 55_000
 
 
 def test_creating_a_run_publishes_it_only_after_the_transaction_commits(

@@ -55,7 +55,7 @@ def test_a_run_longer_than_the_brokers_visibility_timeout_is_never_handed_to_a_s
     # Far longer than the test settings' visibility timeout (10 s); cancelled once that has passed.
     first = start_celery_worker(queues="training", name="trainer-1")
     run = services.training_run_create(
-        created_by=None, **{**tiny_recipe, "epochs": 50, "batch_size": 10, "train_subset": 60_000}
+        created_by=None, **{**tiny_recipe, "epochs": 50, "batch_size": 10, "train_subset": 55_000}
     )
     run = _wait_for(run.pk, lambda r: r.status == TrainingRun.Status.RUNNING and r.progress > 0, timeout=90,
                     worker=first)
@@ -74,7 +74,7 @@ def test_a_run_longer_than_the_brokers_visibility_timeout_is_never_handed_to_a_s
 def test_a_run_queued_while_one_trainer_is_busy_goes_at_once_to_an_idle_one(start_celery_worker, tiny_recipe):
     busy = start_celery_worker(queues="training", name="trainer-1")
     long = services.training_run_create(
-        created_by=None, **{**tiny_recipe, "epochs": 50, "batch_size": 10, "train_subset": 60_000}
+        created_by=None, **{**tiny_recipe, "epochs": 50, "batch_size": 10, "train_subset": 55_000}
     )
     _wait_for(long.pk, lambda r: r.status == TrainingRun.Status.RUNNING, timeout=90, worker=busy)
     # Sent while only the busy trainer listens: it must not keep the message back for itself.

@@ -1,4 +1,4 @@
-"""Training recipes (TrainConfig) and the full fit loop: optimiser, schedule, per-epoch eval, resume."""
+"""Training recipes (TrainConfig) and the full fit loop: optimiser, schedule, per-epoch validation, resume."""
 
 from __future__ import annotations
 
@@ -33,12 +33,18 @@ EpochEndCallback = Callable[[int, nn.Module, torch.optim.Optimizer, dict[str, An
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`fit`; ``history`` has one dict per epoch (including resumed ones)."""
+    """Outcome of :func:`fit`; ``history`` has one dict per epoch (including resumed ones).
+
+    ``final_accuracy``, ``test_loss`` and ``confusion`` are the final model's on the test set, measured once;
+    ``validation_*`` are its on the validation set, the numbers models are compared by.
+    """
 
     model: nn.Module
     history: list[dict[str, Any]]
     final_accuracy: float
     test_loss: float
+    validation_accuracy: float
+    validation_loss: float
     confusion: list[list[int]]
     seconds: float
     images_per_second: float
@@ -146,6 +152,7 @@ def fit(
     *,
     config: TrainConfig,
     train: MnistSplit,
+    validation: MnistSplit,
     test: MnistSplit,
     device: torch.device,
     on_progress: ProgressCallback | None = None,
@@ -153,7 +160,11 @@ def fit(
     on_epoch_end: EpochEndCallback | None = None,
     resume_from: Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``config.arch`` on ``train``, evaluating on ``test`` after every epoch.
+    """Train ``config.arch`` on ``train``, evaluating on ``validation`` after every epoch and on ``test`` once.
+
+    ``validation`` must be held out of ``train`` (``data.split_validation``): each epoch's row and checkpoint are
+    judged by it. ``test`` is evaluated on the final model only, so nothing is ever chosen by it and its accuracy
+    stays an unbiased estimate.
 
     Seeds torch's global RNG from ``config.seed`` (per epoch), so a run is
     reproducible on CPU; thread count is left to the caller.
@@ -161,7 +172,7 @@ def fit(
     - ``on_progress(fraction, epoch, step, eta_seconds)``: at most every
       ``config.progress_interval_s`` and at each epoch's last step (epoch/step 1-based).
     - ``should_stop()``: polled before every step; true raises :class:`TrainingCancelled`.
-    - A loss, or after an epoch weights or a test loss, that is no finite number raises
+    - A loss, or after an epoch weights or a validation loss, that is no finite number raises
       :class:`TrainingDiverged`, the loss checked as often as progress is reported.
     - ``on_epoch_end(epoch, model, optimizer, metrics)``: ``metrics`` is this epoch's
       row plus ``"history"`` (all rows so far); saving it as a checkpoint's metrics
@@ -176,7 +187,7 @@ def fit(
     model = build_model(config.arch, config.model).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    train_dev, test_dev = train.to(device), test.to(device)
+    train_dev, validation_dev = train.to(device), validation.to(device)
     steps_per_epoch = batch_count(len(train_dev), batch_size=config.batch_size)
     optimizer = _make_optimizer(config, model)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
@@ -203,7 +214,7 @@ def fit(
     done_before_epoch = 0
     train_seconds = 0.0
     trained_images = 0
-    result = None
+    validated = None
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
@@ -250,18 +261,19 @@ def fit(
         done_before_epoch += stats.steps
         train_seconds += stats.seconds
         trained_images += stats.n
-        result = evaluate(
-            model=model, images=test_dev.images, labels=test_dev.labels, device=device, batch_size=config.eval_batch_size
+        validated = evaluate(
+            model=model, images=validation_dev.images, labels=validation_dev.labels, device=device,
+            batch_size=config.eval_batch_size,
         )
         # Finite but huge weights can still overflow the logits.
-        if not math.isfinite(result.loss):
-            raise _diverged(f"the test loss became {result.loss} in epoch {epoch}", config=config)
+        if not math.isfinite(validated.loss):
+            raise _diverged(f"the validation loss became {validated.loss} in epoch {epoch}", config=config)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
             "train_accuracy": stats.accuracy,
-            "test_loss": result.loss,
-            "test_accuracy": result.accuracy,
+            "validation_loss": validated.loss,
+            "validation_accuracy": validated.accuracy,
             "images_per_second": stats.images_per_second,
             "seconds": time.perf_counter() - epoch_started,
             "lr": optimizer.param_groups[0]["lr"],
@@ -270,15 +282,23 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, optimizer, {**row, "history": [dict(r) for r in history]})
 
-    if result is None:
-        result = evaluate(
-            model=model, images=test_dev.images, labels=test_dev.labels, device=device, batch_size=config.eval_batch_size
+    if validated is None:
+        # Resumed with no epoch left to train: the checkpoint's model is the final one.
+        validated = evaluate(
+            model=model, images=validation_dev.images, labels=validation_dev.labels, device=device,
+            batch_size=config.eval_batch_size,
         )
+    test_dev = test.to(device)
+    result = evaluate(
+        model=model, images=test_dev.images, labels=test_dev.labels, device=device, batch_size=config.eval_batch_size
+    )
     return FitResult(
         model=model,
         history=history,
         final_accuracy=result.accuracy,
         test_loss=result.loss,
+        validation_accuracy=validated.accuracy,
+        validation_loss=validated.loss,
         confusion=result.confusion,
         seconds=time.perf_counter() - started,
         images_per_second=trained_images / train_seconds if train_seconds > 0 else 0.0,

@@ -11,6 +11,7 @@ from django.db import connection, transaction
 
 from mnistsite.action_log import staff_action_record
 from training.models import Checkpoint
+from training.selectors import AccuracyComparison, checkpoint_accuracies_compared
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +25,17 @@ class ActiveCheckpointChangedError(Exception):
 
 
 class CheckpointBelowActiveError(Exception):
-    """Activating when done would replace an active checkpoint whose test accuracy is higher; the message says so."""
+    """Activating when done would replace an active checkpoint whose accuracy is higher; the message says which."""
 
-    def __init__(self, *, checkpoint: Checkpoint, active: Checkpoint) -> None:
+    def __init__(self, *, checkpoint: Checkpoint, active: Checkpoint, compared: AccuracyComparison) -> None:
         super().__init__(
-            f"Not activated: its {checkpoint.test_accuracy:.2%} test accuracy is below the active checkpoint's "
-            f"{active.test_accuracy:.2%} (checkpoint {active.pk}, {active.architecture}); activate checkpoint "
+            f"Not activated: its {compared.accuracy:.2%} {compared.kind} accuracy is below the active checkpoint's "
+            f"{compared.other_accuracy:.2%} (checkpoint {active.pk}, {active.architecture}); activate checkpoint "
             f"{checkpoint.pk} by hand to use it anyway."
         )
         self.checkpoint = checkpoint
         self.active = active
+        self.compared = compared
 
 
 # Any fixed number: the key of the transaction-level advisory lock that activations take on PostgreSQL.
@@ -52,26 +54,28 @@ def activations_serialise() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ACTIVATION_LOCK_KEY])
 
 
-def _active_checkpoint_better(*, checkpoint: Checkpoint) -> Checkpoint | None:
-    """The active checkpoint, when its test accuracy is higher than this one's and it loads; None otherwise.
+def _active_checkpoint_better(*, checkpoint: Checkpoint) -> tuple[Checkpoint, AccuracyComparison] | None:
+    """The active checkpoint and how it compares, when it is more accurate than this one and loads; None otherwise.
 
-    An active checkpoint that no longer loads fails every prediction: a model replacing it is better whatever its
-    accuracy (``ensure_model`` trains a quick one for just that). Without both accuracies there is nothing to
-    compare, and the checkpoint is activated as asked.
+    Compared by validation accuracy, or by test accuracy where either predates the validation split
+    (``checkpoint_accuracies_compared``). An active checkpoint that no longer loads fails every prediction: a
+    model replacing it is better whatever its accuracy (``ensure_model`` trains a quick one for just that).
+    Without an accuracy both have there is nothing to compare, and the checkpoint is activated as asked.
     """
     from training.loading import checkpoint_load_model
     from training.ml.checkpoints import CheckpointError
 
     active = Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).first()
-    if active is None or active.test_accuracy is None or checkpoint.test_accuracy is None:
+    if active is None:
         return None
-    if checkpoint.test_accuracy >= active.test_accuracy:
+    compared = checkpoint_accuracies_compared(checkpoint=checkpoint, other=active)
+    if compared is None or not compared.is_below:
         return None
     try:
         checkpoint_load_model(checkpoint=active)
     except (CheckpointError, ValueError):
         return None
-    return active
+    return active, compared
 
 
 def checkpoint_activate(
@@ -109,7 +113,8 @@ def checkpoint_activate(
             raise CheckpointNotLoadableError(f"{checkpoint} has been deleted; the active model is unchanged.")
         # Compared under the lock: an activation finishing meanwhile is the one compared with.
         if keep_better_active and (better := _active_checkpoint_better(checkpoint=checkpoint)) is not None:
-            raise CheckpointBelowActiveError(checkpoint=checkpoint, active=better)
+            active, compared = better
+            raise CheckpointBelowActiveError(checkpoint=checkpoint, active=active, compared=compared)
         replaced = Checkpoint.objects.filter(is_active=True).exclude(pk=checkpoint.pk).first()
         if replacing is not ... and replacing != (replaced.pk if replaced is not None else None):
             raise ActiveCheckpointChangedError(f"the active checkpoint is now {replaced or 'none'}")

@@ -128,7 +128,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
     """
     import torch
 
-    from training.ml.data import batch_count, load_mnist
+    from training.ml.data import batch_count, load_mnist, split_validation
     from training.ml.engine import TrainingCancelled, TrainingDiverged
     from training.ml.recipe import fit
     from training.ml.threads import default_num_threads
@@ -154,6 +154,8 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
             logger.info("resuming training run %s from epoch %s", run.pk, checkpoint.epoch)
         device = _training_device(run=run)
         train, test = load_mnist(settings.DATA_DIR)
+        # Held out before any subset is taken: every run is judged on the same 5,000 images, never trained on.
+        train, validation = split_validation(train)
         if run.train_subset:
             train = train.subset(run.train_subset)
         steps_per_epoch = batch_count(len(train), batch_size=train_config.batch_size)
@@ -166,6 +168,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         result = fit(
             config=train_config,
             train=train,
+            validation=validation,
             test=test,
             device=device,
             on_progress=reporter.progress,
@@ -291,7 +294,11 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
         model=result.model,
         config=None,
         epoch=result.epochs_completed,
-        metrics={"test_accuracy": result.final_accuracy, "test_loss": result.test_loss, "history": result.history},
+        metrics={
+            "test_accuracy": result.final_accuracy, "test_loss": result.test_loss,
+            "validation_accuracy": result.validation_accuracy, "validation_loss": result.validation_loss,
+            "history": result.history,
+        },
         extra={"run_id": run.pk, "train_config": train_config.to_dict()},
     )
     registered = False
@@ -309,6 +316,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
                 run=locked,
                 epoch=result.epochs_completed,
                 test_accuracy=result.final_accuracy,
+                validation_accuracy=result.validation_accuracy,
                 architecture=run.architecture,
                 is_final=True,
                 sha256=digest,
@@ -334,6 +342,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
             locked.metrics = result.history
             locked.confusion_matrix = result.confusion
             locked.test_accuracy = result.final_accuracy
+            locked.validation_accuracy = result.validation_accuracy
             locked.progress = 1.0
             locked.current_epoch = result.epochs_completed
             locked.current_step = locked.total_steps
@@ -351,6 +360,7 @@ def _training_run_succeed(*, run: TrainingRun, result, train_config, reporter: R
             # Not named by any row (taken over, cancelled, or rolled back): a file nothing would ever clean up.
             checkpoint_file_remove_unregistered(path=path)
     logger.info(
-        "training run %s succeeded: checkpoint %s, test accuracy %.4f", run.pk, checkpoint.pk, result.final_accuracy
+        "training run %s succeeded: checkpoint %s, validation accuracy %.4f, test accuracy %.4f", run.pk,
+        checkpoint.pk, result.validation_accuracy, result.final_accuracy,
     )
     return locked

@@ -22,6 +22,7 @@ def checkpoint_register(
     epoch: int,
     test_accuracy: float | None,
     architecture: str,
+    validation_accuracy: float | None = None,
     is_final: bool = True,
     activate: bool = False,
     sha256: str | None = None,
@@ -52,6 +53,7 @@ def checkpoint_register(
                 "sha256": digest,
                 "size": resolved.stat().st_size,
                 "test_accuracy": test_accuracy,
+                "validation_accuracy": validation_accuracy,
                 "is_final": is_final,
             },
         )

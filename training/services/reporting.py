@@ -163,7 +163,9 @@ class RunReporter:
                     path=path,
                     run=TrainingRun(pk=self.run_id),
                     epoch=epoch,
-                    test_accuracy=metrics.get("test_accuracy"),
+                    # Epochs are judged on the validation set only: the test set is the final model's alone.
+                    test_accuracy=None,
+                    validation_accuracy=metrics.get("validation_accuracy"),
                     architecture=self.architecture,
                     is_final=False,
                     sha256=digest,
@@ -176,7 +178,7 @@ class RunReporter:
                     current_epoch=epoch,
                     current_step=self.steps_per_epoch,
                     progress=round(epoch / self.train_config.epochs, 4),
-                    test_accuracy=metrics.get("test_accuracy"),
+                    validation_accuracy=metrics.get("validation_accuracy"),
                 )
             registered = True
         finally:

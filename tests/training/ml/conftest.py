@@ -24,3 +24,8 @@ def tiny_train() -> MnistSplit:
 @pytest.fixture
 def tiny_test() -> MnistSplit:
     return synthetic_split(100, seed=2)
+
+
+@pytest.fixture
+def tiny_validation() -> MnistSplit:
+    return synthetic_split(100, seed=3)

@@ -81,19 +81,60 @@ def _tiny_config(**overrides):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_test, device):
+def test_fit_learns_a_separable_task_and_reports_each_epoch(tiny_train, tiny_validation, tiny_test, device):
     progress, epochs_seen = [], []
     result = fit(
-        config=_tiny_config(augment=False), train=tiny_train, test=tiny_test, device=torch.device(device),
+        config=_tiny_config(augment=False), train=tiny_train, validation=tiny_validation, test=tiny_test, device=torch.device(device),
         on_progress=lambda *args: progress.append(args),
         on_epoch_end=lambda epoch, model, optimizer, metrics: epochs_seen.append((epoch, len(metrics["history"]))),
     )
     assert result.final_accuracy > 0.9
     assert [row["epoch"] for row in result.history] == [1, 2]
-    assert set(result.history[0]) >= {"epoch", "train_loss", "test_loss", "test_accuracy", "images_per_second", "seconds"}
+    assert set(result.history[0]) >= {
+        "epoch", "train_loss", "train_accuracy", "validation_loss", "validation_accuracy", "images_per_second", "seconds"
+    }
     assert epochs_seen == [(1, 1), (2, 2)]
     assert progress[-1][0] == pytest.approx(1.0) and progress[-1][1:3] == (2, 8)
     assert {parameter.device.type for parameter in result.model.parameters()} == {device}
+
+
+def test_each_epoch_is_judged_on_the_validation_set_and_the_test_set_only_once_on_the_final_model(
+    tiny_train, tiny_validation, tiny_test
+):
+    epoch_metrics, evaluated = [], []
+    result = fit(
+        config=_tiny_config(augment=False), train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU,
+        on_epoch_end=lambda epoch, model, optimizer, metrics: epoch_metrics.append(metrics),
+    )
+    assert all(not any(key.startswith("test_") for key in row) for row in result.history)
+    for row, metrics in zip(result.history, epoch_metrics):
+        assert not any(key.startswith("test_") for key in metrics)
+        assert metrics["validation_accuracy"] == row["validation_accuracy"]
+    for split in (tiny_validation, tiny_test):
+        evaluated.append(evaluate(model=result.model, images=split.images, labels=split.labels, device=CPU))
+    on_validation, on_test = evaluated
+    assert result.validation_accuracy == result.history[-1]["validation_accuracy"] == on_validation.accuracy
+    assert result.validation_loss == pytest.approx(on_validation.loss)
+    assert result.final_accuracy == on_test.accuracy and result.confusion == on_test.confusion
+    assert result.test_loss == pytest.approx(on_test.loss)
+
+
+def test_a_run_resumed_with_no_epoch_left_reports_its_models_validation_and_test_accuracy(
+    tiny_train, tiny_validation, tiny_test
+):
+    config = _tiny_config(epochs=1, augment=False)
+    saved = {}
+    trained = fit(
+        config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU,
+        on_epoch_end=lambda epoch, model, optimizer, metrics: saved.update(
+            copy.deepcopy({"state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics})
+        ),
+    )
+    resumed = fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU,
+                  resume_from=saved)
+    assert resumed.history == trained.history
+    assert resumed.validation_accuracy == trained.validation_accuracy
+    assert resumed.final_accuracy == trained.final_accuracy
 
 
 def test_the_reported_training_loss_is_plain_cross_entropy_comparable_with_the_test_loss(tiny_train):
@@ -110,10 +151,10 @@ def test_the_reported_training_loss_is_plain_cross_entropy_comparable_with_the_t
     assert stats.loss == pytest.approx(plain.loss, rel=1e-5)
 
 
-def test_a_cnn_trains_when_the_last_batch_would_hold_a_single_image(tiny_train, tiny_test):
+def test_a_cnn_trains_when_the_last_batch_would_hold_a_single_image(tiny_train, tiny_validation, tiny_test):
     # Batch normalisation refuses to train on one image; 65 images in batches of 64 would leave one.
     progress = []
-    result = fit(config=_tiny_config(epochs=1), train=tiny_train.subset(65), test=tiny_test,
+    result = fit(config=_tiny_config(epochs=1), train=tiny_train.subset(65), validation=tiny_validation, test=tiny_test,
                  device=CPU, on_progress=lambda *args: progress.append(args))
     assert [row["epoch"] for row in result.history] == [1]
     assert progress[-1][0] == pytest.approx(1.0) and progress[-1][2] == 1
@@ -121,13 +162,13 @@ def test_a_cnn_trains_when_the_last_batch_would_hold_a_single_image(tiny_train, 
 
 @pytest.mark.parametrize(("images", "batch_size", "steps"), [(64, 64, 1), (256, 64, 4), (320, 32, 10)])
 def test_the_one_cycle_schedule_warms_up_runs_long_enough_to_and_shorter_ones_train_at_the_peak_rate(
-    tiny_train, tiny_test, images, batch_size, steps
+    tiny_train, tiny_validation, tiny_test, images, batch_size, steps
 ):
     config = _tiny_config(epochs=1, batch_size=batch_size, schedule="onecycle", warmup_fraction=0.2, lr=0.1)
     rates = []
     hook = register_optimizer_step_post_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
     try:
-        fit(config=config, train=tiny_train.subset(images), test=tiny_test, device=CPU)
+        fit(config=config, train=tiny_train.subset(images), validation=tiny_validation, test=tiny_test, device=CPU)
     finally:
         hook.remove()
 
@@ -159,7 +200,7 @@ def test_training_on_the_gpu_takes_the_same_steps_as_on_the_cpu(tiny_train):
         torch.testing.assert_close(on_gpu[name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
-def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tiny_train, tiny_test):
+def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tiny_train, tiny_validation, tiny_test):
     config = _tiny_config()
     saved = {}
 
@@ -171,28 +212,28 @@ def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tiny_tra
                 epoch=epoch, metrics=metrics,
             )
 
-    full = fit(config=config, train=tiny_train, test=tiny_test, device=CPU, on_epoch_end=keep_first)
-    resumed = fit(config=config, train=tiny_train, test=tiny_test, device=CPU, resume_from=saved)
+    full = fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU, on_epoch_end=keep_first)
+    resumed = fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU, resume_from=saved)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b)
 
 
-def test_fit_raises_training_cancelled_when_asked_to_stop(tiny_train, tiny_test):
+def test_fit_raises_training_cancelled_when_asked_to_stop(tiny_train, tiny_validation, tiny_test):
     with pytest.raises(TrainingCancelled):
-        fit(config=_tiny_config(), train=tiny_train, test=tiny_test, device=CPU, should_stop=lambda: True)
+        fit(config=_tiny_config(), train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU, should_stop=lambda: True)
 
 
-def test_a_diverging_run_stops_before_its_epoch_is_reported_or_saved(tiny_train, tiny_test):
+def test_a_diverging_run_stops_before_its_epoch_is_reported_or_saved(tiny_train, tiny_validation, tiny_test):
     config = _tiny_config(lr=1e12)
     reported = []
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        fit(config=config, train=tiny_train, test=tiny_test, device=CPU,
+        fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU,
             on_epoch_end=lambda epoch, model, optimizer, metrics: reported.append(epoch))
     assert reported == []
 
 
-def test_a_loss_that_stops_being_finite_ends_the_epoch_at_the_next_check_naming_the_step(tiny_train, tiny_test):
+def test_a_loss_that_stops_being_finite_ends_the_epoch_at_the_next_check_naming_the_step(tiny_train, tiny_validation, tiny_test):
     # Checked at every progress report (each step here): the rest of the epoch would only train NaN weights.
     config = _tiny_config(epochs=1, augment=False, progress_interval_s=0.0, lr=0.01)
     steps = []
@@ -209,7 +250,7 @@ def test_a_loss_that_stops_being_finite_ends_the_epoch_at_the_next_check_naming_
             TrainingDiverged, match=r"^the training loss became nan at step 4 of epoch 1; lower the learning rate "
             r"\(it was 0\.01\)$"
         ):
-            fit(config=config, train=tiny_train, test=tiny_test, device=CPU)
+            fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU)
     finally:
         handle.remove()
     assert len(steps) == 4 < len(tiny_train) // config.batch_size
@@ -217,11 +258,11 @@ def test_a_loss_that_stops_being_finite_ends_the_epoch_at_the_next_check_naming_
 
 @pytest.mark.parametrize(
     "poison, caught_by",
-    [(float("nan"), "the weights stopped being finite"), (3e38, "the test loss became")],
+    [(float("nan"), "the weights stopped being finite"), (3e38, "the validation loss became")],
     ids=["non-finite-weights", "finite-weights-that-overflow"],
 )
 def test_an_epoch_whose_last_step_ruins_the_weights_is_never_reported_or_saved(
-    tiny_train, tiny_test, poison, caught_by
+    tiny_train, tiny_validation, tiny_test, poison, caught_by
 ):
     # The epoch's mean loss is computed before each step, so it stays finite whatever the last step does.
     config = _tiny_config(epochs=1, augment=False)
@@ -238,7 +279,7 @@ def test_an_epoch_whose_last_step_ruins_the_weights_is_never_reported_or_saved(
     handle = register_optimizer_step_post_hook(poison_the_last_step)
     try:
         with pytest.raises(TrainingDiverged, match=f"{caught_by}.* in epoch 1; lower the learning rate"):
-            fit(config=config, train=tiny_train, test=tiny_test, device=CPU,
+            fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU,
                 on_epoch_end=lambda epoch, model, optimizer, metrics: reported.append(epoch))
     finally:
         handle.remove()
@@ -312,10 +353,10 @@ def test_a_gpu_this_machine_does_not_have_is_refused_at_selection_naming_those_i
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_training_on_no_images_is_refused_rather_than_reported_as_a_diverging_run(arch, tiny_test):
+def test_training_on_no_images_is_refused_rather_than_reported_as_a_diverging_run(arch, tiny_validation, tiny_test):
     empty = tiny_test.subset(0)
     with pytest.raises(ValueError, match="no training images"):
-        fit(config=TrainConfig.default_for(arch), train=empty, test=tiny_test, device=CPU)
+        fit(config=TrainConfig.default_for(arch), train=empty, validation=tiny_validation, test=tiny_test, device=CPU)
     model = build_model(arch)
     with pytest.raises(ValueError, match="no training images"):
         train_one_epoch(
@@ -328,7 +369,7 @@ def test_training_on_no_images_is_refused_rather_than_reported_as_a_diverging_ru
 @pytest.mark.parametrize(("optimizer", "key"), [("sgd", "momentum"), ("adamw", "betas")])
 @pytest.mark.parametrize("momentum", [0.5, 0.9])
 def test_the_one_cycle_schedule_cycles_momentum_around_the_configs_not_a_fixed_one(
-    tiny_train, tiny_test, optimizer, key, momentum
+    tiny_train, tiny_validation, tiny_test, optimizer, key, momentum
 ):
     config = _tiny_config(epochs=1, augment=False, optimizer=optimizer, lr=0.01, momentum=momentum)
     seen = []
@@ -339,7 +380,7 @@ def test_the_one_cycle_schedule_cycles_momentum_around_the_configs_not_a_fixed_o
 
     handle = register_optimizer_step_post_hook(record)
     try:
-        fit(config=config, train=tiny_train, test=tiny_test, device=CPU)
+        fit(config=config, train=tiny_train, validation=tiny_validation, test=tiny_test, device=CPU)
     finally:
         handle.remove()
     assert seen
@@ -352,7 +393,7 @@ def test_the_one_cycle_schedule_cycles_momentum_around_the_configs_not_a_fixed_o
     ids=["one-epoch-of-five-steps", "five-epochs-of-one-step"],
 )
 def test_a_one_cycle_run_of_exactly_five_steps_trains_instead_of_dividing_by_zero(
-    tiny_train, tiny_test, epochs, images, batch_size
+    tiny_train, tiny_validation, tiny_test, epochs, images, batch_size
 ):
     # A 20% warm-up of five steps is one step, which torch's schedule takes as a phase of length zero.
     config = _tiny_config(epochs=epochs, batch_size=batch_size, augment=False)
@@ -364,9 +405,9 @@ def test_a_one_cycle_run_of_exactly_five_steps_trains_instead_of_dividing_by_zer
                 {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "metrics": metrics}
             ))
 
-    result = fit(config=config, train=tiny_train.subset(images), test=tiny_test, device=CPU, on_epoch_end=keep_first)
+    result = fit(config=config, train=tiny_train.subset(images), validation=tiny_validation, test=tiny_test, device=CPU, on_epoch_end=keep_first)
     assert [row["epoch"] for row in result.history] == list(range(1, epochs + 1))
     assert all(math.isfinite(row["lr"]) and row["lr"] > 0 for row in result.history)
-    resumed = fit(config=config, train=tiny_train.subset(images), test=tiny_test, device=CPU, resume_from=saved)
+    resumed = fit(config=config, train=tiny_train.subset(images), validation=tiny_validation, test=tiny_test, device=CPU, resume_from=saved)
     assert len(resumed.history) == epochs
 

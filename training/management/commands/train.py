@@ -49,14 +49,17 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
 
-        checkpoint_id = accuracy = None
+        checkpoint_id = accuracy = validation_accuracy = None
         if options["sync"]:
             run = self._train_here(run)
             if run.status != TrainingRun.Status.SUCCEEDED:
                 raise CommandError(f"run {run.pk} {run.status}: {run.error or 'no error recorded'}")
             final = run.checkpoints.filter(is_final=True).first()
-            checkpoint_id, accuracy = final.pk, run.test_accuracy
-            self.stderr.write(f"run {run.pk} succeeded: test accuracy {accuracy:.4f}, checkpoint {checkpoint_id}")
+            checkpoint_id, accuracy, validation_accuracy = final.pk, run.test_accuracy, run.validation_accuracy
+            self.stderr.write(
+                f"run {run.pk} succeeded: validation accuracy {validation_accuracy:.4f}, test accuracy "
+                f"{accuracy:.4f}, checkpoint {checkpoint_id}"
+            )
             if run.error:
                 # Such as why --activate left a better active checkpoint in place.
                 self.stderr.write(run.error)
@@ -66,6 +69,7 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps({
             "run": run.pk,
             "checkpoint": checkpoint_id,
+            "validation_accuracy": validation_accuracy,
             "test_accuracy": accuracy,
             "seconds": round(time.monotonic() - started, 2),
         }))
