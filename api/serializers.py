@@ -482,7 +482,8 @@ class TrainingRunCreateSerializer(SentOnceSerializer):
         allow_null=True,
         min_value=MIN_TRAIN_SUBSET,
         max_value=MAX_TRAIN_SUBSET,
-        help_text="Train on only this many images (quick smoke runs); null or absent means all 60,000.",
+        help_text="Train on only this many images (quick smoke runs); null or absent means all 55,000 "
+        "(the last 5,000 of MNIST's 60,000 are held out for validation, never trained on).",
     )
     device = serializers.ChoiceField(choices=DEVICE_CHOICES, default="auto", help_text="Where the worker trains.")
     activate_on_success = StrictBooleanField(
@@ -527,18 +528,24 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "url", "status", "finished", "architecture", "epochs", "batch_size", "learning_rate", "seed",
             "augment", "train_subset", "requested_device", "device", "activate_on_success", "progress",
-            "current_epoch", "current_step", "total_steps", "eta_seconds", "metrics", "test_accuracy",
-            "confusion_matrix", "duration_seconds", "error", "cancel_requested", "attempts", "checkpoints",
+            "current_epoch", "current_step", "total_steps", "eta_seconds", "metrics", "validation_accuracy",
+            "test_accuracy", "confusion_matrix", "duration_seconds", "error", "cancel_requested", "attempts", "checkpoints",
             "created_by", "created_at", "started_at", "finished_at",
         ]
         read_only_fields = fields
         extra_kwargs = {
             "progress": {"help_text": "Fraction done, 0 to 1."},
             "eta_seconds": {"help_text": "Estimated seconds left while running."},
-            "test_accuracy": {"help_text": "Accuracy on the 10,000 MNIST test images of the latest finished epoch (the "
-                              "last row of metrics), written as each epoch ends: final only once the status is "
-                              "succeeded. A failed or cancelled run keeps its last finished epoch's (that epoch's "
-                              "checkpoint can still be activated); null until an epoch finishes."},
+            "validation_accuracy": {"help_text": "Accuracy on the 5,000 validation images (the last 5,000 MNIST "
+                                    "training images, never trained on) of the latest finished epoch (the last row "
+                                    "of metrics), written as each epoch ends: the final model's once the status is "
+                                    "succeeded. A failed or cancelled run keeps its last finished epoch's (that "
+                                    "epoch's checkpoint can still be activated); null until an epoch finishes, and "
+                                    "for runs from before the validation split."},
+            "test_accuracy": {"help_text": "Accuracy on the 10,000 MNIST test images of the final model, measured once "
+                              "when the run succeeds; null until then. Runs from before the validation split wrote "
+                              "the latest finished epoch's as each epoch ended, final only once the status is "
+                              "succeeded."},
             "error": {"help_text": "Why the run failed or was restarted, why a run asked to activate its model "
                                "did not, or that a succeeded run's model learned next to nothing (below 20% test "
                                "accuracy); empty otherwise."},
@@ -554,7 +561,15 @@ class CheckpointSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Checkpoint
-        fields = ["id", "run", "epoch", "architecture", "sha256", "size", "test_accuracy", "is_final", "is_active",
-                  "created_at"]
+        fields = ["id", "run", "epoch", "architecture", "sha256", "size", "validation_accuracy", "test_accuracy",
+                  "is_final", "is_active", "created_at"]
         read_only_fields = fields
-        extra_kwargs = {"is_active": {"help_text": "Whether inference uses this checkpoint now (exactly one is)."}}
+        extra_kwargs = {
+            "is_active": {"help_text": "Whether inference uses this checkpoint now (exactly one is)."},
+            "validation_accuracy": {"help_text": "Accuracy on the 5,000 validation images (the last 5,000 MNIST "
+                                    "training images, never trained on): what checkpoints are compared by. Null for "
+                                    "checkpoints from before the validation split and those registered by hand."},
+            "test_accuracy": {"help_text": "Accuracy on the 10,000 MNIST test images: measured only for a run's final "
+                              "model (null for epoch checkpoints; epoch checkpoints from before the validation split "
+                              "carry their epoch's)."},
+        }

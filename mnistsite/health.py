@@ -125,6 +125,7 @@ def _check_model() -> dict:
         "ok": True,
         "checkpoint": checkpoint.pk,
         "architecture": checkpoint.architecture,
+        "validation_accuracy": checkpoint.validation_accuracy,
         "test_accuracy": checkpoint.test_accuracy,
     }
 

@@ -85,6 +85,10 @@ def metrics_text(*, now: dt.datetime) -> str:
                  [({"run": str(run.pk)}, run.progress) for run in training_runs_running()]),
         *_family("mnistsite_active_checkpoint_info", "The checkpoint predictions use; absent when none is active.",
                  [({"checkpoint": str(active.pk), "architecture": active.architecture}, 1)] if active else []),
+        *_family("mnistsite_active_checkpoint_validation_accuracy",
+                 "Accuracy of the active checkpoint on the 5,000 validation images held out of training; absent "
+                 "when none is active or it predates the validation split.",
+                 [({}, active.validation_accuracy)] if active and active.validation_accuracy is not None else []),
         *_family("mnistsite_active_checkpoint_test_accuracy",
                  "MNIST test accuracy of the active checkpoint; absent when none is active.",
                  [({}, active.test_accuracy)] if active and active.test_accuracy is not None else []),

@@ -74,14 +74,15 @@ def _confirmation(
 
 def _tests_worse(checkpoint: Checkpoint, *, than: Checkpoint | None) -> str:
     """Why activating ``checkpoint`` in place of ``than`` deserves a second thought, or "" when it does not."""
-    if than is None or than.test_accuracy is None or checkpoint.test_accuracy is None:
+    if than is None:
         return ""
-    if checkpoint.test_accuracy >= than.test_accuracy:
+    compared = selectors.checkpoint_accuracies_compared(checkpoint=checkpoint, other=than)
+    if compared is None or not compared.is_below:
         return ""
     return (
-        f"Its test accuracy, {checkpoint.test_accuracy:.2%}, is below the active checkpoint's "
-        f"{than.test_accuracy:.2%}. Once it has made predictions it cannot be deleted: they keep naming the model "
-        "that made them."
+        f"Its {compared.kind} accuracy, {compared.accuracy:.2%}, is below the active checkpoint's "
+        f"{compared.other_accuracy:.2%}. Once it has made predictions it cannot be deleted: they keep naming the "
+        "model that made them."
     )
 
 
@@ -108,7 +109,7 @@ class DeviceFilter(admin.AllValuesFieldListFilter):
 @admin.register(TrainingRun)
 class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     # Narrow enough for a 1280 px window: what a run is doing first, its recipe and owner after.
-    list_display = ("id", "status", "progress_bar", "accuracy", "recipe", "created")
+    list_display = ("id", "status", "progress_bar", "validation", "accuracy", "recipe", "created")
     list_display_links = ("id", "status")
     list_filter = ("status", "architecture", ("device", DeviceFilter), "activate_on_success")
     search_fields = ("id", "created_by__username", "error")
@@ -120,7 +121,7 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             "requested_device", "activate_on_success",
         )}),
         # Status, device, progress, step and ETA are the Progress panel's, which keeps them current as the run goes.
-        ("State", {"fields": ("accuracy", "cancel_requested", "attempts")}),
+        ("State", {"fields": ("validation", "accuracy", "cancel_requested", "attempts")}),
         ("Book-keeping", {"fields": (
             "created_by", "celery_task_id", "published_at", "created_at", "started_at", "queued_at", "heartbeat_at",
             "finished_at",
@@ -129,7 +130,7 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
 
     # Runs change only through services, never through a form.
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in TrainingRun._meta.fields] + ["accuracy"]
+        return [f.name for f in TrainingRun._meta.fields] + ["validation", "accuracy"]
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -144,10 +145,21 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             return format_html('{}<ul class="messagelist"><li class="warning">{}</li></ul>', bar, warning)
         return bar
 
-    @admin.display(description="accuracy", ordering="test_accuracy")
-    def accuracy(self, run: TrainingRun) -> str:
+    @admin.display(description="validation accuracy", ordering="validation_accuracy")
+    def validation(self, run: TrainingRun) -> str:
         # Written as each epoch ends, and kept by a run that then failed or was cancelled: only a succeeded run's
         # is its final model's.
+        if run.validation_accuracy is None or run.status == TrainingRun.Status.SUCCEEDED:
+            return _percent(run.validation_accuracy)
+        epochs_done = len(run.metrics or [])
+        if not epochs_done:
+            return _percent(run.validation_accuracy)
+        return f"{_percent(run.validation_accuracy)} (epoch {epochs_done} of {run.epochs})"
+
+    @admin.display(description="test accuracy", ordering="test_accuracy")
+    def accuracy(self, run: TrainingRun) -> str:
+        # Measured once, on the final model of a run that succeeded. Runs from before the validation split wrote
+        # each epoch's, and kept it when they then failed or were cancelled: only a succeeded run's is final.
         if run.test_accuracy is None or run.status == TrainingRun.Status.SUCCEEDED:
             return _percent(run.test_accuracy)
         epochs_done = len(run.metrics or [])
@@ -227,9 +239,16 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
         context = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False,
                    "show_delete": False, **(extra_context or {})}
         if run is not None:
+            # Epochs are evaluated on the validation set; runs from before it, on the test set: the table says which.
+            held_out = charts.metrics_held_out(metrics=run.metrics or [])
             context.update(
                 run=run,
-                metrics_rows=run.metrics or [],
+                metrics_held_out=held_out,
+                metrics_rows=[
+                    {**row, "held_out_loss": row.get(f"{held_out}_loss"),
+                     "held_out_accuracy": row.get(f"{held_out}_accuracy")}
+                    for row in run.metrics or []
+                ],
                 curves=charts.run_curves_svg(metrics=run.metrics or []),
                 confusion_svg=charts.confusion_matrix_svg(matrix=run.confusion_matrix) if run.confusion_matrix else None,
                 # A run already asked to cancel stops at its next step: a second request would change nothing.
@@ -292,7 +311,7 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
 @admin.register(Checkpoint)
 class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     # Whether a checkpoint is the active one matters most, so it comes first; where it came from fits one column.
-    list_display = ("id", "is_active", "checkpoint_model", "accuracy", "origin", "size_display", "created")
+    list_display = ("id", "is_active", "checkpoint_model", "validation", "accuracy", "origin", "size_display", "created")
     list_display_links = ("id",)
     list_filter = ("is_active", "is_final", "architecture")
     search_fields = ("id", "path", "sha256")
@@ -361,7 +380,12 @@ class CheckpointAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
             self._refuse_deletion(request, exc.reasons)
             return None
 
-    @admin.display(description="accuracy", ordering="test_accuracy")
+    # Checkpoints are picked by their validation accuracy; only a run's final model is measured on the test set.
+    @admin.display(description="validation accuracy", ordering="validation_accuracy")
+    def validation(self, checkpoint: Checkpoint) -> str:
+        return _percent(checkpoint.validation_accuracy)
+
+    @admin.display(description="test accuracy", ordering="test_accuracy")
     def accuracy(self, checkpoint: Checkpoint) -> str:
         return _percent(checkpoint.test_accuracy)
 

@@ -82,6 +82,9 @@ def line_chart_svg(
         f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>'
         f'<text transform="translate(14 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">{escape(y_label)}</text>'
     )
+    # Wide enough for the longest name at about 6 px a character (11 px sans-serif): "validation accuracy" would
+    # otherwise run past the chart's right edge.
+    legend_x = left + plot_w - max(110, 14 + math.ceil(6.2 * max((len(name) for name in series), default=0)))
     for number, (name, points) in enumerate(series.items()):
         colour = PALETTE[number % len(PALETTE)]
         coords = [
@@ -94,8 +97,8 @@ def line_chart_svg(
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>')
         legend_y = top + 14 + 14 * number
         parts.append(
-            f'<rect x="{left + plot_w - 110}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{left + plot_w - 96}" y="{legend_y}">{escape(name)}</text>'
+            f'<rect x="{legend_x}" y="{legend_y - 9}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{legend_x + 14}" y="{legend_y}">{escape(name)}</text>'
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))
@@ -153,18 +156,26 @@ def confusion_matrix_svg(*, matrix: Sequence[Sequence[int]], title: str = "Confu
     return mark_safe("".join(parts))
 
 
+def metrics_held_out(*, metrics: Sequence[dict]) -> str:
+    """Which set a run's epochs were evaluated on: "validation", or "test" for runs from before the validation split."""
+    return "validation" if any("validation_accuracy" in m for m in metrics) or not metrics else "test"
+
+
 def run_curves_svg(*, metrics: Sequence[dict]) -> dict[str, SafeString]:
-    """Loss and accuracy curves from a run's per-epoch metrics list."""
+    """Loss and accuracy curves from a run's per-epoch metrics list: training against the held-out set."""
 
     def column(key: str) -> list[float | None]:
         return [m.get(key) for m in metrics]
 
+    held_out = metrics_held_out(metrics=metrics)
     return {
         "loss": line_chart_svg(
-            series={"train loss": column("train_loss"), "test loss": column("test_loss")}, title="Loss", y_label="loss"
+            series={"train loss": column("train_loss"), f"{held_out} loss": column(f"{held_out}_loss")},
+            title="Loss",
+            y_label="loss",
         ),
         "accuracy": line_chart_svg(
-            series={"train accuracy": column("train_accuracy"), "test accuracy": column("test_accuracy")},
+            series={"train accuracy": column("train_accuracy"), f"{held_out} accuracy": column(f"{held_out}_accuracy")},
             title="Accuracy",
             y_label="accuracy",
         ),

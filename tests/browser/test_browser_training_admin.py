@@ -39,7 +39,7 @@ def test_a_running_runs_page_updates_its_progress_in_place_and_reloads_for_each_
     assert page.locator(".run-metrics").count() == 0
 
     # An epoch ends: its metrics row and curves are drawn by the server, so the page reloads to show them.
-    row = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "test_loss": 0.4, "test_accuracy": 0.91,
+    row = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "validation_loss": 0.4, "validation_accuracy": 0.91,
            "images_per_second": 1000, "seconds": 2.0, "lr": 0.001}
     TrainingRun.objects.filter(pk=run.pk).update(metrics=[row], current_epoch=2, current_step=0)
     expect(page.locator(".run-metrics tbody tr")).to_have_count(1)

@@ -78,6 +78,10 @@ def test_readyz_is_200_with_database_broker_worker_and_active_model(scraper, cel
     body = response.json()
     assert response.status_code == 200, body
     assert body["checks"]["model"]["checkpoint"] == active_checkpoint.pk
+    model = body["checks"]["model"]
+    assert (model["validation_accuracy"], model["test_accuracy"]) == (
+        active_checkpoint.validation_accuracy, active_checkpoint.test_accuracy
+    )
     assert body["checks"]["workers"]["workers"]
 
 

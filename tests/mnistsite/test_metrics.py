@@ -75,7 +75,7 @@ def test_metrics_report_the_queue_recent_latencies_training_runs_the_active_mode
     running = TrainingRun.objects.create(status="running", epochs=4, batch_size=128, learning_rate=0.1, progress=0.25)
     TrainingRun.objects.create(status="queued", epochs=4, batch_size=128, learning_rate=0.1)
     Checkpoint.objects.create(run=running, epoch=1, architecture="cnn", path="runs/1/final.pt", sha256="0" * 64,
-                              size=1, test_accuracy=0.9954, is_active=True)
+                              size=1, test_accuracy=0.9954, validation_accuracy=0.9962, is_active=True)
 
     response = _scrape(client)
 
@@ -104,6 +104,7 @@ def test_metrics_report_the_queue_recent_latencies_training_runs_the_active_mode
     assert samples[("mnistsite_active_checkpoint_info",
                     (("architecture", "cnn"), ("checkpoint", str(checkpoint.pk))))] == 1
     assert samples[("mnistsite_active_checkpoint_test_accuracy", ())] == 0.9954
+    assert samples[("mnistsite_active_checkpoint_validation_accuracy", ())] == 0.9962
     assert samples[("mnistsite_media_free_bytes", ())] > 0
     assert samples[("mnistsite_media_min_free_bytes", ())] == settings.UPLOAD_MIN_FREE_MB * 2**20
     # This machine's volumes count their files (ext4, overlay on it).

@@ -269,7 +269,7 @@ def test_the_checkpoint_list_shows_whether_each_is_active_first_and_its_size_rea
     client.force_login(staff_user)
     page = client.get(reverse("admin:training_checkpoint_changelist"))
     headers = [h.lower() for h in page.context["cl"].list_display]
-    assert headers.index("is_active") < headers.index("accuracy")
+    assert headers.index("is_active") < headers.index("validation") < headers.index("accuracy")
     assert filesizeformat(checkpoint.size) in page.content.decode()
 
 
@@ -322,6 +322,18 @@ def test_activating_a_checkpoint_asks_first_and_warns_when_the_active_one_tests_
     assert "is below the active" not in client.get(_activate_url(better)).content.decode()
     client.post(_activate_url(worse))
     assert Checkpoint.objects.get(is_active=True) == worse
+
+
+def test_the_activation_warning_compares_validation_accuracies_when_both_checkpoints_have_one(
+    client, staff_user, make_checkpoint
+):
+    active, _ = make_checkpoint(activate=True, accuracy=0.10, validation_accuracy=0.9954)
+    worse, _ = make_checkpoint(accuracy=0.9960, validation_accuracy=0.2914)
+    better, _ = make_checkpoint(accuracy=0.05, validation_accuracy=0.9960)
+    client.force_login(staff_user)
+    asked = client.get(_activate_url(worse)).content.decode()
+    assert "Its validation accuracy, 29.14%, is below the active checkpoint&#x27;s 99.54%." in asked
+    assert "is below the active" not in client.get(_activate_url(better)).content.decode()
 
 
 def _replacing(page: str) -> str:
@@ -466,6 +478,27 @@ def test_the_run_list_marks_the_accuracy_of_a_run_that_did_not_succeed_as_its_la
     assert "94.56%" in html and "94.56% (" not in html
 
 
+def test_the_run_list_shows_a_training_runs_validation_accuracy_by_epoch_and_its_test_accuracy_only_once_final(
+    client, staff_user, tiny_recipe
+):
+    running = services.training_run_create(created_by=None, enqueue=False, **{**tiny_recipe, "epochs": 3})
+    succeeded = services.training_run_create(created_by=None, enqueue=False, **tiny_recipe)
+    TrainingRun.objects.filter(pk=running.pk).update(
+        status=TrainingRun.Status.RUNNING, metrics=[{"epoch": 1, "validation_accuracy": 0.9123}],
+        validation_accuracy=0.9123,
+    )
+    TrainingRun.objects.filter(pk=succeeded.pk).update(
+        status=TrainingRun.Status.SUCCEEDED, metrics=[{"epoch": 1, "validation_accuracy": 0.9345}],
+        validation_accuracy=0.9345, test_accuracy=0.9456,
+    )
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:training_trainingrun_changelist"))
+    html = page.content.decode()
+    assert "91.23% (epoch 1 of 3)" in html and "93.45%" in html and "94.56%" in html
+    assert page.context["cl"].list_display.index("validation") < page.context["cl"].list_display.index("accuracy")
+    assert "validation accuracy" in html.lower() and "test accuracy" in html.lower()
+
+
 def test_a_resumed_run_that_is_healthy_shows_its_restart_as_information_not_as_an_error(client, staff_user, queued_run):
     note = "The trainer shut down during this run; it resumes from its last epoch checkpoint."
     TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.RUNNING, error=note)
@@ -482,8 +515,8 @@ def test_a_resumed_run_that_is_healthy_shows_its_restart_as_information_not_as_a
 
 def test_a_finished_run_page_shows_metrics_curves_and_the_confusion_matrix(client, staff_user, queued_run):
     rows = [
-        {"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + e / 100, "test_loss": 1.1 / e,
-         "test_accuracy": 0.85 + e / 100, "images_per_second": 1000, "seconds": 2.0, "lr": 0.01}
+        {"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + e / 100, "validation_loss": 1.1 / e,
+         "validation_accuracy": 0.85 + e / 100, "images_per_second": 1000, "seconds": 2.0, "lr": 0.01}
         for e in (1, 2, 3)
     ]
     confusion = [[90 if i == j else 1 for j in range(10)] for i in range(10)]
@@ -495,9 +528,22 @@ def test_a_finished_run_page_shows_metrics_curves_and_the_confusion_matrix(clien
     html = page.content.decode()
     assert page.status_code == 200
     assert "Per-epoch metrics" in html and html.count('class="training-chart"') == 3 and "Confusion matrix" in html
+    assert "<th>Validation loss</th><th>Validation accuracy</th>" in html and "<td>0.8800</td>" in html
+    assert "validation accuracy" in html and "test accuracy</text>" not in html
     # Its counts as a table too, which screen readers read cell by cell.
     assert re.search(r'<tr><th scope="row">3</th>\s*<td>1</td><td>1</td><td>1</td><td>90</td><td>1</td>', html)
     assert "Cancel run" not in html and 'name="_save"' not in html
+
+
+def test_a_run_page_from_before_the_validation_split_labels_its_per_epoch_columns_as_test(
+    client, staff_user, queued_run
+):
+    rows = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "test_loss": 0.4, "test_accuracy": 0.9123,
+             "images_per_second": 1000, "seconds": 2.0, "lr": 0.01}]
+    TrainingRun.objects.filter(pk=queued_run.pk).update(status=TrainingRun.Status.SUCCEEDED, metrics=rows)
+    client.force_login(staff_user)
+    html = client.get(reverse("admin:training_trainingrun_change", args=[queued_run.pk])).content.decode()
+    assert "<th>Test loss</th><th>Test accuracy</th>" in html and "<td>0.9123</td>" in html
 
 
 def test_a_live_run_page_polls_its_progress_endpoint(client, staff_user, queued_run):

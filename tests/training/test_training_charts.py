@@ -60,6 +60,22 @@ def test_each_count_of_the_confusion_matrix_contrasts_with_its_cell_at_least_as_
         assert contrast >= 4.5, (text.text, rect.get("fill"), opacity, text.get("fill"))
 
 
+def test_run_curves_plot_training_against_the_validation_set():
+    rows = [{"train_loss": 1, "validation_loss": 2, "train_accuracy": 0.5, "validation_accuracy": 0.6}]
+    curves = run_curves_svg(metrics=rows)
+    legends = {key: [t.text for t in _parse(svg).iter("{http://www.w3.org/2000/svg}text")] for key, svg in curves.items()}
+    assert "validation accuracy" in legends["accuracy"] and "validation loss" in legends["loss"]
+    assert not any("test" in text for texts in legends.values() for text in texts if text)
+    # The legend's longest name ends inside the chart, not past its right edge.
+    [label] = [t for t in _parse(curves["accuracy"]).iter("{http://www.w3.org/2000/svg}text") if t.text == "validation accuracy"]
+    assert float(label.get("x")) + 6.2 * len(label.text) <= 420
+
+
+def test_run_curves_of_a_run_from_before_the_validation_split_plot_its_test_set():
+    curves = run_curves_svg(metrics=[{"train_loss": 1, "test_loss": 2, "train_accuracy": 0.5, "test_accuracy": 0.6}])
+    assert "test accuracy" in curves["accuracy"] and "test loss" in curves["loss"]
+
+
 def test_run_curves_use_the_per_epoch_metrics():
     curves = run_curves_svg(metrics=[{"train_loss": 1, "test_loss": 2, "train_accuracy": 0.5, "test_accuracy": 0.6}])
     assert set(curves) == {"loss", "accuracy"}
