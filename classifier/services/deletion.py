@@ -10,7 +10,7 @@ from django.db.models.functions import Greatest
 
 from classifier import selectors
 from classifier.models import UPLOAD_STORED_BYTES, StorageUse, Upload
-from classifier.services.lost_connections import is_transient
+from mnistsite.database_connections import is_transient
 
 
 def upload_delete(*, upload: Upload) -> None:

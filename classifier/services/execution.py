@@ -21,8 +21,8 @@ from PIL import Image
 from classifier import completion, statements
 from classifier.models import Prediction, Upload
 from classifier.png import open_png
-from classifier.services.lost_connections import connection_reopen_if_lost, is_transient
 from classifier.services.predictions import running_stale_after
+from mnistsite.database_connections import connection_reopen_if_lost, is_transient
 from mnistsite.storage import MediaStorage
 
 logger = logging.getLogger(__name__)

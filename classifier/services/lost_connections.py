@@ -1,12 +1,9 @@
-"""Telling a lost database connection from other errors, and going on after one."""
+"""What an upload whose insert lost its connection can still learn: whether its server process has ended."""
 from __future__ import annotations
 
-import logging
 import time
 
-from django.db import DatabaseError, connection
-
-logger = logging.getLogger(__name__)
+from django.db import connection
 
 
 # How long a request whose connection was lost during its insert waits for the server process that ran it to end
@@ -32,22 +29,3 @@ def backend_ended(*, pid: int) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
-
-
-def is_transient(exc: Exception) -> bool:
-    from django.db import InterfaceError, OperationalError
-
-    return isinstance(exc, (OperationalError, InterfaceError))
-
-
-def connection_reopen_if_lost() -> None:
-    """Drop this thread's connection if an error left it unusable, so that the next statement opens a fresh one.
-
-    Django keeps a lost connection until the task ends; a hand-back after the loss would fail on it, and leave the
-    predictions running until the stale limit.
-    """
-    if not connection.in_atomic_block:
-        try:
-            connection.close_if_unusable_or_obsolete()
-        except DatabaseError:
-            logger.warning("could not close a lost database connection", exc_info=True)

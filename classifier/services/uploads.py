@@ -20,9 +20,10 @@ from classifier.idempotency import (
 from classifier.instances import instances_new
 from classifier.models import IdempotencyKey, Prediction, Upload
 from classifier.services.files import files_delete, upload_files_write
-from classifier.services.lost_connections import backend_ended, backend_pid, is_transient
+from classifier.services.lost_connections import backend_ended, backend_pid
 from classifier.services.predictions import predictions_send, published_now, upload_read
 from classifier.validation import validate_image, validate_images
+from mnistsite.database_connections import is_transient
 
 logger = logging.getLogger(__name__)
 

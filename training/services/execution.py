@@ -9,13 +9,14 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Max
 from django.db.models.functions import Coalesce
 
+from mnistsite.database_connections import connection_reopen_if_lost, is_transient
 from mnistsite.database_now import Now
 from training.ml.config import TrainConfig
 from training.models import Checkpoint, TrainingRun
 from training.services.activation import CheckpointBelowActiveError, checkpoint_activate
 from training.services.queuing import training_run_publish
 from training.services.registration import checkpoint_register
-from training.services.reporting import ProgressHook, RunReporter, connection_reopen_if_lost, is_connection_lost
+from training.services.reporting import ProgressHook, RunReporter
 from training.services.run_files import (
     checkpoint_file_remove_unregistered,
     checkpoint_file_save,
@@ -197,7 +198,7 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         logger.error("training run %s diverged: %s", run.pk, exc)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"Training diverged: {exc}.")
     except Exception as exc:
-        if is_connection_lost(exc):
+        if is_transient(exc):
             return _training_run_requeue_after_database_loss(run=run, exc=exc)
         logger.exception("training run %s failed", run.pk)
         return _training_run_finish(run=run, status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}")

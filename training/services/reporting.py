@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, connection, transaction
 
+from mnistsite.database_connections import connection_reopen_if_lost, is_transient
 from mnistsite.database_now import Now
 from training.models import TrainingRun
 from training.services.registration import checkpoint_register
@@ -24,21 +25,6 @@ CANCEL_CHECK_EVERY_S = 1.0
 DATABASE_RETRY_AFTER_S = 30.0
 
 ProgressHook = Callable[[float, int, int, float], None]
-
-
-def is_connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` is the database connection failing (a restart, a failover, a killed server process)."""
-    return isinstance(exc, (OperationalError, InterfaceError))
-
-
-def connection_reopen_if_lost() -> None:
-    """Drop this thread's connection if an error left it unusable: Django keeps a lost one until the task ends, and
-    the next statement, hours of training later, would fail on it instead of opening a fresh one."""
-    if not connection.in_atomic_block:
-        try:
-            connection.close_if_unusable_or_obsolete()
-        except DatabaseError:
-            logger.warning("could not close a lost database connection", exc_info=True)
 
 
 class RunReporter:
@@ -79,7 +65,7 @@ class RunReporter:
         the epoch under way; the next opens a fresh connection. Should the database stay away past
         TRAINING_STALE_AFTER_SECONDS, the reaper hands the run over, and this attempt's next write finds it gone.
         """
-        if not is_connection_lost(exc) or connection.in_atomic_block:
+        if not is_transient(exc) or connection.in_atomic_block:
             return False
         logger.warning("training run %s: %s failed on a lost database connection; training goes on (%s)",
                        self.run_id, what, exc)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 
+from mnistsite.database_connections import connection_reopen_if_lost
 from training.models import Checkpoint, TrainingRun
 from training.services.registration import CheckpointPathError
 
@@ -68,11 +69,7 @@ def checkpoint_file_remove_unregistered(*, path: Path) -> None:
     the trainer, and the row (of a run recorded as succeeded, its model perhaps made active) must not lose its file.
     Kept too when the database cannot say: a file too many is only space.
     """
-    if not connection.in_atomic_block:
-        try:
-            connection.close_if_unusable_or_obsolete()
-        except DatabaseError:
-            pass
+    connection_reopen_if_lost()
     relative = path.resolve().relative_to(Path(settings.CHECKPOINT_DIR).resolve()).as_posix()
     try:
         named = Checkpoint.objects.filter(path=relative).exists()
