@@ -28,6 +28,9 @@ MIN_PAPER = np.float32(0.15)
 BORDER_BAND = 0.02
 # Below this ink/background contrast (on a 0..1 scale) the picture counts as blank.
 MIN_CONTRAST = 0.12
+# The share of the strongest ink beyond which three times the noise measured over the whole picture is doubted
+# (``_ink_maps``): a tight crop's strokes, not the paper's noise.
+NOISE_MAX_SHARE = 0.5
 # The share of pixels at either extreme that stands for the ink when telling dark ink from light: a thin
 # stroke across a large picture still covers more than this.
 INK_QUANTILE = 0.001
@@ -447,6 +450,17 @@ def _desk_flattened(gray: np.ndarray) -> np.ndarray:
     return flattened
 
 
+def _border_band(values: np.ndarray) -> np.ndarray:
+    """For N pictures, the pixels of the band BORDER_BAND wide along each one's border, N rows of them."""
+    n, h, w = values.shape
+    k = max(1, round(BORDER_BAND * min(h, w)))
+    return np.concatenate(
+        [values[:, :k].reshape(n, -1), values[:, -k:].reshape(n, -1), values[:, :, :k].reshape(n, -1),
+         values[:, :, -k:].reshape(n, -1)],
+        axis=1,
+    )
+
+
 def _dark_ink(grays: np.ndarray) -> np.ndarray:
     """For N images, whether the ink is darker than the background (and must be inverted to be bright).
 
@@ -456,14 +470,8 @@ def _dark_ink(grays: np.ndarray) -> np.ndarray:
     and chalk's board can be lighter, so the background's own brightness decides
     only when neither side stands out (a digit too thin to reach the extremes).
     """
-    n, h, w = grays.shape
-    k = max(1, round(BORDER_BAND * min(h, w)))
-    border = np.concatenate(
-        [grays[:, :k].reshape(n, -1), grays[:, -k:].reshape(n, -1), grays[:, :, :k].reshape(n, -1),
-         grays[:, :, -k:].reshape(n, -1)],
-        axis=1,
-    )
-    background = _quantile(border, 0.5, axis=1)
+    n = grays.shape[0]
+    background = _quantile(_border_band(grays), 0.5, axis=1)
     darkest, lightest = _quantiles(grays.reshape(n, -1), (INK_QUANTILE, 1.0 - INK_QUANTILE), axis=1)
     darker = background - darkest
     lighter = lightest - background
@@ -491,6 +499,16 @@ def _ink_maps(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sample = flat[:, :: max(1, flat.shape[1] // 8192)]
     centre = _quantile(sample, 0.5, axis=1)
     noise = 1.4826 * _quantile(np.abs(sample - centre[:, None]), 0.5, axis=1)
+    # A digit cropped tight to its ink covers a third of the picture or more: the median pixel is then a stroke's
+    # edge, and the spread measured is the strokes' against the paper, not the paper's noise; three times it wore
+    # the strokes down to their cores, or away ("looks empty"). Where it would take off more than half the strongest
+    # ink, the border band, mostly paper even then (as for the polarity), measures the noise instead when it finds
+    # under half as much. An empty noisy sheet measures about the same there, and stays as it was.
+    doubtful = np.flatnonzero(3.0 * noise > NOISE_MAX_SHARE * flat.max(axis=1))
+    if doubtful.size:
+        band = _border_band(ink[doubtful])
+        band_noise = 1.4826 * _quantile(np.abs(band - _quantile(band, 0.5, axis=1)[:, None]), 0.5, axis=1)
+        noise[doubtful] = np.where(band_noise < 0.5 * noise[doubtful], band_noise, noise[doubtful])
     ink -= np.maximum(3.0 * noise, 0.02).astype(np.float32)[:, None, None]
     np.clip(ink, 0.0, None, out=ink)
     peak = ink.reshape(n, -1).max(axis=1)
