@@ -408,46 +408,59 @@ def _desk_flattened(gray: np.ndarray) -> np.ndarray:
     Like the transparent margins of ``_opaque_gray``, whatever lies outside the
     sheet takes the sheet's typical shade, so that only the sheet is left, with
     no edge of its own. An empty sheet is then as blank as on its own.
+
+    A dark board framed by something lighter is the same picture in negative
+    (a slate or blackboard on a wall, a dark app's canvas inside its light
+    window in a screenshot): the frame was read as the paper, and the whole
+    board, chalk and all, as one big digit of dark ink. It goes the same way.
     """
+    sheet = _sheet(gray)
+    if sheet is None:
+        sheet = _sheet(np.float32(1.0) - gray)
+        if sheet is None:
+            return gray
+    flattened = gray.copy()
+    flattened[~sheet] = _quantile(gray[sheet], 0.5)
+    return flattened
+
+
+def _sheet(gray: np.ndarray) -> np.ndarray | None:
+    """The sheet of ``_desk_flattened``, a bright region held within the picture, less its edge; None where none is."""
     h, w = gray.shape
     if min(h, w) < SHEET_MIN_SIDE:
-        return gray
+        return None
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     desk = float(_quantile(border, 0.5))
     # Dark ink on paper, most pictures, has nothing brighter than its border: the maximum settles it.
     if float(gray.max()) - desk < SHEET_MIN_STEP:
-        return gray
+        return None
     # Every 4th pixel each way: the paper's shade is no different, and a whole picture's quantile costs milliseconds.
     paper = float(_quantile(gray[::4, ::4].ravel(), 0.99))
     if paper - desk < SHEET_MIN_STEP:
-        return gray
+        return None
     bright = gray > (desk + paper) / 2
     if np.count_nonzero(bright) < SHEET_MIN_SOLID * SHEET_MIN_SHARE * gray.size:
-        return gray  # too little bright for any sheet (light strokes on a dark ground): no need to label it
+        return None  # too little bright for any sheet (light strokes on a dark ground): no need to label it
     # The ink written on the sheet leaves holes in its bright region: they belong to the sheet.
     labels, count = ndimage.label(ndimage.binary_fill_holes(bright))
     if count == 0:
-        return gray
+        return None
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     areas[0] = 0
     largest = int(np.argmax(areas))
     if areas[largest] < SHEET_MIN_SHARE * gray.size:
-        return gray
+        return None
     sheet = labels == largest
     rows, cols = np.flatnonzero(sheet.any(axis=1)), np.flatnonzero(sheet.any(axis=0))
     if rows[0] == 0 or cols[0] == 0 or rows[-1] == h - 1 or cols[-1] == w - 1:
-        return gray  # touching the edge: the border's median already takes in paper, or it is light ink
+        return None  # touching the edge: the border's median already takes in paper, or it is light ink
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if min(height, width) < SHEET_MIN_SIDE or areas[largest] < SHEET_MIN_BOX_FILL * height * width:
-        return gray  # small, or not a sheet's box but a light stroke's round loop
+        return None  # small, or not a sheet's box but a light stroke's round loop
     if np.count_nonzero(bright & sheet) < SHEET_MIN_SOLID * areas[largest]:
-        return gray  # mostly holes: a light stroke's loop (a chalk 0), not a sheet holding a few strokes
+        return None  # mostly holes: a light stroke's loop (a chalk 0), not a sheet holding a few strokes
     sheet = ndimage.binary_erosion(sheet, structure=_EIGHT_NEIGHBOURS, iterations=SHEET_EDGE)
-    if not sheet.any():
-        return gray
-    flattened = gray.copy()
-    flattened[~sheet] = _quantile(gray[sheet], 0.5)
-    return flattened
+    return sheet if sheet.any() else None
 
 
 def _border_band(values: np.ndarray) -> np.ndarray:

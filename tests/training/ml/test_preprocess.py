@@ -530,6 +530,27 @@ def test_an_empty_sheet_on_a_desk_is_refused_as_blank():
         preprocess(sheet)
 
 
+def _board(draw_extra) -> Image.Image:
+    """A light "7" on a dark board, 400 px, with whatever ``draw_extra`` adds around it."""
+    image = _digit(size=(400, 400), ink=230, paper=40, box=(120, 60, 280, 340), width=20)
+    draw_extra(ImageDraw.Draw(image))
+    return image
+
+
+def test_a_dark_board_framed_by_something_lighter_reads_as_the_board_alone():
+    # A slate on a wall, a dark app's canvas in a screenshot of its light window: the border is the light frame,
+    # and the board, far darker, must not be taken for one big digit of dark ink.
+    framed = _board(lambda draw: draw.rectangle([0, 0, 399, 399], outline=240, width=40))
+    _same(preprocess(framed), preprocess(_board(lambda draw: None)), atol=0.05)
+
+
+def test_an_empty_dark_board_framed_by_something_lighter_is_refused_as_blank():
+    board = Image.new("L", (400, 400), 40)
+    ImageDraw.Draw(board).rectangle([0, 0, 399, 399], outline=240, width=40)
+    with pytest.raises(EmptyImageError):
+        preprocess(board)
+
+
 def test_a_digit_beside_a_single_margin_line_keeps_only_the_digit():
     # A notebook's margin: one thin line down the page, too few to count as ruling, heavier than the digit.
     margin = _photo(lambda draw: draw.rectangle([60, 0, 62, 399], fill=30))
