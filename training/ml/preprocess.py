@@ -452,8 +452,11 @@ def _sheet(gray: np.ndarray) -> np.ndarray | None:
         return None
     sheet = labels == largest
     rows, cols = np.flatnonzero(sheet.any(axis=1)), np.flatnonzero(sheet.any(axis=0))
-    if rows[0] == 0 or cols[0] == 0 or rows[-1] == h - 1 or cols[-1] == w - 1:
-        return None  # touching the edge: the border's median already takes in paper, or it is light ink
+    # A sheet running off the picture on one side, or at a corner, leaves the desk most of the border (the sheet
+    # touching three edges leaves it paper, and the steps above stop). One reaching two opposite edges spans the
+    # picture: a light stroke's, or the border's median takes in paper anyway.
+    if rows[0] == 0 and rows[-1] == h - 1 or cols[0] == 0 and cols[-1] == w - 1:
+        return None
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if min(height, width) < SHEET_MIN_SIDE or areas[largest] < SHEET_MIN_BOX_FILL * height * width:
         return None  # small, or not a sheet's box but a light stroke's round loop

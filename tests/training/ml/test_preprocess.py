@@ -530,6 +530,24 @@ def test_an_empty_sheet_on_a_desk_is_refused_as_blank():
         preprocess(sheet)
 
 
+def _desk_at_a_corner(draw):
+    # The sheet runs off the picture at the bottom right; the desk shows along the top and the left.
+    draw.rectangle([0, 0, 399, 49], fill=50)
+    draw.rectangle([0, 0, 49, 399], fill=50)
+
+
+def test_a_sheet_photographed_with_the_desk_along_two_sides_reads_as_on_clean_paper():
+    # The desk is most of the border: the paper, far lighter, was taken for light ink and read as one big digit.
+    _same(preprocess(_photo(_desk_at_a_corner)), _clean_photo(), atol=0.1)
+
+
+def test_an_empty_sheet_with_the_desk_along_two_sides_is_refused_as_blank():
+    sheet = Image.new("L", (400, 400), 235)
+    _desk_at_a_corner(ImageDraw.Draw(sheet))
+    with pytest.raises(EmptyImageError):
+        preprocess(sheet)
+
+
 def _board(draw_extra) -> Image.Image:
     """A light "7" on a dark board, 400 px, with whatever ``draw_extra`` adds around it."""
     image = _digit(size=(400, 400), ink=230, paper=40, box=(120, 60, 280, 340), width=20)
