@@ -393,7 +393,7 @@ def test_activating_the_active_checkpoint_says_nothing_changed(client, staff_use
 def test_who_started_cancelled_and_activated_what_is_in_the_admins_history(client, staff_user, make_checkpoint):
     from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 
-    replaced, _ = make_checkpoint(activate=True, accuracy=0.99)
+    replaced, _ = make_checkpoint(activate=True, accuracy=0.99, validation_accuracy=0.97)
     checkpoint, _ = make_checkpoint(accuracy=0.98)
     client.force_login(staff_user)
     client.post(START, FORM)
@@ -410,11 +410,12 @@ def test_who_started_cancelled_and_activated_what_is_in_the_admins_history(clien
     assert entries == [
         (staff_user, ADDITION, str(TrainingRun(pk=run.pk, architecture="mlp", status="queued")), "Started."),
         (staff_user, CHANGE, str(run), "Cancelled."),
-        (staff_user, CHANGE, str(checkpoint), f"Activated, replacing checkpoint {replaced.pk} (mlp, 99.00%)."),
+        (staff_user, CHANGE, str(checkpoint),
+         f"Activated, replacing checkpoint {replaced.pk} (mlp, 97.00% validation accuracy)."),
         (staff_user, CHANGE, str(replaced), f"Deactivated: checkpoint {checkpoint.pk} replaced it."),
     ]
     history = client.get(reverse("admin:training_checkpoint_history", args=[checkpoint.pk])).content.decode()
-    assert f"Activated, replacing checkpoint {replaced.pk} (mlp, 99.00%)." in history
+    assert f"Activated, replacing checkpoint {replaced.pk} (mlp, 97.00% validation accuracy)." in history
 
 
 def test_a_checkpoint_whose_file_no_longer_loads_is_not_activated_and_staff_are_told_why(

@@ -271,7 +271,7 @@ def test_a_run_asked_to_activate_when_done_replaces_a_worse_active_checkpoint(
     checkpoints = LogEntry.objects.filter(content_type__model="checkpoint").order_by("pk")
     assert [(entry.user, entry.object_id, entry.get_change_message()) for entry in checkpoints] == [
         (staff_user, str(final.pk),
-         f"Activated when training run {run.pk} succeeded, replacing checkpoint {worse.pk} (mlp, 0.00%)."),
+         f"Activated when training run {run.pk} succeeded, replacing checkpoint {worse.pk} (mlp, 0.00% test accuracy)."),
         (staff_user, str(worse.pk),
          f"Deactivated when training run {run.pk} succeeded: checkpoint {final.pk} replaced it."),
     ]

@@ -138,5 +138,11 @@ def checkpoint_activate(
 def _replacing(replaced: Checkpoint | None) -> str:
     if replaced is None:
         return "when none was active"
-    accuracy = f", {replaced.test_accuracy:.2%}" if replaced.test_accuracy is not None else ""
+    # The accuracy it was chosen by: validation, or test for a checkpoint from before the validation split.
+    if replaced.validation_accuracy is not None:
+        accuracy = f", {replaced.validation_accuracy:.2%} validation accuracy"
+    elif replaced.test_accuracy is not None:
+        accuracy = f", {replaced.test_accuracy:.2%} test accuracy"
+    else:
+        accuracy = ""
     return f"replacing checkpoint {replaced.pk} ({replaced.architecture}{accuracy})"
