@@ -19,6 +19,7 @@ from django.contrib.auth.views import (
 )
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.db import transaction
+from django.middleware.csrf import REASON_NO_CSRF_COOKIE
 from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse, reverse_lazy
@@ -47,8 +48,9 @@ from mnistsite.form_pages import form_sent_again
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: a form refused for its security token, most often one left open while the visitor logged
-    out or in from another tab (which changes the token). The reason is for the log, which Django has written."""
-    return render(request, "403_csrf.html", status=403)
+    out or in from another tab (which changes the token). The reason is for the log, which Django has written, but
+    for a browser that sent no cookie at all: sending the form again cannot help until it accepts the site's."""
+    return render(request, "403_csrf.html", {"no_cookie": reason == REASON_NO_CSRF_COOKIE}, status=403)
 
 
 class ThrottledLoginView(LoginView):

@@ -62,15 +62,32 @@ def test_a_form_refused_for_its_csrf_token_says_nothing_was_stored_and_to_send_i
 
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(user)
+    browser.get("/")  # the page sets the cookie its form's token goes with
     upload = io.BytesIO(digit_png(0))
     upload.name = "seven.png"
     # The token the page was sent with no longer matches: the visitor logged out and in from another tab.
     response = browser.post("/", {"files": [upload], "csrfmiddlewaretoken": "x" * 64})
     page = response.content.decode()
     assert response.status_code == 403
-    assert "Nothing was stored" in page and "send it again" in page
+    assert "That form had expired" in page and "Nothing was stored" in page and "send it again" in page
     assert 'class="site-header"' in page  # the site's page, not Django's bare one
     assert not Upload.objects.exists()
+
+
+def test_a_form_sent_without_the_sites_cookie_says_cookies_are_needed_not_that_it_expired(user):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get("/accounts/login/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    browser.cookies.clear()  # blocked for the site, or cleared since the page opened
+    response = browser.post("/accounts/login/", {"username": "alice", "password": "correct horse battery",
+                                                 "csrfmiddlewaretoken": token})
+    page = response.content.decode()
+    assert response.status_code == 403
+    assert "This site needs cookies" in page and "Allow cookies for this site" in page and "Nothing was stored" in page
+    assert "expired" not in page and "files you had chosen" not in page
+    assert "_auth_user_id" not in browser.session
 
 
 def test_logging_in_records_when_on_the_site_and_in_the_admin(client, user, staff_user):
