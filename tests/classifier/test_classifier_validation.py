@@ -180,6 +180,17 @@ def test_an_image_over_the_pixel_limit_is_rejected(settings):
     _reject(png_bytes(_digit(size=200)), "big.png", "too_many_pixels")
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_image_of_exactly_the_largest_size_and_pixel_count_accepted_is_accepted(settings, fmt):
+    data = png_bytes(_digit(size=100), fmt)
+    settings.UPLOAD_MAX_PIXELS = 100 * 100
+    settings.UPLOAD_MAX_BYTES = len(data)
+
+    accepted = validate_image(io.BytesIO(data), name=f"digit.{fmt.lower()}")
+
+    assert (accepted.format, accepted.size, accepted.width, accepted.height) == (fmt, len(data), 100, 100)
+
+
 def test_too_many_files_in_one_request_are_rejected(settings):
     settings.UPLOAD_MAX_FILES = 3
     with pytest.raises(ValidationError) as info:
