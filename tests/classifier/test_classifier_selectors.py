@@ -6,6 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from classifier import selectors, services
+from classifier.models import Prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -52,3 +53,18 @@ def test_the_predictions_of_new_uploads_leave_out_those_deleted_meanwhile_and_ke
     services.predictions_rerun(uploads=[first.upload], publish=False)  # a newer one, not stored with the upload
 
     assert [p.pk for p in selectors.predictions_of_new_uploads(names=names)] == [last.pk, first.pk]
+
+
+def test_a_retry_makes_nothing_for_a_prediction_that_did_not_fail_or_was_replaced_and_answers_the_newest(
+    user, digit_png
+):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (pending,) = services.predictions_create(uploads=[upload], publish=False)
+    assert selectors.prediction_retry_answer(prediction=pending) == pending
+
+    Prediction.objects.filter(pk=pending.pk).update(status=Prediction.Status.FAILED, error="The worker was lost.")
+    failed = Prediction.objects.get(pk=pending.pk)
+    assert selectors.prediction_retry_answer(prediction=failed) is None
+
+    (newer,) = services.predictions_rerun(uploads=[upload], publish=False)
+    assert selectors.prediction_retry_answer(prediction=failed) == newer
