@@ -90,6 +90,15 @@ def test_every_image_of_a_request_counts(user_client, three_uploads_a_minute):
     assert (first.status_code, second.status_code, third.status_code) == (202, 429, 202)
 
 
+def test_a_request_without_images_still_spends_one_image_of_the_allowance(user_client, three_uploads_a_minute):
+    empty = [user_client.post(LIST, {}, format="multipart") for _ in range(3)]
+    after = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert [response.status_code for response in empty] == [400, 400, 400]
+    assert after.status_code == 429
+    assert Upload.objects.count() == 0
+
+
 def _allowance_headers(response) -> tuple[str | None, str | None, str | None]:
     return response.get("RateLimit-Limit"), response.get("RateLimit-Remaining"), response.get("RateLimit-Reset")
 
