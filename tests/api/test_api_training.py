@@ -281,6 +281,18 @@ def test_staff_given_the_admin_permissions_may_start_cancel_and_activate(
     ]
 
 
+def test_head_and_options_need_the_view_permission_that_get_needs(django_user_model, queued_run):
+    from django.contrib.auth.models import Permission
+
+    member = _staff_with(django_user_model, "add_trainingrun")
+    client = client_for(member)
+    urls = (RUNS, f"{RUNS}{queued_run.pk}/")
+
+    assert [(client.head(url).status_code, client.options(url).status_code) for url in urls] == [(403, 403)] * 2
+    member.user_permissions.add(Permission.objects.get(content_type__app_label="training", codename="view_trainingrun"))
+    assert [(client.head(url).status_code, client.options(url).status_code) for url in urls] == [(200, 200)] * 2
+
+
 def test_staff_who_may_start_runs_but_not_change_checkpoints_cannot_ask_for_activation_when_done(django_user_model):
     starter = client_for(_staff_with(django_user_model, "add_trainingrun"))
 
