@@ -1,4 +1,6 @@
 """Training services: activating checkpoints, one active at a time and only one that still exists."""
+import re
+
 import pytest
 from django.db import connection
 
@@ -78,3 +80,28 @@ def test_activating_when_done_replaces_a_checkpoint_that_tests_better_but_valida
     services.checkpoint_activate(checkpoint=checkpoint, keep_better_active=True)
     checkpoint.refresh_from_db()
     assert checkpoint.is_active
+
+
+def test_activating_when_done_keeps_an_active_checkpoint_of_higher_accuracy_but_replaces_one_of_equal_accuracy(
+    make_checkpoint
+):
+    active, _ = make_checkpoint(activate=True, accuracy=0.98)
+    worse, _ = make_checkpoint(accuracy=0.97)
+    equal, _ = make_checkpoint(accuracy=0.98)
+
+    with pytest.raises(services.CheckpointBelowActiveError, match=f"checkpoint {active.pk}, mlp"):
+        services.checkpoint_activate(checkpoint=worse, keep_better_active=True)
+    assert Checkpoint.objects.get(is_active=True) == active
+    services.checkpoint_activate(checkpoint=equal, keep_better_active=True)
+    assert Checkpoint.objects.get(is_active=True) == equal
+
+
+def test_an_activation_told_it_replaces_another_checkpoint_than_the_active_one_changes_nothing(make_checkpoint):
+    active, _ = make_checkpoint(activate=True)
+    other, _ = make_checkpoint()
+
+    with pytest.raises(services.ActiveCheckpointChangedError, match=re.escape(f"the active checkpoint is now {active}")):
+        services.checkpoint_activate(checkpoint=other, replacing=None)
+    assert Checkpoint.objects.get(is_active=True) == active
+    services.checkpoint_activate(checkpoint=other, replacing=active.pk)
+    assert Checkpoint.objects.get(is_active=True) == other
