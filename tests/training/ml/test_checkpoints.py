@@ -129,6 +129,38 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path):
         load_checkpoint(path, expected_sha256=digest)
 
 
+def _written_with_payload(path, model, change):
+    """A checkpoint file whose payload ``change`` altered after it was saved, as an older release or a bad edit may."""
+    save_checkpoint(path, model=model, config=None, epoch=1, metrics={})
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda payload: payload["state_dict"].pop("head.6.bias"), "(?s)weights do not fit its model: .*head.6.bias"),
+        (lambda payload: payload["state_dict"].update(extra=torch.zeros(1)), "(?s)weights do not fit its model: .*extra"),
+        (lambda payload: payload.update(format_version=2), "has format 'mnistsite-checkpoint' v2, expected"),
+    ],
+    ids=["a-layer-missing", "a-weight-too-many", "a-later-format"],
+)
+def test_a_checkpoint_missing_weights_holding_others_or_of_another_format_version_is_refused(tmp_path, change, error):
+    path = tmp_path / "altered.pt"
+    digest = _written_with_payload(path, _small_model(), change)
+    with pytest.raises(CheckpointError, match=error):
+        load_checkpoint(path, expected_sha256=digest)
+
+
+def test_a_checkpoints_hash_given_in_capitals_is_the_same_hash(tmp_path):
+    model, path, digest, _ = _save(tmp_path)
+    loaded, _ = load_checkpoint(path, expected_sha256=digest.upper())
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
 def test_checkpoint_with_unknown_architecture_is_refused(tmp_path):
     model = _small_model()
     path = tmp_path / "unknown.pt"
