@@ -141,6 +141,9 @@ def test_to_uint8_is_the_model_view_as_an_image():
     view = to_uint8(digit)
     assert view.dtype == np.uint8 and view.shape == (28, 28) and view.max() == 255
     Image.fromarray(view).save(io.BytesIO(), format="PNG")
+    # Each pixel to its nearest level, clipped: cut off instead, faint ink and a nearly full stroke would darken.
+    levels = to_uint8(np.array([[0.0, 0.6 / 255, 0.2, 0.999, 1.2, -0.1]], dtype=np.float32))
+    assert levels.tolist() == [[0, 1, 51, 255, 255, 0]]
 
 
 @pytest.mark.parametrize("shape,axis", [((7,), -1), ((64,), -1), ((5, 6, 16), 2), ((3, 4, 1), 2), ((2, 3, 9), 2)])
