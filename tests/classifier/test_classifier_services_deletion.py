@@ -158,7 +158,11 @@ def test_a_deletion_by_filters_past_its_deadline_stops_after_a_whole_batch_with_
     assert _use_of(user) == sum(stored_size(digit_png(index)) for index in range(3))
 
 
-def test_a_deletion_by_filters_deletes_no_more_than_the_number_confirmed_though_more_came_to_match(user, digit_png):
+# One upload a batch, and the default batch, which holds all three: a batch must stop at the number confirmed too.
+@pytest.mark.parametrize("batch_size", [1, None])
+def test_a_deletion_by_filters_deletes_no_more_than_the_number_confirmed_though_more_came_to_match(
+    user, digit_png, batch_size
+):
     uploads = [_upload_waiting(user, digit_png, index) for index in range(3)]
     done = selectors.UploadFilters(status="done")
     Prediction.objects.filter(upload__in=uploads[1:]).update(status="done", digit=7, confidence=0.9)
@@ -167,7 +171,9 @@ def test_a_deletion_by_filters_deletes_no_more_than_the_number_confirmed_though_
     # The oldest finishes between the confirmation and the deletion.
     Prediction.objects.filter(upload=uploads[0]).update(status="done", digit=1, confidence=0.9)
 
-    deleted = services.uploads_delete(owner=user, filters=done, newest_id=newest, limit=confirmed, batch_size=1)
+    deleted = services.uploads_delete(
+        owner=user, filters=done, newest_id=newest, limit=confirmed, batch_size=batch_size
+    )
 
     assert confirmed == deleted == 2
     assert list(Upload.objects.all()) == [uploads[0]]
