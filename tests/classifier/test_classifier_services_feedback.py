@@ -77,3 +77,32 @@ def test_feedback_given_while_a_re_run_replaces_the_prediction_is_carried_to_the
     (newest,) = made
     (listed,) = selectors.upload_list_for_user(user=user, filters=selectors.UploadFilters())
     assert listed.latest_prediction_id == newest.pk and listed.latest_feedback == 7
+
+
+def test_feedback_takes_every_digit_from_0_to_9_and_nothing_else(user, digit_png):
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    for digit in (0, 9):
+        services.prediction_feedback_set(prediction=prediction, digit=digit)
+        assert Prediction.objects.get(pk=prediction.pk).feedback == digit
+    for digit in (-1, 10, "7"):
+        with pytest.raises(services.PredictionFeedbackError):
+            services.prediction_feedback_set(prediction=prediction, digit=digit)
+    assert Prediction.objects.get(pk=prediction.pk).feedback == 9
+
+
+def test_feedback_reaches_its_uploads_newer_predictions_even_of_the_same_instant_and_no_other(user, digit_png):
+    first, other = (services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in (0, 1))
+    (older,) = services.predictions_create(uploads=[first], publish=False)
+    (shown,) = services.predictions_rerun(uploads=[first], publish=False)
+    (newer,) = services.predictions_rerun(uploads=[first], publish=False)
+    # Made within the clock's resolution of the one shown: older or newer by id alone, as the history orders them.
+    Prediction.objects.filter(pk__in=[older.pk, newer.pk]).update(
+        created_at=Prediction.objects.get(pk=shown.pk).created_at
+    )
+    (others,) = services.predictions_create(uploads=[other], publish=False)
+
+    services.prediction_feedback_set(prediction=shown, digit=3)
+
+    feedback = dict(Prediction.objects.values_list("pk", "feedback"))
+    assert feedback == {older.pk: None, shown.pk: 3, newer.pk: 3, others.pk: None}
