@@ -112,6 +112,19 @@ def test_the_reaper_fails_a_stale_run_that_has_used_all_its_attempts(tiny_recipe
     assert run.status == TrainingRun.Status.FAILED and "worker stopped responding" in run.error
 
 
+def test_the_reaper_fails_a_run_started_long_ago_that_never_beat_and_leaves_one_just_started(tiny_recipe):
+    # A running run without any heartbeat (a row set so by hand, say) is judged by when it started.
+    silent, starting = _create(tiny_recipe), _create(tiny_recipe)
+    _make_stale(silent, attempts=services.MAX_ATTEMPTS)
+    TrainingRun.objects.filter(pk=silent.pk).update(heartbeat_at=None)
+    TrainingRun.objects.filter(pk=starting.pk).update(
+        status=TrainingRun.Status.RUNNING, attempts=1, started_at=timezone.now(), heartbeat_at=None
+    )
+
+    assert services.training_runs_reap()["failed"] == [silent.pk]
+    assert TrainingRun.objects.get(pk=starting.pk).status == TrainingRun.Status.RUNNING
+
+
 def test_the_reaper_leaves_a_run_with_a_fresh_heartbeat_alone(tiny_recipe):
     run = _create(tiny_recipe)
     TrainingRun.objects.filter(pk=run.pk).update(
