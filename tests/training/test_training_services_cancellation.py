@@ -3,8 +3,10 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
+from tests.training.fixtures import HeldInAnotherConnection
 from training import services
 from training.models import Checkpoint, TrainingRun
 
@@ -109,3 +111,20 @@ def test_a_run_cancelled_after_a_restart_no_longer_says_that_it_resumes(tiny_rec
     assert services.training_runs_reap()["cancelled"] == [stale.pk]
     for run in TrainingRun.objects.filter(pk__in=[queued.pk, stale.pk]):
         assert (run.status, run.error) == (TrainingRun.Status.CANCELLED, ""), run.pk
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks and concurrent writers")
+def test_a_cancel_sent_while_a_trainer_claims_the_queued_run_asks_the_running_run_to_stop(tiny_recipe):
+    from training.services.execution import _training_run_claim
+
+    run = _create(tiny_recipe)
+    # The trainer's claim still uncommitted while the cancel reads the run, until the cancel is seen waiting for it.
+    holder = HeldInAnotherConnection(lambda: _training_run_claim(run_id=run.pk), timeout=30)
+    holder.start()
+    answered = services.training_run_cancel(run=run)
+    holder.finish()
+
+    run.refresh_from_db()
+    # Marked cancelled over the claim, the run would train on to its end under a cancelled status.
+    assert (answered.status, run.status, run.cancel_requested, run.finished_at) == ("running", "running", True, None)
