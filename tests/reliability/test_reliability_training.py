@@ -129,7 +129,9 @@ WRITERS = textwrap.dedent(
 
     def write_versions(target, journal, version):
         with open(journal, "a") as log:
-            print("ready", os.getpid(), flush=True)
+            # One write a line: print's text and newline are two writes unbuffered (PYTHONUNBUFFERED), and a kill
+            # between them left "written" to run into "ended", which the test then never found.
+            os.write(1, f"ready {os.getpid()}\\n".encode())
             while True:
                 version += 1
                 torch.manual_seed(version)
@@ -142,7 +144,7 @@ WRITERS = textwrap.dedent(
                 written, _size = save_checkpoint(target, **payload_args)
                 assert written == digest, "torch.save is not deterministic; the journal would be wrong"
                 checkpoint_register(path=target, run=None, epoch=version, test_accuracy=None, architecture="mlp")
-                print("written", flush=True)
+                os.write(1, b"written\\n")
 
     target, journal = sys.argv[1], sys.argv[2]
     for line in sys.stdin:
@@ -153,7 +155,7 @@ WRITERS = textwrap.dedent(
             finally:
                 os._exit(1)
         _pid, status = os.waitpid(pid, 0)
-        print("ended", os.waitstatus_to_exitcode(status), flush=True)
+        os.write(1, f"ended {os.waitstatus_to_exitcode(status)}\\n".encode())
     """
 )
 
