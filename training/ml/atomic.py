@@ -24,16 +24,19 @@ def sha256_file(path: Path, *, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# What fsync of a folder answers where the file system cannot flush one (some network shares and FUSE mounts):
+# there is nothing more to do. Any other error (EIO, ENOSPC) means the entry may not be on disk, and is raised.
+_NO_FOLDER_FSYNC = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+
+
 def _fsync_dir(directory: Path) -> None:
     # Without a directory fsync the rename itself may be lost on power failure.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+    fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in _NO_FOLDER_FSYNC:
+            raise
     finally:
         os.close(fd)
 

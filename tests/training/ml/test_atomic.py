@@ -1,6 +1,8 @@
 """Crash-safe writes: the data lands whole under its name, a write told not to overwrite keeps what is there, and
 what a killed write left is cleared."""
+import errno
 import os
+import stat
 
 import pytest
 
@@ -59,3 +61,28 @@ def test_the_temp_file_of_a_write_killed_midway_is_removed_once_old_and_nothing_
     assert (folder / "notes.part").exists() and (folder / ".epoch-1.pt.abcdefgh.part.bak").exists()
     assert (folder / ".epoch-1.pt.abcdefgh.part").is_symlink()
     assert abandoned_temp_files_remove(tmp_path / "no-such-folder", older_than_s=60) == []
+
+
+def _folder_fsync_failing(monkeypatch, code: int) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(code, os.strerror(code))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_write_whose_folder_cannot_be_flushed_for_a_disk_error_says_so(tmp_path, monkeypatch):
+    _folder_fsync_failing(monkeypatch, errno.EIO)
+    with pytest.raises(OSError) as failed:
+        atomic_write_bytes(tmp_path / "final.pt", b"weights")
+    # Its entry may never reach the disk: a checkpoint registered on it could be gone after a power cut.
+    assert failed.value.errno == errno.EIO
+
+
+def test_a_write_on_a_file_system_that_cannot_flush_folders_goes_through(tmp_path, monkeypatch):
+    _folder_fsync_failing(monkeypatch, errno.EINVAL)
+    atomic_write_bytes(tmp_path / "final.pt", b"weights")
+    assert (tmp_path / "final.pt").read_bytes() == b"weights"
