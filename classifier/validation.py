@@ -221,6 +221,12 @@ MAX_PNG_COMPRESSED_CHUNKS = 16
 MAX_GIF_COMMENT_BLOCKS = 256
 # The first picture's data: Pillow steps over it block by block to see whether a second follows. 16 MB in full blocks.
 MAX_GIF_DATA_BLOCKS = 65536
+# A run-length (RLE8, RLE4) BMP's runs and escapes, which Pillow decodes in Python, a pair of bytes at a time: a 2 MB
+# file of one-pixel runs took 0.3 to 1 s for a 1000 x 1000 picture, which counts one image of the allowance (a PNG
+# of it, 15 ms). Editors write a run for each stretch of one colour, at most 255 pixels long: a digit drawn at
+# 2048 x 2048, 23,000 runs. Counted a megapixel at a time, as the allowance counts the picture.
+MAX_BMP_RUNS_PER_MEGAPIXEL = 65536
+_BMP_RLE = (1, 2)  # the compression values RLE8 and RLE4
 
 _JPEG_FILL = re.compile(rb"\xff+")
 # Markers Pillow reads no length after, and those whose contents it unpacks (frame headers and quantization tables).
@@ -371,6 +377,53 @@ def _gif_excess(data: bytes) -> str | None:
     return None
 
 
+def _bmp_rle_excess(image: Image.Image, data: bytes) -> str | None:
+    """Too many runs for Pillow to decode in Python in a run-length BMP ``image`` opened from ``data``, or None.
+
+    Pillow's own walk over the runs, step for step, counting them up to the limit for the picture's pixels: each run
+    is stepped over, not decoded, and the walk stops at the limit.
+    """
+    if image.format != "BMP" or image.info.get("compression") not in _BMP_RLE or len(image.tile) != 1:
+        return None
+    width, height = image.size
+    limit = MAX_BMP_RUNS_PER_MEGAPIXEL * -(-width * height // 1_000_000)
+    pos, end, x, filled, rle4 = image.tile[0].offset, len(data), 0, 0, bool(image.tile[0].args[1])
+    for _ in range(limit):
+        if filled >= width * height or pos + 2 > end:
+            return None
+        count, value = data[pos], data[pos + 1]
+        pos += 2
+        if count:  # a run of one colour, cut at the row's end
+            count = max(0, min(count, width - x))
+            filled, x = filled + count, x + count
+        elif value == 0:  # the end of a row
+            filled, x = filled + -filled % width, 0
+        elif value == 1:  # the end of the picture
+            return None
+        elif value == 2:  # a jump, whose two bytes Pillow reads twice over, the second time for its distance
+            if pos + 4 > end:
+                return None
+            filled += data[pos + 2] + data[pos + 3] * width
+            pos, x = pos + 4, filled % width
+        else:  # pixels as they are, padded to an even position in the file
+            length = value // 2 if rle4 else value
+            if pos + length > end:
+                return None
+            filled, x = filled + length * (2 if rle4 else 1), x + value
+            pos += length + (pos + length) % 2
+    if filled >= width * height or pos + 2 > end:
+        return None
+    return f"more than {MAX_BMP_RUNS_PER_MEGAPIXEL:,} runs of pixels a megapixel"
+
+
+def _bloated(label: str, excess: str) -> ValidationError:
+    return ValidationError(
+        f"{label} is padded or split up far more than any camera or editor writes a picture ({excess}). "
+        "Save it again as a plain PNG or JPEG.",
+        code="bloated",
+    )
+
+
 def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImage:
     """Accept one uploaded file or raise ValidationError with a message a person can act on.
 
@@ -384,11 +437,7 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         raise ValidationError(f"{label} is empty.", code="empty")
     excess = _structure_excess(data)
     if excess is not None:
-        raise ValidationError(
-            f"{label} is padded or split up far more than any camera or editor writes a picture ({excess}). "
-            "Save it again as a plain PNG or JPEG.",
-            code="bloated",
-        )
+        raise _bloated(label, excess)
 
     plain = _plain_png(data)
     if plain is not None:
@@ -440,6 +489,10 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
             raise ValidationError(f"{label} has no pixels.", code="empty")
         if width * height > settings.UPLOAD_MAX_PIXELS:
             raise _too_many_pixels(label, width, height)
+        # Only once its size is known to be within the limit, which bounds the runs walked.
+        excess = _bmp_rle_excess(image, data)
+        if excess is not None:
+            raise _bloated(label, excess)
         try:
             # Before the first frame is taken, which decodes a camera's MPO file.
             with _large_decode if _draft(image) > LARGE_IMAGE_PIXELS else nullcontext():
