@@ -188,6 +188,41 @@ def _to_storable(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if "A" in image.getbands() else "RGB")
 
 
+# A 32-bit BMP's fourth byte, as Pillow reads it when its header does not call it alpha, and as alpha.
+_BMP_ALPHA_RAWMODES = {"BGRX": "BGRA", "XBGR": "ABGR", "BGXR": "BGAR"}
+_BMP_BITFIELDS = 3
+# The smallest header holding an alpha mask (BITMAPV3INFOHEADER, and V4 and V5 after it).
+_BMP_ALPHA_MASK_HEADER = 56
+
+
+def _bmp_with_alpha(image: Image.Image, data: bytes) -> Image.Image | None:
+    """A 32-bit BMP's picture with the alpha that Pillow leaves out, decoded; None for any other picture.
+
+    Pillow reads a 32-bit BMP's fourth byte as alpha only where bit fields name an alpha mask; in a plain (BI_RGB)
+    one it drops it, whatever the header. Writers that mean no alpha leave that byte 0, as the format asks, or 255;
+    those that fill it mean alpha: Pillow's own RGBA BMPs, V4 and V5 headers naming an alpha mask with BI_RGB. Read
+    without it, a drawing in the alpha of black pixels (a canvas's export) was refused as blank. Bit fields that
+    name no alpha in a header with room for one say it has none: those stay opaque.
+    """
+    if image.format != "BMP" or image.mode != "RGB" or len(image.tile) != 1:
+        return None
+    tile = image.tile[0]
+    if tile.codec_name != "raw" or tile.args[0] not in _BMP_ALPHA_RAWMODES:
+        return None
+    header_size = int.from_bytes(data[14:18], "little")
+    if image.info.get("compression") == _BMP_BITFIELDS and header_size >= _BMP_ALPHA_MASK_HEADER:
+        return None
+    rawmode, stride, direction = tile.args
+    end = tile.offset + stride * image.height
+    if end > len(data):
+        return None  # truncated: decoding it says so
+    rgba = Image.frombuffer(
+        "RGBA", image.size, data[tile.offset : end], "raw", _BMP_ALPHA_RAWMODES[rawmode], stride, direction
+    )
+    low, high = rgba.getchannel("A").getextrema()
+    return rgba if high > 0 and low < 255 else None
+
+
 def _is_blank(image: Image.Image) -> bool:
     extrema = image.getextrema()
     if image.mode == "L":
@@ -496,7 +531,9 @@ def validate_image(file: IO[bytes], *, name: str | None = None) -> ValidatedImag
         try:
             # Before the first frame is taken, which decodes a camera's MPO file.
             with _large_decode if _draft(image) > LARGE_IMAGE_PIXELS else nullcontext():
-                frame = _first_frame(image)
+                frame = _bmp_with_alpha(image, data)
+                if frame is None:
+                    frame = _first_frame(image)
                 frame.load()
                 # The stored copy drops EXIF, so its orientation is applied to the pixels first.
                 unturned = frame.size

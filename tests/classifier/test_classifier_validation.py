@@ -240,6 +240,78 @@ def test_odd_but_valid_images_are_accepted(mode, fmt, name):
     assert stored.mode in {"L", "LA", "RGB", "RGBA"}
 
 
+def _bmp32(pixels: np.ndarray, *, header: int = 40, bitfields: bool = False, alpha_mask: int = 0xFF000000) -> bytes:
+    """RGBA ``pixels`` as a 32-bit BMP, each pixel's fourth byte its alpha: plain (BI_RGB) or with bit fields, with
+    a header of ``header`` bytes (40: BITMAPINFOHEADER, 108: V4, 124: V5; their masks name ``alpha_mask``)."""
+    height, width, _ = pixels.shape
+    body = np.ascontiguousarray(pixels[::-1, :, [2, 1, 0, 3]]).tobytes()  # bottom row first, blue first
+    masks = struct.pack("<IIII", 0xFF0000, 0xFF00, 0xFF, alpha_mask)
+    info = struct.pack("<IiiHHIIiiII", header, width, height, 1, 32, 3 if bitfields else 0, len(body), 2835, 2835, 0, 0)
+    if header == 40:
+        info += masks[:12] if bitfields else b""  # three masks after the header, the fourth byte reserved
+    else:
+        info += masks + bytes(header - 56)
+    offset = 14 + len(info)
+    return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + info + body
+
+
+def _drawn_in_alpha() -> np.ndarray:
+    """Black pixels whose digit is in their alpha alone, as a canvas exports a drawing."""
+    pixels = np.zeros((64, 64, 4), dtype=np.uint8)
+    pixels[..., 3] = 255 - np.asarray(_digit())
+    return pixels
+
+
+def _pillows_bmp(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(out, "BMP")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "bit fields in a plain header",
+        "plain, V4 header",
+        "plain, V5 header",
+        "bit fields, V5 header",
+        "Pillow's",
+    ],
+)
+def test_a_32_bit_bmp_drawn_in_its_alpha_is_read_with_it_and_stored_and_read_by_the_worker_as_a_png_of_it(case):
+    from classifier.png import open_png
+    from training.ml.preprocess import preprocess
+
+    pixels = _drawn_in_alpha()
+    data = {
+        "plain": lambda: _bmp32(pixels),
+        "bit fields in a plain header": lambda: _bmp32(pixels, bitfields=True),
+        "plain, V4 header": lambda: _bmp32(pixels, header=108),
+        "plain, V5 header": lambda: _bmp32(pixels, header=124),
+        "bit fields, V5 header": lambda: _bmp32(pixels, header=124, bitfields=True),
+        "Pillow's": lambda: _pillows_bmp(pixels),
+    }[case]()
+    accepted = validate_image(io.BytesIO(data), name="digit.bmp")
+    stored = open_png(accepted.content)  # as the worker reads it
+    assert accepted.format == "BMP" and stored.mode == "RGBA"
+    assert np.array_equal(np.asarray(stored), pixels)
+    as_png = open_png(validate_image(io.BytesIO(png_bytes(Image.fromarray(pixels, "RGBA"))), name="digit.png").content)
+    assert np.array_equal(preprocess(stored), preprocess(as_png))
+
+
+@pytest.mark.parametrize("fourth_byte", ["left 0", "255", "bit fields that name no alpha"])
+def test_a_32_bit_bmp_whose_fourth_byte_is_no_alpha_is_read_opaque(fourth_byte):
+    pixels = np.dstack([np.asarray(_digit("RGB")), np.full((64, 64), 0 if fourth_byte == "left 0" else 255, np.uint8)])
+    if fourth_byte == "bit fields that name no alpha":
+        pixels[..., 3] = np.asarray(_digit())  # what a writer left there, which its header says is no alpha
+        data = _bmp32(pixels, header=124, bitfields=True, alpha_mask=0)
+    else:
+        data = _bmp32(pixels)
+    stored = Image.open(io.BytesIO(validate_image(io.BytesIO(data), name="digit.bmp").content))
+    assert stored.mode == "RGB" and np.array_equal(np.asarray(stored), np.asarray(_digit("RGB")))
+
+
 def test_a_sixteen_bit_png_is_scaled_not_clipped():
     pixels = np.full((32, 32), 65535, dtype=np.uint16)
     pixels[8:24, 14:18] = 0
@@ -640,7 +712,8 @@ def _rle_bmp(pixels: np.ndarray, *, rle4: bool = False) -> bytes:
 def _bmp_of_runs(body: bytes, *, width: int, height: int, rle4: bool) -> bytes:
     colours = 16 if rle4 else 256
     palette = b"".join(bytes((level, level, level, 0)) for level in range(0, 256, 255 // (colours - 1)))
-    header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 4 if rle4 else 8, 2 if rle4 else 1, len(body), 2835, 2835, colours, 0)
+    bits, compression = (4, 2) if rle4 else (8, 1)
+    header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(body), 2835, 2835, colours, 0)
     offset = 14 + len(header) + len(palette)
     return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + header + palette + body
 
