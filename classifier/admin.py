@@ -520,11 +520,11 @@ class PredictionAdmin(
     show_facets = admin.ShowFacets.NEVER
     paginator = IdsFirstPaginator
     # Everything but the owner's answer is the workers' record: "attempts" set by hand would fail a waiting
-    # prediction as one that kept losing its worker.
+    # prediction as one that kept losing its worker, "model hand backs" as one no worker could run the model on.
     readonly_fields = (
         "thumbnail_large", "upload", "checkpoint", "status", "digit", "confidence_display", "probabilities_display",
         "model_input", "device", "several_digits", "queue_display", "compute_display", "error", "attempts",
-        "publish_attempts", "priority",
+        "model_hand_backs", "publish_attempts", "priority",
         "published_at", "created_at", "started_at", "finished_at",
     )
     # Shown formatted, by the readonly fields above.

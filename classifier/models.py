@@ -133,9 +133,14 @@ class Prediction(models.Model):
     # sends a message again at the same one: a staff re-run's backlog re-sent at the uploads' priority went ahead of
     # people's uploads.
     priority = models.PositiveSmallIntegerField(default=3, db_default=3)
-    # Times a worker claimed it. One that keeps killing its worker (or running past the time limit) is failed
-    # after PREDICTION_MAX_ATTEMPTS instead of being handed to a worker forever.
+    # Times a worker claimed it and did not hand it back before working on the image. One that keeps killing its
+    # worker (or running past the time limit) is failed after PREDICTION_MAX_ATTEMPTS instead of being handed to a
+    # worker forever.
     attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # Times a worker that could not run the model (could not load it, or its device failed on the whole batch) handed
+    # it back: apart from attempts, or a good image would be failed as one that kills its worker. After
+    # PREDICTION_MAX_ATTEMPTS of them it fails with a message instead of waiting for ever on a model no worker loads.
+    model_hand_backs = models.PositiveSmallIntegerField(default=0, db_default=0)
     # Every time of a prediction is the database's clock, never a host's: the sweeper and the workers compare them
     # with the database's now, and a web host or worker whose clock ran minutes off would otherwise have live claims
     # taken over (computed twice) or dead ones waited on, and the queue served out of order.

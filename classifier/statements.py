@@ -512,8 +512,8 @@ def predictions_claim(
     neither takes over live claims nor has its own taken. The claimed rows carry
     ``token`` (``claim_token``), by which the caller finds them again if the
     answer is lost. When one of them was claimed
-    before (its worker died, or it was handed back), the claim takes that one
-    prediction alone: an image that kills its worker then fails by itself, not
+    before and not handed back (its worker died or ran out of time), the claim
+    takes that one prediction alone: an image that kills its worker then fails by itself, not
     the batch it rode in. The materialised CTEs pick and lock the rows exactly
     once (SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time); the
     UPDATE marks them, counts the attempt and returns them with their upload's

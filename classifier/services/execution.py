@@ -142,7 +142,7 @@ def _model_loads_before_claiming() -> None:
 
     Nothing is claimed meanwhile: the message goes back for its retry, and healthy workers take the predictions.
     After MODEL_LOAD_RETRY_AFTER_SECONDS the process claims again, so that when no worker can load the model a
-    prediction still reaches its PREDICTION_MAX_ATTEMPTS and fails with a message instead of waiting for ever.
+    prediction still reaches PREDICTION_MAX_ATTEMPTS hand-backs and fails with a message instead of waiting for ever.
     """
     if time.monotonic() - _model_load_failed_at[0] >= settings.MODEL_LOAD_RETRY_AFTER_SECONDS:
         return
@@ -317,11 +317,13 @@ def _claim_release(*, token: uuid.UUID) -> None:
         logger.warning("could not release the predictions claimed with %s", token, exc_info=True)
 
 
-def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> None:
+def _predictions_release(*, predictions: list[Prediction], uncount: bool, model_hand_back: bool = False) -> None:
     """Hand claimed predictions back to the queue, each only while it is still held by the claim that took it.
 
     ``uncount``: the claim does not count as an attempt (the images were not at
-    fault). A claim taken over by another worker meanwhile is left alone.
+    fault). ``model_hand_back``: it counts as a hand-back by a worker that could
+    not run the model instead. A claim taken over by another worker meanwhile is
+    left alone.
     """
     by_claim: dict[int, list[int]] = {}
     for prediction in predictions:
@@ -329,6 +331,8 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> Non
     changes = {"status": Prediction.Status.PENDING, "started_at": None}
     if uncount:
         changes["attempts"] = Greatest(F("attempts") - 1, 0)
+    if model_hand_back:
+        changes["model_hand_backs"] = F("model_hand_backs") + 1
     connection_reopen_if_lost()
     try:
         for attempts, ids in by_claim.items():
@@ -338,23 +342,26 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool) -> Non
 
 
 def _predictions_hand_back(*, predictions: list[Prediction], counted_ids: set[int]) -> None:
-    """After this worker could not load the model: back to the queue, for a worker that can.
+    """After this worker could not run the model: back to the queue, for a worker that can.
 
-    The hand-back of a prediction the message asked for (``counted_ids``) counts
-    as an attempt, so that when no worker can load the model (its file damaged
-    or gone everywhere) it fails with a message after PREDICTION_MAX_ATTEMPTS
-    instead of waiting for ever. Those that only topped the batch up are handed
-    back uncounted: their own messages count for them.
+    None of them counts an attempt: no image was worked on, and the sweeper
+    fails a prediction whose attempts run out as an image that kills its
+    worker. The hand-back of a prediction the message asked for
+    (``counted_ids``) is counted apart (``model_hand_backs``), so that when no
+    worker can load the model (its file damaged or gone everywhere) it fails
+    with a message after PREDICTION_MAX_ATTEMPTS of them instead of waiting for
+    ever. Those that only topped the batch up are not counted there either:
+    their own messages count for them.
     """
     counted = [p for p in predictions if p.pk in counted_ids]
-    out_of_attempts = [p for p in counted if p.attempts >= settings.PREDICTION_MAX_ATTEMPTS]
-    if out_of_attempts:
+    out_of_tries = [p for p in counted if p.model_hand_backs + 1 >= settings.PREDICTION_MAX_ATTEMPTS]
+    if out_of_tries:
         # Users see this text; the reason (file paths, hashes) is in the workers' logs.
         error = (
             f"The model could not be loaded by the workers that took this prediction "
             f"({settings.PREDICTION_MAX_ATTEMPTS} tries); an administrator can find out why in their logs."
         )
-        _predictions_save([_prediction_fail(prediction=p, error=error) for p in out_of_attempts])
-    failed = {p.pk for p in out_of_attempts}
-    _predictions_release(predictions=[p for p in counted if p.pk not in failed], uncount=False)
+        _predictions_save([_prediction_fail(prediction=p, error=error) for p in out_of_tries])
+    failed = {p.pk for p in out_of_tries}
+    _predictions_release(predictions=[p for p in counted if p.pk not in failed], uncount=True, model_hand_back=True)
     _predictions_release(predictions=[p for p in predictions if p.pk not in counted_ids], uncount=True)

@@ -242,10 +242,11 @@ PREDICTION_WAIT_STALLED_AFTER_SECONDS = env.int("PREDICTION_WAIT_STALLED_AFTER_S
 # second (202), an export is refused (429). 0: no cap.
 PREDICTION_WAITS_PER_USER = env.int("PREDICTION_WAITS_PER_USER", default=4, least=0)
 HISTORY_EXPORTS_PER_USER = env.int("HISTORY_EXPORTS_PER_USER", default=2, least=0)
-# A prediction whose worker was lost this many times is failed by the sweeper rather than run again.
+# A prediction whose worker was lost this many times is failed by the sweeper rather than run again; so is one
+# handed back this many times by workers that could not load the model (counted apart: no worker was lost on it).
 PREDICTION_MAX_ATTEMPTS = env.int("PREDICTION_MAX_ATTEMPTS", default=3, least=1)
 # A worker process that failed to load the active model claims nothing for this long unless the model loads by
-# then: it would only hand the claims back, counting attempts against predictions a healthy worker can compute.
+# then: it would only hand the claims back, counting hand-backs against predictions a healthy worker can compute.
 MODEL_LOAD_RETRY_AFTER_SECONDS = env.int("MODEL_LOAD_RETRY_AFTER_SECONDS", default=60, least=0)
 # /metrics answers only a scraper sending "Authorization: Bearer <METRICS_TOKEN>"; unset, it is off (404).
 # It skips host validation and the HTTPS redirect, so the token is all that guards it: a guessable one is refused.

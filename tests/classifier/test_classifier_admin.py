@@ -531,10 +531,11 @@ def test_staff_allowed_to_change_predictions_cannot_rewrite_what_the_workers_rec
     staff.user_permissions.set(Permission.objects.filter(codename__in=["view_prediction", "change_prediction"]))
     client.force_login(staff)
 
-    client.post(f"/admin/classifier/prediction/{prediction.pk}/change/", {"feedback": "5", "attempts": "99"})
+    client.post(f"/admin/classifier/prediction/{prediction.pk}/change/",
+                {"feedback": "5", "attempts": "99", "model_hand_backs": "99"})
 
     prediction.refresh_from_db()
-    assert (prediction.feedback, prediction.attempts) == (5, 0)
+    assert (prediction.feedback, prediction.attempts, prediction.model_hand_backs) == (5, 0, 0)
 
 
 def test_a_prediction_and_its_upload_show_the_image_and_all_ten_probabilities_by_digit(admin_page, user):

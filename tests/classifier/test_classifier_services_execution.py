@@ -70,9 +70,10 @@ def test_a_worker_that_cannot_load_the_model_hands_its_predictions_back_instead_
 
     with pytest.raises(services.ModelUnavailableError):
         services.prediction_execute(prediction_id=mine.pk)
-    # Both were claimed (one topped up the batch) and both were handed back; only the message's own counts.
-    assert set(Prediction.objects.values_list("pk", "status", "attempts", "started_at")) == {
-        (mine.pk, "pending", 1, None), (someone_elses.pk, "pending", 0, None)}
+    # Both were claimed (one topped up the batch) and both were handed back, neither counting an attempt: only
+    # the message's own counts the hand-back.
+    assert set(Prediction.objects.values_list("pk", "status", "attempts", "model_hand_backs", "started_at")) == {
+        (mine.pk, "pending", 0, 1, None), (someone_elses.pk, "pending", 0, 0, None)}
 
     model_file.write_bytes(saved)  # a healthy worker
     done = services.predictions_execute(prediction_ids=[mine.pk, someone_elses.pk])
@@ -128,9 +129,10 @@ def test_a_worker_that_cannot_load_the_model_claims_nothing_for_a_while_so_it_fa
     for prediction in messages:
         with pytest.raises(services.ModelUnavailableError):
             services.prediction_execute(prediction_id=prediction.pk)
-    # Only the first claimed anything: its own prediction counts one attempt, the one it topped up none.
-    assert dict(Prediction.objects.values_list("pk", "attempts")) == {
+    # Only the first claimed anything: its own prediction counts one hand-back, the one it topped up none.
+    assert dict(Prediction.objects.values_list("pk", "model_hand_backs")) == {
         waiting.pk: 0, messages[0].pk: 1, **{prediction.pk: 0 for prediction in messages[1:]}}
+    assert set(Prediction.objects.values_list("attempts", flat=True)) == {0}
     assert set(Prediction.objects.values_list("status", flat=True)) == {"pending"}
 
     model_file.write_bytes(saved)  # the volume is back: the next message loads the model and claims again
@@ -157,10 +159,11 @@ def test_a_model_that_fails_on_its_device_mid_batch_hands_the_batch_back_and_is_
         patched.setattr(torch, "softmax", device_error)  # as a GPU in an error state fails every batch
         with pytest.raises(services.ModelUnavailableError):
             services.prediction_execute(prediction_id=mine.pk)
-    # Not left "running" for the stale wait, nor failed as the images' fault: back in the queue, only the
-    # message's own counted.
-    assert set(Prediction.objects.filter(pk__in=[mine.pk, someone_elses.pk]).values_list("pk", "status", "attempts")) == {
-        (mine.pk, "pending", 1), (someone_elses.pk, "pending", 0)}
+    # Not left "running" for the stale wait, nor failed as the images' fault: back in the queue, no attempt
+    # counted, only the message's own hand-back.
+    assert set(Prediction.objects.filter(pk__in=[mine.pk, someone_elses.pk]).values_list(
+        "pk", "status", "attempts", "model_hand_backs")) == {
+        (mine.pk, "pending", 0, 1), (someone_elses.pk, "pending", 0, 0)}
     done = services.predictions_execute(prediction_ids=[mine.pk, someone_elses.pk])
     assert {p.status for p in done} == {"done"} and len(done) == 2
     assert inference.model_for_checkpoint_id(checkpoint_id=active_checkpoint.pk) is not loaded  # loaded afresh
@@ -203,7 +206,8 @@ def test_a_model_that_fails_to_load_with_an_error_chain_that_loops_is_still_hand
 
     with pytest.raises(services.ModelUnavailableError):
         services.prediction_execute(prediction_id=prediction.pk)
-    assert Prediction.objects.filter(pk=prediction.pk).values_list("status", "attempts").get() == ("pending", 1)
+    assert Prediction.objects.filter(pk=prediction.pk).values_list("status", "attempts", "model_hand_backs").get() == (
+        "pending", 0, 1)
 
 
 def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_without_showing_server_paths(
@@ -220,6 +224,55 @@ def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_with
     failed = Prediction.objects.get(pk=prediction.pk)
     assert failed.status == "failed" and "could not be loaded" in failed.error
     assert str(settings.CHECKPOINT_DIR) not in failed.error and active_checkpoint.path not in failed.error
+
+
+def _worker_lost_on(prediction: Prediction) -> None:
+    """A healthy worker claims the prediction and is killed while computing it: its claim is left running, stale."""
+    claim = dict(limit=5, stale_after_s=3600, max_attempts=3)
+    (claimed,), _ = statements.predictions_claim(prediction_ids=[prediction.pk], token=uuid.uuid4(), **claim)
+    Prediction.objects.filter(pk=claimed.pk).update(started_at=timezone.now() - dt.timedelta(days=1))
+
+
+def test_a_good_image_handed_back_by_workers_that_cannot_load_the_model_is_not_failed_when_one_worker_is_lost(
+    user, digit_png, active_checkpoint, settings, published
+):
+    settings.PREDICTION_MAX_ATTEMPTS = 3
+    model_file = Path(settings.CHECKPOINT_DIR) / active_checkpoint.path
+    saved = model_file.read_bytes()
+    model_file.unlink()
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    for _ in range(2):  # two workers without the checkpoint volume
+        with pytest.raises(services.ModelUnavailableError):
+            services.prediction_execute(prediction_id=prediction.pk)
+    model_file.write_bytes(saved)
+
+    _worker_lost_on(prediction)
+    # One lost worker: sent again, not failed as an image that keeps killing its worker.
+    assert services.predictions_sweep() == 1 and published.prediction_ids() == [prediction.pk]
+    assert Prediction.objects.filter(pk=prediction.pk).values_list("status", "error").get() == ("running", "")
+    (done,) = services.predictions_execute(prediction_ids=[prediction.pk])
+    assert done.status == "done" and done.attempts == 2
+
+
+def test_an_image_that_keeps_killing_its_worker_is_still_failed_after_its_attempts_despite_hand_backs(
+    user, digit_png, active_checkpoint, settings
+):
+    settings.PREDICTION_MAX_ATTEMPTS = 3
+    model_file = Path(settings.CHECKPOINT_DIR) / active_checkpoint.path
+    saved = model_file.read_bytes()
+    model_file.unlink()
+    upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
+    (prediction,) = services.predictions_create(uploads=[upload], publish=False)
+    with pytest.raises(services.ModelUnavailableError):
+        services.prediction_execute(prediction_id=prediction.pk)
+    model_file.write_bytes(saved)
+
+    for _ in range(3):
+        _worker_lost_on(prediction)
+    assert services.predictions_sweep() == 0
+    failed = Prediction.objects.get(pk=prediction.pk)
+    assert failed.status == "failed" and "stopped while computing this prediction 3 times" in failed.error
 
 
 def test_a_late_hand_back_leaves_a_claim_that_another_worker_took_over_alone(user, digit_png):

@@ -11,7 +11,7 @@ from PIL import Image
 from classifier import services
 from classifier.models import Prediction, Upload
 from classifier.validation import ValidatedImage
-from tests.reliability.conftest import succeeded_count, wait_for_prediction, wait_until
+from tests.reliability.conftest import prediction_finished, succeeded_count, wait_for_prediction, wait_until
 
 pytestmark = pytest.mark.worker
 
@@ -144,6 +144,47 @@ def test_a_prediction_out_of_time_stays_claimed_for_a_retry_instead_of_failing_a
                what=lambda: f"the task to end: {worker.log()[-3000:]}")
     assert "Soft time limit (0.5s) exceeded" in worker.log()
     assert set(Prediction.objects.filter(pk__in=batch).values_list("status", "error", "attempts")) == {("running", "", 1)}
+
+
+def test_a_prediction_handed_back_by_workers_without_the_model_then_losing_one_worker_is_sent_again_not_failed(
+    running_private_redis, workers, user, active_checkpoint, mnist_image, tmp_path, settings
+):
+    from classifier.tasks import predictions_execute
+
+    settings.PREDICTION_MAX_ATTEMPTS = 3
+    settings.PREDICTION_RUNNING_STALE_AFTER_SECONDS = int(STALE_AFTER)
+    no_volume = tmp_path / "no-volume"
+    no_volume.mkdir()
+    (prediction,) = services.predictions_create(uploads=[large_stored_upload(user, mnist_image)], publish=False)
+    prediction_id = prediction.pk
+    predictions_execute.apply_async(args=[[prediction_id]])
+
+    # Two workers whose hosts lack the checkpoint volume, one after the other, each taking the message (or its
+    # retry) and handing the prediction back before the task asks for its retry; each process claims nothing more
+    # for a long while, so each hands it back once.
+    for _ in range(2):
+        broken = workers(CHECKPOINT_DIR=str(no_volume), MODEL_LOAD_RETRY_AFTER_SECONDS="600")
+        broken.wait_for_output("retry: Retry in", timeout=60)
+        broken.stop()
+        assert Prediction.objects.filter(pk=prediction_id).values_list("status", flat=True).get() == "pending"
+
+    # A healthy worker takes the retry and is killed while computing it.
+    healthy = workers(PREDICTION_RUNNING_STALE_AFTER_SECONDS=STALE_AFTER)
+    wait_until(lambda: Prediction.objects.filter(pk=prediction_id, status="running").exists(), timeout=90,
+               interval=0.01, what=lambda: f"the healthy worker to claim the prediction: {healthy.log()[-3000:]}")
+    healthy.kill()
+    healthy.popen.wait(timeout=10)
+    killed = Prediction.objects.get(pk=prediction_id)
+    assert killed.status == "running", "the kill came too late to interrupt the prediction"
+
+    # One worker lost on the image is no reason to blame it: the sweeper sends it again.
+    wait_until(lambda: services.predictions_sweep() or prediction_finished(prediction_id), timeout=30,
+               what="the sweeper to take the lost claim")
+    swept = Prediction.objects.get(pk=prediction_id)
+    assert (swept.status, swept.error) == ("running", "")
+    workers(PREDICTION_RUNNING_STALE_AFTER_SECONDS=STALE_AFTER)
+    done = wait_for_prediction(prediction_id, timeout=90)
+    assert done.status == "done" and done.digit == 7, done.error
 
 
 def _named(data: bytes, name: str):
