@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
+from django.utils.log import log_response
 from django.views.decorators.http import require_safe
 from kombu import Connection
 
@@ -188,9 +189,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
     checkpoint, what failed) only a scraper with METRICS_TOKEN, or anyone in DEBUG.
     """
     result = _recent.get()
+    failing = [name for name, check in result["checks"].items() if not check["ok"]]
     if not (settings.DEBUG or scraper_authorized(request)):
         result = {"ready": result["ready"], "checks": {name: {"ok": check["ok"]} for name, check in result["checks"].items()}}
-    return JsonResponse(result, status=200 if result["ready"] else 503)
+    response = JsonResponse(result, status=200 if result["ready"] else 503)
+    if not result["ready"]:
+        # A verdict, not a fault of the server: Django would log every 503 as an error, and a probe that fails while a
+        # worker restarts or the first model trains would page someone at each probe. A warning naming the checks
+        # that failed, once per probe; the failures themselves are logged with why as they are found.
+        log_response("Not ready (%s): %s", ", ".join(failing), request.path, response=response, request=request,
+                     level="warning")
+    return response
 
 
 class HealthProbeMiddleware:

@@ -1,4 +1,5 @@
 """Liveness and readiness endpoints report the real state of each dependency."""
+import logging
 import socket
 import threading
 import time
@@ -218,3 +219,20 @@ def test_readyz_answers_503_naming_the_model_check_when_the_database_answers_but
     assert checks["database"] == {"ok": True}
     # PostgreSQL's kind of error for a missing table, and SQLite's.
     assert checks["model"] in ({"ok": False, "error": "ProgrammingError"}, {"ok": False, "error": "OperationalError"})
+
+
+@pytest.mark.django_db
+def test_a_probe_that_finds_the_site_not_ready_is_logged_as_one_warning_naming_the_failed_checks_not_an_error(
+    client, settings, caplog
+):
+    # No broker (so no worker) and no active model, as while the first model trains or Redis restarts: a verdict that
+    # an orchestrator's probe meets every few seconds, which must not page anyone as an error each time.
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    with caplog.at_level("INFO"):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    lines = [record for record in caplog.records if record.name == "django.request"]
+    assert [(record.levelname, record.getMessage()) for record in lines] == [
+        ("WARNING", "Not ready (broker, workers, model): /readyz")
+    ]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
