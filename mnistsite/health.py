@@ -43,15 +43,19 @@ def _check_database() -> dict:
         return _failed("database", exc)
 
 
+# How long the broker check waits to connect, and then for the broker's answer.
+BROKER_CHECK_TIMEOUT_S = 2.0
+
+
 def _check_broker() -> dict:
     # A fresh connection from the current settings, so a broken pooled one cannot hide an outage. Tried once: a
     # retry came only after Kombu's 2-second pause, which every probe then spent while the broker was down (on a web
-    # thread), and the next probe asks again anyway.
+    # thread), and the next probe asks again anyway. A broker that accepts the connection and then says nothing
+    # fails within the same limit, not the publishers' longer socket timeout (REDIS_SOCKET_TIMEOUT).
+    options = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": BROKER_CHECK_TIMEOUT_S}
     try:
         with Connection(
-            settings.CELERY_BROKER_URL,
-            transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
-            connect_timeout=2,
+            settings.CELERY_BROKER_URL, transport_options=options, connect_timeout=BROKER_CHECK_TIMEOUT_S
         ) as conn:
             conn.ensure_connection(max_retries=0)
         return {"ok": True}

@@ -154,7 +154,7 @@ def test_readyz_counts_only_a_worker_that_takes_predictions_not_a_trainer(scrape
 
 
 @pytest.mark.django_db
-def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(scraper, settings):
+def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(scraper, settings, monkeypatch):
     from django.db import connection
     from django.test import Client
 
@@ -165,7 +165,7 @@ def test_a_probe_waits_for_checks_that_hang_only_so_long_and_then_answers_503(sc
     silent = socket.create_server(("127.0.0.1", 0))
     silent.settimeout(10)
     settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 30}
+    monkeypatch.setattr(health, "BROKER_CHECK_TIMEOUT_S", 30)
     health._recent = health._RecentReadiness(wait_seconds=2.0)
     first, accepted = {}, None
 
@@ -236,3 +236,20 @@ def test_a_probe_that_finds_the_site_not_ready_is_logged_as_one_warning_naming_t
         ("WARNING", "Not ready (broker, workers, model): /readyz")
     ]
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+@pytest.mark.django_db
+def test_a_broker_that_accepts_the_connection_and_never_answers_fails_its_check_within_2_s(scraper, settings):
+    # A hung Redis host, or a proxy in front of one that is gone: the TCP connection is made, no answer comes.
+    silent = socket.create_server(("127.0.0.1", 0))
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 5}
+    try:
+        began = time.monotonic()
+        response = scraper.get("/readyz")
+        took = time.monotonic() - began
+    finally:
+        silent.close()
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"] == {"ok": False, "error": "OperationalError"}
+    assert took < 3
