@@ -20,6 +20,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse
 from django.template import loader
 from django.urls import Resolver404, resolve
+from django.utils.log import log_response
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.permissions import SAFE_METHODS
@@ -206,6 +207,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         return validation_error_response(exc)
     request = context.get("request")
+    raised = exc
     exc = _as_api_exception(exc, method=getattr(request, "method", None), view=context.get("view")) or exc
     if isinstance(exc, exceptions.NotAuthenticated) and (scheme := _unread_scheme(request)):
         named = exceptions.NotAuthenticated(
@@ -225,6 +227,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     items = _flatten(detail) or [{"code": "error", "message": "The request failed.", "field": None}]
     first = items[0]
     response.data = error_body(code=first["code"], message=first["message"], field=first["field"], details=items)
+    if isinstance(raised, (OperationalError, InterfaceError)):
+        # Django logs the 503 as an error either way; with the database's own words (which host, refused or timed
+        # out), as for the pages' 503s, or the operator reads only "Service Unavailable" under the request's id.
+        log_response("%s: %s", response.reason_phrase, request.path, response=response,
+                     request=getattr(request, "_request", request), exception=raised)
     return response
 
 
@@ -248,12 +255,15 @@ def _unexpected(exc: Exception, context: dict) -> Response | None:
     # Error reporting and the test client listen for this signal; a handled 500 must still reach them.
     signals.got_request_exception.send(sender=None, request=getattr(request, "_request", request))
     user = getattr(request, "user", None)
-    logger.error(
+    response = Response(error_body(code="server_error", message=SERVER_ERROR_MESSAGE),
+                        status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    # Marked logged, so that Django does not log the same 500 again as a second error without the traceback.
+    log_response(
         "unhandled error in the API: %s %s (user %s)", getattr(request, "method", "?"), getattr(request, "path", "?"),
-        getattr(user, "pk", None), exc_info=exc,
+        getattr(user, "pk", None), response=response, request=getattr(request, "_request", request), logger=logger,
+        level="error", exception=exc,
     )
-    return Response(error_body(code="server_error", message=SERVER_ERROR_MESSAGE),
-                    status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return response
 
 
 class NoSuchEndpointApi(APIView):

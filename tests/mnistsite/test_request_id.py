@@ -120,3 +120,41 @@ def test_an_unexpected_api_error_is_logged_under_the_id_its_500_envelope_gives(c
     request_id = response.json()["error"]["request_id"]
     assert response.status_code == 500 and NEW_ID.fullmatch(request_id) and response["X-Request-ID"] == request_id
     assert f" ERROR [{request_id}] api.errors unhandled error in the API: GET" in log.getvalue()
+
+
+@pytest.mark.django_db
+def test_an_unexpected_api_error_is_logged_once_with_its_traceback(client, user):
+    prediction = damaged_prediction(owner=user)
+    client.force_login(user)
+    client.raise_request_exception = False
+
+    with console_log() as log:
+        response = client.get(f"/api/v1/predictions/{prediction.pk}/")
+
+    request_id = response.json()["error"]["request_id"]
+    lines = [line for line in log.getvalue().splitlines() if f" [{request_id}] " in line]
+    # One error for one fault: not a second one from Django, without the traceback, for the same 500.
+    assert [line for line in lines if " ERROR " in line] == [
+        line for line in lines if "unhandled error in the API" in line
+    ]
+    assert len(lines) == 1 and "Traceback (most recent call last)" in log.getvalue()
+
+
+@pytest.mark.django_db
+def test_an_api_request_the_database_refuses_is_logged_under_its_id_with_the_databases_error(client, user):
+    from django.db import OperationalError, connection
+
+    def refuse(execute, sql, params, many, context):
+        if "classifier_prediction" in sql:
+            raise OperationalError('connection to server at "db" (10.0.0.5), port 5432 failed: Connection refused')
+        return execute(sql, params, many, context)
+
+    client.force_login(user)
+    with console_log() as log, connection.execute_wrapper(refuse):
+        response = client.get("/api/v1/predictions/")
+
+    request_id = response.json()["error"]["request_id"]
+    assert response.status_code == 503
+    # The operator learns what failed (which database, refused or timed out), not only "Service Unavailable".
+    assert f" ERROR [{request_id}] django.request Service Unavailable: /api/v1/predictions/" in log.getvalue()
+    assert "Connection refused" in log.getvalue() and log.getvalue().count(" ERROR ") == 1
