@@ -227,7 +227,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     items = _flatten(detail) or [{"code": "error", "message": "The request failed.", "field": None}]
     first = items[0]
     response.data = error_body(code=first["code"], message=first["message"], field=first["field"], details=items)
-    if isinstance(raised, (OperationalError, InterfaceError)):
+    if isinstance(raised, StorageFullError):
+        # A full volume refuses every upload until someone makes room: the service says so as an error once a minute,
+        # and each refusal is a warning, not one more error an upload (on the disk the log may share).
+        log_response("%s: %s (the media volume is nearly full)", response.reason_phrase, request.path,
+                     response=response, request=getattr(request, "_request", request), level="warning")
+    elif isinstance(raised, (OperationalError, InterfaceError)):
         # Django logs the 503 as an error either way; with the database's own words (which host, refused or timed
         # out), as for the pages' 503s, or the operator reads only "Service Unavailable" under the request's id.
         log_response("%s: %s", response.reason_phrase, request.path, response=response,

@@ -28,6 +28,7 @@ from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import get_conditional_response
+from django.utils.log import log_response
 from django.utils.http import quote_etag
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
@@ -181,10 +182,15 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
                     request, form, retry_after=None, message=services.UPLOAD_OUTCOME_UNKNOWN, stored_unknown=True
                 )
             except services.StorageFullError:
-                return _service_unavailable(
+                response = _service_unavailable(
                     request, form, retry_after=300,
                     message="The server is short of storage space and nothing was stored. Please try again later.",
                 )
+                # The service logs the full volume as an error once a minute; each refusal is a warning, not one
+                # more error an upload.
+                log_response("%s: %s (the media volume is nearly full)", response.reason_phrase, request.path,
+                             response=response, request=request, level="warning")
+                return response
             except services.UploadStorageError:
                 return _service_unavailable(request, form)
             except (services.UploadQuotaError, services.UploadOwnerDeletedError) as exc:

@@ -125,3 +125,33 @@ def test_an_upload_is_refused_when_the_space_free_now_is_enough_but_storing_it_w
     settings.UPLOAD_MIN_FREE_MB = (MediaStorage(location=settings.MEDIA_ROOT).free_bytes() - size * 2) // 2**20
     assert post().status_code == 302
     assert Upload.objects.count() == 8
+
+
+@pytest.mark.django_db
+def test_a_full_volume_is_one_error_a_minute_however_many_uploads_it_refuses(
+    client, user, digit_png, settings, isolated_storage, caplog
+):
+    from accounts.services import api_token_create
+    from classifier.services import files
+    from mnistsite.storage import MediaStorage
+
+    settings.UPLOAD_MIN_FREE_MB = MediaStorage(location=settings.MEDIA_ROOT).free_bytes() // 2**20 + 1024
+    files._storage_full_logged[0] = float("-inf")
+    client.force_login(user)
+    _, key = api_token_create(user=user)
+
+    with caplog.at_level("INFO"):
+        for _ in range(3):
+            page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
+            api = client.post(
+                "/api/v1/predictions/",
+                {"image": SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")},
+                headers={"Authorization": f"Token {key}"},
+            )
+            assert page.status_code == api.status_code == 503
+
+    # Six refusals: the operator is told once, not paged six times (on the disk the log may well share).
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("uploads refused: storing them would leave")
+    refusals = [record for record in caplog.records if record.name == "django.request"]
+    assert len(refusals) == 6 and {record.levelname for record in refusals} == {"WARNING"}
