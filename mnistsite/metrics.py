@@ -133,11 +133,22 @@ REFUSAL_LOG_EVERY_S = 60.0
 _last_refusal_logged = [-math.inf]
 
 
-def _refusal_log() -> None:
+def _refusal_reason(request: HttpRequest) -> str:
+    # Why, for the operator of a scraper set up wrongly; never the token sent, which may be a near miss of the real one.
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if not header.strip():
+        return "no Authorization header"
+    scheme = header.strip().partition(" ")[0]
+    if scheme.lower() != "bearer":
+        return "an Authorization header of another scheme than Bearer"
+    return "a wrong bearer token"
+
+
+def _refusal_log(request: HttpRequest) -> None:
     now = time.monotonic()
     if now - _last_refusal_logged[0] >= REFUSAL_LOG_EVERY_S:
         _last_refusal_logged[0] = now
-        logger.warning("refused a metrics scrape without the right bearer token (repeats within a minute not logged)")
+        logger.warning("refused a metrics scrape with %s (repeats within a minute not logged)", _refusal_reason(request))
 
 
 def scraper_authorized(request: HttpRequest) -> bool:
@@ -154,7 +165,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not settings.METRICS_TOKEN:
         return HttpResponseNotFound("Metrics are off: set METRICS_TOKEN to turn them on.\n", content_type=_PLAIN)
     if not scraper_authorized(request):
-        _refusal_log()
+        _refusal_log(request)
         return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     return HttpResponse(metrics_text(now=_database_now()), content_type=CONTENT_TYPE)

@@ -161,6 +161,24 @@ def test_refused_scrapes_are_logged_at_most_once_a_minute(client, metrics_on, ca
     assert sum("refused a metrics scrape" in record.getMessage() for record in caplog.records) == 1
 
 
+@pytest.mark.parametrize(("authorization", "why"), [
+    (None, "no Authorization header"),
+    (f"Token {TOKEN}", "an Authorization header of another scheme than Bearer"),
+    ("Bearer almost-the-token-but-one-character-off-0123", "a wrong bearer token"),
+])
+def test_a_refused_scrape_is_logged_saying_why_but_never_the_token_sent(client, metrics_on, caplog, authorization,
+                                                                        why):
+    from mnistsite import metrics
+
+    metrics._last_refusal_logged[0] = float("-inf")
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization is not None else {}
+    with caplog.at_level("WARNING", logger="mnistsite.metrics"):
+        assert client.get("/metrics", **headers).status_code == 401
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "mnistsite.metrics"]
+    assert line == f"refused a metrics scrape with {why} (repeats within a minute not logged)"
+    assert "almost-the-token" not in caplog.text
+
+
 def test_latency_quantiles_are_typed_as_summaries_so_prometheus_reads_their_quantile_label():
     types = {family.name: family.type for family in text_string_to_metric_families(metrics_text(now=timezone.now()))}
     assert types["mnistsite_prediction_queue_seconds"] == "summary"
