@@ -6,6 +6,7 @@ import io
 import logging
 import math
 import re
+import sys
 import time
 
 from django.conf import settings
@@ -173,14 +174,16 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
             except (OperationalError, InterfaceError):
                 # The database is out of reach, which passes, and no row was stored (nor a file kept): say so instead
                 # of a bare 500 page. Other database errors are bugs, answered as such.
-                logger.exception("upload failed: the database is unavailable")
-                return _service_unavailable(request, form)
+                return _error_logged(_service_unavailable(request, form), request,
+                                     "upload failed: the database is unavailable")
             except services.UploadOutcomeUnknownError:
-                logger.exception("upload failed: the database stopped answering, and whether it stored it is not known")
                 # No Retry-After: sending the same images again is what the history must be checked for first.
-                return _service_unavailable(
+                response = _service_unavailable(
                     request, form, retry_after=None, message=services.UPLOAD_OUTCOME_UNKNOWN, stored_unknown=True
                 )
+                return _error_logged(response, request,
+                                     "upload failed: the database stopped answering, and whether it stored it is not "
+                                     "known")
             except services.StorageFullError:
                 response = _service_unavailable(
                     request, form, retry_after=300,
@@ -214,6 +217,14 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
     if refused is not None and refused.retry_after is not None:
         response.status_code = 429
         response["Retry-After"] = str(math.ceil(refused.retry_after))
+    return response
+
+
+def _error_logged(response: HttpResponse, request: HttpRequest, message: str, *args: object) -> HttpResponse:
+    """``response``, with the error being handled logged once, here, with its traceback: Django would otherwise log
+    the same 503 again, as a second error without it."""
+    log_response(message, *args, response=response, request=request, logger=logger, level="error",
+                 exception=sys.exc_info()[1])
     return response
 
 
@@ -673,10 +684,10 @@ def uploads_delete(request: HttpRequest) -> HttpResponse:
         return _uploads_delete(request)
     except (OperationalError, InterfaceError):
         # Out of reach before the deletion began (those during it are answered by _uploads_delete_confirmed).
-        logger.exception("deletion of uploads failed: the database is unavailable")
-        return _uploads_delete_unavailable(
+        response = _uploads_delete_unavailable(
             request, "The service is temporarily unavailable and nothing was deleted. Please try again in a minute."
         )
+        return _error_logged(response, request, "deletion of uploads failed: the database is unavailable")
 
 
 def _uploads_delete(request: HttpRequest) -> HttpResponse:
@@ -733,18 +744,19 @@ def _uploads_delete(request: HttpRequest) -> HttpResponse:
     try:
         return _uploads_delete_confirmed(request, filters=filters, choice=choice, back=back)
     except services.UploadsDeleteInterruptedError as exc:
-        logger.exception("deletion of uploads stopped after %s: the database stopped answering", exc.deleted)
-        return _uploads_delete_unavailable(
+        response = _uploads_delete_unavailable(
             request, f"The database stopped answering partway through: {exc.deleted} upload{pluralize(exc.deleted)} "
             f"{pluralize(exc.deleted, 'was,were')} deleted, the others not. Please look at your history and try "
             "again in a minute.",
         )
+        return _error_logged(response, request, "deletion of uploads stopped after %s: the database stopped answering",
+                             exc.deleted)
     except (OperationalError, InterfaceError):
-        logger.exception("deletion of uploads failed: the database stopped answering")
-        return _uploads_delete_unavailable(
+        response = _uploads_delete_unavailable(
             request, "The database stopped answering during the deletion, so some uploads may have been deleted and "
             "others not. Please look at your history and try again in a minute.",
         )
+        return _error_logged(response, request, "deletion of uploads failed: the database stopped answering")
 
 
 def _uploads_delete_confirmed(

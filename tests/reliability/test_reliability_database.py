@@ -447,3 +447,17 @@ def test_a_batch_whose_connection_dies_as_its_results_are_stored_is_handed_back_
     else:
         assert set(Prediction.objects.values_list("status", "attempts", "started_at")) == {("pending", 0, None)}
         assert {p.status for p in services.predictions_execute(prediction_ids=ids)} == {"done"}
+
+
+def test_an_upload_page_the_database_fails_is_logged_as_one_error_with_its_traceback(
+    client, user, digit_png, database_dies_on_upload_insert, caplog
+):
+    client.force_login(user)
+
+    with caplog.at_level("INFO"):
+        response = client.post("/", {"files": [SimpleUploadedFile("digit.png", digit_png(1), content_type="image/png")]})
+
+    assert response.status_code == 503
+    # One fault, one error: not Django's "Service Unavailable" again, without the cause, beside the view's own.
+    (error,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert error.getMessage().startswith("upload failed: the database") and error.exc_info is not None
