@@ -232,6 +232,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         # and each refusal is a warning, not one more error an upload (on the disk the log may share).
         log_response("%s: %s (the media volume is nearly full)", response.reason_phrase, request.path,
                      response=response, request=getattr(request, "_request", request), level="warning")
+    elif isinstance(raised, UploadStorageError):
+        # The service logged the storage's failure as an error, with its traceback, as it met it.
+        log_response("%s: %s (the images could not be stored)", response.reason_phrase, request.path,
+                     response=response, request=getattr(request, "_request", request), level="warning")
     elif isinstance(raised, (OperationalError, InterfaceError)):
         # Django logs the 503 as an error either way; with the database's own words (which host, refused or timed
         # out), as for the pages' 503s, or the operator reads only "Service Unavailable" under the request's id.

@@ -195,7 +195,11 @@ def _upload_read(request: HttpRequest) -> HttpResponse:
                              response=response, request=request, level="warning")
                 return response
             except services.UploadStorageError:
-                return _service_unavailable(request, form)
+                response = _service_unavailable(request, form)
+                # The service logged the storage's failure as an error, with its traceback, as it met it.
+                log_response("%s: %s (the images could not be stored)", response.reason_phrase, request.path,
+                             response=response, request=request, level="warning")
+                return response
             except (services.UploadQuotaError, services.UploadOwnerDeletedError) as exc:
                 forbidden, errors = True, [str(exc)]
             else:

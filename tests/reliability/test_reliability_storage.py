@@ -32,6 +32,29 @@ def test_an_upload_the_storage_cannot_take_answers_503_and_stores_no_row(client,
 
 
 @pytest.mark.django_db
+def test_an_upload_the_storage_cannot_take_is_logged_as_one_error_with_the_storages_traceback(
+    client, user, digit_png, storage_unwritable, caplog
+):
+    from accounts.services import api_token_create
+
+    client.force_login(user)
+    _, key = api_token_create(user=user)
+    with caplog.at_level("INFO"):
+        page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
+        api = client.post(
+            "/api/v1/predictions/",
+            {"image": SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")},
+            headers={"Authorization": f"Token {key}"},
+        )
+
+    assert page.status_code == api.status_code == 503
+    # One error a failed upload, the one that says what the storage said; not a second, bare "Service Unavailable".
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert [record.getMessage() for record in errors] == ["could not write uploaded images"] * 2
+    assert all(isinstance(record.exc_info[1], OSError) for record in errors)
+
+
+@pytest.mark.django_db
 def test_an_upload_that_would_leave_too_little_free_space_answers_503_and_writes_nothing(
     client, user, digit_png, settings, isolated_storage
 ):
