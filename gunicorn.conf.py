@@ -57,7 +57,8 @@ access_log_format = (
 
 # The secret parts of the links mailed to people: a password reset link's token (a link works until it is used or
 # expires) and an email confirmation's. The access log would keep them, in the request line and, for the pages
-# such a link opens, in the Referer of what those pages load.
+# such a link opens, in the Referer of what those pages load. The pattern of mnistsite.log_secrets, which masks them
+# in the site's own log: the master does not import the project.
 _SECRET_IN_PATH = re.compile(r"(/accounts/(?:password/reset/[^/?#\s]+|email/confirm))/(?!set-password/)[^/?#\s]+")
 
 

@@ -563,6 +563,7 @@ LOGGING = {
     "filters": {
         "request_id": {"()": "mnistsite.request_id.RequestIdFilter"},
         "warning_without_traceback": {"()": "mnistsite.log_levels.WarningWithoutTraceback"},
+        "secrets_masked": {"()": "mnistsite.log_secrets.SecretsInPathsMasked"},
     },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s %(message)s"}},
     # The handler's level too: records of loggers with a level of their own (Django's are at INFO) reach the root's
@@ -571,7 +572,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["request_id"],
+            "filters": ["request_id", "secrets_masked"],
             "level": LOG_LEVEL,
         }
     },
