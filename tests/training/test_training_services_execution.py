@@ -48,6 +48,15 @@ def test_a_tiny_run_trains_and_registers_a_verified_activated_checkpoint(tiny_re
     assert epoch_checkpoint.validation_accuracy == final.validation_accuracy and epoch_checkpoint.test_accuracy is None
 
 
+def test_a_runs_start_is_logged_with_its_attempt_device_images_and_epochs_as_its_end_is(tiny_recipe, caplog):
+    run = _create(tiny_recipe)
+    with caplog.at_level(logging.INFO, logger="training.services.execution"):
+        services.training_run_execute(run_id=run.pk)
+    said = [record.getMessage() for record in caplog.records if record.name == "training.services.execution"]
+    assert said[0] == f"training run {run.pk} attempt 1 started: mlp on cpu, 300 images, 1 epochs"
+    assert said[-1].startswith(f"training run {run.pk} succeeded: checkpoint ")
+
+
 def test_a_run_trains_on_all_but_the_last_5000_training_images_and_validates_each_epoch_on_exactly_those(tiny_recipe):
     from collections import Counter
 

@@ -166,6 +166,9 @@ def training_run_execute(*, run_id: int, on_progress: ProgressHook | None = None
         if resume_payload is not None:
             reporter.start_epoch = int(resume_payload["epoch"])
         reporter.started(device=str(device))
+        # Its start, as its end is: which attempt, where, on how many images, for the operator reading the log.
+        logger.info("training run %s attempt %s started: %s on %s, %s images, %s epochs", run.pk, run.attempts,
+                    run.architecture, device, len(train), train_config.epochs)
         result = fit(
             config=train_config,
             train=train,
