@@ -233,19 +233,25 @@ def _worker_lost_on(prediction: Prediction) -> None:
     Prediction.objects.filter(pk=claimed.pk).update(started_at=timezone.now() - dt.timedelta(days=1))
 
 
+def _handed_back_for_want_of_the_model(*, prediction: Prediction, checkpoint, settings, times: int) -> None:
+    """``times`` workers without the checkpoint's file take ``prediction`` and hand it back; the file is back after."""
+    model_file = Path(settings.CHECKPOINT_DIR) / checkpoint.path
+    saved = model_file.read_bytes()
+    model_file.unlink()
+    for _ in range(times):
+        with pytest.raises(services.ModelUnavailableError):
+            services.prediction_execute(prediction_id=prediction.pk)
+    model_file.write_bytes(saved)
+
+
 def test_a_good_image_handed_back_by_workers_that_cannot_load_the_model_is_not_failed_when_one_worker_is_lost(
     user, digit_png, active_checkpoint, settings, published
 ):
     settings.PREDICTION_MAX_ATTEMPTS = 3
-    model_file = Path(settings.CHECKPOINT_DIR) / active_checkpoint.path
-    saved = model_file.read_bytes()
-    model_file.unlink()
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    for _ in range(2):  # two workers without the checkpoint volume
-        with pytest.raises(services.ModelUnavailableError):
-            services.prediction_execute(prediction_id=prediction.pk)
-    model_file.write_bytes(saved)
+    # Two workers without the checkpoint volume.
+    _handed_back_for_want_of_the_model(prediction=prediction, checkpoint=active_checkpoint, settings=settings, times=2)
 
     _worker_lost_on(prediction)
     # One lost worker: sent again, not failed as an image that keeps killing its worker.
@@ -259,14 +265,9 @@ def test_an_image_that_keeps_killing_its_worker_is_still_failed_after_its_attemp
     user, digit_png, active_checkpoint, settings
 ):
     settings.PREDICTION_MAX_ATTEMPTS = 3
-    model_file = Path(settings.CHECKPOINT_DIR) / active_checkpoint.path
-    saved = model_file.read_bytes()
-    model_file.unlink()
     upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     (prediction,) = services.predictions_create(uploads=[upload], publish=False)
-    with pytest.raises(services.ModelUnavailableError):
-        services.prediction_execute(prediction_id=prediction.pk)
-    model_file.write_bytes(saved)
+    _handed_back_for_want_of_the_model(prediction=prediction, checkpoint=active_checkpoint, settings=settings, times=1)
 
     for _ in range(3):
         _worker_lost_on(prediction)

@@ -31,6 +31,16 @@ def test_an_upload_the_storage_cannot_take_answers_503_and_stores_no_row(client,
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
 
 
+def _uploaded_by_page_and_api(client, *, key: str, png: bytes):
+    """One image sent through the upload page and one through the API: their two answers."""
+    page = client.post("/", {"files": [SimpleUploadedFile("a.png", png, content_type="image/png")]})
+    api = client.post(
+        "/api/v1/predictions/", {"image": SimpleUploadedFile("a.png", png, content_type="image/png")},
+        headers={"Authorization": f"Token {key}"},
+    )
+    return page, api
+
+
 @pytest.mark.django_db
 def test_an_upload_the_storage_cannot_take_is_logged_as_one_error_with_the_storages_traceback(
     client, user, digit_png, storage_unwritable, caplog
@@ -40,12 +50,7 @@ def test_an_upload_the_storage_cannot_take_is_logged_as_one_error_with_the_stora
     client.force_login(user)
     _, key = api_token_create(user=user)
     with caplog.at_level("INFO"):
-        page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
-        api = client.post(
-            "/api/v1/predictions/",
-            {"image": SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")},
-            headers={"Authorization": f"Token {key}"},
-        )
+        page, api = _uploaded_by_page_and_api(client, key=key, png=digit_png(1))
 
     assert page.status_code == api.status_code == 503
     # One error a failed upload, the one that says what the storage said; not a second, bare "Service Unavailable".
@@ -165,12 +170,7 @@ def test_a_full_volume_is_one_error_a_minute_however_many_uploads_it_refuses(
 
     with caplog.at_level("INFO"):
         for _ in range(3):
-            page = client.post("/", {"files": [SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")]})
-            api = client.post(
-                "/api/v1/predictions/",
-                {"image": SimpleUploadedFile("a.png", digit_png(1), content_type="image/png")},
-                headers={"Authorization": f"Token {key}"},
-            )
+            page, api = _uploaded_by_page_and_api(client, key=key, png=digit_png(1))
             assert page.status_code == api.status_code == 503
 
     # Six refusals: the operator is told once, not paged six times (on the disk the log may well share).
