@@ -6,23 +6,17 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from PIL import Image
+
+from tests.migrations import latest_migrations, migrate_to
 
 BEFORE = [("classifier", "0002_sample_image_unique")]
 AFTER = [("classifier", "0003_prediction_input_pixels")]
 
 
-def _migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
 @pytest.mark.django_db(transaction=True)
 def test_input_pngs_on_disk_become_pixels_in_the_row():
-    old_apps = _migrate(BEFORE)
+    old_apps = migrate_to(BEFORE)
     try:
         user = old_apps.get_model("auth", "User").objects.create(username="legacy")
         upload = old_apps.get_model("classifier", "Upload").objects.create(
@@ -37,24 +31,19 @@ def test_input_pngs_on_disk_become_pixels_in_the_row():
         lost = prediction_model.objects.create(upload=upload, status="done", digit=4, input_image="derived/gone.png")
         pending = prediction_model.objects.create(upload=upload)
 
-        new_apps = _migrate(AFTER)
+        new_apps = migrate_to(AFTER)
         migrated = new_apps.get_model("classifier", "Prediction").objects
         assert bytes(migrated.get(pk=with_file.pk).input_pixels) == picture.tobytes()
         # A missing file costs only the picture: the row and its result stay.
         assert migrated.get(pk=lost.pk).input_pixels is None and migrated.get(pk=lost.pk).digit == 4
         assert migrated.get(pk=pending.pk).input_pixels is None
     finally:
-        _migrate(_latest())
-
-
-def _latest():
-    executor = MigrationExecutor(connection)
-    return executor.loader.graph.leaf_nodes()
+        migrate_to(latest_migrations())
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_quota_migration_counts_each_owners_uploads_already_stored():
-    old_apps = _migrate([("classifier", "0008_prediction_several_digits")])
+    old_apps = migrate_to([("classifier", "0008_prediction_several_digits")])
     try:
         users = old_apps.get_model("auth", "User").objects
         alice, bob, _carol = (users.create(username=name) for name in ("alice", "bob", "carol"))
@@ -64,18 +53,18 @@ def test_the_quota_migration_counts_each_owners_uploads_already_stored():
                 owner=owner, image=f"uploads/{index}.png", width=28, height=28, format="PNG", size=size, sha256="0" * 64
             )
 
-        new_apps = _migrate([("classifier", "0009_storage_use")])
+        new_apps = migrate_to([("classifier", "0009_storage_use")])
         counted = dict(new_apps.get_model("classifier", "StorageUse").objects.values_list("owner__username", "bytes"))
         assert counted == {"alice": 350, "bob": 7}
     finally:
-        _migrate(_latest())
+        migrate_to(latest_migrations())
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_exception_text_of_an_image_that_could_not_be_prepared_becomes_the_plain_sentence():
     from classifier.services import PREPARE_FAILED_ERROR
 
-    old_apps = _migrate([("classifier", "0009_storage_use")])
+    old_apps = migrate_to([("classifier", "0009_storage_use")])
     try:
         owner = old_apps.get_model("auth", "User").objects.create(username="legacy")
         upload = old_apps.get_model("classifier", "Upload").objects.create(
@@ -87,12 +76,12 @@ def test_the_exception_text_of_an_image_that_could_not_be_prepared_becomes_the_p
         )
         no_digit = predictions.create(upload=upload, status="failed", error="No digit was found in this image: blank.")
 
-        new_apps = _migrate([("classifier", "0010_prediction_prepare_error_plain")])
+        new_apps = migrate_to([("classifier", "0010_prediction_prepare_error_plain")])
         migrated = new_apps.get_model("classifier", "Prediction").objects
         assert migrated.get(pk=technical.pk).error == PREPARE_FAILED_ERROR
         assert migrated.get(pk=no_digit.pk).error == "No digit was found in this image: blank."
     finally:
-        _migrate(_latest())
+        migrate_to(latest_migrations())
 
 
 @pytest.mark.django_db
