@@ -354,6 +354,23 @@ _IMAGE_RESPONSES = {
 }
 
 
+# The image views answer conditional requests (the classifier's media view does): without these, a client built from
+# the schema could neither read the ETag nor send it back, and the 304 and 412 above could never be asked for.
+_IMAGE_HEADERS = [
+    OpenApiParameter("If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                     description="The `ETag` of the copy the client holds: while the image is unchanged, a 304 "
+                                 "without a body."),
+    OpenApiParameter("If-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                     description="Send the image only if its `ETag` is one of these; otherwise a 412."),
+    OpenApiParameter("ETag", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200, 304],
+                     description="The image's entity tag, for `If-None-Match`."),
+    OpenApiParameter("Cache-Control", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200, 304],
+                     enum=["private, no-cache"],
+                     description="Private: no shared cache keeps it, and a client asks again (`If-None-Match`) before "
+                                 "each use."),
+]
+
+
 class _PngMetadata(SimpleMetadata):
     """OPTIONS on an image view: it answers a PNG (an error in JSON) and reads no body."""
 
@@ -402,7 +419,8 @@ class _PngApi(APIView):
 class PredictionImageApi(_PngApi):
     """The uploaded image, served by the classifier's own media view once the API has authenticated the caller."""
 
-    @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES)
+    @extend_schema(operation_id="predictions_image", summary="The uploaded image (PNG)", responses=_IMAGE_RESPONSES,
+                   parameters=_IMAGE_HEADERS)
     def get(self, request: Request, prediction_id: int):
         prediction = _prediction_or_404(request, prediction_id)
         return self._served(classifier_views.upload_image, request, pk=prediction.upload_id)
@@ -413,7 +431,8 @@ class PredictionInputImageApi(_PngApi):
     """The 28x28 picture the model saw, served by the classifier's media view."""
 
     @extend_schema(operation_id="predictions_input_image", summary="The 28x28 model input (PNG)",
-                   responses=_IMAGE_RESPONSES)
+                   responses=_IMAGE_RESPONSES,
+                   parameters=_IMAGE_HEADERS)
     def get(self, request: Request, prediction_id: int):
         prediction = _prediction_or_404(request, prediction_id)
         return self._served(classifier_views.prediction_input, request, pk=prediction.pk)

@@ -319,3 +319,25 @@ def test_the_schema_follows_the_settings_a_test_changes(api_client):
         elsewhere = api_client.get("/elsewhere/schema/", HTTP_ACCEPT="application/json").json()
     assert "/elsewhere/v1/predictions/" in elsewhere["paths"] and "/api/v1/predictions/" not in elsewhere["paths"]
     assert api_client.get("/api/schema/").content == english
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["image", "input"])
+def test_the_images_document_the_etag_they_answer_and_the_conditional_headers_they_read(
+    api_client, user_client, user, make_prediction, kind
+):
+    operation = _schema(api_client)["paths"][f"/api/v1/predictions/{{prediction_id}}/{kind}/"]["get"]
+    prediction = make_prediction(owner=user, done=True)
+    url = f"/api/v1/predictions/{prediction.pk}/{kind}/"
+
+    sent = user_client.get(url)
+    unchanged = user_client.get(url, HTTP_IF_NONE_MATCH=sent["ETag"])
+    changed = user_client.get(url, HTTP_IF_MATCH='"something-else"')
+
+    assert (sent.status_code, unchanged.status_code, changed.status_code) == (200, 304, 412)
+    headers = {parameter["name"] for parameter in operation["parameters"] if parameter["in"] == "header"}
+    assert {"If-None-Match", "If-Match"} <= headers
+    for code, answer in (("200", sent), ("304", unchanged)):
+        declared = operation["responses"][code].get("headers", {})
+        assert {"ETag", "Cache-Control"} <= set(declared), code
+        assert answer["ETag"] and answer["Cache-Control"] == "private, no-cache"
