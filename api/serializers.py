@@ -510,7 +510,7 @@ class TrainingRunCreateSerializer(SentOnceSerializer):
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField(help_text="This run in the API.")
-    created_by = serializers.CharField(source="created_by.get_username", allow_null=True, default=None)
+    created_by = serializers.SerializerMethodField(help_text="Who started it; null once that account is deleted.")
     finished = serializers.BooleanField(source="is_finished", help_text="True once succeeded, failed or cancelled.")
     duration_seconds = serializers.FloatField(allow_null=True, help_text="Seconds since start (until finish).")
     metrics = serializers.ListField(
@@ -554,6 +554,11 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, run: TrainingRun) -> str:
         return _absolute(self.context.get("request"), reverse("api:training-run-detail", args=[run.pk]))
+
+    # Always answered, null or not: a field with a default would be declared optional, one a client must test for.
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_created_by(self, run: TrainingRun) -> str | None:
+        return None if run.created_by is None else run.created_by.get_username()
 
 
 class CheckpointSerializer(serializers.ModelSerializer):

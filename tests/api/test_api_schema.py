@@ -341,3 +341,28 @@ def test_the_images_document_the_etag_they_answer_and_the_conditional_headers_th
         declared = operation["responses"][code].get("headers", {})
         assert {"ETag", "Cache-Control"} <= set(declared), code
         assert answer["ETag"] and answer["Cache-Control"] == "private, no-cache"
+
+
+@pytest.mark.django_db
+def test_every_field_a_run_a_checkpoint_or_a_prediction_is_answered_with_is_declared_required(
+    api_client, staff_client, staff_user, make_prediction, make_checkpoint
+):
+    from training.services import training_run_create
+
+    components = _schema(api_client)["components"]["schemas"]
+    run = training_run_create(
+        created_by=staff_user, architecture="mlp", epochs=1, batch_size=50, learning_rate=1e-3, enqueue=False
+    )
+    checkpoint = make_checkpoint(activate=True)
+    checkpoint = checkpoint[0] if isinstance(checkpoint, tuple) else checkpoint
+    prediction = make_prediction(owner=staff_user, done=True)
+
+    answers = {
+        "TrainingRun": staff_client.get(f"/api/v1/training-runs/{run.pk}/").json(),
+        "Checkpoint": staff_client.get(f"/api/v1/checkpoints/{checkpoint.pk}/").json(),
+        "Prediction": staff_client.get(f"/api/v1/predictions/{prediction.pk}/").json(),
+    }
+
+    for name, answer in answers.items():
+        # A field left out of `required` is optional to a client built from the schema, one it must test for.
+        assert set(answer) <= set(components[name]["required"]), name
