@@ -1,4 +1,6 @@
 """The documented error responses shared by every endpoint's schema."""
+import copy
+
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.negotiation import DefaultContentNegotiation
 
@@ -67,8 +69,18 @@ def _rendered(response: OpenApiResponse) -> dict:
     return {"content": {"application/json": content}, "description": response.description}
 
 
+# Every operation's 503 says to wait out the Retry-After header, so the header is declared with it, for a client built
+# from the schema to read; not required, as an upload whose outcome is unknown is answered without one.
+RETRY_AFTER_UNAVAILABLE = {
+    "schema": {"type": "integer"},
+    "description": "Seconds to wait before sending the request again; absent when it must not simply be sent again "
+                   "(`outcome_unknown`).",
+}
+
+
 def declare_protocol_errors(result: dict, generator, request, public) -> dict:
-    """A drf-spectacular postprocessing hook: each operation's 406, 411, 413 and 415, when its view can answer them.
+    """A drf-spectacular postprocessing hook: each operation's 406, 411, 413 and 415, when its view can answer them,
+    and the Retry-After header of its 503.
 
     406 where the view negotiates with
     DRF's default (the image views answer a PNG or an error whatever the Accept header says); 415 where the
@@ -94,5 +106,7 @@ def declare_protocol_errors(result: dict, generator, request, public) -> dict:
             declared = operation["responses"]
             for status, response in found.items():
                 declared.setdefault(str(status), _rendered(response))
+            if "503" in declared:
+                declared["503"].setdefault("headers", {})["Retry-After"] = copy.deepcopy(RETRY_AFTER_UNAVAILABLE)
             operation["responses"] = dict(sorted(declared.items()))
     return result

@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection
 
 from tests.api.conftest import assert_envelope, client_for
+from tests.api.test_api_errors import database_out_of_reach
 from tests.processes import REPO, child_env
 
 
@@ -366,3 +368,19 @@ def test_every_field_a_run_a_checkpoint_or_a_prediction_is_answered_with_is_decl
     for name, answer in answers.items():
         # A field left out of `required` is optional to a client built from the schema, one it must test for.
         assert set(answer) <= set(components[name]["required"]), name
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="points the PostgreSQL connection at a closed port")
+@pytest.mark.django_db(transaction=True)
+def test_every_503_declares_the_retry_after_header_it_is_answered_with(api_client, user_client, user, make_prediction):
+    paths = _schema(api_client)["paths"]
+    url = f"/api/v1/predictions/{make_prediction(owner=user).pk}/"
+
+    with database_out_of_reach():
+        response = user_client.get(url)
+
+    assert response.status_code == 503 and int(response["Retry-After"]) > 0
+    for path, item in paths.items():
+        for method, operation in item.items():
+            headers = operation["responses"]["503"].get("headers", {})
+            assert headers.get("Retry-After", {}).get("schema") == {"type": "integer"}, (method, path)
