@@ -32,6 +32,15 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def _accuracy_so_far(run: TrainingRun, accuracy: float | None, *, unfinished: str) -> str:
+    """A run's accuracy, with the epoch it was measured after (and ``unfinished``) until the run has succeeded."""
+    if accuracy is None or run.status == TrainingRun.Status.SUCCEEDED:
+        return _percent(accuracy)
+    epochs_done = len(run.metrics or [])
+    notes = [f"epoch {epochs_done} of {run.epochs}"] * bool(epochs_done) + [unfinished] * bool(unfinished)
+    return f"{_percent(accuracy)} ({', '.join(notes)})" if notes else _percent(accuracy)
+
+
 def _waited(seconds: float) -> str:
     minutes = int(seconds // 60)
     if minutes < 120:
@@ -149,23 +158,13 @@ class TrainingRunAdmin(AdminStyles, HandEditedRequestsMixin, admin.ModelAdmin):
     def validation(self, run: TrainingRun) -> str:
         # Written as each epoch ends, and kept by a run that then failed or was cancelled: only a succeeded run's
         # is its final model's.
-        if run.validation_accuracy is None or run.status == TrainingRun.Status.SUCCEEDED:
-            return _percent(run.validation_accuracy)
-        epochs_done = len(run.metrics or [])
-        if not epochs_done:
-            return _percent(run.validation_accuracy)
-        return f"{_percent(run.validation_accuracy)} (epoch {epochs_done} of {run.epochs})"
+        return _accuracy_so_far(run, run.validation_accuracy, unfinished="")
 
     @admin.display(description="test accuracy", ordering="test_accuracy")
     def accuracy(self, run: TrainingRun) -> str:
         # Measured once, on the final model of a run that succeeded. Runs from before the validation split wrote
         # each epoch's, and kept it when they then failed or were cancelled: only a succeeded run's is final.
-        if run.test_accuracy is None or run.status == TrainingRun.Status.SUCCEEDED:
-            return _percent(run.test_accuracy)
-        epochs_done = len(run.metrics or [])
-        if not epochs_done:
-            return f"{_percent(run.test_accuracy)} (not final)"
-        return f"{_percent(run.test_accuracy)} (epoch {epochs_done} of {run.epochs}, not final)"
+        return _accuracy_so_far(run, run.test_accuracy, unfinished="not final")
 
     @admin.display(description="model", ordering="architecture")
     def recipe(self, run: TrainingRun) -> str:
