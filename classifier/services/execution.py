@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from django.conf import settings
 from django.core.files.storage import storages
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -325,9 +325,6 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool, model_
     not run the model instead. A claim taken over by another worker meanwhile is
     left alone.
     """
-    by_claim: dict[int, list[int]] = {}
-    for prediction in predictions:
-        by_claim.setdefault(prediction.attempts, []).append(prediction.pk)
     changes = {"status": Prediction.Status.PENDING, "started_at": None}
     if uncount:
         changes["attempts"] = Greatest(F("attempts") - 1, 0)
@@ -335,10 +332,18 @@ def _predictions_release(*, predictions: list[Prediction], uncount: bool, model_
         changes["model_hand_backs"] = F("model_hand_backs") + 1
     connection_reopen_if_lost()
     try:
-        for attempts, ids in by_claim.items():
-            Prediction.objects.filter(pk__in=ids, status=Prediction.Status.RUNNING, attempts=attempts).update(**changes)
+        _claimed_update(predictions=predictions, **changes)
     except Exception:  # noqa: BLE001 - with the database gone the stale-running rule takes over
         logger.warning("could not release predictions %s", [p.pk for p in predictions], exc_info=True)
+
+
+def _claimed_update(*, predictions: list[Prediction], **changes) -> None:
+    """Apply ``changes`` to each prediction only while the claim that took it still holds it."""
+    by_claim: dict[int, list[int]] = {}
+    for prediction in predictions:
+        by_claim.setdefault(prediction.attempts, []).append(prediction.pk)
+    for attempts, ids in by_claim.items():
+        Prediction.objects.filter(pk__in=ids, status=Prediction.Status.RUNNING, attempts=attempts).update(**changes)
 
 
 def _predictions_hand_back(*, predictions: list[Prediction], counted_ids: set[int]) -> None:
@@ -361,7 +366,10 @@ def _predictions_hand_back(*, predictions: list[Prediction], counted_ids: set[in
             f"The model could not be loaded by the workers that took this prediction "
             f"({settings.PREDICTION_MAX_ATTEMPTS} tries); an administrator can find out why in their logs."
         )
-        _predictions_save([_prediction_fail(prediction=p, error=error) for p in out_of_tries])
+        with transaction.atomic():
+            # The failing hand-back counts like the others, so the row shows every one of them.
+            _claimed_update(predictions=out_of_tries, model_hand_backs=F("model_hand_backs") + 1)
+            _predictions_save([_prediction_fail(prediction=p, error=error) for p in out_of_tries])
     failed = {p.pk for p in out_of_tries}
     _predictions_release(predictions=[p for p in counted if p.pk not in failed], uncount=True, model_hand_back=True)
     _predictions_release(predictions=[p for p in predictions if p.pk not in counted_ids], uncount=True)

@@ -223,6 +223,7 @@ def test_a_model_no_worker_can_load_fails_the_prediction_after_its_attempts_with
             services.prediction_execute(prediction_id=prediction.pk)
     failed = Prediction.objects.get(pk=prediction.pk)
     assert failed.status == "failed" and "could not be loaded" in failed.error
+    assert failed.model_hand_backs == 2  # the failing hand-back counted as the one before it
     assert str(settings.CHECKPOINT_DIR) not in failed.error and active_checkpoint.path not in failed.error
 
 
