@@ -1,8 +1,9 @@
 """The Celery application; its configuration lives in settings under CELERY_*."""
 import os
+import warnings
 
 from celery import Celery
-from celery.exceptions import WorkerShutdown
+from celery.exceptions import CPendingDeprecationWarning, WorkerShutdown
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -10,6 +11,7 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     worker_init,
+    worker_ready,
 )
 from celery.utils.log import get_multiprocessing_logger
 
@@ -95,6 +97,20 @@ def _database_connections_refresh(sender=None, **kwargs) -> None:
     # An eager task runs inside its caller's request or transaction, whose connection is not ours to close.
     if not getattr(sender.request, "is_eager", False):
         close_old_connections()
+
+
+@worker_ready.connect
+def _cancel_on_connection_loss_notice_silence(**kwargs) -> None:
+    """Celery's notice, at every lost broker connection, that its next major version will cancel running tasks then.
+
+    The settings choose not to (CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS), so each Redis restart
+    logged a deprecation warning about a decision already made. Filtered once the worker is up: its logging set-up
+    puts every Celery deprecation warning first in line, ahead of a filter set any earlier.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )
 
 
 @worker_init.connect
