@@ -16,6 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from classifier.selectors import prediction_queue_stats
+from mnistsite.request_metrics import BUCKETS, RequestTotals, request_counts_flush, request_totals_read
 from training.selectors import (
     checkpoint_get_active, training_run_counts, training_run_oldest_queued_seconds, training_runs_running,
 )
@@ -52,8 +53,46 @@ def _family(name: str, help_text: str, samples: Iterable[Sample], *, kind: str =
     return lines
 
 
+def _histogram(name: str, help_text: str, rows: Iterable[tuple[dict[str, str], list[int]]]) -> list[str]:
+    # Each row: a count per bucket of BUCKETS (not cumulative), one for longer ones, then the sum in microseconds.
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for labels, row in rows:
+        cumulative = 0
+        for bound, count in zip((*BUCKETS, math.inf), row[:-1], strict=True):
+            cumulative += count
+            le = "+Inf" if bound == math.inf else repr(bound)
+            lines.append(f"{name}_bucket{_labels({**labels, 'le': le})} {cumulative}")
+        lines.append(f"{name}_sum{_labels(labels)} {_value(row[-1] / 1_000_000)}")
+        lines.append(f"{name}_count{_labels(labels)} {cumulative}")
+    return lines
+
+
+def _http_families(totals: RequestTotals) -> list[str]:
+    return [
+        *_family("mnistsite_http_requests_total",
+                 "Requests answered by the web, by URL pattern (unmatched for a path none matches), method and status.",
+                 [({"route": route, "method": method, "status": status}, count)
+                  for (route, method, status), count in sorted(totals.requests.items())], kind="counter"),
+        *_histogram("mnistsite_http_request_duration_seconds",
+                    "Time the web took to answer, middleware included, by URL pattern and method.",
+                    [({"route": route, "method": method}, row)
+                     for (route, method), row in sorted(totals.durations.items())]),
+    ]
+
+
+def _http_totals() -> RequestTotals | None:
+    try:
+        return request_totals_read()
+    except Exception:  # noqa: BLE001 - the figures from the database are still worth answering with
+        logger.warning("request counts left out of the metrics: the cache is unavailable", exc_info=True)
+        return None
+
+
 def metrics_text(*, now: dt.datetime) -> str:
-    """Every figure, read from the database at this moment: all web processes answer alike."""
+    """Every figure, read from the database and the shared cache at this moment: all web processes answer alike.
+
+    Without a shared cache (Redis) the request counts are the answering process's own.
+    """
     window = dt.timedelta(seconds=settings.METRICS_WINDOW_SECONDS)
     queue = prediction_queue_stats(now=now, window=window)
     active = checkpoint_get_active()
@@ -104,6 +143,8 @@ def metrics_text(*, now: dt.datetime) -> str:
                  [({}, free)] if (free := _media_free("free_files")) is not None else []),
         *_family("mnistsite_media_min_free_files", "UPLOAD_MIN_FREE_FILES.", [({}, settings.UPLOAD_MIN_FREE_FILES)]),
     ]
+    if (totals := _http_totals()) is not None:
+        lines += _http_families(totals)
     return "\n".join(lines) + "\n"
 
 
@@ -168,4 +209,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
         _refusal_log(request)
         return HttpResponse("A bearer token is required.\n", status=401, content_type=_PLAIN,
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    # This process's latest counts first, so that a scrape reaching it sees them all (this scrape itself counts in the
+    # next one: it is timed once answered).
+    request_counts_flush()
     return HttpResponse(metrics_text(now=_database_now()), content_type=CONTENT_TYPE)

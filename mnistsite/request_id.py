@@ -52,8 +52,8 @@ def request_id_reset(*, token: contextvars.Token) -> None:
 class RequestIdMiddleware:
     """Adopts a safe ``X-Request-ID`` (from a proxy, or a client retrying) or makes one, and answers with it.
 
-    First in MIDDLEWARE, so that every answer carries it, those of the request size limit and the health probes
-    included, and every line logged while the request is handled.
+    Outside every middleware but the request metrics, so that every answer carries it, those of the request size
+    limit and the health probes included, and every line logged while the request is handled.
     """
 
     def __init__(self, get_response) -> None:

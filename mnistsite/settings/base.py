@@ -60,7 +60,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First, so that every answer carries its X-Request-ID (the size limit's 411 and 413, the probes') and every
+    # Outermost, so that each request's time includes every other middleware's and the answers they give themselves
+    # (the probes', the size limit's, the HTTPS redirect) are counted too.
+    "mnistsite.request_metrics.RequestMetricsMiddleware",
+    # Next, so that every answer carries its X-Request-ID (the size limit's 411 and 413, the probes') and every
     # line logged while handling it names it.
     "mnistsite.request_id.RequestIdMiddleware",
     # Outside the others but the id's, so that it drops the body they made and keeps the headers they set.
