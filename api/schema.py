@@ -106,6 +106,8 @@ class SchemaApi(_ErrorsInJsonMixin, SpectacularAPIView):
 class SchemaDocsApi(_ErrorsInJsonMixin, SpectacularSwaggerView):
     """Swagger UI, an HTML page reading the schema."""
 
+    template_name = "api/swagger_ui.html"
+
     @extend_schema(exclude=True)
     def get(self, request, *args, **kwargs):
         response = super().get(request, *args, **kwargs)
