@@ -1,5 +1,5 @@
 """Account reads: API tokens, the user behind a key, whether a name is taken, whether the site sends email, whether
-an account's address is confirmed, and who gets a reset link."""
+an account's address is confirmed, who gets a reset link, and the mail owed."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +11,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
 from django.db import connection
-from django.db.models import BooleanField, Case, Exists, F, Model, OuterRef, QuerySet, Value, When
+from django.db.models import BooleanField, Case, Count, Exists, F, Min, Model, OuterRef, QuerySet, Value, When
 
-from accounts.models import ApiToken, EmailAddressState, api_token_digest
+from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
 from mnistsite.env import rate_parse
 
 
@@ -77,6 +77,44 @@ def email_confirmation_waiting_list(*, email: str) -> list:
                 .annotate(link_requested_at=F("email_state__link_requested_at"),
                           link_claimed_at=F("email_state__link_claimed_at"))
                 .order_by(F("link_requested_at").asc(nulls_last=True), "pk"))
+
+
+
+def email_address_state_queryset_owing_link() -> QuerySet:
+    """The EmailAddressState rows owed a confirmation link that a sweep would still send: asked for and carried by
+    no message yet (whether a sender holds it now or not), of an active account whose address is set and not
+    confirmed. A row whose account was deactivated, or whose address was confirmed or removed since, keeps its
+    request but is owed nothing: no message goes and the sweep leaves it."""
+    return (EmailAddressState.objects.filter(link_requested_at__isnull=False, user__is_active=True)
+            .exclude(user__email="").exclude(user__email=F("confirmed_email")))
+
+
+def email_change_notice_queryset_owed() -> QuerySet:
+    """The notices to a replaced or removed address neither sent nor given up yet."""
+    return EmailChangeNotice.objects.filter(sent_at__isnull=True, given_up_at__isnull=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmailOwed:
+    count: int
+    oldest_seconds: float  # 0 when none is owed
+
+
+def email_owed_stats(*, now: dt.datetime) -> dict[str, EmailOwed]:
+    """The mail owed now, for monitoring: confirmation links (``confirmation_link``, aged from their first request)
+    and change notices (``change_notice``, aged from the change). Each is one range of its partial index of the rows
+    owed (email_address_state_link_owed, email_change_notice_unsent), never a scan of every account."""
+    def owed(queryset: QuerySet, since: str) -> EmailOwed:
+        found = queryset.aggregate(count=Count("pk"), oldest=Min(since))
+        oldest = found["oldest"]
+        return EmailOwed(count=found["count"],
+                         oldest_seconds=max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+
+    return {
+        "confirmation_link": owed(email_address_state_queryset_owing_link(), "link_requested_at"),
+        # Its partial index is on queued_at: the planner reads the few rows it holds, whatever the order asked.
+        "change_notice": owed(email_change_notice_queryset_owed(), "created_at"),
+    }
 
 
 EMAIL_CONFIRMATIONS_SWEEP_TASK = "accounts.tasks.email_confirmations_sweep"

@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from accounts.selectors import email_owed_stats
 from classifier.selectors import prediction_queue_stats
 from mnistsite.request_metrics import BUCKETS, RequestTotals, request_counts_flush, request_totals_read
 from training.selectors import (
@@ -95,6 +96,7 @@ def metrics_text(*, now: dt.datetime) -> str:
     """
     window = dt.timedelta(seconds=settings.METRICS_WINDOW_SECONDS)
     queue = prediction_queue_stats(now=now, window=window)
+    owed = email_owed_stats(now=now)
     active = checkpoint_get_active()
     lines = [
         *_family("mnistsite_predictions_waiting", "Predictions not finished yet, by status.",
@@ -142,6 +144,14 @@ def metrics_text(*, now: dt.datetime) -> str:
                  "mnistsite_media_min_free_files. Absent when the volume cannot tell or sets no limit.",
                  [({}, free)] if (free := _media_free("free_files")) is not None else []),
         *_family("mnistsite_media_min_free_files", "UPLOAD_MIN_FREE_FILES.", [({}, settings.UPLOAD_MIN_FREE_FILES)]),
+        *_family("mnistsite_email_owed",
+                 "Mail owed now, not yet taken by the mail server: confirmation links (confirmation_link) and notices "
+                 "to a replaced or removed address (change_notice).",
+                 [({"kind": kind}, figures.count) for kind, figures in owed.items()]),
+        *_family("mnistsite_email_oldest_owed_seconds",
+                 "How long the oldest mail owed has been owed (a link since first asked for, a notice since the "
+                 "change); 0 when none is.",
+                 [({"kind": kind}, figures.oldest_seconds) for kind, figures in owed.items()]),
     ]
     if (totals := _http_totals()) is not None:
         lines += _http_families(totals)

@@ -5,6 +5,7 @@ import logging
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts import selectors
 from accounts.models import EmailChangeNotice
 from accounts.services.mail_sending import MAIL_CLAIM_LEASE, message_send, site_message, task_publish
 
@@ -55,8 +56,7 @@ def email_change_notices_requeue() -> tuple[int, int]:
     from accounts.tasks import email_change_notice_send as notice_task
 
     now = timezone.now()
-    stale = EmailChangeNotice.objects.filter(sent_at__isnull=True, given_up_at__isnull=True,
-                                             queued_at__lt=now - EMAIL_CHANGE_NOTICE_REQUEUE_AFTER)
+    stale = selectors.email_change_notice_queryset_owed().filter(queued_at__lt=now - EMAIL_CHANGE_NOTICE_REQUEUE_AFTER)
     given_up = 0
     for notice in stale.filter(created_at__lt=now - EMAIL_CHANGE_NOTICE_GIVE_UP_AFTER).order_by("pk"):
         if EmailChangeNotice.objects.filter(pk=notice.pk, sent_at__isnull=True).update(given_up_at=now):

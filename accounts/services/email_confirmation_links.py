@@ -5,7 +5,7 @@ import smtplib
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -119,8 +119,7 @@ def email_confirmations_sweep() -> int:
     from accounts.tasks import email_confirmation_send as send_task
 
     now = timezone.now()
-    owed = EmailAddressState.objects.filter(_link_owed(now=now), user__is_active=True).exclude(user__email="").exclude(
-        user__email=F("confirmed_email"))
+    owed = selectors.email_address_state_queryset_owing_link().filter(_link_owed(now=now))
     stale = Q(link_last_requested_at__lt=now - EMAIL_CONFIRMATION_GIVE_UP_AFTER) | Q(
         link_last_requested_at__isnull=True, link_requested_at__lt=now - EMAIL_CONFIRMATION_GIVE_UP_AFTER)
     for user_id in owed.filter(stale).values_list("user_id", flat=True):

@@ -1,4 +1,5 @@
-"""/metrics: the queue, recent latencies, training runs and the active model, in Prometheus's format, for a token."""
+"""/metrics: the queue, recent latencies, training runs, the active model and the mail owed, in
+Prometheus's format, for a token."""
 import datetime as dt
 
 import pytest
@@ -6,6 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from accounts.models import EmailAddressState, EmailChangeNotice
 from classifier.models import Prediction, Upload
 from mnistsite.database_now import Now
 from mnistsite.metrics import metrics_text
@@ -41,10 +43,14 @@ def _prediction(upload, *, status, created_at, queue_ms=None, compute_ms=None):
     return prediction
 
 
+def _upload(owner):
+    return Upload.objects.create(owner=owner, original_name="d.png", format="PNG", size=1, width=28, height=28,
+                                 sha256="0" * 64, source=Upload.Source.API, image="uploads/d.png")
+
+
 @pytest.fixture
 def upload(user):
-    return Upload.objects.create(owner=user, original_name="d.png", format="PNG", size=1, width=28, height=28,
-                                 sha256="0" * 64, source=Upload.Source.API, image="uploads/d.png")
+    return _upload(user)
 
 
 def test_metrics_are_off_until_a_token_is_set(client, settings):
@@ -209,3 +215,48 @@ def test_a_prediction_created_on_a_web_host_whose_clock_runs_behind_is_not_repor
     samples = _samples(_scrape(client).content.decode())
     assert 0 <= samples[("mnistsite_prediction_oldest_pending_seconds", ())] < 10
     assert samples[("mnistsite_predictions_recent", (("status", "pending"),))] == 1
+
+
+def _account(django_user_model, name, *, email, requested=None, claimed=None, confirmed="", active=True):
+    account = django_user_model.objects.create_user(username=name, email=email, password="x", is_active=active)
+    EmailAddressState.objects.create(user=account, confirmed_email=confirmed, link_requested_at=requested,
+                                     link_last_requested_at=requested, link_claimed_at=claimed)
+    return account
+
+
+def _notice(account, *, created_at, **finished):
+    return EmailChangeNotice.objects.create(user=account, username=account.username, address="old@example.com",
+                                            kind=EmailChangeNotice.REPLACED, created_at=created_at,
+                                            queued_at=timezone.now(), **finished)
+
+
+def _owed(samples) -> dict[str, tuple[float, float]]:
+    return {kind: (samples[("mnistsite_email_owed", (("kind", kind),))],
+                   samples[("mnistsite_email_oldest_owed_seconds", (("kind", kind),))])
+            for kind in ("confirmation_link", "change_notice")}
+
+
+def test_metrics_report_the_mail_owed_and_how_long_the_oldest_has_been_owed(client, metrics_on, django_user_model):
+    now = timezone.now()
+    assert _owed(_samples(_scrape(client).content.decode())) == {"confirmation_link": (0, 0), "change_notice": (0, 0)}
+    _account(django_user_model, "waiting", email="w@example.com", requested=now - dt.timedelta(hours=2))
+    # Being mailed now: owed until the mail server takes it.
+    _account(django_user_model, "mailing", email="m@example.com", requested=now - dt.timedelta(seconds=30),
+             claimed=now - dt.timedelta(seconds=5))
+    # Asked for, but owed nothing: no message goes to these, and no sweep ever clears their request.
+    _account(django_user_model, "confirmed", email="c@example.com", requested=now - dt.timedelta(days=3),
+             confirmed="c@example.com")
+    _account(django_user_model, "deactivated", email="d@example.com", requested=now - dt.timedelta(days=3),
+             active=False)
+    _account(django_user_model, "removed", email="", requested=now - dt.timedelta(days=3))
+    notified = _account(django_user_model, "notified", email="n@example.com", confirmed="n@example.com")
+    _notice(notified, created_at=now - dt.timedelta(hours=3))
+    _notice(notified, created_at=now - dt.timedelta(hours=5), sent_at=now - dt.timedelta(hours=5))
+    _notice(notified, created_at=now - dt.timedelta(days=2), given_up_at=now - dt.timedelta(days=1))
+
+    owed = _owed(_samples(_scrape(client).content.decode()))
+
+    assert owed["confirmation_link"][0] == 2
+    assert 7200 <= owed["confirmation_link"][1] < 7260
+    assert owed["change_notice"][0] == 1
+    assert 10800 <= owed["change_notice"][1] < 10860
