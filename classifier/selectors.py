@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Aggregate, Count, Exists, FloatField, Max, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Aggregate, Count, Exists, F, FloatField, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from classifier.idempotency import (
@@ -422,6 +422,28 @@ def prediction_queue_stats(
         queue_ms=_quantiles(done, "queue_ms", quantiles),
         compute_ms=_quantiles(done, "compute_ms", quantiles),
     )
+
+
+
+def prediction_feedback_stats(*, now: dt.datetime, window: dt.timedelta) -> dict[str, int]:
+    """Of the done predictions created in the last ``window``, those with feedback, by whether the model had it right:
+    ``confirmed`` (the feedback is the digit it gave) or ``corrected``. Each image counts once, by its newest done
+    prediction: a re-run carries the feedback forward (predictions_rerun), and feedback given on an older prediction
+    reaches the newer ones (prediction_feedback_set), so counting every prediction would count an image once per run.
+
+    Feedback given after its prediction left the window is not counted, nor feedback on an upload whose predictions
+    are all older than the window. One range of the (status, created_at) index; for each row with feedback, one
+    look-up of the upload's newer predictions in its (upload, newest first) index.
+    """
+    newer_done = Prediction.objects.filter(
+        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")),
+        upload_id=OuterRef("upload_id"), status=Prediction.Status.DONE)
+    counts = (Prediction.objects.filter(status=Prediction.Status.DONE, created_at__gte=now - window,
+                                        feedback__isnull=False)
+              .exclude(Exists(newer_done))
+              .aggregate(confirmed=Count("id", filter=Q(feedback=F("digit"))),
+                         corrected=Count("id", filter=~Q(feedback=F("digit")))))
+    return {"confirmed": counts["confirmed"], "corrected": counts["corrected"]}
 
 
 def prediction_queue_stalled(*, stalled_after_s: float) -> bool:

@@ -16,7 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from accounts.selectors import email_owed_stats
-from classifier.selectors import prediction_queue_stats
+from classifier.selectors import prediction_feedback_stats, prediction_queue_stats
 from mnistsite.request_metrics import BUCKETS, RequestTotals, request_counts_flush, request_totals_read
 from training.selectors import (
     checkpoint_get_active, training_run_counts, training_run_oldest_queued_seconds, training_runs_running,
@@ -96,6 +96,7 @@ def metrics_text(*, now: dt.datetime) -> str:
     """
     window = dt.timedelta(seconds=settings.METRICS_WINDOW_SECONDS)
     queue = prediction_queue_stats(now=now, window=window)
+    feedback = prediction_feedback_stats(now=now, window=window)
     owed = email_owed_stats(now=now)
     active = checkpoint_get_active()
     lines = [
@@ -116,6 +117,10 @@ def metrics_text(*, now: dt.datetime) -> str:
         *_family("mnistsite_prediction_compute_seconds",
                  "Preprocessing and the model's forward pass, for done predictions created within the window.",
                  _seconds(queue.compute_ms), kind="summary"),
+        *_family("mnistsite_prediction_feedback_recent",
+                 "Images whose newest done prediction was created within the window and has feedback (the digit its "
+                 "owner says it shows), by verdict: confirmed when the model gave that digit, else corrected.",
+                 [({"verdict": verdict}, count) for verdict, count in feedback.items()]),
         *_family("mnistsite_training_runs", "Training runs by status.",
                  [({"status": status}, count) for status, count in training_run_counts().items()]),
         *_family("mnistsite_training_run_oldest_queued_seconds",

@@ -1,4 +1,4 @@
-"""/metrics: the queue, recent latencies, training runs, the active model and the mail owed, in
+"""/metrics: the queue, recent latencies and feedback, training runs, the active model and the mail owed, in
 Prometheus's format, for a token."""
 import datetime as dt
 
@@ -8,6 +8,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.models import EmailAddressState, EmailChangeNotice
+from classifier import services
 from classifier.models import Prediction, Upload
 from mnistsite.database_now import Now
 from mnistsite.metrics import metrics_text
@@ -37,8 +38,9 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def _prediction(upload, *, status, created_at, queue_ms=None, compute_ms=None):
-    prediction = Prediction.objects.create(upload=upload, status=status, queue_ms=queue_ms, compute_ms=compute_ms)
+def _prediction(upload, *, status, created_at, queue_ms=None, compute_ms=None, digit=None, feedback=None):
+    prediction = Prediction.objects.create(upload=upload, status=status, queue_ms=queue_ms, compute_ms=compute_ms,
+                                           digit=digit, feedback=feedback)
     Prediction.objects.filter(pk=prediction.pk).update(created_at=created_at)
     return prediction
 
@@ -215,6 +217,48 @@ def test_a_prediction_created_on_a_web_host_whose_clock_runs_behind_is_not_repor
     samples = _samples(_scrape(client).content.decode())
     assert 0 <= samples[("mnistsite_prediction_oldest_pending_seconds", ())] < 10
     assert samples[("mnistsite_predictions_recent", (("status", "pending"),))] == 1
+
+
+def _feedback(samples) -> dict[str, float]:
+    return {verdict: samples[("mnistsite_prediction_feedback_recent", (("verdict", verdict),))]
+            for verdict in ("confirmed", "corrected")}
+
+
+def test_feedback_on_the_windows_done_predictions_is_counted_once_an_image_by_whether_the_model_was_right(user):
+    now = timezone.now()
+    recent, old = now - dt.timedelta(seconds=60), now - dt.timedelta(hours=2)
+    # Right, and said so.
+    _prediction(_upload(user), status="done", created_at=recent, digit=3, feedback=3)
+    # Wrong two hours ago; the re-run in the window carried the feedback forward, and read it right.
+    rerun = _upload(user)
+    _prediction(rerun, status="done", created_at=old, digit=1, feedback=7)
+    (carried,) = services.predictions_rerun(uploads=[rerun], publish=False)
+    Prediction.objects.filter(pk=carried.pk).update(status="done", digit=7)
+    # Wrong twice within the window: one image, corrected once.
+    twice = _upload(user)
+    _prediction(twice, status="done", created_at=recent - dt.timedelta(seconds=30), digit=4, feedback=9)
+    _prediction(twice, status="done", created_at=recent, digit=4, feedback=9)
+    # Wrong, and a re-run carrying the feedback still pending: judged by the answer given.
+    waiting = _upload(user)
+    _prediction(waiting, status="done", created_at=recent, digit=2, feedback=5)
+    _prediction(waiting, status="pending", created_at=now - dt.timedelta(seconds=5), feedback=5)
+    # No feedback; feedback only on a prediction older than the window; a failed one.
+    _prediction(_upload(user), status="done", created_at=recent, digit=8)
+    _prediction(_upload(user), status="done", created_at=old, digit=6, feedback=0)
+    _prediction(_upload(user), status="failed", created_at=recent, feedback=1)
+
+    assert _feedback(_samples(metrics_text(now=timezone.now()))) == {"confirmed": 2, "corrected": 2}
+
+
+def test_feedback_given_on_a_page_a_re_run_replaced_counts_for_the_newest_prediction_alone(user):
+    upload = _upload(user)
+    first = _prediction(upload, status="done", created_at=timezone.now() - dt.timedelta(seconds=90), digit=1)
+    (second,) = services.predictions_rerun(uploads=[upload], publish=False)
+    Prediction.objects.filter(pk=second.pk).update(status="done", digit=1)
+    # Given from the first prediction's page: it reaches the second too.
+    services.prediction_feedback_set(prediction=first, digit=1)
+    assert set(Prediction.objects.values_list("feedback", flat=True)) == {1}
+    assert _feedback(_samples(metrics_text(now=timezone.now()))) == {"confirmed": 1, "corrected": 0}
 
 
 def _account(django_user_model, name, *, email, requested=None, claimed=None, confirmed="", active=True):
