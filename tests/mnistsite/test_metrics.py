@@ -304,3 +304,32 @@ def test_metrics_report_the_mail_owed_and_how_long_the_oldest_has_been_owed(clie
     assert 7200 <= owed["confirmation_link"][1] < 7260
     assert owed["change_notice"][0] == 1
     assert 10800 <= owed["change_notice"][1] < 10860
+
+
+def test_the_mail_owed_and_the_feedback_are_read_through_index_ranges_not_a_scan_of_every_account_or_prediction(
+        user):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.selectors import email_owed_stats
+    from classifier.selectors import prediction_feedback_stats
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the plan asked of PostgreSQL")
+    now = timezone.now()
+    _prediction(_upload(user), status="done", created_at=now - dt.timedelta(seconds=60), digit=3, feedback=3)
+    with CaptureQueriesContext(connection) as queries:
+        email_owed_stats(now=now)
+        prediction_feedback_stats(now=now, window=dt.timedelta(seconds=300))
+    links, notices, feedback = [query["sql"] for query in queries.captured_queries]
+    plans = []
+    with connection.cursor() as cursor:
+        # As on tables of many rows: a scan of every row costs more than the index.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in (links, notices, feedback):
+            cursor.execute(f"EXPLAIN {sql}")
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+    assert "email_address_state_link_owed" in plans[0], plans[0]
+    assert "email_change_notice_unsent" in plans[1], plans[1]
+    assert "prediction_upload_newest" in plans[2], plans[2]
+    assert all("Seq Scan" not in plan for plan in plans), plans
