@@ -79,7 +79,6 @@ def email_confirmation_waiting_list(*, email: str) -> list:
                 .order_by(F("link_requested_at").asc(nulls_last=True), "pk"))
 
 
-
 def email_address_state_queryset_owing_link() -> QuerySet:
     """The EmailAddressState rows owed a confirmation link that a sweep would still send: asked for and carried by
     no message yet (whether a sender holds it now or not), of an active account whose address is set and not

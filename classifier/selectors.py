@@ -424,7 +424,6 @@ def prediction_queue_stats(
     )
 
 
-
 def prediction_feedback_stats(*, now: dt.datetime, window: dt.timedelta) -> dict[str, int]:
     """Of the done predictions created in the last ``window``, those with feedback, by whether the model had it right:
     ``confirmed`` (the feedback is the digit it gave) or ``corrected``. Each image counts once, by its newest done
