@@ -44,6 +44,13 @@ from classifier.services.predictions import (
     upload_read,
 )
 from classifier.services.samples import SamplesOwnerError, sample_upload_get_or_create, samples_user_get_or_create
+from classifier.services.staff_deletion import (
+    STAFF_DELETE_MAX,
+    StaffDeleteTooManyError,
+    predictions_delete_by_staff,
+    staff_deletion_size_check,
+    uploads_delete_by_staff,
+)
 from classifier.services.uploads import (
     NO_QUOTA,
     UPLOAD_OUTCOME_UNKNOWN,
@@ -69,6 +76,7 @@ __all__ = [
     "PREPARE_FAILED_ERROR",
     "RETIRED_FOLDER",
     "SCALED_FOLDER",
+    "STAFF_DELETE_MAX",
     "STORAGE_FULL_LOG_EVERY_S",
     "UPLOADS_DELETE_BATCH",
     "UPLOADS_DELETE_MAX_SELECTED",
@@ -78,6 +86,7 @@ __all__ = [
     "ModelUnavailableError",
     "PredictionFeedbackError",
     "SamplesOwnerError",
+    "StaffDeleteTooManyError",
     "StorageFullError",
     "UploadOutcomeUnknownError",
     "UploadOwnerDeletedError",
@@ -93,12 +102,14 @@ __all__ = [
     "prediction_publish",
     "prediction_retry",
     "predictions_create",
+    "predictions_delete_by_staff",
     "predictions_execute",
     "predictions_publish",
     "predictions_rerun",
     "predictions_submit",
     "predictions_sweep",
     "sample_upload_get_or_create",
+    "staff_deletion_size_check",
     "samples_user_get_or_create",
     "storage_use_recount",
     "upload_create",
@@ -109,5 +120,6 @@ __all__ = [
     "upload_read",
     "upload_update",
     "uploads_delete",
+    "uploads_delete_by_staff",
     "uploads_lock_for_owner",
 ]
