@@ -24,7 +24,7 @@ def staff_deletions_record(*, user: AbstractBaseUser, rows: QuerySet, object_rep
     many were recorded. Call it in the deletion's transaction, before the rows go.
 
     One INSERT ... SELECT however many rows: Django's own record builds an instance of every row and of every entry,
-    which took about 0.7 ms a row (14 s for 20,000 on two busy cores).
+    which took 14 of the 32 s that the admin's deletion of 20,000 uploads took (profiled, on two busy cores).
     """
     columns = {
         "action_time": Value(timezone.now(), output_field=DateTimeField()),

@@ -601,7 +601,10 @@ def _history(model):
     from django.contrib.admin.models import DELETION, LogEntry
     from django.contrib.contenttypes.models import ContentType
 
+    from django.utils import timezone
+
     entries = LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(model), action_flag=DELETION)
+    assert all(abs(timezone.now() - entry.action_time).total_seconds() < 60 for entry in entries)
     return {int(entry.object_id): (entry.object_repr, entry.user_id) for entry in entries}
 
 
