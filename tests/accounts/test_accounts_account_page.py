@@ -257,8 +257,8 @@ def test_no_staff_account_deletes_itself_and_its_record_in_the_admin_from_this_p
 
     staff = django_user_model.objects.create_user(username="helpdesk", password="correct horse battery",
                                                   is_staff=True, is_superuser=superuser)
-    LogEntry.objects.log_action(user_id=staff.pk, content_type_id=ContentType.objects.get_for_model(staff).pk,
-                                object_id=staff.pk, object_repr="alice", action_flag=CHANGE, change_message="Set")
+    LogEntry.objects.create(user_id=staff.pk, content_type_id=ContentType.objects.get_for_model(staff).pk,
+                            object_id=staff.pk, object_repr="alice", action_flag=CHANGE, change_message="Set")
     client.force_login(staff)
 
     refused = client.post("/accounts/delete/", {"password": "correct horse battery", "understood": "on"})
