@@ -131,6 +131,19 @@ def test_a_refused_upload_says_how_many_images_could_still_go_at_once(user_clien
     assert _allowance_headers(fewer) == ("10", "0", "60")
 
 
+def test_the_images_left_are_not_undercounted_when_an_images_share_of_the_period_is_not_exact_in_binary(
+    user_client, settings, clock
+):
+    # A fifth of a second added to today's clock rounds up (the clock's last bit is 2**-22 s until 2038): the
+    # allowance then seems whole in a hair over 0.2 s, and four images left would come to 3.99999976.
+    settings.UPLOAD_THROTTLE_RATE = "5/second"
+
+    one = user_client.post(LIST, {"image": upload_file()}, format="multipart")
+
+    assert one.status_code == 202
+    assert one["RateLimit-Remaining"] == "4"
+
+
 def test_a_retry_answer_says_what_is_left_of_the_allowance_it_spent(user_client, user, three_uploads_a_minute, clock):
     from classifier import services
 
