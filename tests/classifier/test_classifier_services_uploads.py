@@ -255,6 +255,17 @@ def test_the_idempotency_key_sweep_deletes_only_the_keys_past_their_hours(user, 
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["live"]
 
 
+def test_a_key_exactly_its_hours_old_has_expired_for_the_sweep(user, settings):
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 24
+    now = timezone.now()
+    IdempotencyKey.objects.create(
+        owner=user, key="on-the-hour", fingerprint="0" * 64, prediction_ids=[], created_at=now - dt.timedelta(hours=24)
+    )
+
+    assert services.idempotency_keys_expired_delete(now=now) == 1
+    assert not IdempotencyKey.objects.exists()
+
+
 def test_a_key_stored_meanwhile_is_reported_in_use_even_inside_a_callers_transaction(user, digit_png):
     # The tests run inside a transaction, as a command or a task wrapping the upload in one would.
     from classifier.idempotency import IdempotencyKeyInUseError, IdempotentUpload
