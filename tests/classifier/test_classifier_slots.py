@@ -59,6 +59,24 @@ def test_a_slot_never_given_back_lapses_by_itself_as_one_held_by_a_killed_proces
     assert _take(limit=1) is not None
 
 
+def test_a_lapsed_slot_frees_itself_while_the_user_still_holds_others():
+    assert _take(hold_s=0.3) and _take(hold_s=30.0)
+
+    time.sleep(0.5)
+
+    assert _take() is not None
+    assert _take() is None
+
+
+def test_giving_a_slot_back_keeps_the_users_other_slots_held():
+    first, second = _take(), _take()
+    user_slot_give_back(kind="wait", user_id=1, token=first)
+    time.sleep(0.1)
+
+    assert _take() is not None
+    assert _take() is None
+
+
 def test_taking_a_held_slot_again_by_its_token_keeps_it_held_longer_and_counts_it_once():
     token = _take(limit=1, hold_s=1.5)
     time.sleep(1.0)
