@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -74,6 +74,15 @@ def test_waiting_returns_at_once_when_everything_has_finished(pending):
     finished, elapsed, queries = _wait_timed([done.pk, failed.pk], timeout=30)
     # One read found them finished: nothing was waited for, nothing read again.
     assert finished is True and queries == 1 and elapsed < 10
+
+
+def test_a_wait_inside_a_transaction_looks_once_and_answers_at_once_as_the_rows_cannot_change_for_it(pending):
+    (prediction,) = pending()
+
+    with transaction.atomic():
+        finished, elapsed, queries = _wait_timed([prediction.pk], timeout=5)
+
+    assert finished is False and queries == 1 and elapsed < 2
 
 
 @on_postgresql
