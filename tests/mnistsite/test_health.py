@@ -1,5 +1,6 @@
 """Liveness and readiness endpoints report the real state of each dependency."""
 import logging
+import os
 import socket
 import threading
 import time
@@ -105,6 +106,38 @@ def test_readyz_says_the_model_is_not_ready_when_its_file_is_damaged_or_gone(scr
     assert scraper.get("/readyz").json()["checks"]["model"]["error"] == "FileNotFoundError"
     path.write_bytes(original)
     assert scraper.get("/readyz").json()["checks"]["model"]["ok"] is True
+
+
+@pytest.mark.django_db
+def test_readyz_notices_a_checkpoint_file_damaged_in_place_at_the_same_size(scraper, settings, active_checkpoint):
+    from training.selectors import checkpoint_file_path
+
+    settings.READYZ_CACHE_SECONDS = 0
+    path = checkpoint_file_path(checkpoint=active_checkpoint)
+    assert scraper.get("/readyz").json()["checks"]["model"]["ok"] is True
+    original, modified_ns = path.read_bytes(), path.stat().st_mtime_ns
+
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    # Written later, whatever the granularity of the file system's clock.
+    os.utime(path, ns=(modified_ns + 10**9, modified_ns + 10**9))
+
+    try:
+        assert scraper.get("/readyz").json()["checks"]["model"] == {
+            "ok": False, "checkpoint": active_checkpoint.pk, "error": "its file does not match its recorded sha256"
+        }
+    finally:
+        path.write_bytes(original)
+
+
+@pytest.mark.django_db
+def test_readyz_tells_anyone_the_details_while_debug_is_on(client, settings):
+    settings.DEBUG = True
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+
+    checks = client.get("/readyz").json()["checks"]
+
+    assert checks["broker"] == {"ok": False, "error": "OperationalError"}
+    assert checks["workers"] == {"ok": False, "error": "broker down"}
 
 
 @pytest.mark.django_db
