@@ -56,6 +56,16 @@ def test_readyz_tells_anyone_each_verdict_and_only_the_scraper_the_details(clien
 
 
 @pytest.mark.django_db
+def test_readyz_gives_no_details_for_an_empty_bearer_token_while_metrics_are_off(client, settings):
+    settings.METRICS_TOKEN = ""
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+
+    checks = client.get("/readyz", HTTP_AUTHORIZATION="Bearer ").json()["checks"]
+
+    assert checks["broker"] == {"ok": False}
+
+
+@pytest.mark.django_db
 def test_a_probe_answers_at_once_while_the_broker_refuses_connections(scraper, settings):
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
     began = time.monotonic()

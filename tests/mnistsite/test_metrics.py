@@ -120,6 +120,32 @@ def test_metrics_report_the_queue_recent_latencies_training_runs_the_active_mode
     assert samples[("mnistsite_media_min_free_files", ())] == settings.UPLOAD_MIN_FREE_FILES
 
 
+def test_the_minimum_free_bytes_reported_is_the_threshold_uploads_are_refused_below_in_mebibytes(settings):
+    settings.UPLOAD_MIN_FREE_MB = 5
+
+    samples = _samples(metrics_text(now=timezone.now()))
+
+    assert samples[("mnistsite_media_min_free_bytes", ())] == 5 * 1024 * 1024
+
+
+def test_an_active_checkpoint_that_predates_the_validation_split_reports_no_validation_accuracy():
+    run = TrainingRun.objects.create(status="succeeded", epochs=1, batch_size=128, learning_rate=0.1)
+    Checkpoint.objects.create(run=run, epoch=1, architecture="cnn", path="runs/1/final.pt", sha256="0" * 64,
+                              size=1, test_accuracy=0.99, validation_accuracy=None, is_active=True)
+
+    samples = _samples(metrics_text(now=timezone.now()))
+
+    assert samples[("mnistsite_active_checkpoint_test_accuracy", ())] == 0.99
+    assert not any(name == "mnistsite_active_checkpoint_validation_accuracy" for name, _ in samples)
+
+
+@pytest.mark.parametrize("authorization", [f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer {TOKEN} "])
+def test_a_scraper_is_let_in_whatever_the_case_of_the_bearer_scheme_and_spaces_around_its_token(
+    client, metrics_on, authorization
+):
+    assert client.get("/metrics", HTTP_AUTHORIZATION=authorization).status_code == 200
+
+
 def test_an_idle_service_reports_zeros_and_no_latency_figures_rather_than_failing():
     samples = _samples(metrics_text(now=timezone.now()))
     assert samples[("mnistsite_predictions_waiting", (("status", "pending"),))] == 0
