@@ -60,3 +60,13 @@ def test_the_last_page_is_page_last(staff_client, staff_user):
     last = staff_client.get(RUNS, {"page_size": 2, "page": "last"}).json()
 
     assert [item["id"] for item in last["results"]] == [made[0]] and last["next"] is None
+
+
+@pytest.mark.django_db
+def test_newest_zero_is_a_list_of_the_moment_before_any_row_was_stored(staff_client, staff_user):
+    _run(staff_user)
+
+    response = staff_client.get(RUNS, {"newest": "0"})
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["count"] == 0 and response.json()["results"] == []
