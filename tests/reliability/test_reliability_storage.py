@@ -82,6 +82,8 @@ def test_an_upload_that_would_leave_too_little_free_space_answers_503_and_writes
 
     assert page.status_code == 503 and b"short of storage space and nothing was stored" in page.content
     assert api.status_code == 503 and api.json()["error"]["code"] == "storage_full"
+    # Room is made by a person, not in the seconds of a passing outage: clients are told to come back in minutes.
+    assert api["Retry-After"] == "300"
     assert Upload.objects.count() == 0 and Prediction.objects.count() == 0
     assert not [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
 
