@@ -64,3 +64,11 @@ def test_ipv4_clients_seen_as_ipv4_mapped_ipv6_addresses_are_each_counted_by_the
     assert not login_attempt_allowed(username="victim", ip="203.0.113.7")  # the same client, however it arrives
     assert login_attempt_allowed(username="victim", ip="::ffff:198.51.100.4")
     assert login_attempt_start(username="victim", ip="::ffff:198.51.100.4")
+
+
+def test_guesses_at_one_account_typed_in_different_cases_are_counted_together():
+    # Log-in reads the name in any case: counted apart, each spelling would bring the pair's limit afresh.
+    spellings = ["victim", "Victim", "VICTIM", "vIctim", "viCtim", "vicTim", "victIm"]
+    started = [login_attempt_start(username=name, ip="203.0.113.7") for name in spellings]
+
+    assert started == [True] * LOCKOUT_THRESHOLD + [False] * (len(spellings) - LOCKOUT_THRESHOLD)
