@@ -154,6 +154,14 @@ def test_a_taken_name_or_one_token_too_many_is_refused_with_a_message(signed_in,
     assert ApiToken.objects.filter(user=user).count() == ApiToken.MAX_PER_USER
 
 
+def test_a_tokens_name_keeps_each_run_of_spaces_as_one_so_a_name_differing_only_in_spacing_is_taken(user):
+    token, _ = api_token_create(user=user, name="  my   laptop ")
+    assert token.name == "my laptop"
+
+    with pytest.raises(services.ApiTokenError, match="already"):
+        api_token_create(user=user, name="my laptop")
+
+
 def test_changing_the_password_keeps_this_session_and_needs_the_old_one(signed_in, user, client):
     wrong = signed_in.post("/accounts/password/", {"old_password": "nope", "new_password1": "a-New-pass-482",
                                                   "new_password2": "a-New-pass-482"})
