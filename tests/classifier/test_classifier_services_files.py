@@ -264,3 +264,16 @@ def test_the_daily_sweep_removes_folders_deletions_left_empty_but_not_the_last_t
     services.upload_files_orphaned_delete(everything=True, now=now + dt.timedelta(hours=2))
     assert not os.path.isdir(default_storage.path(month))
     assert all(os.path.isdir(default_storage.path(top)) for top in ("uploads", "scaled", "orphaned"))
+
+
+def test_a_wide_picture_whose_shorter_side_is_small_already_is_still_scaled_by_its_longest_side():
+    from PIL import Image
+
+    from classifier.thumbnails import picture_scaled_png
+
+    strip = io.BytesIO()
+    Image.new("L", (600, 60), 255).save(strip, format="PNG")
+
+    scaled = picture_scaled_png(strip, side=128)
+
+    assert scaled is not None and Image.open(io.BytesIO(scaled)).size == (128, 13)
