@@ -326,7 +326,8 @@ def _refuse_too_many(modeladmin, request, *, plural: str, error) -> None:
     modeladmin.message_user(
         request,
         f"{error.selected:,} {plural} are selected, and at most {error.most:,} are deleted at once; nothing was "
-        "deleted. Narrow the list with its filters (a sample set, a status, a digit, a date) and delete each part.",
+        "deleted. Narrow the list with its filters (a sample set, a status, a digit, a date) and delete each part"
+        + (", or run manage.py delete_uploads (see its --help)." if modeladmin.model is Upload else "."),
         messages.ERROR,
     )
 

@@ -722,6 +722,8 @@ def test_deleting_more_uploads_or_predictions_than_one_deletion_takes_is_refused
 
         page = response.content.decode()
         assert f"4 {plural} are selected, and at most 3 are deleted at once; nothing was deleted. Narrow the list" in page
+        # Uploads have a command that deletes any number in batches; predictions go with their uploads or by filters.
+        assert ("manage.py delete_uploads" in page) is (plural == "uploads")
         assert "Are you sure?" not in page
         # Confirmed all the same (a page from before the limit was lowered): refused too.
         confirmed = {**select_all, "post": "yes", "newest": 10**15, "confirmed": 4}

@@ -1,4 +1,4 @@
-"""Management commands: predict from the command line, extract MNIST samples, load the sample sets."""
+"""Management commands: predict from the command line, extract MNIST samples, load the sample sets, delete uploads."""
 import io
 import json
 import logging
@@ -138,3 +138,95 @@ def test_load_samples_run_again_before_the_workers_read_the_images_queues_nothin
 
     assert Prediction.objects.filter(status="pending").count() == 1 and len(published.prediction_ids()) == 1
     assert "1 still waiting for a worker; 0 prediction(s) queued" in out.getvalue()
+
+
+def _stored_uploads(owner, count, *, created_at=None, sample_set=""):
+    """``count`` uploads of ``owner``, each with a prediction and a file in the media volume."""
+    import uuid
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    uploads = []
+    for index in range(count):
+        name = default_storage.save(f"uploads/cmd/{uuid.uuid4().hex}.png", ContentFile(b"png"))
+        upload = Upload.objects.create(
+            owner=owner, image=name, original_name=f"{index}.png", format="PNG", size=3, stored_size=3, width=28,
+            height=28, sha256=uuid.uuid4().hex * 2, source="sample" if sample_set else "file", sample_set=sample_set,
+        )
+        Prediction.objects.create(upload=upload, status="done", digit=3)
+        if created_at is not None:
+            Upload.objects.filter(pk=upload.pk).update(created_at=created_at)
+        uploads.append(upload)
+    return uploads
+
+
+def _deletion_history() -> dict[int, int]:
+    from django.contrib.admin.models import DELETION, LogEntry
+
+    return {int(entry.object_id): entry.user_id for entry in LogEntry.objects.filter(action_flag=DELETION)}
+
+
+def test_delete_uploads_without_yes_only_says_how_many_match(user, staff_user):
+    _stored_uploads(user, 3)
+    out = io.StringIO()
+
+    call_command("delete_uploads", "--by", staff_user.username, "--owner", user.username, stdout=out)
+
+    assert "3 uploads match; add --yes to delete them." in out.getvalue()
+    assert Upload.objects.count() == 3 and not _deletion_history()
+
+
+def test_delete_uploads_deletes_more_than_one_deletion_takes_in_batches_each_recorded_in_the_admin_history(
+    user, other_user, staff_user, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.core.files.storage import default_storage
+
+    from classifier.services import staff_deletion
+
+    monkeypatch.setattr(staff_deletion, "STAFF_DELETE_MAX", 2)  # as the admin's 20,000, in fewer rows
+    doomed = _stored_uploads(user, 5)
+    kept = _stored_uploads(other_user, 1)
+    out = io.StringIO()
+
+    with django_capture_on_commit_callbacks(execute=True):  # each batch's files go once it commits
+        call_command("delete_uploads", "--by", staff_user.username, "--owner", user.username, "--yes", stdout=out)
+
+    assert "Deleted 5 uploads." in out.getvalue() and out.getvalue().count("deleted ") == 3
+    assert _deletion_history() == {upload.pk: staff_user.pk for upload in doomed}
+    assert list(Upload.objects.values_list("pk", flat=True)) == [kept[0].pk]
+    assert list(Prediction.objects.values_list("upload_id", flat=True)) == [kept[0].pk]
+    assert not any(default_storage.exists(upload.image.name) for upload in doomed)
+    assert default_storage.exists(kept[0].image.name)
+
+
+def test_delete_uploads_reads_days_in_the_sites_time_zone(user, staff_user, settings):
+    import datetime as dt
+    import zoneinfo
+
+    settings.TIME_ZONE = "Asia/Seoul"
+    seoul = zoneinfo.ZoneInfo("Asia/Seoul")
+    (late_on_the_2nd,) = _stored_uploads(user, 1, created_at=dt.datetime(2026, 3, 2, 23, 30, tzinfo=seoul))
+    (early_on_the_3rd,) = _stored_uploads(user, 1, created_at=dt.datetime(2026, 3, 3, 0, 30, tzinfo=seoul))
+    (on_the_5th,) = _stored_uploads(user, 1, created_at=dt.datetime(2026, 3, 5, 12, 0, tzinfo=seoul))
+
+    call_command("delete_uploads", "--by", staff_user.username, "--since", "2026-03-03", "--before", "2026-03-05",
+                 "--yes", stdout=io.StringIO())
+
+    assert set(Upload.objects.values_list("pk", flat=True)) == {late_on_the_2nd.pk, on_the_5th.pk}
+    assert set(_deletion_history()) == {early_on_the_3rd.pk}
+
+
+@pytest.mark.parametrize("arguments, error", [
+    (["--by", "staff"], "Give at least one filter"),
+    (["--by", "alice", "--sample-set", "mnist"], "No active staff account is named 'alice'"),
+    (["--by", "staff", "--owner", "nobody"], "No account is named 'nobody'"),
+    (["--by", "staff", "--before", "3 March"], "'3 March' is not a day written YYYY-MM-DD"),
+])
+def test_delete_uploads_refuses_what_it_cannot_do_and_deletes_nothing(user, staff_user, arguments, error):
+    from django.core.management.base import CommandError
+
+    _stored_uploads(user, 1, sample_set="mnist")
+    with pytest.raises(CommandError, match=error):
+        call_command("delete_uploads", *arguments, "--yes", stdout=io.StringIO())
+    assert Upload.objects.count() == 1
