@@ -78,7 +78,6 @@ class _Counts:
 
 _counts = _Counts()
 _labels: dict[str, str] = {}
-_STATUSES = {status: str(status) for status in range(100, 600)}
 
 
 def _route(request: HttpRequest, status: int) -> str:
@@ -109,7 +108,7 @@ def request_record(*, request: HttpRequest, response: HttpResponseBase, seconds:
     status = response.status_code
     method = request.method if request.method in METHODS else OTHER_METHOD
     pair = (_route(request, status), method)
-    key = (*pair, _STATUSES.get(status) or str(status))
+    key = (*pair, str(status))
     bucket = bisect_left(BUCKETS, seconds)
     now = time.monotonic()
     counts = _counts
