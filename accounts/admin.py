@@ -11,8 +11,11 @@ from django.template.defaultfilters import pluralize
 from django.utils import formats, timezone
 
 from accounts import selectors, services
+from accounts.admin_deletion import users_deleted_objects
 from accounts.forms import AccountAdminPasswordChangeForm, AccountUserChangeForm
 from accounts.models import ApiToken
+from classifier.admin import DELETE_LIST_MAX
+from classifier.models import Upload
 from mnistsite.admin_requests import HandEditedRequestsMixin, deleted_meanwhile_response
 
 
@@ -77,7 +80,11 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
         return _may_touch(request, obj) and super().has_delete_permission(request, obj)
 
     def get_deleted_objects(self, objs, request):
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if Upload.objects.filter(owner__in=[user.pk for user in objs]).count() > DELETE_LIST_MAX:
+            deleted, counts, perms_needed, protected = users_deleted_objects(
+                users=objs, request=request, admin_site=self.admin_site)
+        else:
+            deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         # "Delete selected" asks only whether users may be deleted at all: staff among them refuse the lot.
         if not all(_may_touch(request, user) for user in objs):
             perms_needed = {*perms_needed, "staff accounts"}
@@ -172,8 +179,8 @@ class AccountUserAdmin(HandEditedRequestsMixin, UserAdmin):
             self.message_user(request, f"{obj.email} was saved, waiting for confirmation: account "
                                        f"{obj.get_username()} is deactivated: no link is sent.", messages.WARNING)
 
-    # Deleted as an account's own deletion is, its uploads locked first: else Django's cascade (predictions, then
-    # uploads) can deadlock with the owner's "Delete all" running at the same time.
+    # Deleted as an account's own deletion is, its uploads locked first: else deleting the predictions, then the
+    # uploads, can deadlock with the owner's "Delete all" running at the same time.
     def delete_model(self, request, obj):
         services.users_delete(users=[obj])
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts.selectors import username_taken
 from accounts.services.email_change_notices import email_change_notices_finished
 from accounts.services.login_lockout import address_key
-from classifier.services import uploads_lock_for_owner
+from classifier.services import uploads_delete_all, uploads_lock_for_owner
 from classifier.throttling import TOLERANCE_S, allowance_take
 from mnistsite.env import rate_parse
 
@@ -177,10 +177,10 @@ def users_delete(*, users) -> None:
     once that commits."""
     users = sorted(users, key=lambda user: user.pk)
     with transaction.atomic():
-        # Django's cascade deletes the predictions before the uploads; every deletion of uploads locks the uploads
-        # first. Locked here as those deletions lock them, a "Delete all" running in another tab waits for this one
-        # (or this one for it) instead of the two deadlocking. Owner by owner in id order, so two deletions of
-        # several accounts wait for each other too.
+        # Their predictions are deleted before their uploads (uploads_delete_all, as Django's cascade would); every
+        # deletion of uploads locks the uploads first. Locked here as those deletions lock them, a "Delete all"
+        # running in another tab waits for this one (or this one for it) instead of the two deadlocking. Owner by
+        # owner in id order, so two deletions of several accounts wait for each other too.
         for user in users:
             uploads_lock_for_owner(owner=user)
         # Then the accounts themselves, before the cascade deletes any row of theirs: a change from one of their
@@ -191,4 +191,6 @@ def users_delete(*, users) -> None:
              .values_list("pk", flat=True))
         # Their notices go too, but those still owed to an old address (email_change_notices_forget).
         email_change_notices_finished().filter(user__in=[user.pk for user in users]).delete()
+        for user in users:
+            uploads_delete_all(owner=user)
         get_user_model().objects.filter(pk__in=[user.pk for user in users]).delete()

@@ -7,6 +7,7 @@ from classifier.services.deletion import (
     storage_use_recount,
     upload_delete,
     uploads_delete,
+    uploads_delete_all,
     uploads_lock_for_owner,
 )
 from classifier.services.execution import (
@@ -120,6 +121,7 @@ __all__ = [
     "upload_read",
     "upload_update",
     "uploads_delete",
+    "uploads_delete_all",
     "uploads_delete_by_staff",
     "uploads_lock_for_owner",
 ]

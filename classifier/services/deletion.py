@@ -9,7 +9,8 @@ from django.db.models import F, Q, QuerySet, Sum
 from django.db.models.functions import Greatest
 
 from classifier import selectors
-from classifier.models import UPLOAD_STORED_BYTES, StorageUse, Upload
+from classifier.models import UPLOAD_STORED_BYTES, Prediction, StorageUse, Upload
+from classifier.services.files import upload_files_delete_on_commit
 from mnistsite.database_connections import is_transient
 
 
@@ -111,15 +112,32 @@ def uploads_delete(
 def uploads_lock_for_owner(*, owner) -> None:
     """Lock every upload of ``owner`` as a deletion of uploads does, then their count, in the caller's transaction.
 
-    For a deletion of the owner: Django's cascade would delete their predictions first and the uploads after, the
+    For a deletion of the owner: uploads_delete_all deletes their predictions first and the uploads after, the
     reverse of ``_uploads_delete_batch``, and the two would deadlock. Every upload's insert takes the count's row
     lock: held here, none of the owner's uploads commits until the deletion ends (then it fails, its owner gone).
-    Otherwise one committed after the cascade read the uploads would outlive it, and fail the deletion at commit.
+    Otherwise one committed after the deletion read the uploads would outlive it, and fail the deletion at commit.
     """
     list(Upload.objects.filter(owner=owner).select_for_update().order_by("pk").values_list("pk", flat=True))
     # Made if missing (an owner's first upload may be under way): an upload's insert then waits on this row too.
     StorageUse.objects.bulk_create([StorageUse(owner=owner)], ignore_conflicts=True)
     list(StorageUse.objects.filter(owner=owner).select_for_update().values_list("pk", flat=True))
+
+
+def uploads_delete_all(*, owner) -> int:
+    """Delete every upload of ``owner`` with its predictions, for the owner's own deletion; returns how many went.
+
+    In the caller's transaction, after uploads_lock_for_owner; the image files go once it commits. Set-based: the
+    cascade from the account would read every upload and prediction as an instance first, and the file signal queue
+    a callback for each (an account of 100,000 uploads: 15 s and 300 MB more memory).
+    """
+    uploads = Upload.objects.filter(owner=owner)
+    names = list(uploads.order_by().values_list("image", flat=True))
+    Prediction.objects.filter(upload__owner=owner).delete()
+    # Not .delete(): it would read every row in full for the signal that removes each row's file; removed below.
+    uploads._raw_delete(uploads.db)
+    StorageUse.objects.filter(owner=owner).update(bytes=0)
+    upload_files_delete_on_commit(names=names)
+    return len(names)
 
 
 def _uploads_delete_batch(*, owner_id: int, uploads: QuerySet[Upload]) -> int:

@@ -41,7 +41,7 @@ def test_a_user_deleted_in_the_admin_while_a_deletion_of_their_uploads_runs_wait
     _uploaded(other_user, digit_png, count=1)
 
     def admin_delete():
-        # Django's cascade deletes the predictions, then the uploads; "Delete all" in the owner's tab runs meanwhile.
+        # The deletion takes the predictions, then the uploads; "Delete all" in the owner's tab runs meanwhile.
         if how == "delete page":
             return admin_client.post(f"{USERS}{user.pk}/delete/", {"post": "yes"}).status_code
         return admin_client.post(USERS, {"action": "delete_selected", "post": "yes",
@@ -584,3 +584,65 @@ def test_staff_who_are_not_superusers_cannot_mark_a_staff_accounts_address_confi
     assert "Account higher is a staff account: only a superuser marks its address confirmed." in page
     assert "Marked 1 email address confirmed." in page and "had no address" not in page
     assert user_email_confirmed(user=user) and not user_email_confirmed(user=higher)
+
+
+def _many_uploaded(owner, digit_png, count: int) -> list:
+    from classifier import services
+
+    batch = 32  # the most one upload takes
+    return [
+        prediction
+        for start in range(0, count, batch)
+        for prediction in services.predictions_submit(owner=owner, source="api", files=[
+            (io.BytesIO(digit_png(index % 10)), None) for index in range(start, min(count, start + batch))
+        ])
+    ]
+
+
+def test_deleting_an_account_with_more_uploads_than_the_admin_lists_confirms_their_count_and_deletes_them_all(
+    admin_client, user, digit_png, django_capture_on_commit_callbacks, settings
+):
+    from pathlib import Path
+
+    from django.contrib.auth import get_user_model
+
+    from accounts.services import api_token_create
+    from classifier.admin import DELETE_LIST_MAX
+    from classifier.models import Upload
+
+    predictions = _many_uploaded(user, digit_png, DELETE_LIST_MAX + 1)
+    files = [Path(settings.MEDIA_ROOT) / prediction.upload.image.name for prediction in predictions]
+    api_token_create(user=user, name="laptop")
+
+    page = admin_client.get(f"{USERS}{user.pk}/delete/").content.decode()
+
+    # Counted where Django would link every upload and prediction; the account's other rows are listed as before.
+    assert f"{DELETE_LIST_MAX + 1} uploads, their stored images and their {DELETE_LIST_MAX + 1} predictions" in page
+    assert f"<li>Uploads: {DELETE_LIST_MAX + 1}</li>" in page and f"<li>Predictions: {DELETE_LIST_MAX + 1}</li>" in page
+    assert not re.search(r"/admin/classifier/(upload|prediction)/\d", page)
+    assert f'<a href="{USERS}{user.pk}/change/">alice</a>' in page and "laptop" in page
+    assert "permission" not in page
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client.post(f"{USERS}{user.pk}/delete/", {"post": "yes"}).status_code == 302
+
+    assert not get_user_model().objects.filter(pk=user.pk).exists() and not Upload.objects.exists()
+    assert files[0].parent.exists() and not [file for file in files if file.exists()]
+
+
+def test_staff_who_may_not_delete_uploads_are_refused_an_account_with_more_than_the_admin_lists(
+    helpdesk, user, digit_png
+):
+    from django.contrib.auth import get_user_model
+
+    from classifier.admin import DELETE_LIST_MAX
+    from classifier.models import Upload
+
+    _many_uploaded(user, digit_png, DELETE_LIST_MAX + 1)
+
+    page = helpdesk.get(f"{USERS}{user.pk}/delete/").content.decode()
+
+    assert "doesn't have permission to delete the following types of objects" in page
+    assert "<li>upload</li>" in page and "<li>prediction</li>" in page
+    assert helpdesk.post(f"{USERS}{user.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert get_user_model().objects.filter(pk=user.pk).exists() and Upload.objects.count() == DELETE_LIST_MAX + 1

@@ -21,7 +21,7 @@ def test_an_account_deleted_while_a_deletion_of_its_uploads_runs_waits_for_it_in
         services.predictions_create(uploads=[upload], publish=False)
         uploads.append(upload)
 
-    # The account's deletion (Django's cascade: predictions, then uploads) held, "Delete all" in another tab runs.
+    # The account's deletion (predictions, then uploads) held, "Delete all" in another tab runs.
     outcome = deletions_race(
         held=lambda: account_delete(user=get_user_model().objects.get(pk=user.pk)),
         other=lambda: services.uploads_delete(owner=user, upload_ids=[upload.pk for upload in uploads]),
@@ -106,3 +106,44 @@ def test_an_account_locked_for_a_change_still_takes_its_uploads_meanwhile(user, 
             cursor.execute("SET LOCAL lock_timeout = '2s'")
         upload = services.upload_create(owner=user, file=io.BytesIO(digit_png(0)), source="file")
     assert upload.pk is not None
+
+
+@pytest.mark.django_db
+def test_deleting_an_account_deletes_its_uploads_predictions_and_files_without_reading_one_as_an_instance(
+        user, other_user, digit_png, django_capture_on_commit_callbacks, settings):
+    import io
+    from pathlib import Path
+
+    from django.db.models.signals import post_init
+
+    from accounts.services import account_delete
+    from classifier import services
+    from classifier.models import Prediction, StorageUse, Upload
+
+    def uploaded(owner, count):
+        return services.predictions_submit(
+            owner=owner, files=[(io.BytesIO(digit_png(index)), None) for index in range(count)], source="api")
+
+    gone, kept = uploaded(user, 3), uploaded(other_user, 2)
+    read = []
+
+    def instance_read(sender, instance, **kwargs):
+        read.append(instance)
+
+    # The cascade read each one to send its deletion signals, 15 s for an account of 100,000 uploads.
+    for model in (Upload, Prediction):
+        post_init.connect(instance_read, sender=model)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            account_delete(user=user)
+    finally:
+        for model in (Upload, Prediction):
+            post_init.disconnect(instance_read, sender=model)
+
+    assert read == []
+    assert set(Upload.objects.values_list("pk", flat=True)) == {prediction.upload_id for prediction in kept}
+    assert Prediction.objects.count() == 2 and not StorageUse.objects.filter(owner_id=user.pk).exists()
+    def stored(predictions):
+        return [Path(settings.MEDIA_ROOT, prediction.upload.image.name).exists() for prediction in predictions]
+
+    assert stored(gone) == [False] * 3 and stored(kept) == [True] * 2
