@@ -78,6 +78,13 @@ def predictions_delete_by_staff(*, user, predictions: QuerySet[Prediction]) -> i
     """
     staff_deletion_size_check(selected=predictions.count())
     with transaction.atomic():
+        # Their uploads first, by id, as every deletion of uploads locks them before deleting their predictions (in
+        # batches, each batch's in no order of id): locking predictions first, the two could each hold a prediction
+        # the other waits for. No key: a re-run's new prediction on them is not held up.
+        list(
+            Upload.objects.filter(pk__in=predictions.order_by().values("upload_id")).select_for_update(no_key=True)
+            .order_by("pk").values_list("pk", flat=True)
+        )
         locked = list(
             Prediction.objects.filter(pk__in=predictions.order_by().values("pk")).select_for_update().order_by("pk")
             .values_list("pk", flat=True)

@@ -2,6 +2,7 @@
 import io
 
 import pytest
+from django.db import connection
 
 from classifier import services
 from classifier.models import Prediction
@@ -671,6 +672,31 @@ def test_files_of_uploads_deleted_by_staff_go_only_once_the_deletion_commits(
         callback()
     assert not any(default_storage.exists(name) for name in names)
     assert default_storage.exists(kept.image.name)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite writes one transaction at a time")
+@pytest.mark.django_db(transaction=True)
+def test_staff_deleting_predictions_while_others_delete_their_uploads_wait_for_each_other_instead_of_deadlocking(
+    staff_user, user, monkeypatch
+):
+    from classifier.models import Upload
+    from classifier.services import staff_deletion
+    from tests.classifier.fixtures import deletions_race
+
+    first, second = _rows(user, 2)
+    again = Prediction.objects.create(upload=first, status="failed")  # the first upload's re-run: a later id
+    # A statement per upload: the first's predictions are deleted, the second's not yet, as with two of 5,000.
+    monkeypatch.setattr(staff_deletion, "_STATEMENT_ROWS", 1)
+    chosen = [second.predictions.get().pk, again.pk]
+
+    outcome = deletions_race(
+        held=lambda: services.uploads_delete_by_staff(user=staff_user, uploads=Upload.objects.order_by("pk")),
+        other=lambda: services.predictions_delete_by_staff(
+            user=staff_user, predictions=Prediction.objects.filter(pk__in=chosen)),
+    )
+
+    assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
+    assert outcome["held"] == 2 and not Upload.objects.exists() and not Prediction.objects.exists()
 
 
 def test_a_staff_deletion_that_fails_midway_deletes_records_and_removes_nothing(
