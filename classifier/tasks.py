@@ -55,6 +55,19 @@ def upload_files_orphaned_delete(everything: bool = False) -> int:
 
 
 @shared_task(
+    name="classifier.tasks.upload_files_delete",
+    acks_late=True,
+    # FILES_DELETE_HERE_MAX files: a second or two, a minute on a volume as slow as any seen.
+    soft_time_limit=120,
+    time_limit=150,
+    ignore_result=True,
+)
+def upload_files_delete(names: list[str]) -> None:
+    # The files of rows deleted for good: deleting them again, after a lost worker, finds them gone.
+    services.upload_files_delete(names=[str(name) for name in names])
+
+
+@shared_task(
     name="classifier.tasks.storage_use_recount",
     **HOUSEKEEPING,
 )

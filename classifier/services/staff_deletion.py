@@ -12,10 +12,9 @@ from classifier.models import UPLOAD_STORED_BYTES, Prediction, StorageUse, Uploa
 from classifier.services.files import upload_files_delete_on_commit
 from mnistsite.action_log import staff_deletions_record
 
-# The most rows one deletion in the admin takes, all in one transaction with their history entries. The rows of
-# 50,000 uploads took 8 s on two cores busy with other work; their files, removed once it committed, 5 s, and 114 s
-# while other processes were writing files too. A request cut short there would leave files behind (for the daily
-# sweep), so the limit keeps even that case to under a minute.
+# The most rows one deletion in the admin takes, all in one transaction with their history entries, their rows
+# locked all along: the rows of 50,000 uploads took 8 s on two cores busy with other work. (Their files are the
+# workers' to remove once it commits, upload_files_delete: 5 s for 50,000, 114 s while others wrote files too.)
 STAFF_DELETE_MAX = 20_000
 # Rows each statement names by id: within PostgreSQL's 65,535 parameters and SQLite's 32,766.
 _STATEMENT_ROWS = 5_000

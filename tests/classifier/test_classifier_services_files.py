@@ -28,6 +28,22 @@ def test_deleting_a_user_deletes_their_uploaded_files_once_committed(
     assert Path(kept.image.path).is_file() and list(Upload.objects.all()) == [kept]
 
 
+def test_the_files_of_a_large_deletion_are_removed_here_when_the_broker_refuses_their_messages(
+    user, digit_png, settings, monkeypatch, caplog
+):
+    from classifier.services import files
+    from tests.processes import NO_BROKER_URL, broker_switched
+
+    uploads = [services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file") for i in range(5)]
+    monkeypatch.setattr(files, "FILES_DELETE_HERE_MAX", 2)  # past it, the workers remove them
+
+    with broker_switched(settings, NO_BROKER_URL):
+        files.upload_files_delete(names=[upload.image.name for upload in uploads])
+
+    assert not any(Path(upload.image.path).exists() for upload in uploads)
+    assert "could not queue the removal of 5 deleted uploads' files; removing them here" in caplog.text
+
+
 def test_the_orphan_sweep_sets_aside_only_files_no_upload_names_once_they_are_an_hour_old(user, digit_png, settings):
     import os
 

@@ -194,3 +194,28 @@ def test_the_sweeper_task_publishes_what_the_broker_missed(celery_worker_process
     time.sleep(0.05)
     assert services.predictions_sweep() == 1
     assert wait_for(prediction.pk).status == "done"
+
+
+def test_the_files_of_a_large_deletion_are_removed_by_a_real_worker_a_message_at_a_time(
+    celery_worker_process, user, digit_png, monkeypatch
+):
+    from pathlib import Path
+
+    from accounts.services import account_delete
+    from classifier.services import files
+
+    paths = [Path(services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file").image.path)
+             for i in range(5)]
+    monkeypatch.setattr(files, "FILES_DELETE_HERE_MAX", 2)  # here; the worker removes a message's 2 itself
+
+    account_delete(user=user)
+
+    def removals() -> list[str]:
+        return [line for line in celery_worker_process.log().splitlines()
+                if "tasks.upload_files_delete[" in line and "succeeded" in line]
+
+    deadline = time.monotonic() + 30
+    while len(removals()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(removals()) == 3, celery_worker_process.log()
+    assert not any(path.exists() for path in paths)
