@@ -57,9 +57,9 @@ def upload_files_orphaned_delete(everything: bool = False) -> int:
 @shared_task(
     name="classifier.tasks.upload_files_delete",
     acks_late=True,
-    # FILES_DELETE_HERE_MAX files: a second or two, a minute on a volume as slow as any seen.
-    soft_time_limit=120,
-    time_limit=150,
+    # FILES_DELETE_HERE_MAX files: under a second, a few on a volume as slow as any seen.
+    soft_time_limit=60,
+    time_limit=90,
     ignore_result=True,
 )
 def upload_files_delete(names: list[str]) -> None:

@@ -422,22 +422,26 @@ def upload_files_delete_on_commit(*, names: list[str], using: str | None = None)
 
 # Past this many files, a deletion's files are removed by the workers, this many a message: an account of a million
 # uploads took 45 s to remove, more on a busy volume, which the request deleting it would spend after its answer.
-FILES_DELETE_HERE_MAX = 1_000
+# A message takes a worker process for 0.05-0.5 s (2.5 on a volume as slow as any seen), an upload's longest wait
+# for one, as the messages wait behind people's uploads.
+FILES_DELETE_HERE_MAX = 500
 
 
 def upload_files_delete(*, names: list[str]) -> None:
-    """Delete these stored files, of rows deleted for good: a few here, more by the workers.
+    """Delete these stored files, of rows deleted for good: a few here, more by the workers, after people's uploads.
 
-    Any a broker refuses are deleted here; any a message lost are left for the sweep of every folder.
+    Any a broker refuses are deleted here; any a message lost are left for the daily sweep of every folder.
     """
     if len(names) <= FILES_DELETE_HERE_MAX:
         files_delete(names)
         return
+    from classifier.services.predictions import PRIORITY_BULK
     from classifier.tasks import upload_files_delete as upload_files_delete_task
 
     for start in range(0, len(names), FILES_DELETE_HERE_MAX):
         try:
-            upload_files_delete_task.delay(names[start : start + FILES_DELETE_HERE_MAX])
+            upload_files_delete_task.apply_async(args=[names[start : start + FILES_DELETE_HERE_MAX]],
+                                                 priority=PRIORITY_BULK)
         except Exception:  # noqa: BLE001 - any broker error: the workers will not hear of them
             logger.warning("could not queue the removal of %s deleted uploads' files; removing them here",
                            len(names) - start, exc_info=True)

@@ -196,8 +196,8 @@ def test_the_sweeper_task_publishes_what_the_broker_missed(celery_worker_process
     assert wait_for(prediction.pk).status == "done"
 
 
-def test_the_files_of_a_large_deletion_are_removed_by_a_real_worker_a_message_at_a_time(
-    celery_worker_process, user, digit_png, monkeypatch
+def test_the_files_of_a_large_deletion_are_removed_by_a_real_worker_after_peoples_uploads(
+    start_celery_worker, user, other_user, digit_png, active_checkpoint, monkeypatch
 ):
     from pathlib import Path
 
@@ -207,15 +207,20 @@ def test_the_files_of_a_large_deletion_are_removed_by_a_real_worker_a_message_at
     paths = [Path(services.upload_create(owner=user, file=io.BytesIO(digit_png(i)), source="file").image.path)
              for i in range(5)]
     monkeypatch.setattr(files, "FILES_DELETE_HERE_MAX", 2)  # here; the worker removes a message's 2 itself
-
     account_delete(user=user)
+    (mine,) = services.predictions_submit(owner=other_user, files=[(io.BytesIO(digit_png(0)), None)], source="file")
+
+    worker = start_celery_worker()
 
     def removals() -> list[str]:
-        return [line for line in celery_worker_process.log().splitlines()
-                if "tasks.upload_files_delete[" in line and "succeeded" in line]
+        return [line for line in worker.log().splitlines() if "tasks.upload_files_delete[" in line and "succeeded" in line]
 
     deadline = time.monotonic() + 30
     while len(removals()) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(removals()) == 3, celery_worker_process.log()
+    assert len(removals()) == 3, worker.log()
     assert not any(path.exists() for path in paths)
+    assert wait_for(mine.pk).status == "done"
+    # Queued after the removals, the upload was taken first.
+    assert worker.log().index("tasks.predictions_execute[") < worker.log().index("tasks.upload_files_delete["), \
+        worker.log()
