@@ -213,7 +213,8 @@ def test_the_files_of_a_large_deletion_are_removed_by_a_real_worker_after_people
     worker = start_celery_worker()
 
     def removals() -> list[str]:
-        return [line for line in worker.log().splitlines() if "tasks.upload_files_delete[" in line and "succeeded" in line]
+        return [line for line in worker.log().splitlines()
+                if "tasks.upload_files_delete[" in line and "succeeded" in line]
 
     deadline = time.monotonic() + 30
     while len(removals()) < 3 and time.monotonic() < deadline:
