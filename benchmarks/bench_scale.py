@@ -1,10 +1,11 @@
-"""`make bench-scale`: the admin's lists, a user's history, the API's list and /metrics over a million uploads (JSON).
+"""`make bench-scale`: the admin's lists, a history, the API, /metrics and an account's deletion at a million uploads.
 
 A scratch PostgreSQL database gets ``--uploads`` uploads (one prediction each, 1% of them failed; 1.5% re-run
 with a newer prediction that is done, a third of those after a failure) spread over ``--users`` users and a year,
 plus 200 sample images. Every user gets a share of each kind. Each page is then
 asked for in-process through Django's test client with production settings: one warm-up, then the median of
-``--repeats`` timings, with the number of SQL statements and the slowest one.
+``--repeats`` timings, with the number of SQL statements and the slowest one. Last, one user's account is deleted
+in the admin: its confirmation page and the deletion, timed once.
 """
 from __future__ import annotations
 
@@ -84,6 +85,24 @@ def pages(*, middle_page: int, admin_middle_page: int) -> list[tuple[str, str]]:
     ]
 
 
+def account_deletion(*, client, user) -> dict:
+    """The admin's confirmation page for deleting ``user``, then the deletion itself; last, as it deletes."""
+    from classifier.models import Upload
+
+    path = f"/admin/auth/user/{user.pk}/delete/"
+    uploads = Upload.objects.filter(owner=user).count()
+    start = time.perf_counter()
+    page = client.get(path)
+    page_ms = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    deleted = client.post(path, {"post": "yes"})
+    delete_ms = (time.perf_counter() - start) * 1000
+    if (page.status_code, deleted.status_code) != (200, 302):
+        raise SystemExit(f"{path}: HTTP {page.status_code}, then {deleted.status_code}")
+    return {"uploads": uploads, "confirmation_page_ms": round(page_ms, 1),
+            "confirmation_page_bytes": len(page.content), "delete_ms": round(delete_ms, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=1_000_000)
@@ -93,7 +112,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir:
         metrics_token = secrets.token_urlsafe(24)
-        env = stack_env(Path(workdir), METRICS_TOKEN=metrics_token, STATIC_ROOT=str(Path(workdir) / "static"))
+        # No worker runs: the messages an account's deletion sends (to remove files, which rows made by SQL lack) stay
+        # in this process, out of every shared broker's queues.
+        env = stack_env(Path(workdir), METRICS_TOKEN=metrics_token, STATIC_ROOT=str(Path(workdir) / "static"),
+                        CELERY_BROKER_URL="memory://")
         database_recreate()
         manage(env, "migrate", "--noinput")
         # Production pages name their styles through the manifest that collectstatic writes.
@@ -151,6 +173,7 @@ def main() -> int:
                 "slowest_statement_ms": round(slowest[0], 1),
                 "slowest_statement": slowest[1],
             }
+        report["account_deletion"] = account_deletion(client=clients["staff"], user=people[1])
         connection.close()
     print_report(report)
     return 0

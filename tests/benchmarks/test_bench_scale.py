@@ -1,4 +1,4 @@
-"""Smoke test of the scale benchmark: a small fill in a scratch PostgreSQL database, every page answered."""
+"""Smoke test of the scale benchmark: a small fill in a scratch database, every page answered, one deletion."""
 
 import json
 import os
@@ -37,3 +37,6 @@ def test_the_scale_benchmark_times_every_page_over_the_uploads_it_made():
     assert "/admin/classifier/upload/?latest_status=failed" in report["pages"] and "/metrics" in report["pages"]
     for path, page in report["pages"].items():
         assert page["ms_median"] > 0 and page["statements"] >= 1, path
+    deletion = report["account_deletion"]
+    assert deletion["uploads"] == 500 and deletion["confirmation_page_ms"] > 0 and deletion["delete_ms"] > 0
+    assert deletion["confirmation_page_bytes"] < 50_000  # counted: a link to each upload and prediction took 110 KB
