@@ -115,7 +115,7 @@ def main() -> int:
         # No worker runs: the messages an account's deletion sends (to remove files, which rows made by SQL lack) stay
         # in this process, out of every shared broker's queues.
         env = stack_env(Path(workdir), METRICS_TOKEN=metrics_token, STATIC_ROOT=str(Path(workdir) / "static"),
-                        CELERY_BROKER_URL="memory://")
+                        CELERY_BROKER_URL="memory://localhost/")
         database_recreate()
         manage(env, "migrate", "--noinput")
         # Production pages name their styles through the manifest that collectstatic writes.
