@@ -13,7 +13,8 @@ from django.utils.text import capfirst
 from classifier.models import Prediction, Upload
 
 
-@dataclass(frozen=True)
+# Not compared by value: Django's nesting shows a node once, and two accounts may have the same counts.
+@dataclass(frozen=True, eq=False)
 class _UploadsCount:
     uploads: int
     predictions: int

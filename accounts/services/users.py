@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts.selectors import username_taken
 from accounts.services.email_change_notices import email_change_notices_finished
 from accounts.services.login_lockout import address_key
-from classifier.services import uploads_delete_all, uploads_lock_for_owner
+from classifier.services import uploads_delete_all, uploads_lock_for_owners
 from classifier.throttling import TOLERANCE_S, allowance_take
 from mnistsite.env import rate_parse
 
@@ -178,11 +178,10 @@ def users_delete(*, users) -> None:
     users = sorted(users, key=lambda user: user.pk)
     with transaction.atomic():
         # Their predictions are deleted before their uploads (uploads_delete_all, as Django's cascade would); every
-        # deletion of uploads locks the uploads first. Locked here as those deletions lock them, a "Delete all"
-        # running in another tab waits for this one (or this one for it) instead of the two deadlocking. Owner by
-        # owner in id order, so two deletions of several accounts wait for each other too.
-        for user in users:
-            uploads_lock_for_owner(owner=user)
+        # deletion of uploads locks the uploads first. Locked here as those deletions lock them, all by id, a
+        # "Delete all" running in another tab, staff's deletion of some of them, or another deletion of several
+        # accounts waits for this one (or this one for it) instead of the two deadlocking.
+        uploads_lock_for_owners(owners=users)
         # Then the accounts themselves, before the cascade deletes any row of theirs: a change from one of their
         # tabs (user_lock, then their tokens or address) is waited for, or waits, whole. Locked only by the cascade's
         # last step, an account would be open to such a change while its tokens were gone already: the change

@@ -8,7 +8,7 @@ from classifier.services.deletion import (
     upload_delete,
     uploads_delete,
     uploads_delete_all,
-    uploads_lock_for_owner,
+    uploads_lock_for_owners,
 )
 from classifier.services.execution import (
     PREPARE_FAILED_ERROR,
@@ -125,5 +125,5 @@ __all__ = [
     "uploads_delete",
     "uploads_delete_all",
     "uploads_delete_by_staff",
-    "uploads_lock_for_owner",
+    "uploads_lock_for_owners",
 ]

@@ -109,24 +109,27 @@ def uploads_delete(
     return deleted
 
 
-def uploads_lock_for_owner(*, owner) -> None:
-    """Lock every upload of ``owner`` as a deletion of uploads does, then their count, in the caller's transaction.
+def uploads_lock_for_owners(*, owners) -> None:
+    """Lock every upload of ``owners`` as a deletion of uploads does, then their counts, in the caller's transaction.
 
-    For a deletion of the owner: uploads_delete_all deletes their predictions first and the uploads after, the
-    reverse of ``_uploads_delete_batch``, and the two would deadlock. Every upload's insert takes the count's row
-    lock: held here, none of the owner's uploads commits until the deletion ends (then it fails, its owner gone).
-    Otherwise one committed after the deletion read the uploads would outlive it, and fail the deletion at commit.
+    For a deletion of the owners: uploads_delete_all deletes their predictions first and the uploads after, the
+    reverse of ``_uploads_delete_batch``, and the two would deadlock. The uploads of all of them in one statement, by
+    id, as staff's deletions lock uploads across owners: owner by owner, two deletions could each hold an upload the
+    other waits for. Every upload's insert takes its owner's count's row lock: held here, none of the owners' uploads
+    commits until the deletion ends (then it fails, its owner gone). Otherwise one committed after the deletion read
+    the uploads would outlive it, and fail the deletion at commit.
     """
-    list(Upload.objects.filter(owner=owner).select_for_update().order_by("pk").values_list("pk", flat=True))
+    ids = sorted(owner.pk for owner in owners)
+    list(Upload.objects.filter(owner__in=ids).select_for_update().order_by("pk").values_list("pk", flat=True))
     # Made if missing (an owner's first upload may be under way): an upload's insert then waits on this row too.
-    StorageUse.objects.bulk_create([StorageUse(owner=owner)], ignore_conflicts=True)
-    list(StorageUse.objects.filter(owner=owner).select_for_update().values_list("pk", flat=True))
+    StorageUse.objects.bulk_create([StorageUse(owner_id=pk) for pk in ids], ignore_conflicts=True)
+    list(StorageUse.objects.filter(owner__in=ids).select_for_update().order_by("owner_id").values_list("pk", flat=True))
 
 
 def uploads_delete_all(*, owner) -> int:
     """Delete every upload of ``owner`` with its predictions, for the owner's own deletion; returns how many went.
 
-    In the caller's transaction, after uploads_lock_for_owner; the image files go once it commits. Set-based: the
+    In the caller's transaction, after uploads_lock_for_owners; the image files go once it commits. Set-based: the
     cascade from the account would read every upload and prediction as an instance first, and the file signal queue
     a callback for each (an account of 100,000 uploads: 15 s and 300 MB more memory).
     """
@@ -144,7 +147,7 @@ def _uploads_delete_batch(*, owner_id: int, uploads: QuerySet[Upload]) -> int:
     """Delete these uploads of one owner and give their bytes back, in one transaction; returns how many went."""
     with transaction.atomic():
         # Locked before their predictions and the owner's count, and by id, so two deletions of the same uploads
-        # (every deletion comes here; an account's deletion locks them alike first, by uploads_lock_for_owner) wait
+        # (every deletion comes here; an account's deletion locks them alike first, by uploads_lock_for_owners) wait
         # for each other instead of deadlocking. Under the lock no one else can
         # delete them: the bytes given back are exactly those of the rows this deletes.
         locked = list(uploads.select_for_update().order_by("pk").values_list("pk", UPLOAD_STORED_BYTES))

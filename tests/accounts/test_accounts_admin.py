@@ -57,6 +57,41 @@ def test_a_user_deleted_in_the_admin_while_a_deletion_of_their_uploads_runs_wait
     assert not Upload.objects.filter(owner_id__in=gone).exists()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite writes one transaction at a time")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("what", ["predictions", "uploads"])
+def test_users_deleted_together_while_staff_delete_their_rows_wait_for_each_other_instead_of_deadlocking(
+    admin_client, user, other_user, staff_user, what
+):
+    from django.contrib.auth import get_user_model
+
+    from classifier import services
+    from classifier.models import Prediction, Upload
+    from tests.classifier.fixtures import deletions_race
+    from tests.classifier.test_classifier_admin import _rows
+
+    first, second = sorted([user, other_user], key=lambda account: account.pk)
+    # The second account's upload has the lower id: locked owner by owner, the accounts' deletion would take the
+    # first's, then wait for the second's, which staff's deletion (by id, across owners) took before the first's.
+    _rows(second, 1)
+    _rows(first, 1)
+
+    def staff_delete():
+        if what == "predictions":
+            return services.predictions_delete_by_staff(user=staff_user, predictions=Prediction.objects.all())
+        return services.uploads_delete_by_staff(user=staff_user, uploads=Upload.objects.all())
+
+    outcome = deletions_race(
+        held=lambda: admin_client.post(USERS, {"action": "delete_selected", "post": "yes",
+                                               "_selected_action": [first.pk, second.pk]}).status_code,
+        other=staff_delete, held_stops_after_locking=True,
+    )
+
+    assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
+    assert outcome["held"] == 302
+    assert not get_user_model().objects.filter(pk__in=[first.pk, second.pk]).exists() and not Upload.objects.exists()
+
+
 def _confirmed(user, email: str):
     from tests.accounts.conftest import email_confirm
 
@@ -646,3 +681,18 @@ def test_staff_who_may_not_delete_uploads_are_refused_an_account_with_more_than_
     assert "<li>upload</li>" in page and "<li>prediction</li>" in page
     assert helpdesk.post(f"{USERS}{user.pk}/delete/", {"post": "yes"}).status_code == 403
     assert get_user_model().objects.filter(pk=user.pk).exists() and Upload.objects.count() == DELETE_LIST_MAX + 1
+
+
+def test_every_account_confirmed_for_deletion_has_its_own_count_of_uploads_even_when_the_counts_are_equal(
+    admin_client, user, other_user
+):
+    from classifier.admin import DELETE_LIST_MAX
+    from tests.classifier.test_classifier_admin import _rows
+
+    each = DELETE_LIST_MAX // 2 + 1
+    _rows(user, each)
+    _rows(other_user, each)
+
+    page = admin_client.post(USERS, {"action": "delete_selected", "_selected_action": [user.pk, other_user.pk]})
+
+    assert page.content.decode().count(f"{each} uploads, their stored images and their {each} predictions") == 2

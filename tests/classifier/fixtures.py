@@ -188,13 +188,14 @@ def uploads_stored_then_read_back_lost():
     return uploads_stored_answer_lost(before_read_back=lose_again)
 
 
-def deletions_race(*, held, other) -> dict:
+def deletions_race(*, held, other, held_stops_after_locking: bool = False) -> dict:
     """Run the deletions ``held`` and ``other`` at once, each in a thread with its own connection; their results (or
     the DatabaseError each raised) by name.
 
-    ``held`` stops just before it deletes upload rows, with whatever it locked or deleted so far, until ``other``
-    has taken its row locks: two deletions that lock in different orders deadlock there. When ``other`` rightly
-    waits for ``held``'s locks instead, ``held`` goes on after 2 s.
+    ``held`` stops just before it deletes upload rows (``held_stops_after_locking``: just after its first statement
+    locking uploads), with whatever it locked or deleted so far, until ``other`` has taken its row locks: two
+    deletions that lock in different orders deadlock there. When ``other`` rightly waits for ``held``'s locks
+    instead, ``held`` goes on after 2 s.
     """
     import threading
 
@@ -203,12 +204,20 @@ def deletions_race(*, held, other) -> dict:
     from classifier.models import Upload
 
     held_began, other_locked, outcome = threading.Event(), threading.Event(), {}
+    table = f'"{Upload._meta.db_table}"'
 
-    def hold(execute, sql, params, many, context):
-        if sql.startswith(f'DELETE FROM "{Upload._meta.db_table}"') and not held_began.is_set():
+    def stop() -> None:
+        if not held_began.is_set():
             held_began.set()
             other_locked.wait(2)
-        return execute(sql, params, many, context)
+
+    def hold(execute, sql, params, many, context):
+        if not held_stops_after_locking and sql.startswith(f"DELETE FROM {table}"):
+            stop()
+        result = execute(sql, params, many, context)
+        if held_stops_after_locking and f"FROM {table}" in sql and "FOR UPDATE" in sql:
+            stop()
+        return result
 
     def note_locks(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
