@@ -2,7 +2,7 @@
 
 Each digit is drawn as dark ink on a 400-pixel sheet of paper, then the sheet
 is changed the way real photos are: specks of dust, a frame drawn around the
-digit, the desk showing along one edge or on every side, dim light, ruled paper (light or dark
+digit, the desk showing along one edge, along two opposite ones or on every side, dim light, ruled paper (light or dark
 lines), squared paper (straight or turned 2°), a hard shadow, uneven light,
 transparent margins from a rotation in an editor, chalk on a grey board, and
 a ring drawn round the digit. Two more scenes redraw the digit along its
@@ -133,6 +133,11 @@ def _desk(paper: np.ndarray) -> None:
     paper[:, :55] = 50
 
 
+def _desk_two_sides(paper: np.ndarray) -> None:
+    # A sheet narrower than the picture, running off its top and bottom: the desk shows left and right.
+    paper[:, :55] = paper[:, -55:] = 50
+
+
 def _desk_all_round(paper: np.ndarray) -> None:
     # The whole sheet photographed lying on the desk: the desk shows on every side.
     paper[:45] = paper[-45:] = paper[:, :45] = paper[:, -45:] = 50
@@ -214,6 +219,7 @@ SCENES: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "frame": lambda a, s: _gray(_sheet(a, _paper(_frame), seed=s)),
     "desk_along_an_edge": lambda a, s: _gray(_sheet(a, _paper(_desk), seed=s)),
     "sheet_on_a_desk": lambda a, s: _gray(_sheet(a, _paper(_desk_all_round), seed=s)),
+    "desk_along_two_opposite_sides": lambda a, s: _gray(_sheet(a, _paper(_desk_two_sides), seed=s)),
     "dim_light": lambda a, s: _gray(_sheet(a, 115.0, 20.0, seed=s)),
     "ruled_paper": lambda a, s: _gray(_sheet(a, _paper(_ruled), seed=s)),
     "squared_paper": lambda a, s: _gray(_sheet(a, _paper(_squared), seed=s)),

@@ -148,6 +148,12 @@ SHEET_MIN_SIDE = 48
 SHEET_MIN_SOLID = 0.75
 SHEET_MIN_BOX_FILL = 0.85
 SHEET_EDGE = 2
+# A sheet reaching two opposite edges of the picture, the desk showing along the other two: its share of the
+# picture across, how far its sides may stray from straight lines (of that width), and the least ink on it (of its
+# area). A light stroke spanning a tight crop (a solid 1, a curve) fails one of them.
+SHEET_MIN_STRIP = 0.3
+SHEET_STRIP_STRAIGHT = 0.02
+SHEET_STRIP_MIN_INK = 0.002
 
 _RGB_LIKE = {"RGB", "RGBX", "CMYK", "YCbCr", "HSV"}
 _WITH_ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -453,9 +459,12 @@ def _sheet(gray: np.ndarray) -> np.ndarray | None:
     sheet = labels == largest
     rows, cols = np.flatnonzero(sheet.any(axis=1)), np.flatnonzero(sheet.any(axis=0))
     # A sheet running off the picture on one side, or at a corner, leaves the desk most of the border (the sheet
-    # touching three edges leaves it paper, and the steps above stop). One reaching two opposite edges spans the
-    # picture: a light stroke's, or the border's median takes in paper anyway.
-    if rows[0] == 0 and rows[-1] == h - 1 or cols[0] == 0 and cols[-1] == w - 1:
+    # touching three edges leaves it paper, and the steps above stop). One reaching two opposite edges is a strip
+    # of the sheet between two of desk only when it looks like one; else it is a light stroke spanning the picture.
+    spans_height, spans_width = rows[0] == 0 and rows[-1] == h - 1, cols[0] == 0 and cols[-1] == w - 1
+    if spans_height and (spans_width or not _between_desk_strips(sheet, bright)):
+        return None
+    if spans_width and not _between_desk_strips(sheet.T, bright.T):
         return None
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if min(height, width) < SHEET_MIN_SIDE or areas[largest] < SHEET_MIN_BOX_FILL * height * width:
@@ -464,6 +473,24 @@ def _sheet(gray: np.ndarray) -> np.ndarray | None:
         return None  # mostly holes: a light stroke's loop (a chalk 0), not a sheet holding a few strokes
     sheet = ndimage.binary_erosion(sheet, structure=_EIGHT_NEIGHBOURS, iterations=SHEET_EDGE)
     return sheet if sheet.any() else None
+
+
+def _between_desk_strips(region: np.ndarray, bright: np.ndarray) -> bool:
+    """Whether a bright ``region`` running from the top of the picture to its bottom is a strip of paper between
+    two of desk: clear of the left and right edges, at least SHEET_MIN_STRIP of the width, both sides straight lines
+    (a sheet's edges, where a stroke's curve), and some ink on it (where a stroke is solid light)."""
+    w = region.shape[1]
+    present = np.flatnonzero(region.any(axis=1))
+    left = np.argmax(region[present], axis=1)
+    right = w - 1 - np.argmax(region[present, ::-1], axis=1)
+    if left.min() == 0 or right.max() == w - 1 or np.median(right - left + 1) < SHEET_MIN_STRIP * w:
+        return False
+    tolerance = max(2.0, SHEET_STRIP_STRAIGHT * w)
+    for side in (left, right):
+        fitted = np.polyval(np.polyfit(present, side, 1), present)
+        if np.abs(side - fitted).max() > tolerance:
+            return False
+    return np.count_nonzero(region & ~bright) >= SHEET_STRIP_MIN_INK * np.count_nonzero(region)
 
 
 def _border_band(values: np.ndarray) -> np.ndarray:

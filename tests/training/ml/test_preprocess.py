@@ -551,6 +551,48 @@ def test_an_empty_sheet_with_the_desk_along_two_sides_is_refused_as_blank():
         preprocess(sheet)
 
 
+def _desk_left_and_right(draw):
+    draw.rectangle([0, 0, 49, 399], fill=50)
+    draw.rectangle([350, 0, 399, 399], fill=50)
+
+
+def _desk_above_and_below(draw):
+    draw.rectangle([0, 0, 399, 39], fill=50)
+    draw.rectangle([0, 370, 399, 399], fill=50)
+
+
+def _desk_left_and_right_askew(draw):
+    # A phone held a little turned: the sheet's edges lean.
+    draw.polygon([(0, 0), (40, 0), (70, 399), (0, 399)], fill=50)
+    draw.polygon([(360, 0), (399, 0), (399, 399), (335, 399)], fill=50)
+
+
+@pytest.mark.parametrize("desk", [_desk_left_and_right, _desk_above_and_below, _desk_left_and_right_askew],
+                         ids=["left and right", "above and below", "askew"])
+def test_a_sheet_photographed_between_two_strips_of_desk_reads_as_on_clean_paper(desk):
+    # The sheet reaches two opposite edges: it was taken for a light stroke spanning the picture, the paper for ink.
+    _same(preprocess(_photo(desk)), _clean_photo(), atol=0.1)
+
+
+def _spanning(draw_stroke, *, size=(150, 300)) -> tuple[np.ndarray, np.ndarray]:
+    """A bold light stroke on black reaching the top and bottom of a tight crop, and the same with room above and
+    below it: each picture's model input."""
+    tight = Image.new("L", size, 0)
+    draw_stroke(ImageDraw.Draw(tight))
+    roomy = Image.new("L", (size[0], size[1] + 80), 0)
+    roomy.paste(tight, (0, 40))
+    return preprocess(tight), preprocess(roomy)
+
+
+@pytest.mark.parametrize("draw_stroke", [
+    lambda draw: draw.rectangle([50, 0, 100, 299], fill=230),  # a 1: as straight as a sheet, but no ink on it
+    lambda draw: draw.ellipse([10, 0, 139, 299], outline=230, width=45),  # a 0: ink inside, but round sides
+], ids=["a 1", "a 0"])
+def test_a_bold_light_stroke_spanning_a_tight_crop_is_not_taken_for_a_sheet_between_desk_strips(draw_stroke):
+    tight, roomy = _spanning(draw_stroke)
+    _same(tight, roomy, atol=0.1)
+
+
 def _board(draw_extra) -> Image.Image:
     """A light "7" on a dark board, 400 px, with whatever ``draw_extra`` adds around it."""
     image = _digit(size=(400, 400), ink=230, paper=40, box=(120, 60, 280, 340), width=20)
