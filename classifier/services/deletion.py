@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F, Q, QuerySet, Sum
 from django.db.models.functions import Greatest
@@ -121,8 +122,14 @@ def uploads_lock_for_owners(*, owners) -> None:
     """
     ids = sorted(owner.pk for owner in owners)
     list(Upload.objects.filter(owner__in=ids).select_for_update().order_by("pk").values_list("pk", flat=True))
-    # Made if missing (an owner's first upload may be under way): an upload's insert then waits on this row too.
-    StorageUse.objects.bulk_create([StorageUse(owner_id=pk) for pk in ids], ignore_conflicts=True)
+    for pk in ids:
+        # Made if missing (an owner's first upload may be under way): an upload's insert then waits on this row too.
+        with transaction.atomic():
+            StorageUse.objects.bulk_create([StorageUse(owner_id=pk)], ignore_conflicts=True)
+            # Unless the owner was deleted meanwhile (by their own deletion, waited for above): the row would fail
+            # the whole deletion at commit, when the foreign key is checked.
+            if not get_user_model().objects.filter(pk=pk).exists():
+                transaction.set_rollback(True)
     list(StorageUse.objects.filter(owner__in=ids).select_for_update().order_by("owner_id").values_list("pk", flat=True))
 
 

@@ -92,6 +92,34 @@ def test_users_deleted_together_while_staff_delete_their_rows_wait_for_each_othe
     assert not get_user_model().objects.filter(pk__in=[first.pk, second.pk]).exists() and not Upload.objects.exists()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: SQLite writes one transaction at a time")
+@pytest.mark.django_db(transaction=True)
+def test_users_deleted_together_while_one_of_them_deletes_their_own_account_are_all_deleted(
+    admin_client, user, other_user
+):
+    from django.contrib.auth import get_user_model
+
+    from accounts.services import account_delete
+    from classifier.models import Upload
+    from tests.classifier.fixtures import deletions_race
+    from tests.classifier.test_classifier_admin import _rows
+
+    _rows(user, 1)
+    _rows(other_user, 1)
+
+    outcome = deletions_race(
+        held=lambda: account_delete(user=get_user_model().objects.get(pk=other_user.pk)),
+        other=lambda: admin_client.post(USERS, {"action": "delete_selected", "post": "yes",
+                                                "_selected_action": [user.pk, other_user.pk]}).status_code,
+        held_stops_after_locking=True,
+    )
+
+    # The administrator's deletion waited for the owner's, then found that account gone: no server error.
+    assert not [value for value in outcome.values() if isinstance(value, Exception)], outcome
+    assert outcome["other"] == 302
+    assert not get_user_model().objects.filter(pk__in=[user.pk, other_user.pk]).exists() and not Upload.objects.exists()
+
+
 def _confirmed(user, email: str):
     from tests.accounts.conftest import email_confirm
 
