@@ -51,8 +51,6 @@ class _UploadsCounted(NestedObjects):
 def users_deleted_objects(*, users, request, admin_site) -> tuple[list, dict, set, list]:
     """What ``admin.utils.get_deleted_objects`` returns for ``users``, each one's uploads and predictions a count."""
     users = list(users)
-    if not users:
-        return [], {}, set(), []
     collector = _UploadsCounted(using=router.db_for_write(users[0]._meta.model), origin=users)
     collector.collect(users)
     perms_needed = set()
