@@ -5,7 +5,7 @@ is changed the way real photos are: specks of dust, a frame drawn around the
 digit, the desk showing along one edge, along two opposite ones or on every side, dim light, ruled paper (light or dark
 lines), squared paper (straight or turned 2°), a hard shadow, uneven light,
 transparent margins from a rotation in an editor, chalk on a grey board, and
-a ring drawn round the digit. Two more scenes redraw the digit along its
+a ring drawn round the digit, and the digit cut out tight and shrunk to 8 pixels. Two more scenes redraw the digit along its
 centre line with a pen far finer than MNIST's strokes: a ballpoint and a fine
 liner. Without a model it measures
 how close each scene's 28x28 model input comes to the same digit's on clean
@@ -59,6 +59,8 @@ CLOSE_GAPS = (-4, -2, -1, 0, 1, 2, 3, 4)
 SHEET_SCALE = 10
 MNIST_MARGIN = 4
 SAMPLES = REPO / "media" / "samples"
+# The tiny scene's side: a digit cut from a screen's small print, or an icon.
+TINY_SIDE = 8
 
 
 def _ink_alpha(digit: np.ndarray) -> np.ndarray:
@@ -207,6 +209,17 @@ def _pair(first: np.ndarray, second: np.ndarray, *, stacked: bool, gap: int = PA
     return sheet.T.copy() if stacked else sheet
 
 
+def _tiny(pixels: np.ndarray, alpha: np.ndarray) -> Image.Image:
+    """The digit cut out in a square tight round its ink and shrunk to TINY_SIDE pixels (small print on a screen)."""
+    rows, cols = np.nonzero(alpha > 0.1)
+    if not rows.size:  # an empty sheet: the square the digits are drawn in
+        rows, cols = np.array([60, 339]), np.array([60, 339])
+    half = (max(rows.max() - rows.min(), cols.max() - cols.min()) + 1) // 2
+    middle_row, middle_col = (rows.max() + rows.min()) // 2, (cols.max() + cols.min()) // 2
+    square = pixels[middle_row - half : middle_row + half + 1, middle_col - half : middle_col + half + 1]
+    return _gray(square).resize((TINY_SIDE, TINY_SIDE), Image.Resampling.LANCZOS)
+
+
 def _transparent_margins(pixels: np.ndarray) -> Image.Image:
     # The same rotation in an editor that leaves the uncovered corners transparent.
     rgba = _gray(pixels).convert("RGBA")
@@ -234,6 +247,7 @@ SCENES: dict[str, Callable[[np.ndarray, int], Image.Image]] = {
     "circled": lambda a, s: _gray(_sheet(_circled(a), seed=s)),
     "ballpoint": lambda a, s: _gray(_sheet(_pen(a, 8.0), seed=s)),
     "fine_liner": lambda a, s: _gray(_sheet(_pen(a, 3.0), seed=s)),
+    "tiny_tight_crop": lambda a, s: _tiny(_sheet(a, seed=s), a),
 }
 
 # A scene compared with another than the clean one: the digit itself is turned.
