@@ -102,3 +102,7 @@ class Pagination(PageNumberPagination):
             "following them lists every row of that moment once, with one `count`, whatever is stored meanwhile.",
             "schema": {"type": "integer", "minimum": 0},
         }]
+
+
+# What a paged list's GET reads from the query string.
+PAGE_QUERY_PARAMETERS = (Pagination.page_query_param, Pagination.page_size_query_param, Pagination.newest_query_param)

@@ -18,7 +18,9 @@ from rest_framework.views import APIView
 
 from api import idempotency, responses, selectors
 from api.errors import ServiceUnavailable, WriteStageMixin, validation_error_response
+from api.pagination import PAGE_QUERY_PARAMETERS
 from api.parsers import MultiPartParser
+from api.query import QueryParametersCheckedMixin
 from api.serializers import (
     FeedbackSerializer,
     PredictionBatchSerializer,
@@ -86,13 +88,16 @@ def _represent(request: Request, predictions) -> list[dict]:
 
 
 @extend_schema(tags=["predictions"])
-class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPIView):
+class PredictionListCreateApi(QueryParametersCheckedMixin, WriteStageMixin, AllowanceHeadersMixin, GenericAPIView):
     # An upload never calls write_begins: classifier_services.predictions_submit either stores nothing or raises
     # UploadOutcomeUnknownError (as it does when the rows were stored and could not be read back), so a 503 from any
     # other error may say that nothing was stored.
     parser_classes = [MultiPartParser]
     # Only OPTIONS uses it, to describe the upload body; POST reads the files itself.
     serializer_class = PredictionUploadSerializer
+    query_parameters = {
+        "GET": (*PredictionFilterSerializer().fields, *PAGE_QUERY_PARAMETERS), "POST": tuple(WaitQuerySerializer().fields)
+    }
     idempotent_upload: IdempotentUpload | None = None
     # An upload sent again with its Idempotency-Key: the predictions the first one made, to answer with.
     replayed: list[Prediction] | None = None
@@ -172,7 +177,8 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
                                  "`image` (too_many_files), none (no_files), text where a file belongs (not_a_file), "
                                  "a file's name too long to read (file_name_too_long), a body that cannot be read "
                                  "(parse_error, too_many_fields), `wait` is invalid (invalid) or sent twice "
-                                 "(repeated), or the `Idempotency-Key` is (idempotency_key_invalid).",
+                                 "(repeated), another query parameter is sent (unknown), or the `Idempotency-Key` is "
+                                 "invalid (idempotency_key_invalid).",
                                  code="not_image", field="image"),
             409: idempotency.CONFLICT,
             422: idempotency.REUSED,
@@ -240,7 +246,7 @@ class PredictionListCreateApi(WriteStageMixin, AllowanceHeadersMixin, GenericAPI
 
 
 @extend_schema(tags=["predictions"])
-class PredictionDetailApi(WriteStageMixin, APIView):
+class PredictionDetailApi(QueryParametersCheckedMixin, WriteStageMixin, APIView):
     @extend_schema(
         operation_id="predictions_retrieve",
         summary="One of your predictions",
@@ -287,7 +293,7 @@ class PredictionDetailApi(WriteStageMixin, APIView):
 
 
 @extend_schema(tags=["predictions"])
-class PredictionRetryApi(WriteStageMixin, AllowanceHeadersMixin, APIView):
+class PredictionRetryApi(QueryParametersCheckedMixin, WriteStageMixin, AllowanceHeadersMixin, APIView):
     @extend_schema(
         operation_id="predictions_retry",
         summary="Run a failed prediction again",
@@ -393,7 +399,7 @@ class _PngOrErrorNegotiation(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-class _PngApi(APIView):
+class _PngApi(QueryParametersCheckedMixin, APIView):
     """An image view: the PNG comes from the classifier's view; DRF renders only errors and OPTIONS, in JSON."""
 
     content_negotiation_class = _PngOrErrorNegotiation

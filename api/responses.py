@@ -4,6 +4,7 @@ import copy
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.negotiation import DefaultContentNegotiation
 
+from api.query import QueryParametersCheckedMixin
 from api.serializers import ErrorEnvelopeSerializer
 
 
@@ -28,8 +29,8 @@ FORBIDDEN = error("Authenticated, but not allowed (staff only, or a missing CSRF
 NOT_FOUND = error("No such object among yours (other people's objects are never revealed).", code="not_found")
 INVALID = error("The input is invalid; `field` names the offending field.")
 INVALID_PAGING = error("`page` is not a whole number from 1 (or `last`), `page_size` not one from 1 to the "
-                       "maximum, `newest` not one from 0, or a query parameter was sent twice (`repeated`); `field` "
-                       "names it.", field="page_size")
+                       "maximum, `newest` not one from 0, or a query parameter was sent twice (`repeated`) or is none the "
+                       "list takes (`unknown`); `field` names it.", field="page_size")
 THROTTLED = error("Too many uploads; retry after the number of seconds in the Retry-After header.", code="throttled")
 UNAVAILABLE = error("The database is out of reach for a moment; retry after the number of seconds in the Retry-After "
                     "header.", code="service_unavailable")
@@ -48,6 +49,9 @@ UNSUPPORTED_MEDIA_TYPE = error("The body's Content-Type is none this operation r
 TOO_LARGE = error("The request body is larger than the server accepts.", code="too_large")
 LENGTH_REQUIRED = error("The body was sent without a Content-Length (Transfer-Encoding: chunked); nothing was done "
                         "with the request: send it with one.", code="length_required")
+UNKNOWN_QUERY_PARAMETER = error("A query parameter this operation does not take (`unknown`; `field` names it, and the "
+                                "message lists those it takes): nothing was done with the request.", code="unknown",
+                                field="colour")
 # The same refusals for an operation that reads no body: a client may still send one, and it is refused alike,
 # since its size is checked before anything knows which operation it is for.
 TOO_LARGE_UNREAD = error("This operation reads no body, and one larger than the server accepts was sent: send the "
@@ -79,8 +83,8 @@ RETRY_AFTER_UNAVAILABLE = {
 
 
 def declare_protocol_errors(result: dict, generator, request, public) -> dict:
-    """A drf-spectacular postprocessing hook: each operation's 406, 411, 413 and 415, when its view can answer them,
-    and the Retry-After header of its 503.
+    """A drf-spectacular postprocessing hook: each operation's 400 for a query parameter it does not take, its 406,
+    411, 413 and 415, when its view can answer them, and the Retry-After header of its 503.
 
     406 where the view negotiates with
     DRF's default (the image views answer a PNG or an error whatever the Accept header says); 415 where the
@@ -95,6 +99,8 @@ def declare_protocol_errors(result: dict, generator, request, public) -> dict:
         for method, operation in item.items():
             view = views[(path, method)]
             found = {}
+            if issubclass(view, QueryParametersCheckedMixin):
+                found[400] = UNKNOWN_QUERY_PARAMETER
             if issubclass(view.content_negotiation_class, DefaultContentNegotiation):
                 found[406] = NOT_ACCEPTABLE
             if method in _METHODS_WITH_BODY:

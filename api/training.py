@@ -11,7 +11,9 @@ from rest_framework.views import APIView
 
 from api import responses, selectors
 from api.errors import Conflict, WriteStageMixin
+from api.pagination import PAGE_QUERY_PARAMETERS
 from api.permissions import STAFF_ONLY, StaffWithModelPermissions, TokenScopeAllows
+from api.query import QueryParametersCheckedMixin
 from api.serializers import CheckpointSerializer, TrainingRunCreateSerializer, TrainingRunSerializer
 from training import services as training_services
 from training.models import Checkpoint, TrainingRun
@@ -43,13 +45,14 @@ def _run_data(request: Request, run: TrainingRun) -> dict:
 
 
 @extend_schema(tags=["training runs"])
-class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
+class TrainingRunListCreateApi(QueryParametersCheckedMixin, WriteStageMixin, GenericAPIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     # Sent again after it was applied, it would start a second run.
     resend_safe = False
     required_permissions = {"GET": ["training.view_trainingrun"], "POST": ["training.add_trainingrun"]}
     # Only OPTIONS and the browsable API's form use it, to describe the body of POST.
     serializer_class = TrainingRunCreateSerializer
+    query_parameters = {"GET": PAGE_QUERY_PARAMETERS}
 
     def get_queryset(self):
         # The browsable API asks a list view for its queryset, to offer filters.
@@ -98,7 +101,7 @@ class TrainingRunListCreateApi(WriteStageMixin, GenericAPIView):
 
 
 @extend_schema(tags=["training runs"])
-class TrainingRunDetailApi(APIView):
+class TrainingRunDetailApi(QueryParametersCheckedMixin, APIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_trainingrun"]}
 
@@ -112,7 +115,7 @@ class TrainingRunDetailApi(APIView):
 
 
 @extend_schema(tags=["training runs"])
-class TrainingRunCancelApi(WriteStageMixin, APIView):
+class TrainingRunCancelApi(QueryParametersCheckedMixin, WriteStageMixin, APIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"POST": ["training.change_trainingrun"]}
 
@@ -146,10 +149,11 @@ class TrainingRunCancelApi(WriteStageMixin, APIView):
 
 
 @extend_schema(tags=["checkpoints"])
-class CheckpointListApi(GenericAPIView):
+class CheckpointListApi(QueryParametersCheckedMixin, GenericAPIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_checkpoint"]}
     serializer_class = CheckpointSerializer
+    query_parameters = {"GET": PAGE_QUERY_PARAMETERS}
 
     def get_queryset(self):
         # The browsable API asks a list view for its queryset, to offer filters.
@@ -168,7 +172,7 @@ class CheckpointListApi(GenericAPIView):
 
 
 @extend_schema(tags=["checkpoints"])
-class CheckpointDetailApi(APIView):
+class CheckpointDetailApi(QueryParametersCheckedMixin, APIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"GET": ["training.view_checkpoint"]}
 
@@ -182,7 +186,7 @@ class CheckpointDetailApi(APIView):
 
 
 @extend_schema(tags=["checkpoints"])
-class CheckpointActivateApi(WriteStageMixin, APIView):
+class CheckpointActivateApi(QueryParametersCheckedMixin, WriteStageMixin, APIView):
     permission_classes = [TokenScopeAllows, StaffWithModelPermissions]
     required_permissions = {"POST": ["training.change_checkpoint"]}
 

@@ -384,3 +384,35 @@ def test_every_503_declares_the_retry_after_header_it_is_answered_with(api_clien
         for method, operation in item.items():
             headers = operation["responses"]["503"].get("headers", {})
             assert headers.get("Retry-After", {}).get("schema") == {"type": "integer"}, (method, path)
+
+
+@pytest.mark.django_db
+def test_every_operation_takes_the_query_parameters_it_documents_and_refuses_any_other(
+    api_client, staff_user, make_prediction, make_checkpoint
+):
+    from training.services import training_run_create
+
+    client = client_for(staff_user)  # a superuser: no permission check answers first
+    ids = {
+        "prediction_id": make_prediction(owner=staff_user, done=True).pk,
+        "run_id": training_run_create(created_by=staff_user, architecture="mlp", epochs=1, batch_size=50,
+                                      learning_rate=1e-3, enqueue=False).pk,
+        "checkpoint_id": make_checkpoint()[0].pk,
+    }
+    checked = 0
+    for template, item in _schema(api_client)["paths"].items():
+        if not template.startswith("/api/v1/"):
+            continue
+        path = template.format(**ids)
+        for method, operation in item.items():
+            documented = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            # Each alone, with a value it may well refuse: what counts is that it is not refused as unknown.
+            for name in [*documented, "format"]:
+                response = client.generic(method.upper(), f"{path}?{name}=1")
+                assert response.status_code != 400 or response.json()["error"]["code"] != "unknown", (method, path, name)
+            refused = client.generic(method.upper(), f"{path}?undocumented=1")
+            assert refused.status_code == 400, (method, template)
+            assert (refused.json()["error"]["code"], refused.json()["error"]["field"]) == ("unknown", "undocumented")
+            assert "400" in operation["responses"], (method, template)
+            checked += 1
+    assert checked >= 15
