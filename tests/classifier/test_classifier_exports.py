@@ -74,6 +74,17 @@ def test_a_failed_result_says_why_in_the_csv(user, digit_png):
     assert row["status"] == Prediction.Status.FAILED and "No trained model" in row["error"]
 
 
+def test_a_prediction_waiting_for_a_worker_is_queued_in_both_downloads_as_on_the_pages(user, digit_png):
+    upload = _upload(user, digit_png, 0, predict=False)
+    services.predictions_create(uploads=[upload], publish=False)
+
+    (row,) = _history_csv(user)
+    (in_zip,) = _csv(_history_zip(user).read("history.csv"))
+
+    # It said "pending", a word the pages never show.
+    assert row["status"] == in_zip["status"] == "queued"
+
+
 def test_an_upload_whose_predictions_staff_deleted_is_not_read_in_both_downloads_as_in_the_history_list(
     user, digit_png
 ):
