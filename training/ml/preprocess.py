@@ -22,8 +22,8 @@ MAX_WORKING_SIDE = 512
 # is enlarged first, by a whole factor, to at least ENLARGED_SIDE. At a few pixels a digit's strokes are a pixel wide
 # or less, and the steps that need a few pixels around a stroke (the mask's neighbours, the opening's floor of three)
 # took a tight crop's strokes for shadow: 8-pixel tight crops of MNIST test digits were refused a fifth of the time.
-# Such a picture is never marked as holding several digits: in a few pixels a stroke broken off by the shrinking
-# looks like a second digit (3% of them were marked).
+# Every piece of such a picture's ink is the digit's, and it is never marked as holding several digits: in a few
+# pixels a stroke broken off by the shrinking looks like a second digit (3% of them were marked, the stroke left out).
 MIN_WORKING_SIDE = 10
 ENLARGED_SIDE = 32
 # The background is what remains of the picture after a grey opening this wide (a share of its longer side):
@@ -798,7 +798,9 @@ def _faded_beyond_border(gray: np.ndarray, dark: bool, labels: np.ndarray, count
     return balance[1:] < 0
 
 
-def _digit_only(ink: np.ndarray, mask: np.ndarray, gray: np.ndarray, dark: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+def _digit_only(
+    ink: np.ndarray, mask: np.ndarray, gray: np.ndarray, dark: bool, *, tiny: bool = False
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """The ink and mask of the digit alone, without what a photo puts around it; and whether it left out another digit.
 
     The mask's connected pieces are sorted out: a lone printed line across the
@@ -893,7 +895,9 @@ def _digit_only(ink: np.ndarray, mask: np.ndarray, gray: np.ndarray, dark: bool)
         if faded is not None and faded.any():
             raise EmptyImageError("its only marks are shadows or the edge of the sheet")
         raise EmptyImageError("its only marks are specks or printed lines")
-    margin = max(2.0, NEAR_DIGIT * extent[main])
+    # In a picture enlarged from a few pixels, every piece left is the digit's: the shrinking broke its strokes apart,
+    # and a piece further off is no second digit there.
+    margin = max(h, w) if tiny else max(2.0, NEAR_DIGIT * extent[main])
     # Grown piece by piece, so that a stroke broken into several pieces stays whole.
     near = np.zeros(count, dtype=bool)
     near[main] = True
@@ -1140,7 +1144,7 @@ def prepare_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = ())
     """
     results: list[Prepared | Exception | None] = []
     by_shape: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
-    # Pictures enlarged from under MIN_WORKING_SIDE.
+    # Those enlarged from under MIN_WORKING_SIDE, whose pieces of ink are all the digit's (``_digit_only``).
     tiny: set[int] = set()
     # Counted by hand: enumerate keeps its last (index, image) pair while it asks for the next image.
     for image in images:
@@ -1179,15 +1183,17 @@ def prepare_batch(images: Iterable[Image.Image], *, interrupts: Interrupts = ())
                     raise _no_digit_left()
                 # A lone piece, the usual case, is the digit unless it may be no digit at all.
                 if count > 1 or _lone_piece_in_doubt(box, *mask.shape):
-                    ink, mask, several = _digit_only(ink, mask, gray, bool(dark))
+                    ink, mask, several = _digit_only(ink, mask, gray, bool(dark), tiny=index in tiny)
                     box = _digit_bbox(mask)
                 top, bottom, left, right = box
                 # Only pieces kept together, or a digit far wider than tall, can be two: a lone piece of a digit's
-                # shape, the usual case, costs nothing more.
-                if not several and (count > 1 or right - left >= SIDE_BY_SIDE_MIN_RATIO * (bottom - top)):
+                # shape, the usual case, costs nothing more. Never a picture enlarged from a few pixels, whose
+                # strokes the shrinking ran together or broke.
+                if not several and index not in tiny and (
+                    count > 1 or right - left >= SIDE_BY_SIDE_MIN_RATIO * (bottom - top)
+                ):
                     several = _several_touching(mask[top:bottom, left:right])
-                # In a few pixels a stroke the shrinking broke off looks like a second digit: no warning for it.
-                digits.append((index, ink[top:bottom, left:right], several and index not in tiny))
+                digits.append((index, ink[top:bottom, left:right], several))
             except interrupts:
                 raise
             except Exception as exc:  # noqa: BLE001 - as above
