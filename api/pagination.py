@@ -104,5 +104,5 @@ class Pagination(PageNumberPagination):
         }]
 
 
-# What a paged list's GET reads from the query string.
+# A paged list's GET takes these from the query string, and refuses others (api.query) besides its own filters.
 PAGE_QUERY_PARAMETERS = (Pagination.page_query_param, Pagination.page_size_query_param, Pagination.newest_query_param)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from rest_framework import exceptions
+from rest_framework.renderers import BrowsableAPIRenderer
 from rest_framework.settings import api_settings
 
 
@@ -25,10 +26,11 @@ def query_parameters_check(request, *, taken: Collection[str]) -> None:
     operation reads (the representation asked for)."""
     for name in request.query_params:
         if name not in taken and name != api_settings.URL_FORMAT_OVERRIDE:
-            listed = ", ".join(f"`{each}`" for each in taken)
+            listed = ", ".join(f"`{each}`" for each in dict.fromkeys(taken))
             takes = f"it takes {listed}" if taken else "it takes none"
+            named = f"`{name}` is not" if name else "A parameter with no name (`?=`) is not"
             raise exceptions.ValidationError({name: [exceptions.ErrorDetail(
-                f"`{name}` is not a query parameter of this operation; {takes}.", code="unknown")]})
+                f"{named} a query parameter of this operation; {takes}.", code="unknown")]})
 
 
 # For an API view: a query parameter its method does not take is refused (400), once the caller is known to be
@@ -41,7 +43,13 @@ class QueryParametersCheckedMixin:
 
     def initial(self, request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
-        # A method the view does not take is answered 405 next, whatever its query string.
-        if request.method.lower() in self.http_method_names and hasattr(self, request.method.lower()):
-            method = "GET" if request.method == "HEAD" else request.method
-            query_parameters_check(request, taken=self.query_parameters.get(method, ()))
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            return  # answered 405 next, whatever its query string
+        if method == "options" or isinstance(request.accepted_renderer, BrowsableAPIRenderer):
+            # OPTIONS describes the path, whatever list it was asked from; the browsable API's forms and buttons send
+            # their page's own address, a list's filters and page with it, whatever their method.
+            taken = [name for names in self.query_parameters.values() for name in names]
+        else:
+            taken = self.query_parameters.get("GET" if method == "head" else request.method, ())
+        query_parameters_check(request, taken=taken)

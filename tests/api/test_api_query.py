@@ -72,3 +72,30 @@ def test_a_method_the_path_does_not_take_is_405_whatever_its_query_string(user_c
     response = user_client.put(f"{LIST}?stauts=failed")
 
     assert response.status_code == 405
+
+
+@pytest.mark.django_db
+def test_the_browsable_apis_form_sent_from_a_filtered_list_page_is_not_refused(user_client):
+    # Its forms post to the page's own address: a list's filters and page come with the upload.
+    response = user_client.post(f"{LIST}?status=done&page=1", {"image": upload_file()}, format="multipart",
+                                HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 202
+    assert Upload.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_options_asked_from_a_filtered_list_describes_the_path(user_client):
+    response = user_client.options(f"{LIST}?status=done&wait=1")
+
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_parameter_with_no_name_is_refused_in_words(user_client):
+    response = user_client.get(f"{LIST}?=1")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(
+        "A parameter with no name (`?=`) is not a query parameter of this operation; it takes `digit`,")
+

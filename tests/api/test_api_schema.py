@@ -390,6 +390,8 @@ def test_every_503_declares_the_retry_after_header_it_is_answered_with(api_clien
 def test_every_operation_takes_the_query_parameters_it_documents_and_refuses_any_other(
     api_client, staff_user, make_prediction, make_checkpoint
 ):
+    from django.urls import resolve
+
     from training.services import training_run_create
 
     client = client_for(staff_user)  # a superuser: no permission check answers first
@@ -404,8 +406,10 @@ def test_every_operation_takes_the_query_parameters_it_documents_and_refuses_any
         if not template.startswith("/api/v1/"):
             continue
         path = template.format(**ids)
+        view = resolve(path).func.view_class
         for method, operation in item.items():
             documented = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            assert set(documented) == set(view.query_parameters.get(method.upper(), ())), (method, template)
             # Each alone, with a value it may well refuse: what counts is that it is not refused as unknown.
             for name in [*documented, "format"]:
                 response = client.generic(method.upper(), f"{path}?{name}=1")
