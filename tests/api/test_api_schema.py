@@ -178,19 +178,24 @@ def _answered(client, path: str, method: str) -> set[int]:
     return answered
 
 
-@pytest.mark.django_db
-def test_each_operation_declares_the_304_406_411_413_and_415_it_answers_and_no_other_and_405_is_said_once(
-    api_client, staff_user, make_prediction, make_checkpoint
-):
+def _one_of_each(staff_user, make_prediction, make_checkpoint) -> dict[str, int]:
+    """The ids the API's path templates name: a prediction, a training run and a checkpoint."""
     from training.services import training_run_create
 
-    client = client_for(staff_user)  # a superuser: no permission check answers first
-    ids = {
+    return {
         "prediction_id": make_prediction(owner=staff_user, done=True).pk,
         "run_id": training_run_create(created_by=staff_user, architecture="mlp", epochs=1, batch_size=50,
                                       learning_rate=1e-3, enqueue=False).pk,
         "checkpoint_id": make_checkpoint()[0].pk,
     }
+
+
+@pytest.mark.django_db
+def test_each_operation_declares_the_304_406_411_413_and_415_it_answers_and_no_other_and_405_is_said_once(
+    api_client, staff_user, make_prediction, make_checkpoint
+):
+    client = client_for(staff_user)  # a superuser: no permission check answers first
+    ids = _one_of_each(staff_user, make_prediction, make_checkpoint)
     schema = _schema(api_client)
     paths = schema["paths"]
     assert "405" in schema["info"]["description"] and "Allow" in schema["info"]["description"]
@@ -392,15 +397,8 @@ def test_every_operation_takes_the_query_parameters_it_documents_and_refuses_any
 ):
     from django.urls import resolve
 
-    from training.services import training_run_create
-
     client = client_for(staff_user)  # a superuser: no permission check answers first
-    ids = {
-        "prediction_id": make_prediction(owner=staff_user, done=True).pk,
-        "run_id": training_run_create(created_by=staff_user, architecture="mlp", epochs=1, batch_size=50,
-                                      learning_rate=1e-3, enqueue=False).pk,
-        "checkpoint_id": make_checkpoint()[0].pk,
-    }
+    ids = _one_of_each(staff_user, make_prediction, make_checkpoint)
     checked = 0
     for template, item in _schema(api_client)["paths"].items():
         if not template.startswith("/api/v1/"):
