@@ -37,7 +37,6 @@ def query_parameters_check(request, *, taken: Collection[str]) -> None:
 # allowed (a caller without credentials is still told that first). Said here, not in a docstring, which
 # drf-spectacular would take for the description of every operation that has none of its own.
 class QueryParametersCheckedMixin:
-
     # Per method, the query parameters it reads (HEAD: GET's); a method not named takes none.
     query_parameters: Mapping[str, Collection[str]] = {}
 

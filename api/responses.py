@@ -51,7 +51,7 @@ LENGTH_REQUIRED = error("The body was sent without a Content-Length (Transfer-En
                         "with the request: send it with one.", code="length_required")
 UNKNOWN_QUERY_PARAMETER = error("A query parameter this operation does not take (`unknown`; `field` names it, and the "
                                 "message lists those it takes): nothing was done with the request.", code="unknown",
-                                field="colour")
+                                field="stauts")
 # The same refusals for an operation that reads no body: a client may still send one, and it is refused alike,
 # since its size is checked before anything knows which operation it is for.
 TOO_LARGE_UNREAD = error("This operation reads no body, and one larger than the server accepts was sent: send the "

@@ -821,7 +821,8 @@ def _digit_only(
     is left as it is unless it is one of those or a frame. A piece left out
     that is about as tall as the digit kept and inked comparably (see
     SEVERAL_MIN_HEIGHT) is another digit: the picture holds several, and only
-    one of them is read.
+    one of them is read. ``tiny``: the picture was enlarged from a few pixels,
+    and every piece left is the digit's.
     """
     labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
     h, w = mask.shape
