@@ -38,8 +38,6 @@ COLUMNS = (
 # The status of an upload with no prediction (an administrator deleted them), worded as the history list's badge:
 # a blank would read as a value missing from the file.
 NOT_READ = "not read"
-# Statuses as the pages' badges word them: a prediction waiting for a worker is "queued".
-_STATUS_WORDS = {Prediction.Status.PENDING: "queued"}
 # A spreadsheet runs a cell that starts with one of these as a formula: a file name such as "=HYPERLINK(...)"
 # must stay text (OWASP's CSV injection advice).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -78,7 +76,8 @@ def _csv_row(row: UploadExportRow, *, image_file: str = "") -> list[str | int | 
         return cells + [NOT_READ] + [""] * (len(COLUMNS) - len(cells) - 2) + [image_file]
     probabilities = prediction.probabilities or [""] * 10
     return cells + [
-        _STATUS_WORDS.get(prediction.status, prediction.status),
+        # As the pages' badges word it.
+        Prediction.PENDING_WORD if prediction.status == Prediction.Status.PENDING else prediction.status,
         "" if prediction.digit is None else prediction.digit,
         "" if prediction.confidence is None else round(prediction.confidence, 6),
         "yes" if prediction.several_digits else "",

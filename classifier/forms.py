@@ -133,7 +133,8 @@ class HistoryFilterForm(forms.Form):
     # Labelled as the badges show them: a pending prediction is "queued".
     status = _FilterChoiceField(
         choices=[("", "Any status")]
-        + [(value, "Queued" if value == "pending" else label) for value, label in Prediction.Status.choices],
+        + [(value, Prediction.PENDING_WORD.capitalize() if value == Prediction.Status.PENDING else label)
+           for value, label in Prediction.Status.choices],
         required=False,
         not_understood="a status",
     )

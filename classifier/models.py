@@ -98,6 +98,8 @@ class Prediction(models.Model):
         FAILED = "failed"
 
     FINISHED = (Status.DONE, Status.FAILED)
+    # How the pages, their filter and the history's CSV word a pending prediction (the API keeps the value).
+    PENDING_WORD = "queued"
     # How the error of a picture with no digit in it begins: trying again reads it the same way, so the pages ask
     # for another picture instead.
     NO_DIGIT_ERROR = "No digit was found in this image:"
