@@ -14,6 +14,7 @@ from django.db import connection
 from django.db.models import BooleanField, Case, Count, Exists, F, Min, Model, OuterRef, QuerySet, Value, When
 
 from accounts.models import ApiToken, EmailAddressState, EmailChangeNotice, api_token_digest
+from mnistsite.bound_statements import bound_cursor, field_converted, model_columns, model_rows
 from mnistsite.env import rate_parse
 
 
@@ -163,22 +164,21 @@ def api_token_list_for_user(*, user) -> list[ApiToken]:
     return list(ApiToken.objects.filter(user=user).order_by("-created_at", "-id"))
 
 
+# The token's columns the lookup reads after the user's.
+_TOKEN_COLUMNS = ("id", "name", "prefix", "created_at", "last_used_at", "read_only")
+
+
 @functools.cache
 def _token_user_sql() -> str:
     quote = connection.ops.quote_name
     user_model = get_user_model()
     user_table, token_table = quote(user_model._meta.db_table), quote(ApiToken._meta.db_table)
-    columns = {
-        name: quote(ApiToken._meta.get_field(name).column)
-        for name in ("id", "user", "name", "prefix", "created_at", "last_used_at", "read_only", "digest")
-    }
+    token_columns = ", ".join(f"t.{quote(ApiToken._meta.get_field(name).column)}" for name in _TOKEN_COLUMNS)
     return (
-        f"SELECT u.*, t.{columns['id']} AS token_id, t.{columns['name']} AS token_name, "
-        f"t.{columns['prefix']} AS token_prefix, t.{columns['created_at']} AS token_created_at, "
-        f"t.{columns['last_used_at']} AS token_last_used_at, t.{columns['read_only']} AS token_read_only "
-        f"FROM {user_table} u "
-        f"JOIN {token_table} t ON t.{columns['user']} = u.{quote(user_model._meta.pk.column)} "
-        f"WHERE t.{columns['digest']} = %s"
+        f"SELECT {model_columns(user_model, alias='u')}, {token_columns} FROM {user_table} u "
+        f"JOIN {token_table} t ON t.{quote(ApiToken._meta.get_field('user').column)} = "
+        f"u.{quote(user_model._meta.pk.column)} "
+        f"WHERE t.{quote(ApiToken._meta.get_field('digest').column)} = %s"
     )
 
 
@@ -186,31 +186,23 @@ def api_token_with_user_get(*, key: str) -> ApiToken | None:
     """The API token with this key and its user (active or not, expired or not), or None.
 
     Every API request asks this. A hand-written statement costs half of what
-    the ORM's ``select_related`` lookup does, nearly all of that in compiling it.
+    the ORM's ``select_related`` lookup does, nearly all of that in compiling it,
+    and prepared (see mnistsite.bound_statements) the server plans it once a connection.
     """
     digest = api_token_digest(key)
-    found = list(get_user_model().objects.raw(_token_user_sql(), [digest]))
+    with bound_cursor() as cursor:
+        cursor.execute(_token_user_sql(), [digest])
+        rows = cursor.fetchall()
+    found = model_rows(get_user_model(), rows, extra=[f"token_{name}" for name in _TOKEN_COLUMNS])
     if not found:
         return None
     user = found[0]
     token = ApiToken(
-        id=user.token_id,
         user=user,
-        name=user.token_name,
         digest=digest,
-        prefix=user.token_prefix,
-        created_at=_converted(ApiToken._meta.get_field("created_at"), user.token_created_at),
-        last_used_at=_converted(ApiToken._meta.get_field("last_used_at"), user.token_last_used_at),
-        read_only=_converted(ApiToken._meta.get_field("read_only"), user.token_read_only),
+        **{name: field_converted(ApiToken._meta.get_field(name), getattr(user, f"token_{name}"))
+           for name in _TOKEN_COLUMNS},
     )
     # Loaded, not new: saving it would update the stored row.
     token._state.adding, token._state.db = False, user._state.db
     return token
-
-
-def _converted(field, value):
-    # A raw query converts the model's own columns only; an extra one gets the database's conversions here.
-    column = field.get_col(field.model._meta.db_table)
-    for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
-        value = converter(value, column, connection)
-    return value

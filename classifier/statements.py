@@ -14,8 +14,8 @@ import datetime as dt
 import functools
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from operator import attrgetter
 from types import NoneType
 from typing import NamedTuple
@@ -24,6 +24,7 @@ from django.db import connection, connections, transaction
 from django.db.models import BooleanField, CharField, DateField, DateTimeField, F, Field, FloatField, Model, TextField
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
+from mnistsite.bound_statements import among, bound_cursor
 from mnistsite.database_now import SQLITE_NOW, Now
 from training.models import Checkpoint
 
@@ -55,27 +56,6 @@ def _database_seconds_ago() -> str:
     if connection.vendor == "postgresql":
         return "(STATEMENT_TIMESTAMP() - %s::double precision * INTERVAL '1 second')"
     return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-' || %s || ' seconds')"
-
-
-@contextmanager
-def _bound_cursor() -> Iterator:
-    """A PostgreSQL cursor that sends parameters apart from the statement (server-side binding).
-
-    Django's default cursor writes every parameter into the statement's text,
-    escaping a batch's pixel arrays byte by byte in Python; bound, they travel
-    in binary, and psycopg prepares a statement it sees repeatedly. Wrapped like
-    Django's own cursors: database errors arrive as django.db errors, and queries
-    are logged where Django logs them.
-    """
-    import psycopg
-
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        raw = psycopg.Cursor(connection.connection)
-    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
-    with cursor:
-        yield cursor
 
 
 def _column_arrays(fields: Sequence[Field], objs: Sequence[Model], *, adding: bool) -> list[list]:
@@ -262,7 +242,7 @@ def uploads_with_predictions_insert(
     # A key another request holds fails the statement: inside a caller's transaction, a savepoint keeps that
     # transaction usable for finding out why.
     keyed_in_transaction = idempotency_key is not None and connection.in_atomic_block
-    with transaction.atomic() if keyed_in_transaction else nullcontext(), _bound_cursor() as cursor:
+    with transaction.atomic() if keyed_in_transaction else nullcontext(), bound_cursor() as cursor:
         cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None), params)
         ids = {name: (upload_pk, prediction_pk, created) for name, upload_pk, prediction_pk, created in cursor.fetchall()}
     if not ids:
@@ -312,7 +292,7 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
     ids = [prediction.pk for prediction in predictions]
     claims = [prediction.attempts for prediction in predictions]
     if connection.vendor == "postgresql":
-        with _bound_cursor() as cursor:
+        with bound_cursor() as cursor:
             cursor.execute(_results_update_notify_sql(), [ids, claims, *columns, Prediction.Status.RUNNING, notify_channel])
             row = cursor.fetchone()
         stored, finished_at = (set(row[0]), row[1]) if row else (set(), None)
@@ -421,12 +401,9 @@ def prediction_summaries_get(*, prediction_ids: Sequence[int]) -> dict[int, Pred
     if not prediction_ids:
         return {}
     wrapper = connections[connection.alias]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"{_prediction_summaries_select()} WHERE p.{_quote(Prediction._meta.pk.column)} "
-            f"IN ({_placeholders(prediction_ids)})",
-            list(prediction_ids),
-        )
+    condition, params = among(f"p.{_quote(Prediction._meta.pk.column)}", prediction_ids, sql_type="bigint")
+    with bound_cursor() as cursor:
+        cursor.execute(f"{_prediction_summaries_select()} WHERE {condition}", params)
         rows = cursor.fetchall()
     converters = _summary_converters(wrapper)
     if converters:
@@ -490,11 +467,11 @@ def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:
     if not prediction_ids:
         return set()
     table = _quote(Prediction._meta.db_table)
-    with connection.cursor() as cursor:
+    condition, params = among("id", prediction_ids, sql_type="bigint")
+    with bound_cursor() as cursor:
         cursor.execute(
-            f"SELECT id FROM {table} "
-            f"WHERE id IN ({_placeholders(prediction_ids)}) AND status NOT IN ({_placeholders(Prediction.FINISHED)})",
-            [*prediction_ids, *Prediction.FINISHED],
+            f"SELECT id FROM {table} WHERE {condition} AND status NOT IN ({_placeholders(Prediction.FINISHED)})",
+            [*params, *Prediction.FINISHED],
         )
         unfinished = {pk for (pk,) in cursor.fetchall()}
     return set(prediction_ids) - unfinished
@@ -528,6 +505,9 @@ def predictions_claim(
     skips them. The single OR-ed condition this replaced was planned as a bitmap
     scan, which marks nothing: with autovacuum behind, every claim re-read every
     dead entry (5,000 after one benchmark run, 1 ms a claim; 0.08 ms now).
+    Hence it is never prepared: a prepared statement's generic plan, which
+    knows neither how many ids there are nor which statuses, can be that
+    bitmap scan again.
     """
     prediction, upload = _quote(Prediction._meta.db_table), _quote(Upload._meta.db_table)
     checkpoint = _quote(Checkpoint._meta.db_table)

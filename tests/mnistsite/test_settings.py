@@ -224,6 +224,19 @@ def test_only_postgresql_gets_a_connect_timeout_and_one_in_the_url_wins():
         default.stderr + from_url.stderr + sqlite.stderr)
 
 
+def test_postgresql_connections_prepare_repeated_statements_unless_turned_off():
+    show = (
+        "from django.conf import settings; "
+        "print(settings.DATABASES['default'].get('OPTIONS', {}).get('prepare_threshold'))"
+    )
+    url = "postgres://mnistsite@db.example/mnistsite"
+    results = [
+        _run_manage("shell", "-c", show, DATABASE_URL=url),
+        _run_manage("shell", "-c", show, DATABASE_URL=url, DATABASE_PREPARED_STATEMENTS="false"),
+    ]
+    assert [r.stdout.split()[-1] for r in results] == ["5", "None"], "".join(r.stderr for r in results)
+
+
 @pytest.mark.django_db
 def test_postgresql_connections_probe_a_silent_server_instead_of_waiting_on_it_for_minutes():
     from django.db import connection
