@@ -6,7 +6,7 @@ longer to build these statements than the database takes to run them, and a
 transaction around several ORM statements costs two more round trips. On
 PostgreSQL a batch's values travel as one array per column (``unnest``), so the
 text of a statement, and psycopg's and the server's work
-on it, is the same for one row or a hundred.
+on it, is the same for two rows or a hundred; a single row's travel as they are.
 """
 from __future__ import annotations
 
@@ -107,12 +107,26 @@ def _prepared_column(field: Field, column: list, wrapper) -> list:
     return list(map(converted.__getitem__, keys))
 
 
-def _unnest(fields: Sequence[Field], *, alias: str, leading: Sequence[tuple[str, str]] = ()) -> str:
-    """``unnest(...) AS alias(...)`` taking one array parameter per column (``leading``: extra (name, type) columns)."""
+def _unnest(
+    fields: Sequence[Field], *, alias: str, leading: Sequence[tuple[str, str]] = (), single: bool = False
+) -> str:
+    """``unnest(...) AS alias(...)`` taking one array parameter per column (``leading``: extra (name, type) columns).
+
+    ``single``: one row, one value per column (``(VALUES (...)) AS alias(...)``), for ``_rows_params(single=True)``.
+    psycopg must look into every list it sends to find the type of its elements; a single image's insert, with
+    over thirty one-element lists, spent 0.14 ms on it, against 0.01 ms for the values themselves.
+    """
     columns = [*leading, *((field.column, field.db_type(connection)) for field in fields)]
-    arrays = ", ".join(f"%b::{db_type}[]" for _, db_type in columns)
     names = ", ".join(_quote(name) for name, _ in columns)
+    if single:
+        return f"(VALUES ({', '.join(f'%b::{db_type}' for _, db_type in columns)})) AS {alias}({names})"
+    arrays = ", ".join(f"%b::{db_type}[]" for _, db_type in columns)
     return f"unnest({arrays}) AS {alias}({names})"
+
+
+def _rows_params(columns: list[list], *, single: bool) -> list:
+    """The parameters of ``_unnest(..., single=single)`` for these columns."""
+    return [column[0] for column in columns] if single else columns
 
 
 def _insert_fields(model: type[Model], *, exclude: Sequence[str] = ()) -> list[Field]:
@@ -129,8 +143,8 @@ def _prediction_insert_fields() -> list[Field]:
 
 
 @functools.cache
-def _uploads_with_predictions_insert_sql(*, keyed: bool = False) -> str:
-    # The text depends only on the models, so each process builds it once (twice: with an idempotency key too).
+def _uploads_with_predictions_insert_sql(*, keyed: bool = False, single: bool = False) -> str:
+    # The text depends only on the models, so each process builds it once for each of the four kinds.
     upload_fields, prediction_fields = _insert_fields(Upload), _prediction_insert_fields()
     upload_table, prediction_table = _quote(Upload._meta.db_table), _quote(Prediction._meta.db_table)
     image = _quote(Upload._meta.get_field("image").column)
@@ -139,7 +153,9 @@ def _uploads_with_predictions_insert_sql(*, keyed: bool = False) -> str:
     prediction_columns = ", ".join(_quote(field.column) for field in prediction_fields)
     prediction_values = ", ".join(f"w.{_quote(field.column)}" for field in prediction_fields)
     published_at, created_at = _quote("published_at"), _quote("created_at")
-    by_image = _unnest(prediction_fields, alias="w", leading=[("upload_image", "text"), ("published", "boolean")])
+    by_image = _unnest(
+        prediction_fields, alias="w", leading=[("upload_image", "text"), ("published", "boolean")], single=single
+    )
     use_table, use_owner = _quote(StorageUse._meta.db_table), _quote(StorageUse._meta.pk.column)
     use_bytes = _quote(StorageUse._meta.get_field("bytes").column)
     # The owner's bytes grow only while they stay within the quota; the uploads are inserted only if they did. The
@@ -151,7 +167,7 @@ def _uploads_with_predictions_insert_sql(*, keyed: bool = False) -> str:
         f"ON CONFLICT ({use_owner}) DO UPDATE SET {use_bytes} = s.{use_bytes} + excluded.{use_bytes} "
         f"WHERE s.{use_bytes} + excluded.{use_bytes} <= %s::bigint RETURNING 1), "
         f"u AS (INSERT INTO {upload_table} ({upload_columns}) "
-        f"SELECT * FROM {_unnest(upload_fields, alias='v')} WHERE EXISTS (SELECT FROM q) RETURNING id, {image}), "
+        f"SELECT * FROM {_unnest(upload_fields, alias='v', single=single)} WHERE EXISTS (SELECT FROM q) RETURNING id, {image}), "
         f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}, {published_at}) "
         f"SELECT u.id, {prediction_values}, CASE WHEN w.published THEN {_database_now()} END "
         f"FROM u JOIN {by_image} ON w.upload_image = u.{image} "
@@ -226,12 +242,15 @@ def uploads_with_predictions_insert(
         return True
     upload_fields, prediction_fields = _insert_fields(Upload), _prediction_insert_fields()
     names = [upload.image.name for upload in uploads]
+    single = len(uploads) == 1
     params = [
         owner_id, needed, needed, quota_bytes, quota_bytes,
-        *_column_arrays(upload_fields, uploads, adding=True),
-        names,
-        [prediction.published_at is not None for prediction in predictions],
-        *_column_arrays(prediction_fields, predictions, adding=True),
+        *_rows_params(_column_arrays(upload_fields, uploads, adding=True), single=single),
+        *_rows_params([
+            names,
+            [prediction.published_at is not None for prediction in predictions],
+            *_column_arrays(prediction_fields, predictions, adding=True),
+        ], single=single),
     ]
     if idempotency_key is not None:
         params += [
@@ -243,7 +262,7 @@ def uploads_with_predictions_insert(
     # transaction usable for finding out why.
     keyed_in_transaction = idempotency_key is not None and connection.in_atomic_block
     with transaction.atomic() if keyed_in_transaction else nullcontext(), bound_cursor() as cursor:
-        cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None), params)
+        cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None, single=single), params)
         ids = {name: (upload_pk, prediction_pk, created) for name, upload_pk, prediction_pk, created in cursor.fetchall()}
     if not ids:
         return False
@@ -292,8 +311,12 @@ def prediction_results_update(*, predictions: Sequence[Prediction], notify_chann
     ids = [prediction.pk for prediction in predictions]
     claims = [prediction.attempts for prediction in predictions]
     if connection.vendor == "postgresql":
+        single = len(predictions) == 1
         with bound_cursor() as cursor:
-            cursor.execute(_results_update_notify_sql(), [ids, claims, *columns, Prediction.Status.RUNNING, notify_channel])
+            cursor.execute(
+                _results_update_notify_sql(single=single),
+                [*_rows_params([ids, claims, *columns], single=single), Prediction.Status.RUNNING, notify_channel],
+            )
             row = cursor.fetchone()
         stored, finished_at = (set(row[0]), row[1]) if row else (set(), None)
     else:
@@ -332,11 +355,11 @@ def _result_fields() -> list[Field]:
 
 
 @functools.cache
-def _results_update_notify_sql() -> str:
+def _results_update_notify_sql(*, single: bool) -> str:
     table = _quote(Prediction._meta.db_table)
     fields = _result_fields()
     assignments = ", ".join(f"{_quote(field.column)} = v.{_quote(field.column)}" for field in fields)
-    claimed = _unnest(fields, alias="v", leading=[("id", "bigint"), ("claim", "integer")])
+    claimed = _unnest(fields, alias="v", leading=[("id", "bigint"), ("claim", "integer")], single=single)
     return (
         f"WITH done AS (UPDATE {table} SET {assignments}, finished_at = {_database_now()} FROM {claimed} "
         f"WHERE {table}.id = v.id AND {table}.status = %s AND {table}.attempts = v.claim RETURNING {table}.id) "
