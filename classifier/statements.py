@@ -167,7 +167,8 @@ def _uploads_with_predictions_insert_sql(*, keyed: bool = False, single: bool = 
         f"ON CONFLICT ({use_owner}) DO UPDATE SET {use_bytes} = s.{use_bytes} + excluded.{use_bytes} "
         f"WHERE s.{use_bytes} + excluded.{use_bytes} <= %s::bigint RETURNING 1), "
         f"u AS (INSERT INTO {upload_table} ({upload_columns}) "
-        f"SELECT * FROM {_unnest(upload_fields, alias='v', single=single)} WHERE EXISTS (SELECT FROM q) RETURNING id, {image}), "
+        f"SELECT * FROM {_unnest(upload_fields, alias='v', single=single)} WHERE EXISTS (SELECT FROM q) "
+        f"RETURNING id, {image}), "
         f"p AS (INSERT INTO {prediction_table} ({upload_id}, {prediction_columns}, {published_at}) "
         f"SELECT u.id, {prediction_values}, CASE WHEN w.published THEN {_database_now()} END "
         f"FROM u JOIN {by_image} ON w.upload_image = u.{image} "
@@ -262,7 +263,9 @@ def uploads_with_predictions_insert(
     # transaction usable for finding out why.
     keyed_in_transaction = idempotency_key is not None and connection.in_atomic_block
     with transaction.atomic() if keyed_in_transaction else nullcontext(), bound_cursor() as cursor:
-        cursor.execute(_uploads_with_predictions_insert_sql(keyed=idempotency_key is not None, single=single), params)
+        cursor.execute(
+            _uploads_with_predictions_insert_sql(keyed=idempotency_key is not None, single=single), params
+        )
         ids = {name: (upload_pk, prediction_pk, created) for name, upload_pk, prediction_pk, created in cursor.fetchall()}
     if not ids:
         return False
