@@ -24,7 +24,7 @@ from django.db import connection, connections, transaction
 from django.db.models import BooleanField, CharField, DateField, DateTimeField, F, Field, FloatField, Model, TextField
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
-from mnistsite.bound_statements import among, bound_cursor
+from mnistsite.bound_statements import among, bound_cursor, model_columns, model_rows
 from mnistsite.database_now import SQLITE_NOW, Now
 from training.models import Checkpoint
 
@@ -557,10 +557,10 @@ def predictions_claim(
         f"UPDATE {prediction} SET status = %s, started_at = {_database_now()}, claim_token = %s, "
         f"attempts = attempts + 1 "
         f"WHERE id IN (SELECT id FROM own UNION ALL SELECT id FROM others) "
-        f"RETURNING *, "
-        f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id) AS upload_image, "
-        f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_id, "
-        f"(SELECT c.sha256 FROM {checkpoint} c WHERE c.is_active) AS active_checkpoint_sha256"
+        f"RETURNING {model_columns(Prediction, alias=prediction)}, "
+        f"(SELECT u.image FROM {upload} u WHERE u.id = {prediction}.upload_id), "
+        f"(SELECT c.id FROM {checkpoint} c WHERE c.is_active), "
+        f"(SELECT c.sha256 FROM {checkpoint} c WHERE c.is_active)"
     )
     pending, running = Prediction.Status.PENDING, Prediction.Status.RUNNING
     claimed_by = Prediction._meta.get_field("claim_token").get_db_prep_value(token, connection)
@@ -568,7 +568,12 @@ def predictions_claim(
         *prediction_ids, pending, running, stale_after_s, max_attempts, limit, limit,
         pending, *prediction_ids, limit, running, claimed_by,
     ]
-    batch = list(Prediction.objects.raw(sql, params))
+    # Django's cursor, which sends the values in the text: never prepared (above).
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        batch = model_rows(
+            Prediction, cursor.fetchall(), extra=("upload_image", "active_checkpoint_id", "active_checkpoint_sha256")
+        )
     # RETURNING keeps no order.
     ours = set(prediction_ids)
     batch.sort(key=lambda p: (p.pk not in ours, p.created_at, p.pk))
