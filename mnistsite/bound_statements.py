@@ -57,7 +57,8 @@ def among(column: str, values: Sequence, *, sql_type: str) -> tuple[str, list]:
 def model_columns(model: type[Model], *, alias: str) -> str:
     """The columns of ``model``'s concrete fields, in their order, for a statement whose rows ``model_rows`` reads.
 
-    Named, not ``*``: PostgreSQL refuses to run a prepared ``*`` once a migration adds a column.
+    Named, not ``*``: that is the table's order, which migrations may have made another than the model's, and
+    PostgreSQL refuses to run a prepared ``*`` once a migration adds a column.
     """
     quote = connection.ops.quote_name
     return ", ".join(f"{alias}.{quote(field.column)}" for field in model._meta.concrete_fields)
