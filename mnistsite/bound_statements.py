@@ -3,10 +3,12 @@
 Django's cursors write every parameter into the statement's text, so the
 server parses and plans each statement afresh: for the upload path's short
 statements that is most of their cost (the insert: 0.9 of 1.2 ms of the
-server's CPU). Sent bound, and prepared by psycopg from a connection's
-``prepare_threshold``-th run of the same text (the ``DATABASE_PREPARED_STATEMENTS``
-setting), they are parsed once per connection and, where PostgreSQL finds its
-generic plan as good, planned once. Django's own queries are unaffected, as is
+server's CPU). Sent bound, and prepared by psycopg once a connection has run
+the same text ``prepare_threshold`` times (five, unless the
+``DATABASE_PREPARED_STATEMENTS`` setting turns it off), they are parsed once per
+connection (once for each combination of parameter types psycopg sends: an int
+goes as int2, int4 or int8 by its size) and, where PostgreSQL finds its generic
+plan as good, planned once. Django's own queries are unaffected, as is
 the claim, which a generic plan would slow (classifier.statements.predictions_claim).
 """
 from __future__ import annotations
@@ -15,8 +17,11 @@ import functools
 import weakref
 from collections.abc import Sequence
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.db.models import Field, Model
+from psycopg.pq import Format, TransactionStatus
 
 
 def bound_cursor():
@@ -24,22 +29,53 @@ def bound_cursor():
 
     Bound, a batch's pixel arrays travel in binary instead of being escaped byte
     by byte in Python, and a statement is prepared once its connection repeats
-    it. Wrapped like Django's own cursors: database errors arrive as django.db
-    errors, and queries are logged where Django logs them. Elsewhere Django's
-    cursor: the statements take ``%s`` placeholders either way.
+    it. Made as Django makes its own: a reused connection is checked first (once
+    a request or task), datetimes are read in the connection's time zone,
+    database errors arrive as django.db errors, and queries are logged where
+    Django logs them. Elsewhere Django's cursor: the statements take ``%s``
+    placeholders either way.
     """
     # The thread's connection itself: through the ``connection`` proxy each attribute is a lookup of its own, which
     # cost a few per cent of a web process's time for a single image's four statements.
     wrapper = connections[DEFAULT_DB_ALIAS]
     if wrapper.vendor != "postgresql":
         return wrapper.cursor()
-    import psycopg
-
+    wrapper.close_if_health_check_failed()
     wrapper.ensure_connection()
     wrapper.validate_thread_sharing()
     with wrapper.wrap_database_errors:
-        raw = psycopg.Cursor(wrapper.connection)
+        raw = ReplanningCursor(wrapper.connection)
+        # As Django's create_cursor: the connection's loader is the time zone it was opened in.
+        if wrapper.timezone != wrapper.connection.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT).timezone:
+            register_tzloader(wrapper.timezone, raw)
     return wrapper.make_debug_cursor(raw) if wrapper.queries_logged else wrapper.make_cursor(raw)
+
+
+_TIMESTAMPTZ_OID = psycopg.adapters.types["timestamptz"].oid
+# What PostgreSQL says when a prepared statement's result columns changed type under it.
+_STALE_PLAN = "cached plan must not change result type"
+
+
+class ReplanningCursor(psycopg.Cursor):
+    """psycopg's cursor, which runs a statement once more after its prepared form went stale.
+
+    A migration that changes the type of a column a prepared statement returns
+    (a longer ``max_length``, say) makes PostgreSQL refuse that statement on
+    every connection that prepared it, while the release before keeps serving.
+    Outside a transaction the refused run changed nothing, so the statement runs
+    again once the connection's prepared statements are dropped (``DEALLOCATE
+    ALL``, which psycopg notices, forgetting its own). Inside one the error
+    stands: the transaction is lost either way.
+    """
+
+    def execute(self, query, params=None, **kwargs):
+        try:
+            return super().execute(query, params, **kwargs)
+        except psycopg.errors.FeatureNotSupported as exc:
+            if _STALE_PLAN not in str(exc) or self.connection.info.transaction_status != TransactionStatus.IDLE:
+                raise
+        self.connection.execute("DEALLOCATE ALL")
+        return super().execute(query, params, **kwargs)
 
 
 def among(column: str, values: Sequence, *, sql_type: str) -> tuple[str, list]:

@@ -143,10 +143,10 @@ if DATABASES["default"]["ENGINE"] in {"django.db.backends.postgresql", "django.c
     for option, value in {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
                           "tcp_user_timeout": 60_000}.items():
         DATABASES["default"]["OPTIONS"].setdefault(option, value)
-    # The hot path's hand-written statements (mnistsite.bound_statements) are prepared from a connection's fifth run
+    # The hot path's hand-written statements (mnistsite.bound_statements) are prepared from a connection's sixth run
     # of each, so the server stops parsing and planning them. Django turns psycopg's preparing off, as a pooler in
     # transaction mode would hand the prepared statements of one client's connection to another (PgBouncer before
-    # 1.21, or without max_prepared_statements): false behind one of those.
+    # 1.22, or without max_prepared_statements): false behind one of those.
     if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
         DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -26,6 +26,12 @@ def _postgresql_only():
         pytest.skip("statements are prepared on PostgreSQL")
 
 
+def _other_connection() -> psycopg.Connection:
+    params = settings.DATABASES["default"]
+    return psycopg.connect(dbname=connection.settings_dict["NAME"], user=params["USER"], host=params["HOST"],
+                           port=params["PORT"] or None, password=params["PASSWORD"] or None, autocommit=True)
+
+
 def test_a_statement_a_connection_repeats_is_prepared_once_and_its_text_is_the_same_for_any_number_of_ids(
     user, digit_png
 ):
@@ -40,22 +46,35 @@ def test_a_statement_a_connection_repeats_is_prepared_once_and_its_text_is_the_s
     assert len(summaries) == 1, _prepared()
 
 
-def test_the_token_lookup_reads_the_user_and_token_as_the_orm_does(user):
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_the_token_lookup_reads_the_user_and_token_as_the_orm_does_once_prepared_too(user, settings, use_tz):
+    # Django reads datetimes in the connection's time zone (aware in UTC, or naive without USE_TZ); so must this.
+    settings.USE_TZ = use_tz
     token, key = account_services.api_token_create(user=user, name="laptop")
-    found = account_selectors.api_token_with_user_get(key=key)
+    token_model = type(token)
+    stored_user, stored_token = get_user_model().objects.get(pk=user.pk), token_model.objects.get(pk=token.pk)
 
-    stored = get_user_model().objects.get(pk=user.pk)
-    fields = [field.attname for field in get_user_model()._meta.concrete_fields]
-    assert [getattr(found.user, name) for name in fields] == [getattr(stored, name) for name in fields]
-    token_fields = ["id", "user_id", "name", "prefix", "created_at", "last_used_at", "read_only", "digest"]
-    assert [getattr(found, name) for name in token_fields] == [getattr(token, name) for name in token_fields]
-    assert not found._state.adding and not found.user._state.adding
+    def described(obj, names):
+        return [(getattr(obj, name), getattr(getattr(obj, name), "tzinfo", None)) for name in names]
+
+    user_fields = [field.attname for field in get_user_model()._meta.concrete_fields]
+    token_fields = [field.attname for field in token_model._meta.concrete_fields]
+    for _ in range(7):  # prepared from the sixth run
+        found = account_selectors.api_token_with_user_get(key=key)
+        assert described(found.user, user_fields) == described(stored_user, user_fields)
+        assert described(found, token_fields) == described(stored_token, token_fields)
+        assert not found._state.adding and not found.user._state.adding
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_prepared_lookup_still_runs_after_a_migration_adds_a_column_to_its_table(user):
-    # A prepared statement that selects * is refused once its table gains a column ("cached plan must not change
-    # result type"): every web process would fail each API request until it reconnected.
+@pytest.mark.parametrize("migration, undo", [
+    ("ADD COLUMN migrated_later integer", "DROP COLUMN migrated_later"),
+    ("ALTER COLUMN first_name TYPE varchar(200)", "ALTER COLUMN first_name TYPE varchar(150)"),
+])
+def test_a_prepared_lookup_still_runs_after_a_migration_changes_its_table(user, migration, undo):
+    # Another process's migration, while this one keeps serving. PostgreSQL refuses a prepared statement that selects
+    # * once its table gains a column, and one whose column changes type ("cached plan must not change result
+    # type"): every web process would fail each API request until it reconnected.
     _postgresql_only()
     _, key = account_services.api_token_create(user=user, name="laptop")
     for _ in range(6):
@@ -63,15 +82,30 @@ def test_a_prepared_lookup_still_runs_after_a_migration_adds_a_column_to_its_tab
     assert any("token" in statement for statement in _prepared())
 
     table = get_user_model()._meta.db_table
-    params = settings.DATABASES["default"]
-    # Another process's migration: psycopg forgets its prepared statements when it sees an ALTER itself.
-    with psycopg.connect(dbname=connection.settings_dict["NAME"], user=params["USER"], host=params["HOST"],
-                         port=params["PORT"] or None, password=params["PASSWORD"] or None, autocommit=True) as other:
-        other.execute(f'ALTER TABLE "{table}" ADD COLUMN migrated_later integer')
+    # psycopg forgets its prepared statements when it runs an ALTER itself: another connection runs it.
+    with _other_connection() as other:
+        other.execute(f'ALTER TABLE "{table}" {migration}')
         try:
-            assert account_selectors.api_token_with_user_get(key=key).user.pk == user.pk
+            for _ in range(2):
+                assert account_selectors.api_token_with_user_get(key=key).user.pk == user.pk
         finally:
-            other.execute(f'ALTER TABLE "{table}" DROP COLUMN migrated_later')
+            other.execute(f'ALTER TABLE "{table}" {undo}')
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lookup_on_a_connection_the_server_dropped_reconnects_instead_of_failing(user):
+    # A restarted or failed-over server: the first statement of a request checks the connection it reuses.
+    _postgresql_only()
+    _, key = account_services.api_token_create(user=user, name="laptop")
+    assert account_selectors.api_token_with_user_get(key=key).user.pk == user.pk
+    pid = connection.connection.info.backend_pid
+    with _other_connection() as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    # What the start of a request or a task does.
+    connection.close_if_unusable_or_obsolete()
+
+    assert account_selectors.api_token_with_user_get(key=key).user.pk == user.pk
+    assert connection.connection.info.backend_pid != pid
 
 
 def test_among_takes_one_array_on_postgresql_and_a_placeholder_a_value_elsewhere(user, digit_png):

@@ -224,7 +224,8 @@ def test_only_postgresql_gets_a_connect_timeout_and_one_in_the_url_wins():
         default.stderr + from_url.stderr + sqlite.stderr)
 
 
-def test_postgresql_connections_prepare_repeated_statements_unless_turned_off():
+def test_postgresql_connections_prepare_repeated_statements_unless_turned_off(monkeypatch):
+    monkeypatch.delenv("DATABASE_PREPARED_STATEMENTS", raising=False)
     show = (
         "from django.conf import settings; "
         "print(settings.DATABASES['default'].get('OPTIONS', {}).get('prepare_threshold'))"
