@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from operator import attrgetter
@@ -24,7 +23,14 @@ from django.db import connection, connections, transaction
 from django.db.models import BooleanField, CharField, DateField, DateTimeField, F, Field, FloatField, Model, TextField
 
 from classifier.models import IdempotencyKey, Prediction, StorageUse, Upload
-from mnistsite.bound_statements import among, bound_cursor, model_columns, model_rows
+from mnistsite.bound_statements import (
+    among,
+    bound_cursor,
+    converted_row,
+    converters_cached,
+    model_columns,
+    model_rows,
+)
 from mnistsite.database_now import SQLITE_NOW, Now
 from training.models import Checkpoint
 
@@ -431,29 +437,15 @@ def prediction_summaries_get(*, prediction_ids: Sequence[int]) -> dict[int, Pred
     with bound_cursor() as cursor:
         cursor.execute(f"{_prediction_summaries_select()} WHERE {condition}", params)
         rows = cursor.fetchall()
-    converters = _summary_converters(wrapper)
+    converters = converters_cached(wrapper, PredictionSummary, lambda: _summary_converters_find(wrapper))
     if converters:
-        rows = [_converted(row, converters, wrapper) for row in rows]
+        rows = [converted_row(row, converters, wrapper) for row in rows]
     return {row[0]: PredictionSummary._make(row) for row in rows}
 
 
-def _summary_converters(wrapper) -> list[tuple[int, list, object]]:
-    """(position, converters, expression) for each column the ORM would convert on this database, as its compiler does.
-
-    Worked out once for each connection.
-    """
-    try:
-        return _converters_by_connection[wrapper]
-    except KeyError:
-        found = _converters_by_connection[wrapper] = _summary_converters_find(wrapper)
-        return found
-
-
-# Each connection's own: a backend's converters are methods of that connection's operations.
-_converters_by_connection: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _summary_converters_find(wrapper) -> list[tuple[int, list, object]]:
+    """(position, converters, expression) for each column the ORM would convert on this database, as its compiler
+    does."""
     found = []
     for position, name in enumerate(PredictionSummary._fields):
         if name == "has_input":
@@ -472,16 +464,6 @@ def _summary_converters_find(wrapper) -> list[tuple[int, list, object]]:
 
 def _as_bool(value, expression, connection) -> bool:
     return bool(value)
-
-
-def _converted(row: tuple, converters: list[tuple[int, list, object]], wrapper) -> list:
-    row = list(row)
-    for position, functions, expression in converters:
-        value = row[position]
-        for function in functions:
-            value = function(value, expression, wrapper)
-        row[position] = value
-    return row
 
 
 def predictions_finished_ids(*, prediction_ids: Sequence[int]) -> set[int]:

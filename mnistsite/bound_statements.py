@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -110,22 +110,36 @@ def model_rows(model: type[Model], rows: Sequence[Sequence], *, extra: Sequence[
     fields = model._meta.concrete_fields
     names = [field.attname for field in fields]
     wrapper = connections[connection.alias]
-    converters = _converters(wrapper, model)
+    converters = converters_cached(wrapper, model, lambda: _converters_find(wrapper, model))
     count = len(fields)
     db = connection.alias
     instances = []
     for row in rows:
-        values = list(row[:count])
-        for position, functions, expression in converters:
-            value = values[position]
-            for function in functions:
-                value = function(value, expression, wrapper)
-            values[position] = value
-        instance = model.from_db(db, names, values)
+        instance = model.from_db(db, names, converted_row(row[:count], converters, wrapper))
         for name, value in zip(extra, row[count:], strict=True):
             setattr(instance, name, value)
         instances.append(instance)
     return instances
+
+
+def converted_row(row: Sequence, converters: list[tuple[int, list, object]], wrapper) -> list:
+    """``row`` with each value that ``converters`` (position, functions, expression) names converted by them."""
+    row = list(row)
+    for position, functions, expression in converters:
+        value = row[position]
+        for function in functions:
+            value = function(value, expression, wrapper)
+        row[position] = value
+    return row
+
+
+def converters_cached(wrapper, key, find: Callable[[], list]) -> list:
+    """``find()``, worked out once for each connection and ``key``: a backend's converters are methods of that
+    connection's operations."""
+    by_key = _converters_by_connection.setdefault(wrapper, {})
+    if key not in by_key:
+        by_key[key] = find()
+    return by_key[key]
 
 
 def field_converted(field: Field, value: object) -> object:
@@ -134,14 +148,6 @@ def field_converted(field: Field, value: object) -> object:
     for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
         value = converter(value, column, connection)
     return value
-
-
-def _converters(wrapper, model: type[Model]) -> list[tuple[int, list, object]]:
-    # Worked out once per connection and model: a backend's converters are methods of that connection's operations.
-    by_model = _converters_by_connection.setdefault(wrapper, {})
-    if model not in by_model:
-        by_model[model] = _converters_find(wrapper, model)
-    return by_model[model]
 
 
 _converters_by_connection: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
